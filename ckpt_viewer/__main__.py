@@ -1,0 +1,5 @@
+import sys
+
+from ckpt_viewer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""`ckpt-viewer`: no subcommand opens the GUI; subcommands work without a window."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ckpt_viewer import __version__
+from ckpt_viewer.core import CheckpointError
+
+SUBCOMMANDS = ("inspect",)
+
+
+def _inspect_parser(sub):
+    p = sub.add_parser("inspect", help="list what a checkpoint holds (reads metadata only)")
+    p.add_argument("path", help="a file, a Hugging Face model directory or *.index.json, "
+                                "or a torch.distributed.checkpoint directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--depth", type=int, default=None, help="show the tree to this depth only")
+    p.set_defaults(run=run_inspect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckpt-viewer",
+        description="Look inside PyTorch checkpoints without running code from them.")
+    parser.add_argument("--version", action="version", version=f"ckpt-viewer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _inspect_parser(sub)
+    return parser
+
+
+def build_gui_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckpt-viewer",
+        description="Open the viewer window. Subcommands: " + ", ".join(SUBCOMMANDS)
+                    + " (ckpt-viewer COMMAND --help).")
+    parser.add_argument("--version", action="version", version=f"ckpt-viewer {__version__}")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoints to open")
+    parser.add_argument("--screenshot", metavar="OUT.png",
+                        help="open PATH, select its largest tensor, save the window, exit")
+    return parser
+
+
+def run_inspect(args) -> int:
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.report import text_report
+    from ckpt_viewer.core.summary import inspect_dict
+
+    checkpoint = open_checkpoint(args.path)
+    if args.json:
+        json.dump(inspect_dict(checkpoint), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for line in text_report(checkpoint, max_depth=args.depth):
+            print(line)
+    return 0
+
+
+def run_gui(args) -> int:
+    from ckpt_viewer.qt.app import main as gui_main
+
+    return gui_main(args.paths, screenshot=args.screenshot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    if argv and argv[0] in SUBCOMMANDS or argv[:1] in (["-h"], ["--help"]):
+        args = build_parser().parse_args(argv)
+        runner = args.run
+        where = getattr(args, "path", "")
+    else:
+        args = build_gui_parser().parse_args(argv)
+        runner, where = run_gui, ""
+    try:
+        return runner(args)
+    except CheckpointError as exc:
+        print(f"error: {where}: {exc}" if where else f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0

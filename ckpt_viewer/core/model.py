@@ -1,0 +1,183 @@
+"""The tree a checkpoint is shown as: plain data, no torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# Bytes per element, by torch's dtype name (without "torch.").
+DTYPE_SIZES = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
+    "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1, "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
+    "complex128": 16, "complex64": 8, "complex32": 4,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+    "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1,
+    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
+    "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
+}
+
+FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16"} | {
+    d for d in DTYPE_SIZES if d.startswith("float8") or d.startswith("float4")}
+
+# Legacy typed-storage class names -> dtype.
+STORAGE_DTYPES = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
+    "BoolStorage": "bool", "QInt8Storage": "qint8", "QUInt8Storage": "quint8",
+    "QInt32Storage": "qint32", "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
+    "UntypedStorage": "uint8",
+}
+
+
+@dataclass(eq=False)
+class ZipMember:
+    """Bytes of one record of a zip archive (maybe compressed)."""
+    path: str
+    name: str
+    header_offset: int
+    compress_type: int
+    compressed_size: int
+    file_size: int
+    crc: int
+
+
+@dataclass(eq=False)
+class FileSpan:
+    """Bytes stored raw at an offset of a file."""
+    path: str
+    offset: int
+    nbytes: int
+
+
+@dataclass(eq=False)
+class Storage:
+    key: str
+    dtype: str
+    numel: int
+    location: str
+    source: ZipMember | FileSpan | None = None
+    byteorder: str = "little"
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_SIZES.get(self.dtype, 1)
+
+
+@dataclass(eq=False)
+class TensorInfo:
+    dtype: str
+    shape: tuple
+    stride: tuple = ()
+    offset: int = 0
+    storage: Storage | None = None
+    requires_grad: bool = False
+    is_parameter: bool = False
+    layout: str = "strided"              # strided | sparse_coo | sparse_csr | ...
+    parts: dict = field(default_factory=dict)   # sparse: indices/values tensors
+    quantizer: dict = field(default_factory=dict)
+    chunks: list = field(default_factory=list)  # DCP: (offsets, sizes, FileSpan) per chunk
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def device(self) -> str:
+        if self.storage is not None:
+            return self.storage.location
+        for part in self.parts.values():
+            return part.device
+        return "cpu" if self.chunks else "meta"
+
+    @property
+    def nbytes(self) -> int:
+        if self.parts:
+            return sum(p.nbytes for p in self.parts.values())
+        return self.numel * DTYPE_SIZES.get(self.dtype, 1)
+
+    @property
+    def is_contiguous(self) -> bool:
+        expected = 1
+        for size, stride in reversed(list(zip(self.shape, self.stride))):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def element_span(self) -> tuple[int, int]:
+        """[first, last+1) storage elements this tensor touches (empty -> (offset, offset))."""
+        if self.numel == 0:
+            return self.offset, self.offset
+        last = sum((n - 1) * s for n, s in zip(self.shape, self.stride) if s > 0)
+        first = sum((n - 1) * s for n, s in zip(self.shape, self.stride) if s < 0)
+        return self.offset + first, self.offset + last + 1
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    kind: str              # dict | list | module | optimizer | object | tensor | scalar | ref | opaque
+    key: str = ""
+    children: list = field(default_factory=list)
+    tensor: TensorInfo | None = None
+    value: object = None   # scalar value, or the key a `ref` node points to
+    type_name: str = ""    # class name for modules/objects; "dict", "list" ...
+    role: str = ""         # parameter | buffer | "" (unknown)
+    shared_with: str = ""  # first key of a tensor that shares this storage
+    note: str = ""         # e.g. "state of fc.weight"
+
+
+@dataclass(eq=False)
+class Checkpoint:
+    path: str
+    format: str
+    file_bytes: int
+    root: Node
+    unsafe_globals: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)   # torch version, safetensors metadata...
+    optimizers: list = field(default_factory=list)  # optim.OptimizerInfo
+    byteorder: str = "little"
+
+    def tensors(self):
+        """(key, TensorInfo, Node) for every tensor, in tree order."""
+        for node in iter_nodes(self.root):
+            if node.kind == "tensor":
+                yield node.key, node.tensor, node
+
+    def scalars(self) -> dict:
+        return {n.key: n.value for n in iter_nodes(self.root) if n.kind == "scalar"}
+
+    def find(self, key: str) -> Node | None:
+        for node in iter_nodes(self.root):
+            if node.key == key:
+                return node
+        return None
+
+
+def iter_nodes(root: Node):
+    """Depth-first, pre-order, without recursion (trees can be very deep)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(node.children))
+
+
+def format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def format_count(n: int) -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}"
+    return str(n)

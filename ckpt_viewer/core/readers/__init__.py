@@ -1,0 +1,58 @@
+"""One module per container kind; each turns a path into a Checkpoint without torch."""
+
+from __future__ import annotations
+
+import os
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.model import Checkpoint, Storage, TensorInfo
+from ckpt_viewer.core.safe_pickle import safe_load
+from ckpt_viewer.core.tree import build_tree
+
+MAX_PICKLE_BYTES = 512 * 1024 * 1024   # a data.pkl beyond this is refused, not inflated
+
+
+def check_tensor_bounds(checkpoint: Checkpoint):
+    """Every tensor must lie inside its storage; torch's meta/skip_data paths do not check."""
+    for key, tensor, _ in checkpoint.tensors():
+        for part_name, part in [("", tensor)] + list(tensor.parts.items()):
+            storage = part.storage
+            if storage is None:
+                continue
+            if any(s < 0 for s in part.stride):
+                raise CheckpointError(f"tensor {key!r} has a negative stride")
+            first, end = part.element_span()
+            if part.numel and end > storage.numel:
+                where = f"{key}.{part_name}" if part_name else key
+                raise CheckpointError(
+                    f"tensor {where!r} reaches element {end} but its storage "
+                    f"{storage.key!r} holds {storage.numel}")
+
+
+def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, **extra) -> Checkpoint:
+    """Unpickle `data` into a checkpoint with its tree, unsafe globals and bounds checked."""
+    obj, unsafe = safe_load(data, storage_factory)
+    warnings = []
+    checkpoint = Checkpoint(path=str(path), format=fmt,
+                            file_bytes=os.path.getsize(path) if file_bytes is None else file_bytes,
+                            root=build_tree(obj, warnings), warnings=warnings,
+                            unsafe_globals=[g for g in unsafe if not g.startswith("__torch__.")],
+                            **extra)
+    check_tensor_bounds(checkpoint)
+    return checkpoint
+
+
+def storage_pid(pid) -> tuple:
+    """Validate ('storage', type, key, location, numel[, ...]) from a persistent id."""
+    if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
+        raise CheckpointError(f"unexpected persistent id {pid!r:.80}")
+    _, storage_type, key, location, numel = pid[:5]
+    if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int:
+        raise CheckpointError(f"malformed storage reference {pid!r:.80}")
+    if numel < 0:
+        raise CheckpointError(f"storage {key!r} declares a negative size")
+    return storage_type, key, location, numel
+
+
+__all__ = ["Checkpoint", "Storage", "TensorInfo", "pickle_checkpoint", "storage_pid",
+           "check_tensor_bounds", "MAX_PICKLE_BYTES"]

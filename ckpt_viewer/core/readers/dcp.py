@@ -1,0 +1,131 @@
+"""torch.distributed.checkpoint directories.
+
+torch's FileSystemReader.read_metadata() runs a plain `pickle.load` on `.metadata`, which would
+execute whatever the file names; we parse the same pickle with our restricted unpickler and
+read torch's metadata dataclasses (Metadata, TensorStorageMetadata, ChunkStorageMetadata,
+MetadataIndex, _StorageInfo) as the inert records they become."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import zipfile
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
+from ckpt_viewer.core.readers import safetensors, torch_zip
+from ckpt_viewer.core.safe_pickle import Placeholder, safe_load
+from ckpt_viewer.core.tree import SCALAR_TYPES
+
+MAX_METADATA_BYTES = 512 * 1024 * 1024
+MAX_INLINE_OBJECT = 1024 * 1024    # small pickled non-tensor items are decoded for display
+
+
+def _fields(obj, what) -> dict:
+    if not isinstance(obj, Placeholder):
+        raise CheckpointError(f"DCP metadata: {what} is not a record")
+    return obj.fields
+
+
+def _tensor_dtype(properties) -> str:
+    state = properties.state if isinstance(properties, Placeholder) else None
+    dtype = state[0] if isinstance(state, tuple) and state else _fields(properties, "properties").get("dtype")
+    if str(dtype) not in DTYPE_SIZES:
+        raise CheckpointError(f"DCP metadata: unknown tensor dtype {dtype!r:.40}")
+    return str(dtype)
+
+
+def read(folder: str) -> Checkpoint:
+    meta_path = os.path.join(folder, ".metadata")
+    if os.path.getsize(meta_path) > MAX_METADATA_BYTES:
+        raise CheckpointError("DCP .metadata is larger than 512 MB")
+    with open(meta_path, "rb") as f:
+        metadata, unsafe = safe_load(f.read())
+    fields = _fields(metadata, "Metadata")
+    entries = fields.get("state_dict_metadata")
+    storage_data = fields.get("storage_data") or {}
+    if not isinstance(entries, dict) or not isinstance(storage_data, dict):
+        raise CheckpointError("DCP metadata has no state_dict_metadata")
+    spans = _storage_spans(folder, storage_data)
+    tensors, others = {}, {}
+    for fqn, entry in entries.items():
+        if not isinstance(fqn, str):
+            raise CheckpointError("DCP metadata has a non-text key")
+        if type(entry).__name__ == "TensorStorageMetadata":
+            tensors[fqn] = _tensor(fqn, _fields(entry, fqn), spans)
+        else:
+            others[fqn] = _inline_object(spans.get((fqn, None)))
+    root = safetensors.flat_tree(tensors)
+    for fqn, value in others.items():
+        kind = "scalar" if isinstance(value, SCALAR_TYPES) else "opaque"
+        root.children.append(Node(name=fqn, kind=kind, key=fqn, value=value,
+                                  type_name=type(value).__name__ if kind == "scalar" else "object"))
+    total = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
+                if os.path.isfile(os.path.join(folder, n)))
+    version = fields.get("version")
+    return Checkpoint(path=folder, format="dcp", file_bytes=total, root=root,
+                      unsafe_globals=[g for g in unsafe if not g.startswith("torch.distributed.checkpoint.")
+                                      and g != "pathlib.PosixPath"],
+                      metadata={"DCP version": version} if isinstance(version, str) else {})
+
+
+def _storage_spans(folder, storage_data) -> dict:
+    """{(fqn, chunk offset tuple or None): FileSpan}, every span checked against its file."""
+    sizes, spans = {}, {}
+    for index, info in storage_data.items():
+        index_fields, info_fields = _fields(index, "MetadataIndex"), _fields(info, "_StorageInfo")
+        name, offset, length = (info_fields.get("relative_path"), info_fields.get("offset"),
+                                info_fields.get("length"))
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise CheckpointError(f"DCP metadata names a data file outside its folder: {name!r:.80}")
+        if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
+            raise CheckpointError(f"DCP metadata has a malformed span in {name}")
+        if name not in sizes:
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                raise CheckpointError(f"DCP data file {name} is missing")
+            sizes[name] = os.path.getsize(path)
+        if offset + length > sizes[name]:
+            raise CheckpointError(f"DCP data file {name} is shorter than its metadata says "
+                                  "(truncated?)")
+        chunk = index_fields.get("offset")
+        key = (index_fields.get("fqn"), tuple(chunk) if isinstance(chunk, (tuple, list)) else None)
+        spans[key] = FileSpan(os.path.join(folder, name), offset, length)
+    return spans
+
+
+def _tensor(fqn, entry, spans) -> TensorInfo:
+    size = entry.get("size")
+    if not isinstance(size, tuple) or not all(type(d) is int and d >= 0 for d in size):
+        raise CheckpointError(f"DCP tensor {fqn!r} has a malformed size")
+    info = TensorInfo(dtype=_tensor_dtype(entry.get("properties")), shape=size)
+    chunks = []
+    for chunk in entry.get("chunks") or []:
+        chunk_fields = _fields(chunk, "ChunkStorageMetadata")
+        offsets, sizes = tuple(chunk_fields.get("offsets", ())), tuple(chunk_fields.get("sizes", ()))
+        span = spans.get((fqn, offsets))
+        if span is None:
+            raise CheckpointError(f"DCP tensor {fqn!r} has a chunk with no stored data")
+        chunks.append((offsets, sizes, span))
+    if sum(math.prod(s) for _, s, _ in chunks) < math.prod(size):
+        raise CheckpointError(f"DCP tensor {fqn!r} is not fully covered by its chunks")
+    info.chunks = chunks
+    return info
+
+
+def _inline_object(span):
+    """A non-tensor item (step, epoch...) is a small torch.save archive: decode it safely."""
+    if span is None or span.nbytes > MAX_INLINE_OBJECT:
+        return "(object)"
+    with open(span.path, "rb") as f:
+        f.seek(span.offset)
+        raw = f.read(span.nbytes)
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            prefix = torch_zip.archive_prefix(zf.namelist())
+            data = torch_zip.read_member(zf, prefix + "data.pkl", MAX_INLINE_OBJECT)
+        value, _ = safe_load(data, storage_factory=lambda pid: None)
+    except (CheckpointError, zipfile.BadZipFile, OSError):
+        return "(object)"
+    return value if isinstance(value, SCALAR_TYPES) else "(object)"

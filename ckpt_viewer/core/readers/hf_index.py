@@ -1,0 +1,86 @@
+"""Hugging Face sharded checkpoints: `*.index.json` naming a shard file for each tensor."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.model import Checkpoint
+from ckpt_viewer.core.readers import safetensors
+
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+
+
+def read_json(path: str, what: str) -> dict:
+    if os.path.getsize(path) > MAX_INDEX_BYTES:
+        raise CheckpointError(f"{what} {os.path.basename(path)} is larger than 64 MB")
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{what} {os.path.basename(path)} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{what} {os.path.basename(path)} is not a JSON object")
+    return value
+
+
+def shard_tensors(path: str) -> tuple[dict, list, list]:
+    """Tensors of one shard file, whatever its kind: ({key: TensorInfo}, unsafe, warnings)."""
+    from ckpt_viewer.core.open import open_file   # shards may be .bin (torch zip) files
+
+    checkpoint = open_file(path)
+    tensors = {key: info for key, info, _ in checkpoint.tensors()}
+    return tensors, checkpoint.unsafe_globals, checkpoint.warnings
+
+
+def read(index_path: str) -> Checkpoint:
+    index = read_json(index_path, "index")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CheckpointError("index has no weight_map of tensor names to shard files")
+    folder = os.path.dirname(os.path.abspath(index_path))
+    shards: dict[str, tuple] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        if os.path.basename(shard) != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"index names a shard outside its folder: {shard!r:.80}")
+        shard_path = os.path.join(folder, shard)
+        if not os.path.isfile(shard_path):
+            raise CheckpointError(f"shard {shard} named by the index is missing")
+        try:
+            shards[shard] = shard_tensors(shard_path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"shard {shard}: {exc}") from None
+    tensors, unsafe, warnings = {}, [], []
+    for key, shard in weight_map.items():
+        shard_map = shards[shard][0]
+        if key not in shard_map:
+            raise CheckpointError(f"tensor {key!r} is not in shard {shard} as the index says")
+        tensors[key] = shard_map[key]
+    for shard, (shard_map, shard_unsafe, shard_warnings) in shards.items():
+        unsafe += [g for g in shard_unsafe if g not in unsafe]
+        warnings += [f"{shard}: {w}" for w in shard_warnings]
+        extra = set(shard_map) - set(weight_map)
+        if extra:
+            warnings.append(f"{shard} holds {len(extra)} tensor(s) the index does not list")
+    metadata = {f"index.{k}": v for k, v in (index.get("metadata") or {}).items()
+                if isinstance(v, (str, int, float, bool))}
+    metadata["shards"] = len(shards)
+    metadata.update(config_metadata(folder))
+    total = sum(os.path.getsize(os.path.join(folder, s)) for s in shards)
+    return Checkpoint(path=index_path, format="hf-sharded", file_bytes=total,
+                      root=safetensors.flat_tree(tensors), unsafe_globals=unsafe,
+                      warnings=warnings, metadata=metadata)
+
+
+def config_metadata(folder: str) -> dict:
+    """Plain top-level fields of a model directory's config.json (model_type, sizes...)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        config = read_json(path, "config")
+    except CheckpointError:
+        return {}
+    return {f"config.{k}": v for k, v in config.items() if isinstance(v, (str, int, float, bool))}

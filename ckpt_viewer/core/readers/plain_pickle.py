@@ -1,0 +1,15 @@
+"""A bare pickle stream (pickle.dump of a dict, numpy scalars...), read as data."""
+
+from __future__ import annotations
+
+import os
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, pickle_checkpoint
+
+
+def read(path: str):
+    if os.path.getsize(path) > MAX_PICKLE_BYTES:
+        raise CheckpointError("bare pickle is larger than 512 MB; refusing to parse it")
+    with open(path, "rb") as f:
+        return pickle_checkpoint(path, "pickle", f, storage_factory=None)

@@ -1,0 +1,110 @@
+"""The pre-1.6 torch.save stream: magic, protocol, sys_info, object pickle, storage keys,
+then each storage as <int64 numel><raw bytes>. Storages are indexed by offset, never read."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.model import DTYPE_SIZES, FileSpan, Storage
+from ckpt_viewer.core.readers import pickle_checkpoint, storage_pid
+from ckpt_viewer.core.safe_pickle import Placeholder, dtype_of_storage, safe_load
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+
+
+class _Stream:
+    """The open file and its size, read pickle by pickle."""
+
+    def __init__(self, path):
+        self.file = open(path, "rb")
+        self.size = os.fstat(self.file.fileno()).st_size
+
+    def load(self):
+        return safe_load(self.file, encoding="latin1")
+
+
+def read(path: str):
+    stream = _Stream(path)
+    try:
+        return _read(path, stream)
+    finally:
+        stream.file.close()
+
+
+def _read(path, stream):
+    magic, _ = stream.load()
+    if magic != MAGIC_NUMBER:
+        raise CheckpointError("not a PyTorch legacy file (bad magic number)")
+    protocol, _ = stream.load()
+    if protocol != PROTOCOL_VERSION:
+        raise CheckpointError(f"unsupported legacy protocol version {protocol!r:.20}")
+    sys_info, _ = stream.load()
+    little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
+    byteorder = "little" if little else "big"
+    roots: dict[str, Storage] = {}
+    views: list[tuple[Storage, str, int]] = []
+
+    def storage_factory(pid):
+        if isinstance(pid, tuple) and pid and pid[0] == "module":
+            return pid[1] if len(pid) > 1 and isinstance(pid[1], type) else Placeholder()
+        storage_type, key, location, numel = storage_pid(pid)
+        dtype = dtype_of_storage(storage_type)
+        root = roots.get(key)
+        if root is None:
+            root = roots[key] = Storage(key, dtype, numel, location, None, byteorder)
+        view = pid[5] if len(pid) > 5 else None
+        if view is None:
+            return root
+        if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int
+                and type(view[2]) is int and view[1] >= 0 and view[2] >= 0):
+            raise CheckpointError(f"malformed storage view of {key!r}")
+        storage = Storage(f"{key}[{view[1]}:{view[1] + view[2]}]", dtype, view[2], location,
+                          None, byteorder)
+        views.append((storage, key, view[1]))
+        return storage
+
+    # Storages get their file spans once the storage section has been walked.
+    checkpoint = pickle_checkpoint(path, "torch-legacy", stream.file, storage_factory,
+                                   file_bytes=stream.size, byteorder=byteorder)
+    keys, _ = stream.load()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise CheckpointError("legacy storage key list is malformed")
+    _index_storages(stream, keys, roots, path)
+    for storage, root_key, offset in views:
+        root = roots[root_key]
+        if offset + storage.numel > root.numel:
+            raise CheckpointError(f"storage view {storage.key!r} lies outside its storage")
+        size = DTYPE_SIZES[storage.dtype]
+        storage.source = FileSpan(path, root.source.offset + offset * size, storage.numel * size)
+    if byteorder == "big":
+        checkpoint.warnings.append("tensors are stored big-endian; values are byte-swapped when read")
+    return checkpoint
+
+
+def _index_storages(stream, keys, roots, path):
+    """Walk the storage section by offsets; check every declared size against the file."""
+    offset = stream.file.tell()
+    for key in keys:
+        storage = roots.get(key)
+        if storage is None:
+            raise CheckpointError(f"legacy storage {key!r} is listed but never used")
+        stream.file.seek(offset)
+        header = stream.file.read(8)
+        if len(header) < 8:
+            raise CheckpointError(f"file ends before storage {key!r} (truncated?)")
+        (numel,) = struct.unpack("<q", header)
+        if numel < 0 or numel != storage.numel:
+            raise CheckpointError(f"storage {key!r} declares {numel} elements but the "
+                                  f"object pickle says {storage.numel}")
+        nbytes = numel * DTYPE_SIZES[storage.dtype]
+        if offset + 8 + nbytes > stream.size:
+            raise CheckpointError(f"storage {key!r} needs {nbytes:,} bytes at offset {offset + 8:,} "
+                                  f"but the file is {stream.size:,} bytes (truncated?)")
+        storage.source = FileSpan(path, offset + 8, nbytes)
+        offset += 8 + nbytes
+    missing = [k for k, s in roots.items() if s.source is None]
+    if missing:
+        raise CheckpointError(f"legacy storage {missing[0]!r} has no data in the file")

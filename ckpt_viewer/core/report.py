@@ -1,0 +1,85 @@
+"""The human-readable `inspect` report."""
+
+from __future__ import annotations
+
+from ckpt_viewer.core.model import Checkpoint, Node, format_bytes, format_count
+from ckpt_viewer.core.summary import totals
+
+MAX_LIST_PREVIEW = 6
+
+
+def describe_value(value) -> str:
+    if isinstance(value, list):
+        head = ", ".join(repr(v) for v in value[:MAX_LIST_PREVIEW])
+        more = f", ... ({len(value)} items)" if len(value) > MAX_LIST_PREVIEW else ""
+        return f"[{head}{more}]"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def node_line(node: Node) -> str:
+    """One row of the tree: name, then what it is."""
+    if node.kind == "tensor":
+        t = node.tensor
+        parts = [f"{list(t.shape)}", t.dtype, format_count(t.numel), format_bytes(t.nbytes),
+                 t.device]
+        if t.layout != "strided":
+            parts.append(t.layout)
+        if node.role:
+            parts.append(node.role)
+        if node.shared_with:
+            parts.append(f"shares storage with {node.shared_with}")
+        if node.note:
+            parts.append(node.note)
+        return f"{node.name}  " + "  ".join(parts)
+    if node.kind == "scalar":
+        return f"{node.name} = {describe_value(node.value)}"
+    if node.kind == "ref":
+        return f"{node.name} -> same object as {node.value}"
+    if node.kind == "opaque":
+        return f"{node.name}  ({node.type_name}) {describe_value(node.value)}"
+    label = node.type_name or node.kind
+    extra = f"  {node.note}" if node.note else ""
+    return f"{node.name}  <{label}, {len(node.children)} entries>{extra}"
+
+
+def tree_lines(root: Node, max_depth=None):
+    stack = [(child, 0) for child in reversed(root.children)]
+    while stack:
+        node, depth = stack.pop()
+        yield "  " * (depth + 1) + node_line(node)
+        if max_depth is None or depth + 1 < max_depth:
+            stack.extend((child, depth + 1) for child in reversed(node.children))
+
+
+def text_report(checkpoint: Checkpoint, max_depth=None):
+    total = totals(checkpoint)
+    yield f"path:    {checkpoint.path}"
+    yield f"format:  {checkpoint.format}   file: {format_bytes(checkpoint.file_bytes)}"
+    yield (f"tensors: {total.tensors}   parameters: {format_count(total.params)} "
+           f"({total.params:,})   tensor bytes: {format_bytes(total.bytes)}")
+    for dtype, (count, params, nbytes) in total.by_dtype.items():
+        yield f"  {dtype:<14} {count:>7} tensors  {format_count(params):>9}  {format_bytes(nbytes):>10}"
+    for key, value in checkpoint.metadata.items():
+        yield f"{key}: {describe_value(value)}"
+    if checkpoint.unsafe_globals:
+        yield ("WARNING: the file refers to Python globals that are not tensor data; "
+               "none of them was run: " + ", ".join(checkpoint.unsafe_globals))
+    for warning in checkpoint.warnings:
+        yield f"warning: {warning}"
+    scalars = checkpoint.scalars()
+    if scalars:
+        yield "scalars:"
+        for key, value in scalars.items():
+            yield f"  {key} = {describe_value(value)}"
+    for opt in checkpoint.optimizers:
+        yield f"optimizer {opt.key}: {opt.type or 'unknown type'}, {len(opt.param_groups)} group(s)"
+        for index, group in enumerate(opt.param_groups):
+            hyper = ", ".join(f"{k}={describe_value(v)}" for k, v in group.items()
+                              if k not in ("params", "param_names"))
+            yield f"  group {index}: {hyper}"
+            yield f"    params: {describe_value(group.get('params', []))}"
+        if opt.names_source:
+            yield f"  parameter names: {opt.names_source}"
+    yield "tree:"
+    yield from tree_lines(checkpoint.root, max_depth)

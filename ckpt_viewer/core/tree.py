@@ -1,0 +1,173 @@
+"""Turn unpickled plain data (dicts, lists, TensorInfo, Placeholders) into the Node tree."""
+
+from __future__ import annotations
+
+from ckpt_viewer.core.model import Node, TensorInfo, iter_nodes
+from ckpt_viewer.core.safe_pickle import GlobalRef, Placeholder
+
+SCALAR_TYPES = (bool, int, float, str)
+COMPACT_LIST = 16          # longer lists of plain scalars become one node
+BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
+MODULE_SUMMARY_FIELDS = 8  # plain attributes shown in a module's note
+MAX_DEPTH = 1000           # deeper levels are cut: dotted keys would grow quadratically
+
+
+def is_module(obj) -> bool:
+    fields = obj.fields if isinstance(obj, Placeholder) else {}
+    return isinstance(fields.get("_parameters"), dict) and isinstance(fields.get("_modules"), dict)
+
+
+def is_optimizer_state(obj) -> bool:
+    return (isinstance(obj, dict) and isinstance(obj.get("state"), dict)
+            and isinstance(obj.get("param_groups"), list)
+            and all(isinstance(g, dict) and "params" in g for g in obj["param_groups"]))
+
+
+def _module_children(obj):
+    """A module's state_dict entries (parameters, persistent buffers) then its submodules."""
+    fields = obj.fields
+    non_persistent = fields.get("_non_persistent_buffers_set") or ()
+    for name, value in (fields.get("_parameters") or {}).items():
+        if value is not None:
+            yield str(name), value, "parameter"
+    for name, value in (fields.get("_buffers") or {}).items():
+        if value is not None and name not in non_persistent:
+            yield str(name), value, "buffer"
+    for name, value in (fields.get("_modules") or {}).items():
+        if value is not None:
+            yield str(name), value, ""
+
+
+def _module_note(obj) -> str:
+    parts = [f"{k}={v!r}" for k, v in obj.fields.items()
+             if not str(k).startswith("_") and k != "training" and isinstance(v, SCALAR_TYPES)]
+    return ", ".join(parts[:MODULE_SUMMARY_FIELDS])
+
+
+def _object_children(obj):
+    for name, value in obj.fields.items():
+        yield str(name), value, ""
+    for name, value in obj.items.items():
+        yield str(name), value, ""
+    for index, value in enumerate(obj.list_items):
+        yield str(index), value, ""
+    if obj.state is None and not obj.items and not obj.list_items:
+        for index, value in enumerate(obj.args):
+            yield str(index), value, ""
+        for name, value in obj.kwargs.items():
+            yield str(name), value, ""
+
+
+ID_LISTS = ("params", "param_names")   # optimizer parameter ids/names: one node, not scalars
+
+
+def _is_compact_list(obj, name: str) -> bool:
+    return (isinstance(obj, (list, tuple)) and (len(obj) > COMPACT_LIST or name in ID_LISTS)
+            and all(v is None or isinstance(v, SCALAR_TYPES) for v in obj))
+
+
+def is_script_module(obj) -> bool:
+    """A TorchScript module object: its state is a dict of attributes and submodules."""
+    return (isinstance(obj, Placeholder) and obj.qualname.startswith("__torch__.")
+            and isinstance(obj.state, dict))
+
+
+def _script_module_children(obj):
+    for name, value in obj.fields.items():
+        if isinstance(value, (TensorInfo, Placeholder, dict, list, tuple)):
+            yield str(name), value, "parameter" if getattr(value, "is_parameter", False) else ""
+
+
+def build_tree(obj, warnings: list | None = None) -> Node:
+    """Walk without recursion; a container seen before becomes a `ref` node (no blow-up)."""
+    root = Node(name="", kind="dict")
+    first_key: dict[int, str] = {}
+    stack = [(obj, None, "", "", "", 0)]
+    cut = False
+    while stack:
+        value, parent, name, key, role, depth = stack.pop()
+        node = root if parent is None else Node(name=name, kind="opaque", key=key, role=role)
+        if parent is not None:
+            parent.children.append(node)
+        if depth >= MAX_DEPTH:
+            node.type_name, node.value, cut = "cut", f"nested deeper than {MAX_DEPTH} levels", True
+            continue
+        children = _fill(node, value, first_key)
+        for child_name, child_value, child_role in reversed(children):
+            child_key = f"{key}.{child_name}" if key else child_name
+            stack.append((child_value, node, child_name, child_key, child_role, depth + 1))
+    if cut and warnings is not None:
+        warnings.append(f"the structure is nested deeper than {MAX_DEPTH} levels; "
+                        "deeper levels are not shown")
+    _mark_shared_storage(root)
+    return root
+
+
+def _fill(node: Node, value, first_key: dict) -> list:
+    """Set node's kind/type from value; return its children as (name, value, role)."""
+    if isinstance(value, TensorInfo):
+        node.kind, node.tensor, node.type_name = "tensor", value, "Parameter" if value.is_parameter else "Tensor"
+        if id(value) in first_key:
+            node.shared_with = first_key[id(value)]
+        else:
+            first_key[id(value)] = node.key
+        if not node.role and node.name in BUFFER_NAMES:
+            node.role = "buffer"
+        return []
+    if value is None or isinstance(value, SCALAR_TYPES):
+        node.kind, node.value = ("scalar", value) if value is not None else ("opaque", None)
+        node.type_name = type(value).__name__ if not isinstance(value, str) else "str"
+        return []
+    if isinstance(value, (bytes, bytearray)):
+        node.type_name, node.value = type(value).__name__, f"{len(value)} bytes"
+        return []
+    if isinstance(value, (GlobalRef, type)):
+        node.type_name, node.value = "global", getattr(value, "qualname", repr(value))
+        return []
+    if _is_compact_list(value, node.name):
+        node.type_name, node.value = type(value).__name__, list(value)
+        return []
+    if not isinstance(value, (dict, list, tuple, set, frozenset, Placeholder)):
+        node.type_name, node.value = type(value).__name__, repr(value)[:200]
+        return []
+    if id(value) in first_key:
+        node.kind, node.value, node.type_name = "ref", first_key[id(value)], "reference"
+        return []
+    first_key[id(value)] = node.key
+    if isinstance(value, dict):
+        node.kind = "optimizer" if is_optimizer_state(value) else "dict"
+        node.type_name = type(value).__name__
+        return [(_segment(k), v, "") for k, v in value.items()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        node.kind, node.type_name = "list", type(value).__name__
+        return [(str(i), v, "") for i, v in enumerate(value)]
+    node.type_name = value.qualname
+    if is_module(value):
+        node.kind, node.note = "module", _module_note(value)
+        return list(_module_children(value))
+    if is_script_module(value):
+        node.kind, node.note = "module", _module_note(value)
+        return list(_script_module_children(value))
+    node.kind = "object"
+    return list(_object_children(value))
+
+
+def _segment(key) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (GlobalRef, Placeholder)):
+        return repr(key)
+    return str(key)
+
+
+def _mark_shared_storage(root: Node):
+    """Tensors that use one storage point at the first tensor that used it."""
+    first: dict[int, str] = {}
+    for node in iter_nodes(root):
+        tensor = node.tensor
+        if tensor is None or tensor.storage is None:
+            continue
+        storage_id = id(tensor.storage)
+        if storage_id in first and not node.shared_with:
+            node.shared_with = first[storage_id]
+        first.setdefault(storage_id, node.key)

@@ -1,0 +1,1 @@
+"""Icons shipped with the package (found with importlib.resources)."""
