@@ -7,9 +7,9 @@ import json
 import sys
 
 from ckpt_viewer import __version__
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, describe_error
 
-SUBCOMMANDS = ("inspect",)
+SUBCOMMANDS = ("inspect", "stats")
 
 
 def _inspect_parser(sub):
@@ -21,6 +21,17 @@ def _inspect_parser(sub):
     p.set_defaults(run=run_inspect)
 
 
+def _stats_parser(sub):
+    p = sub.add_parser("stats", help="statistics and histogram of one tensor")
+    p.add_argument("path")
+    p.add_argument("key", help="the tensor's dotted key, as `inspect` prints it")
+    p.add_argument("--bins", type=int, default=256, help="histogram bins (default 256)")
+    p.add_argument("--part", choices=("magnitude", "real", "imag"), default="magnitude",
+                   help="complex tensors: which part to describe")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_stats)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckpt-viewer",
@@ -28,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ckpt-viewer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _inspect_parser(sub)
+    _stats_parser(sub)
     return parser
 
 
@@ -54,6 +66,25 @@ def run_inspect(args) -> int:
         sys.stdout.write("\n")
     else:
         for line in text_report(checkpoint, max_depth=args.depth):
+            print(line)
+    return 0
+
+
+def run_stats(args) -> int:
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.report import stats_lines
+    from ckpt_viewer.core.stats import compute, run
+
+    checkpoint = open_checkpoint(args.path)
+    node = checkpoint.find(args.key)
+    if node is None or node.tensor is None:
+        raise CheckpointError(f"no tensor with key {args.key!r} (see `ckpt-viewer inspect`)")
+    stats = run(compute(node.tensor, bins=args.bins, part=args.part))
+    if args.json:
+        json.dump(stats.to_json(), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for line in stats_lines(args.key, node.tensor, stats):
             print(line)
     return 0
 
@@ -87,3 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 0
+    except Exception as exc:   # noqa: BLE001 - the contract is one line, never a traceback
+        message = describe_error(exc)
+        print(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
+        return 2

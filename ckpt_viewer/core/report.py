@@ -83,3 +83,40 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
             yield f"  parameter names: {opt.names_source}"
     yield "tree:"
     yield from tree_lines(checkpoint.root, max_depth)
+
+
+def number(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return f"{value:,}"
+
+
+def stats_rows(stats) -> list[tuple[str, str]]:
+    """(label, value) rows shared by `stats` and the GUI's statistics table."""
+    rows = [("elements", number(stats.numel)), ("min", number(stats.min)),
+            ("max", number(stats.max)), ("mean", number(stats.mean)), ("std", number(stats.std)),
+            ("L2 norm", number(stats.l2)), ("NaN", number(stats.nan)),
+            ("+Inf", number(stats.posinf)), ("-Inf", number(stats.neginf)),
+            ("zeros", f"{number(stats.zeros)} ({100 * stats.zeros / max(stats.numel, 1):.2f} %)")]
+    rows += [(f"{100 * q:g} %", number(v)) for q, v in stats.quantiles.items()]
+    if stats.part:
+        rows.append(("complex part", stats.part))
+    return rows
+
+
+def stats_lines(key, tensor, stats):
+    yield f"{key}  {list(tensor.shape)}  {tensor.dtype}  {tensor.device}"
+    for label, value in stats_rows(stats):
+        yield f"  {label:<12} {value}"
+    if stats.value_counts:
+        top = sorted(stats.value_counts.items(), key=lambda kv: -kv[1])[:10]
+        yield "  values       " + ", ".join(f"{v}: {c:,}" for v, c in top)
+    peak = max(stats.counts, default=0)
+    yield f"  histogram ({len(stats.counts)} bins)"
+    step = max(1, len(stats.counts) // 32)
+    for i in range(0, len(stats.counts), step):
+        count = sum(stats.counts[i:i + step])
+        bar = "#" * round(40 * count / (peak * step)) if peak else ""
+        yield f"  {stats.edges[i]:>12.5g} {count:>12,} {bar}"

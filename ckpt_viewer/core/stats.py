@@ -1,0 +1,239 @@
+"""Statistics and histograms of one tensor, in chunks that stay in cache.
+
+`compute()` is a generator: it yields progress (0..1) and returns Stats, so a GUI worker can
+cancel it between chunks. Two passes: moments and counts, then a fine histogram (bins x M
+sub-bins) from which the requested histogram is exact and quantiles are interpolated to within
+1/65536 of the value range. min/max/mean/std are over finite values only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.model import TensorInfo
+from ckpt_viewer.core.values import iter_chunks
+
+QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
+FINE_BINS = 65536
+CHUNK = 1 << 20
+MAX_VALUE_COUNTS = 4096        # integer tensors spanning fewer values get exact value counts
+PARTS = ("magnitude", "real", "imag")
+
+
+@dataclass
+class Stats:
+    numel: int = 0
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    zeros: int = 0
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    l2: float = 0.0
+    quantiles: dict = field(default_factory=dict)
+    edges: list = field(default_factory=list)
+    counts: list = field(default_factory=list)
+    value_counts: dict = field(default_factory=dict)   # ints and bools: value -> count
+    below: int = 0      # finite values left of edges[0] (a clipped range)
+    above: int = 0
+    sampled: bool = False
+    part: str = ""      # complex tensors: magnitude | real | imag
+
+    @property
+    def inf(self) -> int:
+        return self.posinf + self.neginf
+
+    @property
+    def finite(self) -> int:
+        return self.numel - self.nan - self.inf
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["inf"] = self.inf
+        out["quantiles"] = {f"{q:g}": v for q, v in self.quantiles.items()}
+        out["value_counts"] = {str(k): v for k, v in self.value_counts.items()}
+        return out
+
+
+def _real_view(chunk: np.ndarray, part: str) -> np.ndarray:
+    if np.iscomplexobj(chunk):
+        return {"real": chunk.real, "imag": chunk.imag}.get(part, np.abs(chunk))
+    if chunk.dtype == np.bool_:
+        return chunk.view(np.uint8)
+    return chunk
+
+
+def _computable(x: np.ndarray) -> np.ndarray:
+    """float16 -> float32 and integers -> float64, so arithmetic neither overflows nor rounds."""
+    if x.dtype == np.float16:
+        return x.astype(np.float32)
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
+class _Moments:
+    def __init__(self):
+        self.n = self.nan = self.posinf = self.neginf = self.zeros = 0
+        self.total = self.squares = 0.0
+        self.lo, self.hi = math.inf, -math.inf
+        self.integer = True
+
+    def add(self, x: np.ndarray):
+        self.n += x.size
+        self.zeros += int(x.size - np.count_nonzero(x))
+        self.integer = self.integer and x.dtype.kind in "iub"
+        x = _computable(x)
+        total = float(np.sum(x, dtype=np.float64))
+        if not math.isfinite(total):        # only then look for NaN/Inf element by element
+            self.nan += int(np.count_nonzero(np.isnan(x)))
+            self.posinf += int(np.count_nonzero(x == np.inf))
+            self.neginf += int(np.count_nonzero(x == -np.inf))
+            x = x[np.isfinite(x)]
+            total = float(np.sum(x, dtype=np.float64))
+        if x.size == 0:
+            return
+        self.total += total
+        self.squares += float(np.dot(x, x))
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+
+
+def _fine_histogram(chunks, lo, hi, fine_bins):
+    """Counts of finite values in fine_bins equal bins over [lo, hi]; plus below/above."""
+    counts = np.zeros(fine_bins, dtype=np.int64)
+    below = above = 0
+    scale = fine_bins / (hi - lo) if hi > lo else 0.0
+    for x in chunks:
+        x = _computable(x)
+        if not np.isfinite(np.sum(x, dtype=np.float64)):
+            x = x[np.isfinite(x)]
+        outside_low, outside_high = x < lo, x > hi
+        n_low, n_high = int(np.count_nonzero(outside_low)), int(np.count_nonzero(outside_high))
+        if n_low or n_high:
+            below, above = below + n_low, above + n_high
+            x = x[~(outside_low | outside_high)]
+        kind = x.dtype.type
+        idx = ((x - kind(lo)) * kind(scale)).astype(np.intp)
+        np.minimum(idx, fine_bins - 1, out=idx)
+        np.maximum(idx, 0, out=idx)
+        counts += np.bincount(idx, minlength=fine_bins)
+        yield
+    return counts, below, above
+
+
+def _quantiles(fine: np.ndarray, lo: float, hi: float) -> dict:
+    total = int(fine.sum())
+    if total == 0:
+        return {}
+    cumulative = np.cumsum(fine)
+    width = (hi - lo) / fine.size if hi > lo else 0.0
+    out = {}
+    for q in QUANTILES:
+        target = q * total
+        index = int(np.searchsorted(cumulative, target, side="left"))
+        index = min(index, fine.size - 1)
+        before = int(cumulative[index - 1]) if index else 0
+        inside = int(fine[index]) or 1
+        out[q] = lo + width * (index + (target - before) / inside)
+    return out
+
+
+def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
+            value_range: tuple | None = None, chunk: int = CHUNK):
+    """Generator: yields progress in [0, 1]; returns Stats."""
+    if bins < 1 or bins > FINE_BINS:
+        raise CheckpointError(f"bins must be between 1 and {FINE_BINS}")
+    if tensor.numel == 0:
+        return Stats(numel=0)
+    passes = 2
+    total_chunks = max(1, math.ceil(tensor.numel / chunk))
+    moments = _Moments()
+    for i, raw in enumerate(iter_chunks(tensor, chunk)):
+        moments.add(_real_view(raw, part))
+        yield (i + 1) / (total_chunks * passes)
+    stats = Stats(numel=moments.n, nan=moments.nan, posinf=moments.posinf,
+                  neginf=moments.neginf, zeros=moments.zeros,
+                  part=part if tensor.dtype.startswith("complex") else "")
+    finite = stats.finite
+    if finite:
+        stats.min, stats.max = moments.lo, moments.hi
+        stats.mean = moments.total / finite
+        variance = max(moments.squares / finite - stats.mean ** 2, 0.0)
+        stats.std = math.sqrt(variance * finite / (finite - 1)) if finite > 1 else 0.0
+        stats.l2 = math.sqrt(moments.squares)
+    else:
+        return stats
+    lo, hi = value_range if value_range else (stats.min, stats.max)
+    if moments.integer and not value_range and hi - lo < MAX_VALUE_COUNTS:
+        bins = min(bins, int(hi - lo) + 1)
+        lo, hi = lo - 0.5, hi + 0.5           # one bin per integer value
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    fine_bins = bins * max(1, FINE_BINS // bins)
+    chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
+    histogram = _fine_histogram(chunks, lo, hi, fine_bins)
+    done = 0
+    try:
+        while True:
+            next(histogram)
+            done += 1
+            yield 0.5 + done / (total_chunks * passes)
+    except StopIteration as stop:
+        fine, stats.below, stats.above = stop.value
+    stats.counts = fine.reshape(bins, -1).sum(axis=1).tolist()
+    stats.edges = np.linspace(lo, hi, bins + 1).tolist()
+    stats.quantiles = {} if value_range else {
+        q: min(max(v, stats.min), stats.max) for q, v in _quantiles(fine, lo, hi).items()}
+    if moments.integer and not value_range and stats.max - stats.min < MAX_VALUE_COUNTS:
+        stats.value_counts = {int(round((a + b) / 2)): c for a, b, c in
+                              zip(stats.edges, stats.edges[1:], stats.counts) if c}
+        stats.quantiles = {q: float(round(v)) for q, v in stats.quantiles.items()}
+    return stats
+
+
+def run(generator):
+    """Drive a progress generator to its result (for the CLI and tests)."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) -> Stats:
+    """A quick look: a few evenly spaced contiguous runs of the tensor (marked `sampled`)."""
+    if tensor.numel <= elements:
+        stats = run(compute(tensor, bins))
+        return stats
+    import copy
+
+    runs = 20
+    per_run = elements // runs
+    pieces = []
+    for r in range(runs):
+        start = (tensor.numel - per_run) * r // (runs - 1)
+        piece = copy.copy(tensor)
+        piece.shape, piece.stride = (per_run,), (1,)
+        piece.offset = tensor.offset + start
+        if not tensor.is_contiguous:
+            break
+        pieces.append(np.concatenate(list(iter_chunks(piece, per_run))))
+    if not pieces:
+        return Stats(numel=tensor.numel, sampled=True)
+    values = _real_view(np.concatenate(pieces), "magnitude")
+    moments = _Moments()
+    moments.add(values)
+    stats = Stats(numel=tensor.numel, sampled=True)
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size:
+        stats.min, stats.max = moments.lo, moments.hi
+        stats.mean = float(np.mean(finite, dtype=np.float64))
+        stats.std = float(np.std(finite, dtype=np.float64))
+        counts, edges = np.histogram(finite, bins=bins)
+        stats.counts, stats.edges = counts.tolist(), edges.tolist()
+    return stats

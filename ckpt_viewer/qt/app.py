@@ -1,0 +1,98 @@
+"""QApplication set-up, icon, light/dark palettes, and `main()` (with --screenshot)."""
+
+from __future__ import annotations
+
+import sys
+from importlib.resources import files
+
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtGui import QColor, QIcon, QPalette
+from PySide6.QtWidgets import QApplication
+
+SCREENSHOT_TIMEOUT_MS = 300_000
+
+
+def resource_path(name: str) -> str:
+    return str(files("ckpt_viewer.resources").joinpath(name))
+
+
+def apply_theme(app: QApplication, dark: bool):
+    app.setStyle("Fusion")
+    if not dark:
+        app.setPalette(app.style().standardPalette())
+        return
+    palette = QPalette()
+    colors = {
+        QPalette.Window: (45, 45, 48), QPalette.WindowText: (220, 220, 220),
+        QPalette.Base: (30, 30, 32), QPalette.AlternateBase: (45, 45, 48),
+        QPalette.ToolTipBase: (60, 60, 64), QPalette.ToolTipText: (230, 230, 230),
+        QPalette.Text: (220, 220, 220), QPalette.Button: (55, 55, 58),
+        QPalette.ButtonText: (220, 220, 220), QPalette.BrightText: (255, 80, 80),
+        QPalette.Highlight: (42, 110, 200), QPalette.HighlightedText: (255, 255, 255),
+        QPalette.Link: (110, 170, 255), QPalette.PlaceholderText: (140, 140, 140),
+    }
+    for role, rgb in colors.items():
+        palette.setColor(role, QColor(*rgb))
+    palette.setColor(QPalette.Disabled, QPalette.Text, QColor(120, 120, 120))
+    palette.setColor(QPalette.Disabled, QPalette.ButtonText, QColor(120, 120, 120))
+    app.setPalette(palette)
+
+
+def make_app() -> QApplication:
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(sys.argv[:1])
+    app.setApplicationName("ckpt-viewer")
+    app.setOrganizationName("ckpt-viewer")
+    app.setWindowIcon(QIcon(resource_path("app.svg")))
+    apply_theme(app, QSettings().value("dark", False, type=bool))
+    return app
+
+
+def take_screenshot(window, path: str, out: str) -> int:
+    """Open path, select its largest tensor, wait for its statistics, save the window."""
+    app = QApplication.instance()
+    result = {"code": 2}
+
+    def finish(code, message=""):
+        if message:
+            print(message, file=sys.stderr)
+        result["code"] = code
+        app.quit()
+
+    def on_loaded(_path):
+        tab = window.current_tab()
+        key = tab.largest_tensor_key()
+        if not key:
+            save()
+            return
+        tab.tensor_view.view_ready.connect(lambda _key: QTimer.singleShot(100, save))
+        tab.select_key(key)
+
+    def save():
+        window.grab().save(out)
+        finish(0)
+
+    window.resize(1400, 900)
+    window.loaded.connect(on_loaded)
+    window.load_failed.connect(lambda p, message: finish(2, f"error: {p}: {message}"))
+    QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, lambda: finish(2, "error: screenshot timed out"))
+    window.open_paths([path])
+    app.exec()
+    return result["code"]
+
+
+def main(paths=(), screenshot: str | None = None) -> int:
+    app = make_app()
+    from ckpt_viewer.qt.main_window import MainWindow
+
+    window = MainWindow()
+    window.show()
+    if screenshot:
+        if len(paths) != 1:
+            print("error: --screenshot needs exactly one PATH", file=sys.stderr)
+            return 2
+        return take_screenshot(window, paths[0], screenshot)
+    if paths:
+        window.open_paths(paths)
+    return app.exec()

@@ -1,0 +1,201 @@
+"""One open checkpoint: warning banner, filterable key tree, summary / tensor / optimizer panes."""
+
+from __future__ import annotations
+
+import html
+
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtGui import QAction, QGuiApplication
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QLineEdit, QMenu,
+                               QSplitter, QTabWidget, QTextBrowser, QTreeView, QVBoxLayout,
+                               QWidget)
+
+from ckpt_viewer.core.model import format_bytes, format_count
+from ckpt_viewer.core.report import describe_value
+from ckpt_viewer.qt.optimizer_view import OptimizerView
+from ckpt_viewer.qt.tensor_view import TensorView
+from ckpt_viewer.qt.tree_model import KEY, KeyTreeModel
+
+AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
+
+
+def summary_html(checkpoint, totals) -> str:
+    esc = html.escape
+    rows = [("Path", esc(checkpoint.path)), ("Format", esc(checkpoint.format)),
+            ("File size", f"{format_bytes(checkpoint.file_bytes)} ({checkpoint.file_bytes:,} bytes)"),
+            ("Tensors", f"{totals.tensors:,}"),
+            ("Parameters", f"{format_count(totals.params)} ({totals.params:,})"),
+            ("Tensor bytes", format_bytes(totals.bytes))]
+    rows += [(esc(str(k)), esc(describe_value(v))) for k, v in checkpoint.metadata.items()]
+    out = ["<h3>Summary</h3><table cellspacing=4>"]
+    out += [f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows]
+    out.append("</table><h3>By dtype</h3><table cellspacing=4>"
+               "<tr><th align=left>dtype</th><th align=right>tensors</th>"
+               "<th align=right>parameters</th><th align=right>bytes</th></tr>")
+    for dtype, (count, params, nbytes) in totals.by_dtype.items():
+        out.append(f"<tr><td>{esc(dtype)}</td><td align=right>{count:,}</td>"
+                   f"<td align=right>{params:,}</td><td align=right>{format_bytes(nbytes)}</td></tr>")
+    out.append("</table>")
+    if checkpoint.warnings:
+        out.append("<h3>Warnings</h3><ul>")
+        out += [f"<li>{esc(w)}</li>" for w in checkpoint.warnings]
+        out.append("</ul>")
+    scalars = checkpoint.scalars()
+    if scalars:
+        out.append("<h3>Scalars</h3><table cellspacing=4>")
+        out += [f"<tr><td>{esc(k)}</td><td>{esc(describe_value(v))}</td></tr>"
+                for k, v in list(scalars.items())[:2000]]
+        out.append("</table>")
+    return "".join(out)
+
+
+class CheckpointTab(QWidget):
+    """Built on the GUI thread from what the load worker produced."""
+
+    tensor_selected = Signal(str)
+
+    def __init__(self, checkpoint, top, rows, totals, parent=None):
+        super().__init__(parent)
+        self.checkpoint, self.totals = checkpoint, totals
+        self.model = KeyTreeModel(top, rows, self)
+
+        self.banner = QLabel()
+        self.banner.setObjectName("unsafeBanner")
+        self.banner.setWordWrap(True)
+        self.banner.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.banner.setStyleSheet("QLabel#unsafeBanner { background: #fff3cd; color: #664d03;"
+                                  " border: 1px solid #ffda6a; padding: 6px; }")
+        if checkpoint.unsafe_globals:
+            names = ", ".join(checkpoint.unsafe_globals[:12])
+            more = f" and {len(checkpoint.unsafe_globals) - 12} more" \
+                if len(checkpoint.unsafe_globals) > 12 else ""
+            self.banner.setText(
+                f"<b>This file refers to Python code</b> that is not tensor data: {html.escape(names)}"
+                f"{more}. None of it was imported or run; ckpt-viewer shows these objects as data. "
+                "Plain <code>torch.load</code> with <code>weights_only=False</code> would run it.")
+        self.banner.setVisible(bool(checkpoint.unsafe_globals))
+
+        self.filter = QLineEdit()
+        self.filter.setObjectName("keyFilter")
+        self.filter.setPlaceholderText("Filter keys: text, glob (*.weight) or /regex/")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.textChanged.connect(self.apply_filter)
+        self.filter_status = QLabel()
+
+        self.tree = QTreeView()
+        self.tree.setObjectName("keyTree")
+        self.tree.setModel(self.model)
+        self.tree.setUniformRowHeights(True)
+        self.tree.header().setSortIndicator(-1, Qt.AscendingOrder)   # file order until clicked
+        self.tree.setSortingEnabled(True)
+        self.tree.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.tree.setContextMenuPolicy(Qt.CustomContextMenu)
+        self.tree.customContextMenuRequested.connect(self._context_menu)
+        self.tree.header().setStretchLastSection(False)
+        for column, width in enumerate((300, 130, 110, 80, 110, 80, 60)):
+            self.tree.setColumnWidth(column, width)
+        self.tree.selectionModel().currentChanged.connect(self._current_changed)
+        if len(rows) <= AUTO_EXPAND_LIMIT:
+            self.tree.expandToDepth(1)
+        else:
+            self.tree.expandToDepth(0)
+
+        self.summary = QTextBrowser()
+        self.summary.setObjectName("summaryPanel")
+        self.summary.setHtml(summary_html(checkpoint, totals))
+        self.tensor_view = TensorView(checkpoint)
+        self.optimizer_view = OptimizerView(checkpoint)
+        self.panes = QTabWidget()
+        self.panes.addTab(self.summary, "Summary")
+        self.panes.addTab(self.tensor_view, "Tensor")
+        self.panes.addTab(self.optimizer_view, f"Optimizer ({len(checkpoint.optimizers)})")
+
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        filter_row = QHBoxLayout()
+        filter_row.addWidget(self.filter, 1)
+        filter_row.addWidget(self.filter_status)
+        left_layout.addLayout(filter_row)
+        left_layout.addWidget(self.tree)
+        splitter = QSplitter(Qt.Horizontal)
+        splitter.addWidget(left)
+        splitter.addWidget(self.panes)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        splitter.setSizes([780, 620])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.banner)
+        layout.addWidget(splitter, 1)
+
+    # --- filter ----------------------------------------------------------------------------
+    def apply_filter(self, text: str):
+        try:
+            matches = self.model.set_filter(text)
+        except ValueError as exc:
+            self.filter_status.setText(str(exc))
+            self.filter.setStyleSheet("QLineEdit { color: #b02a37; }")
+            return
+        self.filter.setStyleSheet("")
+        self.filter_status.setText(f"{matches:,} match{'es' if matches != 1 else ''}"
+                                   if text.strip() else "")
+        if text.strip() and sum(len(r.shown) for r in self.model.rows) <= AUTO_EXPAND_LIMIT:
+            self.tree.expandAll()
+
+    def focus_filter(self):
+        self.filter.setFocus()
+        self.filter.selectAll()
+
+    # --- selection -------------------------------------------------------------------------
+    def selected_key(self) -> str:
+        index = self.tree.currentIndex()
+        return index.data(Qt.UserRole) if index.isValid() else ""
+
+    def select_key(self, key: str) -> bool:
+        index = self.model.index_of_key(key)
+        if not index.isValid():
+            return False
+        self.tree.scrollTo(index)
+        self.tree.selectionModel().setCurrentIndex(
+            index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+        return True
+
+    def largest_tensor_key(self) -> str:
+        best = max(self.checkpoint.tensors(), key=lambda item: item[1].nbytes, default=None)
+        return best[0] if best else ""
+
+    def _current_changed(self, current, _previous):
+        row = self.model.row_of(current) if current.isValid() else None
+        if row is None or row.node.tensor is None:
+            return
+        self.panes.setCurrentWidget(self.tensor_view)
+        self.tensor_view.show_tensor(row.node)
+        self.tensor_selected.emit(row.node.key)
+
+    # --- context menu ----------------------------------------------------------------------
+    def _context_menu(self, position):
+        index = self.tree.indexAt(position)
+        if not index.isValid():
+            return
+        row = self.model.row_of(index)
+        menu = QMenu(self)
+        copy_key = QAction("Copy key path", menu)
+        copy_key.triggered.connect(lambda: QGuiApplication.clipboard().setText(row.node.key))
+        menu.addAction(copy_key)
+        if row.node.tensor is not None:
+            shape = str(list(row.node.tensor.shape))
+            copy_shape = QAction("Copy shape", menu)
+            copy_shape.triggered.connect(lambda: QGuiApplication.clipboard().setText(shape))
+            menu.addAction(copy_shape)
+        menu.addSeparator()
+        expand = QAction("Expand subtree", menu)
+        expand.triggered.connect(lambda: self.tree.expandRecursively(index.siblingAtColumn(0)))
+        menu.addAction(expand)
+        menu.exec(self.tree.viewport().mapToGlobal(position))
+
+    def copy_selected_key(self):
+        key = self.selected_key()
+        if key:
+            QGuiApplication.clipboard().setText(key)
+

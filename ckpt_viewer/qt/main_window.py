@@ -1,0 +1,249 @@
+"""The main window: menus, drag-and-drop, one tab per checkpoint, status-bar progress + Cancel."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox,
+                               QProgressBar, QPushButton, QTabWidget)
+
+from ckpt_viewer import __version__
+from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
+from ckpt_viewer.qt.tree_model import load_for_view
+
+MAX_RECENT = 10
+OPEN_FILTER = ("Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar *.json *.pkl);;"
+               "All files (*)")
+
+
+class MainWindow(QMainWindow):
+    loaded = Signal(str)
+    load_failed = Signal(str, str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("ckpt-viewer")
+        self.setAcceptDrops(True)
+        self.settings = QSettings()
+        self.pending: dict[str, object] = {}      # path -> worker still loading
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("tabs")
+        self.tabs.setTabsClosable(True)
+        self.tabs.setMovable(True)
+        self.tabs.setDocumentMode(True)
+        self.tabs.tabCloseRequested.connect(self.close_tab)
+        self.setCentralWidget(self.tabs)
+        self.welcome = QLabel("Drop checkpoint files or model folders here, or use File > Open "
+                              "(Ctrl+O).\n\nNothing in a file is ever run: pickled objects are "
+                              "shown as data.")
+        self.welcome.setAlignment(Qt.AlignCenter)
+        self.welcome.setObjectName("welcome")
+        self.tabs.addTab(self.welcome, "Welcome")
+        self._build_status_bar()
+        self._build_menus()
+        geometry = self.settings.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1280, 800)
+
+    # --- chrome ----------------------------------------------------------------------------
+    def _build_status_bar(self):
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 0)          # busy: listing has no meaningful fraction
+        self.progress.setMaximumWidth(160)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("cancelButton")
+        self.cancel_button.clicked.connect(self.cancel_loading)
+        self.statusBar().addPermanentWidget(self.progress)
+        self.statusBar().addPermanentWidget(self.cancel_button)
+        self._update_busy()
+
+    def _action(self, text, name, shortcut=None, slot=None):
+        action = QAction(text, self)
+        action.setObjectName(name)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        if slot is not None:
+            action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    def _build_menus(self):
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        file_menu.addAction(self._action("&Open...", "actionOpen", QKeySequence.Open,
+                                         self.open_dialog))
+        file_menu.addAction(self._action("Open &Folder...", "actionOpenFolder", None,
+                                         self.open_folder_dialog))
+        self.recent_menu = file_menu.addMenu("Open &Recent")
+        self._refresh_recent()
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("&Close Tab", "actionCloseTab", QKeySequence.Close,
+                                         lambda: self.close_tab(self.tabs.currentIndex())))
+        file_menu.addAction(self._action("&Quit", "actionQuit", QKeySequence.Quit, self.close))
+        edit_menu = bar.addMenu("&Edit")
+        edit_menu.addAction(self._action("&Find Key", "actionFind", QKeySequence.Find,
+                                         self._focus_filter))
+        edit_menu.addAction(self._action("&Copy Key Path", "actionCopyKey", "Ctrl+Shift+C",
+                                         self._copy_key))
+        view_menu = bar.addMenu("&View")
+        self.dark_action = self._action("&Dark Theme", "actionDarkTheme", None, self._toggle_theme)
+        self.dark_action.setCheckable(True)
+        self.dark_action.setChecked(self.settings.value("dark", False, type=bool))
+        view_menu.addAction(self.dark_action)
+        view_menu.addAction(self._action("&Expand All", "actionExpandAll", None,
+                                         lambda: self._on_tab(lambda t: t.tree.expandAll())))
+        view_menu.addAction(self._action("C&ollapse All", "actionCollapseAll", None,
+                                         lambda: self._on_tab(lambda t: t.tree.collapseAll())))
+        help_menu = bar.addMenu("&Help")
+        help_menu.addAction(self._action("&About ckpt-viewer", "actionAbout", None, self.about))
+
+    # --- opening ---------------------------------------------------------------------------
+    def open_paths(self, paths):
+        """Open each path in its own tab, asynchronously; `loaded`/`load_failed` report."""
+        for path in paths:
+            path = os.path.abspath(os.fspath(path))
+            if path in self.pending:
+                continue
+            self.statusBar().showMessage(f"Opening {path}...")
+            self.pending[path] = workers.start(
+                load_for_view, path,
+                on_result=lambda result, p=path: self._loaded(p, result),
+                on_error=lambda message, p=path: self._failed(p, message))
+        self._update_busy()
+
+    def _loaded(self, path, result):
+        if self.pending.pop(path, None) is None:
+            return                                   # cancelled meanwhile
+        checkpoint, top, rows, totals = result
+        tab = CheckpointTab(checkpoint, top, rows, totals)
+        if self.tabs.indexOf(self.welcome) >= 0:
+            self.tabs.removeTab(self.tabs.indexOf(self.welcome))
+        index = self.tabs.addTab(tab, os.path.basename(path.rstrip("/")) or path)
+        self.tabs.setTabToolTip(index, path)
+        self.tabs.setCurrentIndex(index)
+        self._remember(path)
+        self._update_busy()
+        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, "
+                                     f"{totals.params:,} parameters", 8000)
+        self.loaded.emit(path)
+
+    def _failed(self, path, message):
+        if self.pending.pop(path, None) is None:
+            return
+        self._update_busy()
+        self.statusBar().showMessage(f"Could not open {os.path.basename(path)}", 8000)
+        box = QMessageBox(QMessageBox.Warning, "Cannot open checkpoint",
+                          f"{path}\n\n{message}", QMessageBox.Ok, self)
+        box.setObjectName("errorDialog")
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.open()                                   # window-modal, never blocks the event loop
+        self.load_failed.emit(path, message)
+
+    def cancel_loading(self):
+        for path in list(self.pending):
+            self.pending.pop(path)
+            self.load_failed.emit(path, "cancelled")
+        self.statusBar().showMessage("Cancelled", 4000)
+        self._update_busy()
+
+    def _update_busy(self):
+        busy = bool(self.pending)
+        self.progress.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+
+    def open_dialog(self):
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open checkpoints",
+                                                self.settings.value("lastDir", ""), OPEN_FILTER)
+        if paths:
+            self.settings.setValue("lastDir", os.path.dirname(paths[0]))
+            self.open_paths(paths)
+
+    def open_folder_dialog(self):
+        path = QFileDialog.getExistingDirectory(self, "Open model folder",
+                                                self.settings.value("lastDir", ""))
+        if path:
+            self.open_paths([path])
+
+    def close_tab(self, index):
+        widget = self.tabs.widget(index)
+        if widget is None or widget is self.welcome:
+            return
+        if isinstance(widget, CheckpointTab):
+            widget.tensor_view.cancel()
+        self.tabs.removeTab(index)
+        widget.deleteLater()
+
+    def current_tab(self) -> CheckpointTab | None:
+        widget = self.tabs.currentWidget()
+        return widget if isinstance(widget, CheckpointTab) else None
+
+    def _on_tab(self, func):
+        tab = self.current_tab()
+        if tab is not None:
+            func(tab)
+
+    def _focus_filter(self):
+        self._on_tab(lambda t: t.focus_filter())
+
+    def _copy_key(self):
+        self._on_tab(lambda t: t.copy_selected_key())
+
+    # --- recent files, theme, about --------------------------------------------------------
+    def recent_files(self) -> list[str]:
+        value = self.settings.value("recent", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _remember(self, path):
+        recent = [p for p in self.recent_files() if p != path]
+        self.settings.setValue("recent", ([path] + recent)[:MAX_RECENT])
+        self._refresh_recent()
+
+    def _refresh_recent(self):
+        self.recent_menu.clear()
+        for path in self.recent_files():
+            action = self.recent_menu.addAction(path)
+            action.triggered.connect(lambda _=False, p=path: self.open_paths([p]))
+        self.recent_menu.setEnabled(bool(self.recent_files()))
+
+    def _toggle_theme(self, dark):
+        from ckpt_viewer.qt.app import apply_theme
+
+        self.settings.setValue("dark", dark)
+        apply_theme(QApplication.instance(), dark)
+
+    def about(self):
+        import platform
+
+        from PySide6 import __version__ as pyside_version
+
+        QMessageBox.about(self, "About ckpt-viewer",
+                          f"<b>ckpt-viewer {__version__}</b><br>Look inside PyTorch checkpoints "
+                          "without running code from them.<br><br>"
+                          f"Python {platform.python_version()}<br>PySide6 {pyside_version}<br>"
+                          f"Qt {__import__('PySide6.QtCore').QtCore.qVersion()}")
+
+    # --- drag and drop ---------------------------------------------------------------------
+    def dragEnterEvent(self, event):
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event):
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+
+    def closeEvent(self, event):
+        self.settings.setValue("geometry", self.saveGeometry())
+        for index in range(self.tabs.count()):
+            widget = self.tabs.widget(index)
+            if isinstance(widget, CheckpointTab):
+                widget.tensor_view.cancel()
+        super().closeEvent(event)

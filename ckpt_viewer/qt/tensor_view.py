@@ -1,0 +1,279 @@
+"""What is in one tensor: facts, statistics, a pyqtgraph histogram (sampled preview first,
+then exact), computed in a worker that a new selection cancels."""
+
+from __future__ import annotations
+
+import html
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout,
+                               QHeaderView, QLabel, QProgressBar, QPushButton, QSpinBox,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ckpt_viewer.core.model import Node, format_bytes
+from ckpt_viewer.core.report import stats_rows
+from ckpt_viewer.core.stats import PARTS, compute, sample_preview
+from ckpt_viewer.qt import workers
+
+RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
+          "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
+
+
+def stats_job(tensor, bins, part, value_range):
+    """Worker generator: ("preview", Stats), then progress floats; returns exact Stats."""
+    if not value_range and tensor.numel > 1_000_000:
+        yield "preview", sample_preview(tensor)
+    result = yield from compute(tensor, bins=bins, part=part, value_range=value_range)
+    return result
+
+
+def facts_html(node: Node) -> str:
+    t = node.tensor
+    facts = [("key", node.key), ("shape", str(list(t.shape))), ("dtype", t.dtype),
+             ("elements", f"{t.numel:,}"), ("bytes", f"{format_bytes(t.nbytes)} ({t.nbytes:,})"),
+             ("device tag", t.device), ("layout", t.layout)]
+    if t.layout == "strided" and t.storage is not None:
+        facts += [("strides", str(list(t.stride))), ("storage offset", str(t.offset)),
+                  ("contiguous", "yes" if t.is_contiguous else "no"),
+                  ("storage", f"{t.storage.key} ({t.storage.numel:,} elements"
+                              f"{', shared with ' + node.shared_with if node.shared_with else ''})")]
+    if t.quantizer:
+        facts.append(("quantizer", ", ".join(f"{k}={v}" for k, v in t.quantizer.items()
+                                             if not hasattr(v, "shape"))))
+    if node.role:
+        facts.append(("role", node.role))
+    if node.note:
+        facts.append(("note", node.note))
+    cells = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>"
+                    for k, v in facts)
+    return f"<table cellspacing=2>{cells}</table>"
+
+
+class TensorView(QWidget):
+    view_ready = Signal(str)        # exact statistics of this key are on screen
+    preview_ready = Signal(str)
+
+    def __init__(self, checkpoint, parent=None):
+        super().__init__(parent)
+        self.setObjectName("tensorView")
+        self.checkpoint = checkpoint
+        self.node: Node | None = None
+        self.stats = None
+        self.worker = None
+        self.generation = 0
+        self.plot = None
+
+        self.facts = QLabel("Select a tensor in the tree.")
+        self.facts.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.facts.setWordWrap(True)
+        self.bins = QSpinBox()
+        self.bins.setRange(2, 4096)
+        self.bins.setValue(256)
+        self.bins.setPrefix("bins ")
+        self.bins.setKeyboardTracking(False)
+        self.log_y = QCheckBox("log y")
+        self.range = QComboBox()
+        self.range.addItems(list(RANGES))
+        self.part = QComboBox()
+        self.part.addItems(list(PARTS))
+        self.part.setToolTip("complex tensors: which part to describe")
+        self.save_png = QPushButton("Save PNG...")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setMaximumWidth(140)
+        self.progress.setTextVisible(False)
+        self.status = QLabel()
+        controls = QHBoxLayout()
+        for widget in (self.bins, self.log_y, self.range, self.part, self.save_png):
+            controls.addWidget(widget)
+        controls.addStretch(1)
+        controls.addWidget(self.status)
+        controls.addWidget(self.progress)
+
+        self.readout = QLabel(" ")
+        self.table = QTableWidget(0, 2)
+        self.table.setObjectName("statsTable")
+        self.table.setHorizontalHeaderLabels(["statistic", "value"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.setMaximumWidth(300)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+
+        self.plot_holder = QVBoxLayout()
+        plot_row = QHBoxLayout()
+        plot_row.addLayout(self.plot_holder, 1)
+        plot_row.addWidget(self.table)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.facts)
+        layout.addLayout(controls)
+        layout.addLayout(plot_row, 1)
+        layout.addWidget(self.readout)
+
+        self.bins.valueChanged.connect(self.recompute)
+        self.range.currentIndexChanged.connect(self.recompute)
+        self.part.currentIndexChanged.connect(self.recompute)
+        self.log_y.toggled.connect(self._apply_log)
+        self.save_png.clicked.connect(self.export_png)
+        self._set_controls_enabled(False)
+
+    # --- plot ------------------------------------------------------------------------------
+    def _ensure_plot(self):
+        if self.plot is not None:
+            return
+        import pyqtgraph as pg
+
+        self.pg = pg
+        palette = self.palette()
+        pg.setConfigOption("foreground", palette.color(QPalette.Text))
+        self.plot = pg.PlotWidget(background=palette.color(QPalette.Base))
+        self.plot.setObjectName("histogramPlot")
+        self.plot.setLabel("left", "count")
+        self.plot.setLabel("bottom", "value")
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.curve = self.plot.plot([0, 1], [0], stepMode="center", fillLevel=0,
+                                    brush=(90, 140, 230, 120), pen=pg.mkPen((60, 100, 200), width=1))
+        self.mean_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), width=2))
+        self.std_lines = [pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), style=Qt.DashLine))
+                          for _ in range(2)]
+        for line in [self.mean_line] + self.std_lines:
+            self.plot.addItem(line)
+        self.plot.scene().sigMouseMoved.connect(self._hover)
+        self.plot_holder.addWidget(self.plot)
+
+    def _draw(self, stats):
+        self._ensure_plot()
+        edges, counts = stats.edges, stats.counts
+        if not counts:
+            self.curve.setData([0, 1], [0])
+            return
+        self.curve.setData(edges, counts)
+        for line, value, visible in (
+                (self.mean_line, stats.mean, stats.mean is not None),
+                (self.std_lines[0], (stats.mean or 0) - (stats.std or 0), stats.std is not None),
+                (self.std_lines[1], (stats.mean or 0) + (stats.std or 0), stats.std is not None)):
+            line.setVisible(visible)
+            if visible:
+                line.setValue(value)
+        self._apply_log(self.log_y.isChecked())
+        self.plot.enableAutoRange()
+
+    def _apply_log(self, on):
+        if self.plot is not None:
+            self.plot.setLogMode(x=False, y=on)
+
+    def _hover(self, position):
+        stats = self.stats
+        if self.plot is None or stats is None or not stats.counts:
+            return
+        x = self.plot.getPlotItem().vb.mapSceneToView(position).x()
+        edges = stats.edges
+        if not edges[0] <= x <= edges[-1]:
+            self.readout.setText(" ")
+            return
+        lo, hi = 0, len(stats.counts) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if edges[mid] <= x:
+                lo = mid
+            else:
+                hi = mid - 1
+        self.readout.setText(f"bin [{edges[lo]:.6g}, {edges[lo + 1]:.6g}): {stats.counts[lo]:,}")
+
+    def export_png(self, path: str | None = None):
+        if self.plot is None:
+            return None
+        if not path:
+            path, _ = QFileDialog.getSaveFileName(self, "Save histogram", "histogram.png",
+                                                  "PNG image (*.png)")
+        if path:
+            self.plot.grab().save(path)
+        return path
+
+    # --- computation -----------------------------------------------------------------------
+    def show_tensor(self, node: Node):
+        self.node, self.stats = node, None
+        self.range.blockSignals(True)
+        self.range.setCurrentIndex(0)
+        self.range.blockSignals(False)
+        self.facts.setText(facts_html(node))
+        is_complex = node.tensor.dtype.startswith("complex")
+        self.part.setVisible(is_complex)
+        self.recompute()
+
+    def recompute(self, *_):
+        if self.node is None:
+            return
+        self.cancel()
+        self.generation += 1
+        generation = self.generation
+        value_range = None
+        clip = RANGES[self.range.currentText()]
+        if clip and self.stats is not None and self.stats.quantiles and not self.stats.sampled:
+            quantiles = self.stats.quantiles
+            if clip[0] in quantiles and clip[1] in quantiles:
+                value_range = (quantiles[clip[0]], quantiles[clip[1]])
+        self.status.setText("computing...")
+        self.progress.setValue(0)
+        self.progress.show()
+        self.worker = workers.start(
+            stats_job, self.node.tensor, self.bins.value(), self.part.currentText(), value_range,
+            on_progress=lambda item: self._progress(generation, item),
+            on_result=lambda stats: self._done(generation, stats, value_range),
+            on_error=lambda message: self._failed(generation, message))
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()
+            self.worker = None
+
+    def _progress(self, generation, item):
+        if generation != self.generation:
+            return
+        if isinstance(item, tuple):
+            self._show(item[1], preview=True)
+            self.preview_ready.emit(self.node.key)
+        else:
+            self.progress.setValue(int(item * 1000))
+
+    def _done(self, generation, stats, value_range):
+        if generation != self.generation:
+            return
+        keep_quantiles = value_range and self.stats is not None
+        if keep_quantiles:
+            stats.quantiles = self.stats.quantiles
+        self._show(stats, preview=False)
+        self.worker = None
+        self.view_ready.emit(self.node.key)
+
+    def _failed(self, generation, message):
+        if generation != self.generation:
+            return
+        self.status.setText(f"cannot read values: {message}")
+        self.progress.hide()
+        self.worker = None
+
+    def _show(self, stats, preview: bool):
+        self.stats = stats
+        self._set_controls_enabled(True)
+        rows = stats_rows(stats)
+        if stats.below or stats.above:
+            rows.append(("outside range", f"{stats.below:,} below, {stats.above:,} above"))
+        if stats.value_counts:
+            top = sorted(stats.value_counts.items(), key=lambda kv: -kv[1])[:8]
+            rows += [(f"value {v}", f"{c:,}") for v, c in top]
+        self.table.setRowCount(len(rows))
+        for r, (label, value) in enumerate(rows):
+            self.table.setItem(r, 0, QTableWidgetItem(label))
+            self.table.setItem(r, 1, QTableWidgetItem(value))
+        self._draw(stats)
+        if preview:
+            self.status.setText("sampled preview; computing exact statistics...")
+        else:
+            self.status.setText("exact" + (" (clipped range)" if stats.below or stats.above else ""))
+            self.progress.hide()
+
+    def _set_controls_enabled(self, on):
+        for widget in (self.bins, self.log_y, self.range, self.part, self.save_png):
+            widget.setEnabled(on)

@@ -1,0 +1,53 @@
+"""Listing benchmark (issue: core). Run by hand after tests/perf/make_files.py:
+
+    python tests/perf/bench_open.py [--data perf-data]
+
+Each row is a fresh process: `ckpt-viewer inspect --json` against plain torch in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from runner import measure, print_table, python
+
+INSPECT = [sys.executable, "-m", "ckpt_viewer", "inspect", "--json"]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default="perf-data")
+    args = parser.parse_args()
+    rows = []
+    for name, baseline, what in [
+        ("train-16g.pt", "torch.load(p, mmap=True, weights_only=True)", "open 16 GB zip (1.3B + Adam)"),
+        ("train-2g6-legacy.pt", "torch.load(p, weights_only=True)", "open 2.6 GB legacy file"),
+        ("train-2g6.pt", "torch.load(p, mmap=True, weights_only=True)", "open 2.6 GB zip file"),
+    ]:
+        path = os.path.join(args.data, name)
+        if not os.path.exists(path):
+            print(f"skipping {name}: not built")
+            continue
+        ours = measure(INSPECT + [path])
+        base = measure(python(f"import torch; p = {path!r}; {baseline}"))
+        rows.append((what, ours, base, 0.25, 0.3))
+    print_table(rows)
+
+    path = os.path.join(args.data, "keys-50k.pt")
+    if os.path.exists(path):
+        from ckpt_viewer.core.open import open_checkpoint
+        from ckpt_viewer.core.summary import inspect_dict
+        start = time.perf_counter()
+        info = inspect_dict(open_checkpoint(path))
+        in_process = time.perf_counter() - start
+        wall, rss = measure(INSPECT + [path])
+        print(f"\n50,000-key file: {len(info['tensors'])} tensors listed in {in_process:.3f} s "
+              f"in process (budget 1 s); `inspect --json` process {wall:.3f} s, {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(__file__))
+    main()
