@@ -126,21 +126,36 @@ def _fine_histogram(chunks, lo, hi, fine_bins):
     return counts, below, above
 
 
-def _quantiles(fine: np.ndarray, lo: float, hi: float) -> dict:
-    total = int(fine.sum())
+def _quantiles(fine: np.ndarray, lo: float, hi: float, below: int = 0, total: int = 0) -> dict:
+    """Quantiles interpolated inside fine bins; `below` values lie left of lo."""
+    total = total or int(fine.sum()) + below
     if total == 0:
         return {}
-    cumulative = np.cumsum(fine)
+    cumulative = np.cumsum(fine) + below
     width = (hi - lo) / fine.size if hi > lo else 0.0
     out = {}
     for q in QUANTILES:
         target = q * total
-        index = int(np.searchsorted(cumulative, target, side="left"))
-        index = min(index, fine.size - 1)
-        before = int(cumulative[index - 1]) if index else 0
+        index = min(int(np.searchsorted(cumulative, target, side="left")), fine.size - 1)
+        before = int(cumulative[index - 1]) if index else below
         inside = int(fine[index]) or 1
-        out[q] = lo + width * (index + (target - before) / inside)
+        out[q] = lo + width * (index + min(max((target - before) / inside, 0.0), 1.0))
     return out
+
+
+def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress):
+    """One pass: (fine counts, below, above); yields progress mapped into `progress` (a, b)."""
+    chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
+    histogram = _fine_histogram(chunks, lo, hi, fine_bins)
+    total_chunks = max(1, math.ceil(tensor.numel / chunk))
+    done = 0
+    while True:
+        try:
+            next(histogram)
+        except StopIteration as stop:
+            return stop.value
+        done += 1
+        yield progress[0] + (progress[1] - progress[0]) * done / total_chunks
 
 
 def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
@@ -150,46 +165,48 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
         raise CheckpointError(f"bins must be between 1 and {FINE_BINS}")
     if tensor.numel == 0:
         return Stats(numel=0)
-    passes = 2
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     moments = _Moments()
     for i, raw in enumerate(iter_chunks(tensor, chunk)):
         moments.add(_real_view(raw, part))
-        yield (i + 1) / (total_chunks * passes)
+        yield 0.4 * (i + 1) / total_chunks
     stats = Stats(numel=moments.n, nan=moments.nan, posinf=moments.posinf,
                   neginf=moments.neginf, zeros=moments.zeros,
                   part=part if tensor.dtype.startswith("complex") else "")
     finite = stats.finite
-    if finite:
-        stats.min, stats.max = moments.lo, moments.hi
-        stats.mean = moments.total / finite
-        variance = max(moments.squares / finite - stats.mean ** 2, 0.0)
-        stats.std = math.sqrt(variance * finite / (finite - 1)) if finite > 1 else 0.0
-        stats.l2 = math.sqrt(moments.squares)
-    else:
+    if not finite:
         return stats
+    stats.min, stats.max = moments.lo, moments.hi
+    stats.mean = moments.total / finite
+    variance = max(moments.squares / finite - stats.mean ** 2, 0.0)
+    stats.std = math.sqrt(variance * finite / (finite - 1)) if finite > 1 else 0.0
+    stats.l2 = math.sqrt(moments.squares)
     lo, hi = value_range if value_range else (stats.min, stats.max)
-    if moments.integer and not value_range and hi - lo < MAX_VALUE_COUNTS:
+    as_values = moments.integer and not value_range and hi - lo < MAX_VALUE_COUNTS
+    if as_values:
         bins = min(bins, int(hi - lo) + 1)
         lo, hi = lo - 0.5, hi + 0.5           # one bin per integer value
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     fine_bins = bins * max(1, FINE_BINS // bins)
-    chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
-    histogram = _fine_histogram(chunks, lo, hi, fine_bins)
-    done = 0
-    try:
-        while True:
-            next(histogram)
-            done += 1
-            yield 0.5 + done / (total_chunks * passes)
-    except StopIteration as stop:
-        fine, stats.below, stats.above = stop.value
+    fine, stats.below, stats.above = yield from _histogram_pass(
+        tensor, part, chunk, lo, hi, fine_bins, (0.4, 0.8))
     stats.counts = fine.reshape(bins, -1).sum(axis=1).tolist()
     stats.edges = np.linspace(lo, hi, bins + 1).tolist()
-    stats.quantiles = {} if value_range else {
-        q: min(max(v, stats.min), stats.max) for q, v in _quantiles(fine, lo, hi).items()}
-    if moments.integer and not value_range and stats.max - stats.min < MAX_VALUE_COUNTS:
+    if value_range:
+        return stats
+    quantiles = _quantiles(fine, lo, hi)
+    width = (hi - lo) / fine_bins
+    first = int((quantiles[QUANTILES[0]] - lo) / width) if width else 0
+    last = int((quantiles[QUANTILES[-1]] - lo) / width) if width else 0
+    if width and not as_values and (last - first + 1) * 16 < fine_bins:
+        # Outliers squeeze the bulk into a few bins: refine over the bins holding the quantiles.
+        r_lo, r_hi = lo + first * width, lo + min(last + 1, fine_bins) * width
+        refined, below, _ = yield from _histogram_pass(
+            tensor, part, chunk, r_lo, r_hi, FINE_BINS, (0.8, 1.0))
+        quantiles = _quantiles(refined, r_lo, r_hi, below=below, total=finite)
+    stats.quantiles = {q: min(max(v, stats.min), stats.max) for q, v in quantiles.items()}
+    if as_values:
         stats.value_counts = {int(round((a + b) / 2)): c for a, b, c in
                               zip(stats.edges, stats.edges[1:], stats.counts) if c}
         stats.quantiles = {q: float(round(v)) for q, v in stats.quantiles.items()}

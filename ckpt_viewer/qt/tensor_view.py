@@ -141,6 +141,7 @@ class TensorView(QWidget):
             self.plot.addItem(line)
         self.plot.scene().sigMouseMoved.connect(self._hover)
         self.plot_holder.addWidget(self.plot)
+        self.plot.show()
 
     def _draw(self, stats):
         self._ensure_plot()

@@ -13,7 +13,7 @@ def start(func, *args, on_result=None, on_error=None, on_progress=None, on_finis
     The callbacks run on the GUI thread. Returns the worker; `worker.quit()` asks a generator to
     stop at its next yield (a plain function's result is then simply dropped by the caller).
     """
-    worker = create_worker(func, *args, _start_thread=False)
+    worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
     if on_result is not None:
         worker.returned.connect(on_result)
     if on_error is not None:

@@ -1,0 +1,162 @@
+"""Statistics against torch's own numbers, for every dtype family; the stats command."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import builders
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.stats import compute, run
+from ckpt_viewer.core.values import read_array, read_tensor
+
+
+def stats_of(tmp_path, tensor, **kwargs):
+    path = builders.save({"t": tensor}, tmp_path / "t.pt")
+    return run(compute(open_checkpoint(path).find("t").tensor, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                                   torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float_stats_match_torch(tmp_path, dtype):
+    torch.manual_seed(1)
+    values = (torch.randn(5000) * 3).to(dtype)
+    stats = stats_of(tmp_path, values, chunk=1000)
+    ref = values.double()
+    assert stats.numel == 5000 and stats.nan == 0
+    assert stats.min == pytest.approx(ref.min().item())
+    assert stats.max == pytest.approx(ref.max().item())
+    assert stats.mean == pytest.approx(ref.mean().item(), abs=1e-6)
+    assert stats.std == pytest.approx(ref.std().item(), rel=1e-5)
+    assert stats.l2 == pytest.approx(ref.norm().item(), rel=1e-5)
+    assert stats.zeros == int((ref == 0).sum())
+    assert sum(stats.counts) == 5000 and len(stats.counts) == 256
+    assert stats.quantiles[0.5] == pytest.approx(ref.median().item(), abs=(ref.max() - ref.min()).item() / 200)
+
+
+def test_nan_and_inf_never_poison_finite_stats(tmp_path):
+    values = torch.tensor([1.0, 2.0, float("nan"), float("inf"), -float("inf"), 0.0, 3.0])
+    stats = stats_of(tmp_path, values, chunk=3)
+    assert (stats.nan, stats.posinf, stats.neginf, stats.zeros) == (1, 1, 1, 1)
+    assert stats.min == 0.0 and stats.max == 3.0 and stats.mean == pytest.approx(1.5)
+    assert sum(stats.counts) == stats.numel - stats.nan - stats.inf == 4
+    assert stats.to_json()["inf"] == 2
+
+
+def test_integers_and_bools_get_value_counts(tmp_path):
+    stats = stats_of(tmp_path, torch.tensor([0, 1, 1, 5, 5, 5], dtype=torch.int64))
+    assert stats.value_counts == {0: 1, 1: 2, 5: 3}
+    bools = stats_of(tmp_path, torch.tensor([True, False, True]))
+    assert bools.value_counts == {0: 1, 1: 2} and bools.zeros == 1
+
+
+def test_complex_parts(tmp_path):
+    values = torch.tensor([3 + 4j, -1 + 0j], dtype=torch.complex64)
+    assert stats_of(tmp_path, values, part="magnitude").max == pytest.approx(5.0)
+    assert stats_of(tmp_path, values, part="real").min == pytest.approx(-1.0)
+    assert stats_of(tmp_path, values, part="imag").max == pytest.approx(4.0)
+
+
+def test_quantized_sparse_and_views(tmp_path):
+    q = torch.quantize_per_tensor(torch.tensor([0.5, -1.0, 2.0]), 0.5, 2, torch.qint8)
+    assert stats_of(tmp_path, q).max == pytest.approx(2.0)
+    qc = torch.quantize_per_channel(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.5, 1.0]),
+                                    torch.tensor([0, 0]), 0, torch.qint8)
+    assert stats_of(tmp_path, qc).max == pytest.approx(4.0)
+    sparse = torch.tensor([[0.0, 2.0], [3.0, 0.0]]).to_sparse()
+    assert stats_of(tmp_path, sparse).max == pytest.approx(3.0)
+    base = torch.arange(12.0).view(3, 4)
+    path = builders.save({"col": base[:, 1], "t": base.t(), "row": base[2]}, tmp_path / "v.pt")
+    checkpoint = open_checkpoint(path)
+    assert read_array(checkpoint.find("col").tensor).tolist() == [1.0, 5.0, 9.0]
+    assert read_array(checkpoint.find("row").tensor).tolist() == [8.0, 9.0, 10.0, 11.0]
+    assert torch.equal(read_tensor(checkpoint.find("t").tensor), base.t())
+    assert run(compute(checkpoint.find("col").tensor)).mean == pytest.approx(5.0)
+
+
+def test_values_exact_from_every_reader(tmp_path):
+    state = builders.tiny_model().state_dict()
+    for legacy in (False, True):
+        path = builders.save(state, tmp_path / f"s{legacy}.pt", _use_new_zipfile_serialization=not legacy)
+        checkpoint = open_checkpoint(path)
+        for key, value in state.items():
+            assert torch.equal(read_tensor(checkpoint.find(key).tensor), value), key
+    st = builders.safetensors_file(tmp_path / "w.safetensors")
+    from safetensors.torch import load_file
+    for key, value in load_file(st).items():
+        assert torch.equal(read_tensor(open_checkpoint(st).find(key).tensor), value)
+    folder, dcp_state = builders.dcp_directory(tmp_path / "dcp")
+    checkpoint = open_checkpoint(folder)
+    for key, value in dcp_state.items():
+        assert torch.equal(read_tensor(checkpoint.find(f"model.{key}").tensor), value)
+
+
+def test_compressed_record_is_inflated_not_mapped(tmp_path):
+    import zipfile
+    path = builders.save({"w": torch.arange(100.0)}, tmp_path / "w.pt")
+    out = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            method = zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED
+            dst.writestr(info.filename, src.read(info), compress_type=method)
+    checkpoint = open_checkpoint(str(out))
+    assert any("compressed" in w for w in checkpoint.warnings)
+    assert read_array(checkpoint.find("w").tensor).tolist() == list(np.arange(100.0))
+
+
+def test_clipped_range_is_rebinned_exactly(tmp_path):
+    values = torch.cat([torch.linspace(0, 1, 1000), torch.tensor([1000.0])])
+    stats = stats_of(tmp_path, values, bins=10, value_range=(0.0, 1.0))
+    assert stats.edges[0] == 0.0 and stats.edges[-1] == 1.0
+    assert sum(stats.counts) == 1000 and stats.above == 1 and stats.below == 0
+
+
+def test_empty_and_cancel(tmp_path):
+    assert stats_of(tmp_path, torch.zeros(0)).numel == 0
+    path = builders.save({"t": torch.randn(10_000)}, tmp_path / "c.pt")
+    generator = compute(open_checkpoint(path).find("t").tensor, chunk=100)
+    next(generator)
+    generator.close()          # cancelling between chunks is just closing the generator
+
+
+def test_stats_cli_json(tmp_path):
+    path = builders.save({"model": {"w": torch.tensor([1.0, -1.0, float("nan"), 0.0])}},
+                         tmp_path / "s.pt")
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", path, "model.w",
+                             "--bins", "4", "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    for field in ("min", "max", "mean", "std", "l2", "nan", "inf", "zeros", "numel", "quantiles",
+                  "edges", "counts"):
+        assert field in info
+    assert info["numel"] == 4 and info["nan"] == 1 and info["zeros"] == 1
+    assert sum(info["counts"]) == info["numel"] - info["nan"] - info["inf"]
+    assert len(info["edges"]) == len(info["counts"]) + 1 == 5
+    assert math.isclose(info["l2"], math.sqrt(2))
+    missing = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", path, "nope"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+
+
+def test_truncated_after_open_is_a_clear_error(tmp_path):
+    path = builders.save({"t": torch.randn(1000)}, tmp_path / "t.pt", _use_new_zipfile_serialization=False)
+    tensor = open_checkpoint(path).find("t").tensor
+    with open(path, "r+b") as f:
+        f.truncate(400)
+    with pytest.raises(CheckpointError, match="changed or truncated"):
+        run(compute(tensor))
+
+
+def test_quantiles_stay_sharp_with_outliers(tmp_path):
+    torch.manual_seed(0)
+    values = torch.cat([torch.randn(100_000), torch.tensor([1e7, -1e7])])
+    stats = stats_of(tmp_path, values)
+    ref = torch.quantile(values[:100_000].double(), torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64))
+    assert stats.quantiles[0.5] == pytest.approx(ref[1].item(), abs=0.01)
+    assert stats.quantiles[0.99] == pytest.approx(ref[2].item(), abs=0.01)
+    assert stats.quantiles[0.01] == pytest.approx(ref[0].item(), abs=0.01)

@@ -1,0 +1,172 @@
+"""The main window through DESIGN.md's automation contract: open_paths, signals, objectNames."""
+
+import os
+
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QTreeView
+
+import builders
+from conftest import open_and_wait
+
+
+def current_tab(window):
+    return window.tabs.currentWidget()
+
+
+def test_open_shows_tree_summary_and_no_banner(qtbot, window, training_file):
+    open_and_wait(qtbot, window, training_file)
+    tabs = window.findChild(type(window.tabs), "tabs")
+    assert tabs.count() == 1 and tabs.tabText(0) == "train.pth"
+    tab = current_tab(window)
+    tree = tab.findChild(QTreeView, "keyTree")
+    model = tree.model()
+    top_keys = [model.index(r, 0).data(Qt.UserRole) for r in range(model.rowCount())]
+    assert top_keys == ["epoch", "loss", "model_state_dict", "optimizer_state_dict"]
+    msd = model.index(2, 0)
+    first = model.index(0, 0, msd)
+    assert first.data(Qt.UserRole) == "model_state_dict.0.weight"
+    assert first.data() == "0.weight"
+    assert model.index(0, 2, msd).data() == "[3, 4]"
+    assert model.index(0, 3, msd).data() == "float32"
+    assert model.index(0, 4, msd).data() == "12"
+    assert model.index(2, 4).data() == "36"           # 15 + 13 + 8, summed over the subtree
+    assert not tab.findChild(QLabel, "unsafeBanner").isVisible()
+    summary = tab.findChild(object, "summaryPanel").toPlainText()
+    assert "torch-zip" in summary and "epoch" in summary
+    assert {a.objectName() for a in window.actions()} >= {"actionOpen"}
+
+
+def test_unsafe_banner_names_globals(qtbot, window, tmp_path):
+    path = builders.whole_model_file(tmp_path / "whole.pt")
+    open_and_wait(qtbot, window, path)
+    banner = current_tab(window).findChild(QLabel, "unsafeBanner")
+    assert banner.isVisible()
+    assert "__main__.Net" in banner.text() and "None of it was imported or run" in banner.text()
+    tree = current_tab(window).findChild(QTreeView, "keyTree")
+    model = tree.model()
+    assert model.index(0, 1).data() == "Net"       # module class name in Type / Class
+
+
+def test_failed_load_reports_and_keeps_other_tabs(qtbot, window, training_file, tmp_path):
+    open_and_wait(qtbot, window, training_file)
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with qtbot.waitSignal(window.load_failed, timeout=20_000) as blocker:
+        window.open_paths([str(bad)])
+    path, message = blocker.args
+    assert path == str(bad) and message and "\n" not in message
+    assert window.tabs.count() == 1 and window.tabs.tabText(0) == "train.pth"
+    dialog = window.findChild(object, "errorDialog")
+    assert dialog is not None and message in dialog.text()
+    dialog.close()
+    # the app is still usable
+    open_and_wait(qtbot, window, builders.safetensors_file(tmp_path / "w.safetensors"))
+    assert window.tabs.count() == 2
+
+
+def test_drop_real_file_urls_opens_each_in_a_tab(qtbot, window, training_file, tmp_path):
+    second = builders.safetensors_file(tmp_path / "w.safetensors")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(training_file), QUrl.fromLocalFile(second)])
+    event = QDropEvent(QPointF(50, 50), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    opened = []
+    window.loaded.connect(opened.append)
+    window.dropEvent(event)
+    qtbot.waitUntil(lambda: len(opened) == 2, timeout=30_000)
+    assert sorted(opened) == sorted([training_file, second])
+    assert window.tabs.count() == 2
+
+
+def test_cancel_drops_a_pending_load(qtbot, window, training_file):
+    with qtbot.waitSignal(window.load_failed, timeout=5000) as blocker:
+        window.open_paths([training_file])
+        assert window.findChild(object, "cancelButton").isVisible()
+        window.cancel_loading()
+    assert blocker.args == [training_file, "cancelled"]
+    qtbot.wait(300)        # the worker's late result must not add a tab
+    assert window.tabs.count() == 1 and window.tabs.tabText(0) == "Welcome"
+
+
+def test_filter_substring_glob_regex_keeps_parents(qtbot, window, training_file):
+    open_and_wait(qtbot, window, training_file)
+    tab = current_tab(window)
+    line = tab.findChild(QLineEdit, "keyFilter")
+    model = tab.findChild(QTreeView, "keyTree").model()
+
+    def shown_keys():
+        return [row.node.key for row in model.rows if row.parent is not None and
+                row in row.parent.shown and all(
+                    a.parent is None or a in a.parent.shown for a in _ancestors(row))]
+
+    qtbot.keyClicks(line, "exp_avg_sq")
+    keys = shown_keys()
+    assert "optimizer_state_dict" in keys and "optimizer_state_dict.state.0" in keys
+    assert all(k.endswith("exp_avg_sq") or not k.count(".") > 2 for k in keys)
+    assert not any(k.startswith("model_state_dict") for k in keys)
+    line.setText("model_state_dict.*.bias")
+    assert {k for k in shown_keys() if k.endswith("bias")} == {
+        "model_state_dict.0.bias", "model_state_dict.1.bias", "model_state_dict.3.bias"}
+    line.setText("/running_(mean|var)$/")
+    assert {k for k in shown_keys() if "running" in k} == {
+        "model_state_dict.1.running_mean", "model_state_dict.1.running_var"}
+    line.setText("/[unclosed/")
+    assert "bad regular expression" in tab.filter_status.text()
+    line.clear()
+    assert model.rowCount() == 4
+
+
+def _ancestors(row):
+    while row.parent is not None:
+        yield row
+        row = row.parent
+
+
+def test_optimizer_view_tables(qtbot, window, training_file):
+    from PySide6.QtWidgets import QTableWidget
+    open_and_wait(qtbot, window, training_file)
+    view = current_tab(window).findChild(object, "optimizerView")
+    group = view.findChild(QTableWidget, "paramGroupTable")
+    hyper = {group.item(r, 0).text(): group.item(r, 1).text() for r in range(group.rowCount())}
+    assert hyper["lr"] == "0.001" and hyper["betas"] == "(0.9, 0.999)"
+    state = view.findChild(QTableWidget, "stateTable")
+    headers = [state.horizontalHeaderItem(c).text() for c in range(state.columnCount())]
+    assert headers == ["parameter", "step", "exp_avg", "exp_avg_sq"]
+    assert state.item(0, 0).text() == "0.weight" and state.item(0, 2).text() == "float32 [3x4]"
+
+
+def test_lightning_scheduler_shown(qtbot, window, tmp_path):
+    from PySide6.QtWidgets import QTableWidget
+    open_and_wait(qtbot, window, builders.lightning_file(tmp_path / "l.ckpt"))
+    view = current_tab(window).findChild(object, "optimizerView")
+    table = view.findChild(QTableWidget, "schedulerTable")
+    fields = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount())}
+    assert fields["step_size"] == "5"
+
+
+def test_recent_files_and_about(qtbot, window, training_file):
+    open_and_wait(qtbot, window, training_file)
+    assert window.recent_files()[0] == training_file
+    assert [a.text() for a in window.recent_menu.actions()] == [training_file]
+
+
+def test_model_passes_qabstractitemmodeltester(qtbot, qtmodeltester, window, tmp_path):
+    path = builders.whole_model_file(tmp_path / "whole.pt")
+    open_and_wait(qtbot, window, path)
+    model = current_tab(window).model
+    qtmodeltester.check(model)
+    model.set_filter("head")
+    qtmodeltester.check(model)
+    model.sort(4, Qt.DescendingOrder)
+    model.set_filter("")
+    qtmodeltester.check(model)
+
+
+def test_sorting_by_size(qtbot, window, training_file):
+    open_and_wait(qtbot, window, training_file)
+    tree = current_tab(window).findChild(QTreeView, "keyTree")
+    tree.sortByColumn(5, Qt.DescendingOrder)
+    model = tree.model()
+    assert model.index(0, 0).data(Qt.UserRole) == "optimizer_state_dict"
+    tree.sortByColumn(0, Qt.AscendingOrder)
+    assert model.index(0, 0).data(Qt.UserRole) == "epoch"

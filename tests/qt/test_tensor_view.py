@@ -1,0 +1,97 @@
+"""Selecting a tensor: preview then exact statistics, histogram, cancel on reselection."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QTableWidget
+
+import builders
+from conftest import open_and_wait
+
+
+def stats_table(view):
+    table = view.findChild(QTableWidget, "statsTable")
+    return {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount())}
+
+
+def select(qtbot, tab, key, timeout=20_000):
+    with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=timeout) as blocker:
+        assert tab.select_key(key)
+    assert blocker.args == [key]
+
+
+def test_selecting_a_tensor_shows_exact_stats_and_histogram(qtbot, window, tmp_path):
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, float("nan")])
+    path = builders.save({"w": values, "b": torch.zeros(3)}, tmp_path / "t.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, "w")
+    view = tab.findChild(object, "tensorView")
+    assert tab.panes.currentWidget() is view
+    table = stats_table(view)
+    assert table["min"] == "1" and table["max"] == "4" and table["mean"] == "2.5"
+    assert table["NaN"] == "1"
+    plot = view.findChild(object, "histogramPlot")
+    assert plot is not None and plot.isVisible()
+    x, y = view.curve.getData()
+    assert y.sum() == 4
+    view.log_y.setChecked(True)
+    assert plot.getPlotItem().ctrl.logYCheck.isChecked()
+    assert view.export_png(str(tmp_path / "h.png")) and (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_bins_and_clipped_range_recompute(qtbot, window, tmp_path):
+    values = torch.cat([torch.randn(10_000), torch.tensor([1e6])])
+    open_and_wait(qtbot, window, builders.save({"w": values}, tmp_path / "t.pt"))
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, "w")
+    view = tab.tensor_view
+    with qtbot.waitSignal(view.view_ready, timeout=20_000):
+        view.bins.setValue(32)
+    assert len(view.stats.counts) == 32
+    with qtbot.waitSignal(view.view_ready, timeout=20_000):
+        view.range.setCurrentText("clip to 1-99 %")
+    assert view.stats.above > 0 and view.stats.edges[-1] < 10
+    assert "outside range" in stats_table(view)
+
+
+def test_large_tensor_preview_comes_first_and_reselection_cancels(qtbot, window, tmp_path):
+    path = builders.save({"big": torch.randn(3_000_000), "small": torch.ones(4)}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    with qtbot.waitSignal(view.preview_ready, timeout=20_000):
+        tab.select_key("big")
+    assert view.stats.sampled
+    select(qtbot, tab, "small")            # cancels "big"; only "small" may report
+    assert view.node.key == "small" and stats_table(view)["mean"] == "1"
+
+
+def test_unreadable_values_show_a_message(qtbot, window, tmp_path):
+    path = builders.save({"w": torch.randn(1000)}, tmp_path / "t.pt",
+                         _use_new_zipfile_serialization=False)
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    with open(path, "r+b") as f:
+        f.truncate(500)
+    tab.select_key("w")
+    qtbot.waitUntil(lambda: "cannot read values" in tab.tensor_view.status.text(), timeout=20_000)
+    assert window.tabs.count() == 1
+
+
+def test_screenshot_command(tmp_path):
+    path = builders.training_checkpoint(tmp_path / "c.pt")
+    out = tmp_path / "shot.png"
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", path, "--screenshot", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    from PySide6.QtGui import QImage
+    image = QImage(str(out))
+    assert image.width() >= 1000 and image.height() >= 600
+    bad = subprocess.run([sys.executable, "-m", "ckpt_viewer", str(tmp_path / "none.pt"),
+                          "--screenshot", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
