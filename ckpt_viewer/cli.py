@@ -62,8 +62,7 @@ def run_inspect(args) -> int:
 
     checkpoint = open_checkpoint(args.path)
     if args.json:
-        json.dump(inspect_dict(checkpoint), sys.stdout)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(inspect_dict(checkpoint)) + "\n")   # dumps: C encoder
     else:
         for line in text_report(checkpoint, max_depth=args.depth):
             print(line)
@@ -81,8 +80,7 @@ def run_stats(args) -> int:
         raise CheckpointError(f"no tensor with key {args.key!r} (see `ckpt-viewer inspect`)")
     stats = run(compute(node.tensor, bins=args.bins, part=args.part))
     if args.json:
-        json.dump(stats.to_json(), sys.stdout)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(stats.to_json()) + "\n")
     else:
         for line in stats_lines(args.key, node.tensor, stats):
             print(line)

@@ -109,14 +109,18 @@ class TensorInfo:
 
     def element_span(self) -> tuple[int, int]:
         """[first, last+1) storage elements this tensor touches (empty -> (offset, offset))."""
-        if self.numel == 0:
-            return self.offset, self.offset
-        last = sum((n - 1) * s for n, s in zip(self.shape, self.stride) if s > 0)
-        first = sum((n - 1) * s for n, s in zip(self.shape, self.stride) if s < 0)
-        return self.offset + first, self.offset + last + 1
+        first = last = self.offset
+        for size, stride in zip(self.shape, self.stride):
+            if size == 0:
+                return self.offset, self.offset
+            if stride > 0:
+                last += (size - 1) * stride
+            else:
+                first += (size - 1) * stride
+        return first, last + 1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     name: str
     kind: str              # dict | list | module | optimizer | object | tensor | scalar | ref | opaque
@@ -141,12 +145,14 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)   # torch version, safetensors metadata...
     optimizers: list = field(default_factory=list)  # optim.OptimizerInfo
     byteorder: str = "little"
+    _tensors: list | None = field(default=None, repr=False)
 
-    def tensors(self):
-        """(key, TensorInfo, Node) for every tensor, in tree order."""
-        for node in iter_nodes(self.root):
-            if node.kind == "tensor":
-                yield node.key, node.tensor, node
+    def tensors(self) -> list:
+        """(key, TensorInfo, Node) for every tensor, in tree order (the tree never changes)."""
+        if self._tensors is None:
+            self._tensors = [(n.key, n.tensor, n) for n in iter_nodes(self.root)
+                             if n.kind == "tensor"]
+        return self._tensors
 
     def scalars(self) -> dict:
         return {n.key: n.value for n in iter_nodes(self.root) if n.kind == "scalar"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, paused_gc
 from ckpt_viewer.core.model import Checkpoint
 
 LEGACY_MAGIC_PICKLE = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
@@ -96,8 +96,9 @@ def open_checkpoint(path: str) -> Checkpoint:
             raise CheckpointError("no such file or directory")
         if os.path.isdir(path):
             path = resolve_directory(path)
-        checkpoint = open_file(path)
-        checkpoint.optimizers = optim.find_optimizers(checkpoint)
+        with paused_gc():
+            checkpoint = open_file(path)
+            checkpoint.optimizers = optim.find_optimizers(checkpoint)
         return checkpoint
     except CheckpointError:
         raise

@@ -9,6 +9,7 @@ are the ones defined here.
 from __future__ import annotations
 
 import io
+import operator
 import pickle
 from collections import OrderedDict
 
@@ -100,11 +101,13 @@ def dtype_of_storage(storage_type) -> str:
 
 
 def _as_ints(value, what) -> tuple:
-    if not isinstance(value, (tuple, list)) or not all(type(v) is int for v in value):
-        raise CheckpointError(f"tensor {what} is not a tuple of integers: {value!r:.80}")
-    if what == "shape" and any(v < 0 for v in value):
+    try:
+        ints = tuple(map(operator.index, value))
+    except TypeError:
+        raise CheckpointError(f"tensor {what} is not a tuple of integers: {value!r:.80}") from None
+    if what == "shape" and ints and min(ints) < 0:
         raise CheckpointError(f"tensor has a negative size: {value!r:.80}")
-    return tuple(value)
+    return ints
 
 
 def _check_storage(storage, what="tensor"):

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.model import Checkpoint, TensorInfo
 
 MAX_SCALAR_TEXT = 10_000
@@ -86,6 +87,11 @@ def _json_value(value):
 
 def inspect_dict(checkpoint: Checkpoint) -> dict:
     """The object `ckpt-viewer inspect --json` prints."""
+    with paused_gc():
+        return _inspect_dict(checkpoint)
+
+
+def _inspect_dict(checkpoint: Checkpoint) -> dict:
     total = totals(checkpoint)
     tensors = [{"key": key, "shape": list(t.shape), "dtype": t.dtype, "device": t.device,
                 "nbytes": t.nbytes} for key, t, _ in checkpoint.tensors()]

@@ -8,13 +8,13 @@ A compressed zip record is inflated, never memory-mapped (mmap would yield its r
 
 from __future__ import annotations
 
-import struct
 import zipfile
 
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, FileSpan, Storage, TensorInfo, ZipMember
+from ckpt_viewer.core.readers.zip_directory import data_offset, read_member
 
 NUMPY_DTYPES = {
     "float64": "f8", "float32": "f4", "float16": "f2", "complex64": "c8", "complex128": "c16",
@@ -78,17 +78,6 @@ def numpy_readable(tensor: TensorInfo) -> bool:
     return tensor.layout == "strided"
 
 
-def zip_data_offset(member: ZipMember) -> int:
-    """Where a stored record's bytes begin: after its local header, name and extra field."""
-    with open(member.path, "rb") as f:
-        f.seek(member.header_offset)
-        header = f.read(30)
-    if len(header) < 30 or header[:4] != b"PK\x03\x04":
-        raise CheckpointError(f"zip record {member.name} has no valid local header")
-    name_length, extra_length = struct.unpack("<HH", header[26:30])
-    return member.header_offset + 30 + name_length + extra_length
-
-
 class StorageReader:
     """Reads element ranges of one storage: from the file, or from an inflated record."""
 
@@ -98,10 +87,9 @@ class StorageReader:
         self.inflated = None
         if isinstance(source, ZipMember):
             if source.compress_type == zipfile.ZIP_STORED:
-                self.path, self.offset = source.path, zip_data_offset(source)
+                self.path, self.offset = source.path, data_offset(source)
             else:
-                with zipfile.ZipFile(source.path) as zf:
-                    self.inflated = zf.read(source.name)
+                self.inflated = read_member(source, limit=source.file_size)
                 self.path, self.offset = None, 0
         elif isinstance(source, FileSpan):
             self.path, self.offset = source.path, source.offset

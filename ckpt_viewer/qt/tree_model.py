@@ -9,6 +9,7 @@ import re
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
+from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.summary import totals as checkpoint_totals
 
@@ -282,5 +283,6 @@ def load_for_view(path: str):
     from ckpt_viewer.core.open import open_checkpoint
 
     checkpoint = open_checkpoint(path)
-    top, rows = build_rows(checkpoint.root)
-    return checkpoint, top, rows, checkpoint_totals(checkpoint)
+    with paused_gc():
+        top, rows = build_rows(checkpoint.root)
+        return checkpoint, top, rows, checkpoint_totals(checkpoint)

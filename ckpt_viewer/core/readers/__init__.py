@@ -15,18 +15,16 @@ MAX_PICKLE_BYTES = 512 * 1024 * 1024   # a data.pkl beyond this is refused, not 
 def check_tensor_bounds(checkpoint: Checkpoint):
     """Every tensor must lie inside its storage; torch's meta/skip_data paths do not check."""
     for key, tensor, _ in checkpoint.tensors():
-        for part_name, part in [("", tensor)] + list(tensor.parts.items()):
+        for part in tensor.parts.values() if tensor.parts else (tensor,):
             storage = part.storage
             if storage is None:
                 continue
-            if any(s < 0 for s in part.stride):
+            if min(part.stride, default=0) < 0:
                 raise CheckpointError(f"tensor {key!r} has a negative stride")
-            first, end = part.element_span()
-            if part.numel and end > storage.numel:
-                where = f"{key}.{part_name}" if part_name else key
-                raise CheckpointError(
-                    f"tensor {where!r} reaches element {end} but its storage "
-                    f"{storage.key!r} holds {storage.numel}")
+            end = part.element_span()[1]
+            if end > storage.numel and part.numel:
+                raise CheckpointError(f"tensor {key!r} reaches element {end} but its storage "
+                                      f"{storage.key!r} holds {storage.numel}")
 
 
 def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, **extra) -> Checkpoint:

@@ -124,8 +124,10 @@ def _inline_object(span):
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             prefix = torch_zip.archive_prefix(zf.namelist())
-            data = torch_zip.read_member(zf, prefix + "data.pkl", MAX_INLINE_OBJECT)
+            if zf.getinfo(prefix + "data.pkl").file_size > MAX_INLINE_OBJECT:
+                return "(object)"
+            data = zf.read(prefix + "data.pkl")
         value, _ = safe_load(data, storage_factory=lambda pid: None)
-    except (CheckpointError, zipfile.BadZipFile, OSError):
+    except (CheckpointError, zipfile.BadZipFile, OSError, ValueError, EOFError):
         return "(object)"
     return value if isinstance(value, SCALAR_TYPES) else "(object)"

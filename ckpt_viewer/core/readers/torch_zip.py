@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import zipfile
-import zlib
 from collections import Counter
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import DTYPE_SIZES, Storage, ZipMember
+from ckpt_viewer.core.model import DTYPE_SIZES, Storage
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, pickle_checkpoint, storage_pid
+from ckpt_viewer.core.readers.zip_directory import read_directory, read_member
 from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
 MAX_FORMAT_VERSION = 20
-
-
-def open_zip(path: str) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(f"not a readable zip archive ({exc})") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"cannot read the zip directory ({exc})") from None
 
 
 def archive_prefix(names: list[str]) -> str:
@@ -39,44 +30,25 @@ def archive_prefix(names: list[str]) -> str:
     return prefixes[0]
 
 
-def read_member(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
-    info = zf.getinfo(name)
-    if info.file_size > limit:
-        raise CheckpointError(f"{name} would inflate to {info.file_size:,} bytes; refusing "
-                              f"more than {limit:,}")
-    try:
-        return zf.read(name)
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(f"{name}: {exc}") from None
-    except (zlib.error, OSError, EOFError, NotImplementedError, ValueError) as exc:
-        raise CheckpointError(f"{name} cannot be read ({exc})") from None
-
-
-def _members(zf: zipfile.ZipFile, path: str) -> dict[str, ZipMember]:
-    return {i.filename: ZipMember(path, i.filename, i.header_offset, i.compress_type,
-                                  i.compress_size, i.file_size, i.CRC)
-            for i in zf.infolist()}
-
-
 def read(path: str):
-    with open_zip(path) as zf:
-        names = zf.namelist()
-        prefix = archive_prefix(names)
-        members = _members(zf, path)
-        byteorder = "little"
-        if prefix + "byteorder" in members:
-            byteorder = read_member(zf, prefix + "byteorder", 64).decode("ascii", "replace").strip()
-            if byteorder not in ("little", "big"):
-                raise CheckpointError(f"unsupported byteorder {byteorder[:20]!r} "
-                                      "(only little and big are defined)")
-        version = None
-        for name in (prefix + "version", prefix + ".data/version"):
-            if name in members:
-                text = read_member(zf, name, 64).decode("ascii", "replace").strip()
-                if not text.isdigit() or int(text) > MAX_FORMAT_VERSION:
-                    raise CheckpointError(f"unsupported archive format version {text[:20]!r}")
-                version = int(text)
-        data = read_member(zf, prefix + "data.pkl", MAX_PICKLE_BYTES)
+    directory = read_directory(path)
+    names = [m.name for m in directory]
+    prefix = archive_prefix(names)
+    members = {m.name: m for m in directory}
+    byteorder = "little"
+    if prefix + "byteorder" in members:
+        byteorder = read_member(members[prefix + "byteorder"], 64).decode("ascii", "replace").strip()
+        if byteorder not in ("little", "big"):
+            raise CheckpointError(f"unsupported byteorder {byteorder[:20]!r} "
+                                  "(only little and big are defined)")
+    version = None
+    for name in (prefix + "version", prefix + ".data/version"):
+        if name in members:
+            text = read_member(members[name], 64).decode("ascii", "replace").strip()
+            if not text.isdigit() or int(text) > MAX_FORMAT_VERSION:
+                raise CheckpointError(f"unsupported archive format version {text[:20]!r}")
+            version = int(text)
+    data = read_member(members[prefix + "data.pkl"], MAX_PICKLE_BYTES)
     torchscript = prefix + "constants.pkl" in members or any(
         n.startswith(prefix + "code/") for n in names)
     storages: dict[str, Storage] = {}

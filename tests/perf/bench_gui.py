@@ -1,0 +1,151 @@
+"""GUI benchmarks (issues: desktop app, tensor views). Run by hand, offscreen:
+
+    python tests/perf/bench_gui.py [--data perf-data]
+
+- first window on screen after launch, against `python -c "import torch, PySide6.QtWidgets,
+  pyqtgraph"` (fresh processes, median of 3);
+- the longest GUI-thread stall (a 5 ms QTimer heartbeat) while each big file loads and while
+  its largest tensor's statistics are computed;
+- the 50,000-key file: tree shown after load, and the time of each filter keystroke;
+- sampled preview on screen after selecting the 100M-element tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+FIRST_WINDOW = """
+import time, sys
+start = time.perf_counter()
+from ckpt_viewer.qt.app import make_app
+from ckpt_viewer.qt.main_window import MainWindow
+from PySide6.QtCore import QTimer
+app = make_app()
+w = MainWindow(); w.show()
+QTimer.singleShot(0, app.quit)
+app.exec()
+print(time.perf_counter() - start)
+"""
+
+
+def first_window():
+    def run(argv):
+        walls = []
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            walls.append(time.perf_counter() - start)
+        return statistics.median(walls)
+    ours = run([sys.executable, "-c", FIRST_WINDOW])
+    base = run([sys.executable, "-c", "import torch, PySide6.QtWidgets, pyqtgraph"])
+    return ours, base
+
+
+class Heartbeat:
+    """Longest gap between 5 ms timer ticks: how long the GUI thread was not answering."""
+
+    def __init__(self):
+        from PySide6.QtCore import QTimer
+        self.timer = QTimer()
+        self.timer.setInterval(5)
+        self.timer.timeout.connect(self.tick)
+        self.last = None
+        self.worst = 0.0
+
+    def tick(self):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.worst = max(self.worst, now - self.last - 0.005)
+        self.last = now
+
+    def start(self):
+        self.last, self.worst = None, 0.0
+        self.timer.start()
+
+    def stop(self):
+        self.timer.stop()
+        return self.worst
+
+
+def wait_for(app, condition, timeout=600):
+    start = time.perf_counter()
+    while not condition():
+        app.processEvents()
+        time.sleep(0.001)
+        if time.perf_counter() - start > timeout:
+            raise SystemExit("timed out")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default="perf-data")
+    args = parser.parse_args()
+    ours, base = first_window()
+    print(f"first window on screen: {ours:.3f} s vs import torch+PySide6+pyqtgraph {base:.3f} s "
+          f"-> ratio {ours / base:.3f} (budget 0.5)")
+
+    from ckpt_viewer.qt.app import make_app
+    from ckpt_viewer.qt.main_window import MainWindow
+    app = make_app()
+    window = MainWindow()
+    window.show()
+    beat = Heartbeat()
+    for name in ("train-2g6-legacy.pt", "train-16g.pt", "stats-100m.pt"):
+        path = os.path.abspath(os.path.join(args.data, name))
+        if not os.path.exists(path):
+            continue
+        done = []
+        window.loaded.connect(done.append)
+        beat.start()
+        start = time.perf_counter()
+        window.open_paths([path])
+        wait_for(app, lambda: done)
+        load_time, load_stall = time.perf_counter() - start, beat.stop()
+        window.loaded.disconnect(done.append)
+        tab = window.current_tab()
+        ready, preview = [], []
+        tab.tensor_view.view_ready.connect(ready.append)
+        tab.tensor_view.preview_ready.connect(lambda key: preview.append(time.perf_counter()))
+        beat.start()
+        start = time.perf_counter()
+        tab.select_key(tab.largest_tensor_key())
+        wait_for(app, lambda: ready)
+        stats_time, stats_stall = time.perf_counter() - start, beat.stop()
+        preview_text = f", preview after {1000 * (preview[0] - start):.0f} ms" if preview else ""
+        print(f"{name}: loaded in {load_time:.3f} s, worst GUI stall {1000 * load_stall:.1f} ms; "
+              f"largest tensor stats in {stats_time:.2f} s, worst stall "
+              f"{1000 * stats_stall:.1f} ms{preview_text} (budget 50 ms stall, 100 ms preview)")
+
+    path = os.path.abspath(os.path.join(args.data, "keys-50k.pt"))
+    if os.path.exists(path):
+        done = []
+        window.loaded.connect(done.append)
+        start = time.perf_counter()
+        window.open_paths([path])
+        wait_for(app, lambda: done)
+        tab = window.current_tab()
+        tab.tree.viewport().repaint()
+        shown = time.perf_counter() - start
+        times = []
+        text = ""
+        for ch in "layers.12*.sub3":
+            text += ch
+            t0 = time.perf_counter()
+            tab.filter.setText(text)
+            tab.tree.viewport().repaint()
+            times.append(time.perf_counter() - t0)
+        tab.filter.setText("")
+        print(f"keys-50k.pt: tree shown {shown:.3f} s after open (budget 2 s); filter keystrokes "
+              f"worst {1000 * max(times):.1f} ms, median {1000 * statistics.median(times):.1f} ms "
+              f"(budget 100 ms)")
+
+
+if __name__ == "__main__":
+    main()
