@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from importlib.resources import files
 
-from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtCore import QSettings, QThreadPool, QTimer, qInstallMessageHandler
 from PySide6.QtGui import QColor, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
@@ -38,7 +38,14 @@ def apply_theme(app: QApplication, dark: bool):
     app.setPalette(palette)
 
 
+def _qt_messages(mode, context, message):
+    # The offscreen platform (used for --screenshot and tests) warns on every window resize.
+    if "propagateSizeHints" not in message:
+        print(message, file=sys.stderr)
+
+
 def make_app() -> QApplication:
+    qInstallMessageHandler(_qt_messages)
     app = QApplication.instance()
     if app is None:
         app = QApplication(sys.argv[:1])
@@ -82,6 +89,11 @@ def take_screenshot(window, path: str, out: str) -> int:
     return result["code"]
 
 
+def finish_workers(timeout_ms: int = 5000):
+    """Let worker threads end before the interpreter does (their signals need live objects)."""
+    QThreadPool.globalInstance().waitForDone(timeout_ms)
+
+
 def main(paths=(), screenshot: str | None = None) -> int:
     app = make_app()
     from ckpt_viewer.qt.main_window import MainWindow
@@ -92,7 +104,11 @@ def main(paths=(), screenshot: str | None = None) -> int:
         if len(paths) != 1:
             print("error: --screenshot needs exactly one PATH", file=sys.stderr)
             return 2
-        return take_screenshot(window, paths[0], screenshot)
-    if paths:
-        window.open_paths(paths)
-    return app.exec()
+        code = take_screenshot(window, paths[0], screenshot)
+    else:
+        if paths:
+            window.open_paths(paths)
+        code = app.exec()
+    window.cancel_all()
+    finish_workers()
+    return code

@@ -140,7 +140,7 @@ class CheckpointTab(QWidget):
         self.filter.setStyleSheet("")
         self.filter_status.setText(f"{matches:,} match{'es' if matches != 1 else ''}"
                                    if text.strip() else "")
-        if text.strip() and sum(len(r.shown) for r in self.model.rows) <= AUTO_EXPAND_LIMIT:
+        if text.strip() and self.model.visible_count <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
 
     def focus_filter(self):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox,
                                QProgressBar, QPushButton, QTabWidget)
@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, Q
 from ckpt_viewer import __version__
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
+from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
 
 MAX_RECENT = 10
@@ -44,6 +45,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.welcome, "Welcome")
         self._build_status_bar()
         self._build_menus()
+        QTimer.singleShot(0, preload_plotting)
         geometry = self.settings.value("geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
@@ -240,10 +242,14 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.open_paths(paths)
 
-    def closeEvent(self, event):
-        self.settings.setValue("geometry", self.saveGeometry())
+    def cancel_all(self):
+        """Ask every computation to stop at its next step (closing, quitting)."""
         for index in range(self.tabs.count()):
             widget = self.tabs.widget(index)
             if isinstance(widget, CheckpointTab):
                 widget.tensor_view.cancel()
+
+    def closeEvent(self, event):
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.cancel_all()
         super().closeEvent(event)

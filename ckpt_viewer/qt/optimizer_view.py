@@ -3,7 +3,7 @@ LR schedulers."""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QLabel, QScrollArea,
+from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QLabel, QScrollArea,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.optim import OptimizerInfo, find_schedulers
@@ -23,8 +23,9 @@ def _table(headers, rows, name) -> QTableWidget:
         for c, value in enumerate(values):
             table.setItem(r, c, QTableWidgetItem(str(value)))
     header = table.horizontalHeader()
-    header.setSectionResizeMode(QHeaderView.ResizeToContents)
     header.setStretchLastSection(True)
+    if len(rows) <= 50:                       # sizing to contents reads every cell
+        table.resizeColumnsToContents()
     height = table.horizontalHeader().sizeHint().height() + 4 + \
         sum(table.rowHeight(r) for r in range(min(len(rows), 12)))
     table.setMinimumHeight(min(height, 320))

@@ -4,6 +4,8 @@ then exact), computed in a worker that a new selection cancels."""
 from __future__ import annotations
 
 import html
+import importlib
+import weakref
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette
@@ -15,6 +17,25 @@ from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
 from ckpt_viewer.core.stats import PARTS, compute, sample_preview
 from ckpt_viewer.qt import workers
+
+_plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet()}
+
+
+def preload_plotting():
+    """Import pyqtgraph (and numpy) in a worker: ~0.3 s the GUI thread must not spend."""
+    if _plotting["started"]:
+        return
+    _plotting["started"] = True
+    workers.start(importlib.import_module, "pyqtgraph", on_result=_plotting_ready,
+                  on_error=lambda message: _plotting_ready(None, message))
+
+
+def _plotting_ready(module, message=""):
+    _plotting["module"], _plotting["failed"] = module, message
+    for view in list(_plotting["waiting"]):
+        view.plotting_ready(message)
+    _plotting["waiting"].clear()
+
 
 RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
@@ -122,8 +143,7 @@ class TensorView(QWidget):
     def _ensure_plot(self):
         if self.plot is not None:
             return
-        import pyqtgraph as pg
-
+        pg = _plotting["module"]
         self.pg = pg
         palette = self.palette()
         pg.setConfigOption("foreground", palette.color(QPalette.Text))
@@ -143,8 +163,24 @@ class TensorView(QWidget):
         self.plot_holder.addWidget(self.plot)
         self.plot.show()
 
-    def _draw(self, stats):
-        self._ensure_plot()
+    def plotting_ready(self, message=""):
+        if message:
+            self.status.setText(f"plotting is unavailable: {message}")
+        if self.stats is not None:
+            self._draw(self.stats, self.stats.sampled)
+
+    def _draw(self, stats, preview: bool):
+        if _plotting["module"] is None and not _plotting["failed"]:
+            _plotting["waiting"].add(self)
+            preload_plotting()
+            return
+        if _plotting["module"] is not None:
+            self._ensure_plot()
+            self._plot_curve(stats)
+        if self.node is not None:
+            (self.preview_ready if preview else self.view_ready).emit(self.node.key)
+
+    def _plot_curve(self, stats):
         edges, counts = stats.edges, stats.counts
         if not counts:
             self.curve.setData([0, 1], [0])
@@ -234,7 +270,6 @@ class TensorView(QWidget):
             return
         if isinstance(item, tuple):
             self._show(item[1], preview=True)
-            self.preview_ready.emit(self.node.key)
         else:
             self.progress.setValue(int(item * 1000))
 
@@ -244,9 +279,8 @@ class TensorView(QWidget):
         keep_quantiles = value_range and self.stats is not None
         if keep_quantiles:
             stats.quantiles = self.stats.quantiles
-        self._show(stats, preview=False)
         self.worker = None
-        self.view_ready.emit(self.node.key)
+        self._show(stats, preview=False)
 
     def _failed(self, generation, message):
         if generation != self.generation:
@@ -268,12 +302,12 @@ class TensorView(QWidget):
         for r, (label, value) in enumerate(rows):
             self.table.setItem(r, 0, QTableWidgetItem(label))
             self.table.setItem(r, 1, QTableWidgetItem(value))
-        self._draw(stats)
         if preview:
             self.status.setText("sampled preview; computing exact statistics...")
         else:
             self.status.setText("exact" + (" (clipped range)" if stats.below or stats.above else ""))
             self.progress.hide()
+        self._draw(stats, preview)
 
     def _set_controls_enabled(self, on):
         for widget in (self.bins, self.log_y, self.range, self.part, self.save_png):

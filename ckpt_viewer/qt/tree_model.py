@@ -16,31 +16,57 @@ from ckpt_viewer.core.summary import totals as checkpoint_totals
 COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Params", "Size", "Device")
 KEY, TYPE, SHAPE, DTYPE, PARAMS, SIZE, DEVICE = range(len(COLUMNS))
 MUTED = QColor(128, 128, 128)
+ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
 
 
 class Row:
-    """One tree row: a Node, its place among its parent's shown children, subtree sums."""
+    """One tree row: a Node (or a virtual group of dotted names), its place among its parent's
+    shown children, and the sums of its subtree."""
 
-    __slots__ = ("node", "parent", "children", "shown", "pos", "params", "nbytes")
+    __slots__ = ("node", "name", "parent", "children", "shown", "pos", "index", "params", "nbytes")
 
-    def __init__(self, node: Node, parent: Row | None):
-        self.node, self.parent = node, parent
+    def __init__(self, node: Node, parent: Row | None, name: str):
+        self.node, self.parent, self.name = node, parent, name
         self.children: list[Row] = []
         self.shown: list[Row] = self.children
-        self.pos = 0
+        self.pos = self.index = 0
         self.params = self.nbytes = 0
+
+
+def _attach_children(row: Row):
+    """Children of row's node; dotted names (a state_dict's "blocks.0.attn.weight") are split
+    into virtual group rows, so that a flat dict of 50,000 keys is a browsable hierarchy."""
+    groups: dict[str, Row] = {}
+    for child in row.node.children:
+        parent, name = row, child.name
+        if "." in name and child.kind != "ref":
+            *folders, name = name.split(".")
+            prefix = ""
+            for segment in folders:
+                prefix = f"{prefix}.{segment}" if prefix else segment
+                group = groups.get(prefix)
+                if group is None:
+                    key = f"{row.node.key}.{prefix}" if row.node.key else prefix
+                    group = Row(Node(name=segment, kind="group", key=key, type_name="group"),
+                                parent, segment)
+                    parent.children.append(group)
+                    groups[prefix] = group
+                parent = group
+        parent.children.append(Row(child, parent, name))
 
 
 def build_rows(root: Node) -> tuple[Row, list[Row]]:
     """(root row, all rows in pre-order) with per-subtree sums; a tensor tied to an earlier
     one (same storage) adds nothing to the sums, as in the file."""
-    top = Row(root, None)
+    top = Row(root, None, "")
     order = []
     stack = [top]
     while stack:
         row = stack.pop()
+        row.index = len(order)
         order.append(row)
-        row.children.extend(Row(child, row) for child in row.node.children)
+        if row.node.kind != "group":
+            _attach_children(row)
         for position, child in enumerate(row.children):
             child.pos = position
         stack.extend(reversed(row.children))
@@ -54,20 +80,22 @@ def build_rows(root: Node) -> tuple[Row, list[Row]]:
     return top, order
 
 
-def make_matcher(text: str):
-    """Substring by default; glob when the text has * ? [; regex when wrapped in /.../."""
+def matching_rows(text: str, keys: list[str], lowered: list[str]) -> set[int]:
+    """Indices of keys that match: substring by default (case-insensitive), glob when the
+    text has * ? [, regex when wrapped in /.../."""
     text = text.strip()
     if len(text) > 1 and text.startswith("/") and text.endswith("/"):
         try:
             pattern = re.compile(text[1:-1])
         except re.error as exc:
             raise ValueError(f"bad regular expression: {exc}") from None
-        return lambda key: pattern.search(key) is not None
+        search = pattern.search
+        return {i for i, key in enumerate(keys) if search(key)}
     if any(ch in text for ch in "*?["):
-        pattern = re.compile(fnmatch.translate(text))
-        return lambda key: pattern.match(key) is not None
-    lowered = text.lower()
-    return lambda key: lowered in key.lower()
+        match = re.compile(fnmatch.translate(text)).match
+        return {i for i, key in enumerate(keys) if match(key)}
+    needle = text.lower()
+    return {i for i, key in enumerate(lowered) if needle in key}
 
 
 def _shape_text(node: Node) -> str:
@@ -86,6 +114,8 @@ def type_text(node: Node) -> str:
         return node.type_name.rsplit(".", 1)[-1]
     if node.kind == "optimizer":
         return "optimizer state"
+    if node.note:
+        return node.note            # e.g. "state of encoder.weight" on an optimizer state entry
     if node.kind == "ref":
         return f"-> {node.value}"
     if node.kind == "scalar":
@@ -107,7 +137,9 @@ class KeyTreeModel(QAbstractItemModel):
         super().__init__(parent)
         self.top, self.rows = top, rows
         self.keys = [r.node.key for r in rows]
+        self.lowered = [k.lower() for k in self.keys]
         self.filter_text = ""
+        self.visible_count = len(rows) - 1
         self._italic = QFont()
         self._italic.setItalic(True)
 
@@ -148,7 +180,7 @@ class KeyTreeModel(QAbstractItemModel):
         return None
 
     def flags(self, index):
-        return Qt.ItemIsEnabled | Qt.ItemIsSelectable if index.isValid() else Qt.NoItemFlags
+        return ROW_FLAGS if index.isValid() else Qt.NoItemFlags
 
     # --- content ---------------------------------------------------------------------------
     def data(self, index, role=Qt.DisplayRole):
@@ -175,8 +207,8 @@ class KeyTreeModel(QAbstractItemModel):
         node = row.node
         if column == KEY:
             if node.kind in ("scalar", "opaque"):
-                return f"{node.name} = {value_text(node)}" if value_text(node) else node.name
-            return node.name
+                return f"{row.name} = {value_text(node)}" if value_text(node) else row.name
+            return row.name
         if column == TYPE:
             return type_text(node)
         if column == SHAPE:
@@ -204,36 +236,41 @@ class KeyTreeModel(QAbstractItemModel):
     # --- filter and sort -------------------------------------------------------------------
     def set_filter(self, text: str) -> int:
         """Show matching keys, their ancestors and their subtrees; returns the match count."""
-        matcher = make_matcher(text) if text.strip() else None
+        with paused_gc():
+            return self._set_filter(text)
+
+    def _set_filter(self, text: str) -> int:
+        hits = matching_rows(text, self.keys, self.lowered) if text.strip() else None
         self.beginResetModel()
         self.filter_text = text
-        if matcher is None:
+        if hits is None:
             for row in self.rows:
                 row.shown = row.children
-            count = len(self.rows) - 1
+            self.visible_count = len(self.rows) - 1
         else:
-            visible, inside, count = set(), set(), 0
-            for row, key in zip(self.rows, self.keys):   # pre-order: parents come first
-                if row.parent is None:
+            visible, inside = bytearray(len(self.rows)), bytearray(len(self.rows))
+            visible[0] = 1
+            for row in self.rows[1:]:                # pre-order: parents come first
+                i, parent = row.index, row.parent.index
+                if not (i in hits or parent and inside[parent]):
                     continue
-                matched = matcher(key)
-                count += matched
-                if not (matched or id(row.parent) in inside):
-                    continue
-                inside.add(id(row))          # a matched container shows its whole subtree
-                ancestor = row
-                while ancestor is not None and id(ancestor) not in visible:
-                    visible.add(id(ancestor))
-                    ancestor = ancestor.parent
-            for row in self.rows:
-                row.shown = [c for c in row.children if id(c) in visible]
+                inside[i] = 1                        # a matched container shows its subtree
+                while not visible[row.index]:
+                    visible[row.index] = 1
+                    row = row.parent
+            for row in self.rows:                    # hidden rows keep stale lists: unreachable
+                if inside[row.index] or not row.children:
+                    row.shown = row.children
+                elif visible[row.index]:
+                    row.shown = [c for c in row.children if visible[c.index]]
+            self.visible_count = sum(visible) - 1
         self._renumber()
         self.endResetModel()
-        return count
+        return len(hits) if hits is not None else self.visible_count
 
     def sort(self, column, order=Qt.AscendingOrder):
         key_funcs = {
-            KEY: lambda r: _natural(r.node.name), TYPE: lambda r: type_text(r.node),
+            KEY: lambda r: _natural(r.name), TYPE: lambda r: type_text(r.node),
             SHAPE: lambda r: r.node.tensor.shape if r.node.tensor is not None else (),
             DTYPE: lambda r: r.node.tensor.dtype if r.node.tensor is not None else "",
             PARAMS: lambda r: r.params, SIZE: lambda r: r.nbytes,
@@ -261,9 +298,13 @@ class KeyTreeModel(QAbstractItemModel):
         self.layoutChanged.emit()
 
     def _renumber(self):
-        for row in self.rows:
+        stack = [self.top]
+        while stack:
+            row = stack.pop()
             for position, child in enumerate(row.shown):
                 child.pos = position
+                if child.shown:
+                    stack.append(child)
 
     def index_of_key(self, key: str) -> QModelIndex:
         try:

@@ -24,12 +24,15 @@ def test_open_shows_tree_summary_and_no_banner(qtbot, window, training_file):
     top_keys = [model.index(r, 0).data(Qt.UserRole) for r in range(model.rowCount())]
     assert top_keys == ["epoch", "loss", "model_state_dict", "optimizer_state_dict"]
     msd = model.index(2, 0)
-    first = model.index(0, 0, msd)
+    group = model.index(0, 0, msd)            # dotted state_dict names become groups
+    assert (group.data(), group.data(Qt.UserRole)) == ("0", "model_state_dict.0")
+    assert model.index(0, 4, msd).data() == "15"
+    first = model.index(0, 0, group)
     assert first.data(Qt.UserRole) == "model_state_dict.0.weight"
-    assert first.data() == "0.weight"
-    assert model.index(0, 2, msd).data() == "[3, 4]"
-    assert model.index(0, 3, msd).data() == "float32"
-    assert model.index(0, 4, msd).data() == "12"
+    assert first.data() == "weight"
+    assert model.index(0, 2, group).data() == "[3, 4]"
+    assert model.index(0, 3, group).data() == "float32"
+    assert model.index(0, 4, group).data() == "12"
     assert model.index(2, 4).data() == "36"           # 15 + 13 + 8, summed over the subtree
     assert not tab.findChild(QLabel, "unsafeBanner").isVisible()
     summary = tab.findChild(object, "summaryPanel").toPlainText()
