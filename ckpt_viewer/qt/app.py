@@ -45,6 +45,9 @@ def _qt_messages(mode, context, message):
 
 
 def make_app() -> QApplication:
+    # A thread waiting for the GIL waits a whole switch interval (5 ms by default) each time;
+    # the GUI thread takes it back hundreds of times per repaint while a worker computes.
+    sys.setswitchinterval(0.001)
     qInstallMessageHandler(_qt_messages)
     app = QApplication.instance()
     if app is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QLineEdit, QMenu,
                                QSplitter, QTabWidget, QTextBrowser, QTreeView, QVBoxLayout,
@@ -128,6 +128,7 @@ class CheckpointTab(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.banner)
         layout.addWidget(splitter, 1)
+        QTimer.singleShot(0, self.tensor_view.prepare_plot)
 
     # --- filter ----------------------------------------------------------------------------
     def apply_filter(self, text: str):

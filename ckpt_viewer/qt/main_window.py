@@ -45,12 +45,17 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.welcome, "Welcome")
         self._build_status_bar()
         self._build_menus()
-        QTimer.singleShot(0, preload_plotting)
+        QTimer.singleShot(0, self._preload_when_idle)
         geometry = self.settings.value("geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
         else:
             self.resize(1280, 800)
+
+    def _preload_when_idle(self):
+        """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""
+        if not self.pending:
+            preload_plotting()
 
     # --- chrome ----------------------------------------------------------------------------
     def _build_status_bar(self):
@@ -155,6 +160,8 @@ class MainWindow(QMainWindow):
 
     def _update_busy(self):
         busy = bool(self.pending)
+        if not busy:
+            self._preload_when_idle()
         self.progress.setVisible(busy)
         self.cancel_button.setVisible(busy)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import importlib
+import time
 import weakref
 
 from PySide6.QtCore import Qt, Signal
@@ -36,6 +37,8 @@ def _plotting_ready(module, message=""):
         view.plotting_ready(message)
     _plotting["waiting"].clear()
 
+
+PROGRESS_INTERVAL = 0.1   # seconds between progress-bar updates
 
 RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
@@ -84,6 +87,7 @@ class TensorView(QWidget):
         self.worker = None
         self.generation = 0
         self.plot = None
+        self._last_progress = 0.0
 
         self.facts = QLabel("Select a tensor in the tree.")
         self.facts.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -163,6 +167,13 @@ class TensorView(QWidget):
         self.plot_holder.addWidget(self.plot)
         self.plot.show()
 
+    def prepare_plot(self):
+        """Build the (Python-heavy) plot while no worker competes for the GIL: called when the
+        tab opens (from the event loop) and again before a computation starts."""
+        if self.plot is None and _plotting["module"] is not None:
+            self._ensure_plot()
+            self.curve.setData([0, 1], [0])
+
     def plotting_ready(self, message=""):
         if message:
             self.status.setText(f"plotting is unavailable: {message}")
@@ -237,6 +248,7 @@ class TensorView(QWidget):
         self.facts.setText(facts_html(node))
         is_complex = node.tensor.dtype.startswith("complex")
         self.part.setVisible(is_complex)
+        self.prepare_plot()
         self.recompute()
 
     def recompute(self, *_):
@@ -270,7 +282,9 @@ class TensorView(QWidget):
             return
         if isinstance(item, tuple):
             self._show(item[1], preview=True)
-        else:
+        elif time.monotonic() - self._last_progress > PROGRESS_INTERVAL:
+            # setValue repaints synchronously; each repaint competes with the worker for the GIL
+            self._last_progress = time.monotonic()
             self.progress.setValue(int(item * 1000))
 
     def _done(self, generation, stats, value_range):
