@@ -9,7 +9,7 @@ import sys
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
 
-SUBCOMMANDS = ("inspect", "stats")
+SUBCOMMANDS = ("inspect", "stats", "export")
 
 
 def _inspect_parser(sub):
@@ -32,6 +32,28 @@ def _stats_parser(sub):
     p.set_defaults(run=run_stats)
 
 
+def _export_parser(sub):
+    p = sub.add_parser("export", help="write a flat state_dict cut out of a checkpoint")
+    p.add_argument("src")
+    p.add_argument("-o", "--output", dest="dst", required=True, help="the file to write")
+    p.add_argument("--root", default="", help="export this subtree; keys become relative to it")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="keep keys matching GLOB (as the source names them, relative to "
+                        "--root, before prefixes change); repeatable")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="drop keys matching GLOB; repeatable")
+    p.add_argument("--strip-prefix", default="", metavar="P", help="remove P from key starts")
+    p.add_argument("--add-prefix", default="", metavar="P", help="prepend P to every key")
+    p.add_argument("--dtype", default="keep", choices=("keep", "float32", "float16", "bfloat16"),
+                   help="cast floating tensors (others are kept)")
+    p.add_argument("--device", default="cpu", help="location tag to write: cpu, cuda or cuda:N")
+    p.add_argument("--format", choices=("pth", "safetensors"), default=None,
+                   help="default: from the output's extension")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-verify", action="store_true", help="skip reopening the written file")
+    p.set_defaults(run=run_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckpt-viewer",
@@ -40,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _inspect_parser(sub)
     _stats_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -87,6 +110,25 @@ def run_stats(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from ckpt_viewer.core.export import ExportPlan, export
+    from ckpt_viewer.core.model import format_bytes
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.stats import run
+
+    fmt = args.format or ("safetensors" if args.dst.endswith(".safetensors") else "pth")
+    plan = ExportPlan(root=args.root, include=args.include, exclude=args.exclude,
+                      strip_prefix=args.strip_prefix, add_prefix=args.add_prefix,
+                      dtype=args.dtype, device=args.device, format=fmt)
+    checkpoint = open_checkpoint(args.src)
+    summary = run(export(checkpoint, plan, args.dst, force=args.force,
+                         verify=not args.no_verify))
+    note = ", verified" if summary.verified else ""
+    print(f"wrote {summary.path}: {summary.tensors} tensors, {format_bytes(summary.bytes)}, "
+          f"{summary.format}, location {summary.device}{note}")
+    return 0
+
+
 def run_gui(args) -> int:
     from ckpt_viewer.qt.app import main as gui_main
 
@@ -101,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS or argv[:1] in (["-h"], ["--help"]):
         args = build_parser().parse_args(argv)
         runner = args.run
-        where = getattr(args, "path", "")
+        where = getattr(args, "path", "") or getattr(args, "src", "")
     else:
         args = build_gui_parser().parse_args(argv)
         runner, where = run_gui, ""

@@ -1,0 +1,457 @@
+"""Cut a flat state_dict out of a checkpoint and write it, streaming, atomically.
+
+torch.save and safetensors' save_file both need every tensor in memory at once (5.3 GB for the
+5.4 GB benchmark sub-dict), so both formats are written here record by record: a torch zip
+archive whose data.pkl names only torch's own rebuild functions (loadable with
+`torch.load(weights_only=True)`), or a safetensors file. Storage location tags are whatever the
+user asks (`cuda:0`...), with or without a GPU here. The file is written to a temporary name in
+the destination folder, fsynced, reopened and checked, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import pickle
+import struct
+import tempfile
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
+from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
+from ckpt_viewer.core.values import StorageReader, read_tensor, strided_array
+
+CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
+COPY_CHUNK = 16 << 20          # bytes per read/write step: bounded memory whatever the size
+ALIGNMENT = 64                 # torch aligns storage records to 64 bytes (mmap friendly)
+
+
+@dataclass
+class ExportPlan:
+    root: str = ""                 # take this subtree; keys are relative to it
+    include: list = field(default_factory=list)   # globs on the relative key; empty = all
+    exclude: list = field(default_factory=list)
+    keys: list | None = None       # an explicit selection of full keys (GUI check boxes)
+    strip_prefix: str = ""
+    add_prefix: str = ""
+    dtype: str = "keep"
+    device: str = "cpu"            # cpu | cuda | cuda:N
+    format: str = "pth"            # pth | safetensors
+
+
+@dataclass
+class Item:
+    source_key: str
+    key: str
+    tensor: TensorInfo
+    dtype: str                     # dtype written
+
+
+@dataclass
+class ExportSummary:
+    path: str
+    tensors: int
+    bytes: int
+    format: str
+    device: str
+    verified: bool
+    skipped: list = field(default_factory=list)
+
+
+def location(device: str) -> str:
+    device = device.strip().lower()
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        return "cuda:0"
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return device
+    raise CheckpointError(f"device must be cpu, cuda or cuda:N, not {device!r}")
+
+
+def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
+    """What would be written: (source key -> new key, dtype), in file order. Shared by the
+    command line and the dialog's live preview."""
+    if plan.dtype not in CAST_TARGETS:
+        raise CheckpointError(f"dtype must be one of {', '.join(CAST_TARGETS)}")
+    root = plan.root.strip(".")
+    if root and checkpoint.find(root) is None:
+        raise CheckpointError(f"no key {root!r} to export from")
+    selected = set(plan.keys) if plan.keys is not None else None
+    items, seen = [], {}
+    for key, tensor, _ in checkpoint.tensors():
+        if root and not (key == root or key.startswith(root + ".")):
+            continue
+        if selected is not None and key not in selected:
+            continue
+        if not root:
+            relative = key
+        elif key == root:                    # the root is itself a tensor
+            relative = key.rsplit(".", 1)[-1]
+        else:
+            relative = key[len(root) + 1:]
+        if plan.include and not any(fnmatch.fnmatchcase(relative, g) for g in plan.include):
+            continue
+        if any(fnmatch.fnmatchcase(relative, g) for g in plan.exclude):
+            continue
+        new_key = relative
+        if plan.strip_prefix and new_key.startswith(plan.strip_prefix):
+            new_key = new_key[len(plan.strip_prefix):]
+        new_key = plan.add_prefix + new_key
+        if new_key in seen:
+            raise CheckpointError(f"{seen[new_key]!r} and {key!r} would both be written as "
+                                  f"{new_key!r}")
+        seen[new_key] = key
+        cast = plan.dtype != "keep" and tensor.dtype in FLOAT_DTYPES
+        items.append(Item(key, new_key, tensor, plan.dtype if cast else tensor.dtype))
+    return items
+
+
+def _check_exportable(items: list[Item], fmt: str):
+    for item in items:
+        t = item.tensor
+        if t.layout not in ("strided",) or t.parts:
+            raise CheckpointError(f"{item.source_key!r} is a {t.layout} tensor; exporting those is "
+                                  "not supported yet (leave it out with --exclude)")
+        if t.storage is None and not t.chunks:
+            raise CheckpointError(f"{item.source_key!r} has no stored data to export")
+        if fmt == "safetensors" and item.dtype not in TORCH_TO_SAFETENSORS:
+            raise CheckpointError(f"{item.source_key!r} has dtype {item.dtype}, which safetensors "
+                                  "cannot store")
+
+
+# --- reading source values in bounded pieces ---------------------------------------------
+
+def _torch_dtype(name):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _cast_bytes(raw: np.ndarray, source_dtype: str, target: str, device: str):
+    """Elementwise cast of a piece of little-endian storage bytes (uint8 array) to `target`;
+    returns a bytes-like array. Casting goes through torch (bfloat16, float8)."""
+    if source_dtype == target:
+        return raw
+    import torch
+
+    source = torch.from_numpy(raw if raw.flags.writeable else raw.copy())
+    source = source.view(_torch_dtype(source_dtype))
+    if device.startswith("cuda") and torch.cuda.is_available():
+        source = source.to(device)          # cast on the GPU when there is one
+    return source.to(_torch_dtype(target)).cpu().view(torch.uint8).numpy()
+
+
+def _raw_dtype(tensor: TensorInfo) -> np.dtype:
+    """Elements as opaque units of the right size, in the file's byte order."""
+    itemsize = DTYPE_SIZES[tensor.dtype]
+    order = ">" if tensor.storage.byteorder == "big" else "<"
+    return np.dtype(f"{order}u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype(f"V{itemsize}")
+
+
+def _little_endian_bytes(values: np.ndarray) -> np.ndarray:
+    if values.dtype.byteorder == ">":
+        values = values.byteswap().view(values.dtype.newbyteorder("<"))
+    return values.reshape(-1).view(np.uint8)
+
+
+def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str):
+    """Storage elements [first, first+count) in the target dtype, a chunk at a time."""
+    step = max(1, COPY_CHUNK // DTYPE_SIZES[tensor.dtype])
+    reader = StorageReader(tensor.storage)
+    raw_dtype = _raw_dtype(tensor)
+    for start in range(first, first + count, step):
+        raw = reader.read(start, min(step, first + count - start), raw_dtype)
+        yield _cast_bytes(_little_endian_bytes(raw), tensor.dtype, target, device)
+
+
+def _dense_bytes(tensor: TensorInfo, target: str, device: str):
+    """A tensor's own elements, contiguous, in the target dtype (views written compactly)."""
+    if tensor.chunks:                        # DCP: assembled from its chunks through torch
+        import torch
+
+        value = read_tensor(tensor).contiguous().reshape(-1)
+        yield _cast_bytes(value.view(torch.uint8).numpy(), tensor.dtype, target, device)
+    elif tensor.is_contiguous:
+        yield from _pieces(tensor, tensor.offset, tensor.numel, target, device)
+    else:
+        values = strided_array(tensor, StorageReader(tensor.storage), _raw_dtype(tensor))
+        yield _cast_bytes(_little_endian_bytes(values), tensor.dtype, target, device)
+
+
+# --- planning storages: shared storages stay shared in .pth ---------------------------------
+
+@dataclass
+class _Record:
+    name: str
+    items: list                    # Items written from this record
+    dtype: str
+    first: int                     # first source element, for shared spans
+    count: int                     # elements written
+    shared: bool
+
+
+def _records(items: list[Item], fmt: str) -> list[_Record]:
+    groups: dict[int, list[Item]] = {}
+    order = []
+    for item in items:
+        sid = id(item.tensor.storage) if item.tensor.storage is not None else id(item)
+        if sid not in groups:
+            groups[sid] = []
+            order.append(sid)
+        groups[sid].append(item)
+    records = []
+    for sid in order:
+        group = groups[sid]
+        same_dtype = len({(i.tensor.dtype, i.dtype) for i in group}) == 1
+        if fmt == "pth" and len(group) > 1 and same_dtype and not group[0].tensor.chunks:
+            spans = [i.tensor.element_span() for i in group]
+            first, end = min(s[0] for s in spans), max(s[1] for s in spans)
+            records.append(_Record(str(len(records)), group, group[0].dtype, first, end - first,
+                                   True))
+        else:
+            for item in group:
+                records.append(_Record(str(len(records)), [item], item.dtype, 0,
+                                       item.tensor.numel, False))
+    return records
+
+
+def _record_bytes(record: _Record, device: str):
+    item = record.items[0]
+    if record.shared:
+        yield from _pieces(item.tensor, record.first, record.count, record.dtype, device)
+    else:
+        yield from _dense_bytes(item.tensor, record.dtype, device)
+
+
+# --- the .pth writer ------------------------------------------------------------------------
+
+class _StorageRef:
+    def __init__(self, key, dtype, numel, where):
+        self.key, self.dtype, self.numel, self.where = key, dtype, numel, where
+
+
+class _TensorRef:
+    """Pickles exactly as torch pickles a tensor: a call of torch's own rebuild function."""
+
+    def __init__(self, storage, offset, shape, stride):
+        self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
+
+    def __reduce_ex__(self, protocol):
+        import torch
+
+        args = (self.storage, self.offset, tuple(self.shape), tuple(self.stride), False,
+                OrderedDict())
+        if _legacy_storage_class(self.storage.dtype):
+            return torch._utils._rebuild_tensor_v2, args
+        return torch._utils._rebuild_tensor_v3, args + (_torch_dtype(self.storage.dtype),)
+
+
+def _legacy_storage_class(dtype: str):
+    import torch
+
+    names = {"float64": "DoubleStorage", "float32": "FloatStorage", "float16": "HalfStorage",
+             "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage",
+             "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage",
+             "bool": "BoolStorage", "complex64": "ComplexFloatStorage",
+             "complex128": "ComplexDoubleStorage"}
+    return getattr(torch, names[dtype]) if dtype in names else None
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _StorageRef):
+            import torch
+
+            storage_class = _legacy_storage_class(obj.dtype)
+            if storage_class is None:   # new dtypes: an untyped storage counted in bytes
+                return ("storage", torch.UntypedStorage, obj.key, obj.where,
+                        obj.numel * DTYPE_SIZES[obj.dtype])
+            return ("storage", storage_class, obj.key, obj.where, obj.numel)
+        return None
+
+
+def _data_pkl(records: list[_Record], where: str) -> bytes:
+    state = OrderedDict()
+    for record in records:
+        storage = _StorageRef(record.name, record.dtype, record.count, where)
+        for item in record.items:
+            t = item.tensor
+            if record.shared:
+                state[item.key] = _TensorRef(storage, t.offset - record.first, t.shape, t.stride)
+            else:
+                stride, step = [], 1
+                for dim in reversed(t.shape):
+                    stride.insert(0, step)
+                    step *= dim
+                state[item.key] = _TensorRef(storage, 0, t.shape, stride)
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=2).dump(state)
+    return buffer.getvalue()
+
+
+def _aligned_info(zf: zipfile.ZipFile, name: str, zip64: bool) -> zipfile.ZipInfo:
+    """A ZipInfo whose padding puts the record's first byte on a 64-byte boundary."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    header = 30 + len(name.encode()) + (20 if zip64 else 0)
+    offset = zf.fp.tell() + header + 4
+    pad = (-offset) % ALIGNMENT
+    info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad    # the "FB" id torch uses
+    return info
+
+
+def _write_pth(path, records, where, device, cancelled):
+    archive = "archive"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", (1980, 1, 1, 0, 0, 0)),
+                    _data_pkl(records, where))
+        zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", (1980, 1, 1, 0, 0, 0)), b"little")
+        for record in records:
+            nbytes = record.count * DTYPE_SIZES[record.dtype]
+            zip64 = nbytes > 0x7FFFFFFF
+            info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
+            with zf.open(info, "w", force_zip64=zip64) as out:
+                for piece in _record_bytes(record, device):
+                    out.write(piece)
+                    if cancelled():
+                        raise _Cancelled()
+            yield nbytes
+        zf.writestr(zipfile.ZipInfo(f"{archive}/version", (1980, 1, 1, 0, 0, 0)), b"3\n")
+
+
+# --- the .safetensors writer -------------------------------------------------------------------
+
+def _write_safetensors(path, items, device, cancelled, metadata):
+    header, offset = {}, 0
+    if metadata:
+        header["__metadata__"] = metadata
+    for item in items:
+        nbytes = item.tensor.numel * DTYPE_SIZES[item.dtype]
+        header[item.key] = {"dtype": TORCH_TO_SAFETENSORS[item.dtype],
+                            "shape": list(item.tensor.shape),
+                            "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((-len(text)) % 8)          # the data section starts 8-byte aligned
+    with open(path, "r+b") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for item in items:
+            for piece in _dense_bytes(item.tensor, item.dtype, device):
+                f.write(piece)
+                if cancelled():
+                    raise _Cancelled()
+            yield item.tensor.numel * DTYPE_SIZES[item.dtype]
+
+
+class _Cancelled(Exception):
+    pass
+
+
+# --- verification and the public entry point -----------------------------------------------
+
+def verify_written(path: str, fmt: str, items: list[Item]):
+    """Reopen what was written; every tensor's key, dtype, shape and size as intended."""
+    from ckpt_viewer.core.open import open_checkpoint
+
+    written = {key: t for key, t, _ in open_checkpoint(path).tensors()}
+    if set(written) != {i.key for i in items}:
+        raise CheckpointError("the written file does not hold the keys that were meant")
+    for item in items:
+        t = written[item.key]
+        if t.dtype != item.dtype or tuple(t.shape) != tuple(item.tensor.shape) or \
+                t.numel * DTYPE_SIZES[t.dtype] != item.tensor.numel * DTYPE_SIZES[item.dtype]:
+            raise CheckpointError(f"written tensor {item.key!r} differs from what was meant")
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as f:
+            if set(f.keys()) != set(written):
+                raise CheckpointError("the safetensors library reads other keys than were written")
+
+
+def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bool = False,
+           verify: bool = True, cancelled=lambda: False):
+    """Generator: yields progress in [0, 1]; returns ExportSummary. Nothing is left at the
+    destination unless the whole file was written and checked."""
+    fmt = plan.format
+    if fmt not in ("pth", "safetensors"):
+        raise CheckpointError("format must be pth or safetensors")
+    where = location(plan.device)
+    items = plan_items(checkpoint, plan)
+    if not items:
+        raise CheckpointError("nothing to export: no tensor matches the selection")
+    _check_exportable(items, fmt)
+    destination = os.path.abspath(destination)
+    if os.path.isdir(destination):
+        raise CheckpointError(f"{destination} is a directory")
+    if _same_file(destination, checkpoint.path):
+        raise CheckpointError("the destination is the source file; choose another name")
+    if os.path.exists(destination) and not force:
+        raise CheckpointError(f"{destination} exists (use --force to replace it)")
+    folder = os.path.dirname(destination)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"folder {folder} does not exist")
+    total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items) or 1
+    handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".part",
+                                    dir=folder)
+    os.close(handle)
+    try:
+        written = 0
+        if fmt == "pth":
+            steps = _write_pth(temp, _records(items, fmt), where, plan.device, cancelled)
+        else:
+            metadata = {"format": "pt"}
+            steps = _write_safetensors(temp, items, plan.device, cancelled, metadata)
+        for nbytes in steps:
+            written += nbytes
+            yield min(written / total, 1.0) * (0.95 if verify else 1.0)
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        if verify:
+            verify_written(temp, fmt, items)
+            yield 1.0
+        os.replace(temp, destination)
+    except _Cancelled:
+        _remove(temp)
+        raise CheckpointError("export cancelled; nothing was written") from None
+    except OSError as exc:
+        _remove(temp)
+        raise CheckpointError(_os_error(exc, destination)) from None
+    except BaseException:
+        _remove(temp)
+        raise
+    return ExportSummary(destination, len(items), os.path.getsize(destination), fmt, where, verify)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.exists(a) and os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _remove(path: str):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _os_error(exc: OSError, destination: str) -> str:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return f"the disk is full; {destination} was not written (nothing was changed)"
+    if exc.errno == errno.EFBIG:
+        return f"the file is larger than this file system allows; {destination} was not written"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write {destination}"
+    return f"writing {destination} failed ({exc.strerror or exc}); nothing was changed"

@@ -1,0 +1,210 @@
+"""Export: exact values, renames, casts, location tags, sharing, atomic and safe writes."""
+
+import errno
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+import builders
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.export import ExportPlan, export, plan_items
+from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.stats import run
+from ckpt_viewer.core.summary import inspect_dict
+
+
+def do_export(src, dst, **plan):
+    force = plan.pop("force", False)
+    return run(export(open_checkpoint(str(src)), ExportPlan(**plan), str(dst), force=force))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_model_state_dict_round_trip_loads_into_the_model(tmp_path, legacy):
+    src = builders.training_checkpoint(tmp_path / "c.pt", legacy=legacy)
+    summary = do_export(src, tmp_path / "m.pth", root="model_state_dict")
+    assert summary.verified and summary.tensors == 9
+    state = torch.load(tmp_path / "m.pth", weights_only=True)
+    original = torch.load(src, weights_only=True)["model_state_dict"]
+    assert list(state) == list(original)
+    assert all(torch.equal(state[k], original[k]) for k in original)
+    builders.tiny_model().load_state_dict(state)          # strict load works
+    mmapped = torch.load(tmp_path / "m.pth", weights_only=True, mmap=True)
+    assert all(torch.equal(mmapped[k], original[k]) for k in original)
+
+
+def test_strip_prefix_cast_include_exclude(tmp_path):
+    model = builders.tiny_model()
+    src = builders.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "dp.pt")
+    items = plan_items(open_checkpoint(src), ExportPlan(strip_prefix="module.", dtype="float16",
+                                                        exclude=["*.num_batches_tracked"]))
+    assert [i.key for i in items][:2] == ["0.weight", "0.bias"]
+    assert all(i.dtype == "float16" for i in items)
+    do_export(src, tmp_path / "h.pth", strip_prefix="module.", dtype="float16",
+              exclude=["*.num_batches_tracked"], include=["module.0.*", "module.1.*"],
+              add_prefix="enc.")   # globs match keys as the source names them
+    state = torch.load(tmp_path / "h.pth", weights_only=True)
+    assert set(state) == {"enc.0.weight", "enc.0.bias", "enc.1.weight", "enc.1.bias",
+                          "enc.1.running_mean", "enc.1.running_var"}
+    assert torch.equal(state["enc.0.weight"], model.state_dict()["0.weight"].half())
+
+
+def test_bfloat16_and_integers_untouched(tmp_path):
+    src = builders.save({"w": torch.randn(7, 3), "steps": torch.arange(5)}, tmp_path / "s.pt")
+    do_export(src, tmp_path / "b.pth", dtype="bfloat16")
+    state = torch.load(tmp_path / "b.pth", weights_only=True)
+    assert state["w"].dtype == torch.bfloat16 and state["steps"].dtype == torch.int64
+    assert torch.equal(state["w"], torch.load(src, weights_only=True)["w"].bfloat16())
+
+
+def test_cuda_location_tags_without_a_gpu(tmp_path):
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    do_export(src, tmp_path / "g.pth", root="model_state_dict", device="cuda:1")
+    info = inspect_dict(open_checkpoint(str(tmp_path / "g.pth")))
+    assert {t["device"] for t in info["tensors"]} == {"cuda:1"}
+    state = torch.load(tmp_path / "g.pth", weights_only=True, map_location="cpu")
+    assert len(state) == 9
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / "g.pth", weights_only=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_export_loads_onto_the_gpu(tmp_path):
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    do_export(src, tmp_path / "g.pth", root="model_state_dict", device="cuda")
+    state = torch.load(tmp_path / "g.pth", weights_only=True)
+    original = torch.load(src, weights_only=True)["model_state_dict"]
+    assert all(v.device == torch.device("cuda:0") for v in state.values())
+    assert all(torch.equal(state[k].cpu(), original[k]) for k in original)
+
+
+def test_tied_weights_stay_shared_and_views_are_compact(tmp_path):
+    big = torch.randn(1000, 100)
+    src = builders.save({"embed": big, "head": big, "row": big[3]}, tmp_path / "t.pt")
+    do_export(src, tmp_path / "tied.pth", exclude=["row"])
+    state = torch.load(tmp_path / "tied.pth", weights_only=True)
+    assert state["embed"].untyped_storage().data_ptr() == state["head"].untyped_storage().data_ptr()
+    do_export(src, tmp_path / "row.pth", include=["row"])
+    assert os.path.getsize(tmp_path / "row.pth") < 4096          # not the whole 400 KB base
+    assert torch.equal(torch.load(tmp_path / "row.pth", weights_only=True)["row"], big[3])
+
+
+def test_non_contiguous_view_alone(tmp_path):
+    base = torch.arange(12.0).view(3, 4)
+    src = builders.save({"t": base.t(), "col": base[:, 1]}, tmp_path / "v.pt")
+    do_export(src, tmp_path / "v.pth", include=["col"])
+    assert torch.equal(torch.load(tmp_path / "v.pth", weights_only=True)["col"], base[:, 1])
+
+
+def test_safetensors_output_with_tied_weights(tmp_path):
+    from safetensors.torch import load_file
+    w = torch.randn(4, 4)
+    src = builders.save({"a": w, "b": w, "c": torch.zeros(2, dtype=torch.bfloat16)}, tmp_path / "s.pt")
+    do_export(src, tmp_path / "s.safetensors", format="safetensors")
+    out = load_file(str(tmp_path / "s.safetensors"))
+    assert torch.equal(out["a"], w) and torch.equal(out["b"], w) and out["c"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "dcp", "hf"])
+def test_other_sources(tmp_path, kind):
+    if kind == "safetensors":
+        src = builders.safetensors_file(tmp_path / "w.safetensors")
+        from safetensors.torch import load_file
+        expected = load_file(src)
+    elif kind == "dcp":
+        src, state = builders.dcp_directory(tmp_path / "dcp")
+        expected = {f"model.{k}": v for k, v in state.items()}
+    else:
+        src = builders.hf_directory(tmp_path / "hf")
+        expected = None
+    do_export(src, tmp_path / "o.pth")
+    out = torch.load(tmp_path / "o.pth", weights_only=True)
+    if expected is not None:
+        assert set(out) == set(expected) and all(torch.equal(out[k], expected[k]) for k in expected)
+    else:
+        assert len(out) == 4
+
+
+def test_whole_model_pickle_exports_its_state_dict(tmp_path):
+    src = builders.whole_model_file(tmp_path / "whole.pt")
+    do_export(src, tmp_path / "sd.pth", root="model")
+    assert list(torch.load(tmp_path / "sd.pth", weights_only=True)) == [
+        "encoder.scale", "encoder.proj.weight", "encoder.proj.bias", "head.weight", "head.bias"]
+
+
+def test_compressed_source_records(tmp_path):
+    src = builders.save({"w": torch.arange(100.0)}, tmp_path / "w.pt")
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(deflated, "w") as b:
+        for info in a.infolist():
+            b.writestr(info.filename, a.read(info), compress_type=zipfile.ZIP_DEFLATED
+                       if "/data/" in info.filename else zipfile.ZIP_STORED)
+    do_export(deflated, tmp_path / "o.pth")
+    assert torch.equal(torch.load(tmp_path / "o.pth", weights_only=True)["w"], torch.arange(100.0))
+
+
+def test_nothing_clobbered(tmp_path):
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    dst = tmp_path / "keep.pth"
+    dst.write_bytes(b"precious")
+    with pytest.raises(CheckpointError, match="exists"):
+        do_export(src, dst)
+    assert dst.read_bytes() == b"precious"
+    with pytest.raises(CheckpointError, match="is the source"):
+        do_export(src, src, force=True)
+    checkpoint = open_checkpoint(src)
+    generator = export(checkpoint, ExportPlan(), str(dst), force=True, cancelled=lambda: True)
+    with pytest.raises(CheckpointError, match="cancelled"):
+        run(generator)
+    assert dst.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+    do_export(src, dst, force=True, root="model_state_dict")
+    assert len(torch.load(dst, weights_only=True)) == 9
+
+
+def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    dst = tmp_path / "full.pth"
+    dst.write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CheckpointError, match="disk is full"):
+        do_export(src, dst, force=True)
+    assert dst.read_bytes() == b"old"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_refusals(tmp_path):
+    src = builders.save(builders.every_dtype(), tmp_path / "d.pt")
+    with pytest.raises(CheckpointError, match="quantized"):
+        do_export(src, tmp_path / "o.pth")
+    with pytest.raises(CheckpointError, match="nothing to export"):
+        do_export(src, tmp_path / "o.pth", include=["nope*"])
+    with pytest.raises(CheckpointError, match="device"):
+        do_export(src, tmp_path / "o.pth", include=["t_float32"], device="tpu")
+    do_export(src, tmp_path / "o.pth", exclude=["q*", "coo", "csr"])
+    out = torch.load(tmp_path / "o.pth", weights_only=True)
+    assert out["t_float8_e4m3fn"].dtype == torch.float8_e4m3fn and out["empty"].shape == (0, 4)
+    assert out["scalar0d"].item() == 3.5
+    collide = builders.save({"module.w": torch.ones(1), "w": torch.zeros(1)}, tmp_path / "col.pt")
+    with pytest.raises(CheckpointError, match="would both be written"):
+        do_export(collide, tmp_path / "x.pth", strip_prefix="module.")
+
+
+def test_export_cli(tmp_path):
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    out = subprocess.run([sys.executable, "-m", "ckpt_viewer", "export", src, "-o",
+                          str(tmp_path / "e.safetensors"), "--root", "model_state_dict",
+                          "--dtype", "float16"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "9 tensors" in out.stdout and "verified" in out.stdout
+    again = subprocess.run([sys.executable, "-m", "ckpt_viewer", "export", src, "-o",
+                            str(tmp_path / "e.safetensors")], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 2 and again.stderr.startswith("error: ") and "exists" in again.stderr
