@@ -81,6 +81,10 @@ class CheckpointTab(QWidget):
         self.filter.setClearButtonEnabled(True)
         self.filter.textChanged.connect(self.apply_filter)
         self.filter_status = QLabel()
+        self.ticked = QLabel()
+        self.ticked.setObjectName("tickedCount")
+        self.model.checks_changed.connect(
+            lambda n: self.ticked.setText(f"{n:,} ticked for export (Ctrl+E)" if n else ""))
 
         self.tree = QTreeView()
         self.tree.setObjectName("keyTree")
@@ -116,6 +120,7 @@ class CheckpointTab(QWidget):
         filter_row = QHBoxLayout()
         filter_row.addWidget(self.filter, 1)
         filter_row.addWidget(self.filter_status)
+        filter_row.addWidget(self.ticked)
         left_layout.addLayout(filter_row)
         left_layout.addWidget(self.tree)
         splitter = QSplitter(Qt.Horizontal)

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, Q
 from ckpt_viewer import __version__
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
+from ckpt_viewer.qt.export_dialog import ExportDialog
 from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
 
@@ -88,6 +89,10 @@ class MainWindow(QMainWindow):
                                          self.open_folder_dialog))
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self._refresh_recent()
+        file_menu.addSeparator()
+        self.export_action = self._action("&Export Selection...", "actionExport", "Ctrl+E",
+                                          self.export_dialog)
+        file_menu.addAction(self.export_action)
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Close Tab", "actionCloseTab", QKeySequence.Close,
                                          lambda: self.close_tab(self.tabs.currentIndex())))
@@ -177,6 +182,17 @@ class MainWindow(QMainWindow):
                                                 self.settings.value("lastDir", ""))
         if path:
             self.open_paths([path])
+
+    def export_dialog(self):
+        """File > Export selection: the ticked tensors of the current tab (or all of them)."""
+        tab = self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return None
+        dialog = ExportDialog(tab.checkpoint, tab.model.checked_keys(), self)
+        dialog.setAttribute(Qt.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     def close_tab(self, index):
         widget = self.tabs.widget(index)

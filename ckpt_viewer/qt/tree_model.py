@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 import re
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
 
 from ckpt_viewer.core import paused_gc
@@ -17,13 +17,15 @@ COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Params", "Size", "Device")
 KEY, TYPE, SHAPE, DTYPE, PARAMS, SIZE, DEVICE = range(len(COLUMNS))
 MUTED = QColor(128, 128, 128)
 ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
+CHECKABLE_FLAGS = ROW_FLAGS | Qt.ItemIsUserCheckable
 
 
 class Row:
     """One tree row: a Node (or a virtual group of dotted names), its place among its parent's
     shown children, and the sums of its subtree."""
 
-    __slots__ = ("node", "name", "parent", "children", "shown", "pos", "index", "params", "nbytes")
+    __slots__ = ("node", "name", "parent", "children", "shown", "pos", "index", "params", "nbytes",
+                 "size", "tensors")
 
     def __init__(self, node: Node, parent: Row | None, name: str):
         self.node, self.parent, self.name = node, parent, name
@@ -31,6 +33,8 @@ class Row:
         self.shown: list[Row] = self.children
         self.pos = self.index = 0
         self.params = self.nbytes = 0
+        self.size = 1          # rows in this subtree, itself included: rows[index:index + size]
+        self.tensors = 0       # tensor rows in this subtree
 
 
 def _attach_children(row: Row):
@@ -72,11 +76,15 @@ def build_rows(root: Node) -> tuple[Row, list[Row]]:
         stack.extend(reversed(row.children))
     for row in reversed(order):
         tensor = row.node.tensor
-        if tensor is not None and not row.node.shared_with:
-            row.params, row.nbytes = tensor.numel, tensor.nbytes
+        if tensor is not None:
+            row.tensors = 1
+            if not row.node.shared_with:
+                row.params, row.nbytes = tensor.numel, tensor.nbytes
         if row.parent is not None:
             row.parent.params += row.params
             row.parent.nbytes += row.nbytes
+            row.parent.size += row.size
+            row.parent.tensors += row.tensors
     return top, order
 
 
@@ -133,6 +141,8 @@ def value_text(node: Node) -> str:
 
 
 class KeyTreeModel(QAbstractItemModel):
+    checks_changed = Signal(int)       # how many tensors are ticked
+
     def __init__(self, top: Row, rows: list[Row], parent=None):
         super().__init__(parent)
         self.top, self.rows = top, rows
@@ -140,6 +150,8 @@ class KeyTreeModel(QAbstractItemModel):
         self.lowered = [k.lower() for k in self.keys]
         self.filter_text = ""
         self.visible_count = len(rows) - 1
+        self.checked = bytearray(len(rows))        # tensor rows ticked for export
+        self.checked_below = [0] * len(rows)       # ticked tensor rows in each subtree
         self._italic = QFont()
         self._italic.setItalic(True)
 
@@ -180,7 +192,48 @@ class KeyTreeModel(QAbstractItemModel):
         return None
 
     def flags(self, index):
-        return ROW_FLAGS if index.isValid() else Qt.NoItemFlags
+        if not index.isValid():
+            return Qt.NoItemFlags
+        if index.column() == KEY and index.internalPointer().tensors:
+            return CHECKABLE_FLAGS
+        return ROW_FLAGS
+
+    # --- check boxes (what to export) ------------------------------------------------------
+    def check_state(self, row: Row):
+        ticked = self.checked_below[row.index]
+        if ticked == 0:
+            return Qt.Unchecked
+        return Qt.Checked if ticked == row.tensors else Qt.PartiallyChecked
+
+    def set_checked(self, row: Row, on: bool):
+        """Tick or untick a row and every tensor below it; ancestors follow (tri-state)."""
+        first, end = row.index, row.index + row.size      # the subtree, in pre-order
+        delta = 0
+        for i in range(first, end):
+            if self.rows[i].node.tensor is not None and self.checked[i] != on:
+                self.checked[i] = on
+                delta += 1 if on else -1
+        for i in range(end - 1, first - 1, -1):           # children before their parents
+            below = self.rows[i]
+            self.checked_below[i] = self.checked[i] + sum(
+                self.checked_below[c.index] for c in below.children)
+        ancestor = row.parent
+        while ancestor is not None:
+            self.checked_below[ancestor.index] += delta
+            ancestor = ancestor.parent
+        self.dataChanged.emit(self.index(0, 0), self.index(max(self.rowCount() - 1, 0), 0),
+                              [Qt.CheckStateRole])
+        self.checks_changed.emit(self.checked_below[0])
+
+    def checked_keys(self) -> list[str]:
+        return [self.keys[i] for i, on in enumerate(self.checked) if on]
+
+    def setData(self, index, value, role=Qt.EditRole):
+        if role != Qt.CheckStateRole or not index.isValid() or index.column() != KEY:
+            return False
+        state = Qt.CheckState(value) if not isinstance(value, Qt.CheckState) else value
+        self.set_checked(index.internalPointer(), state != Qt.Unchecked)
+        return True
 
     # --- content ---------------------------------------------------------------------------
     def data(self, index, role=Qt.DisplayRole):
@@ -192,6 +245,8 @@ class KeyTreeModel(QAbstractItemModel):
             return self._display(row, column)
         if role == Qt.UserRole:
             return node.key
+        if role == Qt.CheckStateRole and column == KEY and row.tensors:
+            return self.check_state(row)
         if role == Qt.ToolTipRole:
             return self._tooltip(node)
         if role == Qt.TextAlignmentRole and column in (PARAMS, SIZE):

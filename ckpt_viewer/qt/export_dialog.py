@@ -1,0 +1,242 @@
+"""File > Export selection: the form over core.export, with a live preview of the keys written."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
+                               QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
+                               QProgressBar, QPushButton, QVBoxLayout, QWidget)
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.export import CAST_TARGETS, ExportPlan, export, plan_items
+from ckpt_viewer.core.model import DTYPE_SIZES, format_bytes
+from ckpt_viewer.qt import workers
+
+PREVIEW_LINES = 2000
+
+
+def gpu_present() -> bool:
+    """Without importing torch (1.5 s on the GUI thread): is an NVIDIA driver loaded here?"""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
+def split_globs(text: str) -> list[str]:
+    return [g for g in text.replace(",", " ").split() if g]
+
+
+class ExportDialog(QDialog):
+    finished_export = Signal(str)      # the path written, or "" when it failed / was cancelled
+
+    def __init__(self, checkpoint, checked_keys: list[str], parent=None):
+        super().__init__(parent)
+        self.setObjectName("exportDialog")
+        self.setWindowTitle("Export selection")
+        self.checkpoint = checkpoint
+        self.checked_keys = checked_keys
+        self.worker = None
+        self.cancel_event = threading.Event()
+
+        self.scope = QComboBox()
+        self.scope.setObjectName("exportScope")
+        if checked_keys:
+            self.scope.addItem(f"the {len(checked_keys):,} ticked tensors", "checked")
+        self.scope.addItem("all tensors (narrow with root and globs)", "all")
+        self.root = QLineEdit()
+        self.root.setObjectName("exportRoot")
+        self.root.setPlaceholderText("e.g. model_state_dict (keys become relative to it)")
+        self.include = QLineEdit()
+        self.include.setPlaceholderText("globs, e.g. encoder.*  (empty: everything)")
+        self.exclude = QLineEdit()
+        self.exclude.setPlaceholderText("globs, e.g. *.num_batches_tracked")
+        self.strip = QLineEdit()
+        self.strip.setObjectName("exportStrip")
+        self.strip.setPlaceholderText("e.g. module.")
+        self.add = QLineEdit()
+        self.dtype = QComboBox()
+        self.dtype.addItems(list(CAST_TARGETS))
+        self.device = QComboBox()
+        self.device.addItems(["cpu"] + [f"cuda:{i}" for i in range(8)])
+        self.device_note = QLabel()
+        self.device_note.setWordWrap(True)
+        self.format = QComboBox()
+        self.format.addItems(["pth", "safetensors"])
+        self.destination = QLineEdit()
+        self.destination.setObjectName("exportDestination")
+        base, _ = os.path.splitext(checkpoint.path.rstrip("/"))
+        self.destination.setText(base + "-export.pth")
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._browse)
+        self.replace = QCheckBox("Replace the existing file")
+        self.replace.setObjectName("exportReplace")
+        self.replace.setVisible(False)
+        self.verify = QCheckBox("Reopen and check the written file")
+        self.verify.setChecked(True)
+
+        form = QFormLayout()
+        form.addRow("Tensors", self.scope)
+        form.addRow("Root", self.root)
+        form.addRow("Include", self.include)
+        form.addRow("Exclude", self.exclude)
+        form.addRow("Strip prefix", self.strip)
+        form.addRow("Add prefix", self.add)
+        form.addRow("Cast floats to", self.dtype)
+        form.addRow("Device", self.device)
+        form.addRow("", self.device_note)
+        form.addRow("Format", self.format)
+        destination_row = QHBoxLayout()
+        destination_row.addWidget(self.destination, 1)
+        destination_row.addWidget(browse)
+        holder = QWidget()
+        holder.setLayout(destination_row)
+        destination_row.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Save as", holder)
+        form.addRow("", self.replace)
+        form.addRow("", self.verify)
+
+        self.preview = QPlainTextEdit()
+        self.preview.setObjectName("exportPreview")
+        self.preview.setReadOnly(True)
+        self.preview.setLineWrapMode(QPlainTextEdit.NoWrap)
+        self.summary = QLabel()
+        self.summary.setObjectName("exportSummary")
+        self.summary.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setVisible(False)
+        self.buttons = QDialogButtonBox()
+        self.export_button = self.buttons.addButton("Export", QDialogButtonBox.AcceptRole)
+        self.export_button.setObjectName("exportButton")
+        self.cancel_button = self.buttons.addButton("Close", QDialogButtonBox.RejectRole)
+        self.export_button.clicked.connect(self.start_export)
+        self.cancel_button.clicked.connect(self.cancel_or_close)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("Keys as they will be written:"))
+        layout.addWidget(self.preview, 1)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.buttons)
+        self.resize(720, 720)
+
+        for edit in (self.root, self.include, self.exclude, self.strip, self.add, self.destination):
+            edit.textChanged.connect(self.refresh)
+        for combo in (self.scope, self.dtype, self.device, self.format):
+            combo.currentIndexChanged.connect(self.refresh)
+        self.format.currentTextChanged.connect(self._match_extension)
+        self.refresh()
+
+    # --- the plan and its live preview -----------------------------------------------------
+    def plan(self) -> ExportPlan:
+        return ExportPlan(root=self.root.text().strip(), include=split_globs(self.include.text()),
+                          exclude=split_globs(self.exclude.text()), strip_prefix=self.strip.text(),
+                          add_prefix=self.add.text(), dtype=self.dtype.currentText(),
+                          device=self.device.currentText(), format=self.format.currentText(),
+                          keys=self.checked_keys if self.scope.currentData() == "checked" else None)
+
+    def refresh(self, *_):
+        try:
+            items = plan_items(self.checkpoint, self.plan())
+        except CheckpointError as exc:
+            self._problem(str(exc))
+            return
+        lines = [f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}"
+                 for i in items[:PREVIEW_LINES]]
+        if len(items) > PREVIEW_LINES:
+            lines.append(f"... and {len(items) - PREVIEW_LINES:,} more")
+        self.preview.setPlainText("\n".join(lines))
+        total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items)
+        self.summary.setStyleSheet("")
+        self.summary.setText(f"{len(items):,} tensors, {format_bytes(total)}")
+        destination = self.destination.text().strip()
+        exists = bool(destination) and os.path.exists(destination)
+        self.replace.setVisible(exists)
+        self.export_button.setEnabled(bool(items) and bool(destination))
+        if self.device.currentText().startswith("cuda"):
+            where = self.device.currentText()
+            self.device_note.setText(
+                f"The file records {where} as each tensor's location: a plain torch.load puts "
+                f"them on that GPU. " + ("Casting will run on this machine's GPU." if gpu_present()
+                                         else "No GPU here: the file is still written with "
+                                              f"{where} tags and loads onto the GPU elsewhere."))
+        else:
+            self.device_note.setText("")
+
+    def _problem(self, message: str):
+        self.preview.setPlainText("")
+        self.summary.setStyleSheet("color: #b02a37;")
+        self.summary.setText(message)
+        self.export_button.setEnabled(False)
+
+    def _match_extension(self, fmt: str):
+        base, ext = os.path.splitext(self.destination.text())
+        if ext in (".pth", ".pt", ".bin", ".safetensors"):
+            self.destination.setText(base + (".safetensors" if fmt == "safetensors" else ".pth"))
+
+    def _browse(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Export to", self.destination.text(),
+                                              "PyTorch (*.pth *.pt);;safetensors (*.safetensors)")
+        if path:
+            self.destination.setText(path)
+            self.format.setCurrentText("safetensors" if path.endswith(".safetensors") else "pth")
+
+    # --- running ---------------------------------------------------------------------------
+    def start_export(self):
+        destination = self.destination.text().strip()
+        if os.path.exists(destination) and not self.replace.isChecked():
+            self._problem(f"{destination} exists: tick 'Replace the existing file' to overwrite it")
+            self.replace.setVisible(True)
+            return
+        self.cancel_event.clear()
+        self.progress.setValue(0)
+        self.progress.setVisible(True)
+        self.export_button.setEnabled(False)
+        self.cancel_button.setText("Cancel")
+        self.summary.setStyleSheet("")
+        self.summary.setText("Writing...")
+        self.worker = workers.start(
+            export, self.checkpoint, self.plan(), destination, self.replace.isChecked(),
+            self.verify.isChecked(), self.cancel_event.is_set,
+            on_progress=lambda value: self.progress.setValue(int(value * 1000)),
+            on_result=self._done, on_error=self._failed)
+
+    def _done(self, summary):
+        self.worker = None
+        self._idle()
+        checked = ", checked after writing" if summary.verified else ""
+        self.summary.setText(f"Wrote {summary.path}: {summary.tensors:,} tensors, "
+                             f"{format_bytes(summary.bytes)}, {summary.format}, location "
+                             f"{summary.device}{checked}.")
+        self.finished_export.emit(summary.path)
+
+    def _failed(self, message):
+        self.worker = None
+        self._idle()
+        self._problem(message)
+        self.export_button.setEnabled(True)
+        self.finished_export.emit("")
+
+    def _idle(self):
+        self.progress.setVisible(False)
+        self.cancel_button.setText("Close")
+        self.refresh()
+
+    def cancel_or_close(self):
+        if self.worker is not None:
+            self.cancel_event.set()          # checked between 16 MB pieces; the temp file goes
+            return
+        self.reject()
+
+    def closeEvent(self, event):
+        if self.worker is not None:
+            self.cancel_event.set()
+        super().closeEvent(event)
+
+    def keyPressEvent(self, event):
+        if event.key() == Qt.Key_Escape and self.worker is not None:
+            self.cancel_event.set()
+            return
+        super().keyPressEvent(event)
