@@ -246,3 +246,60 @@ def _read_dcp(tensor: TensorInfo):
         region.copy_(chunk)
     return out
 
+
+
+def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
+                cols: range = range(1)) -> np.ndarray:
+    """A 2-D window of the tensor: fixed indices for the leading dimensions, then the given
+    row and column ranges of the last two (a 1-D tensor is one column). Reads only those rows
+    (each as one span), so paging through a 16 GB tensor never materialises it."""
+    shape, stride = list(tensor.shape), list(tensor.stride)
+    if len(shape) == 0:
+        return read_array(tensor).reshape(1, 1)
+    if len(shape) == 1:
+        shape, stride = [shape[0], 1], [stride[0], 1]
+        cols = range(0, 1)
+    if len(leading) != len(shape) - 2 or any(not 0 <= i < n for i, n in zip(leading, shape)):
+        raise CheckpointError("slice indices are out of range")
+    if not numpy_readable(tensor):          # quantized per channel, DCP...: through torch
+        full = read_array(tensor).reshape(shape)
+        return full[tuple(leading)][rows.start:rows.stop:rows.step, cols.start:cols.stop:cols.step]
+    reader = StorageReader(tensor.storage)
+    dtype = tensor_np_dtype(tensor)
+    base = tensor.offset + sum(i * s for i, s in zip(leading, stride[:-2]))
+    row_stride, col_stride = stride[-2], stride[-1]
+    out = []
+    for r in rows:
+        if not cols:
+            out.append(np.zeros(0, dtype))
+            continue
+        first = base + r * row_stride + cols.start * col_stride
+        span = (len(cols) - 1) * cols.step * col_stride + 1
+        line = reader.read(first, span, dtype) if col_stride > 0 else \
+            reader.read(first + span - 1, span, dtype)[::-1]
+        out.append(line[::cols.step * abs(col_stride) or 1])
+    return widen(np.stack(out) if out else np.zeros((0, len(cols)), dtype), tensor.dtype,
+                 tensor.quantizer)
+
+
+def downsampled_2d(tensor: TensorInfo, leading: tuple = (), limit: int = 1024) -> tuple:
+    """A heatmap-sized view of the last two dimensions (every k-th row and column):
+    (array, row step, column step)."""
+    shape = tensor.shape if len(tensor.shape) >= 2 else (tensor.numel, 1)
+    n_rows, n_cols = shape[-2], shape[-1]
+    row_step, col_step = max(1, -(-n_rows // limit)), max(1, -(-n_cols // limit))
+    window = read_window(tensor, leading, range(0, n_rows, row_step), range(0, n_cols, col_step))
+    return window, row_step, col_step
+
+
+def filter_grid(tensor: TensorInfo, max_filters: int = 64, pad: float = np.nan) -> np.ndarray:
+    """Conv kernels [out, in, kh, kw] as one mosaic: a tile per (out, in) pair."""
+    out_channels, in_channels, kh, kw = tensor.shape
+    n_out, n_in = min(out_channels, max_filters), min(in_channels, max_filters)
+    values = np.empty((n_out * (kh + 1), n_in * (kw + 1)), np.float32)
+    values.fill(pad)
+    for o in range(n_out):
+        for i in range(n_in):
+            tile = read_window(tensor, (o, i), range(kh), range(kw))
+            values[o * (kh + 1):o * (kh + 1) + kh, i * (kw + 1):i * (kw + 1) + kw] = tile
+    return values

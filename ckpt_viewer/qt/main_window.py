@@ -133,6 +133,7 @@ class MainWindow(QMainWindow):
             return                                   # cancelled meanwhile
         checkpoint, top, rows, totals = result
         tab = CheckpointTab(checkpoint, top, rows, totals)
+        tab.tensor_view.peers = lambda tab=tab: self._peers_of(tab)
         if self.tabs.indexOf(self.welcome) >= 0:
             self.tabs.removeTab(self.tabs.indexOf(self.welcome))
         index = self.tabs.addTab(tab, os.path.basename(path.rstrip("/")) or path)
@@ -202,6 +203,15 @@ class MainWindow(QMainWindow):
             widget.tensor_view.cancel()
         self.tabs.removeTab(index)
         widget.deleteLater()
+
+    def _peers_of(self, tab) -> list:
+        """The other open checkpoints, for histogram overlays."""
+        peers = []
+        for index in range(self.tabs.count()):
+            other = self.tabs.widget(index)
+            if isinstance(other, CheckpointTab) and other is not tab:
+                peers.append((self.tabs.tabText(index), other.checkpoint))
+        return peers
 
     def current_tab(self) -> CheckpointTab | None:
         widget = self.tabs.currentWidget()

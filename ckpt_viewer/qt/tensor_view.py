@@ -12,12 +12,13 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout,
                                QHeaderView, QLabel, QProgressBar, QPushButton, QSpinBox,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
 from ckpt_viewer.core.stats import PARTS, compute, sample_preview
 from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
 
 _plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet()}
 
@@ -126,16 +127,34 @@ class TensorView(QWidget):
         self.table.setMaximumWidth(300)
         self.table.verticalHeader().setDefaultSectionSize(22)
 
+        self.compare = QComboBox()
+        self.compare.setObjectName("compareWith")
+        self.compare.setToolTip("overlay the histogram of the same key in another open file")
+        controls.insertWidget(4, self.compare)
+        self.peers = lambda: []          # set by the window: [(label, checkpoint)] of other tabs
+        self.peer_generation = 0
         self.plot_holder = QVBoxLayout()
         plot_row = QHBoxLayout()
         plot_row.addLayout(self.plot_holder, 1)
         plot_row.addWidget(self.table)
+        histogram_page = QWidget()
+        page_layout = QVBoxLayout(histogram_page)
+        page_layout.setContentsMargins(0, 0, 0, 0)
+        page_layout.addLayout(controls)
+        page_layout.addLayout(plot_row, 1)
+        page_layout.addWidget(self.readout)
+        self.heatmap = HeatmapPage(lambda: _plotting["module"], self._wait_for_plotting)
+        self.values = ValuesPage()
+        self.pages = QTabWidget()
+        self.pages.addTab(histogram_page, "Histogram")
+        self.pages.addTab(self.heatmap, "Heatmap")
+        self.pages.addTab(self.values, "Values")
+        self.pages.currentChanged.connect(self._page_changed)
         layout = QVBoxLayout(self)
         layout.addWidget(self.facts)
-        layout.addLayout(controls)
-        layout.addLayout(plot_row, 1)
-        layout.addWidget(self.readout)
+        layout.addWidget(self.pages, 1)
 
+        self.compare.currentIndexChanged.connect(self._compare_changed)
         self.bins.valueChanged.connect(self.recompute)
         self.range.currentIndexChanged.connect(self.recompute)
         self.part.currentIndexChanged.connect(self.recompute)
@@ -163,6 +182,11 @@ class TensorView(QWidget):
                           for _ in range(2)]
         for line in [self.mean_line] + self.std_lines:
             self.plot.addItem(line)
+        self.overlay = self.plot.plot([0, 1], [0], stepMode="center",
+                                      pen=pg.mkPen((230, 120, 20), width=2))
+        self.overlay.setVisible(False)
+        self.legend = self.plot.addLegend(offset=(-10, 10))
+        self.legend.setVisible(False)
         self.plot.scene().sigMouseMoved.connect(self._hover)
         self.plot_holder.addWidget(self.plot)
         self.plot.show()
@@ -174,9 +198,14 @@ class TensorView(QWidget):
             self._ensure_plot()
             self.curve.setData([0, 1], [0])
 
+    def _wait_for_plotting(self):
+        _plotting["waiting"].add(self)
+        preload_plotting()
+
     def plotting_ready(self, message=""):
         if message:
             self.status.setText(f"plotting is unavailable: {message}")
+        self.heatmap.show_pending()
         if self.stats is not None:
             self._draw(self.stats, self.stats.sampled)
 
@@ -249,7 +278,59 @@ class TensorView(QWidget):
         is_complex = node.tensor.dtype.startswith("complex")
         self.part.setVisible(is_complex)
         self.prepare_plot()
+        self._fill_compare()
         self.recompute()
+        self._page_changed(self.pages.currentIndex())
+
+    def _page_changed(self, index):
+        if self.node is None:
+            return
+        page = self.pages.widget(index)
+        if page is self.heatmap and self.heatmap.tensor is not self.node.tensor:
+            self.heatmap.show_tensor(self.node.tensor)
+        elif page is self.values and self.values.tensor is not self.node.tensor:
+            self.values.show_tensor(self.node.tensor)
+
+    # --- overlay of the same key in another open file --------------------------------------
+    def _fill_compare(self):
+        self.compare.blockSignals(True)
+        self.compare.clear()
+        self.compare.addItem("compare with...", None)
+        for label, checkpoint in self.peers():
+            other = checkpoint.find(self.node.key)
+            if other is not None and other.tensor is not None and other.tensor.numel:
+                self.compare.addItem(label, other.tensor)
+        self.compare.setVisible(self.compare.count() > 1)
+        self.compare.blockSignals(False)
+        self._clear_overlay()
+
+    def _compare_changed(self, *_):
+        self._clear_overlay()
+        other = self.compare.currentData()
+        if other is None or self.stats is None or self.stats.sampled or not self.stats.edges:
+            return
+        self.peer_generation += 1
+        generation = self.peer_generation
+        edges = self.stats.edges
+        workers.start(compute, other, len(edges) - 1, self.part.currentText(),
+                      (edges[0], edges[-1]),
+                      on_result=lambda stats: self._draw_overlay(generation, stats),
+                      on_error=lambda message: self.status.setText(f"comparison: {message}"))
+
+    def _draw_overlay(self, generation, stats):
+        if generation != self.peer_generation or self.plot is None or not stats.counts:
+            return
+        self.overlay.setData(stats.edges, stats.counts)
+        self.overlay.setVisible(True)
+        self.legend.setVisible(True)
+        self.legend.clear()
+        self.legend.addItem(self.curve, "this file")
+        self.legend.addItem(self.overlay, self.compare.currentText())
+
+    def _clear_overlay(self):
+        if self.plot is not None:
+            self.overlay.setVisible(False)
+            self.legend.setVisible(False)
 
     def recompute(self, *_):
         if self.node is None:
@@ -295,6 +376,8 @@ class TensorView(QWidget):
             stats.quantiles = self.stats.quantiles
         self.worker = None
         self._show(stats, preview=False)
+        if self.compare.currentData() is not None:
+            self._compare_changed()
 
     def _failed(self, generation, message):
         if generation != self.generation:

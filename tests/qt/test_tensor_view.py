@@ -95,3 +95,36 @@ def test_screenshot_command(tmp_path):
                           "--screenshot", str(tmp_path / "x.png")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
+    torch.manual_seed(0)
+    x = torch.arange(2 * 300 * 5, dtype=torch.float32).view(2, 300, 5)
+    a = builders.save({"x": x, "w": torch.randn(1000), "conv": torch.randn(8, 3, 3, 3)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(1000) * 2}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, b)
+    open_and_wait(qtbot, window, a)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    select(qtbot, tab, "x")
+    view.pages.setCurrentWidget(view.values)
+    model = view.values.table.model()
+    assert (model.rowCount(), model.columnCount()) == (300, 5)
+    assert model.index(299, 4).data() == str(float(x[0, 299, 4].item())).rstrip("0").rstrip(".")
+    view.values.selector.spins[0].setValue(1)
+    model = view.values.table.model()
+    assert model.index(0, 0).data() == "1500"
+    with qtbot.waitSignal(view.heatmap.ready, timeout=20_000):
+        view.pages.setCurrentWidget(view.heatmap)
+    image = view.heatmap.image.image
+    assert image.shape == (300, 5) and image[299, 4] == 1499
+    with qtbot.waitSignal(view.heatmap.ready, timeout=20_000):
+        select(qtbot, tab, "conv")
+    assert view.heatmap.as_filters.isChecked() and view.heatmap.image.image.shape == (32, 12)
+    view.pages.setCurrentIndex(0)
+    select(qtbot, tab, "w")
+    assert view.compare.isVisible() and view.compare.itemText(1) == "b.pt"
+    view.compare.setCurrentIndex(1)
+    qtbot.waitUntil(lambda: view.overlay.isVisible(), timeout=20_000)
+    x_edges, counts = view.overlay.getData()
+    assert len(x_edges) == 257 and 0 < counts.sum() <= 1000
