@@ -9,7 +9,7 @@ import sys
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
 
-SUBCOMMANDS = ("inspect", "stats", "export")
+SUBCOMMANDS = ("inspect", "stats", "export", "verify")
 
 
 def _inspect_parser(sub):
@@ -54,6 +54,12 @@ def _export_parser(sub):
     p.set_defaults(run=run_export)
 
 
+def _verify_parser(sub):
+    p = sub.add_parser("verify", help="read every byte and check integrity (exit 1 if damaged)")
+    p.add_argument("path")
+    p.set_defaults(run=run_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckpt-viewer",
@@ -63,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _inspect_parser(sub)
     _stats_parser(sub)
     _export_parser(sub)
+    _verify_parser(sub)
     return parser
 
 
@@ -126,6 +133,21 @@ def run_export(args) -> int:
     note = ", verified" if summary.verified else ""
     print(f"wrote {summary.path}: {summary.tensors} tensors, {format_bytes(summary.bytes)}, "
           f"{summary.format}, location {summary.device}{note}")
+    return 0
+
+
+def run_verify(args) -> int:
+    from ckpt_viewer.core.model import format_bytes
+    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.verify import verify
+
+    report = run(verify(args.path))
+    if not report.ok:
+        print(f"damaged: {args.path}: {report.problem}")
+        return 1
+    notes = "; " + "; ".join(report.notes) if report.notes else ""
+    print(f"intact: {args.path}: {report.records} records, {format_bytes(report.bytes)} "
+          f"checked{notes}")
     return 0
 
 

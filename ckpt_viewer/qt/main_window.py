@@ -24,6 +24,7 @@ OPEN_FILTER = ("Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar *.json 
 class MainWindow(QMainWindow):
     loaded = Signal(str)
     load_failed = Signal(str, str)
+    verified = Signal(str, bool, str)      # path, intact, what was found
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -102,6 +103,9 @@ class MainWindow(QMainWindow):
                                          self._focus_filter))
         edit_menu.addAction(self._action("&Copy Key Path", "actionCopyKey", "Ctrl+Shift+C",
                                          self._copy_key))
+        tools_menu = bar.addMenu("&Tools")
+        tools_menu.addAction(self._action("&Verify Integrity", "actionVerify", None,
+                                          self.verify_current))
         view_menu = bar.addMenu("&View")
         self.dark_action = self._action("&Dark Theme", "actionDarkTheme", None, self._toggle_theme)
         self.dark_action.setCheckable(True)
@@ -150,11 +154,7 @@ class MainWindow(QMainWindow):
             return
         self._update_busy()
         self.statusBar().showMessage(f"Could not open {os.path.basename(path)}", 8000)
-        box = QMessageBox(QMessageBox.Warning, "Cannot open checkpoint",
-                          f"{path}\n\n{message}", QMessageBox.Ok, self)
-        box.setObjectName("errorDialog")
-        box.setAttribute(Qt.WA_DeleteOnClose)
-        box.open()                                   # window-modal, never blocks the event loop
+        self._message("errorDialog", "Cannot open checkpoint", f"{path}\n\n{message}", ok=False)
         self.load_failed.emit(path, message)
 
     def cancel_loading(self):
@@ -194,6 +194,47 @@ class MainWindow(QMainWindow):
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         return dialog
+
+    def verify_current(self):
+        """Tools > Verify: read every byte of the current tab's file, with progress."""
+        tab = self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return
+        from ckpt_viewer.core.verify import verify
+
+        path = tab.checkpoint.path
+        self.verify_progress = QProgressBar()
+        self.verify_progress.setRange(0, 1000)
+        self.verify_progress.setMaximumWidth(160)
+        self.statusBar().addWidget(self.verify_progress)
+        self.statusBar().showMessage(f"Verifying {os.path.basename(path)}...")
+
+        def report(result):
+            self.statusBar().removeWidget(self.verify_progress)
+            if result.ok:
+                text = (f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
+                        "checked." + ("\n\n" + "; ".join(result.notes) if result.notes else ""))
+            else:
+                text = f"{path} is damaged:\n\n{result.problem}"
+            self._message("verifyResult", "Verify", text, result.ok)
+            self.verified.emit(path, result.ok, result.problem or "intact")
+
+        def failed(message):
+            self.statusBar().removeWidget(self.verify_progress)
+            self._message("verifyResult", "Verify", f"{path}: {message}", False)
+            self.verified.emit(path, False, message)
+
+        workers.start(verify, path, on_result=report, on_error=failed,
+                      on_progress=lambda v: self.verify_progress.setValue(int(v * 1000)))
+
+    def _message(self, name, title, text, ok=True):
+        box = QMessageBox(QMessageBox.Information if ok else QMessageBox.Warning, title, text,
+                          QMessageBox.Ok, self)
+        box.setObjectName(name)
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.open()                                   # window-modal, never blocks the event loop
+        return box
 
     def close_tab(self, index):
         widget = self.tabs.widget(index)

@@ -173,3 +173,21 @@ def test_sorting_by_size(qtbot, window, training_file):
     assert model.index(0, 0).data(Qt.UserRole) == "optimizer_state_dict"
     tree.sortByColumn(0, Qt.AscendingOrder)
     assert model.index(0, 0).data(Qt.UserRole) == "epoch"
+
+
+def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
+    import torch
+    from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+    path = builders.save({"w": torch.randn(100)}, tmp_path / "w.pt")
+    open_and_wait(qtbot, window, path)
+    with qtbot.waitSignal(window.verified, timeout=20_000) as blocker:
+        window.findChild(type(window.export_action), "actionVerify").trigger()
+    assert blocker.args == [path, True, "intact"]
+    member = next(m for m in read_directory(path) if m.name.endswith("/data/0"))
+    data = bytearray(open(path, "rb").read())
+    data[data_offset(member) + 7] ^= 0x80
+    open(path, "wb").write(bytes(data))
+    with qtbot.waitSignal(window.verified, timeout=20_000) as blocker:
+        window.verify_current()
+    assert blocker.args[1] is False and "CRC-32" in blocker.args[2]
+    assert "damaged" in window.findChild(object, "verifyResult").text()

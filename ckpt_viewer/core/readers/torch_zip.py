@@ -12,6 +12,7 @@ from ckpt_viewer.core.readers.zip_directory import read_directory, read_member
 from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
 MAX_FORMAT_VERSION = 20
+MAX_COMPRESSED_PICKLE = 64 * 1024 * 1024
 
 
 def archive_prefix(names: list[str]) -> str:
@@ -48,7 +49,12 @@ def read(path: str):
             if not text.isdigit() or int(text) > MAX_FORMAT_VERSION:
                 raise CheckpointError(f"unsupported archive format version {text[:20]!r}")
             version = int(text)
-    data = read_member(members[prefix + "data.pkl"], MAX_PICKLE_BYTES)
+    pickle_member = members[prefix + "data.pkl"]
+    if pickle_member.compress_type != 0 and pickle_member.file_size > MAX_COMPRESSED_PICKLE:
+        # torch never compresses data.pkl; a small record inflating this far is a zip bomb
+        raise CheckpointError(f"data.pkl is compressed and would inflate to "
+                              f"{pickle_member.file_size:,} bytes; refusing (zip bomb?)")
+    data = read_member(pickle_member, MAX_PICKLE_BYTES)
     torchscript = prefix + "constants.pkl" in members or any(
         n.startswith(prefix + "code/") for n in names)
     storages: dict[str, Storage] = {}

@@ -1,0 +1,126 @@
+"""Every corpus file: never executed, never a traceback, never a hang; a clear outcome."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from corpus import CORPUS
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.open import open_checkpoint
+
+TIME_LIMIT = 10
+
+
+@pytest.fixture
+def built(tmp_path, request):
+    builder, expect = CORPUS[request.param]
+    sentinel = tmp_path / "SENTINEL"
+    folder = tmp_path / "files"
+    folder.mkdir()
+    path = builder(folder, sentinel)
+    yield path, expect, sentinel
+    assert not sentinel.exists(), "code from the file ran"
+
+
+def _alarm(seconds):
+    def fail(signum, frame):
+        raise TimeoutError(f"took longer than {seconds} s")
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+
+
+@pytest.mark.parametrize("built", sorted(CORPUS), indirect=True)
+def test_core(built):
+    path, expect, sentinel = built
+    _alarm(TIME_LIMIT)
+    try:
+        try:
+            checkpoint = open_checkpoint(path)
+            outcome = "opens"
+        except CheckpointError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            outcome = "error"
+            checkpoint = None
+    finally:
+        signal.alarm(0)
+    assert outcome == expect
+    if checkpoint is not None:
+        from ckpt_viewer.core.summary import inspect_dict
+        json.dumps(inspect_dict(checkpoint))          # the whole listing serialises
+
+
+@pytest.mark.parametrize("built", sorted(CORPUS), indirect=True)
+def test_cli(built):
+    path, expect, sentinel = built
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", path, "--json"],
+                            capture_output=True, text=True, timeout=TIME_LIMIT * 3)
+    assert time.monotonic() - start < TIME_LIMIT * 3
+    assert "Traceback" not in result.stderr
+    if expect == "error":
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ")
+    else:
+        assert result.returncode == 0, result.stderr
+        json.loads(result.stdout)
+
+
+def test_big_endian_values_are_swapped(tmp_path):
+    import numpy as np
+    from corpus import big_endian
+    from ckpt_viewer.core.values import read_array
+    checkpoint = open_checkpoint(big_endian(tmp_path, tmp_path / "s"))
+    assert checkpoint.byteorder == "big"
+    assert read_array(checkpoint.find("w").tensor).tolist() == list(np.arange(8.0))
+
+
+def test_verify_catches_one_flipped_bit_torch_load_does_not(tmp_path):
+    import torch
+    import builders
+    from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+    path = builders.save({"w": torch.randn(1000)}, tmp_path / "w.pt")
+    member = next(m for m in read_directory(path) if m.name.endswith("/data/0"))
+    data = bytearray(open(path, "rb").read())
+    data[data_offset(member) + 123] ^= 0x04
+    open(path, "wb").write(bytes(data))
+    torch.load(path, weights_only=True)             # plain torch does not notice
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", path],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "data/0" in result.stdout and "CRC-32" in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors", "hf", "dcp"])
+def test_verify_intact(tmp_path, kind):
+    import builders
+    path = {"zip": lambda: builders.training_checkpoint(tmp_path / "c.pt"),
+            "legacy": lambda: builders.training_checkpoint(tmp_path / "c.pt", legacy=True),
+            "safetensors": lambda: builders.safetensors_file(tmp_path / "w.safetensors"),
+            "hf": lambda: builders.hf_directory(tmp_path / "hf", "bin"),
+            "dcp": lambda: builders.dcp_directory(tmp_path / "dcp")[0]}[kind]()
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", path],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("intact: "), result.stdout
+
+
+def test_verify_damaged_shard_is_named(tmp_path):
+    import builders
+    folder = builders.hf_directory(tmp_path / "hf", "bin")
+    shard = os.path.join(folder, "pytorch_model-00002-of-00002.bin")
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", folder],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "00002" in result.stdout
+
+
+def test_verify_missing_file_is_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", str(tmp_path / "x")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
