@@ -66,7 +66,7 @@ class Storage:
         return self.numel * DTYPE_SIZES.get(self.dtype, 1)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TensorInfo:
     dtype: str
     shape: tuple
@@ -78,7 +78,7 @@ class TensorInfo:
     layout: str = "strided"              # strided | sparse_coo | sparse_csr | ...
     parts: dict = field(default_factory=dict)   # sparse: indices/values tensors
     quantizer: dict = field(default_factory=dict)
-    chunks: list = field(default_factory=list)  # DCP: (offsets, sizes, FileSpan) per chunk
+    chunks: tuple = ()                          # DCP: (offsets, sizes, FileSpan) per chunk
 
     @property
     def numel(self) -> int:

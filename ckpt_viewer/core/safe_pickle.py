@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, STORAGE_DTYPES, Storage, TensorInfo
+from ckpt_viewer.core.pickle_scan import pickle_end
 
 
 class Placeholder:
@@ -313,8 +314,10 @@ class SafeUnpickler(pickle.Unpickler):
     """Unpickle `data.pkl`-like streams into plain data; see the module docstring."""
 
     def __init__(self, file, storage_factory=None, encoding="utf-8"):
+        if storage_factory is not None:
+            # before __init__, which caches it: one Python call per storage, not two
+            self.persistent_load = storage_factory
         super().__init__(file, encoding=encoding)
-        self.storage_factory = storage_factory
         self.unsafe_globals: list[str] = []
         self._placeholders: dict[str, type] = {}
 
@@ -350,9 +353,7 @@ class SafeUnpickler(pickle.Unpickler):
         return cls
 
     def persistent_load(self, pid):
-        if self.storage_factory is None:
-            raise CheckpointError("pickle refers to external data but this container has none")
-        return self.storage_factory(pid)
+        raise CheckpointError("pickle refers to external data but this container has none")
 
 
 def describe_pickle_error(exc: BaseException) -> str:
@@ -368,10 +369,11 @@ def describe_pickle_error(exc: BaseException) -> str:
     return f"pickle data is malformed ({text[:120]})"
 
 
-def safe_load(data: bytes | io.BufferedIOBase, storage_factory=None, encoding="utf-8"):
-    """Unpickle one object; returns (object, unsafe_globals). Raises CheckpointError only."""
-    file = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    unpickler = SafeUnpickler(file, storage_factory, encoding=encoding)
+def safe_load(data: bytes, storage_factory=None, encoding="utf-8"):
+    """Unpickle one object; returns (object, unsafe_globals). Raises CheckpointError only.
+    The opcodes are walked first (pickle_scan): the C unpickler trusts memo indices."""
+    pickle_end(data)
+    unpickler = SafeUnpickler(io.BytesIO(data), storage_factory, encoding=encoding)
     try:
         obj = unpickler.load()
     except CheckpointError:

@@ -141,7 +141,7 @@ def verify(path: str):
                 done += nbytes
                 yield min(done / total, 1.0)
         report.bytes = done
-    except Damaged as exc:
+    except (Damaged, CheckpointError) as exc:
         report.ok, report.problem = False, str(exc)
     except OSError as exc:
         report.ok, report.problem = False, f"read error ({exc.strerror or exc})"

@@ -183,6 +183,8 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.verified, timeout=20_000) as blocker:
         window.findChild(type(window.export_action), "actionVerify").trigger()
     assert blocker.args == [path, True, "intact"]
+    window.findChild(object, "verifyResult").close()
+    qtbot.waitUntil(lambda: window.findChild(object, "verifyResult") is None, timeout=5000)
     member = next(m for m in read_directory(path) if m.name.endswith("/data/0"))
     data = bytearray(open(path, "rb").read())
     data[data_offset(member) + 7] ^= 0x80

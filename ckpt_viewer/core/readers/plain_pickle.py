@@ -12,4 +12,4 @@ def read(path: str):
     if os.path.getsize(path) > MAX_PICKLE_BYTES:
         raise CheckpointError("bare pickle is larger than 512 MB; refusing to parse it")
     with open(path, "rb") as f:
-        return pickle_checkpoint(path, "pickle", f, storage_factory=None)
+        return pickle_checkpoint(path, "pickle", f.read(), storage_factory=None)

@@ -8,7 +8,8 @@ import struct
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, FileSpan, Storage
-from ckpt_viewer.core.readers import pickle_checkpoint, storage_pid
+from ckpt_viewer.core.pickle_scan import pickle_end
+from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, pickle_checkpoint, storage_pid
 from ckpt_viewer.core.safe_pickle import Placeholder, dtype_of_storage, safe_load
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -22,8 +23,26 @@ class _Stream:
         self.file = open(path, "rb")
         self.size = os.fstat(self.file.fileno()).st_size
 
+    def next_pickle(self) -> bytes:
+        """The bytes of the pickle at the current position (found by walking its opcodes, in
+        growing windows: the storages after the object pickle can be gigabytes)."""
+        start = self.file.tell()
+        window = 1 << 20
+        while True:
+            self.file.seek(start)
+            data = self.file.read(window)
+            try:
+                end = pickle_end(data)
+                break
+            except CheckpointError:
+                if len(data) < window or window >= MAX_PICKLE_BYTES:
+                    raise
+                window *= 16
+        self.file.seek(start + end)
+        return data[:end]
+
     def load(self):
-        return safe_load(self.file, encoding="latin1")
+        return safe_load(self.next_pickle(), encoding="latin1")
 
 
 def read(path: str):
@@ -67,7 +86,7 @@ def _read(path, stream):
         return storage
 
     # Storages get their file spans once the storage section has been walked.
-    checkpoint = pickle_checkpoint(path, "torch-legacy", stream.file, storage_factory,
+    checkpoint = pickle_checkpoint(path, "torch-legacy", stream.next_pickle(), storage_factory,
                                    file_bytes=stream.size, byteorder=byteorder)
     keys, _ = stream.load()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):

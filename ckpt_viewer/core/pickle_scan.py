@@ -1,0 +1,83 @@
+"""Walk a pickle's opcodes before the C unpickler sees them.
+
+CPython's C unpickler grows its memo to twice any index a PUT/BINPUT/LONG_BINPUT names and
+NULL-fills the new slots: one flipped byte turns a 5 MB pickle into 16 GB of memory writes (a
+hang, then the OOM killer). A pickler only ever puts index = number of earlier puts, so any
+index beyond the opcodes seen so far is refused here. The walk also finds where a pickle
+ends, which the legacy format (several pickles back to back) needs.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ckpt_viewer.core import CheckpointError
+
+NO_ARG = set(b"(.012N}])ablt" b"deosuRQ") | {0x88, 0x89, 0x8F, 0x90, 0x91, 0x85, 0x86, 0x87,
+                                                0x81, 0x92, 0x93, 0x97, 0x98}
+FIXED = {ord("K"): 1, ord("h"): 1, ord("q"): 1, 0x80: 1, 0x82: 1, ord("M"): 2, 0x83: 2, ord("J"): 4,
+         ord("r"): 4,
+         ord("j"): 4, 0x84: 4, ord("G"): 8, 0x95: 8}
+LENGTH_1 = {ord("U"), ord("C"), 0x8C, 0x8A}                 # 1-byte length, then data
+LENGTH_4 = {ord("T"), ord("B"), ord("X"), 0x8B}             # 4-byte length
+LENGTH_8 = {0x8D, 0x8E, 0x96}                               # 8-byte length
+ONE_LINE = {ord(c) for c in "ILFSVPgp"}
+TWO_LINES = {ord("c"), ord("i")}
+LONG_BINPUT, PUT, MEMOIZE, STOP = ord("r"), ord("p"), 0x94, ord(".")
+
+
+# One table lookup per opcode: >= 0 a fixed argument size; the codes below need more work.
+_L1, _L4, _L8, _LINE, _LINES2, _BAD = -1, -4, -8, -10, -20, -99
+_TABLE = [_BAD] * 256
+for _op in NO_ARG | {MEMOIZE}:
+    _TABLE[_op] = 0
+for _op, _size in FIXED.items():
+    _TABLE[_op] = _size
+for _ops, _code in ((LENGTH_1, _L1), (LENGTH_4, _L4), (LENGTH_8, _L8), (ONE_LINE, _LINE),
+                    (TWO_LINES, _LINES2)):
+    for _op in _ops:
+        _TABLE[_op] = _code
+
+
+def pickle_end(data, start: int = 0) -> int:
+    """Offset just past the STOP of the pickle starting at `start`; memo indices checked."""
+    i, n, ops = start, len(data), 0
+    unpack4, unpack8 = struct.Struct("<I").unpack_from, struct.Struct("<Q").unpack_from
+    table, find = _TABLE, data.find
+    try:
+        while True:
+            op = data[i]
+            i += 1
+            ops += 1
+            code = table[op]
+            if code >= 0:
+                if op == LONG_BINPUT and unpack4(data, i)[0] > ops:
+                    raise CheckpointError(f"pickle memo index {unpack4(data, i)[0]:,} at byte "
+                                          f"{i} is out of range (corrupt or hostile data)")
+                if op == STOP:
+                    return i
+                i += code
+            elif code == _L4:
+                i += 4 + unpack4(data, i)[0]
+            elif code == _L1:
+                i += 1 + data[i]
+            elif code == _L8:
+                i += 8 + unpack8(data, i)[0]
+            elif code == _LINE:
+                end = find(b"\n", i)
+                if end < 0:
+                    break
+                if op == PUT and data[i:end].strip().isdigit() and int(data[i:end]) > ops:
+                    raise CheckpointError(f"pickle memo index at byte {i} is out of range "
+                                          "(corrupt or hostile data)")
+                i = end + 1
+            elif code == _LINES2:
+                end = find(b"\n", find(b"\n", i) + 1)
+                if end < 0 or find(b"\n", i) < 0:
+                    break
+                i = end + 1
+            else:
+                raise CheckpointError(f"pickle data has an unknown opcode 0x{op:02x} at byte {i - 1}")
+    except (IndexError, struct.error):
+        pass
+    raise CheckpointError("pickle data ends early (file truncated?)")
