@@ -118,8 +118,9 @@ def _fine_histogram(chunks, lo, hi, fine_bins):
         if n_low or n_high:
             below, above = below + n_low, above + n_high
             x = x[~(outside_low | outside_high)]
-        kind = x.dtype.type
-        idx = ((x - kind(lo)) * kind(scale)).astype(np.intp)
+        # float32 arithmetic overflows when the range itself is near float32's limits
+        kind = x.dtype.type if hi - lo < 1e30 else np.float64
+        idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
         np.minimum(idx, fine_bins - 1, out=idx)
         np.maximum(idx, 0, out=idx)
         for start in range(0, idx.size, GIL_SLICE):     # bincount holds the GIL while it runs
@@ -163,6 +164,11 @@ def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress):
 def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
             value_range: tuple | None = None, chunk: int = CHUNK):
     """Generator: yields progress in [0, 1]; returns Stats."""
+    with np.errstate(all="ignore"):          # NaN/Inf are counted, not warned about
+        return (yield from _compute(tensor, bins, part, value_range, chunk))
+
+
+def _compute(tensor, bins, part, value_range, chunk):
     if bins < 1 or bins > FINE_BINS:
         raise CheckpointError(f"bins must be between 1 and {FINE_BINS}")
     if tensor.numel == 0:

@@ -160,3 +160,9 @@ def test_quantiles_stay_sharp_with_outliers(tmp_path):
     assert stats.quantiles[0.5] == pytest.approx(ref[1].item(), abs=0.01)
     assert stats.quantiles[0.99] == pytest.approx(ref[2].item(), abs=0.01)
     assert stats.quantiles[0.01] == pytest.approx(ref[0].item(), abs=0.01)
+
+
+def test_extreme_values_are_binned_correctly(tmp_path):
+    values = torch.tensor([-3e38, 3e38, 0.0, 1.0], dtype=torch.float32)
+    stats = stats_of(tmp_path, values, bins=4)
+    assert stats.counts == [1, 0, 2, 1]       # edges -3e38, -1.5e38, 0, 1.5e38, 3e38
