@@ -9,7 +9,7 @@ import sys
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
 
-SUBCOMMANDS = ("inspect", "stats", "export", "verify")
+SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff")
 
 
 def _inspect_parser(sub):
@@ -60,6 +60,21 @@ def _verify_parser(sub):
     p.set_defaults(run=run_verify)
 
 
+def _diff_parser(sub):
+    p = sub.add_parser("diff", help="compare two checkpoints (exit 0 identical, 1 different)")
+    p.add_argument("a")
+    p.add_argument("b")
+    for side in ("a", "b"):
+        p.add_argument(f"--root-{side}", default="", metavar="KEY",
+                       help=f"compare the subtree KEY of {side.upper()} (keys relative to it)")
+        p.add_argument(f"--strip-prefix-{side}", default="", metavar="P",
+                       help=f"remove P from the start of {side.upper()}'s keys (e.g. module.)")
+        p.add_argument(f"--add-prefix-{side}", default="", metavar="P",
+                       help=f"prepend P to {side.upper()}'s keys")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_diff)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckpt-viewer",
@@ -70,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stats_parser(sub)
     _export_parser(sub)
     _verify_parser(sub)
+    _diff_parser(sub)
     return parser
 
 
@@ -151,6 +167,29 @@ def run_verify(args) -> int:
     return 0
 
 
+def run_diff(args) -> int:
+    from ckpt_viewer.core.diff import Side, diff
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.report import diff_lines
+    from ckpt_viewer.core.stats import run
+
+    checkpoints = []
+    for path in (args.a, args.b):
+        try:
+            checkpoints.append(open_checkpoint(path))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    sides = [Side(getattr(args, f"root_{s}"), getattr(args, f"strip_prefix_{s}"),
+                  getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
+    report = run(diff(checkpoints[0], checkpoints[1], *sides))
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        for line in diff_lines(report):
+            print(line)
+    return 0 if report.identical else 1
+
+
 def run_gui(args) -> int:
     from ckpt_viewer.qt.app import main as gui_main
 
@@ -166,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         runner = args.run
         where = getattr(args, "path", "") or getattr(args, "src", "")
+        where = "" if args.run.__name__ == "run_diff" else where
     else:
         args = build_gui_parser().parse_args(argv)
         runner, where = run_gui, ""

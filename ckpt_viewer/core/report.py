@@ -120,3 +120,33 @@ def stats_lines(key, tensor, stats):
         count = sum(stats.counts[i:i + step])
         bar = "#" * round(40 * count / (peak * step)) if peak else ""
         yield f"  {stats.edges[i]:>12.5g} {count:>12,} {bar}"
+
+
+def diff_lines(report, limit: int = 50):
+    """The human-readable `diff` report."""
+    yield f"A: {report.path_a}"
+    yield f"B: {report.path_b}"
+    changed = [t for t in report.tensors if t.status.endswith("changed")]
+    yield (f"{len(report.tensors)} common tensors: "
+           f"{sum(1 for t in report.tensors if t.status.endswith('identical'))} identical, "
+           f"{len(changed)} changed, {report.count('shape')} with other shapes, "
+           f"{sum(1 for t in report.tensors if t.status.startswith('dtype'))} with other dtypes; "
+           f"{len(report.only_a)} only in A, {len(report.only_b)} only in B")
+    view = report.load_state_dict_view()
+    if any(view.values()):
+        yield "load_state_dict(strict=True) of B into A would report:"
+        for name, keys in view.items():
+            if keys:
+                yield f"  {name} ({len(keys)}): " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
+    for t in report.tensors:
+        if t.status == "shape":
+            yield f"  shape  {t.key}: {t.shape_a} vs {t.shape_b}"
+        elif t.status.startswith("dtype"):
+            yield f"  dtype  {t.key}: {t.dtype_a} vs {t.dtype_b}"
+    if changed:
+        yield f"changed tensors (largest relative L2 difference first, up to {limit}):"
+        yield f"  {'key':<48} {'max|a-b|':>11} {'mean|a-b|':>11} {'rel L2':>10} {'cosine':>9}"
+        for t in sorted(changed, key=lambda t: -(t.rel_l2 or 0))[:limit]:
+            yield (f"  {t.key[:48]:<48} {t.max_abs:>11.4g} {t.mean_abs:>11.4g} "
+                   f"{t.rel_l2:>10.4g} {t.cosine:>9.6f}")
+    yield "identical" if report.identical else "different"

@@ -1,0 +1,90 @@
+"""diff: keys, shapes, dtypes, value metrics, prefixes and roots, across formats; the CLI."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import builders
+from ckpt_viewer.core.diff import Side, diff
+from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.stats import run
+
+
+def compare(a, b, **sides):
+    side_a = Side(sides.get("root_a", ""), sides.get("strip_a", ""), sides.get("add_a", ""))
+    side_b = Side(sides.get("root_b", ""), sides.get("strip_b", ""), sides.get("add_b", ""))
+    return run(diff(open_checkpoint(str(a)), open_checkpoint(str(b)), side_a, side_b))
+
+
+def test_metrics_match_torch(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(3000), torch.randn(3000)
+    a = builders.save({"w": x, "same": torch.ones(3), "int": torch.arange(4)}, tmp_path / "a.pt")
+    b = builders.save({"w": y, "same": torch.ones(3), "int": torch.arange(4)}, tmp_path / "b.pt")
+    report = compare(a, b)
+    w = next(t for t in report.tensors if t.key == "w")
+    d = (x - y).double()
+    assert w.status == "changed"
+    assert w.max_abs == pytest.approx(d.abs().max().item())
+    assert w.mean_abs == pytest.approx(d.abs().mean().item())
+    assert w.rel_l2 == pytest.approx((d.norm() / x.double().norm()).item())
+    assert w.cosine == pytest.approx(torch.nn.functional.cosine_similarity(x.double(), y.double(), 0).item())
+    assert [t.status for t in report.tensors if t.key != "w"] == ["identical", "identical"]
+    assert not report.identical
+
+
+def test_dataparallel_prefix_and_load_state_dict_view(tmp_path):
+    state = builders.tiny_model().state_dict()
+    a = builders.save(state, tmp_path / "plain.pt")
+    wrapped = {f"module.{k}": v for k, v in state.items()}
+    wrapped["module.extra"] = torch.zeros(1)
+    del wrapped["module.3.bias"]
+    wrapped["module.0.bias"] = torch.zeros(7)
+    b = builders.save(wrapped, tmp_path / "dp.pt")
+    report = compare(a, b, strip_b="module.")
+    view = report.load_state_dict_view()
+    assert view == {"missing_keys": ["3.bias"], "unexpected_keys": ["extra"],
+                    "size_mismatch": ["0.bias"]}
+    assert report.count("identical") == 7
+
+
+def test_across_formats_and_roots(tmp_path):
+    src = builders.training_checkpoint(tmp_path / "train.pt")
+    state = torch.load(src, weights_only=True)["model_state_dict"]
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "m.safetensors"))
+    report = compare(src, tmp_path / "m.safetensors", root_a="model_state_dict")
+    assert report.identical and len(report.tensors) == 9
+    half = builders.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+                         tmp_path / "half.pt")
+    report = compare(tmp_path / "m.safetensors", half)
+    assert {t.status for t in report.tensors} == {"dtype+changed", "identical"}
+    assert all(t.rel_l2 < 1e-3 for t in report.tensors if t.status == "dtype+changed")
+
+
+def test_nan_positions_and_views(tmp_path):
+    base = torch.arange(12.0).view(3, 4)
+    a = builders.save({"t": base.t().contiguous(), "n": torch.tensor([1.0, float("nan")])}, tmp_path / "a.pt")
+    b = builders.save({"t": base.t(), "n": torch.tensor([1.0, float("nan")])}, tmp_path / "b.pt")
+    assert compare(a, b).identical           # a transposed view equals its contiguous copy
+
+
+def test_diff_cli_exit_codes_and_json(tmp_path):
+    a = builders.save({"w": torch.ones(4)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.ones(4) * 2, "x": torch.zeros(1)}, tmp_path / "b.pt")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "ckpt_viewer", "diff", *args],
+                              capture_output=True, text=True, timeout=60)
+    assert cli(a, a).returncode == 0
+    result = cli(a, b, "--json")
+    assert result.returncode == 1
+    info = json.loads(result.stdout)
+    assert info["only_b"] == ["x"] and info["changed_tensors"] == 1
+    assert info["tensors"][0]["max_abs"] == 1.0 and math.isclose(info["tensors"][0]["cosine"], 1.0)
+    bad = cli(a, str(tmp_path / "missing.pt"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "missing.pt" in bad.stderr
