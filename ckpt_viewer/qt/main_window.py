@@ -25,6 +25,7 @@ class MainWindow(QMainWindow):
     loaded = Signal(str)
     load_failed = Signal(str, str)
     verified = Signal(str, bool, str)      # path, intact, what was found
+    compared = Signal(str, str)            # a comparison tab is ready
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -106,6 +107,8 @@ class MainWindow(QMainWindow):
         tools_menu = bar.addMenu("&Tools")
         tools_menu.addAction(self._action("&Verify Integrity", "actionVerify", None,
                                           self.verify_current))
+        tools_menu.addAction(self._action("&Compare With...", "actionCompare", "Ctrl+D",
+                                          self.compare_dialog))
         view_menu = bar.addMenu("&View")
         self.dark_action = self._action("&Dark Theme", "actionDarkTheme", None, self._toggle_theme)
         self.dark_action.setCheckable(True)
@@ -228,6 +231,54 @@ class MainWindow(QMainWindow):
         workers.start(verify, path, on_result=report, on_error=failed,
                       on_progress=lambda v: self.verify_progress.setValue(int(v * 1000)))
 
+    def compare_dialog(self):
+        """Tools > Compare with: the current tab's file against another one."""
+        tab = self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Compare with", os.path.dirname(
+            tab.checkpoint.path), OPEN_FILTER)
+        if path:
+            self.compare_paths(tab.checkpoint.path, path)
+
+    def compare_paths(self, path_a: str, path_b: str):
+        """Open both (in a worker), diff them chunk by chunk, show a comparison tab."""
+        from ckpt_viewer.core.diff import diff
+        from ckpt_viewer.core.open import open_checkpoint
+        from ckpt_viewer.qt.compare_view import CompareView
+        from ckpt_viewer.qt.tensor_view import _plotting, preload_plotting
+
+        def job():
+            a, b = open_checkpoint(path_a), open_checkpoint(path_b)
+            report = yield from diff(a, b)
+            return report, a, b
+
+        def done(result):
+            self.pending.pop(key, None)
+            self._update_busy()
+            report, a, b = result
+            preload_plotting()
+            view = CompareView(report, a, b, lambda: _plotting["module"])
+            name = f"{os.path.basename(path_a.rstrip('/'))} vs {os.path.basename(path_b.rstrip('/'))}"
+            if self.tabs.indexOf(self.welcome) >= 0:
+                self.tabs.removeTab(self.tabs.indexOf(self.welcome))
+            self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
+            self.statusBar().showMessage("identical" if report.identical else "different", 8000)
+            self.compared.emit(path_a, path_b)
+
+        def failed(message):
+            self.pending.pop(key, None)
+            self._update_busy()
+            self._message("errorDialog", "Cannot compare", message, ok=False)
+            self.load_failed.emit(path_b, message)
+
+        key = f"compare:{path_a}:{path_b}"
+        self.statusBar().showMessage(f"Comparing {os.path.basename(path_a)} with "
+                                     f"{os.path.basename(path_b)}...")
+        self.pending[key] = workers.start(job, on_result=done, on_error=failed)
+        self._update_busy()
+
     def _message(self, name, title, text, ok=True):
         box = QMessageBox(QMessageBox.Information if ok else QMessageBox.Warning, title, text,
                           QMessageBox.Ok, self)
@@ -312,8 +363,13 @@ class MainWindow(QMainWindow):
 
     def dropEvent(self, event):
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if paths:
-            event.acceptProposedAction()
+        if not paths:
+            return
+        event.acceptProposedAction()
+        tab = self.current_tab()
+        if event.modifiers() & Qt.ShiftModifier and tab is not None and len(paths) == 1:
+            self.compare_paths(tab.checkpoint.path, paths[0])   # Shift+drop: compare
+        else:
             self.open_paths(paths)
 
     def cancel_all(self):

@@ -193,3 +193,32 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
         window.verify_current()
     assert blocker.args[1] is False and "CRC-32" in blocker.args[2]
     assert "damaged" in window.findChild(object, "verifyResult").text()
+
+
+def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
+    import torch
+    from PySide6.QtWidgets import QCheckBox
+    a = builders.save({"w": torch.randn(500), "same": torch.ones(3), "old": torch.ones(1)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(500) + 1, "same": torch.ones(3), "new": torch.ones(1)},
+                      tmp_path / "b.pt")
+    open_and_wait(qtbot, window, a)
+    tab = window.current_tab()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(b)])
+    event = QDropEvent(QPointF(50, 50), Qt.CopyAction, mime, Qt.LeftButton, Qt.ShiftModifier)
+    with qtbot.waitSignal(window.compared, timeout=30_000) as blocker:
+        window.dropEvent(event)
+    assert blocker.args == [tab.checkpoint.path, b]
+    view = window.tabs.currentWidget()
+    assert view.objectName() == "compareView"
+    proxy = view.table.model()
+    rows = {proxy.index(r, 0).data(): proxy.index(r, 1).data() for r in range(proxy.rowCount())}
+    assert rows == {"w": "changed", "same": "identical", "old": "only in A", "new": "only in B"}
+    view.findChild(QCheckBox, "onlyDifferences").setChecked(True)
+    assert proxy.rowCount() == 3
+    view.filter.setText("w")
+    assert proxy.rowCount() == 2 and {proxy.index(r, 0).data() for r in range(2)} == {"w", "new"}
+    with qtbot.waitSignal(view.overlay_ready, timeout=30_000):
+        view.table.setCurrentIndex(next(proxy.index(r, 0) for r in range(proxy.rowCount())
+                                        if proxy.index(r, 0).data() == "w"))
+    assert view.plot is not None and view.curve_b.getData()[1].sum() == 500
