@@ -13,6 +13,16 @@ import textwrap
 import torch
 
 
+class Call:
+    """Pickles as a call of func(*args): what a malicious checkpoint contains."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
 def tiny_model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.ReLU(),

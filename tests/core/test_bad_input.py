@@ -8,26 +8,17 @@ import zipfile
 import pytest
 
 import builders
+from builders import Call
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.open import open_checkpoint
-
-
-class Boom:
-    """Pickles into a call of `func(*args)` when unpickled by plain pickle."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
 
 
 def sentinel_payloads(sentinel):
     command = f"touch {sentinel}"
     return {
-        "os.system": Boom(os.system, command),
-        "eval": Boom(eval, f"open({str(sentinel)!r}, 'w')"),
-        "exec": Boom(exec, f"open({str(sentinel)!r}, 'w')"),
+        "os.system": Call(os.system, command),
+        "eval": Call(eval, f"open({str(sentinel)!r}, 'w')"),
+        "exec": Call(exec, f"open({str(sentinel)!r}, 'w')"),
     }
 
 

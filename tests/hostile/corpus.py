@@ -19,16 +19,7 @@ from collections import OrderedDict
 import torch
 
 import builders
-
-
-class Call:
-    """Pickles as a call of func(*args): what a malicious checkpoint contains."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
+from builders import Call
 
 
 def touch(sentinel):
@@ -119,18 +110,21 @@ def truncated(kind, fraction):
     return build
 
 
+def rewritten(src, out, edit) -> str:
+    """Copy a zip archive with its {name: bytes} entries passed through edit()."""
+    with zipfile.ZipFile(src) as zf:
+        entries = {i.filename: zf.read(i) for i in zf.infolist()}
+    with zipfile.ZipFile(out, "w") as zf:
+        for entry, data in edit(entries).items():
+            zf.writestr(entry, data)
+    return str(out)
+
+
 def patched(edit, name):
-    """A valid torch zip checkpoint with one record replaced."""
+    """A valid torch zip checkpoint with its entries edited."""
     def build(folder, sentinel):
         src = builders.save({"w": torch.arange(16.0)}, folder / "valid.pt")
-        with zipfile.ZipFile(src) as zf:
-            entries = {i.filename: zf.read(i) for i in zf.infolist()}
-        entries = edit(entries)
-        out = folder / f"{name}.pth"
-        with zipfile.ZipFile(out, "w") as zf:
-            for entry, data in entries.items():
-                zf.writestr(entry, data)
-        return str(out)
+        return rewritten(src, folder / f"{name}.pth", edit)
     return build
 
 
@@ -199,20 +193,16 @@ def duplicate_data_pkl(folder, sentinel):
 
 def big_endian(folder, sentinel):
     """A genuine big-endian archive: bytes swapped, byteorder says so."""
-    src = builders.save({"w": torch.arange(8.0)}, folder / "le.pt")
-    with zipfile.ZipFile(src) as zf:
-        entries = {i.filename: zf.read(i) for i in zf.infolist()}
-    for name in entries:
-        if name.endswith("/data/0"):
-            entries[name] = torch.frombuffer(bytearray(entries[name]), dtype=torch.float32) \
-                .numpy().byteswap().tobytes()
-        if name.endswith("/byteorder"):
-            entries[name] = b"big"
-    out = folder / "big.pth"
-    with zipfile.ZipFile(out, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return str(out)
+    def swap(entries):
+        for name in entries:
+            if name.endswith("/data/0"):
+                entries[name] = torch.frombuffer(bytearray(entries[name]), dtype=torch.float32) \
+                    .numpy().byteswap().tobytes()
+            if name.endswith("/byteorder"):
+                entries[name] = b"big"
+        return entries
+    return rewritten(builders.save({"w": torch.arange(8.0)}, folder / "le.pt"),
+                     folder / "big.pth", swap)
 
 
 def compressed_records(folder, sentinel):
@@ -241,14 +231,7 @@ def odd_keys(folder, sentinel):
 def torchscript_payload(folder, sentinel):
     jit = builders.torchscript_file(folder / "script.pt")
     payload = pickle.dumps(Call(os.system, touch(sentinel)), protocol=2)
-    with zipfile.ZipFile(jit) as zf:
-        entries = {i.filename: zf.read(i) for i in zf.infolist()}
-    entries = {k: (payload if k.endswith("/data.pkl") else v) for k, v in entries.items()}
-    out = folder / "script-evil.pt"
-    with zipfile.ZipFile(out, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return str(out)
+    return rewritten(jit, folder / "script-evil.pt", _replace("/data.pkl", payload))
 
 
 def lightning_payload(folder, sentinel):
