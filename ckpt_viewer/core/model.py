@@ -144,6 +144,7 @@ class Checkpoint:
     warnings: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)   # torch version, safetensors metadata...
     optimizers: list = field(default_factory=list)  # optim.OptimizerInfo
+    optimizer_nodes: list | None = None   # found while building the tree (None: search it)
     byteorder: str = "little"
     _tensors: list | None = field(default=None, repr=False)
 

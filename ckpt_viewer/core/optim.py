@@ -49,11 +49,10 @@ def guess_type(group: dict) -> str | None:
 
 
 def find_optimizers(checkpoint: Checkpoint) -> list[OptimizerInfo]:
-    found = []
-    for node in iter_nodes(checkpoint.root):
-        if node.kind == "optimizer":
-            found.append(_describe(node, checkpoint))
-    return found
+    nodes = checkpoint.optimizer_nodes
+    if nodes is None:
+        nodes = [n for n in iter_nodes(checkpoint.root) if n.kind == "optimizer"]
+    return [_describe(node, checkpoint) for node in nodes]
 
 
 def _child(node: Node, name: str) -> Node | None:
@@ -116,7 +115,9 @@ def _candidate_params(root: Node, optimizer_keys: set):
 
 def _names_from_state_dict(ids, states, optimizer: Node, checkpoint: Checkpoint):
     """Match the optimizer's params, in order and by state shape, to a state_dict in the file."""
-    optimizer_keys = {n.key for n in iter_nodes(checkpoint.root) if n.kind == "optimizer"}
+    optimizer_keys = {n.key for n in checkpoint.optimizer_nodes} \
+        if checkpoint.optimizer_nodes is not None else \
+        {n.key for n in iter_nodes(checkpoint.root) if n.kind == "optimizer"}
     candidates = [c for c in checkpoint.root.children
                   if c.kind in ("dict", "module") and c.key not in optimizer_keys] + [checkpoint.root]
     for candidate in candidates:

@@ -78,8 +78,9 @@ def _script_module_children(obj):
             yield str(name), value, "parameter" if getattr(value, "is_parameter", False) else ""
 
 
-def build_tree(obj, warnings: list | None = None) -> Node:
-    """Walk without recursion; a container seen before becomes a `ref` node (no blow-up)."""
+def build_tree(obj, warnings: list | None = None, optimizers: list | None = None) -> Node:
+    """Walk without recursion; a container seen before becomes a `ref` node (no blow-up).
+    Tensors sharing a storage are marked on the way; optimizer nodes are collected."""
     root = Node(name="", kind="dict")
     first_key: dict[int, str] = {}
     stack = [(obj, None, "", "", "", 0)]
@@ -93,13 +94,14 @@ def build_tree(obj, warnings: list | None = None) -> Node:
             node.type_name, node.value, cut = "cut", f"nested deeper than {MAX_DEPTH} levels", True
             continue
         children = _fill(node, value, first_key)
+        if node.kind == "optimizer" and optimizers is not None:
+            optimizers.append(node)
         for child_name, child_value, child_role in reversed(children):
             child_key = f"{key}.{child_name}" if key else child_name
             stack.append((child_value, node, child_name, child_key, child_role, depth + 1))
     if cut and warnings is not None:
         warnings.append(f"the structure is nested deeper than {MAX_DEPTH} levels; "
                         "deeper levels are not shown")
-    _mark_shared_storage(root)
     return root
 
 
@@ -107,10 +109,15 @@ def _fill(node: Node, value, first_key: dict) -> list:
     """Set node's kind/type from value; return its children as (name, value, role)."""
     if isinstance(value, TensorInfo):
         node.kind, node.tensor, node.type_name = "tensor", value, "Parameter" if value.is_parameter else "Tensor"
-        if id(value) in first_key:
+        if id(value) in first_key:                  # the same tensor object again (tied)
             node.shared_with = first_key[id(value)]
         else:
             first_key[id(value)] = node.key
+            storage = ("storage", id(value.storage)) if value.storage is not None else None
+            if storage in first_key:                # another view of a storage seen before
+                node.shared_with = first_key[storage]
+            elif storage is not None:
+                first_key[storage] = node.key
         if not node.role and node.name in BUFFER_NAMES:
             node.role = "buffer"
         return []
@@ -158,16 +165,3 @@ def _segment(key) -> str:
     if isinstance(key, (GlobalRef, Placeholder)):
         return repr(key)
     return str(key)
-
-
-def _mark_shared_storage(root: Node):
-    """Tensors that use one storage point at the first tensor that used it."""
-    first: dict[int, str] = {}
-    for node in iter_nodes(root):
-        tensor = node.tensor
-        if tensor is None or tensor.storage is None:
-            continue
-        storage_id = id(tensor.storage)
-        if storage_id in first and not node.shared_with:
-            node.shared_with = first[storage_id]
-        first.setdefault(storage_id, node.key)

@@ -30,10 +30,11 @@ def check_tensor_bounds(checkpoint: Checkpoint):
 def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, **extra) -> Checkpoint:
     """Unpickle `data` into a checkpoint with its tree, unsafe globals and bounds checked."""
     obj, unsafe = safe_load(data, storage_factory)
-    warnings = []
+    warnings, optimizer_nodes = [], []
     checkpoint = Checkpoint(path=str(path), format=fmt,
                             file_bytes=os.path.getsize(path) if file_bytes is None else file_bytes,
-                            root=build_tree(obj, warnings), warnings=warnings,
+                            root=build_tree(obj, warnings, optimizer_nodes), warnings=warnings,
+                            optimizer_nodes=optimizer_nodes,
                             unsafe_globals=[g for g in unsafe if not g.startswith("__torch__.")],
                             **extra)
     check_tensor_bounds(checkpoint)
