@@ -109,9 +109,14 @@ class StorageReader:
         if self.inflated is not None:
             return np.frombuffer(self.inflated, dtype=dtype, count=count, offset=start)
         out = np.empty(count, dtype=dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.offset + start)
-            got = f.readinto(memoryview(out).cast("B"))
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + start)
+                got = f.readinto(memoryview(out).cast("B"))
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path} has disappeared since it was opened") from None
+        except OSError as exc:
+            raise CheckpointError(f"{self.path} cannot be read ({exc.strerror or exc})") from None
         if got != nbytes:
             raise CheckpointError(f"file ended while reading storage {self.storage.key!r} "
                                   "(changed or truncated since it was opened?)")
@@ -124,7 +129,11 @@ def tensor_np_dtype(tensor: TensorInfo) -> np.dtype:
 
 
 def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
-    """The tensor's elements as widened numpy chunks (any order: fine for statistics)."""
+    """The tensor's elements as widened numpy chunks (any order: fine for statistics).
+    A sparse tensor yields its stored values only."""
+    if "values" in tensor.parts:
+        yield from iter_chunks(tensor.parts["values"], chunk_elements)
+        return
     if not numpy_readable(tensor):
         values = to_numpy(read_tensor(tensor))
         for start in range(0, values.size, chunk_elements):

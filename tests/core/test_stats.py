@@ -166,3 +166,15 @@ def test_extreme_values_are_binned_correctly(tmp_path):
     values = torch.tensor([-3e38, 3e38, 0.0, 1.0], dtype=torch.float32)
     stats = stats_of(tmp_path, values, bins=4)
     assert stats.counts == [1, 0, 2, 1]       # edges -3e38, -1.5e38, 0, 1.5e38, 3e38
+
+
+def test_sparse_uses_stored_values_and_vanished_file_is_clear(tmp_path):
+    sparse = torch.tensor([[0.0, 2.0], [3.0, 0.0]]).to_sparse()
+    stats = stats_of(tmp_path, sparse)
+    assert stats.numel == 2 and stats.min == 2.0 and stats.zeros == 0
+    path = builders.save({"t": torch.randn(100)}, tmp_path / "gone.pt")
+    tensor = open_checkpoint(path).find("t").tensor
+    import os
+    os.remove(path)
+    with pytest.raises(CheckpointError, match="disappeared"):
+        run(compute(tensor))

@@ -96,9 +96,12 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
 
 def data_offset(member: ZipMember) -> int:
     """Where a record's bytes begin: after its local header, name and extra field."""
-    with open(member.path, "rb") as f:
-        f.seek(member.header_offset)
-        header = f.read(30)
+    try:
+        with open(member.path, "rb") as f:
+            f.seek(member.header_offset)
+            header = f.read(30)
+    except FileNotFoundError:
+        raise CheckpointError(f"{member.path} has disappeared since it was opened") from None
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
         raise CheckpointError(f"zip record {member.name} has no valid local header")
     name_length, extra_length = struct.unpack("<HH", header[26:30])
