@@ -11,14 +11,11 @@ the destination folder, fsynced, reopened and checked, then renamed into place.
 from __future__ import annotations
 
 import fnmatch
-import io
 import json
 import os
-import pickle
 import struct
 import tempfile
 import zipfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +23,7 @@ import numpy as np
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
+from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
 from ckpt_viewer.core.values import StorageReader, read_tensor, strided_array
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
@@ -135,11 +133,50 @@ def _torch_dtype(name):
     return getattr(torch, name)
 
 
+NUMPY_FLOATS = {"float64": np.float64, "float32": np.float32, "float16": np.float16}
+
+
+def _to_float32(raw: np.ndarray, dtype: str) -> np.ndarray | None:
+    if dtype == "bfloat16":
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return raw.view(NUMPY_FLOATS[dtype]) if dtype in NUMPY_FLOATS else None
+
+
+def _to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, rounding to nearest even as torch does; NaN stays NaN."""
+    bits = values.astype(np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    rounded[np.isnan(values)] = 0x7FC0
+    return rounded
+
+
+def _numpy_cast(raw: np.ndarray, source: str, target: str) -> np.ndarray | None:
+    """The common float casts without torch (importing it stalls a GUI for ~100 ms)."""
+    with np.errstate(all="ignore"):                  # out-of-range values become +-inf
+        return _numpy_cast_values(raw, source, target)
+
+
+def _numpy_cast_values(raw, source, target):
+    values = _to_float32(raw, source) if source == "bfloat16" else \
+        raw.view(NUMPY_FLOATS[source]) if source in NUMPY_FLOATS else None
+    if values is None:
+        return None
+    if target == "bfloat16":
+        return _to_bfloat16(values).view(np.uint8)
+    if target in NUMPY_FLOATS:
+        return values.astype(NUMPY_FLOATS[target]).view(np.uint8)
+    return None
+
+
 def _cast_bytes(raw: np.ndarray, source_dtype: str, target: str, device: str):
     """Elementwise cast of a piece of little-endian storage bytes (uint8 array) to `target`;
-    returns a bytes-like array. Casting goes through torch (bfloat16, float8)."""
+    returns a bytes-like array. float8 sources and GPU casts go through torch."""
     if source_dtype == target:
         return raw
+    if not device.startswith("cuda"):
+        cast = _numpy_cast(raw, source_dtype, target)
+        if cast is not None:
+            return cast
     import torch
 
     source = torch.from_numpy(raw if raw.flags.writeable else raw.copy())
@@ -233,68 +270,21 @@ def _record_bytes(record: _Record, device: str):
 
 # --- the .pth writer ------------------------------------------------------------------------
 
-class _StorageRef:
-    def __init__(self, key, dtype, numel, where):
-        self.key, self.dtype, self.numel, self.where = key, dtype, numel, where
-
-
-class _TensorRef:
-    """Pickles exactly as torch pickles a tensor: a call of torch's own rebuild function."""
-
-    def __init__(self, storage, offset, shape, stride):
-        self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
-
-    def __reduce_ex__(self, protocol):
-        import torch
-
-        args = (self.storage, self.offset, tuple(self.shape), tuple(self.stride), False,
-                OrderedDict())
-        if _legacy_storage_class(self.storage.dtype):
-            return torch._utils._rebuild_tensor_v2, args
-        return torch._utils._rebuild_tensor_v3, args + (_torch_dtype(self.storage.dtype),)
-
-
-def _legacy_storage_class(dtype: str):
-    import torch
-
-    names = {"float64": "DoubleStorage", "float32": "FloatStorage", "float16": "HalfStorage",
-             "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage",
-             "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage",
-             "bool": "BoolStorage", "complex64": "ComplexFloatStorage",
-             "complex128": "ComplexDoubleStorage"}
-    return getattr(torch, names[dtype]) if dtype in names else None
-
-
-class _Pickler(pickle.Pickler):
-    def persistent_id(self, obj):
-        if isinstance(obj, _StorageRef):
-            import torch
-
-            storage_class = _legacy_storage_class(obj.dtype)
-            if storage_class is None:   # new dtypes: an untyped storage counted in bytes
-                return ("storage", torch.UntypedStorage, obj.key, obj.where,
-                        obj.numel * DTYPE_SIZES[obj.dtype])
-            return ("storage", storage_class, obj.key, obj.where, obj.numel)
-        return None
-
-
 def _data_pkl(records: list[_Record], where: str) -> bytes:
-    state = OrderedDict()
+    entries = []
     for record in records:
-        storage = _StorageRef(record.name, record.dtype, record.count, where)
         for item in record.items:
             t = item.tensor
             if record.shared:
-                state[item.key] = _TensorRef(storage, t.offset - record.first, t.shape, t.stride)
+                offset, stride = t.offset - record.first, t.stride
             else:
-                stride, step = [], 1
+                offset, stride, step = 0, [], 1
                 for dim in reversed(t.shape):
                     stride.insert(0, step)
                     step *= dim
-                state[item.key] = _TensorRef(storage, 0, t.shape, stride)
-    buffer = io.BytesIO()
-    _Pickler(buffer, protocol=2).dump(state)
-    return buffer.getvalue()
+            entries.append(TensorEntry(item.key, record.name, record.dtype, record.count, offset,
+                                       tuple(t.shape), tuple(stride)))
+    return state_dict_pickle(entries, where)
 
 
 def _aligned_info(zf: zipfile.ZipFile, name: str, zip64: bool) -> zipfile.ZipInfo:

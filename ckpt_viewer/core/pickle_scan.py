@@ -41,7 +41,7 @@ for _ops, _code in ((LENGTH_1, _L1), (LENGTH_4, _L4), (LENGTH_8, _L8), (ONE_LINE
 
 def pickle_end(data, start: int = 0) -> int:
     """Offset just past the STOP of the pickle starting at `start`; memo indices checked."""
-    i, n, ops = start, len(data), 0
+    i, ops = start, 0
     unpack4, unpack8 = struct.Struct("<I").unpack_from, struct.Struct("<Q").unpack_from
     table, find = _TABLE, data.find
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ckpt_viewer.core.model import Node, TensorInfo, iter_nodes
+from ckpt_viewer.core.model import Node, TensorInfo
 from ckpt_viewer.core.safe_pickle import GlobalRef, Placeholder
 
 SCALAR_TYPES = (bool, int, float, str)

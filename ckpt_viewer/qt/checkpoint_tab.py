@@ -14,7 +14,7 @@ from ckpt_viewer.core.model import format_bytes, format_count
 from ckpt_viewer.core.report import describe_value
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
-from ckpt_viewer.qt.tree_model import KEY, KeyTreeModel
+from ckpt_viewer.qt.tree_model import KeyTreeModel
 
 AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
 

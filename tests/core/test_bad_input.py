@@ -1,6 +1,5 @@
 """Damaged and hostile files: a one-line CheckpointError, never a traceback, never executed."""
 
-import io
 import os
 import pickle
 import zipfile

@@ -208,3 +208,19 @@ def test_export_cli(tmp_path):
                             str(tmp_path / "e.safetensors")], capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 2 and again.stderr.startswith("error: ") and "exists" in again.stderr
+
+
+def test_casts_without_torch_are_bit_exact():
+    import numpy as np
+    from ckpt_viewer.core.export import _numpy_cast
+    x = torch.cat([torch.randn(100_000) * 1e3, torch.tensor(
+        [float("inf"), -float("inf"), 1e-40, -0.0, 3.4e38, 65520.0, 1e6])])
+    raw = x.numpy().view(np.uint8)
+    bf16 = _numpy_cast(raw, "float32", "bfloat16").view(np.int16)
+    assert np.array_equal(bf16, x.bfloat16().view(torch.int16).numpy())
+    fp16 = _numpy_cast(raw, "float32", "float16").view(np.int16)
+    assert np.array_equal(fp16, x.half().view(torch.int16).numpy())
+    back = _numpy_cast(x.bfloat16().view(torch.int16).numpy().view(np.uint8), "bfloat16", "float32")
+    assert np.array_equal(back.view(np.float32), x.bfloat16().float().numpy())
+    nan = _numpy_cast(np.array([np.nan], np.float32).view(np.uint8), "float32", "bfloat16")
+    assert torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).isnan().all()

@@ -7,14 +7,12 @@ warnings). In every case the sentinel file must not exist afterwards: no code fr
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
 import struct
 import subprocess
 import zipfile
-from collections import OrderedDict
 
 import torch
 
@@ -42,12 +40,9 @@ def zip_archive(path, data_pkl: bytes, records=None, version=b"3\n", byteorder=b
 
 def tensor_pickle(shape, stride, offset=0, numel=4, dtype="float32", where="cpu"):
     """A data.pkl with one tensor whose geometry we choose (torch's own globals)."""
-    from ckpt_viewer.core.export import _Pickler, _StorageRef, _TensorRef
+    from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
 
-    buffer = io.BytesIO()
-    _Pickler(buffer, protocol=2).dump(
-        {"w": _TensorRef(_StorageRef("0", dtype, numel, where), offset, shape, stride)})
-    return buffer.getvalue()
+    return state_dict_pickle([TensorEntry("w", "0", dtype, numel, offset, shape, stride)], where)
 
 
 def payload_file(func, make_args, legacy=False, nest=0):

@@ -7,7 +7,6 @@ wrong in one line; nothing else escapes. CI runs a bounded number of cases; for 
 import os
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

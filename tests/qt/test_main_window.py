@@ -1,10 +1,8 @@
 """The main window through DESIGN.md's automation contract: open_paths, signals, objectNames."""
 
-import os
-
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QTreeView
+from PySide6.QtWidgets import QLabel, QLineEdit, QTreeView
 
 import builders
 from conftest import open_and_wait

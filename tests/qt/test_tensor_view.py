@@ -3,9 +3,7 @@
 import subprocess
 import sys
 
-import pytest
 import torch
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QTableWidget
 
 import builders
