@@ -94,6 +94,13 @@ def _same_bits(a, b):
     return True
 
 
+def _comparable(chunk: np.ndarray) -> np.ndarray:
+    """float32 stays float32 (half the memory traffic of float64); others are widened."""
+    if np.iscomplexobj(chunk):
+        chunk = np.abs(chunk)
+    return chunk if chunk.dtype in (np.float32, np.float64) else chunk.astype(np.float64)
+
+
 def _compare_values(a, b, result: TensorDiff):
     """Bit-identical tensors are settled in one pass; otherwise chunks of a and b in the same
     (logical) order with float64 accumulators."""
@@ -106,16 +113,17 @@ def _compare_values(a, b, result: TensorDiff):
     for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
         if equal and not np.array_equal(chunk_a, chunk_b, equal_nan=chunk_a.dtype.kind in "fc"):
             equal = False
-        x = np.abs(chunk_a) if np.iscomplexobj(chunk_a) else chunk_a
-        y = np.abs(chunk_b) if np.iscomplexobj(chunk_b) else chunk_b
-        x, y = x.astype(np.float64), y.astype(np.float64)
-        finite = np.isfinite(x) & np.isfinite(y)
-        if not finite.all():
+        x, y = _comparable(chunk_a), _comparable(chunk_b)
+        if not (math.isfinite(float(np.sum(x, dtype=np.float64)))
+                and math.isfinite(float(np.sum(y, dtype=np.float64)))):
+            finite = np.isfinite(x) & np.isfinite(y)      # only then, element by element
             x, y = x[finite], y[finite]
         d = x - y
         if d.size:
-            max_abs = max(max_abs, float(np.max(np.abs(d))))
-        total_abs += float(np.sum(np.abs(d)))
+            absolute = np.abs(d)
+            max_abs = max(max_abs, float(absolute.max()))
+            total_abs += float(np.sum(absolute, dtype=np.float64))
+        # per-chunk dot products (float32 when the data is); summed across chunks in float64
         diff_sq += float(np.dot(d, d))
         a_sq += float(np.dot(x, x))
         b_sq += float(np.dot(y, y))

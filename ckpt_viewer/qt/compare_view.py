@@ -50,6 +50,12 @@ class CompareFilter(QSortFilterProxyModel):
         return super().filterAcceptsRow(row, parent)
 
 
+def plotting_failed() -> bool:
+    """Has loading the plotting library failed (then draw nothing, but finish)?"""
+    from ckpt_viewer.qt.tensor_view import _plotting
+    return bool(_plotting["failed"])
+
+
 def histogram_pair(a, b, bins=OVERLAY_BINS):
     """Both tensors' histograms over one common range (for the overlay)."""
     first_a, first_b = run(compute(a, bins=8)), run(compute(b, bins=8))
@@ -65,11 +71,14 @@ def histogram_pair(a, b, bins=OVERLAY_BINS):
 class CompareView(QWidget):
     overlay_ready = Signal(str)
 
-    def __init__(self, report, checkpoint_a, checkpoint_b, plotting, parent=None):
+    def __init__(self, report, checkpoint_a, checkpoint_b, plotting, request_plotting=None,
+                 parent=None):
         super().__init__(parent)
         self.setObjectName("compareView")
         self.report, self.a, self.b = report, checkpoint_a, checkpoint_b
-        self.plotting = plotting
+        self.plotting = plotting              # returns the pyqtgraph module, or None
+        self.request_plotting = request_plotting   # calls plotting_ready() once it is loaded
+        self.pending = None
         self.plot = None
         self.generation = 0
         names = (os.path.basename(report.path_a.rstrip("/")), os.path.basename(report.path_b.rstrip("/")))
@@ -167,11 +176,20 @@ class CompareView(QWidget):
                       on_result=lambda pair: self._draw(generation, key, pair),
                       on_error=lambda message: self.plot_status.setText(f"{key}: {message}"))
 
+    def plotting_ready(self, message=""):
+        if self.pending is not None:
+            self._draw(*self.pending)
+
     def _draw(self, generation, key, pair):
         if generation != self.generation:
             return
         pg = self.plotting()
         stats_a, stats_b = pair
+        if pg is None and self.request_plotting is not None and not plotting_failed():
+            self.pending = (generation, key, pair)
+            self.request_plotting(self)
+            return
+        self.pending = None
         if pg is None or stats_a is None:
             self.plot_status.setText(f"{key}: no finite values to plot")
             self.overlay_ready.emit(key)

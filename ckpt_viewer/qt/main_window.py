@@ -247,7 +247,7 @@ class MainWindow(QMainWindow):
         from ckpt_viewer.core.diff import diff
         from ckpt_viewer.core.open import open_checkpoint
         from ckpt_viewer.qt.compare_view import CompareView
-        from ckpt_viewer.qt.tensor_view import _plotting, preload_plotting
+        from ckpt_viewer.qt.tensor_view import _plotting, preload_plotting, wait_for_plotting
 
         def job():
             a, b = open_checkpoint(path_a), open_checkpoint(path_b)
@@ -259,7 +259,7 @@ class MainWindow(QMainWindow):
             self._update_busy()
             report, a, b = result
             preload_plotting()
-            view = CompareView(report, a, b, lambda: _plotting["module"])
+            view = CompareView(report, a, b, lambda: _plotting["module"], wait_for_plotting)
             name = f"{os.path.basename(path_a.rstrip('/'))} vs {os.path.basename(path_b.rstrip('/'))}"
             if self.tabs.indexOf(self.welcome) >= 0:
                 self.tabs.removeTab(self.tabs.indexOf(self.welcome))

@@ -32,6 +32,12 @@ def preload_plotting():
                   on_error=lambda message: _plotting_ready(None, message))
 
 
+def wait_for_plotting(view):
+    """view.plotting_ready(message) is called once pyqtgraph has been imported (or failed)."""
+    _plotting["waiting"].add(view)
+    preload_plotting()
+
+
 def _plotting_ready(module, message=""):
     _plotting["module"], _plotting["failed"] = module, message
     for view in list(_plotting["waiting"]):
@@ -199,8 +205,7 @@ class TensorView(QWidget):
             self.curve.setData([0, 1], [0])
 
     def _wait_for_plotting(self):
-        _plotting["waiting"].add(self)
-        preload_plotting()
+        wait_for_plotting(self)
 
     def plotting_ready(self, message=""):
         if message:

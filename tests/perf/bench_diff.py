@@ -1,4 +1,6 @@
-"""diff benchmark (issue: compare). Run by hand after make_files.py --only 2g6,legacy:
+"""diff benchmark (issue: compare). Run by hand after make_files.py --only 2g6,legacy (and, for
+the all-changed row, a copy of train-2g6.pt with 1 added to every float tensor saved as
+train-2g6-changed.pt):
 
     python tests/perf/bench_diff.py [--data perf-data]
 
@@ -36,8 +38,13 @@ def main():
     rows = []
     # torch cannot mmap a legacy file: that baseline loads it into memory
     for label, b, mmap_b in (("diff 2.6 GB zip vs 2.6 GB legacy", "train-2g6-legacy.pt", False),
-                             ("diff 2.6 GB zip vs itself (both mmap)", "train-2g6.pt", True)):
+                             ("diff 2.6 GB zip vs itself (both mmap)", "train-2g6.pt", True),
+                             ("diff 2.6 GB zip vs every float +1 (mmap)", "train-2g6-changed.pt",
+                              True)):
         b = os.path.join(args.data, b)
+        if not os.path.exists(b):
+            print(f"skipping {label}: {b} not built")
+            continue
         ours = measure([sys.executable, "-m", "ckpt_viewer", "diff", zip_file, b, "--json"],
                        repeat=2, ok_codes=(0, 1))
         base = measure(python(BASELINE.format(a=zip_file, b=b, mmap_b=mmap_b)), repeat=2)
