@@ -85,6 +85,10 @@ class _Moments:
         self.integer = True
 
     def add(self, x: np.ndarray):
+        with np.errstate(all="ignore"):      # NaN/Inf are counted, not warned about
+            self._add(x)
+
+    def _add(self, x: np.ndarray):
         self.n += x.size
         self.zeros += int(np.add.reduce(x == 0, dtype=np.int64))   # count_nonzero keeps the GIL
         self.integer = self.integer and x.dtype.kind in "iub"
@@ -110,22 +114,29 @@ def _fine_histogram(chunks, lo, hi, fine_bins):
     below = above = 0
     scale = fine_bins / (hi - lo) if hi > lo else 0.0
     for x in chunks:
-        x = _computable(x)
-        if not np.isfinite(np.sum(x, dtype=np.float64)):
-            x = x[np.isfinite(x)]
-        outside_low, outside_high = x < lo, x > hi
-        n_low, n_high = int(np.count_nonzero(outside_low)), int(np.count_nonzero(outside_high))
-        if n_low or n_high:
-            below, above = below + n_low, above + n_high
-            x = x[~(outside_low | outside_high)]
-        # float32 arithmetic overflows when the range itself is near float32's limits
-        kind = x.dtype.type if hi - lo < 1e30 else np.float64
-        idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
-        np.minimum(idx, fine_bins - 1, out=idx)
-        np.maximum(idx, 0, out=idx)
-        for start in range(0, idx.size, GIL_SLICE):     # bincount holds the GIL while it runs
-            counts += np.bincount(idx[start:start + GIL_SLICE], minlength=fine_bins)
+        with np.errstate(all="ignore"):
+            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above)
         yield
+    return counts, below, above
+
+
+def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
+    """Add one chunk's finite values to the fine histogram; (counts, below, above)."""
+    x = _computable(x)
+    if not np.isfinite(np.sum(x, dtype=np.float64)):
+        x = x[np.isfinite(x)]
+    outside_low, outside_high = x < lo, x > hi
+    n_low, n_high = int(np.count_nonzero(outside_low)), int(np.count_nonzero(outside_high))
+    if n_low or n_high:
+        below, above = below + n_low, above + n_high
+        x = x[~(outside_low | outside_high)]
+    # float32 arithmetic overflows when the range itself is near float32's limits
+    kind = x.dtype.type if hi - lo < 1e30 else np.float64
+    idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
+    np.minimum(idx, fine_bins - 1, out=idx)
+    np.maximum(idx, 0, out=idx)
+    for start in range(0, idx.size, GIL_SLICE):     # bincount holds the GIL while it runs
+        counts += np.bincount(idx[start:start + GIL_SLICE], minlength=fine_bins)
     return counts, below, above
 
 
@@ -164,11 +175,6 @@ def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress):
 def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
             value_range: tuple | None = None, chunk: int = CHUNK):
     """Generator: yields progress in [0, 1]; returns Stats."""
-    with np.errstate(all="ignore"):          # NaN/Inf are counted, not warned about
-        return (yield from _compute(tensor, bins, part, value_range, chunk))
-
-
-def _compute(tensor, bins, part, value_range, chunk):
     if bins < 1 or bins > FINE_BINS:
         raise CheckpointError(f"bins must be between 1 and {FINE_BINS}")
     if tensor.numel == 0:
