@@ -298,7 +298,7 @@ class KeyTreeModel(QAbstractItemModel):
         hits = matching_rows(text, self.keys, self.lowered) if text.strip() else None
         self.beginResetModel()
         self.filter_text = text
-        if hits is None:
+        if hits is None or len(hits) >= len(self.rows) - 1:   # no filter, or every key matches
             for row in self.rows:
                 row.shown = row.children
             self.visible_count = len(self.rows) - 1
