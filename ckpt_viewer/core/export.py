@@ -60,7 +60,6 @@ class ExportSummary:
     format: str
     device: str
     verified: bool
-    skipped: list = field(default_factory=list)
 
 
 def location(device: str) -> str:

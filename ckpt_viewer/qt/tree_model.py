@@ -148,7 +148,6 @@ class KeyTreeModel(QAbstractItemModel):
         self.top, self.rows = top, rows
         self.keys = [r.node.key for r in rows]
         self.lowered = [k.lower() for k in self.keys]
-        self.filter_text = ""
         self.visible_count = len(rows) - 1
         self.checked = bytearray(len(rows))        # tensor rows ticked for export
         self.checked_below = [0] * len(rows)       # ticked tensor rows in each subtree
@@ -297,7 +296,6 @@ class KeyTreeModel(QAbstractItemModel):
     def _set_filter(self, text: str) -> int:
         hits = matching_rows(text, self.keys, self.lowered) if text.strip() else None
         self.beginResetModel()
-        self.filter_text = text
         if hits is None or len(hits) >= len(self.rows) - 1:   # no filter, or every key matches
             for row in self.rows:
                 row.shown = row.children

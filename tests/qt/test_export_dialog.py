@@ -8,10 +8,6 @@ import builders
 from conftest import open_and_wait
 
 
-def find_row(model, key):
-    return model.rows[model.keys.index(key)]
-
-
 def test_tristate_ticks_and_export(qtbot, window, tmp_path):
     src = builders.training_checkpoint(tmp_path / "c.pt")
     open_and_wait(qtbot, window, src)

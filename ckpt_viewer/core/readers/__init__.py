@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import Checkpoint, Storage, TensorInfo
+from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.safe_pickle import safe_load
 from ckpt_viewer.core.tree import build_tree
 
@@ -52,6 +52,3 @@ def storage_pid(pid) -> tuple:
         raise CheckpointError(f"storage {key!r} declares a negative size")
     return storage_type, key, location, numel
 
-
-__all__ = ["Checkpoint", "Storage", "TensorInfo", "pickle_checkpoint", "storage_pid",
-           "check_tensor_bounds", "MAX_PICKLE_BYTES"]
