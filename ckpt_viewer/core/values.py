@@ -8,6 +8,9 @@ A compressed zip record is inflated, never memory-mapped (mmap would yield its r
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 import zipfile
 
 import numpy as np
@@ -78,6 +81,13 @@ def numpy_readable(tensor: TensorInfo) -> bool:
     return tensor.layout == "strided"
 
 
+def _map_read_only(fileno: int, length: int, offset: int) -> mmap.mmap:
+    if hasattr(mmap, "MAP_POPULATE"):   # Linux: map the chunk in one call, not a fault per 64 KiB
+        return mmap.mmap(fileno, length, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                         prot=mmap.PROT_READ, offset=offset)
+    return mmap.mmap(fileno, length, access=mmap.ACCESS_READ, offset=offset)
+
+
 class StorageReader:
     """Reads element ranges of one storage: from the file, or from an inflated record."""
 
@@ -101,26 +111,55 @@ class StorageReader:
         self.itemsize = DTYPE_SIZES[storage.dtype]
 
     def read(self, first: int, count: int, np_dtype=None) -> np.ndarray:
-        """Elements [first, first+count) of the storage, in `np_dtype` units."""
+        """Elements [first, first+count) of the storage, in `np_dtype` units (a private copy)."""
+        dtype, start, nbytes = self._span(first, count, np_dtype)
+        if self.inflated is not None:
+            return np.frombuffer(self.inflated, dtype=dtype, count=count, offset=start)
+        out = np.empty(count, dtype=dtype)
+        with self._file(self.offset + start + nbytes) as f:
+            f.seek(self.offset + start)
+            got = f.readinto(memoryview(out).cast("B"))
+        if got != nbytes:
+            raise self._ended()
+        return out
+
+    def mapped(self, first: int, count: int, np_dtype=None) -> np.ndarray:
+        """Like read, but a read-only view of the file's pages: no copy and no fresh memory to
+        fault in, which halves the time of a streaming pass. The mapping goes away with the
+        last view of it."""
+        dtype, start, nbytes = self._span(first, count, np_dtype)
+        if self.inflated is not None or nbytes == 0:
+            return self.read(first, count, np_dtype)
+        position = self.offset + start
+        aligned = position - position % mmap.ALLOCATIONGRANULARITY
+        with self._file(position + nbytes) as f:
+            pages = _map_read_only(f.fileno(), position + nbytes - aligned, aligned)
+        return np.frombuffer(pages, dtype=dtype, count=count, offset=position - aligned)
+
+    def _span(self, first: int, count: int, np_dtype):
         dtype = np_dtype or self.np_dtype
         start, nbytes = first * dtype.itemsize, count * dtype.itemsize
         if start + nbytes > self.storage.nbytes:
             raise CheckpointError(f"read past the end of storage {self.storage.key!r}")
-        if self.inflated is not None:
-            return np.frombuffer(self.inflated, dtype=dtype, count=count, offset=start)
-        out = np.empty(count, dtype=dtype)
+        return dtype, start, nbytes
+
+    @contextlib.contextmanager
+    def _file(self, needed_size: int):
+        """The open file, checked to still hold `needed_size` bytes (a mapping past the end
+        would kill the process with SIGBUS instead of raising)."""
         try:
             with open(self.path, "rb") as f:
-                f.seek(self.offset + start)
-                got = f.readinto(memoryview(out).cast("B"))
+                if os.fstat(f.fileno()).st_size < needed_size:
+                    raise self._ended()
+                yield f
         except FileNotFoundError:
             raise CheckpointError(f"{self.path} has disappeared since it was opened") from None
         except OSError as exc:
             raise CheckpointError(f"{self.path} cannot be read ({exc.strerror or exc})") from None
-        if got != nbytes:
-            raise CheckpointError(f"file ended while reading storage {self.storage.key!r} "
-                                  "(changed or truncated since it was opened?)")
-        return out
+
+    def _ended(self) -> CheckpointError:
+        return CheckpointError(f"file ended while reading storage {self.storage.key!r} "
+                               "(changed or truncated since it was opened?)")
 
 
 def tensor_np_dtype(tensor: TensorInfo) -> np.dtype:
@@ -129,7 +168,7 @@ def tensor_np_dtype(tensor: TensorInfo) -> np.dtype:
 
 
 def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
-    """The tensor's elements as widened numpy chunks (any order: fine for statistics).
+    """The tensor's elements as widened numpy chunks (any order: fine for statistics), read-only.
     A sparse tensor yields its stored values only."""
     if "values" in tensor.parts:
         yield from iter_chunks(tensor.parts["values"], chunk_elements)
@@ -143,7 +182,8 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
     dtype = tensor_np_dtype(tensor)
     if tensor.is_contiguous:
         for start in range(0, tensor.numel, chunk_elements):
-            raw = reader.read(tensor.offset + start, min(chunk_elements, tensor.numel - start), dtype)
+            raw = reader.mapped(tensor.offset + start, min(chunk_elements, tensor.numel - start),
+                                dtype)
             yield widen(raw, tensor.dtype, tensor.quantizer)
         return
     values = strided_array(tensor, reader, dtype).reshape(-1)

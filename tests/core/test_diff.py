@@ -88,3 +88,26 @@ def test_diff_cli_exit_codes_and_json(tmp_path):
     assert info["tensors"][0]["max_abs"] == 1.0 and math.isclose(info["tensors"][0]["cosine"], 1.0)
     bad = cli(a, str(tmp_path / "missing.pt"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "missing.pt" in bad.stderr
+
+
+def test_equality_edge_cases(tmp_path, monkeypatch):
+    """Equality comes from the metric pass for floats: signed zeros, NaN placement, a change in
+    the last of several chunks, and integers that float64 cannot tell apart."""
+    import ckpt_viewer.core.diff as diff_module
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    big = 2 ** 53
+    late = torch.zeros(3500)
+    late_changed = late.clone()
+    late_changed[-1] = 1e-30
+    a = builders.save({"zeros": torch.tensor([0.0, 1.0]), "nan": torch.tensor([math.nan, 1.0]),
+                       "late": late, "ints": torch.tensor([big, 1]),
+                       "half": torch.tensor([1.0, 2.0], dtype=torch.float16)}, tmp_path / "a.pt")
+    b = builders.save({"zeros": torch.tensor([-0.0, 1.0]), "nan": torch.tensor([1.0, math.nan]),
+                       "late": late_changed, "ints": torch.tensor([big + 1, 1]),
+                       "half": torch.tensor([1.0, 2.0], dtype=torch.float16)}, tmp_path / "b.pt")
+    status = {t.key: t.status for t in compare(a, b).tensors}
+    assert status == {"zeros": "identical", "nan": "changed", "late": "changed",
+                      "ints": "changed", "half": "identical"}
+    nan_a = builders.save({"n": torch.tensor([math.nan, 0.0])}, tmp_path / "c.pt")
+    nan_b = builders.save({"n": torch.tensor([math.nan, -0.0])}, tmp_path / "d.pt")
+    assert compare(nan_a, nan_b).identical     # bits differ; values (NaN where NaN) do not
