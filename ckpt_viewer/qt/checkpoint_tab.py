@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import html
 
-from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QLineEdit, QMenu,
                                QSplitter, QTabWidget, QTextBrowser, QTreeView, QVBoxLayout,
@@ -107,12 +108,13 @@ class CheckpointTab(QWidget):
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")
         self.summary.setHtml(summary_html(checkpoint, totals))
-        self.tensor_view = TensorView(checkpoint)
-        self.optimizer_view = OptimizerView(checkpoint)
+        # the tensor and optimizer panes are built by build_panes(), after the tree's first
+        # paint: one long GUI-thread step would stall the window
+        self.tensor_view = self.optimizer_view = None
         self.panes = QTabWidget()
         self.panes.addTab(self.summary, "Summary")
-        self.panes.addTab(self.tensor_view, "Tensor")
-        self.panes.addTab(self.optimizer_view, f"Optimizer ({len(checkpoint.optimizers)})")
+        self.panes.addTab(QWidget(), "Tensor")
+        self.panes.addTab(QWidget(), f"Optimizer ({len(checkpoint.optimizers)})")
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -133,7 +135,31 @@ class CheckpointTab(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.banner)
         layout.addWidget(splitter, 1)
-        QTimer.singleShot(0, self.tensor_view.prepare_plot)
+
+    def build_panes(self):
+        if self.tensor_view is not None:
+            return
+        self.tensor_view = TensorView(self.checkpoint)
+        self.optimizer_view = OptimizerView(self.checkpoint)
+        current = self.panes.currentIndex()
+        for index, pane in ((1, self.tensor_view), (2, self.optimizer_view)):
+            placeholder, label = self.panes.widget(index), self.panes.tabText(index)
+            self.panes.removeTab(index)
+            self.panes.insertTab(index, pane, label)
+            placeholder.deleteLater()
+        self.panes.setCurrentIndex(current)
+
+    def cancel(self):
+        """Stop the tensor view's computation, if any (closing the tab or the window)."""
+        if self.tensor_view is not None:
+            self.tensor_view.cancel()
+
+    def release(self):
+        """Closing: stop work and let what the load built be freed (see paused_gc)."""
+        self.cancel()
+        self.tree.setModel(None)
+        self.model.release()
+        gc.unfreeze()
 
     # --- filter ----------------------------------------------------------------------------
     def apply_filter(self, text: str):

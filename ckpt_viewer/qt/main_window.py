@@ -17,6 +17,7 @@ from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
 
 MAX_RECENT = 10
+PRELOAD_DELAY_MS = 300
 OPEN_FILTER = ("Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar *.json *.pkl);;"
                "All files (*)")
 
@@ -140,12 +141,22 @@ class MainWindow(QMainWindow):
             return                                   # cancelled meanwhile
         checkpoint, top, rows, totals = result
         tab = CheckpointTab(checkpoint, top, rows, totals)
-        tab.tensor_view.peers = lambda tab=tab: self._peers_of(tab)
         if self.tabs.indexOf(self.welcome) >= 0:
             self.tabs.removeTab(self.tabs.indexOf(self.welcome))
         index = self.tabs.addTab(tab, os.path.basename(path.rstrip("/")) or path)
         self.tabs.setTabToolTip(index, path)
         self.tabs.setCurrentIndex(index)
+        # the rest after the tree has painted (a timer, so the event loop runs in between)
+        QTimer.singleShot(1, tab, lambda: self._finish_tab(path, tab))
+
+    def _finish_tab(self, path, tab):
+        tab.build_panes()
+        tab.tensor_view.peers = lambda: self._peers_of(tab)
+        QTimer.singleShot(1, tab, lambda: self._tab_ready(path, tab))
+
+    def _tab_ready(self, path, tab):
+        tab.tensor_view.prepare_plot()      # a no-op until pyqtgraph has been imported
+        totals = tab.totals
         self._remember(path)
         self._update_busy()
         self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, "
@@ -169,8 +180,8 @@ class MainWindow(QMainWindow):
 
     def _update_busy(self):
         busy = bool(self.pending)
-        if not busy:
-            self._preload_when_idle()
+        if not busy:   # a moment later: a new tab's first paints must not share the GIL with it
+            QTimer.singleShot(PRELOAD_DELAY_MS, self._preload_when_idle)
         self.progress.setVisible(busy)
         self.cancel_button.setVisible(busy)
 
@@ -292,7 +303,7 @@ class MainWindow(QMainWindow):
         if widget is None or widget is self.welcome:
             return
         if isinstance(widget, CheckpointTab):
-            widget.tensor_view.cancel()
+            widget.release()
         self.tabs.removeTab(index)
         widget.deleteLater()
 
@@ -377,7 +388,7 @@ class MainWindow(QMainWindow):
         for index in range(self.tabs.count()):
             widget = self.tabs.widget(index)
             if isinstance(widget, CheckpointTab):
-                widget.tensor_view.cancel()
+                widget.cancel()
 
     def closeEvent(self, event):
         self.settings.setValue("geometry", self.saveGeometry())

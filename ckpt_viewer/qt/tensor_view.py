@@ -8,11 +8,13 @@ import importlib
 import time
 import weakref
 
+import shiboken6
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout,
-                               QHeaderView, QLabel, QProgressBar, QPushButton, QSpinBox,
-                               QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFrame,
+                               QHBoxLayout, QHeaderView, QLabel, QProgressBar, QPushButton,
+                               QScrollArea, QSizePolicy, QSpinBox, QTableWidget, QTableWidgetItem,
+                               QTabWidget, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
@@ -41,11 +43,13 @@ def wait_for_plotting(view):
 def _plotting_ready(module, message=""):
     _plotting["module"], _plotting["failed"] = module, message
     for view in list(_plotting["waiting"]):
-        view.plotting_ready(message)
+        if shiboken6.isValid(view):          # not a closed tab's view
+            view.plotting_ready(message)
     _plotting["waiting"].clear()
 
 
 PROGRESS_INTERVAL = 0.1   # seconds between progress-bar updates
+FACT_ROWS = 7
 
 RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
@@ -76,9 +80,9 @@ def facts_html(node: Node) -> str:
         facts.append(("role", node.role))
     if node.note:
         facts.append(("note", node.note))
-    cells = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>"
-                    for k, v in facts)
-    return f"<table cellspacing=2>{cells}</table>"
+    cells = [f"<td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td>" for k, v in facts]
+    rows = "".join(f"<tr>{''.join(cells[i:i + 2])}</tr>" for i in range(0, len(cells), 2))
+    return f"<table cellspacing=2>{rows}</table>"
 
 
 class TensorView(QWidget):
@@ -99,6 +103,12 @@ class TensorView(QWidget):
         self.facts = QLabel("Select a tensor in the tree.")
         self.facts.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.facts.setWordWrap(True)
+        self.facts.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+        facts_area = QScrollArea()          # a fixed height: a new selection never re-lays out
+        facts_area.setWidget(self.facts)    # (and repaints) the plot below it
+        facts_area.setWidgetResizable(True)
+        facts_area.setFrameShape(QFrame.NoFrame)
+        facts_area.setFixedHeight(FACT_ROWS * (self.fontMetrics().lineSpacing() + 4) + 8)
         self.bins = QSpinBox()
         self.bins.setRange(2, 4096)
         self.bins.setValue(256)
@@ -110,17 +120,23 @@ class TensorView(QWidget):
         self.part = QComboBox()
         self.part.addItems(list(PARTS))
         self.part.setToolTip("complex tensors: which part to describe")
+        self.part.setVisible(False)
         self.save_png = QPushButton("Save PNG...")
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setMaximumWidth(140)
         self.progress.setTextVisible(False)
+        keep_space = self.progress.sizePolicy()
+        keep_space.setRetainSizeWhenHidden(True)
+        self.progress.setSizePolicy(keep_space)
         self.status = QLabel()
+        self.status.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        # its text changes as work proceeds; it must not change the width the view asks for
+        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         controls = QHBoxLayout()
         for widget in (self.bins, self.log_y, self.range, self.part, self.save_png):
             controls.addWidget(widget)
-        controls.addStretch(1)
-        controls.addWidget(self.status)
+        controls.addWidget(self.status, 1)
         controls.addWidget(self.progress)
 
         self.readout = QLabel(" ")
@@ -130,13 +146,14 @@ class TensorView(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
-        self.table.setMaximumWidth(300)
+        self.table.setFixedWidth(280)
         self.table.verticalHeader().setDefaultSectionSize(22)
 
         self.compare = QComboBox()
         self.compare.setObjectName("compareWith")
         self.compare.setToolTip("overlay the histogram of the same key in another open file")
         controls.insertWidget(4, self.compare)
+        self.compare.setVisible(False)      # shown once another open file has tensors to overlay
         self.peers = lambda: []          # set by the window: [(label, checkpoint)] of other tabs
         self.peer_generation = 0
         self.plot_holder = QVBoxLayout()
@@ -157,7 +174,7 @@ class TensorView(QWidget):
         self.pages.addTab(self.values, "Values")
         self.pages.currentChanged.connect(self._page_changed)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.facts)
+        layout.addWidget(facts_area)
         layout.addWidget(self.pages, 1)
 
         self.compare.currentIndexChanged.connect(self._compare_changed)
@@ -167,6 +184,9 @@ class TensorView(QWidget):
         self.log_y.toggled.connect(self._apply_log)
         self.save_png.clicked.connect(self.export_png)
         self._set_controls_enabled(False)
+        if _plotting["module"] is None:
+            # build the plot as soon as the (idle-time) import lands, not at the first selection
+            _plotting["waiting"].add(self)
 
     # --- plot ------------------------------------------------------------------------------
     def _ensure_plot(self):
@@ -210,6 +230,7 @@ class TensorView(QWidget):
     def plotting_ready(self, message=""):
         if message:
             self.status.setText(f"plotting is unavailable: {message}")
+        self.prepare_plot()
         self.heatmap.show_pending()
         if self.stats is not None:
             self._draw(self.stats, self.stats.sampled)

@@ -25,7 +25,7 @@ class Row:
     shown children, and the sums of its subtree."""
 
     __slots__ = ("node", "name", "parent", "children", "shown", "pos", "index", "params", "nbytes",
-                 "size", "tensors")
+                 "size", "tensors", "generation")
 
     def __init__(self, node: Node, parent: Row | None, name: str):
         self.node, self.parent, self.name = node, parent, name
@@ -35,6 +35,7 @@ class Row:
         self.params = self.nbytes = 0
         self.size = 1          # rows in this subtree, itself included: rows[index:index + size]
         self.tensors = 0       # tensor rows in this subtree
+        self.generation = 0    # the model's filter/sort generation that `shown` and `pos` are for
 
 
 def _attach_children(row: Row):
@@ -88,7 +89,7 @@ def build_rows(root: Node) -> tuple[Row, list[Row]]:
     return top, order
 
 
-def matching_rows(text: str, keys: list[str], lowered: list[str]) -> set[int]:
+def matching_rows(text: str, keys: list[str], lowered: list[str]) -> list[int]:
     """Indices of keys that match: substring by default (case-insensitive), glob when the
     text has * ? [, regex when wrapped in /.../."""
     text = text.strip()
@@ -98,12 +99,12 @@ def matching_rows(text: str, keys: list[str], lowered: list[str]) -> set[int]:
         except re.error as exc:
             raise ValueError(f"bad regular expression: {exc}") from None
         search = pattern.search
-        return {i for i, key in enumerate(keys) if search(key)}
+        return [i for i, key in enumerate(keys) if search(key)]
     if any(ch in text for ch in "*?["):
         match = re.compile(fnmatch.translate(text)).match
-        return {i for i, key in enumerate(keys) if match(key)}
+        return [i for i, key in enumerate(keys) if match(key)]
     needle = text.lower()
-    return {i for i, key in enumerate(lowered) if needle in key}
+    return [i for i, key in enumerate(lowered) if needle in key]
 
 
 def _shape_text(node: Node) -> str:
@@ -149,6 +150,11 @@ class KeyTreeModel(QAbstractItemModel):
         self.keys = [r.node.key for r in rows]
         self.lowered = [k.lower() for k in self.keys]
         self.visible_count = len(rows) - 1
+        # filtering: which rows show (None: all), computed with numpy over the pre-order index;
+        # each row's list of shown children is then built only when the view asks for it
+        self.generation = 0
+        self._visible = self._inside = None
+        self._parents = self._sizes = None
         self.checked = bytearray(len(rows))        # tensor rows ticked for export
         self.checked_below = [0] * len(rows)       # ticked tensor rows in each subtree
         self._italic = QFont()
@@ -158,10 +164,23 @@ class KeyTreeModel(QAbstractItemModel):
     def row_of(self, index: QModelIndex) -> Row:
         return index.internalPointer() if index.isValid() else self.top
 
+    def shown(self, row: Row) -> list[Row]:
+        """row's children that pass the filter, in display order (numbering them)."""
+        if row.generation != self.generation:
+            if self._visible is None or self._inside[row.index]:
+                row.shown = row.children
+            else:
+                visible = self._visible
+                row.shown = [c for c in row.children if visible[c.index]]
+            for position, child in enumerate(row.shown):
+                child.pos = position
+            row.generation = self.generation
+        return row.shown
+
     def index(self, row, column, parent=QModelIndex()):
-        parent_row = self.row_of(parent)
-        if 0 <= row < len(parent_row.shown) and 0 <= column < len(COLUMNS):
-            return self.createIndex(row, column, parent_row.shown[row])
+        shown = self.shown(self.row_of(parent))
+        if 0 <= row < len(shown) and 0 <= column < len(COLUMNS):
+            return self.createIndex(row, column, shown[row])
         return QModelIndex()
 
     def parent(self, index=QModelIndex()):
@@ -175,7 +194,7 @@ class KeyTreeModel(QAbstractItemModel):
     def rowCount(self, parent=QModelIndex()):
         if parent.isValid() and parent.column() != 0:
             return 0
-        return len(self.row_of(parent).shown)
+        return len(self.shown(self.row_of(parent)))
 
     def columnCount(self, parent=QModelIndex()):
         return len(COLUMNS)
@@ -233,6 +252,16 @@ class KeyTreeModel(QAbstractItemModel):
         state = Qt.CheckState(value) if not isinstance(value, Qt.CheckState) else value
         self.set_checked(index.internalPointer(), state != Qt.Unchecked)
         return True
+
+    def release(self):
+        """Break the rows' parent cycles so closing a tab frees them by reference counting."""
+        self.beginResetModel()
+        for row in self.rows:
+            row.parent = None
+            row.children = row.shown = []
+        self.top.children = self.top.shown = []
+        self.rows = []
+        self.endResetModel()
 
     # --- content ---------------------------------------------------------------------------
     def data(self, index, role=Qt.DisplayRole):
@@ -296,30 +325,41 @@ class KeyTreeModel(QAbstractItemModel):
     def _set_filter(self, text: str) -> int:
         hits = matching_rows(text, self.keys, self.lowered) if text.strip() else None
         self.beginResetModel()
+        self.generation += 1
         if hits is None or len(hits) >= len(self.rows) - 1:   # no filter, or every key matches
-            for row in self.rows:
-                row.shown = row.children
+            self._visible = self._inside = None
             self.visible_count = len(self.rows) - 1
         else:
-            visible, inside = bytearray(len(self.rows)), bytearray(len(self.rows))
-            visible[0] = 1
-            for row in self.rows[1:]:                # pre-order: parents come first
-                i, parent = row.index, row.parent.index
-                if not (i in hits or parent and inside[parent]):
-                    continue
-                inside[i] = 1                        # a matched container shows its subtree
-                while not visible[row.index]:
-                    visible[row.index] = 1
-                    row = row.parent
-            for row in self.rows:                    # hidden rows keep stale lists: unreachable
-                if inside[row.index] or not row.children:
-                    row.shown = row.children
-                elif visible[row.index]:
-                    row.shown = [c for c in row.children if visible[c.index]]
-            self.visible_count = sum(visible) - 1
-        self._renumber()
+            self._visible, self._inside = self._visibility(hits)
+            self.visible_count = int(self._visible.sum()) - 1
         self.endResetModel()
         return len(hits) if hits is not None else self.visible_count
+
+    def _visibility(self, hits: list[int]):
+        """(visible, inside) boolean arrays: a match shows its whole subtree (inside) and its
+        ancestors. Subtrees are the pre-order ranges rows[i:i + size]."""
+        import numpy as np
+
+        if self._parents is None:
+            self._parents = np.fromiter((r.parent.index if r.parent else -1 for r in self.rows),
+                                        dtype=np.int64, count=len(self.rows))
+            self._sizes = np.fromiter((r.size for r in self.rows), dtype=np.int64,
+                                      count=len(self.rows))
+        n = len(self.rows)
+        hit = np.asarray(hits, dtype=np.int64)
+        hit = hit[hit > 0]
+        starts = np.bincount(hit, minlength=n + 1)
+        ends = np.bincount(hit + self._sizes[hit], minlength=n + 1)
+        inside = np.cumsum(starts[:n] - ends[:n]) > 0
+        visible = inside.copy()
+        visible[0] = True
+        frontier = hit
+        while frontier.size:
+            parents = self._parents[frontier]
+            parents = np.unique(parents[parents >= 0])
+            frontier = parents[~visible[parents]]
+            visible[frontier] = True
+        return visible, inside
 
     def sort(self, column, order=Qt.AscendingOrder):
         key_funcs = {
@@ -342,29 +382,28 @@ class KeyTreeModel(QAbstractItemModel):
                     row.children.sort(key=key, reverse=reverse)
                 except TypeError:
                     row.children.sort(key=lambda r: str(key(r)), reverse=reverse)
-                if row.shown is not row.children:
-                    order_of = {id(c): i for i, c in enumerate(row.children)}
-                    row.shown.sort(key=lambda r: order_of[id(r)])
-        self._renumber()
+        self.generation += 1
+        for row in old_rows:
+            self.shown(row.parent)
         self.changePersistentIndexList(old, [self.createIndex(r.pos, i.column(), r)
                                              for r, i in zip(old_rows, old)])
         self.layoutChanged.emit()
-
-    def _renumber(self):
-        stack = [self.top]
-        while stack:
-            row = stack.pop()
-            for position, child in enumerate(row.shown):
-                child.pos = position
-                if child.shown:
-                    stack.append(child)
 
     def index_of_key(self, key: str) -> QModelIndex:
         try:
             row = self.rows[self.keys.index(key)]
         except ValueError:
             return QModelIndex()
-        return self.createIndex(row.pos, 0, row) if row is not self.top else QModelIndex()
+        if row is self.top or self._visible is not None and not self._visible[row.index]:
+            return QModelIndex()
+        ancestors = []
+        parent = row.parent
+        while parent is not None:
+            ancestors.append(parent)
+            parent = parent.parent
+        for ancestor in reversed(ancestors):      # numbers each level's shown rows
+            self.shown(ancestor)
+        return self.createIndex(row.pos, 0, row)
 
 
 def _natural(text: str):
@@ -376,7 +415,7 @@ def load_for_view(path: str):
     """Worker-thread part of opening a tab: read, index rows, compute totals."""
     from ckpt_viewer.core.open import open_checkpoint
 
-    checkpoint = open_checkpoint(path)
-    with paused_gc():
+    with paused_gc(freeze=True):
+        checkpoint = open_checkpoint(path)
         top, rows = build_rows(checkpoint.root)
         return checkpoint, top, rows, checkpoint_totals(checkpoint)

@@ -4,7 +4,10 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QLabel, QLineEdit, QTreeView
 
+import torch
+
 import builders
+from ckpt_viewer.qt import tree_model
 from conftest import open_and_wait
 
 
@@ -97,8 +100,7 @@ def test_filter_substring_glob_regex_keeps_parents(qtbot, window, training_file)
 
     def shown_keys():
         return [row.node.key for row in model.rows if row.parent is not None and
-                row in row.parent.shown and all(
-                    a.parent is None or a in a.parent.shown for a in _ancestors(row))]
+                all(a in model.shown(a.parent) for a in _ancestors(row))]
 
     qtbot.keyClicks(line, "exp_avg_sq")
     keys = shown_keys()
@@ -121,6 +123,28 @@ def _ancestors(row):
     while row.parent is not None:
         yield row
         row = row.parent
+
+
+def test_filter_shows_exactly_matches_their_subtrees_and_ancestors(qtbot, window, tmp_path):
+    state = {f"enc.layers.{i}.{part}.weight": torch.zeros(1) for i in range(12)
+             for part in ("attn", "mlp", "norm")}
+    state.update({"head.weight": torch.zeros(1), "enc.scale": torch.zeros(1)})
+    path = builders.save(state, tmp_path / "nested.pt")
+    open_and_wait(qtbot, window, path)
+    model = current_tab(window).model
+    for text in ("attn", "layers.1", "enc", "/\\.1[01]\\./", "*norm*", "head", "zzz"):
+        model.set_filter(text)
+        hits = set(tree_model.matching_rows(text, model.keys, model.lowered)) - {0}
+        expected = set()
+        for row in model.rows[1:]:
+            line = [row] + list(_ancestors(row.parent)) if row.parent.parent else [row]
+            below = range(row.index, row.index + row.size)
+            if any(r.index in hits for r in line) or any(i in hits for i in below):
+                expected.add(row.node.key)
+        shown = {row.node.key for row in model.rows[1:]
+                 if all(a in model.shown(a.parent) for a in _ancestors(row))}
+        assert shown == expected, text
+        assert model.visible_count == len(expected)
 
 
 def test_optimizer_view_tables(qtbot, window, training_file):
