@@ -15,7 +15,7 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import TensorInfo
-from ckpt_viewer.core.values import iter_chunks
+from ckpt_viewer.core.values import StorageReader, iter_chunks, numpy_readable, tensor_np_dtype
 
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 FINE_BINS = 65536
@@ -245,12 +245,15 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
 
     runs = 20
     per_run = elements // runs
+    starts = [tensor.offset + (tensor.numel - per_run) * r // (runs - 1) for r in range(runs)]
     pieces = []
-    for r in range(runs):
-        start = (tensor.numel - per_run) * r // (runs - 1)
+    if tensor.is_contiguous and numpy_readable(tensor):
+        StorageReader(tensor.storage).prefetch([(start, per_run) for start in starts],
+                                               tensor_np_dtype(tensor))
+    for start in starts:
         piece = copy.copy(tensor)
         piece.shape, piece.stride = (per_run,), (1,)
-        piece.offset = tensor.offset + start
+        piece.offset = start
         if not tensor.is_contiguous:
             break
         pieces.append(np.concatenate(list(iter_chunks(piece, per_run))))

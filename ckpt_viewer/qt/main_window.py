@@ -17,7 +17,7 @@ from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
 
 MAX_RECENT = 10
-PRELOAD_DELAY_MS = 300
+PRELOAD_DELAY_MS = 50
 OPEN_FILTER = ("Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar *.json *.pkl);;"
                "All files (*)")
 
