@@ -147,6 +147,7 @@ class Checkpoint:
     optimizer_nodes: list | None = None   # found while building the tree (None: search it)
     byteorder: str = "little"
     _tensors: list | None = field(default=None, repr=False)
+    _scalars: dict | None = field(default=None, repr=False)
 
     def tensors(self) -> list:
         """(key, TensorInfo, Node) for every tensor, in tree order (the tree never changes)."""
@@ -156,7 +157,9 @@ class Checkpoint:
         return self._tensors
 
     def scalars(self) -> dict:
-        return {n.key: n.value for n in iter_nodes(self.root) if n.kind == "scalar"}
+        if self._scalars is None:
+            self._scalars = {n.key: n.value for n in iter_nodes(self.root) if n.kind == "scalar"}
+        return self._scalars
 
     def find(self, key: str) -> Node | None:
         for node in iter_nodes(self.root):

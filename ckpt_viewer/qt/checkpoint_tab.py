@@ -55,10 +55,10 @@ class CheckpointTab(QWidget):
 
     tensor_selected = Signal(str)
 
-    def __init__(self, checkpoint, top, rows, totals, parent=None):
+    def __init__(self, checkpoint, index, totals, parent=None):
         super().__init__(parent)
         self.checkpoint, self.totals = checkpoint, totals
-        self.model = KeyTreeModel(top, rows, self)
+        self.model = KeyTreeModel(index, self)
 
         self.banner = QLabel()
         self.banner.setObjectName("unsafeBanner")
@@ -100,10 +100,11 @@ class CheckpointTab(QWidget):
         for column, width in enumerate((300, 130, 110, 80, 110, 80, 60)):
             self.tree.setColumnWidth(column, width)
         self.tree.selectionModel().currentChanged.connect(self._current_changed)
-        if len(rows) <= AUTO_EXPAND_LIMIT:
+        top_level = self.model.top.children
+        if len(self.model.rows) <= AUTO_EXPAND_LIMIT:
             self.tree.expandToDepth(1)
-        else:
-            self.tree.expandToDepth(0)
+        elif sum(len(row.children) for row in top_level) <= AUTO_EXPAND_LIMIT:
+            self.tree.expandToDepth(0)     # (laying out thousands of opened rows stalls the window)
 
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")

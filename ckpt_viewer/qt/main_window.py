@@ -139,8 +139,7 @@ class MainWindow(QMainWindow):
     def _loaded(self, path, result):
         if self.pending.pop(path, None) is None:
             return                                   # cancelled meanwhile
-        checkpoint, top, rows, totals = result
-        tab = CheckpointTab(checkpoint, top, rows, totals)
+        tab = CheckpointTab(*result)
         if self.tabs.indexOf(self.welcome) >= 0:
             self.tabs.removeTab(self.tabs.indexOf(self.welcome))
         index = self.tabs.addTab(tab, os.path.basename(path.rstrip("/")) or path)

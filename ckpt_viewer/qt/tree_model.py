@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from array import array
+from dataclasses import dataclass
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
@@ -60,9 +62,20 @@ def _attach_children(row: Row):
         parent.children.append(Row(child, parent, name))
 
 
-def build_rows(root: Node) -> tuple[Row, list[Row]]:
-    """(root row, all rows in pre-order) with per-subtree sums; a tensor tied to an earlier
-    one (same storage) adds nothing to the sums, as in the file."""
+@dataclass
+class RowIndex:
+    """Everything the model needs that is O(rows) to build, made in the load worker."""
+    top: Row
+    rows: list          # all rows in pre-order: a subtree is rows[i:i + size]
+    keys: list          # full dotted key of each row
+    lowered: list       # the same, lower-cased, for the filter
+    parents: array      # each row's parent index (-1 for the top)
+    sizes: array        # each row's subtree size
+
+
+def build_rows(root: Node) -> RowIndex:
+    """The rows of a node tree, with per-subtree sums; a tensor tied to an earlier one (same
+    storage) adds nothing to the sums, as in the file."""
     top = Row(root, None, "")
     order = []
     stack = [top]
@@ -86,7 +99,10 @@ def build_rows(root: Node) -> tuple[Row, list[Row]]:
             row.parent.nbytes += row.nbytes
             row.parent.size += row.size
             row.parent.tensors += row.tensors
-    return top, order
+    keys = [r.node.key for r in order]
+    return RowIndex(top, order, keys, [k.lower() for k in keys],
+                    array("q", [r.parent.index if r.parent else -1 for r in order]),
+                    array("q", [r.size for r in order]))
 
 
 def matching_rows(text: str, keys: list[str], lowered: list[str]) -> list[int]:
@@ -144,17 +160,17 @@ def value_text(node: Node) -> str:
 class KeyTreeModel(QAbstractItemModel):
     checks_changed = Signal(int)       # how many tensors are ticked
 
-    def __init__(self, top: Row, rows: list[Row], parent=None):
+    def __init__(self, index: RowIndex, parent=None):
         super().__init__(parent)
-        self.top, self.rows = top, rows
-        self.keys = [r.node.key for r in rows]
-        self.lowered = [k.lower() for k in self.keys]
+        self.top, self.rows = index.top, index.rows
+        self.keys, self.lowered = index.keys, index.lowered
+        rows = self.rows
         self.visible_count = len(rows) - 1
         # filtering: which rows show (None: all), computed with numpy over the pre-order index;
         # each row's list of shown children is then built only when the view asks for it
         self.generation = 0
         self._visible = self._inside = None
-        self._parents = self._sizes = None
+        self._parents, self._sizes = index.parents, index.sizes
         self.checked = bytearray(len(rows))        # tensor rows ticked for export
         self.checked_below = [0] * len(rows)       # ticked tensor rows in each subtree
         self._italic = QFont()
@@ -340,24 +356,21 @@ class KeyTreeModel(QAbstractItemModel):
         ancestors. Subtrees are the pre-order ranges rows[i:i + size]."""
         import numpy as np
 
-        if self._parents is None:
-            self._parents = np.fromiter((r.parent.index if r.parent else -1 for r in self.rows),
-                                        dtype=np.int64, count=len(self.rows))
-            self._sizes = np.fromiter((r.size for r in self.rows), dtype=np.int64,
-                                      count=len(self.rows))
+        parents = np.frombuffer(self._parents, np.int64)
+        sizes = np.frombuffer(self._sizes, np.int64)
         n = len(self.rows)
         hit = np.asarray(hits, dtype=np.int64)
         hit = hit[hit > 0]
         starts = np.bincount(hit, minlength=n + 1)
-        ends = np.bincount(hit + self._sizes[hit], minlength=n + 1)
+        ends = np.bincount(hit + sizes[hit], minlength=n + 1)
         inside = np.cumsum(starts[:n] - ends[:n]) > 0
         visible = inside.copy()
         visible[0] = True
         frontier = hit
         while frontier.size:
-            parents = self._parents[frontier]
-            parents = np.unique(parents[parents >= 0])
-            frontier = parents[~visible[parents]]
+            above = parents[frontier]
+            above = np.unique(above[above >= 0])
+            frontier = above[~visible[above]]
             visible[frontier] = True
         return visible, inside
 
@@ -417,5 +430,6 @@ def load_for_view(path: str):
 
     with paused_gc(freeze=True):
         checkpoint = open_checkpoint(path)
-        top, rows = build_rows(checkpoint.root)
-        return checkpoint, top, rows, checkpoint_totals(checkpoint)
+        index = build_rows(checkpoint.root)
+        checkpoint.scalars()                  # cached for the summary pane
+        return checkpoint, index, checkpoint_totals(checkpoint)
