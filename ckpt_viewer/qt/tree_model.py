@@ -20,6 +20,10 @@ KEY, TYPE, SHAPE, DTYPE, PARAMS, SIZE, DEVICE = range(len(COLUMNS))
 MUTED = QColor(128, 128, 128)
 ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
 CHECKABLE_FLAGS = ROW_FLAGS | Qt.ItemIsUserCheckable
+DISPLAY_ROLE, USER_ROLE, CHECK_ROLE, TOOLTIP_ROLE, ALIGNMENT_ROLE, FOREGROUND_ROLE, FONT_ROLE = (
+    int(role.value) for role in (Qt.DisplayRole, Qt.UserRole, Qt.CheckStateRole, Qt.ToolTipRole,
+                                 Qt.TextAlignmentRole, Qt.ForegroundRole, Qt.FontRole))
+ALIGN_RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
 
 
 class Row:
@@ -175,6 +179,7 @@ class KeyTreeModel(QAbstractItemModel):
         self.checked_below = [0] * len(rows)       # ticked tensor rows in each subtree
         self._italic = QFont()
         self._italic.setItalic(True)
+        self._muted = QBrush(MUTED)
 
     # --- structure -------------------------------------------------------------------------
     def row_of(self, index: QModelIndex) -> Row:
@@ -219,10 +224,12 @@ class KeyTreeModel(QAbstractItemModel):
         return self.rowCount(parent) > 0
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
-        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
+        if orientation != Qt.Horizontal:
+            return None
+        if role == DISPLAY_ROLE:
             return COLUMNS[section]
-        if orientation == Qt.Horizontal and role == Qt.TextAlignmentRole and section in (PARAMS, SIZE):
-            return int(Qt.AlignRight | Qt.AlignVCenter)
+        if role == ALIGNMENT_ROLE and section in (PARAMS, SIZE):
+            return ALIGN_RIGHT
         return None
 
     def flags(self, index):
@@ -281,24 +288,27 @@ class KeyTreeModel(QAbstractItemModel):
 
     # --- content ---------------------------------------------------------------------------
     def data(self, index, role=Qt.DisplayRole):
+        # roles compared as plain ints: a PySide6 enum comparison costs ~5 us, and a first
+        # paint asks for data a few thousand times
         if not index.isValid():
             return None
         row = index.internalPointer()
         node, column = row.node, index.column()
-        if role == Qt.DisplayRole:
+        if role == DISPLAY_ROLE:
             return self._display(row, column)
-        if role == Qt.UserRole:
+        if role == USER_ROLE:
             return node.key
-        if role == Qt.CheckStateRole and column == KEY and row.tensors:
-            return self.check_state(row)
-        if role == Qt.ToolTipRole:
+        if role == CHECK_ROLE:
+            return self.check_state(row) if column == KEY and row.tensors else None
+        if role == TOOLTIP_ROLE:
             return self._tooltip(node)
-        if role == Qt.TextAlignmentRole and column in (PARAMS, SIZE):
-            return int(Qt.AlignRight | Qt.AlignVCenter)
-        if role == Qt.ForegroundRole and (node.shared_with or node.kind in ("ref", "opaque")
-                                          or column == TYPE and node.role == "buffer"):
-            return QBrush(MUTED)
-        if role == Qt.FontRole and node.shared_with:
+        if role == ALIGNMENT_ROLE:
+            return ALIGN_RIGHT if column in (PARAMS, SIZE) else None
+        if role == FOREGROUND_ROLE:
+            muted = node.shared_with or node.kind in ("ref", "opaque") or \
+                column == TYPE and node.role == "buffer"
+            return self._muted if muted else None
+        if role == FONT_ROLE and node.shared_with:
             return self._italic
         return None
 
