@@ -4,7 +4,8 @@ train-2g6-changed.pt):
 
     python tests/perf/bench_diff.py [--data perf-data]
 
-Fresh processes comparing the two 2.6 GB checkpoints (zip and legacy copies of one recipe):
+Fresh processes (median of 3, after one untimed run that brings both files into the page
+cache) comparing the two 2.6 GB checkpoints (zip and legacy copies of one recipe):
 `ckpt-viewer diff A B` against mmap-loading both and torch.equal on every pair of tensors.
 """
 
@@ -46,8 +47,8 @@ def main():
             print(f"skipping {label}: {b} not built")
             continue
         ours = measure([sys.executable, "-m", "ckpt_viewer", "diff", zip_file, b, "--json"],
-                       repeat=2, ok_codes=(0, 1))
-        base = measure(python(BASELINE.format(a=zip_file, b=b, mmap_b=mmap_b)), repeat=2)
+                       repeat=3, ok_codes=(0, 1), warmup=True)
+        base = measure(python(BASELINE.format(a=zip_file, b=b, mmap_b=mmap_b)), repeat=3)
         rows.append((label, ours, base, 1.5, None))
     print_table(rows)
     print("peak RSS budget for ours: 1024 MB")

@@ -9,17 +9,19 @@ import sys
 import time
 
 
-def measure(argv, repeat=3, ok_codes=(0,)):
-    """(median wall seconds, max peak RSS in MB) over `repeat` fresh processes."""
+def measure(argv, repeat=3, ok_codes=(0,), warmup=False):
+    """(median wall seconds, max peak RSS in MB) over `repeat` fresh processes; `warmup` runs it
+    once untimed first (the files it reads are then in the page cache for both sides)."""
     walls, peaks = [], []
-    for _ in range(repeat):
+    for run in range(repeat + warmup):
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(proc.pid, 0)
-        walls.append(time.perf_counter() - start)
         if os.waitstatus_to_exitcode(status) not in ok_codes:
             raise SystemExit(f"failed: {' '.join(argv)}\n{proc.stderr.read().decode()}")
-        peaks.append(usage.ru_maxrss / 1024)
+        if run >= warmup:
+            walls.append(time.perf_counter() - start)
+            peaks.append(usage.ru_maxrss / 1024)
     return statistics.median(walls), max(peaks)
 
 
