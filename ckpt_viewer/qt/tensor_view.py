@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import importlib
+import threading
 import time
 import weakref
 
@@ -22,7 +23,8 @@ from ckpt_viewer.core.stats import PARTS, compute, sample_preview
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
 
-_plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet()}
+_plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet(),
+             "settled": threading.Event()}   # imported (or failed) and the waiting plots built
 
 
 def preload_plotting():
@@ -46,6 +48,7 @@ def _plotting_ready(module, message=""):
         if shiboken6.isValid(view):          # not a closed tab's view
             view.plotting_ready(message)
     _plotting["waiting"].clear()
+    _plotting["settled"].set()
 
 
 PROGRESS_INTERVAL = 0.1   # seconds between progress-bar updates
@@ -55,10 +58,16 @@ RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
 
 
-def stats_job(tensor, bins, part, value_range):
-    """Worker generator: ("preview", Stats), then progress floats; returns exact Stats."""
+def stats_job(tensor, bins, part, value_range, plotting_settled=None):
+    """Worker generator: ("preview", Stats), then progress floats; returns exact Stats.
+
+    The exact pass waits until the plotting library has arrived and the plots are built (only
+    the first selection of a session can get here first): that GUI-thread work and a pass
+    over a large tensor, sharing the GIL, stalled the window for 50-65 ms."""
     if not value_range and tensor.numel > 1_000_000:
         yield "preview", sample_preview(tensor)
+    while plotting_settled is not None and not plotting_settled.wait(0.05):
+        yield 0.0                              # a yield: cancelling still works meanwhile
     result = yield from compute(tensor, bins=bins, part=part, value_range=value_range)
     return result
 
@@ -370,11 +379,13 @@ class TensorView(QWidget):
             quantiles = self.stats.quantiles
             if clip[0] in quantiles and clip[1] in quantiles:
                 value_range = (quantiles[clip[0]], quantiles[clip[1]])
+        preload_plotting()                   # the job waits for it to settle
         self.status.setText("computing...")
         self.progress.setValue(0)
         self.progress.show()
         self.worker = workers.start(
             stats_job, self.node.tensor, self.bins.value(), self.part.currentText(), value_range,
+            _plotting["settled"],
             on_progress=lambda item: self._progress(generation, item),
             on_result=lambda stats: self._done(generation, stats, value_range),
             on_error=lambda message: self._failed(generation, message))

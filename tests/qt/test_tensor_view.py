@@ -126,3 +126,23 @@ def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: view.overlay.isVisible(), timeout=20_000)
     x_edges, counts = view.overlay.getData()
     assert len(x_edges) == 257 and 0 < counts.sum() <= 1000
+
+
+def test_exact_pass_waits_for_plotting_to_settle_and_stays_cancellable(tmp_path):
+    import threading
+
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.qt.tensor_view import stats_job
+    path = builders.save({"w": torch.arange(2_000_000, dtype=torch.float32)}, tmp_path / "w.pt")
+    tensor = open_checkpoint(path).find("w").tensor
+    settled = threading.Event()
+    job = stats_job(tensor, 16, "magnitude", None, settled)
+    kind, preview = next(job)
+    assert kind == "preview" and preview.sampled
+    assert next(job) == 0.0 and next(job) == 0.0     # waiting, yet answering at each step
+    settled.set()
+    items = list(job)
+    assert items and all(isinstance(item, float) for item in items)
+    job = stats_job(tensor, 16, "magnitude", None, settled)
+    next(job)
+    job.close()                                       # a cancelled job simply stops
