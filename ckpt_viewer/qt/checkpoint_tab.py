@@ -18,6 +18,7 @@ from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.tree_model import KeyTreeModel
 
 AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
+AUTO_OPEN_ROWS = 50        # rows (a screenful) a new tab's opened first levels may show
 
 
 def summary_html(checkpoint, totals) -> str:
@@ -100,11 +101,7 @@ class CheckpointTab(QWidget):
         for column, width in enumerate((300, 130, 110, 80, 110, 80, 60)):
             self.tree.setColumnWidth(column, width)
         self.tree.selectionModel().currentChanged.connect(self._current_changed)
-        top_level = self.model.top.children
-        if len(self.model.rows) <= AUTO_EXPAND_LIMIT:
-            self.tree.expandToDepth(1)
-        elif sum(len(row.children) for row in top_level) <= AUTO_EXPAND_LIMIT:
-            self.tree.expandToDepth(0)     # (laying out thousands of opened rows stalls the window)
+        self._expand_first_levels()
 
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")
@@ -136,6 +133,19 @@ class CheckpointTab(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.banner)
         layout.addWidget(splitter, 1)
+
+    def _expand_first_levels(self):
+        """Open the top one or two levels if that shows at most AUTO_OPEN_ROWS rows: laying
+        out hundreds of opened rows on the first paint stalled the window by 40-60 ms."""
+        level, depth, revealed = self.model.top.children, -1, 0
+        while depth < 1:
+            level = [child for row in level for child in row.children]
+            revealed += len(level)
+            if not level or revealed > AUTO_OPEN_ROWS:
+                break
+            depth += 1
+        if depth >= 0:
+            self.tree.expandToDepth(depth)
 
     def build_panes(self):
         if self.tensor_view is not None:

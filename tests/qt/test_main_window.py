@@ -244,3 +244,14 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
         view.table.setCurrentIndex(next(proxy.index(r, 0) for r in range(proxy.rowCount())
                                         if proxy.index(r, 0).data() == "w"))
     assert view.plot is not None and view.curve_b.getData()[1].sum() == 500
+
+
+def test_new_tab_opens_only_a_screenful_of_rows(qtbot, window, tmp_path):
+    small = builders.save({"enc": {"a": torch.zeros(1), "b": torch.zeros(1)}}, tmp_path / "s.pt")
+    big = builders.save({"enc": {f"w{i}": torch.zeros(1) for i in range(60)}}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, small)
+    tab = current_tab(window)
+    assert tab.tree.isExpanded(tab.model.index_of_key("enc"))
+    open_and_wait(qtbot, window, big)
+    tab = current_tab(window)
+    assert not tab.tree.isExpanded(tab.model.index_of_key("enc"))
