@@ -10,7 +10,7 @@ import time
 import weakref
 
 import shiboken6
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFrame,
                                QHBoxLayout, QHeaderView, QLabel, QProgressBar, QPushButton,
@@ -240,6 +240,11 @@ class TensorView(QWidget):
         if message:
             self.status.setText(f"plotting is unavailable: {message}")
         self.prepare_plot()
+        # drawing waits for the next turn of the event loop: building the plot and drawing it
+        # in one step kept the window from answering for 40-60 ms
+        QTimer.singleShot(1, self, self._draw_pending)
+
+    def _draw_pending(self):
         self.heatmap.show_pending()
         if self.stats is not None:
             self._draw(self.stats, self.stats.sampled)
