@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import importlib
+import math
 import threading
 import time
 import weakref
@@ -58,16 +59,26 @@ RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
 
 
-def stats_job(tensor, bins, part, value_range, plotting_settled=None):
+PREVIEW_DRAW_WAIT = 0.3    # seconds the exact pass gives the GUI to draw the preview, at most
+
+
+def _wait(event, timeout: float):
+    """Yields (so a cancel is still seen) until event is set or timeout seconds pass."""
+    deadline = time.monotonic() + timeout
+    while event is not None and not event.wait(0.02) and time.monotonic() < deadline:
+        yield 0.0
+
+
+def stats_job(tensor, bins, part, value_range, plotting_settled=None, preview_drawn=None):
     """Worker generator: ("preview", Stats), then progress floats; returns exact Stats.
 
-    The exact pass waits until the plotting library has arrived and the plots are built (only
-    the first selection of a session can get here first): that GUI-thread work and a pass
+    The exact pass starts only once the GUI has drawn the preview, and (first selection of a
+    session) once pyqtgraph has arrived and the plots are built: GUI-thread plotting and a pass
     over a large tensor, sharing the GIL, stalled the window for 50-65 ms."""
     if not value_range and tensor.numel > 1_000_000:
         yield "preview", sample_preview(tensor)
-    while plotting_settled is not None and not plotting_settled.wait(0.05):
-        yield 0.0                              # a yield: cancelling still works meanwhile
+        yield from _wait(preview_drawn, PREVIEW_DRAW_WAIT)
+    yield from _wait(plotting_settled, math.inf)
     result = yield from compute(tensor, bins=bins, part=part, value_range=value_range)
     return result
 
@@ -385,12 +396,13 @@ class TensorView(QWidget):
             if clip[0] in quantiles and clip[1] in quantiles:
                 value_range = (quantiles[clip[0]], quantiles[clip[1]])
         preload_plotting()                   # the job waits for it to settle
+        self._preview_drawn = threading.Event()
         self.status.setText("computing...")
         self.progress.setValue(0)
         self.progress.show()
         self.worker = workers.start(
             stats_job, self.node.tensor, self.bins.value(), self.part.currentText(), value_range,
-            _plotting["settled"],
+            _plotting["settled"], self._preview_drawn,
             on_progress=lambda item: self._progress(generation, item),
             on_result=lambda stats: self._done(generation, stats, value_range),
             on_error=lambda message: self._failed(generation, message))
@@ -405,6 +417,7 @@ class TensorView(QWidget):
             return
         if isinstance(item, tuple):
             self._show(item[1], preview=True)
+            QTimer.singleShot(0, self._preview_drawn.set)    # after the repaint it caused
         elif time.monotonic() - self._last_progress > PROGRESS_INTERVAL:
             # setValue repaints synchronously; each repaint competes with the worker for the GIL
             self._last_progress = time.monotonic()
