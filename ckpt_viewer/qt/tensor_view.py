@@ -251,11 +251,15 @@ class TensorView(QWidget):
         if message:
             self.status.setText(f"plotting is unavailable: {message}")
         self.prepare_plot()
-        # drawing waits for the next turn of the event loop: building the plot and drawing it
-        # in one step kept the window from answering for 40-60 ms
+        # showing and drawing wait for the next turn of the event loop: building the plot,
+        # painting it and drawing into it in one step held the window for 40-60 ms
+        if self.plot is not None:
+            self.plot.setVisible(False)
         QTimer.singleShot(1, self, self._draw_pending)
 
     def _draw_pending(self):
+        if self.plot is not None:
+            self.plot.setVisible(True)
         self.heatmap.show_pending()
         if self.stats is not None:
             self._draw(self.stats, self.stats.sampled)
