@@ -81,13 +81,6 @@ def numpy_readable(tensor: TensorInfo) -> bool:
     return tensor.layout == "strided"
 
 
-def _map_read_only(fileno: int, length: int, offset: int) -> mmap.mmap:
-    if hasattr(mmap, "MAP_POPULATE"):   # Linux: map the chunk in one call, not a fault per 64 KiB
-        return mmap.mmap(fileno, length, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
-                         prot=mmap.PROT_READ, offset=offset)
-    return mmap.mmap(fileno, length, access=mmap.ACCESS_READ, offset=offset)
-
-
 class StorageReader:
     """Reads element ranges of one storage: from the file, or from an inflated record."""
 
@@ -133,7 +126,10 @@ class StorageReader:
         position = self.offset + start
         aligned = position - position % mmap.ALLOCATIONGRANULARITY
         with self._file(position + nbytes) as f:
-            pages = _map_read_only(f.fileno(), position + nbytes - aligned, aligned)
+            # not MAP_POPULATE: CPython holds the GIL through mmap(), so populating a cold chunk
+            # froze the GUI thread for the whole disk read; faults inside numpy do not
+            pages = mmap.mmap(f.fileno(), position + nbytes - aligned, offset=aligned,
+                              access=mmap.ACCESS_READ)
         return np.frombuffer(pages, dtype=dtype, count=count, offset=position - aligned)
 
     def prefetch(self, ranges: list, np_dtype=None):
