@@ -53,12 +53,22 @@ class FileSpan:
 
 
 @dataclass(eq=False)
+class InlineBytes:
+    """Bytes held inside the pickle itself (a numpy array's raw data)."""
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(eq=False)
 class Storage:
     key: str
     dtype: str
     numel: int
     location: str
-    source: ZipMember | FileSpan | None = None
+    source: ZipMember | FileSpan | InlineBytes | None = None
     byteorder: str = "little"
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ckpt_viewer.core.model import Node, TensorInfo
+from ckpt_viewer.core.objects import Described, describe_object
 from ckpt_viewer.core.safe_pickle import GlobalRef, Placeholder
 
 SCALAR_TYPES = (bool, int, float, str)
@@ -149,6 +150,9 @@ def _fill(node: Node, value, first_key: dict) -> list:
         node.kind, node.type_name = "list", type(value).__name__
         return [(str(i), v, "") for i, v in enumerate(value)]
     node.type_name = value.qualname
+    described = describe_object(value)
+    if described is not None:
+        return _apply_description(node, described)
     if is_module(value):
         node.kind, node.note = "module", _module_note(value)
         return list(_module_children(value))
@@ -165,3 +169,15 @@ def _segment(key) -> str:
     if isinstance(key, (GlobalRef, Placeholder)):
         return repr(key)
     return str(key)
+
+
+def _apply_description(node: Node, described: Described) -> list:
+    """A known class (numpy array, DTensor, pathlib path...) shown as what it is."""
+    node.kind = described.kind
+    node.type_name = described.type_name or node.type_name
+    node.note = described.note
+    if described.kind == "tensor":
+        node.tensor = described.tensor
+    elif described.kind in ("scalar", "opaque"):
+        node.value = described.value
+    return list(described.children)

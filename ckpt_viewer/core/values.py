@@ -16,7 +16,8 @@ import zipfile
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import DTYPE_SIZES, FileSpan, Storage, TensorInfo, ZipMember
+from ckpt_viewer.core.model import (DTYPE_SIZES, FileSpan, InlineBytes, Storage, TensorInfo,
+                                    ZipMember)
 from ckpt_viewer.core.readers.zip_directory import data_offset, read_member
 
 NUMPY_DTYPES = {
@@ -94,6 +95,9 @@ class StorageReader:
             else:
                 self.inflated = read_member(source, limit=source.file_size)
                 self.path, self.offset = None, 0
+        elif isinstance(source, InlineBytes):
+            self.inflated = source.data
+            self.path, self.offset = None, 0
         elif isinstance(source, FileSpan):
             self.path, self.offset = source.path, source.offset
         else:
