@@ -24,7 +24,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
 from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
-from ckpt_viewer.core.values import StorageReader, read_tensor, strided_array
+from ckpt_viewer.core.values import StorageReader, apply_view_bits, read_tensor, strided_array
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20          # bytes per read/write step: bounded memory whatever the size
@@ -205,7 +205,8 @@ def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str
     raw_dtype = _raw_dtype(tensor)
     for start in range(first, first + count, step):
         raw = reader.read(start, min(step, first + count - start), raw_dtype)
-        yield _cast_bytes(_little_endian_bytes(raw), tensor.dtype, target, device)
+        yield _cast_bytes(_little_endian_bytes(apply_view_bits(raw, tensor)), tensor.dtype,
+                          target, device)
 
 
 def _dense_bytes(tensor: TensorInfo, target: str, device: str):
@@ -219,7 +220,8 @@ def _dense_bytes(tensor: TensorInfo, target: str, device: str):
         yield from _pieces(tensor, tensor.offset, tensor.numel, target, device)
     else:
         values = strided_array(tensor, StorageReader(tensor.storage), _raw_dtype(tensor))
-        yield _cast_bytes(_little_endian_bytes(values), tensor.dtype, target, device)
+        yield _cast_bytes(_little_endian_bytes(apply_view_bits(values, tensor)), tensor.dtype,
+                          target, device)
 
 
 # --- planning storages: shared storages stay shared in .pth ---------------------------------
@@ -246,7 +248,8 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
     records = []
     for sid in order:
         group = groups[sid]
-        same_dtype = len({(i.tensor.dtype, i.dtype) for i in group}) == 1
+        same_dtype = len({(i.tensor.dtype, i.dtype, i.tensor.neg, i.tensor.conj)
+                          for i in group}) == 1
         if fmt == "pth" and len(group) > 1 and same_dtype and not group[0].tensor.chunks:
             spans = [i.tensor.element_span() for i in group]
             first, end = min(s[0] for s in spans), max(s[1] for s in spans)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Bytes per element, by torch's dtype name (without "torch.").
 DTYPE_SIZES = {
@@ -42,6 +42,8 @@ class ZipMember:
     compressed_size: int
     file_size: int
     crc: int
+    raw_name: bytes = b""
+    flags: int = 0
 
 
 @dataclass(eq=False)
@@ -75,6 +77,12 @@ class Storage:
     def nbytes(self) -> int:
         return self.numel * DTYPE_SIZES.get(self.dtype, 1)
 
+    def __setstate__(self, state):
+        # torch would update a TypedStorage's attributes here; the sizes were checked already
+        from ckpt_viewer.core import CheckpointError
+        raise CheckpointError(f"the pickle rewrites storage record {self.key!r} after creating "
+                              "it (BUILD on a storage); refusing rather than guessing")
+
 
 @dataclass(eq=False, slots=True)
 class TensorInfo:
@@ -89,6 +97,19 @@ class TensorInfo:
     parts: dict = field(default_factory=dict)   # sparse: indices/values tensors
     quantizer: dict = field(default_factory=dict)
     chunks: tuple = ()                          # DCP: (offsets, sizes, FileSpan) per chunk
+    neg: bool = False          # torch's negative view bit: values are -stored
+    conj: bool = False         # conjugate view bit: values are conj(stored)
+    attrs: dict = field(default_factory=dict)   # Python attributes the file set on the tensor
+    subclass: str = ""         # a tensor subclass torch would need (qualified name)
+    location: str = ""         # where a storage-less tensor lives (wrapper subclasses)
+
+    def __setstate__(self, state):
+        """A BUILD on a tensor: torch re-points it (Tensor.set_ / Parameter.__setstate__)."""
+        from ckpt_viewer.core.safe_pickle import build_tensor
+        build_tensor(self, state)
+
+    def __copy__(self):      # not through __setstate__, which is the unpickler's BUILD
+        return replace(self)
 
     @property
     def numel(self) -> int:
@@ -100,6 +121,8 @@ class TensorInfo:
             return self.storage.location
         for part in self.parts.values():
             return part.device
+        if self.location:
+            return self.location
         return "cpu" if self.chunks else "meta"
 
     @property
@@ -152,10 +175,12 @@ class Checkpoint:
     root: Node
     unsafe_globals: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    refusals: list = field(default_factory=list)   # why torch.load(weights_only=True) would not load it
     metadata: dict = field(default_factory=dict)   # torch version, safetensors metadata...
     optimizers: list = field(default_factory=list)  # optim.OptimizerInfo
     optimizer_nodes: list | None = None   # found while building the tree (None: search it)
     byteorder: str = "little"
+    globals_named: dict = field(default_factory=dict)   # every global the pickles name -> uses
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)
 

@@ -8,7 +8,7 @@ import os
 from ckpt_viewer.core import CheckpointError, paused_gc
 from ckpt_viewer.core.model import Checkpoint
 
-LEGACY_MAGIC_PICKLE = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}   # protocol 0/1
 
 FOREIGN_FORMATS = [
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras/h5py), not a PyTorch checkpoint"),
@@ -36,15 +36,14 @@ def sniff(path: str) -> str:
         raise CheckpointError("file is empty")
     with open(path, "rb") as f:
         head = f.read(512)
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+    if head.startswith(b"PK\x03\x04"):    # the test torch.load makes
         return "torch_zip"
-    if head.startswith(LEGACY_MAGIC_PICKLE):
-        return "torch_legacy"
     from ckpt_viewer.core.readers.safetensors import looks_like_safetensors
     if looks_like_safetensors(head):
         return "safetensors"
-    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
+    if head[:1] in PICKLE_STARTS or head[:1] == b"\x80" and head[1:2] in b"\x00\x01\x02\x03\x04\x05":
+        from ckpt_viewer.core.readers.torch_legacy import is_legacy
+        return "torch_legacy" if is_legacy(path) else "pickle"
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise CheckpointError("a tar archive: the PyTorch < 0.4 tar format is not supported")
     for magic, what in FOREIGN_FORMATS:

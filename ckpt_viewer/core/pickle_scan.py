@@ -39,14 +39,30 @@ for _ops, _code in ((LENGTH_1, _L1), (LENGTH_4, _L4), (LENGTH_8, _L8), (ONE_LINE
         _TABLE[_op] = _code
 
 
-def pickle_end(data, start: int = 0) -> int:
-    """Offset just past the STOP of the pickle starting at `start`; memo indices checked."""
+# What torch's weights_only unpickler implements; any other opcode makes it refuse the file.
+TORCH_OPCODES = frozenset(b"c\x81Rbaesu(t\x85\x86\x87N\x89\x88)]}\x8fJKMGXUQhjqr\x8a\x80.")
+
+
+def unsupported_by_torch(seen: bytearray) -> list[str]:
+    """Names of the opcodes `pickle_end` saw that torch's weights_only unpickler lacks."""
+    import pickletools
+
+    names = {op.code.encode("latin1")[0]: op.name for op in pickletools.opcodes}
+    return [names.get(op, f"0x{op:02x}") for op in range(256) if seen[op] and op not in TORCH_OPCODES]
+
+
+def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
+    """Offset just past the STOP of the pickle starting at `start`; memo indices checked.
+    `seen` (256 bytes), when given, gets a 1 at every opcode used."""
+    if seen is None:
+        seen = bytearray(256)
     i, ops = start, 0
     unpack4, unpack8 = struct.Struct("<I").unpack_from, struct.Struct("<Q").unpack_from
     table, find = _TABLE, data.find
     try:
         while True:
             op = data[i]
+            seen[op] = 1
             i += 1
             ops += 1
             code = table[op]

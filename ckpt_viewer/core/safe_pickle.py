@@ -8,14 +8,17 @@ are the ones defined here.
 
 from __future__ import annotations
 
+import _compat_pickle
+import dataclasses
 import io
 import operator
 import pickle
-from collections import OrderedDict
+import threading
+from collections import Counter, OrderedDict
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import DTYPE_SIZES, STORAGE_DTYPES, Storage, TensorInfo
-from ckpt_viewer.core.pickle_scan import pickle_end
+from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, STORAGE_DTYPES, Storage, TensorInfo
+from ckpt_viewer.core.pickle_scan import pickle_end, unsupported_by_torch
 
 
 class Placeholder:
@@ -88,6 +91,48 @@ class Layout(str):
     pass
 
 
+# --- torch's weights_only allowlist, as names ------------------------------------------------
+
+LEGACY_STORAGES = ("Double", "Float", "Half", "Long", "Int", "Short", "Char", "Byte", "Bool",
+                   "BFloat16", "ComplexDouble", "ComplexFloat")
+QUANTIZED_STORAGES = ("QInt8", "QInt32", "QUInt8", "QUInt4x2", "QUInt2x4")
+LEGACY_TENSORS = {"Double": "float64", "Float": "float32", "Half": "float16", "Long": "int64",
+                  "Int": "int32", "Short": "int16", "Char": "int8", "Byte": "uint8",
+                  "Bool": "bool", "BFloat16": "bfloat16"}
+TORCH_DTYPE_NAMES = set(DTYPE_SIZES) | {f"{kind}{bits}" for kind in ("int", "uint")
+                                        for bits in range(1, 8)}
+TORCH_REBUILD_NAMES = (
+    "_rebuild_parameter", "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_tensor",
+    "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_sparse_tensor",
+    "_rebuild_meta_tensor_no_storage", "_rebuild_nested_tensor", "_rebuild_wrapper_subclass",
+    "_rebuild_device_tensor_from_numpy", "_rebuild_device_tensor_from_cpu_tensor")
+QSCHEMES = ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine",
+            "per_channel_symmetric", "per_channel_affine_float_qparams")
+
+
+def torch_allowed_globals() -> frozenset:
+    """Every global torch.load(weights_only=True) accepts without an allowlist (torch 2.13)."""
+    names = {"collections.OrderedDict", "collections.Counter", "torch.nn.parameter.Parameter",
+             "torch.serialization._get_layout", "torch.Size", "torch.Tensor", "torch.device",
+             "_codecs.encode", "builtins.bytearray", "builtins.set", "builtins.complex",
+             "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
+             "torch._tensor._rebuild_from_type_v2"}
+    names |= {f"torch.{d}" for d in TORCH_DTYPE_NAMES}
+    names |= {f"torch.{q}" for q in QSCHEMES}
+    names |= {f"torch._utils.{f}" for f in TORCH_REBUILD_NAMES}
+    for kind in LEGACY_STORAGES:
+        names |= {f"torch.{kind}Storage", f"torch.cuda.{kind}Storage"}
+    names |= {f"torch.{kind}Storage" for kind in QUANTIZED_STORAGES}
+    for kind in LEGACY_TENSORS:
+        names |= {f"torch.{kind}Tensor", f"torch.cuda.{kind}Tensor"}
+        if kind != "Bool":
+            names |= {f"torch.sparse.{kind}Tensor", f"torch.cuda.sparse.{kind}Tensor"}
+    return frozenset(names)
+
+
+TORCH_ALLOWED = torch_allowed_globals()
+
+
 # --- the allowlisted globals, implemented here as pure data builders --------------------------
 
 def _storage_class(name):
@@ -95,10 +140,11 @@ def _storage_class(name):
 
 
 def dtype_of_storage(storage_type) -> str:
-    name = getattr(storage_type, "qualname", "").rsplit(".", 1)[-1]
-    if name not in STORAGE_DTYPES:
-        raise CheckpointError(f"unknown storage type {getattr(storage_type, 'qualname', storage_type)!r}")
-    return STORAGE_DTYPES[name]
+    name = getattr(storage_type, "qualname", "")
+    short = name.rsplit(".", 1)[-1]
+    if name not in TORCH_ALLOWED or short not in STORAGE_DTYPES:
+        raise CheckpointError(f"unknown storage type {getattr(storage_type, 'qualname', storage_type)!r:.60}")
+    return STORAGE_DTYPES[short]
 
 
 def _as_ints(value, what) -> tuple:
@@ -117,17 +163,52 @@ def _check_storage(storage, what="tensor"):
     return storage
 
 
+def _contiguous(shape) -> tuple:
+    stride, step = [], 1
+    for size in reversed(shape):
+        stride.insert(0, step)
+        step *= max(size, 1)
+    return tuple(stride)
+
+
+def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
+    """Tensor.set_(storage, offset, size, stride) with torch's checks: the view must lie inside
+    the storage (counted in bytes: a v3 tensor's dtype may differ from its storage's)."""
+    storage = _check_storage(storage)
+    shape = _as_ints(size, "shape")
+    stride = _contiguous(shape) if stride is None else _as_ints(stride, "stride")
+    if len(shape) != len(stride) or type(offset) is not int or offset < 0:
+        raise CheckpointError(f"tensor geometry is inconsistent: size {shape}, stride {stride}")
+    if min(stride, default=0) < 0:
+        raise CheckpointError("tensor has a negative stride (torch refuses it)")
+    info.storage, info.offset, info.shape, info.stride = storage, offset, shape, stride
+    if info.numel:
+        end = info.element_span()[1] * DTYPE_SIZES.get(info.dtype, 1)
+        if end > storage.nbytes:
+            raise CheckpointError(f"tensor reaches byte {end:,} of storage {storage.key!r}, "
+                                  f"which holds {storage.nbytes:,}")
+    return info
+
+
+def _note_requires_grad(info: TensorInfo, requires_grad):
+    info.requires_grad = bool(requires_grad)
+    if info.requires_grad and info.dtype not in FLOAT_DTYPES and not info.dtype.startswith("complex"):
+        current_report().refuse(f"an {info.dtype} tensor is marked requires_grad (torch refuses: "
+                                "only floating point and complex tensors can require gradients)")
+
+
 def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, hooks=None,
                    metadata=None, dtype=None):
     storage = _check_storage(storage)
-    shape = _as_ints(size, "shape")
-    stride = _as_ints(stride, "stride")
-    if len(shape) != len(stride) or type(storage_offset) is not int or storage_offset < 0:
-        raise CheckpointError(f"tensor geometry is inconsistent: size {shape}, stride {stride}")
-    info = TensorInfo(dtype=str(dtype) if dtype else storage.dtype, shape=shape, stride=stride,
-                      offset=storage_offset, storage=storage, requires_grad=bool(requires_grad))
-    if info.dtype not in DTYPE_SIZES:
-        raise CheckpointError(f"tensor has an unknown dtype {info.dtype!r:.40}")
+    dtype = str(dtype) if dtype is not None else storage.dtype
+    if dtype not in DTYPE_SIZES:
+        raise CheckpointError(f"tensor has an unknown dtype {dtype!r:.40}")
+    info = set_geometry(TensorInfo(dtype=dtype, shape=()), storage, storage_offset, size, stride)
+    _note_requires_grad(info, requires_grad)
+    if metadata:
+        if not isinstance(metadata, dict):
+            raise CheckpointError("tensor metadata is not a dict")
+        info.neg, info.conj = bool(metadata.get("neg")), bool(metadata.get("conj"))
     return info
 
 
@@ -141,12 +222,79 @@ def rebuild_tensor_v1(storage, storage_offset, size, stride):
     return rebuild_tensor(storage, storage_offset, size, stride)
 
 
-def rebuild_parameter(data, requires_grad=True, hooks=None, state=None):
+def _tensor_copy(data, what="parameter data") -> TensorInfo:
+    """A new tensor object over the same storage (torch's Parameter(data) and as_subclass)."""
     if not isinstance(data, TensorInfo):
-        raise CheckpointError("parameter data is not a tensor")
-    data.is_parameter = True
-    data.requires_grad = bool(requires_grad)
-    return data
+        raise CheckpointError(f"{what} is not a tensor")
+    return dataclasses.replace(data)
+
+
+def rebuild_parameter(data, requires_grad=True, hooks=None):
+    param = _tensor_copy(data)
+    param.is_parameter = True
+    _note_requires_grad(param, requires_grad)
+    return param
+
+
+def rebuild_parameter_with_state(data, requires_grad, hooks, state):
+    return set_object_state(rebuild_parameter(data, requires_grad), state)
+
+
+def set_object_state(info: TensorInfo, state):
+    """torch._utils._set_obj_state on a tensor: attributes set one by one; `data` replaces the
+    tensor's contents, `requires_grad` its flag; anything else is a Python attribute."""
+    if isinstance(state, tuple):
+        if len(state) != 2:
+            raise CheckpointError("tensor state is malformed")
+        parts = state
+    else:
+        parts = (state,)
+    for part in parts:
+        if not part:
+            continue
+        if not isinstance(part, dict):
+            raise CheckpointError("tensor state is not a dict")
+        for name, value in part.items():
+            if not isinstance(name, str):
+                raise CheckpointError("tensor attribute name is not text")
+            if name == "data":
+                source = _tensor_copy(value, "a tensor's replacement data")
+                for slot in ("dtype", "shape", "stride", "offset", "storage", "layout", "parts",
+                             "quantizer", "neg", "conj", "chunks"):
+                    setattr(info, slot, getattr(source, slot))
+            elif name == "requires_grad":
+                _note_requires_grad(info, value)
+            else:
+                info.attrs = {**info.attrs, name: value}
+    return info
+
+
+def build_tensor(info: TensorInfo, state):
+    """BUILD on a tensor, as torch's weights_only unpickler does it: a Parameter takes
+    Tensor.__setstate__ (4 items: set_; 5: legacy Variable; 3: requires_grad and hooks), a
+    plain tensor `set_(*state)`."""
+    if not isinstance(state, tuple):
+        raise CheckpointError("tensor state is malformed (BUILD with a non-tuple)")
+    if info.subclass:
+        info.attrs = {**info.attrs, "state": state}
+        return
+    if info.is_parameter and len(state) in (3, 5):
+        if len(state) == 5:
+            set_object_state(info, {"data": state[0]})
+            state = (state[3], state[4], state[2])
+        _note_requires_grad(info, state[0])
+        return
+    if not state:
+        info.storage, info.shape, info.stride, info.offset = None, (0,), (1,), 0
+    elif isinstance(state[0], TensorInfo) and len(state) == 1:
+        set_object_state(info, {"data": state[0]})
+    elif 1 <= len(state) <= 4:
+        storage = _check_storage(state[0])
+        if len(state) == 1:
+            state = (storage, 0, (storage.nbytes // DTYPE_SIZES.get(info.dtype, 1),))
+        set_geometry(info, *state)
+    else:
+        raise CheckpointError(f"tensor state has {len(state)} items; torch's set_ takes at most 4")
 
 
 def rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params, requires_grad=False,
@@ -182,27 +330,81 @@ def rebuild_sparse_tensor(layout, data):
                       parts=parts)
 
 
-def rebuild_sparse_csr_tensor(layout, data):
-    return rebuild_sparse_tensor(layout, data)
-
-
 def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
     return TensorInfo(dtype=str(dtype), shape=_as_ints(size, "shape"),
                       stride=_as_ints(stride, "stride"), requires_grad=bool(requires_grad))
+
+
+def rebuild_wrapper_subclass(cls, dtype, size, stride, storage_offset, layout, device,
+                             requires_grad):
+    info = TensorInfo(dtype=str(dtype), shape=_as_ints(size, "shape"),
+                      stride=_as_ints(stride, "stride"), requires_grad=bool(requires_grad))
+    info.subclass = getattr(cls, "qualname", "")
+    info.location = str(device)
+    return info
+
+
+def rebuild_nested_tensor(buffer, sizes, strides, storage_offsets):
+    info = _tensor_copy(buffer, "nested tensor buffer")
+    info.layout = "nested"
+    return info
+
+
+def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):
+    info = _tensor_copy(data, "tensor data")
+    if str(dtype) != info.dtype:
+        raise CheckpointError("a device tensor record casts its data; not supported")
+    info.location = str(device)
+    _note_requires_grad(info, requires_grad)
+    return info
 
 
 def rebuild_from_type_v2(func, new_type, args, state):
     if not callable(func) or not isinstance(args, tuple):
         raise CheckpointError("tensor subclass record is malformed")
     result = func(*args)   # func is one of ours or a Placeholder class: see find_class
-    if isinstance(result, TensorInfo) and isinstance(new_type, type) and \
-            issubclass(new_type, Placeholder) and new_type.qualname == "torch.nn.parameter.Parameter":
+    if not isinstance(result, TensorInfo):
+        return result
+    result = _tensor_copy(result)
+    if new_type is ParameterType:
         result.is_parameter = True
-    return result
+    elif isinstance(new_type, type) and issubclass(new_type, Placeholder):
+        result.subclass = new_type.qualname      # a tensor subclass torch would need to import
+        result.attrs = {"state": state} if state else {}
+        return result
+    elif new_type is not TensorType:
+        raise CheckpointError("tensor subclass record names something that is not a class")
+    return set_object_state(result, state)
 
 
 def rebuild_device_tensor_from_numpy(data, dtype, device, requires_grad):
     return TensorInfo(dtype=str(dtype), shape=(), requires_grad=bool(requires_grad))
+
+
+class TensorType:
+    """torch.Tensor as a global: `torch.Tensor()` is an empty float32 tensor."""
+
+    def __new__(cls, *args):
+        if args:
+            raise CheckpointError("torch.Tensor(...) with data is not supported in a pickle")
+        return TensorInfo(dtype=cls.dtype, shape=(0,), stride=(1,))
+
+    dtype = "float32"
+
+
+class ParameterType:
+    """torch.nn.Parameter as a global: Parameter(data, requires_grad)."""
+
+    def __new__(cls, data=None, requires_grad=True):
+        if data is None:
+            data = TensorInfo(dtype="float32", shape=(0,), stride=(1,))
+        return rebuild_parameter(data, requires_grad)
+
+
+def legacy_tensor_class(qualname: str):
+    """torch.FloatTensor & co.: an empty tensor that a BUILD then points at a storage."""
+    short = qualname.rsplit(".", 1)[-1][:-len("Tensor")]
+    return type(short + "Tensor", (TensorType,), {"dtype": LEGACY_TENSORS[short]})
 
 
 def make_device(kind, index=None):
@@ -275,31 +477,32 @@ TORCH_REBUILDS = {
     "_rebuild_tensor_v2": rebuild_tensor,
     "_rebuild_tensor_v3": rebuild_tensor_v3,
     "_rebuild_parameter": rebuild_parameter,
-    "_rebuild_parameter_with_state": rebuild_parameter,
+    "_rebuild_parameter_with_state": rebuild_parameter_with_state,
     "_rebuild_qtensor": rebuild_qtensor,
     "_rebuild_sparse_tensor": rebuild_sparse_tensor,
-    "_rebuild_sparse_csr_tensor": rebuild_sparse_csr_tensor,
+    "_rebuild_sparse_csr_tensor": rebuild_sparse_tensor,
     "_rebuild_meta_tensor_no_storage": rebuild_meta_tensor_no_storage,
-    "_rebuild_from_type_v2": rebuild_from_type_v2,
+    "_rebuild_wrapper_subclass": rebuild_wrapper_subclass,
+    "_rebuild_nested_tensor": rebuild_nested_tensor,
+    "_rebuild_device_tensor_from_cpu_tensor": rebuild_device_tensor_from_cpu_tensor,
     "_rebuild_device_tensor_from_numpy": rebuild_device_tensor_from_numpy,
-}
-
-TORCH_SCALARS = {
-    "per_tensor_affine", "per_channel_affine", "per_tensor_symmetric", "per_channel_symmetric",
-    "per_channel_affine_float_qparams",
 }
 
 ALLOWED = {
     ("collections", "OrderedDict"): make_ordered_dict,
-    ("builtins", "set"): set, ("__builtin__", "set"): set,
-    ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
-    ("builtins", "slice"): slice, ("__builtin__", "slice"): slice,
-    ("builtins", "complex"): complex, ("__builtin__", "complex"): complex,
-    ("builtins", "bytearray"): make_bytearray, ("__builtin__", "bytearray"): make_bytearray,
+    ("collections", "Counter"): Counter,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+    ("builtins", "bytearray"): make_bytearray,
     ("_codecs", "encode"): codecs_encode,
-    ("copy_reg", "_reconstructor"): reconstructor, ("copyreg", "_reconstructor"): reconstructor,
+    ("copyreg", "_reconstructor"): reconstructor,
     ("torch", "device"): make_device,
     ("torch", "Size"): make_size,
+    ("torch", "Tensor"): TensorType,
+    ("torch.nn.parameter", "Parameter"): ParameterType,
+    ("torch._tensor", "_rebuild_from_type_v2"): rebuild_from_type_v2,
     ("torch.serialization", "_get_layout"): get_layout,
     ("numpy", "dtype"): numpy_dtype,
     ("numpy.core.multiarray", "scalar"): numpy_scalar,
@@ -307,47 +510,81 @@ ALLOWED = {
 }
 
 
-PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}   # protocol-2 spellings
+class PickleReport:
+    """What one unpickling saw: every global named, and why torch's weights_only unpickler
+    would refuse the stream (unsupported opcodes, globals outside its allowlist, ...)."""
+
+    def __init__(self):
+        self.globals: dict[str, int] = {}          # qualname -> times named
+        self.refusals: list[str] = []
+
+    def refuse(self, why: str):
+        if why not in self.refusals:
+            self.refusals.append(why)
+
+    @property
+    def unsafe_globals(self) -> list[str]:
+        return [g for g in self.globals if g not in TORCH_ALLOWED]
+
+
+_current = threading.local()
+
+
+def current_report() -> PickleReport:
+    """The report of the unpickling running on this thread (builders note refusals in it)."""
+    report = getattr(_current, "report", None)
+    return report if report is not None else PickleReport()
 
 
 class SafeUnpickler(pickle.Unpickler):
     """Unpickle `data.pkl`-like streams into plain data; see the module docstring."""
 
-    def __init__(self, file, storage_factory=None, encoding="utf-8"):
+    def __init__(self, file, storage_factory=None, encoding="utf-8", report=None):
         if storage_factory is not None:
             # before __init__, which caches it: one Python call per storage, not two
             self.persistent_load = storage_factory
         super().__init__(file, encoding=encoding)
-        self.unsafe_globals: list[str] = []
+        self.report = report if report is not None else PickleReport()
         self._placeholders: dict[str, type] = {}
+
+    @property
+    def unsafe_globals(self) -> list[str]:
+        return self.report.unsafe_globals
 
     def find_class(self, module, name):
         if not isinstance(module, str) or not isinstance(name, str):
             raise CheckpointError("pickle names a global that is not text")
+        if (module, name) in _compat_pickle.NAME_MAPPING:      # Python 2 spellings, as torch
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        qualname = f"{module}.{name}"
+        self.report.globals[qualname] = self.report.globals.get(qualname, 0) + 1
+        if qualname not in TORCH_ALLOWED:
+            self.report.refuse(f"it names {qualname}, which is outside torch's weights_only "
+                               "allowlist")
+        return self._resolve(module, name, qualname)
+
+    def _resolve(self, module, name, qualname):
         allowed = ALLOWED.get((module, name))
         if allowed is not None:
             return allowed
         if module == "torch._utils" and name in TORCH_REBUILDS:
             return TORCH_REBUILDS[name]
-        if module == "torch" and (name in STORAGE_DTYPES or name.endswith("Storage")):
-            return _storage_class(name)
-        if module == "torch.storage" and name in ("UntypedStorage", "TypedStorage"):
-            return _storage_class(name)
-        if module == "torch" and (name in DTYPE_SIZES or name in ("cfloat", "cdouble")):
-            return TorchDtype(name)
-        if module == "torch" and name in TORCH_SCALARS:
-            return Layout(name)
-        if module == "torch" and name.startswith("sparse_") or (module, name) == ("torch", "strided"):
-            return Layout(name)
-        return self._placeholder(f"{module}.{name}")
+        if qualname in TORCH_ALLOWED:
+            if name.endswith("Storage"):
+                return _storage_class(qualname[len("torch."):])
+            if name.endswith("Tensor"):
+                return legacy_tensor_class(qualname)
+            if module == "torch" and name in QSCHEMES:
+                return Layout(name)
+            if module == "torch":
+                return TorchDtype(name)
+        return self._placeholder(qualname)
 
     def _placeholder(self, qualname):
-        module, _, name = qualname.rpartition(".")
-        qualname = f"{PY2_MODULES.get(module, module)}.{name}"
         cls = self._placeholders.get(qualname)
         if cls is None:
-            if qualname not in self.unsafe_globals:
-                self.unsafe_globals.append(qualname)
             cls = type(qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname})
             self._placeholders[qualname] = cls
         return cls
@@ -369,11 +606,20 @@ def describe_pickle_error(exc: BaseException) -> str:
     return f"pickle data is malformed ({text[:120]})"
 
 
-def safe_load(data: bytes, storage_factory=None, encoding="utf-8"):
+def safe_load(data: bytes, storage_factory=None, encoding="utf-8", report=None):
     """Unpickle one object; returns (object, unsafe_globals). Raises CheckpointError only.
-    The opcodes are walked first (pickle_scan): the C unpickler trusts memo indices."""
-    pickle_end(data)
-    unpickler = SafeUnpickler(io.BytesIO(data), storage_factory, encoding=encoding)
+    The opcodes are walked first (pickle_scan): the C unpickler trusts memo indices.
+    `report` (a PickleReport) collects every global and what torch would refuse."""
+    report = report if report is not None else PickleReport()
+    seen = bytearray(256)
+    pickle_end(data, 0, seen)
+    unsupported = unsupported_by_torch(seen)
+    if unsupported:
+        report.refuse(f"its pickle uses opcode(s) {', '.join(unsupported)} that torch's "
+                      "weights_only unpickler does not implement (saved with pickle protocol "
+                      "0, 1, 4 or 5?)")
+    unpickler = SafeUnpickler(io.BytesIO(data), storage_factory, encoding=encoding, report=report)
+    _current.report = report
     try:
         obj = unpickler.load()
     except CheckpointError:
@@ -382,4 +628,6 @@ def safe_load(data: bytes, storage_factory=None, encoding="utf-8"):
         raise CheckpointError(describe_pickle_error(exc)) from None
     except RecursionError as exc:
         raise CheckpointError(describe_pickle_error(exc)) from None
-    return obj, unpickler.unsafe_globals
+    finally:
+        _current.report = None
+    return obj, report.unsafe_globals

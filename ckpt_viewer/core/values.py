@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import (DTYPE_SIZES, FileSpan, InlineBytes, Storage, TensorInfo,
+from ckpt_viewer.core.model import (DTYPE_SIZES, FLOAT_DTYPES, FileSpan, InlineBytes, Storage, TensorInfo,
                                     ZipMember)
 from ckpt_viewer.core.readers.zip_directory import data_offset, read_member
 
@@ -72,6 +72,27 @@ def widen(raw: np.ndarray, dtype: str, quantizer: dict | None = None) -> np.ndar
     if dtype in ("qint8", "quint8", "qint32") and quantizer and "scale" in quantizer:
         return (raw.astype(np.float32) - quantizer["zero_point"]) * np.float32(quantizer["scale"])
     return raw
+
+
+def apply_view_bits(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """The stored representation of a negative or conjugate view turned into the values torch
+    shows (`torch._neg_view`, `.conj()` saved as is): the sign bit flipped for floats (bf16 and
+    float8 included, as raw integers), integers negated, complex conjugated."""
+    if not (tensor.neg or tensor.conj and tensor.dtype.startswith("complex")):
+        return raw
+    if tensor.dtype.startswith("complex"):
+        complex_type = np.dtype(f"{raw.dtype.byteorder}c{raw.dtype.itemsize}")
+        values = raw if raw.dtype.kind == "c" else raw.view(complex_type)
+        values = np.conj(values) if tensor.conj else np.array(values)
+        values = -values if tensor.neg else values
+        return values if raw.dtype.kind == "c" else values.view(raw.dtype)
+    if tensor.dtype in FLOAT_DTYPES:
+        bits = raw.view(np.dtype(f"{raw.dtype.byteorder}u{raw.dtype.itemsize}"))
+        flipped = bits ^ bits.dtype.type(1 << (8 * raw.dtype.itemsize - 1))
+        if tensor.dtype.endswith("fnuz"):            # no negative zero there: 0 stays 0
+            flipped[bits == 0] = 0
+        return flipped.view(raw.dtype)
+    return -raw
 
 
 def numpy_readable(tensor: TensorInfo) -> bool:
@@ -194,11 +215,12 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
         for start in range(0, tensor.numel, chunk_elements):
             raw = reader.mapped(tensor.offset + start, min(chunk_elements, tensor.numel - start),
                                 dtype)
-            yield widen(raw, tensor.dtype, tensor.quantizer)
+            yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
         return
     values = strided_array(tensor, reader, dtype).reshape(-1)
     for start in range(0, values.size, chunk_elements):
-        yield widen(values[start:start + chunk_elements], tensor.dtype, tensor.quantizer)
+        yield widen(apply_view_bits(values[start:start + chunk_elements], tensor), tensor.dtype,
+                    tensor.quantizer)
 
 
 def strided_array(tensor: TensorInfo, reader: StorageReader, dtype) -> np.ndarray:
@@ -223,7 +245,7 @@ def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarra
         raw = reader.read(tensor.offset, tensor.numel, dtype).reshape(tensor.shape)
     else:
         raw = strided_array(tensor, reader, dtype)
-    return widen(raw, tensor.dtype, tensor.quantizer)
+    return widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
 
 
 # --- through torch ------------------------------------------------------------------------
@@ -269,7 +291,9 @@ def read_tensor(tensor: TensorInfo):
         else torch.empty(tensor.shape, dtype=storage_dtype)
     if tensor.layout == "quantized":
         return _quantize(value, tensor, dtype)
-    return value
+    if tensor.conj and value.is_complex():
+        value = value.conj().resolve_conj()
+    return -value if tensor.neg else value
 
 
 def _quantize(int_repr, tensor: TensorInfo, dtype):
@@ -337,8 +361,8 @@ def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
         line = reader.read(first, span, dtype) if col_stride > 0 else \
             reader.read(first + span - 1, span, dtype)[::-1]
         out.append(line[::cols.step * abs(col_stride) or 1])
-    return widen(np.stack(out) if out else np.zeros((0, len(cols)), dtype), tensor.dtype,
-                 tensor.quantizer)
+    window = np.stack(out) if out else np.zeros((0, len(cols)), dtype)
+    return widen(apply_view_bits(window, tensor), tensor.dtype, tensor.quantizer)
 
 
 def downsampled_2d(tensor: TensorInfo, leading: tuple = (), limit: int = 1024) -> tuple:

@@ -75,7 +75,8 @@ def test_duplicate_data_pkl_is_rejected(tmp_path):
 
 def test_bad_byteorder_and_version(tmp_path):
     good = pickle.dumps({"a": 1}, protocol=2)
-    path = _zip_with(tmp_path, "bo.pt", [("a/data.pkl", good), ("a/byteorder", b"middle")])
+    path = _zip_with(tmp_path, "bo.pt", [("a/data.pkl", good), ("a/version", b"3"),
+                                         ("a/byteorder", b"middle")])
     with pytest.raises(CheckpointError, match="byteorder"):
         open_checkpoint(path)
     path = _zip_with(tmp_path, "v.pt", [("a/data.pkl", good), ("a/version", b"999\n")])
@@ -84,7 +85,7 @@ def test_bad_byteorder_and_version(tmp_path):
 
 
 def test_missing_data_pkl(tmp_path):
-    path = _zip_with(tmp_path, "nodata.pt", [("a/other", b"x")])
+    path = _zip_with(tmp_path, "nodata.pt", [("a/other", b"x"), ("a/version", b"3")])
     with pytest.raises(CheckpointError, match="no data.pkl"):
         open_checkpoint(path)
 
@@ -180,7 +181,7 @@ def test_tensor_pointing_outside_storage(tmp_path):
     patched = pkl.replace(b"K\x00K\n\x85", b"K\x08K\n\x85")
     assert patched != pkl
     entries = [(n, patched if n.endswith("data.pkl") else d) for n, d in entries]
-    with pytest.raises(CheckpointError, match="reaches element"):
+    with pytest.raises(CheckpointError, match="reaches"):
         open_checkpoint(_zip_with(tmp_path, "oob.pt", entries))
 
 
@@ -191,6 +192,7 @@ def test_inflating_data_pkl_is_bounded(tmp_path, monkeypatch):
     path = tmp_path / "bomb.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("a/data.pkl", payload)
+        zf.writestr("a/version", "3")
     assert os.path.getsize(path) < 100_000
     with pytest.raises(CheckpointError, match="inflate"):
         open_checkpoint(str(path))

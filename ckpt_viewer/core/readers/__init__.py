@@ -5,50 +5,58 @@ from __future__ import annotations
 import os
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import Checkpoint
-from ckpt_viewer.core.safe_pickle import safe_load
+from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint
+from ckpt_viewer.core.safe_pickle import PickleReport, safe_load
 from ckpt_viewer.core.tree import build_tree
 
 MAX_PICKLE_BYTES = 512 * 1024 * 1024   # a data.pkl beyond this is refused, not inflated
 
 
 def check_tensor_bounds(checkpoint: Checkpoint):
-    """Every tensor must lie inside its storage; torch's meta/skip_data paths do not check."""
+    """Every tensor must lie inside its storage, counted in bytes (checked again here after the
+    whole pickle ran; torch's meta/skip_data paths do not check at all)."""
     for key, tensor, _ in checkpoint.tensors():
         for part in tensor.parts.values() if tensor.parts else (tensor,):
             storage = part.storage
-            if storage is None:
+            if storage is None or not part.numel:
                 continue
             if min(part.stride, default=0) < 0:
                 raise CheckpointError(f"tensor {key!r} has a negative stride")
-            end = part.element_span()[1]
-            if end > storage.numel and part.numel:
-                raise CheckpointError(f"tensor {key!r} reaches element {end} but its storage "
-                                      f"{storage.key!r} holds {storage.numel}")
+            end = part.element_span()[1] * DTYPE_SIZES.get(part.dtype, 1)
+            if end > storage.nbytes:
+                raise CheckpointError(f"tensor {key!r} reaches byte {end:,} but its storage "
+                                      f"{storage.key!r} holds {storage.nbytes:,}")
 
 
-def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, **extra) -> Checkpoint:
-    """Unpickle `data` into a checkpoint with its tree, unsafe globals and bounds checked."""
-    obj, unsafe = safe_load(data, storage_factory)
+def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=None,
+                      **extra) -> Checkpoint:
+    """Unpickle `data` into a checkpoint with its tree, globals, refusals and bounds checked."""
+    report = report if report is not None else PickleReport()
+    obj, _ = safe_load(data, storage_factory, report=report)
     warnings, optimizer_nodes = [], []
     checkpoint = Checkpoint(path=str(path), format=fmt,
                             file_bytes=os.path.getsize(path) if file_bytes is None else file_bytes,
                             root=build_tree(obj, warnings, optimizer_nodes), warnings=warnings,
                             optimizer_nodes=optimizer_nodes,
-                            unsafe_globals=[g for g in unsafe if not g.startswith("__torch__.")],
-                            **extra)
+                            unsafe_globals=[g for g in report.unsafe_globals
+                                            if not g.startswith("__torch__.")],
+                            refusals=report.refusals, **extra)
+    checkpoint.globals_named = dict(report.globals)
     check_tensor_bounds(checkpoint)
     return checkpoint
 
 
-def storage_pid(pid) -> tuple:
-    """Validate ('storage', type, key, location, numel[, ...]) from a persistent id."""
-    if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
+def storage_pid(pid, length: int = 5) -> tuple:
+    """('storage', type, key, location, numel[, view]) from a persistent id, exactly `length`
+    items as torch's loader unpacks it; returns the items after 'storage'."""
+    if not isinstance(pid, tuple) or len(pid) != length or pid[0] not in ("storage", b"storage"):
         raise CheckpointError(f"unexpected persistent id {pid!r:.80}")
-    _, storage_type, key, location, numel = pid[:5]
-    if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int:
+    storage_type, key, location, numel = pid[1:5]
+    if isinstance(location, bytes):
+        location = location.decode("ascii", "replace")
+    if type(key) not in (str, int) or not isinstance(location, str) or type(numel) is not int:
         raise CheckpointError(f"malformed storage reference {pid!r:.80}")
     if numel < 0:
         raise CheckpointError(f"storage {key!r} declares a negative size")
-    return storage_type, key, location, numel
+    return (storage_type, key, location, numel) + tuple(pid[5:])
 

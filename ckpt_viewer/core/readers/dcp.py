@@ -14,7 +14,7 @@ import zipfile
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
-from ckpt_viewer.core.readers import safetensors, torch_zip
+from ckpt_viewer.core.readers import safetensors
 from ckpt_viewer.core.safe_pickle import Placeholder, safe_load
 from ckpt_viewer.core.tree import SCALAR_TYPES
 
@@ -123,7 +123,8 @@ def _inline_object(span):
         raw = f.read(span.nbytes)
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-            prefix = torch_zip.archive_prefix(zf.namelist())
+            names = zf.namelist()
+            prefix = names[0][:names[0].index("/") + 1] if names and "/" in names[0] else ""
             if zf.getinfo(prefix + "data.pkl").file_size > MAX_INLINE_OBJECT:
                 return "(object)"
             data = zf.read(prefix + "data.pkl")

@@ -1,5 +1,10 @@
 """The pre-1.6 torch.save stream: magic, protocol, sys_info, object pickle, storage keys,
-then each storage as <int64 numel><raw bytes>. Storages are indexed by offset, never read."""
+then each storage as <int64 numel><raw bytes>. Storages are indexed by offset, never read.
+
+As torch reads it: any pickle protocol (torch.load(weights_only=True) itself refuses all but 2
+and 3), text decoded as UTF-8, storage bytes always little-endian (torch ignores sys_info's
+byte order), a storage's type and size fixed by its first reference, views sliced from the
+root storage's bytes in the view's element size."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, FileSpan, Storage
 from ckpt_viewer.core.pickle_scan import pickle_end
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, pickle_checkpoint, storage_pid
-from ckpt_viewer.core.safe_pickle import Placeholder, dtype_of_storage, safe_load
+from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, dtype_of_storage, safe_load
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -41,8 +46,8 @@ class _Stream:
         self.file.seek(start + end)
         return data[:end]
 
-    def load(self):
-        return safe_load(self.next_pickle(), encoding="latin1")
+    def load(self, report=None):
+        return safe_load(self.next_pickle(), report=report)
 
 
 def read(path: str):
@@ -53,53 +58,74 @@ def read(path: str):
         stream.file.close()
 
 
+def is_legacy(path: str) -> bool:
+    """Whether the file starts with a pickle of torch's legacy magic number (any protocol)."""
+    try:
+        stream = _Stream(path)
+    except OSError:
+        return False
+    try:
+        return stream.load()[0] == MAGIC_NUMBER
+    except CheckpointError:
+        return False
+    finally:
+        stream.file.close()
+
+
 def _read(path, stream):
-    magic, _ = stream.load()
+    report = PickleReport()
+    magic, _ = stream.load(report)
     if magic != MAGIC_NUMBER:
         raise CheckpointError("not a PyTorch legacy file (bad magic number)")
-    protocol, _ = stream.load()
+    protocol, _ = stream.load(report)
     if protocol != PROTOCOL_VERSION:
         raise CheckpointError(f"unsupported legacy protocol version {protocol!r:.20}")
-    sys_info, _ = stream.load()
-    little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
-    byteorder = "little" if little else "big"
-    roots: dict[str, Storage] = {}
-    views: list[tuple[Storage, str, int]] = []
+    sys_info, _ = stream.load(report)
+    roots: dict = {}
+    views: dict = {}
+    spans: list[tuple[Storage, object, int]] = []
 
     def storage_factory(pid):
         if isinstance(pid, tuple) and pid and pid[0] == "module":
+            report.refuse("it records module source code (torch's weights_only unpickler "
+                          "refuses these persistent ids)")
             return pid[1] if len(pid) > 1 and isinstance(pid[1], type) else Placeholder()
-        storage_type, key, location, numel = storage_pid(pid)
+        storage_type, key, location, numel, view = storage_pid(pid, 6)
         dtype = dtype_of_storage(storage_type)
         root = roots.get(key)
         if root is None:
-            root = roots[key] = Storage(key, dtype, numel, location, None, byteorder)
-        view = pid[5] if len(pid) > 5 else None
+            root = roots[key] = Storage(str(key), dtype, numel, location, None, "little")
         if view is None:
             return root
         if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int
                 and type(view[2]) is int and view[1] >= 0 and view[2] >= 0):
             raise CheckpointError(f"malformed storage view of {key!r}")
-        storage = Storage(f"{key}[{view[1]}:{view[1] + view[2]}]", dtype, view[2], location,
-                          None, byteorder)
-        views.append((storage, key, view[1]))
-        return storage
+        view_key, offset, count = view
+        if view_key not in views:
+            size = DTYPE_SIZES[dtype]
+            storage = Storage(f"{key}[{offset}:{offset + count}]", dtype, count, location,
+                              None, "little")
+            spans.append((storage, key, offset * size))
+            views[view_key] = storage
+        return views[view_key]
 
     # Storages get their file spans once the storage section has been walked.
     checkpoint = pickle_checkpoint(path, "torch-legacy", stream.next_pickle(), storage_factory,
-                                   file_bytes=stream.size, byteorder=byteorder)
-    keys, _ = stream.load()
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                                   file_bytes=stream.size, report=report)
+    keys, _ = stream.load(report)
+    if not isinstance(keys, list) or not all(type(k) in (str, int) for k in keys):
         raise CheckpointError("legacy storage key list is malformed")
     _index_storages(stream, keys, roots, path)
-    for storage, root_key, offset in views:
+    for storage, root_key, start in spans:
         root = roots[root_key]
-        if offset + storage.numel > root.numel:
+        if start + storage.nbytes > root.nbytes:
             raise CheckpointError(f"storage view {storage.key!r} lies outside its storage")
-        size = DTYPE_SIZES[storage.dtype]
-        storage.source = FileSpan(path, root.source.offset + offset * size, storage.numel * size)
-    if byteorder == "big":
-        checkpoint.warnings.append("tensors are stored big-endian; values are byte-swapped when read")
+        storage.source = FileSpan(path, root.source.offset + start, storage.nbytes)
+    checkpoint.refusals = report.refusals
+    if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+        checkpoint.warnings.append("the file's sys_info says it was written big-endian; torch "
+                                   "ignores that and reads the bytes as little-endian, and so "
+                                   "does this view")
     return checkpoint
 
 

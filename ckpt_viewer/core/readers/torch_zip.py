@@ -1,83 +1,136 @@
-"""torch.save zip archives (and TorchScript archives, read as data): directory + data.pkl."""
+"""torch.save zip archives (and TorchScript archives, read as data): directory + data.pkl.
+
+Records are looked up the way torch's PyTorchFileReader does: under the folder named by the
+first entry, by UTF-8 name, ignoring ASCII case. Everything torch checks before it would load
+the file is checked here too (every entry inside that folder, the version record, the exact
+byteorder text, each storage record's exact size)."""
 
 from __future__ import annotations
 
 import zipfile
-from collections import Counter
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import DTYPE_SIZES, Storage
+from ckpt_viewer.core.model import DTYPE_SIZES, Storage, ZipMember
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, pickle_checkpoint, storage_pid
-from ckpt_viewer.core.readers.zip_directory import read_directory, read_member
+from ckpt_viewer.core.readers.zip_directory import crc_ok, read_directory, read_member
 from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
-MAX_FORMAT_VERSION = 20
+MIN_FORMAT_VERSION, MAX_FORMAT_VERSION = 1, 10      # torch 2.13's reader
 MAX_COMPRESSED_PICKLE = 64 * 1024 * 1024
+C_SPACE = b" \t\n\v\f\r"
 
 
-def archive_prefix(names: list[str]) -> str:
-    """The single top-level folder holding data.pkl."""
-    counts = Counter(names)
-    duplicates = [n for n, c in counts.items() if c > 1]
-    if duplicates:
-        raise CheckpointError(f"archive holds two entries named {duplicates[0]!r} "
-                              "(torch would read the first, other tools the last)")
-    prefixes = [n[: -len("data.pkl")] for n in names
-                if n.endswith("/data.pkl") and n.count("/") == 1]
-    if not prefixes:
-        raise CheckpointError("zip archive has no data.pkl: not a PyTorch checkpoint")
-    if len(prefixes) > 1:
-        raise CheckpointError("zip archive holds more than one data.pkl")
-    return prefixes[0]
+class Archive:
+    """The records of a torch zip archive, found as torch finds them."""
+
+    def __init__(self, path: str):
+        self.members = read_directory(path)
+        if not self.members:
+            raise CheckpointError("zip archive holds no files: not a PyTorch checkpoint")
+        first = self.members[0].raw_name
+        if b"/" not in first:
+            raise CheckpointError(f"zip entry {self.members[0].name!r} is not inside a folder: "
+                                  "not a PyTorch checkpoint")
+        self.prefix = first[:first.index(b"/") + 1]
+        self.by_name = {m.raw_name.lower(): m for m in self.members}
+        self.crc_failures: list[str] = []
+
+    def find(self, name: str) -> ZipMember | None:
+        return self.by_name.get((self.prefix + name.encode("utf-8", "surrogatepass")).lower())
+
+    def require(self, name: str) -> ZipMember:
+        member = self.find(name)
+        if member is None:
+            raise CheckpointError(f"archive has no {name} record: not a PyTorch checkpoint")
+        return member
+
+    def read(self, member: ZipMember, limit: int) -> bytes:
+        data = read_member(member, limit, check_crc=False)
+        if not crc_ok(member, data):
+            self.crc_failures.append(member.name)
+        return data
+
+    def check_folder(self):
+        outside = next((m for m in self.members if not m.raw_name.startswith(self.prefix)), None)
+        if outside is not None:
+            raise CheckpointError(f"zip entry {outside.name!r} lies outside the archive folder "
+                                  f"{self.prefix.decode('utf-8', 'backslashreplace')!r} "
+                                  "(torch refuses such archives)")
+
+    def records(self) -> list[str]:
+        return [m.raw_name[len(self.prefix):].decode("utf-8", "backslashreplace")
+                for m in self.members]
+
+
+def parse_version(text: bytes) -> int:
+    """The archive format version, read as C's stoull reads it (leading space, then digits)."""
+    digits = text.lstrip(C_SPACE)
+    if digits[:1] == b"+":
+        digits = digits[1:]
+    end = 0
+    while end < len(digits) and digits[end:end + 1].isdigit():
+        end += 1
+    if not end or digits[:1] == b"-":
+        raise CheckpointError(f"archive format version {text[:20]!r} is not a number")
+    version = int(digits[:end])
+    if not MIN_FORMAT_VERSION <= version <= MAX_FORMAT_VERSION:
+        raise CheckpointError(f"archive format version {version} is outside what torch reads "
+                              f"({MIN_FORMAT_VERSION} to {MAX_FORMAT_VERSION})")
+    return version
+
+
+def read_byteorder(archive: Archive) -> str:
+    member = archive.find("byteorder")
+    if member is None:
+        return "little"
+    text = archive.read(member, 64)
+    if text not in (b"little", b"big"):
+        raise CheckpointError(f"unknown byteorder {text[:20]!r} (torch accepts exactly "
+                              "'little' or 'big')")
+    return text.decode()
 
 
 def read(path: str):
-    directory = read_directory(path)
-    names = [m.name for m in directory]
-    prefix = archive_prefix(names)
-    members = {m.name: m for m in directory}
-    byteorder = "little"
-    if prefix + "byteorder" in members:
-        byteorder = read_member(members[prefix + "byteorder"], 64).decode("ascii", "replace").strip()
-        if byteorder not in ("little", "big"):
-            raise CheckpointError(f"unsupported byteorder {byteorder[:20]!r} "
-                                  "(only little and big are defined)")
-    version = None
-    for name in (prefix + "version", prefix + ".data/version"):
-        if name in members:
-            text = read_member(members[name], 64).decode("ascii", "replace").strip()
-            if not text.isdigit() or int(text) > MAX_FORMAT_VERSION:
-                raise CheckpointError(f"unsupported archive format version {text[:20]!r}")
-            version = int(text)
-    pickle_member = members[prefix + "data.pkl"]
+    archive = Archive(path)
+    version = parse_version(archive.read(archive.find(".data/version") or
+                                         archive.require("version"), 64))
+    archive.check_folder()
+    byteorder = read_byteorder(archive)
+    pickle_member = archive.require("data.pkl")
     if pickle_member.compress_type != 0 and pickle_member.file_size > MAX_COMPRESSED_PICKLE:
         # torch never compresses data.pkl; a small record inflating this far is a zip bomb
         raise CheckpointError(f"data.pkl is compressed and would inflate to "
                               f"{pickle_member.file_size:,} bytes; refusing (zip bomb?)")
-    data = read_member(pickle_member, MAX_PICKLE_BYTES)
-    torchscript = prefix + "constants.pkl" in members or any(
-        n.startswith(prefix + "code/") for n in names)
-    storages: dict[str, Storage] = {}
+    data = archive.read(pickle_member, MAX_PICKLE_BYTES)
+    records = archive.records()
+    torchscript = "constants.pkl" in records
+    storages: dict = {}
 
     def storage_factory(pid):
         storage_type, key, location, numel = storage_pid(pid)
         dtype = dtype_of_storage(storage_type)
-        if key in storages:
+        if key in storages:      # torch keeps the first reference's type and size
             return storages[key]
-        member = members.get(f"{prefix}data/{key}")
+        member = archive.find(f"data/{key}")
         if member is None:
             raise CheckpointError(f"storage record data/{key} is missing from the archive")
         needed = numel * DTYPE_SIZES[dtype]
-        if member.file_size < needed:
+        if member.file_size != needed:
             raise CheckpointError(f"storage record data/{key} holds {member.file_size:,} bytes "
-                                  f"but its tensors need {needed:,}")
-        storages[key] = Storage(key, dtype, numel, location, member, byteorder)
+                                  f"but its storage is {needed:,} (torch refuses the file)")
+        storages[key] = Storage(str(key), dtype, numel, location, member, byteorder)
         return storages[key]
 
     fmt = "torchscript" if torchscript else "torch-zip"
     checkpoint = pickle_checkpoint(path, fmt, data, storage_factory, byteorder=byteorder)
-    if version is not None:
-        checkpoint.metadata["archive format version"] = version
+    checkpoint.metadata["archive format version"] = version
+    if torchscript:
+        checkpoint.refusals.append("a TorchScript archive: torch.load(weights_only=True) refuses "
+                                   "these (torch.jit.load would run its code)")
+    if archive.crc_failures:
+        checkpoint.warnings.append(
+            f"{', '.join(archive.crc_failures)} fail(s) the CRC-32 check; torch does not check "
+            "it, so what is shown is what torch reads, but the file is damaged")
     if byteorder == "big":
         checkpoint.warnings.append("tensors are stored big-endian; values are byte-swapped when read")
     compressed = [s.key for s in storages.values() if s.source.compress_type != zipfile.ZIP_STORED]
