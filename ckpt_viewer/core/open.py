@@ -19,14 +19,19 @@ FOREIGN_FORMATS = [
     (b"\xfd7zXZ", "an xz-compressed file; decompress it first"),
 ]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth",
-                "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+                "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                "adapter_model.safetensors", "adapter_model.bin")
 
 
 def sniff(path: str) -> str:
-    """The reader name for a path: torch_zip, torch_legacy, safetensors, pickle, hf_index, dcp."""
+    """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
+    dcp, training_dir."""
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, ".metadata")):
             return "dcp"
+        from ckpt_viewer.core.readers.training_dir import state_files
+        if state_files(path):
+            return "training_dir"
         raise CheckpointError("directory holds no checkpoint (no .metadata, *.index.json or "
                               "model weights file)")
     if path.endswith(".index.json"):
@@ -37,7 +42,8 @@ def sniff(path: str) -> str:
     with open(path, "rb") as f:
         head = f.read(512)
     if head.startswith(b"PK\x03\x04"):    # the test torch.load makes
-        return "torch_zip"
+        from ckpt_viewer.core.readers.pt2 import is_pt2
+        return "pt2" if is_pt2(path, head) else "torch_zip"
     from ckpt_viewer.core.readers.safetensors import looks_like_safetensors
     if looks_like_safetensors(head):
         return "safetensors"
@@ -58,9 +64,17 @@ def sniff(path: str) -> str:
 
 
 def resolve_directory(path: str) -> str:
-    """A Hugging Face model directory -> its index file or single weights file."""
-    if os.path.isfile(os.path.join(path, ".metadata")):
+    """A Hugging Face model directory -> its index file or single weights file; a training
+    folder (weights with optimizer, scheduler... files) or a DCP folder stays as it is."""
+    from ckpt_viewer.core.readers.training_dir import state_files
+
+    if os.path.isfile(os.path.join(path, ".metadata")) or state_files(path):
         return path
+    return model_weights(path) or path
+
+
+def model_weights(path: str) -> str | None:
+    """A folder's model: its index file or its single weights file."""
     indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index.json")))
     safetensor_indexes = [p for p in indexes if p.endswith(".safetensors.index.json")]
     if safetensor_indexes or indexes:
@@ -71,17 +85,18 @@ def resolve_directory(path: str) -> str:
     singles = glob.glob(os.path.join(glob.escape(path), "*.safetensors"))
     if len(singles) == 1:
         return singles[0]
-    return path
+    return None
 
 
 def open_file(path: str) -> Checkpoint:
     """Read only metadata; raises CheckpointError with a one-line message for any bad input."""
     from ckpt_viewer.core.readers import dcp, hf_index, safetensors, torch_legacy, torch_zip
-    from ckpt_viewer.core.readers import plain_pickle
+    from ckpt_viewer.core.readers import plain_pickle, pt2, training_dir
 
     readers = {"torch_zip": torch_zip.read, "torch_legacy": torch_legacy.read,
                "safetensors": safetensors.read, "pickle": plain_pickle.read,
-               "hf_index": hf_index.read, "dcp": dcp.read}
+               "hf_index": hf_index.read, "dcp": dcp.read, "pt2": pt2.read,
+               "training_dir": training_dir.read}
     return readers[sniff(path)](path)
 
 
@@ -93,10 +108,15 @@ def open_checkpoint(path: str) -> Checkpoint:
     try:
         if not os.path.exists(path):
             raise CheckpointError("no such file or directory")
-        if os.path.isdir(path):
+        folder = path if os.path.isdir(path) else None
+        if folder:
             path = resolve_directory(path)
         with paused_gc():
             checkpoint = open_file(path)
+            if folder and path != folder:
+                from ckpt_viewer.core.readers.training_dir import folder_metadata
+                for key, value in folder_metadata(folder).items():
+                    checkpoint.metadata.setdefault(key, value)
             checkpoint.optimizers = optim.find_optimizers(checkpoint)
         return checkpoint
     except CheckpointError:

@@ -120,8 +120,12 @@ def verify(path: str):
             checkpoint = open_checkpoint(target)     # structure, sizes and bounds
         except CheckpointError as exc:
             raise Damaged(str(exc)) from None
-        if kind == "torch_zip":
+        if kind in ("torch_zip", "pt2"):
             files, runs = [target], [lambda report: _verify_zip(target, report)]
+        elif kind == "training_dir":
+            files = _training_files(target, checkpoint)
+            runs = [_shard_run(f) for f in files]
+            report.notes.append(f"{len(files)} file(s)")
         elif kind == "hf_index":
             shards = sorted({s.source.path for _, t, _ in checkpoint.tensors()
                              for s in [t.storage] if s is not None and s.source is not None})
@@ -148,13 +152,24 @@ def verify(path: str):
     return report
 
 
+def _training_files(folder: str, checkpoint) -> list[str]:
+    """Every file of a training folder that holds data: its parts (JSON aside) and the shards
+    an index part names."""
+    from ckpt_viewer.core.readers.training_dir import part_names
+
+    files = {os.path.join(folder, n) for n in part_names(folder) if not n.endswith(".json")}
+    files |= {s.source.path for _, t, _ in checkpoint.tensors() for s in [t.storage]
+              if s is not None and s.source is not None}
+    return sorted(files)
+
+
 def _shard_run(shard: str):
     def run(report):
         from ckpt_viewer.core.open import sniff
 
         name = os.path.basename(shard)
         try:
-            if sniff(shard) == "torch_zip":
+            if sniff(shard) in ("torch_zip", "pt2"):
                 yield from _verify_zip(shard, report)
             else:
                 from ckpt_viewer.core.open import open_file

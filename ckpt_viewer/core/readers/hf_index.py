@@ -74,13 +74,22 @@ def read(index_path: str) -> Checkpoint:
                       warnings=warnings, metadata=metadata)
 
 
-def config_metadata(folder: str) -> dict:
-    """Plain top-level fields of a model directory's config.json (model_type, sizes...)."""
-    path = os.path.join(folder, "config.json")
+def config_metadata(folder: str, name: str = "config.json") -> dict:
+    """Plain top-level fields of a model directory's config.json (model_type, sizes...);
+    short lists of plain values (architectures, target_modules) as one line of text."""
+    path = os.path.join(folder, name)
     if not os.path.isfile(path):
         return {}
     try:
         config = read_json(path, "config")
     except CheckpointError:
         return {}
-    return {f"config.{k}": v for k, v in config.items() if isinstance(v, (str, int, float, bool))}
+    prefix = name.removesuffix(".json")
+    fields = {}
+    for key, value in config.items():
+        if isinstance(value, (str, int, float, bool)):
+            fields[f"{prefix}.{key}"] = value
+        elif isinstance(value, list) and 0 < len(value) <= 64 and all(
+                isinstance(v, (str, int, float, bool)) for v in value):
+            fields[f"{prefix}.{key}"] = ", ".join(str(v) for v in value)
+    return fields

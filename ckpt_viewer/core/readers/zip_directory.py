@@ -2,8 +2,8 @@
 uses (miniz): which end record and directory it takes, zip64 included, the checks it makes.
 
 Where a plain zip reader (Python's zipfile, unzip) could read another directory or another
-record than torch, the archive is ambiguous and refused with one line naming why: two end
-records, a zip64 record that disagrees with the end record, a directory that does not end where
+record than torch, the archive is ambiguous and refused with one line naming why: a zip64
+record that disagrees with the end record, a directory that does not end where
 the end records begin (zipfile then shifts every offset), names that differ only in case
 (torch's lookup ignores ASCII case) and names holding a NUL byte (zipfile cuts them there).
 
@@ -44,9 +44,6 @@ def _find_end_record(f, size: int) -> tuple[int, tuple]:
     at = data.rfind(END_SIG, 0, len(data) - EOCD.size + 4)
     if at < 0:
         raise CheckpointError("not a readable zip archive (no end-of-directory record; truncated?)")
-    if data.rfind(END_SIG, 0, at) >= 0:
-        raise AmbiguousArchive("it holds two end-of-directory records (an archive appended "
-                               "to another, or a record inside the comment)")
     return size - tail + at, EOCD.unpack_from(data, at)
 
 
