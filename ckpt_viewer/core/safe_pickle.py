@@ -139,11 +139,18 @@ def _storage_class(name):
     return GlobalRef("torch." + name)
 
 
-def dtype_of_storage(storage_type) -> str:
+def dtype_of_storage(storage_type, untyped_ok: bool = True) -> str:
+    """The element type a persistent id's storage type names. torch's legacy loader asks every
+    storage type for its dtype, which UntypedStorage lacks (it refuses such files, its own
+    legacy saves of float8 or uint16 tensors included)."""
     name = getattr(storage_type, "qualname", "")
     short = name.rsplit(".", 1)[-1]
     if name not in TORCH_ALLOWED or short not in STORAGE_DTYPES:
         raise CheckpointError(f"unknown storage type {getattr(storage_type, 'qualname', storage_type)!r:.60}")
+    if short == "UntypedStorage" and not untyped_ok:
+        raise CheckpointError("a legacy-format file with an untyped storage (float8, uint16... "
+                              "saved with _use_new_zipfile_serialization=False): torch cannot "
+                              "load it either")
     return STORAGE_DTYPES[short]
 
 

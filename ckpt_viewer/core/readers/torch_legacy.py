@@ -91,7 +91,7 @@ def _read(path, stream):
                           "refuses these persistent ids)")
             return pid[1] if len(pid) > 1 and isinstance(pid[1], type) else Placeholder()
         storage_type, key, location, numel, view = storage_pid(pid, 6)
-        dtype = dtype_of_storage(storage_type)
+        dtype = dtype_of_storage(storage_type, untyped_ok=False)
         root = roots.get(key)
         if root is None:
             root = roots[key] = Storage(str(key), dtype, numel, location, None, "little")
