@@ -9,7 +9,7 @@ import sys
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
 
-SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff")
+SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "globals")
 
 
 def _inspect_parser(sub):
@@ -75,6 +75,14 @@ def _diff_parser(sub):
     p.set_defaults(run=run_diff)
 
 
+def _globals_parser(sub):
+    p = sub.add_parser("globals", help="every Python global the file's pickles name, triaged "
+                                       "(torch / data / class / code), and an allowlist snippet")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_globals)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckpt-viewer",
@@ -86,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _verify_parser(sub)
     _diff_parser(sub)
+    _globals_parser(sub)
     return parser
 
 
@@ -111,6 +120,19 @@ def run_inspect(args) -> int:
         sys.stdout.write(json.dumps(inspect_dict(checkpoint)) + "\n")   # dumps: C encoder
     else:
         for line in text_report(checkpoint, max_depth=args.depth):
+            print(line)
+    return 0
+
+
+def run_globals(args) -> int:
+    from ckpt_viewer.core.globals import report_dict, text_lines
+    from ckpt_viewer.core.open import open_checkpoint
+
+    checkpoint = open_checkpoint(args.path)
+    if args.json:
+        sys.stdout.write(json.dumps(report_dict(checkpoint)) + "\n")
+    else:
+        for line in text_lines(checkpoint):
             print(line)
     return 0
 

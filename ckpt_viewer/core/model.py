@@ -181,6 +181,7 @@ class Checkpoint:
     optimizer_nodes: list | None = None   # found while building the tree (None: search it)
     byteorder: str = "little"
     globals_named: dict = field(default_factory=dict)   # every global the pickles name -> uses
+    global_calls: dict = field(default_factory=dict)    # global -> arguments it was called with
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)
 

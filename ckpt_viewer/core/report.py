@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ckpt_viewer.core.globals import MEANING, triage
 from ckpt_viewer.core.model import Checkpoint, Node, format_bytes, format_count
 from ckpt_viewer.core.summary import totals
 
@@ -62,9 +63,18 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
         yield f"  {dtype:<14} {count:>7} tensors  {format_count(params):>9}  {format_bytes(nbytes):>10}"
     for key, value in checkpoint.metadata.items():
         yield f"{key}: {describe_value(value)}"
-    if checkpoint.unsafe_globals:
-        yield ("WARNING: the file refers to Python globals that are not tensor data; "
-               "none of them was run: " + ", ".join(checkpoint.unsafe_globals))
+    uses = [u for u in triage(checkpoint) if u.category != "torch"]
+    for use in uses:
+        if use.category == "code":
+            call = f"{use.name}({use.calls[0]})" if use.calls else use.name
+            where = f" at {use.keys[0]}" if use.keys else ""
+            yield f"WARNING: code: {call}{where} (torch.load(weights_only=False) would run it)"
+    for kind in ("class", "data"):
+        names = [u.name for u in uses if u.category == kind]
+        if names:
+            yield f"{kind} globals ({MEANING[kind]}): {', '.join(names)}"
+    for why in checkpoint.refusals:
+        yield f"note: torch.load(weights_only=True) would refuse this file: {why}"
     for warning in checkpoint.warnings:
         yield f"warning: {warning}"
     scalars = checkpoint.scalars()

@@ -33,7 +33,9 @@ class Placeholder:
         return obj
 
     def __init__(self, *args, **kwargs):
+        # only a REDUCE (a call of the global) runs __init__; NEWOBJ stops at __new__
         self.args, self.kwargs = args, kwargs
+        current_report().note_call(self.qualname, args)
 
     @classmethod
     def _new(cls):
@@ -456,6 +458,7 @@ def reconstructor(cls, base, state=None):
 
 
 def numpy_dtype(spec, align=False, copy=False):
+    current_report().note_call("numpy.dtype", (str(spec),), limit=64)
     obj = NumpyDtype()
     obj.spec = str(spec)
     return obj
@@ -524,6 +527,13 @@ class PickleReport:
     def __init__(self):
         self.globals: dict[str, int] = {}          # qualname -> times named
         self.refusals: list[str] = []
+        self.calls: dict[str, list[str]] = {}      # qualname -> the arguments of its calls
+
+    def note_call(self, qualname: str, args: tuple, limit: int = 8):
+        calls = self.calls.setdefault(qualname, [])
+        if len(calls) < limit:
+            text = ", ".join(repr(a)[:120] for a in args[:6])
+            calls.append(text[:300])
 
     def refuse(self, why: str):
         if why not in self.refusals:

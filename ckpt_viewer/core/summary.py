@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ckpt_viewer.core import paused_gc
+from ckpt_viewer.core.globals import triage
 from ckpt_viewer.core.model import Checkpoint, TensorInfo
 
 MAX_SCALAR_TEXT = 10_000
@@ -106,7 +107,10 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         "scalars": {k: json_scalar(v) for k, v in checkpoint.scalars().items()},
         "optimizers": optimizers,
         "unsafe_globals": list(checkpoint.unsafe_globals),
-        "warnings": list(checkpoint.warnings),
+        "globals": [{"name": u.name, "category": u.category} for u in triage(checkpoint)],
+        "warnings": list(checkpoint.warnings) + [
+            f"torch.load(weights_only=True) would refuse this file: {why}"
+            for why in checkpoint.refusals],
         "total_params": total.params,
         "total_bytes": total.bytes,
     }

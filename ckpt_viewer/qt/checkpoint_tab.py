@@ -56,6 +56,34 @@ class CheckpointTab(QWidget):
 
     tensor_selected = Signal(str)
 
+    def _fill_banner(self, checkpoint):
+        """Red only when the file names code (with the call and where it sits); classes and
+        plain-data globals are quiet information (DESIGN.md's globals triage)."""
+        from ckpt_viewer.core.globals import MEANING, triage
+
+        uses = [u for u in triage(checkpoint) if u.category != "torch"]
+        code = [u for u in uses if u.category == "code"]
+        if code:
+            lines = ["This file names code that torch.load(weights_only=False) would run. "
+                     "Nothing was run here."]
+            for use in code[:6]:
+                call = f"{use.name}({use.calls[0]})" if use.calls else use.name
+                where = f" at {use.keys[0]}" if use.keys else ""
+                lines.append(f"  {call[:200]}{where}")
+            style = "background: #f8d7da; color: #58151c; border: 1px solid #f1aeb5;"
+        else:
+            lines = []
+            for kind in ("class", "data"):
+                names = [u.name for u in uses if u.category == kind]
+                if names:
+                    more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+                    lines.append(f"{', '.join(names[:8])}{more}: {MEANING[kind]}.")
+            lines.append("`ckpt-viewer globals FILE` prints the allowlist that loads it.")
+            style = "background: palette(alternate-base); border: 1px solid palette(mid);"
+        self.banner.setText("\n".join(lines))
+        self.banner.setProperty("severity", "code" if code else "info")
+        self.banner.setStyleSheet(f"QLabel#unsafeBanner {{ {style} padding: 6px; }}")
+
     def __init__(self, checkpoint, index, totals, parent=None):
         super().__init__(parent)
         self.checkpoint, self.totals = checkpoint, totals
@@ -65,16 +93,9 @@ class CheckpointTab(QWidget):
         self.banner.setObjectName("unsafeBanner")
         self.banner.setWordWrap(True)
         self.banner.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.banner.setStyleSheet("QLabel#unsafeBanner { background: #fff3cd; color: #664d03;"
-                                  " border: 1px solid #ffda6a; padding: 6px; }")
+        self.banner.setTextFormat(Qt.PlainText)
         if checkpoint.unsafe_globals:
-            names = ", ".join(checkpoint.unsafe_globals[:12])
-            more = f" and {len(checkpoint.unsafe_globals) - 12} more" \
-                if len(checkpoint.unsafe_globals) > 12 else ""
-            self.banner.setText(
-                f"<b>This file refers to Python code</b> that is not tensor data: {html.escape(names)}"
-                f"{more}. None of it was imported or run; ckpt-viewer shows these objects as data. "
-                "Plain <code>torch.load</code> with <code>weights_only=False</code> would run it.")
+            self._fill_banner(checkpoint)
         self.banner.setVisible(bool(checkpoint.unsafe_globals))
 
         self.filter = QLineEdit()

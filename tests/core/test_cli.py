@@ -7,7 +7,7 @@ import sys
 import builders
 
 FIELDS = {"path", "format", "file_bytes", "tensors", "scalars", "optimizers", "unsafe_globals",
-          "warnings", "total_params", "total_bytes"}
+          "warnings", "total_params", "total_bytes", "globals"}
 
 
 def cli(*args):
@@ -43,8 +43,16 @@ def test_inspect_text_report(tmp_path):
 def test_inspect_warns_about_globals(tmp_path):
     path = builders.whole_model_file(tmp_path / "w.pt")
     result = cli("inspect", path)
-    assert "WARNING: the file refers to Python globals" in result.stdout
-    assert "__main__.Net" in result.stdout
+    assert "class globals (a class from the code that wrote the file" in result.stdout
+    assert "__main__.Net" in result.stdout and "WARNING: code" not in result.stdout
+
+
+def test_inspect_warns_in_red_words_only_for_code(tmp_path):
+    import os
+    path = builders.save({"w": __import__("torch").ones(1),
+                          "x": builders.Call(os.system, "echo never")}, tmp_path / "c.pt")
+    result = cli("inspect", path)
+    assert "WARNING: code: posix.system('echo never') at x" in result.stdout
 
 
 def test_errors_are_one_line_exit_2(tmp_path):

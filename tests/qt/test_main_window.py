@@ -46,7 +46,8 @@ def test_unsafe_banner_names_globals(qtbot, window, tmp_path):
     open_and_wait(qtbot, window, path)
     banner = current_tab(window).findChild(QLabel, "unsafeBanner")
     assert banner.isVisible()
-    assert "__main__.Net" in banner.text() and "None of it was imported or run" in banner.text()
+    assert "__main__.Net" in banner.text() and "torch would need its source" in banner.text()
+    assert banner.property("severity") == "info" and banner.textFormat() == Qt.PlainText
     tree = current_tab(window).findChild(QTreeView, "keyTree")
     model = tree.model()
     assert model.index(0, 1).data() == "Net"       # module class name in Type / Class

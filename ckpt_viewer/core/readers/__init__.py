@@ -42,6 +42,7 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
                                             if not g.startswith("__torch__.")],
                             refusals=report.refusals, **extra)
     checkpoint.globals_named = dict(report.globals)
+    checkpoint.global_calls = report.calls
     check_tensor_bounds(checkpoint)
     return checkpoint
 
