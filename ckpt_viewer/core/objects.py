@@ -78,7 +78,8 @@ def _dtype_parts(dtype: NumpyDtype):
     state = dtype.state if isinstance(dtype.state, tuple) else ()
     order = state[1] if len(state) > 1 and state[1] in ("<", ">", "|", "=") else "<"
     structured = len(state) > 3 and state[3] is not None
-    return kind, int(size) if size.isdigit() else 0, order, structured
+    size = int(size) if size.isdigit() else 0
+    return kind, size * 4 if kind == "U" else size, order, structured   # U<n>: n UCS-4 chars
 
 
 def numpy_dtype_name(dtype: NumpyDtype) -> str:
