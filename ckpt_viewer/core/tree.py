@@ -110,6 +110,13 @@ def build_tree(obj, warnings: list | None = None, optimizers: list | None = None
     return root
 
 
+class Shown(str):
+    """Text that describes a value (not a string from the file): printed without quotes."""
+
+    def __repr__(self):
+        return str(self)
+
+
 class _Seen(dict):
     """First key of every container and tensor met; what shared containers may still repeat."""
 
@@ -162,7 +169,7 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
         node.kind, node.type_name, node.value = "scalar", "int", value
         node.note = huge_int_text(value)
         if value.bit_length() > 14000:            # beyond what Python itself will print
-            node.value = node.note
+            node.value = Shown(node.note)
         return []
     if value is None or isinstance(value, SCALAR_TYPES):
         node.kind, node.value = ("scalar", value) if value is not None else ("opaque", None)
@@ -170,8 +177,8 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
         return []
     if isinstance(value, (bytes, bytearray)):
         node.type_name = type(value).__name__
-        node.value = repr(bytes(value)) if len(value) <= 64 else \
-            f"{bytes(value[:32])!r}... ({len(value)} bytes)"
+        node.value = bytes(value) if len(value) <= 64 else \
+            Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
         return []
     if isinstance(value, (GlobalRef, type)):
         node.type_name, node.value = "global", getattr(value, "qualname", repr(value))
@@ -180,7 +187,8 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
         node.type_name, node.value = type(value).__name__, list(value)
         return []
     if not isinstance(value, (dict, list, tuple, set, frozenset, Placeholder)):
-        node.type_name, node.value = type(value).__name__, repr(value)[:200]
+        node.type_name = type(value).__name__
+        node.value = value if isinstance(value, complex) else repr(value)[:200]
         return []
     if id(value) in first_key and not first_key.show_again(value):
         node.kind, node.value, node.type_name = "ref", first_key[id(value)], "reference"
