@@ -227,6 +227,8 @@ def test_quantized_modules_listed_under_state_dict_names(tmp_path, build):
     expected = state_dict_listing(model.state_dict())
     ours = our_leaves(checkpoint)
     assert list(ours) == list(expected)
+    _, from_state_dict, _ = saved(tmp_path, model.state_dict(), "state_dict.pt")
+    assert list(our_leaves(from_state_dict)) == list(expected)
     for key, value in expected.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0 or \
                 isinstance(value, torch.Tensor) and value.is_quantized:
