@@ -85,7 +85,7 @@ def _dtype_parts(dtype: NumpyDtype):
 def numpy_dtype_name(dtype: NumpyDtype) -> str:
     """numpy's own name: float32, int64, bool, <U3 ..."""
     try:
-        kind, size, order, structured = _dtype_parts(dtype)
+        kind, size, _, structured = _dtype_parts(dtype)
     except (TypeError, ValueError):
         return "?"
     if structured:

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.utils.parametrize  # noqa: F401 - registers the submodule
-import torch.nn.utils.prune  # noqa: F401
+import torch.nn.utils.parametrize
+import torch.nn.utils.prune
 
 from ckpt_viewer.core import safe_pickle
 from ckpt_viewer.core.model import iter_nodes
@@ -140,7 +140,13 @@ def process_group(tmp_path):
 def test_dtensor_global_shape_placements_mesh_and_local_shard(tmp_path, process_group,
                                                              subclass_route):
     from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import (
+        DTensor,
+        Partial,
+        Replicate,
+        Shard,
+        distribute_tensor,
+    )
     mesh = DeviceMesh("cpu", [0])
     mesh_2d = DeviceMesh("cpu", [[0]], mesh_dim_names=("dp", "tp"))
     obj = {"sharded": distribute_tensor(torch.arange(8.).reshape(4, 2), mesh, [Shard(0)]),
@@ -372,7 +378,7 @@ def test_hostile_repetition_stays_small(tmp_path):
 
 def test_shared_numpy_array_is_one_storage(tmp_path):
     array = np.arange(4, dtype=np.float32)
-    _, checkpoint, loaded = saved(tmp_path, {"a": array, "b": array})
+    _, checkpoint, _ = saved(tmp_path, {"a": array, "b": array})
     assert node(checkpoint, "b").kind == "tensor" and node(checkpoint, "b").shared_with == "a"
     assert inspect_dict(checkpoint)["total_params"] == 4
 
@@ -381,8 +387,8 @@ def test_shared_numpy_array_is_one_storage(tmp_path):
 
 @pytest.mark.parametrize("payload", [
     b"cnumpy.core.multiarray\n_reconstruct\n)R(K\x01(J\xff\xff\xff\xfftK\x00K\x00K\x00tb.",
-    b"cnumpy.core.multiarray\n_reconstruct\n)R(K\x01(K\x02tcnumpy\ndtype\nX\x02\x00\x00\x00f4"
-    b"\x85R\x89C\x03abctb.",
+    (b"cnumpy.core.multiarray\n_reconstruct\n)R(K\x01(K\x02tcnumpy\ndtype\nX\x02\x00\x00\x00f4"
+     b"\x85R\x89C\x03abctb."),
     b"ctorch._tensor\n_rebuild_from_type_v2\n(K\x01K\x02K\x03K\x04tR.",
     b"ctorch.distributed.tensor\nDTensor\n)R}b.",
     b"cdatetime\ndatetime\nC\n\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x85R.",
