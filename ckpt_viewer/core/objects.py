@@ -411,10 +411,11 @@ def _datetime(obj) -> Described | None:
 
 def _enum_by_name(obj) -> Described | None:
     """Enum members pickled by name: getattr(EnumClass, 'NAME') (Python's global enums)."""
-    if len(obj.args) == 2 and isinstance(obj.args[1], str) and \
+    if len(obj.args) == 2 and isinstance(obj.args[1], str) and obj.args[1].isidentifier() and \
             isinstance(obj.args[0], type) and issubclass(obj.args[0], Placeholder):
-        return Described("scalar", obj.args[0].qualname,
-                         value=f"{_short(obj.args[0].qualname)}.{obj.args[1]}")
+        owner, name = obj.args[0].qualname, obj.args[1]
+        return Described("scalar", owner, value=f"{_short(owner)}.{name}",
+                         note=f"getattr({owner}, {name!r})")      # the call stays visible
     return None
 
 

@@ -12,7 +12,7 @@ BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 MODULE_SUMMARY_FIELDS = 8  # plain attributes shown in a module's note
 MAX_DEPTH = 1000           # deeper levels are cut: dotted keys would grow quadratically
 SHARED_BY_VALUE = 64       # a container seen again is shown again if it holds at most this many
-BY_VALUE_BUDGET = 1 << 20  # ... items, until this many items were repeated in all (hostile files)
+BY_VALUE_BUDGET = 100_000  # ... items, until this many were repeated in all (hostile files)
 INT_DIGITS = 40            # longer integers are shown by their first digits and their length
 
 
@@ -153,6 +153,8 @@ def _item_count(value, limit: int) -> int:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend(item)
+        elif isinstance(item, Placeholder) and is_module(item):   # what its node will show
+            stack.extend(value for _, value, _ in _module_children(item))
         elif isinstance(item, Placeholder):
             stack.extend((item.args, item.kwargs, item.state, item.items, item.list_items))
     return count

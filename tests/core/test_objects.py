@@ -348,6 +348,15 @@ def test_python_values_shown_as_a_python_user_knows_them(tmp_path):
     assert node(checkpoint, "huge").value == node(checkpoint, "huge").note   # Python won't print it
 
 
+def test_enum_member_pickled_by_name(tmp_path):
+    """Some Python versions pickle enum members as getattr(EnumClass, 'NAME')."""
+    path = tmp_path / "enum.pkl"
+    path.write_bytes(b"\x80\x02}X\x01\x00\x00\x00ecbuiltins\ngetattr\nc__main__\nColor\n"
+                     b"X\x03\x00\x00\x00RED\x86Rs.")
+    found = node(open_checkpoint(str(path)), "e")
+    assert found.value == "Color.RED" and found.note == "getattr(__main__.Color, 'RED')"
+
+
 # --- shared objects -----------------------------------------------------------------------------
 
 def test_shared_small_containers_shown_by_value_large_ones_once(tmp_path):
@@ -363,6 +372,20 @@ def test_shared_small_containers_shown_by_value_large_ones_once(tmp_path):
     assert [g["betas"] for g in opt["param_groups"]] == [[0.9, 0.999], [0.9, 0.999]]
     shared = node(checkpoint, "b")
     assert shared.kind == "ref" and shared.note == "shared with a, shown once"
+
+
+class SharedBlocks(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+        self.again = self.block
+
+
+def test_shared_submodule_listed_under_both_names_like_state_dict(tmp_path):
+    _, checkpoint, loaded = saved(tmp_path, SharedBlocks())
+    assert [t["key"] for t in inspect_dict(checkpoint)["tensors"]] == list(loaded.state_dict())
+    assert node(checkpoint, "again.0.weight").shared_with == "block.0.weight"
+    assert inspect_dict(checkpoint)["total_params"] == 10
 
 
 def test_hostile_repetition_stays_small(tmp_path):
@@ -387,6 +410,7 @@ def test_shared_numpy_array_is_one_storage(tmp_path):
 
 @pytest.mark.parametrize("payload", [
     b"cnumpy.core.multiarray\n_reconstruct\n)R(K\x01(J\xff\xff\xff\xfftK\x00K\x00K\x00tb.",
+    b"cbuiltins\ngetattr\nc__main__\nColor\nX\x03\x00\x00\x00a.b\x86R.",
     (b"cnumpy.core.multiarray\n_reconstruct\n)R(K\x01(K\x02tcnumpy\ndtype\nX\x02\x00\x00\x00f4"
      b"\x85R\x89C\x03abctb."),
     b"ctorch._tensor\n_rebuild_from_type_v2\n(K\x01K\x02K\x03K\x04tR.",
