@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ckpt_viewer.core.model import Node, TensorInfo
-from ckpt_viewer.core.objects import Described, describe_object
+from ckpt_viewer.core.objects import Described, call_note, describe_object, module_state_extras
 from ckpt_viewer.core.safe_pickle import GlobalRef, Placeholder
 
 SCALAR_TYPES = (bool, int, float, str)
@@ -11,6 +11,9 @@ COMPACT_LIST = 16          # longer lists of plain scalars become one node
 BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 MODULE_SUMMARY_FIELDS = 8  # plain attributes shown in a module's note
 MAX_DEPTH = 1000           # deeper levels are cut: dotted keys would grow quadratically
+SHARED_BY_VALUE = 64       # a container seen again is shown again if it holds at most this many
+BY_VALUE_BUDGET = 100_000  # ... items, until this many were repeated in all (hostile files)
+INT_DIGITS = 40            # longer integers are shown by their first digits and their length
 
 
 def is_module(obj) -> bool:
@@ -34,6 +37,7 @@ def _module_children(obj):
     for name, value in (fields.get("_buffers") or {}).items():
         if value is not None and name not in non_persistent:
             yield str(name), value, "buffer"
+    yield from module_state_extras(obj)
     for name, value in (fields.get("_modules") or {}).items():
         if value is not None:
             yield str(name), value, ""
@@ -83,7 +87,7 @@ def build_tree(obj, warnings: list | None = None, optimizers: list | None = None
     """Walk without recursion; a container seen before becomes a `ref` node (no blow-up).
     Tensors sharing a storage are marked on the way; optimizer nodes are collected."""
     root = Node(name="", kind="dict")
-    first_key: dict[int, str] = {}
+    first_key = _Seen()
     stack = [(obj, None, "", "", "", 0)]
     cut = False
     while stack:
@@ -106,28 +110,77 @@ def build_tree(obj, warnings: list | None = None, optimizers: list | None = None
     return root
 
 
-def _fill(node: Node, value, first_key: dict) -> list:
+class Shown(str):
+    """Text that describes a value (not a string from the file): printed without quotes."""
+
+    def __repr__(self):
+        return str(self)
+
+
+class _Seen(dict):
+    """First key of every container and tensor met; what shared containers may still repeat."""
+
+    def __init__(self):
+        super().__init__()
+        self.budget = BY_VALUE_BUDGET
+        self.sizes: dict[int, int] = {}
+        self.described: dict[int, Described | None] = {}
+
+    def show_again(self, value) -> bool:
+        """A container met before is shown by value again when small (a betas tuple shared by
+        two param_groups); a large one, or a cycle, once."""
+        size = self.sizes.get(id(value))
+        if size is None:
+            size = self.sizes[id(value)] = _item_count(value, SHARED_BY_VALUE + 1)
+        if size > SHARED_BY_VALUE or size > self.budget:
+            return False
+        self.budget -= size
+        return True
+
+    def describe(self, value) -> Described | None:
+        if id(value) not in self.described:       # once: its tensor records are then shared
+            self.described[id(value)] = describe_object(value)
+        return self.described[id(value)]
+
+
+def _item_count(value, limit: int) -> int:
+    """Values inside a container, counted up to `limit` (a cycle counts past it)."""
+    count, stack = 0, [value]
+    while stack and count < limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, Placeholder) and is_module(item):   # what its node will show
+            stack.extend(value for _, value, _ in _module_children(item))
+        elif isinstance(item, Placeholder):
+            stack.extend((item.args, item.kwargs, item.state, item.items, item.list_items))
+    return count
+
+
+def _fill(node: Node, value, first_key: _Seen) -> list:
     """Set node's kind/type from value; return its children as (name, value, role)."""
     if isinstance(value, TensorInfo):
-        node.kind, node.tensor, node.type_name = "tensor", value, "Parameter" if value.is_parameter else "Tensor"
-        if id(value) in first_key:                  # the same tensor object again (tied)
-            node.shared_with = first_key[id(value)]
-        else:
-            first_key[id(value)] = node.key
-            storage = ("storage", id(value.storage)) if value.storage is not None else None
-            if storage in first_key:                # another view of a storage seen before
-                node.shared_with = first_key[storage]
-            elif storage is not None:
-                first_key[storage] = node.key
-        if not node.role and node.name in BUFFER_NAMES:
-            node.role = "buffer"
+        node.type_name = "Parameter" if value.is_parameter else "Tensor"
+        _set_tensor(node, value, first_key)
+        return []
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            value.bit_length() > INT_DIGITS * 3.33:
+        node.kind, node.type_name, node.value = "scalar", "int", value
+        node.note = huge_int_text(value)
+        if value.bit_length() > 14000:            # beyond what Python itself will print
+            node.value = Shown(node.note)
         return []
     if value is None or isinstance(value, SCALAR_TYPES):
         node.kind, node.value = ("scalar", value) if value is not None else ("opaque", None)
         node.type_name = type(value).__name__ if not isinstance(value, str) else "str"
         return []
     if isinstance(value, (bytes, bytearray)):
-        node.type_name, node.value = type(value).__name__, f"{len(value)} bytes"
+        node.type_name = type(value).__name__
+        node.value = bytes(value) if len(value) <= 64 else \
+            Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
         return []
     if isinstance(value, (GlobalRef, type)):
         node.type_name, node.value = "global", getattr(value, "qualname", repr(value))
@@ -136,12 +189,14 @@ def _fill(node: Node, value, first_key: dict) -> list:
         node.type_name, node.value = type(value).__name__, list(value)
         return []
     if not isinstance(value, (dict, list, tuple, set, frozenset, Placeholder)):
-        node.type_name, node.value = type(value).__name__, repr(value)[:200]
+        node.type_name = type(value).__name__
+        node.value = value if isinstance(value, complex) else repr(value)[:200]
         return []
-    if id(value) in first_key:
+    if id(value) in first_key and not first_key.show_again(value):
         node.kind, node.value, node.type_name = "ref", first_key[id(value)], "reference"
+        node.note = f"shared with {first_key[id(value)]}, shown once"
         return []
-    first_key[id(value)] = node.key
+    first_key.setdefault(id(value), node.key)
     if isinstance(value, dict):
         node.kind = "optimizer" if is_optimizer_state(value) else "dict"
         node.type_name = type(value).__name__
@@ -150,16 +205,16 @@ def _fill(node: Node, value, first_key: dict) -> list:
         node.kind, node.type_name = "list", type(value).__name__
         return [(str(i), v, "") for i, v in enumerate(value)]
     node.type_name = value.qualname
-    described = describe_object(value)
+    described = first_key.describe(value)
     if described is not None:
-        return _apply_description(node, described)
+        return _apply_description(node, described, first_key)
     if is_module(value):
         node.kind, node.note = "module", _module_note(value)
         return list(_module_children(value))
     if is_script_module(value):
         node.kind, node.note = "module", _module_note(value)
         return list(_script_module_children(value))
-    node.kind = "object"
+    node.kind, node.note = "object", call_note(value)
     return list(_object_children(value))
 
 
@@ -171,13 +226,41 @@ def _segment(key) -> str:
     return str(key)
 
 
-def _apply_description(node: Node, described: Described) -> list:
+def _set_tensor(node: Node, value: TensorInfo, first_key: dict):
+    node.kind, node.tensor = "tensor", value
+    if id(value) in first_key:                  # the same tensor object again (tied)
+        node.shared_with = first_key[id(value)]
+    else:
+        first_key[id(value)] = node.key
+        storage = ("storage", id(value.storage)) if value.storage is not None else None
+        if storage in first_key:                # another view of a storage seen before
+            node.shared_with = first_key[storage]
+        elif storage is not None:
+            first_key[storage] = node.key
+    if not node.role and node.name in BUFFER_NAMES:
+        node.role = "buffer"
+
+
+def huge_int_text(value: int) -> str:
+    """First digits and the length of an integer too long to read (or even print)."""
+    sign, value = "-" if value < 0 else "", abs(value)
+    bits = value.bit_length()
+    digits = int(bits * 0.30102999566398120) + 1          # log10(2): exact or one too many
+    if bits > 4_000_000:                                   # digits would take seconds to find
+        return f"{sign}an integer of about {digits:,} digits"
+    head = value // 10 ** (digits - INT_DIGITS)
+    if head < 10 ** (INT_DIGITS - 1):
+        digits, head = digits - 1, value // 10 ** (digits - 1 - INT_DIGITS)
+    return f"{sign}{head}... ({digits} digits)"
+
+
+def _apply_description(node: Node, described: Described, first_key: dict) -> list:
     """A known class (numpy array, DTensor, pathlib path...) shown as what it is."""
     node.kind = described.kind
     node.type_name = described.type_name or node.type_name
     node.note = described.note
     if described.kind == "tensor":
-        node.tensor = described.tensor
+        _set_tensor(node, described.tensor, first_key)
     elif described.kind in ("scalar", "opaque"):
         node.value = described.value
     return list(described.children)

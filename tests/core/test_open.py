@@ -207,9 +207,9 @@ def test_shared_references_do_not_explode(tmp_path):
     for _ in range(25):
         inner = [inner, inner]          # 2**25 paths if walked naively
     checkpoint = open_checkpoint(builders.save({"bomb": inner}, tmp_path / "bomb.pt"))
-    refs = [n for n in __import__("ckpt_viewer.core.model", fromlist=["x"]).iter_nodes(checkpoint.root)
-            if n.kind == "ref"]
-    assert len(refs) == 25
+    nodes = list(__import__("ckpt_viewer.core.model", fromlist=["x"]).iter_nodes(checkpoint.root))
+    refs = [n for n in nodes if n.kind == "ref"]     # small levels are repeated by value
+    assert 0 < len(refs) <= 25 and len(nodes) < 5000
 
 
 def test_deep_nesting_does_not_overflow(tmp_path):
