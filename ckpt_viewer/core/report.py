@@ -79,8 +79,7 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
                               if k not in ("params", "param_names"))
             yield f"  group {index}: {hyper}"
             yield f"    params: {describe_value(group.get('params', []))}"
-        if opt.names_source:
-            yield f"  parameter names: {opt.names_source}"
+        yield f"  parameter names: {opt.names_source or 'not provable from this file; ids shown'}"
     yield "tree:"
     yield from tree_lines(checkpoint.root, max_depth)
 
