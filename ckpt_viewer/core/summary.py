@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.model import Checkpoint, Node, TensorInfo
@@ -79,18 +80,28 @@ def tensor_categories(checkpoint: Checkpoint) -> dict:
     stack: list[tuple[Node, str]] = [(checkpoint.root, "")]
     while stack:
         node, context = stack.pop()
-        if node.kind == "tensor":
-            if context in (MODEL, OPTIMIZER_STATE):
-                categories[id(node)] = context
-            continue
-        if node.kind == "optimizer" and context not in ("optimizer", OPTIMIZER_STATE):
-            stack.extend((c, OPTIMIZER_STATE if c.name == "state" else "optimizer")
-                         for c in node.children)
-            continue
-        if not context and (node.kind == "module" or _is_state_dict(node)):
-            context = MODEL
-        stack.extend((child, context) for child in node.children)
+        if node.kind == "optimizer":
+            for child in node.children:
+                if child.name == "state":
+                    _mark(categories, child, OPTIMIZER_STATE)
+                else:
+                    stack.append((child, "optimizer"))
+        elif not context and (node.kind == "module" or _is_state_dict(node)):
+            _mark(categories, node, MODEL)
+        else:
+            stack.extend((child, context) for child in node.children)
     return categories
+
+
+def _mark(categories: dict, top: Node, category: str):
+    """Every tensor under top is `category` (tensor-subclass parts, `_extra_state` included)."""
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        if node.kind == "tensor":
+            categories[id(node)] = category
+        else:
+            stack.extend(node.children)
 
 
 def _is_state_dict(node: Node) -> bool:
@@ -103,9 +114,8 @@ def _is_state_dict(node: Node) -> bool:
 
 def _dcp_optimizer_state(key: str) -> bool:
     """DCP flattens an optimizer's state dict to `<optim...>.state.<param>.<entry>`."""
-    parts = key.split(".")
     return any(part == "state" and "optim" in before.lower()
-               for before, part in zip(parts, parts[1:]))
+               for before, part in pairwise(key.split(".")))
 
 
 def _union_length(spans) -> int:
