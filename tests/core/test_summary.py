@@ -96,3 +96,14 @@ def test_shared_storage_counted_once_for_the_first_user(tmp_path):
 def test_dcp_directory_is_model(tmp_path):
     folder, state_dict = builders.dcp_directory(tmp_path / "dcp")
     assert split(folder) == {"model": numel(state_dict), "optimizer_state": 0, "other": 0}
+
+
+def test_dcp_optimizer_state(tmp_path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model, optimizer = builders.trained()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state},
+             checkpoint_id=str(tmp_path / "dcp"))
+    assert split(str(tmp_path / "dcp")) == {"model": numel(model_state), "other": 0,
+                                            "optimizer_state": numel(optimizer_state["state"])}
