@@ -7,11 +7,14 @@ Parameter names are given only when they are certain:
    are the float tensors of one subtree outside every optimizer, in file (state_dict) order, less
    buffers (by role or name) and second copies of tied tensors; their count must equal the
    number of parameter ids of all optimizers in the file together. Each param group is a block
-   of consecutive ids (torch numbers a group's params in order); the blocks, in some order, laid
-   end to end must cover the model's parameters with every state shape (exp_avg,
-   momentum_buffer...) equal to its parameter's shape. Parameters without state are not checked.
-   If no order, or more than one, fits; if two subtrees fit with different names; or if the
-   search would take more than linear time: ids.
+   of consecutive ids (torch numbers a group's params in order) taken to list its parameters in
+   the model's order, as `model.parameters()` and filters of it do; the blocks, in some order,
+   laid end to end must cover the model's parameters with every state shape (exp_avg,
+   momentum_buffer...) equal to its parameter's shape. Parameters without state (frozen, never
+   stepped) are not checked. If no order fits, or more than one (interchangeable groups or
+   optimizers); if two subtrees fit with different names; or if the search would take more
+   than linear time: ids. Frozen parameters left out of every optimizer are provable only in
+   a pickled module, whose Parameters keep requires_grad.
 3. otherwise ids."""
 
 from __future__ import annotations
