@@ -18,6 +18,14 @@ def describe_value(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def split_text(totals) -> str:
+    """'217.30M model, 433.51M optimizer state, 0 other': parameters are the model's only."""
+    split = totals.split
+    return (f"{format_count(split['model'])} model, "
+            f"{format_count(split['optimizer_state'])} optimizer state, "
+            f"{format_count(split['other'])} other")
+
+
 def node_line(node: Node) -> str:
     """One row of the tree: name, then what it is."""
     if node.kind == "tensor":
@@ -57,8 +65,8 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
     total = totals(checkpoint)
     yield f"path:    {checkpoint.path}"
     yield f"format:  {checkpoint.format}   file: {format_bytes(checkpoint.file_bytes)}"
-    yield (f"tensors: {total.tensors}   parameters: {format_count(total.params)} "
-           f"({total.params:,})   tensor bytes: {format_bytes(total.bytes)}")
+    yield (f"tensors: {total.tensors}   parameters: {split_text(total)}   "
+           f"elements: {total.params:,}   tensor bytes: {format_bytes(total.bytes)}")
     for dtype, (count, params, nbytes) in total.by_dtype.items():
         yield f"  {dtype:<14} {count:>7} tensors  {format_count(params):>9}  {format_bytes(nbytes):>10}"
     for key, value in checkpoint.metadata.items():
@@ -89,8 +97,7 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
                               if k not in ("params", "param_names"))
             yield f"  group {index}: {hyper}"
             yield f"    params: {describe_value(group.get('params', []))}"
-        if opt.names_source:
-            yield f"  parameter names: {opt.names_source}"
+        yield f"  parameter names: {opt.names_source or 'not provable from this file; ids shown'}"
     yield "tree:"
     yield from tree_lines(checkpoint.root, max_depth)
 

@@ -1,16 +1,24 @@
-"""Totals, the per-dtype breakdown and the `inspect --json` object (DESIGN.md's contract)."""
+"""Totals, the per-dtype breakdown and the `inspect --json` object (DESIGN.md's contract).
+
+Elements are split into `model` (parameters and buffers: tensors of modules, of dicts that
+hold only tensors — a state_dict, an EMA copy of one — and every tensor of safetensors and
+Hugging Face files), `optimizer_state` (tensors under an optimizer's `state`) and `other`
+(the rest: tensors among other values, lists of tensors, tensor hyperparameters...)."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.globals import triage
-from ckpt_viewer.core.model import Checkpoint, TensorInfo
+from ckpt_viewer.core.model import Checkpoint, Node, TensorInfo
 
 MAX_SCALAR_TEXT = 10_000
+MODEL, OPTIMIZER_STATE, OTHER = "model", "optimizer_state", "other"
+ALL_MODEL_FORMATS = {"safetensors", "hf-sharded"}
 
 
 @dataclass
@@ -19,6 +27,7 @@ class Totals:
     bytes: int = 0
     tensors: int = 0
     by_dtype: dict = field(default_factory=dict)   # dtype -> [tensor count, params, bytes]
+    split: dict = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
 
 
 def _leaf_tensors(tensor: TensorInfo):
@@ -27,14 +36,17 @@ def _leaf_tensors(tensor: TensorInfo):
 
 
 def totals(checkpoint: Checkpoint) -> Totals:
-    """Elements and bytes, each storage counted once: tied weights and views are not doubled."""
+    """Elements and bytes, each storage counted once: tied weights and views are not doubled
+    (a storage counts towards the split of the first tensor that uses it)."""
     result = Totals()
     by_dtype = defaultdict(lambda: [0, 0, 0])
     covered: dict[int, list] = defaultdict(list)     # storage id -> element intervals
     storages = {}
+    categories = tensor_categories(checkpoint)
     for _, tensor, node in checkpoint.tensors():
         result.tensors += 1
         by_dtype[tensor.dtype][0] += 1
+        category = categories.get(id(node), OTHER)
         for leaf in _leaf_tensors(tensor):
             if leaf.storage is None:
                 count = leaf.numel
@@ -42,18 +54,69 @@ def totals(checkpoint: Checkpoint) -> Totals:
                 by_dtype[leaf.dtype][2] += leaf.nbytes
                 result.params += count
                 result.bytes += leaf.nbytes
+                result.split[category] += count
                 continue
-            storages.setdefault(id(leaf.storage), (leaf.storage, leaf.dtype))
+            storages.setdefault(id(leaf.storage), (leaf.storage, leaf.dtype, category))
             covered[id(leaf.storage)].append(leaf.element_span())
     for storage_id, spans in covered.items():
-        storage, dtype = storages[storage_id]
+        storage, dtype, category = storages[storage_id]
         count = _union_length(spans)
         result.params += count
         result.bytes += storage.nbytes
+        result.split[category] += count
         by_dtype[dtype][1] += count
         by_dtype[dtype][2] += storage.nbytes
     result.by_dtype = dict(sorted(by_dtype.items(), key=lambda kv: -kv[1][2]))
     return result
+
+
+def tensor_categories(checkpoint: Checkpoint) -> dict:
+    """{id(tensor node): MODEL | OPTIMIZER_STATE | OTHER}; tensors left out are OTHER."""
+    if checkpoint.format in ALL_MODEL_FORMATS:
+        return {id(node): MODEL for _, _, node in checkpoint.tensors()}
+    if checkpoint.format == "dcp":
+        return {id(node): OPTIMIZER_STATE if _dcp_optimizer_state(key) else MODEL
+                for key, _, node in checkpoint.tensors()}
+    categories = {}
+    stack: list[tuple[Node, str]] = [(checkpoint.root, "")]
+    while stack:
+        node, context = stack.pop()
+        if node.kind == "optimizer":
+            for child in node.children:
+                if child.name == "state":
+                    _mark(categories, child, OPTIMIZER_STATE)
+                else:
+                    stack.append((child, "optimizer"))
+        elif not context and (node.kind == "module" or _is_state_dict(node)):
+            _mark(categories, node, MODEL)
+        else:
+            stack.extend((child, context) for child in node.children)
+    return categories
+
+
+def _mark(categories: dict, top: Node, category: str):
+    """Every tensor under top is `category` (tensor-subclass parts, `_extra_state` included)."""
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        if node.kind == "tensor":
+            categories[id(node)] = category
+        else:
+            stack.extend(node.children)
+
+
+def _is_state_dict(node: Node) -> bool:
+    """A dict of tensors (tensor-subclass objects and `_extra_state` entries allowed)."""
+    if node.kind != "dict" or not any(c.kind == "tensor" for c in node.children):
+        return False
+    return all(c.kind in ("tensor", "object") or c.name.endswith("_extra_state")
+               for c in node.children)
+
+
+def _dcp_optimizer_state(key: str) -> bool:
+    """DCP flattens an optimizer's state dict to `<optim...>.state.<param>.<entry>`."""
+    return any(part == "state" and "optim" in before.lower()
+               for before, part in pairwise(key.split(".")))
 
 
 def _union_length(spans) -> int:
@@ -111,6 +174,7 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         "warnings": list(checkpoint.warnings) + [
             f"torch.load(weights_only=True) would refuse this file: {why}"
             for why in checkpoint.refusals],
+        "params": dict(total.split),
         "total_params": total.params,
         "total_bytes": total.bytes,
     }

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QLineEdit
                                QWidget)
 
 from ckpt_viewer.core.model import format_bytes, format_count
-from ckpt_viewer.core.report import describe_value
+from ckpt_viewer.core.report import describe_value, split_text
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.tree_model import KeyTreeModel
@@ -26,14 +26,15 @@ def summary_html(checkpoint, totals) -> str:
     rows = [("Path", esc(checkpoint.path)), ("Format", esc(checkpoint.format)),
             ("File size", f"{format_bytes(checkpoint.file_bytes)} ({checkpoint.file_bytes:,} bytes)"),
             ("Tensors", f"{totals.tensors:,}"),
-            ("Parameters", f"{format_count(totals.params)} ({totals.params:,})"),
+            ("Parameters", f"{split_text(totals)} (model: {totals.split['model']:,})"),
+            ("Elements", f"{format_count(totals.params)} ({totals.params:,}) in all tensors"),
             ("Tensor bytes", format_bytes(totals.bytes))]
     rows += [(esc(str(k)), esc(describe_value(v))) for k, v in checkpoint.metadata.items()]
     out = ["<h3>Summary</h3><table cellspacing=4>"]
     out += [f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows]
     out.append("</table><h3>By dtype</h3><table cellspacing=4>"
                "<tr><th align=left>dtype</th><th align=right>tensors</th>"
-               "<th align=right>parameters</th><th align=right>bytes</th></tr>")
+               "<th align=right>elements</th><th align=right>bytes</th></tr>")
     for dtype, (count, params, nbytes) in totals.by_dtype.items():
         out.append(f"<tr><td>{esc(dtype)}</td><td align=right>{count:,}</td>"
                    f"<td align=right>{params:,}</td><td align=right>{format_bytes(nbytes)}</td></tr>")

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, Q
                                QProgressBar, QPushButton, QTabWidget)
 
 from ckpt_viewer import __version__
+from ckpt_viewer.core.report import split_text
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
@@ -158,8 +159,8 @@ class MainWindow(QMainWindow):
         totals = tab.totals
         self._remember(path)
         self._update_busy()
-        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, "
-                                     f"{totals.params:,} parameters", 8000)
+        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, parameters: "
+                                     f"{split_text(totals)}", 8000)
         self.loaded.emit(path)
 
     def _failed(self, path, message):

@@ -3,6 +3,7 @@ LR schedulers."""
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QLabel, QScrollArea,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -34,11 +35,8 @@ def _table(headers, rows, name) -> QTableWidget:
 
 def state_rows(optimizer: OptimizerInfo):
     """(parameter, then one column per state entry) rows and their headers."""
-    names: list[str] = []
-    for state in optimizer.state.values():
-        for child in state.children:
-            if child.name not in names:
-                names.append(child.name)
+    names = list(dict.fromkeys(child.name for state in optimizer.state.values()
+                               for child in state.children))
     rows = []
     for param, state in list(optimizer.state.items())[:MAX_STATE_ROWS]:
         cells = {c.name: c for c in state.children}
@@ -80,8 +78,12 @@ class OptimizerView(QScrollArea):
     def _optimizer_box(self, optimizer: OptimizerInfo) -> QGroupBox:
         box = QGroupBox(f"{optimizer.type or 'Optimizer'}  {optimizer.key}")
         layout = QVBoxLayout(box)
-        if optimizer.names_source:
-            layout.addWidget(QLabel(f"Parameter names: {optimizer.names_source}."))
+        source = QLabel(f"Parameter names: "
+                        f"{optimizer.names_source or 'not provable from this file; ids shown'}.")
+        source.setObjectName("namesSource")
+        source.setTextFormat(Qt.PlainText)          # the source names a key from the file
+        source.setWordWrap(True)
+        layout.addWidget(source)
         for index, group in enumerate(optimizer.param_groups):
             params = group.get("params", [])
             hyper = [(k, describe_value(v)) for k, v in group.items()

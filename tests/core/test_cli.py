@@ -7,7 +7,7 @@ import sys
 import builders
 
 FIELDS = {"path", "format", "file_bytes", "tensors", "scalars", "optimizers", "unsafe_globals",
-          "warnings", "total_params", "total_bytes", "globals"}
+          "warnings", "params", "total_params", "total_bytes", "globals"}
 
 
 def cli(*args):
@@ -28,6 +28,8 @@ def test_inspect_json_contract(tmp_path):
     assert info["optimizers"][0]["param_groups"][0]["params"][0] == "0.weight"
     assert info["total_params"] == sum(
         t["nbytes"] // (8 if t["dtype"] == "int64" else 4) for t in info["tensors"])
+    assert info["params"] == {"model": 36, "optimizer_state": 64, "other": 0}
+    assert sum(info["params"].values()) == info["total_params"]
 
 
 def test_inspect_text_report(tmp_path):

@@ -1,0 +1,109 @@
+"""Totals split into model parameters and buffers, optimizer state and other elements; the
+split adds up to total_params, and no report calls optimizer state "parameters"."""
+
+import torch
+
+import builders
+from ckpt_viewer.core.model import format_count
+from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.report import text_report
+from ckpt_viewer.core.summary import inspect_dict, totals
+
+
+def numel(obj) -> int:
+    """Elements of every tensor in obj, as torch.load returns it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel()
+    if isinstance(obj, dict):
+        return sum(numel(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(numel(v) for v in obj)
+    return 0
+
+
+def split(path):
+    info = inspect_dict(open_checkpoint(path))
+    assert sum(info["params"].values()) == info["total_params"]
+    return info["params"]
+
+
+def test_training_checkpoint_split_matches_torch_load(tmp_path):
+    path = builders.training_checkpoint(tmp_path / "c.pt")
+    loaded = torch.load(path, weights_only=True)
+    assert split(path) == {"model": numel(loaded["model_state_dict"]),
+                           "optimizer_state": numel(loaded["optimizer_state_dict"]["state"]),
+                           "other": 0}
+
+
+def test_adam_state_is_not_reported_as_parameters(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(100, 200), torch.nn.Linear(200, 50))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 100)).sum().backward()
+    optimizer.step()
+    path = builders.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                         tmp_path / "adam.pt")
+    parameters = sum(p.numel() for p in model.parameters())
+    checkpoint = open_checkpoint(path)
+    total = totals(checkpoint)
+    assert total.split == {"model": parameters, "optimizer_state": 2 * parameters + 4, "other": 0}
+    report = "\n".join(text_report(checkpoint))
+    assert (f"parameters: {format_count(parameters)} model, "
+            f"{format_count(2 * parameters + 4)} optimizer state, 0 other") in report
+    assert f"parameters: {format_count(total.params)}" not in report
+
+
+def test_bare_files(tmp_path):
+    model = builders.tiny_model()
+    state_dict_path = builders.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    assert split(state_dict_path) == {"model": numel(model.state_dict()), "optimizer_state": 0,
+                                      "other": 0}
+    safetensors_path = builders.safetensors_file(tmp_path / "m.safetensors")
+    assert split(safetensors_path)["model"] == 3 * 4 + 3 + 2 * 3
+    hf = builders.hf_directory(tmp_path / "hf")
+    assert split(hf) == {"model": 2 * (10 * 4 + 4 * 4), "optimizer_state": 0, "other": 0}
+    model, optimizer = builders.trained()
+    optimizer_path = builders.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    assert split(optimizer_path) == {"model": 0, "other": 0,
+                                     "optimizer_state": numel(optimizer.state_dict()["state"])}
+
+
+def test_ema_copies_and_other_tensors(tmp_path):
+    model = builders.tiny_model()
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    obj = {"model": model.state_dict(), "model_ema": ema,
+           "history": [torch.zeros(5), torch.zeros(2)],          # a list: other
+           "extra": {"note": "x", "noise": torch.zeros(7)},      # not only tensors: other
+           "optimizer": {"state": {}, "param_groups": [{"params": [], "lr": torch.tensor(0.1)}]}}
+    path = builders.save(obj, tmp_path / "e.pt")
+    assert split(path) == {"model": 2 * numel(ema), "optimizer_state": 0, "other": 5 + 2 + 7 + 1}
+
+
+def test_whole_model_pickle_and_lightning(tmp_path):
+    whole = builders.whole_model_file(tmp_path / "w.pt")
+    assert split(whole) == {"model": 2 * (3 + 12 + 3 + 6 + 2), "optimizer_state": 0, "other": 0}
+    lightning = builders.lightning_file(tmp_path / "l.ckpt")
+    assert split(lightning) == {"model": 4 * 2 + 2, "optimizer_state": 4 * 2 + 2, "other": 0}
+
+
+def test_shared_storage_counted_once_for_the_first_user(tmp_path):
+    weights = torch.randn(6)
+    path = builders.save({"model": {"w": weights}, "copy": [weights[:3]]}, tmp_path / "s.pt")
+    info = inspect_dict(open_checkpoint(path))
+    assert info["params"] == {"model": 6, "optimizer_state": 0, "other": 0}
+    assert info["total_params"] == 6
+
+
+def test_dcp_directory_is_model(tmp_path):
+    folder, state_dict = builders.dcp_directory(tmp_path / "dcp")
+    assert split(folder) == {"model": numel(state_dict), "optimizer_state": 0, "other": 0}
+
+
+def test_dcp_optimizer_state(tmp_path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model, optimizer = builders.trained()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state},
+             checkpoint_id=str(tmp_path / "dcp"))
+    assert split(str(tmp_path / "dcp")) == {"model": numel(model_state), "other": 0,
+                                            "optimizer_state": numel(optimizer_state["state"])}

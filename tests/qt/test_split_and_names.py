@@ -1,0 +1,28 @@
+"""The summary panel and the status bar split elements into model parameters, optimizer state
+and other (optimizer state is never counted as parameters); the optimizer pane says which rule
+gave the parameter names, or that ids are shown."""
+
+from PySide6.QtWidgets import QLabel
+
+import builders
+from conftest import open_and_wait
+
+
+def test_summary_and_status_bar_show_the_split(qtbot, window, training_file):
+    open_and_wait(qtbot, window, training_file)
+    assert window.statusBar().currentMessage().endswith(
+        "27 tensors, parameters: 36 model, 64 optimizer state, 0 other")
+    summary = window.tabs.currentWidget().findChild(object, "summaryPanel").toPlainText()
+    assert "Parameters\n36 model, 64 optimizer state, 0 other (model: 36)" in summary
+    assert "Elements\n100 (100) in all tensors" in summary
+
+
+def test_optimizer_pane_names_the_rule(qtbot, window, tmp_path):
+    named = builders.training_checkpoint(tmp_path / "named.pt", named=True)
+    _, optimizer = builders.trained(named=False)
+    bare = builders.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    for path, expected in ((named, "Parameter names: param_names saved with the optimizer."),
+                           (bare, "Parameter names: not provable from this file; ids shown.")):
+        open_and_wait(qtbot, window, path)
+        label = window.tabs.currentWidget().findChild(QLabel, "namesSource")
+        assert label.text() == expected
