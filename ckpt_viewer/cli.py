@@ -9,7 +9,7 @@ import sys
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
 
-SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff")
+SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "check", "layers")
 
 
 def _inspect_parser(sub):
@@ -75,6 +75,14 @@ def _diff_parser(sub):
     p.set_defaults(run=run_diff)
 
 
+def _check_parser(sub):
+    p = sub.add_parser("check", help="scan every tensor for NaN/Inf, zeros, duplicates, "
+                                     "optimizer mismatches (exit 0 healthy, 1 errors found)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckpt-viewer",
@@ -86,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _verify_parser(sub)
     _diff_parser(sub)
+    _check_parser(sub)
     return parser
 
 
@@ -188,6 +197,20 @@ def run_diff(args) -> int:
         for line in diff_lines(report):
             print(line)
     return 0 if report.identical else 1
+
+
+def run_check(args) -> int:
+    from ckpt_viewer.core.check import check, text_lines
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.stats import run
+
+    report = run(check(open_checkpoint(args.path)))
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        for line in text_lines(report):
+            print(line)
+    return 0 if report.ok else 1
 
 
 def run_gui(args) -> int:
