@@ -83,6 +83,17 @@ def _check_parser(sub):
     p.set_defaults(run=run_check)
 
 
+def _layers_parser(sub):
+    p = sub.add_parser("layers", help="per-layer metrics across depth of repeated blocks "
+                                      "(blocks.N..., layers.N..., h.N...)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--spectral", action="store_true",
+                   help="also singular values of each weight (torch; GPU when present): "
+                        "stable rank and power-law alpha")
+    p.set_defaults(run=run_layers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckpt-viewer",
@@ -95,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _verify_parser(sub)
     _diff_parser(sub)
     _check_parser(sub)
+    _layers_parser(sub)
     return parser
 
 
@@ -211,6 +223,20 @@ def run_check(args) -> int:
         for line in text_lines(report):
             print(line)
     return 0 if report.ok else 1
+
+
+def run_layers(args) -> int:
+    from ckpt_viewer.core.layers import layer_metrics, text_lines
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.stats import run
+
+    report = run(layer_metrics(open_checkpoint(args.path), spectral=args.spectral))
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        for line in text_lines(report):
+            print(line)
+    return 0
 
 
 def run_gui(args) -> int:
