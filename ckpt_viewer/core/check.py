@@ -2,10 +2,11 @@
 
 The pass is split into segments of at most SEGMENT elements, run by a small thread pool (numpy's
 reductions release the GIL, so both cores work) over read-only mappings of the file: memory stays
-bounded by the segments in flight. Each chunk costs a few reductions that stay in cache: min and
-max (per output row for weights, which also finds dead rows), and a word sum and xor of the raw
-bytes (a fingerprint for duplicates, confirmed byte for byte afterwards). Only a chunk whose
-min/max is not finite is looked at element by element.
+bounded by the segments in flight. Each chunk costs two reductions that stay in cache: min and
+max (per output row for weights, which also finds dead rows). Only a chunk whose min/max is not
+finite is looked at element by element. Tensors of one dtype and shape whose extremes agree are
+the only duplicate candidates: they are hashed (a word sum and xor of their bytes) and equal
+hashes confirmed byte for byte.
 
 `check()` is a generator (progress in [0, 1], returns HealthReport): a GUI worker that stops
 resuming it stops the scan after the segments already running.
@@ -32,6 +33,7 @@ CHUNK = 1 << 20                 # elements per reduction (stays in cache)
 SEGMENT = 16 * CHUNK            # elements per task handed to a thread
 FP16_MAX = 65504.0
 BF16_SMALLEST_NORMAL = 2.0 ** -126
+REPORT_INTERVAL = 0.05         # seconds between progress reports (and chances to cancel)
 MAX_TRACKED_ROWS = 1 << 24      # dead-row bookkeeping costs one byte per row
 MIN_DUPLICATE_BYTES = 64        # smaller equal tensors are equal by chance, not by copying
 SEVERITIES = ("error", "warning", "info")
@@ -89,8 +91,6 @@ class _Job:
     posinf: int = 0
     neginf: int = 0
     subnormal: int = 0
-    word_sum: int = 0
-    word_xor: int = 0
     rows_nonzero: np.ndarray | None = None
     error: str = ""
     scanned: bool = False
@@ -114,8 +114,6 @@ class _Part:
     posinf: int = 0
     neginf: int = 0
     subnormal: int = 0
-    word_sum: int = 0
-    word_xor: int = 0
     first_row: int = 0
     rows_nonzero: list = field(default_factory=list)
 
@@ -139,9 +137,6 @@ def _as_real(values: np.ndarray) -> np.ndarray:
 
 def _add_chunk(part: _Part, raw: np.ndarray, values: np.ndarray, dtype: str,
                first_element: int, row_len: int):
-    words = _words(raw)
-    part.word_sum = (part.word_sum + int(np.add.reduce(words, dtype=np.uint64))) & (2 ** 64 - 1)
-    part.word_xor ^= int(np.bitwise_xor.reduce(words))
     values = _as_real(values)
     if values.size == 0:
         return
@@ -195,8 +190,7 @@ def _scan_whole(job: _Job, stop: threading.Event) -> _Part:
         for values in iter_chunks(job.tensor, CHUNK):
             if stop.is_set():
                 break
-            raw = np.ascontiguousarray(values)
-            _add_chunk(part, raw, values, "", position, job.row_len)
+            _add_chunk(part, values, values, "", position, job.row_len)
             position += values.size
     return part
 
@@ -208,8 +202,6 @@ def _merge(job: _Job, part: _Part):
     job.posinf += part.posinf
     job.neginf += part.neginf
     job.subnormal += part.subnormal
-    job.word_sum = (job.word_sum + part.word_sum) & (2 ** 64 - 1)
-    job.word_xor ^= part.word_xor
     for first_row, nonzero in part.rows_nonzero:
         rows = job.rows_nonzero[first_row:first_row + nonzero.size]
         np.logical_or(rows, nonzero[:rows.size], out=rows)
@@ -293,6 +285,7 @@ def _scan(jobs: list[_Job], stop: threading.Event):
     pool = ThreadPoolExecutor(workers, thread_name_prefix="check")
     running: dict = {}
     position = 0
+    last_report = 0.0
     try:
         while position < len(tasks) or running:
             while position < len(tasks) and len(running) < 2 * workers:
@@ -309,7 +302,9 @@ def _scan(jobs: list[_Job], stop: threading.Event):
                     _merge(job, result)
                 itemsize = job.tensor.nbytes / max(job.tensor.numel, 1)
                 done_bytes += job.tensor.nbytes if count is None else count * itemsize
-            yield min(done_bytes / total, 1.0)
+            if time.perf_counter() - last_report >= REPORT_INTERVAL or not running:
+                last_report = time.perf_counter()
+                yield min(done_bytes / total, 1.0)
     except BaseException:         # closed (cancelled) or failed: running segments stop early
         stop.set()
         raise
@@ -370,6 +365,16 @@ def _tensor_findings(job: _Job) -> list[Finding]:
     return out
 
 
+def _fingerprint(tensor: TensorInfo) -> tuple:
+    """A word sum and xor of the tensor's bytes (a cheap hash; equal content, equal print)."""
+    total = xor = 0
+    for chunk in iter_chunks(tensor, CHUNK):
+        words = _words(np.ascontiguousarray(chunk))
+        total = (total + int(np.add.reduce(words, dtype=np.uint64))) & (2 ** 64 - 1)
+        xor ^= int(np.bitwise_xor.reduce(words))
+    return total, xor
+
+
 def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
     for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
         if not np.array_equal(_words(np.ascontiguousarray(chunk_a)),
@@ -379,32 +384,44 @@ def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
 
 
 def _duplicates(jobs: list[_Job], stop: threading.Event):
-    """Generator: findings for equal content under keys that do not share storage."""
+    """Generator: findings for equal content under keys that do not share storage.
+
+    The scan's min, max and non-finite counts sort tensors into candidate groups (two
+    different trained tensors almost never share both extremes); only candidates are hashed,
+    and equal hashes are confirmed byte for byte."""
     groups = defaultdict(list)
     for job in jobs:
         tensor = job.tensor
-        if job.error or tensor.nbytes < MIN_DUPLICATE_BYTES or not job.finite_seen \
-                or job.lo == job.hi or tensor.parts or tensor.chunks:
+        if job.error or not job.scanned or tensor.nbytes < MIN_DUPLICATE_BYTES \
+                or not job.finite_seen or job.lo == job.hi or tensor.parts or tensor.chunks:
             continue    # constant tensors (zero biases, unit norms) are equal by design
-        groups[(tensor.dtype, tuple(tensor.shape), job.word_sum, job.word_xor, job.lo,
-                job.hi, job.nan)].append(job)
+        groups[(tensor.dtype, tuple(tensor.shape), job.lo, job.hi, job.nan, job.posinf,
+                job.neginf)].append(job)
     findings = []
     for group in groups.values():
-        originals: list[_Job] = []
+        storages = {id(job.tensor.storage) for job in group}
+        if len(group) < 2 or len(storages) < 2:
+            continue
+        by_print = defaultdict(list)
         for job in sorted(group, key=lambda j: j.order):
             if stop.is_set():
                 return findings
             yield
-            for original in originals:
-                if original.tensor.storage is job.tensor.storage:
-                    break
-                if _same_bytes(original.tensor, job.tensor):
-                    findings.extend(Finding(key, "warning", "duplicate",
-                                            f"same values as {original.key} (a copy, not "
-                                            "shared storage)") for key in job.keys)
-                    break
-            else:
-                originals.append(job)
+            by_print[_fingerprint(job.tensor)].append(job)
+        for same_print in by_print.values():
+            originals: list[_Job] = []
+            for job in same_print:
+                yield
+                for original in originals:
+                    if original.tensor.storage is job.tensor.storage:
+                        break
+                    if _same_bytes(original.tensor, job.tensor):
+                        findings.extend(Finding(key, "warning", "duplicate",
+                                                f"same values as {original.key} (a copy, not "
+                                                "shared storage)") for key in job.keys)
+                        break
+                else:
+                    originals.append(job)
     return findings
 
 

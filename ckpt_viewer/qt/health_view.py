@@ -14,6 +14,7 @@ from ckpt_viewer.core.check import check, escape
 from ckpt_viewer.core.model import format_bytes
 from ckpt_viewer.qt import workers
 
+MAX_SHOWN = 5000      # more rows would hold the window for too long at once
 COLOURS = {"error": "#b02a37", "warning": "#997404", "info": "#6c757d"}
 
 
@@ -75,7 +76,10 @@ class HealthDialog(QDialog):
             f"{'No findings' if not report.findings else counts}: {report.tensors_scanned:,} "
             f"tensors, {format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s")
         items = []
-        for finding in report.findings:
+        if len(report.findings) > MAX_SHOWN:
+            self.status.setText(self.status.text() + f" (the first {MAX_SHOWN:,} are listed; "
+                                "`ckpt-viewer check --json` lists all)")
+        for finding in report.findings[:MAX_SHOWN]:
             item = QTreeWidgetItem([finding.severity, finding.kind, escape(finding.key),
                                     escape(finding.message)])
             item.setData(0, Qt.UserRole, finding.key)

@@ -50,6 +50,7 @@ def planted_state():
     sd["dead.weight"][[1, 7]] = 0
     sd["copy.weight"] = sd["ok0.weight"].clone()
     sd["tied.weight"] = sd["ok1.weight"]                 # shared storage: not a duplicate
+    sd["flip.weight"] = sd["ok2.weight"].flip(0).contiguous()   # same extremes and word sums
     sd["big.weight"] = torch.randn(16, 8)
     sd["big.weight"][0, 0] = 1e5
     sd["big_bf16.weight"] = (torch.randn(16, 8) * 1e6).to(torch.bfloat16)
