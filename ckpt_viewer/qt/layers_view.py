@@ -4,6 +4,7 @@ a metric chooser, a click on a point selects that tensor; another open file can 
 
 from __future__ import annotations
 
+import html
 import math
 import os
 
@@ -168,7 +169,7 @@ class LayersDialog(QDialog):
                 continue
             xs, ys = [p[0] for p in points], [p[1] for p in points]
             self.plot.addItem(pg.PlotDataItem(xs, ys, pen=pg.mkPen(colour, width=2),
-                                              name=escape(role)))
+                                              name=html.escape(escape(role))))
             scatter = pg.ScatterPlotItem(xs, ys, data=[p[2] for p in points], brush=colour,
                                          pen=None, size=8, hoverable=True)
             scatter.sigClicked.connect(self._points_clicked)
