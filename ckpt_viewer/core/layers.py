@@ -5,10 +5,10 @@ parameter role (the key with its index replaced, e.g. `attn.qkv.weight`).
 Per tensor: L2 norm, std, max |x|, fraction of zeros and NaN count (the statistics engine's
 moments, one chunked pass per tensor, tensors spread over a thread pool); with Adam state, the
 mean of each parameter's `exp_avg_sq`. With `spectral=True`, weights (>= 2-D, flattened to
-[rows, rest]) also get their singular values through torch (on the GPU when there is one):
-stable rank ||W||_F^2 / sigma_max^2 and the power-law exponent alpha of the tail of the
-eigenvalues of W^T W, fitted like weightwatcher (maximum likelihood, the tail's start chosen by
-the smallest Kolmogorov-Smirnov distance).
+[rows, rest]) also get their squared singular values, the eigenvalues of W^T W accumulated over
+row chunks through torch (on the GPU when there is one): stable rank ||W||_F^2 / sigma_max^2 and
+the power-law exponent alpha of the eigenvalues' tail, fitted like weightwatcher (maximum
+likelihood, the tail's start chosen by the smallest Kolmogorov-Smirnov distance).
 
 `layer_metrics()` is a generator (progress in [0, 1], returns LayersReport); stopping it stops
 the pass at the next chunk.
@@ -31,7 +31,8 @@ CHUNK = 1 << 20
 METRICS = ("l2", "std", "max_abs", "zero_fraction", "nan")
 SPECTRAL_METRICS = ("stable_rank", "alpha")
 OPTIMIZER_METRIC = "exp_avg_sq_mean"
-MAX_SPECTRAL_ELEMENTS = 1 << 26     # larger matrices are skipped (SVD time and memory)
+MAX_GRAM = 8192                     # Gram matrices up to 8192^2 (512 MB of float64)
+MAX_SPECTRAL_ELEMENTS = 1 << 26     # wider matrices than MAX_GRAM are read whole up to this
 
 
 @dataclass
@@ -200,25 +201,43 @@ def power_law_alpha(eigenvalues: np.ndarray) -> float | None:
     return best_alpha
 
 
-def spectral_metrics(tensor) -> dict:
-    """Stable rank and power-law alpha of a weight flattened to [rows, rest]; torch, GPU when
-    present."""
+def _eigenvalues(tensor, stop: threading.Event):
+    """Eigenvalues of the Gram matrix of the weight flattened to [rows, cols] (its squared
+    singular values), accumulated over row chunks: bounded memory, a chance to stop between
+    chunks, and a [cols, cols] problem however many rows (an embedding) there are. Wide
+    matrices use W W^T, read whole (at most MAX_SPECTRAL_ELEMENTS). torch, GPU when present."""
     import torch
 
-    from ckpt_viewer.core.values import read_tensor
+    rows = tensor.shape[0]
+    cols = tensor.numel // rows
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cols <= MAX_GRAM:
+        gram = torch.zeros(cols, cols, dtype=torch.float64, device=device)
+        rows_per_chunk = max(1, CHUNK // cols)
+        for chunk in iter_chunks(tensor, rows_per_chunk * cols):
+            if stop.is_set():
+                return None
+            block = torch.from_numpy(chunk.astype(np.float64).reshape(-1, cols)).to(device)
+            gram += block.T @ block
+    elif rows <= MAX_GRAM and tensor.numel <= MAX_SPECTRAL_ELEMENTS and not stop.is_set():
+        whole = np.concatenate([c.astype(np.float64) for c in iter_chunks(tensor, CHUNK)])
+        matrix = torch.from_numpy(whole.reshape(rows, cols)).to(device)
+        gram = matrix @ matrix.T
+    else:
+        return None
+    if not torch.isfinite(gram).all():
+        return None
+    return torch.linalg.eigvalsh(gram).clamp_(min=0).cpu().numpy()
 
-    if len(tensor.shape) < 2 or tensor.numel > MAX_SPECTRAL_ELEMENTS or min(tensor.shape) < 2:
+
+def spectral_metrics(tensor, stop: threading.Event | None = None) -> dict:
+    """Stable rank (||W||_F^2 / sigma_max^2) and power-law alpha of a >= 2-D weight."""
+    if len(tensor.shape) < 2 or min(tensor.shape) < 2 or tensor.dtype not in FLOAT_DTYPES:
         return {}
-    matrix = read_tensor(tensor).to(torch.float32).reshape(tensor.shape[0], -1)
-    if torch.cuda.is_available():
-        matrix = matrix.cuda()
-    if not torch.isfinite(matrix).all():
+    eigenvalues = _eigenvalues(tensor, stop or threading.Event())
+    if eigenvalues is None or eigenvalues.size == 0 or eigenvalues.max() == 0:
         return {}
-    singular = torch.linalg.svdvals(matrix).double().cpu().numpy()
-    if singular.size == 0 or singular[0] == 0:
-        return {}
-    eigenvalues = singular ** 2
-    out = {"stable_rank": float(eigenvalues.sum() / eigenvalues[0])}
+    out = {"stable_rank": float(eigenvalues.sum() / eigenvalues.max())}
     alpha = power_law_alpha(eigenvalues)
     if alpha is not None:
         out["alpha"] = alpha
@@ -228,7 +247,7 @@ def spectral_metrics(tensor) -> dict:
 def _measure(key, tensor, spectral, stop):
     out = _tensor_metrics(tensor, stop)
     if spectral and not stop.is_set():
-        out.update(spectral_metrics(tensor))
+        out.update(spectral_metrics(tensor, stop))
     return key, out
 
 

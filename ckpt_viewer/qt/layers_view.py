@@ -52,6 +52,12 @@ class LayersDialog(QDialog):
         self.metric_box = QComboBox()
         self.metric_box.setObjectName("layersMetric")
         self.log_box = QCheckBox("log y")
+        self.spectral_box = QCheckBox("spectral (SVD)")
+        self.spectral_box.setObjectName("layersSpectral")
+        self.spectral_box.setToolTip("Singular values of every weight through torch (GPU when "
+                                     "present): stable rank and power-law alpha. Slower.")
+        self.spectral_box.setChecked(spectral)
+        self.spectral_box.toggled.connect(self._spectral_toggled)
         self.overlay_box = QComboBox()
         self.overlay_box.setObjectName("layersOverlay")
         self.overlay_box.addItem("no overlay")
@@ -63,7 +69,8 @@ class LayersDialog(QDialog):
         self.log_box.toggled.connect(self.redraw)
         self.overlay_box.currentIndexChanged.connect(self._overlay_changed)
         controls = QHBoxLayout()
-        for widget in (self.stack_box, self.metric_box, self.log_box, self.overlay_box):
+        for widget in (self.stack_box, self.metric_box, self.log_box, self.spectral_box,
+                       self.overlay_box):
             controls.addWidget(widget)
         controls.addStretch(1)
         controls.addWidget(self.progress)
@@ -93,12 +100,16 @@ class LayersDialog(QDialog):
             self.ready.emit(report)
             return
         self.status.setText("Click a point to open that tensor.")
+        chosen = self.metric_box.currentData()
         self.stack_box.blockSignals(True)
         self.metric_box.blockSignals(True)
+        self.stack_box.clear()
+        self.metric_box.clear()
         for stack in report.stacks:
             self.stack_box.addItem(f"{escape(stack.prefix)} ({len(stack.layers)} layers)")
         for metric in report.available():
             self.metric_box.addItem(LABELS.get(metric, metric), metric)
+        self.metric_box.setCurrentIndex(max(self.metric_box.findData(chosen), 0))
         self.stack_box.blockSignals(False)
         self.metric_box.blockSignals(False)
         self.stack_box.setVisible(len(report.stacks) > 1)
@@ -111,7 +122,11 @@ class LayersDialog(QDialog):
         if message:
             self.status.setText(f"Plotting is unavailable: {message}")
             return
-        if self.report is None or self.plot is not None:
+        if self.report is None:
+            return
+        if self.plot is not None:
+            self.redraw()
+            self.ready.emit(self.report)
             return
         pg = _plotting["module"]
         self.plot = pg.PlotWidget(background=self.palette().color(QPalette.Base))
@@ -121,6 +136,15 @@ class LayersDialog(QDialog):
         self.layout_.addWidget(self.plot, 1)
         self.redraw()
         self.ready.emit(self.report)
+
+    def _spectral_toggled(self, on):
+        self.cancel()
+        self.spectral = on
+        self.status.setText("Computing singular values..." if on else "Reading every layer's "
+                            "tensors...")
+        self._start(self.checkpoint, self._done)
+        if self.overlay_box.currentIndex() > 0:
+            self._overlay_changed(self.overlay_box.currentIndex())
 
     def _overlay_changed(self, index):
         self.overlay = None

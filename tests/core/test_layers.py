@@ -111,3 +111,24 @@ def test_cli_layers_json(tmp_path):
     text = subprocess.run([sys.executable, "-m", "ckpt_viewer", "layers", path],
                           capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "attn.qkv.weight" in text.stdout
+
+
+@pytest.mark.parametrize("shape", [(300, 7), (5, 40), (6, 3, 2, 2)])
+def test_spectral_gram_over_row_chunks_and_wide_matrices(tmp_path, monkeypatch, shape):
+    import threading
+
+    from ckpt_viewer.core import layers
+
+    monkeypatch.setattr(layers, "CHUNK", 50)          # many row chunks
+    monkeypatch.setattr(layers, "MAX_GRAM", 16)       # (5, 40): W W^T instead
+    torch.manual_seed(2)
+    weight = torch.randn(*shape)
+    path = builders.save({"w": weight}, tmp_path / "w.pt")
+    tensor = open_checkpoint(path).find("w").tensor
+    singular = torch.linalg.svdvals(weight.reshape(shape[0], -1).double())
+    metrics = layers.spectral_metrics(tensor)
+    expected = ((singular ** 2).sum() / singular[0] ** 2).item()
+    assert metrics["stable_rank"] == pytest.approx(expected, rel=1e-9)
+    stopped = threading.Event()
+    stopped.set()
+    assert layers.spectral_metrics(tensor, stopped) == {}

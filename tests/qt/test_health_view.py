@@ -89,5 +89,10 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
         scatter.sigClicked.emit(scatter, [point], None)
     assert clicked.args == ["blocks.2.attn.weight"]
     assert tab.selected_key() == "blocks.2.attn.weight"
+    with qtbot.waitSignal(dialog.ready, timeout=60_000):
+        dialog.spectral_box.setChecked(True)
+    dialog.metric_box.setCurrentIndex(dialog.metric_box.findData("stable_rank"))
+    ranks = dialog.curves()[0][2]
+    assert len(ranks) == 3 and all(1 <= r <= 6 for r in ranks)
     dialog.close()
 
