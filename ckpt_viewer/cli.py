@@ -9,7 +9,7 @@ import sys
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
 
-SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "globals")
+SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "globals", "check", "layers")
 
 
 def _inspect_parser(sub):
@@ -83,6 +83,25 @@ def _globals_parser(sub):
     p.set_defaults(run=run_globals)
 
 
+def _check_parser(sub):
+    p = sub.add_parser("check", help="scan every tensor for NaN/Inf, zeros, duplicates, "
+                                     "optimizer mismatches (exit 0 healthy, 1 errors found)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_check)
+
+
+def _layers_parser(sub):
+    p = sub.add_parser("layers", help="per-layer metrics across depth of repeated blocks "
+                                      "(blocks.N..., layers.N..., h.N...)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--spectral", action="store_true",
+                   help="also singular values of each weight (torch; GPU when present): "
+                        "stable rank and power-law alpha")
+    p.set_defaults(run=run_layers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckpt-viewer",
@@ -95,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     _verify_parser(sub)
     _diff_parser(sub)
     _globals_parser(sub)
+    _check_parser(sub)
+    _layers_parser(sub)
     return parser
 
 
@@ -210,6 +231,34 @@ def run_diff(args) -> int:
         for line in diff_lines(report):
             print(line)
     return 0 if report.identical else 1
+
+
+def run_check(args) -> int:
+    from ckpt_viewer.core.check import check, text_lines
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.stats import run
+
+    report = run(check(open_checkpoint(args.path)))
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        for line in text_lines(report):
+            print(line)
+    return 0 if report.ok else 1
+
+
+def run_layers(args) -> int:
+    from ckpt_viewer.core.layers import layer_metrics, text_lines
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.stats import run
+
+    report = run(layer_metrics(open_checkpoint(args.path), spectral=args.spectral))
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        for line in text_lines(report):
+            print(line)
+    return 0
 
 
 def run_gui(args) -> int:

@@ -111,6 +111,8 @@ class MainWindow(QMainWindow):
                                           self.verify_current))
         tools_menu.addAction(self._action("&Compare With...", "actionCompare", "Ctrl+D",
                                           self.compare_dialog))
+        tools_menu.addAction(self._action("&Health", "actionHealth", None, self.health_current))
+        tools_menu.addAction(self._action("&Layers", "actionLayers", None, self.layers_current))
         view_menu = bar.addMenu("&View")
         self.dark_action = self._action("&Dark Theme", "actionDarkTheme", None, self._toggle_theme)
         self.dark_action.setCheckable(True)
@@ -289,6 +291,40 @@ class MainWindow(QMainWindow):
                                      f"{os.path.basename(path_b)}...")
         self.pending[key] = workers.start(job, on_result=done, on_error=failed)
         self._update_busy()
+
+    def _opener(self, tab):
+        """Shows `key` in `tab` (a Health finding or a Layers point clicked)."""
+        def open_key(key):
+            if self.tabs.indexOf(tab) >= 0:
+                self.tabs.setCurrentWidget(tab)
+                tab.select_key(key)
+        return open_key
+
+    def health_current(self):
+        """Tools > Health: scan every tensor of the current tab's file for findings."""
+        from ckpt_viewer.qt.health_view import HealthDialog
+
+        tab = self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return None
+        dialog = HealthDialog(tab.checkpoint, self._opener(tab), self)
+        dialog.setAttribute(Qt.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
+
+    def layers_current(self):
+        """Tools > Layers: metrics across depth of the current tab's repeated blocks."""
+        from ckpt_viewer.qt.layers_view import LayersDialog
+
+        tab = self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return None
+        dialog = LayersDialog(tab.checkpoint, self._opener(tab), self._peers_of(tab), parent=self)
+        dialog.setAttribute(Qt.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     def _message(self, name, title, text, ok=True):
         box = QMessageBox(QMessageBox.Information if ok else QMessageBox.Warning, title, text,

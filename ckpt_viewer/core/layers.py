@@ -1,0 +1,311 @@
+"""Layer-wise metrics across depth: keys of repeated blocks (`blocks.{i}.…`, `layers.{i}.…`,
+`h.{i}.…`, `encoder.layer.{i}.…`, `model.layers.{i}.…`) grouped into stacks, one line per
+parameter role (the key with its index replaced, e.g. `attn.qkv.weight`).
+
+Per tensor: L2 norm, std, max |x|, fraction of zeros and NaN count (the statistics engine's
+moments, one chunked pass per tensor, tensors spread over a thread pool); with Adam state, the
+mean of each parameter's `exp_avg_sq`. With `spectral=True`, weights (>= 2-D, flattened to
+[rows, rest]) also get their squared singular values, the eigenvalues of W^T W accumulated over
+row chunks through torch (on the GPU when there is one): stable rank ||W||_F^2 / sigma_max^2 and
+the power-law exponent alpha of the eigenvalues' tail, fitted like weightwatcher (maximum
+likelihood, the tail's start chosen by the smallest Kolmogorov-Smirnov distance).
+
+`layer_metrics()` is a generator (progress in [0, 1], returns LayersReport); stopping it stops
+the pass at the next chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ckpt_viewer.core.model import FLOAT_DTYPES, Checkpoint
+from ckpt_viewer.core.stats import _Moments
+from ckpt_viewer.core.values import iter_chunks
+
+CHUNK = 1 << 20
+METRICS = ("l2", "std", "max_abs", "zero_fraction", "nan")
+SPECTRAL_METRICS = ("stable_rank", "alpha")
+OPTIMIZER_METRIC = "exp_avg_sq_mean"
+MAX_GRAM = 8192                     # Gram matrices up to 8192^2 (512 MB of float64)
+MAX_SPECTRAL_ELEMENTS = 1 << 26     # wider matrices than MAX_GRAM are read whole up to this
+
+
+@dataclass
+class Role:
+    role: str                       # the key under the block, e.g. attn.qkv.weight
+    keys: dict = field(default_factory=dict)          # layer index -> full key
+    state_keys: dict = field(default_factory=dict)    # layer index -> exp_avg_sq key
+
+
+@dataclass
+class Stack:
+    prefix: str                     # e.g. model_state_dict.blocks
+    layers: list = field(default_factory=list)        # layer indices, ascending
+    roles: list = field(default_factory=list)         # Role, in key order
+
+
+@dataclass
+class LayersReport:
+    path: str
+    stacks: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)       # key -> {metric: value}
+    spectral: bool = False
+
+    def series(self, stack: Stack, role: Role, metric: str) -> list:
+        """One value per layer of the stack (None where the role is missing)."""
+        keys = role.state_keys if metric == OPTIMIZER_METRIC else role.keys
+        values = []
+        for index in stack.layers:
+            key = keys.get(index)
+            name = "mean" if metric == OPTIMIZER_METRIC else metric
+            values.append(self.metrics.get(key, {}).get(name) if key else None)
+        return values
+
+    def available(self) -> list:
+        names = list(METRICS) + (list(SPECTRAL_METRICS) if self.spectral else [])
+        if any(r.state_keys for s in self.stacks for r in s.roles):
+            names.append(OPTIMIZER_METRIC)
+        return names
+
+    def to_json(self) -> dict:
+        def clean(value):
+            if isinstance(value, float) and not math.isfinite(value):
+                return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            return value
+        stacks = []
+        for stack in self.stacks:
+            roles = []
+            for role in stack.roles:
+                entry = {"role": role.role,
+                         "keys": [role.keys.get(i) for i in stack.layers]}
+                for metric in self.available():
+                    entry[metric] = [clean(v) for v in self.series(stack, role, metric)]
+                roles.append(entry)
+            stacks.append({"prefix": stack.prefix, "layers": stack.layers, "roles": roles})
+        return {"path": self.path, "metrics": self.available(), "stacks": stacks}
+
+
+# --- grouping -------------------------------------------------------------------------------
+
+def _split(key: str):
+    """(stack prefix, layer index, role) at the first all-digit segment after the first one,
+    or None."""
+    parts = key.split(".")
+    for position in range(1, len(parts) - 1):
+        if parts[position].isdigit():
+            return ".".join(parts[:position]), int(parts[position]), ".".join(parts[position + 1:])
+    return None
+
+
+def _optimizer_prefixes(checkpoint: Checkpoint) -> list[str]:
+    return [o.key + "." if o.key else "" for o in checkpoint.optimizers]
+
+
+def group_layers(checkpoint: Checkpoint) -> list[Stack]:
+    """Stacks with at least two layers, model tensors only (optimizer state is attached to
+    its parameter's role, see attach_optimizer_state)."""
+    skip = _optimizer_prefixes(checkpoint)
+    stacks: dict[str, Stack] = {}
+    roles: dict[tuple, Role] = {}
+    for key, tensor, _node in checkpoint.tensors():
+        if any(key.startswith(p) for p in skip) or tensor.dtype not in FLOAT_DTYPES:
+            continue
+        split = _split(key)
+        if split is None:
+            continue
+        prefix, index, role_name = split
+        stack = stacks.setdefault(prefix, Stack(prefix))
+        if index not in stack.layers:
+            stack.layers.append(index)
+        role = roles.get((prefix, role_name))
+        if role is None:
+            role = roles[(prefix, role_name)] = Role(role_name)
+            stack.roles.append(role)
+        role.keys[index] = key
+    found = []
+    for stack in stacks.values():
+        if len(stack.layers) < 2:
+            continue
+        stack.layers.sort()
+        stack.roles = [r for r in stack.roles if len(r.keys) >= 2] or stack.roles
+        found.append(stack)
+    return found
+
+
+def attach_optimizer_state(checkpoint: Checkpoint, stacks: list[Stack]):
+    """exp_avg_sq keys, by the parameter they belong to (only where names are known)."""
+    by_key = {key: (stack, role, index) for stack in stacks for role in stack.roles
+              for index, key in role.keys.items()}
+    for optimizer in checkpoint.optimizers:
+        if not optimizer.names_source:
+            continue
+        for name, state in optimizer.state.items():
+            if not isinstance(name, str):
+                continue
+            variance = next((c for c in state.children
+                             if c.name == "exp_avg_sq" and c.kind == "tensor"), None)
+            if variance is None:
+                continue
+            matches = [k for k in by_key if k == name or k.endswith("." + name)]
+            if matches:
+                _, role, index = by_key[min(matches, key=len)]
+                role.state_keys[index] = variance.key
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+def _tensor_metrics(tensor, stop: threading.Event) -> dict:
+    moments = _Moments()
+    for chunk in iter_chunks(tensor, CHUNK):
+        if stop.is_set():
+            return {}
+        moments.add(np.abs(chunk) if np.iscomplexobj(chunk) else chunk)
+    finite = moments.n - moments.nan - moments.posinf - moments.neginf
+    out = {"nan": moments.nan, "zero_fraction": moments.zeros / moments.n if moments.n else 0.0}
+    if finite:
+        mean = moments.total / finite
+        variance = max(moments.squares / finite - mean ** 2, 0.0)
+        out.update(l2=math.sqrt(moments.squares), mean=mean,
+                   std=math.sqrt(variance * finite / (finite - 1)) if finite > 1 else 0.0,
+                   max_abs=max(abs(moments.lo), abs(moments.hi)))
+    return out
+
+
+def power_law_alpha(eigenvalues: np.ndarray) -> float | None:
+    """Maximum-likelihood exponent of a power law fitted to the tail of the eigenvalues, the
+    tail's start (xmin) chosen to minimise the Kolmogorov-Smirnov distance (as weightwatcher
+    and the `powerlaw` package do)."""
+    values = np.sort(eigenvalues[eigenvalues > 0])
+    if values.size < 10:
+        return None
+    best_alpha, best_distance = None, math.inf
+    logs = np.log(values)
+    suffix_sums = np.cumsum(logs[::-1])[::-1]          # sum of log x over the tail from i
+    for i in range(0, values.size - 5):             # at least 5 points in the tail
+        n = values.size - i
+        denominator = suffix_sums[i] - n * logs[i]
+        if denominator <= 0:
+            continue
+        alpha = 1.0 + n / denominator
+        tail = values[i:]
+        empirical = np.arange(n) / n
+        theoretical = 1.0 - (tail / values[i]) ** (1.0 - alpha)
+        distance = float(np.max(np.abs(empirical - theoretical)))
+        if distance < best_distance:
+            best_alpha, best_distance = alpha, distance
+    return best_alpha
+
+
+def _eigenvalues(tensor, stop: threading.Event):
+    """Eigenvalues of the Gram matrix of the weight flattened to [rows, cols] (its squared
+    singular values), accumulated over row chunks: bounded memory, a chance to stop between
+    chunks, and a [cols, cols] problem however many rows (an embedding) there are. Wide
+    matrices use W W^T, read whole (at most MAX_SPECTRAL_ELEMENTS). torch, GPU when present."""
+    import torch
+
+    rows = tensor.shape[0]
+    cols = tensor.numel // rows
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cols <= MAX_GRAM:
+        gram = torch.zeros(cols, cols, dtype=torch.float64, device=device)
+        rows_per_chunk = max(1, CHUNK // cols)
+        for chunk in iter_chunks(tensor, rows_per_chunk * cols):
+            if stop.is_set():
+                return None
+            block = torch.from_numpy(chunk.astype(np.float64).reshape(-1, cols)).to(device)
+            gram += block.T @ block
+    elif rows <= MAX_GRAM and tensor.numel <= MAX_SPECTRAL_ELEMENTS and not stop.is_set():
+        whole = np.concatenate([c.astype(np.float64) for c in iter_chunks(tensor, CHUNK)])
+        matrix = torch.from_numpy(whole.reshape(rows, cols)).to(device)
+        gram = matrix @ matrix.T
+    else:
+        return None
+    if not torch.isfinite(gram).all():
+        return None
+    return torch.linalg.eigvalsh(gram).clamp_(min=0).cpu().numpy()
+
+
+def spectral_metrics(tensor, stop: threading.Event | None = None) -> dict:
+    """Stable rank (||W||_F^2 / sigma_max^2) and power-law alpha of a >= 2-D weight."""
+    if len(tensor.shape) < 2 or min(tensor.shape) < 2 or tensor.dtype not in FLOAT_DTYPES:
+        return {}
+    eigenvalues = _eigenvalues(tensor, stop or threading.Event())
+    if eigenvalues is None or eigenvalues.size == 0 or eigenvalues.max() == 0:
+        return {}
+    out = {"stable_rank": float(eigenvalues.sum() / eigenvalues.max())}
+    alpha = power_law_alpha(eigenvalues)
+    if alpha is not None:
+        out["alpha"] = alpha
+    return out
+
+
+def _measure(key, tensor, spectral, stop):
+    out = _tensor_metrics(tensor, stop)
+    if spectral and not stop.is_set():
+        out.update(spectral_metrics(tensor, stop))
+    return key, out
+
+
+def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int | None = None):
+    """Generator: yields progress in [0, 1]; returns LayersReport."""
+    from ckpt_viewer.core.check import worker_count
+
+    stacks = group_layers(checkpoint)
+    attach_optimizer_state(checkpoint, stacks)
+    tensors = {key: tensor for key, tensor, _ in checkpoint.tensors()}
+    wanted = [(key, tensors[key], spectral and key in role.keys.values())
+              for stack in stacks for role in stack.roles
+              for key in list(role.keys.values()) + list(role.state_keys.values())]
+    report = LayersReport(checkpoint.path, stacks, spectral=spectral)
+    total = sum(t.nbytes for _, t, _ in wanted) or 1
+    done = 0
+    stop = threading.Event()
+    workers = workers or worker_count()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="layers")
+    pending, running = list(reversed(wanted)), {}
+    try:
+        while pending or running:
+            while pending and len(running) < 2 * workers:    # stops with the generator
+                key, tensor, wants_svd = pending.pop()
+                running[pool.submit(_measure, key, tensor, wants_svd, stop)] = tensor
+            finished, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done += running.pop(future).nbytes
+                try:
+                    key, values = future.result()
+                except Exception:   # noqa: BLE001 - an unreadable tensor is a gap in the line
+                    continue
+                report.metrics[key] = values
+            yield min(done / total, 1.0)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return report
+
+
+def text_lines(report: LayersReport):
+    from ckpt_viewer.core.check import escape
+
+    if not report.stacks:
+        yield f"{escape(report.path)}: no repeated blocks (keys like blocks.0.…, layers.1.…)"
+        return
+    metrics = report.available()
+    for stack in report.stacks:
+        yield f"{escape(stack.prefix)}: {len(stack.layers)} layers, {len(stack.roles)} roles"
+        for role in stack.roles:
+            yield f"  {escape(role.role)}"
+            yield "    layer " + " ".join(f"{m:>15}" for m in metrics)
+            columns = [report.series(stack, role, m) for m in metrics]
+            for row, index in enumerate(stack.layers):
+                cells = []
+                for column in columns:
+                    value = column[row]
+                    cells.append(f"{'-':>15}" if value is None else f"{value:>15.6g}")
+                yield f"    {index:>5} " + " ".join(cells)

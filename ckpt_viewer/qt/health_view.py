@@ -1,0 +1,116 @@
+"""Tools > Health: the check of one open checkpoint, run in a worker with progress and Cancel;
+each finding, clicked, selects its tensor in the tab's key tree."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                               QTreeWidget, QTreeWidgetItem, QVBoxLayout)
+
+from ckpt_viewer.core.check import check, escape
+from ckpt_viewer.core.model import format_bytes
+from ckpt_viewer.qt import workers
+
+MAX_SHOWN = 5000      # more rows would hold the window for too long at once
+COLOURS = {"error": "#b02a37", "warning": "#997404", "info": "#6c757d"}
+
+
+class HealthDialog(QDialog):
+    """Non-modal; `open_key(key)` is called with a finding's key when it is clicked."""
+
+    checked = Signal(object)          # HealthReport
+    failed = Signal(str)
+    cancelled = Signal()
+
+    def __init__(self, checkpoint, open_key, parent=None):
+        super().__init__(parent)
+        self.setObjectName("healthDialog")
+        self.checkpoint, self.open_key = checkpoint, open_key
+        self.report = None
+        self._stopped = False
+        self.setWindowTitle(f"Health - {os.path.basename(checkpoint.path.rstrip('/'))}")
+        self.status = QLabel("Scanning every tensor...")
+        self.status.setObjectName("healthStatus")
+        self.status.setTextFormat(Qt.PlainText)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("healthCancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.findings = QTreeWidget()
+        self.findings.setObjectName("healthFindings")
+        self.findings.setHeaderLabels(["Severity", "Kind", "Key", "Message"])
+        self.findings.setRootIsDecorated(False)
+        self.findings.setUniformRowHeights(True)
+        for column, width in enumerate((70, 130, 300)):
+            self.findings.setColumnWidth(column, width)
+        self.findings.itemClicked.connect(self._clicked)
+        self.findings.itemActivated.connect(self._clicked)
+        row = QHBoxLayout()
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.status)
+        layout.addLayout(row)
+        layout.addWidget(self.findings, 1)
+        self.resize(900, 480)
+        self.worker = workers.start(check, checkpoint, on_result=self._done,
+                                    on_error=self._failed, on_progress=self._progress)
+
+    def _progress(self, fraction):
+        self.progress.setValue(int(fraction * 1000))
+
+    def _done(self, report):
+        if report is None or self._stopped:      # a cancelled worker still says it returned
+            return
+        self.worker = None
+        self.report = report
+        self.progress.setValue(1000)
+        self.cancel_button.setEnabled(False)
+        counts = ", ".join(f"{report.count(s)} {s}{'s' if report.count(s) != 1 else ''}"
+                           for s in ("error", "warning", "info"))
+        self.status.setText(
+            f"{'No findings' if not report.findings else counts}: {report.tensors_scanned:,} "
+            f"tensors, {format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s")
+        items = []
+        if len(report.findings) > MAX_SHOWN:
+            self.status.setText(self.status.text() + f" (the first {MAX_SHOWN:,} are listed; "
+                                "`ckpt-viewer check --json` lists all)")
+        for finding in report.findings[:MAX_SHOWN]:
+            item = QTreeWidgetItem([finding.severity, finding.kind, escape(finding.key),
+                                    escape(finding.message)])
+            item.setData(0, Qt.UserRole, finding.key)
+            item.setForeground(0, QBrush(QColor(COLOURS[finding.severity])))
+            item.setToolTip(3, escape(finding.message))
+            items.append(item)
+        self.findings.addTopLevelItems(items)
+        self.checked.emit(report)
+
+    def _failed(self, message):
+        if self._stopped:
+            return
+        self.worker = None
+        self.cancel_button.setEnabled(False)
+        self.status.setText(f"Check failed: {message}")
+        self.failed.emit(message)
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()       # the scan stops after the segments already running
+            self.worker = None
+            self._stopped = True
+            self.cancel_button.setEnabled(False)
+            self.status.setText("Cancelled")
+            self.cancelled.emit()
+
+    def _clicked(self, item, _column=0):
+        key = item.data(0, Qt.UserRole)
+        if key:
+            self.open_key(key)
+
+    def closeEvent(self, event):
+        self.cancel()
+        super().closeEvent(event)

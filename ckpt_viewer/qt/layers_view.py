@@ -1,0 +1,242 @@
+"""Tools > Layers: per-layer metrics across depth, one line per parameter role (pyqtgraph),
+a metric chooser, a click on a point selects that tensor; another open file can be overlaid
+(dashed lines, same roles)."""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QHBoxLayout, QLabel,
+                               QProgressBar, QPushButton, QVBoxLayout)
+
+from ckpt_viewer.core.check import escape
+from ckpt_viewer.core.layers import layer_metrics
+from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.tensor_view import _plotting, wait_for_plotting
+
+LABELS = {"l2": "L2 norm", "std": "std", "max_abs": "max |x|", "zero_fraction": "fraction of zeros",
+          "nan": "NaN count", "stable_rank": "stable rank", "alpha": "power-law alpha",
+          "exp_avg_sq_mean": "mean exp_avg_sq (Adam)"}
+
+
+class LayersDialog(QDialog):
+    """`open_key(key)` is called with a point's tensor key; `peers` lists (name, checkpoint)
+    of the other open files that can be overlaid."""
+
+    ready = Signal(object)            # LayersReport, once plotted
+    failed = Signal(str)
+    point_clicked = Signal(str)       # the key of a clicked point
+
+    def __init__(self, checkpoint, open_key, peers=(), spectral=False, parent=None):
+        super().__init__(parent)
+        self.setObjectName("layersDialog")
+        self.checkpoint, self.open_key, self.peers = checkpoint, open_key, list(peers)
+        self.report = self.overlay = None
+        self.plot = None
+        self.scatters = []
+        self.workers = []
+        self.setWindowTitle(f"Layers - {os.path.basename(checkpoint.path.rstrip('/'))}")
+        self.status = QLabel("Reading every layer's tensors...")
+        self.status.setTextFormat(Qt.PlainText)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("layersCancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.stack_box = QComboBox()
+        self.stack_box.setObjectName("layersStack")
+        self.metric_box = QComboBox()
+        self.metric_box.setObjectName("layersMetric")
+        self.log_box = QCheckBox("log y")
+        self.spectral_box = QCheckBox("spectral (SVD)")
+        self.spectral_box.setObjectName("layersSpectral")
+        self.spectral_box.setToolTip("Singular values of every weight through torch (GPU when "
+                                     "present): stable rank and power-law alpha. Slower.")
+        self.spectral_box.setChecked(spectral)
+        self.spectral_box.toggled.connect(self._spectral_toggled)
+        self.overlay_box = QComboBox()
+        self.overlay_box.setObjectName("layersOverlay")
+        self.overlay_box.addItem("no overlay")
+        for name, _ in self.peers:
+            self.overlay_box.addItem(f"overlay {name}")
+        self.overlay_box.setVisible(bool(self.peers))
+        for box in (self.stack_box, self.metric_box):
+            box.currentIndexChanged.connect(self.redraw)
+        self.log_box.toggled.connect(self.redraw)
+        self.overlay_box.currentIndexChanged.connect(self._overlay_changed)
+        controls = QHBoxLayout()
+        for widget in (self.stack_box, self.metric_box, self.log_box, self.spectral_box,
+                       self.overlay_box):
+            controls.addWidget(widget)
+        controls.addStretch(1)
+        controls.addWidget(self.progress)
+        controls.addWidget(self.cancel_button)
+        self.layout_ = QVBoxLayout(self)
+        self.layout_.addWidget(self.status)
+        self.layout_.addLayout(controls)
+        self.resize(900, 560)
+        self.spectral = spectral
+        self._start(checkpoint, self._done)
+
+    def _start(self, checkpoint, on_result):
+        self.progress.setValue(0)
+        self.cancel_button.setEnabled(True)
+        self.workers.append(workers.start(
+            layer_metrics, checkpoint, self.spectral, on_result=on_result,
+            on_error=self._failed, on_progress=lambda v: self.progress.setValue(int(v * 1000))))
+
+    def _done(self, report):
+        if report is None:           # cancelled
+            return
+        self.report = report
+        self.cancel_button.setEnabled(False)
+        self.progress.setValue(1000)
+        if not report.stacks:
+            self.status.setText("No repeated blocks (keys like blocks.0.…, layers.1.…, h.2.…)")
+            self.ready.emit(report)
+            return
+        self.status.setText("Click a point to open that tensor.")
+        chosen = self.metric_box.currentData()
+        self.stack_box.blockSignals(True)
+        self.metric_box.blockSignals(True)
+        self.stack_box.clear()
+        self.metric_box.clear()
+        for stack in report.stacks:
+            self.stack_box.addItem(f"{escape(stack.prefix)} ({len(stack.layers)} layers)")
+        for metric in report.available():
+            self.metric_box.addItem(LABELS.get(metric, metric), metric)
+        self.metric_box.setCurrentIndex(max(self.metric_box.findData(chosen), 0))
+        self.stack_box.blockSignals(False)
+        self.metric_box.blockSignals(False)
+        self.stack_box.setVisible(len(report.stacks) > 1)
+        if _plotting["module"] is None:
+            wait_for_plotting(self)
+        else:
+            self.plotting_ready("")
+
+    def plotting_ready(self, message):
+        if message:
+            self.status.setText(f"Plotting is unavailable: {message}")
+            return
+        if self.report is None:
+            return
+        if self.plot is not None:
+            self.redraw()
+            self.ready.emit(self.report)
+            return
+        pg = _plotting["module"]
+        self.plot = pg.PlotWidget(background=self.palette().color(QPalette.Base))
+        self.plot.setObjectName("layersPlot")
+        self.plot.setLabel("bottom", "layer")
+        self.plot.addLegend(offset=(10, 10))
+        self.layout_.addWidget(self.plot, 1)
+        self.redraw()
+        self.ready.emit(self.report)
+
+    def _spectral_toggled(self, on):
+        self.cancel()
+        self.spectral = on
+        self.status.setText("Computing singular values..." if on else "Reading every layer's "
+                            "tensors...")
+        self._start(self.checkpoint, self._done)
+        if self.overlay_box.currentIndex() > 0:
+            self._overlay_changed(self.overlay_box.currentIndex())
+
+    def _overlay_changed(self, index):
+        self.overlay = None
+        if index <= 0:
+            self.redraw()
+            return
+        self._start(self.peers[index - 1][1], self._overlay_done)
+
+    def _overlay_done(self, report):
+        if report is not None:
+            self.overlay = report
+            self.cancel_button.setEnabled(False)
+            self.redraw()
+
+    def curves(self):
+        """(role, layers, values, keys) of the chosen stack and metric, for the plot and tests."""
+        if self.report is None or not self.report.stacks:
+            return []
+        stack = self.report.stacks[max(self.stack_box.currentIndex(), 0)]
+        metric = self.metric_box.currentData()
+        out = []
+        for role in stack.roles:
+            values = self.report.series(stack, role, metric)
+            keys = role.state_keys if metric == "exp_avg_sq_mean" else role.keys
+            out.append((role.role, stack.layers, values, [keys.get(i) for i in stack.layers]))
+        return out
+
+    def redraw(self, *_):
+        if self.plot is None:
+            return
+        pg = _plotting["module"]
+        self.plot.clear()
+        metric = self.metric_box.currentData()
+        log = self.log_box.isChecked()
+        label = LABELS.get(metric, metric or "")
+        self.plot.setLabel("left", f"log10 {label}" if log else label)
+        stack = self.report.stacks[max(self.stack_box.currentIndex(), 0)]
+        overlay_stack = next((s for s in self.overlay.stacks if s.prefix == stack.prefix), None) \
+            if self.overlay else None
+        self.scatters = []
+        for number, (role, layers, values, keys) in enumerate(self.curves()):
+            colour = pg.intColor(number, hues=max(len(stack.roles), 1))
+            points = [(layer, _shown(value, log), key)
+                      for layer, value, key in zip(layers, values, keys) if _plottable(value, log)]
+            if not points:
+                continue
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            self.plot.addItem(pg.PlotDataItem(xs, ys, pen=pg.mkPen(colour, width=2),
+                                              name=html.escape(escape(role))))
+            scatter = pg.ScatterPlotItem(xs, ys, data=[p[2] for p in points], brush=colour,
+                                         pen=None, size=8, hoverable=True)
+            scatter.sigClicked.connect(self._points_clicked)
+            self.plot.addItem(scatter)
+            self.scatters.append(scatter)
+            other_role = next((r for r in overlay_stack.roles if r.role == role), None) \
+                if overlay_stack else None
+            if other_role is not None:
+                other = [(layer, _shown(v, log)) for layer, v in zip(
+                    overlay_stack.layers, self.overlay.series(overlay_stack, other_role, metric))
+                    if _plottable(v, log)]
+                if other:
+                    self.plot.addItem(pg.PlotDataItem(
+                        [p[0] for p in other], [p[1] for p in other],
+                        pen=pg.mkPen(colour, width=1, style=Qt.DashLine)))
+
+    def _points_clicked(self, _scatter, points, *_):
+        for point in points:
+            key = point.data()
+            if key:
+                self.point_clicked.emit(key)
+                self.open_key(key)
+                return
+
+    def _failed(self, message):
+        self.cancel_button.setEnabled(False)
+        self.status.setText(f"Layers failed: {message}")
+        self.failed.emit(message)
+
+    def cancel(self):
+        for worker in self.workers:
+            worker.quit()
+        self.workers.clear()
+        self.cancel_button.setEnabled(False)
+
+    def closeEvent(self, event):
+        self.cancel()
+        super().closeEvent(event)
+
+
+def _shown(value, log: bool) -> float:
+    return math.log10(value) if log else value
+
+
+def _plottable(value, log: bool) -> bool:
+    return value is not None and math.isfinite(value) and (value > 0 or not log)

@@ -1,0 +1,134 @@
+"""Layer-wise view: repeated blocks grouped by role, metrics equal to torch's on the same values."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import builders
+from ckpt_viewer.core.layers import (OPTIMIZER_METRIC, group_layers, layer_metrics,
+                                     power_law_alpha)
+from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.stats import run
+
+
+def gpt(depth=4, hidden=8, prefix="blocks"):
+    torch.manual_seed(0)
+    sd = {"embed.weight": torch.randn(20, hidden)}
+    for i in range(depth):
+        sd[f"{prefix}.{i}.attn.qkv.weight"] = torch.randn(3 * hidden, hidden) * (i + 1)
+        sd[f"{prefix}.{i}.attn.qkv.bias"] = torch.zeros(3 * hidden)
+        sd[f"{prefix}.{i}.ln.weight"] = torch.ones(hidden)
+    sd["head.weight"] = torch.randn(20, hidden)
+    return sd
+
+
+@pytest.mark.parametrize("prefix", ["blocks", "layers", "h", "encoder.layer", "model.layers"])
+def test_blocks_grouped_by_role(tmp_path, prefix):
+    sd = gpt(prefix=prefix)
+    sd[f"{prefix}.2.attn.qkv.weight"][1, 1] = float("nan")
+    path = builders.save(sd, tmp_path / "m.pt")
+    report = run(layer_metrics(open_checkpoint(path)))
+    assert [s.prefix for s in report.stacks] == [prefix]
+    stack = report.stacks[0]
+    assert stack.layers == [0, 1, 2, 3]
+    assert [r.role for r in stack.roles] == ["attn.qkv.weight", "attn.qkv.bias", "ln.weight"]
+    role = stack.roles[0]
+    assert role.keys[3] == f"{prefix}.3.attn.qkv.weight"
+    assert report.series(stack, role, "nan") == [0, 0, 1, 0]
+    for index in (0, 1, 3):
+        t = sd[f"{prefix}.{index}.attn.qkv.weight"].double()
+        values = {m: report.series(stack, role, m)[index] for m in report.available()}
+        assert values["l2"] == pytest.approx(torch.linalg.norm(t).item(), rel=1e-6)
+        assert values["std"] == pytest.approx(t.std().item(), rel=1e-6)
+        assert values["max_abs"] == pytest.approx(t.abs().max().item())
+        assert values["zero_fraction"] == 0.0
+    assert report.series(stack, stack.roles[1], "zero_fraction") == [1.0] * 4
+    assert report.series(stack, stack.roles[2], "std") == [0.0] * 4
+
+
+def test_adam_state_mean_per_layer(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(torch.nn.Linear(6, 6) for _ in range(3))
+    optimizer = torch.optim.Adam(model.named_parameters(), lr=0.1)
+    x = torch.randn(4, 6)
+    for block in model.blocks:
+        x = block(x)
+    x.pow(2).sum().backward()
+    optimizer.step()
+    path = builders.save({"model": model.state_dict(), "optim": optimizer.state_dict()},
+                         tmp_path / "a.pt")
+    report = run(layer_metrics(open_checkpoint(path)))
+    assert OPTIMIZER_METRIC in report.available()
+    stack = report.stacks[0]
+    assert stack.prefix == "model.blocks"
+    weight = next(r for r in stack.roles if r.role == "weight")
+    expected = [optimizer.state[block.weight]["exp_avg_sq"].double().mean().item()
+                for block in model.blocks]
+    assert report.series(stack, weight, OPTIMIZER_METRIC) == pytest.approx(expected, rel=1e-6)
+
+
+def test_no_stacks_and_single_layer_are_not_grouped(tmp_path):
+    path = builders.save({"a.weight": torch.randn(3, 3), "blocks.0.w": torch.randn(3)},
+                         tmp_path / "n.pt")
+    assert group_layers(open_checkpoint(path)) == []
+
+
+def test_spectral_stable_rank_and_alpha(tmp_path):
+    sd = gpt(depth=2, hidden=16)
+    path = builders.save(sd, tmp_path / "s.pt")
+    report = run(layer_metrics(open_checkpoint(path), spectral=True))
+    stack = report.stacks[0]
+    role = stack.roles[0]
+    singular = torch.linalg.svdvals(sd["blocks.1.attn.qkv.weight"].double())
+    expected = (singular ** 2).sum() / singular[0] ** 2
+    assert report.series(stack, role, "stable_rank")[1] == pytest.approx(expected.item(), rel=1e-4)
+    assert all(a is not None and a > 1 for a in report.series(stack, role, "alpha"))
+    assert report.series(stack, stack.roles[1], "stable_rank") == [None, None]   # 1-D bias
+
+
+def test_power_law_alpha_recovers_a_known_exponent():
+    rng = np.random.default_rng(0)
+    samples = (1 - rng.random(20_000)) ** (-1 / (3.0 - 1))    # Pareto, density ~ x^-3
+    assert power_law_alpha(samples) == pytest.approx(3.0, abs=0.15)
+    assert power_law_alpha(np.ones(3)) is None
+
+
+def test_cli_layers_json(tmp_path):
+    path = builders.save(gpt(), tmp_path / "m.pt")
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "layers", path, "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    role = out["stacks"][0]["roles"][0]
+    assert role["role"] == "attn.qkv.weight" and len(role["l2"]) == 4
+    assert all(math.isfinite(v) for v in role["l2"])
+    text = subprocess.run([sys.executable, "-m", "ckpt_viewer", "layers", path],
+                          capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "attn.qkv.weight" in text.stdout
+
+
+@pytest.mark.parametrize("shape", [(300, 7), (5, 40), (6, 3, 2, 2)])
+def test_spectral_gram_over_row_chunks_and_wide_matrices(tmp_path, monkeypatch, shape):
+    import threading
+
+    from ckpt_viewer.core import layers
+
+    monkeypatch.setattr(layers, "CHUNK", 50)          # many row chunks
+    monkeypatch.setattr(layers, "MAX_GRAM", 16)       # (5, 40): W W^T instead
+    torch.manual_seed(2)
+    weight = torch.randn(*shape)
+    path = builders.save({"w": weight}, tmp_path / "w.pt")
+    tensor = open_checkpoint(path).find("w").tensor
+    singular = torch.linalg.svdvals(weight.reshape(shape[0], -1).double())
+    metrics = layers.spectral_metrics(tensor)
+    expected = ((singular ** 2).sum() / singular[0] ** 2).item()
+    assert metrics["stable_rank"] == pytest.approx(expected, rel=1e-9)
+    stopped = threading.Event()
+    stopped.set()
+    assert layers.spectral_metrics(tensor, stopped) == {}

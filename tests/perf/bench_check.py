@@ -1,0 +1,55 @@
+"""Health-check benchmark (issue: checkpoint health). Run by hand after make_files.py --only 16g:
+
+    python tests/perf/bench_check.py [--file perf-data/train-16g.pt]
+
+Fresh processes, page cache warmed by one untimed run of each: `ckpt-viewer check FILE --json`
+against `cat FILE > /dev/null` (budget: >= 70 % of its throughput, i.e. <= 1.43x its time) and
+against plain torch, mmap load + isnan().any() / isinf().any() / (t == 0).all() per tensor
+(budget <= 0.5x its time). Peak RSS budget: 1 GB (mapped file pages count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from runner import measure, print_table, python
+
+BASELINE = """
+import torch
+def tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from tensors(v)
+for t in tensors(torch.load({path!r}, mmap=True, weights_only=True)):
+    t.isnan().any().item(), t.isinf().any().item(), (t == 0).all().item()
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--file", default=os.path.join("perf-data", "train-16g.pt"))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    path, repeat = args.file, args.repeat
+    gb = os.path.getsize(path) / 1e9
+    ours = measure([sys.executable, "-m", "ckpt_viewer", "check", path, "--json"],
+                   repeat=repeat, ok_codes=(0, 1), warmup=True)
+    cat = measure(["sh", "-c", f'cat "$0" > /dev/null', path], repeat=repeat, warmup=True)
+    torch_side = measure(python(BASELINE.format(path=path)), repeat=repeat, warmup=True)
+    print(f"{path}: {gb:.2f} GB; check {gb / ours[0]:.2f} GB/s, cat {gb / cat[0]:.2f} GB/s "
+          f"({cat[0] / ours[0]:.0%} of cat's throughput, budget >= 70%); check peak RSS "
+          f"{ours[1]:.0f} MB (budget 1024 MB)")
+    print_table([("check vs cat FILE > /dev/null", ours, cat, round(1 / 0.7, 2), None),
+                 ("check vs mmap load + isnan/isinf/==0", ours, torch_side, 0.5, None)])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(__file__))
+    main()

@@ -1,0 +1,98 @@
+"""Tools > Health and Tools > Layers in the window: findings listed, clicked, cancelled;
+layer lines plotted and a point opening its tensor."""
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QTreeWidget
+
+import torch
+
+import builders
+from ckpt_viewer.core import check as check_module
+from ckpt_viewer.qt.health_view import HealthDialog
+from ckpt_viewer.qt.layers_view import LayersDialog
+from conftest import open_and_wait
+
+
+def anomalies_file(tmp_path):
+    torch.manual_seed(0)
+    sd = {"ok.weight": torch.randn(8, 4), "nan.weight": torch.randn(8, 4),
+          "zero.weight": torch.zeros(8, 4)}
+    sd["nan.weight"][1, 1] = float("nan")
+    return builders.save({"model": sd}, tmp_path / "bad.pt")
+
+
+def trigger(window, name):
+    window.findChild(QAction, name).trigger()
+
+
+def test_health_lists_findings_and_a_click_opens_the_tensor(qtbot, window, tmp_path):
+    open_and_wait(qtbot, window, anomalies_file(tmp_path))
+    tab = window.tabs.currentWidget()
+    trigger(window, "actionHealth")
+    dialog = window.findChild(HealthDialog, "healthDialog")
+    with qtbot.waitSignal(dialog.checked, timeout=30_000) as blocker:
+        pass
+    report = blocker.args[0]
+    assert {(f.key, f.kind) for f in report.findings} == {
+        ("model.nan.weight", "nan"), ("model.zero.weight", "all_zero")}
+    findings = dialog.findChild(QTreeWidget, "healthFindings")
+    assert findings.topLevelItemCount() == 2
+    item = findings.topLevelItem(0)
+    assert (item.text(0), item.text(1), item.text(2)) == ("error", "nan", "model.nan.weight")
+    rect = findings.visualItemRect(item)
+    with qtbot.waitSignal(tab.tensor_selected, timeout=10_000) as selected:
+        qtbot.mouseClick(findings.viewport(), Qt.LeftButton, pos=rect.center())
+    assert selected.args == ["model.nan.weight"]
+    assert tab.selected_key() == "model.nan.weight"
+    dialog.close()
+
+
+def test_health_cancel_stops_quietly(qtbot, window, tmp_path, monkeypatch):
+    monkeypatch.setattr(check_module, "SEGMENT", 1 << 10)
+    monkeypatch.setattr(check_module, "CHUNK", 1 << 10)
+    path = builders.save({f"t{i}": torch.randn(1 << 16) for i in range(100)}, tmp_path / "big.pt")
+    open_and_wait(qtbot, window, path)
+    dialog = window.health_current()
+    with qtbot.waitSignal(dialog.cancelled, timeout=5_000):
+        qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)
+    assert dialog.status.text() == "Cancelled" and dialog.report is None
+    dialog.close()
+
+
+def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_path):
+    torch.manual_seed(0)
+    sd = {}
+    for i in range(3):
+        sd[f"blocks.{i}.attn.weight"] = torch.randn(6, 6) * (i + 1)
+        sd[f"blocks.{i}.attn.bias"] = torch.randn(6)
+    path = builders.save(sd, tmp_path / "g.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    trigger(window, "actionLayers")
+    dialog = window.findChild(LayersDialog, "layersDialog")
+    with qtbot.waitSignal(dialog.ready, timeout=30_000):
+        pass
+    qtbot.waitUntil(lambda: dialog.plot is not None, timeout=30_000)
+    curves = dialog.curves()
+    assert [c[0] for c in curves] == ["attn.weight", "attn.bias"]
+    assert curves[0][1] == [0, 1, 2]
+    expected = [torch.linalg.norm(sd[f"blocks.{i}.attn.weight"].double()).item() for i in range(3)]
+    assert curves[0][2] == pytest.approx(expected, rel=1e-6)
+    metric_box = dialog.metric_box
+    metric_box.setCurrentIndex(metric_box.findData("max_abs"))
+    assert dialog.curves()[0][2][2] == sd["blocks.2.attn.weight"].abs().max().item()
+    scatter = dialog.scatters[0]
+    point = scatter.points()[2]
+    with qtbot.waitSignal(dialog.point_clicked, timeout=5_000) as clicked:
+        scatter.sigClicked.emit(scatter, [point], None)
+    assert clicked.args == ["blocks.2.attn.weight"]
+    assert tab.selected_key() == "blocks.2.attn.weight"
+    with qtbot.waitSignal(dialog.ready, timeout=60_000):
+        dialog.spectral_box.setChecked(True)
+    dialog.metric_box.setCurrentIndex(dialog.metric_box.findData("stable_rank"))
+    ranks = dialog.curves()[0][2]
+    assert len(ranks) == 3 and all(1 <= r <= 6 for r in ranks)
+    dialog.close()
+
