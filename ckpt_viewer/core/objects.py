@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 
 from ckpt_viewer.core.model import InlineBytes, Storage, TensorInfo
-from ckpt_viewer.core.safe_pickle import TORCH_REBUILDS, GlobalRef, NumpyDtype, Placeholder
+from ckpt_viewer.core.safe_pickle import (TORCH_REBUILDS, GlobalRef, NumpyDtype, Placeholder,
+                                          rebuild_wrapper_subclass)
 
 
 @dataclass
@@ -177,8 +178,8 @@ def _texts(raw: bytes, kind: str, itemsize: int, order: str) -> list:
 def _from_type_v2(obj) -> Described | None:
     """torch._tensor._rebuild_from_type_v2(func, new_type, args, state), kept as a record."""
     func, new_type, args, state = obj.args
-    if isinstance(func, type) and issubclass(func, Placeholder) and \
-            func.qualname == "torch._utils._rebuild_wrapper_subclass":
+    if func is rebuild_wrapper_subclass or isinstance(func, type) and \
+            issubclass(func, Placeholder) and func.qualname == "torch._utils._rebuild_wrapper_subclass":
         return _wrapper_subclass(args, state)
     if func in TORCH_REBUILDS.values() and isinstance(args, tuple):
         tensor = func(*args)          # one of our own record builders, not the file's

@@ -344,13 +344,19 @@ def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
                       stride=_as_ints(stride, "stride"), requires_grad=bool(requires_grad))
 
 
-def rebuild_wrapper_subclass(cls, dtype, size, stride, storage_offset, layout, device,
-                             requires_grad):
-    info = TensorInfo(dtype=str(dtype), shape=_as_ints(size, "shape"),
-                      stride=_as_ints(stride, "stride"), requires_grad=bool(requires_grad))
-    info.subclass = getattr(cls, "qualname", "")
-    info.location = str(device)
-    return info
+def _record(qualname: str, args: tuple) -> Placeholder:
+    """A call kept as data for objects.py to decode (its BUILD state lands in `.state`)."""
+    obj = type(qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname})._new()
+    obj.args = args
+    return obj
+
+
+def rebuild_wrapper_subclass(*args):
+    """A wrapper tensor subclass (DTensor, torchao weights): no storage of its own; what it
+    holds arrives as state. Kept as a record and decoded in objects.py."""
+    if len(args) < 8:
+        raise CheckpointError("wrapper tensor subclass record is malformed")
+    return _record("torch._utils._rebuild_wrapper_subclass", args)
 
 
 def rebuild_nested_tensor(buffer, sizes, strides, storage_offsets):
@@ -370,17 +376,19 @@ def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):
 
 def rebuild_from_type_v2(func, new_type, args, state):
     if not callable(func) or not isinstance(args, tuple):
-        raise CheckpointError("tensor subclass record is malformed")
+        current_report().refuse("a tensor subclass record is malformed (torch cannot rebuild it)")
+        return _record("torch._tensor._rebuild_from_type_v2", (func, new_type, args, state))
+    if isinstance(new_type, type) and issubclass(new_type, Placeholder):
+        # a tensor subclass torch would need to import: kept as a record for objects.py
+        return _record("torch._tensor._rebuild_from_type_v2", (func, new_type, args, state))
     result = func(*args)   # func is one of ours or a Placeholder class: see find_class
     if not isinstance(result, TensorInfo):
+        if isinstance(result, Placeholder) and state:
+            result.state = state
         return result
     result = _tensor_copy(result)
     if new_type is ParameterType:
         result.is_parameter = True
-    elif isinstance(new_type, type) and issubclass(new_type, Placeholder):
-        result.subclass = new_type.qualname      # a tensor subclass torch would need to import
-        result.attrs = {"state": state} if state else {}
-        return result
     elif new_type is not TensorType:
         raise CheckpointError("tensor subclass record names something that is not a class")
     return set_object_state(result, state)
