@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 
@@ -77,12 +78,19 @@ def resolve_directory(path: str) -> str:
 
 def open_file(path: str) -> Checkpoint:
     """Read only metadata; raises CheckpointError with a one-line message for any bad input."""
-    from ckpt_viewer.core.readers import dcp, hf_index, safetensors, torch_legacy, torch_zip
-    from ckpt_viewer.core.readers import plain_pickle
+    from ckpt_viewer.core.readers import (
+        dcp,
+        hf_index,
+        plain_pickle,
+        safetensors,
+        torch_legacy,
+        torch_zip,
+    )
 
     readers = {"torch_zip": torch_zip.read, "torch_legacy": torch_legacy.read,
                "safetensors": safetensors.read, "pickle": plain_pickle.read,
-               "hf_index": hf_index.read, "dcp": dcp.read}
+               "hf_index": functools.partial(hf_index.read, open_shard=open_file),
+               "dcp": dcp.read}
     return readers[sniff(path)](path)
 
 

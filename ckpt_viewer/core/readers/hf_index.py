@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers import safetensors
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024
+
+OpenShard = Callable[[str], Checkpoint]
 
 
 def read_json(path: str, what: str) -> dict:
@@ -25,16 +28,16 @@ def read_json(path: str, what: str) -> dict:
     return value
 
 
-def shard_tensors(path: str) -> tuple[dict, list, list]:
+def shard_tensors(path: str, open_shard: OpenShard) -> tuple[dict, list, list]:
     """Tensors of one shard file, whatever its kind: ({key: TensorInfo}, unsafe, warnings)."""
-    from ckpt_viewer.core.open import open_file   # shards may be .bin (torch zip) files
-
-    checkpoint = open_file(path)
+    checkpoint = open_shard(path)
     tensors = {key: info for key, info, _ in checkpoint.tensors()}
     return tensors, checkpoint.unsafe_globals, checkpoint.warnings
 
 
-def read(index_path: str) -> Checkpoint:
+def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
+    """open_shard opens one shard of any kind (shards may be .bin torch zip files); core.open
+    passes its own opener in, so that no reader imports core.open."""
     index = read_json(index_path, "index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(
@@ -49,7 +52,7 @@ def read(index_path: str) -> Checkpoint:
         if not os.path.isfile(shard_path):
             raise CheckpointError(f"shard {shard} named by the index is missing")
         try:
-            shards[shard] = shard_tensors(shard_path)
+            shards[shard] = shard_tensors(shard_path, open_shard)
         except CheckpointError as exc:
             raise CheckpointError(f"shard {shard}: {exc}") from None
     tensors, unsafe, warnings = {}, [], []
