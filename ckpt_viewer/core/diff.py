@@ -19,7 +19,7 @@ CHUNK = 1 << 20
 PROBE = 512
 
 
-@dataclass
+@dataclass(frozen=True)
 class Side:
     root: str = ""
     strip_prefix: str = ""
