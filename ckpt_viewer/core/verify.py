@@ -10,8 +10,9 @@ import zlib
 from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import FileSpan, ZipMember
+from ckpt_viewer.core.model import FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+from ckpt_viewer.core.text import plural
 
 BLOCK = 8 << 20
 
@@ -127,7 +128,7 @@ def verify(path: str):
                              for s in [t.storage] if s is not None and s.source is not None})
             files = shards
             runs = [_shard_run(shard) for shard in shards]
-            report.notes.append(f"{len(shards)} shard(s)")
+            report.notes.append(plural(len(shards), "shard"))
         else:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
@@ -162,3 +163,20 @@ def _shard_run(shard: str):
         except Damaged as exc:
             raise Damaged(f"{name}: {exc}") from None
     return run
+
+
+def check_tensor_records(tensor: TensorInfo):
+    """Generator: yields bytes checked; returns the problem of the first zip record holding
+    this tensor's data that fails its CRC-32, or "" (other formats store no checksums)."""
+    members = {}
+    for part in list(tensor.parts.values()) or [tensor]:
+        source = part.storage.source if part.storage is not None else None
+        if isinstance(source, ZipMember):
+            members[id(source)] = source
+    for member in members.values():
+        with open(member.path, "rb") as f:
+            try:
+                yield from _check_member(member, f)
+            except Damaged as exc:
+                return str(exc)
+    return ""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers import safetensors
+from ckpt_viewer.core.text import plural
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 
@@ -66,7 +67,7 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
         warnings += [f"{shard}: {w}" for w in shard_warnings]
         extra = set(shard_map) - set(weight_map)
         if extra:
-            warnings.append(f"{shard} holds {len(extra)} tensor(s) the index does not list")
+            warnings.append(f"{shard} holds {plural(len(extra), 'tensor')} the index does not list")
     metadata = {f"index.{k}": v for k, v in (index.get("metadata") or {}).items()
                 if isinstance(v, (str, int, float, bool))}
     metadata["shards"] = len(shards)
