@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
@@ -105,7 +106,7 @@ def _storage_spans(checkpoint) -> list[FileSpan]:
     return spans
 
 
-def verify(path: str):
+def verify(path: str) -> Generator[float, None, VerifyReport]:
     """Generator: yields progress in [0, 1]; returns VerifyReport. A missing or unrecognised
     path raises CheckpointError (the command line exits 2); a damaged one gives ok=False."""
     from ckpt_viewer.core.open import open_checkpoint, resolve_directory, sniff
@@ -165,7 +166,7 @@ def _shard_run(shard: str):
     return run
 
 
-def check_tensor_records(tensor: TensorInfo):
+def check_tensor_records(tensor: TensorInfo) -> Generator[int, None, str]:
     """Generator: yields bytes checked; returns the problem of the first zip record holding
     this tensor's data that fails its CRC-32, or "" (other formats store no checksums)."""
     members = {}
