@@ -24,8 +24,9 @@ def private_user_folders(tmp_path_factory):
         for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
             patch.setenv(name, str(home / name.lower()))
         QSettings.setDefaultFormat(QSettings.IniFormat)
-        for scope in (QSettings.UserScope, QSettings.SystemScope):
-            QSettings.setPath(QSettings.IniFormat, scope, str(home / "settings"))
+        # Apart: a user-scope key that is missing is looked up in the system scope.
+        QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(home / "settings"))
+        QSettings.setPath(QSettings.IniFormat, QSettings.SystemScope, str(home / "system"))
         yield home
 
 
