@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
 import sys
 
 from ckpt_viewer import __version__
@@ -11,13 +13,37 @@ from ckpt_viewer.core import CheckpointError, describe_error
 
 SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "globals", "check", "layers")
 
+NO_DISPLAY = ("error: no display: set DISPLAY (or QT_QPA_PLATFORM=offscreen); the "
+              "inspect/stats/export/verify/diff commands work without one")
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes get one line too (`error: ...` on stderr, exit 2), not usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def whole_number(minimum: int):
+    """An argparse type: an int of at least `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
 
 def _inspect_parser(sub):
     p = sub.add_parser("inspect", help="list what a checkpoint holds (reads metadata only)")
     p.add_argument("path", help="a file, a Hugging Face model directory or *.index.json, "
                                 "or a torch.distributed.checkpoint directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--depth", type=int, default=None, help="show the tree to this depth only")
+    p.add_argument("--depth", type=whole_number(1), default=None,
+                   help="show the tree to this depth only (1 or more)")
     p.set_defaults(run=run_inspect)
 
 
@@ -25,7 +51,8 @@ def _stats_parser(sub):
     p = sub.add_parser("stats", help="statistics and histogram of one tensor")
     p.add_argument("path")
     p.add_argument("key", help="the tensor's dotted key, as `inspect` prints it")
-    p.add_argument("--bins", type=int, default=256, help="histogram bins (default 256)")
+    p.add_argument("--bins", type=whole_number(1), default=256,
+                   help="histogram bins (default 256)")
     p.add_argument("--part", choices=("magnitude", "real", "imag"), default="magnitude",
                    help="complex tensors: which part to describe")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -103,11 +130,18 @@ def _layers_parser(sub):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ckpt-viewer",
-        description="Look inside PyTorch checkpoints without running code from them.")
+        usage="ckpt-viewer [PATH ...] [--screenshot OUT.png]\n"
+              "       ckpt-viewer COMMAND ...   (ckpt-viewer COMMAND --help for its options)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Look inside PyTorch checkpoints without running code from them.\n\n"
+                    "no COMMAND:\n"
+                    "  [PATH ...]  open the viewer window, each PATH in a tab "
+                    "(--screenshot OUT.png: save it, exit)")
     parser.add_argument("--version", action="version", version=f"ckpt-viewer {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
+                                prog="ckpt-viewer")
     _inspect_parser(sub)
     _stats_parser(sub)
     _export_parser(sub)
@@ -120,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_gui_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ckpt-viewer",
         description="Open the viewer window. Subcommands: " + ", ".join(SUBCOMMANDS)
                     + " (ckpt-viewer COMMAND --help).")
@@ -162,11 +196,19 @@ def run_stats(args) -> int:
     from ckpt_viewer.core.open import open_checkpoint
     from ckpt_viewer.core.report import stats_lines
     from ckpt_viewer.core.stats import compute, run
+    from ckpt_viewer.core.text import nearest_keys
+    from ckpt_viewer.core.verify import check_tensor_records
 
     checkpoint = open_checkpoint(args.path)
     node = checkpoint.find(args.key)
     if node is None or node.tensor is None:
-        raise CheckpointError(f"no tensor with key {args.key!r} (see `ckpt-viewer inspect`)")
+        guesses = nearest_keys((key for key, _, _ in checkpoint.tensors()), args.key)
+        hint = f"; did you mean {' or '.join(map(repr, guesses))}?" if guesses else ""
+        raise CheckpointError(f"no tensor with key {args.key!r}{hint} "
+                              "(see `ckpt-viewer inspect`)")
+    problem = run(check_tensor_records(node.tensor))
+    if problem:
+        print(f"warning: {args.path}: {problem}", file=sys.stderr)
     stats = run(compute(node.tensor, bins=args.bins, part=args.part))
     if args.json:
         sys.stdout.write(json.dumps(stats.to_json()) + "\n")
@@ -181,6 +223,7 @@ def run_export(args) -> int:
     from ckpt_viewer.core.model import format_bytes
     from ckpt_viewer.core.open import open_checkpoint
     from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.text import plural
 
     fmt = args.format or ("safetensors" if args.dst.endswith(".safetensors") else "pth")
     plan = ExportPlan(root=args.root, include=args.include, exclude=args.exclude,
@@ -190,7 +233,7 @@ def run_export(args) -> int:
     summary = run(export(checkpoint, plan, args.dst, force=args.force,
                          verify=not args.no_verify))
     note = ", verified" if summary.verified else ""
-    print(f"wrote {summary.path}: {summary.tensors} tensors, {format_bytes(summary.bytes)}, "
+    print(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, {format_bytes(summary.bytes)}, "
           f"{summary.format}, location {summary.device}{note}")
     return 0
 
@@ -198,6 +241,7 @@ def run_export(args) -> int:
 def run_verify(args) -> int:
     from ckpt_viewer.core.model import format_bytes
     from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.text import plural
     from ckpt_viewer.core.verify import verify
 
     report = run(verify(args.path))
@@ -205,7 +249,7 @@ def run_verify(args) -> int:
         print(f"damaged: {args.path}: {report.problem}")
         return 1
     notes = "; " + "; ".join(report.notes) if report.notes else ""
-    print(f"intact: {args.path}: {report.records} records, {format_bytes(report.bytes)} "
+    print(f"intact: {args.path}: {plural(report.records, 'record')}, {format_bytes(report.bytes)} "
           f"checked{notes}")
     return 0
 
@@ -261,7 +305,34 @@ def run_layers(args) -> int:
     return 0
 
 
+def has_display() -> bool:
+    """Can Qt show a window here? (Checked first: without one Qt aborts with a core dump.)"""
+    if sys.platform in ("darwin", "win32", "cygwin"):
+        return True
+    return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+
+
+def unknown_command(word: str) -> str:
+    """The error for a first word that is neither a command nor a path ('' if it may be one)."""
+    if word.startswith("-") or os.path.exists(word) or os.sep in word or "." in word:
+        return ""
+    guess = difflib.get_close_matches(word, SUBCOMMANDS, n=1)
+    if guess:
+        return f"error: unknown command {word!r} (did you mean {guess[0]!r}?)"
+    return (f"error: unknown command {word!r} and no such file or directory "
+            f"(commands: {', '.join(SUBCOMMANDS)})")
+
+
 def run_gui(args) -> int:
+    for path in args.paths:
+        if not os.path.exists(path):
+            print(f"error: {path}: no such file or directory", file=sys.stderr)
+            return 2
+    if args.screenshot:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # the window is never shown
+    if not has_display():
+        print(NO_DISPLAY, file=sys.stderr)
+        return 2
     from ckpt_viewer.qt.app import main as gui_main
 
     return gui_main(args.paths, screenshot=args.screenshot)
@@ -277,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         runner = args.run
         where = getattr(args, "path", "") or getattr(args, "src", "")
         where = "" if args.run.__name__ == "run_diff" else where
+    elif argv and unknown_command(argv[0]):
+        print(unknown_command(argv[0]), file=sys.stderr)
+        return 2
     else:
         args = build_gui_parser().parse_args(argv)
         runner, where = run_gui, ""

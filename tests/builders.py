@@ -152,7 +152,7 @@ def hf_directory(folder, shard_format="safetensors"):
     shards = {"a": {"embed.weight": torch.randn(10, 4), "layers.0.weight": torch.randn(4, 4)},
               "b": {"layers.1.weight": torch.randn(4, 4), "lm_head.weight": torch.randn(10, 4)}}
     weight_map = {}
-    for index, (name, tensors) in enumerate(shards.items(), start=1):
+    for index, tensors in enumerate(shards.values(), start=1):
         if shard_format == "safetensors":
             filename = f"model-0000{index}-of-00002.safetensors"
             safetensors_file(os.path.join(folder, filename), tensors)

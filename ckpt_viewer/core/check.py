@@ -26,8 +26,13 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError, describe_error
 from ckpt_viewer.core.model import FLOAT_DTYPES, Checkpoint, FileSpan, TensorInfo, ZipMember
-from ckpt_viewer.core.values import (StorageReader, iter_chunks, numpy_readable,
-                                     tensor_np_dtype, widen)
+from ckpt_viewer.core.values import (
+    StorageReader,
+    iter_chunks,
+    numpy_readable,
+    tensor_np_dtype,
+    widen,
+)
 
 CHUNK = 1 << 20                 # elements per reduction (stays in cache)
 SEGMENT = 16 * CHUNK            # elements per task handed to a thread

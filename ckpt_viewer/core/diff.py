@@ -7,6 +7,7 @@ DataParallel checkpoint compares with a plain one; the report also reads as what
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ CHUNK = 1 << 20
 PROBE = 512
 
 
-@dataclass
+@dataclass(frozen=True)
 class Side:
     root: str = ""
     strip_prefix: str = ""
@@ -180,7 +181,8 @@ def _compare_values(a, b, result: TensorDiff):
     result.status = status if same_dtype else f"dtype+{status}"
 
 
-def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(), side_b: Side = Side()):
+def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
+         side_b: Side = Side()) -> Generator[float, None, DiffReport]:
     """Generator: yields progress in [0, 1]; returns DiffReport."""
     keys_a, keys_b = mapped(a, side_a), mapped(b, side_b)
     report = DiffReport(a.path, b.path, only_a=[k for k in keys_a if k not in keys_b],

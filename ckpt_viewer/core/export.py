@@ -16,6 +16,7 @@ import os
 import struct
 import tempfile
 import zipfile
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -349,7 +350,7 @@ class _Cancelled(Exception):
 
 # --- verification and the public entry point -----------------------------------------------
 
-def verify_written(path: str, fmt: str, items: list[Item]):
+def verify_written(path: str, fmt: str, items: list[Item]) -> None:
     """Reopen what was written; every tensor's key, dtype, shape and size as intended."""
     from ckpt_viewer.core.open import open_checkpoint
 
@@ -370,7 +371,8 @@ def verify_written(path: str, fmt: str, items: list[Item]):
 
 
 def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bool = False,
-           verify: bool = True, cancelled=lambda: False):
+           verify: bool = True, cancelled: Callable[[], bool] = lambda: False,
+           ) -> Generator[float, None, ExportSummary]:
     """Generator: yields progress in [0, 1]; returns ExportSummary. Nothing is left at the
     destination unless the whole file was written and checked."""
     fmt = plan.format

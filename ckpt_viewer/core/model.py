@@ -84,6 +84,9 @@ class Storage:
                               "it (BUILD on a storage); refusing rather than guessing")
 
 
+TENSOR_BUILD = None    # set by safe_pickle: a BUILD opcode on a tensor record
+
+
 @dataclass(eq=False, slots=True)
 class TensorInfo:
     dtype: str
@@ -104,9 +107,12 @@ class TensorInfo:
     location: str = ""         # where a storage-less tensor lives (wrapper subclasses)
 
     def __setstate__(self, state):
-        """A BUILD on a tensor: torch re-points it (Tensor.set_ / Parameter.__setstate__)."""
-        from ckpt_viewer.core.safe_pickle import build_tensor
-        build_tensor(self, state)
+        """A BUILD on a tensor: torch re-points it (Tensor.set_ / Parameter.__setstate__);
+        safe_pickle installs what that does (TENSOR_BUILD), so model imports nothing of it."""
+        if TENSOR_BUILD is None:
+            from ckpt_viewer.core import CheckpointError
+            raise CheckpointError("a tensor record cannot be rebuilt here")
+        TENSOR_BUILD(self, state)
 
     def __copy__(self):      # not through __setstate__, which is the unpickler's BUILD
         return replace(self)

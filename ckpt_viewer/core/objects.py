@@ -12,8 +12,13 @@ import math
 from dataclasses import dataclass, field
 
 from ckpt_viewer.core.model import InlineBytes, Storage, TensorInfo
-from ckpt_viewer.core.safe_pickle import (TORCH_REBUILDS, GlobalRef, NumpyDtype, Placeholder,
-                                          rebuild_wrapper_subclass)
+from ckpt_viewer.core.safe_pickle import (
+    TORCH_REBUILDS,
+    GlobalRef,
+    NumpyDtype,
+    Placeholder,
+    rebuild_wrapper_subclass,
+)
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import glob
+import functools
 import os
 
 from ckpt_viewer.core import CheckpointError, paused_gc
 from ckpt_viewer.core.model import Checkpoint
+from ckpt_viewer.core.readers.hf_index import model_weights
 
 PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}   # protocol 0/1
 
@@ -18,9 +19,6 @@ FOREIGN_FORMATS = [
     (b"BZh", "a bzip2-compressed file; decompress it first"),
     (b"\xfd7zXZ", "an xz-compressed file; decompress it first"),
 ]
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth",
-                "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                "adapter_model.safetensors", "adapter_model.bin")
 
 
 def sniff(path: str) -> str:
@@ -73,30 +71,24 @@ def resolve_directory(path: str) -> str:
     return model_weights(path) or path
 
 
-def model_weights(path: str) -> str | None:
-    """A folder's model: its index file or its single weights file."""
-    indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index.json")))
-    safetensor_indexes = [p for p in indexes if p.endswith(".safetensors.index.json")]
-    if safetensor_indexes or indexes:
-        return (safetensor_indexes or indexes)[0]
-    for name in WEIGHT_FILES:
-        if os.path.isfile(os.path.join(path, name)):
-            return os.path.join(path, name)
-    singles = glob.glob(os.path.join(glob.escape(path), "*.safetensors"))
-    if len(singles) == 1:
-        return singles[0]
-    return None
-
-
 def open_file(path: str) -> Checkpoint:
     """Read only metadata; raises CheckpointError with a one-line message for any bad input."""
-    from ckpt_viewer.core.readers import dcp, hf_index, safetensors, torch_legacy, torch_zip
-    from ckpt_viewer.core.readers import plain_pickle, pt2, training_dir
+    from ckpt_viewer.core.readers import (
+        dcp,
+        hf_index,
+        plain_pickle,
+        pt2,
+        safetensors,
+        torch_legacy,
+        torch_zip,
+        training_dir,
+    )
 
     readers = {"torch_zip": torch_zip.read, "torch_legacy": torch_legacy.read,
                "safetensors": safetensors.read, "pickle": plain_pickle.read,
-               "hf_index": hf_index.read, "dcp": dcp.read, "pt2": pt2.read,
-               "training_dir": training_dir.read}
+               "hf_index": functools.partial(hf_index.read, open_shard=open_file),
+               "dcp": dcp.read, "pt2": pt2.read,
+               "training_dir": functools.partial(training_dir.read, open_part=open_file)}
     return readers[sniff(path)](path)
 
 

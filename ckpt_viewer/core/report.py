@@ -5,6 +5,7 @@ from __future__ import annotations
 from ckpt_viewer.core.globals import MEANING, triage
 from ckpt_viewer.core.model import Checkpoint, Node, format_bytes, format_count
 from ckpt_viewer.core.summary import totals
+from ckpt_viewer.core.text import plural
 
 MAX_LIST_PREVIEW = 6
 
@@ -49,7 +50,7 @@ def node_line(node: Node) -> str:
         return f"{node.name}  ({node.type_name}) {describe_value(node.value)}"
     label = node.type_name or node.kind
     extra = f"  {node.note}" if node.note else ""
-    return f"{node.name}  <{label}, {len(node.children)} entries>{extra}"
+    return f"{node.name}  <{label}, {plural(len(node.children), 'entry')}>{extra}"
 
 
 def tree_lines(root: Node, max_depth=None):
@@ -65,10 +66,11 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
     total = totals(checkpoint)
     yield f"path:    {checkpoint.path}"
     yield f"format:  {checkpoint.format}   file: {format_bytes(checkpoint.file_bytes)}"
-    yield (f"tensors: {total.tensors}   parameters: {split_text(total)}   "
+    yield (f"tensors: {total.tensors:,}   parameters: {split_text(total)}   "
            f"elements: {total.params:,}   tensor bytes: {format_bytes(total.bytes)}")
     for dtype, (count, params, nbytes) in total.by_dtype.items():
-        yield f"  {dtype:<14} {count:>7} tensors  {format_count(params):>9}  {format_bytes(nbytes):>10}"
+        noun = "tensor " if count == 1 else "tensors"
+        yield f"  {dtype:<14} {count:>7} {noun}  {format_count(params):>9}  {format_bytes(nbytes):>10}"
     for key, value in checkpoint.metadata.items():
         yield f"{key}: {describe_value(value)}"
     uses = [u for u in triage(checkpoint) if u.category != "torch"]
@@ -91,7 +93,7 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
         for key, value in scalars.items():
             yield f"  {key} = {describe_value(value)}"
     for opt in checkpoint.optimizers:
-        yield f"optimizer {opt.key}: {opt.type or 'unknown type'}, {len(opt.param_groups)} group(s)"
+        yield f"optimizer {opt.key}: {opt.type or 'unknown type'}, {plural(len(opt.param_groups), 'group')}"
         for index, group in enumerate(opt.param_groups):
             hyper = ", ".join(f"{k}={describe_value(v)}" for k, v in group.items()
                               if k not in ("params", "param_names"))
@@ -131,7 +133,7 @@ def stats_lines(key, tensor, stats):
         top = sorted(stats.value_counts.items(), key=lambda kv: -kv[1])[:10]
         yield "  values       " + ", ".join(f"{v}: {c:,}" for v, c in top)
     peak = max(stats.counts, default=0)
-    yield f"  histogram ({len(stats.counts)} bins)"
+    yield f"  histogram ({plural(len(stats.counts), 'bin')})"
     step = max(1, len(stats.counts) // 32)
     for i in range(0, len(stats.counts), step):
         count = sum(stats.counts[i:i + step])
@@ -144,7 +146,7 @@ def diff_lines(report, limit: int = 50):
     yield f"A: {report.path_a}"
     yield f"B: {report.path_b}"
     changed = [t for t in report.tensors if t.status.endswith("changed")]
-    yield (f"{len(report.tensors)} common tensors: "
+    yield (f"{plural(len(report.tensors), 'common tensor')}: "
            f"{sum(1 for t in report.tensors if t.status.endswith('identical'))} identical, "
            f"{len(changed)} changed, {report.count('shape')} with other shapes, "
            f"{sum(1 for t in report.tensors if t.status.startswith('dtype'))} with other dtypes; "

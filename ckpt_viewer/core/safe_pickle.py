@@ -16,7 +16,7 @@ import pickle
 import threading
 from collections import Counter, OrderedDict
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, model
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, STORAGE_DTYPES, Storage, TensorInfo
 from ckpt_viewer.core.pickle_scan import pickle_end, unsupported_by_torch
 
@@ -304,6 +304,9 @@ def build_tensor(info: TensorInfo, state):
         set_geometry(info, *state)
     else:
         raise CheckpointError(f"tensor state has {len(state)} items; torch's set_ takes at most 4")
+
+
+model.TENSOR_BUILD = build_tensor
 
 
 def rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params, requires_grad=False,

@@ -9,7 +9,9 @@ sub-bins) from which the requested histogram is exact and quantiles are interpol
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -173,7 +175,8 @@ def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress):
 
 
 def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
-            value_range: tuple | None = None, chunk: int = CHUNK):
+            value_range: tuple | None = None,
+            chunk: int = CHUNK) -> Generator[float, None, Stats]:
     """Generator: yields progress in [0, 1]; returns Stats."""
     if bins < 1 or bins > FINE_BINS:
         raise CheckpointError(f"bins must be between 1 and {FINE_BINS}")
@@ -227,7 +230,10 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     return stats
 
 
-def run(generator):
+Result = TypeVar("Result")
+
+
+def run(generator: Generator[object, None, Result]) -> Result:
     """Drive a progress generator to its result (for the CLI and tests)."""
     while True:
         try:

@@ -16,8 +16,15 @@ import zipfile
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import (DTYPE_SIZES, FLOAT_DTYPES, FileSpan, InlineBytes, Storage, TensorInfo,
-                                    ZipMember)
+from ckpt_viewer.core.model import (
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    FileSpan,
+    InlineBytes,
+    Storage,
+    TensorInfo,
+    ZipMember,
+)
 from ckpt_viewer.core.readers.zip_directory import data_offset, read_member
 
 NUMPY_DTYPES = {

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import FileSpan, ZipMember
+from ckpt_viewer.core.model import FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+from ckpt_viewer.core.text import plural
 
 BLOCK = 8 << 20
 
@@ -104,7 +106,7 @@ def _storage_spans(checkpoint) -> list[FileSpan]:
     return spans
 
 
-def verify(path: str):
+def verify(path: str) -> Generator[float, None, VerifyReport]:
     """Generator: yields progress in [0, 1]; returns VerifyReport. A missing or unrecognised
     path raises CheckpointError (the command line exits 2); a damaged one gives ok=False."""
     from ckpt_viewer.core.open import open_checkpoint, resolve_directory, sniff
@@ -131,7 +133,7 @@ def verify(path: str):
                              for s in [t.storage] if s is not None and s.source is not None})
             files = shards
             runs = [_shard_run(shard) for shard in shards]
-            report.notes.append(f"{len(shards)} shard(s)")
+            report.notes.append(plural(len(shards), "shard"))
         else:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
@@ -177,3 +179,20 @@ def _shard_run(shard: str):
         except Damaged as exc:
             raise Damaged(f"{name}: {exc}") from None
     return run
+
+
+def check_tensor_records(tensor: TensorInfo) -> Generator[int, None, str]:
+    """Generator: yields bytes checked; returns the problem of the first zip record holding
+    this tensor's data that fails its CRC-32, or "" (other formats store no checksums)."""
+    members = {}
+    for part in list(tensor.parts.values()) or [tensor]:
+        source = part.storage.source if part.storage is not None else None
+        if isinstance(source, ZipMember):
+            members[id(source)] = source
+    for member in members.values():
+        with open(member.path, "rb") as f:
+            try:
+                yield from _check_member(member, f)
+            except Damaged as exc:
+                return str(exc)
+    return ""

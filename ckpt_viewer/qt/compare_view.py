@@ -42,6 +42,15 @@ class CompareFilter(QSortFilterProxyModel):
         self.setFilterKeyColumn(0)
         self.setSortRole(Qt.UserRole + 1)
 
+    def set_only_differences(self, on: bool):
+        if not hasattr(self, "beginFilterChange"):        # Qt < 6.9
+            self.only_differences = on
+            self.invalidateFilter()
+            return
+        self.beginFilterChange()          # Qt >= 6.9 deprecates invalidateFilter() for this pair
+        self.only_differences = on
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
     def filterAcceptsRow(self, row, parent):
         if self.only_differences:
             status = self.sourceModel().index(row, 1, parent).data()
@@ -159,8 +168,7 @@ class CompareView(QWidget):
             add(key, "only in B", "", "present")
 
     def _only_toggled(self, on):
-        self.proxy.only_differences = on
-        self.proxy.invalidateFilter()
+        self.proxy.set_only_differences(on)
 
     def _selected(self, current, _previous):
         key = current.siblingAtColumn(0).data() if current.isValid() else None

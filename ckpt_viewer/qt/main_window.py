@@ -385,7 +385,7 @@ class MainWindow(QMainWindow):
         self.recent_menu.setEnabled(bool(self.recent_files()))
 
     def _toggle_theme(self, dark):
-        from ckpt_viewer.qt.app import apply_theme
+        from ckpt_viewer.qt.theme import apply_theme
 
         self.settings.setValue("dark", dark)
         apply_theme(QApplication.instance(), dark)

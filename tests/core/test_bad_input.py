@@ -159,6 +159,7 @@ def test_safetensors_duplicate_keys_warn(tmp_path):
 
 def test_legacy_storage_larger_than_file_is_refused_before_allocating(tmp_path):
     import struct
+
     import torch
     path = builders.save({"w": torch.zeros(4)}, tmp_path / "l.pt",
                          _use_new_zipfile_serialization=False)

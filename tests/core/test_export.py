@@ -212,6 +212,7 @@ def test_export_cli(tmp_path):
 
 def test_casts_without_torch_are_bit_exact():
     import numpy as np
+
     from ckpt_viewer.core.export import _numpy_cast
     x = torch.cat([torch.randn(100_000) * 1e3, torch.tensor(
         [float("inf"), -float("inf"), 1e-40, -0.0, 3.4e38, 65520.0, 1e6])])

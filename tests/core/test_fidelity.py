@@ -12,11 +12,10 @@ import zlib
 
 import pytest
 import torch
-
-import builders
 from oracle import differential, torch_load
 from zipcraft import Entry, central_directory, end_record, entries_of, make_zip, zip64_records
 
+import builders
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.open import open_checkpoint
 from ckpt_viewer.core.readers.zip_directory import AmbiguousArchive

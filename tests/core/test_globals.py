@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 
@@ -42,7 +43,7 @@ def test_data_globals_get_a_snippet_that_really_loads(tmp_path):
                           "loss": np.float64(0.25), "mask": np.arange(3),
                           "dir": pathlib.PosixPath("/data"),
                           "when": datetime.datetime(2026, 1, 2, 3, 4)}, tmp_path / "d.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
     checkpoint = open_checkpoint(path)
     uses = triage(checkpoint)

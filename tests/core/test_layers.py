@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.layers import (OPTIMIZER_METRIC, group_layers, layer_metrics,
-                                     power_law_alpha)
+from ckpt_viewer.core.layers import OPTIMIZER_METRIC, group_layers, layer_metrics, power_law_alpha
 from ckpt_viewer.core.open import open_checkpoint
 from ckpt_viewer.core.stats import run
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from corpus import CORPUS
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.open import open_checkpoint
+from corpus import CORPUS
 
 TIME_LIMIT = 10
 
@@ -73,8 +73,9 @@ def test_cli(built):
 
 def test_big_endian_values_are_swapped(tmp_path):
     import numpy as np
-    from corpus import big_endian
+
     from ckpt_viewer.core.values import read_array
+    from corpus import big_endian
     checkpoint = open_checkpoint(big_endian(tmp_path, tmp_path / "s"))
     assert checkpoint.byteorder == "big"
     assert read_array(checkpoint.find("w").tensor).tolist() == list(np.arange(8.0))
@@ -82,6 +83,7 @@ def test_big_endian_values_are_swapped(tmp_path):
 
 def test_verify_catches_one_flipped_bit_torch_load_does_not(tmp_path):
     import torch
+
     import builders
     from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
     path = builders.save({"w": torch.randn(1000)}, tmp_path / "w.pt")

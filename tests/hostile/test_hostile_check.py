@@ -6,12 +6,12 @@ import signal
 import pytest
 
 import builders
-from corpus import CORPUS
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.check import check
 from ckpt_viewer.core.layers import layer_metrics
 from ckpt_viewer.core.open import open_checkpoint
 from ckpt_viewer.core.stats import run
+from corpus import CORPUS
 
 TIME_LIMIT = 20
 

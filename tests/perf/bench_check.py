@@ -41,7 +41,7 @@ def main():
     gb = os.path.getsize(path) / 1e9
     ours = measure([sys.executable, "-m", "ckpt_viewer", "check", path, "--json"],
                    repeat=repeat, ok_codes=(0, 1), warmup=True)
-    cat = measure(["sh", "-c", f'cat "$0" > /dev/null', path], repeat=repeat, warmup=True)
+    cat = measure(["sh", "-c", 'cat "$0" > /dev/null', path], repeat=repeat, warmup=True)
     torch_side = measure(python(BASELINE.format(path=path)), repeat=repeat, warmup=True)
     print(f"{path}: {gb:.2f} GB; check {gb / ours[0]:.2f} GB/s, cat {gb / cat[0]:.2f} GB/s "
           f"({cat[0] / ours[0]:.0%} of cat's throughput, budget >= 70%); check peak RSS "

@@ -4,12 +4,14 @@ import builders
 
 
 @pytest.fixture(autouse=True)
-def isolated_settings(tmp_path, monkeypatch):
-    """QSettings (recent files, geometry, theme) go to a temporary folder, not the user's."""
+def fresh_settings(tmp_path, private_user_folders):
+    """Each GUI test starts with empty settings (recent files, geometry, theme); the session-wide
+    fixture in tests/conftest.py already keeps them out of the user's folders."""
     from PySide6.QtCore import QSettings
-    QSettings.setDefaultFormat(QSettings.IniFormat)
     QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "settings"))
     yield
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope,
+                      str(private_user_folders / "settings"))
 
 
 @pytest.fixture
@@ -22,12 +24,6 @@ def window(qtbot, qapp):
     qtbot.addWidget(win)
     win.show()
     return win
-
-
-def open_and_wait(qtbot, window, path, timeout=30_000):
-    with qtbot.waitSignal(window.loaded, timeout=timeout) as blocker:
-        window.open_paths([path])
-    return blocker.args[0]
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 import torch
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QTreeView
+from qt_helpers import open_and_wait
 
 import builders
-from conftest import open_and_wait
 
 
 def test_tristate_ticks_and_export(qtbot, window, tmp_path):

@@ -2,17 +2,16 @@
 layer lines plotted and a point opening its tensor."""
 
 import pytest
+import torch
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QTreeWidget
-
-import torch
+from qt_helpers import open_and_wait
 
 import builders
 from ckpt_viewer.core import check as check_module
 from ckpt_viewer.qt.health_view import HealthDialog
 from ckpt_viewer.qt.layers_view import LayersDialog
-from conftest import open_and_wait
 
 
 def anomalies_file(tmp_path):

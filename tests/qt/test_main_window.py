@@ -1,14 +1,13 @@
 """The main window through DESIGN.md's automation contract: open_paths, signals, objectNames."""
 
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
-from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QLabel, QLineEdit, QTreeView
-
 import torch
+from PySide6.QtCore import QMimeData, QPointF, Qt, QThreadPool, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QTreeView
+from qt_helpers import open_and_wait
 
 import builders
 from ckpt_viewer.qt import tree_model
-from conftest import open_and_wait
 
 
 def current_tab(window):
@@ -89,7 +88,9 @@ def test_cancel_drops_a_pending_load(qtbot, window, training_file):
         assert window.findChild(object, "cancelButton").isVisible()
         window.cancel_loading()
     assert blocker.args == [training_file, "cancelled"]
-    qtbot.wait(300)        # the worker's late result must not add a tab
+    # The worker's late result must not add a tab: let it finish, then deliver what it posted.
+    QThreadPool.globalInstance().waitForDone(30_000)
+    QApplication.processEvents()
     assert window.tabs.count() == 1 and window.tabs.tabText(0) == "Welcome"
 
 
@@ -200,6 +201,7 @@ def test_sorting_by_size(qtbot, window, training_file):
 
 def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     import torch
+
     from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
     path = builders.save({"w": torch.randn(100)}, tmp_path / "w.pt")
     open_and_wait(qtbot, window, path)

@@ -3,9 +3,9 @@ and other (optimizer state is never counted as parameters); the optimizer pane s
 gave the parameter names, or that ids are shown."""
 
 from PySide6.QtWidgets import QLabel
+from qt_helpers import open_and_wait
 
 import builders
-from conftest import open_and_wait
 
 
 def test_summary_and_status_bar_show_the_split(qtbot, window, training_file):

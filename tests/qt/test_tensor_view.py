@@ -5,9 +5,9 @@ import sys
 
 import torch
 from PySide6.QtWidgets import QTableWidget
+from qt_helpers import open_and_wait
 
 import builders
-from conftest import open_and_wait
 
 
 def stats_table(view):
@@ -80,18 +80,18 @@ def test_unreadable_values_show_a_message(qtbot, window, tmp_path):
     assert window.tabs.count() == 1
 
 
-def test_screenshot_command(tmp_path):
+def test_screenshot_command(tmp_path, gui_env):
     path = builders.training_checkpoint(tmp_path / "c.pt")
     out = tmp_path / "shot.png"
     result = subprocess.run([sys.executable, "-m", "ckpt_viewer", path, "--screenshot", str(out)],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, env=gui_env)
     assert result.returncode == 0, result.stderr
     from PySide6.QtGui import QImage
     image = QImage(str(out))
     assert image.width() >= 1000 and image.height() >= 600
     bad = subprocess.run([sys.executable, "-m", "ckpt_viewer", str(tmp_path / "none.pt"),
                           "--screenshot", str(tmp_path / "x.png")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=gui_env)
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+from collections.abc import Callable
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers import safetensors
+from ckpt_viewer.core.text import plural
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024
+
+OpenShard = Callable[[str], Checkpoint]
 
 
 def read_json(path: str, what: str) -> dict:
@@ -25,16 +30,16 @@ def read_json(path: str, what: str) -> dict:
     return value
 
 
-def shard_tensors(path: str) -> tuple[dict, list, list]:
+def shard_tensors(path: str, open_shard: OpenShard) -> tuple[dict, list, list]:
     """Tensors of one shard file, whatever its kind: ({key: TensorInfo}, unsafe, warnings)."""
-    from ckpt_viewer.core.open import open_file   # shards may be .bin (torch zip) files
-
-    checkpoint = open_file(path)
+    checkpoint = open_shard(path)
     tensors = {key: info for key, info, _ in checkpoint.tensors()}
     return tensors, checkpoint.unsafe_globals, checkpoint.warnings
 
 
-def read(index_path: str) -> Checkpoint:
+def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
+    """open_shard opens one shard of any kind (shards may be .bin torch zip files); core.open
+    passes its own opener in, so that no reader imports core.open."""
     index = read_json(index_path, "index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(
@@ -49,7 +54,7 @@ def read(index_path: str) -> Checkpoint:
         if not os.path.isfile(shard_path):
             raise CheckpointError(f"shard {shard} named by the index is missing")
         try:
-            shards[shard] = shard_tensors(shard_path)
+            shards[shard] = shard_tensors(shard_path, open_shard)
         except CheckpointError as exc:
             raise CheckpointError(f"shard {shard}: {exc}") from None
     tensors, unsafe, warnings = {}, [], []
@@ -63,7 +68,7 @@ def read(index_path: str) -> Checkpoint:
         warnings += [f"{shard}: {w}" for w in shard_warnings]
         extra = set(shard_map) - set(weight_map)
         if extra:
-            warnings.append(f"{shard} holds {len(extra)} tensor(s) the index does not list")
+            warnings.append(f"{shard} holds {plural(len(extra), 'tensor')} the index does not list")
     metadata = {f"index.{k}": v for k, v in (index.get("metadata") or {}).items()
                 if isinstance(v, (str, int, float, bool))}
     metadata["shards"] = len(shards)
@@ -93,3 +98,23 @@ def config_metadata(folder: str, name: str = "config.json") -> dict:
                 isinstance(v, (str, int, float, bool)) for v in value):
             fields[f"{prefix}.{key}"] = ", ".join(str(v) for v in value)
     return fields
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth",
+                "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                "adapter_model.safetensors", "adapter_model.bin")
+
+
+def model_weights(path: str) -> str | None:
+    """A folder's model: its index file or its single weights file."""
+    indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index.json")))
+    safetensor_indexes = [p for p in indexes if p.endswith(".safetensors.index.json")]
+    if safetensor_indexes or indexes:
+        return (safetensor_indexes or indexes)[0]
+    for name in WEIGHT_FILES:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    singles = glob.glob(os.path.join(glob.escape(path), "*.safetensors"))
+    if len(singles) == 1:
+        return singles[0]
+    return None

@@ -15,7 +15,7 @@ import re
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import Checkpoint, Node, iter_nodes
-from ckpt_viewer.core.readers.hf_index import config_metadata, read_json
+from ckpt_viewer.core.readers.hf_index import config_metadata, model_weights, read_json
 from ckpt_viewer.core.tree import build_tree
 
 STATE_FILE = re.compile(
@@ -50,8 +50,6 @@ def _natural(name: str):
 def part_names(folder: str) -> list[str]:
     """The model first (its index or weights file, then accelerate's model_N files), then the
     state files; shards named by an index are read through it."""
-    from ckpt_viewer.core.open import model_weights
-
     weights = model_weights(folder)
     names = [os.path.basename(weights)] if weights else []
     names += sorted((n for n in os.listdir(folder) if EXTRA_MODEL_FILE.fullmatch(n)
@@ -84,9 +82,7 @@ def trainer_state(state: dict) -> dict:
     return summary
 
 
-def _read_part(path: str) -> Checkpoint:
-    from ckpt_viewer.core.open import open_file
-
+def _read_part(path: str, open_file) -> Checkpoint:
     if path.endswith(".json") and not path.endswith(".index.json"):
         value = trainer_state(read_json(path, "state"))
         return Checkpoint(path=path, format="json", file_bytes=os.path.getsize(path),
@@ -108,7 +104,8 @@ def _graft(part: Checkpoint, name: str) -> Node:
     return root
 
 
-def read(folder: str) -> Checkpoint:
+def read(folder: str, open_part) -> Checkpoint:
+    """`open_part` opens one file of the folder (core.open.open_file)."""
     names = part_names(folder)
     if not names:
         raise CheckpointError("folder holds no model weights or training state files")
@@ -116,7 +113,7 @@ def read(folder: str) -> Checkpoint:
     unsafe, warnings, optimizer_nodes, metadata, total = [], [], [], {}, 0
     for name in names:
         try:
-            part = _read_part(os.path.join(folder, name))
+            part = _read_part(os.path.join(folder, name), open_part)
         except CheckpointError as exc:
             warnings.append(f"{name}: cannot be read ({exc})")
             root.children.append(Node(name=name, kind="opaque", key=name, type_name="unreadable",
