@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
+from ckpt_viewer.core.text import safe_text, strict_json
 
 SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff")
+
+
+def say(line: str, file=None):
+    """Print one line: whatever part of it came from a file cannot move the cursor, clear the
+    screen or start a line of its own."""
+    print(safe_text(line), file=file or sys.stdout)
+
+
+def say_json(value):
+    sys.stdout.write(strict_json(value) + "\n")
 
 
 def _inspect_parser(sub):
@@ -108,10 +118,10 @@ def run_inspect(args) -> int:
 
     checkpoint = open_checkpoint(args.path)
     if args.json:
-        sys.stdout.write(json.dumps(inspect_dict(checkpoint)) + "\n")   # dumps: C encoder
+        say_json(inspect_dict(checkpoint))
     else:
         for line in text_report(checkpoint, max_depth=args.depth):
-            print(line)
+            say(line)
     return 0
 
 
@@ -126,10 +136,10 @@ def run_stats(args) -> int:
         raise CheckpointError(f"no tensor with key {args.key!r} (see `ckpt-viewer inspect`)")
     stats = run(compute(node.tensor, bins=args.bins, part=args.part))
     if args.json:
-        sys.stdout.write(json.dumps(stats.to_json()) + "\n")
+        say_json(stats.to_json())
     else:
         for line in stats_lines(args.key, node.tensor, stats):
-            print(line)
+            say(line)
     return 0
 
 
@@ -147,7 +157,7 @@ def run_export(args) -> int:
     summary = run(export(checkpoint, plan, args.dst, force=args.force,
                          verify=not args.no_verify))
     note = ", verified" if summary.verified else ""
-    print(f"wrote {summary.path}: {summary.tensors} tensors, {format_bytes(summary.bytes)}, "
+    say(f"wrote {summary.path}: {summary.tensors} tensors, {format_bytes(summary.bytes)}, "
           f"{summary.format}, location {summary.device}{note}")
     return 0
 
@@ -159,10 +169,10 @@ def run_verify(args) -> int:
 
     report = run(verify(args.path))
     if not report.ok:
-        print(f"damaged: {args.path}: {report.problem}")
+        say(f"damaged: {args.path}: {report.problem}")
         return 1
     notes = "; " + "; ".join(report.notes) if report.notes else ""
-    print(f"intact: {args.path}: {report.records} records, {format_bytes(report.bytes)} "
+    say(f"intact: {args.path}: {report.records} records, {format_bytes(report.bytes)} "
           f"checked{notes}")
     return 0
 
@@ -183,10 +193,10 @@ def run_diff(args) -> int:
                   getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
     report = run(diff(checkpoints[0], checkpoints[1], *sides))
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+        say_json(report.to_json())
     else:
         for line in diff_lines(report):
-            print(line)
+            say(line)
     return 0 if report.identical else 1
 
 
@@ -212,15 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return runner(args)
     except CheckpointError as exc:
-        print(f"error: {where}: {exc}" if where else f"error: {exc}", file=sys.stderr)
+        message = describe_error(exc)
+        say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        say("error: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         sys.stderr.close()
         return 0
     except Exception as exc:   # noqa: BLE001 - the contract is one line, never a traceback
         message = describe_error(exc)
-        print(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
+        say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
         return 2

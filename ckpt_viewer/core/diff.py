@@ -64,8 +64,7 @@ class DiffReport:
                 "size_mismatch": [t.key for t in self.tensors if t.status == "shape"]}
 
     def to_json(self) -> dict:
-        def clean(value):
-            return None if isinstance(value, float) and not math.isfinite(value) else value
+        """Non-finite floats (an infinite rel_l2) are left for strict_json to write as text."""
         return {"a": self.path_a, "b": self.path_b, "identical": self.identical,
                 "only_a": self.only_a, "only_b": self.only_b,
                 "shape_mismatch": [t.key for t in self.tensors if t.status == "shape"],
@@ -73,7 +72,7 @@ class DiffReport:
                 "identical_tensors": sum(1 for t in self.tensors if t.status.endswith("identical")),
                 "changed_tensors": sum(1 for t in self.tensors if t.status.endswith("changed")),
                 "load_state_dict": self.load_state_dict_view(),
-                "tensors": [{k: clean(v) for k, v in asdict(t).items()} for t in self.tensors]}
+                "tensors": [asdict(t) for t in self.tensors]}
 
 
 def mapped(checkpoint: Checkpoint, side: Side) -> dict:

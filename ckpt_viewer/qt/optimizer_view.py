@@ -8,6 +8,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QLabel, QScrollArea
 
 from ckpt_viewer.core.optim import OptimizerInfo, find_schedulers
 from ckpt_viewer.core.report import describe_value
+from ckpt_viewer.qt.plain import plain_label, shown
 
 MAX_STATE_ROWS = 5000
 
@@ -21,7 +22,7 @@ def _table(headers, rows, name) -> QTableWidget:
     table.setSelectionBehavior(QAbstractItemView.SelectRows)
     for r, values in enumerate(rows):
         for c, value in enumerate(values):
-            table.setItem(r, c, QTableWidgetItem(str(value)))
+            table.setItem(r, c, QTableWidgetItem(shown(value)))
     header = table.horizontalHeader()
     header.setStretchLastSection(True)
     if len(rows) <= 50:                       # sizing to contents reads every cell
@@ -68,7 +69,7 @@ class OptimizerView(QScrollArea):
         for optimizer in checkpoint.optimizers:
             layout.addWidget(self._optimizer_box(optimizer))
         for key, fields in find_schedulers(checkpoint):
-            box = QGroupBox(f"LR scheduler  {key}")
+            box = QGroupBox(shown(f"LR scheduler  {key}"))
             inner = QVBoxLayout(box)
             inner.addWidget(_table(["field", "value"],
                                    [(k, describe_value(v)) for k, v in fields.items()],
@@ -78,10 +79,10 @@ class OptimizerView(QScrollArea):
         self.setWidget(body)
 
     def _optimizer_box(self, optimizer: OptimizerInfo) -> QGroupBox:
-        box = QGroupBox(f"{optimizer.type or 'Optimizer'}  {optimizer.key}")
+        box = QGroupBox(shown(f"{optimizer.type or 'Optimizer'}  {optimizer.key}"))
         layout = QVBoxLayout(box)
         if optimizer.names_source:
-            layout.addWidget(QLabel(f"Parameter names: {optimizer.names_source}."))
+            layout.addWidget(plain_label(f"Parameter names: {optimizer.names_source}."))
         for index, group in enumerate(optimizer.param_groups):
             params = group.get("params", [])
             hyper = [(k, describe_value(v)) for k, v in group.items()

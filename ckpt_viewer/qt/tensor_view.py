@@ -3,7 +3,6 @@ then exact), computed in a worker that a new selection cancels."""
 
 from __future__ import annotations
 
-import html
 import importlib
 import math
 import threading
@@ -23,6 +22,7 @@ from ckpt_viewer.core.report import stats_rows
 from ckpt_viewer.core.stats import PARTS, compute, sample_preview
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
+from ckpt_viewer.qt.plain import as_html, plain_label
 
 _plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet(),
              "settled": threading.Event()}   # imported (or failed) and the waiting plots built
@@ -100,7 +100,7 @@ def facts_html(node: Node) -> str:
         facts.append(("role", node.role))
     if node.note:
         facts.append(("note", node.note))
-    cells = [f"<td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td>" for k, v in facts]
+    cells = [f"<td><b>{as_html(k)}</b></td><td>{as_html(v)}</td>" for k, v in facts]
     rows = "".join(f"<tr>{''.join(cells[i:i + 2])}</tr>" for i in range(0, len(cells), 2))
     return f"<table cellspacing=2>{rows}</table>"
 
@@ -149,7 +149,7 @@ class TensorView(QWidget):
         keep_space = self.progress.sizePolicy()
         keep_space.setRetainSizeWhenHidden(True)
         self.progress.setSizePolicy(keep_space)
-        self.status = QLabel()
+        self.status = plain_label()
         self.status.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
         # its text changes as work proceeds; it must not change the width the view asks for
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
@@ -159,7 +159,7 @@ class TensorView(QWidget):
         controls.addWidget(self.status, 1)
         controls.addWidget(self.progress)
 
-        self.readout = QLabel(" ")
+        self.readout = plain_label(" ")
         self.table = QTableWidget(0, 2)
         self.table.setObjectName("statsTable")
         self.table.setHorizontalHeaderLabels(["statistic", "value"])

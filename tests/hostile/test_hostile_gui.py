@@ -52,3 +52,53 @@ def test_every_hostile_file_in_the_gui(qtbot, tmp_path, corpus_files):
         first.select_key("model_state_dict.0.weight")
     opened = sum(1 for v in outcomes.values() if v[0] == "opens")
     assert window.tabs.count() == 1 + opened
+
+
+HOSTILE_TEXT = "<h1>BIG</h1><img src=x>\x1b[2K\r\nTraceback\u202e"
+
+
+def test_text_from_files_is_never_rich_text(qtbot, tmp_path):
+    """Keys, scalars and error messages full of HTML and control characters: every label is
+    plain text or escaped, tooltips and the error dialog too."""
+    import json
+    import struct
+
+    import torch
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QLabel, QMessageBox
+
+    from ckpt_viewer.qt.app import make_app
+    from ckpt_viewer.qt.main_window import MainWindow
+
+    make_app()
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    path = builders.save({HOSTILE_TEXT: torch.ones(4), "s" + HOSTILE_TEXT: HOSTILE_TEXT,
+                          "big": 10 ** 100_000, "deep": {".".join(["a"] * 100_000): 1},
+                          "optim": optimizer.state_dict()}, tmp_path / "evil.pt")
+    with qtbot.waitSignal(window.loaded, timeout=20_000):
+        window.open_paths([path])
+    tab = window.tabs.currentWidget()
+    with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=20_000):
+        tab.select_key(HOSTILE_TEXT)
+    header = json.dumps({HOSTILE_TEXT: "not an object"}).encode()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(header)) + header)
+    with qtbot.waitSignal(window.load_failed, timeout=20_000):
+        window.open_paths([str(bad)])
+    dialog = window.findChild(QMessageBox, "errorDialog")
+    assert dialog.textFormat() == Qt.PlainText and "\x1b" not in dialog.text()
+
+    for label in window.findChildren(QLabel):
+        if label.textFormat() != Qt.PlainText:
+            assert "<h1>" not in label.text() and "<img" not in label.text(), label.objectName()
+        assert "\x1b" not in label.text() and "\r" not in label.text()
+    model = tab.model
+    for row in range(model.rowCount()):
+        index = model.index(row, 0)
+        tooltip = model.data(index, Qt.ToolTipRole)
+        assert "<h1>" not in tooltip and "<img" not in tooltip
+        shown = model.data(index, Qt.DisplayRole)
+        assert len(shown) < 1000 and "\x1b" not in shown and "\n" not in shown

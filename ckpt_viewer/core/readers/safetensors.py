@@ -119,26 +119,37 @@ def tensor_infos(path: str) -> tuple[dict, dict, list]:
     return tensors, metadata, warnings
 
 
+MAX_FOLDER_DEPTH = 1000     # deeper dotted segments stay in the leaf's name
+
+
 def flat_tree(tensors: dict) -> Node:
-    """A tree from flat dotted names (a.b.weight -> a / b / weight)."""
+    """A tree from flat dotted names (a.b.weight -> a / b / weight); a name of thousands of
+    segments nests MAX_FOLDER_DEPTH folders deep, the rest of it is the leaf's name."""
     root = Node(name="", kind="dict", type_name="dict")
     folders: dict[str, Node] = {"": root}
     for key, info in tensors.items():
         parent_key, _, leaf = key.rpartition(".")
-        parent = _folder(folders, parent_key)
+        if parent_key.count(".") >= MAX_FOLDER_DEPTH:
+            segments = key.split(".")
+            parent_key = ".".join(segments[:MAX_FOLDER_DEPTH])
+            leaf = ".".join(segments[MAX_FOLDER_DEPTH:])
+        parent = folders.get(parent_key) or _folder(folders, parent_key)
         parent.children.append(Node(name=leaf, kind="tensor", key=key, tensor=info,
                                     type_name="Tensor"))
     return root
 
 
 def _folder(folders: dict, key: str) -> Node:
-    node = folders.get(key)
-    if node is None:
-        parent_key, _, name = key.rpartition(".")
-        parent = _folder(folders, parent_key)
-        node = Node(name=name, kind="dict", key=key, type_name="group")
-        parent.children.append(node)
-        folders[key] = node
+    """The folder for a dotted key, creating it and any missing ancestors (no recursion)."""
+    missing = []
+    while key not in folders:
+        missing.append(key)
+        key = key.rpartition(".")[0]
+    node = folders[key]
+    for key in reversed(missing):
+        child = Node(name=key.rpartition(".")[2], kind="dict", key=key, type_name="group")
+        node.children.append(child)
+        folders[key] = node = child
     return node
 
 
