@@ -65,17 +65,41 @@ def _check_member(member: ZipMember, f):
                       f"computed {crc:08x}): the data is corrupt")
 
 
-def _verify_zip(path: str, report: VerifyReport):
+def _verify_zip(path: str, report: VerifyReport, owners: dict | None = None):
+    """Every record through its CRC-32; damage is named by record and by the tensor it holds."""
     members = _zip_members(path)
+    owners = owners or {}
     with open(path, "rb") as f:
         for member in members:
-            yield from _check_member(member, f)
+            try:
+                yield from _check_member(member, f)
+            except Damaged as exc:
+                owner = owners.get(member.name)
+                if owner is None:
+                    raise
+                raise Damaged(f"{exc} (it holds tensor {owner!r})") from None
             report.records += 1
 
 
-def _read_spans(spans, report: VerifyReport):
+def _record_owners(checkpoint) -> dict:
+    """{zip record name or (path, offset): the first tensor key stored there}."""
+    owners = {}
+    for key, tensor, _ in checkpoint.tensors():
+        for part in list(tensor.parts.values()) or [tensor]:
+            source = part.storage.source if part.storage is not None else None
+            if isinstance(source, ZipMember):
+                owners.setdefault(source.name, key)
+            elif isinstance(source, FileSpan):
+                owners.setdefault((source.path, source.offset), key)
+    return owners
+
+
+def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
     """Formats without checksums: every byte must at least be there and readable."""
+    owners = owners or {}
     for span in spans:
+        owner = owners.get((span.path, span.offset))
+        holds = f" (tensor {owner!r})" if owner is not None else ""
         with open(span.path, "rb") as f:
             f.seek(span.offset)
             remaining = span.nbytes
@@ -83,7 +107,7 @@ def _read_spans(spans, report: VerifyReport):
                 block = f.read(min(BLOCK, remaining))
                 if not block:
                     raise Damaged(f"{os.path.basename(span.path)}: ends inside the data at "
-                                  f"offset {span.offset:,} (truncated)")
+                                  f"offset {span.offset:,}{holds} (truncated)")
                 remaining -= len(block)
                 yield len(block)
         report.records += 1
@@ -120,18 +144,19 @@ def verify(path: str):
             checkpoint = open_checkpoint(target)     # structure, sizes and bounds
         except CheckpointError as exc:
             raise Damaged(str(exc)) from None
+        owners = _record_owners(checkpoint)
         if kind == "torch_zip":
-            files, runs = [target], [lambda report: _verify_zip(target, report)]
+            files, runs = [target], [lambda report: _verify_zip(target, report, owners)]
         elif kind == "hf_index":
             shards = sorted({s.source.path for _, t, _ in checkpoint.tensors()
                              for s in [t.storage] if s is not None and s.source is not None})
             files = shards
-            runs = [_shard_run(shard) for shard in shards]
+            runs = [_shard_run(shard, owners) for shard in shards]
             report.notes.append(f"{len(shards)} shard(s)")
         else:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
-            runs = [lambda report: _read_spans(spans, report)]
+            runs = [lambda report: _read_spans(spans, report, owners)]
             report.notes.append("this format stores no checksums: sizes and offsets were "
                                 "checked and every byte was read")
         total = sum(os.path.getsize(f) for f in files) or 1
@@ -148,17 +173,17 @@ def verify(path: str):
     return report
 
 
-def _shard_run(shard: str):
+def _shard_run(shard: str, owners: dict):
     def run(report):
-        from ckpt_viewer.core.open import sniff
+        from ckpt_viewer.core.open import open_file, sniff
 
         name = os.path.basename(shard)
         try:
+            checkpoint = open_file(shard)
             if sniff(shard) == "torch_zip":
-                yield from _verify_zip(shard, report)
+                yield from _verify_zip(shard, report, _record_owners(checkpoint))
             else:
-                from ckpt_viewer.core.open import open_file
-                yield from _read_spans(_storage_spans(open_file(shard)), report)
-        except Damaged as exc:
+                yield from _read_spans(_storage_spans(checkpoint), report, owners)
+        except (Damaged, CheckpointError) as exc:
             raise Damaged(f"{name}: {exc}") from None
     return run

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
                                QScrollArea, QSizePolicy, QSpinBox, QTableWidget, QTableWidgetItem,
                                QTabWidget, QVBoxLayout, QWidget)
 
+from ckpt_viewer.core import describe_error
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
 from ckpt_viewer.core.stats import PARTS, compute, sample_preview
@@ -107,6 +108,7 @@ def facts_html(node: Node) -> str:
 
 class TensorView(QWidget):
     view_ready = Signal(str)        # exact statistics of this key are on screen
+    view_failed = Signal(str, str)  # key, one-line message: the statistics cannot be shown
     preview_ready = Signal(str)
 
     def __init__(self, checkpoint, parent=None):
@@ -430,6 +432,12 @@ class TensorView(QWidget):
     def _done(self, generation, stats, value_range):
         if generation != self.generation:
             return
+        try:
+            self._show_result(stats, value_range)
+        except Exception as exc:   # noqa: BLE001 - a view that cannot be drawn ends with a message
+            self._failed(generation, describe_error(exc))
+
+    def _show_result(self, stats, value_range):
         keep_quantiles = value_range and self.stats is not None
         if keep_quantiles:
             stats.quantiles = self.stats.quantiles
@@ -444,6 +452,7 @@ class TensorView(QWidget):
         self.status.setText(f"cannot read values: {message}")
         self.progress.hide()
         self.worker = None
+        self.view_failed.emit(self.node.key if self.node is not None else "", message)
 
     def _show(self, stats, preview: bool):
         self.stats = stats

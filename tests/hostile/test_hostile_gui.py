@@ -102,3 +102,34 @@ def test_text_from_files_is_never_rich_text(qtbot, tmp_path):
         assert "<h1>" not in tooltip and "<img" not in tooltip
         shown = model.data(index, Qt.DisplayRole)
         assert len(shown) < 1000 and "\x1b" not in shown and "\n" not in shown
+
+
+def test_screenshot_of_a_view_that_fails_exits_2_at_once(tmp_path):
+    """The tensor's record cannot be inflated: the view ends with a message, --screenshot
+    with exit 2 and one line, instead of waiting for statistics that never come."""
+    import subprocess
+    import sys
+    import time
+    import zipfile
+
+    import torch
+
+    from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+
+    source = builders.save({"w": torch.randn(100_000)}, tmp_path / "src.pt")
+    path = tmp_path / "bad-inflate.pt"
+    with zipfile.ZipFile(source) as a, zipfile.ZipFile(path, "w") as b:
+        for info in a.infolist():
+            method = zipfile.ZIP_DEFLATED if info.filename.endswith("/data/0") else zipfile.ZIP_STORED
+            b.writestr(info.filename, a.read(info), compress_type=method)
+    member = next(m for m in read_directory(str(path)) if m.name.endswith("/data/0"))
+    data = bytearray(path.read_bytes())
+    data[data_offset(member) + 100:data_offset(member) + 400] = b"\xff" * 300
+    path.write_bytes(bytes(data))
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", str(path), "--screenshot",
+                             str(tmp_path / "out.png")], capture_output=True, text=True,
+                            timeout=120, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert result.returncode == 2 and time.monotonic() - start < 30
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "inflated" in lines[0]
