@@ -128,6 +128,19 @@ def _storage_spans(checkpoint) -> list[FileSpan]:
     return spans
 
 
+def _refused_by_weights_only(checkpoint) -> str:
+    """Why torch.load(weights_only=True), the reference loader of a torch file, would refuse
+    it although every byte checks out ("" when it would load it)."""
+    if checkpoint.format not in ("torch-zip", "torch-legacy", "torchscript", "pickle") or \
+            not checkpoint.unsafe_globals:
+        return ""
+    names = ", ".join(checkpoint.unsafe_globals[:5])
+    more = f" and {len(checkpoint.unsafe_globals) - 5} more" \
+        if len(checkpoint.unsafe_globals) > 5 else ""
+    return (f"every record checks out, but torch.load(weights_only=True) would refuse the file: "
+            f"it names globals outside torch's allowlist ({names}{more})")
+
+
 def verify(path: str):
     """Generator: yields progress in [0, 1]; returns VerifyReport. A missing or unrecognised
     path raises CheckpointError (the command line exits 2); a damaged one gives ok=False."""
@@ -166,6 +179,9 @@ def verify(path: str):
                 done += nbytes
                 yield min(done / total, 1.0)
         report.bytes = done
+        refused = _refused_by_weights_only(checkpoint)
+        if refused:
+            raise Damaged(refused)
     except (Damaged, CheckpointError) as exc:
         report.ok, report.problem = False, str(exc)
     except OSError as exc:

@@ -156,3 +156,42 @@ def test_values_of_every_file_that_opens(built):
                 assert "\n" not in str(exc)
     finally:
         signal.alarm(0)
+
+
+# Where verify deliberately differs from torch.load(weights_only=True), and why.
+VERIFY_DIFFERS = {
+    "two_data_pkl": "ambiguous archive: torch reads the first data.pkl, zipfile the last; refused",
+    "zip_bomb_data_pkl": "a 300 MB pickle from a few KB: refused by our size limit",
+    "integer_10_pow_100000": "torch's unpickler refuses LONG4; ours reads it (pickle layer, pending)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CORPUS if not n.startswith("st_")
+                                  and n not in ("empty_directory",)))
+def test_verify_agrees_with_torch_load(tmp_path, name):
+    """`intact` exactly when torch.load(weights_only=True) loads the file (the safetensors side
+    is test_safetensors_oracle.py)."""
+    import warnings
+
+    import torch
+    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.verify import verify
+    if name in VERIFY_DIFFERS:
+        pytest.skip(VERIFY_DIFFERS[name])
+    sentinel = tmp_path / "SENTINEL"
+    path = CORPUS[name][0](tmp_path, sentinel)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(path, weights_only=True, map_location="cpu")
+        loads = True
+    except Exception:   # noqa: BLE001 - any refusal is the verdict
+        loads = False
+    try:
+        report = run(verify(path))
+        intact = report.ok
+        assert "\n" not in report.problem
+    except CheckpointError:
+        intact = False
+    assert intact == loads
+    assert not sentinel.exists()
