@@ -100,3 +100,20 @@ def test_expanded_600m_elements_stats_fast_and_small(tmp_path):
     assert result.returncode == 0, result.stderr
     assert '"numel": 600000000' in result.stdout and '"mean": 1.0' in result.stdout
     assert elapsed < 10 and peak_mb < 1024
+
+
+def test_diff_of_two_expanded_views_matches_dense_values(tmp_path):
+    """Same geometry: each stored element is compared once, and the metrics are those of the
+    dense tensors."""
+    a = torch.tensor([1.0, -2.0, 3.0]).unsqueeze(1).expand(3, 1000)
+    b = torch.tensor([1.5, -2.0, 0.0]).unsqueeze(1).expand(3, 1000)
+    path_a = builders.save({"t": a}, tmp_path / "a.pt")
+    path_b = builders.save({"t": b}, tmp_path / "b.pt")
+    report = run(diff(open_checkpoint(path_a), open_checkpoint(path_b)))
+    result = report.tensors[0]
+    x, y = a.double().flatten(), b.double().flatten()
+    assert result.status == "changed"
+    assert result.max_abs == pytest.approx((x - y).abs().max().item())
+    assert result.mean_abs == pytest.approx((x - y).abs().mean().item())
+    assert result.rel_l2 == pytest.approx(((x - y).norm() / x.norm()).item())
+    assert result.cosine == pytest.approx(torch.nn.functional.cosine_similarity(x, y, dim=0).item())
