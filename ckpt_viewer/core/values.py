@@ -183,8 +183,7 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
         yield from iter_chunks(tensor.parts["values"], chunk_elements)
         return
     if not numpy_readable(tensor):
-        values = to_numpy(read_tensor(tensor))
-        yield from _array_chunks(values, chunk_elements)
+        yield from _torch_chunks(read_tensor(tensor), chunk_elements)
         return
     for raw in iter_raw_chunks(tensor, tensor_np_dtype(tensor), chunk_elements):
         yield widen(raw, tensor.dtype, tensor.quantizer)
@@ -204,7 +203,7 @@ def iter_raw_chunks(tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1
     blocks = (_gather(reader, dtype, offset, block_shape, block_stride).reshape(-1)
               for offset, block_shape, block_stride
               in _blocks(tensor.offset, shape, stride, chunk_elements))
-    yield from _rechunked(blocks, chunk_elements, dtype)
+    yield from _rechunked(blocks, chunk_elements)
 
 
 SPAN_LIMIT = 1 << 24      # storage elements one gathered block may span (a mapping, not memory)
@@ -262,7 +261,7 @@ def _gather(reader: StorageReader, dtype: np.dtype, offset: int, shape: tuple,
     return np.ascontiguousarray(view)
 
 
-def _rechunked(blocks, size: int, dtype):
+def _rechunked(blocks, size: int):
     """Blocks re-cut into pieces of exactly `size` elements (the last may be shorter)."""
     pending, held = [], 0
     for block in blocks:
@@ -280,19 +279,24 @@ def _rechunked(blocks, size: int, dtype):
         yield np.concatenate(pending)
 
 
-def _array_chunks(values: np.ndarray, size: int):
-    """A numpy view (maybe strided, maybe broadcast) in logical-order chunks, never copied
-    whole."""
-    if values.flags.c_contiguous:
-        flat = values.reshape(-1)
-        for start in range(0, flat.size, size):
-            yield flat[start:start + size]
-        return
-    if values.size == 0:
-        return
-    iterator = np.nditer(values, flags=["external_loop", "buffered", "zerosize_ok"],
-                         order="C", buffersize=size)
-    yield from _rechunked((piece.copy() for piece in iterator), size, values.dtype)
+def _torch_chunks(value, size: int):
+    """A torch tensor (maybe an expanded view) widened to numpy in logical-order chunks:
+    converted block by block, never whole."""
+    def blocks(view):
+        if view.dim() == 0 or view.numel() <= size:
+            yield to_numpy(view).reshape(-1)
+            return
+        inner = view[0].numel() if view.shape[0] else 0
+        if 0 < inner <= size:
+            rows = max(1, size // inner)
+            for start in range(0, view.shape[0], rows):
+                yield to_numpy(view[start:start + rows]).reshape(-1)
+            return
+        for row in view:
+            yield from blocks(row)
+
+    if value.numel():
+        yield from _rechunked(blocks(value), size)
 
 
 def unordered_view(tensor: TensorInfo) -> tuple[TensorInfo, int]:
@@ -300,7 +304,10 @@ def unordered_view(tensor: TensorInfo) -> tuple[TensorInfo, int]:
     order-free statistics: zero-stride dims (expand) repeat the same values, so they are
     dropped and counted; negative strides are flipped and dims sorted by stride, which turns
     transposes back into contiguous reads."""
-    if not numpy_readable(tensor) or tensor.is_contiguous or tensor.numel == 0:
+    reorderable = numpy_readable(tensor) or (
+        tensor.storage is not None and not tensor.parts and not tensor.chunks
+        and (tensor.layout == "strided" or "scale" in tensor.quantizer))
+    if not reorderable or tensor.is_contiguous or tensor.numel == 0:
         return tensor, 1
     repeat, offset, dims = 1, tensor.offset, []
     for n, s in zip(tensor.shape, tensor.stride):
