@@ -131,16 +131,17 @@ def _fill(node: Node, value, first_key: dict) -> list:
     if isinstance(value, (GlobalRef, type)):
         node.type_name, node.value = "global", getattr(value, "qualname", repr(value))
         return []
-    if _is_compact_list(value, node.name):
-        node.type_name, node.value = type(value).__name__, list(value)
-        return []
     if not isinstance(value, (dict, list, tuple, set, frozenset, Placeholder)):
         node.type_name, node.value = type(value).__name__, repr(value)[:200]
         return []
-    if id(value) in first_key:
+    if id(value) in first_key:      # before the compact-list test: a shared list of 200,000
+        # numbers referenced 20,000 times (750 KB of pickle) was copied and scanned each time
         node.kind, node.value, node.type_name = "ref", first_key[id(value)], "reference"
         return []
     first_key[id(value)] = node.key
+    if _is_compact_list(value, node.name):
+        node.type_name, node.value = type(value).__name__, list(value)
+        return []
     if isinstance(value, dict):
         node.kind = "optimizer" if is_optimizer_state(value) else "dict"
         node.type_name = type(value).__name__

@@ -254,6 +254,12 @@ def shared_objects(folder, sentinel):
                           "l": {f"l{i}": items for i in range(8000)}}, folder / "shared.pt")
 
 
+def shared_long_list(folder, sentinel):
+    """750 KB: one list of 200,000 numbers referenced from 20,000 keys."""
+    numbers = [1] * 200_000
+    return builders.save({f"k{i}": numbers for i in range(20_000)}, folder / "shared-list.pt")
+
+
 def deep_dotted_key(folder, sentinel):
     return builders.save({".".join(["a"] * 100_000): torch.ones(2)}, folder / "dotted.pt")
 
@@ -323,6 +329,7 @@ CORPUS = {
     "odd_keys": (odd_keys, "opens"),
     "expanded_600m_elements": (expanded_600m, "opens"),
     "shared_objects_repeated": (shared_objects, "opens"),
+    "shared_list_repeated": (shared_long_list, "opens"),
     "key_of_100k_segments": (deep_dotted_key, "opens"),
     "integer_10_pow_100000": (huge_integer, "opens"),
     "markup_and_control_keys": (markup_and_controls, "opens"),
