@@ -260,6 +260,17 @@ def shared_long_list(folder, sentinel):
     return builders.save({f"k{i}": numbers for i in range(20_000)}, folder / "shared-list.pt")
 
 
+def archive_comment(comment: bytes, name):
+    """A valid checkpoint with a zip archive comment (torch reads it; one holding a fake
+    end-of-directory record it does not)."""
+    def build(folder, sentinel):
+        path = builders.save({"w": torch.arange(4.0)}, folder / f"{name}.pt")
+        with zipfile.ZipFile(path, "a") as zf:
+            zf.comment = comment
+        return path
+    return build
+
+
 def deep_dotted_key(folder, sentinel):
     return builders.save({".".join(["a"] * 100_000): torch.ones(2)}, folder / "dotted.pt")
 
@@ -330,6 +341,9 @@ CORPUS = {
     "expanded_600m_elements": (expanded_600m, "opens"),
     "shared_objects_repeated": (shared_objects, "opens"),
     "shared_list_repeated": (shared_long_list, "opens"),
+    "archive_comment": (archive_comment(b"x" * 60_000, "comment"), "opens"),
+    "archive_comment_fake_end_record": (archive_comment(b"PK\x05\x06" + bytes(18) + b"tail",
+                                                        "fake-eocd"), "error"),
     "key_of_100k_segments": (deep_dotted_key, "opens"),
     "integer_10_pow_100000": (huge_integer, "opens"),
     "markup_and_control_keys": (markup_and_controls, "opens"),
