@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
 import sys
 
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
+from ckpt_viewer.core.text import safe_text, strict_json
 
 SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "globals", "check", "layers")
 
@@ -35,6 +35,16 @@ def whole_number(minimum: int):
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
     return parse
+
+
+def say(line: str, file=None):
+    """Print one line: whatever part of it came from a file cannot move the cursor, clear the
+    screen or start a line of its own."""
+    print(safe_text(line), file=file or sys.stdout)
+
+
+def say_json(value):
+    sys.stdout.write(strict_json(value) + "\n")
 
 
 def _inspect_parser(sub):
@@ -172,10 +182,10 @@ def run_inspect(args) -> int:
 
     checkpoint = open_checkpoint(args.path)
     if args.json:
-        sys.stdout.write(json.dumps(inspect_dict(checkpoint)) + "\n")   # dumps: C encoder
+        say_json(inspect_dict(checkpoint))
     else:
         for line in text_report(checkpoint, max_depth=args.depth):
-            print(line)
+            say(line)
     return 0
 
 
@@ -185,10 +195,10 @@ def run_globals(args) -> int:
 
     checkpoint = open_checkpoint(args.path)
     if args.json:
-        sys.stdout.write(json.dumps(report_dict(checkpoint)) + "\n")
+        say_json(report_dict(checkpoint))
     else:
         for line in text_lines(checkpoint):
-            print(line)
+            say(line)
     return 0
 
 
@@ -208,13 +218,13 @@ def run_stats(args) -> int:
                               "(see `ckpt-viewer inspect`)")
     problem = run(check_tensor_records(node.tensor))
     if problem:
-        print(f"warning: {args.path}: {problem}", file=sys.stderr)
+        say(f"warning: {args.path}: {problem}", file=sys.stderr)
     stats = run(compute(node.tensor, bins=args.bins, part=args.part))
     if args.json:
-        sys.stdout.write(json.dumps(stats.to_json()) + "\n")
+        say_json(stats.to_json())
     else:
         for line in stats_lines(args.key, node.tensor, stats):
-            print(line)
+            say(line)
     return 0
 
 
@@ -233,7 +243,7 @@ def run_export(args) -> int:
     summary = run(export(checkpoint, plan, args.dst, force=args.force,
                          verify=not args.no_verify))
     note = ", verified" if summary.verified else ""
-    print(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, {format_bytes(summary.bytes)}, "
+    say(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, {format_bytes(summary.bytes)}, "
           f"{summary.format}, location {summary.device}{note}")
     return 0
 
@@ -246,10 +256,10 @@ def run_verify(args) -> int:
 
     report = run(verify(args.path))
     if not report.ok:
-        print(f"damaged: {args.path}: {report.problem}")
+        say(f"damaged: {args.path}: {report.problem}")
         return 1
     notes = "; " + "; ".join(report.notes) if report.notes else ""
-    print(f"intact: {args.path}: {plural(report.records, 'record')}, {format_bytes(report.bytes)} "
+    say(f"intact: {args.path}: {plural(report.records, 'record')}, {format_bytes(report.bytes)} "
           f"checked{notes}")
     return 0
 
@@ -270,10 +280,10 @@ def run_diff(args) -> int:
                   getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
     report = run(diff(checkpoints[0], checkpoints[1], *sides))
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+        say_json(report.to_json())
     else:
         for line in diff_lines(report):
-            print(line)
+            say(line)
     return 0 if report.identical else 1
 
 
@@ -284,10 +294,10 @@ def run_check(args) -> int:
 
     report = run(check(open_checkpoint(args.path)))
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+        say_json(report.to_json())
     else:
         for line in text_lines(report):
-            print(line)
+            say(line)
     return 0 if report.ok else 1
 
 
@@ -298,10 +308,10 @@ def run_layers(args) -> int:
 
     report = run(layer_metrics(open_checkpoint(args.path), spectral=args.spectral))
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+        say_json(report.to_json())
     else:
         for line in text_lines(report):
-            print(line)
+            say(line)
     return 0
 
 
@@ -326,7 +336,7 @@ def unknown_command(word: str) -> str:
 def run_gui(args) -> int:
     for path in args.paths:
         if not os.path.exists(path):
-            print(f"error: {path}: no such file or directory", file=sys.stderr)
+            say(f"error: {path}: no such file or directory", file=sys.stderr)
             return 2
     if args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # the window is never shown
@@ -349,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         where = getattr(args, "path", "") or getattr(args, "src", "")
         where = "" if args.run.__name__ == "run_diff" else where
     elif argv and unknown_command(argv[0]):
-        print(unknown_command(argv[0]), file=sys.stderr)
+        say(unknown_command(argv[0]), file=sys.stderr)
         return 2
     else:
         args = build_gui_parser().parse_args(argv)
@@ -357,15 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return runner(args)
     except CheckpointError as exc:
-        print(f"error: {where}: {exc}" if where else f"error: {exc}", file=sys.stderr)
+        message = describe_error(exc)
+        say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        say("error: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         sys.stderr.close()
         return 0
     except Exception as exc:   # noqa: BLE001 - the contract is one line, never a traceback
         message = describe_error(exc)
-        print(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
+        say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
         return 2

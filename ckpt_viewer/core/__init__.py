@@ -6,13 +6,16 @@ class CheckpointError(Exception):
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for the user, whatever was raised."""
+    """One line for the user, whatever was raised (text from the file escaped, never a
+    second line)."""
+    from ckpt_viewer.core.text import clipped, safe_text
+
     if isinstance(exc, CheckpointError):
-        return str(exc)
+        return safe_text(clipped(str(exc), 2000))
     if isinstance(exc, MemoryError):
         return "not enough memory"
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"unexpected {type(exc).__name__}{': ' + text[:200] if text else ''}"
+    return safe_text(f"unexpected {type(exc).__name__}{': ' + text[:200] if text else ''}")
 
 
 class paused_gc:

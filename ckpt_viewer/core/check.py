@@ -28,6 +28,7 @@ from ckpt_viewer.core import CheckpointError, describe_error
 from ckpt_viewer.core.model import FLOAT_DTYPES, Checkpoint, FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.values import (
     StorageReader,
+    apply_view_bits,
     iter_chunks,
     numpy_readable,
     tensor_np_dtype,
@@ -180,7 +181,7 @@ def _scan_segment(job: _Job, start: int, count: int, stop: threading.Event) -> _
                 break
             raw = job.reader.mapped(tensor.offset + first, min(CHUNK, start + count - first),
                                     np_dtype)
-            values = widen(raw, tensor.dtype, tensor.quantizer)
+            values = widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
             _add_chunk(part, raw, values, tensor.dtype, first, job.row_len)
             del raw, values                      # unmaps the chunk
     return part

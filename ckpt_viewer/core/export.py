@@ -25,7 +25,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
 from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
-from ckpt_viewer.core.values import StorageReader, apply_view_bits, read_tensor, strided_array
+from ckpt_viewer.core.values import StorageReader, apply_view_bits, iter_raw_chunks, read_tensor
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20          # bytes per read/write step: bounded memory whatever the size
@@ -220,9 +220,10 @@ def _dense_bytes(tensor: TensorInfo, target: str, device: str):
     elif tensor.is_contiguous:
         yield from _pieces(tensor, tensor.offset, tensor.numel, target, device)
     else:
-        values = strided_array(tensor, StorageReader(tensor.storage), _raw_dtype(tensor))
-        yield _cast_bytes(_little_endian_bytes(apply_view_bits(values, tensor)), tensor.dtype,
-                          target, device)
+        step = max(1, COPY_CHUNK // DTYPE_SIZES[tensor.dtype])
+        for raw in iter_raw_chunks(tensor, _raw_dtype(tensor), step):
+            yield _cast_bytes(_little_endian_bytes(apply_view_bits(raw, tensor)), tensor.dtype,
+                              target, device)
 
 
 # --- planning storages: shared storages stay shared in .pth ---------------------------------

@@ -5,18 +5,30 @@ from __future__ import annotations
 from ckpt_viewer.core.globals import MEANING, triage
 from ckpt_viewer.core.model import Checkpoint, Node, format_bytes, format_count
 from ckpt_viewer.core.summary import totals
-from ckpt_viewer.core.text import plural
+from ckpt_viewer.core.text import SHARED, ShownOnce, int_text, plural, safe_text
 
 MAX_LIST_PREVIEW = 6
+MAX_VALUE_TEXT = 80
 
 
-def describe_value(value) -> str:
-    if isinstance(value, list):
-        head = ", ".join(repr(v) for v in value[:MAX_LIST_PREVIEW])
+def describe_value(value, limit: int = MAX_VALUE_TEXT, shown: ShownOnce | None = None) -> str:
+    """A value from the file on one short line, control characters escaped; with `shown`, a
+    large object this report has already shown is only named as shared."""
+    if shown is not None and shown.again(value):
+        return SHARED
+    if isinstance(value, (list, tuple)):
+        head = ", ".join(describe_value(v, limit // 3) for v in value[:MAX_LIST_PREVIEW])
         more = f", ... ({len(value)} items)" if len(value) > MAX_LIST_PREVIEW else ""
+        if isinstance(value, tuple):
+            return f"({head}{more}{',' if len(value) == 1 else ''})"
         return f"[{head}{more}]"
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = int_text(value)
+    elif isinstance(value, str):
+        text = repr(value[:limit + 1])
+    else:
+        text = str(value)
+    return safe_text(text if len(text) <= limit else text[:limit - 3] + "...")
 
 
 def split_text(totals) -> str:
@@ -27,7 +39,7 @@ def split_text(totals) -> str:
             f"{format_count(split['other'])} other")
 
 
-def node_line(node: Node) -> str:
+def node_line(node: Node, shown: ShownOnce | None = None) -> str:
     """One row of the tree: name, then what it is."""
     if node.kind == "tensor":
         t = node.tensor
@@ -43,11 +55,11 @@ def node_line(node: Node) -> str:
             parts.append(node.note)
         return f"{node.name}  " + "  ".join(parts)
     if node.kind == "scalar":
-        return f"{node.name} = {describe_value(node.value)}"
+        return f"{node.name} = {describe_value(node.value, shown=shown)}"
     if node.kind == "ref":
         return f"{node.name} -> same object as {node.value}"
     if node.kind == "opaque":
-        return f"{node.name}  ({node.type_name}) {describe_value(node.value)}"
+        return f"{node.name}  ({node.type_name}) {describe_value(node.value, shown=shown)}"
     label = node.type_name or node.kind
     extra = f"  {node.note}" if node.note else ""
     return f"{node.name}  <{label}, {plural(len(node.children), 'entry')}>{extra}"
@@ -55,9 +67,10 @@ def node_line(node: Node) -> str:
 
 def tree_lines(root: Node, max_depth=None):
     stack = [(child, 0) for child in reversed(root.children)]
+    shown = ShownOnce()
     while stack:
         node, depth = stack.pop()
-        yield "  " * (depth + 1) + node_line(node)
+        yield "  " * (depth + 1) + node_line(node, shown)
         if max_depth is None or depth + 1 < max_depth:
             stack.extend((child, depth + 1) for child in reversed(node.children))
 
@@ -88,17 +101,21 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
     for warning in checkpoint.warnings:
         yield f"warning: {warning}"
     scalars = checkpoint.scalars()
+    shown = ShownOnce()
     if scalars:
         yield "scalars:"
         for key, value in scalars.items():
-            yield f"  {key} = {describe_value(value)}"
+            yield f"  {key} = {describe_value(value, shown=shown)}"
     for opt in checkpoint.optimizers:
         yield f"optimizer {opt.key}: {opt.type or 'unknown type'}, {plural(len(opt.param_groups), 'group')}"
         for index, group in enumerate(opt.param_groups):
-            hyper = ", ".join(f"{k}={describe_value(v)}" for k, v in group.items()
+            if shown.again(group):
+                yield f"  group {index}: {SHARED}"
+                continue
+            hyper = ", ".join(f"{k}={describe_value(v, shown=shown)}" for k, v in group.items()
                               if k not in ("params", "param_names"))
             yield f"  group {index}: {hyper}"
-            yield f"    params: {describe_value(group.get('params', []))}"
+            yield f"    params: {describe_value(group.get('params', []), shown=shown)}"
         yield f"  parameter names: {opt.names_source or 'not provable from this file; ids shown'}"
     yield "tree:"
     yield from tree_lines(checkpoint.root, max_depth)

@@ -17,7 +17,13 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import TensorInfo
-from ckpt_viewer.core.values import StorageReader, iter_chunks, numpy_readable, tensor_np_dtype
+from ckpt_viewer.core.values import (
+    StorageReader,
+    iter_chunks,
+    numpy_readable,
+    tensor_np_dtype,
+    unordered_view,
+)
 
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 FINE_BINS = 65536
@@ -85,6 +91,12 @@ class _Moments:
         self.total = self.squares = 0.0
         self.lo, self.hi = math.inf, -math.inf
         self.integer = True
+
+    def repeated(self, times: int):
+        """Every value seen `times` times (a zero-stride view), without reading it again."""
+        self.n, self.nan, self.posinf = self.n * times, self.nan * times, self.posinf * times
+        self.neginf, self.zeros = self.neginf * times, self.zeros * times
+        self.total, self.squares = self.total * times, self.squares * times
 
     def add(self, x: np.ndarray):
         with np.errstate(all="ignore"):      # NaN/Inf are counted, not warned about
@@ -159,8 +171,9 @@ def _quantiles(fine: np.ndarray, lo: float, hi: float, below: int = 0, total: in
     return out
 
 
-def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress):
-    """One pass: (fine counts, below, above); yields progress mapped into `progress` (a, b)."""
+def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress, repeat=1):
+    """One pass: (fine counts, below, above), each value counted `repeat` times; yields
+    progress mapped into `progress` (a, b)."""
     chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
     histogram = _fine_histogram(chunks, lo, hi, fine_bins)
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
@@ -169,7 +182,8 @@ def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress):
         try:
             next(histogram)
         except StopIteration as stop:
-            return stop.value
+            counts, below, above = stop.value
+            return counts * repeat, below * repeat, above * repeat
         done += 1
         yield progress[0] + (progress[1] - progress[0]) * done / total_chunks
 
@@ -182,14 +196,17 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
         raise CheckpointError(f"bins must be between 1 and {FINE_BINS}")
     if tensor.numel == 0:
         return Stats(numel=0)
+    dtype = tensor.dtype
+    tensor, repeat = unordered_view(tensor)      # an expanded view: its distinct values, weighted
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     moments = _Moments()
     for i, raw in enumerate(iter_chunks(tensor, chunk)):
         moments.add(_real_view(raw, part))
         yield 0.4 * (i + 1) / total_chunks
+    moments.repeated(repeat)
     stats = Stats(numel=moments.n, nan=moments.nan, posinf=moments.posinf,
                   neginf=moments.neginf, zeros=moments.zeros,
-                  part=part if tensor.dtype.startswith("complex") else "")
+                  part=part if dtype.startswith("complex") else "")
     finite = stats.finite
     if not finite:
         return stats
@@ -207,7 +224,7 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
         lo, hi = lo - 0.5, hi + 0.5
     fine_bins = bins * max(1, FINE_BINS // bins)
     fine, stats.below, stats.above = yield from _histogram_pass(
-        tensor, part, chunk, lo, hi, fine_bins, (0.4, 0.8))
+        tensor, part, chunk, lo, hi, fine_bins, (0.4, 0.8), repeat)
     stats.counts = fine.reshape(bins, -1).sum(axis=1).tolist()
     stats.edges = np.linspace(lo, hi, bins + 1).tolist()
     if value_range:
@@ -220,7 +237,7 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
         # Outliers squeeze the bulk into a few bins: refine over the bins holding the quantiles.
         r_lo, r_hi = lo + first * width, lo + min(last + 1, fine_bins) * width
         refined, below, _ = yield from _histogram_pass(
-            tensor, part, chunk, r_lo, r_hi, FINE_BINS, (0.8, 1.0))
+            tensor, part, chunk, r_lo, r_hi, FINE_BINS, (0.8, 1.0), repeat)
         quantiles = _quantiles(refined, r_lo, r_hi, below=below, total=finite)
     stats.quantiles = {q: min(max(v, stats.min), stats.max) for q, v in quantiles.items()}
     if as_values:
@@ -244,9 +261,11 @@ def run(generator: Generator[object, None, Result]) -> Result:
 
 def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) -> Stats:
     """A quick look: a few evenly spaced contiguous runs of the tensor (marked `sampled`)."""
-    if tensor.numel <= elements:
-        stats = run(compute(tensor, bins))
-        return stats
+    numel = tensor.numel
+    distinct, _ = unordered_view(tensor)      # every distinct value repeats equally often
+    if distinct.numel <= elements:
+        return run(compute(tensor, bins))
+    tensor = distinct
     import copy
 
     runs = 20
@@ -264,11 +283,11 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
             break
         pieces.append(np.concatenate(list(iter_chunks(piece, per_run))))
     if not pieces:
-        return Stats(numel=tensor.numel, sampled=True)
+        return Stats(numel=numel, sampled=True)
     values = _real_view(np.concatenate(pieces), "magnitude")
     moments = _Moments()
     moments.add(values)
-    stats = Stats(numel=tensor.numel, sampled=True)
+    stats = Stats(numel=numel, sampled=True)
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size:
         stats.min, stats.max = moments.lo, moments.hi

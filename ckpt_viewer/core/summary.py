@@ -15,6 +15,7 @@ from itertools import pairwise
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.globals import triage
 from ckpt_viewer.core.model import Checkpoint, Node, TensorInfo
+from ckpt_viewer.core.text import ShownOnce, bounded_json
 
 MAX_SCALAR_TEXT = 10_000
 MODEL, OPTIMIZER_STATE, OTHER = "model", "optimizer_state", "other"
@@ -159,15 +160,17 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
     total = totals(checkpoint)
     tensors = [{"key": key, "shape": list(t.shape), "dtype": t.dtype, "device": t.device,
                 "nbytes": t.nbytes} for key, t, _ in checkpoint.tensors()]
+    shown = ShownOnce()       # shared objects are written once, not once per reference
     optimizers = [{"key": o.key, "type": o.type,
-                   "param_groups": [_json_value(g) for g in o.param_groups]}
+                   "param_groups": [bounded_json(g, shown, MAX_SCALAR_TEXT) for g in o.param_groups]}
                   for o in checkpoint.optimizers]
     return {
         "path": checkpoint.path,
         "format": checkpoint.format,
         "file_bytes": checkpoint.file_bytes,
         "tensors": tensors,
-        "scalars": {k: json_scalar(v) for k, v in checkpoint.scalars().items()},
+        "scalars": {k: bounded_json(v, shown, MAX_SCALAR_TEXT)
+                    for k, v in checkpoint.scalars().items()},
         "optimizers": optimizers,
         "unsafe_globals": list(checkpoint.unsafe_globals),
         "globals": [{"name": u.name, "category": u.category} for u in triage(checkpoint)],

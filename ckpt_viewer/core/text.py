@@ -1,9 +1,151 @@
-"""Small wording helpers for messages the user reads."""
+"""Text for the user: wording helpers, and text a file controls made safe to show (one line,
+no terminal controls, strict JSON).
+
+Keys, class names, metadata and messages come from the file. Printed raw, `\\r\\x1b[2K` erases
+a warning line on a terminal, a newline forges report lines, and bidi overrides reorder what
+the reader sees; so every such character is shown as an escape instead."""
 
 from __future__ import annotations
 
 import difflib
+import json
+import math
+import re
 from collections.abc import Iterable
+
+# C0 controls, DEL, C1 controls, line/paragraph separators (str.splitlines breaks on them),
+# bidi marks, embeddings, overrides and isolates
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                     "\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(text) -> str:
+    """`text` on one line with every control, separator and bidi character escaped
+    (`\\x1b`, `\\r`, `\\n`, `\\t`, `\\u202e`...); anything else is kept as it is."""
+    text = text if isinstance(text, str) else str(text)
+    return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
+
+
+def clipped(text: str, limit: int) -> str:
+    """At most `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
+MAX_JSON_INT_BITS = 1 << 19    # ~158,000 digits: int -> decimal is quadratic in CPython 3.11
+                               # (0.12 s for 10**100000 here, minutes for ten times more)
+
+
+def json_safe(value):
+    """A copy JSON can hold strictly: non-finite floats as "nan"/"inf"/"-inf"; integers stay
+    numbers (beyond MAX_JSON_INT_BITS, text saying their size)."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > MAX_JSON_INT_BITS:
+            return f"<integer of {value.bit_length():,} bits>"
+        return value
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def strict_json(value) -> str:
+    """RFC 8259 JSON (never a bare NaN or Infinity), integers as numbers whatever their size."""
+    import sys
+
+    try:   # the common case, nothing to convert (ints past 4,300 digits raise here, cheaply)
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        pass
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)            # json_safe has capped them
+    try:
+        return json.dumps(json_safe(value), allow_nan=False)
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
+MAX_INT_DIGITS_SHOWN = 60
+
+
+def int_text(value: int) -> str:
+    """An integer as text; past MAX_INT_DIGITS_SHOWN digits, its magnitude and size (exact
+    decimal conversion of a 10**100000 costs a tenth of a second, of a bigger one minutes)."""
+    if value.bit_length() <= MAX_INT_DIGITS_SHOWN * 3.32:
+        return str(value)
+    exponent = math.log10(abs(value))
+    digits = int(exponent) + 1
+    sign = "-" if value < 0 else ""
+    return f"{sign}{10 ** (exponent - int(exponent)):.6f}e+{int(exponent)} (an integer of " \
+           f"{digits:,} digits)"
+
+
+SHARED = "... (shared, shown once)"
+LARGE_TEXT = 256
+LARGE_CONTAINER = 16
+
+
+class ShownOnce:
+    """Large objects already written in one report. A pickle can reference one object from
+    thousands of places for a few bytes each; written out each time, a 1 MB file becomes
+    gigabytes of report."""
+
+    def __init__(self):
+        self.ids = set()
+
+    def again(self, value) -> bool:
+        """True when `value` is large and this report has already shown it."""
+        if not _large(value):
+            return False
+        if id(value) in self.ids:
+            return True
+        self.ids.add(id(value))
+        return False
+
+
+def _large(value) -> bool:
+    if isinstance(value, str):
+        return len(value) > LARGE_TEXT
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() > 4000
+    if isinstance(value, (list, tuple, dict)):
+        if len(value) > LARGE_CONTAINER:
+            return True
+        items = value.values() if isinstance(value, dict) else value
+        return any(isinstance(v, (list, tuple, dict)) or _large(v) for v in items)
+    return False
+
+
+def bounded_json(value, shown: ShownOnce, text_limit: int = 10_000):
+    """Report data for JSON: large objects seen before become SHARED, long text is clipped."""
+    if shown.again(value):
+        return SHARED
+    if isinstance(value, str):
+        return clipped(value, text_limit)
+    if isinstance(value, dict):
+        return {str(k): bounded_json(v, shown, text_limit) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [bounded_json(v, shown, text_limit) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return json_safe(value)
+    return clipped(str(value), text_limit)
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

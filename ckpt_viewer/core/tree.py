@@ -169,9 +169,7 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
     if isinstance(value, int) and not isinstance(value, bool) and \
             value.bit_length() > INT_DIGITS * 3.33:
         node.kind, node.type_name, node.value = "scalar", "int", value
-        node.note = huge_int_text(value)
-        if value.bit_length() > 14000:            # beyond what Python itself will print
-            node.value = Shown(node.note)
+        node.note = huge_int_text(value)      # the value stays a number (JSON keeps it one)
         return []
     if value is None or isinstance(value, SCALAR_TYPES):
         node.kind, node.value = ("scalar", value) if value is not None else ("opaque", None)
@@ -185,18 +183,20 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
     if isinstance(value, (GlobalRef, type)):
         node.type_name, node.value = "global", getattr(value, "qualname", repr(value))
         return []
-    if _is_compact_list(value, node.name):
-        node.type_name, node.value = type(value).__name__, list(value)
-        return []
     if not isinstance(value, (dict, list, tuple, set, frozenset, Placeholder)):
         node.type_name = type(value).__name__
         node.value = value if isinstance(value, complex) else repr(value)[:200]
         return []
+    # before the compact-list test: a shared list of 200,000 numbers referenced 20,000 times
+    # (750 KB of pickle) was copied and scanned each time
     if id(value) in first_key and not first_key.show_again(value):
         node.kind, node.value, node.type_name = "ref", first_key[id(value)], "reference"
         node.note = f"shared with {first_key[id(value)]}, shown once"
         return []
     first_key.setdefault(id(value), node.key)
+    if _is_compact_list(value, node.name):
+        node.type_name, node.value = type(value).__name__, list(value)
+        return []
     if isinstance(value, dict):
         node.kind = "optimizer" if is_optimizer_state(value) else "dict"
         node.type_name = type(value).__name__

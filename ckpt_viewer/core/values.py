@@ -9,6 +9,8 @@ A compressed zip record is inflated, never memory-mapped (mmap would yield its r
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import mmap
 import os
 import zipfile
@@ -206,37 +208,163 @@ def tensor_np_dtype(tensor: TensorInfo) -> np.dtype:
 
 
 def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
-    """The tensor's elements as widened numpy chunks (any order: fine for statistics), read-only.
+    """The tensor's elements as widened numpy chunks of chunk_elements each (the last may be
+    shorter), in logical (C) order, read-only; memory stays bounded whatever the strides.
     A sparse tensor yields its stored values only."""
     if "values" in tensor.parts:
         yield from iter_chunks(tensor.parts["values"], chunk_elements)
         return
     if not numpy_readable(tensor):
-        values = to_numpy(read_tensor(tensor))
-        for start in range(0, values.size, chunk_elements):
-            yield values.reshape(-1)[start:start + chunk_elements]
+        yield from _torch_chunks(read_tensor(tensor), chunk_elements)
         return
+    for raw in iter_raw_chunks(tensor, tensor_np_dtype(tensor), chunk_elements):
+        yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
+
+
+def iter_raw_chunks(tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1 << 20):
+    """Stored elements (as `dtype` units) in logical order, chunk_elements at a time. Strided
+    views (transposes, slices, expand's zero strides, as_strided overlaps) are gathered block by
+    block from mapped spans, so neither the view nor its storage span is ever held whole."""
     reader = StorageReader(tensor.storage)
-    dtype = tensor_np_dtype(tensor)
     if tensor.is_contiguous:
         for start in range(0, tensor.numel, chunk_elements):
-            raw = reader.mapped(tensor.offset + start, min(chunk_elements, tensor.numel - start),
+            yield reader.mapped(tensor.offset + start, min(chunk_elements, tensor.numel - start),
                                 dtype)
-            yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
         return
-    values = strided_array(tensor, reader, dtype).reshape(-1)
-    for start in range(0, values.size, chunk_elements):
-        yield widen(apply_view_bits(values[start:start + chunk_elements], tensor), tensor.dtype,
-                    tensor.quantizer)
+    shape, stride = _merged_dims(tensor.shape, tensor.stride)
+    blocks = (_gather(reader, dtype, offset, block_shape, block_stride).reshape(-1)
+              for offset, block_shape, block_stride
+              in _blocks(tensor.offset, shape, stride, chunk_elements))
+    yield from _rechunked(blocks, chunk_elements)
 
 
-def strided_array(tensor: TensorInfo, reader: StorageReader, dtype) -> np.ndarray:
-    """A non-contiguous view, read as the span it touches then re-strided (a copy)."""
-    first, end = tensor.element_span()
-    base = reader.read(first, end - first, dtype)
-    strides = [s * dtype.itemsize for s in tensor.stride]
-    view = np.lib.stride_tricks.as_strided(base[tensor.offset - first:], tensor.shape, strides)
+SPAN_LIMIT = 1 << 24      # storage elements one gathered block may span (a mapping, not memory)
+
+
+def _merged_dims(shape, stride) -> tuple:
+    """The same logical order with size-1 dims dropped and row-major neighbours merged."""
+    dims = [(n, s) for n, s in zip(shape, stride) if n != 1]
+    merged = []
+    for n, s in dims:
+        if merged and merged[-1][1] == s * n:
+            merged[-1] = (merged[-1][0] * n, s)
+        else:
+            merged.append((n, s))
+    return tuple(n for n, _ in merged), tuple(s for _, s in merged)
+
+
+def _span(shape, stride) -> int:
+    """Storage elements between the first and last element touched, inclusive."""
+    if 0 in shape:
+        return 0
+    return 1 + sum((n - 1) * abs(s) for n, s in zip(shape, stride))
+
+
+def _blocks(offset: int, shape: tuple, stride: tuple, limit: int):
+    """(offset, shape, stride) sub-views in logical order, each of at most `limit` elements
+    spanning at most SPAN_LIMIT storage elements."""
+    if math.prod(shape) <= limit and _span(shape, stride) <= SPAN_LIMIT:
+        yield offset, shape, stride
+        return
+    rows, step = shape[0], stride[0]
+    inner_shape, inner_stride = shape[1:], stride[1:]
+    inner_numel, inner_span = math.prod(inner_shape), _span(inner_shape, inner_stride)
+    if inner_numel <= limit and inner_span <= SPAN_LIMIT:
+        per_block = limit // max(inner_numel, 1)
+        if step:
+            per_block = min(per_block, (SPAN_LIMIT - inner_span) // abs(step) + 1)
+        per_block = max(1, per_block)
+        for row in range(0, rows, per_block):
+            yield offset + row * step, (min(per_block, rows - row),) + inner_shape, stride
+        return
+    for row in range(rows):
+        yield from _blocks(offset + row * step, inner_shape, inner_stride, limit)
+
+
+def _gather(reader: StorageReader, dtype: np.dtype, offset: int, shape: tuple,
+            stride: tuple) -> np.ndarray:
+    """A contiguous copy of one strided view, read through a mapping of the span it touches."""
+    if 0 in shape:
+        return np.zeros(shape, dtype)
+    first = offset + sum((n - 1) * s for n, s in zip(shape, stride) if s < 0)
+    base = reader.mapped(first, _span(shape, stride), dtype)
+    view = np.lib.stride_tricks.as_strided(base[offset - first:], shape,
+                                           [s * dtype.itemsize for s in stride], writeable=False)
     return np.ascontiguousarray(view)
+
+
+def _rechunked(blocks, size: int):
+    """Blocks re-cut into pieces of exactly `size` elements (the last may be shorter)."""
+    pending, held = [], 0
+    for block in blocks:
+        if not held and block.size == size:
+            yield block
+            continue
+        pending.append(block)
+        held += block.size
+        while held >= size:
+            joined = np.concatenate(pending)
+            yield joined[:size]
+            rest = joined[size:]
+            pending, held = ([rest] if rest.size else []), rest.size
+    if held:
+        yield np.concatenate(pending)
+
+
+def _torch_chunks(value, size: int):
+    """A torch tensor (maybe an expanded view) widened to numpy in logical-order chunks:
+    converted block by block, never whole."""
+    def blocks(view):
+        if view.dim() == 0 or view.numel() <= size:
+            yield to_numpy(view).reshape(-1)
+            return
+        inner = view[0].numel() if view.shape[0] else 0
+        if 0 < inner <= size:
+            rows = max(1, size // inner)
+            for start in range(0, view.shape[0], rows):
+                yield to_numpy(view[start:start + rows]).reshape(-1)
+            return
+        for row in view:
+            yield from blocks(row)
+
+    if value.numel():
+        yield from _rechunked(blocks(value), size)
+
+
+def unordered_view(tensor: TensorInfo) -> tuple[TensorInfo, int]:
+    """(a view holding each distinct element position once, repetitions of each) - for
+    order-free statistics: zero-stride dims (expand) repeat the same values, so they are
+    dropped and counted; negative strides are flipped and dims sorted by stride, which turns
+    transposes back into contiguous reads."""
+    reorderable = numpy_readable(tensor) or (
+        tensor.storage is not None and not tensor.parts and not tensor.chunks
+        and (tensor.layout == "strided" or "scale" in tensor.quantizer))
+    if not reorderable or tensor.is_contiguous or tensor.numel == 0:
+        return tensor, 1
+    repeat, offset, dims = 1, tensor.offset, []
+    for n, s in zip(tensor.shape, tensor.stride):
+        if s == 0:
+            repeat *= n
+        elif s < 0:
+            offset += (n - 1) * s
+            dims.append((n, -s))
+        elif n != 1:
+            dims.append((n, s))
+    dims.sort(key=lambda d: -d[1])
+    view = copy.copy(tensor)
+    view.shape, view.stride, view.offset = tuple(n for n, _ in dims), tuple(s for _, s in dims), offset
+    return view, repeat
+
+
+def strided_array(tensor: TensorInfo, dtype: np.dtype) -> np.ndarray:
+    """A non-contiguous view as a contiguous copy (the view's own size; its span is never
+    read whole)."""
+    out = np.empty(tensor.numel, dtype)
+    filled = 0
+    for piece in iter_raw_chunks(tensor, dtype):
+        out[filled:filled + piece.size] = piece
+        filled += piece.size
+    return out.reshape(tensor.shape)
 
 
 def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarray:
@@ -251,7 +379,7 @@ def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarra
     if tensor.is_contiguous:
         raw = reader.read(tensor.offset, tensor.numel, dtype).reshape(tensor.shape)
     else:
-        raw = strided_array(tensor, reader, dtype)
+        raw = strided_array(tensor, dtype)
     return widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
 
 
@@ -360,14 +488,9 @@ def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
     row_stride, col_stride = stride[-2], stride[-1]
     out = []
     for r in rows:
-        if not cols:
-            out.append(np.zeros(0, dtype))
-            continue
-        first = base + r * row_stride + cols.start * col_stride
-        span = (len(cols) - 1) * cols.step * col_stride + 1
-        line = reader.read(first, span, dtype) if col_stride > 0 else \
-            reader.read(first + span - 1, span, dtype)[::-1]
-        out.append(line[::cols.step * abs(col_stride) or 1])
+        # each row through a mapping of its span: a zero stride repeats, a huge one samples
+        out.append(_gather(reader, dtype, base + r * row_stride + cols.start * col_stride,
+                           (len(cols),), (cols.step * col_stride,)))
     window = np.stack(out) if out else np.zeros((0, len(cols)), dtype)
     return widen(apply_view_bits(window, tensor), tensor.dtype, tensor.quantizer)
 

@@ -67,17 +67,41 @@ def _check_member(member: ZipMember, f):
                       f"computed {crc:08x}): the data is corrupt")
 
 
-def _verify_zip(path: str, report: VerifyReport):
+def _verify_zip(path: str, report: VerifyReport, owners: dict | None = None):
+    """Every record through its CRC-32; damage is named by record and by the tensor it holds."""
     members = _zip_members(path)
+    owners = owners or {}
     with open(path, "rb") as f:
         for member in members:
-            yield from _check_member(member, f)
+            try:
+                yield from _check_member(member, f)
+            except Damaged as exc:
+                owner = owners.get(member.name)
+                if owner is None:
+                    raise
+                raise Damaged(f"{exc} (it holds tensor {owner!r})") from None
             report.records += 1
 
 
-def _read_spans(spans, report: VerifyReport):
+def _record_owners(checkpoint) -> dict:
+    """{zip record name or (path, offset): the first tensor key stored there}."""
+    owners = {}
+    for key, tensor, _ in checkpoint.tensors():
+        for part in list(tensor.parts.values()) or [tensor]:
+            source = part.storage.source if part.storage is not None else None
+            if isinstance(source, ZipMember):
+                owners.setdefault(source.name, key)
+            elif isinstance(source, FileSpan):
+                owners.setdefault((source.path, source.offset), key)
+    return owners
+
+
+def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
     """Formats without checksums: every byte must at least be there and readable."""
+    owners = owners or {}
     for span in spans:
+        owner = owners.get((span.path, span.offset))
+        holds = f" (tensor {owner!r})" if owner is not None else ""
         with open(span.path, "rb") as f:
             f.seek(span.offset)
             remaining = span.nbytes
@@ -85,7 +109,7 @@ def _read_spans(spans, report: VerifyReport):
                 block = f.read(min(BLOCK, remaining))
                 if not block:
                     raise Damaged(f"{os.path.basename(span.path)}: ends inside the data at "
-                                  f"offset {span.offset:,} (truncated)")
+                                  f"offset {span.offset:,}{holds} (truncated)")
                 remaining -= len(block)
                 yield len(block)
         report.records += 1
@@ -106,6 +130,16 @@ def _storage_spans(checkpoint) -> list[FileSpan]:
     return spans
 
 
+def _refused_by_weights_only(checkpoint) -> str:
+    """Why torch.load(weights_only=True), the reference loader of a torch file, would refuse
+    it although every byte checks out ("" when it would load it)."""
+    if checkpoint.format not in ("torch-zip", "torch-legacy", "torchscript", "pickle") or \
+            not checkpoint.refusals:
+        return ""
+    return ("every record checks out, but torch.load(weights_only=True) would refuse the file: "
+            + checkpoint.refusals[0])
+
+
 def verify(path: str) -> Generator[float, None, VerifyReport]:
     """Generator: yields progress in [0, 1]; returns VerifyReport. A missing or unrecognised
     path raises CheckpointError (the command line exits 2); a damaged one gives ok=False."""
@@ -122,22 +156,23 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             checkpoint = open_checkpoint(target)     # structure, sizes and bounds
         except CheckpointError as exc:
             raise Damaged(str(exc)) from None
+        owners = _record_owners(checkpoint)
         if kind in ("torch_zip", "pt2"):
-            files, runs = [target], [lambda report: _verify_zip(target, report)]
+            files, runs = [target], [lambda report: _verify_zip(target, report, owners)]
         elif kind == "training_dir":
             files = _training_files(target, checkpoint)
-            runs = [_shard_run(f) for f in files]
-            report.notes.append(f"{len(files)} file(s)")
+            runs = [_shard_run(f, owners) for f in files]
+            report.notes.append(plural(len(files), "file"))
         elif kind == "hf_index":
             shards = sorted({s.source.path for _, t, _ in checkpoint.tensors()
                              for s in [t.storage] if s is not None and s.source is not None})
             files = shards
-            runs = [_shard_run(shard) for shard in shards]
+            runs = [_shard_run(shard, owners) for shard in shards]
             report.notes.append(plural(len(shards), "shard"))
         else:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
-            runs = [lambda report: _read_spans(spans, report)]
+            runs = [lambda report: _read_spans(spans, report, owners)]
             report.notes.append("this format stores no checksums: sizes and offsets were "
                                 "checked and every byte was read")
         total = sum(os.path.getsize(f) for f in files) or 1
@@ -147,6 +182,9 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
                 done += nbytes
                 yield min(done / total, 1.0)
         report.bytes = done
+        refused = _refused_by_weights_only(checkpoint)
+        if refused:
+            raise Damaged(refused)
     except (Damaged, CheckpointError) as exc:
         report.ok, report.problem = False, str(exc)
     except OSError as exc:
@@ -165,18 +203,18 @@ def _training_files(folder: str, checkpoint) -> list[str]:
     return sorted(files)
 
 
-def _shard_run(shard: str):
+def _shard_run(shard: str, owners: dict):
     def run(report):
-        from ckpt_viewer.core.open import sniff
+        from ckpt_viewer.core.open import open_file, sniff
 
         name = os.path.basename(shard)
         try:
+            checkpoint = open_file(shard)
             if sniff(shard) in ("torch_zip", "pt2"):
-                yield from _verify_zip(shard, report)
+                yield from _verify_zip(shard, report, _record_owners(checkpoint))
             else:
-                from ckpt_viewer.core.open import open_file
-                yield from _read_spans(_storage_spans(open_file(shard)), report)
-        except Damaged as exc:
+                yield from _read_spans(_storage_spans(checkpoint), report, owners)
+        except (Damaged, CheckpointError) as exc:
             raise Damaged(f"{name}: {exc}") from None
     return run
 

@@ -36,14 +36,24 @@ def make_app() -> QApplication:
 
 def take_screenshot(window, path: str, out: str) -> int:
     """Open path, select its largest tensor, wait for its statistics, save the window."""
+    from ckpt_viewer.core import describe_error
+    from ckpt_viewer.core.text import safe_text
+
     app = QApplication.instance()
-    result = {"code": 2}
+    result = {"code": 2, "done": False}
 
     def finish(code, message=""):
+        if result["done"]:
+            return
+        result["done"] = True
         if message:
-            print(message, file=sys.stderr)
+            print(safe_text(message), file=sys.stderr)
         result["code"] = code
         app.quit()
+
+    def crashed(kind, exc, traceback):
+        # an exception in any slot would print a traceback and leave the screenshot waiting
+        finish(2, f"error: {path}: {describe_error(exc)}")
 
     def on_loaded(_path):
         tab = window.current_tab()
@@ -52,6 +62,8 @@ def take_screenshot(window, path: str, out: str) -> int:
             save()
             return
         tab.tensor_view.view_ready.connect(lambda _key: QTimer.singleShot(100, save))
+        tab.tensor_view.view_failed.connect(
+            lambda failed_key, message: finish(2, f"error: {path}: {failed_key}: {message}"))
         tab.select_key(key)
 
     def save():
@@ -62,8 +74,12 @@ def take_screenshot(window, path: str, out: str) -> int:
     window.loaded.connect(on_loaded)
     window.load_failed.connect(lambda p, message: finish(2, f"error: {p}: {message}"))
     QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, lambda: finish(2, "error: screenshot timed out"))
-    window.open_paths([path])
-    app.exec()
+    previous_hook, sys.excepthook = sys.excepthook, crashed
+    try:
+        window.open_paths([path])
+        app.exec()
+    finally:
+        sys.excepthook = previous_hook
     return result["code"]
 
 

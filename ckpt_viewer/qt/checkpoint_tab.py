@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import html
 
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QAction, QGuiApplication
@@ -16,13 +15,14 @@ from ckpt_viewer.core.report import describe_value, split_text
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.tree_model import KeyTreeModel
+from ckpt_viewer.qt.plain import as_html, plain_label
 
 AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
 AUTO_OPEN_ROWS = 50        # rows (a screenful) a new tab's opened first levels may show
 
 
 def summary_html(checkpoint, totals) -> str:
-    esc = html.escape
+    esc = as_html
     rows = [("Path", esc(checkpoint.path)), ("Format", esc(checkpoint.format)),
             ("File size", f"{format_bytes(checkpoint.file_bytes)} ({checkpoint.file_bytes:,} bytes)"),
             ("Tensors", f"{totals.tensors:,}"),
@@ -104,8 +104,8 @@ class CheckpointTab(QWidget):
         self.filter.setPlaceholderText("Filter keys: text, glob (*.weight) or /regex/")
         self.filter.setClearButtonEnabled(True)
         self.filter.textChanged.connect(self.apply_filter)
-        self.filter_status = QLabel()
-        self.ticked = QLabel()
+        self.filter_status = plain_label()
+        self.ticked = plain_label()
         self.ticked.setObjectName("tickedCount")
         self.model.checks_changed.connect(
             lambda n: self.ticked.setText(f"{n:,} ticked for export (Ctrl+E)" if n else ""))

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QLabel
 
 from ckpt_viewer.core.stats import compute, run
 from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.plain import as_html, plain_label, shown
 
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
 STATUS_COLOURS = {"changed": QColor(214, 120, 0), "shape": QColor(200, 40, 40),
@@ -21,7 +22,7 @@ OVERLAY_BINS = 128
 
 
 def _cell(text, sort_value=None) -> QStandardItem:
-    item = QStandardItem(text)
+    item = QStandardItem(shown(text))
     item.setEditable(False)
     if sort_value is not None:
         item.setData(sort_value, Qt.UserRole + 1)
@@ -93,7 +94,7 @@ class CompareView(QWidget):
         names = (os.path.basename(report.path_a.rstrip("/")), os.path.basename(report.path_b.rstrip("/")))
         self.names = names
         view = report.load_state_dict_view()
-        summary = (f"<b>A</b> {names[0]} &nbsp; <b>B</b> {names[1]}<br>"
+        summary = (f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
                    f"{len(report.tensors)} common tensors: "
                    f"{sum(t.status.endswith('identical') for t in report.tensors)} identical, "
                    f"{sum(t.status.endswith('changed') for t in report.tensors)} changed, "
@@ -128,7 +129,7 @@ class CompareView(QWidget):
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
         self.only.toggled.connect(self._only_toggled)
         self.plot_holder = QVBoxLayout()
-        self.plot_status = QLabel("Select a tensor present in both files to overlay its histograms.")
+        self.plot_status = plain_label("Select a tensor present in both files to overlay its histograms.")
         plot_box = QWidget()
         plot_layout = QVBoxLayout(plot_box)
         plot_layout.addWidget(self.plot_status)

@@ -14,6 +14,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.export import CAST_TARGETS, ExportPlan, export, plan_items
 from ckpt_viewer.core.model import DTYPE_SIZES, format_bytes
 from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.plain import plain_label, shown
 
 PREVIEW_LINES = 2000
 
@@ -59,7 +60,7 @@ class ExportDialog(QDialog):
         self.dtype.addItems(list(CAST_TARGETS))
         self.device = QComboBox()
         self.device.addItems(["cpu"] + [f"cuda:{i}" for i in range(8)])
-        self.device_note = QLabel()
+        self.device_note = plain_label()
         self.device_note.setWordWrap(True)
         self.format = QComboBox()
         self.format.addItems(["pth", "safetensors"])
@@ -100,7 +101,7 @@ class ExportDialog(QDialog):
         self.preview.setObjectName("exportPreview")
         self.preview.setReadOnly(True)
         self.preview.setLineWrapMode(QPlainTextEdit.NoWrap)
-        self.summary = QLabel()
+        self.summary = plain_label()
         self.summary.setObjectName("exportSummary")
         self.summary.setWordWrap(True)
         self.progress = QProgressBar()
@@ -143,7 +144,7 @@ class ExportDialog(QDialog):
         except CheckpointError as exc:
             self._problem(str(exc))
             return
-        lines = [f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}"
+        lines = [shown(f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}")
                  for i in items[:PREVIEW_LINES]]
         if len(items) > PREVIEW_LINES:
             lines.append(f"... and {len(items) - PREVIEW_LINES:,} more")

@@ -16,6 +16,7 @@ from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
 from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
+from ckpt_viewer.qt.plain import shown
 
 MAX_RECENT = 10
 PRELOAD_DELAY_MS = 50
@@ -170,7 +171,7 @@ class MainWindow(QMainWindow):
             return
         self._update_busy()
         self.statusBar().showMessage(f"Could not open {os.path.basename(path)}", 8000)
-        self._message("errorDialog", "Cannot open checkpoint", f"{path}\n\n{message}", ok=False)
+        self._message("errorDialog", "Cannot open checkpoint", f"{path}\n\n{shown(message)}", ok=False)
         self.load_failed.emit(path, message)
 
     def cancel_loading(self):
@@ -232,13 +233,13 @@ class MainWindow(QMainWindow):
                 text = (f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
                         "checked." + ("\n\n" + "; ".join(result.notes) if result.notes else ""))
             else:
-                text = f"{path} is damaged:\n\n{result.problem}"
+                text = f"{path} is damaged:\n\n{shown(result.problem)}"
             self._message("verifyResult", "Verify", text, result.ok)
             self.verified.emit(path, result.ok, result.problem or "intact")
 
         def failed(message):
             self.statusBar().removeWidget(self.verify_progress)
-            self._message("verifyResult", "Verify", f"{path}: {message}", False)
+            self._message("verifyResult", "Verify", f"{path}: {shown(message)}", False)
             self.verified.emit(path, False, message)
 
         workers.start(verify, path, on_result=report, on_error=failed,
@@ -283,7 +284,7 @@ class MainWindow(QMainWindow):
         def failed(message):
             self.pending.pop(key, None)
             self._update_busy()
-            self._message("errorDialog", "Cannot compare", message, ok=False)
+            self._message("errorDialog", "Cannot compare", shown(message), ok=False)
             self.load_failed.emit(path_b, message)
 
         key = f"compare:{path_a}:{path_b}"
@@ -329,6 +330,7 @@ class MainWindow(QMainWindow):
     def _message(self, name, title, text, ok=True):
         box = QMessageBox(QMessageBox.Information if ok else QMessageBox.Warning, title, text,
                           QMessageBox.Ok, self)
+        box.setTextFormat(Qt.PlainText)         # messages quote keys and names from the file
         box.setObjectName(name)
         box.setAttribute(Qt.WA_DeleteOnClose)
         box.open()                                   # window-modal, never blocks the event loop

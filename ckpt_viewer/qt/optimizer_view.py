@@ -9,6 +9,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QLabel, QScrollArea
 
 from ckpt_viewer.core.optim import OptimizerInfo, find_schedulers
 from ckpt_viewer.core.report import describe_value
+from ckpt_viewer.qt.plain import shown
 
 MAX_STATE_ROWS = 5000
 
@@ -22,7 +23,7 @@ def _table(headers, rows, name) -> QTableWidget:
     table.setSelectionBehavior(QAbstractItemView.SelectRows)
     for r, values in enumerate(rows):
         for c, value in enumerate(values):
-            table.setItem(r, c, QTableWidgetItem(str(value)))
+            table.setItem(r, c, QTableWidgetItem(shown(value)))
     header = table.horizontalHeader()
     header.setStretchLastSection(True)
     if len(rows) <= 50:                       # sizing to contents reads every cell
@@ -66,7 +67,7 @@ class OptimizerView(QScrollArea):
         for optimizer in checkpoint.optimizers:
             layout.addWidget(self._optimizer_box(optimizer))
         for key, fields in find_schedulers(checkpoint):
-            box = QGroupBox(f"LR scheduler  {key}")
+            box = QGroupBox(shown(f"LR scheduler  {key}"))
             inner = QVBoxLayout(box)
             inner.addWidget(_table(["field", "value"],
                                    [(k, describe_value(v)) for k, v in fields.items()],
@@ -76,7 +77,7 @@ class OptimizerView(QScrollArea):
         self.setWidget(body)
 
     def _optimizer_box(self, optimizer: OptimizerInfo) -> QGroupBox:
-        box = QGroupBox(f"{optimizer.type or 'Optimizer'}  {optimizer.key}")
+        box = QGroupBox(shown(f"{optimizer.type or 'Optimizer'}  {optimizer.key}"))
         layout = QVBoxLayout(box)
         source = QLabel(f"Parameter names: "
                         f"{optimizer.names_source or 'not provable from this file; ids shown'}.")

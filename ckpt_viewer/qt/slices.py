@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QSpinBox, QTableV
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.values import downsampled_2d, filter_grid, read_window
 from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.plain import plain_label
 
 PAGE_ROWS, PAGE_COLS, MAX_PAGES = 128, 32, 64
 
@@ -144,7 +145,7 @@ class HeatmapPage(QWidget):
         self.pending = None
         self.selector = SliceSelector()
         self.as_filters = QCheckBox("conv kernels as a grid of filters")
-        self.status = QLabel()
+        self.status = plain_label()
         top = QHBoxLayout()
         top.addWidget(self.selector, 1)
         top.addWidget(self.as_filters)

@@ -3,7 +3,6 @@ then exact), computed in a worker that a new selection cancels."""
 
 from __future__ import annotations
 
-import html
 import importlib
 import math
 import threading
@@ -18,11 +17,13 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
                                QScrollArea, QSizePolicy, QSpinBox, QTableWidget, QTableWidgetItem,
                                QTabWidget, QVBoxLayout, QWidget)
 
+from ckpt_viewer.core import describe_error
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
 from ckpt_viewer.core.stats import PARTS, compute, sample_preview
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
+from ckpt_viewer.qt.plain import as_html, plain_label
 
 _plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet(),
              "settled": threading.Event()}   # imported (or failed) and the waiting plots built
@@ -100,13 +101,14 @@ def facts_html(node: Node) -> str:
         facts.append(("role", node.role))
     if node.note:
         facts.append(("note", node.note))
-    cells = [f"<td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td>" for k, v in facts]
+    cells = [f"<td><b>{as_html(k)}</b></td><td>{as_html(v)}</td>" for k, v in facts]
     rows = "".join(f"<tr>{''.join(cells[i:i + 2])}</tr>" for i in range(0, len(cells), 2))
     return f"<table cellspacing=2>{rows}</table>"
 
 
 class TensorView(QWidget):
     view_ready = Signal(str)        # exact statistics of this key are on screen
+    view_failed = Signal(str, str)  # key, one-line message: the statistics cannot be shown
     preview_ready = Signal(str)
 
     def __init__(self, checkpoint, parent=None):
@@ -149,7 +151,7 @@ class TensorView(QWidget):
         keep_space = self.progress.sizePolicy()
         keep_space.setRetainSizeWhenHidden(True)
         self.progress.setSizePolicy(keep_space)
-        self.status = QLabel()
+        self.status = plain_label()
         self.status.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
         # its text changes as work proceeds; it must not change the width the view asks for
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
@@ -159,7 +161,7 @@ class TensorView(QWidget):
         controls.addWidget(self.status, 1)
         controls.addWidget(self.progress)
 
-        self.readout = QLabel(" ")
+        self.readout = plain_label(" ")
         self.table = QTableWidget(0, 2)
         self.table.setObjectName("statsTable")
         self.table.setHorizontalHeaderLabels(["statistic", "value"])
@@ -430,6 +432,12 @@ class TensorView(QWidget):
     def _done(self, generation, stats, value_range):
         if generation != self.generation:
             return
+        try:
+            self._show_result(stats, value_range)
+        except Exception as exc:   # noqa: BLE001 - a view that cannot be drawn ends with a message
+            self._failed(generation, describe_error(exc))
+
+    def _show_result(self, stats, value_range):
         keep_quantiles = value_range and self.stats is not None
         if keep_quantiles:
             stats.quantiles = self.stats.quantiles
@@ -444,6 +452,7 @@ class TensorView(QWidget):
         self.status.setText(f"cannot read values: {message}")
         self.progress.hide()
         self.worker = None
+        self.view_failed.emit(self.node.key if self.node is not None else "", message)
 
     def _show(self, stats, preview: bool):
         self.stats = stats

@@ -4,6 +4,7 @@ on a flat row index (built in the worker thread) so that 50,000 keys stay fast."
 from __future__ import annotations
 
 import fnmatch
+import html
 import re
 from array import array
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from PySide6.QtGui import QBrush, QColor, QFont
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.model import Node, format_bytes
+from ckpt_viewer.core.report import describe_value
 from ckpt_viewer.core.summary import totals as checkpoint_totals
+from ckpt_viewer.core.text import clipped, safe_text
 
 COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Params", "Size", "Device")
 KEY, TYPE, SHAPE, DTYPE, PARAMS, SIZE, DEVICE = range(len(COLUMNS))
@@ -44,6 +47,9 @@ class Row:
         self.generation = 0    # the model's filter/sort generation that `shown` and `pos` are for
 
 
+MAX_GROUP_DEPTH = 64         # dotted segments split into group rows; the rest stays one name
+
+
 def _attach_children(row: Row):
     """Children of row's node; dotted names (a state_dict's "blocks.0.attn.weight") are split
     into virtual group rows, so that a flat dict of 50,000 keys is a browsable hierarchy."""
@@ -51,7 +57,8 @@ def _attach_children(row: Row):
     for child in row.node.children:
         parent, name = row, child.name
         if "." in name and child.kind != "ref":
-            *folders, name = name.split(".")
+            # a key of 100,000 segments would make 100,000 nested rows with quadratic keys
+            *folders, name = name.split(".", MAX_GROUP_DEPTH)
             prefix = ""
             for segment in folders:
                 prefix = f"{prefix}.{segment}" if prefix else segment
@@ -153,12 +160,25 @@ def type_text(node: Node) -> str:
 
 
 def value_text(node: Node) -> str:
-    if node.kind == "scalar":
-        return repr(node.value) if isinstance(node.value, str) else str(node.value)
-    if node.kind == "opaque" and node.value is not None:
-        text = str(node.value)
-        return text if len(text) < 80 else text[:77] + "..."
+    """A scalar's or opaque object's value, short and on one line (a 10**100000 included)."""
+    if node.kind == "scalar" or node.kind == "opaque" and node.value is not None:
+        return describe_value(node.value)
     return ""
+
+
+MAX_NAME_SHOWN = 200
+
+
+def shown_name(name: str) -> str:
+    """A key segment as a row shows it: one line, and a key of 100,000 segments stays short."""
+    return safe_text(clipped(name, MAX_NAME_SHOWN))
+
+
+def plain_tooltip(lines) -> str:
+    """Tooltip text shown literally: Qt guesses rich text from a leading tag, so escape it
+    and say it is rich text ourselves."""
+    body = "<br>".join(html.escape(shown_name(line)) for line in lines)
+    return f"<p style='white-space:pre'>{body}</p>"
 
 
 class KeyTreeModel(QAbstractItemModel):
@@ -315,11 +335,13 @@ class KeyTreeModel(QAbstractItemModel):
     def _display(self, row: Row, column: int):
         node = row.node
         if column == KEY:
+            name = shown_name(row.name)
             if node.kind in ("scalar", "opaque"):
-                return f"{row.name} = {value_text(node)}" if value_text(node) else row.name
-            return row.name
+                value = value_text(node)
+                return f"{name} = {value}" if value else name
+            return name
         if column == TYPE:
-            return type_text(node)
+            return shown_name(type_text(node))
         if column == SHAPE:
             return _shape_text(node)
         if column == DTYPE:
@@ -329,7 +351,7 @@ class KeyTreeModel(QAbstractItemModel):
         if column == SIZE:
             return format_bytes(row.nbytes) if row.nbytes or node.tensor is not None else ""
         if column == DEVICE:
-            return node.tensor.device if node.tensor is not None else ""
+            return shown_name(node.tensor.device) if node.tensor is not None else ""
         return None
 
     def _tooltip(self, node: Node) -> str:
@@ -340,7 +362,7 @@ class KeyTreeModel(QAbstractItemModel):
             lines.append(node.note)
         if node.shared_with:
             lines.append(f"shares its storage with {node.shared_with}")
-        return "\n".join(lines)
+        return plain_tooltip(lines)
 
     # --- filter and sort -------------------------------------------------------------------
     def set_filter(self, text: str) -> int:

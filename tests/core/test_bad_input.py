@@ -149,12 +149,16 @@ def test_safetensors_header_lies(tmp_path):
 
 def test_safetensors_duplicate_keys_warn(tmp_path):
     import struct
-    header = b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},' \
-             b'"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}'
+
+    from safetensors import safe_open
+    header = b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' \
+             b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
     path = tmp_path / "dup.safetensors"
-    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
     checkpoint = open_checkpoint(str(path))
     assert any("last entry silently wins" in w for w in checkpoint.warnings)
+    with safe_open(str(path), "np") as f:         # the library also reads the last one
+        assert f.get_slice("a").get_shape() == list(checkpoint.find("a").tensor.shape)
 
 
 def test_legacy_storage_larger_than_file_is_refused_before_allocating(tmp_path):

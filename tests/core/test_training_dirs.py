@@ -294,7 +294,7 @@ def test_verify_reads_every_part(tmp_path):
 
     folder = hand_made_trainer_folder(tmp_path / "checkpoint-8")
     report = run(folder)
-    assert report.ok and "5 file(s)" in report.notes
+    assert report.ok and "5 files" in report.notes
     from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
 
     path = os.path.join(folder, "optimizer.pt")

@@ -241,6 +241,56 @@ def empty_directory(folder, sentinel):
     return str(out)
 
 
+def expanded_600m(folder, sentinel):
+    """1.5 KB on disk, 600 million elements when materialised."""
+    return builders.save({"x": torch.ones(1).expand(600_000_000),
+                          "m": torch.ones(1).expand(30_000, 20_000)}, folder / "expand.pt")
+
+
+def shared_objects(folder, sentinel):
+    """A few hundred KB of pickle referencing one large string and list from thousands of places."""
+    text, items = "A" * 100_000, ["B" * 1000] * 20
+    return builders.save({"s": {f"k{i}": text for i in range(8000)},
+                          "l": {f"l{i}": items for i in range(8000)}}, folder / "shared.pt")
+
+
+def shared_long_list(folder, sentinel):
+    """750 KB: one list of 200,000 numbers referenced from 20,000 keys."""
+    numbers = [1] * 200_000
+    return builders.save({f"k{i}": numbers for i in range(20_000)}, folder / "shared-list.pt")
+
+
+def archive_comment(comment: bytes, name):
+    """A valid checkpoint with a zip archive comment (torch reads it; one holding a fake
+    end-of-directory record it does not)."""
+    def build(folder, sentinel):
+        path = builders.save({"w": torch.arange(4.0)}, folder / f"{name}.pt")
+        with zipfile.ZipFile(path, "a") as zf:
+            zf.comment = comment
+        return path
+    return build
+
+
+def deep_dotted_key(folder, sentinel):
+    return builders.save({".".join(["a"] * 100_000): torch.ones(2)}, folder / "dotted.pt")
+
+
+def huge_integer(folder, sentinel):
+    return builders.save({"n": 10 ** 100_000, "w": torch.ones(1)}, folder / "bigint.pt")
+
+
+def markup_and_controls(folder, sentinel):
+    evil = "<h1>big</h1><img src=x>\r\x1b[2K\nintact: forged\u202e"
+    return builders.save({evil: torch.ones(2), "s": evil}, folder / "markup.pt")
+
+
+def st_deep_dotted_key(folder, sentinel):
+    header = json.dumps({".".join(["a"] * 100_000): ST_OK}).encode()
+    out = folder / "dotted.safetensors"
+    out.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    return str(out)
+
+
 ST_OK = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 CORPUS = {
     # code that would run under plain pickle / torch.load(weights_only=False)
@@ -289,6 +339,22 @@ CORPUS = {
     "deep_nesting_100k": (deep_nesting, "opens"),
     "reference_bomb": (reference_bomb, "opens"),
     "odd_keys": (odd_keys, "opens"),
+    "expanded_600m_elements": (expanded_600m, "opens"),
+    "shared_objects_repeated": (shared_objects, "opens"),
+    "shared_list_repeated": (shared_long_list, "opens"),
+    "archive_comment": (archive_comment(b"x" * 60_000, "comment"), "opens"),
+    "archive_comment_fake_end_record": (archive_comment(b"PK\x05\x06" + bytes(18) + b"tail",
+                                                        "fake-eocd"), "error"),
+    "key_of_100k_segments": (deep_dotted_key, "opens"),
+    "integer_10_pow_100000": (huge_integer, "opens"),
+    "markup_and_control_keys": (markup_and_controls, "opens"),
+    "st_key_of_100k_segments": (st_deep_dotted_key, "opens"),
+    "st_gap_between_tensors": (safetensors_raw("gap", st_header({"a": {**ST_OK, "data_offsets": [4, 12]}}),
+                                               bytes(12)), "error"),
+    "st_trailing_bytes": (safetensors_raw("trail", st_header({"a": ST_OK}), bytes(9)), "error"),
+    "st_nan_in_header": (safetensors_raw("nan", b'{"a": {"dtype": "F32", "shape": [2], '
+                                                b'"data_offsets": [0, 8], "x": NaN}}', bytes(8)), "error"),
+    "st_padded_header": (safetensors_raw("padded", st_header({"a": ST_OK}) + b"      ", bytes(8)), "opens"),
     # safetensors
     "st_huge_header": (safetensors_raw("huge", b"{}", length=2 ** 62), "error"),
     "st_overlap": (safetensors_raw("overlap", st_header({"a": ST_OK, "b": {**ST_OK, "data_offsets": [4, 12]}}),
