@@ -42,7 +42,8 @@ KNOWN_GAPS = ("invalid offset for tensor", "file not fully covered",
               "invalid JSON in header: invalid type", "isComplexType(",
               "leaf Variable that requires grad is being used in an in-place operation",
               "duplicate field", "expected usize", "unknown variant", "unknown dtype 'F4'",
-              "stride ()", "must be a multiple of element size")
+              "stride ()", "must be a multiple of element size", "Expected a Storage of type",
+              "not implemented for")
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
