@@ -103,3 +103,35 @@ def differential(path) -> str:
         return f"MISMATCH: torch loads it but we say it would not: {checkpoint.refusals[0]}"
     problems = compare(path, reference)
     return "MISMATCH: " + "; ".join(problems) if problems else "same"
+
+
+def safetensors_oracle(path: str):
+    """(key -> tensor, None) as safetensors loads it, else (None, error)."""
+    from safetensors.torch import load_file
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_file(path), None
+    except Exception as exc:   # noqa: BLE001 - any refusal is an answer
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def safetensors_differential(path: str) -> str:
+    reference, error = safetensors_oracle(path)
+    try:
+        checkpoint = open_checkpoint(path)
+    except CheckpointError as exc:
+        return f"both refuse: {exc}" if error else f"MISMATCH: safetensors loads it, we refuse: {exc}"
+    if error:
+        return f"MISMATCH: safetensors refuses ({error}), we open it"
+    ours = {key: tensor for key, tensor, _ in checkpoint.tensors()}
+    if set(ours) != set(reference):
+        return f"MISMATCH: keys {sorted(ours)} vs {sorted(reference)}"
+    for key, theirs in reference.items():
+        mine = ours[key]
+        if mine.dtype != str(theirs.dtype).replace("torch.", "") or \
+                tuple(mine.shape) != tuple(theirs.shape):
+            return f"MISMATCH: {key}: {mine.dtype}{list(mine.shape)} vs {theirs.dtype}{list(theirs.shape)}"
+        if bits(read_tensor(mine)) != bits(theirs):
+            return f"MISMATCH: {key}: values differ"
+    return "same"

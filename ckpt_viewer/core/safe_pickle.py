@@ -217,7 +217,8 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, h
     if metadata:
         if not isinstance(metadata, dict):
             raise CheckpointError("tensor metadata is not a dict")
-        info.neg, info.conj = bool(metadata.get("neg")), bool(metadata.get("conj"))
+        # torch's _set_tensor_metadata sets a bit whenever its key is present, even as False
+        info.neg, info.conj = "neg" in metadata, "conj" in metadata
     return info
 
 
