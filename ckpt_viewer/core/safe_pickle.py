@@ -186,6 +186,8 @@ def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     storage = _check_storage(storage)
     shape = _as_ints(size, "shape")
     stride = _contiguous(shape) if stride is None else _as_ints(stride, "stride")
+    if len(shape) != len(stride) and 0 in shape:
+        stride = _contiguous(shape)      # torch takes any stride for a tensor with no elements
     if len(shape) != len(stride) or type(offset) is not int or offset < 0:
         raise CheckpointError(f"tensor geometry is inconsistent: size {shape}, stride {stride}")
     if min(stride, default=0) < 0:
@@ -219,6 +221,13 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, h
             raise CheckpointError("tensor metadata is not a dict")
         # torch's _set_tensor_metadata sets a bit whenever its key is present, even as False
         info.neg, info.conj = "neg" in metadata, "conj" in metadata
+        if info.conj and not dtype.startswith("complex"):
+            current_report().refuse("a real tensor carries the conjugate bit (torch fails "
+                                    "an internal check loading it)")
+        if info.neg and dtype == "bool":
+            current_report().refuse("a bool tensor carries the negative bit (torch cannot "
+                                    "compute its values)")
+            info.neg = False
     return info
 
 
@@ -300,6 +309,12 @@ def build_tensor(info: TensorInfo, state):
         set_object_state(info, {"data": state[0]})
     elif 1 <= len(state) <= 4:
         storage = _check_storage(state[0])
+        if info.requires_grad:
+            current_report().refuse("a BUILD re-points a tensor that requires grad (torch "
+                                    "refuses this in-place change of a leaf)")
+        if storage.dtype != info.dtype:
+            current_report().refuse(f"a BUILD points a {info.dtype} tensor at a {storage.dtype} "
+                                    "storage (torch expects a storage of the tensor's type)")
         if len(state) == 1:
             state = (storage, 0, (storage.nbytes // DTYPE_SIZES.get(info.dtype, 1),))
         set_geometry(info, *state)

@@ -414,6 +414,8 @@ def read_tensor(tensor: TensorInfo):
     if tensor.storage is None:
         raise CheckpointError("this tensor has no stored data")
     dtype = getattr(torch, tensor.dtype)
+    if not tensor.numel:
+        return torch.empty(tensor.shape, dtype=dtype)
     reader = StorageReader(tensor.storage)
     raw = reader.read(0, tensor.storage.nbytes, np.dtype("u1"))
     if tensor.storage.byteorder == "big" and reader.itemsize > 1:

@@ -312,7 +312,7 @@ def test_metadata_key_sets_the_bit_even_when_false(tmp_path):
     assert differential(path) == "same"
 
 
-FUZZ_GAPS = {
+FUZZ_GAPS = {   # classes the differential fuzzer found; all but one fixed
     # torch's SETITEM only writes into dict/OrderedDict/Counter; the C unpickler we drive
     # writes into a list too, so we open it with no refusal
     "setitem_on_a_list": lambda: (b"\x80\x02}(X\x02\x00\x00\x00k0](K\x00eK\x00K\x01su.", {}),
@@ -337,8 +337,10 @@ FUZZ_GAPS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="known gaps found by the differential fuzzer")
-@pytest.mark.parametrize("name", sorted(FUZZ_GAPS))
+@pytest.mark.parametrize("name", [pytest.param(
+    name, marks=pytest.mark.xfail(strict=True, reason="torch refuses SETITEM on a list; the C "
+                                  "unpickler we drive does not tell us it happened"))
+    if name == "setitem_on_a_list" else name for name in sorted(FUZZ_GAPS)])
 def test_fuzz_gaps_in_pickles(tmp_path, name):
     pkl, storages = FUZZ_GAPS[name]()
     try:
@@ -370,8 +372,9 @@ SAFETENSORS_GAPS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="known gaps found by the differential fuzzer")
-@pytest.mark.parametrize("name", sorted(SAFETENSORS_GAPS))
+@pytest.mark.parametrize("name", [pytest.param(
+    name, marks=pytest.mark.xfail(strict=True, reason="F4 (float4) is not a dtype we read"))
+    if name == "f4_dtype" else name for name in sorted(SAFETENSORS_GAPS)])
 def test_fuzz_gaps_in_safetensors(tmp_path, name):
     from oracle import safetensors_differential
 

@@ -38,12 +38,9 @@ LOG = os.environ.get("FUZZ_LOG")
 HANG_SECONDS = 10.0
 # mismatches found by the campaign and not fixed yet (reproducers: tests/core/test_fidelity.py,
 # marked xfail); CI tolerates them so that it stops only on new ones
-KNOWN_GAPS = ("invalid offset for tensor", "file not fully covered",
-              "invalid JSON in header: invalid type", "isComplexType(",
-              "leaf Variable that requires grad is being used in an in-place operation",
-              "duplicate field", "expected usize", "unknown variant", "unknown dtype 'F4'",
-              "stride ()", "must be a multiple of element size", "Expected a Storage of type",
-              "not implemented for")
+# Disagreements found and not fixed (tests/core/test_fidelity.py holds a reproducer of each):
+# torch refuses SETITEM on a list, which the C unpickler we drive performs silently; F4.
+KNOWN_GAPS = ("SETITEM", "unknown dtype 'F4'", "F4")
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
