@@ -23,7 +23,11 @@ def torch_load(data_or_path):
             warnings.simplefilter("ignore")
             return torch.load(source, weights_only=True, map_location="cpu"), None
     except Exception as exc:   # noqa: BLE001 - any refusal is an answer here
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        # weights_only wraps its reason in a long explanation: keep the reason
+        reason = next((lines[i + 1] for i, line in enumerate(lines[:-1])
+                       if "WeightsUnpickler error" in line), lines[0] if lines else "")
+        return None, f"{type(exc).__name__}: {reason}"
 
 
 def flat_tensors(obj, prefix="") -> dict:
@@ -51,12 +55,17 @@ def flat_tensors(obj, prefix="") -> dict:
 
 
 def bits(tensor: torch.Tensor) -> bytes:
-    tensor = tensor.detach().resolve_conj().resolve_neg()
+    if not tensor.numel():
+        return b""
+    tensor = tensor.detach().resolve_conj()
+    if tensor.dtype != torch.bool:      # -x of bools does not exist; torch keeps them as stored
+        tensor = tensor.resolve_neg()
     if tensor.is_quantized:
         tensor = tensor.int_repr()
     if tensor.layout != torch.strided:
         tensor = tensor.to_dense()
-    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    flat = torch.empty(tensor.shape, dtype=tensor.dtype).copy_(tensor).reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
 
 
 def compare(path, reference) -> list[str]:

@@ -185,9 +185,9 @@ def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     the storage (counted in bytes: a v3 tensor's dtype may differ from its storage's)."""
     storage = _check_storage(storage)
     shape = _as_ints(size, "shape")
-    stride = _contiguous(shape) if stride is None else _as_ints(stride, "stride")
-    if len(shape) != len(stride) and 0 in shape:
-        stride = _contiguous(shape)      # torch takes any stride for a tensor with no elements
+    stride = _as_ints(stride, "stride") if stride is not None else ()
+    if not stride and shape:
+        stride = _contiguous(shape)      # set_ with no stride: contiguous, as in torch
     if len(shape) != len(stride) or type(offset) is not int or offset < 0:
         raise CheckpointError(f"tensor geometry is inconsistent: size {shape}, stride {stride}")
     if min(stride, default=0) < 0:
@@ -225,9 +225,10 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, h
             current_report().refuse("a real tensor carries the conjugate bit (torch fails "
                                     "an internal check loading it)")
         if info.neg and dtype == "bool":
-            current_report().refuse("a bool tensor carries the negative bit (torch cannot "
-                                    "compute its values)")
-            info.neg = False
+            info.neg = False     # torch loads it but cannot compute -x of bools: shown as stored
+        if (info.neg or info.conj) and info.requires_grad:
+            current_report().refuse("a tensor that requires grad carries a neg/conj bit (torch "
+                                    "refuses setting it in place on a leaf)")
     return info
 
 

@@ -422,7 +422,8 @@ def read_tensor(tensor: TensorInfo):
         raw = raw.view(f">u{reader.itemsize}").byteswap().view("u1")
     storage_dtype = {"qint8": torch.int8, "quint8": torch.uint8, "qint32": torch.int32}.get(
         tensor.dtype, dtype)
-    flat = torch.frombuffer(bytearray(raw), dtype=storage_dtype) if raw.size else \
+    whole = raw.size - raw.size % storage_dtype.itemsize   # a v3 dtype wider than the storage
+    flat = torch.frombuffer(bytearray(raw[:whole]), dtype=storage_dtype) if whole else \
         torch.empty(0, dtype=storage_dtype)
     value = torch.as_strided(flat, tensor.shape, tensor.stride, tensor.offset) if tensor.numel \
         else torch.empty(tensor.shape, dtype=storage_dtype)

@@ -20,18 +20,14 @@ import os
 import pickle
 import struct
 import time
-import warnings
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from oracle import differential, safetensors_differential
 from zipcraft import Entry, entries_of, make_zip
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 60))
 LOG = os.environ.get("FUZZ_LOG")

@@ -33,7 +33,7 @@ def main():
             continue
         ours = measure(INSPECT + [path])
         base = measure(python(f"import torch; p = {path!r}; {baseline}"))
-        rows.append((what, ours, base, 0.25, 0.3))
+        rows.append((what, ours, base, 0.1, 0.1))
     print_table(rows)
 
     path = os.path.join(args.data, "keys-50k.pt")

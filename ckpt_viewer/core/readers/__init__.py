@@ -5,27 +5,11 @@ from __future__ import annotations
 import os
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint
+from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.safe_pickle import PickleReport, safe_load
 from ckpt_viewer.core.tree import build_tree
 
 MAX_PICKLE_BYTES = 512 * 1024 * 1024   # a data.pkl beyond this is refused, not inflated
-
-
-def check_tensor_bounds(checkpoint: Checkpoint):
-    """Every tensor must lie inside its storage, counted in bytes (checked again here after the
-    whole pickle ran; torch's meta/skip_data paths do not check at all)."""
-    for key, tensor, _ in checkpoint.tensors():
-        for part in tensor.parts.values() if tensor.parts else (tensor,):
-            storage = part.storage
-            if storage is None or not part.numel:
-                continue
-            if min(part.stride, default=0) < 0:
-                raise CheckpointError(f"tensor {key!r} has a negative stride")
-            end = part.element_span()[1] * DTYPE_SIZES.get(part.dtype, 1)
-            if end > storage.nbytes:
-                raise CheckpointError(f"tensor {key!r} reaches byte {end:,} but its storage "
-                                      f"{storage.key!r} holds {storage.nbytes:,}")
 
 
 def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=None,
@@ -43,7 +27,8 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
                             refusals=report.refusals, **extra)
     checkpoint.globals_named = dict(report.globals)
     checkpoint.global_calls = report.calls
-    check_tensor_bounds(checkpoint)
+    # bounds were checked as each tensor was built (safe_pickle.set_geometry; records refuse
+    # BUILD), and are checked again where bytes are read (values.StorageReader)
     return checkpoint
 
 

@@ -39,16 +39,18 @@ def looks_like_safetensors(head: bytes) -> bool:
 class _Object(dict):
     """A JSON object that remembers which of its keys appeared more than once."""
     repeated: tuple = ()
+    shadowed: tuple = ()           # (key, value) of entries a later one with the same key hides
 
 
 def _object(pairs):
     out = _Object()
-    repeated = []
+    repeated, shadowed = [], []
     for key, value in pairs:
         if key in out:
             repeated.append(key)
+            shadowed.append((key, out[key]))
         out[key] = value                # the last one wins, as in the library
-    out.repeated = tuple(repeated)
+    out.repeated, out.shadowed = tuple(repeated), tuple(shadowed)
     return out
 
 
@@ -163,20 +165,28 @@ def _usize(value) -> bool:
     return type(value) is int
 
 
+def _entry_types(key: str, entry) -> tuple:
+    dtype, shape, offsets = _entry_fields(key, entry)
+    if dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"safetensors entry {key!r} has unknown dtype {dtype!r:.20}")
+    if not (isinstance(shape, list) and all(_usize(d) for d in shape)):
+        raise CheckpointError(f"safetensors entry {key!r} has a malformed shape")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_usize(o) for o in offsets)):
+        raise CheckpointError(f"safetensors entry {key!r} has malformed data_offsets")
+    return dtype, shape, offsets
+
+
 def _check_entries(header: dict) -> int:
     """Every tensor entry checked; returns the bytes the tensors cover. As in the library,
     sorted by offsets they must tile the data section from 0 with no gap and no overlap."""
     spans = []
+    for key, entry in header.shadowed:      # the library parses a hidden entry too
+        if key != "__metadata__":
+            _entry_types(key, entry)
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        dtype, shape, offsets = _entry_fields(key, entry)
-        if dtype not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"safetensors entry {key!r} has unknown dtype {dtype!r:.20}")
-        if not (isinstance(shape, list) and all(_usize(d) for d in shape)):
-            raise CheckpointError(f"safetensors entry {key!r} has a malformed shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_usize(o) for o in offsets)):
-            raise CheckpointError(f"safetensors entry {key!r} has malformed data_offsets")
+        dtype, shape, offsets = _entry_types(key, entry)
         spans.append((offsets[0], offsets[1], key, dtype, shape))
     spans.sort(key=lambda span: (span[0], span[1]))
     end = 0

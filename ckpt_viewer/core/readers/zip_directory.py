@@ -140,16 +140,17 @@ def _entries(directory: bytes, count: int, path: str, size: int, this_disk: int)
 
 
 def _refuse_shadowed_names(members: list[ZipMember]):
-    seen = set()
-    for member in members:
-        if b"\0" in member.raw_name:
-            raise AmbiguousArchive(f"entry name {member.name!r} holds a NUL byte (zip tools "
-                                   "cut the name there, torch does not)")
-        folded = member.raw_name.lower()
-        if folded in seen:
-            raise AmbiguousArchive(f"two entries are named {member.name!r} (up to letter case); "
-                                   "which one torch reads depends on its sort order")
-        seen.add(folded)
+    names = [m.raw_name for m in members]
+    if b"\0" in b"".join(names):
+        member = next(m for m in members if b"\0" in m.raw_name)
+        raise AmbiguousArchive(f"entry name {member.name!r} holds a NUL byte (zip tools "
+                               "cut the name there, torch does not)")
+    folded = [n.lower() for n in names]
+    if len(set(folded)) != len(folded):
+        seen = set()
+        member = next(m for m, f in zip(members, folded) if f in seen or seen.add(f))
+        raise AmbiguousArchive(f"two entries are named {member.name!r} (up to letter case); "
+                               "which one torch reads depends on its sort order")
 
 
 def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
