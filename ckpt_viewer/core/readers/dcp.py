@@ -15,7 +15,7 @@ import zipfile
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
 from ckpt_viewer.core.readers import safetensors
-from ckpt_viewer.core.safe_pickle import Placeholder, safe_load
+from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, safe_load
 from ckpt_viewer.core.tree import SCALAR_TYPES
 
 MAX_METADATA_BYTES = 512 * 1024 * 1024
@@ -41,7 +41,8 @@ def read(folder: str) -> Checkpoint:
     if os.path.getsize(meta_path) > MAX_METADATA_BYTES:
         raise CheckpointError("DCP .metadata is larger than 512 MB")
     with open(meta_path, "rb") as f:
-        metadata, unsafe = safe_load(f.read())
+        report = PickleReport()
+        metadata, unsafe = safe_load(f.read(), report=report)
     fields = _fields(metadata, "Metadata")
     entries = fields.get("state_dict_metadata")
     storage_data = fields.get("storage_data") or {}
@@ -64,10 +65,13 @@ def read(folder: str) -> Checkpoint:
     total = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
                 if os.path.isfile(os.path.join(folder, n)))
     version = fields.get("version")
-    return Checkpoint(path=folder, format="dcp", file_bytes=total, root=root,
-                      unsafe_globals=[g for g in unsafe if not g.startswith("torch.distributed.checkpoint.")
-                                      and g != "pathlib.PosixPath"],
-                      metadata={"DCP version": version} if isinstance(version, str) else {})
+    # every global is reported and triaged (DCP's own dataclasses are `data`); torch's DCP
+    # reader unpickles .metadata with plain pickle, so weights_only refusals do not apply
+    checkpoint = Checkpoint(path=folder, format="dcp", file_bytes=total, root=root,
+                            unsafe_globals=unsafe,
+                            metadata={"DCP version": version} if isinstance(version, str) else {})
+    checkpoint.globals_named, checkpoint.global_calls = dict(report.globals), report.calls
+    return checkpoint
 
 
 def _storage_spans(folder, storage_data) -> dict:
