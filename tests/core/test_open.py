@@ -168,7 +168,7 @@ def test_dcp_directory(tmp_path):
     assert {k: t.shape for k, t, _ in checkpoint.tensors()} == {
         f"model.{k}": tuple(v.shape) for k, v in state.items()}
     assert checkpoint.scalars()["step"] == 11
-    from ckpt_viewer.core.globals import triage   # DCP's own dataclasses: reported, as data
+    from ckpt_viewer.core.globals import triage  # DCP's own dataclasses: reported, as data
     assert checkpoint.unsafe_globals
     assert {u.category for u in triage(checkpoint) if u.name in checkpoint.unsafe_globals} <= {"data"}
 
