@@ -33,16 +33,15 @@ def torch_load(data_or_path):
 def flat_tensors(obj, prefix="") -> dict:
     """key -> tensor for every tensor in plain containers (DESIGN.md's key rules)."""
     found = {}
-    stack = [(prefix, obj)]
-    seen = set()
+    stack = [(prefix, obj, frozenset())]
     while stack:
-        key, value = stack.pop()
+        key, value, ancestors = stack.pop()
         if isinstance(value, torch.Tensor):
             found[key] = value
             continue
-        if id(value) in seen:
+        if id(value) in ancestors:      # a cycle; a container shared elsewhere is shown again
             continue
-        seen.add(id(value))
+        ancestors = ancestors | {id(value)}
         if isinstance(value, (dict, OrderedDict)):
             items = [(str(k), v) for k, v in value.items()]
         elif isinstance(value, (list, tuple)):
@@ -50,7 +49,7 @@ def flat_tensors(obj, prefix="") -> dict:
         else:
             continue
         for name, child in items:
-            stack.append((f"{key}.{name}" if key else name, child))
+            stack.append((f"{key}.{name}" if key else name, child, ancestors))
     return found
 
 
@@ -60,6 +59,8 @@ def bits(tensor: torch.Tensor) -> bytes:
     tensor = tensor.detach().resolve_conj()
     if tensor.dtype != torch.bool:      # -x of bools does not exist; torch keeps them as stored
         tensor = tensor.resolve_neg()
+    elif tensor.is_neg():
+        tensor = tensor._neg_view()      # the neg bit off again: the bits as stored
     if tensor.is_quantized:
         tensor = tensor.int_repr()
     if tensor.layout != torch.strided:

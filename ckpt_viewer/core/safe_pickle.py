@@ -226,14 +226,14 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, h
                                     "an internal check loading it)")
         if info.neg and dtype == "bool":
             info.neg = False     # torch loads it but cannot compute -x of bools: shown as stored
-        if (info.neg or info.conj) and info.requires_grad:
-            current_report().refuse("a tensor that requires grad carries a neg/conj bit (torch "
-                                    "refuses setting it in place on a leaf)")
     return info
 
 
 def rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype,
                       metadata=None):
+    if requires_grad:
+        current_report().refuse("a v3 tensor record asks for requires_grad (torch then set_s a "
+                                "leaf that requires grad in place, and refuses)")
     return rebuild_tensor(storage, storage_offset, size, stride, requires_grad, hooks, metadata,
                           dtype)
 
