@@ -9,9 +9,8 @@ from collections import OrderedDict
 
 import torch
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.readers.zip_directory import AmbiguousArchive
 from ckpt_viewer.core.values import read_tensor
 
 
@@ -99,7 +98,7 @@ def differential(path) -> str:
     reference, torch_error = torch_load(path)
     try:
         checkpoint = open_checkpoint(path)
-    except AmbiguousArchive as exc:
+    except Ambiguous as exc:
         return f"ambiguous (torch: {'loads' if torch_error is None else 'refuses'}): {exc}"
     except CheckpointError as exc:
         if torch_error is None:

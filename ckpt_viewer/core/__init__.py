@@ -5,6 +5,11 @@ class CheckpointError(Exception):
     """A file that cannot be read; the message is one line for the user."""
 
 
+class Ambiguous(CheckpointError):
+    """torch's reading of the file is not well defined, or another reader could read other
+    content: refused rather than showing one reading of it."""
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for the user, whatever was raised (text from the file escaped, never a
     second line)."""

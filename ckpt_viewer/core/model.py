@@ -72,6 +72,7 @@ class Storage:
     location: str
     source: ZipMember | FileSpan | InlineBytes | None = None
     byteorder: str = "little"
+    resizable: bool = False    # legacy storages: torch's set_ grows them instead of refusing
 
     @property
     def nbytes(self) -> int:

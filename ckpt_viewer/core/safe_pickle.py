@@ -16,7 +16,7 @@ import pickle
 import threading
 from collections import Counter, OrderedDict
 
-from ckpt_viewer.core import CheckpointError, model
+from ckpt_viewer.core import Ambiguous, CheckpointError, model
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, STORAGE_DTYPES, Storage, TensorInfo
 from ckpt_viewer.core.pickle_scan import pickle_end, unsupported_by_torch
 
@@ -195,6 +195,9 @@ def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     info.storage, info.offset, info.shape, info.stride = storage, offset, shape, stride
     if info.numel:
         end = info.element_span()[1] * DTYPE_SIZES.get(info.dtype, 1)
+        if end > storage.nbytes and storage.resizable and not storage.nbytes:
+            raise Ambiguous(f"a tensor views the empty legacy storage {storage.key!r}, which "
+                            "torch grows to fit: its values would be uninitialized memory")
         if end > storage.nbytes:
             raise CheckpointError(f"tensor reaches byte {end:,} of storage {storage.key!r}, "
                                   f"which holds {storage.nbytes:,}")

@@ -94,7 +94,8 @@ def _read(path, stream):
         dtype = dtype_of_storage(storage_type, untyped_ok=False)
         root = roots.get(key)
         if root is None:
-            root = roots[key] = Storage(str(key), dtype, numel, location, None, "little")
+            root = roots[key] = Storage(str(key), dtype, numel, location, None, "little",
+                                        resizable=True)
         if view is None:
             return root
         if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int

@@ -16,7 +16,7 @@ import os
 import struct
 import zlib
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.model import ZipMember
 
 EOCD = struct.Struct("<4s4H2LH")              # end of central directory, 22 bytes
@@ -29,7 +29,7 @@ U16, U32 = 0xFFFF, 0xFFFFFFFF
 END_SIG = b"PK\x05\x06"
 
 
-class AmbiguousArchive(CheckpointError):
+class AmbiguousArchive(Ambiguous):
     """torch and a plain zip reader could read different content from this archive."""
 
     def __init__(self, why: str):
