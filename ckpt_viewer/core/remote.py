@@ -7,8 +7,8 @@ only for a URL: a local path goes straight to `open()` and `os.path`.
 
 Remote bytes go through a small shared cache of fixed, aligned blocks per URL (the readers open
 the same file many times: sniff, end record, directory, data.pkl, each record's header): a read
-fetches the missing blocks it covers in one request per contiguous run. A read of a block or
-more (tensor values) is fetched exactly and kept in an anonymous temporary file, so the second
+fetches the missing blocks it covers in one request per contiguous run. A read larger than
+LARGE (tensor values) is fetched exactly and kept in an anonymous temporary file, so the second
 and third passes of a statistic read the same ranges from disk, not the network."""
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from collections import OrderedDict
 
 from ckpt_viewer.core import CheckpointError
 
-BLOCK = 256 * 1024           # cached block size; larger reads are fetched exactly
+BLOCK = 256 * 1024           # cached block size
+LARGE = 1024 * 1024          # larger reads are fetched exactly (the legacy reader's 1 MiB
+                             # pickle windows stay cached: they overlap one another)
 CACHE_BLOCKS = 256           # per URL: 64 MiB at most
 SPILL_LIMIT = 4 << 30        # large reads kept on disk, per URL (then the spill starts over)
 CACHED_URLS = 16
@@ -131,7 +133,7 @@ class _Blob:
         end = min(start + max(length, 0), self.size)
         if start >= end:
             return b""
-        if end - start >= BLOCK:
+        if end - start > LARGE:
             return self._large(start, end)
         first, last = start // BLOCK, (end - 1) // BLOCK
         with self.lock:
