@@ -28,6 +28,7 @@ LARGE = 1024 * 1024          # larger reads are fetched exactly (the legacy read
 CACHE_BLOCKS = 256           # per URL: 64 MiB at most
 SPILL_LIMIT = 4 << 30        # large reads kept on disk, per URL (then the spill starts over)
 CACHED_URLS = 16
+CONNECT_TIMEOUT, READ_TIMEOUT = 30, 60     # seconds, HTTP(S): a dead server fails, not hangs
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -45,6 +46,9 @@ def _failure(url: str, exc: BaseException) -> CheckpointError:
     import http
 
     status = _status(exc)
+    cause = exc.__cause__
+    if isinstance(exc, FileNotFoundError) and status is None and cause is not None:
+        return _failure(url, cause)     # fsspec's size query reports any failure as "not found"
     if isinstance(exc, FileNotFoundError) and status is None:
         status = 404 if _is_http(url) else None
         if status is None:
@@ -89,9 +93,8 @@ def _filesystem(url: str):
     options = {}
     if _is_http(url):
         import aiohttp
-        # connect and per-read limits, so a dead server fails instead of hanging
-        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=30,
-                                                                     sock_read=60)}
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)}
     try:
         return fsspec.core.url_to_fs(url, **options)
     except Exception as exc:   # noqa: BLE001 - an unknown protocol or a missing library
@@ -285,10 +288,6 @@ def isfile(path: str) -> bool:
     except CheckpointError:
         return False
     return True
-
-
-def exists(path: str) -> bool:
-    return isdir(path) or isfile(path) if is_remote(path) else os.path.exists(path)
 
 
 def listdir(folder: str) -> list[str]:

@@ -3,6 +3,7 @@ and from fsspec's in-memory filesystem; never the network. What a URL lists and 
 what the same file lists and reads on disk, bit for bit, in a bounded number of requests."""
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -127,8 +128,8 @@ def cli(*args):
                           text=True, timeout=120, env=env)
 
 
-def test_cli_commands_take_urls(served):
-    server, _, _ = served
+def test_cli_commands_take_urls(served, tmp_path):
+    server, _, files = served
     url = f"{server.url}/zip.pt"
     assert cli("inspect", url).returncode == 0
     out = cli("stats", url, "model.weight", "--json")
@@ -137,6 +138,12 @@ def test_cli_commands_take_urls(served):
     assert cli("globals", url).returncode == 0
     assert cli("check", url).returncode in (0, 1)
     assert cli("verify", url).stdout.startswith("intact:")
+    out = cli("export", url, "-o", str(tmp_path / "out.safetensors"), "--format", "safetensors")
+    assert out.returncode == 0, out.stderr
+    exported = open_checkpoint(str(tmp_path / "out.safetensors"))
+    expected = torch.load(files["zip.pt"], weights_only=True)["model"]
+    for key, value in expected.items():
+        assert torch.equal(bits(read_tensor(exported.find(f"model.{key}").tensor)), bits(value))
 
 
 @pytest.mark.parametrize("status, text", [(404, "HTTP 404 not found"), (403, "HTTP 403 forbidden"),
@@ -173,10 +180,28 @@ def test_server_that_ignores_ranges_is_refused(tmp_path):
             open_checkpoint(f"{server.url}/x.pt")
 
 
-def test_timeouts_and_unknown_protocols_are_one_line():
-    assert str(remote._failure("https://h/x", TimeoutError())) == "timed out"
+def test_unknown_protocol_is_one_line():
     with pytest.raises(CheckpointError, match="cannot be read|protocol|not installed"):
         open_checkpoint("nosuchprotocol://bucket/x.pt")
+
+
+def test_refused_connection_is_not_reported_as_404():
+    with socket.socket() as probe:               # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(CheckpointError, match="cannot be read") as error:
+        open_checkpoint(f"http://127.0.0.1:{port}/x.pt")
+    assert "404" not in str(error.value)
+
+
+def test_silent_server_times_out(monkeypatch):
+    monkeypatch.setattr(remote, "READ_TIMEOUT", 0.5)
+    with socket.socket() as listener:            # accepts, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x.pt"
+        with pytest.raises(CheckpointError, match="^timed out$"):
+            open_checkpoint(url)
 
 
 @pytest.fixture
