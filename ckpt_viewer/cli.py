@@ -334,8 +334,10 @@ def unknown_command(word: str) -> str:
 
 
 def run_gui(args) -> int:
+    from ckpt_viewer.core.remote import is_remote
+
     for path in args.paths:
-        if not os.path.exists(path):
+        if not is_remote(path) and not os.path.exists(path):
             say(f"error: {path}: no such file or directory", file=sys.stderr)
             return 2
     if args.screenshot:

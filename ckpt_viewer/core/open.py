@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 
-from ckpt_viewer.core import CheckpointError, paused_gc
+from ckpt_viewer.core import CheckpointError, paused_gc, remote
 from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers.hf_index import model_weights
 
@@ -24,8 +24,8 @@ FOREIGN_FORMATS = [
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
     dcp, training_dir."""
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, ".metadata")):
+    if remote.isdir(path):
+        if remote.isfile(remote.join(path, ".metadata")):
             return "dcp"
         from ckpt_viewer.core.readers.training_dir import state_files
         if state_files(path):
@@ -34,10 +34,9 @@ def sniff(path: str) -> str:
                               "model weights file)")
     if path.endswith(".index.json"):
         return "hf_index"
-    size = os.path.getsize(path)
-    if size == 0:
-        raise CheckpointError("file is empty")
-    with open(path, "rb") as f:
+    with remote.open_source(path) as f:
+        if f.size == 0:
+            raise CheckpointError("file is empty")
         head = f.read(512)
     if head.startswith(b"PK\x03\x04"):    # the test torch.load makes
         from ckpt_viewer.core.readers.pt2 import is_pt2
@@ -66,7 +65,7 @@ def resolve_directory(path: str) -> str:
     folder (weights with optimizer, scheduler... files) or a DCP folder stays as it is."""
     from ckpt_viewer.core.readers.training_dir import state_files
 
-    if os.path.isfile(os.path.join(path, ".metadata")) or state_files(path):
+    if remote.isfile(remote.join(path, ".metadata")) or state_files(path):
         return path
     return model_weights(path) or path
 
@@ -98,9 +97,11 @@ def open_checkpoint(path: str) -> Checkpoint:
 
     path = os.fspath(path)
     try:
-        if not os.path.exists(path):
+        if remote.is_remote(path):
+            remote.forget(path)           # a URL opened again is asked afresh
+        elif not os.path.exists(path):
             raise CheckpointError("no such file or directory")
-        folder = path if os.path.isdir(path) else None
+        folder = path if remote.isdir(path) else None
         if folder:
             path = resolve_directory(path)
         with paused_gc():

@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
@@ -155,7 +155,7 @@ class StorageReader:
         fault in, which halves the time of a streaming pass. The mapping goes away with the
         last view of it."""
         dtype, start, nbytes = self._span(first, count, np_dtype)
-        if self.inflated is not None or nbytes == 0:
+        if self.inflated is not None or nbytes == 0 or remote.is_remote(self.path):
             return self.read(first, count, np_dtype)
         position = self.offset + start
         aligned = position - position % mmap.ALLOCATIONGRANULARITY
@@ -169,7 +169,8 @@ class StorageReader:
     def prefetch(self, ranges: list, np_dtype=None):
         """Ask the OS to start reading these (first, count) element ranges all at once: a few
         scattered reads from a cold file then cost one disk round trip, not one each."""
-        if self.inflated is not None or not hasattr(os, "posix_fadvise"):
+        if self.inflated is not None or not hasattr(os, "posix_fadvise") or \
+                remote.is_remote(self.path):
             return
         with self._file(0) as f:
             for first, count in ranges:
@@ -188,8 +189,8 @@ class StorageReader:
         """The open file, checked to still hold `needed_size` bytes (a mapping past the end
         would kill the process with SIGBUS instead of raising)."""
         try:
-            with open(self.path, "rb") as f:
-                if os.fstat(f.fileno()).st_size < needed_size:
+            with remote.open_source(self.path) as f:
+                if f.size < needed_size:
                     raise self._ended()
                 yield f
         except FileNotFoundError:
@@ -452,7 +453,7 @@ def _read_dcp(tensor: TensorInfo):
 
     out = torch.empty(tensor.shape, dtype=getattr(torch, tensor.dtype))
     for offsets, sizes, span in tensor.chunks:
-        with open(span.path, "rb") as f:
+        with remote.open_source(span.path) as f:
             f.seek(span.offset)
             data = f.read(span.nbytes)
         try:

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
 from ckpt_viewer.core.text import plural
@@ -71,7 +71,7 @@ def _verify_zip(path: str, report: VerifyReport, owners: dict | None = None):
     """Every record through its CRC-32; damage is named by record and by the tensor it holds."""
     members = _zip_members(path)
     owners = owners or {}
-    with open(path, "rb") as f:
+    with remote.open_source(path) as f:
         for member in members:
             try:
                 yield from _check_member(member, f)
@@ -102,13 +102,13 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
     for span in spans:
         owner = owners.get((span.path, span.offset))
         holds = f" (tensor {owner!r})" if owner is not None else ""
-        with open(span.path, "rb") as f:
+        with remote.open_source(span.path) as f:
             f.seek(span.offset)
             remaining = span.nbytes
             while remaining:
                 block = f.read(min(BLOCK, remaining))
                 if not block:
-                    raise Damaged(f"{os.path.basename(span.path)}: ends inside the data at "
+                    raise Damaged(f"{remote.basename(span.path)}: ends inside the data at "
                                   f"offset {span.offset:,}{holds} (truncated)")
                 remaining -= len(block)
                 yield len(block)
@@ -146,9 +146,9 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
     from ckpt_viewer.core.open import open_checkpoint, resolve_directory, sniff
 
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not remote.is_remote(path) and not os.path.exists(path):
         raise CheckpointError("no such file or directory")
-    target = resolve_directory(path) if os.path.isdir(path) else path
+    target = resolve_directory(path) if remote.isdir(path) else path
     kind = sniff(target)
     report = VerifyReport(path=path, ok=True)
     try:
@@ -175,7 +175,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             runs = [lambda report: _read_spans(spans, report, owners)]
             report.notes.append("this format stores no checksums: sizes and offsets were "
                                 "checked and every byte was read")
-        total = sum(os.path.getsize(f) for f in files) or 1
+        total = sum(remote.getsize(f) for f in files) or 1
         done = 0
         for run in runs:
             for nbytes in run(report):
@@ -197,7 +197,7 @@ def _training_files(folder: str, checkpoint) -> list[str]:
     an index part names."""
     from ckpt_viewer.core.readers.training_dir import part_names
 
-    files = {os.path.join(folder, n) for n in part_names(folder) if not n.endswith(".json")}
+    files = {remote.join(folder, n) for n in part_names(folder) if not n.endswith(".json")}
     files |= {s.source.path for _, t, _ in checkpoint.tensors() for s in [t.storage]
               if s is not None and s.source is not None}
     return sorted(files)
@@ -207,7 +207,7 @@ def _shard_run(shard: str, owners: dict):
     def run(report):
         from ckpt_viewer.core.open import open_file, sniff
 
-        name = os.path.basename(shard)
+        name = remote.basename(shard)
         try:
             checkpoint = open_file(shard)
             if sniff(shard) in ("torch_zip", "pt2"):
@@ -228,7 +228,7 @@ def check_tensor_records(tensor: TensorInfo) -> Generator[int, None, str]:
         if isinstance(source, ZipMember):
             members[id(source)] = source
     for member in members.values():
-        with open(member.path, "rb") as f:
+        with remote.open_source(member.path) as f:
             try:
                 yield from _check_member(member, f)
             except Damaged as exc:

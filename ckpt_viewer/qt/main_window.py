@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, Q
                                QProgressBar, QPushButton, QTabWidget)
 
 from ckpt_viewer import __version__
+from ckpt_viewer.core.remote import is_remote
 from ckpt_viewer.core.report import split_text
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
@@ -92,6 +93,8 @@ class MainWindow(QMainWindow):
                                          self.open_dialog))
         file_menu.addAction(self._action("Open &Folder...", "actionOpenFolder", None,
                                          self.open_folder_dialog))
+        file_menu.addAction(self._action("Open &URL...", "actionOpenUrl", "Ctrl+Shift+O",
+                                         self.open_url_dialog))
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self._refresh_recent()
         file_menu.addSeparator()
@@ -130,7 +133,8 @@ class MainWindow(QMainWindow):
     def open_paths(self, paths):
         """Open each path in its own tab, asynchronously; `loaded`/`load_failed` report."""
         for path in paths:
-            path = os.path.abspath(os.fspath(path))
+            path = os.fspath(path)
+            path = path.strip() if is_remote(path.strip()) else os.path.abspath(path)
             if path in self.pending:
                 continue
             self.statusBar().showMessage(f"Opening {path}...")
@@ -200,6 +204,23 @@ class MainWindow(QMainWindow):
                                                 self.settings.value("lastDir", ""))
         if path:
             self.open_paths([path])
+
+    def open_url_dialog(self):
+        """File > Open URL: s3://, gs://, hf://, https://... read by byte ranges (the load
+        shows progress and can be cancelled like any other)."""
+        from PySide6.QtWidgets import QInputDialog
+
+        dialog = QInputDialog(self)
+        dialog.setObjectName("openUrlDialog")
+        dialog.setWindowTitle("Open URL")
+        dialog.setLabelText("Checkpoint URL (s3://, gs://, hf://, https://, any fsspec "
+                            "protocol);\ncredentials come from your environment:")
+        dialog.resize(560, dialog.sizeHint().height())
+        dialog.textValueSelected.connect(
+            lambda url: self.open_paths([url.strip()]) if url.strip() else None)
+        dialog.setAttribute(Qt.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     def export_dialog(self):
         """File > Export selection: the ticked tensors of the current tab (or all of them)."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import Checkpoint
+from ckpt_viewer.core.remote import getsize
 from ckpt_viewer.core.safe_pickle import PickleReport, safe_load
 from ckpt_viewer.core.tree import build_tree
 
@@ -19,7 +18,7 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
     obj, _ = safe_load(data, storage_factory, report=report)
     warnings, optimizer_nodes = [], []
     checkpoint = Checkpoint(path=str(path), format=fmt,
-                            file_bytes=os.path.getsize(path) if file_bytes is None else file_bytes,
+                            file_bytes=getsize(path) if file_bytes is None else file_bytes,
                             root=build_tree(obj, warnings, optimizer_nodes), warnings=warnings,
                             optimizer_nodes=optimizer_nodes,
                             unsafe_globals=[g for g in report.unsafe_globals

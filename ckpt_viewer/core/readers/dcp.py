@@ -12,7 +12,7 @@ import math
 import os
 import zipfile
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
 from ckpt_viewer.core.readers import safetensors
 from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, safe_load
@@ -37,10 +37,10 @@ def _tensor_dtype(properties) -> str:
 
 
 def read(folder: str) -> Checkpoint:
-    meta_path = os.path.join(folder, ".metadata")
-    if os.path.getsize(meta_path) > MAX_METADATA_BYTES:
+    meta_path = remote.join(folder, ".metadata")
+    if remote.getsize(meta_path) > MAX_METADATA_BYTES:
         raise CheckpointError("DCP .metadata is larger than 512 MB")
-    with open(meta_path, "rb") as f:
+    with remote.open_source(meta_path) as f:
         report = PickleReport()
         metadata, unsafe = safe_load(f.read(), report=report)
     fields = _fields(metadata, "Metadata")
@@ -49,6 +49,7 @@ def read(folder: str) -> Checkpoint:
     if not isinstance(entries, dict) or not isinstance(storage_data, dict):
         raise CheckpointError("DCP metadata has no state_dict_metadata")
     spans = _storage_spans(folder, storage_data)
+    data_files = {span.path for span in spans.values()} | {meta_path}
     tensors, others = {}, {}
     for fqn, entry in entries.items():
         if not isinstance(fqn, str):
@@ -62,8 +63,11 @@ def read(folder: str) -> Checkpoint:
         kind = "scalar" if isinstance(value, SCALAR_TYPES) else "opaque"
         root.children.append(Node(name=fqn, kind=kind, key=fqn, value=value,
                                   type_name=type(value).__name__ if kind == "scalar" else "object"))
-    total = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
-                if os.path.isfile(os.path.join(folder, n)))
+    if remote.is_remote(folder):       # the files it names, not a listing of the folder
+        total = sum(remote.getsize(path) for path in data_files)
+    else:
+        total = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
+                    if os.path.isfile(os.path.join(folder, n)))
     version = fields.get("version")
     # every global is reported and triaged (DCP's own dataclasses are `data`); torch's DCP
     # reader unpickles .metadata with plain pickle, so weights_only refusals do not apply
@@ -86,16 +90,16 @@ def _storage_spans(folder, storage_data) -> dict:
         if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
             raise CheckpointError(f"DCP metadata has a malformed span in {name}")
         if name not in sizes:
-            path = os.path.join(folder, name)
-            if not os.path.isfile(path):
+            path = remote.join(folder, name)
+            if not remote.isfile(path):
                 raise CheckpointError(f"DCP data file {name} is missing")
-            sizes[name] = os.path.getsize(path)
+            sizes[name] = remote.getsize(path)
         if offset + length > sizes[name]:
             raise CheckpointError(f"DCP data file {name} is shorter than its metadata says "
                                   "(truncated?)")
         chunk = index_fields.get("offset")
         key = (index_fields.get("fqn"), tuple(chunk) if isinstance(chunk, (tuple, list)) else None)
-        spans[key] = FileSpan(os.path.join(folder, name), offset, length)
+        spans[key] = FileSpan(remote.join(folder, name), offset, length)
     return spans
 
 
@@ -122,7 +126,7 @@ def _inline_object(span):
     """A non-tensor item (step, epoch...) is a small torch.save archive: decode it safely."""
     if span is None or span.nbytes > MAX_INLINE_OBJECT:
         return "(object)"
-    with open(span.path, "rb") as f:
+    with remote.open_source(span.path) as f:
         f.seek(span.offset)
         raw = f.read(span.nbytes)
     try:

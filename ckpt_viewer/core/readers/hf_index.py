@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers import safetensors
 from ckpt_viewer.core.text import plural
@@ -18,15 +18,15 @@ OpenShard = Callable[[str], Checkpoint]
 
 
 def read_json(path: str, what: str) -> dict:
-    if os.path.getsize(path) > MAX_INDEX_BYTES:
-        raise CheckpointError(f"{what} {os.path.basename(path)} is larger than 64 MB")
+    if remote.getsize(path) > MAX_INDEX_BYTES:
+        raise CheckpointError(f"{what} {remote.basename(path)} is larger than 64 MB")
     try:
-        with open(path, "rb") as f:
+        with remote.open_source(path) as f:
             value = json.loads(f.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{what} {os.path.basename(path)} is not valid JSON ({exc})") from None
+        raise CheckpointError(f"{what} {remote.basename(path)} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise CheckpointError(f"{what} {os.path.basename(path)} is not a JSON object")
+        raise CheckpointError(f"{what} {remote.basename(path)} is not a JSON object")
     return value
 
 
@@ -45,13 +45,13 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
     if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise CheckpointError("index has no weight_map of tensor names to shard files")
-    folder = os.path.dirname(os.path.abspath(index_path))
+    folder = remote.dirname(index_path)
     shards: dict[str, tuple] = {}
     for shard in dict.fromkeys(weight_map.values()):
         if os.path.basename(shard) != shard or shard in ("", ".", ".."):
             raise CheckpointError(f"index names a shard outside its folder: {shard!r:.80}")
-        shard_path = os.path.join(folder, shard)
-        if not os.path.isfile(shard_path):
+        shard_path = remote.join(folder, shard)
+        if not remote.isfile(shard_path):
             raise CheckpointError(f"shard {shard} named by the index is missing")
         try:
             shards[shard] = shard_tensors(shard_path, open_shard)
@@ -73,7 +73,7 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
                 if isinstance(v, (str, int, float, bool))}
     metadata["shards"] = len(shards)
     metadata.update(config_metadata(folder))
-    total = sum(os.path.getsize(os.path.join(folder, s)) for s in shards)
+    total = sum(remote.getsize(remote.join(folder, s)) for s in shards)
     return Checkpoint(path=index_path, format="hf-sharded", file_bytes=total,
                       root=safetensors.flat_tree(tensors), unsafe_globals=unsafe,
                       warnings=warnings, metadata=metadata)
@@ -82,8 +82,8 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
 def config_metadata(folder: str, name: str = "config.json") -> dict:
     """Plain top-level fields of a model directory's config.json (model_type, sizes...);
     short lists of plain values (architectures, target_modules) as one line of text."""
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
+    path = remote.join(folder, name)
+    if not remote.isfile(path):
         return {}
     try:
         config = read_json(path, "config")
@@ -107,6 +107,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth
 
 def model_weights(path: str) -> str | None:
     """A folder's model: its index file or its single weights file."""
+    if remote.is_remote(path):
+        return _remote_model_weights(path)
     indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index.json")))
     safetensor_indexes = [p for p in indexes if p.endswith(".safetensors.index.json")]
     if safetensor_indexes or indexes:
@@ -118,3 +120,14 @@ def model_weights(path: str) -> str | None:
     if len(singles) == 1:
         return singles[0]
     return None
+
+
+def _remote_model_weights(folder: str) -> str | None:
+    """model_weights for a remote folder: the same choice, from one listing."""
+    names = set(remote.listdir(folder))
+    indexes = sorted(n for n in names if n.endswith(".index.json"))
+    safetensor_indexes = [n for n in indexes if n.endswith(".safetensors.index.json")]
+    singles = [n for n in names if n.endswith(".safetensors")]
+    name = next(iter(safetensor_indexes or indexes), None) or next(
+        (n for n in WEIGHT_FILES if n in names), None) or (singles[0] if len(singles) == 1 else None)
+    return remote.join(folder, name) if name else None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, pickle_checkpoint
+from ckpt_viewer.core.remote import getsize, open_source
 
 
 def read(path: str):
-    if os.path.getsize(path) > MAX_PICKLE_BYTES:
+    if getsize(path) > MAX_PICKLE_BYTES:
         raise CheckpointError("bare pickle is larger than 512 MB; refusing to parse it")
-    with open(path, "rb") as f:
+    with open_source(path) as f:
         return pickle_checkpoint(path, "pickle", f.read(), storage_factory=None)

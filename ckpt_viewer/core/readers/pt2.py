@@ -11,7 +11,6 @@ objects as pickles that torch.export.load runs. We read the JSON only: nothing i
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 
 from ckpt_viewer.core import CheckpointError
@@ -19,6 +18,7 @@ from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, Node, Storage, Tenso
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, storage_pid
 from ckpt_viewer.core.readers.safetensors import flat_tree
 from ckpt_viewer.core.readers.zip_directory import read_directory, read_member
+from ckpt_viewer.core.remote import getsize
 from ckpt_viewer.core.safe_pickle import dtype_of_storage, safe_load
 
 MAX_JSON_BYTES = 256 * 1024 * 1024
@@ -285,7 +285,7 @@ def read(path: str) -> Checkpoint:
     if byteorder not in (None, "little"):
         archive.warnings.append(f"archive says byteorder {byteorder[:20]!r}; torch.export.load "
                                 "reads the raw records in this machine's order")
-    return Checkpoint(path=path, format="pt2", file_bytes=os.path.getsize(path), root=root,
+    return Checkpoint(path=path, format="pt2", file_bytes=getsize(path), root=root,
                       unsafe_globals=archive.unsafe, warnings=archive.warnings,
                       metadata=metadata)
 

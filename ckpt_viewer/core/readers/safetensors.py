@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, Storage, TensorInfo
+from ckpt_viewer.core.remote import getsize, open_source
 
 MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit
 MAX_JSON_DEPTH = 127             # serde_json's recursion limit, as the library parses it
@@ -82,8 +82,8 @@ def _too_deep(value) -> bool:
 def read_header(path: str) -> tuple[dict, int, int]:
     """(header dict, data start offset, file size): the checks of the safetensors library's
     own reader (tensor.rs read_metadata + validate), so a file opens here iff it loads there."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    with open_source(path) as f:
+        size = f.size
         raw = f.read(8)
         if len(raw) < 8:
             raise CheckpointError("safetensors file is shorter than its 8-byte header length")
@@ -269,6 +269,6 @@ def _folder(folders: dict, key: str) -> Node:
 
 def read(path: str) -> Checkpoint:
     tensors, metadata, warnings = tensor_infos(path)
-    return Checkpoint(path=path, format="safetensors", file_bytes=os.path.getsize(path),
+    return Checkpoint(path=path, format="safetensors", file_bytes=getsize(path),
                       root=flat_tree(tensors), warnings=warnings,
                       metadata={f"metadata.{k}": v for k, v in metadata.items()})

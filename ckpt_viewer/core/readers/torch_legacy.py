@@ -8,13 +8,13 @@ root storage's bytes in the view's element size."""
 
 from __future__ import annotations
 
-import os
 import struct
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, FileSpan, Storage
 from ckpt_viewer.core.pickle_scan import pickle_end
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, pickle_checkpoint, storage_pid
+from ckpt_viewer.core.remote import open_source
 from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, dtype_of_storage, safe_load
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -25,8 +25,8 @@ class _Stream:
     """The open file and its size, read pickle by pickle."""
 
     def __init__(self, path):
-        self.file = open(path, "rb")
-        self.size = os.fstat(self.file.fileno()).st_size
+        self.file = open_source(path)
+        self.size = self.file.size
 
     def next_pickle(self) -> bytes:
         """The bytes of the pickle at the current position (found by walking its opcodes, in

@@ -10,10 +10,9 @@ it). config.json and adapter_config.json fields are shown as metadata."""
 
 from __future__ import annotations
 
-import os
 import re
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import Checkpoint, Node, iter_nodes
 from ckpt_viewer.core.readers.hf_index import config_metadata, model_weights, read_json
 from ckpt_viewer.core.tree import build_tree
@@ -29,11 +28,11 @@ CONFIG_FILES = ("config.json", "adapter_config.json")
 def state_files(folder: str) -> list[str]:
     """Names of the training-state files in a folder (none: it is not a training folder)."""
     try:
-        names = os.listdir(folder)
-    except OSError:
+        names = remote.listdir(folder)
+    except (OSError, CheckpointError):
         return []
     return sorted(n for n in names if STATE_FILE.fullmatch(n)
-                  and os.path.isfile(os.path.join(folder, n)))
+                  and remote.isfile(remote.join(folder, n)))
 
 
 def folder_metadata(folder: str) -> dict:
@@ -51,9 +50,9 @@ def part_names(folder: str) -> list[str]:
     """The model first (its index or weights file, then accelerate's model_N files), then the
     state files; shards named by an index are read through it."""
     weights = model_weights(folder)
-    names = [os.path.basename(weights)] if weights else []
-    names += sorted((n for n in os.listdir(folder) if EXTRA_MODEL_FILE.fullmatch(n)
-                     and os.path.isfile(os.path.join(folder, n)) and n not in names), key=_natural)
+    names = [remote.basename(weights)] if weights else []
+    names += sorted((n for n in remote.listdir(folder) if EXTRA_MODEL_FILE.fullmatch(n)
+                     and remote.isfile(remote.join(folder, n)) and n not in names), key=_natural)
     return names + [n for n in state_files(folder) if n not in names]
 
 
@@ -85,7 +84,7 @@ def trainer_state(state: dict) -> dict:
 def _read_part(path: str, open_file) -> Checkpoint:
     if path.endswith(".json") and not path.endswith(".index.json"):
         value = trainer_state(read_json(path, "state"))
-        return Checkpoint(path=path, format="json", file_bytes=os.path.getsize(path),
+        return Checkpoint(path=path, format="json", file_bytes=remote.getsize(path),
                           root=build_tree(value))
     return open_file(path)
 
@@ -113,7 +112,7 @@ def read(folder: str, open_part) -> Checkpoint:
     unsafe, warnings, optimizer_nodes, metadata, total = [], [], [], {}, 0
     for name in names:
         try:
-            part = _read_part(os.path.join(folder, name), open_part)
+            part = _read_part(remote.join(folder, name), open_part)
         except CheckpointError as exc:
             warnings.append(f"{name}: cannot be read ({exc})")
             root.children.append(Node(name=name, kind="opaque", key=name, type_name="unreadable",

@@ -12,12 +12,12 @@ listing needs only names, sizes, methods, CRCs and header offsets."""
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.model import ZipMember
+from ckpt_viewer.core.remote import open_source
 
 EOCD = struct.Struct("<4s4H2LH")              # end of central directory, 22 bytes
 EOCD64_LOCATOR = struct.Struct("<4sLQL")      # 20 bytes
@@ -71,8 +71,8 @@ def _zip64_end(f, size: int, eocd_at: int):
 
 def read_directory(path: str) -> list[ZipMember]:
     """Every entry, in directory order, with sizes and offsets checked against the file."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    with open_source(path) as f:
+        size = f.size
         if size < EOCD.size:
             raise CheckpointError("not a readable zip archive (too small)")
         eocd_at, eocd = _find_end_record(f, size)
@@ -176,7 +176,7 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
 def data_offset(member: ZipMember) -> int:
     """Where a record's bytes begin: after its local header, name and extra field."""
     try:
-        with open(member.path, "rb") as f:
+        with open_source(member.path) as f:
             f.seek(member.header_offset)
             header = f.read(LOCAL)
     except FileNotFoundError:
@@ -196,7 +196,7 @@ def read_member(member: ZipMember, limit: int, check_crc: bool = True) -> bytes:
     if member.flags & 0x1:
         raise CheckpointError(f"{member.name} is encrypted")
     start = data_offset(member)
-    with open(member.path, "rb") as f:
+    with open_source(member.path) as f:
         f.seek(start)
         raw = f.read(member.compressed_size)
     if len(raw) < member.compressed_size:

@@ -1,0 +1,242 @@
+"""URLs read by byte ranges: served over loopback HTTP (tests/rangeserver.py, 127.0.0.1 only)
+and from fsspec's in-memory filesystem; never the network. What a URL lists and reads must be
+what the same file lists and reads on disk, bit for bit, in a bounded number of requests."""
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+import torch
+from rangeserver import RangeServer
+
+import builders
+from ckpt_viewer.core import CheckpointError, remote
+from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.stats import compute, run
+from ckpt_viewer.core.summary import inspect_dict
+from ckpt_viewer.core.values import read_tensor
+from ckpt_viewer.core.verify import verify
+
+pytest.importorskip("aiohttp")
+
+
+def listing(checkpoint):
+    info = inspect_dict(checkpoint)
+    return ([(t["key"], t["shape"], t["dtype"], t["device"], t["nbytes"]) for t in info["tensors"]],
+            info["scalars"], info["total_params"], info["total_bytes"], info["file_bytes"])
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes (bit-identity, NaNs and -0.0 included)."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8) if flat.numel() else flat
+
+
+def assert_same_values(remote_checkpoint, local_checkpoint):
+    local = {key: tensor for key, tensor, _ in local_checkpoint.tensors()}
+    for key, tensor, _ in remote_checkpoint.tensors():
+        a, b = read_tensor(tensor), read_tensor(local[key])
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        assert torch.equal(bits(a), bits(b)), key
+
+
+def fixtures(folder):
+    """One file of each kind a URL is most likely to point at."""
+    torch.manual_seed(0)
+    state = {"weight": torch.randn(64, 32), "transposed": torch.randn(16, 8).t(),
+             "half": torch.randn(100).to(torch.bfloat16), "steps": torch.arange(10),
+             "nan": torch.tensor([float("nan"), -0.0, float("inf")])}
+    return {
+        "zip.pt": builders.save({"model": state, "epoch": 3}, folder / "zip.pt"),
+        "legacy.pt": builders.training_checkpoint(folder / "legacy.pt", legacy=True),
+        "train.pt": builders.training_checkpoint(folder / "train.pt"),
+        "model.safetensors": builders.safetensors_file(folder / "model.safetensors"),
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served")
+    files = fixtures(folder)
+    builders.hf_directory(folder / "hf")
+    with RangeServer(str(folder), lifetime=300) as server:
+        yield server, folder, files
+
+
+@pytest.mark.parametrize("name", ["zip.pt", "legacy.pt", "train.pt", "model.safetensors"])
+def test_url_lists_and_reads_what_the_file_does(served, name):
+    server, folder, files = served
+    url = f"{server.url}/{name}"
+    remote_checkpoint, local_checkpoint = open_checkpoint(url), open_checkpoint(files[name])
+    assert remote_checkpoint.path == url
+    assert listing(remote_checkpoint) == listing(local_checkpoint)
+    assert_same_values(remote_checkpoint, local_checkpoint)
+
+
+def test_values_equal_torch_load(served):
+    server, folder, files = served
+    checkpoint = open_checkpoint(f"{server.url}/zip.pt")
+    expected = torch.load(files["zip.pt"], weights_only=True)["model"]
+    for key, value in expected.items():
+        assert torch.equal(bits(read_tensor(checkpoint.find(f"model.{key}").tensor)), bits(value))
+
+
+def test_sharded_index_by_url(served):
+    server, folder, _ = served
+    url = f"{server.url}/hf/model.safetensors.index.json"
+    remote_checkpoint = open_checkpoint(url)
+    local_checkpoint = open_checkpoint(str(folder / "hf" / "model.safetensors.index.json"))
+    assert listing(remote_checkpoint) == listing(local_checkpoint)
+    assert remote_checkpoint.metadata["config.model_type"] == "tiny"
+    assert_same_values(remote_checkpoint, local_checkpoint)
+
+
+def test_opening_a_zip_takes_few_requests_and_bytes(served, tmp_path):
+    server, folder, _ = served
+    torch.save({f"layer{i}.weight": torch.randn(256, 256) for i in range(40)},
+               folder / "big.pt")        # 10 MB, 40 storage records
+    server.reset()
+    open_checkpoint(f"{server.url}/big.pt")
+    assert len(server.requests) <= 6, server.requests
+    assert server.bytes_sent <= 4 * remote.BLOCK
+
+
+def test_stats_fetch_the_tensor_once(served):
+    server, folder, _ = served
+    torch.save({"w": torch.randn(1024, 1024), "b": torch.zeros(4)}, folder / "stats.pt")
+    checkpoint = open_checkpoint(f"{server.url}/stats.pt")
+    tensor = checkpoint.find("w").tensor
+    server.reset()
+    stats = run(compute(tensor))            # several passes over the values
+    assert server.bytes_sent <= tensor.nbytes + remote.BLOCK
+    local = run(compute(open_checkpoint(str(folder / "stats.pt")).find("w").tensor))
+    assert (stats.mean, stats.std, stats.counts) == (local.mean, local.std, local.counts)
+
+
+def test_verify_by_url(served):
+    server, _, _ = served
+    report = run(verify(f"{server.url}/train.pt"))
+    assert report.ok and report.records > 0
+
+
+def cli(*args):
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "ckpt_viewer", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_cli_commands_take_urls(served, tmp_path):
+    server, _, files = served
+    url = f"{server.url}/zip.pt"
+    assert cli("inspect", url).returncode == 0
+    out = cli("stats", url, "model.weight", "--json")
+    assert out.returncode == 0 and '"numel": 2048' in out.stdout
+    assert cli("diff", url, f"{server.url}/zip.pt").returncode == 0
+    assert cli("globals", url).returncode == 0
+    assert cli("check", url).returncode in (0, 1)
+    assert cli("verify", url).stdout.startswith("intact:")
+    out = cli("export", url, "-o", str(tmp_path / "out.safetensors"), "--format", "safetensors")
+    assert out.returncode == 0, out.stderr
+    exported = open_checkpoint(str(tmp_path / "out.safetensors"))
+    expected = torch.load(files["zip.pt"], weights_only=True)["model"]
+    for key, value in expected.items():
+        assert torch.equal(bits(read_tensor(exported.find(f"model.{key}").tensor)), bits(value))
+
+
+@pytest.mark.parametrize("status, text", [(404, "HTTP 404 not found"), (403, "HTTP 403 forbidden"),
+                                          (500, "HTTP 500 internal server error")])
+def test_http_errors_are_one_line(tmp_path, status, text):
+    with RangeServer(str(tmp_path), lifetime=60, statuses={"/x.pt": status}) as server:
+        url = f"{server.url}/x.pt"
+        out = cli("inspect", url)
+    assert out.returncode == 2
+    assert out.stderr == f"error: {url}: {text}\n"
+
+
+def test_missing_url_raises_checkpoint_error(tmp_path):
+    with RangeServer(str(tmp_path), lifetime=60) as server:
+        with pytest.raises(CheckpointError, match="HTTP 404 not found"):
+            open_checkpoint(f"{server.url}/nothing.pt")
+
+
+def test_server_that_ignores_ranges_is_refused(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"PK\x03\x04" + bytes(4 * remote.BLOCK))
+
+    class NoRanges(RangeServer):
+        def _handler(self):
+            handler = super()._handler()
+
+            class Handler(handler):
+                def _serve(self, body):
+                    del self.headers["Range"]
+                    super()._serve(body)
+            return Handler
+
+    with NoRanges(str(tmp_path), lifetime=60) as server:
+        with pytest.raises(CheckpointError, match="no byte-range support"):
+            open_checkpoint(f"{server.url}/x.pt")
+
+
+def test_unknown_protocol_is_one_line():
+    with pytest.raises(CheckpointError, match="cannot be read|protocol|not installed"):
+        open_checkpoint("nosuchprotocol://bucket/x.pt")
+
+
+def test_refused_connection_is_not_reported_as_404():
+    with socket.socket() as probe:               # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(CheckpointError, match="cannot be read") as error:
+        open_checkpoint(f"http://127.0.0.1:{port}/x.pt")
+    assert "404" not in str(error.value)
+
+
+def test_silent_server_times_out(monkeypatch):
+    monkeypatch.setattr(remote, "READ_TIMEOUT", 0.5)
+    with socket.socket() as listener:            # accepts, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x.pt"
+        with pytest.raises(CheckpointError, match="^timed out$"):
+            open_checkpoint(url)
+
+
+@pytest.fixture
+def memory_folder(tmp_path):
+    """Files put into fsspec's in-memory filesystem (no network, no server)."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/ckpt-viewer-test-{uuid.uuid4().hex}"
+    files = fixtures(tmp_path)
+    dcp_folder, _ = builders.dcp_directory(tmp_path / "dcp")
+    for name, path in files.items():
+        fs.pipe(f"{root}/{name}", open(path, "rb").read())
+    for name in os.listdir(dcp_folder):
+        fs.pipe(f"{root}/dcp/{name}", open(os.path.join(dcp_folder, name), "rb").read())
+    yield f"memory://{root}", files, dcp_folder
+    fs.rm(root, recursive=True)
+
+
+def test_memory_filesystem(memory_folder):
+    root, files, dcp_folder = memory_folder
+    for name, path in files.items():
+        remote_checkpoint, local_checkpoint = open_checkpoint(f"{root}/{name}"), open_checkpoint(path)
+        assert listing(remote_checkpoint)[:4] == listing(local_checkpoint)[:4], name
+        assert_same_values(remote_checkpoint, local_checkpoint)
+    remote_dcp, local_dcp = open_checkpoint(f"{root}/dcp"), open_checkpoint(dcp_folder)
+    assert remote_dcp.format == "dcp"
+    assert listing(remote_dcp)[:4] == listing(local_dcp)[:4]
+    assert_same_values(remote_dcp, local_dcp)
+
+
+def test_local_paths_never_import_fsspec(tmp_path):
+    path = builders.training_checkpoint(tmp_path / "t.pt")
+    code = ("import sys; from ckpt_viewer.core.open import open_checkpoint; "
+            f"open_checkpoint({path!r}); print('fsspec' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert out.stdout.split() == ["False", "False"], out.stderr

@@ -1,0 +1,80 @@
+"""Remote-open benchmark (issue: beyond one disk). Run by hand after tests/perf/make_files.py:
+
+    python tests/perf/bench_remote.py [--data perf-data]
+
+Serves the benchmark files over loopback HTTP with byte ranges (tests/rangeserver.py, counting
+requests and bytes server-side) and opens them by URL in this process: requests and bytes for
+the listing, the listing compared with the local one, then stats of one tensor.
+Budgets: opening the 16 GB file <= 6 requests and <= 0.1% of its bytes; stats of a tensor its
+bytes + one block. The legacy file costs a request per storage (each is walked by its header).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def listing(checkpoint):
+    from ckpt_viewer.core.summary import inspect_dict
+
+    info = inspect_dict(checkpoint)
+    return [(t["key"], t["shape"], t["dtype"], t["device"], t["nbytes"]) for t in info["tensors"]]
+
+
+def main():
+    from rangeserver import RangeServer
+
+    from ckpt_viewer.core import remote
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.stats import compute, run
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default="perf-data")
+    args = parser.parse_args()
+    head = (f"{'file':<22} {'what':<28} {'requests':>8} {'bytes':>12} {'% of file':>9} "
+            f"{'seconds':>8}  check")
+    print(head)
+    print("-" * len(head))
+    with RangeServer(args.data, lifetime=1800) as server:
+        for name in ("train-16g.pt", "train-2g6.pt", "train-2g6-legacy.pt", "keys-50k.pt"):
+            path = os.path.join(args.data, name)
+            if not os.path.exists(path):
+                print(f"skipping {name}: not built")
+                continue
+            size = os.path.getsize(path)
+            url = f"{server.url}/{name}"
+            server.reset()
+            start = time.perf_counter()
+            checkpoint = open_checkpoint(url)
+            seconds = time.perf_counter() - start
+            same = listing(checkpoint) == listing(open_checkpoint(path))
+            requests, sent = len(server.requests), server.bytes_sent
+            ok = requests <= 6 and sent <= size / 1000
+            budget = ("ok" if ok else "OVER") if name == "train-16g.pt" else "no budget"
+            print(f"{name:<22} {'open (listing)':<28} {requests:>8} {sent:>12,} "
+                  f"{100 * sent / size:>8.4f}% {seconds:>8.2f}  "
+                  f"{budget}; listing {'equals' if same else 'DIFFERS FROM'} local")
+            if name == "keys-50k.pt":
+                continue
+            key, tensor, _ = max(checkpoint.tensors(), key=lambda item: item[1].nbytes)
+            server.reset()
+            start = time.perf_counter()
+            stats = run(compute(tensor))
+            seconds = time.perf_counter() - start
+            local = open_checkpoint(path).find(key).tensor
+            same = run(compute(local)).mean == stats.mean
+            extra = server.bytes_sent - tensor.nbytes
+            print(f"{'':<22} {'stats ' + key[-22:]:<28} {len(server.requests):>8} "
+                  f"{server.bytes_sent:>12,} {100 * server.bytes_sent / size:>8.4f}% "
+                  f"{seconds:>8.2f}  tensor {tensor.nbytes:,} B + {extra:,} B "
+                  f"({'ok' if extra <= 2 * remote.BLOCK else 'OVER'}); "
+                  f"mean {'equals' if same else 'DIFFERS FROM'} local")
+
+
+if __name__ == "__main__":
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.dirname(here))        # tests/, for rangeserver
+    main()

@@ -1,0 +1,118 @@
+"""A loopback HTTP server with byte-range support that counts what it serves.
+
+Python's http.server ignores Range. This one serves the files of one folder on 127.0.0.1 only
+(HEAD and GET, `Range: bytes=a-b`, `bytes=a-` and `bytes=-n`), counts requests and body bytes,
+and shuts itself down after `lifetime` seconds whatever happens to the test that started it."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+class RangeServer:
+    def __init__(self, folder: str, lifetime: float = 600, statuses: dict | None = None):
+        self.folder = os.path.abspath(folder)
+        self.statuses = statuses or {}       # {"/name": 403} answers that status for that path
+        self.requests: list[tuple[str, str, str]] = []   # (method, path, range header)
+        self.bytes_sent = 0
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.timer = threading.Timer(lifetime, self.stop)
+        self.timer.daemon = True
+
+    def __enter__(self):
+        self.thread.start()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.timer.cancel()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self):
+        with self.lock:
+            self.requests.clear()
+            self.bytes_sent = 0
+
+    def _handler(self):
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self._serve(body=False)
+
+            def do_GET(self):
+                self._serve(body=True)
+
+            def _serve(self, body: bool):
+                with owner.lock:
+                    owner.requests.append((self.command, self.path, self.headers.get("Range", "")))
+                name = unquote(self.path.split("?", 1)[0])
+                status = owner.statuses.get(name)
+                path = os.path.normpath(os.path.join(owner.folder, name.lstrip("/")))
+                if status is None and (not path.startswith(owner.folder + os.sep)
+                                       or not os.path.isfile(path)):
+                    status = 404
+                if status is not None:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                size = os.path.getsize(path)
+                start, end = 0, size              # [start, end)
+                match = RANGE.match(self.headers.get("Range", ""))
+                if match and (match[1] or match[2]):
+                    if match[1]:
+                        start = int(match[1])
+                        end = min(size, int(match[2]) + 1) if match[2] else size
+                    else:
+                        start = max(0, size - int(match[2]))
+                    if start >= size or start >= end:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+                else:
+                    self.send_response(200)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(end - start))
+                self.end_headers()
+                if not body:
+                    return
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    remaining = end - start
+                    while remaining:
+                        chunk = f.read(min(remaining, 1 << 20))
+                        if not chunk:
+                            break
+                        try:
+                            self.wfile.write(chunk)
+                        except OSError:         # the client went away
+                            return
+                        with owner.lock:
+                            owner.bytes_sent += len(chunk)
+                        remaining -= len(chunk)
+
+        return Handler
