@@ -43,6 +43,7 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
                             refusals=report.refusals, **extra)
     checkpoint.globals_named = dict(report.globals)
     checkpoint.global_calls = report.calls
+    checkpoint.root_object = obj
     check_tensor_bounds(checkpoint)
     return checkpoint
 
