@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import datetime
 import enum
+import inspect
 import io
 import os
 import pathlib
@@ -28,8 +29,6 @@ from ckpt_viewer.core.sanitize import sanitize
 from ckpt_viewer.core.stats import run
 from ckpt_viewer.core.torch_pickle import PickleWriter
 
-FLATTEN = '''
-import numpy as np, torch
 
 def flat(obj, key="", out=None, seen=None):
     """Tensors by the viewer's dotted keys: modules by state_dict names, objects by fields."""
@@ -56,8 +55,6 @@ def flat(obj, key="", out=None, seen=None):
     for name, value in items:
         flat(value, f"{key}.{name}" if key else str(name), out, seen)
     return out
-'''
-exec(FLATTEN)   # noqa: S102  the same flatten here and in the trusted subprocess
 
 
 def bits(tensor: torch.Tensor) -> bytes:
@@ -87,13 +84,14 @@ def trusted_tensors(path, tmp_path, extra_path=None, prelude="") -> dict:
     env = dict(os.environ)
     if extra_path:
         env["PYTHONPATH"] = str(extra_path) + os.pathsep + env.get("PYTHONPATH", "")
-    code = FLATTEN + prelude + textwrap.dedent(f"""
+    code = ("import numpy as np, torch\n" + inspect.getsource(flat) + prelude
+            + textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.dirname(path)!r})
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         obj = torch.load({str(path)!r}, weights_only=False)
         torch.save(flat(obj), {str(out)!r})
-    """)
+    """))
     subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(path), env=env, check=True,
                    capture_output=True)
     return torch.load(out, weights_only=True)
