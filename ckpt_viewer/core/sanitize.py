@@ -32,10 +32,17 @@ from ckpt_viewer.core.export import (
 from ckpt_viewer.core.globals import triage
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, Storage, TensorInfo
 from ckpt_viewer.core.objects import describe_object, numpy_dtype_name
+from ckpt_viewer.core.readers import MAX_PICKLE_BYTES
 from ckpt_viewer.core.safe_pickle import GlobalRef, Layout, NumpyDtype, Placeholder, TorchDtype
 from ckpt_viewer.core.text import plural
 from ckpt_viewer.core.torch_pickle import PickleWriter, TensorEntry, TorchGlobal, int_fits
-from ckpt_viewer.core.tree import _module_children, _object_children, is_module, is_script_module
+from ckpt_viewer.core.tree import (
+    _module_children,
+    _object_children,
+    _script_module_children,
+    is_module,
+    is_script_module,
+)
 
 PLAIN = (bool, int, float, str, type(None))
 
@@ -233,8 +240,8 @@ class _Converter:
         if described is not None:
             return self._described(obj, described, key)
         if is_script_module(obj):
-            self.note(key, f"TorchScript module {name} -> its attributes (dict)")
-            return self._mapping_of(obj, key, _script_fields(obj))
+            self.note(key, f"TorchScript module {name} -> its state_dict")
+            return self._remember(obj, self._state_dict(obj, key))
         if name == "collections.deque" and obj.args and isinstance(obj.args[0], list):
             self.note(key, "collections.deque -> list")
             return self._sequence(obj.args[0], key, self._remember(obj, []))
@@ -285,7 +292,7 @@ class _Converter:
 
     def _state_dict(self, module, key):
         clean = OrderedDict()
-        self._flatten(_module_children(module), key, "", clean)
+        self._flatten(_children(module), key, "", clean)
         return clean
 
     def _flatten(self, children, key, prefix, clean):
@@ -293,8 +300,8 @@ class _Converter:
         flattened into the same OrderedDict."""
         for name, value, _ in children:
             dotted = prefix + name
-            if isinstance(value, Placeholder) and is_module(value):
-                self._flatten(_module_children(value), key, dotted + ".", clean)
+            if isinstance(value, Placeholder) and (is_module(value) or is_script_module(value)):
+                self._flatten(_children(value), key, dotted + ".", clean)
                 continue
             if isinstance(value, Placeholder):
                 described = describe_object(value)
@@ -313,8 +320,11 @@ class _Converter:
                 clean[dotted] = converted
 
 
-def _script_fields(obj) -> dict:
-    return {str(k): v for k, v in obj.fields.items()}
+def _children(module) -> list:
+    """A module's state_dict entries and submodules, as the tree lists them."""
+    if is_script_module(module):
+        return list(_script_module_children(module))
+    return list(_module_children(module))
 
 
 def plan_sanitize(checkpoint: Checkpoint) -> Plan:
@@ -351,6 +361,12 @@ def _storage_layout(plan: Plan) -> list:
     entries = {id(info): entry for entry, info in plan.tensors}
     records = _records(items, "pth")
     for record in records:
+        only = record.items[0].tensor
+        if not record.shared and not only.chunks:
+            # copy the span it uses, strides kept: an expanded view stays small, as in torch
+            first, end = only.element_span()
+            record.first, record.count, record.shared = first, end - first, True
+    for record in records:
         for item in record.items:
             entry, t = entries[id(item.tensor)], item.tensor
             entry.storage_key, entry.storage_numel = record.name, record.count
@@ -372,6 +388,9 @@ def _write(path, plan: Plan, records, cancelled):
         data = PickleWriter("cpu").dump(plan.root)
     except RecursionError:
         raise CheckpointError("the file's structure is nested too deeply to sanitize") from None
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CheckpointError(f"the copy's data.pkl would take {len(data):,} bytes, more than "
+                              f"this viewer reads back ({MAX_PICKLE_BYTES:,})")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")

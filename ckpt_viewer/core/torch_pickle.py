@@ -20,6 +20,7 @@ from ckpt_viewer.core.model import DTYPE_SIZES, STORAGE_DTYPES
 LEGACY_STORAGE = {dtype: name for name, dtype in STORAGE_DTYPES.items()
                   if name not in ("UntypedStorage",) and not name.startswith("Q")}
 MAX_LONG1_BYTES = 255          # torch's restricted unpickler reads LONG1 but not LONG4
+MEMO_TEXT = 32                 # texts this long are written once, then referenced
 
 
 @dataclass(eq=False)
@@ -139,10 +140,13 @@ class PickleWriter:
             out.append(_int(value))
         elif type(value) is float:
             out.append(b"G" + struct.pack(">d", value))
-        elif type(value) is str:
+        elif type(value) is str and len(value) < MEMO_TEXT:
             out.append(_text(value))
         elif self._get(value):
             return
+        elif type(value) is str:       # one long text referenced from many places: once
+            out.append(_text(value))
+            self._put(value)
         elif type(value) is bytes:
             out.append(_bytes(value))
             self._put(value)

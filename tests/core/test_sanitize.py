@@ -33,7 +33,7 @@ from ckpt_viewer.core.torch_pickle import PickleWriter
 def flat(obj, key="", out=None, seen=None):
     """Tensors by the viewer's dotted keys: modules by state_dict names, objects by fields."""
     out = {} if out is None else out
-    seen = set() if seen is None else seen
+    seen = {} if seen is None else seen          # id -> object: kept alive, ids stay unique
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, np.ndarray) and obj.dtype != object:
@@ -43,7 +43,7 @@ def flat(obj, key="", out=None, seen=None):
         return out
     if id(obj) in seen:
         return out
-    seen.add(id(obj))
+    seen[id(obj)] = obj
     if isinstance(obj, dict):
         items = obj.items()
     elif isinstance(obj, (list, tuple)):
@@ -267,3 +267,20 @@ def test_pickle_writer_round_trips_plain_values():
     loaded = torch.load(buffer, weights_only=True)
     assert loaded == value
     assert loaded["shared"][0] is loaded["shared"][1]
+
+
+def test_torchscript_archive_becomes_its_state_dict(tmp_path):
+    src = builders.torchscript_file(tmp_path / "scripted.pt")
+    clean, lines = sanitized(src, tmp_path)
+    expected = torch.jit.load(src).state_dict()         # our own file: trusted here
+    assert list(clean) == list(expected)
+    assert all(bits(clean[key]) == bits(value) for key, value in expected.items())
+    assert lines[0].startswith("(root): TorchScript module ")
+
+
+def test_an_expanded_view_stays_small(tmp_path):
+    src = builders.save({"wide": torch.ones(3).expand(100_000, 3)}, tmp_path / "wide.pt")
+    dst = str(tmp_path / "clean.pt")
+    summary = run(sanitize(open_checkpoint(src), dst))
+    assert summary.bytes < 4096
+    assert torch.equal(torch.load(dst, weights_only=True)["wide"], torch.ones(100_000, 3))
