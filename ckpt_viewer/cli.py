@@ -11,7 +11,8 @@ from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
 from ckpt_viewer.core.text import safe_text, strict_json
 
-SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "globals", "check", "layers")
+SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "globals", "check", "layers",
+               "sanitize")
 
 NO_DISPLAY = ("error: no display: set DISPLAY (or QT_QPA_PLATFORM=offscreen); the "
               "inspect/stats/export/verify/diff commands work without one")
@@ -120,6 +121,15 @@ def _globals_parser(sub):
     p.set_defaults(run=run_globals)
 
 
+def _sanitize_parser(sub):
+    p = sub.add_parser("sanitize", help="write a copy that torch.load(weights_only=True) loads "
+                                        "with no allowlist (objects converted, code dropped)")
+    p.add_argument("src")
+    p.add_argument("-o", "--output", dest="dst", required=True, help="the file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(run=run_sanitize)
+
+
 def _check_parser(sub):
     p = sub.add_parser("check", help="scan every tensor for NaN/Inf, zeros, duplicates, "
                                      "optimizer mismatches (exit 0 healthy, 1 errors found)")
@@ -160,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _globals_parser(sub)
     _check_parser(sub)
     _layers_parser(sub)
+    _sanitize_parser(sub)
     return parser
 
 
@@ -245,6 +256,23 @@ def run_export(args) -> int:
     note = ", verified" if summary.verified else ""
     say(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, {format_bytes(summary.bytes)}, "
           f"{summary.format}, location {summary.device}{note}")
+    return 0
+
+
+def run_sanitize(args) -> int:
+    from ckpt_viewer.core.model import format_bytes
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.sanitize import sanitize
+    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.text import plural
+
+    checkpoint = open_checkpoint(args.src)
+    summary = run(sanitize(checkpoint, args.dst, force=args.force))
+    for line in summary.changes:
+        say(line)
+    say(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
+        f"{format_bytes(summary.bytes)}, {plural(len(summary.changes), 'change')}; "
+        "torch.load(weights_only=True) loads it")
     return 0
 
 

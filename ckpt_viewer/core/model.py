@@ -189,6 +189,7 @@ class Checkpoint:
     byteorder: str = "little"
     globals_named: dict = field(default_factory=dict)   # every global the pickles name -> uses
     global_calls: dict = field(default_factory=dict)    # global -> arguments it was called with
+    root_object: object = field(default=None, repr=False)   # what the pickle built (sanitize)
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)
 

@@ -7,8 +7,8 @@ import gc
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QLineEdit, QMenu,
-                               QSplitter, QTabWidget, QTextBrowser, QTreeView, QVBoxLayout,
-                               QWidget)
+                               QPushButton, QSplitter, QTabWidget, QTextBrowser, QTreeView,
+                               QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.model import format_bytes, format_count
 from ckpt_viewer.core.report import describe_value, split_text
@@ -56,6 +56,7 @@ class CheckpointTab(QWidget):
     """Built on the GUI thread from what the load worker produced."""
 
     tensor_selected = Signal(str)
+    pickle_imports_requested = Signal()
 
     def _fill_banner(self, checkpoint):
         """Red only when the file names code (with the call and where it sits); classes and
@@ -98,6 +99,12 @@ class CheckpointTab(QWidget):
         if checkpoint.unsafe_globals:
             self._fill_banner(checkpoint)
         self.banner.setVisible(bool(checkpoint.unsafe_globals))
+        self.banner_button = QPushButton("Pickle Imports...")
+        self.banner_button.setObjectName("bannerPickleImports")
+        self.banner_button.setToolTip("Every global, where it sits, whether weights_only loads "
+                                      "the file, and how to make it")
+        self.banner_button.clicked.connect(self.pickle_imports_requested)
+        self.banner_button.setVisible(bool(checkpoint.unsafe_globals))
 
         self.filter = QLineEdit()
         self.filter.setObjectName("keyFilter")
@@ -153,7 +160,10 @@ class CheckpointTab(QWidget):
         splitter.setSizes([780, 620])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.banner)
+        banner_row = QHBoxLayout()
+        banner_row.addWidget(self.banner, 1)
+        banner_row.addWidget(self.banner_button, 0, Qt.AlignTop)
+        layout.addLayout(banner_row)
         layout.addWidget(splitter, 1)
 
     def _expand_first_levels(self):

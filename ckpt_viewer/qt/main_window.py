@@ -30,6 +30,7 @@ class MainWindow(QMainWindow):
     load_failed = Signal(str, str)
     verified = Signal(str, bool, str)      # path, intact, what was found
     compared = Signal(str, str)            # a comparison tab is ready
+    sanitized = Signal(str, bool, str)     # destination, written, the result message
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -101,6 +102,8 @@ class MainWindow(QMainWindow):
         self.export_action = self._action("&Export Selection...", "actionExport", "Ctrl+E",
                                           self.export_dialog)
         file_menu.addAction(self.export_action)
+        file_menu.addAction(self._action("Save &Sanitized Copy...", "actionSanitize", None,
+                                         lambda: self.sanitize_current()))
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Close Tab", "actionCloseTab", QKeySequence.Close,
                                          lambda: self.close_tab(self.tabs.currentIndex())))
@@ -117,6 +120,8 @@ class MainWindow(QMainWindow):
                                           self.compare_dialog))
         tools_menu.addAction(self._action("&Health", "actionHealth", None, self.health_current))
         tools_menu.addAction(self._action("&Layers", "actionLayers", None, self.layers_current))
+        tools_menu.addAction(self._action("&Pickle Imports", "actionPickleImports", None,
+                                          lambda: self.pickle_imports_current()))
         view_menu = bar.addMenu("&View")
         self.dark_action = self._action("&Dark Theme", "actionDarkTheme", None, self._toggle_theme)
         self.dark_action.setCheckable(True)
@@ -148,6 +153,7 @@ class MainWindow(QMainWindow):
         if self.pending.pop(path, None) is None:
             return                                   # cancelled meanwhile
         tab = CheckpointTab(*result)
+        tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
         if self.tabs.indexOf(self.welcome) >= 0:
             self.tabs.removeTab(self.tabs.indexOf(self.welcome))
         index = self.tabs.addTab(tab, os.path.basename(path.rstrip("/")) or path)
@@ -347,6 +353,75 @@ class MainWindow(QMainWindow):
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         return dialog
+
+    def pickle_imports_current(self, tab=None):
+        """Tools > Pickle Imports (and the banner's button): the globals view of a tab."""
+        from ckpt_viewer.qt.pickle_imports import PickleImportsView
+
+        tab = tab or self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return None
+        view = PickleImportsView(tab.checkpoint, self)
+        view.key_activated.connect(self._opener(tab))
+        view.sanitize_requested.connect(lambda: self.sanitize_current(tab=tab))
+        view.setAttribute(Qt.WA_DeleteOnClose)
+        view.show()
+        return view
+
+    def sanitize_current(self, destination: str | None = None, tab=None):
+        """File > Save Sanitized Copy: a copy torch.load(weights_only=True) loads with no
+        allowlist, written in a worker with progress and Cancel; `sanitized` reports."""
+        import threading
+
+        from PySide6.QtWidgets import QProgressDialog
+
+        from ckpt_viewer.core.sanitize import sanitize
+        from ckpt_viewer.core.text import plural
+
+        tab = tab or self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return None
+        source = tab.checkpoint.path
+        if destination is None:
+            stem = os.path.splitext(source.rstrip("/"))[0]
+            destination, _ = QFileDialog.getSaveFileName(
+                self, "Save sanitized copy", stem + ".sanitized.pt", "PyTorch (*.pt *.pth)")
+            if not destination:
+                return None
+        force = os.path.exists(destination)   # the save dialog has asked before replacing
+        cancel = threading.Event()
+        progress = QProgressDialog(f"Writing {os.path.basename(destination)}...", "Cancel", 0,
+                                   1000, self)
+        progress.setObjectName("sanitizeProgress")
+        progress.setWindowTitle("Save Sanitized Copy")
+        progress.setMinimumDuration(0)
+        progress.setAutoClose(False)
+        progress.setAutoReset(False)
+        progress.canceled.connect(cancel.set)
+        progress.show()
+
+        def done(summary):
+            progress.close()
+            changes = summary.changes
+            listed = "\n".join(shown(line) for line in changes[:40])
+            more = f"\n... and {len(changes) - 40} more" if len(changes) > 40 else ""
+            text = (f"Wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
+                    f"{plural(len(changes), 'change')}. torch.load(weights_only=True) loads it "
+                    "with no allowlist." + (f"\n\n{listed}{more}" if changes else ""))
+            self._message("sanitizeResult", "Save Sanitized Copy", text, True)
+            self.sanitized.emit(summary.path, True, text)
+
+        def failed(message):
+            progress.close()
+            self._message("sanitizeResult", "Save Sanitized Copy", shown(message), False)
+            self.sanitized.emit(destination, False, message)
+
+        self.statusBar().showMessage(f"Sanitizing {os.path.basename(source)}...", 4000)
+        return workers.start(sanitize, tab.checkpoint, destination, force, cancel.is_set,
+                             on_result=done, on_error=failed,
+                             on_progress=lambda value: progress.setValue(int(value * 1000)))
 
     def _message(self, name, title, text, ok=True):
         box = QMessageBox(QMessageBox.Information if ok else QMessageBox.Warning, title, text,

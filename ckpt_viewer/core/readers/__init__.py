@@ -26,6 +26,7 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
                             refusals=report.refusals, **extra)
     checkpoint.globals_named = dict(report.globals)
     checkpoint.global_calls = report.calls
+    checkpoint.root_object = obj      # what sanitize rewrites
     # bounds were checked as each tensor was built (safe_pickle.set_geometry; records refuse
     # BUILD), and are checked again where bytes are read (values.StorageReader)
     return checkpoint

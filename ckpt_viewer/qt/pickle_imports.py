@@ -1,0 +1,135 @@
+"""Tools > Pickle Imports: every global the file's pickles name, triaged (core/globals.py), whether
+torch.load(weights_only=True) loads the file, and the allowlist snippet when there is one.
+Clicking a key selects it in the tab's tree. Everything from the file is shown as plain text."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QFontDatabase, QGuiApplication
+from PySide6.QtWidgets import (
+    QDialog,
+    QHBoxLayout,
+    QPlainTextEdit,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+)
+
+from ckpt_viewer.core.globals import MEANING, report_dict
+from ckpt_viewer.qt.plain import plain_label, shown
+
+CODE_RED = QColor("#b02a37")
+PICKLED_FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle")
+
+
+def loads_text(checkpoint, report: dict) -> str:
+    if checkpoint.format not in PICKLED_FORMATS and not report["globals"]:
+        return f"torch.load(weights_only=True): not a pickle ({checkpoint.format}); nothing to allow"
+    if report["loads_with_weights_only"]:
+        return "torch.load(weights_only=True) loads this file: yes"
+    return "torch.load(weights_only=True) loads this file: no (" + \
+        "; ".join(report["refusals"]) + ")"
+
+
+class PickleImportsView(QDialog):
+    key_activated = Signal(str)          # a key clicked: the owner selects it in the tree
+    sanitize_requested = Signal()
+
+    def __init__(self, checkpoint, parent=None):
+        super().__init__(parent)
+        self.setObjectName("pickleImportsView")
+        self.setWindowTitle(f"Pickle Imports: {shown(checkpoint.path)}")
+        self.resize(820, 560)
+        self.report = report_dict(checkpoint)
+
+        self.verdict = plain_label(loads_text(checkpoint, self.report))
+        self.verdict.setObjectName("weightsOnlyVerdict")
+        self.verdict.setWordWrap(True)
+        self.verdict.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        self.table = QTreeWidget()
+        self.table.setObjectName("pickleImportsTable")
+        self.table.setHeaderLabels(["Global", "Category", "Uses", "Where"])
+        self.table.setColumnWidth(0, 360)
+        self.table.setColumnWidth(1, 80)
+        self.table.setColumnWidth(2, 60)
+        self.table.itemClicked.connect(self._clicked)
+        self.table.itemActivated.connect(self._clicked)
+        for use in self.report["globals"]:
+            self._add(use)
+
+        self.snippet = QPlainTextEdit()
+        self.snippet.setObjectName("pickleSnippet")
+        self.snippet.setReadOnly(True)
+        self.snippet.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.snippet.setPlainText(self.report["snippet"] or "")
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setObjectName("copySnippet")
+        self.copy_button.clicked.connect(
+            lambda: QGuiApplication.clipboard().setText(self.snippet.toPlainText()))
+        has_snippet = bool(self.report["snippet"])
+        for widget in (self.snippet, self.copy_button):
+            widget.setVisible(has_snippet)
+        self.snippet_note = plain_label(
+            "To load it with weights_only=True:" if has_snippet else self._no_snippet_text())
+        self.snippet_note.setWordWrap(True)
+
+        self.sanitize_button = QPushButton("Save Sanitized Copy...")
+        self.sanitize_button.setObjectName("pickleImportsSanitize")
+        self.sanitize_button.clicked.connect(self.sanitize_requested)
+        close = QPushButton("Close")
+        close.clicked.connect(self.close)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.verdict)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.snippet_note)
+        snippet_row = QHBoxLayout()
+        snippet_row.addWidget(self.snippet, 1)
+        snippet_row.addWidget(self.copy_button, 0, Qt.AlignTop)
+        layout.addLayout(snippet_row)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.sanitize_button)
+        buttons.addStretch(1)
+        buttons.addWidget(close)
+        layout.addLayout(buttons)
+
+    def _no_snippet_text(self) -> str:
+        if self.report["loads_with_weights_only"]:
+            return "No allowlist is needed."
+        return ("No allowlist makes weights_only load it; do not fall back to weights_only=False "
+                "unless you trust whoever wrote the file. A sanitized copy loads without one.")
+
+    def _add(self, use: dict):
+        keys = [key for key in use["keys"] if key]       # "" is the root: nothing to select
+        where = f"{keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "") \
+            if keys else ""
+        item = QTreeWidgetItem([shown(use["name"]), use["category"], f"{use['uses']:,}",
+                                shown(where)])
+        item.setToolTip(1, MEANING[use["category"]])
+        item.setData(0, Qt.UserRole, keys[0] if keys else "")
+        if use["category"] == "code":
+            for column in range(4):
+                item.setForeground(column, QBrush(CODE_RED))
+            for call in use["calls"]:
+                child = QTreeWidgetItem([shown(f"called as {use['name']}({call})"), "", "", ""])
+                child.setForeground(0, QBrush(CODE_RED))
+                item.addChild(child)
+        for key in keys:
+            child = QTreeWidgetItem([shown(key), "", "", "select in the tree"])
+            child.setData(0, Qt.UserRole, key)
+            item.addChild(child)
+        self.table.addTopLevelItem(item)
+        if use["category"] == "code":
+            item.setExpanded(True)
+
+    def _clicked(self, item, _column=0):
+        key = item.data(0, Qt.UserRole)
+        if key:
+            self.key_activated.emit(key)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(global, category) of every row, for tests and accessibility checks."""
+        return [(self.table.topLevelItem(i).text(0), self.table.topLevelItem(i).text(1))
+                for i in range(self.table.topLevelItemCount())]
