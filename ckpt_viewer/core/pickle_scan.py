@@ -97,3 +97,85 @@ def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
     except (IndexError, struct.error):
         pass
     raise CheckpointError("pickle data ends early (file truncated?)")
+
+
+# --- the one check torch makes that the C unpickler does not: SETITEM(S) targets --------------
+
+_PUSH_OTHER = set(b"NK\x89\x88)J\x8f") | {ord("M"), ord("G"), ord("X"), ord("U"), 0x8A}
+DICT_GLOBALS = (b"collections\nOrderedDict\n", b"collections\nCounter\n")
+MAX_SIMULATED = 4 << 20      # bigger pickles are not simulated (listing speed); see safe_load
+
+
+def setitem_on_non_dict(data) -> bool:
+    try:
+        return _setitem_on_non_dict(data)
+    except (IndexError, ValueError, struct.error):
+        return False            # malformed: the unpickler itself reports it
+
+
+def _setitem_on_non_dict(data) -> bool:
+    """Whether a SETITEM/SETITEMS writes into something other than a dict, OrderedDict or
+    Counter, which torch's weights_only unpickler refuses and the C unpickler silently does
+    (into a list, say). Simulates only the kind of each stack item; call it on pickles made
+    of torch's opcodes alone (TORCH_OPCODES)."""
+    stack, marks, memo = [], [], {}
+    unpack4 = struct.Struct("<I").unpack_from
+    i, size = 0, len(data)
+    dict_kind, list_kind, other, dict_class = 1, 2, 0, 3
+    while i < size:
+        op = data[i]
+        i += 1
+        if op == 0x2E:                                   # STOP
+            return False
+        if op in _PUSH_OTHER:
+            stack.append(other)
+            i += {0x4B: 1, 0x4D: 2, 0x4A: 4, 0x47: 8}.get(op, 0)
+            if op == 0x58:                               # BINUNICODE
+                i += 4 + unpack4(data, i)[0]
+            elif op in (0x55, 0x8A):                     # SHORT_BINSTRING, LONG1
+                i += 1 + data[i]
+        elif op == 0x5D:                                 # EMPTY_LIST
+            stack.append(list_kind)
+        elif op == 0x7D:                                 # EMPTY_DICT
+            stack.append(dict_kind)
+        elif op == 0x63:                                 # GLOBAL
+            end = data.index(b"\n", data.index(b"\n", i) + 1) + 1
+            stack.append(dict_class if data[i:end] in DICT_GLOBALS else other)
+            i = end
+        elif op == 0x52:                                 # REDUCE
+            stack.pop()
+            stack[-1] = dict_kind if stack[-1] == dict_class else other
+        elif op == 0x81:                                 # NEWOBJ
+            stack.pop()
+            stack[-1] = dict_kind if stack[-1] == dict_class else other
+        elif op in (0x62, 0x61):                         # BUILD, APPEND
+            stack.pop()
+        elif op == 0x51:                                 # BINPERSID
+            stack[-1] = other
+        elif op == 0x73:                                 # SETITEM
+            del stack[-2:]
+            if stack[-1] != dict_kind:
+                return True
+        elif op == 0x28:                                 # MARK
+            marks.append(len(stack))
+        elif op in (0x65, 0x75, 0x74):                   # APPENDS, SETITEMS, TUPLE
+            del stack[marks.pop():]
+            if op == 0x75 and stack[-1] != dict_kind:
+                return True
+            if op == 0x74:
+                stack.append(other)
+        elif op in (0x85, 0x86, 0x87):                   # TUPLE1..3
+            del stack[len(stack) - (op - 0x84):]
+            stack.append(other)
+        elif op in (0x68, 0x6A):                         # BINGET, LONG_BINGET
+            index = data[i] if op == 0x68 else unpack4(data, i)[0]
+            i += 1 if op == 0x68 else 4
+            stack.append(memo.get(index, other))
+        elif op in (0x71, 0x72):                         # BINPUT, LONG_BINPUT
+            memo[data[i] if op == 0x71 else unpack4(data, i)[0]] = stack[-1]
+            i += 1 if op == 0x71 else 4
+        elif op == 0x80:                                 # PROTO
+            i += 1
+        else:
+            return False                                 # not a torch-only pickle
+    return False

@@ -18,7 +18,12 @@ from collections import Counter, OrderedDict
 
 from ckpt_viewer.core import Ambiguous, CheckpointError, model
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, STORAGE_DTYPES, Storage, TensorInfo
-from ckpt_viewer.core.pickle_scan import pickle_end, unsupported_by_torch
+from ckpt_viewer.core.pickle_scan import (
+    MAX_SIMULATED,
+    pickle_end,
+    setitem_on_non_dict,
+    unsupported_by_torch,
+)
 
 
 class Placeholder:
@@ -666,6 +671,9 @@ def safe_load(data: bytes, storage_factory=None, encoding="utf-8", report=None):
         report.refuse(f"its pickle uses opcode(s) {', '.join(unsupported)} that torch's "
                       "weights_only unpickler does not implement (saved with pickle protocol "
                       "0, 1, 4 or 5?)")
+    elif len(data) <= MAX_SIMULATED and setitem_on_non_dict(data):
+        report.refuse("its pickle sets an item on something other than a dict (torch's "
+                      "weights_only unpickler allows dict, OrderedDict and Counter only)")
     unpickler = SafeUnpickler(io.BytesIO(data), storage_factory, encoding=encoding, report=report)
     _current.report = report
     try:
