@@ -108,6 +108,9 @@ def _diff_parser(sub):
                        help=f"remove P from the start of {side.upper()}'s keys (e.g. module.)")
         p.add_argument(f"--add-prefix-{side}", default="", metavar="P",
                        help=f"prepend P to {side.upper()}'s keys")
+    p.add_argument("--map-gguf", choices=("auto", "off"), default="auto",
+                   help="when one side is a GGUF file, rename the other side's tensors to "
+                        "llama.cpp's GGUF names (auto, the default) or compare names as they are")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_diff)
 
@@ -278,7 +281,7 @@ def run_diff(args) -> int:
             raise CheckpointError(f"{path}: {exc}") from None
     sides = [Side(getattr(args, f"root_{s}"), getattr(args, f"strip_prefix_{s}"),
                   getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
-    report = run(diff(checkpoints[0], checkpoints[1], *sides))
+    report = run(diff(checkpoints[0], checkpoints[1], *sides, map_gguf=args.map_gguf == "auto"))
     if args.json:
         say_json(report.to_json())
     else:

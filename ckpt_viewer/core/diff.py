@@ -187,10 +187,25 @@ def _compare_values(a, b, result: TensorDiff):
     result.status = status if same_dtype else f"dtype+{status}"
 
 
+def _to_gguf_names(keys: dict, gguf_checkpoint: Checkpoint) -> dict:
+    """The other side's keys renamed to the GGUF file's names where the name map knows them
+    (a name already in GGUF form, or one the map does not know, stays)."""
+    from ckpt_viewer.core.gguf_names import gguf_names
+
+    names = gguf_names(gguf_checkpoint, keys)
+    return {names.get(key, key): value for key, value in keys.items()}
+
+
 def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
-         side_b: Side = Side()) -> Generator[float, None, DiffReport]:
-    """Generator: yields progress in [0, 1]; returns DiffReport."""
+         side_b: Side = Side(), map_gguf: bool = True) -> Generator[float, None, DiffReport]:
+    """Generator: yields progress in [0, 1]; returns DiffReport. With map_gguf, when one side
+    is a GGUF file the other side's names are mapped to GGUF names (llama.cpp's map)."""
     keys_a, keys_b = mapped(a, side_a), mapped(b, side_b)
+    if map_gguf and (a.format == "gguf") != (b.format == "gguf"):
+        if a.format == "gguf":
+            keys_b = _to_gguf_names(keys_b, a)
+        else:
+            keys_a = _to_gguf_names(keys_a, b)
     report = DiffReport(a.path, b.path, only_a=[k for k in keys_a if k not in keys_b],
                         only_b=[k for k in keys_b if k not in keys_a])
     common = [k for k in keys_a if k in keys_b]

@@ -214,6 +214,11 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
     if "values" in tensor.parts:
         yield from iter_chunks(tensor.parts["values"], chunk_elements)
         return
+    if tensor.layout == "ggml":
+        for start in range(0, tensor.numel, chunk_elements):
+            yield ggml_elements(tensor, tensor.offset + start,
+                                min(chunk_elements, tensor.numel - start))
+        return
     if not numpy_readable(tensor):
         yield from _torch_chunks(read_tensor(tensor), chunk_elements)
         return
@@ -372,6 +377,8 @@ def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarra
     if max_elements is not None and tensor.numel > max_elements:
         raise CheckpointError(f"tensor has {tensor.numel:,} elements; refusing to read more "
                               f"than {max_elements:,} at once")
+    if tensor.layout == "ggml":
+        return ggml_elements(tensor, tensor.offset, tensor.numel).reshape(tensor.shape)
     if not numpy_readable(tensor):
         return to_numpy(read_tensor(tensor))
     reader = StorageReader(tensor.storage)
@@ -381,6 +388,30 @@ def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarra
     else:
         raw = strided_array(tensor, dtype)
     return widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
+
+
+def ggml_elements(tensor: TensorInfo, first: int, count: int) -> np.ndarray:
+    """Elements [first, first+count) of a GGUF quantized tensor (flat, in file order) as
+    float32, dequantized by the gguf package; only the blocks holding them are read."""
+    try:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+    except ImportError:
+        raise CheckpointError("reading GGUF quantized values needs the gguf package "
+                              "(pip install gguf)") from None
+    block, type_size = tensor.quantizer["block"], tensor.quantizer["type_size"]
+    if count <= 0:
+        return np.zeros(0, np.float32)
+    first_block, end_block = first // block, -(-(first + count) // block)
+    raw = StorageReader(tensor.storage).mapped(first_block * type_size,
+                                               (end_block - first_block) * type_size)
+    try:
+        values = dequantize(raw, GGMLQuantizationType[tensor.quantizer["ggml_type"]])
+    except NotImplementedError:
+        raise CheckpointError(f"the gguf package cannot dequantize "
+                              f"{tensor.quantizer['ggml_type']} values") from None
+    skip = first - first_block * block
+    return values.reshape(-1)[skip:skip + count]
 
 
 # --- through torch ------------------------------------------------------------------------
@@ -404,6 +435,8 @@ def read_tensor(tensor: TensorInfo):
 
     if tensor.chunks:
         return _read_dcp(tensor)
+    if tensor.layout == "ggml":
+        return torch.from_numpy(read_array(tensor).copy())
     if tensor.parts:
         parts = {name: read_tensor(part) for name, part in tensor.parts.items()}
         if tensor.layout == "sparse_coo":
@@ -481,6 +514,8 @@ def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
         cols = range(0, 1)
     if len(leading) != len(shape) - 2 or any(not 0 <= i < n for i, n in zip(leading, shape)):
         raise CheckpointError("slice indices are out of range")
+    if tensor.layout == "ggml":             # dequantized row by row (rows are whole blocks)
+        return _ggml_window(tensor, leading, shape, stride, rows, cols)
     if not numpy_readable(tensor):          # quantized per channel, DCP...: through torch
         full = read_array(tensor).reshape(shape)
         return full[tuple(leading)][rows.start:rows.stop:rows.step, cols.start:cols.stop:cols.step]
@@ -495,6 +530,18 @@ def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
                            (len(cols),), (cols.step * col_stride,)))
     window = np.stack(out) if out else np.zeros((0, len(cols)), dtype)
     return widen(apply_view_bits(window, tensor), tensor.dtype, tensor.quantizer)
+
+
+def _ggml_window(tensor, leading, shape, stride, rows, cols) -> np.ndarray:
+    base = tensor.offset + sum(i * s for i, s in zip(leading, stride[:-2]))
+    out = np.zeros((len(rows), len(cols)), np.float32)
+    if not len(cols):
+        return out
+    step = cols.step * stride[-1]
+    for index, r in enumerate(rows):
+        first = base + r * stride[-2] + cols.start * stride[-1]
+        out[index] = ggml_elements(tensor, first, (len(cols) - 1) * step + 1)[::step]
+    return out
 
 
 def downsampled_2d(tensor: TensorInfo, leading: tuple = (), limit: int = 1024) -> tuple:
