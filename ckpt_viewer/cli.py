@@ -86,6 +86,9 @@ def _export_parser(sub):
     p.add_argument("--device", default="cpu", help="location tag to write: cpu, cuda or cuda:N")
     p.add_argument("--format", choices=("pth", "safetensors"), default=None,
                    help="default: from the output's extension")
+    p.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                   help="write Hugging Face style shards of at most SIZE (2GB, 500MB...) and "
+                        "their index into the folder given by -o")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-verify", action="store_true", help="skip reopening the written file")
     p.set_defaults(run=run_export)
@@ -232,7 +235,7 @@ def run_stats(args) -> int:
 
 
 def run_export(args) -> int:
-    from ckpt_viewer.core.export import ExportPlan, export
+    from ckpt_viewer.core.export import ExportPlan, export, parse_size
     from ckpt_viewer.core.model import format_bytes
     from ckpt_viewer.core.open import open_checkpoint
     from ckpt_viewer.core.stats import run
@@ -241,11 +244,14 @@ def run_export(args) -> int:
     fmt = args.format or ("safetensors" if args.dst.endswith(".safetensors") else "pth")
     plan = ExportPlan(root=args.root, include=args.include, exclude=args.exclude,
                       strip_prefix=args.strip_prefix, add_prefix=args.add_prefix,
-                      dtype=args.dtype, device=args.device, format=fmt)
+                      dtype=args.dtype, device=args.device, format=fmt,
+                      max_shard_size=parse_size(args.max_shard_size) if args.max_shard_size else 0)
     checkpoint = open_checkpoint(args.src)
     summary = run(export(checkpoint, plan, args.dst, force=args.force,
                          verify=not args.no_verify))
     note = ", verified" if summary.verified else ""
+    if summary.files > 1:
+        note = f", {summary.files} shards + index" + note
     say(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, {format_bytes(summary.bytes)}, "
           f"{summary.format}, location {summary.device}{note}")
     return 0

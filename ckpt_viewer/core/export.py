@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -43,6 +44,7 @@ class ExportPlan:
     dtype: str = "keep"
     device: str = "cpu"            # cpu | cuda | cuda:N
     format: str = "pth"            # pth | safetensors
+    max_shard_size: int = 0        # > 0: write HF-style shards + index into a folder
 
 
 @dataclass
@@ -61,6 +63,7 @@ class ExportSummary:
     format: str
     device: str
     verified: bool
+    files: int = 1
 
 
 def location(device: str) -> str:
@@ -323,6 +326,32 @@ def _write_pth(path, records, where, device, cancelled):
 
 # --- the .safetensors writer -------------------------------------------------------------------
 
+def _alias_key(item: Item) -> tuple:
+    t = item.tensor
+    return (id(t.storage), t.offset, tuple(t.shape), tuple(t.stride), t.dtype, item.dtype,
+            t.neg, t.conj)
+
+
+def drop_aliases(items: list[Item]) -> tuple[list[Item], dict]:
+    """(items to write, {dropped name: kept name}): names that are the very same tensor (tied
+    weights) are written once, as safetensors cannot share bytes between names. As in
+    safetensors.torch.save_model the dropped names go into the metadata; the name kept is
+    the first in file order (the module that owns a tied weight usually comes first, e.g.
+    GPT-2's transformer.wte.weight before lm_head.weight, which transformers re-ties).
+    Other views of one storage (a row of a matrix...) are written as copies."""
+    kept, aliases, owner = [], {}, {}
+    for item in items:
+        if item.tensor.storage is None:
+            kept.append(item)
+            continue
+        first = owner.setdefault(_alias_key(item), item)
+        if first is item:
+            kept.append(item)
+        else:
+            aliases[item.key] = first.key
+    return kept, aliases
+
+
 def _write_safetensors(path, items, device, cancelled, metadata):
     header, offset = {}, 0
     if metadata:
@@ -385,45 +414,139 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
         raise CheckpointError("nothing to export: no tensor matches the selection")
     _check_exportable(items, fmt)
     destination = os.path.abspath(destination)
-    if os.path.isdir(destination):
-        raise CheckpointError(f"{destination} is a directory")
-    if _same_file(destination, checkpoint.path):
-        raise CheckpointError("the destination is the source file; choose another name")
-    if os.path.exists(destination) and not force:
-        raise CheckpointError(f"{destination} exists (use --force to replace it)")
-    folder = os.path.dirname(destination)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"folder {folder} does not exist")
+    if plan.max_shard_size:                 # the destination is a folder, made if needed
+        if os.path.exists(destination) and not os.path.isdir(destination):
+            raise CheckpointError(f"{destination} is not a folder (sharded output goes into one)")
+        if _same_file(destination, checkpoint.path):
+            raise CheckpointError("the destination is the source folder; choose another one")
+        if not os.path.isdir(os.path.dirname(destination)):
+            raise CheckpointError(f"folder {os.path.dirname(destination)} does not exist")
+        os.makedirs(destination, exist_ok=True)
+        folder = destination
+    else:
+        if os.path.isdir(destination):
+            raise CheckpointError(f"{destination} is a directory")
+        if _same_file(destination, checkpoint.path):
+            raise CheckpointError("the destination is the source file; choose another name")
+        folder = os.path.dirname(destination)
+        if not os.path.isdir(folder):
+            raise CheckpointError(f"folder {folder} does not exist")
+    aliases = {}
+    if fmt == "safetensors":
+        items, aliases = drop_aliases(items)
+    units = _records(items, fmt) if fmt == "pth" else items
+    shards = _shards(units, fmt, plan.max_shard_size) if plan.max_shard_size else [units]
+    names = _shard_names(fmt, len(shards)) if plan.max_shard_size else \
+        [os.path.basename(destination)]
+    targets = [os.path.join(folder, name) for name in names]
+    index_path = None
+    if plan.max_shard_size and len(shards) > 1:
+        index_path = os.path.join(folder, INDEX_NAMES[fmt])
+        targets.append(index_path)
+    for target in targets:
+        if os.path.exists(target) and not force:
+            raise CheckpointError(f"{target} exists (use --force to replace it)")
     total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items) or 1
-    handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".part",
-                                    dir=folder)
-    os.close(handle)
+    temps = []
     try:
         written = 0
-        if fmt == "pth":
-            steps = _write_pth(temp, _records(items, fmt), where, plan.device, cancelled)
-        else:
-            metadata = {"format": "pt"}
-            steps = _write_safetensors(temp, items, plan.device, cancelled, metadata)
-        for nbytes in steps:
-            written += nbytes
-            yield min(written / total, 1.0) * (0.95 if verify else 1.0)
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
+        for name, shard in zip(names, shards):
+            handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+            os.close(handle)
+            temps.append(temp)
+            if fmt == "pth":
+                steps = _write_pth(temp, shard, where, plan.device, cancelled)
+            else:
+                metadata = {**aliases, "format": "pt"}
+                steps = _write_safetensors(temp, shard, plan.device, cancelled, metadata)
+            for nbytes in steps:
+                written += nbytes
+                yield min(written / total, 1.0) * (0.95 if verify else 1.0)
+            with open(temp, "rb+") as f:
+                os.fsync(f.fileno())
+            if verify:
+                verify_written(temp, fmt, _shard_items(shard, fmt))
+        if index_path:
+            handle, temp = tempfile.mkstemp(prefix=".index.", suffix=".part", dir=folder)
+            temps.append(temp)
+            with os.fdopen(handle, "w") as f:
+                json.dump(_index(fmt, names, shards, aliases), f, indent=2)
         if verify:
-            verify_written(temp, fmt, items)
             yield 1.0
-        os.replace(temp, destination)
+        for temp, target in zip(temps, targets):
+            os.replace(temp, target)
     except _Cancelled:
-        _remove(temp)
+        _remove_all(temps)
         raise CheckpointError("export cancelled; nothing was written") from None
     except OSError as exc:
-        _remove(temp)
+        _remove_all(temps)
         raise CheckpointError(_os_error(exc, destination)) from None
     except BaseException:
-        _remove(temp)
+        _remove_all(temps)
         raise
-    return ExportSummary(destination, len(items), os.path.getsize(destination), fmt, where, verify)
+    size = sum(os.path.getsize(t) for t in targets)
+    return ExportSummary(destination, len(items), size, fmt, where, verify, files=len(shards))
+
+
+INDEX_NAMES = {"safetensors": "model.safetensors.index.json",
+               "pth": "pytorch_model.bin.index.json"}
+SHARD_STEMS = {"safetensors": ("model", "safetensors"), "pth": ("pytorch_model", "bin")}
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
+              "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
+
+
+def parse_size(text: str) -> int:
+    """'2GB' -> 2_000_000_000, '500MiB' -> 524_288_000 (units as transformers reads them)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise CheckpointError(f"not a size: {text!r:.40} (use e.g. 2GB, 500MB, 50KB)")
+    return max(1, int(float(match.group(1)) * SIZE_UNITS[unit]))
+
+
+def _unit_bytes(unit, fmt) -> int:
+    if fmt == "pth":
+        return unit.count * DTYPE_SIZES[unit.dtype]
+    return unit.tensor.numel * DTYPE_SIZES[unit.dtype]
+
+
+def _shards(units: list, fmt: str, limit: int) -> list[list]:
+    """Units (records or items) in order, a new shard whenever the next would pass the limit;
+    one larger than the limit gets a shard of its own (as transformers does)."""
+    shards, size = [[]], 0
+    for unit in units:
+        nbytes = _unit_bytes(unit, fmt)
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(unit)
+        size += nbytes
+    return shards
+
+
+def _shard_names(fmt: str, count: int) -> list[str]:
+    stem, ext = SHARD_STEMS[fmt]
+    if count == 1:
+        return [f"{stem}.{ext}"]
+    return [f"{stem}-{n:05d}-of-{count:05d}.{ext}" for n in range(1, count + 1)]
+
+
+def _shard_items(shard: list, fmt: str) -> list[Item]:
+    return [i for record in shard for i in record.items] if fmt == "pth" else shard
+
+
+def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        for item in _shard_items(shard, fmt):
+            weight_map[item.key] = name
+    total = sum(_unit_bytes(unit, fmt) for shard in shards for unit in shard)
+    return {"metadata": {"total_size": total}, "weight_map": weight_map}
+
+
+def _remove_all(paths):
+    for path in paths:
+        _remove(path)
 
 
 def _same_file(a: str, b: str) -> bool:
