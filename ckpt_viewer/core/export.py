@@ -26,7 +26,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
 from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
-from ckpt_viewer.core.values import StorageReader, apply_view_bits, iter_raw_chunks, read_tensor
+from ckpt_viewer.core.values import StorageReader, apply_view_bits, dcp_slabs, iter_raw_chunks
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20          # bytes per read/write step: bounded memory whatever the size
@@ -215,11 +215,9 @@ def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str
 
 def _dense_bytes(tensor: TensorInfo, target: str, device: str):
     """A tensor's own elements, contiguous, in the target dtype (views written compactly)."""
-    if tensor.chunks:                        # DCP: assembled from its chunks through torch
-        import torch
-
-        value = read_tensor(tensor).contiguous().reshape(-1)
-        yield _cast_bytes(value.view(torch.uint8).numpy(), tensor.dtype, target, device)
+    if tensor.chunks:                        # DCP: slabs of rows assembled from its chunks
+        for slab in dcp_slabs(tensor, COPY_CHUNK):
+            yield _cast_bytes(slab.view(np.uint8), tensor.dtype, target, device)
     elif tensor.is_contiguous:
         yield from _pieces(tensor, tensor.offset, tensor.numel, target, device)
     else:

@@ -219,6 +219,12 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
             yield ggml_elements(tensor, tensor.offset + start,
                                 min(chunk_elements, tensor.numel - start))
         return
+    if tensor.chunks and tensor.dtype in NUMPY_DTYPES:     # DCP: row slabs, never whole
+        numbers = np.dtype("<" + NUMPY_DTYPES[tensor.dtype])
+        slabs = (widen(slab.view(numbers), tensor.dtype)
+                 for slab in dcp_slabs(tensor, chunk_elements * numbers.itemsize))
+        yield from _rechunked(slabs, chunk_elements)
+        return
     if not numpy_readable(tensor):
         yield from _torch_chunks(read_tensor(tensor), chunk_elements)
         return
@@ -412,6 +418,54 @@ def ggml_elements(tensor: TensorInfo, first: int, count: int) -> np.ndarray:
                               f"{tensor.quantizer['ggml_type']} values") from None
     skip = first - first_block * block
     return values.reshape(-1)[skip:skip + count]
+
+
+def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
+    """A DCP tensor's elements in C order as little-endian raw units (u1/u2/u4/u8 or void),
+    a slab of whole dim-0 rows at a time: each slab is filled from the chunks that overlap it,
+    read straight from their records in the data files. Memory: one slab (at least one row),
+    whatever the tensor's size or how it is sharded."""
+    from ckpt_viewer.core.readers.dcp import chunk_tensor
+
+    itemsize = DTYPE_SIZES[tensor.dtype]
+    unit = np.dtype(f"<u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype(f"V{itemsize}")
+    pieces = []
+    for offsets, sizes, span in tensor.chunks:
+        chunk = chunk_tensor(span)
+        if chunk.dtype != tensor.dtype or tuple(chunk.shape) != tuple(sizes) or \
+                len(offsets) != len(tensor.shape) or any(
+                    o < 0 or o + n > d for o, n, d in zip(offsets, sizes, tensor.shape)):
+            raise CheckpointError("DCP chunk shape or dtype differs from its metadata")
+        pieces.append((offsets, chunk))
+    if not tensor.numel:
+        return
+    if not tensor.shape:                     # 0-dim: one element, one chunk
+        yield _chunk_block(pieces[0][1], unit)
+        return
+    rows, row_shape = tensor.shape[0], tuple(tensor.shape[1:])
+    per_slab = max(1, max_bytes // max(1, math.prod(row_shape) * itemsize))
+    for first in range(0, rows, per_slab):
+        end = min(rows, first + per_slab)
+        slab = np.zeros((end - first,) + row_shape, unit)
+        for offsets, chunk in pieces:
+            lo, hi = max(first, offsets[0]), min(end, offsets[0] + chunk.shape[0])
+            if lo >= hi:
+                continue
+            view = copy.copy(chunk)
+            view.offset = chunk.offset + (lo - offsets[0]) * chunk.stride[0]
+            view.shape = (hi - lo,) + tuple(chunk.shape[1:])
+            where = (slice(lo - first, hi - first),) + tuple(
+                slice(o, o + n) for o, n in zip(offsets[1:], chunk.shape[1:]))
+            slab[where] = _chunk_block(view, unit).reshape(view.shape)
+        yield slab.reshape(-1)
+
+
+def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
+    order = ">" if view.storage.byteorder == "big" else "<"
+    stored = unit.newbyteorder(order) if unit.kind == "u" else unit
+    raw = np.concatenate(list(iter_raw_chunks(view, stored, max(1, view.numel)))) \
+        if view.numel else np.zeros(0, stored)
+    return apply_view_bits(raw, view).astype(unit, copy=False)
 
 
 # --- through torch ------------------------------------------------------------------------
