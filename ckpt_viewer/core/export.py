@@ -17,6 +17,7 @@ import re
 import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
@@ -265,6 +266,82 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
     return records
 
 
+# --- unchanged bytes: copied by the kernel ------------------------------------------------
+
+def _raw_span(tensor: TensorInfo, target: str, first: int, count: int):
+    """(reader, first, count) when storage elements [first, first+count) are to be written
+    exactly as stored (no cast, no neg/conj bit, little-endian, an uncompressed record or a
+    file span), so they can be copied file to file; None otherwise."""
+    if (tensor.chunks or tensor.storage is None or target != tensor.dtype or tensor.neg
+            or tensor.conj or tensor.storage.byteorder != "little" or not count):
+        return None
+    reader = StorageReader(tensor.storage)
+    return None if reader.inflated is not None else (reader, first, count)
+
+
+def _item_span(item: Item):
+    t = item.tensor
+    return _raw_span(t, item.dtype, t.offset, t.numel) if t.is_contiguous else None
+
+
+def _record_span(record: _Record):
+    item = record.items[0]
+    if record.shared:
+        return _raw_span(item.tensor, record.dtype, record.first, record.count)
+    return _item_span(item)
+
+
+def _copy_span(span, out, cancelled, crc: bool = False) -> int:
+    """Copies the span's bytes to the buffered file `out` at its position, by
+    os.copy_file_range (no trip through user space) where the kernel can, else from mapped
+    pages; returns the CRC-32 of the bytes when asked (computed on the mapped source pages,
+    which the copy has just brought into the page cache)."""
+    reader, first, count = span
+    itemsize = reader.itemsize
+    source_start, nbytes = reader.offset + first * itemsize, count * itemsize
+    unit = np.dtype("u1")
+    out.flush()
+    position, value, done = out.tell(), 0, 0
+    kernel = hasattr(os, "copy_file_range")
+    with open(reader.path, "rb") as source:
+        if os.fstat(source.fileno()).st_size < source_start + nbytes:
+            raise reader._ended()
+        while done < nbytes:
+            step = min(COPY_CHUNK * 4, nbytes - done)
+            if kernel:
+                try:
+                    copied = _kernel_copy(source.fileno(), out.fileno(), source_start + done,
+                                          position + done, step)
+                except OSError:           # another file system, an old kernel: plain writes
+                    kernel = False
+                    copied = 0
+                if kernel and copied != step:
+                    raise reader._ended()
+            pages = reader.mapped(first * itemsize + done, step, unit) if crc or not kernel \
+                else None
+            if not kernel:
+                os.pwrite(out.fileno(), pages, position + done)
+            if crc:
+                value = zlib.crc32(pages, value)
+            del pages
+            done += step
+            if cancelled():
+                raise _Cancelled()
+    out.seek(position + nbytes)
+    return value
+
+
+def _kernel_copy(source: int, target: int, source_at: int, target_at: int, count: int) -> int:
+    done = 0
+    while done < count:
+        copied = os.copy_file_range(source, target, count - done, source_at + done,
+                                    target_at + done)
+        if copied == 0:
+            break
+        done += copied
+    return done
+
+
 def _record_bytes(record: _Record, device: str):
     item = record.items[0]
     if record.shared:
@@ -313,11 +390,17 @@ def _write_pth(path, records, where, device, cancelled):
             nbytes = record.count * DTYPE_SIZES[record.dtype]
             zip64 = nbytes > 0x7FFFFFFF
             info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
+            span = _record_span(record)
             with zf.open(info, "w", force_zip64=zip64) as out:
-                for piece in _record_bytes(record, device):
-                    out.write(piece)
-                    if cancelled():
-                        raise _Cancelled()
+                if span is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
+                    # zipfile's record writer puts these two into the header when it closes
+                    out._crc = _copy_span(span, zf.fp, cancelled, crc=True)
+                    out._file_size = nbytes
+                else:
+                    for piece in _record_bytes(record, device):
+                        out.write(piece)
+                        if cancelled():
+                            raise _Cancelled()
             yield nbytes
         zf.writestr(zipfile.ZipInfo(f"{archive}/version", (1980, 1, 1, 0, 0, 0)), b"3\n")
 
@@ -365,10 +448,14 @@ def _write_safetensors(path, items, device, cancelled, metadata):
     with open(path, "r+b") as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for item in items:
-            for piece in _dense_bytes(item.tensor, item.dtype, device):
-                f.write(piece)
-                if cancelled():
-                    raise _Cancelled()
+            span = _item_span(item)
+            if span is not None:
+                _copy_span(span, f, cancelled)
+            else:
+                for piece in _dense_bytes(item.tensor, item.dtype, device):
+                    f.write(piece)
+                    if cancelled():
+                        raise _Cancelled()
             yield item.tensor.numel * DTYPE_SIZES[item.dtype]
 
 

@@ -296,3 +296,43 @@ def test_casts_without_torch_are_bit_exact():
     assert np.array_equal(back.view(np.float32), x.bfloat16().float().numpy())
     nan = _numpy_cast(np.array([np.nan], np.float32).view(np.uint8), "float32", "bfloat16")
     assert torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).isnan().all()
+
+
+@pytest.mark.parametrize("kernel", ["copy_file_range", "refused", "absent"])
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_unchanged_bytes_are_copied_file_to_file(tmp_path, monkeypatch, kernel, fmt):
+    torch.manual_seed(0)
+    base = torch.randn(300, 200)
+    state = {"w": base, "tied": base, "t": base.t(), "neg": torch._neg_view(torch.randn(50)),
+             "half": torch.randn(1000).half(), "ints": torch.arange(70000)}
+    src = builders.save(state, tmp_path / "s.pt")
+    calls = []
+    real = getattr(os, "copy_file_range", None)
+
+    def copy_file_range(*args):
+        calls.append(args)
+        if kernel == "refused":
+            raise OSError(errno.EXDEV, "cross-device")
+        return real(*args)
+
+    if kernel == "absent" or real is None:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    else:
+        monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    out = tmp_path / f"o.{fmt}"
+    do_export(src, out, format=fmt)
+    if kernel == "copy_file_range" and real is not None:
+        assert calls                                   # the kernel did the copying
+    if fmt == "pth":
+        got = torch.load(out, weights_only=True)
+        with zipfile.ZipFile(out) as zf:
+            assert zf.testzip() is None                # every record's CRC-32 is right
+        result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", str(out)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:
+        from safetensors.torch import load_file
+        got = load_file(str(out))
+        state.pop("tied")
+    for key, value in state.items():
+        assert torch.equal(got[key], value.resolve_neg()), key
