@@ -117,6 +117,16 @@ def test_stats_on_dequantized_values(tmp_path):
     assert stats.mean == pytest.approx(values.mean())
 
 
+def test_layers_group_blk_stacks(tmp_path):
+    from ckpt_viewer.core.layers import group_layers
+
+    rng = np.random.default_rng(1)
+    tensors = {f"blk.{i}.attn_q.weight": (rng.standard_normal((32, 64)).astype(np.float32), Q.Q8_0)
+               for i in range(3)}
+    stacks = group_layers(open_checkpoint(str(write_gguf(tmp_path / "l.gguf", tensors, blocks=3))))
+    assert [(s.prefix, s.layers) for s in stacks] == [("blk", [0, 1, 2])]
+
+
 def test_listing_imports_neither_numpy_nor_torch(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", weights())
     code = ("import sys; from ckpt_viewer.core.open import open_checkpoint; "

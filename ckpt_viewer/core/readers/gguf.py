@@ -25,6 +25,7 @@ MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_ARRAY_DEPTH = 8
 MAX_SHOWN_ITEMS = 16          # an array value (a vocabulary...) is shown by its first items
+MAX_STRING_BYTES = 64 << 20  # a chat template or a token is far smaller
 MAX_DIMS = 8                  # GGML_MAX_DIMS is 4; a little slack for newer files
 
 # ggml type id -> (name, elements per block, bytes per block): the GGUF spec's type table
@@ -76,7 +77,11 @@ class _Header:
         return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
-        return self.take(self.unpack("Q")).decode("utf-8", "replace")
+        length = self.unpack("Q")
+        if length > MAX_STRING_BYTES:
+            raise CheckpointError(f"GGUF header holds a string of {length:,} bytes; refusing "
+                                  f"more than {MAX_STRING_BYTES:,}")
+        return self.take(length).decode("utf-8", "replace")
 
     def value(self, kind: int, depth: int = 0):
         if kind in VALUE_FORMATS:
