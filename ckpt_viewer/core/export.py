@@ -528,9 +528,13 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
     if plan.max_shard_size and len(shards) > 1:
         index_path = os.path.join(folder, INDEX_NAMES[fmt])
         targets.append(index_path)
+    sources = _source_paths(items)
     for target in targets:
         if os.path.exists(target) and not force:
             raise CheckpointError(f"{target} exists (use --force to replace it)")
+        if any(_same_file(target, source) for source in sources):
+            raise CheckpointError(f"{target} is one of the files being read; choose another "
+                                  "destination")
     total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items) or 1
     temps = []
     try:
@@ -632,6 +636,16 @@ def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:
 def _remove_all(paths):
     for path in paths:
         _remove(path)
+
+
+def _source_paths(items: list[Item]) -> set:
+    paths = set()
+    for item in items:
+        t = item.tensor
+        if t.storage is not None and hasattr(t.storage.source, "path"):
+            paths.add(t.storage.source.path)
+        paths.update(span.path for _, _, span in t.chunks)
+    return paths
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -336,3 +336,13 @@ def test_unchanged_bytes_are_copied_file_to_file(tmp_path, monkeypatch, kernel, 
         state.pop("tied")
     for key, value in state.items():
         assert torch.equal(got[key], value.resolve_neg()), key
+
+
+def test_sharded_export_never_overwrites_its_source(tmp_path):
+    from safetensors.torch import save_file
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({"w": torch.randn(10)}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="being read"):
+        do_export(folder, folder, format="safetensors", max_shard_size=10 ** 9, force=True)
+    assert (folder / "model.safetensors").stat().st_size > 0
