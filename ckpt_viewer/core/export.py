@@ -279,19 +279,56 @@ def _raw_span(tensor: TensorInfo, target: str, first: int, count: int):
     return None if reader.inflated is not None else (reader, first, count)
 
 
-def _item_span(item: Item):
+def _item_spans(item: Item):
+    """The raw spans whose bytes, one after the other, are the item's bytes; or None."""
     t = item.tensor
-    return _raw_span(t, item.dtype, t.offset, t.numel) if t.is_contiguous else None
+    if t.chunks:
+        return _dcp_spans(t, item.dtype)
+    span = _raw_span(t, item.dtype, t.offset, t.numel) if t.is_contiguous else None
+    return None if span is None else [span]
 
 
-def _record_span(record: _Record):
+def _record_spans(record: _Record):
     item = record.items[0]
     if record.shared:
-        return _raw_span(item.tensor, record.dtype, record.first, record.count)
-    return _item_span(item)
+        span = _raw_span(item.tensor, record.dtype, record.first, record.count)
+        return None if span is None else [span]
+    return _item_spans(item)
 
 
-def _copy_span(span, out, cancelled, crc: bool = False) -> int:
+def _dcp_spans(tensor: TensorInfo, target: str):
+    """A DCP tensor sharded by whole rows (FSDP, or not sharded at all): its chunks' records in
+    row order are its bytes, so they can be copied as they are."""
+    from ckpt_viewer.core.readers.dcp import chunk_tensor
+
+    if target != tensor.dtype or not tensor.shape or not tensor.numel:
+        return None
+    spans, rows = [], 0
+    for offsets, sizes, span in sorted(tensor.chunks, key=lambda c: tuple(c[0])):
+        if tuple(offsets) != (rows,) + (0,) * (len(offsets) - 1) or \
+                tuple(sizes[1:]) != tuple(tensor.shape[1:]):
+            return None
+        chunk = chunk_tensor(span)
+        if chunk.dtype != tensor.dtype or tuple(chunk.shape) != tuple(sizes):
+            return None
+        if chunk.numel:
+            raw = _raw_span(chunk, target, chunk.offset, chunk.numel) \
+                if chunk.is_contiguous else None
+            if raw is None:
+                return None
+            spans.append(raw)
+        rows += sizes[0]
+    return spans if rows == tensor.shape[0] else None
+
+
+def _copy_spans(spans, out, cancelled, crc: bool = False) -> int:
+    value = 0
+    for span in spans:
+        value = _copy_span(span, out, cancelled, crc, value)
+    return value
+
+
+def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
     """Copies the span's bytes to the buffered file `out` at its position, by
     os.copy_file_range (no trip through user space) where the kernel can, else from mapped
     pages; returns the CRC-32 of the bytes when asked (computed on the mapped source pages,
@@ -301,7 +338,7 @@ def _copy_span(span, out, cancelled, crc: bool = False) -> int:
     source_start, nbytes = reader.offset + first * itemsize, count * itemsize
     unit = np.dtype("u1")
     out.flush()
-    position, value, done = out.tell(), 0, 0
+    position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
     with open(reader.path, "rb") as source:
         if os.fstat(source.fileno()).st_size < source_start + nbytes:
@@ -390,11 +427,11 @@ def _write_pth(path, records, where, device, cancelled):
             nbytes = record.count * DTYPE_SIZES[record.dtype]
             zip64 = nbytes > 0x7FFFFFFF
             info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
-            span = _record_span(record)
+            spans = _record_spans(record)
             with zf.open(info, "w", force_zip64=zip64) as out:
-                if span is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
+                if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
                     # zipfile's record writer puts these two into the header when it closes
-                    out._crc = _copy_span(span, zf.fp, cancelled, crc=True)
+                    out._crc = _copy_spans(spans, zf.fp, cancelled, crc=True)
                     out._file_size = nbytes
                 else:
                     for piece in _record_bytes(record, device):
@@ -448,9 +485,9 @@ def _write_safetensors(path, items, device, cancelled, metadata):
     with open(path, "r+b") as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for item in items:
-            span = _item_span(item)
-            if span is not None:
-                _copy_span(span, f, cancelled)
+            spans = _item_spans(item)
+            if spans is not None:
+                _copy_spans(spans, f, cancelled)
             else:
                 for piece in _dense_bytes(item.tensor, item.dtype, device):
                     f.write(piece)

@@ -75,3 +75,23 @@ def test_chunks_split_along_several_dims_are_assembled(tmp_path):
         assert np.array_equal(flat, expected.numpy().reshape(-1))
     values = np.concatenate(list(iter_chunks(tensor, 7)))
     assert np.array_equal(values, expected.numpy().reshape(-1))
+
+
+def test_row_sharded_chunks_are_copied_as_they_are(tmp_path):
+    from ckpt_viewer.core.export import _dcp_spans
+
+    full = torch.arange(6 * 10, dtype=torch.float32).view(6, 10)
+    blob, rows, grid = io.BytesIO(), [], []
+    for (r0, r1), target in (((3, 6), rows), ((0, 3), rows), ((0, 6), grid)):
+        for c0, c1 in ((0, 10),) if target is rows else ((0, 4), (4, 10)):
+            start = blob.tell()
+            torch.save(full[r0:r1, c0:c1].clone(), blob)
+            target.append(((r0, c0), (r1 - r0, c1 - c0), FileSpan(str(tmp_path / "d"), start,
+                                                                  blob.tell() - start)))
+    (tmp_path / "d").write_bytes(blob.getvalue())
+    by_rows = TensorInfo(dtype="float32", shape=(6, 10), chunks=rows)
+    spans = _dcp_spans(by_rows, "float32")
+    assert [first for _, first, _ in spans] == [0, 0] and len(spans) == 2
+    assert _dcp_spans(by_rows, "float16") is None               # a cast is not a copy
+    assert _dcp_spans(TensorInfo(dtype="float32", shape=(6, 10), chunks=grid[1:]),
+                      "float32") is None
