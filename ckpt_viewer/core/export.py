@@ -357,7 +357,10 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
             pages = reader.mapped(first * itemsize + done, step, unit) if crc or not kernel \
                 else None
             if not kernel:
-                os.pwrite(out.fileno(), pages, position + done)
+                view, at = memoryview(pages), position + done
+                while len(view):
+                    written = os.pwrite(out.fileno(), view, at)
+                    view, at = view[written:], at + written
             if crc:
                 value = zlib.crc32(pages, value)
             del pages
