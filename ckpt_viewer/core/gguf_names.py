@@ -4,7 +4,9 @@ package's own tensor name map for the file's architecture."""
 
 from __future__ import annotations
 
-from ckpt_viewer.core.model import Checkpoint
+import copy
+
+from ckpt_viewer.core.model import Checkpoint, TensorInfo
 
 
 def gguf_names(gguf_checkpoint: Checkpoint, keys) -> dict:
@@ -28,3 +30,44 @@ def gguf_names(gguf_checkpoint: Checkpoint, keys) -> dict:
         if name is not None:
             out[key] = name
     return out
+
+
+def rotary_heads(gguf_checkpoint: Checkpoint, gguf_name: str) -> int:
+    """llama.cpp's converter reorders the rows of a llama model's q and k projections (each
+    head's two rotary halves interleaved: rows reshaped to (heads, 2, half) and the last two
+    swapped). The head count to undo that with for this tensor, or 0 where it does not apply."""
+    metadata = gguf_checkpoint.metadata
+    if metadata.get("general.architecture") != "llama":
+        return 0
+    heads = metadata.get("llama.attention.head_count")
+    if gguf_name.endswith(".attn_k.weight"):
+        heads = metadata.get("llama.attention.head_count_kv", heads)
+    elif not gguf_name.endswith(".attn_q.weight"):
+        return 0
+    return heads if type(heads) is int and heads > 0 else 0
+
+
+def in_gguf_row_order(tensor: TensorInfo, heads: int) -> TensorInfo | None:
+    """A view of a 2-D PyTorch q/k weight whose logical order is the GGUF file's row order,
+    as 4-D (heads, half, 2, columns) strides over the same storage; None if it does not fit."""
+    if len(tensor.shape) != 2 or tensor.storage is None or tensor.chunks or \
+            tensor.shape[0] % (2 * heads):
+        return None
+    half = tensor.shape[0] // heads // 2
+    row, column = tensor.stride
+    view = copy.copy(tensor)
+    view.shape = (heads, half, 2, tensor.shape[1])
+    view.stride = (2 * half * row, row, half * row, column)
+    return view
+
+
+def as_4d(tensor: TensorInfo, shape: tuple) -> TensorInfo:
+    """The GGUF tensor (contiguous) seen with the same 4-D shape, for an element-wise compare."""
+    view = copy.copy(tensor)
+    view.shape = shape
+    stride, step = [], 1
+    for dim in reversed(shape):
+        stride.insert(0, step)
+        step *= dim
+    view.stride = tuple(stride)
+    return view

@@ -32,9 +32,12 @@ def weights(seed=0):
     }
 
 
-def write_gguf(path, tensors, arch="llama", blocks=2):
+def write_gguf(path, tensors, arch="llama", blocks=2, heads=None):
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(blocks)
+    if heads:
+        writer.add_head_count(heads[0])
+        writer.add_head_count_kv(heads[1])
     writer.add_name("tiny test model")
     writer.add_uint32("test.answer", 42)
     writer.add_float32("test.scale", 0.5)
@@ -52,6 +55,12 @@ def write_gguf(path, tensors, arch="llama", blocks=2):
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def converter_rows(weight, heads):
+    """The row order llama.cpp's convert_hf_to_gguf gives a llama q/k projection."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
 def oracle(path):
@@ -148,12 +157,22 @@ def test_diff_against_safetensors_maps_names(tmp_path):
                 "output_norm.weight": "model.norm.weight"}
     plain = {name: (v, Q.F32) for name, (v, _) in tensors.items()}
     gguf_path = write_gguf(tmp_path / "m.gguf", plain)
+    rotated = dict(plain, **{"blk.0.attn_q.weight": (converter_rows(tensors["blk.0.attn_q.weight"][0], 4), Q.F32),
+                             "blk.0.attn_k.weight": (converter_rows(tensors["blk.0.attn_k.weight"][0], 2), Q.F32)})
+    rotated_path = write_gguf(tmp_path / "r.gguf", rotated, heads=(4, 2))
     save_file({hf_names[n]: torch.from_numpy(v) for n, (v, _) in tensors.items()},
               str(tmp_path / "m.safetensors"))
     a, b = open_checkpoint(str(gguf_path)), open_checkpoint(str(tmp_path / "m.safetensors"))
     report = run(diff(a, b))
     assert report.identical, report
     assert {t.key_b for t in report.tensors} == set(hf_names.values())
+    # llama.cpp's q/k row order: compared in that order, shown with the original shapes
+    report = run(diff(b, open_checkpoint(str(rotated_path))))
+    assert report.identical, [(t.key, t.status) for t in report.tensors]
+    q = next(t for t in report.tensors if t.key == "blk.0.attn_q.weight")
+    assert q.shape_a == q.shape_b == [64, 64]
+    without_heads = run(diff(b, open_checkpoint(str(write_gguf(tmp_path / "n.gguf", rotated)))))
+    assert without_heads.count("changed") == 2
     unmapped = run(diff(a, b, map_gguf=False))
     assert not unmapped.tensors and len(unmapped.only_a) == 6
     # a quantized file against the float originals: same names, values close
