@@ -87,6 +87,9 @@ def _export_parser(sub):
     p.add_argument("--device", default="cpu", help="location tag to write: cpu, cuda or cuda:N")
     p.add_argument("--format", choices=("pth", "safetensors"), default=None,
                    help="default: from the output's extension")
+    p.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                   help="write Hugging Face style shards of at most SIZE (2GB, 500MB...) and "
+                        "their index into the folder given by -o")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-verify", action="store_true", help="skip reopening the written file")
     p.set_defaults(run=run_export)
@@ -109,6 +112,9 @@ def _diff_parser(sub):
                        help=f"remove P from the start of {side.upper()}'s keys (e.g. module.)")
         p.add_argument(f"--add-prefix-{side}", default="", metavar="P",
                        help=f"prepend P to {side.upper()}'s keys")
+    p.add_argument("--map-gguf", choices=("auto", "off"), default="auto",
+                   help="when one side is a GGUF file, rename the other side's tensors to "
+                        "llama.cpp's GGUF names (auto, the default) or compare names as they are")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_diff)
 
@@ -240,7 +246,7 @@ def run_stats(args) -> int:
 
 
 def run_export(args) -> int:
-    from ckpt_viewer.core.export import ExportPlan, export
+    from ckpt_viewer.core.export import ExportPlan, export, parse_size
     from ckpt_viewer.core.model import format_bytes
     from ckpt_viewer.core.open import open_checkpoint
     from ckpt_viewer.core.stats import run
@@ -249,11 +255,14 @@ def run_export(args) -> int:
     fmt = args.format or ("safetensors" if args.dst.endswith(".safetensors") else "pth")
     plan = ExportPlan(root=args.root, include=args.include, exclude=args.exclude,
                       strip_prefix=args.strip_prefix, add_prefix=args.add_prefix,
-                      dtype=args.dtype, device=args.device, format=fmt)
+                      dtype=args.dtype, device=args.device, format=fmt,
+                      max_shard_size=parse_size(args.max_shard_size) if args.max_shard_size else 0)
     checkpoint = open_checkpoint(args.src)
     summary = run(export(checkpoint, plan, args.dst, force=args.force,
                          verify=not args.no_verify))
     note = ", verified" if summary.verified else ""
+    if summary.files > 1:
+        note = f", {summary.files} shards + index" + note
     say(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, {format_bytes(summary.bytes)}, "
           f"{summary.format}, location {summary.device}{note}")
     return 0
@@ -306,7 +315,7 @@ def run_diff(args) -> int:
             raise CheckpointError(f"{path}: {exc}") from None
     sides = [Side(getattr(args, f"root_{s}"), getattr(args, f"strip_prefix_{s}"),
                   getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
-    report = run(diff(checkpoints[0], checkpoints[1], *sides))
+    report = run(diff(checkpoints[0], checkpoints[1], *sides, map_gguf=args.map_gguf == "auto"))
     if args.json:
         say_json(report.to_json())
     else:

@@ -187,10 +187,41 @@ def _compare_values(a, b, result: TensorDiff):
     result.status = status if same_dtype else f"dtype+{status}"
 
 
+def _to_gguf_names(keys: dict, gguf_keys: dict, gguf_checkpoint: Checkpoint) -> tuple:
+    """(the other side's keys renamed to the GGUF file's names where the name map knows them,
+    the GGUF side's keys, {key: original shapes}). A llama q/k weight is compared in the row
+    order llama.cpp's converter wrote: both sides become 4-D views of the same elements (the
+    report shows the original shapes)."""
+    from ckpt_viewer.core.gguf_names import as_4d, gguf_names, in_gguf_row_order, rotary_heads
+
+    names = gguf_names(gguf_checkpoint, keys)
+    renamed = {names.get(key, key): value for key, value in keys.items()}
+    gguf_keys, shapes = dict(gguf_keys), {}
+    for key, (source, tensor) in renamed.items():
+        heads = rotary_heads(gguf_checkpoint, key) if key in gguf_keys else 0
+        gguf_source, gguf_tensor = gguf_keys.get(key, (None, None))
+        if not heads or tuple(tensor.shape) != tuple(gguf_tensor.shape):
+            continue
+        view = in_gguf_row_order(tensor, heads)
+        if view is not None:
+            shapes[key] = (list(tensor.shape), list(gguf_tensor.shape))
+            renamed[key] = (source, view)
+            gguf_keys[key] = (gguf_source, as_4d(gguf_tensor, view.shape))
+    return renamed, gguf_keys, shapes
+
+
 def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
-         side_b: Side = Side()) -> Generator[float, None, DiffReport]:
-    """Generator: yields progress in [0, 1]; returns DiffReport."""
+         side_b: Side = Side(), map_gguf: bool = True) -> Generator[float, None, DiffReport]:
+    """Generator: yields progress in [0, 1]; returns DiffReport. With map_gguf, when one side
+    is a GGUF file the other side's names are mapped to GGUF names (llama.cpp's map)."""
     keys_a, keys_b = mapped(a, side_a), mapped(b, side_b)
+    shapes = {}
+    if map_gguf and (a.format == "gguf") != (b.format == "gguf"):
+        if a.format == "gguf":
+            keys_b, keys_a, shapes = _to_gguf_names(keys_b, keys_a, a)
+            shapes = {key: pair[::-1] for key, pair in shapes.items()}
+        else:
+            keys_a, keys_b, shapes = _to_gguf_names(keys_a, keys_b, b)
     report = DiffReport(a.path, b.path, only_a=[k for k in keys_a if k not in keys_b],
                         only_b=[k for k in keys_b if k not in keys_a])
     common = [k for k in keys_a if k in keys_b]
@@ -199,8 +230,8 @@ def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
         (source_a, ta), (source_b, tb) = keys_a[key], keys_b[key]
         status = "shape" if tuple(ta.shape) != tuple(tb.shape) else \
             ("dtype" if ta.dtype != tb.dtype else "same")
-        result = TensorDiff(key, source_a, source_b, status, list(ta.shape), list(tb.shape),
-                            ta.dtype, tb.dtype)
+        shape_a, shape_b = shapes.get(key, (list(ta.shape), list(tb.shape)))
+        result = TensorDiff(key, source_a, source_b, status, shape_a, shape_b, ta.dtype, tb.dtype)
         report.tensors.append(result)
         if status != "shape":
             pairs.append((ta, tb, result))

@@ -13,19 +13,21 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
 from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
-from ckpt_viewer.core.values import StorageReader, apply_view_bits, iter_raw_chunks, read_tensor
+from ckpt_viewer.core.values import StorageReader, apply_view_bits, dcp_slabs, iter_raw_chunks
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20          # bytes per read/write step: bounded memory whatever the size
@@ -43,6 +45,7 @@ class ExportPlan:
     dtype: str = "keep"
     device: str = "cpu"            # cpu | cuda | cuda:N
     format: str = "pth"            # pth | safetensors
+    max_shard_size: int = 0        # > 0: write HF-style shards + index into a folder
 
 
 @dataclass
@@ -61,6 +64,7 @@ class ExportSummary:
     format: str
     device: str
     verified: bool
+    files: int = 1
 
 
 def location(device: str) -> str:
@@ -212,11 +216,9 @@ def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str
 
 def _dense_bytes(tensor: TensorInfo, target: str, device: str):
     """A tensor's own elements, contiguous, in the target dtype (views written compactly)."""
-    if tensor.chunks:                        # DCP: assembled from its chunks through torch
-        import torch
-
-        value = read_tensor(tensor).contiguous().reshape(-1)
-        yield _cast_bytes(value.view(torch.uint8).numpy(), tensor.dtype, target, device)
+    if tensor.chunks:                        # DCP: slabs of rows assembled from its chunks
+        for slab in dcp_slabs(tensor, COPY_CHUNK):
+            yield _cast_bytes(slab.view(np.uint8), tensor.dtype, target, device)
     elif tensor.is_contiguous:
         yield from _pieces(tensor, tensor.offset, tensor.numel, target, device)
     else:
@@ -262,6 +264,124 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
                 records.append(_Record(str(len(records)), [item], item.dtype, 0,
                                        item.tensor.numel, False))
     return records
+
+
+# --- unchanged bytes: copied by the kernel ------------------------------------------------
+
+def _raw_span(tensor: TensorInfo, target: str, first: int, count: int):
+    """(reader, first, count) when storage elements [first, first+count) are to be written
+    exactly as stored (no cast, no neg/conj bit, little-endian, an uncompressed record or a
+    file span), so they can be copied file to file; None otherwise."""
+    if (tensor.chunks or tensor.storage is None or target != tensor.dtype or tensor.neg
+            or tensor.conj or tensor.storage.byteorder != "little" or not count):
+        return None
+    reader = StorageReader(tensor.storage)
+    if reader.inflated is not None or remote.is_remote(reader.path):
+        return None          # a URL is read by ranges, never copied file to file
+    return reader, first, count
+
+
+def _item_spans(item: Item):
+    """The raw spans whose bytes, one after the other, are the item's bytes; or None."""
+    t = item.tensor
+    if t.chunks:
+        return _dcp_spans(t, item.dtype)
+    span = _raw_span(t, item.dtype, t.offset, t.numel) if t.is_contiguous else None
+    return None if span is None else [span]
+
+
+def _record_spans(record: _Record):
+    item = record.items[0]
+    if record.shared:
+        span = _raw_span(item.tensor, record.dtype, record.first, record.count)
+        return None if span is None else [span]
+    return _item_spans(item)
+
+
+def _dcp_spans(tensor: TensorInfo, target: str):
+    """A DCP tensor sharded by whole rows (FSDP, or not sharded at all): its chunks' records in
+    row order are its bytes, so they can be copied as they are."""
+    from ckpt_viewer.core.readers.dcp import chunk_tensor
+
+    if target != tensor.dtype or not tensor.shape or not tensor.numel:
+        return None
+    spans, rows = [], 0
+    for offsets, sizes, span in sorted(tensor.chunks, key=lambda c: tuple(c[0])):
+        if tuple(offsets) != (rows,) + (0,) * (len(offsets) - 1) or \
+                tuple(sizes[1:]) != tuple(tensor.shape[1:]):
+            return None
+        chunk = chunk_tensor(span)
+        if chunk.dtype != tensor.dtype or tuple(chunk.shape) != tuple(sizes):
+            return None
+        if chunk.numel:
+            raw = _raw_span(chunk, target, chunk.offset, chunk.numel) \
+                if chunk.is_contiguous else None
+            if raw is None:
+                return None
+            spans.append(raw)
+        rows += sizes[0]
+    return spans if rows == tensor.shape[0] else None
+
+
+def _copy_spans(spans, out, cancelled, crc: bool = False) -> int:
+    value = 0
+    for span in spans:
+        value = _copy_span(span, out, cancelled, crc, value)
+    return value
+
+
+def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
+    """Copies the span's bytes to the buffered file `out` at its position, by
+    os.copy_file_range (no trip through user space) where the kernel can, else from mapped
+    pages; returns the CRC-32 of the bytes when asked (computed on the mapped source pages,
+    which the copy has just brought into the page cache)."""
+    reader, first, count = span
+    itemsize = reader.itemsize
+    source_start, nbytes = reader.offset + first * itemsize, count * itemsize
+    unit = np.dtype("u1")
+    out.flush()
+    position, done = out.tell(), 0
+    kernel = hasattr(os, "copy_file_range")
+    with open(reader.path, "rb") as source:
+        if os.fstat(source.fileno()).st_size < source_start + nbytes:
+            raise reader._ended()
+        while done < nbytes:
+            step = min(COPY_CHUNK * 4, nbytes - done)
+            if kernel:
+                try:
+                    copied = _kernel_copy(source.fileno(), out.fileno(), source_start + done,
+                                          position + done, step)
+                except OSError:           # another file system, an old kernel: plain writes
+                    kernel = False
+                    copied = 0
+                if kernel and copied != step:
+                    raise reader._ended()
+            pages = reader.mapped(first * itemsize + done, step, unit) if crc or not kernel \
+                else None
+            if not kernel:
+                view, at = memoryview(pages), position + done
+                while len(view):
+                    written = os.pwrite(out.fileno(), view, at)
+                    view, at = view[written:], at + written
+            if crc:
+                value = zlib.crc32(pages, value)
+            del pages
+            done += step
+            if cancelled():
+                raise _Cancelled()
+    out.seek(position + nbytes)
+    return value
+
+
+def _kernel_copy(source: int, target: int, source_at: int, target_at: int, count: int) -> int:
+    done = 0
+    while done < count:
+        copied = os.copy_file_range(source, target, count - done, source_at + done,
+                                    target_at + done)
+        if copied == 0:
+            break
+        done += copied
+    return done
 
 
 def _record_bytes(record: _Record, device: str):
@@ -312,16 +432,48 @@ def _write_pth(path, records, where, device, cancelled):
             nbytes = record.count * DTYPE_SIZES[record.dtype]
             zip64 = nbytes > 0x7FFFFFFF
             info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
+            spans = _record_spans(record)
             with zf.open(info, "w", force_zip64=zip64) as out:
-                for piece in _record_bytes(record, device):
-                    out.write(piece)
-                    if cancelled():
-                        raise _Cancelled()
+                if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
+                    # zipfile's record writer puts these two into the header when it closes
+                    out._crc = _copy_spans(spans, zf.fp, cancelled, crc=True)
+                    out._file_size = nbytes
+                else:
+                    for piece in _record_bytes(record, device):
+                        out.write(piece)
+                        if cancelled():
+                            raise _Cancelled()
             yield nbytes
         zf.writestr(zipfile.ZipInfo(f"{archive}/version", (1980, 1, 1, 0, 0, 0)), b"3\n")
 
 
 # --- the .safetensors writer -------------------------------------------------------------------
+
+def _alias_key(item: Item) -> tuple:
+    t = item.tensor
+    return (id(t.storage), t.offset, tuple(t.shape), tuple(t.stride), t.dtype, item.dtype,
+            t.neg, t.conj)
+
+
+def drop_aliases(items: list[Item]) -> tuple[list[Item], dict]:
+    """(items to write, {dropped name: kept name}): names that are the very same tensor (tied
+    weights) are written once, as safetensors cannot share bytes between names. As in
+    safetensors.torch.save_model the dropped names go into the metadata; the name kept is
+    the first in file order (the module that owns a tied weight usually comes first, e.g.
+    GPT-2's transformer.wte.weight before lm_head.weight, which transformers re-ties).
+    Other views of one storage (a row of a matrix...) are written as copies."""
+    kept, aliases, owner = [], {}, {}
+    for item in items:
+        if item.tensor.storage is None:
+            kept.append(item)
+            continue
+        first = owner.setdefault(_alias_key(item), item)
+        if first is item:
+            kept.append(item)
+        else:
+            aliases[item.key] = first.key
+    return kept, aliases
+
 
 def _write_safetensors(path, items, device, cancelled, metadata):
     header, offset = {}, 0
@@ -338,10 +490,14 @@ def _write_safetensors(path, items, device, cancelled, metadata):
     with open(path, "r+b") as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for item in items:
-            for piece in _dense_bytes(item.tensor, item.dtype, device):
-                f.write(piece)
-                if cancelled():
-                    raise _Cancelled()
+            spans = _item_spans(item)
+            if spans is not None:
+                _copy_spans(spans, f, cancelled)
+            else:
+                for piece in _dense_bytes(item.tensor, item.dtype, device):
+                    f.write(piece)
+                    if cancelled():
+                        raise _Cancelled()
             yield item.tensor.numel * DTYPE_SIZES[item.dtype]
 
 
@@ -385,45 +541,153 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
         raise CheckpointError("nothing to export: no tensor matches the selection")
     _check_exportable(items, fmt)
     destination = os.path.abspath(destination)
-    if os.path.isdir(destination):
-        raise CheckpointError(f"{destination} is a directory")
-    if _same_file(destination, checkpoint.path):
-        raise CheckpointError("the destination is the source file; choose another name")
-    if os.path.exists(destination) and not force:
-        raise CheckpointError(f"{destination} exists (use --force to replace it)")
-    folder = os.path.dirname(destination)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"folder {folder} does not exist")
+    if plan.max_shard_size:                 # the destination is a folder, made if needed
+        if os.path.exists(destination) and not os.path.isdir(destination):
+            raise CheckpointError(f"{destination} is not a folder (sharded output goes into one)")
+        if _same_file(destination, checkpoint.path):
+            raise CheckpointError("the destination is the source folder; choose another one")
+        if not os.path.isdir(os.path.dirname(destination)):
+            raise CheckpointError(f"folder {os.path.dirname(destination)} does not exist")
+        os.makedirs(destination, exist_ok=True)
+        folder = destination
+    else:
+        if os.path.isdir(destination):
+            raise CheckpointError(f"{destination} is a directory")
+        if _same_file(destination, checkpoint.path):
+            raise CheckpointError("the destination is the source file; choose another name")
+        folder = os.path.dirname(destination)
+        if not os.path.isdir(folder):
+            raise CheckpointError(f"folder {folder} does not exist")
+    aliases = {}
+    if fmt == "safetensors":
+        items, aliases = drop_aliases(items)
+    units = _records(items, fmt) if fmt == "pth" else items
+    shards = _shards(units, fmt, plan.max_shard_size) if plan.max_shard_size else [units]
+    names = _shard_names(fmt, len(shards)) if plan.max_shard_size else \
+        [os.path.basename(destination)]
+    targets = [os.path.join(folder, name) for name in names]
+    index_path = None
+    if plan.max_shard_size and len(shards) > 1:
+        index_path = os.path.join(folder, INDEX_NAMES[fmt])
+        targets.append(index_path)
+    sources = _source_paths(items)
+    for target in targets:
+        if os.path.exists(target) and not force:
+            raise CheckpointError(f"{target} exists (use --force to replace it)")
+        if any(_same_file(target, source) for source in sources):
+            raise CheckpointError(f"{target} is one of the files being read; choose another "
+                                  "destination")
     total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items) or 1
-    handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".part",
-                                    dir=folder)
-    os.close(handle)
+    temps = []
     try:
         written = 0
-        if fmt == "pth":
-            steps = _write_pth(temp, _records(items, fmt), where, plan.device, cancelled)
-        else:
-            metadata = {"format": "pt"}
-            steps = _write_safetensors(temp, items, plan.device, cancelled, metadata)
-        for nbytes in steps:
-            written += nbytes
-            yield min(written / total, 1.0) * (0.95 if verify else 1.0)
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
+        for name, shard in zip(names, shards):
+            handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+            os.close(handle)
+            temps.append(temp)
+            if fmt == "pth":
+                steps = _write_pth(temp, shard, where, plan.device, cancelled)
+            else:
+                metadata = {**aliases, "format": "pt"}
+                steps = _write_safetensors(temp, shard, plan.device, cancelled, metadata)
+            for nbytes in steps:
+                written += nbytes
+                yield min(written / total, 1.0) * (0.95 if verify else 1.0)
+            with open(temp, "rb+") as f:
+                os.fsync(f.fileno())
+            if verify:
+                verify_written(temp, fmt, _shard_items(shard, fmt))
+        if index_path:
+            handle, temp = tempfile.mkstemp(prefix=".index.", suffix=".part", dir=folder)
+            temps.append(temp)
+            with os.fdopen(handle, "w") as f:
+                json.dump(_index(fmt, names, shards, aliases), f, indent=2)
         if verify:
-            verify_written(temp, fmt, items)
             yield 1.0
-        os.replace(temp, destination)
+        for temp, target in zip(temps, targets):
+            os.replace(temp, target)
     except _Cancelled:
-        _remove(temp)
+        _remove_all(temps)
         raise CheckpointError("export cancelled; nothing was written") from None
     except OSError as exc:
-        _remove(temp)
+        _remove_all(temps)
         raise CheckpointError(_os_error(exc, destination)) from None
     except BaseException:
-        _remove(temp)
+        _remove_all(temps)
         raise
-    return ExportSummary(destination, len(items), os.path.getsize(destination), fmt, where, verify)
+    size = sum(os.path.getsize(t) for t in targets)
+    return ExportSummary(destination, len(items), size, fmt, where, verify, files=len(shards))
+
+
+INDEX_NAMES = {"safetensors": "model.safetensors.index.json",
+               "pth": "pytorch_model.bin.index.json"}
+SHARD_STEMS = {"safetensors": ("model", "safetensors"), "pth": ("pytorch_model", "bin")}
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
+              "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
+
+
+def parse_size(text: str) -> int:
+    """'2GB' -> 2_000_000_000, '500MiB' -> 524_288_000 (units as transformers reads them)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise CheckpointError(f"not a size: {text!r:.40} (use e.g. 2GB, 500MB, 50KB)")
+    return max(1, int(float(match.group(1)) * SIZE_UNITS[unit]))
+
+
+def _unit_bytes(unit, fmt) -> int:
+    if fmt == "pth":
+        return unit.count * DTYPE_SIZES[unit.dtype]
+    return unit.tensor.numel * DTYPE_SIZES[unit.dtype]
+
+
+def _shards(units: list, fmt: str, limit: int) -> list[list]:
+    """Units (records or items) in order, a new shard whenever the next would pass the limit;
+    one larger than the limit gets a shard of its own (as transformers does)."""
+    shards, size = [[]], 0
+    for unit in units:
+        nbytes = _unit_bytes(unit, fmt)
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(unit)
+        size += nbytes
+    return shards
+
+
+def _shard_names(fmt: str, count: int) -> list[str]:
+    stem, ext = SHARD_STEMS[fmt]
+    if count == 1:
+        return [f"{stem}.{ext}"]
+    return [f"{stem}-{n:05d}-of-{count:05d}.{ext}" for n in range(1, count + 1)]
+
+
+def _shard_items(shard: list, fmt: str) -> list[Item]:
+    return [i for record in shard for i in record.items] if fmt == "pth" else shard
+
+
+def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        for item in _shard_items(shard, fmt):
+            weight_map[item.key] = name
+    total = sum(_unit_bytes(unit, fmt) for shard in shards for unit in shard)
+    return {"metadata": {"total_size": total}, "weight_map": weight_map}
+
+
+def _remove_all(paths):
+    for path in paths:
+        _remove(path)
+
+
+def _source_paths(items: list[Item]) -> set:
+    paths = set()
+    for item in items:
+        t = item.tensor
+        if t.storage is not None and hasattr(t.storage.source, "path"):
+            paths.add(t.storage.source.path)
+        paths.update(span.path for _, _, span in t.chunks)
+    return paths
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -113,7 +113,8 @@ def group_layers(checkpoint: Checkpoint) -> list[Stack]:
     stacks: dict[str, Stack] = {}
     roles: dict[tuple, Role] = {}
     for key, tensor, _node in checkpoint.tensors():
-        if any(key.startswith(p) for p in skip) or tensor.dtype not in FLOAT_DTYPES:
+        if any(key.startswith(p) for p in skip) or (tensor.dtype not in FLOAT_DTYPES
+                                                    and tensor.layout != "ggml"):
             continue
         split = _split(key)
         if split is None:

@@ -97,7 +97,7 @@ class TensorInfo:
     storage: Storage | None = None
     requires_grad: bool = False
     is_parameter: bool = False
-    layout: str = "strided"              # strided | sparse_coo | sparse_csr | ...
+    layout: str = "strided"              # strided | sparse_coo | sparse_csr | ggml | ...
     parts: dict = field(default_factory=dict)   # sparse: indices/values tensors
     quantizer: dict = field(default_factory=dict)
     chunks: tuple = ()                          # DCP: (offsets, sizes, FileSpan) per chunk
@@ -136,6 +136,8 @@ class TensorInfo:
     def nbytes(self) -> int:
         if self.parts:
             return sum(p.nbytes for p in self.parts.values())
+        if self.layout == "ggml":            # GGUF blocks: their bytes are the storage's
+            return self.storage.nbytes
         return self.numel * DTYPE_SIZES.get(self.dtype, 1)
 
     @property

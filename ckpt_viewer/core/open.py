@@ -14,7 +14,6 @@ PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}   #
 FOREIGN_FORMATS = [
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras/h5py), not a PyTorch checkpoint"),
     (b"\x93NUMPY", "a NumPy .npy array, not a PyTorch checkpoint"),
-    (b"GGUF", "a GGUF (llama.cpp) model, not a PyTorch checkpoint"),
     (b"\x1f\x8b", "a gzip-compressed file; decompress it first"),
     (b"BZh", "a bzip2-compressed file; decompress it first"),
     (b"\xfd7zXZ", "an xz-compressed file; decompress it first"),
@@ -23,7 +22,7 @@ FOREIGN_FORMATS = [
 
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
-    dcp, training_dir."""
+    dcp, training_dir, gguf."""
     if remote.isdir(path):
         if remote.isfile(remote.join(path, ".metadata")):
             return "dcp"
@@ -38,6 +37,8 @@ def sniff(path: str) -> str:
         if f.size == 0:
             raise CheckpointError("file is empty")
         head = f.read(512)
+    if head.startswith(b"GGUF"):
+        return "gguf"
     if head.startswith(b"PK\x03\x04"):    # the test torch.load makes
         from ckpt_viewer.core.readers.pt2 import is_pt2
         return "pt2" if is_pt2(path, head) else "torch_zip"
@@ -74,6 +75,7 @@ def open_file(path: str) -> Checkpoint:
     """Read only metadata; raises CheckpointError with a one-line message for any bad input."""
     from ckpt_viewer.core.readers import (
         dcp,
+        gguf,
         hf_index,
         plain_pickle,
         pt2,
@@ -86,7 +88,7 @@ def open_file(path: str) -> Checkpoint:
     readers = {"torch_zip": torch_zip.read, "torch_legacy": torch_legacy.read,
                "safetensors": safetensors.read, "pickle": plain_pickle.read,
                "hf_index": functools.partial(hf_index.read, open_shard=open_file),
-               "dcp": dcp.read, "pt2": pt2.read,
+               "dcp": dcp.read, "pt2": pt2.read, "gguf": gguf.read,
                "training_dir": functools.partial(training_dir.read, open_part=open_file)}
     return readers[sniff(path)](path)
 

@@ -215,6 +215,17 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
     if "values" in tensor.parts:
         yield from iter_chunks(tensor.parts["values"], chunk_elements)
         return
+    if tensor.layout == "ggml":
+        for start in range(0, tensor.numel, chunk_elements):
+            yield ggml_elements(tensor, tensor.offset + start,
+                                min(chunk_elements, tensor.numel - start))
+        return
+    if tensor.chunks and tensor.dtype in NUMPY_DTYPES:     # DCP: row slabs, never whole
+        numbers = np.dtype("<" + NUMPY_DTYPES[tensor.dtype])
+        slabs = (widen(slab.view(numbers), tensor.dtype)
+                 for slab in dcp_slabs(tensor, chunk_elements * numbers.itemsize))
+        yield from _rechunked(slabs, chunk_elements)
+        return
     if not numpy_readable(tensor):
         yield from _torch_chunks(read_tensor(tensor), chunk_elements)
         return
@@ -373,6 +384,8 @@ def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarra
     if max_elements is not None and tensor.numel > max_elements:
         raise CheckpointError(f"tensor has {tensor.numel:,} elements; refusing to read more "
                               f"than {max_elements:,} at once")
+    if tensor.layout == "ggml":
+        return ggml_elements(tensor, tensor.offset, tensor.numel).reshape(tensor.shape)
     if not numpy_readable(tensor):
         return to_numpy(read_tensor(tensor))
     reader = StorageReader(tensor.storage)
@@ -382,6 +395,78 @@ def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarra
     else:
         raw = strided_array(tensor, dtype)
     return widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
+
+
+def ggml_elements(tensor: TensorInfo, first: int, count: int) -> np.ndarray:
+    """Elements [first, first+count) of a GGUF quantized tensor (flat, in file order) as
+    float32, dequantized by the gguf package; only the blocks holding them are read."""
+    try:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+    except ImportError:
+        raise CheckpointError("reading GGUF quantized values needs the gguf package "
+                              "(pip install gguf)") from None
+    block, type_size = tensor.quantizer["block"], tensor.quantizer["type_size"]
+    if count <= 0:
+        return np.zeros(0, np.float32)
+    first_block, end_block = first // block, -(-(first + count) // block)
+    raw = StorageReader(tensor.storage).mapped(first_block * type_size,
+                                               (end_block - first_block) * type_size)
+    try:
+        values = dequantize(raw, GGMLQuantizationType[tensor.quantizer["ggml_type"]])
+    except NotImplementedError:
+        raise CheckpointError(f"the gguf package cannot dequantize "
+                              f"{tensor.quantizer['ggml_type']} values") from None
+    skip = first - first_block * block
+    return values.reshape(-1)[skip:skip + count]
+
+
+def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
+    """A DCP tensor's elements in C order as little-endian raw units (u1/u2/u4/u8 or void),
+    a slab of whole dim-0 rows at a time: each slab is filled from the chunks that overlap it,
+    read straight from their records in the data files. Memory: one slab (at least one row),
+    whatever the tensor's size or how it is sharded."""
+    from ckpt_viewer.core.readers.dcp import chunk_tensor
+
+    itemsize = DTYPE_SIZES[tensor.dtype]
+    unit = np.dtype(f"<u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype(f"V{itemsize}")
+    pieces = []
+    for offsets, sizes, span in tensor.chunks:
+        chunk = chunk_tensor(span)
+        if chunk.dtype != tensor.dtype or tuple(chunk.shape) != tuple(sizes) or \
+                len(offsets) != len(tensor.shape) or any(
+                    o < 0 or o + n > d for o, n, d in zip(offsets, sizes, tensor.shape)):
+            raise CheckpointError("DCP chunk shape or dtype differs from its metadata")
+        pieces.append((offsets, chunk))
+    if not tensor.numel:
+        return
+    if not tensor.shape:                     # 0-dim: one element, one chunk
+        yield _chunk_block(pieces[0][1], unit)
+        return
+    rows, row_shape = tensor.shape[0], tuple(tensor.shape[1:])
+    per_slab = max(1, max_bytes // max(1, math.prod(row_shape) * itemsize))
+    for first in range(0, rows, per_slab):
+        end = min(rows, first + per_slab)
+        slab = np.zeros((end - first,) + row_shape, unit)
+        for offsets, chunk in pieces:
+            lo, hi = max(first, offsets[0]), min(end, offsets[0] + chunk.shape[0])
+            if lo >= hi:
+                continue
+            view = copy.copy(chunk)
+            view.offset = chunk.offset + (lo - offsets[0]) * chunk.stride[0]
+            view.shape = (hi - lo,) + tuple(chunk.shape[1:])
+            where = (slice(lo - first, hi - first),) + tuple(
+                slice(o, o + n) for o, n in zip(offsets[1:], chunk.shape[1:]))
+            slab[where] = _chunk_block(view, unit).reshape(view.shape)
+        yield slab.reshape(-1)
+
+
+def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
+    order = ">" if view.storage.byteorder == "big" else "<"
+    stored = unit.newbyteorder(order) if unit.kind == "u" else unit
+    raw = np.concatenate(list(iter_raw_chunks(view, stored, max(1, view.numel)))) \
+        if view.numel else np.zeros(0, stored)
+    return apply_view_bits(raw, view).astype(unit, copy=False)
 
 
 # --- through torch ------------------------------------------------------------------------
@@ -405,6 +490,8 @@ def read_tensor(tensor: TensorInfo):
 
     if tensor.chunks:
         return _read_dcp(tensor)
+    if tensor.layout == "ggml":
+        return torch.from_numpy(read_array(tensor).copy())
     if tensor.parts:
         parts = {name: read_tensor(part) for name, part in tensor.parts.items()}
         if tensor.layout == "sparse_coo":
@@ -483,6 +570,8 @@ def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
         cols = range(0, 1)
     if len(leading) != len(shape) - 2 or any(not 0 <= i < n for i, n in zip(leading, shape)):
         raise CheckpointError("slice indices are out of range")
+    if tensor.layout == "ggml":             # dequantized row by row (rows are whole blocks)
+        return _ggml_window(tensor, leading, shape, stride, rows, cols)
     if not numpy_readable(tensor):          # quantized per channel, DCP...: through torch
         full = read_array(tensor).reshape(shape)
         return full[tuple(leading)][rows.start:rows.stop:rows.step, cols.start:cols.stop:cols.step]
@@ -497,6 +586,18 @@ def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
                            (len(cols),), (cols.step * col_stride,)))
     window = np.stack(out) if out else np.zeros((0, len(cols)), dtype)
     return widen(apply_view_bits(window, tensor), tensor.dtype, tensor.quantizer)
+
+
+def _ggml_window(tensor, leading, shape, stride, rows, cols) -> np.ndarray:
+    base = tensor.offset + sum(i * s for i, s in zip(leading, stride[:-2]))
+    out = np.zeros((len(rows), len(cols)), np.float32)
+    if not len(cols):
+        return out
+    step = cols.step * stride[-1]
+    for index, r in enumerate(rows):
+        first = base + r * stride[-2] + cols.start * stride[-1]
+        out[index] = ggml_elements(tensor, first, (len(cols) - 1) * step + 1)[::step]
+    return out
 
 
 def downsampled_2d(tensor: TensorInfo, leading: tuple = (), limit: int = 1024) -> tuple:

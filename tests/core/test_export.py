@@ -106,7 +106,78 @@ def test_safetensors_output_with_tied_weights(tmp_path):
     src = builders.save({"a": w, "b": w, "c": torch.zeros(2, dtype=torch.bfloat16)}, tmp_path / "s.pt")
     do_export(src, tmp_path / "s.safetensors", format="safetensors")
     out = load_file(str(tmp_path / "s.safetensors"))
-    assert torch.equal(out["a"], w) and torch.equal(out["b"], w) and out["c"].dtype == torch.bfloat16
+    # one copy of the tied weight, the alias noted in the metadata as save_model does
+    assert set(out) == {"a", "c"}
+    assert torch.equal(out["a"], w) and out["c"].dtype == torch.bfloat16
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "s.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"b": "a", "format": "pt"}
+    # a different view of the same storage is a copy, not an alias
+    src = builders.save({"m": w, "row": w[1]}, tmp_path / "v.pt")
+    do_export(src, tmp_path / "v.safetensors", format="safetensors")
+    out = load_file(str(tmp_path / "v.safetensors"))
+    assert torch.equal(out["m"], w) and torch.equal(out["row"], w[1])
+
+
+def test_parse_size():
+    from ckpt_viewer.core.export import parse_size
+    assert parse_size("2GB") == 2 * 10 ** 9 and parse_size("500MB") == 500 * 10 ** 6
+    assert parse_size("50KB") == 50_000 and parse_size("1GiB") == 2 ** 30
+    assert parse_size("1000") == 1000 and parse_size("1.5 MB") == 1_500_000
+    for bad in ("", "big", "-3MB", "0", "5XB"):
+        with pytest.raises(CheckpointError):
+            parse_size(bad)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_sharded_output_loads_in_transformers(tmp_path, fmt):
+    transformers = pytest.importorskip("transformers")
+    import json
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100,
+                                     n_positions=16)
+    model = transformers.GPT2LMHeadModel(config)
+    src = tmp_path / "gpt2.pt"
+    torch.save(model.state_dict(), src)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    config.save_pretrained(folder)
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "export", str(src), "-o",
+                             str(folder), "--format", fmt, "--max-shard-size", "50KB"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    index_name = "model.safetensors.index.json" if fmt == "safetensors" else \
+        "pytorch_model.bin.index.json"
+    index = json.loads((folder / index_name).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and all(os.path.getsize(folder / s) < 50_000 + 40_000 for s in shards)
+    assert shards[0].endswith(f"-00001-of-{len(shards):05d}." + ("safetensors" if fmt ==
+                                                                  "safetensors" else "bin"))
+    if fmt == "safetensors":        # the tied head is written once
+        assert "lm_head.weight" not in index["weight_map"]
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(folder)
+    expected = model.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    base = transformers.AutoModel.from_pretrained(folder)
+    assert torch.equal(base.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
+
+
+def test_sharded_pth_keeps_shared_storages_in_one_shard(tmp_path):
+    big = torch.randn(100, 100)
+    src = builders.save({"a": torch.randn(50, 50), "embed": big, "head": big,
+                         "z": torch.randn(10)}, tmp_path / "t.pt")
+    do_export(src, tmp_path / "out", max_shard_size=20_000)
+    import json
+    index = json.loads((tmp_path / "out" / "pytorch_model.bin.index.json").read_text())
+    assert index["weight_map"]["embed"] == index["weight_map"]["head"]
+    state = torch.load(tmp_path / "out" / index["weight_map"]["head"], weights_only=True)
+    assert state["embed"].untyped_storage().data_ptr() == state["head"].untyped_storage().data_ptr()
+    with pytest.raises(CheckpointError, match="exists"):
+        do_export(src, tmp_path / "out", max_shard_size=20_000)
+    do_export(src, tmp_path / "out", max_shard_size=20_000, force=True)
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "dcp", "hf"])
@@ -225,3 +296,53 @@ def test_casts_without_torch_are_bit_exact():
     assert np.array_equal(back.view(np.float32), x.bfloat16().float().numpy())
     nan = _numpy_cast(np.array([np.nan], np.float32).view(np.uint8), "float32", "bfloat16")
     assert torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).isnan().all()
+
+
+@pytest.mark.parametrize("kernel", ["copy_file_range", "refused", "absent"])
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_unchanged_bytes_are_copied_file_to_file(tmp_path, monkeypatch, kernel, fmt):
+    torch.manual_seed(0)
+    base = torch.randn(300, 200)
+    state = {"w": base, "tied": base, "t": base.t(), "neg": torch._neg_view(torch.randn(50)),
+             "half": torch.randn(1000).half(), "ints": torch.arange(70000)}
+    src = builders.save(state, tmp_path / "s.pt")
+    calls = []
+    real = getattr(os, "copy_file_range", None)
+
+    def copy_file_range(*args):
+        calls.append(args)
+        if kernel == "refused":
+            raise OSError(errno.EXDEV, "cross-device")
+        return real(*args)
+
+    if kernel == "absent" or real is None:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    else:
+        monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    out = tmp_path / f"o.{fmt}"
+    do_export(src, out, format=fmt)
+    if kernel == "copy_file_range" and real is not None:
+        assert calls                                   # the kernel did the copying
+    if fmt == "pth":
+        got = torch.load(out, weights_only=True)
+        with zipfile.ZipFile(out) as zf:
+            assert zf.testzip() is None                # every record's CRC-32 is right
+        result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", str(out)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:
+        from safetensors.torch import load_file
+        got = load_file(str(out))
+        state.pop("tied")
+    for key, value in state.items():
+        assert torch.equal(got[key], value.resolve_neg()), key
+
+
+def test_sharded_export_never_overwrites_its_source(tmp_path):
+    from safetensors.torch import save_file
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({"w": torch.randn(10)}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="being read"):
+        do_export(folder, folder, format="safetensors", max_shard_size=10 ** 9, force=True)
+    assert (folder / "model.safetensors").stat().st_size > 0

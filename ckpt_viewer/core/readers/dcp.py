@@ -140,3 +140,85 @@ def _inline_object(span):
     except (CheckpointError, zipfile.BadZipFile, OSError, ValueError, EOFError):
         return "(object)"
     return value if isinstance(value, SCALAR_TYPES) else "(object)"
+
+
+class _Window(io.RawIOBase):
+    """Bytes [start, start+length) of an open file, as a file of their own."""
+
+    def __init__(self, f, start: int, length: int):
+        self.f, self.start, self.length, self.position = f, start, length, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.position
+
+    def seek(self, position, whence=0):
+        base = {0: 0, 1: self.position, 2: self.length}[whence]
+        self.position = max(0, base + position)
+        return self.position
+
+    def readinto(self, buffer):
+        count = min(len(buffer), self.length - self.position)
+        if count <= 0:
+            return 0
+        self.f.seek(self.start + self.position)
+        data = self.f.read(count)
+        buffer[:len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def chunk_tensor(span: FileSpan) -> TensorInfo:
+    """The tensor one DCP chunk holds (the chunk is a small torch.save archive at `span`), its
+    storage pointing at the raw record inside the data file: nothing is read but data.pkl."""
+    from ckpt_viewer.core.safe_pickle import dtype_of_storage
+
+    try:
+        with open(span.path, "rb") as f:
+            window = _Window(f, span.offset, span.nbytes)
+            with zipfile.ZipFile(window) as zf:
+                infos = zf.infolist()
+                prefix = infos[0].filename.split("/")[0] + "/" if infos else ""
+                records = {i.filename[len(prefix):]: i for i in infos}
+                pickle_info = records.get("data.pkl")
+                if pickle_info is None or pickle_info.file_size > MAX_INLINE_OBJECT:
+                    raise CheckpointError("DCP chunk has no (small) data.pkl")
+                data = zf.read(pickle_info)
+                byteorder = zf.read(records["byteorder"]).decode() \
+                    if "byteorder" in records else "little"
+
+                def storage_factory(pid):
+                    from ckpt_viewer.core.model import Storage
+                    from ckpt_viewer.core.readers import storage_pid
+
+                    storage_type, key, location, numel = storage_pid(pid)
+                    info = records.get(f"data/{key}")
+                    dtype = dtype_of_storage(storage_type)
+                    if info is None or info.compress_type != zipfile.ZIP_STORED or \
+                            info.file_size != numel * DTYPE_SIZES[dtype]:
+                        raise CheckpointError(f"DCP chunk record data/{key} is missing, "
+                                              "compressed or of the wrong size")
+                    window.seek(info.header_offset)
+                    local = window.read(30)
+                    start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") \
+                        + int.from_bytes(local[28:30], "little")
+                    if start + info.file_size > span.nbytes:
+                        raise CheckpointError("DCP chunk record runs past its span")
+                    return Storage(str(key), dtype, numel, location,
+                                   FileSpan(span.path, span.offset + start, info.file_size),
+                                   byteorder)
+
+                tensor, _ = safe_load(data, storage_factory)
+    except (zipfile.BadZipFile, KeyError, ValueError, UnicodeError) as exc:
+        raise CheckpointError(f"DCP chunk of {span.path} cannot be read ({exc})") from None
+    if not isinstance(tensor, TensorInfo) or tensor.storage is None or tensor.layout != "strided":
+        raise CheckpointError(f"DCP chunk of {span.path} does not hold a plain tensor")
+    if tensor.numel and (min(tensor.stride, default=0) < 0 or tensor.element_span()[1]
+                         * DTYPE_SIZES[tensor.dtype] > tensor.storage.nbytes):
+        raise CheckpointError(f"DCP chunk of {span.path} reaches past its storage")
+    return tensor
