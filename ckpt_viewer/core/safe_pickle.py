@@ -562,7 +562,7 @@ class PickleReport:
 
     def __init__(self):
         self.globals: dict[str, int] = {}          # qualname -> times named
-        self.refusals: list[str] = []
+        self.other_refusals: list[str] = []
         self.calls: dict[str, list[str]] = {}      # qualname -> the arguments of its calls
 
     def note_call(self, qualname: str, args: tuple, limit: int = 8):
@@ -572,8 +572,19 @@ class PickleReport:
             calls.append(text[:300])
 
     def refuse(self, why: str):
-        if why not in self.refusals:
-            self.refusals.append(why)
+        if why not in self.other_refusals:
+            self.other_refusals.append(why)
+
+    @property
+    def refusals(self) -> list[str]:
+        """Why torch.load(weights_only=True) would refuse, one line each, globals first."""
+        outside = [g for g in self.globals if g not in TORCH_ALLOWED]
+        if not outside:
+            return list(self.other_refusals)
+        more = f" and {len(outside) - 6} more" if len(outside) > 6 else ""
+        names = ", ".join(outside[:6]) + more
+        return [f"it names {len(outside)} global{'s' * (len(outside) != 1)} outside torch's "
+                f"weights_only allowlist ({names})"] + self.other_refusals
 
     @property
     def unsafe_globals(self) -> list[str]:
@@ -613,9 +624,6 @@ class SafeUnpickler(pickle.Unpickler):
             module = _compat_pickle.IMPORT_MAPPING[module]
         qualname = f"{module}.{name}"
         self.report.globals[qualname] = self.report.globals.get(qualname, 0) + 1
-        if qualname not in TORCH_ALLOWED:
-            self.report.refuse(f"it names {qualname}, which is outside torch's weights_only "
-                               "allowlist")
         return self._resolve(module, name, qualname)
 
     def _resolve(self, module, name, qualname):
