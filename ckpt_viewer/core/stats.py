@@ -2,14 +2,16 @@
 
 `compute()` is a generator: it yields progress (0..1) and returns Stats, so a GUI worker can
 cancel it between chunks. Two passes: moments and counts, then a fine histogram (bins x M
-sub-bins) from which the requested histogram is exact and quantiles are interpolated to within
-1/65536 of the value range. min/max/mean/std are over finite values only.
+sub-bins) from which the requested histogram is exact, then a selection pass over the few fine
+bins that hold the quantiles: each quantile is an element of the tensor, the k-th smallest finite
+value with k = ceil(q * n) (numpy's "inverted_cdf"). min/max/mean/std are over finite values only.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Generator
+from fractions import Fraction
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
@@ -30,6 +32,8 @@ FINE_BINS = 65536
 CHUNK = 1 << 20
 MAX_VALUE_COUNTS = 4096        # integer tensors spanning fewer values get exact value counts
 PARTS = ("magnitude", "real", "imag")
+SELECT_LIMIT = 1 << 21    # values a quantile's bin may hold to be collected and sorted
+SELECT_LEVELS = 12        # 65536 ** 12 spans any float64 range down to single values
 GIL_SLICE = 1 << 16       # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
 
 
@@ -134,6 +138,18 @@ def _fine_histogram(chunks, lo, hi, fine_bins):
     return counts, below, above
 
 
+def _bin_index(x, lo, hi, scale, fine_bins) -> np.ndarray:
+    """The fine bin of each value of x (all within [lo, hi]); the selection pass must use the
+    very same arithmetic, so that a bin holds exactly the values it counted."""
+    # float32 arithmetic overflows when the range itself is near float32's limits
+    kind = x.dtype.type if hi - lo < 1e30 else np.float64
+    with np.errstate(all="ignore"):     # a bin split below float spacing: huge scales
+        idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
+    np.minimum(idx, fine_bins - 1, out=idx)
+    np.maximum(idx, 0, out=idx)
+    return idx
+
+
 def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
     """Add one chunk's finite values to the fine histogram; (counts, below, above)."""
     x = _computable(x)
@@ -144,31 +160,97 @@ def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
     if n_low or n_high:
         below, above = below + n_low, above + n_high
         x = x[~(outside_low | outside_high)]
-    # float32 arithmetic overflows when the range itself is near float32's limits
-    kind = x.dtype.type if hi - lo < 1e30 else np.float64
-    idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
-    np.minimum(idx, fine_bins - 1, out=idx)
-    np.maximum(idx, 0, out=idx)
+    idx = _bin_index(x, lo, hi, scale, fine_bins)
     for start in range(0, idx.size, GIL_SLICE):     # bincount holds the GIL while it runs
         counts += np.bincount(idx[start:start + GIL_SLICE], minlength=fine_bins)
     return counts, below, above
 
 
-def _quantiles(fine: np.ndarray, lo: float, hi: float, below: int = 0, total: int = 0) -> dict:
-    """Quantiles interpolated inside fine bins; `below` values lie left of lo."""
-    total = total or int(fine.sum()) + below
-    if total == 0:
-        return {}
-    cumulative = np.cumsum(fine) + below
-    width = (hi - lo) / fine.size if hi > lo else 0.0
-    out = {}
-    for q in QUANTILES:
-        target = q * total
-        index = min(int(np.searchsorted(cumulative, target, side="left")), fine.size - 1)
-        before = int(cumulative[index - 1]) if index else below
-        inside = int(fine[index]) or 1
-        out[q] = lo + width * (index + min(max((target - before) / inside, 0.0), 1.0))
-    return out
+def quantile_rank(q: float, n: int) -> int:
+    """0-based rank of the q-quantile of n sorted values: the ceil(q * n)-th smallest."""
+    numerator, denominator = Fraction(str(q)).as_integer_ratio()
+    return max(-(-numerator * n // denominator), 1) - 1
+
+
+class _Target:
+    """Where one order statistic lies: nested (lo, hi, bins, index) bins and its rank there."""
+
+    def __init__(self, levels, rank):
+        self.levels, self.rank = levels, rank
+        self.value = None
+
+    def members(self, x):
+        for lo, hi, bins, index in self.levels:
+            if x.size == 0:
+                break
+            scale = bins / (hi - lo) if hi > lo else 0.0
+            x = x[_bin_index(x, lo, hi, scale, bins) == index]
+        return x
+
+
+def _locate(counts: np.ndarray, rank: int) -> tuple[int, int]:
+    """(bin holding the value of this rank, the rank within that bin)."""
+    cumulative = np.cumsum(counts)
+    index = int(np.searchsorted(cumulative, rank, side="right"))
+    return index, rank - (int(cumulative[index - 1]) if index else 0)
+
+
+def _select(tensor, part, chunk, lo, hi, fine, ranks: dict):
+    """Generator: {q: the value of rank ranks[q]} among the finite values, found by passes that
+    look only at the values in the fine bins holding them (a bin too full to sort is split
+    into FINE_BINS sub-bins again, until it is small or holds one distinct value)."""
+    targets = {}
+    for q, rank in ranks.items():
+        index, within = _locate(fine, rank)
+        targets[q] = _Target([(lo, hi, fine.size, index)], within)
+    first_bins = np.array(sorted({t.levels[0][3] for t in targets.values()}))
+    scale = fine.size / (hi - lo) if hi > lo else 0.0
+    sizes = {q: int(fine[t.levels[0][3]]) for q, t in targets.items()}
+    for level in range(SELECT_LEVELS):      # each level narrows a bin 65536-fold
+        pending = {q: t for q, t in targets.items() if t.value is None}
+        if not pending:
+            break
+        collected = {q: [] for q in pending}
+        last = level == SELECT_LEVELS - 1     # then sort whatever the bin holds
+        split = {q: np.zeros(FINE_BINS, np.int64) for q in pending
+                 if sizes[q] > SELECT_LIMIT and not last}
+        extremes = {q: [math.inf, -math.inf] for q in split}
+        for raw in iter_chunks(tensor, chunk):
+            x = _computable(_real_view(raw, part))
+            with np.errstate(all="ignore"):
+                x = x[np.isfinite(x)]
+                x = x[np.isin(_bin_index(x, lo, hi, scale, fine.size), first_bins)]
+            for q, target in pending.items():
+                inside = target.members(x)
+                if not inside.size:
+                    continue
+                if q in split:
+                    low, high = target.levels[-1][:2]
+                    width = (high - low) / target.levels[-1][2]
+                    a = low + width * target.levels[-1][3]
+                    b = a + width
+                    split[q] += np.bincount(
+                        _bin_index(inside, a, b, FINE_BINS / (b - a) if b > a else 0.0,
+                                   FINE_BINS), minlength=FINE_BINS)
+                    extremes[q] = [min(extremes[q][0], float(inside.min())),
+                                   max(extremes[q][1], float(inside.max()))]
+                else:
+                    collected[q].append(inside)
+            yield
+        for q, target in pending.items():
+            if q not in split:
+                values = np.sort(np.concatenate(collected[q]))
+                target.value = float(values[target.rank])
+            elif extremes[q][0] == extremes[q][1]:
+                target.value = extremes[q][0]
+            else:
+                low, high, bins, index = target.levels[-1]
+                width = (high - low) / bins
+                a = low + width * index
+                sub, target.rank = _locate(split[q], target.rank)
+                target.levels.append((a, a + width, FINE_BINS, sub))
+                sizes[q] = int(split[q][sub])
+    return {q: t.value for q, t in targets.items() if t.value is not None}
 
 
 def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress, repeat=1):
@@ -186,6 +268,18 @@ def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress, repeat=1):
             return counts * repeat, below * repeat, above * repeat
         done += 1
         yield progress[0] + (progress[1] - progress[0]) * done / total_chunks
+
+
+def _progress_of(generator, progress, steps):
+    """Drive a generator that yields once per chunk, yielding progress within (a, b)."""
+    done = 0
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+        done += 1
+        yield progress[0] + (progress[1] - progress[0]) * min(done / steps, 1.0)
 
 
 def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
@@ -229,21 +323,15 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     stats.edges = np.linspace(lo, hi, bins + 1).tolist()
     if value_range:
         return stats
-    quantiles = _quantiles(fine, lo, hi)
-    width = (hi - lo) / fine_bins
-    first = int((quantiles[QUANTILES[0]] - lo) / width) if width else 0
-    last = int((quantiles[QUANTILES[-1]] - lo) / width) if width else 0
-    if width and not as_values and (last - first + 1) * 16 < fine_bins:
-        # Outliers squeeze the bulk into a few bins: refine over the bins holding the quantiles.
-        r_lo, r_hi = lo + first * width, lo + min(last + 1, fine_bins) * width
-        refined, below, _ = yield from _histogram_pass(
-            tensor, part, chunk, r_lo, r_hi, FINE_BINS, (0.8, 1.0), repeat)
-        quantiles = _quantiles(refined, r_lo, r_hi, below=below, total=finite)
-    stats.quantiles = {q: min(max(v, stats.min), stats.max) for q, v in quantiles.items()}
+    # an expanded view repeats each distinct value `repeat` times: rank k is distinct k // repeat
+    ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}
+    quantiles = yield from _progress_of(
+        _select(tensor, part, chunk, lo, hi, fine // repeat, ranks),
+        (0.8, 1.0), max(1, math.ceil(tensor.numel / chunk)))
+    stats.quantiles = quantiles
     if as_values:
         stats.value_counts = {int(round((a + b) / 2)): c for a, b, c in
                               zip(stats.edges, stats.edges[1:], stats.counts) if c}
-        stats.quantiles = {q: float(round(v)) for q, v in stats.quantiles.items()}
     return stats
 
 
