@@ -166,6 +166,12 @@ def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
     return counts, below, above
 
 
+def auto_bins(numel: int) -> int:
+    """Histogram bins for n values (Rice's rule, 8..256): a tiny tensor in 256 bins looked
+    like a barcode."""
+    return min(256, max(8, math.ceil(2 * max(numel, 1) ** (1 / 3))))
+
+
 def quantile_rank(q: float, n: int) -> int:
     """0-based rank of the q-quantile of n sorted values: the ceil(q * n)-th smallest."""
     numerator, denominator = Fraction(str(q)).as_integer_ratio()

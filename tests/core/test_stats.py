@@ -217,3 +217,10 @@ def test_quantiles_are_exact_order_statistics(tmp_path, monkeypatch, limit):
         for q in QUANTILES:
             assert stats.quantiles[q] == float(np.quantile(flat, q, method="inverted_cdf")), (key, q)
     assert run(compute(checkpoint.find("two_values").tensor)).quantiles[0.5] == 0.0
+
+
+def test_auto_bins_grow_with_the_element_count():
+    from ckpt_viewer.core.stats import auto_bins
+    assert auto_bins(0) == auto_bins(5) == 8
+    assert auto_bins(10_000) == 44
+    assert auto_bins(10**9) == 256
