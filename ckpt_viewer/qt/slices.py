@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QSpinBox, QTableV
 from ckpt_viewer.core.values import filter_grid, pooled_2d, read_window
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label
+from ckpt_viewer.qt.theme import style_plot
 
 PAGE_ROWS, PAGE_COLS, MAX_PAGES = 128, 32, 64
 
@@ -323,6 +324,7 @@ class HeatmapPage(QWidget):
         self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False)
         self.colorbar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
         self.plot.scene().sigMouseMoved.connect(self._hover)
+        style_plot(self.plot)
         self.layout_.insertWidget(1, self.plot, 1)
         self.plot.show()
 

@@ -63,8 +63,10 @@ def style_plot(plot):
     background, foreground = palette.color(QPalette.Base), palette.color(QPalette.Text)
     plot.setBackground(background)
     item = plot.getPlotItem()
-    for side in ("left", "bottom", "right", "top"):
-        axis = item.getAxis(side)
+    axes = [item.getAxis(side) for side in ("left", "bottom", "right", "top")]
+    axes += [child.axis for child in item.scene().items() if hasattr(child, "axis")
+             and hasattr(child.axis, "setTextPen")]           # colour bars
+    for axis in axes:
         axis.setPen(foreground)
         axis.setTextPen(foreground)
 
@@ -72,8 +74,8 @@ def style_plot(plot):
 def restyle_plots(app: QApplication):
     """After a theme change: every open plot and pyqtgraph's defaults for new ones."""
     pg = sys.modules.get("pyqtgraph")
-    if pg is None:
-        return
+    if pg is None or not hasattr(pg, "PlotWidget"):   # absent, or still importing in a worker:
+        return                                         # plots are styled as they are built
     palette = app.palette()
     pg.setConfigOption("background", palette.color(QPalette.Base))
     pg.setConfigOption("foreground", palette.color(QPalette.Text))
