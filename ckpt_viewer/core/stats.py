@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from fractions import Fraction
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import TypeVar
 
 import numpy as np
@@ -225,7 +225,11 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict):
             x = _computable(_real_view(raw, part))
             with np.errstate(all="ignore"):
                 x = x[np.isfinite(x)]
-                x = x[np.isin(_bin_index(x, lo, hi, scale, fine.size), first_bins)]
+                index = _bin_index(x, lo, hi, scale, fine.size)
+                wanted = index == first_bins[0]      # ufuncs, not np.isin: they release the GIL
+                for other in first_bins[1:]:
+                    wanted |= index == other
+                x = x[wanted]
             for q, target in pending.items():
                 inside = target.members(x)
                 if not inside.size:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
                                QMenu, QStyle,
@@ -16,12 +16,14 @@ from ckpt_viewer.core.report import describe_value, split_text
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.theme import remember_splitter
-from ckpt_viewer.qt.tree_model import COLUMNS, DTYPE, KEY, KeyTreeModel
+from ckpt_viewer.qt.tree_model import COLUMNS, DEVICE, DTYPE, KEY, TYPE, KeyTreeModel
 from ckpt_viewer.qt.plain import as_html, plain_label
 
 AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
 AUTO_OPEN_ROWS = 50        # rows (a screenful) a new tab's opened first levels may show
-COLUMN_SAMPLE = 2000       # rows whose texts size the columns (all 50,000 cost ~50 ms)
+KEY_MIN_WIDTH = 220
+AUTO_HIDDEN = (DEVICE, TYPE)
+COLUMN_SAMPLE = 500        # rows whose texts size the columns (all 50,000 cost ~0.5 s)
 FILTER_DELAY_MS = 120      # filtering waits for a pause in typing; the text field never waits
 
 
@@ -173,8 +175,10 @@ class CheckpointTab(QWidget):
         header = self.tree.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.Interactive)
-        header.setSectionResizeMode(KEY, QHeaderView.Stretch)
         header.setMinimumSectionSize(40)
+        self.tree.viewport().installEventFilter(self)
+        header.sectionResized.connect(self._fit_key_column)
+        header.setSectionsMovable(False)
         for column, width in self.content_widths().items():
             header.resizeSection(column, width)
         hidden = QSettings().value("tree/hiddenColumns", [])
@@ -184,13 +188,49 @@ class CheckpointTab(QWidget):
         header.setContextMenuPolicy(Qt.CustomContextMenu)
         header.customContextMenuRequested.connect(self._header_menu)
 
+    def eventFilter(self, watched, event):
+        if event.type() == QEvent.Resize and watched is self.tree.viewport():
+            self._fit_key_column()
+        return super().eventFilter(watched, event)
+
+    def _fit_key_column(self, column=None, *_):
+        """Key takes the width the other columns leave, but never less than KEY_MIN_WIDTH
+        (then the tree scrolls sideways instead of cutting names to "mode..."). Until the
+        user picks columns, a narrow tree hides Device, then Type / Class, so that Params and
+        Size stay in view."""
+        if column == KEY or getattr(self, "_fitting", False):
+            return
+        self._fitting = True          # hiding and resizing sections report back here
+        try:
+            self._fit_columns()
+        finally:
+            self._fitting = False
+
+    def _fit_columns(self):
+        header = self.tree.header()
+        width = self.tree.viewport().width()
+        if not QSettings().value("tree/columnsChosen", False, type=bool):   # no choice made:
+            for column in AUTO_HIDDEN:                          # narrow trees drop these first
+                header.setSectionHidden(column, False)
+            for column in AUTO_HIDDEN:
+                if self._columns_width() + KEY_MIN_WIDTH <= width:
+                    break
+                header.setSectionHidden(column, True)
+        header.resizeSection(KEY, max(KEY_MIN_WIDTH, width - self._columns_width()))
+
+    def _columns_width(self) -> int:
+        """Width of the shown columns but Key."""
+        header = self.tree.header()
+        return sum(header.sectionSize(c) for c in range(1, len(COLUMNS))
+                   if not header.isSectionHidden(c))
+
     def content_widths(self) -> dict[int, int]:
         """Width of each column but Key: its header and the widest text of up to
-        COLUMN_SAMPLE rows spread over the file (the root's row first: the largest numbers),
+        COLUMN_SAMPLE rows spread over the file and the top-level rows (the largest sums),
         and of every dtype the file holds (a rare one must not be cut)."""
         rows = self.model.rows
         step = max(1, len(rows) // COLUMN_SAMPLE)
-        sample = rows[::step]
+        sample = rows[1::step] + self.model.top.children[:COLUMN_SAMPLE]   # the biggest sums
         metrics = self.tree.fontMetrics()
         padding = 2 * self.tree.style().pixelMetric(QStyle.PM_FocusFrameHMargin) + 16
         widths = {}
@@ -213,11 +253,13 @@ class CheckpointTab(QWidget):
         menu.exec(header.mapToGlobal(position))
 
     def show_column(self, column: int, on: bool):
-        self.tree.header().setSectionHidden(column, not on)
-        if on:
-            self.tree.resizeColumnToContents(column)
-        QSettings().setValue("tree/hiddenColumns", [
-            name for c, name in enumerate(COLUMNS) if self.tree.header().isSectionHidden(c)])
+        header = self.tree.header()
+        hidden = {c for c in range(len(COLUMNS)) if header.isSectionHidden(c)} ^ (
+            {column} if on == header.isSectionHidden(column) else set())
+        # saved first: showing a column re-fits the others, which reads this choice
+        QSettings().setValue("tree/hiddenColumns", [COLUMNS[c] for c in sorted(hidden)])
+        QSettings().setValue("tree/columnsChosen", True)    # an empty list reads back as None
+        header.setSectionHidden(column, not on)
 
     def _expand_first_levels(self):
         """Open the top one or two levels if that shows at most AUTO_OPEN_ROWS rows: laying

@@ -112,28 +112,39 @@ class StatsTable(QTableWidget):
     figures are marked as estimates (≈, italic) and the figures a sample cannot give are
     pending; non-zero NaN/Inf counts are highlighted."""
 
-    PAIRS = 2
+    PAIR_WIDTH = 230        # pixels a (label, value) pair needs: a wide table shows more pairs
     EXACT_ONLY = {"L2 norm", "NaN", "+Inf", "-Inf", "zeros"}
     ALARMS = {"NaN", "+Inf", "-Inf"}
 
     def __init__(self, parent=None):
-        super().__init__(0, 2 * self.PAIRS, parent)
+        super().__init__(0, 4, parent)
         self.setObjectName("statsTable")
-        self.setHorizontalHeaderLabels(["statistic", "value"] * self.PAIRS)
+        self.setHorizontalHeaderLabels(["statistic", "value"] * 2)
         self.verticalHeader().setVisible(False)
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
         header = self.horizontalHeader()
-        for column in range(2 * self.PAIRS):
-            header.setSectionResizeMode(column, QHeaderView.ResizeToContents if column % 2 == 0
-                                        else QHeaderView.Stretch)
-        self.horizontalHeaderItem(1).setToolTip("quantiles are exact: the ceil(q * n)-th "
-                                                "smallest finite value")
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)   # numbers are never cut
+        self.rows, self.preview = [], False
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        if self._pairs() * 2 != self.columnCount():
+            self.fill(self.rows, self.preview)
+
+    def _pairs(self) -> int:
+        return max(1, min(4, self.viewport().width() // self.PAIR_WIDTH))
 
     def fill(self, rows, preview: bool):
         """rows: (label, text) pairs; preview: the figures come from a sample."""
-        self.setRowCount(-(-len(rows) // self.PAIRS))
+        self.rows, self.preview = rows, preview
+        pairs = self._pairs()
         self.clearContents()
+        self.setColumnCount(2 * pairs)
+        self.setHorizontalHeaderLabels(["statistic", "value"] * pairs)
+        self.horizontalHeaderItem(1).setToolTip("quantiles are exact: the ceil(q * n)-th "
+                                                "smallest finite value")
+        self.setRowCount(-(-len(rows) // pairs))
         for i, (label, text) in enumerate(rows):
             row, column = i % self.rowCount(), 2 * (i // self.rowCount())
             value = QTableWidgetItem(text)
@@ -283,8 +294,8 @@ class TensorView(QWidget):
         self.split.setStretchFactor(0, 3)
         self.split.setStretchFactor(1, 1)
         self.split.setCollapsible(0, False)
-        remember_splitter(self.split, "tensorView/split", [520, 220])
-        remember_splitter(self.info_split, "tensorView/infoSplit", [360, 240])
+        remember_splitter(self.split, "tensorView/split", [500, 250])
+        remember_splitter(self.info_split, "tensorView/infoSplit", [560, 300])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.title)
@@ -432,7 +443,7 @@ class TensorView(QWidget):
         self.title.setToolTip(node.key)
         self.facts.setText(facts_html(node))
         self.readout.setText(" ")           # the previous tensor's bin means nothing here
-        self.table.setRowCount(0)
+        self.table.fill([], False)
         is_complex = node.tensor.dtype.startswith("complex")
         self.part.setVisible(is_complex)
         self.prepare_plot()

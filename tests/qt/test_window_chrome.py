@@ -6,7 +6,7 @@ import os
 import torch
 from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
 from PySide6.QtGui import QAction, QDragEnterEvent
-from PySide6.QtWidgets import QApplication, QHeaderView
+from PySide6.QtWidgets import QApplication
 from qt_helpers import open_and_wait
 
 import builders
@@ -71,7 +71,16 @@ def test_tree_columns_fit_their_contents_and_key_stretches(qtbot, window, tmp_pa
     open_and_wait(qtbot, window, path)
     tab = window.current_tab()
     header = tab.tree.header()
-    assert header.sectionResizeMode(0) == QHeaderView.Stretch
+    window.resize(1600, 700)
+    tab.splitter.setSizes([1100, 500])
+
+    def key_fills_the_rest():
+        others = sum(header.sectionSize(c) for c in range(1, 7))
+        return header.sectionSize(0) == max(220, tab.tree.viewport().width() - others)
+    qtbot.waitUntil(key_fills_the_rest)
+    assert header.sectionSize(0) > 220
+    tab.splitter.setSizes([150, 1250])
+    qtbot.waitUntil(lambda: header.sectionSize(0) == 220)      # then scrolls, never cut short
     metrics = tab.tree.fontMetrics()
     assert header.sectionSize(3) >= metrics.horizontalAdvance("float8_e4m3fn")
     assert "export" in tab.model.headerData(0, Qt.Horizontal, Qt.ToolTipRole)
@@ -98,3 +107,19 @@ def test_filter_waits_for_typing_and_clearing_restores_the_tree(qtbot, window, t
     assert tab.tree.isExpanded(tab.model.index_of_key("block1"))
     assert tab.tree.isExpanded(tab.model.index_of_key("block1.layer2"))
     assert not tab.tree.isExpanded(tab.model.index_of_key("block0"))
+
+
+def test_a_narrow_tree_hides_device_then_type_until_the_user_chooses(qtbot, window, training_file):
+    open_and_wait(qtbot, window, training_file)
+    tab = window.current_tab()
+    header = tab.tree.header()
+    window.resize(1600, 700)
+    tab.splitter.setSizes([1000, 600])
+    qtbot.waitUntil(lambda: not header.isSectionHidden(6) and not header.isSectionHidden(1))
+    tab.splitter.setSizes([560, 1040])
+    qtbot.waitUntil(lambda: header.isSectionHidden(6))
+    assert not any(header.isSectionHidden(c) for c in (2, 3, 4, 5))   # Params, Size stay
+    tab.show_column(6, True)                   # the user's choice wins from now on
+    tab.splitter.setSizes([500, 1100])
+    qtbot.wait(50)
+    assert not header.isSectionHidden(6)
