@@ -21,7 +21,7 @@ from ckpt_viewer.qt.plain import as_html, plain_label
 
 AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
 AUTO_OPEN_ROWS = 50        # rows (a screenful) a new tab's opened first levels may show
-KEY_MIN_WIDTH = 220
+KEY_MIN_WIDTH = 180
 AUTO_HIDDEN = (DEVICE, TYPE)
 COLUMN_SAMPLE = 500        # rows whose texts size the columns (all 50,000 cost ~0.5 s)
 FILTER_DELAY_MS = 120      # filtering waits for a pause in typing; the text field never waits
@@ -162,7 +162,7 @@ class CheckpointTab(QWidget):
         splitter.addWidget(self.panes)
         splitter.setStretchFactor(0, 2)
         splitter.setStretchFactor(1, 3)
-        remember_splitter(splitter, "checkpointTab/split", [560, 800])
+        remember_splitter(splitter, "checkpointTab/split", [600, 766])
         self.splitter = splitter
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)

@@ -112,7 +112,7 @@ class StatsTable(QTableWidget):
     figures are marked as estimates (≈, italic) and the figures a sample cannot give are
     pending; non-zero NaN/Inf counts are highlighted."""
 
-    PAIR_WIDTH = 230        # pixels a (label, value) pair needs: a wide table shows more pairs
+    PAIR_WIDTH = 150        # pixels a (label, value) pair needs: a wide table shows more pairs
     EXACT_ONLY = {"L2 norm", "NaN", "+Inf", "-Inf", "zeros"}
     ALARMS = {"NaN", "+Inf", "-Inf"}
 
@@ -295,7 +295,7 @@ class TensorView(QWidget):
         self.split.setStretchFactor(1, 1)
         self.split.setCollapsible(0, False)
         remember_splitter(self.split, "tensorView/split", [500, 250])
-        remember_splitter(self.info_split, "tensorView/infoSplit", [560, 300])
+        remember_splitter(self.info_split, "tensorView/infoSplit", [480, 380])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.title)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import builders
+import ckpt_viewer.core.stats as stats_module
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.open import open_checkpoint
-import ckpt_viewer.core.stats as stats_module
 from ckpt_viewer.core.stats import QUANTILES, compute, run
 from ckpt_viewer.core.values import read_array, read_tensor
 

@@ -76,11 +76,11 @@ def test_tree_columns_fit_their_contents_and_key_stretches(qtbot, window, tmp_pa
 
     def key_fills_the_rest():
         others = sum(header.sectionSize(c) for c in range(1, 7))
-        return header.sectionSize(0) == max(220, tab.tree.viewport().width() - others)
+        return header.sectionSize(0) == max(180, tab.tree.viewport().width() - others)
     qtbot.waitUntil(key_fills_the_rest)
-    assert header.sectionSize(0) > 220
+    assert header.sectionSize(0) > 180
     tab.splitter.setSizes([150, 1250])
-    qtbot.waitUntil(lambda: header.sectionSize(0) == 220)      # then scrolls, never cut short
+    qtbot.waitUntil(lambda: header.sectionSize(0) == 180)      # then scrolls, never cut short
     metrics = tab.tree.fontMetrics()
     assert header.sectionSize(3) >= metrics.horizontalAdvance("float8_e4m3fn")
     assert "export" in tab.model.headerData(0, Qt.Horizontal, Qt.ToolTipRole)
