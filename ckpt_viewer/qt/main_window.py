@@ -119,7 +119,7 @@ class MainWindow(QMainWindow):
             return
         self.setWindowFilePath(tab.checkpoint.path)
         name = os.path.basename(tab.checkpoint.path.rstrip("/")) or tab.checkpoint.path
-        self.setWindowTitle(f"{name} - ckpt-viewer")
+        self.setWindowTitle(f"{shown(name)} - ckpt-viewer")
 
     def _tab_of_path(self, path):
         for index in range(self.tabs.count()):
@@ -130,7 +130,7 @@ class MainWindow(QMainWindow):
 
     def _hold_place(self, path):
         """A tab in the order files were opened, filled when its load ends."""
-        placeholder = QLabel(f"Opening {path}...")
+        placeholder = QLabel(f"Opening {shown(path)}...")
         placeholder.setTextFormat(Qt.PlainText)
         placeholder.setAlignment(Qt.AlignCenter)
         self._hide_welcome()

@@ -24,7 +24,7 @@ from ckpt_viewer.core.report import stats_rows
 from ckpt_viewer.core.stats import PARTS, auto_bins, compute, sample_preview
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
-from ckpt_viewer.qt.plain import as_html, plain_label
+from ckpt_viewer.qt.plain import as_html, plain_label, shown
 from ckpt_viewer.qt.theme import remember_splitter, style_plot
 
 _plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet(),
@@ -439,8 +439,8 @@ class TensorView(QWidget):
         self.range.blockSignals(True)
         self.range.setCurrentIndex(0)
         self.range.blockSignals(False)
-        self.title.setText(headline(node))
-        self.title.setToolTip(node.key)
+        self.title.setText(shown(headline(node)))
+        self.title.setToolTip(as_html(node.key))
         self.facts.setText(facts_html(node))
         self.readout.setText(" ")           # the previous tensor's bin means nothing here
         self.table.fill([], False)
