@@ -183,10 +183,12 @@ class _Target:
 
     def __init__(self, levels, rank):
         self.levels, self.rank = levels, rank
+        self.size = 0            # values in the innermost bin
         self.value = None
 
-    def members(self, x):
-        for lo, hi, bins, index in self.levels:
+    def members(self, x, first=0):
+        """The values of x in this target's bin (levels before `first` already applied)."""
+        for lo, hi, bins, index in self.levels[first:]:
             if x.size == 0:
                 break
             scale = bins / (hi - lo) if hi > lo else 0.0
@@ -201,66 +203,97 @@ def _locate(counts: np.ndarray, rank: int) -> tuple[int, int]:
     return index, rank - (int(cumulative[index - 1]) if index else 0)
 
 
-def _select(tensor, part, chunk, lo, hi, fine, ranks: dict):
+def _settle_zeros(groups: dict, split: set, zeros: int, zero_bin: int):
+    """A first-level bin holding 0 and exactly as many values as there are zeros holds
+    nothing else: its quantiles are 0 without a pass (pruned weights put half the
+    quantiles there, in a bin too full to sort)."""
+    for key in list(groups):
+        if key[0][3] == zero_bin and groups[key][0].size == zeros:
+            for target in groups.pop(key):
+                target.value = 0.0
+            split.discard(key)
+
+
+def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
     """Generator: {q: the value of rank ranks[q]} among the finite values, found by passes that
     look only at the values in the fine bins holding them (a bin too full to sort is split
-    into FINE_BINS sub-bins again, until it is small or holds one distinct value)."""
+    into FINE_BINS sub-bins again, until it is small or holds one distinct value). Quantiles
+    that fall in the same bin share its work; `zeros` (how many values are 0) settles the
+    bin of 0 when it holds only zeros."""
     targets = {}
     for q, rank in ranks.items():
         index, within = _locate(fine, rank)
         targets[q] = _Target([(lo, hi, fine.size, index)], within)
-    first_bins = np.array(sorted({t.levels[0][3] for t in targets.values()}))
+        targets[q].size = int(fine[index])
     scale = fine.size / (hi - lo) if hi > lo else 0.0
-    sizes = {q: int(fine[t.levels[0][3]]) for q, t in targets.items()}
     for level in range(SELECT_LEVELS):      # each level narrows a bin 65536-fold
-        pending = {q: t for q, t in targets.items() if t.value is None}
-        if not pending:
+        groups: dict = {}                   # one bin -> the quantiles that lie in it
+        for target in targets.values():
+            if target.value is None:
+                groups.setdefault(tuple(target.levels), []).append(target)
+        if not groups:
             break
-        collected = {q: [] for q in pending}
         last = level == SELECT_LEVELS - 1     # then sort whatever the bin holds
-        split = {q: np.zeros(FINE_BINS, np.int64) for q in pending
-                 if sizes[q] > SELECT_LIMIT and not last}
-        extremes = {q: [math.inf, -math.inf] for q in split}
+        split = {key for key, members in groups.items()
+                 if members[0].size > SELECT_LIMIT and not last}
+        found = {key: [] for key in groups}                       # values of a small bin
+        counts = {key: np.zeros(FINE_BINS, np.int64) for key in split}   # a big bin's split
+        extremes = {key: [math.inf, -math.inf] for key in split}
+        zeros_in = dict.fromkeys(split, 0)      # a big bin is often one value: 0
+        kind = np.float64
         for raw in iter_chunks(tensor, chunk):
             x = _computable(_real_view(raw, part))
+            if level == 0 and zeros:
+                _settle_zeros(groups, split, zeros, _bin_index(np.zeros(1, x.dtype), lo, hi,
+                                                               scale, fine.size)[0])
+                zeros = 0
+                if not groups:
+                    break
             with np.errstate(all="ignore"):
                 x = x[np.isfinite(x)]
-                index = _bin_index(x, lo, hi, scale, fine.size)
-                wanted = index == first_bins[0]      # ufuncs, not np.isin: they release the GIL
-                for other in first_bins[1:]:
-                    wanted |= index == other
-                x = x[wanted]
-            for q, target in pending.items():
-                inside = target.members(x)
+            index = _bin_index(x, lo, hi, scale, fine.size)
+            for key, members in groups.items():
+                inside = members[0].members(x[index == key[0][3]], first=1)
                 if not inside.size:
                     continue
-                if q in split:
-                    low, high = target.levels[-1][:2]
-                    width = (high - low) / target.levels[-1][2]
-                    a = low + width * target.levels[-1][3]
-                    b = a + width
-                    split[q] += np.bincount(
+                if key in split:
+                    a, b = _sub_range(key[-1])
+                    counts[key] += np.bincount(
                         _bin_index(inside, a, b, FINE_BINS / (b - a) if b > a else 0.0,
                                    FINE_BINS), minlength=FINE_BINS)
-                    extremes[q] = [min(extremes[q][0], float(inside.min())),
-                                   max(extremes[q][1], float(inside.max()))]
+                    extremes[key] = [min(extremes[key][0], float(inside.min())),
+                                     max(extremes[key][1], float(inside.max()))]
+                    zeros_in[key] += int(np.add.reduce(inside == 0, dtype=np.int64))
                 else:
-                    collected[q].append(inside)
+                    found[key].append(inside)
+            kind = x.dtype
             yield
-        for q, target in pending.items():
-            if q not in split:
-                values = np.sort(np.concatenate(collected[q]))
-                target.value = float(values[target.rank])
-            elif extremes[q][0] == extremes[q][1]:
-                target.value = extremes[q][0]
+        for key, members in groups.items():
+            if key not in split:
+                values = np.sort(np.concatenate(found[key]))
+                for target in members:
+                    target.value = float(values[target.rank])
+            elif extremes[key][0] == extremes[key][1]:     # one distinct value
+                for target in members:
+                    target.value = extremes[key][0]
             else:
-                low, high, bins, index = target.levels[-1]
-                width = (high - low) / bins
-                a = low + width * index
-                sub, target.rank = _locate(split[q], target.rank)
-                target.levels.append((a, a + width, FINE_BINS, sub))
-                sizes[q] = int(split[q][sub])
+                a, b = _sub_range(key[-1])
+                zero_sub = _bin_index(np.zeros(1, kind), a, b, FINE_BINS / (b - a) if b > a
+                                      else 0.0, FINE_BINS)[0] if a <= 0 <= b else -1
+                for target in members:
+                    sub, target.rank = _locate(counts[key], target.rank)
+                    target.levels.append((a, b, FINE_BINS, sub))
+                    target.size = int(counts[key][sub])
+                    if sub == zero_sub and target.size == zeros_in[key]:   # only zeros
+                        target.value = 0.0
     return {q: t.value for q, t in targets.items() if t.value is not None}
+
+
+def _sub_range(level) -> tuple[float, float]:
+    """The value range of one bin of a (lo, hi, bins, index) level."""
+    low, high, bins, index = level
+    width = (high - low) / bins
+    return low + width * index, low + width * (index + 1)
 
 
 def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress, repeat=1):
@@ -333,12 +366,14 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     stats.edges = np.linspace(lo, hi, bins + 1).tolist()
     if value_range:
         return stats
-    # an expanded view repeats each distinct value `repeat` times: rank k is distinct k // repeat
-    ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}
-    quantiles = yield from _progress_of(
-        _select(tensor, part, chunk, lo, hi, fine // repeat, ranks),
-        (0.8, 1.0), max(1, math.ceil(tensor.numel / chunk)))
-    stats.quantiles = quantiles
+    if stats.min == stats.max:                     # one value: no selection pass
+        stats.quantiles = dict.fromkeys(QUANTILES, stats.min)
+    else:
+        # an expanded view repeats each distinct value `repeat` times: rank k is k // repeat
+        ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}
+        stats.quantiles = yield from _progress_of(
+            _select(tensor, part, chunk, lo, hi, fine // repeat, ranks, stats.zeros // repeat),
+            (0.8, 1.0), max(1, math.ceil(tensor.numel / chunk)))
     if as_values:
         stats.value_counts = {int(round((a + b) / 2)): c for a, b, c in
                               zip(stats.edges, stats.edges[1:], stats.counts) if c}

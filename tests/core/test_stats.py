@@ -206,7 +206,9 @@ def test_quantiles_are_exact_order_statistics(tmp_path, monkeypatch, limit):
              "outliers": torch.cat([torch.randn(50_000), torch.tensor([1e30, -1e30, float("nan")])]),
              "ints": torch.randint(-3, 5, (1000,)),
              "expanded": torch.randn(300, 3)[:, :1].expand(300, 40),
-             "half": torch.randn(200_000).half(), "one": torch.tensor([3.0])}
+             "half": torch.randn(200_000).half(), "one": torch.tensor([3.0]),
+             "pruned": torch.randn(20_000) * (torch.arange(20_000) % 2),   # half zeros
+             "zeros": torch.zeros(100)}
     path = tmp_path / "q.pt"
     torch.save(cases, path)
     checkpoint = open_checkpoint(str(path))
