@@ -2,8 +2,9 @@
 
 `compute()` is a generator: it yields progress (0..1) and returns Stats, so a GUI worker can
 cancel it between chunks. Two passes: moments and counts, then a fine histogram (bins x M
-sub-bins) from which the requested histogram is exact and quantiles are interpolated to within
-1/65536 of the value range. min/max/mean/std are over finite values only.
+sub-bins) from which the requested histogram is exact, then a selection pass over the few fine
+bins that hold the quantiles: each quantile is an element of the tensor, the k-th smallest finite
+value with k = ceil(q * n) (numpy's "inverted_cdf"). min/max/mean/std are over finite values only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import TypeVar
 
 import numpy as np
@@ -30,6 +32,8 @@ FINE_BINS = 65536
 CHUNK = 1 << 20
 MAX_VALUE_COUNTS = 4096        # integer tensors spanning fewer values get exact value counts
 PARTS = ("magnitude", "real", "imag")
+SELECT_LIMIT = 1 << 21    # values a quantile's bin may hold to be collected and sorted
+SELECT_LEVELS = 12        # 65536 ** 12 spans any float64 range down to single values
 GIL_SLICE = 1 << 16       # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
 
 
@@ -134,6 +138,18 @@ def _fine_histogram(chunks, lo, hi, fine_bins):
     return counts, below, above
 
 
+def _bin_index(x, lo, hi, scale, fine_bins) -> np.ndarray:
+    """The fine bin of each value of x (all within [lo, hi]); the selection pass must use the
+    very same arithmetic, so that a bin holds exactly the values it counted."""
+    # float32 arithmetic overflows when the range itself is near float32's limits
+    kind = x.dtype.type if hi - lo < 1e30 else np.float64
+    with np.errstate(all="ignore"):     # a bin split below float spacing: huge scales
+        idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
+    np.minimum(idx, fine_bins - 1, out=idx)
+    np.maximum(idx, 0, out=idx)
+    return idx
+
+
 def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
     """Add one chunk's finite values to the fine histogram; (counts, below, above)."""
     x = _computable(x)
@@ -144,31 +160,140 @@ def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
     if n_low or n_high:
         below, above = below + n_low, above + n_high
         x = x[~(outside_low | outside_high)]
-    # float32 arithmetic overflows when the range itself is near float32's limits
-    kind = x.dtype.type if hi - lo < 1e30 else np.float64
-    idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
-    np.minimum(idx, fine_bins - 1, out=idx)
-    np.maximum(idx, 0, out=idx)
+    idx = _bin_index(x, lo, hi, scale, fine_bins)
     for start in range(0, idx.size, GIL_SLICE):     # bincount holds the GIL while it runs
         counts += np.bincount(idx[start:start + GIL_SLICE], minlength=fine_bins)
     return counts, below, above
 
 
-def _quantiles(fine: np.ndarray, lo: float, hi: float, below: int = 0, total: int = 0) -> dict:
-    """Quantiles interpolated inside fine bins; `below` values lie left of lo."""
-    total = total or int(fine.sum()) + below
-    if total == 0:
-        return {}
-    cumulative = np.cumsum(fine) + below
-    width = (hi - lo) / fine.size if hi > lo else 0.0
-    out = {}
-    for q in QUANTILES:
-        target = q * total
-        index = min(int(np.searchsorted(cumulative, target, side="left")), fine.size - 1)
-        before = int(cumulative[index - 1]) if index else below
-        inside = int(fine[index]) or 1
-        out[q] = lo + width * (index + min(max((target - before) / inside, 0.0), 1.0))
-    return out
+def auto_bins(numel: int) -> int:
+    """Histogram bins for n values (Rice's rule, 8..256): a tiny tensor in 256 bins looked
+    like a barcode."""
+    return min(256, max(8, math.ceil(2 * max(numel, 1) ** (1 / 3))))
+
+
+def quantile_rank(q: float, n: int) -> int:
+    """0-based rank of the q-quantile of n sorted values: the ceil(q * n)-th smallest."""
+    numerator, denominator = Fraction(str(q)).as_integer_ratio()
+    return max(-(-numerator * n // denominator), 1) - 1
+
+
+class _Target:
+    """Where one order statistic lies: nested (lo, hi, bins, index) bins and its rank there."""
+
+    def __init__(self, levels, rank):
+        self.levels, self.rank = levels, rank
+        self.size = 0            # values in the innermost bin
+        self.value = None
+
+    def members(self, x, first=0):
+        """The values of x in this target's bin (levels before `first` already applied)."""
+        for lo, hi, bins, index in self.levels[first:]:
+            if x.size == 0:
+                break
+            scale = bins / (hi - lo) if hi > lo else 0.0
+            x = x[_bin_index(x, lo, hi, scale, bins) == index]
+        return x
+
+
+def _locate(counts: np.ndarray, rank: int) -> tuple[int, int]:
+    """(bin holding the value of this rank, the rank within that bin)."""
+    cumulative = np.cumsum(counts)
+    index = int(np.searchsorted(cumulative, rank, side="right"))
+    return index, rank - (int(cumulative[index - 1]) if index else 0)
+
+
+def _settle_zeros(groups: dict, split: set, zeros: int, zero_bin: int):
+    """A first-level bin holding 0 and exactly as many values as there are zeros holds
+    nothing else: its quantiles are 0 without a pass (pruned weights put half the
+    quantiles there, in a bin too full to sort)."""
+    for key in list(groups):
+        if key[0][3] == zero_bin and groups[key][0].size == zeros:
+            for target in groups.pop(key):
+                target.value = 0.0
+            split.discard(key)
+
+
+def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
+    """Generator: {q: the value of rank ranks[q]} among the finite values, found by passes that
+    look only at the values in the fine bins holding them (a bin too full to sort is split
+    into FINE_BINS sub-bins again, until it is small or holds one distinct value). Quantiles
+    that fall in the same bin share its work; `zeros` (how many values are 0) settles the
+    bin of 0 when it holds only zeros."""
+    targets = {}
+    for q, rank in ranks.items():
+        index, within = _locate(fine, rank)
+        targets[q] = _Target([(lo, hi, fine.size, index)], within)
+        targets[q].size = int(fine[index])
+    scale = fine.size / (hi - lo) if hi > lo else 0.0
+    for level in range(SELECT_LEVELS):      # each level narrows a bin 65536-fold
+        groups: dict = {}                   # one bin -> the quantiles that lie in it
+        for target in targets.values():
+            if target.value is None:
+                groups.setdefault(tuple(target.levels), []).append(target)
+        if not groups:
+            break
+        last = level == SELECT_LEVELS - 1     # then sort whatever the bin holds
+        split = {key for key, members in groups.items()
+                 if members[0].size > SELECT_LIMIT and not last}
+        found = {key: [] for key in groups}                       # values of a small bin
+        counts = {key: np.zeros(FINE_BINS, np.int64) for key in split}   # a big bin's split
+        extremes = {key: [math.inf, -math.inf] for key in split}
+        zeros_in = dict.fromkeys(split, 0)      # a big bin is often one value: 0
+        kind = np.float64
+        for raw in iter_chunks(tensor, chunk):
+            x = _computable(_real_view(raw, part))
+            if level == 0 and zeros:
+                _settle_zeros(groups, split, zeros, _bin_index(np.zeros(1, x.dtype), lo, hi,
+                                                               scale, fine.size)[0])
+                zeros = 0
+                if not groups:
+                    break
+            with np.errstate(all="ignore"):
+                x = x[np.isfinite(x)]
+            index = _bin_index(x, lo, hi, scale, fine.size)
+            for key, members in groups.items():
+                inside = members[0].members(x[index == key[0][3]], first=1)
+                if not inside.size:
+                    continue
+                if key in split:
+                    a, b = _sub_range(key[-1])
+                    counts[key] += np.bincount(
+                        _bin_index(inside, a, b, FINE_BINS / (b - a) if b > a else 0.0,
+                                   FINE_BINS), minlength=FINE_BINS)
+                    extremes[key] = [min(extremes[key][0], float(inside.min())),
+                                     max(extremes[key][1], float(inside.max()))]
+                    zeros_in[key] += int(np.add.reduce(inside == 0, dtype=np.int64))
+                else:
+                    found[key].append(inside)
+            kind = x.dtype
+            yield
+        for key, members in groups.items():
+            if key not in split:
+                values = np.sort(np.concatenate(found[key]))
+                for target in members:
+                    target.value = float(values[target.rank])
+            elif extremes[key][0] == extremes[key][1]:     # one distinct value
+                for target in members:
+                    target.value = extremes[key][0]
+            else:
+                a, b = _sub_range(key[-1])
+                zero_sub = _bin_index(np.zeros(1, kind), a, b, FINE_BINS / (b - a) if b > a
+                                      else 0.0, FINE_BINS)[0] if a <= 0 <= b else -1
+                for target in members:
+                    sub, target.rank = _locate(counts[key], target.rank)
+                    target.levels.append((a, b, FINE_BINS, sub))
+                    target.size = int(counts[key][sub])
+                    if sub == zero_sub and target.size == zeros_in[key]:   # only zeros
+                        target.value = 0.0
+    return {q: t.value for q, t in targets.items() if t.value is not None}
+
+
+def _sub_range(level) -> tuple[float, float]:
+    """The value range of one bin of a (lo, hi, bins, index) level."""
+    low, high, bins, index = level
+    width = (high - low) / bins
+    return low + width * index, low + width * (index + 1)
 
 
 def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress, repeat=1):
@@ -186,6 +311,18 @@ def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress, repeat=1):
             return counts * repeat, below * repeat, above * repeat
         done += 1
         yield progress[0] + (progress[1] - progress[0]) * done / total_chunks
+
+
+def _progress_of(generator, progress, steps):
+    """Drive a generator that yields once per chunk, yielding progress within (a, b)."""
+    done = 0
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+        done += 1
+        yield progress[0] + (progress[1] - progress[0]) * min(done / steps, 1.0)
 
 
 def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
@@ -229,21 +366,17 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     stats.edges = np.linspace(lo, hi, bins + 1).tolist()
     if value_range:
         return stats
-    quantiles = _quantiles(fine, lo, hi)
-    width = (hi - lo) / fine_bins
-    first = int((quantiles[QUANTILES[0]] - lo) / width) if width else 0
-    last = int((quantiles[QUANTILES[-1]] - lo) / width) if width else 0
-    if width and not as_values and (last - first + 1) * 16 < fine_bins:
-        # Outliers squeeze the bulk into a few bins: refine over the bins holding the quantiles.
-        r_lo, r_hi = lo + first * width, lo + min(last + 1, fine_bins) * width
-        refined, below, _ = yield from _histogram_pass(
-            tensor, part, chunk, r_lo, r_hi, FINE_BINS, (0.8, 1.0), repeat)
-        quantiles = _quantiles(refined, r_lo, r_hi, below=below, total=finite)
-    stats.quantiles = {q: min(max(v, stats.min), stats.max) for q, v in quantiles.items()}
+    if stats.min == stats.max:                     # one value: no selection pass
+        stats.quantiles = dict.fromkeys(QUANTILES, stats.min)
+    else:
+        # an expanded view repeats each distinct value `repeat` times: rank k is k // repeat
+        ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}
+        stats.quantiles = yield from _progress_of(
+            _select(tensor, part, chunk, lo, hi, fine // repeat, ranks, stats.zeros // repeat),
+            (0.8, 1.0), max(1, math.ceil(tensor.numel / chunk)))
     if as_values:
         stats.value_counts = {int(round((a + b) / 2)): c for a, b, c in
                               zip(stats.edges, stats.edges[1:], stats.counts) if c}
-        stats.quantiles = {q: float(round(v)) for q, v in stats.quantiles.items()}
     return stats
 
 

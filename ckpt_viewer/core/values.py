@@ -610,6 +610,44 @@ def downsampled_2d(tensor: TensorInfo, leading: tuple = (), limit: int = 1024) -
     return window, row_step, col_step
 
 
+POOL_STRIP = 1 << 22      # elements read at a time by pooled_2d
+
+
+def _largest_magnitude(block: np.ndarray, row_step: int, col_step: int) -> np.ndarray:
+    """Each row_step x col_step cell of block -> its value of largest |x| (sign kept; NaN
+    only when the whole cell is NaN)."""
+    height, width = block.shape
+    padded = np.full((-(-height // row_step) * row_step, -(-width // col_step) * col_step), np.nan)
+    padded[:height, :width] = block
+    cells = padded.reshape(padded.shape[0] // row_step, row_step, -1, col_step)
+    cells = cells.transpose(0, 2, 1, 3).reshape(cells.shape[0], cells.shape[2], -1)
+    magnitude = np.abs(cells)
+    magnitude[np.isnan(magnitude)] = -1.0
+    pick = magnitude.argmax(axis=2)[..., None]
+    return np.take_along_axis(cells, pick, axis=2)[..., 0]
+
+
+def pooled_2d(tensor: TensorInfo, leading: tuple = (), limit: int = 1024):
+    """Generator (yields progress 0..1, returns (array, row step, column step)): the last two
+    dimensions reduced to at most limit x limit cells, each cell holding the value of largest
+    magnitude of its block, so a single spike survives (every k-th row would drop it).
+    Complex tensors are reduced by magnitude."""
+    shape = tensor.shape if len(tensor.shape) >= 2 else (tensor.numel, 1)
+    n_rows, n_cols = shape[-2], shape[-1]
+    row_step, col_step = max(1, -(-n_rows // limit)), max(1, -(-n_cols // limit))
+    strip_rows = max(1, POOL_STRIP // max(n_cols, 1) // row_step) * row_step
+    out = []
+    for start in range(0, n_rows, strip_rows):
+        block = read_window(tensor, leading, range(start, min(start + strip_rows, n_rows)),
+                            range(n_cols))
+        block = np.abs(block) if np.iscomplexobj(block) else block.astype(np.float64)
+        out.append(_largest_magnitude(block, row_step, col_step))
+        yield min(1.0, (start + strip_rows) / max(n_rows, 1))
+    width = -(-n_cols // col_step)
+    values = np.concatenate(out) if out else np.zeros((0, width))
+    return values, row_step, col_step
+
+
 def filter_grid(tensor: TensorInfo, max_filters: int = 64, pad: float = np.nan) -> np.ndarray:
     """Conv kernels [out, in, kh, kw] as one mosaic: a tile per (out, in) pair."""
     out_channels, in_channels, kh, kw = tensor.shape

@@ -70,7 +70,8 @@ def take_screenshot(window, path: str, out: str) -> int:
         window.grab().save(out)
         finish(0)
 
-    window.resize(1400, 900)
+    screen = window.screen().availableGeometry()     # the window as big as this screen allows
+    window.setGeometry(screen)
     window.loaded.connect(on_loaded)
     window.load_failed.connect(lambda p, message: finish(2, f"error: {p}: {message}"))
     QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, lambda: finish(2, "error: screenshot timed out"))

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import gc
 
-from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QLineEdit, QMenu,
-                               QPushButton, QSplitter, QTabWidget, QTextBrowser, QTreeView,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                               QMenu, QPushButton, QSplitter, QStyle, QTabWidget, QTextBrowser,
+                               QTreeView, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.model import format_bytes, format_count
 from ckpt_viewer.core.report import describe_value, split_text
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
-from ckpt_viewer.qt.tree_model import KeyTreeModel
+from ckpt_viewer.qt.theme import remember_splitter
+from ckpt_viewer.qt.tree_model import COLUMNS, DEVICE, DTYPE, KEY, TYPE, KeyTreeModel
 from ckpt_viewer.qt.plain import as_html, plain_label
 
 AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
 AUTO_OPEN_ROWS = 50        # rows (a screenful) a new tab's opened first levels may show
+KEY_MIN_WIDTH = 180
+AUTO_HIDDEN = (DEVICE, TYPE)
+COLUMN_SAMPLE = 500        # rows whose texts size the columns (all 50,000 cost ~0.5 s)
+FILTER_DELAY_MS = 120      # filtering waits for a pause in typing; the text field never waits
 
 
 def summary_html(checkpoint, totals) -> str:
@@ -57,6 +62,7 @@ class CheckpointTab(QWidget):
 
     tensor_selected = Signal(str)
     pickle_imports_requested = Signal()
+    filter_applied = Signal(str)       # the tree now shows what this filter text selects
 
     def _fill_banner(self, checkpoint):
         """Red only when the file names code (with the call and where it sits); classes and
@@ -110,7 +116,13 @@ class CheckpointTab(QWidget):
         self.filter.setObjectName("keyFilter")
         self.filter.setPlaceholderText("Filter keys: text, glob (*.weight) or /regex/")
         self.filter.setClearButtonEnabled(True)
-        self.filter.textChanged.connect(self.apply_filter)
+        self.filter_timer = QTimer(self)
+        self.filter_timer.setSingleShot(True)
+        self.filter_timer.setInterval(FILTER_DELAY_MS)
+        self.filter_timer.timeout.connect(lambda: self.apply_filter(self.filter.text()))
+        self.filter.textChanged.connect(self.filter_timer.start)
+        self.unfiltered_expanded: list[str] | None = None   # expansion before filtering
+        self.kept_key = ""
         self.filter_status = plain_label()
         self.ticked = plain_label()
         self.ticked.setObjectName("tickedCount")
@@ -126,9 +138,7 @@ class CheckpointTab(QWidget):
         self.tree.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.tree.setContextMenuPolicy(Qt.CustomContextMenu)
         self.tree.customContextMenuRequested.connect(self._context_menu)
-        self.tree.header().setStretchLastSection(False)
-        for column, width in enumerate((300, 130, 110, 80, 110, 80, 60)):
-            self.tree.setColumnWidth(column, width)
+        self._set_up_columns()
         self.tree.selectionModel().currentChanged.connect(self._current_changed)
         self._expand_first_levels()
 
@@ -153,11 +163,13 @@ class CheckpointTab(QWidget):
         left_layout.addLayout(filter_row)
         left_layout.addWidget(self.tree)
         splitter = QSplitter(Qt.Horizontal)
+        splitter.setObjectName("checkpointSplit")
         splitter.addWidget(left)
         splitter.addWidget(self.panes)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
-        splitter.setSizes([780, 620])
+        splitter.setStretchFactor(0, 2)
+        splitter.setStretchFactor(1, 3)
+        remember_splitter(splitter, "checkpointTab/split", [600, 766])
+        self.splitter = splitter
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         banner_row = QHBoxLayout()
@@ -165,6 +177,98 @@ class CheckpointTab(QWidget):
         banner_row.addWidget(self.banner_button, 0, Qt.AlignTop)
         layout.addLayout(banner_row)
         layout.addWidget(splitter, 1)
+
+    def _set_up_columns(self):
+        """Key stretches; the other columns fit their contents (sampled rows, so 50,000 keys
+        cost nothing) and can be hidden from the header's menu (remembered)."""
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QHeaderView.Interactive)
+        header.setMinimumSectionSize(40)
+        self.tree.viewport().installEventFilter(self)
+        header.sectionResized.connect(self._fit_key_column)
+        header.setSectionsMovable(False)
+        for column, width in self.content_widths().items():
+            header.resizeSection(column, width)
+        hidden = QSettings().value("tree/hiddenColumns", [])
+        for name in [hidden] if isinstance(hidden, str) else list(hidden or []):
+            if name in COLUMNS[1:]:
+                header.hideSection(COLUMNS.index(name))
+        header.setContextMenuPolicy(Qt.CustomContextMenu)
+        header.customContextMenuRequested.connect(self._header_menu)
+
+    def eventFilter(self, watched, event):
+        if event.type() == QEvent.Resize and watched is self.tree.viewport():
+            self._fit_key_column()
+        return super().eventFilter(watched, event)
+
+    def _fit_key_column(self, column=None, *_):
+        """Key takes the width the other columns leave, but never less than KEY_MIN_WIDTH
+        (then the tree scrolls sideways instead of cutting names to "mode..."). Until the
+        user picks columns, a narrow tree hides Device, then Type / Class, so that Params and
+        Size stay in view."""
+        if column == KEY or getattr(self, "_fitting", False):
+            return
+        self._fitting = True          # hiding and resizing sections report back here
+        try:
+            self._fit_columns()
+        finally:
+            self._fitting = False
+
+    def _fit_columns(self):
+        header = self.tree.header()
+        width = self.tree.viewport().width()
+        if not QSettings().value("tree/columnsChosen", False, type=bool):   # no choice made:
+            for column in AUTO_HIDDEN:                          # narrow trees drop these first
+                header.setSectionHidden(column, False)
+            for column in AUTO_HIDDEN:
+                if self._columns_width() + KEY_MIN_WIDTH <= width:
+                    break
+                header.setSectionHidden(column, True)
+        header.resizeSection(KEY, max(KEY_MIN_WIDTH, width - self._columns_width()))
+
+    def _columns_width(self) -> int:
+        """Width of the shown columns but Key."""
+        header = self.tree.header()
+        return sum(header.sectionSize(c) for c in range(1, len(COLUMNS))
+                   if not header.isSectionHidden(c))
+
+    def content_widths(self) -> dict[int, int]:
+        """Width of each column but Key: its header and the widest text of up to
+        COLUMN_SAMPLE rows spread over the file and the top-level rows (the largest sums),
+        and of every dtype the file holds (a rare one must not be cut)."""
+        rows = self.model.rows
+        step = max(1, len(rows) // COLUMN_SAMPLE)
+        sample = rows[1::step] + self.model.top.children[:COLUMN_SAMPLE]   # the biggest sums
+        metrics = self.tree.fontMetrics()
+        padding = 2 * self.tree.style().pixelMetric(QStyle.PM_FocusFrameHMargin) + 16
+        widths = {}
+        for column in range(1, len(COLUMNS)):
+            texts = {self.model._display(row, column) or "" for row in sample}
+            if column == DTYPE:
+                texts |= set(self.totals.by_dtype)
+            texts.add(COLUMNS[column])
+            widths[column] = max(metrics.horizontalAdvance(t) for t in texts) + padding
+        return widths
+
+    def _header_menu(self, position):
+        header = self.tree.header()
+        menu = QMenu(self)
+        for column, name in enumerate(COLUMNS[1:], start=1):
+            action = menu.addAction(name)
+            action.setCheckable(True)
+            action.setChecked(not header.isSectionHidden(column))
+            action.toggled.connect(lambda on, c=column: self.show_column(c, on))
+        menu.exec(header.mapToGlobal(position))
+
+    def show_column(self, column: int, on: bool):
+        header = self.tree.header()
+        hidden = {c for c in range(len(COLUMNS)) if header.isSectionHidden(c)} ^ (
+            {column} if on == header.isSectionHidden(column) else set())
+        # saved first: showing a column re-fits the others, which reads this choice
+        QSettings().setValue("tree/hiddenColumns", [COLUMNS[c] for c in sorted(hidden)])
+        QSettings().setValue("tree/columnsChosen", True)    # an empty list reads back as None
+        header.setSectionHidden(column, not on)
 
     def _expand_first_levels(self):
         """Open the top one or two levels if that shows at most AUTO_OPEN_ROWS rows: laying
@@ -206,17 +310,47 @@ class CheckpointTab(QWidget):
 
     # --- filter ----------------------------------------------------------------------------
     def apply_filter(self, text: str):
+        """Filter now (typing calls this FILTER_DELAY_MS after the last key). The unfiltered
+        tree's expansion is kept while a filter is on and restored when it is cleared; the
+        selected key stays selected whenever it is still shown."""
+        self.filter_timer.stop()
+        # a key hidden by one filter is selected again when a later one (or none) shows it
+        selected = self.kept_key = self.selected_key() or self.kept_key
+        if text.strip() and self.unfiltered_expanded is None:
+            self.unfiltered_expanded = self.expanded_keys()
         try:
             matches = self.model.set_filter(text)
         except ValueError as exc:
             self.filter_status.setText(str(exc))
             self.filter.setStyleSheet("QLineEdit { color: #b02a37; }")
+            self.filter_applied.emit(text)
             return
         self.filter.setStyleSheet("")
         self.filter_status.setText(f"{matches:,} match{'es' if matches != 1 else ''}"
                                    if text.strip() else "")
         if text.strip() and self.model.visible_count <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
+        elif not text.strip() and self.unfiltered_expanded is not None:
+            for key in self.unfiltered_expanded:
+                index = self.model.index_of_key(key)
+                if index.isValid():
+                    self.tree.setExpanded(index, True)
+            self.unfiltered_expanded = None
+        if selected:
+            self.select_key(selected, show=False)
+        self.filter_applied.emit(text)
+
+    def expanded_keys(self) -> list[str]:
+        """Keys of the expanded rows (only expanded subtrees are walked)."""
+        keys, stack = [], [QModelIndex()]
+        while stack:
+            parent = stack.pop()
+            for row in range(self.model.rowCount(parent)):
+                index = self.model.index(row, 0, parent)
+                if self.tree.isExpanded(index):
+                    keys.append(index.data(Qt.UserRole))
+                    stack.append(index)
+        return keys
 
     def focus_filter(self):
         self.filter.setFocus()
@@ -227,11 +361,13 @@ class CheckpointTab(QWidget):
         index = self.tree.currentIndex()
         return index.data(Qt.UserRole) if index.isValid() else ""
 
-    def select_key(self, key: str) -> bool:
+    def select_key(self, key: str, show: bool = True) -> bool:
+        """Select key's row (show: also scroll to it)."""
         index = self.model.index_of_key(key)
         if not index.isValid():
             return False
-        self.tree.scrollTo(index)
+        if show:
+            self.tree.scrollTo(index)
         self.tree.selectionModel().setCurrentIndex(
             index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
         return True
@@ -243,6 +379,8 @@ class CheckpointTab(QWidget):
     def _current_changed(self, current, _previous):
         row = self.model.row_of(current) if current.isValid() else None
         if row is None or row.node.tensor is None:
+            return
+        if self.tensor_view.node is row.node:     # reselected after filtering: nothing new
             return
         self.panes.setCurrentWidget(self.tensor_view)
         self.tensor_view.show_tensor(row.node)

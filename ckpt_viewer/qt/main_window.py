@@ -7,7 +7,7 @@ import os
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QPushButton, QTabWidget)
+                               QProgressBar, QPushButton, QStyle, QTabWidget, QWidget)
 
 from ckpt_viewer import __version__
 from ckpt_viewer.core.remote import is_remote
@@ -51,14 +51,112 @@ class MainWindow(QMainWindow):
         self.welcome.setAlignment(Qt.AlignCenter)
         self.welcome.setObjectName("welcome")
         self.tabs.addTab(self.welcome, "Welcome")
+        self.tabs.currentChanged.connect(self._update_title)
+        self.placeholders: dict[str, QWidget] = {}   # path -> its tab's place while it loads
         self._build_status_bar()
         self._build_menus()
+        self._build_toolbar()
+        self.drop_hint = QLabel("Drop to open", self)
+        self.drop_hint.setObjectName("dropHint")
+        self.drop_hint.setAlignment(Qt.AlignCenter)
+        self.drop_hint.setStyleSheet("QLabel#dropHint { background: rgba(42, 110, 200, 60); "
+                                     "border: 3px dashed palette(highlight); font-size: 20pt; }")
+        self.drop_hint.hide()
         QTimer.singleShot(0, self._preload_when_idle)
+        self._restore_size()
+
+    def _restore_size(self):
+        """The saved geometry, else 1280 x 800; either way within the screen's available area
+        (a laptop's 1280 x 800 first window ran under the task bar, hiding the status bar)."""
         geometry = self.settings.value("geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
         else:
             self.resize(1280, 800)
+        self._fit_to_screen(center=geometry is None)
+
+    def _fit_to_screen(self, center=False):
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is None:
+            return
+        available = screen.availableGeometry()
+        frame = self.frameGeometry().size() - self.geometry().size()   # title bar, borders
+        width = min(self.width(), available.width() - frame.width())
+        height = min(self.height(), available.height() - frame.height())
+        self.resize(width, height)
+        if center or not available.intersects(self.frameGeometry()):
+            self.move(available.center() - self.rect().center())
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        if not getattr(self, "_fitted", False):    # the frame's size is known from now on
+            self._fitted = True
+            self._fit_to_screen()
+
+    def _build_toolbar(self):
+        """The everyday actions, one click away (Pickle Imports when that view exists)."""
+        style = self.style()
+        self.toolbar = self.addToolBar("Main")
+        self.toolbar.setObjectName("mainToolbar")
+        self.toolbar.setMovable(False)
+        self.toolbar.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        icons = {"actionOpen": QStyle.SP_DialogOpenButton, "actionExport": QStyle.SP_DialogSaveButton,
+                 "actionCompare": QStyle.SP_FileDialogContentsView,
+                 "actionVerify": QStyle.SP_DialogApplyButton,
+                 "actionPickleImports": QStyle.SP_MessageBoxWarning}
+        for name, icon in icons.items():
+            action = self.findChild(QAction, name)
+            if action is None:
+                continue
+            if action.icon().isNull():
+                action.setIcon(style.standardIcon(icon))
+            self.toolbar.addAction(action)
+
+    def _update_title(self, *_):
+        """The window names the current file (and its folder, for the task bar's tooltip)."""
+        tab = self.current_tab()
+        if tab is None:
+            self.setWindowFilePath("")
+            self.setWindowTitle("ckpt-viewer")
+            return
+        self.setWindowFilePath(tab.checkpoint.path)
+        name = os.path.basename(tab.checkpoint.path.rstrip("/")) or tab.checkpoint.path
+        self.setWindowTitle(f"{shown(name)} - ckpt-viewer")
+
+    def _tab_of_path(self, path):
+        for index in range(self.tabs.count()):
+            widget = self.tabs.widget(index)
+            if isinstance(widget, CheckpointTab) and getattr(widget, "opened_path", "") == path:
+                return widget
+        return None
+
+    def _hold_place(self, path):
+        """A tab in the order files were opened, filled when its load ends."""
+        placeholder = QLabel(f"Opening {shown(path)}...")
+        placeholder.setTextFormat(Qt.PlainText)
+        placeholder.setAlignment(Qt.AlignCenter)
+        self._hide_welcome()
+        index = self.tabs.addTab(placeholder, os.path.basename(path.rstrip("/")) or path)
+        self.tabs.setTabToolTip(index, path)
+        self.placeholders[path] = placeholder
+
+    def _drop_place(self, path) -> int:
+        """Remove path's placeholder tab; returns where it was (-1: none)."""
+        placeholder = self.placeholders.pop(path, None)
+        index = self.tabs.indexOf(placeholder) if placeholder is not None else -1
+        if index >= 0:
+            self.tabs.removeTab(index)
+            placeholder.deleteLater()
+        self._show_welcome_if_empty()
+        return index
+
+    def _hide_welcome(self):
+        if self.tabs.indexOf(self.welcome) >= 0:
+            self.tabs.removeTab(self.tabs.indexOf(self.welcome))
+
+    def _show_welcome_if_empty(self):
+        if self.tabs.count() == 0:
+            self.tabs.addTab(self.welcome, "Welcome")
 
     def _preload_when_idle(self):
         """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""
@@ -142,6 +240,12 @@ class MainWindow(QMainWindow):
             path = path.strip() if is_remote(path.strip()) else os.path.abspath(path)
             if path in self.pending:
                 continue
+            open_tab = self._tab_of_path(path)
+            if open_tab is not None:                  # already open: show it, no duplicate
+                self.tabs.setCurrentWidget(open_tab)
+                self.statusBar().showMessage(f"{path} is already open", 4000)
+                continue
+            self._hold_place(path)
             self.statusBar().showMessage(f"Opening {path}...")
             self.pending[path] = workers.start(
                 load_for_view, path,
@@ -154,11 +258,16 @@ class MainWindow(QMainWindow):
             return                                   # cancelled meanwhile
         tab = CheckpointTab(*result)
         tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
-        if self.tabs.indexOf(self.welcome) >= 0:
-            self.tabs.removeTab(self.tabs.indexOf(self.welcome))
-        index = self.tabs.addTab(tab, os.path.basename(path.rstrip("/")) or path)
+        tab.opened_path = path
+        self._hide_welcome()
+        place = self.tabs.indexOf(self.placeholders.get(path))
+        index = self.tabs.insertTab(place if place >= 0 else self.tabs.count(), tab,
+                                    os.path.basename(path.rstrip("/")) or path)
+        self._drop_place(path)
+        index = self.tabs.indexOf(tab)
         self.tabs.setTabToolTip(index, path)
         self.tabs.setCurrentIndex(index)
+        self._update_title()
         # the rest after the tree has painted (a timer, so the event loop runs in between)
         QTimer.singleShot(1, tab, lambda: self._finish_tab(path, tab))
 
@@ -179,6 +288,7 @@ class MainWindow(QMainWindow):
     def _failed(self, path, message):
         if self.pending.pop(path, None) is None:
             return
+        self._drop_place(path)
         self._update_busy()
         self.statusBar().showMessage(f"Could not open {os.path.basename(path)}", 8000)
         self._message("errorDialog", "Cannot open checkpoint", f"{path}\n\n{shown(message)}", ok=False)
@@ -187,6 +297,7 @@ class MainWindow(QMainWindow):
     def cancel_loading(self):
         for path in list(self.pending):
             self.pending.pop(path)
+            self._drop_place(path)
             self.load_failed.emit(path, "cancelled")
         self.statusBar().showMessage("Cancelled", 4000)
         self._update_busy()
@@ -302,8 +413,7 @@ class MainWindow(QMainWindow):
             preload_plotting()
             view = CompareView(report, a, b, lambda: _plotting["module"], wait_for_plotting)
             name = f"{os.path.basename(path_a.rstrip('/'))} vs {os.path.basename(path_b.rstrip('/'))}"
-            if self.tabs.indexOf(self.welcome) >= 0:
-                self.tabs.removeTab(self.tabs.indexOf(self.welcome))
+            self._hide_welcome()
             self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
             self.statusBar().showMessage("identical" if report.identical else "different", 8000)
             self.compared.emit(path_a, path_b)
@@ -434,12 +544,16 @@ class MainWindow(QMainWindow):
 
     def close_tab(self, index):
         widget = self.tabs.widget(index)
-        if widget is None or widget is self.welcome:
+        if widget is None:
+            return
+        if widget is self.welcome:          # kept for when the last file closes
+            self.tabs.removeTab(index)
             return
         if isinstance(widget, CheckpointTab):
             widget.release()
         self.tabs.removeTab(index)
         widget.deleteLater()
+        self._show_welcome_if_empty()
 
     def _peers_of(self, tab) -> list:
         """The other open checkpoints, for histogram overlays."""
@@ -503,10 +617,18 @@ class MainWindow(QMainWindow):
     def dragEnterEvent(self, event):
         if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
             event.acceptProposedAction()
+            self.drop_hint.setGeometry(self.centralWidget().geometry())
+            self.drop_hint.raise_()
+            self.drop_hint.show()
         else:
             event.ignore()
 
+    def dragLeaveEvent(self, event):
+        self.drop_hint.hide()
+        super().dragLeaveEvent(event)
+
     def dropEvent(self, event):
+        self.drop_hint.hide()
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
         if not paths:
             return

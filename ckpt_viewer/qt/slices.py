@@ -1,4 +1,4 @@
-"""Heatmap and paged value table of a tensor's last two dimensions."""
+"""Heatmap and paged value table of a tensor's last two dimensions (read in workers)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from collections import OrderedDict
 
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, Qt, Signal
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QSpinBox, QTableView, QVBoxLayout,
                                QWidget)
 
-from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.values import downsampled_2d, filter_grid, read_window
+from ckpt_viewer.core.values import filter_grid, pooled_2d, read_window
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label
+from ckpt_viewer.qt.theme import style_plot
 
 PAGE_ROWS, PAGE_COLS, MAX_PAGES = 128, 32, 64
 
@@ -59,15 +59,52 @@ class SliceSelector(QWidget):
         return tuple(spin.value() for spin in self.spins)
 
 
+def column_notation(values: np.ndarray) -> str:
+    """One notation per column: "fixed" when every finite value reads well with six decimals,
+    else "scientific"."""
+    if values.dtype.kind in "biu":
+        return "integer"
+    with np.errstate(all="ignore"):
+        magnitude = np.abs(values[np.isfinite(values)])
+    magnitude = magnitude[magnitude > 0]
+    if magnitude.size and (magnitude.min() < 1e-3 or magnitude.max() >= 1e5):
+        return "scientific"
+    return "fixed"
+
+
+def cell_text(value, notation: str) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if np.iscomplexobj(value):
+        value = complex(value)
+        return f"{value.real:.5e}{value.imag:+.5e}j"
+    if notation == "integer" or not isinstance(value, (float, np.floating)):
+        return str(value)
+    return f"{value:.6f}" if notation == "fixed" else f"{value:.5e}"
+
+
+def full_text(value) -> str:
+    """The shortest text that reads back as the same value of its own dtype (hover, copy)."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    return str(value.item() if np.iscomplexobj(value) else value)
+
+
 class ValuesModel(QAbstractTableModel):
-    """Cells read a page at a time from the file; at most MAX_PAGES pages are kept."""
+    """Cells read a page at a time in a worker (a DCP tensor's first page took ~1 s on the GUI
+    thread); a cell shows "..." until its page arrives. At most MAX_PAGES pages are kept."""
+
+    page_arrived = Signal()
 
     def __init__(self, tensor, leading=(), parent=None):
         super().__init__(parent)
         self.tensor, self.leading = tensor, leading
         self.rows, self.cols = matrix_shape(tensor)
         self.pages: OrderedDict = OrderedDict()
+        self.requested: set = set()
+        self.notations: dict = {}        # column block -> notation of each of its columns
         self.error = ""
+        self.alive = True
 
     def rowCount(self, parent=None):
         return 0 if parent is not None and parent.isValid() else self.rows
@@ -75,34 +112,59 @@ class ValuesModel(QAbstractTableModel):
     def columnCount(self, parent=None):
         return 0 if parent is not None and parent.isValid() else self.cols
 
-    def _page(self, r, c):
+    def _request(self, key):
+        if key in self.requested:
+            return
+        self.requested.add(key)
+        r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
+        rows = range(r0, min(r0 + PAGE_ROWS, self.rows))
+        cols = range(c0, min(c0 + PAGE_COLS, self.cols))
+        workers.start(read_window, self.tensor, self.leading, rows, cols,
+                      on_result=lambda page: self._arrived(key, page),
+                      on_error=lambda message: self._arrived(key, None, message))
+
+    def _arrived(self, key, page, message=""):
+        if not self.alive:
+            return
+        r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
+        if page is None:
+            self.error = message
+            page = np.full((min(PAGE_ROWS, self.rows - r0), min(PAGE_COLS, self.cols - c0)), np.nan)
+        self.requested.discard(key)
+        self.pages[key] = page
+        if key[1] not in self.notations:
+            self.notations[key[1]] = [column_notation(page[:, c]) for c in range(page.shape[1])]
+        if len(self.pages) > MAX_PAGES:
+            self.pages.popitem(last=False)
+        self.dataChanged.emit(self.index(r0, c0), self.index(r0 + page.shape[0] - 1,
+                                                              c0 + page.shape[1] - 1))
+        self.page_arrived.emit()
+
+    def value(self, r, c):
+        """The cell's value, or None while its page is being read."""
         key = (r // PAGE_ROWS, c // PAGE_COLS)
         page = self.pages.get(key)
         if page is None:
-            r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
-            rows = range(r0, min(r0 + PAGE_ROWS, self.rows))
-            cols = range(c0, min(c0 + PAGE_COLS, self.cols))
-            try:
-                page = read_window(self.tensor, self.leading, rows, cols)
-            except CheckpointError as exc:
-                self.error = str(exc)
-                page = np.full((len(rows), len(cols)), np.nan)
-            self.pages[key] = page
-            if len(self.pages) > MAX_PAGES:
-                self.pages.popitem(last=False)
-        else:
-            self.pages.move_to_end(key)
+            self._request(key)
+            return None
+        self.pages.move_to_end(key)
         return page[r % PAGE_ROWS, c % PAGE_COLS]
 
     def data(self, index, role=Qt.DisplayRole):
-        if role != Qt.DisplayRole or not index.isValid():
+        if not index.isValid():
             return None
-        value = self._page(index.row(), index.column())
-        if isinstance(value, (bool, np.bool_)):
-            return str(bool(value))
-        if np.iscomplexobj(value):
-            return f"{complex(value):.6g}"
-        return f"{value:.6g}" if isinstance(value, (float, np.floating)) else str(value)
+        if role == Qt.TextAlignmentRole:
+            return int(Qt.AlignRight | Qt.AlignVCenter)
+        if role not in (Qt.DisplayRole, Qt.ToolTipRole):
+            return None
+        value = self.value(index.row(), index.column())
+        if value is None:
+            return "..." if role == Qt.DisplayRole else None
+        if role == Qt.ToolTipRole:
+            return full_text(value)
+        column = index.column()
+        notation = self.notations[column // PAGE_COLS][column % PAGE_COLS]
+        return cell_text(value, notation)
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         return str(section) if role == Qt.DisplayRole else None
@@ -115,7 +177,15 @@ class ValuesPage(QWidget):
         self.table = QTableView()
         self.table.setObjectName("valueTable")
         self.table.verticalHeader().setDefaultSectionSize(20)
-        self.table.horizontalHeader().setDefaultSectionSize(90)
+        sample = self.table.fontMetrics().horizontalAdvance("-0.00000e+00-0.00000e+00j")
+        self.table.horizontalHeader().setDefaultSectionSize(
+            self.table.fontMetrics().horizontalAdvance("-0.00000e+000") + 16)
+        self.complex_width = sample + 16
+        copy = QAction("Copy", self.table)
+        copy.setShortcut(QKeySequence.Copy)
+        copy.setShortcutContext(Qt.WidgetShortcut)
+        copy.triggered.connect(self.copy_selection)
+        self.table.addAction(copy)
         layout = QVBoxLayout(self)
         layout.addWidget(self.selector)
         layout.addWidget(self.table, 1)
@@ -128,13 +198,45 @@ class ValuesPage(QWidget):
         self._reload()
 
     def _reload(self):
-        if self.tensor is not None:
-            self.table.setModel(ValuesModel(self.tensor, self.selector.leading(), self.table))
+        if self.tensor is None:
+            return
+        old = self.table.model()
+        if isinstance(old, ValuesModel):
+            old.alive = False
+            old.deleteLater()
+        self.table.setModel(ValuesModel(self.tensor, self.selector.leading(), self.table))
+        if self.tensor.dtype.startswith("complex"):
+            self.table.horizontalHeader().setDefaultSectionSize(self.complex_width)
+
+    def copy_selection(self) -> str:
+        """Ctrl+C: the selected cells as tab-separated text, at full precision."""
+        model = self.table.model()
+        indexes = sorted(self.table.selectedIndexes(), key=lambda i: (i.row(), i.column()))
+        if model is None or not indexes:
+            return ""
+        lines, row = [], None
+        for index in indexes:
+            value = model.value(index.row(), index.column())
+            text = "" if value is None else full_text(value)
+            if index.row() != row:
+                lines.append([])
+                row = index.row()
+            lines[-1].append(text)
+        text = "\n".join("\t".join(cells) for cells in lines)
+        QGuiApplication.clipboard().setText(text)
+        return text
+
+
+def diverging(low: float, high: float) -> bool:
+    """Signed data gets a diverging map centred on 0."""
+    return low < 0 <= high
 
 
 class HeatmapPage(QWidget):
-    """A colour-mapped image of the last two dimensions (downsampled to at most 1024 x 1024
-    cells), or conv kernels as a grid of filters; computed in a worker."""
+    """A colour-mapped image of the last two dimensions (reduced to at most 1024 x 1024 cells,
+    each holding its block's value of largest magnitude), or conv kernels as a grid of filters;
+    computed in a worker that a newer request cancels. Signed data: a diverging map centred on
+    0; complex data: the magnitude."""
 
     ready = Signal()
 
@@ -146,14 +248,19 @@ class HeatmapPage(QWidget):
         self.selector = SliceSelector()
         self.as_filters = QCheckBox("conv kernels as a grid of filters")
         self.status = plain_label()
+        self.readout = plain_label(" ")
+        self.readout.setObjectName("heatmapReadout")
         top = QHBoxLayout()
         top.addWidget(self.selector, 1)
         top.addWidget(self.as_filters)
         top.addWidget(self.status)
         self.layout_ = QVBoxLayout(self)
         self.layout_.addLayout(top)
+        self.layout_.addWidget(self.readout)
         self.plot = None
         self.tensor = None
+        self.worker = None
+        self.shown = None            # (values, row_step, col_step) on screen
         self.generation = 0
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
@@ -168,22 +275,31 @@ class HeatmapPage(QWidget):
         self.selector.set_shape(tensor.shape)
         self.recompute()
 
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()
+            self.worker = None
+
     def recompute(self, *_):
         if self.tensor is None:
             return
+        self.cancel()
         self.generation += 1
         generation, tensor = self.generation, self.tensor
         filters = self.as_filters.isChecked() and self.as_filters.isVisible()
         leading = self.selector.leading()
         self.selector.setEnabled(not filters)
         self.status.setText("reading...")
+        self.readout.setText(" ")
 
         def job():
             if filters:
+                yield 0.0
                 return filter_grid(tensor), 1, 1
-            return downsampled_2d(tensor, leading)
-        workers.start(job, on_result=lambda result: self._show(generation, result),
-                      on_error=lambda message: self._fail(generation, message))
+            result = yield from pooled_2d(tensor, leading)
+            return result
+        self.worker = workers.start(job, on_result=lambda result: self._show(generation, result),
+                                    on_error=lambda message: self._fail(generation, message))
 
     def show_pending(self):
         if self.pending is not None:
@@ -191,7 +307,26 @@ class HeatmapPage(QWidget):
 
     def _fail(self, generation, message):
         if generation == self.generation:
+            self.worker = None
             self.status.setText(f"cannot read values: {message}")
+
+    def _build_plot(self, pg):
+        self.plot = pg.PlotWidget()
+        self.plot.setObjectName("heatmapPlot")
+        self.plot.setLabel("left", "row")
+        self.plot.setLabel("bottom", "column")
+        for side in ("left", "bottom"):
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        self.plot.invertY(True)
+        self.plot.setAspectLocked(False)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.plot.addItem(self.image)
+        self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False)
+        self.colorbar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
+        self.plot.scene().sigMouseMoved.connect(self._hover)
+        style_plot(self.plot)
+        self.layout_.insertWidget(1, self.plot, 1)
+        self.plot.show()
 
     def _show(self, generation, result):
         if generation != self.generation:
@@ -202,32 +337,49 @@ class HeatmapPage(QWidget):
             self.status.setText("loading the plotting library...")
             self.request_plotting()
             return
-        self.pending = None
+        self.pending, self.worker = None, None
         values, row_step, col_step = result
         if self.plot is None:
-            self.plot = pg.PlotWidget(background=self.palette().color(QPalette.Base))
-            self.plot.setObjectName("heatmapPlot")
-            self.plot.setLabel("left", "row")
-            self.plot.setLabel("bottom", "column")
-            self.plot.invertY(True)
-            self.plot.setAspectLocked(False)
-            self.image = pg.ImageItem(axisOrder="row-major")
-            self.plot.addItem(self.image)
-            self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False)
-            self.colorbar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
-            self.layout_.addWidget(self.plot, 1)
-            self.plot.show()
-        values = np.asarray(values, dtype=np.float64)
-        if np.iscomplexobj(values):
-            values = np.abs(values)
+            self._build_plot(pg)
+        values = np.asarray(values)
+        values = np.abs(values) if np.iscomplexobj(values) else values.astype(np.float64)
         finite = values[np.isfinite(values)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if diverging(low, high):
+            reach = max(-low, high)
+            low, high, name = -reach, reach, "CET-D1A"
+        else:
+            name = "viridis"
         if high <= low:
             high = low + 1.0
+        self.colorbar.setColorMap(pg.colormap.get(name))
+        self.colormap = name
         self.image.setImage(values, levels=(low, high))
         self.image.setRect(0, 0, values.shape[1] * col_step, values.shape[0] * row_step)
         self.colorbar.setLevels((low, high))
         self.plot.autoRange()
-        step = f" (row step {row_step}, column step {col_step})" if row_step > 1 or col_step > 1 else ""
-        self.status.setText(f"{values.shape[0]} x {values.shape[1]} cells{step}")
+        self.shown = (values, row_step, col_step)
+        step = (f", each the largest |x| of {row_step} x {col_step}"
+                if row_step > 1 or col_step > 1 else "")
+        magnitude = " of |x|" if self.tensor.dtype.startswith("complex") else ""
+        self.status.setText(f"{values.shape[0]:,} x {values.shape[1]:,} cells{magnitude}{step}")
         self.ready.emit()
+
+    def _hover(self, position):
+        if self.shown is None:
+            return
+        values, row_step, col_step = self.shown
+        point = self.plot.getPlotItem().vb.mapSceneToView(position)
+        self.readout.setText(self.describe_point(point.x(), point.y()))
+
+    def describe_point(self, x: float, y: float) -> str:
+        """The hover read-out for a point in plot coordinates (columns, rows)."""
+        values, row_step, col_step = self.shown
+        r, c = int(y // row_step), int(x // col_step)
+        if not (0 <= r < values.shape[0] and 0 <= c < values.shape[1]) or x < 0 or y < 0:
+            return " "
+        value = values[r, c]
+        if row_step == 1 and col_step == 1:
+            return f"row {r:,}, column {c:,}: {value:.6g}"
+        return (f"rows {r * row_step:,}-{(r + 1) * row_step - 1:,}, columns "
+                f"{c * col_step:,}-{(c + 1) * col_step - 1:,}: largest |x| {value:.6g}")

@@ -11,19 +11,21 @@ import weakref
 
 import shiboken6
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFrame,
                                QHBoxLayout, QHeaderView, QLabel, QProgressBar, QPushButton,
-                               QScrollArea, QSizePolicy, QSpinBox, QTableWidget, QTableWidgetItem,
+                               QScrollArea, QSizePolicy, QSpinBox, QSplitter, QTableWidget,
+                               QTableWidgetItem,
                                QTabWidget, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core import describe_error
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
-from ckpt_viewer.core.stats import PARTS, compute, sample_preview
+from ckpt_viewer.core.stats import PARTS, auto_bins, compute, sample_preview
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
-from ckpt_viewer.qt.plain import as_html, plain_label
+from ckpt_viewer.qt.plain import as_html, plain_label, shown
+from ckpt_viewer.qt.theme import remember_splitter, style_plot
 
 _plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet(),
              "settled": threading.Event()}   # imported (or failed) and the waiting plots built
@@ -54,7 +56,6 @@ def _plotting_ready(module, message=""):
 
 
 PROGRESS_INTERVAL = 0.1   # seconds between progress-bar updates
-FACT_ROWS = 7
 
 RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
@@ -106,7 +107,89 @@ def facts_html(node: Node) -> str:
     return f"<table cellspacing=2>{rows}</table>"
 
 
+class StatsTable(QTableWidget):
+    """Statistics in two (label, value) column pairs, numbers right-aligned. A sampled preview's
+    figures are marked as estimates (≈, italic) and the figures a sample cannot give are
+    pending; non-zero NaN/Inf counts are highlighted."""
+
+    PAIR_WIDTH = 150        # pixels a (label, value) pair needs: a wide table shows more pairs
+    EXACT_ONLY = {"L2 norm", "NaN", "+Inf", "-Inf", "zeros"}
+    ALARMS = {"NaN", "+Inf", "-Inf"}
+
+    def __init__(self, parent=None):
+        super().__init__(0, 4, parent)
+        self.setObjectName("statsTable")
+        self.setHorizontalHeaderLabels(["statistic", "value"] * 2)
+        self.verticalHeader().setVisible(False)
+        self.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)   # numbers are never cut
+        self.rows, self.preview = [], False
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        if self._pairs() * 2 != self.columnCount():
+            self.fill(self.rows, self.preview)
+
+    def _pairs(self) -> int:
+        return max(1, min(4, self.viewport().width() // self.PAIR_WIDTH))
+
+    def fill(self, rows, preview: bool):
+        """rows: (label, text) pairs; preview: the figures come from a sample."""
+        self.rows, self.preview = rows, preview
+        pairs = self._pairs()
+        self.clearContents()
+        self.setColumnCount(2 * pairs)
+        self.setHorizontalHeaderLabels(["statistic", "value"] * pairs)
+        self.horizontalHeaderItem(1).setToolTip("quantiles are exact: the ceil(q * n)-th "
+                                                "smallest finite value")
+        self.setRowCount(-(-len(rows) // pairs))
+        for i, (label, text) in enumerate(rows):
+            row, column = i % self.rowCount(), 2 * (i // self.rowCount())
+            value = QTableWidgetItem(text)
+            value.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            if preview:
+                font = value.font()
+                font.setItalic(True)
+                value.setFont(font)
+                if label in self.EXACT_ONLY or label.endswith("%"):
+                    value.setText("...")
+                    value.setToolTip("computing the exact figure")
+                elif label != "elements":
+                    value.setText(f"≈ {text}")
+                    value.setToolTip("an estimate from a sample; exact figures follow")
+            elif label in self.ALARMS and text not in ("0", "-"):
+                font = value.font()
+                font.setBold(True)
+                value.setFont(font)
+                value.setForeground(QColor(200, 30, 40))
+                value.setBackground(QColor(255, 80, 80, 50))
+            self.setItem(row, column, QTableWidgetItem(label))
+            self.setItem(row, column + 1, value)
+
+    def as_dict(self) -> dict:
+        """{label: shown text} (tests and copying)."""
+        out = {}
+        for row in range(self.rowCount()):
+            for column in range(0, self.columnCount(), 2):
+                label, value = self.item(row, column), self.item(row, column + 1)
+                if label is not None and value is not None:
+                    out[label.text()] = value.text()
+        return out
+
+
+def headline(node: Node) -> str:
+    t = node.tensor
+    return f"{node.key}   {list(t.shape)}   {t.dtype}   {format_bytes(t.nbytes)}"
+
+
 class TensorView(QWidget):
+    """The controller of one tab's tensor pane: it owns the computation (a worker with a
+    generation counter) and feeds the views: headline, statistics, histogram, heatmap, values.
+    The plot takes the pane's width; statistics and facts sit in a resizable strip below it
+    (splitter positions remembered)."""
+
     view_ready = Signal(str)        # exact statistics of this key are on screen
     view_failed = Signal(str, str)  # key, one-line message: the statistics cannot be shown
     preview_ready = Signal(str)
@@ -118,23 +201,33 @@ class TensorView(QWidget):
         self.node: Node | None = None
         self.stats = None
         self.worker = None
+        self.peer_worker = None
         self.generation = 0
         self.plot = None
         self._last_progress = 0.0
 
-        self.facts = QLabel("Select a tensor in the tree.")
+        self.title = plain_label("Select a tensor in the tree.")
+        self.title.setObjectName("tensorTitle")
+        self.title.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        font = self.title.font()
+        font.setBold(True)
+        self.title.setFont(font)
+        self.title.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.facts = QLabel()
+        self.facts.setObjectName("tensorFacts")
         self.facts.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.facts.setWordWrap(True)
         self.facts.setAlignment(Qt.AlignLeft | Qt.AlignTop)
-        facts_area = QScrollArea()          # a fixed height: a new selection never re-lays out
-        facts_area.setWidget(self.facts)    # (and repaints) the plot below it
+        facts_area = QScrollArea()
+        facts_area.setWidget(self.facts)
         facts_area.setWidgetResizable(True)
         facts_area.setFrameShape(QFrame.NoFrame)
-        facts_area.setFixedHeight(FACT_ROWS * (self.fontMetrics().lineSpacing() + 4) + 8)
         self.bins = QSpinBox()
-        self.bins.setRange(2, 4096)
-        self.bins.setValue(256)
+        self.bins.setRange(0, 4096)
+        self.bins.setSpecialValueText("bins: auto")
+        self.bins.setValue(0)
         self.bins.setPrefix("bins ")
+        self.bins.setToolTip("histogram bins (auto: from the element count)")
         self.bins.setKeyboardTracking(False)
         self.log_y = QCheckBox("log y")
         self.range = QComboBox()
@@ -152,6 +245,7 @@ class TensorView(QWidget):
         keep_space.setRetainSizeWhenHidden(True)
         self.progress.setSizePolicy(keep_space)
         self.status = plain_label()
+        self.status.setObjectName("tensorStatus")
         self.status.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
         # its text changes as work proceeds; it must not change the width the view asks for
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
@@ -162,14 +256,8 @@ class TensorView(QWidget):
         controls.addWidget(self.progress)
 
         self.readout = plain_label(" ")
-        self.table = QTableWidget(0, 2)
-        self.table.setObjectName("statsTable")
-        self.table.setHorizontalHeaderLabels(["statistic", "value"])
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
-        self.table.setFixedWidth(280)
-        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.readout.setObjectName("histogramReadout")
+        self.table = StatsTable()
 
         self.compare = QComboBox()
         self.compare.setObjectName("compareWith")
@@ -179,14 +267,11 @@ class TensorView(QWidget):
         self.peers = lambda: []          # set by the window: [(label, checkpoint)] of other tabs
         self.peer_generation = 0
         self.plot_holder = QVBoxLayout()
-        plot_row = QHBoxLayout()
-        plot_row.addLayout(self.plot_holder, 1)
-        plot_row.addWidget(self.table)
         histogram_page = QWidget()
         page_layout = QVBoxLayout(histogram_page)
         page_layout.setContentsMargins(0, 0, 0, 0)
         page_layout.addLayout(controls)
-        page_layout.addLayout(plot_row, 1)
+        page_layout.addLayout(self.plot_holder, 1)
         page_layout.addWidget(self.readout)
         self.heatmap = HeatmapPage(lambda: _plotting["module"], self._wait_for_plotting)
         self.values = ValuesPage()
@@ -195,9 +280,26 @@ class TensorView(QWidget):
         self.pages.addTab(self.heatmap, "Heatmap")
         self.pages.addTab(self.values, "Values")
         self.pages.currentChanged.connect(self._page_changed)
+
+        self.info_split = QSplitter(Qt.Horizontal)
+        self.info_split.setObjectName("tensorInfoSplit")
+        self.info_split.addWidget(self.table)
+        self.info_split.addWidget(facts_area)
+        self.info_split.setStretchFactor(0, 3)
+        self.info_split.setStretchFactor(1, 2)
+        self.split = QSplitter(Qt.Vertical)
+        self.split.setObjectName("tensorSplit")
+        self.split.addWidget(self.pages)
+        self.split.addWidget(self.info_split)
+        self.split.setStretchFactor(0, 3)
+        self.split.setStretchFactor(1, 1)
+        self.split.setCollapsible(0, False)
+        remember_splitter(self.split, "tensorView/split", [500, 250])
+        remember_splitter(self.info_split, "tensorView/infoSplit", [480, 380])
         layout = QVBoxLayout(self)
-        layout.addWidget(facts_area)
-        layout.addWidget(self.pages, 1)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.title)
+        layout.addWidget(self.split, 1)
 
         self.compare.currentIndexChanged.connect(self._compare_changed)
         self.bins.valueChanged.connect(self.recompute)
@@ -216,12 +318,16 @@ class TensorView(QWidget):
             return
         pg = _plotting["module"]
         self.pg = pg
-        palette = self.palette()
-        pg.setConfigOption("foreground", palette.color(QPalette.Text))
-        self.plot = pg.PlotWidget(background=palette.color(QPalette.Base))
+        self.plot = pg.PlotWidget()
+        style_plot(self.plot)
         self.plot.setObjectName("histogramPlot")
         self.plot.setLabel("left", "count")
         self.plot.setLabel("bottom", "value")
+        for side in ("left", "bottom"):      # plain tick labels, never "value (x0.001)"
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        box = self.plot.getPlotItem().getViewBox()
+        box.setMouseEnabled(x=True, y=False)  # the wheel zooms along values; counts follow
+        box.setAutoVisible(y=True)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.curve = self.plot.plot([0, 1], [0], stepMode="center", fillLevel=0,
                                     brush=(90, 140, 230, 120), pen=pg.mkPen((60, 100, 200), width=1))
@@ -303,7 +409,7 @@ class TensorView(QWidget):
             return
         x = self.plot.getPlotItem().vb.mapSceneToView(position).x()
         edges = stats.edges
-        if not edges[0] <= x <= edges[-1]:
+        if self.node is None or not edges[0] <= x <= edges[-1]:
             self.readout.setText(" ")
             return
         lo, hi = 0, len(stats.counts) - 1
@@ -313,7 +419,9 @@ class TensorView(QWidget):
                 lo = mid
             else:
                 hi = mid - 1
-        self.readout.setText(f"bin [{edges[lo]:.6g}, {edges[lo + 1]:.6g}): {stats.counts[lo]:,}")
+        estimate = "≈ " if stats.sampled else ""
+        self.readout.setText(f"bin [{edges[lo]:.6g}, {edges[lo + 1]:.6g}): "
+                             f"{estimate}{stats.counts[lo]:,}")
 
     def export_png(self, path: str | None = None):
         if self.plot is None:
@@ -331,7 +439,11 @@ class TensorView(QWidget):
         self.range.blockSignals(True)
         self.range.setCurrentIndex(0)
         self.range.blockSignals(False)
+        self.title.setText(shown(headline(node)))
+        self.title.setToolTip(as_html(node.key))
         self.facts.setText(facts_html(node))
+        self.readout.setText(" ")           # the previous tensor's bin means nothing here
+        self.table.fill([], False)
         is_complex = node.tensor.dtype.startswith("complex")
         self.part.setVisible(is_complex)
         self.prepare_plot()
@@ -369,7 +481,7 @@ class TensorView(QWidget):
         self.peer_generation += 1
         generation = self.peer_generation
         edges = self.stats.edges
-        workers.start(compute, other, len(edges) - 1, self.part.currentText(),
+        self.peer_worker = workers.start(compute, other, len(edges) - 1, self.part.currentText(),
                       (edges[0], edges[-1]),
                       on_result=lambda stats: self._draw_overlay(generation, stats),
                       on_error=lambda message: self.status.setText(f"comparison: {message}"))
@@ -385,6 +497,9 @@ class TensorView(QWidget):
         self.legend.addItem(self.overlay, self.compare.currentText())
 
     def _clear_overlay(self):
+        if self.peer_worker is not None:     # superseded: stop it at its next chunk
+            self.peer_worker.quit()
+            self.peer_worker = None
         if self.plot is not None:
             self.overlay.setVisible(False)
             self.legend.setVisible(False)
@@ -407,7 +522,8 @@ class TensorView(QWidget):
         self.progress.setValue(0)
         self.progress.show()
         self.worker = workers.start(
-            stats_job, self.node.tensor, self.bins.value(), self.part.currentText(), value_range,
+            stats_job, self.node.tensor, self.bins.value() or auto_bins(self.node.tensor.numel),
+            self.part.currentText(), value_range,
             _plotting["settled"], self._preview_drawn,
             on_progress=lambda item: self._progress(generation, item),
             on_result=lambda stats: self._done(generation, stats, value_range),
@@ -417,6 +533,8 @@ class TensorView(QWidget):
         if self.worker is not None:
             self.worker.quit()
             self.worker = None
+        self.heatmap.cancel()
+        self._clear_overlay()
 
     def _progress(self, generation, item):
         if generation != self.generation:
@@ -459,16 +577,13 @@ class TensorView(QWidget):
         self._set_controls_enabled(True)
         rows = stats_rows(stats)
         if stats.below or stats.above:
-            rows.append(("outside range", f"{stats.below:,} below, {stats.above:,} above"))
+            rows += [("below range", f"{stats.below:,}"), ("above range", f"{stats.above:,}")]
         if stats.value_counts:
             top = sorted(stats.value_counts.items(), key=lambda kv: -kv[1])[:8]
             rows += [(f"value {v}", f"{c:,}") for v, c in top]
-        self.table.setRowCount(len(rows))
-        for r, (label, value) in enumerate(rows):
-            self.table.setItem(r, 0, QTableWidgetItem(label))
-            self.table.setItem(r, 1, QTableWidgetItem(value))
+        self.table.fill(rows, preview)
         if preview:
-            self.status.setText("sampled preview; computing exact statistics...")
+            self.status.setText("sampled preview (estimates); computing exact statistics...")
         else:
             self.status.setText("exact" + (" (clipped range)" if stats.below or stats.above else ""))
             self.progress.hide()

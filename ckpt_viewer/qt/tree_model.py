@@ -250,6 +250,8 @@ class KeyTreeModel(QAbstractItemModel):
             return COLUMNS[section]
         if role == ALIGNMENT_ROLE and section in (PARAMS, SIZE):
             return ALIGN_RIGHT
+        if role == Qt.ToolTipRole and section == KEY:
+            return "Tick tensors or whole subtrees to export them (File > Export Selection, Ctrl+E)"
         return None
 
     def flags(self, index):

@@ -111,7 +111,9 @@ def test_stats_fetch_the_tensor_once(served):
     tensor = checkpoint.find("w").tensor
     server.reset()
     stats = run(compute(tensor))            # several passes over the values
-    assert server.bytes_sent <= tensor.nbytes + remote.BLOCK
+    # the tensor once, plus its first block and, under load (an evicted block), the record's
+    # local header read again: never a second copy of the tensor
+    assert server.bytes_sent <= tensor.nbytes + 2 * remote.BLOCK
     local = run(compute(open_checkpoint(str(folder / "stats.pt")).find("w").tensor))
     assert (stats.mean, stats.std, stats.counts) == (local.mean, local.std, local.counts)
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import builders
+import ckpt_viewer.core.stats as stats_module
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import compute, run
+from ckpt_viewer.core.stats import QUANTILES, compute, run
 from ckpt_viewer.core.values import read_array, read_tensor
 
 
@@ -192,3 +193,36 @@ def test_sparse_uses_stored_values_and_vanished_file_is_clear(tmp_path):
     os.remove(path)
     with pytest.raises(CheckpointError, match="disappeared"):
         run(compute(tensor))
+
+
+@pytest.mark.parametrize("limit", [stats_module.SELECT_LIMIT, 7])
+def test_quantiles_are_exact_order_statistics(tmp_path, monkeypatch, limit):
+    """Each quantile is the ceil(q * n)-th smallest finite value (numpy's inverted_cdf), an
+    element of the tensor: {0, 1} has median 0 (not 1.5e-05), a float8 quantile is a float8
+    value; a bin too full to sort (limit 7) is split again until it is exact."""
+    monkeypatch.setattr(stats_module, "SELECT_LIMIT", limit)
+    cases = {"two_values": torch.tensor([0.0, 1.0] * 5000),
+             "float8": torch.randn(20_000).to(torch.float8_e5m2),
+             "outliers": torch.cat([torch.randn(50_000), torch.tensor([1e30, -1e30, float("nan")])]),
+             "ints": torch.randint(-3, 5, (1000,)),
+             "expanded": torch.randn(300, 3)[:, :1].expand(300, 40),
+             "half": torch.randn(200_000).half(), "one": torch.tensor([3.0]),
+             "pruned": torch.randn(20_000) * (torch.arange(20_000) % 2),   # half zeros
+             "zeros": torch.zeros(100)}
+    path = tmp_path / "q.pt"
+    torch.save(cases, path)
+    checkpoint = open_checkpoint(str(path))
+    for key, value in cases.items():
+        stats = run(compute(checkpoint.find(key).tensor))
+        flat = value.double().flatten().numpy()
+        flat = flat[np.isfinite(flat)]
+        for q in QUANTILES:
+            assert stats.quantiles[q] == float(np.quantile(flat, q, method="inverted_cdf")), (key, q)
+    assert run(compute(checkpoint.find("two_values").tensor)).quantiles[0.5] == 0.0
+
+
+def test_auto_bins_grow_with_the_element_count():
+    from ckpt_viewer.core.stats import auto_bins
+    assert auto_bins(0) == auto_bins(5) == 8
+    assert auto_bins(10_000) == 44
+    assert auto_bins(10**9) == 256

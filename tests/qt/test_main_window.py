@@ -104,20 +104,25 @@ def test_filter_substring_glob_regex_keeps_parents(qtbot, window, training_file)
         return [row.node.key for row in model.rows if row.parent is not None and
                 all(a in model.shown(a.parent) for a in _ancestors(row))]
 
-    qtbot.keyClicks(line, "exp_avg_sq")
+    def type_filter(text):
+        with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
+            line.setText(text)
+
+    with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
+        qtbot.keyClicks(line, "exp_avg_sq")
     keys = shown_keys()
     assert "optimizer_state_dict" in keys and "optimizer_state_dict.state.0" in keys
     assert all(k.endswith("exp_avg_sq") or not k.count(".") > 2 for k in keys)
     assert not any(k.startswith("model_state_dict") for k in keys)
-    line.setText("model_state_dict.*.bias")
+    type_filter("model_state_dict.*.bias")
     assert {k for k in shown_keys() if k.endswith("bias")} == {
         "model_state_dict.0.bias", "model_state_dict.1.bias", "model_state_dict.3.bias"}
-    line.setText("/running_(mean|var)$/")
+    type_filter("/running_(mean|var)$/")
     assert {k for k in shown_keys() if "running" in k} == {
         "model_state_dict.1.running_mean", "model_state_dict.1.running_var"}
-    line.setText("/[unclosed/")
+    type_filter("/[unclosed/")
     assert "bad regular expression" in tab.filter_status.text()
-    line.clear()
+    type_filter("")
     assert model.rowCount() == 4
 
 

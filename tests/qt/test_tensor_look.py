@@ -1,0 +1,113 @@
+"""The tensor pane's look: estimates marked, alarms highlighted, bins from the element count,
+plain axes, the value table's notation and copy, the heatmap's map and hover, themed plots,
+remembered splitters."""
+
+import numpy as np
+import torch
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QGuiApplication, QPalette
+from PySide6.QtWidgets import QApplication
+from qt_helpers import open_and_wait
+
+import builders
+
+
+def select(qtbot, tab, key, timeout=20_000):
+    with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=timeout):
+        assert tab.select_key(key)
+
+
+def test_preview_figures_are_estimates_and_alarms_stand_out(qtbot, window, tmp_path):
+    big = torch.randn(3_000_000)
+    big[7] = float("nan")
+    path = builders.save({"big": big, "tiny": torch.tensor([0.0, 1.0, 1.0, 2.0])}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    with qtbot.waitSignal(view.preview_ready, timeout=20_000):
+        tab.select_key("big")
+    shown = view.table.as_dict()
+    assert shown["L2 norm"] == "..." and shown["NaN"] == "..." and "50 %" not in shown
+    assert shown["mean"].startswith("≈ ") and shown["elements"] == "3,000,000"
+    qtbot.waitSignal(view.view_ready, timeout=30_000).wait()
+    shown = view.table.as_dict()
+    assert shown["NaN"] == "1" and not shown["mean"].startswith("≈")
+    items = {view.table.item(r, c).text(): view.table.item(r, c + 1)
+             for r in range(view.table.rowCount()) for c in (0, 2) if view.table.item(r, c)}
+    assert items["NaN"].font().bold() and not items["+Inf"].font().bold()
+    assert items["mean"].textAlignment() & Qt.AlignRight
+    view.readout.setText("bin [0, 1): 5")
+    select(qtbot, tab, "tiny")
+    assert view.readout.text().strip() == ""            # the old tensor's read-out is gone
+    assert len(view.stats.counts) <= 8                   # not 256 bars for four values
+    assert view.table.as_dict()["50 %"] == "1"          # an element, not an interpolation
+    axis = view.plot.getAxis("bottom")
+    assert not axis.autoSIPrefix
+    assert view.plot.getPlotItem().getViewBox().state["mouseEnabled"] == [True, False]
+
+
+def test_value_table_notation_and_full_precision_copy(qtbot, window, tmp_path):
+    matrix = torch.tensor([[0.5, 1e-7, 3.0], [0.25, 2.5e8, -1.0]], dtype=torch.float32)
+    open_and_wait(qtbot, window, builders.save({"m": matrix}, tmp_path / "m.pt"))
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, "m")
+    view = tab.tensor_view
+    view.pages.setCurrentWidget(view.values)
+    model = view.values.table.model()
+    model.index(0, 0).data()
+    qtbot.waitUntil(lambda: model.index(0, 0).data() != "...", timeout=20_000)
+    assert [model.index(r, 0).data() for r in range(2)] == ["0.500000", "0.250000"]
+    assert [model.index(r, 1).data() for r in range(2)] == ["1.00000e-07", "2.50000e+08"]
+    view.values.table.selectAll()
+    text = view.values.copy_selection()
+    assert text.split("\n")[0].split("\t") == ["0.5", "1e-07", "3.0"]
+    assert QGuiApplication.clipboard().text() == text
+
+
+def test_heatmap_is_diverging_for_signed_data_and_hover_reads_values(qtbot, window, tmp_path):
+    signed = torch.zeros(3000, 40)
+    signed[1234, 5] = -9.0                           # a spike every 3rd row would skip
+    positive = torch.rand(10, 10) + 1
+    cplx = torch.tensor([[3 + 4j, 1j]], dtype=torch.complex64)
+    path = builders.save({"s": signed, "p": positive, "c": cplx}, tmp_path / "h.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    select(qtbot, tab, "s")
+    with qtbot.waitSignal(view.heatmap.ready, timeout=20_000):
+        view.pages.setCurrentWidget(view.heatmap)
+    heatmap = view.heatmap
+    assert heatmap.image.image.min() == -9.0 and heatmap.colormap == "CET-D1A"
+    assert heatmap.image.levels[0] == -heatmap.image.levels[1]
+    assert "largest |x| -9" in heatmap.describe_point(5.5, 1234.5)
+    with qtbot.waitSignal(heatmap.ready, timeout=20_000):
+        select(qtbot, tab, "p")
+    assert heatmap.colormap == "viridis"
+    assert heatmap.describe_point(2.5, 3.5) == f"row 3, column 2: {positive[3, 2].item():.6g}"
+    assert heatmap.describe_point(-1, 3) == " "
+    with qtbot.waitSignal(heatmap.ready, timeout=20_000):
+        select(qtbot, tab, "c")
+    np.testing.assert_array_equal(heatmap.image.image, [[5.0, 1.0]])
+    assert "|x|" in heatmap.status.text()
+
+
+def test_dark_theme_plots_and_remembered_splitters(qtbot, window, tmp_path):
+    open_and_wait(qtbot, window, builders.save({"w": torch.randn(100)}, tmp_path / "w.pt"))
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, "w")
+    view = tab.tensor_view
+    window.findChild(object, "actionDarkTheme").trigger()
+    try:
+        base = QApplication.palette().color(QPalette.Base)
+        assert view.plot.backgroundBrush().color() == base and base.lightness() < 80
+        assert "indicator" in QApplication.instance().styleSheet()
+        text = view.plot.getAxis("left").textPen().color()
+        assert text.lightness() > 150
+    finally:
+        window.findChild(object, "actionDarkTheme").trigger()
+    assert view.plot.backgroundBrush().color().lightness() > 200
+    assert QApplication.instance().styleSheet() == ""
+    view.split.setSizes([300, 100])
+    view.split.splitterMoved.emit(300, 1)
+    assert [int(v) for v in QSettings().value("tensorView/split")] == view.split.sizes()
+    assert view.pages.width() >= 0.9 * view.width()     # the plot spans the pane

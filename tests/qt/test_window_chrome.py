@@ -1,0 +1,125 @@
+"""The window's chrome: toolbar, title, size within the screen, tab order and reuse, the
+Welcome tab, the drop highlight, the tree's columns and its filter."""
+
+import os
+
+import torch
+from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
+from PySide6.QtGui import QAction, QDragEnterEvent
+from PySide6.QtWidgets import QApplication
+from qt_helpers import open_and_wait
+
+import builders
+
+
+def test_toolbar_title_and_size_within_the_screen(qtbot, window, training_file):
+    names = [action.objectName() for action in window.toolbar.actions()]
+    assert names[:4] == ["actionOpen", "actionExport", "actionCompare", "actionVerify"]
+    if window.findChild(QAction, "actionPickleImports") is not None:
+        assert "actionPickleImports" in names
+    available = window.screen().availableGeometry()
+    assert window.frameGeometry().width() <= available.width()
+    assert window.frameGeometry().height() <= available.height()
+    assert window.windowTitle() == "ckpt-viewer"
+    open_and_wait(qtbot, window, training_file)
+    assert window.windowTitle() == "train.pth - ckpt-viewer"
+    assert window.windowFilePath() == os.path.abspath(training_file)
+
+
+def test_tabs_keep_the_opening_order_and_reopening_switches(qtbot, window, tmp_path):
+    big = builders.save({f"k{i}": torch.zeros(1) for i in range(3000)}, tmp_path / "big.pt")
+    small = builders.save({"w": torch.zeros(2)}, tmp_path / "small.pt")
+    loaded = []
+    window.loaded.connect(loaded.append)
+    window.open_paths([big, small])               # small finishes first
+    assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == ["big.pt", "small.pt"]
+    qtbot.waitUntil(lambda: len(loaded) == 2, timeout=30_000)
+    assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == ["big.pt", "small.pt"]
+    window.tabs.setCurrentIndex(1)
+    window.open_paths([big])
+    assert window.tabs.count() == 2 and window.tabs.currentIndex() == 0 and not window.pending
+
+
+def test_welcome_closes_and_returns_when_the_last_tab_closes(qtbot, window, training_file):
+    assert window.tabs.tabText(0) == "Welcome"
+    window.tabs.tabCloseRequested.emit(0)
+    assert window.tabs.count() == 0
+    open_and_wait(qtbot, window, training_file)
+    window.tabs.tabCloseRequested.emit(0)
+    assert window.tabs.count() == 1 and window.tabs.tabText(0) == "Welcome"
+
+
+def test_drop_highlight_shows_while_dragging(qtbot, window, training_file):
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(training_file)])
+    event = QDragEnterEvent(QPoint(10, 10), Qt.CopyAction, data, Qt.LeftButton, Qt.NoModifier)
+    QApplication.sendEvent(window, event)
+    hint = window.findChild(object, "dropHint")
+    assert event.isAccepted() and hint.isVisible()
+    window.dragLeaveEvent(_leave())
+    assert not hint.isVisible()
+
+
+def _leave():
+    from PySide6.QtGui import QDragLeaveEvent
+    return QDragLeaveEvent()
+
+
+def test_tree_columns_fit_their_contents_and_key_stretches(qtbot, window, tmp_path):
+    path = builders.save({"layer.weight": torch.zeros(3, 4, dtype=torch.float8_e4m3fn),
+                          "layer.bias": torch.zeros(123_456_789 // 1000)}, tmp_path / "c.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.current_tab()
+    header = tab.tree.header()
+    window.resize(1600, 700)
+    tab.splitter.setSizes([1100, 500])
+
+    def key_fills_the_rest():
+        others = sum(header.sectionSize(c) for c in range(1, 7))
+        return header.sectionSize(0) == max(180, tab.tree.viewport().width() - others)
+    qtbot.waitUntil(key_fills_the_rest)
+    assert header.sectionSize(0) > 180
+    tab.splitter.setSizes([150, 1250])
+    qtbot.waitUntil(lambda: header.sectionSize(0) == 180)      # then scrolls, never cut short
+    metrics = tab.tree.fontMetrics()
+    assert header.sectionSize(3) >= metrics.horizontalAdvance("float8_e4m3fn")
+    assert "export" in tab.model.headerData(0, Qt.Horizontal, Qt.ToolTipRole)
+    tab.show_column(6, False)
+    assert header.isSectionHidden(6)
+
+
+def test_filter_waits_for_typing_and_clearing_restores_the_tree(qtbot, window, tmp_path):
+    keys = {f"block{i}.layer{j}.weight": torch.zeros(2) for i in range(3) for j in range(3)}
+    open_and_wait(qtbot, window, builders.save(keys, tmp_path / "f.pt"))
+    tab = window.current_tab()
+    tab.tree.collapseAll()
+    tab.tree.expand(tab.model.index_of_key("block1"))
+    with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=20_000):
+        tab.select_key("block1.layer2.weight")
+    applied = []
+    tab.filter_applied.connect(applied.append)
+    qtbot.keyClicks(tab.filter, "layer0")
+    assert tab.filter.text() == "layer0" and applied == []     # the field shows every key now
+    qtbot.waitUntil(lambda: applied == ["layer0"], timeout=5_000)
+    with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
+        tab.filter.clear()
+    assert tab.selected_key() == "block1.layer2.weight"
+    assert tab.tree.isExpanded(tab.model.index_of_key("block1"))
+    assert tab.tree.isExpanded(tab.model.index_of_key("block1.layer2"))
+    assert not tab.tree.isExpanded(tab.model.index_of_key("block0"))
+
+
+def test_a_narrow_tree_hides_device_then_type_until_the_user_chooses(qtbot, window, training_file):
+    open_and_wait(qtbot, window, training_file)
+    tab = window.current_tab()
+    header = tab.tree.header()
+    window.resize(1600, 700)
+    tab.splitter.setSizes([1000, 600])
+    qtbot.waitUntil(lambda: not header.isSectionHidden(6) and not header.isSectionHidden(1))
+    tab.splitter.setSizes([560, 1040])
+    qtbot.waitUntil(lambda: header.isSectionHidden(6))
+    assert not any(header.isSectionHidden(c) for c in (2, 3, 4, 5))   # Params, Size stay
+    tab.show_column(6, True)                   # the user's choice wins from now on
+    tab.splitter.setSizes([500, 1100])
+    qtbot.wait(50)
+    assert not header.isSectionHidden(6)
