@@ -13,8 +13,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import secrets
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -395,9 +395,7 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
     if not os.path.isdir(folder):
         raise CheckpointError(f"folder {folder} does not exist")
     total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items) or 1
-    handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".part",
-                                    dir=folder)
-    os.close(handle)
+    temp = _new_temp(folder, os.path.basename(destination))
     try:
         written = 0
         if fmt == "pth":
@@ -424,6 +422,18 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
         _remove(temp)
         raise
     return ExportSummary(destination, len(items), os.path.getsize(destination), fmt, where, verify)
+
+
+def _new_temp(folder: str, name: str) -> str:
+    """An unused hidden file next to the destination, created with the mode a plain open()
+    gives (0666 less the umask; mkstemp's 0600 would hide the export from the group)."""
+    while True:
+        temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temp
+        except FileExistsError:
+            continue
 
 
 def _same_file(a: str, b: str) -> bool:
