@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QLineEdit
 
 from ckpt_viewer.core.model import format_bytes, format_count
 from ckpt_viewer.core.report import describe_value, split_text
+from ckpt_viewer.core.summary import scalars_by_importance
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.tree_model import KeyTreeModel
@@ -47,7 +48,7 @@ def summary_html(checkpoint, totals) -> str:
     if scalars:
         out.append("<h3>Scalars</h3><table cellspacing=4>")
         out += [f"<tr><td>{esc(k)}</td><td>{esc(describe_value(v))}</td></tr>"
-                for k, v in list(scalars.items())[:2000]]
+                for k, v in scalars_by_importance(scalars)[:2000]]
         out.append("</table>")
     return "".join(out)
 
