@@ -187,6 +187,7 @@ class CheckpointTab(QWidget):
         """Stop the tensor view's computation, if any (closing the tab or the window)."""
         if self.tensor_view is not None:
             self.tensor_view.cancel()
+            self.optimizer_view.cancel()
 
     def release(self):
         """Closing: stop work and let what the load built be freed (see paused_gc)."""

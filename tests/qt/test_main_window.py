@@ -3,7 +3,7 @@
 import torch
 from PySide6.QtCore import QMimeData, QPointF, Qt, QThreadPool, QUrl
 from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QTreeView
+from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QPushButton, QTreeView
 from qt_helpers import open_and_wait
 
 import builders
@@ -160,6 +160,15 @@ def test_optimizer_view_tables(qtbot, window, training_file):
     headers = [state.horizontalHeaderItem(c).text() for c in range(state.columnCount())]
     assert headers == ["parameter", "step", "exp_avg", "exp_avg_sq"]
     assert state.item(0, 0).text() == "0.weight" and state.item(0, 2).text() == "float32 [3x4]"
+    # Adam's 0-d step shows its value (read in a worker), not "float32 [scalar]"
+    qtbot.waitUntil(lambda: state.item(0, 1).text() != "reading...", timeout=10_000)
+    assert state.item(0, 1).text() == "1"
+    # every row shown: the pane's scroll bar is the only one; the names column is not cut
+    assert state.verticalScrollBarPolicy() == Qt.ScrollBarAlwaysOff
+    assert state.height() >= state.rowCount() * state.rowHeight(0)
+    widest = max(state.fontMetrics().horizontalAdvance(state.item(r, 0).text())
+                 for r in range(state.rowCount()))
+    assert state.columnWidth(0) >= widest
 
 
 def test_lightning_scheduler_shown(qtbot, window, tmp_path):
@@ -217,7 +226,77 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.verified, timeout=20_000) as blocker:
         window.verify_current()
     assert blocker.args[1] is False and "CRC-32" in blocker.args[2]
-    assert "damaged" in window.findChild(object, "verifyResult").text()
+    box = window.findChild(object, "verifyResult")
+    assert box.text().startswith("Tensor w is damaged")          # the key, not data/0 first
+    assert not window.activity.isVisible() and "Verifying" not in window.statusBar().currentMessage()
+    with qtbot.waitSignal(current_tab(window).tensor_selected, timeout=5000) as shown:
+        box.findChild(QPushButton, "showDamagedTensor").click()
+    assert shown.args == ["w"]
+
+
+def gate_chunks(monkeypatch, module, after: int):
+    """Makes module's iter_chunks wait, once `after` chunks were served, until the test opens
+    the gate: a cancel then lands mid-job, deterministically."""
+    import threading
+    gate, served = threading.Event(), []
+    real = module.iter_chunks
+
+    def gated(*args, **kwargs):
+        for chunk in real(*args, **kwargs):
+            served.append(chunk.size)
+            if len(served) == after:
+                gate.wait(30)
+            yield chunk
+    monkeypatch.setattr(module, "iter_chunks", gated)
+    return gate, served
+
+
+def test_cancel_stops_a_running_compare_early(qtbot, window, tmp_path, monkeypatch):
+    import ckpt_viewer.core.diff as diff_module
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    a = builders.save({"w": torch.randn(40_000)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(40_000)}, tmp_path / "b.pt")
+    gate, served = gate_chunks(monkeypatch, diff_module, after=4)
+    compared = []
+    window.compared.connect(lambda *args: compared.append(args))
+    window.compare_paths(a, b)
+    assert window.activity.isVisible() and "Comparing" in window.activity.text()
+    worker = window.compare_worker
+    qtbot.waitUntil(lambda: len(served) >= 4, timeout=10_000)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        window.cancel_button.click()
+        gate.set()
+    assert len(served) < 2 * 40                       # both tensors: 80 chunks to the end
+    assert not compared and not window.pending and not window.activity.isVisible()
+
+
+def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
+    import ckpt_viewer.core.verify as verify_module
+    path = builders.save({"w": torch.randn(1 << 20)}, tmp_path / "w.pt")
+    open_and_wait(qtbot, window, path)
+    monkeypatch.setattr(verify_module, "BLOCK", 64 << 10)
+    blocks = []
+    real_check = verify_module._check_member
+
+    def counted(member, f):
+        for nbytes in real_check(member, f):
+            blocks.append(nbytes)
+            if len(blocks) == 2:
+                gate.wait(30)
+            yield nbytes
+    import threading
+    gate = threading.Event()
+    monkeypatch.setattr(verify_module, "_check_member", counted)
+    window.verify_current()
+    assert "Verifying w.pt" in window.activity.text() and window.cancel_button.isVisible()
+    worker = window.jobs.running[f"verify:{path}"][0]
+    qtbot.waitUntil(lambda: len(blocks) >= 2, timeout=10_000)
+    with qtbot.waitSignal(window.verified, timeout=5000) as blocker:
+        window.cancel_button.click()
+    assert blocker.args == [path, False, "cancelled"]
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        gate.set()
+    assert len(blocks) < 64 and window.findChild(object, "verifyResult") is None
 
 
 def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
