@@ -317,15 +317,51 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
     assert view.objectName() == "compareView"
     proxy = view.table.model()
     rows = {proxy.index(r, 0).data(): proxy.index(r, 1).data() for r in range(proxy.rowCount())}
-    assert rows == {"w": "changed", "same": "identical", "old": "only in A", "new": "only in B"}
+    assert rows == {"w": "\u2260 values differ", "same": "= identical", "old": "\u25c0 only in A",
+                    "new": "\u25b6 only in B"}          # a symbol and words, not colour alone
+    legend = {s: b.text() for s, b in view.legend_buttons.items()}
+    assert legend == {"identical": "= identical  1", "changed": "\u2260 values differ  1",
+                      "only in A": "\u25c0 only in A  1", "only in B": "\u25b6 only in B  1"}
+    assert "2 keys in both files: 1 identical, 1 values differ; 1 only in A, 1 only in B." in \
+        view.summary.text()
+    assert not view.detail.isVisible()               # no empty pane before a selection
     view.findChild(QCheckBox, "onlyDifferences").setChecked(True)
-    assert proxy.rowCount() == 3
+    assert proxy.rowCount() == 3 and not view.legend_buttons["identical"].isChecked()
+    view.legend_buttons["only in B"].click()
+    assert proxy.rowCount() == 2
+    view.legend_buttons["only in B"].click()
     view.filter.setText("w")
     assert proxy.rowCount() == 2 and {proxy.index(r, 0).data() for r in range(2)} == {"w", "new"}
     with qtbot.waitSignal(view.overlay_ready, timeout=30_000):
         view.table.setCurrentIndex(next(proxy.index(r, 0) for r in range(proxy.rowCount())
                                         if proxy.index(r, 0).data() == "w"))
     assert view.plot is not None and view.curve_b.getData()[1].sum() == 500
+    assert view.detail.isVisible() and view.curve_diff.getData()[1].sum() == 500
+    assert len(view.scatter.data) == 500
+    header = view.table.header()
+    for column in range(1, 8):                       # status and metrics are not cut
+        assert header.sectionSize(column) >= view.table.sizeHintForColumn(column)
+
+
+def test_compare_closing_the_tab_cancels_its_plot_job(qtbot, window, tmp_path, monkeypatch):
+    import ckpt_viewer.core.diff as diff_module
+    a = builders.save({"w": torch.randn(50_000)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(50_000)}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, a)
+    with qtbot.waitSignal(window.compared, timeout=30_000):
+        window.compare_paths(a, b)
+    view = window.tabs.currentWidget()
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    gate, served = gate_chunks(monkeypatch, diff_module, after=2)
+    drawn = []
+    view.overlay_ready.connect(drawn.append)
+    view.table.setCurrentIndex(view.table.model().index(0, 0))
+    worker = view.jobs.running["detail"][0]
+    qtbot.waitUntil(lambda: len(served) >= 2, timeout=10_000)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        window.close_tab(window.tabs.currentIndex())
+        gate.set()
+    assert len(served) < 2 * 50 and not drawn
 
 
 def test_new_tab_opens_only_a_screenful_of_rows(qtbot, window, tmp_path):
