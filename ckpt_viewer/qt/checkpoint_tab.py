@@ -187,6 +187,8 @@ class CheckpointTab(QWidget):
         """Stop the tensor view's computation, if any (closing the tab or the window)."""
         if self.tensor_view is not None:
             self.tensor_view.cancel()
+            self.tensor_view.jobs.cancel()           # the overlay
+            self.tensor_view.heatmap.cancel()
             self.optimizer_view.cancel()
 
     def release(self):

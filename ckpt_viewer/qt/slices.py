@@ -155,6 +155,7 @@ class HeatmapPage(QWidget):
         self.plot = None
         self.tensor = None
         self.generation = 0
+        self.jobs = workers.Controller(self)     # a new slice supersedes the one being read
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
 
@@ -182,8 +183,11 @@ class HeatmapPage(QWidget):
             if filters:
                 return filter_grid(tensor), 1, 1
             return downsampled_2d(tensor, leading)
-        workers.start(job, on_result=lambda result: self._show(generation, result),
-                      on_error=lambda message: self._fail(generation, message))
+        self.jobs.start("heatmap", job, on_result=lambda result: self._show(generation, result),
+                        on_error=lambda message: self._fail(generation, message))
+
+    def cancel(self):
+        self.jobs.cancel()
 
     def show_pending(self):
         if self.pending is not None:
