@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QLineEdit
                                QWidget)
 
 from ckpt_viewer.core.model import format_bytes, format_count
-from ckpt_viewer.core.report import describe_value, split_text
+from ckpt_viewer.core.report import describe_value
 from ckpt_viewer.core.summary import scalars_by_importance
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
@@ -27,8 +27,12 @@ def summary_html(checkpoint, totals) -> str:
     rows = [("Path", esc(checkpoint.path)), ("Format", esc(checkpoint.format)),
             ("File size", f"{format_bytes(checkpoint.file_bytes)} ({checkpoint.file_bytes:,} bytes)"),
             ("Tensors", f"{totals.tensors:,}"),
-            ("Parameters", f"{split_text(totals)} (model: {totals.split['model']:,})"),
-            ("Elements", f"{format_count(totals.params)} ({totals.params:,}) in all tensors"),
+            ("Model parameters", f"{format_count(totals.split['model'])} "
+                                 f"({totals.split['model']:,})"),
+            ("Optimizer state", f"{format_count(totals.split['optimizer_state'])} elements"),
+            ("Other tensors", f"{format_count(totals.split['other'])} elements"),
+            ("All elements", f"{format_count(totals.params)} ({totals.params:,}), each storage "
+                             "counted once"),
             ("Tensor bytes", format_bytes(totals.bytes))]
     rows += [(esc(str(k)), esc(describe_value(v))) for k, v in checkpoint.metadata.items()]
     out = ["<h3>Summary</h3><table cellspacing=4>"]

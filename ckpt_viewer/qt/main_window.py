@@ -168,7 +168,7 @@ class MainWindow(QMainWindow):
         totals = tab.totals
         self._remember(path)
         self._update_busy()
-        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, parameters: "
+        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, "
                                      f"{split_text(totals)}", 8000)
         self.loaded.emit(path)
 

@@ -16,7 +16,7 @@ from ckpt_viewer.core.rows import MAX_GROUP_DEPTH, Row, RowIndex, build_rows, ma
 from ckpt_viewer.core.summary import totals as checkpoint_totals
 from ckpt_viewer.core.text import clipped, safe_text
 
-COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Params", "Size", "Device")
+COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Elements", "Size", "Device")
 KEY, TYPE, SHAPE, DTYPE, PARAMS, SIZE, DEVICE = range(len(COLUMNS))
 MUTED = QColor(128, 128, 128)
 ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
@@ -143,6 +143,9 @@ class KeyTreeModel(QAbstractItemModel):
             return COLUMNS[section]
         if role == ALIGNMENT_ROLE and section in (PARAMS, SIZE):
             return ALIGN_RIGHT
+        if role == TOOLTIP_ROLE and section == PARAMS:   # optimizer state is not parameters
+            return ("Tensor elements under this row, each storage counted once: model "
+                    "parameters, optimizer state and other tensors alike (the Summary splits them)")
         return None
 
     def flags(self, index):
