@@ -10,13 +10,13 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.optim import OptimizerInfo
 from ckpt_viewer.core.values import read_array
 
-SMALL_STATE = 4          # elements: a step counter, a per-parameter scalar, a tiny vector
+SMALL_STATE = 1          # elements: a step counter or another per-parameter scalar
 
 
 def value_text(tensor) -> str:
-    """'1000' for a 0-d tensor, '[0.9, 0.999]' for a small one; integral floats without '.0'."""
+    """'1000' for a 0-d tensor, '[0.5]' for a one-element one; integral floats without '.0'."""
     values = read_array(tensor, max_elements=SMALL_STATE).reshape(-1).tolist()
-    shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    shown = [f"{v:.6g}" if isinstance(v, float) else str(v) for v in values]
     return shown[0] if not tensor.shape else f"[{', '.join(shown)}]"
 
 

@@ -11,8 +11,7 @@ import numpy as np
 from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QPalette, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel,
-                               QLineEdit, QSplitter, QToolButton, QTreeView, QVBoxLayout,
-                               QWidget)
+                               QLineEdit, QSplitter, QTreeView, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pair_detail
 from ckpt_viewer.core.text import plural
@@ -187,20 +186,16 @@ class CompareView(QWidget):
         row = QHBoxLayout(legend)
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(QLabel("Show:"))
+        row.setSpacing(14)
         self.legend_buttons = {}
         for status in STATUS_ORDER:
             if not self.counts[status]:
                 continue
-            button = QToolButton()
+            button = QCheckBox(f"{status_label(status)}  {self.counts[status]:,}")
             button.setObjectName(f"legend_{status}")
-            button.setText(f"{status_label(status)}  {self.counts[status]:,}")
-            button.setCheckable(True)
             button.setChecked(True)
-            button.setAutoRaise(True)
             button.setToolTip(f"Show or hide keys whose status is '{STATUS_TEXT[status]}'")
-            button.setStyleSheet(f"QToolButton {{ color: {STATUS_COLOURS[status].name()}; }}"
-                                 "QToolButton:!checked { color: palette(mid); "
-                                 "text-decoration: line-through; }")
+            button.setStyleSheet(f"QCheckBox {{ color: {STATUS_COLOURS[status].name()}; }}")
             button.toggled.connect(self._legend_toggled)
             row.addWidget(button)
             self.legend_buttons[status] = button
@@ -260,7 +255,10 @@ class CompareView(QWidget):
     def _selected(self, current, _previous):
         key = current.siblingAtColumn(0).data() if current.isValid() else None
         match = next((t for t in self.report.tensors if t.key == key and t.status != "shape"), None)
-        self.detail.setVisible(True)
+        if not self.detail.isVisible():
+            self.detail.setVisible(True)
+            height = max(self.splitter.height(), 300)
+            self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
         if match is None:
             self.jobs.cancel("detail")
             self.generation += 1

@@ -91,6 +91,7 @@ class ExportDialog(QDialog):
         form.addRow("Cast floats to", self.dtype)
         form.addRow("Device", self.device)
         form.addRow("", self.device_note)
+        self.form = form
         form.addRow("Format", self.format)
         destination_row = QHBoxLayout()
         destination_row.addWidget(self.destination, 1)
@@ -212,6 +213,7 @@ class ExportDialog(QDialog):
                                               f"{where} tags and loads onto the GPU elsewhere."))
         else:
             self.device_note.setText("")
+        self.form.setRowVisible(self.device_note, bool(self.device_note.text()))
 
     def _problem(self, message: str):
         self.preview.setPlainText("")

@@ -18,7 +18,7 @@ FULL_ROWS = 1000      # tables this short show every row: the pane's one scroll 
 READING = "reading..."
 
 
-def _table(headers, rows, name, stretch_column=None) -> QTableWidget:
+def _table(headers, rows, name, names_column=None) -> QTableWidget:
     table = QTableWidget(len(rows), len(headers))
     table.setObjectName(name)
     table.setHorizontalHeaderLabels(headers)
@@ -33,13 +33,11 @@ def _table(headers, rows, name, stretch_column=None) -> QTableWidget:
             table.setItem(r, c, item)
     header = table.horizontalHeader()
     header.setResizeContentsPrecision(200)           # sizing reads at most this many rows
-    header.setStretchLastSection(stretch_column is None)
+    header.setStretchLastSection(True)
     if len(rows) <= 200:
         table.resizeColumnsToContents()
-    if stretch_column is not None:                   # names get the room, not the last column
-        for column in range(len(headers)):
-            header.setSectionResizeMode(column, QHeaderView.Stretch if column == stretch_column
-                                        else QHeaderView.ResizeToContents)
+    if names_column is not None:      # names are never cut; the table scrolls sideways instead
+        header.setSectionResizeMode(names_column, QHeaderView.ResizeToContents)
     table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)
     shown_rows = len(rows) if len(rows) <= FULL_ROWS else 16
     height = (header.sizeHint().height() + 2 * table.frameWidth() +
@@ -122,7 +120,7 @@ class OptimizerView(QScrollArea):
         if optimizer.state:
             headers, rows = state_rows(optimizer)
             layout.addWidget(QLabel(f"<b>state</b> - {len(optimizer.state)} parameters"))
-            table = _table(headers, rows, "stateTable", stretch_column=0)
+            table = _table(headers, rows, "stateTable", names_column=0)
             self.state_tables.append((optimizer, table, headers))
             layout.addWidget(table)
         return box
