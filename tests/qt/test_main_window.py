@@ -373,3 +373,19 @@ def test_new_tab_opens_only_a_screenful_of_rows(qtbot, window, tmp_path):
     open_and_wait(qtbot, window, big)
     tab = current_tab(window)
     assert not tab.tree.isExpanded(tab.model.index_of_key("enc"))
+
+
+def test_closing_the_window_stops_running_jobs(qtbot, window, tmp_path, monkeypatch):
+    """Exit asks workers to quit (then waits), rather than waiting for them to finish."""
+    import ckpt_viewer.core.diff as diff_module
+    from ckpt_viewer.qt import workers
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    a = builders.save({"w": torch.randn(40_000)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(40_000)}, tmp_path / "b.pt")
+    gate, served = gate_chunks(monkeypatch, diff_module, after=4)
+    window.compare_paths(a, b)
+    qtbot.waitUntil(lambda: len(served) >= 4, timeout=10_000)
+    window.close()
+    gate.set()
+    assert workers.await_workers(10_000)
+    assert len(served) < 2 * 40
