@@ -307,7 +307,12 @@ class MainWindow(QMainWindow):
             self._update_busy()
             report, a, b = result
             preload_plotting()
-            view = CompareView(report, a, b, lambda: _plotting["module"], wait_for_plotting)
+            view = CompareView(report, a, b, lambda: _plotting["module"], wait_for_plotting,
+                               parent=self)      # hidden until the tab takes it
+            # shown in a later event: building and first showing it in one went past 50 ms
+            QTimer.singleShot(0, view, lambda: show(view, report))
+
+        def show(view, report):
             name = f"{os.path.basename(path_a.rstrip('/'))} vs {os.path.basename(path_b.rstrip('/'))}"
             if self.tabs.indexOf(self.welcome) >= 0:
                 self.tabs.removeTab(self.tabs.indexOf(self.welcome))
