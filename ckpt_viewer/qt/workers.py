@@ -2,10 +2,10 @@
 
 Every job a widget starts belongs to that widget's Controller: a new job in the same slot
 supersedes (quits) the old one, the widget's end quits all of them, and a callback never
-reaches a widget that is gone or a job that was cancelled. Generators stop at their next
-yield, and are closed on their own thread (a generator left suspended inside a `with` would
-be finalized later on another thread: numpy's errstate, for one, then fails); a plain function
-runs to its end and its result is dropped.
+reaches a widget that is gone or a job that was cancelled. `worker.quit()` on a generator job
+makes it stop at its next yield and close there, on its own thread (superqt would leave it
+suspended, to be finalized later on another thread, where a `with np.errstate()` inside it
+fails); a plain function runs to its end and its result is dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +21,32 @@ from superqt.utils import WorkerBase, create_worker
 from ckpt_viewer.core import describe_error
 
 
+def _create(func, args) -> WorkerBase:
+    if not inspect.isgeneratorfunction(func):
+        return create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+    stop = threading.Event()
+    abort = []                                     # superqt's own quit, once the worker exists
+
+    def run(*values):
+        with contextlib.closing(func(*values)) as generator:
+            try:
+                value = next(generator)
+                while True:
+                    yield value
+                    if stop.is_set():
+                        break
+                    value = next(generator)
+            except StopIteration as end:
+                return end.value
+        abort[0]()                   # closed here; now superqt drops the (absent) result
+        return None
+
+    worker = create_worker(run, *args, _start_thread=False, _ignore_errors=True)
+    abort.append(worker.quit)
+    worker.quit = stop.set           # what Cancel, a controller and await_workers call
+    return worker
+
+
 def start(func, *args, on_result=None, on_error=None, on_progress=None, on_finished=None):
     """Start func(*args) in a worker thread; a generator func reports progress by yielding.
 
@@ -28,7 +54,7 @@ def start(func, *args, on_result=None, on_error=None, on_progress=None, on_finis
     stop at its next yield (a plain function's result is then simply dropped by the caller).
     Widgets should prefer a Controller, which also guards against late callbacks.
     """
-    worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+    worker = _create(func, args)
     if on_result is not None:
         worker.returned.connect(on_result)
     if on_error is not None:
@@ -41,37 +67,10 @@ def start(func, *args, on_result=None, on_error=None, on_progress=None, on_finis
     return worker
 
 
-_stops: set[threading.Event] = set()      # of every controlled job still running
-
-
-def _stoppable(func, stop: threading.Event):
-    """func's generator, ended (and closed, in the worker's thread) at the first yield after
-    `stop` is set; its progress and return value pass through."""
-    def run(*args):
-        with contextlib.closing(func(*args)) as generator:
-            try:
-                value = next(generator)
-                while True:
-                    yield value
-                    if stop.is_set():
-                        return None
-                    value = next(generator)
-            except StopIteration as end:
-                return end.value
-    return run
-
-
 def _quit_all(running: dict):
-    for worker, stop in list(running.values()):
-        _stop(worker, stop)
+    for worker in list(running.values()):
+        worker.quit()
     running.clear()
-
-
-def _stop(worker, stop):
-    if stop is None:
-        worker.quit()            # a plain function: its result will be dropped
-    else:
-        stop.set()               # the generator ends itself at its next yield
 
 
 class Controller(QObject):
@@ -79,7 +78,7 @@ class Controller(QObject):
 
     def __init__(self, owner: QObject):
         super().__init__(owner)
-        self.running: dict[str, tuple[WorkerBase, threading.Event | None]] = {}
+        self.running: dict[str, WorkerBase] = {}
         running = self.running                       # not self: the wrapper is going away
         self.destroyed.connect(lambda *_: _quit_all(running))
 
@@ -87,15 +86,11 @@ class Controller(QObject):
               on_finished=None) -> WorkerBase:
         """Quit the slot's previous job and start this one; callbacks only while it is current."""
         self.cancel(slot)
-        stop = threading.Event() if inspect.isgeneratorfunction(func) else None
-        job = _stoppable(func, stop) if stop is not None else func
-        worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True)
-        self.running[slot] = (worker, stop)
-        if stop is not None:
-            _stops.add(stop)
+        worker = _create(func, args)
+        self.running[slot] = worker
 
         def current() -> bool:
-            return shiboken6.isValid(self) and self.running.get(slot, (None,))[0] is worker
+            return shiboken6.isValid(self) and self.running.get(slot) is worker
 
         def live(callback):
             def deliver(*values):
@@ -104,7 +99,6 @@ class Controller(QObject):
             return deliver
 
         def ended():
-            _stops.discard(stop)
             if current():
                 del self.running[slot]
                 if on_finished is not None:
@@ -124,18 +118,17 @@ class Controller(QObject):
         if slot is None:
             _quit_all(self.running)
             return
-        worker, stop = self.running.pop(slot, (None, None))
+        worker = self.running.pop(slot, None)
         if worker is not None:
-            _stop(worker, stop)
+            worker.quit()
 
     def busy(self, slot: str | None = None) -> bool:
         return bool(self.running) if slot is None else slot in self.running
 
 
 def await_workers(timeout_ms: int = 5000) -> bool:
-    """Stop every worker still running and wait for the threads (exit): True when all ended."""
-    for stop in list(_stops):
-        stop.set()
+    """Ask every worker still running to quit and wait for the threads (exit): True when all
+    ended in time."""
     try:
         WorkerBase.await_workers(timeout_ms)
     except RuntimeError:

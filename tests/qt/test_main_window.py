@@ -289,7 +289,7 @@ def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
     monkeypatch.setattr(verify_module, "_check_member", counted)
     window.verify_current()
     assert "Verifying w.pt" in window.activity.text() and window.cancel_button.isVisible()
-    worker = window.jobs.running[f"verify:{path}"][0]
+    worker = window.jobs.running[f"verify:{path}"]
     qtbot.waitUntil(lambda: len(blocks) >= 2, timeout=10_000)
     with qtbot.waitSignal(window.verified, timeout=5000) as blocker:
         window.cancel_button.click()
@@ -356,7 +356,7 @@ def test_compare_closing_the_tab_cancels_its_plot_job(qtbot, window, tmp_path, m
     drawn = []
     view.overlay_ready.connect(drawn.append)
     view.table.setCurrentIndex(view.table.model().index(0, 0))
-    worker = view.jobs.running["detail"][0]
+    worker = view.jobs.running["detail"]
     qtbot.waitUntil(lambda: len(served) >= 2, timeout=10_000)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         window.close_tab(window.tabs.currentIndex())
