@@ -20,6 +20,14 @@ CHUNK = 1 << 20
 PROBE = 512
 
 
+STATUS_ORDER = ("identical", "changed", "dtype+identical", "dtype+changed", "shape",
+                "only in A", "only in B")
+STATUS_TEXT = {"identical": "identical", "changed": "values differ",
+               "dtype+identical": "other dtype, same values", "dtype+changed": "other dtype, values differ",
+               "shape": "other shape", "only in A": "only in A", "only in B": "only in B"}
+PAIR_SAMPLE = 20_000
+
+
 @dataclass(frozen=True)
 class Side:
     root: str = ""
@@ -58,6 +66,14 @@ class DiffReport:
 
     def count(self, status: str) -> int:
         return sum(1 for t in self.tensors if t.status == status)
+
+    def status_counts(self) -> dict:
+        """Every key in exactly one group, so the counts add up to the keys of both files."""
+        counts = dict.fromkeys(STATUS_ORDER, 0)
+        for t in self.tensors:
+            counts[t.status] += 1
+        counts["only in A"], counts["only in B"] = len(self.only_a), len(self.only_b)
+        return counts
 
     def load_state_dict_view(self) -> dict:
         """B loaded into A's layout with strict=True."""
@@ -153,7 +169,8 @@ class _Metrics:
         result.max_abs = self.max_abs
         result.mean_abs = self.total_abs / self.count if self.count else 0.0
         result.rel_l2 = math.sqrt(diff_sq) / math.sqrt(a_sq) if a_sq else (0.0 if not diff_sq else math.inf)
-        result.cosine = self.dot / math.sqrt(a_sq * b_sq) if a_sq and b_sq else (1.0 if a_sq == b_sq else 0.0)
+        cosine = self.dot / math.sqrt(a_sq * b_sq) if a_sq and b_sq else (1.0 if a_sq == b_sq else 0.0)
+        result.cosine = min(1.0, max(-1.0, cosine))     # rounding can overshoot by ~1e-9
 
 
 def _compare_values(a, b, result: TensorDiff):
@@ -244,3 +261,66 @@ def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
             done += elements
             yield min(done / total, 1.0)
     return report
+
+
+@dataclass
+class PairDetail:
+    """One common tensor seen closely: the histogram of a - b over every element (non-finite
+    differences counted apart) and an evenly spaced sample of (a, b) pairs for a scatter plot."""
+    edges: list
+    counts: list
+    nonfinite: int
+    a: np.ndarray
+    b: np.ndarray
+    elements: int
+
+
+def difference_range(max_abs: float | None) -> tuple[float, float]:
+    """Symmetric around 0, so 'no change' sits in the middle of the plot."""
+    reach = max_abs if max_abs and math.isfinite(max_abs) else 1.0
+    return -reach, reach
+
+
+def pair_detail(a, b, max_abs: float | None = None, bins: int = 128,
+                sample: int = PAIR_SAMPLE) -> Generator[float, None, PairDetail]:
+    """Generator: yields progress in [0, 1]; returns PairDetail. One pass over both tensors in
+    logical order; max_abs (the diff report's) fixes the histogram range up front."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError("the tensors have different shapes")
+    low, high = difference_range(max_abs)
+    counts = np.zeros(bins, dtype=np.int64)
+    total = a.numel
+    step = max(1, -(-total // sample))               # every step-th element: <= sample pairs
+    picked_a, picked_b, nonfinite, done = [], [], 0, 0
+    with np.errstate(all="ignore"):
+        for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
+            x = _comparable(chunk_a).astype(np.float64, copy=False)
+            y = _comparable(chunk_b).astype(np.float64, copy=False)
+            d = x - y
+            finite = np.isfinite(d)
+            nonfinite += int(d.size - np.count_nonzero(finite))
+            counts += np.histogram(np.clip(d[finite], low, high), bins=bins, range=(low, high))[0]
+            first = (-done) % step                    # the first sampled index in this chunk
+            picked_a.append(x[first::step])
+            picked_b.append(y[first::step])
+            done += d.size
+            yield min(done / (total or 1), 1.0)
+    edges = np.linspace(low, high, bins + 1).tolist()
+    return PairDetail(edges, counts.tolist(), nonfinite,
+                      np.concatenate(picked_a) if picked_a else np.empty(0),
+                      np.concatenate(picked_b) if picked_b else np.empty(0), done)
+
+
+def histogram_pair(a, b, bins: int = 128):
+    """Both tensors' histograms over one common range (for the overlay): (stats a, stats b), or
+    (None, None) when neither has a finite value."""
+    from ckpt_viewer.core.stats import compute, run
+
+    first_a, first_b = run(compute(a, bins=8)), run(compute(b, bins=8))
+    lows = [s.min for s in (first_a, first_b) if s.min is not None]
+    highs = [s.max for s in (first_a, first_b) if s.max is not None]
+    if not lows:
+        return None, None
+    value_range = (min(lows), max(highs) if max(highs) > min(lows) else min(lows) + 1.0)
+    return (run(compute(a, bins=bins, value_range=value_range)),
+            run(compute(b, bins=bins, value_range=value_range)))

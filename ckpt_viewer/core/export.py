@@ -14,8 +14,8 @@ import fnmatch
 import json
 import os
 import re
+import secrets
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Generator
@@ -582,8 +582,7 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
     try:
         written = 0
         for name, shard in zip(names, shards):
-            handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-            os.close(handle)
+            temp = _new_temp(folder, name)
             temps.append(temp)
             if fmt == "pth":
                 steps = _write_pth(temp, shard, where, plan.device, cancelled)
@@ -598,9 +597,9 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
             if verify:
                 verify_written(temp, fmt, _shard_items(shard, fmt))
         if index_path:
-            handle, temp = tempfile.mkstemp(prefix=".index.", suffix=".part", dir=folder)
+            temp = _new_temp(folder, "index")
             temps.append(temp)
-            with os.fdopen(handle, "w") as f:
+            with open(temp, "w") as f:
                 json.dump(_index(fmt, names, shards, aliases), f, indent=2)
         if verify:
             yield 1.0
@@ -688,6 +687,18 @@ def _source_paths(items: list[Item]) -> set:
             paths.add(t.storage.source.path)
         paths.update(span.path for _, _, span in t.chunks)
     return paths
+
+
+def _new_temp(folder: str, name: str) -> str:
+    """An unused hidden file next to the destination, created with the mode a plain open()
+    gives (0666 less the umask; mkstemp's 0600 would hide the export from the group)."""
+    while True:
+        temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temp
+        except FileExistsError:
+            continue
 
 
 def _same_file(a: str, b: str) -> bool:

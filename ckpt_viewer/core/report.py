@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ckpt_viewer.core.globals import MEANING, triage
 from ckpt_viewer.core.model import Checkpoint, Node, format_bytes, format_count
-from ckpt_viewer.core.summary import totals
+from ckpt_viewer.core.summary import scalars_by_importance, totals
 from ckpt_viewer.core.text import SHARED, ShownOnce, int_text, plural, safe_text
 
 MAX_LIST_PREVIEW = 6
@@ -104,7 +104,7 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
     shown = ShownOnce()
     if scalars:
         yield "scalars:"
-        for key, value in scalars.items():
+        for key, value in scalars_by_importance(scalars):
             yield f"  {key} = {describe_value(value, shown=shown)}"
     for opt in checkpoint.optimizers:
         yield f"optimizer {opt.key}: {opt.type or 'unknown type'}, {plural(len(opt.param_groups), 'group')}"

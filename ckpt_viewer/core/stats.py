@@ -10,6 +10,7 @@ value with k = ceil(q * n) (numpy's "inverted_cdf"). min/max/mean/std are over f
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -429,3 +430,29 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
         counts, edges = np.histogram(finite, bins=bins)
         stats.counts, stats.edges = counts.tolist(), edges.tolist()
     return stats
+
+
+# --- the Tensor pane's job: a quick sampled preview, then the exact pass ------------------
+
+PREVIEW_DRAW_WAIT = 0.3    # seconds the exact pass gives the GUI to draw the preview, at most
+
+
+def _wait(event, timeout: float):
+    """Yields (so a cancel is still seen) until event is set or timeout seconds pass."""
+    deadline = time.monotonic() + timeout
+    while event is not None and not event.wait(0.02) and time.monotonic() < deadline:
+        yield 0.0
+
+
+def stats_job(tensor, bins, part, value_range, plotting_settled=None, preview_drawn=None):
+    """Worker generator: ("preview", Stats), then progress floats; returns exact Stats.
+
+    The exact pass starts only once the GUI has drawn the preview, and (first selection of a
+    session) once pyqtgraph has arrived and the plots are built: GUI-thread plotting and a pass
+    over a large tensor, sharing the GIL, stalled the window for 50-65 ms."""
+    if not value_range and tensor.numel > 1_000_000:
+        yield "preview", sample_preview(tensor)
+        yield from _wait(preview_drawn, PREVIEW_DRAW_WAIT)
+    yield from _wait(plotting_settled, math.inf)
+    result = yield from compute(tensor, bins=bins, part=part, value_range=value_range)
+    return result

@@ -8,6 +8,7 @@ Hugging Face files), `optimizer_state` (tensors under an optimizer's `state`) an
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -181,3 +182,58 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         "total_params": total.params,
         "total_bytes": total.bytes,
     }
+
+
+def model_roots(checkpoint: Checkpoint) -> list[Node]:
+    """The top-most modules and state dicts outside optimizers: what load_state_dict takes."""
+    if checkpoint.format in ALL_MODEL_FORMATS:
+        return [checkpoint.root]
+    roots, stack = [], [checkpoint.root]
+    while stack:
+        node = stack.pop()
+        if node.kind == "optimizer":
+            continue
+        if node.kind == "module" or _is_state_dict(node):
+            roots.append(node)
+        else:
+            stack.extend(reversed(node.children))
+    return roots
+
+
+def suggested_root(checkpoint: Checkpoint, keys: list[str]) -> str:
+    """The state dict all `keys` lie in, as export's root (so `model_state_dict.0.weight` is
+    written as `0.weight` and loads); "" when they span several or none."""
+    for node in model_roots(checkpoint):
+        prefix = f"{node.key}." if node.key else ""
+        if keys and all(key.startswith(prefix) for key in keys):
+            return node.key
+    return ""
+
+
+_LEADING = {"epoch", "global_step", "step", "iteration", "iter"}
+_METRIC_WORDS = {"loss", "acc", "accuracy", "metric", "metrics", "score", "best", "val",
+                 "perplexity", "ppl", "bleu", "f1", "auc", "wer", "top1", "top5"}
+_HYPER_ROOTS = {"hyper_parameters", "hparams", "hyperparameters", "config", "args", "cfg"}
+_HYPER_NAMES = {"lr", "learning_rate", "batch_size", "seed", "weight_decay", "momentum"}
+_COUNTER_WORDS = ("loops", "_progress")
+
+
+def scalar_importance(key: str) -> int:
+    """0 epoch/step, 1 metrics, 2 hyperparameters, 3 the rest, 4 loop counters (a Lightning
+    file has ~100 of them before anything a person looks for)."""
+    lowered = key.lower()
+    parts = lowered.split(".")
+    if any(word in lowered for word in _COUNTER_WORDS):
+        return 4
+    if len(parts) == 1 and lowered in _LEADING:
+        return 0
+    if _METRIC_WORDS & set(re.split(r"[^a-z0-9]+", parts[-1])):
+        return 1
+    if parts[0] in _HYPER_ROOTS or parts[-1] in _HYPER_NAMES:
+        return 2
+    return 3
+
+
+def scalars_by_importance(scalars: dict) -> list[tuple[str, object]]:
+    """The scalars, most telling first; file order within each group."""
+    return sorted(scalars.items(), key=lambda item: scalar_importance(item[0]))

@@ -23,6 +23,7 @@ class VerifyReport:
     path: str
     ok: bool
     problem: str = ""             # the first bad record, when not ok
+    tensor: str = ""              # the first tensor key stored in that record, when known
     records: int = 0
     bytes: int = 0
     notes: list = field(default_factory=list)
@@ -30,6 +31,10 @@ class VerifyReport:
 
 class Damaged(Exception):
     """The first bad record; verify() turns it into a failed report."""
+
+    def __init__(self, message: str, tensor: str = ""):
+        super().__init__(message)
+        self.tensor = tensor
 
 
 def _zip_members(path: str) -> list[ZipMember]:
@@ -79,7 +84,7 @@ def _verify_zip(path: str, report: VerifyReport, owners: dict | None = None):
                 owner = owners.get(member.name)
                 if owner is None:
                     raise
-                raise Damaged(f"{exc} (it holds tensor {owner!r})") from None
+                raise Damaged(f"{exc} (it holds tensor {owner!r})", owner) from None
             report.records += 1
 
 
@@ -109,7 +114,7 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
                 block = f.read(min(BLOCK, remaining))
                 if not block:
                     raise Damaged(f"{remote.basename(span.path)}: ends inside the data at "
-                                  f"offset {span.offset:,}{holds} (truncated)")
+                                  f"offset {span.offset:,}{holds} (truncated)", owner or "")
                 remaining -= len(block)
                 yield len(block)
         report.records += 1
@@ -187,6 +192,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             raise Damaged(refused)
     except (Damaged, CheckpointError) as exc:
         report.ok, report.problem = False, str(exc)
+        report.tensor = getattr(exc, "tensor", "")
     except OSError as exc:
         report.ok, report.problem = False, f"read error ({exc.strerror or exc})"
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from PySide6.QtCore import QSettings, QThreadPool, QTimer, qInstallMessageHandler
+from PySide6.QtCore import QSettings, QTimer, qInstallMessageHandler
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
@@ -85,8 +85,11 @@ def take_screenshot(window, path: str, out: str) -> int:
 
 
 def finish_workers(timeout_ms: int = 5000):
-    """Let worker threads end before the interpreter does (their signals need live objects)."""
-    QThreadPool.globalInstance().waitForDone(timeout_ms)
+    """Ask every worker to quit, then let the threads end before the interpreter does (their
+    signals need live objects); a generator stops at its next step, well inside the timeout."""
+    from ckpt_viewer.qt.workers import await_workers
+
+    await_workers(timeout_ms)
 
 
 def main(paths=(), screenshot: str | None = None) -> int:

@@ -11,7 +11,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
                                QTreeView, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.model import format_bytes, format_count
-from ckpt_viewer.core.report import describe_value, split_text
+from ckpt_viewer.core.report import describe_value
+from ckpt_viewer.core.summary import scalars_by_importance
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.theme import remember_splitter
@@ -31,8 +32,12 @@ def summary_html(checkpoint, totals) -> str:
     rows = [("Path", esc(checkpoint.path)), ("Format", esc(checkpoint.format)),
             ("File size", f"{format_bytes(checkpoint.file_bytes)} ({checkpoint.file_bytes:,} bytes)"),
             ("Tensors", f"{totals.tensors:,}"),
-            ("Parameters", f"{split_text(totals)} (model: {totals.split['model']:,})"),
-            ("Elements", f"{format_count(totals.params)} ({totals.params:,}) in all tensors"),
+            ("Model parameters", f"{format_count(totals.split['model'])} "
+                                 f"({totals.split['model']:,})"),
+            ("Optimizer state", f"{format_count(totals.split['optimizer_state'])} elements"),
+            ("Other tensors", f"{format_count(totals.split['other'])} elements"),
+            ("All elements", f"{format_count(totals.params)} ({totals.params:,}), each storage "
+                             "counted once"),
             ("Tensor bytes", format_bytes(totals.bytes))]
     rows += [(esc(str(k)), esc(describe_value(v))) for k, v in checkpoint.metadata.items()]
     out = ["<h3>Summary</h3><table cellspacing=4>"]
@@ -52,7 +57,7 @@ def summary_html(checkpoint, totals) -> str:
     if scalars:
         out.append("<h3>Scalars</h3><table cellspacing=4>")
         out += [f"<tr><td>{esc(k)}</td><td>{esc(describe_value(v))}</td></tr>"
-                for k, v in list(scalars.items())[:2000]]
+                for k, v in scalars_by_importance(scalars)[:2000]]
         out.append("</table>")
     return "".join(out)
 
@@ -300,6 +305,9 @@ class CheckpointTab(QWidget):
         """Stop the tensor view's computation, if any (closing the tab or the window)."""
         if self.tensor_view is not None:
             self.tensor_view.cancel()
+            self.tensor_view.jobs.cancel()           # the overlay
+            self.tensor_view.heatmap.cancel()
+            self.optimizer_view.cancel()
 
     def release(self):
         """Closing: stop work and let what the load built be freed (see paused_gc)."""

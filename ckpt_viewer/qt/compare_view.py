@@ -1,62 +1,139 @@
-"""Tools > Compare with...: two checkpoints side by side, coloured by status, filterable, with the
-histograms of a selected tensor from both files overlaid."""
+"""Tools > Compare with...: two checkpoints key by key. Each status has a symbol, a name and a
+colour (never colour alone), listed in a legend whose buttons filter the table and whose counts
+add up; a selected tensor gets its value histograms (A filled, B outlined, so neither hides the
+other), the histogram of a - b, and a sampled a-vs-b scatter."""
 
 from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QPalette, QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QLabel, QLineEdit,
-                               QSplitter, QTreeView, QVBoxLayout, QWidget)
+import numpy as np
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QPalette
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel,
+                               QLineEdit, QSplitter, QTreeView, QVBoxLayout, QWidget)
 
-from ckpt_viewer.core.stats import compute, run
+from ckpt_viewer.core.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pair_detail
+from ckpt_viewer.core.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
 
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
-STATUS_COLOURS = {"changed": QColor(214, 120, 0), "shape": QColor(200, 40, 40),
-                  "dtype": QColor(170, 60, 160), "only in A": QColor(40, 100, 200),
-                  "only in B": QColor(20, 140, 110)}
+SORT_ROLE, STATUS_ROLE = Qt.UserRole + 1, Qt.UserRole + 2
+STATUS_SYMBOL = {"identical": "=", "changed": "\u2260", "dtype+identical": "\u25c6",
+                 "dtype+changed": "\u25c6", "shape": "\u25b2", "only in A": "\u25c0",
+                 "only in B": "\u25b6"}
+STATUS_COLOURS = {"identical": QColor(90, 90, 90), "changed": QColor(200, 110, 0),
+                  "dtype+identical": QColor(150, 60, 160), "dtype+changed": QColor(150, 60, 160),
+                  "shape": QColor(200, 40, 40), "only in A": QColor(40, 100, 200),
+                  "only in B": QColor(20, 130, 100)}
 OVERLAY_BINS = 128
+COLOUR_A, COLOUR_B = (60, 100, 200), (230, 120, 20)
 
 
-def _cell(text, sort_value=None) -> QStandardItem:
-    item = QStandardItem(shown(text))
-    item.setEditable(False)
-    if sort_value is not None:
-        item.setData(sort_value, Qt.UserRole + 1)
-    return item
+def status_label(status: str) -> str:
+    return f"{STATUS_SYMBOL[status]} {STATUS_TEXT[status]}"
 
 
 def _number(value) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
+def cosine_text(value) -> str:
+    """Six decimals: 0.999998 reads as 'almost', and core clamps rounding overshoot to 1."""
+    return "" if value is None else f"{value:.6f}"
+
+
+def counts_text(counts: dict) -> str:
+    """'5 keys in both files: 2 identical, 1 values differ, ...; 1 only in A': sums add up."""
+    common = sum(n for status, n in counts.items() if not status.startswith("only"))
+    parts = [f"{n} {STATUS_TEXT[status]}" for status, n in counts.items()
+             if n and not status.startswith("only")]
+    text = f"{plural(common, 'key')} in both files" + (f": {', '.join(parts)}" if parts else "")
+    return text + f"; {counts['only in A']} only in A, {counts['only in B']} only in B."
+
+
+class CompareModel(QAbstractTableModel):
+    """The report as rows of plain tuples, read by the view on demand: building thousands of
+    items up front stalled the window (140 ms for 600 keys)."""
+
+    def __init__(self, report, parent=None):
+        super().__init__(parent)
+        self.rows = []          # (cells as text, sort values, status)
+        for t in report.tensors:
+            metrics = (t.max_abs, t.mean_abs, t.rel_l2)
+            self._add(t.key, t.status, f"{t.dtype_a} {t.shape_a}", f"{t.dtype_b} {t.shape_b}",
+                      [_number(v) for v in metrics] + [cosine_text(t.cosine)],
+                      [-1.0 if v is None else v for v in metrics]
+                      + [-2.0 if t.cosine is None else t.cosine])
+        for key in report.only_a:
+            self._add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
+        for key in report.only_b:
+            self._add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
+
+    def _add(self, key, status, a_text, b_text, metric_texts, metric_values):
+        texts = (shown(key), status_label(status), shown(a_text), shown(b_text), *metric_texts)
+        self.rows.append((texts, (key, STATUS_ORDER.index(status), a_text, b_text,
+                                  *metric_values), status))
+
+    def rowCount(self, parent=QModelIndex()):
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent=QModelIndex()):
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
+        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index, role=Qt.DisplayRole):
+        if not index.isValid():
+            return None
+        texts, sort_values, status = self.rows[index.row()]
+        column = index.column()
+        if role == Qt.DisplayRole:
+            return texts[column]
+        if role == SORT_ROLE:
+            return sort_values[column]
+        if role == STATUS_ROLE:
+            return status
+        if role == Qt.ForegroundRole and column == 1:
+            return QBrush(STATUS_COLOURS[status])
+        if role == Qt.ToolTipRole and column == 1:
+            return STATUS_TEXT[status]
+        if role == Qt.TextAlignmentRole and column >= 4:
+            return int(Qt.AlignRight | Qt.AlignVCenter)
+        return None
+
+    def widest(self, column: int, metrics, limit: int = 500) -> int:
+        """The widest of the first `limit` texts of a column (a bounded ResizeToContents)."""
+        texts = {row[0][column] for row in self.rows[:limit]} | {COLUMNS[column]}
+        return max(metrics.horizontalAdvance(text) for text in texts)
+
+
 class CompareFilter(QSortFilterProxyModel):
-    """Text filter on the key; optionally only rows that differ."""
+    """Text filter on the key; statuses hidden from the legend (or 'only differences')."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.only_differences = False
+        self.hidden: set[str] = set()
         self.setFilterCaseSensitivity(Qt.CaseInsensitive)
         self.setFilterKeyColumn(0)
-        self.setSortRole(Qt.UserRole + 1)
+        self.setSortRole(SORT_ROLE)
 
-    def set_only_differences(self, on: bool):
+    def set_hidden(self, hidden: set):
         if not hasattr(self, "beginFilterChange"):        # Qt < 6.9
-            self.only_differences = on
+            self.hidden = set(hidden)
             self.invalidateFilter()
             return
         self.beginFilterChange()          # Qt >= 6.9 deprecates invalidateFilter() for this pair
-        self.only_differences = on
+        self.hidden = set(hidden)
         self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
     def filterAcceptsRow(self, row, parent):
-        if self.only_differences:
-            status = self.sourceModel().index(row, 1, parent).data()
-            if status == "identical":
-                return False
+        if self.sourceModel().index(row, 1, parent).data(STATUS_ROLE) in self.hidden:
+            return False
         return super().filterAcceptsRow(row, parent)
 
 
@@ -66,16 +143,12 @@ def plotting_failed() -> bool:
     return bool(_plotting["failed"])
 
 
-def histogram_pair(a, b, bins=OVERLAY_BINS):
-    """Both tensors' histograms over one common range (for the overlay)."""
-    first_a, first_b = run(compute(a, bins=8)), run(compute(b, bins=8))
-    lows = [s.min for s in (first_a, first_b) if s.min is not None]
-    highs = [s.max for s in (first_a, first_b) if s.max is not None]
-    if not lows:
-        return None, None
-    value_range = (min(lows), max(highs) if max(highs) > min(lows) else min(lows) + 1.0)
-    return (run(compute(a, bins=bins, value_range=value_range)),
-            run(compute(b, bins=bins, value_range=value_range)))
+def detail_job(a, b, max_abs):
+    """Generator: both value histograms on one range, then a - b and the (a, b) sample."""
+    pair = histogram_pair(a, b, OVERLAY_BINS)
+    yield 0.1
+    detail = yield from pair_detail(a, b, max_abs, OVERLAY_BINS)
+    return pair, detail
 
 
 class CompareView(QWidget):
@@ -88,19 +161,16 @@ class CompareView(QWidget):
         self.report, self.a, self.b = report, checkpoint_a, checkpoint_b
         self.plotting = plotting              # returns the pyqtgraph module, or None
         self.request_plotting = request_plotting   # calls plotting_ready() once it is loaded
+        self.jobs = workers.Controller(self)
         self.pending = None
         self.plot = None
         self.generation = 0
         names = (os.path.basename(report.path_a.rstrip("/")), os.path.basename(report.path_b.rstrip("/")))
         self.names = names
         view = report.load_state_dict_view()
+        self.counts = report.status_counts()
         summary = (f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
-                   f"{len(report.tensors)} common tensors: "
-                   f"{sum(t.status.endswith('identical') for t in report.tensors)} identical, "
-                   f"{sum(t.status.endswith('changed') for t in report.tensors)} changed, "
-                   f"{report.count('shape')} other shape, "
-                   f"{sum(t.status.startswith('dtype') for t in report.tensors)} other dtype; "
-                   f"{len(report.only_a)} only in A, {len(report.only_b)} only in B.<br>"
+                   f"{as_html(counts_text(self.counts))}<br>"
                    f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
                    f"{len(view['unexpected_keys'])} unexpected, {len(view['size_mismatch'])} size "
                    f"mismatches." + (" <b>Identical.</b>" if report.identical else ""))
@@ -109,11 +179,11 @@ class CompareView(QWidget):
         self.summary.setWordWrap(True)
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("Filter keys")
+        self.filter.setClearButtonEnabled(True)
         self.only = QCheckBox("only differences")
         self.only.setObjectName("onlyDifferences")
-        self.model = QStandardItemModel(0, len(COLUMNS), self)
-        self.model.setHorizontalHeaderLabels(list(COLUMNS))
-        self._fill()
+        self.legend = self._build_legend()
+        self.model = CompareModel(report, self)
         self.proxy = CompareFilter(self)
         self.proxy.setSourceModel(self.model)
         self.table = QTreeView()
@@ -124,97 +194,177 @@ class CompareView(QWidget):
         self.table.header().setSortIndicator(-1, Qt.AscendingOrder)   # file order until clicked
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setColumnWidth(0, 320)
+        self._size_columns()
         self.table.selectionModel().currentChanged.connect(self._selected)
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
         self.only.toggled.connect(self._only_toggled)
-        self.plot_holder = QVBoxLayout()
-        self.plot_status = plain_label("Select a tensor present in both files to overlay its histograms.")
-        plot_box = QWidget()
-        plot_layout = QVBoxLayout(plot_box)
-        plot_layout.addWidget(self.plot_status)
-        plot_layout.addLayout(self.plot_holder, 1)
+
+        self.plot_status = plain_label("")
+        self.plot_status.setObjectName("compareDetailStatus")
+        self.plot_holder = QHBoxLayout()
+        self.detail = QWidget()
+        self.detail.setObjectName("compareDetail")
+        detail_layout = QVBoxLayout(self.detail)
+        detail_layout.setContentsMargins(0, 0, 0, 0)
+        detail_layout.addWidget(self.plot_status)
+        detail_layout.addLayout(self.plot_holder, 1)
+        self.detail.setVisible(False)        # no empty pane until a tensor is selected
         top = QHBoxLayout()
         top.addWidget(self.filter, 1)
         top.addWidget(self.only)
-        left = QWidget()
-        left_layout = QVBoxLayout(left)
-        left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.addLayout(top)
-        left_layout.addWidget(self.table, 1)
-        splitter = QSplitter(Qt.Horizontal)
-        splitter.addWidget(left)
-        splitter.addWidget(plot_box)
-        splitter.setSizes([800, 500])
+        upper = QWidget()
+        upper_layout = QVBoxLayout(upper)
+        upper_layout.setContentsMargins(0, 0, 0, 0)
+        upper_layout.addLayout(top)
+        upper_layout.addWidget(self.legend)
+        upper_layout.addWidget(self.table, 1)
+        self.splitter = QSplitter(Qt.Vertical)
+        self.splitter.addWidget(upper)
+        self.splitter.addWidget(self.detail)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
-        layout.addWidget(splitter, 1)
+        layout.addWidget(self.splitter, 1)
 
-    def _fill(self):
-        def add(key, status, a_text, b_text, t=None):
-            cells = [_cell(key, key), _cell(status, status), _cell(a_text, a_text), _cell(b_text, b_text)]
-            for value in (t.max_abs, t.mean_abs, t.rel_l2, t.cosine) if t else (None,) * 4:
-                cells.append(_cell(_number(value), -1.0 if value is None else value))
-            colour = STATUS_COLOURS.get(status.replace("dtype+changed", "dtype")
-                                        .replace("dtype+identical", "dtype"))
-            if colour is not None:
-                for cell in cells:
-                    cell.setForeground(QBrush(colour))
-            self.model.appendRow(cells)
-        for t in self.report.tensors:
-            add(t.key, t.status, f"{t.dtype_a} {t.shape_a}", f"{t.dtype_b} {t.shape_b}", t)
-        for key in self.report.only_a:
-            add(key, "only in A", "present", "")
-        for key in self.report.only_b:
-            add(key, "only in B", "", "present")
+    # --- the table and its legend ------------------------------------------------------------
+    def _build_legend(self) -> QWidget:
+        """One toggle per status present: symbol, name, count, in the status colour."""
+        legend = QWidget()
+        legend.setObjectName("compareLegend")
+        row = QHBoxLayout(legend)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("Show:"))
+        row.setSpacing(14)
+        self.legend_buttons = {}
+        for status in STATUS_ORDER:
+            if not self.counts[status]:
+                continue
+            button = QCheckBox(f"{status_label(status)}  {self.counts[status]:,}")
+            button.setObjectName(f"legend_{status}")
+            button.setChecked(True)
+            button.setToolTip(f"Show or hide keys whose status is '{STATUS_TEXT[status]}'")
+            palette = button.palette()           # a palette, not a style sheet: those cost
+            palette.setColor(QPalette.WindowText, STATUS_COLOURS[status])   # ~20 ms each
+            button.setPalette(palette)
+            button.toggled.connect(self._legend_toggled)
+            row.addWidget(button)
+            self.legend_buttons[status] = button
+        row.addStretch(1)
+        return legend
+
+    def _size_columns(self):
+        """Status and metrics fit their widest text; the key takes the rest."""
+        header = self.table.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        metrics = self.table.fontMetrics()
+        padding = 3 * metrics.horizontalAdvance("M")       # cell margins and the sort arrow
+        for column in range(1, len(COLUMNS)):
+            header.setSectionResizeMode(column, QHeaderView.Interactive)
+            self.table.setColumnWidth(column, self.model.widest(column, metrics) + padding)
+
+    def _legend_toggled(self, _on=False):
+        hidden = {s for s, b in self.legend_buttons.items() if not b.isChecked()}
+        self.only.blockSignals(True)
+        self.only.setChecked("identical" in hidden)
+        self.only.blockSignals(False)
+        self.proxy.set_hidden(hidden)
 
     def _only_toggled(self, on):
-        self.proxy.set_only_differences(on)
+        button = self.legend_buttons.get("identical")
+        if button is not None:
+            button.setChecked(not on)          # its toggled signal refilters
+        else:
+            self.proxy.set_hidden({"identical"} if on else set())
 
+    # --- the selected tensor -----------------------------------------------------------------
     def _selected(self, current, _previous):
         key = current.siblingAtColumn(0).data() if current.isValid() else None
         match = next((t for t in self.report.tensors if t.key == key and t.status != "shape"), None)
+        if not self.detail.isVisible():
+            self.detail.setVisible(True)
+            height = max(self.splitter.height(), 300)
+            self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
         if match is None:
+            self.jobs.cancel("detail")
+            self.generation += 1
+            self.plot_status.setText(f"{key}: only tensors present in both files with one shape "
+                                     "have plots." if key else "")
             return
         self.generation += 1
         generation = self.generation
         a = self.a.find(match.key_a).tensor
         b = self.b.find(match.key_b).tensor
-        self.plot_status.setText(f"{key}: computing both histograms...")
-        workers.start(histogram_pair, a, b,
-                      on_result=lambda pair: self._draw(generation, key, pair),
-                      on_error=lambda message: self.plot_status.setText(f"{key}: {message}"))
+        self.plot_status.setText(f"{key}: reading both tensors...")
+        self.jobs.start("detail", detail_job, a, b, match.max_abs,
+                        on_result=lambda result: self._draw(generation, key, result),
+                        on_error=lambda message: self.plot_status.setText(f"{key}: {message}"))
 
     def plotting_ready(self, message=""):
         if self.pending is not None:
             self._draw(*self.pending)
 
-    def _draw(self, generation, key, pair):
+    def _make_plots(self, pg):
+        background = self.palette().color(QPalette.Base)
+
+        def plot(name, title, x_label, y_label):
+            widget = pg.PlotWidget(background=background)
+            widget.setObjectName(name)
+            widget.setTitle(title)
+            widget.setLabel("bottom", x_label)
+            widget.setLabel("left", y_label)
+            self.plot_holder.addWidget(widget, 1)
+            return widget
+        self.plot = plot("compareHistogram", "values", "value", "count")
+        self.plot.addLegend(offset=(-10, 10))
+        self.curve_a = self.plot.plot([0, 1], [0], stepMode="center", name="A",
+                                      fillLevel=0, brush=(*COLOUR_A, 90),
+                                      pen=pg.mkPen(COLOUR_A, width=1))
+        self.curve_b = self.plot.plot([0, 1], [0], stepMode="center", name="B",
+                                      pen=pg.mkPen(COLOUR_B, width=2))
+        self.diff_plot = plot("compareDifference", "a \u2212 b", "a \u2212 b", "count")
+        self.curve_diff = self.diff_plot.plot([0, 1], [0], stepMode="center", fillLevel=0,
+                                              brush=(120, 120, 120, 120),
+                                              pen=pg.mkPen((80, 80, 80), width=1))
+        self.scatter_plot = plot("compareScatter", "b against a (sample)", "a", "b")
+        self.identity = self.scatter_plot.plot([0, 1], [0, 1],
+                                               pen=pg.mkPen((150, 150, 150), style=Qt.DashLine))
+        self.scatter = pg.ScatterPlotItem(size=3, pen=None, brush=pg.mkBrush(*COLOUR_B, 140))
+        self.scatter_plot.addItem(self.scatter)
+
+    def _draw(self, generation, key, result):
         if generation != self.generation:
             return
         pg = self.plotting()
-        stats_a, stats_b = pair
         if pg is None and self.request_plotting is not None and not plotting_failed():
-            self.pending = (generation, key, pair)
+            self.pending = (generation, key, result)
             self.request_plotting(self)
             return
         self.pending = None
+        (stats_a, stats_b), detail = result
         if pg is None or stats_a is None:
             self.plot_status.setText(f"{key}: no finite values to plot")
             self.overlay_ready.emit(key)
             return
         if self.plot is None:
-            self.plot = pg.PlotWidget(background=self.palette().color(QPalette.Base))
-            self.plot.setObjectName("compareHistogram")
-            self.plot.addLegend(offset=(-10, 10))
-            self.curve_a = self.plot.plot([0, 1], [0], stepMode="center", name="A",
-                                          pen=pg.mkPen((60, 100, 200), width=2))
-            self.curve_b = self.plot.plot([0, 1], [0], stepMode="center", name="B",
-                                          pen=pg.mkPen((230, 120, 20), width=2))
-            self.plot_holder.addWidget(self.plot)
-            self.plot.show()
+            self._make_plots(pg)
         self.curve_a.setData(stats_a.edges, stats_a.counts)
         self.curve_b.setData(stats_b.edges, stats_b.counts)
-        self.plot.enableAutoRange()
-        self.plot_status.setText(f"{key}: A {self.names[0]} (blue), B {self.names[1]} (orange)")
+        self.curve_diff.setData(detail.edges, detail.counts)
+        low, high = (stats_a.edges[0], stats_a.edges[-1]) if stats_a.edges else (0.0, 1.0)
+        self.identity.setData([low, high], [low, high])
+        finite = np.isfinite(detail.a) & np.isfinite(detail.b)
+        self.scatter.setData(detail.a[finite], detail.b[finite])
+        for plot in (self.plot, self.diff_plot, self.scatter_plot):
+            plot.enableAutoRange()
+        apart = f"; {detail.nonfinite:,} non-finite differences left out" if detail.nonfinite else ""
+        sampled = (f"; scatter of {len(detail.a):,} of {detail.elements:,} pairs"
+                   if len(detail.a) < detail.elements else "")
+        self.plot_status.setText(f"{key}: A {self.names[0]} (blue, filled), B {self.names[1]} "
+                                 f"(orange line){apart}{sampled}")
         self.overlay_ready.emit(key)
+
+    def cancel(self):
+        """The tab closes (or the window): stop the selected tensor's job."""
+        self.jobs.cancel()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
                                QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
                                QProgressBar, QPushButton, QVBoxLayout, QWidget)
@@ -13,6 +14,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.export import CAST_TARGETS, ExportPlan, export, plan_items
 from ckpt_viewer.core.model import DTYPE_SIZES, format_bytes
+from ckpt_viewer.core.summary import suggested_root
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label, shown
 
@@ -38,7 +40,9 @@ class ExportDialog(QDialog):
         self.checkpoint = checkpoint
         self.checked_keys = checked_keys
         self.worker = None
+        self.jobs = workers.Controller(self)   # closing the dialog stops the export, drops its calls
         self.cancel_event = threading.Event()
+        self.replace_target = ""               # the file the user agreed to replace
 
         self.scope = QComboBox()
         self.scope.setObjectName("exportScope")
@@ -48,6 +52,7 @@ class ExportDialog(QDialog):
         self.root = QLineEdit()
         self.root.setObjectName("exportRoot")
         self.root.setPlaceholderText("e.g. model_state_dict (keys become relative to it)")
+        self.root_proposed = ""                # Root filled in for the ticked keys, until edited
         self.include = QLineEdit()
         self.include.setPlaceholderText("globs, e.g. encoder.*  (empty: everything)")
         self.exclude = QLineEdit()
@@ -86,6 +91,7 @@ class ExportDialog(QDialog):
         form.addRow("Cast floats to", self.dtype)
         form.addRow("Device", self.device)
         form.addRow("", self.device_note)
+        self.form = form
         form.addRow("Format", self.format)
         destination_row = QHBoxLayout()
         destination_row.addWidget(self.destination, 1)
@@ -110,6 +116,10 @@ class ExportDialog(QDialog):
         self.buttons = QDialogButtonBox()
         self.export_button = self.buttons.addButton("Export", QDialogButtonBox.AcceptRole)
         self.export_button.setObjectName("exportButton")
+        self.show_button = self.buttons.addButton("Show in Folder", QDialogButtonBox.ActionRole)
+        self.show_button.setObjectName("showInFolder")
+        self.show_button.setVisible(False)
+        self.show_button.clicked.connect(self.show_in_folder)
         self.cancel_button = self.buttons.addButton("Close", QDialogButtonBox.RejectRole)
         self.export_button.clicked.connect(self.start_export)
         self.cancel_button.clicked.connect(self.cancel_or_close)
@@ -123,11 +133,37 @@ class ExportDialog(QDialog):
         layout.addWidget(self.buttons)
         self.resize(720, 720)
 
+        self.written = ""                      # the last file this dialog wrote
         for edit in (self.root, self.include, self.exclude, self.strip, self.add, self.destination):
             edit.textChanged.connect(self.refresh)
         for combo in (self.scope, self.dtype, self.device, self.format):
             combo.currentIndexChanged.connect(self.refresh)
+        self.replace.toggled.connect(self._replace_toggled)
+        self.root.textEdited.connect(self._root_edited)
+        self.scope.currentIndexChanged.connect(self._propose_root)
         self.format.currentTextChanged.connect(self._match_extension)
+        self._propose_root()
+        self.refresh()
+
+    def _propose_root(self, *_):
+        """Ticking `model_state_dict`'s tensors means its keys: load_state_dict wants them
+        without the `model_state_dict.` prefix, so Root is filled in (the user may change it)."""
+        if self.root.text().strip() != self.root_proposed:
+            return                             # typed by the user: theirs
+        proposal = (suggested_root(self.checkpoint, self.checked_keys)
+                    if self.scope.currentData() == "checked" else "")
+        self.root_proposed = proposal
+        self.root.setText(proposal)
+        self.root.setToolTip(f"Proposed: the ticked tensors all lie in {proposal}, so keys are "
+                             "written relative to it (as load_state_dict expects)."
+                             if proposal else "")
+
+    def _root_edited(self, _text):
+        self.root_proposed = None              # never overwrite what the user typed
+        self.root.setToolTip("")
+
+    def _replace_toggled(self, on):
+        self.replace_target = os.path.abspath(self.destination.text().strip()) if on else ""
         self.refresh()
 
     # --- the plan and its live preview -----------------------------------------------------
@@ -154,8 +190,20 @@ class ExportDialog(QDialog):
         self.summary.setText(f"{len(items):,} tensors, {format_bytes(total)}")
         destination = self.destination.text().strip()
         exists = bool(destination) and os.path.exists(destination)
+        if self.replace.isChecked() and os.path.abspath(destination) != self.replace_target:
+            self.replace.blockSignals(True)    # agreeing to replace one file is not for another
+            self.replace.setChecked(False)
+            self.replace.blockSignals(False)
+            self.replace_target = ""
         self.replace.setVisible(exists)
-        self.export_button.setEnabled(bool(items) and bool(destination))
+        blocked = exists and not self.replace.isChecked()
+        if exists:
+            self.summary.setText(self.summary.text() + (
+                f"; replaces {os.path.basename(destination)}" if not blocked else
+                f". {os.path.basename(destination)} exists: tick 'Replace the existing file' "
+                "or choose another name"))
+            self.summary.setStyleSheet("color: #8a5300;" if blocked else "")
+        self.export_button.setEnabled(bool(items) and bool(destination) and not blocked)
         if self.device.currentText().startswith("cuda"):
             where = self.device.currentText()
             self.device_note.setText(
@@ -165,6 +213,7 @@ class ExportDialog(QDialog):
                                               f"{where} tags and loads onto the GPU elsewhere."))
         else:
             self.device_note.setText("")
+        self.form.setRowVisible(self.device_note, bool(self.device_note.text()))
 
     def _problem(self, message: str):
         self.preview.setPlainText("")
@@ -188,9 +237,9 @@ class ExportDialog(QDialog):
     def start_export(self):
         destination = self.destination.text().strip()
         if os.path.exists(destination) and not self.replace.isChecked():
-            self._problem(f"{destination} exists: tick 'Replace the existing file' to overwrite it")
-            self.replace.setVisible(True)
+            self.refresh()                     # says so, and keeps Export off until ticked
             return
+        self.show_button.setVisible(False)
         self.cancel_event.clear()
         self.progress.setValue(0)
         self.progress.setVisible(True)
@@ -198,15 +247,22 @@ class ExportDialog(QDialog):
         self.cancel_button.setText("Cancel")
         self.summary.setStyleSheet("")
         self.summary.setText("Writing...")
-        self.worker = workers.start(
-            export, self.checkpoint, self.plan(), destination, self.replace.isChecked(),
+        self.worker = self.jobs.start(
+            "export", export, self.checkpoint, self.plan(), destination, self.replace.isChecked(),
             self.verify.isChecked(), self.cancel_event.is_set,
             on_progress=lambda value: self.progress.setValue(int(value * 1000)),
             on_result=self._done, on_error=self._failed)
 
     def _done(self, summary):
         self.worker = None
+        self.written = summary.path
+        if os.path.abspath(self.destination.text().strip()) == summary.path:
+            self.replace_target = summary.path     # exporting again replaces what we just wrote
+            self.replace.blockSignals(True)
+            self.replace.setChecked(True)
+            self.replace.blockSignals(False)
         self._idle()
+        self.show_button.setVisible(True)
         checked = ", checked after writing" if summary.verified else ""
         self.summary.setText(f"Wrote {summary.path}: {summary.tensors:,} tensors, "
                              f"{format_bytes(summary.bytes)}, {summary.format}, location "
@@ -225,16 +281,32 @@ class ExportDialog(QDialog):
         self.cancel_button.setText("Close")
         self.refresh()
 
+    def show_in_folder(self):
+        """The folder of the written file in the desktop's file manager."""
+        if self.written:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(os.path.dirname(self.written)))
+
     def cancel_or_close(self):
         if self.worker is not None:
             self.cancel_event.set()          # checked between 16 MB pieces; the temp file goes
             return
         self.reject()
 
+    def cancel(self):
+        """The dialog goes away (closed, window quitting): stop writing, drop late results."""
+        self.cancel_event.set()
+        self.jobs.cancel()
+        self.worker = None
+
     def closeEvent(self, event):
         if self.worker is not None:
-            self.cancel_event.set()
+            self.cancel()
         super().closeEvent(event)
+
+    def reject(self):
+        if self.worker is not None:
+            self.cancel()
+        super().reject()
 
     def keyPressEvent(self, event):
         if event.key() == Qt.Key_Escape and self.worker is not None:

@@ -6,8 +6,9 @@ import os
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QPushButton, QStyle, QTabWidget, QWidget)
+from PySide6.QtWidgets import (QApplication, QDialog, QFileDialog, QLabel, QMainWindow,
+                               QMessageBox, QProgressBar, QPushButton, QStyle, QTabWidget,
+                               QWidget)
 
 from ckpt_viewer import __version__
 from ckpt_viewer.core.remote import is_remote
@@ -37,7 +38,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("ckpt-viewer")
         self.setAcceptDrops(True)
         self.settings = QSettings()
-        self.pending: dict[str, object] = {}      # path -> worker still loading
+        self.pending: dict[str, str] = {}         # job slot (a path, ...) -> what it does
+        self.jobs = workers.Controller(self)
         self.tabs = QTabWidget()
         self.tabs.setObjectName("tabs")
         self.tabs.setTabsClosable(True)
@@ -165,12 +167,17 @@ class MainWindow(QMainWindow):
 
     # --- chrome ----------------------------------------------------------------------------
     def _build_status_bar(self):
+        self.activity = QLabel()                 # what runs now, beside (not under) the bar
+        self.activity.setObjectName("activity")
+        self.activity.setTextFormat(Qt.PlainText)
         self.progress = QProgressBar()
+        self.progress.setObjectName("activityProgress")
         self.progress.setRange(0, 0)          # busy: listing has no meaningful fraction
         self.progress.setMaximumWidth(160)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancelButton")
         self.cancel_button.clicked.connect(self.cancel_loading)
+        self.statusBar().addPermanentWidget(self.activity)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)
         self._update_busy()
@@ -246,9 +253,9 @@ class MainWindow(QMainWindow):
                 self.statusBar().showMessage(f"{path} is already open", 4000)
                 continue
             self._hold_place(path)
-            self.statusBar().showMessage(f"Opening {path}...")
-            self.pending[path] = workers.start(
-                load_for_view, path,
+            self.pending[path] = f"Opening {os.path.basename(path.rstrip('/')) or path}..."
+            self.jobs.start(
+                path, load_for_view, path,
                 on_result=lambda result, p=path: self._loaded(p, result),
                 on_error=lambda message, p=path: self._failed(p, message))
         self._update_busy()
@@ -281,7 +288,7 @@ class MainWindow(QMainWindow):
         totals = tab.totals
         self._remember(path)
         self._update_busy()
-        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, parameters: "
+        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, "
                                      f"{split_text(totals)}", 8000)
         self.loaded.emit(path)
 
@@ -295,10 +302,15 @@ class MainWindow(QMainWindow):
         self.load_failed.emit(path, message)
 
     def cancel_loading(self):
-        for path in list(self.pending):
-            self.pending.pop(path)
-            self._drop_place(path)
-            self.load_failed.emit(path, "cancelled")
+        """Status-bar Cancel: every open, compare and verify still running is asked to stop."""
+        for slot in list(self.pending):
+            self.pending.pop(slot)
+            self.jobs.cancel(slot)
+            if slot.startswith("verify:"):
+                self.verified.emit(slot[len("verify:"):], False, "cancelled")
+            else:
+                self._drop_place(slot)
+                self.load_failed.emit(slot, "cancelled")
         self.statusBar().showMessage("Cancelled", 4000)
         self._update_busy()
 
@@ -306,8 +318,19 @@ class MainWindow(QMainWindow):
         busy = bool(self.pending)
         if not busy:   # a moment later: a new tab's first paints must not share the GIL with it
             QTimer.singleShot(PRELOAD_DELAY_MS, self._preload_when_idle)
+            self.progress.setRange(0, 0)
+        texts = list(self.pending.values())
+        self.activity.setText(texts[-1] if len(texts) == 1 else
+                              f"{texts[-1]} (and {len(texts) - 1} more)" if texts else "")
+        self.activity.setVisible(busy)
         self.progress.setVisible(busy)
         self.cancel_button.setVisible(busy)
+
+    def _job_progress(self, slot, fraction):
+        """A job with a measurable fraction (verify, compare) fills the bar while it is alone."""
+        if list(self.pending) == [slot]:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(fraction * 1000))
 
     def open_dialog(self):
         paths, _ = QFileDialog.getOpenFileNames(self, "Open checkpoints",
@@ -359,29 +382,41 @@ class MainWindow(QMainWindow):
         from ckpt_viewer.core.verify import verify
 
         path = tab.checkpoint.path
-        self.verify_progress = QProgressBar()
-        self.verify_progress.setRange(0, 1000)
-        self.verify_progress.setMaximumWidth(160)
-        self.statusBar().addWidget(self.verify_progress)
-        self.statusBar().showMessage(f"Verifying {os.path.basename(path)}...")
+        slot = f"verify:{path}"
+        if slot in self.pending:
+            return
+        self.pending[slot] = f"Verifying {os.path.basename(path.rstrip('/')) or path}..."
+        self.statusBar().clearMessage()
 
         def report(result):
-            self.statusBar().removeWidget(self.verify_progress)
+            self.pending.pop(slot, None)
+            self._update_busy()
             if result.ok:
                 text = (f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
                         "checked." + ("\n\n" + "; ".join(result.notes) if result.notes else ""))
+            elif result.tensor:
+                text = (f"Tensor {result.tensor} is damaged in {path}.\n\n"
+                        f"Details: {shown(result.problem)}")
             else:
                 text = f"{path} is damaged:\n\n{shown(result.problem)}"
-            self._message("verifyResult", "Verify", text, result.ok)
+            self.statusBar().showMessage(f"{os.path.basename(path)}: "
+                                         f"{'intact' if result.ok else 'damaged'}", 8000)
+            box = self._message("verifyResult", "Verify", text, result.ok)
+            if result.tensor and self.tabs.indexOf(tab) >= 0:
+                show = box.addButton("Show Tensor", QMessageBox.ActionRole)
+                show.setObjectName("showDamagedTensor")
+                show.clicked.connect(lambda: self._opener(tab)(result.tensor))
             self.verified.emit(path, result.ok, result.problem or "intact")
 
         def failed(message):
-            self.statusBar().removeWidget(self.verify_progress)
+            self.pending.pop(slot, None)
+            self._update_busy()
             self._message("verifyResult", "Verify", f"{path}: {shown(message)}", False)
             self.verified.emit(path, False, message)
 
-        workers.start(verify, path, on_result=report, on_error=failed,
-                      on_progress=lambda v: self.verify_progress.setValue(int(v * 1000)))
+        self.jobs.start(slot, verify, path, on_result=report, on_error=failed,
+                        on_progress=lambda value: self._job_progress(slot, value))
+        self._update_busy()
 
     def compare_dialog(self):
         """Tools > Compare with: the current tab's file against another one."""
@@ -411,7 +446,12 @@ class MainWindow(QMainWindow):
             self._update_busy()
             report, a, b = result
             preload_plotting()
-            view = CompareView(report, a, b, lambda: _plotting["module"], wait_for_plotting)
+            view = CompareView(report, a, b, lambda: _plotting["module"], wait_for_plotting,
+                               parent=self)      # hidden until the tab takes it
+            # shown in a later event: building and first showing it in one went past 50 ms
+            QTimer.singleShot(0, view, lambda: show(view, report))
+
+        def show(view, report):
             name = f"{os.path.basename(path_a.rstrip('/'))} vs {os.path.basename(path_b.rstrip('/'))}"
             self._hide_welcome()
             self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
@@ -425,9 +465,10 @@ class MainWindow(QMainWindow):
             self.load_failed.emit(path_b, message)
 
         key = f"compare:{path_a}:{path_b}"
-        self.statusBar().showMessage(f"Comparing {os.path.basename(path_a)} with "
-                                     f"{os.path.basename(path_b)}...")
-        self.pending[key] = workers.start(job, on_result=done, on_error=failed)
+        self.pending[key] = (f"Comparing {os.path.basename(path_a)} with "
+                             f"{os.path.basename(path_b)}...")
+        self.compare_worker = self.jobs.start(key, job, on_result=done, on_error=failed,
+                                              on_progress=lambda v: self._job_progress(key, v))
         self._update_busy()
 
     def _opener(self, tab):
@@ -551,6 +592,8 @@ class MainWindow(QMainWindow):
             return
         if isinstance(widget, CheckpointTab):
             widget.release()
+        elif hasattr(widget, "cancel"):
+            widget.cancel()                          # a comparison's histogram jobs
         self.tabs.removeTab(index)
         widget.deleteLater()
         self._show_welcome_if_empty()
@@ -641,10 +684,16 @@ class MainWindow(QMainWindow):
 
     def cancel_all(self):
         """Ask every computation to stop at its next step (closing, quitting)."""
+        self.pending.clear()
+        self.jobs.cancel()
         for index in range(self.tabs.count()):
             widget = self.tabs.widget(index)
-            if isinstance(widget, CheckpointTab):
+            if hasattr(widget, "cancel"):
                 widget.cancel()
+        for dialog in self.findChildren(QDialog):
+            if hasattr(dialog, "cancel"):
+                dialog.cancel()
+        self._update_busy()
 
     def closeEvent(self, event):
         self.settings.setValue("geometry", self.saveGeometry())

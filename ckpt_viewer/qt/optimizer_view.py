@@ -3,39 +3,56 @@ LR schedulers."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QLabel, QScrollArea,
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QLabel, QScrollArea,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.optim import OptimizerInfo, find_schedulers
+from ckpt_viewer.core.optim_values import SMALL_STATE, small_state_values
 from ckpt_viewer.core.report import describe_value
+from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import shown
 
 MAX_STATE_ROWS = 5000
+FULL_ROWS = 1000      # tables this short show every row: the pane's one scroll bar serves all
+READING = "reading..."
 
 
-def _table(headers, rows, name) -> QTableWidget:
+def _table(headers, rows, name, names_column=None) -> QTableWidget:
     table = QTableWidget(len(rows), len(headers))
     table.setObjectName(name)
     table.setHorizontalHeaderLabels(headers)
     table.verticalHeader().setVisible(False)
     table.setEditTriggers(QAbstractItemView.NoEditTriggers)
     table.setSelectionBehavior(QAbstractItemView.SelectRows)
+    table.setWordWrap(False)
     for r, values in enumerate(rows):
         for c, value in enumerate(values):
-            table.setItem(r, c, QTableWidgetItem(shown(value)))
+            item = QTableWidgetItem(shown(value))
+            item.setToolTip(shown(value))
+            table.setItem(r, c, item)
     header = table.horizontalHeader()
+    header.setResizeContentsPrecision(200)           # sizing reads at most this many rows
     header.setStretchLastSection(True)
-    if len(rows) <= 50:                       # sizing to contents reads every cell
+    if len(rows) <= 200:
         table.resizeColumnsToContents()
-    height = table.horizontalHeader().sizeHint().height() + 4 + \
-        sum(table.rowHeight(r) for r in range(min(len(rows), 12)))
-    table.setMinimumHeight(min(height, 320))
+    if names_column is not None:      # names are never cut; the table scrolls sideways instead
+        header.setSectionResizeMode(names_column, QHeaderView.ResizeToContents)
+    table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)
+    shown_rows = len(rows) if len(rows) <= FULL_ROWS else 16
+    height = (header.sizeHint().height() + 2 * table.frameWidth() +
+              table.verticalHeader().defaultSectionSize() * shown_rows)
+    if table.horizontalScrollBar().isVisible() or len(headers) > 4:
+        height += table.horizontalScrollBar().sizeHint().height()
+    table.setFixedHeight(height)
+    if len(rows) <= FULL_ROWS:
+        table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
     return table
 
 
 def state_rows(optimizer: OptimizerInfo):
-    """(parameter, then one column per state entry) rows and their headers."""
+    """(parameter, then one column per state entry) rows and their headers; small tensors say
+    READING until their values come (small_state_values)."""
     names = list(dict.fromkeys(child.name for state in optimizer.state.values()
                                for child in state.children))
     rows = []
@@ -46,6 +63,9 @@ def state_rows(optimizer: OptimizerInfo):
             child = cells.get(name)
             if child is None:
                 row.append("")
+            elif child.tensor is not None and child.tensor.numel <= SMALL_STATE \
+                    and not child.tensor.parts:
+                row.append(READING)
             elif child.tensor is not None:
                 shape = "x".join(map(str, child.tensor.shape)) or "scalar"
                 row.append(f"{child.tensor.dtype} [{shape}]")
@@ -56,10 +76,14 @@ def state_rows(optimizer: OptimizerInfo):
 
 
 class OptimizerView(QScrollArea):
+    values_ready = Signal()          # the small state tensors' values are in the table
+
     def __init__(self, checkpoint, parent=None):
         super().__init__(parent)
         self.setObjectName("optimizerView")
         self.setWidgetResizable(True)
+        self.jobs = workers.Controller(self)
+        self.state_tables = []           # (optimizer, table, headers)
         body = QWidget()
         layout = QVBoxLayout(body)
         if not checkpoint.optimizers:
@@ -75,6 +99,7 @@ class OptimizerView(QScrollArea):
             layout.addWidget(box)
         layout.addStretch(1)
         self.setWidget(body)
+        self._read_small_values()
 
     def _optimizer_box(self, optimizer: OptimizerInfo) -> QGroupBox:
         box = QGroupBox(shown(f"{optimizer.type or 'Optimizer'}  {optimizer.key}"))
@@ -95,5 +120,40 @@ class OptimizerView(QScrollArea):
         if optimizer.state:
             headers, rows = state_rows(optimizer)
             layout.addWidget(QLabel(f"<b>state</b> - {len(optimizer.state)} parameters"))
-            layout.addWidget(_table(headers, rows, "stateTable"))
+            table = _table(headers, rows, "stateTable", names_column=0)
+            self.state_tables.append((optimizer, table, headers))
+            layout.addWidget(table)
         return box
+
+    def _read_small_values(self):
+        """Adam's 0-d `step` and other tiny state tensors: their values, read off the GUI thread."""
+        wanted = [(o, t, h) for o, t, h in self.state_tables
+                  if any(t.item(r, c) is not None and t.item(r, c).text() == READING
+                         for r in range(t.rowCount()) for c in range(1, t.columnCount()))]
+        if not wanted:
+            return
+
+        def job():
+            found = []
+            for optimizer, _, _ in wanted:
+                found.append((yield from small_state_values(optimizer, MAX_STATE_ROWS)))
+            return found
+        self.jobs.start("values", job, on_result=lambda found: self._fill_values(wanted, found),
+                        on_error=lambda message: self._fill_values(wanted, [{}] * len(wanted)))
+
+    def _fill_values(self, wanted, found):
+        for (optimizer, table, headers), values in zip(wanted, found):
+            for r, param in enumerate(list(optimizer.state)[:table.rowCount()]):
+                for c, name in enumerate(headers[1:], start=1):
+                    item = table.item(r, c)
+                    if item is not None and item.text() == READING:
+                        tensor = next(ch.tensor for ch in optimizer.state[param].children
+                                      if ch.name == name)
+                        text = values.get((param, name),
+                                          f"{tensor.dtype} [{'x'.join(map(str, tensor.shape)) or 'scalar'}]")
+                        item.setText(shown(text))
+                        item.setToolTip(shown(f"{text}  ({tensor.dtype})"))
+        self.values_ready.emit()
+
+    def cancel(self):
+        self.jobs.cancel()

@@ -259,9 +259,9 @@ class HeatmapPage(QWidget):
         self.layout_.addWidget(self.readout)
         self.plot = None
         self.tensor = None
-        self.worker = None
         self.shown = None            # (values, row_step, col_step) on screen
         self.generation = 0
+        self.jobs = workers.Controller(self)     # a new slice supersedes the one being read
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
 
@@ -274,11 +274,6 @@ class HeatmapPage(QWidget):
         self.as_filters.blockSignals(False)
         self.selector.set_shape(tensor.shape)
         self.recompute()
-
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()
-            self.worker = None
 
     def recompute(self, *_):
         if self.tensor is None:
@@ -298,8 +293,11 @@ class HeatmapPage(QWidget):
                 return filter_grid(tensor), 1, 1
             result = yield from pooled_2d(tensor, leading)
             return result
-        self.worker = workers.start(job, on_result=lambda result: self._show(generation, result),
-                                    on_error=lambda message: self._fail(generation, message))
+        self.jobs.start("heatmap", job, on_result=lambda result: self._show(generation, result),
+                        on_error=lambda message: self._fail(generation, message))
+
+    def cancel(self):
+        self.jobs.cancel()
 
     def show_pending(self):
         if self.pending is not None:
@@ -307,7 +305,6 @@ class HeatmapPage(QWidget):
 
     def _fail(self, generation, message):
         if generation == self.generation:
-            self.worker = None
             self.status.setText(f"cannot read values: {message}")
 
     def _build_plot(self, pg):
@@ -337,7 +334,7 @@ class HeatmapPage(QWidget):
             self.status.setText("loading the plotting library...")
             self.request_plotting()
             return
-        self.pending, self.worker = None, None
+        self.pending = None
         values, row_step, col_step = result
         if self.plot is None:
             self._build_plot(pg)

@@ -4,7 +4,6 @@ then exact), computed in a worker that a new selection cancels."""
 from __future__ import annotations
 
 import importlib
-import math
 import threading
 import time
 import weakref
@@ -21,7 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
 from ckpt_viewer.core import describe_error
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
-from ckpt_viewer.core.stats import PARTS, auto_bins, compute, sample_preview
+from ckpt_viewer.core.stats import PARTS, auto_bins, compute, stats_job
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
@@ -59,30 +58,6 @@ PROGRESS_INTERVAL = 0.1   # seconds between progress-bar updates
 
 RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
-
-
-PREVIEW_DRAW_WAIT = 0.3    # seconds the exact pass gives the GUI to draw the preview, at most
-
-
-def _wait(event, timeout: float):
-    """Yields (so a cancel is still seen) until event is set or timeout seconds pass."""
-    deadline = time.monotonic() + timeout
-    while event is not None and not event.wait(0.02) and time.monotonic() < deadline:
-        yield 0.0
-
-
-def stats_job(tensor, bins, part, value_range, plotting_settled=None, preview_drawn=None):
-    """Worker generator: ("preview", Stats), then progress floats; returns exact Stats.
-
-    The exact pass starts only once the GUI has drawn the preview, and (first selection of a
-    session) once pyqtgraph has arrived and the plots are built: GUI-thread plotting and a pass
-    over a large tensor, sharing the GIL, stalled the window for 50-65 ms."""
-    if not value_range and tensor.numel > 1_000_000:
-        yield "preview", sample_preview(tensor)
-        yield from _wait(preview_drawn, PREVIEW_DRAW_WAIT)
-    yield from _wait(plotting_settled, math.inf)
-    result = yield from compute(tensor, bins=bins, part=part, value_range=value_range)
-    return result
 
 
 def facts_html(node: Node) -> str:
@@ -201,7 +176,7 @@ class TensorView(QWidget):
         self.node: Node | None = None
         self.stats = None
         self.worker = None
-        self.peer_worker = None
+        self.jobs = workers.Controller(self)     # the overlay's job, superseded and cancelled
         self.generation = 0
         self.plot = None
         self._last_progress = 0.0
@@ -481,10 +456,10 @@ class TensorView(QWidget):
         self.peer_generation += 1
         generation = self.peer_generation
         edges = self.stats.edges
-        self.peer_worker = workers.start(compute, other, len(edges) - 1, self.part.currentText(),
-                      (edges[0], edges[-1]),
-                      on_result=lambda stats: self._draw_overlay(generation, stats),
-                      on_error=lambda message: self.status.setText(f"comparison: {message}"))
+        self.jobs.start("overlay", compute, other, len(edges) - 1, self.part.currentText(),
+                        (edges[0], edges[-1]),
+                        on_result=lambda stats: self._draw_overlay(generation, stats),
+                        on_error=lambda message: self.status.setText(f"comparison: {message}"))
 
     def _draw_overlay(self, generation, stats):
         if generation != self.peer_generation or self.plot is None or not stats.counts:
@@ -497,9 +472,7 @@ class TensorView(QWidget):
         self.legend.addItem(self.overlay, self.compare.currentText())
 
     def _clear_overlay(self):
-        if self.peer_worker is not None:     # superseded: stop it at its next chunk
-            self.peer_worker.quit()
-            self.peer_worker = None
+        self.jobs.cancel("overlay")          # superseded: stop it at its next chunk
         if self.plot is not None:
             self.overlay.setVisible(False)
             self.legend.setVisible(False)

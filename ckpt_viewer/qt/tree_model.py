@@ -3,11 +3,8 @@ on a flat row index (built in the worker thread) so that 50,000 keys stay fast."
 
 from __future__ import annotations
 
-import fnmatch
 import html
 import re
-from array import array
-from dataclasses import dataclass
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
@@ -15,10 +12,11 @@ from PySide6.QtGui import QBrush, QColor, QFont
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import describe_value
+from ckpt_viewer.core.rows import MAX_GROUP_DEPTH, Row, RowIndex, build_rows, matching_rows  # noqa: F401
 from ckpt_viewer.core.summary import totals as checkpoint_totals
 from ckpt_viewer.core.text import clipped, safe_text
 
-COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Params", "Size", "Device")
+COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Elements", "Size", "Device")
 KEY, TYPE, SHAPE, DTYPE, PARAMS, SIZE, DEVICE = range(len(COLUMNS))
 MUTED = QColor(128, 128, 128)
 ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
@@ -27,111 +25,6 @@ DISPLAY_ROLE, USER_ROLE, CHECK_ROLE, TOOLTIP_ROLE, ALIGNMENT_ROLE, FOREGROUND_RO
     int(role.value) for role in (Qt.DisplayRole, Qt.UserRole, Qt.CheckStateRole, Qt.ToolTipRole,
                                  Qt.TextAlignmentRole, Qt.ForegroundRole, Qt.FontRole))
 ALIGN_RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
-
-
-class Row:
-    """One tree row: a Node (or a virtual group of dotted names), its place among its parent's
-    shown children, and the sums of its subtree."""
-
-    __slots__ = ("node", "name", "parent", "children", "shown", "pos", "index", "params", "nbytes",
-                 "size", "tensors", "generation")
-
-    def __init__(self, node: Node, parent: Row | None, name: str):
-        self.node, self.parent, self.name = node, parent, name
-        self.children: list[Row] = []
-        self.shown: list[Row] = self.children
-        self.pos = self.index = 0
-        self.params = self.nbytes = 0
-        self.size = 1          # rows in this subtree, itself included: rows[index:index + size]
-        self.tensors = 0       # tensor rows in this subtree
-        self.generation = 0    # the model's filter/sort generation that `shown` and `pos` are for
-
-
-MAX_GROUP_DEPTH = 64         # dotted segments split into group rows; the rest stays one name
-
-
-def _attach_children(row: Row):
-    """Children of row's node; dotted names (a state_dict's "blocks.0.attn.weight") are split
-    into virtual group rows, so that a flat dict of 50,000 keys is a browsable hierarchy."""
-    groups: dict[str, Row] = {}
-    for child in row.node.children:
-        parent, name = row, child.name
-        if "." in name and child.kind != "ref":
-            # a key of 100,000 segments would make 100,000 nested rows with quadratic keys
-            *folders, name = name.split(".", MAX_GROUP_DEPTH)
-            prefix = ""
-            for segment in folders:
-                prefix = f"{prefix}.{segment}" if prefix else segment
-                group = groups.get(prefix)
-                if group is None:
-                    key = f"{row.node.key}.{prefix}" if row.node.key else prefix
-                    group = Row(Node(name=segment, kind="group", key=key, type_name="group"),
-                                parent, segment)
-                    parent.children.append(group)
-                    groups[prefix] = group
-                parent = group
-        parent.children.append(Row(child, parent, name))
-
-
-@dataclass
-class RowIndex:
-    """Everything the model needs that is O(rows) to build, made in the load worker."""
-    top: Row
-    rows: list          # all rows in pre-order: a subtree is rows[i:i + size]
-    keys: list          # full dotted key of each row
-    lowered: list       # the same, lower-cased, for the filter
-    parents: array      # each row's parent index (-1 for the top)
-    sizes: array        # each row's subtree size
-
-
-def build_rows(root: Node) -> RowIndex:
-    """The rows of a node tree, with per-subtree sums; a tensor tied to an earlier one (same
-    storage) adds nothing to the sums, as in the file."""
-    top = Row(root, None, "")
-    order = []
-    stack = [top]
-    while stack:
-        row = stack.pop()
-        row.index = len(order)
-        order.append(row)
-        if row.node.kind != "group":
-            _attach_children(row)
-        for position, child in enumerate(row.children):
-            child.pos = position
-        stack.extend(reversed(row.children))
-    for row in reversed(order):
-        tensor = row.node.tensor
-        if tensor is not None:
-            row.tensors = 1
-            if not row.node.shared_with:
-                row.params, row.nbytes = tensor.numel, tensor.nbytes
-        if row.parent is not None:
-            row.parent.params += row.params
-            row.parent.nbytes += row.nbytes
-            row.parent.size += row.size
-            row.parent.tensors += row.tensors
-    keys = [r.node.key for r in order]
-    return RowIndex(top, order, keys, [k.lower() for k in keys],
-                    array("q", [r.parent.index if r.parent else -1 for r in order]),
-                    array("q", [r.size for r in order]))
-
-
-def matching_rows(text: str, keys: list[str], lowered: list[str]) -> list[int]:
-    """Indices of keys that match: substring by default (case-insensitive), glob when the
-    text has * ? [, regex when wrapped in /.../."""
-    text = text.strip()
-    if len(text) > 1 and text.startswith("/") and text.endswith("/"):
-        try:
-            pattern = re.compile(text[1:-1])
-        except re.error as exc:
-            raise ValueError(f"bad regular expression: {exc}") from None
-        search = pattern.search
-        return [i for i, key in enumerate(keys) if search(key)]
-    if any(ch in text for ch in "*?["):
-        match = re.compile(fnmatch.translate(text)).match
-        return [i for i, key in enumerate(keys) if match(key)]
-    needle = text.lower()
-    return [i for i, key in enumerate(lowered) if needle in key]
 
 
 def _shape_text(node: Node) -> str:
@@ -250,8 +143,11 @@ class KeyTreeModel(QAbstractItemModel):
             return COLUMNS[section]
         if role == ALIGNMENT_ROLE and section in (PARAMS, SIZE):
             return ALIGN_RIGHT
-        if role == Qt.ToolTipRole and section == KEY:
+        if role == TOOLTIP_ROLE and section == KEY:
             return "Tick tensors or whole subtrees to export them (File > Export Selection, Ctrl+E)"
+        if role == TOOLTIP_ROLE and section == PARAMS:   # optimizer state is not parameters
+            return ("Tensor elements under this row, each storage counted once: model "
+                    "parameters, optimizer state and other tensors alike (the Summary splits them)")
         return None
 
     def flags(self, index):

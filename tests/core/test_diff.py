@@ -111,3 +111,54 @@ def test_equality_edge_cases(tmp_path, monkeypatch):
     nan_a = builders.save({"n": torch.tensor([math.nan, 0.0])}, tmp_path / "c.pt")
     nan_b = builders.save({"n": torch.tensor([math.nan, -0.0])}, tmp_path / "d.pt")
     assert compare(nan_a, nan_b).identical     # bits differ; values (NaN where NaN) do not
+
+
+def test_status_counts_add_up_and_cosine_stays_in_range(tmp_path):
+    torch.manual_seed(1)
+    x = torch.randn(1000)
+    a = builders.save({"same": x, "changed": x, "dtype": x, "shape": x, "only_a": x},
+                      tmp_path / "a.pt")
+    b = builders.save({"same": x, "changed": x * (1 + 1e-7), "dtype": x.double(),
+                       "shape": x[:10], "only_b": x}, tmp_path / "b.pt")
+    report = compare(a, b)
+    counts = report.status_counts()
+    assert counts == {"identical": 1, "changed": 1, "dtype+identical": 1, "dtype+changed": 0,
+                      "shape": 1, "only in A": 1, "only in B": 1}
+    assert sum(counts.values()) == len(report.tensors) + len(report.only_a) + len(report.only_b)
+    assert all(-1.0 <= t.cosine <= 1.0 for t in report.tensors if t.cosine is not None)
+
+
+def test_pair_detail_histogram_and_sample_match_numpy(tmp_path):
+    import numpy as np
+
+    from ckpt_viewer.core.diff import PAIR_SAMPLE, histogram_pair, pair_detail
+    torch.manual_seed(2)
+    x = torch.randn(50_001)
+    y = x + torch.randn(50_001) * 1e-3
+    y[7] = float("nan")
+    a = open_checkpoint(builders.save({"w": x}, tmp_path / "a.pt")).find("w").tensor
+    b = open_checkpoint(builders.save({"w": y}, tmp_path / "b.pt")).find("w").tensor
+    d = (x.double() - y.double()).numpy()
+    reach = float(np.nanmax(np.abs(d)))
+    detail = run(pair_detail(a, b, max_abs=reach, bins=64))
+    expected, edges = np.histogram(d[np.isfinite(d)], bins=64, range=(-reach, reach))
+    assert detail.counts == expected.tolist() and detail.nonfinite == 1
+    assert detail.edges == pytest.approx(edges.tolist())
+    step = -(-50_001 // PAIR_SAMPLE)
+    assert detail.a.tolist() == x.double().numpy()[::step].tolist()
+    assert np.array_equal(detail.b, y.double().numpy()[::step], equal_nan=True)
+    assert detail.elements == 50_001 and len(detail.a) <= PAIR_SAMPLE
+    stats_a, stats_b = histogram_pair(a, b, bins=32)
+    assert stats_a.edges == stats_b.edges and sum(stats_a.counts) == 50_001
+
+
+def test_pair_detail_walks_chunks_in_order(tmp_path, monkeypatch):
+    import ckpt_viewer.core.diff as diff_module
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    x = torch.arange(10_000, dtype=torch.float32)
+    a = open_checkpoint(builders.save({"w": x}, tmp_path / "a.pt")).find("w").tensor
+    b = open_checkpoint(builders.save({"w": x.flip(0)}, tmp_path / "b.pt")).find("w").tensor
+    detail = run(diff_module.pair_detail(a, b, sample=300))
+    step = -(-10_000 // 300)
+    assert detail.a.tolist() == list(range(0, 10_000, step))
+    assert detail.b.tolist() == [9999 - i for i in range(0, 10_000, step)]

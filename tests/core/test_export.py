@@ -2,6 +2,7 @@
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -235,6 +236,22 @@ def test_nothing_clobbered(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
     do_export(src, dst, force=True, root="model_state_dict")
     assert len(torch.load(dst, weights_only=True)) == 9
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_exported_file_has_the_mode_a_plain_open_gives(tmp_path, umask):
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    previous = os.umask(umask)
+    try:
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+        for fmt in ("pth", "safetensors"):
+            dst = tmp_path / f"out.{fmt}"
+            do_export(src, dst, root="model_state_dict", format=fmt)
+            assert stat.S_IMODE(dst.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+        assert stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(previous)
 
 
 def test_disk_full_leaves_nothing(tmp_path, monkeypatch):

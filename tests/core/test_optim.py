@@ -325,3 +325,21 @@ def test_search_gives_up_on_orders_that_fail_only_at_the_end(tmp_path):
     (info,) = open_checkpoint(path).optimizers
     assert time.process_time() - start < 2.0
     assert info.names_source == "" and names(info)[:2] == [0, 1]
+
+
+def test_small_state_values_are_read(tmp_path):
+    from ckpt_viewer.core.optim_values import small_state_values
+    from ckpt_viewer.core.stats import run
+    model, optimizer = builders.trained()
+    for _ in range(2):
+        model(torch.randn(5, 4)).sum().backward()
+        optimizer.step()
+    path = builders.save({"optimizer": optimizer.state_dict()}, tmp_path / "o.pt")
+    info = open_checkpoint(path).optimizers[0]
+    values = run(small_state_values(info, limit=100))
+    expected = torch.load(path, weights_only=True)["optimizer"]["state"]
+    steps = {name: text for (_, name), text in values.items() if name == "step"}
+    assert steps and set(steps.values()) == {f"{float(expected[0]['step']):g}"} == {"3"}
+    assert len(values) == sum(1 for state in expected.values() for t in state.values()
+                              if t.numel() <= 1)
+    assert any(t.numel() > 1 for state in expected.values() for t in state.values())

@@ -107,3 +107,27 @@ def test_dcp_optimizer_state(tmp_path):
              checkpoint_id=str(tmp_path / "dcp"))
     assert split(str(tmp_path / "dcp")) == {"model": numel(model_state), "other": 0,
                                             "optimizer_state": numel(optimizer_state["state"])}
+
+
+def test_scalars_lead_with_epoch_step_metrics_then_hyperparameters():
+    from ckpt_viewer.core.summary import scalars_by_importance
+    scalars = {f"loops.fit_loop.epoch_loop.batch_progress.total.c{i}": i for i in range(100)}
+    scalars.update({"pytorch-lightning_version": "2.4.0", "hyper_parameters.lr": 0.1,
+                    "hyper_parameters.name": "run", "callbacks.ckpt.best_model_score": 0.9,
+                    "val_loss": 0.5, "global_step": 120, "epoch": 3, "optimizer.interval": 1})
+    order = [key for key, _ in scalars_by_importance(scalars)]
+    assert order[:8] == ["global_step", "epoch", "callbacks.ckpt.best_model_score", "val_loss",
+                         "hyper_parameters.lr", "hyper_parameters.name",
+                         "pytorch-lightning_version", "optimizer.interval"]
+    assert order[8:] == [f"loops.fit_loop.epoch_loop.batch_progress.total.c{i}" for i in range(100)]
+
+
+def test_suggested_root_is_the_state_dict_the_keys_lie_in(tmp_path):
+    from ckpt_viewer.core.summary import suggested_root
+    checkpoint = open_checkpoint(builders.training_checkpoint(tmp_path / "c.pt"))
+    model_keys = [k for k, _, _ in checkpoint.tensors() if k.startswith("model_state_dict.0.")]
+    assert suggested_root(checkpoint, model_keys) == "model_state_dict"
+    every = [k for k, _, _ in checkpoint.tensors()]
+    assert suggested_root(checkpoint, every) == ""
+    plain = open_checkpoint(builders.save({"w": torch.ones(2)}, tmp_path / "p.pt"))
+    assert suggested_root(plain, ["w"]) == ""

@@ -107,6 +107,10 @@ def test_verify_catches_one_flipped_bit_torch_load_does_not(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", path],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "data/0" in result.stdout and "CRC-32" in result.stdout
+    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.verify import verify
+    report = run(verify(path))
+    assert not report.ok and report.tensor == "w"      # the GUI names the damage by its key
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors", "hf", "dcp"])

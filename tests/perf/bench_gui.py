@@ -8,12 +8,18 @@
   its largest tensor's statistics are computed;
 - the 50,000-key file: tree shown after load, and the time of each filter keystroke;
 - sampled preview on screen after selecting the 100M-element tensor;
-- the longest stall while the export dialog writes the 2.6 GB file's model_state_dict.
+- the longest stall while the export dialog writes the 2.6 GB file's model_state_dict;
+- the longest stall while Tools > Verify reads the 2.6 GB file, while Compare diffs it against
+  its legacy twin, and while the comparison tab plots its largest tensor.
+
+`--only export,verify,compare` runs just those parts (names: window, load, export, verify,
+compare, keys); `--out DIR` puts the exported file there instead of beside the data.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -112,12 +118,16 @@ def typing(app, tab, text, beat, interval=0.08):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="perf-data")
+    parser.add_argument("--only", default="window,load,export,verify,compare,keys")
+    parser.add_argument("--out", default=None)
     parser.add_argument("--no-export", action="store_true",
                         help="skip the export timing (it writes a 2.6 GB file into --data)")
     args = parser.parse_args()
-    ours, base = first_window()
-    print(f"first window on screen: {ours:.3f} s vs import torch+PySide6+pyqtgraph {base:.3f} s "
-          f"-> ratio {ours / base:.3f} (budget 0.5)")
+    parts = set(args.only.split(","))
+    if "window" in parts:
+        ours, base = first_window()
+        print(f"first window on screen: {ours:.3f} s vs import torch+PySide6+pyqtgraph "
+              f"{base:.3f} s -> ratio {ours / base:.3f} (budget 0.5)")
 
     from ckpt_viewer.qt.app import make_app
     from ckpt_viewer.qt.main_window import MainWindow
@@ -127,7 +137,7 @@ def main():
     beat = Heartbeat()
     for name in ("train-2g6-legacy.pt", "train-16g.pt", "stats-100m.pt"):
         path = os.path.abspath(os.path.join(args.data, name))
-        if not os.path.exists(path):
+        if "load" not in parts or not os.path.exists(path):
             continue
         done = []
         window.loaded.connect(done.append)
@@ -152,7 +162,7 @@ def main():
               f"{1000 * stats_stall:.1f} ms{preview_text} (budget 50 ms stall, 100 ms preview)")
 
     source = os.path.abspath(os.path.join(args.data, "train-2g6.pt"))
-    if os.path.exists(source) and not args.no_export:
+    if "export" in parts and os.path.exists(source) and not args.no_export:
         from ckpt_viewer.qt.export_dialog import ExportDialog
         done = []
         window.loaded.connect(done.append)
@@ -160,7 +170,7 @@ def main():
         wait_for(app, lambda: done)
         dialog = ExportDialog(window.current_tab().checkpoint, [], window)
         dialog.root.setText("model_state_dict")
-        target = os.path.join(args.data, "bench-gui-export.pth")
+        target = os.path.join(args.out or args.data, "bench-gui-export.pth")
         dialog.destination.setText(target)
         dialog.replace.setChecked(True)
         dialog.show()
@@ -176,8 +186,51 @@ def main():
         if os.path.exists(target):
             os.remove(target)
 
+    if "verify" in parts and os.path.exists(source):
+        if window.current_tab() is None or window.current_tab().checkpoint.path != source:
+            done = []
+            window.loaded.connect(done.append)
+            window.open_paths([source])
+            wait_for(app, lambda: done)
+        verified = []
+        window.verified.connect(lambda *args: verified.append(args))
+        beat.start()
+        start = time.perf_counter()
+        window.verify_current()
+        wait_for(app, lambda: verified)
+        print(f"verify of the 2.6 GB file from Tools > Verify: {time.perf_counter() - start:.2f} s, "
+              f"{'intact' if verified[0][1] else 'damaged'}, worst GUI stall "
+              f"{1000 * beat.stop():.1f} ms (budget 50 ms)")
+        for box in window.findChildren(object, "verifyResult"):
+            box.close()
+
+    twin = os.path.abspath(os.path.join(args.data, "train-2g6-legacy.pt"))
+    if "compare" in parts and os.path.exists(source) and os.path.exists(twin):
+        compared = []
+        window.compared.connect(lambda *args: compared.append(args))
+        beat.start()
+        start = time.perf_counter()
+        window.compare_paths(source, twin)
+        wait_for(app, lambda: compared)
+        diff_time, diff_stall = time.perf_counter() - start, beat.stop()
+        view = window.tabs.currentWidget()
+        largest = max(view.report.tensors, key=lambda t: math.prod(t.shape_a))
+        proxy = view.table.model()
+        row = next(r for r in range(proxy.rowCount()) if proxy.index(r, 0).data() == largest.key)
+        drawn = []
+        view.overlay_ready.connect(drawn.append)
+        beat.start()
+        start = time.perf_counter()
+        view.table.setCurrentIndex(proxy.index(row, 0))
+        wait_for(app, lambda: drawn)
+        print(f"compare of the 2.6 GB file with its legacy twin: {diff_time:.2f} s, worst GUI "
+              f"stall {1000 * diff_stall:.1f} ms; plots of {largest.key} "
+              f"({math.prod(largest.shape_a):,} elements) in "
+              f"{time.perf_counter() - start:.2f} s, worst stall {1000 * beat.stop():.1f} ms "
+              f"(budget 50 ms)")
+
     path = os.path.abspath(os.path.join(args.data, "keys-50k.pt"))
-    if os.path.exists(path):
+    if "keys" in parts and os.path.exists(path):
         done = []
         window.loaded.connect(done.append)
         start = time.perf_counter()

@@ -1,11 +1,15 @@
 """Tick tensors in the tree, export them through the dialog, see the file."""
 
+import sys
+
+import pytest
 import torch
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QTreeView
+from PySide6.QtWidgets import QApplication, QTreeView
 from qt_helpers import open_and_wait
 
 import builders
+from ckpt_viewer.qt import export_dialog
 
 
 def test_tristate_ticks_and_export(qtbot, window, tmp_path):
@@ -44,11 +48,12 @@ def test_tristate_ticks_and_export(qtbot, window, tmp_path):
     state = torch.load(destination, weights_only=True)
     assert len(state) == 8 and state["enc.0.bias"].dtype == torch.float16
 
-    # the same destination again: the dialog asks before replacing
-    qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
-    assert "exists" in dialog.summary.text() and dialog.replace.isVisible()
-    dialog.replace.setChecked(True)
-    dialog.scope.setCurrentIndex(1)       # all tensors
+    # the file it just wrote: replacing it again needs no second question
+    assert dialog.replace.isVisible() and dialog.replace.isChecked()
+    assert dialog.export_button.isEnabled()
+    dialog.scope.setCurrentIndex(1)       # all tensors: the proposed root goes with the ticks
+    assert dialog.root.text() == ""
+    dialog.root.setText("model_state_dict")
     with qtbot.waitSignal(dialog.finished_export, timeout=30_000):
         qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
     assert len(torch.load(destination, weights_only=True)) == 9
@@ -66,3 +71,99 @@ def test_dialog_shows_problems_inline(qtbot, window, tmp_path):
     assert "cuda:0" in dialog.device_note.text()
     dialog.root.setText("missing")
     assert "no key" in dialog.summary.text()
+
+
+def test_existing_file_tick_replace_then_export_twice(qtbot, window, tmp_path):
+    src = builders.save({"w": torch.ones(2)}, tmp_path / "c.pt")
+    open_and_wait(qtbot, window, src)
+    dialog = window.export_dialog()
+    precious = tmp_path / "taken.pth"
+    precious.write_bytes(b"precious")
+    dialog.destination.setText(str(precious))
+    assert not dialog.export_button.isEnabled() and dialog.replace.isVisible()
+    assert "taken.pth exists" in dialog.summary.text()
+    dialog.replace.click()                                      # the tick re-validates
+    assert dialog.replace.isChecked() and dialog.export_button.isEnabled()
+    assert "replaces taken.pth" in dialog.summary.text()
+    for _ in range(2):                                          # the tick stays for a 2nd export
+        with qtbot.waitSignal(dialog.finished_export, timeout=30_000) as blocker:
+            qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
+        assert blocker.args == [str(precious)] and dialog.replace.isChecked()
+    assert list(torch.load(precious, weights_only=True)) == ["w"]
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"keep")
+    dialog.destination.setText(str(other))                     # agreeing was for the other file
+    assert not dialog.replace.isChecked() and not dialog.export_button.isEnabled()
+
+
+def test_ticked_state_dict_proposes_root_so_load_state_dict_works(qtbot, window, tmp_path):
+    import os
+    import stat
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    open_and_wait(qtbot, window, src)
+    tab = window.current_tab()
+    model = tab.findChild(QTreeView, "keyTree").model()
+    model.setData(model.index(2, 0), Qt.Checked, Qt.CheckStateRole)      # model_state_dict
+    dialog = window.export_dialog()
+    assert dialog.root.text() == "model_state_dict"
+    destination = tmp_path / "weights.pth"
+    dialog.destination.setText(str(destination))
+    opened = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(export_dialog.QDesktopServices, "openUrl", lambda url: opened.append(url))
+    try:
+        with qtbot.waitSignal(dialog.finished_export, timeout=30_000):
+            qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
+        model_again, _ = builders.trained()
+        model_again.load_state_dict(torch.load(destination, weights_only=True))   # strict
+        assert stat.S_IMODE(destination.stat().st_mode) == 0o666 & ~_umask()
+        assert dialog.show_button.isVisible()
+        qtbot.mouseClick(dialog.show_button, Qt.LeftButton)
+        assert [u.toLocalFile() for u in opened] == [os.fspath(tmp_path)]
+    finally:
+        monkey.undo()
+    dialog.root.clear()                                  # the user's choice is kept
+    dialog.scope.setCurrentIndex(1)
+    dialog.scope.setCurrentIndex(0)
+    assert dialog.root.text() == ""
+
+
+def _umask() -> int:
+    import os
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path, monkeypatch):
+    """A late callback must not reach the deleted dialog; the part file goes."""
+    import threading
+
+    from ckpt_viewer.core import export as core_export
+    src = builders.save({f"w{i}": torch.ones(1000) for i in range(8)}, tmp_path / "c.pt")
+    open_and_wait(qtbot, window, src)
+    gate, started = threading.Event(), threading.Event()
+
+    def held(real):
+        def slow(*args, **kwargs):
+            started.set()
+            gate.wait(30)
+            return real(*args, **kwargs)
+        return slow
+    # records are copied file to file, or read and written when they must be transformed
+    for name in ("_record_bytes", "_copy_spans"):
+        monkeypatch.setattr(core_export, name, held(getattr(core_export, name)))
+    dialog = window.export_dialog()
+    dialog.destination.setText(str(tmp_path / "out.pth"))
+    errors = []
+    monkeypatch.setattr(sys, "excepthook", lambda *info: errors.append(info))
+    qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
+    worker = dialog.worker
+    qtbot.waitUntil(started.is_set, timeout=10_000)
+    with qtbot.waitSignal(dialog.destroyed, timeout=5000):
+        dialog.close()
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        gate.set()
+    QApplication.processEvents()
+    assert errors == []
+    assert not any(p.name.endswith(".part") or p.name == "out.pth" for p in tmp_path.iterdir())

@@ -3,7 +3,7 @@
 import torch
 from PySide6.QtCore import QMimeData, QPointF, Qt, QThreadPool, QUrl
 from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QTreeView
+from PySide6.QtWidgets import QApplication, QLabel, QLineEdit, QPushButton, QTreeView
 from qt_helpers import open_and_wait
 
 import builders
@@ -165,6 +165,15 @@ def test_optimizer_view_tables(qtbot, window, training_file):
     headers = [state.horizontalHeaderItem(c).text() for c in range(state.columnCount())]
     assert headers == ["parameter", "step", "exp_avg", "exp_avg_sq"]
     assert state.item(0, 0).text() == "0.weight" and state.item(0, 2).text() == "float32 [3x4]"
+    # Adam's 0-d step shows its value (read in a worker), not "float32 [scalar]"
+    qtbot.waitUntil(lambda: state.item(0, 1).text() != "reading...", timeout=10_000)
+    assert state.item(0, 1).text() == "1"
+    # every row shown: the pane's scroll bar is the only one; the names column is not cut
+    assert state.verticalScrollBarPolicy() == Qt.ScrollBarAlwaysOff
+    assert state.height() >= state.rowCount() * state.rowHeight(0)
+    widest = max(state.fontMetrics().horizontalAdvance(state.item(r, 0).text())
+                 for r in range(state.rowCount()))
+    assert state.columnWidth(0) >= widest
 
 
 def test_lightning_scheduler_shown(qtbot, window, tmp_path):
@@ -222,7 +231,77 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.verified, timeout=20_000) as blocker:
         window.verify_current()
     assert blocker.args[1] is False and "CRC-32" in blocker.args[2]
-    assert "damaged" in window.findChild(object, "verifyResult").text()
+    box = window.findChild(object, "verifyResult")
+    assert box.text().startswith("Tensor w is damaged")          # the key, not data/0 first
+    assert not window.activity.isVisible() and "Verifying" not in window.statusBar().currentMessage()
+    with qtbot.waitSignal(current_tab(window).tensor_selected, timeout=5000) as shown:
+        box.findChild(QPushButton, "showDamagedTensor").click()
+    assert shown.args == ["w"]
+
+
+def gate_chunks(monkeypatch, module, after: int):
+    """Makes module's iter_chunks wait, once `after` chunks were served, until the test opens
+    the gate: a cancel then lands mid-job, deterministically."""
+    import threading
+    gate, served = threading.Event(), []
+    real = module.iter_chunks
+
+    def gated(*args, **kwargs):
+        for chunk in real(*args, **kwargs):
+            served.append(chunk.size)
+            if len(served) == after:
+                gate.wait(30)
+            yield chunk
+    monkeypatch.setattr(module, "iter_chunks", gated)
+    return gate, served
+
+
+def test_cancel_stops_a_running_compare_early(qtbot, window, tmp_path, monkeypatch):
+    import ckpt_viewer.core.diff as diff_module
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    a = builders.save({"w": torch.randn(40_000)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(40_000)}, tmp_path / "b.pt")
+    gate, served = gate_chunks(monkeypatch, diff_module, after=4)
+    compared = []
+    window.compared.connect(lambda *args: compared.append(args))
+    window.compare_paths(a, b)
+    assert window.activity.isVisible() and "Comparing" in window.activity.text()
+    worker = window.compare_worker
+    qtbot.waitUntil(lambda: len(served) >= 4, timeout=10_000)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        window.cancel_button.click()
+        gate.set()
+    assert len(served) < 2 * 40                       # both tensors: 80 chunks to the end
+    assert not compared and not window.pending and not window.activity.isVisible()
+
+
+def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
+    import ckpt_viewer.core.verify as verify_module
+    path = builders.save({"w": torch.randn(1 << 20)}, tmp_path / "w.pt")
+    open_and_wait(qtbot, window, path)
+    monkeypatch.setattr(verify_module, "BLOCK", 64 << 10)
+    blocks = []
+    real_check = verify_module._check_member
+
+    def counted(member, f):
+        for nbytes in real_check(member, f):
+            blocks.append(nbytes)
+            if len(blocks) == 2:
+                gate.wait(30)
+            yield nbytes
+    import threading
+    gate = threading.Event()
+    monkeypatch.setattr(verify_module, "_check_member", counted)
+    window.verify_current()
+    assert "Verifying w.pt" in window.activity.text() and window.cancel_button.isVisible()
+    worker = window.jobs.running[f"verify:{path}"]
+    qtbot.waitUntil(lambda: len(blocks) >= 2, timeout=10_000)
+    with qtbot.waitSignal(window.verified, timeout=5000) as blocker:
+        window.cancel_button.click()
+    assert blocker.args == [path, False, "cancelled"]
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        gate.set()
+    assert len(blocks) < 64 and window.findChild(object, "verifyResult") is None
 
 
 def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
@@ -243,15 +322,51 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
     assert view.objectName() == "compareView"
     proxy = view.table.model()
     rows = {proxy.index(r, 0).data(): proxy.index(r, 1).data() for r in range(proxy.rowCount())}
-    assert rows == {"w": "changed", "same": "identical", "old": "only in A", "new": "only in B"}
+    assert rows == {"w": "\u2260 values differ", "same": "= identical", "old": "\u25c0 only in A",
+                    "new": "\u25b6 only in B"}          # a symbol and words, not colour alone
+    legend = {s: b.text() for s, b in view.legend_buttons.items()}
+    assert legend == {"identical": "= identical  1", "changed": "\u2260 values differ  1",
+                      "only in A": "\u25c0 only in A  1", "only in B": "\u25b6 only in B  1"}
+    assert "2 keys in both files: 1 identical, 1 values differ; 1 only in A, 1 only in B." in \
+        view.summary.text()
+    assert not view.detail.isVisible()               # no empty pane before a selection
     view.findChild(QCheckBox, "onlyDifferences").setChecked(True)
-    assert proxy.rowCount() == 3
+    assert proxy.rowCount() == 3 and not view.legend_buttons["identical"].isChecked()
+    view.legend_buttons["only in B"].click()
+    assert proxy.rowCount() == 2
+    view.legend_buttons["only in B"].click()
     view.filter.setText("w")
     assert proxy.rowCount() == 2 and {proxy.index(r, 0).data() for r in range(2)} == {"w", "new"}
     with qtbot.waitSignal(view.overlay_ready, timeout=30_000):
         view.table.setCurrentIndex(next(proxy.index(r, 0) for r in range(proxy.rowCount())
                                         if proxy.index(r, 0).data() == "w"))
     assert view.plot is not None and view.curve_b.getData()[1].sum() == 500
+    assert view.detail.isVisible() and view.curve_diff.getData()[1].sum() == 500
+    assert len(view.scatter.data) == 500
+    header = view.table.header()
+    for column in range(1, 8):                       # status and metrics are not cut
+        assert header.sectionSize(column) >= view.table.sizeHintForColumn(column)
+
+
+def test_compare_closing_the_tab_cancels_its_plot_job(qtbot, window, tmp_path, monkeypatch):
+    import ckpt_viewer.core.diff as diff_module
+    a = builders.save({"w": torch.randn(50_000)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(50_000)}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, a)
+    with qtbot.waitSignal(window.compared, timeout=30_000):
+        window.compare_paths(a, b)
+    view = window.tabs.currentWidget()
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    gate, served = gate_chunks(monkeypatch, diff_module, after=2)
+    drawn = []
+    view.overlay_ready.connect(drawn.append)
+    view.table.setCurrentIndex(view.table.model().index(0, 0))
+    worker = view.jobs.running["detail"]
+    qtbot.waitUntil(lambda: len(served) >= 2, timeout=10_000)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        window.close_tab(window.tabs.currentIndex())
+        gate.set()
+    assert len(served) < 2 * 50 and not drawn
 
 
 def test_new_tab_opens_only_a_screenful_of_rows(qtbot, window, tmp_path):
@@ -263,3 +378,19 @@ def test_new_tab_opens_only_a_screenful_of_rows(qtbot, window, tmp_path):
     open_and_wait(qtbot, window, big)
     tab = current_tab(window)
     assert not tab.tree.isExpanded(tab.model.index_of_key("enc"))
+
+
+def test_closing_the_window_stops_running_jobs(qtbot, window, tmp_path, monkeypatch):
+    """Exit asks workers to quit (then waits), rather than waiting for them to finish."""
+    import ckpt_viewer.core.diff as diff_module
+    from ckpt_viewer.qt import workers
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    a = builders.save({"w": torch.randn(40_000)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(40_000)}, tmp_path / "b.pt")
+    gate, served = gate_chunks(monkeypatch, diff_module, after=4)
+    window.compare_paths(a, b)
+    qtbot.waitUntil(lambda: len(served) >= 4, timeout=10_000)
+    window.close()
+    gate.set()
+    assert workers.await_workers(10_000)
+    assert len(served) < 2 * 40
