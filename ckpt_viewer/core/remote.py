@@ -126,7 +126,8 @@ class _Blob:
 
     def fetch(self, start: int, end: int) -> bytes:
         """Bytes [start, end) in one range request."""
-        data = self._call(self.fs.cat_file, self.path, start, end)
+        # By keyword: s3fs's cat_file takes a version id before start and end.
+        data = self._call(lambda: self.fs.cat_file(self.path, start=start, end=end))
         if len(data) != end - start:
             raise CheckpointError(f"the server answered a request for bytes {start:,}-{end - 1:,} "
                                   f"with {len(data):,} bytes (no byte-range support?)")

@@ -2,6 +2,7 @@
 and from fsspec's in-memory filesystem; never the network. What a URL lists and reads must be
 what the same file lists and reads on disk, bit for bit, in a bounded number of requests."""
 
+import json
 import os
 import socket
 import subprocess
@@ -242,3 +243,61 @@ def test_local_paths_never_import_fsspec(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+# --- S3: moto's server on 127.0.0.1, found through AWS_ENDPOINT_URL (botocore's own setting) --
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    s3fs = pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")           # moto[server]: flask and werkzeug
+    from s3server import S3Server
+
+    folder = tmp_path_factory.mktemp("s3")
+    files = fixtures(folder)
+    bucket = f"ckpt-viewer-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem.clear_instance_cache()     # a filesystem made before keeps its endpoint
+    with S3Server(lifetime=300) as server, pytest.MonkeyPatch.context() as mp:
+        server.use(mp, folder)
+        client = server.client()
+        client.create_bucket(Bucket=bucket)
+        for name, path in files.items():
+            client.upload_file(str(path), bucket, name)
+        yield server, f"s3://{bucket}", files
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("name", ["zip.pt", "legacy.pt", "train.pt", "model.safetensors"])
+def test_s3_lists_and_reads_what_the_file_does(s3, name):
+    server, bucket, files = s3
+    remote_checkpoint, local_checkpoint = open_checkpoint(f"{bucket}/{name}"), open_checkpoint(files[name])
+    assert listing(remote_checkpoint) == listing(local_checkpoint)
+    assert_same_values(remote_checkpoint, local_checkpoint)
+    assert server.requests and all(r[1].startswith("/" + bucket[5:]) for r in server.requests)
+
+
+def test_s3_opening_a_zip_takes_few_requests(s3, tmp_path):
+    server, bucket, _ = s3
+    torch.save({f"layer{i}.weight": torch.randn(256, 256) for i in range(40)},
+               tmp_path / "big.pt")        # 10 MB, 40 storage records
+    server.client().upload_file(str(tmp_path / "big.pt"), bucket[5:], "big.pt")
+    server.reset()
+    open_checkpoint(f"{bucket}/big.pt")
+    assert len(server.requests) <= 6, server.requests
+    assert server.bytes_sent <= 4 * remote.BLOCK     # ranges, plus the answers to listings
+
+
+def test_s3_cli(s3):
+    server, bucket, files = s3
+    out = cli("inspect", f"{bucket}/train.pt", "--json")
+    local = cli("inspect", str(files["train.pt"]), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tensors"] == json.loads(local.stdout)["tensors"]
+    out = cli("stats", f"{bucket}/zip.pt", "model.weight", "--json")
+    assert out.returncode == 0 and '"numel": 2048' in out.stdout
+
+
+def test_s3_missing_key_is_one_line(s3):
+    server, bucket, _ = s3
+    out = cli("inspect", f"{bucket}/nothing.pt")
+    assert (out.returncode, out.stderr) == (2, f"error: {bucket}/nothing.pt: not found\n")
