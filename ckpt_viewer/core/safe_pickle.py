@@ -200,9 +200,10 @@ def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     info.storage, info.offset, info.shape, info.stride = storage, offset, shape, stride
     if info.numel:
         end = info.element_span()[1] * DTYPE_SIZES.get(info.dtype, 1)
-        if end > storage.nbytes and storage.resizable and not storage.nbytes:
-            raise Ambiguous(f"a tensor views the empty legacy storage {storage.key!r}, which "
-                            "torch grows to fit: its values would be uninitialized memory")
+        if end > storage.nbytes and storage.resizable:
+            raise Ambiguous(f"a tensor reaches past the end of legacy storage {storage.key!r}, "
+                            "which torch grows to fit: those values would be uninitialized "
+                            "memory")
         if end > storage.nbytes:
             raise CheckpointError(f"tensor reaches byte {end:,} of storage {storage.key!r}, "
                                   f"which holds {storage.nbytes:,}")
