@@ -495,10 +495,13 @@ def read_tensor(tensor: TensorInfo):
     if tensor.parts:
         parts = {name: read_tensor(part) for name, part in tensor.parts.items()}
         if tensor.layout == "sparse_coo":
-            return torch.sparse_coo_tensor(parts["indices"], parts["values"], tensor.shape)
+            # invariants checked: indices from a hostile file must not reach past the values
+            return torch.sparse_coo_tensor(parts["indices"], parts["values"], tensor.shape,
+                                           check_invariants=True)
         return torch.sparse_compressed_tensor(parts["compressed_indices"], parts["plain_indices"],
                                               parts["values"], tensor.shape,
-                                              layout=getattr(torch, tensor.layout))
+                                              layout=getattr(torch, tensor.layout),
+                                              check_invariants=True)
     if tensor.storage is None:
         raise CheckpointError("this tensor has no stored data")
     dtype = getattr(torch, tensor.dtype)
