@@ -101,9 +101,20 @@ def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
 
 # --- the one check torch makes that the C unpickler does not: SETITEM(S) targets --------------
 
-_PUSH_OTHER = set(b"NK\x89\x88)J\x8f") | {ord("M"), ord("G"), ord("X"), ord("U"), 0x8A}
 DICT_GLOBALS = (b"collections\nOrderedDict\n", b"collections\nCounter\n")
 MAX_SIMULATED = 4 << 20      # bigger pickles are not simulated (listing speed); see safe_load
+
+# What each torch opcode does to the kinds on the stack, most frequent first in the walk.
+(_PUT, _PUT4, _GET, _GET4, _PUSH, _MARK, _CLOSE, _TUPLEN, _CALL, _POP, _SETITEM, _SETITEMS,
+ _LIST, _DICT, _GLOBAL, _PERSID, _PROTO, _STOP) = range(18)
+_ACTION = [-1] * 256
+for _ops, _action in ((b"q", _PUT), (b"r", _PUT4), (b"h", _GET), (b"j", _GET4),
+                      (b"XUKMJGN\x89\x88)\x8f\x8a", _PUSH), (b"(", _MARK), (b"te", _CLOSE),
+                      (b"\x85\x86\x87", _TUPLEN), (b"R\x81", _CALL), (b"ba", _POP),
+                      (b"s", _SETITEM), (b"u", _SETITEMS), (b"]", _LIST), (b"}", _DICT),
+                      (b"c", _GLOBAL), (b"Q", _PERSID), (b"\x80", _PROTO), (b".", _STOP)):
+    for _op in _ops:
+        _ACTION[_op] = _action
 
 
 def setitem_on_non_dict(data) -> bool:
@@ -118,64 +129,70 @@ def _setitem_on_non_dict(data) -> bool:
     Counter, which torch's weights_only unpickler refuses and the C unpickler silently does
     (into a list, say). Simulates only the kind of each stack item; call it on pickles made
     of torch's opcodes alone (TORCH_OPCODES)."""
+    other, dict_kind, list_kind, dict_class = 0, 1, 2, 3
     stack, marks, memo = [], [], {}
-    unpack4 = struct.Struct("<I").unpack_from
-    i, size = 0, len(data)
-    dict_kind, list_kind, other, dict_class = 1, 2, 0, 3
-    while i < size:
+    push, unpack4, action, table = stack.append, struct.Struct("<I").unpack_from, _ACTION, _TABLE
+    i = 0
+    while True:
         op = data[i]
         i += 1
-        if op == 0x2E:                                   # STOP
-            return False
-        if op in _PUSH_OTHER:
-            stack.append(other)
-            i += {0x4B: 1, 0x4D: 2, 0x4A: 4, 0x47: 8}.get(op, 0)
-            if op == 0x58:                               # BINUNICODE
+        act = action[op]
+        if act == _PUT:
+            memo[data[i]] = stack[-1]
+            i += 1
+        elif act == _PUSH:
+            push(other)
+            code = table[op]
+            if code >= 0:
+                i += code
+            elif code == _L4:
                 i += 4 + unpack4(data, i)[0]
-            elif op in (0x55, 0x8A):                     # SHORT_BINSTRING, LONG1
+            else:                                        # SHORT_BINSTRING, LONG1
                 i += 1 + data[i]
-        elif op == 0x5D:                                 # EMPTY_LIST
-            stack.append(list_kind)
-        elif op == 0x7D:                                 # EMPTY_DICT
-            stack.append(dict_kind)
-        elif op == 0x63:                                 # GLOBAL
+        elif act == _GET:
+            push(memo.get(data[i], other))
+            i += 1
+        elif act == _MARK:
+            marks.append(len(stack))
+        elif act == _CLOSE:                              # TUPLE, APPENDS
+            del stack[marks.pop():]
+            if op == 0x74:
+                push(other)
+        elif act == _TUPLEN:
+            del stack[len(stack) - (op - 0x84):]
+            push(other)
+        elif act == _CALL:                               # REDUCE, NEWOBJ
+            stack.pop()
+            stack[-1] = dict_kind if stack[-1] == dict_class else other
+        elif act == _SETITEMS:
+            del stack[marks.pop():]
+            if stack[-1] != dict_kind:
+                return True
+        elif act == _POP:                                # BUILD, APPEND
+            stack.pop()
+        elif act == _PUT4:
+            memo[unpack4(data, i)[0]] = stack[-1]
+            i += 4
+        elif act == _GET4:
+            push(memo.get(unpack4(data, i)[0], other))
+            i += 4
+        elif act == _DICT:
+            push(dict_kind)
+        elif act == _LIST:
+            push(list_kind)
+        elif act == _GLOBAL:
             end = data.index(b"\n", data.index(b"\n", i) + 1) + 1
-            stack.append(dict_class if data[i:end] in DICT_GLOBALS else other)
+            push(dict_class if data[i:end] in DICT_GLOBALS else other)
             i = end
-        elif op == 0x52:                                 # REDUCE
-            stack.pop()
-            stack[-1] = dict_kind if stack[-1] == dict_class else other
-        elif op == 0x81:                                 # NEWOBJ
-            stack.pop()
-            stack[-1] = dict_kind if stack[-1] == dict_class else other
-        elif op in (0x62, 0x61):                         # BUILD, APPEND
-            stack.pop()
-        elif op == 0x51:                                 # BINPERSID
-            stack[-1] = other
-        elif op == 0x73:                                 # SETITEM
+        elif act == _SETITEM:
             del stack[-2:]
             if stack[-1] != dict_kind:
                 return True
-        elif op == 0x28:                                 # MARK
-            marks.append(len(stack))
-        elif op in (0x65, 0x75, 0x74):                   # APPENDS, SETITEMS, TUPLE
-            del stack[marks.pop():]
-            if op == 0x75 and stack[-1] != dict_kind:
-                return True
-            if op == 0x74:
-                stack.append(other)
-        elif op in (0x85, 0x86, 0x87):                   # TUPLE1..3
-            del stack[len(stack) - (op - 0x84):]
-            stack.append(other)
-        elif op in (0x68, 0x6A):                         # BINGET, LONG_BINGET
-            index = data[i] if op == 0x68 else unpack4(data, i)[0]
-            i += 1 if op == 0x68 else 4
-            stack.append(memo.get(index, other))
-        elif op in (0x71, 0x72):                         # BINPUT, LONG_BINPUT
-            memo[data[i] if op == 0x71 else unpack4(data, i)[0]] = stack[-1]
-            i += 1 if op == 0x71 else 4
-        elif op == 0x80:                                 # PROTO
+        elif act == _PERSID:
+            stack[-1] = other
+        elif act == _PROTO:
             i += 1
+        elif act == _STOP:
+            return False
         else:
             return False                                 # not a torch-only pickle
-    return False
