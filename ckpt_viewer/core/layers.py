@@ -55,6 +55,7 @@ class LayersReport:
     stacks: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)       # key -> {metric: value}
     spectral: bool = False
+    sampled: bool = False      # estimates from a sample of each tensor (a quick first look)
 
     def series(self, stack: Stack, role: Role, metric: str) -> list:
         """One value per layer of the stack (None where the role is missing)."""
@@ -245,15 +246,31 @@ def spectral_metrics(tensor, stop: threading.Event | None = None) -> dict:
     return out
 
 
-def _measure(key, tensor, spectral, stop):
+def _sampled_metrics(tensor, elements: int) -> dict:
+    """Estimates from evenly spaced runs of the tensor (stats' sampled preview)."""
+    from ckpt_viewer.core.stats import sample_preview
+
+    stats = sample_preview(tensor, bins=8, elements=elements)
+    if stats.mean is None or stats.std is None:
+        return {}
+    mean, std = stats.mean, stats.std
+    return {"mean": mean, "std": std, "max_abs": max(abs(stats.min), abs(stats.max)),
+            "l2": math.sqrt(max(std ** 2 + mean ** 2, 0.0) * tensor.numel)}
+
+
+def _measure(key, tensor, spectral, stop, sample=0):
+    if sample:
+        return key, _sampled_metrics(tensor, sample)
     out = _tensor_metrics(tensor, stop)
     if spectral and not stop.is_set():
         out.update(spectral_metrics(tensor, stop))
     return key, out
 
 
-def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int | None = None):
-    """Generator: yields progress in [0, 1]; returns LayersReport."""
+def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int | None = None,
+                  sample: int = 0):
+    """Generator: yields progress in [0, 1]; returns LayersReport. With `sample`, metrics are
+    estimated from about that many elements of each tensor (no spectral metrics)."""
     from ckpt_viewer.core.check import worker_count
 
     stacks = group_layers(checkpoint)
@@ -262,7 +279,8 @@ def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int |
     wanted = [(key, tensors[key], spectral and key in role.keys.values())
               for stack in stacks for role in stack.roles
               for key in list(role.keys.values()) + list(role.state_keys.values())]
-    report = LayersReport(checkpoint.path, stacks, spectral=spectral)
+    report = LayersReport(checkpoint.path, stacks, spectral=spectral and not sample,
+                          sampled=bool(sample))
     total = sum(t.nbytes for _, t, _ in wanted) or 1
     done = 0
     stop = threading.Event()
@@ -273,7 +291,8 @@ def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int |
         while pending or running:
             while pending and len(running) < 2 * workers:    # stops with the generator
                 key, tensor, wants_svd = pending.pop()
-                running[pool.submit(_measure, key, tensor, wants_svd, stop)] = tensor
+                running[pool.submit(_measure, key, tensor, wants_svd and not sample, stop,
+                                    sample)] = tensor
             finished, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
             for future in finished:
                 done += running.pop(future).nbytes

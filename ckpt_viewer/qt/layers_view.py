@@ -31,11 +31,15 @@ LABELS = {"l2": "L2 norm", "std": "std", "max_abs": "max |x|", "zero_fraction": 
           "exp_avg_sq_mean": "mean exp_avg_sq (Adam)"}
 
 
+PREVIEW_ELEMENTS = 20_000    # per tensor, for the first plot
+
+
 class LayersDialog(QDialog):
     """`open_key(key)` is called with a point's tensor key; `peers` lists (name, checkpoint)
     of the other open files that can be overlaid."""
 
     ready = Signal(object)            # LayersReport, once plotted
+    preview_ready = Signal(object)    # a sampled LayersReport, plotted while the exact pass runs
     failed = Signal(str)
     point_clicked = Signal(str)       # the key of a clicked point
 
@@ -88,7 +92,15 @@ class LayersDialog(QDialog):
         self.layout_.addLayout(controls)
         self.resize(900, 560)
         self.spectral = spectral
-        self._start(checkpoint, self._done)
+        self.workers.append(workers.start(   # a sampled look first: the exact pass reads it all
+            layer_metrics, checkpoint, False, None, PREVIEW_ELEMENTS,
+            on_result=self._preview_done, on_error=self._failed))
+
+    def _preview_done(self, report):
+        if report is None or self.report is not None:
+            return
+        self._done(report)
+        self._start(self.checkpoint, self._done)
 
     def _start(self, checkpoint, on_result):
         self.progress.setValue(0)
@@ -101,13 +113,14 @@ class LayersDialog(QDialog):
         if report is None:           # cancelled
             return
         self.report = report
-        self.cancel_button.setEnabled(False)
-        self.progress.setValue(1000)
+        self.cancel_button.setEnabled(report.sampled)
+        self.progress.setValue(0 if report.sampled else 1000)
         if not report.stacks:
             self.status.setText("No repeated blocks (keys like blocks.0.…, layers.1.…, h.2.…)")
-            self.ready.emit(report)
+            (self.preview_ready if report.sampled else self.ready).emit(report)
             return
-        self.status.setText("Click a point to open that tensor.")
+        self.status.setText("Sampled estimates; the exact pass is running..." if report.sampled
+                            else "Click a point to open that tensor.")
         chosen = self.metric_box.currentData()
         self.stack_box.blockSignals(True)
         self.metric_box.blockSignals(True)
@@ -132,9 +145,10 @@ class LayersDialog(QDialog):
             return
         if self.report is None:
             return
+        done = self.preview_ready if self.report.sampled else self.ready
         if self.plot is not None:
             self.redraw()
-            self.ready.emit(self.report)
+            done.emit(self.report)
             return
         pg = _plotting["module"]
         self.plot = pg.PlotWidget(background=self.palette().color(QPalette.Base))
@@ -143,7 +157,7 @@ class LayersDialog(QDialog):
         self.plot.addLegend(offset=(10, 10))
         self.layout_.addWidget(self.plot, 1)
         self.redraw()
-        self.ready.emit(self.report)
+        done.emit(self.report)
 
     def _spectral_toggled(self, on):
         self.cancel()

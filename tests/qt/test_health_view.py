@@ -49,13 +49,23 @@ def test_health_lists_findings_and_a_click_opens_the_tensor(qtbot, window, tmp_p
 
 
 def test_health_cancel_stops_quietly(qtbot, window, tmp_path, monkeypatch):
+    import threading
+
     monkeypatch.setattr(check_module, "SEGMENT", 1 << 10)
     monkeypatch.setattr(check_module, "CHUNK", 1 << 10)
+    gate = threading.Event()         # the scan waits until Cancel was clicked: no race
+    real_run = check_module._run
+
+    def held(*args):
+        gate.wait(10)
+        return real_run(*args)
+    monkeypatch.setattr(check_module, "_run", held)
     path = builders.save({f"t{i}": torch.randn(1 << 16) for i in range(100)}, tmp_path / "big.pt")
     open_and_wait(qtbot, window, path)
     dialog = window.health_current()
     with qtbot.waitSignal(dialog.cancelled, timeout=5_000):
         qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)
+        gate.set()
     assert dialog.status.text() == "Cancelled" and dialog.report is None
     dialog.close()
 
