@@ -119,12 +119,19 @@ def _diff_parser(sub):
     p.set_defaults(run=run_diff)
 
 
-def _globals_parser(sub):
-    p = sub.add_parser("globals", help="every Python global the file's pickles name, triaged "
-                                       "(torch / data / class / code), and an allowlist snippet")
+def _path_parser(sub, name: str, help_text: str, run):
+    """A command that reads one PATH and can print one JSON object."""
+    p = sub.add_parser(name, help=help_text)
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run_globals)
+    p.set_defaults(run=run)
+    return p
+
+
+def _globals_parser(sub):
+    _path_parser(sub, "globals", "every Python global the file's pickles name, triaged "
+                                 "(torch / data / class / code), and an allowlist snippet",
+                 run_globals)
 
 
 def _sanitize_parser(sub):
@@ -137,22 +144,16 @@ def _sanitize_parser(sub):
 
 
 def _check_parser(sub):
-    p = sub.add_parser("check", help="scan every tensor for NaN/Inf, zeros, duplicates, "
-                                     "optimizer mismatches (exit 0 healthy, 1 errors found)")
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run_check)
+    _path_parser(sub, "check", "scan every tensor for NaN/Inf, zeros, duplicates, optimizer "
+                               "mismatches (exit 0 healthy, 1 errors found)", run_check)
 
 
 def _layers_parser(sub):
-    p = sub.add_parser("layers", help="per-layer metrics across depth of repeated blocks "
-                                      "(blocks.N..., layers.N..., h.N...)")
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = _path_parser(sub, "layers", "per-layer metrics across depth of repeated blocks "
+                                    "(blocks.N..., layers.N..., h.N...)", run_layers)
     p.add_argument("--spectral", action="store_true",
                    help="also singular values of each weight (torch; GPU when present): "
                         "stable rank and power-law alpha")
-    p.set_defaults(run=run_layers)
 
 
 def build_parser() -> argparse.ArgumentParser:
