@@ -80,23 +80,27 @@ def run_python(code: str, cwd, extra_path=None):
                    capture_output=True)
 
 
+WHOLE_MODEL_CLASSES = """
+import torch
+class Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 3)
+        self.register_buffer("scale", torch.ones(3))
+        self.register_buffer("cache", torch.zeros(2), persistent=False)
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = Encoder()
+        self.head = torch.nn.Linear(3, 2)
+"""   # these classes exist only in the process that writes the file (and a trusted reader)
+
+
 def whole_model_file(path):
     """torch.save(model) of a class that only exists in another process."""
-    run_python(f"""
-        import torch
-        class Encoder(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.proj = torch.nn.Linear(4, 3)
-                self.register_buffer("scale", torch.ones(3))
-                self.register_buffer("cache", torch.zeros(2), persistent=False)
-        class Net(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.encoder = Encoder()
-                self.head = torch.nn.Linear(3, 2)
-        torch.save({{"model": Net(), "ema": Net()}}, {str(path)!r})
-    """, cwd=os.path.dirname(path))
+    run_python(WHOLE_MODEL_CLASSES + f"""
+torch.save({{"model": Net(), "ema": Net()}}, {str(path)!r})
+""", cwd=os.path.dirname(path))
     return str(path)
 
 

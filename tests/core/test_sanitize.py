@@ -62,19 +62,6 @@ def bits(tensor: torch.Tensor) -> bytes:
     return plain.view(torch.uint8).numpy().tobytes() if plain.numel() else b""
 
 
-WHOLE_MODEL_CLASSES = """
-class Encoder(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(4, 3)
-        self.register_buffer("scale", torch.ones(3))
-        self.register_buffer("cache", torch.zeros(2), persistent=False)
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encoder = Encoder()
-        self.head = torch.nn.Linear(3, 2)
-"""   # builders.whole_model_file's classes: they live in the writer's __main__ only
 
 
 def trusted_tensors(path, tmp_path, extra_path=None, prelude="") -> dict:
@@ -172,7 +159,7 @@ def test_data_objects_become_plain_values(tmp_path):
 def test_whole_model_pickle_becomes_state_dicts(tmp_path):
     src = builders.whole_model_file(tmp_path / "whole.pt")
     clean, lines = sanitized(src, tmp_path)
-    trusted = trusted_tensors(src, tmp_path, prelude=WHOLE_MODEL_CLASSES)
+    trusted = trusted_tensors(src, tmp_path, prelude=builders.WHOLE_MODEL_CLASSES)
     assert_same_tensors(clean, trusted)
     in_torch_order = [key[len("model."):] for key in trusted if key.startswith("model.")]
     assert list(clean["model"]) == in_torch_order          # torch's state_dict order
