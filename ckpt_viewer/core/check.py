@@ -29,6 +29,7 @@ from ckpt_viewer.core.model import FLOAT_DTYPES, Checkpoint, FileSpan, TensorInf
 from ckpt_viewer.core.values import (
     StorageReader,
     apply_view_bits,
+    as_words,
     iter_chunks,
     numpy_readable,
     tensor_np_dtype,
@@ -122,15 +123,6 @@ class _Part:
     subnormal: int = 0
     first_row: int = 0
     rows_nonzero: list = field(default_factory=list)
-
-
-def _words(raw: np.ndarray) -> np.ndarray:
-    """The chunk's bytes as the widest unsigned integers that tile them."""
-    data = raw.view(np.uint8)
-    for word in (np.uint64, np.uint32, np.uint16):
-        if data.size % np.dtype(word).itemsize == 0:
-            return data.view(word)
-    return data
 
 
 def _as_real(values: np.ndarray) -> np.ndarray:
@@ -375,7 +367,7 @@ def _fingerprint(tensor: TensorInfo) -> tuple:
     """A word sum and xor of the tensor's bytes (a cheap hash; equal content, equal print)."""
     total = xor = 0
     for chunk in iter_chunks(tensor, CHUNK):
-        words = _words(np.ascontiguousarray(chunk))
+        words = as_words(chunk)
         total = (total + int(np.add.reduce(words, dtype=np.uint64))) & (2 ** 64 - 1)
         xor ^= int(np.bitwise_xor.reduce(words))
     return total, xor
@@ -383,8 +375,8 @@ def _fingerprint(tensor: TensorInfo) -> tuple:
 
 def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
     for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
-        if not np.array_equal(_words(np.ascontiguousarray(chunk_a)),
-                              _words(np.ascontiguousarray(chunk_b))):
+        if not np.array_equal(as_words(chunk_a),
+                              as_words(chunk_b)):
             return False
     return True
 

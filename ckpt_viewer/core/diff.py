@@ -14,7 +14,7 @@ import numpy as np
 
 from ckpt_viewer.core.export import ExportPlan, plan_items
 from ckpt_viewer.core.model import Checkpoint
-from ckpt_viewer.core.values import iter_chunks, unordered_view
+from ckpt_viewer.core.values import as_words, iter_chunks, unordered_view
 
 CHUNK = 1 << 20
 PROBE = 512
@@ -99,15 +99,6 @@ def mapped(checkpoint: Checkpoint, side: Side) -> dict:
     return {i.key: (i.source_key, i.tensor) for i in items}
 
 
-def _as_words(chunk: np.ndarray) -> np.ndarray:
-    """The chunk's bytes as the widest unsigned integers that tile them: fewer, faster compares."""
-    raw = chunk.view(np.uint8)
-    for word in (np.uint64, np.uint32, np.uint16):
-        if raw.size % np.dtype(word).itemsize == 0:
-            return raw.view(word)
-    return raw
-
-
 def _same_bits(a, b):
     """Generator: yields element counts; returns True when every chunk is bit-identical (one
     cheap pass: most tensors of a fine-tuning run are frozen, so most comparisons end here).
@@ -115,7 +106,7 @@ def _same_bits(a, b):
     if a.dtype != b.dtype:
         return False
     for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
-        words_a, words_b = _as_words(chunk_a), _as_words(chunk_b)
+        words_a, words_b = as_words(chunk_a), as_words(chunk_b)
         if not (np.array_equal(words_a[:PROBE], words_b[:PROBE])
                 and np.array_equal(words_a, words_b)):
             return False

@@ -605,15 +605,8 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
             yield 1.0
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
-    except _Cancelled:
-        _remove_all(temps)
-        raise CheckpointError("export cancelled; nothing was written") from None
-    except OSError as exc:
-        _remove_all(temps)
-        raise CheckpointError(_os_error(exc, destination)) from None
-    except BaseException:
-        _remove_all(temps)
-        raise
+    except BaseException as exc:
+        raise _failed_write(exc, temps, destination, "export") from None
     size = sum(os.path.getsize(t) for t in targets)
     return ExportSummary(destination, len(items), size, fmt, where, verify, files=len(shards))
 
@@ -677,6 +670,17 @@ def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:
 def _remove_all(paths):
     for path in paths:
         _remove(path)
+
+
+def _failed_write(exc: BaseException, temps: list, destination: str, what: str):
+    """Removes the temporary files of a write that did not finish; returns what to raise: a
+    one-line CheckpointError for a cancel or an OS error, else the exception itself."""
+    _remove_all(temps)
+    if isinstance(exc, _Cancelled):
+        return CheckpointError(f"{what} cancelled; nothing was written")
+    if isinstance(exc, OSError):
+        return CheckpointError(_os_error(exc, destination))
+    return exc
 
 
 def _source_paths(items: list[Item]) -> set:

@@ -12,7 +12,6 @@ hold no pickle (safetensors, sharded, DCP) become a flat state_dict.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Generator
@@ -23,10 +22,10 @@ from ckpt_viewer.core.export import (
     Item,
     _aligned_info,
     _Cancelled,
-    _os_error,
+    _failed_write,
+    _new_temp,
     _record_bytes,
     _records,
-    _remove,
     _same_file,
 )
 from ckpt_viewer.core.globals import triage
@@ -442,9 +441,7 @@ def sanitize(checkpoint: Checkpoint, destination: str, force: bool = False,
         raise CheckpointError(f"folder {folder} does not exist")
     records = _storage_layout(plan)
     total = sum(r.count * DTYPE_SIZES[r.dtype] for r in records) or 1
-    handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".part",
-                                    dir=folder)
-    os.close(handle)
+    temp = _new_temp(folder, os.path.basename(destination))   # the mode open() would give
     try:
         written = 0
         for nbytes in _write(temp, plan, records, cancelled):
@@ -455,14 +452,7 @@ def sanitize(checkpoint: Checkpoint, destination: str, force: bool = False,
         _check_written(temp, plan)
         yield 1.0
         os.replace(temp, destination)
-    except _Cancelled:
-        _remove(temp)
-        raise CheckpointError("sanitize cancelled; nothing was written") from None
-    except OSError as exc:
-        _remove(temp)
-        raise CheckpointError(_os_error(exc, destination)) from None
-    except BaseException:
-        _remove(temp)
-        raise
+    except BaseException as exc:
+        raise _failed_write(exc, [temp], destination, "sanitize") from None
     return SanitizeSummary(destination, len(plan.tensors), os.path.getsize(destination),
                            plan.changes)

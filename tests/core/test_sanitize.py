@@ -271,3 +271,15 @@ def test_an_expanded_view_stays_small(tmp_path):
     summary = run(sanitize(open_checkpoint(src), dst))
     assert summary.bytes < 4096
     assert torch.equal(torch.load(dst, weights_only=True)["wide"], torch.ones(100_000, 3))
+
+
+def test_sanitized_file_has_the_mode_a_plain_open_gives(tmp_path):
+    import stat
+
+    src = builders.save({"w": torch.ones(2)}, tmp_path / "s.pt")
+    previous = os.umask(0o022)
+    try:
+        run(sanitize(open_checkpoint(src), str(tmp_path / "out.pt")))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.pt").stat().st_mode) == 0o644
