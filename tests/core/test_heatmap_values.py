@@ -50,3 +50,62 @@ def test_pooled_small_and_complex(tmp_path):
     values, row_step, _ = run(pooled_2d(checkpoint.find("v").tensor, limit=2))
     np.testing.assert_array_equal(values, [[1.0], [-3.0]])            # NaN loses to a number
     assert row_step == 2
+
+
+def counting_reads(monkeypatch):
+    """Every read_window call pooled_2d makes, as (rows, columns) read."""
+    reads, original = [], values_module.read_window
+
+    def read_window(tensor, leading, rows, cols):
+        reads.append((len(rows), len(cols)))
+        return original(tensor, leading, rows, cols)
+    monkeypatch.setattr(values_module, "read_window", read_window)
+    return reads
+
+
+def test_pooled_read_stops_between_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(values_module, "POOL_STRIP", 500)
+    path = builders.save({"w": torch.randn(400, 50)}, tmp_path / "w.pt")
+    info = open_checkpoint(path).find("w").tensor
+    reads = counting_reads(monkeypatch)
+    job = pooled_2d(info)
+    assert next(job) == 1 / 40 and next(job) == 2 / 40     # 10 rows of 50 at a time
+    job.close()                                             # what a cancelled worker does
+    assert reads == [(10, 50), (10, 50)]                    # 2 of 40 chunks, then nothing
+
+
+def test_pooled_wide_rows_are_read_in_column_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(values_module, "POOL_STRIP", 300)
+    torch.manual_seed(1)
+    matrix = torch.randn(3, 2000)
+    matrix[2, 1999] = 40.0
+    path = builders.save({"w": matrix}, tmp_path / "w.pt")
+    info = open_checkpoint(path).find("w").tensor
+    reads = counting_reads(monkeypatch)
+    values, row_step, col_step = run(pooled_2d(info, limit=100))
+    assert (row_step, col_step) == (1, 20)
+    np.testing.assert_array_equal(values, reference(matrix.double().numpy(), 1, 20))
+    assert len(reads) > 3 and all(rows * cols <= 300 for rows, cols in reads)
+
+
+def test_pooled_reads_a_torch_only_tensor_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(values_module, "POOL_STRIP", 500)
+    monkeypatch.setattr(values_module, "numpy_readable", lambda tensor: False)  # as DCP
+    matrix = torch.randn(400, 50)
+    path = builders.save({"w": matrix}, tmp_path / "w.pt")
+    info = open_checkpoint(path).find("w").tensor
+    reads = counting_reads(monkeypatch)
+    values, _, _ = run(pooled_2d(info))
+    np.testing.assert_array_equal(values, matrix.double().numpy())
+    assert reads == [(400, 50)]
+
+
+def test_filter_grid_yields_per_output_channel(tmp_path):
+    kernels = torch.randn(5, 2, 3, 3)
+    path = builders.save({"k": kernels}, tmp_path / "k.pt")
+    job = values_module.filter_grid(open_checkpoint(path).find("k").tensor)
+    assert next(job) == 1 / 5
+    job.close()
+    grid = run(values_module.filter_grid(open_checkpoint(path).find("k").tensor))
+    assert grid.shape == (20, 8)
+    np.testing.assert_array_equal(grid[4:7, 4:7], kernels[1, 1].numpy())
