@@ -92,19 +92,19 @@ def full_text(value) -> str:
 
 class ValuesModel(QAbstractTableModel):
     """Cells read a page at a time in a worker (a DCP tensor's first page took ~1 s on the GUI
-    thread); a cell shows "..." until its page arrives. At most MAX_PAGES pages are kept."""
+    thread) owned by `jobs`, the page's Controller; a cell shows "..." until its page arrives.
+    At most MAX_PAGES pages are kept."""
 
     page_arrived = Signal()
 
-    def __init__(self, tensor, leading=(), parent=None):
+    def __init__(self, tensor, leading, jobs: workers.Controller, parent=None):
         super().__init__(parent)
-        self.tensor, self.leading = tensor, leading
+        self.tensor, self.leading, self.jobs = tensor, leading, jobs
         self.rows, self.cols = matrix_shape(tensor)
         self.pages: OrderedDict = OrderedDict()
         self.requested: set = set()
         self.notations: dict = {}        # column block -> notation of each of its columns
         self.error = ""
-        self.alive = True
 
     def rowCount(self, parent=None):
         return 0 if parent is not None and parent.isValid() else self.rows
@@ -119,13 +119,11 @@ class ValuesModel(QAbstractTableModel):
         r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
         rows = range(r0, min(r0 + PAGE_ROWS, self.rows))
         cols = range(c0, min(c0 + PAGE_COLS, self.cols))
-        workers.start(read_window, self.tensor, self.leading, rows, cols,
-                      on_result=lambda page: self._arrived(key, page),
-                      on_error=lambda message: self._arrived(key, None, message))
+        self.jobs.start(f"page {key}", read_window, self.tensor, self.leading, rows, cols,
+                        on_result=lambda page: self._arrived(key, page),
+                        on_error=lambda message: self._arrived(key, None, message))
 
     def _arrived(self, key, page, message=""):
-        if not self.alive:
-            return
         r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
         if page is None:
             self.error = message
@@ -190,6 +188,7 @@ class ValuesPage(QWidget):
         layout.addWidget(self.selector)
         layout.addWidget(self.table, 1)
         self.tensor = None
+        self.jobs = workers.Controller(self)     # a new slice or tensor drops the pages read
         self.selector.changed.connect(self._reload)
 
     def show_tensor(self, tensor):
@@ -200,13 +199,17 @@ class ValuesPage(QWidget):
     def _reload(self):
         if self.tensor is None:
             return
+        self.cancel()
         old = self.table.model()
         if isinstance(old, ValuesModel):
-            old.alive = False
             old.deleteLater()
-        self.table.setModel(ValuesModel(self.tensor, self.selector.leading(), self.table))
+        self.table.setModel(ValuesModel(self.tensor, self.selector.leading(), self.jobs,
+                                        self.table))
         if self.tensor.dtype.startswith("complex"):
             self.table.horizontalHeader().setDefaultSectionSize(self.complex_width)
+
+    def cancel(self):
+        self.jobs.cancel()
 
     def copy_selection(self) -> str:
         """Ctrl+C: the selected cells as tab-separated text, at full precision."""
@@ -289,8 +292,8 @@ class HeatmapPage(QWidget):
 
         def job():
             if filters:
-                yield 0.0
-                return filter_grid(tensor), 1, 1
+                grid = yield from filter_grid(tensor)
+                return grid, 1, 1
             result = yield from pooled_2d(tensor, leading)
             return result
         self.jobs.start("heatmap", job, on_result=lambda result: self._show(generation, result),

@@ -111,3 +111,18 @@ def test_dark_theme_plots_and_remembered_splitters(qtbot, window, tmp_path):
     view.split.splitterMoved.emit(300, 1)
     assert [int(v) for v in QSettings().value("tensorView/split")] == view.split.sizes()
     assert view.pages.width() >= 0.9 * view.width()     # the plot spans the pane
+
+
+def test_long_facts_wrap_instead_of_scrolling_sideways(qtbot, window, tmp_path):
+    key = "encoder." + "a_rather_long_module_name_" * 10 + "weight"
+    open_and_wait(qtbot, window, builders.save({key: torch.randn(3, 4)}, tmp_path / "k.pt"))
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, key)
+    view = tab.tensor_view
+    view.info_split.setSizes([500, 220])
+    facts = view.facts
+    qtbot.waitUntil(lambda: 0 < facts.viewport().width() <= 240, timeout=5000)
+    qtbot.waitUntil(lambda: facts.document().size().width() <= facts.viewport().width() + 1,
+                    timeout=5000)
+    assert facts.horizontalScrollBar().maximum() == 0
+    assert key in facts.toPlainText()                 # all of it, selectable

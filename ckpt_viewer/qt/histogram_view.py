@@ -1,0 +1,148 @@
+"""The histogram plot: step curve, mean and mean +/- std lines, an overlay with its legend,
+a hover read-out, log y, Save PNG. It shows the Stats it is given and computes nothing."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFileDialog, QVBoxLayout, QWidget
+
+from ckpt_viewer.qt.plain import plain_label
+from ckpt_viewer.qt.plotting import plotting_module
+from ckpt_viewer.qt.theme import style_plot
+
+
+def bin_at(edges, x: float) -> int:
+    """Index of the bin [edges[i], edges[i + 1]) holding x (x within the edges)."""
+    lo, hi = 0, len(edges) - 2
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if edges[mid] <= x:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class HistogramView(QWidget):
+    """Built once pyqtgraph is imported (`build`); until then `plot` is None."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.plot = self.curve = self.overlay = self.legend = None
+        self.stats = None
+        self.log_y = False
+        self.readout = plain_label(" ")
+        self.readout.setObjectName("histogramReadout")
+        self.plot_holder = QVBoxLayout()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(self.plot_holder, 1)
+        layout.addWidget(self.readout)
+
+    def build(self) -> bool:
+        """Build the (Python-heavy) plot if pyqtgraph is there: True when it exists."""
+        if self.plot is not None:
+            return True
+        pg = plotting_module()
+        if pg is None:
+            return False
+        self.plot = pg.PlotWidget()
+        style_plot(self.plot)
+        self.plot.setObjectName("histogramPlot")
+        self.plot.setLabel("left", "count")
+        self.plot.setLabel("bottom", "value")
+        for side in ("left", "bottom"):      # plain tick labels, never "value (x0.001)"
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        box = self.plot.getPlotItem().getViewBox()
+        box.setMouseEnabled(x=True, y=False)  # the wheel zooms along values; counts follow
+        box.setAutoVisible(y=True)
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.curve = self.plot.plot([0, 1], [0], stepMode="center", fillLevel=0,
+                                    brush=(90, 140, 230, 120), pen=pg.mkPen((60, 100, 200), width=1))
+        self.mean_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), width=2))
+        self.std_lines = [pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), style=Qt.DashLine))
+                          for _ in range(2)]
+        for line in [self.mean_line] + self.std_lines:
+            self.plot.addItem(line)
+        self.overlay = self.plot.plot([0, 1], [0], stepMode="center",
+                                      pen=pg.mkPen((230, 120, 20), width=2))
+        self.overlay.setVisible(False)
+        self.legend = self.plot.addLegend(offset=(-10, 10))
+        self.legend.setVisible(False)
+        self.plot.scene().sigMouseMoved.connect(self._hover)
+        self.plot_holder.addWidget(self.plot)
+        self.plot.show()
+        return True
+
+    def clear(self):
+        """A new tensor: nothing of the previous one stays (curve, read-out, overlay)."""
+        self.stats = None
+        self.readout.setText(" ")
+        if self.plot is not None:
+            self.curve.setData([0, 1], [0])
+            self.clear_overlay()
+
+    def show_stats(self, stats):
+        self.stats = stats
+        if not self.build():
+            return
+        edges, counts = stats.edges, stats.counts
+        if not counts:
+            self.curve.setData([0, 1], [0])
+            return
+        self.curve.setData(edges, counts)
+        for line, value, visible in (
+                (self.mean_line, stats.mean, stats.mean is not None),
+                (self.std_lines[0], (stats.mean or 0) - (stats.std or 0), stats.std is not None),
+                (self.std_lines[1], (stats.mean or 0) + (stats.std or 0), stats.std is not None)):
+            line.setVisible(visible)
+            if visible:
+                line.setValue(value)
+        self.set_log_y(self.log_y)
+        self.plot.enableAutoRange()
+
+    def set_log_y(self, on: bool):
+        self.log_y = on
+        if self.plot is not None:
+            self.plot.setLogMode(x=False, y=on)
+
+    def show_overlay(self, stats, label: str):
+        if not self.build() or not stats.counts:
+            return
+        self.overlay.setData(stats.edges, stats.counts)
+        self.overlay.setVisible(True)
+        self.legend.setVisible(True)
+        self.legend.clear()
+        self.legend.addItem(self.curve, "this file")
+        self.legend.addItem(self.overlay, label)
+
+    def clear_overlay(self):
+        if self.plot is not None:
+            self.overlay.setVisible(False)
+            self.legend.setVisible(False)
+
+    def _hover(self, position):
+        stats = self.stats
+        if self.plot is None or stats is None or not stats.counts:
+            return
+        x = self.plot.getPlotItem().vb.mapSceneToView(position).x()
+        self.readout.setText(self.describe_value(x))
+
+    def describe_value(self, x: float) -> str:
+        """The read-out for a value on the x axis: its bin and count."""
+        edges, counts = self.stats.edges, self.stats.counts
+        if not edges[0] <= x <= edges[-1]:
+            return " "
+        i = bin_at(edges, x)
+        estimate = "≈ " if self.stats.sampled else ""
+        return f"bin [{edges[i]:.6g}, {edges[i + 1]:.6g}): {estimate}{counts[i]:,}"
+
+    def export_png(self, path: str | None = None):
+        if self.plot is None:
+            return None
+        if not path:
+            path, _ = QFileDialog.getSaveFileName(self, "Save histogram", "histogram.png",
+                                                  "PNG image (*.png)")
+        if path:
+            self.plot.grab().save(path)
+        return path

@@ -1,0 +1,47 @@
+"""pyqtgraph, imported once in a worker (~0.3 s the GUI thread must not spend); views that
+need it wait for `plotting_ready(message)`."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import weakref
+
+import shiboken6
+from PySide6.QtWidgets import QApplication
+
+from ckpt_viewer.qt import workers
+
+# "settled": set once the import ended (or failed) and the waiting views were told
+_plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet(),
+             "settled": threading.Event(), "jobs": None}
+
+
+def preload_plotting():
+    """Start the import, once; the application owns the job (exit waits for it)."""
+    if _plotting["started"]:
+        return
+    _plotting["started"] = True
+    jobs = _plotting["jobs"] = workers.Controller(QApplication.instance())
+    jobs.start("import", importlib.import_module, "pyqtgraph", on_result=_plotting_ready,
+               on_error=lambda message: _plotting_ready(None, message))
+
+
+def wait_for_plotting(view):
+    """view.plotting_ready(message) is called once pyqtgraph has been imported (or failed)."""
+    _plotting["waiting"].add(view)
+    preload_plotting()
+
+
+def plotting_module():
+    """The pyqtgraph module, or None while it is being imported (or when it failed)."""
+    return _plotting["module"]
+
+
+def _plotting_ready(module, message=""):
+    _plotting["module"], _plotting["failed"] = module, message
+    for view in list(_plotting["waiting"]):
+        if shiboken6.isValid(view):          # not a closed tab's view
+            view.plotting_ready(message)
+    _plotting["waiting"].clear()
+    _plotting["settled"].set()
