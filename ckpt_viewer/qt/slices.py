@@ -211,6 +211,12 @@ class ValuesPage(QWidget):
     def cancel(self):
         self.jobs.cancel()
 
+    def drop_work(self):
+        """Stop reading; work cut short is started again by the next show_tensor."""
+        if self.jobs.busy():
+            self.jobs.cancel()
+            self.tensor = None
+
     def copy_selection(self) -> str:
         """Ctrl+C: the selected cells as tab-separated text, at full precision."""
         model = self.table.model()
@@ -301,6 +307,12 @@ class HeatmapPage(QWidget):
 
     def cancel(self):
         self.jobs.cancel()
+
+    def drop_work(self):
+        """Stop reading; work cut short is started again by the next show_tensor."""
+        if self.jobs.busy():
+            self.jobs.cancel()
+            self.tensor = self.pending = None
 
     def show_pending(self):
         if self.pending is not None:

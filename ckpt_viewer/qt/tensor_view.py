@@ -259,8 +259,10 @@ class TensorView(QWidget):
 
     # --- selection and requests --------------------------------------------------------------
     def show_tensor(self, node: Node):
-        self.cancel()                         # the old tensor's jobs, every page's
-        self.controller.select(node)
+        self.controller.select(node)          # supersedes the old tensor's statistics
+        for page in (self.heatmap, self.values):
+            if page.tensor is not node.tensor:
+                page.drop_work()              # reads of the old tensor stop here
         self.controls.reset_range()
         self.title.setText(shown(headline(node)))
         self.title.setToolTip(as_html(node.key))

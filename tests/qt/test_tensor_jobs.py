@@ -83,3 +83,66 @@ def test_superseding_a_heatmap_stops_the_old_read_early(qtbot, window, tmp_path,
     with qtbot.waitSignal(old.finished, timeout=10_000):
         gate.set()
     assert reads == [0, 10]                   # 2 of 40 blocks read, then it stopped
+
+
+def test_value_page_reads_are_dropped_when_the_slice_changes(qtbot, window, tmp_path, monkeypatch):
+    from ckpt_viewer.qt import slices
+    gate, arrived = threading.Event(), []
+    original_read, original_arrived = slices.read_window, slices.ValuesModel._arrived
+
+    def read_window(tensor, leading, rows, cols):
+        if leading == (0,):
+            gate.wait(10)                  # slice 0's page is held until the test lets it go
+        return original_read(tensor, leading, rows, cols)
+
+    def record(model, key, page, message=""):
+        arrived.append(model.leading)
+        return original_arrived(model, key, page, message)
+    monkeypatch.setattr(slices, "read_window", read_window)
+    monkeypatch.setattr(slices.ValuesModel, "_arrived", record)
+    x = torch.arange(2 * 300 * 5, dtype=torch.float32).view(2, 300, 5)
+    open_and_wait(qtbot, window, builders.save({"x": x}, tmp_path / "x.pt"))
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    with qtbot.waitSignal(view.view_ready, timeout=20_000):
+        tab.select_key("x")
+    view.pages.setCurrentWidget(view.values)
+    view.values.table.model().index(0, 0).data()
+    held = view.values.jobs.running["page (0, 0)"]
+    view.values.selector.spins[0].setValue(1)          # a new slice supersedes the held read
+    model = view.values.table.model()
+    model.index(0, 0).data()
+    qtbot.waitUntil(lambda: model.index(0, 0).data() == "1500.000000", timeout=20_000)
+    with qtbot.waitSignal(held.finished, timeout=10_000):
+        gate.set()
+    assert (0,) not in arrived and (1,) in arrived      # the old slice's page never landed
+
+
+def test_a_heatmap_cut_short_is_read_again_when_shown(qtbot, window, tmp_path, monkeypatch):
+    gate, held_once, original = threading.Event(), [], values_module.read_window
+
+    def read_window(tensor, leading, rows, cols):
+        if tensor.shape == (40, 5) and not held_once:
+            held_once.append(True)
+            gate.wait(10)                  # only the first read of "a" is held
+        return original(tensor, leading, rows, cols)
+    monkeypatch.setattr(values_module, "read_window", read_window)
+    path = builders.save({"a": torch.randn(40, 5), "b": torch.randn(3)}, tmp_path / "h.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    with qtbot.waitSignal(view.view_ready, timeout=20_000):
+        tab.select_key("a")
+    view.pages.setCurrentWidget(view.heatmap)
+    qtbot.waitUntil(lambda: bool(held_once), timeout=20_000)
+    held = view.heatmap.jobs.running["heatmap"]
+    view.pages.setCurrentIndex(0)
+    with qtbot.waitSignal(view.view_ready, timeout=20_000):
+        tab.select_key("b")                # the hidden heatmap of "a" is dropped
+    with qtbot.waitSignal(held.finished, timeout=10_000):
+        gate.set()
+    with qtbot.waitSignal(view.view_ready, timeout=20_000):
+        tab.select_key("a")
+    with qtbot.waitSignal(view.heatmap.ready, timeout=20_000):
+        view.pages.setCurrentWidget(view.heatmap)
+    assert view.heatmap.image.image.shape == (40, 5)
