@@ -38,7 +38,7 @@ class HealthDialog(QDialog):
         self.setObjectName("healthDialog")
         self.checkpoint, self.open_key = checkpoint, open_key
         self.report = None
-        self._stopped = False
+        self.jobs = workers.Controller(self)     # a closed dialog's scan stops with it
         self.setWindowTitle(f"Health - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Scanning every tensor...")
         self.status.setObjectName("healthStatus")
@@ -65,16 +65,13 @@ class HealthDialog(QDialog):
         layout.addLayout(row)
         layout.addWidget(self.findings, 1)
         self.resize(900, 480)
-        self.worker = workers.start(check, checkpoint, on_result=self._done,
-                                    on_error=self._failed, on_progress=self._progress)
+        self.jobs.start("check", check, checkpoint, on_result=self._done,
+                        on_error=self._failed, on_progress=self._progress)
 
     def _progress(self, fraction):
         self.progress.setValue(int(fraction * 1000))
 
     def _done(self, report):
-        if report is None or self._stopped:      # a cancelled worker still says it returned
-            return
-        self.worker = None
         self.report = report
         self.progress.setValue(1000)
         self.cancel_button.setEnabled(False)
@@ -98,18 +95,13 @@ class HealthDialog(QDialog):
         self.checked.emit(report)
 
     def _failed(self, message):
-        if self._stopped:
-            return
-        self.worker = None
         self.cancel_button.setEnabled(False)
         self.status.setText(f"Check failed: {message}")
         self.failed.emit(message)
 
     def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()       # the scan stops after the segments already running
-            self.worker = None
-            self._stopped = True
+        if self.jobs.busy("check"):
+            self.jobs.cancel("check")   # the scan stops after the segments already running
             self.cancel_button.setEnabled(False)
             self.status.setText("Cancelled")
             self.cancelled.emit()
