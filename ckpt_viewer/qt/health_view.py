@@ -4,6 +4,7 @@ each finding, clicked, selects its tensor in the tab's key tree."""
 from __future__ import annotations
 
 import os
+import time
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor
@@ -20,15 +21,23 @@ from PySide6.QtWidgets import (
 
 from ckpt_viewer.core.model import format_bytes
 from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.tensor_view import _plotting
 
 MAX_SHOWN = 5000      # more rows would hold the window for too long at once
 ROWS_PER_STEP = 250
+PLOTTING_WAIT = 3.0
 COLOURS = {"error": "#b02a37", "warning": "#997404", "info": "#6c757d"}
 
 
-def _check(checkpoint):
+def _check(checkpoint, plotting_settled=None):
     """The check, its module imported on the worker's thread (its imports cost the GUI
-    thread ~10 ms on the first Tools > Health)."""
+    thread ~10 ms on the first Tools > Health). While pyqtgraph is still arriving it waits
+    (at most PLOTTING_WAIT s): the tab builds its plot then, and with the scan's threads
+    holding the GIL that took 50-75 ms."""
+    deadline = time.monotonic() + PLOTTING_WAIT
+    while plotting_settled is not None and not plotting_settled.wait(0.02) \
+            and time.monotonic() < deadline:
+        yield 0.0
     from ckpt_viewer.core.check import check
 
     return (yield from check(checkpoint))
@@ -73,7 +82,8 @@ class HealthDialog(QDialog):
         layout.addLayout(row)
         layout.addWidget(self.findings, 1)
         self.resize(900, 480)
-        self.jobs.start("check", _check, checkpoint, on_result=self._done,
+        settled = _plotting["settled"] if _plotting["started"] else None
+        self.jobs.start("check", _check, checkpoint, settled, on_result=self._done,
                         on_error=self._failed, on_progress=self._progress)
 
     def _progress(self, fraction):
