@@ -497,7 +497,7 @@ class TensorView(QWidget):
         self.worker = workers.start(
             stats_job, self.node.tensor, self.bins.value() or auto_bins(self.node.tensor.numel),
             self.part.currentText(), value_range,
-            _plotting["settled"], self._preview_drawn,
+            _plotting["settled"], self._preview_drawn, self.checkpoint.stats_cache,
             on_progress=lambda item: self._progress(generation, item),
             on_result=lambda stats: self._done(generation, stats, value_range),
             on_error=lambda message: self._failed(generation, message))
