@@ -32,6 +32,7 @@ LABELS = {"l2": "L2 norm", "std": "std", "max_abs": "max |x|", "zero_fraction": 
 
 
 PREVIEW_ELEMENTS = 20_000    # per tensor, for the first plot
+EXACT_PASS_DELAY_MS = 50     # after the preview's last draw step: time to paint it
 ROLES_PER_STEP = 2           # roles drawn per event loop turn (about 3 ms each)
 
 
@@ -54,6 +55,7 @@ class LayersDialog(QDialog):
         self.lines = {}              # role -> (line, points, overlay line) in the plot
         self.drawn_stack = None
         self.draw_generation = 0
+        self.stopped = False
         self.jobs = workers.Controller(self)   # "preview", "exact", "overlay"
         self.setWindowTitle(f"Layers - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Reading every layer's tensors...")
@@ -103,8 +105,17 @@ class LayersDialog(QDialog):
     def _preview_done(self, report):
         if report is None or self.report is not None:
             return
+        # the exact pass starts once the preview is drawn and painted: drawing while its
+        # threads held the GIL stalled the window 40-90 ms
+        self.preview_ready.connect(
+            lambda _: QTimer.singleShot(EXACT_PASS_DELAY_MS, self, self._start_exact),
+            Qt.SingleShotConnection)
         self._done(report)
-        self._start("exact", self.checkpoint, self._done)
+
+    def _start_exact(self):
+        if self.report is not None and self.report.sampled and not self.stopped \
+                and not self.jobs.busy("exact"):
+            self._start("exact", self.checkpoint, self._done)
 
     def _start(self, slot, checkpoint, on_result):
         """The exact pass (or the overlay's) in its slot: a new one supersedes the old."""
@@ -280,6 +291,7 @@ class LayersDialog(QDialog):
         self.failed.emit(message)
 
     def cancel(self):
+        self.stopped = True          # also the exact pass the preview has not started yet
         self.jobs.cancel()
         self.cancel_button.setEnabled(False)
 
