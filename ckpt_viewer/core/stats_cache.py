@@ -10,6 +10,7 @@ does not change while it is open, so entries never go stale. No numpy here (list
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,8 +65,10 @@ class StatsCache:
         self._put(self._facts, view_key(tensor), facts, self.max_facts)
 
     def stats(self, tensor, bins: int, part: str, value_range):
-        """The exact Stats computed before with these settings (shared: do not modify it)."""
-        return self._get(self._stats, (view_key(tensor), bins, part, _range_key(value_range)))
+        """The exact Stats computed before with these settings: a shallow copy (a view may
+        set its fields; its lists are shared, not to be changed in place)."""
+        stats = self._get(self._stats, (view_key(tensor), bins, part, _range_key(value_range)))
+        return copy.copy(stats) if stats is not None else None
 
     def put_stats(self, tensor, bins: int, part: str, value_range, stats):
         self._put(self._stats, (view_key(tensor), bins, part, _range_key(value_range)), stats,
