@@ -26,6 +26,7 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError, describe_error
 from ckpt_viewer.core.model import FLOAT_DTYPES, Checkpoint, FileSpan, TensorInfo, ZipMember
+from ckpt_viewer.core.stats_cache import HealthFacts
 from ckpt_viewer.core.values import (
     StorageReader,
     apply_view_bits,
@@ -98,6 +99,7 @@ class _Job:
     posinf: int = 0
     neginf: int = 0
     subnormal: int = 0
+    kind: str = ""                   # numpy kind of the values scanned ("f", "i", "u")
     rows_nonzero: np.ndarray | None = None
     error: str = ""
     scanned: bool = False
@@ -121,6 +123,7 @@ class _Part:
     posinf: int = 0
     neginf: int = 0
     subnormal: int = 0
+    kind: str = ""
     first_row: int = 0
     rows_nonzero: list = field(default_factory=list)
 
@@ -138,6 +141,7 @@ def _add_chunk(part: _Part, raw: np.ndarray, values: np.ndarray, dtype: str,
     values = _as_real(values)
     if values.size == 0:
         return
+    part.kind = values.dtype.kind
     if row_len:
         offset = (-first_element) % row_len       # where the first whole row starts
         starts = np.arange(offset, values.size, row_len)
@@ -200,6 +204,7 @@ def _merge(job: _Job, part: _Part):
     job.posinf += part.posinf
     job.neginf += part.neginf
     job.subnormal += part.subnormal
+    job.kind = job.kind or part.kind
     for first_row, nonzero in part.rows_nonzero:
         rows = job.rows_nonzero[first_row:first_row + nonzero.size]
         np.logical_or(rows, nonzero[:rows.size], out=rows)
@@ -308,6 +313,16 @@ def _scan(jobs: list[_Job], stop: threading.Event):
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _remember_facts(checkpoint: Checkpoint, jobs: list[_Job]):
+    """Each fully scanned tensor's extremes and counts, for the tensor view's statistics."""
+    cache = checkpoint.stats_cache
+    for job in jobs:
+        if job.scanned and job.kind and not job.error \
+                and not job.tensor.dtype.startswith("complex"):   # the views show |z|
+            cache.put_facts(job.tensor, HealthFacts(job.lo, job.hi, job.nan, job.posinf,
+                                                    job.neginf, job.kind in "iub"))
 
 
 # --- findings -------------------------------------------------------------------------------
@@ -504,6 +519,7 @@ def check(checkpoint: Checkpoint):
     try:
         jobs = _jobs(checkpoint)
         yield from (0.95 * p for p in _scan(jobs, stop))
+        _remember_facts(checkpoint, jobs)
         findings = []
         for job in jobs:
             findings.extend(_tensor_findings(job))

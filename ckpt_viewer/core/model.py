@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from ckpt_viewer.core.stats_cache import StatsCache
+
 # Bytes per element, by torch's dtype name (without "torch.").
 DTYPE_SIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
@@ -194,6 +196,8 @@ class Checkpoint:
     root_object: object = field(default=None, repr=False)   # what the pickle built (sanitize)
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)
+    # statistics computed about its tensors, reused by the views (cheap until filled)
+    stats_cache: StatsCache = field(default_factory=StatsCache, repr=False)
 
     def tensors(self) -> list:
         """(key, TensorInfo, Node) for every tensor, in tree order (the tree never changes)."""

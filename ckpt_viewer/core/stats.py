@@ -326,21 +326,69 @@ def _progress_of(generator, progress, steps):
         yield progress[0] + (progress[1] - progress[0]) * min(done / steps, 1.0)
 
 
+def _histogram_range(lo, hi, integer: bool, value_range, bins: int) -> tuple:
+    """(lo, hi, bins, as_values) of the histogram over values spanning [lo, hi]."""
+    if value_range:
+        lo, hi = value_range
+    as_values = integer and not value_range and hi - lo < MAX_VALUE_COUNTS
+    if as_values:
+        bins = min(bins, int(hi - lo) + 1)
+        lo, hi = lo - 0.5, hi + 0.5           # one bin per integer value
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi, bins, as_values
+
+
+def _known_range(facts, value_range, bins: int, is_complex: bool):
+    """The histogram's range before reading anything, when a value range is asked for or the
+    health pass's facts give the extremes (not for complex tensors: it saw parts, not |z|)."""
+    if value_range:
+        return _histogram_range(None, None, False, value_range, bins)
+    if facts is not None and not is_complex and facts.lo <= facts.hi:
+        return _histogram_range(facts.lo, facts.hi, facts.integer, None, bins)
+    return None
+
+
+def _fused_pass(tensor, part, chunk, known, moments, repeat, progress):
+    """Moments and fine histogram in one pass over the tensor (the range known beforehand):
+    chunk by chunk the very same arithmetic as the moments pass and then the histogram pass,
+    so the results are bit-identical to theirs."""
+    lo, hi, bins, _ = known
+    fine_bins = bins * max(1, FINE_BINS // bins)
+    counts = np.zeros(fine_bins, dtype=np.int64)
+    below = above = 0
+    scale = fine_bins / (hi - lo) if hi > lo else 0.0
+    total_chunks = max(1, math.ceil(tensor.numel / chunk))
+    for i, raw in enumerate(iter_chunks(tensor, chunk)):
+        x = _real_view(raw, part)
+        moments.add(x)
+        with np.errstate(all="ignore"):
+            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above)
+        yield progress * (i + 1) / total_chunks
+    return counts * repeat, below * repeat, above * repeat
+
+
 def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
-            value_range: tuple | None = None,
-            chunk: int = CHUNK) -> Generator[float, None, Stats]:
-    """Generator: yields progress in [0, 1]; returns Stats."""
+            value_range: tuple | None = None, chunk: int = CHUNK,
+            facts=None) -> Generator[float, None, Stats]:
+    """Generator: yields progress in [0, 1]; returns Stats. `facts` (stats_cache.HealthFacts,
+    the health pass's extremes) or a value_range let the first two passes be one."""
     if bins < 1 or bins > FINE_BINS:
         raise CheckpointError(f"bins must be between 1 and {FINE_BINS}")
     if tensor.numel == 0:
         return Stats(numel=0)
     dtype = tensor.dtype
+    original = tensor
     tensor, repeat = unordered_view(tensor)      # an expanded view: its distinct values, weighted
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     moments = _Moments()
-    for i, raw in enumerate(iter_chunks(tensor, chunk)):
-        moments.add(_real_view(raw, part))
-        yield 0.4 * (i + 1) / total_chunks
+    known = _known_range(facts, value_range, bins, dtype.startswith("complex"))
+    if known is None:
+        for i, raw in enumerate(iter_chunks(tensor, chunk)):
+            moments.add(_real_view(raw, part))
+            yield 0.4 * (i + 1) / total_chunks
+    else:
+        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, repeat, 0.8)
     moments.repeated(repeat)
     stats = Stats(numel=moments.n, nan=moments.nan, posinf=moments.posinf,
                   neginf=moments.neginf, zeros=moments.zeros,
@@ -353,16 +401,16 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     variance = max(moments.squares / finite - stats.mean ** 2, 0.0)
     stats.std = math.sqrt(variance * finite / (finite - 1)) if finite > 1 else 0.0
     stats.l2 = math.sqrt(moments.squares)
-    lo, hi = value_range if value_range else (stats.min, stats.max)
-    as_values = moments.integer and not value_range and hi - lo < MAX_VALUE_COUNTS
-    if as_values:
-        bins = min(bins, int(hi - lo) + 1)
-        lo, hi = lo - 0.5, hi + 0.5           # one bin per integer value
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi, bins, as_values = _histogram_range(stats.min, stats.max, moments.integer,
+                                               value_range, bins)
     fine_bins = bins * max(1, FINE_BINS // bins)
-    fine, stats.below, stats.above = yield from _histogram_pass(
-        tensor, part, chunk, lo, hi, fine_bins, (0.4, 0.8), repeat)
+    if known is None:
+        fine, stats.below, stats.above = yield from _histogram_pass(
+            tensor, part, chunk, lo, hi, fine_bins, (0.4, 0.8), repeat)
+    elif known != (lo, hi, bins, as_values):       # facts that do not match the values read
+        return (yield from compute(original, bins, part, value_range, chunk))
+    else:
+        fine, stats.below, stats.above = histogram
     stats.counts = fine.reshape(bins, -1).sum(axis=1).tolist()
     stats.edges = np.linspace(lo, hi, bins + 1).tolist()
     if value_range:
@@ -444,15 +492,25 @@ def _wait(event, timeout: float):
         yield 0.0
 
 
-def stats_job(tensor, bins, part, value_range, plotting_settled=None, preview_drawn=None):
+def stats_job(tensor, bins, part, value_range, plotting_settled=None, preview_drawn=None,
+              cache=None):
     """Worker generator: ("preview", Stats), then progress floats; returns exact Stats.
 
     The exact pass starts only once the GUI has drawn the preview, and (first selection of a
     session) once pyqtgraph has arrived and the plots are built: GUI-thread plotting and a pass
-    over a large tensor, sharing the GIL, stalled the window for 50-65 ms."""
+    over a large tensor, sharing the GIL, stalled the window for 50-65 ms. With a `cache`
+    (stats_cache.StatsCache), Stats computed before return at once, and the health pass's
+    facts save a pass."""
+    if cache is not None:
+        known = cache.stats(tensor, bins, part, value_range)
+        if known is not None:
+            return known
     if not value_range and tensor.numel > 1_000_000:
         yield "preview", sample_preview(tensor)
         yield from _wait(preview_drawn, PREVIEW_DRAW_WAIT)
     yield from _wait(plotting_settled, math.inf)
-    result = yield from compute(tensor, bins=bins, part=part, value_range=value_range)
+    result = yield from compute(tensor, bins=bins, part=part, value_range=value_range,
+                                facts=cache.facts(tensor) if cache is not None else None)
+    if cache is not None:
+        cache.put_stats(tensor, bins, part, value_range, result)
     return result

@@ -27,6 +27,10 @@ STATUS_COLOURS = {"identical": QColor(90, 90, 90), "changed": QColor(200, 110, 0
                   "dtype+identical": QColor(150, 60, 160), "dtype+changed": QColor(150, 60, 160),
                   "shape": QColor(200, 40, 40), "only in A": QColor(40, 100, 200),
                   "only in B": QColor(20, 130, 100)}
+STATUS_BRUSHES = {status: QBrush(colour) for status, colour in STATUS_COLOURS.items()}
+DISPLAY, FOREGROUND, TOOLTIP, ALIGNMENT = (role.value for role in (
+    Qt.DisplayRole, Qt.ForegroundRole, Qt.ToolTipRole, Qt.TextAlignmentRole))
+RIGHT_ALIGNED = (Qt.AlignRight | Qt.AlignVCenter).value
 OVERLAY_BINS = 128
 COLOUR_A, COLOUR_B = (60, 100, 200), (230, 120, 20)
 
@@ -87,23 +91,25 @@ class CompareModel(QAbstractTableModel):
             return COLUMNS[section]
         return None
 
-    def data(self, index, role=Qt.DisplayRole):
+    def data(self, index, role=DISPLAY):
+        # plain ints, compared first to the common roles: a paint asks ~2,500 times, and
+        # comparing to Qt's enums took 12 us a call (30 ms a paint)
         if not index.isValid():
             return None
         texts, sort_values, status = self.rows[index.row()]
-        column = index.column()
-        if role == Qt.DisplayRole:
-            return texts[column]
+        if role == DISPLAY:
+            return texts[index.column()]
         if role == SORT_ROLE:
-            return sort_values[column]
+            return sort_values[index.column()]
         if role == STATUS_ROLE:
             return status
-        if role == Qt.ForegroundRole and column == 1:
-            return QBrush(STATUS_COLOURS[status])
-        if role == Qt.ToolTipRole and column == 1:
+        column = index.column()
+        if role == FOREGROUND and column == 1:
+            return STATUS_BRUSHES[status]
+        if role == TOOLTIP and column == 1:
             return STATUS_TEXT[status]
-        if role == Qt.TextAlignmentRole and column >= 4:
-            return int(Qt.AlignRight | Qt.AlignVCenter)
+        if role == ALIGNMENT and column >= 4:
+            return RIGHT_ALIGNED
         return None
 
     def widest(self, column: int, metrics, limit: int = 500) -> int:

@@ -4,8 +4,9 @@ each finding, clicked, selects its tensor in the tab's key tree."""
 from __future__ import annotations
 
 import os
+import time
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QDialog,
@@ -18,12 +19,28 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from ckpt_viewer.core.check import check, escape
 from ckpt_viewer.core.model import format_bytes
 from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.tensor_view import _plotting
 
 MAX_SHOWN = 5000      # more rows would hold the window for too long at once
+ROWS_PER_STEP = 250
+PLOTTING_WAIT = 3.0
 COLOURS = {"error": "#b02a37", "warning": "#997404", "info": "#6c757d"}
+
+
+def _check(checkpoint, plotting_settled=None):
+    """The check, its module imported on the worker's thread (its imports cost the GUI
+    thread ~10 ms on the first Tools > Health). While pyqtgraph is still arriving it waits
+    (at most PLOTTING_WAIT s): the tab builds its plot then, and with the scan's threads
+    holding the GIL that took 50-75 ms."""
+    deadline = time.monotonic() + PLOTTING_WAIT
+    while plotting_settled is not None and not plotting_settled.wait(0.02) \
+            and time.monotonic() < deadline:
+        yield 0.0
+    from ckpt_viewer.core.check import check
+
+    return (yield from check(checkpoint))
 
 
 class HealthDialog(QDialog):
@@ -38,7 +55,7 @@ class HealthDialog(QDialog):
         self.setObjectName("healthDialog")
         self.checkpoint, self.open_key = checkpoint, open_key
         self.report = None
-        self._stopped = False
+        self.jobs = workers.Controller(self)     # a closed dialog's scan stops with it
         self.setWindowTitle(f"Health - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Scanning every tensor...")
         self.status.setObjectName("healthStatus")
@@ -65,16 +82,14 @@ class HealthDialog(QDialog):
         layout.addLayout(row)
         layout.addWidget(self.findings, 1)
         self.resize(900, 480)
-        self.worker = workers.start(check, checkpoint, on_result=self._done,
-                                    on_error=self._failed, on_progress=self._progress)
+        settled = _plotting["settled"] if _plotting["started"] else None
+        self.jobs.start("check", _check, checkpoint, settled, on_result=self._done,
+                        on_error=self._failed, on_progress=self._progress)
 
     def _progress(self, fraction):
         self.progress.setValue(int(fraction * 1000))
 
     def _done(self, report):
-        if report is None or self._stopped:      # a cancelled worker still says it returned
-            return
-        self.worker = None
         self.report = report
         self.progress.setValue(1000)
         self.cancel_button.setEnabled(False)
@@ -83,11 +98,18 @@ class HealthDialog(QDialog):
         self.status.setText(
             f"{'No findings' if not report.findings else counts}: {report.tensors_scanned:,} "
             f"tensors, {format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s")
-        items = []
         if len(report.findings) > MAX_SHOWN:
             self.status.setText(self.status.text() + f" (the first {MAX_SHOWN:,} are listed; "
                                 "`ckpt-viewer check --json` lists all)")
-        for finding in report.findings[:MAX_SHOWN]:
+        self._list(report, 0)
+
+    def _list(self, report, start):
+        """ROWS_PER_STEP findings per event loop turn (900 at once held the window 15 ms,
+        5,000 would 80 ms); `checked` once all are listed."""
+        from ckpt_viewer.core.check import escape
+
+        items = []
+        for finding in report.findings[start:min(start + ROWS_PER_STEP, MAX_SHOWN)]:
             item = QTreeWidgetItem([finding.severity, finding.kind, escape(finding.key),
                                     escape(finding.message)])
             item.setData(0, Qt.UserRole, finding.key)
@@ -95,21 +117,20 @@ class HealthDialog(QDialog):
             item.setToolTip(3, escape(finding.message))
             items.append(item)
         self.findings.addTopLevelItems(items)
-        self.checked.emit(report)
+        end = start + ROWS_PER_STEP
+        if end < min(len(report.findings), MAX_SHOWN):
+            QTimer.singleShot(0, self, lambda: self._list(report, end))
+        else:
+            self.checked.emit(report)
 
     def _failed(self, message):
-        if self._stopped:
-            return
-        self.worker = None
         self.cancel_button.setEnabled(False)
         self.status.setText(f"Check failed: {message}")
         self.failed.emit(message)
 
     def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()       # the scan stops after the segments already running
-            self.worker = None
-            self._stopped = True
+        if self.jobs.busy("check"):
+            self.jobs.cancel("check")   # the scan stops after the segments already running
             self.cancel_button.setEnabled(False)
             self.status.setText("Cancelled")
             self.cancelled.emit()

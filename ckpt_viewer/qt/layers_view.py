@@ -8,7 +8,7 @@ import html
 import math
 import os
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -32,6 +32,8 @@ LABELS = {"l2": "L2 norm", "std": "std", "max_abs": "max |x|", "zero_fraction": 
 
 
 PREVIEW_ELEMENTS = 20_000    # per tensor, for the first plot
+EXACT_PASS_DELAY_MS = 50     # after the preview's last draw step: time to paint it
+ROLES_PER_STEP = 2           # roles drawn per event loop turn (about 3 ms each)
 
 
 class LayersDialog(QDialog):
@@ -50,7 +52,11 @@ class LayersDialog(QDialog):
         self.report = self.overlay = None
         self.plot = None
         self.scatters = []
-        self.workers = []
+        self.lines = {}              # role -> (line, points, overlay line) in the plot
+        self.drawn_stack = None
+        self.draw_generation = 0
+        self.stopped = False
+        self.jobs = workers.Controller(self)   # "preview", "exact", "overlay"
         self.setWindowTitle(f"Layers - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Reading every layer's tensors...")
         self.status.setTextFormat(Qt.PlainText)
@@ -92,22 +98,32 @@ class LayersDialog(QDialog):
         self.layout_.addLayout(controls)
         self.resize(900, 560)
         self.spectral = spectral
-        self.workers.append(workers.start(   # a sampled look first: the exact pass reads it all
-            layer_metrics, checkpoint, False, None, PREVIEW_ELEMENTS,
-            on_result=self._preview_done, on_error=self._failed))
+        self.jobs.start("preview", layer_metrics, checkpoint, False, None, PREVIEW_ELEMENTS,
+                        on_result=self._preview_done, on_error=self._failed)
+                        # a sampled look first: the exact pass reads it all
 
     def _preview_done(self, report):
         if report is None or self.report is not None:
             return
+        # the exact pass starts once the preview is drawn and painted: drawing while its
+        # threads held the GIL stalled the window 40-90 ms
+        self.preview_ready.connect(
+            lambda _: QTimer.singleShot(EXACT_PASS_DELAY_MS, self, self._start_exact),
+            Qt.SingleShotConnection)
         self._done(report)
-        self._start(self.checkpoint, self._done)
 
-    def _start(self, checkpoint, on_result):
+    def _start_exact(self):
+        if self.report is not None and self.report.sampled and not self.stopped \
+                and not self.jobs.busy("exact"):
+            self._start("exact", self.checkpoint, self._done)
+
+    def _start(self, slot, checkpoint, on_result):
+        """The exact pass (or the overlay's) in its slot: a new one supersedes the old."""
         self.progress.setValue(0)
         self.cancel_button.setEnabled(True)
-        self.workers.append(workers.start(
-            layer_metrics, checkpoint, self.spectral, on_result=on_result,
-            on_error=self._failed, on_progress=lambda v: self.progress.setValue(int(v * 1000))))
+        self.jobs.start(slot, layer_metrics, checkpoint, self.spectral, on_result=on_result,
+                        on_error=self._failed,
+                        on_progress=lambda v: self.progress.setValue(int(v * 1000)))
 
     def _done(self, report):
         if report is None:           # cancelled
@@ -143,12 +159,15 @@ class LayersDialog(QDialog):
         if message:
             self.status.setText(f"Plotting is unavailable: {message}")
             return
+        # its own event: pyqtgraph's arrival also builds the tab's plot (~15 ms) in this one
+        QTimer.singleShot(0, self, self._plot_report)
+
+    def _plot_report(self):
         if self.report is None:
             return
         done = self.preview_ready if self.report.sampled else self.ready
         if self.plot is not None:
-            self.redraw()
-            done.emit(self.report)
+            self.redraw(then=done)
             return
         pg = _plotting["module"]
         self.plot = pg.PlotWidget(background=self.palette().color(QPalette.Base))
@@ -156,15 +175,14 @@ class LayersDialog(QDialog):
         self.plot.setLabel("bottom", "layer")
         self.plot.addLegend(offset=(10, 10))
         self.layout_.addWidget(self.plot, 1)
-        self.redraw()
-        done.emit(self.report)
+        QTimer.singleShot(0, self, lambda: self.redraw(then=done))   # the widget alone: ~15 ms
 
     def _spectral_toggled(self, on):
         self.cancel()
         self.spectral = on
         self.status.setText("Computing singular values..." if on else "Reading every layer's "
                             "tensors...")
-        self._start(self.checkpoint, self._done)
+        self._start("exact", self.checkpoint, self._done)
         if self.overlay_box.currentIndex() > 0:
             self._overlay_changed(self.overlay_box.currentIndex())
 
@@ -173,7 +191,7 @@ class LayersDialog(QDialog):
         if index <= 0:
             self.redraw()
             return
-        self._start(self.peers[index - 1][1], self._overlay_done)
+        self._start("overlay", self.peers[index - 1][1], self._overlay_done)
 
     def _overlay_done(self, report):
         if report is not None:
@@ -194,43 +212,70 @@ class LayersDialog(QDialog):
             out.append((role.role, stack.layers, values, [keys.get(i) for i in stack.layers]))
         return out
 
-    def redraw(self, *_):
+    def redraw(self, *_, then=None):
+        """Lines of the chosen stack and metric, ROLES_PER_STEP roles per event loop turn (a
+        13-role plot built in one go held the window 35-90 ms); each role's items are made once
+        and later only get new data. `then` is emitted (with the report) once all are drawn."""
         if self.plot is None:
             return
         pg = _plotting["module"]
-        self.plot.clear()
         metric = self.metric_box.currentData()
         log = self.log_box.isChecked()
         label = LABELS.get(metric, metric or "")
         self.plot.setLabel("left", f"log10 {label}" if log else label)
         stack = self.report.stacks[max(self.stack_box.currentIndex(), 0)]
+        if stack.prefix != self.drawn_stack:          # other roles: start from an empty plot
+            self.plot.clear()
+            self.lines.clear()
+            self.drawn_stack = stack.prefix
         overlay_stack = next((s for s in self.overlay.stacks if s.prefix == stack.prefix), None) \
             if self.overlay else None
-        self.scatters = []
+        todo = []
         for number, (role, layers, values, keys) in enumerate(self.curves()):
             colour = pg.intColor(number, hues=max(len(stack.roles), 1))
             points = [(layer, _shown(value, log), key)
                       for layer, value, key in zip(layers, values, keys) if _plottable(value, log)]
-            if not points:
-                continue
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            self.plot.addItem(pg.PlotDataItem(xs, ys, pen=pg.mkPen(colour, width=2),
-                                              name=html.escape(escape(role))))
-            scatter = pg.ScatterPlotItem(xs, ys, data=[p[2] for p in points], brush=colour,
-                                         pen=None, size=8, hoverable=True)
-            scatter.sigClicked.connect(self._points_clicked)
-            self.plot.addItem(scatter)
-            self.scatters.append(scatter)
+            other = []
             other_role = next((r for r in overlay_stack.roles if r.role == role), None) \
                 if overlay_stack else None
             if other_role is not None:
                 other = [(layer, _shown(v, log)) for layer, v in zip(
                     overlay_stack.layers, self.overlay.series(overlay_stack, other_role, metric))
                     if _plottable(v, log)]
-                if other:
-                    self.plot.addItem(pg.PlotDataItem(
-                        [p[0] for p in other], [p[1] for p in other],
-                        pen=pg.mkPen(colour, width=1, style=Qt.DashLine)))
+            todo.append((role, colour, points, other))
+        self.draw_generation += 1
+        self.scatters = []
+        self._draw_step(self.draw_generation, todo, then)
+
+    def _draw_step(self, generation, todo, then):
+        if generation != self.draw_generation or self.plot is None:
+            return                               # a newer redraw took over
+        for role, colour, points, other in todo[:ROLES_PER_STEP]:
+            curve, scatter, overlay = self._lines_of(role, colour)
+            curve.setData([p[0] for p in points], [p[1] for p in points])
+            scatter.setData([p[0] for p in points], [p[1] for p in points],
+                            data=[p[2] for p in points])
+            overlay.setData([p[0] for p in other], [p[1] for p in other])
+            if points:
+                self.scatters.append(scatter)
+        rest = todo[ROLES_PER_STEP:]
+        if rest:
+            QTimer.singleShot(0, self, lambda: self._draw_step(generation, rest, then))
+        elif then is not None:
+            then.emit(self.report)
+
+    def _lines_of(self, role, colour):
+        """(line, clickable points, overlay's dashed line) of one role, made on first use."""
+        if role not in self.lines:
+            pg = _plotting["module"]
+            curve = pg.PlotDataItem(pen=pg.mkPen(colour, width=2), name=html.escape(escape(role)))
+            scatter = pg.ScatterPlotItem(brush=colour, pen=None, size=8, hoverable=True)
+            scatter.sigClicked.connect(self._points_clicked)
+            overlay = pg.PlotDataItem(pen=pg.mkPen(colour, width=1, style=Qt.DashLine))
+            for item in (curve, scatter, overlay):
+                self.plot.addItem(item)
+            self.lines[role] = (curve, scatter, overlay)
+        return self.lines[role]
 
     def _points_clicked(self, _scatter, points, *_):
         for point in points:
@@ -246,9 +291,8 @@ class LayersDialog(QDialog):
         self.failed.emit(message)
 
     def cancel(self):
-        for worker in self.workers:
-            worker.quit()
-        self.workers.clear()
+        self.stopped = True          # also the exact pass the preview has not started yet
+        self.jobs.cancel()
         self.cancel_button.setEnabled(False)
 
     def closeEvent(self, event):

@@ -434,7 +434,7 @@ class MainWindow(QMainWindow):
         from ckpt_viewer.core.diff import diff
         from ckpt_viewer.core.open import open_checkpoint
         from ckpt_viewer.qt.compare_view import CompareView
-        from ckpt_viewer.qt.tensor_view import _plotting, preload_plotting, wait_for_plotting
+        from ckpt_viewer.qt.tensor_view import _plotting, wait_for_plotting
 
         def job():
             a, b = open_checkpoint(path_a), open_checkpoint(path_b)
@@ -444,8 +444,7 @@ class MainWindow(QMainWindow):
         def done(result):
             self.pending.pop(key, None)
             self._update_busy()
-            report, a, b = result
-            preload_plotting()
+            report, a, b = result       # pyqtgraph: preloaded a moment later (_update_busy)
             view = CompareView(report, a, b, lambda: _plotting["module"], wait_for_plotting,
                                parent=self)      # hidden until the tab takes it
             # shown in a later event: building and first showing it in one went past 50 ms

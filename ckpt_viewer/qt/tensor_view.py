@@ -46,8 +46,9 @@ class TensorController(QObject):
     overlay_ready = Signal(object)  # Stats of another file's tensor, binned like ours
     overlay_failed = Signal(str)
 
-    def __init__(self, parent=None):
+    def __init__(self, cache=None, parent=None):
         super().__init__(parent)
+        self.cache = cache              # the checkpoint's StatsCache: exact figures seen before
         self.node: Node | None = None
         self.stats = None
         self.generation = 0
@@ -82,7 +83,7 @@ class TensorController(QObject):
         drawn = threading.Event()
         self.jobs.start(
             "stats", stats_job, tensor, bins or auto_bins(tensor.numel), part, value_range,
-            _plotting["settled"], drawn,
+            _plotting["settled"], drawn, self.cache,
             on_progress=lambda item: self._progress(generation, item, drawn),
             on_result=lambda stats: self._done(generation, stats, value_range),
             on_error=lambda message: self._failed(generation, message))
@@ -156,7 +157,7 @@ class TensorView(QWidget):
         self.setObjectName("tensorView")
         self.checkpoint = checkpoint
         self.peers = lambda: []          # set by the window: [(label, checkpoint)] of other tabs
-        self.controller = TensorController(self)
+        self.controller = TensorController(checkpoint.stats_cache, self)
 
         self.title = plain_label("Select a tensor in the tree.")
         self.title.setObjectName("tensorTitle")

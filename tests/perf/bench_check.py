@@ -6,6 +6,10 @@ Fresh processes, page cache warmed by one untimed run of each: `ckpt-viewer chec
 against `cat FILE > /dev/null` (budget: >= 70 % of its throughput, i.e. <= 1.43x its time) and
 against plain torch, mmap load + isnan().any() / isinf().any() / (t == 0).all() per tensor
 (budget <= 0.5x its time). Peak RSS budget: 1 GB (mapped file pages count).
+
+Then, in this process: the largest tensor's exact statistics without and with a prior health
+pass (its facts let the moments and histogram passes be one), and selected again (cached).
+`--stats-only` runs just that.
 """
 
 from __future__ import annotations
@@ -36,8 +40,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--file", default=os.path.join("perf-data", "train-16g.pt"))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--stats-only", action="store_true")
     args = parser.parse_args()
     path, repeat = args.file, args.repeat
+    if args.stats_only:
+        stats_with_health_facts(path)
+        return
     gb = os.path.getsize(path) / 1e9
     ours = measure([sys.executable, "-m", "ckpt_viewer", "check", path, "--json"],
                    repeat=repeat, ok_codes=(0, 1), warmup=True)
@@ -48,6 +56,32 @@ def main():
           f"{ours[1]:.0f} MB (budget 1024 MB)")
     print_table([("check vs cat FILE > /dev/null", ours, cat, round(1 / 0.7, 2), None),
                  ("check vs mmap load + isnan/isinf/==0", ours, torch_side, 0.5, None)])
+    stats_with_health_facts(path)
+
+
+def stats_with_health_facts(path):
+    import time
+
+    from ckpt_viewer.core.check import check
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.stats import run, stats_job
+
+    checkpoint = open_checkpoint(path)
+    key, tensor, _ = max(checkpoint.tensors(), key=lambda item: item[1].numel)
+    timings = {}
+    for label in ("without", "with"):
+        if label == "with":
+            start = time.perf_counter()
+            run(check(checkpoint))
+            timings["check"] = time.perf_counter() - start
+        for attempt in ("first", "again"):      # the first run also warms the page cache
+            cache = checkpoint.stats_cache if label == "with" else None
+            start = time.perf_counter()
+            run(stats_job(tensor, 256, "magnitude", None, cache=cache))
+            timings[label, attempt] = time.perf_counter() - start
+    print(f"{key} ({tensor.numel:,} {tensor.dtype}): exact stats {timings['without', 'again']:.2f} s "
+          f"without a health pass, {timings['with', 'first']:.2f} s after one "
+          f"({timings['check']:.1f} s), {1000 * timings['with', 'again']:.1f} ms selected again")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@
 - the longest stall while Tools > Verify reads the 2.6 GB file, while Compare diffs it against
   its legacy twin, and while the comparison tab plots its largest tensor.
 
-`--only export,verify,compare` runs just those parts (names: window, load, export, verify,
-compare, keys); `--out DIR` puts the exported file there instead of beside the data.
+- the longest stall while Tools > Health checks the 16 GB file, and the time to its report.
+
+`--only export,verify,compare` runs just those parts (names: window, load, layers, health,
+export, verify, compare, keys; layers and health need load); `--out DIR` puts the exported
+file there instead of beside the data.
 """
 
 from __future__ import annotations
@@ -118,7 +121,8 @@ def typing(app, tab, text, beat, interval=0.08):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="perf-data")
-    parser.add_argument("--only", default="window,load,layers,export,verify,compare,keys")
+    parser.add_argument("--only", default="window,load,layers,health,export,verify,compare,"
+                        "keys")
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-export", action="store_true",
                         help="skip the export timing (it writes a 2.6 GB file into --data)")
@@ -160,6 +164,18 @@ def main():
             print(f"{name}: Tools > Layers, first (sampled) plot on screen "
                   f"{first[0] if first else float('nan'):.3f} s (budget 2 s), exact plot "
                   f"{exact[0]:.3f} s, worst GUI stall {1000 * layers_stall:.1f} ms (budget 50 ms)")
+            dialog.close()
+        if "health" in parts and name == "train-16g.pt":
+            checked = []
+            beat.start()
+            start = time.perf_counter()
+            dialog = window.health_current()
+            dialog.checked.connect(lambda report: checked.append(time.perf_counter() - start))
+            wait_for(app, lambda: checked)
+            app.processEvents()           # the findings list painted
+            print(f"{name}: Tools > Health, report after {checked[0]:.2f} s "
+                  f"({len(dialog.report.findings):,} findings), worst GUI stall "
+                  f"{1000 * beat.stop():.1f} ms (budget 50 ms)")
             dialog.close()
         ready, preview = [], []
         tab.tensor_view.view_ready.connect(ready.append)

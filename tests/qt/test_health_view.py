@@ -48,25 +48,82 @@ def test_health_lists_findings_and_a_click_opens_the_tensor(qtbot, window, tmp_p
     dialog.close()
 
 
-def test_health_cancel_stops_quietly(qtbot, window, tmp_path, monkeypatch):
+def held_scan(monkeypatch, tmp_path):
+    """A file of 100 tensors scanned in 6,400 small segments, each held until `gate` is set;
+    `calls` counts the segments started."""
     import threading
 
     monkeypatch.setattr(check_module, "SEGMENT", 1 << 10)
     monkeypatch.setattr(check_module, "CHUNK", 1 << 10)
-    gate = threading.Event()         # the scan waits until Cancel was clicked: no race
+    gate, calls = threading.Event(), []
     real_run = check_module._run
 
     def held(*args):
+        calls.append(args[1])
         gate.wait(10)
         return real_run(*args)
     monkeypatch.setattr(check_module, "_run", held)
     path = builders.save({f"t{i}": torch.randn(1 << 16) for i in range(100)}, tmp_path / "big.pt")
+    return path, gate, calls
+
+
+def test_health_cancel_stops_the_scan_quietly(qtbot, window, tmp_path, monkeypatch):
+    path, gate, calls = held_scan(monkeypatch, tmp_path)
     open_and_wait(qtbot, window, path)
     dialog = window.health_current()
+    qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
+    worker = dialog.jobs.running["check"]
     with qtbot.waitSignal(dialog.cancelled, timeout=5_000):
-        qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)
+        qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)   # the scan is held: no race
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
     assert dialog.status.text() == "Cancelled" and dialog.report is None
+    assert len(calls) <= 2 * check_module.worker_count() + 1 < 6400   # stopped, not drained
+    assert not dialog.jobs.busy()
+    dialog.close()
+
+
+def test_health_closed_mid_scan_is_quiet(qtbot, window, tmp_path, monkeypatch):
+    path, gate, calls = held_scan(monkeypatch, tmp_path)
+    open_and_wait(qtbot, window, path)
+    dialog = window.health_current()
+    failed, checked = [], []
+    dialog.failed.connect(failed.append)
+    dialog.checked.connect(checked.append)
+    qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
+    worker = dialog.jobs.running["check"]
+    dialog.close()                                   # deletes the dialog (WA_DeleteOnClose)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        gate.set()
+    assert failed == [] and checked == [] and len(calls) < 6400
+    assert window.findChild(HealthDialog, "healthDialog") is None
+
+
+def test_layers_cancel_stops_the_exact_pass(qtbot, window, tmp_path, monkeypatch):
+    import threading
+
+    from ckpt_viewer.core import layers as layers_module
+
+    gate, calls = threading.Event(), []
+    real_measure = layers_module._measure
+
+    def held(key, tensor, spectral, stop, sample=0):
+        if not sample:
+            calls.append(key)
+            gate.wait(10)
+        return real_measure(key, tensor, spectral, stop, sample)
+    monkeypatch.setattr(layers_module, "_measure", held)
+    path = builders.save({f"blocks.{i}.w{j}.weight": torch.randn(4, 4)
+                          for i in range(50) for j in range(4)}, tmp_path / "deep.pt")
+    open_and_wait(qtbot, window, path)
+    dialog = window.layers_current()
+    qtbot.waitUntil(lambda: bool(calls), timeout=30_000)
+    worker = dialog.jobs.running["exact"]
+    qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        gate.set()
+    assert len(calls) < 200 and not dialog.jobs.busy()
+    assert dialog.report.sampled              # the exact report never replaced the preview
     dialog.close()
 
 
