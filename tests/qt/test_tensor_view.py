@@ -151,3 +151,28 @@ def test_exact_pass_waits_for_plotting_to_settle_and_stays_cancellable(tmp_path)
     job = stats_job(tensor, 16, "magnitude", None, settled)
     next(job)
     job.close()                                       # a cancelled job simply stops
+
+
+def test_statistics_seen_before_come_from_the_checkpoint_cache(qtbot, window, tmp_path):
+    """Reselecting a tensor shows its exact figures without a pass; the health pass's facts
+    are used by the first pass and give the same figures."""
+    from ckpt_viewer.core.check import check
+    from ckpt_viewer.core.stats import run
+
+    values = torch.randn(2_000_000)
+    values[7] = float("nan")
+    open_and_wait(qtbot, window, builders.save({"w": values, "b": torch.ones(3)},
+                                               tmp_path / "t.pt"))
+    tab = window.tabs.currentWidget()
+    cache = tab.checkpoint.stats_cache
+    tensor = tab.checkpoint.find("w").tensor
+    run(check(tab.checkpoint))
+    assert cache.facts(tensor).nan == 1
+    select(qtbot, tab, "w")
+    first = stats_table(tab.tensor_view)
+    assert first["NaN"] == "1"
+    select(qtbot, tab, "b")
+    progress = []
+    tab.tensor_view.controller.progressed.connect(progress.append)
+    select(qtbot, tab, "w")
+    assert stats_table(tab.tensor_view) == first and progress == []
