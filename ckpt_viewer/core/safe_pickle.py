@@ -189,24 +189,32 @@ def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     """Tensor.set_(storage, offset, size, stride) with torch's checks: the view must lie inside
     the storage (counted in bytes: a v3 tensor's dtype may differ from its storage's)."""
     storage = _check_storage(storage)
-    shape = _as_ints(size, "shape")
-    stride = _as_ints(stride, "stride") if stride is not None else ()
+    try:                 # the common case in one step; _as_ints says what is wrong otherwise
+        shape = tuple(map(operator.index, size))
+        stride = tuple(map(operator.index, stride)) if stride is not None else ()
+    except TypeError:
+        shape, stride = _as_ints(size, "shape"), _as_ints(stride, "stride")
+    if shape and min(shape) < 0:
+        _as_ints(size, "shape")                  # raises: a negative size
     if not stride and shape:
         stride = _contiguous(shape)      # set_ with no stride: contiguous, as in torch
     if len(shape) != len(stride) or type(offset) is not int or offset < 0:
         raise CheckpointError(f"tensor geometry is inconsistent: size {shape}, stride {stride}")
-    if min(stride, default=0) < 0:
+    if stride and min(stride) < 0:
         raise CheckpointError("tensor has a negative stride (torch refuses it)")
     info.storage, info.offset, info.shape, info.stride = storage, offset, shape, stride
-    if info.numel:
-        end = info.element_span()[1] * DTYPE_SIZES.get(info.dtype, 1)
-        if end > storage.nbytes and storage.resizable:
+    if 0 not in shape:
+        # strides are >= 0: the last element is offset + sum((size - 1) * stride)
+        last = offset + sum(map(operator.mul, shape, stride)) - sum(stride)
+        end = (last + 1) * DTYPE_SIZES.get(info.dtype, 1)
+        storage_bytes = storage.nbytes
+        if end > storage_bytes and storage.resizable:
             raise Ambiguous(f"a tensor reaches past the end of legacy storage {storage.key!r}, "
                             "which torch grows to fit: those values would be uninitialized "
                             "memory")
-        if end > storage.nbytes:
+        if end > storage_bytes:
             raise CheckpointError(f"tensor reaches byte {end:,} of storage {storage.key!r}, "
-                                  f"which holds {storage.nbytes:,}")
+                                  f"which holds {storage_bytes:,}")
     return info
 
 

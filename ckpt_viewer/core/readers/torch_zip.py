@@ -105,10 +105,16 @@ def read(path: str):
     records = archive.records()
     torchscript = "constants.pkl" in records
     storages: dict = {}
+    dtypes: dict = {}            # storage type name -> dtype (a file names a few, 50,000 times)
 
     def storage_factory(pid):
         storage_type, key, location, numel = storage_pid(pid)
-        dtype = dtype_of_storage(storage_type)
+        name = getattr(storage_type, "qualname", None)
+        dtype = dtypes.get(name) if type(name) is str else None
+        if dtype is None:
+            dtype = dtype_of_storage(storage_type)
+            if type(name) is str:
+                dtypes[name] = dtype
         if key in storages:      # torch keeps the first reference's type and size
             return storages[key]
         member = archive.find(f"data/{key}")
