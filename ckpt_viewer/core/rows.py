@@ -27,7 +27,8 @@ class Row:
         self.params = self.nbytes = 0
         self.size = 1          # rows in this subtree, itself included: rows[index:index + size]
         self.tensors = 0       # tensor rows in this subtree
-        self.generation = 0    # the model's filter/sort generation that `shown` and `pos` are for
+        self.generation = -1   # the model's filter/sort generation that `shown` and `pos` are
+        #                        for: none yet, so the model numbers children when first asked
 
 
 MAX_GROUP_DEPTH = 64         # dotted segments split into group rows; the rest stays one name
@@ -37,23 +38,34 @@ def _attach_children(row: Row):
     """Children of row's node; dotted names (a state_dict's "blocks.0.attn.weight") are split
     into virtual group rows, so that a flat dict of 50,000 keys is a browsable hierarchy."""
     groups: dict[str, Row] = {}
+    children = row.children
     for child in row.node.children:
-        parent, name = row, child.name
-        if "." in name and child.kind != "ref":
-            # a key of 100,000 segments would make 100,000 nested rows with quadratic keys
-            *folders, name = name.split(".", MAX_GROUP_DEPTH)
-            prefix = ""
-            for segment in folders:
-                prefix = f"{prefix}.{segment}" if prefix else segment
-                group = groups.get(prefix)
-                if group is None:
-                    key = f"{row.node.key}.{prefix}" if row.node.key else prefix
-                    group = Row(Node(name=segment, kind="group", key=key, type_name="group"),
-                                parent, segment)
-                    parent.children.append(group)
-                    groups[prefix] = group
-                parent = group
+        name = child.name
+        if "." not in name or child.kind == "ref":
+            children.append(Row(child, row, name))
+            continue
+        if name.count(".") <= MAX_GROUP_DEPTH:
+            prefix, _, name = name.rpartition(".")
+        else:   # a key of 100,000 segments would make 100,000 nested rows with quadratic keys
+            name = name.split(".", MAX_GROUP_DEPTH)[-1]
+            prefix = child.name[:len(child.name) - len(name) - 1]
+        parent = groups.get(prefix) or _group(row, groups, prefix)
         parent.children.append(Row(child, parent, name))
+
+
+def _group(row: Row, groups: dict, prefix: str) -> Row:
+    """The group row of a dotted prefix under row, made with the groups above it if new
+    (siblings mostly share their group, so this runs once per group)."""
+    above, _, segment = prefix.rpartition(".")
+    if _:
+        parent = groups.get(above) or _group(row, groups, above)
+    else:
+        parent, segment = row, prefix
+    key = f"{row.node.key}.{prefix}" if row.node.key else prefix
+    group = Row(Node(name=segment, kind="group", key=key, type_name="group"), parent, segment)
+    parent.children.append(group)
+    groups[prefix] = group
+    return group
 
 
 @dataclass
@@ -79,20 +91,22 @@ def build_rows(root: Node) -> RowIndex:
         order.append(row)
         if row.node.kind != "group":
             _attach_children(row)
-        for position, child in enumerate(row.children):
-            child.pos = position
-        stack.extend(reversed(row.children))
+        if row.children:
+            stack.extend(reversed(row.children))
     for row in reversed(order):
-        tensor = row.node.tensor
+        node = row.node
+        tensor = node.tensor
         if tensor is not None:
-            row.tensors = 1
-            if not row.node.shared_with:
-                row.params, row.nbytes = tensor.numel, tensor.nbytes
-        if row.parent is not None:
-            row.parent.params += row.params
-            row.parent.nbytes += row.nbytes
-            row.parent.size += row.size
-            row.parent.tensors += row.tensors
+            row.tensors += 1
+            if not node.shared_with:
+                row.params += tensor.numel
+                row.nbytes += tensor.nbytes
+        parent = row.parent
+        if parent is not None:
+            parent.params += row.params
+            parent.nbytes += row.nbytes
+            parent.size += row.size
+            parent.tensors += row.tensors
     keys = [r.node.key for r in order]
     return RowIndex(top, order, keys, [k.lower() for k in keys],
                     array("q", [r.parent.index if r.parent else -1 for r in order]),
