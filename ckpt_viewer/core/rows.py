@@ -129,3 +129,46 @@ def matching_rows(text: str, keys: list[str], lowered: list[str]) -> list[int]:
         return [i for i, key in enumerate(keys) if match(key)]
     needle = text.lower()
     return [i for i, key in enumerate(lowered) if needle in key]
+
+
+@dataclass
+class Filtered:
+    """Which rows a filter text shows (filter_rows); made in a worker, applied by the model."""
+    text: str
+    matches: int = 0          # keys that match
+    visible: bytearray | None = None   # 1 per shown row (the top included); None: every row
+    inside: bytearray | None = None    # 1 per row inside a match's subtree (all its rows show)
+    shown: int = 0            # rows shown, the top not counted
+    error: str = ""           # a bad /regex/, in one line; nothing else is then set
+
+
+def filter_rows(text: str, index: RowIndex) -> Filtered:
+    """The rows a filter shows: matching keys, their whole subtrees and their ancestors.
+    Subtrees are the pre-order ranges rows[i:i + size]. Pure Python, O(rows): run it off the
+    GUI thread."""
+    everything = len(index.keys) - 1
+    if not text.strip():
+        return Filtered(text, everything, shown=everything)
+    try:
+        hits = matching_rows(text, index.keys, index.lowered)
+    except ValueError as exc:
+        return Filtered(text, error=str(exc))
+    if len(hits) >= everything:                       # every key matches
+        return Filtered(text, len(hits), shown=everything)
+    parents, sizes = index.parents, index.sizes
+    inside = bytearray(len(index.keys))
+    outermost, end = [], 0
+    for hit in hits:                                  # ascending: nested hits come after
+        if hit > 0 and hit >= end:
+            end = hit + sizes[hit]
+            inside[hit:end] = b"\x01" * sizes[hit]
+            outermost.append(hit)
+    visible = bytearray(inside)
+    visible[0] = 1
+    for hit in outermost:
+        above = parents[hit]
+        while not visible[above]:
+            visible[above] = 1
+            above = parents[above]
+    return Filtered(text, len(hits), visible, inside, visible.count(1) - 1)
+
