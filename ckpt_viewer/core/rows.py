@@ -89,7 +89,7 @@ def build_rows(root: Node) -> RowIndex:
         row = stack.pop()
         row.index = len(order)
         order.append(row)
-        if row.node.kind != "group":
+        if row.node.children and row.node.kind != "group":
             _attach_children(row)
         if row.children:
             stack.extend(reversed(row.children))

@@ -83,9 +83,11 @@ def _script_module_children(obj):
             yield str(name), value, "parameter" if getattr(value, "is_parameter", False) else ""
 
 
-def build_tree(obj, warnings: list | None = None, optimizers: list | None = None) -> Node:
+def build_tree(obj, warnings: list | None = None, optimizers: list | None = None,
+               tensors: list | None = None) -> Node:
     """Walk without recursion; a container seen before becomes a `ref` node (no blow-up).
-    Tensors sharing a storage are marked on the way; optimizer nodes are collected."""
+    Tensors sharing a storage are marked on the way; optimizer nodes are collected, and
+    (key, TensorInfo, node) of every tensor in tree order, as Checkpoint.tensors() lists them."""
     root = Node(name="", kind="dict")
     first_key = _Seen()
     stack = [(obj, None, "", "", "", 0)]
@@ -101,6 +103,8 @@ def build_tree(obj, warnings: list | None = None, optimizers: list | None = None
         children = _fill(node, value, first_key)
         if node.kind == "optimizer" and optimizers is not None:
             optimizers.append(node)
+        elif node.kind == "tensor" and tensors is not None:
+            tensors.append((key, node.tensor, node))
         for child_name, child_value, child_role in reversed(children):
             child_key = f"{key}.{child_name}" if key else child_name
             stack.append((child_value, node, child_name, child_key, child_role, depth + 1))

@@ -265,8 +265,10 @@ def main():
         tab = window.current_tab()
         tab.tree.viewport().repaint()
         shown = time.perf_counter() - start
-        settle(app)
         load_stall = beat.stop()
+        beat.start()                     # what follows the load: the idle-time plotting import
+        settle(app, 0.5)
+        after_stall = beat.stop()
         for typed in ("layers.12*.sub3", "layer4999"):
             times, applied, stall = typing(app, tab, typed, beat)
             print(f"keys-50k.pt: typing {typed!r} at 80 ms a key: each character on screen within "
@@ -288,7 +290,8 @@ def main():
                   f"{1000 * clear_time:.0f} ms, worst GUI stall {1000 * beat.stop():.1f} ms "
                   f"(budget 50 ms)")
         print(f"keys-50k.pt: tree shown {shown:.3f} s after open (budget 1 s), worst GUI stall "
-              f"{1000 * load_stall:.1f} ms (budget 50 ms)")
+              f"{1000 * load_stall:.1f} ms until then, {1000 * after_stall:.1f} ms in the 0.5 s "
+              f"after (budget 50 ms)")
 
 if __name__ == "__main__":
     main()
