@@ -232,7 +232,8 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, h
     if dtype not in DTYPE_SIZES:
         raise CheckpointError(f"tensor has an unknown dtype {dtype!r:.40}")
     info = set_geometry(TensorInfo(dtype=dtype, shape=()), storage, storage_offset, size, stride)
-    _note_requires_grad(info, requires_grad)
+    if requires_grad:
+        _note_requires_grad(info, requires_grad)
     if metadata:
         if not isinstance(metadata, dict):
             raise CheckpointError("tensor metadata is not a dict")

@@ -127,7 +127,7 @@ class CheckpointTab(QWidget):
         self.filter_timer.setSingleShot(True)
         self.filter_timer.setInterval(FILTER_DELAY_MS)
         self.filter_timer.timeout.connect(lambda: self.apply_filter(self.filter.text()))
-        self.filter.textChanged.connect(self.filter_timer.start)
+        self.filter.textChanged.connect(self._filter_edited)
         self.unfiltered_expanded: list | None = None   # rows expanded before filtering
         self.kept_row = None          # the selected row, while a filter hides it
         self.jobs = Controller(self)
@@ -334,6 +334,13 @@ class CheckpointTab(QWidget):
             return
         self.jobs.start("filter", filter_rows, text, self.model.index_rows,
                         on_result=self.show_filtered)
+
+    def _filter_edited(self, text: str):
+        """Typing waits for a pause; clearing the field brings the whole tree back at once."""
+        if text.strip():
+            self.filter_timer.start()
+        else:
+            self.apply_filter(text)
 
     def show_filtered(self, filtered: Filtered):
         """Apply a filter's rows (GUI thread: a model reset, then expansion and selection)."""

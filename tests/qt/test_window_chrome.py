@@ -102,8 +102,8 @@ def test_filter_waits_for_typing_and_clearing_restores_the_tree(qtbot, window, t
     qtbot.keyClicks(tab.filter, "layer0")
     assert tab.filter.text() == "layer0" and applied == []     # the field shows every key now
     qtbot.waitUntil(lambda: applied == ["layer0"], timeout=5_000)
-    with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
-        tab.filter.clear()
+    tab.filter.clear()
+    assert applied == ["layer0", ""]                        # clearing never waits
     assert tab.selected_key() == "block1.layer2.weight"
     assert tab.tree.isExpanded(tab.model.index_of_key("block1"))
     assert tab.tree.isExpanded(tab.model.index_of_key("block1.layer2"))

@@ -16,10 +16,10 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
     """Unpickle `data` into a checkpoint with its tree, globals, refusals and bounds checked."""
     report = report if report is not None else PickleReport()
     obj, _ = safe_load(data, storage_factory, report=report)
-    warnings, optimizer_nodes, tensors = [], [], []
+    warnings, optimizer_nodes, tensors, scalars = [], [], [], {}
     checkpoint = Checkpoint(path=str(path), format=fmt,
                             file_bytes=getsize(path) if file_bytes is None else file_bytes,
-                            root=build_tree(obj, warnings, optimizer_nodes, tensors),
+                            root=build_tree(obj, warnings, optimizer_nodes, tensors, scalars),
                             warnings=warnings,
                             optimizer_nodes=optimizer_nodes,
                             unsafe_globals=[g for g in report.unsafe_globals
@@ -28,7 +28,8 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
     checkpoint.globals_named = dict(report.globals)
     checkpoint.global_calls = report.calls
     checkpoint.root_object = obj      # what sanitize rewrites
-    checkpoint._tensors = tensors     # found while building the tree: no second walk
+    # found while building the tree: Checkpoint.tensors() and .scalars() walk it no more
+    checkpoint._tensors, checkpoint._scalars = tensors, scalars
     # bounds were checked as each tensor was built (safe_pickle.set_geometry; records refuse
     # BUILD), and are checked again where bytes are read (values.StorageReader)
     return checkpoint

@@ -106,6 +106,7 @@ def read(path: str):
     torchscript = "constants.pkl" in records
     storages: dict = {}
     dtypes: dict = {}            # storage type name -> dtype (a file names a few, 50,000 times)
+    records_by_name, data_folder = archive.by_name, archive.prefix + b"data/"
 
     def storage_factory(pid):
         storage_type, key, location, numel = storage_pid(pid)
@@ -117,7 +118,8 @@ def read(path: str):
                 dtypes[name] = dtype
         if key in storages:      # torch keeps the first reference's type and size
             return storages[key]
-        member = archive.find(f"data/{key}")
+        member = records_by_name.get((data_folder + str(key).encode("utf-8", "surrogatepass"))
+                                     .lower())       # archive.find(f"data/{key}"), inlined
         if member is None:
             raise CheckpointError(f"storage record data/{key} is missing from the archive")
         needed = numel * DTYPE_SIZES[dtype]
