@@ -85,9 +85,15 @@ class RowIndex:
     top: Row
     rows: list          # all rows in pre-order: a subtree is rows[i:i + size]
     keys: list          # full dotted key of each row
-    lowered: list       # the same, lower-cased, for the filter
+    lowered_keys: list | None   # the same, lower-cased: made by the first filter (a worker)
     parents: array      # each row's parent index (-1 for the top)
     sizes: array        # each row's subtree size
+
+    @property
+    def lowered(self) -> list:
+        if self.lowered_keys is None:       # two racing filters both make the same list
+            self.lowered_keys = [key.lower() for key in self.keys]
+        return self.lowered_keys
 
 
 def build_rows(root: Node) -> RowIndex:
@@ -119,7 +125,7 @@ def build_rows(root: Node) -> RowIndex:
             parent.size += row.size
             parent.tensors += row.tensors
     keys = [r.node.key for r in order]
-    return RowIndex(top, order, keys, [k.lower() for k in keys],
+    return RowIndex(top, order, keys, None,
                     array("q", [r.parent.index if r.parent else -1 for r in order]),
                     array("q", [r.size for r in order]))
 

@@ -89,7 +89,7 @@ class KeyTreeModel(QAbstractItemModel):
         super().__init__(parent)
         self.index_rows = index
         self.top, self.rows = index.top, index.rows
-        self.keys, self.lowered = index.keys, index.lowered
+        self.keys = index.keys
         rows = self.rows
         self.visible_count = len(rows) - 1
         # filtering: which rows show (None: all), computed by core.rows.filter_rows (in a
@@ -101,6 +101,10 @@ class KeyTreeModel(QAbstractItemModel):
         self._italic = QFont()
         self._italic.setItalic(True)
         self._muted = QBrush(MUTED)
+
+    @property
+    def lowered(self) -> list:
+        return self.index_rows.lowered
 
     # --- structure -------------------------------------------------------------------------
     def row_of(self, index: QModelIndex) -> Row:
