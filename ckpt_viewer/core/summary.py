@@ -46,8 +46,16 @@ def totals(checkpoint: Checkpoint) -> Totals:
     split = result.split
     tensors = checkpoint.tensors()
     for _, tensor, node in tensors:
-        _dtype_entry(by_dtype, tensor.dtype)[0] += 1
+        entry = by_dtype.get(tensor.dtype) or _dtype_entry(by_dtype, tensor.dtype)
+        entry[0] += 1
         category = categories.get(id(node), OTHER)
+        if not tensor.parts and tensor.storage is not None:     # the common case, inlined
+            if id(tensor.storage) in covered:
+                covered[id(tensor.storage)].append(tensor.element_span())
+            else:
+                covered[id(tensor.storage)] = [tensor.storage, tensor.dtype, category,
+                                               tensor.element_span()]
+            continue
         for leaf in tensor.parts.values() if tensor.parts else (tensor,):
             storage = leaf.storage
             if storage is None:
