@@ -146,7 +146,13 @@ class KeyTreeModel(QAbstractItemModel):
         return len(COLUMNS)
 
     def hasChildren(self, parent=QModelIndex()):
-        return self.rowCount(parent) > 0
+        # asked for every row laid out (5,000 when a big group opens): no list built here
+        if parent.isValid() and parent.column() != 0:
+            return False
+        row = self.row_of(parent)
+        if self._visible is None or self._inside[row.index]:
+            return bool(row.children)
+        return len(self.shown(row)) > 0
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         if orientation != Qt.Horizontal:
