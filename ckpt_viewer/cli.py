@@ -44,6 +44,11 @@ def say(line: str, file=None):
     print(safe_text(line), file=file or sys.stdout)
 
 
+def say_lines(lines, file=None):
+    """say() each line, written without a print() call per line (a 50,000-key listing)."""
+    (file or sys.stdout).writelines(f"{safe_text(line)}\n" for line in lines)
+
+
 def say_json(value):
     sys.stdout.write(strict_json(value) + "\n")
 
@@ -194,16 +199,19 @@ def build_gui_parser() -> argparse.ArgumentParser:
 
 
 def run_inspect(args) -> int:
+    from ckpt_viewer.core import paused_gc
     from ckpt_viewer.core.open import open_checkpoint
     from ckpt_viewer.core.report import text_report
     from ckpt_viewer.core.summary import inspect_dict
 
-    checkpoint = open_checkpoint(args.path)
-    if args.json:
-        say_json(inspect_dict(checkpoint))
-    else:
-        for line in text_report(checkpoint, max_depth=args.depth):
-            say(line)
+    # the listing is a million small objects that live until exit: collecting cycles among
+    # them would walk them all, again and again (see paused_gc)
+    with paused_gc():
+        checkpoint = open_checkpoint(args.path)
+        if args.json:
+            say_json(inspect_dict(checkpoint))
+        else:
+            say_lines(text_report(checkpoint, max_depth=args.depth))
     return 0
 
 

@@ -34,7 +34,7 @@ STORAGE_DTYPES = {
 }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)       # slots: a checkpoint can hold 50,000 records
 class ZipMember:
     """Bytes of one record of a zip archive (maybe compressed)."""
     path: str
@@ -66,7 +66,7 @@ class InlineBytes:
         return len(self.data)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Storage:
     key: str
     dtype: str

@@ -321,7 +321,10 @@ def _parameters_under(order, parent, flags, top, variant) -> tuple[str, list]:
 def find_schedulers(checkpoint: Checkpoint) -> list[tuple[str, dict]]:
     """LR scheduler state dicts: (key, their plain fields)."""
     found = []
-    for node in iter_nodes(checkpoint.root):
+    stack = [checkpoint.root]
+    while stack:            # pre-order, leaves skipped: a 50,000-tensor file is one level
+        node = stack.pop()
         if node.kind == "dict" and SCHEDULER_FIELDS <= {c.name for c in node.children}:
             found.append((node.key, {c.name: plain(c) for c in node.children}))
+        stack.extend(child for child in reversed(node.children) if child.children)
     return found

@@ -19,15 +19,27 @@ class Row:
     __slots__ = ("node", "name", "parent", "children", "shown", "pos", "index", "params", "nbytes",
                  "size", "tensors", "generation")
 
-    def __init__(self, node: Node, parent: Row | None, name: str):
-        self.node, self.parent, self.name = node, parent, name
-        self.children: list[Row] = []
-        self.shown: list[Row] = self.children
-        self.pos = self.index = 0
-        self.params = self.nbytes = 0
+    def __init__(self, node: Node, parent: Row | None, name: str, children=()):
+        # a leaf shares the empty tuple (50,000 fewer lists); `shown` is set by the model
+        self.node, self.parent, self.name, self.children = node, parent, name, children
+        self.pos = self.index = self.params = self.nbytes = self.tensors = 0
         self.size = 1          # rows in this subtree, itself included: rows[index:index + size]
-        self.tensors = 0       # tensor rows in this subtree
-        self.generation = 0    # the model's filter/sort generation that `shown` and `pos` are for
+        self.generation = -1   # the model's filter/sort generation that `shown` and `pos` are
+        #                        for: none yet, so the model numbers children when first asked
+
+
+class GroupNode:
+    """The node of a virtual group row: reads as a Node of kind "group" and holds only its
+    name and key (a flat 50,000-key state_dict has ~55,000 groups)."""
+
+    __slots__ = ("name", "key")
+    kind = type_name = "group"
+    children = ()
+    tensor = value = None
+    role = shared_with = note = ""
+
+    def __init__(self, name: str, key: str):
+        self.name, self.key = name, key
 
 
 MAX_GROUP_DEPTH = 64         # dotted segments split into group rows; the rest stays one name
@@ -37,23 +49,34 @@ def _attach_children(row: Row):
     """Children of row's node; dotted names (a state_dict's "blocks.0.attn.weight") are split
     into virtual group rows, so that a flat dict of 50,000 keys is a browsable hierarchy."""
     groups: dict[str, Row] = {}
+    children = row.children
     for child in row.node.children:
-        parent, name = row, child.name
-        if "." in name and child.kind != "ref":
-            # a key of 100,000 segments would make 100,000 nested rows with quadratic keys
-            *folders, name = name.split(".", MAX_GROUP_DEPTH)
-            prefix = ""
-            for segment in folders:
-                prefix = f"{prefix}.{segment}" if prefix else segment
-                group = groups.get(prefix)
-                if group is None:
-                    key = f"{row.node.key}.{prefix}" if row.node.key else prefix
-                    group = Row(Node(name=segment, kind="group", key=key, type_name="group"),
-                                parent, segment)
-                    parent.children.append(group)
-                    groups[prefix] = group
-                parent = group
-        parent.children.append(Row(child, parent, name))
+        name = child.name
+        if "." not in name or child.kind == "ref":
+            children.append(Row(child, row, name, [] if child.children else ()))
+            continue
+        if name.count(".") <= MAX_GROUP_DEPTH:
+            prefix, _, name = name.rpartition(".")
+        else:   # a key of 100,000 segments would make 100,000 nested rows with quadratic keys
+            name = name.split(".", MAX_GROUP_DEPTH)[-1]
+            prefix = child.name[:len(child.name) - len(name) - 1]
+        parent = groups.get(prefix) or _group(row, groups, prefix)
+        parent.children.append(Row(child, parent, name, [] if child.children else ()))
+
+
+def _group(row: Row, groups: dict, prefix: str) -> Row:
+    """The group row of a dotted prefix under row, made with the groups above it if new
+    (siblings mostly share their group, so this runs once per group)."""
+    above, _, segment = prefix.rpartition(".")
+    if _:
+        parent = groups.get(above) or _group(row, groups, above)
+    else:
+        parent, segment = row, prefix
+    key = f"{row.node.key}.{prefix}" if row.node.key else prefix
+    group = Row(GroupNode(segment, key), parent, segment, [])
+    parent.children.append(group)
+    groups[prefix] = group
+    return group
 
 
 @dataclass
@@ -62,39 +85,47 @@ class RowIndex:
     top: Row
     rows: list          # all rows in pre-order: a subtree is rows[i:i + size]
     keys: list          # full dotted key of each row
-    lowered: list       # the same, lower-cased, for the filter
+    lowered_keys: list | None   # the same, lower-cased: made by the first filter (a worker)
     parents: array      # each row's parent index (-1 for the top)
     sizes: array        # each row's subtree size
+
+    @property
+    def lowered(self) -> list:
+        if self.lowered_keys is None:       # two racing filters both make the same list
+            self.lowered_keys = [key.lower() for key in self.keys]
+        return self.lowered_keys
 
 
 def build_rows(root: Node) -> RowIndex:
     """The rows of a node tree, with per-subtree sums; a tensor tied to an earlier one (same
     storage) adds nothing to the sums, as in the file."""
-    top = Row(root, None, "")
+    top = Row(root, None, "", [])
     order = []
     stack = [top]
     while stack:
         row = stack.pop()
         row.index = len(order)
         order.append(row)
-        if row.node.kind != "group":
+        if row.node.children and row.node.kind != "group":
             _attach_children(row)
-        for position, child in enumerate(row.children):
-            child.pos = position
-        stack.extend(reversed(row.children))
+        if row.children:
+            stack.extend(reversed(row.children))
     for row in reversed(order):
-        tensor = row.node.tensor
+        node = row.node
+        tensor = node.tensor
         if tensor is not None:
-            row.tensors = 1
-            if not row.node.shared_with:
-                row.params, row.nbytes = tensor.numel, tensor.nbytes
-        if row.parent is not None:
-            row.parent.params += row.params
-            row.parent.nbytes += row.nbytes
-            row.parent.size += row.size
-            row.parent.tensors += row.tensors
+            row.tensors += 1
+            if not node.shared_with:
+                row.params += tensor.numel
+                row.nbytes += tensor.nbytes
+        parent = row.parent
+        if parent is not None:
+            parent.params += row.params
+            parent.nbytes += row.nbytes
+            parent.size += row.size
+            parent.tensors += row.tensors
     keys = [r.node.key for r in order]
-    return RowIndex(top, order, keys, [k.lower() for k in keys],
+    return RowIndex(top, order, keys, None,
                     array("q", [r.parent.index if r.parent else -1 for r in order]),
                     array("q", [r.size for r in order]))
 
@@ -115,3 +146,46 @@ def matching_rows(text: str, keys: list[str], lowered: list[str]) -> list[int]:
         return [i for i, key in enumerate(keys) if match(key)]
     needle = text.lower()
     return [i for i, key in enumerate(lowered) if needle in key]
+
+
+@dataclass
+class Filtered:
+    """Which rows a filter text shows (filter_rows); made in a worker, applied by the model."""
+    text: str
+    matches: int = 0          # keys that match
+    visible: bytearray | None = None   # 1 per shown row (the top included); None: every row
+    inside: bytearray | None = None    # 1 per row inside a match's subtree (all its rows show)
+    shown: int = 0            # rows shown, the top not counted
+    error: str = ""           # a bad /regex/, in one line; nothing else is then set
+
+
+def filter_rows(text: str, index: RowIndex) -> Filtered:
+    """The rows a filter shows: matching keys, their whole subtrees and their ancestors.
+    Subtrees are the pre-order ranges rows[i:i + size]. Pure Python, O(rows): run it off the
+    GUI thread."""
+    everything = len(index.keys) - 1
+    if not text.strip():
+        return Filtered(text, everything, shown=everything)
+    try:
+        hits = matching_rows(text, index.keys, index.lowered)
+    except ValueError as exc:
+        return Filtered(text, error=str(exc))
+    if len(hits) >= everything:                       # every key matches
+        return Filtered(text, len(hits), shown=everything)
+    parents, sizes = index.parents, index.sizes
+    inside = bytearray(len(index.keys))
+    outermost, end = [], 0
+    for hit in hits:                                  # ascending: nested hits come after
+        if hit > 0 and hit >= end:
+            end = hit + sizes[hit]
+            inside[hit:end] = b"\x01" * sizes[hit]
+            outermost.append(hit)
+    visible = bytearray(inside)
+    visible[0] = 1
+    for hit in outermost:
+        above = parents[hit]
+        while not visible[above]:
+            visible[above] = 1
+            above = parents[above]
+    return Filtered(text, len(hits), visible, inside, visible.count(1) - 1)
+

@@ -188,26 +188,40 @@ def _contiguous(shape) -> tuple:
 def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     """Tensor.set_(storage, offset, size, stride) with torch's checks: the view must lie inside
     the storage (counted in bytes: a v3 tensor's dtype may differ from its storage's)."""
-    storage = _check_storage(storage)
-    shape = _as_ints(size, "shape")
-    stride = _as_ints(stride, "stride") if stride is not None else ()
+    shape, stride = _checked_geometry(info.dtype, storage, offset, size, stride)
+    info.storage, info.offset, info.shape, info.stride = storage, offset, shape, stride
+    return info
+
+
+def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple, tuple]:
+    """(shape, stride) of a view of storage, checked as Tensor.set_ checks it."""
+    _check_storage(storage)
+    try:                 # the common case in one step; _as_ints says what is wrong otherwise
+        shape = tuple(map(operator.index, size))
+        stride = tuple(map(operator.index, stride)) if stride is not None else ()
+    except TypeError:
+        shape, stride = _as_ints(size, "shape"), _as_ints(stride, "stride")
+    if shape and min(shape) < 0:
+        _as_ints(size, "shape")                  # raises: a negative size
     if not stride and shape:
         stride = _contiguous(shape)      # set_ with no stride: contiguous, as in torch
     if len(shape) != len(stride) or type(offset) is not int or offset < 0:
         raise CheckpointError(f"tensor geometry is inconsistent: size {shape}, stride {stride}")
-    if min(stride, default=0) < 0:
+    if stride and min(stride) < 0:
         raise CheckpointError("tensor has a negative stride (torch refuses it)")
-    info.storage, info.offset, info.shape, info.stride = storage, offset, shape, stride
-    if info.numel:
-        end = info.element_span()[1] * DTYPE_SIZES.get(info.dtype, 1)
-        if end > storage.nbytes and storage.resizable:
+    if 0 not in shape:
+        # strides are >= 0: the last element is offset + sum((size - 1) * stride)
+        last = offset + sum(map(operator.mul, shape, stride)) - sum(stride)
+        end = (last + 1) * DTYPE_SIZES.get(dtype, 1)
+        storage_bytes = storage.nbytes
+        if end > storage_bytes and storage.resizable:
             raise Ambiguous(f"a tensor reaches past the end of legacy storage {storage.key!r}, "
                             "which torch grows to fit: those values would be uninitialized "
                             "memory")
-        if end > storage.nbytes:
+        if end > storage_bytes:
             raise CheckpointError(f"tensor reaches byte {end:,} of storage {storage.key!r}, "
-                                  f"which holds {storage.nbytes:,}")
-    return info
+                                  f"which holds {storage_bytes:,}")
+    return shape, stride
 
 
 def _note_requires_grad(info: TensorInfo, requires_grad):
@@ -223,8 +237,10 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, h
     dtype = str(dtype) if dtype is not None else storage.dtype
     if dtype not in DTYPE_SIZES:
         raise CheckpointError(f"tensor has an unknown dtype {dtype!r:.40}")
-    info = set_geometry(TensorInfo(dtype=dtype, shape=()), storage, storage_offset, size, stride)
-    _note_requires_grad(info, requires_grad)
+    shape, stride = _checked_geometry(dtype, storage, storage_offset, size, stride)
+    info = TensorInfo(dtype, shape, stride, storage_offset, storage)
+    if requires_grad:
+        _note_requires_grad(info, requires_grad)
     if metadata:
         if not isinstance(metadata, dict):
             raise CheckpointError("tensor metadata is not a dict")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -41,35 +40,59 @@ def totals(checkpoint: Checkpoint) -> Totals:
     """Elements and bytes, each storage counted once: tied weights and views are not doubled
     (a storage counts towards the split of the first tensor that uses it)."""
     result = Totals()
-    by_dtype = defaultdict(lambda: [0, 0, 0])
-    covered: dict[int, list] = defaultdict(list)     # storage id -> element intervals
-    storages = {}
+    by_dtype: dict[str, list] = {}
+    covered: dict[int, list] = {}      # storage id -> [storage, dtype, category, spans...]
     categories = tensor_categories(checkpoint)
-    for _, tensor, node in checkpoint.tensors():
-        result.tensors += 1
-        by_dtype[tensor.dtype][0] += 1
+    split = result.split
+    tensors = checkpoint.tensors()
+    for _, tensor, node in tensors:
+        entry = by_dtype.get(tensor.dtype) or _dtype_entry(by_dtype, tensor.dtype)
+        entry[0] += 1
         category = categories.get(id(node), OTHER)
-        for leaf in _leaf_tensors(tensor):
-            if leaf.storage is None:
-                count = leaf.numel
-                by_dtype[leaf.dtype][1] += count
-                by_dtype[leaf.dtype][2] += leaf.nbytes
+        if not tensor.parts and tensor.storage is not None:     # the common case, inlined
+            if id(tensor.storage) in covered:
+                covered[id(tensor.storage)].append(tensor.element_span())
+            else:
+                covered[id(tensor.storage)] = [tensor.storage, tensor.dtype, category,
+                                               tensor.element_span()]
+            continue
+        for leaf in tensor.parts.values() if tensor.parts else (tensor,):
+            storage = leaf.storage
+            if storage is None:
+                count, nbytes = leaf.numel, leaf.nbytes
+                entry = _dtype_entry(by_dtype, leaf.dtype)
+                entry[1] += count
+                entry[2] += nbytes
                 result.params += count
-                result.bytes += leaf.nbytes
-                result.split[category] += count
-                continue
-            storages.setdefault(id(leaf.storage), (leaf.storage, leaf.dtype, category))
-            covered[id(leaf.storage)].append(leaf.element_span())
-    for storage_id, spans in covered.items():
-        storage, dtype, category = storages[storage_id]
-        count = _union_length(spans)
-        result.params += count
-        result.bytes += storage.nbytes
-        result.split[category] += count
-        by_dtype[dtype][1] += count
-        by_dtype[dtype][2] += storage.nbytes
+                result.bytes += nbytes
+                split[category] += count
+            elif id(storage) in covered:
+                covered[id(storage)].append(leaf.element_span())
+            else:
+                covered[id(storage)] = [storage, leaf.dtype, category, leaf.element_span()]
+    params = nbytes_all = 0
+    for storage, dtype, category, *spans in covered.values():
+        count = spans[0][1] - spans[0][0] if len(spans) == 1 else _union_length(spans)
+        nbytes = storage.nbytes
+        params += count
+        nbytes_all += nbytes
+        split[category] += count
+        entry = _dtype_entry(by_dtype, dtype)
+        entry[1] += count
+        entry[2] += nbytes
+    result.tensors = len(tensors)
+    result.params += params
+    result.bytes += nbytes_all
     result.by_dtype = dict(sorted(by_dtype.items(), key=lambda kv: -kv[1][2]))
     return result
+
+
+def _dtype_entry(by_dtype: dict, dtype: str) -> list:
+    """[tensors, elements, bytes] of a dtype, in the order dtypes were first met."""
+    entry = by_dtype.get(dtype)
+    if entry is None:
+        entry = by_dtype[dtype] = [0, 0, 0]
+    return entry
 
 
 def tensor_categories(checkpoint: Checkpoint) -> dict:

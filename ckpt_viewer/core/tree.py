@@ -83,9 +83,11 @@ def _script_module_children(obj):
             yield str(name), value, "parameter" if getattr(value, "is_parameter", False) else ""
 
 
-def build_tree(obj, warnings: list | None = None, optimizers: list | None = None) -> Node:
+def build_tree(obj, warnings: list | None = None, optimizers: list | None = None,
+               tensors: list | None = None, scalars: dict | None = None) -> Node:
     """Walk without recursion; a container seen before becomes a `ref` node (no blow-up).
-    Tensors sharing a storage are marked on the way; optimizer nodes are collected."""
+    Tensors sharing a storage are marked on the way; optimizer nodes are collected, and
+    what Checkpoint.tensors() and .scalars() list, in tree order."""
     root = Node(name="", kind="dict")
     first_key = _Seen()
     stack = [(obj, None, "", "", "", 0)]
@@ -101,6 +103,10 @@ def build_tree(obj, warnings: list | None = None, optimizers: list | None = None
         children = _fill(node, value, first_key)
         if node.kind == "optimizer" and optimizers is not None:
             optimizers.append(node)
+        elif node.kind == "tensor" and tensors is not None:
+            tensors.append((key, node.tensor, node))
+        elif node.kind == "scalar" and scalars is not None:
+            scalars[key] = node.value
         for child_name, child_value, child_role in reversed(children):
             child_key = f"{key}.{child_name}" if key else child_name
             stack.append((child_value, node, child_name, child_key, child_role, depth + 1))
@@ -200,7 +206,7 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
     if isinstance(value, dict):
         node.kind = "optimizer" if is_optimizer_state(value) else "dict"
         node.type_name = type(value).__name__
-        return [(_segment(k), v, "") for k, v in value.items()]
+        return [(k if type(k) is str else _segment(k), v, "") for k, v in value.items()]
     if isinstance(value, (list, tuple, set, frozenset)):
         node.kind, node.type_name = "list", type(value).__name__
         return [(str(i), v, "") for i, v in enumerate(value)]

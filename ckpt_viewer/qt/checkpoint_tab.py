@@ -16,7 +16,9 @@ from ckpt_viewer.core.summary import scalars_by_importance
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.theme import remember_splitter
-from ckpt_viewer.qt.tree_model import COLUMNS, DEVICE, DTYPE, KEY, TYPE, KeyTreeModel
+from ckpt_viewer.qt.tree_model import (COLUMNS, DEVICE, DTYPE, KEY, TYPE, Filtered, KeyTreeModel,
+                                       filter_rows)
+from ckpt_viewer.qt.workers import Controller
 from ckpt_viewer.qt.plain import as_html, plain_label
 
 AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
@@ -125,9 +127,10 @@ class CheckpointTab(QWidget):
         self.filter_timer.setSingleShot(True)
         self.filter_timer.setInterval(FILTER_DELAY_MS)
         self.filter_timer.timeout.connect(lambda: self.apply_filter(self.filter.text()))
-        self.filter.textChanged.connect(self.filter_timer.start)
-        self.unfiltered_expanded: list[str] | None = None   # expansion before filtering
-        self.kept_key = ""
+        self.filter.textChanged.connect(self._filter_edited)
+        self.unfiltered_expanded: list | None = None   # rows expanded before filtering
+        self.kept_row = None          # the selected row, while a filter hides it
+        self.jobs = Controller(self)
         self.filter_status = plain_label()
         self.ticked = plain_label()
         self.ticked.setObjectName("tickedCount")
@@ -302,7 +305,9 @@ class CheckpointTab(QWidget):
         self.panes.setCurrentIndex(current)
 
     def cancel(self):
-        """Stop the tensor view's computation, if any (closing the tab or the window)."""
+        """Stop the filter's search and the tensor view's computation, if any (closing the tab
+        or the window)."""
+        self.jobs.cancel()
         if self.tensor_view is not None:
             self.tensor_view.cancel()
             self.tensor_view.jobs.cancel()           # the overlay
@@ -318,47 +323,67 @@ class CheckpointTab(QWidget):
 
     # --- filter ----------------------------------------------------------------------------
     def apply_filter(self, text: str):
-        """Filter now (typing calls this FILTER_DELAY_MS after the last key). The unfiltered
-        tree's expansion is kept while a filter is on and restored when it is cleared; the
-        selected key stays selected whenever it is still shown."""
+        """Filter (typing calls this FILTER_DELAY_MS after the last key): the rows are found in
+        a worker (core.rows.filter_rows), and a newer text supersedes a search still running.
+        The unfiltered tree's expansion is kept while a filter is on and restored when it is
+        cleared; the selected key stays selected whenever it is still shown."""
         self.filter_timer.stop()
-        # a key hidden by one filter is selected again when a later one (or none) shows it
-        selected = self.kept_key = self.selected_key() or self.kept_key
-        if text.strip() and self.unfiltered_expanded is None:
-            self.unfiltered_expanded = self.expanded_keys()
-        try:
-            matches = self.model.set_filter(text)
-        except ValueError as exc:
-            self.filter_status.setText(str(exc))
+        if not text.strip():                   # nothing to search: the whole tree at once
+            self.jobs.cancel("filter")
+            self.show_filtered(filter_rows(text, self.model.index_rows))
+            return
+        self.jobs.start("filter", filter_rows, text, self.model.index_rows,
+                        on_result=self.show_filtered)
+
+    def _filter_edited(self, text: str):
+        """Typing waits for a pause; clearing the field brings the whole tree back at once."""
+        if text.strip():
+            self.filter_timer.start()
+        else:
+            self.apply_filter(text)
+
+    def show_filtered(self, filtered: Filtered):
+        """Apply a filter's rows (GUI thread: a model reset, then expansion and selection)."""
+        text = filtered.text
+        if filtered.error:
+            self.filter_status.setText(filtered.error)
             self.filter.setStyleSheet("QLineEdit { color: #b02a37; }")
             self.filter_applied.emit(text)
             return
+        # a key hidden by one filter is selected again when a later one (or none) shows it
+        selected = self.kept_row = self.selected_row() or self.kept_row
+        if text.strip() and self.unfiltered_expanded is None:
+            self.unfiltered_expanded = self.expanded_rows()
+        matches = self.model.show_filtered(filtered)
         self.filter.setStyleSheet("")
         self.filter_status.setText(f"{matches:,} match{'es' if matches != 1 else ''}"
                                    if text.strip() else "")
         if text.strip() and self.model.visible_count <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
         elif not text.strip() and self.unfiltered_expanded is not None:
-            for key in self.unfiltered_expanded:
-                index = self.model.index_of_key(key)
+            for row in self.unfiltered_expanded:
+                index = self.model.index_of_row(row)
                 if index.isValid():
                     self.tree.setExpanded(index, True)
             self.unfiltered_expanded = None
-        if selected:
-            self.select_key(selected, show=False)
+        if selected is not None:
+            index = self.model.index_of_row(selected)
+            if index.isValid():
+                self.tree.selectionModel().setCurrentIndex(
+                    index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
         self.filter_applied.emit(text)
 
-    def expanded_keys(self) -> list[str]:
-        """Keys of the expanded rows (only expanded subtrees are walked)."""
-        keys, stack = [], [QModelIndex()]
+    def expanded_rows(self) -> list:
+        """Rows expanded in the tree (only expanded subtrees are walked)."""
+        rows, stack = [], [QModelIndex()]
         while stack:
             parent = stack.pop()
-            for row in range(self.model.rowCount(parent)):
-                index = self.model.index(row, 0, parent)
+            for position in range(self.model.rowCount(parent)):
+                index = self.model.index(position, 0, parent)
                 if self.tree.isExpanded(index):
-                    keys.append(index.data(Qt.UserRole))
+                    rows.append(self.model.row_of(index))
                     stack.append(index)
-        return keys
+        return rows
 
     def focus_filter(self):
         self.filter.setFocus()
@@ -368,6 +393,10 @@ class CheckpointTab(QWidget):
     def selected_key(self) -> str:
         index = self.tree.currentIndex()
         return index.data(Qt.UserRole) if index.isValid() else ""
+
+    def selected_row(self):
+        index = self.tree.currentIndex()
+        return self.model.row_of(index) if index.isValid() else None
 
     def select_key(self, key: str, show: bool = True) -> bool:
         """Select key's row (show: also scroll to it)."""

@@ -284,13 +284,14 @@ class MainWindow(QMainWindow):
         QTimer.singleShot(1, tab, lambda: self._tab_ready(path, tab))
 
     def _tab_ready(self, path, tab):
-        tab.tensor_view.prepare_plot()      # a no-op until pyqtgraph has been imported
         totals = tab.totals
         self._remember(path)
         self._update_busy()
         self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, "
                                      f"{split_text(totals)}", 8000)
         self.loaded.emit(path)
+        # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first
+        QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot())
 
     def _failed(self, path, message):
         if self.pending.pop(path, None) is None:

@@ -12,7 +12,15 @@ from PySide6.QtGui import QBrush, QColor, QFont
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import describe_value
-from ckpt_viewer.core.rows import MAX_GROUP_DEPTH, Row, RowIndex, build_rows, matching_rows  # noqa: F401
+from ckpt_viewer.core.rows import (  # noqa: F401
+    MAX_GROUP_DEPTH,
+    Filtered,
+    Row,
+    RowIndex,
+    build_rows,
+    filter_rows,
+    matching_rows,
+)
 from ckpt_viewer.core.summary import totals as checkpoint_totals
 from ckpt_viewer.core.text import clipped, safe_text
 
@@ -79,20 +87,24 @@ class KeyTreeModel(QAbstractItemModel):
 
     def __init__(self, index: RowIndex, parent=None):
         super().__init__(parent)
+        self.index_rows = index
         self.top, self.rows = index.top, index.rows
-        self.keys, self.lowered = index.keys, index.lowered
+        self.keys = index.keys
         rows = self.rows
         self.visible_count = len(rows) - 1
-        # filtering: which rows show (None: all), computed with numpy over the pre-order index;
-        # each row's list of shown children is then built only when the view asks for it
+        # filtering: which rows show (None: all), computed by core.rows.filter_rows (in a
+        # worker); each row's list of shown children is then built only when the view asks
         self.generation = 0
         self._visible = self._inside = None
-        self._parents, self._sizes = index.parents, index.sizes
         self.checked = bytearray(len(rows))        # tensor rows ticked for export
         self.checked_below = [0] * len(rows)       # ticked tensor rows in each subtree
         self._italic = QFont()
         self._italic.setItalic(True)
         self._muted = QBrush(MUTED)
+
+    @property
+    def lowered(self) -> list:
+        return self.index_rows.lowered
 
     # --- structure -------------------------------------------------------------------------
     def row_of(self, index: QModelIndex) -> Row:
@@ -134,7 +146,13 @@ class KeyTreeModel(QAbstractItemModel):
         return len(COLUMNS)
 
     def hasChildren(self, parent=QModelIndex()):
-        return self.rowCount(parent) > 0
+        # asked for every row laid out (5,000 when a big group opens): no list built here
+        if parent.isValid() and parent.column() != 0:
+            return False
+        row = self.row_of(parent)
+        if self._visible is None or self._inside[row.index]:
+            return bool(row.children)
+        return len(self.shown(row)) > 0
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         if orientation != Qt.Horizontal:
@@ -202,6 +220,7 @@ class KeyTreeModel(QAbstractItemModel):
             row.children = row.shown = []
         self.top.children = self.top.shown = []
         self.rows = []
+        self.index_rows = None
         self.endResetModel()
 
     # --- content ---------------------------------------------------------------------------
@@ -264,45 +283,22 @@ class KeyTreeModel(QAbstractItemModel):
 
     # --- filter and sort -------------------------------------------------------------------
     def set_filter(self, text: str) -> int:
-        """Show matching keys, their ancestors and their subtrees; returns the match count."""
+        """Show matching keys, their ancestors and their subtrees; returns the match count
+        (ValueError for a bad /regex/). The tab computes this in a worker (show_filtered)."""
+        filtered = filter_rows(text, self.index_rows)
+        if filtered.error:
+            raise ValueError(filtered.error)
+        return self.show_filtered(filtered)
+
+    def show_filtered(self, filtered: Filtered) -> int:
+        """Apply what filter_rows found: no per-row work here, the GUI thread only resets."""
         with paused_gc():
-            return self._set_filter(text)
-
-    def _set_filter(self, text: str) -> int:
-        hits = matching_rows(text, self.keys, self.lowered) if text.strip() else None
-        self.beginResetModel()
-        self.generation += 1
-        if hits is None or len(hits) >= len(self.rows) - 1:   # no filter, or every key matches
-            self._visible = self._inside = None
-            self.visible_count = len(self.rows) - 1
-        else:
-            self._visible, self._inside = self._visibility(hits)
-            self.visible_count = int(self._visible.sum()) - 1
-        self.endResetModel()
-        return len(hits) if hits is not None else self.visible_count
-
-    def _visibility(self, hits: list[int]):
-        """(visible, inside) boolean arrays: a match shows its whole subtree (inside) and its
-        ancestors. Subtrees are the pre-order ranges rows[i:i + size]."""
-        import numpy as np
-
-        parents = np.frombuffer(self._parents, np.int64)
-        sizes = np.frombuffer(self._sizes, np.int64)
-        n = len(self.rows)
-        hit = np.asarray(hits, dtype=np.int64)
-        hit = hit[hit > 0]
-        starts = np.bincount(hit, minlength=n + 1)
-        ends = np.bincount(hit + sizes[hit], minlength=n + 1)
-        inside = np.cumsum(starts[:n] - ends[:n]) > 0
-        visible = inside.copy()
-        visible[0] = True
-        frontier = hit
-        while frontier.size:
-            above = parents[frontier]
-            above = np.unique(above[above >= 0])
-            frontier = above[~visible[above]]
-            visible[frontier] = True
-        return visible, inside
+            self.beginResetModel()
+            self.generation += 1
+            self._visible, self._inside = filtered.visible, filtered.inside
+            self.visible_count = filtered.shown
+            self.endResetModel()
+        return filtered.matches
 
     def sort(self, column, order=Qt.AscendingOrder):
         key_funcs = {
@@ -334,9 +330,12 @@ class KeyTreeModel(QAbstractItemModel):
 
     def index_of_key(self, key: str) -> QModelIndex:
         try:
-            row = self.rows[self.keys.index(key)]
+            return self.index_of_row(self.rows[self.keys.index(key)])
         except ValueError:
             return QModelIndex()
+
+    def index_of_row(self, row: Row) -> QModelIndex:
+        """row's index if the filter shows it (its ancestors' rows are numbered on the way)."""
         if row is self.top or self._visible is not None and not self._visible[row.index]:
             return QModelIndex()
         ancestors = []

@@ -1,11 +1,13 @@
 """The key tree's row index and filter, without a window."""
 
+from array import array
+
 import pytest
 import torch
 
 import builders
 from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.rows import build_rows, matching_rows
+from ckpt_viewer.core.rows import RowIndex, build_rows, filter_rows, matching_rows
 
 
 def test_rows_group_dotted_keys_and_sum_subtrees(tmp_path):
@@ -35,3 +37,44 @@ def test_filter_modes(text, expected):
 def test_bad_regex_is_one_line():
     with pytest.raises(ValueError, match="bad regular expression"):
         matching_rows("/(/", ["a"], ["a"])
+
+
+def _shown_by_walking(index, hits):
+    """The rows a filter must show, found the slow way: a hit, inside a hit, or above one."""
+    shown = set()
+    for row in index.rows[1:]:
+        line, above = [row], row.parent
+        while above is not None:
+            line.append(above)
+            above = above.parent
+        below = range(row.index, row.index + row.size)
+        if any(r.index in hits for r in line) or any(i in hits for i in below):
+            shown.add(row.index)
+    return shown
+
+
+@pytest.mark.parametrize("text", ["sub1", "layers.1*.sub2", "/^layers\\.3$/", "bias", "zzz",
+                                  "layers", "WEIGHT", "  "])
+def test_filter_rows_shows_matches_their_subtrees_and_ancestors(tmp_path, text):
+    state = {f"layers.{i}.sub{j}.{p}": torch.zeros(1) for i in range(12) for j in range(3)
+             for p in ("weight", "bias")}
+    state["head"] = {"weight": torch.zeros(1), "scale": torch.zeros(1)}
+    index = build_rows(open_checkpoint(builders.save(state, tmp_path / "many.pt")).root)
+    filtered = filter_rows(text, index)
+    hits = set(matching_rows(text, index.keys, index.lowered)) - {0} if text.strip() else None
+    if filtered.visible is None:               # no filter, or every key matches
+        assert hits is None or len(hits) >= len(index.rows) - 1
+        assert filtered.shown == len(index.rows) - 1
+        return
+    shown = {i for i in range(1, len(index.rows)) if filtered.visible[i]}
+    assert shown == _shown_by_walking(index, hits)
+    assert filtered.shown == len(shown) and filtered.matches == len(hits)
+    assert filtered.visible[0] == 1 and not filtered.error
+
+
+def test_filter_rows_bad_regex_is_one_line_in_the_result():
+    keys = ["", "a"]
+    index = RowIndex(None, [None, None], keys, keys, array("q", [-1, 0]), array("q", [2, 1]))
+    filtered = filter_rows("/(/", index)
+    assert filtered.error.startswith("bad regular expression") and "\n" not in filtered.error
+    assert filtered.visible is None

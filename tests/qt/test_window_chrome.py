@@ -2,9 +2,10 @@
 Welcome tab, the drop highlight, the tree's columns and its filter."""
 
 import os
+import threading
 
 import torch
-from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPoint, Qt, QThreadPool, QUrl
 from PySide6.QtGui import QAction, QDragEnterEvent
 from PySide6.QtWidgets import QApplication
 from qt_helpers import open_and_wait
@@ -101,12 +102,38 @@ def test_filter_waits_for_typing_and_clearing_restores_the_tree(qtbot, window, t
     qtbot.keyClicks(tab.filter, "layer0")
     assert tab.filter.text() == "layer0" and applied == []     # the field shows every key now
     qtbot.waitUntil(lambda: applied == ["layer0"], timeout=5_000)
-    with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
-        tab.filter.clear()
+    tab.filter.clear()
+    assert applied == ["layer0", ""]                        # clearing never waits
     assert tab.selected_key() == "block1.layer2.weight"
     assert tab.tree.isExpanded(tab.model.index_of_key("block1"))
     assert tab.tree.isExpanded(tab.model.index_of_key("block1.layer2"))
     assert not tab.tree.isExpanded(tab.model.index_of_key("block0"))
+
+
+def test_filter_searches_in_a_worker_and_the_latest_text_wins(qtbot, window, tmp_path,
+                                                               monkeypatch):
+    from ckpt_viewer.qt import checkpoint_tab
+
+    keys = {f"layers.{i}.sub{j}.weight": torch.zeros(1) for i in range(200) for j in range(10)}
+    open_and_wait(qtbot, window, builders.save(keys, tmp_path / "many.pt"))
+    tab = window.current_tab()
+    on_gui_thread = []
+    search = checkpoint_tab.filter_rows
+
+    def watched(text, index):
+        on_gui_thread.append(threading.current_thread() is threading.main_thread())
+        return search(text, index)
+    monkeypatch.setattr(checkpoint_tab, "filter_rows", watched)
+    applied = []
+    tab.filter_applied.connect(applied.append)
+    tab.apply_filter("layers.1")
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        tab.apply_filter("sub7")                  # supersedes the search still running
+    QThreadPool.globalInstance().waitForDone(10_000)
+    QApplication.processEvents()                  # a late result of "layers.1" would land now
+    assert applied == ["sub7"] and on_gui_thread and not any(on_gui_thread)
+    assert tab.model.visible_count == 1 + 200 + 2 * 200    # layers, layers.i, .sub7, .weight
+    assert tab.filter_status.text() == "400 matches"           # the groups and their weights
 
 
 def test_a_narrow_tree_hides_device_then_type_until_the_user_chooses(qtbot, window, training_file):

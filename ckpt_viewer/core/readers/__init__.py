@@ -16,10 +16,11 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
     """Unpickle `data` into a checkpoint with its tree, globals, refusals and bounds checked."""
     report = report if report is not None else PickleReport()
     obj, _ = safe_load(data, storage_factory, report=report)
-    warnings, optimizer_nodes = [], []
+    warnings, optimizer_nodes, tensors, scalars = [], [], [], {}
     checkpoint = Checkpoint(path=str(path), format=fmt,
                             file_bytes=getsize(path) if file_bytes is None else file_bytes,
-                            root=build_tree(obj, warnings, optimizer_nodes), warnings=warnings,
+                            root=build_tree(obj, warnings, optimizer_nodes, tensors, scalars),
+                            warnings=warnings,
                             optimizer_nodes=optimizer_nodes,
                             unsafe_globals=[g for g in report.unsafe_globals
                                             if not g.startswith("__torch__.")],
@@ -27,6 +28,8 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
     checkpoint.globals_named = dict(report.globals)
     checkpoint.global_calls = report.calls
     checkpoint.root_object = obj      # what sanitize rewrites
+    # found while building the tree: Checkpoint.tensors() and .scalars() walk it no more
+    checkpoint._tensors, checkpoint._scalars = tensors, scalars
     # bounds were checked as each tensor was built (safe_pickle.set_geometry; records refuse
     # BUILD), and are checked again where bytes are read (values.StorageReader)
     return checkpoint

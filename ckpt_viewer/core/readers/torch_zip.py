@@ -32,7 +32,9 @@ class Archive:
             raise CheckpointError(f"zip entry {self.members[0].name!r} is not inside a folder: "
                                   "not a PyTorch checkpoint")
         self.prefix = first[:first.index(b"/") + 1]
-        self.by_name = {m.raw_name.lower(): m for m in self.members}
+        # one lower() for every name (read_directory refused names holding a NUL)
+        folded = b"\0".join(m.raw_name for m in self.members).lower().split(b"\0")
+        self.by_name = dict(zip(folded, self.members))
         self.crc_failures: list[str] = []
 
     def find(self, name: str) -> ZipMember | None:
@@ -56,10 +58,6 @@ class Archive:
             raise CheckpointError(f"zip entry {outside.name!r} lies outside the archive folder "
                                   f"{self.prefix.decode('utf-8', 'backslashreplace')!r} "
                                   "(torch refuses such archives)")
-
-    def records(self) -> list[str]:
-        return [m.raw_name[len(self.prefix):].decode("utf-8", "backslashreplace")
-                for m in self.members]
 
 
 def parse_version(text: bytes) -> int:
@@ -102,16 +100,23 @@ def read(path: str):
         raise CheckpointError(f"data.pkl is compressed and would inflate to "
                               f"{pickle_member.file_size:,} bytes; refusing (zip bomb?)")
     data = archive.read(pickle_member, MAX_PICKLE_BYTES)
-    records = archive.records()
-    torchscript = "constants.pkl" in records
+    torchscript = any(m.raw_name == archive.prefix + b"constants.pkl" for m in archive.members)
     storages: dict = {}
+    dtypes: dict = {}            # storage type name -> dtype (a file names a few, 50,000 times)
+    records_by_name, data_folder = archive.by_name, archive.prefix + b"data/"
 
     def storage_factory(pid):
         storage_type, key, location, numel = storage_pid(pid)
-        dtype = dtype_of_storage(storage_type)
+        name = getattr(storage_type, "qualname", None)
+        dtype = dtypes.get(name) if type(name) is str else None
+        if dtype is None:
+            dtype = dtype_of_storage(storage_type)
+            if type(name) is str:
+                dtypes[name] = dtype
         if key in storages:      # torch keeps the first reference's type and size
             return storages[key]
-        member = archive.find(f"data/{key}")
+        member = records_by_name.get((data_folder + str(key).encode("utf-8", "surrogatepass"))
+                                     .lower())       # archive.find(f"data/{key}"), inlined
         if member is None:
             raise CheckpointError(f"storage record data/{key} is missing from the archive")
         needed = numel * DTYPE_SIZES[dtype]

@@ -145,7 +145,8 @@ def _refuse_shadowed_names(members: list[ZipMember]):
         member = next(m for m in members if b"\0" in m.raw_name)
         raise AmbiguousArchive(f"entry name {member.name!r} holds a NUL byte (zip tools "
                                "cut the name there, torch does not)")
-    folded = [n.lower() for n in names]
+    # one lower() for all the names: none holds a NUL (checked above)
+    folded = b"\0".join(names).lower().split(b"\0") if names else []
     if len(set(folded)) != len(folded):
         seen = set()
         member = next(m for m, f in zip(members, folded) if f in seen or seen.add(f))
