@@ -131,3 +131,22 @@ def test_spectral_gram_over_row_chunks_and_wide_matrices(tmp_path, monkeypatch, 
     stopped = threading.Event()
     stopped.set()
     assert layers.spectral_metrics(tensor, stopped) == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_spectral_metrics_on_the_gpu_equal_the_cpus(tmp_path, monkeypatch):
+    from ckpt_viewer.core import layers
+
+    torch.manual_seed(3)
+    weight = torch.randn(512, 96)
+    tensor = open_checkpoint(builders.save({"w": weight}, tmp_path / "w.pt")).find("w").tensor
+    calls = []
+    real_eigvalsh = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh",
+                        lambda m: calls.append(m.device.type) or real_eigvalsh(m))
+    on_gpu = layers.spectral_metrics(tensor)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_cpu = layers.spectral_metrics(tensor)
+    assert calls == ["cuda", "cpu"]
+    assert on_gpu["stable_rank"] == pytest.approx(on_cpu["stable_rank"], rel=1e-9)
+    assert on_gpu["alpha"] == pytest.approx(on_cpu["alpha"], rel=1e-6)
