@@ -29,6 +29,10 @@ COLUMN_SAMPLE = 500        # rows whose texts size the columns (all 50,000 cost 
 FILTER_DELAY_MS = 120      # filtering waits for a pause in typing; the text field never waits
 
 
+def elements(count: int) -> str:
+    return f"{format_count(count)} element{'' if count == 1 else 's'}"
+
+
 def summary_html(checkpoint, totals) -> str:
     esc = as_html
     rows = [("Path", esc(checkpoint.path)), ("Format", esc(checkpoint.format)),
@@ -36,8 +40,8 @@ def summary_html(checkpoint, totals) -> str:
             ("Tensors", f"{totals.tensors:,}"),
             ("Model parameters", f"{format_count(totals.split['model'])} "
                                  f"({totals.split['model']:,})"),
-            ("Optimizer state", f"{format_count(totals.split['optimizer_state'])} elements"),
-            ("Other tensors", f"{format_count(totals.split['other'])} elements"),
+            ("Optimizer state", elements(totals.split['optimizer_state'])),
+            ("Other tensors", elements(totals.split['other'])),
             ("All elements", f"{format_count(totals.params)} ({totals.params:,}), each storage "
                              "counted once"),
             ("Tensor bytes", format_bytes(totals.bytes))]

@@ -178,8 +178,8 @@ class CompareView(QWidget):
         summary = (f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
                    f"{as_html(counts_text(self.counts))}<br>"
                    f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
-                   f"{len(view['unexpected_keys'])} unexpected, {len(view['size_mismatch'])} size "
-                   f"mismatches." + (" <b>Identical.</b>" if report.identical else ""))
+                   f"{len(view['unexpected_keys'])} unexpected, "
+                   f"{plural(len(view['size_mismatch']), 'size mismatch')}." + (" <b>Identical.</b>" if report.identical else ""))
         self.summary = QLabel(summary)
         self.summary.setObjectName("compareSummary")
         self.summary.setWordWrap(True)

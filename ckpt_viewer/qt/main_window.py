@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QApplication, QDialog, QFileDialog, QLabel, QMain
 from ckpt_viewer import __version__
 from ckpt_viewer.core.remote import is_remote
 from ckpt_viewer.core.report import split_text
+from ckpt_viewer.core.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
@@ -287,7 +288,7 @@ class MainWindow(QMainWindow):
         totals = tab.totals
         self._remember(path)
         self._update_busy()
-        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, "
+        self.statusBar().showMessage(f"{path}: {plural(totals.tensors, 'tensor')}, "
                                      f"{split_text(totals)}", 8000)
         self.loaded.emit(path)
         # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first
