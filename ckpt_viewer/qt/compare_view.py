@@ -179,7 +179,8 @@ class CompareView(QWidget):
                    f"{as_html(counts_text(self.counts))}<br>"
                    f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
                    f"{len(view['unexpected_keys'])} unexpected, "
-                   f"{plural(len(view['size_mismatch']), 'size mismatch')}." + (" <b>Identical.</b>" if report.identical else ""))
+                   f"{plural(len(view['size_mismatch']), 'size mismatch')}."
+                   + (" <b>Identical.</b>" if report.identical else ""))
         self.summary = QLabel(summary)
         self.summary.setObjectName("compareSummary")
         self.summary.setWordWrap(True)
