@@ -102,6 +102,7 @@ class StatsTable(QTableWidget):
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)   # numbers are never cut
+        header.setStretchLastSection(True)      # no blank band beside the last pair
         self.rows, self.preview = [], False
 
     def resizeEvent(self, event):

@@ -126,3 +126,18 @@ def test_long_facts_wrap_instead_of_scrolling_sideways(qtbot, window, tmp_path):
                     timeout=5000)
     assert facts.horizontalScrollBar().maximum() == 0
     assert key in facts.toPlainText()                 # all of it, selectable
+
+
+def test_statistics_fill_the_strip_and_integers_are_exact(qtbot, window, tmp_path):
+    ids = torch.tensor([-4767, 30624, 4993600, 1198490] * 8, dtype=torch.int64)
+    path = builders.save({"ids": ids}, tmp_path / "ids.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, "ids")
+    table = tab.tensor_view.table
+    shown = table.as_dict()
+    assert shown["min"] == "-4,767" and shown["max"] == "4,993,600"
+    assert shown["50 %"] == "30,624"
+    header = table.horizontalHeader()
+    used = sum(header.sectionSize(c) for c in range(table.columnCount()))
+    assert used == table.viewport().width()          # no blank band beside the last pair
