@@ -15,7 +15,7 @@ from ckpt_viewer.core.report import describe_value
 from ckpt_viewer.core.summary import scalars_by_importance
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
-from ckpt_viewer.qt.theme import remember_splitter
+from ckpt_viewer.qt.theme import on_base, remember_splitter
 from ckpt_viewer.qt.tree_model import (COLUMNS, DEVICE, DTYPE, KEY, TYPE, Filtered, KeyTreeModel,
                                        filter_rows)
 from ckpt_viewer.qt.workers import Controller
@@ -351,7 +351,7 @@ class CheckpointTab(QWidget):
         text = filtered.text
         if filtered.error:
             self.filter_status.setText(filtered.error)
-            self.filter.setStyleSheet("QLineEdit { color: #b02a37; }")
+            self.filter.setStyleSheet(f"QLineEdit {{ color: {on_base('#b02a37').name()}; }}")
             self.filter_applied.emit(text)
             return
         # a key hidden by one filter is selected again when a later one (or none) shows it

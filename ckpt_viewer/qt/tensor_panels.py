@@ -26,6 +26,7 @@ from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
 from ckpt_viewer.core.stats import PARTS
 from ckpt_viewer.qt.plain import as_html, plain_label
+from ckpt_viewer.qt.theme import on_base
 
 RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
@@ -145,7 +146,7 @@ class StatsTable(QTableWidget):
             font = value.font()
             font.setBold(True)
             value.setFont(font)
-            value.setForeground(QColor(200, 30, 40))
+            value.setForeground(on_base(QColor(200, 30, 40)))
             value.setBackground(QColor(255, 80, 80, 50))
         return value
 

@@ -141,3 +141,24 @@ def test_statistics_fill_the_strip_and_integers_are_exact(qtbot, window, tmp_pat
     header = table.horizontalHeader()
     used = sum(header.sectionSize(c) for c in range(table.columnCount()))
     assert used == table.viewport().width()          # no blank band beside the last pair
+
+
+def test_alarm_and_status_colours_stay_readable_in_the_dark_theme(qtbot, window, tmp_path):
+    from ckpt_viewer.qt.theme import on_base
+
+    values = torch.randn(100)
+    values[3] = float("nan")
+    path = builders.save({"w": values}, tmp_path / "w.pt")
+    window.findChild(object, "actionDarkTheme").trigger()
+    try:
+        open_and_wait(qtbot, window, path)
+        tab = window.tabs.currentWidget()
+        select(qtbot, tab, "w")
+        table = tab.tensor_view.table
+        nan = next(table.item(r, c + 1) for r in range(table.rowCount()) for c in (0, 2)
+                   if table.item(r, c) and table.item(r, c).text() == "NaN")
+        base = QApplication.palette().color(QPalette.Base)
+        assert nan.foreground().color().lightness() - base.lightness() > 120   # was 84
+    finally:
+        window.findChild(object, "actionDarkTheme").trigger()
+    assert on_base("#b02a37").name() == "#b02a37"       # the light theme keeps its colours
