@@ -22,9 +22,14 @@ def test_toolbar_title_and_size_within_the_screen(qtbot, window, training_file):
     assert window.frameGeometry().width() <= available.width()
     assert window.frameGeometry().height() <= available.height()
     assert window.windowTitle() == "ckpt-viewer"
+    export, verify = (window.findChild(QAction, n) for n in ("actionExport", "actionVerify"))
+    assert not export.isEnabled() and not verify.isEnabled()    # nothing to act on yet
     open_and_wait(qtbot, window, training_file)
     assert window.windowTitle() == "train.pth - ckpt-viewer"
+    assert export.isEnabled() and verify.isEnabled()
     assert window.windowFilePath() == os.path.abspath(training_file)
+    window.tabs.tabCloseRequested.emit(window.tabs.currentIndex())
+    assert not export.isEnabled()                                # the Welcome tab is back
 
 
 def test_tabs_keep_the_opening_order_and_reopening_switches(qtbot, window, tmp_path):
