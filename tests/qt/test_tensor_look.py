@@ -162,3 +162,18 @@ def test_alarm_and_status_colours_stay_readable_in_the_dark_theme(qtbot, window,
     finally:
         window.findChild(object, "actionDarkTheme").trigger()
     assert on_base("#b02a37").name() == "#b02a37"       # the light theme keeps its colours
+
+
+def test_the_plot_is_the_largest_thing_on_the_tensor_page(qtbot, window, tmp_path):
+    """Issue #13: at 1366x768 and 1920x1080 the histogram takes at least half the right pane's
+    width and more height than the statistics strip under it."""
+    open_and_wait(qtbot, window, builders.save({"w": torch.randn(1000)}, tmp_path / "w.pt"))
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, "w")
+    view = tab.tensor_view
+    for width, height in ((1366, 768), (1920, 1080)):
+        window.resize(width, height)
+        qtbot.waitUntil(lambda: window.width() == width and window.height() == height)
+        QApplication.processEvents()
+        assert view.plot.width() >= 0.5 * tab.panes.width()
+        assert view.plot.height() > view.table.height()
