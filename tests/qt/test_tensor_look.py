@@ -141,6 +141,9 @@ def test_statistics_fill_the_strip_and_integers_are_exact(qtbot, window, tmp_pat
     header = table.horizontalHeader()
     used = sum(header.sectionSize(c) for c in range(table.columnCount()))
     assert used == table.viewport().width()          # no blank band beside the last pair
+    extra = [header.sectionSize(c) - max(table.sizeHintForColumn(c), header.sectionSizeHint(c))
+             for c in range(table.columnCount())]
+    assert min(extra) >= 0 and max(extra) - min(extra) <= 1    # nothing cut, the rest shared
 
 
 def test_alarm_and_status_colours_stay_readable_in_the_dark_theme(qtbot, window, tmp_path):
