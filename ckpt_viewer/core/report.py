@@ -125,6 +125,8 @@ def number(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
+        if value.is_integer() and abs(value) < 2 ** 53:   # an integer tensor's min, max, quantiles:
+            return f"{int(value):,}"                      # exact, not 4.9936e+06
         return f"{value:.6g}"
     return f"{value:,}"
 

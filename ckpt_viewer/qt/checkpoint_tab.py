@@ -15,7 +15,7 @@ from ckpt_viewer.core.report import describe_value
 from ckpt_viewer.core.summary import scalars_by_importance
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.tensor_view import TensorView
-from ckpt_viewer.qt.theme import remember_splitter
+from ckpt_viewer.qt.theme import on_base, remember_splitter
 from ckpt_viewer.qt.tree_model import (COLUMNS, DEVICE, DTYPE, KEY, TYPE, Filtered, KeyTreeModel,
                                        filter_rows)
 from ckpt_viewer.qt.workers import Controller
@@ -24,9 +24,15 @@ from ckpt_viewer.qt.plain import as_html, plain_label
 AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
 AUTO_OPEN_ROWS = 50        # rows (a screenful) a new tab's opened first levels may show
 KEY_MIN_WIDTH = 180
+KEY_ROOM = 240             # Device, then Type / Class hide (until chosen) while Key would get less:
+                           # at 180 a nested "num_batches_tracked" was cut beside a Type column
 AUTO_HIDDEN = (DEVICE, TYPE)
 COLUMN_SAMPLE = 500        # rows whose texts size the columns (all 50,000 cost ~0.5 s)
 FILTER_DELAY_MS = 120      # filtering waits for a pause in typing; the text field never waits
+
+
+def elements(count: int) -> str:
+    return f"{format_count(count)} element{'' if count == 1 else 's'}"
 
 
 def summary_html(checkpoint, totals) -> str:
@@ -36,8 +42,8 @@ def summary_html(checkpoint, totals) -> str:
             ("Tensors", f"{totals.tensors:,}"),
             ("Model parameters", f"{format_count(totals.split['model'])} "
                                  f"({totals.split['model']:,})"),
-            ("Optimizer state", f"{format_count(totals.split['optimizer_state'])} elements"),
-            ("Other tensors", f"{format_count(totals.split['other'])} elements"),
+            ("Optimizer state", elements(totals.split['optimizer_state'])),
+            ("Other tensors", elements(totals.split['other'])),
             ("All elements", f"{format_count(totals.params)} ({totals.params:,}), each storage "
                              "counted once"),
             ("Tensor bytes", format_bytes(totals.bytes))]
@@ -213,8 +219,8 @@ class CheckpointTab(QWidget):
     def _fit_key_column(self, column=None, *_):
         """Key takes the width the other columns leave, but never less than KEY_MIN_WIDTH
         (then the tree scrolls sideways instead of cutting names to "mode..."). Until the
-        user picks columns, a narrow tree hides Device, then Type / Class, so that Params and
-        Size stay in view."""
+        user picks columns, a tree that would leave Key less than KEY_ROOM hides Device, then
+        Type / Class, so that Params and Size stay in view."""
         if column == KEY or getattr(self, "_fitting", False):
             return
         self._fitting = True          # hiding and resizing sections report back here
@@ -230,7 +236,7 @@ class CheckpointTab(QWidget):
             for column in AUTO_HIDDEN:                          # narrow trees drop these first
                 header.setSectionHidden(column, False)
             for column in AUTO_HIDDEN:
-                if self._columns_width() + KEY_MIN_WIDTH <= width:
+                if self._columns_width() + KEY_ROOM <= width:
                     break
                 header.setSectionHidden(column, True)
         header.resizeSection(KEY, max(KEY_MIN_WIDTH, width - self._columns_width()))
@@ -347,7 +353,7 @@ class CheckpointTab(QWidget):
         text = filtered.text
         if filtered.error:
             self.filter_status.setText(filtered.error)
-            self.filter.setStyleSheet("QLineEdit { color: #b02a37; }")
+            self.filter.setStyleSheet(f"QLineEdit {{ color: {on_base('#b02a37').name()}; }}")
             self.filter_applied.emit(text)
             return
         # a key hidden by one filter is selected again when a later one (or none) shows it

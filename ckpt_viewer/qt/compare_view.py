@@ -17,6 +17,7 @@ from ckpt_viewer.core.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pai
 from ckpt_viewer.core.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
+from ckpt_viewer.qt.theme import on_base
 
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
 SORT_ROLE, STATUS_ROLE = Qt.UserRole + 1, Qt.UserRole + 2
@@ -27,7 +28,6 @@ STATUS_COLOURS = {"identical": QColor(90, 90, 90), "changed": QColor(200, 110, 0
                   "dtype+identical": QColor(150, 60, 160), "dtype+changed": QColor(150, 60, 160),
                   "shape": QColor(200, 40, 40), "only in A": QColor(40, 100, 200),
                   "only in B": QColor(20, 130, 100)}
-STATUS_BRUSHES = {status: QBrush(colour) for status, colour in STATUS_COLOURS.items()}
 DISPLAY, FOREGROUND, TOOLTIP, ALIGNMENT = (role.value for role in (
     Qt.DisplayRole, Qt.ForegroundRole, Qt.ToolTipRole, Qt.TextAlignmentRole))
 RIGHT_ALIGNED = (Qt.AlignRight | Qt.AlignVCenter).value
@@ -64,6 +64,7 @@ class CompareModel(QAbstractTableModel):
     def __init__(self, report, parent=None):
         super().__init__(parent)
         self.rows = []          # (cells as text, sort values, status)
+        self.brushes = {status: QBrush(on_base(colour)) for status, colour in STATUS_COLOURS.items()}
         for t in report.tensors:
             metrics = (t.max_abs, t.mean_abs, t.rel_l2)
             self._add(t.key, t.status, f"{t.dtype_a} {t.shape_a}", f"{t.dtype_b} {t.shape_b}",
@@ -105,7 +106,7 @@ class CompareModel(QAbstractTableModel):
             return status
         column = index.column()
         if role == FOREGROUND and column == 1:
-            return STATUS_BRUSHES[status]
+            return self.brushes[status]
         if role == TOOLTIP and column == 1:
             return STATUS_TEXT[status]
         if role == ALIGNMENT and column >= 4:
@@ -178,8 +179,9 @@ class CompareView(QWidget):
         summary = (f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
                    f"{as_html(counts_text(self.counts))}<br>"
                    f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
-                   f"{len(view['unexpected_keys'])} unexpected, {len(view['size_mismatch'])} size "
-                   f"mismatches." + (" <b>Identical.</b>" if report.identical else ""))
+                   f"{len(view['unexpected_keys'])} unexpected, "
+                   f"{plural(len(view['size_mismatch']), 'size mismatch')}."
+                   + (" <b>Identical.</b>" if report.identical else ""))
         self.summary = QLabel(summary)
         self.summary.setObjectName("compareSummary")
         self.summary.setWordWrap(True)
@@ -251,7 +253,7 @@ class CompareView(QWidget):
             button.setChecked(True)
             button.setToolTip(f"Show or hide keys whose status is '{STATUS_TEXT[status]}'")
             palette = button.palette()           # a palette, not a style sheet: those cost
-            palette.setColor(QPalette.WindowText, STATUS_COLOURS[status])   # ~20 ms each
+            palette.setColor(QPalette.WindowText, on_base(STATUS_COLOURS[status]))   # ~20 ms each
             button.setPalette(palette)
             button.toggled.connect(self._legend_toggled)
             row.addWidget(button)

@@ -17,6 +17,7 @@ from ckpt_viewer.core.model import DTYPE_SIZES, format_bytes
 from ckpt_viewer.core.summary import suggested_root
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label, shown
+from ckpt_viewer.qt.theme import on_base
 
 PREVIEW_LINES = 2000
 
@@ -202,7 +203,7 @@ class ExportDialog(QDialog):
                 f"; replaces {os.path.basename(destination)}" if not blocked else
                 f". {os.path.basename(destination)} exists: tick 'Replace the existing file' "
                 "or choose another name"))
-            self.summary.setStyleSheet("color: #8a5300;" if blocked else "")
+            self.summary.setStyleSheet(f"color: {on_base('#8a5300').name()};" if blocked else "")
         self.export_button.setEnabled(bool(items) and bool(destination) and not blocked)
         if self.device.currentText().startswith("cuda"):
             where = self.device.currentText()
@@ -217,7 +218,7 @@ class ExportDialog(QDialog):
 
     def _problem(self, message: str):
         self.preview.setPlainText("")
-        self.summary.setStyleSheet("color: #b02a37;")
+        self.summary.setStyleSheet(f"color: {on_base('#b02a37').name()};")
         self.summary.setText(message)
         self.export_button.setEnabled(False)
 

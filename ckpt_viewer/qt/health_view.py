@@ -7,7 +7,7 @@ import os
 import time
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush
 from PySide6.QtWidgets import (
     QDialog,
     QHBoxLayout,
@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 from ckpt_viewer.core.model import format_bytes
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting
+from ckpt_viewer.qt.theme import on_base
 
 MAX_SHOWN = 5000      # more rows would hold the window for too long at once
 ROWS_PER_STEP = 250
@@ -113,7 +114,7 @@ class HealthDialog(QDialog):
             item = QTreeWidgetItem([finding.severity, finding.kind, escape(finding.key),
                                     escape(finding.message)])
             item.setData(0, Qt.UserRole, finding.key)
-            item.setForeground(0, QBrush(QColor(COLOURS[finding.severity])))
+            item.setForeground(0, QBrush(on_base(COLOURS[finding.severity])))
             item.setToolTip(3, escape(finding.message))
             items.append(item)
         self.findings.addTopLevelItems(items)

@@ -34,6 +34,7 @@ LABELS = {"l2": "L2 norm", "std": "std", "max_abs": "max |x|", "zero_fraction": 
 PREVIEW_ELEMENTS = 20_000    # per tensor, for the first plot
 EXACT_PASS_DELAY_MS = 50     # after the preview's last draw step: time to paint it
 ROLES_PER_STEP = 2           # roles drawn per event loop turn (about 3 ms each)
+LEGEND_COLUMNS = 4           # the legend sits over the plot: wide and short, not one tall column
 
 
 class LayersDialog(QDialog):
@@ -173,7 +174,11 @@ class LayersDialog(QDialog):
         self.plot = pg.PlotWidget(background=self.palette().color(QPalette.Base))
         self.plot.setObjectName("layersPlot")
         self.plot.setLabel("bottom", "layer")
-        self.plot.addLegend(offset=(10, 10))
+        # a 13-role legend in one column covered most of the plot's height and its points
+        base, text = self.palette().color(QPalette.Base), self.palette().color(QPalette.Text)
+        base.setAlpha(200)
+        self.plot.addLegend(offset=(10, 10), colCount=LEGEND_COLUMNS, brush=base,
+                            labelTextColor=text)
         self.layout_.addWidget(self.plot, 1)
         QTimer.singleShot(0, self, lambda: self.redraw(then=done))   # the widget alone: ~15 ms
 

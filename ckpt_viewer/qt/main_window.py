@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QApplication, QDialog, QFileDialog, QLabel, QMain
 from ckpt_viewer import __version__
 from ckpt_viewer.core.remote import is_remote
 from ckpt_viewer.core.report import split_text
+from ckpt_viewer.core.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
@@ -21,6 +22,8 @@ from ckpt_viewer.qt.tree_model import load_for_view
 from ckpt_viewer.qt.plain import shown
 
 MAX_RECENT = 10
+NEEDS_A_FILE = ("actionExport", "actionSanitize", "actionVerify", "actionCompare", "actionHealth",
+                "actionLayers", "actionPickleImports")     # greyed out while no file tab is shown
 PRELOAD_DELAY_MS = 50
 OPEN_FILTER = ("Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar *.json *.pkl);;"
                "All files (*)")
@@ -65,6 +68,7 @@ class MainWindow(QMainWindow):
                                      "border: 3px dashed palette(highlight); font-size: 20pt; }")
         self.drop_hint.hide()
         QTimer.singleShot(0, self._preload_when_idle)
+        self._update_title()
         self._restore_size()
 
     def _restore_size(self):
@@ -117,6 +121,10 @@ class MainWindow(QMainWindow):
     def _update_title(self, *_):
         """The window names the current file (and its folder, for the task bar's tooltip)."""
         tab = self.current_tab()
+        for name in NEEDS_A_FILE:
+            action = self.findChild(QAction, name)
+            if action is not None:
+                action.setEnabled(tab is not None)
         if tab is None:
             self.setWindowFilePath("")
             self.setWindowTitle("ckpt-viewer")
@@ -287,7 +295,7 @@ class MainWindow(QMainWindow):
         totals = tab.totals
         self._remember(path)
         self._update_busy()
-        self.statusBar().showMessage(f"{path}: {totals.tensors:,} tensors, "
+        self.statusBar().showMessage(f"{path}: {plural(totals.tensors, 'tensor')}, "
                                      f"{split_text(totals)}", 8000)
         self.loaded.emit(path)
         # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first

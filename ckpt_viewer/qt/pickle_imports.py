@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_viewer.core.globals import MEANING, report_dict
 from ckpt_viewer.qt.plain import plain_label, shown
+from ckpt_viewer.qt.theme import on_base
 
 CODE_RED = QColor("#b02a37")
 PICKLED_FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle")
@@ -111,10 +112,10 @@ class PickleImportsView(QDialog):
         item.setData(0, Qt.UserRole, keys[0] if keys else "")
         if use["category"] == "code":
             for column in range(4):
-                item.setForeground(column, QBrush(CODE_RED))
+                item.setForeground(column, QBrush(on_base(CODE_RED)))
             for call in use["calls"]:
                 child = QTreeWidgetItem([shown(f"called as {use['name']}({call})"), "", "", ""])
-                child.setForeground(0, QBrush(CODE_RED))
+                child.setForeground(0, QBrush(on_base(CODE_RED)))
                 item.addChild(child)
         for key in keys:
             child = QTreeWidgetItem([shown(key), "", "", "select in the tree"])

@@ -26,6 +26,7 @@ from ckpt_viewer.core.model import Node, format_bytes
 from ckpt_viewer.core.report import stats_rows
 from ckpt_viewer.core.stats import PARTS
 from ckpt_viewer.qt.plain import as_html, plain_label
+from ckpt_viewer.qt.theme import on_base
 
 RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
           "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
@@ -101,13 +102,27 @@ class StatsTable(QTableWidget):
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
         header = self.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)   # numbers are never cut
+        header.setSectionResizeMode(QHeaderView.Interactive)   # sized by _spread
         self.rows, self.preview = [], False
 
     def resizeEvent(self, event):
         super().resizeEvent(event)
         if self._pairs() * 2 != self.columnCount():
             self.fill(self.rows, self.preview)
+        else:
+            self._spread()
+
+    def _spread(self):
+        """Each column as wide as its texts (numbers are never cut), the width left over shared
+        by all: a blank band beside the last pair, or one stretched column that pulled a value
+        far from its label, looked broken."""
+        header = self.horizontalHeader()
+        widths = [max(self.sizeHintForColumn(c), header.sectionSizeHint(c))
+                  for c in range(self.columnCount())]
+        spare = max(0, self.viewport().width() - sum(widths))
+        for column, width in enumerate(widths):
+            header.resizeSection(column, width + spare // len(widths)
+                                 + (1 if column < spare % len(widths) else 0))
 
     def _pairs(self) -> int:
         return max(1, min(4, self.viewport().width() // self.PAIR_WIDTH))
@@ -126,6 +141,7 @@ class StatsTable(QTableWidget):
             row, column = i % self.rowCount(), 2 * (i // self.rowCount())
             self.setItem(row, column, QTableWidgetItem(label))
             self.setItem(row, column + 1, self._value_item(label, text, preview))
+        self._spread()
 
     def _value_item(self, label: str, text: str, preview: bool) -> QTableWidgetItem:
         value = QTableWidgetItem(text)
@@ -144,7 +160,7 @@ class StatsTable(QTableWidget):
             font = value.font()
             font.setBold(True)
             value.setFont(font)
-            value.setForeground(QColor(200, 30, 40))
+            value.setForeground(on_base(QColor(200, 30, 40)))
             value.setBackground(QColor(255, 80, 80, 50))
         return value
 

@@ -57,6 +57,16 @@ def apply_theme(app: QApplication, dark: bool):
     restyle_plots(app)
 
 
+def on_base(colour) -> QColor:
+    """`colour` for text on the palette's base: as given on a light base, lightened on a dark
+    one (dark red #b02a37 on the dark theme's base was barely readable)."""
+    colour = QColor(colour)
+    if QApplication.palette().color(QPalette.Base).lightness() >= 128:
+        return colour
+    hue, saturation, lightness, alpha = colour.getHslF()
+    return QColor.fromHslF(hue, saturation, max(lightness, 0.7), alpha)
+
+
 def style_plot(plot):
     """A pyqtgraph PlotWidget in the application palette's colours (background, axes, text)."""
     palette = QApplication.palette()

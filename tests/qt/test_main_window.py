@@ -329,6 +329,7 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
                       "only in A": "\u25c0 only in A  1", "only in B": "\u25b6 only in B  1"}
     assert "2 keys in both files: 1 identical, 1 values differ; 1 only in A, 1 only in B." in \
         view.summary.text()
+    assert "1 missing, 1 unexpected, 0 size mismatches." in view.summary.text()
     assert not view.detail.isVisible()               # no empty pane before a selection
     view.findChild(QCheckBox, "onlyDifferences").setChecked(True)
     assert proxy.rowCount() == 3 and not view.legend_buttons["identical"].isChecked()

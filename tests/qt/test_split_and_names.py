@@ -27,3 +27,16 @@ def test_optimizer_pane_names_the_rule(qtbot, window, tmp_path):
         open_and_wait(qtbot, window, path)
         label = window.tabs.currentWidget().findChild(QLabel, "namesSource")
         assert label.text() == expected
+
+
+def test_one_of_a_kind_is_singular(qtbot, window, tmp_path):
+    import torch
+
+    path = builders.save({"model": {"w": torch.ones(3)}, "extra": torch.ones(1)}, tmp_path / "one.pt")
+    open_and_wait(qtbot, window, path)
+    assert ": 2 tensors," in window.statusBar().currentMessage()
+    summary = window.tabs.currentWidget().findChild(object, "summaryPanel").toPlainText()
+    assert "Other tensors\n1 element\n" in summary
+    single = builders.save({"w": torch.ones(3)}, tmp_path / "single.pt")
+    open_and_wait(qtbot, window, single)
+    assert ": 1 tensor," in window.statusBar().currentMessage()

@@ -126,3 +126,57 @@ def test_long_facts_wrap_instead_of_scrolling_sideways(qtbot, window, tmp_path):
                     timeout=5000)
     assert facts.horizontalScrollBar().maximum() == 0
     assert key in facts.toPlainText()                 # all of it, selectable
+
+
+def test_statistics_fill_the_strip_and_integers_are_exact(qtbot, window, tmp_path):
+    ids = torch.tensor([-4767, 30624, 4993600, 1198490] * 8, dtype=torch.int64)
+    path = builders.save({"ids": ids}, tmp_path / "ids.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, "ids")
+    table = tab.tensor_view.table
+    shown = table.as_dict()
+    assert shown["min"] == "-4,767" and shown["max"] == "4,993,600"
+    assert shown["50 %"] == "30,624"
+    header = table.horizontalHeader()
+    used = sum(header.sectionSize(c) for c in range(table.columnCount()))
+    assert used == table.viewport().width()          # no blank band beside the last pair
+    extra = [header.sectionSize(c) - max(table.sizeHintForColumn(c), header.sectionSizeHint(c))
+             for c in range(table.columnCount())]
+    assert min(extra) >= 0 and max(extra) - min(extra) <= 1    # nothing cut, the rest shared
+
+
+def test_alarm_and_status_colours_stay_readable_in_the_dark_theme(qtbot, window, tmp_path):
+    from ckpt_viewer.qt.theme import on_base
+
+    values = torch.randn(100)
+    values[3] = float("nan")
+    path = builders.save({"w": values}, tmp_path / "w.pt")
+    window.findChild(object, "actionDarkTheme").trigger()
+    try:
+        open_and_wait(qtbot, window, path)
+        tab = window.tabs.currentWidget()
+        select(qtbot, tab, "w")
+        table = tab.tensor_view.table
+        nan = next(table.item(r, c + 1) for r in range(table.rowCount()) for c in (0, 2)
+                   if table.item(r, c) and table.item(r, c).text() == "NaN")
+        base = QApplication.palette().color(QPalette.Base)
+        assert nan.foreground().color().lightness() - base.lightness() > 120   # was 84
+    finally:
+        window.findChild(object, "actionDarkTheme").trigger()
+    assert on_base("#b02a37").name() == "#b02a37"       # the light theme keeps its colours
+
+
+def test_the_plot_is_the_largest_thing_on_the_tensor_page(qtbot, window, tmp_path):
+    """Issue #13: at 1366x768 and 1920x1080 the histogram takes at least half the right pane's
+    width and more height than the statistics strip under it."""
+    open_and_wait(qtbot, window, builders.save({"w": torch.randn(1000)}, tmp_path / "w.pt"))
+    tab = window.tabs.currentWidget()
+    select(qtbot, tab, "w")
+    view = tab.tensor_view
+    for width, height in ((1366, 768), (1920, 1080)):
+        window.resize(width, height)
+        qtbot.waitUntil(lambda: window.width() == width and window.height() == height)
+        QApplication.processEvents()
+        assert view.plot.width() >= 0.5 * tab.panes.width()
+        assert view.plot.height() > view.table.height()

@@ -22,9 +22,14 @@ def test_toolbar_title_and_size_within_the_screen(qtbot, window, training_file):
     assert window.frameGeometry().width() <= available.width()
     assert window.frameGeometry().height() <= available.height()
     assert window.windowTitle() == "ckpt-viewer"
+    export, verify = (window.findChild(QAction, n) for n in ("actionExport", "actionVerify"))
+    assert not export.isEnabled() and not verify.isEnabled()    # nothing to act on yet
     open_and_wait(qtbot, window, training_file)
     assert window.windowTitle() == "train.pth - ckpt-viewer"
+    assert export.isEnabled() and verify.isEnabled()
     assert window.windowFilePath() == os.path.abspath(training_file)
+    window.tabs.tabCloseRequested.emit(window.tabs.currentIndex())
+    assert not export.isEnabled()                                # the Welcome tab is back
 
 
 def test_tabs_keep_the_opening_order_and_reopening_switches(qtbot, window, tmp_path):
@@ -150,3 +155,20 @@ def test_a_narrow_tree_hides_device_then_type_until_the_user_chooses(qtbot, wind
     tab.splitter.setSizes([500, 1100])
     qtbot.wait(50)
     assert not header.isSectionHidden(6)
+
+
+def test_type_column_gives_way_before_nested_names_are_cut(qtbot, window, tmp_path):
+    """Issue #13 screenshot at 1366x768: Type / Class stayed while a nested
+    'num_batches_tracked' was cut to 'num_batches_...'."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3))
+    path = builders.save({"state_dict": {"model": {"0": model[0].state_dict()}}}, tmp_path / "n.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.current_tab()
+    tab.tree.expandAll()
+    header = tab.tree.header()
+    window.resize(1366, 768)
+    tab.splitter.setSizes([595, 771])
+    index = tab.model.index_of_key("state_dict.model.0.num_batches_tracked")
+    needed = tab.tree.visualRect(index).left() + tab.tree.fontMetrics().horizontalAdvance(
+        "num_batches_tracked")
+    qtbot.waitUntil(lambda: header.sectionSize(0) >= needed)
