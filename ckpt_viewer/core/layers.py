@@ -282,6 +282,11 @@ def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int |
     report = LayersReport(checkpoint.path, stacks, spectral=spectral and not sample,
                           sampled=bool(sample))
     total = sum(t.nbytes for _, t, _ in wanted) or 1
+    if sample:
+        from ckpt_viewer.core.stats import prefetch_sample
+
+        for _, tensor, _ in wanted:
+            prefetch_sample(tensor, sample)
     done = 0
     stop = threading.Event()
     workers = workers or worker_count()
