@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -245,3 +246,19 @@ def test_auto_bins_grow_with_the_element_count():
     assert auto_bins(0) == auto_bins(5) == 8
     assert auto_bins(10_000) == 44
     assert auto_bins(10**9) == 256
+
+
+def test_a_sample_is_asked_of_the_os_before_it_is_read(tmp_path, monkeypatch):
+    """Layers asks for every tensor's sample runs at once (one deep queue on a cold disk);
+    the preview then reads exactly those runs."""
+    from ckpt_viewer.core.stats import prefetch_sample, sample_preview
+
+    values = torch.arange(1_000_000, dtype=torch.float32)
+    tensor = open_checkpoint(builders.save({"t": values}, tmp_path / "t.pt")).find("t").tensor
+    asked = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: asked.append(size))
+    prefetch_sample(tensor, 20_000)
+    assert asked == [1000 * 4] * 20
+    stats = sample_preview(tensor, elements=20_000)
+    assert stats.sampled and stats.min == 0 and stats.max == 999_999
+    assert len(asked) == 40                      # the preview asked for the same runs again
