@@ -128,7 +128,6 @@ class _Moments:
             return
         self._add_spread(x, total)
         self.total += total
-        self.squares += float(np.einsum("i,i->", x, x))   # not BLAS: its spinning threads starve the GUI
         self.lo = min(self.lo, float(x.min()))
         self.hi = max(self.hi, float(x.max()))
 
@@ -140,8 +139,10 @@ class _Moments:
         chunk_mean = total / count
         deviations = x - x.dtype.type(chunk_mean)
         residue = float(np.sum(deviations, dtype=np.float64))   # the mean's rounding, removed
+        # einsum, not BLAS: BLAS's spinning threads starve the GUI thread
         spread = max(float(np.einsum("i,i->", deviations, deviations)) - residue * residue / count,
                      0.0)
+        self.squares += spread + total * total / count     # sum(x^2), no second product pass
         if self.finite:
             delta = chunk_mean - self.total / self.finite
             spread += delta * delta * (self.finite * count / (self.finite + count))
