@@ -17,7 +17,7 @@ from ckpt_viewer.core.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pai
 from ckpt_viewer.core.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
-from ckpt_viewer.qt.theme import on_base
+from ckpt_viewer.qt.theme import on_base, style_plot
 
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
 SORT_ROLE, STATUS_ROLE = Qt.UserRole + 1, Qt.UserRole + 2
@@ -318,6 +318,7 @@ class CompareView(QWidget):
 
         def plot(name, title, x_label, y_label):
             widget = pg.PlotWidget(background=background)
+            style_plot(widget)
             widget.setObjectName(name)
             widget.setTitle(title)
             widget.setLabel("bottom", x_label)

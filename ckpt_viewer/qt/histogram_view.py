@@ -51,8 +51,6 @@ class HistogramView(QWidget):
         self.plot.setObjectName("histogramPlot")
         self.plot.setLabel("left", "count")
         self.plot.setLabel("bottom", "value")
-        for side in ("left", "bottom"):      # plain tick labels, never "value (x0.001)"
-            self.plot.getAxis(side).enableAutoSIPrefix(False)
         box = self.plot.getPlotItem().getViewBox()
         box.setMouseEnabled(x=True, y=False)  # the wheel zooms along values; counts follow
         box.setAutoVisible(y=True)

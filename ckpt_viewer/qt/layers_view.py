@@ -25,6 +25,7 @@ from ckpt_viewer.core.check import escape
 from ckpt_viewer.core.layers import layer_metrics
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting, wait_for_plotting
+from ckpt_viewer.qt.theme import style_plot
 
 LABELS = {"l2": "L2 norm", "std": "std", "max_abs": "max |x|", "zero_fraction": "fraction of zeros",
           "nan": "NaN count", "stable_rank": "stable rank", "alpha": "power-law alpha",
@@ -172,6 +173,7 @@ class LayersDialog(QDialog):
             return
         pg = _plotting["module"]
         self.plot = pg.PlotWidget(background=self.palette().color(QPalette.Base))
+        style_plot(self.plot)
         self.plot.setObjectName("layersPlot")
         self.plot.setLabel("bottom", "layer")
         # a 13-role legend in one column covered most of the plot's height and its points

@@ -327,8 +327,6 @@ class HeatmapPage(QWidget):
         self.plot.setObjectName("heatmapPlot")
         self.plot.setLabel("left", "row")
         self.plot.setLabel("bottom", "column")
-        for side in ("left", "bottom"):
-            self.plot.getAxis(side).enableAutoSIPrefix(False)
         self.plot.invertY(True)
         self.plot.setAspectLocked(False)
         self.image = pg.ImageItem(axisOrder="row-major")

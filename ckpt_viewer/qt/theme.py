@@ -68,7 +68,8 @@ def on_base(colour) -> QColor:
 
 
 def style_plot(plot):
-    """A pyqtgraph PlotWidget in the application palette's colours (background, axes, text)."""
+    """A pyqtgraph PlotWidget in the application palette's colours (background, axes, text),
+    with plain tick labels (never "value (x0.001)")."""
     palette = QApplication.palette()
     background, foreground = palette.color(QPalette.Base), palette.color(QPalette.Text)
     plot.setBackground(background)
@@ -79,6 +80,7 @@ def style_plot(plot):
     for axis in axes:
         axis.setPen(foreground)
         axis.setTextPen(foreground)
+        axis.enableAutoSIPrefix(False)
 
 
 def restyle_plots(app: QApplication):

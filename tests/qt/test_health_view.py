@@ -146,6 +146,7 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     assert curves[0][1] == [0, 1, 2]
     legend = dialog.plot.getPlotItem().legend
     assert legend.columnCount == 4 and legend.brush().color().alpha() < 255   # short, see-through
+    assert not dialog.plot.getAxis("left").autoSIPrefix       # never "L2 norm (x0.001)"
     expected = [torch.linalg.norm(sd[f"blocks.{i}.attn.weight"].double()).item() for i in range(3)]
     assert curves[0][2] == pytest.approx(expected, rel=1e-6)
     metric_box = dialog.metric_box

@@ -344,6 +344,8 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
     assert view.plot is not None and view.curve_b.getData()[1].sum() == 500
     assert view.detail.isVisible() and view.curve_diff.getData()[1].sum() == 500
     assert len(view.scatter.data) == 500
+    assert not any(plot.getAxis(side).autoSIPrefix for side in ("left", "bottom")
+                   for plot in (view.plot, view.diff_plot, view.scatter_plot))
     header = view.table.header()
     for column in range(1, 8):                       # status and metrics are not cut
         assert header.sectionSize(column) >= view.table.sizeHintForColumn(column)
