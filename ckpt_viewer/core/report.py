@@ -127,6 +127,8 @@ def number(value) -> str:
     if isinstance(value, float):
         if value.is_integer() and abs(value) < 2 ** 53:   # an integer tensor's min, max, quantiles:
             return f"{int(value):,}"                      # exact, not 4.9936e+06
+        if 1e4 <= abs(value) < 1e15:       # beside those, in their notation: not 2.49907e+06
+            return f"{value:,.2f}"
         return f"{value:.6g}"
     return f"{value:,}"
 

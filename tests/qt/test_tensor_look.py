@@ -138,6 +138,7 @@ def test_statistics_fill_the_strip_and_integers_are_exact(qtbot, window, tmp_pat
     shown = table.as_dict()
     assert shown["min"] == "-4,767" and shown["max"] == "4,993,600"
     assert shown["50 %"] == "30,624"
+    assert shown["mean"] == f"{ids.double().mean().item():,.2f}"   # one notation in the column
     header = table.horizontalHeader()
     used = sum(header.sectionSize(c) for c in range(table.columnCount()))
     assert used == table.viewport().width()          # no blank band beside the last pair
