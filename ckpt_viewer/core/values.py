@@ -250,6 +250,12 @@ def iter_raw_chunks(tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1
     reader = StorageReader(tensor.storage)
     if tensor.is_contiguous:
         for start in range(0, tensor.numel, chunk_elements):
+            ahead = start + chunk_elements
+            if ahead < tensor.numel:
+                # the next chunk is read by the OS while this one is computed: a cold page
+                # faulted in by a numpy call that holds the GIL froze the window for the read
+                reader.prefetch([(tensor.offset + ahead, min(chunk_elements, tensor.numel - ahead))],
+                                dtype)
             yield reader.mapped(tensor.offset + start, min(chunk_elements, tensor.numel - start),
                                 dtype)
         return
