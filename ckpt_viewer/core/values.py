@@ -176,16 +176,18 @@ class StorageReader:
                               access=mmap.ACCESS_READ)
         return np.frombuffer(pages, dtype=dtype, count=count, offset=position - aligned)
 
-    def prefetch(self, ranges: list, np_dtype=None):
+    def prefetch(self, ranges: list, np_dtype=None, advice: int | None = None):
         """Ask the OS to start reading these (first, count) element ranges all at once: a few
-        scattered reads from a cold file then cost one disk round trip, not one each."""
+        scattered reads from a cold file then cost one disk round trip, not one each. (With
+        POSIX_FADV_DONTNEED: tell it they are done with.)"""
         if self.inflated is not None or not hasattr(os, "posix_fadvise") or \
                 remote.is_remote(self.path):
             return
         with self._file(0) as f:
             for first, count in ranges:
                 _, start, nbytes = self._span(first, count, np_dtype)
-                os.posix_fadvise(f.fileno(), self.offset + start, nbytes, os.POSIX_FADV_WILLNEED)
+                os.posix_fadvise(f.fileno(), self.offset + start, nbytes,
+                                 os.POSIX_FADV_WILLNEED if advice is None else advice)
 
     def _span(self, first: int, count: int, np_dtype):
         dtype = np_dtype or self.np_dtype
@@ -243,13 +245,30 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
         yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
 
 
+def _larger_than_memory(reader: StorageReader) -> bool:
+    if reader.path is None or not hasattr(os, "posix_fadvise") or remote.is_remote(reader.path):
+        return False
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.path.getsize(reader.path) > memory // 2
+    except (OSError, ValueError):
+        return False
+
+
 def iter_raw_chunks(tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1 << 20):
     """Stored elements (as `dtype` units) in logical order, chunk_elements at a time. Strided
     views (transposes, slices, expand's zero strides, as_strided overlaps) are gathered block by
     block from mapped spans, so neither the view nor its storage span is ever held whole."""
     reader = StorageReader(tensor.storage)
     if tensor.is_contiguous:
+        streaming = _larger_than_memory(reader)
         for start in range(0, tensor.numel, chunk_elements):
+            if streaming and start >= 2 * chunk_elements:
+                # the chunk before the last one is no longer mapped: drop it from the page
+                # cache, or reading a file larger than memory evicts the window's own code
+                # pages (the GUI then stalls hundreds of ms faulting them back in)
+                reader.prefetch([(tensor.offset + start - 2 * chunk_elements, chunk_elements)],
+                                dtype, os.POSIX_FADV_DONTNEED)
             ahead = start + chunk_elements
             if ahead < tensor.numel:
                 # the next chunk is read by the OS while this one is computed: a cold page

@@ -262,3 +262,26 @@ def test_a_sample_is_asked_of_the_os_before_it_is_read(tmp_path, monkeypatch):
     stats = sample_preview(tensor, elements=20_000)
     assert stats.sampled and stats.min == 0 and stats.max == 999_999
     assert len(asked) == 40                      # the preview asked for the same runs again
+
+
+def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(tmp_path,
+                                                                              monkeypatch):
+    """Each chunk is asked for ahead of use and, two chunks later, given back: reading a file
+    larger than memory otherwise evicted the window's own code pages (stalls)."""
+    import ckpt_viewer.core.values as values_module
+
+    values = torch.arange(10_000, dtype=torch.float32)
+    tensor = open_checkpoint(builders.save({"t": values}, tmp_path / "t.pt")).find("t").tensor
+    advice = []
+    monkeypatch.setattr(os, "posix_fadvise",
+                        lambda fd, offset, size, how: advice.append((how, size)))
+    monkeypatch.setattr(values_module, "_larger_than_memory", lambda reader: True)
+    stats = run(compute(tensor, chunk=1000))
+    assert stats.max == 9999 and stats.numel == 10_000
+    dropped = [size for how, size in advice if how == os.POSIX_FADV_DONTNEED]
+    ahead = [size for how, size in advice if how == os.POSIX_FADV_WILLNEED]
+    assert dropped and all(size == 4000 for size in dropped + ahead)
+    monkeypatch.setattr(values_module, "_larger_than_memory", lambda reader: False)
+    advice.clear()
+    run(compute(tensor, chunk=1000))
+    assert advice and all(how == os.POSIX_FADV_WILLNEED for how, _ in advice)
