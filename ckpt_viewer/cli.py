@@ -53,6 +53,14 @@ def say_json(value):
     sys.stdout.write(strict_json(value) + "\n")
 
 
+def say_report(args, report, text_lines):
+    """A report as one JSON object (--json) or as its text lines."""
+    if args.json:
+        say_json(report.to_json())
+    else:
+        say_lines(text_lines(report))
+
+
 def _inspect_parser(sub):
     p = sub.add_parser("inspect", help="list what a checkpoint holds (reads metadata only)")
     p.add_argument("path", help="a file, a Hugging Face model directory or *.index.json, "
@@ -325,11 +333,7 @@ def run_diff(args) -> int:
     sides = [Side(getattr(args, f"root_{s}"), getattr(args, f"strip_prefix_{s}"),
                   getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
     report = run(diff(checkpoints[0], checkpoints[1], *sides, map_gguf=args.map_gguf == "auto"))
-    if args.json:
-        say_json(report.to_json())
-    else:
-        for line in diff_lines(report):
-            say(line)
+    say_report(args, report, diff_lines)
     return 0 if report.identical else 1
 
 
@@ -339,11 +343,7 @@ def run_check(args) -> int:
     from ckpt_viewer.core.stats import run
 
     report = run(check(open_checkpoint(args.path)))
-    if args.json:
-        say_json(report.to_json())
-    else:
-        for line in text_lines(report):
-            say(line)
+    say_report(args, report, text_lines)
     return 0 if report.ok else 1
 
 
@@ -353,11 +353,7 @@ def run_layers(args) -> int:
     from ckpt_viewer.core.stats import run
 
     report = run(layer_metrics(open_checkpoint(args.path), spectral=args.spectral))
-    if args.json:
-        say_json(report.to_json())
-    else:
-        for line in text_lines(report):
-            say(line)
+    say_report(args, report, text_lines)
     return 0
 
 

@@ -483,9 +483,24 @@ def prefetch_sample(tensor: TensorInfo, elements: int):
     stored = getattr(distinct.storage, "source", None)
     if getattr(stored, "compress_type", 0) != 0:
         return                                # inflated when read: nothing to ask the OS for
-    if distinct.is_contiguous and numpy_readable(distinct) and distinct.storage is not None:
+    if distinct.is_contiguous and _plainly_stored(distinct):
         StorageReader(distinct.storage).prefetch(_sample_runs(distinct, elements),
                                                  tensor_np_dtype(distinct))
+
+
+def _plainly_stored(tensor: TensorInfo) -> bool:
+    """Elements numpy reads straight from the tensor's storage (no DCP slabs, GGML blocks,
+    sparse parts or torch-only dtype)."""
+    return (tensor.storage is not None and not tensor.parts and not tensor.chunks
+            and tensor.layout != "ggml" and numpy_readable(tensor))
+
+
+def _run_of(tensor: TensorInfo, first: int, count: int) -> TensorInfo:
+    import copy
+
+    run_view = copy.copy(tensor)
+    run_view.shape, run_view.stride, run_view.offset = (count,), (1,), first
+    return run_view
 
 
 def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) -> Stats:
@@ -495,30 +510,19 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     if distinct.numel <= elements:
         return run(compute(tensor, bins))
     tensor = distinct
-    import copy
-
+    if not tensor.is_contiguous:
+        return Stats(numel=numel, sampled=True)
     runs = _sample_runs(tensor, elements)
-    per_run = runs[0][1]
-    starts = [first for first, _ in runs]
-    pieces = []
-    if tensor.is_contiguous and not tensor.parts and not tensor.chunks \
-            and tensor.layout != "ggml" and numpy_readable(tensor):
+    if _plainly_stored(tensor):
         # read (the GIL is let go during the read), not mapped: a cold page faulted in inside
         # np.concatenate holds the GIL, and the window stalled 130-220 ms on a cold 16 GB file
         reader, np_dtype = StorageReader(tensor.storage), tensor_np_dtype(tensor)
         reader.prefetch(runs, np_dtype)
         pieces = [widen(apply_view_bits(reader.read(first, count, np_dtype), tensor),
                         tensor.dtype, tensor.quantizer) for first, count in runs]
-        starts = []
-    for start in starts:
-        piece = copy.copy(tensor)
-        piece.shape, piece.stride = (per_run,), (1,)
-        piece.offset = start
-        if not tensor.is_contiguous:
-            break
-        pieces.append(np.concatenate(list(iter_chunks(piece, per_run))))
-    if not pieces:
-        return Stats(numel=numel, sampled=True)
+    else:                                      # DCP slabs, GGML blocks, quantized...
+        pieces = [np.concatenate(list(iter_chunks(_run_of(tensor, first, count), count)))
+                  for first, count in runs]
     values = _real_view(np.concatenate(pieces), "magnitude")
     moments = _Moments()
     moments.add(values)

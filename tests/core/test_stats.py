@@ -285,3 +285,22 @@ def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(tm
     advice.clear()
     run(compute(tensor, chunk=1000))
     assert advice and all(how == os.POSIX_FADV_WILLNEED for how, _ in advice)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_sampled_preview_reads_what_torch_loads(tmp_path, dtype, legacy):
+    """The preview's runs, read straight from the file, hold torch.load's values exactly."""
+    from ckpt_viewer.core.stats import _sample_runs, sample_preview
+
+    torch.manual_seed(5)
+    values = (torch.randn(1_000_000) * 4).to(dtype)
+    path = builders.save({"t": values}, tmp_path / "t.pt",
+                         _use_new_zipfile_serialization=not legacy)
+    tensor = open_checkpoint(path).find("t").tensor
+    stats = sample_preview(tensor, elements=20_000)
+    loaded = torch.load(path, weights_only=True)["t"]
+    picked = torch.cat([loaded[first:first + count] for first, count
+                        in _sample_runs(tensor, 20_000)]).double()
+    assert stats.sampled and stats.min == picked.min().item() and stats.max == picked.max().item()
+    assert stats.mean == pytest.approx(picked.mean().item(), rel=1e-12)

@@ -95,6 +95,14 @@ def wait_for(app, condition, timeout=600):
             raise SystemExit("timed out")
 
 
+def open_and_wait(app, window, path):
+    done = []
+    window.loaded.connect(done.append)
+    window.open_paths([path])
+    wait_for(app, lambda: done)
+    window.loaded.disconnect(done.append)
+
+
 def typing(app, tab, text, beat, interval=0.08):
     """Keys arrive every `interval` s: (seconds from each key's due time until the field has
     painted it, seconds from the last key until the tree has painted the filtered rows, the
@@ -205,10 +213,7 @@ def main():
     source = os.path.abspath(os.path.join(args.data, "train-2g6.pt"))
     if "export" in parts and os.path.exists(source) and not args.no_export:
         from ckpt_viewer.qt.export_dialog import ExportDialog
-        done = []
-        window.loaded.connect(done.append)
-        window.open_paths([source])
-        wait_for(app, lambda: done)
+        open_and_wait(app, window, source)
         dialog = ExportDialog(window.current_tab().checkpoint, [], window)
         dialog.root.setText("model_state_dict")
         target = os.path.join(args.out or args.data, "bench-gui-export.pth")
@@ -229,10 +234,7 @@ def main():
 
     if "verify" in parts and os.path.exists(source):
         if window.current_tab() is None or window.current_tab().checkpoint.path != source:
-            done = []
-            window.loaded.connect(done.append)
-            window.open_paths([source])
-            wait_for(app, lambda: done)
+            open_and_wait(app, window, source)
         verified = []
         window.verified.connect(lambda *args: verified.append(args))
         beat.start()
