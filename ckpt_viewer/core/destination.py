@@ -16,6 +16,7 @@ import stat
 from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers.hf_index import read_json
+from ckpt_viewer.core.remote import not_regular
 
 INDEX_NAMES = {"safetensors": "model.safetensors.index.json",
                "pth": "pytorch_model.bin.index.json"}
@@ -72,14 +73,6 @@ class Sources:
         if _identity(path) in self.files | self.folders:
             raise CheckpointError(f"{path} is the source file (or one of the files being "
                                   "read); choose another destination")
-
-
-def not_regular(path: str, mode: int) -> CheckpointError:
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISDIR, "a directory"))
-    kind = next((name for test, name in kinds if test(mode)), "not a plain file")
-    return CheckpointError(f"{path} is {kind}, not a regular file")
 
 
 def check_file(checkpoint: Checkpoint, destination: str, force: bool) -> str:

@@ -91,6 +91,7 @@ def _storage_spans(folder, storage_data) -> dict:
             raise CheckpointError(f"DCP metadata has a malformed span in {name}")
         if name not in sizes:
             path = remote.join(folder, name)
+            remote.check_regular(path)
             if not remote.isfile(path):
                 raise CheckpointError(f"DCP data file {name} is missing")
             sizes[name] = remote.getsize(path)
