@@ -115,9 +115,10 @@ def check_folder(checkpoint: Checkpoint, folder: str, force: bool, names: list) 
     sources = Sources(checkpoint)
     if _identity(folder) in sources.folders:
         raise CheckpointError(f"{folder} is the source folder; choose another one")
-    sources.refuse_inside(folder, os.path.dirname(folder))
     if not os.path.isdir(folder):
+        sources.refuse_inside(folder, os.path.dirname(folder))
         return []
+    sources.refuse_inside(folder, folder)      # itself too: it may be a symlink into one
     entries = sorted(os.listdir(folder))
     for entry in entries:
         path = os.path.join(folder, entry)
@@ -134,8 +135,8 @@ def check_folder(checkpoint: Checkpoint, folder: str, force: bool, names: list) 
                               "a new folder or one with only configuration and tokenizer files "
                               "(or, with --force, one that holds an earlier export of ours)")
     if not force:
-        raise CheckpointError(f"{folder} exists and holds an earlier export (use --force to "
-                              "replace it)")
+        raise CheckpointError(f"{os.path.join(folder, ours[0])} exists (use --force to replace "
+                              "it and the rest of that export)")
     return [entry for entry in ours if entry not in names]
 
 

@@ -90,6 +90,9 @@ def test_hard_and_symbolic_links_to_the_source_count_as_the_source(tmp_path):
     refused(tmp_path, lambda: do_export(hf, tmp_path / "alias" / "x.pth"), "source folder")
     refused(tmp_path, lambda: do_export(hf, tmp_path / "alias", force=True, **SHARDED),
             "source folder")
+    os.mkdir(os.path.join(hf, "sub"))
+    os.symlink(os.path.join(hf, "sub"), tmp_path / "into")
+    refused(tmp_path, lambda: do_export(hf, tmp_path / "into", **SHARDED), "source folder")
 
 
 def test_a_training_folder_is_a_source_folder(tmp_path):
