@@ -343,8 +343,8 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
-    with open(reader.path, "rb") as source:
-        if os.fstat(source.fileno()).st_size < source_start + nbytes:
+    with remote.open_source(reader.path) as source:      # a local, regular file (_raw_span)
+        if source.size < source_start + nbytes:
             raise reader._ended()
         while done < nbytes:
             step = min(COPY_CHUNK * 4, nbytes - done)
