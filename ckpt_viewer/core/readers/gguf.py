@@ -106,7 +106,8 @@ class _Header:
                                        self.take(shown * width)))
             self.skip(width * (count - shown))
             return GGUFArray(items, count)
-        if count > self.size - self.position:    # every item takes at least a byte
+        # a string item takes at least its 8-byte length, an array its type and count
+        if count * (8 if item_kind == STRING else 12) > self.size - self.position:
             raise CheckpointError("GGUF metadata array runs past the end of the file")
         items = []
         for index in range(count):
