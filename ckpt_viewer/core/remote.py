@@ -263,7 +263,11 @@ def open_source(path: str):
     if is_remote(path):
         return RemoteFile(_blob(path))
     # O_NONBLOCK: opening a FIFO waits for a writer; the file is checked before any read
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        check_regular(path)          # a socket cannot be opened at all: say what it is
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
