@@ -285,7 +285,7 @@ def not_regular(shown: str, mode: int) -> CheckpointError:
     kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
              (stat.S_ISDIR, "a directory"))
-    kind = next((name for test, name in kinds if test(mode)), "not a plain file")
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
     return CheckpointError(f"{shown} is {kind}, not a regular file")
 
 
