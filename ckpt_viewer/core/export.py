@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError, remote
+from ckpt_viewer.core.destination import INDEX_NAMES, SHARD_STEMS, check_file, check_folder
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
 from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
@@ -342,8 +343,8 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
-    with open(reader.path, "rb") as source:
-        if os.fstat(source.fileno()).st_size < source_start + nbytes:
+    with remote.open_source(reader.path) as source:      # a local, regular file (_raw_span)
+        if source.size < source_start + nbytes:
             raise reader._ended()
         while done < nbytes:
             step = min(COPY_CHUNK * 4, nbytes - done)
@@ -541,23 +542,7 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
         raise CheckpointError("nothing to export: no tensor matches the selection")
     _check_exportable(items, fmt)
     destination = os.path.abspath(destination)
-    if plan.max_shard_size:                 # the destination is a folder, made if needed
-        if os.path.exists(destination) and not os.path.isdir(destination):
-            raise CheckpointError(f"{destination} is not a folder (sharded output goes into one)")
-        if _same_file(destination, checkpoint.path):
-            raise CheckpointError("the destination is the source folder; choose another one")
-        if not os.path.isdir(os.path.dirname(destination)):
-            raise CheckpointError(f"folder {os.path.dirname(destination)} does not exist")
-        os.makedirs(destination, exist_ok=True)
-        folder = destination
-    else:
-        if os.path.isdir(destination):
-            raise CheckpointError(f"{destination} is a directory")
-        if _same_file(destination, checkpoint.path):
-            raise CheckpointError("the destination is the source file; choose another name")
-        folder = os.path.dirname(destination)
-        if not os.path.isdir(folder):
-            raise CheckpointError(f"folder {folder} does not exist")
+    folder = destination if plan.max_shard_size else os.path.dirname(destination)
     aliases = {}
     if fmt == "safetensors":
         items, aliases = drop_aliases(items)
@@ -565,18 +550,17 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
     shards = _shards(units, fmt, plan.max_shard_size) if plan.max_shard_size else [units]
     names = _shard_names(fmt, len(shards)) if plan.max_shard_size else \
         [os.path.basename(destination)]
-    targets = [os.path.join(folder, name) for name in names]
     index_path = None
     if plan.max_shard_size and len(shards) > 1:
         index_path = os.path.join(folder, INDEX_NAMES[fmt])
-        targets.append(index_path)
-    sources = _source_paths(items)
-    for target in targets:
-        if os.path.exists(target) and not force:
-            raise CheckpointError(f"{target} exists (use --force to replace it)")
-        if any(_same_file(target, source) for source in sources):
-            raise CheckpointError(f"{target} is one of the files being read; choose another "
-                                  "destination")
+    stale = []
+    if plan.max_shard_size:                 # the destination is a folder, made if needed
+        stale = check_folder(checkpoint, destination, force,
+                             names + ([INDEX_NAMES[fmt]] if index_path else []))
+        os.makedirs(destination, exist_ok=True)
+    else:
+        check_file(checkpoint, destination, force)
+    targets = [os.path.join(folder, name) for name in names] + ([index_path] if index_path else [])
     total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items) or 1
     temps = []
     try:
@@ -605,15 +589,14 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
             yield 1.0
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
+        for name in stale:                  # the rest of the earlier export it replaces
+            _remove(os.path.join(folder, name))
     except BaseException as exc:
         raise _failed_write(exc, temps, destination, "export") from None
     size = sum(os.path.getsize(t) for t in targets)
     return ExportSummary(destination, len(items), size, fmt, where, verify, files=len(shards))
 
 
-INDEX_NAMES = {"safetensors": "model.safetensors.index.json",
-               "pth": "pytorch_model.bin.index.json"}
-SHARD_STEMS = {"safetensors": ("model", "safetensors"), "pth": ("pytorch_model", "bin")}
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
               "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
 
@@ -683,16 +666,6 @@ def _failed_write(exc: BaseException, temps: list, destination: str, what: str):
     return exc
 
 
-def _source_paths(items: list[Item]) -> set:
-    paths = set()
-    for item in items:
-        t = item.tensor
-        if t.storage is not None and hasattr(t.storage.source, "path"):
-            paths.add(t.storage.source.path)
-        paths.update(span.path for _, _, span in t.chunks)
-    return paths
-
-
 def _new_temp(folder: str, name: str) -> str:
     """An unused hidden file next to the destination, created with the mode a plain open()
     gives (0666 less the umask; mkstemp's 0600 would hide the export from the group)."""
@@ -703,13 +676,6 @@ def _new_temp(folder: str, name: str) -> str:
             return temp
         except FileExistsError:
             continue
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.exists(a) and os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _remove(path: str):

@@ -24,6 +24,7 @@ def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
     dcp, training_dir, gguf."""
     if remote.isdir(path):
+        remote.check_regular(remote.join(path, ".metadata"))
         if remote.isfile(remote.join(path, ".metadata")):
             return "dcp"
         from ckpt_viewer.core.readers.training_dir import state_files

@@ -17,6 +17,7 @@ import io
 import os
 import posixpath
 import re
+import stat
 import threading
 from collections import OrderedDict
 
@@ -261,9 +262,44 @@ def open_source(path: str):
     the block cache for a URL."""
     if is_remote(path):
         return RemoteFile(_blob(path))
-    f = open(path, "rb")
-    f.size = os.fstat(f.fileno()).st_size
+    # O_NONBLOCK: opening a FIFO waits for a writer; the file is checked before any read
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        check_regular(path)          # a socket cannot be opened at all: say what it is
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise not_regular(os.path.basename(path) or path, info.st_mode)
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    f.size = info.st_size
     return f
+
+
+def not_regular(shown: str, mode: int) -> CheckpointError:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISDIR, "a directory"))
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return CheckpointError(f"{shown} is {kind}, not a regular file")
+
+
+def check_regular(path: str):
+    """Refuses a local path that exists but is not a regular file (a FIFO, a device, a
+    socket), before anything opens it; a missing one is left to the caller to report."""
+    if is_remote(path):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise not_regular(os.path.basename(path) or path, mode)
 
 
 # --- os.path for local paths and URLs alike --------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.destination import check_file
 from ckpt_viewer.core.export import (
     Item,
     _aligned_info,
@@ -26,7 +27,6 @@ from ckpt_viewer.core.export import (
     _new_temp,
     _record_bytes,
     _records,
-    _same_file,
 )
 from ckpt_viewer.core.globals import triage
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, Storage, TensorInfo
@@ -429,16 +429,8 @@ def sanitize(checkpoint: Checkpoint, destination: str, force: bool = False,
     """Generator: yields progress in [0, 1]; returns SanitizeSummary. Nothing is left at the
     destination unless the whole copy was written and checked."""
     plan = plan_sanitize(checkpoint)
-    destination = os.path.abspath(destination)
-    if os.path.isdir(destination):
-        raise CheckpointError(f"{destination} is a directory")
-    if _same_file(destination, checkpoint.path):
-        raise CheckpointError("the destination is the source file; choose another name")
-    if os.path.exists(destination) and not force:
-        raise CheckpointError(f"{destination} exists (use --force to replace it)")
+    destination = check_file(checkpoint, destination, force)
     folder = os.path.dirname(destination)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"folder {folder} does not exist")
     records = _storage_layout(plan)
     total = sum(r.count * DTYPE_SIZES[r.dtype] for r in records) or 1
     temp = _new_temp(folder, os.path.basename(destination))   # the mode open() would give

@@ -167,3 +167,25 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
     QApplication.processEvents()
     assert errors == []
     assert not any(p.name.endswith(".part") or p.name == "out.pth" for p in tmp_path.iterdir())
+
+
+def test_dialog_and_sanitize_refuse_a_source_shard(qtbot, window, tmp_path):
+    """The GUI writes through the same core check: a shard of the open model is never replaced,
+    even with 'Replace' ticked (issue #21)."""
+    import os
+
+    folder = builders.hf_directory(tmp_path / "hf")
+    shard = os.path.join(folder, "model-00001-of-00002.safetensors")
+    before = open(shard, "rb").read()
+    open_and_wait(qtbot, window, folder)
+    dialog = window.export_dialog()
+    dialog.destination.setText(shard)
+    dialog.replace.click()
+    with qtbot.waitSignal(dialog.finished_export, timeout=30_000) as blocker:
+        qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
+    assert blocker.args == [""] and "source" in dialog.summary.text()
+    dialog.close()
+    with qtbot.waitSignal(window.sanitized, timeout=30_000) as blocker:
+        window.sanitize_current(shard)
+    assert blocker.args[1] is False and "is the source" in blocker.args[2]
+    assert open(shard, "rb").read() == before

@@ -91,6 +91,7 @@ def _storage_spans(folder, storage_data) -> dict:
             raise CheckpointError(f"DCP metadata has a malformed span in {name}")
         if name not in sizes:
             path = remote.join(folder, name)
+            remote.check_regular(path)
             if not remote.isfile(path):
                 raise CheckpointError(f"DCP data file {name} is missing")
             sizes[name] = remote.getsize(path)
@@ -179,7 +180,7 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
     from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
     try:
-        with open(span.path, "rb") as f:
+        with remote.open_source(span.path) as f:
             window = _Window(f, span.offset, span.nbytes)
             with zipfile.ZipFile(window) as zf:
                 infos = zf.infolist()

@@ -20,6 +20,7 @@ import struct
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import Checkpoint, FileSpan, Storage, TensorInfo
 from ckpt_viewer.core.readers.safetensors import flat_tree
+from ckpt_viewer.core.remote import open_source
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -68,7 +69,7 @@ class _Header:
         return data
 
     def skip(self, n: int):
-        if self.position + n > self.size:
+        if n < 0 or self.position + n > self.size:
             raise CheckpointError("GGUF header runs past the end of the file")
         self.f.seek(n, os.SEEK_CUR)
         self.position += n
@@ -76,18 +77,21 @@ class _Header:
     def unpack(self, fmt: str):
         return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
+    def string(self, keep: bool = True) -> str:
         length = self.unpack("Q")
         if length > MAX_STRING_BYTES:
             raise CheckpointError(f"GGUF header holds a string of {length:,} bytes; refusing "
                                   f"more than {MAX_STRING_BYTES:,}")
+        if not keep:                 # an array item past the shown ones: never read
+            self.skip(length)
+            return ""
         return self.take(length).decode("utf-8", "replace")
 
-    def value(self, kind: int, depth: int = 0):
+    def value(self, kind: int, depth: int = 0, keep: bool = True):
         if kind in VALUE_FORMATS:
             return self.unpack(VALUE_FORMATS[kind])
         if kind == STRING:
-            return self.string()
+            return self.string(keep)
         if kind != ARRAY:
             raise CheckpointError(f"GGUF metadata has unknown value type {kind}")
         if depth >= MAX_ARRAY_DEPTH:
@@ -102,11 +106,12 @@ class _Header:
                                        self.take(shown * width)))
             self.skip(width * (count - shown))
             return GGUFArray(items, count)
-        if count > self.size - self.position:    # every item takes at least a byte
+        # a string item takes at least its 8-byte length, an array its type and count
+        if count * (8 if item_kind == STRING else 12) > self.size - self.position:
             raise CheckpointError("GGUF metadata array runs past the end of the file")
         items = []
         for index in range(count):
-            item = self.value(item_kind, depth + 1)
+            item = self.value(item_kind, depth + 1, keep and index < MAX_SHOWN_ITEMS)
             if index < MAX_SHOWN_ITEMS:
                 items.append(item)
         return GGUFArray(items, count)
@@ -126,8 +131,8 @@ class GGUFArray(list):
 
 def read_header(path: str) -> tuple[int, dict, list, int]:
     """(version, metadata key-values, [(name, ne dims, type id, offset)], data start)."""
-    with open(path, "rb") as f:
-        header = _Header(f, os.fstat(f.fileno()).st_size)
+    with open_source(path) as f:
+        header = _Header(f, f.size)
         if header.take(4) != MAGIC:
             raise CheckpointError("not a GGUF file (no GGUF magic)")
         version = header.unpack("I")

@@ -22,7 +22,7 @@ def read_json(path: str, what: str) -> dict:
         raise CheckpointError(f"{what} {remote.basename(path)} is larger than 64 MB")
     try:
         with remote.open_source(path) as f:
-            value = json.loads(f.read().decode("utf-8"))
+            value = json.loads(f.read(MAX_INDEX_BYTES + 1).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{what} {remote.basename(path)} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
@@ -51,6 +51,7 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
         if os.path.basename(shard) != shard or shard in ("", ".", ".."):
             raise CheckpointError(f"index names a shard outside its folder: {shard!r:.80}")
         shard_path = remote.join(folder, shard)
+        remote.check_regular(shard_path)
         if not remote.isfile(shard_path):
             raise CheckpointError(f"shard {shard} named by the index is missing")
         try:
@@ -114,8 +115,9 @@ def model_weights(path: str) -> str | None:
     if safetensor_indexes or indexes:
         return (safetensor_indexes or indexes)[0]
     for name in WEIGHT_FILES:
-        if os.path.isfile(os.path.join(path, name)):
-            return os.path.join(path, name)
+        candidate = os.path.join(path, name)
+        if os.path.exists(candidate) and not os.path.isdir(candidate):   # a FIFO: refused on open
+            return candidate
     singles = glob.glob(os.path.join(glob.escape(path), "*.safetensors"))
     if len(singles) == 1:
         return singles[0]

@@ -31,8 +31,9 @@ def state_files(folder: str) -> list[str]:
         names = remote.listdir(folder)
     except (OSError, CheckpointError):
         return []
+    # not only regular files: a FIFO among them is listed, and refused when it is opened
     return sorted(n for n in names if STATE_FILE.fullmatch(n)
-                  and remote.isfile(remote.join(folder, n)))
+                  and not remote.isdir(remote.join(folder, n)))
 
 
 def folder_metadata(folder: str) -> dict:
@@ -52,7 +53,8 @@ def part_names(folder: str) -> list[str]:
     weights = model_weights(folder)
     names = [remote.basename(weights)] if weights else []
     names += sorted((n for n in remote.listdir(folder) if EXTRA_MODEL_FILE.fullmatch(n)
-                     and remote.isfile(remote.join(folder, n)) and n not in names), key=_natural)
+                     and not remote.isdir(remote.join(folder, n)) and n not in names),
+                    key=_natural)
     return names + [n for n in state_files(folder) if n not in names]
 
 
