@@ -196,6 +196,7 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         "scalars": {k: bounded_json(v, shown, MAX_SCALAR_TEXT)
                     for k, v in checkpoint.scalars().items()},
         "optimizers": optimizers,
+        "metadata": {k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.metadata.items()},
         "unsafe_globals": list(checkpoint.unsafe_globals),
         "globals": [{"name": u.name, "category": u.category} for u in triage(checkpoint)],
         "warnings": list(checkpoint.warnings) + [
