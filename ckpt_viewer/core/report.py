@@ -32,9 +32,13 @@ def describe_value(value, limit: int = MAX_VALUE_TEXT, shown: ShownOnce | None =
 
 
 def split_text(totals) -> str:
-    """'217.30M model, 433.51M optimizer state, 0 other': parameters are the model's only."""
+    """'217.30M model, 433.51M optimizer state, 0 other': parameters are the model's only;
+    '885.67K model + 1.68K buffers, ...' where some of the model's tensors are buffers."""
     split = totals.split
-    return (f"{format_count(split['model'])} model, "
+    buffers = totals.model_buffers
+    model = f"{format_count(split['model'] - buffers)} model" + \
+        (f" + {format_count(buffers)} buffers" if buffers else "")
+    return (f"{model}, "
             f"{format_count(split['optimizer_state'])} optimizer state, "
             f"{format_count(split['other'])} other")
 
