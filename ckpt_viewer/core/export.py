@@ -119,6 +119,10 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
 def _check_exportable(items: list[Item], fmt: str):
     for item in items:
         t = item.tensor
+        if t.layout == "dtensor":
+            raise CheckpointError(f"{item.source_key!r} is a DTensor of which this file holds only "
+                                  f"a part ({t.attrs.get('held', 'one shard')}); export it from a "
+                                  "file that holds all of it (leave it out with --exclude)")
         if t.layout not in ("strided",) or t.parts:
             raise CheckpointError(f"{item.source_key!r} is a {t.layout} tensor; exporting those is "
                                   "not supported yet (leave it out with --exclude)")

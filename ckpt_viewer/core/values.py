@@ -523,6 +523,9 @@ def read_tensor(tensor: TensorInfo):
     """The tensor as a CPU torch.Tensor, bit-exact (quantized and sparse rebuilt)."""
     import torch
 
+    if tensor.layout == "dtensor":      # objects._dtensor: only a shard of it is in this file
+        raise CheckpointError(f"this DTensor's values are spread over its ranks' files; "
+                              f"{tensor.attrs.get('held', 'this file holds one shard')}")
     if tensor.chunks:
         return _read_dcp(tensor)
     if tensor.layout == "ggml":

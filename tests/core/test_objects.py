@@ -18,8 +18,10 @@ import torch.nn.utils.parametrize
 import torch.nn.utils.prune
 
 from ckpt_viewer.core import safe_pickle
+from ckpt_viewer.core.export import ExportPlan, export
 from ckpt_viewer.core.model import iter_nodes
 from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.stats import run
 from ckpt_viewer.core.summary import inspect_dict
 from ckpt_viewer.core.tree import SHARED_BY_VALUE
 from ckpt_viewer.core.values import read_array, read_tensor
@@ -139,6 +141,8 @@ def process_group(tmp_path):
 
 def test_dtensor_global_shape_placements_mesh_and_local_shard(tmp_path, process_group,
                                                              subclass_route):
+    """On a 1-rank mesh the file holds every DTensor whole: listed at its key, read and
+    exported as the full tensor (what load_state_dict takes)."""
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.tensor import (
         DTensor,
@@ -153,23 +157,98 @@ def test_dtensor_global_shape_placements_mesh_and_local_shard(tmp_path, process_
            "replicated": distribute_tensor(torch.ones(3, dtype=torch.bfloat16), mesh, [Replicate()]),
            "partial": DTensor.from_local(torch.full((2,), 3.0), mesh, [Partial()]),
            "two_d": distribute_tensor(torch.randn(2, 6), mesh_2d, [Shard(1), Replicate()])}
-    _, checkpoint, loaded = saved(tmp_path, obj)
+    path, checkpoint, loaded = saved(tmp_path, obj)
     for key, dtensor in loaded.items():
         found = node(checkpoint, key)
-        assert found.kind == "object" and found.type_name.endswith("DTensor")
+        assert found.kind == "tensor" and found.type_name.endswith("DTensor")
+        assert not found.children
         dtype = str(dtensor.dtype).replace("torch.", "")
         assert f"global shape {list(dtensor.shape)} {dtype}" in found.note
-        (local,) = found.children
-        assert local.name == "_local_tensor"
-        same_tensor(local.tensor, dtensor.to_local())
+        assert "this file holds all of it" in found.note
+        same_tensor(found.tensor, dtensor.full_tensor())
     assert "placements (Shard(dim=0))" in node(checkpoint, "sharded").note
     assert "placements (Replicate())" in node(checkpoint, "replicated").note
     assert "placements (Partial(sum))" in node(checkpoint, "partial").note
     assert "mesh [1] cpu" in node(checkpoint, "sharded").note
     assert "placements (Shard(dim=1), Replicate()), mesh [1, 1] (dp, tp) cpu" in \
         node(checkpoint, "two_d").note
-    assert sorted(t["key"] for t in inspect_dict(checkpoint)["tensors"]) == \
-        sorted(f"{k}._local_tensor" for k in obj)
+    listed = {t["key"]: t for t in inspect_dict(checkpoint)["tensors"]}
+    assert list(listed) == list(obj)
+    assert {k: (t["shape"], t["dtype"]) for k, t in listed.items()} == {
+        k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in loaded.items()}
+    out = tmp_path / "out.pt"
+    run(export(checkpoint, ExportPlan(), str(out)))
+    exported = torch.load(out, weights_only=True)
+    assert list(exported) == list(obj)
+    for key, dtensor in loaded.items():
+        assert type(exported[key]) is torch.Tensor and torch.equal(exported[key], dtensor.full_tensor())
+    module = torch.nn.Module()
+    module.register_buffer("sharded", torch.zeros(4, 2))
+    module.load_state_dict({"sharded": exported["sharded"]})   # what `_local_tensor` was not
+
+
+def rank_files(tmp_path, world_size=2):
+    """Per-rank files of a 2-rank job, written one rank at a time in this process (torch's fake
+    process group): each rank holds its shards as torch cuts them."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    full = torch.arange(15.).reshape(5, 3)
+    paths = []
+    for rank in range(world_size):
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+        try:
+            mesh = init_device_mesh("cpu", (world_size,))
+
+            def shard(dim, rank=rank, mesh=mesh):
+                local = full.chunk(world_size, dim)[rank].clone()
+                return DTensor.from_local(local, mesh, [Shard(dim)], run_check=False,
+                                          shape=full.shape, stride=full.stride())
+            obj = {"rows": shard(0), "cols": shard(1),
+                   "replicated": DTensor.from_local(full.clone(), mesh, [Replicate()],
+                                                    run_check=False),
+                   "partial": DTensor.from_local(torch.full((2,), float(rank)), mesh,
+                                                 [Partial()], run_check=False)}
+            paths.append(str(tmp_path / f"rank{rank}.pt"))
+            torch.save(obj, paths[-1])
+        finally:
+            dist.destroy_process_group()
+    return full, paths
+
+
+def test_dtensor_per_rank_file_says_which_part_it_holds(tmp_path):
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    from ckpt_viewer.core import CheckpointError
+    full, paths = rank_files(tmp_path)
+    for rank, path in enumerate(paths):
+        loaded = torch.load(path, weights_only=False)
+        checkpoint = open_checkpoint(path)
+        assert [t["key"] for t in inspect_dict(checkpoint)["tensors"]] == list(loaded)
+        for key, dim in (("rows", 0), ("cols", 1)):
+            dtensor, found = loaded[key], node(checkpoint, key)
+            assert found.kind == "tensor" and tuple(found.tensor.shape) == tuple(dtensor.shape)
+            mesh = dtensor.device_mesh
+            shape, offset = compute_local_shape_and_global_offset(dtensor.shape, mesh, [Shard(dim)])
+            assert tuple(dtensor.to_local().shape) == tuple(shape)
+            assert f"rank {rank} holds its local shard {list(shape)} float32: " \
+                f"[{offset[dim]}:{offset[dim] + shape[dim]}] of {full.shape[dim]} along dim {dim}" \
+                in found.note
+            same_tensor(found.tensor.parts["local"], dtensor.to_local())
+            with pytest.raises(CheckpointError, match="spread over its ranks' files"):
+                read_tensor(found.tensor)
+        assert "this file holds all of it" in node(checkpoint, "replicated").note
+        same_tensor(node(checkpoint, "replicated").tensor, loaded["replicated"].to_local())
+        assert "a partial sum" in node(checkpoint, "partial").note
+        with pytest.raises(CheckpointError, match="'rows' is a DTensor of which this file holds "
+                                                  "only a part"):
+            run(export(checkpoint, ExportPlan(), str(tmp_path / "all.pt")))
+        out = tmp_path / f"replicated{rank}.safetensors"
+        run(export(checkpoint, ExportPlan(include=["replicated"], format="safetensors"), str(out)))
+        from safetensors.torch import load_file
+        assert torch.equal(load_file(out)["replicated"], full)
 
 
 # --- torchao ------------------------------------------------------------------------------------
