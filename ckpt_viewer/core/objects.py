@@ -219,8 +219,51 @@ def _wrapper_subclass(args, state) -> Described | None:
     if _short(qualname) == "DTensor" and isinstance(fields.get("_local_tensor"), TensorInfo):
         return _dtensor(qualname, dtype, shape, _ints(stride), grad is True, fields)
     note = f"{_short(qualname)}: logical shape {_shape_text(shape)} {dtype} on {device}"
+    blocks = _affine_blocks(shape, dtype, fields)
+    if blocks is not None:
+        parts = {k: fields[k] for k in ("qdata", "scale", "zero_point")
+                 if isinstance(fields.get(k), TensorInfo)}
+        inner = ", ".join(f"{k} {_shape_text(v.shape)} {v.dtype}" for k, v in parts.items())
+        tensor = TensorInfo(dtype=dtype, shape=shape, stride=_contiguous(shape), layout="torchao",
+                            parts=parts, requires_grad=grad is True, subclass=qualname,
+                            quantizer={"block_size": blocks})
+        return Described("tensor", qualname, tensor=tensor,
+                         note=f"{note}; {inner}, block size {_shape_text(blocks)}")
     children = [(str(k), v, "") for k, v in fields.items()]
     return Described("object", qualname, children=children, note=note)
+
+
+def _contiguous(shape) -> tuple:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+AFFINE_QDATA = {"int8", "uint8", "float8_e4m3fn", "float8_e5m2"}
+
+
+def _affine_blocks(shape, dtype, fields) -> tuple | None:
+    """torchao's affine-quantized weights (Int8Tensor, Float8Tensor, IntxUnpackedToInt8Tensor):
+    qdata of the logical shape, one scale (and zero_point) per block of `block_size`; their
+    value is (qdata - zero_point) * scale. The block size, when the file's layout is exactly
+    that; None for anything else."""
+    qdata, scale, zero_point = (fields.get(k) for k in ("qdata", "scale", "zero_point"))
+    blocks = fields.get("block_size")
+    if not (isinstance(qdata, TensorInfo) and isinstance(scale, TensorInfo)
+            and isinstance(blocks, (tuple, list)) and len(blocks) == len(shape)
+            and all(type(b) is int and b > 0 and size % b == 0 for b, size in zip(blocks, shape))
+            and dtype in ("float32", "float16", "bfloat16") and qdata.dtype in AFFINE_QDATA
+            and tuple(qdata.shape) == shape and scale.dtype in ("float32", "float16", "bfloat16")):
+        return None
+    scales = tuple(size // b for size, b in zip(shape, blocks))
+    if math.prod(scale.shape) != math.prod(scales) or zero_point is not None and not (
+            isinstance(zero_point, TensorInfo) and math.prod(zero_point.shape) == math.prod(scales)
+            and zero_point.dtype in ("int8", "uint8", "int32", "float32", "float16", "bfloat16")
+            and not qdata.dtype.startswith("float8")):
+        return None
+    return tuple(blocks)
 
 
 def _dtensor(qualname, dtype, shape, stride, requires_grad, fields) -> Described:

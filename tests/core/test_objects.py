@@ -255,23 +255,44 @@ def test_dtensor_per_rank_file_says_which_part_it_holds(tmp_path):
 
 @pytest.mark.parametrize("config", ["Int8WeightOnlyConfig", "Float8WeightOnlyConfig",
                                     "Int8DynamicActivationInt8WeightConfig",
-                                    "IntxWeightOnlyConfig"])
-def test_torchao_weights_show_logical_shape_and_inner_tensors(tmp_path, config, subclass_route):
+                                    "IntxWeightOnlyConfig", "IntxWeightOnlyConfig/group8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torchao_weights_at_their_key_with_logical_shape_and_values(tmp_path, config, dtype,
+                                                                    subclass_route):
+    """A torchao weight is the tensor at its key (logical shape and dtype); its values are its
+    dequantize(), bit for bit; export writes those with --dtype and refuses without."""
+    from safetensors.torch import load_file
+
+    from ckpt_viewer.core import CheckpointError
     torchao_quantization = pytest.importorskip("torchao.quantization")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 16))
-    torchao_quantization.quantize_(model, getattr(torchao_quantization, config)())
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16)).to(dtype)
+    name, _, group = config.partition("/")
+    kwargs = {"granularity": torchao_quantization.PerGroup(8)} if group else {}
+    torchao_quantization.quantize_(model, getattr(torchao_quantization, name)(**kwargs))
     _, checkpoint, loaded = saved(tmp_path, model.state_dict())
     weight = loaded["0.weight"]
     found = node(checkpoint, "0.weight")
-    assert found.kind == "object" and found.type_name.endswith(type(weight).__name__)
-    assert f"logical shape {list(weight.shape)} {str(weight.dtype).replace('torch.', '')}" \
-        in found.note
+    assert found.kind == "tensor" and found.type_name.endswith(type(weight).__name__)
+    assert (tuple(found.tensor.shape), found.tensor.dtype) == \
+        (tuple(weight.shape), str(weight.dtype).replace("torch.", ""))
+    assert [t["key"] for t in inspect_dict(checkpoint)["tensors"]] == list(loaded)
     inner_names, _ = weight.__tensor_flatten__()
-    children = {c.name: c for c in found.children}
-    for name in inner_names:
-        same_tensor(children[name].tensor, getattr(weight, name))
+    assert set(found.tensor.parts) == set(inner_names)
+    for inner in inner_names:
+        same_tensor(found.tensor.parts[inner], getattr(weight, inner))
+    same_tensor(found.tensor, weight.dequantize())
     same_tensor(node(checkpoint, "0.bias").tensor, loaded["0.bias"])
+    with pytest.raises(CheckpointError, match="'0.weight' is a quantized .*--dtype float32"):
+        run(export(checkpoint, ExportPlan(format="safetensors"), str(tmp_path / "keep.safetensors")))
+    for target in ("float32", "bfloat16"):
+        out = tmp_path / f"{target}.safetensors"
+        run(export(checkpoint, ExportPlan(dtype=target, format="safetensors"), str(out)))
+        written = load_file(out)
+        expected = weight.dequantize().to(getattr(torch, target))
+        assert written["0.weight"].view(torch.uint8).equal(expected.view(torch.uint8))
+    plain = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    plain.load_state_dict(load_file(tmp_path / "float32.safetensors"))
 
 
 # --- torch.ao quantized modules, compiled modules, parametrizations -----------------------------
