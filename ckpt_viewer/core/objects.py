@@ -416,6 +416,11 @@ def module_state_extras(obj) -> list:
     payload = _script_payload(fields.get("_packed_params"))
     if payload is not None:                        # LinearPackedParams: dtype, (weight, bias)
         extras += [("dtype", fields.get("dtype"), ""), ("_packed_params", payload, "")]
+    payload = _script_payload(fields.get("_packed_weight"))
+    if qualname.endswith(".EmbeddingPackedParams") and isinstance(payload, tuple) and \
+            len(payload) > 1 and isinstance(payload[1], list) and payload[1] and \
+            isinstance(payload[1][0], TensorInfo):  # (version, [weight], [...], [bit rate])
+        extras += [("dtype", fields.get("dtype"), ""), ("_packed_weight", payload[1][0], "")]
     modules = fields.get("_modules") or {}
     packed = modules.get("_packed_params") if isinstance(modules, dict) else None
     writes_scale = _script_payload(getattr(packed, "fields", {}).get("_packed_params")) \

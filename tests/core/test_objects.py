@@ -324,8 +324,44 @@ def dynamic_quantized():
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+class ManyQuantized(torch.nn.Module):
+    """Quantized modules of every family eager mode converts, fused ones and an embedding."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.quant = torch.ao.quantization.QuantStub()
+        self.conv1d, self.conv3d = nn.Conv1d(2, 2, 1), nn.Conv3d(2, 2, 1)
+        self.conv, self.bn, self.relu = nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU()
+        self.transposed = nn.ConvTranspose2d(4, 4, 1)
+        self.norms = nn.Sequential(nn.LayerNorm([4, 2, 2]), nn.GroupNorm(2, 4),
+                                   nn.InstanceNorm2d(4))
+        self.activations = nn.Sequential(nn.Hardswish(), nn.ELU(), nn.LeakyReLU())
+        self.add = torch.ao.nn.quantized.FloatFunctional()
+        self.fc, self.fc_relu = nn.Linear(16, 3), nn.ReLU()
+        self.embedding = nn.Embedding(10, 4)
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        x = self.activations(self.norms(self.transposed(self.relu(self.bn(self.conv(
+            self.quant(x)))))))
+        return self.dequant(self.fc_relu(self.fc(self.add.add(x, x).flatten(1))))
+
+
+def many_quantized():
+    torch.manual_seed(0)
+    model = torch.ao.quantization.fuse_modules(ManyQuantized().eval(),
+                                               [["conv", "bn", "relu"], ["fc", "fc_relu"]])
+    model.qconfig = torch.ao.quantization.get_default_qconfig("fbgemm")
+    model.transposed.qconfig = torch.ao.quantization.get_default_qconfig("qnnpack")
+    model.embedding.qconfig = torch.ao.quantization.float_qparams_weight_only_qconfig
+    prepared = torch.ao.quantization.prepare(model)
+    prepared(torch.randn(2, 2, 4, 4))
+    return torch.ao.quantization.convert(prepared)
+
+
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("build", [static_quantized, dynamic_quantized])
+@pytest.mark.parametrize("build", [static_quantized, dynamic_quantized, many_quantized])
 def test_quantized_modules_listed_under_state_dict_names(tmp_path, build):
     model = build()
     # torch's own state_dict of the model saved (a loaded quantized Conv cannot give one)
@@ -336,8 +372,8 @@ def test_quantized_modules_listed_under_state_dict_names(tmp_path, build):
     _, from_state_dict, _ = saved(tmp_path, model.state_dict(), "state_dict.pt")
     assert list(our_leaves(from_state_dict)) == list(expected)
     for key, value in expected.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 or \
-                isinstance(value, torch.Tensor) and value.is_quantized:
+        if isinstance(value, torch.Tensor) and (value.dim() > 0 or value.is_quantized
+                                                or ours[key].kind == "tensor"):
             same_tensor(ours[key].tensor, value)
         elif isinstance(value, torch.Tensor):       # scale/zero_point: torch.tensor(python number)
             assert ours[key].value == value.item()
