@@ -35,7 +35,7 @@ from ckpt_viewer.core.model import (
     iter_nodes,
 )
 from ckpt_viewer.core.readers.zip_directory import data_offset, read_member
-from ckpt_viewer.core.remote import open_source
+from ckpt_viewer.core.remote import is_remote, open_source
 from ckpt_viewer.core.tree import BUFFER_NAMES
 
 # Each torch.optim optimizer's param_group keys (torch 2.13; Adam and AdamW share theirs).
@@ -130,6 +130,8 @@ def tensor_scalar(tensor: TensorInfo):
         return None
     size, source = DTYPE_SIZES[tensor.dtype], storage.source
     start = tensor.offset * size
+    if is_remote(getattr(source, "path", None)):   # a request each, while the file opens
+        return None
     try:
         if isinstance(source, InlineBytes):
             raw = source.data[start:start + size]
