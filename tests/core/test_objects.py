@@ -18,6 +18,8 @@ import torch.nn.utils.parametrize
 import torch.nn.utils.prune
 
 from ckpt_viewer.core import safe_pickle
+from ckpt_viewer.core.check import check
+from ckpt_viewer.core.diff import diff
 from ckpt_viewer.core.export import ExportPlan, export
 from ckpt_viewer.core.model import iter_nodes
 from ckpt_viewer.core.open import open_checkpoint
@@ -249,6 +251,14 @@ def test_dtensor_per_rank_file_says_which_part_it_holds(tmp_path):
         run(export(checkpoint, ExportPlan(include=["replicated"], format="safetensors"), str(out)))
         from safetensors.torch import load_file
         assert torch.equal(load_file(out)["replicated"], full)
+        findings = run(check(checkpoint)).findings
+        assert not [f for f in findings if f.severity == "error"]   # each shard is read
+    first, second = (open_checkpoint(p) for p in paths)
+    across = run(diff(first, second))
+    assert {t.key: t.status for t in across.tensors} == {
+        "rows": "shard", "cols": "shard", "replicated": "identical", "partial": "shard"}
+    same_rank = run(diff(second, open_checkpoint(paths[1])))
+    assert same_rank.identical
 
 
 # --- torchao ------------------------------------------------------------------------------------
