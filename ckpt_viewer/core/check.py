@@ -228,6 +228,8 @@ def _jobs(checkpoint: Checkpoint) -> list[_Job]:
     """One job per distinct view; a tied tensor saved once is scanned once."""
     by_view: dict = {}
     for order, (key, tensor, _node) in enumerate(checkpoint.tensors()):
+        if tensor.layout == "dtensor":       # a per-rank file: the shard it holds is checked
+            tensor = tensor.parts["local"]
         if tensor.storage is not None:
             view = (id(tensor.storage), tensor.offset, tuple(tensor.shape), tuple(tensor.stride),
                     tensor.dtype)

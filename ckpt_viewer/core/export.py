@@ -28,7 +28,13 @@ from ckpt_viewer.core.destination import INDEX_NAMES, SHARD_STEMS, check_file, c
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
 from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
-from ckpt_viewer.core.values import StorageReader, apply_view_bits, dcp_slabs, iter_raw_chunks
+from ckpt_viewer.core.values import (
+    StorageReader,
+    apply_view_bits,
+    dcp_slabs,
+    iter_raw_chunks,
+    read_tensor,
+)
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20          # bytes per read/write step: bounded memory whatever the size
@@ -55,6 +61,7 @@ class Item:
     key: str
     tensor: TensorInfo
     dtype: str                     # dtype written
+    dequantize: bool = False       # a quantized weight written as its values (--dtype given)
 
 
 @dataclass
@@ -113,13 +120,24 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
                                   f"{new_key!r}")
         seen[new_key] = key
         cast = plan.dtype != "keep" and tensor.dtype in FLOAT_DTYPES
-        items.append(Item(key, new_key, tensor, plan.dtype if cast else tensor.dtype))
+        items.append(Item(key, new_key, tensor, plan.dtype if cast else tensor.dtype,
+                          dequantize=cast and tensor.layout == "torchao"))
     return items
 
 
 def _check_exportable(items: list[Item], fmt: str):
     for item in items:
         t = item.tensor
+        if t.layout == "dtensor":
+            raise CheckpointError(f"{item.source_key!r} is a DTensor of which this file holds only "
+                                  f"a part ({t.attrs.get('held', 'one shard')}); export it from a "
+                                  "file that holds all of it (leave it out with --exclude)")
+        if t.layout == "torchao" and not item.dequantize:
+            raise CheckpointError(f"{item.source_key!r} is a quantized {t.subclass.rsplit('.', 1)[-1]} "
+                                  "(torchao); export it dequantized with --dtype float32, float16 "
+                                  "or bfloat16, or leave it out with --exclude")
+        if t.layout == "torchao":
+            continue
         if t.layout not in ("strided",) or t.parts:
             raise CheckpointError(f"{item.source_key!r} is a {t.layout} tensor; exporting those is "
                                   "not supported yet (leave it out with --exclude)")
@@ -217,7 +235,10 @@ def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str
 
 def _dense_bytes(tensor: TensorInfo, target: str, device: str):
     """A tensor's own elements, contiguous, in the target dtype (views written compactly)."""
-    if tensor.chunks:                        # DCP: slabs of rows assembled from its chunks
+    if tensor.layout == "torchao":           # dequantized whole: one weight matrix
+        value = read_tensor(tensor).to(_torch_dtype(target)).contiguous()
+        yield value.reshape(-1).view(_torch_dtype("uint8")).numpy()
+    elif tensor.chunks:                      # DCP: slabs of rows assembled from its chunks
         for slab in dcp_slabs(tensor, COPY_CHUNK):
             yield _cast_bytes(slab.view(np.uint8), tensor.dtype, target, device)
     elif tensor.is_contiguous:

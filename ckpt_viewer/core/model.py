@@ -212,10 +212,15 @@ class Checkpoint:
         return self._scalars
 
     def find(self, key: str) -> Node | None:
+        """The node at `key`; a tensor first where a group shares its key (bitsandbytes:
+        `w` is a tensor and the prefix of `w.absmax`, `w.quant_state.*`)."""
+        found = None
         for node in iter_nodes(self.root):
             if node.key == key:
-                return node
-        return None
+                if node.kind == "tensor":
+                    return node
+                found = found or node
+        return found
 
 
 def iter_nodes(root: Node):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ckpt_viewer.core.model import InlineBytes, Storage, TensorInfo
 from ckpt_viewer.core.safe_pickle import (
@@ -213,25 +213,115 @@ def _state_fields(state) -> dict:
 
 
 def _wrapper_subclass(args, state) -> Described | None:
-    cls, dtype, size, _stride, _offset, _layout, device, _grad = args[:8]
+    cls, dtype, size, stride, _offset, _layout, device, grad = args[:8]
     qualname, shape = _name_of(cls), _ints(size)
     fields = _state_fields(state)
     if _short(qualname) == "DTensor" and isinstance(fields.get("_local_tensor"), TensorInfo):
-        return _dtensor(qualname, dtype, shape, fields)
+        return _dtensor(qualname, dtype, shape, _ints(stride), grad is True, fields)
     note = f"{_short(qualname)}: logical shape {_shape_text(shape)} {dtype} on {device}"
+    blocks = _affine_blocks(shape, dtype, fields)
+    if blocks is not None:
+        parts = {k: fields[k] for k in ("qdata", "scale", "zero_point")
+                 if isinstance(fields.get(k), TensorInfo)}
+        inner = ", ".join(f"{k} {_shape_text(v.shape)} {v.dtype}" for k, v in parts.items())
+        tensor = TensorInfo(dtype=dtype, shape=shape, stride=_contiguous(shape), layout="torchao",
+                            parts=parts, requires_grad=grad is True, subclass=qualname,
+                            quantizer={"block_size": blocks})
+        return Described("tensor", qualname, tensor=tensor,
+                         note=f"{note}; {inner}, block size {_shape_text(blocks)}")
     children = [(str(k), v, "") for k, v in fields.items()]
     return Described("object", qualname, children=children, note=note)
 
 
-def _dtensor(qualname, dtype, shape, fields) -> Described:
+def _contiguous(shape) -> tuple:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+AFFINE_QDATA = {"int8", "uint8", "float8_e4m3fn", "float8_e5m2"}
+
+
+def _affine_blocks(shape, dtype, fields) -> tuple | None:
+    """torchao's affine-quantized weights (Int8Tensor, Float8Tensor, IntxUnpackedToInt8Tensor):
+    qdata of the logical shape, one scale (and zero_point) per block of `block_size`; their
+    value is (qdata - zero_point) * scale. The block size, when the file's layout is exactly
+    that; None for anything else."""
+    qdata, scale, zero_point = (fields.get(k) for k in ("qdata", "scale", "zero_point"))
+    blocks = fields.get("block_size")
+    if not (isinstance(qdata, TensorInfo) and isinstance(scale, TensorInfo)
+            and isinstance(blocks, (tuple, list)) and len(blocks) == len(shape)
+            and all(type(b) is int and b > 0 and size % b == 0 for b, size in zip(blocks, shape))
+            and dtype in ("float32", "float16", "bfloat16") and qdata.dtype in AFFINE_QDATA
+            and tuple(qdata.shape) == shape and scale.dtype in ("float32", "float16", "bfloat16")):
+        return None
+    scales = tuple(size // b for size, b in zip(shape, blocks))
+    if math.prod(scale.shape) != math.prod(scales) or zero_point is not None and not (
+            isinstance(zero_point, TensorInfo) and math.prod(zero_point.shape) == math.prod(scales)
+            and zero_point.dtype in ("int8", "uint8", "int32", "float32", "float16", "bfloat16")
+            and not qdata.dtype.startswith("float8")):
+        return None
+    return tuple(blocks)
+
+
+def _dtensor(qualname, dtype, shape, stride, requires_grad, fields) -> Described:
+    """A DTensor is the tensor at its key, of its global shape. When this file holds all of it
+    (local shard of the global shape, nothing pending a cross-rank sum: Replicate, or a 1-rank
+    mesh) it reads as that shard; otherwise it holds a part, read nowhere but named."""
+    local = fields["_local_tensor"]
     spec = fields.get("_spec")
     spec_fields = spec.fields if isinstance(spec, Placeholder) else {}
-    placements = spec_fields.get("placements") or ()
+    placements = spec_fields.get("placements")
+    placements = placements if isinstance(placements, tuple) else ()
     mesh = spec_fields.get("mesh")
+    sizes = _mesh_shape(mesh)
     note = (f"DTensor: global shape {_shape_text(shape)} {dtype}, placements "
             f"({', '.join(_placement_text(p) for p in placements)}), mesh {_mesh_text(mesh)}")
-    return Described("object", qualname, note=note,
-                     children=[("_local_tensor", fields["_local_tensor"], "")])
+    partial = any(_short(getattr(p, "qualname", "")) == "Partial" and
+                  (sizes is None or i >= len(sizes) or sizes[i] != 1)
+                  for i, p in enumerate(placements))
+    if tuple(local.shape) == shape and local.dtype == dtype and not partial:
+        tensor = replace(local, requires_grad=requires_grad, subclass=qualname)
+        return Described("tensor", qualname, tensor=tensor, note=note + "; this file holds all of it")
+    held = _held_part(local, shape, placements, sizes, mesh)
+    tensor = TensorInfo(dtype=dtype, shape=shape, stride=stride, layout="dtensor",
+                        parts={"local": local}, requires_grad=requires_grad, subclass=qualname)
+    tensor.attrs = {"held": held}
+    return Described("tensor", qualname, tensor=tensor, note=f"{note}; {held}")
+
+
+def _held_part(local: TensorInfo, shape, placements, sizes, mesh) -> str:
+    """Which part of the global tensor this rank's file holds, as torch shards it: a Shard(d)
+    over a mesh dimension of n ranks gives coordinate c rows [c*k, c*k + k), k = ceil(size/n)."""
+    fields = mesh.fields if isinstance(mesh, Placeholder) else {}
+    coordinate, rank = fields.get("_coordinate_on_dim"), fields.get("_rank")
+    who = f"rank {rank}" if type(rank) is int else "this rank"
+    text = f"{who} holds its local shard {_shape_text(local.shape)} {local.dtype}"
+    if not (isinstance(coordinate, tuple) and sizes is not None
+            and len(coordinate) == len(sizes) == len(placements)
+            and all(type(c) is int for c in coordinate)):
+        return text
+    start, extent = [0] * len(shape), list(shape)
+    for c, n, placement in zip(coordinate, sizes, placements):
+        name = _short(getattr(placement, "qualname", ""))
+        if name == "Partial":
+            text += " (a partial sum: the global values add every rank's)"
+        if name != "Shard":
+            continue
+        dim = {**dict(zip(("dim",), placement.args)), **placement.fields}.get("dim")
+        if type(dim) is not int or not 0 <= dim < len(shape) or n <= 0:
+            return text
+        chunk = -(-extent[dim] // n)
+        first = min(c * chunk, extent[dim])
+        start[dim] += first
+        extent[dim] = min(chunk, extent[dim] - first)
+    if tuple(extent) != tuple(local.shape):
+        return text
+    ranges = [f"[{a}:{a + e}] of {n} along dim {d}" for d, (a, e, n)
+              in enumerate(zip(start, extent, shape)) if e != n]
+    return text + (": " + ", ".join(ranges) if ranges else "")
 
 
 def _placement_text(placement) -> str:
@@ -249,13 +339,9 @@ def _placement_text(placement) -> str:
     return f"{name}({', '.join(parts)})"
 
 
-def _mesh_text(mesh) -> str:
-    """DeviceMesh shape and device type, from its layout (torch >= 2.9) or its mesh tensor."""
-    if not isinstance(mesh, Placeholder):
-        return "?"
-    fields = mesh.fields
-    device = fields.get("_device_type") or fields.get("device_type") or "?"
-    shape = None
+def _mesh_shape(mesh) -> list | None:
+    """DeviceMesh sizes per dimension, from its layout (torch >= 2.9) or its mesh tensor."""
+    fields = mesh.fields if isinstance(mesh, Placeholder) else {}
     layout = fields.get("_layout")
     if isinstance(layout, Placeholder) and isinstance(layout.fields.get("axes"), tuple):
         shape = []
@@ -263,8 +349,18 @@ def _mesh_text(mesh) -> str:
             sizes = axis.fields.get("shape") if isinstance(axis, Placeholder) else None
             sizes = sizes if isinstance(sizes, tuple) else (sizes,) if type(sizes) is int else ()
             shape.append(math.prod(s for s in sizes if type(s) is int))
-    elif isinstance(fields.get("mesh"), TensorInfo):
-        shape = list(fields["mesh"].shape)
+        return shape
+    if isinstance(fields.get("mesh"), TensorInfo):
+        return list(fields["mesh"].shape)
+    return None
+
+
+def _mesh_text(mesh) -> str:
+    if not isinstance(mesh, Placeholder):
+        return "?"
+    fields = mesh.fields
+    device = fields.get("_device_type") or fields.get("device_type") or "?"
+    shape = _mesh_shape(mesh)
     names = fields.get("_mesh_dim_names") or fields.get("mesh_dim_names")
     text = _shape_text(shape) if shape is not None else "?"
     if isinstance(names, tuple) and names:
@@ -320,6 +416,11 @@ def module_state_extras(obj) -> list:
     payload = _script_payload(fields.get("_packed_params"))
     if payload is not None:                        # LinearPackedParams: dtype, (weight, bias)
         extras += [("dtype", fields.get("dtype"), ""), ("_packed_params", payload, "")]
+    payload = _script_payload(fields.get("_packed_weight"))
+    if qualname.endswith(".EmbeddingPackedParams") and isinstance(payload, tuple) and \
+            len(payload) > 1 and isinstance(payload[1], list) and payload[1] and \
+            isinstance(payload[1][0], TensorInfo):  # (version, [weight], [...], [bit rate])
+        extras += [("dtype", fields.get("dtype"), ""), ("_packed_weight", payload[1][0], "")]
     modules = fields.get("_modules") or {}
     packed = modules.get("_packed_params") if isinstance(modules, dict) else None
     writes_scale = _script_payload(getattr(packed, "fields", {}).get("_packed_params")) \

@@ -19,18 +19,47 @@ Parameter names are given only when they are certain:
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
-from ckpt_viewer.core.model import FLOAT_DTYPES, Checkpoint, Node, iter_nodes
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.model import (
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    Checkpoint,
+    FileSpan,
+    InlineBytes,
+    Node,
+    TensorInfo,
+    ZipMember,
+    iter_nodes,
+)
+from ckpt_viewer.core.readers.zip_directory import data_offset, read_member
+from ckpt_viewer.core.remote import is_remote, open_source
 from ckpt_viewer.core.tree import BUFFER_NAMES
 
-# Hyperparameters that only one torch optimizer has, checked in order.
-TYPE_SIGNATURES = [
-    ("LBFGS", {"max_iter", "history_size"}), ("Rprop", {"etas"}), ("ASGD", {"lambd", "t0"}),
-    ("Adadelta", {"rho"}), ("Adagrad", {"lr_decay"}), ("RMSprop", {"alpha", "centered"}),
-    ("NAdam", {"momentum_decay"}), ("RAdam", {"decoupled_weight_decay", "betas"}),
-    ("Adamax", {"betas"}), ("SGD", {"dampening", "nesterov"}),
-]
+# Each torch.optim optimizer's param_group keys (torch 2.13; Adam and AdamW share theirs).
+_COMMON = {"lr", "maximize", "foreach", "differentiable", "capturable", "weight_decay", "eps"}
+OPTIMIZER_KEYS = {
+    "ASGD": _COMMON - {"eps"} | {"alpha", "lambd", "t0"},
+    "Adadelta": _COMMON | {"rho"},
+    "Adafactor": {"beta2_decay", "d", "eps", "foreach", "lr", "maximize", "weight_decay"},
+    "Adagrad": _COMMON - {"capturable"} | {"fused", "initial_accumulator_value", "lr_decay"},
+    "Adam": _COMMON | {"amsgrad", "betas", "decoupled_weight_decay", "fused"},
+    "Adamax": _COMMON | {"betas"},
+    "LBFGS": {"history_size", "line_search_fn", "lr", "max_eval", "max_iter",
+              "tolerance_change", "tolerance_grad"},
+    "Muon": {"adjust_lr_fn", "eps", "lr", "momentum", "nesterov", "ns_coefficients",
+             "ns_steps", "weight_decay"},
+    "NAdam": _COMMON | {"betas", "decoupled_weight_decay", "momentum_decay"},
+    "RAdam": _COMMON | {"betas", "decoupled_weight_decay"},
+    "RMSprop": _COMMON | {"alpha", "centered", "momentum"},
+    "Rprop": _COMMON - {"eps", "weight_decay"} | {"etas", "step_sizes"},
+    "SGD": _COMMON - {"eps", "capturable"} | {"dampening", "fused", "momentum", "nesterov"},
+    "SparseAdam": {"betas", "eps", "lr", "maximize"},
+}
+# keys others add to a group: the names of its params, an LR scheduler's first lr
+ADDED_GROUP_KEYS = {"params", "param_names", "initial_lr"}
 SCHEDULER_FIELDS = {"last_epoch", "base_lrs"}
 # State entries shaped like their parameter, in torch's optimizers.
 PER_ELEMENT_STATE = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg",
@@ -39,6 +68,9 @@ PARAMETER_DTYPES = FLOAT_DTYPES | {"complex32", "complex64", "complex128"}
 CONTAINERS = ("dict", "list", "module", "object")
 MAX_BLOCKS = 64          # param groups of all optimizers: more are never provable by shape alone
 MAX_PLAIN_DEPTH = 64
+MAX_SCALAR_READS = 256   # 0-d tensor hyperparameters read per file (each is one small read)
+SCALAR_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "int64": "q", "int32": "i",
+                  "int16": "h", "int8": "b", "uint8": "B", "bool": "?"}
 NAMES_FROM_PARAM_NAMES = "param_names saved with the optimizer"
 
 
@@ -67,35 +99,84 @@ class _Optimizer:
         return [pid for ids in self.group_ids for pid in ids]
 
 
-def plain(node: Node, depth: int = 0):
-    """A small subtree back as Python data (hyperparameter values, param id lists)."""
+def plain(node: Node, depth: int = 0, reads: list | None = None):
+    """A small subtree back as Python data (hyperparameter values, param id lists). With
+    `reads` ([how many more]), a 0-d tensor (lr=torch.tensor(0.01)) is read to its value."""
     if depth > MAX_PLAIN_DEPTH:
         return "..."
     if node.kind == "list":
-        values = [plain(c, depth + 1) for c in node.children]
+        values = [plain(c, depth + 1, reads) for c in node.children]
         return tuple(values) if node.type_name == "tuple" else values
     if node.kind == "dict":
-        return {c.name: plain(c, depth + 1) for c in node.children}
+        return {c.name: plain(c, depth + 1, reads) for c in node.children}
     if node.kind == "tensor":
+        if reads and reads[0] > 0 and not node.tensor.shape:
+            reads[0] -= 1
+            value = tensor_scalar(node.tensor)
+            if value is not None:
+                return value
         return f"tensor{list(node.tensor.shape)}"
     return node.value
 
 
+def tensor_scalar(tensor: TensorInfo):
+    """The value of a one-element tensor of a plain dtype, read from its few bytes (None when
+    it cannot be read so: another layout, a large compressed record, a read error)."""
+    storage = tensor.storage
+    fmt = SCALAR_FORMATS.get(tensor.dtype)
+    if fmt is None or storage is None or storage.dtype != tensor.dtype or tensor.numel != 1 \
+            or tensor.layout != "strided" or tensor.parts or tensor.neg or tensor.conj \
+            or not 0 <= tensor.offset < storage.numel:
+        return None
+    size, source = DTYPE_SIZES[tensor.dtype], storage.source
+    start = tensor.offset * size
+    if is_remote(getattr(source, "path", None)):   # a request each, while the file opens
+        return None
+    try:
+        if isinstance(source, InlineBytes):
+            raw = source.data[start:start + size]
+        elif isinstance(source, ZipMember) and source.compress_type != 0:
+            raw = read_member(source, limit=1 << 16)[start:start + size]
+        elif isinstance(source, (ZipMember, FileSpan)):
+            base = data_offset(source) if isinstance(source, ZipMember) else source.offset
+            with open_source(source.path) as f:
+                f.seek(base + start)
+                raw = f.read(size)
+        else:
+            return None
+    except (CheckpointError, OSError):
+        return None
+    if len(raw) != size:
+        return None
+    order = ">" if storage.byteorder == "big" else "<"
+    value = struct.unpack(order + fmt, raw)[0]
+    if fmt in "fe" and value == value and abs(value) != float("inf"):
+        for digits in range(1, 10):   # the shortest decimal that is this float32/16: 0.01
+            shortest = float(f"{value:.{digits}g}")
+            if struct.pack(order + fmt, shortest) == raw:
+                return shortest
+    return value
+
+
 def guess_type(group: dict) -> str | None:
-    keys = set(group)
-    if "betas" in keys and "amsgrad" in keys and "momentum_decay" not in keys:
-        return "AdamW" if group.get("decoupled_weight_decay") else "Adam"
-    for name, signature in TYPE_SIGNATURES:
-        if signature <= keys:
-            return name
-    return None
+    """The torch.optim class whose group keys these are: the one with exactly these keys, or
+    (a file from an older torch, with fewer keys) the only one having them all; else None.
+    Adam and AdamW differ only in decoupled_weight_decay's value."""
+    keys = set(group) - ADDED_GROUP_KEYS
+    exact = [name for name, known in OPTIMIZER_KEYS.items() if keys == known]
+    found = exact or [name for name, known in OPTIMIZER_KEYS.items() if keys <= known]
+    if found != ["Adam"]:
+        return found[0] if len(found) == 1 else None
+    decoupled = group.get("decoupled_weight_decay")
+    return {True: "AdamW", False: "Adam"}.get(decoupled) if type(decoupled) is bool else None
 
 
 def find_optimizers(checkpoint: Checkpoint) -> list[OptimizerInfo]:
     nodes = checkpoint.optimizer_nodes
     if nodes is None:
         nodes = [n for n in iter_nodes(checkpoint.root) if n.kind == "optimizer"]
-    optimizers = [_read(node) for node in nodes]
+    reads = [MAX_SCALAR_READS]
+    optimizers = [_read(node, reads) for node in nodes]
     matched, where = None, ""
     if any(o.names is None for o in optimizers):
         matched, where = names_from_model(checkpoint.root, optimizers)
@@ -116,9 +197,9 @@ def _child(node: Node, name: str) -> Node | None:
     return next((c for c in node.children if c.name == name), None)
 
 
-def _read(node: Node) -> _Optimizer:
+def _read(node: Node, reads: list) -> _Optimizer:
     groups_node = _child(node, "param_groups")
-    groups = [plain(g) for g in groups_node.children] if groups_node else []
+    groups = [plain(g, reads=reads) for g in groups_node.children] if groups_node else []
     groups = [g if isinstance(g, dict) else {} for g in groups]
     state_node = _child(node, "state")
     states = {c.name: c for c in state_node.children} if state_node else {}

@@ -32,9 +32,13 @@ def describe_value(value, limit: int = MAX_VALUE_TEXT, shown: ShownOnce | None =
 
 
 def split_text(totals) -> str:
-    """'217.30M model, 433.51M optimizer state, 0 other': parameters are the model's only."""
+    """'217.30M model, 433.51M optimizer state, 0 other': parameters are the model's only;
+    '885.67K model + 1.68K buffers, ...' where some of the model's tensors are buffers."""
     split = totals.split
-    return (f"{format_count(split['model'])} model, "
+    buffers = totals.model_buffers
+    model = f"{format_count(split['model'] - buffers)} model" + \
+        (f" + {format_count(buffers)} buffers" if buffers else "")
+    return (f"{model}, "
             f"{format_count(split['optimizer_state'])} optimizer state, "
             f"{format_count(split['other'])} other")
 
@@ -167,10 +171,12 @@ def diff_lines(report, limit: int = 50):
     yield f"A: {report.path_a}"
     yield f"B: {report.path_b}"
     changed = [t for t in report.tensors if t.status.endswith("changed")]
+    shards = f", {report.count('shard')} other DTensor parts" if report.count("shard") else ""
     yield (f"{plural(len(report.tensors), 'common tensor')}: "
            f"{sum(1 for t in report.tensors if t.status.endswith('identical'))} identical, "
            f"{len(changed)} changed, {report.count('shape')} with other shapes, "
-           f"{sum(1 for t in report.tensors if t.status.startswith('dtype'))} with other dtypes; "
+           f"{sum(1 for t in report.tensors if t.status.startswith('dtype'))} with other dtypes"
+           f"{shards}; "
            f"{len(report.only_a)} only in A, {len(report.only_b)} only in B")
     view = report.load_state_dict_view()
     if any(view.values()):
@@ -183,6 +189,8 @@ def diff_lines(report, limit: int = 50):
             yield f"  shape  {t.key}: {t.shape_a} vs {t.shape_b}"
         elif t.status.startswith("dtype"):
             yield f"  dtype  {t.key}: {t.dtype_a} vs {t.dtype_b}"
+        elif t.status == "shard":
+            yield f"  shard  {t.key}: the files hold different parts of this DTensor"
     if changed:
         yield f"changed tensors (largest relative L2 difference first, up to {limit}):"
         yield f"  {'key':<48} {'max|a-b|':>11} {'mean|a-b|':>11} {'rel L2':>10} {'cosine':>9}"

@@ -16,9 +16,11 @@ from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.globals import triage
 from ckpt_viewer.core.model import Checkpoint, Node, TensorInfo
 from ckpt_viewer.core.text import ShownOnce, bounded_json
+from ckpt_viewer.core.tree import BUFFER_NAMES
 
 MAX_SCALAR_TEXT = 10_000
 MODEL, OPTIMIZER_STATE, OTHER = "model", "optimizer_state", "other"
+BUFFERS = "buffers"       # counted apart while totalling, then given back to MODEL
 ALL_MODEL_FORMATS = {"safetensors", "hf-sharded"}
 
 
@@ -29,6 +31,7 @@ class Totals:
     tensors: int = 0
     by_dtype: dict = field(default_factory=dict)   # dtype -> [tensor count, params, bytes]
     split: dict = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
+    model_buffers: int = 0    # of split[MODEL]: the elements of tensors known to be buffers
 
 
 def _leaf_tensors(tensor: TensorInfo):
@@ -44,11 +47,14 @@ def totals(checkpoint: Checkpoint) -> Totals:
     covered: dict[int, list] = {}      # storage id -> [storage, dtype, category, spans...]
     categories = tensor_categories(checkpoint)
     split = result.split
+    split[BUFFERS] = 0
     tensors = checkpoint.tensors()
     for _, tensor, node in tensors:
         entry = by_dtype.get(tensor.dtype) or _dtype_entry(by_dtype, tensor.dtype)
         entry[0] += 1
         category = categories.get(id(node), OTHER)
+        if category == MODEL and is_buffer(node):
+            category = BUFFERS
         if not tensor.parts and tensor.storage is not None:     # the common case, inlined
             if id(tensor.storage) in covered:
                 covered[id(tensor.storage)].append(tensor.element_span())
@@ -80,11 +86,20 @@ def totals(checkpoint: Checkpoint) -> Totals:
         entry = _dtype_entry(by_dtype, dtype)
         entry[1] += count
         entry[2] += nbytes
+    result.model_buffers = split.pop(BUFFERS)
+    split[MODEL] += result.model_buffers
     result.tensors = len(tensors)
     result.params += params
     result.bytes += nbytes_all
     result.by_dtype = dict(sorted(by_dtype.items(), key=lambda kv: -kv[1][2]))
     return result
+
+
+def is_buffer(node: Node) -> bool:
+    """Known to be a buffer: a module's `_buffers` entry, or (roles unknown: a state_dict)
+    named as BatchNorm's statistics are."""
+    return node.role == "buffer" or not node.role and \
+        node.name.rpartition(".")[2] in BUFFER_NAMES
 
 
 def _dtype_entry(by_dtype: dict, dtype: str) -> list:
@@ -196,6 +211,7 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         "scalars": {k: bounded_json(v, shown, MAX_SCALAR_TEXT)
                     for k, v in checkpoint.scalars().items()},
         "optimizers": optimizers,
+        "metadata": {k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.metadata.items()},
         "unsafe_globals": list(checkpoint.unsafe_globals),
         "globals": [{"name": u.name, "category": u.category} for u in triage(checkpoint)],
         "warnings": list(checkpoint.warnings) + [

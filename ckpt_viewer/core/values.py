@@ -523,10 +523,15 @@ def read_tensor(tensor: TensorInfo):
     """The tensor as a CPU torch.Tensor, bit-exact (quantized and sparse rebuilt)."""
     import torch
 
+    if tensor.layout == "dtensor":      # objects._dtensor: only a shard of it is in this file
+        raise CheckpointError(f"this DTensor's values are spread over its ranks' files; "
+                              f"{tensor.attrs.get('held', 'this file holds one shard')}")
     if tensor.chunks:
         return _read_dcp(tensor)
     if tensor.layout == "ggml":
         return torch.from_numpy(read_array(tensor).copy())
+    if tensor.layout == "torchao":
+        return _dequantize_affine(tensor)
     if tensor.parts:
         parts = {name: read_tensor(part) for name, part in tensor.parts.items()}
         if tensor.layout == "sparse_coo":
@@ -568,6 +573,29 @@ def _quantize(int_repr, tensor: TensorInfo, dtype):
         return torch._make_per_tensor_quantized_tensor(int_repr, q["scale"], q["zero_point"])
     scales, zero_points = read_tensor(q["scales"]), read_tensor(q["zero_points"])
     return torch._make_per_channel_quantized_tensor(int_repr, scales, zero_points, q["axis"])
+
+
+def _dequantize_affine(tensor: TensorInfo):
+    """A torchao affine-quantized weight's values, computed as its dequantize() does:
+    (qdata - zero_point) * scale in the logical dtype (float8 qdata: qdata * scale in float32),
+    one scale per block of quantizer["block_size"]."""
+    import torch
+
+    parts = {name: read_tensor(part) for name, part in tensor.parts.items()}
+    qdata, scale, zero_point = parts["qdata"], parts["scale"], parts.get("zero_point")
+    blocks = tensor.quantizer["block_size"]
+    split = [n for size, b in zip(tensor.shape, blocks) for n in (size // b, b)]
+    per_block = [n for size, b in zip(tensor.shape, blocks) for n in (size // b, 1)]
+    out = getattr(torch, tensor.dtype)
+    qdata, scale = qdata.reshape(split), scale.reshape(per_block)
+    if qdata.dtype.is_floating_point:
+        value = qdata.to(torch.float32) * scale
+    else:
+        value = qdata.to(out)
+        if zero_point is not None:
+            value = value - zero_point.reshape(per_block).to(out)
+        value = value * scale
+    return value.reshape(tensor.shape).to(out)
 
 
 def _read_dcp(tensor: TensorInfo):

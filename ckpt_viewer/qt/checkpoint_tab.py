@@ -37,11 +37,12 @@ def elements(count: int) -> str:
 
 def summary_html(checkpoint, totals) -> str:
     esc = as_html
+    parameters = totals.split["model"] - totals.model_buffers
     rows = [("Path", esc(checkpoint.path)), ("Format", esc(checkpoint.format)),
             ("File size", f"{format_bytes(checkpoint.file_bytes)} ({checkpoint.file_bytes:,} bytes)"),
             ("Tensors", f"{totals.tensors:,}"),
-            ("Model parameters", f"{format_count(totals.split['model'])} "
-                                 f"({totals.split['model']:,})"),
+            ("Model parameters", f"{format_count(parameters)} ({parameters:,})"),
+            *([("Model buffers", elements(totals.model_buffers))] if totals.model_buffers else []),
             ("Optimizer state", elements(totals.split['optimizer_state'])),
             ("Other tensors", elements(totals.split['other'])),
             ("All elements", f"{format_count(totals.params)} ({totals.params:,}), each storage "

@@ -22,11 +22,12 @@ from ckpt_viewer.qt.theme import on_base, style_plot
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
 SORT_ROLE, STATUS_ROLE = Qt.UserRole + 1, Qt.UserRole + 2
 STATUS_SYMBOL = {"identical": "=", "changed": "\u2260", "dtype+identical": "\u25c6",
-                 "dtype+changed": "\u25c6", "shape": "\u25b2", "only in A": "\u25c0",
+                 "dtype+changed": "\u25c6", "shape": "\u25b2", "shard": "\u25b3", "only in A": "\u25c0",
                  "only in B": "\u25b6"}
 STATUS_COLOURS = {"identical": QColor(90, 90, 90), "changed": QColor(200, 110, 0),
                   "dtype+identical": QColor(150, 60, 160), "dtype+changed": QColor(150, 60, 160),
-                  "shape": QColor(200, 40, 40), "only in A": QColor(40, 100, 200),
+                  "shape": QColor(200, 40, 40), "shard": QColor(200, 40, 40),
+                  "only in A": QColor(40, 100, 200),
                   "only in B": QColor(20, 130, 100)}
 DISPLAY, FOREGROUND, TOOLTIP, ALIGNMENT = (role.value for role in (
     Qt.DisplayRole, Qt.ForegroundRole, Qt.ToolTipRole, Qt.TextAlignmentRole))

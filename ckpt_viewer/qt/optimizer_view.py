@@ -102,7 +102,7 @@ class OptimizerView(QScrollArea):
         self._read_small_values()
 
     def _optimizer_box(self, optimizer: OptimizerInfo) -> QGroupBox:
-        box = QGroupBox(shown(f"{optimizer.type or 'Optimizer'}  {optimizer.key}"))
+        box = QGroupBox(shown(f"{optimizer.type or 'Optimizer of unknown type'}  {optimizer.key}"))
         layout = QVBoxLayout(box)
         source = QLabel(f"Parameter names: "
                         f"{optimizer.names_source or 'not provable from this file; ids shown'}.")

@@ -16,7 +16,8 @@ from ckpt_viewer.core.open import open_checkpoint
 from ckpt_viewer.core.readers.zip_directory import data_offset
 from ckpt_viewer.core.text import nearest_keys, plural
 
-FIELDS = {"path", "format", "file_bytes", "tensors", "scalars", "optimizers", "unsafe_globals",
+FIELDS = {"path", "format", "file_bytes", "tensors", "scalars", "optimizers", "metadata",
+          "unsafe_globals",
           "warnings", "params", "total_params", "total_bytes", "globals"}
 
 

@@ -123,7 +123,7 @@ def test_status_counts_add_up_and_cosine_stays_in_range(tmp_path):
     report = compare(a, b)
     counts = report.status_counts()
     assert counts == {"identical": 1, "changed": 1, "dtype+identical": 1, "dtype+changed": 0,
-                      "shape": 1, "only in A": 1, "only in B": 1}
+                      "shape": 1, "shard": 0, "only in A": 1, "only in B": 1}
     assert sum(counts.values()) == len(report.tensors) + len(report.only_a) + len(report.only_b)
     assert all(-1.0 <= t.cosine <= 1.0 for t in report.tensors if t.cosine is not None)
 

@@ -193,6 +193,13 @@ def test_cli_inspect_and_diff(tmp_path):
     keys = {t["key"]: t for t in data["tensors"]}
     assert keys["blk.0.attn_k.weight"]["dtype"] == "Q4_0"
     assert keys["blk.0.attn_k.weight"]["shape"] == [32, 64]
+    fields = gguf.GGUFReader(str(path)).fields            # the metadata, as gguf reads it
+    meta = data["metadata"]
+    for name in ("general.architecture", "general.name", "llama.block_count", "test.answer",
+                 "test.scale"):
+        assert meta[name] == fields[name].contents()
+    assert meta["test.list"].startswith("[0, 1, 2") and "(40 items)" in meta["test.list"]
+    assert meta["test.words"] == str(fields["test.words"].contents())
     result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", str(path),
                              "blk.0.attn_k.weight"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -18,8 +18,12 @@ import torch.nn.utils.parametrize
 import torch.nn.utils.prune
 
 from ckpt_viewer.core import safe_pickle
+from ckpt_viewer.core.check import check
+from ckpt_viewer.core.diff import diff
+from ckpt_viewer.core.export import ExportPlan, export
 from ckpt_viewer.core.model import iter_nodes
 from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.stats import run
 from ckpt_viewer.core.summary import inspect_dict
 from ckpt_viewer.core.tree import SHARED_BY_VALUE
 from ckpt_viewer.core.values import read_array, read_tensor
@@ -139,6 +143,8 @@ def process_group(tmp_path):
 
 def test_dtensor_global_shape_placements_mesh_and_local_shard(tmp_path, process_group,
                                                              subclass_route):
+    """On a 1-rank mesh the file holds every DTensor whole: listed at its key, read and
+    exported as the full tensor (what load_state_dict takes)."""
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.tensor import (
         DTensor,
@@ -153,46 +159,150 @@ def test_dtensor_global_shape_placements_mesh_and_local_shard(tmp_path, process_
            "replicated": distribute_tensor(torch.ones(3, dtype=torch.bfloat16), mesh, [Replicate()]),
            "partial": DTensor.from_local(torch.full((2,), 3.0), mesh, [Partial()]),
            "two_d": distribute_tensor(torch.randn(2, 6), mesh_2d, [Shard(1), Replicate()])}
-    _, checkpoint, loaded = saved(tmp_path, obj)
+    path, checkpoint, loaded = saved(tmp_path, obj)
     for key, dtensor in loaded.items():
         found = node(checkpoint, key)
-        assert found.kind == "object" and found.type_name.endswith("DTensor")
+        assert found.kind == "tensor" and found.type_name.endswith("DTensor")
+        assert not found.children
         dtype = str(dtensor.dtype).replace("torch.", "")
         assert f"global shape {list(dtensor.shape)} {dtype}" in found.note
-        (local,) = found.children
-        assert local.name == "_local_tensor"
-        same_tensor(local.tensor, dtensor.to_local())
+        assert "this file holds all of it" in found.note
+        same_tensor(found.tensor, dtensor.full_tensor())
     assert "placements (Shard(dim=0))" in node(checkpoint, "sharded").note
     assert "placements (Replicate())" in node(checkpoint, "replicated").note
     assert "placements (Partial(sum))" in node(checkpoint, "partial").note
     assert "mesh [1] cpu" in node(checkpoint, "sharded").note
     assert "placements (Shard(dim=1), Replicate()), mesh [1, 1] (dp, tp) cpu" in \
         node(checkpoint, "two_d").note
-    assert sorted(t["key"] for t in inspect_dict(checkpoint)["tensors"]) == \
-        sorted(f"{k}._local_tensor" for k in obj)
+    listed = {t["key"]: t for t in inspect_dict(checkpoint)["tensors"]}
+    assert list(listed) == list(obj)
+    assert {k: (t["shape"], t["dtype"]) for k, t in listed.items()} == {
+        k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in loaded.items()}
+    out = tmp_path / "out.pt"
+    run(export(checkpoint, ExportPlan(), str(out)))
+    exported = torch.load(out, weights_only=True)
+    assert list(exported) == list(obj)
+    for key, dtensor in loaded.items():
+        assert type(exported[key]) is torch.Tensor and torch.equal(exported[key], dtensor.full_tensor())
+    module = torch.nn.Module()
+    module.register_buffer("sharded", torch.zeros(4, 2))
+    module.load_state_dict({"sharded": exported["sharded"]})   # what `_local_tensor` was not
+
+
+def rank_files(tmp_path, world_size=2):
+    """Per-rank files of a 2-rank job, written one rank at a time in this process (torch's fake
+    process group): each rank holds its shards as torch cuts them."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    full = torch.arange(15.).reshape(5, 3)
+    paths = []
+    for rank in range(world_size):
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+        try:
+            mesh = init_device_mesh("cpu", (world_size,))
+
+            def shard(dim, rank=rank, mesh=mesh):
+                local = full.chunk(world_size, dim)[rank].clone()
+                return DTensor.from_local(local, mesh, [Shard(dim)], run_check=False,
+                                          shape=full.shape, stride=full.stride())
+            obj = {"rows": shard(0), "cols": shard(1),
+                   "replicated": DTensor.from_local(full.clone(), mesh, [Replicate()],
+                                                    run_check=False),
+                   "partial": DTensor.from_local(torch.full((2,), float(rank)), mesh,
+                                                 [Partial()], run_check=False)}
+            paths.append(str(tmp_path / f"rank{rank}.pt"))
+            torch.save(obj, paths[-1])
+        finally:
+            dist.destroy_process_group()
+    return full, paths
+
+
+def test_dtensor_per_rank_file_says_which_part_it_holds(tmp_path):
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    from ckpt_viewer.core import CheckpointError
+    full, paths = rank_files(tmp_path)
+    for rank, path in enumerate(paths):
+        loaded = torch.load(path, weights_only=False)
+        checkpoint = open_checkpoint(path)
+        assert [t["key"] for t in inspect_dict(checkpoint)["tensors"]] == list(loaded)
+        for key, dim in (("rows", 0), ("cols", 1)):
+            dtensor, found = loaded[key], node(checkpoint, key)
+            assert found.kind == "tensor" and tuple(found.tensor.shape) == tuple(dtensor.shape)
+            mesh = dtensor.device_mesh
+            shape, offset = compute_local_shape_and_global_offset(dtensor.shape, mesh, [Shard(dim)])
+            assert tuple(dtensor.to_local().shape) == tuple(shape)
+            assert f"rank {rank} holds its local shard {list(shape)} float32: " \
+                f"[{offset[dim]}:{offset[dim] + shape[dim]}] of {full.shape[dim]} along dim {dim}" \
+                in found.note
+            same_tensor(found.tensor.parts["local"], dtensor.to_local())
+            with pytest.raises(CheckpointError, match="spread over its ranks' files"):
+                read_tensor(found.tensor)
+        assert "this file holds all of it" in node(checkpoint, "replicated").note
+        same_tensor(node(checkpoint, "replicated").tensor, loaded["replicated"].to_local())
+        assert "a partial sum" in node(checkpoint, "partial").note
+        with pytest.raises(CheckpointError, match="'rows' is a DTensor of which this file holds "
+                                                  "only a part"):
+            run(export(checkpoint, ExportPlan(), str(tmp_path / "all.pt")))
+        out = tmp_path / f"replicated{rank}.safetensors"
+        run(export(checkpoint, ExportPlan(include=["replicated"], format="safetensors"), str(out)))
+        from safetensors.torch import load_file
+        assert torch.equal(load_file(out)["replicated"], full)
+        findings = run(check(checkpoint)).findings
+        assert not [f for f in findings if f.severity == "error"]   # each shard is read
+    first, second = (open_checkpoint(p) for p in paths)
+    across = run(diff(first, second))
+    assert {t.key: t.status for t in across.tensors} == {
+        "rows": "shard", "cols": "shard", "replicated": "identical", "partial": "shard"}
+    same_rank = run(diff(second, open_checkpoint(paths[1])))
+    assert same_rank.identical
 
 
 # --- torchao ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", ["Int8WeightOnlyConfig", "Float8WeightOnlyConfig",
                                     "Int8DynamicActivationInt8WeightConfig",
-                                    "IntxWeightOnlyConfig"])
-def test_torchao_weights_show_logical_shape_and_inner_tensors(tmp_path, config, subclass_route):
+                                    "IntxWeightOnlyConfig", "IntxWeightOnlyConfig/group8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torchao_weights_at_their_key_with_logical_shape_and_values(tmp_path, config, dtype,
+                                                                    subclass_route):
+    """A torchao weight is the tensor at its key (logical shape and dtype); its values are its
+    dequantize(), bit for bit; export writes those with --dtype and refuses without."""
+    from safetensors.torch import load_file
+
+    from ckpt_viewer.core import CheckpointError
     torchao_quantization = pytest.importorskip("torchao.quantization")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 16))
-    torchao_quantization.quantize_(model, getattr(torchao_quantization, config)())
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16)).to(dtype)
+    name, _, group = config.partition("/")
+    kwargs = {"granularity": torchao_quantization.PerGroup(8)} if group else {}
+    torchao_quantization.quantize_(model, getattr(torchao_quantization, name)(**kwargs))
     _, checkpoint, loaded = saved(tmp_path, model.state_dict())
     weight = loaded["0.weight"]
     found = node(checkpoint, "0.weight")
-    assert found.kind == "object" and found.type_name.endswith(type(weight).__name__)
-    assert f"logical shape {list(weight.shape)} {str(weight.dtype).replace('torch.', '')}" \
-        in found.note
+    assert found.kind == "tensor" and found.type_name.endswith(type(weight).__name__)
+    assert (tuple(found.tensor.shape), found.tensor.dtype) == \
+        (tuple(weight.shape), str(weight.dtype).replace("torch.", ""))
+    assert [t["key"] for t in inspect_dict(checkpoint)["tensors"]] == list(loaded)
     inner_names, _ = weight.__tensor_flatten__()
-    children = {c.name: c for c in found.children}
-    for name in inner_names:
-        same_tensor(children[name].tensor, getattr(weight, name))
+    assert set(found.tensor.parts) == set(inner_names)
+    for inner in inner_names:
+        same_tensor(found.tensor.parts[inner], getattr(weight, inner))
+    same_tensor(found.tensor, weight.dequantize())
     same_tensor(node(checkpoint, "0.bias").tensor, loaded["0.bias"])
+    with pytest.raises(CheckpointError, match="'0.weight' is a quantized .*--dtype float32"):
+        run(export(checkpoint, ExportPlan(format="safetensors"), str(tmp_path / "keep.safetensors")))
+    for target in ("float32", "bfloat16"):
+        out = tmp_path / f"{target}.safetensors"
+        run(export(checkpoint, ExportPlan(dtype=target, format="safetensors"), str(out)))
+        written = load_file(out)
+        expected = weight.dequantize().to(getattr(torch, target))
+        assert written["0.weight"].view(torch.uint8).equal(expected.view(torch.uint8))
+    plain = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    plain.load_state_dict(load_file(tmp_path / "float32.safetensors"))
 
 
 # --- torch.ao quantized modules, compiled modules, parametrizations -----------------------------
@@ -224,8 +334,44 @@ def dynamic_quantized():
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+class ManyQuantized(torch.nn.Module):
+    """Quantized modules of every family eager mode converts, fused ones and an embedding."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.quant = torch.ao.quantization.QuantStub()
+        self.conv1d, self.conv3d = nn.Conv1d(2, 2, 1), nn.Conv3d(2, 2, 1)
+        self.conv, self.bn, self.relu = nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU()
+        self.transposed = nn.ConvTranspose2d(4, 4, 1)
+        self.norms = nn.Sequential(nn.LayerNorm([4, 2, 2]), nn.GroupNorm(2, 4),
+                                   nn.InstanceNorm2d(4))
+        self.activations = nn.Sequential(nn.Hardswish(), nn.ELU(), nn.LeakyReLU())
+        self.add = torch.ao.nn.quantized.FloatFunctional()
+        self.fc, self.fc_relu = nn.Linear(16, 3), nn.ReLU()
+        self.embedding = nn.Embedding(10, 4)
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        x = self.activations(self.norms(self.transposed(self.relu(self.bn(self.conv(
+            self.quant(x)))))))
+        return self.dequant(self.fc_relu(self.fc(self.add.add(x, x).flatten(1))))
+
+
+def many_quantized():
+    torch.manual_seed(0)
+    model = torch.ao.quantization.fuse_modules(ManyQuantized().eval(),
+                                               [["conv", "bn", "relu"], ["fc", "fc_relu"]])
+    model.qconfig = torch.ao.quantization.get_default_qconfig("fbgemm")
+    model.transposed.qconfig = torch.ao.quantization.get_default_qconfig("qnnpack")
+    model.embedding.qconfig = torch.ao.quantization.float_qparams_weight_only_qconfig
+    prepared = torch.ao.quantization.prepare(model)
+    prepared(torch.randn(2, 2, 4, 4))
+    return torch.ao.quantization.convert(prepared)
+
+
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("build", [static_quantized, dynamic_quantized])
+@pytest.mark.parametrize("build", [static_quantized, dynamic_quantized, many_quantized])
 def test_quantized_modules_listed_under_state_dict_names(tmp_path, build):
     model = build()
     # torch's own state_dict of the model saved (a loaded quantized Conv cannot give one)
@@ -236,8 +382,8 @@ def test_quantized_modules_listed_under_state_dict_names(tmp_path, build):
     _, from_state_dict, _ = saved(tmp_path, model.state_dict(), "state_dict.pt")
     assert list(our_leaves(from_state_dict)) == list(expected)
     for key, value in expected.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 or \
-                isinstance(value, torch.Tensor) and value.is_quantized:
+        if isinstance(value, torch.Tensor) and (value.dim() > 0 or value.is_quantized
+                                                or ours[key].kind == "tensor"):
             same_tensor(ours[key].tensor, value)
         elif isinstance(value, torch.Tensor):       # scale/zero_point: torch.tensor(python number)
             assert ours[key].value == value.item()

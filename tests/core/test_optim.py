@@ -10,6 +10,7 @@ import builders
 from ckpt_viewer.core.open import open_checkpoint
 from ckpt_viewer.core.optim import NAMES_FROM_PARAM_NAMES
 from ckpt_viewer.core.report import text_report
+from ckpt_viewer.core.summary import inspect_dict
 
 nn = torch.nn
 
@@ -343,3 +344,78 @@ def test_small_state_values_are_read(tmp_path):
     assert len(values) == sum(1 for state in expected.values() for t in state.values()
                               if t.numel() <= 1)
     assert any(t.numel() > 1 for state in expected.values() for t in state.values())
+
+
+def every_torch_optimizer():
+    return [cls for name, cls in vars(torch.optim).items() if isinstance(cls, type)
+            and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer]
+
+
+def stepped_state_dict(cls):
+    torch.manual_seed(0)
+    if cls is torch.optim.SparseAdam:                    # needs sparse gradients
+        model = nn.Embedding(4, 3, sparse=True)
+        optimizer = cls(model.parameters())
+        model(torch.tensor([0, 2])).sum().backward()
+    else:
+        model = nn.Linear(3, 3)                          # 2-D: Muon takes matrices only
+        optimizer = cls([model.weight])
+        model(torch.randn(2, 3)).sum().backward()
+    if cls is torch.optim.LBFGS:
+        optimizer.step(lambda: model(torch.ones(1, 3)).sum())
+    else:
+        optimizer.step()
+    return optimizer.state_dict()
+
+
+@pytest.mark.parametrize("cls", every_torch_optimizer(), ids=lambda c: c.__name__)
+def test_type_of_every_torch_optimizer(tmp_path, cls):
+    path = builders.save({"optimizer": stepped_state_dict(cls)}, tmp_path / "o.pt")
+    assert only_optimizer(path).type == cls.__name__
+
+
+class Lamb(torch.optim.Optimizer):
+    """timm's Lamb: its defaults, a step that only counts."""
+
+    def __init__(self, params):
+        super().__init__(params, dict(lr=1e-3, bias_correction=True, betas=(0.9, 0.999),
+                                      eps=1e-6, weight_decay=0.01, grad_averaging=True,
+                                      max_grad_norm=1.0, trust_clip=False, always_adapt=False))
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["step"] = torch.tensor(1.0)
+
+
+def test_type_unknown_when_the_keys_do_not_prove_it(tmp_path):
+    """A group whose keys several torch optimizers have, or none has, names no type."""
+    torch.manual_seed(0)
+    lamb = Lamb(nn.Linear(2, 2).parameters())
+    lamb.step()
+    old_adam = stepped_state_dict(torch.optim.Adam)     # before decoupled_weight_decay existed
+    del old_adam["param_groups"][0]["decoupled_weight_decay"]
+    subset = stepped_state_dict(torch.optim.SGD)        # lr and momentum: SGD, RMSprop, Muon
+    subset["param_groups"][0] = {k: subset["param_groups"][0][k] for k in ("lr", "momentum", "params")}
+    path = builders.save({"lamb": lamb.state_dict(), "old_adam": old_adam, "subset": subset},
+                         tmp_path / "o.pt")
+    infos = open_checkpoint(path).optimizers
+    assert [(o.key, o.type) for o in infos] == [("lamb", None), ("old_adam", None), ("subset", None)]
+    assert "optimizer lamb: unknown type, 1 group" in list(text_report(open_checkpoint(path)))
+    assert [o["type"] for o in inspect_dict(open_checkpoint(path))["optimizers"]] == [None] * 3
+
+
+def test_tensor_hyperparameters_show_their_values(tmp_path):
+    model = builders.tiny_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01),
+                                 betas=(torch.tensor(0.9), torch.tensor(0.999)))
+    step(model, optimizer)
+    path = builders.save({"optimizer": optimizer.state_dict()}, tmp_path / "o.pt")
+    group = torch.load(path, weights_only=True)["optimizer"]["param_groups"][0]
+    (info,) = open_checkpoint(path).optimizers
+    ours = info.param_groups[0]
+    assert torch.tensor(ours["lr"], dtype=group["lr"].dtype) == group["lr"]
+    assert ours["lr"] == 0.01 and ours["betas"] == (0.9, 0.999)
+    assert [torch.tensor(b) == t for b, t in zip(ours["betas"], group["betas"])] == [True, True]
+    assert "lr=0.01, betas=(0.9, 0.999)" in "\n".join(text_report(open_checkpoint(path)))
+    assert inspect_dict(open_checkpoint(path))["optimizers"][0]["param_groups"][0]["lr"] == 0.01

@@ -304,3 +304,24 @@ def test_sampled_preview_reads_what_torch_loads(tmp_path, dtype, legacy):
                         in _sample_runs(tensor, 20_000)]).double()
     assert stats.sampled and stats.min == picked.min().item() and stats.max == picked.max().item()
     assert stats.mean == pytest.approx(picked.mean().item(), rel=1e-12)
+
+
+def test_stats_finds_a_key_that_is_also_a_prefix(tmp_path):
+    """bitsandbytes 4-bit weights: `w` is a tensor and the prefix of `w.absmax` and
+    `w.quant_state.*`; the exact key is the tensor, whichever order the file lists them in."""
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(0)
+    state = {"fc.weight.absmax": torch.rand(4), "fc.weight.quant_map": torch.randn(16),
+             "fc.weight.quant_state.bitsandbytes__nf4": torch.arange(30, dtype=torch.uint8),
+             "fc.weight": torch.randint(0, 256, (32, 1), dtype=torch.uint8),
+             "fc.bias": torch.randn(8)}
+    path = tmp_path / "bnb.safetensors"
+    save_file(state, path)
+    expected = load_file(path)["fc.weight"]
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", str(path), "fc.weight",
+                             "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["numel"] == expected.numel() == 32
+    assert (figures["min"], figures["max"]) == (expected.min().item(), expected.max().item())
+    assert open_checkpoint(str(path)).find("fc.weight.quant_state").kind == "dict"

@@ -131,3 +131,39 @@ def test_suggested_root_is_the_state_dict_the_keys_lie_in(tmp_path):
     assert suggested_root(checkpoint, every) == ""
     plain = open_checkpoint(builders.save({"w": torch.ones(2)}, tmp_path / "p.pt"))
     assert suggested_root(plain, ["w"]) == ""
+
+
+class WithMask(torch.nn.Module):
+    """BatchNorm statistics and a buffer of its own name: a pickled module proves both."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 4)
+        self.register_buffer("mask", torch.ones(4))
+
+
+def test_model_parameters_counted_apart_from_buffers(tmp_path):
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    model = WithMask()
+    parameters = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())
+    state_dict = model.state_dict()
+    bn_stats = sum(v.numel() for k, v in state_dict.items() if k.startswith("bn.running")
+                   or k.endswith("num_batches_tracked"))
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp_path / "m.safetensors")
+    files = {   # the whole module: roles from _parameters/_buffers; state_dicts: by BN's names
+        builders.save(model, tmp_path / "model.pt"): (parameters, buffers),
+        builders.save(state_dict, tmp_path / "sd.pt"): (parameters + 4, bn_stats),
+        str(tmp_path / "m.safetensors"): (parameters + 4, bn_stats)}
+    for path, (expected_parameters, expected_buffers) in files.items():
+        checkpoint = open_checkpoint(path)
+        total = totals(checkpoint)
+        assert total.split["model"] == parameters + buffers, path
+        assert (total.split["model"] - total.model_buffers, total.model_buffers) == \
+            (expected_parameters, expected_buffers), path
+        assert (f"parameters: {format_count(expected_parameters)} model + "
+                f"{format_count(expected_buffers)} buffers, 0 optimizer state, 0 other") in \
+            "\n".join(text_report(checkpoint))

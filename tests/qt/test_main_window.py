@@ -397,3 +397,26 @@ def test_closing_the_window_stops_running_jobs(qtbot, window, tmp_path, monkeypa
     gate.set()
     assert workers.await_workers(10_000)
     assert len(served) < 2 * 40
+
+
+def test_tied_row_shows_its_own_elements_in_italics(qtbot, tmp_path):
+    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.rows import build_rows
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight
+    path = builders.save(model.state_dict(), tmp_path / "tied.pt")
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["1.weight"].untyped_storage().data_ptr() == \
+        loaded["0.weight"].untyped_storage().data_ptr()
+    model_ = tree_model.KeyTreeModel(build_rows(open_checkpoint(path).root))
+    rows = {model_.data(i, Qt.UserRole): i for i in (
+        model_.index(r, 0, model_.index(g, 0)) for g in range(model_.rowCount())
+        for r in range(model_.rowCount(model_.index(g, 0))))}
+    tied = rows["1.weight"]
+    cell = tied.siblingAtColumn(tree_model.PARAMS)
+    assert cell.data() == f"{loaded['1.weight'].numel():,}" == "40"
+    assert cell.data(Qt.FontRole).italic()
+    assert "tied to 0.weight" in tied.siblingAtColumn(tree_model.TYPE).data()
+    assert tied.siblingAtColumn(tree_model.SIZE).data() == "0 B"       # no bytes of its own
+    assert model_.top.params == 40                                      # counted once

@@ -11,9 +11,9 @@ import builders
 def test_summary_and_status_bar_show_the_split(qtbot, window, training_file):
     open_and_wait(qtbot, window, training_file)
     assert window.statusBar().currentMessage().endswith(
-        "27 tensors, 36 model, 64 optimizer state, 0 other")
+        "27 tensors, 29 model + 7 buffers, 64 optimizer state, 0 other")
     summary = window.tabs.currentWidget().findChild(object, "summaryPanel").toPlainText()
-    assert "Model parameters\n36 (36)" in summary
+    assert "Model parameters\n29 (29)" in summary and "Model buffers\n7 elements" in summary
     assert "Optimizer state\n64 elements" in summary and "Other tensors\n0 elements" in summary
     assert "All elements\n100 (100), each storage counted once" in summary
 
