@@ -181,3 +181,36 @@ def test_the_plot_is_the_largest_thing_on_the_tensor_page(qtbot, window, tmp_pat
         QApplication.processEvents()
         assert view.plot.width() >= 0.5 * tab.panes.width()
         assert view.plot.height() > view.table.height()
+
+
+def shown_ticks(axis) -> list[float]:
+    """The tick labels the axis draws now, as numbers (pyqtgraph's own tick arithmetic)."""
+    low, high = axis.range
+    shown = []
+    for spacing, values in axis.tickValues(low, high, 400):
+        strings = axis.tickStrings(values, axis.autoSIPrefixScale * axis.scale, spacing)
+        shown += [float(s.replace("\u2212", "-")) for s in strings if s]
+    return shown
+
+
+def test_axis_scale_survives_theme_switches(qtbot, window, tmp_path):
+    """Switching theme re-styled the axes, and pyqtgraph scaled the ticks by the range's SI
+    prefix without saying so: +-0.125 read as +-125 until the window was closed."""
+    tensors = {"w": torch.linspace(-0.125, 0.125, 1000), "v": torch.rand(1000) * 2.86e-4}
+    open_and_wait(qtbot, window, builders.save(tensors, tmp_path / "w.pt"))
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    dark = window.findChild(object, "actionDarkTheme")
+    for key in ("w", "v"):
+        select(qtbot, tab, key)
+        low, high = tensors[key].min().item(), tensors[key].max().item()
+        for _ in range(2):              # to dark and back again
+            dark.trigger()
+            view.plot.getPlotItem().getViewBox().autoRange()
+            axis = view.plot.getAxis("bottom")
+            ticks = shown_ticks(axis)
+            assert ticks and all(low - (high - low) <= t <= high + (high - low) for t in ticks)
+            assert axis.range[0] <= low and axis.range[1] >= high
+            assert "(x" not in axis.labelString()
+            count_ticks = shown_ticks(view.plot.getAxis("left"))
+            assert max(count_ticks) <= 2 * max(view.stats.counts)
