@@ -4,7 +4,8 @@
 cancel it between chunks. Two passes: moments and counts, then a fine histogram (bins x M
 sub-bins) from which the requested histogram is exact, then a selection pass over the few fine
 bins that hold the quantiles: each quantile is an element of the tensor, the k-th smallest finite
-value with k = ceil(q * n) (numpy's "inverted_cdf"). min/max/mean/std are over finite values only.
+value with k = ceil(q * n) (numpy's "inverted_cdf"). Stats' min/max/mean/std/l2 fields are over
+finite values; `Stats.over_all()` gives them over every value, by torch's rules.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ PARTS = ("magnitude", "real", "imag")
 SELECT_LIMIT = 1 << 21    # values a quantile's bin may hold to be collected and sorted
 SELECT_LEVELS = 12        # 65536 ** 12 spans any float64 range down to single values
 GIL_SLICE = 1 << 16       # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
+FIGURES = ("min", "max", "mean", "std", "l2")
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Stats:
     posinf: int = 0
     neginf: int = 0
     zeros: int = 0
-    min: float | None = None
+    min: float | None = None      # these five: over finite values (over_all: over every value)
     max: float | None = None
     mean: float | None = None
     std: float | None = None
@@ -69,8 +71,26 @@ class Stats:
     def finite(self) -> int:
         return self.numel - self.nan - self.inf
 
+    def over_all(self) -> dict:
+        """min, max, mean, std and l2 over every value, as torch's amin/amax, mean, std and
+        linalg.norm give them: one NaN makes all five NaN (amax propagates NaN); an infinity
+        makes min or max, mean and l2 infinite (mean NaN when both signs occur) and std NaN.
+        Without NaN or Inf they are the finite figures (std of one value: 0, torch says nan)."""
+        finite = {name: getattr(self, name) for name in FIGURES}
+        if not self.numel or not (self.nan or self.inf):
+            return finite
+        if self.nan:
+            return dict.fromkeys(FIGURES, math.nan)
+        low = -math.inf if self.neginf else (math.inf if self.min is None else self.min)
+        high = math.inf if self.posinf else (-math.inf if self.max is None else self.max)
+        mean = math.nan if self.posinf and self.neginf else (math.inf if self.posinf else -math.inf)
+        return {"min": low, "max": high, "mean": mean, "std": math.nan, "l2": math.inf}
+
     def to_json(self) -> dict:
+        """min/max/mean/std/l2 over every value (torch's figures), `*_finite` over finite values."""
         out = asdict(self)
+        out.update({f"{name}_finite": out[name] for name in FIGURES})
+        out.update(self.over_all())
         out["inf"] = self.inf
         out["quantiles"] = {f"{q:g}": v for q, v in self.quantiles.items()}
         out["value_counts"] = {str(k): v for k, v in self.value_counts.items()}
