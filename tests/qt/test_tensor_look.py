@@ -214,3 +214,22 @@ def test_axis_scale_survives_theme_switches(qtbot, window, tmp_path):
             assert "(x" not in axis.labelString()
             count_ticks = shown_ticks(view.plot.getAxis("left"))
             assert max(count_ticks) <= 2 * max(view.stats.counts)
+
+
+def test_histogram_names_the_nan_and_inf_it_leaves_out(qtbot, window, tmp_path):
+    values = torch.rand(1000) * 0.1 + 0.57
+    values[[3, 500]] = float("inf")
+    values[9] = float("nan")
+    path = builders.save({"running_var": values, "clean": torch.rand(10)}, tmp_path / "r.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    select(qtbot, tab, "running_var")
+    marker = view.histogram.nonfinite
+    assert marker.isVisible() and "NaN 1" in marker.text and "+Inf 2" in marker.text
+    assert "-Inf" not in marker.text
+    shown = view.table.as_dict()
+    assert shown["max"] == shown["mean"] == "nan"         # torch's: amax propagates NaN
+    assert shown["max (finite)"] == f"{values[values.isfinite()].max().item():.6g}"
+    select(qtbot, tab, "clean")
+    assert not marker.isVisible() and "mean (finite)" not in view.table.as_dict()
