@@ -167,14 +167,10 @@ def _tensor_metrics(tensor, stop: threading.Event) -> dict:
         if stop.is_set():
             return {}
         moments.add(np.abs(chunk) if np.iscomplexobj(chunk) else chunk)
-    finite = moments.n - moments.nan - moments.posinf - moments.neginf
     out = {"nan": moments.nan, "zero_fraction": moments.zeros / moments.n if moments.n else 0.0}
-    if finite:
-        mean = moments.total / finite
-        variance = max(moments.squares / finite - mean ** 2, 0.0)
-        out.update(l2=math.sqrt(moments.squares), mean=mean,
-                   std=math.sqrt(variance * finite / (finite - 1)) if finite > 1 else 0.0,
-                   max_abs=max(abs(moments.lo), abs(moments.hi)))
+    if moments.finite:
+        mean, std, l2 = moments.figures()
+        out.update(l2=l2, mean=mean, std=std, max_abs=max(abs(moments.lo), abs(moments.hi)))
     return out
 
 

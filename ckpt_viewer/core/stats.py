@@ -128,6 +128,14 @@ class _Moments:
         self.total, self.squares = self.total * times, self.squares * times
         self.spread, self.finite = self.spread * times, self.finite * times   # same mean each copy
 
+    def figures(self) -> tuple:
+        """(mean, std, l2) of the finite values; std the unbiased one, from the Chan-merged
+        spread (every caller's std is this one), 0 for one value."""
+        if not self.finite:
+            return None, None, 0.0
+        std = math.sqrt(self.spread / (self.finite - 1)) if self.finite > 1 else 0.0
+        return self.total / self.finite, std, math.sqrt(self.squares)
+
     def add(self, x: np.ndarray):
         with np.errstate(all="ignore"):      # NaN/Inf are counted, not warned about
             self._add(x)
@@ -440,9 +448,7 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     if not finite:
         return stats
     stats.min, stats.max = moments.lo, moments.hi
-    stats.mean = moments.total / finite
-    stats.std = math.sqrt(moments.spread / (finite - 1)) if finite > 1 else 0.0
-    stats.l2 = math.sqrt(moments.squares)
+    stats.mean, stats.std, stats.l2 = moments.figures()
     lo, hi, bins, as_values = _histogram_range(stats.min, stats.max, moments.integer,
                                                value_range, bins)
     fine_bins = bins * max(1, FINE_BINS // bins)

@@ -50,6 +50,18 @@ def test_blocks_grouped_by_role(tmp_path, prefix):
     assert report.series(stack, stack.roles[2], "std") == [0.0] * 4
 
 
+def test_std_of_a_small_spread_around_a_large_mean_is_torchs(tmp_path):
+    """sum(x^2)/n - mean^2 read this std 11x off; layers now shares stats' Chan-merged std."""
+    torch.manual_seed(4)
+    sd = {f"blocks.{i}.scale": torch.randn(3_000_000, dtype=torch.float64) * 1e-5 + 1e4
+          for i in range(2)}
+    report = run(layer_metrics(open_checkpoint(builders.save(sd, tmp_path / "s.pt"))))
+    stack = report.stacks[0]
+    stds = report.series(stack, stack.roles[0], "std")
+    for i, std in enumerate(stds):
+        assert std == pytest.approx(sd[f"blocks.{i}.scale"].std().item(), rel=1e-6)
+
+
 def test_adam_state_mean_per_layer(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Module()
