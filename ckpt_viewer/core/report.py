@@ -179,6 +179,14 @@ def stats_lines(key, tensor, stats):
         yield f"  {stats.edges[i]:>12.5g} {count:>12,} {bar}"
 
 
+def cosine_text(t) -> str:
+    """A TensorDiff's cosine in six decimals (0.999998 reads as 'almost'); n/a where both
+    sides are all zero (0/0, not 1); empty where the values were not compared."""
+    if t.cosine is not None:
+        return f"{t.cosine:.6f}"
+    return "n/a (both zero)" if t.max_abs is not None else ""
+
+
 def diff_lines(report, limit: int = 50):
     """The human-readable `diff` report."""
     yield f"A: {report.path_a}"
@@ -205,5 +213,5 @@ def diff_lines(report, limit: int = 50):
         yield f"  {'key':<48} {'max|a-b|':>11} {'mean|a-b|':>11} {'rel L2':>10} {'cosine':>9}"
         for t in sorted(changed, key=lambda t: -(t.rel_l2 or 0))[:limit]:
             yield (f"  {t.key[:48]:<48} {t.max_abs:>11.4g} {t.mean_abs:>11.4g} "
-                   f"{t.rel_l2:>10.4g} {t.cosine:>9.6f}")
+                   f"{t.rel_l2:>10.4g} {cosine_text(t):>9}")
     yield "identical" if report.identical else "different"
