@@ -5,8 +5,9 @@ reductions release the GIL, so both cores work) over read-only mappings of the f
 bounded by the segments in flight. Each chunk costs two reductions that stay in cache: min and
 max (per output row for weights, which also finds dead rows). Only a chunk whose min/max is not
 finite is looked at element by element. Tensors of one dtype and shape whose extremes agree are
-the only duplicate candidates: they are hashed (a word sum and xor of their bytes) and equal
-hashes confirmed byte for byte.
+the only duplicate candidates: they are hashed (BLAKE2 of their bytes, in order: a permutation
+of a tensor shares its extremes, word sum and xor) and equal hashes confirmed byte for byte,
+once per tensor.
 
 `check()` is a generator (progress in [0, 1], returns HealthReport): a GUI worker that stops
 resuming it stops the scan after the segments already running.
@@ -14,6 +15,7 @@ resuming it stops the scan after the segments already running.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -378,14 +380,13 @@ def _tensor_findings(job: _Job) -> list[Finding]:
     return out
 
 
-def _fingerprint(tensor: TensorInfo) -> tuple:
-    """A word sum and xor of the tensor's bytes (a cheap hash; equal content, equal print)."""
-    total = xor = 0
+def _fingerprint(tensor: TensorInfo) -> bytes:
+    """A hash of the tensor's bytes in order (equal content, equal print; a permutation of
+    the values, unlike under a sum or xor, another print)."""
+    digest = hashlib.blake2b(digest_size=16)
     for chunk in iter_chunks(tensor, CHUNK):
-        words = as_words(chunk)
-        total = (total + int(np.add.reduce(words, dtype=np.uint64))) & (2 ** 64 - 1)
-        xor ^= int(np.bitwise_xor.reduce(words))
-    return total, xor
+        digest.update(np.ascontiguousarray(as_words(chunk)).data)   # lets go of the GIL
+    return digest.digest()
 
 
 def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
@@ -401,7 +402,9 @@ def _duplicates(jobs: list[_Job], stop: threading.Event):
 
     The scan's min, max and non-finite counts sort tensors into candidate groups (two
     different trained tensors almost never share both extremes); only candidates are hashed,
-    and equal hashes are confirmed byte for byte."""
+    and equal hashes are confirmed byte for byte: each tensor is compared with the few
+    distinct contents its hash bucket holds (one, barring a collision), so the work is one
+    read to hash plus one to confirm per tensor, never one per pair."""
     groups = defaultdict(list)
     for job in jobs:
         tensor = job.tensor
