@@ -5,10 +5,11 @@ parameter role (the key with its index replaced, e.g. `attn.qkv.weight`).
 Per tensor: L2 norm, std, max |x|, fraction of zeros and NaN count (the statistics engine's
 moments, one chunked pass per tensor, tensors spread over a thread pool); with Adam state, the
 mean of each parameter's `exp_avg_sq`. With `spectral=True`, weights (>= 2-D, flattened to
-[rows, rest]) also get their squared singular values, the eigenvalues of W^T W accumulated over
-row chunks through torch (on the GPU when there is one): stable rank ||W||_F^2 / sigma_max^2 and
-the power-law exponent alpha of the eigenvalues' tail, fitted like weightwatcher (maximum
-likelihood, the tail's start chosen by the smallest Kolmogorov-Smirnov distance).
+[rows, rest]) also get their squared singular values, the eigenvalues of the smaller side's
+Gram matrix through torch (on the GPU when there is one), within a budget set by the matrix's
+size (spectral_skip): stable rank ||W||_F^2 / sigma_max^2 and the power-law exponent alpha of the
+eigenvalues' tail, fitted like weightwatcher (maximum likelihood, the tail's start chosen by the
+smallest Kolmogorov-Smirnov distance).
 
 `layer_metrics()` is a generator (progress in [0, 1], returns LayersReport); stopping it stops
 the pass at the next chunk.
@@ -31,8 +32,10 @@ CHUNK = 1 << 20
 METRICS = ("l2", "std", "max_abs", "zero_fraction", "nan")
 SPECTRAL_METRICS = ("stable_rank", "alpha")
 OPTIMIZER_METRIC = "exp_avg_sq_mean"
-MAX_GRAM = 8192                     # Gram matrices up to 8192^2 (512 MB of float64)
-MAX_SPECTRAL_ELEMENTS = 1 << 26     # wider matrices than MAX_GRAM are read whole up to this
+MAX_GRAM = 4096                     # Gram matrices up to 4096^2 (128 MB of float64)
+MAX_SPECTRAL_WORK = 1 << 38         # multiply-adds: rows * cols * side (Gram) + side^3 (eigvalsh)
+MAX_SPECTRAL_ELEMENTS = 1 << 26     # wide matrices (W W^T) are read whole up to this
+SKIPPED = "spectral_skipped"        # metrics[key][SKIPPED]: why a weight has no spectrum
 
 
 @dataclass
@@ -73,6 +76,10 @@ class LayersReport:
             names.append(OPTIMIZER_METRIC)
         return names
 
+    def skipped(self) -> dict:
+        """{key: why its spectral metrics were not computed}."""
+        return {key: values[SKIPPED] for key, values in self.metrics.items() if SKIPPED in values}
+
     def to_json(self) -> dict:
         def clean(value):
             if isinstance(value, float) and not math.isfinite(value):
@@ -88,7 +95,10 @@ class LayersReport:
                     entry[metric] = [clean(v) for v in self.series(stack, role, metric)]
                 roles.append(entry)
             stacks.append({"prefix": stack.prefix, "layers": stack.layers, "roles": roles})
-        return {"path": self.path, "metrics": self.available(), "stacks": stacks}
+        out = {"path": self.path, "metrics": self.available(), "stacks": stacks}
+        if self.spectral:
+            out["notes"] = [{"key": key, "note": note} for key, note in self.skipped().items()]
+        return out
 
 
 # --- grouping -------------------------------------------------------------------------------
@@ -199,17 +209,33 @@ def power_law_alpha(eigenvalues: np.ndarray) -> float | None:
     return best_alpha
 
 
+def spectral_skip(rows: int, cols: int) -> str:
+    """Why the spectrum of a [rows, cols] weight is beyond the budget, or '' when it is not:
+    the smaller side's Gram matrix, its accumulation and its eigenvalues are all bounded (a
+    tall [1M, 8192] matrix took minutes and 2.3 GB)."""
+    side = min(rows, cols)
+    work = rows * cols * side + side ** 3
+    if side <= MAX_GRAM and work <= MAX_SPECTRAL_WORK and (
+            cols <= rows or rows * cols <= MAX_SPECTRAL_ELEMENTS):
+        return ""
+    return (f"spectral metrics skipped: [{rows:,}, {cols:,}] needs a {side:,}-square Gram "
+            f"matrix and {work:.2g} multiply-adds (limits {MAX_GRAM:,} and "
+            f"{MAX_SPECTRAL_WORK:.2g})")
+
+
 def _eigenvalues(tensor, stop: threading.Event):
     """Eigenvalues of the Gram matrix of the weight flattened to [rows, cols] (its squared
-    singular values), accumulated over row chunks: bounded memory, a chance to stop between
-    chunks, and a [cols, cols] problem however many rows (an embedding) there are. Wide
-    matrices use W W^T, read whole (at most MAX_SPECTRAL_ELEMENTS). torch, GPU when present."""
+    singular values), on the smaller side: W^T W accumulated over row chunks (bounded memory,
+    a chance to stop between chunks), or for a wide matrix W W^T, read whole. Only within
+    spectral_skip's budget. torch, GPU when present."""
     import torch
 
     rows = tensor.shape[0]
     cols = tensor.numel // rows
+    if spectral_skip(rows, cols):
+        return None
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if cols <= MAX_GRAM:
+    if cols <= rows:
         gram = torch.zeros(cols, cols, dtype=torch.float64, device=device)
         rows_per_chunk = max(1, CHUNK // cols)
         for chunk in iter_chunks(tensor, rows_per_chunk * cols):
@@ -217,7 +243,7 @@ def _eigenvalues(tensor, stop: threading.Event):
                 return None
             block = torch.from_numpy(chunk.astype(np.float64).reshape(-1, cols)).to(device)
             gram += block.T @ block
-    elif rows <= MAX_GRAM and tensor.numel <= MAX_SPECTRAL_ELEMENTS and not stop.is_set():
+    elif not stop.is_set():
         whole = np.concatenate([c.astype(np.float64) for c in iter_chunks(tensor, CHUNK)])
         matrix = torch.from_numpy(whole.reshape(rows, cols)).to(device)
         gram = matrix @ matrix.T
@@ -229,9 +255,13 @@ def _eigenvalues(tensor, stop: threading.Event):
 
 
 def spectral_metrics(tensor, stop: threading.Event | None = None) -> dict:
-    """Stable rank (||W||_F^2 / sigma_max^2) and power-law alpha of a >= 2-D weight."""
+    """Stable rank (||W||_F^2 / sigma_max^2) and power-law alpha of a >= 2-D weight; beyond
+    the budget, {SKIPPED: why} (nothing read)."""
     if len(tensor.shape) < 2 or min(tensor.shape) < 2 or tensor.dtype not in FLOAT_DTYPES:
         return {}
+    skip = spectral_skip(tensor.shape[0], tensor.numel // tensor.shape[0])
+    if skip:
+        return {SKIPPED: skip}
     eigenvalues = _eigenvalues(tensor, stop or threading.Event())
     if eigenvalues is None or eigenvalues.size == 0 or eigenvalues.max() == 0:
         return {}
@@ -330,3 +360,5 @@ def text_lines(report: LayersReport):
                     value = column[row]
                     cells.append(f"{'-':>15}" if value is None else f"{value:>15.6g}")
                 yield f"    {index:>5} " + " ".join(cells)
+    for key, note in report.skipped().items():
+        yield f"note: {escape(key)}: {note}"

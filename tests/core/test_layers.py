@@ -162,3 +162,32 @@ def test_spectral_metrics_on_the_gpu_equal_the_cpus(tmp_path, monkeypatch):
     assert calls == ["cuda", "cpu"]
     assert on_gpu["stable_rank"] == pytest.approx(on_cpu["stable_rank"], rel=1e-9)
     assert on_gpu["alpha"] == pytest.approx(on_cpu["alpha"], rel=1e-6)
+
+
+def test_spectral_work_is_capped_by_matrix_size_with_a_note(tmp_path, monkeypatch):
+    """A tall matrix's Gram accumulation and eigenvalues (minutes, 2.3 GB at [1M, 8192]) are
+    skipped, with a note, before anything is read; matrices within the budget still get them."""
+    from ckpt_viewer.core import layers
+
+    monkeypatch.setattr(layers, "MAX_GRAM", 16)
+    monkeypatch.setattr(layers, "MAX_SPECTRAL_WORK", 40 * 12 * 12 + 12 ** 3)
+    torch.manual_seed(6)
+    sd = {f"blocks.{i}.tall.weight": torch.randn(400, 12) for i in range(2)}   # 400 * 144 work
+    sd.update({f"blocks.{i}.fits.weight": torch.randn(40, 12) for i in range(2)})
+    sd.update({f"blocks.{i}.wide.weight": torch.randn(20, 30) for i in range(2)})  # side 20
+    path = builders.save(sd, tmp_path / "t.pt")
+    read = []
+    real_iter_chunks = layers.iter_chunks
+    monkeypatch.setattr(layers, "iter_chunks",
+                        lambda t, n: read.append(tuple(t.shape)) or real_iter_chunks(t, n))
+    report = run(layer_metrics(open_checkpoint(path), spectral=True, workers=2))
+    skipped = report.skipped()
+    assert set(skipped) == {f"blocks.{i}.{r}.weight" for i in range(2) for r in ("tall", "wide")}
+    assert "[400, 12]" in skipped["blocks.0.tall.weight"]
+    assert read.count((400, 12)) == 2          # the moments' pass only, no Gram pass
+    fits = report.metrics["blocks.0.fits.weight"]
+    singular = torch.linalg.svdvals(sd["blocks.0.fits.weight"].double())
+    assert fits["stable_rank"] == pytest.approx(((singular ** 2).sum() / singular[0] ** 2).item())
+    assert report.to_json()["notes"][0]["note"].startswith("spectral metrics skipped")
+    assert any(line.startswith("note: blocks.0.tall.weight") for line in layers.text_lines(report))
+
