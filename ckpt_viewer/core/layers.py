@@ -19,14 +19,23 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ckpt_viewer.core.model import FLOAT_DTYPES, Checkpoint
+from ckpt_viewer.core import CheckpointError, remote
+from ckpt_viewer.core.model import FLOAT_DTYPES, Checkpoint, FileSpan, ZipMember
+from ckpt_viewer.core.readers.zip_directory import data_offset
 from ckpt_viewer.core.stats import _Moments
-from ckpt_viewer.core.values import iter_chunks
+from ckpt_viewer.core.values import (
+    apply_view_bits,
+    iter_chunks,
+    numpy_readable,
+    tensor_np_dtype,
+    widen,
+)
 
 CHUNK = 1 << 20
 METRICS = ("l2", "std", "max_abs", "zero_fraction", "nan")
@@ -35,6 +44,9 @@ OPTIMIZER_METRIC = "exp_avg_sq_mean"
 MAX_GRAM = 4096                     # Gram matrices up to 4096^2 (128 MB of float64)
 MAX_SPECTRAL_WORK = 1 << 38         # multiply-adds: rows * cols * side (Gram) + side^3 (eigvalsh)
 MAX_SPECTRAL_ELEMENTS = 1 << 26     # wide matrices (W W^T) are read whole up to this
+BATCH_BYTES = 4 * CHUNK             # tensors smaller than this share a pool task
+BATCH_TENSORS = 4096                # and at most this many (progress, cancel)
+TINY_BYTES = 1 << 16                # tensors up to this are read and measured together
 SKIPPED = "spectral_skipped"        # metrics[key][SKIPPED]: why a weight has no spectrum
 
 
@@ -123,6 +135,7 @@ def group_layers(checkpoint: Checkpoint) -> list[Stack]:
     skip = _optimizer_prefixes(checkpoint)
     stacks: dict[str, Stack] = {}
     roles: dict[tuple, Role] = {}
+    seen: dict[str, set] = {}
     for key, tensor, _node in checkpoint.tensors():
         if any(key.startswith(p) for p in skip) or (tensor.dtype not in FLOAT_DTYPES
                                                     and tensor.layout != "ggml"):
@@ -132,7 +145,8 @@ def group_layers(checkpoint: Checkpoint) -> list[Stack]:
             continue
         prefix, index, role_name = split
         stack = stacks.setdefault(prefix, Stack(prefix))
-        if index not in stack.layers:
+        if index not in seen.setdefault(prefix, set()):     # a list's `in`: quadratic
+            seen[prefix].add(index)
             stack.layers.append(index)
         role = roles.get((prefix, role_name))
         if role is None:
@@ -177,6 +191,10 @@ def _tensor_metrics(tensor, stop: threading.Event) -> dict:
         if stop.is_set():
             return {}
         moments.add(np.abs(chunk) if np.iscomplexobj(chunk) else chunk)
+    return _metrics_of(moments)
+
+
+def _metrics_of(moments: _Moments) -> dict:
     out = {"nan": moments.nan, "zero_fraction": moments.zeros / moments.n if moments.n else 0.0}
     if moments.finite:
         mean, std, l2 = moments.figures()
@@ -293,6 +311,95 @@ def _measure(key, tensor, spectral, stop, sample=0):
     return key, out
 
 
+def _is_tiny(tensor) -> bool:
+    """Small, contiguous and stored plainly in a local file (read by _read_tiny)."""
+    source = getattr(tensor.storage, "source", None)
+    plain = isinstance(source, FileSpan) or (isinstance(source, ZipMember)
+                                             and source.compress_type == 0)
+    return (plain and 0 < tensor.nbytes <= TINY_BYTES and tensor.is_contiguous
+            and numpy_readable(tensor) and not remote.is_remote(source.path))
+
+
+def _read_one(f, tensor) -> np.ndarray:
+    source = tensor.storage.source
+    base = data_offset(source, f) if isinstance(source, ZipMember) else source.offset
+    dtype = tensor_np_dtype(tensor)
+    start, nbytes = tensor.offset * dtype.itemsize, tensor.numel * dtype.itemsize
+    if start + nbytes > tensor.storage.nbytes:
+        raise CheckpointError(f"read past the end of storage {tensor.storage.key!r}")
+    f.seek(base + start)
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise CheckpointError(f"file ended while reading storage {tensor.storage.key!r}")
+    values = widen(apply_view_bits(np.frombuffer(data, dtype), tensor), tensor.dtype,
+                   tensor.quantizer)
+    return np.abs(values) if np.iscomplexobj(values) else values
+
+
+def _tiny_metrics(items, stop) -> list:
+    """[(key, metrics)] of tiny tensors: each file opened once, all values measured in a few
+    numpy calls (per tensor, two opens, a mapping and a dozen calls cost far more than its
+    values). An unreadable tensor is left out (a gap in its line)."""
+    by_path = defaultdict(list)
+    for key, tensor in items:
+        by_path[tensor.storage.source.path].append((key, tensor))
+    keys, pieces = [], []
+    for path, group in by_path.items():
+        try:
+            with remote.open_source(path) as f:
+                for key, tensor in group:
+                    if stop.is_set():
+                        return []
+                    try:
+                        pieces.append(_read_one(f, tensor))
+                    except (CheckpointError, ValueError, OSError):
+                        continue
+                    keys.append(key)
+        except OSError:
+            continue
+    if not pieces:
+        return []
+    moments = _Moments.of_segments(np.concatenate([p.astype(np.float64) for p in pieces]),
+                                   [p.size for p in pieces])
+    return [(key, _metrics_of(m)) for key, m in zip(keys, moments)]
+
+
+def _measure_batch(batch, stop, sample):
+    """[(key, metrics)] of a batch of (key, tensor, spectral); an unreadable tensor is left out
+    (a gap in its line). Tiny tensors are measured exactly, together, even for a sample."""
+    tiny = {key: tensor for key, tensor, _ in batch if _is_tiny(tensor)}
+    out = _tiny_metrics(list(tiny.items()), stop)
+    spectral = {key for key, _, wants in batch if wants}
+    for key, values in out:
+        if key in spectral and not stop.is_set():
+            values.update(spectral_metrics(tiny[key], stop))
+    done = set(tiny)
+    for key, tensor, wants in batch:
+        if stop.is_set():
+            break
+        if key in done:
+            continue
+        try:
+            out.append(_measure(key, tensor, wants, stop, sample))
+        except Exception:   # noqa: BLE001 - an unreadable tensor is a gap in the line
+            continue
+    return out
+
+
+def _batches(wanted):
+    """Consecutive tensors in tasks of about BATCH_BYTES: a pool task per tiny tensor cost more
+    than reading it (200,000 biases took minutes)."""
+    batch, size = [], 0
+    for item in wanted:
+        batch.append(item)
+        size += item[1].nbytes
+        if size >= BATCH_BYTES or len(batch) >= BATCH_TENSORS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int | None = None,
                   sample: int = 0):
     """Generator: yields progress in [0, 1]; returns LayersReport. With `sample`, metrics are
@@ -302,9 +409,10 @@ def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int |
     stacks = group_layers(checkpoint)
     attach_optimizer_state(checkpoint, stacks)
     tensors = {key: tensor for key, tensor, _ in checkpoint.tensors()}
-    wanted = [(key, tensors[key], spectral and key in role.keys.values())
-              for stack in stacks for role in stack.roles
-              for key in list(role.keys.values()) + list(role.state_keys.values())]
+    wanted = [(key, tensors[key], spectral and not sample)
+              for stack in stacks for role in stack.roles for key in role.keys.values()]
+    wanted += [(key, tensors[key], False)
+               for stack in stacks for role in stack.roles for key in role.state_keys.values()]
     report = LayersReport(checkpoint.path, stacks, spectral=spectral and not sample,
                           sampled=bool(sample))
     total = sum(t.nbytes for _, t, _ in wanted) or 1
@@ -317,21 +425,16 @@ def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int |
     stop = threading.Event()
     workers = workers or worker_count()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="layers")
-    pending, running = list(reversed(wanted)), {}
+    pending, running = list(reversed(list(_batches(wanted)))), {}
     try:
         while pending or running:
             while pending and len(running) < 2 * workers:    # stops with the generator
-                key, tensor, wants_svd = pending.pop()
-                running[pool.submit(_measure, key, tensor, wants_svd and not sample, stop,
-                                    sample)] = tensor
+                batch = pending.pop()
+                running[pool.submit(_measure_batch, batch, stop, sample)] = batch
             finished, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
             for future in finished:
-                done += running.pop(future).nbytes
-                try:
-                    key, values = future.result()
-                except Exception:   # noqa: BLE001 - an unreadable tensor is a gap in the line
-                    continue
-                report.metrics[key] = values
+                done += sum(tensor.nbytes for _, tensor, _ in running.pop(future))
+                report.metrics.update(future.result())
             yield min(done / total, 1.0)
     except BaseException:
         stop.set()

@@ -171,6 +171,7 @@ def test_spectral_work_is_capped_by_matrix_size_with_a_note(tmp_path, monkeypatc
 
     monkeypatch.setattr(layers, "MAX_GRAM", 16)
     monkeypatch.setattr(layers, "MAX_SPECTRAL_WORK", 40 * 12 * 12 + 12 ** 3)
+    monkeypatch.setattr(layers, "TINY_BYTES", 0)        # every read through iter_chunks
     torch.manual_seed(6)
     sd = {f"blocks.{i}.tall.weight": torch.randn(400, 12) for i in range(2)}   # 400 * 144 work
     sd.update({f"blocks.{i}.fits.weight": torch.randn(40, 12) for i in range(2)})
@@ -190,4 +191,40 @@ def test_spectral_work_is_capped_by_matrix_size_with_a_note(tmp_path, monkeypatc
     assert fits["stable_rank"] == pytest.approx(((singular ** 2).sum() / singular[0] ** 2).item())
     assert report.to_json()["notes"][0]["note"].startswith("spectral metrics skipped")
     assert any(line.startswith("note: blocks.0.tall.weight") for line in layers.text_lines(report))
+
+
+def test_many_tiny_tensors_share_tasks_and_file_opens(tmp_path, monkeypatch):
+    """200,000 tiny tensors took minutes: a pool task, two file opens, a mapping and a dozen
+    numpy calls each. Now tasks and opens are counted per batch of tensors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ckpt_viewer.core import layers, remote
+
+    torch.manual_seed(7)
+    sd = {f"blocks.{i}.{role}": torch.randn(3) for i in range(3000) for role in ("b", "g")}
+    sd["blocks.5.g"][1] = float("nan")
+    checkpoint = open_checkpoint(builders.save(sd, tmp_path / "tiny.pt"))
+    tasks, opens = [], []
+
+    class CountingPool(ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            tasks.append(1)
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "ThreadPoolExecutor", CountingPool)
+    real_open = remote.open_source
+    monkeypatch.setattr(remote, "open_source", lambda p: opens.append(p) or real_open(p))
+    report = run(layer_metrics(checkpoint))
+    assert len(report.metrics) == len(sd)
+    assert len(tasks) <= -(-len(sd) // layers.BATCH_TENSORS) and len(opens) <= len(tasks)
+    for key in ("blocks.0.b", "blocks.2999.g"):
+        t = sd[key].double()
+        values = report.metrics[key]
+        assert values["std"] == pytest.approx(t.std().item(), rel=1e-12)
+        assert values["l2"] == pytest.approx(torch.linalg.norm(t).item(), rel=1e-12)
+        assert values["max_abs"] == t.abs().max().item() and values["nan"] == 0
+    holed = sd["blocks.5.g"].double()
+    kept = holed[holed.isfinite()]
+    assert report.metrics["blocks.5.g"]["nan"] == 1
+    assert report.metrics["blocks.5.g"]["std"] == pytest.approx(kept.std().item(), rel=1e-12)
 
