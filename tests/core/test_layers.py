@@ -196,6 +196,7 @@ def test_spectral_work_is_capped_by_matrix_size_with_a_note(tmp_path, monkeypatc
 def test_many_tiny_tensors_share_tasks_and_file_opens(tmp_path, monkeypatch):
     """200,000 tiny tensors took minutes: a pool task, two file opens, a mapping and a dozen
     numpy calls each. Now tasks and opens are counted per batch of tensors."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from ckpt_viewer.core import layers, remote
@@ -227,4 +228,7 @@ def test_many_tiny_tensors_share_tasks_and_file_opens(tmp_path, monkeypatch):
     kept = holed[holed.isfinite()]
     assert report.metrics["blocks.5.g"]["nan"] == 1
     assert report.metrics["blocks.5.g"]["std"] == pytest.approx(kept.std().item(), rel=1e-12)
+    stopped = threading.Event()
+    stopped.set()
+    assert layers._tiny_metrics([(k, t) for k, t, _ in checkpoint.tensors()], stopped) == []
 
