@@ -587,8 +587,7 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size:
         stats.min, stats.max = moments.lo, moments.hi
-        stats.mean = float(np.mean(finite, dtype=np.float64))
-        stats.std = float(np.std(finite, dtype=np.float64))
+        stats.mean, stats.std, _ = moments.figures()     # the exact pass's std (n - 1)
         counts, edges = np.histogram(finite, bins=bins)
         stats.counts, stats.edges = counts.tolist(), edges.tolist()
     return stats

@@ -358,3 +358,4 @@ def test_sampled_preview_reads_what_torch_loads(tmp_path, dtype, legacy):
                         in _sample_runs(tensor, 20_000)]).double()
     assert stats.sampled and stats.min == picked.min().item() and stats.max == picked.max().item()
     assert stats.mean == pytest.approx(picked.mean().item(), rel=1e-12)
+    assert stats.std == pytest.approx(picked.std().item(), rel=1e-6)     # n - 1, as exact
