@@ -230,6 +230,9 @@ def test_histogram_names_the_nan_and_inf_it_leaves_out(qtbot, window, tmp_path):
     assert "-Inf" not in marker.text
     shown = view.table.as_dict()
     assert shown["max"] == shown["mean"] == "nan"         # torch's: amax propagates NaN
+    items = {view.table.item(r, c).text(): view.table.item(r, c + 1)
+             for r in range(view.table.rowCount()) for c in (0, 2) if view.table.item(r, c)}
+    assert items["max"].font().bold() and not items["max (finite)"].font().bold()
     assert shown["max (finite)"] == f"{values[values.isfinite()].max().item():.6g}"
     select(qtbot, tab, "clean")
     assert not marker.isVisible() and "mean (finite)" not in view.table.as_dict()
