@@ -466,6 +466,7 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
                 (optimizer_keys and "" in optimizer_keys):
             continue
         params.setdefault(key, tensor)
+    tails = by_tail(params)
     for optimizer in checkpoint.optimizers:
         if not optimizer.names_source:
             continue
@@ -474,7 +475,11 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
         with_state = [n for n in names if n in optimizer.state and optimizer.state[n].children]
         steps = {}
         for name in names:
-            param_key, param = _find_param(params, name)
+            if name in params:
+                param_key, param = name, params[name]
+            else:
+                param_key = tails.get(name, "")
+                param = params[param_key] if param_key else None
             state = optimizer.state.get(name)
             if state is None or not state.children:
                 if with_state and param_key:
@@ -503,16 +508,16 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
     return out
 
 
-def _find_param(params: dict, name: str):
-    """The model tensor an optimizer parameter name refers to: the key itself, or the shortest
-    key ending with `.name` (a state_dict nested under `model_state_dict`...)."""
-    if name in params:
-        return name, params[name]
-    matches = [k for k in params if k.endswith("." + name)]
-    if not matches:
-        return "", None
-    key = min(matches, key=len)
-    return key, params[key]
+def by_tail(keys) -> dict:
+    """Every dotted tail of each key (the key itself included) -> the shortest key ending so:
+    an optimizer's parameter name (a state_dict nested under `model_state_dict`...) is found in
+    one lookup; a scan of every key per name was quadratic in the tensor count."""
+    tails: dict = {}
+    for key in sorted(keys, key=len):
+        parts = key.split(".")
+        for i in range(len(parts)):
+            tails.setdefault(".".join(parts[i:]), key)
+    return tails
 
 
 def check(checkpoint: Checkpoint):

@@ -167,11 +167,9 @@ def attach_optimizer_state(checkpoint: Checkpoint, stacks: list[Stack]):
     """exp_avg_sq keys, by the parameter they belong to (only where names are known)."""
     by_key = {key: (stack, role, index) for stack in stacks for role in stack.roles
               for index, key in role.keys.items()}
-    by_suffix = {}      # every dotted tail of a key -> the shortest key with it (a scan of
-    for key in sorted(by_key, key=len):      # every key per name was quadratic)
-        parts = key.split(".")
-        for i in range(len(parts)):
-            by_suffix.setdefault(".".join(parts[i:]), key)
+    from ckpt_viewer.core.check import by_tail
+
+    tails = by_tail(by_key)
     for optimizer in checkpoint.optimizers:
         if not optimizer.names_source:
             continue
@@ -182,8 +180,8 @@ def attach_optimizer_state(checkpoint: Checkpoint, stacks: list[Stack]):
                              if c.name == "exp_avg_sq" and c.kind == "tensor"), None)
             if variance is None:
                 continue
-            if name in by_suffix:
-                _, role, index = by_key[by_suffix[name]]
+            if name in tails:
+                _, role, index = by_key[tails[name]]
                 role.state_keys[index] = variance.key
 
 
