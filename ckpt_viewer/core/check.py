@@ -5,8 +5,9 @@ reductions release the GIL, so both cores work) over read-only mappings of the f
 bounded by the segments in flight. Each chunk costs two reductions that stay in cache: min and
 max (per output row for weights, which also finds dead rows). Only a chunk whose min/max is not
 finite is looked at element by element. Tensors of one dtype and shape whose extremes agree are
-the only duplicate candidates: they are hashed (a word sum and xor of their bytes) and equal
-hashes confirmed byte for byte.
+the only duplicate candidates: they are hashed (BLAKE2 of their bytes, in order: a permutation
+of a tensor shares its extremes, word sum and xor) and equal hashes confirmed byte for byte,
+once per tensor.
 
 `check()` is a generator (progress in [0, 1], returns HealthReport): a GUI worker that stops
 resuming it stops the scan after the segments already running.
@@ -14,6 +15,7 @@ resuming it stops the scan after the segments already running.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -380,14 +382,13 @@ def _tensor_findings(job: _Job) -> list[Finding]:
     return out
 
 
-def _fingerprint(tensor: TensorInfo) -> tuple:
-    """A word sum and xor of the tensor's bytes (a cheap hash; equal content, equal print)."""
-    total = xor = 0
+def _fingerprint(tensor: TensorInfo) -> bytes:
+    """A hash of the tensor's bytes in order (equal content, equal print; a permutation of
+    the values, unlike under a sum or xor, another print)."""
+    digest = hashlib.blake2b(digest_size=16)
     for chunk in iter_chunks(tensor, CHUNK):
-        words = as_words(chunk)
-        total = (total + int(np.add.reduce(words, dtype=np.uint64))) & (2 ** 64 - 1)
-        xor ^= int(np.bitwise_xor.reduce(words))
-    return total, xor
+        digest.update(np.ascontiguousarray(as_words(chunk)).data)   # lets go of the GIL
+    return digest.digest()
 
 
 def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
@@ -403,7 +404,9 @@ def _duplicates(jobs: list[_Job], stop: threading.Event):
 
     The scan's min, max and non-finite counts sort tensors into candidate groups (two
     different trained tensors almost never share both extremes); only candidates are hashed,
-    and equal hashes are confirmed byte for byte."""
+    and equal hashes are confirmed byte for byte: each tensor is compared with the few
+    distinct contents its hash bucket holds (one, barring a collision), so the work is one
+    read to hash plus one to confirm per tensor, never one per pair."""
     groups = defaultdict(list)
     for job in jobs:
         tensor = job.tensor
@@ -465,6 +468,7 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
                 (optimizer_keys and "" in optimizer_keys):
             continue
         params.setdefault(key, tensor)
+    tails = by_tail(params)
     for optimizer in checkpoint.optimizers:
         if not optimizer.names_source:
             continue
@@ -473,7 +477,11 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
         with_state = [n for n in names if n in optimizer.state and optimizer.state[n].children]
         steps = {}
         for name in names:
-            param_key, param = _find_param(params, name)
+            if name in params:
+                param_key, param = name, params[name]
+            else:
+                param_key = tails.get(name, "")
+                param = params[param_key] if param_key else None
             state = optimizer.state.get(name)
             if state is None or not state.children:
                 if with_state and param_key:
@@ -502,16 +510,16 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
     return out
 
 
-def _find_param(params: dict, name: str):
-    """The model tensor an optimizer parameter name refers to: the key itself, or the shortest
-    key ending with `.name` (a state_dict nested under `model_state_dict`...)."""
-    if name in params:
-        return name, params[name]
-    matches = [k for k in params if k.endswith("." + name)]
-    if not matches:
-        return "", None
-    key = min(matches, key=len)
-    return key, params[key]
+def by_tail(keys) -> dict:
+    """Every dotted tail of each key (the key itself included) -> the shortest key ending so:
+    an optimizer's parameter name (a state_dict nested under `model_state_dict`...) is found in
+    one lookup; a scan of every key per name was quadratic in the tensor count."""
+    tails: dict = {}
+    for key in sorted(keys, key=len):
+        parts = key.split(".")
+        for i in range(len(parts)):
+            tails.setdefault(".".join(parts[i:]), key)
+    return tails
 
 
 def check(checkpoint: Checkpoint):

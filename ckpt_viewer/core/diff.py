@@ -50,7 +50,7 @@ class TensorDiff:
     max_abs: float | None = None
     mean_abs: float | None = None
     rel_l2: float | None = None
-    cosine: float | None = None
+    cosine: float | None = None     # None once compared: undefined, both sides all zero
 
 
 @dataclass
@@ -103,18 +103,20 @@ def mapped(checkpoint: Checkpoint, side: Side) -> dict:
 
 
 def _same_bits(a, b):
-    """Generator: yields element counts; returns True when every chunk is bit-identical (one
-    cheap pass: most tensors of a fine-tuning run are frozen, so most comparisons end here).
-    A short probe first, so a changed tensor costs almost nothing here."""
+    """Generator: yields element counts; returns (every chunk bit-identical, a value is
+    non-zero). One cheap pass: most tensors of a fine-tuning run are frozen, so most
+    comparisons end here. A short probe first, so a changed tensor costs almost nothing."""
     if a.dtype != b.dtype:
-        return False
+        return False, True
+    nonzero = False
     for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
         words_a, words_b = as_words(chunk_a), as_words(chunk_b)
         if not (np.array_equal(words_a[:PROBE], words_b[:PROBE])
                 and np.array_equal(words_a, words_b)):
-            return False
+            return False, True
+        nonzero = nonzero or bool(np.any(chunk_a))      # -0.0 is zero too
         yield chunk_a.size
-    return True
+    return True, nonzero
 
 
 def _comparable(chunk: np.ndarray) -> np.ndarray:
@@ -163,7 +165,10 @@ class _Metrics:
         result.max_abs = self.max_abs
         result.mean_abs = self.total_abs / self.count if self.count else 0.0
         result.rel_l2 = math.sqrt(diff_sq) / math.sqrt(a_sq) if a_sq else (0.0 if not diff_sq else math.inf)
-        cosine = self.dot / math.sqrt(a_sq * b_sq) if a_sq and b_sq else (1.0 if a_sq == b_sq else 0.0)
+        if not (a_sq or b_sq):
+            result.cosine = None             # 0/0: undefined, not 1
+            return
+        cosine = self.dot / math.sqrt(a_sq * b_sq) if a_sq and b_sq else 0.0
         result.cosine = min(1.0, max(-1.0, cosine))     # rounding can overshoot by ~1e-9
 
 
@@ -178,9 +183,10 @@ def _compare_values(a, b, result: TensorDiff):
         (view_a, repeat_a), (view_b, repeat_b) = unordered_view(a), unordered_view(b)
         if repeat_a == repeat_b and view_a.stride == view_b.stride:
             a, b = view_a, view_b
-    if (yield from _same_bits(a, b)):
+    same, nonzero = yield from _same_bits(a, b)
+    if same:
         result.max_abs = result.mean_abs = result.rel_l2 = 0.0
-        result.cosine = 1.0
+        result.cosine = 1.0 if nonzero else None
         return
     metrics, equal = _Metrics(), True
     with np.errstate(all="ignore"):

@@ -137,11 +137,26 @@ def number(value) -> str:
     return f"{value:,}"
 
 
+FIGURE_LABELS = {"min": "min", "max": "max", "mean": "mean", "std": "std", "l2": "L2 norm"}
+
+
+def nonfinite_counts(stats) -> list[tuple[str, int]]:
+    """(label, count) of the NaN, +Inf and -Inf values there are (none in the histogram)."""
+    counts = (("NaN", stats.nan), ("+Inf", stats.posinf), ("-Inf", stats.neginf))
+    return [(label, count) for label, count in counts if count]
+
+
 def stats_rows(stats) -> list[tuple[str, str]]:
-    """(label, value) rows shared by `stats` and the GUI's statistics table."""
-    rows = [("elements", number(stats.numel)), ("min", number(stats.min)),
-            ("max", number(stats.max)), ("mean", number(stats.mean)), ("std", number(stats.std)),
-            ("L2 norm", number(stats.l2)), ("NaN", number(stats.nan)),
+    """(label, value) rows shared by `stats` and the GUI's statistics table: the figures over
+    every value as torch gives them, and with NaN or Inf present the same over finite values
+    ("mean (finite)"...)."""
+    figures = stats.over_all()
+    rows = [("elements", number(stats.numel))]
+    rows += [(label, number(figures[name])) for name, label in FIGURE_LABELS.items()]
+    if stats.nan or stats.inf:
+        rows += [(f"{label} (finite)", number(getattr(stats, name)))
+                 for name, label in FIGURE_LABELS.items()]
+    rows += [("NaN", number(stats.nan)),
             ("+Inf", number(stats.posinf)), ("-Inf", number(stats.neginf)),
             ("zeros", f"{number(stats.zeros)} ({100 * stats.zeros / max(stats.numel, 1):.2f} %)")]
     rows += [(f"{100 * q:g} %", number(v)) for q, v in stats.quantiles.items()]
@@ -153,17 +168,27 @@ def stats_rows(stats) -> list[tuple[str, str]]:
 def stats_lines(key, tensor, stats):
     yield f"{key}  {list(tensor.shape)}  {tensor.dtype}  {tensor.device}"
     for label, value in stats_rows(stats):
-        yield f"  {label:<12} {value}"
+        yield f"  {label:<16} {value}"
     if stats.value_counts:
         top = sorted(stats.value_counts.items(), key=lambda kv: -kv[1])[:10]
-        yield "  values       " + ", ".join(f"{v}: {c:,}" for v, c in top)
+        yield f"  {'values':<16} " + ", ".join(f"{v}: {c:,}" for v, c in top)
     peak = max(stats.counts, default=0)
-    yield f"  histogram ({plural(len(stats.counts), 'bin')})"
+    outside = ", ".join(f"{label} {count:,}" for label, count in nonfinite_counts(stats))
+    yield f"  histogram ({plural(len(stats.counts), 'bin')})" + (
+        f" of finite values; not in it: {outside}" if outside else "")
     step = max(1, len(stats.counts) // 32)
     for i in range(0, len(stats.counts), step):
         count = sum(stats.counts[i:i + step])
         bar = "#" * round(40 * count / (peak * step)) if peak else ""
         yield f"  {stats.edges[i]:>12.5g} {count:>12,} {bar}"
+
+
+def cosine_text(t) -> str:
+    """A TensorDiff's cosine in six decimals (0.999998 reads as 'almost'); n/a where both
+    sides are all zero (0/0, not 1); empty where the values were not compared."""
+    if t.cosine is not None:
+        return f"{t.cosine:.6f}"
+    return "n/a (both zero)" if t.max_abs is not None else ""
 
 
 def diff_lines(report, limit: int = 50):
@@ -196,5 +221,5 @@ def diff_lines(report, limit: int = 50):
         yield f"  {'key':<48} {'max|a-b|':>11} {'mean|a-b|':>11} {'rel L2':>10} {'cosine':>9}"
         for t in sorted(changed, key=lambda t: -(t.rel_l2 or 0))[:limit]:
             yield (f"  {t.key[:48]:<48} {t.max_abs:>11.4g} {t.mean_abs:>11.4g} "
-                   f"{t.rel_l2:>10.4g} {t.cosine:>9.6f}")
+                   f"{t.rel_l2:>10.4g} {cosine_text(t):>9}")
     yield "identical" if report.identical else "different"

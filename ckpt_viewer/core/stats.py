@@ -4,7 +4,8 @@
 cancel it between chunks. Two passes: moments and counts, then a fine histogram (bins x M
 sub-bins) from which the requested histogram is exact, then a selection pass over the few fine
 bins that hold the quantiles: each quantile is an element of the tensor, the k-th smallest finite
-value with k = ceil(q * n) (numpy's "inverted_cdf"). min/max/mean/std are over finite values only.
+value with k = ceil(q * n) (numpy's "inverted_cdf"). Stats' min/max/mean/std/l2 fields are over
+finite values; `Stats.over_all()` gives them over every value, by torch's rules.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ PARTS = ("magnitude", "real", "imag")
 SELECT_LIMIT = 1 << 21    # values a quantile's bin may hold to be collected and sorted
 SELECT_LEVELS = 12        # 65536 ** 12 spans any float64 range down to single values
 GIL_SLICE = 1 << 16       # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
+FIGURES = ("min", "max", "mean", "std", "l2")
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Stats:
     posinf: int = 0
     neginf: int = 0
     zeros: int = 0
-    min: float | None = None
+    min: float | None = None      # these five: over finite values (over_all: over every value)
     max: float | None = None
     mean: float | None = None
     std: float | None = None
@@ -69,8 +71,26 @@ class Stats:
     def finite(self) -> int:
         return self.numel - self.nan - self.inf
 
+    def over_all(self) -> dict:
+        """min, max, mean, std and l2 over every value, as torch's amin/amax, mean, std and
+        linalg.norm give them: one NaN makes all five NaN (amax propagates NaN); an infinity
+        makes min or max, mean and l2 infinite (mean NaN when both signs occur) and std NaN.
+        Without NaN or Inf they are the finite figures (std of one value: 0, torch says nan)."""
+        finite = {name: getattr(self, name) for name in FIGURES}
+        if not self.numel or not (self.nan or self.inf):
+            return finite
+        if self.nan:
+            return dict.fromkeys(FIGURES, math.nan)
+        low = -math.inf if self.neginf else (math.inf if self.min is None else self.min)
+        high = math.inf if self.posinf else (-math.inf if self.max is None else self.max)
+        mean = math.nan if self.posinf and self.neginf else (math.inf if self.posinf else -math.inf)
+        return {"min": low, "max": high, "mean": mean, "std": math.nan, "l2": math.inf}
+
     def to_json(self) -> dict:
+        """min/max/mean/std/l2 over every value (torch's figures), `*_finite` over finite values."""
         out = asdict(self)
+        out.update({f"{name}_finite": out[name] for name in FIGURES})
+        out.update(self.over_all())
         out["inf"] = self.inf
         out["quantiles"] = {f"{q:g}": v for q, v in self.quantiles.items()}
         out["value_counts"] = {str(k): v for k, v in self.value_counts.items()}
@@ -107,6 +127,45 @@ class _Moments:
         self.neginf, self.zeros = self.neginf * times, self.zeros * times
         self.total, self.squares = self.total * times, self.squares * times
         self.spread, self.finite = self.spread * times, self.finite * times   # same mean each copy
+
+    @classmethod
+    def of_segments(cls, x: np.ndarray, sizes: list) -> list:
+        """The moments of consecutive non-empty segments of x (`sizes` values each), in a few
+        numpy calls for all: many tiny tensors cost a dozen calls each through add(). The
+        spread is the same two-pass one (deviations from each segment's own mean)."""
+        x = _computable(x).astype(np.float64, copy=False)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(x)
+            kept = np.where(finite, x, 0.0)
+            count = np.add.reduceat(finite, starts, dtype=np.int64)
+            total = np.add.reduceat(kept, starts)
+            mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+            deviations = np.where(finite, x - np.repeat(mean, sizes), 0.0)
+            columns = (count, total, np.add.reduceat(deviations * deviations, starts),
+                       np.add.reduceat(kept * kept, starts),
+                       np.minimum.reduceat(np.where(finite, x, np.inf), starts),
+                       np.maximum.reduceat(np.where(finite, x, -np.inf), starts),
+                       np.add.reduceat(np.isnan(x), starts, dtype=np.int64),
+                       np.add.reduceat(x == np.inf, starts, dtype=np.int64),
+                       np.add.reduceat(x == -np.inf, starts, dtype=np.int64),
+                       np.add.reduceat(x == 0, starts, dtype=np.int64))
+        out = []
+        for size, row in zip(sizes, zip(*(column.tolist() for column in columns))):
+            moments = cls()
+            (moments.finite, moments.total, moments.spread, moments.squares, moments.lo,
+             moments.hi, moments.nan, moments.posinf, moments.neginf, moments.zeros) = row
+            moments.n = size
+            out.append(moments)
+        return out
+
+    def figures(self) -> tuple:
+        """(mean, std, l2) of the finite values; std the unbiased one, from the Chan-merged
+        spread (every caller's std is this one), 0 for one value."""
+        if not self.finite:
+            return None, None, 0.0
+        std = math.sqrt(self.spread / (self.finite - 1)) if self.finite > 1 else 0.0
+        return self.total / self.finite, std, math.sqrt(self.squares)
 
     def add(self, x: np.ndarray):
         with np.errstate(all="ignore"):      # NaN/Inf are counted, not warned about
@@ -420,9 +479,7 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     if not finite:
         return stats
     stats.min, stats.max = moments.lo, moments.hi
-    stats.mean = moments.total / finite
-    stats.std = math.sqrt(moments.spread / (finite - 1)) if finite > 1 else 0.0
-    stats.l2 = math.sqrt(moments.squares)
+    stats.mean, stats.std, stats.l2 = moments.figures()
     lo, hi, bins, as_values = _histogram_range(stats.min, stats.max, moments.integer,
                                                value_range, bins)
     fine_bins = bins * max(1, FINE_BINS // bins)
@@ -530,8 +587,7 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size:
         stats.min, stats.max = moments.lo, moments.hi
-        stats.mean = float(np.mean(finite, dtype=np.float64))
-        stats.std = float(np.std(finite, dtype=np.float64))
+        stats.mean, stats.std, _ = moments.figures()     # the exact pass's std (n - 1)
         counts, edges = np.histogram(finite, bins=bins)
         stats.counts, stats.edges = counts.tolist(), edges.tolist()
     return stats

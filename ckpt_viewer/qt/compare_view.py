@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeade
                                QLineEdit, QSplitter, QTreeView, QVBoxLayout, QWidget)
 
 from ckpt_viewer.core.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pair_detail
+from ckpt_viewer.core.report import cosine_text
 from ckpt_viewer.core.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
@@ -44,11 +45,6 @@ def _number(value) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
-def cosine_text(value) -> str:
-    """Six decimals: 0.999998 reads as 'almost', and core clamps rounding overshoot to 1."""
-    return "" if value is None else f"{value:.6f}"
-
-
 def counts_text(counts: dict) -> str:
     """'5 keys in both files: 2 identical, 1 values differ, ...; 1 only in A': sums add up."""
     common = sum(n for status, n in counts.items() if not status.startswith("only"))
@@ -69,7 +65,7 @@ class CompareModel(QAbstractTableModel):
         for t in report.tensors:
             metrics = (t.max_abs, t.mean_abs, t.rel_l2)
             self._add(t.key, t.status, f"{t.dtype_a} {t.shape_a}", f"{t.dtype_b} {t.shape_b}",
-                      [_number(v) for v in metrics] + [cosine_text(t.cosine)],
+                      [_number(v) for v in metrics] + [cosine_text(t)],
                       [-1.0 if v is None else v for v in metrics]
                       + [-2.0 if t.cosine is None else t.cosine])
         for key in report.only_a:

@@ -1,14 +1,17 @@
-"""The histogram plot: step curve, mean and mean +/- std lines, an overlay with its legend,
-a hover read-out, log y, Save PNG. It shows the Stats it is given and computes nothing."""
+"""The histogram plot: step curve, mean and mean +/- std lines, the NaN/Inf counts the finite
+values' histogram leaves out, an overlay with its legend, a hover read-out, log y, Save PNG.
+It shows the Stats it is given and computes nothing."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
+from ckpt_viewer.core.report import nonfinite_counts
 from ckpt_viewer.qt.plain import plain_label
 from ckpt_viewer.qt.plotting import plotting_module
-from ckpt_viewer.qt.theme import style_plot
+from ckpt_viewer.qt.theme import on_base, style_plot
 
 
 def bin_at(edges, x: float) -> int:
@@ -28,7 +31,7 @@ class HistogramView(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.plot = self.curve = self.overlay = self.legend = None
+        self.plot = self.curve = self.overlay = self.legend = self.nonfinite = None
         self.stats = None
         self.log_y = False
         self.readout = plain_label(" ")
@@ -67,6 +70,10 @@ class HistogramView(QWidget):
         self.overlay.setVisible(False)
         self.legend = self.plot.addLegend(offset=(-10, 10))
         self.legend.setVisible(False)
+        self.nonfinite = pg.LabelItem("")          # top left, fixed while the plot pans
+        self.nonfinite.setParentItem(box)
+        self.nonfinite.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(8, 4))
+        self.nonfinite.setVisible(False)
         self.plot.scene().sigMouseMoved.connect(self._hover)
         self.plot_holder.addWidget(self.plot)
         self.plot.show()
@@ -78,6 +85,7 @@ class HistogramView(QWidget):
         self.readout.setText(" ")
         if self.plot is not None:
             self.curve.setData([0, 1], [0])
+            self.nonfinite.setVisible(False)
             self.clear_overlay()
 
     def show_stats(self, stats):
@@ -85,6 +93,7 @@ class HistogramView(QWidget):
         if not self.build():
             return
         edges, counts = stats.edges, stats.counts
+        self.show_nonfinite(stats)
         if not counts:
             self.curve.setData([0, 1], [0])
             return
@@ -98,6 +107,15 @@ class HistogramView(QWidget):
                 line.setValue(value)
         self.set_log_y(self.log_y)
         self.plot.enableAutoRange()
+
+    def show_nonfinite(self, stats):
+        """NaN and Inf have no place on a value axis: their counts as text on the plot."""
+        counts = nonfinite_counts(stats)
+        self.nonfinite.setVisible(bool(counts))
+        if counts:
+            text = ", ".join(f"{label} {count:,}" for label, count in counts)
+            self.nonfinite.setText(f"<b>{text}</b> (not in the histogram)",
+                                   color=on_base(QColor(200, 30, 40)).name())
 
     def set_log_y(self, on: bool):
         self.log_y = on

@@ -137,8 +137,13 @@ class LayersDialog(QDialog):
             self.status.setText("No repeated blocks (keys like blocks.0.…, layers.1.…, h.2.…)")
             (self.preview_ready if report.sampled else self.ready).emit(report)
             return
-        self.status.setText("Sampled estimates; the exact pass is running..." if report.sampled
-                            else "Click a point to open that tensor.")
+        status = ("Sampled estimates; the exact pass is running..." if report.sampled
+                  else "Click a point to open that tensor.")
+        skipped = report.skipped()
+        if skipped:
+            key, note = next(iter(skipped.items()))
+            status += f" {len(skipped):,} weights without spectral metrics ({escape(key)}: {note})"
+        self.status.setText(status)
         chosen = self.metric_box.currentData()
         self.stack_box.blockSignals(True)
         self.metric_box.blockSignals(True)

@@ -88,7 +88,7 @@ class FactsPanel(QTextEdit):
 class StatsTable(QTableWidget):
     """Statistics in two (label, value) column pairs, numbers right-aligned. A sampled preview's
     figures are marked as estimates (≈, italic) and the figures a sample cannot give are
-    pending; non-zero NaN/Inf counts are highlighted."""
+    pending; non-zero NaN/Inf counts and figures that are NaN or infinite are highlighted."""
 
     PAIR_WIDTH = 150        # pixels a (label, value) pair needs: a wide table shows more pairs
     EXACT_ONLY = {"L2 norm", "NaN", "+Inf", "-Inf", "zeros"}
@@ -156,7 +156,7 @@ class StatsTable(QTableWidget):
             elif label != "elements":
                 value.setText(f"≈ {text}")
                 value.setToolTip("an estimate from a sample; exact figures follow")
-        elif label in self.ALARMS and text not in ("0", "-"):
+        elif (label in self.ALARMS and text not in ("0", "-")) or text in ("nan", "inf", "-inf"):
             font = value.font()
             font.setBold(True)
             value.setFont(font)

@@ -81,6 +81,10 @@ def style_plot(plot):
         axis.setPen(foreground)
         axis.setTextPen(foreground)
         axis.enableAutoSIPrefix(False)
+        # disabling still scales the ticks once, by the SI prefix of the current range (a
+        # theme switch showed +-0.125 as +-125 with no label), and nothing undoes it later
+        axis.autoSIPrefixScale = 1.0
+        axis.setRange(*axis.range)          # redraws the ticks
 
 
 def restyle_plots(app: QApplication):

@@ -190,3 +190,23 @@ def test_hostile_key_is_escaped_in_text_output(tmp_path):
     result = cli("check", path)
     assert "\x1b" not in result.stdout and "\\x1b" in result.stdout
     assert len(result.stdout.splitlines()) == 2
+
+
+def test_permuted_copies_cost_one_comparison_per_tensor_not_per_pair(tmp_path, monkeypatch):
+    """Row permutations of one weight share dtype, shape, extremes, word sum and xor: they
+    all fell into one bucket and were compared pair by pair (> 82 s at scale)."""
+    torch.manual_seed(5)
+    weight = torch.randn(64, 64)
+    sd = {f"p{i}.weight": weight[torch.randperm(64)] for i in range(40)}
+    sd["copy.weight"] = sd["p7.weight"].clone()
+    compared = []
+    same_bytes = check_module._same_bytes
+    monkeypatch.setattr(check_module, "_same_bytes",
+                        lambda a, b: compared.append(1) or same_bytes(a, b))
+    hashed = []
+    fingerprint = check_module._fingerprint
+    monkeypatch.setattr(check_module, "_fingerprint",
+                        lambda t: hashed.append(1) or fingerprint(t))
+    _, found = findings_of(builders.save(sd, tmp_path / "p.pt"))
+    assert {f for f in found if f[1] == "duplicate"} == {("copy.weight", "duplicate")}
+    assert len(hashed) == len(sd) and len(compared) <= 1      # was 41 * 40 / 2 comparisons

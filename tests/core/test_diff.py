@@ -162,3 +162,28 @@ def test_pair_detail_walks_chunks_in_order(tmp_path, monkeypatch):
     step = -(-10_000 // 300)
     assert detail.a.tolist() == list(range(0, 10_000, step))
     assert detail.b.tolist() == [9999 - i for i in range(0, 10_000, step)]
+
+
+def test_cosine_of_all_zero_tensors_is_undefined(tmp_path):
+    """0/0 is no similarity: compare showed 1.000000 for two all-zero tensors."""
+    from ckpt_viewer.core.report import cosine_text, diff_lines
+
+    nan = float("nan")
+    a = builders.save({"zero": torch.zeros(5), "signed": torch.zeros(5), "one": torch.zeros(5),
+                       "holes": torch.tensor([0.0, nan])}, tmp_path / "a.pt")
+    b = builders.save({"zero": torch.zeros(5), "signed": -torch.zeros(5), "one": torch.ones(5),
+                       "holes": torch.tensor([nan, 0.0])}, tmp_path / "b.pt")
+    report = compare(a, b)
+    by_key = {t.key: t for t in report.tensors}
+    assert by_key["zero"].status == "identical" and by_key["zero"].cosine is None
+    assert by_key["signed"].status == "identical" and by_key["signed"].cosine is None
+    assert by_key["holes"].status == "changed" and by_key["holes"].cosine is None
+    # one side all zero: torch's cosine_similarity (its eps keeps 0/0 away) says 0
+    expected = torch.nn.functional.cosine_similarity(torch.zeros(5), torch.ones(5), 0).item()
+    assert by_key["one"].cosine == expected == 0.0
+    assert cosine_text(by_key["zero"]) == "n/a (both zero)"
+    assert any("n/a (both zero)" in line and "holes" in line for line in diff_lines(report))
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "diff", a, b, "--json"],
+                            capture_output=True, text=True, timeout=60)
+    tensors = {t["key"]: t for t in json.loads(result.stdout)["tensors"]}
+    assert tensors["zero"]["cosine"] is None and tensors["holes"]["cosine"] is None

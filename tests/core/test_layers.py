@@ -50,6 +50,18 @@ def test_blocks_grouped_by_role(tmp_path, prefix):
     assert report.series(stack, stack.roles[2], "std") == [0.0] * 4
 
 
+def test_std_of_a_small_spread_around_a_large_mean_is_torchs(tmp_path):
+    """sum(x^2)/n - mean^2 read this std 11x off; layers now shares stats' Chan-merged std."""
+    torch.manual_seed(4)
+    sd = {f"blocks.{i}.scale": torch.randn(3_000_000, dtype=torch.float64) * 1e-5 + 1e4
+          for i in range(2)}
+    report = run(layer_metrics(open_checkpoint(builders.save(sd, tmp_path / "s.pt"))))
+    stack = report.stacks[0]
+    stds = report.series(stack, stack.roles[0], "std")
+    for i, std in enumerate(stds):
+        assert std == pytest.approx(sd[f"blocks.{i}.scale"].std().item(), rel=1e-6)
+
+
 def test_adam_state_mean_per_layer(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Module()
@@ -150,3 +162,73 @@ def test_spectral_metrics_on_the_gpu_equal_the_cpus(tmp_path, monkeypatch):
     assert calls == ["cuda", "cpu"]
     assert on_gpu["stable_rank"] == pytest.approx(on_cpu["stable_rank"], rel=1e-9)
     assert on_gpu["alpha"] == pytest.approx(on_cpu["alpha"], rel=1e-6)
+
+
+def test_spectral_work_is_capped_by_matrix_size_with_a_note(tmp_path, monkeypatch):
+    """A tall matrix's Gram accumulation and eigenvalues (minutes, 2.3 GB at [1M, 8192]) are
+    skipped, with a note, before anything is read; matrices within the budget still get them."""
+    from ckpt_viewer.core import layers
+
+    monkeypatch.setattr(layers, "MAX_GRAM", 16)
+    monkeypatch.setattr(layers, "MAX_SPECTRAL_WORK", 40 * 12 * 12 + 12 ** 3)
+    monkeypatch.setattr(layers, "TINY_BYTES", 0)        # every read through iter_chunks
+    torch.manual_seed(6)
+    sd = {f"blocks.{i}.tall.weight": torch.randn(400, 12) for i in range(2)}   # 400 * 144 work
+    sd.update({f"blocks.{i}.fits.weight": torch.randn(40, 12) for i in range(2)})
+    sd.update({f"blocks.{i}.wide.weight": torch.randn(20, 30) for i in range(2)})  # side 20
+    path = builders.save(sd, tmp_path / "t.pt")
+    read = []
+    real_iter_chunks = layers.iter_chunks
+    monkeypatch.setattr(layers, "iter_chunks",
+                        lambda t, n: read.append(tuple(t.shape)) or real_iter_chunks(t, n))
+    report = run(layer_metrics(open_checkpoint(path), spectral=True, workers=2))
+    skipped = report.skipped()
+    assert set(skipped) == {f"blocks.{i}.{r}.weight" for i in range(2) for r in ("tall", "wide")}
+    assert "[400, 12]" in skipped["blocks.0.tall.weight"]
+    assert read.count((400, 12)) == 2          # the moments' pass only, no Gram pass
+    fits = report.metrics["blocks.0.fits.weight"]
+    singular = torch.linalg.svdvals(sd["blocks.0.fits.weight"].double())
+    assert fits["stable_rank"] == pytest.approx(((singular ** 2).sum() / singular[0] ** 2).item())
+    assert report.to_json()["notes"][0]["note"].startswith("spectral metrics skipped")
+    assert any(line.startswith("note: blocks.0.tall.weight") for line in layers.text_lines(report))
+
+
+def test_many_tiny_tensors_share_tasks_and_file_opens(tmp_path, monkeypatch):
+    """200,000 tiny tensors took minutes: a pool task, two file opens, a mapping and a dozen
+    numpy calls each. Now tasks and opens are counted per batch of tensors."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ckpt_viewer.core import layers, remote
+
+    torch.manual_seed(7)
+    sd = {f"blocks.{i}.{role}": torch.randn(3) for i in range(3000) for role in ("b", "g")}
+    sd["blocks.5.g"][1] = float("nan")
+    checkpoint = open_checkpoint(builders.save(sd, tmp_path / "tiny.pt"))
+    tasks, opens = [], []
+
+    class CountingPool(ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            tasks.append(1)
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "ThreadPoolExecutor", CountingPool)
+    real_open = remote.open_source
+    monkeypatch.setattr(remote, "open_source", lambda p: opens.append(p) or real_open(p))
+    report = run(layer_metrics(checkpoint))
+    assert len(report.metrics) == len(sd)
+    assert len(tasks) <= -(-len(sd) // layers.BATCH_TENSORS) and len(opens) <= len(tasks)
+    for key in ("blocks.0.b", "blocks.2999.g"):
+        t = sd[key].double()
+        values = report.metrics[key]
+        assert values["std"] == pytest.approx(t.std().item(), rel=1e-12)
+        assert values["l2"] == pytest.approx(torch.linalg.norm(t).item(), rel=1e-12)
+        assert values["max_abs"] == t.abs().max().item() and values["nan"] == 0
+    holed = sd["blocks.5.g"].double()
+    kept = holed[holed.isfinite()]
+    assert report.metrics["blocks.5.g"]["nan"] == 1
+    assert report.metrics["blocks.5.g"]["std"] == pytest.approx(kept.std().item(), rel=1e-12)
+    stopped = threading.Event()
+    stopped.set()
+    assert layers._tiny_metrics([(k, t) for k, t, _ in checkpoint.tensors()], stopped) == []
+

@@ -14,6 +14,7 @@ import builders
 import ckpt_viewer.core.stats as stats_module
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.report import stats_lines, stats_rows
 from ckpt_viewer.core.stats import QUANTILES, compute, run
 from ckpt_viewer.core.values import read_array, read_tensor
 
@@ -67,6 +68,58 @@ def test_nan_and_inf_never_poison_finite_stats(tmp_path):
     assert stats.min == 0.0 and stats.max == 3.0 and stats.mean == pytest.approx(1.5)
     assert sum(stats.counts) == stats.numel - stats.nan - stats.inf == 4
     assert stats.to_json()["inf"] == 2
+
+
+def same_figure(ours, torch_value) -> bool:
+    if math.isnan(torch_value):
+        return ours is not None and math.isnan(ours)
+    return ours == pytest.approx(torch_value, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("specials", [(), ("inf",), ("-inf",), ("inf", "-inf"), ("nan",),
+                                      ("nan", "inf", "-inf"), ("inf", "inf", "nan")])
+@pytest.mark.parametrize("finite", [1000, 0])
+def test_figures_over_every_value_follow_torch(tmp_path, specials, finite):
+    """torch's aminmax propagates NaN and an Inf is a min or max; mean, std and the L2 norm
+    follow; the finite figures are kept apart and named so."""
+    torch.manual_seed(3)
+    values = torch.cat([torch.randn(finite, dtype=torch.float64) * 0.1 + 0.65,
+                        torch.tensor([float(s) for s in specials], dtype=torch.float64)])
+    if not values.numel():
+        return
+    values = values[torch.randperm(values.numel())]
+    stats = stats_of(tmp_path, values, chunk=64)
+    low, high = torch.aminmax(values)
+    expected = {"min": low.item(), "max": high.item(), "mean": values.mean().item(),
+                "std": values.std().item() if values.numel() > 1 else math.nan,
+                "l2": torch.linalg.norm(values).item()}
+    info = stats.to_json()
+    for name, value in expected.items():
+        assert same_figure(stats.over_all()[name], value), name
+        assert same_figure(info[name], value), name
+    kept = values[values.isfinite()]
+    if kept.numel():
+        finite_figures = {"min": kept.min().item(), "max": kept.max().item(),
+                          "mean": kept.mean().item(), "std": kept.std().item(),
+                          "l2": torch.linalg.norm(kept).item()}
+        for name, value in finite_figures.items():
+            assert same_figure(getattr(stats, name), value)
+            assert info[f"{name}_finite"] == getattr(stats, name)
+    rows = dict(stats_rows(stats))
+    assert ("mean (finite)" in rows) == bool(specials)
+    tensor = open_checkpoint(str(tmp_path / "t.pt")).find("t").tensor
+    lines = "\n".join(stats_lines("t", tensor, stats))
+    if "inf" in specials:
+        assert f"+Inf {specials.count('inf')}" in lines
+
+
+def test_one_inf_in_running_var_is_not_hidden(tmp_path):
+    """The issue's case: max 0.674517, mean 0.656, L2 7.39 were shown for a tensor with +Inf."""
+    values = torch.rand(128) * 0.1 + 0.57
+    values[40] = float("inf")
+    rows = dict(stats_rows(stats_of(tmp_path, values)))
+    assert rows["max"] == rows["mean"] == rows["L2 norm"] == "inf" and rows["std"] == "nan"
+    assert rows["max (finite)"] == f"{values[values.isfinite()].max().item():.6g}"
 
 
 def test_integers_and_bools_get_value_counts(tmp_path):
@@ -172,7 +225,8 @@ def test_stats_cli_json(tmp_path):
     assert info["numel"] == 4 and info["nan"] == 1 and info["zeros"] == 1
     assert sum(info["counts"]) == info["numel"] - info["nan"] - info["inf"]
     assert len(info["edges"]) == len(info["counts"]) + 1 == 5
-    assert math.isclose(info["l2"], math.sqrt(2))
+    assert info["l2"] == info["mean"] == info["min"] == "nan"      # torch's, over every value
+    assert math.isclose(info["l2_finite"], math.sqrt(2)) and info["min_finite"] == -1.0
     missing = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", path, "nope"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
@@ -304,6 +358,7 @@ def test_sampled_preview_reads_what_torch_loads(tmp_path, dtype, legacy):
                         in _sample_runs(tensor, 20_000)]).double()
     assert stats.sampled and stats.min == picked.min().item() and stats.max == picked.max().item()
     assert stats.mean == pytest.approx(picked.mean().item(), rel=1e-12)
+    assert stats.std == pytest.approx(picked.std().item(), rel=1e-6)     # n - 1, as exact
 
 
 def test_stats_finds_a_key_that_is_also_a_prefix(tmp_path):

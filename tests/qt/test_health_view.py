@@ -113,6 +113,8 @@ def test_layers_cancel_stops_the_exact_pass(qtbot, window, tmp_path, monkeypatch
             gate.wait(10)
         return real_measure(key, tensor, spectral, stop, sample)
     monkeypatch.setattr(layers_module, "_measure", held)
+    monkeypatch.setattr(layers_module, "TINY_BYTES", 0)       # one tensor a task, as if large
+    monkeypatch.setattr(layers_module, "BATCH_TENSORS", 1)
     path = builders.save({f"blocks.{i}.w{j}.weight": torch.randn(4, 4)
                           for i in range(50) for j in range(4)}, tmp_path / "deep.pt")
     open_and_wait(qtbot, window, path)

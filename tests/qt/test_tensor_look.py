@@ -181,3 +181,58 @@ def test_the_plot_is_the_largest_thing_on_the_tensor_page(qtbot, window, tmp_pat
         QApplication.processEvents()
         assert view.plot.width() >= 0.5 * tab.panes.width()
         assert view.plot.height() > view.table.height()
+
+
+def shown_ticks(axis) -> list[float]:
+    """The tick labels the axis draws now, as numbers (pyqtgraph's own tick arithmetic)."""
+    low, high = axis.range
+    shown = []
+    for spacing, values in axis.tickValues(low, high, 400):
+        strings = axis.tickStrings(values, axis.autoSIPrefixScale * axis.scale, spacing)
+        shown += [float(s.replace("\u2212", "-")) for s in strings if s]
+    return shown
+
+
+def test_axis_scale_survives_theme_switches(qtbot, window, tmp_path):
+    """Switching theme re-styled the axes, and pyqtgraph scaled the ticks by the range's SI
+    prefix without saying so: +-0.125 read as +-125 until the window was closed."""
+    tensors = {"w": torch.linspace(-0.125, 0.125, 1000), "v": torch.rand(1000) * 2.86e-4}
+    open_and_wait(qtbot, window, builders.save(tensors, tmp_path / "w.pt"))
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    dark = window.findChild(object, "actionDarkTheme")
+    for key in ("w", "v"):
+        select(qtbot, tab, key)
+        low, high = tensors[key].min().item(), tensors[key].max().item()
+        for _ in range(2):              # to dark and back again
+            dark.trigger()
+            view.plot.getPlotItem().getViewBox().autoRange()
+            axis = view.plot.getAxis("bottom")
+            ticks = shown_ticks(axis)
+            assert ticks and all(low - (high - low) <= t <= high + (high - low) for t in ticks)
+            assert axis.range[0] <= low and axis.range[1] >= high
+            assert "(x" not in axis.labelString()
+            count_ticks = shown_ticks(view.plot.getAxis("left"))
+            assert max(count_ticks) <= 2 * max(view.stats.counts)
+
+
+def test_histogram_names_the_nan_and_inf_it_leaves_out(qtbot, window, tmp_path):
+    values = torch.rand(1000) * 0.1 + 0.57
+    values[[3, 500]] = float("inf")
+    values[9] = float("nan")
+    path = builders.save({"running_var": values, "clean": torch.rand(10)}, tmp_path / "r.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    select(qtbot, tab, "running_var")
+    marker = view.histogram.nonfinite
+    assert marker.isVisible() and "NaN 1" in marker.text and "+Inf 2" in marker.text
+    assert "-Inf" not in marker.text
+    shown = view.table.as_dict()
+    assert shown["max"] == shown["mean"] == "nan"         # torch's: amax propagates NaN
+    items = {view.table.item(r, c).text(): view.table.item(r, c + 1)
+             for r in range(view.table.rowCount()) for c in (0, 2) if view.table.item(r, c)}
+    assert items["max"].font().bold() and not items["max (finite)"].font().bold()
+    assert shown["max (finite)"] == f"{values[values.isfinite()].max().item():.6g}"
+    select(qtbot, tab, "clean")
+    assert not marker.isVisible() and "mean (finite)" not in view.table.as_dict()

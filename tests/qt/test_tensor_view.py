@@ -30,7 +30,9 @@ def test_selecting_a_tensor_shows_exact_stats_and_histogram(qtbot, window, tmp_p
     view = tab.findChild(object, "tensorView")
     assert tab.panes.currentWidget() is view
     table = stats_table(view)
-    assert table["min"] == "1" and table["max"] == "4" and table["mean"] == "2.5"
+    assert table["min"] == table["max"] == table["mean"] == "nan"     # torch's, with a NaN
+    assert table["min (finite)"] == "1" and table["max (finite)"] == "4"
+    assert table["mean (finite)"] == "2.5"
     assert table["NaN"] == "1"
     plot = view.findChild(object, "histogramPlot")
     assert plot is not None and plot.isVisible()

@@ -174,14 +174,17 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     raise CheckpointError("zip64 entry has no zip64 size information")
 
 
-def data_offset(member: ZipMember) -> int:
-    """Where a record's bytes begin: after its local header, name and extra field."""
-    try:
-        with open_source(member.path) as f:
-            f.seek(member.header_offset)
-            header = f.read(LOCAL)
-    except FileNotFoundError:
-        raise CheckpointError(f"{member.path} has disappeared since it was opened") from None
+def data_offset(member: ZipMember, f=None) -> int:
+    """Where a record's bytes begin: after its local header, name and extra field (read
+    through `f`, the archive already open, when given)."""
+    if f is None:
+        try:
+            with open_source(member.path) as own:
+                return data_offset(member, own)
+        except FileNotFoundError:
+            raise CheckpointError(f"{member.path} has disappeared since it was opened") from None
+    f.seek(member.header_offset)
+    header = f.read(LOCAL)
     if len(header) < LOCAL or header[:4] != b"PK\x03\x04":
         raise CheckpointError(f"zip record {member.name} has no valid local header")
     name_length, extra_length = struct.unpack("<HH", header[26:30])
