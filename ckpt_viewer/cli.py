@@ -387,6 +387,12 @@ def run_gui(args) -> int:
     if not has_display():
         print(NO_DISPLAY, file=sys.stderr)
         return 2
+    from ckpt_viewer.qt.platform_check import display_problem
+
+    problem = display_problem()
+    if problem:
+        say(problem, file=sys.stderr)
+        return 2
     from ckpt_viewer.qt.app import main as gui_main
 
     return gui_main(args.paths, screenshot=args.screenshot)
