@@ -121,3 +121,8 @@ def test_an_x_server_that_does_not_answer_is_one_line(tmp_path, monkeypatch):
     problem = display_problem({"QT_QPA_PLATFORM": "xcb", "DISPLAY": display})
     assert problem.startswith("error: Qt cannot start on this display: cannot connect to X "
                               "display ':4711'")
+
+
+def test_readme_names_the_packages():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    assert f"sudo apt-get install {platform_check.XCB_PACKAGES}\n" in readme
