@@ -309,6 +309,7 @@ def run_verify(args) -> int:
     from ckpt_viewer.core.verify import verify
 
     report = run(verify(args.path))
+    args.status = 0 if report.ok else 1
     if not report.ok:
         say(f"damaged: {args.path}: {report.problem}")
         return 1
@@ -333,8 +334,9 @@ def run_diff(args) -> int:
     sides = [Side(getattr(args, f"root_{s}"), getattr(args, f"strip_prefix_{s}"),
                   getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
     report = run(diff(checkpoints[0], checkpoints[1], *sides, map_gguf=args.map_gguf == "auto"))
+    args.status = 0 if report.identical else 1
     say_report(args, report, diff_lines)
-    return 0 if report.identical else 1
+    return args.status
 
 
 def run_check(args) -> int:
@@ -343,8 +345,9 @@ def run_check(args) -> int:
     from ckpt_viewer.core.stats import run
 
     report = run(check(open_checkpoint(args.path)))
+    args.status = 0 if report.ok else 1
     say_report(args, report, text_lines)
-    return 0 if report.ok else 1
+    return args.status
 
 
 def run_layers(args) -> int:
@@ -415,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_gui_parser().parse_args(argv)
         runner, where = run_gui, ""
     try:
-        return runner(args)
+        code = runner(args)
+        sys.stdout.flush()      # a closed pipe shows here, not at exit (where it would be 120)
+        return code
     except CheckpointError as exc:
         message = describe_error(exc)
         say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
@@ -424,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         say("error: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        sys.stderr.close()
-        return 0
+        # the reader stopped early (`| head`): the verdict (args.status, set before printing)
+        # still counts; stdout goes to /dev/null so the exit's flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return getattr(args, "status", 0)
     except Exception as exc:   # noqa: BLE001 - the contract is one line, never a traceback
         message = describe_error(exc)
         say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
