@@ -172,7 +172,7 @@ def _layers_parser(sub):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ckpt-viewer",
-        usage="ckpt-viewer [PATH ...] [--screenshot OUT.png]\n"
+        usage="ckpt-viewer [PATH ...] [--screenshot OUT.png [--size WxH]]\n"
               "       ckpt-viewer COMMAND ...   (ckpt-viewer COMMAND --help for its options)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Look inside PyTorch checkpoints without running code from them.\n\n"
@@ -194,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def window_size(text: str) -> tuple[int, int]:
+    """An argparse type: WxH, each side 200 to 10000 pixels."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()
+            and 200 <= int(width) <= 10000 and 200 <= int(height) <= 10000):
+        raise argparse.ArgumentTypeError(f"expected WxH such as 1366x768 (200 to 10000 each), "
+                                         f"got {text!r}")
+    return int(width), int(height)
+
+
 def build_gui_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ckpt-viewer",
@@ -202,7 +212,10 @@ def build_gui_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ckpt-viewer {__version__}")
     parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoints to open")
     parser.add_argument("--screenshot", metavar="OUT.png",
-                        help="open PATH, select its largest tensor, save the window, exit")
+                        help="open PATH, select its largest tensor, save the window, exit "
+                             "(settings and Open Recent are left as they were)")
+    parser.add_argument("--size", type=window_size, default=(1366, 768), metavar="WxH",
+                        help="--screenshot's window size (default 1366x768)")
     return parser
 
 
@@ -385,6 +398,10 @@ def run_gui(args) -> int:
         if not is_remote(path) and not os.path.exists(path):
             say(f"error: {path}: no such file or directory", file=sys.stderr)
             return 2
+    if args.size != (1366, 768) and not args.screenshot:
+        say("error: --size is for --screenshot (the window sizes itself to the screen)",
+            file=sys.stderr)
+        return 2
     if args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # the window is never shown
     if not has_display():
@@ -398,7 +415,7 @@ def run_gui(args) -> int:
         return 2
     from ckpt_viewer.qt.app import main as gui_main
 
-    return gui_main(args.paths, screenshot=args.screenshot)
+    return gui_main(args.paths, screenshot=args.screenshot, size=args.size)
 
 
 def main(argv: list[str] | None = None) -> int:
