@@ -25,8 +25,9 @@ MAX_RECENT = 10
 NEEDS_A_FILE = ("actionExport", "actionSanitize", "actionVerify", "actionCompare", "actionHealth",
                 "actionLayers", "actionPickleImports")     # greyed out while no file tab is shown
 PRELOAD_DELAY_MS = 50
-OPEN_FILTER = ("Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar *.json *.pkl);;"
-               "All files (*)")
+# every file core/open.py reads (its sniffers go by content; these are the usual names)
+OPEN_FILTER = ("Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
+               "*.pickle *.index.json);;All files (*)")
 
 
 class MainWindow(QMainWindow):
@@ -665,14 +666,29 @@ class MainWindow(QMainWindow):
                           f"Qt {__import__('PySide6.QtCore').QtCore.qVersion()}")
 
     # --- drag and drop ---------------------------------------------------------------------
+    @staticmethod
+    def _accept_as_copy(event) -> bool:
+        """Take a drop as a copy (or a link), never as a move: a file manager deletes the
+        source of a move once the drop is accepted."""
+        for action in (Qt.CopyAction, Qt.LinkAction):
+            if event.possibleActions() & action:
+                event.setDropAction(action)
+                event.accept()
+                return True
+        event.ignore()
+        return False
+
     def dragEnterEvent(self, event):
-        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
-            event.acceptProposedAction()
+        if (event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls())
+                and self._accept_as_copy(event)):
             self.drop_hint.setGeometry(self.centralWidget().geometry())
             self.drop_hint.raise_()
             self.drop_hint.show()
         else:
             event.ignore()
+
+    def dragMoveEvent(self, event):
+        self._accept_as_copy(event)
 
     def dragLeaveEvent(self, event):
         self.drop_hint.hide()
@@ -681,9 +697,8 @@ class MainWindow(QMainWindow):
     def dropEvent(self, event):
         self.drop_hint.hide()
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if not paths:
+        if not paths or not self._accept_as_copy(event):
             return
-        event.acceptProposedAction()
         tab = self.current_tab()
         if event.modifiers() & Qt.ShiftModifier and tab is not None and len(paths) == 1:
             self.compare_paths(tab.checkpoint.path, paths[0])   # Shift+drop: compare

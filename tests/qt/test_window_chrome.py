@@ -172,3 +172,42 @@ def test_type_column_gives_way_before_nested_names_are_cut(qtbot, window, tmp_pa
     needed = tab.tree.visualRect(index).left() + tab.tree.fontMetrics().horizontalAdvance(
         "num_batches_tracked")
     qtbot.waitUntil(lambda: header.sectionSize(0) >= needed)
+
+
+def test_drops_are_copies_never_moves(qtbot, window, training_file):
+    """A file manager deletes the source of an accepted move: a drop is taken as a copy, or
+    not at all when the source offers only a move."""
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QDropEvent
+
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(training_file)])
+    enter = QDragEnterEvent(QPoint(10, 10), Qt.CopyAction | Qt.MoveAction, data, Qt.LeftButton,
+                            Qt.NoModifier)
+    enter.setDropAction(Qt.MoveAction)
+    QApplication.sendEvent(window, enter)
+    assert enter.isAccepted() and enter.dropAction() == Qt.CopyAction
+    window.dragLeaveEvent(_leave())
+    only_move = QDropEvent(QPointF(50, 50), Qt.MoveAction, data, Qt.LeftButton, Qt.NoModifier)
+    window.dropEvent(only_move)
+    assert not only_move.isAccepted() and not window.pending
+    drop = QDropEvent(QPointF(50, 50), Qt.MoveAction | Qt.LinkAction, data, Qt.LeftButton,
+                      Qt.NoModifier)
+    drop.setDropAction(Qt.MoveAction)
+    loaded = []
+    window.loaded.connect(loaded.append)
+    window.dropEvent(drop)
+    assert drop.isAccepted() and drop.dropAction() == Qt.LinkAction
+    qtbot.waitUntil(lambda: loaded == [training_file], timeout=30_000)
+
+
+def test_open_dialog_lists_every_format_we_read():
+    import fnmatch
+
+    from ckpt_viewer.qt.main_window import OPEN_FILTER
+
+    patterns = OPEN_FILTER.split(";;")[0].split("(")[1].rstrip(")").split()
+    for name in ("model.pth", "model.pt", "exported.pt2", "last.ckpt", "pytorch_model.bin",
+                 "model_best.pth.tar", "model.safetensors", "llama-q4_k_m.gguf", "state.pkl",
+                 "state.pickle", "model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), name
