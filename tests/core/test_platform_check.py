@@ -26,6 +26,8 @@ def fake_plugin(tmp_path) -> str:
     """A copy of Qt's xcb plugin that needs a library no machine has, beside Qt's own libraries
     (its RUNPATH is $ORIGIN/../../lib)."""
     real = plugin_path({})
+    if not os.path.exists(real):
+        pytest.skip("this PySide6 has no xcb plugin")
     qt = tmp_path / "Qt"
     (qt / "plugins" / "platforms").mkdir(parents=True)
     os.symlink(os.path.join(os.path.dirname(real), "..", "..", "lib"), qt / "lib")
@@ -42,6 +44,8 @@ def test_needed_libraries_match_readelf():
     if readelf is None:
         pytest.skip("no readelf here")
     plugin = plugin_path({})
+    if not os.path.exists(plugin):
+        pytest.skip("this PySide6 has no xcb plugin")
     listing = subprocess.run([readelf, "-d", plugin], capture_output=True, text=True).stdout
     expected = [line.split("[")[1].split("]")[0] for line in listing.splitlines()
                 if "(NEEDED)" in line]
