@@ -128,11 +128,11 @@ class MainWindow(QMainWindow):
 
     def _save_size(self):
         maximized = self.isMaximized()
-        geometry = self.normalGeometry() if maximized else self.geometry()
         available = self._available()
-        self.settings.setValue("window/size", geometry.size())
-        self.settings.setValue("window/pos", self.frameGeometry().topLeft() if not maximized
-                               else geometry.topLeft())
+        self.settings.setValue("window/size", (self.normalGeometry() if maximized
+                                               else self.geometry()).size())
+        if not maximized:
+            self.settings.setValue("window/pos", self.frameGeometry().topLeft())
         self.settings.setValue("window/maximized", maximized)
         if available is not None:
             self.settings.setValue("window/screen", available.size())

@@ -276,3 +276,14 @@ def test_a_place_off_every_screen_is_moved_onto_this_one(qtbot, monkeypatch):
     settings.setValue("window/screen", QSize(*LAPTOP[2:]))
     window = _window_on(qtbot, monkeypatch, LAPTOP)
     assert (window.width(), window.height()) == (900, 600) and _frame_fits(window, LAPTOP)
+
+
+def test_a_maximized_window_comes_back_maximized(qtbot, monkeypatch):
+    first = _window_on(qtbot, monkeypatch, LAPTOP)
+    first.showMaximized()
+    qtbot.waitUntil(first.isMaximized)
+    first.close()
+    again = _window_on(qtbot, monkeypatch, LAPTOP)
+    assert again.isMaximized()
+    again.showNormal()
+    assert _frame_fits(again, LAPTOP)
