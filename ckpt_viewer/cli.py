@@ -172,7 +172,7 @@ def _layers_parser(sub):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ckpt-viewer",
-        usage="ckpt-viewer [PATH ...] [--screenshot OUT.png]\n"
+        usage="ckpt-viewer [PATH ...] [--screenshot OUT.png [--size WxH]]\n"
               "       ckpt-viewer COMMAND ...   (ckpt-viewer COMMAND --help for its options)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Look inside PyTorch checkpoints without running code from them.\n\n"
@@ -194,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def window_size(text: str) -> tuple[int, int]:
+    """An argparse type: WxH, each side 200 to 10000 pixels."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()
+            and 200 <= int(width) <= 10000 and 200 <= int(height) <= 10000):
+        raise argparse.ArgumentTypeError(f"expected WxH such as 1366x768 (200 to 10000 each), "
+                                         f"got {text!r}")
+    return int(width), int(height)
+
+
 def build_gui_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ckpt-viewer",
@@ -202,7 +212,10 @@ def build_gui_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ckpt-viewer {__version__}")
     parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoints to open")
     parser.add_argument("--screenshot", metavar="OUT.png",
-                        help="open PATH, select its largest tensor, save the window, exit")
+                        help="open PATH, select its largest tensor, save the window, exit "
+                             "(settings and Open Recent are left as they were)")
+    parser.add_argument("--size", type=window_size, default=(1366, 768), metavar="WxH",
+                        help="--screenshot's window size (default 1366x768)")
     return parser
 
 
@@ -309,6 +322,7 @@ def run_verify(args) -> int:
     from ckpt_viewer.core.verify import verify
 
     report = run(verify(args.path))
+    args.status = 0 if report.ok else 1
     if not report.ok:
         say(f"damaged: {args.path}: {report.problem}")
         return 1
@@ -333,8 +347,9 @@ def run_diff(args) -> int:
     sides = [Side(getattr(args, f"root_{s}"), getattr(args, f"strip_prefix_{s}"),
                   getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
     report = run(diff(checkpoints[0], checkpoints[1], *sides, map_gguf=args.map_gguf == "auto"))
+    args.status = 0 if report.identical else 1
     say_report(args, report, diff_lines)
-    return 0 if report.identical else 1
+    return args.status
 
 
 def run_check(args) -> int:
@@ -343,8 +358,9 @@ def run_check(args) -> int:
     from ckpt_viewer.core.stats import run
 
     report = run(check(open_checkpoint(args.path)))
+    args.status = 0 if report.ok else 1
     say_report(args, report, text_lines)
-    return 0 if report.ok else 1
+    return args.status
 
 
 def run_layers(args) -> int:
@@ -382,14 +398,24 @@ def run_gui(args) -> int:
         if not is_remote(path) and not os.path.exists(path):
             say(f"error: {path}: no such file or directory", file=sys.stderr)
             return 2
+    if args.size != (1366, 768) and not args.screenshot:
+        say("error: --size is for --screenshot (the window sizes itself to the screen)",
+            file=sys.stderr)
+        return 2
     if args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # the window is never shown
     if not has_display():
         print(NO_DISPLAY, file=sys.stderr)
         return 2
+    from ckpt_viewer.qt.platform_check import display_problem
+
+    problem = display_problem()
+    if problem:
+        say(problem, file=sys.stderr)
+        return 2
     from ckpt_viewer.qt.app import main as gui_main
 
-    return gui_main(args.paths, screenshot=args.screenshot)
+    return gui_main(args.paths, screenshot=args.screenshot, size=args.size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_gui_parser().parse_args(argv)
         runner, where = run_gui, ""
     try:
-        return runner(args)
+        code = runner(args)
+        sys.stdout.flush()      # a closed pipe shows here, not at exit (where it would be 120)
+        return code
     except CheckpointError as exc:
         message = describe_error(exc)
         say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
@@ -418,8 +446,10 @@ def main(argv: list[str] | None = None) -> int:
         say("error: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        sys.stderr.close()
-        return 0
+        # the reader stopped early (`| head`): the verdict (args.status, set before printing)
+        # still counts; stdout goes to /dev/null so the exit's flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return getattr(args, "status", 0)
     except Exception as exc:   # noqa: BLE001 - the contract is one line, never a traceback
         message = describe_error(exc)
         say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import torch
@@ -96,23 +99,53 @@ class Net(torch.nn.Module):
 """   # these classes exist only in the process that writes the file (and a trusted reader)
 
 
+_MADE: dict[str, str] = {}     # builder name -> its file, made once per test process
+
+
+def made_once(make, path) -> str:
+    """A copy of the file make(path) writes, made once per test process: the builders that
+    need a fresh interpreter take seconds each (its zip records keep the first file's name)."""
+    if make.__name__ not in _MADE:
+        folder = tempfile.mkdtemp(prefix="ckpt-viewer-tests-")
+        atexit.register(shutil.rmtree, folder, True)
+        _MADE[make.__name__] = make(os.path.join(folder, os.path.basename(str(path))))
+    shutil.copyfile(_MADE[make.__name__], path)
+    return str(path)
+
+
 def whole_model_file(path):
     """torch.save(model) of a class that only exists in another process."""
+    return made_once(_whole_model_file, path)
+
+
+def _whole_model_file(path):
     run_python(WHOLE_MODEL_CLASSES + f"""
 torch.save({{"model": Net(), "ema": Net()}}, {str(path)!r})
 """, cwd=os.path.dirname(path))
     return str(path)
 
 
-def lightning_file(path):
-    """A Lightning-style .ckpt with an AttributeDict, made with a stand-in lightning module."""
-    stub = os.path.join(os.path.dirname(path), "stub")
+def lightning_stub(folder) -> str:
+    """A stand-in lightning_fabric package under folder/stub (for a reader that trusts it)."""
+    stub = os.path.join(folder, "stub")
     package = os.path.join(stub, "lightning_fabric", "utilities")
     os.makedirs(package, exist_ok=True)
-    for folder in (os.path.join(stub, "lightning_fabric"), package):
-        open(os.path.join(folder, "__init__.py"), "w").close()
+    for part in (os.path.join(stub, "lightning_fabric"), package):
+        open(os.path.join(part, "__init__.py"), "w").close()
     with open(os.path.join(package, "data.py"), "w") as f:
         f.write("class AttributeDict(dict):\n    pass\n")
+    return stub
+
+
+def lightning_file(path):
+    """A Lightning-style .ckpt with an AttributeDict, made with a stand-in lightning module
+    (left beside it in stub/)."""
+    lightning_stub(os.path.dirname(path))
+    return made_once(_lightning_file, path)
+
+
+def _lightning_file(path):
+    stub = lightning_stub(os.path.dirname(path))
     run_python(f"""
         import torch
         from lightning_fabric.utilities.data import AttributeDict

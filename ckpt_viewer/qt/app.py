@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 
 from PySide6.QtCore import QSettings, QTimer, qInstallMessageHandler
 from PySide6.QtGui import QIcon
@@ -36,7 +37,21 @@ def make_app() -> QApplication:
     return app
 
 
-def take_screenshot(window, path: str, out: str) -> int:
+def scratch_settings(folder: str):
+    """From now on settings are read from a copy of the user's (theme, splitters, columns) and
+    written under `folder`: a screenshot leaves Open Recent, geometry and the rest as they were."""
+    user = QSettings()
+    values = {key: user.value(key) for key in user.allKeys()}
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    for scope in (QSettings.UserScope, QSettings.SystemScope):
+        QSettings.setPath(QSettings.IniFormat, scope, folder)
+    scratch = QSettings()
+    for key, value in values.items():
+        scratch.setValue(key, value)
+    scratch.sync()
+
+
+def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
     """Open path, select its largest tensor, wait for its statistics, save the window."""
     from ckpt_viewer.core import describe_error
     from ckpt_viewer.core.text import safe_text
@@ -72,8 +87,7 @@ def take_screenshot(window, path: str, out: str) -> int:
         window.grab().save(out)
         finish(0)
 
-    screen = window.screen().availableGeometry()     # the window as big as this screen allows
-    window.setGeometry(screen)
+    window.resize(*size)            # offscreen: any size, whatever the (800 x 800) screen
     window.loaded.connect(on_loaded)
     window.load_failed.connect(lambda p, message: finish(2, f"error: {p}: {message}"))
     QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, lambda: finish(2, "error: screenshot timed out"))
@@ -94,17 +108,20 @@ def finish_workers(timeout_ms: int = 5000):
     await_workers(timeout_ms)
 
 
-def main(paths=(), screenshot: str | None = None) -> int:
+def main(paths=(), screenshot: str | None = None, size=(1366, 768)) -> int:
     app = make_app()
     from ckpt_viewer.qt.main_window import MainWindow
 
-    window = MainWindow()
-    window.show()
     if screenshot:
         if len(paths) != 1:
             print("error: --screenshot needs exactly one PATH", file=sys.stderr)
             return 2
-        code = take_screenshot(window, paths[0], screenshot)
+        scratch = tempfile.TemporaryDirectory(prefix="ckpt-viewer-screenshot-")
+        scratch_settings(scratch.name)
+    window = MainWindow()
+    window.show()
+    if screenshot:
+        code = take_screenshot(window, paths[0], screenshot, size)
     else:
         if paths:
             window.open_paths(paths)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QDialog, QFileDialog, QLabel, QMainWindow,
                                QMessageBox, QProgressBar, QPushButton, QStyle, QTabWidget,
@@ -25,8 +25,11 @@ MAX_RECENT = 10
 NEEDS_A_FILE = ("actionExport", "actionSanitize", "actionVerify", "actionCompare", "actionHealth",
                 "actionLayers", "actionPickleImports")     # greyed out while no file tab is shown
 PRELOAD_DELAY_MS = 50
-OPEN_FILTER = ("Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar *.json *.pkl);;"
-               "All files (*)")
+FRAME_GUESS = QSize(16, 48)       # a title bar and borders, until the window manager says
+MIN_SIZE = QSize(640, 400)        # below this the panes are of no use
+# every file core/open.py reads (its sniffers go by content; these are the usual names)
+OPEN_FILTER = ("Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
+               "*.pickle *.index.json);;All files (*)")
 
 
 class MainWindow(QMainWindow):
@@ -72,32 +75,67 @@ class MainWindow(QMainWindow):
         self._restore_size()
 
     def _restore_size(self):
-        """The saved geometry, else 1280 x 800; either way within the screen's available area
-        (a laptop's 1280 x 800 first window ran under the task bar, hiding the status bar)."""
-        geometry = self.settings.value("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        else:
-            self.resize(1280, 800)
-        self._fit_to_screen(center=geometry is None)
+        """The size and place saved at the last quit, else 1280 x 800 centred; either way the
+        whole frame (title bar, status bar) within the screen's available area. A window saved
+        on another screen keeps as much of its size as fits and is centred (Qt's restoreGeometry
+        brought a 1920 x 1080 screen's 1280 x 800 window back at 640 x 480 on 1366 x 768)."""
+        available = self._available()
+        size, pos = self.settings.value("window/size"), self.settings.value("window/pos")
+        saved_on = self.settings.value("window/screen")
+        if not isinstance(size, QSize) or not size.isValid():
+            size, pos = QSize(1280, 800), None
+        elif available is None or saved_on != available.size():
+            pos = None
+        self.resize(size)
+        self._fit_to_screen(pos if isinstance(pos, QPoint) else None)
+        if self.settings.value("window/maximized", False, type=bool):
+            self.setWindowState(Qt.WindowMaximized)
 
-    def _fit_to_screen(self, center=False):
+    def _available(self) -> QRect | None:
         screen = self.screen() or QApplication.primaryScreen()
-        if screen is None:
+        return screen.availableGeometry() if screen is not None else None
+
+    def _frame_margins(self) -> QSize:
+        """Title bar and borders: as the window manager reports them once shown, at least a
+        usual title bar's before (the frame is not known until then)."""
+        known = self.frameGeometry().size() - self.geometry().size()
+        return QSize(max(known.width(), FRAME_GUESS.width()),
+                     max(known.height(), FRAME_GUESS.height()))
+
+    def _fit_to_screen(self, pos: QPoint | None = None):
+        """Shrink the window until its frame fits the available area, then place it at `pos`
+        (the frame's top left) moved inside that area, or centred."""
+        available = self._available()
+        if available is None:
             return
-        available = screen.availableGeometry()
-        frame = self.frameGeometry().size() - self.geometry().size()   # title bar, borders
-        width = min(self.width(), available.width() - frame.width())
-        height = min(self.height(), available.height() - frame.height())
+        frame = self._frame_margins()
+        width = max(min(self.width(), available.width() - frame.width()), MIN_SIZE.width())
+        height = max(min(self.height(), available.height() - frame.height()), MIN_SIZE.height())
         self.resize(width, height)
-        if center or not available.intersects(self.frameGeometry()):
-            self.move(available.center() - self.rect().center())
+        outer = QSize(width, height) + frame
+        if pos is None:
+            pos = available.center() - QPoint(outer.width() // 2, outer.height() // 2)
+        x = min(max(pos.x(), available.left()), available.right() + 1 - outer.width())
+        y = min(max(pos.y(), available.top()), available.bottom() + 1 - outer.height())
+        self.move(max(x, available.left()), max(y, available.top()))
 
     def showEvent(self, event):
         super().showEvent(event)
-        if not getattr(self, "_fitted", False):    # the frame's size is known from now on
+        if not getattr(self, "_fitted", False):    # the frame's size may be known from now on
             self._fitted = True
-            self._fit_to_screen()
+            if not self.isMaximized():
+                self._fit_to_screen(self.frameGeometry().topLeft())
+
+    def _save_size(self):
+        maximized = self.isMaximized()
+        available = self._available()
+        self.settings.setValue("window/size", (self.normalGeometry() if maximized
+                                               else self.geometry()).size())
+        if not maximized:
+            self.settings.setValue("window/pos", self.frameGeometry().topLeft())
+        self.settings.setValue("window/maximized", maximized)
+        if available is not None:
+            self.settings.setValue("window/screen", available.size())
 
     def _build_toolbar(self):
         """The everyday actions, one click away (Pickle Imports when that view exists)."""
@@ -665,14 +703,29 @@ class MainWindow(QMainWindow):
                           f"Qt {__import__('PySide6.QtCore').QtCore.qVersion()}")
 
     # --- drag and drop ---------------------------------------------------------------------
+    @staticmethod
+    def _accept_as_copy(event) -> bool:
+        """Take a drop as a copy (or a link), never as a move: a file manager deletes the
+        source of a move once the drop is accepted."""
+        for action in (Qt.CopyAction, Qt.LinkAction):
+            if event.possibleActions() & action:
+                event.setDropAction(action)
+                event.accept()
+                return True
+        event.ignore()
+        return False
+
     def dragEnterEvent(self, event):
-        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
-            event.acceptProposedAction()
+        if (event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls())
+                and self._accept_as_copy(event)):
             self.drop_hint.setGeometry(self.centralWidget().geometry())
             self.drop_hint.raise_()
             self.drop_hint.show()
         else:
             event.ignore()
+
+    def dragMoveEvent(self, event):
+        self._accept_as_copy(event)
 
     def dragLeaveEvent(self, event):
         self.drop_hint.hide()
@@ -681,9 +734,8 @@ class MainWindow(QMainWindow):
     def dropEvent(self, event):
         self.drop_hint.hide()
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if not paths:
+        if not paths or not self._accept_as_copy(event):
             return
-        event.acceptProposedAction()
         tab = self.current_tab()
         if event.modifiers() & Qt.ShiftModifier and tab is not None and len(paths) == 1:
             self.compare_paths(tab.checkpoint.path, paths[0])   # Shift+drop: compare
@@ -704,6 +756,6 @@ class MainWindow(QMainWindow):
         self._update_busy()
 
     def closeEvent(self, event):
-        self.settings.setValue("geometry", self.saveGeometry())
+        self._save_size()
         self.cancel_all()
         super().closeEvent(event)

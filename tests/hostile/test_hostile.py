@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -58,10 +57,8 @@ def test_core(built):
 @pytest.mark.parametrize("built", sorted(CORPUS), indirect=True)
 def test_cli(built):
     path, expect, sentinel = built
-    start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", path, "--json"],
                             capture_output=True, text=True, timeout=TIME_LIMIT * 3)
-    assert time.monotonic() - start < TIME_LIMIT * 3
     assert "Traceback" not in result.stderr
     if expect == "error":
         assert result.returncode == 2

@@ -1,10 +1,12 @@
 """Selecting a tensor: preview then exact statistics, histogram, cancel on reselection."""
 
+import os
 import subprocess
 import sys
 
 import torch
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QTableWidget
 from qt_helpers import open_and_wait
 
@@ -83,14 +85,25 @@ def test_unreadable_values_show_a_message(qtbot, window, tmp_path):
 
 
 def test_screenshot_command(tmp_path, gui_env):
+    """1366 x 768 unless --size says otherwise (the offscreen screen is 800 x 800); the user's
+    settings are read (the dark theme) and left byte for byte as they were."""
     path = builders.training_checkpoint(tmp_path / "c.pt")
-    out = tmp_path / "shot.png"
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", path, "--screenshot", str(out)],
-                            capture_output=True, text=True, timeout=120, env=gui_env)
-    assert result.returncode == 0, result.stderr
+    config = tmp_path / "config" / "ckpt-viewer"
+    config.mkdir(parents=True)
+    settings = b"[General]\ndark=true\nrecent=/elsewhere/kept.pt\n"
+    (config / "ckpt-viewer.conf").write_bytes(settings)
     from PySide6.QtGui import QImage
-    image = QImage(str(out))
-    assert image.width() >= 780 and image.height() >= 600     # the offscreen screen: 800 x 800
+    for size, expected in (((), (1366, 768)), (("--size", "1000x700"), (1000, 700))):
+        out = tmp_path / "shot.png"
+        result = subprocess.run([sys.executable, "-m", "ckpt_viewer", path, "--screenshot",
+                                 str(out), *size], capture_output=True, text=True, timeout=120,
+                                env=gui_env)
+        assert result.returncode == 0, result.stderr
+        image = QImage(str(out))
+        assert (image.width(), image.height()) == expected
+        assert QColor(image.pixel(image.width() - 5, image.height() - 5)).lightness() < 128
+    assert (config / "ckpt-viewer.conf").read_bytes() == settings
+    assert os.listdir(config) == ["ckpt-viewer.conf"]
     bad = subprocess.run([sys.executable, "-m", "ckpt_viewer", str(tmp_path / "none.pt"),
                           "--screenshot", str(tmp_path / "x.png")],
                          capture_output=True, text=True, timeout=120, env=gui_env)

@@ -172,3 +172,118 @@ def test_type_column_gives_way_before_nested_names_are_cut(qtbot, window, tmp_pa
     needed = tab.tree.visualRect(index).left() + tab.tree.fontMetrics().horizontalAdvance(
         "num_batches_tracked")
     qtbot.waitUntil(lambda: header.sectionSize(0) >= needed)
+
+
+def test_drops_are_copies_never_moves(qtbot, window, training_file):
+    """A file manager deletes the source of an accepted move: a drop is taken as a copy, or
+    not at all when the source offers only a move."""
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QDropEvent
+
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(training_file)])
+    enter = QDragEnterEvent(QPoint(10, 10), Qt.CopyAction | Qt.MoveAction, data, Qt.LeftButton,
+                            Qt.NoModifier)
+    enter.setDropAction(Qt.MoveAction)
+    QApplication.sendEvent(window, enter)
+    assert enter.isAccepted() and enter.dropAction() == Qt.CopyAction
+    window.dragLeaveEvent(_leave())
+    only_move = QDropEvent(QPointF(50, 50), Qt.MoveAction, data, Qt.LeftButton, Qt.NoModifier)
+    window.dropEvent(only_move)
+    assert not only_move.isAccepted() and not window.pending
+    drop = QDropEvent(QPointF(50, 50), Qt.MoveAction | Qt.LinkAction, data, Qt.LeftButton,
+                      Qt.NoModifier)
+    drop.setDropAction(Qt.MoveAction)
+    loaded = []
+    window.loaded.connect(loaded.append)
+    window.dropEvent(drop)
+    assert drop.isAccepted() and drop.dropAction() == Qt.LinkAction
+    qtbot.waitUntil(lambda: loaded == [training_file], timeout=30_000)
+
+
+def test_open_dialog_lists_every_format_we_read():
+    import fnmatch
+
+    from ckpt_viewer.qt.main_window import OPEN_FILTER
+
+    patterns = OPEN_FILTER.split(";;")[0].split("(")[1].rstrip(")").split()
+    for name in ("model.pth", "model.pt", "exported.pt2", "last.ckpt", "pytorch_model.bin",
+                 "model_best.pth.tar", "model.safetensors", "llama-q4_k_m.gguf", "state.pkl",
+                 "state.pickle", "model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), name
+
+
+LAPTOP = (0, 0, 1366, 740)           # a 1366 x 768 screen less a 28 px panel
+DESKTOP = (0, 0, 1920, 1040)
+
+
+def _window_on(qtbot, monkeypatch, available):
+    from PySide6.QtCore import QRect
+
+    from ckpt_viewer.qt.main_window import MainWindow
+
+    monkeypatch.setattr(MainWindow, "_available", lambda self: QRect(*available))
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    return window
+
+
+def _frame_fits(window, available):
+    """The window and a usual title bar and borders lie within the available area."""
+    from PySide6.QtCore import QRect
+
+    from ckpt_viewer.qt.main_window import FRAME_GUESS
+
+    frame = window.frameGeometry()
+    outer = QRect(frame.topLeft(), window.size() + FRAME_GUESS)
+    return QRect(*available).contains(outer)
+
+
+def test_first_window_fits_a_small_screen_with_its_status_bar(qtbot, monkeypatch):
+    window = _window_on(qtbot, monkeypatch, LAPTOP)
+    assert _frame_fits(window, LAPTOP)
+    assert window.width() == 1280 and window.height() == 740 - 48
+    assert window.statusBar().isVisible()
+    big = _window_on(qtbot, monkeypatch, DESKTOP)
+    assert (big.width(), big.height()) == (1280, 800) and _frame_fits(big, DESKTOP)
+
+
+def test_a_window_saved_on_a_big_screen_comes_back_fitted(qtbot, monkeypatch):
+    from PySide6.QtCore import QPoint, QSettings
+
+    first = _window_on(qtbot, monkeypatch, DESKTOP)
+    first.resize(1280, 800)
+    first.move(500, 150)
+    first.close()
+    assert QSettings().value("window/size").width() == 1280
+    again = _window_on(qtbot, monkeypatch, DESKTOP)         # the same screen: as it was
+    assert (again.width(), again.height()) == (1280, 800)
+    assert again.frameGeometry().topLeft() == QPoint(500, 150)
+    again.close()
+    laptop = _window_on(qtbot, monkeypatch, LAPTOP)         # never 640 x 480, never off-screen
+    assert laptop.width() == 1280 and laptop.height() == 740 - 48
+    assert _frame_fits(laptop, LAPTOP)
+    assert laptop.current_tab() is None and laptop.tabs.width() > 1000
+
+
+def test_a_place_off_every_screen_is_moved_onto_this_one(qtbot, monkeypatch):
+    from PySide6.QtCore import QPoint, QSettings, QSize
+
+    settings = QSettings()
+    settings.setValue("window/size", QSize(900, 600))
+    settings.setValue("window/pos", QPoint(2500, 1500))     # a monitor no longer there
+    settings.setValue("window/screen", QSize(*LAPTOP[2:]))
+    window = _window_on(qtbot, monkeypatch, LAPTOP)
+    assert (window.width(), window.height()) == (900, 600) and _frame_fits(window, LAPTOP)
+
+
+def test_a_maximized_window_comes_back_maximized(qtbot, monkeypatch):
+    first = _window_on(qtbot, monkeypatch, LAPTOP)
+    first.showMaximized()
+    qtbot.waitUntil(first.isMaximized)
+    first.close()
+    again = _window_on(qtbot, monkeypatch, LAPTOP)
+    assert again.isMaximized()
+    again.showNormal()
+    assert _frame_fits(again, LAPTOP)
