@@ -84,7 +84,17 @@ def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
         tab.select_key(key)
 
     def save():
-        window.grab().save(out)
+        from ckpt_viewer.core import CheckpointError
+        from ckpt_viewer.core.destination import Sources
+
+        try:        # `--screenshot model.pt` must not overwrite the checkpoint it shows
+            Sources(window.current_tab().checkpoint).refuse_source(out)
+        except CheckpointError as exc:
+            finish(2, f"error: {exc}")
+            return
+        if not window.grab().save(out):
+            finish(2, f"error: {out}: the screenshot could not be written")
+            return
         finish(0)
 
     window.resize(*size)            # offscreen: any size, whatever the (800 x 800) screen

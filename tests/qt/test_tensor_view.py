@@ -108,6 +108,11 @@ def test_screenshot_command(tmp_path, gui_env):
                           "--screenshot", str(tmp_path / "x.png")],
                          capture_output=True, text=True, timeout=120, env=gui_env)
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    before = open(path, "rb").read()         # the checkpoint itself as OUT: refused, untouched
+    onto = subprocess.run([sys.executable, "-m", "ckpt_viewer", path, "--screenshot", path],
+                          capture_output=True, text=True, timeout=120, env=gui_env)
+    assert onto.returncode == 2 and "source file" in onto.stderr and len(onto.stderr.splitlines()) == 1
+    assert open(path, "rb").read() == before
 
 
 def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
