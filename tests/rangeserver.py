@@ -1,14 +1,16 @@
 """A loopback HTTP server with byte-range support that counts what it serves.
 
 Python's http.server ignores Range. This one serves the files of one folder on 127.0.0.1 only
-(HEAD and GET, `Range: bytes=a-b`, `bytes=a-` and `bytes=-n`), counts requests and body bytes,
-and shuts itself down after `lifetime` seconds whatever happens to the test that started it."""
+(HEAD and GET, `Range: bytes=a-b`, `bytes=a-` and `bytes=-n`, an ETag and Last-Modified from
+the file's stat), counts requests and body bytes, and shuts itself down after `lifetime`
+seconds whatever happens to the test that started it."""
 
 from __future__ import annotations
 
 import os
 import re
 import threading
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -16,9 +18,11 @@ RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 class RangeServer:
-    def __init__(self, folder: str, lifetime: float = 600, statuses: dict | None = None):
+    def __init__(self, folder: str, lifetime: float = 600, statuses: dict | None = None,
+                 validators: bool = True):
         self.folder = os.path.abspath(folder)
         self.statuses = statuses or {}       # {"/name": 403} answers that status for that path
+        self.validators = validators         # ETag and Last-Modified, from the file's stat
         self.requests: list[tuple[str, str, str]] = []   # (method, path, range header)
         self.bytes_sent = 0
         self.lock = threading.Lock()
@@ -76,7 +80,8 @@ class RangeServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                size = os.path.getsize(path)
+                stat = os.stat(path)
+                size = stat.st_size
                 start, end = 0, size              # [start, end)
                 match = RANGE.match(self.headers.get("Range", ""))
                 if match and (match[1] or match[2]):
@@ -96,6 +101,9 @@ class RangeServer:
                 else:
                     self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
+                if owner.validators:             # as nginx makes them
+                    self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{size:x}"')
+                    self.send_header("Last-Modified", formatdate(stat.st_mtime, usegmt=True))
                 self.send_header("Content-Length", str(end - start))
                 self.end_headers()
                 if not body:
