@@ -213,14 +213,14 @@ class _Http:
         observed = {"size": size, "ETag": headers.get("ETag", "").removeprefix("W/") or None,
                     "Last-Modified": headers.get("Last-Modified")}
         for name, value in observed.items():
-            pinned = self.pins.setdefault(name, value)
-            if value is not None and pinned is not None and value != pinned:
+            pinned = self.pins.get(name)
+            if pinned is None:
+                self.pins[name] = value
+            elif value is not None and value != pinned:
                 raise CheckpointError(f"the file changed on the server while it was read "
                                       f"(its {name} was {_shown(pinned)}, is now "
                                       f"{_shown(value)})")
-            if pinned is None:
-                self.pins[name] = value
-        if not isinstance(self.pins["size"], int):
+        if not isinstance(self.pins.get("size"), int):
             raise CheckpointError("the server does not say how large the file is")
         return self.pins["size"]
 
