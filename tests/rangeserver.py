@@ -124,3 +124,30 @@ class RangeServer:
                         remaining -= len(chunk)
 
         return Handler
+
+
+class ScriptedServer(RangeServer):
+    """A RangeServer whose GET answers (and HEAD ones with `heads`) `script(handler, server)`
+    may write itself (returning True; False leaves the request to the plain server).
+    `stopping` is set when the server stops, so that a script's loops end with it; `written`
+    counts what scripts say they sent."""
+
+    def __init__(self, folder: str, script, heads: bool = False, **kwargs):
+        self.script, self.stopping, self.written = script, threading.Event(), 0
+        self.heads = heads
+        self.encodings: list = []            # the Accept-Encoding of each request
+        super().__init__(folder, **kwargs)
+
+    def stop(self):
+        self.stopping.set()
+        super().stop()
+
+    def _handler(self):
+        base, owner = super()._handler(), self
+
+        class Handler(base):
+            def _serve(self, body):
+                owner.encodings.append(self.headers.get("Accept-Encoding"))
+                if not ((body or owner.heads) and owner.script(self, owner)):
+                    super()._serve(body)
+        return Handler

@@ -9,11 +9,10 @@ import os
 import re
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
-from rangeserver import RANGE, RangeServer
+from rangeserver import RANGE, RangeServer, ScriptedServer
 
 import builders
 from ckpt_viewer.core import CheckpointError, remote
@@ -25,30 +24,6 @@ from ckpt_viewer.core.values import read_tensor
 pytest.importorskip("aiohttp")
 
 CHUNK = 64 * 1024
-
-
-class Scripted(RangeServer):
-    """A RangeServer whose answers `script(handler, body)` may write itself (returning True);
-    `written` counts the body bytes a script got into the socket."""
-
-    def __init__(self, folder, script, **kwargs):
-        self.script, self.stopping, self.written = script, threading.Event(), 0
-        self.encodings = []                 # the Accept-Encoding of each request
-        super().__init__(str(folder), **kwargs)
-
-    def stop(self):
-        self.stopping.set()
-        super().stop()
-
-    def _handler(self):
-        base, owner = super()._handler(), self
-
-        class Handler(base):
-            def _serve(self, body):
-                owner.encodings.append(self.headers.get("Accept-Encoding"))
-                if not (body and owner.script(self, owner)):
-                    super()._serve(body)
-        return Handler
 
 
 def asked(handler, size):
@@ -114,7 +89,7 @@ def cli(*args):
 def refused(tmp_path, script, pattern):
     """`inspect` of w.pt served by `script`: exit 2, one line matching `pattern`, under 1 GB."""
     file_of(tmp_path)
-    with Scripted(tmp_path, script, lifetime=60) as server:
+    with ScriptedServer(str(tmp_path), script, lifetime=60) as server:
         url = f"{server.url}/w.pt"
         status, stderr, peak = cli("inspect", url)
     assert status == 2 and stderr.count("\n") == 1, stderr
@@ -218,7 +193,7 @@ def test_in_process_trickle_times_out(tmp_path, monkeypatch):
                             "Content-Length": end - start})
         return pour(handler, owner, b"x", limit=end - start, pause=0.02)
 
-    with Scripted(tmp_path, trickle, lifetime=60) as server:
+    with ScriptedServer(str(tmp_path), trickle, lifetime=60) as server:
         with pytest.raises(CheckpointError, match="^timed out"):
             open_checkpoint(f"{server.url}/w.pt")
 
