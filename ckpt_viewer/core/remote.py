@@ -307,6 +307,10 @@ class _Blob:
             return self._large(start, end)
         first, last = start // BLOCK, (end - 1) // BLOCK
         with self.lock:
+            if self.spilled:               # a window inside a tensor a pass already fetched
+                parts = self._kept(start, end)
+                if all(data is not None for _, _, data in parts):
+                    return b"".join(data for _, _, data in parts)
             wanted = range(first, last + 1)
             missing = [i for i in wanted if i not in self.blocks]
             for run_start, run_end in _runs(missing):

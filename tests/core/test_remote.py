@@ -119,6 +119,21 @@ def test_stats_fetch_the_tensor_once(served):
     assert (stats.mean, stats.std, stats.counts) == (local.mean, local.std, local.counts)
 
 
+def test_a_window_of_a_fetched_tensor_costs_no_transfer(served):
+    """Rows paged through after a statistic are read from the ranges it fetched."""
+    from ckpt_viewer.core.values import read_window
+
+    server, folder, _ = served
+    expected = torch.randn(1024, 1024)
+    torch.save({"w": expected}, folder / "window.pt")
+    tensor = open_checkpoint(f"{server.url}/window.pt").find("w").tensor
+    run(compute(tensor))
+    server.reset()
+    window = read_window(tensor, (), range(100, 140), range(7, 500))
+    assert server.bytes_sent == 0
+    assert torch.equal(torch.from_numpy(window), expected[100:140, 7:500])
+
+
 def test_cli_stats_fetch_the_tensor_once(served):
     """`stats` checks the record's CRC-32, then computes: the second pass reads the bytes the
     first one fetched."""
