@@ -39,9 +39,19 @@ LARGE = 1024 * 1024          # larger reads are fetched exactly (the legacy read
 CACHE_BLOCKS = 256           # per URL: 64 MiB at most
 SPILL_LIMIT = 4 << 30        # large reads kept on disk, per URL (then the spill starts over)
 CACHED_URLS = 16
-# HTTP(S), seconds: a dead server fails, not hangs (the variables let tests shorten them)
-CONNECT_TIMEOUT = float(os.environ.get("CKPT_VIEWER_CONNECT_TIMEOUT", 30))
-READ_TIMEOUT = float(os.environ.get("CKPT_VIEWER_READ_TIMEOUT", 60))
+
+
+def _seconds(variable: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(variable, default))
+    except ValueError:
+        return default
+    return value if 0 < value < 1e6 else default
+
+
+# HTTP(S): a dead server fails, not hangs (the variables let tests shorten them)
+CONNECT_TIMEOUT = _seconds("CKPT_VIEWER_CONNECT_TIMEOUT", 30)
+READ_TIMEOUT = _seconds("CKPT_VIEWER_READ_TIMEOUT", 60)
 MIN_RATE = 16 * 1024         # bytes/s an answer must average over every READ_TIMEOUT window
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")

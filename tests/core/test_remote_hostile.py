@@ -258,3 +258,10 @@ def test_unchanged_file_exports_bit_for_bit(tmp_path):
     written = load_file(out)
     assert written.keys() == expected.keys()
     assert all(torch.equal(written[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("text, seconds", [("2.5", 2.5), ("abc", 30), ("0", 30), ("-1", 30),
+                                           ("nan", 30), ("inf", 30), ("", 30)])
+def test_timeout_variables(monkeypatch, text, seconds):
+    monkeypatch.setenv("CKPT_VIEWER_CONNECT_TIMEOUT", text)
+    assert remote._seconds("CKPT_VIEWER_CONNECT_TIMEOUT", 30) == seconds
