@@ -155,7 +155,7 @@ class _Http:
                 self._check(response)
                 return response.content_length
         finally:
-            response.close()
+            response.release()             # no body: the connection serves the next request
         # no HEAD (a URL signed for GET only) or no length in it: the first byte tells
         response = await self._request("GET", 0, 1)
         try:
