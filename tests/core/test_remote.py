@@ -281,6 +281,11 @@ def test_memory_filesystem(memory_folder):
     assert remote_dcp.format == "dcp"
     assert listing(remote_dcp)[:4] == listing(local_dcp)[:4]
     assert_same_values(remote_dcp, local_dcp)
+    # statistics stream a DCP tensor chunk by chunk (each chunk's header read by URL too)
+    local = {key: tensor for key, tensor, _ in local_dcp.tensors()}
+    for key, tensor, _ in remote_dcp.tensors():
+        a, b = run(compute(tensor)), run(compute(local[key]))
+        assert (a.numel, a.counts, a.min, a.max) == (b.numel, b.counts, b.min, b.max), key
 
 
 def test_local_paths_never_import_fsspec(tmp_path):

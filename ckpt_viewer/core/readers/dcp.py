@@ -179,7 +179,7 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
     from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
     try:
-        with open(span.path, "rb") as f:
+        with remote.open_source(span.path) as f:
             window = _Window(f, span.offset, span.nbytes)
             with zipfile.ZipFile(window) as zf:
                 infos = zf.infolist()
