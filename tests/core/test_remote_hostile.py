@@ -183,6 +183,29 @@ def test_short_body_is_refused(tmp_path):
                              r"asked for")
 
 
+def test_export_cut_off_at_the_tensor_leaves_nothing(tmp_path):
+    """Opening goes well; the tensor's own range gets a body that never ends."""
+    size = file_of(tmp_path)
+
+    def endless_values(handler, owner):
+        start, end = asked(handler, size)
+        if end - start <= remote.LARGE:
+            return False
+        head(handler, 206, {"Content-Range": f"bytes {start}-{end - 1}/{size}",
+                            "Connection": "close"})
+        return pour(handler, owner)
+
+    out = tmp_path / "out.safetensors"
+    with ScriptedServer(str(tmp_path), endless_values, lifetime=60) as server:
+        url = f"{server.url}/w.pt"
+        status, stderr, peak = cli("export", url, "-o", str(out), "--format", "safetensors")
+    assert status == 2 and re.fullmatch(f"error: {re.escape(url)}: the server sent more than "
+                                        r"the [\d,]+ bytes asked for \(it ignored the byte "
+                                        r"range\?\)\n", stderr), stderr
+    assert server.written < 64 << 20 and (peak is None or peak < 1024)
+    assert sorted(os.listdir(tmp_path)) == ["w.pt"]
+
+
 def test_in_process_trickle_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(remote, "READ_TIMEOUT", 0.5)
     size = file_of(tmp_path)
