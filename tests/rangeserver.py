@@ -1,14 +1,17 @@
 """A loopback HTTP server with byte-range support that counts what it serves.
 
 Python's http.server ignores Range. This one serves the files of one folder on 127.0.0.1 only
-(HEAD and GET, `Range: bytes=a-b`, `bytes=a-` and `bytes=-n`), counts requests and body bytes,
-and shuts itself down after `lifetime` seconds whatever happens to the test that started it."""
+(HEAD and GET, `Range: bytes=a-b`, `bytes=a-` and `bytes=-n`, an ETag and Last-Modified from
+the file's stat), counts requests and body bytes, and shuts itself down after `lifetime`
+seconds whatever happens to the test that started it."""
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -16,9 +19,11 @@ RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 class RangeServer:
-    def __init__(self, folder: str, lifetime: float = 600, statuses: dict | None = None):
+    def __init__(self, folder: str, lifetime: float = 600, statuses: dict | None = None,
+                 validators: bool = True):
         self.folder = os.path.abspath(folder)
         self.statuses = statuses or {}       # {"/name": 403} answers that status for that path
+        self.validators = validators         # ETag and Last-Modified, from the file's stat
         self.requests: list[tuple[str, str, str]] = []   # (method, path, range header)
         self.bytes_sent = 0
         self.lock = threading.Lock()
@@ -56,6 +61,12 @@ class RangeServer:
             def log_message(self, *args):
                 pass
 
+            def setup(self):
+                super().setup()
+                # headers and body go out in two writes: without this, Nagle's algorithm holds
+                # the body until the client's delayed ACK of the headers
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def do_HEAD(self):
                 self._serve(body=False)
 
@@ -76,7 +87,8 @@ class RangeServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                size = os.path.getsize(path)
+                stat = os.stat(path)
+                size = stat.st_size
                 start, end = 0, size              # [start, end)
                 match = RANGE.match(self.headers.get("Range", ""))
                 if match and (match[1] or match[2]):
@@ -96,6 +108,9 @@ class RangeServer:
                 else:
                     self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
+                if owner.validators:             # as nginx makes them
+                    self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{size:x}"')
+                    self.send_header("Last-Modified", formatdate(stat.st_mtime, usegmt=True))
                 self.send_header("Content-Length", str(end - start))
                 self.end_headers()
                 if not body:
@@ -115,4 +130,31 @@ class RangeServer:
                             owner.bytes_sent += len(chunk)
                         remaining -= len(chunk)
 
+        return Handler
+
+
+class ScriptedServer(RangeServer):
+    """A RangeServer whose GET answers (and HEAD ones with `heads`) `script(handler, server)`
+    may write itself (returning True; False leaves the request to the plain server).
+    `stopping` is set when the server stops, so that a script's loops end with it; `written`
+    counts what scripts say they sent."""
+
+    def __init__(self, folder: str, script, heads: bool = False, **kwargs):
+        self.script, self.stopping, self.written = script, threading.Event(), 0
+        self.heads = heads
+        self.encodings: list = []            # the Accept-Encoding of each request
+        super().__init__(folder, **kwargs)
+
+    def stop(self):
+        self.stopping.set()
+        super().stop()
+
+    def _handler(self):
+        base, owner = super()._handler(), self
+
+        class Handler(base):
+            def _serve(self, body):
+                owner.encodings.append(self.headers.get("Accept-Encoding"))
+                if not ((body or owner.heads) and owner.script(self, owner)):
+                    super()._serve(body)
         return Handler

@@ -9,10 +9,21 @@ Remote bytes go through a small shared cache of fixed, aligned blocks per URL (t
 the same file many times: sniff, end record, directory, data.pkl, each record's header): a read
 fetches the missing blocks it covers in one request per contiguous run. A read larger than
 LARGE (tensor values) is fetched exactly and kept in an anonymous temporary file, so the second
-and third passes of a statistic read the same ranges from disk, not the network."""
+and third passes of a statistic read the same ranges from disk, not the network; a read that a
+kept range covers (a statistic after the CRC pass of `stats`) is served from it, so a tensor
+crosses the network once.
+
+HTTP(S) is spoken here over aiohttp rather than through fsspec's cat_file, which holds a whole
+answer in memory however long, inflates gzip, waits on a trickle for ever and never notices the
+file changing between requests. Every request is bounded: connect and read-stall timeouts
+(CKPT_VIEWER_CONNECT_TIMEOUT, CKPT_VIEWER_READ_TIMEOUT seconds), a floor on the transfer rate,
+never more bytes than were asked for, no content encoding; and the size, ETag and Last-Modified
+seen first are pinned: a later answer from another version of the file is refused."""
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import io
 import os
 import posixpath
@@ -29,7 +40,20 @@ LARGE = 1024 * 1024          # larger reads are fetched exactly (the legacy read
 CACHE_BLOCKS = 256           # per URL: 64 MiB at most
 SPILL_LIMIT = 4 << 30        # large reads kept on disk, per URL (then the spill starts over)
 CACHED_URLS = 16
-CONNECT_TIMEOUT, READ_TIMEOUT = 30, 60     # seconds, HTTP(S): a dead server fails, not hangs
+
+
+def _seconds(variable: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(variable, default))
+    except ValueError:
+        return default
+    return value if 0 < value < 1e6 else default
+
+
+# HTTP(S): a dead server fails, not hangs (the variables let tests shorten them)
+CONNECT_TIMEOUT = _seconds("CKPT_VIEWER_CONNECT_TIMEOUT", 30)
+READ_TIMEOUT = _seconds("CKPT_VIEWER_READ_TIMEOUT", 60)
+MIN_RATE = 16 * 1024         # bytes/s an answer must average over every READ_TIMEOUT window
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -44,8 +68,6 @@ def _is_http(url: str) -> bool:
 
 def _failure(url: str, exc: BaseException) -> CheckpointError:
     """One line for what went wrong with a URL (the caller prefixes the URL)."""
-    import http
-
     status = _status(exc)
     cause = exc.__cause__
     if isinstance(exc, FileNotFoundError) and status is None and cause is not None:
@@ -57,11 +79,7 @@ def _failure(url: str, exc: BaseException) -> CheckpointError:
     if isinstance(exc, PermissionError) and status is None:
         return CheckpointError("access denied (check the credentials of your environment)")
     if isinstance(status, int):
-        try:
-            phrase = http.HTTPStatus(status).phrase.lower()
-        except ValueError:
-            phrase = "error"
-        return CheckpointError(f"HTTP {status} {phrase}")
+        return _status_error(status)
     if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
         return CheckpointError("timed out")
     if isinstance(exc, ImportError):
@@ -70,6 +88,16 @@ def _failure(url: str, exc: BaseException) -> CheckpointError:
                                f"(pip install 'ckpt-viewer[remote]'): {exc}")
     text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return CheckpointError(f"cannot be read ({text})")
+
+
+def _status_error(status: int) -> CheckpointError:
+    import http
+
+    try:
+        phrase = http.HTTPStatus(status).phrase.lower()
+    except ValueError:
+        phrase = "error"
+    return CheckpointError(f"HTTP {status} {phrase}")
 
 
 def _status(exc: BaseException) -> int | None:
@@ -91,15 +119,156 @@ def _filesystem(url: str):
         import fsspec
     except ImportError as exc:
         raise _failure(url, exc) from None
-    options = {}
-    if _is_http(url):
-        import aiohttp
-        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)}
     try:
-        return fsspec.core.url_to_fs(url, **options)
+        return fsspec.core.url_to_fs(url)
     except Exception as exc:   # noqa: BLE001 - an unknown protocol or a missing library
         raise _failure(url, exc) from None
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class _Http:
+    """One HTTP(S) file: its size at open, then byte ranges, each answer checked against what
+    was asked and against the version of the file first seen (`pins`, kept per URL)."""
+
+    def __init__(self, url: str, pins: dict):
+        try:
+            import fsspec
+        except ImportError as exc:
+            raise _failure(url, exc) from None
+        self.url, self.pins = url, pins
+        # fsspec's filesystem for its event loop thread and the session it closes at exit
+        self.fs = fsspec.filesystem("http", client_kwargs={"auto_decompress": False})
+        self.size = self._sync(self._size)
+
+    def cat(self, start: int, end: int) -> bytes:
+        return self._sync(self._get, start, end)
+
+    def _sync(self, coroutine, *args):
+        from fsspec.asyn import sync
+        return sync(self.fs.loop, coroutine, *args)
+
+    async def _size(self) -> int:
+        response = await self._request("HEAD")
+        try:
+            if response.status == 200 and response.content_length is not None:
+                self._check(response)
+                return response.content_length
+        finally:
+            response.release()             # no body: the connection serves the next request
+        # no HEAD (a URL signed for GET only) or no length in it: the first byte tells
+        response = await self._request("GET", 0, 1)
+        try:
+            return self._check(response, 0, 1)
+        finally:
+            response.close()
+
+    async def _get(self, start: int, end: int) -> bytes:
+        response = await self._request("GET", start, end)
+        try:
+            self._check(response, start, end)
+            data = await self._body(response, end - start)
+        except BaseException:
+            response.close()
+            raise
+        response.release()
+        return data
+
+    async def _request(self, method: str, start: int | None = None, end: int | None = None):
+        """The answer's status and headers, within the connect and read timeouts however
+        slowly the server sends them."""
+        import aiohttp
+
+        session = await self.fs.set_session()
+        headers = {"Accept-Encoding": "identity"}
+        if start is not None:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT,
+                                        sock_read=READ_TIMEOUT)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT + READ_TIMEOUT):
+                return await session.request(method, self.url, headers=headers,
+                                             timeout=timeout, allow_redirects=True)
+        except aiohttp.TooManyRedirects:
+            raise CheckpointError("too many redirects") from None
+        except aiohttp.ClientResponseError as exc:
+            # not an answer's status (nothing here raises for one): aiohttp could not parse it
+            text = str(exc.message).split(":")[0].strip()[:80] or "unreadable"
+            raise CheckpointError(f"the server's answer is not valid HTTP ({text})") from None
+
+    def _check(self, response, start: int | None = None, end: int | None = None) -> int:
+        """Refuses an answer that is not the bytes [start, end) of the pinned version of the
+        file; returns the file's size."""
+        if response.status not in (200, 206):
+            raise _status_error(response.status)
+        headers = response.headers
+        encoding = headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise CheckpointError(f"the server sent {_shown(encoding)}-encoded bytes although "
+                                  "only unencoded ones were asked for")
+        size = response.content_length
+        if start is not None and response.status == 200 and (start or end != size):
+            raise CheckpointError(f"the server ignored the byte range {start:,}-{end - 1:,} and "
+                                  "sent the whole file (no byte-range support?)")
+        if response.status == 206:
+            match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
+            if match is None or (int(match[1]), int(match[2]) + 1) != (start, end):
+                got = _shown(headers.get("Content-Range", "nothing"))
+                raise CheckpointError(f"the server answered a request for bytes "
+                                      f"{start:,}-{end - 1:,} with {got}")
+            if size is not None and size != end - start:
+                raise CheckpointError(f"the server answered a request for {end - start:,} "
+                                      f"bytes with a body of {size:,}")
+            size = int(match[3]) if match[3] != "*" else self.pins.get("size")
+        observed = {"size": size, "ETag": headers.get("ETag", "").removeprefix("W/") or None,
+                    "Last-Modified": headers.get("Last-Modified")}
+        for name, value in observed.items():
+            pinned = self.pins.get(name)
+            if pinned is None:
+                self.pins[name] = value
+            elif value is not None and value != pinned:
+                raise CheckpointError(f"the file changed on the server while it was read "
+                                      f"(its {name} was {_shown(pinned)}, is now "
+                                      f"{_shown(value)})")
+        if not isinstance(self.pins.get("size"), int):
+            raise CheckpointError("the server does not say how large the file is")
+        return self.pins["size"]
+
+    async def _body(self, response, length: int) -> bytes:
+        """Exactly `length` bytes, cut off at the first byte more, and at least MIN_RATE bytes/s
+        in every READ_TIMEOUT window (a trickle never stalls long enough for the socket's own
+        timeout)."""
+        out, got = bytearray(length), 0
+        clock = asyncio.get_running_loop().time
+        window_end, window_got = clock() + READ_TIMEOUT, 0
+        while True:
+            left = window_end - clock()
+            if left <= 0:
+                if got - window_got < min(MIN_RATE * READ_TIMEOUT, length - window_got):
+                    raise CheckpointError("timed out (the server sends too slowly)")
+                window_end, window_got = clock() + READ_TIMEOUT, got
+                continue
+            try:
+                chunk = await asyncio.wait_for(response.content.readany(), left)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            if got + len(chunk) > length:
+                raise CheckpointError(f"the server sent more than the {length:,} bytes asked "
+                                      "for (it ignored the byte range?)")
+            out[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        if got != length:
+            raise CheckpointError(f"the server's answer ended after {got:,} of the {length:,} "
+                                  "bytes asked for")
+        return bytes(out)
+
+
+def _shown(text) -> str:
+    """A header value as one short printable line."""
+    return repr(str(text)[:80])[1:-1]
 
 
 class _Blob:
@@ -107,14 +276,19 @@ class _Blob:
 
     def __init__(self, url: str):
         self.url = url
-        self.fs, self.path = _filesystem(url)
-        self.size = self._call(self.fs.size, self.path)
+        if _is_http(url):
+            self.http = self._call(_Http, url, _pins.setdefault(url, {}))
+            self.size = self.http.size
+        else:
+            self.http = None
+            self.fs, self.path = _filesystem(url)
+            self.size = self._call(self.fs.size, self.path)
         if not isinstance(self.size, int):
             raise CheckpointError("the server does not say how large the file is")
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
         self.lock = threading.Lock()
         self.spill = None                  # temporary file of large reads
-        self.spilled: dict[tuple[int, int], int] = {}   # (start, end) -> where in the spill
+        self.spilled: list[tuple[int, int, int]] = []   # sorted, disjoint (start, end, where)
         self.spill_end = 0
 
     def _call(self, fn, *args):
@@ -127,6 +301,8 @@ class _Blob:
 
     def fetch(self, start: int, end: int) -> bytes:
         """Bytes [start, end) in one range request."""
+        if self.http is not None:
+            return self._call(self.http.cat, start, end)
         # By keyword: s3fs's cat_file takes a version id before start and end.
         data = self._call(lambda: self.fs.cat_file(self.path, start=start, end=end))
         if len(data) != end - start:
@@ -142,6 +318,10 @@ class _Blob:
             return self._large(start, end)
         first, last = start // BLOCK, (end - 1) // BLOCK
         with self.lock:
+            if self.spilled:               # a window inside a tensor a pass already fetched
+                parts = self._kept(start, end)
+                if all(data is not None for _, _, data in parts):
+                    return b"".join(data for _, _, data in parts)
             wanted = range(first, last + 1)
             missing = [i for i in wanted if i not in self.blocks]
             for run_start, run_end in _runs(missing):
@@ -160,23 +340,52 @@ class _Blob:
 
     def _large(self, start: int, end: int) -> bytes:
         with self.lock:
-            where = self.spilled.get((start, end))
-            if where is not None:
-                self.spill.seek(where)
-                return self.spill.read(end - start)
-        data = self.fetch(start, end)
+            parts = self._kept(start, end)
+        pieces = []
+        for part_start, part_end, data in parts:
+            if data is None:
+                data = self.fetch(part_start, part_end)
+                self._keep(part_start, data)
+            pieces.append(data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _kept(self, start: int, end: int) -> list:
+        """[start, end) as (start, end, bytes) pieces read from the spill and (start, end,
+        None) gaps to fetch."""
+        parts, position, spilled = [], start, self.spilled
+        i = max(bisect.bisect_left(spilled, (start + 1,)) - 1, 0)
+        while position < end:
+            if i < len(spilled) and spilled[i][1] <= position:
+                i += 1
+            elif i < len(spilled) and spilled[i][0] <= position:
+                kept_start, kept_end, where = spilled[i]
+                stop = min(kept_end, end)
+                self.spill.seek(where + position - kept_start)
+                parts.append((position, stop, self.spill.read(stop - position)))
+                position = stop
+            else:
+                stop = min(spilled[i][0], end) if i < len(spilled) else end
+                parts.append((position, stop, None))
+                position = stop
+        return parts
+
+    def _keep(self, start: int, data: bytes):
+        end = start + len(data)
         with self.lock:
             if self.spill_end + len(data) > SPILL_LIMIT:
                 self.spilled.clear()
                 self.spill_end = 0
+            i = bisect.bisect_left(self.spilled, (start,))
+            if (i and self.spilled[i - 1][1] > start) or \
+                    (i < len(self.spilled) and self.spilled[i][0] < end):
+                return                     # another thread kept (part of) it meanwhile
             if self.spill is None:
                 import tempfile
                 self.spill = tempfile.TemporaryFile(prefix="ckpt-viewer-")
             self.spill.seek(self.spill_end)
             self.spill.write(data)
-            self.spilled[(start, end)] = self.spill_end
+            self.spilled.insert(i, (start, end, self.spill_end))
             self.spill_end += len(data)
-        return data
 
 
 def _runs(indices: list[int]):
@@ -194,6 +403,7 @@ def _runs(indices: list[int]):
 
 
 _blobs: OrderedDict[str, _Blob] = OrderedDict()
+_pins: dict[str, dict] = {}     # URL -> its size, ETag, Last-Modified as first seen (HTTP)
 _blobs_lock = threading.Lock()
 
 
@@ -212,9 +422,10 @@ def _blob(url: str) -> _Blob:
 
 
 def forget(url: str):
-    """Drop what is cached of a URL (its size, its blocks): opening it again asks afresh."""
+    """Drop what is cached of a URL (its size, version, blocks): opening it again asks afresh."""
     with _blobs_lock:
         _blobs.pop(url, None)
+        _pins.pop(url, None)
 
 
 class RemoteFile(io.RawIOBase):

@@ -119,6 +119,53 @@ def test_stats_fetch_the_tensor_once(served):
     assert (stats.mean, stats.std, stats.counts) == (local.mean, local.std, local.counts)
 
 
+def test_a_window_of_a_fetched_tensor_costs_no_transfer(served):
+    """Rows paged through after a statistic are read from the ranges it fetched."""
+    from ckpt_viewer.core.values import read_window
+
+    server, folder, _ = served
+    expected = torch.randn(1024, 1024)
+    torch.save({"w": expected}, folder / "window.pt")
+    tensor = open_checkpoint(f"{server.url}/window.pt").find("w").tensor
+    run(compute(tensor))
+    server.reset()
+    window = read_window(tensor, (), range(100, 140), range(7, 500))
+    assert server.bytes_sent == 0
+    assert torch.equal(torch.from_numpy(window), expected[100:140, 7:500])
+
+
+def test_cli_stats_fetch_the_tensor_once(served):
+    """`stats` checks the record's CRC-32, then computes: the second pass reads the bytes the
+    first one fetched."""
+    server, folder, _ = served
+    torch.save({"w": torch.randn(2048, 1024)}, folder / "crc.pt")       # 8 MB, above LARGE
+    server.reset()
+    out = cli("stats", f"{server.url}/crc.pt", "w", "--json")
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert server.bytes_sent <= 2048 * 1024 * 4 + 4 * remote.BLOCK
+    local = cli("stats", str(folder / "crc.pt"), "w", "--json")
+    assert json.loads(out.stdout) == json.loads(local.stdout)
+
+
+def test_gguf_by_url(served):
+    """A GGUF file lists and reads over HTTP as gguf's own reader reads it from disk."""
+    pytest.importorskip("gguf")
+    import numpy as np
+    from test_gguf import oracle, weights, write_gguf
+
+    server, folder, _ = served
+    path = write_gguf(folder / "m.gguf", weights())
+    remote_checkpoint = open_checkpoint(f"{server.url}/m.gguf")
+    assert remote_checkpoint.format == "gguf"
+    assert listing(remote_checkpoint) == listing(open_checkpoint(str(path)))
+    assert remote_checkpoint.metadata == open_checkpoint(str(path)).metadata
+    listed = {key: t for key, t, _ in remote_checkpoint.tensors()}
+    for name, (_, _, values) in oracle(path).items():
+        got = np.asarray(read_tensor(listed[name]).numpy(), dtype=values.dtype)
+        assert got.tobytes() == values.tobytes(), name
+    assert cli("verify", f"{server.url}/m.gguf").stdout.startswith("intact:")
+
+
 def test_verify_by_url(served):
     server, _, _ = served
     report = run(verify(f"{server.url}/train.pt"))
@@ -234,6 +281,11 @@ def test_memory_filesystem(memory_folder):
     assert remote_dcp.format == "dcp"
     assert listing(remote_dcp)[:4] == listing(local_dcp)[:4]
     assert_same_values(remote_dcp, local_dcp)
+    # statistics stream a DCP tensor chunk by chunk (each chunk's header read by URL too)
+    local = {key: tensor for key, tensor, _ in local_dcp.tensors()}
+    for key, tensor, _ in remote_dcp.tensors():
+        a, b = run(compute(tensor)), run(compute(local[key]))
+        assert (a.numel, a.counts, a.min, a.max) == (b.numel, b.counts, b.min, b.max), key
 
 
 def test_local_paths_never_import_fsspec(tmp_path):

@@ -14,13 +14,13 @@ of ne [4096, 11008] is listed as (11008, 4096), the shape the tensor had in PyTo
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import Checkpoint, FileSpan, Storage, TensorInfo
 from ckpt_viewer.core.readers.safetensors import flat_tree
-from ckpt_viewer.core.remote import open_source
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -131,8 +131,11 @@ class GGUFArray(list):
 
 def read_header(path: str) -> tuple[int, dict, list, int]:
     """(version, metadata key-values, [(name, ne dims, type id, offset)], data start)."""
-    with open_source(path) as f:
-        header = _Header(f, f.size)
+    with remote.open_source(path) as source:
+        # the header is read a few bytes at a time: buffered, a URL's block cache is asked
+        # once per 64 KiB, not once per field
+        f = io.BufferedReader(source, 1 << 16) if remote.is_remote(path) else source
+        header = _Header(f, source.size)
         if header.take(4) != MAGIC:
             raise CheckpointError("not a GGUF file (no GGUF magic)")
         version = header.unpack("I")
@@ -196,7 +199,7 @@ def _tensor(path, name, dims, type_id, offset, data_start, file_size) -> TensorI
 
 def read(path: str) -> Checkpoint:
     version, metadata, infos, data_start = read_header(path)
-    file_size = os.path.getsize(path)
+    file_size = remote.getsize(path)
     tensors, warnings = {}, []
     for name, dims, type_id, offset in infos:
         if name in tensors:
