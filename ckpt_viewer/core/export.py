@@ -26,6 +26,7 @@ import numpy as np
 from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
+from ckpt_viewer.core.readers.zip_directory import data_offset
 from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
 from ckpt_viewer.core.values import StorageReader, apply_view_bits, dcp_slabs, iter_raw_chunks
 
@@ -269,16 +270,18 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
 # --- unchanged bytes: copied by the kernel ------------------------------------------------
 
 def _raw_span(tensor: TensorInfo, target: str, first: int, count: int):
-    """(reader, first, count) when storage elements [first, first+count) are to be written
-    exactly as stored (no cast, no neg/conj bit, little-endian, an uncompressed record or a
-    file span), so they can be copied file to file; None otherwise."""
+    """(reader, first byte, byte count) when the tensor's elements [first, first+count) are to
+    be written exactly as stored (no cast, no neg/conj bit, little-endian, an uncompressed
+    record or a file span), so they can be copied file to file; None otherwise. Counted in
+    bytes: a uint16 or float8 tensor's storage is untyped (bytes), not of its dtype."""
     if (tensor.chunks or tensor.storage is None or target != tensor.dtype or tensor.neg
             or tensor.conj or tensor.storage.byteorder != "little" or not count):
         return None
     reader = StorageReader(tensor.storage)
     if reader.inflated is not None or remote.is_remote(reader.path):
         return None          # a URL is read by ranges, never copied file to file
-    return reader, first, count
+    itemsize = DTYPE_SIZES[tensor.dtype]
+    return reader, first * itemsize, count * itemsize
 
 
 def _item_spans(item: Item):
@@ -335,9 +338,8 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
     os.copy_file_range (no trip through user space) where the kernel can, else from mapped
     pages; returns the CRC-32 of the bytes when asked (computed on the mapped source pages,
     which the copy has just brought into the page cache)."""
-    reader, first, count = span
-    itemsize = reader.itemsize
-    source_start, nbytes = reader.offset + first * itemsize, count * itemsize
+    reader, first, nbytes = span
+    source_start = reader.offset + first
     unit = np.dtype("u1")
     out.flush()
     position, done = out.tell(), 0
@@ -356,7 +358,7 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
                     copied = 0
                 if kernel and copied != step:
                     raise reader._ended()
-            pages = reader.mapped(first * itemsize + done, step, unit) if crc or not kernel \
+            pages = reader.mapped(first + done, step, unit) if crc or not kernel \
                 else None
             if not kernel:
                 view, at = memoryview(pages), position + done
@@ -507,6 +509,26 @@ class _Cancelled(Exception):
 
 # --- verification and the public entry point -----------------------------------------------
 
+def _check_records(storages) -> None:
+    """Each storage record read where torch's reader finds it (after its local header), as
+    many bytes as torch reads (the persistent id's count x its storage type's element size,
+    checked on opening) must be the bytes whose CRC-32 the archive recorded: a record
+    written shorter or longer than its header says fails here."""
+    for storage in storages:
+        member = storage.source
+        with open(member.path, "rb") as f:
+            f.seek(data_offset(member))
+            value, left = 0, storage.nbytes
+            while left:
+                data = f.read(min(COPY_CHUNK, left))
+                if not data:
+                    break
+                value, left = zlib.crc32(data, value), left - len(data)
+        if left or value != member.crc:
+            raise CheckpointError(f"written storage record data/{storage.key} does not hold "
+                                  "the bytes its header describes")
+
+
 def verify_written(path: str, fmt: str, items: list[Item]) -> None:
     """Reopen what was written; every tensor's key, dtype, shape and size as intended."""
     from ckpt_viewer.core.open import open_checkpoint
@@ -519,6 +541,8 @@ def verify_written(path: str, fmt: str, items: list[Item]) -> None:
         if t.dtype != item.dtype or tuple(t.shape) != tuple(item.tensor.shape) or \
                 t.numel * DTYPE_SIZES[t.dtype] != item.tensor.numel * DTYPE_SIZES[item.dtype]:
             raise CheckpointError(f"written tensor {item.key!r} differs from what was meant")
+    if fmt == "pth":
+        _check_records({id(t.storage): t.storage for t in written.values()}.values())
     if fmt == "safetensors":
         from safetensors import safe_open
 
