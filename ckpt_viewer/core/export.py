@@ -25,7 +25,7 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
-from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
+from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
 from ckpt_viewer.core.readers.zip_directory import data_offset
 from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
 from ckpt_viewer.core.values import StorageReader, apply_view_bits, dcp_slabs, iter_raw_chunks
@@ -128,6 +128,9 @@ def _check_exportable(items: list[Item], fmt: str):
         if fmt == "safetensors" and item.dtype not in TORCH_TO_SAFETENSORS:
             raise CheckpointError(f"{item.source_key!r} has dtype {item.dtype}, which safetensors "
                                   "cannot store")
+        if fmt == "safetensors" and item.dtype == "float4_e2m1fn_x2" and not t.shape:
+            raise CheckpointError(f"{item.source_key!r} is a 0-d float4_e2m1fn_x2 tensor, which "
+                                  "safetensors cannot store (its F4 shape counts values in pairs)")
 
 
 # --- reading source values in bounded pieces ---------------------------------------------
@@ -484,7 +487,7 @@ def _write_safetensors(path, items, device, cancelled, metadata):
     for item in items:
         nbytes = item.tensor.numel * DTYPE_SIZES[item.dtype]
         header[item.key] = {"dtype": TORCH_TO_SAFETENSORS[item.dtype],
-                            "shape": list(item.tensor.shape),
+                            "shape": safetensors_shape(item.dtype, item.tensor.shape),
                             "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()

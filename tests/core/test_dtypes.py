@@ -256,3 +256,22 @@ def test_export_check_reads_records_as_torch_does(tmp_path, monkeypatch):
         run(export_module.export(open_checkpoint(str(src)), export_module.ExportPlan(),
                                  str(tmp_path / "out.pth")))
     assert list(tmp_path.iterdir()) == [src]
+
+
+def test_safetensors_files_of_every_dtype_the_library_writes(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    tensors = {name(d): sample(d) for d in SAVEABLE
+               if d not in QUANTIZED and torch_can_write_safetensors(d)}
+    assert {"float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2",
+            "uint64"} <= set(tensors)
+    save_file(tensors, tmp_path / "all.safetensors")
+    path = str(tmp_path / "all.safetensors")
+    reference = load_file(path)
+    code, out, _ = cli(capsys, "inspect", path, "--json")
+    assert code == 0
+    listed = {t["key"]: t for t in json.loads(out)["tensors"]}
+    assert {k: (t["dtype"], t["shape"], t["nbytes"]) for k, t in listed.items()} == \
+        {k: (name(t.dtype), list(t.shape), t.nbytes) for k, t in reference.items()}
+    same_bytes({key: read_tensor(t) for key, t, _ in open_checkpoint(path).tensors()},
+               reference)
