@@ -100,6 +100,7 @@ class _Moments:
         self.finite = 0
         self.lo, self.hi = math.inf, -math.inf
         self.integer = True
+        self.exact = (math.inf, -math.inf)      # integer extremes as Python ints
 
     def repeated(self, times: int):
         """Every value seen `times` times (a zero-stride view), without reading it again."""
@@ -116,6 +117,8 @@ class _Moments:
         self.n += x.size
         self.zeros += int(np.add.reduce(x == 0, dtype=np.int64))   # count_nonzero keeps the GIL
         self.integer = self.integer and x.dtype.kind in "iub"
+        if x.dtype.kind in "iu" and x.size:     # exact: float64 rounds 64-bit integers
+            self.exact = (min(self.exact[0], int(x.min())), max(self.exact[1], int(x.max())))
         x = _computable(x)
         total = float(np.sum(x, dtype=np.float64))
         if not math.isfinite(total):        # only then look for NaN/Inf element by element
@@ -419,7 +422,8 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     finite = stats.finite
     if not finite:
         return stats
-    stats.min, stats.max = moments.lo, moments.hi
+    stats.min, stats.max = moments.exact if moments.exact[0] <= moments.exact[1] else \
+        (moments.lo, moments.hi)
     stats.mean = moments.total / finite
     stats.std = math.sqrt(moments.spread / (finite - 1)) if finite > 1 else 0.0
     stats.l2 = math.sqrt(moments.squares)
@@ -529,7 +533,8 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     stats = Stats(numel=numel, sampled=True)
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size:
-        stats.min, stats.max = moments.lo, moments.hi
+        stats.min, stats.max = moments.exact if moments.exact[0] <= moments.exact[1] else \
+        (moments.lo, moments.hi)
         stats.mean = float(np.mean(finite, dtype=np.float64))
         stats.std = float(np.std(finite, dtype=np.float64))
         counts, edges = np.histogram(finite, bins=bins)

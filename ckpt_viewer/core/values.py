@@ -35,6 +35,8 @@ NUMPY_DTYPES = {
     "uint16": "u2", "uint8": "u1", "bool": "?", "qint8": "i1", "quint8": "u1", "qint32": "i4",
     "bfloat16": "u2", "float8_e4m3fn": "u1", "float8_e5m2": "u1", "float8_e4m3fnuz": "u1",
     "float8_e5m2fnuz": "u1", "float8_e8m0fnu": "u1",
+    # bits types have no arithmetic in torch: their values are their bit patterns
+    "bits8": "u1", "bits16": "u2", "bits1x8": "u1", "bits2x4": "u1", "bits4x2": "u1",
 }
 
 
@@ -509,6 +511,9 @@ def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
 def to_numpy(value) -> np.ndarray:
     import torch
 
+    if value.dtype == torch.float4_e2m1fn_x2:
+        raise CheckpointError("float4_e2m1fn_x2 packs two 4-bit floats in each element, which "
+                              "neither torch nor numpy computes with: no values to summarise")
     if value.is_quantized:
         value = value.dequantize()
     if value.is_sparse or value.layout != torch.strided:

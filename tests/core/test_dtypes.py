@@ -165,6 +165,9 @@ def _signed(t: torch.Tensor) -> np.ndarray:
 def test_stats_every_dtype(source, capsys, dtype):
     key = f"{name(dtype)}.full"
     code, out, err = cli(capsys, "stats", source, key, "--json")
+    if dtype == torch.float4_e2m1fn_x2:      # packed pairs torch has no arithmetic for
+        assert code == 2 and err.count("\n") == 1 and "float4_e2m1fn_x2" in err, err
+        return
     assert code == 0, err
     stats = json.loads(out)
     t = torch.load(source, weights_only=True)[key]
