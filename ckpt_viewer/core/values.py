@@ -13,6 +13,7 @@ import copy
 import math
 import mmap
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -21,6 +22,7 @@ from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
+    PACKED_VALUES,
     FileSpan,
     InlineBytes,
     Storage,
@@ -551,6 +553,8 @@ def read_tensor(tensor: TensorInfo):
     raw = reader.read(0, tensor.storage.nbytes, np.dtype("u1"))
     if tensor.storage.byteorder == "big" and reader.itemsize > 1:
         raw = raw.view(f">u{reader.itemsize}").byteswap().view("u1")
+    if tensor.dtype in PACKED_VALUES:
+        return _packed_quantized(raw, tensor, dtype)
     storage_dtype = {"qint8": torch.int8, "quint8": torch.uint8, "qint32": torch.int32}.get(
         tensor.dtype, dtype)
     whole = raw.size - raw.size % storage_dtype.itemsize   # a v3 dtype wider than the storage
@@ -563,6 +567,25 @@ def read_tensor(tensor: TensorInfo):
     if tensor.conj and value.is_complex():
         value = value.conj().resolve_conj()
     return -value if tensor.neg else value
+
+
+def _packed_quantized(raw: np.ndarray, tensor: TensorInfo, dtype):
+    """quint4x2 / quint2x4 (several values per byte, no int_repr to build them from): the
+    bytes set under an empty quantized tensor, as torch's _rebuild_qtensor does."""
+    import torch
+
+    q = tensor.quantizer
+    if "scale" not in q:
+        raise CheckpointError(f"a {tensor.dtype} tensor without a per-tensor scale "
+                              "(torch only quantizes those per tensor)")
+    storage = torch.UntypedStorage.from_buffer(bytearray(raw), dtype=torch.uint8)
+    with warnings.catch_warnings():       # torch's deprecation notice about quantized tensors
+        warnings.simplefilter("ignore")
+        value = torch._empty_affine_quantized([0], scale=q["scale"],
+                                              zero_point=q["zero_point"], dtype=dtype)
+    return value.set_(torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype,
+                                                 _internal=True),
+                      tensor.offset, tensor.shape, tensor.stride)
 
 
 def _quantize(int_repr, tensor: TensorInfo, dtype):
