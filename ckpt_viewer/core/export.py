@@ -24,10 +24,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError, remote
-from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
+from ckpt_viewer.core.model import (
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    PACKED_VALUES,
+    Checkpoint,
+    TensorInfo,
+    span_bytes,
+)
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
 from ckpt_viewer.core.readers.zip_directory import data_offset
-from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
+from ckpt_viewer.core.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
 from ckpt_viewer.core.values import StorageReader, apply_view_bits, dcp_slabs, iter_raw_chunks
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
@@ -120,14 +127,18 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
 def _check_exportable(items: list[Item], fmt: str):
     for item in items:
         t = item.tensor
-        if t.layout not in ("strided",) or t.parts:
+        if fmt == "safetensors" and item.dtype not in TORCH_TO_SAFETENSORS:
+            raise CheckpointError(f"{item.source_key!r} has dtype {item.dtype}, which safetensors "
+                                  "cannot store")
+        if t.layout == "quantized" and "scale" not in t.quantizer:
+            raise CheckpointError(f"{item.source_key!r} is a {item.dtype} tensor quantized per "
+                                  "channel; exporting those is not supported yet (leave it out "
+                                  "with --exclude)")
+        if t.layout not in ("strided", "quantized") or t.parts:
             raise CheckpointError(f"{item.source_key!r} is a {t.layout} tensor; exporting those is "
                                   "not supported yet (leave it out with --exclude)")
         if t.storage is None and not t.chunks:
             raise CheckpointError(f"{item.source_key!r} has no stored data to export")
-        if fmt == "safetensors" and item.dtype not in TORCH_TO_SAFETENSORS:
-            raise CheckpointError(f"{item.source_key!r} has dtype {item.dtype}, which safetensors "
-                                  "cannot store")
         if fmt == "safetensors" and item.dtype == "float4_e2m1fn_x2" and not t.shape:
             raise CheckpointError(f"{item.source_key!r} is a 0-d float4_e2m1fn_x2 tensor, which "
                                   "safetensors cannot store (its F4 shape counts values in pairs)")
@@ -258,11 +269,16 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
         group = groups[sid]
         same_dtype = len({(i.tensor.dtype, i.dtype, i.tensor.neg, i.tensor.conj)
                           for i in group}) == 1
-        if fmt == "pth" and len(group) > 1 and same_dtype and not group[0].tensor.chunks:
+        dtype = group[0].dtype
+        if fmt == "pth" and dtype in PACKED_VALUES:
+            # values share bytes: the storage's bytes up to the last one used, views kept
+            end = max(i.tensor.element_span()[1] for i in group)
+            records.append(_Record(str(len(records)), group, dtype, 0, span_bytes(dtype, end),
+                                   True))
+        elif fmt == "pth" and len(group) > 1 and same_dtype and not group[0].tensor.chunks:
             spans = [i.tensor.element_span() for i in group]
             first, end = min(s[0] for s in spans), max(s[1] for s in spans)
-            records.append(_Record(str(len(records)), group, group[0].dtype, first, end - first,
-                                   True))
+            records.append(_Record(str(len(records)), group, dtype, first, end - first, True))
         else:
             for item in group:
                 records.append(_Record(str(len(records)), [item], item.dtype, 0,
@@ -412,7 +428,8 @@ def _data_pkl(records: list[_Record], where: str) -> bytes:
                     stride.insert(0, step)
                     step *= dim
             entries.append(TensorEntry(item.key, record.name, record.dtype, record.count, offset,
-                                       tuple(t.shape), tuple(stride)))
+                                       tuple(t.shape), tuple(stride),
+                                       quantizer=quantizer_params(t)))
     return state_dict_pickle(entries, where)
 
 
@@ -544,6 +561,8 @@ def verify_written(path: str, fmt: str, items: list[Item]) -> None:
         if t.dtype != item.dtype or tuple(t.shape) != tuple(item.tensor.shape) or \
                 t.numel * DTYPE_SIZES[t.dtype] != item.tensor.numel * DTYPE_SIZES[item.dtype]:
             raise CheckpointError(f"written tensor {item.key!r} differs from what was meant")
+        if quantizer_params(t) != quantizer_params(item.tensor):
+            raise CheckpointError(f"written tensor {item.key!r} is quantized otherwise than meant")
     if fmt == "pth":
         _check_records({id(t.storage): t.storage for t in written.values()}.values())
     if fmt == "safetensors":

@@ -22,6 +22,7 @@ from ckpt_viewer.core.export import (
     Item,
     _aligned_info,
     _Cancelled,
+    _check_records,
     _failed_write,
     _new_temp,
     _record_bytes,
@@ -34,7 +35,13 @@ from ckpt_viewer.core.objects import describe_object, numpy_dtype_name
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES
 from ckpt_viewer.core.safe_pickle import GlobalRef, Layout, NumpyDtype, Placeholder, TorchDtype
 from ckpt_viewer.core.text import plural
-from ckpt_viewer.core.torch_pickle import PickleWriter, TensorEntry, TorchGlobal, int_fits
+from ckpt_viewer.core.torch_pickle import (
+    PickleWriter,
+    TensorEntry,
+    TorchGlobal,
+    int_fits,
+    quantizer_params,
+)
 from ckpt_viewer.core.tree import (
     _module_children,
     _object_children,
@@ -186,10 +193,10 @@ class _Converter:
 
     def _tensor(self, info: TensorInfo, key: str, as_state: bool = False, note: str = ""):
         why = None
-        if info.layout != "strided" or info.parts:
+        if info.layout not in ("strided", "quantized") or info.parts:
             why = f"a {info.layout} tensor"
-        elif info.quantizer:
-            why = "a quantized tensor"
+        elif info.layout == "quantized" and "scale" not in info.quantizer:
+            why = "a tensor quantized per channel"
         elif info.storage is None and not info.chunks:
             why = "a tensor without stored data"
         if why:
@@ -205,7 +212,7 @@ class _Converter:
         entry = TensorEntry(key, "", info.dtype, 0, 0, tuple(info.shape), (),
                             location=info.device if info.storage is not None else "cpu",
                             requires_grad=info.requires_grad and not as_state,
-                            parameter=parameter)
+                            parameter=parameter, quantizer=quantizer_params(info))
         self.tensors.append((entry, info))
         return entry
 
@@ -414,9 +421,12 @@ def _check_written(path: str, plan: Plan):
     if written.refusals or written.unsafe_globals:
         raise CheckpointError("the written copy would still need an allowlist: "
                               + "; ".join(written.refusals + written.unsafe_globals))
-    found = {key: (t.dtype, tuple(t.shape)) for key, t, _ in written.tensors()}
+    tensors = [t for _, t, _ in written.tensors()]
+    _check_records({id(t.storage): t.storage for t in tensors if t.storage}.values())
+    found = {key: (t.dtype, tuple(t.shape), quantizer_params(t))
+             for key, t, _ in written.tensors()}
     for entry, info in plan.tensors:
-        meant = (info.dtype, tuple(info.shape))
+        meant = (info.dtype, tuple(info.shape), quantizer_params(info))
         if found.get(entry.key, meant) != meant:
             raise CheckpointError(f"written tensor {entry.key!r} differs from the source")
     if len(found) < len(plan.tensors):

@@ -120,6 +120,10 @@ def same_bytes(written: dict, reference: dict):
         assert written[key].dtype == theirs.dtype, key
         assert tuple(written[key].shape) == tuple(theirs.shape), key
         assert elements_bytes(written[key]) == elements_bytes(theirs), key
+        if theirs.is_quantized:
+            assert (written[key].qscheme(), written[key].q_scale(),
+                    written[key].q_zero_point()) == \
+                (theirs.qscheme(), theirs.q_scale(), theirs.q_zero_point()), key
 
 
 def test_torch_saves_the_dtypes_the_issue_names():
@@ -207,7 +211,7 @@ def test_export_every_dtype(source, tmp_path, capsys, fmt):
             same_bytes(written, wanted)
         else:
             assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
-            assert name(dtype) in err and f"{name(dtype)}." in err, err
+            assert f"'{name(dtype)}.full' has dtype {name(dtype)}" in err, err
             assert not out.exists()
 
 
@@ -281,3 +285,16 @@ def test_safetensors_files_of_every_dtype_the_library_writes(tmp_path, capsys):
         {k: (name(t.dtype), list(t.shape), t.nbytes) for k, t in reference.items()}
     same_bytes({key: read_tensor(t) for key, t, _ in open_checkpoint(path).tensors()},
                reference)
+
+
+def test_per_channel_quantized_refused_in_one_line(tmp_path, capsys):
+    src = tmp_path / "pc.pt"
+    torch.save({"pc": torch.quantize_per_channel(torch.randn(2, 3), torch.tensor([0.1, 0.2]),
+                                                 torch.tensor([0, 1]), 0, torch.qint8),
+                "f": torch.ones(2)}, src)
+    code, _, err = cli(capsys, "export", str(src), "-o", str(tmp_path / "o.pth"))
+    assert code == 2 and err.count("\n") == 1 and "'pc'" in err and "qint8" in err \
+        and "per channel" in err, err
+    code, out, err = cli(capsys, "sanitize", str(src), "-o", str(tmp_path / "s.pt"))
+    assert code == 0 and "per channel" in out, err
+    assert list(torch.load(tmp_path / "s.pt", weights_only=True)) == ["f"]
