@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from ckpt_viewer.cli import main
-from ckpt_viewer.core.model import DTYPE_SIZES
+from ckpt_viewer.core.model import DTYPE_SIZES, STORAGE_DTYPES
 from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.values import read_tensor
+from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
+from ckpt_viewer.core.values import NUMPY_DTYPES, read_tensor
 
 warnings.filterwarnings("ignore", message=".*(ComplexHalf|quantize).*")
 
@@ -138,6 +139,14 @@ def test_one_size_table_agrees_with_torch_for_every_dtype():
             assert DTYPE_SIZES[name(dtype)] == element_size(dtype), dtype
         else:
             assert dtype not in SAVEABLE, f"{dtype} is saved by torch but not in the table"
+    # the tables that name dtypes for other reasons agree with it and with their own library
+    for dtype, code in NUMPY_DTYPES.items():
+        assert np.dtype(code).itemsize == DTYPE_SIZES[dtype], dtype
+    for storage_class, dtype in STORAGE_DTYPES.items():      # torch reads an untyped one as bytes
+        kind = getattr(torch, storage_class)
+        assert name(getattr(kind, "dtype", torch.uint8)) == dtype, storage_class
+    for dtype in TORCH_TO_SAFETENSORS:
+        assert torch_can_write_safetensors(getattr(torch, dtype)), dtype
 
 
 def test_inspect_lists_every_dtype(source, capsys):
@@ -242,8 +251,17 @@ def test_dcp_consolidation_every_dtype(tmp_path, capsys):
     dcp_to_torch_save(tmp_path / "dcp", tmp_path / "oracle.pt")
     code, _, err = cli(capsys, "export", str(tmp_path / "dcp"), "-o", str(tmp_path / "out.pth"))
     assert code == 0, err
-    same_bytes(torch.load(tmp_path / "out.pth", weights_only=True),
-               torch.load(tmp_path / "oracle.pt", weights_only=True))
+    oracle = torch.load(tmp_path / "oracle.pt", weights_only=True)
+    same_bytes(torch.load(tmp_path / "out.pth", weights_only=True), oracle)
+    listed = {key: t for key, t, _ in open_checkpoint(str(tmp_path / "dcp")).tensors()}
+    same_bytes({key: read_tensor(t) for key, t in listed.items()}, oracle)
+    for key in ("uint64", "int64", "complex32"):
+        code, out, err = cli(capsys, "stats", str(tmp_path / "dcp"), key, "--json")
+        assert code == 0, err
+        if key.endswith("int64"):
+            values = (_unsigned if key == "uint64" else _signed)(oracle[key])
+            assert (json.loads(out)["min"], json.loads(out)["max"]) == \
+                (int(values.min()), int(values.max()))
 
 
 def test_export_check_reads_records_as_torch_does(tmp_path, monkeypatch):
