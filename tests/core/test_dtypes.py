@@ -316,3 +316,14 @@ def test_per_channel_quantized_refused_in_one_line(tmp_path, capsys):
     code, out, err = cli(capsys, "sanitize", str(src), "-o", str(tmp_path / "s.pt"))
     assert code == 0 and "per channel" in out, err
     assert list(torch.load(tmp_path / "s.pt", weights_only=True)) == ["f"]
+
+
+def test_diff_every_dtype(source, tmp_path, capsys):
+    changed = torch.load(source, weights_only=True)
+    for i, dtype in enumerate(SAVEABLE):
+        changed[f"{name(dtype)}.solo"] = sample(dtype, seed=200 + i)
+    torch.save(changed, tmp_path / "changed.pt")
+    code, out, err = cli(capsys, "diff", source, str(tmp_path / "changed.pt"), "--json")
+    assert code in (0, 1), err
+    status = {t["key"]: t["status"] for t in json.loads(out)["tensors"]}
+    assert status == {key: "changed" if key.endswith(".solo") else "identical" for key in changed}
