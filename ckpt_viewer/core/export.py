@@ -35,7 +35,13 @@ from ckpt_viewer.core.model import (
 from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
 from ckpt_viewer.core.readers.zip_directory import data_offset
 from ckpt_viewer.core.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
-from ckpt_viewer.core.values import StorageReader, apply_view_bits, dcp_slabs, iter_raw_chunks
+from ckpt_viewer.core.values import (
+    StorageReader,
+    apply_view_bits,
+    as_little_endian,
+    dcp_slabs,
+    iter_raw_chunks,
+)
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20          # bytes per read/write step: bounded memory whatever the size
@@ -206,16 +212,14 @@ def _cast_bytes(raw: np.ndarray, source_dtype: str, target: str, device: str):
 
 
 def _raw_dtype(tensor: TensorInfo) -> np.dtype:
-    """Elements as opaque units of the right size, in the file's byte order."""
+    """Elements as opaque units of the right size (little-endian once as_little_endian ran)."""
     itemsize = DTYPE_SIZES[tensor.dtype]
-    order = ">" if tensor.storage.byteorder == "big" else "<"
-    return np.dtype(f"{order}u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype(f"V{itemsize}")
+    return np.dtype(f"<u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype(f"V{itemsize}")
 
 
-def _little_endian_bytes(values: np.ndarray) -> np.ndarray:
-    if values.dtype.byteorder == ">":
-        values = values.byteswap().view(values.dtype.newbyteorder("<"))
-    return values.reshape(-1).view(np.uint8)
+def _little_endian_bytes(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    return apply_view_bits(as_little_endian(raw, tensor.storage), tensor).reshape(-1) \
+        .view(np.uint8)
 
 
 def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str):
@@ -225,8 +229,7 @@ def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str
     raw_dtype = _raw_dtype(tensor)
     for start in range(first, first + count, step):
         raw = reader.read(start, min(step, first + count - start), raw_dtype)
-        yield _cast_bytes(_little_endian_bytes(apply_view_bits(raw, tensor)), tensor.dtype,
-                          target, device)
+        yield _cast_bytes(_little_endian_bytes(raw, tensor), tensor.dtype, target, device)
 
 
 def _dense_bytes(tensor: TensorInfo, target: str, device: str):
@@ -239,8 +242,7 @@ def _dense_bytes(tensor: TensorInfo, target: str, device: str):
     else:
         step = max(1, COPY_CHUNK // DTYPE_SIZES[tensor.dtype])
         for raw in iter_raw_chunks(tensor, _raw_dtype(tensor), step):
-            yield _cast_bytes(_little_endian_bytes(apply_view_bits(raw, tensor)), tensor.dtype,
-                              target, device)
+            yield _cast_bytes(_little_endian_bytes(raw, tensor), tensor.dtype, target, device)
 
 
 # --- planning storages: shared storages stay shared in .pth ---------------------------------

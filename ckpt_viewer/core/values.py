@@ -219,9 +219,25 @@ class StorageReader:
                                "(changed or truncated since it was opened?)")
 
 
+def stored_order(storage: Storage) -> str:
+    """'>' when torch byte-swaps this storage's elements (a big-endian archive). It swaps by
+    the storage's own element size, so an untyped storage (of a uint16, float8... tensor) is
+    read as it is."""
+    return ">" if storage.byteorder == "big" and DTYPE_SIZES.get(storage.dtype, 1) > 1 else "<"
+
+
+def as_little_endian(raw: np.ndarray, storage: Storage) -> np.ndarray:
+    """Elements read as stored, byte-swapped as torch swaps a big-endian archive's storage: by
+    its storage type's element size, each part of a complex number on its own."""
+    if stored_order(storage) == "<":
+        return raw
+    unit = DTYPE_SIZES[storage.dtype] // (2 if storage.dtype.startswith("complex") else 1)
+    swapped = np.ascontiguousarray(raw).view(np.uint8).view(f">u{unit}").byteswap()
+    return swapped.view(np.uint8).view(raw.dtype).reshape(raw.shape)
+
+
 def tensor_np_dtype(tensor: TensorInfo) -> np.dtype:
-    order = ">" if tensor.storage.byteorder == "big" else "<"
-    return np.dtype(order + NUMPY_DTYPES[tensor.dtype])
+    return np.dtype(stored_order(tensor.storage) + NUMPY_DTYPES[tensor.dtype])
 
 
 def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
@@ -501,8 +517,7 @@ def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
 
 
 def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
-    order = ">" if view.storage.byteorder == "big" else "<"
-    stored = unit.newbyteorder(order) if unit.kind == "u" else unit
+    stored = unit.newbyteorder(stored_order(view.storage)) if unit.kind == "u" else unit
     raw = np.concatenate(list(iter_raw_chunks(view, stored, max(1, view.numel)))) \
         if view.numel else np.zeros(0, stored)
     return apply_view_bits(raw, view).astype(unit, copy=False)
@@ -550,9 +565,7 @@ def read_tensor(tensor: TensorInfo):
     if not tensor.numel:
         return torch.empty(tensor.shape, dtype=dtype)
     reader = StorageReader(tensor.storage)
-    raw = reader.read(0, tensor.storage.nbytes, np.dtype("u1"))
-    if tensor.storage.byteorder == "big" and reader.itemsize > 1:
-        raw = raw.view(f">u{reader.itemsize}").byteswap().view("u1")
+    raw = as_little_endian(reader.read(0, tensor.storage.nbytes, np.dtype("u1")), tensor.storage)
     if tensor.dtype in PACKED_VALUES:
         return _packed_quantized(raw, tensor, dtype)
     storage_dtype = {"qint8": torch.int8, "quint8": torch.uint8, "qint32": torch.int32}.get(

@@ -327,3 +327,26 @@ def test_diff_every_dtype(source, tmp_path, capsys):
     assert code in (0, 1), err
     status = {t["key"]: t["status"] for t in json.loads(out)["tensors"]}
     assert status == {key: "changed" if key.endswith(".solo") else "identical" for key in changed}
+
+
+def test_big_endian_archive_read_and_exported_as_torch_loads_it(source, tmp_path, capsys):
+    """torch byte-swaps a big-endian archive's storages by their storage type's element size:
+    the untyped storages of uint16, uint64, float8... tensors are taken as they are."""
+    import zipfile
+
+    path = tmp_path / "big.pt"
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, b"big" if info.filename.endswith("/byteorder") else data)
+    reference = torch.load(path, weights_only=True)
+    same_bytes({key: read_tensor(t) for key, t, _ in open_checkpoint(str(path)).tensors()},
+               reference)
+    for key in ("uint16.full", "uint64.col", "int32.row"):
+        code, out, err = cli(capsys, "stats", str(path), key, "--json")
+        values = (_signed if key.startswith("int") else _unsigned)(reference[key])
+        assert (json.loads(out)["min"], json.loads(out)["max"]) == \
+            (int(values.min()), int(values.max())), key
+    code, _, err = cli(capsys, "export", str(path), "-o", str(tmp_path / "out.pth"))
+    assert code == 0, err
+    same_bytes(torch.load(tmp_path / "out.pth", weights_only=True), reference)
