@@ -534,7 +534,7 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size:
         stats.min, stats.max = moments.exact if moments.exact[0] <= moments.exact[1] else \
-        (moments.lo, moments.hi)
+            (moments.lo, moments.hi)
         stats.mean = float(np.mean(finite, dtype=np.float64))
         stats.std = float(np.std(finite, dtype=np.float64))
         counts, edges = np.histogram(finite, bins=bins)

@@ -50,6 +50,8 @@ def safetensors_shape(dtype: str, shape: tuple) -> list:
     if TORCH_TO_SAFETENSORS[dtype] in PAIRED:
         return [*shape[:-1], shape[-1] * 2]
     return list(shape)
+
+
 JSON_SPACE = b" \t\n\r"
 
 
