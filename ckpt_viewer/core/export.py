@@ -130,16 +130,23 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
     return items
 
 
+def quantizer_stored(t: TensorInfo) -> bool:
+    """A quantized tensor's quantizer can be written: per tensor, or per channel with its
+    scales and zero points stored as tensors."""
+    return "scale" in t.quantizer or all(
+        isinstance(t.quantizer.get(k), TensorInfo) and t.quantizer[k].storage is not None
+        for k in ("scales", "zero_points"))
+
+
 def _check_exportable(items: list[Item], fmt: str):
     for item in items:
         t = item.tensor
         if fmt == "safetensors" and item.dtype not in TORCH_TO_SAFETENSORS:
             raise CheckpointError(f"{item.source_key!r} has dtype {item.dtype}, which safetensors "
                                   "cannot store")
-        if t.layout == "quantized" and "scale" not in t.quantizer:
-            raise CheckpointError(f"{item.source_key!r} is a {item.dtype} tensor quantized per "
-                                  "channel; exporting those is not supported yet (leave it out "
-                                  "with --exclude)")
+        if t.layout == "quantized" and not quantizer_stored(t):
+            raise CheckpointError(f"{item.source_key!r} is a {item.dtype} tensor whose "
+                                  "quantizer has no stored scales and zero points")
         if t.layout not in ("strided", "quantized") or t.parts:
             raise CheckpointError(f"{item.source_key!r} is a {t.layout} tensor; exporting those is "
                                   "not supported yet (leave it out with --exclude)")
@@ -255,6 +262,7 @@ class _Record:
     first: int                     # first source element, for shared spans
     count: int                     # elements written
     shared: bool
+    owner: Item | None = None      # the item whose per-channel scales or zero points these are
 
 
 def _records(items: list[Item], fmt: str) -> list[_Record]:
@@ -285,7 +293,47 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
             for item in group:
                 records.append(_Record(str(len(records)), [item], item.dtype, 0,
                                        item.tensor.numel, False))
-    return records
+    return _with_quantizer_records(records) if fmt == "pth" else records
+
+
+def _with_quantizer_records(records: list[_Record]) -> list[_Record]:
+    """A tensor quantized per channel has its scales and zero points in tensors of their own
+    (as torch.save writes them): two more records right after its own."""
+    out = []
+    for record in records:
+        out.append(record)
+        for item in record.items:
+            q = item.tensor.quantizer
+            if item.tensor.layout == "quantized" and "scales" in q:
+                out += [_Record("", [Item(item.source_key, item.key, p, p.dtype)], p.dtype, 0,
+                                p.numel, False, owner=item) for p in (q["scales"], q["zero_points"])]
+    for number, record in enumerate(out):
+        record.name = str(number)
+    return out
+
+
+def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple]:
+    """(offset, stride) of a tensor in the record written for it: as in the source within a
+    shared span, contiguous otherwise."""
+    if record.shared:
+        return tensor.offset - record.first, tuple(tensor.stride)
+    stride, step = [], 1
+    for dim in reversed(tensor.shape):
+        stride.insert(0, step)
+        step *= dim
+    return 0, tuple(stride)
+
+
+def quantizer_entries(records: list[_Record]) -> dict:
+    """{id(tensor): [scales entry, zero points entry]} for the tensors quantized per channel."""
+    parts: dict = {}
+    for record in records:
+        if record.owner is not None:
+            t = record.items[0].tensor
+            offset, stride = geometry(t, record)
+            parts.setdefault(id(record.owner.tensor), []).append(TensorEntry(
+                "", record.name, record.dtype, record.count, offset, tuple(t.shape), stride))
+    return parts
 
 
 # --- unchanged bytes: copied by the kernel ------------------------------------------------
@@ -418,20 +466,16 @@ def _record_bytes(record: _Record, device: str):
 # --- the .pth writer ------------------------------------------------------------------------
 
 def _data_pkl(records: list[_Record], where: str) -> bytes:
-    entries = []
+    entries, parts = [], quantizer_entries(records)
     for record in records:
+        if record.owner is not None:
+            continue
         for item in record.items:
             t = item.tensor
-            if record.shared:
-                offset, stride = t.offset - record.first, t.stride
-            else:
-                offset, stride, step = 0, [], 1
-                for dim in reversed(t.shape):
-                    stride.insert(0, step)
-                    step *= dim
+            offset, stride = geometry(t, record)
             entries.append(TensorEntry(item.key, record.name, record.dtype, record.count, offset,
-                                       tuple(t.shape), tuple(stride),
-                                       quantizer=quantizer_params(t)))
+                                       tuple(t.shape), stride,
+                                       quantizer=quantizer_params(t, parts.get(id(t)))))
     return state_dict_pickle(entries, where)
 
 
@@ -531,6 +575,17 @@ class _Cancelled(Exception):
 
 # --- verification and the public entry point -----------------------------------------------
 
+def written_storages(tensors) -> list:
+    """The storages of these tensors and of their per-channel quantizers, each once."""
+    found = {}
+    for t in tensors:
+        parts = [t.quantizer[k] for k in ("scales", "zero_points") if k in t.quantizer]
+        for storage in [t.storage] + [p.storage for p in parts if isinstance(p, TensorInfo)]:
+            if storage is not None:
+                found[id(storage)] = storage
+    return list(found.values())
+
+
 def _check_records(storages) -> None:
     """Each storage record read where torch's reader finds it (after its local header), as
     many bytes as torch reads (the persistent id's count x its storage type's element size,
@@ -566,7 +621,7 @@ def verify_written(path: str, fmt: str, items: list[Item]) -> None:
         if quantizer_params(t) != quantizer_params(item.tensor):
             raise CheckpointError(f"written tensor {item.key!r} is quantized otherwise than meant")
     if fmt == "pth":
-        _check_records({id(t.storage): t.storage for t in written.values()}.values())
+        _check_records(written_storages(written.values()))
     if fmt == "safetensors":
         from safetensors import safe_open
 
@@ -687,7 +742,7 @@ def _shards(units: list, fmt: str, limit: int) -> list[list]:
     shards, size = [[]], 0
     for unit in units:
         nbytes = _unit_bytes(unit, fmt)
-        if shards[-1] and size + nbytes > limit:
+        if shards[-1] and size + nbytes > limit and getattr(unit, "owner", None) is None:
             shards.append([])
             size = 0
         shards[-1].append(unit)
@@ -703,7 +758,8 @@ def _shard_names(fmt: str, count: int) -> list[str]:
 
 
 def _shard_items(shard: list, fmt: str) -> list[Item]:
-    return [i for record in shard for i in record.items] if fmt == "pth" else shard
+    return [i for record in shard if record.owner is None for i in record.items] \
+        if fmt == "pth" else shard
 
 
 def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:

@@ -28,6 +28,10 @@ from ckpt_viewer.core.export import (
     _record_bytes,
     _records,
     _same_file,
+    geometry,
+    quantizer_entries,
+    quantizer_stored,
+    written_storages,
 )
 from ckpt_viewer.core.globals import triage
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, Storage, TensorInfo
@@ -195,8 +199,8 @@ class _Converter:
         why = None
         if info.layout not in ("strided", "quantized") or info.parts:
             why = f"a {info.layout} tensor"
-        elif info.layout == "quantized" and "scale" not in info.quantizer:
-            why = "a tensor quantized per channel"
+        elif info.layout == "quantized" and not quantizer_stored(info):
+            why = "a quantized tensor without its quantizer's tensors"
         elif info.storage is None and not info.chunks:
             why = "a tensor without stored data"
         if why:
@@ -372,18 +376,16 @@ def _storage_layout(plan: Plan) -> list:
             # copy the span it uses, strides kept: an expanded view stays small, as in torch
             first, end = only.element_span()
             record.first, record.count, record.shared = first, end - first, True
+    parts = quantizer_entries(records)
     for record in records:
+        if record.owner is not None:
+            continue
         for item in record.items:
             entry, t = entries[id(item.tensor)], item.tensor
             entry.storage_key, entry.storage_numel = record.name, record.count
-            if record.shared:
-                entry.offset, entry.stride = t.offset - record.first, tuple(t.stride)
-            else:
-                stride, step = [], 1
-                for size in reversed(t.shape):
-                    stride.insert(0, step)
-                    step *= size
-                entry.offset, entry.stride = 0, tuple(stride)
+            entry.offset, entry.stride = geometry(t, record)
+            if id(t) in parts:
+                entry.quantizer = quantizer_params(t, parts[id(t)])
     return records
 
 
@@ -421,8 +423,7 @@ def _check_written(path: str, plan: Plan):
     if written.refusals or written.unsafe_globals:
         raise CheckpointError("the written copy would still need an allowlist: "
                               + "; ".join(written.refusals + written.unsafe_globals))
-    tensors = [t for _, t, _ in written.tensors()]
-    _check_records({id(t.storage): t.storage for t in tensors if t.storage}.values())
+    _check_records(written_storages(t for _, t, _ in written.tensors()))
     found = {key: (t.dtype, tuple(t.shape), quantizer_params(t))
              for key, t, _ in written.tensors()}
     for entry, info in plan.tensors:

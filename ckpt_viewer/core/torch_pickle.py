@@ -36,14 +36,21 @@ class TensorEntry:
     location: str = ""           # "" -> the writer's default location
     requires_grad: bool = False
     parameter: bool = False      # written as torch.nn.Parameter
-    quantizer: tuple = ()        # ("per_tensor_affine", scale, zero_point): a quantized tensor
+    # a quantized tensor: ("per_tensor_affine", scale, zero_point), or (scheme, scales entry,
+    # zero points entry, axis) per channel
+    quantizer: tuple = ()
 
 
-def quantizer_params(info) -> tuple:
-    """A TensorEntry's quantizer for a TensorInfo quantized per tensor; () for any other."""
+def quantizer_params(info, parts: tuple | list | None = None) -> tuple:
+    """A TensorEntry's quantizer for a quantized TensorInfo (() for any other). Per channel,
+    `parts` are the entries of its scales and zero points; without them the tuple only
+    describes it (scheme and axis), for comparisons."""
     q = info.quantizer
-    return ("per_tensor_affine", q["scale"], q["zero_point"]) \
-        if info.layout == "quantized" and "scale" in q else ()
+    if info.layout != "quantized":
+        return ()
+    if "scale" in q:
+        return ("per_tensor_affine", q["scale"], q["zero_point"])
+    return (q.get("qscheme"), *(parts or ()), q.get("axis"))
 
 
 class TorchGlobal(str):
@@ -89,12 +96,18 @@ def _bytes(value: bytes) -> bytes:
 def _qtensor(entry: TensorEntry, location: str) -> bytes:
     """torch._utils._rebuild_qtensor on a typed quantized storage, as torch.save writes it (a
     packed quint4x2 storage is counted in bytes)."""
-    scheme, scale, zero_point = entry.quantizer
+    scheme = entry.quantizer[0]
     persistent_id = (b"(" + _text("storage") + _global("torch", QUANTIZED_STORAGE[entry.dtype])
                      + _text(entry.storage_key) + _text(entry.location or location)
                      + _int(entry.storage_numel) + b"tQ")
-    params = (b"(" + _global("torch", scheme) + b"G" + struct.pack(">d", scale)
-              + _int(zero_point) + b"t")
+    if scheme == "per_tensor_affine":
+        _, scale, zero_point = entry.quantizer
+        params = (b"(" + _global("torch", scheme) + b"G" + struct.pack(">d", scale)
+                  + _int(zero_point) + b"t")
+    else:
+        _, scales, zero_points, axis = entry.quantizer
+        params = (b"(" + _global("torch", scheme) + _tensor(scales, location)
+                  + _tensor(zero_points, location) + _int(axis) + b"t")
     return (_global("torch._utils", "_rebuild_qtensor") + b"(" + persistent_id
             + _int(entry.offset) + _int_tuple(entry.shape) + _int_tuple(entry.stride) + params
             + b"\x89" + _global("collections", "OrderedDict") + b")RtR")
