@@ -363,3 +363,37 @@ def test_sharded_export_keeps_a_quantizer_with_its_tensor(source, tmp_path, caps
         {"qint8.channel", "quint8.channel", "qint32.channel"}
     same_bytes(written, {k: v for k, v in torch.load(source, weights_only=True).items()
                          if k.startswith("q")})
+
+
+def test_legacy_format_source_every_dtype_it_holds(tmp_path, capsys):
+    """A pre-1.6 stream (typed storages only) exported and sanitized like a zip archive."""
+    legacy = {}
+    for key, t in state().items():
+        buffer = io.BytesIO()
+        try:
+            torch.save(t, buffer, _use_new_zipfile_serialization=False)
+            buffer.seek(0)
+            torch.load(buffer, weights_only=True)
+        except Exception:   # noqa: BLE001 - torch cannot write this dtype in that format
+            continue
+        legacy[key] = t
+    assert {"float64.full", "complex64.col", "qint8.channel", "quint4x2.full"} <= set(legacy)
+    src = tmp_path / "legacy.pt"
+    torch.save(legacy, src, _use_new_zipfile_serialization=False)
+    reference = torch.load(src, weights_only=True)
+    for command in ("export", "sanitize"):
+        out = tmp_path / f"{command}.pt"
+        code, _, err = cli(capsys, command, str(src), "-o", str(out))
+        assert code == 0, err
+        same_bytes(torch.load(out, weights_only=True), reference)
+
+
+def test_a_0d_float4_is_refused_for_safetensors(tmp_path, capsys):
+    src = tmp_path / "f4.pt"
+    torch.save({"f4": torch.tensor(0x21, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)}, src)
+    code, _, err = cli(capsys, "export", str(src), "-o", str(tmp_path / "o.safetensors"))
+    assert code == 2 and err.count("\n") == 1 and "'f4'" in err and "0-d" in err, err
+    code, _, err = cli(capsys, "export", str(src), "-o", str(tmp_path / "o.pth"))
+    assert code == 0, err
+    same_bytes(torch.load(tmp_path / "o.pth", weights_only=True),
+               torch.load(src, weights_only=True))
