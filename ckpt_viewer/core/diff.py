@@ -14,7 +14,13 @@ import numpy as np
 
 from ckpt_viewer.core.export import ExportPlan, plan_items
 from ckpt_viewer.core.model import Checkpoint
-from ckpt_viewer.core.values import as_words, iter_chunks, unordered_view
+from ckpt_viewer.core.values import (
+    as_words,
+    dcp_slabs,
+    iter_chunks,
+    iter_raw_chunks,
+    unordered_view,
+)
 
 CHUNK = 1 << 20
 PROBE = 512
@@ -172,10 +178,34 @@ class _Metrics:
         result.cosine = min(1.0, max(-1.0, cosine))     # rounding can overshoot by ~1e-9
 
 
+def _stored_bytes(tensor):
+    if tensor.chunks:
+        return (slab.view(np.uint8) for slab in dcp_slabs(tensor, CHUNK))
+    return iter_raw_chunks(tensor, np.dtype("u1"), CHUNK)
+
+
+def _compare_packed(a, b, result: TensorDiff):
+    """float4_e2m1fn_x2 (two 4-bit floats a byte, no arithmetic in torch): equal or not, by
+    its stored bytes; no metrics. Against another dtype (of the same shape: another byte
+    type) its values are not comparable at all."""
+    equal = a.dtype == b.dtype
+    if equal:
+        for chunk_a, chunk_b in zip(_stored_bytes(a), _stored_bytes(b)):
+            equal = np.array_equal(chunk_a, chunk_b)
+            yield chunk_a.size
+            if not equal:
+                break
+    status = "identical" if equal else "changed"
+    result.status = status if a.dtype == b.dtype else "dtype+changed"
+
+
 def _compare_values(a, b, result: TensorDiff):
     """Bit-identical tensors are settled in one pass; otherwise chunks of a and b in the same
     (logical) order. The dot products are per chunk in the data's precision (BLAS), and they
     double as the finiteness check: only a chunk holding NaN or Inf is filtered element-wise."""
+    if "float4_e2m1fn_x2" in (a.dtype, b.dtype):
+        yield from _compare_packed(a, b, result)
+        return
     if tuple(a.stride) == tuple(b.stride) and tuple(a.shape) == tuple(b.shape):
         # the same geometry maps equal positions to equal storage elements, so compare each
         # stored element once: an expand is repeats, which scale every sum alike and change no

@@ -25,12 +25,21 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.destination import INDEX_NAMES, SHARD_STEMS, check_file, check_folder
-from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, TensorInfo
-from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS
-from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
+from ckpt_viewer.core.model import (
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    PACKED_VALUES,
+    Checkpoint,
+    TensorInfo,
+    span_bytes,
+)
+from ckpt_viewer.core.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
+from ckpt_viewer.core.readers.zip_directory import data_offset
+from ckpt_viewer.core.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
 from ckpt_viewer.core.values import (
     StorageReader,
     apply_view_bits,
+    as_little_endian,
     dcp_slabs,
     iter_raw_chunks,
     read_tensor,
@@ -125,6 +134,14 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
     return items
 
 
+def quantizer_stored(t: TensorInfo) -> bool:
+    """A quantized tensor's quantizer can be written: per tensor, or per channel with its
+    scales and zero points stored as tensors."""
+    return "scale" in t.quantizer or all(
+        isinstance(t.quantizer.get(k), TensorInfo) and t.quantizer[k].storage is not None
+        for k in ("scales", "zero_points"))
+
+
 def _check_exportable(items: list[Item], fmt: str):
     for item in items:
         t = item.tensor
@@ -138,14 +155,20 @@ def _check_exportable(items: list[Item], fmt: str):
                                   "or bfloat16, or leave it out with --exclude")
         if t.layout == "torchao":
             continue
-        if t.layout not in ("strided",) or t.parts:
+        if fmt == "safetensors" and item.dtype not in TORCH_TO_SAFETENSORS:
+            raise CheckpointError(f"{item.source_key!r} has dtype {item.dtype}, which safetensors "
+                                  "cannot store")
+        if t.layout == "quantized" and not quantizer_stored(t):
+            raise CheckpointError(f"{item.source_key!r} is a {item.dtype} tensor whose "
+                                  "quantizer has no stored scales and zero points")
+        if t.layout not in ("strided", "quantized") or t.parts:
             raise CheckpointError(f"{item.source_key!r} is a {t.layout} tensor; exporting those is "
                                   "not supported yet (leave it out with --exclude)")
         if t.storage is None and not t.chunks:
             raise CheckpointError(f"{item.source_key!r} has no stored data to export")
-        if fmt == "safetensors" and item.dtype not in TORCH_TO_SAFETENSORS:
-            raise CheckpointError(f"{item.source_key!r} has dtype {item.dtype}, which safetensors "
-                                  "cannot store")
+        if fmt == "safetensors" and item.dtype == "float4_e2m1fn_x2" and not t.shape:
+            raise CheckpointError(f"{item.source_key!r} is a 0-d float4_e2m1fn_x2 tensor, which "
+                                  "safetensors cannot store (its F4 shape counts values in pairs)")
 
 
 # --- reading source values in bounded pieces ---------------------------------------------
@@ -210,16 +233,14 @@ def _cast_bytes(raw: np.ndarray, source_dtype: str, target: str, device: str):
 
 
 def _raw_dtype(tensor: TensorInfo) -> np.dtype:
-    """Elements as opaque units of the right size, in the file's byte order."""
+    """Elements as opaque units of the right size (little-endian once as_little_endian ran)."""
     itemsize = DTYPE_SIZES[tensor.dtype]
-    order = ">" if tensor.storage.byteorder == "big" else "<"
-    return np.dtype(f"{order}u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype(f"V{itemsize}")
+    return np.dtype(f"<u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype(f"V{itemsize}")
 
 
-def _little_endian_bytes(values: np.ndarray) -> np.ndarray:
-    if values.dtype.byteorder == ">":
-        values = values.byteswap().view(values.dtype.newbyteorder("<"))
-    return values.reshape(-1).view(np.uint8)
+def _little_endian_bytes(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    return apply_view_bits(as_little_endian(raw, tensor.storage), tensor).reshape(-1) \
+        .view(np.uint8)
 
 
 def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str):
@@ -229,8 +250,7 @@ def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str
     raw_dtype = _raw_dtype(tensor)
     for start in range(first, first + count, step):
         raw = reader.read(start, min(step, first + count - start), raw_dtype)
-        yield _cast_bytes(_little_endian_bytes(apply_view_bits(raw, tensor)), tensor.dtype,
-                          target, device)
+        yield _cast_bytes(_little_endian_bytes(raw, tensor), tensor.dtype, target, device)
 
 
 def _dense_bytes(tensor: TensorInfo, target: str, device: str):
@@ -246,8 +266,7 @@ def _dense_bytes(tensor: TensorInfo, target: str, device: str):
     else:
         step = max(1, COPY_CHUNK // DTYPE_SIZES[tensor.dtype])
         for raw in iter_raw_chunks(tensor, _raw_dtype(tensor), step):
-            yield _cast_bytes(_little_endian_bytes(apply_view_bits(raw, tensor)), tensor.dtype,
-                              target, device)
+            yield _cast_bytes(_little_endian_bytes(raw, tensor), tensor.dtype, target, device)
 
 
 # --- planning storages: shared storages stay shared in .pth ---------------------------------
@@ -260,6 +279,7 @@ class _Record:
     first: int                     # first source element, for shared spans
     count: int                     # elements written
     shared: bool
+    owner: Item | None = None      # the item whose per-channel scales or zero points these are
 
 
 def _records(items: list[Item], fmt: str) -> list[_Record]:
@@ -276,31 +296,78 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
         group = groups[sid]
         same_dtype = len({(i.tensor.dtype, i.dtype, i.tensor.neg, i.tensor.conj)
                           for i in group}) == 1
-        if fmt == "pth" and len(group) > 1 and same_dtype and not group[0].tensor.chunks:
+        dtype = group[0].dtype
+        if fmt == "pth" and dtype in PACKED_VALUES:
+            # values share bytes: the storage's bytes up to the last one used, views kept
+            end = max(i.tensor.element_span()[1] for i in group)
+            records.append(_Record(str(len(records)), group, dtype, 0, span_bytes(dtype, end),
+                                   True))
+        elif fmt == "pth" and len(group) > 1 and same_dtype and not group[0].tensor.chunks:
             spans = [i.tensor.element_span() for i in group]
             first, end = min(s[0] for s in spans), max(s[1] for s in spans)
-            records.append(_Record(str(len(records)), group, group[0].dtype, first, end - first,
-                                   True))
+            records.append(_Record(str(len(records)), group, dtype, first, end - first, True))
         else:
             for item in group:
                 records.append(_Record(str(len(records)), [item], item.dtype, 0,
                                        item.tensor.numel, False))
-    return records
+    return _with_quantizer_records(records) if fmt == "pth" else records
+
+
+def _with_quantizer_records(records: list[_Record]) -> list[_Record]:
+    """A tensor quantized per channel has its scales and zero points in tensors of their own
+    (as torch.save writes them): two more records right after its own."""
+    out = []
+    for record in records:
+        out.append(record)
+        for item in record.items:
+            q = item.tensor.quantizer
+            if item.tensor.layout == "quantized" and "scales" in q:
+                out += [_Record("", [Item(item.source_key, item.key, p, p.dtype)], p.dtype, 0,
+                                p.numel, False, owner=item) for p in (q["scales"], q["zero_points"])]
+    for number, record in enumerate(out):
+        record.name = str(number)
+    return out
+
+
+def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple]:
+    """(offset, stride) of a tensor in the record written for it: as in the source within a
+    shared span, contiguous otherwise."""
+    if record.shared:
+        return tensor.offset - record.first, tuple(tensor.stride)
+    stride, step = [], 1
+    for dim in reversed(tensor.shape):
+        stride.insert(0, step)
+        step *= dim
+    return 0, tuple(stride)
+
+
+def quantizer_entries(records: list[_Record]) -> dict:
+    """{id(tensor): [scales entry, zero points entry]} for the tensors quantized per channel."""
+    parts: dict = {}
+    for record in records:
+        if record.owner is not None:
+            t = record.items[0].tensor
+            offset, stride = geometry(t, record)
+            parts.setdefault(id(record.owner.tensor), []).append(TensorEntry(
+                "", record.name, record.dtype, record.count, offset, tuple(t.shape), stride))
+    return parts
 
 
 # --- unchanged bytes: copied by the kernel ------------------------------------------------
 
 def _raw_span(tensor: TensorInfo, target: str, first: int, count: int):
-    """(reader, first, count) when storage elements [first, first+count) are to be written
-    exactly as stored (no cast, no neg/conj bit, little-endian, an uncompressed record or a
-    file span), so they can be copied file to file; None otherwise."""
+    """(reader, first byte, byte count) when the tensor's elements [first, first+count) are to
+    be written exactly as stored (no cast, no neg/conj bit, little-endian, an uncompressed
+    record or a file span), so they can be copied file to file; None otherwise. Counted in
+    bytes: a uint16 or float8 tensor's storage is untyped (bytes), not of its dtype."""
     if (tensor.chunks or tensor.storage is None or target != tensor.dtype or tensor.neg
             or tensor.conj or tensor.storage.byteorder != "little" or not count):
         return None
     reader = StorageReader(tensor.storage)
     if reader.inflated is not None or remote.is_remote(reader.path):
         return None          # a URL is read by ranges, never copied file to file
-    return reader, first, count
+    itemsize = DTYPE_SIZES[tensor.dtype]
+    return reader, first * itemsize, count * itemsize
 
 
 def _item_spans(item: Item):
@@ -357,9 +424,8 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
     os.copy_file_range (no trip through user space) where the kernel can, else from mapped
     pages; returns the CRC-32 of the bytes when asked (computed on the mapped source pages,
     which the copy has just brought into the page cache)."""
-    reader, first, count = span
-    itemsize = reader.itemsize
-    source_start, nbytes = reader.offset + first * itemsize, count * itemsize
+    reader, first, nbytes = span
+    source_start = reader.offset + first
     unit = np.dtype("u1")
     out.flush()
     position, done = out.tell(), 0
@@ -378,7 +444,7 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
                     copied = 0
                 if kernel and copied != step:
                     raise reader._ended()
-            pages = reader.mapped(first * itemsize + done, step, unit) if crc or not kernel \
+            pages = reader.mapped(first + done, step, unit) if crc or not kernel \
                 else None
             if not kernel:
                 view, at = memoryview(pages), position + done
@@ -417,19 +483,16 @@ def _record_bytes(record: _Record, device: str):
 # --- the .pth writer ------------------------------------------------------------------------
 
 def _data_pkl(records: list[_Record], where: str) -> bytes:
-    entries = []
+    entries, parts = [], quantizer_entries(records)
     for record in records:
+        if record.owner is not None:
+            continue
         for item in record.items:
             t = item.tensor
-            if record.shared:
-                offset, stride = t.offset - record.first, t.stride
-            else:
-                offset, stride, step = 0, [], 1
-                for dim in reversed(t.shape):
-                    stride.insert(0, step)
-                    step *= dim
+            offset, stride = geometry(t, record)
             entries.append(TensorEntry(item.key, record.name, record.dtype, record.count, offset,
-                                       tuple(t.shape), tuple(stride)))
+                                       tuple(t.shape), stride,
+                                       quantizer=quantizer_params(t, parts.get(id(t)))))
     return state_dict_pickle(entries, where)
 
 
@@ -504,7 +567,7 @@ def _write_safetensors(path, items, device, cancelled, metadata):
     for item in items:
         nbytes = item.tensor.numel * DTYPE_SIZES[item.dtype]
         header[item.key] = {"dtype": TORCH_TO_SAFETENSORS[item.dtype],
-                            "shape": list(item.tensor.shape),
+                            "shape": safetensors_shape(item.dtype, item.tensor.shape),
                             "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -529,6 +592,37 @@ class _Cancelled(Exception):
 
 # --- verification and the public entry point -----------------------------------------------
 
+def written_storages(tensors) -> list:
+    """The storages of these tensors and of their per-channel quantizers, each once."""
+    found = {}
+    for t in tensors:
+        parts = [t.quantizer[k] for k in ("scales", "zero_points") if k in t.quantizer]
+        for storage in [t.storage] + [p.storage for p in parts if isinstance(p, TensorInfo)]:
+            if storage is not None:
+                found[id(storage)] = storage
+    return list(found.values())
+
+
+def _check_records(storages) -> None:
+    """Each storage record read where torch's reader finds it (after its local header), as
+    many bytes as torch reads (the persistent id's count x its storage type's element size,
+    checked on opening) must be the bytes whose CRC-32 the archive recorded: a record
+    written shorter or longer than its header says fails here."""
+    for storage in storages:
+        member = storage.source
+        with open(member.path, "rb") as f:
+            f.seek(data_offset(member))
+            value, left = 0, storage.nbytes
+            while left:
+                data = f.read(min(COPY_CHUNK, left))
+                if not data:
+                    break
+                value, left = zlib.crc32(data, value), left - len(data)
+        if left or value != member.crc:
+            raise CheckpointError(f"written storage record data/{storage.key} does not hold "
+                                  "the bytes its header describes")
+
+
 def verify_written(path: str, fmt: str, items: list[Item]) -> None:
     """Reopen what was written; every tensor's key, dtype, shape and size as intended."""
     from ckpt_viewer.core.open import open_checkpoint
@@ -541,6 +635,10 @@ def verify_written(path: str, fmt: str, items: list[Item]) -> None:
         if t.dtype != item.dtype or tuple(t.shape) != tuple(item.tensor.shape) or \
                 t.numel * DTYPE_SIZES[t.dtype] != item.tensor.numel * DTYPE_SIZES[item.dtype]:
             raise CheckpointError(f"written tensor {item.key!r} differs from what was meant")
+        if quantizer_params(t) != quantizer_params(item.tensor):
+            raise CheckpointError(f"written tensor {item.key!r} is quantized otherwise than meant")
+    if fmt == "pth":
+        _check_records(written_storages(written.values()))
     if fmt == "safetensors":
         from safetensors import safe_open
 
@@ -643,7 +741,7 @@ def _shards(units: list, fmt: str, limit: int) -> list[list]:
     shards, size = [[]], 0
     for unit in units:
         nbytes = _unit_bytes(unit, fmt)
-        if shards[-1] and size + nbytes > limit:
+        if shards[-1] and size + nbytes > limit and getattr(unit, "owner", None) is None:
             shards.append([])
             size = 0
         shards[-1].append(unit)
@@ -659,7 +757,8 @@ def _shard_names(fmt: str, count: int) -> list[str]:
 
 
 def _shard_items(shard: list, fmt: str) -> list[Item]:
-    return [i for record in shard for i in record.items] if fmt == "pth" else shard
+    return [i for record in shard if record.owner is None for i in record.items] \
+        if fmt == "pth" else shard
 
 
 def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:

@@ -19,6 +19,17 @@ DTYPE_SIZES = {
     "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
 }
 
+# Sub-byte quantized dtypes: torch calls their element size 1 but packs this many values in
+# each byte of their storage, and bounds-checks a view by ceil(elements / values per byte).
+PACKED_VALUES = {"quint4x2": 2, "quint2x4": 4}
+
+
+def span_bytes(dtype: str, elements: int) -> int:
+    """Storage bytes that the first `elements` elements of a dtype occupy (torch's setStorage)."""
+    per_byte = PACKED_VALUES.get(dtype)
+    return -(-elements // per_byte) if per_byte else elements * DTYPE_SIZES.get(dtype, 1)
+
+
 FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16"} | {
     d for d in DTYPE_SIZES if d.startswith("float8") or d.startswith("float4")}
 

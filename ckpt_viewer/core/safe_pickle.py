@@ -17,7 +17,14 @@ import threading
 from collections import Counter, OrderedDict
 
 from ckpt_viewer.core import Ambiguous, CheckpointError, model
-from ckpt_viewer.core.model import DTYPE_SIZES, FLOAT_DTYPES, STORAGE_DTYPES, Storage, TensorInfo
+from ckpt_viewer.core.model import (
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    STORAGE_DTYPES,
+    Storage,
+    TensorInfo,
+    span_bytes,
+)
 from ckpt_viewer.core.pickle_scan import (
     MAX_SIMULATED,
     pickle_end,
@@ -212,7 +219,7 @@ def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple,
     if 0 not in shape:
         # strides are >= 0: the last element is offset + sum((size - 1) * stride)
         last = offset + sum(map(operator.mul, shape, stride)) - sum(stride)
-        end = (last + 1) * DTYPE_SIZES.get(dtype, 1)
+        end = span_bytes(dtype, last + 1)
         storage_bytes = storage.nbytes
         if end > storage_bytes and storage.resizable:
             raise Ambiguous(f"a tensor reaches past the end of legacy storage {storage.key!r}, "

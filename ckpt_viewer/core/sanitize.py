@@ -23,10 +23,15 @@ from ckpt_viewer.core.export import (
     Item,
     _aligned_info,
     _Cancelled,
+    _check_records,
     _failed_write,
     _new_temp,
     _record_bytes,
     _records,
+    geometry,
+    quantizer_entries,
+    quantizer_stored,
+    written_storages,
 )
 from ckpt_viewer.core.globals import triage
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, Storage, TensorInfo
@@ -34,7 +39,13 @@ from ckpt_viewer.core.objects import describe_object, numpy_dtype_name
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES
 from ckpt_viewer.core.safe_pickle import GlobalRef, Layout, NumpyDtype, Placeholder, TorchDtype
 from ckpt_viewer.core.text import plural
-from ckpt_viewer.core.torch_pickle import PickleWriter, TensorEntry, TorchGlobal, int_fits
+from ckpt_viewer.core.torch_pickle import (
+    PickleWriter,
+    TensorEntry,
+    TorchGlobal,
+    int_fits,
+    quantizer_params,
+)
 from ckpt_viewer.core.tree import (
     _module_children,
     _object_children,
@@ -186,10 +197,10 @@ class _Converter:
 
     def _tensor(self, info: TensorInfo, key: str, as_state: bool = False, note: str = ""):
         why = None
-        if info.layout != "strided" or info.parts:
+        if info.layout not in ("strided", "quantized") or info.parts:
             why = f"a {info.layout} tensor"
-        elif info.quantizer:
-            why = "a quantized tensor"
+        elif info.layout == "quantized" and not quantizer_stored(info):
+            why = "a quantized tensor without its quantizer's tensors"
         elif info.storage is None and not info.chunks:
             why = "a tensor without stored data"
         if why:
@@ -205,7 +216,7 @@ class _Converter:
         entry = TensorEntry(key, "", info.dtype, 0, 0, tuple(info.shape), (),
                             location=info.device if info.storage is not None else "cpu",
                             requires_grad=info.requires_grad and not as_state,
-                            parameter=parameter)
+                            parameter=parameter, quantizer=quantizer_params(info))
         self.tensors.append((entry, info))
         return entry
 
@@ -365,18 +376,16 @@ def _storage_layout(plan: Plan) -> list:
             # copy the span it uses, strides kept: an expanded view stays small, as in torch
             first, end = only.element_span()
             record.first, record.count, record.shared = first, end - first, True
+    parts = quantizer_entries(records)
     for record in records:
+        if record.owner is not None:
+            continue
         for item in record.items:
             entry, t = entries[id(item.tensor)], item.tensor
             entry.storage_key, entry.storage_numel = record.name, record.count
-            if record.shared:
-                entry.offset, entry.stride = t.offset - record.first, tuple(t.stride)
-            else:
-                stride, step = [], 1
-                for size in reversed(t.shape):
-                    stride.insert(0, step)
-                    step *= size
-                entry.offset, entry.stride = 0, tuple(stride)
+            entry.offset, entry.stride = geometry(t, record)
+            if id(t) in parts:
+                entry.quantizer = quantizer_params(t, parts[id(t)])
     return records
 
 
@@ -414,9 +423,11 @@ def _check_written(path: str, plan: Plan):
     if written.refusals or written.unsafe_globals:
         raise CheckpointError("the written copy would still need an allowlist: "
                               + "; ".join(written.refusals + written.unsafe_globals))
-    found = {key: (t.dtype, tuple(t.shape)) for key, t, _ in written.tensors()}
+    _check_records(written_storages(t for _, t, _ in written.tensors()))
+    found = {key: (t.dtype, tuple(t.shape), quantizer_params(t))
+             for key, t, _ in written.tensors()}
     for entry, info in plan.tensors:
-        meant = (info.dtype, tuple(info.shape))
+        meant = (info.dtype, tuple(info.shape), quantizer_params(info))
         if found.get(entry.key, meant) != meant:
             raise CheckpointError(f"written tensor {entry.key!r} differs from the source")
     if len(found) < len(plan.tensors):

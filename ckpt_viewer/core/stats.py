@@ -120,6 +120,7 @@ class _Moments:
         self.finite = 0
         self.lo, self.hi = math.inf, -math.inf
         self.integer = True
+        self.exact = (math.inf, -math.inf)      # integer extremes as Python ints
 
     def repeated(self, times: int):
         """Every value seen `times` times (a zero-stride view), without reading it again."""
@@ -159,6 +160,11 @@ class _Moments:
             out.append(moments)
         return out
 
+    def extremes(self) -> tuple:
+        """(min, max) of the finite values: Python ints for integer tensors (float64 rounds
+        64-bit integers), floats otherwise."""
+        return self.exact if self.exact[0] <= self.exact[1] else (self.lo, self.hi)
+
     def figures(self) -> tuple:
         """(mean, std, l2) of the finite values; std the unbiased one, from the Chan-merged
         spread (every caller's std is this one), 0 for one value."""
@@ -175,6 +181,8 @@ class _Moments:
         self.n += x.size
         self.zeros += int(np.add.reduce(x == 0, dtype=np.int64))   # count_nonzero keeps the GIL
         self.integer = self.integer and x.dtype.kind in "iub"
+        if x.dtype.kind in "iu" and x.size:     # exact: float64 rounds 64-bit integers
+            self.exact = (min(self.exact[0], int(x.min())), max(self.exact[1], int(x.max())))
         x = _computable(x)
         total = float(np.sum(x, dtype=np.float64))
         if not math.isfinite(total):        # only then look for NaN/Inf element by element
@@ -478,7 +486,7 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     finite = stats.finite
     if not finite:
         return stats
-    stats.min, stats.max = moments.lo, moments.hi
+    stats.min, stats.max = moments.extremes()
     stats.mean, stats.std, stats.l2 = moments.figures()
     lo, hi, bins, as_values = _histogram_range(stats.min, stats.max, moments.integer,
                                                value_range, bins)
@@ -586,7 +594,7 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     stats = Stats(numel=numel, sampled=True)
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size:
-        stats.min, stats.max = moments.lo, moments.hi
+        stats.min, stats.max = moments.extremes()
         stats.mean, stats.std, _ = moments.figures()     # the exact pass's std (n - 1)
         counts, edges = np.histogram(finite, bins=bins)
         stats.counts, stats.edges = counts.tolist(), edges.tolist()

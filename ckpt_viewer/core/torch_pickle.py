@@ -19,6 +19,7 @@ from ckpt_viewer.core.model import DTYPE_SIZES, STORAGE_DTYPES
 
 LEGACY_STORAGE = {dtype: name for name, dtype in STORAGE_DTYPES.items()
                   if name not in ("UntypedStorage",) and not name.startswith("Q")}
+QUANTIZED_STORAGE = {dtype: name for name, dtype in STORAGE_DTYPES.items() if name.startswith("Q")}
 MAX_LONG1_BYTES = 255          # torch's restricted unpickler reads LONG1 but not LONG4
 MEMO_TEXT = 32                 # texts this long are written once, then referenced
 
@@ -35,6 +36,21 @@ class TensorEntry:
     location: str = ""           # "" -> the writer's default location
     requires_grad: bool = False
     parameter: bool = False      # written as torch.nn.Parameter
+    # a quantized tensor: ("per_tensor_affine", scale, zero_point), or (scheme, scales entry,
+    # zero points entry, axis) per channel
+    quantizer: tuple = ()
+
+
+def quantizer_params(info, parts: tuple | list | None = None) -> tuple:
+    """A TensorEntry's quantizer for a quantized TensorInfo (() for any other). Per channel,
+    `parts` are the entries of its scales and zero points; without them the tuple only
+    describes it (scheme and axis), for comparisons."""
+    q = info.quantizer
+    if info.layout != "quantized":
+        return ()
+    if "scale" in q:
+        return ("per_tensor_affine", q["scale"], q["zero_point"])
+    return (q.get("qscheme"), *(parts or ()), q.get("axis"))
 
 
 class TorchGlobal(str):
@@ -77,7 +93,29 @@ def _bytes(value: bytes) -> bytes:
         + b"tR"
 
 
+def _qtensor(entry: TensorEntry, location: str) -> bytes:
+    """torch._utils._rebuild_qtensor on a typed quantized storage, as torch.save writes it (a
+    packed quint4x2 storage is counted in bytes)."""
+    scheme = entry.quantizer[0]
+    persistent_id = (b"(" + _text("storage") + _global("torch", QUANTIZED_STORAGE[entry.dtype])
+                     + _text(entry.storage_key) + _text(entry.location or location)
+                     + _int(entry.storage_numel) + b"tQ")
+    if scheme == "per_tensor_affine":
+        _, scale, zero_point = entry.quantizer
+        params = (b"(" + _global("torch", scheme) + b"G" + struct.pack(">d", scale)
+                  + _int(zero_point) + b"t")
+    else:
+        _, scales, zero_points, axis = entry.quantizer
+        params = (b"(" + _global("torch", scheme) + _tensor(scales, location)
+                  + _tensor(zero_points, location) + _int(axis) + b"t")
+    return (_global("torch._utils", "_rebuild_qtensor") + b"(" + persistent_id
+            + _int(entry.offset) + _int_tuple(entry.shape) + _int_tuple(entry.stride) + params
+            + b"\x89" + _global("collections", "OrderedDict") + b")RtR")
+
+
 def _tensor(entry: TensorEntry, location: str) -> bytes:
+    if entry.quantizer:
+        return _qtensor(entry, location)
     storage_class = LEGACY_STORAGE.get(entry.dtype)
     if storage_class is not None:
         rebuild, kind, numel = "_rebuild_tensor_v2", _global("torch", storage_class), entry.storage_numel

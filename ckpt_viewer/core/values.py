@@ -13,6 +13,7 @@ import copy
 import math
 import mmap
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -21,6 +22,7 @@ from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
+    PACKED_VALUES,
     FileSpan,
     InlineBytes,
     Storage,
@@ -35,6 +37,8 @@ NUMPY_DTYPES = {
     "uint16": "u2", "uint8": "u1", "bool": "?", "qint8": "i1", "quint8": "u1", "qint32": "i4",
     "bfloat16": "u2", "float8_e4m3fn": "u1", "float8_e5m2": "u1", "float8_e4m3fnuz": "u1",
     "float8_e5m2fnuz": "u1", "float8_e8m0fnu": "u1",
+    # bits types have no arithmetic in torch: their values are their bit patterns
+    "bits8": "u1", "bits16": "u2", "bits1x8": "u1", "bits2x4": "u1", "bits4x2": "u1",
 }
 
 
@@ -215,9 +219,25 @@ class StorageReader:
                                "(changed or truncated since it was opened?)")
 
 
+def stored_order(storage: Storage) -> str:
+    """'>' when torch byte-swaps this storage's elements (a big-endian archive). It swaps by
+    the storage's own element size, so an untyped storage (of a uint16, float8... tensor) is
+    read as it is."""
+    return ">" if storage.byteorder == "big" and DTYPE_SIZES.get(storage.dtype, 1) > 1 else "<"
+
+
+def as_little_endian(raw: np.ndarray, storage: Storage) -> np.ndarray:
+    """Elements read as stored, byte-swapped as torch swaps a big-endian archive's storage: by
+    its storage type's element size, each part of a complex number on its own."""
+    if stored_order(storage) == "<":
+        return raw
+    unit = DTYPE_SIZES[storage.dtype] // (2 if storage.dtype.startswith("complex") else 1)
+    swapped = np.ascontiguousarray(raw).view(np.uint8).view(f">u{unit}").byteswap()
+    return swapped.view(np.uint8).view(raw.dtype).reshape(raw.shape)
+
+
 def tensor_np_dtype(tensor: TensorInfo) -> np.dtype:
-    order = ">" if tensor.storage.byteorder == "big" else "<"
-    return np.dtype(order + NUMPY_DTYPES[tensor.dtype])
+    return np.dtype(stored_order(tensor.storage) + NUMPY_DTYPES[tensor.dtype])
 
 
 def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
@@ -497,8 +517,7 @@ def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
 
 
 def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
-    order = ">" if view.storage.byteorder == "big" else "<"
-    stored = unit.newbyteorder(order) if unit.kind == "u" else unit
+    stored = unit.newbyteorder(stored_order(view.storage)) if unit.kind == "u" else unit
     raw = np.concatenate(list(iter_raw_chunks(view, stored, max(1, view.numel)))) \
         if view.numel else np.zeros(0, stored)
     return apply_view_bits(raw, view).astype(unit, copy=False)
@@ -509,6 +528,9 @@ def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
 def to_numpy(value) -> np.ndarray:
     import torch
 
+    if value.dtype == torch.float4_e2m1fn_x2:
+        raise CheckpointError("float4_e2m1fn_x2 packs two 4-bit floats in each element, which "
+                              "neither torch nor numpy computes with: no values to summarise")
     if value.is_quantized:
         value = value.dequantize()
     if value.is_sparse or value.layout != torch.strided:
@@ -548,9 +570,9 @@ def read_tensor(tensor: TensorInfo):
     if not tensor.numel:
         return torch.empty(tensor.shape, dtype=dtype)
     reader = StorageReader(tensor.storage)
-    raw = reader.read(0, tensor.storage.nbytes, np.dtype("u1"))
-    if tensor.storage.byteorder == "big" and reader.itemsize > 1:
-        raw = raw.view(f">u{reader.itemsize}").byteswap().view("u1")
+    raw = as_little_endian(reader.read(0, tensor.storage.nbytes, np.dtype("u1")), tensor.storage)
+    if tensor.dtype in PACKED_VALUES:
+        return _packed_quantized(raw, tensor, dtype)
     storage_dtype = {"qint8": torch.int8, "quint8": torch.uint8, "qint32": torch.int32}.get(
         tensor.dtype, dtype)
     whole = raw.size - raw.size % storage_dtype.itemsize   # a v3 dtype wider than the storage
@@ -563,6 +585,25 @@ def read_tensor(tensor: TensorInfo):
     if tensor.conj and value.is_complex():
         value = value.conj().resolve_conj()
     return -value if tensor.neg else value
+
+
+def _packed_quantized(raw: np.ndarray, tensor: TensorInfo, dtype):
+    """quint4x2 / quint2x4 (several values per byte, no int_repr to build them from): the
+    bytes set under an empty quantized tensor, as torch's _rebuild_qtensor does."""
+    import torch
+
+    q = tensor.quantizer
+    if "scale" not in q:
+        raise CheckpointError(f"a {tensor.dtype} tensor without a per-tensor scale "
+                              "(torch only quantizes those per tensor)")
+    storage = torch.UntypedStorage.from_buffer(bytearray(raw), dtype=torch.uint8)
+    with warnings.catch_warnings():       # torch's deprecation notice about quantized tensors
+        warnings.simplefilter("ignore")
+        value = torch._empty_affine_quantized([0], scale=q["scale"],
+                                              zero_point=q["zero_point"], dtype=dtype)
+    return value.set_(torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype,
+                                                 _internal=True),
+                      tensor.offset, tensor.shape, tensor.stride)
 
 
 def _quantize(int_repr, tensor: TensorInfo, dtype):

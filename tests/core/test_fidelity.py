@@ -363,15 +363,25 @@ SAFETENSORS_GAPS = {
     # safetensors refuses a field given twice; we keep the last
     "duplicate_field": lambda: _safetensors(
         b'{"a":{"dtype":"I8","dtype":"U8","shape":[1],"data_offsets":[0,1]}}', bytes(1)),
-    # a dtype safetensors knows and we do not (here with 0 elements)
+    # F4 (float4 pairs; the shape counts values): empty, odd count, odd last dimension; F6
+    # is parsed by the library but never loaded
     "f4_dtype": lambda: _safetensors(b'{"a":{"dtype":"F4","shape":[0],"data_offsets":[0,0]}}',
                                      b""),
+    "f4_pairs": lambda: _safetensors(
+        b'{"a":{"dtype":"F4","shape":[3,2],"data_offsets":[0,3]}}', b"\x12\x34\x56"),
+    "f4_odd_count": lambda: _safetensors(
+        b'{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', bytes(2)),
+    "f4_odd_last_dim": lambda: _safetensors(
+        b'{"a":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]}}', bytes(3)),
+    "f6_dtype": lambda: _safetensors(
+        b'{"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}', bytes(3)),
+    "f8_fnuz": lambda: _safetensors(
+        b'{"a":{"dtype":"F8_E4M3FNUZ","shape":[2],"data_offsets":[0,2]},'
+        b'"b":{"dtype":"F8_E5M2FNUZ","shape":[1],"data_offsets":[2,3]}}', b"\x80\x01\x7f"),
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(
-    name, marks=pytest.mark.xfail(strict=True, reason="F4 (float4) is not a dtype we read"))
-    if name == "f4_dtype" else name for name in sorted(SAFETENSORS_GAPS)])
+@pytest.mark.parametrize("name", sorted(SAFETENSORS_GAPS))
 def test_fuzz_gaps_in_safetensors(tmp_path, name):
     from oracle import safetensors_differential
 

@@ -18,15 +18,40 @@ MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit
 MAX_JSON_DEPTH = 127             # serde_json's recursion limit, as the library parses it
 USIZE_MAX = 2 ** 64 - 1
 
-# what the safetensors library (0.8) accepts and we can read; C128 is not one of them
+# what the safetensors library (0.8) loads into torch; C128 is not one of them, and F6_E2M3 /
+# F6_E3M2 are parsed but never loaded ("Dtype not understood")
 SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
-    "C64": "complex64",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F4": "float4_e2m1fn_x2", "C64": "complex64",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
 }
 TORCH_TO_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+# F4's shape counts 4-bit values; torch's float4_e2m1fn_x2 packs two in each element, so the
+# library halves the last dimension (and refuses an odd one)
+PAIRED = {"F4"}
+
+
+def torch_shape(key: str, dtype: str, shape: list) -> tuple:
+    """The shape torch gets for a safetensors entry's shape, as the library converts it."""
+    if dtype not in PAIRED:
+        return tuple(shape)
+    if not shape or shape[-1] % 2:
+        raise CheckpointError(f"safetensors entry {key!r} is {dtype} with shape {shape}: its "
+                              "last dimension is not even, so it has no torch shape (the "
+                              "library refuses it too)")
+    return (*shape[:-1], shape[-1] // 2)
+
+
+def safetensors_shape(dtype: str, shape: tuple) -> list:
+    """The shape written in a safetensors header for a torch tensor of this dtype and shape."""
+    if TORCH_TO_SAFETENSORS[dtype] in PAIRED:
+        return [*shape[:-1], shape[-1] * 2]
+    return list(shape)
+
+
 JSON_SPACE = b" \t\n\r"
 
 
@@ -202,7 +227,13 @@ def _check_entries(header: dict) -> int:
             if needed > USIZE_MAX:
                 raise CheckpointError(f"safetensors entry {key!r} has a shape too large to "
                                       "address")
-        needed *= DTYPE_SIZES[SAFETENSORS_DTYPES[dtype]]
+        if dtype in PAIRED:
+            if needed % 2:
+                raise CheckpointError(f"safetensors entry {key!r} is {dtype} with an odd "
+                                      "number of values: it does not end on a byte boundary")
+            needed //= 2
+        else:
+            needed *= DTYPE_SIZES[SAFETENSORS_DTYPES[dtype]]
         if needed > USIZE_MAX:
             raise CheckpointError(f"safetensors entry {key!r} has a shape too large to address")
         if stop - begin != needed:
@@ -222,7 +253,7 @@ def tensor_infos(path: str) -> tuple[dict, dict, list]:
     tensors = {}
     for key, entry in header.items():
         dtype, shape, (begin, end) = _entry_fields(key, entry)
-        dtype, shape = SAFETENSORS_DTYPES[dtype], tuple(shape)
+        dtype, shape = SAFETENSORS_DTYPES[dtype], torch_shape(key, dtype, shape)
         storage = Storage(key, dtype, math.prod(shape), "cpu",
                           FileSpan(path, data_start + begin, end - begin))
         stride, step = [], 1
