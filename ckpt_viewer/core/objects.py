@@ -19,6 +19,7 @@ from ckpt_viewer.core.safe_pickle import (
     Placeholder,
     rebuild_wrapper_subclass,
 )
+from ckpt_viewer.core.text import short_repr
 
 
 @dataclass
@@ -372,7 +373,7 @@ def _partial(obj) -> Described | None:
 
 def _brief(value) -> str:
     if isinstance(value, (bool, int, float, str, type(None))):
-        text = repr(value)
+        text = short_repr(value, 41)
         return text if len(text) <= 40 else text[:37] + "..."
     return f"<{type(value).__name__ if not isinstance(value, Placeholder) else _short(value.qualname)}>"
 

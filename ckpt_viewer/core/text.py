@@ -97,6 +97,24 @@ def int_text(value: int) -> str:
            f"{digits:,} digits)"
 
 
+def short_repr(value, limit: int = 120) -> str:
+    """repr() of a value from a file, at most about `limit` characters; an integer past
+    Python's int-to-text limit is written as int_text writes it, inside containers too."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = int_text(value)
+    elif isinstance(value, (tuple, list)):
+        inner = ", ".join(short_repr(v, limit) for v in value[:8])
+        more = ", ..." if len(value) > 8 else ("," if len(value) == 1 and
+                                                 isinstance(value, tuple) else "")
+        text = ("({})" if isinstance(value, tuple) else "[{}]").format(inner + more)
+    else:
+        try:
+            text = repr(value)
+        except ValueError:       # an object holding such an integer (Fraction, complex...)
+            text = f"<{type(value).__name__}>"
+    return text[:limit]
+
+
 SHARED = "... (shared, shown once)"
 LARGE_TEXT = 256
 LARGE_CONTAINER = 16
