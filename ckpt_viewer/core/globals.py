@@ -246,6 +246,8 @@ def advice(checkpoint: Checkpoint, report: dict | None = None) -> str:
     if report["loads_with_weights_only"] or checkpoint.format in ("safetensors", "gguf"):
         return ""
     if checkpoint.format in LOADERS:
+        if all(use["category"] == "torch" for use in report["globals"]):
+            return ""
         return ("Its loader allowlists nothing: load it only if you trust whoever wrote it, "
                 "or export its tensors with ckpt-viewer export.")
     return ("No allowlist makes weights_only load it; do not fall back to weights_only=False "

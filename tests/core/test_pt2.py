@@ -140,6 +140,66 @@ def test_opaque_object_is_decoded_not_run(archive, tmp_path):
     assert not marker.exists()
 
 
+def _torch_save_bytes(obj) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("part", ["sample_inputs", "pickled_weight", "pickled_constant",
+                                  "legacy_weights", "subclass_beside_decoy"])
+def test_every_pickled_part_is_triaged_and_never_run(archive, tmp_path, part):
+    """Each record torch.export.load unpickles (torch.load(weights_only=False), or its
+    fallback to it) is read by our unpickler: its payload is `code`, named by the record."""
+    import os
+
+    import builders
+    marker = tmp_path / "ran"
+    payload = _torch_save_bytes({"x": builders.Call(os.system, f"touch {marker}")})
+    decoy = _torch_save_bytes(torch.ones(2))
+    where = {"sample_inputs": "data/sample_inputs/model.pt", "pickled_weight": "evil",
+             "pickled_constant": "evil", "legacy_weights": "data/weights/model.pt",
+             "subclass_beside_decoy": "evil"}[part]
+
+    def change(name, data):
+        if name == "+":
+            if part == "legacy_weights":
+                return {"data/weights/model.pt": payload}
+            if part == "subclass_beside_decoy":
+                return {"data/weights/weight_97": decoy, "data/weights/weight_98": payload}
+            folder = "weights/weight_99" if part == "pickled_weight" else "constants/tensor_99"
+            return {f"data/{folder}": payload} if part != "sample_inputs" else {}
+        if name == "data/sample_inputs/model.pt" and part == "sample_inputs":
+            return payload
+        config_name = "_constants_config.json" if part == "pickled_constant" else \
+            "_weights_config.json"
+        if name.endswith(config_name) and part not in ("sample_inputs", "legacy_weights"):
+            config = json.loads(data)
+            entries = {"evil": "tensor_99" if part == "pickled_constant" else "weight_99"}
+            if part == "subclass_beside_decoy":
+                entries = {"decoy": "weight_97", "evil": "weight_98"}
+            for fqn, record in entries.items():
+                config["config"][fqn] = {"path_name": record, "is_param": False,
+                                         "use_pickle": True, "tensor_meta": None}
+            return json.dumps(config).encode()
+        return data
+
+    path = rewrite(archive, tmp_path / "evil.pt2", change)
+    checkpoint = open_checkpoint(path)
+    from ckpt_viewer.core.globals import triage
+    code = [u for u in triage(checkpoint) if u.category == "code"]
+    assert code and any(where in u.keys for u in code), [(u.name, u.keys) for u in code]
+    assert "posix.system" in checkpoint.unsafe_globals
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", "--json", path],
+                            capture_output=True, text=True)
+    assert any(g["category"] == "code" for g in json.loads(result.stdout)["globals"])
+    verify = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", path],
+                            capture_output=True, text=True)
+    assert "posix.system" in verify.stdout
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("damage, message", [
     ("outside", "outside"), ("missing", "missing"), ("symbolic", "plain integer"),
     ("not_pt2", "archive_format"), ("short", "multiple")])

@@ -59,14 +59,13 @@ def torch_load_pickles(raw: bytes, report: PickleReport):
     if raw[:2] == b"PK":
         try:
             with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-                names = [i.filename for i in zf.infolist()]
                 value = None
-                for name in names:
-                    if name.endswith(".pkl"):
-                        if zf.getinfo(name).file_size > MAX_PICKLE_BYTES:
-                            raise CheckpointError(f"{name} is larger than 512 MB")
-                        obj, _ = safe_load(zf.read(name), unread_storage, report=report)
-                        if name.endswith("data.pkl") and value is None:
+                for info in zf.infolist():   # same-named records too: each may be the one read
+                    if info.filename.endswith(".pkl"):
+                        if info.file_size > MAX_PICKLE_BYTES:
+                            raise CheckpointError(f"{info.filename} is larger than 512 MB")
+                        obj, _ = safe_load(zf.read(info), unread_storage, report=report)
+                        if info.filename.endswith("data.pkl") and value is None:
                             value = obj
                 return value
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
