@@ -722,6 +722,7 @@ def merge_part(checkpoint, part, record: str):
     for name, records in part.global_records.items():
         where = checkpoint.global_records.setdefault(name, [])
         where += [f"{record}: {r}" for r in records if f"{record}: {r}" not in where]
+    checkpoint.refusals += [f"{record}: {why}" for why in part.refusals]
 
 
 def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record: str):
