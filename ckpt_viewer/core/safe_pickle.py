@@ -51,7 +51,7 @@ class Placeholder:
         # the file calls what one of its calls returned (getattr(module, "system")(...)):
         # recorded as code, nothing run
         report = current_report()
-        report.note_call(self.qualname, args)
+        report.note_call(self.qualname, self.args, then=args)
         report.code.setdefault(self.qualname, "the file calls what this returned")
         return _record(self.qualname, args)
 
@@ -605,10 +605,13 @@ class PickleReport:
         self.paths: dict[str, str] = {}            # qualname named as module + "a.b" -> module
         self.code: dict[str, str] = {}             # qualname -> why this use of it runs code
 
-    def note_call(self, qualname: str, args: tuple, limit: int = 8):
+    def note_call(self, qualname: str, args: tuple, limit: int = 8, then: tuple | None = None):
+        """A call of `qualname` with `args` (and, with `then`, a call of what it returned)."""
         calls = self.calls.setdefault(qualname, [])
         if len(calls) < limit:
             text = ", ".join(short_repr(a) for a in args[:6])
+            if then is not None:
+                text += ")(" + ", ".join(short_repr(a) for a in then[:6])
             calls.append(text[:300])
 
     def refuse(self, why: str):
