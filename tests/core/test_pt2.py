@@ -147,20 +147,18 @@ def _torch_save_bytes(obj) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("part", ["sample_inputs", "pickled_weight", "pickled_constant",
-                                  "legacy_weights", "subclass_beside_decoy"])
-def test_every_pickled_part_is_triaged_and_never_run(archive, tmp_path, part):
-    """Each record torch.export.load unpickles (torch.load(weights_only=False), or its
-    fallback to it) is read by our unpickler: its payload is `code`, named by the record."""
+PARTS = {"sample_inputs": "data/sample_inputs/model.pt", "pickled_weight": "evil",
+         "pickled_constant": "evil", "legacy_weights": "data/weights/model.pt",
+         "subclass_beside_decoy": "evil"}
+
+
+def _payload_archive(archive, dst, part: str, marker) -> str:
+    """`archive` with a payload (touch marker) in one record kind torch.export.load unpickles."""
     import os
 
     import builders
-    marker = tmp_path / "ran"
     payload = _torch_save_bytes({"x": builders.Call(os.system, f"touch {marker}")})
     decoy = _torch_save_bytes(torch.ones(2))
-    where = {"sample_inputs": "data/sample_inputs/model.pt", "pickled_weight": "evil",
-             "pickled_constant": "evil", "legacy_weights": "data/weights/model.pt",
-             "subclass_beside_decoy": "evil"}[part]
 
     def change(name, data):
         if name == "+":
@@ -185,11 +183,22 @@ def test_every_pickled_part_is_triaged_and_never_run(archive, tmp_path, part):
             return json.dumps(config).encode()
         return data
 
-    path = rewrite(archive, tmp_path / "evil.pt2", change)
-    checkpoint = open_checkpoint(path)
+    return rewrite(archive, dst, change)
+
+
+@pytest.mark.parametrize("part", sorted(PARTS))
+def test_every_pickled_part_is_triaged_and_never_run(archive, tmp_path, part):
+    """Each record torch.export.load unpickles (torch.load(weights_only=False), or its
+    fallback to it) is read by our unpickler: its payload is `code`, named by the record.
+    The oracle: torch.export.load runs the same payload."""
+    import logging
+
     from ckpt_viewer.core.globals import triage
+    marker = tmp_path / "ran"
+    path = _payload_archive(archive, tmp_path / "evil.pt2", part, marker)
+    checkpoint = open_checkpoint(path)
     code = [u for u in triage(checkpoint) if u.category == "code"]
-    assert code and any(where in u.keys for u in code), [(u.name, u.keys) for u in code]
+    assert code and any(PARTS[part] in u.keys for u in code), [(u.name, u.keys) for u in code]
     assert "posix.system" in checkpoint.unsafe_globals
     result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", "--json", path],
                             capture_output=True, text=True)
@@ -198,6 +207,18 @@ def test_every_pickled_part_is_triaged_and_never_run(archive, tmp_path, part):
                             capture_output=True, text=True)
     assert "posix.system" in verify.stdout
     assert not marker.exists()
+    oracle = tmp_path / "oracle-ran"
+    oracle_path = _payload_archive(archive, tmp_path / "oracle.pt2", part, oracle)
+    logging.disable(logging.WARNING)     # torch logs its fallback to weights_only=False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.export.load(oracle_path)
+    except Exception:   # noqa: BLE001 - the payload stands where a tensor was expected
+        pass
+    finally:
+        logging.disable(logging.NOTSET)
+    assert oracle.exists()
 
 
 @pytest.mark.parametrize("damage, message", [
