@@ -172,16 +172,17 @@ def snippet(checkpoint: Checkpoint, uses: list[GlobalUse]) -> str | None:
     return "\n".join(lines)
 
 
+FOLDER_FORMATS = ("hf-sharded", "hf-trainer", "accelerate", "training-dir")
+
+
 def loads_with_weights_only(checkpoint: Checkpoint) -> bool:
     """Whether torch.load(weights_only=True) loads the file as it is: never for a file that
-    torch does not read with torch.load at all (DCP folders, .pt2 archives...)."""
+    torch does not read with torch.load at all (DCP folders, .pt2 archives, safetensors...)."""
     if checkpoint.format in TORCH_LOAD_FORMATS:
         return not checkpoint.refusals
-    if checkpoint.format in ("safetensors", "gguf", "json"):
-        return False
-    # folders of files (HF shards, training folders): each file is torch.load-ed on its own
-    return checkpoint.format not in ("dcp", "pt2") and not checkpoint.refusals and \
-        all(g in TORCH_ALLOWED for g in checkpoint.globals_named or checkpoint.unsafe_globals)
+    # a folder: each of its pickled files is torch.load-ed on its own
+    return checkpoint.format in FOLDER_FORMATS and bool(checkpoint.globals_named) and \
+        not checkpoint.refusals and all(g in TORCH_ALLOWED for g in checkpoint.globals_named)
 
 
 def report_dict(checkpoint: Checkpoint) -> dict:
@@ -229,12 +230,16 @@ def verdict(checkpoint: Checkpoint, report: dict | None = None) -> str:
     report = report or report_dict(checkpoint)
     if checkpoint.format in LOADERS:
         return LOADERS[checkpoint.format]
-    if checkpoint.format in ("safetensors", "gguf"):
-        return f"not a pickle ({checkpoint.format}): nothing is unpickled, nothing to allow"
+    if checkpoint.format not in TORCH_LOAD_FORMATS and not checkpoint.globals_named:
+        return f"no pickle in it ({checkpoint.format}): nothing is unpickled, nothing to allow"
+    if checkpoint.format in FOLDER_FORMATS:
+        if report["loads_with_weights_only"]:
+            return "torch.load(weights_only=True) loads each of its pickled files as it is"
+        why = "; ".join(report["refusals"]) or "its files name globals outside the allowlist"
+        return "torch.load(weights_only=True) refuses some of its files: " + why
     if report["loads_with_weights_only"]:
         return "torch.load(weights_only=True) loads this file as it is"
-    why = "; ".join(report["refusals"]) or "some of its files name globals outside the allowlist"
-    return "torch.load(weights_only=True) refuses this file: " + why
+    return "torch.load(weights_only=True) refuses this file: " + "; ".join(report["refusals"])
 
 
 def advice(checkpoint: Checkpoint, report: dict | None = None) -> str:
@@ -243,7 +248,7 @@ def advice(checkpoint: Checkpoint, report: dict | None = None) -> str:
     report = report or report_dict(checkpoint)
     if report["snippet"]:
         return "`ckpt-viewer globals FILE` prints the allowlist that makes weights_only load it."
-    if report["loads_with_weights_only"] or checkpoint.format in ("safetensors", "gguf"):
+    if report["loads_with_weights_only"] or not checkpoint.globals_named:
         return ""
     if checkpoint.format in LOADERS:
         if all(use["category"] == "torch" for use in report["globals"]):

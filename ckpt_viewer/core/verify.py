@@ -159,7 +159,12 @@ def _storage_spans(checkpoint) -> list[FileSpan]:
 def loadability(checkpoint) -> tuple[bool | None, list, str]:
     """(loads with weights_only, why not, the clause verify adds to its line): whether the
     file's reference loader takes it as it is, which says nothing about damage."""
-    from ckpt_viewer.core.globals import TORCH_LOAD_FORMATS, loads_with_weights_only, triage
+    from ckpt_viewer.core.globals import (
+        FOLDER_FORMATS,
+        TORCH_LOAD_FORMATS,
+        loads_with_weights_only,
+        triage,
+    )
 
     uses = [u for u in triage(checkpoint) if u.category != "torch"]
     code = [u.name for u in uses if u.category == "code"]
@@ -168,8 +173,8 @@ def loadability(checkpoint) -> tuple[bool | None, list, str]:
         clause = f"it names code its loader would run: {', '.join(code[:3])}{see}"
     else:
         clause = ""
-    if checkpoint.format not in TORCH_LOAD_FORMATS and checkpoint.format not in (
-            "hf-index", "hf-trainer", "accelerate", "training-dir"):
+    if checkpoint.format not in TORCH_LOAD_FORMATS and (
+            checkpoint.format not in FOLDER_FORMATS or not checkpoint.globals_named):
         return None, [], clause
     loads = loads_with_weights_only(checkpoint)
     refusals = list(checkpoint.refusals)
