@@ -293,3 +293,24 @@ def test_huge_integer_in_a_call_is_listed(tmp_path):
     text = cli("inspect", path)
     assert text.returncode == 0 and "5,001 digits" in text.stdout
     assert cli("globals", path).returncode == 0
+
+
+def test_each_format_names_its_own_loader(tmp_path):
+    """No report says a file loads with weights_only unless torch.load reads it that way."""
+    import torch.distributed.checkpoint as dcp
+
+    from ckpt_viewer.core.globals import verdict
+
+    cases = {
+        builders.safetensors_file(tmp_path / "s.safetensors"): (False, "no pickle in it"),
+        builders.hf_directory(tmp_path / "hf"): (False, "no pickle in it"),
+        builders.hf_directory(tmp_path / "hfbin", shard_format="bin"):
+            (True, "loads each of its pickled files"),
+        builders.save({"w": torch.ones(2)}, tmp_path / "w.pt"): (True, "loads this file as it is"),
+    }
+    dcp.save({"w": torch.ones(2)}, checkpoint_id=str(tmp_path / "dcp"))
+    cases[str(tmp_path / "dcp")] = (False, "torch.load does not read a DCP folder")
+    for path, (loads, words) in cases.items():
+        checkpoint = open_checkpoint(path)
+        assert report_dict(checkpoint)["loads_with_weights_only"] is loads, path
+        assert words in verdict(checkpoint), (path, verdict(checkpoint))

@@ -87,6 +87,23 @@ def test_banner_and_dialog_say_the_same_for_whole_models(qtbot, window, tmp_path
         view.close()
 
 
+def test_dcp_bytes_item_payload_is_red_in_the_banner(qtbot, window, tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "dcp"
+    dcp.save({"w": torch.ones(2), "x": builders.Call(os.system, f"touch {marker}")},
+             checkpoint_id=str(folder))
+    open_and_wait(qtbot, window, str(folder))
+    tab = window.current_tab()
+    assert tab.banner.isVisible() and tab.banner.property("severity") == "code"
+    assert "posix.system(" in tab.banner.text() and " at x" in tab.banner.text()
+    view = window.pickle_imports_current()
+    assert dict(view.rows())["posix.system"] == "code"
+    assert "torch.load does not read a DCP folder" in view.verdict.text()
+    assert not marker.exists()
+
+
 def test_save_sanitized_copy_in_a_worker(qtbot, window, tmp_path):
     src = builders.whole_model_file(tmp_path / "whole.pt")
     open_and_wait(qtbot, window, src)
