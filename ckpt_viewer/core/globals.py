@@ -50,6 +50,8 @@ for _name in ("dictconfig.DictConfig", "listconfig.ListConfig", "base.ContainerM
               "nodes.PathNode"):
     DATA_GLOBALS[f"omegaconf.{_name}"] = ("import omegaconf", f"omegaconf.{_name}")
 DATA_GLOBALS["typing.Any"] = ("import typing", "typing.Any")    # OmegaConf's ref_type
+for _module in ("_io", "io"):       # dcp.save of an io.BytesIO item: a buffer of bytes
+    DATA_GLOBALS[f"{_module}.BytesIO"] = ("import io", "io.BytesIO")
 # torch's DCP metadata records, by exact name (torch 2.0 to 2.13): nothing under a module prefix
 # is data, for any module that imports os makes `module.os.system` a name under it
 DCP_DATA = {f"torch.distributed.checkpoint.metadata.{n}"

@@ -144,7 +144,7 @@ def test_reconstructor_with_a_code_class_is_code(tmp_path):
 
 def test_plain_data_globals_are_still_data():
     for name in ("torch.distributed.checkpoint.metadata.Metadata", "numpy.dtypes.Float32DType",
-                 "omegaconf.dictconfig.DictConfig", "argparse.Namespace"):
+                 "omegaconf.dictconfig.DictConfig", "argparse.Namespace", "_io.BytesIO"):
         assert category(name) == "data"
     # exact names only: nothing under those modules is data by prefix
     assert category("torch.distributed.checkpoint.filesystem.Evil") == "class"
@@ -205,6 +205,18 @@ def _raw_pickle_dcp(folder, command) -> str:
     with open(folder / ".metadata", "wb") as f:
         pickle.dump(metadata, f)
     return str(folder)
+
+
+def test_dcp_plain_bytes_items_are_not_code(tmp_path):
+    import io
+
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "dcp"
+    dcp.save({"w": torch.ones(3), "b": b"abc", "bio": io.BytesIO(b"raw"), "step": 3,
+              "args": argparse.Namespace(lr=0.1)}, checkpoint_id=str(folder))
+    uses = {u.name: u.category for u in triage(open_checkpoint(str(folder)))}
+    assert "code" not in uses.values() and "class" not in uses.values(), uses
 
 
 def test_dcp_raw_pickle_record_payload(tmp_path):
