@@ -669,6 +669,8 @@ class SafeUnpickler(pickle.Unpickler):
         self.report.globals[qualname] = self.report.globals.get(qualname, 0) + 1
         if "." in name:         # pickle resolves it by getattr, one attribute at a time
             self.report.paths[qualname] = module
+            if qualname in TORCH_ALLOWED:    # torch looks up the joined name: the same object
+                module, name = qualname.rsplit(".", 1)
         return self._resolve(module, name, qualname)
 
     def _resolve(self, module, name, qualname):

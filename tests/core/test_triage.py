@@ -142,6 +142,29 @@ def test_reconstructor_with_a_code_class_is_code(tmp_path):
     assert not os.path.exists(canary)
 
 
+def test_a_dotted_name_of_an_allowlisted_global_reads_as_torch_reads_it(tmp_path):
+    """torch's weights_only unpickler looks up module + "." + name: `torch` +
+    `_utils._rebuild_tensor_v2` is the rebuild function, for torch and for us."""
+    import collections
+
+    from ckpt_viewer.core.values import read_tensor
+
+    class Dotted:
+        def __reduce__(self):
+            return (named("torch", "_utils._rebuild_tensor_v2"),
+                    (torch.tensor([1.5, -2.0]).storage(), 0, (2,), (1,), False,
+                     collections.OrderedDict()))
+
+    path = tmp_path / "dotted.pt"
+    torch.save({"w": Dotted()}, path, pickle_module=GADGET_PICKLE, pickle_protocol=2)
+    expected = torch.load(path, weights_only=True)["w"]
+    checkpoint = open_checkpoint(str(path))
+    assert not checkpoint.refusals
+    assert {u.category for u in triage(checkpoint)} == {"torch"}
+    (key, info, _), = checkpoint.tensors()
+    assert key == "w" and torch.equal(read_tensor(info), expected)
+
+
 def test_plain_data_globals_are_still_data():
     for name in ("torch.distributed.checkpoint.metadata.Metadata", "numpy.dtypes.Float32DType",
                  "omegaconf.dictconfig.DictConfig", "argparse.Namespace", "_io.BytesIO"):
