@@ -335,3 +335,26 @@ def test_every_file_the_trainer_unpickles_is_triaged_and_never_run(tmp_path, nam
                                 capture_output=True, text=True)
         assert "posix.system" in result.stdout, (command, result.stdout, result.stderr)
     assert not canary.exists()
+
+
+def test_a_part_we_cannot_read_still_names_its_payload(tmp_path):
+    """torch.load runs a payload before it finds a record missing: the part is unreadable here,
+    and its pickle is still walked for globals."""
+    import zipfile
+
+    from ckpt_viewer.core.globals import triage
+
+    folder = hand_made_trainer_folder(tmp_path / "checkpoint-8")
+    canary = tmp_path / "CANARY"
+    source = tmp_path / "full.pt"
+    torch.save({"evil": builders.Call(os.system, f"touch {canary}"), "w": torch.ones(2)}, source)
+    with zipfile.ZipFile(source) as zin, \
+            zipfile.ZipFile(os.path.join(folder, "scheduler.pt"), "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("/data/0"):
+                zout.writestr(info, zin.read(info))
+    checkpoint = open_checkpoint(folder)
+    assert checkpoint.find("scheduler.pt").type_name == "unreadable"
+    code = [u for u in triage(checkpoint) if u.category == "code"]
+    assert [u.name for u in code] == ["posix.system"] and "scheduler.pt" in code[0].keys
+    assert not canary.exists()
