@@ -515,7 +515,7 @@ def reconstructor(cls, base, state=None):
     Unless `base` is object or a builtin type, pickle would call base.__new__ and base.__init__
     with the file's state: the file picks the code that runs."""
     base_name = getattr(base, "qualname", "")
-    if base is not object and base_name not in PLAIN_BASES:
+    if base_name not in PLAIN_BASES:
         current_report().code.setdefault(
             "copyreg._reconstructor", f"calls {base_name or type(base).__name__}.__init__ with "
             f"the file's state")

@@ -32,10 +32,6 @@ class VerifyReport:
     refusals: list = field(default_factory=list)
     loader_note: str = ""         # "torch.load(weights_only=True) refuses it: ..." or ""
 
-    @property
-    def intact(self) -> bool:
-        return self.ok
-
     def to_json(self) -> dict:
         damage = [] if self.ok else [{"record": self.record, "key": self.tensor,
                                       "what": self.problem}]

@@ -42,7 +42,7 @@ def read(folder: str) -> Checkpoint:
         raise CheckpointError("DCP .metadata is larger than 512 MB")
     with remote.open_source(meta_path) as f:
         report = PickleReport()
-        metadata, unsafe = safe_load(f.read(), report=report)
+        metadata, _ = safe_load(f.read(), report=report)
     fields = _fields(metadata, "Metadata")
     entries = fields.get("state_dict_metadata")
     storage_data = fields.get("storage_data") or {}
