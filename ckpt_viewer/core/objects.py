@@ -60,7 +60,7 @@ def _name_of(value) -> str:
     if isinstance(value, (GlobalRef, Placeholder)) or isinstance(value, type) and \
             issubclass(value, Placeholder):
         return value.qualname
-    return repr(value)
+    return short_repr(value, 200)
 
 
 def _shape_text(shape) -> str:

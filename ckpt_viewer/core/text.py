@@ -60,7 +60,8 @@ def json_safe(value):
             return f"<integer of {value.bit_length():,} bits>"
         return value
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in value.items()}
+        return {k if isinstance(k, str) else short_repr(k, 10_000): json_safe(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return str(value)
@@ -158,7 +159,8 @@ def bounded_json(value, shown: ShownOnce, text_limit: int = 10_000):
     if isinstance(value, str):
         return clipped(value, text_limit)
     if isinstance(value, dict):
-        return {str(k): bounded_json(v, shown, text_limit) for k, v in value.items()}
+        return {k if isinstance(k, str) else short_repr(k, text_limit):
+                bounded_json(v, shown, text_limit) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [bounded_json(v, shown, text_limit) for v in value]
     if value is None or isinstance(value, (bool, int, float)):

@@ -319,7 +319,9 @@ def test_huge_integer_in_a_call_is_listed(tmp_path):
     limit = sys.get_int_max_str_digits()
     sys.set_int_max_str_digits(0)
     try:
-        path = builders.save({"a": Big(), "b": Called(), big: 1}, tmp_path / "big.pt")
+        optimizer = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0], big: 1}]}
+        path = builders.save({"a": Big(), "b": Called(), big: 1, "opt": optimizer},
+                             tmp_path / "big.pt")
         result = cli("inspect", "--json", path)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["scalars"]["a.n"] == big
