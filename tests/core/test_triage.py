@@ -351,3 +351,22 @@ def test_each_format_names_its_own_loader(tmp_path):
         checkpoint = open_checkpoint(path)
         assert report_dict(checkpoint)["loads_with_weights_only"] is loads, path
         assert words in verdict(checkpoint), (path, verdict(checkpoint))
+
+
+def test_a_file_we_refuse_still_names_the_calls_before_the_failure(tmp_path):
+    """torch.load(weights_only=False) runs a payload before it finds a record missing; our
+    one-line error says so."""
+    import zipfile
+
+    canary, command = canary_command(tmp_path)
+    source = builders.save({"evil": builders.Call(os.system, command), "w": torch.ones(2)},
+                           tmp_path / "full.pt")
+    path = tmp_path / "cut.pt"
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("/data/0"):
+                zout.writestr(info, zin.read(info))
+    result = cli("globals", path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "posix.system" in result.stderr and "weights_only=False" in result.stderr
+    assert not os.path.exists(canary)

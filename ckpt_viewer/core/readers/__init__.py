@@ -9,7 +9,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import Checkpoint, Storage
 from ckpt_viewer.core.pickle_scan import pickle_end
 from ckpt_viewer.core.remote import getsize
-from ckpt_viewer.core.safe_pickle import PickleReport, dtype_of_storage, safe_load
+from ckpt_viewer.core.safe_pickle import TORCH_ALLOWED, PickleReport, dtype_of_storage, safe_load
 from ckpt_viewer.core.tree import build_tree
 
 MAX_PICKLE_BYTES = 512 * 1024 * 1024   # a data.pkl beyond this is refused, not inflated
@@ -19,7 +19,16 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
                       **extra) -> Checkpoint:
     """Unpickle `data` into a checkpoint with its tree, globals, refusals and bounds checked."""
     report = report if report is not None else PickleReport()
-    obj, _ = safe_load(data, storage_factory, report=report)
+    try:
+        obj, _ = safe_load(data, storage_factory, report=report)
+    except CheckpointError as exc:
+        called = [name for name in report.calls if name not in TORCH_ALLOWED]
+        if not called:
+            raise
+        # torch.load(weights_only=False) would have made these calls before failing too
+        exc.args = (f"{exc}; before that point its pickle calls {', '.join(called[:4])}, "
+                    "which torch.load(weights_only=False) would run",)
+        raise
     warnings, optimizer_nodes, tensors, scalars = [], [], [], {}
     checkpoint = Checkpoint(path=str(path), format=fmt,
                             file_bytes=getsize(path) if file_bytes is None else file_bytes,
