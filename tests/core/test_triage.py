@@ -139,6 +139,11 @@ def test_reconstructor_with_a_code_class_is_code(tmp_path):
     path = builders.save({"w": torch.ones(2), "x": gadget}, tmp_path / "r.pt")
     uses = {u.name: u.category for u in triage(open_checkpoint(path))}
     assert uses["copyreg._reconstructor"] == "code"
+    popen = builders.Call(copyreg._reconstructor, subprocess.Popen, subprocess.Popen,
+                          ["touch", canary])
+    path = builders.save({"w": torch.ones(2), "x": popen}, tmp_path / "p.pt")
+    uses = {u.name: u.category for u in triage(open_checkpoint(path))}
+    assert uses["copyreg._reconstructor"] == "code" and uses["subprocess.Popen"] == "code"
     assert not os.path.exists(canary)
 
 
