@@ -111,6 +111,7 @@ def _export_parser(sub):
 def _verify_parser(sub):
     p = sub.add_parser("verify", help="read every byte and check integrity (exit 1 if damaged)")
     p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_verify)
 
 
@@ -323,12 +324,16 @@ def run_verify(args) -> int:
 
     report = run(verify(args.path))
     args.status = 0 if report.ok else 1
+    if args.json:
+        say_json(report.to_json())
+        return args.status
     if not report.ok:
         say(f"damaged: {args.path}: {report.problem}")
         return 1
     notes = "; " + "; ".join(report.notes) if report.notes else ""
+    loader = f"; {report.loader_note}" if report.loader_note else ""
     say(f"intact: {args.path}: {plural(report.records, 'record')}, {format_bytes(report.bytes)} "
-          f"checked{notes}")
+        f"checked{notes}{loader}")
     return 0
 
 

@@ -204,6 +204,11 @@ class Checkpoint:
     byteorder: str = "little"
     globals_named: dict = field(default_factory=dict)   # every global the pickles name -> uses
     global_calls: dict = field(default_factory=dict)    # global -> arguments it was called with
+    global_paths: dict = field(default_factory=dict)    # global reached attribute by attribute
+    #                                                     (module + "a.b" name) -> its module
+    global_code: dict = field(default_factory=dict)     # global -> why its use runs code
+    global_records: dict = field(default_factory=dict)  # global -> records other than the
+    #                                                     main pickle that name it
     root_object: object = field(default=None, repr=False)   # what the pickle built (sanitize)
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)

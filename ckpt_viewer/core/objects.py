@@ -19,6 +19,7 @@ from ckpt_viewer.core.safe_pickle import (
     Placeholder,
     rebuild_wrapper_subclass,
 )
+from ckpt_viewer.core.text import short_repr
 
 
 @dataclass
@@ -59,7 +60,7 @@ def _name_of(value) -> str:
     if isinstance(value, (GlobalRef, Placeholder)) or isinstance(value, type) and \
             issubclass(value, Placeholder):
         return value.qualname
-    return repr(value)
+    return short_repr(value, 200)
 
 
 def _shape_text(shape) -> str:
@@ -473,7 +474,7 @@ def _partial(obj) -> Described | None:
 
 def _brief(value) -> str:
     if isinstance(value, (bool, int, float, str, type(None))):
-        text = repr(value)
+        text = short_repr(value, 41)
         return text if len(text) <= 40 else text[:37] + "..."
     return f"<{type(value).__name__ if not isinstance(value, Placeholder) else _short(value.qualname)}>"
 

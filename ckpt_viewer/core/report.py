@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ckpt_viewer.core.globals import MEANING, triage
+from ckpt_viewer.core.globals import meaning, triage
 from ckpt_viewer.core.model import Checkpoint, Node, format_bytes, format_count
 from ckpt_viewer.core.summary import scalars_by_importance, totals
 from ckpt_viewer.core.text import SHARED, ShownOnce, int_text, plural, safe_text
@@ -97,9 +97,12 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
             where = f" at {use.keys[0]}" if use.keys else ""
             yield f"WARNING: code: {call}{where} (torch.load(weights_only=False) would run it)"
     for kind in ("class", "data"):
-        names = [u.name for u in uses if u.category == kind]
-        if names:
-            yield f"{kind} globals ({MEANING[kind]}): {', '.join(names)}"
+        groups: dict[str, list[str]] = {}
+        for use in uses:
+            if use.category == kind:
+                groups.setdefault(meaning(use.name, kind, checkpoint.format), []).append(use.name)
+        for text, names in groups.items():
+            yield f"{kind} globals ({text}): {', '.join(names)}"
     for why in checkpoint.refusals:
         yield f"note: torch.load(weights_only=True) would refuse this file: {why}"
     for warning in checkpoint.warnings:

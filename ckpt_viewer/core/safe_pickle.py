@@ -31,6 +31,7 @@ from ckpt_viewer.core.pickle_scan import (
     setitem_on_non_dict,
     unsupported_by_torch,
 )
+from ckpt_viewer.core.text import short_repr
 
 
 class Placeholder:
@@ -52,6 +53,14 @@ class Placeholder:
     @classmethod
     def _new(cls):
         return cls.__new__(cls)
+
+    def __call__(self, *args, **kwargs):
+        # the file calls what one of its calls returned (getattr(module, "system")(...)):
+        # recorded as code, nothing run
+        report = current_report()
+        report.note_call(self.qualname, self.args, then=args)
+        report.code.setdefault(self.qualname, "the file calls what this returned")
+        return _record(self.qualname, args)
 
     def __setstate__(self, state):
         self.state = state
@@ -509,12 +518,24 @@ def get_layout(name):
 
 
 def reconstructor(cls, base, state=None):
-    """copyreg._reconstructor: `cls` is a Placeholder class or a builtin container we allow."""
+    """copyreg._reconstructor: `cls` is a Placeholder class or a builtin container we allow.
+    Unless `base` is object or a builtin type, pickle would call base.__new__ and base.__init__
+    with the file's state: the file picks the code that runs."""
+    base_name = getattr(base, "qualname", "")
+    if base_name not in PLAIN_BASES:
+        current_report().code.setdefault(
+            "copyreg._reconstructor", f"calls {base_name or type(base).__name__}.__init__ with "
+            f"the file's state")
     if isinstance(cls, type) and issubclass(cls, Placeholder):
         return cls._new()
     if cls in (dict, list, OrderedDict, set, tuple, object):
         return cls()
     raise CheckpointError("object reconstruction names a class outside the allowlist")
+
+
+PLAIN_BASES = {f"builtins.{name}" for name in ("object", "dict", "list", "tuple", "set",
+                                                "frozenset", "str", "bytes", "bytearray", "int",
+                                                "float", "complex", "bool")}
 
 
 def numpy_dtype(spec, align=False, copy=False):
@@ -588,11 +609,16 @@ class PickleReport:
         self.globals: dict[str, int] = {}          # qualname -> times named
         self.other_refusals: list[str] = []
         self.calls: dict[str, list[str]] = {}      # qualname -> the arguments of its calls
+        self.paths: dict[str, str] = {}            # qualname named as module + "a.b" -> module
+        self.code: dict[str, str] = {}             # qualname -> why this use of it runs code
 
-    def note_call(self, qualname: str, args: tuple, limit: int = 8):
+    def note_call(self, qualname: str, args: tuple, limit: int = 8, then: tuple | None = None):
+        """A call of `qualname` with `args` (and, with `then`, a call of what it returned)."""
         calls = self.calls.setdefault(qualname, [])
         if len(calls) < limit:
-            text = ", ".join(repr(a)[:120] for a in args[:6])
+            text = ", ".join(short_repr(a) for a in args[:6])
+            if then is not None:
+                text += ")(" + ", ".join(short_repr(a) for a in then[:6])
             calls.append(text[:300])
 
     def refuse(self, why: str):
@@ -648,6 +674,10 @@ class SafeUnpickler(pickle.Unpickler):
             module = _compat_pickle.IMPORT_MAPPING[module]
         qualname = f"{module}.{name}"
         self.report.globals[qualname] = self.report.globals.get(qualname, 0) + 1
+        if "." in name:         # pickle resolves it by getattr, one attribute at a time
+            self.report.paths[qualname] = module
+            if qualname in TORCH_ALLOWED:    # torch looks up the joined name: the same object
+                module, name = qualname.rsplit(".", 1)
         return self._resolve(module, name, qualname)
 
     def _resolve(self, module, name, qualname):
@@ -689,6 +719,36 @@ def describe_pickle_error(exc: BaseException) -> str:
         return "pickle data needs more memory than is available"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"pickle data is malformed ({text[:120]})"
+
+
+def merge_report(checkpoint, report: PickleReport, record: str = ""):
+    """Add what one more pickle named to a checkpoint's globals; `record` names where it sits
+    when that is not the checkpoint's main pickle."""
+    _merge(checkpoint, report.globals, report.calls, report.paths, report.code, record)
+
+
+def merge_part(checkpoint, part, record: str):
+    """Add the globals of a part (a shard, a file of a training folder) to its folder's."""
+    named = part.globals_named or {g: 1 for g in part.unsafe_globals}
+    _merge(checkpoint, named, part.global_calls, part.global_paths, part.global_code, record)
+    for name, records in part.global_records.items():
+        where = checkpoint.global_records.setdefault(name, [])
+        where += [f"{record}: {r}" for r in records if f"{record}: {r}" not in where]
+    checkpoint.refusals += [f"{record}: {why}" for why in part.refusals]
+
+
+def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record: str):
+    for name, uses in named.items():
+        checkpoint.globals_named[name] = checkpoint.globals_named.get(name, 0) + uses
+        if name not in TORCH_ALLOWED and name not in checkpoint.unsafe_globals:
+            checkpoint.unsafe_globals.append(name)
+        if record and record not in checkpoint.global_records.setdefault(name, []):
+            checkpoint.global_records[name].append(record)
+    for name, texts in calls.items():
+        checkpoint.global_calls.setdefault(name, []).extend(texts[:8])
+    checkpoint.global_paths.update(paths)
+    for name, why in code.items():
+        checkpoint.global_code.setdefault(name, why)
 
 
 def safe_load(data: bytes, storage_factory=None, encoding="utf-8", report=None):

@@ -60,7 +60,8 @@ def json_safe(value):
             return f"<integer of {value.bit_length():,} bits>"
         return value
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in value.items()}
+        return {k if isinstance(k, str) else short_repr(k, 10_000): json_safe(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return str(value)
@@ -95,6 +96,24 @@ def int_text(value: int) -> str:
     sign = "-" if value < 0 else ""
     return f"{sign}{10 ** (exponent - int(exponent)):.6f}e+{int(exponent)} (an integer of " \
            f"{digits:,} digits)"
+
+
+def short_repr(value, limit: int = 120) -> str:
+    """repr() of a value from a file, at most about `limit` characters; an integer past
+    Python's int-to-text limit is written as int_text writes it, inside containers too."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = int_text(value)
+    elif isinstance(value, (tuple, list)):
+        inner = ", ".join(short_repr(v, limit) for v in value[:8])
+        more = ", ..." if len(value) > 8 else ("," if len(value) == 1 and
+                                                 isinstance(value, tuple) else "")
+        text = ("({})" if isinstance(value, tuple) else "[{}]").format(inner + more)
+    else:
+        try:
+            text = repr(value)
+        except ValueError:       # an object holding such an integer (Fraction, complex...)
+            text = f"<{type(value).__name__}>"
+    return text[:limit]
 
 
 SHARED = "... (shared, shown once)"
@@ -140,7 +159,8 @@ def bounded_json(value, shown: ShownOnce, text_limit: int = 10_000):
     if isinstance(value, str):
         return clipped(value, text_limit)
     if isinstance(value, dict):
-        return {str(k): bounded_json(v, shown, text_limit) for k, v in value.items()}
+        return {k if isinstance(k, str) else short_repr(k, text_limit):
+                bounded_json(v, shown, text_limit) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [bounded_json(v, shown, text_limit) for v in value]
     if value is None or isinstance(value, (bool, int, float)):

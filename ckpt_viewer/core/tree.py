@@ -5,6 +5,7 @@ from __future__ import annotations
 from ckpt_viewer.core.model import Node, TensorInfo
 from ckpt_viewer.core.objects import Described, call_note, describe_object, module_state_extras
 from ckpt_viewer.core.safe_pickle import GlobalRef, Placeholder
+from ckpt_viewer.core.text import short_repr
 
 SCALAR_TYPES = (bool, int, float, str)
 COMPACT_LIST = 16          # longer lists of plain scalars become one node
@@ -191,7 +192,7 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
         return []
     if not isinstance(value, (dict, list, tuple, set, frozenset, Placeholder)):
         node.type_name = type(value).__name__
-        node.value = value if isinstance(value, complex) else repr(value)[:200]
+        node.value = value if isinstance(value, complex) else short_repr(value, 200)
         return []
     # before the compact-list test: a shared list of 200,000 numbers referenced 20,000 times
     # (750 KB of pickle) was copied and scanned each time
@@ -229,7 +230,7 @@ def _segment(key) -> str:
         return key
     if isinstance(key, (GlobalRef, Placeholder)):
         return repr(key)
-    return str(key)
+    return short_repr(key, 200) if isinstance(key, (int, tuple)) else str(key)
 
 
 def _set_tensor(node: Node, value: TensorInfo, first_key: dict):

@@ -27,6 +27,23 @@ class VerifyReport:
     records: int = 0
     bytes: int = 0
     notes: list = field(default_factory=list)
+    # loadability, a separate matter: None where the format is not read with torch.load
+    loads_with_weights_only: bool | None = None
+    refusals: list = field(default_factory=list)
+    loader_note: str = ""         # "torch.load(weights_only=True) refuses it: ..." or ""
+
+    def to_json(self) -> dict:
+        damage = [] if self.ok else [{"record": self.record, "key": self.tensor,
+                                      "what": self.problem}]
+        return {"path": self.path, "intact": self.ok,
+                "loads_with_weights_only": self.loads_with_weights_only,
+                "refusals": list(self.refusals), "damage": damage}
+
+    @property
+    def record(self) -> str:
+        """The bad record's name, as the problem's first words give it."""
+        head, sep, _ = self.problem.partition(": ")
+        return head if sep and " " not in head else ""
 
 
 class Damaged(Exception):
@@ -135,14 +152,34 @@ def _storage_spans(checkpoint) -> list[FileSpan]:
     return spans
 
 
-def _refused_by_weights_only(checkpoint) -> str:
-    """Why torch.load(weights_only=True), the reference loader of a torch file, would refuse
-    it although every byte checks out ("" when it would load it)."""
-    if checkpoint.format not in ("torch-zip", "torch-legacy", "torchscript", "pickle") or \
-            not checkpoint.refusals:
-        return ""
-    return ("every record checks out, but torch.load(weights_only=True) would refuse the file: "
-            + checkpoint.refusals[0])
+def loadability(checkpoint) -> tuple[bool | None, list, str]:
+    """(loads with weights_only, why not, the clause verify adds to its line): whether the
+    file's reference loader takes it as it is, which says nothing about damage."""
+    from ckpt_viewer.core.globals import (
+        FOLDER_FORMATS,
+        TORCH_LOAD_FORMATS,
+        loads_with_weights_only,
+        triage,
+    )
+
+    uses = [u for u in triage(checkpoint) if u.category != "torch"]
+    code = [u.name for u in uses if u.category == "code"]
+    see = " \N{EM DASH} see `ckpt-viewer globals`"
+    if code:
+        clause = f"it names code its loader would run: {', '.join(code[:3])}{see}"
+    else:
+        clause = ""
+    if checkpoint.format not in TORCH_LOAD_FORMATS and (
+            checkpoint.format not in FOLDER_FORMATS or not checkpoint.globals_named):
+        return None, [], clause
+    loads = loads_with_weights_only(checkpoint)
+    refusals = list(checkpoint.refusals)
+    if not loads and not clause:
+        names = [u.name for u in uses]
+        what = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "") if names else \
+            (refusals[0] if refusals else "")
+        clause = f"torch.load(weights_only=True) refuses it: {what}{see}"
+    return loads, refusals, clause
 
 
 def verify(path: str) -> Generator[float, None, VerifyReport]:
@@ -187,9 +224,8 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
                 done += nbytes
                 yield min(done / total, 1.0)
         report.bytes = done
-        refused = _refused_by_weights_only(checkpoint)
-        if refused:
-            raise Damaged(refused)
+        report.loads_with_weights_only, report.refusals, report.loader_note = \
+            loadability(checkpoint)
     except (Damaged, CheckpointError) as exc:
         report.ok, report.problem = False, str(exc)
         report.tensor = getattr(exc, "tensor", "")

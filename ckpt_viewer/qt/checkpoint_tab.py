@@ -80,27 +80,14 @@ class CheckpointTab(QWidget):
 
     def _fill_banner(self, checkpoint):
         """Red only when the file names code (with the call and where it sits); classes and
-        plain-data globals are quiet information (DESIGN.md's globals triage)."""
-        from ckpt_viewer.core.globals import MEANING, triage
+        plain-data globals are quiet information (DESIGN.md's globals triage). The sentences
+        are core's, shared with the Pickle Imports dialog and the CLI."""
+        from ckpt_viewer.core.globals import banner_lines
 
-        uses = [u for u in triage(checkpoint) if u.category != "torch"]
-        code = [u for u in uses if u.category == "code"]
+        code, lines = banner_lines(checkpoint)
         if code:
-            lines = ["This file names code that torch.load(weights_only=False) would run. "
-                     "Nothing was run here."]
-            for use in code[:6]:
-                call = f"{use.name}({use.calls[0]})" if use.calls else use.name
-                where = f" at {use.keys[0]}" if use.keys else ""
-                lines.append(f"  {call[:200]}{where}")
             style = "background: #f8d7da; color: #58151c; border: 1px solid #f1aeb5;"
         else:
-            lines = []
-            for kind in ("class", "data"):
-                names = [u.name for u in uses if u.category == kind]
-                if names:
-                    more = f" and {len(names) - 8} more" if len(names) > 8 else ""
-                    lines.append(f"{', '.join(names[:8])}{more}: {MEANING[kind]}.")
-            lines.append("`ckpt-viewer globals FILE` prints the allowlist that loads it.")
             style = "background: palette(alternate-base); border: 1px solid palette(mid);"
         self.banner.setText("\n".join(lines))
         self.banner.setProperty("severity", "code" if code else "info")

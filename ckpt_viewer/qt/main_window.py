@@ -440,7 +440,9 @@ class MainWindow(QMainWindow):
             self._update_busy()
             if result.ok:
                 text = (f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
-                        "checked." + ("\n\n" + "; ".join(result.notes) if result.notes else ""))
+                        "checked." + ("\n\n" + "; ".join(result.notes) if result.notes else "")
+                        + (f"\n\nSeparately: {shown(result.loader_note)}."
+                           if result.loader_note else ""))
             elif result.tensor:
                 text = (f"Tensor {result.tensor} is damaged in {path}.\n\n"
                         f"Details: {shown(result.problem)}")

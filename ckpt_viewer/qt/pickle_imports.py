@@ -16,21 +16,11 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from ckpt_viewer.core.globals import MEANING, report_dict
+from ckpt_viewer.core.globals import advice, meaning, report_dict, verdict
 from ckpt_viewer.qt.plain import plain_label, shown
 from ckpt_viewer.qt.theme import on_base
 
 CODE_RED = QColor("#b02a37")
-PICKLED_FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle")
-
-
-def loads_text(checkpoint, report: dict) -> str:
-    if checkpoint.format not in PICKLED_FORMATS and not report["globals"]:
-        return f"torch.load(weights_only=True): not a pickle ({checkpoint.format}); nothing to allow"
-    if report["loads_with_weights_only"]:
-        return "torch.load(weights_only=True) loads this file: yes"
-    return "torch.load(weights_only=True) loads this file: no (" + \
-        "; ".join(report["refusals"]) + ")"
 
 
 class PickleImportsView(QDialog):
@@ -44,7 +34,8 @@ class PickleImportsView(QDialog):
         self.resize(820, 560)
         self.report = report_dict(checkpoint)
 
-        self.verdict = plain_label(loads_text(checkpoint, self.report))
+        self.format = checkpoint.format
+        self.verdict = plain_label(verdict(checkpoint, self.report))
         self.verdict.setObjectName("weightsOnlyVerdict")
         self.verdict.setWordWrap(True)
         self.verdict.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -73,7 +64,8 @@ class PickleImportsView(QDialog):
         for widget in (self.snippet, self.copy_button):
             widget.setVisible(has_snippet)
         self.snippet_note = plain_label(
-            "To load it with weights_only=True:" if has_snippet else self._no_snippet_text())
+            "To load it with weights_only=True:" if has_snippet else
+            advice(checkpoint, self.report) or "No allowlist is needed.")
         self.snippet_note.setWordWrap(True)
 
         self.sanitize_button = QPushButton("Save Sanitized Copy...")
@@ -96,19 +88,13 @@ class PickleImportsView(QDialog):
         buttons.addWidget(close)
         layout.addLayout(buttons)
 
-    def _no_snippet_text(self) -> str:
-        if self.report["loads_with_weights_only"]:
-            return "No allowlist is needed."
-        return ("No allowlist makes weights_only load it; do not fall back to weights_only=False "
-                "unless you trust whoever wrote the file. A sanitized copy loads without one.")
-
     def _add(self, use: dict):
         keys = [key for key in use["keys"] if key]       # "" is the root: nothing to select
         where = f"{keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "") \
             if keys else ""
         item = QTreeWidgetItem([shown(use["name"]), use["category"], f"{use['uses']:,}",
                                 shown(where)])
-        item.setToolTip(1, MEANING[use["category"]])
+        item.setToolTip(1, meaning(use["name"], use["category"], self.format))
         item.setData(0, Qt.UserRole, keys[0] if keys else "")
         if use["category"] == "code":
             for column in range(4):

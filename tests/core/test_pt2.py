@@ -140,6 +140,87 @@ def test_opaque_object_is_decoded_not_run(archive, tmp_path):
     assert not marker.exists()
 
 
+def _torch_save_bytes(obj) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+PARTS = {"sample_inputs": "data/sample_inputs/model.pt", "pickled_weight": "evil",
+         "pickled_constant": "evil", "legacy_weights": "data/weights/model.pt",
+         "subclass_beside_decoy": "evil"}
+
+
+def _payload_archive(archive, dst, part: str, marker) -> str:
+    """`archive` with a payload (touch marker) in one record kind torch.export.load unpickles."""
+    import os
+
+    import builders
+    payload = _torch_save_bytes({"x": builders.Call(os.system, f"touch {marker}")})
+    decoy = _torch_save_bytes(torch.ones(2))
+
+    def change(name, data):
+        if name == "+":
+            if part == "legacy_weights":
+                return {"data/weights/model.pt": payload}
+            if part == "subclass_beside_decoy":
+                return {"data/weights/weight_97": decoy, "data/weights/weight_98": payload}
+            folder = "weights/weight_99" if part == "pickled_weight" else "constants/tensor_99"
+            return {f"data/{folder}": payload} if part != "sample_inputs" else {}
+        if name == "data/sample_inputs/model.pt" and part == "sample_inputs":
+            return payload
+        config_name = "_constants_config.json" if part == "pickled_constant" else \
+            "_weights_config.json"
+        if name.endswith(config_name) and part not in ("sample_inputs", "legacy_weights"):
+            config = json.loads(data)
+            entries = {"evil": "tensor_99" if part == "pickled_constant" else "weight_99"}
+            if part == "subclass_beside_decoy":
+                entries = {"decoy": "weight_97", "evil": "weight_98"}
+            for fqn, record in entries.items():
+                config["config"][fqn] = {"path_name": record, "is_param": False,
+                                         "use_pickle": True, "tensor_meta": None}
+            return json.dumps(config).encode()
+        return data
+
+    return rewrite(archive, dst, change)
+
+
+@pytest.mark.parametrize("part", sorted(PARTS))
+def test_every_pickled_part_is_triaged_and_never_run(archive, tmp_path, part):
+    """Each record torch.export.load unpickles (torch.load(weights_only=False), or its
+    fallback to it) is read by our unpickler: its payload is `code`, named by the record.
+    The oracle: torch.export.load runs the same payload."""
+    import logging
+
+    from ckpt_viewer.core.globals import triage
+    marker = tmp_path / "ran"
+    path = _payload_archive(archive, tmp_path / "evil.pt2", part, marker)
+    checkpoint = open_checkpoint(path)
+    code = [u for u in triage(checkpoint) if u.category == "code"]
+    assert code and any(PARTS[part] in u.keys for u in code), [(u.name, u.keys) for u in code]
+    assert "posix.system" in checkpoint.unsafe_globals
+    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", "--json", path],
+                            capture_output=True, text=True)
+    assert any(g["category"] == "code" for g in json.loads(result.stdout)["globals"])
+    verify = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", path],
+                            capture_output=True, text=True)
+    assert "posix.system" in verify.stdout
+    assert not marker.exists()
+    oracle = tmp_path / "oracle-ran"
+    oracle_path = _payload_archive(archive, tmp_path / "oracle.pt2", part, oracle)
+    logging.disable(logging.WARNING)     # torch logs its fallback to weights_only=False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.export.load(oracle_path)
+    except Exception:   # noqa: BLE001 - the payload stands where a tensor was expected
+        pass
+    finally:
+        logging.disable(logging.NOTSET)
+    assert oracle.exists()
+
+
 @pytest.mark.parametrize("damage, message", [
     ("outside", "outside"), ("missing", "missing"), ("symbolic", "plain integer"),
     ("not_pt2", "archive_format"), ("short", "multiple")])

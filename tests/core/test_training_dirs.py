@@ -304,3 +304,57 @@ def test_verify_reads_every_part(tmp_path):
     open(path, "wb").write(bytes(data))
     report = run(folder)
     assert not report.ok and report.problem.startswith("optimizer.pt: ")
+
+
+@pytest.mark.parametrize("name", ["training_args.bin", "optimizer.pt", "rng_state_1.pth",
+                                  "scheduler.pt", "pytorch_model-00002-of-00002.bin"])
+def test_every_file_the_trainer_unpickles_is_triaged_and_never_run(tmp_path, name):
+    """A payload in any file of a training folder, or in a .bin shard of its model, is `code`
+    named by its file, in globals, inspect and verify; the canary never appears."""
+    import subprocess
+    import sys
+
+    from ckpt_viewer.core.globals import triage
+
+    folder = tmp_path / "checkpoint-8"
+    hand_made_trainer_folder(folder, sharded=name.endswith(".bin") and "model" in name)
+    if "model" in name:
+        builders.hf_directory(folder, shard_format="bin")
+        os.remove(folder / "model.safetensors.index.json")
+    canary = tmp_path / "CANARY"
+    target = folder / name
+    content = torch.load(target, weights_only=True) if target.exists() else {}
+    torch.save({**content, "evil": builders.Call(os.system, f"touch {canary}")}, target)
+    checkpoint = open_checkpoint(str(folder))
+    code = [u for u in triage(checkpoint) if u.category == "code"]
+    assert code and any(name in key for u in code for key in u.keys), \
+        [(u.name, u.keys) for u in code]
+    assert "posix.system" in checkpoint.unsafe_globals
+    for command in (["inspect", "--json"], ["globals"], ["verify"]):
+        result = subprocess.run([sys.executable, "-m", "ckpt_viewer", *command, str(folder)],
+                                capture_output=True, text=True)
+        assert "posix.system" in result.stdout, (command, result.stdout, result.stderr)
+    assert not canary.exists()
+
+
+def test_a_part_we_cannot_read_still_names_its_payload(tmp_path):
+    """torch.load runs a payload before it finds a record missing: the part is unreadable here,
+    and its pickle is still walked for globals."""
+    import zipfile
+
+    from ckpt_viewer.core.globals import triage
+
+    folder = hand_made_trainer_folder(tmp_path / "checkpoint-8")
+    canary = tmp_path / "CANARY"
+    source = tmp_path / "full.pt"
+    torch.save({"evil": builders.Call(os.system, f"touch {canary}"), "w": torch.ones(2)}, source)
+    with zipfile.ZipFile(source) as zin, \
+            zipfile.ZipFile(os.path.join(folder, "scheduler.pt"), "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("/data/0"):
+                zout.writestr(info, zin.read(info))
+    checkpoint = open_checkpoint(folder)
+    assert checkpoint.find("scheduler.pt").type_name == "unreadable"
+    code = [u for u in triage(checkpoint) if u.category == "code"]
+    assert [u.name for u in code] == ["posix.system"] and "scheduler.pt" in code[0].keys
+    assert not canary.exists()

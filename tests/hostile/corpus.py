@@ -301,7 +301,7 @@ CORPUS = {
     "nested_deep_in_dicts": (payload_file(os.system, lambda s: (touch(s),), nest=40), "opens"),
     "legacy_format_payload": (payload_file(os.system, lambda s: (touch(s),), legacy=True), "opens"),
     "importlib": (payload_file(__import__("importlib").import_module, lambda s: ("os",)), "opens"),
-    "getattr_chain": (raw_pickle_file(getattr_chain, "getattr"), "error"),
+    "getattr_chain": (raw_pickle_file(getattr_chain, "getattr"), "opens"),   # shown as code
     "inst_opcode": (raw_pickle_file(inst_opcode, "inst"), "opens"),
     "obj_opcode": (raw_pickle_file(obj_opcode, "obj"), "opens"),
     "ext_opcode": (raw_pickle_file(ext_opcode, "ext"), "error"),

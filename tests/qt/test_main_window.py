@@ -239,6 +239,22 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     assert shown.args == ["w"]
 
 
+def test_tools_verify_intact_file_that_weights_only_refuses(qtbot, window, tmp_path):
+    """Loadability is not damage: the window says intact, and the refusal separately."""
+    import argparse
+
+    import torch
+    path = builders.save({"w": torch.randn(4), "args": argparse.Namespace(lr=0.1)},
+                         tmp_path / "ns.pt")
+    open_and_wait(qtbot, window, path)
+    with qtbot.waitSignal(window.verified, timeout=20_000) as blocker:
+        window.verify_current()
+    assert blocker.args == [path, True, "intact"]
+    text = window.findChild(object, "verifyResult").text()
+    assert "is intact" in text and "damaged" not in text
+    assert "refuses it: argparse.Namespace" in text
+
+
 def gate_chunks(monkeypatch, module, after: int):
     """Makes module's iter_chunks wait, once `after` chunks were served, until the test opens
     the gate: a cancel then lands mid-job, deterministically."""

@@ -32,7 +32,7 @@ def test_code_globals_are_red_with_call_and_key(qtbot, window, tmp_path):
     children = [code.child(i).text(0) for i in range(code.childCount())]
     assert any(c.startswith("called as posix.system(") and "pwned" in c for c in children)
     assert "cfg.hook" in children
-    assert view.verdict.text().startswith("torch.load(weights_only=True) loads this file: no (")
+    assert view.verdict.text().startswith("torch.load(weights_only=True) refuses this file: ")
     assert view.verdict.textFormat() == Qt.PlainText
     assert not view.snippet.isVisible()               # code: no allowlist should load it
     key_item = code.child(children.index("cfg.hook"))
@@ -61,8 +61,49 @@ def test_plain_state_dict_says_yes(qtbot, window, training_file):
     open_and_wait(qtbot, window, training_file)
     assert not window.current_tab().findChild(QPushButton, "bannerPickleImports").isVisible()
     view = window.pickle_imports_current()
-    assert view.verdict.text() == "torch.load(weights_only=True) loads this file: yes"
+    assert view.verdict.text() == "torch.load(weights_only=True) loads this file as it is"
     assert {category for _, category in view.rows()} == {"torch"}
+
+
+def test_banner_and_dialog_say_the_same_for_whole_models(qtbot, window, tmp_path):
+    """One sentence source (core.globals): torch's own classes are not "a class from the code
+    that wrote the file", and both places agree on whether an allowlist loads the file."""
+    from ckpt_viewer.core.globals import TORCH_CLASS, advice
+
+    torch_model = builders.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "m.pt")
+    user_model = builders.whole_model_file(tmp_path / "user.pt")
+    for path in (torch_model, user_model):
+        open_and_wait(qtbot, window, path)
+        tab = window.current_tab()
+        banner = tab.banner.text()
+        view = window.pickle_imports_current()
+        note = advice(tab.checkpoint)
+        assert note and note in banner
+        if path == torch_model:
+            assert TORCH_CLASS in banner and "code that wrote the file" not in banner
+            assert view.snippet.isVisible() and "torch.nn.modules.linear.Linear" in \
+                view.snippet.toPlainText()
+        else:
+            assert "__main__.Net" in banner and "code that wrote the file" in banner
+            assert not view.snippet.isVisible() and view.snippet_note.text() == note
+        view.close()
+
+
+def test_dcp_bytes_item_payload_is_red_in_the_banner(qtbot, window, tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "dcp"
+    dcp.save({"w": torch.ones(2), "x": builders.Call(os.system, f"touch {marker}")},
+             checkpoint_id=str(folder))
+    open_and_wait(qtbot, window, str(folder))
+    tab = window.current_tab()
+    assert tab.banner.isVisible() and tab.banner.property("severity") == "code"
+    assert "posix.system(" in tab.banner.text() and " at x" in tab.banner.text()
+    view = window.pickle_imports_current()
+    assert dict(view.rows())["posix.system"] == "code"
+    assert "torch.load does not read a DCP folder" in view.verdict.text()
+    assert not marker.exists()
 
 
 def test_save_sanitized_copy_in_a_worker(qtbot, window, tmp_path):

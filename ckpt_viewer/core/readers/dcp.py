@@ -14,8 +14,8 @@ import zipfile
 
 from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
-from ckpt_viewer.core.readers import safetensors
-from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, safe_load
+from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, safetensors, torch_load_pickles
+from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, merge_report, safe_load
 from ckpt_viewer.core.tree import SCALAR_TYPES
 
 MAX_METADATA_BYTES = 512 * 1024 * 1024
@@ -42,7 +42,7 @@ def read(folder: str) -> Checkpoint:
         raise CheckpointError("DCP .metadata is larger than 512 MB")
     with remote.open_source(meta_path) as f:
         report = PickleReport()
-        metadata, unsafe = safe_load(f.read(), report=report)
+        metadata, _ = safe_load(f.read(), report=report)
     fields = _fields(metadata, "Metadata")
     entries = fields.get("state_dict_metadata")
     storage_data = fields.get("storage_data") or {}
@@ -50,14 +50,15 @@ def read(folder: str) -> Checkpoint:
         raise CheckpointError("DCP metadata has no state_dict_metadata")
     spans = _storage_spans(folder, storage_data)
     data_files = {span.path for span in spans.values()} | {meta_path}
-    tensors, others = {}, {}
+    tensors, others, items = {}, {}, []
+    warnings: list[str] = []
     for fqn, entry in entries.items():
         if not isinstance(fqn, str):
             raise CheckpointError("DCP metadata has a non-text key")
         if type(entry).__name__ == "TensorStorageMetadata":
             tensors[fqn] = _tensor(fqn, _fields(entry, fqn), spans)
         else:
-            others[fqn] = _inline_object(spans.get((fqn, None)))
+            others[fqn] = _bytes_item(fqn, spans.get((fqn, None)), items, warnings)
     root = safetensors.flat_tree(tensors)
     for fqn, value in others.items():
         kind = "scalar" if isinstance(value, SCALAR_TYPES) else "opaque"
@@ -69,12 +70,15 @@ def read(folder: str) -> Checkpoint:
         total = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
                     if os.path.isfile(os.path.join(folder, n)))
     version = fields.get("version")
-    # every global is reported and triaged (DCP's own dataclasses are `data`); torch's DCP
-    # reader unpickles .metadata with plain pickle, so weights_only refusals do not apply
+    # every global is reported and triaged (DCP's own dataclasses are `data`, by exact name);
+    # torch's DCP reader unpickles .metadata with plain pickle and each bytes item with
+    # torch.load(weights_only=False): weights_only and its refusals do not apply
     checkpoint = Checkpoint(path=folder, format="dcp", file_bytes=total, root=root,
-                            unsafe_globals=unsafe,
+                            unsafe_globals=[], warnings=warnings,
                             metadata={"DCP version": version} if isinstance(version, str) else {})
-    checkpoint.globals_named, checkpoint.global_calls = dict(report.globals), report.calls
+    merge_report(checkpoint, report)
+    for fqn, item_report in items:
+        merge_report(checkpoint, item_report, fqn)
     return checkpoint
 
 
@@ -123,22 +127,26 @@ def _tensor(fqn, entry, spans) -> TensorInfo:
     return info
 
 
-def _inline_object(span):
-    """A non-tensor item (step, epoch...) is a small torch.save archive: decode it safely."""
-    if span is None or span.nbytes > MAX_INLINE_OBJECT:
+def _bytes_item(fqn, span, items: list, warnings: list):
+    """A non-tensor item (step, epoch, bytes, any object): torch's reader hands its bytes to
+    torch.load(weights_only=False), so every pickle in them goes through our unpickler; what
+    each names is appended to `items` as (fqn, PickleReport)."""
+    if span is None:
+        return "(object)"
+    if span.nbytes > MAX_PICKLE_BYTES:
+        warnings.append(f"{fqn}: a bytes item of {span.nbytes:,} bytes, which torch.load "
+                        "unpickles with weights_only=False; too large to check here")
         return "(object)"
     with remote.open_source(span.path) as f:
         f.seek(span.offset)
         raw = f.read(span.nbytes)
+    report = PickleReport()
+    items.append((fqn, report))
     try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-            names = zf.namelist()
-            prefix = names[0][:names[0].index("/") + 1] if names and "/" in names[0] else ""
-            if zf.getinfo(prefix + "data.pkl").file_size > MAX_INLINE_OBJECT:
-                return "(object)"
-            data = zf.read(prefix + "data.pkl")
-        value, _ = safe_load(data, storage_factory=lambda pid: None)
-    except (CheckpointError, zipfile.BadZipFile, OSError, ValueError, EOFError):
+        value = torch_load_pickles(raw, report)
+    except CheckpointError as exc:
+        warnings.append(f"{fqn}: its bytes item, which torch.load unpickles with "
+                        f"weights_only=False, cannot be decoded ({exc})")
         return "(object)"
     return value if isinstance(value, SCALAR_TYPES) else "(object)"
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers import safetensors
+from ckpt_viewer.core.safe_pickle import merge_part
 from ckpt_viewer.core.text import plural
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024
@@ -30,11 +31,10 @@ def read_json(path: str, what: str) -> dict:
     return value
 
 
-def shard_tensors(path: str, open_shard: OpenShard) -> tuple[dict, list, list]:
-    """Tensors of one shard file, whatever its kind: ({key: TensorInfo}, unsafe, warnings)."""
+def shard_tensors(path: str, open_shard: OpenShard) -> tuple[dict, Checkpoint]:
+    """Tensors of one shard file, whatever its kind: ({key: TensorInfo}, the shard)."""
     checkpoint = open_shard(path)
-    tensors = {key: info for key, info, _ in checkpoint.tensors()}
-    return tensors, checkpoint.unsafe_globals, checkpoint.warnings
+    return {key: info for key, info, _ in checkpoint.tensors()}, checkpoint
 
 
 def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
@@ -58,15 +58,14 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
             shards[shard] = shard_tensors(shard_path, open_shard)
         except CheckpointError as exc:
             raise CheckpointError(f"shard {shard}: {exc}") from None
-    tensors, unsafe, warnings = {}, [], []
+    tensors, warnings = {}, []
     for key, shard in weight_map.items():
         shard_map = shards[shard][0]
         if key not in shard_map:
             raise CheckpointError(f"tensor {key!r} is not in shard {shard} as the index says")
         tensors[key] = shard_map[key]
-    for shard, (shard_map, shard_unsafe, shard_warnings) in shards.items():
-        unsafe += [g for g in shard_unsafe if g not in unsafe]
-        warnings += [f"{shard}: {w}" for w in shard_warnings]
+    for shard, (shard_map, part) in shards.items():
+        warnings += [f"{shard}: {w}" for w in part.warnings]
         extra = set(shard_map) - set(weight_map)
         if extra:
             warnings.append(f"{shard} holds {plural(len(extra), 'tensor')} the index does not list")
@@ -75,9 +74,12 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
     metadata["shards"] = len(shards)
     metadata.update(config_metadata(folder))
     total = sum(remote.getsize(remote.join(folder, s)) for s in shards)
-    return Checkpoint(path=index_path, format="hf-sharded", file_bytes=total,
-                      root=safetensors.flat_tree(tensors), unsafe_globals=unsafe,
-                      warnings=warnings, metadata=metadata)
+    checkpoint = Checkpoint(path=index_path, format="hf-sharded", file_bytes=total,
+                            root=safetensors.flat_tree(tensors), warnings=warnings,
+                            metadata=metadata)
+    for shard, (_, part) in shards.items():     # every shard is unpickled by its loader
+        merge_part(checkpoint, part, shard)
+    return checkpoint
 
 
 def config_metadata(folder: str, name: str = "config.json") -> dict:

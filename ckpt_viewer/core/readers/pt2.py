@@ -6,7 +6,10 @@ Layout (torch 2.13, torch/export/pt2_archive/_package.py): under one top-level f
 each FQN to a record (`weight_N`, `tensor_N`) of raw storage bytes plus the tensor's dtype, sizes,
 strides, storage offset and device; records are shared between views of one storage. Tensor
 subclasses are stored as small torch.save archives (`use_pickle`), script objects and opaque
-objects as pickles that torch.export.load runs. We read the JSON only: nothing is run."""
+objects as pickles, sample inputs (`data/sample_inputs/<name>.pt`) as a torch.save archive:
+torch.export.load unpickles all of these (torch.load(weights_only=False), pickle.loads). Each
+goes through our unpickler instead, its globals triaged under the record's name; nothing is
+run."""
 
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ from collections import Counter
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, Node, Storage, TensorInfo, iter_nodes
-from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, storage_pid
+from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, torch_load_pickles
 from ckpt_viewer.core.readers.safetensors import flat_tree
 from ckpt_viewer.core.readers.zip_directory import read_directory, read_member
 from ckpt_viewer.core.remote import getsize
-from ckpt_viewer.core.safe_pickle import dtype_of_storage, safe_load
+from ckpt_viewer.core.safe_pickle import PickleReport, merge_report
 
 MAX_JSON_BYTES = 256 * 1024 * 1024
 
@@ -93,7 +96,7 @@ class _Archive:
         self.root = archive_root([m.name for m in directory])
         self.members = {m.name: m for m in directory}
         self.warnings: list[str] = []
-        self.unsafe: list[str] = []
+        self.pickles: list[tuple[str, PickleReport]] = []    # (where, what it names)
 
     def member(self, name: str):
         return self.members.get(self.root + name)
@@ -174,42 +177,32 @@ class _Archive:
         weights_only=False. Its globals are listed; its values are not read."""
         self.warnings.append(f"{fqn}: stored as a pickled tensor subclass ({name}), which "
                              "torch.export.load unpickles with weights_only=False; not read here")
-        self._scan_archive(record)
+        self.scan(record, fqn)
         return f"pickled tensor subclass in {name}"
 
     def _object(self, fqn, name, record) -> str:
         if name.startswith("opaque_obj_"):
             self.warnings.append(f"{fqn}: an opaque object ({name}) that torch.export.load "
                                  "restores with pickle.loads, i.e. runs whatever it names")
-            try:
-                _, unsafe = safe_load(read_member(record, MAX_PICKLE_BYTES))
-            except CheckpointError as exc:
-                self.warnings.append(f"{name}: cannot be decoded ({exc})")
-                unsafe = []
-            self.unsafe += [g for g in unsafe if g not in self.unsafe]
+            self.scan(record, fqn)
             return f"opaque object in {name}"
-        self.warnings.append(f"{fqn}: a TorchScript object ({name}), restored by torch's own "
-                             "unpickler; not read here")
-        return f"script object in {name}"
+        if name.startswith("custom_obj_"):
+            self.warnings.append(f"{fqn}: a TorchScript object ({name}), restored by torch's "
+                                 "own unpickler; not read here")
+            self.scan(record, fqn)
+            return f"script object in {name}"
+        self.warnings.append(f"{fqn}: constant record {name} is of no kind torch.export.load "
+                             "reads (it refuses the archive)")
+        return f"unknown record {name}"
 
-    def _scan_archive(self, record):
-        import io
-        import zipfile
-
+    def scan(self, record, where: str):
+        """Every pickle of a record that torch.export.load unpickles, through ours."""
+        report = PickleReport()
+        self.pickles.append((where, report))
         try:
-            with zipfile.ZipFile(io.BytesIO(read_member(record, MAX_PICKLE_BYTES))) as inner:
-                pickles = [n for n in inner.namelist() if n.endswith("data.pkl")]
-                data = inner.read(pickles[0]) if pickles else b""
-            _, unsafe = safe_load(data, _unread_storage) if data else (None, [])
-        except (CheckpointError, zipfile.BadZipFile, ValueError, TypeError, EOFError) as exc:
+            torch_load_pickles(read_member(record, MAX_PICKLE_BYTES), report)
+        except CheckpointError as exc:
             self.warnings.append(f"{record.name}: cannot be decoded ({str(exc)[:80]})")
-            return
-        self.unsafe += [g for g in unsafe if g not in self.unsafe]
-
-
-def _unread_storage(pid) -> Storage:
-    storage_type, key, location, numel = storage_pid(pid)
-    return Storage(key, dtype_of_storage(storage_type), numel, location)
 
 
 def _signature_notes(program) -> dict:
@@ -248,6 +241,10 @@ def read(path: str) -> Checkpoint:
         for legacy in (f"data/weights/{model}.pt", f"data/constants/{model}.pt"):
             if archive.member(legacy) is not None:
                 archive.warnings.append(f"{legacy}: the pre-2.8 single-file layout is not read")
+                archive.scan(archive.member(legacy), legacy)
+        sample_inputs = f"data/sample_inputs/{model}.pt"
+        if archive.member(sample_inputs) is not None:
+            archive.scan(archive.member(sample_inputs), sample_inputs)
         program_member = archive.member(f"models/{model}.json")
         program = _json(program_member, f"models/{model}.json") \
             if program_member.file_size <= MAX_JSON_BYTES else {}
@@ -285,9 +282,11 @@ def read(path: str) -> Checkpoint:
     if byteorder not in (None, "little"):
         archive.warnings.append(f"archive says byteorder {byteorder[:20]!r}; torch.export.load "
                                 "reads the raw records in this machine's order")
-    return Checkpoint(path=path, format="pt2", file_bytes=getsize(path), root=root,
-                      unsafe_globals=archive.unsafe, warnings=archive.warnings,
-                      metadata=metadata)
+    checkpoint = Checkpoint(path=path, format="pt2", file_bytes=getsize(path), root=root,
+                            warnings=archive.warnings, metadata=metadata)
+    for where, report in archive.pickles:
+        merge_report(checkpoint, report, where)
+    return checkpoint
 
 
 def _mark_roles(root: Node, entries: dict, notes: dict):

@@ -14,7 +14,9 @@ import re
 
 from ckpt_viewer.core import CheckpointError, remote
 from ckpt_viewer.core.model import Checkpoint, Node, iter_nodes
+from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, torch_load_pickles
 from ckpt_viewer.core.readers.hf_index import config_metadata, model_weights, read_json
+from ckpt_viewer.core.safe_pickle import PickleReport, merge_part, merge_report
 from ckpt_viewer.core.tree import build_tree
 
 STATE_FILE = re.compile(
@@ -111,7 +113,8 @@ def read(folder: str, open_part) -> Checkpoint:
     if not names:
         raise CheckpointError("folder holds no model weights or training state files")
     root = Node(name="", kind="dict", type_name="folder")
-    unsafe, warnings, optimizer_nodes, metadata, total = [], [], [], {}, 0
+    warnings, optimizer_nodes, metadata, total = [], [], {}, 0
+    parts, unreadable = [], []
     for name in names:
         try:
             part = _read_part(remote.join(folder, name), open_part)
@@ -119,7 +122,9 @@ def read(folder: str, open_part) -> Checkpoint:
             warnings.append(f"{name}: cannot be read ({exc})")
             root.children.append(Node(name=name, kind="opaque", key=name, type_name="unreadable",
                                       value=str(exc)))
+            unreadable.append((name, _pickles_of(remote.join(folder, name))))
             continue
+        parts.append((name, part))
         nodes = part.optimizer_nodes if part.optimizer_nodes is not None else \
             [n for n in iter_nodes(part.root) if n.kind == "optimizer"]
         root.children.append(_graft(part, name))
@@ -128,7 +133,6 @@ def read(folder: str, open_part) -> Checkpoint:
         warnings += [f"{name}: {w}" for w in part.warnings]
         if part.unsafe_globals:
             warnings.append(f"{name}: refers to {', '.join(part.unsafe_globals)}")
-        unsafe += [g for g in part.unsafe_globals if g not in unsafe]
         metadata.update({f"{name} {k}": v for k, v in part.metadata.items()})
     if all(n.type_name == "unreadable" for n in root.children):
         raise CheckpointError(warnings[0])
@@ -137,6 +141,25 @@ def read(folder: str, open_part) -> Checkpoint:
     fmt = "hf-trainer" if state & {"trainer_state.json", "training_args.bin"} else \
         "accelerate" if any(n.startswith("random_states_") or n.endswith(".bin") for n in state) \
         else "training-dir"
-    return Checkpoint(path=folder, format=fmt, file_bytes=total, root=root,
-                      unsafe_globals=unsafe, warnings=warnings, metadata=metadata,
-                      optimizer_nodes=optimizer_nodes)
+    checkpoint = Checkpoint(path=folder, format=fmt, file_bytes=total, root=root,
+                            warnings=warnings, metadata=metadata,
+                            optimizer_nodes=optimizer_nodes)
+    for name, part in parts:
+        merge_part(checkpoint, part, name)
+    for name, report in unreadable:
+        merge_report(checkpoint, report, name)
+    return checkpoint
+
+
+def _pickles_of(path: str) -> PickleReport:
+    """The globals a file we could not read names, as far as its pickles can be walked: the
+    trainer unpickles the file with torch.load, so a payload there must still be named."""
+    report = PickleReport()
+    if path.endswith(".json") or remote.getsize(path) > MAX_PICKLE_BYTES:
+        return report
+    try:
+        with remote.open_source(path) as f:
+            torch_load_pickles(f.read(), report)
+    except (CheckpointError, OSError):
+        pass
+    return report
