@@ -120,6 +120,19 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
         report.records += 1
 
 
+def _dcp_chunks(checkpoint):
+    """Each DCP chunk must store the tensor its metadata describes (the bytes are read next)."""
+    from ckpt_viewer.core.readers.dcp import stored_chunk
+
+    for key, tensor, _ in checkpoint.tensors():
+        for offsets, sizes, span in tensor.chunks:
+            try:
+                stored_chunk(tensor, offsets, sizes, span, key)
+            except CheckpointError as exc:
+                raise Damaged(str(exc), key) from None
+    yield 0
+
+
 def _storage_spans(checkpoint) -> list[FileSpan]:
     seen, spans = set(), []
     for _, tensor, _ in checkpoint.tensors():
@@ -160,7 +173,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
         try:
             checkpoint = open_checkpoint(target)     # structure, sizes and bounds
         except CheckpointError as exc:
-            raise Damaged(str(exc)) from None
+            raise Damaged(str(exc), getattr(exc, "key", "")) from None
         owners = _record_owners(checkpoint)
         if kind in ("torch_zip", "pt2"):
             files, runs = [target], [lambda report: _verify_zip(target, report, owners)]
@@ -178,6 +191,8 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
             runs = [lambda report: _read_spans(spans, report, owners)]
+            if kind == "dcp":
+                runs.insert(0, lambda report: _dcp_chunks(checkpoint))
             report.notes.append("this format stores no checksums: sizes and offsets were "
                                 "checked and every byte was read")
         total = sum(remote.getsize(f) for f in files) or 1

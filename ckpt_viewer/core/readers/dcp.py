@@ -12,7 +12,7 @@ import math
 import os
 import zipfile
 
-from ckpt_viewer.core import CheckpointError, remote
+from ckpt_viewer.core import CheckpointError, StructureError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
 from ckpt_viewer.core.readers import safetensors
 from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, safe_load
@@ -20,6 +20,7 @@ from ckpt_viewer.core.tree import SCALAR_TYPES
 
 MAX_METADATA_BYTES = 512 * 1024 * 1024
 MAX_INLINE_OBJECT = 1024 * 1024    # small pickled non-tensor items are decoded for display
+MAX_OVERLAP_CHECKS = 4_000_000     # chunk pairs compared per folder: a bound for hostile metadata
 
 
 def _fields(obj, what) -> dict:
@@ -50,12 +51,12 @@ def read(folder: str) -> Checkpoint:
         raise CheckpointError("DCP metadata has no state_dict_metadata")
     spans = _storage_spans(folder, storage_data)
     data_files = {span.path for span in spans.values()} | {meta_path}
-    tensors, others = {}, {}
+    tensors, others, budget = {}, {}, [MAX_OVERLAP_CHECKS]
     for fqn, entry in entries.items():
         if not isinstance(fqn, str):
             raise CheckpointError("DCP metadata has a non-text key")
         if type(entry).__name__ == "TensorStorageMetadata":
-            tensors[fqn] = _tensor(fqn, _fields(entry, fqn), spans)
+            tensors[fqn] = _tensor(fqn, _fields(entry, fqn), spans, budget)
         else:
             others[fqn] = _inline_object(spans.get((fqn, None)))
     root = safetensors.flat_tree(tensors)
@@ -98,12 +99,24 @@ def _storage_spans(folder, storage_data) -> dict:
             raise CheckpointError(f"DCP data file {name} is shorter than its metadata says "
                                   "(truncated?)")
         chunk = index_fields.get("offset")
-        key = (index_fields.get("fqn"), tuple(chunk) if isinstance(chunk, (tuple, list)) else None)
+        fqn = index_fields.get("fqn")
+        key = (fqn, tuple(chunk) if isinstance(chunk, (tuple, list)) else None)
+        transforms = info_fields.get("transform_descriptors")
+        if transforms:
+            # torch's reader pipes the bytes through each named extension (zstd is the one it
+            # knows); raw spans of such data are not a torch.save archive
+            names = [t.partition("/")[0] if isinstance(t, str) else repr(t)[:40]
+                     for t in (transforms if isinstance(transforms, (list, tuple)) else [transforms])]
+            unknown = [n for n in names if n != "stream.zstd"]
+            why = (f"through transform {unknown[0]!r:.60}, which torch's reader does not know "
+                   "either") if unknown else "zstd-compressed, which is not read here"
+            raise StructureError(f"DCP data of {fqn!r:.200} in {name} is stored {why}",
+                                 fqn if isinstance(fqn, str) else "", name)
         spans[key] = FileSpan(remote.join(folder, name), offset, length)
     return spans
 
 
-def _tensor(fqn, entry, spans) -> TensorInfo:
+def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
     size = entry.get("size")
     if not isinstance(size, tuple) or not all(type(d) is int and d >= 0 for d in size):
         raise CheckpointError(f"DCP tensor {fqn!r} has a malformed size")
@@ -111,15 +124,58 @@ def _tensor(fqn, entry, spans) -> TensorInfo:
     chunks = []
     for chunk in entry.get("chunks") or []:
         chunk_fields = _fields(chunk, "ChunkStorageMetadata")
-        offsets, sizes = tuple(chunk_fields.get("offsets", ())), tuple(chunk_fields.get("sizes", ()))
+        offsets, sizes = chunk_fields.get("offsets", ()), chunk_fields.get("sizes", ())
+        if not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or \
+                not all(type(v) is int and v >= 0 for v in offsets + sizes):
+            raise StructureError(f"DCP tensor {fqn!r} has a chunk with malformed offsets or sizes",
+                                 fqn)
         span = spans.get((fqn, offsets))
         if span is None:
-            raise CheckpointError(f"DCP tensor {fqn!r} has a chunk with no stored data")
+            raise StructureError(f"DCP tensor {fqn!r} has a chunk with no stored data", fqn)
         chunks.append((offsets, sizes, span))
-    if sum(math.prod(s) for _, s, _ in chunks) < math.prod(size):
-        raise CheckpointError(f"DCP tensor {fqn!r} is not fully covered by its chunks")
+    _check_tiling(fqn, size, chunks, budget)
     info.chunks = chunks
     return info
+
+
+def _check_tiling(fqn: str, size: tuple, chunks: list, budget: list):
+    """The chunks must tile the tensor: each inside it, no two overlapping, none left out —
+    what torch's save planner checks before it writes. Its reader checks none of it: a chunk
+    past the edge is clipped, overlapping chunks are copied in an order it does not define,
+    and a hole is left as whatever memory held (dcp_to_torch_save) or as the target's old
+    values (dcp.load)."""
+    for offsets, sizes, span in chunks:
+        where = f"DCP tensor {fqn!r}: its chunk at {list(offsets)}"
+        record = f"{remote.basename(span.path)} at offset {span.offset:,}"
+        if len(offsets) != len(size) or len(sizes) != len(size):
+            raise StructureError(f"{where} has {len(offsets)} offsets and {len(sizes)} sizes for "
+                                 f"{len(size)} dimensions", fqn, record)
+        if any(o + n > d for o, n, d in zip(offsets, sizes, size)):
+            raise StructureError(f"{where} of size {list(sizes)} reaches past the tensor's size "
+                                 f"{list(size)}", fqn, record)
+    solid = sorted((c for c in chunks if math.prod(c[1])), key=lambda c: c[0][:1])
+    active = []
+    for offsets, sizes, span in solid:
+        start = offsets[0] if offsets else 0
+        active = [c for c in active if (c[0][0] + c[1][0] if c[0] else 1) > start]
+        for other, other_sizes, _ in active:
+            if all(a < b + m and b < a + n for a, n, b, m in
+                   zip(offsets, sizes, other, other_sizes)):
+                raise StructureError(
+                    f"DCP tensor {fqn!r} is ambiguous: its chunks at {list(other)} and "
+                    f"{list(offsets)} overlap, and torch's reader loads whichever it copies "
+                    "last, in an order it does not define", fqn,
+                    f"{remote.basename(span.path)} at offset {span.offset:,}")
+        budget[0] -= len(active) + 1
+        if budget[0] < 0:
+            raise StructureError(f"DCP tensor {fqn!r} has too many interleaved chunks to check "
+                                 "that they do not overlap", fqn)
+        active.append((offsets, sizes, span))
+    if sum(math.prod(s) for _, s, _ in solid) != math.prod(size):
+        raise StructureError(f"DCP tensor {fqn!r} has holes: its chunks cover "
+                             f"{sum(math.prod(s) for _, s, _ in solid):,} of its "
+                             f"{math.prod(size):,} elements, and torch's reader leaves the rest "
+                             "as whatever memory held", fqn)
 
 
 def _inline_object(span):
@@ -179,7 +235,7 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
     from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
     try:
-        with open(span.path, "rb") as f:
+        with remote.open_source(span.path) as f:
             window = _Window(f, span.offset, span.nbytes)
             with zipfile.ZipFile(window) as zf:
                 infos = zf.infolist()
@@ -222,3 +278,22 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
                          * DTYPE_SIZES[tensor.dtype] > tensor.storage.nbytes):
         raise CheckpointError(f"DCP chunk of {span.path} reaches past its storage")
     return tensor
+
+
+def stored_chunk(tensor: TensorInfo, offsets: tuple, sizes: tuple, span: FileSpan,
+                 key: str = "") -> TensorInfo:
+    """The tensor a chunk stores, once it is known to be the one the metadata describes.
+    torch's reader refuses a smaller one, but narrows a larger one to its first elements and
+    casts another dtype without a word; torch's writer never writes either, nor a chunk
+    stored as an expanded view (whose few stored elements would be read as many)."""
+    chunk = chunk_tensor(span)
+    where = f"DCP tensor {key!r}: its chunk at {list(offsets)}" if key else \
+        f"DCP chunk at {list(offsets)}"
+    record = f"{remote.basename(span.path)} at offset {span.offset:,}"
+    if chunk.dtype != tensor.dtype or tuple(chunk.shape) != tuple(sizes):
+        raise StructureError(f"{where} in {record} stores {chunk.dtype} {list(chunk.shape)} where "
+                             f"the metadata says {tensor.dtype} {list(sizes)}", key, record)
+    if chunk.numel > chunk.storage.numel:
+        raise StructureError(f"{where} in {record} stores {chunk.storage.numel:,} elements for "
+                             f"its {chunk.numel:,} (an expanded view)", key, record)
+    return chunk
