@@ -153,3 +153,70 @@ def test_torch_written_dcp_is_intact(tmp_path, capsys):
     dcp.save(state, checkpoint_id=str(tmp_path / "ok"))
     assert main(["verify", str(tmp_path / "ok")]) == 0
     assert capsys.readouterr().out.startswith("intact: ")
+
+
+# --- .pt2 view geometry: torch.export.load builds each entry with torch.as_strided ----------
+
+@pytest.fixture(scope="module")
+def pt2_archive(tmp_path_factory):
+    import warnings
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pt2") / "m.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),)),
+                          str(path))
+    return str(path)
+
+
+def pt2_with(src, dst, **tensor_meta) -> str:
+    """A copy of the archive whose `weight` entry has the given sizes/strides/offset."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name.endswith("_weights_config.json"):
+                config = json.loads(data)
+                config["config"]["weight"]["tensor_meta"].update(
+                    {k: [{"as_int": v} for v in vs] if isinstance(vs, list) else {"as_int": vs}
+                     for k, vs in tensor_meta.items()})
+                data = json.dumps(config).encode()
+            zout.writestr(name, data)
+    return str(dst)
+
+
+def torch_export_loads(path):
+    import logging
+
+    logging.getLogger("torch.export").setLevel(logging.CRITICAL)   # its traceback warning
+    try:
+        return torch.export.load(path).state_dict
+    except Exception as exc:    # noqa: BLE001 - the reference's refusal
+        return exc
+
+
+@pytest.mark.parametrize("meta, what", [
+    ({"strides": [3, -1], "storage_offset": 2}, "negative stride"),
+    ({"storage_offset": 1}, "reaching element 7 of record weight_0, which holds 6"),
+    ({"sizes": [3, 3]}, "reaching element 9"),
+])
+def test_pt2_views_torch_refuses_are_refused(pt2_archive, tmp_path, capsys, meta, what):
+    path = pt2_with(pt2_archive, tmp_path / "bad.pt2", **meta)
+    assert isinstance(torch_export_loads(path), Exception)
+    with pytest.raises(StructureError, match=what) as caught:
+        open_checkpoint(path)
+    assert caught.value.key == "weight"
+    assert "'weight'" in verify_line(path, capsys)
+
+
+def test_pt2_views_torch_reads_are_read_alike(pt2_archive, tmp_path):
+    """A zero stride repeats a row, inside the record: torch reads it, and so do we."""
+    from ckpt_viewer.core.values import read_tensor
+
+    path = pt2_with(pt2_archive, tmp_path / "rows.pt2", strides=[0, 1])
+    reference = torch_export_loads(path)["weight"]
+    got = read_tensor(open_checkpoint(path).find("weight").tensor)
+    assert torch.equal(got, reference.detach())
