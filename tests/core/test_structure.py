@@ -220,3 +220,66 @@ def test_pt2_views_torch_reads_are_read_alike(pt2_archive, tmp_path):
     reference = torch_export_loads(path)["weight"]
     got = read_tensor(open_checkpoint(path).find("weight").tensor)
     assert torch.equal(got, reference.detach())
+
+
+# --- GGUF keys: the gguf package's GGUFReader is the oracle ----------------------------------
+
+def small_gguf(path, patch=None, **uint64_keys) -> str:
+    """A GGUF file from gguf's own writer (keys general.aaaa and general.bbbb, tensors aaaa
+    and bbbb), then each `patch` (old bytes -> new bytes, same length) applied."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("general.aaaa", 1)
+    writer.add_uint32("general.bbbb", 2)
+    for key, value in uint64_keys.items():
+        writer.add_uint64(key.replace("__", "."), value)
+    writer.add_tensor("aaaa", np.arange(8, dtype=np.float32))
+    writer.add_tensor("bbbb", np.ones(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    for old, new in (patch or {}).items():
+        assert len(old) == len(new) and old in data
+        data = data.replace(old, new, 1)
+    path.write_bytes(data)
+    return str(path)
+
+
+def gguf_reads(path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as exc:    # noqa: BLE001 - the reference's refusal
+        return exc
+
+
+@pytest.mark.parametrize("patch, uint64_keys, what", [
+    ({b"general.bbbb": b"general.aaaa"}, {}, "key 'general.aaaa' appears twice"),
+    ({b"general.bbbb": b"GGUF.version"}, {}, "key 'GGUF.version' appears twice"),
+    ({b"general.bbbb": b"general.\xffbbb"}, {}, "metadata key at byte .* is not valid UTF-8"),
+    ({b"\x04" + bytes(7) + b"bbbb": b"\x04" + bytes(7) + b"aaaa"}, {}, "names tensor 'aaaa' twice"),
+    ({b"\x04" + bytes(7) + b"bbbb": b"\x04" + bytes(7) + b"b\xffbb"}, {}, "tensor name at byte"),
+    ({}, {"general__alignment": 32}, "general.alignment is of value type 10, not UINT32"),
+])
+def test_gguf_files_gguf_refuses_are_refused(tmp_path, capsys, patch, uint64_keys, what):
+    path = small_gguf(tmp_path / "m.gguf", patch, **uint64_keys)
+    assert isinstance(gguf_reads(path), Exception)
+    with pytest.raises(StructureError, match=what):
+        open_checkpoint(path)
+    verify_line(path, capsys)
+
+
+def test_gguf_file_gguf_reads_is_read_alike(tmp_path):
+    from ckpt_viewer.core.values import read_array
+
+    path = small_gguf(tmp_path / "m.gguf")
+    reader = gguf_reads(path)
+    checkpoint = open_checkpoint(path)
+    assert [t.name for t in reader.tensors] == [k for k, _, _ in checkpoint.tensors()]
+    for tensor in reader.tensors:
+        assert read_array(checkpoint.find(tensor.name).tensor).tobytes() == tensor.data.tobytes()

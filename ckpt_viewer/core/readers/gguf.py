@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.model import Checkpoint, FileSpan, Storage, TensorInfo
 from ckpt_viewer.core.readers.safetensors import flat_tree
 
@@ -49,6 +49,10 @@ PLAIN_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "f
 VALUE_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
                  10: "Q", 11: "q", 12: "d"}
 STRING, ARRAY = 8, 9
+UINT32 = 4
+# GGUFReader files the header's own fields under these names first: a key-value with one of
+# them is a duplicate key to it
+READER_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
 
 
 class _Header:
@@ -76,12 +80,23 @@ class _Header:
     def unpack(self, fmt: str):
         return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
+    def string(self, name: str = "") -> str:
+        """A string value (undecodable bytes replaced), or the key or tensor name `name`
+        says, which GGUFReader decodes strictly: one that is not UTF-8 is refused."""
+        start = self.position
         length = self.unpack("Q")
         if length > MAX_STRING_BYTES:
             raise CheckpointError(f"GGUF header holds a string of {length:,} bytes; refusing "
                                   f"more than {MAX_STRING_BYTES:,}")
-        return self.take(length).decode("utf-8", "replace")
+        data = self.take(length)
+        if not name:
+            return data.decode("utf-8", "replace")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StructureError(f"GGUF {name} at byte {start:,} is not valid UTF-8 "
+                                 f"({data[:40]!r}); GGUFReader refuses the file",
+                                 record=f"{name} at byte {start:,}") from None
 
     def value(self, kind: int, depth: int = 0):
         if kind in VALUE_FORMATS:
@@ -138,19 +153,29 @@ def read_header(path: str) -> tuple[int, dict, list, int]:
         tensor_count, kv_count = header.unpack("Q"), header.unpack("Q")
         if tensor_count > header.size or kv_count > header.size:
             raise CheckpointError("GGUF header claims more entries than the file could hold")
-        metadata = {}
+        metadata, kinds = {}, {}
         for _ in range(kv_count):
-            key = header.string()
-            metadata[key] = header.value(header.unpack("I"))
+            start = header.position
+            key = header.string("metadata key")
+            if key in metadata or key in READER_FIELDS:
+                raise StructureError(f"GGUF metadata key {key!r:.200} appears twice (again at "
+                                     f"byte {start:,}); GGUFReader refuses the file",
+                                     record=f"metadata key {key!r:.200}")
+            kinds[key] = header.unpack("I")
+            metadata[key] = header.value(kinds[key])
         infos = []
         for _ in range(tensor_count):
-            name = header.string()
+            name = header.string("tensor name")
             n_dims = header.unpack("I")
             if n_dims > MAX_DIMS:
                 raise CheckpointError(f"GGUF tensor {name!r} has {n_dims} dimensions")
             dims = [header.unpack("Q") for _ in range(n_dims)]
             infos.append((name, dims, header.unpack("I"), header.unpack("Q")))
         alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if kinds.get("general.alignment", UINT32) != UINT32:
+            raise StructureError(f"GGUF general.alignment is of value type "
+                                 f"{kinds['general.alignment']}, not UINT32; GGUFReader refuses "
+                                 "the file", record="metadata key 'general.alignment'")
         if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
             raise CheckpointError(f"GGUF general.alignment {alignment!r:.20} is not a power of 2")
         data_start = -(-header.position // alignment) * alignment
@@ -195,7 +220,8 @@ def read(path: str) -> Checkpoint:
     tensors, warnings = {}, []
     for name, dims, type_id, offset in infos:
         if name in tensors:
-            raise CheckpointError(f"GGUF file names tensor {name!r} twice")
+            raise StructureError(f"GGUF file names tensor {name!r} twice; GGUFReader refuses it",
+                                 name, f"tensor info {name!r}")
         tensors[name] = _tensor(path, name, dims, type_id, offset, data_start, file_size)
         if offset % metadata.get("general.alignment", DEFAULT_ALIGNMENT):
             warnings.append(f"GGUF tensor {name!r} is not aligned as the file says")
