@@ -569,24 +569,29 @@ def _quantize(int_repr, tensor: TensorInfo, dtype):
 
 
 def _read_dcp(tensor: TensorInfo):
-    """Assemble a DCP tensor from its chunks; each chunk is a small torch.save archive."""
+    """Assemble a DCP tensor from its chunks: small torch.save archives, or raw safetensors
+    tensors (Hugging Face storage)."""
     import io
 
     import torch
 
-    from ckpt_viewer.core.readers.dcp import stored_chunk
+    from ckpt_viewer.core.readers.dcp import RawChunk, stored_chunk
 
     for offsets, sizes, span in tensor.chunks:     # before the tensor is allocated
         stored_chunk(tensor, offsets, sizes, span)
     out = torch.empty(tensor.shape, dtype=getattr(torch, tensor.dtype))
     for offsets, sizes, span in tensor.chunks:
-        with remote.open_source(span.path) as f:
-            f.seek(span.offset)
-            data = f.read(span.nbytes)
-        try:
-            chunk = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception as exc:   # noqa: BLE001 - a damaged chunk is a read error
-            raise CheckpointError(f"DCP chunk of {span.path} cannot be read ({exc})") from None
+        if isinstance(span, RawChunk):               # a safetensors tensor (HF storage)
+            chunk = read_tensor(span.tensor)
+        else:
+            with remote.open_source(span.path) as f:
+                f.seek(span.offset)
+                data = f.read(span.nbytes)
+            try:
+                chunk = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+            except Exception as exc:   # noqa: BLE001 - a damaged chunk is a read error
+                raise CheckpointError(f"DCP chunk of {span.path} cannot be read ({exc})") \
+                    from None
         region = out
         for dim, (start, size) in enumerate(zip(offsets, sizes)):
             region = region.narrow(dim, start, size)

@@ -191,7 +191,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
             runs = [lambda report: _read_spans(spans, report, owners)]
-            if kind == "dcp":
+            if kind in ("dcp", "dcp_hf"):
                 runs.insert(0, lambda report: _dcp_chunks(checkpoint))
             report.notes.append("this format stores no checksums: sizes and offsets were "
                                 "checked and every byte was read")

@@ -283,3 +283,154 @@ def test_gguf_file_gguf_reads_is_read_alike(tmp_path):
     assert [t.name for t in reader.tensors] == [k for k, _, _ in checkpoint.tensors()]
     for tensor in reader.tensors:
         assert read_array(checkpoint.find(tensor.name).tensor).tobytes() == tensor.data.tobytes()
+
+
+# --- folders as their own loaders read them (issue #20) --------------------------------------
+
+def same_bits(a, b) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
+
+
+def hf_reader_state(folder) -> dict:
+    """Every tensor as torch's HuggingFaceStorageReader loads it."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    metadata = HuggingFaceStorageReader(folder).read_metadata()
+    state = {key: torch.empty(md.size, dtype=md.properties.dtype)
+             for key, md in metadata.state_dict_metadata.items()}
+    dcp.load(state, storage_reader=HuggingFaceStorageReader(folder), no_dist=True)
+    return state
+
+
+def assert_reads_like(checkpoint, expected: dict):
+    from ckpt_viewer.core.values import read_tensor
+
+    got = {key: read_tensor(tensor) for key, tensor, _ in checkpoint.tensors()}
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert same_bits(got[key], value.detach()), key
+
+
+def test_hf_storage_writer_folder_opens_as_its_reader_reads_it(tmp_path, capsys):
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    state = {"emb": torch.randn(6, 4), "norm.b": torch.randn(5).bfloat16(),
+             "ints": torch.arange(7)}
+    folder = str(tmp_path / "hf")
+    dcp.save(state, storage_writer=HuggingFaceStorageWriter(folder, save_distributed=True),
+             no_dist=True)
+    assert not [n for n in os.listdir(folder) if n.endswith(".json") or n == ".metadata"]
+    checkpoint = open_checkpoint(folder)
+    assert checkpoint.format == "dcp"
+    assert_reads_like(checkpoint, hf_reader_state(folder))
+    assert main(["verify", folder]) == 0 and capsys.readouterr().out.startswith("intact: ")
+
+
+def write_rank_files(folder, ranks):
+    """What ranks of HuggingFaceStorageWriter(save_distributed=True) write: one safetensors
+    file each, its tensors' offsets in DCP_SHARDING_INFO. ranks: [{key: (offsets, tensor)}]."""
+    import json
+
+    from safetensors.torch import save_file
+
+    os.makedirs(folder)
+    for rank, tensors in enumerate(ranks):
+        info = {key: {"saved_offsets": list(offsets)} for key, (offsets, _) in tensors.items()}
+        save_file({key: t for key, (_, t) in tensors.items()},
+                  os.path.join(folder, f"shard-{rank:05d}-model-00001-of-00001.safetensors"),
+                  metadata={"format": "pt", "DCP_SHARDING_INFO": json.dumps(info),
+                            "DCP_VERSION": "1.0"})
+    return str(folder)
+
+
+def test_hf_storage_rank_files_assemble_like_its_reader(tmp_path):
+    w = torch.randn(6, 4)
+    folder = write_rank_files(tmp_path / "ranks", [
+        {"w": ((0, 0), w[:3].clone()), "only0": ((0,), torch.arange(3))},
+        {"w": ((3, 0), w[3:].clone())}])
+    expected = hf_reader_state(folder)
+    assert same_bits(expected["w"], w)
+    checkpoint = open_checkpoint(folder)
+    assert checkpoint.find("w").tensor.shape == (6, 4)
+    assert_reads_like(checkpoint, expected)
+    run(export(checkpoint, ExportPlan(format="pth"), str(tmp_path / "out.pth")))
+    assert same_bits(torch.load(tmp_path / "out.pth", weights_only=True)["w"], w)
+
+
+def test_hf_storage_rank_files_that_overlap_are_refused(tmp_path, capsys):
+    folder = write_rank_files(tmp_path / "ranks", [
+        {"w": ((0, 0), torch.ones(4, 4))}, {"w": ((2, 0), torch.full((4, 4), 2.0))}])
+    with pytest.raises(StructureError, match="'w' is ambiguous"):
+        open_checkpoint(folder)
+    assert "'w'" in verify_line(folder, capsys)
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    """Three differently initialised tiny GPT-2 models of one config, saved by transformers:
+    sharded safetensors (with its index), a single safetensors file, a .bin file."""
+    transformers = pytest.importorskip("transformers")
+    base = tmp_path_factory.mktemp("gpt2")
+    config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16,
+                                     n_positions=8, bos_token_id=0, eos_token_id=0)
+    for seed, (name, kwargs) in enumerate({"sharded": {"max_shard_size": "2KB"},
+                                           "single": {}, "bin": {}}.items()):
+        torch.manual_seed(seed)
+        model = transformers.GPT2LMHeadModel(config)
+        model.save_pretrained(base / name, **kwargs)
+    # transformers 5 writes no .bin: the file older versions wrote, a torch.save'd state_dict
+    os.remove(base / "bin" / "model.safetensors")
+    torch.save(model.state_dict(), base / "bin" / "pytorch_model.bin")
+    return base
+
+
+def gpt2_folder(gpt2, folder, *parts) -> str:
+    import shutil
+
+    os.makedirs(folder)
+    for part in parts:
+        for name in os.listdir(gpt2 / part):
+            shutil.copy(gpt2 / part / name, folder / name)
+    return str(folder)
+
+
+@pytest.mark.parametrize("parts, read, unread", [
+    (("sharded", "single"), "model.safetensors", "model.safetensors.index.json"),
+    (("sharded", "bin"), "model.safetensors.index.json", "pytorch_model.bin"),
+    (("single", "bin"), "model.safetensors", "pytorch_model.bin"),
+])
+def test_folder_reads_what_from_pretrained_reads(gpt2, tmp_path, parts, read, unread):
+    import transformers
+
+    folder = gpt2_folder(gpt2, tmp_path / "m", *parts)
+    reference = transformers.GPT2LMHeadModel.from_pretrained(folder).state_dict()
+    checkpoint = open_checkpoint(folder)
+    assert f"{unread} is not read: from_pretrained reads {read} in this folder" in \
+        checkpoint.warnings
+    keys = [key for key, _, _ in checkpoint.tensors()]
+    assert_reads_like(checkpoint, {key: reference[key] for key in keys})
+
+
+def test_variant_index_opens_as_a_file_and_as_a_folder(gpt2, tmp_path):
+    """transformers' from_pretrained(variant="fp16") reads model.safetensors.index.fp16.json;
+    diffusers names its variant index diffusion_pytorch_model.safetensors.index.fp16.json."""
+    import transformers
+
+    torch.manual_seed(5)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2LMHeadModel.from_pretrained(
+        str(gpt2 / "single")).config)
+    folder = tmp_path / "fp16"
+    model.save_pretrained(folder, variant="fp16", max_shard_size="2KB")
+    reference = transformers.GPT2LMHeadModel.from_pretrained(folder, variant="fp16").state_dict()
+    index = folder / "model.safetensors.index.fp16.json"
+    for path in (index, folder):
+        checkpoint = open_checkpoint(str(path))
+        assert checkpoint.format == "hf-sharded"
+        keys = [key for key, _, _ in checkpoint.tensors()]
+        assert_reads_like(checkpoint, {key: reference[key] for key in keys})
+    index.rename(folder / "diffusion_pytorch_model.safetensors.index.fp16.json")
+    os.remove(folder / "config.json")
+    for path in (folder / "diffusion_pytorch_model.safetensors.index.fp16.json", folder):
+        checkpoint = open_checkpoint(str(path))
+        assert_reads_like(checkpoint, {key: reference[key] for key, _, _ in checkpoint.tensors()})

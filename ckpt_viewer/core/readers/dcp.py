@@ -8,9 +8,11 @@ MetadataIndex, _StorageInfo) as the inert records they become."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import zipfile
+from dataclasses import dataclass
 
 from ckpt_viewer.core import CheckpointError, StructureError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
@@ -21,6 +23,14 @@ from ckpt_viewer.core.tree import SCALAR_TYPES
 MAX_METADATA_BYTES = 512 * 1024 * 1024
 MAX_INLINE_OBJECT = 1024 * 1024    # small pickled non-tensor items are decoded for display
 MAX_OVERLAP_CHECKS = 4_000_000     # chunk pairs compared per folder: a bound for hostile metadata
+HF_SHARDING_KEY = "DCP_SHARDING_INFO"   # torch/distributed/checkpoint/_hf_utils.py
+
+
+@dataclass(eq=False)
+class RawChunk(FileSpan):
+    """A chunk stored as a raw safetensors tensor (HuggingFaceStorageWriter), not as a
+    torch.save archive: the span covers its bytes, `tensor` describes them."""
+    tensor: TensorInfo | None = None
 
 
 def _fields(obj, what) -> dict:
@@ -77,6 +87,69 @@ def read(folder: str) -> Checkpoint:
                             metadata={"DCP version": version} if isinstance(version, str) else {})
     checkpoint.globals_named, checkpoint.global_calls = dict(report.globals), report.calls
     return checkpoint
+
+
+def hf_shards(folder: str) -> list[str]:
+    """The files torch's HuggingFaceStorageReader reads as one checkpoint (every *.safetensors
+    file of the folder), when one of them carries DCP sharding info in its header: a folder
+    HuggingFaceStorageWriter(save_distributed=True) wrote, with no .metadata and no index."""
+    names = sorted(n for n in remote.listdir(folder) if n.endswith(".safetensors"))
+    for name in names:
+        try:
+            _, metadata, _ = safetensors.tensor_infos(remote.join(folder, name))
+        except CheckpointError:
+            continue
+        if HF_SHARDING_KEY in metadata:
+            return names
+    return []
+
+
+def read_hf(folder: str) -> Checkpoint:
+    """A Hugging Face storage DCP folder, as HuggingFaceStorageReader.read_metadata reads it:
+    each safetensors tensor is a chunk at the `saved_offsets` its file's DCP_SHARDING_INFO
+    gives (zeros without it), and a tensor's size reaches the furthest chunk."""
+    pieces, warnings, total = {}, [], 0
+    for name in hf_shards(folder):
+        path = remote.join(folder, name)
+        total += remote.getsize(path)
+        tensors, metadata, file_warnings = safetensors.tensor_infos(path)
+        warnings += [f"{name}: {w}" for w in file_warnings]
+        sharding = metadata.get(HF_SHARDING_KEY)
+        try:
+            sharding = json.loads(sharding) if isinstance(sharding, str) else sharding
+        except (ValueError, RecursionError):
+            sharding = "not JSON"
+        if sharding is not None and not isinstance(sharding, dict):
+            raise StructureError(f"{name}: its {HF_SHARDING_KEY} is not a JSON object",
+                                 record=name)
+        for key, tensor in tensors.items():
+            entry = (sharding or {}).get(key)
+            offsets = entry.get("saved_offsets") if isinstance(entry, dict) else \
+                None if sharding else [0] * len(tensor.shape)
+            if not isinstance(offsets, list) or len(offsets) != len(tensor.shape) or \
+                    not all(type(o) is int and o >= 0 for o in offsets):
+                raise StructureError(f"{name}: its {HF_SHARDING_KEY} gives tensor {key!r} no "
+                                     "saved_offsets of its rank", key, name)
+            source = tensor.storage.source
+            span = RawChunk(source.path, source.offset, source.nbytes, tensor)
+            pieces.setdefault(key, []).append((tuple(offsets), tensor.shape, span))
+    if not pieces:
+        raise CheckpointError("folder holds no safetensors file with DCP sharding info")
+    tensors, budget = {}, [MAX_OVERLAP_CHECKS]
+    for key, chunks in pieces.items():
+        first = chunks[0][2].tensor
+        for offsets, shape, span in chunks:
+            if span.tensor.dtype != first.dtype or len(shape) != len(first.shape):
+                raise StructureError(
+                    f"DCP tensor {key!r}: its chunk at {list(offsets)} in "
+                    f"{remote.basename(span.path)} is {span.tensor.dtype} {list(shape)}, another "
+                    f"{first.dtype} {list(first.shape)}", key, remote.basename(span.path))
+        size = tuple(max(o[d] + s[d] for o, s, _ in chunks) for d in range(len(first.shape)))
+        _check_tiling(key, size, chunks, budget)
+        tensors[key] = TensorInfo(dtype=first.dtype, shape=size, chunks=chunks)
+    return Checkpoint(path=folder, format="dcp", file_bytes=total,
+                      root=safetensors.flat_tree(tensors), warnings=warnings,
+                      metadata={"DCP storage": "Hugging Face safetensors shards"})
 
 
 def _storage_spans(folder, storage_data) -> dict:
@@ -234,6 +307,8 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
     storage pointing at the raw record inside the data file: nothing is read but data.pkl."""
     from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
+    if isinstance(span, RawChunk):
+        return span.tensor
     try:
         with remote.open_source(span.path) as f:
             window = _Window(f, span.offset, span.nbytes)
