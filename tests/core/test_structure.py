@@ -1,14 +1,15 @@
 """Structure the format's own reader refuses, or reads in no defined way, is refused here and
-reported by `verify` as damage naming the tensor: DCP chunk geometry (metadata written with
-pickle of torch's own Metadata classes; torch's DCP reader is the oracle)."""
+reported by `verify` as damage naming the tensor — DCP chunk geometry (metadata pickled from
+torch's own Metadata classes; torch's DCP reader is the oracle), `.pt2` views
+(torch.export.load), GGUF keys (gguf's GGUFReader) — and folders are read as their own loaders
+read them (transformers' from_pretrained, torch's HuggingFaceStorageReader)."""
 
-import io
 import os
-import pickle
 
 import pytest
 import torch
 
+import builders
 from ckpt_viewer.cli import main
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.export import ExportPlan, export
@@ -16,36 +17,11 @@ from ckpt_viewer.core.open import open_checkpoint
 from ckpt_viewer.core.stats import compute, run
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")
-from torch.distributed.checkpoint.filesystem import _StorageInfo  # noqa: E402
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # noqa: E402
-from torch.distributed.checkpoint.metadata import (  # noqa: E402
-    ChunkStorageMetadata,
-    Metadata,
-    MetadataIndex,
-    TensorProperties,
-    TensorStorageMetadata,
-)
 
 
 def write_dcp(folder, shape, chunks, dtype=torch.float32, transforms=None) -> str:
-    """A DCP folder holding tensor "w" of `shape` from chunks [(offsets, sizes, stored tensor)],
-    each stored as torch's writer stores it (torch.save into one data file)."""
-    os.makedirs(folder)
-    blob, md_chunks, storage = io.BytesIO(), [], {}
-    for offsets, sizes, stored in chunks:
-        start = blob.tell()
-        torch.save(stored, blob)
-        md_chunks.append(ChunkStorageMetadata(offsets=torch.Size(offsets),
-                                              sizes=torch.Size(sizes)))
-        storage[MetadataIndex("w", torch.Size(offsets))] = _StorageInfo(
-            "d.distcp", start, blob.tell() - start, transforms)
-    with open(os.path.join(folder, "d.distcp"), "wb") as f:
-        f.write(blob.getvalue())
-    metadata = Metadata(state_dict_metadata={"w": TensorStorageMetadata(
-        TensorProperties(dtype=dtype), torch.Size(shape), md_chunks)}, storage_data=storage)
-    with open(os.path.join(folder, ".metadata"), "wb") as f:
-        pickle.dump(metadata, f)
-    return str(folder)
+    return builders.dcp_crafted(folder, shape, chunks, dtype, transforms)
 
 
 def torch_reads(folder, target=None):

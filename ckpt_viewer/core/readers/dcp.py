@@ -22,7 +22,7 @@ from ckpt_viewer.core.tree import SCALAR_TYPES
 
 MAX_METADATA_BYTES = 512 * 1024 * 1024
 MAX_INLINE_OBJECT = 1024 * 1024    # small pickled non-tensor items are decoded for display
-MAX_OVERLAP_CHECKS = 4_000_000     # chunk pairs compared per folder: a bound for hostile metadata
+MAX_OVERLAP_CHECKS = 1_000_000     # chunk pairs compared per folder: a bound for hostile metadata
 HF_SHARDING_KEY = "DCP_SHARDING_INFO"   # torch/distributed/checkpoint/_hf_utils.py
 
 
@@ -226,11 +226,15 @@ def _check_tiling(fqn: str, size: tuple, chunks: list, budget: list):
         if any(o + n > d for o, n, d in zip(offsets, sizes, size)):
             raise StructureError(f"{where} of size {list(sizes)} reaches past the tensor's size "
                                  f"{list(size)}", fqn, record)
-    solid = sorted((c for c in chunks if math.prod(c[1])), key=lambda c: c[0][:1])
+    # a sweep along the dimension the chunks split most: only chunks that span the sweep
+    # position can overlap, and in a real layout they are few
+    dim = max(range(len(size)), key=lambda d: len({c[0][d] for c in chunks}), default=None)
+    solid = sorted((c for c in chunks if math.prod(c[1])),
+                   key=lambda c: c[0][dim] if dim is not None else 0)
     active = []
     for offsets, sizes, span in solid:
-        start = offsets[0] if offsets else 0
-        active = [c for c in active if (c[0][0] + c[1][0] if c[0] else 1) > start]
+        start = offsets[dim] if dim is not None else 0
+        active = [c for c in active if (c[0][dim] + c[1][dim] if dim is not None else 1) > start]
         for other, other_sizes, _ in active:
             if all(a < b + m and b < a + n for a, n, b, m in
                    zip(offsets, sizes, other, other_sizes)):
