@@ -114,7 +114,7 @@ def read_hf(folder: str) -> Checkpoint:
         total += remote.getsize(path)
         tensors, metadata, file_warnings = safetensors.tensor_infos(path)
         warnings += [f"{name}: {w}" for w in file_warnings]
-        sharding = metadata.get(HF_SHARDING_KEY)
+        sharding = metadata.get(HF_SHARDING_KEY) or None     # torch ignores an empty one
         try:
             sharding = json.loads(sharding) if isinstance(sharding, str) else sharding
         except (ValueError, RecursionError):
