@@ -197,7 +197,8 @@ def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
     chunks = []
     for chunk in entry.get("chunks") or []:
         chunk_fields = _fields(chunk, "ChunkStorageMetadata")
-        offsets, sizes = chunk_fields.get("offsets", ()), chunk_fields.get("sizes", ())
+        offsets, sizes = (tuple(v) if isinstance(v, list) else v
+                          for v in (chunk_fields.get("offsets", ()), chunk_fields.get("sizes", ())))
         if not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or \
                 not all(type(v) is int and v >= 0 for v in offsets + sizes):
             raise StructureError(f"DCP tensor {fqn!r} has a chunk with malformed offsets or sizes",
