@@ -97,7 +97,7 @@ def hf_shards(folder: str) -> list[str]:
     for name in names:
         try:
             _, metadata, _ = safetensors.tensor_infos(remote.join(folder, name))
-        except CheckpointError:
+        except (CheckpointError, OSError):
             continue
         if HF_SHARDING_KEY in metadata:
             return names
