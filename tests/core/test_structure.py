@@ -448,3 +448,48 @@ def test_variant_index_opens_as_a_file_and_as_a_folder(gpt2, tmp_path):
     for path in (folder / "diffusion_pytorch_model.safetensors.index.fp16.json", folder):
         checkpoint = open_checkpoint(str(path))
         assert_reads_like(checkpoint, {key: reference[key] for key, _, _ in checkpoint.tensors()})
+
+
+def test_big_endian_gguf_reads_as_gguf_reader_reads_it(tmp_path):
+    """GGUFReader reads a file of the other byte order: plain values byte-swapped, quantized
+    blocks as their raw bytes (gguf's writer swaps only plain arrays)."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    from ckpt_viewer.core.values import read_array
+
+    path = str(tmp_path / "be.gguf")
+    writer = gguf.GGUFWriter(path, "llama", endianess=gguf.GGUFEndian.BIG)
+    writer.add_uint32("general.answer", 42)
+    writer.add_array("general.list", [1, 2, 3])
+    values = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    writer.add_tensor("f32", values)
+    writer.add_tensor("f16", values.astype(np.float16))
+    writer.add_tensor("i32", np.arange(-5, 5, dtype=np.int32))
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    writer.add_tensor("q8", gguf.quants.quantize(values, q8), raw_dtype=q8)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader = gguf.GGUFReader(path)
+    assert reader.byte_order == "S"
+    checkpoint = open_checkpoint(path)
+    assert checkpoint.metadata["general.answer"] == 42
+    assert checkpoint.metadata["general.list"] == "[1, 2, 3]"
+    listed = {key: t for key, t, _ in checkpoint.tensors()}
+    assert list(listed) == [t.name for t in reader.tensors]
+    for t in reader.tensors:       # (gguf's dequantize views plain data in native order)
+        expected = t.data.astype(t.data.dtype.newbyteorder("=")) if t.data.dtype != np.uint8 \
+            else gguf.quants.dequantize(t.data, t.tensor_type)
+        got = read_array(listed[t.name])
+        assert got.dtype.newbyteorder("=") == expected.dtype, t.name
+        assert np.array_equal(got, expected), t.name
+        if t.data.dtype != np.uint8:
+            assert run(compute(listed[t.name])).max == float(expected.max())
+    run(export(checkpoint, ExportPlan(format="safetensors", exclude=["q8"]), str(tmp_path / "o")))
+    from safetensors.numpy import load_file
+
+    for name, value in load_file(str(tmp_path / "o")).items():
+        assert np.array_equal(value, reader.tensors[[t.name for t in reader.tensors].index(
+            name)].data), name

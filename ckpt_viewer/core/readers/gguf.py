@@ -60,6 +60,7 @@ class _Header:
 
     def __init__(self, f, size: int):
         self.f, self.size, self.position = f, size, 0
+        self.order = "<"          # ">" once the version says the file is big-endian
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.position + n > self.size:
@@ -78,7 +79,7 @@ class _Header:
         self.position += n
 
     def unpack(self, fmt: str):
-        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
+        return struct.unpack(self.order + fmt, self.take(struct.calcsize(fmt)))[0]
 
     def string(self, name: str = "") -> str:
         """A string value (undecodable bytes replaced), or the key or tensor name `name`
@@ -113,7 +114,7 @@ class _Header:
             if count * width > self.size - self.position:
                 raise CheckpointError("GGUF metadata array runs past the end of the file")
             shown = min(count, MAX_SHOWN_ITEMS)
-            items = list(struct.unpack(f"<{shown}{VALUE_FORMATS[item_kind]}",
+            items = list(struct.unpack(f"{self.order}{shown}{VALUE_FORMATS[item_kind]}",
                                        self.take(shown * width)))
             self.skip(width * (count - shown))
             return GGUFArray(items, count)
@@ -139,15 +140,17 @@ class GGUFArray(list):
         return "[" + ", ".join(repr(item) for item in self) + more + "]"
 
 
-def read_header(path: str) -> tuple[int, dict, list, int]:
-    """(version, metadata key-values, [(name, ne dims, type id, offset)], data start)."""
+def read_header(path: str) -> tuple[int, dict, list, int, str]:
+    """(version, metadata key-values, [(name, ne dims, type id, offset)], data start,
+    byte order)."""
     with open(path, "rb") as f:
         header = _Header(f, os.fstat(f.fileno()).st_size)
         if header.take(4) != MAGIC:
             raise CheckpointError("not a GGUF file (no GGUF magic)")
         version = header.unpack("I")
-        if version & 0xFFFF == 0 and version:
-            raise CheckpointError("a big-endian GGUF file; only little-endian ones are read")
+        if version & 0xFFFF == 0:    # GGUFReader's test: the other byte order (big-endian)
+            header.order = ">"
+            version = int.from_bytes(version.to_bytes(4, "little"), "big")
         if version not in (2, 3):
             raise CheckpointError(f"GGUF version {version} is not supported (2 and 3 are)")
         tensor_count, kv_count = header.unpack("Q"), header.unpack("Q")
@@ -179,10 +182,11 @@ def read_header(path: str) -> tuple[int, dict, list, int]:
         if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
             raise CheckpointError(f"GGUF general.alignment {alignment!r:.20} is not a power of 2")
         data_start = -(-header.position // alignment) * alignment
-        return version, metadata, infos, data_start
+        return version, metadata, infos, data_start, "big" if header.order == ">" else "little"
 
 
-def _tensor(path, name, dims, type_id, offset, data_start, file_size) -> TensorInfo:
+def _tensor(path, name, dims, type_id, offset, data_start, file_size,
+            byteorder="little") -> TensorInfo:
     if type_id not in GGML_TYPES:
         raise CheckpointError(f"GGUF tensor {name!r} has unknown ggml type {type_id}")
     type_name, block, type_size = GGML_TYPES[type_id]
@@ -206,7 +210,7 @@ def _tensor(path, name, dims, type_id, offset, data_start, file_size) -> TensorI
     plain = PLAIN_TYPES.get(type_name)
     if plain:
         return TensorInfo(dtype=plain, shape=shape, stride=tuple(stride),
-                          storage=Storage(name, plain, numel, "cpu", span),
+                          storage=Storage(name, plain, numel, "cpu", span, byteorder),
                           quantizer={"ggml_type": type_name})
     return TensorInfo(dtype=type_name, shape=shape, stride=tuple(stride), layout="ggml",
                       storage=Storage(name, "uint8", nbytes, "cpu", span),
@@ -215,18 +219,22 @@ def _tensor(path, name, dims, type_id, offset, data_start, file_size) -> TensorI
 
 
 def read(path: str) -> Checkpoint:
-    version, metadata, infos, data_start = read_header(path)
+    version, metadata, infos, data_start, byteorder = read_header(path)
     file_size = os.path.getsize(path)
     tensors, warnings = {}, []
     for name, dims, type_id, offset in infos:
         if name in tensors:
             raise StructureError(f"GGUF file names tensor {name!r} twice; GGUFReader refuses it",
                                  name, f"tensor info {name!r}")
-        tensors[name] = _tensor(path, name, dims, type_id, offset, data_start, file_size)
+        tensors[name] = _tensor(path, name, dims, type_id, offset, data_start, file_size,
+                                byteorder)
         if offset % metadata.get("general.alignment", DEFAULT_ALIGNMENT):
             warnings.append(f"GGUF tensor {name!r} is not aligned as the file says")
     shown = {key: str(value) if isinstance(value, GGUFArray) else value
              for key, value in metadata.items()}
     shown["GGUF version"] = version
+    if byteorder == "big":    # GGUFReader swaps plain values; quantized blocks stay raw bytes
+        warnings.append("a big-endian GGUF file: plain values are byte-swapped when read, "
+                        "quantized blocks are read as stored")
     return Checkpoint(path=path, format="gguf", file_bytes=file_size, root=flat_tree(tensors),
                       warnings=warnings, metadata=shown)
