@@ -213,6 +213,44 @@ def dcp_directory(folder):
     return str(folder), model.state_dict()
 
 
+def dcp_crafted(folder, shape, chunks, dtype=None, transforms=None, key="w"):
+    """A DCP folder holding tensor `key` of `shape` from chunks [(offsets, sizes, stored
+    tensor)], its .metadata pickled from torch's own Metadata classes and each chunk stored as
+    torch's writer stores it (torch.save into one data file); a stored tensor of None reuses
+    the previous chunk's bytes."""
+    import io
+    import pickle
+
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    os.makedirs(folder)
+    blob, md_chunks, storage, span = io.BytesIO(), [], {}, None
+    for offsets, sizes, stored in chunks:
+        if stored is not None:
+            start = blob.tell()
+            torch.save(stored, blob)
+            span = (start, blob.tell() - start)
+        md_chunks.append(ChunkStorageMetadata(offsets=torch.Size(offsets),
+                                              sizes=torch.Size(sizes)))
+        storage[MetadataIndex(key, torch.Size(offsets))] = _StorageInfo("d.distcp", *span,
+                                                                        transforms)
+    with open(os.path.join(folder, "d.distcp"), "wb") as f:
+        f.write(blob.getvalue())
+    metadata = Metadata(state_dict_metadata={key: TensorStorageMetadata(
+        TensorProperties(dtype=dtype or torch.float32), torch.Size(shape), md_chunks)},
+        storage_data=storage)
+    with open(os.path.join(folder, ".metadata"), "wb") as f:
+        pickle.dump(metadata, f)
+    return str(folder)
+
+
 def cuda_tagged(path, obj, tag="cuda:0"):
     """Save CPU tensors as if they had been on a GPU: storages carry `tag` as location."""
     def tagger(storage):

@@ -10,6 +10,16 @@ class Ambiguous(CheckpointError):
     content: refused rather than showing one reading of it."""
 
 
+class StructureError(CheckpointError):
+    """Structure the format's own reader refuses or reads in no defined way (DCP chunks that
+    overlap or leave holes, `.pt2` views outside their record...): `verify` reports it as
+    damage of `record`, naming the tensor `key` it belongs to."""
+
+    def __init__(self, message: str, key: str = "", record: str = ""):
+        super().__init__(message)
+        self.key, self.record = key, record
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for the user, whatever was raised (text from the file escaped, never a
     second line)."""

@@ -7,7 +7,7 @@ import os
 
 from ckpt_viewer.core import CheckpointError, paused_gc, remote
 from ckpt_viewer.core.model import Checkpoint
-from ckpt_viewer.core.readers.hf_index import model_weights
+from ckpt_viewer.core.readers.hf_index import is_index, model_weights, unread_weights
 
 PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}   # protocol 0/1
 
@@ -22,7 +22,7 @@ FOREIGN_FORMATS = [
 
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
-    dcp, training_dir, gguf."""
+    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf."""
     if remote.isdir(path):
         remote.check_regular(remote.join(path, ".metadata"))
         if remote.isfile(remote.join(path, ".metadata")):
@@ -30,9 +30,12 @@ def sniff(path: str) -> str:
         from ckpt_viewer.core.readers.training_dir import state_files
         if state_files(path):
             return "training_dir"
+        from ckpt_viewer.core.readers.dcp import hf_shards
+        if hf_shards(path):
+            return "dcp_hf"
         raise CheckpointError("directory holds no checkpoint (no .metadata, *.index.json or "
                               "model weights file)")
-    if path.endswith(".index.json"):
+    if is_index(path):
         return "hf_index"
     with remote.open_source(path) as f:
         if f.size == 0:
@@ -89,7 +92,7 @@ def open_file(path: str) -> Checkpoint:
     readers = {"torch_zip": torch_zip.read, "torch_legacy": torch_legacy.read,
                "safetensors": safetensors.read, "pickle": plain_pickle.read,
                "hf_index": functools.partial(hf_index.read, open_shard=open_file),
-               "dcp": dcp.read, "pt2": pt2.read, "gguf": gguf.read,
+               "dcp": dcp.read, "dcp_hf": dcp.read_hf, "pt2": pt2.read, "gguf": gguf.read,
                "training_dir": functools.partial(training_dir.read, open_part=open_file)}
     return readers[sniff(path)](path)
 
@@ -111,6 +114,7 @@ def open_checkpoint(path: str) -> Checkpoint:
             checkpoint = open_file(path)
             if folder and path != folder:
                 from ckpt_viewer.core.readers.training_dir import folder_metadata
+                checkpoint.warnings += unread_weights(folder, remote.basename(path))
                 for key, value in folder_metadata(folder).items():
                     checkpoint.metadata.setdefault(key, value)
             checkpoint.optimizers = optim.find_optimizers(checkpoint)

@@ -481,18 +481,16 @@ def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
     a slab of whole dim-0 rows at a time: each slab is filled from the chunks that overlap it,
     read straight from their records in the data files. Memory: one slab (at least one row),
     whatever the tensor's size or how it is sharded."""
-    from ckpt_viewer.core.readers.dcp import chunk_tensor
+    from ckpt_viewer.core.readers.dcp import stored_chunk
 
     itemsize = DTYPE_SIZES[tensor.dtype]
     unit = np.dtype(f"<u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype(f"V{itemsize}")
     pieces = []
     for offsets, sizes, span in tensor.chunks:
-        chunk = chunk_tensor(span)
-        if chunk.dtype != tensor.dtype or tuple(chunk.shape) != tuple(sizes) or \
-                len(offsets) != len(tensor.shape) or any(
-                    o < 0 or o + n > d for o, n, d in zip(offsets, sizes, tensor.shape)):
-            raise CheckpointError("DCP chunk shape or dtype differs from its metadata")
-        pieces.append((offsets, chunk))
+        if len(offsets) != len(tensor.shape) or any(
+                o < 0 or o + n > d for o, n, d in zip(offsets, sizes, tensor.shape)):
+            raise CheckpointError("DCP chunk reaches past its tensor")
+        pieces.append((offsets, stored_chunk(tensor, offsets, sizes, span)))
     if not tensor.numel:
         return
     if not tensor.shape:                     # 0-dim: one element, one chunk
@@ -640,20 +638,29 @@ def _dequantize_affine(tensor: TensorInfo):
 
 
 def _read_dcp(tensor: TensorInfo):
-    """Assemble a DCP tensor from its chunks; each chunk is a small torch.save archive."""
+    """Assemble a DCP tensor from its chunks: small torch.save archives, or raw safetensors
+    tensors (Hugging Face storage)."""
     import io
 
     import torch
 
+    from ckpt_viewer.core.readers.dcp import RawChunk, stored_chunk
+
+    for offsets, sizes, span in tensor.chunks:     # before the tensor is allocated
+        stored_chunk(tensor, offsets, sizes, span)
     out = torch.empty(tensor.shape, dtype=getattr(torch, tensor.dtype))
     for offsets, sizes, span in tensor.chunks:
-        with remote.open_source(span.path) as f:
-            f.seek(span.offset)
-            data = f.read(span.nbytes)
-        try:
-            chunk = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception as exc:   # noqa: BLE001 - a damaged chunk is a read error
-            raise CheckpointError(f"DCP chunk of {span.path} cannot be read ({exc})") from None
+        if isinstance(span, RawChunk):               # a safetensors tensor (HF storage)
+            chunk = read_tensor(span.tensor)
+        else:
+            with remote.open_source(span.path) as f:
+                f.seek(span.offset)
+                data = f.read(span.nbytes)
+            try:
+                chunk = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+            except Exception as exc:   # noqa: BLE001 - a damaged chunk is a read error
+                raise CheckpointError(f"DCP chunk of {span.path} cannot be read ({exc})") \
+                    from None
         region = out
         for dim, (start, size) in enumerate(zip(offsets, sizes)):
             region = region.narrow(dim, start, size)

@@ -24,6 +24,7 @@ class VerifyReport:
     ok: bool
     problem: str = ""             # the first bad record, when not ok
     tensor: str = ""              # the first tensor key stored in that record, when known
+    bad_record: str = ""          # the bad record's name, when the reader gave it
     records: int = 0
     bytes: int = 0
     notes: list = field(default_factory=list)
@@ -41,17 +42,17 @@ class VerifyReport:
 
     @property
     def record(self) -> str:
-        """The bad record's name, as the problem's first words give it."""
+        """The bad record's name: as the reader gave it, else the problem's first words."""
         head, sep, _ = self.problem.partition(": ")
-        return head if sep and " " not in head else ""
+        return self.bad_record or (head if sep and " " not in head else "")
 
 
 class Damaged(Exception):
     """The first bad record; verify() turns it into a failed report."""
 
-    def __init__(self, message: str, tensor: str = ""):
+    def __init__(self, message: str, tensor: str = "", record: str = ""):
         super().__init__(message)
-        self.tensor = tensor
+        self.tensor, self.record = tensor, record
 
 
 def _zip_members(path: str) -> list[ZipMember]:
@@ -137,6 +138,19 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
         report.records += 1
 
 
+def _dcp_chunks(checkpoint):
+    """Each DCP chunk must store the tensor its metadata describes (the bytes are read next)."""
+    from ckpt_viewer.core.readers.dcp import stored_chunk
+
+    for key, tensor, _ in checkpoint.tensors():
+        for offsets, sizes, span in tensor.chunks:
+            try:
+                stored_chunk(tensor, offsets, sizes, span, key)
+            except CheckpointError as exc:
+                raise Damaged(str(exc), key, getattr(exc, "record", "")) from None
+    yield 0
+
+
 def _storage_spans(checkpoint) -> list[FileSpan]:
     seen, spans = set(), []
     for _, tensor, _ in checkpoint.tensors():
@@ -197,7 +211,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
         try:
             checkpoint = open_checkpoint(target)     # structure, sizes and bounds
         except CheckpointError as exc:
-            raise Damaged(str(exc)) from None
+            raise Damaged(str(exc), getattr(exc, "key", ""), getattr(exc, "record", "")) from None
         owners = _record_owners(checkpoint)
         if kind in ("torch_zip", "pt2"):
             files, runs = [target], [lambda report: _verify_zip(target, report, owners)]
@@ -215,6 +229,8 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
             runs = [lambda report: _read_spans(spans, report, owners)]
+            if kind in ("dcp", "dcp_hf"):
+                runs.insert(0, lambda report: _dcp_chunks(checkpoint))
             report.notes.append("this format stores no checksums: sizes and offsets were "
                                 "checked and every byte was read")
         total = sum(remote.getsize(f) for f in files) or 1
@@ -228,7 +244,8 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             loadability(checkpoint)
     except (Damaged, CheckpointError) as exc:
         report.ok, report.problem = False, str(exc)
-        report.tensor = getattr(exc, "tensor", "")
+        report.tensor = getattr(exc, "tensor", "") or getattr(exc, "key", "")
+        report.bad_record = getattr(exc, "record", "")
     except OSError as exc:
         report.ok, report.problem = False, f"read error ({exc.strerror or exc})"
     return report

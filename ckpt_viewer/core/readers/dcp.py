@@ -8,11 +8,13 @@ MetadataIndex, _StorageInfo) as the inert records they become."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import zipfile
+from dataclasses import dataclass
 
-from ckpt_viewer.core import CheckpointError, remote
+from ckpt_viewer.core import CheckpointError, StructureError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, safetensors, torch_load_pickles
 from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, merge_report, safe_load
@@ -20,6 +22,15 @@ from ckpt_viewer.core.tree import SCALAR_TYPES
 
 MAX_METADATA_BYTES = 512 * 1024 * 1024
 MAX_INLINE_OBJECT = 1024 * 1024    # small pickled non-tensor items are decoded for display
+MAX_OVERLAP_CHECKS = 1_000_000     # chunk pairs compared per folder: a bound for hostile metadata
+HF_SHARDING_KEY = "DCP_SHARDING_INFO"   # torch/distributed/checkpoint/_hf_utils.py
+
+
+@dataclass(eq=False)
+class RawChunk(FileSpan):
+    """A chunk stored as a raw safetensors tensor (HuggingFaceStorageWriter), not as a
+    torch.save archive: the span covers its bytes, `tensor` describes them."""
+    tensor: TensorInfo | None = None
 
 
 def _fields(obj, what) -> dict:
@@ -50,13 +61,13 @@ def read(folder: str) -> Checkpoint:
         raise CheckpointError("DCP metadata has no state_dict_metadata")
     spans = _storage_spans(folder, storage_data)
     data_files = {span.path for span in spans.values()} | {meta_path}
-    tensors, others, items = {}, {}, []
+    tensors, others, items, budget = {}, {}, [], [MAX_OVERLAP_CHECKS]
     warnings: list[str] = []
     for fqn, entry in entries.items():
         if not isinstance(fqn, str):
             raise CheckpointError("DCP metadata has a non-text key")
         if type(entry).__name__ == "TensorStorageMetadata":
-            tensors[fqn] = _tensor(fqn, _fields(entry, fqn), spans)
+            tensors[fqn] = _tensor(fqn, _fields(entry, fqn), spans, budget)
         else:
             others[fqn] = _bytes_item(fqn, spans.get((fqn, None)), items, warnings)
     root = safetensors.flat_tree(tensors)
@@ -82,6 +93,69 @@ def read(folder: str) -> Checkpoint:
     return checkpoint
 
 
+def hf_shards(folder: str) -> list[str]:
+    """The files torch's HuggingFaceStorageReader reads as one checkpoint (every *.safetensors
+    file of the folder), when one of them carries DCP sharding info in its header: a folder
+    HuggingFaceStorageWriter(save_distributed=True) wrote, with no .metadata and no index."""
+    names = sorted(n for n in remote.listdir(folder) if n.endswith(".safetensors"))
+    for name in names:
+        try:
+            _, metadata, _ = safetensors.tensor_infos(remote.join(folder, name))
+        except (CheckpointError, OSError):
+            continue
+        if HF_SHARDING_KEY in metadata:
+            return names
+    return []
+
+
+def read_hf(folder: str) -> Checkpoint:
+    """A Hugging Face storage DCP folder, as HuggingFaceStorageReader.read_metadata reads it:
+    each safetensors tensor is a chunk at the `saved_offsets` its file's DCP_SHARDING_INFO
+    gives (zeros without it), and a tensor's size reaches the furthest chunk."""
+    pieces, warnings, total = {}, [], 0
+    for name in hf_shards(folder):
+        path = remote.join(folder, name)
+        total += remote.getsize(path)
+        tensors, metadata, file_warnings = safetensors.tensor_infos(path)
+        warnings += [f"{name}: {w}" for w in file_warnings]
+        sharding = metadata.get(HF_SHARDING_KEY) or None     # torch ignores an empty one
+        try:
+            sharding = json.loads(sharding) if isinstance(sharding, str) else sharding
+        except (ValueError, RecursionError):
+            sharding = "not JSON"
+        if sharding is not None and not isinstance(sharding, dict):
+            raise StructureError(f"{name}: its {HF_SHARDING_KEY} is not a JSON object",
+                                 record=name)
+        for key, tensor in tensors.items():
+            entry = (sharding or {}).get(key)
+            offsets = entry.get("saved_offsets") if isinstance(entry, dict) else \
+                None if sharding else [0] * len(tensor.shape)
+            if not isinstance(offsets, list) or len(offsets) != len(tensor.shape) or \
+                    not all(type(o) is int and o >= 0 for o in offsets):
+                raise StructureError(f"{name}: its {HF_SHARDING_KEY} gives tensor {key!r} no "
+                                     "saved_offsets of its rank", key, name)
+            source = tensor.storage.source
+            span = RawChunk(source.path, source.offset, source.nbytes, tensor)
+            pieces.setdefault(key, []).append((tuple(offsets), tensor.shape, span))
+    if not pieces:
+        raise CheckpointError("folder holds no safetensors file with DCP sharding info")
+    tensors, budget = {}, [MAX_OVERLAP_CHECKS]
+    for key, chunks in pieces.items():
+        first = chunks[0][2].tensor
+        for offsets, shape, span in chunks:
+            if span.tensor.dtype != first.dtype or len(shape) != len(first.shape):
+                raise StructureError(
+                    f"DCP tensor {key!r}: its chunk at {list(offsets)} in "
+                    f"{remote.basename(span.path)} is {span.tensor.dtype} {list(shape)}, another "
+                    f"{first.dtype} {list(first.shape)}", key, remote.basename(span.path))
+        size = tuple(max(o[d] + s[d] for o, s, _ in chunks) for d in range(len(first.shape)))
+        _check_tiling(key, size, chunks, budget)
+        tensors[key] = TensorInfo(dtype=first.dtype, shape=size, chunks=chunks)
+    return Checkpoint(path=folder, format="dcp", file_bytes=total,
+                      root=safetensors.flat_tree(tensors), warnings=warnings,
+                      metadata={"DCP storage": "Hugging Face safetensors shards"})
+
+
 def _storage_spans(folder, storage_data) -> dict:
     """{(fqn, chunk offset tuple or None): FileSpan}, every span checked against its file."""
     sizes, spans = {}, {}
@@ -103,12 +177,24 @@ def _storage_spans(folder, storage_data) -> dict:
             raise CheckpointError(f"DCP data file {name} is shorter than its metadata says "
                                   "(truncated?)")
         chunk = index_fields.get("offset")
-        key = (index_fields.get("fqn"), tuple(chunk) if isinstance(chunk, (tuple, list)) else None)
+        fqn = index_fields.get("fqn")
+        key = (fqn, tuple(chunk) if isinstance(chunk, (tuple, list)) else None)
+        transforms = info_fields.get("transform_descriptors")
+        if transforms:
+            # torch's reader pipes the bytes through each named extension (zstd is the one it
+            # knows); raw spans of such data are not a torch.save archive
+            names = [t.partition("/")[0] if isinstance(t, str) else repr(t)[:40]
+                     for t in (transforms if isinstance(transforms, (list, tuple)) else [transforms])]
+            unknown = [n for n in names if n != "stream.zstd"]
+            why = (f"through transform {unknown[0]!r:.60}, which torch's reader does not know "
+                   "either") if unknown else "zstd-compressed, which is not read here"
+            raise StructureError(f"DCP data of {fqn!r:.200} in {name} is stored {why}",
+                                 fqn if isinstance(fqn, str) else "", name)
         spans[key] = FileSpan(remote.join(folder, name), offset, length)
     return spans
 
 
-def _tensor(fqn, entry, spans) -> TensorInfo:
+def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
     size = entry.get("size")
     if not isinstance(size, tuple) or not all(type(d) is int and d >= 0 for d in size):
         raise CheckpointError(f"DCP tensor {fqn!r} has a malformed size")
@@ -116,15 +202,63 @@ def _tensor(fqn, entry, spans) -> TensorInfo:
     chunks = []
     for chunk in entry.get("chunks") or []:
         chunk_fields = _fields(chunk, "ChunkStorageMetadata")
-        offsets, sizes = tuple(chunk_fields.get("offsets", ())), tuple(chunk_fields.get("sizes", ()))
+        offsets, sizes = (tuple(v) if isinstance(v, list) else v
+                          for v in (chunk_fields.get("offsets", ()), chunk_fields.get("sizes", ())))
+        if not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or \
+                not all(type(v) is int and v >= 0 for v in offsets + sizes):
+            raise StructureError(f"DCP tensor {fqn!r} has a chunk with malformed offsets or sizes",
+                                 fqn)
         span = spans.get((fqn, offsets))
         if span is None:
-            raise CheckpointError(f"DCP tensor {fqn!r} has a chunk with no stored data")
+            raise StructureError(f"DCP tensor {fqn!r} has a chunk with no stored data", fqn)
         chunks.append((offsets, sizes, span))
-    if sum(math.prod(s) for _, s, _ in chunks) < math.prod(size):
-        raise CheckpointError(f"DCP tensor {fqn!r} is not fully covered by its chunks")
+    _check_tiling(fqn, size, chunks, budget)
     info.chunks = chunks
     return info
+
+
+def _check_tiling(fqn: str, size: tuple, chunks: list, budget: list):
+    """The chunks must tile the tensor: each inside it, no two overlapping, none left out —
+    what torch's save planner checks before it writes. Its reader checks none of it: a chunk
+    past the edge is clipped, overlapping chunks are copied in an order it does not define,
+    and a hole is left as whatever memory held (dcp_to_torch_save) or as the target's old
+    values (dcp.load)."""
+    for offsets, sizes, span in chunks:
+        where = f"DCP tensor {fqn!r}: its chunk at {list(offsets)}"
+        record = f"{remote.basename(span.path)} at offset {span.offset:,}"
+        if len(offsets) != len(size) or len(sizes) != len(size):
+            raise StructureError(f"{where} has {len(offsets)} offsets and {len(sizes)} sizes for "
+                                 f"{len(size)} dimensions", fqn, record)
+        if any(o + n > d for o, n, d in zip(offsets, sizes, size)):
+            raise StructureError(f"{where} of size {list(sizes)} reaches past the tensor's size "
+                                 f"{list(size)}", fqn, record)
+    # a sweep along the dimension the chunks split most: only chunks that span the sweep
+    # position can overlap, and in a real layout they are few
+    dim = max(range(len(size)), key=lambda d: len({c[0][d] for c in chunks}), default=None)
+    solid = sorted((c for c in chunks if math.prod(c[1])),
+                   key=lambda c: c[0][dim] if dim is not None else 0)
+    active = []
+    for offsets, sizes, span in solid:
+        start = offsets[dim] if dim is not None else 0
+        active = [c for c in active if (c[0][dim] + c[1][dim] if dim is not None else 1) > start]
+        for other, other_sizes, _ in active:
+            if all(a < b + m and b < a + n for a, n, b, m in
+                   zip(offsets, sizes, other, other_sizes)):
+                raise StructureError(
+                    f"DCP tensor {fqn!r} is ambiguous: its chunks at {list(other)} and "
+                    f"{list(offsets)} overlap, and torch's reader loads whichever it copies "
+                    "last, in an order it does not define", fqn,
+                    f"{remote.basename(span.path)} at offset {span.offset:,}")
+        budget[0] -= len(active) + 1
+        if budget[0] < 0:
+            raise StructureError(f"DCP tensor {fqn!r} has too many interleaved chunks to check "
+                                 "that they do not overlap", fqn)
+        active.append((offsets, sizes, span))
+    if sum(math.prod(s) for _, s, _ in solid) != math.prod(size):
+        raise StructureError(f"DCP tensor {fqn!r} has holes: its chunks cover "
+                             f"{sum(math.prod(s) for _, s, _ in solid):,} of its "
+                             f"{math.prod(size):,} elements, and torch's reader leaves the rest "
+                             "as whatever memory held", fqn)
 
 
 def _bytes_item(fqn, span, items: list, warnings: list):
@@ -187,6 +321,8 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
     storage pointing at the raw record inside the data file: nothing is read but data.pkl."""
     from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
+    if isinstance(span, RawChunk):
+        return span.tensor
     try:
         with remote.open_source(span.path) as f:
             window = _Window(f, span.offset, span.nbytes)
@@ -231,3 +367,22 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
                          * DTYPE_SIZES[tensor.dtype] > tensor.storage.nbytes):
         raise CheckpointError(f"DCP chunk of {span.path} reaches past its storage")
     return tensor
+
+
+def stored_chunk(tensor: TensorInfo, offsets: tuple, sizes: tuple, span: FileSpan,
+                 key: str = "") -> TensorInfo:
+    """The tensor a chunk stores, once it is known to be the one the metadata describes.
+    torch's reader refuses a smaller one, but narrows a larger one to its first elements and
+    casts another dtype without a word; torch's writer never writes either, nor a chunk
+    stored as an expanded view (whose few stored elements would be read as many)."""
+    chunk = chunk_tensor(span)
+    where = f"DCP tensor {key!r}: its chunk at {list(offsets)}" if key else \
+        f"DCP chunk at {list(offsets)}"
+    record = f"{remote.basename(span.path)} at offset {span.offset:,}"
+    if chunk.dtype != tensor.dtype or tuple(chunk.shape) != tuple(sizes):
+        raise StructureError(f"{where} in {record} stores {chunk.dtype} {list(chunk.shape)} where "
+                             f"the metadata says {tensor.dtype} {list(sizes)}", key, record)
+    if chunk.numel > chunk.storage.numel:
+        raise StructureError(f"{where} in {record} stores {chunk.storage.numel:,} elements for "
+                             f"its {chunk.numel:,} (an expanded view)", key, record)
+    return chunk

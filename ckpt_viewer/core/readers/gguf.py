@@ -18,7 +18,7 @@ import io
 import os
 import struct
 
-from ckpt_viewer.core import CheckpointError, remote
+from ckpt_viewer.core import CheckpointError, StructureError, remote
 from ckpt_viewer.core.model import Checkpoint, FileSpan, Storage, TensorInfo
 from ckpt_viewer.core.readers.safetensors import flat_tree
 
@@ -50,6 +50,10 @@ PLAIN_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "f
 VALUE_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
                  10: "Q", 11: "q", 12: "d"}
 STRING, ARRAY = 8, 9
+UINT32 = 4
+# GGUFReader files the header's own fields under these names first: a key-value with one of
+# them is a duplicate key to it
+READER_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
 
 
 class _Header:
@@ -57,6 +61,7 @@ class _Header:
 
     def __init__(self, f, size: int):
         self.f, self.size, self.position = f, size, 0
+        self.order = "<"          # ">" once the version says the file is big-endian
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.position + n > self.size:
@@ -75,23 +80,35 @@ class _Header:
         self.position += n
 
     def unpack(self, fmt: str):
-        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
+        return struct.unpack(self.order + fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self, keep: bool = True) -> str:
+    def string(self, name: str = "", keep: bool = True) -> str:
+        """A string value (undecodable bytes replaced), or the key or tensor name `name`
+        says, which GGUFReader decodes strictly: one that is not UTF-8 is refused. An array
+        item past the shown ones (`keep` false) is skipped, never read."""
+        start = self.position
         length = self.unpack("Q")
         if length > MAX_STRING_BYTES:
             raise CheckpointError(f"GGUF header holds a string of {length:,} bytes; refusing "
                                   f"more than {MAX_STRING_BYTES:,}")
-        if not keep:                 # an array item past the shown ones: never read
+        if not keep:
             self.skip(length)
             return ""
-        return self.take(length).decode("utf-8", "replace")
+        data = self.take(length)
+        if not name:
+            return data.decode("utf-8", "replace")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StructureError(f"GGUF {name} at byte {start:,} is not valid UTF-8 "
+                                 f"({data[:40]!r}); GGUFReader refuses the file",
+                                 record=f"{name} at byte {start:,}") from None
 
     def value(self, kind: int, depth: int = 0, keep: bool = True):
         if kind in VALUE_FORMATS:
             return self.unpack(VALUE_FORMATS[kind])
         if kind == STRING:
-            return self.string(keep)
+            return self.string(keep=keep)
         if kind != ARRAY:
             raise CheckpointError(f"GGUF metadata has unknown value type {kind}")
         if depth >= MAX_ARRAY_DEPTH:
@@ -102,7 +119,7 @@ class _Header:
             if count * width > self.size - self.position:
                 raise CheckpointError("GGUF metadata array runs past the end of the file")
             shown = min(count, MAX_SHOWN_ITEMS)
-            items = list(struct.unpack(f"<{shown}{VALUE_FORMATS[item_kind]}",
+            items = list(struct.unpack(f"{self.order}{shown}{VALUE_FORMATS[item_kind]}",
                                        self.take(shown * width)))
             self.skip(width * (count - shown))
             return GGUFArray(items, count)
@@ -129,8 +146,9 @@ class GGUFArray(list):
         return "[" + ", ".join(repr(item) for item in self) + more + "]"
 
 
-def read_header(path: str) -> tuple[int, dict, list, int]:
-    """(version, metadata key-values, [(name, ne dims, type id, offset)], data start)."""
+def read_header(path: str) -> tuple[int, dict, list, int, str]:
+    """(version, metadata key-values, [(name, ne dims, type id, offset)], data start,
+    byte order)."""
     with remote.open_source(path) as source:
         # the header is read a few bytes at a time: buffered, a URL's block cache is asked
         # once per 64 KiB, not once per field
@@ -139,33 +157,45 @@ def read_header(path: str) -> tuple[int, dict, list, int]:
         if header.take(4) != MAGIC:
             raise CheckpointError("not a GGUF file (no GGUF magic)")
         version = header.unpack("I")
-        if version & 0xFFFF == 0 and version:
-            raise CheckpointError("a big-endian GGUF file; only little-endian ones are read")
+        if version & 0xFFFF == 0:    # GGUFReader's test: the other byte order (big-endian)
+            header.order = ">"
+            version = int.from_bytes(version.to_bytes(4, "little"), "big")
         if version not in (2, 3):
             raise CheckpointError(f"GGUF version {version} is not supported (2 and 3 are)")
         tensor_count, kv_count = header.unpack("Q"), header.unpack("Q")
         if tensor_count > header.size or kv_count > header.size:
             raise CheckpointError("GGUF header claims more entries than the file could hold")
-        metadata = {}
+        metadata, kinds = {}, {}
         for _ in range(kv_count):
-            key = header.string()
-            metadata[key] = header.value(header.unpack("I"))
+            start = header.position
+            key = header.string("metadata key")
+            if key in metadata or key in READER_FIELDS:
+                raise StructureError(f"GGUF metadata key {key!r:.200} appears twice (again at "
+                                     f"byte {start:,}); GGUFReader refuses the file",
+                                     record=f"metadata key {key!r:.200}")
+            kinds[key] = header.unpack("I")
+            metadata[key] = header.value(kinds[key])
         infos = []
         for _ in range(tensor_count):
-            name = header.string()
+            name = header.string("tensor name")
             n_dims = header.unpack("I")
             if n_dims > MAX_DIMS:
                 raise CheckpointError(f"GGUF tensor {name!r} has {n_dims} dimensions")
             dims = [header.unpack("Q") for _ in range(n_dims)]
             infos.append((name, dims, header.unpack("I"), header.unpack("Q")))
         alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if kinds.get("general.alignment", UINT32) != UINT32:
+            raise StructureError(f"GGUF general.alignment is of value type "
+                                 f"{kinds['general.alignment']}, not UINT32; GGUFReader refuses "
+                                 "the file", record="metadata key 'general.alignment'")
         if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
             raise CheckpointError(f"GGUF general.alignment {alignment!r:.20} is not a power of 2")
         data_start = -(-header.position // alignment) * alignment
-        return version, metadata, infos, data_start
+        return version, metadata, infos, data_start, "big" if header.order == ">" else "little"
 
 
-def _tensor(path, name, dims, type_id, offset, data_start, file_size) -> TensorInfo:
+def _tensor(path, name, dims, type_id, offset, data_start, file_size,
+            byteorder="little") -> TensorInfo:
     if type_id not in GGML_TYPES:
         raise CheckpointError(f"GGUF tensor {name!r} has unknown ggml type {type_id}")
     type_name, block, type_size = GGML_TYPES[type_id]
@@ -189,7 +219,7 @@ def _tensor(path, name, dims, type_id, offset, data_start, file_size) -> TensorI
     plain = PLAIN_TYPES.get(type_name)
     if plain:
         return TensorInfo(dtype=plain, shape=shape, stride=tuple(stride),
-                          storage=Storage(name, plain, numel, "cpu", span),
+                          storage=Storage(name, plain, numel, "cpu", span, byteorder),
                           quantizer={"ggml_type": type_name})
     return TensorInfo(dtype=type_name, shape=shape, stride=tuple(stride), layout="ggml",
                       storage=Storage(name, "uint8", nbytes, "cpu", span),
@@ -198,17 +228,22 @@ def _tensor(path, name, dims, type_id, offset, data_start, file_size) -> TensorI
 
 
 def read(path: str) -> Checkpoint:
-    version, metadata, infos, data_start = read_header(path)
+    version, metadata, infos, data_start, byteorder = read_header(path)
     file_size = remote.getsize(path)
     tensors, warnings = {}, []
     for name, dims, type_id, offset in infos:
         if name in tensors:
-            raise CheckpointError(f"GGUF file names tensor {name!r} twice")
-        tensors[name] = _tensor(path, name, dims, type_id, offset, data_start, file_size)
+            raise StructureError(f"GGUF file names tensor {name!r} twice; GGUFReader refuses it",
+                                 name, f"tensor info {name!r}")
+        tensors[name] = _tensor(path, name, dims, type_id, offset, data_start, file_size,
+                                byteorder)
         if offset % metadata.get("general.alignment", DEFAULT_ALIGNMENT):
             warnings.append(f"GGUF tensor {name!r} is not aligned as the file says")
     shown = {key: str(value) if isinstance(value, GGUFArray) else value
              for key, value in metadata.items()}
     shown["GGUF version"] = version
+    if byteorder == "big":    # GGUFReader swaps plain values; quantized blocks stay raw bytes
+        warnings.append("a big-endian GGUF file: plain values are byte-swapped when read, "
+                        "quantized blocks are read as stored")
     return Checkpoint(path=path, format="gguf", file_bytes=file_size, root=flat_tree(tensors),
                       warnings=warnings, metadata=shown)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
+import re
 from collections.abc import Callable
 
 from ckpt_viewer.core import CheckpointError, remote
@@ -103,35 +103,94 @@ def config_metadata(folder: str, name: str = "config.json") -> dict:
     return fields
 
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth",
+# The file each library's from_pretrained reads from a folder, first found first:
+# transformers (modeling_utils._get_resolved_checkpoint_files) takes a single safetensors file
+# before its index and safetensors before .bin; diffusers (ModelMixin.from_pretrained) reads
+# the model as sharded whenever its safetensors index is there; PEFT its adapter file.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json",
+                "diffusion_pytorch_model.safetensors.index.json",
                 "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                "adapter_model.safetensors", "adapter_model.bin")
+                "adapter_model.safetensors", "adapter_model.bin", "model.pt", "model.pth")
+INDEX_NAME = re.compile(r".+\.index(\.[^./]+)?\.json")      # a variant's: x.index.fp16.json
+VARIANT = re.compile(r"(model|pytorch_model|diffusion_pytorch_model|adapter_model)"
+                     r"(\.safetensors\.index|\.bin\.index)?\.([^./]+)\.(safetensors|bin|json)")
+SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")
+
+
+def is_index(path: str) -> bool:
+    return bool(INDEX_NAME.fullmatch(remote.basename(path)))
+
+
+def add_variant(name: str, variant: str) -> str:
+    """transformers' and diffusers' _add_variant: model.safetensors -> model.fp16.safetensors."""
+    stem, _, extension = name.rpartition(".")
+    return f"{stem}.{variant}.{extension}"
+
+
+def choose_weights(folder: str, names: set) -> tuple[str | None, list[str]]:
+    """(the weights file from_pretrained reads in a folder holding `names`, the other weights
+    files it leaves unread); (None, []) when none is recognised."""
+    candidates = [n for n in WEIGHT_FILES if n in names]
+    config = remote.join(folder, "config.json")
+    if "config.json" in names:
+        try:      # transformers reads the file config.json names, when it names one
+            explicit = read_json(config, "config").get("transformers_weights")
+        except CheckpointError:
+            explicit = None
+        if isinstance(explicit, str) and explicit in names and (explicit.endswith(
+                (".safetensors", ".safetensors.index.json")) or explicit == "adapter_model.bin"):
+            candidates.insert(0, explicit)
+    if not candidates:
+        variants = sorted({v for v in map(_variant, names) if v})
+        if len(variants) > 1:
+            raise CheckpointError(f"folder holds no default weights but the variants "
+                                  f"{', '.join(variants)}; open one variant's file")
+        if variants:     # what from_pretrained(variant=...) reads, the folder's only choice
+            candidates = [add_variant(n, variants[0]) for n in WEIGHT_FILES
+                          if add_variant(n, variants[0]) in names]
+    indexes = sorted(n for n in names if INDEX_NAME.fullmatch(n))
+    candidates += [n for n in indexes if n.endswith(".safetensors.index.json")] + indexes
+    if not candidates:
+        return None, []
+    chosen = candidates[0]
+    ignored = [n for n in dict.fromkeys(candidates + sorted(n for n in names if _variant(n)))
+               if n != chosen]
+    return chosen, ignored
+
+
+def _variant(name: str) -> str | None:
+    """The variant a weights file or index belongs to (model.fp16.safetensors: fp16); not
+    its shards' (model.fp16-00001-of-00003.safetensors)."""
+    match = VARIANT.fullmatch(name)
+    if not match or (match.group(2) is None) != (match.group(4) != "json") or \
+            SHARD_SUFFIX.search(match.group(3)):
+        return None
+    return match.group(3)
+
+
+def _names(folder: str) -> set:
+    names = set(remote.listdir(folder))
+    if not remote.is_remote(folder):
+        # not isfile: a FIFO or device named like a weights file is chosen, then refused on open
+        names = {n for n in names if not os.path.isdir(os.path.join(folder, n))}
+    return names
 
 
 def model_weights(path: str) -> str | None:
-    """A folder's model: its index file or its single weights file."""
-    if remote.is_remote(path):
-        return _remote_model_weights(path)
-    indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index.json")))
-    safetensor_indexes = [p for p in indexes if p.endswith(".safetensors.index.json")]
-    if safetensor_indexes or indexes:
-        return (safetensor_indexes or indexes)[0]
-    for name in WEIGHT_FILES:
-        candidate = os.path.join(path, name)
-        if os.path.exists(candidate) and not os.path.isdir(candidate):   # a FIFO: refused on open
-            return candidate
-    singles = glob.glob(os.path.join(glob.escape(path), "*.safetensors"))
-    if len(singles) == 1:
-        return singles[0]
-    return None
+    """A folder's model: the index file or single weights file from_pretrained reads."""
+    names = _names(path)
+    chosen, _ = choose_weights(path, names)
+    if chosen is None:
+        from ckpt_viewer.core.readers.dcp import hf_shards
+
+        singles = [n for n in names if n.endswith(".safetensors")]
+        chosen = singles[0] if len(singles) == 1 and not hf_shards(path) else None
+    return remote.join(path, chosen) if chosen else None
 
 
-def _remote_model_weights(folder: str) -> str | None:
-    """model_weights for a remote folder: the same choice, from one listing."""
-    names = set(remote.listdir(folder))
-    indexes = sorted(n for n in names if n.endswith(".index.json"))
-    safetensor_indexes = [n for n in indexes if n.endswith(".safetensors.index.json")]
-    singles = [n for n in names if n.endswith(".safetensors")]
-    name = next(iter(safetensor_indexes or indexes), None) or next(
-        (n for n in WEIGHT_FILES if n in names), None) or (singles[0] if len(singles) == 1 else None)
-    return remote.join(folder, name) if name else None
+def unread_weights(folder: str, chosen: str) -> list[str]:
+    """Warnings naming the weights files of a folder that from_pretrained does not read."""
+    _, ignored = choose_weights(folder, _names(folder))
+    return [f"{name} is not read: from_pretrained reads {chosen} in this folder"
+            for name in ignored if name != chosen]

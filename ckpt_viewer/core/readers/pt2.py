@@ -14,9 +14,10 @@ run."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
-from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, Node, Storage, TensorInfo, iter_nodes
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, torch_load_pickles
 from ckpt_viewer.core.readers.safetensors import flat_tree
@@ -97,6 +98,7 @@ class _Archive:
         self.members = {m.name: m for m in directory}
         self.warnings: list[str] = []
         self.pickles: list[tuple[str, PickleReport]] = []    # (where, what it names)
+        self.zeros: dict[int, int] = {}   # id(Storage) -> elements torch gives it
 
     def member(self, name: str):
         return self.members.get(self.root + name)
@@ -163,9 +165,20 @@ class _Archive:
             storage = Storage(name, dtype, record.file_size // itemsize,
                               _location(tensor_meta.get("device")), record)
             storages[name] = storage
+            # an empty record becomes torch.zeros of the first entry's sizes
+            self.zeros[id(storage)] = math.prod(shape)
         info = TensorInfo(dtype=storage.dtype, shape=shape, stride=stride, offset=offset,
                           storage=storage, requires_grad=bool(tensor_meta.get("requires_grad")),
                           is_parameter=bool(meta.get("is_param")))
+        # torch.export.load makes each entry with torch.as_strided, which refuses these
+        if min(stride, default=0) < 0:
+            raise StructureError(f"{fqn!r:.80} is a view with a negative stride {list(stride)} "
+                                 f"into record {name}; torch.export.load refuses it", fqn, name)
+        elements = storage.numel or self.zeros[id(storage)]
+        if info.numel and info.element_span()[1] > elements:
+            raise StructureError(f"{fqn!r:.80} is a view reaching element "
+                                 f"{info.element_span()[1]:,} of record {name}, which holds "
+                                 f"{elements:,}; torch.export.load refuses it", fqn, name)
         if storage.numel == 0 and info.numel:
             self.warnings.append(f"{fqn}: its record {name} is empty; torch.export.load gives "
                                  "zeros in its place")
