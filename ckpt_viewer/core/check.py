@@ -468,7 +468,8 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
                 (optimizer_keys and "" in optimizer_keys):
             continue
         params.setdefault(key, tensor)
-    tails = by_tail(params)
+    tails = by_tail(params, [p for o in checkpoint.optimizers if o.names_source
+                             for g in o.param_groups for p in g.get("params", [])])
     for optimizer in checkpoint.optimizers:
         if not optimizer.names_source:
             continue
@@ -510,15 +511,19 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
     return out
 
 
-def by_tail(keys) -> dict:
-    """Every dotted tail of each key (the key itself included) -> the shortest key ending so:
-    an optimizer's parameter name (a state_dict nested under `model_state_dict`...) is found in
-    one lookup; a scan of every key per name was quadratic in the tensor count."""
+def by_tail(keys, names) -> dict:
+    """Each dotted tail of each key that is as long (in segments) as one of `names` -> the
+    shortest key ending so: an optimizer's parameter name (a state_dict nested under
+    `model_state_dict`...) is found in one lookup. Only those lengths are built: every tail of
+    a 100,000-segment key would be quadratic in its length, and a scan of every key per name
+    quadratic in the tensor count."""
+    depths = {name.count(".") + 1 for name in names if isinstance(name, str)}
     tails: dict = {}
     for key in sorted(keys, key=len):
-        parts = key.split(".")
-        for i in range(len(parts)):
-            tails.setdefault(".".join(parts[i:]), key)
+        parts = key.rsplit(".", max(depths, default=1))
+        for depth in depths:
+            if depth <= len(parts):
+                tails.setdefault(".".join(parts[-depth:]), key)
     return tails
 
 

@@ -169,7 +169,8 @@ def attach_optimizer_state(checkpoint: Checkpoint, stacks: list[Stack]):
               for index, key in role.keys.items()}
     from ckpt_viewer.core.check import by_tail
 
-    tails = by_tail(by_key)
+    tails = by_tail(by_key, [name for o in checkpoint.optimizers if o.names_source
+                             for name in o.state])
     for optimizer in checkpoint.optimizers:
         if not optimizer.names_source:
             continue
