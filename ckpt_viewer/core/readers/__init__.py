@@ -91,6 +91,19 @@ def torch_load_pickles(raw: bytes, report: PickleReport):
     return value
 
 
+def is_torch_save(raw: bytes) -> bool:
+    """Would torch.load take these bytes as a checkpoint? A zip (its local header first, as
+    torch's _is_zipfile tests) or a legacy stream (its magic number first); anything else it
+    unpickles once, then refuses ("Invalid magic number; corrupt file?")."""
+    if raw[:4] == b"PK\x03\x04":
+        return True
+    try:
+        first, _ = safe_load(raw[:pickle_end(raw)])
+    except CheckpointError:
+        return False
+    return first == LEGACY_MAGIC
+
+
 def storage_pid(pid, length: int = 5) -> tuple:
     """('storage', type, key, location, numel[, view]) from a persistent id, exactly `length`
     items as torch's loader unpacks it; returns the items after 'storage'."""

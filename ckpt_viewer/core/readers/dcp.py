@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 from ckpt_viewer.core import CheckpointError, StructureError, remote
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
-from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, safetensors, torch_load_pickles
+from ckpt_viewer.core.readers import (
+    MAX_PICKLE_BYTES,
+    is_torch_save,
+    safetensors,
+    torch_load_pickles,
+)
 from ckpt_viewer.core.safe_pickle import PickleReport, Placeholder, merge_report, safe_load
 from ckpt_viewer.core.tree import SCALAR_TYPES
 
@@ -59,8 +64,8 @@ def read(folder: str) -> Checkpoint:
     storage_data = fields.get("storage_data") or {}
     if not isinstance(entries, dict) or not isinstance(storage_data, dict):
         raise CheckpointError("DCP metadata has no state_dict_metadata")
-    spans = _storage_spans(folder, storage_data)
-    data_files = {span.path for span in spans.values()} | {meta_path}
+    spans = _storage_spans(folder, storage_data, set(entries))
+    data_files = {span.path for span in spans.values() if isinstance(span, FileSpan)} | {meta_path}
     tensors, others, items, budget = {}, {}, [], [MAX_OVERLAP_CHECKS]
     warnings: list[str] = []
     for fqn, entry in entries.items():
@@ -69,7 +74,7 @@ def read(folder: str) -> Checkpoint:
         if type(entry).__name__ == "TensorStorageMetadata":
             tensors[fqn] = _tensor(fqn, _fields(entry, fqn), spans, budget)
         else:
-            others[fqn] = _bytes_item(fqn, spans.get((fqn, None)), items, warnings)
+            others[fqn] = _bytes_item(fqn, _span(spans, (fqn, None)), items, warnings)
     root = safetensors.flat_tree(tensors)
     for fqn, value in others.items():
         kind = "scalar" if isinstance(value, SCALAR_TYPES) else "opaque"
@@ -156,42 +161,59 @@ def read_hf(folder: str) -> Checkpoint:
                       metadata={"DCP storage": "Hugging Face safetensors shards"})
 
 
-def _storage_spans(folder, storage_data) -> dict:
-    """{(fqn, chunk offset tuple or None): FileSpan}, every span checked against its file."""
+def _storage_spans(folder, storage_data, used: set) -> dict:
+    """{(fqn, chunk offset tuple or None): FileSpan, or the CheckpointError that span raises
+    when it is looked up}: torch's reader reads only the spans its items ask for, so a bad span
+    no item uses does not make the folder unreadable (`_span` raises for the ones used)."""
     sizes, spans = {}, {}
     for index, info in storage_data.items():
         index_fields, info_fields = _fields(index, "MetadataIndex"), _fields(info, "_StorageInfo")
-        name, offset, length = (info_fields.get("relative_path"), info_fields.get("offset"),
-                                info_fields.get("length"))
-        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
-            raise CheckpointError(f"DCP metadata names a data file outside its folder: {name!r:.80}")
-        if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
-            raise CheckpointError(f"DCP metadata has a malformed span in {name}")
-        if name not in sizes:
-            path = remote.join(folder, name)
-            remote.check_regular(path)
-            if not remote.isfile(path):
-                raise CheckpointError(f"DCP data file {name} is missing")
-            sizes[name] = remote.getsize(path)
-        if offset + length > sizes[name]:
-            raise CheckpointError(f"DCP data file {name} is shorter than its metadata says "
-                                  "(truncated?)")
-        chunk = index_fields.get("offset")
-        fqn = index_fields.get("fqn")
+        fqn, chunk = index_fields.get("fqn"), index_fields.get("offset")
+        if fqn not in used:
+            continue
         key = (fqn, tuple(chunk) if isinstance(chunk, (tuple, list)) else None)
-        transforms = info_fields.get("transform_descriptors")
-        if transforms:
-            # torch's reader pipes the bytes through each named extension (zstd is the one it
-            # knows); raw spans of such data are not a torch.save archive
-            names = [t.partition("/")[0] if isinstance(t, str) else repr(t)[:40]
-                     for t in (transforms if isinstance(transforms, (list, tuple)) else [transforms])]
-            unknown = [n for n in names if n != "stream.zstd"]
-            why = (f"through transform {unknown[0]!r:.60}, which torch's reader does not know "
-                   "either") if unknown else "zstd-compressed, which is not read here"
-            raise StructureError(f"DCP data of {fqn!r:.200} in {name} is stored {why}",
-                                 fqn if isinstance(fqn, str) else "", name)
-        spans[key] = FileSpan(remote.join(folder, name), offset, length)
+        try:
+            spans[key] = _checked_span(folder, fqn, info_fields, sizes)
+        except CheckpointError as exc:
+            spans[key] = exc
     return spans
+
+
+def _span(spans: dict, key: tuple):
+    span = spans.get(key)
+    if isinstance(span, CheckpointError):
+        raise span
+    return span
+
+
+def _checked_span(folder, fqn, info_fields, sizes: dict) -> FileSpan:
+    name, offset, length = (info_fields.get("relative_path"), info_fields.get("offset"),
+                            info_fields.get("length"))
+    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+        raise CheckpointError(f"DCP metadata names a data file outside its folder: {name!r:.80}")
+    if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
+        raise CheckpointError(f"DCP metadata has a malformed span in {name}")
+    if name not in sizes:
+        path = remote.join(folder, name)
+        remote.check_regular(path)
+        if not remote.isfile(path):
+            raise CheckpointError(f"DCP data file {name} is missing")
+        sizes[name] = remote.getsize(path)
+    if offset + length > sizes[name]:
+        raise CheckpointError(f"DCP data file {name} is shorter than its metadata says "
+                              "(truncated?)")
+    transforms = info_fields.get("transform_descriptors")
+    if transforms:
+        # torch's reader pipes the bytes through each named extension (zstd is the one it
+        # knows); raw spans of such data are not a torch.save archive
+        names = [t.partition("/")[0] if isinstance(t, str) else repr(t)[:40]
+                 for t in (transforms if isinstance(transforms, (list, tuple)) else [transforms])]
+        unknown = [n for n in names if n != "stream.zstd"]
+        why = (f"through transform {unknown[0]!r:.60}, which torch's reader does not know "
+               "either") if unknown else "zstd-compressed, which is not read here"
+        raise StructureError(f"DCP data of {fqn!r:.200} in {name} is stored {why}",
+                             fqn if isinstance(fqn, str) else "", name)
+    return FileSpan(remote.join(folder, name), offset, length)
 
 
 def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
@@ -208,7 +230,7 @@ def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
                 not all(type(v) is int and v >= 0 for v in offsets + sizes):
             raise StructureError(f"DCP tensor {fqn!r} has a chunk with malformed offsets or sizes",
                                  fqn)
-        span = spans.get((fqn, offsets))
+        span = _span(spans, (fqn, offsets))
         if span is None:
             raise StructureError(f"DCP tensor {fqn!r} has a chunk with no stored data", fqn)
         chunks.append((offsets, sizes, span))
@@ -266,7 +288,8 @@ def _bytes_item(fqn, span, items: list, warnings: list):
     torch.load(weights_only=False), so every pickle in them goes through our unpickler; what
     each names is appended to `items` as (fqn, PickleReport)."""
     if span is None:
-        return "(object)"
+        raise StructureError(f"DCP item {fqn!r} has no stored data; torch's reader refuses the "
+                             "folder", fqn)
     if span.nbytes > MAX_PICKLE_BYTES:
         warnings.append(f"{fqn}: a bytes item of {span.nbytes:,} bytes, which torch.load "
                         "unpickles with weights_only=False; too large to check here")
@@ -282,6 +305,9 @@ def _bytes_item(fqn, span, items: list, warnings: list):
         warnings.append(f"{fqn}: its bytes item, which torch.load unpickles with "
                         f"weights_only=False, cannot be decoded ({exc})")
         return "(object)"
+    if not is_torch_save(raw):
+        warnings.append(f"{fqn}: its bytes item is not a torch.save archive: torch's reader "
+                        "unpickles it, then refuses the folder (invalid magic number)")
     return value if isinstance(value, SCALAR_TYPES) else "(object)"
 
 

@@ -18,7 +18,15 @@ import math
 from collections import Counter
 
 from ckpt_viewer.core import CheckpointError, StructureError
-from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, Node, Storage, TensorInfo, iter_nodes
+from ckpt_viewer.core.model import (
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    Checkpoint,
+    Node,
+    Storage,
+    TensorInfo,
+    iter_nodes,
+)
 from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, torch_load_pickles
 from ckpt_viewer.core.readers.safetensors import flat_tree
 from ckpt_viewer.core.readers.zip_directory import read_directory, read_member
@@ -51,6 +59,10 @@ def archive_root(names: list[str]) -> str:
         raise CheckpointError(f"archive mixes top-level folders ({root!r} and {strays[0]!r:.60}); "
                               "torch reads only the first")
     return root
+
+
+def torch_can_require_grad(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES or dtype.startswith("complex")
 
 
 def is_pt2(path: str, head: bytes = b"") -> bool:
@@ -170,6 +182,10 @@ class _Archive:
         info = TensorInfo(dtype=storage.dtype, shape=shape, stride=stride, offset=offset,
                           storage=storage, requires_grad=bool(tensor_meta.get("requires_grad")),
                           is_parameter=bool(meta.get("is_param")))
+        if info.requires_grad and not torch_can_require_grad(storage.dtype):
+            raise StructureError(f"{fqn!r:.80} asks for gradients on a {storage.dtype} tensor; "
+                                 "torch.export.load refuses it (only floating point and complex "
+                                 "tensors can require gradients)", fqn, name)
         # torch.export.load makes each entry with torch.as_strided, which refuses these
         if min(stride, default=0) < 0:
             raise StructureError(f"{fqn!r:.80} is a view with a negative stride {list(stride)} "
