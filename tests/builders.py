@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -262,3 +263,24 @@ def cuda_tagged(path, obj, tag="cuda:0"):
         torch.serialization._package_registry[:] = [
             p for p in torch.serialization._package_registry if p[1] is not tagger]
     return str(path)
+
+
+# Runs the CLI (`python -c PEAK_OF_CLI ARGS...`) and prints its own memory peak (VmHWM) at
+# exit: a child's rusage would count the pages it shared with the test process before exec.
+PEAK_OF_CLI = """
+import runpy, sys
+sys.argv = ["ckpt-viewer"] + sys.argv[1:]
+try:
+    runpy.run_module("ckpt_viewer", run_name="__main__")
+finally:
+    peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
+    print("peak-kb", peak[0].split()[1] if peak else 0, file=sys.stderr)
+"""
+
+
+def alarm(seconds: int):
+    """A TimeoutError in this (main) thread after `seconds`: a hang fails, never blocks."""
+    def fail(signum, frame):
+        raise TimeoutError(f"took longer than {seconds} s")
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)

@@ -62,22 +62,11 @@ def file_of(tmp_path, megabytes=2):
     return os.path.getsize(path)
 
 
-PEAK_OF_CLI = """
-import runpy, sys
-sys.argv = ["ckpt-viewer"] + sys.argv[1:]
-try:
-    runpy.run_module("ckpt_viewer", run_name="__main__")
-finally:
-    peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
-    print("peak-kb", peak[0].split()[1] if peak else 0, file=sys.stderr)
-"""
-
-
 def cli(*args):
     """(exit status, stderr without the memory line, peak RSS in MB or None)."""
     env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
                CKPT_VIEWER_READ_TIMEOUT="1", CKPT_VIEWER_CONNECT_TIMEOUT="2")
-    out = subprocess.run([sys.executable, "-c", PEAK_OF_CLI, *args], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", builders.PEAK_OF_CLI, *args], capture_output=True,
                          text=True, timeout=60, env=env)
     lines = out.stderr.splitlines(keepends=True)
     peak = None

@@ -88,24 +88,13 @@ def test_export_and_diff_of_views(tmp_path, name):
     assert report.identical
 
 
-# Runs the CLI and prints its own memory peak (VmHWM) at exit: the rusage of a child counts
-# the pages it shared with this (large) test process between fork and exec.
-PEAK_OF_CLI = """
-import runpy, sys
-sys.argv = ["ckpt-viewer"] + sys.argv[1:]
-try:
-    runpy.run_module("ckpt_viewer", run_name="__main__")
-finally:
-    peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
-    print("peak-kb", peak[0].split()[1] if peak else 0, file=sys.stderr)
-"""
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
 def test_expanded_600m_elements_stats_in_little_memory(tmp_path):
     """A 1.5 KB file holding torch.ones(1).expand(600_000_000): nothing is materialised."""
     path = builders.save(torch.ones(1).expand(600_000_000), tmp_path / "expand.pt")
-    result = subprocess.run([sys.executable, "-c", PEAK_OF_CLI, "stats", path, "", "--json"],
+    result = subprocess.run([sys.executable, "-c", builders.PEAK_OF_CLI, "stats", path, "", "--json"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert '"numel": 600000000' in result.stdout and '"mean": 1.0' in result.stdout

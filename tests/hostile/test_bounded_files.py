@@ -16,22 +16,10 @@ import torch
 import builders
 from ckpt_viewer.core.open import open_checkpoint
 
-# Runs the CLI and prints its own memory peak (VmHWM) at exit (a child's rusage would count the
-# pages it shared with this test process before exec).
-PEAK_OF_CLI = """
-import runpy, sys
-sys.argv = ["ckpt-viewer"] + sys.argv[1:]
-try:
-    runpy.run_module("ckpt_viewer", run_name="__main__")
-finally:
-    peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
-    print("peak-kb", peak[0].split()[1] if peak else 0, file=sys.stderr)
-"""
-
 
 def refused(*args, peak=False) -> str:
     """The one error line of a CLI run that must fail (exit 2) within the timeout."""
-    command = [sys.executable, "-c", PEAK_OF_CLI] if peak else [sys.executable, "-m",
+    command = [sys.executable, "-c", builders.PEAK_OF_CLI] if peak else [sys.executable, "-m",
                                                                 "ckpt_viewer"]
     result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
                             timeout=60, stdin=subprocess.DEVNULL)

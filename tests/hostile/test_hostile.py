@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import builders
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.open import open_checkpoint
 from corpus import CORPUS
@@ -26,17 +27,10 @@ def built(tmp_path, request):
     assert not sentinel.exists(), "code from the file ran"
 
 
-def _alarm(seconds):
-    def fail(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s")
-    signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-
-
 @pytest.mark.parametrize("built", sorted(CORPUS), indirect=True)
 def test_core(built):
     path, expect, sentinel = built
-    _alarm(TIME_LIMIT)
+    builders.alarm(TIME_LIMIT)
     try:
         try:
             checkpoint = open_checkpoint(path)
@@ -149,7 +143,7 @@ def test_values_of_every_file_that_opens(built):
     path, expect, sentinel = built
     checkpoint = open_checkpoint(path)
     tensors = sorted(checkpoint.tensors(), key=lambda item: -item[1].numel)[:3]
-    _alarm(TIME_LIMIT)
+    builders.alarm(TIME_LIMIT)
     try:
         for _key, tensor, _ in tensors:
             try:

@@ -15,13 +15,6 @@ TIME_LIMIT = 10
 N = 600_000_000
 
 
-def _alarm(seconds):
-    def fail(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s")
-    signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-
-
 K = 130     # a K x K grid of chunks: K**3 / 2 pairs to compare, past the reader's bound
 
 CASES = {
@@ -52,7 +45,7 @@ def test_every_command_ends_in_one_line(folders, tmp_path, capsys, name, command
     argv = {"stats": ["stats", folder, "w"],
             "export": ["export", folder, "-o", str(tmp_path / "out.pth")]}.get(
         command, [command, folder])
-    _alarm(TIME_LIMIT)
+    builders.alarm(TIME_LIMIT)
     try:
         code = main(argv)
     finally:
