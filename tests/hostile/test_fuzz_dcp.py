@@ -72,7 +72,7 @@ def _split(folder, metadata, row: int) -> None:
 def apply(folder, metadata, edit) -> None:
     kind, fqn, arg = edit
     meta = metadata.state_dict_metadata.get(fqn)
-    tensor = meta is not None and hasattr(meta, "chunks")
+    tensor = meta is not None and bool(getattr(meta, "chunks", None))
     entries = _entry(metadata, fqn)
     if kind == "split" and fqn == "a" and tensor and len(meta.chunks) == 1:
         _split(folder, metadata, 1 + arg % 3)

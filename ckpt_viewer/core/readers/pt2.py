@@ -153,7 +153,7 @@ class _Archive:
         if not isinstance(tensor_meta, dict):
             raise CheckpointError(f"{fqn!r:.80} has no tensor metadata")
         dtype = SCALAR_TYPES.get(tensor_meta.get("dtype"))
-        if dtype is None:
+        if dtype is None and name not in storages:    # a later entry's dtype is never read
             raise CheckpointError(f"{fqn!r:.80} has unknown dtype code {tensor_meta.get('dtype')!r:.20}")
         if tensor_meta.get("layout", STRIDED) != STRIDED:
             raise CheckpointError(f"{fqn!r:.80} is not a strided tensor (layout "
