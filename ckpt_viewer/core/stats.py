@@ -75,7 +75,8 @@ class Stats:
         """min, max, mean, std and l2 over every value, as torch's amin/amax, mean, std and
         linalg.norm give them: one NaN makes all five NaN (amax propagates NaN); an infinity
         makes min or max, mean and l2 infinite (mean NaN when both signs occur) and std NaN.
-        Without NaN or Inf they are the finite figures (std of one value: 0, torch says nan)."""
+        Without NaN or Inf they are the finite figures. The std of a single value is None
+        (undefined: torch's unbiased std says nan there, and no value in it is NaN)."""
         finite = {name: getattr(self, name) for name in FIGURES}
         if not self.numel or not (self.nan or self.inf):
             return finite
@@ -480,6 +481,8 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
         return stats
     stats.min, stats.max = moments.lo, moments.hi
     stats.mean, stats.std, stats.l2 = moments.figures()
+    if finite < 2:
+        stats.std = None            # n - 1 = 0: undefined, not 0 (a 0-d step, one bias)
     lo, hi, bins, as_values = _histogram_range(stats.min, stats.max, moments.integer,
                                                value_range, bins)
     fine_bins = bins * max(1, FINE_BINS // bins)
@@ -503,8 +506,11 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
             _select(tensor, part, chunk, lo, hi, fine // repeat, ranks, stats.zeros // repeat),
             (0.8, 1.0), max(1, math.ceil(tensor.numel / chunk)))
     if as_values:
-        stats.value_counts = {int(round((a + b) / 2)): c for a, b, c in
-                              zip(stats.edges, stats.edges[1:], stats.counts) if c}
+        # from the fine bins, each narrower than 1/8 (a range under 4096 values): each holds
+        # one integer; the requested bins can be wider than one value (auto bins: 8 for 7 ids)
+        width = (hi - lo) / fine.size
+        stats.value_counts = {int(round(lo + (i + 0.5) * width)): int(fine[i])
+                              for i in np.flatnonzero(fine)}
     return stats
 
 
