@@ -1,0 +1,334 @@
+"""One cross-check (issue #20): for every file of a small corpus, what the window shows (tree
+counts and sizes, summary totals, statistics table, plotted histogram), what `inspect --json`
+and `stats --json` print, and what the format's own loader gives (torch, safetensors, DCP's
+converter) are the same numbers. Integers exactly; figures shown rounded within the precision
+they are shown with; JSON figures to float64 rounding."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QTreeView
+from qt_helpers import open_and_wait
+
+from ckpt_viewer import cli
+from crosscheck_corpus import CORPUS
+
+QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
+FIGURES = {"min": "min", "max": "max", "mean": "mean", "std": "std", "l2": "L2 norm"}
+BYTE_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+
+
+# --- the reference: torch's figures over every value (float64, so nothing rounds) -------------
+
+def _figures(v: torch.Tensor) -> dict:
+    if not v.numel():
+        return {"min": None, "max": None, "mean": None, "std": None, "l2": 0.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # std of one value: torch warns and says nan
+        return {"min": v.amin().item(), "max": v.amax().item(), "mean": v.mean().item(),
+                "std": v.std().item(), "l2": torch.linalg.norm(v).item()}
+
+
+def reference_stats(tensor: torch.Tensor) -> dict:
+    v = tensor.detach().reshape(-1).to(torch.float64)
+    finite = v[v.isfinite()]
+    ref = {"numel": v.numel(), "nan": int(v.isnan().sum()), "posinf": int((v == math.inf).sum()),
+           "neginf": int((v == -math.inf).sum()), "zeros": int((v == 0).sum()),
+           "all": _figures(v), "finite": _figures(finite), "values": finite,
+           "dtype": tensor.dtype}
+    ref["quantiles"] = {q: float(np.quantile(finite.numpy(), q, method="inverted_cdf"))
+                        for q in QUANTILES} if finite.numel() else {}
+    if not tensor.is_floating_point():
+        values, counts = torch.unique(v, return_counts=True)
+        ref["value_counts"] = dict(zip(values.long().tolist(), counts.tolist()))
+    return ref
+
+
+def histogram(values: torch.Tensor, edges) -> list[int]:
+    """torch.histogram of the finite values over the very edges the viewer reports."""
+    counts, _ = torch.histogram(values, bins=torch.tensor(list(edges), dtype=torch.float64))
+    return [int(c) for c in counts.tolist()]
+
+
+def unique_elements(tensors) -> tuple[int, int]:
+    """(elements, bytes) of the storages the tensors use, each storage element counted once."""
+    spans: dict[int, list] = {}
+    for t in tensors:
+        if not t.numel():
+            continue
+        extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        spans.setdefault(t.untyped_storage().data_ptr(), []).append(
+            (t.storage_offset(), t.storage_offset() + extent, t.element_size()))
+    elements = nbytes = 0
+    for group in spans.values():
+        end = None
+        for first, last, size in sorted(group):
+            start = first if end is None else max(first, end)
+            if last > start:
+                elements += last - start
+                nbytes += (last - start) * size
+            end = last if end is None else max(end, last)
+    return elements, nbytes
+
+
+def undefined_std(ours, theirs, count) -> bool:
+    """std of fewer than two values: torch's nan, shown as undefined ('-', null)."""
+    return ours is None and theirs is not None and math.isnan(theirs) and count < 2
+
+
+def same(ours, theirs, rel) -> bool:
+    if theirs is None or ours is None:
+        return ours is theirs
+    if math.isnan(theirs):
+        return math.isnan(ours)
+    return ours == pytest.approx(theirs, rel=rel, abs=1e-12)
+
+
+def json_number(value):
+    return float(value) if isinstance(value, str) else value
+
+
+# --- what the window shows, parsed ------------------------------------------------------------
+
+def shown_number(text: str):
+    """(value, half a unit of its last digit) of a number as the window shows it."""
+    text = text.replace("≈ ", "").replace(",", "").strip()
+    if text in ("", "-"):
+        return None, 0.0
+    if text in ("nan", "inf", "-inf"):
+        return float(text), 0.0
+    mantissa, _, exponent = text.partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    return float(text), 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+
+
+def shown_figure_agrees(text: str, theirs, count: int, name: str) -> bool:
+    value, half = shown_number(text)
+    if value is None or theirs is None:
+        return (value is None and theirs is None) or (
+            name == "std" and undefined_std(value, theirs, count))
+    if math.isnan(theirs) or math.isinf(theirs):
+        return value == theirs or (math.isnan(theirs) and math.isnan(value))
+    return abs(value - theirs) <= half * (1 + 1e-6) + 1e-300
+
+
+def shown_count(text: str) -> int:
+    return int(text.split(" (")[0].replace(",", "")) if text else 0
+
+
+def shown_bytes(text: str) -> tuple[float, float]:
+    if not text:
+        return 0.0, 0.0
+    number, unit = text.split()
+    decimals = len(number.partition(".")[2])
+    return float(number) * BYTE_UNITS[unit], 0.5 * 10.0 ** -decimals * BYTE_UNITS[unit]
+
+
+def tree_rows(model, parent=None, out=None):
+    """[(key, [column texts])] of every row, whether or not the view has expanded it."""
+    from PySide6.QtCore import QModelIndex
+
+    parent = parent if parent is not None else QModelIndex()
+    out = [] if out is None else out
+    for r in range(model.rowCount(parent)):
+        index = model.index(r, 0, parent)
+        out.append((index.data(Qt.UserRole),
+                    [model.index(r, c, parent).data() or "" for c in range(model.columnCount())]))
+        tree_rows(model, index, out)
+    return out
+
+
+def summary_fields(text: str) -> dict:
+    """The Summary table's label -> value (plain text: one cell a line, up to "By dtype")."""
+    lines = text.split("\n\nBy dtype")[0].splitlines()[1:]
+    return dict(zip(lines[::2], lines[1::2]))
+
+
+def exact_in_parentheses(text: str) -> int:
+    return int(re.search(r"\(([\d,]+)\)", text).group(1).replace(",", ""))
+
+
+# --- the CLI, in process ------------------------------------------------------------------------
+
+def run_cli(capsys, *argv) -> dict:
+    capsys.readouterr()
+    assert cli.main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def check_stats_json(info: dict, ref: dict, where: str) -> list[str]:
+    """stats --json against torch. std and L2 of float32 (and narrower) data are summed in
+    float32 as torch sums them: equal to the float64 figures within float32's precision."""
+    problems = []
+    rel = 1e-6 if ref["dtype"].is_floating_point and ref["dtype"] != torch.float64 else 1e-9
+    for name in ("numel", "nan", "posinf", "neginf", "zeros"):
+        if info[name] != ref[name]:
+            problems.append(f"{where}: {name} {info[name]} vs torch {ref[name]}")
+    if info["inf"] != ref["posinf"] + ref["neginf"]:
+        problems.append(f"{where}: inf {info['inf']}")
+    finite_count = ref["values"].numel()
+    for name in FIGURES:
+        for ours, theirs, count in ((info[name], ref["all"][name], ref["numel"]),
+                                    (info[f"{name}_finite"], ref["finite"][name], finite_count)):
+            ours = json_number(ours)
+            if not same(ours, theirs, rel) and not (
+                    name == "std" and undefined_std(ours, theirs, count)):
+                problems.append(f"{where}: {name} {ours} vs torch {theirs}")
+    quantiles = {float(q): v for q, v in info["quantiles"].items()}
+    if quantiles != ref["quantiles"]:
+        problems.append(f"{where}: quantiles {quantiles} vs numpy {ref['quantiles']}")
+    if finite_count:
+        if info["counts"] != histogram(ref["values"], info["edges"]):
+            problems.append(f"{where}: counts {info['counts']} vs torch.histogram "
+                            f"{histogram(ref['values'], info['edges'])}")
+    elif info["counts"]:
+        problems.append(f"{where}: a histogram of no finite values")
+    for value, count in info["value_counts"].items():
+        if ref.get("value_counts", {}).get(int(value)) != count:
+            problems.append(f"{where}: value {value}: {count} vs torch "
+                            f"{ref.get('value_counts', {}).get(int(value))}")
+    return problems
+
+
+# --- the test ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
+    entry = CORPUS[name](str(tmp_path))
+    reference = entry.tensors
+    problems = []
+
+    # inspect --json against the loader
+    listed = run_cli(capsys, "inspect", entry.path, "--json")
+    tensors = {t["key"]: t for t in listed["tensors"]}
+    assert set(tensors) == set(reference)
+    for key, t in reference.items():
+        mine = tensors[key]
+        theirs = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+                  "nbytes": t.nbytes}
+        if {k: mine[k] for k in theirs} != theirs:
+            problems.append(f"inspect {key}: {mine} vs {theirs}")
+    total, total_bytes = unique_elements(reference.values())
+    assert total == sum(entry.split.values())            # the corpus' own bookkeeping
+    if listed["params"] != entry.split or listed["total_params"] != total:
+        problems.append(f"inspect: {listed['params']} {listed['total_params']} vs {entry.split}")
+    for key, value in entry.scalars.items():
+        if listed["scalars"].get(key) != value:
+            problems.append(f"inspect scalar {key}: {listed['scalars'].get(key)} vs {value}")
+
+    # the window: tree, summary
+    open_and_wait(qtbot, window, entry.path)
+    tab = window.tabs.currentWidget()
+    model = tab.findChild(QTreeView, "keyTree").model()
+    for key, columns in tree_rows(model):
+        _, _, shape, dtype, elements, size, _ = columns
+        if key in reference:
+            t = reference[key]
+            mine = (shape, dtype, shown_count(elements))
+            theirs = (str(list(t.shape)), str(t.dtype).removeprefix("torch."), t.numel())
+            expected_bytes = t.nbytes
+        else:
+            below = [t for k, t in reference.items() if k.startswith(key + ".")]
+            mine, theirs = shown_count(elements), unique_elements(below)[0]
+            expected_bytes = unique_elements(below)[1]
+        if mine != theirs:
+            problems.append(f"tree {key}: {mine} vs {theirs}")
+        value, half = shown_bytes(size)
+        if abs(value - expected_bytes) > half:
+            problems.append(f"tree {key}: size {size} vs {expected_bytes} bytes")
+    summary = summary_fields(tab.findChild(object, "summaryPanel").toPlainText())
+    parameters = entry.split["model"] - entry.buffers
+    shown = {"Tensors": shown_count(summary["Tensors"]),
+             "Model parameters": exact_in_parentheses(summary["Model parameters"]),
+             "All elements": exact_in_parentheses(summary["All elements"])}
+    if shown != {"Tensors": len(reference), "Model parameters": parameters, "All elements": total}:
+        problems.append(f"summary {shown} vs {len(reference)}, {parameters}, {total}")
+    for label, count in (("Model buffers", entry.buffers),
+                         ("Optimizer state", entry.split["optimizer_state"]),
+                         ("Other tensors", entry.split["other"])):
+        text = summary.get(label, "0 elements")
+        if not text.startswith(f"{count} element"):     # < 1,000: shown exactly
+            problems.append(f"summary {label}: {text} vs {count}")
+    value, half = shown_bytes(summary["Tensor bytes"])
+    if abs(value - total_bytes) > half:
+        problems.append(f"summary tensor bytes {summary['Tensor bytes']} vs {total_bytes}")
+
+    # every tensor: stats --json and the Tensor pane against torch
+    view = tab.tensor_view
+    for key, tensor in reference.items():
+        ref = reference_stats(tensor)
+        problems += check_stats_json(run_cli(capsys, "stats", entry.path, key, "--json"),
+                                     ref, f"stats {key}")
+        with qtbot.waitSignal(view.view_ready, timeout=20_000,
+                              check_params_cb=lambda shown_key, k=key: shown_key == k):
+            assert tab.select_key(key, show=False)
+        problems += check_window_stats(view, ref, key)
+        x, y = view.curve.getData()
+        plotted = [int(c) for c in y]
+        if ref["values"].numel():
+            if plotted != histogram(ref["values"], x):
+                problems.append(f"window {key}: plotted {plotted} vs torch.histogram "
+                                f"{histogram(ref['values'], x)}")
+            same_bins = run_cli(capsys, "stats", entry.path, key, "--json",
+                                "--bins", str(len(plotted)))
+            if same_bins["edges"] != list(x) or same_bins["counts"] != plotted:
+                problems.append(f"window {key}: plot differs from stats --bins {len(plotted)}")
+        elif any(plotted):
+            problems.append(f"window {key}: bars plotted for no finite value")
+    assert not problems, "\n".join(problems)
+
+
+def check_window_stats(view, ref: dict, key: str) -> list[str]:
+    table = view.table.as_dict()
+    problems = []
+    for label, theirs in (("elements", ref["numel"]), ("NaN", ref["nan"]),
+                          ("+Inf", ref["posinf"]), ("-Inf", ref["neginf"]),
+                          ("zeros", ref["zeros"])):
+        if shown_count(table[label]) != theirs:
+            problems.append(f"window {key}: {label} {table[label]} vs torch {theirs}")
+    nonfinite = bool(ref["nan"] or ref["posinf"] or ref["neginf"])
+    finite_count = ref["values"].numel()
+    for name, label in FIGURES.items():
+        if not shown_figure_agrees(table[label], ref["all"][name], ref["numel"], name):
+            problems.append(f"window {key}: {label} {table[label]} vs torch {ref['all'][name]}")
+        finite_label = f"{label} (finite)"
+        if nonfinite != (finite_label in table):
+            problems.append(f"window {key}: {finite_label} shown: {finite_label in table}")
+        elif nonfinite and not shown_figure_agrees(table[finite_label], ref["finite"][name],
+                                                   finite_count, name):
+            problems.append(f"window {key}: {finite_label} {table[finite_label]} vs torch "
+                            f"{ref['finite'][name]}")
+    for q, theirs in ref["quantiles"].items():
+        label = f"{100 * q:g} %"
+        if not shown_figure_agrees(table.get(label, ""), theirs, finite_count, label):
+            problems.append(f"window {key}: {label} {table.get(label)} vs numpy {theirs}")
+    for label, text in table.items():
+        if label.startswith("value "):
+            value = int(label.removeprefix("value "))
+            if ref.get("value_counts", {}).get(value) != shown_count(text):
+                problems.append(f"window {key}: {label} {text} vs torch "
+                                f"{ref.get('value_counts', {}).get(value)}")
+    return problems
+
+
+def test_one_real_subprocess_agrees_with_torch(tmp_path):
+    """The installed entry point, not only cli.main: one file, one tensor."""
+    entry = CORPUS["plain"](str(tmp_path))
+    run = [sys.executable, "-m", "ckpt_viewer"]
+    listed = json.loads(subprocess.run(run + ["inspect", entry.path, "--json"], check=True,
+                                       capture_output=True, text=True).stdout)
+    assert {t["key"]: t["shape"] for t in listed["tensors"]} == {
+        k: list(t.shape) for k, t in entry.tensors.items()}
+    info = json.loads(subprocess.run(run + ["stats", entry.path, "nonfinite", "--json"],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert check_stats_json(info, reference_stats(entry.tensors["nonfinite"]), "nonfinite") == []
