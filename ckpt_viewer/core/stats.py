@@ -210,14 +210,47 @@ class _Moments:
         self.finite += count
 
 
-def _fine_histogram(chunks, lo, hi, fine_bins):
+class _EdgeCheck:
+    """The histogram's bins are torch.histogram's over the reported edges: [e_i, e_i+1), the
+    last one closed. The fine index's arithmetic can put a value on an edge (or a rounding
+    away from it) into the neighbouring bin: 9 bfloat16 values of 100 sat on one edge and
+    were counted left of it. Values in the fine bins beside an edge are placed by comparison
+    with the edges; what moves is kept per bin."""
+
+    def __init__(self, lo, hi, bins, fine_bins):
+        self.edges = np.linspace(lo, hi, bins + 1)
+        self.per_bin = fine_bins // bins
+        self.moved = np.zeros(bins, dtype=np.int64)
+        self.beside = np.zeros(fine_bins, dtype=bool)     # a lookup: 4x faster than idx % n
+        self.beside[::self.per_bin] = self.beside[self.per_bin - 1::self.per_bin] = True
+
+    def add(self, x: np.ndarray, idx: np.ndarray):
+        if self.per_bin > 2:
+            near = np.flatnonzero(np.take(self.beside, idx))
+            x, idx = x[near], idx[near]
+        if not x.size:
+            return
+        guessed = idx // self.per_bin
+        exact = np.searchsorted(self.edges, x, side="right") - 1
+        np.clip(exact, 0, self.moved.size - 1, out=exact)
+        moved = guessed != exact
+        if moved.any():
+            np.subtract.at(self.moved, guessed[moved], 1)
+            np.add.at(self.moved, exact[moved], 1)
+
+    def counts(self, fine: np.ndarray, repeat: int) -> list:
+        return (fine.reshape(self.moved.size, -1).sum(axis=1) + self.moved * repeat).tolist()
+
+
+def _fine_histogram(chunks, lo, hi, fine_bins, check):
     """Counts of finite values in fine_bins equal bins over [lo, hi]; plus below/above."""
     counts = np.zeros(fine_bins, dtype=np.int64)
     below = above = 0
     scale = fine_bins / (hi - lo) if hi > lo else 0.0
     for x in chunks:
         with np.errstate(all="ignore"):
-            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above)
+            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above,
+                                              check)
         yield
     return counts, below, above
 
@@ -234,8 +267,9 @@ def _bin_index(x, lo, hi, scale, fine_bins) -> np.ndarray:
     return idx
 
 
-def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
-    """Add one chunk's finite values to the fine histogram; (counts, below, above)."""
+def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above, check):
+    """Add one chunk's finite values to the fine histogram (and the edge check); (counts,
+    below, above)."""
     x = _computable(x)
     if not np.isfinite(np.sum(x, dtype=np.float64)):
         x = x[np.isfinite(x)]
@@ -246,7 +280,9 @@ def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
         x = x[~(outside_low | outside_high)]
     idx = _bin_index(x, lo, hi, scale, fine_bins)
     for start in range(0, idx.size, GIL_SLICE):     # bincount holds the GIL while it runs
-        counts += np.bincount(idx[start:start + GIL_SLICE], minlength=fine_bins)
+        part = idx[start:start + GIL_SLICE]
+        counts += np.bincount(part, minlength=fine_bins)
+        check.add(x[start:start + GIL_SLICE], part)
     return counts, below, above
 
 
@@ -380,11 +416,11 @@ def _sub_range(level) -> tuple[float, float]:
     return low + width * index, low + width * (index + 1)
 
 
-def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress, repeat=1):
+def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, check, progress, repeat=1):
     """One pass: (fine counts, below, above), each value counted `repeat` times; yields
     progress mapped into `progress` (a, b)."""
     chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
-    histogram = _fine_histogram(chunks, lo, hi, fine_bins)
+    histogram = _fine_histogram(chunks, lo, hi, fine_bins, check)
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     done = 0
     while True:
@@ -432,12 +468,12 @@ def _known_range(facts, value_range, bins: int, is_complex: bool):
     return None
 
 
-def _fused_pass(tensor, part, chunk, known, moments, repeat, progress):
+def _fused_pass(tensor, part, chunk, known, moments, check, repeat, progress):
     """Moments and fine histogram in one pass over the tensor (the range known beforehand):
     chunk by chunk the very same arithmetic as the moments pass and then the histogram pass,
     so the results are bit-identical to theirs."""
     lo, hi, bins, _ = known
-    fine_bins = bins * max(1, FINE_BINS // bins)
+    fine_bins = check.per_bin * bins
     counts = np.zeros(fine_bins, dtype=np.int64)
     below = above = 0
     scale = fine_bins / (hi - lo) if hi > lo else 0.0
@@ -446,7 +482,8 @@ def _fused_pass(tensor, part, chunk, known, moments, repeat, progress):
         x = _real_view(raw, part)
         moments.add(x)
         with np.errstate(all="ignore"):
-            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above)
+            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above,
+                                              check)
         yield progress * (i + 1) / total_chunks
     return counts * repeat, below * repeat, above * repeat
 
@@ -471,7 +508,9 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
             moments.add(_real_view(raw, part))
             yield 0.4 * (i + 1) / total_chunks
     else:
-        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, repeat, 0.8)
+        check = _EdgeCheck(known[0], known[1], known[2], known[2] * max(1, FINE_BINS // known[2]))
+        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, check, repeat,
+                                           0.8)
     moments.repeated(repeat)
     stats = Stats(numel=moments.n, nan=moments.nan, posinf=moments.posinf,
                   neginf=moments.neginf, zeros=moments.zeros,
@@ -487,14 +526,15 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
                                                value_range, bins)
     fine_bins = bins * max(1, FINE_BINS // bins)
     if known is None:
+        check = _EdgeCheck(lo, hi, bins, fine_bins)
         fine, stats.below, stats.above = yield from _histogram_pass(
-            tensor, part, chunk, lo, hi, fine_bins, (0.4, 0.8), repeat)
+            tensor, part, chunk, lo, hi, fine_bins, check, (0.4, 0.8), repeat)
     elif known != (lo, hi, bins, as_values):       # facts that do not match the values read
         return (yield from compute(original, bins, part, value_range, chunk))
     else:
         fine, stats.below, stats.above = histogram
-    stats.counts = fine.reshape(bins, -1).sum(axis=1).tolist()
-    stats.edges = np.linspace(lo, hi, bins + 1).tolist()
+    stats.counts = check.counts(fine, repeat)
+    stats.edges = check.edges.tolist()
     if value_range:
         return stats
     if stats.min == stats.max:                     # one value: no selection pass
