@@ -78,6 +78,8 @@ def plain_state_dict(folder) -> Entry:
              "flags": torch.rand(9) > 0.5, "u8": torch.randint(0, 256, (8,), dtype=torch.uint8),
              "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5), "one": torch.tensor([-1.5]),
              "nonfinite": nonfinite(), "zeros": torch.zeros(5)}
+    torch.manual_seed(34)
+    state["bf16_on_edges"] = (torch.randn(100) * 5 + 100).bfloat16()   # 10 auto bins
     path = builders.save(state, os.path.join(folder, "plain.pt"))
     tensors = flat(torch_load(path))
     return Entry(path, tensors, {"model": numel(tensors.values()), "optimizer_state": 0,

@@ -154,6 +154,14 @@ def summary_fields(text: str) -> dict:
     return dict(zip(lines[::2], lines[1::2]))
 
 
+def dtype_table(tab) -> dict:
+    """The Summary's By dtype table: dtype -> (tensors, elements, bytes text)."""
+    text = tab.findChild(object, "summaryPanel").toPlainText()
+    lines = text.split("By dtype\n")[1].split("\n\n")[0].splitlines()[4:]
+    return {lines[i]: (shown_count(lines[i + 1]), shown_count(lines[i + 2]), lines[i + 3])
+            for i in range(0, len(lines) - 3, 4)}
+
+
 def exact_in_parentheses(text: str) -> int:
     return int(re.search(r"\(([\d,]+)\)", text).group(1).replace(",", ""))
 
@@ -262,6 +270,16 @@ def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
     value, half = shown_bytes(summary["Tensor bytes"])
     if abs(value - total_bytes) > half:
         problems.append(f"summary tensor bytes {summary['Tensor bytes']} vs {total_bytes}")
+    by_dtype = {}
+    for t in reference.values():
+        by_dtype.setdefault(str(t.dtype).removeprefix("torch."), []).append(t)
+    for dtype, (count, elements, size) in dtype_table(tab).items():
+        theirs = (len(by_dtype.get(dtype, [])), *unique_elements(by_dtype.get(dtype, [])))
+        value, half = shown_bytes(size)
+        if (count, elements) != theirs[:2] or abs(value - theirs[2]) > half:
+            problems.append(f"summary {dtype}: {count}, {elements}, {size} vs {theirs}")
+    if set(dtype_table(tab)) != set(by_dtype):
+        problems.append(f"summary dtypes {sorted(dtype_table(tab))} vs {sorted(by_dtype)}")
 
     # every tensor: stats --json and the Tensor pane against torch
     view = tab.tensor_view
@@ -296,6 +314,10 @@ def check_window_stats(view, ref: dict, key: str) -> list[str]:
                           ("zeros", ref["zeros"])):
         if shown_count(table[label]) != theirs:
             problems.append(f"window {key}: {label} {table[label]} vs torch {theirs}")
+    percent = re.search(r"\(([\d.]+) %\)", table["zeros"])
+    theirs = 100 * ref["zeros"] / max(ref["numel"], 1)
+    if percent is None or abs(float(percent.group(1)) - theirs) > 0.005 + 1e-9:
+        problems.append(f"window {key}: zeros {table['zeros']} vs {theirs:.4f} %")
     nonfinite = bool(ref["nan"] or ref["posinf"] or ref["neginf"])
     finite_count = ref["values"].numel()
     for name, label in FIGURES.items():
