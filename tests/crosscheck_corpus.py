@@ -34,6 +34,8 @@ class Entry:
     split: dict                      # {"model", "optimizer_state", "other"} elements
     buffers: int = 0                 # of split["model"]: elements of buffers
     scalars: dict = field(default_factory=dict)
+    listing: dict = field(default_factory=dict)    # key -> (shape, dtype, nbytes) where the
+    #                                                values are not the stored dtype (GGUF)
 
 
 def nonfinite(n=40, seed=1):
@@ -161,6 +163,37 @@ def dcp_folder(folder) -> Entry:
                                  "other": 0}, buffers, scalars={"step": 11})
 
 
+def gguf_file(folder) -> Entry:
+    """Written and read back (dequantized) by the gguf package, llama.cpp's own."""
+    import gguf
+    import numpy as np
+
+    kinds = gguf.GGMLQuantizationType
+    rng = np.random.default_rng(7)
+    path = os.path.join(folder, "m.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", rng.standard_normal((8, 32)).astype(np.float16))
+    writer.add_tensor("blk.0.attn_q.weight", gguf.quants.quantize(
+        rng.standard_normal((32, 32)).astype(np.float32), kinds.Q8_0), raw_dtype=kinds.Q8_0)
+    writer.add_tensor("blk.0.attn_k.weight", gguf.quants.quantize(
+        rng.standard_normal((16, 32)).astype(np.float32), kinds.Q4_0), raw_dtype=kinds.Q4_0)
+    writer.add_tensor("output_norm.weight", rng.standard_normal(32).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tensors, listing = {}, {}
+    names = {"F32": "float32", "F16": "float16"}
+    for t in gguf.GGUFReader(path).tensors:
+        values = gguf.quants.dequantize(t.data, t.tensor_type)
+        tensors[t.name] = torch.from_numpy(np.array(values))     # writable
+        listing[t.name] = ([int(d) for d in t.shape][::-1],
+                           names.get(t.tensor_type.name, t.tensor_type.name), int(t.n_bytes))
+    return Entry(path, tensors, {"model": numel(tensors.values()), "optimizer_state": 0,
+                                 "other": 0}, listing=listing)
+
+
 CORPUS = {"plain": plain_state_dict, "training": training, "whole_model": whole_model,
           "tied": tied, "safetensors": safetensors_file, "hf_sharded": hf_sharded,
-          "dcp": dcp_folder}
+          "dcp": dcp_folder, "gguf": gguf_file}

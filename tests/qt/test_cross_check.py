@@ -81,6 +81,22 @@ def unique_elements(tensors) -> tuple[int, int]:
     return elements, nbytes
 
 
+def listed(entry, key) -> tuple[list, str, int]:
+    """(shape, dtype, nbytes) of a key as its format stores it."""
+    if key in entry.listing:
+        return entry.listing[key]
+    t = entry.tensors[key]
+    return list(t.shape), str(t.dtype).removeprefix("torch."), t.nbytes
+
+
+def held(entry, keys) -> tuple[int, int]:
+    """(elements, bytes) the keys' tensors hold, each stored element counted once."""
+    if entry.listing:                   # GGUF: no storage is shared; bytes are the blocks'
+        return (sum(entry.tensors[k].numel() for k in keys),
+                sum(entry.listing[k][2] for k in keys))
+    return unique_elements([entry.tensors[k] for k in keys])
+
+
 def undefined_std(ours, theirs, count) -> bool:
     """std of fewer than two values: torch's nan, shown as undefined ('-', null)."""
     return ours is None and theirs is not None and math.isnan(theirs) and count < 2
@@ -217,22 +233,22 @@ def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
     problems = []
 
     # inspect --json against the loader
-    listed = run_cli(capsys, "inspect", entry.path, "--json")
-    tensors = {t["key"]: t for t in listed["tensors"]}
+    inspected = run_cli(capsys, "inspect", entry.path, "--json")
+    tensors = {t["key"]: t for t in inspected["tensors"]}
     assert set(tensors) == set(reference)
-    for key, t in reference.items():
+    for key in reference:
         mine = tensors[key]
-        theirs = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-                  "nbytes": t.nbytes}
+        theirs = dict(zip(("shape", "dtype", "nbytes"), listed(entry, key)))
         if {k: mine[k] for k in theirs} != theirs:
             problems.append(f"inspect {key}: {mine} vs {theirs}")
-    total, total_bytes = unique_elements(reference.values())
+    total, total_bytes = held(entry, reference)
     assert total == sum(entry.split.values())            # the corpus' own bookkeeping
-    if listed["params"] != entry.split or listed["total_params"] != total:
-        problems.append(f"inspect: {listed['params']} {listed['total_params']} vs {entry.split}")
+    if inspected["params"] != entry.split or inspected["total_params"] != total:
+        problems.append(f"inspect: {inspected['params']} {inspected['total_params']} vs "
+                        f"{entry.split}")
     for key, value in entry.scalars.items():
-        if listed["scalars"].get(key) != value:
-            problems.append(f"inspect scalar {key}: {listed['scalars'].get(key)} vs {value}")
+        if inspected["scalars"].get(key) != value:
+            problems.append(f"inspect scalar {key}: {inspected['scalars'].get(key)} vs {value}")
 
     # the window: tree, summary
     open_and_wait(qtbot, window, entry.path)
@@ -241,14 +257,12 @@ def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
     for key, columns in tree_rows(model):
         _, _, shape, dtype, elements, size, _ = columns
         if key in reference:
-            t = reference[key]
             mine = (shape, dtype, shown_count(elements))
-            theirs = (str(list(t.shape)), str(t.dtype).removeprefix("torch."), t.numel())
-            expected_bytes = t.nbytes
+            their_shape, their_dtype, expected_bytes = listed(entry, key)
+            theirs = (str(their_shape), their_dtype, reference[key].numel())
         else:
-            below = [t for k, t in reference.items() if k.startswith(key + ".")]
-            mine, theirs = shown_count(elements), unique_elements(below)[0]
-            expected_bytes = unique_elements(below)[1]
+            mine = shown_count(elements)
+            theirs, expected_bytes = held(entry, [k for k in reference if k.startswith(key + ".")])
         if mine != theirs:
             problems.append(f"tree {key}: {mine} vs {theirs}")
         value, half = shown_bytes(size)
@@ -271,10 +285,10 @@ def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
     if abs(value - total_bytes) > half:
         problems.append(f"summary tensor bytes {summary['Tensor bytes']} vs {total_bytes}")
     by_dtype = {}
-    for t in reference.values():
-        by_dtype.setdefault(str(t.dtype).removeprefix("torch."), []).append(t)
+    for key in reference:
+        by_dtype.setdefault(listed(entry, key)[1], []).append(key)
     for dtype, (count, elements, size) in dtype_table(tab).items():
-        theirs = (len(by_dtype.get(dtype, [])), *unique_elements(by_dtype.get(dtype, [])))
+        theirs = (len(by_dtype.get(dtype, [])), *held(entry, by_dtype.get(dtype, [])))
         value, half = shown_bytes(size)
         if (count, elements) != theirs[:2] or abs(value - theirs[2]) > half:
             problems.append(f"summary {dtype}: {count}, {elements}, {size} vs {theirs}")
@@ -347,9 +361,9 @@ def test_one_real_subprocess_agrees_with_torch(tmp_path):
     """The installed entry point, not only cli.main: one file, one tensor."""
     entry = CORPUS["plain"](str(tmp_path))
     run = [sys.executable, "-m", "ckpt_viewer"]
-    listed = json.loads(subprocess.run(run + ["inspect", entry.path, "--json"], check=True,
-                                       capture_output=True, text=True).stdout)
-    assert {t["key"]: t["shape"] for t in listed["tensors"]} == {
+    inspected = json.loads(subprocess.run(run + ["inspect", entry.path, "--json"], check=True,
+                                          capture_output=True, text=True).stdout)
+    assert {t["key"]: t["shape"] for t in inspected["tensors"]} == {
         k: list(t.shape) for k, t in entry.tensors.items()}
     info = json.loads(subprocess.run(run + ["stats", entry.path, "nonfinite", "--json"],
                                      check=True, capture_output=True, text=True).stdout)
