@@ -82,6 +82,7 @@ def plain_state_dict(folder) -> Entry:
              "nonfinite": nonfinite(), "zeros": torch.zeros(5)}
     torch.manual_seed(34)
     state["bf16_on_edges"] = (torch.randn(100) * 5 + 100).bfloat16()   # 10 auto bins
+    state["c64"] = torch.randn(6, dtype=torch.complex64)        # figures of |z|
     path = builders.save(state, os.path.join(folder, "plain.pt"))
     tensors = flat(torch_load(path))
     return Entry(path, tensors, {"model": numel(tensors.values()), "optimizer_state": 0,
@@ -98,6 +99,14 @@ def training(folder) -> Entry:
     return Entry(path, tensors, {"model": numel(model.values()),
                                  "optimizer_state": numel(flat(state).values()), "other": 0},
                  buffers, {"epoch": 7, "loss": 0.25})
+
+
+def legacy(folder) -> Entry:
+    """The pre-1.6 (non-zip) serialization: the same training checkpoint."""
+    entry = training(folder)
+    path = builders.training_checkpoint(os.path.join(folder, "legacy.pth"), legacy=True)
+    entry.path, entry.tensors = path, flat(torch_load(path))
+    return entry
 
 
 def whole_model(folder) -> Entry:
@@ -194,6 +203,7 @@ def gguf_file(folder) -> Entry:
                                  "other": 0}, listing=listing)
 
 
-CORPUS = {"plain": plain_state_dict, "training": training, "whole_model": whole_model,
+CORPUS = {"plain": plain_state_dict, "training": training, "legacy": legacy,
+          "whole_model": whole_model,
           "tied": tied, "safetensors": safetensors_file, "hf_sharded": hf_sharded,
           "dcp": dcp_folder, "gguf": gguf_file}

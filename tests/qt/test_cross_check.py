@@ -40,7 +40,8 @@ def _figures(v: torch.Tensor) -> dict:
 
 
 def reference_stats(tensor: torch.Tensor) -> dict:
-    v = tensor.detach().reshape(-1).to(torch.float64)
+    v = tensor.detach().reshape(-1)
+    v = (v.abs() if v.is_complex() else v).to(torch.float64)     # complex: the magnitude
     finite = v[v.isfinite()]
     ref = {"numel": v.numel(), "nan": int(v.isnan().sum()), "posinf": int((v == math.inf).sum()),
            "neginf": int((v == -math.inf).sum()), "zeros": int((v == 0).sum()),
@@ -191,10 +192,14 @@ def run_cli(capsys, *argv) -> dict:
 
 
 def check_stats_json(info: dict, ref: dict, where: str) -> list[str]:
-    """stats --json against torch. std and L2 of float32 (and narrower) data are summed in
-    float32 as torch sums them: equal to the float64 figures within float32's precision."""
+    """stats --json against torch. std and L2 of float32 (and narrower, and complex64's
+    magnitudes) are summed in float32 as torch sums them: equal to the float64 figures within
+    float32's precision."""
     problems = []
-    rel = 1e-6 if ref["dtype"].is_floating_point and ref["dtype"] != torch.float64 else 1e-9
+    dtype = ref["dtype"]
+    narrow = (dtype.is_floating_point or dtype.is_complex) and \
+        dtype not in (torch.float64, torch.complex128)
+    rel = 1e-6 if narrow else 1e-9
     for name in ("numel", "nan", "posinf", "neginf", "zeros"):
         if info[name] != ref[name]:
             problems.append(f"{where}: {name} {info[name]} vs torch {ref[name]}")
