@@ -83,6 +83,8 @@ def plain_state_dict(folder) -> Entry:
     torch.manual_seed(34)
     state["bf16_on_edges"] = (torch.randn(100) * 5 + 100).bfloat16()   # 10 auto bins
     state["c64"] = torch.randn(6, dtype=torch.complex64)        # figures of |z|
+    state["f64_offset"] = torch.randn(50, dtype=torch.float64) * 1e-3 + 1e9   # spread << mean
+    state["i32_wide"] = torch.randint(-2**31, 2**31 - 1, (20,), dtype=torch.int32)
     path = builders.save(state, os.path.join(folder, "plain.pt"))
     tensors = flat(torch_load(path))
     return Entry(path, tensors, {"model": numel(tensors.values()), "optimizer_state": 0,
