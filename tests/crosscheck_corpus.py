@@ -148,15 +148,17 @@ def safetensors_file(folder) -> Entry:
                                  "other": 0})
 
 
-def hf_sharded(folder) -> Entry:
+def hf_sharded(folder, shard_format="safetensors") -> Entry:
     from safetensors.torch import load_file
 
     torch.manual_seed(5)
-    path = builders.hf_directory(os.path.join(folder, "hf"))
+    path = builders.hf_directory(os.path.join(folder, "hf"), shard_format)
     tensors = {}
     for name in sorted(os.listdir(path)):
         if name.endswith(".safetensors"):
             tensors.update(load_file(os.path.join(path, name)))
+        elif name.endswith(".bin"):
+            tensors.update(torch_load(os.path.join(path, name)))
     return Entry(path, tensors, {"model": numel(tensors.values()), "optimizer_state": 0,
                                  "other": 0})
 
@@ -208,4 +210,5 @@ def gguf_file(folder) -> Entry:
 CORPUS = {"plain": plain_state_dict, "training": training, "legacy": legacy,
           "whole_model": whole_model,
           "tied": tied, "safetensors": safetensors_file, "hf_sharded": hf_sharded,
+          "hf_sharded_bin": lambda folder: hf_sharded(folder, "bin"),
           "dcp": dcp_folder, "gguf": gguf_file}
