@@ -179,6 +179,12 @@ def dtype_table(tab) -> dict:
             for i in range(0, len(lines) - 3, 4)}
 
 
+def tensor_facts_shown(view) -> dict:
+    """The Tensor pane's facts: label -> text (plain text: a label line, then its value)."""
+    lines = [line.strip() for line in view.facts.toPlainText().strip().splitlines()]
+    return dict(zip(lines[::2], lines[1::2]))
+
+
 def exact_in_parentheses(text: str) -> int:
     return int(re.search(r"\(([\d,]+)\)", text).group(1).replace(",", ""))
 
@@ -310,6 +316,12 @@ def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
                               check_params_cb=lambda shown_key, k=key: shown_key == k):
             assert tab.select_key(key, show=False)
         problems += check_window_stats(view, ref, key)
+        facts = tensor_facts_shown(view)
+        shape, dtype, nbytes = listed(entry, key)
+        shown_facts = (facts["shape"], facts["dtype"], shown_count(facts["elements"]),
+                       exact_in_parentheses(facts["bytes"]))
+        if shown_facts != (str(shape), dtype, tensor.numel(), nbytes):
+            problems.append(f"facts {key}: {shown_facts} vs {shape, dtype, tensor.numel(), nbytes}")
         x, y = view.curve.getData()
         plotted = [int(c) for c in y]
         if ref["values"].numel():
