@@ -128,7 +128,8 @@ def tied(folder) -> Entry:
     embed = torch.randn(10, 4)
     qkv = torch.randn(3, 4, 4)
     state = {"embed.weight": embed, "lm_head.weight": embed, "norm.weight": torch.ones(4),
-             "attn.q": qkv[0], "attn.k": qkv[1], "attn.v": qkv[2]}
+             "attn.q": qkv[0], "attn.k": qkv[1], "attn.v": qkv[2],
+             "probe.column": embed[:, 1], "probe.transposed": qkv[1].t()}
     path = builders.save(state, os.path.join(folder, "tied.pt"))
     tensors = flat(torch_load(path))
     return Entry(path, tensors, {"model": 40 + 4 + 48, "optimizer_state": 0, "other": 0})

@@ -62,24 +62,18 @@ def histogram(values: torch.Tensor, edges) -> list[int]:
 
 
 def unique_elements(tensors) -> tuple[int, int]:
-    """(elements, bytes) of the storages the tensors use, each storage element counted once."""
-    spans: dict[int, list] = {}
+    """(elements, bytes) of the storages the tensors use, each storage element counted once:
+    the very indices each view touches, enumerated."""
+    touched: dict[int, tuple] = {}
     for t in tensors:
-        if not t.numel():
-            continue
-        extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-        spans.setdefault(t.untyped_storage().data_ptr(), []).append(
-            (t.storage_offset(), t.storage_offset() + extent, t.element_size()))
-    elements = nbytes = 0
-    for group in spans.values():
-        end = None
-        for first, last, size in sorted(group):
-            start = first if end is None else max(first, end)
-            if last > start:
-                elements += last - start
-                nbytes += (last - start) * size
-            end = last if end is None else max(end, last)
-    return elements, nbytes
+        storage = t.untyped_storage()
+        size = storage.nbytes() // t.element_size()
+        indices = torch.arange(size).as_strided(t.shape, t.stride(), t.storage_offset())
+        seen, _ = touched.get(storage.data_ptr(), (set(), 0))
+        touched[storage.data_ptr()] = (seen | set(indices.reshape(-1).tolist()),
+                                       t.element_size())
+    return (sum(len(seen) for seen, _ in touched.values()),
+            sum(len(seen) * size for seen, size in touched.values()))
 
 
 def listed(entry, key) -> tuple[list, str, int]:
