@@ -103,6 +103,18 @@ def training(folder) -> Entry:
                  buffers, {"epoch": 7, "loss": 0.25})
 
 
+def preview_first(folder) -> Entry:
+    """Over a million elements: the window shows a sampled preview before the exact pass."""
+    torch.manual_seed(8)
+    big = (torch.randn(1_100_000) * 0.02).half()
+    big[[10, 500_000]] = float("nan")
+    path = builders.save({"big": big, "small": torch.arange(5.0)},
+                         os.path.join(folder, "big.pt"))
+    tensors = flat(torch_load(path))
+    return Entry(path, tensors, {"model": numel(tensors.values()), "optimizer_state": 0,
+                                 "other": 0})
+
+
 def legacy(folder) -> Entry:
     """The pre-1.6 (non-zip) serialization: the same training checkpoint."""
     entry = training(folder)
@@ -212,4 +224,4 @@ CORPUS = {"plain": plain_state_dict, "training": training, "legacy": legacy,
           "whole_model": whole_model,
           "tied": tied, "safetensors": safetensors_file, "hf_sharded": hf_sharded,
           "hf_sharded_bin": lambda folder: hf_sharded(folder, "bin"),
-          "dcp": dcp_folder, "gguf": gguf_file}
+          "dcp": dcp_folder, "gguf": gguf_file, "preview_first": preview_first}
