@@ -3,6 +3,7 @@ the DCP writer, each with what the format's own loader gives for it (the referen
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -85,6 +86,9 @@ def plain_state_dict(folder) -> Entry:
     state["c64"] = torch.randn(6, dtype=torch.complex64)        # figures of |z|
     state["f64_offset"] = torch.randn(50, dtype=torch.float64) * 1e-3 + 1e9   # spread << mean
     state["i32_wide"] = torch.randint(-2**31, 2**31 - 1, (20,), dtype=torch.int32)
+    state.update(all_nan=torch.full((4,), float("nan")), inf_only=torch.tensor([math.inf] * 2),
+                 f8=torch.randn(16).to(torch.float8_e4m3fn), i8=torch.tensor([-128, 0, 127],
+                                                                           dtype=torch.int8))
     path = builders.save(state, os.path.join(folder, "plain.pt"))
     tensors = flat(torch_load(path))
     return Entry(path, tensors, {"model": numel(tensors.values()), "optimizer_state": 0,
