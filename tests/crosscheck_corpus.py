@@ -119,6 +119,22 @@ def preview_first(folder) -> Entry:
                                  "other": 0})
 
 
+def mixed(folder) -> Entry:
+    """Model tensors beside other tensors: an RNG state, a list of 0-d losses."""
+    torch.manual_seed(9)
+    model = builders.tiny_model().state_dict()
+    ema = {"0.weight": torch.randn(3, 4)}
+    state = {"model": model, "ema": ema, "rng_state": torch.get_rng_state(),
+             "losses": [torch.tensor(0.5), torch.tensor(0.25)], "step": 3}
+    path = builders.save(state, os.path.join(folder, "mixed.pt"))
+    loaded = torch_load(path)
+    tensors = flat(loaded)
+    buffers = numel(t for k, t in loaded["model"].items() if k.rsplit(".", 1)[-1] in REF_BUFFER_NAMES)
+    other = numel([loaded["rng_state"], *loaded["losses"]])
+    return Entry(path, tensors, {"model": numel(tensors.values()) - other, "optimizer_state": 0,
+                                 "other": other}, buffers, scalars={"step": 3})
+
+
 def legacy(folder) -> Entry:
     """The pre-1.6 (non-zip) serialization: the same training checkpoint."""
     entry = training(folder)
@@ -228,4 +244,5 @@ CORPUS = {"plain": plain_state_dict, "training": training, "legacy": legacy,
           "whole_model": whole_model,
           "tied": tied, "safetensors": safetensors_file, "hf_sharded": hf_sharded,
           "hf_sharded_bin": lambda folder: hf_sharded(folder, "bin"),
-          "dcp": dcp_folder, "gguf": gguf_file, "preview_first": preview_first}
+          "dcp": dcp_folder, "gguf": gguf_file, "preview_first": preview_first,
+          "mixed": mixed}

@@ -284,7 +284,7 @@ def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
                          ("Optimizer state", entry.split["optimizer_state"]),
                          ("Other tensors", entry.split["other"])):
         text = summary.get(label, "0 elements")
-        if not text.startswith(f"{count} element"):     # < 1,000: shown exactly
+        if (exact_in_parentheses(text) if "(" in text else shown_count(text.split()[0])) != count:
             problems.append(f"summary {label}: {text} vs {count}")
     value, half = shown_bytes(summary["Tensor bytes"])
     if abs(value - total_bytes) > half:
