@@ -234,52 +234,75 @@ def check_stats_json(info: dict, ref: dict, where: str) -> list[str]:
 @pytest.mark.parametrize("name", list(CORPUS))
 def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
     entry = CORPUS[name](str(tmp_path))
-    reference = entry.tensors
-    problems = []
+    total = held(entry, entry.tensors)
+    assert total[0] == sum(entry.split.values())            # the corpus' own bookkeeping
+    problems = check_inspect(run_cli(capsys, "inspect", entry.path, "--json"), entry, total)
+    open_and_wait(qtbot, window, entry.path)
+    tab = window.tabs.currentWidget()
+    problems += check_tree(tab.findChild(QTreeView, "keyTree").model(), entry)
+    problems += check_summary(tab, entry, total)
+    for key, tensor in entry.tensors.items():
+        ref = reference_stats(tensor)
+        problems += check_stats_json(run_cli(capsys, "stats", entry.path, key, "--json"),
+                                     ref, f"stats {key}")
+        with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=20_000,
+                              check_params_cb=lambda shown_key, k=key: shown_key == k):
+            assert tab.select_key(key, show=False)
+        problems += check_window_stats(tab.tensor_view, ref, key)
+        problems += check_facts(tab.tensor_view, entry, key)
+        problems += check_plot(tab.tensor_view, ref, key, capsys, entry.path)
+    assert not problems, "\n".join(problems)
 
-    # inspect --json against the loader
-    inspected = run_cli(capsys, "inspect", entry.path, "--json")
+
+def check_inspect(inspected: dict, entry, total) -> list[str]:
     tensors = {t["key"]: t for t in inspected["tensors"]}
-    assert set(tensors) == set(reference)
-    for key in reference:
-        mine = tensors[key]
+    assert set(tensors) == set(entry.tensors)
+    problems = []
+    for key in entry.tensors:
         theirs = dict(zip(("shape", "dtype", "nbytes"), listed(entry, key)))
-        if {k: mine[k] for k in theirs} != theirs:
-            problems.append(f"inspect {key}: {mine} vs {theirs}")
-    total, total_bytes = held(entry, reference)
-    assert total == sum(entry.split.values())            # the corpus' own bookkeeping
-    if inspected["params"] != entry.split or inspected["total_params"] != total:
+        if {k: tensors[key][k] for k in theirs} != theirs:
+            problems.append(f"inspect {key}: {tensors[key]} vs {theirs}")
+    if inspected["params"] != entry.split or inspected["total_params"] != total[0]:
         problems.append(f"inspect: {inspected['params']} {inspected['total_params']} vs "
                         f"{entry.split}")
     for key, value in entry.scalars.items():
         if inspected["scalars"].get(key) != value:
             problems.append(f"inspect scalar {key}: {inspected['scalars'].get(key)} vs {value}")
+    return problems
 
-    # the window: tree, summary
-    open_and_wait(qtbot, window, entry.path)
-    tab = window.tabs.currentWidget()
-    model = tab.findChild(QTreeView, "keyTree").model()
+
+def check_tree(model, entry) -> list[str]:
+    """Each row's Shape, DType, Elements and Size: a tensor's own, a subtree's each stored
+    element once."""
+    problems = []
     for key, columns in tree_rows(model):
         _, _, shape, dtype, elements, size, _ = columns
-        if key in reference:
+        if key in entry.tensors:
             mine = (shape, dtype, shown_count(elements))
             their_shape, their_dtype, expected_bytes = listed(entry, key)
-            theirs = (str(their_shape), their_dtype, reference[key].numel())
+            theirs = (str(their_shape), their_dtype, entry.tensors[key].numel())
         else:
             mine = shown_count(elements)
-            theirs, expected_bytes = held(entry, [k for k in reference if k.startswith(key + ".")])
+            theirs, expected_bytes = held(entry, [k for k in entry.tensors
+                                                  if k.startswith(key + ".")])
         if mine != theirs:
             problems.append(f"tree {key}: {mine} vs {theirs}")
         value, half = shown_bytes(size)
         if abs(value - expected_bytes) > half:
             problems.append(f"tree {key}: size {size} vs {expected_bytes} bytes")
+    return problems
+
+
+def check_summary(tab, entry, total) -> list[str]:
+    problems = []
     summary = summary_fields(tab.findChild(object, "summaryPanel").toPlainText())
     parameters = entry.split["model"] - entry.buffers
     shown = {"Tensors": shown_count(summary["Tensors"]),
              "Model parameters": exact_in_parentheses(summary["Model parameters"]),
              "All elements": exact_in_parentheses(summary["All elements"])}
-    if shown != {"Tensors": len(reference), "Model parameters": parameters, "All elements": total}:
-        problems.append(f"summary {shown} vs {len(reference)}, {parameters}, {total}")
+    if shown != {"Tensors": len(entry.tensors), "Model parameters": parameters,
+                 "All elements": total[0]}:
+        problems.append(f"summary {shown} vs {len(entry.tensors)}, {parameters}, {total[0]}")
     for label, count in (("Model buffers", entry.buffers),
                          ("Optimizer state", entry.split["optimizer_state"]),
                          ("Other tensors", entry.split["other"])):
@@ -287,48 +310,48 @@ def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
         if (exact_in_parentheses(text) if "(" in text else shown_count(text.split()[0])) != count:
             problems.append(f"summary {label}: {text} vs {count}")
     value, half = shown_bytes(summary["Tensor bytes"])
-    if abs(value - total_bytes) > half:
-        problems.append(f"summary tensor bytes {summary['Tensor bytes']} vs {total_bytes}")
+    if abs(value - total[1]) > half:
+        problems.append(f"summary tensor bytes {summary['Tensor bytes']} vs {total[1]}")
     by_dtype = {}
-    for key in reference:
+    for key in entry.tensors:
         by_dtype.setdefault(listed(entry, key)[1], []).append(key)
-    for dtype, (count, elements, size) in dtype_table(tab).items():
+    table = dtype_table(tab)
+    for dtype, (count, elements, size) in table.items():
         theirs = (len(by_dtype.get(dtype, [])), *held(entry, by_dtype.get(dtype, [])))
         value, half = shown_bytes(size)
         if (count, elements) != theirs[:2] or abs(value - theirs[2]) > half:
             problems.append(f"summary {dtype}: {count}, {elements}, {size} vs {theirs}")
-    if set(dtype_table(tab)) != set(by_dtype):
-        problems.append(f"summary dtypes {sorted(dtype_table(tab))} vs {sorted(by_dtype)}")
+    if set(table) != set(by_dtype):
+        problems.append(f"summary dtypes {sorted(table)} vs {sorted(by_dtype)}")
+    return problems
 
-    # every tensor: stats --json and the Tensor pane against torch
-    view = tab.tensor_view
-    for key, tensor in reference.items():
-        ref = reference_stats(tensor)
-        problems += check_stats_json(run_cli(capsys, "stats", entry.path, key, "--json"),
-                                     ref, f"stats {key}")
-        with qtbot.waitSignal(view.view_ready, timeout=20_000,
-                              check_params_cb=lambda shown_key, k=key: shown_key == k):
-            assert tab.select_key(key, show=False)
-        problems += check_window_stats(view, ref, key)
-        facts = tensor_facts_shown(view)
-        shape, dtype, nbytes = listed(entry, key)
-        shown_facts = (facts["shape"], facts["dtype"], shown_count(facts["elements"]),
-                       exact_in_parentheses(facts["bytes"]))
-        if shown_facts != (str(shape), dtype, tensor.numel(), nbytes):
-            problems.append(f"facts {key}: {shown_facts} vs {shape, dtype, tensor.numel(), nbytes}")
-        x, y = view.curve.getData()
-        plotted = [int(c) for c in y]
-        if ref["values"].numel():
-            if plotted != histogram(ref["values"], x):
-                problems.append(f"window {key}: plotted {plotted} vs torch.histogram "
-                                f"{histogram(ref['values'], x)}")
-            same_bins = run_cli(capsys, "stats", entry.path, key, "--json",
-                                "--bins", str(len(plotted)))
-            if same_bins["edges"] != list(x) or same_bins["counts"] != plotted:
-                problems.append(f"window {key}: plot differs from stats --bins {len(plotted)}")
-        elif any(plotted):
-            problems.append(f"window {key}: bars plotted for no finite value")
-    assert not problems, "\n".join(problems)
+
+def check_facts(view, entry, key) -> list[str]:
+    facts = tensor_facts_shown(view)
+    shape, dtype, nbytes = listed(entry, key)
+    numel = entry.tensors[key].numel()
+    shown = (facts["shape"], facts["dtype"], shown_count(facts["elements"]),
+             exact_in_parentheses(facts["bytes"]))
+    if shown != (str(shape), dtype, numel, nbytes):
+        return [f"facts {key}: {shown} vs {shape, dtype, numel, nbytes}"]
+    return []
+
+
+def check_plot(view, ref, key, capsys, path) -> list[str]:
+    """The plotted counts are torch.histogram's over the plotted edges, and what
+    `stats --bins <as many>` prints."""
+    x, y = view.curve.getData()
+    plotted = [int(c) for c in y]
+    if not ref["values"].numel():
+        return [f"window {key}: bars plotted for no finite value"] if any(plotted) else []
+    problems = []
+    if plotted != histogram(ref["values"], x):
+        problems.append(f"window {key}: plotted {plotted} vs torch.histogram "
+                        f"{histogram(ref['values'], x)}")
+    same_bins = run_cli(capsys, "stats", path, key, "--json", "--bins", str(len(plotted)))
+    if same_bins["edges"] != list(x) or same_bins["counts"] != plotted:
+        problems.append(f"window {key}: plot differs from stats --bins {len(plotted)}")
+    return problems
 
 
 def check_window_stats(view, ref: dict, key: str) -> list[str]:
