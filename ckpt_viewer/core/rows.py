@@ -10,6 +10,7 @@ from array import array
 from dataclasses import dataclass
 
 from ckpt_viewer.core.model import Node
+from ckpt_viewer.core.summary import _union_length
 
 
 class Row:
@@ -97,8 +98,9 @@ class RowIndex:
 
 
 def build_rows(root: Node) -> RowIndex:
-    """The rows of a node tree, with per-subtree sums; a tensor tied to an earlier one (same
-    storage) adds nothing to the sums, as in the file."""
+    """The rows of a node tree, with per-subtree sums. A tensor row holds its own elements
+    and bytes (torch's numel and nbytes); a subtree counts each stored element once, so tied
+    tensors and views of one storage are not doubled where they meet (_count_views_once)."""
     top = Row(root, None, "", [])
     order = []
     stack = [top]
@@ -110,24 +112,51 @@ def build_rows(root: Node) -> RowIndex:
             _attach_children(row)
         if row.children:
             stack.extend(reversed(row.children))
+    views: dict[int, list] = {}       # id(storage) -> the rows of tensors viewing it
     for row in reversed(order):
         node = row.node
         tensor = node.tensor
         if tensor is not None:
             row.tensors += 1
-            if not node.shared_with:
-                row.params += tensor.numel
-                row.nbytes += tensor.nbytes
+            row.params += tensor.numel
+            row.nbytes += tensor.nbytes
+            if tensor.storage is not None and not tensor.parts:
+                views.setdefault(id(tensor.storage), []).append(row)
         parent = row.parent
         if parent is not None:
             parent.params += row.params
             parent.nbytes += row.nbytes
             parent.size += row.size
             parent.tensors += row.tensors
+    for rows in views.values():
+        if len(rows) > 1:
+            _count_views_once(rows)
     keys = [r.node.key for r in order]
     return RowIndex(top, order, keys, None,
                     array("q", [r.parent.index if r.parent else -1 for r in order]),
                     array("q", [r.size for r in order]))
+
+
+def _count_views_once(rows: list):
+    """Take back from each row above several views of one storage what they double count:
+    the same tensor again (tied) counts once, distinct views the union of their spans, as
+    the summary's totals do."""
+    below: dict[int, tuple] = {}
+    for row in rows:
+        above = row.parent
+        while above is not None:
+            below.setdefault(id(above), (above, []))[1].append(row.node.tensor)
+            above = above.parent
+    for above, tensors in below.values():
+        if len(tensors) < 2:
+            continue
+        distinct = list({(t.offset, t.shape, t.stride, t.dtype): t for t in tensors}.values())
+        elements, nbytes = sum(t.numel for t in distinct), sum(t.nbytes for t in distinct)
+        if len(distinct) > 1 and len({t.dtype for t in distinct}) == 1:
+            elements = _union_length([t.element_span() for t in distinct])
+            nbytes = elements * (distinct[0].nbytes // max(distinct[0].numel, 1))
+        above.params -= sum(t.numel for t in tensors) - elements
+        above.nbytes -= sum(t.nbytes for t in tensors) - nbytes
 
 
 def matching_rows(text: str, keys: list[str], lowered: list[str]) -> list[int]:

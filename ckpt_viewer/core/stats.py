@@ -75,7 +75,8 @@ class Stats:
         """min, max, mean, std and l2 over every value, as torch's amin/amax, mean, std and
         linalg.norm give them: one NaN makes all five NaN (amax propagates NaN); an infinity
         makes min or max, mean and l2 infinite (mean NaN when both signs occur) and std NaN.
-        Without NaN or Inf they are the finite figures (std of one value: 0, torch says nan)."""
+        Without NaN or Inf they are the finite figures. The std of a single value is None
+        (undefined: torch's unbiased std says nan there, and no value in it is NaN)."""
         finite = {name: getattr(self, name) for name in FIGURES}
         if not self.numel or not (self.nan or self.inf):
             return finite
@@ -217,14 +218,49 @@ class _Moments:
         self.finite += count
 
 
-def _fine_histogram(chunks, lo, hi, fine_bins):
+class _EdgeCheck:
+    """The histogram's bins are torch.histogram's over the reported edges: [e_i, e_i+1), the
+    last one closed. The fine index's arithmetic can put a value lying on an edge, or within
+    rounding of it, into the neighbouring bin: 9 bfloat16 values of 100 sat on one edge and
+    were counted left of it. Values in the fine bins beside an edge are placed by comparison
+    with the edges; what moves is kept per bin."""
+
+    def __init__(self, lo, hi, bins):
+        self.edges = np.linspace(lo, hi, bins + 1)
+        self.per_bin = max(1, FINE_BINS // bins)
+        self.fine_bins = bins * self.per_bin
+        self.moved = np.zeros(bins, dtype=np.int64)
+        # a lookup table: cheaper than idx % per_bin on every value
+        self.beside = np.zeros(self.fine_bins, dtype=bool)
+        self.beside[::self.per_bin] = self.beside[self.per_bin - 1::self.per_bin] = True
+
+    def add(self, x: np.ndarray, idx: np.ndarray):
+        if self.per_bin > 2:
+            near = np.flatnonzero(np.take(self.beside, idx))
+            x, idx = x[near], idx[near]
+        if not x.size:
+            return
+        guessed = idx // self.per_bin
+        exact = np.searchsorted(self.edges, x, side="right") - 1
+        np.clip(exact, 0, self.moved.size - 1, out=exact)
+        moved = guessed != exact
+        if moved.any():
+            np.subtract.at(self.moved, guessed[moved], 1)
+            np.add.at(self.moved, exact[moved], 1)
+
+    def counts(self, fine: np.ndarray, repeat: int) -> list:
+        return (fine.reshape(self.moved.size, -1).sum(axis=1) + self.moved * repeat).tolist()
+
+
+def _fine_histogram(chunks, lo, hi, fine_bins, check):
     """Counts of finite values in fine_bins equal bins over [lo, hi]; plus below/above."""
     counts = np.zeros(fine_bins, dtype=np.int64)
     below = above = 0
     scale = fine_bins / (hi - lo) if hi > lo else 0.0
     for x in chunks:
         with np.errstate(all="ignore"):
-            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above)
+            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above,
+                                              check)
         yield
     return counts, below, above
 
@@ -241,8 +277,9 @@ def _bin_index(x, lo, hi, scale, fine_bins) -> np.ndarray:
     return idx
 
 
-def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
-    """Add one chunk's finite values to the fine histogram; (counts, below, above)."""
+def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above, check):
+    """Add one chunk's finite values to the fine histogram (and the edge check); (counts,
+    below, above)."""
     x = _computable(x)
     if not np.isfinite(np.sum(x, dtype=np.float64)):
         x = x[np.isfinite(x)]
@@ -253,7 +290,9 @@ def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above):
         x = x[~(outside_low | outside_high)]
     idx = _bin_index(x, lo, hi, scale, fine_bins)
     for start in range(0, idx.size, GIL_SLICE):     # bincount holds the GIL while it runs
-        counts += np.bincount(idx[start:start + GIL_SLICE], minlength=fine_bins)
+        part = idx[start:start + GIL_SLICE]
+        counts += np.bincount(part, minlength=fine_bins)
+        check.add(x[start:start + GIL_SLICE], part)
     return counts, below, above
 
 
@@ -387,11 +426,11 @@ def _sub_range(level) -> tuple[float, float]:
     return low + width * index, low + width * (index + 1)
 
 
-def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, progress, repeat=1):
+def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, check, progress, repeat=1):
     """One pass: (fine counts, below, above), each value counted `repeat` times; yields
     progress mapped into `progress` (a, b)."""
     chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
-    histogram = _fine_histogram(chunks, lo, hi, fine_bins)
+    histogram = _fine_histogram(chunks, lo, hi, fine_bins, check)
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     done = 0
     while True:
@@ -439,12 +478,12 @@ def _known_range(facts, value_range, bins: int, is_complex: bool):
     return None
 
 
-def _fused_pass(tensor, part, chunk, known, moments, repeat, progress):
+def _fused_pass(tensor, part, chunk, known, moments, check, repeat, progress):
     """Moments and fine histogram in one pass over the tensor (the range known beforehand):
     chunk by chunk the very same arithmetic as the moments pass and then the histogram pass,
     so the results are bit-identical to theirs."""
-    lo, hi, bins, _ = known
-    fine_bins = bins * max(1, FINE_BINS // bins)
+    lo, hi, _, _ = known
+    fine_bins = check.fine_bins
     counts = np.zeros(fine_bins, dtype=np.int64)
     below = above = 0
     scale = fine_bins / (hi - lo) if hi > lo else 0.0
@@ -453,7 +492,8 @@ def _fused_pass(tensor, part, chunk, known, moments, repeat, progress):
         x = _real_view(raw, part)
         moments.add(x)
         with np.errstate(all="ignore"):
-            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above)
+            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above,
+                                              check)
         yield progress * (i + 1) / total_chunks
     return counts * repeat, below * repeat, above * repeat
 
@@ -478,7 +518,9 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
             moments.add(_real_view(raw, part))
             yield 0.4 * (i + 1) / total_chunks
     else:
-        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, repeat, 0.8)
+        check = _EdgeCheck(*known[:3])
+        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, check, repeat,
+                                           0.8)
     moments.repeated(repeat)
     stats = Stats(numel=moments.n, nan=moments.nan, posinf=moments.posinf,
                   neginf=moments.neginf, zeros=moments.zeros,
@@ -488,18 +530,20 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
         return stats
     stats.min, stats.max = moments.extremes()
     stats.mean, stats.std, stats.l2 = moments.figures()
+    if finite < 2:
+        stats.std = None            # n - 1 = 0: undefined, not 0 (a 0-d step, one bias)
     lo, hi, bins, as_values = _histogram_range(stats.min, stats.max, moments.integer,
                                                value_range, bins)
-    fine_bins = bins * max(1, FINE_BINS // bins)
     if known is None:
+        check = _EdgeCheck(lo, hi, bins)
         fine, stats.below, stats.above = yield from _histogram_pass(
-            tensor, part, chunk, lo, hi, fine_bins, (0.4, 0.8), repeat)
+            tensor, part, chunk, lo, hi, check.fine_bins, check, (0.4, 0.8), repeat)
     elif known != (lo, hi, bins, as_values):       # facts that do not match the values read
         return (yield from compute(original, bins, part, value_range, chunk))
     else:
         fine, stats.below, stats.above = histogram
-    stats.counts = fine.reshape(bins, -1).sum(axis=1).tolist()
-    stats.edges = np.linspace(lo, hi, bins + 1).tolist()
+    stats.counts = check.counts(fine, repeat)
+    stats.edges = check.edges.tolist()
     if value_range:
         return stats
     if stats.min == stats.max:                     # one value: no selection pass
@@ -511,8 +555,11 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
             _select(tensor, part, chunk, lo, hi, fine // repeat, ranks, stats.zeros // repeat),
             (0.8, 1.0), max(1, math.ceil(tensor.numel / chunk)))
     if as_values:
-        stats.value_counts = {int(round((a + b) / 2)): c for a, b, c in
-                              zip(stats.edges, stats.edges[1:], stats.counts) if c}
+        # from the fine bins, each narrower than 1/8 (a range under 4096 values): each holds
+        # one integer; the requested bins can be wider than one value (auto bins: 8 for 7 ids)
+        width = (hi - lo) / fine.size
+        stats.value_counts = {int(round(lo + (i + 0.5) * width)): int(fine[i])
+                              for i in np.flatnonzero(fine)}
     return stats
 
 

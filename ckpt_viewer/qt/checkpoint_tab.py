@@ -32,7 +32,11 @@ FILTER_DELAY_MS = 120      # filtering waits for a pause in typing; the text fie
 
 
 def elements(count: int) -> str:
-    return f"{format_count(count)} element{'' if count == 1 else 's'}"
+    """'64 elements', '5.06K (5,058) elements': the exact count beside a rounded one, as the
+    parameters row has it."""
+    short = format_count(count)
+    exact = f" ({count:,})" if short != str(count) else ""
+    return f"{short}{exact} element{'' if count == 1 else 's'}"
 
 
 def summary_html(checkpoint, totals) -> str:

@@ -264,8 +264,6 @@ class KeyTreeModel(QAbstractItemModel):
         if column == DTYPE:
             return node.tensor.dtype if node.tensor is not None else ""
         if column == PARAMS:
-            if node.shared_with and node.tensor is not None:   # its own, in italics; the sums
-                return f"{node.tensor.numel:,}"                # above count the first key's
             return f"{row.params:,}" if row.params or node.tensor is not None else ""
         if column == SIZE:
             return format_bytes(row.nbytes) if row.nbytes or node.tensor is not None else ""

@@ -8,6 +8,7 @@ import torch
 import builders
 from ckpt_viewer.core.open import open_checkpoint
 from ckpt_viewer.core.rows import RowIndex, build_rows, filter_rows, matching_rows
+from ckpt_viewer.core.summary import totals
 
 
 def test_rows_group_dotted_keys_and_sum_subtrees(tmp_path):
@@ -20,7 +21,22 @@ def test_rows_group_dotted_keys_and_sum_subtrees(tmp_path):
     by_key = dict(zip(index.keys, index.rows))
     assert by_key["enc"].params == 14 and by_key["enc.0"].tensors == 2
     assert by_key[""].params == 14                     # the tied copy adds nothing
+    assert by_key["tied"].params == 6 and by_key["tied"].nbytes == 24   # but holds its own
     assert list(index.sizes)[:2] == [8, 6] and list(index.parents)[:3] == [-1, 0, 1]
+
+
+def test_views_of_one_storage_count_once_where_they_meet(tmp_path):
+    """A fused qkv saved as three views: the group held only q's elements (16 of 48)."""
+    qkv, embed = torch.randn(3, 4, 4), torch.randn(10, 4)
+    path = builders.save({"attn.q": qkv[0], "attn.k": qkv[1], "attn.v": qkv[2],
+                          "attn.again": qkv[1], "embed": embed, "head.w": embed,
+                          "col": embed[:, 1]}, tmp_path / "v.pt")
+    index = build_rows(open_checkpoint(path).root)
+    by_key = dict(zip(index.keys, index.rows))
+    assert [by_key[k].params for k in ("attn", "attn.k", "head", "head.w", "col")] == \
+        [48, 16, 40, 40, 10]
+    assert by_key["attn"].nbytes == 192 and by_key["head"].nbytes == 160
+    assert by_key[""].params == 48 + 40 == totals(open_checkpoint(path)).params   # col inside
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -129,6 +129,42 @@ def test_integers_and_bools_get_value_counts(tmp_path):
     assert bools.value_counts == {0: 1, 1: 2} and bools.zeros == 1
 
 
+def test_value_counts_are_the_values_whatever_the_bins(tmp_path):
+    """Cross-check: 8 auto bins over ids spanning 91 values listed bin middles as values."""
+    ids = torch.tensor([-41, -36, -36, 3, 17, 26, 50, 50], dtype=torch.int64)
+    values, counts = torch.unique(ids, return_counts=True)
+    for bins in (8, 256):
+        stats = stats_of(tmp_path, ids, bins=bins)
+        assert stats.value_counts == dict(zip(values.tolist(), counts.tolist()))
+        assert sum(stats.counts) == ids.numel()
+
+
+@pytest.mark.parametrize("seed, dtype, n, scale, shift, bins", [
+    (34, torch.bfloat16, 100, 5.0, 100.0, 10), (13, torch.float16, 1000, 0.02, 0.5, 7),
+    (10, torch.bfloat16, 5000, 1.0, 0.0, 256)])
+def test_histogram_is_torch_histogram_over_the_same_edges(tmp_path, seed, dtype, n, scale,
+                                                          shift, bins):
+    """Cross-check: values on an edge (common in 16-bit floats) were counted left of it."""
+    torch.manual_seed(seed)
+    values = (torch.randn(n) * scale + shift).to(dtype)
+    for facts in (False, True):          # the two-pass and the fused (range known) paths
+        path = builders.save({"t": values}, tmp_path / "t.pt")
+        tensor = open_checkpoint(path).find("t").tensor
+        known = run(compute(tensor, bins=bins)) if facts else None
+        stats = run(compute(tensor, bins=bins, value_range=(known.min, known.max)
+                            if known else None))
+        expected, _ = torch.histogram(values.double(), torch.tensor(stats.edges, dtype=torch.float64))
+        assert stats.counts == expected.long().tolist()
+
+
+def test_std_of_one_value_is_undefined(tmp_path):
+    """torch's unbiased std of one value is nan (n - 1 = 0): not 0, and no NaN alarm."""
+    for value in (torch.tensor(2.5), torch.tensor([-1.5]), torch.tensor([1.0, float("nan")])):
+        stats = stats_of(tmp_path, value)
+        assert stats.std is None and stats.to_json()["std_finite"] is None
+        assert dict(stats_rows(stats))["std" if value.numel() == 1 else "std (finite)"] == "-"
+
+
 def test_complex_parts(tmp_path):
     values = torch.tensor([3 + 4j, -1 + 0j], dtype=torch.complex64)
     assert stats_of(tmp_path, values, part="magnitude").max == pytest.approx(5.0)

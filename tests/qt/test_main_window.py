@@ -434,5 +434,5 @@ def test_tied_row_shows_its_own_elements_in_italics(qtbot, tmp_path):
     assert cell.data() == f"{loaded['1.weight'].numel():,}" == "40"
     assert cell.data(Qt.FontRole).italic()
     assert "tied to 0.weight" in tied.siblingAtColumn(tree_model.TYPE).data()
-    assert tied.siblingAtColumn(tree_model.SIZE).data() == "0 B"       # no bytes of its own
+    assert tied.siblingAtColumn(tree_model.SIZE).data() == "160 B"     # its own, as torch's
     assert model_.top.params == 40                                      # counted once
