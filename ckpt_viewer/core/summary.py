@@ -45,6 +45,7 @@ def totals(checkpoint: Checkpoint) -> Totals:
     result = Totals()
     by_dtype: dict[str, list] = {}
     covered: dict[int, list] = {}      # storage id -> [storage, dtype, category, spans...]
+    bytes_only: set[int] = set()       # storages of torchao weights' pieces: no elements
     categories = tensor_categories(checkpoint)
     split = result.split
     split[BUFFERS] = 0
@@ -62,10 +63,17 @@ def totals(checkpoint: Checkpoint) -> Totals:
                 covered[id(tensor.storage)] = [tensor.storage, tensor.dtype, category,
                                                tensor.element_span()]
             continue
+        if tensor.layout == "torchao":
+            # elements are the weight's own (its numel(), what model.parameters() counts);
+            # bytes are its stored pieces' (qdata, scale...), counted below with no elements
+            entry[1] += tensor.numel
+            result.params += tensor.numel
+            split[category] += tensor.numel
         for leaf in tensor.parts.values() if tensor.parts else (tensor,):
             storage = leaf.storage
+            counted = tensor.layout != "torchao"
             if storage is None:
-                count, nbytes = leaf.numel, leaf.nbytes
+                count, nbytes = leaf.numel * counted, leaf.nbytes
                 entry = _dtype_entry(by_dtype, leaf.dtype)
                 entry[1] += count
                 entry[2] += nbytes
@@ -76,9 +84,12 @@ def totals(checkpoint: Checkpoint) -> Totals:
                 covered[id(storage)].append(leaf.element_span())
             else:
                 covered[id(storage)] = [storage, leaf.dtype, category, leaf.element_span()]
+                if not counted:
+                    bytes_only.add(id(storage))
     params = nbytes_all = 0
     for storage, dtype, category, *spans in covered.values():
         count = spans[0][1] - spans[0][0] if len(spans) == 1 else _union_length(spans)
+        count *= id(storage) not in bytes_only
         nbytes = storage.nbytes
         params += count
         nbytes_all += nbytes

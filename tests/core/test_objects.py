@@ -583,3 +583,22 @@ def test_plain_tensor_subclass_is_a_tensor_with_its_attributes(tmp_path):
     assert found.kind == "tensor" and found.type_name.endswith("TaggedTensor")
     same_tensor(found.tensor, loaded["t"].as_subclass(torch.Tensor))
     assert node(checkpoint, "t.tag").value == loaded["t"].tag
+
+
+def test_torchao_weights_count_their_own_elements(tmp_path):
+    """Model parameters are what model.parameters() counts (a quantized weight's numel, not
+    its qdata + scale + zero_point); bytes are what the file stores."""
+    from ckpt_viewer.core.summary import totals
+
+    torchao_quantization = pytest.importorskip("torchao.quantization")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    torchao_quantization.quantize_(model, torchao_quantization.Int8WeightOnlyConfig())
+    expected = sum(p.numel() for p in model.parameters())
+    _, checkpoint, loaded = saved(tmp_path, model.state_dict())
+    counted = totals(checkpoint)
+    assert counted.split["model"] == counted.params == expected == 16 * 32 + 16
+    weight = loaded["0.weight"]
+    stored = sum(getattr(weight, name).untyped_storage().nbytes()
+                 for name in weight.__tensor_flatten__()[0])
+    assert counted.bytes == stored + loaded["0.bias"].untyped_storage().nbytes()
