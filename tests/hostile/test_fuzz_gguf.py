@@ -181,3 +181,15 @@ def test_gguf_headers(tmp_path_factory, case):
     path = tmp_path_factory.mktemp("gguf") / "f.gguf"
     path.write_bytes(build_gguf(case))
     judge(lambda: gguf_differential(path), repr(case))
+
+
+@pytest.mark.parametrize("ggml_type, verdict", [(0, "same"), (30, "both refuse"),
+                                                 (8, "both refuse")])
+def test_a_tensor_with_no_dimensions(tmp_path, ggml_type, verdict):
+    """GGUFReader reads a 0-d F32 tensor but fails on a 0-d BF16 or quantized one (it reads
+    those by rows of bytes): found by the campaign."""
+    case = {"version": 3, "kvs": [], "count_delta": (0, 0), "data": "exact", "seed": 0,
+            "tensors": [{"name": b"s", "type": ggml_type, "dims": [], "offset": None}]}
+    path = tmp_path / "f.gguf"
+    path.write_bytes(build_gguf(case))
+    assert gguf_differential(path).startswith(verdict)

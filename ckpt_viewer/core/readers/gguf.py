@@ -46,6 +46,9 @@ GGML_TYPES = {
 PLAIN_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
                "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
 
+# the types GGUFReader maps onto a numpy dtype; it reads the others as rows of bytes
+NUMPY_READ_TYPES = {"F32", "F16", "F64", "I8", "I16", "I32", "I64"}
+
 # value type id -> struct format of a fixed-size value (8: string, 9: array)
 VALUE_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
                  10: "Q", 11: "q", 12: "d"}
@@ -203,6 +206,9 @@ def _tensor(path, name, dims, type_id, offset, data_start, file_size,
     numel = 1
     for dim in dims:
         numel *= dim
+    if not dims and type_name not in NUMPY_READ_TYPES:
+        raise StructureError(f"GGUF tensor {name!r} of type {type_name} has no dimensions; "
+                             "GGUFReader reads such a tensor by its rows and fails", name)
     if dims and dims[0] % block:
         raise CheckpointError(f"GGUF tensor {name!r}: rows of {dims[0]} elements are not whole "
                               f"{type_name} blocks of {block}")
