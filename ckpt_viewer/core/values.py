@@ -548,6 +548,8 @@ def read_tensor(tensor: TensorInfo):
                               f"{tensor.attrs.get('held', 'this file holds one shard')}")
     if tensor.chunks:
         return _read_dcp(tensor)
+    if not tensor.numel and tensor.layout == "strided":
+        return torch.empty(tensor.shape, dtype=getattr(torch, tensor.dtype))
     if tensor.layout == "ggml":
         return torch.from_numpy(read_array(tensor).copy())
     if tensor.layout == "torchao":

@@ -161,7 +161,13 @@ def pt2_differential(path) -> str:
             if said and "gives zeros" in said[0]:      # said, not read: never a wrong number
                 continue
             return f"MISMATCH: we fail reading {key}: {exc}"
-        if bits(value) != bits(expected):
+        if expected.numel() > 10**7:        # a zero-stride view of a small record: as stored
+            same = (value.stride(), value.storage_offset()) == \
+                (expected.stride(), expected.storage_offset()) and \
+                bytes(value.untyped_storage()) == bytes(expected.untyped_storage())
+        else:
+            same = bits(value) == bits(expected)
+        if not same:
             return f"MISMATCH: {key} values differ"
     return "same"
 

@@ -221,6 +221,8 @@ def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
     if not isinstance(size, tuple) or not all(type(d) is int and d >= 0 for d in size):
         raise CheckpointError(f"DCP tensor {fqn!r} has a malformed size")
     info = TensorInfo(dtype=_tensor_dtype(entry.get("properties")), shape=size)
+    if not math.prod(size):         # torch's reader reads nothing for an empty tensor
+        return info
     chunks = []
     for chunk in entry.get("chunks") or []:
         chunk_fields = _fields(chunk, "ChunkStorageMetadata")

@@ -214,7 +214,7 @@ def _tensor(path, name, dims, type_id, offset, data_start, file_size,
                               f"{type_name} blocks of {block}")
     nbytes = numel // block * type_size
     start = data_start + offset
-    if start + nbytes > file_size:
+    if nbytes and start + nbytes > file_size:     # an empty tensor reads nothing, anywhere
         raise CheckpointError(f"GGUF tensor {name!r} reaches byte {start + nbytes:,} but the "
                               f"file has {file_size:,} (truncated?)")
     stride, step = [], 1
