@@ -221,8 +221,7 @@ def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
     if not isinstance(size, tuple) or not all(type(d) is int and d >= 0 for d in size):
         raise CheckpointError(f"DCP tensor {fqn!r} has a malformed size")
     info = TensorInfo(dtype=_tensor_dtype(entry.get("properties")), shape=size)
-    if not math.prod(size):         # torch's reader reads nothing for an empty tensor
-        return info
+    empty = not math.prod(size)     # torch's reader reads no chunk's data for an empty tensor
     chunks = []
     for chunk in entry.get("chunks") or []:
         chunk_fields = _fields(chunk, "ChunkStorageMetadata")
@@ -232,10 +231,14 @@ def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
                 not all(type(v) is int and v >= 0 for v in offsets + sizes):
             raise StructureError(f"DCP tensor {fqn!r} has a chunk with malformed offsets or sizes",
                                  fqn)
+        if empty:
+            continue
         span = _span(spans, (fqn, offsets))
         if span is None:
             raise StructureError(f"DCP tensor {fqn!r} has a chunk with no stored data", fqn)
         chunks.append((offsets, sizes, span))
+    if empty:
+        return info
     _check_tiling(fqn, size, chunks, budget)
     info.chunks = chunks
     return info
