@@ -11,11 +11,22 @@ from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
 from ckpt_viewer.core.text import safe_text, strict_json
 
-SUBCOMMANDS = ("inspect", "stats", "export", "verify", "diff", "globals", "check", "layers",
-               "sanitize")
+SUBCOMMANDS = (
+    "inspect",
+    "stats",
+    "export",
+    "verify",
+    "diff",
+    "globals",
+    "check",
+    "layers",
+    "sanitize",
+)
 
-NO_DISPLAY = ("error: no display: set DISPLAY (or QT_QPA_PLATFORM=offscreen); the "
-              "inspect/stats/export/verify/diff commands work without one")
+NO_DISPLAY = (
+    "error: no display: set DISPLAY (or QT_QPA_PLATFORM=offscreen); the "
+    "inspect/stats/export/verify/diff commands work without one"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,6 +38,7 @@ class Parser(argparse.ArgumentParser):
 
 def whole_number(minimum: int):
     """An argparse type: an int of at least `minimum`."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -35,6 +47,7 @@ def whole_number(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
+
     return parse
 
 
@@ -63,11 +76,18 @@ def say_report(args, report, text_lines):
 
 def _inspect_parser(sub):
     p = sub.add_parser("inspect", help="list what a checkpoint holds (reads metadata only)")
-    p.add_argument("path", help="a file, a Hugging Face model directory or *.index.json, "
-                                "or a torch.distributed.checkpoint directory")
+    p.add_argument(
+        "path",
+        help="a file, a Hugging Face model directory or *.index.json, "
+        "or a torch.distributed.checkpoint directory",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--depth", type=whole_number(1), default=None,
-                   help="show the tree to this depth only (1 or more)")
+    p.add_argument(
+        "--depth",
+        type=whole_number(1),
+        default=None,
+        help="show the tree to this depth only (1 or more)",
+    )
     p.set_defaults(run=run_inspect)
 
 
@@ -75,10 +95,13 @@ def _stats_parser(sub):
     p = sub.add_parser("stats", help="statistics and histogram of one tensor")
     p.add_argument("path")
     p.add_argument("key", help="the tensor's dotted key, as `inspect` prints it")
-    p.add_argument("--bins", type=whole_number(1), default=256,
-                   help="histogram bins (default 256)")
-    p.add_argument("--part", choices=("magnitude", "real", "imag"), default="magnitude",
-                   help="complex tensors: which part to describe")
+    p.add_argument("--bins", type=whole_number(1), default=256, help="histogram bins (default 256)")
+    p.add_argument(
+        "--part",
+        choices=("magnitude", "real", "imag"),
+        default="magnitude",
+        help="complex tensors: which part to describe",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_stats)
 
@@ -88,21 +111,43 @@ def _export_parser(sub):
     p.add_argument("src")
     p.add_argument("-o", "--output", dest="dst", required=True, help="the file to write")
     p.add_argument("--root", default="", help="export this subtree; keys become relative to it")
-    p.add_argument("--include", action="append", default=[], metavar="GLOB",
-                   help="keep keys matching GLOB (as the source names them, relative to "
-                        "--root, before prefixes change); repeatable")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                   help="drop keys matching GLOB; repeatable")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="keep keys matching GLOB (as the source names them, relative to "
+        "--root, before prefixes change); repeatable",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="drop keys matching GLOB; repeatable",
+    )
     p.add_argument("--strip-prefix", default="", metavar="P", help="remove P from key starts")
     p.add_argument("--add-prefix", default="", metavar="P", help="prepend P to every key")
-    p.add_argument("--dtype", default="keep", choices=("keep", "float32", "float16", "bfloat16"),
-                   help="cast floating tensors (others are kept)")
+    p.add_argument(
+        "--dtype",
+        default="keep",
+        choices=("keep", "float32", "float16", "bfloat16"),
+        help="cast floating tensors (others are kept)",
+    )
     p.add_argument("--device", default="cpu", help="location tag to write: cpu, cuda or cuda:N")
-    p.add_argument("--format", choices=("pth", "safetensors"), default=None,
-                   help="default: from the output's extension")
-    p.add_argument("--max-shard-size", default=None, metavar="SIZE",
-                   help="write Hugging Face style shards of at most SIZE (2GB, 500MB...) and "
-                        "their index into the folder given by -o")
+    p.add_argument(
+        "--format",
+        choices=("pth", "safetensors"),
+        default=None,
+        help="default: from the output's extension",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default=None,
+        metavar="SIZE",
+        help="write Hugging Face style shards of at most SIZE (2GB, 500MB...) and "
+        "their index into the folder given by -o",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-verify", action="store_true", help="skip reopening the written file")
     p.set_defaults(run=run_export)
@@ -120,15 +165,31 @@ def _diff_parser(sub):
     p.add_argument("a")
     p.add_argument("b")
     for side in ("a", "b"):
-        p.add_argument(f"--root-{side}", default="", metavar="KEY",
-                       help=f"compare the subtree KEY of {side.upper()} (keys relative to it)")
-        p.add_argument(f"--strip-prefix-{side}", default="", metavar="P",
-                       help=f"remove P from the start of {side.upper()}'s keys (e.g. module.)")
-        p.add_argument(f"--add-prefix-{side}", default="", metavar="P",
-                       help=f"prepend P to {side.upper()}'s keys")
-    p.add_argument("--map-gguf", choices=("auto", "off"), default="auto",
-                   help="when one side is a GGUF file, rename the other side's tensors to "
-                        "llama.cpp's GGUF names (auto, the default) or compare names as they are")
+        p.add_argument(
+            f"--root-{side}",
+            default="",
+            metavar="KEY",
+            help=f"compare the subtree KEY of {side.upper()} (keys relative to it)",
+        )
+        p.add_argument(
+            f"--strip-prefix-{side}",
+            default="",
+            metavar="P",
+            help=f"remove P from the start of {side.upper()}'s keys (e.g. module.)",
+        )
+        p.add_argument(
+            f"--add-prefix-{side}",
+            default="",
+            metavar="P",
+            help=f"prepend P to {side.upper()}'s keys",
+        )
+    p.add_argument(
+        "--map-gguf",
+        choices=("auto", "off"),
+        default="auto",
+        help="when one side is a GGUF file, rename the other side's tensors to "
+        "llama.cpp's GGUF names (auto, the default) or compare names as they are",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_diff)
 
@@ -143,14 +204,21 @@ def _path_parser(sub, name: str, help_text: str, run):
 
 
 def _globals_parser(sub):
-    _path_parser(sub, "globals", "every Python global the file's pickles name, triaged "
-                                 "(torch / data / class / code), and an allowlist snippet",
-                 run_globals)
+    _path_parser(
+        sub,
+        "globals",
+        "every Python global the file's pickles name, triaged "
+        "(torch / data / class / code), and an allowlist snippet",
+        run_globals,
+    )
 
 
 def _sanitize_parser(sub):
-    p = sub.add_parser("sanitize", help="write a copy that torch.load(weights_only=True) loads "
-                                        "with no allowlist (objects converted, code dropped)")
+    p = sub.add_parser(
+        "sanitize",
+        help="write a copy that torch.load(weights_only=True) loads "
+        "with no allowlist (objects converted, code dropped)",
+    )
     p.add_argument("src")
     p.add_argument("-o", "--output", dest="dst", required=True, help="the file to write")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -158,31 +226,45 @@ def _sanitize_parser(sub):
 
 
 def _check_parser(sub):
-    _path_parser(sub, "check", "scan every tensor for NaN/Inf, zeros, duplicates, optimizer "
-                               "mismatches (exit 0 healthy, 1 errors found)", run_check)
+    _path_parser(
+        sub,
+        "check",
+        "scan every tensor for NaN/Inf, zeros, duplicates, optimizer "
+        "mismatches (exit 0 healthy, 1 errors found)",
+        run_check,
+    )
 
 
 def _layers_parser(sub):
-    p = _path_parser(sub, "layers", "per-layer metrics across depth of repeated blocks "
-                                    "(blocks.N..., layers.N..., h.N...)", run_layers)
-    p.add_argument("--spectral", action="store_true",
-                   help="also singular values of each weight (torch; GPU when present): "
-                        "stable rank and power-law alpha")
+    p = _path_parser(
+        sub,
+        "layers",
+        "per-layer metrics across depth of repeated blocks (blocks.N..., layers.N..., h.N...)",
+        run_layers,
+    )
+    p.add_argument(
+        "--spectral",
+        action="store_true",
+        help="also singular values of each weight (torch; GPU when present): "
+        "stable rank and power-law alpha",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ckpt-viewer",
         usage="ckpt-viewer [PATH ...] [--screenshot OUT.png [--size WxH]]\n"
-              "       ckpt-viewer COMMAND ...   (ckpt-viewer COMMAND --help for its options)",
+        "       ckpt-viewer COMMAND ...   (ckpt-viewer COMMAND --help for its options)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Look inside PyTorch checkpoints without running code from them.\n\n"
-                    "no COMMAND:\n"
-                    "  [PATH ...]  open the viewer window, each PATH in a tab "
-                    "(--screenshot OUT.png: save it, exit)")
+        "no COMMAND:\n"
+        "  [PATH ...]  open the viewer window, each PATH in a tab "
+        "(--screenshot OUT.png: save it, exit)",
+    )
     parser.add_argument("--version", action="version", version=f"ckpt-viewer {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
-                                prog="ckpt-viewer")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", title="commands", prog="ckpt-viewer"
+    )
     _inspect_parser(sub)
     _stats_parser(sub)
     _export_parser(sub)
@@ -198,25 +280,40 @@ def build_parser() -> argparse.ArgumentParser:
 def window_size(text: str) -> tuple[int, int]:
     """An argparse type: WxH, each side 200 to 10000 pixels."""
     width, _, height = text.lower().partition("x")
-    if not (width.isdigit() and height.isdigit()
-            and 200 <= int(width) <= 10000 and 200 <= int(height) <= 10000):
-        raise argparse.ArgumentTypeError(f"expected WxH such as 1366x768 (200 to 10000 each), "
-                                         f"got {text!r}")
+    if not (
+        width.isdigit()
+        and height.isdigit()
+        and 200 <= int(width) <= 10000
+        and 200 <= int(height) <= 10000
+    ):
+        raise argparse.ArgumentTypeError(
+            f"expected WxH such as 1366x768 (200 to 10000 each), got {text!r}"
+        )
     return int(width), int(height)
 
 
 def build_gui_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ckpt-viewer",
-        description="Open the viewer window. Subcommands: " + ", ".join(SUBCOMMANDS)
-                    + " (ckpt-viewer COMMAND --help).")
+        description="Open the viewer window. Subcommands: "
+        + ", ".join(SUBCOMMANDS)
+        + " (ckpt-viewer COMMAND --help).",
+    )
     parser.add_argument("--version", action="version", version=f"ckpt-viewer {__version__}")
     parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoints to open")
-    parser.add_argument("--screenshot", metavar="OUT.png",
-                        help="open PATH, select its largest tensor, save the window, exit "
-                             "(settings and Open Recent are left as they were)")
-    parser.add_argument("--size", type=window_size, default=(1366, 768), metavar="WxH",
-                        help="--screenshot's window size (default 1366x768)")
+    parser.add_argument(
+        "--screenshot",
+        metavar="OUT.png",
+        help="open PATH, select its largest tensor, save the window, exit "
+        "(settings and Open Recent are left as they were)",
+    )
+    parser.add_argument(
+        "--size",
+        type=window_size,
+        default=(1366, 768),
+        metavar="WxH",
+        help="--screenshot's window size (default 1366x768)",
+    )
     return parser
 
 
@@ -262,8 +359,7 @@ def run_stats(args) -> int:
     if node is None or node.tensor is None:
         guesses = nearest_keys((key for key, _, _ in checkpoint.tensors()), args.key)
         hint = f"; did you mean {' or '.join(map(repr, guesses))}?" if guesses else ""
-        raise CheckpointError(f"no tensor with key {args.key!r}{hint} "
-                              "(see `ckpt-viewer inspect`)")
+        raise CheckpointError(f"no tensor with key {args.key!r}{hint} (see `ckpt-viewer inspect`)")
     problem = run(check_tensor_records(node.tensor))
     if problem:
         say(f"warning: {args.path}: {problem}", file=sys.stderr)
@@ -284,18 +380,26 @@ def run_export(args) -> int:
     from ckpt_viewer.core.text import plural
 
     fmt = args.format or ("safetensors" if args.dst.endswith(".safetensors") else "pth")
-    plan = ExportPlan(root=args.root, include=args.include, exclude=args.exclude,
-                      strip_prefix=args.strip_prefix, add_prefix=args.add_prefix,
-                      dtype=args.dtype, device=args.device, format=fmt,
-                      max_shard_size=parse_size(args.max_shard_size) if args.max_shard_size else 0)
+    plan = ExportPlan(
+        root=args.root,
+        include=args.include,
+        exclude=args.exclude,
+        strip_prefix=args.strip_prefix,
+        add_prefix=args.add_prefix,
+        dtype=args.dtype,
+        device=args.device,
+        format=fmt,
+        max_shard_size=parse_size(args.max_shard_size) if args.max_shard_size else 0,
+    )
     checkpoint = open_checkpoint(args.src)
-    summary = run(export(checkpoint, plan, args.dst, force=args.force,
-                         verify=not args.no_verify))
+    summary = run(export(checkpoint, plan, args.dst, force=args.force, verify=not args.no_verify))
     note = ", verified" if summary.verified else ""
     if summary.files > 1:
         note = f", {summary.files} shards + index" + note
-    say(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, {format_bytes(summary.bytes)}, "
-          f"{summary.format}, location {summary.device}{note}")
+    say(
+        f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, {format_bytes(summary.bytes)}, "
+        f"{summary.format}, location {summary.device}{note}"
+    )
     return 0
 
 
@@ -310,9 +414,11 @@ def run_sanitize(args) -> int:
     summary = run(sanitize(checkpoint, args.dst, force=args.force))
     for line in summary.changes:
         say(line)
-    say(f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
+    say(
+        f"wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
         f"{format_bytes(summary.bytes)}, {plural(len(summary.changes), 'change')}; "
-        "torch.load(weights_only=True) loads it")
+        "torch.load(weights_only=True) loads it"
+    )
     return 0
 
 
@@ -332,8 +438,10 @@ def run_verify(args) -> int:
         return 1
     notes = "; " + "; ".join(report.notes) if report.notes else ""
     loader = f"; {report.loader_note}" if report.loader_note else ""
-    say(f"intact: {args.path}: {plural(report.records, 'record')}, {format_bytes(report.bytes)} "
-        f"checked{notes}{loader}")
+    say(
+        f"intact: {args.path}: {plural(report.records, 'record')}, {format_bytes(report.bytes)} "
+        f"checked{notes}{loader}"
+    )
     return 0
 
 
@@ -349,8 +457,14 @@ def run_diff(args) -> int:
             checkpoints.append(open_checkpoint(path))
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-    sides = [Side(getattr(args, f"root_{s}"), getattr(args, f"strip_prefix_{s}"),
-                  getattr(args, f"add_prefix_{s}")) for s in ("a", "b")]
+    sides = [
+        Side(
+            getattr(args, f"root_{s}"),
+            getattr(args, f"strip_prefix_{s}"),
+            getattr(args, f"add_prefix_{s}"),
+        )
+        for s in ("a", "b")
+    ]
     report = run(diff(checkpoints[0], checkpoints[1], *sides, map_gguf=args.map_gguf == "auto"))
     args.status = 0 if report.identical else 1
     say_report(args, report, diff_lines)
@@ -392,8 +506,10 @@ def unknown_command(word: str) -> str:
     guess = difflib.get_close_matches(word, SUBCOMMANDS, n=1)
     if guess:
         return f"error: unknown command {word!r} (did you mean {guess[0]!r}?)"
-    return (f"error: unknown command {word!r} and no such file or directory "
-            f"(commands: {', '.join(SUBCOMMANDS)})")
+    return (
+        f"error: unknown command {word!r} and no such file or directory "
+        f"(commands: {', '.join(SUBCOMMANDS)})"
+    )
 
 
 def run_gui(args) -> int:
@@ -404,11 +520,13 @@ def run_gui(args) -> int:
             say(f"error: {path}: no such file or directory", file=sys.stderr)
             return 2
     if args.size != (1366, 768) and not args.screenshot:
-        say("error: --size is for --screenshot (the window sizes itself to the screen)",
-            file=sys.stderr)
+        say(
+            "error: --size is for --screenshot (the window sizes itself to the screen)",
+            file=sys.stderr,
+        )
         return 2
     if args.screenshot:
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # the window is never shown
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the window is never shown
     if not has_display():
         print(NO_DISPLAY, file=sys.stderr)
         return 2
@@ -441,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         runner, where = run_gui, ""
     try:
         code = runner(args)
-        sys.stdout.flush()      # a closed pipe shows here, not at exit (where it would be 120)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit (where it would be 120)
         return code
     except CheckpointError as exc:
         message = describe_error(exc)
@@ -455,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         # still counts; stdout goes to /dev/null so the exit's flush does not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return getattr(args, "status", 0)
-    except Exception as exc:   # noqa: BLE001 - the contract is one line, never a traceback
+    except Exception as exc:  # noqa: BLE001 - the contract is one line, never a traceback
         message = describe_error(exc)
         say(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
         return 2

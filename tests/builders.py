@@ -29,8 +29,9 @@ class Call:
 
 def tiny_model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.ReLU(),
-                               torch.nn.Linear(3, 2))
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.ReLU(), torch.nn.Linear(3, 2)
+    )
 
 
 def trained(optimizer_cls=torch.optim.Adam, named=True, **kwargs):
@@ -49,9 +50,16 @@ def save(obj, path, **kwargs):
 
 def training_checkpoint(path, named=True, legacy=False):
     model, optimizer = trained(named=named)
-    return save({"epoch": 7, "loss": 0.25, "model_state_dict": model.state_dict(),
-                 "optimizer_state_dict": optimizer.state_dict()}, path,
-                _use_new_zipfile_serialization=not legacy)
+    return save(
+        {
+            "epoch": 7,
+            "loss": 0.25,
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+        },
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
 
 
 @dataclasses.dataclass
@@ -61,15 +69,31 @@ class Config:
 
 
 def every_dtype():
-    base = {f"t_{d}".replace("torch.", ""): torch.zeros(3, dtype=d) for d in (
-        torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64,
-        torch.complex128, torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
-        torch.int64, torch.float8_e4m3fn, torch.float8_e5m2)}
+    base = {
+        f"t_{d}".replace("torch.", ""): torch.zeros(3, dtype=d)
+        for d in (
+            torch.float64,
+            torch.float32,
+            torch.float16,
+            torch.bfloat16,
+            torch.complex64,
+            torch.complex128,
+            torch.bool,
+            torch.uint8,
+            torch.int8,
+            torch.int16,
+            torch.int32,
+            torch.int64,
+            torch.float8_e4m3fn,
+            torch.float8_e5m2,
+        )
+    }
     base["scalar0d"] = torch.tensor(3.5)
     base["empty"] = torch.zeros(0, 4)
     base["qint8"] = torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8)
-    base["qchannel"] = torch.quantize_per_channel(torch.randn(2, 3), torch.tensor([0.1, 0.2]),
-                                                  torch.tensor([0, 1]), 0, torch.quint8)
+    base["qchannel"] = torch.quantize_per_channel(
+        torch.randn(2, 3), torch.tensor([0.1, 0.2]), torch.tensor([0, 1]), 0, torch.quint8
+    )
     base["coo"] = torch.eye(4).to_sparse()
     base["csr"] = torch.eye(4).to_sparse_csr()
     return base
@@ -80,8 +104,13 @@ def run_python(code: str, cwd, extra_path=None):
     env = dict(os.environ)
     if extra_path:
         env["PYTHONPATH"] = str(extra_path) + os.pathsep + env.get("PYTHONPATH", "")
-    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 WHOLE_MODEL_CLASSES = """
@@ -97,10 +126,10 @@ class Net(torch.nn.Module):
         super().__init__()
         self.encoder = Encoder()
         self.head = torch.nn.Linear(3, 2)
-"""   # these classes exist only in the process that writes the file (and a trusted reader)
+"""  # these classes exist only in the process that writes the file (and a trusted reader)
 
 
-_MADE: dict[str, str] = {}     # builder name -> its file, made once per test process
+_MADE: dict[str, str] = {}  # builder name -> its file, made once per test process
 
 
 def made_once(make, path) -> str:
@@ -120,9 +149,13 @@ def whole_model_file(path):
 
 
 def _whole_model_file(path):
-    run_python(WHOLE_MODEL_CLASSES + f"""
+    run_python(
+        WHOLE_MODEL_CLASSES
+        + f"""
 torch.save({{"model": Net(), "ema": Net()}}, {str(path)!r})
-""", cwd=os.path.dirname(path))
+""",
+        cwd=os.path.dirname(path),
+    )
     return str(path)
 
 
@@ -147,7 +180,8 @@ def lightning_file(path):
 
 def _lightning_file(path):
     stub = lightning_stub(os.path.dirname(path))
-    run_python(f"""
+    run_python(
+        f"""
         import torch
         from lightning_fabric.utilities.data import AttributeDict
         model = torch.nn.Linear(4, 2)
@@ -160,7 +194,10 @@ def _lightning_file(path):
                     "lr_schedulers": [sched.state_dict()], "loops": {{"fit_loop": {{"epoch_progress": {{"current": {{"completed": 3}}}}}}}},
                     "hyper_parameters": AttributeDict(lr=0.1, hidden=64, name="run-1")}},
                    {str(path)!r})
-    """, cwd=os.path.dirname(path), extra_path=stub)
+    """,
+        cwd=os.path.dirname(path),
+        extra_path=stub,
+    )
     return str(path)
 
 
@@ -177,9 +214,16 @@ def torchscript_file(path):
 
 def safetensors_file(path, tensors=None, metadata=None):
     from safetensors.torch import save_file
-    tensors = tensors if tensors is not None else {
-        "encoder.weight": torch.randn(3, 4), "encoder.bias": torch.zeros(3),
-        "head.weight": torch.randn(2, 3).to(torch.bfloat16)}
+
+    tensors = (
+        tensors
+        if tensors is not None
+        else {
+            "encoder.weight": torch.randn(3, 4),
+            "encoder.bias": torch.zeros(3),
+            "head.weight": torch.randn(2, 3).to(torch.bfloat16),
+        }
+    )
     save_file(tensors, str(path), metadata=metadata or {"format": "pt"})
     return str(path)
 
@@ -187,8 +231,10 @@ def safetensors_file(path, tensors=None, metadata=None):
 def hf_directory(folder, shard_format="safetensors"):
     """A sharded Hugging Face model directory with an index, two shards and a config."""
     os.makedirs(folder, exist_ok=True)
-    shards = {"a": {"embed.weight": torch.randn(10, 4), "layers.0.weight": torch.randn(4, 4)},
-              "b": {"layers.1.weight": torch.randn(4, 4), "lm_head.weight": torch.randn(10, 4)}}
+    shards = {
+        "a": {"embed.weight": torch.randn(10, 4), "layers.0.weight": torch.randn(4, 4)},
+        "b": {"layers.1.weight": torch.randn(4, 4), "lm_head.weight": torch.randn(10, 4)},
+    }
     weight_map = {}
     for index, tensors in enumerate(shards.values(), start=1):
         if shard_format == "safetensors":
@@ -209,6 +255,7 @@ def hf_directory(folder, shard_format="safetensors"):
 
 def dcp_directory(folder):
     import torch.distributed.checkpoint as dcp
+
     model = tiny_model()
     dcp.save({"model": model.state_dict(), "step": 11}, checkpoint_id=str(folder))
     return str(folder), model.state_dict()
@@ -238,15 +285,20 @@ def dcp_crafted(folder, shape, chunks, dtype=None, transforms=None, key="w"):
             start = blob.tell()
             torch.save(stored, blob)
             span = (start, blob.tell() - start)
-        md_chunks.append(ChunkStorageMetadata(offsets=torch.Size(offsets),
-                                              sizes=torch.Size(sizes)))
-        storage[MetadataIndex(key, torch.Size(offsets))] = _StorageInfo("d.distcp", *span,
-                                                                        transforms)
+        md_chunks.append(ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes)))
+        storage[MetadataIndex(key, torch.Size(offsets))] = _StorageInfo(
+            "d.distcp", *span, transforms
+        )
     with open(os.path.join(folder, "d.distcp"), "wb") as f:
         f.write(blob.getvalue())
-    metadata = Metadata(state_dict_metadata={key: TensorStorageMetadata(
-        TensorProperties(dtype=dtype or torch.float32), torch.Size(shape), md_chunks)},
-        storage_data=storage)
+    metadata = Metadata(
+        state_dict_metadata={
+            key: TensorStorageMetadata(
+                TensorProperties(dtype=dtype or torch.float32), torch.Size(shape), md_chunks
+            )
+        },
+        storage_data=storage,
+    )
     with open(os.path.join(folder, ".metadata"), "wb") as f:
         pickle.dump(metadata, f)
     return str(folder)
@@ -254,14 +306,17 @@ def dcp_crafted(folder, shape, chunks, dtype=None, transforms=None, key="w"):
 
 def cuda_tagged(path, obj, tag="cuda:0"):
     """Save CPU tensors as if they had been on a GPU: storages carry `tag` as location."""
+
     def tagger(storage):
         return tag
+
     torch.serialization.register_package(-100, tagger, lambda storage, location: None)
     try:
         torch.save(obj, path)
     finally:
         torch.serialization._package_registry[:] = [
-            p for p in torch.serialization._package_registry if p[1] is not tagger]
+            p for p in torch.serialization._package_registry if p[1] is not tagger
+        ]
     return str(path)
 
 
@@ -280,7 +335,9 @@ finally:
 
 def alarm(seconds: int):
     """A TimeoutError in this (main) thread after `seconds`: a hang fails, never blocks."""
+
     def fail(signum, frame):
         raise TimeoutError(f"took longer than {seconds} s")
+
     signal.signal(signal.SIGALRM, fail)
     signal.alarm(seconds)

@@ -7,7 +7,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("QT_LOGGING_RULES", "qt.qpa.*=false")
 
-sys.path.insert(0, os.path.dirname(__file__))   # tests/builders.py
+sys.path.insert(0, os.path.dirname(__file__))  # tests/builders.py
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,5 +33,10 @@ def private_user_folders(tmp_path_factory):
 @pytest.fixture
 def gui_env(tmp_path):
     """The environment for a subprocess that starts the GUI: its home is a tmp folder."""
-    return {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    return {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+    }

@@ -21,11 +21,13 @@ def torch_load(data_or_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(source, weights_only=True, map_location="cpu"), None
-    except Exception as exc:   # noqa: BLE001 - any refusal is an answer here
+    except Exception as exc:  # noqa: BLE001 - any refusal is an answer here
         lines = [line for line in str(exc).splitlines() if line.strip()]
         # weights_only wraps its reason in a long explanation: keep the reason
-        reason = next((lines[i + 1] for i, line in enumerate(lines[:-1])
-                       if "WeightsUnpickler error" in line), lines[0] if lines else "")
+        reason = next(
+            (lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line),
+            lines[0] if lines else "",
+        )
         return None, f"{type(exc).__name__}: {reason}"
 
 
@@ -38,7 +40,7 @@ def flat_tensors(obj, prefix="") -> dict:
         if isinstance(value, torch.Tensor):
             found[key] = value
             continue
-        if id(value) in ancestors:      # a cycle; a container shared elsewhere is shown again
+        if id(value) in ancestors:  # a cycle; a container shared elsewhere is shown again
             continue
         ancestors = ancestors | {id(value)}
         if isinstance(value, (dict, OrderedDict)):
@@ -56,10 +58,10 @@ def bits(tensor: torch.Tensor) -> bytes:
     if not tensor.numel():
         return b""
     tensor = tensor.detach().resolve_conj()
-    if tensor.dtype != torch.bool:      # -x of bools does not exist; torch keeps them as stored
+    if tensor.dtype != torch.bool:  # -x of bools does not exist; torch keeps them as stored
         tensor = tensor.resolve_neg()
     elif tensor.is_neg():
-        tensor = tensor._neg_view()      # the neg bit off again: the bits as stored
+        tensor = tensor._neg_view()  # the neg bit off again: the bits as stored
     if tensor.is_quantized:
         tensor = tensor.int_repr()
     if tensor.layout != torch.strided:
@@ -75,8 +77,10 @@ def compare(path, reference) -> list[str]:
     theirs = flat_tensors(reference)
     problems = []
     if set(ours) != set(theirs):
-        problems.append(f"keys differ: only ours {sorted(set(ours) - set(theirs))[:5]}, "
-                        f"only torch {sorted(set(theirs) - set(ours))[:5]}")
+        problems.append(
+            f"keys differ: only ours {sorted(set(ours) - set(theirs))[:5]}, "
+            f"only torch {sorted(set(theirs) - set(ours))[:5]}"
+        )
     for key in sorted(set(ours) & set(theirs)):
         a, b = ours[key], theirs[key]
         if a.dtype != str(b.dtype).replace("torch.", "") or tuple(a.shape) != tuple(b.shape):
@@ -117,11 +121,12 @@ def differential(path) -> str:
 def safetensors_oracle(path: str):
     """(key -> tensor, None) as safetensors loads it, else (None, error)."""
     from safetensors.torch import load_file
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return load_file(path), None
-    except Exception as exc:   # noqa: BLE001 - any refusal is an answer
+    except Exception as exc:  # noqa: BLE001 - any refusal is an answer
         return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -130,7 +135,9 @@ def safetensors_differential(path: str) -> str:
     try:
         checkpoint = open_checkpoint(path)
     except CheckpointError as exc:
-        return f"both refuse: {exc}" if error else f"MISMATCH: safetensors loads it, we refuse: {exc}"
+        return (
+            f"both refuse: {exc}" if error else f"MISMATCH: safetensors loads it, we refuse: {exc}"
+        )
     if error:
         return f"MISMATCH: safetensors refuses ({error}), we open it"
     ours = {key: tensor for key, tensor, _ in checkpoint.tensors()}
@@ -138,8 +145,9 @@ def safetensors_differential(path: str) -> str:
         return f"MISMATCH: keys {sorted(ours)} vs {sorted(reference)}"
     for key, theirs in reference.items():
         mine = ours[key]
-        if mine.dtype != str(theirs.dtype).replace("torch.", "") or \
-                tuple(mine.shape) != tuple(theirs.shape):
+        if mine.dtype != str(theirs.dtype).replace("torch.", "") or tuple(mine.shape) != tuple(
+            theirs.shape
+        ):
             return f"MISMATCH: {key}: {mine.dtype}{list(mine.shape)} vs {theirs.dtype}{list(theirs.shape)}"
         if bits(read_tensor(mine)) != bits(theirs):
             return f"MISMATCH: {key}: values differ"

@@ -19,12 +19,17 @@ RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 class RangeServer:
-    def __init__(self, folder: str, lifetime: float = 600, statuses: dict | None = None,
-                 validators: bool = True):
+    def __init__(
+        self,
+        folder: str,
+        lifetime: float = 600,
+        statuses: dict | None = None,
+        validators: bool = True,
+    ):
         self.folder = os.path.abspath(folder)
-        self.statuses = statuses or {}       # {"/name": 403} answers that status for that path
-        self.validators = validators         # ETag and Last-Modified, from the file's stat
-        self.requests: list[tuple[str, str, str]] = []   # (method, path, range header)
+        self.statuses = statuses or {}  # {"/name": 403} answers that status for that path
+        self.validators = validators  # ETag and Last-Modified, from the file's stat
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, range header)
         self.bytes_sent = 0
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -79,8 +84,9 @@ class RangeServer:
                 name = unquote(self.path.split("?", 1)[0])
                 status = owner.statuses.get(name)
                 path = os.path.normpath(os.path.join(owner.folder, name.lstrip("/")))
-                if status is None and (not path.startswith(owner.folder + os.sep)
-                                       or not os.path.isfile(path)):
+                if status is None and (
+                    not path.startswith(owner.folder + os.sep) or not os.path.isfile(path)
+                ):
                     status = 404
                 if status is not None:
                     self.send_response(status)
@@ -89,7 +95,7 @@ class RangeServer:
                     return
                 stat = os.stat(path)
                 size = stat.st_size
-                start, end = 0, size              # [start, end)
+                start, end = 0, size  # [start, end)
                 match = RANGE.match(self.headers.get("Range", ""))
                 if match and (match[1] or match[2]):
                     if match[1]:
@@ -108,7 +114,7 @@ class RangeServer:
                 else:
                     self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
-                if owner.validators:             # as nginx makes them
+                if owner.validators:  # as nginx makes them
                     self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{size:x}"')
                     self.send_header("Last-Modified", formatdate(stat.st_mtime, usegmt=True))
                 self.send_header("Content-Length", str(end - start))
@@ -124,7 +130,7 @@ class RangeServer:
                             break
                         try:
                             self.wfile.write(chunk)
-                        except OSError:         # the client went away
+                        except OSError:  # the client went away
                             return
                         with owner.lock:
                             owner.bytes_sent += len(chunk)
@@ -142,7 +148,7 @@ class ScriptedServer(RangeServer):
     def __init__(self, folder: str, script, heads: bool = False, **kwargs):
         self.script, self.stopping, self.written = script, threading.Event(), 0
         self.heads = heads
-        self.encodings: list = []            # the Accept-Encoding of each request
+        self.encodings: list = []  # the Accept-Encoding of each request
         super().__init__(folder, **kwargs)
 
     def stop(self):
@@ -157,4 +163,5 @@ class ScriptedServer(RangeServer):
                 owner.encodings.append(self.headers.get("Accept-Encoding"))
                 if not ((body or owner.heads) and owner.script(self, owner)):
                     super()._serve(body)
+
         return Handler

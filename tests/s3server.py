@@ -19,8 +19,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from moto.server import ThreadedMotoServer
 
 # Hop-by-hop headers (RFC 9110): not forwarded by a proxy.
-HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-       "proxy-connection"}
+HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+}
 
 
 def _free_port() -> int:
@@ -34,7 +41,7 @@ class S3Server:
         # ThreadedMotoServer binds the port it is given; 0 would bind, but it reports the
         # address only after start, so a free port is picked first.
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-        self.requests: list[tuple[str, str, str]] = []     # (method, path, range header)
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, range header)
         self.bytes_sent = 0
         self.lock = threading.Lock()
         self.proxy = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -72,15 +79,23 @@ class S3Server:
 
     def environment(self) -> dict[str, str]:
         """What botocore (and so s3fs and boto3) needs to talk to this server only."""
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def use(self, monkeypatch, home):
         """Point the environment at this server; `home` (a temporary folder) stands in for
         ~/.aws so a developer's own profile and config files play no part."""
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                     "FSSPEC_S3_ENDPOINT_URL"):
+        for name in (
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL_S3",
+            "FSSPEC_S3_ENDPOINT_URL",
+        ):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "config"))
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
@@ -92,9 +107,13 @@ class S3Server:
         import boto3
 
         host, port = self.moto_address
-        return boto3.client("s3", endpoint_url=f"http://{host}:{port}",
-                            aws_access_key_id="testing", aws_secret_access_key="testing",
-                            region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=f"http://{host}:{port}",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
 
     def _handler(self):
         owner = self
@@ -122,8 +141,7 @@ class S3Server:
                     for name, value in answer.getheaders():
                         if name.lower() not in HOP and name.lower() != "content-length":
                             self.send_header(name, value)
-                    self.send_header("Content-Length",
-                                     declared if data is None else str(len(data)))
+                    self.send_header("Content-Length", declared if data is None else str(len(data)))
                     self.end_headers()
                     if self.command == "HEAD":
                         return

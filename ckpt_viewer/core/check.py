@@ -39,29 +39,42 @@ from ckpt_viewer.core.values import (
     widen,
 )
 
-CHUNK = 1 << 20                 # elements per reduction (stays in cache)
-SEGMENT = 16 * CHUNK            # elements per task handed to a thread
+CHUNK = 1 << 20  # elements per reduction (stays in cache)
+SEGMENT = 16 * CHUNK  # elements per task handed to a thread
 FP16_MAX = 65504.0
-BF16_SMALLEST_NORMAL = 2.0 ** -126
-REPORT_INTERVAL = 0.05         # seconds between progress reports (and chances to cancel)
-MAX_TRACKED_ROWS = 1 << 24      # dead-row bookkeeping costs one byte per row
-MIN_DUPLICATE_BYTES = 64        # smaller equal tensors are equal by chance, not by copying
+BF16_SMALLEST_NORMAL = 2.0**-126
+REPORT_INTERVAL = 0.05  # seconds between progress reports (and chances to cancel)
+MAX_TRACKED_ROWS = 1 << 24  # dead-row bookkeeping costs one byte per row
+MIN_DUPLICATE_BYTES = 64  # smaller equal tensors are equal by chance, not by copying
 SEVERITIES = ("error", "warning", "info")
-UNSCANNED_DTYPES = {"float4_e2m1fn_x2", "quint4x2", "quint2x4", "bits8", "bits16", "bits1x8",
-                    "bits2x4", "bits4x2", "complex32"}    # packed or opaque: no numbers to check
+UNSCANNED_DTYPES = {
+    "float4_e2m1fn_x2",
+    "quint4x2",
+    "quint2x4",
+    "bits8",
+    "bits16",
+    "bits1x8",
+    "bits2x4",
+    "bits4x2",
+    "complex32",
+}  # packed or opaque: no numbers to check
 VARIANCE_NAMES = ("running_var", "exp_avg_sq", "max_exp_avg_sq")
 
 
 @dataclass
 class Finding:
     key: str
-    severity: str        # error | warning | info
+    severity: str  # error | warning | info
     kind: str
     message: str
 
     def to_json(self) -> dict:
-        return {"key": self.key, "severity": self.severity, "kind": self.kind,
-                "message": self.message}
+        return {
+            "key": self.key,
+            "severity": self.severity,
+            "kind": self.kind,
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -80,28 +93,34 @@ class HealthReport:
         return sum(1 for f in self.findings if f.severity == severity)
 
     def to_json(self) -> dict:
-        return {"path": self.path, "findings": [f.to_json() for f in self.findings],
-                "tensors_scanned": self.tensors_scanned, "bytes_scanned": self.bytes_scanned,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "path": self.path,
+            "findings": [f.to_json() for f in self.findings],
+            "tensors_scanned": self.tensors_scanned,
+            "bytes_scanned": self.bytes_scanned,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 # --- one tensor, scanned in segments ------------------------------------------------------
 
+
 @dataclass(eq=False)
 class _Job:
     """One distinct tensor view (tensors sharing it are listed in `keys`) and what was found."""
+
     keys: list
     tensor: TensorInfo
-    order: int = 0                   # position in the tree (duplicates name the first)
+    order: int = 0  # position in the tree (duplicates name the first)
     reader: StorageReader | None = None
-    row_len: int = 0                 # > 0: track which output rows hold a non-zero
-    lo: float = math.inf             # over finite values
+    row_len: int = 0  # > 0: track which output rows hold a non-zero
+    lo: float = math.inf  # over finite values
     hi: float = -math.inf
     nan: int = 0
     posinf: int = 0
     neginf: int = 0
     subnormal: int = 0
-    kind: str = ""                   # numpy kind of the values scanned ("f", "i", "u")
+    kind: str = ""  # numpy kind of the values scanned ("f", "i", "u")
     rows_nonzero: np.ndarray | None = None
     error: str = ""
     scanned: bool = False
@@ -119,6 +138,7 @@ class _Job:
 @dataclass
 class _Part:
     """What one segment found; merged into its job on the generator's thread."""
+
     lo: float = math.inf
     hi: float = -math.inf
     nan: int = 0
@@ -134,18 +154,19 @@ def _as_real(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.bool_:
         return values.view(np.uint8)
     if np.iscomplexobj(values):
-        return values.view(values.real.dtype)        # real and imaginary parts interleaved
+        return values.view(values.real.dtype)  # real and imaginary parts interleaved
     return values
 
 
-def _add_chunk(part: _Part, raw: np.ndarray, values: np.ndarray, dtype: str,
-               first_element: int, row_len: int):
+def _add_chunk(
+    part: _Part, raw: np.ndarray, values: np.ndarray, dtype: str, first_element: int, row_len: int
+):
     values = _as_real(values)
     if values.size == 0:
         return
     part.kind = values.dtype.kind
     if row_len:
-        offset = (-first_element) % row_len       # where the first whole row starts
+        offset = (-first_element) % row_len  # where the first whole row starts
         starts = np.arange(offset, values.size, row_len)
         if offset:
             starts = np.concatenate(([0], starts))
@@ -177,11 +198,12 @@ def _scan_segment(job: _Job, start: int, count: int, stop: threading.Event) -> _
         for first in range(start, start + count, CHUNK):
             if stop.is_set():
                 break
-            raw = job.reader.mapped(tensor.offset + first, min(CHUNK, start + count - first),
-                                    np_dtype)
+            raw = job.reader.mapped(
+                tensor.offset + first, min(CHUNK, start + count - first), np_dtype
+            )
             values = widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
             _add_chunk(part, raw, values, tensor.dtype, first, job.row_len)
-            del raw, values                      # unmaps the chunk
+            del raw, values  # unmaps the chunk
     return part
 
 
@@ -208,8 +230,8 @@ def _merge(job: _Job, part: _Part):
     job.subnormal += part.subnormal
     job.kind = job.kind or part.kind
     for first_row, nonzero in part.rows_nonzero:
-        rows = job.rows_nonzero[first_row:first_row + nonzero.size]
-        np.logical_or(rows, nonzero[:rows.size], out=rows)
+        rows = job.rows_nonzero[first_row : first_row + nonzero.size]
+        np.logical_or(rows, nonzero[: rows.size], out=rows)
 
 
 def _location(tensor: TensorInfo):
@@ -230,11 +252,16 @@ def _jobs(checkpoint: Checkpoint) -> list[_Job]:
     """One job per distinct view; a tied tensor saved once is scanned once."""
     by_view: dict = {}
     for order, (key, tensor, _node) in enumerate(checkpoint.tensors()):
-        if tensor.layout == "dtensor":       # a per-rank file: the shard it holds is checked
+        if tensor.layout == "dtensor":  # a per-rank file: the shard it holds is checked
             tensor = tensor.parts["local"]
         if tensor.storage is not None:
-            view = (id(tensor.storage), tensor.offset, tuple(tensor.shape), tuple(tensor.stride),
-                    tensor.dtype)
+            view = (
+                id(tensor.storage),
+                tensor.offset,
+                tuple(tensor.shape),
+                tuple(tensor.stride),
+                tensor.dtype,
+            )
         else:
             view = ("own", id(tensor))
         if view in by_view:
@@ -244,9 +271,15 @@ def _jobs(checkpoint: Checkpoint) -> list[_Job]:
     jobs = list(by_view.values())
     for job in jobs:
         tensor = job.tensor
-        if (tensor.dtype in FLOAT_DTYPES and len(tensor.shape) >= 2 and tensor.shape[0] > 1
-                and tensor.numel and tensor.shape[0] <= MAX_TRACKED_ROWS and not tensor.parts
-                and any(_is_weight(k) for k in job.keys)):
+        if (
+            tensor.dtype in FLOAT_DTYPES
+            and len(tensor.shape) >= 2
+            and tensor.shape[0] > 1
+            and tensor.numel
+            and tensor.shape[0] <= MAX_TRACKED_ROWS
+            and not tensor.parts
+            and any(_is_weight(k) for k in job.keys)
+        ):
             job.row_len = tensor.numel // tensor.shape[0]
             job.rows_nonzero = np.zeros(tensor.shape[0], dtype=bool)
     jobs.sort(key=lambda j: _location(j.tensor))
@@ -257,8 +290,11 @@ def _tasks(jobs: list[_Job]):
     """(job, start, count) in file order; count None: the whole tensor at once."""
     for job in jobs:
         tensor = job.tensor
-        if tensor.numel == 0 or tensor.dtype in UNSCANNED_DTYPES or (
-                tensor.storage is None and not tensor.parts and not tensor.chunks):
+        if (
+            tensor.numel == 0
+            or tensor.dtype in UNSCANNED_DTYPES
+            or (tensor.storage is None and not tensor.parts and not tensor.chunks)
+        ):
             continue
         if numpy_readable(tensor) and tensor.is_contiguous:
             for start in range(0, tensor.numel, SEGMENT):
@@ -271,11 +307,11 @@ def _run(job, start, count, stop) -> _Part:
     try:
         if count is None:
             return _scan_whole(job, stop)
-        with job.lock:       # a zip record's header is read once, not by every segment
+        with job.lock:  # a zip record's header is read once, not by every segment
             if job.reader is None:
                 job.reader = StorageReader(job.tensor.storage)
         return _scan_segment(job, start, count, stop)
-    except Exception as exc:   # noqa: BLE001 - a bad record is a finding, not the end
+    except Exception as exc:  # noqa: BLE001 - a bad record is a finding, not the end
         return describe_error(exc)
 
 
@@ -312,7 +348,7 @@ def _scan(jobs: list[_Job], stop: threading.Event):
             if time.perf_counter() - last_report >= REPORT_INTERVAL or not running:
                 last_report = time.perf_counter()
                 yield min(done_bytes / total, 1.0)
-    except BaseException:         # closed (cancelled) or failed: running segments stop early
+    except BaseException:  # closed (cancelled) or failed: running segments stop early
         stop.set()
         raise
     finally:
@@ -323,13 +359,20 @@ def _remember_facts(checkpoint: Checkpoint, jobs: list[_Job]):
     """Each fully scanned tensor's extremes and counts, for the tensor view's statistics."""
     cache = checkpoint.stats_cache
     for job in jobs:
-        if job.scanned and job.kind and not job.error \
-                and not job.tensor.dtype.startswith("complex"):   # the views show |z|
-            cache.put_facts(job.tensor, HealthFacts(job.lo, job.hi, job.nan, job.posinf,
-                                                    job.neginf, job.kind in "iub"))
+        if (
+            job.scanned
+            and job.kind
+            and not job.error
+            and not job.tensor.dtype.startswith("complex")
+        ):  # the views show |z|
+            cache.put_facts(
+                job.tensor,
+                HealthFacts(job.lo, job.hi, job.nan, job.posinf, job.neginf, job.kind in "iub"),
+            )
 
 
 # --- findings -------------------------------------------------------------------------------
+
 
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
@@ -354,31 +397,49 @@ def _tensor_findings(job: _Job) -> list[Finding]:
         return out
     clean = not (job.nan or job.posinf or job.neginf)
     if clean and numel > 1 and job.lo == job.hi == 0:
-        add("warning" if len(tensor.shape) >= 2 else "info", "all_zero",
-            f"all {numel:,} values are zero")
+        add(
+            "warning" if len(tensor.shape) >= 2 else "info",
+            "all_zero",
+            f"all {numel:,} values are zero",
+        )
     elif clean and numel > 1 and job.lo == job.hi:
-        add("warning" if len(tensor.shape) >= 2 else "info", "constant",
-            f"all {numel:,} values equal {_fmt(job.lo)}")
+        add(
+            "warning" if len(tensor.shape) >= 2 else "info",
+            "constant",
+            f"all {numel:,} values equal {_fmt(job.lo)}",
+        )
     elif job.rows_nonzero is not None:
         dead = np.flatnonzero(~job.rows_nonzero)
         if dead.size:
-            add("warning", "dead_rows",
+            add(
+                "warning",
+                "dead_rows",
                 f"{dead.size:,} of {tensor.shape[0]:,} output rows are all zero "
-                f"(first: row {int(dead[0])})")
+                f"(first: row {int(dead[0])})",
+            )
     if tensor.dtype in ("float32", "float64", "bfloat16"):
         largest = max(abs(job.lo), abs(job.hi))
         if largest > FP16_MAX:
-            add("warning", "fp16_overflow",
+            add(
+                "warning",
+                "fp16_overflow",
                 f"|x| reaches {_fmt(largest)}, beyond float16's 65504: a cast to float16 "
-                "turns it into inf")
+                "turns it into inf",
+            )
     last = job.key.rsplit(".", 1)[-1]
     if any(last == name or last.endswith("." + name) for name in VARIANCE_NAMES) and job.lo < 0:
-        add("error", "negative_variance",
-            f"{last} should never be negative, but its minimum is {_fmt(job.lo)}")
+        add(
+            "error",
+            "negative_variance",
+            f"{last} should never be negative, but its minimum is {_fmt(job.lo)}",
+        )
     if job.subnormal:
-        add("info", "bf16_subnormal",
+        add(
+            "info",
+            "bf16_subnormal",
             f"{job.subnormal:,} subnormal bfloat16 values (below {BF16_SMALLEST_NORMAL:.3g}): "
-            "hardware without denormals flushes them to zero")
+            "hardware without denormals flushes them to zero",
+        )
     return out
 
 
@@ -387,14 +448,13 @@ def _fingerprint(tensor: TensorInfo) -> bytes:
     the values, unlike under a sum or xor, another print)."""
     digest = hashlib.blake2b(digest_size=16)
     for chunk in iter_chunks(tensor, CHUNK):
-        digest.update(np.ascontiguousarray(as_words(chunk)).data)   # lets go of the GIL
+        digest.update(np.ascontiguousarray(as_words(chunk)).data)  # lets go of the GIL
     return digest.digest()
 
 
 def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
     for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
-        if not np.array_equal(as_words(chunk_a),
-                              as_words(chunk_b)):
+        if not np.array_equal(as_words(chunk_a), as_words(chunk_b)):
             return False
     return True
 
@@ -410,11 +470,19 @@ def _duplicates(jobs: list[_Job], stop: threading.Event):
     groups = defaultdict(list)
     for job in jobs:
         tensor = job.tensor
-        if job.error or not job.scanned or tensor.nbytes < MIN_DUPLICATE_BYTES \
-                or not job.finite_seen or job.lo == job.hi or tensor.parts or tensor.chunks:
-            continue    # constant tensors (zero biases, unit norms) are equal by design
-        groups[(tensor.dtype, tuple(tensor.shape), job.lo, job.hi, job.nan, job.posinf,
-                job.neginf)].append(job)
+        if (
+            job.error
+            or not job.scanned
+            or tensor.nbytes < MIN_DUPLICATE_BYTES
+            or not job.finite_seen
+            or job.lo == job.hi
+            or tensor.parts
+            or tensor.chunks
+        ):
+            continue  # constant tensors (zero biases, unit norms) are equal by design
+        groups[
+            (tensor.dtype, tuple(tensor.shape), job.lo, job.hi, job.nan, job.posinf, job.neginf)
+        ].append(job)
     findings = []
     for group in groups.values():
         storages = {id(job.tensor.storage) for job in group}
@@ -434,9 +502,15 @@ def _duplicates(jobs: list[_Job], stop: threading.Event):
                     if original.tensor.storage is job.tensor.storage:
                         break
                     if _same_bytes(original.tensor, job.tensor):
-                        findings.extend(Finding(key, "warning", "duplicate",
-                                                f"same values as {original.key} (a copy, not "
-                                                "shared storage)") for key in job.keys)
+                        findings.extend(
+                            Finding(
+                                key,
+                                "warning",
+                                "duplicate",
+                                f"same values as {original.key} (a copy, not shared storage)",
+                            )
+                            for key in job.keys
+                        )
                         break
                 else:
                     originals.append(job)
@@ -464,17 +538,27 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
     optimizer_keys = [o.key for o in checkpoint.optimizers]
     params = {}
     for key, tensor, _node in checkpoint.tensors():
-        if any(key.startswith(o + ".") for o in optimizer_keys if o) or \
-                (optimizer_keys and "" in optimizer_keys):
+        if any(key.startswith(o + ".") for o in optimizer_keys if o) or (
+            optimizer_keys and "" in optimizer_keys
+        ):
             continue
         params.setdefault(key, tensor)
-    tails = by_tail(params, [p for o in checkpoint.optimizers if o.names_source
-                             for g in o.param_groups for p in g.get("params", [])])
+    tails = by_tail(
+        params,
+        [
+            p
+            for o in checkpoint.optimizers
+            if o.names_source
+            for g in o.param_groups
+            for p in g.get("params", [])
+        ],
+    )
     for optimizer in checkpoint.optimizers:
         if not optimizer.names_source:
             continue
-        names = [p for g in optimizer.param_groups for p in g.get("params", [])
-                 if isinstance(p, str)]
+        names = [
+            p for g in optimizer.param_groups for p in g.get("params", []) if isinstance(p, str)
+        ]
         with_state = [n for n in names if n in optimizer.state and optimizer.state[n].children]
         steps = {}
         for name in names:
@@ -486,9 +570,15 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
             state = optimizer.state.get(name)
             if state is None or not state.children:
                 if with_state and param_key:
-                    out.append(Finding(param_key, "warning", "optimizer_mismatch",
-                                       f"no optimizer state for {name} (in {optimizer.key or 'the file'}), "
-                                       f"while {len(with_state):,} other parameters have some"))
+                    out.append(
+                        Finding(
+                            param_key,
+                            "warning",
+                            "optimizer_mismatch",
+                            f"no optimizer state for {name} (in {optimizer.key or 'the file'}), "
+                            f"while {len(with_state):,} other parameters have some",
+                        )
+                    )
                 continue
             for child in state.children:
                 if child.name == "step":
@@ -498,16 +588,27 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
                 if param is None or child.kind != "tensor" or not child.tensor.shape:
                     continue
                 if tuple(child.tensor.shape) != tuple(param.shape):
-                    out.append(Finding(child.key, "error", "optimizer_mismatch",
-                                       f"{child.name} has shape {list(child.tensor.shape)} but "
-                                       f"parameter {param_key} has {list(param.shape)}"))
+                    out.append(
+                        Finding(
+                            child.key,
+                            "error",
+                            "optimizer_mismatch",
+                            f"{child.name} has shape {list(child.tensor.shape)} but "
+                            f"parameter {param_key} has {list(param.shape)}",
+                        )
+                    )
         if len(set(steps.values())) > 1:
             common = max(set(steps.values()), key=list(steps.values()).count)
             for key, value in steps.items():
                 if value != common:
-                    out.append(Finding(key, "warning", "step_mismatch",
-                                       f"step {_fmt(value)} while most parameters are at "
-                                       f"step {_fmt(common)}"))
+                    out.append(
+                        Finding(
+                            key,
+                            "warning",
+                            "step_mismatch",
+                            f"step {_fmt(value)} while most parameters are at step {_fmt(common)}",
+                        )
+                    )
     return out
 
 
@@ -553,10 +654,13 @@ def check(checkpoint: Checkpoint):
     order = {key: i for i, (key, _, _) in enumerate(checkpoint.tensors())}
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), order.get(f.key, 0), f.kind))
     yield 1.0
-    return HealthReport(checkpoint.path, findings,
-                        tensors_scanned=len(checkpoint.tensors()),
-                        bytes_scanned=sum(job.tensor.nbytes for job in jobs if job.scanned),
-                        seconds=time.perf_counter() - started)
+    return HealthReport(
+        checkpoint.path,
+        findings,
+        tensors_scanned=len(checkpoint.tensors()),
+        bytes_scanned=sum(job.tensor.nbytes for job in jobs if job.scanned),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def escape(text: str) -> str:
@@ -568,8 +672,12 @@ def text_lines(report: HealthReport):
     if not report.findings:
         yield f"healthy: {escape(report.path)}: no findings"
     for finding in report.findings:
-        yield f"{finding.severity:<7} {finding.kind:<18} {escape(finding.key)}: " \
-              f"{escape(finding.message)}"
-    yield (f"{report.tensors_scanned:,} tensors, {report.bytes_scanned:,} bytes scanned in "
-           f"{report.seconds:.2f} s; {report.count('error')} errors, "
-           f"{report.count('warning')} warnings, {report.count('info')} notes")
+        yield (
+            f"{finding.severity:<7} {finding.kind:<18} {escape(finding.key)}: "
+            f"{escape(finding.message)}"
+        )
+    yield (
+        f"{report.tensors_scanned:,} tensors, {report.bytes_scanned:,} bytes scanned in "
+        f"{report.seconds:.2f} s; {report.count('error')} errors, "
+        f"{report.count('warning')} warnings, {report.count('info')} notes"
+    )

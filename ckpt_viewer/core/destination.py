@@ -18,12 +18,15 @@ from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers.hf_index import read_json
 from ckpt_viewer.core.remote import not_regular
 
-INDEX_NAMES = {"safetensors": "model.safetensors.index.json",
-               "pth": "pytorch_model.bin.index.json"}
+INDEX_NAMES = {"safetensors": "model.safetensors.index.json", "pth": "pytorch_model.bin.index.json"}
 SHARD_STEMS = {"safetensors": ("model", "safetensors"), "pth": ("pytorch_model", "bin")}
 # what transformers' from_pretrained looks for in a folder (its first find wins)
-LOADER_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+LOADER_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # a model folder's other files (config.json, tokenizer files, a model card): no loader reads
 # them as weights, and from_pretrained needs config.json beside the shards
 SIDE_FILE = re.compile(r"[^.].*\.(json|txt|md|model|tiktoken|jinja)|\.gitattributes")
@@ -62,8 +65,10 @@ class Sources:
         here = os.path.realpath(folder)
         while True:
             if _identity(here) in self.folders:
-                raise CheckpointError(f"{destination} lies inside the source folder {here}; "
-                                      "choose another destination")
+                raise CheckpointError(
+                    f"{destination} lies inside the source folder {here}; "
+                    "choose another destination"
+                )
             parent = os.path.dirname(here)
             if parent == here:
                 return
@@ -71,8 +76,10 @@ class Sources:
 
     def refuse_source(self, path: str):
         if _identity(path) in self.files | self.folders:
-            raise CheckpointError(f"{path} is the source file (or one of the files being "
-                                  "read); choose another destination")
+            raise CheckpointError(
+                f"{path} is the source file (or one of the files being "
+                "read); choose another destination"
+            )
 
 
 def check_file(checkpoint: Checkpoint, destination: str, force: bool) -> str:
@@ -89,7 +96,7 @@ def check_file(checkpoint: Checkpoint, destination: str, force: bool) -> str:
     if os.path.lexists(destination):
         try:
             mode = os.stat(destination).st_mode
-        except OSError:             # a dangling symlink: replacing it touches nothing else
+        except OSError:  # a dangling symlink: replacing it touches nothing else
             mode = stat.S_IFREG
         if not stat.S_ISREG(mode):
             raise not_regular(destination, mode)
@@ -99,8 +106,10 @@ def check_file(checkpoint: Checkpoint, destination: str, force: bool) -> str:
     if name in LOADER_NAMES:
         other = [n for n in LOADER_NAMES if n != name and os.path.lexists(os.path.join(folder, n))]
         if other:
-            raise CheckpointError(f"{folder} already holds {other[0]}, which a loader would read "
-                                  f"instead of or beside {name}; choose another folder")
+            raise CheckpointError(
+                f"{folder} already holds {other[0]}, which a loader would read "
+                f"instead of or beside {name}; choose another folder"
+            )
     return destination
 
 
@@ -118,25 +127,33 @@ def check_folder(checkpoint: Checkpoint, folder: str, force: bool, names: list) 
     if not os.path.isdir(folder):
         sources.refuse_inside(folder, os.path.dirname(folder))
         return []
-    sources.refuse_inside(folder, folder)      # itself too: it may be a symlink into one
+    sources.refuse_inside(folder, folder)  # itself too: it may be a symlink into one
     entries = sorted(os.listdir(folder))
     for entry in entries:
         path = os.path.join(folder, entry)
         if _identity(path) in sources.files | sources.folders:
-            raise CheckpointError(f"{folder} holds {entry}, one of the files being read; choose "
-                                  "another folder")
-    weights = [entry for entry in entries if not SIDE_FILE.fullmatch(entry)
-               or entry.endswith(".index.json")]
+            raise CheckpointError(
+                f"{folder} holds {entry}, one of the files being read; choose another folder"
+            )
+    weights = [
+        entry
+        for entry in entries
+        if not SIDE_FILE.fullmatch(entry) or entry.endswith(".index.json")
+    ]
     if not weights:
         return []
     ours = _earlier_export(folder, weights, names)
     if ours is None:
-        raise CheckpointError(f"{folder} exists and holds {weights[0]}: sharded output goes into "
-                              "a new folder or one with only configuration and tokenizer files "
-                              "(or, with --force, one that holds an earlier export of ours)")
+        raise CheckpointError(
+            f"{folder} exists and holds {weights[0]}: sharded output goes into "
+            "a new folder or one with only configuration and tokenizer files "
+            "(or, with --force, one that holds an earlier export of ours)"
+        )
     if not force:
-        raise CheckpointError(f"{os.path.join(folder, ours[0])} exists (use --force to replace "
-                              "it and the rest of that export)")
+        raise CheckpointError(
+            f"{os.path.join(folder, ours[0])} exists (use --force to replace "
+            "it and the rest of that export)"
+        )
     return [entry for entry in ours if entry not in names]
 
 
@@ -160,8 +177,9 @@ def _earlier_export(folder: str, entries: list, names: list) -> list | None:
         stem, ext = SHARD_STEMS[fmt]
         pattern = re.compile(rf"{stem}-\d{{5}}-of-\d{{5}}\.{ext}")
         if set(entries) != shards | {index_name} or not all(
-                pattern.fullmatch(s) and stat.S_ISREG(os.lstat(os.path.join(folder, s)).st_mode)
-                for s in shards):
+            pattern.fullmatch(s) and stat.S_ISREG(os.lstat(os.path.join(folder, s)).st_mode)
+            for s in shards
+        ):
             return None
         return entries
     return None

@@ -26,13 +26,27 @@ CHUNK = 1 << 20
 PROBE = 512
 
 
-STATUS_ORDER = ("identical", "changed", "dtype+identical", "dtype+changed", "shape", "shard",
-                "only in A", "only in B")
-STATUS_TEXT = {"identical": "identical", "changed": "values differ",
-               "dtype+identical": "other dtype, same values", "dtype+changed": "other dtype, values differ",
-               "shape": "other shape", "shard": "other DTensor part (values not compared)",
-               "only in A": "only in A", "only in B": "only in B"}
-PAIR_SAMPLE = 5_000   # scatter pairs: 20,000 points took 60 ms a paint while a file loaded
+STATUS_ORDER = (
+    "identical",
+    "changed",
+    "dtype+identical",
+    "dtype+changed",
+    "shape",
+    "shard",
+    "only in A",
+    "only in B",
+)
+STATUS_TEXT = {
+    "identical": "identical",
+    "changed": "values differ",
+    "dtype+identical": "other dtype, same values",
+    "dtype+changed": "other dtype, values differ",
+    "shape": "other shape",
+    "shard": "other DTensor part (values not compared)",
+    "only in A": "only in A",
+    "only in B": "only in B",
+}
+PAIR_SAMPLE = 5_000  # scatter pairs: 20,000 points took 60 ms a paint while a file loaded
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,7 @@ class TensorDiff:
     key: str
     key_a: str
     key_b: str
-    status: str                     # identical | changed | shape | dtype+changed | dtype+identical
+    status: str  # identical | changed | shape | dtype+changed | dtype+identical
     #                                 | shard (a DTensor of which the files hold different parts)
     shape_a: list
     shape_b: list
@@ -56,7 +70,7 @@ class TensorDiff:
     max_abs: float | None = None
     mean_abs: float | None = None
     rel_l2: float | None = None
-    cosine: float | None = None     # None once compared: undefined, both sides all zero
+    cosine: float | None = None  # None once compared: undefined, both sides all zero
 
 
 @dataclass
@@ -65,12 +79,15 @@ class DiffReport:
     path_b: str
     only_a: list = field(default_factory=list)
     only_b: list = field(default_factory=list)
-    tensors: list = field(default_factory=list)    # TensorDiff for every common key
+    tensors: list = field(default_factory=list)  # TensorDiff for every common key
 
     @property
     def identical(self) -> bool:
-        return not self.only_a and not self.only_b and all(
-            t.status == "identical" for t in self.tensors)
+        return (
+            not self.only_a
+            and not self.only_b
+            and all(t.status == "identical" for t in self.tensors)
+        )
 
     def count(self, status: str) -> int:
         return sum(1 for t in self.tensors if t.status == status)
@@ -85,26 +102,36 @@ class DiffReport:
 
     def load_state_dict_view(self) -> dict:
         """B loaded into A's layout with strict=True."""
-        return {"missing_keys": list(self.only_a), "unexpected_keys": list(self.only_b),
-                "size_mismatch": [t.key for t in self.tensors if t.status == "shape"]}
+        return {
+            "missing_keys": list(self.only_a),
+            "unexpected_keys": list(self.only_b),
+            "size_mismatch": [t.key for t in self.tensors if t.status == "shape"],
+        }
 
     def to_json(self) -> dict:
         """Non-finite floats (an infinite rel_l2) are left for strict_json to write as text."""
-        return {"a": self.path_a, "b": self.path_b, "identical": self.identical,
-                "only_a": self.only_a, "only_b": self.only_b,
-                "shape_mismatch": [t.key for t in self.tensors if t.status == "shape"],
-                "dtype_mismatch": [t.key for t in self.tensors if t.status.startswith("dtype")],
-                "shard_mismatch": [t.key for t in self.tensors if t.status == "shard"],
-                "identical_tensors": sum(1 for t in self.tensors if t.status.endswith("identical")),
-                "changed_tensors": sum(1 for t in self.tensors if t.status.endswith("changed")),
-                "load_state_dict": self.load_state_dict_view(),
-                "tensors": [asdict(t) for t in self.tensors]}
+        return {
+            "a": self.path_a,
+            "b": self.path_b,
+            "identical": self.identical,
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "shape_mismatch": [t.key for t in self.tensors if t.status == "shape"],
+            "dtype_mismatch": [t.key for t in self.tensors if t.status.startswith("dtype")],
+            "shard_mismatch": [t.key for t in self.tensors if t.status == "shard"],
+            "identical_tensors": sum(1 for t in self.tensors if t.status.endswith("identical")),
+            "changed_tensors": sum(1 for t in self.tensors if t.status.endswith("changed")),
+            "load_state_dict": self.load_state_dict_view(),
+            "tensors": [asdict(t) for t in self.tensors],
+        }
 
 
 def mapped(checkpoint: Checkpoint, side: Side) -> dict:
     """{compared key: (source key, TensorInfo)} under export's key rules."""
-    items = plan_items(checkpoint, ExportPlan(root=side.root, strip_prefix=side.strip_prefix,
-                                              add_prefix=side.add_prefix))
+    items = plan_items(
+        checkpoint,
+        ExportPlan(root=side.root, strip_prefix=side.strip_prefix, add_prefix=side.add_prefix),
+    )
     return {i.key: (i.source_key, i.tensor) for i in items}
 
 
@@ -117,10 +144,11 @@ def _same_bits(a, b):
     nonzero = False
     for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
         words_a, words_b = as_words(chunk_a), as_words(chunk_b)
-        if not (np.array_equal(words_a[:PROBE], words_b[:PROBE])
-                and np.array_equal(words_a, words_b)):
+        if not (
+            np.array_equal(words_a[:PROBE], words_b[:PROBE]) and np.array_equal(words_a, words_b)
+        ):
             return False, True
-        nonzero = nonzero or bool(np.any(chunk_a))      # -0.0 is zero too
+        nonzero = nonzero or bool(np.any(chunk_a))  # -0.0 is zero too
         yield chunk_a.size
     return True, nonzero
 
@@ -146,13 +174,13 @@ class _Metrics:
         equal = None
         if not (math.isfinite(a_sq) and math.isfinite(b_sq)):
             equal = np.array_equal(x, y, equal_nan=True)
-            finite = np.isfinite(x) & np.isfinite(y)      # only then, element by element
+            finite = np.isfinite(x) & np.isfinite(y)  # only then, element by element
             x, y = x[finite], y[finite]
             a_sq, b_sq = float(np.dot(x, x)), float(np.dot(y, y))
         wanted = np.result_type(x, y)
         if self._scratch.dtype != wanted or self._scratch.size < x.size:
             self._scratch = np.empty(x.size, dtype=wanted)
-        d = np.subtract(x, y, out=self._scratch[:x.size])
+        d = np.subtract(x, y, out=self._scratch[: x.size])
         self.diff_sq += float(np.dot(d, d))
         self.dot += float(np.dot(x, y))
         self.a_sq += a_sq
@@ -161,7 +189,7 @@ class _Metrics:
         if d.size:
             np.abs(d, out=d)
             largest = float(d.max())
-            self.total_abs += float(d.sum())       # pairwise summation within a chunk
+            self.total_abs += float(d.sum())  # pairwise summation within a chunk
         self.max_abs = max(self.max_abs, largest)
         self.count += d.size
         return largest == 0.0 if equal is None else equal
@@ -170,12 +198,14 @@ class _Metrics:
         a_sq, b_sq, diff_sq = self.a_sq, self.b_sq, self.diff_sq
         result.max_abs = self.max_abs
         result.mean_abs = self.total_abs / self.count if self.count else 0.0
-        result.rel_l2 = math.sqrt(diff_sq) / math.sqrt(a_sq) if a_sq else (0.0 if not diff_sq else math.inf)
+        result.rel_l2 = (
+            math.sqrt(diff_sq) / math.sqrt(a_sq) if a_sq else (0.0 if not diff_sq else math.inf)
+        )
         if not (a_sq or b_sq):
-            result.cosine = None             # 0/0: undefined, not 1
+            result.cosine = None  # 0/0: undefined, not 1
             return
         cosine = self.dot / math.sqrt(a_sq * b_sq) if a_sq and b_sq else 0.0
-        result.cosine = min(1.0, max(-1.0, cosine))     # rounding can overshoot by ~1e-9
+        result.cosine = min(1.0, max(-1.0, cosine))  # rounding can overshoot by ~1e-9
 
 
 def _stored_bytes(tensor):
@@ -225,7 +255,7 @@ def _compare_values(a, b, result: TensorDiff):
             same = metrics.add(x, y)
             if equal and x is chunk_a and y is chunk_b:
                 equal = same
-            elif equal:     # widened values (ints beyond 2**53, complex magnitudes): exact check
+            elif equal:  # widened values (ints beyond 2**53, complex magnitudes): exact check
                 equal = np.array_equal(chunk_a, chunk_b, equal_nan=chunk_a.dtype.kind in "fc")
             yield chunk_a.size
     metrics.write_to(result)
@@ -257,8 +287,13 @@ def _to_gguf_names(keys: dict, gguf_keys: dict, gguf_checkpoint: Checkpoint) -> 
     return renamed, gguf_keys, shapes
 
 
-def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
-         side_b: Side = Side(), map_gguf: bool = True) -> Generator[float, None, DiffReport]:
+def diff(
+    a: Checkpoint,
+    b: Checkpoint,
+    side_a: Side = Side(),
+    side_b: Side = Side(),
+    map_gguf: bool = True,
+) -> Generator[float, None, DiffReport]:
     """Generator: yields progress in [0, 1]; returns DiffReport. With map_gguf, when one side
     is a GGUF file the other side's names are mapped to GGUF names (llama.cpp's map)."""
     keys_a, keys_b = mapped(a, side_a), mapped(b, side_b)
@@ -269,14 +304,21 @@ def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
             shapes = {key: pair[::-1] for key, pair in shapes.items()}
         else:
             keys_a, keys_b, shapes = _to_gguf_names(keys_a, keys_b, b)
-    report = DiffReport(a.path, b.path, only_a=[k for k in keys_a if k not in keys_b],
-                        only_b=[k for k in keys_b if k not in keys_a])
+    report = DiffReport(
+        a.path,
+        b.path,
+        only_a=[k for k in keys_a if k not in keys_b],
+        only_b=[k for k in keys_b if k not in keys_a],
+    )
     common = [k for k in keys_a if k in keys_b]
     pairs = []
     for key in common:
         (source_a, ta), (source_b, tb) = keys_a[key], keys_b[key]
-        status = "shape" if tuple(ta.shape) != tuple(tb.shape) else \
-            ("dtype" if ta.dtype != tb.dtype else "same")
+        status = (
+            "shape"
+            if tuple(ta.shape) != tuple(tb.shape)
+            else ("dtype" if ta.dtype != tb.dtype else "same")
+        )
         shape_a, shape_b = shapes.get(key, (list(ta.shape), list(tb.shape)))
         result = TensorDiff(key, source_a, source_b, status, shape_a, shape_b, ta.dtype, tb.dtype)
         report.tensors.append(result)
@@ -292,7 +334,7 @@ def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
     done = 0
     for ta, tb, result in pairs:
         if result.status == "same":
-            result.status = "identical"       # replaced by the comparison below
+            result.status = "identical"  # replaced by the comparison below
         for elements in _compare_values(ta, tb, result):
             done += elements
             yield min(done / total, 1.0)
@@ -303,6 +345,7 @@ def diff(a: Checkpoint, b: Checkpoint, side_a: Side = Side(),
 class PairDetail:
     """One common tensor seen closely: the histogram of a - b over every element (non-finite
     differences counted apart) and an evenly spaced sample of (a, b) pairs for a scatter plot."""
+
     edges: list
     counts: list
     nonfinite: int
@@ -317,8 +360,9 @@ def difference_range(max_abs: float | None) -> tuple[float, float]:
     return -reach, reach
 
 
-def pair_detail(a, b, max_abs: float | None = None, bins: int = 128,
-                sample: int = PAIR_SAMPLE) -> Generator[float, None, PairDetail]:
+def pair_detail(
+    a, b, max_abs: float | None = None, bins: int = 128, sample: int = PAIR_SAMPLE
+) -> Generator[float, None, PairDetail]:
     """Generator: yields progress in [0, 1]; returns PairDetail. One pass over both tensors in
     logical order; max_abs (the diff report's) fixes the histogram range up front."""
     if tuple(a.shape) != tuple(b.shape):
@@ -326,7 +370,7 @@ def pair_detail(a, b, max_abs: float | None = None, bins: int = 128,
     low, high = difference_range(max_abs)
     counts = np.zeros(bins, dtype=np.int64)
     total = a.numel
-    step = max(1, -(-total // sample))               # every step-th element: <= sample pairs
+    step = max(1, -(-total // sample))  # every step-th element: <= sample pairs
     picked_a, picked_b, nonfinite, done = [], [], 0, 0
     with np.errstate(all="ignore"):
         for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
@@ -336,15 +380,20 @@ def pair_detail(a, b, max_abs: float | None = None, bins: int = 128,
             finite = np.isfinite(d)
             nonfinite += int(d.size - np.count_nonzero(finite))
             counts += np.histogram(np.clip(d[finite], low, high), bins=bins, range=(low, high))[0]
-            first = (-done) % step                    # the first sampled index in this chunk
+            first = (-done) % step  # the first sampled index in this chunk
             picked_a.append(x[first::step])
             picked_b.append(y[first::step])
             done += d.size
             yield min(done / (total or 1), 1.0)
     edges = np.linspace(low, high, bins + 1).tolist()
-    return PairDetail(edges, counts.tolist(), nonfinite,
-                      np.concatenate(picked_a) if picked_a else np.empty(0),
-                      np.concatenate(picked_b) if picked_b else np.empty(0), done)
+    return PairDetail(
+        edges,
+        counts.tolist(),
+        nonfinite,
+        np.concatenate(picked_a) if picked_a else np.empty(0),
+        np.concatenate(picked_b) if picked_b else np.empty(0),
+        done,
+    )
 
 
 def histogram_pair(a, b, bins: int = 128):
@@ -358,5 +407,7 @@ def histogram_pair(a, b, bins: int = 128):
     if not lows:
         return None, None
     value_range = (min(lows), max(highs) if max(highs) > min(lows) else min(lows) + 1.0)
-    return (run(compute(a, bins=bins, value_range=value_range)),
-            run(compute(b, bins=bins, value_range=value_range)))
+    return (
+        run(compute(a, bins=bins, value_range=value_range)),
+        run(compute(b, bins=bins, value_range=value_range)),
+    )

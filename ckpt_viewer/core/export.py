@@ -46,22 +46,22 @@ from ckpt_viewer.core.values import (
 )
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
-COPY_CHUNK = 16 << 20          # bytes per read/write step: bounded memory whatever the size
-ALIGNMENT = 64                 # torch aligns storage records to 64 bytes (mmap friendly)
+COPY_CHUNK = 16 << 20  # bytes per read/write step: bounded memory whatever the size
+ALIGNMENT = 64  # torch aligns storage records to 64 bytes (mmap friendly)
 
 
 @dataclass
 class ExportPlan:
-    root: str = ""                 # take this subtree; keys are relative to it
-    include: list = field(default_factory=list)   # globs on the relative key; empty = all
+    root: str = ""  # take this subtree; keys are relative to it
+    include: list = field(default_factory=list)  # globs on the relative key; empty = all
     exclude: list = field(default_factory=list)
-    keys: list | None = None       # an explicit selection of full keys (GUI check boxes)
+    keys: list | None = None  # an explicit selection of full keys (GUI check boxes)
     strip_prefix: str = ""
     add_prefix: str = ""
     dtype: str = "keep"
-    device: str = "cpu"            # cpu | cuda | cuda:N
-    format: str = "pth"            # pth | safetensors
-    max_shard_size: int = 0        # > 0: write HF-style shards + index into a folder
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    format: str = "pth"  # pth | safetensors
+    max_shard_size: int = 0  # > 0: write HF-style shards + index into a folder
 
 
 @dataclass
@@ -69,8 +69,8 @@ class Item:
     source_key: str
     key: str
     tensor: TensorInfo
-    dtype: str                     # dtype written
-    dequantize: bool = False       # a quantized weight written as its values (--dtype given)
+    dtype: str  # dtype written
+    dequantize: bool = False  # a quantized weight written as its values (--dtype given)
 
 
 @dataclass
@@ -112,25 +112,33 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
             continue
         if not root:
             relative = key
-        elif key == root:                    # the root is itself a tensor
+        elif key == root:  # the root is itself a tensor
             relative = key.rsplit(".", 1)[-1]
         else:
-            relative = key[len(root) + 1:]
+            relative = key[len(root) + 1 :]
         if plan.include and not any(fnmatch.fnmatchcase(relative, g) for g in plan.include):
             continue
         if any(fnmatch.fnmatchcase(relative, g) for g in plan.exclude):
             continue
         new_key = relative
         if plan.strip_prefix and new_key.startswith(plan.strip_prefix):
-            new_key = new_key[len(plan.strip_prefix):]
+            new_key = new_key[len(plan.strip_prefix) :]
         new_key = plan.add_prefix + new_key
         if new_key in seen:
-            raise CheckpointError(f"{seen[new_key]!r} and {key!r} would both be written as "
-                                  f"{new_key!r}")
+            raise CheckpointError(
+                f"{seen[new_key]!r} and {key!r} would both be written as {new_key!r}"
+            )
         seen[new_key] = key
         cast = plan.dtype != "keep" and tensor.dtype in FLOAT_DTYPES
-        items.append(Item(key, new_key, tensor, plan.dtype if cast else tensor.dtype,
-                          dequantize=cast and tensor.layout == "torchao"))
+        items.append(
+            Item(
+                key,
+                new_key,
+                tensor,
+                plan.dtype if cast else tensor.dtype,
+                dequantize=cast and tensor.layout == "torchao",
+            )
+        )
     return items
 
 
@@ -139,39 +147,52 @@ def quantizer_stored(t: TensorInfo) -> bool:
     scales and zero points stored as tensors."""
     return "scale" in t.quantizer or all(
         isinstance(t.quantizer.get(k), TensorInfo) and t.quantizer[k].storage is not None
-        for k in ("scales", "zero_points"))
+        for k in ("scales", "zero_points")
+    )
 
 
 def _check_exportable(items: list[Item], fmt: str):
     for item in items:
         t = item.tensor
         if t.layout == "dtensor":
-            raise CheckpointError(f"{item.source_key!r} is a DTensor of which this file holds only "
-                                  f"a part ({t.attrs.get('held', 'one shard')}); export it from a "
-                                  "file that holds all of it (leave it out with --exclude)")
+            raise CheckpointError(
+                f"{item.source_key!r} is a DTensor of which this file holds only "
+                f"a part ({t.attrs.get('held', 'one shard')}); export it from a "
+                "file that holds all of it (leave it out with --exclude)"
+            )
         if t.layout == "torchao" and not item.dequantize:
-            raise CheckpointError(f"{item.source_key!r} is a quantized {t.subclass.rsplit('.', 1)[-1]} "
-                                  "(torchao); export it dequantized with --dtype float32, float16 "
-                                  "or bfloat16, or leave it out with --exclude")
+            raise CheckpointError(
+                f"{item.source_key!r} is a quantized {t.subclass.rsplit('.', 1)[-1]} "
+                "(torchao); export it dequantized with --dtype float32, float16 "
+                "or bfloat16, or leave it out with --exclude"
+            )
         if t.layout == "torchao":
             continue
         if fmt == "safetensors" and item.dtype not in TORCH_TO_SAFETENSORS:
-            raise CheckpointError(f"{item.source_key!r} has dtype {item.dtype}, which safetensors "
-                                  "cannot store")
+            raise CheckpointError(
+                f"{item.source_key!r} has dtype {item.dtype}, which safetensors cannot store"
+            )
         if t.layout == "quantized" and not quantizer_stored(t):
-            raise CheckpointError(f"{item.source_key!r} is a {item.dtype} tensor whose "
-                                  "quantizer has no stored scales and zero points")
+            raise CheckpointError(
+                f"{item.source_key!r} is a {item.dtype} tensor whose "
+                "quantizer has no stored scales and zero points"
+            )
         if t.layout not in ("strided", "quantized") or t.parts:
-            raise CheckpointError(f"{item.source_key!r} is a {t.layout} tensor; exporting those is "
-                                  "not supported yet (leave it out with --exclude)")
+            raise CheckpointError(
+                f"{item.source_key!r} is a {t.layout} tensor; exporting those is "
+                "not supported yet (leave it out with --exclude)"
+            )
         if t.storage is None and not t.chunks:
             raise CheckpointError(f"{item.source_key!r} has no stored data to export")
         if fmt == "safetensors" and item.dtype == "float4_e2m1fn_x2" and not t.shape:
-            raise CheckpointError(f"{item.source_key!r} is a 0-d float4_e2m1fn_x2 tensor, which "
-                                  "safetensors cannot store (its F4 shape counts values in pairs)")
+            raise CheckpointError(
+                f"{item.source_key!r} is a 0-d float4_e2m1fn_x2 tensor, which "
+                "safetensors cannot store (its F4 shape counts values in pairs)"
+            )
 
 
 # --- reading source values in bounded pieces ---------------------------------------------
+
 
 def _torch_dtype(name):
     import torch
@@ -198,13 +219,18 @@ def _to_bfloat16(values: np.ndarray) -> np.ndarray:
 
 def _numpy_cast(raw: np.ndarray, source: str, target: str) -> np.ndarray | None:
     """The common float casts without torch (importing it stalls a GUI for ~100 ms)."""
-    with np.errstate(all="ignore"):                  # out-of-range values become +-inf
+    with np.errstate(all="ignore"):  # out-of-range values become +-inf
         return _numpy_cast_values(raw, source, target)
 
 
 def _numpy_cast_values(raw, source, target):
-    values = _to_float32(raw, source) if source == "bfloat16" else \
-        raw.view(NUMPY_FLOATS[source]) if source in NUMPY_FLOATS else None
+    values = (
+        _to_float32(raw, source)
+        if source == "bfloat16"
+        else raw.view(NUMPY_FLOATS[source])
+        if source in NUMPY_FLOATS
+        else None
+    )
     if values is None:
         return None
     if target == "bfloat16":
@@ -228,7 +254,7 @@ def _cast_bytes(raw: np.ndarray, source_dtype: str, target: str, device: str):
     source = torch.from_numpy(raw if raw.flags.writeable else raw.copy())
     source = source.view(_torch_dtype(source_dtype))
     if device.startswith("cuda") and torch.cuda.is_available():
-        source = source.to(device)          # cast on the GPU when there is one
+        source = source.to(device)  # cast on the GPU when there is one
     return source.to(_torch_dtype(target)).cpu().view(torch.uint8).numpy()
 
 
@@ -239,8 +265,7 @@ def _raw_dtype(tensor: TensorInfo) -> np.dtype:
 
 
 def _little_endian_bytes(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
-    return apply_view_bits(as_little_endian(raw, tensor.storage), tensor).reshape(-1) \
-        .view(np.uint8)
+    return apply_view_bits(as_little_endian(raw, tensor.storage), tensor).reshape(-1).view(np.uint8)
 
 
 def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str):
@@ -255,10 +280,10 @@ def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str
 
 def _dense_bytes(tensor: TensorInfo, target: str, device: str):
     """A tensor's own elements, contiguous, in the target dtype (views written compactly)."""
-    if tensor.layout == "torchao":           # dequantized whole: one weight matrix
+    if tensor.layout == "torchao":  # dequantized whole: one weight matrix
         value = read_tensor(tensor).to(_torch_dtype(target)).contiguous()
         yield value.reshape(-1).view(_torch_dtype("uint8")).numpy()
-    elif tensor.chunks:                      # DCP: slabs of rows assembled from its chunks
+    elif tensor.chunks:  # DCP: slabs of rows assembled from its chunks
         for slab in dcp_slabs(tensor, COPY_CHUNK):
             yield _cast_bytes(slab.view(np.uint8), tensor.dtype, target, device)
     elif tensor.is_contiguous:
@@ -271,15 +296,16 @@ def _dense_bytes(tensor: TensorInfo, target: str, device: str):
 
 # --- planning storages: shared storages stay shared in .pth ---------------------------------
 
+
 @dataclass
 class _Record:
     name: str
-    items: list                    # Items written from this record
+    items: list  # Items written from this record
     dtype: str
-    first: int                     # first source element, for shared spans
-    count: int                     # elements written
+    first: int  # first source element, for shared spans
+    count: int  # elements written
     shared: bool
-    owner: Item | None = None      # the item whose per-channel scales or zero points these are
+    owner: Item | None = None  # the item whose per-channel scales or zero points these are
 
 
 def _records(items: list[Item], fmt: str) -> list[_Record]:
@@ -294,22 +320,25 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
     records = []
     for sid in order:
         group = groups[sid]
-        same_dtype = len({(i.tensor.dtype, i.dtype, i.tensor.neg, i.tensor.conj)
-                          for i in group}) == 1
+        same_dtype = (
+            len({(i.tensor.dtype, i.dtype, i.tensor.neg, i.tensor.conj) for i in group}) == 1
+        )
         dtype = group[0].dtype
         if fmt == "pth" and dtype in PACKED_VALUES:
             # values share bytes: the storage's bytes up to the last one used, views kept
             end = max(i.tensor.element_span()[1] for i in group)
-            records.append(_Record(str(len(records)), group, dtype, 0, span_bytes(dtype, end),
-                                   True))
+            records.append(
+                _Record(str(len(records)), group, dtype, 0, span_bytes(dtype, end), True)
+            )
         elif fmt == "pth" and len(group) > 1 and same_dtype and not group[0].tensor.chunks:
             spans = [i.tensor.element_span() for i in group]
             first, end = min(s[0] for s in spans), max(s[1] for s in spans)
             records.append(_Record(str(len(records)), group, dtype, first, end - first, True))
         else:
             for item in group:
-                records.append(_Record(str(len(records)), [item], item.dtype, 0,
-                                       item.tensor.numel, False))
+                records.append(
+                    _Record(str(len(records)), [item], item.dtype, 0, item.tensor.numel, False)
+                )
     return _with_quantizer_records(records) if fmt == "pth" else records
 
 
@@ -322,8 +351,18 @@ def _with_quantizer_records(records: list[_Record]) -> list[_Record]:
         for item in record.items:
             q = item.tensor.quantizer
             if item.tensor.layout == "quantized" and "scales" in q:
-                out += [_Record("", [Item(item.source_key, item.key, p, p.dtype)], p.dtype, 0,
-                                p.numel, False, owner=item) for p in (q["scales"], q["zero_points"])]
+                out += [
+                    _Record(
+                        "",
+                        [Item(item.source_key, item.key, p, p.dtype)],
+                        p.dtype,
+                        0,
+                        p.numel,
+                        False,
+                        owner=item,
+                    )
+                    for p in (q["scales"], q["zero_points"])
+                ]
     for number, record in enumerate(out):
         record.name = str(number)
     return out
@@ -348,24 +387,35 @@ def quantizer_entries(records: list[_Record]) -> dict:
         if record.owner is not None:
             t = record.items[0].tensor
             offset, stride = geometry(t, record)
-            parts.setdefault(id(record.owner.tensor), []).append(TensorEntry(
-                "", record.name, record.dtype, record.count, offset, tuple(t.shape), stride))
+            parts.setdefault(id(record.owner.tensor), []).append(
+                TensorEntry(
+                    "", record.name, record.dtype, record.count, offset, tuple(t.shape), stride
+                )
+            )
     return parts
 
 
 # --- unchanged bytes: copied by the kernel ------------------------------------------------
+
 
 def _raw_span(tensor: TensorInfo, target: str, first: int, count: int):
     """(reader, first byte, byte count) when the tensor's elements [first, first+count) are to
     be written exactly as stored (no cast, no neg/conj bit, little-endian, an uncompressed
     record or a file span), so they can be copied file to file; None otherwise. Counted in
     bytes: a uint16 or float8 tensor's storage is untyped (bytes), not of its dtype."""
-    if (tensor.chunks or tensor.storage is None or target != tensor.dtype or tensor.neg
-            or tensor.conj or tensor.storage.byteorder != "little" or not count):
+    if (
+        tensor.chunks
+        or tensor.storage is None
+        or target != tensor.dtype
+        or tensor.neg
+        or tensor.conj
+        or tensor.storage.byteorder != "little"
+        or not count
+    ):
         return None
     reader = StorageReader(tensor.storage)
     if reader.inflated is not None or remote.is_remote(reader.path):
-        return None          # a URL is read by ranges, never copied file to file
+        return None  # a URL is read by ranges, never copied file to file
     itemsize = DTYPE_SIZES[tensor.dtype]
     return reader, first * itemsize, count * itemsize
 
@@ -396,15 +446,17 @@ def _dcp_spans(tensor: TensorInfo, target: str):
         return None
     spans, rows = [], 0
     for offsets, sizes, span in sorted(tensor.chunks, key=lambda c: tuple(c[0])):
-        if tuple(offsets) != (rows,) + (0,) * (len(offsets) - 1) or \
-                tuple(sizes[1:]) != tuple(tensor.shape[1:]):
+        if tuple(offsets) != (rows,) + (0,) * (len(offsets) - 1) or tuple(sizes[1:]) != tuple(
+            tensor.shape[1:]
+        ):
             return None
         chunk = chunk_tensor(span)
         if chunk.dtype != tensor.dtype or tuple(chunk.shape) != tuple(sizes):
             return None
         if chunk.numel:
-            raw = _raw_span(chunk, target, chunk.offset, chunk.numel) \
-                if chunk.is_contiguous else None
+            raw = (
+                _raw_span(chunk, target, chunk.offset, chunk.numel) if chunk.is_contiguous else None
+            )
             if raw is None:
                 return None
             spans.append(raw)
@@ -430,22 +482,22 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
-    with remote.open_source(reader.path) as source:      # a local, regular file (_raw_span)
+    with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
         if source.size < source_start + nbytes:
             raise reader._ended()
         while done < nbytes:
             step = min(COPY_CHUNK * 4, nbytes - done)
             if kernel:
                 try:
-                    copied = _kernel_copy(source.fileno(), out.fileno(), source_start + done,
-                                          position + done, step)
-                except OSError:           # another file system, an old kernel: plain writes
+                    copied = _kernel_copy(
+                        source.fileno(), out.fileno(), source_start + done, position + done, step
+                    )
+                except OSError:  # another file system, an old kernel: plain writes
                     kernel = False
                     copied = 0
                 if kernel and copied != step:
                     raise reader._ended()
-            pages = reader.mapped(first + done, step, unit) if crc or not kernel \
-                else None
+            pages = reader.mapped(first + done, step, unit) if crc or not kernel else None
             if not kernel:
                 view, at = memoryview(pages), position + done
                 while len(view):
@@ -464,8 +516,9 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
 def _kernel_copy(source: int, target: int, source_at: int, target_at: int, count: int) -> int:
     done = 0
     while done < count:
-        copied = os.copy_file_range(source, target, count - done, source_at + done,
-                                    target_at + done)
+        copied = os.copy_file_range(
+            source, target, count - done, source_at + done, target_at + done
+        )
         if copied == 0:
             break
         done += copied
@@ -482,6 +535,7 @@ def _record_bytes(record: _Record, device: str):
 
 # --- the .pth writer ------------------------------------------------------------------------
 
+
 def _data_pkl(records: list[_Record], where: str) -> bytes:
     entries, parts = [], quantizer_entries(records)
     for record in records:
@@ -490,9 +544,18 @@ def _data_pkl(records: list[_Record], where: str) -> bytes:
         for item in record.items:
             t = item.tensor
             offset, stride = geometry(t, record)
-            entries.append(TensorEntry(item.key, record.name, record.dtype, record.count, offset,
-                                       tuple(t.shape), stride,
-                                       quantizer=quantizer_params(t, parts.get(id(t)))))
+            entries.append(
+                TensorEntry(
+                    item.key,
+                    record.name,
+                    record.dtype,
+                    record.count,
+                    offset,
+                    tuple(t.shape),
+                    stride,
+                    quantizer=quantizer_params(t, parts.get(id(t))),
+                )
+            )
     return state_dict_pickle(entries, where)
 
 
@@ -503,15 +566,16 @@ def _aligned_info(zf: zipfile.ZipFile, name: str, zip64: bool) -> zipfile.ZipInf
     header = 30 + len(name.encode()) + (20 if zip64 else 0)
     offset = zf.fp.tell() + header + 4
     pad = (-offset) % ALIGNMENT
-    info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad    # the "FB" id torch uses
+    info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # the "FB" id torch uses
     return info
 
 
 def _write_pth(path, records, where, device, cancelled):
     archive = "archive"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", (1980, 1, 1, 0, 0, 0)),
-                    _data_pkl(records, where))
+        zf.writestr(
+            zipfile.ZipInfo(f"{archive}/data.pkl", (1980, 1, 1, 0, 0, 0)), _data_pkl(records, where)
+        )
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", (1980, 1, 1, 0, 0, 0)), b"little")
         for record in records:
             nbytes = record.count * DTYPE_SIZES[record.dtype]
@@ -534,10 +598,19 @@ def _write_pth(path, records, where, device, cancelled):
 
 # --- the .safetensors writer -------------------------------------------------------------------
 
+
 def _alias_key(item: Item) -> tuple:
     t = item.tensor
-    return (id(t.storage), t.offset, tuple(t.shape), tuple(t.stride), t.dtype, item.dtype,
-            t.neg, t.conj)
+    return (
+        id(t.storage),
+        t.offset,
+        tuple(t.shape),
+        tuple(t.stride),
+        t.dtype,
+        item.dtype,
+        t.neg,
+        t.conj,
+    )
 
 
 def drop_aliases(items: list[Item]) -> tuple[list[Item], dict]:
@@ -566,12 +639,14 @@ def _write_safetensors(path, items, device, cancelled, metadata):
         header["__metadata__"] = metadata
     for item in items:
         nbytes = item.tensor.numel * DTYPE_SIZES[item.dtype]
-        header[item.key] = {"dtype": TORCH_TO_SAFETENSORS[item.dtype],
-                            "shape": safetensors_shape(item.dtype, item.tensor.shape),
-                            "data_offsets": [offset, offset + nbytes]}
+        header[item.key] = {
+            "dtype": TORCH_TO_SAFETENSORS[item.dtype],
+            "shape": safetensors_shape(item.dtype, item.tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((-len(text)) % 8)          # the data section starts 8-byte aligned
+    text += b" " * ((-len(text)) % 8)  # the data section starts 8-byte aligned
     with open(path, "r+b") as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for item in items:
@@ -591,6 +666,7 @@ class _Cancelled(Exception):
 
 
 # --- verification and the public entry point -----------------------------------------------
+
 
 def written_storages(tensors) -> list:
     """The storages of these tensors and of their per-channel quantizers, each once."""
@@ -619,8 +695,10 @@ def _check_records(storages) -> None:
                     break
                 value, left = zlib.crc32(data, value), left - len(data)
         if left or value != member.crc:
-            raise CheckpointError(f"written storage record data/{storage.key} does not hold "
-                                  "the bytes its header describes")
+            raise CheckpointError(
+                f"written storage record data/{storage.key} does not hold "
+                "the bytes its header describes"
+            )
 
 
 def verify_written(path: str, fmt: str, items: list[Item]) -> None:
@@ -632,8 +710,11 @@ def verify_written(path: str, fmt: str, items: list[Item]) -> None:
         raise CheckpointError("the written file does not hold the keys that were meant")
     for item in items:
         t = written[item.key]
-        if t.dtype != item.dtype or tuple(t.shape) != tuple(item.tensor.shape) or \
-                t.numel * DTYPE_SIZES[t.dtype] != item.tensor.numel * DTYPE_SIZES[item.dtype]:
+        if (
+            t.dtype != item.dtype
+            or tuple(t.shape) != tuple(item.tensor.shape)
+            or t.numel * DTYPE_SIZES[t.dtype] != item.tensor.numel * DTYPE_SIZES[item.dtype]
+        ):
             raise CheckpointError(f"written tensor {item.key!r} differs from what was meant")
         if quantizer_params(t) != quantizer_params(item.tensor):
             raise CheckpointError(f"written tensor {item.key!r} is quantized otherwise than meant")
@@ -647,9 +728,14 @@ def verify_written(path: str, fmt: str, items: list[Item]) -> None:
                 raise CheckpointError("the safetensors library reads other keys than were written")
 
 
-def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bool = False,
-           verify: bool = True, cancelled: Callable[[], bool] = lambda: False,
-           ) -> Generator[float, None, ExportSummary]:
+def export(
+    checkpoint: Checkpoint,
+    plan: ExportPlan,
+    destination: str,
+    force: bool = False,
+    verify: bool = True,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Generator[float, None, ExportSummary]:
     """Generator: yields progress in [0, 1]; returns ExportSummary. Nothing is left at the
     destination unless the whole file was written and checked."""
     fmt = plan.format
@@ -667,15 +753,17 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
         items, aliases = drop_aliases(items)
     units = _records(items, fmt) if fmt == "pth" else items
     shards = _shards(units, fmt, plan.max_shard_size) if plan.max_shard_size else [units]
-    names = _shard_names(fmt, len(shards)) if plan.max_shard_size else \
-        [os.path.basename(destination)]
+    names = (
+        _shard_names(fmt, len(shards)) if plan.max_shard_size else [os.path.basename(destination)]
+    )
     index_path = None
     if plan.max_shard_size and len(shards) > 1:
         index_path = os.path.join(folder, INDEX_NAMES[fmt])
     stale = []
-    if plan.max_shard_size:                 # the destination is a folder, made if needed
-        stale = check_folder(checkpoint, destination, force,
-                             names + ([INDEX_NAMES[fmt]] if index_path else []))
+    if plan.max_shard_size:  # the destination is a folder, made if needed
+        stale = check_folder(
+            checkpoint, destination, force, names + ([INDEX_NAMES[fmt]] if index_path else [])
+        )
         os.makedirs(destination, exist_ok=True)
     else:
         check_file(checkpoint, destination, force)
@@ -708,7 +796,7 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
             yield 1.0
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
-        for name in stale:                  # the rest of the earlier export it replaces
+        for name in stale:  # the rest of the earlier export it replaces
             _remove(os.path.join(folder, name))
     except BaseException as exc:
         raise _failed_write(exc, temps, destination, "export") from None
@@ -716,8 +804,18 @@ def export(checkpoint: Checkpoint, plan: ExportPlan, destination: str, force: bo
     return ExportSummary(destination, len(items), size, fmt, where, verify, files=len(shards))
 
 
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
-              "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -757,8 +855,11 @@ def _shard_names(fmt: str, count: int) -> list[str]:
 
 
 def _shard_items(shard: list, fmt: str) -> list[Item]:
-    return [i for record in shard if record.owner is None for i in record.items] \
-        if fmt == "pth" else shard
+    return (
+        [i for record in shard if record.owner is None for i in record.items]
+        if fmt == "pth"
+        else shard
+    )
 
 
 def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:

@@ -50,8 +50,12 @@ def rotary_heads(gguf_checkpoint: Checkpoint, gguf_name: str) -> int:
 def in_gguf_row_order(tensor: TensorInfo, heads: int) -> TensorInfo | None:
     """A view of a 2-D PyTorch q/k weight whose logical order is the GGUF file's row order,
     as 4-D (heads, half, 2, columns) strides over the same storage; None if it does not fit."""
-    if len(tensor.shape) != 2 or tensor.storage is None or tensor.chunks or \
-            tensor.shape[0] % (2 * heads):
+    if (
+        len(tensor.shape) != 2
+        or tensor.storage is None
+        or tensor.chunks
+        or tensor.shape[0] % (2 * heads)
+    ):
         return None
     half = tensor.shape[0] // heads // 2
     row, column = tensor.stride

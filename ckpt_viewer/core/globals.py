@@ -22,75 +22,203 @@ DATA_GLOBALS = {
 }
 for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
     for _name in ("scalar", "_reconstruct"):
-        DATA_GLOBALS[f"{_module}.{_name}"] = ("import numpy as np",
-                                              f"{NUMPY_CORE}.multiarray.{_name}")
+        DATA_GLOBALS[f"{_module}.{_name}"] = (
+            "import numpy as np",
+            f"{NUMPY_CORE}.multiarray.{_name}",
+        )
 for _name in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
     DATA_GLOBALS[f"pathlib.{_name}"] = ("import pathlib", f"pathlib.{_name}")
 for _name in ("datetime", "date", "time", "timedelta", "timezone"):
     DATA_GLOBALS[f"datetime.{_name}"] = ("import datetime", f"datetime.{_name}")
 for _name in ("defaultdict", "deque"):
     DATA_GLOBALS[f"collections.{_name}"] = ("import collections", f"collections.{_name}")
-for _name in ("list", "dict", "tuple", "frozenset", "slice", "range", "int", "float", "str",
-              "bool", "bytes"):
+for _name in (
+    "list",
+    "dict",
+    "tuple",
+    "frozenset",
+    "slice",
+    "range",
+    "int",
+    "float",
+    "str",
+    "bool",
+    "bytes",
+):
     DATA_GLOBALS[f"builtins.{_name}"] = ("", _name)
-for _name in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
-              "build_genericlist", "build_tensor_from_id", "restore_type_tag"):
-    DATA_GLOBALS[f"torch.jit._pickle.{_name}"] = ("import torch.jit._pickle",
-                                                 f"torch.jit._pickle.{_name}")
-for _name in ("Bool", "Byte", "Bytes", "CLongDouble", "Complex128", "Complex64", "DateTime64",
-              "Float16", "Float32", "Float64", "Int16", "Int32", "Int64", "Int8", "Int", "Long",
-              "LongDouble", "LongLong", "Object", "Short", "Str", "String", "TimeDelta64",
-              "UByte", "UInt16", "UInt32", "UInt64", "UInt8", "UInt", "ULong", "ULongLong",
-              "UShort", "Void"):
-    DATA_GLOBALS[f"numpy.dtypes.{_name}DType"] = ("import numpy as np",
-                                                  f"np.dtypes.{_name}DType")
-for _name in ("dictconfig.DictConfig", "listconfig.ListConfig", "base.ContainerMetadata",
-              "base.Metadata", "nodes.AnyNode", "nodes.StringNode", "nodes.IntegerNode",
-              "nodes.FloatNode", "nodes.BooleanNode", "nodes.EnumNode", "nodes.BytesNode",
-              "nodes.PathNode"):
+for _name in (
+    "build_intlist",
+    "build_tensorlist",
+    "build_doublelist",
+    "build_boollist",
+    "build_genericlist",
+    "build_tensor_from_id",
+    "restore_type_tag",
+):
+    DATA_GLOBALS[f"torch.jit._pickle.{_name}"] = (
+        "import torch.jit._pickle",
+        f"torch.jit._pickle.{_name}",
+    )
+for _name in (
+    "Bool",
+    "Byte",
+    "Bytes",
+    "CLongDouble",
+    "Complex128",
+    "Complex64",
+    "DateTime64",
+    "Float16",
+    "Float32",
+    "Float64",
+    "Int16",
+    "Int32",
+    "Int64",
+    "Int8",
+    "Int",
+    "Long",
+    "LongDouble",
+    "LongLong",
+    "Object",
+    "Short",
+    "Str",
+    "String",
+    "TimeDelta64",
+    "UByte",
+    "UInt16",
+    "UInt32",
+    "UInt64",
+    "UInt8",
+    "UInt",
+    "ULong",
+    "ULongLong",
+    "UShort",
+    "Void",
+):
+    DATA_GLOBALS[f"numpy.dtypes.{_name}DType"] = ("import numpy as np", f"np.dtypes.{_name}DType")
+for _name in (
+    "dictconfig.DictConfig",
+    "listconfig.ListConfig",
+    "base.ContainerMetadata",
+    "base.Metadata",
+    "nodes.AnyNode",
+    "nodes.StringNode",
+    "nodes.IntegerNode",
+    "nodes.FloatNode",
+    "nodes.BooleanNode",
+    "nodes.EnumNode",
+    "nodes.BytesNode",
+    "nodes.PathNode",
+):
     DATA_GLOBALS[f"omegaconf.{_name}"] = ("import omegaconf", f"omegaconf.{_name}")
-DATA_GLOBALS["typing.Any"] = ("import typing", "typing.Any")    # OmegaConf's ref_type
-for _module in ("_io", "io"):       # dcp.save of an io.BytesIO item: a buffer of bytes
+DATA_GLOBALS["typing.Any"] = ("import typing", "typing.Any")  # OmegaConf's ref_type
+for _module in ("_io", "io"):  # dcp.save of an io.BytesIO item: a buffer of bytes
     DATA_GLOBALS[f"{_module}.BytesIO"] = ("import io", "io.BytesIO")
 # torch's DCP metadata records, by exact name (torch 2.0 to 2.13): nothing under a module prefix
 # is data, for any module that imports os makes `module.os.system` a name under it
-DCP_DATA = {f"torch.distributed.checkpoint.metadata.{n}"
-            for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
-                      "ChunkStorageMetadata", "MetadataIndex", "TensorProperties", "StorageMeta",
-                      "_MEM_FORMAT_ENCODING")} | {
+DCP_DATA = {
+    f"torch.distributed.checkpoint.metadata.{n}"
+    for n in (
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "MetadataIndex",
+        "TensorProperties",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
     "torch.distributed.checkpoint.filesystem._StorageInfo",
     "torch.distributed._shard.sharded_tensor.metadata.TensorProperties",
     "torch.distributed._shard.sharded_tensor.metadata.MEM_FORMAT_ENCODING",
-    "torch.distributed._shard.metadata.ShardMetadata"}
+    "torch.distributed._shard.metadata.ShardMetadata",
+}
 
-CODE_MODULES = ("os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib",
-                "runpy", "webbrowser", "pickle", "_pickle", "marshal", "ctypes", "pty", "code",
-                "codeop", "multiprocessing", "asyncio", "urllib", "http", "ftplib", "telnetlib",
-                "smtplib", "requests", "commands", "signal", "pydoc", "timeit", "cProfile",
-                "profile", "pdb", "trace", "pip", "tempfile", "glob", "io", "_io", "builtins",
-                "__builtin__", "operator", "functools", "torch.hub", "torch.jit",
-                "numpy.testing")
-SAFE_IN_CODE_MODULES = {f"builtins.{n}" for n in ("list", "dict", "tuple", "frozenset", "slice",
-                                                  "range", "int", "float", "str", "bool",
-                                                  "bytes", "object", "set", "complex",
-                                                  "bytearray")} | {"functools.partial"}
+CODE_MODULES = (
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "shutil",
+    "socket",
+    "importlib",
+    "runpy",
+    "webbrowser",
+    "pickle",
+    "_pickle",
+    "marshal",
+    "ctypes",
+    "pty",
+    "code",
+    "codeop",
+    "multiprocessing",
+    "asyncio",
+    "urllib",
+    "http",
+    "ftplib",
+    "telnetlib",
+    "smtplib",
+    "requests",
+    "commands",
+    "signal",
+    "pydoc",
+    "timeit",
+    "cProfile",
+    "profile",
+    "pdb",
+    "trace",
+    "pip",
+    "tempfile",
+    "glob",
+    "io",
+    "_io",
+    "builtins",
+    "__builtin__",
+    "operator",
+    "functools",
+    "torch.hub",
+    "torch.jit",
+    "numpy.testing",
+)
+SAFE_IN_CODE_MODULES = {
+    f"builtins.{n}"
+    for n in (
+        "list",
+        "dict",
+        "tuple",
+        "frozenset",
+        "slice",
+        "range",
+        "int",
+        "float",
+        "str",
+        "bool",
+        "bytes",
+        "object",
+        "set",
+        "complex",
+        "bytearray",
+    )
+} | {"functools.partial"}
 
 
 @dataclass
 class GlobalUse:
     name: str
-    category: str                  # torch | data | class | code
+    category: str  # torch | data | class | code
     uses: int = 0
     keys: list = field(default_factory=list)
-    calls: list = field(default_factory=list)   # arguments of each call, as text
+    calls: list = field(default_factory=list)  # arguments of each call, as text
 
 
 def _is_code_module(name: str) -> bool:
     return any(name == m or name.startswith(m + ".") for m in CODE_MODULES)
 
 
-def category(name: str, called: bool = False, partial_of_code: bool = False,
-             module: str | None = None) -> str:
+def category(
+    name: str, called: bool = False, partial_of_code: bool = False, module: str | None = None
+) -> str:
     """The category of global `name`; `module` is given when the pickle named it as module +
     a dotted "a.b" attribute path, which pickle resolves one getattr at a time."""
     if name in TORCH_ALLOWED:
@@ -98,12 +226,13 @@ def category(name: str, called: bool = False, partial_of_code: bool = False,
     if name in DATA_GLOBALS or name in DCP_DATA:
         return "data"
     if module is not None and name.startswith(module + "."):
-        steps = name[len(module) + 1:].split(".")
+        steps = name[len(module) + 1 :].split(".")
         # each step may land on whatever the module imported (os, subprocess...): the name is
         # what its tail from any step names, and a lowercase step before the last is a module
         # or a function attribute, not a nested class
-        if any(category(".".join(steps[i:]), called) == "code" for i in range(len(steps))) \
-                or any(not step[:1].isupper() for step in steps[:-1]):
+        if any(category(".".join(steps[i:]), called) == "code" for i in range(len(steps))) or any(
+            not step[:1].isupper() for step in steps[:-1]
+        ):
             return "code"
     if name == "functools.partial":
         return "code" if partial_of_code else "class"
@@ -111,7 +240,7 @@ def category(name: str, called: bool = False, partial_of_code: bool = False,
         return "code"
     short = name.rsplit(".", 1)[-1]
     if called and not short[:1].isupper():
-        return "code"          # a call of a function the file names: it could do anything
+        return "code"  # a call of a function the file names: it could do anything
     return "class"
 
 
@@ -123,12 +252,17 @@ def triage(checkpoint: Checkpoint, max_keys: int = 20) -> list[GlobalUse]:
             keys[node.type_name].append(node.key)
     calls, paths = checkpoint.global_calls, checkpoint.global_paths
     code_names = {n for n in names if category(n, n in calls, module=paths.get(n)) == "code"}
-    partial_of_code = any(any(c in text for c in code_names) or "<" in text
-                          for text in calls.get("functools.partial", []))
+    partial_of_code = any(
+        any(c in text for c in code_names) or "<" in text
+        for text in calls.get("functools.partial", [])
+    )
     result = []
     for name, uses in names.items():
-        kind = "code" if name in checkpoint.global_code else \
-            category(name, name in calls, partial_of_code, paths.get(name))
+        kind = (
+            "code"
+            if name in checkpoint.global_code
+            else category(name, name in calls, partial_of_code, paths.get(name))
+        )
         where = keys.get(name, []) + checkpoint.global_records.get(name, [])
         result.append(GlobalUse(name, kind, uses, where[:max_keys], calls.get(name, [])))
     order = {"code": 0, "class": 1, "data": 2, "torch": 3}
@@ -149,28 +283,37 @@ def snippet(checkpoint: Checkpoint, uses: list[GlobalUse]) -> str | None:
     if checkpoint.format not in ("torch-zip", "torch-legacy"):
         return None
     outside = [u for u in uses if u.category != "torch"]
-    if not outside or any(u.category != "data" and not (u.category == "class" and
-                                                         is_torch_class(u.name))
-                          for u in outside):
+    if not outside or any(
+        u.category != "data" and not (u.category == "class" and is_torch_class(u.name))
+        for u in outside
+    ):
         return None
     if any("allowlist" not in why for why in checkpoint.refusals):
-        return None            # something allowlisting does not fix (opcodes, TorchScript...)
+        return None  # something allowlisting does not fix (opcodes, TorchScript...)
     imports = sorted({DATA_GLOBALS.get(u.name, ("import torch", ""))[0] for u in outside} - {""})
     entries = []
     for use in outside:
-        expression = DATA_GLOBALS.get(use.name, (None, use.name if is_torch_class(use.name)
-                                                 else None))[1]
+        expression = DATA_GLOBALS.get(
+            use.name, (None, use.name if is_torch_class(use.name) else None)
+        )[1]
         if expression is None:
             return None
         entries.append(f"({expression}, {use.name!r})")
-        if use.name == "numpy.dtype":     # a BUILD on the dtype needs its class allowed too
-            specs = sorted({call.strip("'") for call in checkpoint.global_calls.get(use.name, [])
-                            if call.strip("'")})
+        if use.name == "numpy.dtype":  # a BUILD on the dtype needs its class allowed too
+            specs = sorted(
+                {
+                    call.strip("'")
+                    for call in checkpoint.global_calls.get(use.name, [])
+                    if call.strip("'")
+                }
+            )
             entries += [f"type(np.dtype({spec!r}))" for spec in specs]
     lines = [i for i in imports if i != "import torch"] + [
-        "import torch", "",
+        "import torch",
+        "",
         "with torch.serialization.safe_globals([" + ", ".join(entries) + "]):",
-        f"    checkpoint = torch.load({checkpoint.path!r}, weights_only=True)"]
+        f"    checkpoint = torch.load({checkpoint.path!r}, weights_only=True)",
+    ]
     return "\n".join(lines)
 
 
@@ -183,37 +326,53 @@ def loads_with_weights_only(checkpoint: Checkpoint) -> bool:
     if checkpoint.format in TORCH_LOAD_FORMATS:
         return not checkpoint.refusals
     # a folder: each of its pickled files is torch.load-ed on its own
-    return checkpoint.format in FOLDER_FORMATS and bool(checkpoint.globals_named) and \
-        not checkpoint.refusals and all(g in TORCH_ALLOWED for g in checkpoint.globals_named)
+    return (
+        checkpoint.format in FOLDER_FORMATS
+        and bool(checkpoint.globals_named)
+        and not checkpoint.refusals
+        and all(g in TORCH_ALLOWED for g in checkpoint.globals_named)
+    )
 
 
 def report_dict(checkpoint: Checkpoint) -> dict:
     """The object `ckpt-viewer globals --json` prints."""
     uses = triage(checkpoint)
-    return {"path": checkpoint.path,
-            "loads_with_weights_only": loads_with_weights_only(checkpoint),
-            "refusals": list(checkpoint.refusals),
-            "globals": [{"name": u.name, "category": u.category, "uses": u.uses,
-                         "keys": u.keys, "calls": u.calls} for u in uses],
-            "snippet": snippet(checkpoint, uses)}
+    return {
+        "path": checkpoint.path,
+        "loads_with_weights_only": loads_with_weights_only(checkpoint),
+        "refusals": list(checkpoint.refusals),
+        "globals": [
+            {
+                "name": u.name,
+                "category": u.category,
+                "uses": u.uses,
+                "keys": u.keys,
+                "calls": u.calls,
+            }
+            for u in uses
+        ],
+        "snippet": snippet(checkpoint, uses),
+    }
 
 
 MEANING = {
     "code": "CAN RUN CODE: torch.load(weights_only=False) would call it; never load this file "
-            "that way",
+    "that way",
     "class": "a class from the code that wrote the file; torch would need its source",
     "data": "builds plain data; needs allowlisting to load with weights_only",
     "torch": "accepted by torch.load(weights_only=True)",
 }
-TORCH_CLASS = ("torch's own classes (a whole pickled model): weights_only refuses them until "
-               "they are allowlisted; a state_dict export needs no allowlist")
+TORCH_CLASS = (
+    "torch's own classes (a whole pickled model): weights_only refuses them until "
+    "they are allowlisted; a state_dict export needs no allowlist"
+)
 LOADERS = {
     "dcp": "torch.load does not read a DCP folder: torch.distributed.checkpoint unpickles "
-           ".metadata with plain pickle and each bytes item with torch.load(weights_only=False), "
-           "allowlisting nothing",
+    ".metadata with plain pickle and each bytes item with torch.load(weights_only=False), "
+    "allowlisting nothing",
     "pt2": "torch.load does not read a .pt2 archive: torch.export.load unpickles its pickled "
-           "parts (sample inputs, pickled tensors, objects) with weights_only=False or "
-           "pickle.loads, allowlisting nothing",
+    "parts (sample inputs, pickled tensors, objects) with weights_only=False or "
+    "pickle.loads, allowlisting nothing",
 }
 
 
@@ -255,10 +414,14 @@ def advice(checkpoint: Checkpoint, report: dict | None = None) -> str:
     if checkpoint.format in LOADERS:
         if all(use["category"] == "torch" for use in report["globals"]):
             return ""
-        return ("Its loader allowlists nothing: load it only if you trust whoever wrote it, "
-                "or export its tensors with ckpt-viewer export.")
-    return ("No allowlist makes weights_only load it; do not fall back to weights_only=False "
-            "unless you trust whoever wrote the file.")
+        return (
+            "Its loader allowlists nothing: load it only if you trust whoever wrote it, "
+            "or export its tensors with ckpt-viewer export."
+        )
+    return (
+        "No allowlist makes weights_only load it; do not fall back to weights_only=False "
+        "unless you trust whoever wrote the file."
+    )
 
 
 def banner_lines(checkpoint: Checkpoint) -> tuple[bool, list[str]]:
@@ -295,8 +458,9 @@ def text_lines(checkpoint: Checkpoint):
     meanings = {}
     for use in report["globals"]:
         if use["category"] != "torch":
-            meanings.setdefault(meaning(use["name"], use["category"], checkpoint.format),
-                                use["category"])
+            meanings.setdefault(
+                meaning(use["name"], use["category"], checkpoint.format), use["category"]
+            )
     for text, kind in sorted(meanings.items(), key=lambda m: ("code", "class", "data").index(m[1])):
         yield f"{kind}: {text}"
     if report["snippet"]:

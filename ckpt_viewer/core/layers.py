@@ -41,36 +41,36 @@ CHUNK = 1 << 20
 METRICS = ("l2", "std", "max_abs", "zero_fraction", "nan")
 SPECTRAL_METRICS = ("stable_rank", "alpha")
 OPTIMIZER_METRIC = "exp_avg_sq_mean"
-MAX_GRAM = 4096                     # Gram matrices up to 4096^2 (128 MB of float64)
-MAX_SPECTRAL_WORK = 1 << 38         # multiply-adds: rows * cols * side (Gram) + side^3 (eigvalsh)
-MAX_SPECTRAL_ELEMENTS = 1 << 26     # wide matrices (W W^T) are read whole up to this
-BATCH_BYTES = 4 * CHUNK             # tensors smaller than this share a pool task
-BATCH_TENSORS = 4096                # and at most this many (progress, cancel)
-TINY_BYTES = 1 << 16                # tensors up to this are read and measured together
-SKIPPED = "spectral_skipped"        # metrics[key][SKIPPED]: why a weight has no spectrum
+MAX_GRAM = 4096  # Gram matrices up to 4096^2 (128 MB of float64)
+MAX_SPECTRAL_WORK = 1 << 38  # multiply-adds: rows * cols * side (Gram) + side^3 (eigvalsh)
+MAX_SPECTRAL_ELEMENTS = 1 << 26  # wide matrices (W W^T) are read whole up to this
+BATCH_BYTES = 4 * CHUNK  # tensors smaller than this share a pool task
+BATCH_TENSORS = 4096  # and at most this many (progress, cancel)
+TINY_BYTES = 1 << 16  # tensors up to this are read and measured together
+SKIPPED = "spectral_skipped"  # metrics[key][SKIPPED]: why a weight has no spectrum
 
 
 @dataclass
 class Role:
-    role: str                       # the key under the block, e.g. attn.qkv.weight
-    keys: dict = field(default_factory=dict)          # layer index -> full key
-    state_keys: dict = field(default_factory=dict)    # layer index -> exp_avg_sq key
+    role: str  # the key under the block, e.g. attn.qkv.weight
+    keys: dict = field(default_factory=dict)  # layer index -> full key
+    state_keys: dict = field(default_factory=dict)  # layer index -> exp_avg_sq key
 
 
 @dataclass
 class Stack:
-    prefix: str                     # e.g. model_state_dict.blocks
-    layers: list = field(default_factory=list)        # layer indices, ascending
-    roles: list = field(default_factory=list)         # Role, in key order
+    prefix: str  # e.g. model_state_dict.blocks
+    layers: list = field(default_factory=list)  # layer indices, ascending
+    roles: list = field(default_factory=list)  # Role, in key order
 
 
 @dataclass
 class LayersReport:
     path: str
     stacks: list = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)       # key -> {metric: value}
+    metrics: dict = field(default_factory=dict)  # key -> {metric: value}
     spectral: bool = False
-    sampled: bool = False      # estimates from a sample of each tensor (a quick first look)
+    sampled: bool = False  # estimates from a sample of each tensor (a quick first look)
 
     def series(self, stack: Stack, role: Role, metric: str) -> list:
         """One value per layer of the stack (None where the role is missing)."""
@@ -97,12 +97,12 @@ class LayersReport:
             if isinstance(value, float) and not math.isfinite(value):
                 return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
             return value
+
         stacks = []
         for stack in self.stacks:
             roles = []
             for role in stack.roles:
-                entry = {"role": role.role,
-                         "keys": [role.keys.get(i) for i in stack.layers]}
+                entry = {"role": role.role, "keys": [role.keys.get(i) for i in stack.layers]}
                 for metric in self.available():
                     entry[metric] = [clean(v) for v in self.series(stack, role, metric)]
                 roles.append(entry)
@@ -115,13 +115,14 @@ class LayersReport:
 
 # --- grouping -------------------------------------------------------------------------------
 
+
 def _split(key: str):
     """(stack prefix, layer index, role) at the first all-digit segment after the first one,
     or None."""
     parts = key.split(".")
     for position in range(1, len(parts) - 1):
         if parts[position].isdigit():
-            return ".".join(parts[:position]), int(parts[position]), ".".join(parts[position + 1:])
+            return ".".join(parts[:position]), int(parts[position]), ".".join(parts[position + 1 :])
     return None
 
 
@@ -137,15 +138,16 @@ def group_layers(checkpoint: Checkpoint) -> list[Stack]:
     roles: dict[tuple, Role] = {}
     seen: dict[str, set] = {}
     for key, tensor, _node in checkpoint.tensors():
-        if any(key.startswith(p) for p in skip) or (tensor.dtype not in FLOAT_DTYPES
-                                                    and tensor.layout != "ggml"):
+        if any(key.startswith(p) for p in skip) or (
+            tensor.dtype not in FLOAT_DTYPES and tensor.layout != "ggml"
+        ):
             continue
         split = _split(key)
         if split is None:
             continue
         prefix, index, role_name = split
         stack = stacks.setdefault(prefix, Stack(prefix))
-        if index not in seen.setdefault(prefix, set()):     # a list's `in`: quadratic
+        if index not in seen.setdefault(prefix, set()):  # a list's `in`: quadratic
             seen[prefix].add(index)
             stack.layers.append(index)
         role = roles.get((prefix, role_name))
@@ -165,20 +167,26 @@ def group_layers(checkpoint: Checkpoint) -> list[Stack]:
 
 def attach_optimizer_state(checkpoint: Checkpoint, stacks: list[Stack]):
     """exp_avg_sq keys, by the parameter they belong to (only where names are known)."""
-    by_key = {key: (stack, role, index) for stack in stacks for role in stack.roles
-              for index, key in role.keys.items()}
+    by_key = {
+        key: (stack, role, index)
+        for stack in stacks
+        for role in stack.roles
+        for index, key in role.keys.items()
+    }
     from ckpt_viewer.core.check import by_tail
 
-    tails = by_tail(by_key, [name for o in checkpoint.optimizers if o.names_source
-                             for name in o.state])
+    tails = by_tail(
+        by_key, [name for o in checkpoint.optimizers if o.names_source for name in o.state]
+    )
     for optimizer in checkpoint.optimizers:
         if not optimizer.names_source:
             continue
         for name, state in optimizer.state.items():
             if not isinstance(name, str):
                 continue
-            variance = next((c for c in state.children
-                             if c.name == "exp_avg_sq" and c.kind == "tensor"), None)
+            variance = next(
+                (c for c in state.children if c.name == "exp_avg_sq" and c.kind == "tensor"), None
+            )
             if variance is None:
                 continue
             if name in tails:
@@ -187,6 +195,7 @@ def attach_optimizer_state(checkpoint: Checkpoint, stacks: list[Stack]):
 
 
 # --- metrics --------------------------------------------------------------------------------
+
 
 def _tensor_metrics(tensor, stop: threading.Event) -> dict:
     moments = _Moments()
@@ -214,8 +223,8 @@ def power_law_alpha(eigenvalues: np.ndarray) -> float | None:
         return None
     best_alpha, best_distance = None, math.inf
     logs = np.log(values)
-    suffix_sums = np.cumsum(logs[::-1])[::-1]          # sum of log x over the tail from i
-    for i in range(0, values.size - 5):             # at least 5 points in the tail
+    suffix_sums = np.cumsum(logs[::-1])[::-1]  # sum of log x over the tail from i
+    for i in range(0, values.size - 5):  # at least 5 points in the tail
         n = values.size - i
         denominator = suffix_sums[i] - n * logs[i]
         if denominator <= 0:
@@ -235,13 +244,18 @@ def spectral_skip(rows: int, cols: int) -> str:
     the smaller side's Gram matrix, its accumulation and its eigenvalues are all bounded (a
     tall [1M, 8192] matrix took minutes and 2.3 GB)."""
     side = min(rows, cols)
-    work = rows * cols * side + side ** 3
-    if side <= MAX_GRAM and work <= MAX_SPECTRAL_WORK and (
-            cols <= rows or rows * cols <= MAX_SPECTRAL_ELEMENTS):
+    work = rows * cols * side + side**3
+    if (
+        side <= MAX_GRAM
+        and work <= MAX_SPECTRAL_WORK
+        and (cols <= rows or rows * cols <= MAX_SPECTRAL_ELEMENTS)
+    ):
         return ""
-    return (f"spectral metrics skipped: [{rows:,}, {cols:,}] needs a {side:,}-square Gram "
-            f"matrix and {work:.2g} multiply-adds (limits {MAX_GRAM:,} and "
-            f"{MAX_SPECTRAL_WORK:.2g})")
+    return (
+        f"spectral metrics skipped: [{rows:,}, {cols:,}] needs a {side:,}-square Gram "
+        f"matrix and {work:.2g} multiply-adds (limits {MAX_GRAM:,} and "
+        f"{MAX_SPECTRAL_WORK:.2g})"
+    )
 
 
 def _eigenvalues(tensor, stop: threading.Event):
@@ -301,8 +315,12 @@ def _sampled_metrics(tensor, elements: int) -> dict:
     if stats.mean is None or stats.std is None:
         return {}
     mean, std = stats.mean, stats.std
-    return {"mean": mean, "std": std, "max_abs": max(abs(stats.min), abs(stats.max)),
-            "l2": math.sqrt(max(std ** 2 + mean ** 2, 0.0) * tensor.numel)}
+    return {
+        "mean": mean,
+        "std": std,
+        "max_abs": max(abs(stats.min), abs(stats.max)),
+        "l2": math.sqrt(max(std**2 + mean**2, 0.0) * tensor.numel),
+    }
 
 
 def _measure(key, tensor, spectral, stop, sample=0):
@@ -317,10 +335,16 @@ def _measure(key, tensor, spectral, stop, sample=0):
 def _is_tiny(tensor) -> bool:
     """Small, contiguous and stored plainly in a local file (read by _read_tiny)."""
     source = getattr(tensor.storage, "source", None)
-    plain = isinstance(source, FileSpan) or (isinstance(source, ZipMember)
-                                             and source.compress_type == 0)
-    return (plain and 0 < tensor.nbytes <= TINY_BYTES and tensor.is_contiguous
-            and numpy_readable(tensor) and not remote.is_remote(source.path))
+    plain = isinstance(source, FileSpan) or (
+        isinstance(source, ZipMember) and source.compress_type == 0
+    )
+    return (
+        plain
+        and 0 < tensor.nbytes <= TINY_BYTES
+        and tensor.is_contiguous
+        and numpy_readable(tensor)
+        and not remote.is_remote(source.path)
+    )
 
 
 def _read_one(f, tensor) -> np.ndarray:
@@ -334,8 +358,9 @@ def _read_one(f, tensor) -> np.ndarray:
     data = f.read(nbytes)
     if len(data) != nbytes:
         raise CheckpointError(f"file ended while reading storage {tensor.storage.key!r}")
-    values = widen(apply_view_bits(np.frombuffer(data, dtype), tensor), tensor.dtype,
-                   tensor.quantizer)
+    values = widen(
+        apply_view_bits(np.frombuffer(data, dtype), tensor), tensor.dtype, tensor.quantizer
+    )
     return np.abs(values) if np.iscomplexobj(values) else values
 
 
@@ -362,8 +387,9 @@ def _tiny_metrics(items, stop) -> list:
             continue
     if not pieces:
         return []
-    moments = _Moments.of_segments(np.concatenate([p.astype(np.float64) for p in pieces]),
-                                   [p.size for p in pieces])
+    moments = _Moments.of_segments(
+        np.concatenate([p.astype(np.float64) for p in pieces]), [p.size for p in pieces]
+    )
     return [(key, _metrics_of(m)) for key, m in zip(keys, moments)]
 
 
@@ -384,7 +410,7 @@ def _measure_batch(batch, stop, sample):
             continue
         try:
             out.append(_measure(key, tensor, wants, stop, sample))
-        except Exception:   # noqa: BLE001 - an unreadable tensor is a gap in the line
+        except Exception:  # noqa: BLE001 - an unreadable tensor is a gap in the line
             continue
     return out
 
@@ -403,8 +429,9 @@ def _batches(wanted):
         yield batch
 
 
-def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int | None = None,
-                  sample: int = 0):
+def layer_metrics(
+    checkpoint: Checkpoint, spectral: bool = False, workers: int | None = None, sample: int = 0
+):
     """Generator: yields progress in [0, 1]; returns LayersReport. With `sample`, metrics are
     estimated from about that many elements of each tensor (no spectral metrics)."""
     from ckpt_viewer.core.check import worker_count
@@ -412,12 +439,21 @@ def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int |
     stacks = group_layers(checkpoint)
     attach_optimizer_state(checkpoint, stacks)
     tensors = {key: tensor for key, tensor, _ in checkpoint.tensors()}
-    wanted = [(key, tensors[key], spectral and not sample)
-              for stack in stacks for role in stack.roles for key in role.keys.values()]
-    wanted += [(key, tensors[key], False)
-               for stack in stacks for role in stack.roles for key in role.state_keys.values()]
-    report = LayersReport(checkpoint.path, stacks, spectral=spectral and not sample,
-                          sampled=bool(sample))
+    wanted = [
+        (key, tensors[key], spectral and not sample)
+        for stack in stacks
+        for role in stack.roles
+        for key in role.keys.values()
+    ]
+    wanted += [
+        (key, tensors[key], False)
+        for stack in stacks
+        for role in stack.roles
+        for key in role.state_keys.values()
+    ]
+    report = LayersReport(
+        checkpoint.path, stacks, spectral=spectral and not sample, sampled=bool(sample)
+    )
     total = sum(t.nbytes for _, t, _ in wanted) or 1
     if sample:
         from ckpt_viewer.core.stats import prefetch_sample
@@ -431,7 +467,7 @@ def layer_metrics(checkpoint: Checkpoint, spectral: bool = False, workers: int |
     pending, running = list(reversed(list(_batches(wanted)))), {}
     try:
         while pending or running:
-            while pending and len(running) < 2 * workers:    # stops with the generator
+            while pending and len(running) < 2 * workers:  # stops with the generator
                 batch = pending.pop()
                 running[pool.submit(_measure_batch, batch, stop, sample)] = batch
             finished, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)

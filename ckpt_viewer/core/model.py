@@ -9,14 +9,38 @@ from ckpt_viewer.core.stats_cache import StatsCache
 
 # Bytes per element, by torch's dtype name (without "torch.").
 DTYPE_SIZES = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
-    "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1, "float8_e5m2fnuz": 1,
-    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
-    "complex128": 16, "complex64": 8, "complex32": 4,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1,
-    "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1,
-    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
-    "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float8_e4m3fn": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+    "float4_e2m1fn_x2": 1,
+    "complex128": 16,
+    "complex64": 8,
+    "complex32": 4,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint64": 8,
+    "uint32": 4,
+    "uint16": 2,
+    "uint8": 1,
+    "bool": 1,
+    "qint8": 1,
+    "quint8": 1,
+    "qint32": 4,
+    "quint4x2": 1,
+    "quint2x4": 1,
+    "bits8": 1,
+    "bits16": 2,
+    "bits1x8": 1,
+    "bits2x4": 1,
+    "bits4x2": 1,
 }
 
 # Sub-byte quantized dtypes: torch calls their element size 1 but packs this many values in
@@ -31,23 +55,36 @@ def span_bytes(dtype: str, elements: int) -> int:
 
 
 FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16"} | {
-    d for d in DTYPE_SIZES if d.startswith("float8") or d.startswith("float4")}
+    d for d in DTYPE_SIZES if d.startswith("float8") or d.startswith("float4")
+}
 
 # Legacy typed-storage class names -> dtype.
 STORAGE_DTYPES = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "ComplexDoubleStorage": "complex128",
-    "ComplexFloatStorage": "complex64", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
-    "BoolStorage": "bool", "QInt8Storage": "qint8", "QUInt8Storage": "quint8",
-    "QInt32Storage": "qint32", "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "QInt8Storage": "qint8",
+    "QUInt8Storage": "quint8",
+    "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
     "UntypedStorage": "uint8",
 }
 
 
-@dataclass(eq=False, slots=True)       # slots: a checkpoint can hold 50,000 records
+@dataclass(eq=False, slots=True)  # slots: a checkpoint can hold 50,000 records
 class ZipMember:
     """Bytes of one record of a zip archive (maybe compressed)."""
+
     path: str
     name: str
     header_offset: int
@@ -62,6 +99,7 @@ class ZipMember:
 @dataclass(eq=False)
 class FileSpan:
     """Bytes stored raw at an offset of a file."""
+
     path: str
     offset: int
     nbytes: int
@@ -70,6 +108,7 @@ class FileSpan:
 @dataclass(eq=False)
 class InlineBytes:
     """Bytes held inside the pickle itself (a numpy array's raw data)."""
+
     data: bytes
 
     @property
@@ -85,7 +124,7 @@ class Storage:
     location: str
     source: ZipMember | FileSpan | InlineBytes | None = None
     byteorder: str = "little"
-    resizable: bool = False    # legacy storages: torch's set_ grows them instead of refusing
+    resizable: bool = False  # legacy storages: torch's set_ grows them instead of refusing
 
     @property
     def nbytes(self) -> int:
@@ -94,11 +133,14 @@ class Storage:
     def __setstate__(self, state):
         # torch would update a TypedStorage's attributes here; the sizes were checked already
         from ckpt_viewer.core import CheckpointError
-        raise CheckpointError(f"the pickle rewrites storage record {self.key!r} after creating "
-                              "it (BUILD on a storage); refusing rather than guessing")
+
+        raise CheckpointError(
+            f"the pickle rewrites storage record {self.key!r} after creating "
+            "it (BUILD on a storage); refusing rather than guessing"
+        )
 
 
-TENSOR_BUILD = None    # set by safe_pickle: a BUILD opcode on a tensor record
+TENSOR_BUILD = None  # set by safe_pickle: a BUILD opcode on a tensor record
 
 
 @dataclass(eq=False, slots=True)
@@ -110,25 +152,26 @@ class TensorInfo:
     storage: Storage | None = None
     requires_grad: bool = False
     is_parameter: bool = False
-    layout: str = "strided"              # strided | sparse_coo | sparse_csr | ggml | ...
-    parts: dict = field(default_factory=dict)   # sparse: indices/values tensors
+    layout: str = "strided"  # strided | sparse_coo | sparse_csr | ggml | ...
+    parts: dict = field(default_factory=dict)  # sparse: indices/values tensors
     quantizer: dict = field(default_factory=dict)
-    chunks: tuple = ()                          # DCP: (offsets, sizes, FileSpan) per chunk
-    neg: bool = False          # torch's negative view bit: values are -stored
-    conj: bool = False         # conjugate view bit: values are conj(stored)
-    attrs: dict = field(default_factory=dict)   # Python attributes the file set on the tensor
-    subclass: str = ""         # a tensor subclass torch would need (qualified name)
-    location: str = ""         # where a storage-less tensor lives (wrapper subclasses)
+    chunks: tuple = ()  # DCP: (offsets, sizes, FileSpan) per chunk
+    neg: bool = False  # torch's negative view bit: values are -stored
+    conj: bool = False  # conjugate view bit: values are conj(stored)
+    attrs: dict = field(default_factory=dict)  # Python attributes the file set on the tensor
+    subclass: str = ""  # a tensor subclass torch would need (qualified name)
+    location: str = ""  # where a storage-less tensor lives (wrapper subclasses)
 
     def __setstate__(self, state):
         """A BUILD on a tensor: torch re-points it (Tensor.set_ / Parameter.__setstate__);
         safe_pickle installs what that does (TENSOR_BUILD), so model imports nothing of it."""
         if TENSOR_BUILD is None:
             from ckpt_viewer.core import CheckpointError
+
             raise CheckpointError("a tensor record cannot be rebuilt here")
         TENSOR_BUILD(self, state)
 
-    def __copy__(self):      # not through __setstate__, which is the unpickler's BUILD
+    def __copy__(self):  # not through __setstate__, which is the unpickler's BUILD
         return replace(self)
 
     @property
@@ -149,7 +192,7 @@ class TensorInfo:
     def nbytes(self) -> int:
         if self.parts:
             return sum(p.nbytes for p in self.parts.values())
-        if self.layout == "ggml":            # GGUF blocks: their bytes are the storage's
+        if self.layout == "ggml":  # GGUF blocks: their bytes are the storage's
             return self.storage.nbytes
         return self.numel * DTYPE_SIZES.get(self.dtype, 1)
 
@@ -178,15 +221,15 @@ class TensorInfo:
 @dataclass(eq=False, slots=True)
 class Node:
     name: str
-    kind: str              # dict | list | module | optimizer | object | tensor | scalar | ref | opaque
+    kind: str  # dict | list | module | optimizer | object | tensor | scalar | ref | opaque
     key: str = ""
     children: list = field(default_factory=list)
     tensor: TensorInfo | None = None
-    value: object = None   # scalar value, or the key a `ref` node points to
-    type_name: str = ""    # class name for modules/objects; "dict", "list" ...
-    role: str = ""         # parameter | buffer | "" (unknown)
+    value: object = None  # scalar value, or the key a `ref` node points to
+    type_name: str = ""  # class name for modules/objects; "dict", "list" ...
+    role: str = ""  # parameter | buffer | "" (unknown)
     shared_with: str = ""  # first key of a tensor that shares this storage
-    note: str = ""         # e.g. "state of fc.weight"
+    note: str = ""  # e.g. "state of fc.weight"
 
 
 @dataclass(eq=False)
@@ -197,19 +240,21 @@ class Checkpoint:
     root: Node
     unsafe_globals: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
-    refusals: list = field(default_factory=list)   # why torch.load(weights_only=True) would not load it
-    metadata: dict = field(default_factory=dict)   # torch version, safetensors metadata...
+    refusals: list = field(
+        default_factory=list
+    )  # why torch.load(weights_only=True) would not load it
+    metadata: dict = field(default_factory=dict)  # torch version, safetensors metadata...
     optimizers: list = field(default_factory=list)  # optim.OptimizerInfo
-    optimizer_nodes: list | None = None   # found while building the tree (None: search it)
+    optimizer_nodes: list | None = None  # found while building the tree (None: search it)
     byteorder: str = "little"
-    globals_named: dict = field(default_factory=dict)   # every global the pickles name -> uses
-    global_calls: dict = field(default_factory=dict)    # global -> arguments it was called with
-    global_paths: dict = field(default_factory=dict)    # global reached attribute by attribute
+    globals_named: dict = field(default_factory=dict)  # every global the pickles name -> uses
+    global_calls: dict = field(default_factory=dict)  # global -> arguments it was called with
+    global_paths: dict = field(default_factory=dict)  # global reached attribute by attribute
     #                                                     (module + "a.b" name) -> its module
-    global_code: dict = field(default_factory=dict)     # global -> why its use runs code
+    global_code: dict = field(default_factory=dict)  # global -> why its use runs code
     global_records: dict = field(default_factory=dict)  # global -> records other than the
     #                                                     main pickle that name it
-    root_object: object = field(default=None, repr=False)   # what the pickle built (sanitize)
+    root_object: object = field(default=None, repr=False)  # what the pickle built (sanitize)
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)
     # statistics computed about its tensors, reused by the views (cheap until filled)
@@ -218,8 +263,9 @@ class Checkpoint:
     def tensors(self) -> list:
         """(key, TensorInfo, Node) for every tensor, in tree order (the tree never changes)."""
         if self._tensors is None:
-            self._tensors = [(n.key, n.tensor, n) for n in iter_nodes(self.root)
-                             if n.kind == "tensor"]
+            self._tensors = [
+                (n.key, n.tensor, n) for n in iter_nodes(self.root) if n.kind == "tensor"
+            ]
         return self._tensors
 
     def scalars(self) -> dict:

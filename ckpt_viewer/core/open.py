@@ -9,7 +9,7 @@ from ckpt_viewer.core import CheckpointError, paused_gc, remote
 from ckpt_viewer.core.model import Checkpoint
 from ckpt_viewer.core.readers.hf_index import is_index, model_weights, unread_weights
 
-PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}   # protocol 0/1
+PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}  # protocol 0/1
 
 FOREIGN_FORMATS = [
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras/h5py), not a PyTorch checkpoint"),
@@ -28,13 +28,16 @@ def sniff(path: str) -> str:
         if remote.isfile(remote.join(path, ".metadata")):
             return "dcp"
         from ckpt_viewer.core.readers.training_dir import state_files
+
         if state_files(path):
             return "training_dir"
         from ckpt_viewer.core.readers.dcp import hf_shards
+
         if hf_shards(path):
             return "dcp_hf"
-        raise CheckpointError("directory holds no checkpoint (no .metadata, *.index.json or "
-                              "model weights file)")
+        raise CheckpointError(
+            "directory holds no checkpoint (no .metadata, *.index.json or model weights file)"
+        )
     if is_index(path):
         return "hf_index"
     with remote.open_source(path) as f:
@@ -43,14 +46,21 @@ def sniff(path: str) -> str:
         head = f.read(512)
     if head.startswith(b"GGUF"):
         return "gguf"
-    if head.startswith(b"PK\x03\x04"):    # the test torch.load makes
+    if head.startswith(b"PK\x03\x04"):  # the test torch.load makes
         from ckpt_viewer.core.readers.pt2 import is_pt2
+
         return "pt2" if is_pt2(path, head) else "torch_zip"
     from ckpt_viewer.core.readers.safetensors import looks_like_safetensors
+
     if looks_like_safetensors(head):
         return "safetensors"
-    if head[:1] in PICKLE_STARTS or head[:1] == b"\x80" and head[1:2] in b"\x00\x01\x02\x03\x04\x05":
+    if (
+        head[:1] in PICKLE_STARTS
+        or head[:1] == b"\x80"
+        and head[1:2] in b"\x00\x01\x02\x03\x04\x05"
+    ):
         from ckpt_viewer.core.readers.torch_legacy import is_legacy
+
         return "torch_legacy" if is_legacy(path) else "pickle"
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise CheckpointError("a tar archive: the PyTorch < 0.4 tar format is not supported")
@@ -89,11 +99,18 @@ def open_file(path: str) -> Checkpoint:
         training_dir,
     )
 
-    readers = {"torch_zip": torch_zip.read, "torch_legacy": torch_legacy.read,
-               "safetensors": safetensors.read, "pickle": plain_pickle.read,
-               "hf_index": functools.partial(hf_index.read, open_shard=open_file),
-               "dcp": dcp.read, "dcp_hf": dcp.read_hf, "pt2": pt2.read, "gguf": gguf.read,
-               "training_dir": functools.partial(training_dir.read, open_part=open_file)}
+    readers = {
+        "torch_zip": torch_zip.read,
+        "torch_legacy": torch_legacy.read,
+        "safetensors": safetensors.read,
+        "pickle": plain_pickle.read,
+        "hf_index": functools.partial(hf_index.read, open_shard=open_file),
+        "dcp": dcp.read,
+        "dcp_hf": dcp.read_hf,
+        "pt2": pt2.read,
+        "gguf": gguf.read,
+        "training_dir": functools.partial(training_dir.read, open_part=open_file),
+    }
     return readers[sniff(path)](path)
 
 
@@ -104,7 +121,7 @@ def open_checkpoint(path: str) -> Checkpoint:
     path = os.fspath(path)
     try:
         if remote.is_remote(path):
-            remote.forget(path)           # a URL opened again is asked afresh
+            remote.forget(path)  # a URL opened again is asked afresh
         elif not os.path.exists(path):
             raise CheckpointError("no such file or directory")
         folder = path if remote.isdir(path) else None
@@ -114,6 +131,7 @@ def open_checkpoint(path: str) -> Checkpoint:
             checkpoint = open_file(path)
             if folder and path != folder:
                 from ckpt_viewer.core.readers.training_dir import folder_metadata
+
                 checkpoint.warnings += unread_weights(folder, remote.basename(path))
                 for key, value in folder_metadata(folder).items():
                     checkpoint.metadata.setdefault(key, value)
@@ -133,8 +151,17 @@ def open_checkpoint(path: str) -> Checkpoint:
         raise CheckpointError("not enough memory to read the file's metadata") from None
     except RecursionError:
         raise CheckpointError("the file's structure is nested too deeply") from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeError,
-            OverflowError, EOFError, ArithmeticError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        UnicodeError,
+        OverflowError,
+        EOFError,
+        ArithmeticError,
+    ) as exc:
         # Hostile or damaged data may trip any of these deep in a reader.
         text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise CheckpointError(f"the file is damaged or malformed ({text})") from None

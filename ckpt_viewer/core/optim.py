@@ -47,10 +47,25 @@ OPTIMIZER_KEYS = {
     "Adagrad": _COMMON - {"capturable"} | {"fused", "initial_accumulator_value", "lr_decay"},
     "Adam": _COMMON | {"amsgrad", "betas", "decoupled_weight_decay", "fused"},
     "Adamax": _COMMON | {"betas"},
-    "LBFGS": {"history_size", "line_search_fn", "lr", "max_eval", "max_iter",
-              "tolerance_change", "tolerance_grad"},
-    "Muon": {"adjust_lr_fn", "eps", "lr", "momentum", "nesterov", "ns_coefficients",
-             "ns_steps", "weight_decay"},
+    "LBFGS": {
+        "history_size",
+        "line_search_fn",
+        "lr",
+        "max_eval",
+        "max_iter",
+        "tolerance_change",
+        "tolerance_grad",
+    },
+    "Muon": {
+        "adjust_lr_fn",
+        "eps",
+        "lr",
+        "momentum",
+        "nesterov",
+        "ns_coefficients",
+        "ns_steps",
+        "weight_decay",
+    },
     "NAdam": _COMMON | {"betas", "decoupled_weight_decay", "momentum_decay"},
     "RAdam": _COMMON | {"betas", "decoupled_weight_decay"},
     "RMSprop": _COMMON | {"alpha", "centered", "momentum"},
@@ -62,15 +77,36 @@ OPTIMIZER_KEYS = {
 ADDED_GROUP_KEYS = {"params", "param_names", "initial_lr"}
 SCHEDULER_FIELDS = {"last_epoch", "base_lrs"}
 # State entries shaped like their parameter, in torch's optimizers.
-PER_ELEMENT_STATE = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg",
-                     "grad_avg", "acc_delta", "sum", "ax", "prev", "step_size", "exp_inf"}
+PER_ELEMENT_STATE = {
+    "exp_avg",
+    "exp_avg_sq",
+    "max_exp_avg_sq",
+    "momentum_buffer",
+    "square_avg",
+    "grad_avg",
+    "acc_delta",
+    "sum",
+    "ax",
+    "prev",
+    "step_size",
+    "exp_inf",
+}
 PARAMETER_DTYPES = FLOAT_DTYPES | {"complex32", "complex64", "complex128"}
 CONTAINERS = ("dict", "list", "module", "object")
-MAX_BLOCKS = 64          # param groups of all optimizers: more are never provable by shape alone
+MAX_BLOCKS = 64  # param groups of all optimizers: more are never provable by shape alone
 MAX_PLAIN_DEPTH = 64
-MAX_SCALAR_READS = 256   # 0-d tensor hyperparameters read per file (each is one small read)
-SCALAR_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "int64": "q", "int32": "i",
-                  "int16": "h", "int8": "b", "uint8": "B", "bool": "?"}
+MAX_SCALAR_READS = 256  # 0-d tensor hyperparameters read per file (each is one small read)
+SCALAR_FORMATS = {
+    "float64": "d",
+    "float32": "f",
+    "float16": "e",
+    "int64": "q",
+    "int32": "i",
+    "int16": "h",
+    "int8": "b",
+    "uint8": "B",
+    "bool": "?",
+}
 NAMES_FROM_PARAM_NAMES = "param_names saved with the optimizer"
 
 
@@ -78,21 +114,22 @@ NAMES_FROM_PARAM_NAMES = "param_names saved with the optimizer"
 class OptimizerInfo:
     key: str
     type: str | None
-    param_groups: list            # [{hyperparameter: value, ..., "params": [name or id]}]
-    state: dict = field(default_factory=dict)   # {name or id: Node of that parameter's state}
-    names_source: str = ""        # which rule gave the names; "" when ids are shown
+    param_groups: list  # [{hyperparameter: value, ..., "params": [name or id]}]
+    state: dict = field(default_factory=dict)  # {name or id: Node of that parameter's state}
+    names_source: str = ""  # which rule gave the names; "" when ids are shown
 
 
 @dataclass
 class _Optimizer:
     """One optimizer node, read: its groups, flat param ids, and state by id."""
+
     node: Node
     groups: list
-    group_ids: list               # [[id as text, ...] per group]
-    states: dict                  # {id as text: state Node}
-    names: list | None = None     # from param_names
-    shapes: list = field(default_factory=list)   # per flat id: state shape or None (unchecked)
-    matchable: bool = True        # fit for rule 2 (ids distinct, state consistent)
+    group_ids: list  # [[id as text, ...] per group]
+    states: dict  # {id as text: state Node}
+    names: list | None = None  # from param_names
+    shapes: list = field(default_factory=list)  # per flat id: state shape or None (unchecked)
+    matchable: bool = True  # fit for rule 2 (ids distinct, state consistent)
 
     @property
     def ids(self) -> list:
@@ -124,19 +161,27 @@ def tensor_scalar(tensor: TensorInfo):
     it cannot be read so: another layout, a large compressed record, a read error)."""
     storage = tensor.storage
     fmt = SCALAR_FORMATS.get(tensor.dtype)
-    if fmt is None or storage is None or storage.dtype != tensor.dtype or tensor.numel != 1 \
-            or tensor.layout != "strided" or tensor.parts or tensor.neg or tensor.conj \
-            or not 0 <= tensor.offset < storage.numel:
+    if (
+        fmt is None
+        or storage is None
+        or storage.dtype != tensor.dtype
+        or tensor.numel != 1
+        or tensor.layout != "strided"
+        or tensor.parts
+        or tensor.neg
+        or tensor.conj
+        or not 0 <= tensor.offset < storage.numel
+    ):
         return None
     size, source = DTYPE_SIZES[tensor.dtype], storage.source
     start = tensor.offset * size
-    if is_remote(getattr(source, "path", None)):   # a request each, while the file opens
+    if is_remote(getattr(source, "path", None)):  # a request each, while the file opens
         return None
     try:
         if isinstance(source, InlineBytes):
-            raw = source.data[start:start + size]
+            raw = source.data[start : start + size]
         elif isinstance(source, ZipMember) and source.compress_type != 0:
-            raw = read_member(source, limit=1 << 16)[start:start + size]
+            raw = read_member(source, limit=1 << 16)[start : start + size]
         elif isinstance(source, (ZipMember, FileSpan)):
             base = data_offset(source) if isinstance(source, ZipMember) else source.offset
             with open_source(source.path) as f:
@@ -151,7 +196,7 @@ def tensor_scalar(tensor: TensorInfo):
     order = ">" if storage.byteorder == "big" else "<"
     value = struct.unpack(order + fmt, raw)[0]
     if fmt in "fe" and value == value and abs(value) != float("inf"):
-        for digits in range(1, 10):   # the shortest decimal that is this float32/16: 0.01
+        for digits in range(1, 10):  # the shortest decimal that is this float32/16: 0.01
             shortest = float(f"{value:.{digits}g}")
             if struct.pack(order + fmt, shortest) == raw:
                 return shortest
@@ -185,9 +230,14 @@ def find_optimizers(checkpoint: Checkpoint) -> list[OptimizerInfo]:
         if optimizer.names is not None:
             infos.append(_describe(optimizer, optimizer.names, NAMES_FROM_PARAM_NAMES))
         elif matched is not None:
-            infos.append(_describe(optimizer, matched[index],
-                                   f"matched to the model parameters at {where} (same count "
-                                   "and order, every state shape equal)"))
+            infos.append(
+                _describe(
+                    optimizer,
+                    matched[index],
+                    f"matched to the model parameters at {where} (same count "
+                    "and order, every state shape equal)",
+                )
+            )
         else:
             infos.append(_describe(optimizer, None, ""))
     return infos
@@ -210,24 +260,34 @@ def _read(node: Node, reads: list) -> _Optimizer:
             params, matchable = [], False
         group_ids.append([str(p) for p in params])
         group_names = g.get("param_names")
-        if names is not None and isinstance(group_names, (list, tuple)) \
-                and len(group_names) == len(params):
+        if (
+            names is not None
+            and isinstance(group_names, (list, tuple))
+            and len(group_names) == len(params)
+        ):
             names.extend(str(n) for n in group_names)
         else:
             names = None
     optimizer = _Optimizer(node, groups, group_ids, states, names if groups else None)
     ids = optimizer.ids
     optimizer.shapes = [_state_shape(states.get(pid)) for pid in ids]
-    optimizer.matchable = (matchable and len(set(ids)) == len(ids) and set(states) <= set(ids)
-                           and False not in optimizer.shapes)
+    optimizer.matchable = (
+        matchable
+        and len(set(ids)) == len(ids)
+        and set(states) <= set(ids)
+        and False not in optimizer.shapes
+    )
     return optimizer
 
 
 def _state_shape(state: Node | None):
     """The shape of a parameter's per-element state; None if it has none, False if the
     entries disagree (no parameter can have two shapes)."""
-    shapes = {tuple(child.tensor.shape) for child in (state.children if state else ())
-              if child.kind == "tensor" and child.name in PER_ELEMENT_STATE}
+    shapes = {
+        tuple(child.tensor.shape)
+        for child in (state.children if state else ())
+        if child.kind == "tensor" and child.name in PER_ELEMENT_STATE
+    }
     if len(shapes) > 1:
         return False
     return next(iter(shapes), None)
@@ -242,21 +302,29 @@ def _describe(optimizer: _Optimizer, names, source: str) -> OptimizerInfo:
         if pid in mapping:
             state.note = f"state of {mapping[pid]}"
     groups = optimizer.groups
-    return OptimizerInfo(key=optimizer.node.key, type=guess_type(groups[0]) if groups else None,
-                         param_groups=groups,
-                         state={mapping.get(pid, pid): s for pid, s in optimizer.states.items()},
-                         names_source=source if names is not None else "")
+    return OptimizerInfo(
+        key=optimizer.node.key,
+        type=guess_type(groups[0]) if groups else None,
+        param_groups=groups,
+        state={mapping.get(pid, pid): s for pid, s in optimizer.states.items()},
+        names_source=source if names is not None else "",
+    )
 
 
 # --- rule 2: the model in the same file -------------------------------------------------------
+
 
 def names_from_model(root: Node, optimizers: list) -> tuple[list | None, str]:
     """Names for every optimizer (a list per optimizer, in its id order) and the key of the
     model they come from; (None, "") unless exactly one mapping fits."""
     if not optimizers or not all(o.matchable for o in optimizers):
         return None, ""
-    blocks = [(index, start, shapes) for index, o in enumerate(optimizers)
-              for start, shapes in _group_blocks(o) if shapes]
+    blocks = [
+        (index, start, shapes)
+        for index, o in enumerate(optimizers)
+        for start, shapes in _group_blocks(o)
+        if shapes
+    ]
     total = sum(len(shapes) for _, _, shapes in blocks)
     if not blocks or len(blocks) > MAX_BLOCKS:
         return None, ""
@@ -266,7 +334,7 @@ def names_from_model(root: Node, optimizers: list) -> tuple[list | None, str]:
     for name_root, params in candidates:
         orders = _tilings(blocks, params, budget)
         if orders is None or len(orders) > 1:
-            return None, ""            # unsure, or several orders fit
+            return None, ""  # unsure, or several orders fit
         if not orders:
             continue
         names = [[""] * len(o.ids) for o in optimizers]
@@ -277,7 +345,7 @@ def names_from_model(root: Node, optimizers: list) -> tuple[list | None, str]:
                 names[index][start + offset] = params[position + offset][0]
             position += len(shapes)
         if found is not None and names != found:
-            return None, ""            # two models fit with different names
+            return None, ""  # two models fit with different names
         if found is None:
             found, where = names, name_root or "the top level"
     return found, where
@@ -287,7 +355,7 @@ def _group_blocks(optimizer: _Optimizer):
     """(first flat index, state shapes) of each param group."""
     start = 0
     for ids in optimizer.group_ids:
-        yield start, optimizer.shapes[start:start + len(ids)]
+        yield start, optimizer.shapes[start : start + len(ids)]
         start += len(ids)
 
 
@@ -298,10 +366,11 @@ def _tilings(blocks, params, budget) -> list | None:
 
     def fits(shapes, position) -> bool:
         budget[0] -= len(shapes)
-        return all(shape is None or shape == params[position + i][1]
-                   for i, shape in enumerate(shapes))
+        return all(
+            shape is None or shape == params[position + i][1] for i, shape in enumerate(shapes)
+        )
 
-    def search(position) -> bool:          # False: out of budget
+    def search(position) -> bool:  # False: out of budget
         if position == len(params):
             found.append(list(order))
             return True
@@ -331,7 +400,7 @@ def _model_candidates(root: Node, count: int) -> list[tuple[str, list]]:
     """(key names are relative to, [(name, shape)]) of each smallest subtree outside the
     optimizers whose parameters number `count`: with every parameter, or without frozen ones
     (a Parameter saved with requires_grad=False)."""
-    order, parent, flags = [], [], []        # pre-order, skipping optimizer subtrees
+    order, parent, flags = [], [], []  # pre-order, skipping optimizer subtrees
     seen_storage = set()
     stack = [(root, -1)]
     while stack:
@@ -367,12 +436,22 @@ def _model_candidates(root: Node, count: int) -> list[tuple[str, list]]:
 def _parameter_flags(node: Node, seen_storage: set) -> tuple[int, int]:
     """(may be a parameter, may be a trainable one) for a tensor node, as 0/1."""
     tensor = node.tensor
-    if node.kind != "tensor" or tensor is None or node.role == "buffer" \
-            or node.name.rpartition(".")[2] in BUFFER_NAMES or tensor.dtype not in PARAMETER_DTYPES:
+    if (
+        node.kind != "tensor"
+        or tensor is None
+        or node.role == "buffer"
+        or node.name.rpartition(".")[2] in BUFFER_NAMES
+        or tensor.dtype not in PARAMETER_DTYPES
+    ):
         return 0, 0
-    if tensor.storage is not None:   # a tied weight's second copy is not a second parameter
-        same = (id(tensor.storage), tensor.offset, tuple(tensor.shape), tuple(tensor.stride),
-                tensor.dtype)
+    if tensor.storage is not None:  # a tied weight's second copy is not a second parameter
+        same = (
+            id(tensor.storage),
+            tensor.offset,
+            tuple(tensor.shape),
+            tuple(tensor.stride),
+            tensor.dtype,
+        )
         if same in seen_storage:
             return 0, 0
         seen_storage.add(same)
@@ -403,7 +482,7 @@ def find_schedulers(checkpoint: Checkpoint) -> list[tuple[str, dict]]:
     """LR scheduler state dicts: (key, their plain fields)."""
     found = []
     stack = [checkpoint.root]
-    while stack:            # pre-order, leaves skipped: a 50,000-tensor file is one level
+    while stack:  # pre-order, leaves skipped: a 50,000-tensor file is one level
         node = stack.pop()
         if node.kind == "dict" and SCHEDULER_FIELDS <= {c.name for c in node.children}:
             found.append((node.key, {c.name: plain(c) for c in node.children}))

@@ -10,7 +10,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.optim import OptimizerInfo
 from ckpt_viewer.core.values import read_array
 
-SMALL_STATE = 1          # elements: a step counter or another per-parameter scalar
+SMALL_STATE = 1  # elements: a step counter or another per-parameter scalar
 
 
 def value_text(tensor) -> str:
@@ -20,8 +20,7 @@ def value_text(tensor) -> str:
     return shown[0] if not tensor.shape else f"[{', '.join(shown)}]"
 
 
-def small_state_values(optimizer: OptimizerInfo, limit: int) -> Generator[
-        float, None, dict]:
+def small_state_values(optimizer: OptimizerInfo, limit: int) -> Generator[float, None, dict]:
     """Generator: yields progress; returns {(parameter, state name): text} for the state tensors
     of at most SMALL_STATE elements among the first `limit` parameters (unreadable ones left out)."""
     states = list(optimizer.state.items())[:limit]
@@ -32,7 +31,7 @@ def small_state_values(optimizer: OptimizerInfo, limit: int) -> Generator[
             if tensor is not None and tensor.numel <= SMALL_STATE and not tensor.parts:
                 try:
                     values[(param, child.name)] = value_text(tensor)
-                except (CheckpointError, OSError, ValueError):   # keeps its dtype/shape text
+                except (CheckpointError, OSError, ValueError):  # keeps its dtype/shape text
                     continue
         yield (index + 1) / max(len(states), 1)
     return values

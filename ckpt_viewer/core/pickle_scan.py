@@ -13,14 +13,39 @@ import struct
 
 from ckpt_viewer.core import CheckpointError
 
-NO_ARG = set(b"(.012N}])ablt" b"deosuRQ") | {0x88, 0x89, 0x8F, 0x90, 0x91, 0x85, 0x86, 0x87,
-                                                0x81, 0x92, 0x93, 0x97, 0x98}
-FIXED = {ord("K"): 1, ord("h"): 1, ord("q"): 1, 0x80: 1, 0x82: 1, ord("M"): 2, 0x83: 2, ord("J"): 4,
-         ord("r"): 4,
-         ord("j"): 4, 0x84: 4, ord("G"): 8, 0x95: 8}
-LENGTH_1 = {ord("U"), ord("C"), 0x8C, 0x8A}                 # 1-byte length, then data
-LENGTH_4 = {ord("T"), ord("B"), ord("X"), 0x8B}             # 4-byte length
-LENGTH_8 = {0x8D, 0x8E, 0x96}                               # 8-byte length
+NO_ARG = set(b"(.012N}])abltdeosuRQ") | {
+    0x88,
+    0x89,
+    0x8F,
+    0x90,
+    0x91,
+    0x85,
+    0x86,
+    0x87,
+    0x81,
+    0x92,
+    0x93,
+    0x97,
+    0x98,
+}
+FIXED = {
+    ord("K"): 1,
+    ord("h"): 1,
+    ord("q"): 1,
+    0x80: 1,
+    0x82: 1,
+    ord("M"): 2,
+    0x83: 2,
+    ord("J"): 4,
+    ord("r"): 4,
+    ord("j"): 4,
+    0x84: 4,
+    ord("G"): 8,
+    0x95: 8,
+}
+LENGTH_1 = {ord("U"), ord("C"), 0x8C, 0x8A}  # 1-byte length, then data
+LENGTH_4 = {ord("T"), ord("B"), ord("X"), 0x8B}  # 4-byte length
+LENGTH_8 = {0x8D, 0x8E, 0x96}  # 8-byte length
 ONE_LINE = {ord(c) for c in "ILFSVPgp"}
 TWO_LINES = {ord("c"), ord("i")}
 LONG_BINPUT, PUT, MEMOIZE, STOP = ord("r"), ord("p"), 0x94, ord(".")
@@ -33,8 +58,13 @@ for _op in NO_ARG | {MEMOIZE}:
     _TABLE[_op] = 0
 for _op, _size in FIXED.items():
     _TABLE[_op] = _size
-for _ops, _code in ((LENGTH_1, _L1), (LENGTH_4, _L4), (LENGTH_8, _L8), (ONE_LINE, _LINE),
-                    (TWO_LINES, _LINES2)):
+for _ops, _code in (
+    (LENGTH_1, _L1),
+    (LENGTH_4, _L4),
+    (LENGTH_8, _L8),
+    (ONE_LINE, _LINE),
+    (TWO_LINES, _LINES2),
+):
     for _op in _ops:
         _TABLE[_op] = _code
 
@@ -48,7 +78,9 @@ def unsupported_by_torch(seen: bytearray) -> list[str]:
     import pickletools
 
     names = {op.code.encode("latin1")[0]: op.name for op in pickletools.opcodes}
-    return [names.get(op, f"0x{op:02x}") for op in range(256) if seen[op] and op not in TORCH_OPCODES]
+    return [
+        names.get(op, f"0x{op:02x}") for op in range(256) if seen[op] and op not in TORCH_OPCODES
+    ]
 
 
 # The walk's fast path: opcode -> 1 + its fixed argument size for the opcodes torch implements
@@ -73,14 +105,16 @@ def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
             op = data[i]
             ops += 1
             step = skip[op]
-            if step:              # most of a checkpoint's opcodes: one look-up and go on
+            if step:  # most of a checkpoint's opcodes: one look-up and go on
                 i += step
                 continue
             i += 1
-            if op == LONG_BINPUT:     # a quarter of them
+            if op == LONG_BINPUT:  # a quarter of them
                 if unpack4(data, i)[0] > ops:
-                    raise CheckpointError(f"pickle memo index {unpack4(data, i)[0]:,} at byte "
-                                          f"{i} is out of range (corrupt or hostile data)")
+                    raise CheckpointError(
+                        f"pickle memo index {unpack4(data, i)[0]:,} at byte "
+                        f"{i} is out of range (corrupt or hostile data)"
+                    )
                 i += 4
                 continue
             seen[op] = 1
@@ -100,8 +134,9 @@ def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
                 if end < 0:
                     break
                 if op == PUT and data[i:end].strip().isdigit() and int(data[i:end]) > ops:
-                    raise CheckpointError(f"pickle memo index at byte {i} is out of range "
-                                          "(corrupt or hostile data)")
+                    raise CheckpointError(
+                        f"pickle memo index at byte {i} is out of range (corrupt or hostile data)"
+                    )
                 i = end + 1
             elif code == _LINES2:
                 end = find(b"\n", find(b"\n", i) + 1)
@@ -109,7 +144,9 @@ def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
                     break
                 i = end + 1
             else:
-                raise CheckpointError(f"pickle data has an unknown opcode 0x{op:02x} at byte {i - 1}")
+                raise CheckpointError(
+                    f"pickle data has an unknown opcode 0x{op:02x} at byte {i - 1}"
+                )
     except (IndexError, struct.error):
         pass
     raise CheckpointError("pickle data ends early (file truncated?)")
@@ -118,17 +155,50 @@ def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
 # --- the one check torch makes that the C unpickler does not: SETITEM(S) targets --------------
 
 DICT_GLOBALS = (b"collections\nOrderedDict\n", b"collections\nCounter\n")
-MAX_SIMULATED = 4 << 20      # bigger pickles are not simulated (listing speed); see safe_load
+MAX_SIMULATED = 4 << 20  # bigger pickles are not simulated (listing speed); see safe_load
 
 # What each torch opcode does to the kinds on the stack, most frequent first in the walk.
-(_PUT, _PUT4, _GET, _GET4, _PUSH, _MARK, _CLOSE, _TUPLEN, _CALL, _POP, _SETITEM, _SETITEMS,
- _LIST, _DICT, _GLOBAL, _PERSID, _PROTO, _STOP) = range(18)
+(
+    _PUT,
+    _PUT4,
+    _GET,
+    _GET4,
+    _PUSH,
+    _MARK,
+    _CLOSE,
+    _TUPLEN,
+    _CALL,
+    _POP,
+    _SETITEM,
+    _SETITEMS,
+    _LIST,
+    _DICT,
+    _GLOBAL,
+    _PERSID,
+    _PROTO,
+    _STOP,
+) = range(18)
 _ACTION = [-1] * 256
-for _ops, _action in ((b"q", _PUT), (b"r", _PUT4), (b"h", _GET), (b"j", _GET4),
-                      (b"XUKMJGN\x89\x88)\x8f\x8a", _PUSH), (b"(", _MARK), (b"te", _CLOSE),
-                      (b"\x85\x86\x87", _TUPLEN), (b"R\x81", _CALL), (b"ba", _POP),
-                      (b"s", _SETITEM), (b"u", _SETITEMS), (b"]", _LIST), (b"}", _DICT),
-                      (b"c", _GLOBAL), (b"Q", _PERSID), (b"\x80", _PROTO), (b".", _STOP)):
+for _ops, _action in (
+    (b"q", _PUT),
+    (b"r", _PUT4),
+    (b"h", _GET),
+    (b"j", _GET4),
+    (b"XUKMJGN\x89\x88)\x8f\x8a", _PUSH),
+    (b"(", _MARK),
+    (b"te", _CLOSE),
+    (b"\x85\x86\x87", _TUPLEN),
+    (b"R\x81", _CALL),
+    (b"ba", _POP),
+    (b"s", _SETITEM),
+    (b"u", _SETITEMS),
+    (b"]", _LIST),
+    (b"}", _DICT),
+    (b"c", _GLOBAL),
+    (b"Q", _PERSID),
+    (b"\x80", _PROTO),
+    (b".", _STOP),
+):
     for _op in _ops:
         _ACTION[_op] = _action
 
@@ -137,7 +207,7 @@ def setitem_on_non_dict(data) -> bool:
     try:
         return _setitem_on_non_dict(data)
     except (IndexError, ValueError, struct.error):
-        return False            # malformed: the unpickler itself reports it
+        return False  # malformed: the unpickler itself reports it
 
 
 def _setitem_on_non_dict(data) -> bool:
@@ -163,28 +233,28 @@ def _setitem_on_non_dict(data) -> bool:
                 i += code
             elif code == _L4:
                 i += 4 + unpack4(data, i)[0]
-            else:                                        # SHORT_BINSTRING, LONG1
+            else:  # SHORT_BINSTRING, LONG1
                 i += 1 + data[i]
         elif act == _GET:
             push(memo.get(data[i], other))
             i += 1
         elif act == _MARK:
             marks.append(len(stack))
-        elif act == _CLOSE:                              # TUPLE, APPENDS
-            del stack[marks.pop():]
+        elif act == _CLOSE:  # TUPLE, APPENDS
+            del stack[marks.pop() :]
             if op == 0x74:
                 push(other)
         elif act == _TUPLEN:
-            del stack[len(stack) - (op - 0x84):]
+            del stack[len(stack) - (op - 0x84) :]
             push(other)
-        elif act == _CALL:                               # REDUCE, NEWOBJ
+        elif act == _CALL:  # REDUCE, NEWOBJ
             stack.pop()
             stack[-1] = dict_kind if stack[-1] == dict_class else other
         elif act == _SETITEMS:
-            del stack[marks.pop():]
+            del stack[marks.pop() :]
             if stack[-1] != dict_kind:
                 return True
-        elif act == _POP:                                # BUILD, APPEND
+        elif act == _POP:  # BUILD, APPEND
             stack.pop()
         elif act == _PUT4:
             memo[unpack4(data, i)[0]] = stack[-1]
@@ -211,4 +281,4 @@ def _setitem_on_non_dict(data) -> bool:
         elif act == _STOP:
             return False
         else:
-            return False                                 # not a torch-only pickle
+            return False  # not a torch-only pickle

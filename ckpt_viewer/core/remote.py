@@ -34,11 +34,11 @@ from collections import OrderedDict
 
 from ckpt_viewer.core import CheckpointError
 
-BLOCK = 256 * 1024           # cached block size
-LARGE = 1024 * 1024          # larger reads are fetched exactly (the legacy reader's 1 MiB
-                             # pickle windows stay cached: they overlap one another)
-CACHE_BLOCKS = 256           # per URL: 64 MiB at most
-SPILL_LIMIT = 4 << 30        # large reads kept on disk, per URL (then the spill starts over)
+BLOCK = 256 * 1024  # cached block size
+LARGE = 1024 * 1024  # larger reads are fetched exactly (the legacy reader's 1 MiB
+# pickle windows stay cached: they overlap one another)
+CACHE_BLOCKS = 256  # per URL: 64 MiB at most
+SPILL_LIMIT = 4 << 30  # large reads kept on disk, per URL (then the spill starts over)
 CACHED_URLS = 16
 
 
@@ -53,7 +53,7 @@ def _seconds(variable: str, default: float) -> float:
 # HTTP(S): a dead server fails, not hangs (the variables let tests shorten them)
 CONNECT_TIMEOUT = _seconds("CKPT_VIEWER_CONNECT_TIMEOUT", 30)
 READ_TIMEOUT = _seconds("CKPT_VIEWER_READ_TIMEOUT", 60)
-MIN_RATE = 16 * 1024         # bytes/s an answer must average over every READ_TIMEOUT window
+MIN_RATE = 16 * 1024  # bytes/s an answer must average over every READ_TIMEOUT window
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -71,7 +71,7 @@ def _failure(url: str, exc: BaseException) -> CheckpointError:
     status = _status(exc)
     cause = exc.__cause__
     if isinstance(exc, FileNotFoundError) and status is None and cause is not None:
-        return _failure(url, cause)     # fsspec's size query reports any failure as "not found"
+        return _failure(url, cause)  # fsspec's size query reports any failure as "not found"
     if isinstance(exc, FileNotFoundError) and status is None:
         status = 404 if _is_http(url) else None
         if status is None:
@@ -84,8 +84,10 @@ def _failure(url: str, exc: BaseException) -> CheckpointError:
         return CheckpointError("timed out")
     if isinstance(exc, ImportError):
         scheme = url.split("://", 1)[0]
-        return CheckpointError(f"reading {scheme}:// URLs needs a library that is not installed "
-                               f"(pip install 'ckpt-viewer[remote]'): {exc}")
+        return CheckpointError(
+            f"reading {scheme}:// URLs needs a library that is not installed "
+            f"(pip install 'ckpt-viewer[remote]'): {exc}"
+        )
     text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return CheckpointError(f"cannot be read ({text})")
 
@@ -121,7 +123,7 @@ def _filesystem(url: str):
         raise _failure(url, exc) from None
     try:
         return fsspec.core.url_to_fs(url)
-    except Exception as exc:   # noqa: BLE001 - an unknown protocol or a missing library
+    except Exception as exc:  # noqa: BLE001 - an unknown protocol or a missing library
         raise _failure(url, exc) from None
 
 
@@ -147,6 +149,7 @@ class _Http:
 
     def _sync(self, coroutine, *args):
         from fsspec.asyn import sync
+
         return sync(self.fs.loop, coroutine, *args)
 
     async def _size(self) -> int:
@@ -156,7 +159,7 @@ class _Http:
                 self._check(response)
                 return response.content_length
         finally:
-            response.release()             # no body: the connection serves the next request
+            response.release()  # no body: the connection serves the next request
         # no HEAD (a URL signed for GET only) or no length in it: the first byte tells
         response = await self._request("GET", 0, 1)
         try:
@@ -184,12 +187,14 @@ class _Http:
         headers = {"Accept-Encoding": "identity"}
         if start is not None:
             headers["Range"] = f"bytes={start}-{end - 1}"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT,
-                                        sock_read=READ_TIMEOUT)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+        )
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT + READ_TIMEOUT):
-                return await session.request(method, self.url, headers=headers,
-                                             timeout=timeout, allow_redirects=True)
+                return await session.request(
+                    method, self.url, headers=headers, timeout=timeout, allow_redirects=True
+                )
         except aiohttp.TooManyRedirects:
             raise CheckpointError("too many redirects") from None
         except aiohttp.ClientResponseError as exc:
@@ -205,32 +210,44 @@ class _Http:
         headers = response.headers
         encoding = headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            raise CheckpointError(f"the server sent {_shown(encoding)}-encoded bytes although "
-                                  "only unencoded ones were asked for")
+            raise CheckpointError(
+                f"the server sent {_shown(encoding)}-encoded bytes although "
+                "only unencoded ones were asked for"
+            )
         size = response.content_length
         if start is not None and response.status == 200 and (start or end != size):
-            raise CheckpointError(f"the server ignored the byte range {start:,}-{end - 1:,} and "
-                                  "sent the whole file (no byte-range support?)")
+            raise CheckpointError(
+                f"the server ignored the byte range {start:,}-{end - 1:,} and "
+                "sent the whole file (no byte-range support?)"
+            )
         if response.status == 206:
             match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
             if match is None or (int(match[1]), int(match[2]) + 1) != (start, end):
                 got = _shown(headers.get("Content-Range", "nothing"))
-                raise CheckpointError(f"the server answered a request for bytes "
-                                      f"{start:,}-{end - 1:,} with {got}")
+                raise CheckpointError(
+                    f"the server answered a request for bytes {start:,}-{end - 1:,} with {got}"
+                )
             if size is not None and size != end - start:
-                raise CheckpointError(f"the server answered a request for {end - start:,} "
-                                      f"bytes with a body of {size:,}")
+                raise CheckpointError(
+                    f"the server answered a request for {end - start:,} "
+                    f"bytes with a body of {size:,}"
+                )
             size = int(match[3]) if match[3] != "*" else self.pins.get("size")
-        observed = {"size": size, "ETag": headers.get("ETag", "").removeprefix("W/") or None,
-                    "Last-Modified": headers.get("Last-Modified")}
+        observed = {
+            "size": size,
+            "ETag": headers.get("ETag", "").removeprefix("W/") or None,
+            "Last-Modified": headers.get("Last-Modified"),
+        }
         for name, value in observed.items():
             pinned = self.pins.get(name)
             if pinned is None:
                 self.pins[name] = value
             elif value is not None and value != pinned:
-                raise CheckpointError(f"the file changed on the server while it was read "
-                                      f"(its {name} was {_shown(pinned)}, is now "
-                                      f"{_shown(value)})")
+                raise CheckpointError(
+                    f"the file changed on the server while it was read "
+                    f"(its {name} was {_shown(pinned)}, is now "
+                    f"{_shown(value)})"
+                )
         if not isinstance(self.pins.get("size"), int):
             raise CheckpointError("the server does not say how large the file is")
         return self.pins["size"]
@@ -256,13 +273,16 @@ class _Http:
             if not chunk:
                 break
             if got + len(chunk) > length:
-                raise CheckpointError(f"the server sent more than the {length:,} bytes asked "
-                                      "for (it ignored the byte range?)")
-            out[got:got + len(chunk)] = chunk
+                raise CheckpointError(
+                    f"the server sent more than the {length:,} bytes asked "
+                    "for (it ignored the byte range?)"
+                )
+            out[got : got + len(chunk)] = chunk
             got += len(chunk)
         if got != length:
-            raise CheckpointError(f"the server's answer ended after {got:,} of the {length:,} "
-                                  "bytes asked for")
+            raise CheckpointError(
+                f"the server's answer ended after {got:,} of the {length:,} bytes asked for"
+            )
         return bytes(out)
 
 
@@ -287,8 +307,8 @@ class _Blob:
             raise CheckpointError("the server does not say how large the file is")
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
         self.lock = threading.Lock()
-        self.spill = None                  # temporary file of large reads
-        self.spilled: list[tuple[int, int, int]] = []   # sorted, disjoint (start, end, where)
+        self.spill = None  # temporary file of large reads
+        self.spilled: list[tuple[int, int, int]] = []  # sorted, disjoint (start, end, where)
         self.spill_end = 0
 
     def _call(self, fn, *args):
@@ -296,7 +316,7 @@ class _Blob:
             return fn(*args)
         except CheckpointError:
             raise
-        except Exception as exc:   # noqa: BLE001 - every library raises its own kinds
+        except Exception as exc:  # noqa: BLE001 - every library raises its own kinds
             raise _failure(self.url, exc) from None
 
     def fetch(self, start: int, end: int) -> bytes:
@@ -306,8 +326,10 @@ class _Blob:
         # By keyword: s3fs's cat_file takes a version id before start and end.
         data = self._call(lambda: self.fs.cat_file(self.path, start=start, end=end))
         if len(data) != end - start:
-            raise CheckpointError(f"the server answered a request for bytes {start:,}-{end - 1:,} "
-                                  f"with {len(data):,} bytes (no byte-range support?)")
+            raise CheckpointError(
+                f"the server answered a request for bytes {start:,}-{end - 1:,} "
+                f"with {len(data):,} bytes (no byte-range support?)"
+            )
         return data
 
     def read(self, start: int, length: int) -> bytes:
@@ -318,7 +340,7 @@ class _Blob:
             return self._large(start, end)
         first, last = start // BLOCK, (end - 1) // BLOCK
         with self.lock:
-            if self.spilled:               # a window inside a tensor a pass already fetched
+            if self.spilled:  # a window inside a tensor a pass already fetched
                 parts = self._kept(start, end)
                 if all(data is not None for _, _, data in parts):
                     return b"".join(data for _, _, data in parts)
@@ -327,7 +349,7 @@ class _Blob:
             for run_start, run_end in _runs(missing):
                 data = self.fetch(run_start * BLOCK, min((run_end + 1) * BLOCK, self.size))
                 for i in range(run_start, run_end + 1):
-                    self.blocks[i] = data[(i - run_start) * BLOCK:(i - run_start + 1) * BLOCK]
+                    self.blocks[i] = data[(i - run_start) * BLOCK : (i - run_start + 1) * BLOCK]
             pieces = []
             for i in wanted:
                 self.blocks.move_to_end(i)
@@ -335,8 +357,7 @@ class _Blob:
             while len(self.blocks) > max(CACHE_BLOCKS, len(wanted)):
                 self.blocks.popitem(last=False)
         joined = b"".join(pieces)
-        return joined[start - first * BLOCK:end - first * BLOCK]
-
+        return joined[start - first * BLOCK : end - first * BLOCK]
 
     def _large(self, start: int, end: int) -> bytes:
         with self.lock:
@@ -376,11 +397,13 @@ class _Blob:
                 self.spilled.clear()
                 self.spill_end = 0
             i = bisect.bisect_left(self.spilled, (start,))
-            if (i and self.spilled[i - 1][1] > start) or \
-                    (i < len(self.spilled) and self.spilled[i][0] < end):
-                return                     # another thread kept (part of) it meanwhile
+            if (i and self.spilled[i - 1][1] > start) or (
+                i < len(self.spilled) and self.spilled[i][0] < end
+            ):
+                return  # another thread kept (part of) it meanwhile
             if self.spill is None:
                 import tempfile
+
                 self.spill = tempfile.TemporaryFile(prefix="ckpt-viewer-")
             self.spill.seek(self.spill_end)
             self.spill.write(data)
@@ -403,7 +426,7 @@ def _runs(indices: list[int]):
 
 
 _blobs: OrderedDict[str, _Blob] = OrderedDict()
-_pins: dict[str, dict] = {}     # URL -> its size, ETag, Last-Modified as first seen (HTTP)
+_pins: dict[str, dict] = {}  # URL -> its size, ETag, Last-Modified as first seen (HTTP)
 _blobs_lock = threading.Lock()
 
 
@@ -464,7 +487,7 @@ class RemoteFile(io.RawIOBase):
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         data = self.read(len(view))
-        view[:len(data)] = data
+        view[: len(data)] = data
         return len(data)
 
 
@@ -477,7 +500,7 @@ def open_source(path: str):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
-        check_regular(path)          # a socket cannot be opened at all: say what it is
+        check_regular(path)  # a socket cannot be opened at all: say what it is
         raise
     try:
         info = os.fstat(fd)
@@ -493,9 +516,13 @@ def open_source(path: str):
 
 
 def not_regular(shown: str, mode: int) -> CheckpointError:
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISDIR, "a directory"))
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    )
     kind = next((name for test, name in kinds if test(mode)), "a special file")
     return CheckpointError(f"{shown} is {kind}, not a regular file")
 
@@ -515,6 +542,7 @@ def check_regular(path: str):
 
 # --- os.path for local paths and URLs alike --------------------------------------------------
 
+
 def getsize(path: str) -> int:
     return _blob(path).size if is_remote(path) else os.path.getsize(path)
 
@@ -522,7 +550,7 @@ def getsize(path: str) -> int:
 def isdir(path: str) -> bool:
     if not is_remote(path):
         return os.path.isdir(path)
-    if _is_http(path):       # HTTP has no folders (and listing one would GET the whole file)
+    if _is_http(path):  # HTTP has no folders (and listing one would GET the whole file)
         return False
     fs, inner = _filesystem(path)
     return _ask(path, fs.isdir, inner)
@@ -551,7 +579,7 @@ def listdir(folder: str) -> list[str]:
 def _ask(url: str, fn, *args):
     try:
         return fn(*args)
-    except Exception as exc:   # noqa: BLE001 - every library raises its own kinds
+    except Exception as exc:  # noqa: BLE001 - every library raises its own kinds
         raise _failure(url, exc) from None
 
 

@@ -25,10 +25,10 @@ def describe_value(value, limit: int = MAX_VALUE_TEXT, shown: ShownOnce | None =
     if isinstance(value, int) and not isinstance(value, bool):
         text = int_text(value)
     elif isinstance(value, str):
-        text = repr(value[:limit + 1])
+        text = repr(value[: limit + 1])
     else:
         text = str(value)
-    return safe_text(text if len(text) <= limit else text[:limit - 3] + "...")
+    return safe_text(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def split_text(totals) -> str:
@@ -36,19 +36,27 @@ def split_text(totals) -> str:
     '885.67K model + 1.68K buffers, ...' where some of the model's tensors are buffers."""
     split = totals.split
     buffers = totals.model_buffers
-    model = f"{format_count(split['model'] - buffers)} model" + \
-        (f" + {format_count(buffers)} buffers" if buffers else "")
-    return (f"{model}, "
-            f"{format_count(split['optimizer_state'])} optimizer state, "
-            f"{format_count(split['other'])} other")
+    model = f"{format_count(split['model'] - buffers)} model" + (
+        f" + {format_count(buffers)} buffers" if buffers else ""
+    )
+    return (
+        f"{model}, "
+        f"{format_count(split['optimizer_state'])} optimizer state, "
+        f"{format_count(split['other'])} other"
+    )
 
 
 def node_line(node: Node, shown: ShownOnce | None = None) -> str:
     """One row of the tree: name, then what it is."""
     if node.kind == "tensor":
         t = node.tensor
-        parts = [f"{list(t.shape)}", t.dtype, format_count(t.numel), format_bytes(t.nbytes),
-                 t.device]
+        parts = [
+            f"{list(t.shape)}",
+            t.dtype,
+            format_count(t.numel),
+            format_bytes(t.nbytes),
+            t.device,
+        ]
         if t.layout != "strided":
             parts.append(t.layout)
         if node.role:
@@ -83,8 +91,10 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
     total = totals(checkpoint)
     yield f"path:    {checkpoint.path}"
     yield f"format:  {checkpoint.format}   file: {format_bytes(checkpoint.file_bytes)}"
-    yield (f"tensors: {total.tensors:,}   parameters: {split_text(total)}   "
-           f"elements: {total.params:,}   tensor bytes: {format_bytes(total.bytes)}")
+    yield (
+        f"tensors: {total.tensors:,}   parameters: {split_text(total)}   "
+        f"elements: {total.params:,}   tensor bytes: {format_bytes(total.bytes)}"
+    )
     for dtype, (count, params, nbytes) in total.by_dtype.items():
         noun = "tensor " if count == 1 else "tensors"
         yield f"  {dtype:<14} {count:>7} {noun}  {format_count(params):>9}  {format_bytes(nbytes):>10}"
@@ -119,8 +129,11 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
             if shown.again(group):
                 yield f"  group {index}: {SHARED}"
                 continue
-            hyper = ", ".join(f"{k}={describe_value(v, shown=shown)}" for k, v in group.items()
-                              if k not in ("params", "param_names"))
+            hyper = ", ".join(
+                f"{k}={describe_value(v, shown=shown)}"
+                for k, v in group.items()
+                if k not in ("params", "param_names")
+            )
             yield f"  group {index}: {hyper}"
             yield f"    params: {describe_value(group.get('params', []), shown=shown)}"
         yield f"  parameter names: {opt.names_source or 'not provable from this file; ids shown'}"
@@ -132,9 +145,9 @@ def number(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if value.is_integer() and abs(value) < 2 ** 53:   # an integer tensor's min, max, quantiles:
-            return f"{int(value):,}"                      # exact, not 4.9936e+06
-        if 1e4 <= abs(value) < 1e15:       # beside those, in their notation: not 2.49907e+06
+        if value.is_integer() and abs(value) < 2**53:  # an integer tensor's min, max, quantiles:
+            return f"{int(value):,}"  # exact, not 4.9936e+06
+        if 1e4 <= abs(value) < 1e15:  # beside those, in their notation: not 2.49907e+06
             return f"{value:,.2f}"
         return f"{value:.6g}"
     return f"{value:,}"
@@ -157,11 +170,16 @@ def stats_rows(stats) -> list[tuple[str, str]]:
     rows = [("elements", number(stats.numel))]
     rows += [(label, number(figures[name])) for name, label in FIGURE_LABELS.items()]
     if stats.nan or stats.inf:
-        rows += [(f"{label} (finite)", number(getattr(stats, name)))
-                 for name, label in FIGURE_LABELS.items()]
-    rows += [("NaN", number(stats.nan)),
-            ("+Inf", number(stats.posinf)), ("-Inf", number(stats.neginf)),
-            ("zeros", f"{number(stats.zeros)} ({100 * stats.zeros / max(stats.numel, 1):.2f} %)")]
+        rows += [
+            (f"{label} (finite)", number(getattr(stats, name)))
+            for name, label in FIGURE_LABELS.items()
+        ]
+    rows += [
+        ("NaN", number(stats.nan)),
+        ("+Inf", number(stats.posinf)),
+        ("-Inf", number(stats.neginf)),
+        ("zeros", f"{number(stats.zeros)} ({100 * stats.zeros / max(stats.numel, 1):.2f} %)"),
+    ]
     rows += [(f"{100 * q:g} %", number(v)) for q, v in stats.quantiles.items()]
     if stats.part:
         rows.append(("complex part", stats.part))
@@ -178,10 +196,11 @@ def stats_lines(key, tensor, stats):
     peak = max(stats.counts, default=0)
     outside = ", ".join(f"{label} {count:,}" for label, count in nonfinite_counts(stats))
     yield f"  histogram ({plural(len(stats.counts), 'bin')})" + (
-        f" of finite values; not in it: {outside}" if outside else "")
+        f" of finite values; not in it: {outside}" if outside else ""
+    )
     step = max(1, len(stats.counts) // 32)
     for i in range(0, len(stats.counts), step):
-        count = sum(stats.counts[i:i + step])
+        count = sum(stats.counts[i : i + step])
         bar = "#" * round(40 * count / (peak * step)) if peak else ""
         yield f"  {stats.edges[i]:>12.5g} {count:>12,} {bar}"
 
@@ -200,18 +219,24 @@ def diff_lines(report, limit: int = 50):
     yield f"B: {report.path_b}"
     changed = [t for t in report.tensors if t.status.endswith("changed")]
     shards = f", {report.count('shard')} other DTensor parts" if report.count("shard") else ""
-    yield (f"{plural(len(report.tensors), 'common tensor')}: "
-           f"{sum(1 for t in report.tensors if t.status.endswith('identical'))} identical, "
-           f"{len(changed)} changed, {report.count('shape')} with other shapes, "
-           f"{sum(1 for t in report.tensors if t.status.startswith('dtype'))} with other dtypes"
-           f"{shards}; "
-           f"{len(report.only_a)} only in A, {len(report.only_b)} only in B")
+    yield (
+        f"{plural(len(report.tensors), 'common tensor')}: "
+        f"{sum(1 for t in report.tensors if t.status.endswith('identical'))} identical, "
+        f"{len(changed)} changed, {report.count('shape')} with other shapes, "
+        f"{sum(1 for t in report.tensors if t.status.startswith('dtype'))} with other dtypes"
+        f"{shards}; "
+        f"{len(report.only_a)} only in A, {len(report.only_b)} only in B"
+    )
     view = report.load_state_dict_view()
     if any(view.values()):
         yield "load_state_dict(strict=True) of B into A would report:"
         for name, keys in view.items():
             if keys:
-                yield f"  {name} ({len(keys)}): " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
+                yield (
+                    f"  {name} ({len(keys)}): "
+                    + ", ".join(keys[:8])
+                    + (" ..." if len(keys) > 8 else "")
+                )
     for t in report.tensors:
         if t.status == "shape":
             yield f"  shape  {t.key}: {t.shape_a} vs {t.shape_b}"
@@ -223,6 +248,8 @@ def diff_lines(report, limit: int = 50):
         yield f"changed tensors (largest relative L2 difference first, up to {limit}):"
         yield f"  {'key':<48} {'max|a-b|':>11} {'mean|a-b|':>11} {'rel L2':>10} {'cosine':>9}"
         for t in sorted(changed, key=lambda t: -(t.rel_l2 or 0))[:limit]:
-            yield (f"  {t.key[:48]:<48} {t.max_abs:>11.4g} {t.mean_abs:>11.4g} "
-                   f"{t.rel_l2:>10.4g} {cosine_text(t):>9}")
+            yield (
+                f"  {t.key[:48]:<48} {t.max_abs:>11.4g} {t.mean_abs:>11.4g} "
+                f"{t.rel_l2:>10.4g} {cosine_text(t):>9}"
+            )
     yield "identical" if report.identical else "different"

@@ -17,15 +17,27 @@ class Row:
     """One tree row: a Node (or a virtual group of dotted names), its place among its parent's
     shown children, and the sums of its subtree."""
 
-    __slots__ = ("node", "name", "parent", "children", "shown", "pos", "index", "params", "nbytes",
-                 "size", "tensors", "generation")
+    __slots__ = (
+        "node",
+        "name",
+        "parent",
+        "children",
+        "shown",
+        "pos",
+        "index",
+        "params",
+        "nbytes",
+        "size",
+        "tensors",
+        "generation",
+    )
 
     def __init__(self, node: Node, parent: Row | None, name: str, children=()):
         # a leaf shares the empty tuple (50,000 fewer lists); `shown` is set by the model
         self.node, self.parent, self.name, self.children = node, parent, name, children
         self.pos = self.index = self.params = self.nbytes = self.tensors = 0
-        self.size = 1          # rows in this subtree, itself included: rows[index:index + size]
-        self.generation = -1   # the model's filter/sort generation that `shown` and `pos` are
+        self.size = 1  # rows in this subtree, itself included: rows[index:index + size]
+        self.generation = -1  # the model's filter/sort generation that `shown` and `pos` are
         #                        for: none yet, so the model numbers children when first asked
 
 
@@ -43,7 +55,7 @@ class GroupNode:
         self.name, self.key = name, key
 
 
-MAX_GROUP_DEPTH = 64         # dotted segments split into group rows; the rest stays one name
+MAX_GROUP_DEPTH = 64  # dotted segments split into group rows; the rest stays one name
 
 
 def _attach_children(row: Row):
@@ -58,9 +70,9 @@ def _attach_children(row: Row):
             continue
         if name.count(".") <= MAX_GROUP_DEPTH:
             prefix, _, name = name.rpartition(".")
-        else:   # a key of 100,000 segments would make 100,000 nested rows with quadratic keys
+        else:  # a key of 100,000 segments would make 100,000 nested rows with quadratic keys
             name = name.split(".", MAX_GROUP_DEPTH)[-1]
-            prefix = child.name[:len(child.name) - len(name) - 1]
+            prefix = child.name[: len(child.name) - len(name) - 1]
         parent = groups.get(prefix) or _group(row, groups, prefix)
         parent.children.append(Row(child, parent, name, [] if child.children else ()))
 
@@ -83,16 +95,17 @@ def _group(row: Row, groups: dict, prefix: str) -> Row:
 @dataclass
 class RowIndex:
     """Everything the model needs that is O(rows) to build, made in the load worker."""
+
     top: Row
-    rows: list          # all rows in pre-order: a subtree is rows[i:i + size]
-    keys: list          # full dotted key of each row
-    lowered_keys: list | None   # the same, lower-cased: made by the first filter (a worker)
-    parents: array      # each row's parent index (-1 for the top)
-    sizes: array        # each row's subtree size
+    rows: list  # all rows in pre-order: a subtree is rows[i:i + size]
+    keys: list  # full dotted key of each row
+    lowered_keys: list | None  # the same, lower-cased: made by the first filter (a worker)
+    parents: array  # each row's parent index (-1 for the top)
+    sizes: array  # each row's subtree size
 
     @property
     def lowered(self) -> list:
-        if self.lowered_keys is None:       # two racing filters both make the same list
+        if self.lowered_keys is None:  # two racing filters both make the same list
             self.lowered_keys = [key.lower() for key in self.keys]
         return self.lowered_keys
 
@@ -112,7 +125,7 @@ def build_rows(root: Node) -> RowIndex:
             _attach_children(row)
         if row.children:
             stack.extend(reversed(row.children))
-    views: dict[int, list] = {}       # id(storage) -> the rows of tensors viewing it
+    views: dict[int, list] = {}  # id(storage) -> the rows of tensors viewing it
     for row in reversed(order):
         node = row.node
         tensor = node.tensor
@@ -132,9 +145,14 @@ def build_rows(root: Node) -> RowIndex:
         if len(rows) > 1:
             _count_views_once(rows)
     keys = [r.node.key for r in order]
-    return RowIndex(top, order, keys, None,
-                    array("q", [r.parent.index if r.parent else -1 for r in order]),
-                    array("q", [r.size for r in order]))
+    return RowIndex(
+        top,
+        order,
+        keys,
+        None,
+        array("q", [r.parent.index if r.parent else -1 for r in order]),
+        array("q", [r.size for r in order]),
+    )
 
 
 def _count_views_once(rows: list):
@@ -180,12 +198,13 @@ def matching_rows(text: str, keys: list[str], lowered: list[str]) -> list[int]:
 @dataclass
 class Filtered:
     """Which rows a filter text shows (filter_rows); made in a worker, applied by the model."""
+
     text: str
-    matches: int = 0          # keys that match
-    visible: bytearray | None = None   # 1 per shown row (the top included); None: every row
-    inside: bytearray | None = None    # 1 per row inside a match's subtree (all its rows show)
-    shown: int = 0            # rows shown, the top not counted
-    error: str = ""           # a bad /regex/, in one line; nothing else is then set
+    matches: int = 0  # keys that match
+    visible: bytearray | None = None  # 1 per shown row (the top included); None: every row
+    inside: bytearray | None = None  # 1 per row inside a match's subtree (all its rows show)
+    shown: int = 0  # rows shown, the top not counted
+    error: str = ""  # a bad /regex/, in one line; nothing else is then set
 
 
 def filter_rows(text: str, index: RowIndex) -> Filtered:
@@ -199,12 +218,12 @@ def filter_rows(text: str, index: RowIndex) -> Filtered:
         hits = matching_rows(text, index.keys, index.lowered)
     except ValueError as exc:
         return Filtered(text, error=str(exc))
-    if len(hits) >= everything:                       # every key matches
+    if len(hits) >= everything:  # every key matches
         return Filtered(text, len(hits), shown=everything)
     parents, sizes = index.parents, index.sizes
     inside = bytearray(len(index.keys))
     outermost, end = [], 0
-    for hit in hits:                                  # ascending: nested hits come after
+    for hit in hits:  # ascending: nested hits come after
         if hit > 0 and hit >= end:
             end = hit + sizes[hit]
             inside[hit:end] = b"\x01" * sizes[hit]
@@ -217,4 +236,3 @@ def filter_rows(text: str, index: RowIndex) -> Filtered:
             visible[above] = 1
             above = parents[above]
     return Filtered(text, len(hits), visible, inside, visible.count(1) - 1)
-

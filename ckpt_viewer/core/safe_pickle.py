@@ -87,7 +87,7 @@ class Placeholder:
     def fields(self) -> dict:
         """The object's attributes as the file recorded them."""
         state = self.state
-        if isinstance(state, tuple) and len(state) == 2:   # (dict state, slot state)
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
             merged = {}
             for part in state:
                 if isinstance(part, dict):
@@ -116,30 +116,77 @@ class Layout(str):
 
 # --- torch's weights_only allowlist, as names ------------------------------------------------
 
-LEGACY_STORAGES = ("Double", "Float", "Half", "Long", "Int", "Short", "Char", "Byte", "Bool",
-                   "BFloat16", "ComplexDouble", "ComplexFloat")
+LEGACY_STORAGES = (
+    "Double",
+    "Float",
+    "Half",
+    "Long",
+    "Int",
+    "Short",
+    "Char",
+    "Byte",
+    "Bool",
+    "BFloat16",
+    "ComplexDouble",
+    "ComplexFloat",
+)
 QUANTIZED_STORAGES = ("QInt8", "QInt32", "QUInt8", "QUInt4x2", "QUInt2x4")
-LEGACY_TENSORS = {"Double": "float64", "Float": "float32", "Half": "float16", "Long": "int64",
-                  "Int": "int32", "Short": "int16", "Char": "int8", "Byte": "uint8",
-                  "Bool": "bool", "BFloat16": "bfloat16"}
-TORCH_DTYPE_NAMES = set(DTYPE_SIZES) | {f"{kind}{bits}" for kind in ("int", "uint")
-                                        for bits in range(1, 8)}
+LEGACY_TENSORS = {
+    "Double": "float64",
+    "Float": "float32",
+    "Half": "float16",
+    "Long": "int64",
+    "Int": "int32",
+    "Short": "int16",
+    "Char": "int8",
+    "Byte": "uint8",
+    "Bool": "bool",
+    "BFloat16": "bfloat16",
+}
+TORCH_DTYPE_NAMES = set(DTYPE_SIZES) | {
+    f"{kind}{bits}" for kind in ("int", "uint") for bits in range(1, 8)
+}
 TORCH_REBUILD_NAMES = (
-    "_rebuild_parameter", "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_tensor",
-    "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_sparse_tensor",
-    "_rebuild_meta_tensor_no_storage", "_rebuild_nested_tensor", "_rebuild_wrapper_subclass",
-    "_rebuild_device_tensor_from_numpy", "_rebuild_device_tensor_from_cpu_tensor")
-QSCHEMES = ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine",
-            "per_channel_symmetric", "per_channel_affine_float_qparams")
+    "_rebuild_parameter",
+    "_rebuild_parameter_with_state",
+    "_rebuild_qtensor",
+    "_rebuild_tensor",
+    "_rebuild_tensor_v2",
+    "_rebuild_tensor_v3",
+    "_rebuild_sparse_tensor",
+    "_rebuild_meta_tensor_no_storage",
+    "_rebuild_nested_tensor",
+    "_rebuild_wrapper_subclass",
+    "_rebuild_device_tensor_from_numpy",
+    "_rebuild_device_tensor_from_cpu_tensor",
+)
+QSCHEMES = (
+    "per_tensor_affine",
+    "per_tensor_symmetric",
+    "per_channel_affine",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+)
 
 
 def torch_allowed_globals() -> frozenset:
     """Every global torch.load(weights_only=True) accepts without an allowlist (torch 2.13)."""
-    names = {"collections.OrderedDict", "collections.Counter", "torch.nn.parameter.Parameter",
-             "torch.serialization._get_layout", "torch.Size", "torch.Tensor", "torch.device",
-             "_codecs.encode", "builtins.bytearray", "builtins.set", "builtins.complex",
-             "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
-             "torch._tensor._rebuild_from_type_v2"}
+    names = {
+        "collections.OrderedDict",
+        "collections.Counter",
+        "torch.nn.parameter.Parameter",
+        "torch.serialization._get_layout",
+        "torch.Size",
+        "torch.Tensor",
+        "torch.device",
+        "_codecs.encode",
+        "builtins.bytearray",
+        "builtins.set",
+        "builtins.complex",
+        "torch.storage.TypedStorage",
+        "torch.storage.UntypedStorage",
+        "torch._tensor._rebuild_from_type_v2",
+    }
     names |= {f"torch.{d}" for d in TORCH_DTYPE_NAMES}
     names |= {f"torch.{q}" for q in QSCHEMES}
     names |= {f"torch._utils.{f}" for f in TORCH_REBUILD_NAMES}
@@ -158,6 +205,7 @@ TORCH_ALLOWED = torch_allowed_globals()
 
 # --- the allowlisted globals, implemented here as pure data builders --------------------------
 
+
 def _storage_class(name):
     return GlobalRef("torch." + name)
 
@@ -169,11 +217,15 @@ def dtype_of_storage(storage_type, untyped_ok: bool = True) -> str:
     name = getattr(storage_type, "qualname", "")
     short = name.rsplit(".", 1)[-1]
     if name not in TORCH_ALLOWED or short not in STORAGE_DTYPES:
-        raise CheckpointError(f"unknown storage type {getattr(storage_type, 'qualname', storage_type)!r:.60}")
+        raise CheckpointError(
+            f"unknown storage type {getattr(storage_type, 'qualname', storage_type)!r:.60}"
+        )
     if short == "UntypedStorage" and not untyped_ok:
-        raise CheckpointError("a legacy-format file with an untyped storage (float8, uint16... "
-                              "saved with _use_new_zipfile_serialization=False): torch cannot "
-                              "load it either")
+        raise CheckpointError(
+            "a legacy-format file with an untyped storage (float8, uint16... "
+            "saved with _use_new_zipfile_serialization=False): torch cannot "
+            "load it either"
+        )
     return STORAGE_DTYPES[short]
 
 
@@ -212,15 +264,15 @@ def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
 def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple, tuple]:
     """(shape, stride) of a view of storage, checked as Tensor.set_ checks it."""
     _check_storage(storage)
-    try:                 # the common case in one step; _as_ints says what is wrong otherwise
+    try:  # the common case in one step; _as_ints says what is wrong otherwise
         shape = tuple(map(operator.index, size))
         stride = tuple(map(operator.index, stride)) if stride is not None else ()
     except TypeError:
         shape, stride = _as_ints(size, "shape"), _as_ints(stride, "stride")
     if shape and min(shape) < 0:
-        _as_ints(size, "shape")                  # raises: a negative size
+        _as_ints(size, "shape")  # raises: a negative size
     if not stride and shape:
-        stride = _contiguous(shape)      # set_ with no stride: contiguous, as in torch
+        stride = _contiguous(shape)  # set_ with no stride: contiguous, as in torch
     if len(shape) != len(stride) or type(offset) is not int or offset < 0:
         raise CheckpointError(f"tensor geometry is inconsistent: size {shape}, stride {stride}")
     if stride and min(stride) < 0:
@@ -231,24 +283,42 @@ def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple,
         end = span_bytes(dtype, last + 1)
         storage_bytes = storage.nbytes
         if end > storage_bytes and storage.resizable:
-            raise Ambiguous(f"a tensor reaches past the end of legacy storage {storage.key!r}, "
-                            "which torch grows to fit: those values would be uninitialized "
-                            "memory")
+            raise Ambiguous(
+                f"a tensor reaches past the end of legacy storage {storage.key!r}, "
+                "which torch grows to fit: those values would be uninitialized "
+                "memory"
+            )
         if end > storage_bytes:
-            raise CheckpointError(f"tensor reaches byte {end:,} of storage {storage.key!r}, "
-                                  f"which holds {storage_bytes:,}")
+            raise CheckpointError(
+                f"tensor reaches byte {end:,} of storage {storage.key!r}, "
+                f"which holds {storage_bytes:,}"
+            )
     return shape, stride
 
 
 def _note_requires_grad(info: TensorInfo, requires_grad):
     info.requires_grad = bool(requires_grad)
-    if info.requires_grad and info.dtype not in FLOAT_DTYPES and not info.dtype.startswith("complex"):
-        current_report().refuse(f"an {info.dtype} tensor is marked requires_grad (torch refuses: "
-                                "only floating point and complex tensors can require gradients)")
+    if (
+        info.requires_grad
+        and info.dtype not in FLOAT_DTYPES
+        and not info.dtype.startswith("complex")
+    ):
+        current_report().refuse(
+            f"an {info.dtype} tensor is marked requires_grad (torch refuses: "
+            "only floating point and complex tensors can require gradients)"
+        )
 
 
-def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, hooks=None,
-                   metadata=None, dtype=None):
+def rebuild_tensor(
+    storage,
+    storage_offset,
+    size,
+    stride,
+    requires_grad=False,
+    hooks=None,
+    metadata=None,
+    dtype=None,
+):
     storage = _check_storage(storage)
     dtype = str(dtype) if dtype is not None else storage.dtype
     if dtype not in DTYPE_SIZES:
@@ -263,20 +333,25 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, h
         # torch's _set_tensor_metadata sets a bit whenever its key is present, even as False
         info.neg, info.conj = "neg" in metadata, "conj" in metadata
         if info.conj and not dtype.startswith("complex"):
-            current_report().refuse("a real tensor carries the conjugate bit (torch fails "
-                                    "an internal check loading it)")
+            current_report().refuse(
+                "a real tensor carries the conjugate bit (torch fails an internal check loading it)"
+            )
         if info.neg and dtype == "bool":
-            info.neg = False     # torch loads it but cannot compute -x of bools: shown as stored
+            info.neg = False  # torch loads it but cannot compute -x of bools: shown as stored
     return info
 
 
-def rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype,
-                      metadata=None):
+def rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, hooks, dtype, metadata=None
+):
     if requires_grad:
-        current_report().refuse("a v3 tensor record asks for requires_grad (torch then set_s a "
-                                "leaf that requires grad in place, and refuses)")
-    return rebuild_tensor(storage, storage_offset, size, stride, requires_grad, hooks, metadata,
-                          dtype)
+        current_report().refuse(
+            "a v3 tensor record asks for requires_grad (torch then set_s a "
+            "leaf that requires grad in place, and refuses)"
+        )
+    return rebuild_tensor(
+        storage, storage_offset, size, stride, requires_grad, hooks, metadata, dtype
+    )
 
 
 def rebuild_tensor_v1(storage, storage_offset, size, stride):
@@ -320,8 +395,19 @@ def set_object_state(info: TensorInfo, state):
                 raise CheckpointError("tensor attribute name is not text")
             if name == "data":
                 source = _tensor_copy(value, "a tensor's replacement data")
-                for slot in ("dtype", "shape", "stride", "offset", "storage", "layout", "parts",
-                             "quantizer", "neg", "conj", "chunks"):
+                for slot in (
+                    "dtype",
+                    "shape",
+                    "stride",
+                    "offset",
+                    "storage",
+                    "layout",
+                    "parts",
+                    "quantizer",
+                    "neg",
+                    "conj",
+                    "chunks",
+                ):
                     setattr(info, slot, getattr(source, slot))
             elif name == "requires_grad":
                 _note_requires_grad(info, value)
@@ -352,11 +438,15 @@ def build_tensor(info: TensorInfo, state):
     elif 1 <= len(state) <= 4:
         storage = _check_storage(state[0])
         if info.requires_grad:
-            current_report().refuse("a BUILD re-points a tensor that requires grad (torch "
-                                    "refuses this in-place change of a leaf)")
+            current_report().refuse(
+                "a BUILD re-points a tensor that requires grad (torch "
+                "refuses this in-place change of a leaf)"
+            )
         if storage.dtype != info.dtype:
-            current_report().refuse(f"a BUILD points a {info.dtype} tensor at a {storage.dtype} "
-                                    "storage (torch expects a storage of the tensor's type)")
+            current_report().refuse(
+                f"a BUILD points a {info.dtype} tensor at a {storage.dtype} "
+                "storage (torch expects a storage of the tensor's type)"
+            )
         if len(state) == 1:
             state = (storage, 0, (storage.nbytes // DTYPE_SIZES.get(info.dtype, 1),))
         set_geometry(info, *state)
@@ -367,8 +457,9 @@ def build_tensor(info: TensorInfo, state):
 model.TENSOR_BUILD = build_tensor
 
 
-def rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params, requires_grad=False,
-                    hooks=None):
+def rebuild_qtensor(
+    storage, storage_offset, size, stride, quantizer_params, requires_grad=False, hooks=None
+):
     info = rebuild_tensor(storage, storage_offset, size, stride, requires_grad)
     info.layout = "quantized"
     if isinstance(quantizer_params, tuple) and quantizer_params:
@@ -377,8 +468,11 @@ def rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params, req
         if scheme == "per_tensor_affine" and len(quantizer_params) >= 3:
             info.quantizer.update(scale=quantizer_params[1], zero_point=quantizer_params[2])
         elif len(quantizer_params) >= 4:
-            info.quantizer.update(scales=quantizer_params[1], zero_points=quantizer_params[2],
-                                  axis=quantizer_params[3])
+            info.quantizer.update(
+                scales=quantizer_params[1],
+                zero_points=quantizer_params[2],
+                axis=quantizer_params[3],
+            )
     return info
 
 
@@ -396,13 +490,18 @@ def rebuild_sparse_tensor(layout, data):
         raise CheckpointError(f"sparse tensor of layout {layout} has unexpected data")
     if not all(isinstance(p, TensorInfo) for p in parts.values()):
         raise CheckpointError("sparse tensor parts are not tensors")
-    return TensorInfo(dtype=parts["values"].dtype, shape=_as_ints(size, "shape"), layout=layout,
-                      parts=parts)
+    return TensorInfo(
+        dtype=parts["values"].dtype, shape=_as_ints(size, "shape"), layout=layout, parts=parts
+    )
 
 
 def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
-    return TensorInfo(dtype=str(dtype), shape=_as_ints(size, "shape"),
-                      stride=_as_ints(stride, "stride"), requires_grad=bool(requires_grad))
+    return TensorInfo(
+        dtype=str(dtype),
+        shape=_as_ints(size, "shape"),
+        stride=_as_ints(stride, "stride"),
+        requires_grad=bool(requires_grad),
+    )
 
 
 def _record(qualname: str, args: tuple) -> Placeholder:
@@ -442,7 +541,7 @@ def rebuild_from_type_v2(func, new_type, args, state):
     if isinstance(new_type, type) and issubclass(new_type, Placeholder):
         # a tensor subclass torch would need to import: kept as a record for objects.py
         return _record("torch._tensor._rebuild_from_type_v2", (func, new_type, args, state))
-    result = func(*args)   # func is one of ours or a Placeholder class: see find_class
+    result = func(*args)  # func is one of ours or a Placeholder class: see find_class
     if not isinstance(result, TensorInfo):
         if isinstance(result, Placeholder) and state:
             result.state = state
@@ -481,7 +580,7 @@ class ParameterType:
 
 def legacy_tensor_class(qualname: str):
     """torch.FloatTensor & co.: an empty tensor that a BUILD then points at a storage."""
-    short = qualname.rsplit(".", 1)[-1][:-len("Tensor")]
+    short = qualname.rsplit(".", 1)[-1][: -len("Tensor")]
     return type(short + "Tensor", (TensorType,), {"dtype": LEGACY_TENSORS[short]})
 
 
@@ -524,8 +623,9 @@ def reconstructor(cls, base, state=None):
     base_name = getattr(base, "qualname", "")
     if base_name not in PLAIN_BASES:
         current_report().code.setdefault(
-            "copyreg._reconstructor", f"calls {base_name or type(base).__name__}.__init__ with "
-            f"the file's state")
+            "copyreg._reconstructor",
+            f"calls {base_name or type(base).__name__}.__init__ with the file's state",
+        )
     if isinstance(cls, type) and issubclass(cls, Placeholder):
         return cls._new()
     if cls in (dict, list, OrderedDict, set, tuple, object):
@@ -533,9 +633,24 @@ def reconstructor(cls, base, state=None):
     raise CheckpointError("object reconstruction names a class outside the allowlist")
 
 
-PLAIN_BASES = {f"builtins.{name}" for name in ("object", "dict", "list", "tuple", "set",
-                                                "frozenset", "str", "bytes", "bytearray", "int",
-                                                "float", "complex", "bool")}
+PLAIN_BASES = {
+    f"builtins.{name}"
+    for name in (
+        "object",
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "str",
+        "bytes",
+        "bytearray",
+        "int",
+        "float",
+        "complex",
+        "bool",
+    )
+}
 
 
 def numpy_dtype(spec, align=False, copy=False):
@@ -554,8 +669,12 @@ def numpy_scalar(dtype, data=None):
     """numpy scalars (a loss saved as np.float64): decoded by numpy from their raw bytes."""
     if isinstance(dtype, NumpyDtype) and isinstance(data, bytes) and len(data) <= 16:
         import numpy as np
-        byteorder = ">" if isinstance(dtype.state, tuple) and len(dtype.state) > 1 and \
-            dtype.state[1] == ">" else "<"
+
+        byteorder = (
+            ">"
+            if isinstance(dtype.state, tuple) and len(dtype.state) > 1 and dtype.state[1] == ">"
+            else "<"
+        )
         try:
             return np.frombuffer(data, dtype=np.dtype(byteorder + dtype.spec))[0].item()
         except (TypeError, ValueError):
@@ -606,11 +725,11 @@ class PickleReport:
     would refuse the stream (unsupported opcodes, globals outside its allowlist, ...)."""
 
     def __init__(self):
-        self.globals: dict[str, int] = {}          # qualname -> times named
+        self.globals: dict[str, int] = {}  # qualname -> times named
         self.other_refusals: list[str] = []
-        self.calls: dict[str, list[str]] = {}      # qualname -> the arguments of its calls
-        self.paths: dict[str, str] = {}            # qualname named as module + "a.b" -> module
-        self.code: dict[str, str] = {}             # qualname -> why this use of it runs code
+        self.calls: dict[str, list[str]] = {}  # qualname -> the arguments of its calls
+        self.paths: dict[str, str] = {}  # qualname named as module + "a.b" -> module
+        self.code: dict[str, str] = {}  # qualname -> why this use of it runs code
 
     def note_call(self, qualname: str, args: tuple, limit: int = 8, then: tuple | None = None):
         """A call of `qualname` with `args` (and, with `then`, a call of what it returned)."""
@@ -633,8 +752,10 @@ class PickleReport:
             return list(self.other_refusals)
         more = f" and {len(outside) - 6} more" if len(outside) > 6 else ""
         names = ", ".join(outside[:6]) + more
-        return [f"it names {len(outside)} global{'s' * (len(outside) != 1)} outside torch's "
-                f"weights_only allowlist ({names})"] + self.other_refusals
+        return [
+            f"it names {len(outside)} global{'s' * (len(outside) != 1)} outside torch's "
+            f"weights_only allowlist ({names})"
+        ] + self.other_refusals
 
     @property
     def unsafe_globals(self) -> list[str]:
@@ -668,15 +789,15 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if not isinstance(module, str) or not isinstance(name, str):
             raise CheckpointError("pickle names a global that is not text")
-        if (module, name) in _compat_pickle.NAME_MAPPING:      # Python 2 spellings, as torch
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 spellings, as torch
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         elif module in _compat_pickle.IMPORT_MAPPING:
             module = _compat_pickle.IMPORT_MAPPING[module]
         qualname = f"{module}.{name}"
         self.report.globals[qualname] = self.report.globals.get(qualname, 0) + 1
-        if "." in name:         # pickle resolves it by getattr, one attribute at a time
+        if "." in name:  # pickle resolves it by getattr, one attribute at a time
             self.report.paths[qualname] = module
-            if qualname in TORCH_ALLOWED:    # torch looks up the joined name: the same object
+            if qualname in TORCH_ALLOWED:  # torch looks up the joined name: the same object
                 module, name = qualname.rsplit(".", 1)
         return self._resolve(module, name, qualname)
 
@@ -688,7 +809,7 @@ class SafeUnpickler(pickle.Unpickler):
             return TORCH_REBUILDS[name]
         if qualname in TORCH_ALLOWED:
             if name.endswith("Storage"):
-                return _storage_class(qualname[len("torch."):])
+                return _storage_class(qualname[len("torch.") :])
             if name.endswith("Tensor"):
                 return legacy_tensor_class(qualname)
             if module == "torch" and name in QSCHEMES:
@@ -760,19 +881,23 @@ def safe_load(data: bytes, storage_factory=None, encoding="utf-8", report=None):
     pickle_end(data, 0, seen)
     unsupported = unsupported_by_torch(seen)
     if unsupported:
-        report.refuse(f"its pickle uses opcode(s) {', '.join(unsupported)} that torch's "
-                      "weights_only unpickler does not implement (saved with pickle protocol "
-                      "0, 1, 4 or 5?)")
+        report.refuse(
+            f"its pickle uses opcode(s) {', '.join(unsupported)} that torch's "
+            "weights_only unpickler does not implement (saved with pickle protocol "
+            "0, 1, 4 or 5?)"
+        )
     elif len(data) <= MAX_SIMULATED and setitem_on_non_dict(data):
-        report.refuse("its pickle sets an item on something other than a dict (torch's "
-                      "weights_only unpickler allows dict, OrderedDict and Counter only)")
+        report.refuse(
+            "its pickle sets an item on something other than a dict (torch's "
+            "weights_only unpickler allows dict, OrderedDict and Counter only)"
+        )
     unpickler = SafeUnpickler(io.BytesIO(data), storage_factory, encoding=encoding, report=report)
     _current.report = report
     try:
         obj = unpickler.load()
     except CheckpointError:
         raise
-    except Exception as exc:   # noqa: BLE001 - any failure in hostile data is a read error
+    except Exception as exc:  # noqa: BLE001 - any failure in hostile data is a read error
         raise CheckpointError(describe_pickle_error(exc)) from None
     except RecursionError as exc:
         raise CheckpointError(describe_pickle_error(exc)) from None

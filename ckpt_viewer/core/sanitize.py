@@ -62,7 +62,7 @@ class SanitizeSummary:
     path: str
     tensors: int
     bytes: int
-    changes: list = field(default_factory=list)   # one line per conversion or drop
+    changes: list = field(default_factory=list)  # one line per conversion or drop
 
 
 class _Drop:
@@ -75,8 +75,9 @@ DROP = _Drop()
 @dataclass
 class Plan:
     """The clean object to pickle, its tensors (entry -> source record) and the change lines."""
+
     root: object
-    tensors: list            # (TensorEntry, TensorInfo), each tensor once
+    tensors: list  # (TensorEntry, TensorInfo), each tensor once
     changes: list
 
 
@@ -95,7 +96,7 @@ class _Converter:
         self.changes: list[str] = []
         self.tensors: list = []
         self.done: dict[int, object] = {}
-        self.alive: list = []          # sources whose ids key `done`
+        self.alive: list = []  # sources whose ids key `done`
 
     def note(self, key: str, text: str):
         self.changes.append(f"{_where(key)}: {text}")
@@ -107,12 +108,15 @@ class _Converter:
             self.note(key, f"torch.{value} -> its name")
             return str(value)
         if type(value) is int and not int_fits(value):
-            self.note(key, f"an integer of {value.bit_length()} bits (more than weights_only "
-                           "reads) -> hexadecimal text")
+            self.note(
+                key,
+                f"an integer of {value.bit_length()} bits (more than weights_only "
+                "reads) -> hexadecimal text",
+            )
             return hex(value)
         if value is None or type(value) in (bool, int, float, str, bytes, bytearray, complex):
             return value
-        for kind in (bool, int, float, str, bytes):     # subclasses the unpickler made
+        for kind in (bool, int, float, str, bytes):  # subclasses the unpickler made
             if isinstance(value, kind):
                 return kind(value)
         if id(value) in self.done:
@@ -134,16 +138,20 @@ class _Converter:
             return self._set(value, key)
         if isinstance(value, slice):
             self.note(key, "slice -> (start, stop, step)")
-            return self._remember(value, tuple(self.convert(v, key) for v in
-                                               (value.start, value.stop, value.step)))
+            return self._remember(
+                value, tuple(self.convert(v, key) for v in (value.start, value.stop, value.step))
+            )
         if isinstance(value, Storage):
             self.note(key, "dropped a bare storage (not inside a tensor)")
             return DROP
         if isinstance(value, NumpyDtype):
             self.note(key, "numpy.dtype -> its name")
             return numpy_dtype_name(value)
-        if isinstance(value, GlobalRef) or isinstance(value, type) and \
-                issubclass(value, Placeholder):
+        if (
+            isinstance(value, GlobalRef)
+            or isinstance(value, type)
+            and issubclass(value, Placeholder)
+        ):
             return self._global_ref(value.qualname, key)
         if isinstance(value, Placeholder):
             return self._object(value, key)
@@ -160,14 +168,15 @@ class _Converter:
         self._remember(value, clean)
         for name, item in value.items():
             segment = name if isinstance(name, str) else str(name)
-            new_key = self.convert(name, _join(key, segment)) if not isinstance(name, PLAIN) \
-                else name
+            new_key = (
+                self.convert(name, _join(key, segment)) if not isinstance(name, PLAIN) else name
+            )
             new_value = self.convert(item, _join(key, segment))
             if new_key is DROP or new_value is DROP:
                 continue
             try:
                 clean[new_key] = new_value
-            except TypeError:                     # a key that became a dict or list
+            except TypeError:  # a key that became a dict or list
                 self.note(_join(key, segment), "dropped: its key is not hashable once converted")
         return clean
 
@@ -211,12 +220,23 @@ class _Converter:
         if info.subclass:
             self.note(key, f"tensor subclass {info.subclass} -> plain tensor")
         if info.attrs:
-            self.note(key, f"dropped the attributes set on the tensor ({', '.join(map(str, info.attrs))})")
+            self.note(
+                key, f"dropped the attributes set on the tensor ({', '.join(map(str, info.attrs))})"
+            )
         parameter = info.is_parameter and not as_state
-        entry = TensorEntry(key, "", info.dtype, 0, 0, tuple(info.shape), (),
-                            location=info.device if info.storage is not None else "cpu",
-                            requires_grad=info.requires_grad and not as_state,
-                            parameter=parameter, quantizer=quantizer_params(info))
+        entry = TensorEntry(
+            key,
+            "",
+            info.dtype,
+            0,
+            0,
+            tuple(info.shape),
+            (),
+            location=info.device if info.storage is not None else "cpu",
+            requires_grad=info.requires_grad and not as_state,
+            parameter=parameter,
+            quantizer=quantizer_params(info),
+        )
         self.tensors.append((entry, info))
         return entry
 
@@ -235,8 +255,11 @@ class _Converter:
     def _object(self, obj: Placeholder, key: str):
         name = obj.qualname
         described = describe_object(obj)
-        if described is not None and described.kind == "scalar" and \
-                isinstance(described.value, PLAIN):
+        if (
+            described is not None
+            and described.kind == "scalar"
+            and isinstance(described.value, PLAIN)
+        ):
             value = described.value
             self.note(key, f"{name} -> {type(value).__name__}")
             return self._remember(obj, value)
@@ -258,9 +281,15 @@ class _Converter:
         if name == "collections.defaultdict":
             self.note(key, "collections.defaultdict -> dict")
             return self._mapping(obj.items, key, self._remember(obj, {}))
-        plain_call = (obj.state is None and not obj.items and not obj.list_items
-                      and not obj.kwargs and len(obj.args) == 1 and isinstance(obj.args[0], PLAIN))
-        if plain_call:            # an enum member by value: Color(1)
+        plain_call = (
+            obj.state is None
+            and not obj.items
+            and not obj.list_items
+            and not obj.kwargs
+            and len(obj.args) == 1
+            and isinstance(obj.args[0], PLAIN)
+        )
+        if plain_call:  # an enum member by value: Color(1)
             value = self.convert(obj.args[0], key)
             self.note(key, f"{name}({obj.args[0]!r:.60}) -> its value")
             return self._remember(obj, value)
@@ -282,8 +311,11 @@ class _Converter:
     def _described(self, obj, described, key):
         name = obj.qualname
         if described.kind == "tensor":
-            note = "numpy array -> tensor" if described.type_name == "ndarray" else \
-                f"{described.type_name} -> plain tensor"
+            note = (
+                "numpy array -> tensor"
+                if described.type_name == "ndarray"
+                else f"{described.type_name} -> plain tensor"
+            )
             return self._remember(obj, self._tensor(described.tensor, key, note=note))
         if described.kind == "list":
             self.note(key, f"{described.note or name} -> list")
@@ -320,10 +352,11 @@ class _Converter:
                     continue
             if isinstance(value, TensorInfo):
                 converted = self.done.get(id(value))
-                if converted is None:      # state_dict() detaches: plain tensors, no grad
+                if converted is None:  # state_dict() detaches: plain tensors, no grad
                     self.alive.append(value)
-                    converted = self._remember(value, self._tensor(value, _join(key, dotted),
-                                                                   as_state=True))
+                    converted = self._remember(
+                        value, self._tensor(value, _join(key, dotted), as_state=True)
+                    )
             else:
                 converted = self.convert(value, _join(key, dotted))
             if converted is not DROP:
@@ -339,7 +372,7 @@ def _children(module) -> list:
 
 def plan_sanitize(checkpoint: Checkpoint) -> Plan:
     """What the copy will hold; raises CheckpointError when there is nothing to copy."""
-    if checkpoint.root_object is None:           # safetensors, sharded, DCP: a flat state_dict
+    if checkpoint.root_object is None:  # safetensors, sharded, DCP: a flat state_dict
         converter = _Converter(checkpoint)
         root = OrderedDict()
         for key, info, _ in checkpoint.tensors():
@@ -347,8 +380,9 @@ def plan_sanitize(checkpoint: Checkpoint) -> Plan:
             if entry is not DROP:
                 root[key] = entry
         if checkpoint.format not in ("torch-zip", "torch-legacy"):
-            converter.changes.insert(0, f"(root): a {checkpoint.format} source -> a flat "
-                                        "state_dict of its tensors")
+            converter.changes.insert(
+                0, f"(root): a {checkpoint.format} source -> a flat state_dict of its tensors"
+            )
         return Plan(root, converter.tensors, converter.changes)
     converter = _Converter(checkpoint)
     try:
@@ -357,9 +391,12 @@ def plan_sanitize(checkpoint: Checkpoint) -> Plan:
         raise CheckpointError("the file's structure is nested too deeply to sanitize") from None
     if root is DROP:
         root = None
-    scalars = sum(uses for name, uses in checkpoint.globals_named.items()
-                  if name.endswith("multiarray.scalar"))
-    if scalars:        # decoded to numbers while unpickling: no key of their own to name
+    scalars = sum(
+        uses
+        for name, uses in checkpoint.globals_named.items()
+        if name.endswith("multiarray.scalar")
+    )
+    if scalars:  # decoded to numbers while unpickling: no key of their own to name
         converter.changes.append(f"(file): {plural(scalars, 'numpy scalar')} -> Python numbers")
     return Plan(root, converter.tensors, converter.changes)
 
@@ -397,8 +434,10 @@ def _write(path, plan: Plan, records, cancelled):
     except RecursionError:
         raise CheckpointError("the file's structure is nested too deeply to sanitize") from None
     if len(data) > MAX_PICKLE_BYTES:
-        raise CheckpointError(f"the copy's data.pkl would take {len(data):,} bytes, more than "
-                              f"this viewer reads back ({MAX_PICKLE_BYTES:,})")
+        raise CheckpointError(
+            f"the copy's data.pkl would take {len(data):,} bytes, more than "
+            f"this viewer reads back ({MAX_PICKLE_BYTES:,})"
+        )
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
@@ -421,11 +460,12 @@ def _check_written(path: str, plan: Plan):
 
     written = open_checkpoint(path)
     if written.refusals or written.unsafe_globals:
-        raise CheckpointError("the written copy would still need an allowlist: "
-                              + "; ".join(written.refusals + written.unsafe_globals))
+        raise CheckpointError(
+            "the written copy would still need an allowlist: "
+            + "; ".join(written.refusals + written.unsafe_globals)
+        )
     _check_records(written_storages(t for _, t, _ in written.tensors()))
-    found = {key: (t.dtype, tuple(t.shape), quantizer_params(t))
-             for key, t, _ in written.tensors()}
+    found = {key: (t.dtype, tuple(t.shape), quantizer_params(t)) for key, t, _ in written.tensors()}
     for entry, info in plan.tensors:
         meant = (info.dtype, tuple(info.shape), quantizer_params(info))
         if found.get(entry.key, meant) != meant:
@@ -434,9 +474,12 @@ def _check_written(path: str, plan: Plan):
         raise CheckpointError("the written copy holds fewer tensors than were meant")
 
 
-def sanitize(checkpoint: Checkpoint, destination: str, force: bool = False,
-             cancelled: Callable[[], bool] = lambda: False,
-             ) -> Generator[float, None, SanitizeSummary]:
+def sanitize(
+    checkpoint: Checkpoint,
+    destination: str,
+    force: bool = False,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Generator[float, None, SanitizeSummary]:
     """Generator: yields progress in [0, 1]; returns SanitizeSummary. Nothing is left at the
     destination unless the whole copy was written and checked."""
     plan = plan_sanitize(checkpoint)
@@ -444,7 +487,7 @@ def sanitize(checkpoint: Checkpoint, destination: str, force: bool = False,
     folder = os.path.dirname(destination)
     records = _storage_layout(plan)
     total = sum(r.count * DTYPE_SIZES[r.dtype] for r in records) or 1
-    temp = _new_temp(folder, os.path.basename(destination))   # the mode open() would give
+    temp = _new_temp(folder, os.path.basename(destination))  # the mode open() would give
     try:
         written = 0
         for nbytes in _write(temp, plan, records, cancelled):
@@ -457,5 +500,6 @@ def sanitize(checkpoint: Checkpoint, destination: str, force: bool = False,
         os.replace(temp, destination)
     except BaseException as exc:
         raise _failed_write(exc, [temp], destination, "sanitize") from None
-    return SanitizeSummary(destination, len(plan.tensors), os.path.getsize(destination),
-                           plan.changes)
+    return SanitizeSummary(
+        destination, len(plan.tensors), os.path.getsize(destination), plan.changes
+    )

@@ -34,11 +34,11 @@ from ckpt_viewer.core.values import (
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 FINE_BINS = 65536
 CHUNK = 1 << 20
-MAX_VALUE_COUNTS = 4096        # integer tensors spanning fewer values get exact value counts
+MAX_VALUE_COUNTS = 4096  # integer tensors spanning fewer values get exact value counts
 PARTS = ("magnitude", "real", "imag")
-SELECT_LIMIT = 1 << 21    # values a quantile's bin may hold to be collected and sorted
-SELECT_LEVELS = 12        # 65536 ** 12 spans any float64 range down to single values
-GIL_SLICE = 1 << 16       # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
+SELECT_LIMIT = 1 << 21  # values a quantile's bin may hold to be collected and sorted
+SELECT_LEVELS = 12  # 65536 ** 12 spans any float64 range down to single values
+GIL_SLICE = 1 << 16  # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
 FIGURES = ("min", "max", "mean", "std", "l2")
 
 
@@ -49,7 +49,7 @@ class Stats:
     posinf: int = 0
     neginf: int = 0
     zeros: int = 0
-    min: float | None = None      # these five: over finite values (over_all: over every value)
+    min: float | None = None  # these five: over finite values (over_all: over every value)
     max: float | None = None
     mean: float | None = None
     std: float | None = None
@@ -57,11 +57,11 @@ class Stats:
     quantiles: dict = field(default_factory=dict)
     edges: list = field(default_factory=list)
     counts: list = field(default_factory=list)
-    value_counts: dict = field(default_factory=dict)   # ints and bools: value -> count
-    below: int = 0      # finite values left of edges[0] (a clipped range)
+    value_counts: dict = field(default_factory=dict)  # ints and bools: value -> count
+    below: int = 0  # finite values left of edges[0] (a clipped range)
     above: int = 0
     sampled: bool = False
-    part: str = ""      # complex tensors: magnitude | real | imag
+    part: str = ""  # complex tensors: magnitude | real | imag
 
     @property
     def inf(self) -> int:
@@ -117,18 +117,18 @@ class _Moments:
     def __init__(self):
         self.n = self.nan = self.posinf = self.neginf = self.zeros = 0
         self.total = self.squares = 0.0
-        self.spread = 0.0        # sum of squared deviations from the mean (finite values)
+        self.spread = 0.0  # sum of squared deviations from the mean (finite values)
         self.finite = 0
         self.lo, self.hi = math.inf, -math.inf
         self.integer = True
-        self.exact = (math.inf, -math.inf)      # integer extremes as Python ints
+        self.exact = (math.inf, -math.inf)  # integer extremes as Python ints
 
     def repeated(self, times: int):
         """Every value seen `times` times (a zero-stride view), without reading it again."""
         self.n, self.nan, self.posinf = self.n * times, self.nan * times, self.posinf * times
         self.neginf, self.zeros = self.neginf * times, self.zeros * times
         self.total, self.squares = self.total * times, self.squares * times
-        self.spread, self.finite = self.spread * times, self.finite * times   # same mean each copy
+        self.spread, self.finite = self.spread * times, self.finite * times  # same mean each copy
 
     @classmethod
     def of_segments(cls, x: np.ndarray, sizes: list) -> list:
@@ -144,19 +144,33 @@ class _Moments:
             total = np.add.reduceat(kept, starts)
             mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
             deviations = np.where(finite, x - np.repeat(mean, sizes), 0.0)
-            columns = (count, total, np.add.reduceat(deviations * deviations, starts),
-                       np.add.reduceat(kept * kept, starts),
-                       np.minimum.reduceat(np.where(finite, x, np.inf), starts),
-                       np.maximum.reduceat(np.where(finite, x, -np.inf), starts),
-                       np.add.reduceat(np.isnan(x), starts, dtype=np.int64),
-                       np.add.reduceat(x == np.inf, starts, dtype=np.int64),
-                       np.add.reduceat(x == -np.inf, starts, dtype=np.int64),
-                       np.add.reduceat(x == 0, starts, dtype=np.int64))
+            columns = (
+                count,
+                total,
+                np.add.reduceat(deviations * deviations, starts),
+                np.add.reduceat(kept * kept, starts),
+                np.minimum.reduceat(np.where(finite, x, np.inf), starts),
+                np.maximum.reduceat(np.where(finite, x, -np.inf), starts),
+                np.add.reduceat(np.isnan(x), starts, dtype=np.int64),
+                np.add.reduceat(x == np.inf, starts, dtype=np.int64),
+                np.add.reduceat(x == -np.inf, starts, dtype=np.int64),
+                np.add.reduceat(x == 0, starts, dtype=np.int64),
+            )
         out = []
         for size, row in zip(sizes, zip(*(column.tolist() for column in columns))):
             moments = cls()
-            (moments.finite, moments.total, moments.spread, moments.squares, moments.lo,
-             moments.hi, moments.nan, moments.posinf, moments.neginf, moments.zeros) = row
+            (
+                moments.finite,
+                moments.total,
+                moments.spread,
+                moments.squares,
+                moments.lo,
+                moments.hi,
+                moments.nan,
+                moments.posinf,
+                moments.neginf,
+                moments.zeros,
+            ) = row
             moments.n = size
             out.append(moments)
         return out
@@ -175,18 +189,18 @@ class _Moments:
         return self.total / self.finite, std, math.sqrt(self.squares)
 
     def add(self, x: np.ndarray):
-        with np.errstate(all="ignore"):      # NaN/Inf are counted, not warned about
+        with np.errstate(all="ignore"):  # NaN/Inf are counted, not warned about
             self._add(x)
 
     def _add(self, x: np.ndarray):
         self.n += x.size
-        self.zeros += int(np.add.reduce(x == 0, dtype=np.int64))   # count_nonzero keeps the GIL
+        self.zeros += int(np.add.reduce(x == 0, dtype=np.int64))  # count_nonzero keeps the GIL
         self.integer = self.integer and x.dtype.kind in "iub"
-        if x.dtype.kind in "iu" and x.size:     # exact: float64 rounds 64-bit integers
+        if x.dtype.kind in "iu" and x.size:  # exact: float64 rounds 64-bit integers
             self.exact = (min(self.exact[0], int(x.min())), max(self.exact[1], int(x.max())))
         x = _computable(x)
         total = float(np.sum(x, dtype=np.float64))
-        if not math.isfinite(total):        # only then look for NaN/Inf element by element
+        if not math.isfinite(total):  # only then look for NaN/Inf element by element
             self.nan += int(np.count_nonzero(np.isnan(x)))
             self.posinf += int(np.count_nonzero(x == np.inf))
             self.neginf += int(np.count_nonzero(x == -np.inf))
@@ -206,11 +220,12 @@ class _Moments:
         count = x.size
         chunk_mean = total / count
         deviations = x - x.dtype.type(chunk_mean)
-        residue = float(np.sum(deviations, dtype=np.float64))   # the mean's rounding, removed
+        residue = float(np.sum(deviations, dtype=np.float64))  # the mean's rounding, removed
         # einsum, not BLAS: BLAS's spinning threads starve the GUI thread
-        spread = max(float(np.einsum("i,i->", deviations, deviations)) - residue * residue / count,
-                     0.0)
-        self.squares += spread + total * total / count     # sum(x^2), no second product pass
+        spread = max(
+            float(np.einsum("i,i->", deviations, deviations)) - residue * residue / count, 0.0
+        )
+        self.squares += spread + total * total / count  # sum(x^2), no second product pass
         if self.finite:
             delta = chunk_mean - self.total / self.finite
             spread += delta * delta * (self.finite * count / (self.finite + count))
@@ -232,7 +247,7 @@ class _EdgeCheck:
         self.moved = np.zeros(bins, dtype=np.int64)
         # a lookup table: cheaper than idx % per_bin on every value
         self.beside = np.zeros(self.fine_bins, dtype=bool)
-        self.beside[::self.per_bin] = self.beside[self.per_bin - 1::self.per_bin] = True
+        self.beside[:: self.per_bin] = self.beside[self.per_bin - 1 :: self.per_bin] = True
 
     def add(self, x: np.ndarray, idx: np.ndarray):
         if self.per_bin > 2:
@@ -259,8 +274,9 @@ def _fine_histogram(chunks, lo, hi, fine_bins, check):
     scale = fine_bins / (hi - lo) if hi > lo else 0.0
     for x in chunks:
         with np.errstate(all="ignore"):
-            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above,
-                                              check)
+            counts, below, above = _bin_chunk(
+                x, lo, hi, scale, fine_bins, counts, below, above, check
+            )
         yield
     return counts, below, above
 
@@ -270,7 +286,7 @@ def _bin_index(x, lo, hi, scale, fine_bins) -> np.ndarray:
     very same arithmetic, so that a bin holds exactly the values it counted."""
     # float32 arithmetic overflows when the range itself is near float32's limits
     kind = x.dtype.type if hi - lo < 1e30 else np.float64
-    with np.errstate(all="ignore"):     # a bin split below float spacing: huge scales
+    with np.errstate(all="ignore"):  # a bin split below float spacing: huge scales
         idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
     np.minimum(idx, fine_bins - 1, out=idx)
     np.maximum(idx, 0, out=idx)
@@ -289,10 +305,10 @@ def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above, check):
         below, above = below + n_low, above + n_high
         x = x[~(outside_low | outside_high)]
     idx = _bin_index(x, lo, hi, scale, fine_bins)
-    for start in range(0, idx.size, GIL_SLICE):     # bincount holds the GIL while it runs
-        part = idx[start:start + GIL_SLICE]
+    for start in range(0, idx.size, GIL_SLICE):  # bincount holds the GIL while it runs
+        part = idx[start : start + GIL_SLICE]
         counts += np.bincount(part, minlength=fine_bins)
-        check.add(x[start:start + GIL_SLICE], part)
+        check.add(x[start : start + GIL_SLICE], part)
     return counts, below, above
 
 
@@ -313,7 +329,7 @@ class _Target:
 
     def __init__(self, levels, rank):
         self.levels, self.rank = levels, rank
-        self.size = 0            # values in the innermost bin
+        self.size = 0  # values in the innermost bin
         self.value = None
 
     def members(self, x, first=0):
@@ -356,26 +372,31 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
         targets[q] = _Target([(lo, hi, fine.size, index)], within)
         targets[q].size = int(fine[index])
     scale = fine.size / (hi - lo) if hi > lo else 0.0
-    for level in range(SELECT_LEVELS):      # each level narrows a bin 65536-fold
-        groups: dict = {}                   # one bin -> the quantiles that lie in it
+    for level in range(SELECT_LEVELS):  # each level narrows a bin 65536-fold
+        groups: dict = {}  # one bin -> the quantiles that lie in it
         for target in targets.values():
             if target.value is None:
                 groups.setdefault(tuple(target.levels), []).append(target)
         if not groups:
             break
-        last = level == SELECT_LEVELS - 1     # then sort whatever the bin holds
-        split = {key for key, members in groups.items()
-                 if members[0].size > SELECT_LIMIT and not last}
-        found = {key: [] for key in groups}                       # values of a small bin
-        counts = {key: np.zeros(FINE_BINS, np.int64) for key in split}   # a big bin's split
+        last = level == SELECT_LEVELS - 1  # then sort whatever the bin holds
+        split = {
+            key for key, members in groups.items() if members[0].size > SELECT_LIMIT and not last
+        }
+        found = {key: [] for key in groups}  # values of a small bin
+        counts = {key: np.zeros(FINE_BINS, np.int64) for key in split}  # a big bin's split
         extremes = {key: [math.inf, -math.inf] for key in split}
-        zeros_in = dict.fromkeys(split, 0)      # a big bin is often one value: 0
+        zeros_in = dict.fromkeys(split, 0)  # a big bin is often one value: 0
         kind = np.float64
         for raw in iter_chunks(tensor, chunk):
             x = _computable(_real_view(raw, part))
             if level == 0 and zeros:
-                _settle_zeros(groups, split, zeros, _bin_index(np.zeros(1, x.dtype), lo, hi,
-                                                               scale, fine.size)[0])
+                _settle_zeros(
+                    groups,
+                    split,
+                    zeros,
+                    _bin_index(np.zeros(1, x.dtype), lo, hi, scale, fine.size)[0],
+                )
                 zeros = 0
                 if not groups:
                     break
@@ -389,10 +410,13 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
                 if key in split:
                     a, b = _sub_range(key[-1])
                     counts[key] += np.bincount(
-                        _bin_index(inside, a, b, FINE_BINS / (b - a) if b > a else 0.0,
-                                   FINE_BINS), minlength=FINE_BINS)
-                    extremes[key] = [min(extremes[key][0], float(inside.min())),
-                                     max(extremes[key][1], float(inside.max()))]
+                        _bin_index(inside, a, b, FINE_BINS / (b - a) if b > a else 0.0, FINE_BINS),
+                        minlength=FINE_BINS,
+                    )
+                    extremes[key] = [
+                        min(extremes[key][0], float(inside.min())),
+                        max(extremes[key][1], float(inside.max())),
+                    ]
                     zeros_in[key] += int(np.add.reduce(inside == 0, dtype=np.int64))
                 else:
                     found[key].append(inside)
@@ -403,18 +427,23 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
                 values = np.sort(np.concatenate(found[key]))
                 for target in members:
                     target.value = float(values[target.rank])
-            elif extremes[key][0] == extremes[key][1]:     # one distinct value
+            elif extremes[key][0] == extremes[key][1]:  # one distinct value
                 for target in members:
                     target.value = extremes[key][0]
             else:
                 a, b = _sub_range(key[-1])
-                zero_sub = _bin_index(np.zeros(1, kind), a, b, FINE_BINS / (b - a) if b > a
-                                      else 0.0, FINE_BINS)[0] if a <= 0 <= b else -1
+                zero_sub = (
+                    _bin_index(
+                        np.zeros(1, kind), a, b, FINE_BINS / (b - a) if b > a else 0.0, FINE_BINS
+                    )[0]
+                    if a <= 0 <= b
+                    else -1
+                )
                 for target in members:
                     sub, target.rank = _locate(counts[key], target.rank)
                     target.levels.append((a, b, FINE_BINS, sub))
                     target.size = int(counts[key][sub])
-                    if sub == zero_sub and target.size == zeros_in[key]:   # only zeros
+                    if sub == zero_sub and target.size == zeros_in[key]:  # only zeros
                         target.value = 0.0
     return {q: t.value for q, t in targets.items() if t.value is not None}
 
@@ -462,7 +491,7 @@ def _histogram_range(lo, hi, integer: bool, value_range, bins: int) -> tuple:
     as_values = integer and not value_range and hi - lo < MAX_VALUE_COUNTS
     if as_values:
         bins = min(bins, int(hi - lo) + 1)
-        lo, hi = lo - 0.5, hi + 0.5           # one bin per integer value
+        lo, hi = lo - 0.5, hi + 0.5  # one bin per integer value
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     return lo, hi, bins, as_values
@@ -492,15 +521,21 @@ def _fused_pass(tensor, part, chunk, known, moments, check, repeat, progress):
         x = _real_view(raw, part)
         moments.add(x)
         with np.errstate(all="ignore"):
-            counts, below, above = _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above,
-                                              check)
+            counts, below, above = _bin_chunk(
+                x, lo, hi, scale, fine_bins, counts, below, above, check
+            )
         yield progress * (i + 1) / total_chunks
     return counts * repeat, below * repeat, above * repeat
 
 
-def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
-            value_range: tuple | None = None, chunk: int = CHUNK,
-            facts=None) -> Generator[float, None, Stats]:
+def compute(
+    tensor: TensorInfo,
+    bins: int = 256,
+    part: str = "magnitude",
+    value_range: tuple | None = None,
+    chunk: int = CHUNK,
+    facts=None,
+) -> Generator[float, None, Stats]:
     """Generator: yields progress in [0, 1]; returns Stats. `facts` (stats_cache.HealthFacts,
     the health pass's extremes) or a value_range let the first two passes be one."""
     if bins < 1 or bins > FINE_BINS:
@@ -509,7 +544,7 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
         return Stats(numel=0)
     dtype = tensor.dtype
     original = tensor
-    tensor, repeat = unordered_view(tensor)      # an expanded view: its distinct values, weighted
+    tensor, repeat = unordered_view(tensor)  # an expanded view: its distinct values, weighted
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     moments = _Moments()
     known = _known_range(facts, value_range, bins, dtype.startswith("complex"))
@@ -519,26 +554,32 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
             yield 0.4 * (i + 1) / total_chunks
     else:
         check = _EdgeCheck(*known[:3])
-        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, check, repeat,
-                                           0.8)
+        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, check, repeat, 0.8)
     moments.repeated(repeat)
-    stats = Stats(numel=moments.n, nan=moments.nan, posinf=moments.posinf,
-                  neginf=moments.neginf, zeros=moments.zeros,
-                  part=part if dtype.startswith("complex") else "")
+    stats = Stats(
+        numel=moments.n,
+        nan=moments.nan,
+        posinf=moments.posinf,
+        neginf=moments.neginf,
+        zeros=moments.zeros,
+        part=part if dtype.startswith("complex") else "",
+    )
     finite = stats.finite
     if not finite:
         return stats
     stats.min, stats.max = moments.extremes()
     stats.mean, stats.std, stats.l2 = moments.figures()
     if finite < 2:
-        stats.std = None            # n - 1 = 0: undefined, not 0 (a 0-d step, one bias)
-    lo, hi, bins, as_values = _histogram_range(stats.min, stats.max, moments.integer,
-                                               value_range, bins)
+        stats.std = None  # n - 1 = 0: undefined, not 0 (a 0-d step, one bias)
+    lo, hi, bins, as_values = _histogram_range(
+        stats.min, stats.max, moments.integer, value_range, bins
+    )
     if known is None:
         check = _EdgeCheck(lo, hi, bins)
         fine, stats.below, stats.above = yield from _histogram_pass(
-            tensor, part, chunk, lo, hi, check.fine_bins, check, (0.4, 0.8), repeat)
-    elif known != (lo, hi, bins, as_values):       # facts that do not match the values read
+            tensor, part, chunk, lo, hi, check.fine_bins, check, (0.4, 0.8), repeat
+        )
+    elif known != (lo, hi, bins, as_values):  # facts that do not match the values read
         return (yield from compute(original, bins, part, value_range, chunk))
     else:
         fine, stats.below, stats.above = histogram
@@ -546,20 +587,23 @@ def compute(tensor: TensorInfo, bins: int = 256, part: str = "magnitude",
     stats.edges = check.edges.tolist()
     if value_range:
         return stats
-    if stats.min == stats.max:                     # one value: no selection pass
+    if stats.min == stats.max:  # one value: no selection pass
         stats.quantiles = dict.fromkeys(QUANTILES, stats.min)
     else:
         # an expanded view repeats each distinct value `repeat` times: rank k is k // repeat
         ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}
         stats.quantiles = yield from _progress_of(
             _select(tensor, part, chunk, lo, hi, fine // repeat, ranks, stats.zeros // repeat),
-            (0.8, 1.0), max(1, math.ceil(tensor.numel / chunk)))
+            (0.8, 1.0),
+            max(1, math.ceil(tensor.numel / chunk)),
+        )
     if as_values:
         # from the fine bins, each narrower than 1/8 (a range under 4096 values): each holds
         # one integer; the requested bins can be wider than one value (auto bins: 8 for 7 ids)
         width = (hi - lo) / fine.size
-        stats.value_counts = {int(round(lo + (i + 0.5) * width)): int(fine[i])
-                              for i in np.flatnonzero(fine)}
+        stats.value_counts = {
+            int(round(lo + (i + 0.5) * width)): int(fine[i]) for i in np.flatnonzero(fine)
+        }
     return stats
 
 
@@ -584,8 +628,10 @@ def _sample_runs(distinct: TensorInfo, elements: int) -> list[tuple[int, int]]:
     if distinct.numel <= elements:
         return [(distinct.offset, distinct.numel)]
     per_run = elements // SAMPLE_RUNS
-    return [(distinct.offset + (distinct.numel - per_run) * r // (SAMPLE_RUNS - 1), per_run)
-            for r in range(SAMPLE_RUNS)]
+    return [
+        (distinct.offset + (distinct.numel - per_run) * r // (SAMPLE_RUNS - 1), per_run)
+        for r in range(SAMPLE_RUNS)
+    ]
 
 
 def prefetch_sample(tensor: TensorInfo, elements: int):
@@ -594,17 +640,23 @@ def prefetch_sample(tensor: TensorInfo, elements: int):
     distinct, _ = unordered_view(tensor)
     stored = getattr(distinct.storage, "source", None)
     if getattr(stored, "compress_type", 0) != 0:
-        return                                # inflated when read: nothing to ask the OS for
+        return  # inflated when read: nothing to ask the OS for
     if distinct.is_contiguous and _plainly_stored(distinct):
-        StorageReader(distinct.storage).prefetch(_sample_runs(distinct, elements),
-                                                 tensor_np_dtype(distinct))
+        StorageReader(distinct.storage).prefetch(
+            _sample_runs(distinct, elements), tensor_np_dtype(distinct)
+        )
 
 
 def _plainly_stored(tensor: TensorInfo) -> bool:
     """Elements numpy reads straight from the tensor's storage (no DCP slabs, GGML blocks,
     sparse parts or torch-only dtype)."""
-    return (tensor.storage is not None and not tensor.parts and not tensor.chunks
-            and tensor.layout != "ggml" and numpy_readable(tensor))
+    return (
+        tensor.storage is not None
+        and not tensor.parts
+        and not tensor.chunks
+        and tensor.layout != "ggml"
+        and numpy_readable(tensor)
+    )
 
 
 def _run_of(tensor: TensorInfo, first: int, count: int) -> TensorInfo:
@@ -618,7 +670,7 @@ def _run_of(tensor: TensorInfo, first: int, count: int) -> TensorInfo:
 def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) -> Stats:
     """A quick look: a few evenly spaced contiguous runs of the tensor (marked `sampled`)."""
     numel = tensor.numel
-    distinct, _ = unordered_view(tensor)      # every distinct value repeats equally often
+    distinct, _ = unordered_view(tensor)  # every distinct value repeats equally often
     if distinct.numel <= elements:
         return run(compute(tensor, bins))
     tensor = distinct
@@ -630,11 +682,19 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
         # np.concatenate holds the GIL, and the window stalled 130-220 ms on a cold 16 GB file
         reader, np_dtype = StorageReader(tensor.storage), tensor_np_dtype(tensor)
         reader.prefetch(runs, np_dtype)
-        pieces = [widen(apply_view_bits(reader.read(first, count, np_dtype), tensor),
-                        tensor.dtype, tensor.quantizer) for first, count in runs]
-    else:                                      # DCP slabs, GGML blocks, quantized...
-        pieces = [np.concatenate(list(iter_chunks(_run_of(tensor, first, count), count)))
-                  for first, count in runs]
+        pieces = [
+            widen(
+                apply_view_bits(reader.read(first, count, np_dtype), tensor),
+                tensor.dtype,
+                tensor.quantizer,
+            )
+            for first, count in runs
+        ]
+    else:  # DCP slabs, GGML blocks, quantized...
+        pieces = [
+            np.concatenate(list(iter_chunks(_run_of(tensor, first, count), count)))
+            for first, count in runs
+        ]
     values = _real_view(np.concatenate(pieces), "magnitude")
     moments = _Moments()
     moments.add(values)
@@ -642,7 +702,7 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size:
         stats.min, stats.max = moments.extremes()
-        stats.mean, stats.std, _ = moments.figures()     # the exact pass's std (n - 1)
+        stats.mean, stats.std, _ = moments.figures()  # the exact pass's std (n - 1)
         counts, edges = np.histogram(finite, bins=bins)
         stats.counts, stats.edges = counts.tolist(), edges.tolist()
     return stats
@@ -650,7 +710,7 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
 
 # --- the Tensor pane's job: a quick sampled preview, then the exact pass ------------------
 
-PREVIEW_DRAW_WAIT = 0.3    # seconds the exact pass gives the GUI to draw the preview, at most
+PREVIEW_DRAW_WAIT = 0.3  # seconds the exact pass gives the GUI to draw the preview, at most
 
 
 def _wait(event, timeout: float):
@@ -660,8 +720,9 @@ def _wait(event, timeout: float):
         yield 0.0
 
 
-def stats_job(tensor, bins, part, value_range, plotting_settled=None, preview_drawn=None,
-              cache=None):
+def stats_job(
+    tensor, bins, part, value_range, plotting_settled=None, preview_drawn=None, cache=None
+):
     """Worker generator: ("preview", Stats), then progress floats; returns exact Stats.
 
     The exact pass starts only once the GUI has drawn the preview, and (first selection of a
@@ -677,8 +738,13 @@ def stats_job(tensor, bins, part, value_range, plotting_settled=None, preview_dr
         yield "preview", sample_preview(tensor)
         yield from _wait(preview_drawn, PREVIEW_DRAW_WAIT)
     yield from _wait(plotting_settled, math.inf)
-    result = yield from compute(tensor, bins=bins, part=part, value_range=value_range,
-                                facts=cache.facts(tensor) if cache is not None else None)
+    result = yield from compute(
+        tensor,
+        bins=bins,
+        part=part,
+        value_range=value_range,
+        facts=cache.facts(tensor) if cache is not None else None,
+    )
     if cache is not None:
         cache.put_stats(tensor, bins, part, value_range, result)
     return result

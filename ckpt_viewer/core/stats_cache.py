@@ -15,26 +15,32 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-MAX_FACTS = 1 << 18      # a few dozen bytes each
-MAX_STATS = 256          # each holds its histogram (bins counts and edges)
+MAX_FACTS = 1 << 18  # a few dozen bytes each
+MAX_STATS = 256  # each holds its histogram (bins counts and edges)
 
 
 @dataclass(frozen=True)
 class HealthFacts:
     """One tensor's values as the health pass saw them (floats: finite values only)."""
+
     lo: float
     hi: float
     nan: int
     posinf: int
     neginf: int
-    integer: bool        # integer or bool values (the statistics then count values)
+    integer: bool  # integer or bool values (the statistics then count values)
 
 
 def view_key(tensor) -> tuple:
     if tensor.storage is None:
         return ("own", id(tensor))
-    return (id(tensor.storage), tensor.offset, tuple(tensor.shape), tuple(tensor.stride),
-            tensor.dtype)
+    return (
+        id(tensor.storage),
+        tensor.offset,
+        tuple(tensor.shape),
+        tuple(tensor.stride),
+        tensor.dtype,
+    )
 
 
 class StatsCache:
@@ -71,8 +77,12 @@ class StatsCache:
         return copy.copy(stats) if stats is not None else None
 
     def put_stats(self, tensor, bins: int, part: str, value_range, stats):
-        self._put(self._stats, (view_key(tensor), bins, part, _range_key(value_range)), stats,
-                  self.max_stats)
+        self._put(
+            self._stats,
+            (view_key(tensor), bins, part, _range_key(value_range)),
+            stats,
+            self.max_stats,
+        )
 
     def __len__(self) -> int:
         with self._lock:

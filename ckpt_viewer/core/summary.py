@@ -20,7 +20,7 @@ from ckpt_viewer.core.tree import BUFFER_NAMES
 
 MAX_SCALAR_TEXT = 10_000
 MODEL, OPTIMIZER_STATE, OTHER = "model", "optimizer_state", "other"
-BUFFERS = "buffers"       # counted apart while totalling, then given back to MODEL
+BUFFERS = "buffers"  # counted apart while totalling, then given back to MODEL
 ALL_MODEL_FORMATS = {"safetensors", "hf-sharded"}
 
 
@@ -29,9 +29,9 @@ class Totals:
     params: int = 0
     bytes: int = 0
     tensors: int = 0
-    by_dtype: dict = field(default_factory=dict)   # dtype -> [tensor count, params, bytes]
+    by_dtype: dict = field(default_factory=dict)  # dtype -> [tensor count, params, bytes]
     split: dict = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
-    model_buffers: int = 0    # of split[MODEL]: the elements of tensors known to be buffers
+    model_buffers: int = 0  # of split[MODEL]: the elements of tensors known to be buffers
 
 
 def _leaf_tensors(tensor: TensorInfo):
@@ -44,8 +44,8 @@ def totals(checkpoint: Checkpoint) -> Totals:
     (a storage counts towards the split of the first tensor that uses it)."""
     result = Totals()
     by_dtype: dict[str, list] = {}
-    covered: dict[int, list] = {}      # storage id -> [storage, dtype, category, spans...]
-    bytes_only: set[int] = set()       # storages of torchao weights' pieces: no elements
+    covered: dict[int, list] = {}  # storage id -> [storage, dtype, category, spans...]
+    bytes_only: set[int] = set()  # storages of torchao weights' pieces: no elements
     categories = tensor_categories(checkpoint)
     split = result.split
     split[BUFFERS] = 0
@@ -56,12 +56,16 @@ def totals(checkpoint: Checkpoint) -> Totals:
         category = categories.get(id(node), OTHER)
         if category == MODEL and is_buffer(node):
             category = BUFFERS
-        if not tensor.parts and tensor.storage is not None:     # the common case, inlined
+        if not tensor.parts and tensor.storage is not None:  # the common case, inlined
             if id(tensor.storage) in covered:
                 covered[id(tensor.storage)].append(tensor.element_span())
             else:
-                covered[id(tensor.storage)] = [tensor.storage, tensor.dtype, category,
-                                               tensor.element_span()]
+                covered[id(tensor.storage)] = [
+                    tensor.storage,
+                    tensor.dtype,
+                    category,
+                    tensor.element_span(),
+                ]
             continue
         if tensor.layout == "torchao":
             # elements are the weight's own (its numel(), what model.parameters() counts);
@@ -109,8 +113,7 @@ def totals(checkpoint: Checkpoint) -> Totals:
 def is_buffer(node: Node) -> bool:
     """Known to be a buffer: a module's `_buffers` entry, or (roles unknown: a state_dict)
     named as BatchNorm's statistics are."""
-    return node.role == "buffer" or not node.role and \
-        node.name.rpartition(".")[2] in BUFFER_NAMES
+    return node.role == "buffer" or not node.role and node.name.rpartition(".")[2] in BUFFER_NAMES
 
 
 def _dtype_entry(by_dtype: dict, dtype: str) -> list:
@@ -126,8 +129,10 @@ def tensor_categories(checkpoint: Checkpoint) -> dict:
     if checkpoint.format in ALL_MODEL_FORMATS:
         return {id(node): MODEL for _, _, node in checkpoint.tensors()}
     if checkpoint.format == "dcp":
-        return {id(node): OPTIMIZER_STATE if _dcp_optimizer_state(key) else MODEL
-                for key, _, node in checkpoint.tensors()}
+        return {
+            id(node): OPTIMIZER_STATE if _dcp_optimizer_state(key) else MODEL
+            for key, _, node in checkpoint.tensors()
+        }
     categories = {}
     stack: list[tuple[Node, str]] = [(checkpoint.root, "")]
     while stack:
@@ -160,14 +165,16 @@ def _is_state_dict(node: Node) -> bool:
     """A dict of tensors (tensor-subclass objects and `_extra_state` entries allowed)."""
     if node.kind != "dict" or not any(c.kind == "tensor" for c in node.children):
         return False
-    return all(c.kind in ("tensor", "object") or c.name.endswith("_extra_state")
-               for c in node.children)
+    return all(
+        c.kind in ("tensor", "object") or c.name.endswith("_extra_state") for c in node.children
+    )
 
 
 def _dcp_optimizer_state(key: str) -> bool:
     """DCP flattens an optimizer's state dict to `<optim...>.state.<param>.<entry>`."""
-    return any(part == "state" and "optim" in before.lower()
-               for before, part in pairwise(key.split(".")))
+    return any(
+        part == "state" and "optim" in before.lower() for before, part in pairwise(key.split("."))
+    )
 
 
 def _union_length(spans) -> int:
@@ -208,26 +215,44 @@ def inspect_dict(checkpoint: Checkpoint) -> dict:
 
 def _inspect_dict(checkpoint: Checkpoint) -> dict:
     total = totals(checkpoint)
-    tensors = [{"key": key, "shape": list(t.shape), "dtype": t.dtype, "device": t.device,
-                "nbytes": t.nbytes} for key, t, _ in checkpoint.tensors()]
-    shown = ShownOnce()       # shared objects are written once, not once per reference
-    optimizers = [{"key": o.key, "type": o.type,
-                   "param_groups": [bounded_json(g, shown, MAX_SCALAR_TEXT) for g in o.param_groups]}
-                  for o in checkpoint.optimizers]
+    tensors = [
+        {
+            "key": key,
+            "shape": list(t.shape),
+            "dtype": t.dtype,
+            "device": t.device,
+            "nbytes": t.nbytes,
+        }
+        for key, t, _ in checkpoint.tensors()
+    ]
+    shown = ShownOnce()  # shared objects are written once, not once per reference
+    optimizers = [
+        {
+            "key": o.key,
+            "type": o.type,
+            "param_groups": [bounded_json(g, shown, MAX_SCALAR_TEXT) for g in o.param_groups],
+        }
+        for o in checkpoint.optimizers
+    ]
     return {
         "path": checkpoint.path,
         "format": checkpoint.format,
         "file_bytes": checkpoint.file_bytes,
         "tensors": tensors,
-        "scalars": {k: bounded_json(v, shown, MAX_SCALAR_TEXT)
-                    for k, v in checkpoint.scalars().items()},
+        "scalars": {
+            k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.scalars().items()
+        },
         "optimizers": optimizers,
-        "metadata": {k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.metadata.items()},
+        "metadata": {
+            k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.metadata.items()
+        },
         "unsafe_globals": list(checkpoint.unsafe_globals),
         "globals": [{"name": u.name, "category": u.category} for u in triage(checkpoint)],
-        "warnings": list(checkpoint.warnings) + [
+        "warnings": list(checkpoint.warnings)
+        + [
             f"torch.load(weights_only=True) would refuse this file: {why}"
-            for why in checkpoint.refusals],
+            for why in checkpoint.refusals
+        ],
         "params": dict(total.split),
         "total_params": total.params,
         "total_bytes": total.bytes,
@@ -261,8 +286,24 @@ def suggested_root(checkpoint: Checkpoint, keys: list[str]) -> str:
 
 
 _LEADING = {"epoch", "global_step", "step", "iteration", "iter"}
-_METRIC_WORDS = {"loss", "acc", "accuracy", "metric", "metrics", "score", "best", "val",
-                 "perplexity", "ppl", "bleu", "f1", "auc", "wer", "top1", "top5"}
+_METRIC_WORDS = {
+    "loss",
+    "acc",
+    "accuracy",
+    "metric",
+    "metrics",
+    "score",
+    "best",
+    "val",
+    "perplexity",
+    "ppl",
+    "bleu",
+    "f1",
+    "auc",
+    "wer",
+    "top1",
+    "top5",
+}
 _HYPER_ROOTS = {"hyper_parameters", "hparams", "hyperparameters", "config", "args", "cfg"}
 _HYPER_NAMES = {"lr", "learning_rate", "batch_size", "seed", "weight_decay", "momentum"}
 _COUNTER_WORDS = ("loops", "_progress")

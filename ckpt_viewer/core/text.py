@@ -15,8 +15,7 @@ from collections.abc import Iterable
 
 # C0 controls, DEL, C1 controls, line/paragraph separators (str.splitlines breaks on them),
 # bidi marks, embeddings, overrides and isolates
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                     "\u2066-\u2069]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -42,8 +41,8 @@ def clipped(text: str, limit: int) -> str:
     return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
-MAX_JSON_INT_BITS = 1 << 19    # ~158,000 digits: int -> decimal is quadratic in CPython 3.11
-                               # (0.12 s for 10**100000 here, minutes for ten times more)
+MAX_JSON_INT_BITS = 1 << 19  # ~158,000 digits: int -> decimal is quadratic in CPython 3.11
+# (0.12 s for 10**100000 here, minutes for ten times more)
 
 
 def json_safe(value):
@@ -60,8 +59,10 @@ def json_safe(value):
             return f"<integer of {value.bit_length():,} bits>"
         return value
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else short_repr(k, 10_000): json_safe(v)
-                for k, v in value.items()}
+        return {
+            k if isinstance(k, str) else short_repr(k, 10_000): json_safe(v)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return str(value)
@@ -71,12 +72,12 @@ def strict_json(value) -> str:
     """RFC 8259 JSON (never a bare NaN or Infinity), integers as numbers whatever their size."""
     import sys
 
-    try:   # the common case, nothing to convert (ints past 4,300 digits raise here, cheaply)
+    try:  # the common case, nothing to convert (ints past 4,300 digits raise here, cheaply)
         return json.dumps(value, allow_nan=False)
     except ValueError:
         pass
     limit = sys.get_int_max_str_digits()
-    sys.set_int_max_str_digits(0)            # json_safe has capped them
+    sys.set_int_max_str_digits(0)  # json_safe has capped them
     try:
         return json.dumps(json_safe(value), allow_nan=False)
     finally:
@@ -94,8 +95,10 @@ def int_text(value: int) -> str:
     exponent = math.log10(abs(value))
     digits = int(exponent) + 1
     sign = "-" if value < 0 else ""
-    return f"{sign}{10 ** (exponent - int(exponent)):.6f}e+{int(exponent)} (an integer of " \
-           f"{digits:,} digits)"
+    return (
+        f"{sign}{10 ** (exponent - int(exponent)):.6f}e+{int(exponent)} (an integer of "
+        f"{digits:,} digits)"
+    )
 
 
 def short_repr(value, limit: int = 120) -> str:
@@ -105,13 +108,16 @@ def short_repr(value, limit: int = 120) -> str:
         text = int_text(value)
     elif isinstance(value, (tuple, list)):
         inner = ", ".join(short_repr(v, limit) for v in value[:8])
-        more = ", ..." if len(value) > 8 else ("," if len(value) == 1 and
-                                                 isinstance(value, tuple) else "")
+        more = (
+            ", ..."
+            if len(value) > 8
+            else ("," if len(value) == 1 and isinstance(value, tuple) else "")
+        )
         text = ("({})" if isinstance(value, tuple) else "[{}]").format(inner + more)
     else:
         try:
             text = repr(value)
-        except ValueError:       # an object holding such an integer (Fraction, complex...)
+        except ValueError:  # an object holding such an integer (Fraction, complex...)
             text = f"<{type(value).__name__}>"
     return text[:limit]
 
@@ -159,8 +165,12 @@ def bounded_json(value, shown: ShownOnce, text_limit: int = 10_000):
     if isinstance(value, str):
         return clipped(value, text_limit)
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else short_repr(k, text_limit):
-                bounded_json(v, shown, text_limit) for k, v in value.items()}
+        return {
+            k if isinstance(k, str) else short_repr(k, text_limit): bounded_json(
+                v, shown, text_limit
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [bounded_json(v, shown, text_limit) for v in value]
     if value is None or isinstance(value, (bool, int, float)):

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 
 from ckpt_viewer.core.model import DTYPE_SIZES, STORAGE_DTYPES
 
-LEGACY_STORAGE = {dtype: name for name, dtype in STORAGE_DTYPES.items()
-                  if name not in ("UntypedStorage",) and not name.startswith("Q")}
+LEGACY_STORAGE = {
+    dtype: name
+    for name, dtype in STORAGE_DTYPES.items()
+    if name not in ("UntypedStorage",) and not name.startswith("Q")
+}
 QUANTIZED_STORAGE = {dtype: name for name, dtype in STORAGE_DTYPES.items() if name.startswith("Q")}
-MAX_LONG1_BYTES = 255          # torch's restricted unpickler reads LONG1 but not LONG4
-MEMO_TEXT = 32                 # texts this long are written once, then referenced
+MAX_LONG1_BYTES = 255  # torch's restricted unpickler reads LONG1 but not LONG4
+MEMO_TEXT = 32  # texts this long are written once, then referenced
 
 
 @dataclass(eq=False)
@@ -29,13 +32,13 @@ class TensorEntry:
     key: str
     storage_key: str
     dtype: str
-    storage_numel: int           # in elements of dtype
+    storage_numel: int  # in elements of dtype
     offset: int
     shape: tuple
     stride: tuple
-    location: str = ""           # "" -> the writer's default location
+    location: str = ""  # "" -> the writer's default location
     requires_grad: bool = False
-    parameter: bool = False      # written as torch.nn.Parameter
+    parameter: bool = False  # written as torch.nn.Parameter
     # a quantized tensor: ("per_tensor_affine", scale, zero_point), or (scheme, scales entry,
     # zero points entry, axis) per channel
     quantizer: tuple = ()
@@ -70,7 +73,7 @@ def _text(value: str) -> bytes:
 def _int(value: int) -> bytes:
     if 0 <= value < 256:
         return b"K" + bytes([value])
-    if -(2 ** 31) <= value < 2 ** 31:
+    if -(2**31) <= value < 2**31:
         return b"J" + struct.pack("<i", value)
     data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
     if len(data) > MAX_LONG1_BYTES:
@@ -89,28 +92,60 @@ def _int_tuple(values) -> bytes:
 
 def _bytes(value: bytes) -> bytes:
     # protocol 2 has no bytes opcode torch reads: _codecs.encode(text, 'latin1') as torch.save
-    return _global("_codecs", "encode") + b"(" + _text(value.decode("latin1")) + _text("latin1") \
+    return (
+        _global("_codecs", "encode")
+        + b"("
+        + _text(value.decode("latin1"))
+        + _text("latin1")
         + b"tR"
+    )
 
 
 def _qtensor(entry: TensorEntry, location: str) -> bytes:
     """torch._utils._rebuild_qtensor on a typed quantized storage, as torch.save writes it (a
     packed quint4x2 storage is counted in bytes)."""
     scheme = entry.quantizer[0]
-    persistent_id = (b"(" + _text("storage") + _global("torch", QUANTIZED_STORAGE[entry.dtype])
-                     + _text(entry.storage_key) + _text(entry.location or location)
-                     + _int(entry.storage_numel) + b"tQ")
+    persistent_id = (
+        b"("
+        + _text("storage")
+        + _global("torch", QUANTIZED_STORAGE[entry.dtype])
+        + _text(entry.storage_key)
+        + _text(entry.location or location)
+        + _int(entry.storage_numel)
+        + b"tQ"
+    )
     if scheme == "per_tensor_affine":
         _, scale, zero_point = entry.quantizer
-        params = (b"(" + _global("torch", scheme) + b"G" + struct.pack(">d", scale)
-                  + _int(zero_point) + b"t")
+        params = (
+            b"("
+            + _global("torch", scheme)
+            + b"G"
+            + struct.pack(">d", scale)
+            + _int(zero_point)
+            + b"t"
+        )
     else:
         _, scales, zero_points, axis = entry.quantizer
-        params = (b"(" + _global("torch", scheme) + _tensor(scales, location)
-                  + _tensor(zero_points, location) + _int(axis) + b"t")
-    return (_global("torch._utils", "_rebuild_qtensor") + b"(" + persistent_id
-            + _int(entry.offset) + _int_tuple(entry.shape) + _int_tuple(entry.stride) + params
-            + b"\x89" + _global("collections", "OrderedDict") + b")RtR")
+        params = (
+            b"("
+            + _global("torch", scheme)
+            + _tensor(scales, location)
+            + _tensor(zero_points, location)
+            + _int(axis)
+            + b"t"
+        )
+    return (
+        _global("torch._utils", "_rebuild_qtensor")
+        + b"("
+        + persistent_id
+        + _int(entry.offset)
+        + _int_tuple(entry.shape)
+        + _int_tuple(entry.stride)
+        + params
+        + b"\x89"
+        + _global("collections", "OrderedDict")
+        + b")RtR"
+    )
 
 
 def _tensor(entry: TensorEntry, location: str) -> bytes:
@@ -118,22 +153,46 @@ def _tensor(entry: TensorEntry, location: str) -> bytes:
         return _qtensor(entry, location)
     storage_class = LEGACY_STORAGE.get(entry.dtype)
     if storage_class is not None:
-        rebuild, kind, numel = "_rebuild_tensor_v2", _global("torch", storage_class), entry.storage_numel
-    else:   # new dtypes: an untyped storage counted in bytes, the dtype passed explicitly
+        rebuild, kind, numel = (
+            "_rebuild_tensor_v2",
+            _global("torch", storage_class),
+            entry.storage_numel,
+        )
+    else:  # new dtypes: an untyped storage counted in bytes, the dtype passed explicitly
         rebuild, kind = "_rebuild_tensor_v3", _global("torch.storage", "UntypedStorage")
         numel = entry.storage_numel * DTYPE_SIZES[entry.dtype]
-    persistent_id = (b"(" + _text("storage") + kind + _text(entry.storage_key)
-                     + _text(entry.location or location) + _int(numel) + b"tQ")
+    persistent_id = (
+        b"("
+        + _text("storage")
+        + kind
+        + _text(entry.storage_key)
+        + _text(entry.location or location)
+        + _int(numel)
+        + b"tQ"
+    )
     grad = b"\x88" if entry.requires_grad and not entry.parameter else b"\x89"
-    args = (persistent_id + _int(entry.offset) + _int_tuple(entry.shape)
-            + _int_tuple(entry.stride) + grad + _global("collections", "OrderedDict") + b")R")
+    args = (
+        persistent_id
+        + _int(entry.offset)
+        + _int_tuple(entry.shape)
+        + _int_tuple(entry.stride)
+        + grad
+        + _global("collections", "OrderedDict")
+        + b")R"
+    )
     if storage_class is None:
         args += _global("torch", entry.dtype)
     tensor = _global("torch._utils", rebuild) + b"(" + args + b"tR"
     if entry.parameter:
         grad = b"\x88" if entry.requires_grad else b"\x89"
-        tensor = (_global("torch._utils", "_rebuild_parameter") + b"(" + tensor + grad
-                  + _global("collections", "OrderedDict") + b")RtR")
+        tensor = (
+            _global("torch._utils", "_rebuild_parameter")
+            + b"("
+            + tensor
+            + grad
+            + _global("collections", "OrderedDict")
+            + b")RtR"
+        )
     return tensor
 
 
@@ -145,7 +204,7 @@ class PickleWriter:
         self.location = location
         self.parts: list[bytes] = []
         self.memo: dict[int, int] = {}
-        self.alive: list = []          # keeps memoised objects alive so their ids stay theirs
+        self.alive: list = []  # keeps memoised objects alive so their ids stay theirs
 
     def dump(self, value) -> bytes:
         self.parts = [b"\x80\x02"]
@@ -182,7 +241,7 @@ class PickleWriter:
             out.append(_text(value))
         elif self._get(value):
             return
-        elif type(value) is str:       # one long text referenced from many places: once
+        elif type(value) is str:  # one long text referenced from many places: once
             out.append(_text(value))
             self._put(value)
         elif type(value) is bytes:
@@ -192,8 +251,14 @@ class PickleWriter:
             out.append(_global("builtins", "bytearray") + b"(" + _bytes(bytes(value)) + b"tR")
             self._put(value)
         elif type(value) is complex:
-            out.append(_global("builtins", "complex") + b"(G" + struct.pack(">d", value.real)
-                       + b"G" + struct.pack(">d", value.imag) + b"tR")
+            out.append(
+                _global("builtins", "complex")
+                + b"(G"
+                + struct.pack(">d", value.real)
+                + b"G"
+                + struct.pack(">d", value.imag)
+                + b"tR"
+            )
         elif isinstance(value, TensorEntry):
             out.append(_tensor(value, self.location))
             self._put(value)

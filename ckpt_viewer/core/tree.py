@@ -8,13 +8,13 @@ from ckpt_viewer.core.safe_pickle import GlobalRef, Placeholder
 from ckpt_viewer.core.text import short_repr
 
 SCALAR_TYPES = (bool, int, float, str)
-COMPACT_LIST = 16          # longer lists of plain scalars become one node
+COMPACT_LIST = 16  # longer lists of plain scalars become one node
 BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 MODULE_SUMMARY_FIELDS = 8  # plain attributes shown in a module's note
-MAX_DEPTH = 1000           # deeper levels are cut: dotted keys would grow quadratically
-SHARED_BY_VALUE = 64       # a container seen again is shown again if it holds at most this many
+MAX_DEPTH = 1000  # deeper levels are cut: dotted keys would grow quadratically
+SHARED_BY_VALUE = 64  # a container seen again is shown again if it holds at most this many
 BY_VALUE_BUDGET = 100_000  # ... items, until this many were repeated in all (hostile files)
-INT_DIGITS = 40            # longer integers are shown by their first digits and their length
+INT_DIGITS = 40  # longer integers are shown by their first digits and their length
 
 
 def is_module(obj) -> bool:
@@ -23,9 +23,12 @@ def is_module(obj) -> bool:
 
 
 def is_optimizer_state(obj) -> bool:
-    return (isinstance(obj, dict) and isinstance(obj.get("state"), dict)
-            and isinstance(obj.get("param_groups"), list)
-            and all(isinstance(g, dict) and "params" in g for g in obj["param_groups"]))
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("state"), dict)
+        and isinstance(obj.get("param_groups"), list)
+        and all(isinstance(g, dict) and "params" in g for g in obj["param_groups"])
+    )
 
 
 def _module_children(obj):
@@ -45,8 +48,11 @@ def _module_children(obj):
 
 
 def _module_note(obj) -> str:
-    parts = [f"{k}={v!r}" for k, v in obj.fields.items()
-             if not str(k).startswith("_") and k != "training" and isinstance(v, SCALAR_TYPES)]
+    parts = [
+        f"{k}={v!r}"
+        for k, v in obj.fields.items()
+        if not str(k).startswith("_") and k != "training" and isinstance(v, SCALAR_TYPES)
+    ]
     return ", ".join(parts[:MODULE_SUMMARY_FIELDS])
 
 
@@ -64,18 +70,24 @@ def _object_children(obj):
             yield str(name), value, ""
 
 
-ID_LISTS = ("params", "param_names")   # optimizer parameter ids/names: one node, not scalars
+ID_LISTS = ("params", "param_names")  # optimizer parameter ids/names: one node, not scalars
 
 
 def _is_compact_list(obj, name: str) -> bool:
-    return (isinstance(obj, (list, tuple)) and (len(obj) > COMPACT_LIST or name in ID_LISTS)
-            and all(v is None or isinstance(v, SCALAR_TYPES) for v in obj))
+    return (
+        isinstance(obj, (list, tuple))
+        and (len(obj) > COMPACT_LIST or name in ID_LISTS)
+        and all(v is None or isinstance(v, SCALAR_TYPES) for v in obj)
+    )
 
 
 def is_script_module(obj) -> bool:
     """A TorchScript module object: its state is a dict of attributes and submodules."""
-    return (isinstance(obj, Placeholder) and obj.qualname.startswith("__torch__.")
-            and isinstance(obj.state, dict))
+    return (
+        isinstance(obj, Placeholder)
+        and obj.qualname.startswith("__torch__.")
+        and isinstance(obj.state, dict)
+    )
 
 
 def _script_module_children(obj):
@@ -84,8 +96,13 @@ def _script_module_children(obj):
             yield str(name), value, "parameter" if getattr(value, "is_parameter", False) else ""
 
 
-def build_tree(obj, warnings: list | None = None, optimizers: list | None = None,
-               tensors: list | None = None, scalars: dict | None = None) -> Node:
+def build_tree(
+    obj,
+    warnings: list | None = None,
+    optimizers: list | None = None,
+    tensors: list | None = None,
+    scalars: dict | None = None,
+) -> Node:
     """Walk without recursion; a container seen before becomes a `ref` node (no blow-up).
     Tensors sharing a storage are marked on the way; optimizer nodes are collected, and
     what Checkpoint.tensors() and .scalars() list, in tree order."""
@@ -112,8 +129,9 @@ def build_tree(obj, warnings: list | None = None, optimizers: list | None = None
             child_key = f"{key}.{child_name}" if key else child_name
             stack.append((child_value, node, child_name, child_key, child_role, depth + 1))
     if cut and warnings is not None:
-        warnings.append(f"the structure is nested deeper than {MAX_DEPTH} levels; "
-                        "deeper levels are not shown")
+        warnings.append(
+            f"the structure is nested deeper than {MAX_DEPTH} levels; deeper levels are not shown"
+        )
     return root
 
 
@@ -145,7 +163,7 @@ class _Seen(dict):
         return True
 
     def describe(self, value) -> Described | None:
-        if id(value) not in self.described:       # once: its tensor records are then shared
+        if id(value) not in self.described:  # once: its tensor records are then shared
             self.described[id(value)] = describe_object(value)
         return self.described[id(value)]
 
@@ -160,7 +178,7 @@ def _item_count(value, limit: int) -> int:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend(item)
-        elif isinstance(item, Placeholder) and is_module(item):   # what its node will show
+        elif isinstance(item, Placeholder) and is_module(item):  # what its node will show
             stack.extend(value for _, value, _ in _module_children(item))
         elif isinstance(item, Placeholder):
             stack.extend((item.args, item.kwargs, item.state, item.items, item.list_items))
@@ -173,10 +191,13 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
         node.type_name = "Parameter" if value.is_parameter else "Tensor"
         _set_tensor(node, value, first_key)
         return []
-    if isinstance(value, int) and not isinstance(value, bool) and \
-            value.bit_length() > INT_DIGITS * 3.33:
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value.bit_length() > INT_DIGITS * 3.33
+    ):
         node.kind, node.type_name, node.value = "scalar", "int", value
-        node.note = huge_int_text(value)      # the value stays a number (JSON keeps it one)
+        node.note = huge_int_text(value)  # the value stays a number (JSON keeps it one)
         return []
     if value is None or isinstance(value, SCALAR_TYPES):
         node.kind, node.value = ("scalar", value) if value is not None else ("opaque", None)
@@ -184,8 +205,11 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
         return []
     if isinstance(value, (bytes, bytearray)):
         node.type_name = type(value).__name__
-        node.value = bytes(value) if len(value) <= 64 else \
-            Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
+        node.value = (
+            bytes(value)
+            if len(value) <= 64
+            else Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
+        )
         return []
     if isinstance(value, (GlobalRef, type)):
         node.type_name, node.value = "global", getattr(value, "qualname", repr(value))
@@ -235,12 +259,12 @@ def _segment(key) -> str:
 
 def _set_tensor(node: Node, value: TensorInfo, first_key: dict):
     node.kind, node.tensor = "tensor", value
-    if id(value) in first_key:                  # the same tensor object again (tied)
+    if id(value) in first_key:  # the same tensor object again (tied)
         node.shared_with = first_key[id(value)]
     else:
         first_key[id(value)] = node.key
         storage = ("storage", id(value.storage)) if value.storage is not None else None
-        if storage in first_key:                # another view of a storage seen before
+        if storage in first_key:  # another view of a storage seen before
             node.shared_with = first_key[storage]
         elif storage is not None:
             first_key[storage] = node.key
@@ -252,8 +276,8 @@ def huge_int_text(value: int) -> str:
     """First digits and the length of an integer too long to read (or even print)."""
     sign, value = "-" if value < 0 else "", abs(value)
     bits = value.bit_length()
-    digits = int(bits * 0.30102999566398120) + 1          # log10(2): exact or one too many
-    if bits > 4_000_000:                                   # digits would take seconds to find
+    digits = int(bits * 0.30102999566398120) + 1  # log10(2): exact or one too many
+    if bits > 4_000_000:  # digits would take seconds to find
         return f"{sign}an integer of about {digits:,} digits"
     head = value // 10 ** (digits - INT_DIGITS)
     if head < 10 ** (INT_DIGITS - 1):

@@ -32,13 +32,35 @@ from ckpt_viewer.core.model import (
 from ckpt_viewer.core.readers.zip_directory import data_offset, read_member
 
 NUMPY_DTYPES = {
-    "float64": "f8", "float32": "f4", "float16": "f2", "complex64": "c8", "complex128": "c16",
-    "int64": "i8", "int32": "i4", "int16": "i2", "int8": "i1", "uint64": "u8", "uint32": "u4",
-    "uint16": "u2", "uint8": "u1", "bool": "?", "qint8": "i1", "quint8": "u1", "qint32": "i4",
-    "bfloat16": "u2", "float8_e4m3fn": "u1", "float8_e5m2": "u1", "float8_e4m3fnuz": "u1",
-    "float8_e5m2fnuz": "u1", "float8_e8m0fnu": "u1",
+    "float64": "f8",
+    "float32": "f4",
+    "float16": "f2",
+    "complex64": "c8",
+    "complex128": "c16",
+    "int64": "i8",
+    "int32": "i4",
+    "int16": "i2",
+    "int8": "i1",
+    "uint64": "u8",
+    "uint32": "u4",
+    "uint16": "u2",
+    "uint8": "u1",
+    "bool": "?",
+    "qint8": "i1",
+    "quint8": "u1",
+    "qint32": "i4",
+    "bfloat16": "u2",
+    "float8_e4m3fn": "u1",
+    "float8_e5m2": "u1",
+    "float8_e4m3fnuz": "u1",
+    "float8_e5m2fnuz": "u1",
+    "float8_e8m0fnu": "u1",
     # bits types have no arithmetic in torch: their values are their bit patterns
-    "bits8": "u1", "bits16": "u2", "bits1x8": "u1", "bits2x4": "u1", "bits4x2": "u1",
+    "bits8": "u1",
+    "bits16": "u2",
+    "bits1x8": "u1",
+    "bits2x4": "u1",
+    "bits4x2": "u1",
 }
 
 
@@ -67,8 +89,10 @@ def _float8_table(exp_bits, man_bits, bias, kind) -> np.ndarray:
 
 
 FLOAT8_TABLES = {
-    "float8_e4m3fn": (4, 3, 7, "fn"), "float8_e5m2": (5, 2, 15, "ieee"),
-    "float8_e4m3fnuz": (4, 3, 8, "fnuz"), "float8_e5m2fnuz": (5, 2, 16, "fnuz"),
+    "float8_e4m3fn": (4, 3, 7, "fn"),
+    "float8_e5m2": (5, 2, 15, "ieee"),
+    "float8_e4m3fnuz": (4, 3, 8, "fnuz"),
+    "float8_e5m2fnuz": (5, 2, 16, "fnuz"),
     "float8_e8m0fnu": (8, 0, 127, "e8m0"),
 }
 _tables: dict = {}
@@ -102,7 +126,7 @@ def apply_view_bits(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
     if tensor.dtype in FLOAT_DTYPES:
         bits = raw.view(np.dtype(f"{raw.dtype.byteorder}u{raw.dtype.itemsize}"))
         flipped = bits ^ bits.dtype.type(1 << (8 * raw.dtype.itemsize - 1))
-        if tensor.dtype.endswith("fnuz"):            # no negative zero there: 0 stays 0
+        if tensor.dtype.endswith("fnuz"):  # no negative zero there: 0 stays 0
             flipped[bits == 0] = 0
         return flipped.view(raw.dtype)
     return -raw
@@ -147,8 +171,11 @@ class StorageReader:
         else:
             raise CheckpointError(f"storage {storage.key!r} has no data location")
         order = ">" if storage.byteorder == "big" else "<"
-        self.np_dtype = np.dtype(order + NUMPY_DTYPES[storage.dtype]) \
-            if storage.dtype in NUMPY_DTYPES else np.dtype("u1")
+        self.np_dtype = (
+            np.dtype(order + NUMPY_DTYPES[storage.dtype])
+            if storage.dtype in NUMPY_DTYPES
+            else np.dtype("u1")
+        )
         self.itemsize = DTYPE_SIZES[storage.dtype]
 
     def read(self, first: int, count: int, np_dtype=None) -> np.ndarray:
@@ -157,7 +184,7 @@ class StorageReader:
         if self.inflated is not None:
             return np.frombuffer(self.inflated, dtype=dtype, count=count, offset=start)
         out = np.empty(count, dtype=dtype)
-        if not nbytes:          # nothing to read, wherever the storage says it lies
+        if not nbytes:  # nothing to read, wherever the storage says it lies
             return out
         with self._file(self.offset + start + nbytes) as f:
             f.seek(self.offset + start)
@@ -178,22 +205,30 @@ class StorageReader:
         with self._file(position + nbytes) as f:
             # not MAP_POPULATE: CPython holds the GIL through mmap(), so populating a cold chunk
             # froze the GUI thread for the whole disk read; faults inside numpy do not
-            pages = mmap.mmap(f.fileno(), position + nbytes - aligned, offset=aligned,
-                              access=mmap.ACCESS_READ)
+            pages = mmap.mmap(
+                f.fileno(), position + nbytes - aligned, offset=aligned, access=mmap.ACCESS_READ
+            )
         return np.frombuffer(pages, dtype=dtype, count=count, offset=position - aligned)
 
     def prefetch(self, ranges: list, np_dtype=None, advice: int | None = None):
         """Ask the OS to start reading these (first, count) element ranges all at once: a few
         scattered reads from a cold file then cost one disk round trip, not one each. (With
         POSIX_FADV_DONTNEED: tell it they are done with.)"""
-        if self.inflated is not None or not hasattr(os, "posix_fadvise") or \
-                remote.is_remote(self.path):
+        if (
+            self.inflated is not None
+            or not hasattr(os, "posix_fadvise")
+            or remote.is_remote(self.path)
+        ):
             return
         with self._file(0) as f:
             for first, count in ranges:
                 _, start, nbytes = self._span(first, count, np_dtype)
-                os.posix_fadvise(f.fileno(), self.offset + start, nbytes,
-                                 os.POSIX_FADV_WILLNEED if advice is None else advice)
+                os.posix_fadvise(
+                    f.fileno(),
+                    self.offset + start,
+                    nbytes,
+                    os.POSIX_FADV_WILLNEED if advice is None else advice,
+                )
 
     def _span(self, first: int, count: int, np_dtype):
         dtype = np_dtype or self.np_dtype
@@ -217,8 +252,10 @@ class StorageReader:
             raise CheckpointError(f"{self.path} cannot be read ({exc.strerror or exc})") from None
 
     def _ended(self) -> CheckpointError:
-        return CheckpointError(f"file ended while reading storage {self.storage.key!r} "
-                               "(changed or truncated since it was opened?)")
+        return CheckpointError(
+            f"file ended while reading storage {self.storage.key!r} "
+            "(changed or truncated since it was opened?)"
+        )
 
 
 def stored_order(storage: Storage) -> str:
@@ -251,13 +288,16 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20):
         return
     if tensor.layout == "ggml":
         for start in range(0, tensor.numel, chunk_elements):
-            yield ggml_elements(tensor, tensor.offset + start,
-                                min(chunk_elements, tensor.numel - start))
+            yield ggml_elements(
+                tensor, tensor.offset + start, min(chunk_elements, tensor.numel - start)
+            )
         return
-    if tensor.chunks and tensor.dtype in NUMPY_DTYPES:     # DCP: row slabs, never whole
+    if tensor.chunks and tensor.dtype in NUMPY_DTYPES:  # DCP: row slabs, never whole
         numbers = np.dtype("<" + NUMPY_DTYPES[tensor.dtype])
-        slabs = (widen(slab.view(numbers), tensor.dtype)
-                 for slab in dcp_slabs(tensor, chunk_elements * numbers.itemsize))
+        slabs = (
+            widen(slab.view(numbers), tensor.dtype)
+            for slab in dcp_slabs(tensor, chunk_elements * numbers.itemsize)
+        )
         yield from _rechunked(slabs, chunk_elements)
         return
     if not numpy_readable(tensor):
@@ -289,25 +329,33 @@ def iter_raw_chunks(tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1
                 # the chunk before the last one is no longer mapped: drop it from the page
                 # cache, or reading a file larger than memory evicts the window's own code
                 # pages (the GUI then stalls hundreds of ms faulting them back in)
-                reader.prefetch([(tensor.offset + start - 2 * chunk_elements, chunk_elements)],
-                                dtype, os.POSIX_FADV_DONTNEED)
+                reader.prefetch(
+                    [(tensor.offset + start - 2 * chunk_elements, chunk_elements)],
+                    dtype,
+                    os.POSIX_FADV_DONTNEED,
+                )
             ahead = start + chunk_elements
             if ahead < tensor.numel:
                 # the next chunk is read by the OS while this one is computed: a cold page
                 # faulted in by a numpy call that holds the GIL froze the window for the read
-                reader.prefetch([(tensor.offset + ahead, min(chunk_elements, tensor.numel - ahead))],
-                                dtype)
-            yield reader.mapped(tensor.offset + start, min(chunk_elements, tensor.numel - start),
-                                dtype)
+                reader.prefetch(
+                    [(tensor.offset + ahead, min(chunk_elements, tensor.numel - ahead))], dtype
+                )
+            yield reader.mapped(
+                tensor.offset + start, min(chunk_elements, tensor.numel - start), dtype
+            )
         return
     shape, stride = _merged_dims(tensor.shape, tensor.stride)
-    blocks = (_gather(reader, dtype, offset, block_shape, block_stride).reshape(-1)
-              for offset, block_shape, block_stride
-              in _blocks(tensor.offset, shape, stride, chunk_elements))
+    blocks = (
+        _gather(reader, dtype, offset, block_shape, block_stride).reshape(-1)
+        for offset, block_shape, block_stride in _blocks(
+            tensor.offset, shape, stride, chunk_elements
+        )
+    )
     yield from _rechunked(blocks, chunk_elements)
 
 
-SPAN_LIMIT = 1 << 24      # storage elements one gathered block may span (a mapping, not memory)
+SPAN_LIMIT = 1 << 24  # storage elements one gathered block may span (a mapping, not memory)
 
 
 def _merged_dims(shape, stride) -> tuple:
@@ -350,15 +398,17 @@ def _blocks(offset: int, shape: tuple, stride: tuple, limit: int):
         yield from _blocks(offset + row * step, inner_shape, inner_stride, limit)
 
 
-def _gather(reader: StorageReader, dtype: np.dtype, offset: int, shape: tuple,
-            stride: tuple) -> np.ndarray:
+def _gather(
+    reader: StorageReader, dtype: np.dtype, offset: int, shape: tuple, stride: tuple
+) -> np.ndarray:
     """A contiguous copy of one strided view, read through a mapping of the span it touches."""
     if 0 in shape:
         return np.zeros(shape, dtype)
     first = offset + sum((n - 1) * s for n, s in zip(shape, stride) if s < 0)
     base = reader.mapped(first, _span(shape, stride), dtype)
-    view = np.lib.stride_tricks.as_strided(base[offset - first:], shape,
-                                           [s * dtype.itemsize for s in stride], writeable=False)
+    view = np.lib.stride_tricks.as_strided(
+        base[offset - first :], shape, [s * dtype.itemsize for s in stride], writeable=False
+    )
     return np.ascontiguousarray(view)
 
 
@@ -383,6 +433,7 @@ def _rechunked(blocks, size: int):
 def _torch_chunks(value, size: int):
     """A torch tensor (maybe an expanded view) widened to numpy in logical-order chunks:
     converted block by block, never whole."""
+
     def blocks(view):
         if view.dim() == 0 or view.numel() <= size:
             yield to_numpy(view).reshape(-1)
@@ -391,7 +442,7 @@ def _torch_chunks(value, size: int):
         if 0 < inner <= size:
             rows = max(1, size // inner)
             for start in range(0, view.shape[0], rows):
-                yield to_numpy(view[start:start + rows]).reshape(-1)
+                yield to_numpy(view[start : start + rows]).reshape(-1)
             return
         for row in view:
             yield from blocks(row)
@@ -406,8 +457,11 @@ def unordered_view(tensor: TensorInfo) -> tuple[TensorInfo, int]:
     dropped and counted; negative strides are flipped and dims sorted by stride, which turns
     transposes back into contiguous reads."""
     reorderable = numpy_readable(tensor) or (
-        tensor.storage is not None and not tensor.parts and not tensor.chunks
-        and (tensor.layout == "strided" or "scale" in tensor.quantizer))
+        tensor.storage is not None
+        and not tensor.parts
+        and not tensor.chunks
+        and (tensor.layout == "strided" or "scale" in tensor.quantizer)
+    )
     if not reorderable or tensor.is_contiguous or tensor.numel == 0:
         return tensor, 1
     repeat, offset, dims = 1, tensor.offset, []
@@ -421,7 +475,11 @@ def unordered_view(tensor: TensorInfo) -> tuple[TensorInfo, int]:
             dims.append((n, s))
     dims.sort(key=lambda d: -d[1])
     view = copy.copy(tensor)
-    view.shape, view.stride, view.offset = tuple(n for n, _ in dims), tuple(s for _, s in dims), offset
+    view.shape, view.stride, view.offset = (
+        tuple(n for n, _ in dims),
+        tuple(s for _, s in dims),
+        offset,
+    )
     return view, repeat
 
 
@@ -431,7 +489,7 @@ def strided_array(tensor: TensorInfo, dtype: np.dtype) -> np.ndarray:
     out = np.empty(tensor.numel, dtype)
     filled = 0
     for piece in iter_raw_chunks(tensor, dtype):
-        out[filled:filled + piece.size] = piece
+        out[filled : filled + piece.size] = piece
         filled += piece.size
     return out.reshape(tensor.shape)
 
@@ -439,8 +497,10 @@ def strided_array(tensor: TensorInfo, dtype: np.dtype) -> np.ndarray:
 def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarray:
     """The whole tensor as a widened numpy array in its shape (for heatmaps, value pages)."""
     if max_elements is not None and tensor.numel > max_elements:
-        raise CheckpointError(f"tensor has {tensor.numel:,} elements; refusing to read more "
-                              f"than {max_elements:,} at once")
+        raise CheckpointError(
+            f"tensor has {tensor.numel:,} elements; refusing to read more "
+            f"than {max_elements:,} at once"
+        )
     if tensor.layout == "ggml":
         return ggml_elements(tensor, tensor.offset, tensor.numel).reshape(tensor.shape)
     if not numpy_readable(tensor):
@@ -461,21 +521,24 @@ def ggml_elements(tensor: TensorInfo, first: int, count: int) -> np.ndarray:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
     except ImportError:
-        raise CheckpointError("reading GGUF quantized values needs the gguf package "
-                              "(pip install gguf)") from None
+        raise CheckpointError(
+            "reading GGUF quantized values needs the gguf package (pip install gguf)"
+        ) from None
     block, type_size = tensor.quantizer["block"], tensor.quantizer["type_size"]
     if count <= 0:
         return np.zeros(0, np.float32)
     first_block, end_block = first // block, -(-(first + count) // block)
-    raw = StorageReader(tensor.storage).mapped(first_block * type_size,
-                                               (end_block - first_block) * type_size)
+    raw = StorageReader(tensor.storage).mapped(
+        first_block * type_size, (end_block - first_block) * type_size
+    )
     try:
         values = dequantize(raw, GGMLQuantizationType[tensor.quantizer["ggml_type"]])
     except NotImplementedError:
-        raise CheckpointError(f"the gguf package cannot dequantize "
-                              f"{tensor.quantizer['ggml_type']} values") from None
+        raise CheckpointError(
+            f"the gguf package cannot dequantize {tensor.quantizer['ggml_type']} values"
+        ) from None
     skip = first - first_block * block
-    return values.reshape(-1)[skip:skip + count]
+    return values.reshape(-1)[skip : skip + count]
 
 
 def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
@@ -490,12 +553,13 @@ def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
     pieces = []
     for offsets, sizes, span in tensor.chunks:
         if len(offsets) != len(tensor.shape) or any(
-                o < 0 or o + n > d for o, n, d in zip(offsets, sizes, tensor.shape)):
+            o < 0 or o + n > d for o, n, d in zip(offsets, sizes, tensor.shape)
+        ):
             raise CheckpointError("DCP chunk reaches past its tensor")
         pieces.append((offsets, stored_chunk(tensor, offsets, sizes, span)))
     if not tensor.numel:
         return
-    if not tensor.shape:                     # 0-dim: one element, one chunk
+    if not tensor.shape:  # 0-dim: one element, one chunk
         yield _chunk_block(pieces[0][1], unit)
         return
     rows, row_shape = tensor.shape[0], tuple(tensor.shape[1:])
@@ -511,32 +575,42 @@ def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
             view.offset = chunk.offset + (lo - offsets[0]) * chunk.stride[0]
             view.shape = (hi - lo,) + tuple(chunk.shape[1:])
             where = (slice(lo - first, hi - first),) + tuple(
-                slice(o, o + n) for o, n in zip(offsets[1:], chunk.shape[1:]))
+                slice(o, o + n) for o, n in zip(offsets[1:], chunk.shape[1:])
+            )
             slab[where] = _chunk_block(view, unit).reshape(view.shape)
         yield slab.reshape(-1)
 
 
 def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
     stored = unit.newbyteorder(stored_order(view.storage)) if unit.kind == "u" else unit
-    raw = np.concatenate(list(iter_raw_chunks(view, stored, max(1, view.numel)))) \
-        if view.numel else np.zeros(0, stored)
+    raw = (
+        np.concatenate(list(iter_raw_chunks(view, stored, max(1, view.numel))))
+        if view.numel
+        else np.zeros(0, stored)
+    )
     return apply_view_bits(raw, view).astype(unit, copy=False)
 
 
 # --- through torch ------------------------------------------------------------------------
 
+
 def to_numpy(value) -> np.ndarray:
     import torch
 
     if value.dtype == torch.float4_e2m1fn_x2:
-        raise CheckpointError("float4_e2m1fn_x2 packs two 4-bit floats in each element, which "
-                              "neither torch nor numpy computes with: no values to summarise")
+        raise CheckpointError(
+            "float4_e2m1fn_x2 packs two 4-bit floats in each element, which "
+            "neither torch nor numpy computes with: no values to summarise"
+        )
     if value.is_quantized:
         value = value.dequantize()
     if value.is_sparse or value.layout != torch.strided:
         value = value.to_dense()
-    if value.dtype in (torch.bfloat16, torch.complex32) or value.dtype.itemsize == 1 and \
-            value.dtype.is_floating_point:
+    if (
+        value.dtype in (torch.bfloat16, torch.complex32)
+        or value.dtype.itemsize == 1
+        and value.dtype.is_floating_point
+    ):
         value = value.to(torch.complex64 if value.dtype.is_complex else torch.float32)
     return value.detach().cpu().numpy()
 
@@ -545,9 +619,11 @@ def read_tensor(tensor: TensorInfo):
     """The tensor as a CPU torch.Tensor, bit-exact (quantized and sparse rebuilt)."""
     import torch
 
-    if tensor.layout == "dtensor":      # objects._dtensor: only a shard of it is in this file
-        raise CheckpointError(f"this DTensor's values are spread over its ranks' files; "
-                              f"{tensor.attrs.get('held', 'this file holds one shard')}")
+    if tensor.layout == "dtensor":  # objects._dtensor: only a shard of it is in this file
+        raise CheckpointError(
+            f"this DTensor's values are spread over its ranks' files; "
+            f"{tensor.attrs.get('held', 'this file holds one shard')}"
+        )
     if tensor.chunks:
         return _read_dcp(tensor)
     if not tensor.numel and tensor.layout == "strided":
@@ -560,12 +636,17 @@ def read_tensor(tensor: TensorInfo):
         parts = {name: read_tensor(part) for name, part in tensor.parts.items()}
         if tensor.layout == "sparse_coo":
             # invariants checked: indices from a hostile file must not reach past the values
-            return torch.sparse_coo_tensor(parts["indices"], parts["values"], tensor.shape,
-                                           check_invariants=True)
-        return torch.sparse_compressed_tensor(parts["compressed_indices"], parts["plain_indices"],
-                                              parts["values"], tensor.shape,
-                                              layout=getattr(torch, tensor.layout),
-                                              check_invariants=True)
+            return torch.sparse_coo_tensor(
+                parts["indices"], parts["values"], tensor.shape, check_invariants=True
+            )
+        return torch.sparse_compressed_tensor(
+            parts["compressed_indices"],
+            parts["plain_indices"],
+            parts["values"],
+            tensor.shape,
+            layout=getattr(torch, tensor.layout),
+            check_invariants=True,
+        )
     if tensor.storage is None:
         raise CheckpointError("this tensor has no stored data")
     dtype = getattr(torch, tensor.dtype)
@@ -576,12 +657,19 @@ def read_tensor(tensor: TensorInfo):
     if tensor.dtype in PACKED_VALUES:
         return _packed_quantized(raw, tensor, dtype)
     storage_dtype = {"qint8": torch.int8, "quint8": torch.uint8, "qint32": torch.int32}.get(
-        tensor.dtype, dtype)
-    whole = raw.size - raw.size % storage_dtype.itemsize   # a v3 dtype wider than the storage
-    flat = torch.frombuffer(bytearray(raw[:whole]), dtype=storage_dtype) if whole else \
-        torch.empty(0, dtype=storage_dtype)
-    value = torch.as_strided(flat, tensor.shape, tensor.stride, tensor.offset) if tensor.numel \
+        tensor.dtype, dtype
+    )
+    whole = raw.size - raw.size % storage_dtype.itemsize  # a v3 dtype wider than the storage
+    flat = (
+        torch.frombuffer(bytearray(raw[:whole]), dtype=storage_dtype)
+        if whole
+        else torch.empty(0, dtype=storage_dtype)
+    )
+    value = (
+        torch.as_strided(flat, tensor.shape, tensor.stride, tensor.offset)
+        if tensor.numel
         else torch.empty(tensor.shape, dtype=storage_dtype)
+    )
     if tensor.layout == "quantized":
         return _quantize(value, tensor, dtype)
     if tensor.conj and value.is_complex():
@@ -596,16 +684,22 @@ def _packed_quantized(raw: np.ndarray, tensor: TensorInfo, dtype):
 
     q = tensor.quantizer
     if "scale" not in q:
-        raise CheckpointError(f"a {tensor.dtype} tensor without a per-tensor scale "
-                              "(torch only quantizes those per tensor)")
+        raise CheckpointError(
+            f"a {tensor.dtype} tensor without a per-tensor scale "
+            "(torch only quantizes those per tensor)"
+        )
     storage = torch.UntypedStorage.from_buffer(bytearray(raw), dtype=torch.uint8)
-    with warnings.catch_warnings():       # torch's deprecation notice about quantized tensors
+    with warnings.catch_warnings():  # torch's deprecation notice about quantized tensors
         warnings.simplefilter("ignore")
-        value = torch._empty_affine_quantized([0], scale=q["scale"],
-                                              zero_point=q["zero_point"], dtype=dtype)
-    return value.set_(torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype,
-                                                 _internal=True),
-                      tensor.offset, tensor.shape, tensor.stride)
+        value = torch._empty_affine_quantized(
+            [0], scale=q["scale"], zero_point=q["zero_point"], dtype=dtype
+        )
+    return value.set_(
+        torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True),
+        tensor.offset,
+        tensor.shape,
+        tensor.stride,
+    )
 
 
 def _quantize(int_repr, tensor: TensorInfo, dtype):
@@ -650,11 +744,11 @@ def _read_dcp(tensor: TensorInfo):
 
     from ckpt_viewer.core.readers.dcp import RawChunk, stored_chunk
 
-    for offsets, sizes, span in tensor.chunks:     # before the tensor is allocated
+    for offsets, sizes, span in tensor.chunks:  # before the tensor is allocated
         stored_chunk(tensor, offsets, sizes, span)
     out = torch.empty(tensor.shape, dtype=getattr(torch, tensor.dtype))
     for offsets, sizes, span in tensor.chunks:
-        if isinstance(span, RawChunk):               # a safetensors tensor (HF storage)
+        if isinstance(span, RawChunk):  # a safetensors tensor (HF storage)
             chunk = read_tensor(span.tensor)
         else:
             with remote.open_source(span.path) as f:
@@ -662,9 +756,8 @@ def _read_dcp(tensor: TensorInfo):
                 data = f.read(span.nbytes)
             try:
                 chunk = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-            except Exception as exc:   # noqa: BLE001 - a damaged chunk is a read error
-                raise CheckpointError(f"DCP chunk of {span.path} cannot be read ({exc})") \
-                    from None
+            except Exception as exc:  # noqa: BLE001 - a damaged chunk is a read error
+                raise CheckpointError(f"DCP chunk of {span.path} cannot be read ({exc})") from None
         region = out
         for dim, (start, size) in enumerate(zip(offsets, sizes)):
             region = region.narrow(dim, start, size)
@@ -674,9 +767,9 @@ def _read_dcp(tensor: TensorInfo):
     return out
 
 
-
-def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
-                cols: range = range(1)) -> np.ndarray:
+def read_window(
+    tensor: TensorInfo, leading: tuple = (), rows: range = range(1), cols: range = range(1)
+) -> np.ndarray:
     """A 2-D window of the tensor: fixed indices for the leading dimensions, then the given
     row and column ranges of the last two (a 1-D tensor is one column). Reads only those rows
     (each as one span), so paging through a 16 GB tensor never materialises it."""
@@ -688,11 +781,13 @@ def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
         cols = range(0, 1)
     if len(leading) != len(shape) - 2 or any(not 0 <= i < n for i, n in zip(leading, shape)):
         raise CheckpointError("slice indices are out of range")
-    if tensor.layout == "ggml":             # dequantized row by row (rows are whole blocks)
+    if tensor.layout == "ggml":  # dequantized row by row (rows are whole blocks)
         return _ggml_window(tensor, leading, shape, stride, rows, cols)
-    if not numpy_readable(tensor):          # quantized per channel, DCP...: through torch
+    if not numpy_readable(tensor):  # quantized per channel, DCP...: through torch
         full = read_array(tensor).reshape(shape)
-        return full[tuple(leading)][rows.start:rows.stop:rows.step, cols.start:cols.stop:cols.step]
+        return full[tuple(leading)][
+            rows.start : rows.stop : rows.step, cols.start : cols.stop : cols.step
+        ]
     reader = StorageReader(tensor.storage)
     dtype = tensor_np_dtype(tensor)
     base = tensor.offset + sum(i * s for i, s in zip(leading, stride[:-2]))
@@ -700,8 +795,15 @@ def read_window(tensor: TensorInfo, leading: tuple = (), rows: range = range(1),
     out = []
     for r in rows:
         # each row through a mapping of its span: a zero stride repeats, a huge one samples
-        out.append(_gather(reader, dtype, base + r * row_stride + cols.start * col_stride,
-                           (len(cols),), (cols.step * col_stride,)))
+        out.append(
+            _gather(
+                reader,
+                dtype,
+                base + r * row_stride + cols.start * col_stride,
+                (len(cols),),
+                (cols.step * col_stride,),
+            )
+        )
     window = np.stack(out) if out else np.zeros((0, len(cols)), dtype)
     return widen(apply_view_bits(window, tensor), tensor.dtype, tensor.quantizer)
 
@@ -728,7 +830,7 @@ def downsampled_2d(tensor: TensorInfo, leading: tuple = (), limit: int = 1024) -
     return window, row_step, col_step
 
 
-POOL_STRIP = 1 << 22      # elements read at a time by pooled_2d
+POOL_STRIP = 1 << 22  # elements read at a time by pooled_2d
 
 
 def _largest_magnitude(block: np.ndarray, row_step: int, col_step: int) -> np.ndarray:
@@ -788,7 +890,8 @@ def _window_source(tensor: TensorInfo, leading: tuple):
             n_rows = tensor.shape[-2] if len(tensor.shape) >= 2 else tensor.shape[0]
             n_cols = tensor.shape[-1] if len(tensor.shape) >= 2 else 1
             whole.append(read_window(tensor, leading, range(n_rows), range(n_cols)))
-        return whole[0][rows.start:rows.stop, cols.start:cols.stop]
+        return whole[0][rows.start : rows.stop, cols.start : cols.stop]
+
     return window
 
 
@@ -802,6 +905,6 @@ def filter_grid(tensor: TensorInfo, max_filters: int = 64, pad: float = np.nan):
     for o in range(n_out):
         for i in range(n_in):
             tile = read_window(tensor, (o, i), range(kh), range(kw))
-            values[o * (kh + 1):o * (kh + 1) + kh, i * (kw + 1):i * (kw + 1) + kw] = tile
+            values[o * (kh + 1) : o * (kh + 1) + kh, i * (kw + 1) : i * (kw + 1) + kw] = tile
         yield (o + 1) / n_out
     return values

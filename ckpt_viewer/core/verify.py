@@ -22,23 +22,28 @@ BLOCK = 8 << 20
 class VerifyReport:
     path: str
     ok: bool
-    problem: str = ""             # the first bad record, when not ok
-    tensor: str = ""              # the first tensor key stored in that record, when known
-    bad_record: str = ""          # the bad record's name, when the reader gave it
+    problem: str = ""  # the first bad record, when not ok
+    tensor: str = ""  # the first tensor key stored in that record, when known
+    bad_record: str = ""  # the bad record's name, when the reader gave it
     records: int = 0
     bytes: int = 0
     notes: list = field(default_factory=list)
     # loadability, a separate matter: None where the format is not read with torch.load
     loads_with_weights_only: bool | None = None
     refusals: list = field(default_factory=list)
-    loader_note: str = ""         # "torch.load(weights_only=True) refuses it: ..." or ""
+    loader_note: str = ""  # "torch.load(weights_only=True) refuses it: ..." or ""
 
     def to_json(self) -> dict:
-        damage = [] if self.ok else [{"record": self.record, "key": self.tensor,
-                                      "what": self.problem}]
-        return {"path": self.path, "intact": self.ok,
-                "loads_with_weights_only": self.loads_with_weights_only,
-                "refusals": list(self.refusals), "damage": damage}
+        damage = (
+            [] if self.ok else [{"record": self.record, "key": self.tensor, "what": self.problem}]
+        )
+        return {
+            "path": self.path,
+            "intact": self.ok,
+            "loads_with_weights_only": self.loads_with_weights_only,
+            "refusals": list(self.refusals),
+            "damage": damage,
+        }
 
     @property
     def record(self) -> str:
@@ -83,11 +88,15 @@ def _check_member(member: ZipMember, f):
         produced += len(block)
         yield len(block)
     if produced != member.file_size:
-        raise Damaged(f"{member.name}: holds {produced:,} bytes, its directory entry says "
-                      f"{member.file_size:,}")
+        raise Damaged(
+            f"{member.name}: holds {produced:,} bytes, its directory entry says "
+            f"{member.file_size:,}"
+        )
     if crc != member.crc:
-        raise Damaged(f"{member.name}: CRC-32 mismatch (stored {member.crc:08x}, "
-                      f"computed {crc:08x}): the data is corrupt")
+        raise Damaged(
+            f"{member.name}: CRC-32 mismatch (stored {member.crc:08x}, "
+            f"computed {crc:08x}): the data is corrupt"
+        )
 
 
 def _verify_zip(path: str, report: VerifyReport, owners: dict | None = None):
@@ -131,8 +140,11 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
             while remaining:
                 block = f.read(min(BLOCK, remaining))
                 if not block:
-                    raise Damaged(f"{remote.basename(span.path)}: ends inside the data at "
-                                  f"offset {span.offset:,}{holds} (truncated)", owner or "")
+                    raise Damaged(
+                        f"{remote.basename(span.path)}: ends inside the data at "
+                        f"offset {span.offset:,}{holds} (truncated)",
+                        owner or "",
+                    )
                 remaining -= len(block)
                 yield len(block)
         report.records += 1
@@ -184,14 +196,18 @@ def loadability(checkpoint) -> tuple[bool | None, list, str]:
     else:
         clause = ""
     if checkpoint.format not in TORCH_LOAD_FORMATS and (
-            checkpoint.format not in FOLDER_FORMATS or not checkpoint.globals_named):
+        checkpoint.format not in FOLDER_FORMATS or not checkpoint.globals_named
+    ):
         return None, [], clause
     loads = loads_with_weights_only(checkpoint)
     refusals = list(checkpoint.refusals)
     if not loads and not clause:
         names = [u.name for u in uses]
-        what = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "") if names else \
-            (refusals[0] if refusals else "")
+        what = (
+            ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            if names
+            else (refusals[0] if refusals else "")
+        )
         clause = f"torch.load(weights_only=True) refuses it: {what}{see}"
     return loads, refusals, clause
 
@@ -209,7 +225,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
     report = VerifyReport(path=path, ok=True)
     try:
         try:
-            checkpoint = open_checkpoint(target)     # structure, sizes and bounds
+            checkpoint = open_checkpoint(target)  # structure, sizes and bounds
         except CheckpointError as exc:
             raise Damaged(str(exc), getattr(exc, "key", ""), getattr(exc, "record", "")) from None
         owners = _record_owners(checkpoint)
@@ -220,8 +236,14 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             runs = [_shard_run(f, owners) for f in files]
             report.notes.append(plural(len(files), "file"))
         elif kind == "hf_index":
-            shards = sorted({s.source.path for _, t, _ in checkpoint.tensors()
-                             for s in [t.storage] if s is not None and s.source is not None})
+            shards = sorted(
+                {
+                    s.source.path
+                    for _, t, _ in checkpoint.tensors()
+                    for s in [t.storage]
+                    if s is not None and s.source is not None
+                }
+            )
             files = shards
             runs = [_shard_run(shard, owners) for shard in shards]
             report.notes.append(plural(len(shards), "shard"))
@@ -231,8 +253,10 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             runs = [lambda report: _read_spans(spans, report, owners)]
             if kind in ("dcp", "dcp_hf"):
                 runs.insert(0, lambda report: _dcp_chunks(checkpoint))
-            report.notes.append("this format stores no checksums: sizes and offsets were "
-                                "checked and every byte was read")
+            report.notes.append(
+                "this format stores no checksums: sizes and offsets were "
+                "checked and every byte was read"
+            )
         total = sum(remote.getsize(f) for f in files) or 1
         done = 0
         for run in runs:
@@ -240,8 +264,9 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
                 done += nbytes
                 yield min(done / total, 1.0)
         report.bytes = done
-        report.loads_with_weights_only, report.refusals, report.loader_note = \
-            loadability(checkpoint)
+        report.loads_with_weights_only, report.refusals, report.loader_note = loadability(
+            checkpoint
+        )
     except (Damaged, CheckpointError) as exc:
         report.ok, report.problem = False, str(exc)
         report.tensor = getattr(exc, "tensor", "") or getattr(exc, "key", "")
@@ -257,8 +282,12 @@ def _training_files(folder: str, checkpoint) -> list[str]:
     from ckpt_viewer.core.readers.training_dir import part_names
 
     files = {remote.join(folder, n) for n in part_names(folder) if not n.endswith(".json")}
-    files |= {s.source.path for _, t, _ in checkpoint.tensors() for s in [t.storage]
-              if s is not None and s.source is not None}
+    files |= {
+        s.source.path
+        for _, t, _ in checkpoint.tensors()
+        for s in [t.storage]
+        if s is not None and s.source is not None
+    }
     return sorted(files)
 
 
@@ -275,6 +304,7 @@ def _shard_run(shard: str, owners: dict):
                 yield from _read_spans(_storage_spans(checkpoint), report, owners)
         except (Damaged, CheckpointError) as exc:
             raise Damaged(f"{name}: {exc}") from None
+
     return run
 
 

@@ -80,14 +80,15 @@ def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
             return
         tab.tensor_view.view_ready.connect(lambda _key: QTimer.singleShot(100, save))
         tab.tensor_view.view_failed.connect(
-            lambda failed_key, message: finish(2, f"error: {path}: {failed_key}: {message}"))
+            lambda failed_key, message: finish(2, f"error: {path}: {failed_key}: {message}")
+        )
         tab.select_key(key)
 
     def save():
         from ckpt_viewer.core import CheckpointError
         from ckpt_viewer.core.destination import Sources
 
-        try:        # `--screenshot model.pt` must not overwrite the checkpoint it shows
+        try:  # `--screenshot model.pt` must not overwrite the checkpoint it shows
             Sources(window.current_tab().checkpoint).refuse_source(out)
         except CheckpointError as exc:
             finish(2, f"error: {exc}")
@@ -97,7 +98,7 @@ def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
             return
         finish(0)
 
-    window.resize(*size)            # offscreen: any size, whatever the (800 x 800) screen
+    window.resize(*size)  # offscreen: any size, whatever the (800 x 800) screen
     window.loaded.connect(on_loaded)
     window.load_failed.connect(lambda p, message: finish(2, f"error: {p}: {message}"))
     QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, lambda: finish(2, "error: screenshot timed out"))

@@ -6,29 +6,50 @@ import gc
 
 from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-                               QMenu, QPushButton, QSplitter, QStyle, QTabWidget, QTextBrowser,
-                               QTreeView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QPushButton,
+    QSplitter,
+    QStyle,
+    QTabWidget,
+    QTextBrowser,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ckpt_viewer.core.model import format_bytes, format_count
 from ckpt_viewer.core.report import describe_value
 from ckpt_viewer.core.summary import scalars_by_importance
 from ckpt_viewer.qt.optimizer_view import OptimizerView
+from ckpt_viewer.qt.plain import as_html, plain_label
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.theme import on_base, remember_splitter
-from ckpt_viewer.qt.tree_model import (COLUMNS, DEVICE, DTYPE, KEY, TYPE, Filtered, KeyTreeModel,
-                                       filter_rows)
+from ckpt_viewer.qt.tree_model import (
+    COLUMNS,
+    DEVICE,
+    DTYPE,
+    KEY,
+    TYPE,
+    Filtered,
+    KeyTreeModel,
+    filter_rows,
+)
 from ckpt_viewer.qt.workers import Controller
-from ckpt_viewer.qt.plain import as_html, plain_label
 
-AUTO_EXPAND_LIMIT = 2000   # after filtering, expand everything if at most this many rows show
-AUTO_OPEN_ROWS = 50        # rows (a screenful) a new tab's opened first levels may show
+AUTO_EXPAND_LIMIT = 2000  # after filtering, expand everything if at most this many rows show
+AUTO_OPEN_ROWS = 50  # rows (a screenful) a new tab's opened first levels may show
 KEY_MIN_WIDTH = 180
-KEY_ROOM = 240             # Device, then Type / Class hide (until chosen) while Key would get less:
-                           # at 180 a nested "num_batches_tracked" was cut beside a Type column
+KEY_ROOM = 240  # Device, then Type / Class hide (until chosen) while Key would get less:
+# at 180 a nested "num_batches_tracked" was cut beside a Type column
 AUTO_HIDDEN = (DEVICE, TYPE)
-COLUMN_SAMPLE = 500        # rows whose texts size the columns (all 50,000 cost ~0.5 s)
-FILTER_DELAY_MS = 120      # filtering waits for a pause in typing; the text field never waits
+COLUMN_SAMPLE = 500  # rows whose texts size the columns (all 50,000 cost ~0.5 s)
+FILTER_DELAY_MS = 120  # filtering waits for a pause in typing; the text field never waits
 
 
 def elements(count: int) -> str:
@@ -42,25 +63,34 @@ def elements(count: int) -> str:
 def summary_html(checkpoint, totals) -> str:
     esc = as_html
     parameters = totals.split["model"] - totals.model_buffers
-    rows = [("Path", esc(checkpoint.path)), ("Format", esc(checkpoint.format)),
-            ("File size", f"{format_bytes(checkpoint.file_bytes)} ({checkpoint.file_bytes:,} bytes)"),
-            ("Tensors", f"{totals.tensors:,}"),
-            ("Model parameters", f"{format_count(parameters)} ({parameters:,})"),
-            *([("Model buffers", elements(totals.model_buffers))] if totals.model_buffers else []),
-            ("Optimizer state", elements(totals.split['optimizer_state'])),
-            ("Other tensors", elements(totals.split['other'])),
-            ("All elements", f"{format_count(totals.params)} ({totals.params:,}), each storage "
-                             "counted once"),
-            ("Tensor bytes", format_bytes(totals.bytes))]
+    rows = [
+        ("Path", esc(checkpoint.path)),
+        ("Format", esc(checkpoint.format)),
+        ("File size", f"{format_bytes(checkpoint.file_bytes)} ({checkpoint.file_bytes:,} bytes)"),
+        ("Tensors", f"{totals.tensors:,}"),
+        ("Model parameters", f"{format_count(parameters)} ({parameters:,})"),
+        *([("Model buffers", elements(totals.model_buffers))] if totals.model_buffers else []),
+        ("Optimizer state", elements(totals.split["optimizer_state"])),
+        ("Other tensors", elements(totals.split["other"])),
+        (
+            "All elements",
+            f"{format_count(totals.params)} ({totals.params:,}), each storage counted once",
+        ),
+        ("Tensor bytes", format_bytes(totals.bytes)),
+    ]
     rows += [(esc(str(k)), esc(describe_value(v))) for k, v in checkpoint.metadata.items()]
     out = ["<h3>Summary</h3><table cellspacing=4>"]
     out += [f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows]
-    out.append("</table><h3>By dtype</h3><table cellspacing=4>"
-               "<tr><th align=left>dtype</th><th align=right>tensors</th>"
-               "<th align=right>elements</th><th align=right>bytes</th></tr>")
+    out.append(
+        "</table><h3>By dtype</h3><table cellspacing=4>"
+        "<tr><th align=left>dtype</th><th align=right>tensors</th>"
+        "<th align=right>elements</th><th align=right>bytes</th></tr>"
+    )
     for dtype, (count, params, nbytes) in totals.by_dtype.items():
-        out.append(f"<tr><td>{esc(dtype)}</td><td align=right>{count:,}</td>"
-                   f"<td align=right>{params:,}</td><td align=right>{format_bytes(nbytes)}</td></tr>")
+        out.append(
+            f"<tr><td>{esc(dtype)}</td><td align=right>{count:,}</td>"
+            f"<td align=right>{params:,}</td><td align=right>{format_bytes(nbytes)}</td></tr>"
+        )
     out.append("</table>")
     if checkpoint.warnings:
         out.append("<h3>Warnings</h3><ul>")
@@ -69,8 +99,10 @@ def summary_html(checkpoint, totals) -> str:
     scalars = checkpoint.scalars()
     if scalars:
         out.append("<h3>Scalars</h3><table cellspacing=4>")
-        out += [f"<tr><td>{esc(k)}</td><td>{esc(describe_value(v))}</td></tr>"
-                for k, v in scalars_by_importance(scalars)[:2000]]
+        out += [
+            f"<tr><td>{esc(k)}</td><td>{esc(describe_value(v))}</td></tr>"
+            for k, v in scalars_by_importance(scalars)[:2000]
+        ]
         out.append("</table>")
     return "".join(out)
 
@@ -80,7 +112,7 @@ class CheckpointTab(QWidget):
 
     tensor_selected = Signal(str)
     pickle_imports_requested = Signal()
-    filter_applied = Signal(str)       # the tree now shows what this filter text selects
+    filter_applied = Signal(str)  # the tree now shows what this filter text selects
 
     def _fill_banner(self, checkpoint):
         """Red only when the file names code (with the call and where it sits); classes and
@@ -112,8 +144,9 @@ class CheckpointTab(QWidget):
         self.banner.setVisible(bool(checkpoint.unsafe_globals))
         self.banner_button = QPushButton("Pickle Imports...")
         self.banner_button.setObjectName("bannerPickleImports")
-        self.banner_button.setToolTip("Every global, where it sits, whether weights_only loads "
-                                      "the file, and how to make it")
+        self.banner_button.setToolTip(
+            "Every global, where it sits, whether weights_only loads the file, and how to make it"
+        )
         self.banner_button.clicked.connect(self.pickle_imports_requested)
         self.banner_button.setVisible(bool(checkpoint.unsafe_globals))
 
@@ -126,20 +159,21 @@ class CheckpointTab(QWidget):
         self.filter_timer.setInterval(FILTER_DELAY_MS)
         self.filter_timer.timeout.connect(lambda: self.apply_filter(self.filter.text()))
         self.filter.textChanged.connect(self._filter_edited)
-        self.unfiltered_expanded: list | None = None   # rows expanded before filtering
-        self.kept_row = None          # the selected row, while a filter hides it
+        self.unfiltered_expanded: list | None = None  # rows expanded before filtering
+        self.kept_row = None  # the selected row, while a filter hides it
         self.jobs = Controller(self)
         self.filter_status = plain_label()
         self.ticked = plain_label()
         self.ticked.setObjectName("tickedCount")
         self.model.checks_changed.connect(
-            lambda n: self.ticked.setText(f"{n:,} ticked for export (Ctrl+E)" if n else ""))
+            lambda n: self.ticked.setText(f"{n:,} ticked for export (Ctrl+E)" if n else "")
+        )
 
         self.tree = QTreeView()
         self.tree.setObjectName("keyTree")
         self.tree.setModel(self.model)
         self.tree.setUniformRowHeights(True)
-        self.tree.header().setSortIndicator(-1, Qt.AscendingOrder)   # file order until clicked
+        self.tree.header().setSortIndicator(-1, Qt.AscendingOrder)  # file order until clicked
         self.tree.setSortingEnabled(True)
         self.tree.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.tree.setContextMenuPolicy(Qt.CustomContextMenu)
@@ -215,7 +249,7 @@ class CheckpointTab(QWidget):
         Type / Class, so that Params and Size stay in view."""
         if column == KEY or getattr(self, "_fitting", False):
             return
-        self._fitting = True          # hiding and resizing sections report back here
+        self._fitting = True  # hiding and resizing sections report back here
         try:
             self._fit_columns()
         finally:
@@ -224,8 +258,8 @@ class CheckpointTab(QWidget):
     def _fit_columns(self):
         header = self.tree.header()
         width = self.tree.viewport().width()
-        if not QSettings().value("tree/columnsChosen", False, type=bool):   # no choice made:
-            for column in AUTO_HIDDEN:                          # narrow trees drop these first
+        if not QSettings().value("tree/columnsChosen", False, type=bool):  # no choice made:
+            for column in AUTO_HIDDEN:  # narrow trees drop these first
                 header.setSectionHidden(column, False)
             for column in AUTO_HIDDEN:
                 if self._columns_width() + KEY_ROOM <= width:
@@ -236,8 +270,9 @@ class CheckpointTab(QWidget):
     def _columns_width(self) -> int:
         """Width of the shown columns but Key."""
         header = self.tree.header()
-        return sum(header.sectionSize(c) for c in range(1, len(COLUMNS))
-                   if not header.isSectionHidden(c))
+        return sum(
+            header.sectionSize(c) for c in range(1, len(COLUMNS)) if not header.isSectionHidden(c)
+        )
 
     def content_widths(self) -> dict[int, int]:
         """Width of each column but Key: its header and the widest text of up to
@@ -245,7 +280,7 @@ class CheckpointTab(QWidget):
         and of every dtype the file holds (a rare one must not be cut)."""
         rows = self.model.rows
         step = max(1, len(rows) // COLUMN_SAMPLE)
-        sample = rows[1::step] + self.model.top.children[:COLUMN_SAMPLE]   # the biggest sums
+        sample = rows[1::step] + self.model.top.children[:COLUMN_SAMPLE]  # the biggest sums
         metrics = self.tree.fontMetrics()
         padding = 2 * self.tree.style().pixelMetric(QStyle.PM_FocusFrameHMargin) + 16
         widths = {}
@@ -270,10 +305,11 @@ class CheckpointTab(QWidget):
     def show_column(self, column: int, on: bool):
         header = self.tree.header()
         hidden = {c for c in range(len(COLUMNS)) if header.isSectionHidden(c)} ^ (
-            {column} if on == header.isSectionHidden(column) else set())
+            {column} if on == header.isSectionHidden(column) else set()
+        )
         # saved first: showing a column re-fits the others, which reads this choice
         QSettings().setValue("tree/hiddenColumns", [COLUMNS[c] for c in sorted(hidden)])
-        QSettings().setValue("tree/columnsChosen", True)    # an empty list reads back as None
+        QSettings().setValue("tree/columnsChosen", True)  # an empty list reads back as None
         header.setSectionHidden(column, not on)
 
     def _expand_first_levels(self):
@@ -308,7 +344,7 @@ class CheckpointTab(QWidget):
         self.jobs.cancel()
         if self.tensor_view is not None:
             self.tensor_view.cancel()
-            self.tensor_view.jobs.cancel()           # the overlay
+            self.tensor_view.jobs.cancel()  # the overlay
             self.tensor_view.heatmap.cancel()
             self.optimizer_view.cancel()
 
@@ -326,12 +362,13 @@ class CheckpointTab(QWidget):
         The unfiltered tree's expansion is kept while a filter is on and restored when it is
         cleared; the selected key stays selected whenever it is still shown."""
         self.filter_timer.stop()
-        if not text.strip():                   # nothing to search: the whole tree at once
+        if not text.strip():  # nothing to search: the whole tree at once
             self.jobs.cancel("filter")
             self.show_filtered(filter_rows(text, self.model.index_rows))
             return
-        self.jobs.start("filter", filter_rows, text, self.model.index_rows,
-                        on_result=self.show_filtered)
+        self.jobs.start(
+            "filter", filter_rows, text, self.model.index_rows, on_result=self.show_filtered
+        )
 
     def _filter_edited(self, text: str):
         """Typing waits for a pause; clearing the field brings the whole tree back at once."""
@@ -354,8 +391,9 @@ class CheckpointTab(QWidget):
             self.unfiltered_expanded = self.expanded_rows()
         matches = self.model.show_filtered(filtered)
         self.filter.setStyleSheet("")
-        self.filter_status.setText(f"{matches:,} match{'es' if matches != 1 else ''}"
-                                   if text.strip() else "")
+        self.filter_status.setText(
+            f"{matches:,} match{'es' if matches != 1 else ''}" if text.strip() else ""
+        )
         if text.strip() and self.model.visible_count <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
         elif not text.strip() and self.unfiltered_expanded is not None:
@@ -368,7 +406,8 @@ class CheckpointTab(QWidget):
             index = self.model.index_of_row(selected)
             if index.isValid():
                 self.tree.selectionModel().setCurrentIndex(
-                    index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+                    index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows
+                )
         self.filter_applied.emit(text)
 
     def expanded_rows(self) -> list:
@@ -404,7 +443,8 @@ class CheckpointTab(QWidget):
         if show:
             self.tree.scrollTo(index)
         self.tree.selectionModel().setCurrentIndex(
-            index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+            index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows
+        )
         return True
 
     def largest_tensor_key(self) -> str:
@@ -415,7 +455,7 @@ class CheckpointTab(QWidget):
         row = self.model.row_of(current) if current.isValid() else None
         if row is None or row.node.tensor is None:
             return
-        if self.tensor_view.node is row.node:     # reselected after filtering: nothing new
+        if self.tensor_view.node is row.node:  # reselected after filtering: nothing new
             return
         self.panes.setCurrentWidget(self.tensor_view)
         self.tensor_view.show_tensor(row.node)
@@ -446,4 +486,3 @@ class CheckpointTab(QWidget):
         key = self.selected_key()
         if key:
             QGuiApplication.clipboard().setText(key)
-

@@ -10,8 +10,18 @@ import os
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QPalette
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel,
-                               QLineEdit, QSplitter, QTreeView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QSplitter,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ckpt_viewer.core.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pair_detail
 from ckpt_viewer.core.report import cosine_text
@@ -22,16 +32,29 @@ from ckpt_viewer.qt.theme import on_base, style_plot
 
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
 SORT_ROLE, STATUS_ROLE = Qt.UserRole + 1, Qt.UserRole + 2
-STATUS_SYMBOL = {"identical": "=", "changed": "\u2260", "dtype+identical": "\u25c6",
-                 "dtype+changed": "\u25c6", "shape": "\u25b2", "shard": "\u25b3", "only in A": "\u25c0",
-                 "only in B": "\u25b6"}
-STATUS_COLOURS = {"identical": QColor(90, 90, 90), "changed": QColor(200, 110, 0),
-                  "dtype+identical": QColor(150, 60, 160), "dtype+changed": QColor(150, 60, 160),
-                  "shape": QColor(200, 40, 40), "shard": QColor(200, 40, 40),
-                  "only in A": QColor(40, 100, 200),
-                  "only in B": QColor(20, 130, 100)}
-DISPLAY, FOREGROUND, TOOLTIP, ALIGNMENT = (role.value for role in (
-    Qt.DisplayRole, Qt.ForegroundRole, Qt.ToolTipRole, Qt.TextAlignmentRole))
+STATUS_SYMBOL = {
+    "identical": "=",
+    "changed": "\u2260",
+    "dtype+identical": "\u25c6",
+    "dtype+changed": "\u25c6",
+    "shape": "\u25b2",
+    "shard": "\u25b3",
+    "only in A": "\u25c0",
+    "only in B": "\u25b6",
+}
+STATUS_COLOURS = {
+    "identical": QColor(90, 90, 90),
+    "changed": QColor(200, 110, 0),
+    "dtype+identical": QColor(150, 60, 160),
+    "dtype+changed": QColor(150, 60, 160),
+    "shape": QColor(200, 40, 40),
+    "shard": QColor(200, 40, 40),
+    "only in A": QColor(40, 100, 200),
+    "only in B": QColor(20, 130, 100),
+}
+DISPLAY, FOREGROUND, TOOLTIP, ALIGNMENT = (
+    role.value for role in (Qt.DisplayRole, Qt.ForegroundRole, Qt.ToolTipRole, Qt.TextAlignmentRole)
+)
 RIGHT_ALIGNED = (Qt.AlignRight | Qt.AlignVCenter).value
 OVERLAY_BINS = 128
 COLOUR_A, COLOUR_B = (60, 100, 200), (230, 120, 20)
@@ -48,8 +71,11 @@ def _number(value) -> str:
 def counts_text(counts: dict) -> str:
     """'5 keys in both files: 2 identical, 1 values differ, ...; 1 only in A': sums add up."""
     common = sum(n for status, n in counts.items() if not status.startswith("only"))
-    parts = [f"{n} {STATUS_TEXT[status]}" for status, n in counts.items()
-             if n and not status.startswith("only")]
+    parts = [
+        f"{n} {STATUS_TEXT[status]}"
+        for status, n in counts.items()
+        if n and not status.startswith("only")
+    ]
     text = f"{plural(common, 'key')} in both files" + (f": {', '.join(parts)}" if parts else "")
     return text + f"; {counts['only in A']} only in A, {counts['only in B']} only in B."
 
@@ -60,14 +86,21 @@ class CompareModel(QAbstractTableModel):
 
     def __init__(self, report, parent=None):
         super().__init__(parent)
-        self.rows = []          # (cells as text, sort values, status)
-        self.brushes = {status: QBrush(on_base(colour)) for status, colour in STATUS_COLOURS.items()}
+        self.rows = []  # (cells as text, sort values, status)
+        self.brushes = {
+            status: QBrush(on_base(colour)) for status, colour in STATUS_COLOURS.items()
+        }
         for t in report.tensors:
             metrics = (t.max_abs, t.mean_abs, t.rel_l2)
-            self._add(t.key, t.status, f"{t.dtype_a} {t.shape_a}", f"{t.dtype_b} {t.shape_b}",
-                      [_number(v) for v in metrics] + [cosine_text(t)],
-                      [-1.0 if v is None else v for v in metrics]
-                      + [-2.0 if t.cosine is None else t.cosine])
+            self._add(
+                t.key,
+                t.status,
+                f"{t.dtype_a} {t.shape_a}",
+                f"{t.dtype_b} {t.shape_b}",
+                [_number(v) for v in metrics] + [cosine_text(t)],
+                [-1.0 if v is None else v for v in metrics]
+                + [-2.0 if t.cosine is None else t.cosine],
+            )
         for key in report.only_a:
             self._add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
         for key in report.only_b:
@@ -75,8 +108,9 @@ class CompareModel(QAbstractTableModel):
 
     def _add(self, key, status, a_text, b_text, metric_texts, metric_values):
         texts = (shown(key), status_label(status), shown(a_text), shown(b_text), *metric_texts)
-        self.rows.append((texts, (key, STATUS_ORDER.index(status), a_text, b_text,
-                                  *metric_values), status))
+        self.rows.append(
+            (texts, (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values), status)
+        )
 
     def rowCount(self, parent=QModelIndex()):
         return 0 if parent.isValid() else len(self.rows)
@@ -127,11 +161,11 @@ class CompareFilter(QSortFilterProxyModel):
         self.setSortRole(SORT_ROLE)
 
     def set_hidden(self, hidden: set):
-        if not hasattr(self, "beginFilterChange"):        # Qt < 6.9
+        if not hasattr(self, "beginFilterChange"):  # Qt < 6.9
             self.hidden = set(hidden)
             self.invalidateFilter()
             return
-        self.beginFilterChange()          # Qt >= 6.9 deprecates invalidateFilter() for this pair
+        self.beginFilterChange()  # Qt >= 6.9 deprecates invalidateFilter() for this pair
         self.hidden = set(hidden)
         self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
@@ -144,6 +178,7 @@ class CompareFilter(QSortFilterProxyModel):
 def plotting_failed() -> bool:
     """Has loading the plotting library failed (then draw nothing, but finish)?"""
     from ckpt_viewer.qt.tensor_view import _plotting
+
     return bool(_plotting["failed"])
 
 
@@ -158,27 +193,33 @@ def detail_job(a, b, max_abs):
 class CompareView(QWidget):
     overlay_ready = Signal(str)
 
-    def __init__(self, report, checkpoint_a, checkpoint_b, plotting, request_plotting=None,
-                 parent=None):
+    def __init__(
+        self, report, checkpoint_a, checkpoint_b, plotting, request_plotting=None, parent=None
+    ):
         super().__init__(parent)
         self.setObjectName("compareView")
         self.report, self.a, self.b = report, checkpoint_a, checkpoint_b
-        self.plotting = plotting              # returns the pyqtgraph module, or None
-        self.request_plotting = request_plotting   # calls plotting_ready() once it is loaded
+        self.plotting = plotting  # returns the pyqtgraph module, or None
+        self.request_plotting = request_plotting  # calls plotting_ready() once it is loaded
         self.jobs = workers.Controller(self)
         self.pending = None
         self.plot = None
         self.generation = 0
-        names = (os.path.basename(report.path_a.rstrip("/")), os.path.basename(report.path_b.rstrip("/")))
+        names = (
+            os.path.basename(report.path_a.rstrip("/")),
+            os.path.basename(report.path_b.rstrip("/")),
+        )
         self.names = names
         view = report.load_state_dict_view()
         self.counts = report.status_counts()
-        summary = (f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
-                   f"{as_html(counts_text(self.counts))}<br>"
-                   f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
-                   f"{len(view['unexpected_keys'])} unexpected, "
-                   f"{plural(len(view['size_mismatch']), 'size mismatch')}."
-                   + (" <b>Identical.</b>" if report.identical else ""))
+        summary = (
+            f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
+            f"{as_html(counts_text(self.counts))}<br>"
+            f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
+            f"{len(view['unexpected_keys'])} unexpected, "
+            f"{plural(len(view['size_mismatch']), 'size mismatch')}."
+            + (" <b>Identical.</b>" if report.identical else "")
+        )
         self.summary = QLabel(summary)
         self.summary.setObjectName("compareSummary")
         self.summary.setWordWrap(True)
@@ -196,7 +237,7 @@ class CompareView(QWidget):
         self.table.setRootIsDecorated(False)
         self.table.setUniformRowHeights(True)
         self.table.setModel(self.proxy)
-        self.table.header().setSortIndicator(-1, Qt.AscendingOrder)   # file order until clicked
+        self.table.header().setSortIndicator(-1, Qt.AscendingOrder)  # file order until clicked
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self._size_columns()
@@ -213,7 +254,7 @@ class CompareView(QWidget):
         detail_layout.setContentsMargins(0, 0, 0, 0)
         detail_layout.addWidget(self.plot_status)
         detail_layout.addLayout(self.plot_holder, 1)
-        self.detail.setVisible(False)        # no empty pane until a tensor is selected
+        self.detail.setVisible(False)  # no empty pane until a tensor is selected
         top = QHBoxLayout()
         top.addWidget(self.filter, 1)
         top.addWidget(self.only)
@@ -249,8 +290,8 @@ class CompareView(QWidget):
             button.setObjectName(f"legend_{status}")
             button.setChecked(True)
             button.setToolTip(f"Show or hide keys whose status is '{STATUS_TEXT[status]}'")
-            palette = button.palette()           # a palette, not a style sheet: those cost
-            palette.setColor(QPalette.WindowText, on_base(STATUS_COLOURS[status]))   # ~20 ms each
+            palette = button.palette()  # a palette, not a style sheet: those cost
+            palette.setColor(QPalette.WindowText, on_base(STATUS_COLOURS[status]))  # ~20 ms each
             button.setPalette(palette)
             button.toggled.connect(self._legend_toggled)
             row.addWidget(button)
@@ -264,7 +305,7 @@ class CompareView(QWidget):
         header.setStretchLastSection(False)
         header.setSectionResizeMode(0, QHeaderView.Stretch)
         metrics = self.table.fontMetrics()
-        padding = 3 * metrics.horizontalAdvance("M")       # cell margins and the sort arrow
+        padding = 3 * metrics.horizontalAdvance("M")  # cell margins and the sort arrow
         for column in range(1, len(COLUMNS)):
             header.setSectionResizeMode(column, QHeaderView.Interactive)
             self.table.setColumnWidth(column, self.model.widest(column, metrics) + padding)
@@ -279,7 +320,7 @@ class CompareView(QWidget):
     def _only_toggled(self, on):
         button = self.legend_buttons.get("identical")
         if button is not None:
-            button.setChecked(not on)          # its toggled signal refilters
+            button.setChecked(not on)  # its toggled signal refilters
         else:
             self.proxy.set_hidden({"identical"} if on else set())
 
@@ -294,17 +335,26 @@ class CompareView(QWidget):
         if match is None:
             self.jobs.cancel("detail")
             self.generation += 1
-            self.plot_status.setText(f"{key}: only tensors present in both files with one shape "
-                                     "have plots." if key else "")
+            self.plot_status.setText(
+                f"{key}: only tensors present in both files with one shape have plots."
+                if key
+                else ""
+            )
             return
         self.generation += 1
         generation = self.generation
         a = self.a.find(match.key_a).tensor
         b = self.b.find(match.key_b).tensor
         self.plot_status.setText(f"{key}: reading both tensors...")
-        self.jobs.start("detail", detail_job, a, b, match.max_abs,
-                        on_result=lambda result: self._draw(generation, key, result),
-                        on_error=lambda message: self.plot_status.setText(f"{key}: {message}"))
+        self.jobs.start(
+            "detail",
+            detail_job,
+            a,
+            b,
+            match.max_abs,
+            on_result=lambda result: self._draw(generation, key, result),
+            on_error=lambda message: self.plot_status.setText(f"{key}: {message}"),
+        )
 
     def plotting_ready(self, message=""):
         if self.pending is not None:
@@ -322,20 +372,34 @@ class CompareView(QWidget):
             widget.setLabel("left", y_label)
             self.plot_holder.addWidget(widget, 1)
             return widget
+
         self.plot = plot("compareHistogram", "values", "value", "count")
         self.plot.addLegend(offset=(-10, 10))
-        self.curve_a = self.plot.plot([0, 1], [0], stepMode="center", name="A",
-                                      fillLevel=0, brush=(*COLOUR_A, 90),
-                                      pen=pg.mkPen(COLOUR_A, width=1))
-        self.curve_b = self.plot.plot([0, 1], [0], stepMode="center", name="B",
-                                      pen=pg.mkPen(COLOUR_B, width=2))
+        self.curve_a = self.plot.plot(
+            [0, 1],
+            [0],
+            stepMode="center",
+            name="A",
+            fillLevel=0,
+            brush=(*COLOUR_A, 90),
+            pen=pg.mkPen(COLOUR_A, width=1),
+        )
+        self.curve_b = self.plot.plot(
+            [0, 1], [0], stepMode="center", name="B", pen=pg.mkPen(COLOUR_B, width=2)
+        )
         self.diff_plot = plot("compareDifference", "a \u2212 b", "a \u2212 b", "count")
-        self.curve_diff = self.diff_plot.plot([0, 1], [0], stepMode="center", fillLevel=0,
-                                              brush=(120, 120, 120, 120),
-                                              pen=pg.mkPen((80, 80, 80), width=1))
+        self.curve_diff = self.diff_plot.plot(
+            [0, 1],
+            [0],
+            stepMode="center",
+            fillLevel=0,
+            brush=(120, 120, 120, 120),
+            pen=pg.mkPen((80, 80, 80), width=1),
+        )
         self.scatter_plot = plot("compareScatter", "b against a (sample)", "a", "b")
-        self.identity = self.scatter_plot.plot([0, 1], [0, 1],
-                                               pen=pg.mkPen((150, 150, 150), style=Qt.DashLine))
+        self.identity = self.scatter_plot.plot(
+            [0, 1], [0, 1], pen=pg.mkPen((150, 150, 150), style=Qt.DashLine)
+        )
         self.scatter = pg.ScatterPlotItem(size=3, pen=None, brush=pg.mkBrush(*COLOUR_B, 140))
         self.scatter_plot.addItem(self.scatter)
 
@@ -364,11 +428,18 @@ class CompareView(QWidget):
         self.scatter.setData(detail.a[finite], detail.b[finite])
         for plot in (self.plot, self.diff_plot, self.scatter_plot):
             plot.enableAutoRange()
-        apart = f"; {detail.nonfinite:,} non-finite differences left out" if detail.nonfinite else ""
-        sampled = (f"; scatter of {len(detail.a):,} of {detail.elements:,} pairs"
-                   if len(detail.a) < detail.elements else "")
-        self.plot_status.setText(f"{key}: A {self.names[0]} (blue, filled), B {self.names[1]} "
-                                 f"(orange line){apart}{sampled}")
+        apart = (
+            f"; {detail.nonfinite:,} non-finite differences left out" if detail.nonfinite else ""
+        )
+        sampled = (
+            f"; scatter of {len(detail.a):,} of {detail.elements:,} pairs"
+            if len(detail.a) < detail.elements
+            else ""
+        )
+        self.plot_status.setText(
+            f"{key}: A {self.names[0]} (blue, filled), B {self.names[1]} "
+            f"(orange line){apart}{sampled}"
+        )
         self.overlay_ready.emit(key)
 
     def cancel(self):

@@ -7,9 +7,22 @@ import threading
 
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
-                               QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
-                               QProgressBar, QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.export import CAST_TARGETS, ExportPlan, export, plan_items
@@ -32,7 +45,7 @@ def split_globs(text: str) -> list[str]:
 
 
 class ExportDialog(QDialog):
-    finished_export = Signal(str)      # the path written, or "" when it failed / was cancelled
+    finished_export = Signal(str)  # the path written, or "" when it failed / was cancelled
 
     def __init__(self, checkpoint, checked_keys: list[str], parent=None):
         super().__init__(parent)
@@ -41,9 +54,9 @@ class ExportDialog(QDialog):
         self.checkpoint = checkpoint
         self.checked_keys = checked_keys
         self.worker = None
-        self.jobs = workers.Controller(self)   # closing the dialog stops the export, drops its calls
+        self.jobs = workers.Controller(self)  # closing the dialog stops the export, drops its calls
         self.cancel_event = threading.Event()
-        self.replace_target = ""               # the file the user agreed to replace
+        self.replace_target = ""  # the file the user agreed to replace
 
         self.scope = QComboBox()
         self.scope.setObjectName("exportScope")
@@ -53,7 +66,7 @@ class ExportDialog(QDialog):
         self.root = QLineEdit()
         self.root.setObjectName("exportRoot")
         self.root.setPlaceholderText("e.g. model_state_dict (keys become relative to it)")
-        self.root_proposed = ""                # Root filled in for the ticked keys, until edited
+        self.root_proposed = ""  # Root filled in for the ticked keys, until edited
         self.include = QLineEdit()
         self.include.setPlaceholderText("globs, e.g. encoder.*  (empty: everything)")
         self.exclude = QLineEdit()
@@ -134,7 +147,7 @@ class ExportDialog(QDialog):
         layout.addWidget(self.buttons)
         self.resize(720, 720)
 
-        self.written = ""                      # the last file this dialog wrote
+        self.written = ""  # the last file this dialog wrote
         for edit in (self.root, self.include, self.exclude, self.strip, self.add, self.destination):
             edit.textChanged.connect(self.refresh)
         for combo in (self.scope, self.dtype, self.device, self.format):
@@ -150,17 +163,23 @@ class ExportDialog(QDialog):
         """Ticking `model_state_dict`'s tensors means its keys: load_state_dict wants them
         without the `model_state_dict.` prefix, so Root is filled in (the user may change it)."""
         if self.root.text().strip() != self.root_proposed:
-            return                             # typed by the user: theirs
-        proposal = (suggested_root(self.checkpoint, self.checked_keys)
-                    if self.scope.currentData() == "checked" else "")
+            return  # typed by the user: theirs
+        proposal = (
+            suggested_root(self.checkpoint, self.checked_keys)
+            if self.scope.currentData() == "checked"
+            else ""
+        )
         self.root_proposed = proposal
         self.root.setText(proposal)
-        self.root.setToolTip(f"Proposed: the ticked tensors all lie in {proposal}, so keys are "
-                             "written relative to it (as load_state_dict expects)."
-                             if proposal else "")
+        self.root.setToolTip(
+            f"Proposed: the ticked tensors all lie in {proposal}, so keys are "
+            "written relative to it (as load_state_dict expects)."
+            if proposal
+            else ""
+        )
 
     def _root_edited(self, _text):
-        self.root_proposed = None              # never overwrite what the user typed
+        self.root_proposed = None  # never overwrite what the user typed
         self.root.setToolTip("")
 
     def _replace_toggled(self, on):
@@ -169,11 +188,17 @@ class ExportDialog(QDialog):
 
     # --- the plan and its live preview -----------------------------------------------------
     def plan(self) -> ExportPlan:
-        return ExportPlan(root=self.root.text().strip(), include=split_globs(self.include.text()),
-                          exclude=split_globs(self.exclude.text()), strip_prefix=self.strip.text(),
-                          add_prefix=self.add.text(), dtype=self.dtype.currentText(),
-                          device=self.device.currentText(), format=self.format.currentText(),
-                          keys=self.checked_keys if self.scope.currentData() == "checked" else None)
+        return ExportPlan(
+            root=self.root.text().strip(),
+            include=split_globs(self.include.text()),
+            exclude=split_globs(self.exclude.text()),
+            strip_prefix=self.strip.text(),
+            add_prefix=self.add.text(),
+            dtype=self.dtype.currentText(),
+            device=self.device.currentText(),
+            format=self.format.currentText(),
+            keys=self.checked_keys if self.scope.currentData() == "checked" else None,
+        )
 
     def refresh(self, *_):
         try:
@@ -181,8 +206,10 @@ class ExportDialog(QDialog):
         except CheckpointError as exc:
             self._problem(str(exc))
             return
-        lines = [shown(f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}")
-                 for i in items[:PREVIEW_LINES]]
+        lines = [
+            shown(f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}")
+            for i in items[:PREVIEW_LINES]
+        ]
         if len(items) > PREVIEW_LINES:
             lines.append(f"... and {len(items) - PREVIEW_LINES:,} more")
         self.preview.setPlainText("\n".join(lines))
@@ -192,26 +219,36 @@ class ExportDialog(QDialog):
         destination = self.destination.text().strip()
         exists = bool(destination) and os.path.exists(destination)
         if self.replace.isChecked() and os.path.abspath(destination) != self.replace_target:
-            self.replace.blockSignals(True)    # agreeing to replace one file is not for another
+            self.replace.blockSignals(True)  # agreeing to replace one file is not for another
             self.replace.setChecked(False)
             self.replace.blockSignals(False)
             self.replace_target = ""
         self.replace.setVisible(exists)
         blocked = exists and not self.replace.isChecked()
         if exists:
-            self.summary.setText(self.summary.text() + (
-                f"; replaces {os.path.basename(destination)}" if not blocked else
-                f". {os.path.basename(destination)} exists: tick 'Replace the existing file' "
-                "or choose another name"))
+            self.summary.setText(
+                self.summary.text()
+                + (
+                    f"; replaces {os.path.basename(destination)}"
+                    if not blocked
+                    else f". {os.path.basename(destination)} exists: tick 'Replace the existing file' "
+                    "or choose another name"
+                )
+            )
             self.summary.setStyleSheet(f"color: {on_base('#8a5300').name()};" if blocked else "")
         self.export_button.setEnabled(bool(items) and bool(destination) and not blocked)
         if self.device.currentText().startswith("cuda"):
             where = self.device.currentText()
             self.device_note.setText(
                 f"The file records {where} as each tensor's location: a plain torch.load puts "
-                f"them on that GPU. " + ("Casting will run on this machine's GPU." if gpu_present()
-                                         else "No GPU here: the file is still written with "
-                                              f"{where} tags and loads onto the GPU elsewhere."))
+                f"them on that GPU. "
+                + (
+                    "Casting will run on this machine's GPU."
+                    if gpu_present()
+                    else "No GPU here: the file is still written with "
+                    f"{where} tags and loads onto the GPU elsewhere."
+                )
+            )
         else:
             self.device_note.setText("")
         self.form.setRowVisible(self.device_note, bool(self.device_note.text()))
@@ -228,8 +265,12 @@ class ExportDialog(QDialog):
             self.destination.setText(base + (".safetensors" if fmt == "safetensors" else ".pth"))
 
     def _browse(self):
-        path, _ = QFileDialog.getSaveFileName(self, "Export to", self.destination.text(),
-                                              "PyTorch (*.pth *.pt);;safetensors (*.safetensors)")
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Export to",
+            self.destination.text(),
+            "PyTorch (*.pth *.pt);;safetensors (*.safetensors)",
+        )
         if path:
             self.destination.setText(path)
             self.format.setCurrentText("safetensors" if path.endswith(".safetensors") else "pth")
@@ -238,7 +279,7 @@ class ExportDialog(QDialog):
     def start_export(self):
         destination = self.destination.text().strip()
         if os.path.exists(destination) and not self.replace.isChecked():
-            self.refresh()                     # says so, and keeps Export off until ticked
+            self.refresh()  # says so, and keeps Export off until ticked
             return
         self.show_button.setVisible(False)
         self.cancel_event.clear()
@@ -249,25 +290,35 @@ class ExportDialog(QDialog):
         self.summary.setStyleSheet("")
         self.summary.setText("Writing...")
         self.worker = self.jobs.start(
-            "export", export, self.checkpoint, self.plan(), destination, self.replace.isChecked(),
-            self.verify.isChecked(), self.cancel_event.is_set,
+            "export",
+            export,
+            self.checkpoint,
+            self.plan(),
+            destination,
+            self.replace.isChecked(),
+            self.verify.isChecked(),
+            self.cancel_event.is_set,
             on_progress=lambda value: self.progress.setValue(int(value * 1000)),
-            on_result=self._done, on_error=self._failed)
+            on_result=self._done,
+            on_error=self._failed,
+        )
 
     def _done(self, summary):
         self.worker = None
         self.written = summary.path
         if os.path.abspath(self.destination.text().strip()) == summary.path:
-            self.replace_target = summary.path     # exporting again replaces what we just wrote
+            self.replace_target = summary.path  # exporting again replaces what we just wrote
             self.replace.blockSignals(True)
             self.replace.setChecked(True)
             self.replace.blockSignals(False)
         self._idle()
         self.show_button.setVisible(True)
         checked = ", checked after writing" if summary.verified else ""
-        self.summary.setText(f"Wrote {summary.path}: {summary.tensors:,} tensors, "
-                             f"{format_bytes(summary.bytes)}, {summary.format}, location "
-                             f"{summary.device}{checked}.")
+        self.summary.setText(
+            f"Wrote {summary.path}: {summary.tensors:,} tensors, "
+            f"{format_bytes(summary.bytes)}, {summary.format}, location "
+            f"{summary.device}{checked}."
+        )
         self.finished_export.emit(summary.path)
 
     def _failed(self, message):
@@ -289,7 +340,7 @@ class ExportDialog(QDialog):
 
     def cancel_or_close(self):
         if self.worker is not None:
-            self.cancel_event.set()          # checked between 16 MB pieces; the temp file goes
+            self.cancel_event.set()  # checked between 16 MB pieces; the temp file goes
             return
         self.reject()
 

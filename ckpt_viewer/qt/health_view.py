@@ -24,7 +24,7 @@ from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting
 from ckpt_viewer.qt.theme import on_base
 
-MAX_SHOWN = 5000      # more rows would hold the window for too long at once
+MAX_SHOWN = 5000  # more rows would hold the window for too long at once
 ROWS_PER_STEP = 250
 PLOTTING_WAIT = 3.0
 COLOURS = {"error": "#b02a37", "warning": "#997404", "info": "#6c757d"}
@@ -36,8 +36,11 @@ def _check(checkpoint, plotting_settled=None):
     (at most PLOTTING_WAIT s): the tab builds its plot then, and with the scan's threads
     holding the GIL that took 50-75 ms."""
     deadline = time.monotonic() + PLOTTING_WAIT
-    while plotting_settled is not None and not plotting_settled.wait(0.02) \
-            and time.monotonic() < deadline:
+    while (
+        plotting_settled is not None
+        and not plotting_settled.wait(0.02)
+        and time.monotonic() < deadline
+    ):
         yield 0.0
     from ckpt_viewer.core.check import check
 
@@ -47,7 +50,7 @@ def _check(checkpoint, plotting_settled=None):
 class HealthDialog(QDialog):
     """Non-modal; `open_key(key)` is called with a finding's key when it is clicked."""
 
-    checked = Signal(object)          # HealthReport
+    checked = Signal(object)  # HealthReport
     failed = Signal(str)
     cancelled = Signal()
 
@@ -56,7 +59,7 @@ class HealthDialog(QDialog):
         self.setObjectName("healthDialog")
         self.checkpoint, self.open_key = checkpoint, open_key
         self.report = None
-        self.jobs = workers.Controller(self)     # a closed dialog's scan stops with it
+        self.jobs = workers.Controller(self)  # a closed dialog's scan stops with it
         self.setWindowTitle(f"Health - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Scanning every tensor...")
         self.status.setObjectName("healthStatus")
@@ -84,8 +87,15 @@ class HealthDialog(QDialog):
         layout.addWidget(self.findings, 1)
         self.resize(900, 480)
         settled = _plotting["settled"] if _plotting["started"] else None
-        self.jobs.start("check", _check, checkpoint, settled, on_result=self._done,
-                        on_error=self._failed, on_progress=self._progress)
+        self.jobs.start(
+            "check",
+            _check,
+            checkpoint,
+            settled,
+            on_result=self._done,
+            on_error=self._failed,
+            on_progress=self._progress,
+        )
 
     def _progress(self, fraction):
         self.progress.setValue(int(fraction * 1000))
@@ -94,14 +104,19 @@ class HealthDialog(QDialog):
         self.report = report
         self.progress.setValue(1000)
         self.cancel_button.setEnabled(False)
-        counts = ", ".join(f"{report.count(s)} {s}{'s' if report.count(s) != 1 else ''}"
-                           for s in ("error", "warning", "info"))
+        counts = ", ".join(
+            f"{report.count(s)} {s}{'s' if report.count(s) != 1 else ''}"
+            for s in ("error", "warning", "info")
+        )
         self.status.setText(
             f"{'No findings' if not report.findings else counts}: {report.tensors_scanned:,} "
-            f"tensors, {format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s")
+            f"tensors, {format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s"
+        )
         if len(report.findings) > MAX_SHOWN:
-            self.status.setText(self.status.text() + f" (the first {MAX_SHOWN:,} are listed; "
-                                "`ckpt-viewer check --json` lists all)")
+            self.status.setText(
+                self.status.text() + f" (the first {MAX_SHOWN:,} are listed; "
+                "`ckpt-viewer check --json` lists all)"
+            )
         self._list(report, 0)
 
     def _list(self, report, start):
@@ -110,9 +125,10 @@ class HealthDialog(QDialog):
         from ckpt_viewer.core.check import escape
 
         items = []
-        for finding in report.findings[start:min(start + ROWS_PER_STEP, MAX_SHOWN)]:
-            item = QTreeWidgetItem([finding.severity, finding.kind, escape(finding.key),
-                                    escape(finding.message)])
+        for finding in report.findings[start : min(start + ROWS_PER_STEP, MAX_SHOWN)]:
+            item = QTreeWidgetItem(
+                [finding.severity, finding.kind, escape(finding.key), escape(finding.message)]
+            )
             item.setData(0, Qt.UserRole, finding.key)
             item.setForeground(0, QBrush(on_base(COLOURS[finding.severity])))
             item.setToolTip(3, escape(finding.message))
@@ -131,7 +147,7 @@ class HealthDialog(QDialog):
 
     def cancel(self):
         if self.jobs.busy("check"):
-            self.jobs.cancel("check")   # the scan stops after the segments already running
+            self.jobs.cancel("check")  # the scan stops after the segments already running
             self.cancel_button.setEnabled(False)
             self.status.setText("Cancelled")
             self.cancelled.emit()

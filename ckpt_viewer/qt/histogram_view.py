@@ -58,19 +58,28 @@ class HistogramView(QWidget):
         box.setMouseEnabled(x=True, y=False)  # the wheel zooms along values; counts follow
         box.setAutoVisible(y=True)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.curve = self.plot.plot([0, 1], [0], stepMode="center", fillLevel=0,
-                                    brush=(90, 140, 230, 120), pen=pg.mkPen((60, 100, 200), width=1))
+        self.curve = self.plot.plot(
+            [0, 1],
+            [0],
+            stepMode="center",
+            fillLevel=0,
+            brush=(90, 140, 230, 120),
+            pen=pg.mkPen((60, 100, 200), width=1),
+        )
         self.mean_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), width=2))
-        self.std_lines = [pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), style=Qt.DashLine))
-                          for _ in range(2)]
+        self.std_lines = [
+            pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), style=Qt.DashLine))
+            for _ in range(2)
+        ]
         for line in [self.mean_line] + self.std_lines:
             self.plot.addItem(line)
-        self.overlay = self.plot.plot([0, 1], [0], stepMode="center",
-                                      pen=pg.mkPen((230, 120, 20), width=2))
+        self.overlay = self.plot.plot(
+            [0, 1], [0], stepMode="center", pen=pg.mkPen((230, 120, 20), width=2)
+        )
         self.overlay.setVisible(False)
         self.legend = self.plot.addLegend(offset=(-10, 10))
         self.legend.setVisible(False)
-        self.nonfinite = pg.LabelItem("")          # top left, fixed while the plot pans
+        self.nonfinite = pg.LabelItem("")  # top left, fixed while the plot pans
         self.nonfinite.setParentItem(box)
         self.nonfinite.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(8, 4))
         self.nonfinite.setVisible(False)
@@ -99,9 +108,10 @@ class HistogramView(QWidget):
             return
         self.curve.setData(edges, counts)
         for line, value, visible in (
-                (self.mean_line, stats.mean, stats.mean is not None),
-                (self.std_lines[0], (stats.mean or 0) - (stats.std or 0), stats.std is not None),
-                (self.std_lines[1], (stats.mean or 0) + (stats.std or 0), stats.std is not None)):
+            (self.mean_line, stats.mean, stats.mean is not None),
+            (self.std_lines[0], (stats.mean or 0) - (stats.std or 0), stats.std is not None),
+            (self.std_lines[1], (stats.mean or 0) + (stats.std or 0), stats.std is not None),
+        ):
             line.setVisible(visible)
             if visible:
                 line.setValue(value)
@@ -114,8 +124,9 @@ class HistogramView(QWidget):
         self.nonfinite.setVisible(bool(counts))
         if counts:
             text = ", ".join(f"{label} {count:,}" for label, count in counts)
-            self.nonfinite.setText(f"<b>{text}</b> (not in the histogram)",
-                                   color=on_base(QColor(200, 30, 40)).name())
+            self.nonfinite.setText(
+                f"<b>{text}</b> (not in the histogram)", color=on_base(QColor(200, 30, 40)).name()
+            )
 
     def set_log_y(self, on: bool):
         self.log_y = on
@@ -157,8 +168,9 @@ class HistogramView(QWidget):
         if self.plot is None:
             return None
         if not path:
-            path, _ = QFileDialog.getSaveFileName(self, "Save histogram", "histogram.png",
-                                                  "PNG image (*.png)")
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save histogram", "histogram.png", "PNG image (*.png)"
+            )
         if path:
             self.plot.grab().save(path)
         return path

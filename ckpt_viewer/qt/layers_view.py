@@ -27,25 +27,32 @@ from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting, wait_for_plotting
 from ckpt_viewer.qt.theme import style_plot
 
-LABELS = {"l2": "L2 norm", "std": "std", "max_abs": "max |x|", "zero_fraction": "fraction of zeros",
-          "nan": "NaN count", "stable_rank": "stable rank", "alpha": "power-law alpha",
-          "exp_avg_sq_mean": "mean exp_avg_sq (Adam)"}
+LABELS = {
+    "l2": "L2 norm",
+    "std": "std",
+    "max_abs": "max |x|",
+    "zero_fraction": "fraction of zeros",
+    "nan": "NaN count",
+    "stable_rank": "stable rank",
+    "alpha": "power-law alpha",
+    "exp_avg_sq_mean": "mean exp_avg_sq (Adam)",
+}
 
 
-PREVIEW_ELEMENTS = 20_000    # per tensor, for the first plot
-EXACT_PASS_DELAY_MS = 50     # after the preview's last draw step: time to paint it
-ROLES_PER_STEP = 2           # roles drawn per event loop turn (about 3 ms each)
-LEGEND_COLUMNS = 4           # the legend sits over the plot: wide and short, not one tall column
+PREVIEW_ELEMENTS = 20_000  # per tensor, for the first plot
+EXACT_PASS_DELAY_MS = 50  # after the preview's last draw step: time to paint it
+ROLES_PER_STEP = 2  # roles drawn per event loop turn (about 3 ms each)
+LEGEND_COLUMNS = 4  # the legend sits over the plot: wide and short, not one tall column
 
 
 class LayersDialog(QDialog):
     """`open_key(key)` is called with a point's tensor key; `peers` lists (name, checkpoint)
     of the other open files that can be overlaid."""
 
-    ready = Signal(object)            # LayersReport, once plotted
-    preview_ready = Signal(object)    # a sampled LayersReport, plotted while the exact pass runs
+    ready = Signal(object)  # LayersReport, once plotted
+    preview_ready = Signal(object)  # a sampled LayersReport, plotted while the exact pass runs
     failed = Signal(str)
-    point_clicked = Signal(str)       # the key of a clicked point
+    point_clicked = Signal(str)  # the key of a clicked point
 
     def __init__(self, checkpoint, open_key, peers=(), spectral=False, parent=None):
         super().__init__(parent)
@@ -54,11 +61,11 @@ class LayersDialog(QDialog):
         self.report = self.overlay = None
         self.plot = None
         self.scatters = []
-        self.lines = {}              # role -> (line, points, overlay line) in the plot
+        self.lines = {}  # role -> (line, points, overlay line) in the plot
         self.drawn_stack = None
         self.draw_generation = 0
         self.stopped = False
-        self.jobs = workers.Controller(self)   # "preview", "exact", "overlay"
+        self.jobs = workers.Controller(self)  # "preview", "exact", "overlay"
         self.setWindowTitle(f"Layers - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Reading every layer's tensors...")
         self.status.setTextFormat(Qt.PlainText)
@@ -74,8 +81,10 @@ class LayersDialog(QDialog):
         self.log_box = QCheckBox("log y")
         self.spectral_box = QCheckBox("spectral (SVD)")
         self.spectral_box.setObjectName("layersSpectral")
-        self.spectral_box.setToolTip("Singular values of every weight through torch (GPU when "
-                                     "present): stable rank and power-law alpha. Slower.")
+        self.spectral_box.setToolTip(
+            "Singular values of every weight through torch (GPU when "
+            "present): stable rank and power-law alpha. Slower."
+        )
         self.spectral_box.setChecked(spectral)
         self.spectral_box.toggled.connect(self._spectral_toggled)
         self.overlay_box = QComboBox()
@@ -89,8 +98,13 @@ class LayersDialog(QDialog):
         self.log_box.toggled.connect(self.redraw)
         self.overlay_box.currentIndexChanged.connect(self._overlay_changed)
         controls = QHBoxLayout()
-        for widget in (self.stack_box, self.metric_box, self.log_box, self.spectral_box,
-                       self.overlay_box):
+        for widget in (
+            self.stack_box,
+            self.metric_box,
+            self.log_box,
+            self.spectral_box,
+            self.overlay_box,
+        ):
             controls.addWidget(widget)
         controls.addStretch(1)
         controls.addWidget(self.progress)
@@ -100,9 +114,17 @@ class LayersDialog(QDialog):
         self.layout_.addLayout(controls)
         self.resize(900, 560)
         self.spectral = spectral
-        self.jobs.start("preview", layer_metrics, checkpoint, False, None, PREVIEW_ELEMENTS,
-                        on_result=self._preview_done, on_error=self._failed)
-                        # a sampled look first: the exact pass reads it all
+        self.jobs.start(
+            "preview",
+            layer_metrics,
+            checkpoint,
+            False,
+            None,
+            PREVIEW_ELEMENTS,
+            on_result=self._preview_done,
+            on_error=self._failed,
+        )
+        # a sampled look first: the exact pass reads it all
 
     def _preview_done(self, report):
         if report is None or self.report is not None:
@@ -111,24 +133,35 @@ class LayersDialog(QDialog):
         # threads held the GIL stalled the window 40-90 ms
         self.preview_ready.connect(
             lambda _: QTimer.singleShot(EXACT_PASS_DELAY_MS, self, self._start_exact),
-            Qt.SingleShotConnection)
+            Qt.SingleShotConnection,
+        )
         self._done(report)
 
     def _start_exact(self):
-        if self.report is not None and self.report.sampled and not self.stopped \
-                and not self.jobs.busy("exact"):
+        if (
+            self.report is not None
+            and self.report.sampled
+            and not self.stopped
+            and not self.jobs.busy("exact")
+        ):
             self._start("exact", self.checkpoint, self._done)
 
     def _start(self, slot, checkpoint, on_result):
         """The exact pass (or the overlay's) in its slot: a new one supersedes the old."""
         self.progress.setValue(0)
         self.cancel_button.setEnabled(True)
-        self.jobs.start(slot, layer_metrics, checkpoint, self.spectral, on_result=on_result,
-                        on_error=self._failed,
-                        on_progress=lambda v: self.progress.setValue(int(v * 1000)))
+        self.jobs.start(
+            slot,
+            layer_metrics,
+            checkpoint,
+            self.spectral,
+            on_result=on_result,
+            on_error=self._failed,
+            on_progress=lambda v: self.progress.setValue(int(v * 1000)),
+        )
 
     def _done(self, report):
-        if report is None:           # cancelled
+        if report is None:  # cancelled
             return
         self.report = report
         self.cancel_button.setEnabled(report.sampled)
@@ -137,8 +170,11 @@ class LayersDialog(QDialog):
             self.status.setText("No repeated blocks (keys like blocks.0.…, layers.1.…, h.2.…)")
             (self.preview_ready if report.sampled else self.ready).emit(report)
             return
-        status = ("Sampled estimates; the exact pass is running..." if report.sampled
-                  else "Click a point to open that tensor.")
+        status = (
+            "Sampled estimates; the exact pass is running..."
+            if report.sampled
+            else "Click a point to open that tensor."
+        )
         skipped = report.skipped()
         if skipped:
             key, note = next(iter(skipped.items()))
@@ -184,16 +220,18 @@ class LayersDialog(QDialog):
         # a 13-role legend in one column covered most of the plot's height and its points
         base, text = self.palette().color(QPalette.Base), self.palette().color(QPalette.Text)
         base.setAlpha(200)
-        self.plot.addLegend(offset=(10, 10), colCount=LEGEND_COLUMNS, brush=base,
-                            labelTextColor=text)
+        self.plot.addLegend(
+            offset=(10, 10), colCount=LEGEND_COLUMNS, brush=base, labelTextColor=text
+        )
         self.layout_.addWidget(self.plot, 1)
-        QTimer.singleShot(0, self, lambda: self.redraw(then=done))   # the widget alone: ~15 ms
+        QTimer.singleShot(0, self, lambda: self.redraw(then=done))  # the widget alone: ~15 ms
 
     def _spectral_toggled(self, on):
         self.cancel()
         self.spectral = on
-        self.status.setText("Computing singular values..." if on else "Reading every layer's "
-                            "tensors...")
+        self.status.setText(
+            "Computing singular values..." if on else "Reading every layer's tensors..."
+        )
         self._start("exact", self.checkpoint, self._done)
         if self.overlay_box.currentIndex() > 0:
             self._overlay_changed(self.overlay_box.currentIndex())
@@ -236,24 +274,37 @@ class LayersDialog(QDialog):
         label = LABELS.get(metric, metric or "")
         self.plot.setLabel("left", f"log10 {label}" if log else label)
         stack = self.report.stacks[max(self.stack_box.currentIndex(), 0)]
-        if stack.prefix != self.drawn_stack:          # other roles: start from an empty plot
+        if stack.prefix != self.drawn_stack:  # other roles: start from an empty plot
             self.plot.clear()
             self.lines.clear()
             self.drawn_stack = stack.prefix
-        overlay_stack = next((s for s in self.overlay.stacks if s.prefix == stack.prefix), None) \
-            if self.overlay else None
+        overlay_stack = (
+            next((s for s in self.overlay.stacks if s.prefix == stack.prefix), None)
+            if self.overlay
+            else None
+        )
         todo = []
         for number, (role, layers, values, keys) in enumerate(self.curves()):
             colour = pg.intColor(number, hues=max(len(stack.roles), 1))
-            points = [(layer, _shown(value, log), key)
-                      for layer, value, key in zip(layers, values, keys) if _plottable(value, log)]
+            points = [
+                (layer, _shown(value, log), key)
+                for layer, value, key in zip(layers, values, keys)
+                if _plottable(value, log)
+            ]
             other = []
-            other_role = next((r for r in overlay_stack.roles if r.role == role), None) \
-                if overlay_stack else None
+            other_role = (
+                next((r for r in overlay_stack.roles if r.role == role), None)
+                if overlay_stack
+                else None
+            )
             if other_role is not None:
-                other = [(layer, _shown(v, log)) for layer, v in zip(
-                    overlay_stack.layers, self.overlay.series(overlay_stack, other_role, metric))
-                    if _plottable(v, log)]
+                other = [
+                    (layer, _shown(v, log))
+                    for layer, v in zip(
+                        overlay_stack.layers, self.overlay.series(overlay_stack, other_role, metric)
+                    )
+                    if _plottable(v, log)
+                ]
             todo.append((role, colour, points, other))
         self.draw_generation += 1
         self.scatters = []
@@ -261,12 +312,13 @@ class LayersDialog(QDialog):
 
     def _draw_step(self, generation, todo, then):
         if generation != self.draw_generation or self.plot is None:
-            return                               # a newer redraw took over
+            return  # a newer redraw took over
         for role, colour, points, other in todo[:ROLES_PER_STEP]:
             curve, scatter, overlay = self._lines_of(role, colour)
             curve.setData([p[0] for p in points], [p[1] for p in points])
-            scatter.setData([p[0] for p in points], [p[1] for p in points],
-                            data=[p[2] for p in points])
+            scatter.setData(
+                [p[0] for p in points], [p[1] for p in points], data=[p[2] for p in points]
+            )
             overlay.setData([p[0] for p in other], [p[1] for p in other])
             if points:
                 self.scatters.append(scatter)
@@ -303,7 +355,7 @@ class LayersDialog(QDialog):
         self.failed.emit(message)
 
     def cancel(self):
-        self.stopped = True          # also the exact pass the preview has not started yet
+        self.stopped = True  # also the exact pass the preview has not started yet
         self.jobs.cancel()
         self.cancel_button.setEnabled(False)
 

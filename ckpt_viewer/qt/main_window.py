@@ -6,9 +6,19 @@ import os
 
 from PySide6.QtCore import QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QDialog, QFileDialog, QLabel, QMainWindow,
-                               QMessageBox, QProgressBar, QPushButton, QStyle, QTabWidget,
-                               QWidget)
+from PySide6.QtWidgets import (
+    QApplication,
+    QDialog,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QStyle,
+    QTabWidget,
+    QWidget,
+)
 
 from ckpt_viewer import __version__
 from ckpt_viewer.core.remote import is_remote
@@ -17,34 +27,43 @@ from ckpt_viewer.core.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
+from ckpt_viewer.qt.plain import shown
 from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
-from ckpt_viewer.qt.plain import shown
 
 MAX_RECENT = 10
-NEEDS_A_FILE = ("actionExport", "actionSanitize", "actionVerify", "actionCompare", "actionHealth",
-                "actionLayers", "actionPickleImports")     # greyed out while no file tab is shown
+NEEDS_A_FILE = (
+    "actionExport",
+    "actionSanitize",
+    "actionVerify",
+    "actionCompare",
+    "actionHealth",
+    "actionLayers",
+    "actionPickleImports",
+)  # greyed out while no file tab is shown
 PRELOAD_DELAY_MS = 50
-FRAME_GUESS = QSize(16, 48)       # a title bar and borders, until the window manager says
-MIN_SIZE = QSize(640, 400)        # below this the panes are of no use
+FRAME_GUESS = QSize(16, 48)  # a title bar and borders, until the window manager says
+MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
 # every file core/open.py reads (its sniffers go by content; these are the usual names)
-OPEN_FILTER = ("Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
-               "*.pickle *.index.json);;All files (*)")
+OPEN_FILTER = (
+    "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
+    "*.pickle *.index.json);;All files (*)"
+)
 
 
 class MainWindow(QMainWindow):
     loaded = Signal(str)
     load_failed = Signal(str, str)
-    verified = Signal(str, bool, str)      # path, intact, what was found
-    compared = Signal(str, str)            # a comparison tab is ready
-    sanitized = Signal(str, bool, str)     # destination, written, the result message
+    verified = Signal(str, bool, str)  # path, intact, what was found
+    compared = Signal(str, str)  # a comparison tab is ready
+    sanitized = Signal(str, bool, str)  # destination, written, the result message
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setWindowTitle("ckpt-viewer")
         self.setAcceptDrops(True)
         self.settings = QSettings()
-        self.pending: dict[str, str] = {}         # job slot (a path, ...) -> what it does
+        self.pending: dict[str, str] = {}  # job slot (a path, ...) -> what it does
         self.jobs = workers.Controller(self)
         self.tabs = QTabWidget()
         self.tabs.setObjectName("tabs")
@@ -53,22 +72,26 @@ class MainWindow(QMainWindow):
         self.tabs.setDocumentMode(True)
         self.tabs.tabCloseRequested.connect(self.close_tab)
         self.setCentralWidget(self.tabs)
-        self.welcome = QLabel("Drop checkpoint files or model folders here, or use File > Open "
-                              "(Ctrl+O).\n\nNothing in a file is ever run: pickled objects are "
-                              "shown as data.")
+        self.welcome = QLabel(
+            "Drop checkpoint files or model folders here, or use File > Open "
+            "(Ctrl+O).\n\nNothing in a file is ever run: pickled objects are "
+            "shown as data."
+        )
         self.welcome.setAlignment(Qt.AlignCenter)
         self.welcome.setObjectName("welcome")
         self.tabs.addTab(self.welcome, "Welcome")
         self.tabs.currentChanged.connect(self._update_title)
-        self.placeholders: dict[str, QWidget] = {}   # path -> its tab's place while it loads
+        self.placeholders: dict[str, QWidget] = {}  # path -> its tab's place while it loads
         self._build_status_bar()
         self._build_menus()
         self._build_toolbar()
         self.drop_hint = QLabel("Drop to open", self)
         self.drop_hint.setObjectName("dropHint")
         self.drop_hint.setAlignment(Qt.AlignCenter)
-        self.drop_hint.setStyleSheet("QLabel#dropHint { background: rgba(42, 110, 200, 60); "
-                                     "border: 3px dashed palette(highlight); font-size: 20pt; }")
+        self.drop_hint.setStyleSheet(
+            "QLabel#dropHint { background: rgba(42, 110, 200, 60); "
+            "border: 3px dashed palette(highlight); font-size: 20pt; }"
+        )
         self.drop_hint.hide()
         QTimer.singleShot(0, self._preload_when_idle)
         self._update_title()
@@ -99,8 +122,9 @@ class MainWindow(QMainWindow):
         """Title bar and borders: as the window manager reports them once shown, at least a
         usual title bar's before (the frame is not known until then)."""
         known = self.frameGeometry().size() - self.geometry().size()
-        return QSize(max(known.width(), FRAME_GUESS.width()),
-                     max(known.height(), FRAME_GUESS.height()))
+        return QSize(
+            max(known.width(), FRAME_GUESS.width()), max(known.height(), FRAME_GUESS.height())
+        )
 
     def _fit_to_screen(self, pos: QPoint | None = None):
         """Shrink the window until its frame fits the available area, then place it at `pos`
@@ -121,7 +145,7 @@ class MainWindow(QMainWindow):
 
     def showEvent(self, event):
         super().showEvent(event)
-        if not getattr(self, "_fitted", False):    # the frame's size may be known from now on
+        if not getattr(self, "_fitted", False):  # the frame's size may be known from now on
             self._fitted = True
             if not self.isMaximized():
                 self._fit_to_screen(self.frameGeometry().topLeft())
@@ -129,8 +153,9 @@ class MainWindow(QMainWindow):
     def _save_size(self):
         maximized = self.isMaximized()
         available = self._available()
-        self.settings.setValue("window/size", (self.normalGeometry() if maximized
-                                               else self.geometry()).size())
+        self.settings.setValue(
+            "window/size", (self.normalGeometry() if maximized else self.geometry()).size()
+        )
         if not maximized:
             self.settings.setValue("window/pos", self.frameGeometry().topLeft())
         self.settings.setValue("window/maximized", maximized)
@@ -144,10 +169,13 @@ class MainWindow(QMainWindow):
         self.toolbar.setObjectName("mainToolbar")
         self.toolbar.setMovable(False)
         self.toolbar.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
-        icons = {"actionOpen": QStyle.SP_DialogOpenButton, "actionExport": QStyle.SP_DialogSaveButton,
-                 "actionCompare": QStyle.SP_FileDialogContentsView,
-                 "actionVerify": QStyle.SP_DialogApplyButton,
-                 "actionPickleImports": QStyle.SP_MessageBoxWarning}
+        icons = {
+            "actionOpen": QStyle.SP_DialogOpenButton,
+            "actionExport": QStyle.SP_DialogSaveButton,
+            "actionCompare": QStyle.SP_FileDialogContentsView,
+            "actionVerify": QStyle.SP_DialogApplyButton,
+            "actionPickleImports": QStyle.SP_MessageBoxWarning,
+        }
         for name, icon in icons.items():
             action = self.findChild(QAction, name)
             if action is None:
@@ -213,12 +241,12 @@ class MainWindow(QMainWindow):
 
     # --- chrome ----------------------------------------------------------------------------
     def _build_status_bar(self):
-        self.activity = QLabel()                 # what runs now, beside (not under) the bar
+        self.activity = QLabel()  # what runs now, beside (not under) the bar
         self.activity.setObjectName("activity")
         self.activity.setTextFormat(Qt.PlainText)
         self.progress = QProgressBar()
         self.progress.setObjectName("activityProgress")
-        self.progress.setRange(0, 0)          # busy: listing has no meaningful fraction
+        self.progress.setRange(0, 0)  # busy: listing has no meaningful fraction
         self.progress.setMaximumWidth(160)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancelButton")
@@ -241,47 +269,82 @@ class MainWindow(QMainWindow):
     def _build_menus(self):
         bar = self.menuBar()
         file_menu = bar.addMenu("&File")
-        file_menu.addAction(self._action("&Open...", "actionOpen", QKeySequence.Open,
-                                         self.open_dialog))
-        file_menu.addAction(self._action("Open &Folder...", "actionOpenFolder", None,
-                                         self.open_folder_dialog))
-        file_menu.addAction(self._action("Open &URL...", "actionOpenUrl", "Ctrl+Shift+O",
-                                         self.open_url_dialog))
+        file_menu.addAction(
+            self._action("&Open...", "actionOpen", QKeySequence.Open, self.open_dialog)
+        )
+        file_menu.addAction(
+            self._action("Open &Folder...", "actionOpenFolder", None, self.open_folder_dialog)
+        )
+        file_menu.addAction(
+            self._action("Open &URL...", "actionOpenUrl", "Ctrl+Shift+O", self.open_url_dialog)
+        )
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self._refresh_recent()
         file_menu.addSeparator()
-        self.export_action = self._action("&Export Selection...", "actionExport", "Ctrl+E",
-                                          self.export_dialog)
+        self.export_action = self._action(
+            "&Export Selection...", "actionExport", "Ctrl+E", self.export_dialog
+        )
         file_menu.addAction(self.export_action)
-        file_menu.addAction(self._action("Save &Sanitized Copy...", "actionSanitize", None,
-                                         lambda: self.sanitize_current()))
+        file_menu.addAction(
+            self._action(
+                "Save &Sanitized Copy...", "actionSanitize", None, lambda: self.sanitize_current()
+            )
+        )
         file_menu.addSeparator()
-        file_menu.addAction(self._action("&Close Tab", "actionCloseTab", QKeySequence.Close,
-                                         lambda: self.close_tab(self.tabs.currentIndex())))
+        file_menu.addAction(
+            self._action(
+                "&Close Tab",
+                "actionCloseTab",
+                QKeySequence.Close,
+                lambda: self.close_tab(self.tabs.currentIndex()),
+            )
+        )
         file_menu.addAction(self._action("&Quit", "actionQuit", QKeySequence.Quit, self.close))
         edit_menu = bar.addMenu("&Edit")
-        edit_menu.addAction(self._action("&Find Key", "actionFind", QKeySequence.Find,
-                                         self._focus_filter))
-        edit_menu.addAction(self._action("&Copy Key Path", "actionCopyKey", "Ctrl+Shift+C",
-                                         self._copy_key))
+        edit_menu.addAction(
+            self._action("&Find Key", "actionFind", QKeySequence.Find, self._focus_filter)
+        )
+        edit_menu.addAction(
+            self._action("&Copy Key Path", "actionCopyKey", "Ctrl+Shift+C", self._copy_key)
+        )
         tools_menu = bar.addMenu("&Tools")
-        tools_menu.addAction(self._action("&Verify Integrity", "actionVerify", None,
-                                          self.verify_current))
-        tools_menu.addAction(self._action("&Compare With...", "actionCompare", "Ctrl+D",
-                                          self.compare_dialog))
+        tools_menu.addAction(
+            self._action("&Verify Integrity", "actionVerify", None, self.verify_current)
+        )
+        tools_menu.addAction(
+            self._action("&Compare With...", "actionCompare", "Ctrl+D", self.compare_dialog)
+        )
         tools_menu.addAction(self._action("&Health", "actionHealth", None, self.health_current))
         tools_menu.addAction(self._action("&Layers", "actionLayers", None, self.layers_current))
-        tools_menu.addAction(self._action("&Pickle Imports", "actionPickleImports", None,
-                                          lambda: self.pickle_imports_current()))
+        tools_menu.addAction(
+            self._action(
+                "&Pickle Imports",
+                "actionPickleImports",
+                None,
+                lambda: self.pickle_imports_current(),
+            )
+        )
         view_menu = bar.addMenu("&View")
         self.dark_action = self._action("&Dark Theme", "actionDarkTheme", None, self._toggle_theme)
         self.dark_action.setCheckable(True)
         self.dark_action.setChecked(self.settings.value("dark", False, type=bool))
         view_menu.addAction(self.dark_action)
-        view_menu.addAction(self._action("&Expand All", "actionExpandAll", None,
-                                         lambda: self._on_tab(lambda t: t.tree.expandAll())))
-        view_menu.addAction(self._action("C&ollapse All", "actionCollapseAll", None,
-                                         lambda: self._on_tab(lambda t: t.tree.collapseAll())))
+        view_menu.addAction(
+            self._action(
+                "&Expand All",
+                "actionExpandAll",
+                None,
+                lambda: self._on_tab(lambda t: t.tree.expandAll()),
+            )
+        )
+        view_menu.addAction(
+            self._action(
+                "C&ollapse All",
+                "actionCollapseAll",
+                None,
+                lambda: self._on_tab(lambda t: t.tree.collapseAll()),
+            )
+        )
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self._action("&About ckpt-viewer", "actionAbout", None, self.about))
 
@@ -294,28 +357,34 @@ class MainWindow(QMainWindow):
             if path in self.pending:
                 continue
             open_tab = self._tab_of_path(path)
-            if open_tab is not None:                  # already open: show it, no duplicate
+            if open_tab is not None:  # already open: show it, no duplicate
                 self.tabs.setCurrentWidget(open_tab)
                 self.statusBar().showMessage(f"{path} is already open", 4000)
                 continue
             self._hold_place(path)
             self.pending[path] = f"Opening {os.path.basename(path.rstrip('/')) or path}..."
             self.jobs.start(
-                path, load_for_view, path,
+                path,
+                load_for_view,
+                path,
                 on_result=lambda result, p=path: self._loaded(p, result),
-                on_error=lambda message, p=path: self._failed(p, message))
+                on_error=lambda message, p=path: self._failed(p, message),
+            )
         self._update_busy()
 
     def _loaded(self, path, result):
         if self.pending.pop(path, None) is None:
-            return                                   # cancelled meanwhile
+            return  # cancelled meanwhile
         tab = CheckpointTab(*result)
         tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
         tab.opened_path = path
         self._hide_welcome()
         place = self.tabs.indexOf(self.placeholders.get(path))
-        index = self.tabs.insertTab(place if place >= 0 else self.tabs.count(), tab,
-                                    os.path.basename(path.rstrip("/")) or path)
+        index = self.tabs.insertTab(
+            place if place >= 0 else self.tabs.count(),
+            tab,
+            os.path.basename(path.rstrip("/")) or path,
+        )
         self._drop_place(path)
         index = self.tabs.indexOf(tab)
         self.tabs.setTabToolTip(index, path)
@@ -333,8 +402,9 @@ class MainWindow(QMainWindow):
         totals = tab.totals
         self._remember(path)
         self._update_busy()
-        self.statusBar().showMessage(f"{path}: {plural(totals.tensors, 'tensor')}, "
-                                     f"{split_text(totals)}", 8000)
+        self.statusBar().showMessage(
+            f"{path}: {plural(totals.tensors, 'tensor')}, {split_text(totals)}", 8000
+        )
         self.loaded.emit(path)
         # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first
         QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot())
@@ -345,7 +415,9 @@ class MainWindow(QMainWindow):
         self._drop_place(path)
         self._update_busy()
         self.statusBar().showMessage(f"Could not open {os.path.basename(path)}", 8000)
-        self._message("errorDialog", "Cannot open checkpoint", f"{path}\n\n{shown(message)}", ok=False)
+        self._message(
+            "errorDialog", "Cannot open checkpoint", f"{path}\n\n{shown(message)}", ok=False
+        )
         self.load_failed.emit(path, message)
 
     def cancel_loading(self):
@@ -354,7 +426,7 @@ class MainWindow(QMainWindow):
             self.pending.pop(slot)
             self.jobs.cancel(slot)
             if slot.startswith("verify:"):
-                self.verified.emit(slot[len("verify:"):], False, "cancelled")
+                self.verified.emit(slot[len("verify:") :], False, "cancelled")
             else:
                 self._drop_place(slot)
                 self.load_failed.emit(slot, "cancelled")
@@ -363,12 +435,17 @@ class MainWindow(QMainWindow):
 
     def _update_busy(self):
         busy = bool(self.pending)
-        if not busy:   # a moment later: a new tab's first paints must not share the GIL with it
+        if not busy:  # a moment later: a new tab's first paints must not share the GIL with it
             QTimer.singleShot(PRELOAD_DELAY_MS, self._preload_when_idle)
             self.progress.setRange(0, 0)
         texts = list(self.pending.values())
-        self.activity.setText(texts[-1] if len(texts) == 1 else
-                              f"{texts[-1]} (and {len(texts) - 1} more)" if texts else "")
+        self.activity.setText(
+            texts[-1]
+            if len(texts) == 1
+            else f"{texts[-1]} (and {len(texts) - 1} more)"
+            if texts
+            else ""
+        )
         self.activity.setVisible(busy)
         self.progress.setVisible(busy)
         self.cancel_button.setVisible(busy)
@@ -380,15 +457,17 @@ class MainWindow(QMainWindow):
             self.progress.setValue(int(fraction * 1000))
 
     def open_dialog(self):
-        paths, _ = QFileDialog.getOpenFileNames(self, "Open checkpoints",
-                                                self.settings.value("lastDir", ""), OPEN_FILTER)
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "Open checkpoints", self.settings.value("lastDir", ""), OPEN_FILTER
+        )
         if paths:
             self.settings.setValue("lastDir", os.path.dirname(paths[0]))
             self.open_paths(paths)
 
     def open_folder_dialog(self):
-        path = QFileDialog.getExistingDirectory(self, "Open model folder",
-                                                self.settings.value("lastDir", ""))
+        path = QFileDialog.getExistingDirectory(
+            self, "Open model folder", self.settings.value("lastDir", "")
+        )
         if path:
             self.open_paths([path])
 
@@ -400,11 +479,14 @@ class MainWindow(QMainWindow):
         dialog = QInputDialog(self)
         dialog.setObjectName("openUrlDialog")
         dialog.setWindowTitle("Open URL")
-        dialog.setLabelText("Checkpoint URL (s3://, gs://, hf://, https://, any fsspec "
-                            "protocol);\ncredentials come from your environment:")
+        dialog.setLabelText(
+            "Checkpoint URL (s3://, gs://, hf://, https://, any fsspec "
+            "protocol);\ncredentials come from your environment:"
+        )
         dialog.resize(560, dialog.sizeHint().height())
         dialog.textValueSelected.connect(
-            lambda url: self.open_paths([url.strip()]) if url.strip() else None)
+            lambda url: self.open_paths([url.strip()]) if url.strip() else None
+        )
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         return dialog
@@ -439,17 +521,26 @@ class MainWindow(QMainWindow):
             self.pending.pop(slot, None)
             self._update_busy()
             if result.ok:
-                text = (f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
-                        "checked." + ("\n\n" + "; ".join(result.notes) if result.notes else "")
-                        + (f"\n\nSeparately: {shown(result.loader_note)}."
-                           if result.loader_note else ""))
+                text = (
+                    f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
+                    "checked."
+                    + ("\n\n" + "; ".join(result.notes) if result.notes else "")
+                    + (
+                        f"\n\nSeparately: {shown(result.loader_note)}."
+                        if result.loader_note
+                        else ""
+                    )
+                )
             elif result.tensor:
-                text = (f"Tensor {result.tensor} is damaged in {path}.\n\n"
-                        f"Details: {shown(result.problem)}")
+                text = (
+                    f"Tensor {result.tensor} is damaged in {path}.\n\n"
+                    f"Details: {shown(result.problem)}"
+                )
             else:
                 text = f"{path} is damaged:\n\n{shown(result.problem)}"
-            self.statusBar().showMessage(f"{os.path.basename(path)}: "
-                                         f"{'intact' if result.ok else 'damaged'}", 8000)
+            self.statusBar().showMessage(
+                f"{os.path.basename(path)}: {'intact' if result.ok else 'damaged'}", 8000
+            )
             box = self._message("verifyResult", "Verify", text, result.ok)
             if result.tensor and self.tabs.indexOf(tab) >= 0:
                 show = box.addButton("Show Tensor", QMessageBox.ActionRole)
@@ -463,8 +554,14 @@ class MainWindow(QMainWindow):
             self._message("verifyResult", "Verify", f"{path}: {shown(message)}", False)
             self.verified.emit(path, False, message)
 
-        self.jobs.start(slot, verify, path, on_result=report, on_error=failed,
-                        on_progress=lambda value: self._job_progress(slot, value))
+        self.jobs.start(
+            slot,
+            verify,
+            path,
+            on_result=report,
+            on_error=failed,
+            on_progress=lambda value: self._job_progress(slot, value),
+        )
         self._update_busy()
 
     def compare_dialog(self):
@@ -473,8 +570,9 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return
-        path, _ = QFileDialog.getOpenFileName(self, "Compare with", os.path.dirname(
-            tab.checkpoint.path), OPEN_FILTER)
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Compare with", os.path.dirname(tab.checkpoint.path), OPEN_FILTER
+        )
         if path:
             self.compare_paths(tab.checkpoint.path, path)
 
@@ -493,14 +591,17 @@ class MainWindow(QMainWindow):
         def done(result):
             self.pending.pop(key, None)
             self._update_busy()
-            report, a, b = result       # pyqtgraph: preloaded a moment later (_update_busy)
-            view = CompareView(report, a, b, lambda: _plotting["module"], wait_for_plotting,
-                               parent=self)      # hidden until the tab takes it
+            report, a, b = result  # pyqtgraph: preloaded a moment later (_update_busy)
+            view = CompareView(
+                report, a, b, lambda: _plotting["module"], wait_for_plotting, parent=self
+            )  # hidden until the tab takes it
             # shown in a later event: building and first showing it in one went past 50 ms
             QTimer.singleShot(0, view, lambda: show(view, report))
 
         def show(view, report):
-            name = f"{os.path.basename(path_a.rstrip('/'))} vs {os.path.basename(path_b.rstrip('/'))}"
+            name = (
+                f"{os.path.basename(path_a.rstrip('/'))} vs {os.path.basename(path_b.rstrip('/'))}"
+            )
             self._hide_welcome()
             self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
             self.statusBar().showMessage("identical" if report.identical else "different", 8000)
@@ -513,18 +614,26 @@ class MainWindow(QMainWindow):
             self.load_failed.emit(path_b, message)
 
         key = f"compare:{path_a}:{path_b}"
-        self.pending[key] = (f"Comparing {os.path.basename(path_a)} with "
-                             f"{os.path.basename(path_b)}...")
-        self.compare_worker = self.jobs.start(key, job, on_result=done, on_error=failed,
-                                              on_progress=lambda v: self._job_progress(key, v))
+        self.pending[key] = (
+            f"Comparing {os.path.basename(path_a)} with {os.path.basename(path_b)}..."
+        )
+        self.compare_worker = self.jobs.start(
+            key,
+            job,
+            on_result=done,
+            on_error=failed,
+            on_progress=lambda v: self._job_progress(key, v),
+        )
         self._update_busy()
 
     def _opener(self, tab):
         """Shows `key` in `tab` (a Health finding or a Layers point clicked)."""
+
         def open_key(key):
             if self.tabs.indexOf(tab) >= 0:
                 self.tabs.setCurrentWidget(tab)
                 tab.select_key(key)
+
         return open_key
 
     def health_current(self):
@@ -586,13 +695,15 @@ class MainWindow(QMainWindow):
         if destination is None:
             stem = os.path.splitext(source.rstrip("/"))[0]
             destination, _ = QFileDialog.getSaveFileName(
-                self, "Save sanitized copy", stem + ".sanitized.pt", "PyTorch (*.pt *.pth)")
+                self, "Save sanitized copy", stem + ".sanitized.pt", "PyTorch (*.pt *.pth)"
+            )
             if not destination:
                 return None
-        force = os.path.exists(destination)   # the save dialog has asked before replacing
+        force = os.path.exists(destination)  # the save dialog has asked before replacing
         cancel = threading.Event()
-        progress = QProgressDialog(f"Writing {os.path.basename(destination)}...", "Cancel", 0,
-                                   1000, self)
+        progress = QProgressDialog(
+            f"Writing {os.path.basename(destination)}...", "Cancel", 0, 1000, self
+        )
         progress.setObjectName("sanitizeProgress")
         progress.setWindowTitle("Save Sanitized Copy")
         progress.setMinimumDuration(0)
@@ -606,9 +717,11 @@ class MainWindow(QMainWindow):
             changes = summary.changes
             listed = "\n".join(shown(line) for line in changes[:40])
             more = f"\n... and {len(changes) - 40} more" if len(changes) > 40 else ""
-            text = (f"Wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
-                    f"{plural(len(changes), 'change')}. torch.load(weights_only=True) loads it "
-                    "with no allowlist." + (f"\n\n{listed}{more}" if changes else ""))
+            text = (
+                f"Wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
+                f"{plural(len(changes), 'change')}. torch.load(weights_only=True) loads it "
+                "with no allowlist." + (f"\n\n{listed}{more}" if changes else "")
+            )
             self._message("sanitizeResult", "Save Sanitized Copy", text, True)
             self.sanitized.emit(summary.path, True, text)
 
@@ -618,30 +731,42 @@ class MainWindow(QMainWindow):
             self.sanitized.emit(destination, False, message)
 
         self.statusBar().showMessage(f"Sanitizing {os.path.basename(source)}...", 4000)
-        return workers.start(sanitize, tab.checkpoint, destination, force, cancel.is_set,
-                             on_result=done, on_error=failed,
-                             on_progress=lambda value: progress.setValue(int(value * 1000)))
+        return workers.start(
+            sanitize,
+            tab.checkpoint,
+            destination,
+            force,
+            cancel.is_set,
+            on_result=done,
+            on_error=failed,
+            on_progress=lambda value: progress.setValue(int(value * 1000)),
+        )
 
     def _message(self, name, title, text, ok=True):
-        box = QMessageBox(QMessageBox.Information if ok else QMessageBox.Warning, title, text,
-                          QMessageBox.Ok, self)
-        box.setTextFormat(Qt.PlainText)         # messages quote keys and names from the file
+        box = QMessageBox(
+            QMessageBox.Information if ok else QMessageBox.Warning,
+            title,
+            text,
+            QMessageBox.Ok,
+            self,
+        )
+        box.setTextFormat(Qt.PlainText)  # messages quote keys and names from the file
         box.setObjectName(name)
         box.setAttribute(Qt.WA_DeleteOnClose)
-        box.open()                                   # window-modal, never blocks the event loop
+        box.open()  # window-modal, never blocks the event loop
         return box
 
     def close_tab(self, index):
         widget = self.tabs.widget(index)
         if widget is None:
             return
-        if widget is self.welcome:          # kept for when the last file closes
+        if widget is self.welcome:  # kept for when the last file closes
             self.tabs.removeTab(index)
             return
         if isinstance(widget, CheckpointTab):
             widget.release()
         elif hasattr(widget, "cancel"):
-            widget.cancel()                          # a comparison's histogram jobs
+            widget.cancel()  # a comparison's histogram jobs
         self.tabs.removeTab(index)
         widget.deleteLater()
         self._show_welcome_if_empty()
@@ -698,11 +823,14 @@ class MainWindow(QMainWindow):
 
         from PySide6 import __version__ as pyside_version
 
-        QMessageBox.about(self, "About ckpt-viewer",
-                          f"<b>ckpt-viewer {__version__}</b><br>Look inside PyTorch checkpoints "
-                          "without running code from them.<br><br>"
-                          f"Python {platform.python_version()}<br>PySide6 {pyside_version}<br>"
-                          f"Qt {__import__('PySide6.QtCore').QtCore.qVersion()}")
+        QMessageBox.about(
+            self,
+            "About ckpt-viewer",
+            f"<b>ckpt-viewer {__version__}</b><br>Look inside PyTorch checkpoints "
+            "without running code from them.<br><br>"
+            f"Python {platform.python_version()}<br>PySide6 {pyside_version}<br>"
+            f"Qt {__import__('PySide6.QtCore').QtCore.qVersion()}",
+        )
 
     # --- drag and drop ---------------------------------------------------------------------
     @staticmethod
@@ -718,8 +846,11 @@ class MainWindow(QMainWindow):
         return False
 
     def dragEnterEvent(self, event):
-        if (event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls())
-                and self._accept_as_copy(event)):
+        if (
+            event.mimeData().hasUrls()
+            and any(u.isLocalFile() for u in event.mimeData().urls())
+            and self._accept_as_copy(event)
+        ):
             self.drop_hint.setGeometry(self.centralWidget().geometry())
             self.drop_hint.raise_()
             self.drop_hint.show()
@@ -740,7 +871,7 @@ class MainWindow(QMainWindow):
             return
         tab = self.current_tab()
         if event.modifiers() & Qt.ShiftModifier and tab is not None and len(paths) == 1:
-            self.compare_paths(tab.checkpoint.path, paths[0])   # Shift+drop: compare
+            self.compare_paths(tab.checkpoint.path, paths[0])  # Shift+drop: compare
         else:
             self.open_paths(paths)
 

@@ -4,8 +4,17 @@ LR schedulers."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QLabel, QScrollArea,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QGroupBox,
+    QHeaderView,
+    QLabel,
+    QScrollArea,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ckpt_viewer.core.optim import OptimizerInfo, find_schedulers
 from ckpt_viewer.core.optim_values import SMALL_STATE, small_state_values
@@ -14,7 +23,7 @@ from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import shown
 
 MAX_STATE_ROWS = 5000
-FULL_ROWS = 1000      # tables this short show every row: the pane's one scroll bar serves all
+FULL_ROWS = 1000  # tables this short show every row: the pane's one scroll bar serves all
 READING = "reading..."
 
 
@@ -32,16 +41,19 @@ def _table(headers, rows, name, names_column=None) -> QTableWidget:
             item.setToolTip(shown(value))
             table.setItem(r, c, item)
     header = table.horizontalHeader()
-    header.setResizeContentsPrecision(200)           # sizing reads at most this many rows
+    header.setResizeContentsPrecision(200)  # sizing reads at most this many rows
     header.setStretchLastSection(True)
     if len(rows) <= 200:
         table.resizeColumnsToContents()
-    if names_column is not None:      # names are never cut; the table scrolls sideways instead
+    if names_column is not None:  # names are never cut; the table scrolls sideways instead
         header.setSectionResizeMode(names_column, QHeaderView.ResizeToContents)
     table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)
     shown_rows = len(rows) if len(rows) <= FULL_ROWS else 16
-    height = (header.sizeHint().height() + 2 * table.frameWidth() +
-              table.verticalHeader().defaultSectionSize() * shown_rows)
+    height = (
+        header.sizeHint().height()
+        + 2 * table.frameWidth()
+        + table.verticalHeader().defaultSectionSize() * shown_rows
+    )
     if table.horizontalScrollBar().isVisible() or len(headers) > 4:
         height += table.horizontalScrollBar().sizeHint().height()
     table.setFixedHeight(height)
@@ -53,8 +65,9 @@ def _table(headers, rows, name, names_column=None) -> QTableWidget:
 def state_rows(optimizer: OptimizerInfo):
     """(parameter, then one column per state entry) rows and their headers; small tensors say
     READING until their values come (small_state_values)."""
-    names = list(dict.fromkeys(child.name for state in optimizer.state.values()
-                               for child in state.children))
+    names = list(
+        dict.fromkeys(child.name for state in optimizer.state.values() for child in state.children)
+    )
     rows = []
     for param, state in list(optimizer.state.items())[:MAX_STATE_ROWS]:
         cells = {c.name: c for c in state.children}
@@ -63,8 +76,11 @@ def state_rows(optimizer: OptimizerInfo):
             child = cells.get(name)
             if child is None:
                 row.append("")
-            elif child.tensor is not None and child.tensor.numel <= SMALL_STATE \
-                    and not child.tensor.parts:
+            elif (
+                child.tensor is not None
+                and child.tensor.numel <= SMALL_STATE
+                and not child.tensor.parts
+            ):
                 row.append(READING)
             elif child.tensor is not None:
                 shape = "x".join(map(str, child.tensor.shape)) or "scalar"
@@ -76,14 +92,14 @@ def state_rows(optimizer: OptimizerInfo):
 
 
 class OptimizerView(QScrollArea):
-    values_ready = Signal()          # the small state tensors' values are in the table
+    values_ready = Signal()  # the small state tensors' values are in the table
 
     def __init__(self, checkpoint, parent=None):
         super().__init__(parent)
         self.setObjectName("optimizerView")
         self.setWidgetResizable(True)
         self.jobs = workers.Controller(self)
-        self.state_tables = []           # (optimizer, table, headers)
+        self.state_tables = []  # (optimizer, table, headers)
         body = QWidget()
         layout = QVBoxLayout(body)
         if not checkpoint.optimizers:
@@ -93,9 +109,13 @@ class OptimizerView(QScrollArea):
         for key, fields in find_schedulers(checkpoint):
             box = QGroupBox(shown(f"LR scheduler  {key}"))
             inner = QVBoxLayout(box)
-            inner.addWidget(_table(["field", "value"],
-                                   [(k, describe_value(v)) for k, v in fields.items()],
-                                   "schedulerTable"))
+            inner.addWidget(
+                _table(
+                    ["field", "value"],
+                    [(k, describe_value(v)) for k, v in fields.items()],
+                    "schedulerTable",
+                )
+            )
             layout.addWidget(box)
         layout.addStretch(1)
         self.setWidget(body)
@@ -104,16 +124,21 @@ class OptimizerView(QScrollArea):
     def _optimizer_box(self, optimizer: OptimizerInfo) -> QGroupBox:
         box = QGroupBox(shown(f"{optimizer.type or 'Optimizer of unknown type'}  {optimizer.key}"))
         layout = QVBoxLayout(box)
-        source = QLabel(f"Parameter names: "
-                        f"{optimizer.names_source or 'not provable from this file; ids shown'}.")
+        source = QLabel(
+            f"Parameter names: "
+            f"{optimizer.names_source or 'not provable from this file; ids shown'}."
+        )
         source.setObjectName("namesSource")
-        source.setTextFormat(Qt.PlainText)          # the source names a key from the file
+        source.setTextFormat(Qt.PlainText)  # the source names a key from the file
         source.setWordWrap(True)
         layout.addWidget(source)
         for index, group in enumerate(optimizer.param_groups):
             params = group.get("params", [])
-            hyper = [(k, describe_value(v)) for k, v in group.items()
-                     if k not in ("params", "param_names")]
+            hyper = [
+                (k, describe_value(v))
+                for k, v in group.items()
+                if k not in ("params", "param_names")
+            ]
             layout.addWidget(QLabel(f"<b>param_groups[{index}]</b> - {len(params)} parameters"))
             layout.addWidget(_table(["hyperparameter", "value"], hyper, "paramGroupTable"))
             layout.addWidget(_table(["#", "parameter"], list(enumerate(params)), "paramListTable"))
@@ -127,9 +152,15 @@ class OptimizerView(QScrollArea):
 
     def _read_small_values(self):
         """Adam's 0-d `step` and other tiny state tensors: their values, read off the GUI thread."""
-        wanted = [(o, t, h) for o, t, h in self.state_tables
-                  if any(t.item(r, c) is not None and t.item(r, c).text() == READING
-                         for r in range(t.rowCount()) for c in range(1, t.columnCount()))]
+        wanted = [
+            (o, t, h)
+            for o, t, h in self.state_tables
+            if any(
+                t.item(r, c) is not None and t.item(r, c).text() == READING
+                for r in range(t.rowCount())
+                for c in range(1, t.columnCount())
+            )
+        ]
         if not wanted:
             return
 
@@ -138,19 +169,27 @@ class OptimizerView(QScrollArea):
             for optimizer, _, _ in wanted:
                 found.append((yield from small_state_values(optimizer, MAX_STATE_ROWS)))
             return found
-        self.jobs.start("values", job, on_result=lambda found: self._fill_values(wanted, found),
-                        on_error=lambda message: self._fill_values(wanted, [{}] * len(wanted)))
+
+        self.jobs.start(
+            "values",
+            job,
+            on_result=lambda found: self._fill_values(wanted, found),
+            on_error=lambda message: self._fill_values(wanted, [{}] * len(wanted)),
+        )
 
     def _fill_values(self, wanted, found):
         for (optimizer, table, headers), values in zip(wanted, found):
-            for r, param in enumerate(list(optimizer.state)[:table.rowCount()]):
+            for r, param in enumerate(list(optimizer.state)[: table.rowCount()]):
                 for c, name in enumerate(headers[1:], start=1):
                     item = table.item(r, c)
                     if item is not None and item.text() == READING:
-                        tensor = next(ch.tensor for ch in optimizer.state[param].children
-                                      if ch.name == name)
-                        text = values.get((param, name),
-                                          f"{tensor.dtype} [{'x'.join(map(str, tensor.shape)) or 'scalar'}]")
+                        tensor = next(
+                            ch.tensor for ch in optimizer.state[param].children if ch.name == name
+                        )
+                        text = values.get(
+                            (param, name),
+                            f"{tensor.dtype} [{'x'.join(map(str, tensor.shape)) or 'scalar'}]",
+                        )
                         item.setText(shown(text))
                         item.setToolTip(shown(f"{text}  ({tensor.dtype})"))
         self.values_ready.emit()

@@ -24,7 +24,7 @@ CODE_RED = QColor("#b02a37")
 
 
 class PickleImportsView(QDialog):
-    key_activated = Signal(str)          # a key clicked: the owner selects it in the tree
+    key_activated = Signal(str)  # a key clicked: the owner selects it in the tree
     sanitize_requested = Signal()
 
     def __init__(self, checkpoint, parent=None):
@@ -59,13 +59,16 @@ class PickleImportsView(QDialog):
         self.copy_button = QPushButton("Copy")
         self.copy_button.setObjectName("copySnippet")
         self.copy_button.clicked.connect(
-            lambda: QGuiApplication.clipboard().setText(self.snippet.toPlainText()))
+            lambda: QGuiApplication.clipboard().setText(self.snippet.toPlainText())
+        )
         has_snippet = bool(self.report["snippet"])
         for widget in (self.snippet, self.copy_button):
             widget.setVisible(has_snippet)
         self.snippet_note = plain_label(
-            "To load it with weights_only=True:" if has_snippet else
-            advice(checkpoint, self.report) or "No allowlist is needed.")
+            "To load it with weights_only=True:"
+            if has_snippet
+            else advice(checkpoint, self.report) or "No allowlist is needed."
+        )
         self.snippet_note.setWordWrap(True)
 
         self.sanitize_button = QPushButton("Save Sanitized Copy...")
@@ -89,11 +92,13 @@ class PickleImportsView(QDialog):
         layout.addLayout(buttons)
 
     def _add(self, use: dict):
-        keys = [key for key in use["keys"] if key]       # "" is the root: nothing to select
-        where = f"{keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "") \
-            if keys else ""
-        item = QTreeWidgetItem([shown(use["name"]), use["category"], f"{use['uses']:,}",
-                                shown(where)])
+        keys = [key for key in use["keys"] if key]  # "" is the root: nothing to select
+        where = (
+            f"{keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "") if keys else ""
+        )
+        item = QTreeWidgetItem(
+            [shown(use["name"]), use["category"], f"{use['uses']:,}", shown(where)]
+        )
         item.setToolTip(1, meaning(use["name"], use["category"], self.format))
         item.setData(0, Qt.UserRole, keys[0] if keys else "")
         if use["category"] == "code":
@@ -118,5 +123,7 @@ class PickleImportsView(QDialog):
 
     def rows(self) -> list[tuple[str, str]]:
         """(global, category) of every row, for tests and accessibility checks."""
-        return [(self.table.topLevelItem(i).text(0), self.table.topLevelItem(i).text(1))
-                for i in range(self.table.topLevelItemCount())]
+        return [
+            (self.table.topLevelItem(i).text(0), self.table.topLevelItem(i).text(1))
+            for i in range(self.table.topLevelItemCount())
+        ]

@@ -13,9 +13,11 @@ import sys
 
 # Debian/Ubuntu packages that Qt's xcb platform plugin (libqxcb.so and libQt6XcbQpa) links or
 # dlopens, as `ldd` lists them; a desktop install has most, a minimal one few.
-XCB_PACKAGES = ("libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 "
-                "libxcb-randr0 libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 libegl1 libgl1 "
-                "libfontconfig1 libdbus-1-3")
+XCB_PACKAGES = (
+    "libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 "
+    "libxcb-randr0 libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 libegl1 libgl1 "
+    "libfontconfig1 libdbus-1-3"
+)
 # dlopened by Qt >= 6.5 (not always listed as a dependency), so tried on its own
 CURSOR_LIBRARY = "libxcb-cursor.so.0"
 
@@ -51,22 +53,23 @@ def needed_libraries(path: str) -> list[str]:
     if data[:6] != b"\x7fELF\x02\x01" or len(data) < 64:
         return []
     try:
-        shoff, = struct.unpack_from("<Q", data, 0x28)
+        (shoff,) = struct.unpack_from("<Q", data, 0x28)
         shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-        sections = [struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize)
-                    for i in range(shnum)]
+        sections = [
+            struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)
+        ]
         names = []
         for _, kind, _, _, offset, size, link, _ in sections:
-            if kind != 6:                                   # SHT_DYNAMIC
+            if kind != 6:  # SHT_DYNAMIC
                 continue
             strings = sections[link][4]
             for at in range(offset, offset + size, 16):
                 tag, value = struct.unpack_from("<qQ", data, at)
                 if tag == 0:
                     break
-                if tag == 1:                                # DT_NEEDED
+                if tag == 1:  # DT_NEEDED
                     start = strings + value
-                    names.append(data[start:data.index(b"\0", start)].decode("ascii", "replace"))
+                    names.append(data[start : data.index(b"\0", start)].decode("ascii", "replace"))
         return names
     except (struct.error, IndexError, ValueError, OverflowError):
         return []
@@ -112,7 +115,7 @@ def missing_libraries(plugin: str) -> tuple[list[str], str]:
             if name in seen:
                 continue
             seen.add(name)
-            if os.path.exists(os.path.join(bundled, name)):     # Qt's own, shipped by PySide6
+            if os.path.exists(os.path.join(bundled, name)):  # Qt's own, shipped by PySide6
                 files.append(os.path.join(bundled, name))
                 continue
             lost = _missing_name(_load_error(name))
@@ -143,7 +146,7 @@ def display_problem(environ=os.environ) -> str:
         return ""
     plugin = plugin_path(environ)
     if not plugin or not os.path.exists(plugin):
-        return ""                                   # Qt explains a missing plugin itself
+        return ""  # Qt explains a missing plugin itself
     prefix = "error: Qt cannot start on this display: "
     missing, error = missing_libraries(plugin)
     if missing:
@@ -153,6 +156,8 @@ def display_problem(environ=os.environ) -> str:
         return f"{prefix}its xcb platform plugin does not load: {error}"
     problem = _connect_error(environ.get("DISPLAY", ""))
     if problem:
-        return (f"{prefix}{problem} (is an X server running there, and may this user use it? "
-                "The inspect/stats/export/verify/diff commands work without one)")
+        return (
+            f"{prefix}{problem} (is an X server running there, and may this user use it? "
+            "The inspect/stats/export/verify/diff commands work without one)"
+        )
     return ""

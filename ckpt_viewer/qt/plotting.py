@@ -13,8 +13,14 @@ from PySide6.QtWidgets import QApplication
 from ckpt_viewer.qt import workers
 
 # "settled": set once the import ended (or failed) and the waiting views were told
-_plotting = {"module": None, "started": False, "failed": "", "waiting": weakref.WeakSet(),
-             "settled": threading.Event(), "jobs": None}
+_plotting = {
+    "module": None,
+    "started": False,
+    "failed": "",
+    "waiting": weakref.WeakSet(),
+    "settled": threading.Event(),
+    "jobs": None,
+}
 
 
 def preload_plotting():
@@ -23,8 +29,13 @@ def preload_plotting():
         return
     _plotting["started"] = True
     jobs = _plotting["jobs"] = workers.Controller(QApplication.instance())
-    jobs.start("import", importlib.import_module, "pyqtgraph", on_result=_plotting_ready,
-               on_error=lambda message: _plotting_ready(None, message))
+    jobs.start(
+        "import",
+        importlib.import_module,
+        "pyqtgraph",
+        on_result=_plotting_ready,
+        on_error=lambda message: _plotting_ready(None, message),
+    )
 
 
 def wait_for_plotting(view):
@@ -41,7 +52,7 @@ def plotting_module():
 def _plotting_ready(module, message=""):
     _plotting["module"], _plotting["failed"] = module, message
     for view in list(_plotting["waiting"]):
-        if shiboken6.isValid(view):          # not a closed tab's view
+        if shiboken6.isValid(view):  # not a closed tab's view
             view.plotting_ready(message)
     _plotting["waiting"].clear()
     _plotting["settled"].set()

@@ -7,8 +7,15 @@ from collections import OrderedDict
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, Qt, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QSpinBox, QTableView, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QSpinBox,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ckpt_viewer.core.values import filter_grid, pooled_2d, read_window
 from ckpt_viewer.qt import workers
@@ -103,7 +110,7 @@ class ValuesModel(QAbstractTableModel):
         self.rows, self.cols = matrix_shape(tensor)
         self.pages: OrderedDict = OrderedDict()
         self.requested: set = set()
-        self.notations: dict = {}        # column block -> notation of each of its columns
+        self.notations: dict = {}  # column block -> notation of each of its columns
         self.error = ""
 
     def rowCount(self, parent=None):
@@ -119,9 +126,16 @@ class ValuesModel(QAbstractTableModel):
         r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
         rows = range(r0, min(r0 + PAGE_ROWS, self.rows))
         cols = range(c0, min(c0 + PAGE_COLS, self.cols))
-        self.jobs.start(f"page {key}", read_window, self.tensor, self.leading, rows, cols,
-                        on_result=lambda page: self._arrived(key, page),
-                        on_error=lambda message: self._arrived(key, None, message))
+        self.jobs.start(
+            f"page {key}",
+            read_window,
+            self.tensor,
+            self.leading,
+            rows,
+            cols,
+            on_result=lambda page: self._arrived(key, page),
+            on_error=lambda message: self._arrived(key, None, message),
+        )
 
     def _arrived(self, key, page, message=""):
         r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
@@ -134,8 +148,9 @@ class ValuesModel(QAbstractTableModel):
             self.notations[key[1]] = [column_notation(page[:, c]) for c in range(page.shape[1])]
         if len(self.pages) > MAX_PAGES:
             self.pages.popitem(last=False)
-        self.dataChanged.emit(self.index(r0, c0), self.index(r0 + page.shape[0] - 1,
-                                                              c0 + page.shape[1] - 1))
+        self.dataChanged.emit(
+            self.index(r0, c0), self.index(r0 + page.shape[0] - 1, c0 + page.shape[1] - 1)
+        )
         self.page_arrived.emit()
 
     def value(self, r, c):
@@ -177,7 +192,8 @@ class ValuesPage(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(20)
         sample = self.table.fontMetrics().horizontalAdvance("-0.00000e+00-0.00000e+00j")
         self.table.horizontalHeader().setDefaultSectionSize(
-            self.table.fontMetrics().horizontalAdvance("-0.00000e+000") + 16)
+            self.table.fontMetrics().horizontalAdvance("-0.00000e+000") + 16
+        )
         self.complex_width = sample + 16
         copy = QAction("Copy", self.table)
         copy.setShortcut(QKeySequence.Copy)
@@ -188,7 +204,7 @@ class ValuesPage(QWidget):
         layout.addWidget(self.selector)
         layout.addWidget(self.table, 1)
         self.tensor = None
-        self.jobs = workers.Controller(self)     # a new slice or tensor drops the pages read
+        self.jobs = workers.Controller(self)  # a new slice or tensor drops the pages read
         self.selector.changed.connect(self._reload)
 
     def show_tensor(self, tensor):
@@ -203,8 +219,9 @@ class ValuesPage(QWidget):
         old = self.table.model()
         if isinstance(old, ValuesModel):
             old.deleteLater()
-        self.table.setModel(ValuesModel(self.tensor, self.selector.leading(), self.jobs,
-                                        self.table))
+        self.table.setModel(
+            ValuesModel(self.tensor, self.selector.leading(), self.jobs, self.table)
+        )
         if self.tensor.dtype.startswith("complex"):
             self.table.horizontalHeader().setDefaultSectionSize(self.complex_width)
 
@@ -251,8 +268,8 @@ class HeatmapPage(QWidget):
 
     def __init__(self, plotting, request_plotting, parent=None):
         super().__init__(parent)
-        self.plotting = plotting        # returns the pyqtgraph module, or None
-        self.request_plotting = request_plotting   # asks for a show_pending() call once ready
+        self.plotting = plotting  # returns the pyqtgraph module, or None
+        self.request_plotting = request_plotting  # asks for a show_pending() call once ready
         self.pending = None
         self.selector = SliceSelector()
         self.as_filters = QCheckBox("conv kernels as a grid of filters")
@@ -268,9 +285,9 @@ class HeatmapPage(QWidget):
         self.layout_.addWidget(self.readout)
         self.plot = None
         self.tensor = None
-        self.shown = None            # (values, row_step, col_step) on screen
+        self.shown = None  # (values, row_step, col_step) on screen
         self.generation = 0
-        self.jobs = workers.Controller(self)     # a new slice supersedes the one being read
+        self.jobs = workers.Controller(self)  # a new slice supersedes the one being read
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
 
@@ -302,8 +319,13 @@ class HeatmapPage(QWidget):
                 return grid, 1, 1
             result = yield from pooled_2d(tensor, leading)
             return result
-        self.jobs.start("heatmap", job, on_result=lambda result: self._show(generation, result),
-                        on_error=lambda message: self._fail(generation, message))
+
+        self.jobs.start(
+            "heatmap",
+            job,
+            on_result=lambda result: self._show(generation, result),
+            on_error=lambda message: self._fail(generation, message),
+        )
 
     def cancel(self):
         self.jobs.cancel()
@@ -369,8 +391,11 @@ class HeatmapPage(QWidget):
         self.colorbar.setLevels((low, high))
         self.plot.autoRange()
         self.shown = (values, row_step, col_step)
-        step = (f", each the largest |x| of {row_step} x {col_step}"
-                if row_step > 1 or col_step > 1 else "")
+        step = (
+            f", each the largest |x| of {row_step} x {col_step}"
+            if row_step > 1 or col_step > 1
+            else ""
+        )
         magnitude = " of |x|" if self.tensor.dtype.startswith("complex") else ""
         self.status.setText(f"{values.shape[0]:,} x {values.shape[1]:,} cells{magnitude}{step}")
         self.ready.emit()
@@ -391,5 +416,7 @@ class HeatmapPage(QWidget):
         value = values[r, c]
         if row_step == 1 and col_step == 1:
             return f"row {r:,}, column {c:,}: {value:.6g}"
-        return (f"rows {r * row_step:,}-{(r + 1) * row_step - 1:,}, columns "
-                f"{c * col_step:,}-{(c + 1) * col_step - 1:,}: largest |x| {value:.6g}")
+        return (
+            f"rows {r * row_step:,}-{(r + 1) * row_step - 1:,}, columns "
+            f"{c * col_step:,}-{(c + 1) * col_step - 1:,}: largest |x| {value:.6g}"
+        )

@@ -28,24 +28,44 @@ from ckpt_viewer.core.stats import PARTS
 from ckpt_viewer.qt.plain import as_html, plain_label
 from ckpt_viewer.qt.theme import on_base
 
-RANGES = {"full range": None, "clip to 0.1-99.9 %": (0.001, 0.999),
-          "clip to 1-99 %": (0.01, 0.99), "clip to 5-95 %": (0.05, 0.95)}
+RANGES = {
+    "full range": None,
+    "clip to 0.1-99.9 %": (0.001, 0.999),
+    "clip to 1-99 %": (0.01, 0.99),
+    "clip to 5-95 %": (0.05, 0.95),
+}
 
 
 def tensor_facts(node: Node) -> list[tuple[str, str]]:
     """(label, text) of what the file says about the tensor, no values read."""
     t = node.tensor
-    facts = [("key", node.key), ("shape", str(list(t.shape))), ("dtype", t.dtype),
-             ("elements", f"{t.numel:,}"), ("bytes", f"{format_bytes(t.nbytes)} ({t.nbytes:,})"),
-             ("device tag", t.device), ("layout", t.layout)]
+    facts = [
+        ("key", node.key),
+        ("shape", str(list(t.shape))),
+        ("dtype", t.dtype),
+        ("elements", f"{t.numel:,}"),
+        ("bytes", f"{format_bytes(t.nbytes)} ({t.nbytes:,})"),
+        ("device tag", t.device),
+        ("layout", t.layout),
+    ]
     if t.layout == "strided" and t.storage is not None:
-        facts += [("strides", str(list(t.stride))), ("storage offset", str(t.offset)),
-                  ("contiguous", "yes" if t.is_contiguous else "no"),
-                  ("storage", f"{t.storage.key} ({t.storage.numel:,} elements"
-                              f"{', shared with ' + node.shared_with if node.shared_with else ''})")]
+        facts += [
+            ("strides", str(list(t.stride))),
+            ("storage offset", str(t.offset)),
+            ("contiguous", "yes" if t.is_contiguous else "no"),
+            (
+                "storage",
+                f"{t.storage.key} ({t.storage.numel:,} elements"
+                f"{', shared with ' + node.shared_with if node.shared_with else ''})",
+            ),
+        ]
     if t.quantizer:
-        facts.append(("quantizer", ", ".join(f"{k}={v}" for k, v in t.quantizer.items()
-                                             if not hasattr(v, "shape"))))
+        facts.append(
+            (
+                "quantizer",
+                ", ".join(f"{k}={v}" for k, v in t.quantizer.items() if not hasattr(v, "shape")),
+            )
+        )
     if node.role:
         facts.append(("role", node.role))
     if node.note:
@@ -77,11 +97,13 @@ class FactsPanel(QTextEdit):
         self.setLineWrapMode(QTextEdit.WidgetWidth)
         self.setWordWrapMode(QTextOption.WrapAtWordBoundaryOrAnywhere)
         self.setFrameShape(QFrame.NoFrame)
-        self.viewport().setAutoFillBackground(False)    # the pane's background, like a label
+        self.viewport().setAutoFillBackground(False)  # the pane's background, like a label
 
     def show_facts(self, facts: list[tuple[str, str]]):
-        rows = "".join(f"<tr><td><b>{as_html(label)}</b>&nbsp;</td><td>{as_html(text)}</td></tr>"
-                       for label, text in facts)
+        rows = "".join(
+            f"<tr><td><b>{as_html(label)}</b>&nbsp;</td><td>{as_html(text)}</td></tr>"
+            for label, text in facts
+        )
         self.setHtml(f"<table cellspacing=1>{rows}</table>")
 
 
@@ -90,7 +112,7 @@ class StatsTable(QTableWidget):
     figures are marked as estimates (≈, italic) and the figures a sample cannot give are
     pending; non-zero NaN/Inf counts and figures that are NaN or infinite are highlighted."""
 
-    PAIR_WIDTH = 150        # pixels a (label, value) pair needs: a wide table shows more pairs
+    PAIR_WIDTH = 150  # pixels a (label, value) pair needs: a wide table shows more pairs
     EXACT_ONLY = {"L2 norm", "NaN", "+Inf", "-Inf", "zeros"}
     ALARMS = {"NaN", "+Inf", "-Inf"}
 
@@ -102,7 +124,7 @@ class StatsTable(QTableWidget):
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
         header = self.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.Interactive)   # sized by _spread
+        header.setSectionResizeMode(QHeaderView.Interactive)  # sized by _spread
         self.rows, self.preview = [], False
 
     def resizeEvent(self, event):
@@ -117,12 +139,15 @@ class StatsTable(QTableWidget):
         by all: a blank band beside the last pair, or one stretched column that pulled a value
         far from its label, looked broken."""
         header = self.horizontalHeader()
-        widths = [max(self.sizeHintForColumn(c), header.sectionSizeHint(c))
-                  for c in range(self.columnCount())]
+        widths = [
+            max(self.sizeHintForColumn(c), header.sectionSizeHint(c))
+            for c in range(self.columnCount())
+        ]
         spare = max(0, self.viewport().width() - sum(widths))
         for column, width in enumerate(widths):
-            header.resizeSection(column, width + spare // len(widths)
-                                 + (1 if column < spare % len(widths) else 0))
+            header.resizeSection(
+                column, width + spare // len(widths) + (1 if column < spare % len(widths) else 0)
+            )
 
     def _pairs(self) -> int:
         return max(1, min(4, self.viewport().width() // self.PAIR_WIDTH))
@@ -134,8 +159,9 @@ class StatsTable(QTableWidget):
         self.clearContents()
         self.setColumnCount(2 * pairs)
         self.setHorizontalHeaderLabels(["statistic", "value"] * pairs)
-        self.horizontalHeaderItem(1).setToolTip("quantiles are exact: the ceil(q * n)-th "
-                                                "smallest finite value")
+        self.horizontalHeaderItem(1).setToolTip(
+            "quantiles are exact: the ceil(q * n)-th smallest finite value"
+        )
         self.setRowCount(-(-len(rows) // pairs))
         for i, (label, text) in enumerate(rows):
             row, column = i % self.rowCount(), 2 * (i // self.rowCount())
@@ -198,7 +224,7 @@ class TensorControls(QWidget):
         self.compare = QComboBox()
         self.compare.setObjectName("compareWith")
         self.compare.setToolTip("overlay the histogram of the same key in another open file")
-        self.compare.setVisible(False)      # shown once another open file has tensors to overlay
+        self.compare.setVisible(False)  # shown once another open file has tensors to overlay
         self.save_png = QPushButton("Save PNG...")
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)

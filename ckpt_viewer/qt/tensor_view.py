@@ -19,14 +19,28 @@ from ckpt_viewer.qt.plain import as_html, plain_label, shown
 from ckpt_viewer.qt.plotting import _plotting, plotting_module, preload_plotting
 from ckpt_viewer.qt.plotting import wait_for_plotting as wait_for_plotting
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
-from ckpt_viewer.qt.tensor_panels import (RANGES, FactsPanel, StatsTable, TensorControls,
-                                          shown_stats_rows, tensor_facts)
+from ckpt_viewer.qt.tensor_panels import (
+    RANGES,
+    FactsPanel,
+    StatsTable,
+    TensorControls,
+    shown_stats_rows,
+    tensor_facts,
+)
 from ckpt_viewer.qt.theme import remember_splitter
 
-__all__ = ["RANGES", "StatsTable", "TensorController", "TensorView", "headline",
-           "preload_plotting", "stats_job", "wait_for_plotting"]
+__all__ = [
+    "RANGES",
+    "StatsTable",
+    "TensorController",
+    "TensorView",
+    "headline",
+    "preload_plotting",
+    "stats_job",
+    "wait_for_plotting",
+]
 
-PROGRESS_INTERVAL = 0.1   # seconds between progress reports (each repaint competes for the GIL)
+PROGRESS_INTERVAL = 0.1  # seconds between progress reports (each repaint competes for the GIL)
 
 
 def headline(node: Node) -> str:
@@ -39,16 +53,16 @@ class TensorController(QObject):
     one workers.Controller whose slots ("stats", "overlay") a new selection or request
     supersedes and cancel() (tab closed, exit) stops. It only emits results; views show them."""
 
-    preview = Signal(object)        # Stats from a sample (estimates), exact ones follow
-    exact = Signal(object)          # exact Stats of the latest request
-    progressed = Signal(float)      # 0..1
-    failed = Signal(str)            # one line: the statistics cannot be computed
+    preview = Signal(object)  # Stats from a sample (estimates), exact ones follow
+    exact = Signal(object)  # exact Stats of the latest request
+    progressed = Signal(float)  # 0..1
+    failed = Signal(str)  # one line: the statistics cannot be computed
     overlay_ready = Signal(object)  # Stats of another file's tensor, binned like ours
     overlay_failed = Signal(str)
 
     def __init__(self, cache=None, parent=None):
         super().__init__(parent)
-        self.cache = cache              # the checkpoint's StatsCache: exact figures seen before
+        self.cache = cache  # the checkpoint's StatsCache: exact figures seen before
         self.node: Node | None = None
         self.stats = None
         self.generation = 0
@@ -79,14 +93,22 @@ class TensorController(QObject):
         self.generation += 1
         generation, tensor = self.generation, self.node.tensor
         value_range = self.clipped_range(clip)
-        preload_plotting()                   # the exact pass waits for it to settle
+        preload_plotting()  # the exact pass waits for it to settle
         drawn = threading.Event()
         self.jobs.start(
-            "stats", stats_job, tensor, bins or auto_bins(tensor.numel), part, value_range,
-            _plotting["settled"], drawn, self.cache,
+            "stats",
+            stats_job,
+            tensor,
+            bins or auto_bins(tensor.numel),
+            part,
+            value_range,
+            _plotting["settled"],
+            drawn,
+            self.cache,
             on_progress=lambda item: self._progress(generation, item, drawn),
             on_result=lambda stats: self._done(generation, stats, value_range),
-            on_error=lambda message: self._failed(generation, message))
+            on_error=lambda message: self._failed(generation, message),
+        )
 
     def _progress(self, generation, item, drawn: threading.Event):
         if generation != self.generation:
@@ -94,7 +116,7 @@ class TensorController(QObject):
         if isinstance(item, tuple):
             self.stats = item[1]
             self.preview.emit(self.stats)
-            QTimer.singleShot(0, drawn.set)      # after the repaint the preview caused
+            QTimer.singleShot(0, drawn.set)  # after the repaint the preview caused
         elif time.monotonic() - self._last_progress > PROGRESS_INTERVAL:
             self._last_progress = time.monotonic()
             self.progressed.emit(item)
@@ -103,7 +125,7 @@ class TensorController(QObject):
         if generation != self.generation:
             return
         if value_range and self.stats is not None:
-            stats.quantiles = self.stats.quantiles     # the full range's: clip again from them
+            stats.quantiles = self.stats.quantiles  # the full range's: clip again from them
         self.stats = stats
         self.exact.emit(stats)
 
@@ -118,9 +140,16 @@ class TensorController(QObject):
         if other is None or stats is None or stats.sampled or not stats.edges:
             return
         generation, edges = self.generation, stats.edges
-        self.jobs.start("overlay", compute, other, len(edges) - 1, part, (edges[0], edges[-1]),
-                        on_result=lambda found: self._overlay_done(generation, found),
-                        on_error=self.overlay_failed.emit)
+        self.jobs.start(
+            "overlay",
+            compute,
+            other,
+            len(edges) - 1,
+            part,
+            (edges[0], edges[-1]),
+            on_result=lambda found: self._overlay_done(generation, found),
+            on_error=self.overlay_failed.emit,
+        )
 
     def _overlay_done(self, generation, stats):
         if generation == self.generation:
@@ -131,7 +160,7 @@ class TensorView(QWidget):
     """One tab's tensor pane. The plot takes the pane's width; statistics and facts sit in a
     resizable strip below it (splitter positions remembered)."""
 
-    view_ready = Signal(str)        # exact statistics of this key are on screen
+    view_ready = Signal(str)  # exact statistics of this key are on screen
     view_failed = Signal(str, str)  # key, one-line message: the statistics cannot be shown
     preview_ready = Signal(str)
 
@@ -156,7 +185,7 @@ class TensorView(QWidget):
         super().__init__(parent)
         self.setObjectName("tensorView")
         self.checkpoint = checkpoint
-        self.peers = lambda: []          # set by the window: [(label, checkpoint)] of other tabs
+        self.peers = lambda: []  # set by the window: [(label, checkpoint)] of other tabs
         self.controller = TensorController(checkpoint.stats_cache, self)
 
         self.title = plain_label("Select a tensor in the tree.")
@@ -187,9 +216,11 @@ class TensorView(QWidget):
         controller.progressed.connect(lambda done: controls.progress.setValue(int(done * 1000)))
         controller.failed.connect(self._failed)
         controller.overlay_ready.connect(
-            lambda stats: self.histogram.show_overlay(stats, controls.compare.currentText()))
+            lambda stats: self.histogram.show_overlay(stats, controls.compare.currentText())
+        )
         controller.overlay_failed.connect(
-            lambda message: controls.status.setText(f"comparison: {message}"))
+            lambda message: controls.status.setText(f"comparison: {message}")
+        )
         if plotting_module() is None:
             # build the plot as soon as the (idle-time) import lands, not at the first selection
             _plotting["waiting"].add(self)
@@ -260,15 +291,15 @@ class TensorView(QWidget):
 
     # --- selection and requests --------------------------------------------------------------
     def show_tensor(self, node: Node):
-        self.controller.select(node)          # supersedes the old tensor's statistics
+        self.controller.select(node)  # supersedes the old tensor's statistics
         for page in (self.heatmap, self.values):
             if page.tensor is not node.tensor:
-                page.drop_work()              # reads of the old tensor stop here
+                page.drop_work()  # reads of the old tensor stop here
         self.controls.reset_range()
         self.title.setText(shown(headline(node)))
         self.title.setToolTip(as_html(node.key))
         self.facts.show_facts(tensor_facts(node))
-        self.histogram.clear()                # the previous tensor's bin means nothing here
+        self.histogram.clear()  # the previous tensor's bin means nothing here
         self.table.fill([], False)
         self.controls.part.setVisible(node.tensor.dtype.startswith("complex"))
         self.prepare_plot()
@@ -283,8 +314,9 @@ class TensorView(QWidget):
         self.controls.status.setText("computing...")
         self.controls.progress.setValue(0)
         self.controls.progress.show()
-        self.controller.compute(self.controls.bins.value(), self.controls.part.currentText(),
-                                self.controls.clip())
+        self.controller.compute(
+            self.controls.bins.value(), self.controls.part.currentText(), self.controls.clip()
+        )
 
     def cancel(self):
         """Stop every job of the pane (statistics, overlay, heatmap, value pages)."""
@@ -313,11 +345,12 @@ class TensorView(QWidget):
 
     def _compare_changed(self, *_):
         self._clear_overlay()
-        self.controller.compare(self.controls.compare.currentData(),
-                                self.controls.part.currentText())
+        self.controller.compare(
+            self.controls.compare.currentData(), self.controls.part.currentText()
+        )
 
     def _clear_overlay(self):
-        self.controller.jobs.cancel("overlay")          # superseded: stop it at its next chunk
+        self.controller.jobs.cancel("overlay")  # superseded: stop it at its next chunk
         self.histogram.clear_overlay()
 
     # --- results -----------------------------------------------------------------------------
@@ -326,7 +359,7 @@ class TensorView(QWidget):
             self._show(stats, preview=False)
             if self.controls.compare.currentData() is not None:
                 self._compare_changed()
-        except Exception as exc:   # noqa: BLE001 - a view that cannot be drawn ends with a message
+        except Exception as exc:  # noqa: BLE001 - a view that cannot be drawn ends with a message
             self._failed(describe_error(exc))
 
     def _failed(self, message):
@@ -339,7 +372,8 @@ class TensorView(QWidget):
         self.table.fill(shown_stats_rows(stats), preview)
         if preview:
             self.controls.status.setText(
-                "sampled preview (estimates); computing exact statistics...")
+                "sampled preview (estimates); computing exact statistics..."
+            )
         else:
             clipped = " (clipped range)" if stats.below or stats.above else ""
             self.controls.status.setText("exact" + clipped)

@@ -18,15 +18,22 @@ def resource_path(name: str) -> str:
 def _dark_indicators() -> str:
     """Fusion draws an unticked box's border from the window colour, which vanishes on a dark
     base: draw the indicators from images instead (dark theme only)."""
-    images = {"unchecked": "uncheck-dark.svg", "checked": "check-dark.svg",
-              "indeterminate": "partial-dark.svg"}
+    images = {
+        "unchecked": "uncheck-dark.svg",
+        "checked": "check-dark.svg",
+        "indeterminate": "partial-dark.svg",
+    }
     rules = []
     for state, name in images.items():
         url = resource_path(name).replace("\\", "/")
-        rules.append(f"QCheckBox::indicator:{state}, QAbstractItemView::indicator:{state} "
-                     f"{{ image: url({url}); }}")
-    return "QCheckBox::indicator, QAbstractItemView::indicator { width: 14px; height: 14px; }\n" \
+        rules.append(
+            f"QCheckBox::indicator:{state}, QAbstractItemView::indicator:{state} "
+            f"{{ image: url({url}); }}"
+        )
+    return (
+        "QCheckBox::indicator, QAbstractItemView::indicator { width: 14px; height: 14px; }\n"
         + "\n".join(rules)
+    )
 
 
 def apply_theme(app: QApplication, dark: bool):
@@ -38,15 +45,25 @@ def apply_theme(app: QApplication, dark: bool):
         return
     palette = QPalette()
     colors = {
-        QPalette.Window: (45, 45, 48), QPalette.WindowText: (220, 220, 220),
-        QPalette.Base: (30, 30, 32), QPalette.AlternateBase: (45, 45, 48),
-        QPalette.ToolTipBase: (60, 60, 64), QPalette.ToolTipText: (230, 230, 230),
-        QPalette.Text: (220, 220, 220), QPalette.Button: (55, 55, 58),
-        QPalette.ButtonText: (220, 220, 220), QPalette.BrightText: (255, 80, 80),
-        QPalette.Highlight: (42, 110, 200), QPalette.HighlightedText: (255, 255, 255),
-        QPalette.Link: (110, 170, 255), QPalette.PlaceholderText: (140, 140, 140),
-        QPalette.Light: (90, 90, 96), QPalette.Midlight: (70, 70, 75),
-        QPalette.Mid: (60, 60, 64), QPalette.Dark: (25, 25, 27), QPalette.Shadow: (10, 10, 10),
+        QPalette.Window: (45, 45, 48),
+        QPalette.WindowText: (220, 220, 220),
+        QPalette.Base: (30, 30, 32),
+        QPalette.AlternateBase: (45, 45, 48),
+        QPalette.ToolTipBase: (60, 60, 64),
+        QPalette.ToolTipText: (230, 230, 230),
+        QPalette.Text: (220, 220, 220),
+        QPalette.Button: (55, 55, 58),
+        QPalette.ButtonText: (220, 220, 220),
+        QPalette.BrightText: (255, 80, 80),
+        QPalette.Highlight: (42, 110, 200),
+        QPalette.HighlightedText: (255, 255, 255),
+        QPalette.Link: (110, 170, 255),
+        QPalette.PlaceholderText: (140, 140, 140),
+        QPalette.Light: (90, 90, 96),
+        QPalette.Midlight: (70, 70, 75),
+        QPalette.Mid: (60, 60, 64),
+        QPalette.Dark: (25, 25, 27),
+        QPalette.Shadow: (10, 10, 10),
     }
     for role, rgb in colors.items():
         palette.setColor(role, QColor(*rgb))
@@ -75,8 +92,11 @@ def style_plot(plot):
     plot.setBackground(background)
     item = plot.getPlotItem()
     axes = [item.getAxis(side) for side in ("left", "bottom", "right", "top")]
-    axes += [child.axis for child in item.scene().items() if hasattr(child, "axis")
-             and hasattr(child.axis, "setTextPen")]           # colour bars
+    axes += [
+        child.axis
+        for child in item.scene().items()
+        if hasattr(child, "axis") and hasattr(child.axis, "setTextPen")
+    ]  # colour bars
     for axis in axes:
         axis.setPen(foreground)
         axis.setTextPen(foreground)
@@ -84,14 +104,14 @@ def style_plot(plot):
         # disabling still scales the ticks once, by the SI prefix of the current range (a
         # theme switch showed +-0.125 as +-125 with no label), and nothing undoes it later
         axis.autoSIPrefixScale = 1.0
-        axis.setRange(*axis.range)          # redraws the ticks
+        axis.setRange(*axis.range)  # redraws the ticks
 
 
 def restyle_plots(app: QApplication):
     """After a theme change: every open plot and pyqtgraph's defaults for new ones."""
     pg = sys.modules.get("pyqtgraph")
-    if pg is None or not hasattr(pg, "PlotWidget"):   # absent, or still importing in a worker:
-        return                                         # plots are styled as they are built
+    if pg is None or not hasattr(pg, "PlotWidget"):  # absent, or still importing in a worker:
+        return  # plots are styled as they are built
     palette = app.palette()
     pg.setConfigOption("background", palette.color(QPalette.Base))
     pg.setConfigOption("foreground", palette.color(QPalette.Text))

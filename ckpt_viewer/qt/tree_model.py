@@ -30,8 +30,17 @@ MUTED = QColor(128, 128, 128)
 ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
 CHECKABLE_FLAGS = ROW_FLAGS | Qt.ItemIsUserCheckable
 DISPLAY_ROLE, USER_ROLE, CHECK_ROLE, TOOLTIP_ROLE, ALIGNMENT_ROLE, FOREGROUND_ROLE, FONT_ROLE = (
-    int(role.value) for role in (Qt.DisplayRole, Qt.UserRole, Qt.CheckStateRole, Qt.ToolTipRole,
-                                 Qt.TextAlignmentRole, Qt.ForegroundRole, Qt.FontRole))
+    int(role.value)
+    for role in (
+        Qt.DisplayRole,
+        Qt.UserRole,
+        Qt.CheckStateRole,
+        Qt.ToolTipRole,
+        Qt.TextAlignmentRole,
+        Qt.ForegroundRole,
+        Qt.FontRole,
+    )
+)
 ALIGN_RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
 
 
@@ -52,7 +61,7 @@ def type_text(node: Node) -> str:
     if node.kind == "optimizer":
         return "optimizer state"
     if node.note:
-        return node.note            # e.g. "state of encoder.weight" on an optimizer state entry
+        return node.note  # e.g. "state of encoder.weight" on an optimizer state entry
     if node.kind == "ref":
         return f"-> {node.value}"
     if node.kind == "scalar":
@@ -83,7 +92,7 @@ def plain_tooltip(lines) -> str:
 
 
 class KeyTreeModel(QAbstractItemModel):
-    checks_changed = Signal(int)       # how many tensors are ticked
+    checks_changed = Signal(int)  # how many tensors are ticked
 
     def __init__(self, index: RowIndex, parent=None):
         super().__init__(parent)
@@ -96,8 +105,8 @@ class KeyTreeModel(QAbstractItemModel):
         # worker); each row's list of shown children is then built only when the view asks
         self.generation = 0
         self._visible = self._inside = None
-        self.checked = bytearray(len(rows))        # tensor rows ticked for export
-        self.checked_below = [0] * len(rows)       # ticked tensor rows in each subtree
+        self.checked = bytearray(len(rows))  # tensor rows ticked for export
+        self.checked_below = [0] * len(rows)  # ticked tensor rows in each subtree
         self._italic = QFont()
         self._italic.setItalic(True)
         self._muted = QBrush(MUTED)
@@ -163,9 +172,11 @@ class KeyTreeModel(QAbstractItemModel):
             return ALIGN_RIGHT
         if role == TOOLTIP_ROLE and section == KEY:
             return "Tick tensors or whole subtrees to export them (File > Export Selection, Ctrl+E)"
-        if role == TOOLTIP_ROLE and section == PARAMS:   # optimizer state is not parameters
-            return ("Tensor elements under this row, each storage counted once: model "
-                    "parameters, optimizer state and other tensors alike (the Summary splits them)")
+        if role == TOOLTIP_ROLE and section == PARAMS:  # optimizer state is not parameters
+            return (
+                "Tensor elements under this row, each storage counted once: model "
+                "parameters, optimizer state and other tensors alike (the Summary splits them)"
+            )
         return None
 
     def flags(self, index):
@@ -184,22 +195,24 @@ class KeyTreeModel(QAbstractItemModel):
 
     def set_checked(self, row: Row, on: bool):
         """Tick or untick a row and every tensor below it; ancestors follow (tri-state)."""
-        first, end = row.index, row.index + row.size      # the subtree, in pre-order
+        first, end = row.index, row.index + row.size  # the subtree, in pre-order
         delta = 0
         for i in range(first, end):
             if self.rows[i].node.tensor is not None and self.checked[i] != on:
                 self.checked[i] = on
                 delta += 1 if on else -1
-        for i in range(end - 1, first - 1, -1):           # children before their parents
+        for i in range(end - 1, first - 1, -1):  # children before their parents
             below = self.rows[i]
             self.checked_below[i] = self.checked[i] + sum(
-                self.checked_below[c.index] for c in below.children)
+                self.checked_below[c.index] for c in below.children
+            )
         ancestor = row.parent
         while ancestor is not None:
             self.checked_below[ancestor.index] += delta
             ancestor = ancestor.parent
-        self.dataChanged.emit(self.index(0, 0), self.index(max(self.rowCount() - 1, 0), 0),
-                              [Qt.CheckStateRole])
+        self.dataChanged.emit(
+            self.index(0, 0), self.index(max(self.rowCount() - 1, 0), 0), [Qt.CheckStateRole]
+        )
         self.checks_changed.emit(self.checked_below[0])
 
     def checked_keys(self) -> list[str]:
@@ -242,8 +255,12 @@ class KeyTreeModel(QAbstractItemModel):
         if role == ALIGNMENT_ROLE:
             return ALIGN_RIGHT if column in (PARAMS, SIZE) else None
         if role == FOREGROUND_ROLE:
-            muted = node.shared_with or node.kind in ("ref", "opaque") or \
-                column == TYPE and node.role == "buffer"
+            muted = (
+                node.shared_with
+                or node.kind in ("ref", "opaque")
+                or column == TYPE
+                and node.role == "buffer"
+            )
             return self._muted if muted else None
         if role == FONT_ROLE and node.shared_with:
             return self._italic
@@ -302,10 +319,12 @@ class KeyTreeModel(QAbstractItemModel):
 
     def sort(self, column, order=Qt.AscendingOrder):
         key_funcs = {
-            KEY: lambda r: _natural(r.name), TYPE: lambda r: type_text(r.node),
+            KEY: lambda r: _natural(r.name),
+            TYPE: lambda r: type_text(r.node),
             SHAPE: lambda r: r.node.tensor.shape if r.node.tensor is not None else (),
             DTYPE: lambda r: r.node.tensor.dtype if r.node.tensor is not None else "",
-            PARAMS: lambda r: r.params, SIZE: lambda r: r.nbytes,
+            PARAMS: lambda r: r.params,
+            SIZE: lambda r: r.nbytes,
             DEVICE: lambda r: r.node.tensor.device if r.node.tensor is not None else "",
         }
         key = key_funcs.get(column)
@@ -324,8 +343,9 @@ class KeyTreeModel(QAbstractItemModel):
         self.generation += 1
         for row in old_rows:
             self.shown(row.parent)
-        self.changePersistentIndexList(old, [self.createIndex(r.pos, i.column(), r)
-                                             for r, i in zip(old_rows, old)])
+        self.changePersistentIndexList(
+            old, [self.createIndex(r.pos, i.column(), r) for r, i in zip(old_rows, old)]
+        )
         self.layoutChanged.emit()
 
     def index_of_key(self, key: str) -> QModelIndex:
@@ -343,14 +363,17 @@ class KeyTreeModel(QAbstractItemModel):
         while parent is not None:
             ancestors.append(parent)
             parent = parent.parent
-        for ancestor in reversed(ancestors):      # numbers each level's shown rows
+        for ancestor in reversed(ancestors):  # numbers each level's shown rows
             self.shown(ancestor)
         return self.createIndex(row.pos, 0, row)
 
 
 def _natural(text: str):
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
-            for part in re.split(r"(\d+)", text) if part]
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+        for part in re.split(r"(\d+)", text)
+        if part
+    ]
 
 
 def load_for_view(path: str):
@@ -360,5 +383,5 @@ def load_for_view(path: str):
     with paused_gc(freeze=True):
         checkpoint = open_checkpoint(path)
         index = build_rows(checkpoint.root)
-        checkpoint.scalars()                  # cached for the summary pane
+        checkpoint.scalars()  # cached for the summary pane
         return checkpoint, index, checkpoint_totals(checkpoint)

@@ -25,7 +25,7 @@ def _create(func, args) -> WorkerBase:
     if not inspect.isgeneratorfunction(func):
         return create_worker(func, *args, _start_thread=False, _ignore_errors=True)
     stop = threading.Event()
-    abort = []                                     # superqt's own quit, once the worker exists
+    abort = []  # superqt's own quit, once the worker exists
 
     def run(*values):
         with contextlib.closing(func(*values)) as generator:
@@ -38,12 +38,12 @@ def _create(func, args) -> WorkerBase:
                     value = next(generator)
             except StopIteration as end:
                 return end.value
-        abort[0]()                   # closed here; now superqt drops the (absent) result
+        abort[0]()  # closed here; now superqt drops the (absent) result
         return None
 
     worker = create_worker(run, *args, _start_thread=False, _ignore_errors=True)
     abort.append(worker.quit)
-    worker.quit = stop.set           # what Cancel, a controller and await_workers call
+    worker.quit = stop.set  # what Cancel, a controller and await_workers call
     return worker
 
 
@@ -79,11 +79,19 @@ class Controller(QObject):
     def __init__(self, owner: QObject):
         super().__init__(owner)
         self.running: dict[str, WorkerBase] = {}
-        running = self.running                       # not self: the wrapper is going away
+        running = self.running  # not self: the wrapper is going away
         self.destroyed.connect(lambda *_: _quit_all(running))
 
-    def start(self, slot: str, func, *args, on_result=None, on_error=None, on_progress=None,
-              on_finished=None) -> WorkerBase:
+    def start(
+        self,
+        slot: str,
+        func,
+        *args,
+        on_result=None,
+        on_error=None,
+        on_progress=None,
+        on_finished=None,
+    ) -> WorkerBase:
         """Quit the slot's previous job and start this one; callbacks only while it is current."""
         self.cancel(slot)
         worker = _create(func, args)
@@ -96,6 +104,7 @@ class Controller(QObject):
             def deliver(*values):
                 if current():
                     callback(*values)
+
             return deliver
 
         def ended():
@@ -103,6 +112,7 @@ class Controller(QObject):
                 del self.running[slot]
                 if on_finished is not None:
                     on_finished()
+
         if on_result is not None:
             worker.returned.connect(live(on_result))
         if on_error is not None:

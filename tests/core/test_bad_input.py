@@ -36,22 +36,30 @@ def assert_refused_or_inert(path, sentinel):
 @pytest.mark.parametrize("legacy", [False, True])
 def test_hostile_pickles_are_listed_not_run(tmp_path, payload, legacy):
     sentinel = tmp_path / "pwned"
-    obj = {"weights": builders.tiny_model().state_dict(),
-           "nested": {"deep": [sentinel_payloads(sentinel)[payload]]}}
+    obj = {
+        "weights": builders.tiny_model().state_dict(),
+        "nested": {"deep": [sentinel_payloads(sentinel)[payload]]},
+    }
     path = builders.save(obj, tmp_path / "evil.pth", _use_new_zipfile_serialization=not legacy)
     checkpoint = assert_refused_or_inert(path, sentinel)
     assert checkpoint is not None
-    assert checkpoint.unsafe_globals == [{"os.system": "posix.system", "eval": "builtins.eval",
-                                          "exec": "builtins.exec"}[payload]]
+    assert checkpoint.unsafe_globals == [
+        {"os.system": "posix.system", "eval": "builtins.eval", "exec": "builtins.exec"}[payload]
+    ]
     assert checkpoint.find("nested.deep.0").kind == "object"
 
 
 def test_getattr_chain_stays_inert(tmp_path):
     sentinel = tmp_path / "pwned"
     # builtins.getattr(builtins.__import__('os'), 'system')('touch ...')
-    data = (b"\x80\x02cbuiltins\ngetattr\ncbuiltins\n__import__\nX\x02\x00\x00\x00os\x85R"
-            b"X\x06\x00\x00\x00system\x86R" + b"X" + len(f"touch {sentinel}").to_bytes(4, "little")
-            + f"touch {sentinel}".encode() + b"\x85R.")
+    data = (
+        b"\x80\x02cbuiltins\ngetattr\ncbuiltins\n__import__\nX\x02\x00\x00\x00os\x85R"
+        b"X\x06\x00\x00\x00system\x86R"
+        + b"X"
+        + len(f"touch {sentinel}").to_bytes(4, "little")
+        + f"touch {sentinel}".encode()
+        + b"\x85R."
+    )
     path = tmp_path / "chain.pkl"
     path.write_bytes(data)
     checkpoint = assert_refused_or_inert(path, sentinel)
@@ -76,8 +84,9 @@ def test_duplicate_data_pkl_is_rejected(tmp_path):
 
 def test_bad_byteorder_and_version(tmp_path):
     good = pickle.dumps({"a": 1}, protocol=2)
-    path = _zip_with(tmp_path, "bo.pt", [("a/data.pkl", good), ("a/version", b"3"),
-                                         ("a/byteorder", b"middle")])
+    path = _zip_with(
+        tmp_path, "bo.pt", [("a/data.pkl", good), ("a/version", b"3"), ("a/byteorder", b"middle")]
+    )
     with pytest.raises(CheckpointError, match="byteorder"):
         open_checkpoint(path)
     path = _zip_with(tmp_path, "v.pt", [("a/data.pkl", good), ("a/version", b"999\n")])
@@ -95,8 +104,9 @@ def test_missing_data_pkl(tmp_path):
 def test_truncated_files_at_many_offsets(tmp_path, legacy):
     path = builders.training_checkpoint(tmp_path / "ok.pth", legacy=legacy)
     data = open(path, "rb").read()
-    for cut in sorted({1, 8, 64, 500, len(data) // 3, len(data) // 2, len(data) - 100,
-                       len(data) - 1}):
+    for cut in sorted(
+        {1, 8, 64, 500, len(data) // 3, len(data) // 2, len(data) - 100, len(data) - 1}
+    ):
         bad = tmp_path / f"cut{cut}.pth"
         bad.write_bytes(data[:cut])
         with pytest.raises(CheckpointError):
@@ -105,6 +115,7 @@ def test_truncated_files_at_many_offsets(tmp_path, legacy):
 
 def test_storage_shorter_than_its_tensor(tmp_path):
     import torch
+
     path = builders.save({"w": torch.zeros(100)}, tmp_path / "w.pt")
     with zipfile.ZipFile(path) as zf:
         entries = [(i.filename, zf.read(i)) for i in zf.infolist()]
@@ -114,14 +125,17 @@ def test_storage_shorter_than_its_tensor(tmp_path):
         open_checkpoint(short)
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "empty"),
-    # seeded: unseeded bytes had a 9th byte of "{" one time in 256 and read as safetensors
-    (random.Random(4096).randbytes(4096), "not a recognised"),
-    (b"\x89HDF\r\n\x1a\n" + bytes(100), "HDF5"),
-    (b'{"not": "a checkpoint"}', "JSON"),
-    (b"hello world, plain text", "not a recognised"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "empty"),
+        # seeded: unseeded bytes had a 9th byte of "{" one time in 256 and read as safetensors
+        (random.Random(4096).randbytes(4096), "not a recognised"),
+        (b"\x89HDF\r\n\x1a\n" + bytes(100), "HDF5"),
+        (b'{"not": "a checkpoint"}', "JSON"),
+        (b"hello world, plain text", "not a recognised"),
+    ],
+)
 def test_foreign_and_random_bytes(tmp_path, content, message):
     path = tmp_path / "model.pth"
     path.write_bytes(content)
@@ -138,12 +152,15 @@ def test_missing_path_and_empty_directory(tmp_path):
 
 def test_safetensors_header_lies(tmp_path):
     import struct
+
     path = tmp_path / "huge.safetensors"
     path.write_bytes(struct.pack("<Q", 2**40) + b"{}")
     with pytest.raises(CheckpointError, match="header claims"):
         open_checkpoint(str(path))
-    header = b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},' \
-             b'"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}'
+    header = (
+        b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},'
+        b'"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}'
+    )
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(24))
     with pytest.raises(CheckpointError, match="overlap"):
         open_checkpoint(str(path))
@@ -153,13 +170,16 @@ def test_safetensors_duplicate_keys_warn(tmp_path):
     import struct
 
     from safetensors import safe_open
-    header = b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' \
-             b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+
+    header = (
+        b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+        b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    )
     path = tmp_path / "dup.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
     checkpoint = open_checkpoint(str(path))
     assert any("last entry silently wins" in w for w in checkpoint.warnings)
-    with safe_open(str(path), "np") as f:         # the library also reads the last one
+    with safe_open(str(path), "np") as f:  # the library also reads the last one
         assert f.get_slice("a").get_shape() == list(checkpoint.find("a").tensor.shape)
 
 
@@ -167,8 +187,10 @@ def test_legacy_storage_larger_than_file_is_refused_before_allocating(tmp_path):
     import struct
 
     import torch
-    path = builders.save({"w": torch.zeros(4)}, tmp_path / "l.pt",
-                         _use_new_zipfile_serialization=False)
+
+    path = builders.save(
+        {"w": torch.zeros(4)}, tmp_path / "l.pt", _use_new_zipfile_serialization=False
+    )
     data = bytearray(open(path, "rb").read())
     # the storage header is the 8 bytes before the last 16 data bytes
     data[-24:-16] = struct.pack("<q", 2**36)
@@ -180,6 +202,7 @@ def test_legacy_storage_larger_than_file_is_refused_before_allocating(tmp_path):
 
 def test_tensor_pointing_outside_storage(tmp_path):
     import torch
+
     path = builders.save({"w": torch.zeros(10)}, tmp_path / "w.pt")
     with zipfile.ZipFile(path) as zf:
         entries = [(i.filename, zf.read(i)) for i in zf.infolist()]
@@ -194,6 +217,7 @@ def test_tensor_pointing_outside_storage(tmp_path):
 
 def test_inflating_data_pkl_is_bounded(tmp_path, monkeypatch):
     from ckpt_viewer.core.readers import torch_zip
+
     monkeypatch.setattr(torch_zip, "MAX_PICKLE_BYTES", 1_000_000)
     payload = pickle.dumps({"x": "a" * 5_000_000}, protocol=2)
     path = tmp_path / "bomb.pt"

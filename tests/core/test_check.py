@@ -21,8 +21,9 @@ def findings_of(path):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "ckpt_viewer", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def clean_training_file(path):
@@ -33,8 +34,9 @@ def clean_training_file(path):
         optimizer.zero_grad()
         model(torch.randn(16, 8)).pow(2).sum().backward()
         optimizer.step()
-    return builders.save({"epoch": 3, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict()}, path)
+    return builders.save(
+        {"epoch": 3, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, path
+    )
 
 
 def planted_state():
@@ -49,12 +51,12 @@ def planted_state():
     sd["dead.weight"] = torch.randn(16, 8)
     sd["dead.weight"][[1, 7]] = 0
     sd["copy.weight"] = sd["ok0.weight"].clone()
-    sd["tied.weight"] = sd["ok1.weight"]                 # shared storage: not a duplicate
-    sd["flip.weight"] = sd["ok2.weight"].flip(0).contiguous()   # same extremes and word sums
+    sd["tied.weight"] = sd["ok1.weight"]  # shared storage: not a duplicate
+    sd["flip.weight"] = sd["ok2.weight"].flip(0).contiguous()  # same extremes and word sums
     sd["big.weight"] = torch.randn(16, 8)
     sd["big.weight"][0, 0] = 1e5
     sd["big_bf16.weight"] = (torch.randn(16, 8) * 1e6).to(torch.bfloat16)
-    sd["half.weight"] = torch.randn(16, 8).half()        # float16 cannot overflow float16
+    sd["half.weight"] = torch.randn(16, 8).half()  # float16 cannot overflow float16
     sd["bn.running_var"] = torch.rand(16) + 0.1
     sd["bn.running_var"][4] = -0.25
     sd["bn.running_mean"] = torch.randn(16)
@@ -66,10 +68,16 @@ def planted_state():
 
 
 EXPECTED = {
-    ("nan.weight", "nan"), ("inf.bias", "inf"), ("zero.weight", "all_zero"),
-    ("ones.weight", "constant"), ("dead.weight", "dead_rows"), ("copy.weight", "duplicate"),
-    ("big.weight", "fp16_overflow"), ("big_bf16.weight", "fp16_overflow"),
-    ("bn.running_var", "negative_variance"), ("tiny_bf16.weight", "bf16_subnormal"),
+    ("nan.weight", "nan"),
+    ("inf.bias", "inf"),
+    ("zero.weight", "all_zero"),
+    ("ones.weight", "constant"),
+    ("dead.weight", "dead_rows"),
+    ("copy.weight", "duplicate"),
+    ("big.weight", "fp16_overflow"),
+    ("big_bf16.weight", "fp16_overflow"),
+    ("bn.running_var", "negative_variance"),
+    ("tiny_bf16.weight", "bf16_subnormal"),
 }
 
 
@@ -78,13 +86,13 @@ def test_each_planted_anomaly_reported_with_key_and_kind(tmp_path, writer):
     sd = planted_state()
     if writer == "safetensors":
         del sd["tied.weight"]
-        path = builders.safetensors_file(tmp_path / "p.safetensors",
-                                         {k: v.contiguous() for k, v in sd.items()})
+        path = builders.safetensors_file(
+            tmp_path / "p.safetensors", {k: v.contiguous() for k, v in sd.items()}
+        )
     else:
-        path = builders.save(sd, tmp_path / "p.pt",
-                             _use_new_zipfile_serialization=writer == "zip")
+        path = builders.save(sd, tmp_path / "p.pt", _use_new_zipfile_serialization=writer == "zip")
     report, found = findings_of(path)
-    if writer == "safetensors":      # stored in name order: the copy comes first
+    if writer == "safetensors":  # stored in name order: the copy comes first
         found = {("copy.weight", k) if key == "ok0.weight" else (key, k) for key, k in found}
     assert found == EXPECTED
     by_kind = {f.kind: f for f in report.findings}
@@ -95,7 +103,8 @@ def test_each_planted_anomaly_reported_with_key_and_kind(tmp_path, writer):
     assert report.tensors_scanned == len(sd)
     assert not report.ok
     assert [f.severity for f in report.findings] == sorted(
-        (f.severity for f in report.findings), key=check_module.SEVERITIES.index)
+        (f.severity for f in report.findings), key=check_module.SEVERITIES.index
+    )
 
 
 def test_clean_training_file_has_no_findings(tmp_path):
@@ -117,8 +126,9 @@ def test_anomalies_across_segments_and_chunks(tmp_path, monkeypatch):
     weight[[0, 40, 96]] = 0
     weight[50, 52] = float("nan")
     other = torch.randn(97, 53)
-    path = builders.save({"w.weight": weight, "a.weight": other, "b.weight": other.clone()},
-                         tmp_path / "s.pt")
+    path = builders.save(
+        {"w.weight": weight, "a.weight": other, "b.weight": other.clone()}, tmp_path / "s.pt"
+    )
     report, found = findings_of(path)
     assert found == {("w.weight", "dead_rows"), ("w.weight", "nan"), ("b.weight", "duplicate")}
     dead = next(f for f in report.findings if f.kind == "dead_rows")
@@ -128,27 +138,30 @@ def test_anomalies_across_segments_and_chunks(tmp_path, monkeypatch):
 def test_optimizer_state_mismatch_missing_state_and_steps(tmp_path):
     model, optimizer = builders.trained(torch.optim.Adam, named=True)
     state = optimizer.state_dict()
-    state["state"][0]["exp_avg"] = torch.randn(4, 3)         # parameter 0.weight is [3, 4]
-    del state["state"][3]                                     # 1.bias has no state left
+    state["state"][0]["exp_avg"] = torch.randn(4, 3)  # parameter 0.weight is [3, 4]
+    del state["state"][3]  # 1.bias has no state left
     state["state"][2]["step"] = torch.tensor(9.0)
     state["state"][1]["exp_avg_sq"] = -state["state"][1]["exp_avg_sq"] - 1
-    path = builders.save({"model_state_dict": model.state_dict(),
-                          "optimizer_state_dict": state}, tmp_path / "o.pt")
+    path = builders.save(
+        {"model_state_dict": model.state_dict(), "optimizer_state_dict": state}, tmp_path / "o.pt"
+    )
     report, found = findings_of(path)
     assert ("optimizer_state_dict.state.0.exp_avg", "optimizer_mismatch") in found
     assert ("model_state_dict.1.bias", "optimizer_mismatch") in found
     assert ("optimizer_state_dict.state.2.step", "step_mismatch") in found
     assert ("optimizer_state_dict.state.1.exp_avg_sq", "negative_variance") in found
-    mismatch = next(f for f in report.findings
-                    if f.key == "optimizer_state_dict.state.0.exp_avg")
-    assert mismatch.severity == "error" and "[4, 3]" in mismatch.message \
+    mismatch = next(f for f in report.findings if f.key == "optimizer_state_dict.state.0.exp_avg")
+    assert (
+        mismatch.severity == "error"
+        and "[4, 3]" in mismatch.message
         and "[3, 4]" in mismatch.message
+    )
 
 
 def test_unreadable_tensor_is_an_error_finding_not_a_crash(tmp_path):
     path = builders.save({"a": torch.randn(1000), "b": torch.randn(10)}, tmp_path / "t.pt")
     checkpoint = open_checkpoint(path)
-    with open(path, "r+b") as f:          # cut the file after it was opened
+    with open(path, "r+b") as f:  # cut the file after it was opened
         f.truncate(1500)
     report = run(check(checkpoint))
     assert any(f.kind == "unreadable" and f.severity == "error" for f in report.findings)
@@ -159,7 +172,7 @@ def test_closing_the_generator_stops_the_scan(tmp_path, monkeypatch):
     path = builders.save({f"t{i}": torch.randn(1 << 14) for i in range(20)}, tmp_path / "c.pt")
     scan = check(open_checkpoint(path))
     next(scan)
-    scan.close()                          # what a cancelled worker's generator gets
+    scan.close()  # what a cancelled worker's generator gets
 
 
 def test_cli_check_contract(tmp_path):
@@ -201,12 +214,12 @@ def test_permuted_copies_cost_one_comparison_per_tensor_not_per_pair(tmp_path, m
     sd["copy.weight"] = sd["p7.weight"].clone()
     compared = []
     same_bytes = check_module._same_bytes
-    monkeypatch.setattr(check_module, "_same_bytes",
-                        lambda a, b: compared.append(1) or same_bytes(a, b))
+    monkeypatch.setattr(
+        check_module, "_same_bytes", lambda a, b: compared.append(1) or same_bytes(a, b)
+    )
     hashed = []
     fingerprint = check_module._fingerprint
-    monkeypatch.setattr(check_module, "_fingerprint",
-                        lambda t: hashed.append(1) or fingerprint(t))
+    monkeypatch.setattr(check_module, "_fingerprint", lambda t: hashed.append(1) or fingerprint(t))
     _, found = findings_of(builders.save(sd, tmp_path / "p.pt"))
     assert {f for f in found if f[1] == "duplicate"} == {("copy.weight", "duplicate")}
-    assert len(hashed) == len(sd) and len(compared) <= 1      # was 41 * 40 / 2 comparisons
+    assert len(hashed) == len(sd) and len(compared) <= 1  # was 41 * 40 / 2 comparisons

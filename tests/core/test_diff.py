@@ -32,7 +32,9 @@ def test_metrics_match_torch(tmp_path):
     assert w.max_abs == pytest.approx(d.abs().max().item())
     assert w.mean_abs == pytest.approx(d.abs().mean().item())
     assert w.rel_l2 == pytest.approx((d.norm() / x.double().norm()).item())
-    assert w.cosine == pytest.approx(torch.nn.functional.cosine_similarity(x.double(), y.double(), 0).item())
+    assert w.cosine == pytest.approx(
+        torch.nn.functional.cosine_similarity(x.double(), y.double(), 0).item()
+    )
     assert [t.status for t in report.tensors if t.key != "w"] == ["identical", "identical"]
     assert not report.identical
 
@@ -47,8 +49,11 @@ def test_dataparallel_prefix_and_load_state_dict_view(tmp_path):
     b = builders.save(wrapped, tmp_path / "dp.pt")
     report = compare(a, b, strip_b="module.")
     view = report.load_state_dict_view()
-    assert view == {"missing_keys": ["3.bias"], "unexpected_keys": ["extra"],
-                    "size_mismatch": ["0.bias"]}
+    assert view == {
+        "missing_keys": ["3.bias"],
+        "unexpected_keys": ["extra"],
+        "size_mismatch": ["0.bias"],
+    }
     assert report.count("identical") == 7
 
 
@@ -56,11 +61,14 @@ def test_across_formats_and_roots(tmp_path):
     src = builders.training_checkpoint(tmp_path / "train.pt")
     state = torch.load(src, weights_only=True)["model_state_dict"]
     from safetensors.torch import save_file
+
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "m.safetensors"))
     report = compare(src, tmp_path / "m.safetensors", root_a="model_state_dict")
     assert report.identical and len(report.tensors) == 9
-    half = builders.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
-                         tmp_path / "half.pt")
+    half = builders.save(
+        {k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+        tmp_path / "half.pt",
+    )
     report = compare(tmp_path / "m.safetensors", half)
     assert {t.status for t in report.tensors} == {"dtype+changed", "identical"}
     assert all(t.rel_l2 < 1e-3 for t in report.tensors if t.status == "dtype+changed")
@@ -68,9 +76,11 @@ def test_across_formats_and_roots(tmp_path):
 
 def test_nan_positions_and_views(tmp_path):
     base = torch.arange(12.0).view(3, 4)
-    a = builders.save({"t": base.t().contiguous(), "n": torch.tensor([1.0, float("nan")])}, tmp_path / "a.pt")
+    a = builders.save(
+        {"t": base.t().contiguous(), "n": torch.tensor([1.0, float("nan")])}, tmp_path / "a.pt"
+    )
     b = builders.save({"t": base.t(), "n": torch.tensor([1.0, float("nan")])}, tmp_path / "b.pt")
-    assert compare(a, b).identical           # a transposed view equals its contiguous copy
+    assert compare(a, b).identical  # a transposed view equals its contiguous copy
 
 
 def test_diff_cli_exit_codes_and_json(tmp_path):
@@ -78,8 +88,13 @@ def test_diff_cli_exit_codes_and_json(tmp_path):
     b = builders.save({"w": torch.ones(4) * 2, "x": torch.zeros(1)}, tmp_path / "b.pt")
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "ckpt_viewer", "diff", *args],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "ckpt_viewer", "diff", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     assert cli(a, a).returncode == 0
     result = cli(a, b, "--json")
     assert result.returncode == 1
@@ -94,36 +109,67 @@ def test_equality_edge_cases(tmp_path, monkeypatch):
     """Equality comes from the metric pass for floats: signed zeros, NaN placement, a change in
     the last of several chunks, and integers that float64 cannot tell apart."""
     import ckpt_viewer.core.diff as diff_module
+
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
-    big = 2 ** 53
+    big = 2**53
     late = torch.zeros(3500)
     late_changed = late.clone()
     late_changed[-1] = 1e-30
-    a = builders.save({"zeros": torch.tensor([0.0, 1.0]), "nan": torch.tensor([math.nan, 1.0]),
-                       "late": late, "ints": torch.tensor([big, 1]),
-                       "half": torch.tensor([1.0, 2.0], dtype=torch.float16)}, tmp_path / "a.pt")
-    b = builders.save({"zeros": torch.tensor([-0.0, 1.0]), "nan": torch.tensor([1.0, math.nan]),
-                       "late": late_changed, "ints": torch.tensor([big + 1, 1]),
-                       "half": torch.tensor([1.0, 2.0], dtype=torch.float16)}, tmp_path / "b.pt")
+    a = builders.save(
+        {
+            "zeros": torch.tensor([0.0, 1.0]),
+            "nan": torch.tensor([math.nan, 1.0]),
+            "late": late,
+            "ints": torch.tensor([big, 1]),
+            "half": torch.tensor([1.0, 2.0], dtype=torch.float16),
+        },
+        tmp_path / "a.pt",
+    )
+    b = builders.save(
+        {
+            "zeros": torch.tensor([-0.0, 1.0]),
+            "nan": torch.tensor([1.0, math.nan]),
+            "late": late_changed,
+            "ints": torch.tensor([big + 1, 1]),
+            "half": torch.tensor([1.0, 2.0], dtype=torch.float16),
+        },
+        tmp_path / "b.pt",
+    )
     status = {t.key: t.status for t in compare(a, b).tensors}
-    assert status == {"zeros": "identical", "nan": "changed", "late": "changed",
-                      "ints": "changed", "half": "identical"}
+    assert status == {
+        "zeros": "identical",
+        "nan": "changed",
+        "late": "changed",
+        "ints": "changed",
+        "half": "identical",
+    }
     nan_a = builders.save({"n": torch.tensor([math.nan, 0.0])}, tmp_path / "c.pt")
     nan_b = builders.save({"n": torch.tensor([math.nan, -0.0])}, tmp_path / "d.pt")
-    assert compare(nan_a, nan_b).identical     # bits differ; values (NaN where NaN) do not
+    assert compare(nan_a, nan_b).identical  # bits differ; values (NaN where NaN) do not
 
 
 def test_status_counts_add_up_and_cosine_stays_in_range(tmp_path):
     torch.manual_seed(1)
     x = torch.randn(1000)
-    a = builders.save({"same": x, "changed": x, "dtype": x, "shape": x, "only_a": x},
-                      tmp_path / "a.pt")
-    b = builders.save({"same": x, "changed": x * (1 + 1e-7), "dtype": x.double(),
-                       "shape": x[:10], "only_b": x}, tmp_path / "b.pt")
+    a = builders.save(
+        {"same": x, "changed": x, "dtype": x, "shape": x, "only_a": x}, tmp_path / "a.pt"
+    )
+    b = builders.save(
+        {"same": x, "changed": x * (1 + 1e-7), "dtype": x.double(), "shape": x[:10], "only_b": x},
+        tmp_path / "b.pt",
+    )
     report = compare(a, b)
     counts = report.status_counts()
-    assert counts == {"identical": 1, "changed": 1, "dtype+identical": 1, "dtype+changed": 0,
-                      "shape": 1, "shard": 0, "only in A": 1, "only in B": 1}
+    assert counts == {
+        "identical": 1,
+        "changed": 1,
+        "dtype+identical": 1,
+        "dtype+changed": 0,
+        "shape": 1,
+        "shard": 0,
+        "only in A": 1,
+        "only in B": 1,
+    }
     assert sum(counts.values()) == len(report.tensors) + len(report.only_a) + len(report.only_b)
     assert all(-1.0 <= t.cosine <= 1.0 for t in report.tensors if t.cosine is not None)
 
@@ -132,6 +178,7 @@ def test_pair_detail_histogram_and_sample_match_numpy(tmp_path):
     import numpy as np
 
     from ckpt_viewer.core.diff import PAIR_SAMPLE, histogram_pair, pair_detail
+
     torch.manual_seed(2)
     x = torch.randn(50_001)
     y = x + torch.randn(50_001) * 1e-3
@@ -154,6 +201,7 @@ def test_pair_detail_histogram_and_sample_match_numpy(tmp_path):
 
 def test_pair_detail_walks_chunks_in_order(tmp_path, monkeypatch):
     import ckpt_viewer.core.diff as diff_module
+
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
     x = torch.arange(10_000, dtype=torch.float32)
     a = open_checkpoint(builders.save({"w": x}, tmp_path / "a.pt")).find("w").tensor
@@ -169,10 +217,24 @@ def test_cosine_of_all_zero_tensors_is_undefined(tmp_path):
     from ckpt_viewer.core.report import cosine_text, diff_lines
 
     nan = float("nan")
-    a = builders.save({"zero": torch.zeros(5), "signed": torch.zeros(5), "one": torch.zeros(5),
-                       "holes": torch.tensor([0.0, nan])}, tmp_path / "a.pt")
-    b = builders.save({"zero": torch.zeros(5), "signed": -torch.zeros(5), "one": torch.ones(5),
-                       "holes": torch.tensor([nan, 0.0])}, tmp_path / "b.pt")
+    a = builders.save(
+        {
+            "zero": torch.zeros(5),
+            "signed": torch.zeros(5),
+            "one": torch.zeros(5),
+            "holes": torch.tensor([0.0, nan]),
+        },
+        tmp_path / "a.pt",
+    )
+    b = builders.save(
+        {
+            "zero": torch.zeros(5),
+            "signed": -torch.zeros(5),
+            "one": torch.ones(5),
+            "holes": torch.tensor([nan, 0.0]),
+        },
+        tmp_path / "b.pt",
+    )
     report = compare(a, b)
     by_key = {t.key: t for t in report.tensors}
     assert by_key["zero"].status == "identical" and by_key["zero"].cosine is None
@@ -183,7 +245,11 @@ def test_cosine_of_all_zero_tensors_is_undefined(tmp_path):
     assert by_key["one"].cosine == expected == 0.0
     assert cosine_text(by_key["zero"]) == "n/a (both zero)"
     assert any("n/a (both zero)" in line and "holes" in line for line in diff_lines(report))
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "diff", a, b, "--json"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "diff", a, b, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     tensors = {t["key"]: t for t in json.loads(result.stdout)["tensors"]}
     assert tensors["zero"]["cosine"] is None and tensors["holes"]["cosine"] is None

@@ -44,8 +44,8 @@ def sample(dtype: torch.dtype, seed: int = 0) -> torch.Tensor | None:
     except (RuntimeError, TypeError):
         return None
     raw = torch.randint(0, 256, (12 * size,), dtype=torch.uint8, generator=gen)
-    raw[:size] = 255                        # all ones: uint64 max, -1, NaN...
-    raw[size:2 * size] = 0
+    raw[:size] = 255  # all ones: uint64 max, -1, NaN...
+    raw[size : 2 * size] = 0
     if dtype == torch.bool:
         raw %= 2
     try:
@@ -62,7 +62,7 @@ def saveable(tensor: torch.Tensor | None) -> bool:
         torch.save(tensor, buffer)
         buffer.seek(0)
         torch.load(buffer, weights_only=True)
-    except Exception:   # noqa: BLE001 - torch cannot save this dtype
+    except Exception:  # noqa: BLE001 - torch cannot save this dtype
         return False
     return True
 
@@ -75,16 +75,18 @@ def elements_bytes(t: torch.Tensor) -> bytes:
     if t.is_quantized and t.dtype in (torch.quint4x2, torch.quint2x4):
         assert t.is_contiguous()
         storage = bytes(t.untyped_storage())
-        return storage            # sub-byte quantized: the packed storage is the value
+        return storage  # sub-byte quantized: the packed storage is the value
     if t.is_quantized:
         t = t.int_repr()
     size = t.element_size()
-    storage = torch.frombuffer(bytearray(bytes(t.untyped_storage())) or bytearray(1),
-                               dtype=torch.uint8)
+    storage = torch.frombuffer(
+        bytearray(bytes(t.untyped_storage())) or bytearray(1), dtype=torch.uint8
+    )
     if not t.numel():
         return b""
-    index = torch.arange(storage.numel() // size).as_strided(t.shape, t.stride(),
-                                                               t.storage_offset())
+    index = torch.arange(storage.numel() // size).as_strided(
+        t.shape, t.stride(), t.storage_offset()
+    )
     return storage.view(-1, size)[index.reshape(-1)].reshape(-1).numpy().tobytes()
 
 
@@ -103,7 +105,10 @@ def state() -> dict:
             out[f"{name(dtype)}.channel"] = torch.quantize_per_channel(
                 torch.randn(3, 4, generator=torch.Generator().manual_seed(i)),
                 torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64),
-                torch.tensor([0, 1, 2, 3]), 1, dtype)
+                torch.tensor([0, 1, 2, 3]),
+                1,
+                dtype,
+            )
     return out
 
 
@@ -133,14 +138,29 @@ def same_bytes(written: dict, reference: dict):
 def quantizer(t: torch.Tensor) -> tuple:
     if t.qscheme() == torch.per_tensor_affine:
         return t.qscheme(), t.q_scale(), t.q_zero_point()
-    return (t.qscheme(), t.q_per_channel_axis(), t.q_per_channel_scales().tolist(),
-            t.q_per_channel_zero_points().tolist())
+    return (
+        t.qscheme(),
+        t.q_per_channel_axis(),
+        t.q_per_channel_scales().tolist(),
+        t.q_per_channel_zero_points().tolist(),
+    )
 
 
 def test_torch_saves_the_dtypes_the_issue_names():
-    assert {torch.uint16, torch.uint32, torch.uint64, torch.complex32, torch.bits16,
-            torch.bits8, torch.bits1x8, torch.float8_e8m0fnu, torch.float8_e4m3fnuz,
-            torch.float8_e5m2fnuz, torch.float4_e2m1fn_x2, torch.quint4x2} <= set(SAVEABLE)
+    assert {
+        torch.uint16,
+        torch.uint32,
+        torch.uint64,
+        torch.complex32,
+        torch.bits16,
+        torch.bits8,
+        torch.bits1x8,
+        torch.float8_e8m0fnu,
+        torch.float8_e4m3fnuz,
+        torch.float8_e5m2fnuz,
+        torch.float4_e2m1fn_x2,
+        torch.quint4x2,
+    } <= set(SAVEABLE)
 
 
 def test_one_size_table_agrees_with_torch_for_every_dtype():
@@ -152,7 +172,7 @@ def test_one_size_table_agrees_with_torch_for_every_dtype():
     # the tables that name dtypes for other reasons agree with it and with their own library
     for dtype, code in NUMPY_DTYPES.items():
         assert np.dtype(code).itemsize == DTYPE_SIZES[dtype], dtype
-    for storage_class, dtype in STORAGE_DTYPES.items():      # torch reads an untyped one as bytes
+    for storage_class, dtype in STORAGE_DTYPES.items():  # torch reads an untyped one as bytes
         kind = getattr(torch, storage_class)
         assert name(getattr(kind, "dtype", torch.uint8)) == dtype, storage_class
     for dtype in TORCH_TO_SAFETENSORS:
@@ -188,7 +208,7 @@ def _signed(t: torch.Tensor) -> np.ndarray:
 def test_stats_every_dtype(source, capsys, dtype):
     key = f"{name(dtype)}.full"
     code, out, err = cli(capsys, "stats", source, key, "--json")
-    if dtype == torch.float4_e2m1fn_x2:      # packed pairs torch has no arithmetic for
+    if dtype == torch.float4_e2m1fn_x2:  # packed pairs torch has no arithmetic for
         assert code == 2 and err.count("\n") == 1 and "float4_e2m1fn_x2" in err, err
         return
     assert code == 0, err
@@ -209,7 +229,7 @@ def torch_can_write_safetensors(dtype: torch.dtype) -> bool:
 
     try:
         save({"x": sample(dtype)})
-    except Exception:   # noqa: BLE001 - the library refuses this dtype
+    except Exception:  # noqa: BLE001 - the library refuses this dtype
         return False
     return True
 
@@ -221,8 +241,17 @@ def test_export_every_dtype(source, tmp_path, capsys, fmt):
     reference = torch.load(source, weights_only=True)
     for dtype in SAVEABLE:
         out = tmp_path / f"{name(dtype)}.{fmt}"
-        code, _, err = cli(capsys, "export", source, "-o", str(out), "--format", fmt,
-                           "--include", f"{name(dtype)}.*")
+        code, _, err = cli(
+            capsys,
+            "export",
+            source,
+            "-o",
+            str(out),
+            "--format",
+            fmt,
+            "--include",
+            f"{name(dtype)}.*",
+        )
         wanted = {k: v for k, v in reference.items() if k.startswith(f"{name(dtype)}.")}
         if fmt == "pth" or torch_can_write_safetensors(dtype) and dtype not in QUANTIZED:
             assert code == 0, err
@@ -250,10 +279,10 @@ def test_dcp_consolidation_every_dtype(tmp_path, capsys):
     for i, dtype in enumerate(SAVEABLE):
         t = sample(dtype, seed=i)
         probe = tmp_path / "probe" / name(dtype)
-        try:       # two items: DCP's planner sizes them (bits types fail there)
+        try:  # two items: DCP's planner sizes them (bits types fail there)
             dcp.save({"x": t, "y": t}, checkpoint_id=str(probe))
             dcp_to_torch_save(probe, probe / "oracle.pt")
-        except (Exception, CheckpointException):   # noqa: BLE001 - DCP cannot save/load it
+        except (Exception, CheckpointException):  # noqa: BLE001 - DCP cannot save/load it
             continue
         tensors[name(dtype)] = t
     assert {"uint16", "uint32", "uint64", "complex32", "float8_e8m0fnu"} <= set(tensors)
@@ -270,8 +299,10 @@ def test_dcp_consolidation_every_dtype(tmp_path, capsys):
         assert code == 0, err
         if key.endswith("int64"):
             values = (_unsigned if key == "uint64" else _signed)(oracle[key])
-            assert (json.loads(out)["min"], json.loads(out)["max"]) == \
-                (int(values.min()), int(values.max()))
+            assert (json.loads(out)["min"], json.loads(out)["max"]) == (
+                int(values.min()),
+                int(values.max()),
+            )
 
 
 def test_export_check_reads_records_as_torch_does(tmp_path, monkeypatch):
@@ -291,28 +322,39 @@ def test_export_check_reads_records_as_torch_does(tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_module, "_raw_span", short)
     with pytest.raises(CheckpointError, match="does not hold the bytes"):
-        run(export_module.export(open_checkpoint(str(src)), export_module.ExportPlan(),
-                                 str(tmp_path / "out.pth")))
+        run(
+            export_module.export(
+                open_checkpoint(str(src)), export_module.ExportPlan(), str(tmp_path / "out.pth")
+            )
+        )
     assert list(tmp_path.iterdir()) == [src]
 
 
 def test_safetensors_files_of_every_dtype_the_library_writes(tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
-    tensors = {name(d): sample(d) for d in SAVEABLE
-               if d not in QUANTIZED and torch_can_write_safetensors(d)}
-    assert {"float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2",
-            "uint64"} <= set(tensors)
+    tensors = {
+        name(d): sample(d)
+        for d in SAVEABLE
+        if d not in QUANTIZED and torch_can_write_safetensors(d)
+    }
+    assert {
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+        "float4_e2m1fn_x2",
+        "uint64",
+    } <= set(tensors)
     save_file(tensors, tmp_path / "all.safetensors")
     path = str(tmp_path / "all.safetensors")
     reference = load_file(path)
     code, out, _ = cli(capsys, "inspect", path, "--json")
     assert code == 0
     listed = {t["key"]: t for t in json.loads(out)["tensors"]}
-    assert {k: (t["dtype"], t["shape"], t["nbytes"]) for k, t in listed.items()} == \
-        {k: (name(t.dtype), list(t.shape), t.nbytes) for k, t in reference.items()}
-    same_bytes({key: read_tensor(t) for key, t, _ in open_checkpoint(path).tensors()},
-               reference)
+    assert {k: (t["dtype"], t["shape"], t["nbytes"]) for k, t in listed.items()} == {
+        k: (name(t.dtype), list(t.shape), t.nbytes) for k, t in reference.items()
+    }
+    same_bytes({key: read_tensor(t) for key, t, _ in open_checkpoint(path).tensors()}, reference)
 
 
 def test_diff_every_dtype(source, tmp_path, capsys):
@@ -337,13 +379,16 @@ def test_big_endian_archive_read_and_exported_as_torch_loads_it(source, tmp_path
             data = zin.read(info)
             zout.writestr(info, b"big" if info.filename.endswith("/byteorder") else data)
     reference = torch.load(path, weights_only=True)
-    same_bytes({key: read_tensor(t) for key, t, _ in open_checkpoint(str(path)).tensors()},
-               reference)
+    same_bytes(
+        {key: read_tensor(t) for key, t, _ in open_checkpoint(str(path)).tensors()}, reference
+    )
     for key in ("uint16.full", "uint64.col", "int32.row"):
         code, out, err = cli(capsys, "stats", str(path), key, "--json")
         values = (_signed if key.startswith("int") else _unsigned)(reference[key])
-        assert (json.loads(out)["min"], json.loads(out)["max"]) == \
-            (int(values.min()), int(values.max())), key
+        assert (json.loads(out)["min"], json.loads(out)["max"]) == (
+            int(values.min()),
+            int(values.max()),
+        ), key
     code, _, err = cli(capsys, "export", str(path), "-o", str(tmp_path / "out.pth"))
     assert code == 0, err
     same_bytes(torch.load(tmp_path / "out.pth", weights_only=True), reference)
@@ -352,17 +397,31 @@ def test_big_endian_archive_read_and_exported_as_torch_loads_it(source, tmp_path
 def test_sharded_export_keeps_a_quantizer_with_its_tensor(source, tmp_path, capsys):
     """Scales and zero points of a tensor quantized per channel are records of their own; a
     shard boundary never falls between them and the tensor."""
-    code, _, err = cli(capsys, "export", source, "-o", str(tmp_path / "shards"),
-                       "--include", "q*", "--max-shard-size", "1B")
+    code, _, err = cli(
+        capsys,
+        "export",
+        source,
+        "-o",
+        str(tmp_path / "shards"),
+        "--include",
+        "q*",
+        "--max-shard-size",
+        "1B",
+    )
     assert code == 0, err
     index = json.loads((tmp_path / "shards" / "pytorch_model.bin.index.json").read_text())
     written = {}
     for shard in sorted(set(index["weight_map"].values())):
         written.update(torch.load(tmp_path / "shards" / shard, weights_only=True))
-    assert {k for k, v in written.items() if v.qscheme() == torch.per_channel_affine} == \
-        {"qint8.channel", "quint8.channel", "qint32.channel"}
-    same_bytes(written, {k: v for k, v in torch.load(source, weights_only=True).items()
-                         if k.startswith("q")})
+    assert {k for k, v in written.items() if v.qscheme() == torch.per_channel_affine} == {
+        "qint8.channel",
+        "quint8.channel",
+        "qint32.channel",
+    }
+    same_bytes(
+        written,
+        {k: v for k, v in torch.load(source, weights_only=True).items() if k.startswith("q")},
+    )
 
 
 def test_legacy_format_source_every_dtype_it_holds(tmp_path, capsys):
@@ -374,7 +433,7 @@ def test_legacy_format_source_every_dtype_it_holds(tmp_path, capsys):
             torch.save(t, buffer, _use_new_zipfile_serialization=False)
             buffer.seek(0)
             torch.load(buffer, weights_only=True)
-        except Exception:   # noqa: BLE001 - torch cannot write this dtype in that format
+        except Exception:  # noqa: BLE001 - torch cannot write this dtype in that format
             continue
         legacy[key] = t
     assert {"float64.full", "complex64.col", "qint8.channel", "quint4x2.full"} <= set(legacy)
@@ -395,5 +454,6 @@ def test_a_0d_float4_is_refused_for_safetensors(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "'f4'" in err and "0-d" in err, err
     code, _, err = cli(capsys, "export", str(src), "-o", str(tmp_path / "o.pth"))
     assert code == 0, err
-    same_bytes(torch.load(tmp_path / "o.pth", weights_only=True),
-               torch.load(src, weights_only=True))
+    same_bytes(
+        torch.load(tmp_path / "o.pth", weights_only=True), torch.load(src, weights_only=True)
+    )

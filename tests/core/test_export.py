@@ -32,24 +32,40 @@ def test_model_state_dict_round_trip_loads_into_the_model(tmp_path, legacy):
     original = torch.load(src, weights_only=True)["model_state_dict"]
     assert list(state) == list(original)
     assert all(torch.equal(state[k], original[k]) for k in original)
-    builders.tiny_model().load_state_dict(state)          # strict load works
+    builders.tiny_model().load_state_dict(state)  # strict load works
     mmapped = torch.load(tmp_path / "m.pth", weights_only=True, mmap=True)
     assert all(torch.equal(mmapped[k], original[k]) for k in original)
 
 
 def test_strip_prefix_cast_include_exclude(tmp_path):
     model = builders.tiny_model()
-    src = builders.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "dp.pt")
-    items = plan_items(open_checkpoint(src), ExportPlan(strip_prefix="module.", dtype="float16",
-                                                        exclude=["*.num_batches_tracked"]))
+    src = builders.save(
+        {"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "dp.pt"
+    )
+    items = plan_items(
+        open_checkpoint(src),
+        ExportPlan(strip_prefix="module.", dtype="float16", exclude=["*.num_batches_tracked"]),
+    )
     assert [i.key for i in items][:2] == ["0.weight", "0.bias"]
     assert all(i.dtype == "float16" for i in items)
-    do_export(src, tmp_path / "h.pth", strip_prefix="module.", dtype="float16",
-              exclude=["*.num_batches_tracked"], include=["module.0.*", "module.1.*"],
-              add_prefix="enc.")   # globs match keys as the source names them
+    do_export(
+        src,
+        tmp_path / "h.pth",
+        strip_prefix="module.",
+        dtype="float16",
+        exclude=["*.num_batches_tracked"],
+        include=["module.0.*", "module.1.*"],
+        add_prefix="enc.",
+    )  # globs match keys as the source names them
     state = torch.load(tmp_path / "h.pth", weights_only=True)
-    assert set(state) == {"enc.0.weight", "enc.0.bias", "enc.1.weight", "enc.1.bias",
-                          "enc.1.running_mean", "enc.1.running_var"}
+    assert set(state) == {
+        "enc.0.weight",
+        "enc.0.bias",
+        "enc.1.weight",
+        "enc.1.bias",
+        "enc.1.running_mean",
+        "enc.1.running_var",
+    }
     assert torch.equal(state["enc.0.weight"], model.state_dict()["0.weight"].half())
 
 
@@ -90,7 +106,7 @@ def test_tied_weights_stay_shared_and_views_are_compact(tmp_path):
     state = torch.load(tmp_path / "tied.pth", weights_only=True)
     assert state["embed"].untyped_storage().data_ptr() == state["head"].untyped_storage().data_ptr()
     do_export(src, tmp_path / "row.pth", include=["row"])
-    assert os.path.getsize(tmp_path / "row.pth") < 4096          # not the whole 400 KB base
+    assert os.path.getsize(tmp_path / "row.pth") < 4096  # not the whole 400 KB base
     assert torch.equal(torch.load(tmp_path / "row.pth", weights_only=True)["row"], big[3])
 
 
@@ -103,14 +119,18 @@ def test_non_contiguous_view_alone(tmp_path):
 
 def test_safetensors_output_with_tied_weights(tmp_path):
     from safetensors.torch import load_file
+
     w = torch.randn(4, 4)
-    src = builders.save({"a": w, "b": w, "c": torch.zeros(2, dtype=torch.bfloat16)}, tmp_path / "s.pt")
+    src = builders.save(
+        {"a": w, "b": w, "c": torch.zeros(2, dtype=torch.bfloat16)}, tmp_path / "s.pt"
+    )
     do_export(src, tmp_path / "s.safetensors", format="safetensors")
     out = load_file(str(tmp_path / "s.safetensors"))
     # one copy of the tied weight, the alias noted in the metadata as save_model does
     assert set(out) == {"a", "c"}
     assert torch.equal(out["a"], w) and out["c"].dtype == torch.bfloat16
     from safetensors import safe_open
+
     with safe_open(str(tmp_path / "s.safetensors"), framework="pt") as f:
         assert f.metadata() == {"b": "a", "format": "pt"}
     # a different view of the same storage is a copy, not an alias
@@ -122,8 +142,9 @@ def test_safetensors_output_with_tied_weights(tmp_path):
 
 def test_parse_size():
     from ckpt_viewer.core.export import parse_size
-    assert parse_size("2GB") == 2 * 10 ** 9 and parse_size("500MB") == 500 * 10 ** 6
-    assert parse_size("50KB") == 50_000 and parse_size("1GiB") == 2 ** 30
+
+    assert parse_size("2GB") == 2 * 10**9 and parse_size("500MB") == 500 * 10**6
+    assert parse_size("50KB") == 50_000 and parse_size("1GiB") == 2**30
     assert parse_size("1000") == 1000 and parse_size("1.5 MB") == 1_500_000
     for bad in ("", "big", "-3MB", "0", "5XB"):
         with pytest.raises(CheckpointError):
@@ -136,26 +157,41 @@ def test_sharded_output_loads_in_transformers(tmp_path, fmt):
     import json
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100,
-                                     n_positions=16)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
     model = transformers.GPT2LMHeadModel(config)
     src = tmp_path / "gpt2.pt"
     torch.save(model.state_dict(), src)
     folder = tmp_path / "out"
     folder.mkdir()
     config.save_pretrained(folder)
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "export", str(src), "-o",
-                             str(folder), "--format", fmt, "--max-shard-size", "50KB"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ckpt_viewer",
+            "export",
+            str(src),
+            "-o",
+            str(folder),
+            "--format",
+            fmt,
+            "--max-shard-size",
+            "50KB",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
-    index_name = "model.safetensors.index.json" if fmt == "safetensors" else \
-        "pytorch_model.bin.index.json"
+    index_name = (
+        "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    )
     index = json.loads((folder / index_name).read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 2 and all(os.path.getsize(folder / s) < 50_000 + 40_000 for s in shards)
-    assert shards[0].endswith(f"-00001-of-{len(shards):05d}." + ("safetensors" if fmt ==
-                                                                  "safetensors" else "bin"))
-    if fmt == "safetensors":        # the tied head is written once
+    assert shards[0].endswith(
+        f"-00001-of-{len(shards):05d}." + ("safetensors" if fmt == "safetensors" else "bin")
+    )
+    if fmt == "safetensors":  # the tied head is written once
         assert "lm_head.weight" not in index["weight_map"]
     loaded = transformers.GPT2LMHeadModel.from_pretrained(folder)
     expected = model.state_dict()
@@ -168,10 +204,13 @@ def test_sharded_output_loads_in_transformers(tmp_path, fmt):
 
 def test_sharded_pth_keeps_shared_storages_in_one_shard(tmp_path):
     big = torch.randn(100, 100)
-    src = builders.save({"a": torch.randn(50, 50), "embed": big, "head": big,
-                         "z": torch.randn(10)}, tmp_path / "t.pt")
+    src = builders.save(
+        {"a": torch.randn(50, 50), "embed": big, "head": big, "z": torch.randn(10)},
+        tmp_path / "t.pt",
+    )
     do_export(src, tmp_path / "out", max_shard_size=20_000)
     import json
+
     index = json.loads((tmp_path / "out" / "pytorch_model.bin.index.json").read_text())
     assert index["weight_map"]["embed"] == index["weight_map"]["head"]
     state = torch.load(tmp_path / "out" / index["weight_map"]["head"], weights_only=True)
@@ -186,6 +225,7 @@ def test_other_sources(tmp_path, kind):
     if kind == "safetensors":
         src = builders.safetensors_file(tmp_path / "w.safetensors")
         from safetensors.torch import load_file
+
         expected = load_file(src)
     elif kind == "dcp":
         src, state = builders.dcp_directory(tmp_path / "dcp")
@@ -205,7 +245,12 @@ def test_whole_model_pickle_exports_its_state_dict(tmp_path):
     src = builders.whole_model_file(tmp_path / "whole.pt")
     do_export(src, tmp_path / "sd.pth", root="model")
     assert list(torch.load(tmp_path / "sd.pth", weights_only=True)) == [
-        "encoder.scale", "encoder.proj.weight", "encoder.proj.bias", "head.weight", "head.bias"]
+        "encoder.scale",
+        "encoder.proj.weight",
+        "encoder.proj.bias",
+        "head.weight",
+        "head.bias",
+    ]
 
 
 def test_compressed_source_records(tmp_path):
@@ -213,8 +258,13 @@ def test_compressed_source_records(tmp_path):
     deflated = tmp_path / "deflated.pt"
     with zipfile.ZipFile(src) as a, zipfile.ZipFile(deflated, "w") as b:
         for info in a.infolist():
-            b.writestr(info.filename, a.read(info), compress_type=zipfile.ZIP_DEFLATED
-                       if "/data/" in info.filename else zipfile.ZIP_STORED)
+            b.writestr(
+                info.filename,
+                a.read(info),
+                compress_type=zipfile.ZIP_DEFLATED
+                if "/data/" in info.filename
+                else zipfile.ZIP_STORED,
+            )
     do_export(deflated, tmp_path / "o.pth")
     assert torch.equal(torch.load(tmp_path / "o.pth", weights_only=True)["w"], torch.arange(100.0))
 
@@ -261,6 +311,7 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(CheckpointError, match="disk is full"):
         do_export(src, dst, force=True)
@@ -288,14 +339,32 @@ def test_refusals(tmp_path):
 
 def test_export_cli(tmp_path):
     src = builders.training_checkpoint(tmp_path / "c.pt")
-    out = subprocess.run([sys.executable, "-m", "ckpt_viewer", "export", src, "-o",
-                          str(tmp_path / "e.safetensors"), "--root", "model_state_dict",
-                          "--dtype", "float16"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ckpt_viewer",
+            "export",
+            src,
+            "-o",
+            str(tmp_path / "e.safetensors"),
+            "--root",
+            "model_state_dict",
+            "--dtype",
+            "float16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "9 tensors" in out.stdout and "verified" in out.stdout
-    again = subprocess.run([sys.executable, "-m", "ckpt_viewer", "export", src, "-o",
-                            str(tmp_path / "e.safetensors")], capture_output=True, text=True,
-                           timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "export", src, "-o", str(tmp_path / "e.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2 and again.stderr.startswith("error: ") and "exists" in again.stderr
 
 
@@ -303,8 +372,13 @@ def test_casts_without_torch_are_bit_exact():
     import numpy as np
 
     from ckpt_viewer.core.export import _numpy_cast
-    x = torch.cat([torch.randn(100_000) * 1e3, torch.tensor(
-        [float("inf"), -float("inf"), 1e-40, -0.0, 3.4e38, 65520.0, 1e6])])
+
+    x = torch.cat(
+        [
+            torch.randn(100_000) * 1e3,
+            torch.tensor([float("inf"), -float("inf"), 1e-40, -0.0, 3.4e38, 65520.0, 1e6]),
+        ]
+    )
     raw = x.numpy().view(np.uint8)
     bf16 = _numpy_cast(raw, "float32", "bfloat16").view(np.int16)
     assert np.array_equal(bf16, x.bfloat16().view(torch.int16).numpy())
@@ -321,8 +395,14 @@ def test_casts_without_torch_are_bit_exact():
 def test_unchanged_bytes_are_copied_file_to_file(tmp_path, monkeypatch, kernel, fmt):
     torch.manual_seed(0)
     base = torch.randn(300, 200)
-    state = {"w": base, "tied": base, "t": base.t(), "neg": torch._neg_view(torch.randn(50)),
-             "half": torch.randn(1000).half(), "ints": torch.arange(70000)}
+    state = {
+        "w": base,
+        "tied": base,
+        "t": base.t(),
+        "neg": torch._neg_view(torch.randn(50)),
+        "half": torch.randn(1000).half(),
+        "ints": torch.arange(70000),
+    }
     src = builders.save(state, tmp_path / "s.pt")
     calls = []
     real = getattr(os, "copy_file_range", None)
@@ -340,16 +420,20 @@ def test_unchanged_bytes_are_copied_file_to_file(tmp_path, monkeypatch, kernel, 
     out = tmp_path / f"o.{fmt}"
     do_export(src, out, format=fmt)
     if kernel == "copy_file_range" and real is not None:
-        assert calls                                   # the kernel did the copying
+        assert calls  # the kernel did the copying
     if fmt == "pth":
         got = torch.load(out, weights_only=True)
         with zipfile.ZipFile(out) as zf:
-            assert zf.testzip() is None                # every record's CRC-32 is right
-        result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", str(out)],
-                                capture_output=True, text=True)
+            assert zf.testzip() is None  # every record's CRC-32 is right
+        result = subprocess.run(
+            [sys.executable, "-m", "ckpt_viewer", "verify", str(out)],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
     else:
         from safetensors.torch import load_file
+
         got = load_file(str(out))
         state.pop("tied")
     for key, value in state.items():
@@ -358,9 +442,10 @@ def test_unchanged_bytes_are_copied_file_to_file(tmp_path, monkeypatch, kernel, 
 
 def test_sharded_export_never_overwrites_its_source(tmp_path):
     from safetensors.torch import save_file
+
     folder = tmp_path / "hf"
     folder.mkdir()
     save_file({"w": torch.randn(10)}, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match="being read"):
-        do_export(folder, folder, format="safetensors", max_shard_size=10 ** 9, force=True)
+        do_export(folder, folder, format="safetensors", max_shard_size=10**9, force=True)
     assert (folder / "model.safetensors").stat().st_size > 0

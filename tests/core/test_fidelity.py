@@ -43,19 +43,27 @@ REAL_FILES = {
         "neg_bf16": torch._neg_view(torch.randn(4).bfloat16()),
         "neg_conj": torch._neg_view(torch.randn(3, dtype=torch.cdouble).conj()),
         "neg_int": torch._neg_view(torch.arange(4)),
-        "neg_transposed": torch._neg_view(torch.randn(3, 4)).t()},
-    "parameters": lambda: {"p": torch.nn.Parameter(torch.randn(2, 2)),
-                           "frozen": torch.nn.Parameter(torch.randn(2), requires_grad=False),
-                           "stateful": _parameter_with_state()},
+        "neg_transposed": torch._neg_view(torch.randn(3, 4)).t(),
+    },
+    "parameters": lambda: {
+        "p": torch.nn.Parameter(torch.randn(2, 2)),
+        "frozen": torch.nn.Parameter(torch.randn(2), requires_grad=False),
+        "stateful": _parameter_with_state(),
+    },
     "tensor_with_attribute": lambda: {"t": _tensor_with_attribute()},
-    "views_of_one_storage": lambda: (lambda base: {"a": base, "b": base[1:, 2:], "c": base.t(),
-                                                   "d": base.view(-1)[3:9]})(torch.randn(4, 5)),
-    "untyped_v3_dtypes": lambda: {"u16": torch.tensor([1, 2, 65535], dtype=torch.uint16),
-                                  "u32": torch.tensor([1, 2, 2 ** 32 - 1], dtype=torch.uint32),
-                                  "e8m0": torch.ones(3, dtype=torch.float8_e8m0fnu)},
-    "nested_containers": lambda: {"list": [torch.ones(2), (torch.zeros(1), {"x": torch.eye(2)})],
-                                  "scalars": {"epoch": 3, "loss": float("nan")}},
-    "cuda_tagged": None,   # built below: storages tagged cuda:1 on a CPU machine
+    "views_of_one_storage": lambda: (
+        lambda base: {"a": base, "b": base[1:, 2:], "c": base.t(), "d": base.view(-1)[3:9]}
+    )(torch.randn(4, 5)),
+    "untyped_v3_dtypes": lambda: {
+        "u16": torch.tensor([1, 2, 65535], dtype=torch.uint16),
+        "u32": torch.tensor([1, 2, 2**32 - 1], dtype=torch.uint32),
+        "e8m0": torch.ones(3, dtype=torch.float8_e8m0fnu),
+    },
+    "nested_containers": lambda: {
+        "list": [torch.ones(2), (torch.zeros(1), {"x": torch.eye(2)})],
+        "scalars": {"epoch": 3, "loss": float("nan")},
+    },
+    "cuda_tagged": None,  # built below: storages tagged cuda:1 on a CPU machine
 }
 
 
@@ -83,8 +91,12 @@ def test_real_files_match_torch(tmp_path, name, legacy):
 def test_every_pickle_protocol(tmp_path, protocol, legacy):
     """Protocols 4 and 5 use opcodes torch's weights_only unpickler lacks: torch refuses the
     file, we show it and say why (a legacy file used to open as a bare pickle with 0 tensors)."""
-    path = _save({"w": torch.arange(6.0).reshape(2, 3), "step": 5}, tmp_path / "p.pt",
-                 pickle_protocol=protocol, _use_new_zipfile_serialization=not legacy)
+    path = _save(
+        {"w": torch.arange(6.0).reshape(2, 3), "step": 5},
+        tmp_path / "p.pt",
+        pickle_protocol=protocol,
+        _use_new_zipfile_serialization=not legacy,
+    )
     verdict = differential(path)
     assert not verdict.startswith("MISMATCH"), verdict
     checkpoint = open_checkpoint(path)
@@ -113,6 +125,7 @@ def test_our_allowlist_is_torchs():
 
 # --- crafted archives ---------------------------------------------------------------------
 
+
 def _entries(value=1.0):
     buffer = io.BytesIO()
     torch.save({"w": torch.full((4,), value)}, buffer)
@@ -133,13 +146,25 @@ def _zip64_pointing_elsewhere():
     for entry in good + evil:
         offsets.append(len(out))
         payloads.append(entry.data)
-        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(entry.data),
-                           len(entry.data), len(entry.data), len(entry.name), 0)
+        out += struct.pack(
+            "<4s5H3L2H",
+            b"PK\x03\x04",
+            20,
+            0,
+            0,
+            0,
+            0,
+            zlib.crc32(entry.data),
+            len(entry.data),
+            len(entry.data),
+            len(entry.name),
+            0,
+        )
         out += entry.name + entry.data
-    good_cd = central_directory(good, offsets[:len(good)], payloads[:len(good)])
+    good_cd = central_directory(good, offsets[: len(good)], payloads[: len(good)])
     good_at = len(out)
     out += good_cd
-    evil_cd = central_directory(evil, offsets[len(good):], payloads[len(good):])
+    evil_cd = central_directory(evil, offsets[len(good) :], payloads[len(good) :])
     evil_at = len(out)
     out += evil_cd
     out += zip64_records(len(evil), len(evil_cd), evil_at, len(out))
@@ -151,11 +176,14 @@ CRAFTED = {
     # torch's lookup ignores ASCII case: these load, and must be read the same
     "upper_case_data_pkl": lambda: make_zip(_renamed(_entries(), b"data.pkl", b"DATA.PKL")),
     "upper_case_storage": lambda: make_zip(_renamed(_entries(), b"data/0", b"DATA/0")),
-    "non_ascii_folder": lambda: make_zip(_renamed(_entries(), b"archive/", "arch\u00efve/".encode())),
+    "non_ascii_folder": lambda: make_zip(
+        _renamed(_entries(), b"archive/", "arch\u00efve/".encode())
+    ),
     "cp437_folder_bytes": lambda: make_zip(_renamed(_entries(), b"archive/", b"arch\x82ve/")),
     "deflated_records": lambda: make_zip([Entry(e.name, e.data, deflate=True) for e in _entries()]),
-    "local_name_differs": lambda: make_zip([Entry(e.name, e.data, local_name=b"x" * len(e.name))
-                                            for e in _entries()]),
+    "local_name_differs": lambda: make_zip(
+        [Entry(e.name, e.data, local_name=b"x" * len(e.name)) for e in _entries()]
+    ),
     "archive_comment": lambda: make_zip(_entries(), comment=b"a comment"),
     "version_with_junk": lambda: make_zip(_with(_entries(), b"/version", b" 3x")),
     "bad_crc_on_storage": lambda: make_zip([Entry(e.name, e.data) for e in _entries()]),
@@ -166,16 +194,23 @@ CRAFTED = {
     "file_outside_folder": lambda: make_zip(_entries() + [Entry(b"other/x", b"1")]),
     "storage_record_too_long": lambda: make_zip(_with(_entries(), b"data/0", bytes(24))),
     "storage_record_too_short": lambda: make_zip(_with(_entries(), b"data/0", bytes(12))),
-    "no_version_record": lambda: make_zip([e for e in _entries() if not e.name.endswith(b"version")]),
+    "no_version_record": lambda: make_zip(
+        [e for e in _entries() if not e.name.endswith(b"version")]
+    ),
     # a plain zip reader and torch could read different records: refused as ambiguous
     "nul_in_name": lambda: make_zip(_entries() + [Entry(b"archive/data.pkl\0x", b"junk")]),
-    "case_duplicate_pkl": lambda: make_zip(_entries() + [Entry(b"archive/DATA.pkl",
-                                                               _entries(7.0)[0].data)]),
+    "case_duplicate_pkl": lambda: make_zip(
+        _entries() + [Entry(b"archive/DATA.pkl", _entries(7.0)[0].data)]
+    ),
     "exact_duplicate_storage": lambda: make_zip(_entries() + [Entry(b"archive/data/0", bytes(16))]),
     "zip64_pointing_elsewhere": _zip64_pointing_elsewhere,
 }
-AMBIGUOUS = {"nul_in_name", "case_duplicate_pkl", "exact_duplicate_storage",
-             "zip64_pointing_elsewhere"}
+AMBIGUOUS = {
+    "nul_in_name",
+    "case_duplicate_pkl",
+    "exact_duplicate_storage",
+    "zip64_pointing_elsewhere",
+}
 
 
 @pytest.mark.parametrize("name", sorted(CRAFTED))
@@ -206,13 +241,14 @@ def test_crc_failure_is_a_warning_as_torch_does_not_check(tmp_path):
     raw = bytearray(make_zip(entries))
     storage = next(e for e in entries if e.name.endswith(b"data/0"))
     at = raw.index(storage.name + storage.data) + len(storage.name)
-    raw[at] ^= 0xFF                          # one byte of the tensor; its CRC no longer holds
+    raw[at] ^= 0xFF  # one byte of the tensor; its CRC no longer holds
     path = tmp_path / "crc.pt"
     path.write_bytes(bytes(raw))
     assert differential(str(path)) == "same"
 
 
 # --- the pickle layer ---------------------------------------------------------------------
+
 
 def _zip_with_pickle(tmp_path, pkl: bytes, storages: dict) -> str:
     entries = [Entry(b"archive/data.pkl", pkl), Entry(b"archive/version", b"3")]
@@ -225,10 +261,12 @@ def _zip_with_pickle(tmp_path, pkl: bytes, storages: dict) -> str:
 def _tensor_pickle(extra_ops: bytes = b"") -> bytes:
     """{'w': _rebuild_tensor_v2(storage 0 (4 floats), 0, (4,), (1,), False, OrderedDict())}
     followed by `extra_ops` run with the tensor on top of the stack."""
-    return (b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02("
-            b"(X\x07\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05"
-            b"X\x03\x00\x00\x00cpuq\x06K\x04tq\x07QK\x00K\x04\x85K\x01\x85\x89ccollections\n"
-            b"OrderedDict\n)Rq\x08tRq\x09" + extra_ops + b"s.")
+    return (
+        b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02("
+        b"(X\x07\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05"
+        b"X\x03\x00\x00\x00cpuq\x06K\x04tq\x07QK\x00K\x04\x85K\x01\x85\x89ccollections\n"
+        b"OrderedDict\n)Rq\x08tRq\x09" + extra_ops + b"s."
+    )
 
 
 def test_build_on_a_tensor_repoints_it_as_torch_does(tmp_path):
@@ -249,9 +287,11 @@ def test_build_on_a_tensor_repoints_it_as_torch_does(tmp_path):
 
 def test_build_on_a_storage_is_refused(tmp_path):
     """A file cannot rewrite a storage record after its size was checked."""
-    pkl = (b"\x80\x02}q\x00X\x01\x00\x00\x00sq\x01(X\x07\x00\x00\x00storageq\x03ctorch\n"
-           b"FloatStorage\nq\x04X\x01\x00\x00\x000q\x05X\x03\x00\x00\x00cpuq\x06K\x04tq\x07Q"
-           b"}X\x05\x00\x00\x00numelJ\x00\x00\x00\x01sbs.")
+    pkl = (
+        b"\x80\x02}q\x00X\x01\x00\x00\x00sq\x01(X\x07\x00\x00\x00storageq\x03ctorch\n"
+        b"FloatStorage\nq\x04X\x01\x00\x00\x000q\x05X\x03\x00\x00\x00cpuq\x06K\x04tq\x07Q"
+        b"}X\x05\x00\x00\x00numelJ\x00\x00\x00\x01sbs."
+    )
     path = _zip_with_pickle(tmp_path, pkl, {"0": bytes(16)})
     with pytest.raises(CheckpointError, match="rewrites storage record"):
         open_checkpoint(path)
@@ -281,7 +321,7 @@ def test_legacy_sys_info_byte_order_is_ignored_as_torch_does(tmp_path):
     path = _save({"w": torch.arange(3.0)}, tmp_path / "l.pt", _use_new_zipfile_serialization=False)
     data = open(path, "rb").read()
     at = data.index(b"\x88", data.index(b"little_endian"))
-    flipped = data[:at] + b"\x89" + data[at + 1:]
+    flipped = data[:at] + b"\x89" + data[at + 1 :]
     path2 = tmp_path / "big.pt"
     path2.write_bytes(flipped)
     assert differential(str(path2)) == "same"
@@ -297,6 +337,7 @@ def test_plain_pickle_is_not_taken_for_a_legacy_file(tmp_path):
 
 # --- found by tests/hostile/test_differential_fuzz.py -------------------------------------
 
+
 def _with_args(old: bytes, new: bytes, extra_ops: bytes = b"") -> bytes:
     pkl = _tensor_pickle(extra_ops)
     assert old in pkl
@@ -306,34 +347,47 @@ def _with_args(old: bytes, new: bytes, extra_ops: bytes = b"") -> bytes:
 def test_metadata_key_sets_the_bit_even_when_false(tmp_path):
     """torch's _set_tensor_metadata sets neg/conj whenever the key is there: {'neg': False}
     loads as a negative view (we used to read the value and showed the numbers unnegated)."""
-    pkl = _with_args(b"OrderedDict\n)Rq\x08tR", b"OrderedDict\n)Rq\x08}(X\x03\x00\x00\x00neg\x89utR")
+    pkl = _with_args(
+        b"OrderedDict\n)Rq\x08tR", b"OrderedDict\n)Rq\x08}(X\x03\x00\x00\x00neg\x89utR"
+    )
     path = _zip_with_pickle(tmp_path, pkl, {"0": struct.pack("<4f", 1, 2, 3, 4)})
     assert torch_load(path)[0]["w"].tolist() == [-1.0, -2.0, -3.0, -4.0]
     assert differential(path) == "same"
 
 
-FUZZ_GAPS = {   # classes the differential fuzzer found, each fixed
+FUZZ_GAPS = {  # classes the differential fuzzer found, each fixed
     # torch's SETITEM only writes into dict/OrderedDict/Counter; the C unpickler we drive
     # writes into a list too: pickle_scan simulates the stack's kinds to say torch refuses
     "setitem_on_a_list": lambda: (b"\x80\x02}(X\x02\x00\x00\x00k0](K\x00eK\x00K\x01su.", {}),
     # conj metadata on a real dtype: torch fails an internal assert; we show a conj view
-    "conj_on_a_float_tensor": lambda: (_with_args(
-        b"OrderedDict\n)Rq\x08tR", b"OrderedDict\n)Rq\x08}(X\x04\x00\x00\x00conj\x88utR"),
-        {"0": bytes(16)}),
+    "conj_on_a_float_tensor": lambda: (
+        _with_args(
+            b"OrderedDict\n)Rq\x08tR", b"OrderedDict\n)Rq\x08}(X\x04\x00\x00\x00conj\x88utR"
+        ),
+        {"0": bytes(16)},
+    ),
     # BUILD (Tensor.set_) on a tensor marked requires_grad: torch refuses the in-place op
-    "build_on_a_requires_grad_tensor": lambda: (_with_args(
-        b"\x85\x89cc", b"\x85\x88cc", b"((h\x03h\x04h\x05h\x06K\x04tQK\x01K\x02\x85K\x01\x85tb"),
-        {"0": bytes(16)}),
+    "build_on_a_requires_grad_tensor": lambda: (
+        _with_args(
+            b"\x85\x89cc", b"\x85\x88cc", b"((h\x03h\x04h\x05h\x06K\x04tQK\x01K\x02\x85K\x01\x85tb"
+        ),
+        {"0": bytes(16)},
+    ),
     # a zero-element tensor whose stride tuple is shorter than its size: torch loads it
-    "empty_tensor_with_short_stride": lambda: (_with_args(
-        b"K\x04\x85K\x01\x85", b"K\x00K\x04K\x02\x87)"), {"0": bytes(16)}),
+    "empty_tensor_with_short_stride": lambda: (
+        _with_args(b"K\x04\x85K\x01\x85", b"K\x00K\x04K\x02\x87)"),
+        {"0": bytes(16)},
+    ),
     # v3 dtype wider than the storage's bytes: read_tensor raises ValueError (a crash)
     "v3_complex_on_two_bytes": lambda: (
-        _tensor_pickle().replace(b"_rebuild_tensor_v2", b"_rebuild_tensor_v3")
-        .replace(b"FloatStorage", b"BFloat16Storage").replace(b"K\x04tq\x07", b"K\x01tq\x07")
+        _tensor_pickle()
+        .replace(b"_rebuild_tensor_v2", b"_rebuild_tensor_v3")
+        .replace(b"FloatStorage", b"BFloat16Storage")
+        .replace(b"K\x04tq\x07", b"K\x01tq\x07")
         .replace(b"K\x00K\x04\x85K\x01\x85", b"K\x03K\x00K\x00\x86K\x00K\x01\x86")
         .replace(b"OrderedDict\n)Rq\x08tR", b"OrderedDict\n)Rq\x08ctorch\ncomplex64\ntR"),
-        {"0": bytes(2)}),
+        {"0": bytes(2)},
+    ),
 }
 
 
@@ -342,7 +396,7 @@ def test_fuzz_gaps_in_pickles(tmp_path, name):
     pkl, storages = FUZZ_GAPS[name]()
     try:
         verdict = differential(_zip_with_pickle(tmp_path, pkl, storages))
-    except Exception as exc:   # noqa: BLE001 - a crash is one of the gaps
+    except Exception as exc:  # noqa: BLE001 - a crash is one of the gaps
         verdict = f"CRASH: {exc}"
     assert not verdict.startswith(("MISMATCH", "CRASH")), verdict
 
@@ -355,29 +409,38 @@ SAFETENSORS_GAPS = {
     # safetensors needs the entries to tile the data section: each begins where the last ends
     "gap_between_tensors": lambda: _safetensors(
         b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
-        b'"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}}', bytes(3)),
+        b'"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}}',
+        bytes(3),
+    ),
     "data_not_fully_covered": lambda: _safetensors(
-        b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', bytes(2)),
+        b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', bytes(2)
+    ),
     # __metadata__ must map strings to strings
     "metadata_not_a_string_map": lambda: _safetensors(b'{"__metadata__":{"a":null}}', b""),
     # safetensors refuses a field given twice; we keep the last
     "duplicate_field": lambda: _safetensors(
-        b'{"a":{"dtype":"I8","dtype":"U8","shape":[1],"data_offsets":[0,1]}}', bytes(1)),
+        b'{"a":{"dtype":"I8","dtype":"U8","shape":[1],"data_offsets":[0,1]}}', bytes(1)
+    ),
     # F4 (float4 pairs; the shape counts values): empty, odd count, odd last dimension; F6
     # is parsed by the library but never loaded
-    "f4_dtype": lambda: _safetensors(b'{"a":{"dtype":"F4","shape":[0],"data_offsets":[0,0]}}',
-                                     b""),
+    "f4_dtype": lambda: _safetensors(b'{"a":{"dtype":"F4","shape":[0],"data_offsets":[0,0]}}', b""),
     "f4_pairs": lambda: _safetensors(
-        b'{"a":{"dtype":"F4","shape":[3,2],"data_offsets":[0,3]}}', b"\x12\x34\x56"),
+        b'{"a":{"dtype":"F4","shape":[3,2],"data_offsets":[0,3]}}', b"\x12\x34\x56"
+    ),
     "f4_odd_count": lambda: _safetensors(
-        b'{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', bytes(2)),
+        b'{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', bytes(2)
+    ),
     "f4_odd_last_dim": lambda: _safetensors(
-        b'{"a":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]}}', bytes(3)),
+        b'{"a":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]}}', bytes(3)
+    ),
     "f6_dtype": lambda: _safetensors(
-        b'{"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}', bytes(3)),
+        b'{"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}', bytes(3)
+    ),
     "f8_fnuz": lambda: _safetensors(
         b'{"a":{"dtype":"F8_E4M3FNUZ","shape":[2],"data_offsets":[0,2]},'
-        b'"b":{"dtype":"F8_E5M2FNUZ","shape":[1],"data_offsets":[2,3]}}', b"\x80\x01\x7f"),
+        b'"b":{"dtype":"F8_E5M2FNUZ","shape":[1],"data_offsets":[2,3]}}',
+        b"\x80\x01\x7f",
+    ),
 }
 
 

@@ -66,8 +66,14 @@ def converter_rows(weight, heads):
 def oracle(path):
     """{name: (ggml type name, ne shape, dequantized values)} through gguf's own reader."""
     reader = gguf.GGUFReader(str(path))
-    return {t.name: (t.tensor_type.name, [int(d) for d in t.shape],
-                     gguf.quants.dequantize(t.data, t.tensor_type)) for t in reader.tensors}
+    return {
+        t.name: (
+            t.tensor_type.name,
+            [int(d) for d in t.shape],
+            gguf.quants.dequantize(t.data, t.tensor_type),
+        )
+        for t in reader.tensors
+    }
 
 
 def test_type_table_matches_the_package():
@@ -86,7 +92,7 @@ def test_listing_matches_gguf_reader(tmp_path):
     for name, (type_name, ne, values) in expected.items():
         t = listed[name]
         assert t.quantizer["ggml_type"] == type_name
-        assert list(t.shape) == ne[::-1] == list(values.shape)     # numpy order: ne reversed
+        assert list(t.shape) == ne[::-1] == list(values.shape)  # numpy order: ne reversed
         assert t.nbytes == t.storage.source.nbytes
     assert listed["blk.0.attn_q.weight"].dtype == "Q8_0"
     assert listed["blk.0.attn_norm.weight"].dtype == "float32"
@@ -106,7 +112,7 @@ def test_values_bit_for_bit(tmp_path):
     for name, (_, _, values) in oracle(path).items():
         t = listed[name]
         got = read_array(t)
-        if got.dtype != values.dtype:        # F16 is read as float16; gguf widens it
+        if got.dtype != values.dtype:  # F16 is read as float16; gguf widens it
             got = got.astype(values.dtype)
         assert got.tobytes() == values.tobytes(), name
         chunks = np.concatenate([c.astype(values.dtype) for c in iter_chunks(t, 100)])
@@ -130,17 +136,21 @@ def test_layers_group_blk_stacks(tmp_path):
     from ckpt_viewer.core.layers import group_layers
 
     rng = np.random.default_rng(1)
-    tensors = {f"blk.{i}.attn_q.weight": (rng.standard_normal((32, 64)).astype(np.float32), Q.Q8_0)
-               for i in range(3)}
+    tensors = {
+        f"blk.{i}.attn_q.weight": (rng.standard_normal((32, 64)).astype(np.float32), Q.Q8_0)
+        for i in range(3)
+    }
     stacks = group_layers(open_checkpoint(str(write_gguf(tmp_path / "l.gguf", tensors, blocks=3))))
     assert [(s.prefix, s.layers) for s in stacks] == [("blk", [0, 1, 2])]
 
 
 def test_listing_imports_neither_numpy_nor_torch(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", weights())
-    code = ("import sys; from ckpt_viewer.core.open import open_checkpoint; "
-            f"c = open_checkpoint({str(path)!r}); assert len(c.tensors()) == 6; "
-            "assert 'numpy' not in sys.modules and 'torch' not in sys.modules, 'imported'")
+    code = (
+        "import sys; from ckpt_viewer.core.open import open_checkpoint; "
+        f"c = open_checkpoint({str(path)!r}); assert len(c.tensors()) == 6; "
+        "assert 'numpy' not in sys.modules and 'torch' not in sys.modules, 'imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -149,19 +159,28 @@ def test_diff_against_safetensors_maps_names(tmp_path):
     from safetensors.torch import save_file
 
     tensors = weights()
-    hf_names = {"token_embd.weight": "model.embed_tokens.weight",
-                "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
-                "blk.0.attn_k.weight": "model.layers.0.self_attn.k_proj.weight",
-                "blk.0.attn_norm.weight": "model.layers.0.input_layernorm.weight",
-                "blk.1.ffn_up.weight": "model.layers.1.mlp.up_proj.weight",
-                "output_norm.weight": "model.norm.weight"}
+    hf_names = {
+        "token_embd.weight": "model.embed_tokens.weight",
+        "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
+        "blk.0.attn_k.weight": "model.layers.0.self_attn.k_proj.weight",
+        "blk.0.attn_norm.weight": "model.layers.0.input_layernorm.weight",
+        "blk.1.ffn_up.weight": "model.layers.1.mlp.up_proj.weight",
+        "output_norm.weight": "model.norm.weight",
+    }
     plain = {name: (v, Q.F32) for name, (v, _) in tensors.items()}
     gguf_path = write_gguf(tmp_path / "m.gguf", plain)
-    rotated = dict(plain, **{"blk.0.attn_q.weight": (converter_rows(tensors["blk.0.attn_q.weight"][0], 4), Q.F32),
-                             "blk.0.attn_k.weight": (converter_rows(tensors["blk.0.attn_k.weight"][0], 2), Q.F32)})
+    rotated = dict(
+        plain,
+        **{
+            "blk.0.attn_q.weight": (converter_rows(tensors["blk.0.attn_q.weight"][0], 4), Q.F32),
+            "blk.0.attn_k.weight": (converter_rows(tensors["blk.0.attn_k.weight"][0], 2), Q.F32),
+        },
+    )
     rotated_path = write_gguf(tmp_path / "r.gguf", rotated, heads=(4, 2))
-    save_file({hf_names[n]: torch.from_numpy(v) for n, (v, _) in tensors.items()},
-              str(tmp_path / "m.safetensors"))
+    save_file(
+        {hf_names[n]: torch.from_numpy(v) for n, (v, _) in tensors.items()},
+        str(tmp_path / "m.safetensors"),
+    )
     a, b = open_checkpoint(str(gguf_path)), open_checkpoint(str(tmp_path / "m.safetensors"))
     report = run(diff(a, b))
     assert report.identical, report
@@ -186,27 +205,41 @@ def test_diff_against_safetensors_maps_names(tmp_path):
 
 def test_cli_inspect_and_diff(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", weights())
-    out = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", "--json", str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "inspect", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     data = json.loads(out)
     assert data["format"] == "gguf"
     keys = {t["key"]: t for t in data["tensors"]}
     assert keys["blk.0.attn_k.weight"]["dtype"] == "Q4_0"
     assert keys["blk.0.attn_k.weight"]["shape"] == [32, 64]
-    fields = gguf.GGUFReader(str(path)).fields            # the metadata, as gguf reads it
+    fields = gguf.GGUFReader(str(path)).fields  # the metadata, as gguf reads it
     meta = data["metadata"]
-    for name in ("general.architecture", "general.name", "llama.block_count", "test.answer",
-                 "test.scale"):
+    for name in (
+        "general.architecture",
+        "general.name",
+        "llama.block_count",
+        "test.answer",
+        "test.scale",
+    ):
         assert meta[name] == fields[name].contents()
     assert meta["test.list"].startswith("[0, 1, 2") and "(40 items)" in meta["test.list"]
     assert meta["test.words"] == str(fields["test.words"].contents())
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", str(path),
-                             "blk.0.attn_k.weight"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "stats", str(path), "blk.0.attn_k.weight"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("damage", ["truncate_header", "truncate_data", "bad_type", "version",
-                                    "huge_count", "huge_string"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate_header", "truncate_data", "bad_type", "version", "huge_count", "huge_string"],
+)
 def test_damaged_files_are_one_line_errors(tmp_path, damage):
     path = write_gguf(tmp_path / "m.gguf", weights())
     data = bytearray(path.read_bytes())
@@ -217,13 +250,13 @@ def test_damaged_files_are_one_line_errors(tmp_path, damage):
     elif damage == "version":
         data[4:8] = (9).to_bytes(4, "little")
     elif damage == "huge_count":
-        data[8:16] = (2 ** 62).to_bytes(8, "little")
+        data[8:16] = (2**62).to_bytes(8, "little")
     elif damage == "huge_string":
-        data[24:32] = (2 ** 60).to_bytes(8, "little")   # the first key's length
+        data[24:32] = (2**60).to_bytes(8, "little")  # the first key's length
     elif damage == "bad_type":
         name = b"output_norm.weight"
-        at = data.index(name) + len(name) + 4 + 8      # n_dims, one dim, then the type
-        data[at:at + 4] = (99).to_bytes(4, "little")
+        at = data.index(name) + len(name) + 4 + 8  # n_dims, one dim, then the type
+        data[at : at + 4] = (99).to_bytes(4, "little")
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError) as error:
         open_checkpoint(str(path))

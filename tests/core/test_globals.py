@@ -39,10 +39,17 @@ def _run_snippet(code: str):
 
 
 def test_data_globals_get_a_snippet_that_really_loads(tmp_path):
-    path = builders.save({"w": torch.ones(2), "args": argparse.Namespace(lr=0.1, name="run"),
-                          "loss": np.float64(0.25), "mask": np.arange(3),
-                          "dir": pathlib.PosixPath("/data"),
-                          "when": datetime.datetime(2026, 1, 2, 3, 4)}, tmp_path / "d.pt")
+    path = builders.save(
+        {
+            "w": torch.ones(2),
+            "args": argparse.Namespace(lr=0.1, name="run"),
+            "loss": np.float64(0.25),
+            "mask": np.arange(3),
+            "dir": pathlib.PosixPath("/data"),
+            "when": datetime.datetime(2026, 1, 2, 3, 4),
+        },
+        tmp_path / "d.pt",
+    )
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
     checkpoint = open_checkpoint(path)
@@ -56,9 +63,10 @@ def test_data_globals_get_a_snippet_that_really_loads(tmp_path):
 
 
 def test_code_global_is_shown_with_its_call_and_key(tmp_path):
-    path = builders.save({"w": torch.ones(2),
-                          "hook": builders.Call(os.system, "touch /tmp/never-run")},
-                         tmp_path / "c.pt")
+    path = builders.save(
+        {"w": torch.ones(2), "hook": builders.Call(os.system, "touch /tmp/never-run")},
+        tmp_path / "c.pt",
+    )
     report = report_dict(open_checkpoint(path))
     assert report["snippet"] is None and not report["loads_with_weights_only"]
     code = next(g for g in report["globals"] if g["category"] == "code")
@@ -68,8 +76,9 @@ def test_code_global_is_shown_with_its_call_and_key(tmp_path):
 
 
 def test_globals_cli_text_and_json(tmp_path):
-    path = builders.save({"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)},
-                         tmp_path / "a.pt")
+    path = builders.save(
+        {"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)}, tmp_path / "a.pt"
+    )
     run = [sys.executable, "-m", "ckpt_viewer", "globals"]
     text = subprocess.run(run + [path], capture_output=True, text=True)
     assert text.returncode == 0 and "[data] argparse.Namespace" in text.stdout
@@ -77,8 +86,9 @@ def test_globals_cli_text_and_json(tmp_path):
     out = subprocess.run(run + [path, "--json"], capture_output=True, text=True)
     report = json.loads(out.stdout)
     assert report["loads_with_weights_only"] is False
-    assert {"name": "argparse.Namespace", "category": "data"}.items() <= \
-        next(g for g in report["globals"] if g["name"] == "argparse.Namespace").items()
+    assert {"name": "argparse.Namespace", "category": "data"}.items() <= next(
+        g for g in report["globals"] if g["name"] == "argparse.Namespace"
+    ).items()
 
 
 def test_plain_state_dict_loads_as_is(tmp_path):
@@ -89,8 +99,11 @@ def test_plain_state_dict_loads_as_is(tmp_path):
 
 
 def test_legacy_file_globals(tmp_path):
-    path = builders.save({"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)},
-                         tmp_path / "l.pt", _use_new_zipfile_serialization=False)
+    path = builders.save(
+        {"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)},
+        tmp_path / "l.pt",
+        _use_new_zipfile_serialization=False,
+    )
     checkpoint = open_checkpoint(path)
     code = snippet(checkpoint, triage(checkpoint))
     assert code

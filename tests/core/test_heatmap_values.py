@@ -18,7 +18,7 @@ def reference(matrix: np.ndarray, row_step: int, col_step: int) -> np.ndarray:
     out = np.empty((rows, cols))
     for r in range(rows):
         for c in range(cols):
-            cell = matrix[r * row_step:(r + 1) * row_step, c * col_step:(c + 1) * col_step]
+            cell = matrix[r * row_step : (r + 1) * row_step, c * col_step : (c + 1) * col_step]
             out[r, c] = cell.flat[np.argmax(np.abs(cell))]
     return out
 
@@ -28,7 +28,7 @@ def test_pooled_keeps_spikes_and_signs(tmp_path, monkeypatch, strip):
     monkeypatch.setattr(values_module, "POOL_STRIP", strip)
     torch.manual_seed(0)
     matrix = torch.randn(3, 203, 97) * 0.01
-    matrix[1, 101, 33] = -50.0            # one spike in a row every-k-th sampling skips
+    matrix[1, 101, 33] = -50.0  # one spike in a row every-k-th sampling skips
     path = builders.save({"w": matrix}, tmp_path / "w.pt")
     info = open_checkpoint(path).find("w").tensor
     values, row_step, col_step = run(pooled_2d(info, (1,), limit=16))
@@ -45,10 +45,10 @@ def test_pooled_small_and_complex(tmp_path):
     path = builders.save({"c": matrix, "v": vector}, tmp_path / "c.pt")
     checkpoint = open_checkpoint(path)
     values, row_step, col_step = run(pooled_2d(checkpoint.find("c").tensor))
-    np.testing.assert_array_equal(values, [[5.0, 1.0], [0.0, 2.0]])   # magnitudes
+    np.testing.assert_array_equal(values, [[5.0, 1.0], [0.0, 2.0]])  # magnitudes
     assert (row_step, col_step) == (1, 1)
     values, row_step, _ = run(pooled_2d(checkpoint.find("v").tensor, limit=2))
-    np.testing.assert_array_equal(values, [[1.0], [-3.0]])            # NaN loses to a number
+    np.testing.assert_array_equal(values, [[1.0], [-3.0]])  # NaN loses to a number
     assert row_step == 2
 
 
@@ -59,6 +59,7 @@ def counting_reads(monkeypatch):
     def read_window(tensor, leading, rows, cols):
         reads.append((len(rows), len(cols)))
         return original(tensor, leading, rows, cols)
+
     monkeypatch.setattr(values_module, "read_window", read_window)
     return reads
 
@@ -69,9 +70,9 @@ def test_pooled_read_stops_between_chunks(tmp_path, monkeypatch):
     info = open_checkpoint(path).find("w").tensor
     reads = counting_reads(monkeypatch)
     job = pooled_2d(info)
-    assert next(job) == 1 / 40 and next(job) == 2 / 40     # 10 rows of 50 at a time
-    job.close()                                             # what a cancelled worker does
-    assert reads == [(10, 50), (10, 50)]                    # 2 of 40 chunks, then nothing
+    assert next(job) == 1 / 40 and next(job) == 2 / 40  # 10 rows of 50 at a time
+    job.close()  # what a cancelled worker does
+    assert reads == [(10, 50), (10, 50)]  # 2 of 40 chunks, then nothing
 
 
 def test_pooled_wide_rows_are_read_in_column_blocks(tmp_path, monkeypatch):

@@ -53,8 +53,10 @@ def test_blocks_grouped_by_role(tmp_path, prefix):
 def test_std_of_a_small_spread_around_a_large_mean_is_torchs(tmp_path):
     """sum(x^2)/n - mean^2 read this std 11x off; layers now shares stats' Chan-merged std."""
     torch.manual_seed(4)
-    sd = {f"blocks.{i}.scale": torch.randn(3_000_000, dtype=torch.float64) * 1e-5 + 1e4
-          for i in range(2)}
+    sd = {
+        f"blocks.{i}.scale": torch.randn(3_000_000, dtype=torch.float64) * 1e-5 + 1e4
+        for i in range(2)
+    }
     report = run(layer_metrics(open_checkpoint(builders.save(sd, tmp_path / "s.pt"))))
     stack = report.stacks[0]
     stds = report.series(stack, stack.roles[0], "std")
@@ -72,21 +74,24 @@ def test_adam_state_mean_per_layer(tmp_path):
         x = block(x)
     x.pow(2).sum().backward()
     optimizer.step()
-    path = builders.save({"model": model.state_dict(), "optim": optimizer.state_dict()},
-                         tmp_path / "a.pt")
+    path = builders.save(
+        {"model": model.state_dict(), "optim": optimizer.state_dict()}, tmp_path / "a.pt"
+    )
     report = run(layer_metrics(open_checkpoint(path)))
     assert OPTIMIZER_METRIC in report.available()
     stack = report.stacks[0]
     assert stack.prefix == "model.blocks"
     weight = next(r for r in stack.roles if r.role == "weight")
-    expected = [optimizer.state[block.weight]["exp_avg_sq"].double().mean().item()
-                for block in model.blocks]
+    expected = [
+        optimizer.state[block.weight]["exp_avg_sq"].double().mean().item() for block in model.blocks
+    ]
     assert report.series(stack, weight, OPTIMIZER_METRIC) == pytest.approx(expected, rel=1e-6)
 
 
 def test_no_stacks_and_single_layer_are_not_grouped(tmp_path):
-    path = builders.save({"a.weight": torch.randn(3, 3), "blocks.0.w": torch.randn(3)},
-                         tmp_path / "n.pt")
+    path = builders.save(
+        {"a.weight": torch.randn(3, 3), "blocks.0.w": torch.randn(3)}, tmp_path / "n.pt"
+    )
     assert group_layers(open_checkpoint(path)) == []
 
 
@@ -97,30 +102,38 @@ def test_spectral_stable_rank_and_alpha(tmp_path):
     stack = report.stacks[0]
     role = stack.roles[0]
     singular = torch.linalg.svdvals(sd["blocks.1.attn.qkv.weight"].double())
-    expected = (singular ** 2).sum() / singular[0] ** 2
+    expected = (singular**2).sum() / singular[0] ** 2
     assert report.series(stack, role, "stable_rank")[1] == pytest.approx(expected.item(), rel=1e-4)
     assert all(a is not None and a > 1 for a in report.series(stack, role, "alpha"))
-    assert report.series(stack, stack.roles[1], "stable_rank") == [None, None]   # 1-D bias
+    assert report.series(stack, stack.roles[1], "stable_rank") == [None, None]  # 1-D bias
 
 
 def test_power_law_alpha_recovers_a_known_exponent():
     rng = np.random.default_rng(0)
-    samples = (1 - rng.random(20_000)) ** (-1 / (3.0 - 1))    # Pareto, density ~ x^-3
+    samples = (1 - rng.random(20_000)) ** (-1 / (3.0 - 1))  # Pareto, density ~ x^-3
     assert power_law_alpha(samples) == pytest.approx(3.0, abs=0.15)
     assert power_law_alpha(np.ones(3)) is None
 
 
 def test_cli_layers_json(tmp_path):
     path = builders.save(gpt(), tmp_path / "m.pt")
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "layers", path, "--json"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "layers", path, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     role = out["stacks"][0]["roles"][0]
     assert role["role"] == "attn.qkv.weight" and len(role["l2"]) == 4
     assert all(math.isfinite(v) for v in role["l2"])
-    text = subprocess.run([sys.executable, "-m", "ckpt_viewer", "layers", path],
-                          capture_output=True, text=True, timeout=120)
+    text = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "layers", path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert text.returncode == 0 and "attn.qkv.weight" in text.stdout
 
 
@@ -130,15 +143,15 @@ def test_spectral_gram_over_row_chunks_and_wide_matrices(tmp_path, monkeypatch, 
 
     from ckpt_viewer.core import layers
 
-    monkeypatch.setattr(layers, "CHUNK", 50)          # many row chunks
-    monkeypatch.setattr(layers, "MAX_GRAM", 16)       # (5, 40): W W^T instead
+    monkeypatch.setattr(layers, "CHUNK", 50)  # many row chunks
+    monkeypatch.setattr(layers, "MAX_GRAM", 16)  # (5, 40): W W^T instead
     torch.manual_seed(2)
     weight = torch.randn(*shape)
     path = builders.save({"w": weight}, tmp_path / "w.pt")
     tensor = open_checkpoint(path).find("w").tensor
     singular = torch.linalg.svdvals(weight.reshape(shape[0], -1).double())
     metrics = layers.spectral_metrics(tensor)
-    expected = ((singular ** 2).sum() / singular[0] ** 2).item()
+    expected = ((singular**2).sum() / singular[0] ** 2).item()
     assert metrics["stable_rank"] == pytest.approx(expected, rel=1e-9)
     stopped = threading.Event()
     stopped.set()
@@ -154,8 +167,9 @@ def test_spectral_metrics_on_the_gpu_equal_the_cpus(tmp_path, monkeypatch):
     tensor = open_checkpoint(builders.save({"w": weight}, tmp_path / "w.pt")).find("w").tensor
     calls = []
     real_eigvalsh = torch.linalg.eigvalsh
-    monkeypatch.setattr(torch.linalg, "eigvalsh",
-                        lambda m: calls.append(m.device.type) or real_eigvalsh(m))
+    monkeypatch.setattr(
+        torch.linalg, "eigvalsh", lambda m: calls.append(m.device.type) or real_eigvalsh(m)
+    )
     on_gpu = layers.spectral_metrics(tensor)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     on_cpu = layers.spectral_metrics(tensor)
@@ -170,25 +184,26 @@ def test_spectral_work_is_capped_by_matrix_size_with_a_note(tmp_path, monkeypatc
     from ckpt_viewer.core import layers
 
     monkeypatch.setattr(layers, "MAX_GRAM", 16)
-    monkeypatch.setattr(layers, "MAX_SPECTRAL_WORK", 40 * 12 * 12 + 12 ** 3)
-    monkeypatch.setattr(layers, "TINY_BYTES", 0)        # every read through iter_chunks
+    monkeypatch.setattr(layers, "MAX_SPECTRAL_WORK", 40 * 12 * 12 + 12**3)
+    monkeypatch.setattr(layers, "TINY_BYTES", 0)  # every read through iter_chunks
     torch.manual_seed(6)
-    sd = {f"blocks.{i}.tall.weight": torch.randn(400, 12) for i in range(2)}   # 400 * 144 work
+    sd = {f"blocks.{i}.tall.weight": torch.randn(400, 12) for i in range(2)}  # 400 * 144 work
     sd.update({f"blocks.{i}.fits.weight": torch.randn(40, 12) for i in range(2)})
     sd.update({f"blocks.{i}.wide.weight": torch.randn(20, 30) for i in range(2)})  # side 20
     path = builders.save(sd, tmp_path / "t.pt")
     read = []
     real_iter_chunks = layers.iter_chunks
-    monkeypatch.setattr(layers, "iter_chunks",
-                        lambda t, n: read.append(tuple(t.shape)) or real_iter_chunks(t, n))
+    monkeypatch.setattr(
+        layers, "iter_chunks", lambda t, n: read.append(tuple(t.shape)) or real_iter_chunks(t, n)
+    )
     report = run(layer_metrics(open_checkpoint(path), spectral=True, workers=2))
     skipped = report.skipped()
     assert set(skipped) == {f"blocks.{i}.{r}.weight" for i in range(2) for r in ("tall", "wide")}
     assert "[400, 12]" in skipped["blocks.0.tall.weight"]
-    assert read.count((400, 12)) == 2          # the moments' pass only, no Gram pass
+    assert read.count((400, 12)) == 2  # the moments' pass only, no Gram pass
     fits = report.metrics["blocks.0.fits.weight"]
     singular = torch.linalg.svdvals(sd["blocks.0.fits.weight"].double())
-    assert fits["stable_rank"] == pytest.approx(((singular ** 2).sum() / singular[0] ** 2).item())
+    assert fits["stable_rank"] == pytest.approx(((singular**2).sum() / singular[0] ** 2).item())
     assert report.to_json()["notes"][0]["note"].startswith("spectral metrics skipped")
     assert any(line.startswith("note: blocks.0.tall.weight") for line in layers.text_lines(report))
 
@@ -231,4 +246,3 @@ def test_many_tiny_tensors_share_tasks_and_file_opens(tmp_path, monkeypatch):
     stopped = threading.Event()
     stopped.set()
     assert layers._tiny_metrics([(k, t) for k, t, _ in checkpoint.tensors()], stopped) == []
-

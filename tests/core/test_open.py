@@ -12,7 +12,10 @@ from ckpt_viewer.core.tree import MAX_DEPTH
 
 
 def listing(path):
-    return {t["key"]: (tuple(t["shape"]), t["dtype"]) for t in inspect_dict(open_checkpoint(path))["tensors"]}
+    return {
+        t["key"]: (tuple(t["shape"]), t["dtype"])
+        for t in inspect_dict(open_checkpoint(path))["tensors"]
+    }
 
 
 def torch_listing(obj, prefix=""):
@@ -54,8 +57,14 @@ def test_param_names_matched_from_state_dict_skipping_buffers(tmp_path):
     path = builders.training_checkpoint(tmp_path / "c.pt", named=False)
     checkpoint = open_checkpoint(path)
     (opt,) = checkpoint.optimizers
-    assert opt.param_groups[0]["params"] == ["0.weight", "0.bias", "1.weight", "1.bias",
-                                             "3.weight", "3.bias"]
+    assert opt.param_groups[0]["params"] == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "3.weight",
+        "3.bias",
+    ]
     assert "model_state_dict" in opt.names_source
     assert opt.state["1.weight"].note == "state of 1.weight"
 
@@ -65,22 +74,30 @@ def test_sgd_momentum_and_unmatched_ids(tmp_path):
     path = builders.save({"opt": opt.state_dict()}, tmp_path / "o.pt")
     (info,) = inspect_dict(open_checkpoint(path))["optimizers"]
     assert info["type"] == "SGD"
-    assert info["param_groups"][0]["momentum"] == 0.9 and info["param_groups"][0]["nesterov"] is True
-    assert info["param_groups"][0]["params"] == [0, 1, 2, 3, 4, 5]   # no model: ids
+    assert (
+        info["param_groups"][0]["momentum"] == 0.9 and info["param_groups"][0]["nesterov"] is True
+    )
+    assert info["param_groups"][0]["params"] == [0, 1, 2, 3, 4, 5]  # no model: ids
 
 
 def test_several_models_optimizers_lists_and_ema(tmp_path):
     gen, gen_opt = builders.trained(named=True)
     disc, disc_opt = builders.trained(torch.optim.SGD, named=True, lr=0.1, momentum=0.5)
     ema = {k: v.clone() for k, v in gen.state_dict().items()}
-    obj = {"models": [gen.state_dict(), disc.state_dict()], "ema": ema,
-           "optims": {"g": gen_opt.state_dict(), "d": disc_opt.state_dict()},
-           "param": torch.nn.Parameter(torch.ones(2)), "history": [[1, 2], {"best": 0.5}]}
+    obj = {
+        "models": [gen.state_dict(), disc.state_dict()],
+        "ema": ema,
+        "optims": {"g": gen_opt.state_dict(), "d": disc_opt.state_dict()},
+        "param": torch.nn.Parameter(torch.ones(2)),
+        "history": [[1, 2], {"best": 0.5}],
+    }
     path = builders.save(obj, tmp_path / "multi.pt")
     assert listing(path) == torch_listing(torch.load(path, weights_only=True))
     info = inspect_dict(open_checkpoint(path))
     assert sorted((o["key"], o["type"]) for o in info["optimizers"]) == [
-        ("optims.d", "SGD"), ("optims.g", "Adam")]
+        ("optims.d", "SGD"),
+        ("optims.g", "Adam"),
+    ]
     assert info["scalars"]["history.1.best"] == 0.5
     param = open_checkpoint(path).find("param")
     assert param.tensor.is_parameter and param.type_name == "Parameter"
@@ -91,10 +108,18 @@ def test_whole_model_pickle_without_its_source(tmp_path):
     checkpoint = open_checkpoint(path)
     keys = [k for k, _, _ in checkpoint.tensors()]
     # torch's state_dict order: a module's own parameters and buffers, then its children.
-    assert keys == ["model.encoder.scale", "model.encoder.proj.weight", "model.encoder.proj.bias",
-                    "model.head.weight", "model.head.bias", "ema.encoder.scale",
-                    "ema.encoder.proj.weight", "ema.encoder.proj.bias", "ema.head.weight",
-                    "ema.head.bias"]
+    assert keys == [
+        "model.encoder.scale",
+        "model.encoder.proj.weight",
+        "model.encoder.proj.bias",
+        "model.head.weight",
+        "model.head.bias",
+        "ema.encoder.scale",
+        "ema.encoder.proj.weight",
+        "ema.encoder.proj.bias",
+        "ema.head.weight",
+        "ema.head.bias",
+    ]
     model = checkpoint.find("model")
     assert model.kind == "module" and model.type_name == "__main__.Net"
     assert checkpoint.find("model.encoder").type_name == "__main__.Encoder"
@@ -116,7 +141,8 @@ def test_lightning_checkpoint(tmp_path):
     assert opt["param_groups"][0]["params"] == ["model.weight", "model.bias"]
     assert info["unsafe_globals"] == ["lightning_fabric.utilities.data.AttributeDict"]
     from ckpt_viewer.core.optim import find_schedulers
-    (sched_key, sched), = find_schedulers(open_checkpoint(path))
+
+    ((sched_key, sched),) = find_schedulers(open_checkpoint(path))
     assert sched_key == "lr_schedulers.0" and sched["step_size"] == 5
 
 
@@ -142,10 +168,13 @@ def test_torchscript_read_as_data(tmp_path):
 
 def test_safetensors_with_metadata(tmp_path):
     path = builders.safetensors_file(tmp_path / "w.bin", metadata={"format": "pt", "step": "9"})
-    checkpoint = open_checkpoint(path)   # sniffed by content, not by the .bin name
+    checkpoint = open_checkpoint(path)  # sniffed by content, not by the .bin name
     assert checkpoint.format == "safetensors"
-    assert listing(path) == {"encoder.weight": ((3, 4), "float32"), "encoder.bias": ((3,), "float32"),
-                             "head.weight": ((2, 3), "bfloat16")}
+    assert listing(path) == {
+        "encoder.weight": ((3, 4), "float32"),
+        "encoder.bias": ((3,), "float32"),
+        "head.weight": ((2, 3), "bfloat16"),
+    }
     assert checkpoint.metadata["metadata.step"] == "9"
     assert checkpoint.find("encoder").kind == "dict"
 
@@ -157,8 +186,15 @@ def test_hf_sharded_directory_and_index(tmp_path, shard_format):
         checkpoint = open_checkpoint(target)
         assert checkpoint.format == "hf-sharded"
         assert sorted(k for k, _, _ in checkpoint.tensors()) == [
-            "embed.weight", "layers.0.weight", "layers.1.weight", "lm_head.weight"]
-        assert checkpoint.metadata["shards"] == 2 and checkpoint.metadata["config.model_type"] == "tiny"
+            "embed.weight",
+            "layers.0.weight",
+            "layers.1.weight",
+            "lm_head.weight",
+        ]
+        assert (
+            checkpoint.metadata["shards"] == 2
+            and checkpoint.metadata["config.model_type"] == "tiny"
+        )
 
 
 def test_dcp_directory(tmp_path):
@@ -166,11 +202,15 @@ def test_dcp_directory(tmp_path):
     checkpoint = open_checkpoint(folder)
     assert checkpoint.format == "dcp"
     assert {k: t.shape for k, t, _ in checkpoint.tensors()} == {
-        f"model.{k}": tuple(v.shape) for k, v in state.items()}
+        f"model.{k}": tuple(v.shape) for k, v in state.items()
+    }
     assert checkpoint.scalars()["step"] == 11
     from ckpt_viewer.core.globals import triage  # DCP's own dataclasses: reported, as data
+
     assert checkpoint.unsafe_globals
-    assert {u.category for u in triage(checkpoint) if u.name in checkpoint.unsafe_globals} <= {"data"}
+    assert {u.category for u in triage(checkpoint) if u.name in checkpoint.unsafe_globals} <= {
+        "data"
+    }
 
 
 def test_gpu_location_tags_on_a_cpu_machine(tmp_path):
@@ -207,17 +247,18 @@ def test_tied_weights_and_views_counted_once(tmp_path):
 def test_shared_references_do_not_explode(tmp_path):
     inner = [1.0]
     for _ in range(25):
-        inner = [inner, inner]          # 2**25 paths if walked naively
+        inner = [inner, inner]  # 2**25 paths if walked naively
     checkpoint = open_checkpoint(builders.save({"bomb": inner}, tmp_path / "bomb.pt"))
     nodes = list(__import__("ckpt_viewer.core.model", fromlist=["x"]).iter_nodes(checkpoint.root))
-    refs = [n for n in nodes if n.kind == "ref"]     # small levels are repeated by value
+    refs = [n for n in nodes if n.kind == "ref"]  # small levels are repeated by value
     assert 0 < len(refs) <= 25 and len(nodes) < 5000
 
 
 def test_deep_nesting_does_not_overflow(tmp_path):
     import pickle
+
     depth = 100_000
-    data = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."   # EMPTY_LIST..., APPEND...
+    data = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."  # EMPTY_LIST..., APPEND...
     path = tmp_path / "deep.pkl"
     path.write_bytes(data)
     assert pickle.loads(data) is not None

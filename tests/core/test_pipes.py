@@ -13,14 +13,19 @@ from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
 
 def piped(*args) -> subprocess.CompletedProcess:
     command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "ckpt_viewer", *args))
-    return subprocess.run(["bash", "-c", f"set -o pipefail; {command} | head -1"],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command} | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_check_and_diff_keep_exit_1_when_the_pipe_closes(tmp_path):
     # thousands of lines: the pipe is closed long before the last one is written
-    nan = builders.save({f"w{i}": torch.full((3,), float("nan")) for i in range(2000)},
-                        tmp_path / "nan.pth")
+    nan = builders.save(
+        {f"w{i}": torch.full((3,), float("nan")) for i in range(2000)}, tmp_path / "nan.pth"
+    )
     ones = builders.save({f"w{i}": torch.ones(3) for i in range(2000)}, tmp_path / "ones.pth")
     # (diff's text is a short summary; its JSON lists every key)
     for args, first in ((("check", nan), "error"), (("diff", nan, ones, "--json"), "{")):

@@ -19,7 +19,7 @@ from ckpt_viewer.qt.platform_check import (
 )
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="xcb is Linux's")
-MISSING = b"libxcq.so.1\0"        # the plugin's libxcb.so.1 with one letter changed
+MISSING = b"libxcq.so.1\0"  # the plugin's libxcb.so.1 with one letter changed
 
 
 def fake_plugin(tmp_path) -> str:
@@ -47,8 +47,9 @@ def test_needed_libraries_match_readelf():
     if not os.path.exists(plugin):
         pytest.skip("this PySide6 has no xcb plugin")
     listing = subprocess.run([readelf, "-d", plugin], capture_output=True, text=True).stdout
-    expected = [line.split("[")[1].split("]")[0] for line in listing.splitlines()
-                if "(NEEDED)" in line]
+    expected = [
+        line.split("[")[1].split("]")[0] for line in listing.splitlines() if "(NEEDED)" in line
+    ]
     assert needed_libraries(plugin) == expected and "libxcb.so.1" in expected
 
 
@@ -72,8 +73,9 @@ def test_which_platform_is_xcb(monkeypatch):
     assert platform_is_xcb({"QT_QPA_PLATFORM": "xcb:nograb"})
     assert not platform_is_xcb({"DISPLAY": ":0", "QT_QPA_PLATFORM": "offscreen"})
     assert not platform_is_xcb({"DISPLAY": ":0", "QT_QPA_PLATFORM": "wayland;xcb"})
-    assert not platform_is_xcb({"DISPLAY": ":0", "WAYLAND_DISPLAY": "wayland-0",
-                                "XDG_SESSION_TYPE": "wayland"})
+    assert not platform_is_xcb(
+        {"DISPLAY": ":0", "WAYLAND_DISPLAY": "wayland-0", "XDG_SESSION_TYPE": "wayland"}
+    )
     assert not platform_is_xcb({})
     monkeypatch.setattr(sys, "platform", "darwin")
     assert not platform_is_xcb({"DISPLAY": ":0"})
@@ -82,20 +84,29 @@ def test_which_platform_is_xcb(monkeypatch):
 @linux_only
 def test_a_missing_library_is_named_with_its_package(tmp_path):
     plugin = fake_plugin(tmp_path)
-    env = {"QT_QPA_PLATFORM": "xcb", "DISPLAY": ":0",
-           "QT_QPA_PLATFORM_PLUGIN_PATH": os.path.dirname(plugin)}
+    env = {
+        "QT_QPA_PLATFORM": "xcb",
+        "DISPLAY": ":0",
+        "QT_QPA_PLATFORM_PLUGIN_PATH": os.path.dirname(plugin),
+    }
     problem = display_problem(env)
     assert problem.startswith("error: Qt cannot start on this display: missing ")
     assert "libxcq1" in problem and "sudo apt-get install " in problem
-    assert "libqt6" not in problem.lower()          # Qt's own libraries are found where Qt has them
+    assert "libqt6" not in problem.lower()  # Qt's own libraries are found where Qt has them
 
 
 @linux_only
 def test_the_cursor_library_qt_dlopens_is_asked_for(monkeypatch):
     real_error = platform_check._load_error
-    monkeypatch.setattr(platform_check, "_load_error", lambda name: (
-        f"{name}: cannot open shared object file: No such file or directory"
-        if name == platform_check.CURSOR_LIBRARY else real_error(name)))
+    monkeypatch.setattr(
+        platform_check,
+        "_load_error",
+        lambda name: (
+            f"{name}: cannot open shared object file: No such file or directory"
+            if name == platform_check.CURSOR_LIBRARY
+            else real_error(name)
+        ),
+    )
     problem = display_problem({"QT_QPA_PLATFORM": "xcb", "DISPLAY": ":0"})
     assert "missing libxcb-cursor0" in problem
 
@@ -103,10 +114,15 @@ def test_the_cursor_library_qt_dlopens_is_asked_for(monkeypatch):
 @linux_only
 def test_the_app_says_why_in_one_line_and_exits_2(tmp_path, gui_env):
     plugin = fake_plugin(tmp_path)
-    env = {**gui_env, "QT_QPA_PLATFORM": "xcb", "DISPLAY": ":0",
-           "QT_QPA_PLATFORM_PLUGIN_PATH": os.path.dirname(plugin)}
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer"], capture_output=True,
-                            text=True, timeout=60, env=env)
+    env = {
+        **gui_env,
+        "QT_QPA_PLATFORM": "xcb",
+        "DISPLAY": ":0",
+        "QT_QPA_PLATFORM_PLUGIN_PATH": os.path.dirname(plugin),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Qt cannot start on this display: ")
@@ -120,11 +136,12 @@ def test_an_x_server_that_does_not_answer_is_one_line(tmp_path, monkeypatch):
     except OSError:
         pytest.skip("no libxcb here")
     monkeypatch.setattr(platform_check, "missing_libraries", lambda plugin: ([], ""))
-    display = ":4711"              # no server: nothing listens on /tmp/.X11-unix/X4711
+    display = ":4711"  # no server: nothing listens on /tmp/.X11-unix/X4711
     assert not os.path.exists("/tmp/.X11-unix/X4711")
     problem = display_problem({"QT_QPA_PLATFORM": "xcb", "DISPLAY": display})
-    assert problem.startswith("error: Qt cannot start on this display: cannot connect to X "
-                              "display ':4711'")
+    assert problem.startswith(
+        "error: Qt cannot start on this display: cannot connect to X display ':4711'"
+    )
 
 
 def test_readme_names_the_packages():

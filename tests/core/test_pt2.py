@@ -23,7 +23,7 @@ class Exported(torch.nn.Module):
         super().__init__()
         self.lin = torch.nn.Linear(4, 3)
         self.bn = torch.nn.BatchNorm1d(3)
-        self.register_buffer("scratch", torch.arange(6.).reshape(2, 3), persistent=False)
+        self.register_buffer("scratch", torch.arange(6.0).reshape(2, 3), persistent=False)
         self.register_buffer("transposed", torch.randn(4, 3).t())
         self.register_buffer("bf16", torch.randn(3, dtype=torch.bfloat16))
         self.register_buffer("mask", torch.tensor([True, False, True]))
@@ -31,8 +31,8 @@ class Exported(torch.nn.Module):
         self.register_buffer("empty", torch.zeros(0, 3))
         base = torch.randn(6, dtype=torch.float64)
         self.register_buffer("full", base)
-        self.register_buffer("tail", base[2:5])           # shares full's storage
-        self.scale = torch.tensor([1., 2., 3.])           # a lifted tensor constant
+        self.register_buffer("tail", base[2:5])  # shares full's storage
+        self.scale = torch.tensor([1.0, 2.0, 3.0])  # a lifted tensor constant
 
     def forward(self, x):
         y = self.bn(self.lin(x)) + self.scratch.sum() + self.scale + self.transposed.sum(1)[:3]
@@ -45,7 +45,7 @@ def archive(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("pt2") / "program.pt2"
     program = torch.export.export(Exported().eval(), (torch.randn(2, 4),))
-    with warnings.catch_warnings():   # torch notes that `tail` is a partial view of a storage
+    with warnings.catch_warnings():  # torch notes that `tail` is a partial view of a storage
         warnings.simplefilter("ignore", UserWarning)
         torch.export.save(program, str(path))
     return str(path)
@@ -64,8 +64,11 @@ def test_every_weight_and_constant_matches_torch_export_load(archive):
     assert set(tensors) == set(reference)
     for key, expected in reference.items():
         info = tensors[key]
-        assert (info.dtype, info.shape, info.device) == \
-            (str(expected.dtype).removeprefix("torch."), tuple(expected.shape), "cpu"), key
+        assert (info.dtype, info.shape, info.device) == (
+            str(expected.dtype).removeprefix("torch."),
+            tuple(expected.shape),
+            "cpu",
+        ), key
         assert info.nbytes == expected.numel() * expected.element_size()
         value = read_tensor(info)
         assert value.dtype == expected.dtype and value.shape == expected.shape, key
@@ -94,9 +97,11 @@ def test_sniffed_by_layout_not_name(archive, tmp_path):
 
 
 def test_listing_imports_no_torch(archive):
-    code = ("import sys; from ckpt_viewer.core.open import open_checkpoint; "
-            f"c = open_checkpoint({archive!r}); assert len(c.tensors()) == 16; "
-            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
+    code = (
+        "import sys; from ckpt_viewer.core.open import open_checkpoint; "
+        f"c = open_checkpoint({archive!r}); assert len(c.tensors()) == 16; "
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -106,7 +111,7 @@ def rewrite(src: str, dst, change):
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         root = zin.namelist()[0].split("/")[0]
         for name in zin.namelist():
-            data = change(name[len(root) + 1:], zin.read(name))
+            data = change(name[len(root) + 1 :], zin.read(name))
             if data is not None:
                 zout.writestr(name, data)
         for name, data in (change("+", None) or {}).items():
@@ -120,6 +125,7 @@ def test_opaque_object_is_decoded_not_run(archive, tmp_path):
     class Payload:
         def __reduce__(self):
             import os
+
             return os.system, (f"touch {marker}",)
 
     def change(name, data):
@@ -127,8 +133,12 @@ def test_opaque_object_is_decoded_not_run(archive, tmp_path):
             return {"data/constants/opaque_obj_0": pickle.dumps(Payload())}
         if name.endswith("_constants_config.json"):
             config = json.loads(data)
-            config["config"]["evil"] = {"path_name": "opaque_obj_0", "is_param": False,
-                                        "use_pickle": True, "tensor_meta": None}
+            config["config"]["evil"] = {
+                "path_name": "opaque_obj_0",
+                "is_param": False,
+                "use_pickle": True,
+                "tensor_meta": None,
+            }
             return json.dumps(config).encode()
         return data
 
@@ -142,14 +152,19 @@ def test_opaque_object_is_decoded_not_run(archive, tmp_path):
 
 def _torch_save_bytes(obj) -> bytes:
     import io
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
 
 
-PARTS = {"sample_inputs": "data/sample_inputs/model.pt", "pickled_weight": "evil",
-         "pickled_constant": "evil", "legacy_weights": "data/weights/model.pt",
-         "subclass_beside_decoy": "evil"}
+PARTS = {
+    "sample_inputs": "data/sample_inputs/model.pt",
+    "pickled_weight": "evil",
+    "pickled_constant": "evil",
+    "legacy_weights": "data/weights/model.pt",
+    "subclass_beside_decoy": "evil",
+}
 
 
 def _payload_archive(archive, dst, part: str, marker) -> str:
@@ -157,6 +172,7 @@ def _payload_archive(archive, dst, part: str, marker) -> str:
     import os
 
     import builders
+
     payload = _torch_save_bytes({"x": builders.Call(os.system, f"touch {marker}")})
     decoy = _torch_save_bytes(torch.ones(2))
 
@@ -170,16 +186,21 @@ def _payload_archive(archive, dst, part: str, marker) -> str:
             return {f"data/{folder}": payload} if part != "sample_inputs" else {}
         if name == "data/sample_inputs/model.pt" and part == "sample_inputs":
             return payload
-        config_name = "_constants_config.json" if part == "pickled_constant" else \
-            "_weights_config.json"
+        config_name = (
+            "_constants_config.json" if part == "pickled_constant" else "_weights_config.json"
+        )
         if name.endswith(config_name) and part not in ("sample_inputs", "legacy_weights"):
             config = json.loads(data)
             entries = {"evil": "tensor_99" if part == "pickled_constant" else "weight_99"}
             if part == "subclass_beside_decoy":
                 entries = {"decoy": "weight_97", "evil": "weight_98"}
             for fqn, record in entries.items():
-                config["config"][fqn] = {"path_name": record, "is_param": False,
-                                         "use_pickle": True, "tensor_meta": None}
+                config["config"][fqn] = {
+                    "path_name": record,
+                    "is_param": False,
+                    "use_pickle": True,
+                    "tensor_meta": None,
+                }
             return json.dumps(config).encode()
         return data
 
@@ -194,36 +215,48 @@ def test_every_pickled_part_is_triaged_and_never_run(archive, tmp_path, part):
     import logging
 
     from ckpt_viewer.core.globals import triage
+
     marker = tmp_path / "ran"
     path = _payload_archive(archive, tmp_path / "evil.pt2", part, marker)
     checkpoint = open_checkpoint(path)
     code = [u for u in triage(checkpoint) if u.category == "code"]
     assert code and any(PARTS[part] in u.keys for u in code), [(u.name, u.keys) for u in code]
     assert "posix.system" in checkpoint.unsafe_globals
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", "--json", path],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "inspect", "--json", path],
+        capture_output=True,
+        text=True,
+    )
     assert any(g["category"] == "code" for g in json.loads(result.stdout)["globals"])
-    verify = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", path],
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "verify", path], capture_output=True, text=True
+    )
     assert "posix.system" in verify.stdout
     assert not marker.exists()
     oracle = tmp_path / "oracle-ran"
     oracle_path = _payload_archive(archive, tmp_path / "oracle.pt2", part, oracle)
-    logging.disable(logging.WARNING)     # torch logs its fallback to weights_only=False
+    logging.disable(logging.WARNING)  # torch logs its fallback to weights_only=False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.export.load(oracle_path)
-    except Exception:   # noqa: BLE001 - the payload stands where a tensor was expected
+    except Exception:  # noqa: BLE001 - the payload stands where a tensor was expected
         pass
     finally:
         logging.disable(logging.NOTSET)
     assert oracle.exists()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("outside", "outside"), ("missing", "missing"), ("symbolic", "plain integer"),
-    ("not_pt2", "archive_format"), ("short", "multiple")])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("outside", "outside"),
+        ("missing", "missing"),
+        ("symbolic", "plain integer"),
+        ("not_pt2", "archive_format"),
+        ("short", "multiple"),
+    ],
+)
 def test_damaged_archives_are_one_line_errors(archive, tmp_path, damage, message):
     def change(name, data):
         if name == "+":
@@ -251,8 +284,12 @@ def test_damaged_archives_are_one_line_errors(archive, tmp_path, damage, message
 
 
 def test_cli_inspect_json(archive):
-    out = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", archive, "--json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "inspect", archive, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     report = json.loads(out)
     assert report["format"] == "pt2"
     assert {t["key"] for t in report["tensors"]} >= {"lin.weight", "scale", "scratch"}

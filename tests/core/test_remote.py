@@ -26,8 +26,13 @@ pytest.importorskip("aiohttp")
 
 def listing(checkpoint):
     info = inspect_dict(checkpoint)
-    return ([(t["key"], t["shape"], t["dtype"], t["device"], t["nbytes"]) for t in info["tensors"]],
-            info["scalars"], info["total_params"], info["total_bytes"], info["file_bytes"])
+    return (
+        [(t["key"], t["shape"], t["dtype"], t["device"], t["nbytes"]) for t in info["tensors"]],
+        info["scalars"],
+        info["total_params"],
+        info["total_bytes"],
+        info["file_bytes"],
+    )
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:
@@ -47,9 +52,13 @@ def assert_same_values(remote_checkpoint, local_checkpoint):
 def fixtures(folder):
     """One file of each kind a URL is most likely to point at."""
     torch.manual_seed(0)
-    state = {"weight": torch.randn(64, 32), "transposed": torch.randn(16, 8).t(),
-             "half": torch.randn(100).to(torch.bfloat16), "steps": torch.arange(10),
-             "nan": torch.tensor([float("nan"), -0.0, float("inf")])}
+    state = {
+        "weight": torch.randn(64, 32),
+        "transposed": torch.randn(16, 8).t(),
+        "half": torch.randn(100).to(torch.bfloat16),
+        "steps": torch.arange(10),
+        "nan": torch.tensor([float("nan"), -0.0, float("inf")]),
+    }
     return {
         "zip.pt": builders.save({"model": state, "epoch": 3}, folder / "zip.pt"),
         "legacy.pt": builders.training_checkpoint(folder / "legacy.pt", legacy=True),
@@ -97,8 +106,9 @@ def test_sharded_index_by_url(served):
 
 def test_opening_a_zip_takes_few_requests_and_bytes(served, tmp_path):
     server, folder, _ = served
-    torch.save({f"layer{i}.weight": torch.randn(256, 256) for i in range(40)},
-               folder / "big.pt")        # 10 MB, 40 storage records
+    torch.save(
+        {f"layer{i}.weight": torch.randn(256, 256) for i in range(40)}, folder / "big.pt"
+    )  # 10 MB, 40 storage records
     server.reset()
     open_checkpoint(f"{server.url}/big.pt")
     assert len(server.requests) <= 6, server.requests
@@ -111,7 +121,7 @@ def test_stats_fetch_the_tensor_once(served):
     checkpoint = open_checkpoint(f"{server.url}/stats.pt")
     tensor = checkpoint.find("w").tensor
     server.reset()
-    stats = run(compute(tensor))            # several passes over the values
+    stats = run(compute(tensor))  # several passes over the values
     # the tensor once, plus its first block and, under load (an evicted block), the record's
     # local header read again: never a second copy of the tensor
     assert server.bytes_sent <= tensor.nbytes + 2 * remote.BLOCK
@@ -138,7 +148,7 @@ def test_cli_stats_fetch_the_tensor_once(served):
     """`stats` checks the record's CRC-32, then computes: the second pass reads the bytes the
     first one fetched."""
     server, folder, _ = served
-    torch.save({"w": torch.randn(2048, 1024)}, folder / "crc.pt")       # 8 MB, above LARGE
+    torch.save({"w": torch.randn(2048, 1024)}, folder / "crc.pt")  # 8 MB, above LARGE
     server.reset()
     out = cli("stats", f"{server.url}/crc.pt", "w", "--json")
     assert out.returncode == 0 and out.stderr == "", out.stderr
@@ -174,8 +184,13 @@ def test_verify_by_url(served):
 
 def cli(*args):
     env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "ckpt_viewer", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_cli_commands_take_urls(served, tmp_path):
@@ -196,8 +211,14 @@ def test_cli_commands_take_urls(served, tmp_path):
         assert torch.equal(bits(read_tensor(exported.find(f"model.{key}").tensor)), bits(value))
 
 
-@pytest.mark.parametrize("status, text", [(404, "HTTP 404 not found"), (403, "HTTP 403 forbidden"),
-                                          (500, "HTTP 500 internal server error")])
+@pytest.mark.parametrize(
+    "status, text",
+    [
+        (404, "HTTP 404 not found"),
+        (403, "HTTP 403 forbidden"),
+        (500, "HTTP 500 internal server error"),
+    ],
+)
 def test_http_errors_are_one_line(tmp_path, status, text):
     with RangeServer(str(tmp_path), lifetime=60, statuses={"/x.pt": status}) as server:
         url = f"{server.url}/x.pt"
@@ -223,6 +244,7 @@ def test_server_that_ignores_ranges_is_refused(tmp_path):
                 def _serve(self, body):
                     del self.headers["Range"]
                     super()._serve(body)
+
             return Handler
 
     with NoRanges(str(tmp_path), lifetime=60) as server:
@@ -236,7 +258,7 @@ def test_unknown_protocol_is_one_line():
 
 
 def test_refused_connection_is_not_reported_as_404():
-    with socket.socket() as probe:               # a port nobody listens on
+    with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(CheckpointError, match="cannot be read") as error:
@@ -246,7 +268,7 @@ def test_refused_connection_is_not_reported_as_404():
 
 def test_silent_server_times_out(monkeypatch):
     monkeypatch.setattr(remote, "READ_TIMEOUT", 0.5)
-    with socket.socket() as listener:            # accepts, never answers
+    with socket.socket() as listener:  # accepts, never answers
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/x.pt"
@@ -274,7 +296,10 @@ def memory_folder(tmp_path):
 def test_memory_filesystem(memory_folder):
     root, files, dcp_folder = memory_folder
     for name, path in files.items():
-        remote_checkpoint, local_checkpoint = open_checkpoint(f"{root}/{name}"), open_checkpoint(path)
+        remote_checkpoint, local_checkpoint = (
+            open_checkpoint(f"{root}/{name}"),
+            open_checkpoint(path),
+        )
         assert listing(remote_checkpoint)[:4] == listing(local_checkpoint)[:4], name
         assert_same_values(remote_checkpoint, local_checkpoint)
     remote_dcp, local_dcp = open_checkpoint(f"{root}/dcp"), open_checkpoint(dcp_folder)
@@ -290,25 +315,32 @@ def test_memory_filesystem(memory_folder):
 
 def test_local_paths_never_import_fsspec(tmp_path):
     path = builders.training_checkpoint(tmp_path / "t.pt")
-    code = ("import sys; from ckpt_viewer.core.open import open_checkpoint; "
-            f"open_checkpoint({path!r}); print('fsspec' in sys.modules, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    code = (
+        "import sys; from ckpt_viewer.core.open import open_checkpoint; "
+        f"open_checkpoint({path!r}); print('fsspec' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 
 # --- S3: moto's server on 127.0.0.1, found through AWS_ENDPOINT_URL (botocore's own setting) --
 
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     s3fs = pytest.importorskip("s3fs")
-    pytest.importorskip("moto.server")           # moto[server]: flask and werkzeug
+    pytest.importorskip("moto.server")  # moto[server]: flask and werkzeug
     from s3server import S3Server
 
     folder = tmp_path_factory.mktemp("s3")
     files = fixtures(folder)
     bucket = f"ckpt-viewer-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem.clear_instance_cache()     # a filesystem made before keeps its endpoint
+    s3fs.S3FileSystem.clear_instance_cache()  # a filesystem made before keeps its endpoint
     with S3Server(lifetime=300) as server, pytest.MonkeyPatch.context() as mp:
         server.use(mp, folder)
         client = server.client()
@@ -322,7 +354,10 @@ def s3(tmp_path_factory):
 @pytest.mark.parametrize("name", ["zip.pt", "legacy.pt", "train.pt", "model.safetensors"])
 def test_s3_lists_and_reads_what_the_file_does(s3, name):
     server, bucket, files = s3
-    remote_checkpoint, local_checkpoint = open_checkpoint(f"{bucket}/{name}"), open_checkpoint(files[name])
+    remote_checkpoint, local_checkpoint = (
+        open_checkpoint(f"{bucket}/{name}"),
+        open_checkpoint(files[name]),
+    )
     assert listing(remote_checkpoint) == listing(local_checkpoint)
     assert_same_values(remote_checkpoint, local_checkpoint)
     assert server.requests and all(r[1].startswith("/" + bucket[5:]) for r in server.requests)
@@ -330,13 +365,14 @@ def test_s3_lists_and_reads_what_the_file_does(s3, name):
 
 def test_s3_opening_a_zip_takes_few_requests(s3, tmp_path):
     server, bucket, _ = s3
-    torch.save({f"layer{i}.weight": torch.randn(256, 256) for i in range(40)},
-               tmp_path / "big.pt")        # 10 MB, 40 storage records
+    torch.save(
+        {f"layer{i}.weight": torch.randn(256, 256) for i in range(40)}, tmp_path / "big.pt"
+    )  # 10 MB, 40 storage records
     server.client().upload_file(str(tmp_path / "big.pt"), bucket[5:], "big.pt")
     server.reset()
     open_checkpoint(f"{bucket}/big.pt")
     assert len(server.requests) <= 6, server.requests
-    assert server.bytes_sent <= 4 * remote.BLOCK     # ranges, plus the answers to listings
+    assert server.bytes_sent <= 4 * remote.BLOCK  # ranges, plus the answers to listings
 
 
 def test_s3_cli(s3):

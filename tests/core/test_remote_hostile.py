@@ -64,10 +64,19 @@ def file_of(tmp_path, megabytes=2):
 
 def cli(*args):
     """(exit status, stderr without the memory line, peak RSS in MB or None)."""
-    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               CKPT_VIEWER_READ_TIMEOUT="1", CKPT_VIEWER_CONNECT_TIMEOUT="2")
-    out = subprocess.run([sys.executable, "-c", builders.PEAK_OF_CLI, *args], capture_output=True,
-                         text=True, timeout=60, env=env)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        CKPT_VIEWER_READ_TIMEOUT="1",
+        CKPT_VIEWER_CONNECT_TIMEOUT="2",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", builders.PEAK_OF_CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     lines = out.stderr.splitlines(keepends=True)
     peak = None
     if lines and lines[-1].startswith("peak-kb"):
@@ -90,15 +99,21 @@ def refused(tmp_path, script, pattern):
 def test_trickling_body_times_out(tmp_path):
     def trickle(handler, owner):
         start, end = asked(handler, os.path.getsize(tmp_path / "w.pt"))
-        head(handler, 206, {"Content-Range": f"bytes {start}-{end - 1}/{os.path.getsize(tmp_path / 'w.pt')}",
-                            "Content-Length": end - start})
+        head(
+            handler,
+            206,
+            {
+                "Content-Range": f"bytes {start}-{end - 1}/{os.path.getsize(tmp_path / 'w.pt')}",
+                "Content-Length": end - start,
+            },
+        )
         return pour(handler, owner, b"x", limit=end - start, pause=0.02)
 
     refused(tmp_path, trickle, r"timed out \(the server sends too slowly\)")
 
 
 def test_trickling_headers_time_out(tmp_path):
-    def trickle(handler, owner):          # a status line, then one header for ever
+    def trickle(handler, owner):  # a status line, then one header for ever
         handler.wfile.write(b"HTTP/1.1 206 Partial Content\r\nX-Slow: ")
         return pour(handler, owner, b"a", limit=8000, pause=0.02)
 
@@ -108,24 +123,35 @@ def test_trickling_headers_time_out(tmp_path):
 def test_endless_body_is_cut_off(tmp_path):
     size = file_of(tmp_path)
 
-    def endless(handler, owner):       # the right range, then zeros for ever (no length)
+    def endless(handler, owner):  # the right range, then zeros for ever (no length)
         start, end = asked(handler, size)
-        head(handler, 206, {"Content-Range": f"bytes {start}-{end - 1}/{size}",
-                            "Connection": "close"})
+        head(
+            handler,
+            206,
+            {"Content-Range": f"bytes {start}-{end - 1}/{size}", "Connection": "close"},
+        )
         return pour(handler, owner)
 
-    server = refused(tmp_path, endless, r"the server sent more than the [\d,]+ bytes asked "
-                                        r"for \(it ignored the byte range\?\)")
+    server = refused(
+        tmp_path,
+        endless,
+        r"the server sent more than the [\d,]+ bytes asked "
+        r"for \(it ignored the byte range\?\)",
+    )
     assert server.written < 64 << 20
 
 
 def test_range_ignored_with_a_huge_body_is_refused(tmp_path):
-    def whole(handler, owner):          # 200 and 2 GB, whatever was asked
+    def whole(handler, owner):  # 200 and 2 GB, whatever was asked
         head(handler, 200, {"Content-Length": 2 << 30})
         return pour(handler, owner, limit=2 << 30)
 
-    server = refused(tmp_path, whole, r"the server ignored the byte range [\d,]+-[\d,]+ and "
-                                      r"sent the whole file \(no byte-range support\?\)")
+    server = refused(
+        tmp_path,
+        whole,
+        r"the server ignored the byte range [\d,]+-[\d,]+ and "
+        r"sent the whole file \(no byte-range support\?\)",
+    )
     assert server.written < 64 << 20
 
 
@@ -133,15 +159,25 @@ def test_gzip_answer_is_refused(tmp_path):
     size = file_of(tmp_path)
     packed = gzip.compress((tmp_path / "w.pt").read_bytes())
 
-    def gzipped(handler, owner):      # a "bomb" would be worse; any encoding is refused
+    def gzipped(handler, owner):  # a "bomb" would be worse; any encoding is refused
         start, end = asked(handler, size)
-        head(handler, 206, {"Content-Range": f"bytes {start}-{end - 1}/{size}",
-                            "Content-Encoding": "gzip", "Content-Length": len(packed)})
+        head(
+            handler,
+            206,
+            {
+                "Content-Range": f"bytes {start}-{end - 1}/{size}",
+                "Content-Encoding": "gzip",
+                "Content-Length": len(packed),
+            },
+        )
         handler.wfile.write(packed)
         return True
 
-    server = refused(tmp_path, gzipped, "the server sent gzip-encoded bytes although only "
-                                        "unencoded ones were asked for")
+    server = refused(
+        tmp_path,
+        gzipped,
+        "the server sent gzip-encoded bytes although only unencoded ones were asked for",
+    )
     assert server.encodings and set(server.encodings) == {"identity"}
 
 
@@ -153,23 +189,34 @@ def test_wrong_content_range_is_refused(tmp_path):
         handler.wfile.write(b"0123456789")
         return True
 
-    refused(tmp_path, elsewhere, r"the server answered a request for bytes [\d,]+-[\d,]+ "
-                                 r"with bytes 0-9/\d+")
+    refused(
+        tmp_path,
+        elsewhere,
+        r"the server answered a request for bytes [\d,]+-[\d,]+ "
+        r"with bytes 0-9/\d+",
+    )
 
 
 def test_short_body_is_refused(tmp_path):
     size = file_of(tmp_path)
 
-    def short(handler, owner):            # half of what it asked, then the connection closes
+    def short(handler, owner):  # half of what it asked, then the connection closes
         start, end = asked(handler, size)
-        head(handler, 206, {"Content-Range": f"bytes {start}-{end - 1}/{size}",
-                            "Connection": "close"})
+        head(
+            handler,
+            206,
+            {"Content-Range": f"bytes {start}-{end - 1}/{size}", "Connection": "close"},
+        )
         handler.wfile.write(b"\0" * ((end - start) // 2))
         handler.close_connection = True
         return True
 
-    refused(tmp_path, short, r"the server's answer ended after [\d,]+ of the [\d,]+ bytes "
-                             r"asked for")
+    refused(
+        tmp_path,
+        short,
+        r"the server's answer ended after [\d,]+ of the [\d,]+ bytes "
+        r"asked for",
+    )
 
 
 def test_export_cut_off_at_the_tensor_leaves_nothing(tmp_path):
@@ -180,17 +227,23 @@ def test_export_cut_off_at_the_tensor_leaves_nothing(tmp_path):
         start, end = asked(handler, size)
         if end - start <= remote.LARGE:
             return False
-        head(handler, 206, {"Content-Range": f"bytes {start}-{end - 1}/{size}",
-                            "Connection": "close"})
+        head(
+            handler,
+            206,
+            {"Content-Range": f"bytes {start}-{end - 1}/{size}", "Connection": "close"},
+        )
         return pour(handler, owner)
 
     out = tmp_path / "out.safetensors"
     with ScriptedServer(str(tmp_path), endless_values, lifetime=60) as server:
         url = f"{server.url}/w.pt"
         status, stderr, peak = cli("export", url, "-o", str(out), "--format", "safetensors")
-    assert status == 2 and re.fullmatch(f"error: {re.escape(url)}: the server sent more than "
-                                        r"the [\d,]+ bytes asked for \(it ignored the byte "
-                                        r"range\?\)\n", stderr), stderr
+    assert status == 2 and re.fullmatch(
+        f"error: {re.escape(url)}: the server sent more than "
+        r"the [\d,]+ bytes asked for \(it ignored the byte "
+        r"range\?\)\n",
+        stderr,
+    ), stderr
     assert server.written < 64 << 20 and (peak is None or peak < 1024)
     assert sorted(os.listdir(tmp_path)) == ["w.pt"]
 
@@ -201,8 +254,11 @@ def test_in_process_trickle_times_out(tmp_path, monkeypatch):
 
     def trickle(handler, owner):
         start, end = asked(handler, size)
-        head(handler, 206, {"Content-Range": f"bytes {start}-{end - 1}/{size}",
-                            "Content-Length": end - start})
+        head(
+            handler,
+            206,
+            {"Content-Range": f"bytes {start}-{end - 1}/{size}", "Content-Length": end - start},
+        )
         return pour(handler, owner, b"x", limit=end - start, pause=0.02)
 
     with ScriptedServer(str(tmp_path), trickle, lifetime=60) as server:
@@ -212,15 +268,16 @@ def test_in_process_trickle_times_out(tmp_path, monkeypatch):
 
 # --- a file that changes between requests ----------------------------------------------------
 
+
 def two_versions(tmp_path):
     """w.pt of two 2 MB tensors (read by ranges of their own at export), and a second version
     of the same size."""
     torch.manual_seed(0)
-    first = builders.save({"a": torch.randn(1 << 19), "b": torch.randn(1 << 19)},
-                          tmp_path / "w.pt")
-    (tmp_path / "v2").mkdir()                  # the same name: the same archive prefix
-    second = builders.save({"a": torch.randn(1 << 19), "b": torch.randn(1 << 19)},
-                           tmp_path / "v2" / "w.pt")
+    first = builders.save({"a": torch.randn(1 << 19), "b": torch.randn(1 << 19)}, tmp_path / "w.pt")
+    (tmp_path / "v2").mkdir()  # the same name: the same archive prefix
+    second = builders.save(
+        {"a": torch.randn(1 << 19), "b": torch.randn(1 << 19)}, tmp_path / "v2" / "w.pt"
+    )
     assert os.path.getsize(first) == os.path.getsize(second)
     return first, second
 
@@ -235,14 +292,15 @@ def replace(path, source):
 @pytest.mark.parametrize("validators", [True, False])
 def test_export_of_a_file_changed_on_the_server_is_refused(tmp_path, validators):
     first, second = two_versions(tmp_path)
-    if not validators:        # no ETag, no Last-Modified: a changed size still tells
+    if not validators:  # no ETag, no Last-Modified: a changed size still tells
         builders.save({"a": torch.randn(1 << 19), "b": torch.randn(1 << 20)}, second)
     out = tmp_path / "out.safetensors"
     with RangeServer(str(tmp_path), lifetime=60, validators=validators) as server:
         checkpoint = open_checkpoint(f"{server.url}/w.pt")
         replace(first, second)
-        with pytest.raises(CheckpointError, match="the file changed on the server while it "
-                                                  "was read") as error:
+        with pytest.raises(
+            CheckpointError, match="the file changed on the server while it was read"
+        ) as error:
             run(export(checkpoint, ExportPlan(format="safetensors"), str(out)))
     assert ("ETag" if validators else "size") in str(error.value)
     assert not out.exists()
@@ -264,16 +322,22 @@ def test_unchanged_file_exports_bit_for_bit(tmp_path):
     expected = torch.load(first, weights_only=True)
     out = tmp_path / "out.safetensors"
     with RangeServer(str(tmp_path), lifetime=60) as server:
-        run(export(open_checkpoint(f"{server.url}/w.pt"), ExportPlan(format="safetensors"),
-                   str(out)))
+        run(
+            export(
+                open_checkpoint(f"{server.url}/w.pt"), ExportPlan(format="safetensors"), str(out)
+            )
+        )
     from safetensors.torch import load_file
+
     written = load_file(out)
     assert written.keys() == expected.keys()
     assert all(torch.equal(written[k], expected[k]) for k in expected)
 
 
-@pytest.mark.parametrize("text, seconds", [("2.5", 2.5), ("abc", 30), ("0", 30), ("-1", 30),
-                                           ("nan", 30), ("inf", 30), ("", 30)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("2.5", 2.5), ("abc", 30), ("0", 30), ("-1", 30), ("nan", 30), ("inf", 30), ("", 30)],
+)
 def test_timeout_variables(monkeypatch, text, seconds):
     monkeypatch.setenv("CKPT_VIEWER_CONNECT_TIMEOUT", text)
     assert remote._seconds("CKPT_VIEWER_CONNECT_TIMEOUT", 30) == seconds

@@ -13,37 +13,69 @@ from ckpt_viewer.core.summary import totals
 
 def test_rows_group_dotted_keys_and_sum_subtrees(tmp_path):
     shared = torch.ones(6)
-    path = builders.save({"enc.0.weight": torch.zeros(2, 3), "enc.0.bias": torch.zeros(2),
-                          "enc.1.weight": shared, "tied": shared}, tmp_path / "c.pt")
+    path = builders.save(
+        {
+            "enc.0.weight": torch.zeros(2, 3),
+            "enc.0.bias": torch.zeros(2),
+            "enc.1.weight": shared,
+            "tied": shared,
+        },
+        tmp_path / "c.pt",
+    )
     index = build_rows(open_checkpoint(path).root)
-    assert index.keys == ["", "enc", "enc.0", "enc.0.weight", "enc.0.bias", "enc.1",
-                          "enc.1.weight", "tied"]
+    assert index.keys == [
+        "",
+        "enc",
+        "enc.0",
+        "enc.0.weight",
+        "enc.0.bias",
+        "enc.1",
+        "enc.1.weight",
+        "tied",
+    ]
     by_key = dict(zip(index.keys, index.rows))
     assert by_key["enc"].params == 14 and by_key["enc.0"].tensors == 2
-    assert by_key[""].params == 14                     # the tied copy adds nothing
-    assert by_key["tied"].params == 6 and by_key["tied"].nbytes == 24   # but holds its own
+    assert by_key[""].params == 14  # the tied copy adds nothing
+    assert by_key["tied"].params == 6 and by_key["tied"].nbytes == 24  # but holds its own
     assert list(index.sizes)[:2] == [8, 6] and list(index.parents)[:3] == [-1, 0, 1]
 
 
 def test_views_of_one_storage_count_once_where_they_meet(tmp_path):
     """A fused qkv saved as three views: the group held only q's elements (16 of 48)."""
     qkv, embed = torch.randn(3, 4, 4), torch.randn(10, 4)
-    path = builders.save({"attn.q": qkv[0], "attn.k": qkv[1], "attn.v": qkv[2],
-                          "attn.again": qkv[1], "embed": embed, "head.w": embed,
-                          "col": embed[:, 1]}, tmp_path / "v.pt")
+    path = builders.save(
+        {
+            "attn.q": qkv[0],
+            "attn.k": qkv[1],
+            "attn.v": qkv[2],
+            "attn.again": qkv[1],
+            "embed": embed,
+            "head.w": embed,
+            "col": embed[:, 1],
+        },
+        tmp_path / "v.pt",
+    )
     index = build_rows(open_checkpoint(path).root)
     by_key = dict(zip(index.keys, index.rows))
-    assert [by_key[k].params for k in ("attn", "attn.k", "head", "head.w", "col")] == \
-        [48, 16, 40, 40, 10]
+    assert [by_key[k].params for k in ("attn", "attn.k", "head", "head.w", "col")] == [
+        48,
+        16,
+        40,
+        40,
+        10,
+    ]
     assert by_key["attn"].nbytes == 192 and by_key["head"].nbytes == 160
-    assert by_key[""].params == 48 + 40 == totals(open_checkpoint(path)).params   # col inside
+    assert by_key[""].params == 48 + 40 == totals(open_checkpoint(path)).params  # col inside
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("WEIGHT", ["enc.0.weight", "enc.1.weight"]),          # substring, any case
-    ("*.bias", ["enc.0.bias"]),                             # glob, whole key
-    ("/^enc\\.1/", ["enc.1", "enc.1.weight"]),              # regex
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("WEIGHT", ["enc.0.weight", "enc.1.weight"]),  # substring, any case
+        ("*.bias", ["enc.0.bias"]),  # glob, whole key
+        ("/^enc\\.1/", ["enc.1", "enc.1.weight"]),  # regex
+    ],
+)
 def test_filter_modes(text, expected):
     keys = ["", "enc", "enc.0", "enc.0.weight", "enc.0.bias", "enc.1", "enc.1.weight"]
     hits = matching_rows(text, keys, [k.lower() for k in keys])
@@ -69,16 +101,21 @@ def _shown_by_walking(index, hits):
     return shown
 
 
-@pytest.mark.parametrize("text", ["sub1", "layers.1*.sub2", "/^layers\\.3$/", "bias", "zzz",
-                                  "layers", "WEIGHT", "  "])
+@pytest.mark.parametrize(
+    "text", ["sub1", "layers.1*.sub2", "/^layers\\.3$/", "bias", "zzz", "layers", "WEIGHT", "  "]
+)
 def test_filter_rows_shows_matches_their_subtrees_and_ancestors(tmp_path, text):
-    state = {f"layers.{i}.sub{j}.{p}": torch.zeros(1) for i in range(12) for j in range(3)
-             for p in ("weight", "bias")}
+    state = {
+        f"layers.{i}.sub{j}.{p}": torch.zeros(1)
+        for i in range(12)
+        for j in range(3)
+        for p in ("weight", "bias")
+    }
     state["head"] = {"weight": torch.zeros(1), "scale": torch.zeros(1)}
     index = build_rows(open_checkpoint(builders.save(state, tmp_path / "many.pt")).root)
     filtered = filter_rows(text, index)
     hits = set(matching_rows(text, index.keys, index.lowered)) - {0} if text.strip() else None
-    if filtered.visible is None:               # no filter, or every key matches
+    if filtered.visible is None:  # no filter, or every key matches
         assert hits is None or len(hits) >= len(index.rows) - 1
         assert filtered.shown == len(index.rows) - 1
         return

@@ -24,8 +24,17 @@ def stats_of(tmp_path, tensor, **kwargs):
     return run(compute(open_checkpoint(path).find("t").tensor, **kwargs))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16,
-                                   torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+    ],
+)
 def test_float_stats_match_torch(tmp_path, dtype):
     torch.manual_seed(1)
     values = (torch.randn(5000) * 3).to(dtype)
@@ -39,7 +48,9 @@ def test_float_stats_match_torch(tmp_path, dtype):
     assert stats.l2 == pytest.approx(ref.norm().item(), rel=1e-5)
     assert stats.zeros == int((ref == 0).sum())
     assert sum(stats.counts) == 5000 and len(stats.counts) == 256
-    assert stats.quantiles[0.5] == pytest.approx(ref.median().item(), abs=(ref.max() - ref.min()).item() / 200)
+    assert stats.quantiles[0.5] == pytest.approx(
+        ref.median().item(), abs=(ref.max() - ref.min()).item() / 200
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
@@ -76,32 +87,54 @@ def same_figure(ours, torch_value) -> bool:
     return ours == pytest.approx(torch_value, rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("specials", [(), ("inf",), ("-inf",), ("inf", "-inf"), ("nan",),
-                                      ("nan", "inf", "-inf"), ("inf", "inf", "nan")])
+@pytest.mark.parametrize(
+    "specials",
+    [
+        (),
+        ("inf",),
+        ("-inf",),
+        ("inf", "-inf"),
+        ("nan",),
+        ("nan", "inf", "-inf"),
+        ("inf", "inf", "nan"),
+    ],
+)
 @pytest.mark.parametrize("finite", [1000, 0])
 def test_figures_over_every_value_follow_torch(tmp_path, specials, finite):
     """torch's aminmax propagates NaN and an Inf is a min or max; mean, std and the L2 norm
     follow; the finite figures are kept apart and named so."""
     torch.manual_seed(3)
-    values = torch.cat([torch.randn(finite, dtype=torch.float64) * 0.1 + 0.65,
-                        torch.tensor([float(s) for s in specials], dtype=torch.float64)])
+    values = torch.cat(
+        [
+            torch.randn(finite, dtype=torch.float64) * 0.1 + 0.65,
+            torch.tensor([float(s) for s in specials], dtype=torch.float64),
+        ]
+    )
     if not values.numel():
         return
     values = values[torch.randperm(values.numel())]
     stats = stats_of(tmp_path, values, chunk=64)
     low, high = torch.aminmax(values)
-    expected = {"min": low.item(), "max": high.item(), "mean": values.mean().item(),
-                "std": values.std().item() if values.numel() > 1 else math.nan,
-                "l2": torch.linalg.norm(values).item()}
+    expected = {
+        "min": low.item(),
+        "max": high.item(),
+        "mean": values.mean().item(),
+        "std": values.std().item() if values.numel() > 1 else math.nan,
+        "l2": torch.linalg.norm(values).item(),
+    }
     info = stats.to_json()
     for name, value in expected.items():
         assert same_figure(stats.over_all()[name], value), name
         assert same_figure(info[name], value), name
     kept = values[values.isfinite()]
     if kept.numel():
-        finite_figures = {"min": kept.min().item(), "max": kept.max().item(),
-                          "mean": kept.mean().item(), "std": kept.std().item(),
-                          "l2": torch.linalg.norm(kept).item()}
+        finite_figures = {
+            "min": kept.min().item(),
+            "max": kept.max().item(),
+            "mean": kept.mean().item(),
+            "std": kept.std().item(),
+            "l2": torch.linalg.norm(kept).item(),
+        }
         for name, value in finite_figures.items():
             assert same_figure(getattr(stats, name), value)
             assert info[f"{name}_finite"] == getattr(stats, name)
@@ -139,21 +172,30 @@ def test_value_counts_are_the_values_whatever_the_bins(tmp_path):
         assert sum(stats.counts) == ids.numel()
 
 
-@pytest.mark.parametrize("seed, dtype, n, scale, shift, bins", [
-    (34, torch.bfloat16, 100, 5.0, 100.0, 10), (13, torch.float16, 1000, 0.02, 0.5, 7),
-    (10, torch.bfloat16, 5000, 1.0, 0.0, 256)])
-def test_histogram_is_torch_histogram_over_the_same_edges(tmp_path, seed, dtype, n, scale,
-                                                          shift, bins):
+@pytest.mark.parametrize(
+    "seed, dtype, n, scale, shift, bins",
+    [
+        (34, torch.bfloat16, 100, 5.0, 100.0, 10),
+        (13, torch.float16, 1000, 0.02, 0.5, 7),
+        (10, torch.bfloat16, 5000, 1.0, 0.0, 256),
+    ],
+)
+def test_histogram_is_torch_histogram_over_the_same_edges(
+    tmp_path, seed, dtype, n, scale, shift, bins
+):
     """Cross-check: values on an edge (common in 16-bit floats) were counted left of it."""
     torch.manual_seed(seed)
     values = (torch.randn(n) * scale + shift).to(dtype)
-    for facts in (False, True):          # the two-pass and the fused (range known) paths
+    for facts in (False, True):  # the two-pass and the fused (range known) paths
         path = builders.save({"t": values}, tmp_path / "t.pt")
         tensor = open_checkpoint(path).find("t").tensor
         known = run(compute(tensor, bins=bins)) if facts else None
-        stats = run(compute(tensor, bins=bins, value_range=(known.min, known.max)
-                            if known else None))
-        expected, _ = torch.histogram(values.double(), torch.tensor(stats.edges, dtype=torch.float64))
+        stats = run(
+            compute(tensor, bins=bins, value_range=(known.min, known.max) if known else None)
+        )
+        expected, _ = torch.histogram(
+            values.double(), torch.tensor(stats.edges, dtype=torch.float64)
+        )
         assert stats.counts == expected.long().tolist()
 
 
@@ -175,8 +217,13 @@ def test_complex_parts(tmp_path):
 def test_quantized_sparse_and_views(tmp_path):
     q = torch.quantize_per_tensor(torch.tensor([0.5, -1.0, 2.0]), 0.5, 2, torch.qint8)
     assert stats_of(tmp_path, q).max == pytest.approx(2.0)
-    qc = torch.quantize_per_channel(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.5, 1.0]),
-                                    torch.tensor([0, 0]), 0, torch.qint8)
+    qc = torch.quantize_per_channel(
+        torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+        torch.tensor([0.5, 1.0]),
+        torch.tensor([0, 0]),
+        0,
+        torch.qint8,
+    )
     assert stats_of(tmp_path, qc).max == pytest.approx(4.0)
     sparse = torch.tensor([[0.0, 2.0], [3.0, 0.0]]).to_sparse()
     assert stats_of(tmp_path, sparse).max == pytest.approx(3.0)
@@ -192,12 +239,15 @@ def test_quantized_sparse_and_views(tmp_path):
 def test_values_exact_from_every_reader(tmp_path):
     state = builders.tiny_model().state_dict()
     for legacy in (False, True):
-        path = builders.save(state, tmp_path / f"s{legacy}.pt", _use_new_zipfile_serialization=not legacy)
+        path = builders.save(
+            state, tmp_path / f"s{legacy}.pt", _use_new_zipfile_serialization=not legacy
+        )
         checkpoint = open_checkpoint(path)
         for key, value in state.items():
             assert torch.equal(read_tensor(checkpoint.find(key).tensor), value), key
     st = builders.safetensors_file(tmp_path / "w.safetensors")
     from safetensors.torch import load_file
+
     for key, value in load_file(st).items():
         assert torch.equal(read_tensor(open_checkpoint(st).find(key).tensor), value)
     folder, dcp_state = builders.dcp_directory(tmp_path / "dcp")
@@ -209,19 +259,28 @@ def test_values_exact_from_every_reader(tmp_path):
 def test_streamed_chunks_are_mapped_exactly_at_any_offset(tmp_path):
     """iter_chunks maps file pages (legacy storages sit at unaligned offsets)."""
     from ckpt_viewer.core.values import iter_chunks
-    state = {"a": torch.randn(7), "b": torch.randn(5000).to(torch.bfloat16), "c": torch.arange(3001)}
+
+    state = {
+        "a": torch.randn(7),
+        "b": torch.randn(5000).to(torch.bfloat16),
+        "c": torch.arange(3001),
+    }
     for legacy in (False, True):
-        path = builders.save(state, tmp_path / f"s{legacy}.pt", _use_new_zipfile_serialization=not legacy)
+        path = builders.save(
+            state, tmp_path / f"s{legacy}.pt", _use_new_zipfile_serialization=not legacy
+        )
         checkpoint = open_checkpoint(path)
         for key, value in state.items():
             chunks = list(iter_chunks(checkpoint.find(key).tensor, 1000))
-            assert key == "b" or not any(chunk.flags.writeable for chunk in chunks)   # b: widened
-            assert np.array_equal(np.concatenate(chunks), value.float().numpy() if key == "b"
-                                  else value.numpy()), key
+            assert key == "b" or not any(chunk.flags.writeable for chunk in chunks)  # b: widened
+            assert np.array_equal(
+                np.concatenate(chunks), value.float().numpy() if key == "b" else value.numpy()
+            ), key
 
 
 def test_compressed_record_is_inflated_not_mapped(tmp_path):
     import zipfile
+
     path = builders.save({"w": torch.arange(100.0)}, tmp_path / "w.pt")
     out = tmp_path / "deflated.pt"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
@@ -245,31 +304,54 @@ def test_empty_and_cancel(tmp_path):
     path = builders.save({"t": torch.randn(10_000)}, tmp_path / "c.pt")
     generator = compute(open_checkpoint(path).find("t").tensor, chunk=100)
     next(generator)
-    generator.close()          # cancelling between chunks is just closing the generator
+    generator.close()  # cancelling between chunks is just closing the generator
 
 
 def test_stats_cli_json(tmp_path):
-    path = builders.save({"model": {"w": torch.tensor([1.0, -1.0, float("nan"), 0.0])}},
-                         tmp_path / "s.pt")
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", path, "model.w",
-                             "--bins", "4", "--json"], capture_output=True, text=True, timeout=60)
+    path = builders.save(
+        {"model": {"w": torch.tensor([1.0, -1.0, float("nan"), 0.0])}}, tmp_path / "s.pt"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "stats", path, "model.w", "--bins", "4", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    for field in ("min", "max", "mean", "std", "l2", "nan", "inf", "zeros", "numel", "quantiles",
-                  "edges", "counts"):
+    for field in (
+        "min",
+        "max",
+        "mean",
+        "std",
+        "l2",
+        "nan",
+        "inf",
+        "zeros",
+        "numel",
+        "quantiles",
+        "edges",
+        "counts",
+    ):
         assert field in info
     assert info["numel"] == 4 and info["nan"] == 1 and info["zeros"] == 1
     assert sum(info["counts"]) == info["numel"] - info["nan"] - info["inf"]
     assert len(info["edges"]) == len(info["counts"]) + 1 == 5
-    assert info["l2"] == info["mean"] == info["min"] == "nan"      # torch's, over every value
+    assert info["l2"] == info["mean"] == info["min"] == "nan"  # torch's, over every value
     assert math.isclose(info["l2_finite"], math.sqrt(2)) and info["min_finite"] == -1.0
-    missing = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", path, "nope"],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "stats", path, "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
 
 
 def test_truncated_after_open_is_a_clear_error(tmp_path):
-    path = builders.save({"t": torch.randn(1000)}, tmp_path / "t.pt", _use_new_zipfile_serialization=False)
+    path = builders.save(
+        {"t": torch.randn(1000)}, tmp_path / "t.pt", _use_new_zipfile_serialization=False
+    )
     tensor = open_checkpoint(path).find("t").tensor
     with open(path, "r+b") as f:
         f.truncate(400)
@@ -281,7 +363,9 @@ def test_quantiles_stay_sharp_with_outliers(tmp_path):
     torch.manual_seed(0)
     values = torch.cat([torch.randn(100_000), torch.tensor([1e7, -1e7])])
     stats = stats_of(tmp_path, values)
-    ref = torch.quantile(values[:100_000].double(), torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64))
+    ref = torch.quantile(
+        values[:100_000].double(), torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64)
+    )
     assert stats.quantiles[0.5] == pytest.approx(ref[1].item(), abs=0.01)
     assert stats.quantiles[0.99] == pytest.approx(ref[2].item(), abs=0.01)
     assert stats.quantiles[0.01] == pytest.approx(ref[0].item(), abs=0.01)
@@ -290,7 +374,7 @@ def test_quantiles_stay_sharp_with_outliers(tmp_path):
 def test_extreme_values_are_binned_correctly(tmp_path):
     values = torch.tensor([-3e38, 3e38, 0.0, 1.0], dtype=torch.float32)
     stats = stats_of(tmp_path, values, bins=4)
-    assert stats.counts == [1, 0, 2, 1]       # edges -3e38, -1.5e38, 0, 1.5e38, 3e38
+    assert stats.counts == [1, 0, 2, 1]  # edges -3e38, -1.5e38, 0, 1.5e38, 3e38
 
 
 def test_sparse_uses_stored_values_and_vanished_file_is_clear(tmp_path):
@@ -300,6 +384,7 @@ def test_sparse_uses_stored_values_and_vanished_file_is_clear(tmp_path):
     path = builders.save({"t": torch.randn(100)}, tmp_path / "gone.pt")
     tensor = open_checkpoint(path).find("t").tensor
     import os
+
     os.remove(path)
     with pytest.raises(CheckpointError, match="disappeared"):
         run(compute(tensor))
@@ -311,14 +396,17 @@ def test_quantiles_are_exact_order_statistics(tmp_path, monkeypatch, limit):
     element of the tensor: {0, 1} has median 0 (not 1.5e-05), a float8 quantile is a float8
     value; a bin too full to sort (limit 7) is split again until it is exact."""
     monkeypatch.setattr(stats_module, "SELECT_LIMIT", limit)
-    cases = {"two_values": torch.tensor([0.0, 1.0] * 5000),
-             "float8": torch.randn(20_000).to(torch.float8_e5m2),
-             "outliers": torch.cat([torch.randn(50_000), torch.tensor([1e30, -1e30, float("nan")])]),
-             "ints": torch.randint(-3, 5, (1000,)),
-             "expanded": torch.randn(300, 3)[:, :1].expand(300, 40),
-             "half": torch.randn(200_000).half(), "one": torch.tensor([3.0]),
-             "pruned": torch.randn(20_000) * (torch.arange(20_000) % 2),   # half zeros
-             "zeros": torch.zeros(100)}
+    cases = {
+        "two_values": torch.tensor([0.0, 1.0] * 5000),
+        "float8": torch.randn(20_000).to(torch.float8_e5m2),
+        "outliers": torch.cat([torch.randn(50_000), torch.tensor([1e30, -1e30, float("nan")])]),
+        "ints": torch.randint(-3, 5, (1000,)),
+        "expanded": torch.randn(300, 3)[:, :1].expand(300, 40),
+        "half": torch.randn(200_000).half(),
+        "one": torch.tensor([3.0]),
+        "pruned": torch.randn(20_000) * (torch.arange(20_000) % 2),  # half zeros
+        "zeros": torch.zeros(100),
+    }
     path = tmp_path / "q.pt"
     torch.save(cases, path)
     checkpoint = open_checkpoint(str(path))
@@ -327,12 +415,16 @@ def test_quantiles_are_exact_order_statistics(tmp_path, monkeypatch, limit):
         flat = value.double().flatten().numpy()
         flat = flat[np.isfinite(flat)]
         for q in QUANTILES:
-            assert stats.quantiles[q] == float(np.quantile(flat, q, method="inverted_cdf")), (key, q)
+            assert stats.quantiles[q] == float(np.quantile(flat, q, method="inverted_cdf")), (
+                key,
+                q,
+            )
     assert run(compute(checkpoint.find("two_values").tensor)).quantiles[0.5] == 0.0
 
 
 def test_auto_bins_grow_with_the_element_count():
     from ckpt_viewer.core.stats import auto_bins
+
     assert auto_bins(0) == auto_bins(5) == 8
     assert auto_bins(10_000) == 44
     assert auto_bins(10**9) == 256
@@ -351,11 +443,12 @@ def test_a_sample_is_asked_of_the_os_before_it_is_read(tmp_path, monkeypatch):
     assert asked == [1000 * 4] * 20
     stats = sample_preview(tensor, elements=20_000)
     assert stats.sampled and stats.min == 0 and stats.max == 999_999
-    assert len(asked) == 40                      # the preview asked for the same runs again
+    assert len(asked) == 40  # the preview asked for the same runs again
 
 
-def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(tmp_path,
-                                                                              monkeypatch):
+def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(
+    tmp_path, monkeypatch
+):
     """Each chunk is asked for ahead of use and, two chunks later, given back: reading a file
     larger than memory otherwise evicted the window's own code pages (stalls)."""
     import ckpt_viewer.core.values as values_module
@@ -363,8 +456,9 @@ def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(tm
     values = torch.arange(10_000, dtype=torch.float32)
     tensor = open_checkpoint(builders.save({"t": values}, tmp_path / "t.pt")).find("t").tensor
     advice = []
-    monkeypatch.setattr(os, "posix_fadvise",
-                        lambda fd, offset, size, how: advice.append((how, size)))
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, offset, size, how: advice.append((how, size))
+    )
     monkeypatch.setattr(values_module, "_larger_than_memory", lambda reader: True)
     stats = run(compute(tensor, chunk=1000))
     assert stats.max == 9999 and stats.numel == 10_000
@@ -385,32 +479,42 @@ def test_sampled_preview_reads_what_torch_loads(tmp_path, dtype, legacy):
 
     torch.manual_seed(5)
     values = (torch.randn(1_000_000) * 4).to(dtype)
-    path = builders.save({"t": values}, tmp_path / "t.pt",
-                         _use_new_zipfile_serialization=not legacy)
+    path = builders.save(
+        {"t": values}, tmp_path / "t.pt", _use_new_zipfile_serialization=not legacy
+    )
     tensor = open_checkpoint(path).find("t").tensor
     stats = sample_preview(tensor, elements=20_000)
     loaded = torch.load(path, weights_only=True)["t"]
-    picked = torch.cat([loaded[first:first + count] for first, count
-                        in _sample_runs(tensor, 20_000)]).double()
+    picked = torch.cat(
+        [loaded[first : first + count] for first, count in _sample_runs(tensor, 20_000)]
+    ).double()
     assert stats.sampled and stats.min == picked.min().item() and stats.max == picked.max().item()
     assert stats.mean == pytest.approx(picked.mean().item(), rel=1e-12)
-    assert stats.std == pytest.approx(picked.std().item(), rel=1e-6)     # n - 1, as exact
+    assert stats.std == pytest.approx(picked.std().item(), rel=1e-6)  # n - 1, as exact
 
 
 def test_stats_finds_a_key_that_is_also_a_prefix(tmp_path):
     """bitsandbytes 4-bit weights: `w` is a tensor and the prefix of `w.absmax` and
     `w.quant_state.*`; the exact key is the tensor, whichever order the file lists them in."""
     from safetensors.torch import load_file, save_file
+
     torch.manual_seed(0)
-    state = {"fc.weight.absmax": torch.rand(4), "fc.weight.quant_map": torch.randn(16),
-             "fc.weight.quant_state.bitsandbytes__nf4": torch.arange(30, dtype=torch.uint8),
-             "fc.weight": torch.randint(0, 256, (32, 1), dtype=torch.uint8),
-             "fc.bias": torch.randn(8)}
+    state = {
+        "fc.weight.absmax": torch.rand(4),
+        "fc.weight.quant_map": torch.randn(16),
+        "fc.weight.quant_state.bitsandbytes__nf4": torch.arange(30, dtype=torch.uint8),
+        "fc.weight": torch.randint(0, 256, (32, 1), dtype=torch.uint8),
+        "fc.bias": torch.randn(8),
+    }
     path = tmp_path / "bnb.safetensors"
     save_file(state, path)
     expected = load_file(path)["fc.weight"]
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "stats", str(path), "fc.weight",
-                             "--json"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "stats", str(path), "fc.weight", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert figures["numel"] == expected.numel() == 32

@@ -23,7 +23,7 @@ def tensors():
     with_specials[10] = -0.0
     wide = torch.randn(40, 1)
     relu = torch.randn(2000).clamp(min=0)
-    relu[::7] = -0.0                               # min is a zero of either sign
+    relu[::7] = -0.0  # min is a zero of either sign
     return {
         "f32": torch.randn(2500) * 4,
         "specials": with_specials,
@@ -31,11 +31,11 @@ def tensors():
         "bf16": torch.randn(3000).bfloat16(),
         "f64": torch.randn(1000, dtype=torch.float64) * 1e150,
         "ints": torch.randint(-50, 50, (3001,)),
-        "wide_ints": torch.randint(-(2 ** 40), 2 ** 40, (2000,)),
+        "wide_ints": torch.randint(-(2**40), 2**40, (2000,)),
         "bytes": torch.randint(0, 255, (2048,), dtype=torch.uint8),
         "bools": torch.rand(1000) > 0.3,
         "complex": torch.randn(1500, dtype=torch.complex64),
-        "expanded": wide.expand(40, 75),           # stride 0: each value 75 times
+        "expanded": wide.expand(40, 75),  # stride 0: each value 75 times
         "transposed": torch.randn(30, 70).t(),
         "constant": torch.full((500,), 2.5),
         "all_nan": torch.full((100,), float("nan")),
@@ -65,7 +65,7 @@ def test_stats_with_the_health_facts_are_bit_identical(checked, key, bins, monke
     facts = checked.stats_cache.facts(tensor)
     assert (facts is None) == (key == "complex")
     with_facts = run(compute(tensor, bins=bins, chunk=512, facts=facts))
-    monkeypatch.setattr(stats_module, "_known_range", lambda *args: None)   # the two passes
+    monkeypatch.setattr(stats_module, "_known_range", lambda *args: None)  # the two passes
     without = run(compute(tensor, bins=bins, chunk=512))
     assert same_bits(with_facts, without)
 
@@ -87,10 +87,12 @@ def test_check_fills_each_views_exact_facts(checked):
         finite = expected[torch.isfinite(expected)]
         assert (facts.lo, facts.hi) == (finite.min().item(), finite.max().item())
         assert facts.nan == int(torch.isnan(expected).sum())
-        assert (facts.posinf, facts.neginf) == (int((expected == math.inf).sum()),
-                                                 int((expected == -math.inf).sum()))
+        assert (facts.posinf, facts.neginf) == (
+            int((expected == math.inf).sum()),
+            int((expected == -math.inf).sum()),
+        )
         assert facts.integer == (key in ("ints", "bools"))
-    assert checked.stats_cache.facts(checked.find("complex").tensor) is None   # |z| not seen
+    assert checked.stats_cache.facts(checked.find("complex").tensor) is None  # |z| not seen
 
 
 def test_tied_tensors_share_their_entries(tmp_path):
@@ -102,7 +104,7 @@ def test_tied_tensors_share_their_entries(tmp_path):
     first = run(stats_job(a, 64, "magnitude", None, cache=checkpoint.stats_cache))
     again = stats_job(b, 64, "magnitude", None, cache=checkpoint.stats_cache)
     with pytest.raises(StopIteration) as stop:
-        next(again)                                  # b's stats are a's: no pass at all
+        next(again)  # b's stats are a's: no pass at all
     assert same_bits(stop.value.value, first)
 
 
@@ -112,9 +114,9 @@ def test_a_cached_stats_returns_at_once(checked):
     first = run(stats_job(tensor, 100, "magnitude", None, cache=cache))
     job = stats_job(tensor, 100, "magnitude", None, cache=cache)
     with pytest.raises(StopIteration) as stop:
-        next(job)                                  # no progress, no preview: the result
+        next(job)  # no progress, no preview: the result
     assert same_bits(stop.value.value, first)
-    stop.value.value.quantiles = {}                # a view setting a field changes no entry
+    stop.value.value.quantiles = {}  # a view setting a field changes no entry
     assert same_bits(run(stats_job(tensor, 100, "magnitude", None, cache=cache)), first)
     other_bins = run(stats_job(tensor, 50, "magnitude", None, cache=cache))
     assert other_bins is not first and len(other_bins.counts) == 50
@@ -129,8 +131,9 @@ def test_facts_that_do_not_match_the_values_are_not_trusted(checked):
 
 
 def test_the_cache_is_bounded(tmp_path):
-    checkpoint = open_checkpoint(builders.save({f"t{i}": torch.randn(8) for i in range(6)},
-                                               tmp_path / "t.pt"))
+    checkpoint = open_checkpoint(
+        builders.save({f"t{i}": torch.randn(8) for i in range(6)}, tmp_path / "t.pt")
+    )
     cache = StatsCache(max_facts=3, max_stats=2)
     items = [checkpoint.find(f"t{i}").tensor for i in range(6)]
     facts = HealthFacts(0.0, 1.0, 0, 0, 0, False)
@@ -138,6 +141,7 @@ def test_the_cache_is_bounded(tmp_path):
         cache.put_facts(tensor, facts)
         cache.put_stats(tensor, 10, "magnitude", None, object())
     assert [cache.facts(t) is not None for t in items] == [False] * 3 + [True] * 3
-    assert [cache.stats(t, 10, "magnitude", None) is not None for t in items] == \
-        [False] * 4 + [True] * 2
+    assert [cache.stats(t, 10, "magnitude", None) is not None for t in items] == [False] * 4 + [
+        True
+    ] * 2
     assert len(cache) == 5

@@ -37,7 +37,7 @@ def _saved(tmp_path, view):
 
 @pytest.fixture(params=[False, True], ids=["whole", "tiny_blocks"])
 def tiny_blocks(request, monkeypatch):
-    if request.param:               # force the block splitter through every branch
+    if request.param:  # force the block splitter through every branch
         monkeypatch.setattr(values_module, "SPAN_LIMIT", 5)
     return request.param
 
@@ -73,7 +73,7 @@ def test_stats_match_torch(tmp_path, name):
     assert stats.mean == pytest.approx(ref.mean().item())
     if ref.numel() > 1:
         assert stats.std == pytest.approx(ref.std().item(), abs=1e-9)
-    else:                                   # torch: nan; undefined
+    else:  # torch: nan; undefined
         assert stats.std is None
     assert stats.zeros == int((ref == 0).sum())
     assert sum(stats.counts) == reference.numel()
@@ -91,14 +91,16 @@ def test_export_and_diff_of_views(tmp_path, name):
     assert report.identical
 
 
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
 def test_expanded_600m_elements_stats_in_little_memory(tmp_path):
     """A 1.5 KB file holding torch.ones(1).expand(600_000_000): nothing is materialised."""
     path = builders.save(torch.ones(1).expand(600_000_000), tmp_path / "expand.pt")
-    result = subprocess.run([sys.executable, "-c", builders.PEAK_OF_CLI, "stats", path, "", "--json"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", builders.PEAK_OF_CLI, "stats", path, "", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert '"numel": 600000000' in result.stdout and '"mean": 1.0' in result.stdout
     peak_mb = int(result.stderr.split("peak-kb")[-1].split()[0]) / 1024

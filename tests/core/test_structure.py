@@ -36,7 +36,7 @@ def torch_reads(folder, target=None):
         state = {"w": target}
         dcp.load(state, checkpoint_id=folder)
         return state["w"]
-    except BaseException as exc:    # noqa: BLE001 - its CheckpointException is a BaseException
+    except BaseException as exc:  # noqa: BLE001 - its CheckpointException is a BaseException
         return exc
 
 
@@ -52,8 +52,12 @@ def full(*shape, value=1.0, dtype=torch.float32):
 
 
 @given(data=st.data())
-@settings(max_examples=20, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=20,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 def test_random_layouts_read_as_torch_reads_or_are_refused(tmp_path_factory, data):
     """Grids of chunks in any order, sometimes with one chunk dropped, grown or moved: what
     we read is what torch's reader loads, bit for bit; what we refuse is a layout whose result
@@ -61,28 +65,39 @@ def test_random_layouts_read_as_torch_reads_or_are_refused(tmp_path_factory, dat
     from ckpt_viewer.core.values import read_tensor
 
     shape = (data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6)))
-    cuts = [sorted({0, n} | set(data.draw(st.lists(st.integers(1, n), max_size=3))))
-            for n in shape]
+    cuts = [sorted({0, n} | set(data.draw(st.lists(st.integers(1, n), max_size=3)))) for n in shape]
     full = torch.arange(1.0, shape[0] * shape[1] + 1).view(shape)
-    boxes = [((r0, c0), (r1 - r0, c1 - c0)) for r0, r1 in zip(cuts[0], cuts[0][1:])
-             for c0, c1 in zip(cuts[1], cuts[1][1:])]
+    boxes = [
+        ((r0, c0), (r1 - r0, c1 - c0))
+        for r0, r1 in zip(cuts[0], cuts[0][1:])
+        for c0, c1 in zip(cuts[1], cuts[1][1:])
+    ]
     change = data.draw(st.sampled_from(["none", "drop", "grow", "move"]))
     if change != "none" and len(boxes) > 1:
         i = data.draw(st.integers(0, len(boxes) - 1))
         (r, c), (h, w) = boxes[i]
-        boxes[i] = {"drop": None, "grow": ((r, c), (min(h + 1, shape[0] - r), w)),
-                    "move": ((max(r - 1, 0), c), (h, w))}[change]
-    chunks = [(o, n, full[o[0]:o[0] + n[0], o[1]:o[1] + n[1]].clone())
-              for o, n in data.draw(st.permutations([b for b in boxes if b]))]
+        boxes[i] = {
+            "drop": None,
+            "grow": ((r, c), (min(h + 1, shape[0] - r), w)),
+            "move": ((max(r - 1, 0), c), (h, w)),
+        }[change]
+    chunks = [
+        (o, n, full[o[0] : o[0] + n[0], o[1] : o[1] + n[1]].clone())
+        for o, n in data.draw(st.permutations([b for b in boxes if b]))
+    ]
     folder = write_dcp(tmp_path_factory.mktemp("layout") / "d", shape, chunks)
     expected = torch_reads(folder, torch.full(shape, float("nan")))
-    torch_refuses = isinstance(expected, BaseException)    # e.g. two chunks at one offset
+    torch_refuses = isinstance(expected, BaseException)  # e.g. two chunks at one offset
     try:
         got = read_tensor(open_checkpoint(folder).find("w").tensor)
     except StructureError as exc:
         assert "\n" not in str(exc)
-        assert change != "none" and (torch_refuses or expected.isnan().any()
-                                     or not same_bits(expected, full) or change == "grow")
+        assert change != "none" and (
+            torch_refuses
+            or expected.isnan().any()
+            or not same_bits(expected, full)
+            or change == "grow"
+        )
         return
     assert not torch_refuses and same_bits(got, expected)
 
@@ -93,7 +108,7 @@ def test_overlapping_chunks_are_ambiguous(tmp_path, capsys):
     a, b = ((0, 0), (4, 3), full(4, 3, value=1.0)), ((2, 0), (2, 3), full(2, 3, value=2.0))
     ab = torch_reads(write_dcp(tmp_path / "ab", (4, 3), [a, b]))
     ba = torch_reads(write_dcp(tmp_path / "ba", (4, 3), [b, a]))
-    assert ab[2:].eq(2).all() and ba.eq(1).all()             # order decides
+    assert ab[2:].eq(2).all() and ba.eq(1).all()  # order decides
     for folder in ("ab", "ba"):
         with pytest.raises(StructureError, match="'w' is ambiguous: .* overlap") as caught:
             open_checkpoint(str(tmp_path / folder))
@@ -112,26 +127,33 @@ def test_holes_are_refused(tmp_path, capsys):
 
 def test_chunk_past_the_tensor_is_refused(tmp_path, capsys):
     """torch clips a chunk that reaches past the tensor; its writer never writes one."""
-    folder = write_dcp(tmp_path / "past", (4, 3), [((0, 0), (2, 3), full(2, 3)),
-                                                   ((2, 0), (3, 3), full(3, 3, value=2.0))])
+    folder = write_dcp(
+        tmp_path / "past",
+        (4, 3),
+        [((0, 0), (2, 3), full(2, 3)), ((2, 0), (3, 3), full(3, 3, value=2.0))],
+    )
     assert torch_reads(folder)[2:].eq(2).all()
     with pytest.raises(StructureError, match=r"chunk at \[2, 0\] of size \[3, 3\] reaches past"):
         open_checkpoint(folder)
     assert "reaches past" in verify_line(folder, capsys)
 
 
-@pytest.mark.parametrize("stored, torch_refuses", [
-    (full(1, 3), True),                       # smaller: torch's size assertion
-    (full(3, 2), True),                       # other shape, same count
-    (full(6), True),                          # other rank
-    (full(3, 3), False),                      # larger: torch narrows it
-    (full(2, 3, dtype=torch.float64), False),  # other dtype: torch casts it
-])
+@pytest.mark.parametrize(
+    "stored, torch_refuses",
+    [
+        (full(1, 3), True),  # smaller: torch's size assertion
+        (full(3, 2), True),  # other shape, same count
+        (full(6), True),  # other rank
+        (full(3, 3), False),  # larger: torch narrows it
+        (full(2, 3, dtype=torch.float64), False),  # other dtype: torch casts it
+    ],
+)
 def test_chunk_stored_unlike_its_metadata(tmp_path, capsys, stored, torch_refuses):
-    folder = write_dcp(tmp_path / "d", (4, 3), [((0, 0), (2, 3), stored),
-                                                ((2, 0), (2, 3), full(2, 3, value=2.0))])
+    folder = write_dcp(
+        tmp_path / "d", (4, 3), [((0, 0), (2, 3), stored), ((2, 0), (2, 3), full(2, 3, value=2.0))]
+    )
     assert isinstance(torch_reads(folder), BaseException) == torch_refuses
-    checkpoint = open_checkpoint(folder)                  # the metadata alone is consistent
+    checkpoint = open_checkpoint(folder)  # the metadata alone is consistent
     tensor = checkpoint.find("w").tensor
     with pytest.raises(StructureError, match=r"chunk at \[0, 0\] in d.distcp at offset 0 stores"):
         run(compute(tensor))
@@ -143,8 +165,9 @@ def test_chunk_stored_unlike_its_metadata(tmp_path, capsys, stored, torch_refuse
 
 
 def test_unknown_transform_is_refused_as_torch_refuses(tmp_path, capsys):
-    folder = write_dcp(tmp_path / "t", (4, 3), [((0, 0), (4, 3), full(4, 3))],
-                       transforms=["stream.rot13/1"])
+    folder = write_dcp(
+        tmp_path / "t", (4, 3), [((0, 0), (4, 3), full(4, 3))], transforms=["stream.rot13/1"]
+    )
     assert "Unknown extension" in str(torch_reads(folder))
     with pytest.raises(StructureError, match="transform 'stream.rot13'"):
         open_checkpoint(folder)
@@ -171,6 +194,7 @@ def test_torch_written_dcp_is_intact(tmp_path, capsys):
 
 # --- .pt2 view geometry: torch.export.load builds each entry with torch.as_strided ----------
 
+
 @pytest.fixture(scope="module")
 def pt2_archive(tmp_path_factory):
     import warnings
@@ -179,8 +203,9 @@ def pt2_archive(tmp_path_factory):
     path = tmp_path_factory.mktemp("pt2") / "m.pt2"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.export.save(torch.export.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),)),
-                          str(path))
+        torch.export.save(
+            torch.export.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),)), str(path)
+        )
     return str(path)
 
 
@@ -195,8 +220,11 @@ def pt2_with(src, dst, **tensor_meta) -> str:
             if name.endswith("_weights_config.json"):
                 config = json.loads(data)
                 config["config"]["weight"]["tensor_meta"].update(
-                    {k: [{"as_int": v} for v in vs] if isinstance(vs, list) else {"as_int": vs}
-                     for k, vs in tensor_meta.items()})
+                    {
+                        k: [{"as_int": v} for v in vs] if isinstance(vs, list) else {"as_int": vs}
+                        for k, vs in tensor_meta.items()
+                    }
+                )
                 data = json.dumps(config).encode()
             zout.writestr(name, data)
     return str(dst)
@@ -205,18 +233,21 @@ def pt2_with(src, dst, **tensor_meta) -> str:
 def torch_export_loads(path):
     import logging
 
-    logging.getLogger("torch.export").setLevel(logging.CRITICAL)   # its traceback warning
+    logging.getLogger("torch.export").setLevel(logging.CRITICAL)  # its traceback warning
     try:
         return torch.export.load(path).state_dict
-    except Exception as exc:    # noqa: BLE001 - the reference's refusal
+    except Exception as exc:  # noqa: BLE001 - the reference's refusal
         return exc
 
 
-@pytest.mark.parametrize("meta, what", [
-    ({"strides": [3, -1], "storage_offset": 2}, "negative stride"),
-    ({"storage_offset": 1}, "reaching element 7 of record weight_0, which holds 6"),
-    ({"sizes": [3, 3]}, "reaching element 9"),
-])
+@pytest.mark.parametrize(
+    "meta, what",
+    [
+        ({"strides": [3, -1], "storage_offset": 2}, "negative stride"),
+        ({"storage_offset": 1}, "reaching element 7 of record weight_0, which holds 6"),
+        ({"sizes": [3, 3]}, "reaching element 9"),
+    ],
+)
 def test_pt2_views_torch_refuses_are_refused(pt2_archive, tmp_path, capsys, meta, what):
     path = pt2_with(pt2_archive, tmp_path / "bad.pt2", **meta)
     assert isinstance(torch_export_loads(path), Exception)
@@ -237,6 +268,7 @@ def test_pt2_views_torch_reads_are_read_alike(pt2_archive, tmp_path):
 
 
 # --- GGUF keys: the gguf package's GGUFReader is the oracle ----------------------------------
+
 
 def small_gguf(path, patch=None, **uint64_keys) -> str:
     """A GGUF file from gguf's own writer (keys general.aaaa and general.bbbb, tensors aaaa
@@ -268,18 +300,29 @@ def gguf_reads(path):
 
     try:
         return gguf.GGUFReader(path)
-    except Exception as exc:    # noqa: BLE001 - the reference's refusal
+    except Exception as exc:  # noqa: BLE001 - the reference's refusal
         return exc
 
 
-@pytest.mark.parametrize("patch, uint64_keys, what", [
-    ({b"general.bbbb": b"general.aaaa"}, {}, "key 'general.aaaa' appears twice"),
-    ({b"general.bbbb": b"GGUF.version"}, {}, "key 'GGUF.version' appears twice"),
-    ({b"general.bbbb": b"general.\xffbbb"}, {}, "metadata key at byte .* is not valid UTF-8"),
-    ({b"\x04" + bytes(7) + b"bbbb": b"\x04" + bytes(7) + b"aaaa"}, {}, "names tensor 'aaaa' twice"),
-    ({b"\x04" + bytes(7) + b"bbbb": b"\x04" + bytes(7) + b"b\xffbb"}, {}, "tensor name at byte"),
-    ({}, {"general__alignment": 32}, "general.alignment is of value type 10, not UINT32"),
-])
+@pytest.mark.parametrize(
+    "patch, uint64_keys, what",
+    [
+        ({b"general.bbbb": b"general.aaaa"}, {}, "key 'general.aaaa' appears twice"),
+        ({b"general.bbbb": b"GGUF.version"}, {}, "key 'GGUF.version' appears twice"),
+        ({b"general.bbbb": b"general.\xffbbb"}, {}, "metadata key at byte .* is not valid UTF-8"),
+        (
+            {b"\x04" + bytes(7) + b"bbbb": b"\x04" + bytes(7) + b"aaaa"},
+            {},
+            "names tensor 'aaaa' twice",
+        ),
+        (
+            {b"\x04" + bytes(7) + b"bbbb": b"\x04" + bytes(7) + b"b\xffbb"},
+            {},
+            "tensor name at byte",
+        ),
+        ({}, {"general__alignment": 32}, "general.alignment is of value type 10, not UINT32"),
+    ],
+)
 def test_gguf_files_gguf_refuses_are_refused(tmp_path, capsys, patch, uint64_keys, what):
     path = small_gguf(tmp_path / "m.gguf", patch, **uint64_keys)
     assert isinstance(gguf_reads(path), Exception)
@@ -301,9 +344,15 @@ def test_gguf_file_gguf_reads_is_read_alike(tmp_path):
 
 # --- folders as their own loaders read them (issue #20) --------------------------------------
 
+
 def same_bits(a, b) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(
+            a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8)
+        )
+    )
 
 
 def hf_reader_state(folder) -> dict:
@@ -311,8 +360,10 @@ def hf_reader_state(folder) -> dict:
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
     metadata = HuggingFaceStorageReader(folder).read_metadata()
-    state = {key: torch.empty(md.size, dtype=md.properties.dtype)
-             for key, md in metadata.state_dict_metadata.items()}
+    state = {
+        key: torch.empty(md.size, dtype=md.properties.dtype)
+        for key, md in metadata.state_dict_metadata.items()
+    }
     dcp.load(state, storage_reader=HuggingFaceStorageReader(folder), no_dist=True)
     return state
 
@@ -329,11 +380,11 @@ def assert_reads_like(checkpoint, expected: dict):
 def test_hf_storage_writer_folder_opens_as_its_reader_reads_it(tmp_path, capsys):
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    state = {"emb": torch.randn(6, 4), "norm.b": torch.randn(5).bfloat16(),
-             "ints": torch.arange(7)}
+    state = {"emb": torch.randn(6, 4), "norm.b": torch.randn(5).bfloat16(), "ints": torch.arange(7)}
     folder = str(tmp_path / "hf")
-    dcp.save(state, storage_writer=HuggingFaceStorageWriter(folder, save_distributed=True),
-             no_dist=True)
+    dcp.save(
+        state, storage_writer=HuggingFaceStorageWriter(folder, save_distributed=True), no_dist=True
+    )
     assert not [n for n in os.listdir(folder) if n.endswith(".json") or n == ".metadata"]
     checkpoint = open_checkpoint(folder)
     assert checkpoint.format == "dcp"
@@ -351,18 +402,23 @@ def write_rank_files(folder, ranks):
     os.makedirs(folder)
     for rank, tensors in enumerate(ranks):
         info = {key: {"saved_offsets": list(offsets)} for key, (offsets, _) in tensors.items()}
-        save_file({key: t for key, (_, t) in tensors.items()},
-                  os.path.join(folder, f"shard-{rank:05d}-model-00001-of-00001.safetensors"),
-                  metadata={"format": "pt", "DCP_SHARDING_INFO": json.dumps(info),
-                            "DCP_VERSION": "1.0"})
+        save_file(
+            {key: t for key, (_, t) in tensors.items()},
+            os.path.join(folder, f"shard-{rank:05d}-model-00001-of-00001.safetensors"),
+            metadata={"format": "pt", "DCP_SHARDING_INFO": json.dumps(info), "DCP_VERSION": "1.0"},
+        )
     return str(folder)
 
 
 def test_hf_storage_rank_files_assemble_like_its_reader(tmp_path):
     w = torch.randn(6, 4)
-    folder = write_rank_files(tmp_path / "ranks", [
-        {"w": ((0, 0), w[:3].clone()), "only0": ((0,), torch.arange(3))},
-        {"w": ((3, 0), w[3:].clone())}])
+    folder = write_rank_files(
+        tmp_path / "ranks",
+        [
+            {"w": ((0, 0), w[:3].clone()), "only0": ((0,), torch.arange(3))},
+            {"w": ((3, 0), w[3:].clone())},
+        ],
+    )
     expected = hf_reader_state(folder)
     assert same_bits(expected["w"], w)
     checkpoint = open_checkpoint(folder)
@@ -373,8 +429,10 @@ def test_hf_storage_rank_files_assemble_like_its_reader(tmp_path):
 
 
 def test_hf_storage_rank_files_that_overlap_are_refused(tmp_path, capsys):
-    folder = write_rank_files(tmp_path / "ranks", [
-        {"w": ((0, 0), torch.ones(4, 4))}, {"w": ((2, 0), torch.full((4, 4), 2.0))}])
+    folder = write_rank_files(
+        tmp_path / "ranks",
+        [{"w": ((0, 0), torch.ones(4, 4))}, {"w": ((2, 0), torch.full((4, 4), 2.0))}],
+    )
     with pytest.raises(StructureError, match="'w' is ambiguous"):
         open_checkpoint(folder)
     assert "'w'" in verify_line(folder, capsys)
@@ -386,10 +444,12 @@ def gpt2(tmp_path_factory):
     sharded safetensors (with its index), a single safetensors file, a .bin file."""
     transformers = pytest.importorskip("transformers")
     base = tmp_path_factory.mktemp("gpt2")
-    config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16,
-                                     n_positions=8, bos_token_id=0, eos_token_id=0)
-    for seed, (name, kwargs) in enumerate({"sharded": {"max_shard_size": "2KB"},
-                                           "single": {}, "bin": {}}.items()):
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8, bos_token_id=0, eos_token_id=0
+    )
+    for seed, (name, kwargs) in enumerate(
+        {"sharded": {"max_shard_size": "2KB"}, "single": {}, "bin": {}}.items()
+    ):
         torch.manual_seed(seed)
         model = transformers.GPT2LMHeadModel(config)
         model.save_pretrained(base / name, **kwargs)
@@ -409,19 +469,23 @@ def gpt2_folder(gpt2, folder, *parts) -> str:
     return str(folder)
 
 
-@pytest.mark.parametrize("parts, read, unread", [
-    (("sharded", "single"), "model.safetensors", "model.safetensors.index.json"),
-    (("sharded", "bin"), "model.safetensors.index.json", "pytorch_model.bin"),
-    (("single", "bin"), "model.safetensors", "pytorch_model.bin"),
-])
+@pytest.mark.parametrize(
+    "parts, read, unread",
+    [
+        (("sharded", "single"), "model.safetensors", "model.safetensors.index.json"),
+        (("sharded", "bin"), "model.safetensors.index.json", "pytorch_model.bin"),
+        (("single", "bin"), "model.safetensors", "pytorch_model.bin"),
+    ],
+)
 def test_folder_reads_what_from_pretrained_reads(gpt2, tmp_path, parts, read, unread):
     import transformers
 
     folder = gpt2_folder(gpt2, tmp_path / "m", *parts)
     reference = transformers.GPT2LMHeadModel.from_pretrained(folder).state_dict()
     checkpoint = open_checkpoint(folder)
-    assert f"{unread} is not read: from_pretrained reads {read} in this folder" in \
-        checkpoint.warnings
+    assert (
+        f"{unread} is not read: from_pretrained reads {read} in this folder" in checkpoint.warnings
+    )
     keys = [key for key, _, _ in checkpoint.tensors()]
     assert_reads_like(checkpoint, {key: reference[key] for key in keys})
 
@@ -432,8 +496,9 @@ def test_variant_index_opens_as_a_file_and_as_a_folder(gpt2, tmp_path):
     import transformers
 
     torch.manual_seed(5)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2LMHeadModel.from_pretrained(
-        str(gpt2 / "single")).config)
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2LMHeadModel.from_pretrained(str(gpt2 / "single")).config
+    )
     folder = tmp_path / "fp16"
     model.save_pretrained(folder, variant="fp16", max_shard_size="2KB")
     reference = transformers.GPT2LMHeadModel.from_pretrained(folder, variant="fp16").state_dict()
@@ -479,9 +544,12 @@ def test_big_endian_gguf_reads_as_gguf_reader_reads_it(tmp_path):
     assert checkpoint.metadata["general.list"] == "[1, 2, 3]"
     listed = {key: t for key, t, _ in checkpoint.tensors()}
     assert list(listed) == [t.name for t in reader.tensors]
-    for t in reader.tensors:       # (gguf's dequantize views plain data in native order)
-        expected = t.data.astype(t.data.dtype.newbyteorder("=")) if t.data.dtype != np.uint8 \
+    for t in reader.tensors:  # (gguf's dequantize views plain data in native order)
+        expected = (
+            t.data.astype(t.data.dtype.newbyteorder("="))
+            if t.data.dtype != np.uint8
             else gguf.quants.dequantize(t.data, t.tensor_type)
+        )
         got = read_array(listed[t.name])
         assert got.dtype.newbyteorder("=") == expected.dtype, t.name
         assert np.array_equal(got, expected), t.name
@@ -491,5 +559,6 @@ def test_big_endian_gguf_reads_as_gguf_reader_reads_it(tmp_path):
     from safetensors.numpy import load_file
 
     for name, value in load_file(str(tmp_path / "o")).items():
-        assert np.array_equal(value, reader.tensors[[t.name for t in reader.tensors].index(
-            name)].data), name
+        assert np.array_equal(
+            value, reader.tensors[[t.name for t in reader.tensors].index(name)].data
+        ), name

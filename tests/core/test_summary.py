@@ -30,9 +30,11 @@ def split(path):
 def test_training_checkpoint_split_matches_torch_load(tmp_path):
     path = builders.training_checkpoint(tmp_path / "c.pt")
     loaded = torch.load(path, weights_only=True)
-    assert split(path) == {"model": numel(loaded["model_state_dict"]),
-                           "optimizer_state": numel(loaded["optimizer_state_dict"]["state"]),
-                           "other": 0}
+    assert split(path) == {
+        "model": numel(loaded["model_state_dict"]),
+        "optimizer_state": numel(loaded["optimizer_state_dict"]["state"]),
+        "other": 0,
+    }
 
 
 def test_adam_state_is_not_reported_as_parameters(tmp_path):
@@ -40,40 +42,52 @@ def test_adam_state_is_not_reported_as_parameters(tmp_path):
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 100)).sum().backward()
     optimizer.step()
-    path = builders.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                         tmp_path / "adam.pt")
+    path = builders.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "adam.pt"
+    )
     parameters = sum(p.numel() for p in model.parameters())
     checkpoint = open_checkpoint(path)
     total = totals(checkpoint)
     assert total.split == {"model": parameters, "optimizer_state": 2 * parameters + 4, "other": 0}
     report = "\n".join(text_report(checkpoint))
-    assert (f"parameters: {format_count(parameters)} model, "
-            f"{format_count(2 * parameters + 4)} optimizer state, 0 other") in report
+    assert (
+        f"parameters: {format_count(parameters)} model, "
+        f"{format_count(2 * parameters + 4)} optimizer state, 0 other"
+    ) in report
     assert f"parameters: {format_count(total.params)}" not in report
 
 
 def test_bare_files(tmp_path):
     model = builders.tiny_model()
     state_dict_path = builders.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-    assert split(state_dict_path) == {"model": numel(model.state_dict()), "optimizer_state": 0,
-                                      "other": 0}
+    assert split(state_dict_path) == {
+        "model": numel(model.state_dict()),
+        "optimizer_state": 0,
+        "other": 0,
+    }
     safetensors_path = builders.safetensors_file(tmp_path / "m.safetensors")
     assert split(safetensors_path)["model"] == 3 * 4 + 3 + 2 * 3
     hf = builders.hf_directory(tmp_path / "hf")
     assert split(hf) == {"model": 2 * (10 * 4 + 4 * 4), "optimizer_state": 0, "other": 0}
     model, optimizer = builders.trained()
     optimizer_path = builders.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
-    assert split(optimizer_path) == {"model": 0, "other": 0,
-                                     "optimizer_state": numel(optimizer.state_dict()["state"])}
+    assert split(optimizer_path) == {
+        "model": 0,
+        "other": 0,
+        "optimizer_state": numel(optimizer.state_dict()["state"]),
+    }
 
 
 def test_ema_copies_and_other_tensors(tmp_path):
     model = builders.tiny_model()
     ema = {k: v.clone() for k, v in model.state_dict().items()}
-    obj = {"model": model.state_dict(), "model_ema": ema,
-           "history": [torch.zeros(5), torch.zeros(2)],          # a list: other
-           "extra": {"note": "x", "noise": torch.zeros(7)},      # not only tensors: other
-           "optimizer": {"state": {}, "param_groups": [{"params": [], "lr": torch.tensor(0.1)}]}}
+    obj = {
+        "model": model.state_dict(),
+        "model_ema": ema,
+        "history": [torch.zeros(5), torch.zeros(2)],  # a list: other
+        "extra": {"note": "x", "noise": torch.zeros(7)},  # not only tensors: other
+        "optimizer": {"state": {}, "param_groups": [{"params": [], "lr": torch.tensor(0.1)}]},
+    }
     path = builders.save(obj, tmp_path / "e.pt")
     assert split(path) == {"model": 2 * numel(ema), "optimizer_state": 0, "other": 5 + 2 + 7 + 1}
 
@@ -101,29 +115,52 @@ def test_dcp_directory_is_model(tmp_path):
 def test_dcp_optimizer_state(tmp_path):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
+
     model, optimizer = builders.trained()
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state},
-             checkpoint_id=str(tmp_path / "dcp"))
-    assert split(str(tmp_path / "dcp")) == {"model": numel(model_state), "other": 0,
-                                            "optimizer_state": numel(optimizer_state["state"])}
+    dcp.save(
+        {"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(tmp_path / "dcp")
+    )
+    assert split(str(tmp_path / "dcp")) == {
+        "model": numel(model_state),
+        "other": 0,
+        "optimizer_state": numel(optimizer_state["state"]),
+    }
 
 
 def test_scalars_lead_with_epoch_step_metrics_then_hyperparameters():
     from ckpt_viewer.core.summary import scalars_by_importance
+
     scalars = {f"loops.fit_loop.epoch_loop.batch_progress.total.c{i}": i for i in range(100)}
-    scalars.update({"pytorch-lightning_version": "2.4.0", "hyper_parameters.lr": 0.1,
-                    "hyper_parameters.name": "run", "callbacks.ckpt.best_model_score": 0.9,
-                    "val_loss": 0.5, "global_step": 120, "epoch": 3, "optimizer.interval": 1})
+    scalars.update(
+        {
+            "pytorch-lightning_version": "2.4.0",
+            "hyper_parameters.lr": 0.1,
+            "hyper_parameters.name": "run",
+            "callbacks.ckpt.best_model_score": 0.9,
+            "val_loss": 0.5,
+            "global_step": 120,
+            "epoch": 3,
+            "optimizer.interval": 1,
+        }
+    )
     order = [key for key, _ in scalars_by_importance(scalars)]
-    assert order[:8] == ["global_step", "epoch", "callbacks.ckpt.best_model_score", "val_loss",
-                         "hyper_parameters.lr", "hyper_parameters.name",
-                         "pytorch-lightning_version", "optimizer.interval"]
+    assert order[:8] == [
+        "global_step",
+        "epoch",
+        "callbacks.ckpt.best_model_score",
+        "val_loss",
+        "hyper_parameters.lr",
+        "hyper_parameters.name",
+        "pytorch-lightning_version",
+        "optimizer.interval",
+    ]
     assert order[8:] == [f"loops.fit_loop.epoch_loop.batch_progress.total.c{i}" for i in range(100)]
 
 
 def test_suggested_root_is_the_state_dict_the_keys_lie_in(tmp_path):
     from ckpt_viewer.core.summary import suggested_root
+
     checkpoint = open_checkpoint(builders.training_checkpoint(tmp_path / "c.pt"))
     model_keys = [k for k, _, _ in checkpoint.tensors() if k.startswith("model_state_dict.0.")]
     assert suggested_root(checkpoint, model_keys) == "model_state_dict"
@@ -146,24 +183,32 @@ class WithMask(torch.nn.Module):
 
 def test_model_parameters_counted_apart_from_buffers(tmp_path):
     from safetensors.torch import save_file
+
     torch.manual_seed(0)
     model = WithMask()
     parameters = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers())
     state_dict = model.state_dict()
-    bn_stats = sum(v.numel() for k, v in state_dict.items() if k.startswith("bn.running")
-                   or k.endswith("num_batches_tracked"))
+    bn_stats = sum(
+        v.numel()
+        for k, v in state_dict.items()
+        if k.startswith("bn.running") or k.endswith("num_batches_tracked")
+    )
     save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp_path / "m.safetensors")
-    files = {   # the whole module: roles from _parameters/_buffers; state_dicts: by BN's names
+    files = {  # the whole module: roles from _parameters/_buffers; state_dicts: by BN's names
         builders.save(model, tmp_path / "model.pt"): (parameters, buffers),
         builders.save(state_dict, tmp_path / "sd.pt"): (parameters + 4, bn_stats),
-        str(tmp_path / "m.safetensors"): (parameters + 4, bn_stats)}
+        str(tmp_path / "m.safetensors"): (parameters + 4, bn_stats),
+    }
     for path, (expected_parameters, expected_buffers) in files.items():
         checkpoint = open_checkpoint(path)
         total = totals(checkpoint)
         assert total.split["model"] == parameters + buffers, path
-        assert (total.split["model"] - total.model_buffers, total.model_buffers) == \
-            (expected_parameters, expected_buffers), path
-        assert (f"parameters: {format_count(expected_parameters)} model + "
-                f"{format_count(expected_buffers)} buffers, 0 optimizer state, 0 other") in \
-            "\n".join(text_report(checkpoint))
+        assert (total.split["model"] - total.model_buffers, total.model_buffers) == (
+            expected_parameters,
+            expected_buffers,
+        ), path
+        assert (
+            f"parameters: {format_count(expected_parameters)} model + "
+            f"{format_count(expected_buffers)} buffers, 0 optimizer state, 0 other"
+        ) in "\n".join(text_report(checkpoint))

@@ -21,9 +21,14 @@ def reference(path: str) -> dict:
     """{key: tensor or ndarray} of one file, as its own loader returns it."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
+
         return load_file(path)
-    numpy_globals = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
-                     type(np.dtype(np.uint32))]
+    numpy_globals = [
+        np._core.multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
     with torch.serialization.safe_globals(numpy_globals):
         return flatten(torch.load(path, weights_only=True, map_location="cpu"))
 
@@ -31,8 +36,13 @@ def reference(path: str) -> dict:
 def flatten(obj, prefix="") -> dict:
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         return {prefix: obj}
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) \
-        if isinstance(obj, (list, tuple)) else ()
+    items = (
+        obj.items()
+        if isinstance(obj, dict)
+        else enumerate(obj)
+        if isinstance(obj, (list, tuple))
+        else ()
+    )
     out = {}
     for key, value in items:
         out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
@@ -48,13 +58,15 @@ def assert_parts_match(checkpoint, folder, parts):
     listed = {key: info for key, info, _ in checkpoint.tensors()}
     for part in parts:
         expected = reference(os.path.join(folder, part))
-        mine = {k[len(part) + 1:]: v for k, v in listed.items() if k.startswith(part + ".")}
+        mine = {k[len(part) + 1 :]: v for k, v in listed.items() if k.startswith(part + ".")}
         tensors = {k: v for k, v in expected.items() if isinstance(v, torch.Tensor)}
         assert set(tensors) <= set(mine) <= set(expected), part
         for key, value in tensors.items():
             info = mine[key]
-            assert (info.shape, info.dtype) == \
-                (tuple(value.shape), str(value.dtype).removeprefix("torch.")), (part, key)
+            assert (info.shape, info.dtype) == (
+                tuple(value.shape),
+                str(value.dtype).removeprefix("torch."),
+            ), (part, key)
             assert info.nbytes == value.numel() * value.element_size(), (part, key)
             assert bits(read_tensor(info)) == bits(value), (part, key)
 
@@ -65,19 +77,30 @@ def file_sizes(folder, names):
 
 # --- folders made by the libraries themselves -----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trainer_checkpoint(tmp_path_factory):
     pytest.importorskip("accelerate")
     transformers = pytest.importorskip("transformers")
     out = tmp_path_factory.mktemp("trainer")
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8))
-    data = [{"input_ids": torch.randint(0, 16, (8,)), "labels": torch.randint(0, 16, (8,))}
-            for _ in range(4)]
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8)
+    )
+    data = [
+        {"input_ids": torch.randint(0, 16, (8,)), "labels": torch.randint(0, 16, (8,))}
+        for _ in range(4)
+    ]
     args = transformers.TrainingArguments(
-        output_dir=str(out), max_steps=2, save_steps=2, per_device_train_batch_size=2,
-        report_to=[], use_cpu=True, logging_steps=1, disable_tqdm=True)
+        output_dir=str(out),
+        max_steps=2,
+        save_steps=2,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
     transformers.Trainer(model=model, args=args, train_dataset=data).train()
     return str(out / "checkpoint-2")
 
@@ -85,13 +108,20 @@ def trainer_checkpoint(tmp_path_factory):
 def test_trainer_checkpoint_is_one_checkpoint(trainer_checkpoint):
     folder = trainer_checkpoint
     checkpoint = open_checkpoint(folder)
-    parts = ["model.safetensors", "optimizer.pt", "rng_state.pth", "scheduler.pt",
-             "trainer_state.json", "training_args.bin"]
+    parts = [
+        "model.safetensors",
+        "optimizer.pt",
+        "rng_state.pth",
+        "scheduler.pt",
+        "trainer_state.json",
+        "training_args.bin",
+    ]
     assert checkpoint.format == "hf-trainer" and checkpoint.path == folder
     assert [c.name for c in checkpoint.root.children] == parts
     assert checkpoint.file_bytes == file_sizes(folder, parts)
-    assert_parts_match(checkpoint, folder, ["model.safetensors", "optimizer.pt",
-                                            "rng_state.pth", "scheduler.pt"])
+    assert_parts_match(
+        checkpoint, folder, ["model.safetensors", "optimizer.pt", "rng_state.pth", "scheduler.pt"]
+    )
     # the optimizer and the model it trains are siblings under the root
     assert [o.key for o in checkpoint.optimizers] == ["optimizer.pt"]
     assert checkpoint.find("optimizer.pt").kind == "optimizer"
@@ -102,8 +132,10 @@ def test_trainer_checkpoint_is_one_checkpoint(trainer_checkpoint):
     assert scalars["trainer_state.json.epoch"] == state["epoch"]
     assert checkpoint.find("trainer_state.json.best_metric").value is None
     assert scalars["trainer_state.json.log_history.entries"] == len(state["log_history"])
-    assert scalars["trainer_state.json.log_history.last_train_log.loss"] == \
-        state["log_history"][-1]["loss"]
+    assert (
+        scalars["trainer_state.json.log_history.last_train_log.loss"]
+        == state["log_history"][-1]["loss"]
+    )
     # training_args.bin: a TrainingArguments dataclass decoded as data, never run
     assert checkpoint.find("training_args.bin").type_name.endswith("TrainingArguments")
     assert scalars["training_args.bin.max_steps"] == 2
@@ -118,8 +150,9 @@ def accelerate_states(tmp_path_factory):
     out = tmp_path_factory.mktemp("accelerate")
     torch.manual_seed(0)
     acc = accelerate.Accelerator(cpu=True)
-    first = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3),
-                                torch.nn.Linear(3, 2))
+    first = torch.nn.Sequential(
+        torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)
+    )
     second = torch.nn.Linear(2, 2)
     adam = torch.optim.AdamW(first.parameters())
     sgd = torch.optim.SGD(second.parameters(), lr=0.1, momentum=0.9)
@@ -143,14 +176,23 @@ def accelerate_states(tmp_path_factory):
     return str(out)
 
 
-@pytest.mark.parametrize("flavour, models", [
-    ("safetensors", ["model.safetensors", "model_1.safetensors"]),
-    ("bin", ["pytorch_model.bin", "pytorch_model_1.bin"])])
+@pytest.mark.parametrize(
+    "flavour, models",
+    [
+        ("safetensors", ["model.safetensors", "model_1.safetensors"]),
+        ("bin", ["pytorch_model.bin", "pytorch_model_1.bin"]),
+    ],
+)
 def test_accelerate_save_state(accelerate_states, flavour, models):
     folder = os.path.join(accelerate_states, flavour)
     checkpoint = open_checkpoint(folder)
-    state = ["custom_checkpoint_0.pkl", "optimizer.bin", "optimizer_1.bin",
-             "random_states_0.pkl", "scheduler.bin"]
+    state = [
+        "custom_checkpoint_0.pkl",
+        "optimizer.bin",
+        "optimizer_1.bin",
+        "random_states_0.pkl",
+        "scheduler.bin",
+    ]
     assert checkpoint.format == "accelerate"
     assert [c.name for c in checkpoint.root.children] == models + state
     assert checkpoint.file_bytes == file_sizes(folder, models + state)
@@ -165,8 +207,9 @@ def test_peft_adapter_folder(tmp_path, safe):
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    base = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8))
+    base = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8)
+    )
     model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["c_attn"]))
     model.save_pretrained(str(tmp_path), safe_serialization=safe)
     weights = "adapter_model.safetensors" if safe else "adapter_model.bin"
@@ -184,15 +227,26 @@ def test_peft_adapter_folder(tmp_path, safe):
 
 # --- folders laid out by hand (the same file names), when the libraries are absent -----------
 
+
 def test_single_weights_file_shows_its_config(tmp_path):
     builders.safetensors_file(tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"model_type": "tiny", "hidden_size": 4, "architectures": ["TinyModel"],
-         "nested": {"ignored": 1}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "tiny",
+                "hidden_size": 4,
+                "architectures": ["TinyModel"],
+                "nested": {"ignored": 1},
+            }
+        )
+    )
     checkpoint = open_checkpoint(str(tmp_path))
     assert checkpoint.format == "safetensors"
-    assert {k for k, _, _ in checkpoint.tensors()} == {"encoder.weight", "encoder.bias",
-                                                       "head.weight"}
+    assert {k for k, _, _ in checkpoint.tensors()} == {
+        "encoder.weight",
+        "encoder.bias",
+        "head.weight",
+    }
     assert checkpoint.metadata["config.model_type"] == "tiny"
     assert checkpoint.metadata["config.architectures"] == "TinyModel"
     assert not any("nested" in k for k in checkpoint.metadata)
@@ -206,8 +260,10 @@ def hand_made_trainer_folder(folder, sharded=False):
         builders.hf_directory(folder)
     else:
         os.makedirs(folder, exist_ok=True)
-        builders.safetensors_file(os.path.join(folder, "model.safetensors"),
-                                  {k: v.contiguous() for k, v in model.state_dict().items()})
+        builders.safetensors_file(
+            os.path.join(folder, "model.safetensors"),
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+        )
     torch.save(optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     torch.save(scheduler.state_dict(), os.path.join(folder, "scheduler.pt"))
@@ -217,16 +273,30 @@ def hand_made_trainer_folder(folder, sharded=False):
     history.insert(4, {"eval_loss": 2.0, "eval_runtime": 0.1, "step": 4, "epoch": 1.0})
     history.append({"train_runtime": 1.5, "train_loss": 2.2, "step": 8, "epoch": 2.0})
     with open(os.path.join(folder, "trainer_state.json"), "w") as f:
-        json.dump({"global_step": 8, "epoch": 2.0, "best_metric": 2.0,
-                   "best_model_checkpoint": "out/checkpoint-4", "log_history": history}, f)
+        json.dump(
+            {
+                "global_step": 8,
+                "epoch": 2.0,
+                "best_metric": 2.0,
+                "best_model_checkpoint": "out/checkpoint-4",
+                "log_history": history,
+            },
+            f,
+        )
     return str(folder)
 
 
 def test_hand_made_trainer_folder(tmp_path):
     folder = hand_made_trainer_folder(tmp_path / "checkpoint-8")
     checkpoint = open_checkpoint(folder)
-    parts = ["model.safetensors", "optimizer.pt", "rng_state_1.pth", "scaler.pt",
-             "scheduler.pt", "trainer_state.json"]
+    parts = [
+        "model.safetensors",
+        "optimizer.pt",
+        "rng_state_1.pth",
+        "scaler.pt",
+        "scheduler.pt",
+        "trainer_state.json",
+    ]
     assert checkpoint.format == "hf-trainer"
     assert [c.name for c in checkpoint.root.children] == parts
     assert_parts_match(checkpoint, folder, parts[:-1])
@@ -238,7 +308,7 @@ def test_hand_made_trainer_folder(tmp_path):
     assert scalars["trainer_state.json.log_history.min_loss"] == pytest.approx(1.7)
     assert scalars["trainer_state.json.log_history.last_eval_log.eval_loss"] == 2.0
     assert scalars["trainer_state.json.log_history.train_summary.train_runtime"] == 1.5
-    assert not any(".log_history.5" in k for k in scalars)     # summarised, not listed
+    assert not any(".log_history.5" in k for k in scalars)  # summarised, not listed
     assert [o.key for o in checkpoint.optimizers] == ["optimizer.pt"]
 
 
@@ -249,8 +319,9 @@ def test_sharded_model_inside_a_training_folder(tmp_path):
     assert names[0] == "model.safetensors.index.json"
     assert not any(n.startswith("model-0000") for n in names)
     assert {k for k, _, _ in checkpoint.tensors() if k.startswith(names[0])} == {
-        f"{names[0]}.{k}" for k in ("embed.weight", "layers.0.weight", "layers.1.weight",
-                                     "lm_head.weight")}
+        f"{names[0]}.{k}"
+        for k in ("embed.weight", "layers.0.weight", "layers.1.weight", "lm_head.weight")
+    }
     assert checkpoint.metadata["config.model_type"] == "tiny"
 
 
@@ -273,12 +344,14 @@ def test_a_folder_of_unreadable_parts_is_one_line_error(tmp_path):
 
 def test_hostile_part_reports_its_globals_with_its_file_name(tmp_path):
     folder = hand_made_trainer_folder(tmp_path / "checkpoint-8")
-    torch.save({"args": builders.Call(os.system, "echo owned")},
-               os.path.join(folder, "training_args.bin"))
+    torch.save(
+        {"args": builders.Call(os.system, "echo owned")}, os.path.join(folder, "training_args.bin")
+    )
     checkpoint = open_checkpoint(folder)
     assert any(g.endswith(".system") for g in checkpoint.unsafe_globals)
-    assert any(w.startswith("training_args.bin: refers to") and "system" in w
-               for w in checkpoint.warnings)
+    assert any(
+        w.startswith("training_args.bin: refers to") and "system" in w for w in checkpoint.warnings
+    )
 
 
 def test_verify_reads_every_part(tmp_path):
@@ -306,8 +379,16 @@ def test_verify_reads_every_part(tmp_path):
     assert not report.ok and report.problem.startswith("optimizer.pt: ")
 
 
-@pytest.mark.parametrize("name", ["training_args.bin", "optimizer.pt", "rng_state_1.pth",
-                                  "scheduler.pt", "pytorch_model-00002-of-00002.bin"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "training_args.bin",
+        "optimizer.pt",
+        "rng_state_1.pth",
+        "scheduler.pt",
+        "pytorch_model-00002-of-00002.bin",
+    ],
+)
 def test_every_file_the_trainer_unpickles_is_triaged_and_never_run(tmp_path, name):
     """A payload in any file of a training folder, or in a .bin shard of its model, is `code`
     named by its file, in globals, inspect and verify; the canary never appears."""
@@ -327,12 +408,16 @@ def test_every_file_the_trainer_unpickles_is_triaged_and_never_run(tmp_path, nam
     torch.save({**content, "evil": builders.Call(os.system, f"touch {canary}")}, target)
     checkpoint = open_checkpoint(str(folder))
     code = [u for u in triage(checkpoint) if u.category == "code"]
-    assert code and any(name in key for u in code for key in u.keys), \
-        [(u.name, u.keys) for u in code]
+    assert code and any(name in key for u in code for key in u.keys), [
+        (u.name, u.keys) for u in code
+    ]
     assert "posix.system" in checkpoint.unsafe_globals
     for command in (["inspect", "--json"], ["globals"], ["verify"]):
-        result = subprocess.run([sys.executable, "-m", "ckpt_viewer", *command, str(folder)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "ckpt_viewer", *command, str(folder)],
+            capture_output=True,
+            text=True,
+        )
         assert "posix.system" in result.stdout, (command, result.stdout, result.stderr)
     assert not canary.exists()
 
@@ -348,8 +433,10 @@ def test_a_part_we_cannot_read_still_names_its_payload(tmp_path):
     canary = tmp_path / "CANARY"
     source = tmp_path / "full.pt"
     torch.save({"evil": builders.Call(os.system, f"touch {canary}"), "w": torch.ones(2)}, source)
-    with zipfile.ZipFile(source) as zin, \
-            zipfile.ZipFile(os.path.join(folder, "scheduler.pt"), "w") as zout:
+    with (
+        zipfile.ZipFile(source) as zin,
+        zipfile.ZipFile(os.path.join(folder, "scheduler.pt"), "w") as zout,
+    ):
         for info in zin.infolist():
             if not info.filename.endswith("/data/0"):
                 zout.writestr(info, zin.read(info))

@@ -26,8 +26,10 @@ from ckpt_viewer.core.open import open_checkpoint
 def named(module: str, name: str):
     """A stand-in function the gadget pickler writes as GLOBAL `module` `name`, whatever that
     resolves to (pickle resolves a dotted name attribute by attribute)."""
+
     def marker():
         pass
+
     marker.named = (module, name)
     return marker
 
@@ -44,8 +46,9 @@ class _GadgetPickler(pickle._Pickler):
     dispatch[types.FunctionType] = _save_named
 
 
-GADGET_PICKLE = types.SimpleNamespace(Pickler=_GadgetPickler, Unpickler=pickle.Unpickler,
-                                      __name__="gadget_pickle")
+GADGET_PICKLE = types.SimpleNamespace(
+    Pickler=_GadgetPickler, Unpickler=pickle.Unpickler, __name__="gadget_pickle"
+)
 
 
 def gadget_save(obj, path) -> str:
@@ -54,8 +57,9 @@ def gadget_save(obj, path) -> str:
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "ckpt_viewer", *map(str, args)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def canary_command(tmp_path) -> tuple[str, str]:
@@ -78,30 +82,41 @@ def assert_code_and_never_run(path, canary, where=None):
     assert any(g["category"] == "code" for g in inspect["globals"])
     assert set(u.name for u in code) <= set(inspect["unsafe_globals"])
     assert "code" in cli("verify", path).stdout
-    cli("export", path, "-o", os.path.join(os.path.dirname(canary), "out.safetensors"),
-        "--format", "safetensors")
+    cli(
+        "export",
+        path,
+        "-o",
+        os.path.join(os.path.dirname(canary), "out.safetensors"),
+        "--format",
+        "safetensors",
+    )
     assert not os.path.exists(canary)
 
 
 # --- triage by resolution ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("module, name", [
-    ("torch.distributed.checkpoint.filesystem", "os.system"),
-    ("torch.serialization", "os.system"),
-    ("numpy", "ctypeslib.os.system"),
-    ("omegaconf.base", "os.system"),
-    ("torch", "hub.sys.modules"),
-    ("torch.nn.modules.linear", "math.sqrt.__self__"),
-])
+
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("torch.distributed.checkpoint.filesystem", "os.system"),
+        ("torch.serialization", "os.system"),
+        ("numpy", "ctypeslib.os.system"),
+        ("omegaconf.base", "os.system"),
+        ("torch", "hub.sys.modules"),
+        ("torch.nn.modules.linear", "math.sqrt.__self__"),
+    ],
+)
 def test_dotted_names_are_what_they_resolve_to(tmp_path, module, name):
     canary, command = canary_command(tmp_path)
-    path = gadget_save({"w": torch.ones(2), "hook": builders.Call(named(module, name), command)},
-                       tmp_path / "g.pt")
+    path = gadget_save(
+        {"w": torch.ones(2), "hook": builders.Call(named(module, name), command)}, tmp_path / "g.pt"
+    )
     assert category(f"{module}.{name}", called=True, module=module) == "code"
     assert_code_and_never_run(path, canary, "hook")
 
 
-SERIALIZATION = named("torch", "serialization")     # a module, as pickle resolves it
+SERIALIZATION = named("torch", "serialization")  # a module, as pickle resolves it
 
 
 class Result(builders.Call):
@@ -111,15 +126,19 @@ class Result(builders.Call):
         raise AssertionError("never called")
 
 
-@pytest.mark.parametrize("gadget", [
-    lambda c: builders.Call(Result(getattr, Result(getattr, SERIALIZATION, "os"), "system"), c),
-    lambda c: builders.Call(Result(operator.attrgetter("os.system"), SERIALIZATION), c),
-    lambda c: builders.Call(functools.reduce, os.system, [c]),
-    lambda c: builders.Call(functools.partial(os.system, c)),
-    lambda c: builders.Call(functools.partial, os.system, c),
-    lambda c: builders.Call(named("torch.serialization", "pickle.loads"),
-                            pickle.dumps(builders.Call(os.system, c))),
-])
+@pytest.mark.parametrize(
+    "gadget",
+    [
+        lambda c: builders.Call(Result(getattr, Result(getattr, SERIALIZATION, "os"), "system"), c),
+        lambda c: builders.Call(Result(operator.attrgetter("os.system"), SERIALIZATION), c),
+        lambda c: builders.Call(functools.reduce, os.system, [c]),
+        lambda c: builders.Call(functools.partial(os.system, c)),
+        lambda c: builders.Call(functools.partial, os.system, c),
+        lambda c: builders.Call(
+            named("torch.serialization", "pickle.loads"), pickle.dumps(builders.Call(os.system, c))
+        ),
+    ],
+)
 def test_every_gadget_form_is_code(tmp_path, gadget):
     canary, command = canary_command(tmp_path)
     path = gadget_save({"w": torch.ones(2), "x": gadget(command)}, tmp_path / "g.pt")
@@ -139,8 +158,9 @@ def test_reconstructor_with_a_code_class_is_code(tmp_path):
     path = builders.save({"w": torch.ones(2), "x": gadget}, tmp_path / "r.pt")
     uses = {u.name: u.category for u in triage(open_checkpoint(path))}
     assert uses["copyreg._reconstructor"] == "code"
-    popen = builders.Call(copyreg._reconstructor, subprocess.Popen, subprocess.Popen,
-                          ["touch", canary])
+    popen = builders.Call(
+        copyreg._reconstructor, subprocess.Popen, subprocess.Popen, ["touch", canary]
+    )
     path = builders.save({"w": torch.ones(2), "x": popen}, tmp_path / "p.pt")
     uses = {u.name: u.category for u in triage(open_checkpoint(path))}
     assert uses["copyreg._reconstructor"] == "code" and uses["subprocess.Popen"] == "code"
@@ -156,9 +176,17 @@ def test_a_dotted_name_of_an_allowlisted_global_reads_as_torch_reads_it(tmp_path
 
     class Dotted:
         def __reduce__(self):
-            return (named("torch", "_utils._rebuild_tensor_v2"),
-                    (torch.tensor([1.5, -2.0]).storage(), 0, (2,), (1,), False,
-                     collections.OrderedDict()))
+            return (
+                named("torch", "_utils._rebuild_tensor_v2"),
+                (
+                    torch.tensor([1.5, -2.0]).storage(),
+                    0,
+                    (2,),
+                    (1,),
+                    False,
+                    collections.OrderedDict(),
+                ),
+            )
 
     path = tmp_path / "dotted.pt"
     torch.save({"w": Dotted()}, path, pickle_module=GADGET_PICKLE, pickle_protocol=2)
@@ -166,13 +194,18 @@ def test_a_dotted_name_of_an_allowlisted_global_reads_as_torch_reads_it(tmp_path
     checkpoint = open_checkpoint(str(path))
     assert not checkpoint.refusals
     assert {u.category for u in triage(checkpoint)} == {"torch"}
-    (key, info, _), = checkpoint.tensors()
+    ((key, info, _),) = checkpoint.tensors()
     assert key == "w" and torch.equal(read_tensor(info), expected)
 
 
 def test_plain_data_globals_are_still_data():
-    for name in ("torch.distributed.checkpoint.metadata.Metadata", "numpy.dtypes.Float32DType",
-                 "omegaconf.dictconfig.DictConfig", "argparse.Namespace", "_io.BytesIO"):
+    for name in (
+        "torch.distributed.checkpoint.metadata.Metadata",
+        "numpy.dtypes.Float32DType",
+        "omegaconf.dictconfig.DictConfig",
+        "argparse.Namespace",
+        "_io.BytesIO",
+    ):
         assert category(name) == "data"
     # exact names only: nothing under those modules is data by prefix
     assert category("torch.distributed.checkpoint.filesystem.Evil") == "class"
@@ -188,7 +221,8 @@ def test_dcp_metadata_gadget_and_no_weights_only_claim(tmp_path):
     dcp.save({"w": torch.ones(3)}, checkpoint_id=str(folder))
     metadata = FileSystemReader(str(folder)).read_metadata()
     metadata.planner_data = builders.Call(
-        named("torch.distributed.checkpoint.filesystem", "os.system"), command)
+        named("torch.distributed.checkpoint.filesystem", "os.system"), command
+    )
     with open(folder / ".metadata", "wb") as f:
         _GadgetPickler(f, protocol=4).dump(metadata)
     checkpoint = open_checkpoint(str(folder))
@@ -203,13 +237,16 @@ def test_dcp_metadata_gadget_and_no_weights_only_claim(tmp_path):
 
 # --- every pickle a loader unpickles ------------------------------------------------------------
 
+
 def test_dcp_bytes_item_payload(tmp_path):
     import torch.distributed.checkpoint as dcp
 
     canary, command = canary_command(tmp_path)
     folder = tmp_path / "dcp"
-    dcp.save({"w": torch.ones(3), "step": 4, "x": builders.Call(os.system, command)},
-             checkpoint_id=str(folder))
+    dcp.save(
+        {"w": torch.ones(3), "step": 4, "x": builders.Call(os.system, command)},
+        checkpoint_id=str(folder),
+    )
     assert_code_and_never_run(str(folder), canary, "x")
     assert open_checkpoint(str(folder)).scalars()["step"] == 4
 
@@ -241,8 +278,16 @@ def test_dcp_plain_bytes_items_are_not_code(tmp_path):
     import torch.distributed.checkpoint as dcp
 
     folder = tmp_path / "dcp"
-    dcp.save({"w": torch.ones(3), "b": b"abc", "bio": io.BytesIO(b"raw"), "step": 3,
-              "args": argparse.Namespace(lr=0.1)}, checkpoint_id=str(folder))
+    dcp.save(
+        {
+            "w": torch.ones(3),
+            "b": b"abc",
+            "bio": io.BytesIO(b"raw"),
+            "step": 3,
+            "args": argparse.Namespace(lr=0.1),
+        },
+        checkpoint_id=str(folder),
+    )
     uses = {u.name: u.category for u in triage(open_checkpoint(str(folder)))}
     assert "code" not in uses.values() and "class" not in uses.values(), uses
 
@@ -260,16 +305,18 @@ def test_dcp_raw_pickle_record_payload(tmp_path):
     oracle_path = _raw_pickle_dcp(tmp_path / "oracle", f"touch {oracle}")
     try:
         dcp.load({"w": torch.zeros(3), "x": b""}, checkpoint_id=oracle_path)
-    except CheckpointException:   # torch: "Invalid magic number", after running it
+    except CheckpointException:  # torch: "Invalid magic number", after running it
         pass
     assert oracle.exists()
 
 
 # --- verify: integrity apart from loadability --------------------------------------------------
 
+
 def test_verify_intact_file_that_weights_only_refuses(tmp_path):
-    path = builders.save({"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)},
-                         tmp_path / "ns.pt")
+    path = builders.save(
+        {"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)}, tmp_path / "ns.pt"
+    )
     result = cli("verify", path)
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("intact: ")
@@ -295,8 +342,9 @@ def test_verify_damage_is_still_damage(tmp_path):
 
 
 def test_whole_model_of_torch_classes_gets_the_allowlist_that_loads_it(tmp_path):
-    path = builders.save(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()),
-                         tmp_path / "m.pt")
+    path = builders.save(
+        torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), tmp_path / "m.pt"
+    )
     checkpoint = open_checkpoint(path)
     report = report_dict(checkpoint)
     assert {g["category"] for g in report["globals"]} == {"class", "torch"}
@@ -304,14 +352,14 @@ def test_whole_model_of_torch_classes_gets_the_allowlist_that_loads_it(tmp_path)
     assert "a class from the code that wrote the file" not in text
     assert report["snippet"]
     namespace = {}
-    exec(report["snippet"], namespace)      # the oracle: torch loads it with that allowlist
+    exec(report["snippet"], namespace)  # the oracle: torch loads it with that allowlist
     loaded = namespace["checkpoint"]
     assert isinstance(loaded, torch.nn.Sequential)
     assert cli("verify", path).returncode == 0
 
 
 def test_huge_integer_in_a_call_is_listed(tmp_path):
-    big = 10 ** 5000 + 7
+    big = 10**5000 + 7
 
     class Big:
         def __reduce__(self):
@@ -325,8 +373,9 @@ def test_huge_integer_in_a_call_is_listed(tmp_path):
     sys.set_int_max_str_digits(0)
     try:
         optimizer = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0], big: 1}]}
-        path = builders.save({"a": Big(), "b": Called(), big: 1, "opt": optimizer},
-                             tmp_path / "big.pt")
+        path = builders.save(
+            {"a": Big(), "b": Called(), big: 1, "opt": optimizer}, tmp_path / "big.pt"
+        )
         result = cli("inspect", "--json", path)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["scalars"]["a.n"] == big
@@ -346,8 +395,10 @@ def test_each_format_names_its_own_loader(tmp_path):
     cases = {
         builders.safetensors_file(tmp_path / "s.safetensors"): (False, "no pickle in it"),
         builders.hf_directory(tmp_path / "hf"): (False, "no pickle in it"),
-        builders.hf_directory(tmp_path / "hfbin", shard_format="bin"):
-            (True, "loads each of its pickled files"),
+        builders.hf_directory(tmp_path / "hfbin", shard_format="bin"): (
+            True,
+            "loads each of its pickled files",
+        ),
         builders.save({"w": torch.ones(2)}, tmp_path / "w.pt"): (True, "loads this file as it is"),
     }
     dcp.save({"w": torch.ones(2)}, checkpoint_id=str(tmp_path / "dcp"))
@@ -364,8 +415,9 @@ def test_a_file_we_refuse_still_names_the_calls_before_the_failure(tmp_path):
     import zipfile
 
     canary, command = canary_command(tmp_path)
-    source = builders.save({"evil": builders.Call(os.system, command), "w": torch.ones(2)},
-                           tmp_path / "full.pt")
+    source = builders.save(
+        {"evil": builders.Call(os.system, command), "w": torch.ones(2)}, tmp_path / "full.pt"
+    )
     path = tmp_path / "cut.pt"
     with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w") as zout:
         for info in zin.infolist():

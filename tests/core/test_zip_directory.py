@@ -13,9 +13,13 @@ def same_as_zipfile(path):
     ours = read_directory(str(path))
     with zipfile.ZipFile(path) as zf:
         theirs = zf.infolist()
-        assert [(m.name, m.header_offset, m.compress_type, m.compressed_size, m.file_size, m.crc)
-                for m in ours] == [(i.filename, i.header_offset, i.compress_type, i.compress_size,
-                                    i.file_size, i.CRC) for i in theirs]
+        assert [
+            (m.name, m.header_offset, m.compress_type, m.compressed_size, m.file_size, m.crc)
+            for m in ours
+        ] == [
+            (i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC)
+            for i in theirs
+        ]
         for member in ours:
             assert read_member(member, 1 << 30) == zf.read(member.name)
 

@@ -24,8 +24,9 @@ def touch(sentinel):
     return f"touch {sentinel}"
 
 
-def zip_archive(path, data_pkl: bytes, records=None, version=b"3\n", byteorder=b"little",
-                extra_entries=()):
+def zip_archive(
+    path, data_pkl: bytes, records=None, version=b"3\n", byteorder=b"little", extra_entries=()
+):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", data_pkl)
         if byteorder is not None:
@@ -47,19 +48,24 @@ def tensor_pickle(shape, stride, offset=0, numel=4, dtype="float32", where="cpu"
 
 def payload_file(func, make_args, legacy=False, nest=0):
     """A real checkpoint with a call of func(*make_args(sentinel)) hidden in it."""
+
     def build(folder, sentinel):
         payload = Call(func, *make_args(sentinel))
         for _ in range(nest):
             payload = {"deeper": [payload]}
-        return builders.save({"model": builders.tiny_model().state_dict(), "x": payload},
-                             folder / f"{func.__name__}.pth",
-                             _use_new_zipfile_serialization=not legacy)
+        return builders.save(
+            {"model": builders.tiny_model().state_dict(), "x": payload},
+            folder / f"{func.__name__}.pth",
+            _use_new_zipfile_serialization=not legacy,
+        )
+
     return build
 
 
 def raw_pickle_file(make_bytes, name):
     def build(folder, sentinel):
         return zip_archive(folder / f"{name}.pth", make_bytes(str(sentinel)))
+
     return build
 
 
@@ -85,23 +91,39 @@ def build_on_global(s):
 
 
 def stack_global_from_memo(s):
-    return (b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94h\x00h\x01\x93"
-            + b"\x8c" + bytes([len(touch(s))]) + touch(s).encode() + b"\x85R.")
+    return (
+        b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94h\x00h\x01\x93"
+        + b"\x8c"
+        + bytes([len(touch(s))])
+        + touch(s).encode()
+        + b"\x85R."
+    )
 
 
 def getattr_chain(s):
-    return (b"\x80\x02cbuiltins\ngetattr\ncbuiltins\n__import__\n" + _string("os") + b"\x85R"
-            + _string("system") + b"\x86R" + _string(touch(s)) + b"\x85R.")
+    return (
+        b"\x80\x02cbuiltins\ngetattr\ncbuiltins\n__import__\n"
+        + _string("os")
+        + b"\x85R"
+        + _string("system")
+        + b"\x86R"
+        + _string(touch(s))
+        + b"\x85R."
+    )
 
 
 def truncated(kind, fraction):
     def build(folder, sentinel):
-        source = builders.training_checkpoint(folder / "src.pth", legacy=kind == "legacy") \
-            if kind != "safetensors" else builders.safetensors_file(folder / "src.safetensors")
+        source = (
+            builders.training_checkpoint(folder / "src.pth", legacy=kind == "legacy")
+            if kind != "safetensors"
+            else builders.safetensors_file(folder / "src.safetensors")
+        )
         data = open(source, "rb").read()
         out = folder / f"cut-{kind}-{fraction}.pth"
-        out.write_bytes(data[:max(1, int(len(data) * fraction))])
+        out.write_bytes(data[: max(1, int(len(data) * fraction))])
         return str(out)
+
     return build
 
 
@@ -117,15 +139,18 @@ def rewritten(src, out, edit) -> str:
 
 def patched(edit, name):
     """A valid torch zip checkpoint with its entries edited."""
+
     def build(folder, sentinel):
         src = builders.save({"w": torch.arange(16.0)}, folder / "valid.pt")
         return rewritten(src, folder / f"{name}.pth", edit)
+
     return build
 
 
 def _replace(suffix, value):
     def edit(entries):
         return {k: (value if k.endswith(suffix) else v) for k, v in entries.items()}
+
     return edit
 
 
@@ -133,7 +158,7 @@ def bad_crc(folder, sentinel):
     path = builders.save({"w": torch.arange(16.0)}, folder / "crc.pth")
     data = bytearray(open(path, "rb").read())
     at = data.index(b"_rebuild_tensor")
-    data[at] ^= 0x01                      # inside data.pkl: its CRC-32 no longer matches
+    data[at] ^= 0x01  # inside data.pkl: its CRC-32 no longer matches
     (folder / "crc.pth").write_bytes(bytes(data))
     return path
 
@@ -141,8 +166,11 @@ def bad_crc(folder, sentinel):
 def safetensors_raw(name, header: bytes, data=b"", length=None):
     def build(folder, sentinel):
         out = folder / f"{name}.safetensors"
-        out.write_bytes(struct.pack("<Q", len(header) if length is None else length) + header + data)
+        out.write_bytes(
+            struct.pack("<Q", len(header) if length is None else length) + header + data
+        )
         return str(out)
+
     return build
 
 
@@ -175,11 +203,13 @@ def disguised(content: bytes, name):
         out = folder / name
         out.write_bytes(content)
         return str(out)
+
     return build
 
 
 def duplicate_data_pkl(folder, sentinel):
     import warnings
+
     good = pickle.dumps({"a": 1}, protocol=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -188,16 +218,23 @@ def duplicate_data_pkl(folder, sentinel):
 
 def big_endian(folder, sentinel):
     """A genuine big-endian archive: bytes swapped, byteorder says so."""
+
     def swap(entries):
         for name in entries:
             if name.endswith("/data/0"):
-                entries[name] = torch.frombuffer(bytearray(entries[name]), dtype=torch.float32) \
-                    .numpy().byteswap().tobytes()
+                entries[name] = (
+                    torch.frombuffer(bytearray(entries[name]), dtype=torch.float32)
+                    .numpy()
+                    .byteswap()
+                    .tobytes()
+                )
             if name.endswith("/byteorder"):
                 entries[name] = b"big"
         return entries
-    return rewritten(builders.save({"w": torch.arange(8.0)}, folder / "le.pt"),
-                     folder / "big.pth", swap)
+
+    return rewritten(
+        builders.save({"w": torch.arange(8.0)}, folder / "le.pt"), folder / "big.pth", swap
+    )
 
 
 def compressed_records(folder, sentinel):
@@ -210,17 +247,21 @@ def compressed_records(folder, sentinel):
 
 
 def legacy_huge_storage(folder, sentinel):
-    path = builders.save({"w": torch.zeros(4)}, folder / "l.pt", _use_new_zipfile_serialization=False)
+    path = builders.save(
+        {"w": torch.zeros(4)}, folder / "l.pt", _use_new_zipfile_serialization=False
+    )
     data = bytearray(open(path, "rb").read())
-    data[-24:-16] = struct.pack("<q", 2 ** 36)
+    data[-24:-16] = struct.pack("<q", 2**36)
     out = folder / "legacy-huge.pth"
     out.write_bytes(bytes(data))
     return str(out)
 
 
 def odd_keys(folder, sentinel):
-    return builders.save({"nul\x00key": torch.ones(1), "surrogate\ud800": torch.ones(1),
-                          "tab\tand\nnewline": 1}, folder / "keys.pth")
+    return builders.save(
+        {"nul\x00key": torch.ones(1), "surrogate\ud800": torch.ones(1), "tab\tand\nnewline": 1},
+        folder / "keys.pth",
+    )
 
 
 def torchscript_payload(folder, sentinel):
@@ -230,9 +271,14 @@ def torchscript_payload(folder, sentinel):
 
 
 def lightning_payload(folder, sentinel):
-    return builders.save({"state_dict": {"w": torch.ones(2)}, "epoch": 1,
-                          "hyper_parameters": {"lr": 0.1, "callback": Call(os.system, touch(sentinel))}},
-                         folder / "evil.ckpt")
+    return builders.save(
+        {
+            "state_dict": {"w": torch.ones(2)},
+            "epoch": 1,
+            "hyper_parameters": {"lr": 0.1, "callback": Call(os.system, touch(sentinel))},
+        },
+        folder / "evil.ckpt",
+    )
 
 
 def empty_directory(folder, sentinel):
@@ -243,15 +289,19 @@ def empty_directory(folder, sentinel):
 
 def expanded_600m(folder, sentinel):
     """1.5 KB on disk, 600 million elements when materialised."""
-    return builders.save({"x": torch.ones(1).expand(600_000_000),
-                          "m": torch.ones(1).expand(30_000, 20_000)}, folder / "expand.pt")
+    return builders.save(
+        {"x": torch.ones(1).expand(600_000_000), "m": torch.ones(1).expand(30_000, 20_000)},
+        folder / "expand.pt",
+    )
 
 
 def shared_objects(folder, sentinel):
     """A few hundred KB of pickle referencing one large string and list from thousands of places."""
     text, items = "A" * 100_000, ["B" * 1000] * 20
-    return builders.save({"s": {f"k{i}": text for i in range(8000)},
-                          "l": {f"l{i}": items for i in range(8000)}}, folder / "shared.pt")
+    return builders.save(
+        {"s": {f"k{i}": text for i in range(8000)}, "l": {f"l{i}": items for i in range(8000)}},
+        folder / "shared.pt",
+    )
 
 
 def shared_long_list(folder, sentinel):
@@ -263,11 +313,13 @@ def shared_long_list(folder, sentinel):
 def archive_comment(comment: bytes, name):
     """A valid checkpoint with a zip archive comment (torch reads it; one holding a fake
     end-of-directory record it does not)."""
+
     def build(folder, sentinel):
         path = builders.save({"w": torch.arange(4.0)}, folder / f"{name}.pt")
         with zipfile.ZipFile(path, "a") as zf:
             zf.comment = comment
         return path
+
     return build
 
 
@@ -276,7 +328,7 @@ def deep_dotted_key(folder, sentinel):
 
 
 def huge_integer(folder, sentinel):
-    return builders.save({"n": 10 ** 100_000, "w": torch.ones(1)}, folder / "bigint.pt")
+    return builders.save({"n": 10**100_000, "w": torch.ones(1)}, folder / "bigint.pt")
 
 
 def markup_and_controls(folder, sentinel):
@@ -301,7 +353,7 @@ CORPUS = {
     "nested_deep_in_dicts": (payload_file(os.system, lambda s: (touch(s),), nest=40), "opens"),
     "legacy_format_payload": (payload_file(os.system, lambda s: (touch(s),), legacy=True), "opens"),
     "importlib": (payload_file(__import__("importlib").import_module, lambda s: ("os",)), "opens"),
-    "getattr_chain": (raw_pickle_file(getattr_chain, "getattr"), "opens"),   # shown as code
+    "getattr_chain": (raw_pickle_file(getattr_chain, "getattr"), "opens"),  # shown as code
     "inst_opcode": (raw_pickle_file(inst_opcode, "inst"), "opens"),
     "obj_opcode": (raw_pickle_file(obj_opcode, "obj"), "opens"),
     "ext_opcode": (raw_pickle_file(ext_opcode, "ext"), "error"),
@@ -318,17 +370,31 @@ CORPUS = {
     "truncated_safetensors": (truncated("safetensors", 0.9), "error"),
     # torch never checks CRC-32 on read: the file opens as torch reads it, with a warning
     "bad_crc_data_pkl": (bad_crc, "opens"),
-    "missing_data_pkl": (patched(lambda e: {k: v for k, v in e.items()
-                                            if not k.endswith("data.pkl")}, "nodata"), "error"),
+    "missing_data_pkl": (
+        patched(lambda e: {k: v for k, v in e.items() if not k.endswith("data.pkl")}, "nodata"),
+        "error",
+    ),
     "storage_shorter_than_tensor": (patched(_replace("/data/0", b"\x00" * 8), "short"), "error"),
-    "tensor_outside_storage": (lambda f, s: zip_archive(f / "oob.pth", tensor_pickle((4,), (1,), 8),
-                                                        {"0": b"\x00" * 16}), "error"),
-    "negative_size": (lambda f, s: zip_archive(f / "neg.pth", tensor_pickle((-1,), (1,)),
-                                               {"0": b"\x00" * 16}), "error"),
-    "absurd_size": (lambda f, s: zip_archive(f / "absurd.pth", tensor_pickle((2 ** 40, 2 ** 20), (2 ** 20, 1)),
-                                             {"0": b"\x00" * 16}), "error"),
-    "negative_stride": (lambda f, s: zip_archive(f / "negstride.pth", tensor_pickle((4,), (-1,), 3),
-                                                 {"0": b"\x00" * 16}), "error"),
+    "tensor_outside_storage": (
+        lambda f, s: zip_archive(f / "oob.pth", tensor_pickle((4,), (1,), 8), {"0": b"\x00" * 16}),
+        "error",
+    ),
+    "negative_size": (
+        lambda f, s: zip_archive(f / "neg.pth", tensor_pickle((-1,), (1,)), {"0": b"\x00" * 16}),
+        "error",
+    ),
+    "absurd_size": (
+        lambda f, s: zip_archive(
+            f / "absurd.pth", tensor_pickle((2**40, 2**20), (2**20, 1)), {"0": b"\x00" * 16}
+        ),
+        "error",
+    ),
+    "negative_stride": (
+        lambda f, s: zip_archive(
+            f / "negstride.pth", tensor_pickle((4,), (-1,), 3), {"0": b"\x00" * 16}
+        ),
+        "error",
+    ),
     "two_data_pkl": (duplicate_data_pkl, "error"),
     "version_999": (patched(_replace("/version", b"999\n"), "v999"), "error"),
     "byteorder_middle": (patched(_replace("/byteorder", b"middle"), "middle"), "error"),
@@ -343,36 +409,79 @@ CORPUS = {
     "shared_objects_repeated": (shared_objects, "opens"),
     "shared_list_repeated": (shared_long_list, "opens"),
     "archive_comment": (archive_comment(b"x" * 60_000, "comment"), "opens"),
-    "archive_comment_fake_end_record": (archive_comment(b"PK\x05\x06" + bytes(18) + b"tail",
-                                                        "fake-eocd"), "error"),
+    "archive_comment_fake_end_record": (
+        archive_comment(b"PK\x05\x06" + bytes(18) + b"tail", "fake-eocd"),
+        "error",
+    ),
     "key_of_100k_segments": (deep_dotted_key, "opens"),
     "integer_10_pow_100000": (huge_integer, "opens"),
     "markup_and_control_keys": (markup_and_controls, "opens"),
     "st_key_of_100k_segments": (st_deep_dotted_key, "opens"),
-    "st_gap_between_tensors": (safetensors_raw("gap", st_header({"a": {**ST_OK, "data_offsets": [4, 12]}}),
-                                               bytes(12)), "error"),
+    "st_gap_between_tensors": (
+        safetensors_raw("gap", st_header({"a": {**ST_OK, "data_offsets": [4, 12]}}), bytes(12)),
+        "error",
+    ),
     "st_trailing_bytes": (safetensors_raw("trail", st_header({"a": ST_OK}), bytes(9)), "error"),
-    "st_nan_in_header": (safetensors_raw("nan", b'{"a": {"dtype": "F32", "shape": [2], '
-                                                b'"data_offsets": [0, 8], "x": NaN}}', bytes(8)), "error"),
-    "st_padded_header": (safetensors_raw("padded", st_header({"a": ST_OK}) + b"      ", bytes(8)), "opens"),
+    "st_nan_in_header": (
+        safetensors_raw(
+            "nan",
+            b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": NaN}}',
+            bytes(8),
+        ),
+        "error",
+    ),
+    "st_padded_header": (
+        safetensors_raw("padded", st_header({"a": ST_OK}) + b"      ", bytes(8)),
+        "opens",
+    ),
     # safetensors
-    "st_huge_header": (safetensors_raw("huge", b"{}", length=2 ** 62), "error"),
-    "st_overlap": (safetensors_raw("overlap", st_header({"a": ST_OK, "b": {**ST_OK, "data_offsets": [4, 12]}}),
-                                   bytes(12)), "error"),
-    "st_out_of_range": (safetensors_raw("range", st_header({"a": {**ST_OK, "data_offsets": [0, 8000]}}),
-                                        bytes(8)), "error"),
-    "st_bad_dtype": (safetensors_raw("dtype", st_header({"a": {**ST_OK, "dtype": "F128"}}), bytes(8)), "error"),
-    "st_non_utf8_key": (safetensors_raw("utf8", b'{"\xff\xfe": {"dtype": "F32", "shape": [2], '
-                                                b'"data_offsets": [0, 8]}}', bytes(8)), "error"),
-    "st_duplicate_keys": (safetensors_raw("dup", b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},'
-                                                 b' "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
-                                          bytes(8)), "opens"),
-    "st_shape_mismatch": (safetensors_raw("shape", st_header({"a": {**ST_OK, "shape": [3]}}), bytes(8)), "error"),
+    "st_huge_header": (safetensors_raw("huge", b"{}", length=2**62), "error"),
+    "st_overlap": (
+        safetensors_raw(
+            "overlap", st_header({"a": ST_OK, "b": {**ST_OK, "data_offsets": [4, 12]}}), bytes(12)
+        ),
+        "error",
+    ),
+    "st_out_of_range": (
+        safetensors_raw("range", st_header({"a": {**ST_OK, "data_offsets": [0, 8000]}}), bytes(8)),
+        "error",
+    ),
+    "st_bad_dtype": (
+        safetensors_raw("dtype", st_header({"a": {**ST_OK, "dtype": "F128"}}), bytes(8)),
+        "error",
+    ),
+    "st_non_utf8_key": (
+        safetensors_raw(
+            "utf8",
+            b'{"\xff\xfe": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
+            bytes(8),
+        ),
+        "error",
+    ),
+    "st_duplicate_keys": (
+        safetensors_raw(
+            "dup",
+            b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},'
+            b' "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
+            bytes(8),
+        ),
+        "opens",
+    ),
+    "st_shape_mismatch": (
+        safetensors_raw("shape", st_header({"a": {**ST_OK, "shape": [3]}}), bytes(8)),
+        "error",
+    ),
     # not checkpoints at all
-    "onnx_as_pth": (disguised(b"\x08\x07\x12\x07pytorch\x1a\x052.4.0" + bytes(64), "model.onnx.pth"), "error"),
+    "onnx_as_pth": (
+        disguised(b"\x08\x07\x12\x07pytorch\x1a\x052.4.0" + bytes(64), "model.onnx.pth"),
+        "error",
+    ),
     "hdf5_as_pth": (disguised(b"\x89HDF\r\n\x1a\n" + bytes(512), "model.h5.pth"), "error"),
     "text_as_pth": (disguised(b"this is a README, not weights\n" * 10, "readme.pth"), "error"),
-    "random_bytes": (disguised(bytes((i * 7919 + 13) % 256 for i in range(4096)), "random.pth"), "error"),
+    "random_bytes": (
+        disguised(bytes((i * 7919 + 13) % 256 for i in range(4096)), "random.pth"),
+        "error",
+    ),
     "empty_file": (disguised(b"", "empty.pth"), "error"),
     "empty_directory": (empty_directory, "error"),
 }

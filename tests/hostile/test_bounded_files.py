@@ -19,10 +19,18 @@ from ckpt_viewer.core.open import open_checkpoint
 
 def refused(*args, peak=False) -> str:
     """The one error line of a CLI run that must fail (exit 2) within the timeout."""
-    command = [sys.executable, "-c", builders.PEAK_OF_CLI] if peak else [sys.executable, "-m",
-                                                                "ckpt_viewer"]
-    result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
-                            timeout=60, stdin=subprocess.DEVNULL)
+    command = (
+        [sys.executable, "-c", builders.PEAK_OF_CLI]
+        if peak
+        else [sys.executable, "-m", "ckpt_viewer"]
+    )
+    result = subprocess.run(
+        [*command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     lines = [line for line in result.stderr.splitlines() if not line.startswith("peak-kb")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -39,20 +47,24 @@ def fifo(path) -> str:
 
 def test_the_path_given_is_a_fifo_or_a_device(tmp_path):
     assert refused("inspect", fifo(tmp_path / "pipe.pt")).endswith(
-        "pipe.pt is a FIFO, not a regular file")
+        "pipe.pt is a FIFO, not a regular file"
+    )
     assert "is a FIFO" in refused("stats", tmp_path / "pipe.pt", "w")
     assert "is a FIFO" in refused("export", tmp_path / "pipe.pt", "-o", tmp_path / "o.pth")
     assert "is a FIFO" in refused("inspect", fifo(tmp_path / "pipe.index.json"))
     assert "character device" in refused("inspect", "/dev/zero")
     os.symlink("/dev/zero", tmp_path / "model.safetensors.index.json")
-    assert "character device" in refused("inspect", tmp_path / "model.safetensors.index.json",
-                                         peak=True)
+    assert "character device" in refused(
+        "inspect", tmp_path / "model.safetensors.index.json", peak=True
+    )
     import socket
-    if len(str(tmp_path / "sock.pt")) < 100:       # within what AF_UNIX can bind
+
+    if len(str(tmp_path / "sock.pt")) < 100:  # within what AF_UNIX can bind
         with socket.socket(socket.AF_UNIX) as server:
             server.bind(str(tmp_path / "sock.pt"))
             assert refused("inspect", tmp_path / "sock.pt").endswith(
-                "sock.pt is a socket, not a regular file")
+                "sock.pt is a socket, not a regular file"
+            )
 
 
 def test_files_an_index_or_folder_points_to(tmp_path):
@@ -61,10 +73,11 @@ def test_files_an_index_or_folder_points_to(tmp_path):
     os.remove(shard)
     fifo(shard)
     assert refused("inspect", hf).endswith(
-        "hf: model-00002-of-00002.safetensors is a FIFO, not a regular file")
+        "hf: model-00002-of-00002.safetensors is a FIFO, not a regular file"
+    )
     index = os.path.join(hf, "model.safetensors.index.json")
     os.remove(index)
-    os.symlink("/dev/zero", index)              # the folder's index is a device
+    os.symlink("/dev/zero", index)  # the folder's index is a device
     assert "character device" in refused("inspect", hf, peak=True)
     single = tmp_path / "single"
     single.mkdir()
@@ -90,11 +103,17 @@ def test_a_fifo_in_a_training_folder_is_reported_not_waited_for(tmp_path):
     folder.mkdir()
     torch.save({"w": torch.ones(2)}, folder / "pytorch_model.bin")
     fifo(folder / "optimizer.pt")
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", str(folder)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "inspect", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    assert "optimizer.pt: cannot be read (optimizer.pt is a FIFO, not a regular file)" in \
-        result.stdout + result.stderr
+    assert (
+        "optimizer.pt: cannot be read (optimizer.pt is a FIFO, not a regular file)"
+        in result.stdout + result.stderr
+    )
 
 
 def gguf_file(path, **strings):
@@ -115,7 +134,7 @@ def patch_length(path, marker: bytes, value: int, before: int = 8):
     """Overwrite the u64 that precedes `marker` (a string's or an array's length field)."""
     data = bytearray(path.read_bytes())
     at = data.index(marker) - before
-    data[at:at + 8] = struct.pack("<Q", value)
+    data[at : at + 8] = struct.pack("<Q", value)
     path.write_bytes(bytes(data))
 
 
@@ -129,7 +148,7 @@ def test_gguf_declared_lengths_fail_fast_and_small(tmp_path):
     patch_length(key, b"test.marker_key", (1 << 30) - 1)
     assert "GGUF" in refused("inspect", key, peak=True)
     array = gguf_file(tmp_path / "array.gguf")
-    patch_length(array, struct.pack("<Q", 5) + b"alpha", 1 << 40)      # its item count
+    patch_length(array, struct.pack("<Q", 5) + b"alpha", 1 << 40)  # its item count
     assert "GGUF" in refused("inspect", array, peak=True)
     # the unpatched file is read by the gguf package and by us alike
     clean = gguf_file(tmp_path / "clean.gguf", note="fine")

@@ -37,9 +37,16 @@ HANG_SECONDS = 10.0
 # Disagreements found and not fixed (tests/core/test_fidelity.py holds a reproducer): the
 # safetensors dtypes F4/F6 (sub-byte floats) that we do not read.
 KNOWN_GAPS = ("unknown dtype 'F4'", "unknown dtype 'F6")
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 def judge(make_verdict, case: str) -> None:
@@ -47,9 +54,9 @@ def judge(make_verdict, case: str) -> None:
     started = time.monotonic()
     try:
         verdict = make_verdict()
-    except CheckpointError as exc:      # refusing while reading values torch returned
+    except CheckpointError as exc:  # refusing while reading values torch returned
         verdict = f"MISMATCH: we fail reading values: {exc}"
-    except Exception as exc:            # noqa: BLE001 - anything else from our side is a crash
+    except Exception as exc:  # noqa: BLE001 - anything else from our side is a crash
         verdict = f"CRASH: {type(exc).__name__}: {exc}"
     elapsed = time.monotonic() - started
     if elapsed > HANG_SECONDS:
@@ -66,15 +73,23 @@ def judge(make_verdict, case: str) -> None:
 
 # --- 1. zip archives ----------------------------------------------------------------------
 
+
 def _seed_objects():
     torch.manual_seed(0)
     base = torch.randn(3, 4)
     return [
         {"w": torch.arange(4.0), "b": torch.ones(2, dtype=torch.int64)},
-        {"a": base, "view": base[1:, 2:], "t": base.t(),
-         "nested": {"h": torch.tensor([1, 2], dtype=torch.float16), "step": 3}},
-        {"x": torch.tensor([True, False]), "bf": torch.ones(3, dtype=torch.bfloat16),
-         "list": [torch.zeros(1, dtype=torch.uint8), (torch.eye(2, dtype=torch.float64),)]},
+        {
+            "a": base,
+            "view": base[1:, 2:],
+            "t": base.t(),
+            "nested": {"h": torch.tensor([1, 2], dtype=torch.float16), "step": 3},
+        },
+        {
+            "x": torch.tensor([True, False]),
+            "bf": torch.ones(3, dtype=torch.bfloat16),
+            "list": [torch.zeros(1, dtype=torch.uint8), (torch.eye(2, dtype=torch.float64),)],
+        },
     ]
 
 
@@ -97,22 +112,56 @@ zip_edit = st.one_of(
     st.tuples(st.just("duplicate"), names, st.sampled_from(["same", "zeros", "upper"])),
     st.tuples(st.just("drop"), names),
     st.tuples(st.just("move"), names, st.integers(0, 10)),
-    st.tuples(st.just("add"), st.sampled_from([b"archive/extra", b"archive/data/9", b"other/x",
-                                               b"archive/.data/serialization_id", b"x", b""]),
-              st.binary(max_size=8)),
-    st.tuples(st.just("text"), st.sampled_from(["version", "byteorder"]),
-              st.sampled_from([b"3", b"2", b"1", b"0", b"4", b"11", b"3\n", b" 3", b"3x", b"-1",
-                               b"", b"little", b"big", b"little\n", b"LITTLE", b"\xff"])),
+    st.tuples(
+        st.just("add"),
+        st.sampled_from(
+            [
+                b"archive/extra",
+                b"archive/data/9",
+                b"other/x",
+                b"archive/.data/serialization_id",
+                b"x",
+                b"",
+            ]
+        ),
+        st.binary(max_size=8),
+    ),
+    st.tuples(
+        st.just("text"),
+        st.sampled_from(["version", "byteorder"]),
+        st.sampled_from(
+            [
+                b"3",
+                b"2",
+                b"1",
+                b"0",
+                b"4",
+                b"11",
+                b"3\n",
+                b" 3",
+                b"3x",
+                b"-1",
+                b"",
+                b"little",
+                b"big",
+                b"little\n",
+                b"LITTLE",
+                b"\xff",
+            ]
+        ),
+    ),
     st.tuples(st.just("resize"), names, st.integers(-9, 9)),
     st.tuples(st.just("deflate"), names),
     st.tuples(st.just("local_name"), names, st.sampled_from(["junk", "other", "case"])),
 )
-archive_edit = st.fixed_dictionaries({
-    "comment": st.sampled_from([b"", b"hi", b"PK\x05\x06"]),
-    "prepend": st.sampled_from([b"", b"\0", b"junk" * 4, b"PK\x03\x04"]),
-    "append": st.sampled_from([b"", b"\0", b"junk" * 4]),
-    "zip64": st.sampled_from([None, "agree", "count", "offset", "size"]),
-})
+archive_edit = st.fixed_dictionaries(
+    {
+        "comment": st.sampled_from([b"", b"hi", b"PK\x05\x06"]),
+        "prepend": st.sampled_from([b"", b"\0", b"junk" * 4, b"PK\x03\x04"]),
+        "append": st.sampled_from([b"", b"\0", b"junk" * 4]),
+        "zip64": st.sampled_from([None, "agree", "count", "offset", "size"]),
+    }
+)
 
 
 def _picks(entries, which: str):
@@ -123,13 +172,16 @@ def _picks(entries, which: str):
 
 def _renamed(name: bytes, how: str) -> bytes:
     folder, _, rest = name.partition(b"/")
-    return {"upper": lambda: name.upper(), "lower": lambda: name.lower(),
-            "flip_one": lambda: name[:-1] + name[-1:].swapcase(),
-            "nul": lambda: name + b"\0",
-            "cp437": lambda: folder + b"\x82/" + rest,
-            "utf8": lambda: folder + "\u00e9".encode() + b"/" + rest,
-            "other_folder": lambda: b"other/" + rest,
-            "no_folder": lambda: rest}[how]()
+    return {
+        "upper": lambda: name.upper(),
+        "lower": lambda: name.lower(),
+        "flip_one": lambda: name[:-1] + name[-1:].swapcase(),
+        "nul": lambda: name + b"\0",
+        "cp437": lambda: folder + b"\x82/" + rest,
+        "utf8": lambda: folder + "\u00e9".encode() + b"/" + rest,
+        "other_folder": lambda: b"other/" + rest,
+        "no_folder": lambda: rest,
+    }[how]()
 
 
 def apply_zip_edits(entries: list[Entry], edits) -> list[Entry]:
@@ -158,24 +210,28 @@ def apply_zip_edits(entries: list[Entry], edits) -> list[Entry]:
                 entries.remove(e)
                 entries.insert(min(edit[2], len(entries)), e)
             elif op == "resize":
-                e.data = e.data[:edit[2]] if edit[2] < 0 else e.data + bytes(edit[2])
+                e.data = e.data[: edit[2]] if edit[2] < 0 else e.data + bytes(edit[2])
             elif op == "deflate":
                 e.deflate = True
             elif op == "local_name":
-                e.local_name = {"junk": b"j" * len(e.name), "other": b"archive/data.pkl",
-                                "case": e.name.swapcase()}[edit[2]]
+                e.local_name = {
+                    "junk": b"j" * len(e.name),
+                    "other": b"archive/data.pkl",
+                    "case": e.name.swapcase(),
+                }[edit[2]]
     return entries
 
 
 def with_archive_edits(raw: bytes, count: int, how: dict) -> bytes:
     if how["zip64"]:
         end = raw.rindex(b"PK\x05\x06")
-        _, _, _, _, total, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", raw[end:end + 22])
+        _, _, _, _, total, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", raw[end : end + 22])
         total += how["zip64"] == "count"
         cd_offset += 16 * (how["zip64"] == "offset")
         cd_size += 3 * (how["zip64"] == "size")
-        record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, total, total,
-                             cd_size, cd_offset)
+        record = struct.pack(
+            "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, total, total, cd_size, cd_offset
+        )
         locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
         raw = raw[:end] + record + locator + raw[end:]
     if how["comment"]:
@@ -196,9 +252,18 @@ def test_zip_archives(tmp_path_factory, seed, edits, how):
 # --- 2. pickles from an opcode grammar -----------------------------------------------------
 
 STORAGE_TYPES = {  # class name -> element size
-    "FloatStorage": 4, "DoubleStorage": 8, "HalfStorage": 2, "BFloat16Storage": 2,
-    "LongStorage": 8, "IntStorage": 4, "ByteStorage": 1, "BoolStorage": 1,
-    "ComplexFloatStorage": 8, "UntypedStorage": 1, "NoSuchStorage": 4}
+    "FloatStorage": 4,
+    "DoubleStorage": 8,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+    "ComplexFloatStorage": 8,
+    "UntypedStorage": 1,
+    "NoSuchStorage": 4,
+}
 DTYPES = ["float32", "float64", "float16", "int64", "uint8", "bool", "complex64", "int8"]
 
 
@@ -209,7 +274,7 @@ class Emitter:
         self.protocol, self.legacy = protocol, legacy
         self.out = bytearray(b"\x80" + bytes([protocol]))
         self.memo = 0
-        self.storages = {}            # key -> (type name, numel)
+        self.storages = {}  # key -> (type name, numel)
 
     def op(self, data: bytes):
         self.out += data
@@ -217,14 +282,14 @@ class Emitter:
     def text(self, s: str):
         raw = s.encode("utf-8", "surrogatepass")
         if self.protocol >= 4 and len(raw) < 256:
-            self.op(b"\x8c" + bytes([len(raw)]) + raw)        # SHORT_BINUNICODE
+            self.op(b"\x8c" + bytes([len(raw)]) + raw)  # SHORT_BINUNICODE
         else:
             self.op(b"X" + struct.pack("<I", len(raw)) + raw)
 
     def int(self, n: int):
         if 0 <= n < 256:
             self.op(b"K" + bytes([n]))
-        elif -2 ** 31 <= n < 2 ** 31:
+        elif -(2**31) <= n < 2**31:
             self.op(b"J" + struct.pack("<i", n))
         else:
             raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
@@ -234,16 +299,19 @@ class Emitter:
         if self.protocol >= 4:
             self.text(module)
             self.text(name)
-            self.op(b"\x93")                                  # STACK_GLOBAL
+            self.op(b"\x93")  # STACK_GLOBAL
         else:
             self.op(b"c" + module.encode() + b"\n" + name.encode() + b"\n")
 
     def put(self) -> int:
         if self.protocol >= 4:
-            self.op(b"\x94")                                  # MEMOIZE
+            self.op(b"\x94")  # MEMOIZE
         else:
-            self.op(b"q" + bytes([self.memo % 256]) if self.memo < 256 else
-                    b"r" + struct.pack("<I", self.memo))
+            self.op(
+                b"q" + bytes([self.memo % 256])
+                if self.memo < 256
+                else b"r" + struct.pack("<I", self.memo)
+            )
         self.memo += 1
         return self.memo - 1
 
@@ -262,8 +330,10 @@ def tuple_of(em: Emitter, items):
 def tensor_node(draw, em: Emitter):
     kind = draw(st.sampled_from(["v2", "v2", "v3", "param", "param_state", "from_type"]))
     if kind == "param" or kind == "param_state":
-        em.glob("torch._utils", "_rebuild_parameter" if kind == "param"
-                else "_rebuild_parameter_with_state")
+        em.glob(
+            "torch._utils",
+            "_rebuild_parameter" if kind == "param" else "_rebuild_parameter_with_state",
+        )
         em.op(b"(")
         draw(tensor_node(em))
         em.op(b"\x88" if draw(st.booleans()) else b"\x89")
@@ -281,8 +351,17 @@ def tensor_node(draw, em: Emitter):
         em.glob("torch._tensor", "_rebuild_from_type_v2")
         em.op(b"(")
         em.glob("torch._utils", "_rebuild_tensor_v2")
-        em.glob(*draw(st.sampled_from([("torch", "Tensor"), ("torch.nn.parameter", "Parameter"),
-                                       ("torch", "FloatTensor")])))
+        em.glob(
+            *draw(
+                st.sampled_from(
+                    [
+                        ("torch", "Tensor"),
+                        ("torch.nn.parameter", "Parameter"),
+                        ("torch", "FloatTensor"),
+                    ]
+                )
+            )
+        )
         em.op(b"(")
         tensor_args(draw, em, v3=False)
         em.op(b"t")
@@ -293,7 +372,7 @@ def tensor_node(draw, em: Emitter):
     em.op(b"(")
     tensor_args(draw, em, v3=kind == "v3")
     em.op(b"tR")
-    if draw(st.integers(0, 5)) == 0:                          # BUILD with set_'s arguments
+    if draw(st.integers(0, 5)) == 0:  # BUILD with set_'s arguments
         em.op(b"(")
         persistent_id(draw, em)
         em.int(draw(st.integers(0, 6)))
@@ -318,7 +397,7 @@ def persistent_id(draw, em: Emitter):
     em.int(numel)
     if em.legacy:
         em.op(b"N")
-    em.op(b"tQ")                                              # BINPERSID
+    em.op(b"tQ")  # BINPERSID
 
 
 def tensor_args(draw, em: Emitter, v3: bool):
@@ -326,10 +405,13 @@ def tensor_args(draw, em: Emitter, v3: bool):
     em.int(draw(st.integers(0, 8)))
     rank = draw(st.integers(0, 3))
     size = draw(st.lists(st.integers(0, 4), min_size=rank, max_size=rank))
-    stride = draw(st.one_of(
-        st.just([math.prod(size[i + 1:]) for i in range(rank)]),
-        st.lists(st.integers(0, 5), min_size=rank, max_size=rank),
-        st.lists(st.integers(0, 5), max_size=3)))
+    stride = draw(
+        st.one_of(
+            st.just([math.prod(size[i + 1 :]) for i in range(rank)]),
+            st.lists(st.integers(0, 5), min_size=rank, max_size=rank),
+            st.lists(st.integers(0, 5), max_size=3),
+        )
+    )
     tuple_of(em, size)
     tuple_of(em, stride)
     em.op(b"\x88" if draw(st.booleans()) else b"\x89")
@@ -337,8 +419,19 @@ def tensor_args(draw, em: Emitter, v3: bool):
     em.op(b")R")
     if v3:
         em.glob("torch", draw(st.sampled_from(DTYPES)))
-    meta = draw(st.sampled_from([None, "none", {"neg": True}, {"conj": True},
-                                 {"neg": True, "conj": True}, {"neg": False}, {"other": True}]))
+    meta = draw(
+        st.sampled_from(
+            [
+                None,
+                "none",
+                {"neg": True},
+                {"conj": True},
+                {"neg": True, "conj": True},
+                {"neg": False},
+                {"other": True},
+            ]
+        )
+    )
     if meta == "none":
         return
     if meta is None:
@@ -356,7 +449,7 @@ def value_node(draw, em: Emitter, depth: int, memoized: list):
     kinds = ["int", "float", "str", "const", "tensor", "tensor"]
     if depth < 3:
         kinds += ["list", "tuple", "dict", "odict"]
-        if LOG:      # a known gap (report, test_fidelity xfail): kept out of CI runs
+        if LOG:  # a known gap (report, test_fidelity xfail): kept out of CI runs
             kinds.append("list_setitem")
     if memoized:
         kinds.append("get")
@@ -367,7 +460,7 @@ def value_node(draw, em: Emitter, depth: int, memoized: list):
         em.get(draw(st.sampled_from(memoized)))
         return
     if kind == "int":
-        em.int(draw(st.integers(-2 ** 40, 2 ** 40)))
+        em.int(draw(st.integers(-(2**40), 2**40)))
     elif kind == "float":
         em.op(b"G" + struct.pack(">d", draw(st.floats(allow_nan=True))))
     elif kind == "str":
@@ -377,9 +470,20 @@ def value_node(draw, em: Emitter, depth: int, memoized: list):
     elif kind == "tensor":
         draw(tensor_node(em))
     elif kind == "foreign":
-        em.glob(*draw(st.sampled_from([("builtins", "print"), ("os", "system"),
-                                       ("torch", "load"), ("collections", "Counter"),
-                                       ("builtins", "set"), ("__main__", "Thing")])))
+        em.glob(
+            *draw(
+                st.sampled_from(
+                    [
+                        ("builtins", "print"),
+                        ("os", "system"),
+                        ("torch", "load"),
+                        ("collections", "Counter"),
+                        ("builtins", "set"),
+                        ("__main__", "Thing"),
+                    ]
+                )
+            )
+        )
         em.op(b"(")
         em.text("x")
         em.op(b"tR")
@@ -416,7 +520,7 @@ def value_node(draw, em: Emitter, depth: int, memoized: list):
 @st.composite
 def pickle_program(draw, legacy: bool):
     em = Emitter(draw(st.sampled_from([2, 4])), legacy)
-    em.op(b"}(")                                               # the root: a dict of values
+    em.op(b"}(")  # the root: a dict of values
     memoized: list = []
     for i in range(draw(st.integers(1, 4))):
         em.text(f"k{i}")
@@ -443,8 +547,11 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 def legacy_container(pkl: bytes, records: dict) -> bytes:
     """torch's pre-1.6 layout: magic, protocol 1001, sys_info, the object pickle, the list of
     storage keys, then each storage as its element count and its bytes."""
-    sys_info = {"protocol_version": 1001, "little_endian": True,
-                "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    sys_info = {
+        "protocol_version": 1001,
+        "little_endian": True,
+        "type_sizes": {"short": 2, "int": 4, "long": 4},
+    }
     out = bytearray()
     for header in (LEGACY_MAGIC, 1001, sys_info):
         out += pickle.dumps(header, protocol=2)
@@ -475,9 +582,26 @@ def test_pickles_in_legacy_files(tmp_path_factory, program):
 
 # --- 3. safetensors headers ----------------------------------------------------------------
 
-ST_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-             "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
-             "C64": 8, "F4": 1, "XX": 4}
+ST_DTYPES = {
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F64": 8,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "C64": 8,
+    "F4": 1,
+    "XX": 4,
+}
 
 
 @st.composite
@@ -488,8 +612,9 @@ def safetensors_file(draw) -> bytes:
         shape = draw(st.lists(st.integers(0, 4), max_size=3))
         nbytes = math.prod(shape) * ST_DTYPES[dtype]
         start = draw(st.sampled_from([cursor, cursor, cursor, 0, cursor + 2, max(cursor - 2, 0)]))
-        end = start + draw(st.sampled_from([nbytes, nbytes, nbytes, nbytes + 1,
-                                            max(nbytes - 1, 0)]))
+        end = start + draw(
+            st.sampled_from([nbytes, nbytes, nbytes, nbytes + 1, max(nbytes - 1, 0)])
+        )
         if draw(st.integers(0, 10)) == 0:
             start, end = end, start
         cursor = max(cursor, end)
@@ -501,14 +626,28 @@ def safetensors_file(draw) -> bytes:
     data_len = cursor + draw(st.sampled_from([0, 0, 0, 1, -1, 8]))
     parts = [json.dumps(k) + ":" + json.dumps(v) for k, v in entries]
     header = ("{" + ",".join(parts) + "}").encode()
-    twist = draw(st.sampled_from([None] * 6 + ["nan", "inf", "latin1", "space", "bom", "trail",
-                                                "dupe_field", "float_shape", "neg_offset"]))
+    twist = draw(
+        st.sampled_from(
+            [None] * 6
+            + [
+                "nan",
+                "inf",
+                "latin1",
+                "space",
+                "bom",
+                "trail",
+                "dupe_field",
+                "float_shape",
+                "neg_offset",
+            ]
+        )
+    )
     if twist == "nan" and b"[" in header:
         header = header.replace(b"[", b"[NaN,", 1)
-    elif twist == "inf" and b"data_offsets\": [" in header:
-        header = header.replace(b"data_offsets\": [", b"data_offsets\": [Infinity, ", 1)
+    elif twist == "inf" and b'data_offsets": [' in header:
+        header = header.replace(b'data_offsets": [', b'data_offsets": [Infinity, ', 1)
     elif twist == "latin1":
-        header = header.replace(b"{", b"{\"\xe9\": 1,", 1) if len(header) > 2 else header
+        header = header.replace(b"{", b'{"\xe9": 1,', 1) if len(header) > 2 else header
     elif twist == "space":
         header += b" " * draw(st.integers(1, 9))
     elif twist == "bom":
@@ -516,12 +655,12 @@ def safetensors_file(draw) -> bytes:
     elif twist == "trail":
         header += b"x"
     elif twist == "dupe_field":
-        header = header.replace(b"\"dtype\": ", b"\"dtype\": \"I8\", \"dtype\": ", 1)
+        header = header.replace(b'"dtype": ', b'"dtype": "I8", "dtype": ', 1)
     elif twist == "float_shape":
-        header = header.replace(b"\"shape\": [", b"\"shape\": [1.0, ", 1)
+        header = header.replace(b'"shape": [', b'"shape": [1.0, ', 1)
     elif twist == "neg_offset":
-        header = header.replace(b"\"data_offsets\": [", b"\"data_offsets\": [-1, ", 1)
-    declared = len(header) + draw(st.sampled_from([0] * 8 + [1, -1, 10 ** 9]))
+        header = header.replace(b'"data_offsets": [', b'"data_offsets": [-1, ', 1)
+    declared = len(header) + draw(st.sampled_from([0] * 8 + [1, -1, 10**9]))
     body = draw(st.binary(min_size=max(data_len, 0), max_size=max(data_len, 0)))
     return struct.pack("<Q", max(declared, 0)) + header + body
 
@@ -556,7 +695,8 @@ def test_legacy_writer_matches_torchs_own_layout(tmp_path):
     em.glob("collections", "OrderedDict")
     em.op(b")RtRu.")
     path = tmp_path / "l.pt"
-    path.write_bytes(legacy_container(bytes(em.out),
-                                      {"0": ("FloatStorage", struct.pack("<3f", 1, 2, 3))}))
+    path.write_bytes(
+        legacy_container(bytes(em.out), {"0": ("FloatStorage", struct.pack("<3f", 1, 2, 3))})
+    )
     assert torch.load(path, weights_only=True)["w"].tolist() == [1.0, 2.0, 3.0]
     assert differential(str(path)) == "same"

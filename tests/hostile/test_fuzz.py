@@ -22,16 +22,23 @@ SEEDS = {}
 
 def seed_file(kind, folder):
     if kind not in SEEDS:
-        path = {"zip": lambda: builders.training_checkpoint(folder / "z.pt"),
-                "legacy": lambda: builders.training_checkpoint(folder / "l.pt", legacy=True),
-                "safetensors": lambda: builders.safetensors_file(folder / "s.safetensors"),
-                "torchscript": lambda: builders.torchscript_file(folder / "j.pt")}[kind]()
+        path = {
+            "zip": lambda: builders.training_checkpoint(folder / "z.pt"),
+            "legacy": lambda: builders.training_checkpoint(folder / "l.pt", legacy=True),
+            "safetensors": lambda: builders.safetensors_file(folder / "s.safetensors"),
+            "torchscript": lambda: builders.torchscript_file(folder / "j.pt"),
+        }[kind]()
         SEEDS[kind] = open(path, "rb").read()
     return SEEDS[kind]
 
 
-mutations = st.lists(st.tuples(st.sampled_from(["flip", "cut", "splice", "zero"]),
-                               st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=4)
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "cut", "splice", "zero"]), st.floats(0, 1), st.integers(0, 255)
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 def mutate(data: bytes, steps) -> bytes:
@@ -41,13 +48,13 @@ def mutate(data: bytes, steps) -> bytes:
         if not data:
             break
         if op == "flip":
-            data[at] ^= (value or 1)
+            data[at] ^= value or 1
         elif op == "cut":
             del data[at:]
         elif op == "splice":
             data[at:at] = bytes([value]) * (value % 17 + 1)
         else:
-            data[at:at + value] = bytes(min(value, len(data) - at))
+            data[at : at + value] = bytes(min(value, len(data) - at))
     return bytes(data)
 
 
@@ -57,8 +64,12 @@ def test_mutated_files(tmp_path_factory, kind):
     original = seed_file(kind, folder)
     target = folder / "mutant.bin"
 
-    @settings(max_examples=EXAMPLES, deadline=10_000, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=10_000,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(mutations)
     def check(steps):
         target.write_bytes(mutate(original, steps))

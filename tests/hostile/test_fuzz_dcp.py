@@ -35,8 +35,13 @@ dcp = pytest.importorskip("torch.distributed.checkpoint")
 
 def seed_folder(folder) -> None:
     torch.manual_seed(0)
-    state = {"a": torch.randn(4, 6), "b": torch.arange(10), "h": torch.randn(3).half(),
-             "s": torch.tensor(2.5), "step": 3}
+    state = {
+        "a": torch.randn(4, 6),
+        "b": torch.arange(10),
+        "h": torch.randn(3).half(),
+        "s": torch.tensor(2.5),
+        "step": 3,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.save(state, checkpoint_id=str(folder), no_dist=True)
@@ -50,7 +55,7 @@ def _split(folder, metadata, row: int) -> None:
     """`a` as two chunks of rows [0,row) and [row,4), each a torch.save record of its own."""
     from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 
-    (index, info), = _entry(metadata, "a")
+    ((index, info),) = _entry(metadata, "a")
     with open(os.path.join(folder, info.relative_path), "rb") as f:
         f.seek(info.offset)
         whole = torch.load(io.BytesIO(f.read(info.length)), weights_only=True)
@@ -64,7 +69,8 @@ def _split(folder, metadata, row: int) -> None:
         offsets, sizes = torch.Size([start, 0]), torch.Size([stop - start, 6])
         chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=sizes))
         metadata.storage_data[MetadataIndex("a", offsets, number)] = type(info)(
-            relative_path="__1_0.distcp", offset=blob.tell(), length=len(record.getvalue()))
+            relative_path="__1_0.distcp", offset=blob.tell(), length=len(record.getvalue())
+        )
         blob.write(record.getvalue())
     metadata.state_dict_metadata["a"].chunks = chunks
     with open(os.path.join(folder, "__1_0.distcp"), "wb") as f:
@@ -79,7 +85,7 @@ def apply(folder, metadata, edit) -> None:
     if kind == "split" and fqn == "a" and tensor and len(meta.chunks) == 1:
         try:
             _split(folder, metadata, 1 + arg % 3)
-        except Exception:   # noqa: BLE001 - an earlier edit damaged `a`: no split then
+        except Exception:  # noqa: BLE001 - an earlier edit damaged `a`: no split then
             pass
     elif kind == "chunk_offset" and tensor:
         chunk = meta.chunks[arg % len(meta.chunks)]
@@ -88,8 +94,9 @@ def apply(folder, metadata, edit) -> None:
         chunk = meta.chunks[arg % len(meta.chunks)]
         chunk.sizes = torch.Size([max(s + (arg % 3) - 1, 0) for s in chunk.sizes])
     elif kind == "tensor_size" and tensor:
-        meta.size = torch.Size([[s + 1, max(s - 1, 0), s * 2, 0, 2**40][arg % 5]
-                                for s in meta.size])
+        meta.size = torch.Size(
+            [[s + 1, max(s - 1, 0), s * 2, 0, 2**40][arg % 5] for s in meta.size]
+        )
     elif kind == "dtype" and tensor:
         meta.properties.dtype = [torch.float64, torch.int8, torch.bfloat16, torch.bool][arg % 4]
     elif kind == "dup_chunk" and tensor:
@@ -107,7 +114,9 @@ def apply(folder, metadata, edit) -> None:
         elif kind == "storage_length":
             info.length = max(info.length + [-1, 1, -100, 10**9][arg % 4], 0)
         elif kind == "path":
-            info.relative_path = ["missing.distcp", "../outside.distcp", "", "__1_0.distcp"][arg % 4]
+            info.relative_path = ["missing.distcp", "../outside.distcp", "", "__1_0.distcp"][
+                arg % 4
+            ]
         else:
             info.transform_descriptors = [["gzip"], ["mystery"], []][arg % 3]
     elif kind == "truncate":
@@ -115,32 +124,53 @@ def apply(folder, metadata, edit) -> None:
         os.truncate(data, os.path.getsize(data) * (arg % 4) // 4)
 
 
-EDITS = ["split", "split", "chunk_offset", "chunk_size", "tensor_size", "dtype", "dup_chunk",
-         "drop_chunk", "drop_entry", "drop_key", "storage_offset", "storage_length", "path",
-         "transform", "truncate"]
-edit = st.tuples(st.sampled_from(EDITS), st.sampled_from(["a", "b", "h", "s", "step"]),
-                 st.integers(0, 11))
+EDITS = [
+    "split",
+    "split",
+    "chunk_offset",
+    "chunk_size",
+    "tensor_size",
+    "dtype",
+    "dup_chunk",
+    "drop_chunk",
+    "drop_entry",
+    "drop_key",
+    "storage_offset",
+    "storage_length",
+    "path",
+    "transform",
+    "truncate",
+]
+edit = st.tuples(
+    st.sampled_from(EDITS), st.sampled_from(["a", "b", "h", "s", "step"]), st.integers(0, 11)
+)
 
 
 # layouts torch's reader loads without a word but in no defined way (README, DCP row): holes
 # (uninitialised memory), overlaps (copy order), chunks clipped, narrowed or cast, negative
 # chunk offsets (narrow counts them from the end), a chunk with no stored data that torch's
 # reader skips because it lies outside the tensor (leaving a hole)
-UNDEFINED_IN_TORCH = ("has holes", "is ambiguous", "reaches past the tensor's size",
-                      "where the metadata says", "malformed offsets or sizes",
-                      "a chunk with no stored data")
+UNDEFINED_IN_TORCH = (
+    "has holes",
+    "is ambiguous",
+    "reaches past the tensor's size",
+    "where the metadata says",
+    "malformed offsets or sizes",
+    "a chunk with no stored data",
+)
 
 
 def torch_reads(folder, out):
     """(object, None) as torch's DCP reader loads the folder, else (None, error)."""
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             dcp_to_torch_save(str(folder), str(out))
             return torch.load(str(out), weights_only=True), None
-    except (Exception, CheckpointException) as exc:   # noqa: BLE001 - any refusal is an answer
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - any refusal is an answer
         last = [line for line in str(exc).splitlines() if line.strip()][-1:] or [""]
         return None, f"{type(exc).__name__}: {last[0][:200]}"
 
@@ -190,7 +220,7 @@ def test_dcp_metadata_edits(seed, tmp_path_factory, edits):
     folder = root / "ckpt"
     shutil.copytree(seed, folder)
     with open(folder / ".metadata", "rb") as f:
-        metadata = pickle.load(f)       # our own seed, written by dcp.save above
+        metadata = pickle.load(f)  # our own seed, written by dcp.save above
     for one in edits:
         apply(folder, metadata, one)
     with open(folder / ".metadata", "wb") as f:

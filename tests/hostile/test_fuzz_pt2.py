@@ -37,10 +37,10 @@ class Small(torch.nn.Module):
         self.lin = torch.nn.Linear(4, 3)
         base = torch.randn(6, dtype=torch.float64)
         self.register_buffer("full", base)
-        self.register_buffer("tail", base[2:5])             # shares full's storage
+        self.register_buffer("tail", base[2:5])  # shares full's storage
         self.register_buffer("t", torch.randn(4, 3).t())
         self.register_buffer("h", torch.randn(5).half())
-        self.scale = torch.tensor([1.0, 2.0, 3.0])           # a lifted constant
+        self.scale = torch.tensor([1.0, 2.0, 3.0])  # a lifted constant
 
     def forward(self, x):
         y = self.lin(x) + self.full.sum() + self.tail.sum() + self.t.sum(1)[:3] + self.scale
@@ -56,7 +56,7 @@ def seed(tmp_path_factory):
         torch.export.save(torch.export.export(Small(), (torch.randn(2, 4),)), str(path))
     with zipfile.ZipFile(path) as archive:
         root = archive.namelist()[0].split("/")[0] + "/"
-        return {name[len(root):]: archive.read(name) for name in archive.namelist()}
+        return {name[len(root) :]: archive.read(name) for name in archive.namelist()}
 
 
 def _int_edit(value: int, how: int) -> int:
@@ -117,12 +117,13 @@ def torch_reads(path):
         _load_constants,
         _load_state_dict,
     )
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             reader = PT2ArchiveReader(str(path))
             return {**_load_state_dict(reader, "model"), **_load_constants(reader, "model")}, None
-    except Exception as exc:   # noqa: BLE001 - any refusal is an answer
+    except Exception as exc:  # noqa: BLE001 - any refusal is an answer
         return None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
@@ -152,19 +153,22 @@ def pt2_differential(path) -> str:
     for key, expected in reference.items():
         info = ours[key]
         if (info.dtype, tuple(info.shape)) != (str(expected.dtype)[6:], tuple(expected.shape)):
-            return f"MISMATCH: {key}: {info.dtype} {tuple(info.shape)} vs torch {expected.dtype} " \
-                   f"{tuple(expected.shape)}"
+            return (
+                f"MISMATCH: {key}: {info.dtype} {tuple(info.shape)} vs torch {expected.dtype} "
+                f"{tuple(expected.shape)}"
+            )
         try:
             value = read_tensor(info)
         except CheckpointError as exc:
             said = [w for w in checkpoint.warnings if w.startswith(f"{key}: its record")]
-            if said and "gives zeros" in said[0]:      # said, not read: never a wrong number
+            if said and "gives zeros" in said[0]:  # said, not read: never a wrong number
                 continue
             return f"MISMATCH: we fail reading {key}: {exc}"
-        if expected.numel() > 10**7:        # a zero-stride view of a small record: as stored
-            same = (value.stride(), value.storage_offset()) == \
-                (expected.stride(), expected.storage_offset()) and \
-                bytes(value.untyped_storage()) == bytes(expected.untyped_storage())
+        if expected.numel() > 10**7:  # a zero-stride view of a small record: as stored
+            same = (value.stride(), value.storage_offset()) == (
+                expected.stride(),
+                expected.storage_offset(),
+            ) and bytes(value.untyped_storage()) == bytes(expected.untyped_storage())
         else:
             same = bits(value) == bits(expected)
         if not same:

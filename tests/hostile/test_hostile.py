@@ -45,14 +45,19 @@ def test_core(built):
     if checkpoint is not None:
         from ckpt_viewer.core.summary import inspect_dict
         from ckpt_viewer.core.text import strict_json
-        strict_json(inspect_dict(checkpoint))         # the whole listing serialises
+
+        strict_json(inspect_dict(checkpoint))  # the whole listing serialises
 
 
 @pytest.mark.parametrize("built", sorted(CORPUS), indirect=True)
 def test_cli(built):
     path, expect, sentinel = built
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", path, "--json"],
-                            capture_output=True, text=True, timeout=TIME_LIMIT * 3)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "inspect", path, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT * 3,
+    )
     assert "Traceback" not in result.stderr
     if expect == "error":
         assert result.returncode == 2
@@ -61,13 +66,17 @@ def test_cli(built):
     else:
         assert result.returncode == 0, result.stderr
         limit = sys.get_int_max_str_digits()
-        sys.set_int_max_str_digits(0)                 # integers of any size are numbers
+        sys.set_int_max_str_digits(0)  # integers of any size are numbers
         try:
             json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"bare {name}"))
         finally:
             sys.set_int_max_str_digits(limit)
-    text = subprocess.run([sys.executable, "-m", "ckpt_viewer", "inspect", path],
-                          capture_output=True, text=True, timeout=TIME_LIMIT * 3)
+    text = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "inspect", path],
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT * 3,
+    )
     assert "\x1b" not in text.stdout + text.stderr and "Traceback" not in text.stderr
     if expect == "error":
         assert len(text.stderr.splitlines()) == 1
@@ -79,6 +88,7 @@ def test_big_endian_values_are_swapped(tmp_path):
 
     from ckpt_viewer.core.values import read_array
     from corpus import big_endian
+
     checkpoint = open_checkpoint(big_endian(tmp_path, tmp_path / "s"))
     assert checkpoint.byteorder == "big"
     assert read_array(checkpoint.find("w").tensor).tolist() == list(np.arange(8.0))
@@ -89,57 +99,81 @@ def test_verify_catches_one_flipped_bit_torch_load_does_not(tmp_path):
 
     import builders
     from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+
     path = builders.save({"w": torch.randn(1000)}, tmp_path / "w.pt")
     member = next(m for m in read_directory(path) if m.name.endswith("/data/0"))
     data = bytearray(open(path, "rb").read())
     data[data_offset(member) + 123] ^= 0x04
     open(path, "wb").write(bytes(data))
-    torch.load(path, weights_only=True)             # plain torch does not notice
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", path],
-                            capture_output=True, text=True, timeout=60)
+    torch.load(path, weights_only=True)  # plain torch does not notice
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "verify", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "data/0" in result.stdout and "CRC-32" in result.stdout
     from ckpt_viewer.core.stats import run
     from ckpt_viewer.core.verify import verify
+
     report = run(verify(path))
-    assert not report.ok and report.tensor == "w"      # the GUI names the damage by its key
+    assert not report.ok and report.tensor == "w"  # the GUI names the damage by its key
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors", "hf", "dcp"])
 def test_verify_intact(tmp_path, kind):
     import builders
-    path = {"zip": lambda: builders.training_checkpoint(tmp_path / "c.pt"),
-            "legacy": lambda: builders.training_checkpoint(tmp_path / "c.pt", legacy=True),
-            "safetensors": lambda: builders.safetensors_file(tmp_path / "w.safetensors"),
-            "hf": lambda: builders.hf_directory(tmp_path / "hf", "bin"),
-            "dcp": lambda: builders.dcp_directory(tmp_path / "dcp")[0]}[kind]()
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", path],
-                            capture_output=True, text=True, timeout=60)
+
+    path = {
+        "zip": lambda: builders.training_checkpoint(tmp_path / "c.pt"),
+        "legacy": lambda: builders.training_checkpoint(tmp_path / "c.pt", legacy=True),
+        "safetensors": lambda: builders.safetensors_file(tmp_path / "w.safetensors"),
+        "hf": lambda: builders.hf_directory(tmp_path / "hf", "bin"),
+        "dcp": lambda: builders.dcp_directory(tmp_path / "dcp")[0],
+    }[kind]()
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "verify", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and result.stdout.startswith("intact: "), result.stdout
 
 
 def test_verify_damaged_shard_is_named(tmp_path):
     import builders
+
     folder = builders.hf_directory(tmp_path / "hf", "bin")
     shard = os.path.join(folder, "pytorch_model-00002-of-00002.bin")
     data = bytearray(open(shard, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(shard, "wb").write(bytes(data))
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", folder],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "verify", folder],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "00002" in result.stdout
 
 
 def test_verify_missing_file_is_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", str(tmp_path / "x")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "verify", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: ")
 
 
-@pytest.mark.parametrize("built", sorted(n for n, (_, e) in CORPUS.items() if e == "opens"),
-                         indirect=True)
+@pytest.mark.parametrize(
+    "built", sorted(n for n, (_, e) in CORPUS.items() if e == "opens"), indirect=True
+)
 def test_values_of_every_file_that_opens(built):
     """Statistics of its tensors (the largest first) end in time, read or refused in one line."""
     from ckpt_viewer.core.stats import compute, run
+
     path, expect, sentinel = built
     checkpoint = open_checkpoint(path)
     tensors = sorted(checkpoint.tensors(), key=lambda item: -item[1].numel)[:3]
@@ -163,8 +197,9 @@ VERIFY_DIFFERS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CORPUS if not n.startswith("st_")
-                                  and n not in ("empty_directory",)))
+@pytest.mark.parametrize(
+    "name", sorted(n for n in CORPUS if not n.startswith("st_") and n not in ("empty_directory",))
+)
 def test_verify_agrees_with_torch_load(tmp_path, name):
     """`intact` with loads_with_weights_only exactly when torch.load(weights_only=True) loads
     the file (the safetensors side is test_safetensors_oracle.py); a refusal alone is never
@@ -175,6 +210,7 @@ def test_verify_agrees_with_torch_load(tmp_path, name):
 
     from ckpt_viewer.core.stats import run
     from ckpt_viewer.core.verify import verify
+
     if name in VERIFY_DIFFERS:
         pytest.skip(VERIFY_DIFFERS[name])
     sentinel = tmp_path / "SENTINEL"
@@ -184,7 +220,7 @@ def test_verify_agrees_with_torch_load(tmp_path, name):
             warnings.simplefilter("ignore")
             torch.load(path, weights_only=True, map_location="cpu")
         loads = True
-    except Exception:   # noqa: BLE001 - any refusal is the verdict
+    except Exception:  # noqa: BLE001 - any refusal is the verdict
         loads = False
     try:
         report = run(verify(path))

@@ -16,7 +16,9 @@ from corpus import CORPUS
 TIME_LIMIT = 20
 
 
-@pytest.mark.parametrize("name", sorted(n for n, (_, expect) in CORPUS.items() if expect == "opens"))
+@pytest.mark.parametrize(
+    "name", sorted(n for n, (_, expect) in CORPUS.items() if expect == "opens")
+)
 def test_check_and_layers_on_hostile_files(tmp_path, name):
     builder, _ = CORPUS[name]
     sentinel = tmp_path / "SENTINEL"
@@ -41,12 +43,14 @@ def test_check_and_layers_on_hostile_files(tmp_path, name):
 
 @pytest.mark.parametrize("kind", ["dtypes", "hf", "dcp", "legacy", "whole_model", "torchscript"])
 def test_check_reads_every_dtype_and_container(tmp_path, kind):
-    path = {"dtypes": lambda: builders.save(builders.every_dtype(), tmp_path / "d.pt"),
-            "hf": lambda: builders.hf_directory(tmp_path / "hf", "bin"),
-            "dcp": lambda: builders.dcp_directory(tmp_path / "dcp")[0],
-            "legacy": lambda: builders.training_checkpoint(tmp_path / "l.pt", legacy=True),
-            "whole_model": lambda: builders.whole_model_file(tmp_path / "w.pt"),
-            "torchscript": lambda: builders.torchscript_file(tmp_path / "t.pt")}[kind]()
+    path = {
+        "dtypes": lambda: builders.save(builders.every_dtype(), tmp_path / "d.pt"),
+        "hf": lambda: builders.hf_directory(tmp_path / "hf", "bin"),
+        "dcp": lambda: builders.dcp_directory(tmp_path / "dcp")[0],
+        "legacy": lambda: builders.training_checkpoint(tmp_path / "l.pt", legacy=True),
+        "whole_model": lambda: builders.whole_model_file(tmp_path / "w.pt"),
+        "torchscript": lambda: builders.torchscript_file(tmp_path / "t.pt"),
+    }[kind]()
     checkpoint = open_checkpoint(path)
     report = run(check(checkpoint))
     assert not [f for f in report.findings if f.kind == "unreadable"], report.findings

@@ -35,10 +35,13 @@ def test_every_hostile_file_in_the_gui(qtbot, tmp_path, corpus_files):
     window.load_failed.connect(lambda path, message: outcomes.setdefault(path, ("error", message)))
     for name, (path, expect) in corpus_files.items():
         window.open_paths([path])
-        qtbot.waitUntil(lambda: any(p.endswith(path.rstrip("/").split("/")[-1]) for p in outcomes),
-                        timeout=20_000)
-        outcome, message = next(v for p, v in outcomes.items()
-                                if p.endswith(path.rstrip("/").split("/")[-1]))
+        qtbot.waitUntil(
+            lambda: any(p.endswith(path.rstrip("/").split("/")[-1]) for p in outcomes),
+            timeout=20_000,
+        )
+        outcome, message = next(
+            v for p, v in outcomes.items() if p.endswith(path.rstrip("/").split("/")[-1])
+        )
         assert outcome == expect, (name, message)
         if outcome == "error":
             assert message and "\n" not in message
@@ -75,9 +78,16 @@ def test_text_from_files_is_never_rich_text(qtbot, tmp_path):
     qtbot.addWidget(window)
     window.show()
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
-    path = builders.save({HOSTILE_TEXT: torch.ones(4), "s" + HOSTILE_TEXT: HOSTILE_TEXT,
-                          "big": 10 ** 100_000, "deep": {".".join(["a"] * 100_000): 1},
-                          "optim": optimizer.state_dict()}, tmp_path / "evil.pt")
+    path = builders.save(
+        {
+            HOSTILE_TEXT: torch.ones(4),
+            "s" + HOSTILE_TEXT: HOSTILE_TEXT,
+            "big": 10**100_000,
+            "deep": {".".join(["a"] * 100_000): 1},
+            "optim": optimizer.state_dict(),
+        },
+        tmp_path / "evil.pt",
+    )
     with qtbot.waitSignal(window.loaded, timeout=20_000):
         window.open_paths([path])
     tab = window.tabs.currentWidget()
@@ -119,15 +129,21 @@ def test_screenshot_of_a_view_that_fails_exits_2_at_once(tmp_path):
     path = tmp_path / "bad-inflate.pt"
     with zipfile.ZipFile(source) as a, zipfile.ZipFile(path, "w") as b:
         for info in a.infolist():
-            method = zipfile.ZIP_DEFLATED if info.filename.endswith("/data/0") else zipfile.ZIP_STORED
+            method = (
+                zipfile.ZIP_DEFLATED if info.filename.endswith("/data/0") else zipfile.ZIP_STORED
+            )
             b.writestr(info.filename, a.read(info), compress_type=method)
     member = next(m for m in read_directory(str(path)) if m.name.endswith("/data/0"))
     data = bytearray(path.read_bytes())
-    data[data_offset(member) + 100:data_offset(member) + 400] = b"\xff" * 300
+    data[data_offset(member) + 100 : data_offset(member) + 400] = b"\xff" * 300
     path.write_bytes(bytes(data))
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", str(path), "--screenshot",
-                             str(tmp_path / "out.png")], capture_output=True, text=True,
-                            timeout=120, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
-    assert result.returncode == 2     # the view's failure, well before the screenshot's timeout
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", str(path), "--screenshot", str(tmp_path / "out.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    assert result.returncode == 2  # the view's failure, well before the screenshot's timeout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "inflated" in lines[0]

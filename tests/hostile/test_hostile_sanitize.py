@@ -36,7 +36,7 @@ def test_sanitize_corpus(name, tmp_path):
         assert str(exc) and "\n" not in str(exc)
         assert not destination.exists()
     else:
-        assert summary.bytes < 64 << 20           # a small file never balloons
+        assert summary.bytes < 64 << 20  # a small file never balloons
         torch.load(destination, weights_only=True)
     finally:
         signal.alarm(0)

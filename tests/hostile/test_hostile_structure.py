@@ -15,19 +15,24 @@ TIME_LIMIT = 10
 N = 600_000_000
 
 
-K = 130     # a K x K grid of chunks: K**3 / 2 pairs to compare, past the reader's bound
+K = 130  # a K x K grid of chunks: K**3 / 2 pairs to compare, past the reader's bound
 
 CASES = {
     # 2**40 elements declared, 4 stored
-    "huge_declared_size": lambda f: builders.dcp_crafted(f, (2 ** 40,), [((0,), (2 ** 40,),
-                                                                          torch.ones(4))]),
+    "huge_declared_size": lambda f: builders.dcp_crafted(
+        f, (2**40,), [((0,), (2**40,), torch.ones(4))]
+    ),
     # 600 million elements from one stored
-    "expanded_chunk": lambda f: builders.dcp_crafted(f, (N,), [((0,), (N,),
-                                                                torch.ones(1).expand(N))]),
+    "expanded_chunk": lambda f: builders.dcp_crafted(
+        f, (N,), [((0,), (N,), torch.ones(1).expand(N))]
+    ),
     # K * K one-element chunks sharing one stored record
     "interleaved_chunks": lambda f: builders.dcp_crafted(
-        f, (K, K), [((0, 0), (1, 1), torch.ones(1, 1))]
-        + [((i // K, i % K), (1, 1), None) for i in range(1, K * K)]),
+        f,
+        (K, K),
+        [((0, 0), (1, 1), torch.ones(1, 1))]
+        + [((i // K, i % K), (1, 1), None) for i in range(1, K * K)],
+    ),
 }
 COMMANDS = ["inspect", "verify", "stats", "export", "check"]
 
@@ -38,13 +43,21 @@ def folders(tmp_path_factory):
     return {name: build(base / name) for name, build in CASES.items()}
 
 
-@pytest.mark.parametrize("name, command", [(n, c) for n in sorted(CASES) for c in COMMANDS
-                                           if n != "interleaved_chunks" or c in COMMANDS[:2]])
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        (n, c)
+        for n in sorted(CASES)
+        for c in COMMANDS
+        if n != "interleaved_chunks" or c in COMMANDS[:2]
+    ],
+)
 def test_every_command_ends_in_one_line(folders, tmp_path, capsys, name, command):
     folder = folders[name]
-    argv = {"stats": ["stats", folder, "w"],
-            "export": ["export", folder, "-o", str(tmp_path / "out.pth")]}.get(
-        command, [command, folder])
+    argv = {
+        "stats": ["stats", folder, "w"],
+        "export": ["export", folder, "-o", str(tmp_path / "out.pth")],
+    }.get(command, [command, folder])
     builders.alarm(TIME_LIMIT)
     try:
         code = main(argv)

@@ -34,54 +34,90 @@ pytest.importorskip("aiohttp")
 from rangeserver import RANGE, ScriptedServer  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 60))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # answers that leave the bytes right: the read has to succeed whatever else happens
-HARMLESS = {("etag", None), ("lastmod", None), ("encoding", "identity"), ("chunked",),
-            ("no_length",)}
+HARMLESS = {
+    ("etag", None),
+    ("lastmod", None),
+    ("encoding", "identity"),
+    ("chunked",),
+    ("no_length",),
+}
 
 fault = st.one_of(
-    st.tuples(st.just("status"), st.sampled_from([200, 204, 301, 302, 304, 307, 400, 403, 404,
-                                                   416, 429, 500, 503])),
+    st.tuples(
+        st.just("status"),
+        st.sampled_from([200, 204, 301, 302, 304, 307, 400, 403, 404, 416, 429, 500, 503]),
+    ),
     st.tuples(st.just("range_shift"), st.integers(-3, 3).filter(bool)),
     st.tuples(st.just("total"), st.integers(-3, 3).filter(bool)),
-    st.tuples(st.just("content_range"), st.sampled_from([None, "bytes */10", "bytes 0-/9",
-                                                         "items 0-1/2", "bytes 5-1/10",
-                                                         "bytes 0-0/*", "bytes 0-511/-1"])),
+    st.tuples(
+        st.just("content_range"),
+        st.sampled_from(
+            [
+                None,
+                "bytes */10",
+                "bytes 0-/9",
+                "items 0-1/2",
+                "bytes 5-1/10",
+                "bytes 0-0/*",
+                "bytes 0-511/-1",
+            ]
+        ),
+    ),
     st.tuples(st.just("length"), st.integers(-3, 3).filter(bool)),
     st.tuples(st.just("no_length")),
     st.tuples(st.just("truncate"), st.integers(0, 600)),
     st.tuples(st.just("extra"), st.integers(1, 5000)),
     st.tuples(st.just("etag"), st.sampled_from([None, '"other"', 'W/"other"', ""])),
-    st.tuples(st.just("lastmod"), st.sampled_from([None, "Thu, 01 Jan 1970 00:00:00 GMT",
-                                                   "garbage"])),
-    st.tuples(st.just("encoding"), st.sampled_from(["gzip", "br", "deflate", "identity",
-                                                    "GZIP", "x\x1b[31m"])),
+    st.tuples(
+        st.just("lastmod"), st.sampled_from([None, "Thu, 01 Jan 1970 00:00:00 GMT", "garbage"])
+    ),
+    st.tuples(
+        st.just("encoding"),
+        st.sampled_from(["gzip", "br", "deflate", "identity", "GZIP", "x\x1b[31m"]),
+    ),
     st.tuples(st.just("chunked")),
-    st.tuples(st.just("garbage"), st.sampled_from([
-        b"", b"HTTP/1.1\r\n\r\n", b"HTTP/1.1 999 X\r\n\r\n", b"\0" * 20, b"HTTP/2 200\r\n\r\n",
-        b"HTTP/1.1 206 OK\r\nContent-Length: -1\r\n\r\n",
-        b"HTTP/1.1 206 OK\r\nContent-Range: bytes 0-0/1\r\nContent-Length: 1\r\n\r\nx"])),
+    st.tuples(
+        st.just("garbage"),
+        st.sampled_from(
+            [
+                b"",
+                b"HTTP/1.1\r\n\r\n",
+                b"HTTP/1.1 999 X\r\n\r\n",
+                b"\0" * 20,
+                b"HTTP/2 200\r\n\r\n",
+                b"HTTP/1.1 206 OK\r\nContent-Length: -1\r\n\r\n",
+                b"HTTP/1.1 206 OK\r\nContent-Range: bytes 0-0/1\r\nContent-Length: 1\r\n\r\nx",
+            ]
+        ),
+    ),
 )
 # which answers go wrong: by request number (0 is the HEAD of the size; a read of the file
 # takes 4 or 5 requests: the first bytes, the tail with the zip directory, the tensors)
 plans = st.dictionaries(st.integers(0, 5), fault, max_size=3)
 # the file is sound: a refusal can only come from the transport (a reader's complaint would
 # mean that wrong bytes got through)
-TRANSPORT = re.compile(r"HTTP \d+ |timed out|too many redirects|cannot be read \(|the server|"
-                       r"the file changed on the server while it was read ")
+TRANSPORT = re.compile(
+    r"HTTP \d+ |timed out|too many redirects|cannot be read \(|the server|"
+    r"the file changed on the server while it was read "
+)
 
 
 class Served:
     def __init__(self, folder):
         torch.manual_seed(0)
-        self.data, self.other = (self.version(), self.version())   # same size, other values
+        self.data, self.other = (self.version(), self.version())  # same size, other values
         assert len(self.data) == len(self.other)
         (folder / "f.pt").write_bytes(self.data)
         self.expected = torch.load(folder / "f.pt", weights_only=True)
-        stat = os.stat(folder / "f.pt")       # the plain server's own validators
+        stat = os.stat(folder / "f.pt")  # the plain server's own validators
         self.etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
         self.modified = formatdate(stat.st_mtime, usegmt=True)
         self.plan, self.applied, self.count = {}, [], 0
@@ -90,8 +126,15 @@ class Served:
     @staticmethod
     def version() -> bytes:
         buffer = io.BytesIO()
-        torch.save({"w": torch.randn(20000), "v": torch.randn(3000),
-                    "b": torch.randint(0, 99, (10,)), "h": torch.randn(40).half()}, buffer)
+        torch.save(
+            {
+                "w": torch.randn(20000),
+                "v": torch.randn(3000),
+                "b": torch.randint(0, 99, (10,)),
+                "h": torch.randn(40).half(),
+            },
+            buffer,
+        )
         return buffer.getvalue()
 
     def script(self, handler, server) -> bool:
@@ -102,7 +145,7 @@ class Served:
                 self.applied.append(wrong)
         if wrong is None:
             return False
-        handler.close_connection = True      # nothing wrong lingers in a kept-alive socket
+        handler.close_connection = True  # nothing wrong lingers in a kept-alive socket
         try:
             self.answer(handler, wrong)
         except OSError:
@@ -116,8 +159,13 @@ class Served:
         start, end = (int(match[1]), min(size, int(match[2]) + 1)) if match else (0, size)
         status = 206 if match else 200
         body = self.data[start:end]
-        headers = {"Accept-Ranges": "bytes", "ETag": self.etag, "Last-Modified": self.modified,
-                   "Content-Length": str(len(body)), "Connection": "close"}
+        headers = {
+            "Accept-Ranges": "bytes",
+            "ETag": self.etag,
+            "Last-Modified": self.modified,
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+        }
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         if kind == "garbage":
@@ -130,11 +178,11 @@ class Served:
             headers["Content-Length"] = str(len(body))
             if 300 <= value < 400:
                 headers["Location"] = handler.path
-        elif kind == "range_shift":        # the bytes it says it sends: not those asked for
+        elif kind == "range_shift":  # the bytes it says it sends: not those asked for
             shifted = max(start + value, 0)
             headers["Content-Range"] = f"bytes {shifted}-{shifted + end - start - 1}/{size}"
-            body = self.data[shifted:shifted + end - start].ljust(end - start, b"\0")
-        elif kind == "total":              # another file now
+            body = self.data[shifted : shifted + end - start].ljust(end - start, b"\0")
+        elif kind == "total":  # another file now
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size + value}"
             body = self.other[start:end]
         elif kind == "content_range":
@@ -150,7 +198,7 @@ class Served:
             body += b"\0" * value
         elif kind in ("etag", "lastmod"):
             headers["ETag" if kind == "etag" else "Last-Modified"] = value
-            if value:                      # the file changed: the other version's bytes
+            if value:  # the file changed: the other version's bytes
                 body = self.other[start:end]
         elif kind == "encoding":
             headers["Content-Encoding"] = value
@@ -160,8 +208,13 @@ class Served:
         elif kind == "chunked":
             del headers["Content-Length"]
             headers["Transfer-Encoding"] = "chunked"
-            body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 100]), body[i:i + 100])
-                            for i in range(0, len(body), 100)) + b"0\r\n\r\n"
+            body = (
+                b"".join(
+                    b"%x\r\n%s\r\n" % (len(body[i : i + 100]), body[i : i + 100])
+                    for i in range(0, len(body), 100)
+                )
+                + b"0\r\n\r\n"
+            )
         handler.send_response(status)
         for name, text in headers.items():
             if text is not None:
@@ -175,8 +228,10 @@ class Served:
 def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("http-fuzz")
     state = Served(folder)
-    with ScriptedServer(str(folder), state.script, heads=True, lifetime=3600) as server, \
-            pytest.MonkeyPatch.context() as patch:
+    with (
+        ScriptedServer(str(folder), state.script, heads=True, lifetime=3600) as server,
+        pytest.MonkeyPatch.context() as patch,
+    ):
         # small blocks: the 94 KB file takes several requests, and a tensor is a "large" read
         patch.setattr(remote, "BLOCK", 512)
         patch.setattr(remote, "LARGE", 1024)

@@ -25,29 +25,32 @@ def big_int_parsing():
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "ckpt_viewer", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_safe_text_escapes_controls_and_bidi():
     assert safe_text("a\x1b[2K\r\n\tb") == "a\\x1b[2K\\r\\n\\tb"
-    assert safe_text("\x00\x7f\x9f\u202a\u202e\u2066\u2069\u2028") == \
-        "\\x00\\x7f\\x9f\\u202a\\u202e\\u2066\\u2069\\u2028"
+    assert (
+        safe_text("\x00\x7f\x9f\u202a\u202e\u2066\u2069\u2028")
+        == "\\x00\\x7f\\x9f\\u202a\\u202e\\u2066\\u2069\\u2028"
+    )
     assert safe_text("plain ünïcode 名前 <b>") == "plain ünïcode 名前 <b>"
     assert safe_text(safe_text(EVIL)) == safe_text(EVIL)
     assert len(safe_text(EVIL).splitlines()) == 1
 
 
 def test_strict_json():
-    text = strict_json({"a": math.nan, "b": [math.inf, -math.inf], "c": 10 ** 5000, "d": 1.5})
+    text = strict_json({"a": math.nan, "b": [math.inf, -math.inf], "c": 10**5000, "d": 1.5})
     assert "NaN" not in text and "Infinity" not in text
     value = json.loads(text, parse_constant=lambda name: pytest.fail(name))
-    assert value["a"] == "nan" and value["b"] == ["inf", "-inf"] and value["c"] == 10 ** 5000
-    assert json_safe(10 ** 300_000).startswith("<integer of")
+    assert value["a"] == "nan" and value["b"] == ["inf", "-inf"] and value["c"] == 10**5000
+    assert json_safe(10**300_000).startswith("<integer of")
 
 
 def test_inspect_text_escapes_every_key_and_global(tmp_path):
-    path = builders.save({EVIL: torch.ones(2), "s": EVIL, "n": 10 ** 100_000}, tmp_path / "e.pt")
+    path = builders.save({EVIL: torch.ones(2), "s": EVIL, "n": 10**100_000}, tmp_path / "e.pt")
     result = cli("inspect", path)
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stdout and "\r" not in result.stdout
@@ -55,7 +58,7 @@ def test_inspect_text_escapes_every_key_and_global(tmp_path):
     assert not any(line.startswith("intact:") for line in result.stdout.splitlines())
     assert "an integer of 100,001 digits" in result.stdout
     data = json.loads(cli("inspect", path, "--json").stdout)
-    assert data["tensors"][0]["key"] == EVIL and data["scalars"]["n"] == 10 ** 100_000
+    assert data["tensors"][0]["key"] == EVIL and data["scalars"]["n"] == 10**100_000
 
 
 def test_error_lines_are_one_line(tmp_path):
@@ -73,7 +76,7 @@ def test_error_lines_are_one_line(tmp_path):
 def test_verify_line_cannot_be_forged(tmp_path):
     path = builders.save({"w" + EVIL: torch.randn(100)}, tmp_path / "v.pt")
     data = bytearray(open(path, "rb").read())
-    at = data.rindex(b"version") - 200          # flip a byte inside the tensor's record
+    at = data.rindex(b"version") - 200  # flip a byte inside the tensor's record
     data[at] ^= 0xFF
     open(path, "wb").write(bytes(data))
     result = cli("verify", path)
@@ -82,8 +85,9 @@ def test_verify_line_cannot_be_forged(tmp_path):
 
 
 def test_stats_json_is_strict(tmp_path):
-    path = builders.save({"t": torch.tensor([1.0, math.nan, math.inf, 3e38, 3e38])},
-                         tmp_path / "t.pt")
+    path = builders.save(
+        {"t": torch.tensor([1.0, math.nan, math.inf, 3e38, 3e38])}, tmp_path / "t.pt"
+    )
     result = cli("stats", path, "t", "--json")
     assert result.returncode == 0, result.stderr
     json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"bare {name}"))
@@ -102,8 +106,11 @@ def test_shared_objects_are_shown_once(tmp_path):
     """A few hundred KB of pickle referencing one large string and list from thousands of
     places: the reports stay small and say what they left out."""
     text, items = "A" * 100_000, ["B" * 1000] * 20
-    obj = {"s": {f"k{i}": text for i in range(4000)}, "l": {f"l{i}": items for i in range(4000)},
-           "opt": {"state": {}, "param_groups": [{"params": [0], "names": items}] * 500}}
+    obj = {
+        "s": {f"k{i}": text for i in range(4000)},
+        "l": {f"l{i}": items for i in range(4000)},
+        "opt": {"state": {}, "param_groups": [{"params": [0], "names": items}] * 500},
+    }
     path = builders.save(obj, tmp_path / "shared.pt")
     report = cli("inspect", path)
     as_json = cli("inspect", path, "--json")

@@ -19,8 +19,9 @@ T = '{"dtype":"F32","shape":[2],"data_offsets":[0,8]}'
 
 
 def entry(dtype="F32", shape=(2,), offsets=(0, 8), **extra):
-    return json.dumps({"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets),
-                       **extra})
+    return json.dumps(
+        {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets), **extra}
+    )
 
 
 CASES = {
@@ -45,7 +46,10 @@ CASES = {
     "metadata_key_repeated": ('{"__metadata__":{"k":"a","k":"b"},"a":%s}' % T, 8),
     "duplicate_tensor_last_fits": ('{"a":%s,"a":%s}' % (entry(shape=(3,), offsets=(0, 12)), T), 8),
     "duplicate_tensor_last_gap": ('{"a":%s,"a":%s}' % (T, entry(offsets=(8, 16))), 16),
-    "duplicate_dtype_field": ('{"a":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}}', 8),
+    "duplicate_dtype_field": (
+        '{"a":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+        8,
+    ),
     "unknown_field": ('{"a":%s}' % entry(x=[1, {"y": None}]), 8),
     "missing_shape": ('{"a":{"dtype":"F32","data_offsets":[0,8]}}', 8),
     "entry_as_list": ('{"a":["F32",[2],[0,8]]}', 8),
@@ -57,10 +61,22 @@ CASES = {
     "float_dim": ('{"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}}', 8),
     "exponent_dim": ('{"a":{"dtype":"F32","shape":[2e0],"data_offsets":[0,8]}}', 8),
     "bool_dim": ('{"a":{"dtype":"F32","shape":[true],"data_offsets":[0,4]}}', 4),
-    "dim_past_u64": ('{"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,8]}}', 8),
-    "zero_dim_times_huge": ('{"a":{"dtype":"F32","shape":[18446744073709551615,0],"data_offsets":[0,0]}}', 0),
-    "shape_product_overflow": ('{"a":{"dtype":"F32","shape":[9223372036854775808,2,0],"data_offsets":[0,0]}}', 0),
-    "bytes_overflow": ('{"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}}', 0),
+    "dim_past_u64": (
+        '{"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,8]}}',
+        8,
+    ),
+    "zero_dim_times_huge": (
+        '{"a":{"dtype":"F32","shape":[18446744073709551615,0],"data_offsets":[0,0]}}',
+        0,
+    ),
+    "shape_product_overflow": (
+        '{"a":{"dtype":"F32","shape":[9223372036854775808,2,0],"data_offsets":[0,0]}}',
+        0,
+    ),
+    "bytes_overflow": (
+        '{"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}}',
+        0,
+    ),
     "three_offsets": ('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}}', 8),
     "offsets_object": ('{"a":{"dtype":"F32","shape":[2],"data_offsets":{"0":0,"1":8}}}', 8),
     "lowercase_dtype": ('{"a":%s}' % entry(dtype="f32"), 8),
@@ -73,8 +89,11 @@ CASES = {
     "bom": ('\ufeff{"a":%s}' % T, 8),
     "raw_control_in_key": ('{"a\x01":%s}' % T, 8),
     "empty_key": ('{"":%s}' % T, 8),
-    "zero_size_tensors": ('{"z":%s,"a":%s,"y":%s}' % (entry(shape=(0,), offsets=(0, 0)), T,
-                                                      entry(shape=(0, 3), offsets=(8, 8))), 8),
+    "zero_size_tensors": (
+        '{"z":%s,"a":%s,"y":%s}'
+        % (entry(shape=(0,), offsets=(0, 0)), T, entry(shape=(0, 3), offsets=(8, 8))),
+        8,
+    ),
     "nesting_127": ('{"a":%s}' % entry(x=json.loads("[" * 125 + "]" * 125)), 8),
     "nesting_128": ('{"a":%s}' % entry(x=json.loads("[" * 126 + "]" * 126)), 8),
     "deep_dotted_key": ('{"%s":%s}' % (".".join(["a"] * 100_000), T), 8),
@@ -85,8 +104,12 @@ CASES = {
 def write(folder, name, header: str, data_bytes: int, length=None):
     raw = header.encode("utf-8", "surrogatepass")
     path = folder / f"{name}.safetensors"
-    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw
-                     + bytes(range(256)) * (data_bytes // 256) + bytes(data_bytes % 256))
+    path.write_bytes(
+        struct.pack("<Q", len(raw) if length is None else length)
+        + raw
+        + bytes(range(256)) * (data_bytes // 256)
+        + bytes(data_bytes % 256)
+    )
     return str(path)
 
 
@@ -96,7 +119,7 @@ def library_accepts(path) -> bool:
             for key in f.keys():
                 f.get_slice(key).get_shape()
         return True
-    except Exception:   # noqa: BLE001 - any refusal is the verdict
+    except Exception:  # noqa: BLE001 - any refusal is the verdict
         return False
 
 
@@ -109,7 +132,7 @@ def our_verdicts(path) -> tuple[bool, bool]:
         opens = False
     try:
         intact = run(verify(path)).ok
-    except CheckpointError:             # not recognised at all: exit 2, never "intact"
+    except CheckpointError:  # not recognised at all: exit 2, never "intact"
         intact = False
     return opens, intact
 
@@ -125,7 +148,9 @@ def test_crafted_headers_agree_with_the_library(tmp_path, name):
 def test_mutated_headers_agree_with_the_library(tmp_path):
     """Random byte edits of a valid two-tensor header (seeded, so failures repeat)."""
     header = '{"__metadata__":{"format":"pt"},"a":%s,"b":%s}' % (
-        T, entry(dtype="I8", shape=(2, 2), offsets=(8, 12)))
+        T,
+        entry(dtype="I8", shape=(2, 2), offsets=(8, 12)),
+    )
     rng = random.Random(1234)
     alphabet = b'0123456789-.,:[]{}" \\eEuNaIf'
     disagreements = []
@@ -142,11 +167,19 @@ def test_mutated_headers_agree_with_the_library(tmp_path):
 
 def test_verify_exit_codes_follow_the_library(tmp_path):
     gap = write(tmp_path, "gap", '{"a":%s}' % entry(offsets=(4, 12)), 12)
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", gap],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "verify", gap],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and result.stdout.startswith("damaged: ")
     assert "'a'" in result.stdout and len(result.stdout.splitlines()) == 1
     padded = write(tmp_path, "padded", '{"a":%s}     ' % T, 8)
-    result = subprocess.run([sys.executable, "-m", "ckpt_viewer", "verify", padded],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", "verify", padded],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and result.stdout.startswith("intact: ")

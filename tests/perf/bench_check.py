@@ -47,15 +47,25 @@ def main():
         stats_with_health_facts(path)
         return
     gb = os.path.getsize(path) / 1e9
-    ours = measure([sys.executable, "-m", "ckpt_viewer", "check", path, "--json"],
-                   repeat=repeat, ok_codes=(0, 1), warmup=True)
+    ours = measure(
+        [sys.executable, "-m", "ckpt_viewer", "check", path, "--json"],
+        repeat=repeat,
+        ok_codes=(0, 1),
+        warmup=True,
+    )
     cat = measure(["sh", "-c", 'cat "$0" > /dev/null', path], repeat=repeat, warmup=True)
     torch_side = measure(python(BASELINE.format(path=path)), repeat=repeat, warmup=True)
-    print(f"{path}: {gb:.2f} GB; check {gb / ours[0]:.2f} GB/s, cat {gb / cat[0]:.2f} GB/s "
-          f"({cat[0] / ours[0]:.0%} of cat's throughput, budget >= 70%); check peak RSS "
-          f"{ours[1]:.0f} MB (budget 1024 MB)")
-    print_table([("check vs cat FILE > /dev/null", ours, cat, round(1 / 0.7, 2), None),
-                 ("check vs mmap load + isnan/isinf/==0", ours, torch_side, 0.5, None)])
+    print(
+        f"{path}: {gb:.2f} GB; check {gb / ours[0]:.2f} GB/s, cat {gb / cat[0]:.2f} GB/s "
+        f"({cat[0] / ours[0]:.0%} of cat's throughput, budget >= 70%); check peak RSS "
+        f"{ours[1]:.0f} MB (budget 1024 MB)"
+    )
+    print_table(
+        [
+            ("check vs cat FILE > /dev/null", ours, cat, round(1 / 0.7, 2), None),
+            ("check vs mmap load + isnan/isinf/==0", ours, torch_side, 0.5, None),
+        ]
+    )
     stats_with_health_facts(path)
 
 
@@ -74,14 +84,16 @@ def stats_with_health_facts(path):
             start = time.perf_counter()
             run(check(checkpoint))
             timings["check"] = time.perf_counter() - start
-        for attempt in ("first", "again"):      # the first run also warms the page cache
+        for attempt in ("first", "again"):  # the first run also warms the page cache
             cache = checkpoint.stats_cache if label == "with" else None
             start = time.perf_counter()
             run(stats_job(tensor, 256, "magnitude", None, cache=cache))
             timings[label, attempt] = time.perf_counter() - start
-    print(f"{key} ({tensor.numel:,} {tensor.dtype}): exact stats {timings['without', 'again']:.2f} s "
-          f"without a health pass, {timings['with', 'first']:.2f} s after one "
-          f"({timings['check']:.1f} s), {1000 * timings['with', 'again']:.1f} ms selected again")
+    print(
+        f"{key} ({tensor.numel:,} {tensor.dtype}): exact stats {timings['without', 'again']:.2f} s "
+        f"without a health pass, {timings['with', 'first']:.2f} s after one "
+        f"({timings['check']:.1f} s), {1000 * timings['with', 'again']:.1f} ms selected again"
+    )
 
 
 if __name__ == "__main__":

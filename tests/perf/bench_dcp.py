@@ -47,18 +47,25 @@ def main():
     folder = os.path.join(work, "dcp")
     ours_dst, base_dst = os.path.join(work, "ours.pth"), os.path.join(work, "base.pth")
     try:
-        subprocess.run(python(MAKE.format(src=os.path.join(args.data, "train-2g6.pt"),
-                                          folder=folder)), check=True)
+        subprocess.run(
+            python(MAKE.format(src=os.path.join(args.data, "train-2g6.pt"), folder=folder)),
+            check=True,
+        )
         files = [n for n in os.listdir(folder) if n.endswith(".distcp")]
         size = sum(os.path.getsize(os.path.join(folder, n)) for n in files)
         base = measure(python(BASELINE.format(folder=folder, dst=base_dst)), repeat=args.repeat)
-        ours = measure([sys.executable, "-m", "ckpt_viewer", "export", folder, "-o", ours_dst,
-                        "--force"], repeat=args.repeat)
-        print_table([(f"DCP ({len(files)} files, {size / 1e9:.1f} GB) -> one .pth", ours, base,
-                      1.0, None)])
-        print(f"peak RSS: ours {ours[1]:.0f} MB (budget 1024 MB), baseline {base[1]:.0f} MB; "
-              f"sizes {os.path.getsize(ours_dst) / 1e9:.2f} GB vs "
-              f"{os.path.getsize(base_dst) / 1e9:.2f} GB")
+        ours = measure(
+            [sys.executable, "-m", "ckpt_viewer", "export", folder, "-o", ours_dst, "--force"],
+            repeat=args.repeat,
+        )
+        print_table(
+            [(f"DCP ({len(files)} files, {size / 1e9:.1f} GB) -> one .pth", ours, base, 1.0, None)]
+        )
+        print(
+            f"peak RSS: ours {ours[1]:.0f} MB (budget 1024 MB), baseline {base[1]:.0f} MB; "
+            f"sizes {os.path.getsize(ours_dst) / 1e9:.2f} GB vs "
+            f"{os.path.getsize(base_dst) / 1e9:.2f} GB"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -38,16 +38,21 @@ def main():
     zip_file = os.path.join(args.data, "train-2g6.pt")
     rows = []
     # torch cannot mmap a legacy file: that baseline loads it into memory
-    for label, b, mmap_b in (("diff 2.6 GB zip vs 2.6 GB legacy", "train-2g6-legacy.pt", False),
-                             ("diff 2.6 GB zip vs itself (both mmap)", "train-2g6.pt", True),
-                             ("diff 2.6 GB zip vs every float +1 (mmap)", "train-2g6-changed.pt",
-                              True)):
+    for label, b, mmap_b in (
+        ("diff 2.6 GB zip vs 2.6 GB legacy", "train-2g6-legacy.pt", False),
+        ("diff 2.6 GB zip vs itself (both mmap)", "train-2g6.pt", True),
+        ("diff 2.6 GB zip vs every float +1 (mmap)", "train-2g6-changed.pt", True),
+    ):
         b = os.path.join(args.data, b)
         if not os.path.exists(b):
             print(f"skipping {label}: {b} not built")
             continue
-        ours = measure([sys.executable, "-m", "ckpt_viewer", "diff", zip_file, b, "--json"],
-                       repeat=3, ok_codes=(0, 1), warmup=True)
+        ours = measure(
+            [sys.executable, "-m", "ckpt_viewer", "diff", zip_file, b, "--json"],
+            repeat=3,
+            ok_codes=(0, 1),
+            warmup=True,
+        )
         base = measure(python(BASELINE.format(a=zip_file, b=b, mmap_b=mmap_b)), repeat=3)
         rows.append((label, ours, base, 1.5, None))
     print_table(rows)

@@ -30,16 +30,34 @@ def main():
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     src = os.path.join(args.data, "train-16g.pt")
-    ours_dst, base_dst = os.path.join(args.data, "export-ours.pth"), os.path.join(args.data, "export-base.pth")
+    ours_dst, base_dst = (
+        os.path.join(args.data, "export-ours.pth"),
+        os.path.join(args.data, "export-base.pth"),
+    )
     rows = []
     try:
         base = measure(python(BASELINE.format(src=src, dst=base_dst)), repeat=args.repeat)
-        ours = measure([sys.executable, "-m", "ckpt_viewer", "export", src, "-o", ours_dst,
-                        "--root", "model_state_dict", "--force"], repeat=args.repeat)
+        ours = measure(
+            [
+                sys.executable,
+                "-m",
+                "ckpt_viewer",
+                "export",
+                src,
+                "-o",
+                ours_dst,
+                "--root",
+                "model_state_dict",
+                "--force",
+            ],
+            repeat=args.repeat,
+        )
         rows.append(("export 5.4 GB model_state_dict (pth)", ours, base, 1.0, None))
         print_table(rows)
-        print(f"peak RSS: ours {ours[1]:.0f} MB (budget 1024 MB), baseline {base[1]:.0f} MB; "
-              f"sizes {os.path.getsize(ours_dst) / 1e9:.2f} GB vs {os.path.getsize(base_dst) / 1e9:.2f} GB")
+        print(
+            f"peak RSS: ours {ours[1]:.0f} MB (budget 1024 MB), baseline {base[1]:.0f} MB; "
+            f"sizes {os.path.getsize(ours_dst) / 1e9:.2f} GB vs {os.path.getsize(base_dst) / 1e9:.2f} GB"
+        )
     finally:
         for path in (ours_dst, base_dst):
             if os.path.exists(path):

@@ -48,14 +48,19 @@ def first_window():
     ours, base = [], []
     for _ in range(3):
         start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", FIRST_WINDOW], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", FIRST_WINDOW],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert child.stdout.readline().strip() == "shown"
         ours.append(time.perf_counter() - start)
         child.wait()
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import torch, PySide6.QtWidgets, pyqtgraph"],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-c", "import torch, PySide6.QtWidgets, pyqtgraph"], check=True
+        )
         base.append(time.perf_counter() - start)
     return statistics.median(ours), statistics.median(base)
 
@@ -65,6 +70,7 @@ class Heartbeat:
 
     def __init__(self):
         from PySide6.QtCore import QTimer
+
         self.timer = QTimer()
         self.timer.setInterval(5)
         self.timer.timeout.connect(self.tick)
@@ -141,20 +147,25 @@ def settle(app, seconds=0.2):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="perf-data")
-    parser.add_argument("--only", default="window,load,layers,health,export,verify,compare,"
-                        "keys")
+    parser.add_argument("--only", default="window,load,layers,health,export,verify,compare,keys")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--no-export", action="store_true",
-                        help="skip the export timing (it writes a 2.6 GB file into --data)")
+    parser.add_argument(
+        "--no-export",
+        action="store_true",
+        help="skip the export timing (it writes a 2.6 GB file into --data)",
+    )
     args = parser.parse_args()
     parts = set(args.only.split(","))
     if "window" in parts:
         ours, base = first_window()
-        print(f"first window on screen: {ours:.3f} s vs import torch+PySide6+pyqtgraph "
-              f"{base:.3f} s -> ratio {ours / base:.3f} (budget 0.5)")
+        print(
+            f"first window on screen: {ours:.3f} s vs import torch+PySide6+pyqtgraph "
+            f"{base:.3f} s -> ratio {ours / base:.3f} (budget 0.5)"
+        )
 
     from ckpt_viewer.qt.app import make_app
     from ckpt_viewer.qt.main_window import MainWindow
+
     app = make_app()
     window = MainWindow()
     window.show()
@@ -181,9 +192,11 @@ def main():
             dialog.ready.connect(lambda _: exact.append(time.perf_counter() - start))
             wait_for(app, lambda: exact)
             layers_stall = beat.stop()
-            print(f"{name}: Tools > Layers, first (sampled) plot on screen "
-                  f"{first[0] if first else float('nan'):.3f} s (budget 2 s), exact plot "
-                  f"{exact[0]:.3f} s, worst GUI stall {1000 * layers_stall:.1f} ms (budget 50 ms)")
+            print(
+                f"{name}: Tools > Layers, first (sampled) plot on screen "
+                f"{first[0] if first else float('nan'):.3f} s (budget 2 s), exact plot "
+                f"{exact[0]:.3f} s, worst GUI stall {1000 * layers_stall:.1f} ms (budget 50 ms)"
+            )
             dialog.close()
         if "health" in parts and name == "train-16g.pt":
             checked = []
@@ -192,10 +205,12 @@ def main():
             dialog = window.health_current()
             dialog.checked.connect(lambda report: checked.append(time.perf_counter() - start))
             wait_for(app, lambda: checked)
-            app.processEvents()           # the findings list painted
-            print(f"{name}: Tools > Health, report after {checked[0]:.2f} s "
-                  f"({len(dialog.report.findings):,} findings), worst GUI stall "
-                  f"{1000 * beat.stop():.1f} ms (budget 50 ms)")
+            app.processEvents()  # the findings list painted
+            print(
+                f"{name}: Tools > Health, report after {checked[0]:.2f} s "
+                f"({len(dialog.report.findings):,} findings), worst GUI stall "
+                f"{1000 * beat.stop():.1f} ms (budget 50 ms)"
+            )
             dialog.close()
         ready, preview = [], []
         tab.tensor_view.view_ready.connect(ready.append)
@@ -206,13 +221,16 @@ def main():
         wait_for(app, lambda: ready)
         stats_time, stats_stall = time.perf_counter() - start, beat.stop()
         preview_text = f", preview after {1000 * (preview[0] - start):.0f} ms" if preview else ""
-        print(f"{name}: loaded in {load_time:.3f} s, worst GUI stall {1000 * load_stall:.1f} ms; "
-              f"largest tensor stats in {stats_time:.2f} s, worst stall "
-              f"{1000 * stats_stall:.1f} ms{preview_text} (budget 50 ms stall, 100 ms preview)")
+        print(
+            f"{name}: loaded in {load_time:.3f} s, worst GUI stall {1000 * load_stall:.1f} ms; "
+            f"largest tensor stats in {stats_time:.2f} s, worst stall "
+            f"{1000 * stats_stall:.1f} ms{preview_text} (budget 50 ms stall, 100 ms preview)"
+        )
 
     source = os.path.abspath(os.path.join(args.data, "train-2g6.pt"))
     if "export" in parts and os.path.exists(source) and not args.no_export:
         from ckpt_viewer.qt.export_dialog import ExportDialog
+
         open_and_wait(app, window, source)
         dialog = ExportDialog(window.current_tab().checkpoint, [], window)
         dialog.root.setText("model_state_dict")
@@ -226,9 +244,11 @@ def main():
         start = time.perf_counter()
         dialog.start_export()
         wait_for(app, lambda: finished)
-        print(f"export of the 2.6 GB file's model_state_dict from the dialog: "
-              f"{time.perf_counter() - start:.2f} s, worst GUI stall {1000 * beat.stop():.1f} ms "
-              f"(budget 50 ms)")
+        print(
+            f"export of the 2.6 GB file's model_state_dict from the dialog: "
+            f"{time.perf_counter() - start:.2f} s, worst GUI stall {1000 * beat.stop():.1f} ms "
+            f"(budget 50 ms)"
+        )
         if os.path.exists(target):
             os.remove(target)
 
@@ -241,9 +261,11 @@ def main():
         start = time.perf_counter()
         window.verify_current()
         wait_for(app, lambda: verified)
-        print(f"verify of the 2.6 GB file from Tools > Verify: {time.perf_counter() - start:.2f} s, "
-              f"{'intact' if verified[0][1] else 'damaged'}, worst GUI stall "
-              f"{1000 * beat.stop():.1f} ms (budget 50 ms)")
+        print(
+            f"verify of the 2.6 GB file from Tools > Verify: {time.perf_counter() - start:.2f} s, "
+            f"{'intact' if verified[0][1] else 'damaged'}, worst GUI stall "
+            f"{1000 * beat.stop():.1f} ms (budget 50 ms)"
+        )
         for box in window.findChildren(object, "verifyResult"):
             box.close()
 
@@ -266,11 +288,13 @@ def main():
         start = time.perf_counter()
         view.table.setCurrentIndex(proxy.index(row, 0))
         wait_for(app, lambda: drawn)
-        print(f"compare of the 2.6 GB file with its legacy twin: {diff_time:.2f} s, worst GUI "
-              f"stall {1000 * diff_stall:.1f} ms; plots of {largest.key} "
-              f"({math.prod(largest.shape_a):,} elements) in "
-              f"{time.perf_counter() - start:.2f} s, worst stall {1000 * beat.stop():.1f} ms "
-              f"(budget 50 ms)")
+        print(
+            f"compare of the 2.6 GB file with its legacy twin: {diff_time:.2f} s, worst GUI "
+            f"stall {1000 * diff_stall:.1f} ms; plots of {largest.key} "
+            f"({math.prod(largest.shape_a):,} elements) in "
+            f"{time.perf_counter() - start:.2f} s, worst stall {1000 * beat.stop():.1f} ms "
+            f"(budget 50 ms)"
+        )
 
     path = os.path.abspath(os.path.join(args.data, "keys-50k.pt"))
     if "keys" in parts and os.path.exists(path):
@@ -284,16 +308,18 @@ def main():
         tab.tree.viewport().repaint()
         shown = time.perf_counter() - start
         load_stall = beat.stop()
-        beat.start()                     # what follows the load: the idle-time plotting import
+        beat.start()  # what follows the load: the idle-time plotting import
         settle(app, 0.5)
         after_stall = beat.stop()
         for typed in ("layers.12*.sub3", "layer4999"):
             times, applied, stall = typing(app, tab, typed, beat)
-            print(f"keys-50k.pt: typing {typed!r} at 80 ms a key: each character on screen within "
-                  f"worst {1000 * max(times):.1f} ms, median {1000 * statistics.median(times):.1f} "
-                  f"ms (budget 50 ms); tree filtered and painted {1000 * applied:.0f} ms after the "
-                  f"last key; worst GUI stall while typing and applying {1000 * stall:.1f} ms "
-                  f"(budget 50 ms)")
+            print(
+                f"keys-50k.pt: typing {typed!r} at 80 ms a key: each character on screen within "
+                f"worst {1000 * max(times):.1f} ms, median {1000 * statistics.median(times):.1f} "
+                f"ms (budget 50 ms); tree filtered and painted {1000 * applied:.0f} ms after the "
+                f"last key; worst GUI stall while typing and applying {1000 * stall:.1f} ms "
+                f"(budget 50 ms)"
+            )
             cleared = []
             tab.filter_applied.connect(cleared.append)
             beat.start()
@@ -304,12 +330,17 @@ def main():
             clear_time = time.perf_counter() - start
             settle(app)
             tab.filter_applied.disconnect(cleared.append)
-            print(f"keys-50k.pt: clearing {typed!r}: whole tree back and painted in "
-                  f"{1000 * clear_time:.0f} ms, worst GUI stall {1000 * beat.stop():.1f} ms "
-                  f"(budget 50 ms)")
-        print(f"keys-50k.pt: tree shown {shown:.3f} s after open (budget 1 s), worst GUI stall "
-              f"{1000 * load_stall:.1f} ms until then, {1000 * after_stall:.1f} ms in the 0.5 s "
-              f"after (budget 50 ms)")
+            print(
+                f"keys-50k.pt: clearing {typed!r}: whole tree back and painted in "
+                f"{1000 * clear_time:.0f} ms, worst GUI stall {1000 * beat.stop():.1f} ms "
+                f"(budget 50 ms)"
+            )
+        print(
+            f"keys-50k.pt: tree shown {shown:.3f} s after open (budget 1 s), worst GUI stall "
+            f"{1000 * load_stall:.1f} ms until then, {1000 * after_stall:.1f} ms in the 0.5 s "
+            f"after (budget 50 ms)"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,11 @@ def main():
     args = parser.parse_args()
     rows = []
     for name, baseline, what in [
-        ("train-16g.pt", "torch.load(p, mmap=True, weights_only=True)", "open 16 GB zip (1.3B + Adam)"),
+        (
+            "train-16g.pt",
+            "torch.load(p, mmap=True, weights_only=True)",
+            "open 16 GB zip (1.3B + Adam)",
+        ),
         ("train-2g6-legacy.pt", "torch.load(p, weights_only=True)", "open 2.6 GB legacy file"),
         ("train-2g6.pt", "torch.load(p, mmap=True, weights_only=True)", "open 2.6 GB zip file"),
     ]:
@@ -40,15 +44,18 @@ def main():
     if os.path.exists(path):
         from ckpt_viewer.core.open import open_checkpoint
         from ckpt_viewer.core.summary import inspect_dict
+
         start = time.perf_counter()
         checkpoint = open_checkpoint(path)
         listed = time.perf_counter() - start
         info = inspect_dict(checkpoint)
         with_json = time.perf_counter() - start
         wall, rss = measure(INSPECT + [path])
-        print(f"\n50,000-key file: {len(info['tensors'])} tensors listed in {listed:.3f} s "
-              f"(budget 1 s), {with_json:.3f} s with the inspect object built; "
-              f"`ckpt-viewer inspect --json` fresh process {wall:.3f} s, {rss:.0f} MB")
+        print(
+            f"\n50,000-key file: {len(info['tensors'])} tensors listed in {listed:.3f} s "
+            f"(budget 1 s), {with_json:.3f} s with the inspect object built; "
+            f"`ckpt-viewer inspect --json` fresh process {wall:.3f} s, {rss:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import test_optim  # noqa: E402
 
 from ckpt_viewer.core.open import open_checkpoint  # noqa: E402
 
-CASES = [   # builder, what, budget in CPU seconds on the development machine
+CASES = [  # builder, what, budget in CPU seconds on the development machine
     (test_optim.flat_trainer_file, "15,000 params, 3 optimizers (views)", 1.0),
     (test_optim.many_optimizers_file, "1,500 optimizers, 15,000 tensors", 2.0),
     (test_optim.block_order_file, "60 stateless groups, any order fits", 2.0),

@@ -39,11 +39,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="perf-data")
     parser.add_argument("--s3", action="store_true", help="also over S3 (moto on 127.0.0.1)")
-    parser.add_argument("--s3-files", default="train-2g6.pt,keys-50k.pt",
-                        help="files uploaded to moto (it holds each object in memory)")
+    parser.add_argument(
+        "--s3-files",
+        default="train-2g6.pt,keys-50k.pt",
+        help="files uploaded to moto (it holds each object in memory)",
+    )
     args = parser.parse_args()
-    head = (f"{'file':<26} {'what':<28} {'requests':>8} {'bytes':>12} {'% of file':>9} "
-            f"{'seconds':>8}  check")
+    head = (
+        f"{'file':<26} {'what':<28} {'requests':>8} {'bytes':>12} {'% of file':>9} "
+        f"{'seconds':>8}  check"
+    )
     print(head)
     print("-" * len(head))
     with RangeServer(args.data, lifetime=1800) as server:
@@ -57,8 +62,9 @@ def s3_rows(args):
 
     from s3server import S3Server
 
-    names = [name for name in args.s3_files.split(",")
-             if os.path.exists(os.path.join(args.data, name))]
+    names = [
+        name for name in args.s3_files.split(",") if os.path.exists(os.path.join(args.data, name))
+    ]
     bucket = f"bench-{uuid.uuid4().hex[:12]}"
     with S3Server(lifetime=1800) as server:
         os.environ.update(server.environment())
@@ -66,8 +72,8 @@ def s3_rows(args):
         client.create_bucket(Bucket=bucket)
         for name in names:
             start = time.perf_counter()
-            with open(os.path.join(args.data, name), "rb") as f:    # one PUT, not multipart:
-                client.put_object(Bucket=bucket, Key=name, Body=f)   # moto joins parts in memory
+            with open(os.path.join(args.data, name), "rb") as f:  # one PUT, not multipart:
+                client.put_object(Bucket=bucket, Key=name, Body=f)  # moto joins parts in memory
             print(f"(uploaded {name} to moto in {time.perf_counter() - start:.1f} s)")
         rows(args.data, names, server, lambda name: f"s3://{bucket}/{name}", "s3")
 
@@ -92,9 +98,11 @@ def rows(data, names, server, url_of, label):
         requests, sent = len(server.requests), server.bytes_sent
         ok = requests <= 6 and sent <= size / 1000
         budget = ("ok" if ok else "OVER") if name == "train-16g.pt" else "no budget"
-        print(f"{label + ' ' + name:<26} {'open (listing)':<28} {requests:>8} {sent:>12,} "
-              f"{100 * sent / size:>8.4f}% {seconds:>8.2f}  "
-              f"{budget}; listing {'equals' if same else 'DIFFERS FROM'} local")
+        print(
+            f"{label + ' ' + name:<26} {'open (listing)':<28} {requests:>8} {sent:>12,} "
+            f"{100 * sent / size:>8.4f}% {seconds:>8.2f}  "
+            f"{budget}; listing {'equals' if same else 'DIFFERS FROM'} local"
+        )
         if name == "keys-50k.pt":
             continue
         key, tensor, _ = max(checkpoint.tensors(), key=lambda item: item[1].nbytes)
@@ -105,14 +113,16 @@ def rows(data, names, server, url_of, label):
         local = open_checkpoint(path).find(key).tensor
         same = run(compute(local)).mean == stats.mean
         extra = server.bytes_sent - tensor.nbytes
-        print(f"{'':<26} {'stats ' + key[-22:]:<28} {len(server.requests):>8} "
-              f"{server.bytes_sent:>12,} {100 * server.bytes_sent / size:>8.4f}% "
-              f"{seconds:>8.2f}  tensor {tensor.nbytes:,} B + {extra:,} B "
-              f"({'ok' if extra <= 2 * remote.BLOCK else 'OVER'}); "
-              f"mean {'equals' if same else 'DIFFERS FROM'} local")
+        print(
+            f"{'':<26} {'stats ' + key[-22:]:<28} {len(server.requests):>8} "
+            f"{server.bytes_sent:>12,} {100 * server.bytes_sent / size:>8.4f}% "
+            f"{seconds:>8.2f}  tensor {tensor.nbytes:,} B + {extra:,} B "
+            f"({'ok' if extra <= 2 * remote.BLOCK else 'OVER'}); "
+            f"mean {'equals' if same else 'DIFFERS FROM'} local"
+        )
 
 
 if __name__ == "__main__":
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, os.path.dirname(here))        # tests/, for rangeserver
+    sys.path.insert(0, os.path.dirname(here))  # tests/, for rangeserver
     main()

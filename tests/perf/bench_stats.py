@@ -30,10 +30,21 @@ def main():
     parser.add_argument("--data", default="perf-data")
     args = parser.parse_args()
     path = os.path.join(args.data, "stats-100m.pt")
-    ours = measure([sys.executable, "-m", "ckpt_viewer", "stats", path, "model.big.weight",
-                    "--bins", "256", "--json"])
+    ours = measure(
+        [
+            sys.executable,
+            "-m",
+            "ckpt_viewer",
+            "stats",
+            path,
+            "model.big.weight",
+            "--bins",
+            "256",
+            "--json",
+        ]
+    )
     base = measure(python(BASELINE.format(path=path)))
-    print_table([("stats + 256-bin histogram, 100M fp32", ours, base, 0.25, 0.1)])   # DESIGN.md
+    print_table([("stats + 256-bin histogram, 100M fp32", ours, base, 0.25, 0.1)])  # DESIGN.md
 
 
 if __name__ == "__main__":

@@ -46,16 +46,24 @@ def gpt_state(make, vocab, hidden, blocks):
     sd = {"embed.weight": make(vocab, hidden)}
     for i in range(blocks):
         p = f"blocks.{i}."
-        sd.update({
-            p + "attn.qkv.weight": make(3 * hidden, hidden), p + "attn.qkv.bias": make(3 * hidden),
-            p + "attn.proj.weight": make(hidden, hidden), p + "attn.proj.bias": make(hidden),
-            p + "mlp.fc1.weight": make(4 * hidden, hidden), p + "mlp.fc1.bias": make(4 * hidden),
-            p + "mlp.fc2.weight": make(hidden, 4 * hidden), p + "mlp.fc2.bias": make(hidden),
-            p + "ln1.weight": make(hidden), p + "ln1.bias": make(hidden),
-            p + "ln2.weight": make(hidden), p + "ln2.bias": make(hidden),
-            p + "norm.running_mean": make(hidden),
-            p + "norm.num_batches_tracked": torch.tensor(0, dtype=torch.int64),
-        })
+        sd.update(
+            {
+                p + "attn.qkv.weight": make(3 * hidden, hidden),
+                p + "attn.qkv.bias": make(3 * hidden),
+                p + "attn.proj.weight": make(hidden, hidden),
+                p + "attn.proj.bias": make(hidden),
+                p + "mlp.fc1.weight": make(4 * hidden, hidden),
+                p + "mlp.fc1.bias": make(4 * hidden),
+                p + "mlp.fc2.weight": make(hidden, 4 * hidden),
+                p + "mlp.fc2.bias": make(hidden),
+                p + "ln1.weight": make(hidden),
+                p + "ln1.bias": make(hidden),
+                p + "ln2.weight": make(hidden),
+                p + "ln2.bias": make(hidden),
+                p + "norm.running_mean": make(hidden),
+                p + "norm.num_batches_tracked": torch.tensor(0, dtype=torch.int64),
+            }
+        )
     sd["head.weight"] = make(vocab, hidden)
     return sd
 
@@ -63,20 +71,44 @@ def gpt_state(make, vocab, hidden, blocks):
 def training_checkpoint(make, vocab, hidden, blocks):
     model = gpt_state(make, vocab, hidden, blocks)
     params = [k for k in model if not k.endswith(("running_mean", "num_batches_tracked"))]
-    state = {i: {"step": torch.tensor(100.0), "exp_avg": make(*model[k].shape),
-                 "exp_avg_sq": make(*model[k].shape)} for i, k in enumerate(params)}
-    groups = [{"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1,
-               "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
-               "differentiable": False, "fused": None, "decoupled_weight_decay": True,
-               "params": list(range(len(params)))}]
-    return {"epoch": 3, "loss": 2.125, "model_state_dict": model,
-            "optimizer_state_dict": {"state": state, "param_groups": groups}}
+    state = {
+        i: {
+            "step": torch.tensor(100.0),
+            "exp_avg": make(*model[k].shape),
+            "exp_avg_sq": make(*model[k].shape),
+        }
+        for i, k in enumerate(params)
+    }
+    groups = [
+        {
+            "lr": 3e-4,
+            "betas": (0.9, 0.95),
+            "eps": 1e-8,
+            "weight_decay": 0.1,
+            "amsgrad": False,
+            "maximize": False,
+            "foreach": None,
+            "capturable": False,
+            "differentiable": False,
+            "fused": None,
+            "decoupled_weight_decay": True,
+            "params": list(range(len(params))),
+        }
+    ]
+    return {
+        "epoch": 3,
+        "loss": 2.125,
+        "model_state_dict": model,
+        "optimizer_state_dict": {"state": state, "param_groups": groups},
+    }
 
 
 def timed_save(obj, path, **kwargs):
     start = time.perf_counter()
     torch.save(obj, path, **kwargs)
-    print(f"wrote {path}: {os.path.getsize(path) / 1e9:.2f} GB in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {path}: {os.path.getsize(path) / 1e9:.2f} GB in {time.perf_counter() - start:.1f} s"
+    )
 
 
 def main():
@@ -89,15 +121,21 @@ def main():
     scratch = ScratchTensors()
     try:
         if "16g" in wanted:
-            timed_save(training_checkpoint(scratch.zeros, 32000, 2048, 24),
-                       os.path.join(args.out, "train-16g.pt"))
+            timed_save(
+                training_checkpoint(scratch.zeros, 32000, 2048, 24),
+                os.path.join(args.out, "train-16g.pt"),
+            )
         if "2g6" in wanted:
-            timed_save(training_checkpoint(scratch.zeros, 32000, 1024, 12),
-                       os.path.join(args.out, "train-2g6.pt"))
+            timed_save(
+                training_checkpoint(scratch.zeros, 32000, 1024, 12),
+                os.path.join(args.out, "train-2g6.pt"),
+            )
         if "legacy" in wanted:
-            timed_save(training_checkpoint(scratch.zeros, 32000, 1024, 12),
-                       os.path.join(args.out, "train-2g6-legacy.pt"),
-                       _use_new_zipfile_serialization=False)
+            timed_save(
+                training_checkpoint(scratch.zeros, 32000, 1024, 12),
+                os.path.join(args.out, "train-2g6-legacy.pt"),
+                _use_new_zipfile_serialization=False,
+            )
     finally:
         scratch.close()
     if "50k" in wanted:
@@ -105,8 +143,10 @@ def main():
         timed_save(sd, os.path.join(args.out, "keys-50k.pt"))
     if "stats" in wanted:
         torch.manual_seed(0)
-        timed_save({"model": {"big.weight": torch.randn(100_000_000), "small.bias": torch.zeros(10)}},
-                   os.path.join(args.out, "stats-100m.pt"))
+        timed_save(
+            {"model": {"big.weight": torch.randn(100_000_000), "small.bias": torch.zeros(10)}},
+            os.path.join(args.out, "stats-100m.pt"),
+        )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ def fresh_settings(tmp_path, private_user_folders):
     """Each GUI test starts with empty settings (recent files, geometry, theme); the session-wide
     fixture in tests/conftest.py already keeps them out of the user's folders."""
     from PySide6.QtCore import QSettings
+
     QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "settings"))
     yield
-    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope,
-                      str(private_user_folders / "settings"))
+    QSettings.setPath(
+        QSettings.IniFormat, QSettings.UserScope, str(private_user_folders / "settings")
+    )
 
 
 @pytest.fixture

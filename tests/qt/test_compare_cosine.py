@@ -14,6 +14,8 @@ def test_compare_tab_cosine_of_zeros_is_not_applicable(qapp, tmp_path):
     b = builders.save({"zero": torch.zeros(4), "w": torch.ones(4) * 2}, tmp_path / "b.pt")
     model = CompareModel(run(diff(open_checkpoint(a), open_checkpoint(b))))
     column = COLUMNS.index("cosine")
-    cells = {model.index(row, 0).data(): model.index(row, column).data()
-             for row in range(model.rowCount())}
+    cells = {
+        model.index(row, 0).data(): model.index(row, column).data()
+        for row in range(model.rowCount())
+    }
     assert cells == {"zero": "n/a (both zero)", "w": "1.000000"}

@@ -25,30 +25,46 @@ from crosscheck_corpus import CORPUS
 
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 FIGURES = {"min": "min", "max": "max", "mean": "mean", "std": "std", "l2": "L2 norm"}
-BYTE_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+BYTE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 
 
 # --- the reference: torch's figures over every value (float64, so nothing rounds) -------------
+
 
 def _figures(v: torch.Tensor) -> dict:
     if not v.numel():
         return {"min": None, "max": None, "mean": None, "std": None, "l2": 0.0}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")        # std of one value: torch warns and says nan
-        return {"min": v.amin().item(), "max": v.amax().item(), "mean": v.mean().item(),
-                "std": v.std().item(), "l2": torch.linalg.norm(v).item()}
+        warnings.simplefilter("ignore")  # std of one value: torch warns and says nan
+        return {
+            "min": v.amin().item(),
+            "max": v.amax().item(),
+            "mean": v.mean().item(),
+            "std": v.std().item(),
+            "l2": torch.linalg.norm(v).item(),
+        }
 
 
 def reference_stats(tensor: torch.Tensor) -> dict:
     v = tensor.detach().reshape(-1)
-    v = (v.abs() if v.is_complex() else v).to(torch.float64)     # complex: the magnitude
+    v = (v.abs() if v.is_complex() else v).to(torch.float64)  # complex: the magnitude
     finite = v[v.isfinite()]
-    ref = {"numel": v.numel(), "nan": int(v.isnan().sum()), "posinf": int((v == math.inf).sum()),
-           "neginf": int((v == -math.inf).sum()), "zeros": int((v == 0).sum()),
-           "all": _figures(v), "finite": _figures(finite), "values": finite,
-           "dtype": tensor.dtype}
-    ref["quantiles"] = {q: float(np.quantile(finite.numpy(), q, method="inverted_cdf"))
-                        for q in QUANTILES} if finite.numel() else {}
+    ref = {
+        "numel": v.numel(),
+        "nan": int(v.isnan().sum()),
+        "posinf": int((v == math.inf).sum()),
+        "neginf": int((v == -math.inf).sum()),
+        "zeros": int((v == 0).sum()),
+        "all": _figures(v),
+        "finite": _figures(finite),
+        "values": finite,
+        "dtype": tensor.dtype,
+    }
+    ref["quantiles"] = (
+        {q: float(np.quantile(finite.numpy(), q, method="inverted_cdf")) for q in QUANTILES}
+        if finite.numel()
+        else {}
+    )
     if not tensor.is_floating_point():
         values, counts = torch.unique(v, return_counts=True)
         ref["value_counts"] = dict(zip(values.long().tolist(), counts.tolist()))
@@ -70,10 +86,11 @@ def unique_elements(tensors) -> tuple[int, int]:
         size = storage.nbytes() // t.element_size()
         indices = torch.arange(size).as_strided(t.shape, t.stride(), t.storage_offset())
         seen, _ = touched.get(storage.data_ptr(), (set(), 0))
-        touched[storage.data_ptr()] = (seen | set(indices.reshape(-1).tolist()),
-                                       t.element_size())
-    return (sum(len(seen) for seen, _ in touched.values()),
-            sum(len(seen) * size for seen, size in touched.values()))
+        touched[storage.data_ptr()] = (seen | set(indices.reshape(-1).tolist()), t.element_size())
+    return (
+        sum(len(seen) for seen, _ in touched.values()),
+        sum(len(seen) * size for seen, size in touched.values()),
+    )
 
 
 def listed(entry, key) -> tuple[list, str, int]:
@@ -86,9 +103,8 @@ def listed(entry, key) -> tuple[list, str, int]:
 
 def held(entry, keys) -> tuple[int, int]:
     """(elements, bytes) the keys' tensors hold, each stored element counted once."""
-    if entry.listing:                   # GGUF: no storage is shared; bytes are the blocks'
-        return (sum(entry.tensors[k].numel() for k in keys),
-                sum(entry.listing[k][2] for k in keys))
+    if entry.listing:  # GGUF: no storage is shared; bytes are the blocks'
+        return (sum(entry.tensors[k].numel() for k in keys), sum(entry.listing[k][2] for k in keys))
     return unique_elements([entry.tensors[k] for k in keys])
 
 
@@ -111,6 +127,7 @@ def json_number(value):
 
 # --- what the window shows, parsed ------------------------------------------------------------
 
+
 def shown_number(text: str):
     """(value, half a unit of its last digit) of a number as the window shows it."""
     text = text.replace("≈ ", "").replace(",", "").strip()
@@ -127,7 +144,8 @@ def shown_figure_agrees(text: str, theirs, count: int, name: str) -> bool:
     value, half = shown_number(text)
     if value is None or theirs is None:
         return (value is None and theirs is None) or (
-            name == "std" and undefined_std(value, theirs, count))
+            name == "std" and undefined_std(value, theirs, count)
+        )
     if math.isnan(theirs) or math.isinf(theirs):
         return value == theirs or (math.isnan(theirs) and math.isnan(value))
     return abs(value - theirs) <= half * (1 + 1e-6) + 1e-300
@@ -142,7 +160,7 @@ def shown_bytes(text: str) -> tuple[float, float]:
         return 0.0, 0.0
     number, unit = text.split()
     decimals = len(number.partition(".")[2])
-    return float(number) * BYTE_UNITS[unit], 0.5 * 10.0 ** -decimals * BYTE_UNITS[unit]
+    return float(number) * BYTE_UNITS[unit], 0.5 * 10.0**-decimals * BYTE_UNITS[unit]
 
 
 def tree_rows(model, parent=None, out=None):
@@ -153,8 +171,12 @@ def tree_rows(model, parent=None, out=None):
     out = [] if out is None else out
     for r in range(model.rowCount(parent)):
         index = model.index(r, 0, parent)
-        out.append((index.data(Qt.UserRole),
-                    [model.index(r, c, parent).data() or "" for c in range(model.columnCount())]))
+        out.append(
+            (
+                index.data(Qt.UserRole),
+                [model.index(r, c, parent).data() or "" for c in range(model.columnCount())],
+            )
+        )
         tree_rows(model, index, out)
     return out
 
@@ -169,8 +191,10 @@ def dtype_table(tab) -> dict:
     """The Summary's By dtype table: dtype -> (tensors, elements, bytes text)."""
     text = tab.findChild(object, "summaryPanel").toPlainText()
     lines = text.split("By dtype\n")[1].split("\n\n")[0].splitlines()[4:]
-    return {lines[i]: (shown_count(lines[i + 1]), shown_count(lines[i + 2]), lines[i + 3])
-            for i in range(0, len(lines) - 3, 4)}
+    return {
+        lines[i]: (shown_count(lines[i + 1]), shown_count(lines[i + 2]), lines[i + 3])
+        for i in range(0, len(lines) - 3, 4)
+    }
 
 
 def tensor_facts_shown(view) -> dict:
@@ -185,6 +209,7 @@ def exact_in_parentheses(text: str) -> int:
 
 # --- the CLI, in process ------------------------------------------------------------------------
 
+
 def run_cli(capsys, *argv) -> dict:
     capsys.readouterr()
     assert cli.main(list(argv)) == 0
@@ -197,8 +222,10 @@ def check_stats_json(info: dict, ref: dict, where: str) -> list[str]:
     float32's precision."""
     problems = []
     dtype = ref["dtype"]
-    narrow = (dtype.is_floating_point or dtype.is_complex) and \
-        dtype not in (torch.float64, torch.complex128)
+    narrow = (dtype.is_floating_point or dtype.is_complex) and dtype not in (
+        torch.float64,
+        torch.complex128,
+    )
     rel = 1e-6 if narrow else 1e-9
     for name in ("numel", "nan", "posinf", "neginf", "zeros"):
         if info[name] != ref[name]:
@@ -207,35 +234,43 @@ def check_stats_json(info: dict, ref: dict, where: str) -> list[str]:
         problems.append(f"{where}: inf {info['inf']}")
     finite_count = ref["values"].numel()
     for name in FIGURES:
-        for ours, theirs, count in ((info[name], ref["all"][name], ref["numel"]),
-                                    (info[f"{name}_finite"], ref["finite"][name], finite_count)):
+        for ours, theirs, count in (
+            (info[name], ref["all"][name], ref["numel"]),
+            (info[f"{name}_finite"], ref["finite"][name], finite_count),
+        ):
             ours = json_number(ours)
             if not same(ours, theirs, rel) and not (
-                    name == "std" and undefined_std(ours, theirs, count)):
+                name == "std" and undefined_std(ours, theirs, count)
+            ):
                 problems.append(f"{where}: {name} {ours} vs torch {theirs}")
     quantiles = {float(q): v for q, v in info["quantiles"].items()}
     if quantiles != ref["quantiles"]:
         problems.append(f"{where}: quantiles {quantiles} vs numpy {ref['quantiles']}")
     if finite_count:
         if info["counts"] != histogram(ref["values"], info["edges"]):
-            problems.append(f"{where}: counts {info['counts']} vs torch.histogram "
-                            f"{histogram(ref['values'], info['edges'])}")
+            problems.append(
+                f"{where}: counts {info['counts']} vs torch.histogram "
+                f"{histogram(ref['values'], info['edges'])}"
+            )
     elif info["counts"]:
         problems.append(f"{where}: a histogram of no finite values")
     for value, count in info["value_counts"].items():
         if ref.get("value_counts", {}).get(int(value)) != count:
-            problems.append(f"{where}: value {value}: {count} vs torch "
-                            f"{ref.get('value_counts', {}).get(int(value))}")
+            problems.append(
+                f"{where}: value {value}: {count} vs torch "
+                f"{ref.get('value_counts', {}).get(int(value))}"
+            )
     return problems
 
 
 # --- the test ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(CORPUS))
 def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
     entry = CORPUS[name](str(tmp_path))
     total = held(entry, entry.tensors)
-    assert total[0] == sum(entry.split.values())            # the corpus' own bookkeeping
+    assert total[0] == sum(entry.split.values())  # the corpus' own bookkeeping
     problems = check_inspect(run_cli(capsys, "inspect", entry.path, "--json"), entry, total)
     open_and_wait(qtbot, window, entry.path)
     tab = window.tabs.currentWidget()
@@ -243,10 +278,14 @@ def test_window_cli_and_reference_agree(qtbot, window, tmp_path, capsys, name):
     problems += check_summary(tab, entry, total)
     for key, tensor in entry.tensors.items():
         ref = reference_stats(tensor)
-        problems += check_stats_json(run_cli(capsys, "stats", entry.path, key, "--json"),
-                                     ref, f"stats {key}")
-        with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=20_000,
-                              check_params_cb=lambda shown_key, k=key: shown_key == k):
+        problems += check_stats_json(
+            run_cli(capsys, "stats", entry.path, key, "--json"), ref, f"stats {key}"
+        )
+        with qtbot.waitSignal(
+            tab.tensor_view.view_ready,
+            timeout=20_000,
+            check_params_cb=lambda shown_key, k=key: shown_key == k,
+        ):
             assert tab.select_key(key, show=False)
         problems += check_window_stats(tab.tensor_view, ref, key)
         problems += check_facts(tab.tensor_view, entry, key)
@@ -263,8 +302,9 @@ def check_inspect(inspected: dict, entry, total) -> list[str]:
         if {k: tensors[key][k] for k in theirs} != theirs:
             problems.append(f"inspect {key}: {tensors[key]} vs {theirs}")
     if inspected["params"] != entry.split or inspected["total_params"] != total[0]:
-        problems.append(f"inspect: {inspected['params']} {inspected['total_params']} vs "
-                        f"{entry.split}")
+        problems.append(
+            f"inspect: {inspected['params']} {inspected['total_params']} vs {entry.split}"
+        )
     for key, value in entry.scalars.items():
         if inspected["scalars"].get(key) != value:
             problems.append(f"inspect scalar {key}: {inspected['scalars'].get(key)} vs {value}")
@@ -283,8 +323,9 @@ def check_tree(model, entry) -> list[str]:
             theirs = (str(their_shape), their_dtype, entry.tensors[key].numel())
         else:
             mine = shown_count(elements)
-            theirs, expected_bytes = held(entry, [k for k in entry.tensors
-                                                  if k.startswith(key + ".")])
+            theirs, expected_bytes = held(
+                entry, [k for k in entry.tensors if k.startswith(key + ".")]
+            )
         if mine != theirs:
             problems.append(f"tree {key}: {mine} vs {theirs}")
         value, half = shown_bytes(size)
@@ -297,15 +338,22 @@ def check_summary(tab, entry, total) -> list[str]:
     problems = []
     summary = summary_fields(tab.findChild(object, "summaryPanel").toPlainText())
     parameters = entry.split["model"] - entry.buffers
-    shown = {"Tensors": shown_count(summary["Tensors"]),
-             "Model parameters": exact_in_parentheses(summary["Model parameters"]),
-             "All elements": exact_in_parentheses(summary["All elements"])}
-    if shown != {"Tensors": len(entry.tensors), "Model parameters": parameters,
-                 "All elements": total[0]}:
+    shown = {
+        "Tensors": shown_count(summary["Tensors"]),
+        "Model parameters": exact_in_parentheses(summary["Model parameters"]),
+        "All elements": exact_in_parentheses(summary["All elements"]),
+    }
+    if shown != {
+        "Tensors": len(entry.tensors),
+        "Model parameters": parameters,
+        "All elements": total[0],
+    }:
         problems.append(f"summary {shown} vs {len(entry.tensors)}, {parameters}, {total[0]}")
-    for label, count in (("Model buffers", entry.buffers),
-                         ("Optimizer state", entry.split["optimizer_state"]),
-                         ("Other tensors", entry.split["other"])):
+    for label, count in (
+        ("Model buffers", entry.buffers),
+        ("Optimizer state", entry.split["optimizer_state"]),
+        ("Other tensors", entry.split["other"]),
+    ):
         text = summary.get(label, "0 elements")
         if (exact_in_parentheses(text) if "(" in text else shown_count(text.split()[0])) != count:
             problems.append(f"summary {label}: {text} vs {count}")
@@ -330,8 +378,12 @@ def check_facts(view, entry, key) -> list[str]:
     facts = tensor_facts_shown(view)
     shape, dtype, nbytes = listed(entry, key)
     numel = entry.tensors[key].numel()
-    shown = (facts["shape"], facts["dtype"], shown_count(facts["elements"]),
-             exact_in_parentheses(facts["bytes"]))
+    shown = (
+        facts["shape"],
+        facts["dtype"],
+        shown_count(facts["elements"]),
+        exact_in_parentheses(facts["bytes"]),
+    )
     if shown != (str(shape), dtype, numel, nbytes):
         return [f"facts {key}: {shown} vs {shape, dtype, numel, nbytes}"]
     return []
@@ -346,8 +398,9 @@ def check_plot(view, ref, key, capsys, path) -> list[str]:
         return [f"window {key}: bars plotted for no finite value"] if any(plotted) else []
     problems = []
     if plotted != histogram(ref["values"], x):
-        problems.append(f"window {key}: plotted {plotted} vs torch.histogram "
-                        f"{histogram(ref['values'], x)}")
+        problems.append(
+            f"window {key}: plotted {plotted} vs torch.histogram {histogram(ref['values'], x)}"
+        )
     same_bins = run_cli(capsys, "stats", path, key, "--json", "--bins", str(len(plotted)))
     if same_bins["edges"] != list(x) or same_bins["counts"] != plotted:
         problems.append(f"window {key}: plot differs from stats --bins {len(plotted)}")
@@ -357,9 +410,13 @@ def check_plot(view, ref, key, capsys, path) -> list[str]:
 def check_window_stats(view, ref: dict, key: str) -> list[str]:
     table = view.table.as_dict()
     problems = []
-    for label, theirs in (("elements", ref["numel"]), ("NaN", ref["nan"]),
-                          ("+Inf", ref["posinf"]), ("-Inf", ref["neginf"]),
-                          ("zeros", ref["zeros"])):
+    for label, theirs in (
+        ("elements", ref["numel"]),
+        ("NaN", ref["nan"]),
+        ("+Inf", ref["posinf"]),
+        ("-Inf", ref["neginf"]),
+        ("zeros", ref["zeros"]),
+    ):
         if shown_count(table[label]) != theirs:
             problems.append(f"window {key}: {label} {table[label]} vs torch {theirs}")
     percent = re.search(r"\(([\d.]+) %\)", table["zeros"])
@@ -374,10 +431,12 @@ def check_window_stats(view, ref: dict, key: str) -> list[str]:
         finite_label = f"{label} (finite)"
         if nonfinite != (finite_label in table):
             problems.append(f"window {key}: {finite_label} shown: {finite_label in table}")
-        elif nonfinite and not shown_figure_agrees(table[finite_label], ref["finite"][name],
-                                                   finite_count, name):
-            problems.append(f"window {key}: {finite_label} {table[finite_label]} vs torch "
-                            f"{ref['finite'][name]}")
+        elif nonfinite and not shown_figure_agrees(
+            table[finite_label], ref["finite"][name], finite_count, name
+        ):
+            problems.append(
+                f"window {key}: {finite_label} {table[finite_label]} vs torch {ref['finite'][name]}"
+            )
     for q, theirs in ref["quantiles"].items():
         label = f"{100 * q:g} %"
         if not shown_figure_agrees(table.get(label, ""), theirs, finite_count, label):
@@ -386,8 +445,10 @@ def check_window_stats(view, ref: dict, key: str) -> list[str]:
         if label.startswith("value "):
             value = int(label.removeprefix("value "))
             if ref.get("value_counts", {}).get(value) != shown_count(text):
-                problems.append(f"window {key}: {label} {text} vs torch "
-                                f"{ref.get('value_counts', {}).get(value)}")
+                problems.append(
+                    f"window {key}: {label} {text} vs torch "
+                    f"{ref.get('value_counts', {}).get(value)}"
+                )
     return problems
 
 
@@ -395,10 +456,20 @@ def test_one_real_subprocess_agrees_with_torch(tmp_path):
     """The installed entry point, not only cli.main: one file, one tensor."""
     entry = CORPUS["plain"](str(tmp_path))
     run = [sys.executable, "-m", "ckpt_viewer"]
-    inspected = json.loads(subprocess.run(run + ["inspect", entry.path, "--json"], check=True,
-                                          capture_output=True, text=True).stdout)
+    inspected = json.loads(
+        subprocess.run(
+            run + ["inspect", entry.path, "--json"], check=True, capture_output=True, text=True
+        ).stdout
+    )
     assert {t["key"]: t["shape"] for t in inspected["tensors"]} == {
-        k: list(t.shape) for k, t in entry.tensors.items()}
-    info = json.loads(subprocess.run(run + ["stats", entry.path, "nonfinite", "--json"],
-                                     check=True, capture_output=True, text=True).stdout)
+        k: list(t.shape) for k, t in entry.tensors.items()
+    }
+    info = json.loads(
+        subprocess.run(
+            run + ["stats", entry.path, "nonfinite", "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     assert check_stats_json(info, reference_stats(entry.tensors["nonfinite"]), "nonfinite") == []

@@ -25,7 +25,7 @@ def test_tristate_ticks_and_export(qtbot, window, tmp_path):
     assert model.checked_keys() == ["model_state_dict.0.weight", "model_state_dict.0.bias"]
     model.setData(msd, Qt.Checked, Qt.CheckStateRole)
     assert model.data(msd, Qt.CheckStateRole) == Qt.Checked
-    assert model.data(model.index(0, 0), Qt.CheckStateRole) is None       # epoch: no tensors
+    assert model.data(model.index(0, 0), Qt.CheckStateRole) is None  # epoch: no tensors
     model.setData(model.index(0, 0, group0), Qt.Unchecked, Qt.CheckStateRole)
     assert model.data(group0, Qt.CheckStateRole) == Qt.PartiallyChecked
     assert len(model.checked_keys()) == 8
@@ -51,7 +51,7 @@ def test_tristate_ticks_and_export(qtbot, window, tmp_path):
     # the file it just wrote: replacing it again needs no second question
     assert dialog.replace.isVisible() and dialog.replace.isChecked()
     assert dialog.export_button.isEnabled()
-    dialog.scope.setCurrentIndex(1)       # all tensors: the proposed root goes with the ticks
+    dialog.scope.setCurrentIndex(1)  # all tensors: the proposed root goes with the ticks
     assert dialog.root.text() == ""
     dialog.root.setText("model_state_dict")
     with qtbot.waitSignal(dialog.finished_export, timeout=30_000):
@@ -82,28 +82,29 @@ def test_existing_file_tick_replace_then_export_twice(qtbot, window, tmp_path):
     dialog.destination.setText(str(precious))
     assert not dialog.export_button.isEnabled() and dialog.replace.isVisible()
     assert "taken.pth exists" in dialog.summary.text()
-    dialog.replace.click()                                      # the tick re-validates
+    dialog.replace.click()  # the tick re-validates
     assert dialog.replace.isChecked() and dialog.export_button.isEnabled()
     assert "replaces taken.pth" in dialog.summary.text()
-    for _ in range(2):                                          # the tick stays for a 2nd export
+    for _ in range(2):  # the tick stays for a 2nd export
         with qtbot.waitSignal(dialog.finished_export, timeout=30_000) as blocker:
             qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
         assert blocker.args == [str(precious)] and dialog.replace.isChecked()
     assert list(torch.load(precious, weights_only=True)) == ["w"]
     other = tmp_path / "other.pth"
     other.write_bytes(b"keep")
-    dialog.destination.setText(str(other))                     # agreeing was for the other file
+    dialog.destination.setText(str(other))  # agreeing was for the other file
     assert not dialog.replace.isChecked() and not dialog.export_button.isEnabled()
 
 
 def test_ticked_state_dict_proposes_root_so_load_state_dict_works(qtbot, window, tmp_path):
     import os
     import stat
+
     src = builders.training_checkpoint(tmp_path / "c.pt")
     open_and_wait(qtbot, window, src)
     tab = window.current_tab()
     model = tab.findChild(QTreeView, "keyTree").model()
-    model.setData(model.index(2, 0), Qt.Checked, Qt.CheckStateRole)      # model_state_dict
+    model.setData(model.index(2, 0), Qt.Checked, Qt.CheckStateRole)  # model_state_dict
     dialog = window.export_dialog()
     assert dialog.root.text() == "model_state_dict"
     destination = tmp_path / "weights.pth"
@@ -115,14 +116,14 @@ def test_ticked_state_dict_proposes_root_so_load_state_dict_works(qtbot, window,
         with qtbot.waitSignal(dialog.finished_export, timeout=30_000):
             qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
         model_again, _ = builders.trained()
-        model_again.load_state_dict(torch.load(destination, weights_only=True))   # strict
+        model_again.load_state_dict(torch.load(destination, weights_only=True))  # strict
         assert stat.S_IMODE(destination.stat().st_mode) == 0o666 & ~_umask()
         assert dialog.show_button.isVisible()
         qtbot.mouseClick(dialog.show_button, Qt.LeftButton)
         assert [u.toLocalFile() for u in opened] == [os.fspath(tmp_path)]
     finally:
         monkey.undo()
-    dialog.root.clear()                                  # the user's choice is kept
+    dialog.root.clear()  # the user's choice is kept
     dialog.scope.setCurrentIndex(1)
     dialog.scope.setCurrentIndex(0)
     assert dialog.root.text() == ""
@@ -130,6 +131,7 @@ def test_ticked_state_dict_proposes_root_so_load_state_dict_works(qtbot, window,
 
 def _umask() -> int:
     import os
+
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -140,6 +142,7 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
     import threading
 
     from ckpt_viewer.core import export as core_export
+
     src = builders.save({f"w{i}": torch.ones(1000) for i in range(8)}, tmp_path / "c.pt")
     open_and_wait(qtbot, window, src)
     gate, started = threading.Event(), threading.Event()
@@ -149,7 +152,9 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
             started.set()
             gate.wait(30)
             return real(*args, **kwargs)
+
         return slow
+
     # records are copied file to file, or read and written when they must be transformed
     for name in ("_record_bytes", "_copy_spans"):
         monkeypatch.setattr(core_export, name, held(getattr(core_export, name)))

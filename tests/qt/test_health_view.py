@@ -16,8 +16,11 @@ from ckpt_viewer.qt.layers_view import LayersDialog
 
 def anomalies_file(tmp_path):
     torch.manual_seed(0)
-    sd = {"ok.weight": torch.randn(8, 4), "nan.weight": torch.randn(8, 4),
-          "zero.weight": torch.zeros(8, 4)}
+    sd = {
+        "ok.weight": torch.randn(8, 4),
+        "nan.weight": torch.randn(8, 4),
+        "zero.weight": torch.zeros(8, 4),
+    }
     sd["nan.weight"][1, 1] = float("nan")
     return builders.save({"model": sd}, tmp_path / "bad.pt")
 
@@ -35,7 +38,9 @@ def test_health_lists_findings_and_a_click_opens_the_tensor(qtbot, window, tmp_p
         pass
     report = blocker.args[0]
     assert {(f.key, f.kind) for f in report.findings} == {
-        ("model.nan.weight", "nan"), ("model.zero.weight", "all_zero")}
+        ("model.nan.weight", "nan"),
+        ("model.zero.weight", "all_zero"),
+    }
     findings = dialog.findChild(QTreeWidget, "healthFindings")
     assert findings.topLevelItemCount() == 2
     item = findings.topLevelItem(0)
@@ -62,6 +67,7 @@ def held_scan(monkeypatch, tmp_path):
         calls.append(args[1])
         gate.wait(10)
         return real_run(*args)
+
     monkeypatch.setattr(check_module, "_run", held)
     path = builders.save({f"t{i}": torch.randn(1 << 16) for i in range(100)}, tmp_path / "big.pt")
     return path, gate, calls
@@ -74,11 +80,11 @@ def test_health_cancel_stops_the_scan_quietly(qtbot, window, tmp_path, monkeypat
     qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
     worker = dialog.jobs.running["check"]
     with qtbot.waitSignal(dialog.cancelled, timeout=5_000):
-        qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)   # the scan is held: no race
+        qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)  # the scan is held: no race
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
     assert dialog.status.text() == "Cancelled" and dialog.report is None
-    assert len(calls) <= 2 * check_module.worker_count() + 1 < 6400   # stopped, not drained
+    assert len(calls) <= 2 * check_module.worker_count() + 1 < 6400  # stopped, not drained
     assert not dialog.jobs.busy()
     dialog.close()
 
@@ -92,7 +98,7 @@ def test_health_closed_mid_scan_is_quiet(qtbot, window, tmp_path, monkeypatch):
     dialog.checked.connect(checked.append)
     qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
     worker = dialog.jobs.running["check"]
-    dialog.close()                                   # deletes the dialog (WA_DeleteOnClose)
+    dialog.close()  # deletes the dialog (WA_DeleteOnClose)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
     assert failed == [] and checked == [] and len(calls) < 6400
@@ -112,11 +118,14 @@ def test_layers_cancel_stops_the_exact_pass(qtbot, window, tmp_path, monkeypatch
             calls.append(key)
             gate.wait(10)
         return real_measure(key, tensor, spectral, stop, sample)
+
     monkeypatch.setattr(layers_module, "_measure", held)
-    monkeypatch.setattr(layers_module, "TINY_BYTES", 0)       # one tensor a task, as if large
+    monkeypatch.setattr(layers_module, "TINY_BYTES", 0)  # one tensor a task, as if large
     monkeypatch.setattr(layers_module, "BATCH_TENSORS", 1)
-    path = builders.save({f"blocks.{i}.w{j}.weight": torch.randn(4, 4)
-                          for i in range(50) for j in range(4)}, tmp_path / "deep.pt")
+    path = builders.save(
+        {f"blocks.{i}.w{j}.weight": torch.randn(4, 4) for i in range(50) for j in range(4)},
+        tmp_path / "deep.pt",
+    )
     open_and_wait(qtbot, window, path)
     dialog = window.layers_current()
     qtbot.waitUntil(lambda: bool(calls), timeout=30_000)
@@ -125,7 +134,7 @@ def test_layers_cancel_stops_the_exact_pass(qtbot, window, tmp_path, monkeypatch
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
     assert len(calls) < 200 and not dialog.jobs.busy()
-    assert dialog.report.sampled              # the exact report never replaced the preview
+    assert dialog.report.sampled  # the exact report never replaced the preview
     dialog.close()
 
 
@@ -147,8 +156,8 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     assert [c[0] for c in curves] == ["attn.weight", "attn.bias"]
     assert curves[0][1] == [0, 1, 2]
     legend = dialog.plot.getPlotItem().legend
-    assert legend.columnCount == 4 and legend.brush().color().alpha() < 255   # short, see-through
-    assert not dialog.plot.getAxis("left").autoSIPrefix       # never "L2 norm (x0.001)"
+    assert legend.columnCount == 4 and legend.brush().color().alpha() < 255  # short, see-through
+    assert not dialog.plot.getAxis("left").autoSIPrefix  # never "L2 norm (x0.001)"
     expected = [torch.linalg.norm(sd[f"blocks.{i}.attn.weight"].double()).item() for i in range(3)]
     assert curves[0][2] == pytest.approx(expected, rel=1e-6)
     metric_box = dialog.metric_box
@@ -166,4 +175,3 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     ranks = dialog.curves()[0][2]
     assert len(ranks) == 3 and all(1 <= r <= 6 for r in ranks)
     dialog.close()
-

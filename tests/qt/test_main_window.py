@@ -24,7 +24,7 @@ def test_open_shows_tree_summary_and_no_banner(qtbot, window, training_file):
     top_keys = [model.index(r, 0).data(Qt.UserRole) for r in range(model.rowCount())]
     assert top_keys == ["epoch", "loss", "model_state_dict", "optimizer_state_dict"]
     msd = model.index(2, 0)
-    group = model.index(0, 0, msd)            # dotted state_dict names become groups
+    group = model.index(0, 0, msd)  # dotted state_dict names become groups
     assert (group.data(), group.data(Qt.UserRole)) == ("0", "model_state_dict.0")
     assert model.index(0, 4, msd).data() == "15"
     first = model.index(0, 0, group)
@@ -33,7 +33,7 @@ def test_open_shows_tree_summary_and_no_banner(qtbot, window, training_file):
     assert model.index(0, 2, group).data() == "[3, 4]"
     assert model.index(0, 3, group).data() == "float32"
     assert model.index(0, 4, group).data() == "12"
-    assert model.index(2, 4).data() == "36"           # 15 + 13 + 8, summed over the subtree
+    assert model.index(2, 4).data() == "36"  # 15 + 13 + 8, summed over the subtree
     assert not tab.findChild(QLabel, "unsafeBanner").isVisible()
     summary = tab.findChild(object, "summaryPanel").toPlainText()
     assert "torch-zip" in summary and "epoch" in summary
@@ -49,7 +49,7 @@ def test_unsafe_banner_names_globals(qtbot, window, tmp_path):
     assert banner.property("severity") == "info" and banner.textFormat() == Qt.PlainText
     tree = current_tab(window).findChild(QTreeView, "keyTree")
     model = tree.model()
-    assert model.index(0, 1).data() == "Net"       # module class name in Type / Class
+    assert model.index(0, 1).data() == "Net"  # module class name in Type / Class
 
 
 def test_failed_load_reports_and_keeps_other_tabs(qtbot, window, training_file, tmp_path):
@@ -101,8 +101,11 @@ def test_filter_substring_glob_regex_keeps_parents(qtbot, window, training_file)
     model = tab.findChild(QTreeView, "keyTree").model()
 
     def shown_keys():
-        return [row.node.key for row in model.rows if row.parent is not None and
-                all(a in model.shown(a.parent) for a in _ancestors(row))]
+        return [
+            row.node.key
+            for row in model.rows
+            if row.parent is not None and all(a in model.shown(a.parent) for a in _ancestors(row))
+        ]
 
     def type_filter(text):
         with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
@@ -116,10 +119,15 @@ def test_filter_substring_glob_regex_keeps_parents(qtbot, window, training_file)
     assert not any(k.startswith("model_state_dict") for k in keys)
     type_filter("model_state_dict.*.bias")
     assert {k for k in shown_keys() if k.endswith("bias")} == {
-        "model_state_dict.0.bias", "model_state_dict.1.bias", "model_state_dict.3.bias"}
+        "model_state_dict.0.bias",
+        "model_state_dict.1.bias",
+        "model_state_dict.3.bias",
+    }
     type_filter("/running_(mean|var)$/")
     assert {k for k in shown_keys() if "running" in k} == {
-        "model_state_dict.1.running_mean", "model_state_dict.1.running_var"}
+        "model_state_dict.1.running_mean",
+        "model_state_dict.1.running_var",
+    }
     type_filter("/[unclosed/")
     assert "bad regular expression" in tab.filter_status.text()
     type_filter("")
@@ -133,8 +141,11 @@ def _ancestors(row):
 
 
 def test_filter_shows_exactly_matches_their_subtrees_and_ancestors(qtbot, window, tmp_path):
-    state = {f"enc.layers.{i}.{part}.weight": torch.zeros(1) for i in range(12)
-             for part in ("attn", "mlp", "norm")}
+    state = {
+        f"enc.layers.{i}.{part}.weight": torch.zeros(1)
+        for i in range(12)
+        for part in ("attn", "mlp", "norm")
+    }
     state.update({"head.weight": torch.zeros(1), "enc.scale": torch.zeros(1)})
     path = builders.save(state, tmp_path / "nested.pt")
     open_and_wait(qtbot, window, path)
@@ -148,14 +159,18 @@ def test_filter_shows_exactly_matches_their_subtrees_and_ancestors(qtbot, window
             below = range(row.index, row.index + row.size)
             if any(r.index in hits for r in line) or any(i in hits for i in below):
                 expected.add(row.node.key)
-        shown = {row.node.key for row in model.rows[1:]
-                 if all(a in model.shown(a.parent) for a in _ancestors(row))}
+        shown = {
+            row.node.key
+            for row in model.rows[1:]
+            if all(a in model.shown(a.parent) for a in _ancestors(row))
+        }
         assert shown == expected, text
         assert model.visible_count == len(expected)
 
 
 def test_optimizer_view_tables(qtbot, window, training_file):
     from PySide6.QtWidgets import QTableWidget
+
     open_and_wait(qtbot, window, training_file)
     view = current_tab(window).findChild(object, "optimizerView")
     group = view.findChild(QTableWidget, "paramGroupTable")
@@ -171,13 +186,16 @@ def test_optimizer_view_tables(qtbot, window, training_file):
     # every row shown: the pane's scroll bar is the only one; the names column is not cut
     assert state.verticalScrollBarPolicy() == Qt.ScrollBarAlwaysOff
     assert state.height() >= state.rowCount() * state.rowHeight(0)
-    widest = max(state.fontMetrics().horizontalAdvance(state.item(r, 0).text())
-                 for r in range(state.rowCount()))
+    widest = max(
+        state.fontMetrics().horizontalAdvance(state.item(r, 0).text())
+        for r in range(state.rowCount())
+    )
     assert state.columnWidth(0) >= widest
 
 
 def test_lightning_scheduler_shown(qtbot, window, tmp_path):
     from PySide6.QtWidgets import QTableWidget
+
     open_and_wait(qtbot, window, builders.lightning_file(tmp_path / "l.ckpt"))
     view = current_tab(window).findChild(object, "optimizerView")
     table = view.findChild(QTableWidget, "schedulerTable")
@@ -217,6 +235,7 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     import torch
 
     from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+
     path = builders.save({"w": torch.randn(100)}, tmp_path / "w.pt")
     open_and_wait(qtbot, window, path)
     with qtbot.waitSignal(window.verified, timeout=20_000) as blocker:
@@ -232,8 +251,10 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
         window.verify_current()
     assert blocker.args[1] is False and "CRC-32" in blocker.args[2]
     box = window.findChild(object, "verifyResult")
-    assert box.text().startswith("Tensor w is damaged")          # the key, not data/0 first
-    assert not window.activity.isVisible() and "Verifying" not in window.statusBar().currentMessage()
+    assert box.text().startswith("Tensor w is damaged")  # the key, not data/0 first
+    assert (
+        not window.activity.isVisible() and "Verifying" not in window.statusBar().currentMessage()
+    )
     with qtbot.waitSignal(current_tab(window).tensor_selected, timeout=5000) as shown:
         box.findChild(QPushButton, "showDamagedTensor").click()
     assert shown.args == ["w"]
@@ -244,8 +265,10 @@ def test_tools_verify_intact_file_that_weights_only_refuses(qtbot, window, tmp_p
     import argparse
 
     import torch
-    path = builders.save({"w": torch.randn(4), "args": argparse.Namespace(lr=0.1)},
-                         tmp_path / "ns.pt")
+
+    path = builders.save(
+        {"w": torch.randn(4), "args": argparse.Namespace(lr=0.1)}, tmp_path / "ns.pt"
+    )
     open_and_wait(qtbot, window, path)
     with qtbot.waitSignal(window.verified, timeout=20_000) as blocker:
         window.verify_current()
@@ -259,6 +282,7 @@ def gate_chunks(monkeypatch, module, after: int):
     """Makes module's iter_chunks wait, once `after` chunks were served, until the test opens
     the gate: a cancel then lands mid-job, deterministically."""
     import threading
+
     gate, served = threading.Event(), []
     real = module.iter_chunks
 
@@ -268,12 +292,14 @@ def gate_chunks(monkeypatch, module, after: int):
             if len(served) == after:
                 gate.wait(30)
             yield chunk
+
     monkeypatch.setattr(module, "iter_chunks", gated)
     return gate, served
 
 
 def test_cancel_stops_a_running_compare_early(qtbot, window, tmp_path, monkeypatch):
     import ckpt_viewer.core.diff as diff_module
+
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
     a = builders.save({"w": torch.randn(40_000)}, tmp_path / "a.pt")
     b = builders.save({"w": torch.randn(40_000)}, tmp_path / "b.pt")
@@ -287,12 +313,13 @@ def test_cancel_stops_a_running_compare_early(qtbot, window, tmp_path, monkeypat
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         window.cancel_button.click()
         gate.set()
-    assert len(served) < 2 * 40                       # both tensors: 80 chunks to the end
+    assert len(served) < 2 * 40  # both tensors: 80 chunks to the end
     assert not compared and not window.pending and not window.activity.isVisible()
 
 
 def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
     import ckpt_viewer.core.verify as verify_module
+
     path = builders.save({"w": torch.randn(1 << 20)}, tmp_path / "w.pt")
     open_and_wait(qtbot, window, path)
     monkeypatch.setattr(verify_module, "BLOCK", 64 << 10)
@@ -305,7 +332,9 @@ def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
             if len(blocks) == 2:
                 gate.wait(30)
             yield nbytes
+
     import threading
+
     gate = threading.Event()
     monkeypatch.setattr(verify_module, "_check_member", counted)
     window.verify_current()
@@ -323,9 +352,13 @@ def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
 def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
     import torch
     from PySide6.QtWidgets import QCheckBox
-    a = builders.save({"w": torch.randn(500), "same": torch.ones(3), "old": torch.ones(1)}, tmp_path / "a.pt")
-    b = builders.save({"w": torch.randn(500) + 1, "same": torch.ones(3), "new": torch.ones(1)},
-                      tmp_path / "b.pt")
+
+    a = builders.save(
+        {"w": torch.randn(500), "same": torch.ones(3), "old": torch.ones(1)}, tmp_path / "a.pt"
+    )
+    b = builders.save(
+        {"w": torch.randn(500) + 1, "same": torch.ones(3), "new": torch.ones(1)}, tmp_path / "b.pt"
+    )
     open_and_wait(qtbot, window, a)
     tab = window.current_tab()
     mime = QMimeData()
@@ -338,15 +371,25 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
     assert view.objectName() == "compareView"
     proxy = view.table.model()
     rows = {proxy.index(r, 0).data(): proxy.index(r, 1).data() for r in range(proxy.rowCount())}
-    assert rows == {"w": "\u2260 values differ", "same": "= identical", "old": "\u25c0 only in A",
-                    "new": "\u25b6 only in B"}          # a symbol and words, not colour alone
+    assert rows == {
+        "w": "\u2260 values differ",
+        "same": "= identical",
+        "old": "\u25c0 only in A",
+        "new": "\u25b6 only in B",
+    }  # a symbol and words, not colour alone
     legend = {s: b.text() for s, b in view.legend_buttons.items()}
-    assert legend == {"identical": "= identical  1", "changed": "\u2260 values differ  1",
-                      "only in A": "\u25c0 only in A  1", "only in B": "\u25b6 only in B  1"}
-    assert "2 keys in both files: 1 identical, 1 values differ; 1 only in A, 1 only in B." in \
-        view.summary.text()
+    assert legend == {
+        "identical": "= identical  1",
+        "changed": "\u2260 values differ  1",
+        "only in A": "\u25c0 only in A  1",
+        "only in B": "\u25b6 only in B  1",
+    }
+    assert (
+        "2 keys in both files: 1 identical, 1 values differ; 1 only in A, 1 only in B."
+        in view.summary.text()
+    )
     assert "1 missing, 1 unexpected, 0 size mismatches." in view.summary.text()
-    assert not view.detail.isVisible()               # no empty pane before a selection
+    assert not view.detail.isVisible()  # no empty pane before a selection
     view.findChild(QCheckBox, "onlyDifferences").setChecked(True)
     assert proxy.rowCount() == 3 and not view.legend_buttons["identical"].isChecked()
     view.legend_buttons["only in B"].click()
@@ -355,20 +398,29 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
     view.filter.setText("w")
     assert proxy.rowCount() == 2 and {proxy.index(r, 0).data() for r in range(2)} == {"w", "new"}
     with qtbot.waitSignal(view.overlay_ready, timeout=30_000):
-        view.table.setCurrentIndex(next(proxy.index(r, 0) for r in range(proxy.rowCount())
-                                        if proxy.index(r, 0).data() == "w"))
+        view.table.setCurrentIndex(
+            next(
+                proxy.index(r, 0)
+                for r in range(proxy.rowCount())
+                if proxy.index(r, 0).data() == "w"
+            )
+        )
     assert view.plot is not None and view.curve_b.getData()[1].sum() == 500
     assert view.detail.isVisible() and view.curve_diff.getData()[1].sum() == 500
     assert len(view.scatter.data) == 500
-    assert not any(plot.getAxis(side).autoSIPrefix for side in ("left", "bottom")
-                   for plot in (view.plot, view.diff_plot, view.scatter_plot))
+    assert not any(
+        plot.getAxis(side).autoSIPrefix
+        for side in ("left", "bottom")
+        for plot in (view.plot, view.diff_plot, view.scatter_plot)
+    )
     header = view.table.header()
-    for column in range(1, 8):                       # status and metrics are not cut
+    for column in range(1, 8):  # status and metrics are not cut
         assert header.sectionSize(column) >= view.table.sizeHintForColumn(column)
 
 
 def test_compare_closing_the_tab_cancels_its_plot_job(qtbot, window, tmp_path, monkeypatch):
     import ckpt_viewer.core.diff as diff_module
+
     a = builders.save({"w": torch.randn(50_000)}, tmp_path / "a.pt")
     b = builders.save({"w": torch.randn(50_000)}, tmp_path / "b.pt")
     open_and_wait(qtbot, window, a)
@@ -403,6 +455,7 @@ def test_closing_the_window_stops_running_jobs(qtbot, window, tmp_path, monkeypa
     """Exit asks workers to quit (then waits), rather than waiting for them to finish."""
     import ckpt_viewer.core.diff as diff_module
     from ckpt_viewer.qt import workers
+
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
     a = builders.save({"w": torch.randn(40_000)}, tmp_path / "a.pt")
     b = builders.save({"w": torch.randn(40_000)}, tmp_path / "b.pt")
@@ -418,21 +471,29 @@ def test_closing_the_window_stops_running_jobs(qtbot, window, tmp_path, monkeypa
 def test_tied_row_shows_its_own_elements_in_italics(qtbot, tmp_path):
     from ckpt_viewer.core.open import open_checkpoint
     from ckpt_viewer.core.rows import build_rows
+
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
     model[1].weight = model[0].weight
     path = builders.save(model.state_dict(), tmp_path / "tied.pt")
     loaded = torch.load(path, weights_only=True)
-    assert loaded["1.weight"].untyped_storage().data_ptr() == \
-        loaded["0.weight"].untyped_storage().data_ptr()
+    assert (
+        loaded["1.weight"].untyped_storage().data_ptr()
+        == loaded["0.weight"].untyped_storage().data_ptr()
+    )
     model_ = tree_model.KeyTreeModel(build_rows(open_checkpoint(path).root))
-    rows = {model_.data(i, Qt.UserRole): i for i in (
-        model_.index(r, 0, model_.index(g, 0)) for g in range(model_.rowCount())
-        for r in range(model_.rowCount(model_.index(g, 0))))}
+    rows = {
+        model_.data(i, Qt.UserRole): i
+        for i in (
+            model_.index(r, 0, model_.index(g, 0))
+            for g in range(model_.rowCount())
+            for r in range(model_.rowCount(model_.index(g, 0)))
+        )
+    }
     tied = rows["1.weight"]
     cell = tied.siblingAtColumn(tree_model.PARAMS)
     assert cell.data() == f"{loaded['1.weight'].numel():,}" == "40"
     assert cell.data(Qt.FontRole).italic()
     assert "tied to 0.weight" in tied.siblingAtColumn(tree_model.TYPE).data()
-    assert tied.siblingAtColumn(tree_model.SIZE).data() == "160 B"     # its own, as torch's
-    assert model_.top.params == 40                                      # counted once
+    assert tied.siblingAtColumn(tree_model.SIZE).data() == "160 B"  # its own, as torch's
+    assert model_.top.params == 40  # counted once

@@ -14,9 +14,14 @@ import builders
 
 def test_code_globals_are_red_with_call_and_key(qtbot, window, tmp_path):
     marker = tmp_path / "pwned"
-    src = builders.save({"w": torch.ones(2), "cfg": {"hook": builders.Call(os.system,
-                                                                            f"touch {marker}")},
-                         "args": argparse.Namespace(lr=0.1)}, tmp_path / "evil.pt")
+    src = builders.save(
+        {
+            "w": torch.ones(2),
+            "cfg": {"hook": builders.Call(os.system, f"touch {marker}")},
+            "args": argparse.Namespace(lr=0.1),
+        },
+        tmp_path / "evil.pt",
+    )
     open_and_wait(qtbot, window, src)
     tab = window.current_tab()
     button = tab.findChild(QPushButton, "bannerPickleImports")
@@ -34,7 +39,7 @@ def test_code_globals_are_red_with_call_and_key(qtbot, window, tmp_path):
     assert "cfg.hook" in children
     assert view.verdict.text().startswith("torch.load(weights_only=True) refuses this file: ")
     assert view.verdict.textFormat() == Qt.PlainText
-    assert not view.snippet.isVisible()               # code: no allowlist should load it
+    assert not view.snippet.isVisible()  # code: no allowlist should load it
     key_item = code.child(children.index("cfg.hook"))
     with qtbot.waitSignal(view.key_activated) as blocker:
         view.table.itemClicked.emit(key_item, 0)
@@ -43,8 +48,9 @@ def test_code_globals_are_red_with_call_and_key(qtbot, window, tmp_path):
 
 
 def test_data_only_file_shows_snippet_and_copies_it(qtbot, window, tmp_path):
-    src = builders.save({"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)},
-                        tmp_path / "data.pt")
+    src = builders.save(
+        {"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)}, tmp_path / "data.pt"
+    )
     open_and_wait(qtbot, window, src)
     window.findChild(object, "actionPickleImports").trigger()
     view = window.findChild(object, "pickleImportsView")
@@ -81,8 +87,10 @@ def test_banner_and_dialog_say_the_same_for_whole_models(qtbot, window, tmp_path
         assert note and note in banner
         if path == torch_model:
             assert TORCH_CLASS in banner and "code that wrote the file" not in banner
-            assert view.snippet.isVisible() and "torch.nn.modules.linear.Linear" in \
-                view.snippet.toPlainText()
+            assert (
+                view.snippet.isVisible()
+                and "torch.nn.modules.linear.Linear" in view.snippet.toPlainText()
+            )
         else:
             assert "__main__.Net" in banner and "code that wrote the file" in banner
             assert not view.snippet.isVisible() and view.snippet_note.text() == note
@@ -94,8 +102,10 @@ def test_dcp_bytes_item_payload_is_red_in_the_banner(qtbot, window, tmp_path):
 
     marker = tmp_path / "pwned"
     folder = tmp_path / "dcp"
-    dcp.save({"w": torch.ones(2), "x": builders.Call(os.system, f"touch {marker}")},
-             checkpoint_id=str(folder))
+    dcp.save(
+        {"w": torch.ones(2), "x": builders.Call(os.system, f"touch {marker}")},
+        checkpoint_id=str(folder),
+    )
     open_and_wait(qtbot, window, str(folder))
     tab = window.current_tab()
     assert tab.banner.isVisible() and tab.banner.property("severity") == "code"

@@ -10,8 +10,11 @@ import builders
 
 def test_summary_and_status_bar_show_the_split(qtbot, window, training_file):
     open_and_wait(qtbot, window, training_file)
-    assert window.statusBar().currentMessage().endswith(
-        "27 tensors, 29 model + 7 buffers, 64 optimizer state, 0 other")
+    assert (
+        window.statusBar()
+        .currentMessage()
+        .endswith("27 tensors, 29 model + 7 buffers, 64 optimizer state, 0 other")
+    )
     summary = window.tabs.currentWidget().findChild(object, "summaryPanel").toPlainText()
     assert "Model parameters\n29 (29)" in summary and "Model buffers\n7 elements" in summary
     assert "Optimizer state\n64 elements" in summary and "Other tensors\n0 elements" in summary
@@ -22,8 +25,10 @@ def test_optimizer_pane_names_the_rule(qtbot, window, tmp_path):
     named = builders.training_checkpoint(tmp_path / "named.pt", named=True)
     _, optimizer = builders.trained(named=False)
     bare = builders.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
-    for path, expected in ((named, "Parameter names: param_names saved with the optimizer."),
-                           (bare, "Parameter names: not provable from this file; ids shown.")):
+    for path, expected in (
+        (named, "Parameter names: param_names saved with the optimizer."),
+        (bare, "Parameter names: not provable from this file; ids shown."),
+    ):
         open_and_wait(qtbot, window, path)
         label = window.tabs.currentWidget().findChild(QLabel, "namesSource")
         assert label.text() == expected
@@ -32,7 +37,9 @@ def test_optimizer_pane_names_the_rule(qtbot, window, tmp_path):
 def test_one_of_a_kind_is_singular(qtbot, window, tmp_path):
     import torch
 
-    path = builders.save({"model": {"w": torch.ones(3)}, "extra": torch.ones(1)}, tmp_path / "one.pt")
+    path = builders.save(
+        {"model": {"w": torch.ones(3)}, "extra": torch.ones(1)}, tmp_path / "one.pt"
+    )
     open_and_wait(qtbot, window, path)
     assert ": 2 tensors," in window.statusBar().currentMessage()
     summary = window.tabs.currentWidget().findChild(object, "summaryPanel").toPlainText()

@@ -20,7 +20,9 @@ def select(qtbot, tab, key, timeout=20_000):
 def test_preview_figures_are_estimates_and_alarms_stand_out(qtbot, window, tmp_path):
     big = torch.randn(3_000_000)
     big[7] = float("nan")
-    path = builders.save({"big": big, "tiny": torch.tensor([0.0, 1.0, 1.0, 2.0])}, tmp_path / "b.pt")
+    path = builders.save(
+        {"big": big, "tiny": torch.tensor([0.0, 1.0, 1.0, 2.0])}, tmp_path / "b.pt"
+    )
     open_and_wait(qtbot, window, path)
     tab = window.tabs.currentWidget()
     view = tab.tensor_view
@@ -32,15 +34,19 @@ def test_preview_figures_are_estimates_and_alarms_stand_out(qtbot, window, tmp_p
     qtbot.waitSignal(view.view_ready, timeout=30_000).wait()
     shown = view.table.as_dict()
     assert shown["NaN"] == "1" and not shown["mean"].startswith("≈")
-    items = {view.table.item(r, c).text(): view.table.item(r, c + 1)
-             for r in range(view.table.rowCount()) for c in (0, 2) if view.table.item(r, c)}
+    items = {
+        view.table.item(r, c).text(): view.table.item(r, c + 1)
+        for r in range(view.table.rowCount())
+        for c in (0, 2)
+        if view.table.item(r, c)
+    }
     assert items["NaN"].font().bold() and not items["+Inf"].font().bold()
     assert items["mean"].textAlignment() & Qt.AlignRight
     view.readout.setText("bin [0, 1): 5")
     select(qtbot, tab, "tiny")
-    assert view.readout.text().strip() == ""            # the old tensor's read-out is gone
-    assert len(view.stats.counts) <= 8                   # not 256 bars for four values
-    assert view.table.as_dict()["50 %"] == "1"          # an element, not an interpolation
+    assert view.readout.text().strip() == ""  # the old tensor's read-out is gone
+    assert len(view.stats.counts) <= 8  # not 256 bars for four values
+    assert view.table.as_dict()["50 %"] == "1"  # an element, not an interpolation
     axis = view.plot.getAxis("bottom")
     assert not axis.autoSIPrefix
     assert view.plot.getPlotItem().getViewBox().state["mouseEnabled"] == [True, False]
@@ -66,7 +72,7 @@ def test_value_table_notation_and_full_precision_copy(qtbot, window, tmp_path):
 
 def test_heatmap_is_diverging_for_signed_data_and_hover_reads_values(qtbot, window, tmp_path):
     signed = torch.zeros(3000, 40)
-    signed[1234, 5] = -9.0                           # a spike every 3rd row would skip
+    signed[1234, 5] = -9.0  # a spike every 3rd row would skip
     positive = torch.rand(10, 10) + 1
     cplx = torch.tensor([[3 + 4j, 1j]], dtype=torch.complex64)
     path = builders.save({"s": signed, "p": positive, "c": cplx}, tmp_path / "h.pt")
@@ -110,7 +116,7 @@ def test_dark_theme_plots_and_remembered_splitters(qtbot, window, tmp_path):
     view.split.setSizes([300, 100])
     view.split.splitterMoved.emit(300, 1)
     assert [int(v) for v in QSettings().value("tensorView/split")] == view.split.sizes()
-    assert view.pages.width() >= 0.9 * view.width()     # the plot spans the pane
+    assert view.pages.width() >= 0.9 * view.width()  # the plot spans the pane
 
 
 def test_long_facts_wrap_instead_of_scrolling_sideways(qtbot, window, tmp_path):
@@ -122,10 +128,11 @@ def test_long_facts_wrap_instead_of_scrolling_sideways(qtbot, window, tmp_path):
     view.info_split.setSizes([500, 220])
     facts = view.facts
     qtbot.waitUntil(lambda: 0 < facts.viewport().width() <= 240, timeout=5000)
-    qtbot.waitUntil(lambda: facts.document().size().width() <= facts.viewport().width() + 1,
-                    timeout=5000)
+    qtbot.waitUntil(
+        lambda: facts.document().size().width() <= facts.viewport().width() + 1, timeout=5000
+    )
     assert facts.horizontalScrollBar().maximum() == 0
-    assert key in facts.toPlainText()                 # all of it, selectable
+    assert key in facts.toPlainText()  # all of it, selectable
 
 
 def test_statistics_fill_the_strip_and_integers_are_exact(qtbot, window, tmp_path):
@@ -138,13 +145,15 @@ def test_statistics_fill_the_strip_and_integers_are_exact(qtbot, window, tmp_pat
     shown = table.as_dict()
     assert shown["min"] == "-4,767" and shown["max"] == "4,993,600"
     assert shown["50 %"] == "30,624"
-    assert shown["mean"] == f"{ids.double().mean().item():,.2f}"   # one notation in the column
+    assert shown["mean"] == f"{ids.double().mean().item():,.2f}"  # one notation in the column
     header = table.horizontalHeader()
     used = sum(header.sectionSize(c) for c in range(table.columnCount()))
-    assert used == table.viewport().width()          # no blank band beside the last pair
-    extra = [header.sectionSize(c) - max(table.sizeHintForColumn(c), header.sectionSizeHint(c))
-             for c in range(table.columnCount())]
-    assert min(extra) >= 0 and max(extra) - min(extra) <= 1    # nothing cut, the rest shared
+    assert used == table.viewport().width()  # no blank band beside the last pair
+    extra = [
+        header.sectionSize(c) - max(table.sizeHintForColumn(c), header.sectionSizeHint(c))
+        for c in range(table.columnCount())
+    ]
+    assert min(extra) >= 0 and max(extra) - min(extra) <= 1  # nothing cut, the rest shared
 
 
 def test_alarm_and_status_colours_stay_readable_in_the_dark_theme(qtbot, window, tmp_path):
@@ -159,13 +168,17 @@ def test_alarm_and_status_colours_stay_readable_in_the_dark_theme(qtbot, window,
         tab = window.tabs.currentWidget()
         select(qtbot, tab, "w")
         table = tab.tensor_view.table
-        nan = next(table.item(r, c + 1) for r in range(table.rowCount()) for c in (0, 2)
-                   if table.item(r, c) and table.item(r, c).text() == "NaN")
+        nan = next(
+            table.item(r, c + 1)
+            for r in range(table.rowCount())
+            for c in (0, 2)
+            if table.item(r, c) and table.item(r, c).text() == "NaN"
+        )
         base = QApplication.palette().color(QPalette.Base)
-        assert nan.foreground().color().lightness() - base.lightness() > 120   # was 84
+        assert nan.foreground().color().lightness() - base.lightness() > 120  # was 84
     finally:
         window.findChild(object, "actionDarkTheme").trigger()
-    assert on_base("#b02a37").name() == "#b02a37"       # the light theme keeps its colours
+    assert on_base("#b02a37").name() == "#b02a37"  # the light theme keeps its colours
 
 
 def test_the_plot_is_the_largest_thing_on_the_tensor_page(qtbot, window, tmp_path):
@@ -204,7 +217,7 @@ def test_axis_scale_survives_theme_switches(qtbot, window, tmp_path):
     for key in ("w", "v"):
         select(qtbot, tab, key)
         low, high = tensors[key].min().item(), tensors[key].max().item()
-        for _ in range(2):              # to dark and back again
+        for _ in range(2):  # to dark and back again
             dark.trigger()
             view.plot.getPlotItem().getViewBox().autoRange()
             axis = view.plot.getAxis("bottom")
@@ -229,9 +242,13 @@ def test_histogram_names_the_nan_and_inf_it_leaves_out(qtbot, window, tmp_path):
     assert marker.isVisible() and "NaN 1" in marker.text and "+Inf 2" in marker.text
     assert "-Inf" not in marker.text
     shown = view.table.as_dict()
-    assert shown["max"] == shown["mean"] == "nan"         # torch's: amax propagates NaN
-    items = {view.table.item(r, c).text(): view.table.item(r, c + 1)
-             for r in range(view.table.rowCount()) for c in (0, 2) if view.table.item(r, c)}
+    assert shown["max"] == shown["mean"] == "nan"  # torch's: amax propagates NaN
+    items = {
+        view.table.item(r, c).text(): view.table.item(r, c + 1)
+        for r in range(view.table.rowCount())
+        for c in (0, 2)
+        if view.table.item(r, c)
+    }
     assert items["max"].font().bold() and not items["max (finite)"].font().bold()
     assert shown["max (finite)"] == f"{values[values.isfinite()].max().item():.6g}"
     select(qtbot, tab, "clean")

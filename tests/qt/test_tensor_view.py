@@ -32,7 +32,7 @@ def test_selecting_a_tensor_shows_exact_stats_and_histogram(qtbot, window, tmp_p
     view = tab.findChild(object, "tensorView")
     assert tab.panes.currentWidget() is view
     table = stats_table(view)
-    assert table["min"] == table["max"] == table["mean"] == "nan"     # torch's, with a NaN
+    assert table["min"] == table["max"] == table["mean"] == "nan"  # torch's, with a NaN
     assert table["min (finite)"] == "1" and table["max (finite)"] == "4"
     assert table["mean (finite)"] == "2.5"
     assert table["NaN"] == "1"
@@ -68,13 +68,14 @@ def test_large_tensor_preview_comes_first_and_reselection_cancels(qtbot, window,
     with qtbot.waitSignal(view.preview_ready, timeout=20_000):
         tab.select_key("big")
     assert view.stats.sampled
-    select(qtbot, tab, "small")            # cancels "big"; only "small" may report
+    select(qtbot, tab, "small")  # cancels "big"; only "small" may report
     assert view.node.key == "small" and stats_table(view)["mean"] == "1"
 
 
 def test_unreadable_values_show_a_message(qtbot, window, tmp_path):
-    path = builders.save({"w": torch.randn(1000)}, tmp_path / "t.pt",
-                         _use_new_zipfile_serialization=False)
+    path = builders.save(
+        {"w": torch.randn(1000)}, tmp_path / "t.pt", _use_new_zipfile_serialization=False
+    )
     open_and_wait(qtbot, window, path)
     tab = window.tabs.currentWidget()
     with open(path, "r+b") as f:
@@ -93,32 +94,57 @@ def test_screenshot_command(tmp_path, gui_env):
     settings = b"[General]\ndark=true\nrecent=/elsewhere/kept.pt\n"
     (config / "ckpt-viewer.conf").write_bytes(settings)
     from PySide6.QtGui import QImage
+
     for size, expected in (((), (1366, 768)), (("--size", "1000x700"), (1000, 700))):
         out = tmp_path / "shot.png"
-        result = subprocess.run([sys.executable, "-m", "ckpt_viewer", path, "--screenshot",
-                                 str(out), *size], capture_output=True, text=True, timeout=120,
-                                env=gui_env)
+        result = subprocess.run(
+            [sys.executable, "-m", "ckpt_viewer", path, "--screenshot", str(out), *size],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=gui_env,
+        )
         assert result.returncode == 0, result.stderr
         image = QImage(str(out))
         assert (image.width(), image.height()) == expected
         assert QColor(image.pixel(image.width() - 5, image.height() - 5)).lightness() < 128
     assert (config / "ckpt-viewer.conf").read_bytes() == settings
     assert os.listdir(config) == ["ckpt-viewer.conf"]
-    bad = subprocess.run([sys.executable, "-m", "ckpt_viewer", str(tmp_path / "none.pt"),
-                          "--screenshot", str(tmp_path / "x.png")],
-                         capture_output=True, text=True, timeout=120, env=gui_env)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ckpt_viewer",
+            str(tmp_path / "none.pt"),
+            "--screenshot",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=gui_env,
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
-    before = open(path, "rb").read()         # the checkpoint itself as OUT: refused, untouched
-    onto = subprocess.run([sys.executable, "-m", "ckpt_viewer", path, "--screenshot", path],
-                          capture_output=True, text=True, timeout=120, env=gui_env)
-    assert onto.returncode == 2 and "source file" in onto.stderr and len(onto.stderr.splitlines()) == 1
+    before = open(path, "rb").read()  # the checkpoint itself as OUT: refused, untouched
+    onto = subprocess.run(
+        [sys.executable, "-m", "ckpt_viewer", path, "--screenshot", path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=gui_env,
+    )
+    assert (
+        onto.returncode == 2 and "source file" in onto.stderr and len(onto.stderr.splitlines()) == 1
+    )
     assert open(path, "rb").read() == before
 
 
 def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
     torch.manual_seed(0)
     x = torch.arange(2 * 300 * 5, dtype=torch.float32).view(2, 300, 5)
-    a = builders.save({"x": x, "w": torch.randn(1000), "conv": torch.randn(8, 3, 3, 3)}, tmp_path / "a.pt")
+    a = builders.save(
+        {"x": x, "w": torch.randn(1000), "conv": torch.randn(8, 3, 3, 3)}, tmp_path / "a.pt"
+    )
     b = builders.save({"w": torch.randn(1000) * 2}, tmp_path / "b.pt")
     open_and_wait(qtbot, window, b)
     open_and_wait(qtbot, window, a)
@@ -128,7 +154,7 @@ def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
     view.pages.setCurrentWidget(view.values)
     model = view.values.table.model()
     assert (model.rowCount(), model.columnCount()) == (300, 5)
-    assert model.index(299, 4).data() == "..."          # its page is read in a worker
+    assert model.index(299, 4).data() == "..."  # its page is read in a worker
     qtbot.waitUntil(lambda: model.index(299, 4).data() != "...", timeout=20_000)
     assert model.index(299, 4).data() == "1499.000000"
     assert model.index(299, 4).data(Qt.ToolTipRole) == "1499.0"
@@ -158,19 +184,20 @@ def test_exact_pass_waits_for_plotting_to_settle_and_stays_cancellable(tmp_path)
 
     from ckpt_viewer.core.open import open_checkpoint
     from ckpt_viewer.qt.tensor_view import stats_job
+
     path = builders.save({"w": torch.arange(2_000_000, dtype=torch.float32)}, tmp_path / "w.pt")
     tensor = open_checkpoint(path).find("w").tensor
     settled = threading.Event()
     job = stats_job(tensor, 16, "magnitude", None, settled)
     kind, preview = next(job)
     assert kind == "preview" and preview.sampled
-    assert next(job) == 0.0 and next(job) == 0.0     # waiting, yet answering at each step
+    assert next(job) == 0.0 and next(job) == 0.0  # waiting, yet answering at each step
     settled.set()
     items = list(job)
     assert items and all(isinstance(item, float) for item in items)
     job = stats_job(tensor, 16, "magnitude", None, settled)
     next(job)
-    job.close()                                       # a cancelled job simply stops
+    job.close()  # a cancelled job simply stops
 
 
 def test_statistics_seen_before_come_from_the_checkpoint_cache(qtbot, window, tmp_path):
@@ -181,8 +208,9 @@ def test_statistics_seen_before_come_from_the_checkpoint_cache(qtbot, window, tm
 
     values = torch.randn(2_000_000)
     values[7] = float("nan")
-    open_and_wait(qtbot, window, builders.save({"w": values, "b": torch.ones(3)},
-                                               tmp_path / "t.pt"))
+    open_and_wait(
+        qtbot, window, builders.save({"w": values, "b": torch.ones(3)}, tmp_path / "t.pt")
+    )
     tab = window.tabs.currentWidget()
     cache = tab.checkpoint.stats_cache
     tensor = tab.checkpoint.find("w").tensor

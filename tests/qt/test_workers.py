@@ -17,6 +17,7 @@ def test_quit_closes_the_generator_on_its_worker_thread(qtbot):
                 gate.wait(10)
         finally:
             closed_on.append(threading.current_thread())
+
     worker = workers.start(job, on_result=returned.append)
     qtbot.waitUntil(started.is_set, timeout=5000)
     with qtbot.waitSignal(worker.finished, timeout=5000):
@@ -27,6 +28,7 @@ def test_quit_closes_the_generator_on_its_worker_thread(qtbot):
 
 def test_controller_supersedes_and_drops_late_results(qtbot):
     from PySide6.QtWidgets import QWidget
+
     owner = QWidget()
     qtbot.addWidget(owner)
     jobs = workers.Controller(owner)
@@ -35,9 +37,10 @@ def test_controller_supersedes_and_drops_late_results(qtbot):
     def slow():
         gate.wait(10)
         return "first"
+
     first = jobs.start("slot", slow, on_result=results.append)
     jobs.start("slot", lambda: "second", on_result=results.append)
     qtbot.waitUntil(lambda: results == ["second"], timeout=5000)
-    with qtbot.waitSignal(first.finished, timeout=5000):    # still blocked: connected in time
+    with qtbot.waitSignal(first.finished, timeout=5000):  # still blocked: connected in time
         gate.set()
     assert results == ["second"] and not jobs.busy()

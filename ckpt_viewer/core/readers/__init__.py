@@ -12,11 +12,12 @@ from ckpt_viewer.core.remote import getsize
 from ckpt_viewer.core.safe_pickle import TORCH_ALLOWED, PickleReport, dtype_of_storage, safe_load
 from ckpt_viewer.core.tree import build_tree
 
-MAX_PICKLE_BYTES = 512 * 1024 * 1024   # a data.pkl beyond this is refused, not inflated
+MAX_PICKLE_BYTES = 512 * 1024 * 1024  # a data.pkl beyond this is refused, not inflated
 
 
-def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=None,
-                      **extra) -> Checkpoint:
+def pickle_checkpoint(
+    path, fmt, data, storage_factory, file_bytes=None, report=None, **extra
+) -> Checkpoint:
     """Unpickle `data` into a checkpoint with its tree, globals, refusals and bounds checked."""
     report = report if report is not None else PickleReport()
     try:
@@ -26,22 +27,27 @@ def pickle_checkpoint(path, fmt, data, storage_factory, file_bytes=None, report=
         if not called:
             raise
         # torch.load(weights_only=False) would have made these calls before failing too
-        exc.args = (f"{exc}; before that point its pickle calls {', '.join(called[:4])}, "
-                    "which torch.load(weights_only=False) would run",)
+        exc.args = (
+            f"{exc}; before that point its pickle calls {', '.join(called[:4])}, "
+            "which torch.load(weights_only=False) would run",
+        )
         raise
     warnings, optimizer_nodes, tensors, scalars = [], [], [], {}
-    checkpoint = Checkpoint(path=str(path), format=fmt,
-                            file_bytes=getsize(path) if file_bytes is None else file_bytes,
-                            root=build_tree(obj, warnings, optimizer_nodes, tensors, scalars),
-                            warnings=warnings,
-                            optimizer_nodes=optimizer_nodes,
-                            unsafe_globals=[g for g in report.unsafe_globals
-                                            if not g.startswith("__torch__.")],
-                            refusals=report.refusals, **extra)
+    checkpoint = Checkpoint(
+        path=str(path),
+        format=fmt,
+        file_bytes=getsize(path) if file_bytes is None else file_bytes,
+        root=build_tree(obj, warnings, optimizer_nodes, tensors, scalars),
+        warnings=warnings,
+        optimizer_nodes=optimizer_nodes,
+        unsafe_globals=[g for g in report.unsafe_globals if not g.startswith("__torch__.")],
+        refusals=report.refusals,
+        **extra,
+    )
     checkpoint.globals_named = dict(report.globals)
     checkpoint.global_calls = report.calls
     checkpoint.global_paths, checkpoint.global_code = report.paths, report.code
-    checkpoint.root_object = obj      # what sanitize rewrites
+    checkpoint.root_object = obj  # what sanitize rewrites
     # found while building the tree: Checkpoint.tensors() and .scalars() walk it no more
     checkpoint._tensors, checkpoint._scalars = tensors, scalars
     # bounds were checked as each tensor was built (safe_pickle.set_geometry; records refuse
@@ -69,7 +75,7 @@ def torch_load_pickles(raw: bytes, report: PickleReport):
         try:
             with zipfile.ZipFile(io.BytesIO(raw)) as zf:
                 value = None
-                for info in zf.infolist():   # same-named records too: each may be the one read
+                for info in zf.infolist():  # same-named records too: each may be the one read
                     if info.filename.endswith(".pkl"):
                         if info.file_size > MAX_PICKLE_BYTES:
                             raise CheckpointError(f"{info.filename} is larger than 512 MB")
@@ -77,16 +83,21 @@ def torch_load_pickles(raw: bytes, report: PickleReport):
                         if info.filename.endswith("data.pkl") and value is None:
                             value = obj
                 return value
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
-                NotImplementedError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            ValueError,
+            OSError,
+            EOFError,
+            NotImplementedError,
+        ) as exc:
             raise CheckpointError(f"zip archive cannot be read ({str(exc)[:80]})") from None
     start, value = 0, None
-    for index in range(4):          # magic number, protocol version, sys_info, the object
+    for index in range(4):  # magic number, protocol version, sys_info, the object
         end = start + pickle_end(raw[start:])
-        value, _ = safe_load(raw[start:end], unread_storage if index == 3 else None,
-                             report=report)
+        value, _ = safe_load(raw[start:end], unread_storage if index == 3 else None, report=report)
         if index == 0 and value != LEGACY_MAGIC:
-            return value            # a plain pickle: torch raises only after running it
+            return value  # a plain pickle: torch raises only after running it
         start = end
     return value
 
@@ -98,7 +109,7 @@ def is_torch_save(raw: bytes) -> bool:
     if raw[:4] == b"PK\x03\x04":
         return True
     try:
-        first, _ = safe_load(raw[:pickle_end(raw)])
+        first, _ = safe_load(raw[: pickle_end(raw)])
     except CheckpointError:
         return False
     return first == LEGACY_MAGIC
@@ -117,4 +128,3 @@ def storage_pid(pid, length: int = 5) -> tuple:
     if numel < 0:
         raise CheckpointError(f"storage {key!r} declares a negative size")
     return (storage_type, key, location, numel) + tuple(pid[5:])
-

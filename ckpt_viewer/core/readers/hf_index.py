@@ -43,7 +43,8 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
     index = read_json(index_path, "index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
         raise CheckpointError("index has no weight_map of tensor names to shard files")
     folder = remote.dirname(index_path)
     shards: dict[str, tuple] = {}
@@ -69,15 +70,23 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
         extra = set(shard_map) - set(weight_map)
         if extra:
             warnings.append(f"{shard} holds {plural(len(extra), 'tensor')} the index does not list")
-    metadata = {f"index.{k}": v for k, v in (index.get("metadata") or {}).items()
-                if isinstance(v, (str, int, float, bool))}
+    metadata = {
+        f"index.{k}": v
+        for k, v in (index.get("metadata") or {}).items()
+        if isinstance(v, (str, int, float, bool))
+    }
     metadata["shards"] = len(shards)
     metadata.update(config_metadata(folder))
     total = sum(remote.getsize(remote.join(folder, s)) for s in shards)
-    checkpoint = Checkpoint(path=index_path, format="hf-sharded", file_bytes=total,
-                            root=safetensors.flat_tree(tensors), warnings=warnings,
-                            metadata=metadata)
-    for shard, (_, part) in shards.items():     # every shard is unpickled by its loader
+    checkpoint = Checkpoint(
+        path=index_path,
+        format="hf-sharded",
+        file_bytes=total,
+        root=safetensors.flat_tree(tensors),
+        warnings=warnings,
+        metadata=metadata,
+    )
+    for shard, (_, part) in shards.items():  # every shard is unpickled by its loader
         merge_part(checkpoint, part, shard)
     return checkpoint
 
@@ -97,8 +106,11 @@ def config_metadata(folder: str, name: str = "config.json") -> dict:
     for key, value in config.items():
         if isinstance(value, (str, int, float, bool)):
             fields[f"{prefix}.{key}"] = value
-        elif isinstance(value, list) and 0 < len(value) <= 64 and all(
-                isinstance(v, (str, int, float, bool)) for v in value):
+        elif (
+            isinstance(value, list)
+            and 0 < len(value) <= 64
+            and all(isinstance(v, (str, int, float, bool)) for v in value)
+        ):
             fields[f"{prefix}.{key}"] = ", ".join(str(v) for v in value)
     return fields
 
@@ -107,14 +119,24 @@ def config_metadata(folder: str, name: str = "config.json") -> dict:
 # transformers (modeling_utils._get_resolved_checkpoint_files) takes a single safetensors file
 # before its index and safetensors before .bin; diffusers (ModelMixin.from_pretrained) reads
 # the model as sharded whenever its safetensors index is there; PEFT its adapter file.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json",
-                "diffusion_pytorch_model.safetensors.index.json",
-                "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                "adapter_model.safetensors", "adapter_model.bin", "model.pt", "model.pth")
-INDEX_NAME = re.compile(r".+\.index(\.[^./]+)?\.json")      # a variant's: x.index.fp16.json
-VARIANT = re.compile(r"(model|pytorch_model|diffusion_pytorch_model|adapter_model)"
-                     r"(\.safetensors\.index|\.bin\.index)?\.([^./]+)\.(safetensors|bin|json)")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "model.pt",
+    "model.pth",
+)
+INDEX_NAME = re.compile(r".+\.index(\.[^./]+)?\.json")  # a variant's: x.index.fp16.json
+VARIANT = re.compile(
+    r"(model|pytorch_model|diffusion_pytorch_model|adapter_model)"
+    r"(\.safetensors\.index|\.bin\.index)?\.([^./]+)\.(safetensors|bin|json)"
+)
 SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")
 
 
@@ -134,28 +156,42 @@ def choose_weights(folder: str, names: set) -> tuple[str | None, list[str]]:
     candidates = [n for n in WEIGHT_FILES if n in names]
     config = remote.join(folder, "config.json")
     if "config.json" in names:
-        try:      # transformers reads the file config.json names, when it names one
+        try:  # transformers reads the file config.json names, when it names one
             explicit = read_json(config, "config").get("transformers_weights")
         except CheckpointError:
             explicit = None
-        if isinstance(explicit, str) and explicit in names and (explicit.endswith(
-                (".safetensors", ".safetensors.index.json")) or explicit == "adapter_model.bin"):
+        if (
+            isinstance(explicit, str)
+            and explicit in names
+            and (
+                explicit.endswith((".safetensors", ".safetensors.index.json"))
+                or explicit == "adapter_model.bin"
+            )
+        ):
             candidates.insert(0, explicit)
     if not candidates:
         variants = sorted({v for v in map(_variant, names) if v})
         if len(variants) > 1:
-            raise CheckpointError(f"folder holds no default weights but the variants "
-                                  f"{', '.join(variants)}; open one variant's file")
-        if variants:     # what from_pretrained(variant=...) reads, the folder's only choice
-            candidates = [add_variant(n, variants[0]) for n in WEIGHT_FILES
-                          if add_variant(n, variants[0]) in names]
+            raise CheckpointError(
+                f"folder holds no default weights but the variants "
+                f"{', '.join(variants)}; open one variant's file"
+            )
+        if variants:  # what from_pretrained(variant=...) reads, the folder's only choice
+            candidates = [
+                add_variant(n, variants[0])
+                for n in WEIGHT_FILES
+                if add_variant(n, variants[0]) in names
+            ]
     indexes = sorted(n for n in names if INDEX_NAME.fullmatch(n))
     candidates += [n for n in indexes if n.endswith(".safetensors.index.json")] + indexes
     if not candidates:
         return None, []
     chosen = candidates[0]
-    ignored = [n for n in dict.fromkeys(candidates + sorted(n for n in names if _variant(n)))
-               if n != chosen]
+    ignored = [
+        n
+        for n in dict.fromkeys(candidates + sorted(n for n in names if _variant(n)))
+        if n != chosen
+    ]
     return chosen, ignored
 
 
@@ -163,8 +199,11 @@ def _variant(name: str) -> str | None:
     """The variant a weights file or index belongs to (model.fp16.safetensors: fp16); not
     its shards' (model.fp16-00001-of-00003.safetensors)."""
     match = VARIANT.fullmatch(name)
-    if not match or (match.group(2) is None) != (match.group(4) != "json") or \
-            SHARD_SUFFIX.search(match.group(3)):
+    if (
+        not match
+        or (match.group(2) is None) != (match.group(4) != "json")
+        or SHARD_SUFFIX.search(match.group(3))
+    ):
         return None
     return match.group(3)
 
@@ -192,5 +231,8 @@ def model_weights(path: str) -> str | None:
 def unread_weights(folder: str, chosen: str) -> list[str]:
     """Warnings naming the weights files of a folder that from_pretrained does not read."""
     _, ignored = choose_weights(folder, _names(folder))
-    return [f"{name} is not read: from_pretrained reads {chosen} in this folder"
-            for name in ignored if name != chosen]
+    return [
+        f"{name} is not read: from_pretrained reads {chosen} in this folder"
+        for name in ignored
+        if name != chosen
+    ]

@@ -37,27 +37,48 @@ MAX_JSON_BYTES = 256 * 1024 * 1024
 
 # torch/_export/serde/schema.py ScalarType -> torch dtype name
 SCALAR_TYPES = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32",
-    8: "float64", 9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16",
-    28: "uint16", 29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz",
-    32: "float8_e5m2fnuz", 33: "float8_e8m0fnu", 34: "uint32", 35: "uint64",
+    1: "uint8",
+    2: "int8",
+    3: "int16",
+    4: "int32",
+    5: "int64",
+    6: "float16",
+    7: "float32",
+    8: "float64",
+    9: "complex32",
+    10: "complex64",
+    11: "complex128",
+    12: "bool",
+    13: "bfloat16",
+    28: "uint16",
+    29: "float8_e4m3fn",
+    30: "float8_e5m2",
+    31: "float8_e4m3fnuz",
+    32: "float8_e5m2fnuz",
+    33: "float8_e8m0fnu",
+    34: "uint32",
+    35: "uint64",
 }
-STRIDED = 7   # schema Layout.Strided
+STRIDED = 7  # schema Layout.Strided
 
 
 def archive_root(names: list[str]) -> str:
     """The top-level folder every record sits in (torch looks records up under the first's)."""
     duplicates = [n for n, c in Counter(names).items() if c > 1]
     if duplicates:
-        raise CheckpointError(f"archive holds two entries named {duplicates[0]!r} "
-                              "(torch would read the first, other tools the last)")
+        raise CheckpointError(
+            f"archive holds two entries named {duplicates[0]!r} "
+            "(torch would read the first, other tools the last)"
+        )
     if not names or "/" not in names[0]:
         raise CheckpointError("pt2 archive has no top-level folder")
     root = names[0].split("/", 1)[0] + "/"
     strays = [n for n in names if not n.startswith(root)]
     if strays:
-        raise CheckpointError(f"archive mixes top-level folders ({root!r} and {strays[0]!r:.60}); "
-                              "torch reads only the first")
+        raise CheckpointError(
+            f"archive mixes top-level folders ({root!r} and {strays[0]!r:.60}); "
+            "torch reads only the first"
+        )
     return root
 
 
@@ -69,7 +90,7 @@ def is_pt2(path: str, head: bytes = b"") -> bool:
     """A zip whose first record's folder holds `archive_format` (torch's is_pt2_package).
     torch.save writes data.pkl first: seen in `head`, the directory need not be read."""
     name_length = int.from_bytes(head[26:28], "little") if len(head) >= 30 else 0
-    if head[30:30 + name_length].endswith(b"/data.pkl"):
+    if head[30 : 30 + name_length].endswith(b"/data.pkl"):
         return False
     try:
         names = [m.name for m in read_directory(path)]
@@ -109,16 +130,17 @@ class _Archive:
         self.root = archive_root([m.name for m in directory])
         self.members = {m.name: m for m in directory}
         self.warnings: list[str] = []
-        self.pickles: list[tuple[str, PickleReport]] = []    # (where, what it names)
-        self.zeros: dict[int, int] = {}   # id(Storage) -> elements torch gives it
+        self.pickles: list[tuple[str, PickleReport]] = []  # (where, what it names)
+        self.zeros: dict[int, int] = {}  # id(Storage) -> elements torch gives it
 
     def member(self, name: str):
         return self.members.get(self.root + name)
 
     def text(self, name: str) -> str | None:
         member = self.member(name)
-        return None if member is None else \
-            read_member(member, 64).decode("ascii", "replace").strip()
+        return (
+            None if member is None else read_member(member, 64).decode("ascii", "replace").strip()
+        )
 
     def payloads(self, folder: str, config_name: str, what: str) -> dict:
         """{fqn: TensorInfo or a note string} of one payload config."""
@@ -153,13 +175,20 @@ class _Archive:
         if not isinstance(tensor_meta, dict):
             raise CheckpointError(f"{fqn!r:.80} has no tensor metadata")
         dtype = SCALAR_TYPES.get(tensor_meta.get("dtype"))
-        if dtype is None and name not in storages:    # a later entry's dtype is never read
-            raise CheckpointError(f"{fqn!r:.80} has unknown dtype code {tensor_meta.get('dtype')!r:.20}")
+        if dtype is None and name not in storages:  # a later entry's dtype is never read
+            raise CheckpointError(
+                f"{fqn!r:.80} has unknown dtype code {tensor_meta.get('dtype')!r:.20}"
+            )
         if tensor_meta.get("layout", STRIDED) != STRIDED:
-            raise CheckpointError(f"{fqn!r:.80} is not a strided tensor (layout "
-                                  f"{tensor_meta.get('layout')!r:.20})")
+            raise CheckpointError(
+                f"{fqn!r:.80} is not a strided tensor (layout {tensor_meta.get('layout')!r:.20})"
+            )
         sizes, strides = tensor_meta.get("sizes"), tensor_meta.get("strides")
-        if not isinstance(sizes, list) or not isinstance(strides, list) or len(sizes) != len(strides):
+        if (
+            not isinstance(sizes, list)
+            or not isinstance(strides, list)
+            or len(sizes) != len(strides)
+        ):
             raise CheckpointError(f"{fqn!r:.80} has malformed sizes or strides")
         shape = tuple(_int(s, f"a size of {fqn!r:.80}") for s in sizes)
         stride = tuple(_int(s, f"a stride of {fqn!r:.80}") for s in strides)
@@ -172,56 +201,90 @@ class _Archive:
         if storage is None:
             itemsize = DTYPE_SIZES[dtype]
             if record.file_size % itemsize:
-                raise CheckpointError(f"record {name} holds {record.file_size:,} bytes, not a "
-                                      f"multiple of {dtype}'s {itemsize}")
-            storage = Storage(name, dtype, record.file_size // itemsize,
-                              _location(tensor_meta.get("device")), record)
+                raise CheckpointError(
+                    f"record {name} holds {record.file_size:,} bytes, not a "
+                    f"multiple of {dtype}'s {itemsize}"
+                )
+            storage = Storage(
+                name,
+                dtype,
+                record.file_size // itemsize,
+                _location(tensor_meta.get("device")),
+                record,
+            )
             storages[name] = storage
             # an empty record becomes torch.zeros of the first entry's sizes
             self.zeros[id(storage)] = math.prod(shape)
-        info = TensorInfo(dtype=storage.dtype, shape=shape, stride=stride, offset=offset,
-                          storage=storage, requires_grad=bool(tensor_meta.get("requires_grad")),
-                          is_parameter=bool(meta.get("is_param")))
+        info = TensorInfo(
+            dtype=storage.dtype,
+            shape=shape,
+            stride=stride,
+            offset=offset,
+            storage=storage,
+            requires_grad=bool(tensor_meta.get("requires_grad")),
+            is_parameter=bool(meta.get("is_param")),
+        )
         if info.requires_grad and not torch_can_require_grad(storage.dtype):
-            raise StructureError(f"{fqn!r:.80} asks for gradients on a {storage.dtype} tensor; "
-                                 "torch.export.load refuses it (only floating point and complex "
-                                 "tensors can require gradients)", fqn, name)
+            raise StructureError(
+                f"{fqn!r:.80} asks for gradients on a {storage.dtype} tensor; "
+                "torch.export.load refuses it (only floating point and complex "
+                "tensors can require gradients)",
+                fqn,
+                name,
+            )
         # torch.export.load makes each entry with torch.as_strided, which refuses these
         if min(stride, default=0) < 0:
-            raise StructureError(f"{fqn!r:.80} is a view with a negative stride {list(stride)} "
-                                 f"into record {name}; torch.export.load refuses it", fqn, name)
+            raise StructureError(
+                f"{fqn!r:.80} is a view with a negative stride {list(stride)} "
+                f"into record {name}; torch.export.load refuses it",
+                fqn,
+                name,
+            )
         elements = storage.numel or self.zeros[id(storage)]
         if info.numel and info.element_span()[1] > elements:
-            raise StructureError(f"{fqn!r:.80} is a view reaching element "
-                                 f"{info.element_span()[1]:,} of record {name}, which holds "
-                                 f"{elements:,}; torch.export.load refuses it", fqn, name)
+            raise StructureError(
+                f"{fqn!r:.80} is a view reaching element "
+                f"{info.element_span()[1]:,} of record {name}, which holds "
+                f"{elements:,}; torch.export.load refuses it",
+                fqn,
+                name,
+            )
         if storage.numel == 0 and info.numel:
-            self.warnings.append(f"{fqn}: its record {name} is empty; torch.export.load gives "
-                                 "zeros in its place")
+            self.warnings.append(
+                f"{fqn}: its record {name} is empty; torch.export.load gives zeros in its place"
+            )
             info.storage = None
         return info
 
     def _pickled(self, fqn, name, record, tensor_meta) -> str:
         """A tensor subclass saved with torch.save: torch.export.load would unpickle it with
         weights_only=False. Its globals are listed; its values are not read."""
-        self.warnings.append(f"{fqn}: stored as a pickled tensor subclass ({name}), which "
-                             "torch.export.load unpickles with weights_only=False; not read here")
+        self.warnings.append(
+            f"{fqn}: stored as a pickled tensor subclass ({name}), which "
+            "torch.export.load unpickles with weights_only=False; not read here"
+        )
         self.scan(record, fqn)
         return f"pickled tensor subclass in {name}"
 
     def _object(self, fqn, name, record) -> str:
         if name.startswith("opaque_obj_"):
-            self.warnings.append(f"{fqn}: an opaque object ({name}) that torch.export.load "
-                                 "restores with pickle.loads, i.e. runs whatever it names")
+            self.warnings.append(
+                f"{fqn}: an opaque object ({name}) that torch.export.load "
+                "restores with pickle.loads, i.e. runs whatever it names"
+            )
             self.scan(record, fqn)
             return f"opaque object in {name}"
         if name.startswith("custom_obj_"):
-            self.warnings.append(f"{fqn}: a TorchScript object ({name}), restored by torch's "
-                                 "own unpickler; not read here")
+            self.warnings.append(
+                f"{fqn}: a TorchScript object ({name}), restored by torch's "
+                "own unpickler; not read here"
+            )
             self.scan(record, fqn)
             return f"script object in {name}"
-        self.warnings.append(f"{fqn}: constant record {name} is of no kind torch.export.load "
-                             "reads (it refuses the archive)")
+        self.warnings.append(
+            f"{fqn}: constant record {name} is of no kind torch.export.load "
+            "reads (it refuses the archive)"
+        )
         return f"unknown record {name}"
 
     def scan(self, record, where: str):
@@ -256,14 +319,20 @@ def _signature_notes(program) -> dict:
 def read(path: str) -> Checkpoint:
     archive = _Archive(path)
     if archive.text("archive_format") != "pt2":
-        raise CheckpointError("zip archive is neither a torch.save file (no data.pkl) nor a "
-                              "torch.export archive (archive_format is not 'pt2')")
-    models = sorted(n[len(archive.root + "models/"):-len(".json")] for n in archive.members
-                    if n.startswith(archive.root + "models/") and n.endswith(".json")
-                    and n.count("/") == 2)
+        raise CheckpointError(
+            "zip archive is neither a torch.save file (no data.pkl) nor a "
+            "torch.export archive (archive_format is not 'pt2')"
+        )
+    models = sorted(
+        n[len(archive.root + "models/") : -len(".json")]
+        for n in archive.members
+        if n.startswith(archive.root + "models/") and n.endswith(".json") and n.count("/") == 2
+    )
     if not models:
-        raise CheckpointError("pt2 archive holds no exported program (models/*.json); "
-                              "AOTInductor-only packages are not supported")
+        raise CheckpointError(
+            "pt2 archive holds no exported program (models/*.json); "
+            "AOTInductor-only packages are not supported"
+        )
     entries, notes, metadata = {}, {}, {}
     for model in models:
         prefix = "" if len(models) == 1 else model + "."
@@ -275,8 +344,11 @@ def read(path: str) -> Checkpoint:
         if archive.member(sample_inputs) is not None:
             archive.scan(archive.member(sample_inputs), sample_inputs)
         program_member = archive.member(f"models/{model}.json")
-        program = _json(program_member, f"models/{model}.json") \
-            if program_member.file_size <= MAX_JSON_BYTES else {}
+        program = (
+            _json(program_member, f"models/{model}.json")
+            if program_member.file_size <= MAX_JSON_BYTES
+            else {}
+        )
         if isinstance(program, dict):
             if isinstance(program.get("torch_version"), str):
                 metadata["torch version"] = program["torch_version"]
@@ -284,24 +356,28 @@ def read(path: str) -> Checkpoint:
             if isinstance(schema, dict):
                 metadata["schema version"] = f"{schema.get('major')}.{schema.get('minor')}"
         notes.update({prefix + k: v for k, v in _signature_notes(program).items()})
-        weights = archive.payloads("data/weights/", f"data/weights/{model}_weights_config.json",
-                                   "weights")
-        constants = archive.payloads("data/constants/",
-                                     f"data/constants/{model}_constants_config.json", "constants")
+        weights = archive.payloads(
+            "data/weights/", f"data/weights/{model}_weights_config.json", "weights"
+        )
+        constants = archive.payloads(
+            "data/constants/", f"data/constants/{model}_constants_config.json", "constants"
+        )
         for fqn, value in weights.items():
             entries[prefix + fqn] = (value, "weight")
         for fqn, value in constants.items():
             key = prefix + fqn
             if key in entries:
-                archive.warnings.append(f"constant {fqn!r} has the name of a weight; "
-                                        f"shown as constants.{fqn}")
+                archive.warnings.append(
+                    f"constant {fqn!r} has the name of a weight; shown as constants.{fqn}"
+                )
                 key = f"{prefix}constants.{fqn}"
             entries[key] = (value, "constant")
     root = flat_tree({k: v for k, (v, _) in entries.items() if isinstance(v, TensorInfo)})
     for key, (value, _) in entries.items():
         if not isinstance(value, TensorInfo):
-            root.children.append(Node(name=key, kind="opaque", key=key, value=value,
-                                      type_name="object"))
+            root.children.append(
+                Node(name=key, kind="opaque", key=key, value=value, type_name="object")
+            )
     _mark_roles(root, entries, notes)
     version = archive.text("archive_version")
     if version is not None:
@@ -309,10 +385,18 @@ def read(path: str) -> Checkpoint:
     metadata["models"] = ", ".join(models)
     byteorder = archive.text("byteorder")
     if byteorder not in (None, "little"):
-        archive.warnings.append(f"archive says byteorder {byteorder[:20]!r}; torch.export.load "
-                                "reads the raw records in this machine's order")
-    checkpoint = Checkpoint(path=path, format="pt2", file_bytes=getsize(path), root=root,
-                            warnings=archive.warnings, metadata=metadata)
+        archive.warnings.append(
+            f"archive says byteorder {byteorder[:20]!r}; torch.export.load "
+            "reads the raw records in this machine's order"
+        )
+    checkpoint = Checkpoint(
+        path=path,
+        format="pt2",
+        file_bytes=getsize(path),
+        root=root,
+        warnings=archive.warnings,
+        metadata=metadata,
+    )
     for where, report in archive.pickles:
         merge_report(checkpoint, report, where)
     return checkpoint

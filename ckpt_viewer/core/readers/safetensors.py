@@ -14,19 +14,33 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, Storage, TensorInfo
 from ckpt_viewer.core.remote import getsize, open_source
 
-MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit
-MAX_JSON_DEPTH = 127             # serde_json's recursion limit, as the library parses it
-USIZE_MAX = 2 ** 64 - 1
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+MAX_JSON_DEPTH = 127  # serde_json's recursion limit, as the library parses it
+USIZE_MAX = 2**64 - 1
 
 # what the safetensors library (0.8) loads into torch; C128 is not one of them, and F6_E2M3 /
 # F6_E3M2 are parsed but never loaded ("Dtype not understood")
 SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
-    "F4": "float4_e2m1fn_x2", "C64": "complex64",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
-    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F4": "float4_e2m1fn_x2",
+    "C64": "complex64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
 TORCH_TO_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 # F4's shape counts 4-bit values; torch's float4_e2m1fn_x2 packs two in each element, so the
@@ -39,9 +53,11 @@ def torch_shape(key: str, dtype: str, shape: list) -> tuple:
     if dtype not in PAIRED:
         return tuple(shape)
     if not shape or shape[-1] % 2:
-        raise CheckpointError(f"safetensors entry {key!r} is {dtype} with shape {shape}: its "
-                              "last dimension is not even, so it has no torch shape (the "
-                              "library refuses it too)")
+        raise CheckpointError(
+            f"safetensors entry {key!r} is {dtype} with shape {shape}: its "
+            "last dimension is not even, so it has no torch shape (the "
+            "library refuses it too)"
+        )
     return (*shape[:-1], shape[-1] // 2)
 
 
@@ -57,14 +73,18 @@ JSON_SPACE = b" \t\n\r"
 
 def looks_like_safetensors(head: bytes) -> bool:
     """A JSON object after the length field; a lying length is reported by read_header."""
-    return (len(head) >= 9 and head[8:].lstrip(JSON_SPACE)[:1] == b"{"
-            and struct.unpack("<Q", head[:8])[0] >= 2)
+    return (
+        len(head) >= 9
+        and head[8:].lstrip(JSON_SPACE)[:1] == b"{"
+        and struct.unpack("<Q", head[:8])[0] >= 2
+    )
 
 
 class _Object(dict):
     """A JSON object that remembers which of its keys appeared more than once."""
+
     repeated: tuple = ()
-    shadowed: tuple = ()           # (key, value) of entries a later one with the same key hides
+    shadowed: tuple = ()  # (key, value) of entries a later one with the same key hides
 
 
 def _object(pairs):
@@ -74,7 +94,7 @@ def _object(pairs):
         if key in out:
             repeated.append(key)
             shadowed.append((key, out[key]))
-        out[key] = value                # the last one wins, as in the library
+        out[key] = value  # the last one wins, as in the library
     out.repeated, out.shadowed = tuple(repeated), tuple(shadowed)
     return out
 
@@ -114,8 +134,10 @@ def read_header(path: str) -> tuple[dict, int, int]:
             raise CheckpointError("safetensors file is shorter than its 8-byte header length")
         (length,) = struct.unpack("<Q", raw)
         if length > MAX_HEADER_BYTES or length > size - 8:
-            raise CheckpointError(f"safetensors header claims {length:,} bytes but the file has "
-                                  f"{size - 8:,} after the length field")
+            raise CheckpointError(
+                f"safetensors header claims {length:,} bytes but the file has "
+                f"{size - 8:,} after the length field"
+            )
         text = f.read(length)
     try:
         text = text.decode("utf-8")
@@ -124,9 +146,11 @@ def read_header(path: str) -> tuple[dict, int, int]:
     header = _parse(text)
     data_bytes = _check_entries(header)
     if 8 + length + data_bytes != size:
-        raise CheckpointError(f"safetensors tensors cover {data_bytes:,} bytes but the data "
-                              f"section has {size - 8 - length:,} (the library refuses a file "
-                              "its tensors do not exactly cover)")
+        raise CheckpointError(
+            f"safetensors tensors cover {data_bytes:,} bytes but the data "
+            f"section has {size - 8 - length:,} (the library refuses a file "
+            "its tensors do not exactly cover)"
+        )
     return header, 8 + length, size
 
 
@@ -134,22 +158,26 @@ def _parse(text: str) -> dict:
     """The header as strict JSON: no NaN/Infinity, no lone surrogates, nesting within the
     library's limit, an object whose tensor entries are checked by _check_entries."""
     try:
-        header = json.loads(text, object_pairs_hook=_object, parse_int=_integer,
-                            parse_constant=_constant)
+        header = json.loads(
+            text, object_pairs_hook=_object, parse_int=_integer, parse_constant=_constant
+        )
     except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"safetensors header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise CheckpointError("safetensors header is not a JSON object")
     if _too_deep(header):
-        raise CheckpointError(f"safetensors header nests deeper than {MAX_JSON_DEPTH} levels, "
-                              "which the library's JSON parser refuses")
+        raise CheckpointError(
+            f"safetensors header nests deeper than {MAX_JSON_DEPTH} levels, "
+            "which the library's JSON parser refuses"
+        )
     if re.search(r"\\u[dD][89a-fA-F]", text) and _has_lone_surrogate(header):
         raise CheckpointError("safetensors header holds an unpaired surrogate escape")
     if "__metadata__" in header.repeated:
         raise CheckpointError("safetensors header repeats __metadata__")
     metadata = header.get("__metadata__")
-    if metadata is not None and not (isinstance(metadata, dict) and all(
-            isinstance(v, str) for v in metadata.values())):
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
         raise CheckpointError("safetensors __metadata__ is not a map of strings to strings")
     return header
 
@@ -205,7 +233,7 @@ def _check_entries(header: dict) -> int:
     """Every tensor entry checked; returns the bytes the tensors cover. As in the library,
     sorted by offsets they must tile the data section from 0 with no gap and no overlap."""
     spans = []
-    for key, entry in header.shadowed:      # the library parses a hidden entry too
+    for key, entry in header.shadowed:  # the library parses a hidden entry too
         if key != "__metadata__":
             _entry_types(key, entry)
     for key, entry in header.items():
@@ -217,36 +245,43 @@ def _check_entries(header: dict) -> int:
     end = 0
     for begin, stop, key, dtype, shape in spans:
         if begin != end or stop < begin:
-            raise CheckpointError(f"safetensors entry {key!r} starts at byte {begin:,} of the "
-                                  f"data section, not at {end:,} where the previous one ends "
-                                  "(gap or overlap)")
+            raise CheckpointError(
+                f"safetensors entry {key!r} starts at byte {begin:,} of the "
+                f"data section, not at {end:,} where the previous one ends "
+                "(gap or overlap)"
+            )
         end = stop
         needed = 1
-        for dim in shape:                   # the library's checked multiplication
+        for dim in shape:  # the library's checked multiplication
             needed *= dim
             if needed > USIZE_MAX:
-                raise CheckpointError(f"safetensors entry {key!r} has a shape too large to "
-                                      "address")
+                raise CheckpointError(f"safetensors entry {key!r} has a shape too large to address")
         if dtype in PAIRED:
             if needed % 2:
-                raise CheckpointError(f"safetensors entry {key!r} is {dtype} with an odd "
-                                      "number of values: it does not end on a byte boundary")
+                raise CheckpointError(
+                    f"safetensors entry {key!r} is {dtype} with an odd "
+                    "number of values: it does not end on a byte boundary"
+                )
             needed //= 2
         else:
             needed *= DTYPE_SIZES[SAFETENSORS_DTYPES[dtype]]
         if needed > USIZE_MAX:
             raise CheckpointError(f"safetensors entry {key!r} has a shape too large to address")
         if stop - begin != needed:
-            raise CheckpointError(f"safetensors entry {key!r} spans {stop - begin:,} "
-                                  f"bytes but its shape needs {needed:,}")
+            raise CheckpointError(
+                f"safetensors entry {key!r} spans {stop - begin:,} "
+                f"bytes but its shape needs {needed:,}"
+            )
     return end
 
 
 def tensor_infos(path: str) -> tuple[dict, dict, list]:
     """{key: TensorInfo}, metadata and warnings; shared by the sharded-index reader."""
     header, data_start, _ = read_header(path)
-    warnings = [f"safetensors header repeats key {k!r}; the last entry silently wins"
-                for k in header.repeated]
+    warnings = [
+        f"safetensors header repeats key {k!r}; the last entry silently wins"
+        for k in header.repeated
+    ]
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         metadata = {"__metadata__": str(metadata)}
@@ -254,8 +289,9 @@ def tensor_infos(path: str) -> tuple[dict, dict, list]:
     for key, entry in header.items():
         dtype, shape, (begin, end) = _entry_fields(key, entry)
         dtype, shape = SAFETENSORS_DTYPES[dtype], torch_shape(key, dtype, shape)
-        storage = Storage(key, dtype, math.prod(shape), "cpu",
-                          FileSpan(path, data_start + begin, end - begin))
+        storage = Storage(
+            key, dtype, math.prod(shape), "cpu", FileSpan(path, data_start + begin, end - begin)
+        )
         stride, step = [], 1
         for dim in reversed(shape):
             stride.insert(0, step)
@@ -264,7 +300,7 @@ def tensor_infos(path: str) -> tuple[dict, dict, list]:
     return tensors, metadata, warnings
 
 
-MAX_FOLDER_DEPTH = 1000     # deeper dotted segments stay in the leaf's name
+MAX_FOLDER_DEPTH = 1000  # deeper dotted segments stay in the leaf's name
 
 
 def flat_tree(tensors: dict) -> Node:
@@ -279,8 +315,9 @@ def flat_tree(tensors: dict) -> Node:
             parent_key = ".".join(segments[:MAX_FOLDER_DEPTH])
             leaf = ".".join(segments[MAX_FOLDER_DEPTH:])
         parent = folders.get(parent_key) or _folder(folders, parent_key)
-        parent.children.append(Node(name=leaf, kind="tensor", key=key, tensor=info,
-                                    type_name="Tensor"))
+        parent.children.append(
+            Node(name=leaf, kind="tensor", key=key, tensor=info, type_name="Tensor")
+        )
     return root
 
 
@@ -300,6 +337,11 @@ def _folder(folders: dict, key: str) -> Node:
 
 def read(path: str) -> Checkpoint:
     tensors, metadata, warnings = tensor_infos(path)
-    return Checkpoint(path=path, format="safetensors", file_bytes=getsize(path),
-                      root=flat_tree(tensors), warnings=warnings,
-                      metadata={f"metadata.{k}": v for k, v in metadata.items()})
+    return Checkpoint(
+        path=path,
+        format="safetensors",
+        file_bytes=getsize(path),
+        root=flat_tree(tensors),
+        warnings=warnings,
+        metadata={f"metadata.{k}": v for k, v in metadata.items()},
+    )

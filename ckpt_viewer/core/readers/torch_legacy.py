@@ -87,32 +87,48 @@ def _read(path, stream):
 
     def storage_factory(pid):
         if isinstance(pid, tuple) and pid and pid[0] == "module":
-            report.refuse("it records module source code (torch's weights_only unpickler "
-                          "refuses these persistent ids)")
+            report.refuse(
+                "it records module source code (torch's weights_only unpickler "
+                "refuses these persistent ids)"
+            )
             return pid[1] if len(pid) > 1 and isinstance(pid[1], type) else Placeholder()
         storage_type, key, location, numel, view = storage_pid(pid, 6)
         dtype = dtype_of_storage(storage_type, untyped_ok=False)
         root = roots.get(key)
         if root is None:
-            root = roots[key] = Storage(str(key), dtype, numel, location, None, "little",
-                                        resizable=True)
+            root = roots[key] = Storage(
+                str(key), dtype, numel, location, None, "little", resizable=True
+            )
         if view is None:
             return root
-        if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int
-                and type(view[2]) is int and view[1] >= 0 and view[2] >= 0):
+        if not (
+            isinstance(view, tuple)
+            and len(view) == 3
+            and type(view[1]) is int
+            and type(view[2]) is int
+            and view[1] >= 0
+            and view[2] >= 0
+        ):
             raise CheckpointError(f"malformed storage view of {key!r}")
         view_key, offset, count = view
         if view_key not in views:
             size = DTYPE_SIZES[dtype]
-            storage = Storage(f"{key}[{offset}:{offset + count}]", dtype, count, location,
-                              None, "little")
+            storage = Storage(
+                f"{key}[{offset}:{offset + count}]", dtype, count, location, None, "little"
+            )
             spans.append((storage, key, offset * size))
             views[view_key] = storage
         return views[view_key]
 
     # Storages get their file spans once the storage section has been walked.
-    checkpoint = pickle_checkpoint(path, "torch-legacy", stream.next_pickle(), storage_factory,
-                                   file_bytes=stream.size, report=report)
+    checkpoint = pickle_checkpoint(
+        path,
+        "torch-legacy",
+        stream.next_pickle(),
+        storage_factory,
+        file_bytes=stream.size,
+        report=report,
+    )
     keys, _ = stream.load(report)
     if not isinstance(keys, list) or not all(type(k) in (str, int) for k in keys):
         raise CheckpointError("legacy storage key list is malformed")
@@ -124,9 +140,11 @@ def _read(path, stream):
         storage.source = FileSpan(path, root.source.offset + start, storage.nbytes)
     checkpoint.refusals = report.refusals
     if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
-        checkpoint.warnings.append("the file's sys_info says it was written big-endian; torch "
-                                   "ignores that and reads the bytes as little-endian, and so "
-                                   "does this view")
+        checkpoint.warnings.append(
+            "the file's sys_info says it was written big-endian; torch "
+            "ignores that and reads the bytes as little-endian, and so "
+            "does this view"
+        )
     return checkpoint
 
 
@@ -143,12 +161,16 @@ def _index_storages(stream, keys, roots, path):
             raise CheckpointError(f"file ends before storage {key!r} (truncated?)")
         (numel,) = struct.unpack("<q", header)
         if numel < 0 or numel != storage.numel:
-            raise CheckpointError(f"storage {key!r} declares {numel} elements but the "
-                                  f"object pickle says {storage.numel}")
+            raise CheckpointError(
+                f"storage {key!r} declares {numel} elements but the "
+                f"object pickle says {storage.numel}"
+            )
         nbytes = numel * DTYPE_SIZES[storage.dtype]
         if offset + 8 + nbytes > stream.size:
-            raise CheckpointError(f"storage {key!r} needs {nbytes:,} bytes at offset {offset + 8:,} "
-                                  f"but the file is {stream.size:,} bytes (truncated?)")
+            raise CheckpointError(
+                f"storage {key!r} needs {nbytes:,} bytes at offset {offset + 8:,} "
+                f"but the file is {stream.size:,} bytes (truncated?)"
+            )
         storage.source = FileSpan(path, offset + 8, nbytes)
         offset += 8 + nbytes
     missing = [k for k, s in roots.items() if s.source is None]

@@ -15,7 +15,7 @@ from ckpt_viewer.core.readers import MAX_PICKLE_BYTES, pickle_checkpoint, storag
 from ckpt_viewer.core.readers.zip_directory import crc_ok, read_directory, read_member
 from ckpt_viewer.core.safe_pickle import dtype_of_storage
 
-MIN_FORMAT_VERSION, MAX_FORMAT_VERSION = 1, 10      # torch 2.13's reader
+MIN_FORMAT_VERSION, MAX_FORMAT_VERSION = 1, 10  # torch 2.13's reader
 MAX_COMPRESSED_PICKLE = 64 * 1024 * 1024
 C_SPACE = b" \t\n\v\f\r"
 
@@ -29,9 +29,11 @@ class Archive:
             raise CheckpointError("zip archive holds no files: not a PyTorch checkpoint")
         first = self.members[0].raw_name
         if b"/" not in first:
-            raise CheckpointError(f"zip entry {self.members[0].name!r} is not inside a folder: "
-                                  "not a PyTorch checkpoint")
-        self.prefix = first[:first.index(b"/") + 1]
+            raise CheckpointError(
+                f"zip entry {self.members[0].name!r} is not inside a folder: "
+                "not a PyTorch checkpoint"
+            )
+        self.prefix = first[: first.index(b"/") + 1]
         # one lower() for every name (read_directory refused names holding a NUL)
         folded = b"\0".join(m.raw_name for m in self.members).lower().split(b"\0")
         self.by_name = dict(zip(folded, self.members))
@@ -55,9 +57,11 @@ class Archive:
     def check_folder(self):
         outside = next((m for m in self.members if not m.raw_name.startswith(self.prefix)), None)
         if outside is not None:
-            raise CheckpointError(f"zip entry {outside.name!r} lies outside the archive folder "
-                                  f"{self.prefix.decode('utf-8', 'backslashreplace')!r} "
-                                  "(torch refuses such archives)")
+            raise CheckpointError(
+                f"zip entry {outside.name!r} lies outside the archive folder "
+                f"{self.prefix.decode('utf-8', 'backslashreplace')!r} "
+                "(torch refuses such archives)"
+            )
 
 
 def parse_version(text: bytes) -> int:
@@ -66,14 +70,16 @@ def parse_version(text: bytes) -> int:
     if digits[:1] == b"+":
         digits = digits[1:]
     end = 0
-    while end < len(digits) and digits[end:end + 1].isdigit():
+    while end < len(digits) and digits[end : end + 1].isdigit():
         end += 1
     if not end or digits[:1] == b"-":
         raise CheckpointError(f"archive format version {text[:20]!r} is not a number")
     version = int(digits[:end])
     if not MIN_FORMAT_VERSION <= version <= MAX_FORMAT_VERSION:
-        raise CheckpointError(f"archive format version {version} is outside what torch reads "
-                              f"({MIN_FORMAT_VERSION} to {MAX_FORMAT_VERSION})")
+        raise CheckpointError(
+            f"archive format version {version} is outside what torch reads "
+            f"({MIN_FORMAT_VERSION} to {MAX_FORMAT_VERSION})"
+        )
     return version
 
 
@@ -83,26 +89,30 @@ def read_byteorder(archive: Archive) -> str:
         return "little"
     text = archive.read(member, 64)
     if text not in (b"little", b"big"):
-        raise CheckpointError(f"unknown byteorder {text[:20]!r} (torch accepts exactly "
-                              "'little' or 'big')")
+        raise CheckpointError(
+            f"unknown byteorder {text[:20]!r} (torch accepts exactly 'little' or 'big')"
+        )
     return text.decode()
 
 
 def read(path: str):
     archive = Archive(path)
-    version = parse_version(archive.read(archive.find(".data/version") or
-                                         archive.require("version"), 64))
+    version = parse_version(
+        archive.read(archive.find(".data/version") or archive.require("version"), 64)
+    )
     archive.check_folder()
     byteorder = read_byteorder(archive)
     pickle_member = archive.require("data.pkl")
     if pickle_member.compress_type != 0 and pickle_member.file_size > MAX_COMPRESSED_PICKLE:
         # torch never compresses data.pkl; a small record inflating this far is a zip bomb
-        raise CheckpointError(f"data.pkl is compressed and would inflate to "
-                              f"{pickle_member.file_size:,} bytes; refusing (zip bomb?)")
+        raise CheckpointError(
+            f"data.pkl is compressed and would inflate to "
+            f"{pickle_member.file_size:,} bytes; refusing (zip bomb?)"
+        )
     data = archive.read(pickle_member, MAX_PICKLE_BYTES)
     torchscript = any(m.raw_name == archive.prefix + b"constants.pkl" for m in archive.members)
     storages: dict = {}
-    dtypes: dict = {}            # storage type name -> dtype (a file names a few, 50,000 times)
+    dtypes: dict = {}  # storage type name -> dtype (a file names a few, 50,000 times)
     records_by_name, data_folder = archive.by_name, archive.prefix + b"data/"
 
     def storage_factory(pid):
@@ -113,16 +123,19 @@ def read(path: str):
             dtype = dtype_of_storage(storage_type)
             if type(name) is str:
                 dtypes[name] = dtype
-        if key in storages:      # torch keeps the first reference's type and size
+        if key in storages:  # torch keeps the first reference's type and size
             return storages[key]
-        member = records_by_name.get((data_folder + str(key).encode("utf-8", "surrogatepass"))
-                                     .lower())       # archive.find(f"data/{key}"), inlined
+        member = records_by_name.get(
+            (data_folder + str(key).encode("utf-8", "surrogatepass")).lower()
+        )  # archive.find(f"data/{key}"), inlined
         if member is None:
             raise CheckpointError(f"storage record data/{key} is missing from the archive")
         needed = numel * DTYPE_SIZES[dtype]
         if member.file_size != needed:
-            raise CheckpointError(f"storage record data/{key} holds {member.file_size:,} bytes "
-                                  f"but its storage is {needed:,} (torch refuses the file)")
+            raise CheckpointError(
+                f"storage record data/{key} holds {member.file_size:,} bytes "
+                f"but its storage is {needed:,} (torch refuses the file)"
+            )
         storages[key] = Storage(str(key), dtype, numel, location, member, byteorder)
         return storages[key]
 
@@ -130,16 +143,23 @@ def read(path: str):
     checkpoint = pickle_checkpoint(path, fmt, data, storage_factory, byteorder=byteorder)
     checkpoint.metadata["archive format version"] = version
     if torchscript:
-        checkpoint.refusals.append("a TorchScript archive: torch.load(weights_only=True) refuses "
-                                   "these (torch.jit.load would run its code)")
+        checkpoint.refusals.append(
+            "a TorchScript archive: torch.load(weights_only=True) refuses "
+            "these (torch.jit.load would run its code)"
+        )
     if archive.crc_failures:
         checkpoint.warnings.append(
             f"{', '.join(archive.crc_failures)} fail(s) the CRC-32 check; torch does not check "
-            "it, so what is shown is what torch reads, but the file is damaged")
+            "it, so what is shown is what torch reads, but the file is damaged"
+        )
     if byteorder == "big":
-        checkpoint.warnings.append("tensors are stored big-endian; values are byte-swapped when read")
+        checkpoint.warnings.append(
+            "tensors are stored big-endian; values are byte-swapped when read"
+        )
     compressed = [s.key for s in storages.values() if s.source.compress_type != zipfile.ZIP_STORED]
     if compressed:
-        checkpoint.warnings.append(f"{len(compressed)} storage record(s) are compressed; "
-                                   "they are inflated, never memory-mapped, when read")
+        checkpoint.warnings.append(
+            f"{len(compressed)} storage record(s) are compressed; "
+            "they are inflated, never memory-mapped, when read"
+        )
     return checkpoint

@@ -22,8 +22,9 @@ from ckpt_viewer.core.tree import build_tree
 STATE_FILE = re.compile(
     r"(optimizer|scheduler|sampler|dl_state_dict)(_\d+)?\.(pt|bin)|scaler\.pt"
     r"|rng_state(_\d+)?\.pth|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl"
-    r"|trainer_state\.json|training_args\.bin")
-EXTRA_MODEL_FILE = re.compile(r"(model|pytorch_model)_\d+\.(safetensors|bin)")   # accelerate
+    r"|trainer_state\.json|training_args\.bin"
+)
+EXTRA_MODEL_FILE = re.compile(r"(model|pytorch_model)_\d+\.(safetensors|bin)")  # accelerate
 CONFIG_FILES = ("config.json", "adapter_config.json")
 
 
@@ -34,8 +35,9 @@ def state_files(folder: str) -> list[str]:
     except (OSError, CheckpointError):
         return []
     # not only regular files: a FIFO among them is listed, and refused when it is opened
-    return sorted(n for n in names if STATE_FILE.fullmatch(n)
-                  and not remote.isdir(remote.join(folder, n)))
+    return sorted(
+        n for n in names if STATE_FILE.fullmatch(n) and not remote.isdir(remote.join(folder, n))
+    )
 
 
 def folder_metadata(folder: str) -> dict:
@@ -54,9 +56,16 @@ def part_names(folder: str) -> list[str]:
     state files; shards named by an index are read through it."""
     weights = model_weights(folder)
     names = [remote.basename(weights)] if weights else []
-    names += sorted((n for n in remote.listdir(folder) if EXTRA_MODEL_FILE.fullmatch(n)
-                     and not remote.isdir(remote.join(folder, n)) and n not in names),
-                    key=_natural)
+    names += sorted(
+        (
+            n
+            for n in remote.listdir(folder)
+            if EXTRA_MODEL_FILE.fullmatch(n)
+            and not remote.isdir(remote.join(folder, n))
+            and n not in names
+        ),
+        key=_natural,
+    )
     return names + [n for n in state_files(folder) if n not in names]
 
 
@@ -67,20 +76,26 @@ def trainer_state(state: dict) -> dict:
     if isinstance(history, list):
         logs = [e for e in history if isinstance(e, dict)]
         steps = [e["step"] for e in logs if type(e.get("step")) is int]
-        losses = [e["loss"] for e in logs if isinstance(e.get("loss"), (int, float))
-                  and not isinstance(e.get("loss"), bool)]
+        losses = [
+            e["loss"]
+            for e in logs
+            if isinstance(e.get("loss"), (int, float)) and not isinstance(e.get("loss"), bool)
+        ]
         brief = {"entries": len(history)}
         if steps:
             brief["first_step"], brief["last_step"] = min(steps), max(steps)
         if losses:
             brief["min_loss"] = min(losses)
-        for name, test in (("last_train_log", lambda e: "loss" in e),
-                           ("last_eval_log", lambda e: any(str(k).startswith("eval_") for k in e)),
-                           ("train_summary", lambda e: "train_runtime" in e)):
+        for name, test in (
+            ("last_train_log", lambda e: "loss" in e),
+            ("last_eval_log", lambda e: any(str(k).startswith("eval_") for k in e)),
+            ("train_summary", lambda e: "train_runtime" in e),
+        ):
             entry = next((e for e in reversed(logs) if test(e)), None)
             if entry is not None:
-                brief[name] = {k: v for k, v in entry.items()
-                               if isinstance(v, (str, int, float, bool))}
+                brief[name] = {
+                    k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool))
+                }
         summary["log_history"] = brief
     return summary
 
@@ -88,8 +103,9 @@ def trainer_state(state: dict) -> dict:
 def _read_part(path: str, open_file) -> Checkpoint:
     if path.endswith(".json") and not path.endswith(".index.json"):
         value = trainer_state(read_json(path, "state"))
-        return Checkpoint(path=path, format="json", file_bytes=remote.getsize(path),
-                          root=build_tree(value))
+        return Checkpoint(
+            path=path, format="json", file_bytes=remote.getsize(path), root=build_tree(value)
+        )
     return open_file(path)
 
 
@@ -120,13 +136,17 @@ def read(folder: str, open_part) -> Checkpoint:
             part = _read_part(remote.join(folder, name), open_part)
         except CheckpointError as exc:
             warnings.append(f"{name}: cannot be read ({exc})")
-            root.children.append(Node(name=name, kind="opaque", key=name, type_name="unreadable",
-                                      value=str(exc)))
+            root.children.append(
+                Node(name=name, kind="opaque", key=name, type_name="unreadable", value=str(exc))
+            )
             unreadable.append((name, _pickles_of(remote.join(folder, name))))
             continue
         parts.append((name, part))
-        nodes = part.optimizer_nodes if part.optimizer_nodes is not None else \
-            [n for n in iter_nodes(part.root) if n.kind == "optimizer"]
+        nodes = (
+            part.optimizer_nodes
+            if part.optimizer_nodes is not None
+            else [n for n in iter_nodes(part.root) if n.kind == "optimizer"]
+        )
         root.children.append(_graft(part, name))
         optimizer_nodes += nodes
         total += part.file_bytes
@@ -138,12 +158,22 @@ def read(folder: str, open_part) -> Checkpoint:
         raise CheckpointError(warnings[0])
     metadata.update(folder_metadata(folder))
     state = set(state_files(folder))
-    fmt = "hf-trainer" if state & {"trainer_state.json", "training_args.bin"} else \
-        "accelerate" if any(n.startswith("random_states_") or n.endswith(".bin") for n in state) \
+    fmt = (
+        "hf-trainer"
+        if state & {"trainer_state.json", "training_args.bin"}
+        else "accelerate"
+        if any(n.startswith("random_states_") or n.endswith(".bin") for n in state)
         else "training-dir"
-    checkpoint = Checkpoint(path=folder, format=fmt, file_bytes=total, root=root,
-                            warnings=warnings, metadata=metadata,
-                            optimizer_nodes=optimizer_nodes)
+    )
+    checkpoint = Checkpoint(
+        path=folder,
+        format=fmt,
+        file_bytes=total,
+        root=root,
+        warnings=warnings,
+        metadata=metadata,
+        optimizer_nodes=optimizer_nodes,
+    )
     for name, part in parts:
         merge_part(checkpoint, part, name)
     for name, report in unreadable:

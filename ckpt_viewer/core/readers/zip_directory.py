@@ -19,11 +19,11 @@ from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.model import ZipMember
 from ckpt_viewer.core.remote import open_source
 
-EOCD = struct.Struct("<4s4H2LH")              # end of central directory, 22 bytes
-EOCD64_LOCATOR = struct.Struct("<4sLQL")      # 20 bytes
-EOCD64 = struct.Struct("<4sQ2H2L4Q")          # 56 bytes
-ENTRY = struct.Struct("<4s4B4HL2L5H2L")       # central directory entry, 46 bytes
-LOCAL = 30                                    # local header size
+EOCD = struct.Struct("<4s4H2LH")  # end of central directory, 22 bytes
+EOCD64_LOCATOR = struct.Struct("<4sLQL")  # 20 bytes
+EOCD64 = struct.Struct("<4sQ2H2L4Q")  # 56 bytes
+ENTRY = struct.Struct("<4s4B4HL2L5H2L")  # central directory entry, 46 bytes
+LOCAL = 30  # local header size
 MAX_COMMENT = 65535
 U16, U32 = 0xFFFF, 0xFFFFFFFF
 END_SIG = b"PK\x05\x06"
@@ -82,10 +82,12 @@ def read_directory(path: str) -> list[ZipMember]:
         if zip64 is not None:
             saturated = (on_disk, count, cd_size, cd_offset, this_disk, cd_disk)
             wide = (zip64[6], zip64[7], zip64[8], zip64[9], zip64[4], zip64[5])
-            if any(narrow not in (U16, U32, wide_value)
-                   for narrow, wide_value in zip(saturated, wide)):
-                raise AmbiguousArchive("its zip64 end record and its end record describe "
-                                       "different directories")
+            if any(
+                narrow not in (U16, U32, wide_value) for narrow, wide_value in zip(saturated, wide)
+            ):
+                raise AmbiguousArchive(
+                    "its zip64 end record and its end record describe different directories"
+                )
             on_disk, count, cd_size, cd_offset, this_disk, cd_disk = wide
             end_records_at = zip64_at
             if count > U32 or cd_size > U32:
@@ -97,8 +99,10 @@ def read_directory(path: str) -> list[ZipMember]:
         if cd_offset + cd_size > size:
             raise CheckpointError("zip directory lies beyond the end of the file (truncated?)")
         if cd_offset + cd_size != end_records_at:
-            raise AmbiguousArchive("its central directory does not end where the end record "
-                                   "begins (zip tools would shift every offset)")
+            raise AmbiguousArchive(
+                "its central directory does not end where the end record "
+                "begins (zip tools would shift every offset)"
+            )
         f.seek(cd_offset)
         directory = f.read(cd_size)
     members = _entries(directory, count, path, size, this_disk)
@@ -113,27 +117,53 @@ def _entries(directory: bytes, count: int, path: str, size: int, this_disk: int)
     for _ in range(count):
         if pos + ENTRY.size > len(directory):
             raise CheckpointError("zip directory is shorter than its entry count says")
-        (sig, _, _, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len,
-         comment_len, disk, _, _, offset) = unpack(directory, pos)
+        (
+            sig,
+            _,
+            _,
+            _,
+            _,
+            flags,
+            method,
+            _,
+            _,
+            crc,
+            csize,
+            usize,
+            name_len,
+            extra_len,
+            comment_len,
+            disk,
+            _,
+            _,
+            offset,
+        ) = unpack(directory, pos)
         if sig != b"PK\x01\x02":
             raise CheckpointError("zip directory entry is corrupt")
         start = pos + ENTRY.size
         end = start + name_len + extra_len + comment_len
         if end > len(directory):
             raise CheckpointError("zip directory entry runs past the directory")
-        raw_name = directory[start:start + name_len]
+        raw_name = directory[start : start + name_len]
         name = raw_name.decode("utf-8", "backslashreplace")
-        if csize != U32 and usize != U32 and (method == 0 and csize != usize or usize and not csize):
+        if (
+            csize != U32
+            and usize != U32
+            and (method == 0 and csize != usize or usize and not csize)
+        ):
             raise CheckpointError(f"zip entry {name!r} has inconsistent sizes")
         if U32 in (usize, csize, offset):
             usize, csize, offset = _zip64_extra(
-                directory[start + name_len:start + name_len + extra_len], usize, csize, offset)
+                directory[start + name_len : start + name_len + extra_len], usize, csize, offset
+            )
         if disk == U16 or disk not in (this_disk, 1):
             raise CheckpointError("multi-disk zip archives are not supported")
         if flags & 0x2000:
             raise CheckpointError(f"zip entry {name!r} has an encrypted directory")
         if offset + LOCAL + csize > size:
-            raise CheckpointError(f"zip entry {name!r} lies beyond the end of the file (truncated?)")
+            raise CheckpointError(
+                f"zip entry {name!r} lies beyond the end of the file (truncated?)"
+            )
         members.append(ZipMember(path, name, offset, method, csize, usize, crc, raw_name, flags))
         pos = end
     return members
@@ -143,15 +173,19 @@ def _refuse_shadowed_names(members: list[ZipMember]):
     names = [m.raw_name for m in members]
     if b"\0" in b"".join(names):
         member = next(m for m in members if b"\0" in m.raw_name)
-        raise AmbiguousArchive(f"entry name {member.name!r} holds a NUL byte (zip tools "
-                               "cut the name there, torch does not)")
+        raise AmbiguousArchive(
+            f"entry name {member.name!r} holds a NUL byte (zip tools "
+            "cut the name there, torch does not)"
+        )
     # one lower() for all the names: none holds a NUL (checked above)
     folded = b"\0".join(names).lower().split(b"\0") if names else []
     if len(set(folded)) != len(folded):
         seen = set()
         member = next(m for m, f in zip(members, folded) if f in seen or seen.add(f))
-        raise AmbiguousArchive(f"two entries are named {member.name!r} (up to letter case); "
-                               "which one torch reads depends on its sort order")
+        raise AmbiguousArchive(
+            f"two entries are named {member.name!r} (up to letter case); "
+            "which one torch reads depends on its sort order"
+        )
 
 
 def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
@@ -195,8 +229,10 @@ def read_member(member: ZipMember, limit: int, check_crc: bool = True) -> bytes:
     """A whole (small) record, inflated if needed. torch never checks CRC-32 on read: with
     check_crc=False a mismatch is left to the caller (`crc_ok`)."""
     if member.file_size > limit:
-        raise CheckpointError(f"{member.name} would inflate to {member.file_size:,} bytes; "
-                              f"refusing more than {limit:,}")
+        raise CheckpointError(
+            f"{member.name} would inflate to {member.file_size:,} bytes; "
+            f"refusing more than {limit:,}"
+        )
     if member.flags & 0x1:
         raise CheckpointError(f"{member.name} is encrypted")
     start = data_offset(member)
@@ -216,11 +252,14 @@ def read_member(member: ZipMember, limit: int, check_crc: bool = True) -> bytes:
         if not inflater.eof and len(data) == member.file_size:
             raise CheckpointError(f"{member.name} inflates to more than its directory entry says")
     else:
-        raise CheckpointError(f"{member.name} uses unsupported compression method "
-                              f"{member.compress_type}")
+        raise CheckpointError(
+            f"{member.name} uses unsupported compression method {member.compress_type}"
+        )
     if len(data) != member.file_size:
-        raise CheckpointError(f"{member.name} holds {len(data):,} bytes, not the "
-                              f"{member.file_size:,} its directory entry says")
+        raise CheckpointError(
+            f"{member.name} holds {len(data):,} bytes, not the "
+            f"{member.file_size:,} its directory entry says"
+        )
     if check_crc and not crc_ok(member, data):
         raise CheckpointError(f"{member.name} fails its CRC-32 check (corrupt file?)")
     return data
