@@ -158,6 +158,8 @@ class _Http:
             if response.status == 200 and response.content_length is not None:
                 self._check(response)
                 return response.content_length
+            if 200 < response.status < 300:  # "no content" and the like: not this file's size
+                raise _status_error(response.status)
         finally:
             response.release()  # no body: the connection serves the next request
         # no HEAD (a URL signed for GET only) or no length in it: the first byte tells

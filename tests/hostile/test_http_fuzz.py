@@ -240,6 +240,15 @@ def served(tmp_path_factory):
         yield state, f"{server.url}/f.pt"
 
 
+def describes_another_file(plan) -> bool:
+    """The answer that sizes the file (the HEAD, or the first GET when the HEAD gave no
+    length) lies about its size: from then on, a server whose later answers tell the same lie
+    serves another file as far as any client can know, and a reader may rightly complain
+    about that file's bytes."""
+    first = min(plan, default=None)
+    return first in (0, 1) and plan[first][0] in ("length", "total", "garbage", "status")
+
+
 def read_all(url: str) -> dict:
     checkpoint = open_checkpoint(url)
     return {key: read_tensor(tensor) for key, tensor, _ in checkpoint.tensors()}
@@ -255,7 +264,9 @@ def test_http_answers(served, plan):
         values = read_all(url)
     except CheckpointError as exc:
         message = str(exc)
-        assert message.isprintable() and TRANSPORT.match(message), repr(message)
+        assert message.isprintable(), repr(message)
+        if not describes_another_file(plan):
+            assert TRANSPORT.match(message), repr(message)
         assert not set(state.applied) <= HARMLESS, f"refused harmless answers: {message}"
         return
     assert values.keys() == state.expected.keys()
