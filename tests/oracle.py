@@ -10,8 +10,8 @@ from collections import OrderedDict
 import torch
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.values import read_tensor
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.read import read_tensor
 
 
 def torch_load(data_or_path):
