@@ -32,7 +32,7 @@ def torch_load(data_or_path):
 
 
 def flat_tensors(obj, prefix="") -> dict:
-    """key -> tensor for every tensor in plain containers (DESIGN.md's key rules)."""
+    """key -> tensor for every tensor in plain containers, keyed by dict keys and list indices."""
     found = {}
     stack = [(prefix, obj, frozenset())]
     while stack:

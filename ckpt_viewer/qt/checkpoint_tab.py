@@ -116,8 +116,8 @@ class CheckpointTab(QWidget):
 
     def _fill_banner(self, checkpoint):
         """Red only when the file names code (with the call and where it sits); classes and
-        plain-data globals are quiet information (DESIGN.md's globals triage). The sentences
-        are core's, shared with the Pickle Imports dialog and the CLI."""
+        plain-data globals are quiet information (the globals triage, README.md's Command
+        line). The sentences are core's, shared with the Pickle Imports dialog and the CLI."""
         from ckpt_viewer.core.listing.globals import banner_lines
 
         code, lines = banner_lines(checkpoint)

@@ -1,5 +1,5 @@
 """Health check: planted anomalies are each reported with the right key and kind; clean files
-have no findings; the CLI keeps DESIGN.md's contract."""
+have no findings; the CLI keeps README.md's contract."""
 
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""The command line: the inspect contract in DESIGN.md, exit codes, one-line errors, and
+"""The command line: the inspect contract (README.md), exit codes, one-line errors, and
 mistakes answered kindly (unknown commands, bad numbers, missing keys, no display)."""
 
 import json

@@ -1,4 +1,4 @@
-"""The main window through DESIGN.md's automation contract: open_paths, signals, objectNames."""
+"""The main window through its automation contract: open_paths, signals, objectNames."""
 
 import torch
 from PySide6.QtCore import QMimeData, QPointF, Qt, QThreadPool, QUrl

@@ -1,8 +1,8 @@
-"""Every global a checkpoint's pickles name, triaged (DESIGN.md's table): `torch` (accepted by
-torch.load(weights_only=True) as is), `data` (refused by weights_only but builds plain data),
-`class` (a user class, decoded here as a placeholder) and `code` (a callable that can run code
-or touch the system, or any call of a function that is not a class). With only `data` beside
-`torch`, the snippet that makes weights_only load the file is given."""
+"""Every global a checkpoint's pickles name, triaged (ARCHITECTURE.md's safety model): `torch`
+(accepted by torch.load(weights_only=True) as is), `data` (refused by weights_only but builds
+plain data), `class` (a user class, decoded here as a placeholder) and `code` (a callable that
+can run code or touch the system, or any call of a function that is not a class). With only
+`data` beside `torch`, the snippet that makes weights_only load the file is given."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Totals, the per-dtype breakdown and the `inspect --json` object (DESIGN.md's contract).
+"""Totals, the per-dtype breakdown and the `inspect --json` object (README.md's Command line).
 
 Elements are split into `model` (parameters and buffers: tensors of modules, of dicts that
 hold only tensors — a state_dict, an EMA copy of one — and every tensor of safetensors and
