@@ -9,7 +9,7 @@ import sys
 
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
-from ckpt_viewer.core.text import safe_text, strict_json
+from ckpt_viewer.core.listing.text import safe_text, strict_json
 
 SUBCOMMANDS = (
     "inspect",
@@ -319,9 +319,9 @@ def build_gui_parser() -> argparse.ArgumentParser:
 
 def run_inspect(args) -> int:
     from ckpt_viewer.core import paused_gc
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.report import text_report
-    from ckpt_viewer.core.summary import inspect_dict
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.listing.report import text_report
+    from ckpt_viewer.core.listing.summary import inspect_dict
 
     # the listing is a million small objects that live until exit: collecting cycles among
     # them would walk them all, again and again (see paused_gc)
@@ -335,8 +335,8 @@ def run_inspect(args) -> int:
 
 
 def run_globals(args) -> int:
-    from ckpt_viewer.core.globals import report_dict, text_lines
-    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.listing.globals import report_dict, text_lines
+    from ckpt_viewer.core.listing.open import open_checkpoint
 
     checkpoint = open_checkpoint(args.path)
     if args.json:
@@ -348,11 +348,11 @@ def run_globals(args) -> int:
 
 
 def run_stats(args) -> int:
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.report import stats_lines
-    from ckpt_viewer.core.stats import compute, run
-    from ckpt_viewer.core.text import nearest_keys
-    from ckpt_viewer.core.verify import check_tensor_records
+    from ckpt_viewer.core.analysis.verify import check_tensor_records
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.listing.report import stats_lines
+    from ckpt_viewer.core.listing.text import nearest_keys
+    from ckpt_viewer.core.values.stats import compute, run
 
     checkpoint = open_checkpoint(args.path)
     node = checkpoint.find(args.key)
@@ -373,11 +373,11 @@ def run_stats(args) -> int:
 
 
 def run_export(args) -> int:
-    from ckpt_viewer.core.export import ExportPlan, export, parse_size
-    from ckpt_viewer.core.model import format_bytes
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.stats import run
-    from ckpt_viewer.core.text import plural
+    from ckpt_viewer.core.listing.model import format_bytes
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.listing.text import plural
+    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.writing.export import ExportPlan, export, parse_size
 
     fmt = args.format or ("safetensors" if args.dst.endswith(".safetensors") else "pth")
     plan = ExportPlan(
@@ -404,11 +404,11 @@ def run_export(args) -> int:
 
 
 def run_sanitize(args) -> int:
-    from ckpt_viewer.core.model import format_bytes
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.sanitize import sanitize
-    from ckpt_viewer.core.stats import run
-    from ckpt_viewer.core.text import plural
+    from ckpt_viewer.core.listing.model import format_bytes
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.listing.text import plural
+    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.writing.sanitize import sanitize
 
     checkpoint = open_checkpoint(args.src)
     summary = run(sanitize(checkpoint, args.dst, force=args.force))
@@ -423,10 +423,10 @@ def run_sanitize(args) -> int:
 
 
 def run_verify(args) -> int:
-    from ckpt_viewer.core.model import format_bytes
-    from ckpt_viewer.core.stats import run
-    from ckpt_viewer.core.text import plural
-    from ckpt_viewer.core.verify import verify
+    from ckpt_viewer.core.analysis.verify import verify
+    from ckpt_viewer.core.listing.model import format_bytes
+    from ckpt_viewer.core.listing.text import plural
+    from ckpt_viewer.core.values.stats import run
 
     report = run(verify(args.path))
     args.status = 0 if report.ok else 1
@@ -446,10 +446,10 @@ def run_verify(args) -> int:
 
 
 def run_diff(args) -> int:
-    from ckpt_viewer.core.diff import Side, diff
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.report import diff_lines
-    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.analysis.diff import Side, diff
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.listing.report import diff_lines
+    from ckpt_viewer.core.values.stats import run
 
     checkpoints = []
     for path in (args.a, args.b):
@@ -472,9 +472,9 @@ def run_diff(args) -> int:
 
 
 def run_check(args) -> int:
-    from ckpt_viewer.core.check import check, text_lines
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.analysis.check import check, text_lines
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.values.stats import run
 
     report = run(check(open_checkpoint(args.path)))
     args.status = 0 if report.ok else 1
@@ -483,9 +483,9 @@ def run_check(args) -> int:
 
 
 def run_layers(args) -> int:
-    from ckpt_viewer.core.layers import layer_metrics, text_lines
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.analysis.layers import layer_metrics, text_lines
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.values.stats import run
 
     report = run(layer_metrics(open_checkpoint(args.path), spectral=args.spectral))
     say_report(args, report, text_lines)
@@ -513,7 +513,7 @@ def unknown_command(word: str) -> str:
 
 
 def run_gui(args) -> int:
-    from ckpt_viewer.core.remote import is_remote
+    from ckpt_viewer.core.listing.remote import is_remote
 
     for path in args.paths:
         if not is_remote(path) and not os.path.exists(path):

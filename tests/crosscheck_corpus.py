@@ -53,7 +53,7 @@ def torch_load(path, weights_only=True):
 
 
 def flat(obj, prefix=""):
-    """key -> tensor as DESIGN.md names them: dict keys, list indices, a module's state_dict."""
+    """key -> tensor as the listing names them: dict keys, list indices, a module's state_dict."""
     if isinstance(obj, torch.Tensor):
         return {prefix: obj}
     if isinstance(obj, torch.nn.Module):

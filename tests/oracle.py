@@ -10,8 +10,8 @@ from collections import OrderedDict
 import torch
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.values import read_tensor
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.read import read_tensor
 
 
 def torch_load(data_or_path):
@@ -32,7 +32,7 @@ def torch_load(data_or_path):
 
 
 def flat_tensors(obj, prefix="") -> dict:
-    """key -> tensor for every tensor in plain containers (DESIGN.md's key rules)."""
+    """key -> tensor for every tensor in plain containers, keyed by dict keys and list indices."""
     found = {}
     stack = [(prefix, obj, frozenset())]
     while stack:

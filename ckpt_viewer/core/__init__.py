@@ -23,7 +23,7 @@ class StructureError(CheckpointError):
 def describe_error(exc: BaseException) -> str:
     """One line for the user, whatever was raised (text from the file escaped, never a
     second line)."""
-    from ckpt_viewer.core.text import clipped, safe_text
+    from ckpt_viewer.core.listing.text import clipped, safe_text
 
     if isinstance(exc, CheckpointError):
         return safe_text(clipped(str(exc), 2000))

@@ -54,7 +54,7 @@ def scratch_settings(folder: str):
 def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
     """Open path, select its largest tensor, wait for its statistics, save the window."""
     from ckpt_viewer.core import describe_error
-    from ckpt_viewer.core.text import safe_text
+    from ckpt_viewer.core.listing.text import safe_text
 
     app = QApplication.instance()
     result = {"code": 2, "done": False}
@@ -86,7 +86,7 @@ def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
 
     def save():
         from ckpt_viewer.core import CheckpointError
-        from ckpt_viewer.core.destination import Sources
+        from ckpt_viewer.core.writing.destination import Sources
 
         try:  # `--screenshot model.pt` must not overwrite the checkpoint it shows
             Sources(window.current_tab().checkpoint).refuse_source(out)

@@ -23,9 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.model import format_bytes, format_count
-from ckpt_viewer.core.report import describe_value
-from ckpt_viewer.core.summary import scalars_by_importance
+from ckpt_viewer.core.listing.model import format_bytes, format_count
+from ckpt_viewer.core.listing.report import describe_value
+from ckpt_viewer.core.listing.summary import scalars_by_importance
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.plain import as_html, plain_label
 from ckpt_viewer.qt.tensor_view import TensorView
@@ -116,9 +116,9 @@ class CheckpointTab(QWidget):
 
     def _fill_banner(self, checkpoint):
         """Red only when the file names code (with the call and where it sits); classes and
-        plain-data globals are quiet information (DESIGN.md's globals triage). The sentences
-        are core's, shared with the Pickle Imports dialog and the CLI."""
-        from ckpt_viewer.core.globals import banner_lines
+        plain-data globals are quiet information (the globals triage, README.md's Command
+        line). The sentences are core's, shared with the Pickle Imports dialog and the CLI."""
+        from ckpt_viewer.core.listing.globals import banner_lines
 
         code, lines = banner_lines(checkpoint)
         if code:

@@ -23,9 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pair_detail
-from ckpt_viewer.core.report import cosine_text
-from ckpt_viewer.core.text import plural
+from ckpt_viewer.core.analysis.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pair_detail
+from ckpt_viewer.core.listing.report import cosine_text
+from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
 from ckpt_viewer.qt.theme import on_base, style_plot

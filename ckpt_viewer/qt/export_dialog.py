@@ -1,4 +1,4 @@
-"""File > Export selection: the form over core.export, with a live preview of the keys written."""
+"""File > Export selection: the form over core.writing.export, with a live preview of the keys written."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.export import CAST_TARGETS, ExportPlan, export, plan_items
-from ckpt_viewer.core.model import DTYPE_SIZES, format_bytes
-from ckpt_viewer.core.summary import suggested_root
+from ckpt_viewer.core.listing.model import DTYPE_SIZES, format_bytes
+from ckpt_viewer.core.listing.summary import suggested_root
+from ckpt_viewer.core.writing.export import CAST_TARGETS, ExportPlan, export, plan_items
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label, shown
 from ckpt_viewer.qt.theme import on_base

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from ckpt_viewer.core.model import format_bytes
+from ckpt_viewer.core.listing.model import format_bytes
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting
 from ckpt_viewer.qt.theme import on_base
@@ -42,7 +42,7 @@ def _check(checkpoint, plotting_settled=None):
         and time.monotonic() < deadline
     ):
         yield 0.0
-    from ckpt_viewer.core.check import check
+    from ckpt_viewer.core.analysis.check import check
 
     return (yield from check(checkpoint))
 
@@ -122,7 +122,7 @@ class HealthDialog(QDialog):
     def _list(self, report, start):
         """ROWS_PER_STEP findings per event loop turn (900 at once held the window 15 ms,
         5,000 would 80 ms); `checked` once all are listed."""
-        from ckpt_viewer.core.check import escape
+        from ckpt_viewer.core.analysis.check import escape
 
         items = []
         for finding in report.findings[start : min(start + ROWS_PER_STEP, MAX_SHOWN)]:

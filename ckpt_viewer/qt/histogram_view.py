@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
-from ckpt_viewer.core.report import nonfinite_counts
+from ckpt_viewer.core.listing.report import nonfinite_counts
 from ckpt_viewer.qt.plain import plain_label
 from ckpt_viewer.qt.plotting import plotting_module
 from ckpt_viewer.qt.theme import on_base, style_plot

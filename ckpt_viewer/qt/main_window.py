@@ -21,9 +21,9 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer import __version__
-from ckpt_viewer.core.remote import is_remote
-from ckpt_viewer.core.report import split_text
-from ckpt_viewer.core.text import plural
+from ckpt_viewer.core.listing.remote import is_remote
+from ckpt_viewer.core.listing.report import split_text
+from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
@@ -44,7 +44,7 @@ NEEDS_A_FILE = (
 PRELOAD_DELAY_MS = 50
 FRAME_GUESS = QSize(16, 48)  # a title bar and borders, until the window manager says
 MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
-# every file core/open.py reads (its sniffers go by content; these are the usual names)
+# every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
     "*.pickle *.index.json);;All files (*)"
@@ -508,7 +508,7 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return
-        from ckpt_viewer.core.verify import verify
+        from ckpt_viewer.core.analysis.verify import verify
 
         path = tab.checkpoint.path
         slot = f"verify:{path}"
@@ -578,8 +578,8 @@ class MainWindow(QMainWindow):
 
     def compare_paths(self, path_a: str, path_b: str):
         """Open both (in a worker), diff them chunk by chunk, show a comparison tab."""
-        from ckpt_viewer.core.diff import diff
-        from ckpt_viewer.core.open import open_checkpoint
+        from ckpt_viewer.core.analysis.diff import diff
+        from ckpt_viewer.core.listing.open import open_checkpoint
         from ckpt_viewer.qt.compare_view import CompareView
         from ckpt_viewer.qt.tensor_view import _plotting, wait_for_plotting
 
@@ -684,8 +684,8 @@ class MainWindow(QMainWindow):
 
         from PySide6.QtWidgets import QProgressDialog
 
-        from ckpt_viewer.core.sanitize import sanitize
-        from ckpt_viewer.core.text import plural
+        from ckpt_viewer.core.listing.text import plural
+        from ckpt_viewer.core.writing.sanitize import sanitize
 
         tab = tab or self.current_tab()
         if tab is None:

@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.optim import OptimizerInfo, find_schedulers
-from ckpt_viewer.core.optim_values import SMALL_STATE, small_state_values
-from ckpt_viewer.core.report import describe_value
+from ckpt_viewer.core.listing.optim import OptimizerInfo, find_schedulers
+from ckpt_viewer.core.listing.report import describe_value
+from ckpt_viewer.core.values.optim_values import SMALL_STATE, small_state_values
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import shown
 

@@ -1,4 +1,4 @@
-"""Tools > Pickle Imports: every global the file's pickles name, triaged (core/globals.py), whether
+"""Tools > Pickle Imports: every global the file's pickles name, triaged (core/listing/globals.py), whether
 torch.load(weights_only=True) loads the file, and the allowlist snippet when there is one.
 Clicking a key selects it in the tab's tree. Everything from the file is shown as plain text."""
 
@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from ckpt_viewer.core.globals import advice, meaning, report_dict, verdict
+from ckpt_viewer.core.listing.globals import advice, meaning, report_dict, verdict
 from ckpt_viewer.qt.plain import plain_label, shown
 from ckpt_viewer.qt.theme import on_base
 

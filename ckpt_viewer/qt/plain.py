@@ -8,7 +8,7 @@ import html
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel
 
-from ckpt_viewer.core.text import clipped, safe_text
+from ckpt_viewer.core.listing.text import clipped, safe_text
 
 MAX_SHOWN = 2000
 

@@ -22,9 +22,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.model import Node, format_bytes
-from ckpt_viewer.core.report import stats_rows
-from ckpt_viewer.core.stats import PARTS
+from ckpt_viewer.core.listing.model import Node, format_bytes
+from ckpt_viewer.core.listing.report import stats_rows
+from ckpt_viewer.core.values.stats import PARTS
 from ckpt_viewer.qt.plain import as_html, plain_label
 from ckpt_viewer.qt.theme import on_base
 

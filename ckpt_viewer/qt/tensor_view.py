@@ -11,8 +11,8 @@ from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from ckpt_viewer.core import describe_error
-from ckpt_viewer.core.model import Node, format_bytes
-from ckpt_viewer.core.stats import auto_bins, compute, stats_job
+from ckpt_viewer.core.listing.model import Node, format_bytes
+from ckpt_viewer.core.values.stats import auto_bins, compute, stats_job
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.histogram_view import HistogramView
 from ckpt_viewer.qt.plain import as_html, plain_label, shown

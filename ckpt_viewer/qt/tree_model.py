@@ -1,4 +1,4 @@
-"""The key tree: a QAbstractItemModel over core.model Nodes, with filtering and sorting done
+"""The key tree: a QAbstractItemModel over core.listing.model Nodes, with filtering and sorting done
 on a flat row index (built in the worker thread) so that 50,000 keys stay fast."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
 
 from ckpt_viewer.core import paused_gc
-from ckpt_viewer.core.model import Node, format_bytes
-from ckpt_viewer.core.report import describe_value
-from ckpt_viewer.core.rows import (  # noqa: F401
+from ckpt_viewer.core.listing.model import Node, format_bytes
+from ckpt_viewer.core.listing.report import describe_value
+from ckpt_viewer.core.listing.rows import (  # noqa: F401
     MAX_GROUP_DEPTH,
     Filtered,
     Row,
@@ -21,8 +21,8 @@ from ckpt_viewer.core.rows import (  # noqa: F401
     filter_rows,
     matching_rows,
 )
-from ckpt_viewer.core.summary import totals as checkpoint_totals
-from ckpt_viewer.core.text import clipped, safe_text
+from ckpt_viewer.core.listing.summary import totals as checkpoint_totals
+from ckpt_viewer.core.listing.text import clipped, safe_text
 
 COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Elements", "Size", "Device")
 KEY, TYPE, SHAPE, DTYPE, PARAMS, SIZE, DEVICE = range(len(COLUMNS))
@@ -378,7 +378,7 @@ def _natural(text: str):
 
 def load_for_view(path: str):
     """Worker-thread part of opening a tab: read, index rows, compute totals."""
-    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.listing.open import open_checkpoint
 
     with paused_gc(freeze=True):
         checkpoint = open_checkpoint(path)

@@ -10,7 +10,7 @@ import pytest
 import builders
 from builders import Call
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.listing.open import open_checkpoint
 
 
 def sentinel_payloads(sentinel):
@@ -216,7 +216,7 @@ def test_tensor_pointing_outside_storage(tmp_path):
 
 
 def test_inflating_data_pkl_is_bounded(tmp_path, monkeypatch):
-    from ckpt_viewer.core.readers import torch_zip
+    from ckpt_viewer.core.listing.readers import torch_zip
 
     monkeypatch.setattr(torch_zip, "MAX_PICKLE_BYTES", 1_000_000)
     payload = pickle.dumps({"x": "a" * 5_000_000}, protocol=2)

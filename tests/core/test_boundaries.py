@@ -1,4 +1,4 @@
-"""Architecture rules from DESIGN.md: the core never imports Qt; listing never imports torch."""
+"""Architecture rules (ARCHITECTURE.md): the core never imports Qt; listing never imports torch."""
 
 import ast
 import pathlib

@@ -1,5 +1,5 @@
 """Health check: planted anomalies are each reported with the right key and kind; clean files
-have no findings; the CLI keeps DESIGN.md's contract."""
+have no findings; the CLI keeps README.md's contract."""
 
 import json
 import subprocess
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core import check as check_module
-from ckpt_viewer.core.check import check
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
+from ckpt_viewer.core.analysis import check as check_module
+from ckpt_viewer.core.analysis.check import check
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.stats import run
 
 
 def findings_of(path):

@@ -1,4 +1,4 @@
-"""The command line: the inspect contract in DESIGN.md, exit codes, one-line errors, and
+"""The command line: the inspect contract (README.md), exit codes, one-line errors, and
 mistakes answered kindly (unknown commands, bad numbers, missing keys, no display)."""
 
 import json
@@ -12,9 +12,9 @@ import torch
 
 import builders
 from ckpt_viewer.cli import NO_DISPLAY, SUBCOMMANDS
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.readers.zip_directory import data_offset
-from ckpt_viewer.core.text import nearest_keys, plural
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.readers.zip_directory import data_offset
+from ckpt_viewer.core.listing.text import nearest_keys, plural
 
 FIELDS = {
     "path",

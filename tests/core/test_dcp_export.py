@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ckpt_viewer.core.export import ExportPlan, export
-from ckpt_viewer.core.model import FileSpan, TensorInfo
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
-from ckpt_viewer.core.values import dcp_slabs, iter_chunks
+from ckpt_viewer.core.listing.model import FileSpan, TensorInfo
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.read import dcp_slabs, iter_chunks
+from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.writing.export import ExportPlan, export
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
@@ -96,7 +96,7 @@ def test_chunks_split_along_several_dims_are_assembled(tmp_path):
 
 
 def test_row_sharded_chunks_are_copied_as_they_are(tmp_path):
-    from ckpt_viewer.core.export import _dcp_spans
+    from ckpt_viewer.core.writing.export import _dcp_spans
 
     full = torch.arange(6 * 10, dtype=torch.float32).view(6, 10)
     blob, rows, grid = io.BytesIO(), [], []

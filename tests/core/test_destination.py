@@ -13,10 +13,10 @@ import torch
 
 import builders
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.export import ExportPlan, export
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.sanitize import sanitize
-from ckpt_viewer.core.stats import run
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.writing.export import ExportPlan, export
+from ckpt_viewer.core.writing.sanitize import sanitize
 
 
 def do_export(src, dst, force=False, **plan):

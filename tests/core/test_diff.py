@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.diff import Side, diff
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
+from ckpt_viewer.core.analysis.diff import Side, diff
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.stats import run
 
 
 def compare(a, b, **sides):
@@ -108,7 +108,7 @@ def test_diff_cli_exit_codes_and_json(tmp_path):
 def test_equality_edge_cases(tmp_path, monkeypatch):
     """Equality comes from the metric pass for floats: signed zeros, NaN placement, a change in
     the last of several chunks, and integers that float64 cannot tell apart."""
-    import ckpt_viewer.core.diff as diff_module
+    import ckpt_viewer.core.analysis.diff as diff_module
 
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
     big = 2**53
@@ -177,7 +177,7 @@ def test_status_counts_add_up_and_cosine_stays_in_range(tmp_path):
 def test_pair_detail_histogram_and_sample_match_numpy(tmp_path):
     import numpy as np
 
-    from ckpt_viewer.core.diff import PAIR_SAMPLE, histogram_pair, pair_detail
+    from ckpt_viewer.core.analysis.diff import PAIR_SAMPLE, histogram_pair, pair_detail
 
     torch.manual_seed(2)
     x = torch.randn(50_001)
@@ -200,7 +200,7 @@ def test_pair_detail_histogram_and_sample_match_numpy(tmp_path):
 
 
 def test_pair_detail_walks_chunks_in_order(tmp_path, monkeypatch):
-    import ckpt_viewer.core.diff as diff_module
+    import ckpt_viewer.core.analysis.diff as diff_module
 
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
     x = torch.arange(10_000, dtype=torch.float32)
@@ -214,7 +214,7 @@ def test_pair_detail_walks_chunks_in_order(tmp_path, monkeypatch):
 
 def test_cosine_of_all_zero_tensors_is_undefined(tmp_path):
     """0/0 is no similarity: compare showed 1.000000 for two all-zero tensors."""
-    from ckpt_viewer.core.report import cosine_text, diff_lines
+    from ckpt_viewer.core.listing.report import cosine_text, diff_lines
 
     nan = float("nan")
     a = builders.save(

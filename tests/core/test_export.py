@@ -12,10 +12,10 @@ import torch
 
 import builders
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.export import ExportPlan, export, plan_items
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
-from ckpt_viewer.core.summary import inspect_dict
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.summary import inspect_dict
+from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.writing.export import ExportPlan, export, plan_items
 
 
 def do_export(src, dst, **plan):
@@ -141,7 +141,7 @@ def test_safetensors_output_with_tied_weights(tmp_path):
 
 
 def test_parse_size():
-    from ckpt_viewer.core.export import parse_size
+    from ckpt_viewer.core.writing.export import parse_size
 
     assert parse_size("2GB") == 2 * 10**9 and parse_size("500MB") == 500 * 10**6
     assert parse_size("50KB") == 50_000 and parse_size("1GiB") == 2**30
@@ -371,7 +371,7 @@ def test_export_cli(tmp_path):
 def test_casts_without_torch_are_bit_exact():
     import numpy as np
 
-    from ckpt_viewer.core.export import _numpy_cast
+    from ckpt_viewer.core.writing.export import _numpy_cast
 
     x = torch.cat(
         [

@@ -17,9 +17,9 @@ from zipcraft import Entry, central_directory, end_record, entries_of, make_zip,
 
 import builders
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.readers.zip_directory import AmbiguousArchive
-from ckpt_viewer.core.safe_pickle import TORCH_ALLOWED
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.readers.zip_directory import AmbiguousArchive
+from ckpt_viewer.core.listing.safe_pickle import TORCH_ALLOWED
 
 
 def _tensor_with_attribute():

@@ -11,11 +11,11 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from ckpt_viewer.core import CheckpointError  # noqa: E402
-from ckpt_viewer.core.diff import diff  # noqa: E402
-from ckpt_viewer.core.open import open_checkpoint  # noqa: E402
-from ckpt_viewer.core.readers.gguf import GGML_TYPES  # noqa: E402
-from ckpt_viewer.core.stats import compute, run  # noqa: E402
-from ckpt_viewer.core.values import iter_chunks, read_array, read_window  # noqa: E402
+from ckpt_viewer.core.analysis.diff import diff  # noqa: E402
+from ckpt_viewer.core.listing.open import open_checkpoint  # noqa: E402
+from ckpt_viewer.core.listing.readers.gguf import GGML_TYPES  # noqa: E402
+from ckpt_viewer.core.values.read import iter_chunks, read_array, read_window  # noqa: E402
+from ckpt_viewer.core.values.stats import compute, run  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 
@@ -133,7 +133,7 @@ def test_stats_on_dequantized_values(tmp_path):
 
 
 def test_layers_group_blk_stacks(tmp_path):
-    from ckpt_viewer.core.layers import group_layers
+    from ckpt_viewer.core.analysis.layers import group_layers
 
     rng = np.random.default_rng(1)
     tensors = {
@@ -147,7 +147,7 @@ def test_layers_group_blk_stacks(tmp_path):
 def test_listing_imports_neither_numpy_nor_torch(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", weights())
     code = (
-        "import sys; from ckpt_viewer.core.open import open_checkpoint; "
+        "import sys; from ckpt_viewer.core.listing.open import open_checkpoint; "
         f"c = open_checkpoint({str(path)!r}); assert len(c.tensors()) == 6; "
         "assert 'numpy' not in sys.modules and 'torch' not in sys.modules, 'imported'"
     )

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.globals import category, report_dict, snippet, triage
-from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.listing.globals import category, report_dict, snippet, triage
+from ckpt_viewer.core.listing.open import open_checkpoint
 
 
 def test_categories():

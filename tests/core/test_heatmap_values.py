@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core import values as values_module
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
-from ckpt_viewer.core.values import pooled_2d
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values import read as values_module
+from ckpt_viewer.core.values.read import pooled_2d
+from ckpt_viewer.core.values.stats import run
 
 
 def reference(matrix: np.ndarray, row_step: int, col_step: int) -> np.ndarray:

@@ -10,9 +10,14 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.layers import OPTIMIZER_METRIC, group_layers, layer_metrics, power_law_alpha
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
+from ckpt_viewer.core.analysis.layers import (
+    OPTIMIZER_METRIC,
+    group_layers,
+    layer_metrics,
+    power_law_alpha,
+)
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.stats import run
 
 
 def gpt(depth=4, hidden=8, prefix="blocks"):
@@ -141,7 +146,7 @@ def test_cli_layers_json(tmp_path):
 def test_spectral_gram_over_row_chunks_and_wide_matrices(tmp_path, monkeypatch, shape):
     import threading
 
-    from ckpt_viewer.core import layers
+    from ckpt_viewer.core.analysis import layers
 
     monkeypatch.setattr(layers, "CHUNK", 50)  # many row chunks
     monkeypatch.setattr(layers, "MAX_GRAM", 16)  # (5, 40): W W^T instead
@@ -160,7 +165,7 @@ def test_spectral_gram_over_row_chunks_and_wide_matrices(tmp_path, monkeypatch, 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_spectral_metrics_on_the_gpu_equal_the_cpus(tmp_path, monkeypatch):
-    from ckpt_viewer.core import layers
+    from ckpt_viewer.core.analysis import layers
 
     torch.manual_seed(3)
     weight = torch.randn(512, 96)
@@ -181,7 +186,7 @@ def test_spectral_metrics_on_the_gpu_equal_the_cpus(tmp_path, monkeypatch):
 def test_spectral_work_is_capped_by_matrix_size_with_a_note(tmp_path, monkeypatch):
     """A tall matrix's Gram accumulation and eigenvalues (minutes, 2.3 GB at [1M, 8192]) are
     skipped, with a note, before anything is read; matrices within the budget still get them."""
-    from ckpt_viewer.core import layers
+    from ckpt_viewer.core.analysis import layers
 
     monkeypatch.setattr(layers, "MAX_GRAM", 16)
     monkeypatch.setattr(layers, "MAX_SPECTRAL_WORK", 40 * 12 * 12 + 12**3)
@@ -214,7 +219,8 @@ def test_many_tiny_tensors_share_tasks_and_file_opens(tmp_path, monkeypatch):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from ckpt_viewer.core import layers, remote
+    from ckpt_viewer.core.analysis import layers
+    from ckpt_viewer.core.listing import remote
 
     torch.manual_seed(7)
     sd = {f"blocks.{i}.{role}": torch.randn(3) for i in range(3000) for role in ("b", "g")}

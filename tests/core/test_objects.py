@@ -17,16 +17,16 @@ import torch
 import torch.nn.utils.parametrize
 import torch.nn.utils.prune
 
-from ckpt_viewer.core import safe_pickle
-from ckpt_viewer.core.check import check
-from ckpt_viewer.core.diff import diff
-from ckpt_viewer.core.export import ExportPlan, export
-from ckpt_viewer.core.model import iter_nodes
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
-from ckpt_viewer.core.summary import inspect_dict
-from ckpt_viewer.core.tree import SHARED_BY_VALUE
-from ckpt_viewer.core.values import read_array, read_tensor
+from ckpt_viewer.core.analysis.check import check
+from ckpt_viewer.core.analysis.diff import diff
+from ckpt_viewer.core.listing import safe_pickle
+from ckpt_viewer.core.listing.model import iter_nodes
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.summary import inspect_dict
+from ckpt_viewer.core.listing.tree import SHARED_BY_VALUE
+from ckpt_viewer.core.values.read import read_array, read_tensor
+from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.writing.export import ExportPlan, export
 
 
 def saved(tmp_path, obj, name="obj.pt", **kwargs):
@@ -682,7 +682,7 @@ def test_plain_tensor_subclass_is_a_tensor_with_its_attributes(tmp_path):
 def test_torchao_weights_count_their_own_elements(tmp_path):
     """Model parameters are what model.parameters() counts (a quantized weight's numel, not
     its qdata + scale + zero_point); bytes are what the file stores."""
-    from ckpt_viewer.core.summary import totals
+    from ckpt_viewer.core.listing.summary import totals
 
     torchao_quantization = pytest.importorskip("torchao.quantization")
     torch.manual_seed(0)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.summary import inspect_dict, totals
-from ckpt_viewer.core.tree import MAX_DEPTH
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.summary import inspect_dict, totals
+from ckpt_viewer.core.listing.tree import MAX_DEPTH
 
 
 def listing(path):
@@ -140,7 +140,7 @@ def test_lightning_checkpoint(tmp_path):
     assert opt["key"] == "optimizer_states.0" and opt["type"] == "SGD"
     assert opt["param_groups"][0]["params"] == ["model.weight", "model.bias"]
     assert info["unsafe_globals"] == ["lightning_fabric.utilities.data.AttributeDict"]
-    from ckpt_viewer.core.optim import find_schedulers
+    from ckpt_viewer.core.listing.optim import find_schedulers
 
     ((sched_key, sched),) = find_schedulers(open_checkpoint(path))
     assert sched_key == "lr_schedulers.0" and sched["step_size"] == 5
@@ -205,7 +205,7 @@ def test_dcp_directory(tmp_path):
         f"model.{k}": tuple(v.shape) for k, v in state.items()
     }
     assert checkpoint.scalars()["step"] == 11
-    from ckpt_viewer.core.globals import triage  # DCP's own dataclasses: reported, as data
+    from ckpt_viewer.core.listing.globals import triage  # DCP's own dataclasses: reported, as data
 
     assert checkpoint.unsafe_globals
     assert {u.category for u in triage(checkpoint) if u.name in checkpoint.unsafe_globals} <= {
@@ -249,7 +249,9 @@ def test_shared_references_do_not_explode(tmp_path):
     for _ in range(25):
         inner = [inner, inner]  # 2**25 paths if walked naively
     checkpoint = open_checkpoint(builders.save({"bomb": inner}, tmp_path / "bomb.pt"))
-    nodes = list(__import__("ckpt_viewer.core.model", fromlist=["x"]).iter_nodes(checkpoint.root))
+    nodes = list(
+        __import__("ckpt_viewer.core.listing.model", fromlist=["x"]).iter_nodes(checkpoint.root)
+    )
     refs = [n for n in nodes if n.kind == "ref"]  # small levels are repeated by value
     assert 0 < len(refs) <= 25 and len(nodes) < 5000
 

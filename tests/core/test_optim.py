@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.optim import NAMES_FROM_PARAM_NAMES
-from ckpt_viewer.core.report import text_report
-from ckpt_viewer.core.summary import inspect_dict
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.optim import NAMES_FROM_PARAM_NAMES
+from ckpt_viewer.core.listing.report import text_report
+from ckpt_viewer.core.listing.summary import inspect_dict
 
 nn = torch.nn
 
@@ -379,8 +379,8 @@ def test_search_gives_up_on_orders_that_fail_only_at_the_end(tmp_path):
 
 
 def test_small_state_values_are_read(tmp_path):
-    from ckpt_viewer.core.optim_values import small_state_values
-    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.values.optim_values import small_state_values
+    from ckpt_viewer.core.values.stats import run
 
     model, optimizer = builders.trained()
     for _ in range(2):

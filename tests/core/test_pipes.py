@@ -8,7 +8,7 @@ import sys
 import torch
 
 import builders
-from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 
 
 def piped(*args) -> subprocess.CompletedProcess:

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint, sniff
-from ckpt_viewer.core.values import read_array, read_tensor, to_numpy
+from ckpt_viewer.core.listing.open import open_checkpoint, sniff
+from ckpt_viewer.core.values.read import read_array, read_tensor, to_numpy
 
 
 class Exported(torch.nn.Module):
@@ -98,7 +98,7 @@ def test_sniffed_by_layout_not_name(archive, tmp_path):
 
 def test_listing_imports_no_torch(archive):
     code = (
-        "import sys; from ckpt_viewer.core.open import open_checkpoint; "
+        "import sys; from ckpt_viewer.core.listing.open import open_checkpoint; "
         f"c = open_checkpoint({archive!r}); assert len(c.tensors()) == 16; "
         "assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     )
@@ -214,7 +214,7 @@ def test_every_pickled_part_is_triaged_and_never_run(archive, tmp_path, part):
     The oracle: torch.export.load runs the same payload."""
     import logging
 
-    from ckpt_viewer.core.globals import triage
+    from ckpt_viewer.core.listing.globals import triage
 
     marker = tmp_path / "ran"
     path = _payload_archive(archive, tmp_path / "evil.pt2", part, marker)
@@ -296,7 +296,7 @@ def test_cli_inspect_json(archive):
 
 
 def test_verify_checks_every_record(archive, tmp_path):
-    from ckpt_viewer.core.verify import verify
+    from ckpt_viewer.core.analysis.verify import verify
 
     def run(path):
         steps = verify(path)
@@ -308,7 +308,7 @@ def test_verify_checks_every_record(archive, tmp_path):
 
     report = run(archive)
     assert report.ok and report.records > 10
-    from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+    from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 
     record = next(m for m in read_directory(archive) if m.name.endswith("weights/weight_0"))
     flipped = bytearray(open(archive, "rb").read())

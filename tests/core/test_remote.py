@@ -14,12 +14,13 @@ import torch
 from rangeserver import RangeServer
 
 import builders
-from ckpt_viewer.core import CheckpointError, remote
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import compute, run
-from ckpt_viewer.core.summary import inspect_dict
-from ckpt_viewer.core.values import read_tensor
-from ckpt_viewer.core.verify import verify
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.analysis.verify import verify
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.summary import inspect_dict
+from ckpt_viewer.core.values.read import read_tensor
+from ckpt_viewer.core.values.stats import compute, run
 
 pytest.importorskip("aiohttp")
 
@@ -131,7 +132,7 @@ def test_stats_fetch_the_tensor_once(served):
 
 def test_a_window_of_a_fetched_tensor_costs_no_transfer(served):
     """Rows paged through after a statistic are read from the ranges it fetched."""
-    from ckpt_viewer.core.values import read_window
+    from ckpt_viewer.core.values.read import read_window
 
     server, folder, _ = served
     expected = torch.randn(1024, 1024)
@@ -316,7 +317,7 @@ def test_memory_filesystem(memory_folder):
 def test_local_paths_never_import_fsspec(tmp_path):
     path = builders.training_checkpoint(tmp_path / "t.pt")
     code = (
-        "import sys; from ckpt_viewer.core.open import open_checkpoint; "
+        "import sys; from ckpt_viewer.core.listing.open import open_checkpoint; "
         f"open_checkpoint({path!r}); print('fsspec' in sys.modules, 'torch' in sys.modules)"
     )
     out = subprocess.run(

@@ -15,11 +15,12 @@ import torch
 from rangeserver import RANGE, RangeServer, ScriptedServer
 
 import builders
-from ckpt_viewer.core import CheckpointError, remote
-from ckpt_viewer.core.export import ExportPlan, export
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
-from ckpt_viewer.core.values import read_tensor
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.read import read_tensor
+from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.writing.export import ExportPlan, export
 
 pytest.importorskip("aiohttp")
 

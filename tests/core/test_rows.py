@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.rows import RowIndex, build_rows, filter_rows, matching_rows
-from ckpt_viewer.core.summary import totals
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.rows import RowIndex, build_rows, filter_rows, matching_rows
+from ckpt_viewer.core.listing.summary import totals
 
 
 def test_rows_group_dotted_keys_and_sum_subtrees(tmp_path):

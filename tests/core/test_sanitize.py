@@ -24,10 +24,10 @@ import torch
 
 import builders
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.sanitize import sanitize
-from ckpt_viewer.core.stats import run
-from ckpt_viewer.core.torch_pickle import PickleWriter
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.writing.sanitize import sanitize
+from ckpt_viewer.core.writing.torch_pickle import PickleWriter
 
 
 def flat(obj, key="", out=None, seen=None):

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import builders
-import ckpt_viewer.core.stats as stats_module
+import ckpt_viewer.core.values.stats as stats_module
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.report import stats_lines, stats_rows
-from ckpt_viewer.core.stats import QUANTILES, compute, run
-from ckpt_viewer.core.values import read_array, read_tensor
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.report import stats_lines, stats_rows
+from ckpt_viewer.core.values.read import read_array, read_tensor
+from ckpt_viewer.core.values.stats import QUANTILES, compute, run
 
 
 def stats_of(tmp_path, tensor, **kwargs):
@@ -258,7 +258,7 @@ def test_values_exact_from_every_reader(tmp_path):
 
 def test_streamed_chunks_are_mapped_exactly_at_any_offset(tmp_path):
     """iter_chunks maps file pages (legacy storages sit at unaligned offsets)."""
-    from ckpt_viewer.core.values import iter_chunks
+    from ckpt_viewer.core.values.read import iter_chunks
 
     state = {
         "a": torch.randn(7),
@@ -423,7 +423,7 @@ def test_quantiles_are_exact_order_statistics(tmp_path, monkeypatch, limit):
 
 
 def test_auto_bins_grow_with_the_element_count():
-    from ckpt_viewer.core.stats import auto_bins
+    from ckpt_viewer.core.values.stats import auto_bins
 
     assert auto_bins(0) == auto_bins(5) == 8
     assert auto_bins(10_000) == 44
@@ -433,7 +433,7 @@ def test_auto_bins_grow_with_the_element_count():
 def test_a_sample_is_asked_of_the_os_before_it_is_read(tmp_path, monkeypatch):
     """Layers asks for every tensor's sample runs at once (one deep queue on a cold disk);
     the preview then reads exactly those runs."""
-    from ckpt_viewer.core.stats import prefetch_sample, sample_preview
+    from ckpt_viewer.core.values.stats import prefetch_sample, sample_preview
 
     values = torch.arange(1_000_000, dtype=torch.float32)
     tensor = open_checkpoint(builders.save({"t": values}, tmp_path / "t.pt")).find("t").tensor
@@ -451,7 +451,7 @@ def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(
 ):
     """Each chunk is asked for ahead of use and, two chunks later, given back: reading a file
     larger than memory otherwise evicted the window's own code pages (stalls)."""
-    import ckpt_viewer.core.values as values_module
+    import ckpt_viewer.core.values.read as values_module
 
     values = torch.arange(10_000, dtype=torch.float32)
     tensor = open_checkpoint(builders.save({"t": values}, tmp_path / "t.pt")).find("t").tensor
@@ -475,7 +475,7 @@ def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(
 @pytest.mark.parametrize("legacy", [False, True])
 def test_sampled_preview_reads_what_torch_loads(tmp_path, dtype, legacy):
     """The preview's runs, read straight from the file, hold torch.load's values exactly."""
-    from ckpt_viewer.core.stats import _sample_runs, sample_preview
+    from ckpt_viewer.core.values.stats import _sample_runs, sample_preview
 
     torch.manual_seed(5)
     values = (torch.randn(1_000_000) * 4).to(dtype)

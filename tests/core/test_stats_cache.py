@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import builders
-import ckpt_viewer.core.stats as stats_module
-from ckpt_viewer.core.check import check
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import compute, run, stats_job
-from ckpt_viewer.core.stats_cache import HealthFacts, StatsCache
+import ckpt_viewer.core.values.stats as stats_module
+from ckpt_viewer.core.analysis.check import check
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.stats_cache import HealthFacts, StatsCache
+from ckpt_viewer.core.values.stats import compute, run, stats_job
 
 
 def tensors():

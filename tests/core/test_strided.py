@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core import values as values_module
-from ckpt_viewer.core.diff import diff
-from ckpt_viewer.core.export import ExportPlan, export
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import compute, run
-from ckpt_viewer.core.values import iter_chunks, read_array, read_window
+from ckpt_viewer.core.analysis.diff import diff
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values import read as values_module
+from ckpt_viewer.core.values.read import iter_chunks, read_array, read_window
+from ckpt_viewer.core.values.stats import compute, run
+from ckpt_viewer.core.writing.export import ExportPlan, export
 
 BASE = torch.arange(2 * 3 * 40, dtype=torch.float32).reshape(2, 3, 40) * 0.5 - 7
 

@@ -4,10 +4,10 @@ split adds up to total_params, and no report calls optimizer state "parameters".
 import torch
 
 import builders
-from ckpt_viewer.core.model import format_count
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.report import text_report
-from ckpt_viewer.core.summary import inspect_dict, totals
+from ckpt_viewer.core.listing.model import format_count
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.report import text_report
+from ckpt_viewer.core.listing.summary import inspect_dict, totals
 
 
 def numel(obj) -> int:
@@ -129,7 +129,7 @@ def test_dcp_optimizer_state(tmp_path):
 
 
 def test_scalars_lead_with_epoch_step_metrics_then_hyperparameters():
-    from ckpt_viewer.core.summary import scalars_by_importance
+    from ckpt_viewer.core.listing.summary import scalars_by_importance
 
     scalars = {f"loops.fit_loop.epoch_loop.batch_progress.total.c{i}": i for i in range(100)}
     scalars.update(
@@ -159,7 +159,7 @@ def test_scalars_lead_with_epoch_step_metrics_then_hyperparameters():
 
 
 def test_suggested_root_is_the_state_dict_the_keys_lie_in(tmp_path):
-    from ckpt_viewer.core.summary import suggested_root
+    from ckpt_viewer.core.listing.summary import suggested_root
 
     checkpoint = open_checkpoint(builders.training_checkpoint(tmp_path / "c.pt"))
     model_keys = [k for k, _, _ in checkpoint.tensors() if k.startswith("model_state_dict.0.")]

@@ -13,8 +13,8 @@ import torch
 
 import builders
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.values import read_tensor
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.read import read_tensor
 
 
 def reference(path: str) -> dict:
@@ -355,7 +355,7 @@ def test_hostile_part_reports_its_globals_with_its_file_name(tmp_path):
 
 
 def test_verify_reads_every_part(tmp_path):
-    from ckpt_viewer.core.verify import verify
+    from ckpt_viewer.core.analysis.verify import verify
 
     def run(path):
         steps = verify(path)
@@ -368,7 +368,7 @@ def test_verify_reads_every_part(tmp_path):
     folder = hand_made_trainer_folder(tmp_path / "checkpoint-8")
     report = run(folder)
     assert report.ok and "5 files" in report.notes
-    from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+    from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 
     path = os.path.join(folder, "optimizer.pt")
     record = next(m for m in read_directory(path) if m.name.endswith("/data/1"))
@@ -395,7 +395,7 @@ def test_every_file_the_trainer_unpickles_is_triaged_and_never_run(tmp_path, nam
     import subprocess
     import sys
 
-    from ckpt_viewer.core.globals import triage
+    from ckpt_viewer.core.listing.globals import triage
 
     folder = tmp_path / "checkpoint-8"
     hand_made_trainer_folder(folder, sharded=name.endswith(".bin") and "model" in name)
@@ -427,7 +427,7 @@ def test_a_part_we_cannot_read_still_names_its_payload(tmp_path):
     and its pickle is still walked for globals."""
     import zipfile
 
-    from ckpt_viewer.core.globals import triage
+    from ckpt_viewer.core.listing.globals import triage
 
     folder = hand_made_trainer_folder(tmp_path / "checkpoint-8")
     canary = tmp_path / "CANARY"

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.globals import category, report_dict, text_lines, triage
-from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.listing.globals import category, report_dict, text_lines, triage
+from ckpt_viewer.core.listing.open import open_checkpoint
 
 
 def named(module: str, name: str):
@@ -172,7 +172,7 @@ def test_a_dotted_name_of_an_allowlisted_global_reads_as_torch_reads_it(tmp_path
     `_utils._rebuild_tensor_v2` is the rebuild function, for torch and for us."""
     import collections
 
-    from ckpt_viewer.core.values import read_tensor
+    from ckpt_viewer.core.values.read import read_tensor
 
     class Dotted:
         def __reduce__(self):
@@ -390,7 +390,7 @@ def test_each_format_names_its_own_loader(tmp_path):
     """No report says a file loads with weights_only unless torch.load reads it that way."""
     import torch.distributed.checkpoint as dcp
 
-    from ckpt_viewer.core.globals import verdict
+    from ckpt_viewer.core.listing.globals import verdict
 
     cases = {
         builders.safetensors_file(tmp_path / "s.safetensors"): (False, "no pickle in it"),

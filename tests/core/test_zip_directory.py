@@ -6,7 +6,7 @@ import pytest
 
 import builders
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.readers.zip_directory import read_directory, read_member
+from ckpt_viewer.core.listing.readers.zip_directory import read_directory, read_member
 
 
 def same_as_zipfile(path):

@@ -41,7 +41,7 @@ def zip_archive(
 
 def tensor_pickle(shape, stride, offset=0, numel=4, dtype="float32", where="cpu"):
     """A data.pkl with one tensor whose geometry we choose (torch's own globals)."""
-    from ckpt_viewer.core.torch_pickle import TensorEntry, state_dict_pickle
+    from ckpt_viewer.core.writing.torch_pickle import TensorEntry, state_dict_pickle
 
     return state_dict_pickle([TensorEntry("w", "0", dtype, numel, offset, shape, stride)], where)
 

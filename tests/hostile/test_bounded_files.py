@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.listing.open import open_checkpoint
 
 
 def refused(*args, peak=False) -> str:

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import builders
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import compute, run
-from ckpt_viewer.core.verify import verify
+from ckpt_viewer.core.analysis.verify import verify
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.stats import compute, run
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 SEEDS = {}

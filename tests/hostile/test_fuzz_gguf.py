@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from test_differential_fuzz import FUZZ, judge
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.values import read_array
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.read import read_array
 
 gguf = pytest.importorskip("gguf")
 

@@ -25,8 +25,8 @@ from oracle import bits
 from test_differential_fuzz import FUZZ, judge
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.values import read_tensor
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.read import read_tensor
 
 CONFIGS = ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json")
 

@@ -10,7 +10,7 @@ import pytest
 
 import builders
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
+from ckpt_viewer.core.listing.open import open_checkpoint
 from corpus import CORPUS
 
 TIME_LIMIT = 10
@@ -43,8 +43,8 @@ def test_core(built):
         signal.alarm(0)
     assert outcome == expect
     if checkpoint is not None:
-        from ckpt_viewer.core.summary import inspect_dict
-        from ckpt_viewer.core.text import strict_json
+        from ckpt_viewer.core.listing.summary import inspect_dict
+        from ckpt_viewer.core.listing.text import strict_json
 
         strict_json(inspect_dict(checkpoint))  # the whole listing serialises
 
@@ -86,7 +86,7 @@ def test_cli(built):
 def test_big_endian_values_are_swapped(tmp_path):
     import numpy as np
 
-    from ckpt_viewer.core.values import read_array
+    from ckpt_viewer.core.values.read import read_array
     from corpus import big_endian
 
     checkpoint = open_checkpoint(big_endian(tmp_path, tmp_path / "s"))
@@ -98,7 +98,7 @@ def test_verify_catches_one_flipped_bit_torch_load_does_not(tmp_path):
     import torch
 
     import builders
-    from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+    from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 
     path = builders.save({"w": torch.randn(1000)}, tmp_path / "w.pt")
     member = next(m for m in read_directory(path) if m.name.endswith("/data/0"))
@@ -113,8 +113,8 @@ def test_verify_catches_one_flipped_bit_torch_load_does_not(tmp_path):
         timeout=60,
     )
     assert result.returncode == 1 and "data/0" in result.stdout and "CRC-32" in result.stdout
-    from ckpt_viewer.core.stats import run
-    from ckpt_viewer.core.verify import verify
+    from ckpt_viewer.core.analysis.verify import verify
+    from ckpt_viewer.core.values.stats import run
 
     report = run(verify(path))
     assert not report.ok and report.tensor == "w"  # the GUI names the damage by its key
@@ -172,7 +172,7 @@ def test_verify_missing_file_is_exit_2(tmp_path):
 )
 def test_values_of_every_file_that_opens(built):
     """Statistics of its tensors (the largest first) end in time, read or refused in one line."""
-    from ckpt_viewer.core.stats import compute, run
+    from ckpt_viewer.core.values.stats import compute, run
 
     path, expect, sentinel = built
     checkpoint = open_checkpoint(path)
@@ -208,8 +208,8 @@ def test_verify_agrees_with_torch_load(tmp_path, name):
 
     import torch
 
-    from ckpt_viewer.core.stats import run
-    from ckpt_viewer.core.verify import verify
+    from ckpt_viewer.core.analysis.verify import verify
+    from ckpt_viewer.core.values.stats import run
 
     if name in VERIFY_DIFFERS:
         pytest.skip(VERIFY_DIFFERS[name])

@@ -123,7 +123,7 @@ def test_screenshot_of_a_view_that_fails_exits_2_at_once(tmp_path):
 
     import torch
 
-    from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+    from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 
     source = builders.save({"w": torch.randn(100_000)}, tmp_path / "src.pt")
     path = tmp_path / "bad-inflate.pt"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.sanitize import sanitize
-from ckpt_viewer.core.stats import run
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.writing.sanitize import sanitize
 from corpus import CORPUS
 
 TIME_LIMIT = 20

@@ -26,9 +26,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckpt_viewer.core import CheckpointError, remote
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.values import read_tensor
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.read import read_tensor
 
 pytest.importorskip("aiohttp")
 from rangeserver import RANGE, ScriptedServer  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import builders
-from ckpt_viewer.core.text import SHARED, json_safe, safe_text, strict_json
+from ckpt_viewer.core.listing.text import SHARED, json_safe, safe_text, strict_json
 
 EVIL = "k\r\x1b[2K\nintact: forged\t\x85\u202eevil\u2066<h1>big</h1><img src=x>"
 

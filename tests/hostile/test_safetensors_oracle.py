@@ -11,9 +11,9 @@ import pytest
 from safetensors import safe_open
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.open import open_checkpoint
-from ckpt_viewer.core.stats import run
-from ckpt_viewer.core.verify import verify
+from ckpt_viewer.core.analysis.verify import verify
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.values.stats import run
 
 T = '{"dtype":"F32","shape":[2],"data_offsets":[0,8]}'
 

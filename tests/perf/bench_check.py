@@ -72,9 +72,9 @@ def main():
 def stats_with_health_facts(path):
     import time
 
-    from ckpt_viewer.core.check import check
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.stats import run, stats_job
+    from ckpt_viewer.core.analysis.check import check
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.values.stats import run, stats_job
 
     checkpoint = open_checkpoint(path)
     key, tensor, _ = max(checkpoint.tensors(), key=lambda item: item[1].numel)

@@ -42,8 +42,8 @@ def main():
 
     path = os.path.join(args.data, "keys-50k.pt")
     if os.path.exists(path):
-        from ckpt_viewer.core.open import open_checkpoint
-        from ckpt_viewer.core.summary import inspect_dict
+        from ckpt_viewer.core.listing.open import open_checkpoint
+        from ckpt_viewer.core.listing.summary import inspect_dict
 
         start = time.perf_counter()
         checkpoint = open_checkpoint(path)

@@ -18,7 +18,7 @@ sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "core")]
 
 import test_optim  # noqa: E402
 
-from ckpt_viewer.core.open import open_checkpoint  # noqa: E402
+from ckpt_viewer.core.listing.open import open_checkpoint  # noqa: E402
 
 CASES = [  # builder, what, budget in CPU seconds on the development machine
     (test_optim.flat_trainer_file, "15,000 params, 3 optimizers (views)", 1.0),

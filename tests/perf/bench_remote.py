@@ -24,7 +24,7 @@ import time
 
 
 def listing(checkpoint):
-    from ckpt_viewer.core.summary import inspect_dict
+    from ckpt_viewer.core.listing.summary import inspect_dict
 
     info = inspect_dict(checkpoint)
     return [(t["key"], t["shape"], t["dtype"], t["device"], t["nbytes"]) for t in info["tensors"]]
@@ -79,9 +79,9 @@ def s3_rows(args):
 
 
 def rows(data, names, server, url_of, label):
-    from ckpt_viewer.core import remote
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.stats import compute, run
+    from ckpt_viewer.core.listing import remote
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.values.stats import compute, run
 
     for name in names:
         path = os.path.join(data, name)

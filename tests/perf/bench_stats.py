@@ -44,7 +44,7 @@ def main():
         ]
     )
     base = measure(python(BASELINE.format(path=path)))
-    print_table([("stats + 256-bin histogram, 100M fp32", ours, base, 0.25, 0.1)])  # DESIGN.md
+    print_table([("stats + 256-bin histogram, 100M fp32", ours, base, 0.25, 0.1)])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Build the benchmark files DESIGN.md describes (run by hand; they are large).
+"""Build the benchmark files README.md's Test section names (run by hand; they are large).
 
     python tests/perf/make_files.py [--out perf-data] [--only 16g,2g6,legacy,50k,stats]
 

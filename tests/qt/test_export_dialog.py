@@ -141,7 +141,7 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
     """A late callback must not reach the deleted dialog; the part file goes."""
     import threading
 
-    from ckpt_viewer.core import export as core_export
+    from ckpt_viewer.core.writing import export as core_export
 
     src = builders.save({f"w{i}": torch.ones(1000) for i in range(8)}, tmp_path / "c.pt")
     open_and_wait(qtbot, window, src)

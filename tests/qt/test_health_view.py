@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QTreeWidget
 from qt_helpers import open_and_wait
 
 import builders
-from ckpt_viewer.core import check as check_module
+from ckpt_viewer.core.analysis import check as check_module
 from ckpt_viewer.qt.health_view import HealthDialog
 from ckpt_viewer.qt.layers_view import LayersDialog
 
@@ -108,7 +108,7 @@ def test_health_closed_mid_scan_is_quiet(qtbot, window, tmp_path, monkeypatch):
 def test_layers_cancel_stops_the_exact_pass(qtbot, window, tmp_path, monkeypatch):
     import threading
 
-    from ckpt_viewer.core import layers as layers_module
+    from ckpt_viewer.core.analysis import layers as layers_module
 
     gate, calls = threading.Event(), []
     real_measure = layers_module._measure

@@ -1,4 +1,4 @@
-"""The main window through DESIGN.md's automation contract: open_paths, signals, objectNames."""
+"""The main window through its automation contract: open_paths, signals, objectNames."""
 
 import torch
 from PySide6.QtCore import QMimeData, QPointF, Qt, QThreadPool, QUrl
@@ -234,7 +234,7 @@ def test_sorting_by_size(qtbot, window, training_file):
 def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     import torch
 
-    from ckpt_viewer.core.readers.zip_directory import data_offset, read_directory
+    from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 
     path = builders.save({"w": torch.randn(100)}, tmp_path / "w.pt")
     open_and_wait(qtbot, window, path)
@@ -298,7 +298,7 @@ def gate_chunks(monkeypatch, module, after: int):
 
 
 def test_cancel_stops_a_running_compare_early(qtbot, window, tmp_path, monkeypatch):
-    import ckpt_viewer.core.diff as diff_module
+    import ckpt_viewer.core.analysis.diff as diff_module
 
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
     a = builders.save({"w": torch.randn(40_000)}, tmp_path / "a.pt")
@@ -318,7 +318,7 @@ def test_cancel_stops_a_running_compare_early(qtbot, window, tmp_path, monkeypat
 
 
 def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
-    import ckpt_viewer.core.verify as verify_module
+    import ckpt_viewer.core.analysis.verify as verify_module
 
     path = builders.save({"w": torch.randn(1 << 20)}, tmp_path / "w.pt")
     open_and_wait(qtbot, window, path)
@@ -419,7 +419,7 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
 
 
 def test_compare_closing_the_tab_cancels_its_plot_job(qtbot, window, tmp_path, monkeypatch):
-    import ckpt_viewer.core.diff as diff_module
+    import ckpt_viewer.core.analysis.diff as diff_module
 
     a = builders.save({"w": torch.randn(50_000)}, tmp_path / "a.pt")
     b = builders.save({"w": torch.randn(50_000)}, tmp_path / "b.pt")
@@ -453,7 +453,7 @@ def test_new_tab_opens_only_a_screenful_of_rows(qtbot, window, tmp_path):
 
 def test_closing_the_window_stops_running_jobs(qtbot, window, tmp_path, monkeypatch):
     """Exit asks workers to quit (then waits), rather than waiting for them to finish."""
-    import ckpt_viewer.core.diff as diff_module
+    import ckpt_viewer.core.analysis.diff as diff_module
     from ckpt_viewer.qt import workers
 
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
@@ -469,8 +469,8 @@ def test_closing_the_window_stops_running_jobs(qtbot, window, tmp_path, monkeypa
 
 
 def test_tied_row_shows_its_own_elements_in_italics(qtbot, tmp_path):
-    from ckpt_viewer.core.open import open_checkpoint
-    from ckpt_viewer.core.rows import build_rows
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.listing.rows import build_rows
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))

@@ -74,7 +74,7 @@ def test_plain_state_dict_says_yes(qtbot, window, training_file):
 def test_banner_and_dialog_say_the_same_for_whole_models(qtbot, window, tmp_path):
     """One sentence source (core.globals): torch's own classes are not "a class from the code
     that wrote the file", and both places agree on whether an allowlist loads the file."""
-    from ckpt_viewer.core.globals import TORCH_CLASS, advice
+    from ckpt_viewer.core.listing.globals import TORCH_CLASS, advice
 
     torch_model = builders.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "m.pt")
     user_model = builders.whole_model_file(tmp_path / "user.pt")

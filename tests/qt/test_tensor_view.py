@@ -182,7 +182,7 @@ def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
 def test_exact_pass_waits_for_plotting_to_settle_and_stays_cancellable(tmp_path):
     import threading
 
-    from ckpt_viewer.core.open import open_checkpoint
+    from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.qt.tensor_view import stats_job
 
     path = builders.save({"w": torch.arange(2_000_000, dtype=torch.float32)}, tmp_path / "w.pt")
@@ -203,8 +203,8 @@ def test_exact_pass_waits_for_plotting_to_settle_and_stays_cancellable(tmp_path)
 def test_statistics_seen_before_come_from_the_checkpoint_cache(qtbot, window, tmp_path):
     """Reselecting a tensor shows its exact figures without a pass; the health pass's facts
     are used by the first pass and give the same figures."""
-    from ckpt_viewer.core.check import check
-    from ckpt_viewer.core.stats import run
+    from ckpt_viewer.core.analysis.check import check
+    from ckpt_viewer.core.values.stats import run
 
     values = torch.randn(2_000_000)
     values[7] = float("nan")

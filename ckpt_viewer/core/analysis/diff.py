@@ -1,0 +1,418 @@
+"""Compare two checkpoints: keys only in one, shape and dtype mismatches, and for common tensors
+max |a-b|, mean |a-b|, relative L2 difference and cosine similarity, computed chunk by chunk
+(bounded memory). Keys are mapped with export's root / strip / add-prefix rules, so a
+DataParallel checkpoint compares with a plain one; the report also reads as what
+`load_state_dict(strict=True)` would say when B is loaded into A's layout."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ckpt_viewer.core.listing.model import Checkpoint
+from ckpt_viewer.core.values.read import (
+    as_words,
+    dcp_slabs,
+    iter_chunks,
+    iter_raw_chunks,
+    unordered_view,
+)
+from ckpt_viewer.core.writing.export import ExportPlan, plan_items
+
+CHUNK = 1 << 20
+PROBE = 512
+
+
+STATUS_ORDER = (
+    "identical",
+    "changed",
+    "dtype+identical",
+    "dtype+changed",
+    "shape",
+    "shard",
+    "only in A",
+    "only in B",
+)
+STATUS_TEXT = {
+    "identical": "identical",
+    "changed": "values differ",
+    "dtype+identical": "other dtype, same values",
+    "dtype+changed": "other dtype, values differ",
+    "shape": "other shape",
+    "shard": "other DTensor part (values not compared)",
+    "only in A": "only in A",
+    "only in B": "only in B",
+}
+PAIR_SAMPLE = 5_000  # scatter pairs: 20,000 points took 60 ms a paint while a file loaded
+
+
+@dataclass(frozen=True)
+class Side:
+    root: str = ""
+    strip_prefix: str = ""
+    add_prefix: str = ""
+
+
+@dataclass
+class TensorDiff:
+    key: str
+    key_a: str
+    key_b: str
+    status: str  # identical | changed | shape | dtype+changed | dtype+identical
+    #                                 | shard (a DTensor of which the files hold different parts)
+    shape_a: list
+    shape_b: list
+    dtype_a: str
+    dtype_b: str
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    rel_l2: float | None = None
+    cosine: float | None = None  # None once compared: undefined, both sides all zero
+
+
+@dataclass
+class DiffReport:
+    path_a: str
+    path_b: str
+    only_a: list = field(default_factory=list)
+    only_b: list = field(default_factory=list)
+    tensors: list = field(default_factory=list)  # TensorDiff for every common key
+
+    @property
+    def identical(self) -> bool:
+        return (
+            not self.only_a
+            and not self.only_b
+            and all(t.status == "identical" for t in self.tensors)
+        )
+
+    def count(self, status: str) -> int:
+        return sum(1 for t in self.tensors if t.status == status)
+
+    def status_counts(self) -> dict:
+        """Every key in exactly one group, so the counts add up to the keys of both files."""
+        counts = dict.fromkeys(STATUS_ORDER, 0)
+        for t in self.tensors:
+            counts[t.status] += 1
+        counts["only in A"], counts["only in B"] = len(self.only_a), len(self.only_b)
+        return counts
+
+    def load_state_dict_view(self) -> dict:
+        """B loaded into A's layout with strict=True."""
+        return {
+            "missing_keys": list(self.only_a),
+            "unexpected_keys": list(self.only_b),
+            "size_mismatch": [t.key for t in self.tensors if t.status == "shape"],
+        }
+
+    def to_json(self) -> dict:
+        """Non-finite floats (an infinite rel_l2) are left for strict_json to write as text."""
+        return {
+            "a": self.path_a,
+            "b": self.path_b,
+            "identical": self.identical,
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "shape_mismatch": [t.key for t in self.tensors if t.status == "shape"],
+            "dtype_mismatch": [t.key for t in self.tensors if t.status.startswith("dtype")],
+            "shard_mismatch": [t.key for t in self.tensors if t.status == "shard"],
+            "identical_tensors": sum(1 for t in self.tensors if t.status.endswith("identical")),
+            "changed_tensors": sum(1 for t in self.tensors if t.status.endswith("changed")),
+            "load_state_dict": self.load_state_dict_view(),
+            "tensors": [asdict(t) for t in self.tensors],
+        }
+
+
+def mapped(checkpoint: Checkpoint, side: Side) -> dict:
+    """{compared key: (source key, TensorInfo)} under export's key rules."""
+    items = plan_items(
+        checkpoint,
+        ExportPlan(root=side.root, strip_prefix=side.strip_prefix, add_prefix=side.add_prefix),
+    )
+    return {i.key: (i.source_key, i.tensor) for i in items}
+
+
+def _same_bits(a, b):
+    """Generator: yields element counts; returns (every chunk bit-identical, a value is
+    non-zero). One cheap pass: most tensors of a fine-tuning run are frozen, so most
+    comparisons end here. A short probe first, so a changed tensor costs almost nothing."""
+    if a.dtype != b.dtype:
+        return False, True
+    nonzero = False
+    for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
+        words_a, words_b = as_words(chunk_a), as_words(chunk_b)
+        if not (
+            np.array_equal(words_a[:PROBE], words_b[:PROBE]) and np.array_equal(words_a, words_b)
+        ):
+            return False, True
+        nonzero = nonzero or bool(np.any(chunk_a))  # -0.0 is zero too
+        yield chunk_a.size
+    return True, nonzero
+
+
+def _comparable(chunk: np.ndarray) -> np.ndarray:
+    """float32 stays float32 (half the memory traffic of float64); others are widened."""
+    if np.iscomplexobj(chunk):
+        chunk = np.abs(chunk)
+    return chunk if chunk.dtype in (np.float32, np.float64) else chunk.astype(np.float64)
+
+
+class _Metrics:
+    """Accumulates |a-b| and the dot products over chunk pairs, in float64 across chunks."""
+
+    def __init__(self):
+        self.max_abs = self.total_abs = self.diff_sq = self.a_sq = self.b_sq = self.dot = 0.0
+        self.count = 0
+        self._scratch = np.empty(0)
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> bool:
+        """Adds a chunk pair; returns whether its values are equal (NaN equal to NaN)."""
+        a_sq, b_sq = float(np.dot(x, x)), float(np.dot(y, y))
+        equal = None
+        if not (math.isfinite(a_sq) and math.isfinite(b_sq)):
+            equal = np.array_equal(x, y, equal_nan=True)
+            finite = np.isfinite(x) & np.isfinite(y)  # only then, element by element
+            x, y = x[finite], y[finite]
+            a_sq, b_sq = float(np.dot(x, x)), float(np.dot(y, y))
+        wanted = np.result_type(x, y)
+        if self._scratch.dtype != wanted or self._scratch.size < x.size:
+            self._scratch = np.empty(x.size, dtype=wanted)
+        d = np.subtract(x, y, out=self._scratch[: x.size])
+        self.diff_sq += float(np.dot(d, d))
+        self.dot += float(np.dot(x, y))
+        self.a_sq += a_sq
+        self.b_sq += b_sq
+        largest = 0.0
+        if d.size:
+            np.abs(d, out=d)
+            largest = float(d.max())
+            self.total_abs += float(d.sum())  # pairwise summation within a chunk
+        self.max_abs = max(self.max_abs, largest)
+        self.count += d.size
+        return largest == 0.0 if equal is None else equal
+
+    def write_to(self, result: TensorDiff):
+        a_sq, b_sq, diff_sq = self.a_sq, self.b_sq, self.diff_sq
+        result.max_abs = self.max_abs
+        result.mean_abs = self.total_abs / self.count if self.count else 0.0
+        result.rel_l2 = (
+            math.sqrt(diff_sq) / math.sqrt(a_sq) if a_sq else (0.0 if not diff_sq else math.inf)
+        )
+        if not (a_sq or b_sq):
+            result.cosine = None  # 0/0: undefined, not 1
+            return
+        cosine = self.dot / math.sqrt(a_sq * b_sq) if a_sq and b_sq else 0.0
+        result.cosine = min(1.0, max(-1.0, cosine))  # rounding can overshoot by ~1e-9
+
+
+def _stored_bytes(tensor):
+    if tensor.chunks:
+        return (slab.view(np.uint8) for slab in dcp_slabs(tensor, CHUNK))
+    return iter_raw_chunks(tensor, np.dtype("u1"), CHUNK)
+
+
+def _compare_packed(a, b, result: TensorDiff):
+    """float4_e2m1fn_x2 (two 4-bit floats a byte, no arithmetic in torch): equal or not, by
+    its stored bytes; no metrics. Against another dtype (of the same shape: another byte
+    type) its values are not comparable at all."""
+    equal = a.dtype == b.dtype
+    if equal:
+        for chunk_a, chunk_b in zip(_stored_bytes(a), _stored_bytes(b)):
+            equal = np.array_equal(chunk_a, chunk_b)
+            yield chunk_a.size
+            if not equal:
+                break
+    status = "identical" if equal else "changed"
+    result.status = status if a.dtype == b.dtype else "dtype+changed"
+
+
+def _compare_values(a, b, result: TensorDiff):
+    """Bit-identical tensors are settled in one pass; otherwise chunks of a and b in the same
+    (logical) order. The dot products are per chunk in the data's precision (BLAS), and they
+    double as the finiteness check: only a chunk holding NaN or Inf is filtered element-wise."""
+    if "float4_e2m1fn_x2" in (a.dtype, b.dtype):
+        yield from _compare_packed(a, b, result)
+        return
+    if tuple(a.stride) == tuple(b.stride) and tuple(a.shape) == tuple(b.shape):
+        # the same geometry maps equal positions to equal storage elements, so compare each
+        # stored element once: an expand is repeats, which scale every sum alike and change no
+        # ratio, maximum or mean
+        (view_a, repeat_a), (view_b, repeat_b) = unordered_view(a), unordered_view(b)
+        if repeat_a == repeat_b and view_a.stride == view_b.stride:
+            a, b = view_a, view_b
+    same, nonzero = yield from _same_bits(a, b)
+    if same:
+        result.max_abs = result.mean_abs = result.rel_l2 = 0.0
+        result.cosine = 1.0 if nonzero else None
+        return
+    metrics, equal = _Metrics(), True
+    with np.errstate(all="ignore"):
+        for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
+            x, y = _comparable(chunk_a), _comparable(chunk_b)
+            same = metrics.add(x, y)
+            if equal and x is chunk_a and y is chunk_b:
+                equal = same
+            elif equal:  # widened values (ints beyond 2**53, complex magnitudes): exact check
+                equal = np.array_equal(chunk_a, chunk_b, equal_nan=chunk_a.dtype.kind in "fc")
+            yield chunk_a.size
+    metrics.write_to(result)
+    same_dtype = not result.status.startswith("dtype")
+    status = "identical" if equal else "changed"
+    result.status = status if same_dtype else f"dtype+{status}"
+
+
+def _to_gguf_names(keys: dict, gguf_keys: dict, gguf_checkpoint: Checkpoint) -> tuple:
+    """(the other side's keys renamed to the GGUF file's names where the name map knows them,
+    the GGUF side's keys, {key: original shapes}). A llama q/k weight is compared in the row
+    order llama.cpp's converter wrote: both sides become 4-D views of the same elements (the
+    report shows the original shapes)."""
+    from ckpt_viewer.core.analysis.gguf_names import (
+        as_4d,
+        gguf_names,
+        in_gguf_row_order,
+        rotary_heads,
+    )
+
+    names = gguf_names(gguf_checkpoint, keys)
+    renamed = {names.get(key, key): value for key, value in keys.items()}
+    gguf_keys, shapes = dict(gguf_keys), {}
+    for key, (source, tensor) in renamed.items():
+        heads = rotary_heads(gguf_checkpoint, key) if key in gguf_keys else 0
+        gguf_source, gguf_tensor = gguf_keys.get(key, (None, None))
+        if not heads or tuple(tensor.shape) != tuple(gguf_tensor.shape):
+            continue
+        view = in_gguf_row_order(tensor, heads)
+        if view is not None:
+            shapes[key] = (list(tensor.shape), list(gguf_tensor.shape))
+            renamed[key] = (source, view)
+            gguf_keys[key] = (gguf_source, as_4d(gguf_tensor, view.shape))
+    return renamed, gguf_keys, shapes
+
+
+def diff(
+    a: Checkpoint,
+    b: Checkpoint,
+    side_a: Side = Side(),
+    side_b: Side = Side(),
+    map_gguf: bool = True,
+) -> Generator[float, None, DiffReport]:
+    """Generator: yields progress in [0, 1]; returns DiffReport. With map_gguf, when one side
+    is a GGUF file the other side's names are mapped to GGUF names (llama.cpp's map)."""
+    keys_a, keys_b = mapped(a, side_a), mapped(b, side_b)
+    shapes = {}
+    if map_gguf and (a.format == "gguf") != (b.format == "gguf"):
+        if a.format == "gguf":
+            keys_b, keys_a, shapes = _to_gguf_names(keys_b, keys_a, a)
+            shapes = {key: pair[::-1] for key, pair in shapes.items()}
+        else:
+            keys_a, keys_b, shapes = _to_gguf_names(keys_a, keys_b, b)
+    report = DiffReport(
+        a.path,
+        b.path,
+        only_a=[k for k in keys_a if k not in keys_b],
+        only_b=[k for k in keys_b if k not in keys_a],
+    )
+    common = [k for k in keys_a if k in keys_b]
+    pairs = []
+    for key in common:
+        (source_a, ta), (source_b, tb) = keys_a[key], keys_b[key]
+        status = (
+            "shape"
+            if tuple(ta.shape) != tuple(tb.shape)
+            else ("dtype" if ta.dtype != tb.dtype else "same")
+        )
+        shape_a, shape_b = shapes.get(key, (list(ta.shape), list(tb.shape)))
+        result = TensorDiff(key, source_a, source_b, status, shape_a, shape_b, ta.dtype, tb.dtype)
+        report.tensors.append(result)
+        if status != "shape" and "dtensor" in (ta.layout, tb.layout):
+            # a per-rank file holds a part: comparable only with the same part of the same rank
+            if ta.layout == tb.layout and ta.attrs.get("held") == tb.attrs.get("held"):
+                pairs.append((ta.parts["local"], tb.parts["local"], result))
+            else:
+                result.status = "shard"
+        elif status != "shape":
+            pairs.append((ta, tb, result))
+    total = sum(ta.numel for ta, _, _ in pairs) or 1
+    done = 0
+    for ta, tb, result in pairs:
+        if result.status == "same":
+            result.status = "identical"  # replaced by the comparison below
+        for elements in _compare_values(ta, tb, result):
+            done += elements
+            yield min(done / total, 1.0)
+    return report
+
+
+@dataclass
+class PairDetail:
+    """One common tensor seen closely: the histogram of a - b over every element (non-finite
+    differences counted apart) and an evenly spaced sample of (a, b) pairs for a scatter plot."""
+
+    edges: list
+    counts: list
+    nonfinite: int
+    a: np.ndarray
+    b: np.ndarray
+    elements: int
+
+
+def difference_range(max_abs: float | None) -> tuple[float, float]:
+    """Symmetric around 0, so 'no change' sits in the middle of the plot."""
+    reach = max_abs if max_abs and math.isfinite(max_abs) else 1.0
+    return -reach, reach
+
+
+def pair_detail(
+    a, b, max_abs: float | None = None, bins: int = 128, sample: int = PAIR_SAMPLE
+) -> Generator[float, None, PairDetail]:
+    """Generator: yields progress in [0, 1]; returns PairDetail. One pass over both tensors in
+    logical order; max_abs (the diff report's) fixes the histogram range up front."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError("the tensors have different shapes")
+    low, high = difference_range(max_abs)
+    counts = np.zeros(bins, dtype=np.int64)
+    total = a.numel
+    step = max(1, -(-total // sample))  # every step-th element: <= sample pairs
+    picked_a, picked_b, nonfinite, done = [], [], 0, 0
+    with np.errstate(all="ignore"):
+        for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
+            x = _comparable(chunk_a).astype(np.float64, copy=False)
+            y = _comparable(chunk_b).astype(np.float64, copy=False)
+            d = x - y
+            finite = np.isfinite(d)
+            nonfinite += int(d.size - np.count_nonzero(finite))
+            counts += np.histogram(np.clip(d[finite], low, high), bins=bins, range=(low, high))[0]
+            first = (-done) % step  # the first sampled index in this chunk
+            picked_a.append(x[first::step])
+            picked_b.append(y[first::step])
+            done += d.size
+            yield min(done / (total or 1), 1.0)
+    edges = np.linspace(low, high, bins + 1).tolist()
+    return PairDetail(
+        edges,
+        counts.tolist(),
+        nonfinite,
+        np.concatenate(picked_a) if picked_a else np.empty(0),
+        np.concatenate(picked_b) if picked_b else np.empty(0),
+        done,
+    )
+
+
+def histogram_pair(a, b, bins: int = 128):
+    """Both tensors' histograms over one common range (for the overlay): (stats a, stats b), or
+    (None, None) when neither has a finite value."""
+    from ckpt_viewer.core.values.stats import compute, run
+
+    first_a, first_b = run(compute(a, bins=8)), run(compute(b, bins=8))
+    lows = [s.min for s in (first_a, first_b) if s.min is not None]
+    highs = [s.max for s in (first_a, first_b) if s.max is not None]
+    if not lows:
+        return None, None
+    value_range = (min(lows), max(highs) if max(highs) > min(lows) else min(lows) + 1.0)
+    return (
+        run(compute(a, bins=bins, value_range=value_range)),
+        run(compute(b, bins=bins, value_range=value_range)),
+    )

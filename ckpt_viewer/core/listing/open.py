@@ -1,0 +1,168 @@
+"""Sniff what a path holds (by its bytes, not its name) and hand it to the right reader."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from ckpt_viewer.core import CheckpointError, paused_gc
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.model import Checkpoint
+from ckpt_viewer.core.listing.readers.hf_index import is_index, model_weights, unread_weights
+
+PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}  # protocol 0/1
+
+FOREIGN_FORMATS = [
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras/h5py), not a PyTorch checkpoint"),
+    (b"\x93NUMPY", "a NumPy .npy array, not a PyTorch checkpoint"),
+    (b"\x1f\x8b", "a gzip-compressed file; decompress it first"),
+    (b"BZh", "a bzip2-compressed file; decompress it first"),
+    (b"\xfd7zXZ", "an xz-compressed file; decompress it first"),
+]
+
+
+def sniff(path: str) -> str:
+    """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
+    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf."""
+    if remote.isdir(path):
+        remote.check_regular(remote.join(path, ".metadata"))
+        if remote.isfile(remote.join(path, ".metadata")):
+            return "dcp"
+        from ckpt_viewer.core.listing.readers.training_dir import state_files
+
+        if state_files(path):
+            return "training_dir"
+        from ckpt_viewer.core.listing.readers.dcp import hf_shards
+
+        if hf_shards(path):
+            return "dcp_hf"
+        raise CheckpointError(
+            "directory holds no checkpoint (no .metadata, *.index.json or model weights file)"
+        )
+    if is_index(path):
+        return "hf_index"
+    with remote.open_source(path) as f:
+        if f.size == 0:
+            raise CheckpointError("file is empty")
+        head = f.read(512)
+    if head.startswith(b"GGUF"):
+        return "gguf"
+    if head.startswith(b"PK\x03\x04"):  # the test torch.load makes
+        from ckpt_viewer.core.listing.readers.pt2 import is_pt2
+
+        return "pt2" if is_pt2(path, head) else "torch_zip"
+    from ckpt_viewer.core.listing.readers.safetensors import looks_like_safetensors
+
+    if looks_like_safetensors(head):
+        return "safetensors"
+    if (
+        head[:1] in PICKLE_STARTS
+        or head[:1] == b"\x80"
+        and head[1:2] in b"\x00\x01\x02\x03\x04\x05"
+    ):
+        from ckpt_viewer.core.listing.readers.torch_legacy import is_legacy
+
+        return "torch_legacy" if is_legacy(path) else "pickle"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise CheckpointError("a tar archive: the PyTorch < 0.4 tar format is not supported")
+    for magic, what in FOREIGN_FORMATS:
+        if head.startswith(magic):
+            raise CheckpointError(f"this is {what}")
+    if head.lstrip()[:1] in (b"{", b"["):
+        raise CheckpointError("a JSON/text file, not a PyTorch checkpoint")
+    if head[:1] == b"\x08" and (b"onnx" in head.lower() or b"pytorch" in head.lower()):
+        raise CheckpointError("an ONNX model, not a PyTorch checkpoint")
+    preview = head[:8].hex(" ")
+    raise CheckpointError(f"not a recognised checkpoint format (first bytes {preview})")
+
+
+def resolve_directory(path: str) -> str:
+    """A Hugging Face model directory -> its index file or single weights file; a training
+    folder (weights with optimizer, scheduler... files) or a DCP folder stays as it is."""
+    from ckpt_viewer.core.listing.readers.training_dir import state_files
+
+    if remote.isfile(remote.join(path, ".metadata")) or state_files(path):
+        return path
+    return model_weights(path) or path
+
+
+def open_file(path: str) -> Checkpoint:
+    """Read only metadata; raises CheckpointError with a one-line message for any bad input."""
+    from ckpt_viewer.core.listing.readers import (
+        dcp,
+        gguf,
+        hf_index,
+        plain_pickle,
+        pt2,
+        safetensors,
+        torch_legacy,
+        torch_zip,
+        training_dir,
+    )
+
+    readers = {
+        "torch_zip": torch_zip.read,
+        "torch_legacy": torch_legacy.read,
+        "safetensors": safetensors.read,
+        "pickle": plain_pickle.read,
+        "hf_index": functools.partial(hf_index.read, open_shard=open_file),
+        "dcp": dcp.read,
+        "dcp_hf": dcp.read_hf,
+        "pt2": pt2.read,
+        "gguf": gguf.read,
+        "training_dir": functools.partial(training_dir.read, open_part=open_file),
+    }
+    return readers[sniff(path)](path)
+
+
+def open_checkpoint(path: str) -> Checkpoint:
+    """Open any supported path and recognise its optimizers. The one entry point for callers."""
+    from ckpt_viewer.core.listing import optim
+
+    path = os.fspath(path)
+    try:
+        if remote.is_remote(path):
+            remote.forget(path)  # a URL opened again is asked afresh
+        elif not os.path.exists(path):
+            raise CheckpointError("no such file or directory")
+        folder = path if remote.isdir(path) else None
+        if folder:
+            path = resolve_directory(path)
+        with paused_gc():
+            checkpoint = open_file(path)
+            if folder and path != folder:
+                from ckpt_viewer.core.listing.readers.training_dir import folder_metadata
+
+                checkpoint.warnings += unread_weights(folder, remote.basename(path))
+                for key, value in folder_metadata(folder).items():
+                    checkpoint.metadata.setdefault(key, value)
+            checkpoint.optimizers = optim.find_optimizers(checkpoint)
+        return checkpoint
+    except CheckpointError:
+        raise
+    except PermissionError:
+        raise CheckpointError("permission denied") from None
+    except FileNotFoundError:
+        raise CheckpointError("the file disappeared while it was being read") from None
+    except IsADirectoryError:
+        raise CheckpointError("expected a file but found a directory") from None
+    except OSError as exc:
+        raise CheckpointError(f"read error ({exc.strerror or exc})") from None
+    except MemoryError:
+        raise CheckpointError("not enough memory to read the file's metadata") from None
+    except RecursionError:
+        raise CheckpointError("the file's structure is nested too deeply") from None
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        UnicodeError,
+        OverflowError,
+        EOFError,
+        ArithmeticError,
+    ) as exc:
+        # Hostile or damaged data may trip any of these deep in a reader.
+        text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"the file is damaged or malformed ({text})") from None

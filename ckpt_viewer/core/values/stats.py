@@ -1,0 +1,750 @@
+"""Statistics and histograms of one tensor, in chunks that stay in cache.
+
+`compute()` is a generator: it yields progress (0..1) and returns Stats, so a GUI worker can
+cancel it between chunks. Two passes: moments and counts, then a fine histogram (bins x M
+sub-bins) from which the requested histogram is exact, then a selection pass over the few fine
+bins that hold the quantiles: each quantile is an element of the tensor, the k-th smallest finite
+value with k = ceil(q * n) (numpy's "inverted_cdf"). Stats' min/max/mean/std/l2 fields are over
+finite values; `Stats.over_all()` gives them over every value, by torch's rules.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import TypeVar
+
+import numpy as np
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.listing.model import TensorInfo
+from ckpt_viewer.core.values.read import (
+    StorageReader,
+    apply_view_bits,
+    iter_chunks,
+    numpy_readable,
+    tensor_np_dtype,
+    unordered_view,
+    widen,
+)
+
+QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
+FINE_BINS = 65536
+CHUNK = 1 << 20
+MAX_VALUE_COUNTS = 4096  # integer tensors spanning fewer values get exact value counts
+PARTS = ("magnitude", "real", "imag")
+SELECT_LIMIT = 1 << 21  # values a quantile's bin may hold to be collected and sorted
+SELECT_LEVELS = 12  # 65536 ** 12 spans any float64 range down to single values
+GIL_SLICE = 1 << 16  # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
+FIGURES = ("min", "max", "mean", "std", "l2")
+
+
+@dataclass
+class Stats:
+    numel: int = 0
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    zeros: int = 0
+    min: float | None = None  # these five: over finite values (over_all: over every value)
+    max: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    l2: float = 0.0
+    quantiles: dict = field(default_factory=dict)
+    edges: list = field(default_factory=list)
+    counts: list = field(default_factory=list)
+    value_counts: dict = field(default_factory=dict)  # ints and bools: value -> count
+    below: int = 0  # finite values left of edges[0] (a clipped range)
+    above: int = 0
+    sampled: bool = False
+    part: str = ""  # complex tensors: magnitude | real | imag
+
+    @property
+    def inf(self) -> int:
+        return self.posinf + self.neginf
+
+    @property
+    def finite(self) -> int:
+        return self.numel - self.nan - self.inf
+
+    def over_all(self) -> dict:
+        """min, max, mean, std and l2 over every value, as torch's amin/amax, mean, std and
+        linalg.norm give them: one NaN makes all five NaN (amax propagates NaN); an infinity
+        makes min or max, mean and l2 infinite (mean NaN when both signs occur) and std NaN.
+        Without NaN or Inf they are the finite figures. The std of a single value is None
+        (undefined: torch's unbiased std says nan there, and no value in it is NaN)."""
+        finite = {name: getattr(self, name) for name in FIGURES}
+        if not self.numel or not (self.nan or self.inf):
+            return finite
+        if self.nan:
+            return dict.fromkeys(FIGURES, math.nan)
+        low = -math.inf if self.neginf else (math.inf if self.min is None else self.min)
+        high = math.inf if self.posinf else (-math.inf if self.max is None else self.max)
+        mean = math.nan if self.posinf and self.neginf else (math.inf if self.posinf else -math.inf)
+        return {"min": low, "max": high, "mean": mean, "std": math.nan, "l2": math.inf}
+
+    def to_json(self) -> dict:
+        """min/max/mean/std/l2 over every value (torch's figures), `*_finite` over finite values."""
+        out = asdict(self)
+        out.update({f"{name}_finite": out[name] for name in FIGURES})
+        out.update(self.over_all())
+        out["inf"] = self.inf
+        out["quantiles"] = {f"{q:g}": v for q, v in self.quantiles.items()}
+        out["value_counts"] = {str(k): v for k, v in self.value_counts.items()}
+        return out
+
+
+def _real_view(chunk: np.ndarray, part: str) -> np.ndarray:
+    if np.iscomplexobj(chunk):
+        return {"real": chunk.real, "imag": chunk.imag}.get(part, np.abs(chunk))
+    if chunk.dtype == np.bool_:
+        return chunk.view(np.uint8)
+    return chunk
+
+
+def _computable(x: np.ndarray) -> np.ndarray:
+    """float16 -> float32 and integers -> float64, so arithmetic neither overflows nor rounds."""
+    if x.dtype == np.float16:
+        return x.astype(np.float32)
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
+class _Moments:
+    def __init__(self):
+        self.n = self.nan = self.posinf = self.neginf = self.zeros = 0
+        self.total = self.squares = 0.0
+        self.spread = 0.0  # sum of squared deviations from the mean (finite values)
+        self.finite = 0
+        self.lo, self.hi = math.inf, -math.inf
+        self.integer = True
+        self.exact = (math.inf, -math.inf)  # integer extremes as Python ints
+
+    def repeated(self, times: int):
+        """Every value seen `times` times (a zero-stride view), without reading it again."""
+        self.n, self.nan, self.posinf = self.n * times, self.nan * times, self.posinf * times
+        self.neginf, self.zeros = self.neginf * times, self.zeros * times
+        self.total, self.squares = self.total * times, self.squares * times
+        self.spread, self.finite = self.spread * times, self.finite * times  # same mean each copy
+
+    @classmethod
+    def of_segments(cls, x: np.ndarray, sizes: list) -> list:
+        """The moments of consecutive non-empty segments of x (`sizes` values each), in a few
+        numpy calls for all: many tiny tensors cost a dozen calls each through add(). The
+        spread is the same two-pass one (deviations from each segment's own mean)."""
+        x = _computable(x).astype(np.float64, copy=False)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(x)
+            kept = np.where(finite, x, 0.0)
+            count = np.add.reduceat(finite, starts, dtype=np.int64)
+            total = np.add.reduceat(kept, starts)
+            mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+            deviations = np.where(finite, x - np.repeat(mean, sizes), 0.0)
+            columns = (
+                count,
+                total,
+                np.add.reduceat(deviations * deviations, starts),
+                np.add.reduceat(kept * kept, starts),
+                np.minimum.reduceat(np.where(finite, x, np.inf), starts),
+                np.maximum.reduceat(np.where(finite, x, -np.inf), starts),
+                np.add.reduceat(np.isnan(x), starts, dtype=np.int64),
+                np.add.reduceat(x == np.inf, starts, dtype=np.int64),
+                np.add.reduceat(x == -np.inf, starts, dtype=np.int64),
+                np.add.reduceat(x == 0, starts, dtype=np.int64),
+            )
+        out = []
+        for size, row in zip(sizes, zip(*(column.tolist() for column in columns))):
+            moments = cls()
+            (
+                moments.finite,
+                moments.total,
+                moments.spread,
+                moments.squares,
+                moments.lo,
+                moments.hi,
+                moments.nan,
+                moments.posinf,
+                moments.neginf,
+                moments.zeros,
+            ) = row
+            moments.n = size
+            out.append(moments)
+        return out
+
+    def extremes(self) -> tuple:
+        """(min, max) of the finite values: Python ints for integer tensors (float64 rounds
+        64-bit integers), floats otherwise."""
+        return self.exact if self.exact[0] <= self.exact[1] else (self.lo, self.hi)
+
+    def figures(self) -> tuple:
+        """(mean, std, l2) of the finite values; std the unbiased one, from the Chan-merged
+        spread (every caller's std is this one), 0 for one value."""
+        if not self.finite:
+            return None, None, 0.0
+        std = math.sqrt(self.spread / (self.finite - 1)) if self.finite > 1 else 0.0
+        return self.total / self.finite, std, math.sqrt(self.squares)
+
+    def add(self, x: np.ndarray):
+        with np.errstate(all="ignore"):  # NaN/Inf are counted, not warned about
+            self._add(x)
+
+    def _add(self, x: np.ndarray):
+        self.n += x.size
+        self.zeros += int(np.add.reduce(x == 0, dtype=np.int64))  # count_nonzero keeps the GIL
+        self.integer = self.integer and x.dtype.kind in "iub"
+        if x.dtype.kind in "iu" and x.size:  # exact: float64 rounds 64-bit integers
+            self.exact = (min(self.exact[0], int(x.min())), max(self.exact[1], int(x.max())))
+        x = _computable(x)
+        total = float(np.sum(x, dtype=np.float64))
+        if not math.isfinite(total):  # only then look for NaN/Inf element by element
+            self.nan += int(np.count_nonzero(np.isnan(x)))
+            self.posinf += int(np.count_nonzero(x == np.inf))
+            self.neginf += int(np.count_nonzero(x == -np.inf))
+            x = x[np.isfinite(x)]
+            total = float(np.sum(x, dtype=np.float64))
+        if x.size == 0:
+            return
+        self._add_spread(x, total)
+        self.total += total
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+
+    def _add_spread(self, x: np.ndarray, total: float):
+        """Deviations from the chunk's own mean, merged by Chan's pairwise update: sum(x^2) -
+        n*mean^2 cancels to noise when the spread is small next to the mean (a LayerNorm
+        weight near 1 read 0.2 % off in float32)."""
+        count = x.size
+        chunk_mean = total / count
+        deviations = x - x.dtype.type(chunk_mean)
+        residue = float(np.sum(deviations, dtype=np.float64))  # the mean's rounding, removed
+        # einsum, not BLAS: BLAS's spinning threads starve the GUI thread
+        spread = max(
+            float(np.einsum("i,i->", deviations, deviations)) - residue * residue / count, 0.0
+        )
+        self.squares += spread + total * total / count  # sum(x^2), no second product pass
+        if self.finite:
+            delta = chunk_mean - self.total / self.finite
+            spread += delta * delta * (self.finite * count / (self.finite + count))
+        self.spread += spread
+        self.finite += count
+
+
+class _EdgeCheck:
+    """The histogram's bins are torch.histogram's over the reported edges: [e_i, e_i+1), the
+    last one closed. The fine index's arithmetic can put a value lying on an edge, or within
+    rounding of it, into the neighbouring bin: 9 bfloat16 values of 100 sat on one edge and
+    were counted left of it. Values in the fine bins beside an edge are placed by comparison
+    with the edges; what moves is kept per bin."""
+
+    def __init__(self, lo, hi, bins):
+        self.edges = np.linspace(lo, hi, bins + 1)
+        self.per_bin = max(1, FINE_BINS // bins)
+        self.fine_bins = bins * self.per_bin
+        self.moved = np.zeros(bins, dtype=np.int64)
+        # a lookup table: cheaper than idx % per_bin on every value
+        self.beside = np.zeros(self.fine_bins, dtype=bool)
+        self.beside[:: self.per_bin] = self.beside[self.per_bin - 1 :: self.per_bin] = True
+
+    def add(self, x: np.ndarray, idx: np.ndarray):
+        if self.per_bin > 2:
+            near = np.flatnonzero(np.take(self.beside, idx))
+            x, idx = x[near], idx[near]
+        if not x.size:
+            return
+        guessed = idx // self.per_bin
+        exact = np.searchsorted(self.edges, x, side="right") - 1
+        np.clip(exact, 0, self.moved.size - 1, out=exact)
+        moved = guessed != exact
+        if moved.any():
+            np.subtract.at(self.moved, guessed[moved], 1)
+            np.add.at(self.moved, exact[moved], 1)
+
+    def counts(self, fine: np.ndarray, repeat: int) -> list:
+        return (fine.reshape(self.moved.size, -1).sum(axis=1) + self.moved * repeat).tolist()
+
+
+def _fine_histogram(chunks, lo, hi, fine_bins, check):
+    """Counts of finite values in fine_bins equal bins over [lo, hi]; plus below/above."""
+    counts = np.zeros(fine_bins, dtype=np.int64)
+    below = above = 0
+    scale = fine_bins / (hi - lo) if hi > lo else 0.0
+    for x in chunks:
+        with np.errstate(all="ignore"):
+            counts, below, above = _bin_chunk(
+                x, lo, hi, scale, fine_bins, counts, below, above, check
+            )
+        yield
+    return counts, below, above
+
+
+def _bin_index(x, lo, hi, scale, fine_bins) -> np.ndarray:
+    """The fine bin of each value of x (all within [lo, hi]); the selection pass must use the
+    very same arithmetic, so that a bin holds exactly the values it counted."""
+    # float32 arithmetic overflows when the range itself is near float32's limits
+    kind = x.dtype.type if hi - lo < 1e30 else np.float64
+    with np.errstate(all="ignore"):  # a bin split below float spacing: huge scales
+        idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
+    np.minimum(idx, fine_bins - 1, out=idx)
+    np.maximum(idx, 0, out=idx)
+    return idx
+
+
+def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above, check):
+    """Add one chunk's finite values to the fine histogram (and the edge check); (counts,
+    below, above)."""
+    x = _computable(x)
+    if not np.isfinite(np.sum(x, dtype=np.float64)):
+        x = x[np.isfinite(x)]
+    outside_low, outside_high = x < lo, x > hi
+    n_low, n_high = int(np.count_nonzero(outside_low)), int(np.count_nonzero(outside_high))
+    if n_low or n_high:
+        below, above = below + n_low, above + n_high
+        x = x[~(outside_low | outside_high)]
+    idx = _bin_index(x, lo, hi, scale, fine_bins)
+    for start in range(0, idx.size, GIL_SLICE):  # bincount holds the GIL while it runs
+        part = idx[start : start + GIL_SLICE]
+        counts += np.bincount(part, minlength=fine_bins)
+        check.add(x[start : start + GIL_SLICE], part)
+    return counts, below, above
+
+
+def auto_bins(numel: int) -> int:
+    """Histogram bins for n values (Rice's rule, 8..256): a tiny tensor in 256 bins looked
+    like a barcode."""
+    return min(256, max(8, math.ceil(2 * max(numel, 1) ** (1 / 3))))
+
+
+def quantile_rank(q: float, n: int) -> int:
+    """0-based rank of the q-quantile of n sorted values: the ceil(q * n)-th smallest."""
+    numerator, denominator = Fraction(str(q)).as_integer_ratio()
+    return max(-(-numerator * n // denominator), 1) - 1
+
+
+class _Target:
+    """Where one order statistic lies: nested (lo, hi, bins, index) bins and its rank there."""
+
+    def __init__(self, levels, rank):
+        self.levels, self.rank = levels, rank
+        self.size = 0  # values in the innermost bin
+        self.value = None
+
+    def members(self, x, first=0):
+        """The values of x in this target's bin (levels before `first` already applied)."""
+        for lo, hi, bins, index in self.levels[first:]:
+            if x.size == 0:
+                break
+            scale = bins / (hi - lo) if hi > lo else 0.0
+            x = x[_bin_index(x, lo, hi, scale, bins) == index]
+        return x
+
+
+def _locate(counts: np.ndarray, rank: int) -> tuple[int, int]:
+    """(bin holding the value of this rank, the rank within that bin)."""
+    cumulative = np.cumsum(counts)
+    index = int(np.searchsorted(cumulative, rank, side="right"))
+    return index, rank - (int(cumulative[index - 1]) if index else 0)
+
+
+def _settle_zeros(groups: dict, split: set, zeros: int, zero_bin: int):
+    """A first-level bin holding 0 and exactly as many values as there are zeros holds
+    nothing else: its quantiles are 0 without a pass (pruned weights put half the
+    quantiles there, in a bin too full to sort)."""
+    for key in list(groups):
+        if key[0][3] == zero_bin and groups[key][0].size == zeros:
+            for target in groups.pop(key):
+                target.value = 0.0
+            split.discard(key)
+
+
+def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
+    """Generator: {q: the value of rank ranks[q]} among the finite values, found by passes that
+    look only at the values in the fine bins holding them (a bin too full to sort is split
+    into FINE_BINS sub-bins again, until it is small or holds one distinct value). Quantiles
+    that fall in the same bin share its work; `zeros` (how many values are 0) settles the
+    bin of 0 when it holds only zeros."""
+    targets = {}
+    for q, rank in ranks.items():
+        index, within = _locate(fine, rank)
+        targets[q] = _Target([(lo, hi, fine.size, index)], within)
+        targets[q].size = int(fine[index])
+    scale = fine.size / (hi - lo) if hi > lo else 0.0
+    for level in range(SELECT_LEVELS):  # each level narrows a bin 65536-fold
+        groups: dict = {}  # one bin -> the quantiles that lie in it
+        for target in targets.values():
+            if target.value is None:
+                groups.setdefault(tuple(target.levels), []).append(target)
+        if not groups:
+            break
+        last = level == SELECT_LEVELS - 1  # then sort whatever the bin holds
+        split = {
+            key for key, members in groups.items() if members[0].size > SELECT_LIMIT and not last
+        }
+        found = {key: [] for key in groups}  # values of a small bin
+        counts = {key: np.zeros(FINE_BINS, np.int64) for key in split}  # a big bin's split
+        extremes = {key: [math.inf, -math.inf] for key in split}
+        zeros_in = dict.fromkeys(split, 0)  # a big bin is often one value: 0
+        kind = np.float64
+        for raw in iter_chunks(tensor, chunk):
+            x = _computable(_real_view(raw, part))
+            if level == 0 and zeros:
+                _settle_zeros(
+                    groups,
+                    split,
+                    zeros,
+                    _bin_index(np.zeros(1, x.dtype), lo, hi, scale, fine.size)[0],
+                )
+                zeros = 0
+                if not groups:
+                    break
+            with np.errstate(all="ignore"):
+                x = x[np.isfinite(x)]
+            index = _bin_index(x, lo, hi, scale, fine.size)
+            for key, members in groups.items():
+                inside = members[0].members(x[index == key[0][3]], first=1)
+                if not inside.size:
+                    continue
+                if key in split:
+                    a, b = _sub_range(key[-1])
+                    counts[key] += np.bincount(
+                        _bin_index(inside, a, b, FINE_BINS / (b - a) if b > a else 0.0, FINE_BINS),
+                        minlength=FINE_BINS,
+                    )
+                    extremes[key] = [
+                        min(extremes[key][0], float(inside.min())),
+                        max(extremes[key][1], float(inside.max())),
+                    ]
+                    zeros_in[key] += int(np.add.reduce(inside == 0, dtype=np.int64))
+                else:
+                    found[key].append(inside)
+            kind = x.dtype
+            yield
+        for key, members in groups.items():
+            if key not in split:
+                values = np.sort(np.concatenate(found[key]))
+                for target in members:
+                    target.value = float(values[target.rank])
+            elif extremes[key][0] == extremes[key][1]:  # one distinct value
+                for target in members:
+                    target.value = extremes[key][0]
+            else:
+                a, b = _sub_range(key[-1])
+                zero_sub = (
+                    _bin_index(
+                        np.zeros(1, kind), a, b, FINE_BINS / (b - a) if b > a else 0.0, FINE_BINS
+                    )[0]
+                    if a <= 0 <= b
+                    else -1
+                )
+                for target in members:
+                    sub, target.rank = _locate(counts[key], target.rank)
+                    target.levels.append((a, b, FINE_BINS, sub))
+                    target.size = int(counts[key][sub])
+                    if sub == zero_sub and target.size == zeros_in[key]:  # only zeros
+                        target.value = 0.0
+    return {q: t.value for q, t in targets.items() if t.value is not None}
+
+
+def _sub_range(level) -> tuple[float, float]:
+    """The value range of one bin of a (lo, hi, bins, index) level."""
+    low, high, bins, index = level
+    width = (high - low) / bins
+    return low + width * index, low + width * (index + 1)
+
+
+def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, check, progress, repeat=1):
+    """One pass: (fine counts, below, above), each value counted `repeat` times; yields
+    progress mapped into `progress` (a, b)."""
+    chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
+    histogram = _fine_histogram(chunks, lo, hi, fine_bins, check)
+    total_chunks = max(1, math.ceil(tensor.numel / chunk))
+    done = 0
+    while True:
+        try:
+            next(histogram)
+        except StopIteration as stop:
+            counts, below, above = stop.value
+            return counts * repeat, below * repeat, above * repeat
+        done += 1
+        yield progress[0] + (progress[1] - progress[0]) * done / total_chunks
+
+
+def _progress_of(generator, progress, steps):
+    """Drive a generator that yields once per chunk, yielding progress within (a, b)."""
+    done = 0
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+        done += 1
+        yield progress[0] + (progress[1] - progress[0]) * min(done / steps, 1.0)
+
+
+def _histogram_range(lo, hi, integer: bool, value_range, bins: int) -> tuple:
+    """(lo, hi, bins, as_values) of the histogram over values spanning [lo, hi]."""
+    if value_range:
+        lo, hi = value_range
+    as_values = integer and not value_range and hi - lo < MAX_VALUE_COUNTS
+    if as_values:
+        bins = min(bins, int(hi - lo) + 1)
+        lo, hi = lo - 0.5, hi + 0.5  # one bin per integer value
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi, bins, as_values
+
+
+def _known_range(facts, value_range, bins: int, is_complex: bool):
+    """The histogram's range before reading anything, when a value range is asked for or the
+    health pass's facts give the extremes (not for complex tensors: it saw parts, not |z|)."""
+    if value_range:
+        return _histogram_range(None, None, False, value_range, bins)
+    if facts is not None and not is_complex and facts.lo <= facts.hi:
+        return _histogram_range(facts.lo, facts.hi, facts.integer, None, bins)
+    return None
+
+
+def _fused_pass(tensor, part, chunk, known, moments, check, repeat, progress):
+    """Moments and fine histogram in one pass over the tensor (the range known beforehand):
+    chunk by chunk the very same arithmetic as the moments pass and then the histogram pass,
+    so the results are bit-identical to theirs."""
+    lo, hi, _, _ = known
+    fine_bins = check.fine_bins
+    counts = np.zeros(fine_bins, dtype=np.int64)
+    below = above = 0
+    scale = fine_bins / (hi - lo) if hi > lo else 0.0
+    total_chunks = max(1, math.ceil(tensor.numel / chunk))
+    for i, raw in enumerate(iter_chunks(tensor, chunk)):
+        x = _real_view(raw, part)
+        moments.add(x)
+        with np.errstate(all="ignore"):
+            counts, below, above = _bin_chunk(
+                x, lo, hi, scale, fine_bins, counts, below, above, check
+            )
+        yield progress * (i + 1) / total_chunks
+    return counts * repeat, below * repeat, above * repeat
+
+
+def compute(
+    tensor: TensorInfo,
+    bins: int = 256,
+    part: str = "magnitude",
+    value_range: tuple | None = None,
+    chunk: int = CHUNK,
+    facts=None,
+) -> Generator[float, None, Stats]:
+    """Generator: yields progress in [0, 1]; returns Stats. `facts` (stats_cache.HealthFacts,
+    the health pass's extremes) or a value_range let the first two passes be one."""
+    if bins < 1 or bins > FINE_BINS:
+        raise CheckpointError(f"bins must be between 1 and {FINE_BINS}")
+    if tensor.numel == 0:
+        return Stats(numel=0)
+    dtype = tensor.dtype
+    original = tensor
+    tensor, repeat = unordered_view(tensor)  # an expanded view: its distinct values, weighted
+    total_chunks = max(1, math.ceil(tensor.numel / chunk))
+    moments = _Moments()
+    known = _known_range(facts, value_range, bins, dtype.startswith("complex"))
+    if known is None:
+        for i, raw in enumerate(iter_chunks(tensor, chunk)):
+            moments.add(_real_view(raw, part))
+            yield 0.4 * (i + 1) / total_chunks
+    else:
+        check = _EdgeCheck(*known[:3])
+        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, check, repeat, 0.8)
+    moments.repeated(repeat)
+    stats = Stats(
+        numel=moments.n,
+        nan=moments.nan,
+        posinf=moments.posinf,
+        neginf=moments.neginf,
+        zeros=moments.zeros,
+        part=part if dtype.startswith("complex") else "",
+    )
+    finite = stats.finite
+    if not finite:
+        return stats
+    stats.min, stats.max = moments.extremes()
+    stats.mean, stats.std, stats.l2 = moments.figures()
+    if finite < 2:
+        stats.std = None  # n - 1 = 0: undefined, not 0 (a 0-d step, one bias)
+    lo, hi, bins, as_values = _histogram_range(
+        stats.min, stats.max, moments.integer, value_range, bins
+    )
+    if known is None:
+        check = _EdgeCheck(lo, hi, bins)
+        fine, stats.below, stats.above = yield from _histogram_pass(
+            tensor, part, chunk, lo, hi, check.fine_bins, check, (0.4, 0.8), repeat
+        )
+    elif known != (lo, hi, bins, as_values):  # facts that do not match the values read
+        return (yield from compute(original, bins, part, value_range, chunk))
+    else:
+        fine, stats.below, stats.above = histogram
+    stats.counts = check.counts(fine, repeat)
+    stats.edges = check.edges.tolist()
+    if value_range:
+        return stats
+    if stats.min == stats.max:  # one value: no selection pass
+        stats.quantiles = dict.fromkeys(QUANTILES, stats.min)
+    else:
+        # an expanded view repeats each distinct value `repeat` times: rank k is k // repeat
+        ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}
+        stats.quantiles = yield from _progress_of(
+            _select(tensor, part, chunk, lo, hi, fine // repeat, ranks, stats.zeros // repeat),
+            (0.8, 1.0),
+            max(1, math.ceil(tensor.numel / chunk)),
+        )
+    if as_values:
+        # from the fine bins, each narrower than 1/8 (a range under 4096 values): each holds
+        # one integer; the requested bins can be wider than one value (auto bins: 8 for 7 ids)
+        width = (hi - lo) / fine.size
+        stats.value_counts = {
+            int(round(lo + (i + 0.5) * width)): int(fine[i]) for i in np.flatnonzero(fine)
+        }
+    return stats
+
+
+Result = TypeVar("Result")
+
+
+def run(generator: Generator[object, None, Result]) -> Result:
+    """Drive a progress generator to its result (for the CLI and tests)."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+SAMPLE_RUNS = 20
+
+
+def _sample_runs(distinct: TensorInfo, elements: int) -> list[tuple[int, int]]:
+    """The (first, count) storage runs a sample of `elements` reads: evenly spaced, or the
+    whole view when it is small."""
+    if distinct.numel <= elements:
+        return [(distinct.offset, distinct.numel)]
+    per_run = elements // SAMPLE_RUNS
+    return [
+        (distinct.offset + (distinct.numel - per_run) * r // (SAMPLE_RUNS - 1), per_run)
+        for r in range(SAMPLE_RUNS)
+    ]
+
+
+def prefetch_sample(tensor: TensorInfo, elements: int):
+    """Ask the OS to start reading what sample_preview(tensor, elements=...) will read: asked
+    for many tensors at once, a cold disk serves them in one deep queue, not 20 reads at a time."""
+    distinct, _ = unordered_view(tensor)
+    stored = getattr(distinct.storage, "source", None)
+    if getattr(stored, "compress_type", 0) != 0:
+        return  # inflated when read: nothing to ask the OS for
+    if distinct.is_contiguous and _plainly_stored(distinct):
+        StorageReader(distinct.storage).prefetch(
+            _sample_runs(distinct, elements), tensor_np_dtype(distinct)
+        )
+
+
+def _plainly_stored(tensor: TensorInfo) -> bool:
+    """Elements numpy reads straight from the tensor's storage (no DCP slabs, GGML blocks,
+    sparse parts or torch-only dtype)."""
+    return (
+        tensor.storage is not None
+        and not tensor.parts
+        and not tensor.chunks
+        and tensor.layout != "ggml"
+        and numpy_readable(tensor)
+    )
+
+
+def _run_of(tensor: TensorInfo, first: int, count: int) -> TensorInfo:
+    import copy
+
+    run_view = copy.copy(tensor)
+    run_view.shape, run_view.stride, run_view.offset = (count,), (1,), first
+    return run_view
+
+
+def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) -> Stats:
+    """A quick look: a few evenly spaced contiguous runs of the tensor (marked `sampled`)."""
+    numel = tensor.numel
+    distinct, _ = unordered_view(tensor)  # every distinct value repeats equally often
+    if distinct.numel <= elements:
+        return run(compute(tensor, bins))
+    tensor = distinct
+    if not tensor.is_contiguous:
+        return Stats(numel=numel, sampled=True)
+    runs = _sample_runs(tensor, elements)
+    if _plainly_stored(tensor):
+        # read (the GIL is let go during the read), not mapped: a cold page faulted in inside
+        # np.concatenate holds the GIL, and the window stalled 130-220 ms on a cold 16 GB file
+        reader, np_dtype = StorageReader(tensor.storage), tensor_np_dtype(tensor)
+        reader.prefetch(runs, np_dtype)
+        pieces = [
+            widen(
+                apply_view_bits(reader.read(first, count, np_dtype), tensor),
+                tensor.dtype,
+                tensor.quantizer,
+            )
+            for first, count in runs
+        ]
+    else:  # DCP slabs, GGML blocks, quantized...
+        pieces = [
+            np.concatenate(list(iter_chunks(_run_of(tensor, first, count), count)))
+            for first, count in runs
+        ]
+    values = _real_view(np.concatenate(pieces), "magnitude")
+    moments = _Moments()
+    moments.add(values)
+    stats = Stats(numel=numel, sampled=True)
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size:
+        stats.min, stats.max = moments.extremes()
+        stats.mean, stats.std, _ = moments.figures()  # the exact pass's std (n - 1)
+        counts, edges = np.histogram(finite, bins=bins)
+        stats.counts, stats.edges = counts.tolist(), edges.tolist()
+    return stats
+
+
+# --- the Tensor pane's job: a quick sampled preview, then the exact pass ------------------
+
+PREVIEW_DRAW_WAIT = 0.3  # seconds the exact pass gives the GUI to draw the preview, at most
+
+
+def _wait(event, timeout: float):
+    """Yields (so a cancel is still seen) until event is set or timeout seconds pass."""
+    deadline = time.monotonic() + timeout
+    while event is not None and not event.wait(0.02) and time.monotonic() < deadline:
+        yield 0.0
+
+
+def stats_job(
+    tensor, bins, part, value_range, plotting_settled=None, preview_drawn=None, cache=None
+):
+    """Worker generator: ("preview", Stats), then progress floats; returns exact Stats.
+
+    The exact pass starts only once the GUI has drawn the preview, and (first selection of a
+    session) once pyqtgraph has arrived and the plots are built: GUI-thread plotting and a pass
+    over a large tensor, sharing the GIL, stalled the window for 50-65 ms. With a `cache`
+    (stats_cache.StatsCache), Stats computed before return at once, and the health pass's
+    facts save a pass."""
+    if cache is not None:
+        known = cache.stats(tensor, bins, part, value_range)
+        if known is not None:
+            return known
+    if not value_range and tensor.numel > 1_000_000:
+        yield "preview", sample_preview(tensor)
+        yield from _wait(preview_drawn, PREVIEW_DRAW_WAIT)
+    yield from _wait(plotting_settled, math.inf)
+    result = yield from compute(
+        tensor,
+        bins=bins,
+        part=part,
+        value_range=value_range,
+        facts=cache.facts(tensor) if cache is not None else None,
+    )
+    if cache is not None:
+        cache.put_stats(tensor, bins, part, value_range, result)
+    return result

@@ -1,0 +1,1 @@
+"""The writing layer: exports and sanitizes checkpoints to new files, never touching the source."""

@@ -1,0 +1,186 @@
+"""Where a write may go: export and sanitize (command line and dialogs alike) ask here first.
+
+A destination may not be, hold or lie inside any file or folder the source consists of (the
+same inode counts: a hard link or a symlink is the same file), may not replace something that
+is not a regular file, and a write may not leave a folder that a loader reads otherwise than
+what was written (a stray single weights file beside a new index, an old index beside new
+weights). Sharded output goes into a new or empty folder, or with force into a folder that
+holds only an earlier export of ours."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.model import Checkpoint
+from ckpt_viewer.core.listing.readers.hf_index import read_json
+from ckpt_viewer.core.listing.remote import not_regular
+
+INDEX_NAMES = {"safetensors": "model.safetensors.index.json", "pth": "pytorch_model.bin.index.json"}
+SHARD_STEMS = {"safetensors": ("model", "safetensors"), "pth": ("pytorch_model", "bin")}
+# what transformers' from_pretrained looks for in a folder (its first find wins)
+LOADER_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# a model folder's other files (config.json, tokenizer files, a model card): no loader reads
+# them as weights, and from_pretrained needs config.json beside the shards
+SIDE_FILE = re.compile(r"[^.].*\.(json|txt|md|model|tiktoken|jinja)|\.gitattributes")
+
+
+def _identity(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class Sources:
+    """The (device, inode) of every file and folder a checkpoint consists of: the path opened,
+    every file a tensor's bytes lie in (shards, DCP data files, training-folder parts), and the
+    folder of a sharded, DCP or training-folder checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        files, folders = set(), set()
+        path = checkpoint.path
+        if not remote.is_remote(path):
+            (folders if os.path.isdir(path) else files).add(path)
+            if checkpoint.format == "hf-sharded":
+                folders.add(os.path.dirname(os.path.abspath(path)))
+        for _, tensor, _ in checkpoint.tensors():
+            for t in (tensor, *tensor.parts.values()):
+                if t.storage is not None and hasattr(t.storage.source, "path"):
+                    files.add(t.storage.source.path)
+                files.update(span.path for _, _, span in t.chunks)
+        self.files = {i for i in map(_identity, files) if i}
+        self.folders = {i for i in map(_identity, folders) if i}
+
+    def refuse_inside(self, destination: str, folder: str):
+        """`folder` (where `destination` goes) and every folder above it, symlinks resolved."""
+        here = os.path.realpath(folder)
+        while True:
+            if _identity(here) in self.folders:
+                raise CheckpointError(
+                    f"{destination} lies inside the source folder {here}; "
+                    "choose another destination"
+                )
+            parent = os.path.dirname(here)
+            if parent == here:
+                return
+            here = parent
+
+    def refuse_source(self, path: str):
+        if _identity(path) in self.files | self.folders:
+            raise CheckpointError(
+                f"{path} is the source file (or one of the files being "
+                "read); choose another destination"
+            )
+
+
+def check_file(checkpoint: Checkpoint, destination: str, force: bool) -> str:
+    """The absolute path one output file may be written to; raises CheckpointError why not."""
+    destination = os.path.abspath(destination)
+    if os.path.isdir(destination):
+        raise CheckpointError(f"{destination} is a directory")
+    folder = os.path.dirname(destination)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"folder {folder} does not exist")
+    sources = Sources(checkpoint)
+    sources.refuse_source(destination)
+    sources.refuse_inside(destination, folder)
+    if os.path.lexists(destination):
+        try:
+            mode = os.stat(destination).st_mode
+        except OSError:  # a dangling symlink: replacing it touches nothing else
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise not_regular(destination, mode)
+        if not force:
+            raise CheckpointError(f"{destination} exists (use --force to replace it)")
+    name = os.path.basename(destination)
+    if name in LOADER_NAMES:
+        other = [n for n in LOADER_NAMES if n != name and os.path.lexists(os.path.join(folder, n))]
+        if other:
+            raise CheckpointError(
+                f"{folder} already holds {other[0]}, which a loader would read "
+                f"instead of or beside {name}; choose another folder"
+            )
+    return destination
+
+
+def check_folder(checkpoint: Checkpoint, folder: str, force: bool, names: list) -> list:
+    """Sharded output into `folder` (made by the caller when new), as files `names`: returns
+    the names of an earlier export of ours there that the new one does not replace (to be
+    removed once it is in place); raises CheckpointError when the folder may not be used."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise CheckpointError(f"{folder} is not a folder (sharded output goes into one)")
+    if not os.path.isdir(os.path.dirname(folder)):
+        raise CheckpointError(f"folder {os.path.dirname(folder)} does not exist")
+    sources = Sources(checkpoint)
+    if _identity(folder) in sources.folders:
+        raise CheckpointError(f"{folder} is the source folder; choose another one")
+    if not os.path.isdir(folder):
+        sources.refuse_inside(folder, os.path.dirname(folder))
+        return []
+    sources.refuse_inside(folder, folder)  # itself too: it may be a symlink into one
+    entries = sorted(os.listdir(folder))
+    for entry in entries:
+        path = os.path.join(folder, entry)
+        if _identity(path) in sources.files | sources.folders:
+            raise CheckpointError(
+                f"{folder} holds {entry}, one of the files being read; choose another folder"
+            )
+    weights = [
+        entry
+        for entry in entries
+        if not SIDE_FILE.fullmatch(entry) or entry.endswith(".index.json")
+    ]
+    if not weights:
+        return []
+    ours = _earlier_export(folder, weights, names)
+    if ours is None:
+        raise CheckpointError(
+            f"{folder} exists and holds {weights[0]}: sharded output goes into "
+            "a new folder or one with only configuration and tokenizer files "
+            "(or, with --force, one that holds an earlier export of ours)"
+        )
+    if not force:
+        raise CheckpointError(
+            f"{os.path.join(folder, ours[0])} exists (use --force to replace "
+            "it and the rest of that export)"
+        )
+    return [entry for entry in ours if entry not in names]
+
+
+def _earlier_export(folder: str, entries: list, names: list) -> list | None:
+    """The entries, when they are exactly an export of ours: an index of ours and the shards it
+    names, or the one weights file the new export writes too (an unsharded output); else None."""
+    if len(entries) == 1 and entries[0] in names and not entries[0].endswith(".index.json"):
+        mode = os.lstat(os.path.join(folder, entries[0])).st_mode
+        return entries if stat.S_ISREG(mode) else None
+    for fmt, index_name in INDEX_NAMES.items():
+        if index_name not in entries:
+            continue
+        try:
+            index = read_json(os.path.join(folder, index_name), "index")
+        except CheckpointError:
+            return None
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict):
+            return None
+        shards = {str(v) for v in weight_map.values()}
+        stem, ext = SHARD_STEMS[fmt]
+        pattern = re.compile(rf"{stem}-\d{{5}}-of-\d{{5}}\.{ext}")
+        if set(entries) != shards | {index_name} or not all(
+            pattern.fullmatch(s) and stat.S_ISREG(os.lstat(os.path.join(folder, s)).st_mode)
+            for s in shards
+        ):
+            return None
+        return entries
+    return None
