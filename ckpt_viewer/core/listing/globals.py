@@ -32,7 +32,8 @@ for _name in ("datetime", "date", "time", "timedelta", "timezone"):
     DATA_GLOBALS[f"datetime.{_name}"] = ("import datetime", f"datetime.{_name}")
 for _name in ("defaultdict", "deque"):
     DATA_GLOBALS[f"collections.{_name}"] = ("import collections", f"collections.{_name}")
-for _name in (
+# builtins that only build plain values
+PLAIN_BUILTINS = (
     "list",
     "dict",
     "tuple",
@@ -44,7 +45,8 @@ for _name in (
     "str",
     "bool",
     "bytes",
-):
+)
+for _name in PLAIN_BUILTINS:
     DATA_GLOBALS[f"builtins.{_name}"] = ("", _name)
 for _name in (
     "build_intlist",
@@ -182,24 +184,7 @@ CODE_MODULES = (
     "numpy.testing",
 )
 SAFE_IN_CODE_MODULES = {
-    f"builtins.{n}"
-    for n in (
-        "list",
-        "dict",
-        "tuple",
-        "frozenset",
-        "slice",
-        "range",
-        "int",
-        "float",
-        "str",
-        "bool",
-        "bytes",
-        "object",
-        "set",
-        "complex",
-        "bytearray",
-    )
+    f"builtins.{n}" for n in (*PLAIN_BUILTINS, "object", "set", "complex", "bytearray")
 } | {"functools.partial"}
 
 
