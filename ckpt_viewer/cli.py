@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "check",
     "layers",
     "sanitize",
+    "timeline",
 )
 
 NO_DISPLAY = (
@@ -250,6 +251,39 @@ def _layers_parser(sub):
     )
 
 
+def _timeline_parser(sub):
+    p = sub.add_parser(
+        "timeline",
+        help="many checkpoints of one run, ordered by the step inside them: per key and step "
+        "norms, updates, NaN/Inf, learning rates, losses and findings",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="checkpoint files or folders, a folder of them, or a quoted glob",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--metrics",
+        help="comma-separated, from: l2, std, max_abs, update, cos_prev, cos_first, nan, inf, "
+        "exp_avg_sq, alpha (default: all but alpha, which takes an SVD per tensor and step)",
+    )
+    p.add_argument(
+        "--show",
+        default="update",
+        metavar="METRIC",
+        help="the metric of the text table (default: update)",
+    )
+    p.add_argument("--keys", action="append", default=[], metavar="GLOB", help="only these keys")
+    p.add_argument(
+        "--cluster",
+        metavar="tcp://HOST:PORT",
+        help="run the per-tensor scan on this dask.distributed scheduler ([cluster] extra)",
+    )
+    p.set_defaults(run=run_timeline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ckpt-viewer",
@@ -274,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _check_parser(sub)
     _layers_parser(sub)
     _sanitize_parser(sub)
+    _timeline_parser(sub)
     return parser
 
 
@@ -492,6 +527,22 @@ def run_layers(args) -> int:
     return 0
 
 
+def run_timeline(args) -> int:
+    from ckpt_viewer.core.analysis.timeline import DEFAULT_METRICS, text_lines, timeline
+    from ckpt_viewer.core.values.stats import run
+
+    chosen = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    metrics = [m.strip() for m in chosen if m.strip()]
+    if args.show not in metrics:
+        metrics.append(args.show)
+    report = run(timeline(args.paths, metrics, args.keys, cluster=args.cluster))
+    if args.json:
+        say_json(report.to_json())
+    else:
+        say_lines(text_lines(report, args.show))
+    return 1 if any(f.severity == "error" for f in report.findings) else 0
+
+
 def has_display() -> bool:
     """Can Qt show a window here? (Checked first: without one Qt aborts with a core dump.)"""
     if sys.platform in ("darwin", "win32", "cygwin"):
@@ -550,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         runner = args.run
         where = getattr(args, "path", "") or getattr(args, "src", "")
-        where = "" if args.run.__name__ == "run_diff" else where
+        where = "" if args.run.__name__ in ("run_diff", "run_timeline") else where
     elif argv and unknown_command(argv[0]):
         say(unknown_command(argv[0]), file=sys.stderr)
         return 2
