@@ -26,7 +26,7 @@ from ckpt_viewer.core.analysis.diff import Side, mapped
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import Checkpoint, TensorInfo
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.listing.text import plural, safe_text as escape
+from ckpt_viewer.core.listing.text import plural, safe_text
 from ckpt_viewer.core.values.read import iter_chunks, numpy_readable
 from ckpt_viewer.core.values.stats import _Moments
 
@@ -293,7 +293,7 @@ def open_run(
             continue
         opened.append((path, label, checkpoint))
     if not opened:
-        reasons = "; ".join(f"{escape(p)}: {r}" for p, r in skipped[:3])
+        reasons = "; ".join(f"{safe_text(p)}: {r}" for p, r in skipped[:3])
         raise CheckpointError(
             "no checkpoint to build a timeline from" + (f" ({reasons})" if reasons else "")
         )
@@ -567,7 +567,7 @@ def timeline(
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise CheckpointError(
-            f"unknown metric {escape(unknown[0])!r} (known: {', '.join(METRICS)})"
+            f"unknown metric {safe_text(unknown[0])!r} (known: {', '.join(METRICS)})"
         )
     paths = list(paths)
     steps, checkpoints, skipped = open_run(paths)
@@ -598,7 +598,7 @@ def timeline(
 def _step_name(report: TimelineReport, index: int) -> str:
     step = report.steps[index]
     if step.step is None:
-        return escape(step.label)
+        return safe_text(step.label)
     number = int(step.step) if float(step.step).is_integer() else step.step
     return f"step {number}"
 
@@ -620,8 +620,8 @@ def findings(report: TimelineReport) -> list[Finding]:
                         first,
                         "error",
                         name,
-                        f"{escape(key)}: first {label} at {_step_name(report, first)} "
-                        f"({counts[first]:,} value{'s' if counts[first] != 1 else ''})",
+                        f"{safe_text(key)}: first {label} at {_step_name(report, first)} "
+                        f"({plural(counts[first], 'value')})",
                     )
                 )
         present = [i for i, s in enumerate(series.shapes) if s is not None]
@@ -633,7 +633,7 @@ def findings(report: TimelineReport) -> list[Finding]:
                     missing[0],
                     "warning",
                     "partial",
-                    f"{escape(key)}: present in {len(present)} of {count} checkpoints "
+                    f"{safe_text(key)}: present in {len(present)} of {count} checkpoints "
                     f"(missing from {_step_name(report, missing[0])})",
                 )
             )
@@ -646,7 +646,7 @@ def findings(report: TimelineReport) -> list[Finding]:
                         i,
                         "warning",
                         "shape_change",
-                        f"{escape(key)}: shape {a} -> {b} at {_step_name(report, i)}",
+                        f"{safe_text(key)}: shape {a} -> {b} at {_step_name(report, i)}",
                     )
                 )
             da, db = series.dtypes[i - 1], series.dtypes[i]
@@ -657,7 +657,7 @@ def findings(report: TimelineReport) -> list[Finding]:
                         i,
                         "warning",
                         "dtype_change",
-                        f"{escape(key)}: dtype {da} -> {db} at {_step_name(report, i)}",
+                        f"{safe_text(key)}: dtype {da} -> {db} at {_step_name(report, i)}",
                     )
                 )
         updates = series.values.get("update")
@@ -670,7 +670,7 @@ def findings(report: TimelineReport) -> list[Finding]:
                         measured[0],
                         "warning",
                         "frozen",
-                        f"{escape(key)}: frozen (identical in all {len(measured) + 1} checkpoints)",
+                        f"{safe_text(key)}: frozen (identical in all {len(measured) + 1} checkpoints)",
                     )
                 )
             elif len(measured) >= 2 and updates[measured[-1]] == 0.0:
@@ -683,7 +683,7 @@ def findings(report: TimelineReport) -> list[Finding]:
                         start,
                         "info",
                         "stopped",
-                        f"{escape(key)}: unchanged from {_step_name(report, start - 1)} on",
+                        f"{safe_text(key)}: unchanged from {_step_name(report, start - 1)} on",
                     )
                 )
     found += _outsized(report)
@@ -714,7 +714,7 @@ def _outsized(report: TimelineReport) -> list[Finding]:
                         i,
                         "warning",
                         "outsized_update",
-                        f"{escape(key)}: update {update:.3g} at {_step_name(report, i)}, "
+                        f"{safe_text(key)}: update {update:.3g} at {_step_name(report, i)}, "
                         f"{update / median:.0f}x the median ({median:.3g})",
                     )
                 )
@@ -752,7 +752,7 @@ def _loss_findings(report: TimelineReport) -> list[Finding]:
                         i,
                         "error",
                         "loss_not_finite",
-                        f"{escape(key)} is {value} at {_step_name(report, i)}",
+                        f"{safe_text(key)} is {value} at {_step_name(report, i)}",
                     )
                 )
     return found
@@ -778,19 +778,19 @@ def text_lines(report: TimelineReport, metric: str) -> list[str]:
         extras = []
         if step.lr:
             extras.append("lr " + ", ".join(f"{lr:.3g}" for lr in step.lr))
-        extras += [f"{escape(k)} {_cell(v)}" for k, v in step.scalars.items()]
-        where = f"  root {escape(step.side.root)}" if step.side.root else ""
+        extras += [f"{safe_text(k)} {_cell(v)}" for k, v in step.scalars.items()]
+        where = f"  root {safe_text(step.side.root)}" if step.side.root else ""
         lines.append(
-            f"  [{index}] {_step_name(report, index)}  {escape(step.label)}{where}"
+            f"  [{index}] {_step_name(report, index)}  {safe_text(step.label)}{where}"
             + (f"  ({'; '.join(extras)})" if extras else "")
         )
     for path, why in report.skipped:
-        lines.append(f"  skipped {escape(path)}: {why}")
+        lines.append(f"  skipped {safe_text(path)}: {why}")
     lines.append("")
     lines.append(f"{metric} per key and checkpoint:")
     header = ["key"] + [f"[{i}]" for i in range(len(report.steps))]
     rows = [header] + [
-        [escape(k.key)] + [_cell(v) for v in k.values.get(metric, [])] for k in report.keys
+        [safe_text(k.key)] + [_cell(v) for v in k.values.get(metric, [])] for k in report.keys
     ]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     for row in rows:
@@ -803,7 +803,7 @@ def text_lines(report: TimelineReport, metric: str) -> list[str]:
         )
     lines.append("")
     if report.findings:
-        lines.append(f"{len(report.findings)} finding{'s' if len(report.findings) != 1 else ''}:")
+        lines.append(plural(len(report.findings), "finding") + ":")
         for f in report.findings:
             lines.append(f"  {f.severity:<7} {f.kind:<16} {f.message}")
     else:
