@@ -3,54 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
+import builders
 from ckpt_viewer.cli import main
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.analysis.timeline import open_run, timeline
 from ckpt_viewer.core.values.stats import run
-
-
-def _train_run(folder, *, steps=6, nan_at=None, frozen=True, drop_every=3, names=None):
-    """A small MLP trained for `steps` checkpoints (5 optimizer steps each) with a StepLR drop,
-    optionally its first layer frozen and a NaN planted at checkpoint `nan_at`."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    if frozen:
-        model[0].weight.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, drop_every, 0.1)
-    os.makedirs(folder, exist_ok=True)
-    saved = []
-    for index in range(steps):
-        for _ in range(5):
-            loss = model(torch.randn(32, 8)).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        if index == nan_at:
-            with torch.no_grad():
-                model[2].bias[1] = float("nan")
-        step = (index + 1) * 5
-        name = names[index] if names else f"ckpt_{step}.pt"
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        torch.save(
-            {
-                "global_step": step,
-                "epoch": index,
-                "loss": loss.item(),
-                "model_state_dict": state,
-                "optimizer_state_dict": optimizer.state_dict(),
-            },
-            os.path.join(folder, name),
-        )
-        saved.append((step, state, optimizer.param_groups[0]["lr"]))
-    return saved
 
 
 def _report(paths, **kwargs):
@@ -62,7 +23,7 @@ def _close(ours, theirs):
 
 
 def test_metrics_equal_torch_on_every_key_and_step(tmp_path):
-    saved = _train_run(tmp_path / "run", frozen=False)
+    saved = builders.training_run(tmp_path / "run", frozen=False)
     report = _report([tmp_path / "run"])
     assert [s.step for s in report.steps] == [step for step, _, _ in saved]
     assert {s.order_source for s in report.steps} == {"global_step"}
@@ -90,7 +51,7 @@ def test_metrics_equal_torch_on_every_key_and_step(tmp_path):
 
 
 def test_planted_nan_frozen_layer_and_lr_drop_are_found_at_their_steps(tmp_path):
-    _train_run(tmp_path / "run", nan_at=4)
+    builders.training_run(tmp_path / "run", nan_at=4)
     report = _report([tmp_path / "run"])
     found = {(f.kind, f.key): f for f in report.findings}
     nan = found[("nan", "2.bias")]
@@ -103,7 +64,7 @@ def test_planted_nan_frozen_layer_and_lr_drop_are_found_at_their_steps(tmp_path)
 
 
 def test_order_comes_from_inside_the_files_not_their_names(tmp_path):
-    _train_run(tmp_path / "run", steps=3, names=["c.pt", "a.pt", "b.pt"])
+    builders.training_run(tmp_path / "run", steps=3, names=["c.pt", "a.pt", "b.pt"])
     report = _report([tmp_path / "run"])
     assert [s.label for s in report.steps] == ["c.pt", "a.pt", "b.pt"]
     assert [s.step for s in report.steps] == [5, 10, 15]
@@ -188,7 +149,7 @@ def test_trainer_folders_and_their_log_history(tmp_path):
 
 
 def test_cli_table_json_and_exit_codes(tmp_path, capsys):
-    _train_run(tmp_path / "run", steps=3, frozen=False)
+    builders.training_run(tmp_path / "run", steps=3, frozen=False)
     assert main(["timeline", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "3 checkpoints, 4 keys" in out and "update per key and checkpoint" in out
@@ -196,7 +157,7 @@ def test_cli_table_json_and_exit_codes(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert set(data) >= {"steps", "metrics", "keys", "findings", "history", "bytes_scanned"}
     assert [k["key"] for k in data["keys"]] == ["2.weight", "2.bias"]
-    _train_run(tmp_path / "bad", steps=3, nan_at=1)
+    builders.training_run(tmp_path / "bad", steps=3, nan_at=1)
     assert main(["timeline", str(tmp_path / "bad")]) == 1
     capsys.readouterr()
     assert main(["timeline", str(tmp_path / "run"), "--metrics", "l2,bogus"]) == 2
@@ -215,7 +176,7 @@ def test_nothing_to_read_is_one_line(tmp_path, capsys):
 
 def test_cluster_results_equal_the_local_run(tmp_path):
     distributed = pytest.importorskip("distributed")
-    _train_run(tmp_path / "run", steps=4, nan_at=2)
+    builders.training_run(tmp_path / "run", steps=4, nan_at=2)
     local = _report([tmp_path / "run"]).to_json()
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None

@@ -26,6 +26,7 @@ from ckpt_viewer.core.analysis.diff import Side, mapped
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import Checkpoint, TensorInfo
 from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.runs import expand_paths, numbers_in
 from ckpt_viewer.core.listing.text import plural, safe_text
 from ckpt_viewer.core.values.read import iter_chunks, numpy_readable
 from ckpt_viewer.core.values.stats import _Moments
@@ -45,7 +46,6 @@ METRICS = (
 DEFAULT_METRICS = tuple(m for m in METRICS if m != "alpha")  # alpha: an SVD per tensor and step
 CHUNK = 1 << 18  # elements per step per read: N chunks side by side stay in the CPU cache
 OUTSIZED = 10.0  # an update this many times the step's median update is a finding
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".gguf", ".pt2", ".tar")
 STEP_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
 LOSS_NAMES = ("loss", "train_loss", "val_loss", "eval_loss", "best_loss")
 MODEL_ROOTS = ("model_state_dict", "state_dict", "model", "module", "model_state", "net")
@@ -105,9 +105,16 @@ class KeyTimeline:
     shapes: list  # per step: shape list or None (absent)
     dtypes: list
     values: dict = field(default_factory=dict)  # metric -> [per step]
+    sources: list = field(default_factory=list)  # per step: the key in that file, or None
 
     def to_json(self) -> dict:
-        return {"key": self.key, "shapes": self.shapes, "dtypes": self.dtypes, **self.values}
+        return {
+            "key": self.key,
+            "sources": self.sources,
+            "shapes": self.shapes,
+            "dtypes": self.dtypes,
+            **self.values,
+        }
 
 
 @dataclass
@@ -119,6 +126,7 @@ class TimelineReport:
     history: list = field(default_factory=list)  # trainer_state.json log_history entries
     skipped: list = field(default_factory=list)  # (path, why) not a checkpoint
     bytes_scanned: int = 0
+    sampled: int = 0  # > 0: estimates from the first `sampled` values of each tensor
 
     def series(self, metric: str) -> dict:
         return {k.key: k.values.get(metric, []) for k in self.keys}
@@ -132,56 +140,11 @@ class TimelineReport:
             "history": self.history,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "bytes_scanned": self.bytes_scanned,
+            "sampled": self.sampled,
         }
 
 
 # --- the run: which checkpoints, in which order ----------------------------------------------
-
-
-def _numbers(text: str) -> list[int]:
-    return [int(n) for n in re.findall(r"\d+", text)]
-
-
-def _looks_like_checkpoint(folder: str, name: str) -> bool:
-    path = remote.join(folder, name)
-    if remote.isdir(path):
-        return bool(_numbers(name)) or name.startswith(("checkpoint", "step", "epoch", "ckpt"))
-    return name.endswith(CHECKPOINT_SUFFIXES)
-
-
-def _is_run_folder(path: str) -> bool:
-    """A folder holding several checkpoints (files or step folders), not one checkpoint."""
-    try:
-        names = remote.listdir(path)
-    except (OSError, CheckpointError):
-        return False
-    if any(n in names for n in ("model.safetensors.index.json", ".metadata", "trainer_state.json")):
-        return False  # an HF folder, a DCP folder, a Trainer checkpoint: one checkpoint
-    candidates = [n for n in names if _looks_like_checkpoint(path, n)]
-    return len(candidates) >= 2 or any(remote.isdir(remote.join(path, n)) for n in candidates)
-
-
-def expand_paths(paths: Iterable[str]) -> list[tuple[str, str]]:
-    """(path, label) of each checkpoint named: run folders are listed, globs expanded."""
-    found: list[tuple[str, str]] = []
-    for path in paths:
-        if (
-            not remote.is_remote(path)
-            and any(c in path for c in "*?[")
-            and not os.path.exists(path)
-        ):
-            import glob
-
-            matches = sorted(glob.glob(path))
-            if not matches:
-                raise CheckpointError(f"{path}: no file matches")
-            found += [(m, os.path.basename(m.rstrip("/"))) for m in matches]
-        elif remote.isdir(path) and _is_run_folder(path):
-            names = sorted(n for n in remote.listdir(path) if _looks_like_checkpoint(path, n))
-            found += [(remote.join(path, n), n) for n in names]
-        else:
-            found.append((path, os.path.basename(path.rstrip("/")) or path))
-    return found
 
 
 def _plain_number(value) -> float | None:
@@ -279,11 +242,9 @@ def _trainer_history(path: str) -> list:
     return kept
 
 
-def open_run(
-    paths: Iterable[str], opener: Callable[[str], Checkpoint] = open_checkpoint
-) -> tuple[list[Step], list[Checkpoint], list]:
+def open_run(paths: Iterable[str], opener: Callable[[str], Checkpoint] = open_checkpoint) -> Run:
     """The run's checkpoints, opened and ordered by their recorded step (else by the numbers in
-    their names); returns (steps, checkpoints, skipped (path, why))."""
+    their names); what is not a checkpoint is skipped, with why."""
     opened, skipped = [], []
     for path, label in expand_paths(paths):
         try:
@@ -304,7 +265,7 @@ def open_run(
     steps = []
     for (path, label, checkpoint), (step, source, epoch) in zip(opened, inside):
         if not use_inside:
-            numbers = _numbers(label)
+            numbers = numbers_in(label)
             step, source = (float(numbers[-1]), "name") if numbers else (None, "")
         steps.append(
             Step(
@@ -322,7 +283,7 @@ def open_run(
         range(len(steps)),
         key=lambda i: (steps[i].step is None, steps[i].step or 0.0, i),
     )
-    return [steps[i] for i in order], [opened[i][2] for i in order], skipped
+    return Run([steps[i] for i in order], [opened[i][2] for i in order], skipped)
 
 
 # --- the scan: one key across every step, chunk by chunk --------------------------------------
@@ -402,9 +363,11 @@ def scan_key(
     metrics: Iterable[str],
     stop: threading.Event | None = None,
     variances: list | None = None,
+    sample: int = 0,
 ) -> KeyTimeline:
     """Metrics of one key across the steps (`tensors`: TensorInfo or None per step), every
-    step's bytes read once, side by side with the previous and the first step of its run."""
+    step's bytes read once, side by side with the previous and the first step of its run.
+    With `sample`, estimates from the first `sample` values of each tensor only."""
     stop = stop or threading.Event()
     metrics = tuple(metrics)
     count = len(tensors)
@@ -418,9 +381,14 @@ def scan_key(
         moments = {i: _Moments() for i in run}
         previous = {i: _Pair() for i in run[1:]}
         first = {i: _Pair() for i in run[2:]}
-        for chunks in zip(*(iter_chunks(tensors[i], CHUNK) for i in run)):
+        chunk = min(CHUNK, sample) if sample else CHUNK
+        seen = 0
+        for chunks in zip(*(iter_chunks(tensors[i], chunk) for i in run)):
             if stop.is_set():
                 raise CheckpointError("cancelled")
+            if sample and seen >= sample:
+                break
+            seen += chunks[0].size
             floats = [_as_float(c) for c in chunks]
             with np.errstate(all="ignore"):
                 for position, i in enumerate(run):
@@ -449,10 +417,10 @@ def scan_key(
             for name in metrics:
                 if name in figures:
                     values[name][i] = figures[name]
-    if "exp_avg_sq" in metrics and variances:
+    if "exp_avg_sq" in metrics and variances and not sample:
         for i, tensor in enumerate(variances):
             values["exp_avg_sq"][i] = _exp_avg_sq_mean(tensor, stop)
-    if "alpha" in metrics:
+    if "alpha" in metrics and not sample:
         from ckpt_viewer.core.analysis.layers import spectral_metrics
 
         for i, tensor in enumerate(tensors):
@@ -495,6 +463,7 @@ class Task:
     tensors: list
     variances: list | None
     nbytes: int
+    sources: list  # per step: the key in that file, or None
 
 
 def plan_tasks(
@@ -517,7 +486,8 @@ def plan_tasks(
         tensors = [keymap[key][1] if key in keymap else None for keymap in per_step]
         var = [v.get(key) for v in variances] if variances is not None else None
         nbytes = sum(t.nbytes for t in tensors if t is not None)
-        tasks.append(Task(key, tensors, var if var and any(var) else None, nbytes))
+        sources = [keymap[key][0] if key in keymap else None for keymap in per_step]
+        tasks.append(Task(key, tensors, var if var and any(var) else None, nbytes, sources))
     return tasks
 
 
@@ -525,7 +495,9 @@ def worker_count() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _local_scan(tasks: list[Task], metrics, workers: int) -> Generator[KeyTimeline, None, None]:
+def _local_scan(
+    tasks: list[Task], metrics, workers: int, sample: int
+) -> Generator[KeyTimeline, None, None]:
     """Each key on a bounded thread pool (numpy releases the GIL); results in task order."""
     stop = threading.Event()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="timeline")
@@ -539,7 +511,7 @@ def _local_scan(tasks: list[Task], metrics, workers: int) -> Generator[KeyTimeli
                 index = pending.pop()
                 task = tasks[index]
                 future = pool.submit(
-                    scan_key, task.key, task.tensors, metrics, stop, task.variances
+                    scan_key, task.key, task.tensors, metrics, stop, task.variances, sample
                 )
                 running[future] = index
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -555,6 +527,52 @@ def _local_scan(tasks: list[Task], metrics, workers: int) -> Generator[KeyTimeli
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+@dataclass
+class Run:
+    """The run's checkpoints, opened (metadata only) and in step order."""
+
+    steps: list
+    checkpoints: list
+    skipped: list
+
+
+def scan(
+    run: Run,
+    metrics: Iterable[str] = DEFAULT_METRICS,
+    keys: Iterable[str] = (),
+    workers: int | None = None,
+    cluster: str | None = None,
+    sample: int = 0,
+) -> Generator[float, None, TimelineReport]:
+    """Generator: yields progress in [0, 1]; returns the TimelineReport of an opened run."""
+    metrics = tuple(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise CheckpointError(
+            f"unknown metric {safe_text(unknown[0])!r} (known: {', '.join(METRICS)})"
+        )
+    tasks = plan_tasks(run.steps, run.checkpoints, keys, metrics)
+    report = TimelineReport(run.steps, [], list(metrics), skipped=run.skipped, sampled=sample)
+    total = sum(t.nbytes for t in tasks) or 1
+    done = 0
+    yield 0.0
+    if cluster:
+        from ckpt_viewer.core.analysis.timeline_cluster import cluster_scan
+
+        results = cluster_scan(cluster, run.steps, tasks, metrics)
+    else:
+        results = _local_scan(tasks, metrics, workers or worker_count(), sample)
+    for task, result in zip(tasks, results):
+        result.sources = task.sources
+        report.keys.append(result)
+        done += task.nbytes
+        yield min(done / total, 1.0)
+    report.bytes_scanned = sum(t.nbytes for t in tasks)
+    report.history = _trainer_history(run.steps[-1].path) if run.steps else []
+    report.findings = findings(report)
+    return report
+
+
 def timeline(
     paths: Iterable[str],
     metrics: Iterable[str] = DEFAULT_METRICS,
@@ -562,34 +580,8 @@ def timeline(
     workers: int | None = None,
     cluster: str | None = None,
 ) -> Generator[float, None, TimelineReport]:
-    """Generator: yields progress in [0, 1]; returns the TimelineReport."""
-    metrics = tuple(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise CheckpointError(
-            f"unknown metric {safe_text(unknown[0])!r} (known: {', '.join(METRICS)})"
-        )
-    paths = list(paths)
-    steps, checkpoints, skipped = open_run(paths)
-    tasks = plan_tasks(steps, checkpoints, keys, metrics)
-    report = TimelineReport(steps, [], list(metrics), skipped=skipped)
-    total = sum(t.nbytes for t in tasks) or 1
-    done = 0
-    yield 0.0
-    if cluster:
-        from ckpt_viewer.core.analysis.timeline_cluster import cluster_scan
-
-        results = cluster_scan(cluster, steps, tasks, metrics)
-    else:
-        results = _local_scan(tasks, metrics, workers or worker_count())
-    for task, result in zip(tasks, results):
-        report.keys.append(result)
-        done += task.nbytes
-        yield min(done / total, 1.0)
-    report.bytes_scanned = sum(t.nbytes for t in tasks)
-    report.history = _trainer_history(steps[-1].path) if steps else []
-    report.findings = findings(report)
-    return report
+    """Generator: opens the run, yields progress in [0, 1]; returns the TimelineReport."""
+    return (yield from scan(open_run(paths), metrics, keys, workers, cluster))
 
 
 # --- findings --------------------------------------------------------------------------------
