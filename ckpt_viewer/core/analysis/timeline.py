@@ -9,6 +9,7 @@ side, so the previous and the first step's chunk are at hand without reading the
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import os
@@ -527,6 +528,28 @@ def _local_scan(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+@functools.lru_cache(maxsize=64)
+def _opened(path: str):
+    return open_checkpoint(path)
+
+
+@functools.lru_cache(maxsize=64)
+def _keys(path: str, side: Side) -> dict:
+    return mapped(_opened(path), side)
+
+
+def scan_remote(paths: tuple, sides: tuple, key: str, metrics: tuple, variance: bool):
+    """Runs on a cluster worker: the key's tensors in every step, the checkpoints opened there
+    (and kept open for its next tasks), then `scan_key` as in a local run."""
+    tensors, variances = [], []
+    for path, side in zip(paths, sides):
+        found = _keys(path, side).get(key)
+        tensors.append(found[1] if found else None)
+        if variance:
+            variances.append(_variance_tensors(_opened(path), side, [key]).get(key))
+    return scan_key(key, tensors, metrics, None, variances if any(variances) else None)
+
+
 @dataclass
 class Run:
     """The run's checkpoints, opened (metadata only) and in step order."""
@@ -559,7 +582,7 @@ def scan(
     if cluster:
         from ckpt_viewer.core.analysis.timeline_cluster import cluster_scan
 
-        results = cluster_scan(cluster, run.steps, tasks, metrics)
+        results = cluster_scan(cluster, run.steps, tasks, metrics, scan_remote)
     else:
         results = _local_scan(tasks, metrics, workers or worker_count(), sample)
     for task, result in zip(tasks, results):

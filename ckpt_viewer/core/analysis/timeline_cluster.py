@@ -7,42 +7,16 @@ nothing here does."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Generator
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.analysis.diff import Side, mapped
 
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: bounded memory on the client
 
 
-@functools.lru_cache(maxsize=64)
-def _opened(path: str):
-    from ckpt_viewer.core.listing.open import open_checkpoint
-
-    return open_checkpoint(path)
-
-
-@functools.lru_cache(maxsize=64)
-def _keys(path: str, side: Side) -> dict:
-    return mapped(_opened(path), side)
-
-
-def scan_remote(paths: tuple, sides: tuple, key: str, metrics: tuple, variance: bool):
-    """Runs on a worker: the key's tensors in every step, opened there, then `scan_key`."""
-    from ckpt_viewer.core.analysis.timeline import _variance_tensors, scan_key
-
-    tensors, variances = [], []
-    for path, side in zip(paths, sides):
-        found = _keys(path, side).get(key)
-        tensors.append(found[1] if found else None)
-        if variance:
-            variances.append(_variance_tensors(_opened(path), side, [key]).get(key))
-    return scan_key(key, tensors, metrics, None, variances if any(variances) else None)
-
-
-def cluster_scan(address: str, steps: list, tasks: list, metrics) -> Generator:
-    """Yields each task's KeyTimeline in task order, computed on the cluster at `address`."""
+def cluster_scan(address: str, steps: list, tasks: list, metrics, scan_remote) -> Generator:
+    """Yields each task's KeyTimeline in task order: `scan_remote(paths, sides, key, metrics,
+    variance)` run on the cluster at `address`."""
     try:
         from distributed import Client, as_completed
     except ImportError:
