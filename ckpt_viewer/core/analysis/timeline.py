@@ -297,17 +297,19 @@ class _Pair:
         self.dot = self.diff_sq = self.a_sq = self.b_sq = 0.0
         self.count = 0
 
-    def add(self, x: np.ndarray, y: np.ndarray, difference: bool) -> None:
-        finite = None
-        if not (np.isfinite(np.dot(x, x)) and np.isfinite(np.dot(y, y))):
+    def add(self, x: np.ndarray, y: np.ndarray, xx: float, yy: float, difference: bool) -> None:
+        """x, y: float64 chunks; xx, yy: their sums of squares (NaN/Inf: only the elements
+        finite in both count)."""
+        if not (math.isfinite(xx) and math.isfinite(yy)):
             finite = np.isfinite(x) & np.isfinite(y)
             x, y = x[finite], y[finite]
-        self.dot += float(np.dot(x, y))
-        self.a_sq += float(np.dot(x, x))
-        self.b_sq += float(np.dot(y, y))
+            xx, yy = _dot(x, x), _dot(y, y)
+        self.dot += _dot(x, y)
+        self.a_sq += xx
+        self.b_sq += yy
         if difference:
-            d = np.subtract(x, y, dtype=np.float64 if x.dtype != y.dtype else None)
-            self.diff_sq += float(np.dot(d, d))
+            d = np.subtract(x, y)
+            self.diff_sq += _dot(d, d)
         self.count += x.size
 
     def cosine(self) -> float | None:
@@ -325,12 +327,17 @@ class _Pair:
         return math.sqrt(self.diff_sq) / math.sqrt(self.b_sq)
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    # einsum, not BLAS: BLAS's spinning threads starve the GUI thread
+    return float(np.einsum("i,i->", a, b))
+
+
 def _as_float(chunk: np.ndarray) -> np.ndarray:
+    """float64: a float32 dot product of a million values keeps ~5 digits, and the cosine of
+    two checkpoints a small update apart differs from 1 in the seventh."""
     if np.iscomplexobj(chunk):
-        return np.abs(chunk)
-    if chunk.dtype == np.float16 or chunk.dtype.kind != "f":
-        return chunk.astype(np.float64 if chunk.dtype.kind in "iub" else np.float32)
-    return chunk
+        return np.abs(chunk).astype(np.float64)
+    return chunk.astype(np.float64)
 
 
 def _segments(shapes: list) -> list[list[int]]:
@@ -392,12 +399,15 @@ def scan_key(
             seen += chunks[0].size
             floats = [_as_float(c) for c in chunks]
             with np.errstate(all="ignore"):
+                squares = [_dot(f, f) for f in floats]
                 for position, i in enumerate(run):
-                    moments[i].add(floats[position])
+                    x, xx = floats[position], squares[position]
+                    moments[i].add(x)
                     if position:
-                        previous[i].add(floats[position], floats[position - 1], True)
+                        y, yy = floats[position - 1], squares[position - 1]
+                        previous[i].add(x, y, xx, yy, True)
                     if position > 1:
-                        first[i].add(floats[position], floats[0], False)
+                        first[i].add(x, floats[0], xx, squares[0], False)
         for position, i in enumerate(run):
             m = moments[i]
             _, std, l2 = m.figures()
