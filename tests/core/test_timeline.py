@@ -185,3 +185,24 @@ def test_cluster_results_equal_the_local_run(tmp_path):
     # NaN losses and metrics compare equal only as text
     assert json.dumps(remote) == json.dumps(local)
     assert any(f["kind"] == "nan" for f in local["findings"])
+
+
+def test_a_run_mixing_formats(tmp_path):
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = {"a.weight": torch.randn(3, 4), "a.bias": torch.randn(3)}
+    torch.save({"step": 100, "model": weights}, tmp_path / "step_100.pt")
+    weights = {k: v + 1 for k, v in weights.items()}
+    save_file(weights, tmp_path / "step_200.safetensors")
+    weights = {k: v * 2 for k, v in weights.items()}
+    dcp.save({"model": weights}, checkpoint_id=str(tmp_path / "step_300"))
+    report = _report([tmp_path])
+    assert [s.label for s in report.steps] == ["step_100.pt", "step_200.safetensors", "step_300"]
+    assert [k.key for k in report.keys] == ["a.weight", "a.bias"]
+    second, third = weights["a.weight"] / 2, weights["a.weight"]
+    expected = (
+        torch.linalg.norm(third.double() - second.double()) / torch.linalg.norm(second.double())
+    ).item()
+    assert report.keys[0].values["update"][2] == pytest.approx(expected, rel=1e-9)

@@ -51,6 +51,7 @@ STEP_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
 LOSS_NAMES = ("loss", "train_loss", "val_loss", "eval_loss", "best_loss")
 MODEL_ROOTS = ("model_state_dict", "state_dict", "model", "module", "model_state", "net")
 WRAPPERS = ("module.", "_orig_mod.")
+NO_ARITHMETIC = ("float4_e2m1fn_x2",)  # two 4-bit floats a byte: compared by diff, not measured
 
 
 @dataclass
@@ -354,7 +355,7 @@ def _segments(shapes: list) -> list[list[int]]:
 
 
 def _exp_avg_sq_mean(tensor: TensorInfo | None, stop: threading.Event) -> float | None:
-    if tensor is None or not numpy_readable(tensor):
+    if tensor is None or tensor.dtype in NO_ARITHMETIC:
         return None
     moments = _Moments()
     for chunk in iter_chunks(tensor, CHUNK):
@@ -383,9 +384,8 @@ def scan_key(
     result = KeyTimeline(key, shapes, [t.dtype if t is not None else None for t in tensors])
     values: dict[str, list] = {m: [None] * count for m in metrics}
     for run in _segments(shapes):
-        readable = [i for i in run if numpy_readable(tensors[i])]
-        if len(readable) != len(run):
-            continue  # a packed or quantized dtype: listed, not measured
+        if any(tensors[i].dtype in NO_ARITHMETIC for i in run):
+            continue
         moments = {i: _Moments() for i in run}
         previous = {i: _Pair() for i in run[1:]}
         first = {i: _Pair() for i in run[2:]}

@@ -28,22 +28,27 @@ def _looks_like_checkpoint(folder: str, name: str) -> bool:
 
 def is_run_folder(path: str) -> bool:
     """A folder holding several checkpoints (files or step folders), not itself one checkpoint
-    (a model, DCP or training folder)."""
+    (a model folder with its index or single weights file, a DCP or a training folder)."""
     from ckpt_viewer.core.listing.open import resolve_directory
-
-    try:
-        if not remote.isdir(path) or resolve_directory(path) != path:
-            return False  # not a folder, or a model folder (its weights file or index)
-        names = remote.listdir(path)
-    except (OSError, CheckpointError):
-        return False
-    if ".metadata" in names or "trainer_state.json" in names:
-        return False
     from ckpt_viewer.core.listing.readers.training_dir import state_files
 
-    if state_files(path):
+    try:
+        if not remote.isdir(path):
+            return False
+        names = remote.listdir(path)
+        if (
+            ".metadata" in names
+            or any(n.endswith(".index.json") for n in names)
+            or state_files(path)
+        ):
+            return False
+        candidates = [n for n in names if _looks_like_checkpoint(path, n)]
+        if sum(1 for n in candidates if numbers_in(n)) >= 2:
+            return True  # step_100.pt, step_200.safetensors, checkpoint-300/...
+        if resolve_directory(path) != path:
+            return False  # a model folder: its one weights file
+    except (OSError, CheckpointError):
         return False
-    candidates = [n for n in names if _looks_like_checkpoint(path, n)]
     return len(candidates) >= 2 or any(remote.isdir(remote.join(path, n)) for n in candidates)
 
 
