@@ -64,8 +64,8 @@ def _step_text(step) -> str:
 
 
 class RunView(QWidget):
-    """`open_tensor(path, key)` shows one tensor of one checkpoint; `compare(path_a, path_b)`
-    opens a comparison of two checkpoints."""
+    """`open_tensor(path, key)` shows one tensor of one checkpoint; `compare(path_a, path_b,
+    key)` opens a comparison of two checkpoints at that key."""
 
     preview_ready = Signal(object)  # the sampled TimelineReport, drawn
     ready = Signal(object)  # the exact TimelineReport, drawn
@@ -466,7 +466,8 @@ class RunView(QWidget):
     def _compare_selected(self):
         if self.selected is None or self.compare is None:
             return
-        column = self.selected[0]
-        if column > 0:
+        column, key = self.selected
+        series = next((k for k in self.report.keys if k.key == key), None)
+        if column > 0 and series is not None:
             steps = self.report.steps
-            self.compare(steps[column - 1].path, steps[column].path)
+            self.compare(steps[column - 1].path, steps[column].path, series.sources[column])

@@ -55,3 +55,16 @@ def test_choosing_a_finding_selects_its_cell(window, qtbot, tmp_path):
     with qtbot.waitSignal(view.cell_clicked, timeout=5_000) as clicked:
         view.findings.itemClicked.emit(view.findings.item(row))
     assert clicked.args == [2, "2.bias"]
+
+
+def test_compare_with_the_previous_checkpoint_at_that_key(window, qtbot, tmp_path):
+    builders.training_run(tmp_path / "run", steps=3, frozen=False)
+    view = _open_run(window, qtbot, tmp_path / "run")
+    with qtbot.waitSignal(window.loaded, timeout=20_000):
+        view.choose(2, "0.bias")
+    with qtbot.waitSignal(window.compared, timeout=30_000) as compared:
+        view.compare_button.click()
+    assert compared.args[0].endswith("ckpt_10.pt") and compared.args[1].endswith("ckpt_15.pt")
+    compare = window.tabs.currentWidget()
+    current = compare.proxy.mapToSource(compare.table.currentIndex()).row()
+    assert compare.model.rows[current][1][0] == "model_state_dict.0.bias"
