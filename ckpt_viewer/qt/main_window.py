@@ -626,9 +626,9 @@ class MainWindow(QMainWindow):
         if path:
             self.compare_paths(tab.checkpoint.path, path)
 
-    def compare_paths(self, path_a: str, path_b: str, key: str | None = None):
+    def compare_paths(self, path_a: str, path_b: str, tensor_key: str | None = None):
         """Open both (in a worker), diff them chunk by chunk, show a comparison tab (with
-        `key`'s row current when given)."""
+        `tensor_key`'s row current when given)."""
         from ckpt_viewer.core.analysis.diff import diff
         from ckpt_viewer.core.listing.open import open_checkpoint
         from ckpt_viewer.qt.compare_view import CompareView
@@ -655,8 +655,8 @@ class MainWindow(QMainWindow):
             )
             self._hide_welcome()
             self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
-            if key is not None:
-                view.select_key(key)
+            if tensor_key is not None:
+                view.select_key(tensor_key)
             self.statusBar().showMessage("identical" if report.identical else "different", 8000)
             self.compared.emit(path_a, path_b)
 
