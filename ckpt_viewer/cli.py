@@ -87,7 +87,14 @@ def _inspect_parser(sub):
         "--depth",
         type=whole_number(1),
         default=None,
-        help="show the tree to this depth only (1 or more)",
+        help="show the tree to this depth only (1 or more); with --by-module the module depth "
+        "(default 2)",
+    )
+    p.add_argument(
+        "--by-module",
+        action="store_true",
+        help="bytes and elements per module (parameters, buffers, optimizer state, other) and "
+        "the memory the model needs for inference and training",
     )
     p.set_defaults(run=run_inspect)
 
@@ -354,16 +361,33 @@ def build_gui_parser() -> argparse.ArgumentParser:
 
 def run_inspect(args) -> int:
     from ckpt_viewer.core import paused_gc
+
+    # the listing is a million small objects that live until exit: collecting cycles among
+    # them would walk them all, again and again (see paused_gc)
+    from ckpt_viewer.core.listing.footprint import (
+        bytes_map,
+        memory_lines,
+        memory_needs,
+        module_lines,
+        module_rows,
+    )
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.report import text_report
     from ckpt_viewer.core.listing.summary import inspect_dict
 
-    # the listing is a million small objects that live until exit: collecting cycles among
-    # them would walk them all, again and again (see paused_gc)
     with paused_gc():
         checkpoint = open_checkpoint(args.path)
+        depth = args.depth or 2
         if args.json:
-            say_json(inspect_dict(checkpoint))
+            data = inspect_dict(checkpoint)
+            data["memory"] = memory_needs(checkpoint)
+            if args.by_module:
+                rows = module_rows(bytes_map(checkpoint), depth)
+                data["modules"] = [{"depth": d, **b.to_json()} for d, b in rows]
+            say_json(data)
+        elif args.by_module:
+            say_lines(module_lines(bytes_map(checkpoint), depth))
+            say_lines(memory_lines(memory_needs(checkpoint)))
         else:
             say_lines(text_report(checkpoint, max_depth=args.depth))
     return 0
