@@ -192,6 +192,9 @@ class CheckpointTab(QWidget):
         self.panes.addTab(self.summary, "Summary")
         self.panes.addTab(QWidget(), "Tensor")
         self.panes.addTab(QWidget(), f"Optimizer ({len(checkpoint.optimizers)})")
+        self.bytes_map = None  # the Bytes pane, built when first shown
+        self.panes.addTab(QWidget(), "Bytes")
+        self.panes.currentChanged.connect(self._pane_shown)
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -337,6 +340,29 @@ class CheckpointTab(QWidget):
             self.panes.insertTab(index, pane, label)
             placeholder.deleteLater()
         self.panes.setCurrentIndex(current)
+
+    def _pane_shown(self, index: int):
+        if index != 3 or self.bytes_map is not None:
+            return
+        from ckpt_viewer.qt.bytes_map import BytesMapView
+
+        self.bytes_map = BytesMapView(self.checkpoint, self.select_prefix)
+        placeholder = self.panes.widget(3)
+        self.panes.blockSignals(True)
+        self.panes.removeTab(3)
+        self.panes.insertTab(3, self.bytes_map, "Bytes")
+        self.panes.setCurrentIndex(3)
+        self.panes.blockSignals(False)
+        placeholder.deleteLater()
+
+    def select_prefix(self, prefix: str) -> bool:
+        """Select the row of a key prefix (a module, a group), else its first tensor."""
+        if self.select_key(prefix):
+            return True
+        first = next(
+            (k for k, _, _ in self.checkpoint.tensors() if k.startswith(prefix + ".")), None
+        )
+        return first is not None and self.select_key(first)
 
     def cancel(self):
         """Stop the filter's search and the tensor view's computation, if any (closing the tab
