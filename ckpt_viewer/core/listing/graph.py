@@ -258,7 +258,11 @@ def _module_graph(checkpoint: Checkpoint) -> Graph:
             if parent_id:
                 graph.edges.append((parent_id, node_id, ""))
             parent_id = node_id
-        stack.extend((child, parent_id) for child in reversed(node.children) if child.children)
+        stack.extend(
+            (child, parent_id)
+            for child in reversed(node.children)
+            if child.children or child.kind == "module"
+        )
     return graph
 
 
