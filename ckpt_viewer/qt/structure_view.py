@@ -41,6 +41,7 @@ CHAR_WIDTH, LINE_HEIGHT, PADDING = 7.0, 15.0, 8.0
 DETAIL_CHARS = 48
 ITEMS_PER_STEP = 150  # scene items added per event-loop turn
 ALWAYS_COLLAPSE = 400  # nodes: beyond this the graph opens collapsed
+PLAIN_DRAWING = 500  # nodes: beyond this, straight edges without antialiasing (paint time)
 
 
 def _size(node) -> tuple[float, float]:
@@ -78,6 +79,7 @@ class StructureView(QWidget):
         self.checkpoint, self.select = checkpoint, select
         self.graph: Graph | None = None
         self.boxes: dict = {}  # node id -> QGraphicsRectItem
+        self.plain = False  # a big graph: straight edges, no antialiasing
         self.found: list = []
         self.generation = 0
         self.jobs = workers.Controller(self)
@@ -145,6 +147,8 @@ class StructureView(QWidget):
         self.collapse_box.blockSignals(False)
         self.scene.clear()
         self.boxes = {}
+        self.plain = len(graph.nodes) > PLAIN_DRAWING
+        self.view.setRenderHint(QPainter.Antialiasing, not self.plain)
         what = f"{len(graph.nodes):,} nodes, {len(graph.edges):,} edges"
         if len(graph.nodes) != full_size:
             what += f" ({full_size:,} before collapsing repeated blocks)"
@@ -207,13 +211,15 @@ class StructureView(QWidget):
         if a not in positions or b not in positions:
             return
         (x1, y1), (x2, y2) = positions[a], positions[b]
-        node_a, node_b = self.graph.node(a), self.graph.node(b)
-        y1 += _size(node_a)[1] / 2 if node_a else 0
-        y2 -= _size(node_b)[1] / 2 if node_b else 0
+        y1 += self.boxes[a].rect().height() / 2 if a in self.boxes else 0
+        y2 -= self.boxes[b].rect().height() / 2 if b in self.boxes else 0
         path = QPainterPath()
         path.moveTo(x1, y1)
-        middle = (y1 + y2) / 2
-        path.cubicTo(x1, middle, x2, middle, x2, y2)
+        if self.plain:
+            path.lineTo(x2, y2)
+        else:
+            middle = (y1 + y2) / 2
+            path.cubicTo(x1, middle, x2, middle, x2, y2)
         line = QGraphicsPathItem(path)
         line.setPen(QPen(text, 1))
         line.setZValue(-1)
