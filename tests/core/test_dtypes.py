@@ -17,7 +17,8 @@ from ckpt_viewer.cli import main
 from ckpt_viewer.core.listing.model import DTYPE_SIZES, STORAGE_DTYPES
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.readers.safetensors import TORCH_TO_SAFETENSORS
-from ckpt_viewer.core.values.read import NUMPY_DTYPES, read_tensor
+from ckpt_viewer.core.values.decode import NUMPY_DTYPES
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 warnings.filterwarnings("ignore", message=".*(ComplexHalf|quantize).*")
 

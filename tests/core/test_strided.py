@@ -12,7 +12,7 @@ import torch
 import builders
 from ckpt_viewer.core.analysis.diff import diff
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values import read as values_module
+from ckpt_viewer.core.values import strided
 from ckpt_viewer.core.values.read import iter_chunks, read_array, read_window
 from ckpt_viewer.core.values.stats import compute, run
 from ckpt_viewer.core.writing.export import ExportPlan, export
@@ -38,7 +38,7 @@ def _saved(tmp_path, view):
 @pytest.fixture(params=[False, True], ids=["whole", "tiny_blocks"])
 def tiny_blocks(request, monkeypatch):
     if request.param:  # force the block splitter through every branch
-        monkeypatch.setattr(values_module, "SPAN_LIMIT", 5)
+        monkeypatch.setattr(strided, "SPAN_LIMIT", 5)
     return request.param
 
 

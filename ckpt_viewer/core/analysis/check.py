@@ -29,15 +29,15 @@ import numpy as np
 from ckpt_viewer.core import CheckpointError, describe_error
 from ckpt_viewer.core.listing.model import FLOAT_DTYPES, Checkpoint, FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.listing.stats_cache import HealthFacts
-from ckpt_viewer.core.values.read import (
-    StorageReader,
+from ckpt_viewer.core.values.decode import (
     apply_view_bits,
     as_words,
-    iter_chunks,
     numpy_readable,
     tensor_np_dtype,
     widen,
 )
+from ckpt_viewer.core.values.read import iter_chunks
+from ckpt_viewer.core.values.storage import StorageReader
 
 CHUNK = 1 << 20  # elements per reduction (stays in cache)
 SEGMENT = 16 * CHUNK  # elements per task handed to a thread

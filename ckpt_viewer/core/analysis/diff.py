@@ -13,13 +13,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ckpt_viewer.core.listing.model import Checkpoint
-from ckpt_viewer.core.values.read import (
-    as_words,
-    dcp_slabs,
-    iter_chunks,
-    iter_raw_chunks,
-    unordered_view,
-)
+from ckpt_viewer.core.values.dcp import dcp_slabs
+from ckpt_viewer.core.values.decode import as_words
+from ckpt_viewer.core.values.read import iter_chunks
+from ckpt_viewer.core.values.strided import iter_raw_chunks, unordered_view
 from ckpt_viewer.core.writing.export import ExportPlan, plan_items
 
 CHUNK = 1 << 20

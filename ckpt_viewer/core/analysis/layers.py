@@ -29,13 +29,8 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import FLOAT_DTYPES, Checkpoint, FileSpan, ZipMember
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset
-from ckpt_viewer.core.values.read import (
-    apply_view_bits,
-    iter_chunks,
-    numpy_readable,
-    tensor_np_dtype,
-    widen,
-)
+from ckpt_viewer.core.values.decode import apply_view_bits, numpy_readable, tensor_np_dtype, widen
+from ckpt_viewer.core.values.read import iter_chunks
 from ckpt_viewer.core.values.stats import _Moments
 
 CHUNK = 1 << 20

@@ -21,15 +21,10 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import TensorInfo
-from ckpt_viewer.core.values.read import (
-    StorageReader,
-    apply_view_bits,
-    iter_chunks,
-    numpy_readable,
-    tensor_np_dtype,
-    unordered_view,
-    widen,
-)
+from ckpt_viewer.core.values.decode import apply_view_bits, numpy_readable, tensor_np_dtype, widen
+from ckpt_viewer.core.values.read import iter_chunks
+from ckpt_viewer.core.values.storage import StorageReader
+from ckpt_viewer.core.values.strided import unordered_view
 
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 FINE_BINS = 65536
