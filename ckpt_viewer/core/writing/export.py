@@ -31,6 +31,7 @@ from ckpt_viewer.core.listing.model import (
     PACKED_VALUES,
     Checkpoint,
     TensorInfo,
+    contiguous_strides,
     span_bytes,
 )
 from ckpt_viewer.core.listing.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
@@ -371,11 +372,7 @@ def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple]:
     shared span, contiguous otherwise."""
     if record.shared:
         return tensor.offset - record.first, tuple(tensor.stride)
-    stride, step = [], 1
-    for dim in reversed(tensor.shape):
-        stride.insert(0, step)
-        step *= dim
-    return 0, tuple(stride)
+    return 0, contiguous_strides(tensor.shape)
 
 
 def quantizer_entries(records: list[_Record]) -> dict:
