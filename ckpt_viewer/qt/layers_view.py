@@ -21,8 +21,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from ckpt_viewer.core.analysis.check import escape
 from ckpt_viewer.core.analysis.layers import layer_metrics
+from ckpt_viewer.core.listing.text import safe_text as escape
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting, wait_for_plotting
 from ckpt_viewer.qt.theme import style_plot

@@ -310,7 +310,7 @@ def test_export_check_reads_records_as_torch_does(tmp_path, monkeypatch):
     """A record copied shorter than its header says (uint16 counted as bytes, as before) is
     caught by the check after writing, and nothing is left at the destination."""
     from ckpt_viewer.core import CheckpointError
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
     from ckpt_viewer.core.writing import export as export_module
 
     src = tmp_path / "u.pt"

@@ -7,9 +7,9 @@ import torch
 
 import builders
 from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.progress import run
 from ckpt_viewer.core.values import heatmap
 from ckpt_viewer.core.values.heatmap import pooled_2d
-from ckpt_viewer.core.values.stats import run
 
 
 def reference(matrix: np.ndarray, row_step: int, col_step: int) -> np.ndarray:

@@ -15,8 +15,9 @@ import ckpt_viewer.core.values.stats as stats_module
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.report import stats_lines, stats_rows
+from ckpt_viewer.core.progress import run
 from ckpt_viewer.core.values.read import read_array
-from ckpt_viewer.core.values.stats import QUANTILES, compute, run
+from ckpt_viewer.core.values.stats import QUANTILES, compute
 from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 

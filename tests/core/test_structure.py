@@ -15,7 +15,8 @@ import builders
 from ckpt_viewer.cli import main
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import compute, run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.stats import compute
 from ckpt_viewer.core.writing.export import ExportPlan, export
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")

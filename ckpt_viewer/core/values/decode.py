@@ -109,16 +109,6 @@ def apply_view_bits(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
     return -raw
 
 
-def as_words(chunk: np.ndarray) -> np.ndarray:
-    """A chunk's bytes as the widest unsigned integers that tile them: fewer, faster compares
-    and hashes of the exact bits (shared by diff and check)."""
-    raw = np.ascontiguousarray(chunk).view(np.uint8)
-    for word in (np.uint64, np.uint32, np.uint16):
-        if raw.size % np.dtype(word).itemsize == 0:
-            return raw.view(word)
-    return raw
-
-
 def numpy_readable(tensor: TensorInfo) -> bool:
     if tensor.chunks or tensor.storage is None or tensor.dtype not in NUMPY_DTYPES:
         return False
