@@ -893,8 +893,6 @@ def safe_load(data: bytes, storage_factory=None, encoding="utf-8", report=None):
         raise
     except Exception as exc:  # noqa: BLE001 - any failure in hostile data is a read error
         raise CheckpointError(describe_pickle_error(exc)) from None
-    except RecursionError as exc:
-        raise CheckpointError(describe_pickle_error(exc)) from None
     finally:
         _current.report = None
     return obj, report.unsafe_globals
