@@ -44,6 +44,15 @@ def wait_for_plotting(view):
     preload_plotting()
 
 
+def plotting_or_wait(view) -> bool:
+    """True when the import has ended (plotting_module() is pyqtgraph, or None when it
+    failed); otherwise False, and view.plotting_ready(message) is called once it ends."""
+    if _plotting["module"] is not None or _plotting["failed"]:
+        return True
+    wait_for_plotting(view)
+    return False
+
+
 def plotting_module():
     """The pyqtgraph module, or None while it is being imported (or when it failed)."""
     return _plotting["module"]
