@@ -8,7 +8,7 @@ import threading
 import weakref
 
 import shiboken6
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 from ckpt_viewer.qt import workers
 
@@ -44,7 +44,7 @@ def wait_for_plotting(view):
     preload_plotting()
 
 
-def plotting_or_wait(view) -> bool:
+def plotting_or_wait(view: QWidget) -> bool:
     """True when the import has ended (plotting_module() is pyqtgraph, or None when it
     failed); otherwise False, and view.plotting_ready(message) is called once it ends."""
     if _plotting["module"] is not None or _plotting["failed"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ckpt_viewer.core.listing.stats_cache import StatsCache
@@ -48,7 +49,7 @@ DTYPE_SIZES = {
 PACKED_VALUES = {"quint4x2": 2, "quint2x4": 4}
 
 
-def contiguous_strides(shape) -> tuple:
+def contiguous_strides(shape: Sequence[int]) -> tuple:
     """Row-major strides of `shape` in elements, as torch gives them (a size-0 dimension
     counts as 1, so torch.empty(2, 0, 3).stride() == (3, 3, 1))."""
     strides, step = [], 1
