@@ -163,7 +163,8 @@ def candidate_strips(keys: list[str]) -> list[str]:
 
 
 def _variants(checkpoint: Checkpoint, renames: dict) -> list[tuple[tuple, Side, frozenset]]:
-    """(simplicity, rules, keys under them) for each candidate root x strip of one side."""
+    """(plainness: strips, roots, EMA, file order; rules; keys under them) for each candidate
+    root x strip of one side."""
     variants = []
     for order, root in enumerate(candidate_roots(checkpoint)):
         relative = [new for _, new, _ in map_keys(checkpoint, root, renames=renames)]
@@ -171,27 +172,24 @@ def _variants(checkpoint: Checkpoint, renames: dict) -> list[tuple[tuple, Side, 
             keys = frozenset(k[len(strip) :] if k.startswith(strip) else k for k in relative)
             if len(keys) < len(relative):
                 continue  # 'module.x' beside 'x': diff would refuse to name both 'x'
-            ema = "ema" in root.lower()
-            variants.append(((bool(root) + bool(strip), ema, order), Side(root, strip), keys))
+            plainness = (bool(strip), bool(root), "ema" in root.lower(), order)
+            variants.append((plainness, Side(root, strip), keys))
     return variants
 
 
 def align(a: Checkpoint, b: Checkpoint, renames: tuple[dict, dict] = ({}, {})) -> Alignment:
-    """The rules that make the most keys common; among equals, the fewest rules, then not an
-    EMA copy, then the earlier root in the file."""
+    """The rules that make the most keys common; among equals, the fewest keys left over (a
+    root leaves out what is not the model), then the fewest rules (a root before a strip),
+    then not an EMA copy, then the earlier root in the file."""
     variants_a, variants_b = _variants(a, renames[0]), _variants(b, renames[1])
     best, best_rank = None, None
-    for simple_a, side_a, keys_a in variants_a:
-        for simple_b, side_b, keys_b in variants_b:
+    for plain_a, side_a, keys_a in variants_a:
+        for plain_b, side_b, keys_b in variants_b:
             if best is not None and min(len(keys_a), len(keys_b)) < best.common:
                 continue  # cannot beat it
             common = len(keys_a & keys_b)
-            rank = (
-                -common,
-                simple_a[0] + simple_b[0],
-                simple_a[1] + simple_b[1],
-                simple_a[2] + simple_b[2],
-            )
+            left_over = len(keys_a) + len(keys_b) - 2 * common
+            rank = (-common, left_over, *(x + y for x, y in zip(plain_a, plain_b)))
             if best_rank is None or rank < best_rank:
                 best, best_rank = Alignment(side_a, side_b, common, len(keys_a), len(keys_b)), rank
     assert best is not None  # "" is always a candidate root and strip
