@@ -167,6 +167,16 @@ def test_optimizer_state_by_id_unless_both_prove_names(tmp_path):
     assert "optimizer_state_dict.state.0.weight.exp_avg" in {t.key for t in report.tensors}
 
 
+def test_parameter_names_given_twice_leave_ids(tmp_path):
+    """A file may name two parameters alike: their states would share a key, so ids stay."""
+    model, optimizer = builders.trained()
+    state = optimizer.state_dict()
+    state["param_groups"][0]["param_names"] = ["w"] * len(state["param_groups"][0]["params"])
+    a = builders.save({"model": model.state_dict(), "optim": state}, tmp_path / "a.pt")
+    report = run(diff(open_checkpoint(a), open_checkpoint(a)))
+    assert report.identical and "optim.state.0.exp_avg" in {t.key for t in report.tensors}
+
+
 def test_scalars_side_by_side(tmp_path):
     model, optimizer = builders.trained()
     for group in optimizer.param_groups:

@@ -93,7 +93,8 @@ def optimizer_renames(checkpoint: Checkpoint) -> dict:
             for child in state.children:
                 if child.kind == "tensor":
                     renames[child.key] = f"{named}{child.key[len(state.key) :]}"
-    return renames
+    keys = [renames.get(key, key) for key, _, _ in checkpoint.tensors()]
+    return renames if len(set(keys)) == len(keys) else {}  # names given twice: ids
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,10 @@ def _variants(checkpoint: Checkpoint, renames: dict) -> list[tuple[tuple, Side, 
     root x strip of one side."""
     variants = []
     for order, root in enumerate(candidate_roots(checkpoint)):
-        relative = [new for _, new, _ in map_keys(checkpoint, root, renames=renames)]
+        try:
+            relative = [new for _, new, _ in map_keys(checkpoint, root, renames=renames)]
+        except CheckpointError:
+            continue  # a root the file cannot give (a key given twice): not a candidate
         for strip in candidate_strips(relative):
             keys = frozenset(k[len(strip) :] if k.startswith(strip) else k for k in relative)
             if len(keys) < len(relative):
@@ -177,10 +181,11 @@ def _variants(checkpoint: Checkpoint, renames: dict) -> list[tuple[tuple, Side, 
     return variants
 
 
-def align(a: Checkpoint, b: Checkpoint, renames: tuple[dict, dict] = ({}, {})) -> Alignment:
+def align(a: Checkpoint, b: Checkpoint, renames: tuple[dict, dict] = ({}, {})) -> Alignment | None:
     """The rules that make the most keys common; among equals, the fewest keys left over (a
     root leaves out what is not the model), then the fewest rules (a root before a strip),
-    then not an EMA copy, then the earlier root in the file."""
+    then not an EMA copy, then the earlier root in the file. None when a side has no keys
+    the rules can name."""
     variants_a, variants_b = _variants(a, renames[0]), _variants(b, renames[1])
     best, best_rank = None, None
     for plain_a, side_a, keys_a in variants_a:
@@ -192,5 +197,4 @@ def align(a: Checkpoint, b: Checkpoint, renames: tuple[dict, dict] = ({}, {})) -
             rank = (-common, left_over, *(x + y for x, y in zip(plain_a, plain_b)))
             if best_rank is None or rank < best_rank:
                 best, best_rank = Alignment(side_a, side_b, common, len(keys_a), len(keys_b)), rank
-    assert best is not None  # "" is always a candidate root and strip
     return best
