@@ -209,7 +209,8 @@ def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
     box.setObjectName(name)
     box.setToolTip(tooltip)
     box.setEditable(editable)
-    box.setSizeAdjustPolicy(QComboBox.AdjustToContents)
+    box.setMinimumContentsLength(12)
+    box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     return box
 
 
@@ -245,7 +246,6 @@ class CompareView(QWidget):
         self.scalars.setHeaderLabels(["Scalar", "A", "B", ""])
         self.scalars.setRootIsDecorated(False)
         self.scalars.setUniformRowHeights(True)
-        self.scalars.setMaximumHeight(8 * self.fontMetrics().height())
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("Filter keys")
         self.filter.setClearButtonEnabled(True)
@@ -444,6 +444,14 @@ class CompareView(QWidget):
         for column in range(4):
             self.scalars.resizeColumnToContents(column)
         self.scalars.setVisible(bool(self.report.scalars))
+        if self.report.scalars:  # as tall as its rows, up to six (then it scrolls)
+            rows = min(len(self.report.scalars), 6)
+            self.scalars.setFixedHeight(
+                self.scalars.header().sizeHint().height()
+                + rows * self.scalars.sizeHintForRow(0)
+                + 2 * self.scalars.frameWidth()
+                + 2
+            )
 
     # --- the table and its legend ------------------------------------------------------------
     def _fill_legend(self):
