@@ -203,6 +203,28 @@ def test_scalars_side_by_side(tmp_path):
     assert pairs["optimizer_state_dict.param_groups.0.lr"] == (*lr, False)
 
 
+def test_scalars_are_numbers_and_tensor_learning_rates(tmp_path):
+    """A tensor lr is read; a path is no scalar to set side by side, even named best_."""
+    model, optimizer = builders.trained(lr=torch.tensor(0.01))
+    a = builders.save(
+        {
+            "epoch": 1,
+            "best_model_path": "/runs/x\x1b[2J",
+            "val_loss": 0.3,
+            "hyper_parameters": {"lr": 0.02},
+            "opt": optimizer.state_dict(),
+        },
+        tmp_path / "a.pt",
+    )
+    report = run(diff(open_checkpoint(a), open_checkpoint(a)))
+    loaded = torch.load(a, weights_only=True)
+    values = {p.key: p.a for p in report.scalars}
+    lr = loaded["opt"]["param_groups"][0]["lr"]  # float32, shown as its shortest decimal
+    assert torch.equal(torch.tensor(values.pop("opt.param_groups.0.lr"), dtype=lr.dtype), lr)
+    assert values == {"epoch": 1, "val_loss": 0.3, "hyper_parameters.lr": 0.02}
+    assert all(p.same for p in report.scalars)
+
+
 def test_map_keys_is_exports_rule(tmp_path):
     """export and diff share the rules: root, globs, strip and add prefix."""
     from ckpt_viewer.core.writing.export import ExportPlan, plan_items

@@ -159,17 +159,22 @@ class ScalarPair:
         return type(self.a) is type(self.b) and self.a == self.b
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def telling_scalars(checkpoint: Checkpoint) -> dict:
-    """Epoch, step, metrics and learning rates, by key: the optimizers' lr as recognised
-    (a 0-d tensor lr read), then every other such scalar in the file."""
+    """Epoch, step, metrics and learning rates (numbers: not a `best_model_path`), by key:
+    the optimizers' lr as recognised (a 0-d tensor lr read), then the file's other ones."""
     chosen = {}
     for optimizer in checkpoint.optimizers:
         where = f"{optimizer.key}.param_groups" if optimizer.key else "param_groups"
         for index, group in enumerate(optimizer.param_groups):
-            if "lr" in group:
+            if _number(group.get("lr")):
                 chosen[f"{where}.{index}.lr"] = group["lr"]
     for key, value in checkpoint.scalars().items():
-        if scalar_importance(key) <= 1 or key.rsplit(".", 1)[-1] in LR_NAMES:
+        telling = scalar_importance(key) <= 1 or key.rsplit(".", 1)[-1] in LR_NAMES
+        if telling and _number(value):
             chosen.setdefault(key, value)
     return chosen
 
