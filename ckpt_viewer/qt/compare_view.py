@@ -37,7 +37,7 @@ from ckpt_viewer.core.analysis.diff import (
     histogram_pair,
     pair_detail,
 )
-from ckpt_viewer.core.listing.keys import WRAPPERS, candidate_roots
+from ckpt_viewer.core.listing.keys import WRAPPERS
 from ckpt_viewer.core.listing.report import cosine_text
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
@@ -327,9 +327,9 @@ class CompareView(QWidget):
         self.alignment_label.setObjectName("compareAlignment")
         row.addWidget(self.alignment_label)
         self.root_boxes, self.strip_boxes = {}, {}
-        for label, checkpoint in (("A", self.a), ("B", self.b)):
+        for label, roots in zip("AB", self.report.roots):
             root = _combo(f"compareRoot{label}", f"The subtree of {label} compared")
-            for key in candidate_roots(checkpoint):
+            for key in roots:
                 root.addItem(shown(key) if key else "whole file", key)
             strip = _combo(
                 f"compareStrip{label}", f"A prefix removed from {label}'s keys", editable=True

@@ -14,7 +14,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ckpt_viewer.core.listing.keys import Alignment, Side, align, map_keys, optimizer_renames
+from ckpt_viewer.core.listing.keys import (
+    Alignment,
+    Side,
+    align,
+    candidate_roots,
+    map_keys,
+    optimizer_renames,
+)
 from ckpt_viewer.core.listing.model import Checkpoint
 from ckpt_viewer.core.listing.summary import json_scalar, scalar_importance
 from ckpt_viewer.core.values.read import (
@@ -82,6 +89,7 @@ class DiffReport:
     alignment: Alignment | None = None  # the key rules compared under
     suggestion: Alignment | None = None  # rules that make more keys common, if any do
     scalars: list = field(default_factory=list)  # ScalarPair: epoch, step, loss, lr...
+    roots: tuple = ([""], [""])  # candidate roots of A and of B, for pickers
 
     @property
     def identical(self) -> bool:
@@ -378,7 +386,8 @@ def diff(
     alignment is searched. With auto_align the searched alignment replaces the sides."""
     renames = state_renames(a, b)
     to_gguf = map_gguf and (a.format == "gguf") != (b.format == "gguf")
-    best = None if to_gguf else align(a, b, renames)
+    roots = candidate_roots(a), candidate_roots(b)
+    best = None if to_gguf else align(a, b, renames, roots)
     if auto_align and best is not None:
         side_a, side_b = best.a, best.b
     keys_a, keys_b = mapped(a, side_a, renames[0]), mapped(b, side_b, renames[1])
@@ -400,6 +409,7 @@ def diff(
     if best is not None and best.common > len(common):
         report.suggestion = best
     report.scalars = scalar_pairs(a, b)
+    report.roots = roots
     pairs = []
     for key in common:
         (source_a, ta), (source_b, tb) = keys_a[key], keys_b[key]

@@ -163,11 +163,13 @@ def candidate_strips(keys: list[str]) -> list[str]:
     return list(strips)
 
 
-def _variants(checkpoint: Checkpoint, renames: dict) -> list[tuple[tuple, Side, frozenset]]:
+def _variants(
+    checkpoint: Checkpoint, roots: list[str], renames: dict
+) -> list[tuple[tuple, Side, frozenset]]:
     """(plainness: strips, roots, EMA, file order; rules; keys under them) for each candidate
     root x strip of one side."""
     variants = []
-    for order, root in enumerate(candidate_roots(checkpoint)):
+    for order, root in enumerate(roots):
         try:
             relative = [new for _, new, _ in map_keys(checkpoint, root, renames=renames)]
         except CheckpointError:
@@ -181,12 +183,18 @@ def _variants(checkpoint: Checkpoint, renames: dict) -> list[tuple[tuple, Side, 
     return variants
 
 
-def align(a: Checkpoint, b: Checkpoint, renames: tuple[dict, dict] = ({}, {})) -> Alignment | None:
+def align(
+    a: Checkpoint,
+    b: Checkpoint,
+    renames: tuple[dict, dict] = ({}, {}),
+    roots: tuple[list, list] | None = None,
+) -> Alignment | None:
     """The rules that make the most keys common; among equals, the fewest keys left over (a
     root leaves out what is not the model), then the fewest rules (a root before a strip),
     then not an EMA copy, then the earlier root in the file. None when a side has no keys
-    the rules can name."""
-    variants_a, variants_b = _variants(a, renames[0]), _variants(b, renames[1])
+    the rules can name. `roots`: candidate_roots of each side, when known already."""
+    roots = roots or (candidate_roots(a), candidate_roots(b))
+    variants_a, variants_b = _variants(a, roots[0], renames[0]), _variants(b, roots[1], renames[1])
     best, best_rank = None, None
     for plain_a, side_a, keys_a in variants_a:
         for plain_b, side_b, keys_b in variants_b:
