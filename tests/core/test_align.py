@@ -290,3 +290,14 @@ def test_wrapper_runs_strip_whole(tmp_path, wrapper):
     report = aligned(a, b)
     assert report.alignment.a == Side(strip_prefix=wrapper)
     assert_all_common_and_equal(report, state)
+
+
+def test_a_root_is_named_as_a_root_not_as_a_prefix(tmp_path):
+    """{'model': DataParallel state_dict}: root model and strip module., not 'model.module.'
+    stripped from the whole file (the same keys, in the words a person would use)."""
+    model = builders.tiny_model()
+    a = builders.save({"model": torch.nn.DataParallel(model).state_dict()}, tmp_path / "a.pt")
+    b = builders.save(model.state_dict(), tmp_path / "b.pt")
+    report = aligned(a, b)
+    assert report.alignment.a == Side(root="model", strip_prefix="module.")
+    assert_all_common_and_equal(report, torch.load(b, weights_only=True))

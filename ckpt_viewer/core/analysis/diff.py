@@ -87,7 +87,8 @@ class DiffReport:
     only_b: list = field(default_factory=list)
     tensors: list = field(default_factory=list)  # TensorDiff for every common key
     alignment: Alignment | None = None  # the key rules compared under
-    suggestion: Alignment | None = None  # rules that make more keys common, if any do
+    suggestion: Alignment | None = None  # rules that make more keys common, when the
+    #                                      alignment is poor and a search finds them
     scalars: list = field(default_factory=list)  # ScalarPair: epoch, step, loss, lr...
     roots: tuple = ([""], [""])  # candidate roots of A and of B, for pickers
 
@@ -383,12 +384,13 @@ def diff(
 ) -> Generator[float, None, DiffReport]:
     """Generator: yields progress in [0, 1]; returns DiffReport. With map_gguf, when one side
     is a GGUF file the other side's names are mapped to GGUF names (llama.cpp's map), and no
-    alignment is searched. With auto_align the searched alignment replaces the sides."""
+    alignment is searched. With auto_align the searched alignment replaces the sides; without,
+    it is searched (as a suggestion) when fewer than half the keys are common."""
     renames = state_renames(a, b)
     to_gguf = map_gguf and (a.format == "gguf") != (b.format == "gguf")
     roots = candidate_roots(a), candidate_roots(b)
-    best = None if to_gguf else align(a, b, renames, roots)
-    if auto_align and best is not None:
+    best = align(a, b, renames, roots) if auto_align and not to_gguf else None
+    if best is not None:
         side_a, side_b = best.a, best.b
     keys_a, keys_b = mapped(a, side_a, renames[0]), mapped(b, side_b, renames[1])
     shapes = {}
@@ -406,6 +408,8 @@ def diff(
     )
     common = [k for k in keys_a if k in keys_b]
     report.alignment = Alignment(side_a, side_b, len(common), len(keys_a), len(keys_b))
+    if best is None and not to_gguf and report.alignment.poor:
+        best = align(a, b, renames, roots)  # searched only when it may help
     if best is not None and best.common > len(common):
         report.suggestion = best
     report.scalars = scalar_pairs(a, b)

@@ -23,6 +23,7 @@ WRAPPERS = (
     "_checkpoint_wrapped_module.",
     "model.",
 )
+WRAPPER_NAMES = frozenset(w[:-1] for w in WRAPPERS)
 MAX_ROOTS = 8  # candidate roots per side: the search stays a few set intersections
 
 
@@ -53,9 +54,9 @@ def map_keys(
         raise CheckpointError(f"no key {root!r} in the file")
     include, exclude = list(include), list(exclude)
     selected = set(keys) if keys is not None else None
-    result, seen = [], {}
+    result, seen, under = [], {}, root + "."
     for key, tensor, _ in checkpoint.tensors():
-        if root and not (key == root or key.startswith(root + ".")):
+        if root and not (key.startswith(under) or key == root):
             continue
         if selected is not None and key not in selected:
             continue
@@ -65,10 +66,10 @@ def map_keys(
         elif key == root:  # the root is itself a tensor
             relative = key.rsplit(".", 1)[-1]
         else:  # a root inside one parameter's state keeps that state's id
-            relative = (named if named.startswith(root + ".") else key)[len(root) + 1 :]
+            relative = (named if named.startswith(under) else key)[len(under) :]
         if include and not any(fnmatch.fnmatchcase(relative, g) for g in include):
             continue
-        if any(fnmatch.fnmatchcase(relative, g) for g in exclude):
+        if exclude and any(fnmatch.fnmatchcase(relative, g) for g in exclude):
             continue
         new_key = relative
         if strip_prefix and new_key.startswith(strip_prefix):
@@ -146,17 +147,18 @@ def candidate_roots(checkpoint: Checkpoint) -> list[str]:
 
 def _wrapper_run(key: str) -> str:
     """The wrappers `key` starts with, one after another ('module._orig_mod.')."""
-    run = ""
-    while True:
-        wrapper = next((w for w in WRAPPERS if key.startswith(run + w)), None)
-        if wrapper is None or len(run + wrapper) >= len(key):
-            return run
-        run += wrapper
+    if not key.startswith(WRAPPERS):
+        return ""
+    parts = key.split(".")
+    count = 0
+    while count < len(parts) - 1 and parts[count] in WRAPPER_NAMES:
+        count += 1
+    return "".join(f"{part}." for part in parts[:count])
 
 
 def candidate_strips(keys: list[str]) -> list[str]:
-    """ "" and each run of wrappers the keys start with, and the first name every key shares."""
-    strips = dict.fromkeys(["", *(_wrapper_run(k) for k in keys)])
+    """No strip, each run of wrappers the keys start with, and the first name all keys share."""
+    strips = dict.fromkeys(["", *{_wrapper_run(k) for k in keys}])
     first = {k.split(".", 1)[0] for k in keys if "." in k}
     if len(first) == 1 and all("." in k for k in keys):
         strips[f"{first.pop()}."] = None
@@ -175,6 +177,9 @@ def _variants(
         except CheckpointError:
             continue  # a root the file cannot give (a key given twice): not a candidate
         for strip in candidate_strips(relative):
+            path = f"{root}.{strip}" if root else strip
+            if any(len(r) > len(root) and path.startswith(f"{r}.") for r in roots):
+                continue  # 'model.module.' from the whole file is root 'model', strip 'module.'
             keys = frozenset(k[len(strip) :] if k.startswith(strip) else k for k in relative)
             if len(keys) < len(relative):
                 continue  # 'module.x' beside 'x': diff would refuse to name both 'x'
