@@ -364,14 +364,14 @@ class CompareView(QWidget):
             root.setCurrentIndex(root.findData(side.root))
             strip.setCurrentText(side.strip_prefix)
         self.alignment_label.setText(
-            f"Keys aligned: {alignment.text} ({plural(alignment.common, 'key')} in both)."
+            shown(f"Keys aligned: {alignment.text} ({plural(alignment.common, 'key')} in both).")
             if alignment
             else ""
         )
         self.use_suggestion.setVisible(suggestion is not None)
         if suggestion is not None:
             self.use_suggestion.setText(
-                f"Use {suggestion.text} ({plural(suggestion.common, 'key')} in both)"
+                shown(f"Use {suggestion.text} ({plural(suggestion.common, 'key')} in both)")
             )
 
     def picked_sides(self) -> tuple[Side, Side]:
@@ -402,7 +402,7 @@ class CompareView(QWidget):
         def failed(message):
             self.asked = None
             self._show_alignment()
-            self.alignment_label.setText(f"Cannot compare so: {message}")
+            self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
 
         self.jobs.start(
             "diff",

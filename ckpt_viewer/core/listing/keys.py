@@ -160,8 +160,8 @@ def candidate_strips(keys: list[str]) -> list[str]:
     """No strip, each run of wrappers the keys start with, and the first name all keys share."""
     strips = dict.fromkeys(["", *{_wrapper_run(k) for k in keys}])
     first = {k.split(".", 1)[0] for k in keys if "." in k}
-    if len(first) == 1 and all("." in k for k in keys):
-        strips[f"{first.pop()}."] = None
+    if len(first) == 1 and all("." in k for k in keys) and next(iter(first)).isprintable():
+        strips[f"{first.pop()}."] = None  # printable: a picker shows it as it is
     return list(strips)
 
 
