@@ -301,3 +301,18 @@ def test_a_root_is_named_as_a_root_not_as_a_prefix(tmp_path):
     report = aligned(a, b)
     assert report.alignment.a == Side(root="model", strip_prefix="module.")
     assert_all_common_and_equal(report, torch.load(b, weights_only=True))
+
+
+def test_hostile_keys_align_without_surprises(tmp_path):
+    """A shared first name with control characters is never offered as a prefix to strip;
+    a strip that would name two keys alike is no candidate; the output stays escaped."""
+    t = torch.ones(2)
+    a = builders.save({"x\x1b]0;pwn\x07.w": t, "x\x1b]0;pwn\x07.b": t}, tmp_path / "a.pt")
+    b = builders.save({"w": t, "b": t}, tmp_path / "b.pt")
+    report = aligned(a, b)
+    assert report.alignment.text == "keys as they are" and not report.tensors
+    result = cli(a, b)
+    assert result.returncode == 1 and "\x1b" not in result.stdout and "\x07" not in result.stdout
+    both = builders.save({"module.w": t, "w": t * 2}, tmp_path / "both.pt")
+    report = aligned(both, b)
+    assert report.alignment.a == Side() and [t.key for t in report.tensors] == ["w"]
