@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 from ckpt_viewer.core.analysis.diff import (
     STATUS_ORDER,
     STATUS_TEXT,
+    DiffReport,
     Side,
     diff,
     histogram_pair,
@@ -239,7 +240,7 @@ class CompareView(QWidget):
         self.summary = QLabel(self._summary_html(report))
         self.summary.setObjectName("compareSummary")
         self.summary.setWordWrap(True)
-        self.asked = None  # the rules of the comparison running now
+        self.asked: tuple[Side, Side] | None = None  # the rules being compared under now
         self.alignment_bar = self._build_alignment_bar()
         self.scalars = QTreeWidget()
         self.scalars.setObjectName("compareScalars")
@@ -304,7 +305,7 @@ class CompareView(QWidget):
         layout.addWidget(self.scalars)
         layout.addWidget(self.splitter, 1)
 
-    def _summary_html(self, report) -> str:
+    def _summary_html(self, report: DiffReport) -> str:
         view = report.load_state_dict_view()
         names = self.names
         return (
@@ -353,7 +354,7 @@ class CompareView(QWidget):
             self.strip_boxes[label].lineEdit().editingFinished.connect(self._realign)
         return bar
 
-    def _show_alignment(self):
+    def _show_alignment(self) -> None:
         """Pickers and words for the report's rules; the suggestion when it beats them."""
         alignment, suggestion = self.report.alignment, self.report.suggestion
         sides = {"A": alignment.a, "B": alignment.b} if alignment else {}
@@ -375,31 +376,32 @@ class CompareView(QWidget):
             )
 
     def picked_sides(self) -> tuple[Side, Side]:
-        return tuple(
+        side_a, side_b = (
             Side(
                 self.root_boxes[label].currentData() or "",
                 self.strip_boxes[label].currentText().strip(),
             )
             for label in ("A", "B")
         )
+        return side_a, side_b
 
-    def _realign(self, *_):
+    def _realign(self, *_: object) -> None:
         alignment = self.report.alignment
         sides = self.picked_sides()
         if sides == self.asked or alignment is not None and sides == (alignment.a, alignment.b):
             return  # a pick both activates and finishes editing: compare once
         self.compare_under(*sides)
 
-    def _use_suggestion(self):
+    def _use_suggestion(self) -> None:
         if self.report.suggestion is not None:
             self.compare_under(self.report.suggestion.a, self.report.suggestion.b)
 
-    def compare_under(self, side_a: Side, side_b: Side):
+    def compare_under(self, side_a: Side, side_b: Side) -> None:
         """Compare both files again under these rules (in a worker)."""
         self.asked = (side_a, side_b)
         self.alignment_label.setText("Comparing again...")
 
-        def failed(message):
+        def failed(message: str) -> None:
             self.asked = None
             self._show_alignment()
             self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
@@ -415,7 +417,7 @@ class CompareView(QWidget):
             on_error=failed,
         )
 
-    def _show_report(self, report):
+    def _show_report(self, report: DiffReport) -> None:
         self.asked = None
         self.jobs.cancel("detail")
         self.generation += 1
@@ -434,7 +436,7 @@ class CompareView(QWidget):
         self.plot_status.setText("")
         self.realigned.emit()
 
-    def _fill_scalars(self):
+    def _fill_scalars(self) -> None:
         self.scalars.clear()
         for pair in self.report.scalars:
             a, b = ("" if v is None else shown(repr(v)) for v in (pair.a, pair.b))
@@ -454,7 +456,7 @@ class CompareView(QWidget):
             )
 
     # --- the table and its legend ------------------------------------------------------------
-    def _fill_legend(self):
+    def _fill_legend(self) -> None:
         """One toggle per status present: symbol, name, count, in the status colour."""
         row = self.legend_row
         while row.count():
