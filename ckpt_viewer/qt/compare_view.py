@@ -415,6 +415,7 @@ class CompareView(QWidget):
             side_b,
             on_result=self._show_report,
             on_error=failed,
+            on_progress=lambda done: self.alignment_label.setText(f"Comparing again... {done:.0%}"),
         )
 
     def _show_report(self, report: DiffReport) -> None:
