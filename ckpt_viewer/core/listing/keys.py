@@ -7,6 +7,8 @@ checkpoint's `model_state_dict` against its exported weights)."""
 from __future__ import annotations
 
 import fnmatch
+import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -130,7 +132,7 @@ class Alignment:
                 ("add-prefix", side.add_prefix),
             ):
                 if value:
-                    words.append(f"--{name}-{label} {value}")
+                    words.append(f"--{name}-{label} {shlex.quote(value)}")
         return " ".join(words)
 
     @property
@@ -165,6 +167,11 @@ def candidate_strips(keys: list[str]) -> list[str]:
     return list(strips)
 
 
+def _is_copy(root: str) -> bool:
+    """An EMA or shadow copy of the weights (`model_ema`, `ema_state_dict`, `ema.shadow`)."""
+    return bool({"ema", "shadow"} & set(re.split(r"[^a-z]+", root.lower())))
+
+
 def _variants(
     checkpoint: Checkpoint, roots: list[str], renames: dict
 ) -> list[tuple[tuple, Side, frozenset]]:
@@ -183,7 +190,7 @@ def _variants(
             keys = frozenset(k[len(strip) :] if k.startswith(strip) else k for k in relative)
             if len(keys) < len(relative):
                 continue  # 'module.x' beside 'x': diff would refuse to name both 'x'
-            plainness = (bool(strip), bool(root), "ema" in root.lower(), order)
+            plainness = (bool(strip), bool(root), _is_copy(root), order)
             variants.append((plainness, Side(root, strip), keys))
     return variants
 
