@@ -316,3 +316,23 @@ def test_hostile_keys_align_without_surprises(tmp_path):
     both = builders.save({"module.w": t, "w": t * 2}, tmp_path / "both.pt")
     report = aligned(both, b)
     assert report.alignment.a == Side() and [t.key for t in report.tensors] == ["w"]
+
+
+def test_a_base_model_beside_its_head(tmp_path):
+    """A Hugging Face style task model (`transformer.*` and `lm_head.*`) against its base."""
+
+    class WithHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = builders.tiny_model()
+            self.lm_head = torch.nn.Linear(2, 5)
+
+    model = WithHead()
+    a = builders.save(model.state_dict(), tmp_path / "lm.pt")
+    b = builders.save(model.transformer.state_dict(), tmp_path / "base.pt")
+    report = aligned(a, b)
+    assert report.alignment.text == "strip transformer. from A"
+    assert report.only_a == ["lm_head.weight", "lm_head.bias"] and not report.only_b
+    base = torch.load(b, weights_only=True)
+    assert sorted(t.key for t in report.tensors) == sorted(base)
+    assert all(t.status == "identical" for t in report.tensors)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -159,11 +160,13 @@ def _wrapper_run(key: str) -> str:
 
 
 def candidate_strips(keys: list[str]) -> list[str]:
-    """No strip, each run of wrappers the keys start with, and the first name all keys share."""
+    """No strip, each run of wrappers the keys start with, and a first name at least half the
+    keys share (a Hugging Face base model's `transformer.` or `bert.` beside its head)."""
     strips = dict.fromkeys(["", *{_wrapper_run(k) for k in keys}])
-    first = {k.split(".", 1)[0] for k in keys if "." in k}
-    if len(first) == 1 and all("." in k for k in keys) and next(iter(first)).isprintable():
-        strips[f"{first.pop()}."] = None  # printable: a picker shows it as it is
+    firsts = Counter(k.split(".", 1)[0] for k in keys if "." in k)
+    for first, count in firsts.most_common(2):
+        if 2 * count >= len(keys) and first.isprintable():  # a picker shows it as it is
+            strips[f"{first}."] = None
     return list(strips)
 
 
