@@ -585,7 +585,7 @@ class MainWindow(QMainWindow):
 
         def job():
             a, b = open_checkpoint(path_a), open_checkpoint(path_b)
-            report = yield from diff(a, b)
+            report = yield from diff(a, b, auto_align=True)
             return report, a, b
 
         def done(result):
