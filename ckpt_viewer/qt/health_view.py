@@ -9,7 +9,6 @@ import time
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QBrush
 from PySide6.QtWidgets import (
-    QDialog,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -17,6 +16,7 @@ from PySide6.QtWidgets import (
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from ckpt_viewer.core.listing.model import format_bytes
@@ -47,8 +47,9 @@ def _check(checkpoint, plotting_settled=None):
     return (yield from check(checkpoint))
 
 
-class HealthDialog(QDialog):
-    """Non-modal; `open_key(key)` is called with a finding's key when it is clicked."""
+class HealthDialog(QWidget):
+    """A pane the window docks beside the tree; `open_key(key)` is called with a finding's key
+    when it is clicked. Closing it (WA_DeleteOnClose) stops its scan."""
 
     checked = Signal(object)  # HealthReport
     failed = Signal(str)
@@ -59,7 +60,7 @@ class HealthDialog(QDialog):
         self.setObjectName("healthDialog")
         self.checkpoint, self.open_key = checkpoint, open_key
         self.report = None
-        self.jobs = workers.Controller(self)  # a closed dialog's scan stops with it
+        self.jobs = workers.Controller(self)  # a closed pane's scan stops with it
         self.setWindowTitle(f"Health - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Scanning every tensor...")
         self.status.setObjectName("healthStatus")
@@ -85,7 +86,6 @@ class HealthDialog(QDialog):
         layout.addWidget(self.status)
         layout.addLayout(row)
         layout.addWidget(self.findings, 1)
-        self.resize(900, 480)
         settled = _plotting["settled"] if _plotting["started"] else None
         self.jobs.start(
             "check",

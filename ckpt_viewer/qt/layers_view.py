@@ -13,12 +13,12 @@ from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDialog,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
+    QWidget,
 )
 
 from ckpt_viewer.core.analysis.check import escape
@@ -45,7 +45,7 @@ ROLES_PER_STEP = 2  # roles drawn per event loop turn (about 3 ms each)
 LEGEND_COLUMNS = 4  # the legend sits over the plot: wide and short, not one tall column
 
 
-class LayersDialog(QDialog):
+class LayersDialog(QWidget):
     """`open_key(key)` is called with a point's tensor key; `peers` lists (name, checkpoint)
     of the other open files that can be overlaid."""
 
@@ -112,7 +112,6 @@ class LayersDialog(QDialog):
         self.layout_ = QVBoxLayout(self)
         self.layout_.addWidget(self.status)
         self.layout_.addLayout(controls)
-        self.resize(900, 560)
         self.spectral = spectral
         self.jobs.start(
             "preview",

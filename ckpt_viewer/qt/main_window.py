@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDialog,
+    QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -45,10 +46,50 @@ PRELOAD_DELAY_MS = 50
 FRAME_GUESS = QSize(16, 48)  # a title bar and borders, until the window manager says
 MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
 # every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
+# Tools views docked beside the tree: dock objectName -> title; where they sit is remembered
+PANES = {"healthDock": "Health", "layersDock": "Layers", "pickleImportsDock": "Pickle Imports"}
+PANE_SHARE = 0.45  # of the window's width, the first time a pane opens
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
     "*.pickle *.index.json);;All files (*)"
 )
+
+
+class Pane(QDockWidget):
+    """A dock holding one Tools view of one tab; closing the dock closes (and deletes) the view,
+    which stops its work, and a view that closes itself hides the dock."""
+
+    def __init__(self, name: str, title: str, parent: QWidget):
+        super().__init__(title, parent)
+        self.setObjectName(name)
+        self.tab: QWidget | None = None
+
+    def hold(self, view: QWidget, tab: QWidget) -> None:
+        self.drop()
+        view.setAttribute(Qt.WA_DeleteOnClose)
+        view.installEventFilter(self)
+        self.tab = tab
+        self.setWidget(view)
+        self.setWindowTitle(view.windowTitle())
+        self.show()
+        self.raise_()
+
+    def drop(self) -> None:
+        view, self.tab = self.widget(), None
+        if view is not None:
+            view.removeEventFilter(self)
+            view.close()
+        self.hide()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Close and watched is self.widget():
+            self.tab = None
+            self.hide()
+        return False
+
+    def closeEvent(self, event) -> None:
+        self.drop()
+        super().closeEvent(event)
 
 
 class MainWindow(QMainWindow):
@@ -85,6 +126,7 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_menus()
         self._build_toolbar()
+        self._build_panes()
         self.drop_hint = QLabel("Drop to open", self)
         self.drop_hint.setObjectName("dropHint")
         self.drop_hint.setAlignment(Qt.AlignCenter)
@@ -113,6 +155,36 @@ class MainWindow(QMainWindow):
         self._fit_to_screen(pos if isinstance(pos, QPoint) else None)
         if self.settings.value("window/maximized", False, type=bool):
             self.setWindowState(Qt.WindowMaximized)
+
+    def _build_panes(self) -> None:
+        """The docks exist from the start, hidden, so restoreState puts each where it was;
+        none opens at start: what they show belongs to a file."""
+        self.panes: dict[str, Pane] = {}
+        for name, title in PANES.items():
+            pane = self.panes[name] = Pane(name, title, self)
+            self.addDockWidget(Qt.RightDockWidgetArea, pane)
+        # placed: where each pane goes is known (saved, or chosen at its first opening)
+        self.placed = (
+            set(PANES) if self.restoreState(self.settings.value("window/panes", b"")) else set()
+        )
+        for pane in self.panes.values():
+            pane.hide()
+
+    def _show_pane(self, name: str, view: QWidget, tab: CheckpointTab) -> QWidget:
+        """`view` in its dock (replacing the one there); the first time, beside the tree, as a
+        tab of any other pane that is open."""
+        pane = self.panes[name]
+        others = [p for p in self.panes.values() if p is not pane and p.isVisible()]
+        first = name not in self.placed
+        if first and others:
+            self.tabifyDockWidget(others[0], pane)
+        pane.hold(view, tab)
+        if first:
+            self.placed.add(name)
+            if not others:
+                share = int(self.width() * PANE_SHARE)  # once laid out: not before it
+                QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Horizontal))
+        return view
 
     def _available(self) -> QRect | None:
         screen = self.screen() or QApplication.primaryScreen()
@@ -159,6 +231,7 @@ class MainWindow(QMainWindow):
         if not maximized:
             self.settings.setValue("window/pos", self.frameGeometry().topLeft())
         self.settings.setValue("window/maximized", maximized)
+        self.settings.setValue("window/panes", self.saveState())
         if available is not None:
             self.settings.setValue("window/screen", available.size())
 
@@ -644,10 +717,7 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
-        dialog = HealthDialog(tab.checkpoint, self._opener(tab), self)
-        dialog.setAttribute(Qt.WA_DeleteOnClose)
-        dialog.show()
-        return dialog
+        return self._show_pane("healthDock", HealthDialog(tab.checkpoint, self._opener(tab)), tab)
 
     def layers_current(self):
         """Tools > Layers: metrics across depth of the current tab's repeated blocks."""
@@ -657,10 +727,8 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
-        dialog = LayersDialog(tab.checkpoint, self._opener(tab), self._peers_of(tab), parent=self)
-        dialog.setAttribute(Qt.WA_DeleteOnClose)
-        dialog.show()
-        return dialog
+        view = LayersDialog(tab.checkpoint, self._opener(tab), self._peers_of(tab))
+        return self._show_pane("layersDock", view, tab)
 
     def pickle_imports_current(self, tab=None):
         """Tools > Pickle Imports (and the banner's button): the globals view of a tab."""
@@ -670,12 +738,10 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
-        view = PickleImportsView(tab.checkpoint, self)
+        view = PickleImportsView(tab.checkpoint)
         view.key_activated.connect(self._opener(tab))
         view.sanitize_requested.connect(lambda: self.sanitize_current(tab=tab))
-        view.setAttribute(Qt.WA_DeleteOnClose)
-        view.show()
-        return view
+        return self._show_pane("pickleImportsDock", view, tab)
 
     def sanitize_current(self, destination: str | None = None, tab=None):
         """File > Save Sanitized Copy: a copy torch.load(weights_only=True) loads with no
@@ -764,6 +830,9 @@ class MainWindow(QMainWindow):
             self.tabs.removeTab(index)
             return
         if isinstance(widget, CheckpointTab):
+            for pane in self.panes.values():
+                if pane.tab is widget:
+                    pane.drop()
             widget.release()
         elif hasattr(widget, "cancel"):
             widget.cancel()  # a comparison's histogram jobs
@@ -883,7 +952,7 @@ class MainWindow(QMainWindow):
             widget = self.tabs.widget(index)
             if hasattr(widget, "cancel"):
                 widget.cancel()
-        for dialog in self.findChildren(QDialog):
+        for dialog in [*self.findChildren(QDialog), *(p.widget() for p in self.panes.values())]:
             if hasattr(dialog, "cancel"):
                 dialog.cancel()
         self._update_busy()

@@ -3,7 +3,7 @@ layer lines plotted and a point opening its tensor."""
 
 import pytest
 import torch
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QTreeWidget
 from qt_helpers import open_and_wait
@@ -45,9 +45,11 @@ def test_health_lists_findings_and_a_click_opens_the_tensor(qtbot, window, tmp_p
     assert findings.topLevelItemCount() == 2
     item = findings.topLevelItem(0)
     assert (item.text(0), item.text(1), item.text(2)) == ("error", "nan", "model.nan.weight")
-    rect = findings.visualItemRect(item)
+    rect = findings.visualItemRect(item)  # the whole row, wider than a narrow pane
     with qtbot.waitSignal(tab.tensor_selected, timeout=10_000) as selected:
-        qtbot.mouseClick(findings.viewport(), Qt.LeftButton, pos=rect.center())
+        qtbot.mouseClick(
+            findings.viewport(), Qt.LeftButton, pos=QPoint(rect.left() + 10, rect.center().y())
+        )
     assert selected.args == ["model.nan.weight"]
     assert tab.selected_key() == "model.nan.weight"
     dialog.close()

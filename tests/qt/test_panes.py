@@ -1,0 +1,45 @@
+"""Health, Layers and Pickle Imports are panes docked beside the tree: one column of tabs the
+first time, where the user put them after a restart, gone with their file's tab."""
+
+import torch
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QDockWidget
+from qt_helpers import open_and_wait
+
+import builders
+
+
+def test_tools_views_dock_beside_the_tree_and_are_remembered(qtbot, window, tmp_path):
+    from ckpt_viewer.qt.main_window import MainWindow
+
+    path = builders.save({f"blocks.{i}.w": torch.ones(3, 3) for i in range(2)}, tmp_path / "m.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.current_tab()
+    health = window.health_current()
+    with qtbot.waitSignal(health.checked, timeout=30_000):
+        pass
+    imports = window.pickle_imports_current()
+    health_dock = window.findChild(QDockWidget, "healthDock")
+    imports_dock = window.findChild(QDockWidget, "pickleImportsDock")
+    assert health_dock.widget() is health and imports_dock.widget() is imports
+    assert window.dockWidgetArea(health_dock) == Qt.RightDockWidgetArea
+    assert window.tabifiedDockWidgets(health_dock) == [imports_dock]  # one column, two tabs
+    assert not health_dock.isFloating() and imports.isVisible()
+    assert health_dock.windowTitle() == "Health - m.pt"
+
+    imports.findChild(object, "pickleImportsClose").click()  # a view closing itself
+    qtbot.waitUntil(lambda: not imports_dock.isVisible(), timeout=5_000)
+    window.addDockWidget(Qt.BottomDockWidgetArea, health_dock)  # the user moves it
+    window.close_tab(window.tabs.indexOf(tab))
+    assert not health_dock.isVisible()  # its file is closed
+    qtbot.waitUntil(lambda: window.findChild(object, "healthDialog") is None, timeout=5_000)
+    window.close()  # saves where the panes are
+
+    again = MainWindow()
+    qtbot.addWidget(again)
+    again.show()
+    dock = again.findChild(QDockWidget, "healthDock")
+    assert not dock.isVisible()  # nothing to show before a file is open
+    open_and_wait(qtbot, again, path)
+    again.health_current()
+    assert dock.isVisible() and again.dockWidgetArea(dock) == Qt.BottomDockWidgetArea
