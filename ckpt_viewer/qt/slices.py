@@ -17,12 +17,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.values.read import filter_grid, pooled_2d, read_window
+from ckpt_viewer.core.values.read import filter_grid, filter_grid_columns, pooled_2d, read_window
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label
 from ckpt_viewer.qt.theme import style_plot
 
 PAGE_ROWS, PAGE_COLS, MAX_PAGES = 128, 32, 64
+MAX_FILTERS = 64  # tiles of the conv filter grid
 
 
 def matrix_shape(tensor) -> tuple[int, int]:
@@ -273,12 +274,19 @@ class HeatmapPage(QWidget):
         self.pending = None
         self.selector = SliceSelector()
         self.as_filters = QCheckBox("conv kernels as a grid of filters")
+        self.in_channel = QSpinBox()
+        self.in_channel.setObjectName("filterInChannel")
+        self.in_channel.setPrefix("in-channel ")
+        self.in_channel.setToolTip(
+            "Each tile is one output channel's kernel for this input channel"
+        )
         self.status = plain_label()
         self.readout = plain_label(" ")
         self.readout.setObjectName("heatmapReadout")
         top = QHBoxLayout()
         top.addWidget(self.selector, 1)
         top.addWidget(self.as_filters)
+        top.addWidget(self.in_channel)
         top.addWidget(self.status)
         self.layout_ = QVBoxLayout(self)
         self.layout_.addLayout(top)
@@ -290,6 +298,8 @@ class HeatmapPage(QWidget):
         self.jobs = workers.Controller(self)  # a new slice supersedes the one being read
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
+        self.in_channel.valueChanged.connect(self.recompute)
+        self.filters = None  # (kh, kw, tiles per row, tiles) of the grid on screen
 
     def show_tensor(self, tensor):
         self.tensor = tensor
@@ -298,6 +308,10 @@ class HeatmapPage(QWidget):
         self.as_filters.blockSignals(True)
         self.as_filters.setChecked(kernels)
         self.as_filters.blockSignals(False)
+        self.in_channel.blockSignals(True)
+        self.in_channel.setRange(0, tensor.shape[1] - 1 if kernels else 0)
+        self.in_channel.setValue(0)
+        self.in_channel.blockSignals(False)
         self.selector.set_shape(tensor.shape)
         self.recompute()
 
@@ -310,12 +324,20 @@ class HeatmapPage(QWidget):
         filters = self.as_filters.isChecked() and self.as_filters.isVisible()
         leading = self.selector.leading()
         self.selector.setEnabled(not filters)
+        self.in_channel.setVisible(filters)
+        in_channel = self.in_channel.value()
         self.status.setText("reading...")
         self.readout.setText(" ")
+        self.shown = None
+        if filters:
+            count = min(tensor.shape[0], MAX_FILTERS)
+            self.filters = (*tensor.shape[-2:], filter_grid_columns(count), count)
+        else:
+            self.filters = None
 
         def job():
             if filters:
-                grid = yield from filter_grid(tensor)
+                grid = yield from filter_grid(tensor, in_channel, MAX_FILTERS)
                 return grid, 1, 1
             result = yield from pooled_2d(tensor, leading)
             return result
@@ -389,6 +411,7 @@ class HeatmapPage(QWidget):
         self.image.setImage(values, levels=(low, high))
         self.image.setRect(0, 0, values.shape[1] * col_step, values.shape[0] * row_step)
         self.colorbar.setLevels((low, high))
+        self._label_axes()
         self.plot.autoRange()
         self.shown = (values, row_step, col_step)
         step = (
@@ -397,8 +420,42 @@ class HeatmapPage(QWidget):
             else ""
         )
         magnitude = " of |x|" if self.tensor.dtype.startswith("complex") else ""
-        self.status.setText(f"{values.shape[0]:,} x {values.shape[1]:,} cells{magnitude}{step}")
+        if self.filters is not None:
+            kh, kw, _, count = self.filters
+            self.status.setText(
+                f"{count:,} of {self.tensor.shape[0]:,} output channels, {kh} x {kw} kernels"
+            )
+        else:
+            self.status.setText(f"{values.shape[0]:,} x {values.shape[1]:,} cells{magnitude}{step}")
         self.ready.emit()
+
+    def _label_axes(self):
+        """Rows and columns, or for the filter grid the output channels each tile row holds and
+        each tile column adds, with square kernels."""
+        left, bottom = self.plot.getAxis("left"), self.plot.getAxis("bottom")
+        if self.filters is None:
+            left.setTicks(None)
+            bottom.setTicks(None)
+            self.plot.setLabel("left", "row")
+            self.plot.setLabel("bottom", "column")
+            self.plot.setAspectLocked(False)
+            return
+        kh, kw, columns, count = self.filters
+        left.setTicks(
+            [
+                [
+                    (
+                        top * (kh + 1) + kh / 2,
+                        f"{top * columns}-{min(top * columns + columns, count) - 1}",
+                    )
+                    for top in range(-(-count // columns))
+                ]
+            ]
+        )
+        bottom.setTicks([[(c * (kw + 1) + kw / 2, f"+{c}") for c in range(columns)]])
+        self.plot.setLabel("left", "output channels")
+        self.plot.setLabel("bottom", "output channel +")
+        self.plot.setAspectLocked(True)
 
     def _hover(self, position):
         if self.shown is None:
@@ -414,6 +471,16 @@ class HeatmapPage(QWidget):
         if not (0 <= r < values.shape[0] and 0 <= c < values.shape[1]) or x < 0 or y < 0:
             return " "
         value = values[r, c]
+        if self.filters is not None:
+            kh, kw, columns, count = self.filters
+            (tile_row, kr), (tile_column, kc) = divmod(r, kh + 1), divmod(c, kw + 1)
+            channel = tile_row * columns + tile_column
+            if kr == kh or kc == kw or channel >= count:
+                return " "
+            return (
+                f"output channel {channel}, in-channel {self.in_channel.value()}, "
+                f"kernel row {kr}, column {kc}: {value:.6g}"
+            )
         if row_step == 1 and col_step == 1:
             return f"row {r:,}, column {c:,}: {value:.6g}"
         return (
