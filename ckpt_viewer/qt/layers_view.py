@@ -42,7 +42,9 @@ LABELS = {
 PREVIEW_ELEMENTS = 20_000  # per tensor, for the first plot
 EXACT_PASS_DELAY_MS = 50  # after the preview's last draw step: time to paint it
 ROLES_PER_STEP = 2  # roles drawn per event loop turn (about 3 ms each)
-LEGEND_COLUMNS = 4  # the legend sits over the plot: wide and short, not one tall column
+LEGEND_COLUMNS = 4  # wide and short: a 13-role legend in one column was taller than the plot
+LEGEND_MARGIN = 12  # pixels right of the legend
+LEGEND_ROW = 4  # of a PlotItem's layout: below the bottom axis
 
 
 class LayersDialog(QWidget):
@@ -93,6 +95,9 @@ class LayersDialog(QWidget):
         for name, _ in self.peers:
             self.overlay_box.addItem(f"overlay {name}")
         self.overlay_box.setVisible(bool(self.peers))
+        for box in (self.stack_box, self.metric_box, self.overlay_box):
+            # its items arrive after the first show, which AdjustToContentsOnFirstShow sizes to
+            box.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         for box in (self.stack_box, self.metric_box):
             box.currentIndexChanged.connect(self.redraw)
         self.log_box.toggled.connect(self.redraw)
@@ -216,12 +221,13 @@ class LayersDialog(QWidget):
         style_plot(self.plot)
         self.plot.setObjectName("layersPlot")
         self.plot.setLabel("bottom", "layer")
-        # a 13-role legend in one column covered most of the plot's height and its points
-        base, text = self.palette().color(QPalette.Base), self.palette().color(QPalette.Text)
-        base.setAlpha(200)
-        self.plot.addLegend(
-            offset=(10, 10), colCount=LEGEND_COLUMNS, brush=base, labelTextColor=text
+        # below the axes, in the plot's own layout: over the data it covered layers 0-7
+        plot_item = self.plot.getPlotItem()
+        legend = pg.LegendItem(
+            offset=None, colCount=LEGEND_COLUMNS, labelTextColor=self.palette().color(QPalette.Text)
         )
+        plot_item.layout.addItem(legend, LEGEND_ROW, 1)
+        plot_item.legend = legend  # named lines are added to it
         self.layout_.addWidget(self.plot, 1)
         QTimer.singleShot(0, self, lambda: self.redraw(then=done))  # the widget alone: ~15 ms
 
@@ -324,8 +330,29 @@ class LayersDialog(QWidget):
         rest = todo[ROLES_PER_STEP:]
         if rest:
             QTimer.singleShot(0, self, lambda: self._draw_step(generation, rest, then))
-        elif then is not None:
+            return
+        self._fit_legend()
+        if then is not None:
             then.emit(self.report)
+
+    def _fit_legend(self):
+        """As many legend columns as fit the plot's width (at most LEGEND_COLUMNS): a legend
+        wider than the pane pushed the last layers out of sight."""
+        legend = self.plot.getPlotItem().legend if self.plot is not None else None
+        if legend is None or not legend.items:
+            return
+        room = self.plot.width() - self.plot.getAxis("left").width() - LEGEND_MARGIN
+        columns = LEGEND_COLUMNS
+        legend.setColumnCount(columns)
+        while columns > 1 and legend.geometry().width() > room:
+            columns -= 1
+            legend.setColumnCount(columns)
+        # the view sized the plot to the wider legend's minimum; fit it to the view again
+        self.plot.getPlotItem().setGeometry(0, 0, self.plot.width(), self.plot.height())
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self._fit_legend()
 
     def _lines_of(self, role, colour):
         """(line, clickable points, overlay's dashed line) of one role, made on first use."""

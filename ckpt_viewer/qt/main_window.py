@@ -48,7 +48,7 @@ MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
 # every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 # Tools views docked beside the tree: dock objectName -> title; where they sit is remembered
 PANES = {"healthDock": "Health", "layersDock": "Layers", "pickleImportsDock": "Pickle Imports"}
-PANE_SHARE = 0.45  # of the window's width, the first time a pane opens
+PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its statistics strip
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
     "*.pickle *.index.json);;All files (*)"

@@ -157,12 +157,21 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     curves = dialog.curves()
     assert [c[0] for c in curves] == ["attn.weight", "attn.bias"]
     assert curves[0][1] == [0, 1, 2]
-    legend = dialog.plot.getPlotItem().legend
-    assert legend.columnCount == 4 and legend.brush().color().alpha() < 255  # short, see-through
+    plot_item = dialog.plot.getPlotItem()
+    legend = plot_item.legend
+    assert legend.columnCount == 4 and len(legend.items) == 2  # short rows, not one tall column
+    # outside the data: below the axes, not over the first layers' points
+    view_box = plot_item.vb.sceneBoundingRect()
+    assert legend.sceneBoundingRect().top() >= view_box.bottom()
+    assert not legend.sceneBoundingRect().intersects(view_box)
     assert not dialog.plot.getAxis("left").autoSIPrefix  # never "L2 norm (x0.001)"
     expected = [torch.linalg.norm(sd[f"blocks.{i}.attn.weight"].double()).item() for i in range(3)]
     assert curves[0][2] == pytest.approx(expected, rel=1e-6)
     metric_box = dialog.metric_box
+    longest = max(metric_box.itemText(i) for i in range(metric_box.count()))
+    assert metric_box.width() >= metric_box.fontMetrics().horizontalAdvance(
+        longest
+    )  # not "mean ex"
     metric_box.setCurrentIndex(metric_box.findData("max_abs"))
     assert dialog.curves()[0][2][2] == sd["blocks.2.attn.weight"].abs().max().item()
     scatter = dialog.scatters[0]

@@ -43,3 +43,39 @@ def test_tools_views_dock_beside_the_tree_and_are_remembered(qtbot, window, tmp_
     open_and_wait(qtbot, again, path)
     again.health_current()
     assert dock.isVisible() and again.dockWidgetArea(dock) == Qt.BottomDockWidgetArea
+
+
+def test_layers_pane_shows_its_whole_text_and_plot(qtbot, window, tmp_path):
+    """The metric chooser's items arrive after the pane is shown (it was left at "mean ex");
+    the legend has as many columns as the pane's width holds (wider, it pushed the plot's
+    right part out of the pane)."""
+
+    class Blocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(
+                torch.nn.ModuleDict(
+                    {f"projection_with_a_long_name_{j}": torch.nn.Linear(4, 4) for j in range(4)}
+                )
+                for _ in range(3)
+            )
+
+    model = Blocks()
+    optimizer = torch.optim.Adam(model.parameters())
+    sum(layer(torch.ones(4)).sum() for b in model.blocks for layer in b.values()).backward()
+    optimizer.step()
+    path = builders.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "a.pt"
+    )
+    open_and_wait(qtbot, window, path)
+    window.resize(1366, 768)
+    view = window.layers_current()
+    with qtbot.waitSignal(view.ready, timeout=30_000):
+        pass
+    box = view.metric_box
+    texts = [box.itemText(i) for i in range(box.count())]
+    assert "mean exp_avg_sq (Adam)" in texts
+    assert box.width() >= max(box.fontMetrics().horizontalAdvance(text) for text in texts)
+    plot_item = view.plot.getPlotItem()
+    assert len(plot_item.legend.items) == 8 and plot_item.legend.columnCount < 4
+    assert plot_item.geometry().width() <= view.plot.width()
