@@ -65,6 +65,7 @@ class HealthDialog(QWidget):
         self.status = QLabel("Scanning every tensor...")
         self.status.setObjectName("healthStatus")
         self.status.setTextFormat(Qt.PlainText)
+        self.status.setWordWrap(True)  # a narrow pane wraps it rather than widening
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.cancel_button = QPushButton("Cancel")
@@ -75,16 +76,18 @@ class HealthDialog(QWidget):
         self.findings.setHeaderLabels(["Severity", "Kind", "Key", "Message"])
         self.findings.setRootIsDecorated(False)
         self.findings.setUniformRowHeights(True)
-        for column, width in enumerate((70, 130, 300)):
+        for column, width in enumerate((70, 130, 300)):  # until the findings are listed
             self.findings.setColumnWidth(column, width)
         self.findings.itemClicked.connect(self._clicked)
         self.findings.itemActivated.connect(self._clicked)
-        row = QHBoxLayout()
+        self.progress_row = QWidget()  # hidden once the scan ends: the findings get its room
+        row = QHBoxLayout(self.progress_row)
+        row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.status)
-        layout.addLayout(row)
+        layout.addWidget(self.progress_row)
         layout.addWidget(self.findings, 1)
         settled = _plotting["settled"] if _plotting["started"] else None
         self.jobs.start(
@@ -104,6 +107,7 @@ class HealthDialog(QWidget):
         self.report = report
         self.progress.setValue(1000)
         self.cancel_button.setEnabled(False)
+        self.progress_row.hide()
         counts = ", ".join(
             f"{report.count(s)} {s}{'s' if report.count(s) != 1 else ''}"
             for s in ("error", "warning", "info")
@@ -138,6 +142,8 @@ class HealthDialog(QWidget):
         if end < min(len(report.findings), MAX_SHOWN):
             QTimer.singleShot(0, self, lambda: self._list(report, end))
         else:
+            for column in range(3):  # severity, kind, key: as wide as the rows in sight need
+                self.findings.resizeColumnToContents(column)
             self.checked.emit(report)
 
     def _failed(self, message):

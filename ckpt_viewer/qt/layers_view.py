@@ -71,6 +71,7 @@ class LayersDialog(QWidget):
         self.setWindowTitle(f"Layers - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Reading every layer's tensors...")
         self.status.setTextFormat(Qt.PlainText)
+        self.status.setWordWrap(True)  # a narrow pane wraps it rather than widening
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.cancel_button = QPushButton("Cancel")
@@ -347,8 +348,12 @@ class LayersDialog(QWidget):
         while columns > 1 and legend.geometry().width() > room:
             columns -= 1
             legend.setColumnCount(columns)
-        # the view sized the plot to the wider legend's minimum; fit it to the view again
-        self.plot.getPlotItem().setGeometry(0, 0, self.plot.width(), self.plot.height())
+        # the view sized the plot to the wider legend's minimum: fit it to the view again; and
+        # LegendItem.updateSize moved the legend to (0, 0), over the data, until a relayout
+        plot_item = self.plot.getPlotItem()
+        plot_item.setGeometry(0, 0, self.plot.width(), self.plot.height())
+        plot_item.layout.invalidate()
+        plot_item.layout.activate()
 
     def resizeEvent(self, event):
         super().resizeEvent(event)

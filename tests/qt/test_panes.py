@@ -18,6 +18,7 @@ def test_tools_views_dock_beside_the_tree_and_are_remembered(qtbot, window, tmp_
     health = window.health_current()
     with qtbot.waitSignal(health.checked, timeout=30_000):
         pass
+    assert not health.progress_row.isVisible()  # done: the findings get the room
     imports = window.pickle_imports_current()
     health_dock = window.findChild(QDockWidget, "healthDock")
     imports_dock = window.findChild(QDockWidget, "pickleImportsDock")
@@ -79,3 +80,34 @@ def test_layers_pane_shows_its_whole_text_and_plot(qtbot, window, tmp_path):
     plot_item = view.plot.getPlotItem()
     assert len(plot_item.legend.items) == 8 and plot_item.legend.columnCount < 4
     assert plot_item.geometry().width() <= view.plot.width()
+
+
+def test_nan_and_inf_counts_need_no_scrolling_at_1366x768(qtbot, window, tmp_path):
+    from PySide6.QtWidgets import QTableWidget
+
+    values = torch.randn(1000)
+    values[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    path = builders.save({"w": values, "blocks.0.w": torch.ones(2)}, tmp_path / "n.pt")
+    open_and_wait(qtbot, window, path)
+    window.resize(1366, 768)
+    tab = window.current_tab()
+    table = tab.findChild(QTableWidget, "statsTable")
+
+    def alarms_in_sight() -> dict:
+        shown = {}
+        for row in range(table.rowCount()):
+            for column in range(0, table.columnCount(), 2):
+                label = table.item(row, column)
+                if label is not None and label.text() in ("NaN", "+Inf", "-Inf"):
+                    value = table.item(row, column + 1)
+                    inside = table.viewport().rect().contains(table.visualItemRect(value))
+                    shown[label.text()] = (value.text(), inside)
+        return shown
+
+    with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=30_000):
+        tab.select_key("w")
+    expected = {"NaN": ("1", True), "+Inf": ("1", True), "-Inf": ("1", True)}
+    assert alarms_in_sight() == expected
+    window.health_current()  # a pane beside the tree leaves the strip narrower
+    qtbot.waitUntil(lambda: table.columnCount() == 2, timeout=5_000)
+    assert alarms_in_sight() == expected
