@@ -24,6 +24,7 @@ from ckpt_viewer.qt.theme import style_plot
 
 PAGE_ROWS, PAGE_COLS, MAX_PAGES = 128, 32, 64
 MAX_FILTERS = 64  # tiles of the conv filter grid
+VECTOR_WIDTHS = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100)  # columns of a 1-D table
 
 
 def matrix_shape(tensor) -> tuple[int, int]:
@@ -176,12 +177,86 @@ class ValuesModel(QAbstractTableModel):
             return "..." if role == Qt.DisplayRole else None
         if role == Qt.ToolTipRole:
             return full_text(value)
-        column = index.column()
-        notation = self.notations[column // PAGE_COLS][column % PAGE_COLS]
-        return cell_text(value, notation)
+        return cell_text(value, self.notation(index.row(), index.column()))
+
+    def notation(self, _row: int, column: int) -> str:
+        return self.notations[column // PAGE_COLS][column % PAGE_COLS]
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         return str(section) if role == Qt.DisplayRole else None
+
+
+class VectorModel(ValuesModel):
+    """A 1-D tensor wrapped into `width` columns (one narrow column left the table's width
+    empty): cell (r, c) is element r * width + c, a row's header its first index; elements are
+    read PAGE_ROWS * PAGE_COLS at a time, one notation per page."""
+
+    CHUNK = PAGE_ROWS * PAGE_COLS
+
+    def __init__(self, tensor, width: int, jobs: workers.Controller, parent=None):
+        super().__init__(tensor, (), jobs, parent)
+        self.length, self.width = tensor.shape[0], width
+        self.rows, self.cols = -(-self.length // width), min(width, self.length)
+
+    def _request(self, key):
+        if key in self.requested:
+            return
+        self.requested.add(key)
+        rows = range(key * self.CHUNK, min((key + 1) * self.CHUNK, self.length))
+        self.jobs.start(
+            f"page {key}",
+            read_window,
+            self.tensor,
+            (),
+            rows,
+            range(1),
+            on_result=lambda page: self._arrived(key, page),
+            on_error=lambda message: self._arrived(key, None, message),
+        )
+
+    def _arrived(self, key, page, message=""):
+        start = key * self.CHUNK
+        if page is None:
+            self.error = message
+            page = np.full(min(self.CHUNK, self.length - start), np.nan)
+        page = np.asarray(page).reshape(-1)
+        self.requested.discard(key)
+        self.pages[key] = page
+        self.notations[key] = column_notation(page)
+        if len(self.pages) > MAX_PAGES:
+            self.pages.popitem(last=False)
+        last = start + page.shape[0] - 1
+        self.dataChanged.emit(
+            self.index(start // self.width, 0), self.index(last // self.width, self.cols - 1)
+        )
+        self.page_arrived.emit()
+
+    def value(self, r, c):
+        """The element's value, None while its page is being read or past the last element."""
+        i = r * self.width + c
+        if i >= self.length:
+            return None
+        page = self.pages.get(i // self.CHUNK)
+        if page is None:
+            self._request(i // self.CHUNK)
+            return None
+        self.pages.move_to_end(i // self.CHUNK)
+        return page[i % self.CHUNK]
+
+    def data(self, index, role=Qt.DisplayRole):
+        if index.isValid() and index.row() * self.width + index.column() >= self.length:
+            return None  # the last row's cells past the end
+        return super().data(index, role)
+
+    def notation(self, row: int, column: int) -> str:
+        return self.notations[(row * self.width + column) // self.CHUNK]
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
+        if role != Qt.DisplayRole:
+            return None
+        if orientation == Qt.Vertical:
+            return f"{section * self.width:,}"
+        return f"+{section}" if self.width > 1 else "0"
 
 
 class ValuesPage(QWidget):
@@ -192,9 +267,8 @@ class ValuesPage(QWidget):
         self.table.setObjectName("valueTable")
         self.table.verticalHeader().setDefaultSectionSize(20)
         sample = self.table.fontMetrics().horizontalAdvance("-0.00000e+00-0.00000e+00j")
-        self.table.horizontalHeader().setDefaultSectionSize(
-            self.table.fontMetrics().horizontalAdvance("-0.00000e+000") + 16
-        )
+        self.real_width = self.table.fontMetrics().horizontalAdvance("-0.00000e+000") + 16
+        self.table.horizontalHeader().setDefaultSectionSize(self.real_width)
         self.complex_width = sample + 16
         copy = QAction("Copy", self.table)
         copy.setShortcut(QKeySequence.Copy)
@@ -213,6 +287,17 @@ class ValuesPage(QWidget):
         self.selector.set_shape(tensor.shape)
         self._reload()
 
+    def _vector_width(self) -> int:
+        """Columns of a 1-D tensor's table: a round number of them that fits the width."""
+        fits = self.table.viewport().width() // self.table.horizontalHeader().defaultSectionSize()
+        return max(w for w in VECTOR_WIDTHS if w <= max(fits, 1))
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        model = self.table.model()
+        if isinstance(model, VectorModel) and model.width != self._vector_width():
+            self._reload()
+
     def _reload(self):
         if self.tensor is None:
             return
@@ -220,11 +305,15 @@ class ValuesPage(QWidget):
         old = self.table.model()
         if isinstance(old, ValuesModel):
             old.deleteLater()
-        self.table.setModel(
-            ValuesModel(self.tensor, self.selector.leading(), self.jobs, self.table)
+        complex_ = self.tensor.dtype.startswith("complex")  # and back after a complex one
+        self.table.horizontalHeader().setDefaultSectionSize(
+            self.complex_width if complex_ else self.real_width
         )
-        if self.tensor.dtype.startswith("complex"):
-            self.table.horizontalHeader().setDefaultSectionSize(self.complex_width)
+        if len(self.tensor.shape) == 1:
+            model = VectorModel(self.tensor, self._vector_width(), self.jobs, self.table)
+        else:
+            model = ValuesModel(self.tensor, self.selector.leading(), self.jobs, self.table)
+        self.table.setModel(model)
 
     def cancel(self):
         self.jobs.cancel()

@@ -111,3 +111,41 @@ def test_nan_and_inf_counts_need_no_scrolling_at_1366x768(qtbot, window, tmp_pat
     window.health_current()  # a pane beside the tree leaves the strip narrower
     qtbot.waitUntil(lambda: table.columnCount() == 2, timeout=5_000)
     assert alarms_in_sight() == expected
+
+
+def test_a_vectors_values_use_the_width(qtbot, window, tmp_path):
+    from PySide6.QtCore import Qt
+
+    vector = torch.arange(1234, dtype=torch.float32) / 8
+    path = builders.save({"v": vector, "m": torch.ones(3, 2)}, tmp_path / "v.pt")
+    open_and_wait(qtbot, window, path)
+    window.resize(1366, 768)
+    tab = window.current_tab()
+    view = tab.tensor_view
+    with qtbot.waitSignal(view.view_ready, timeout=30_000):
+        tab.select_key("v")
+    view.pages.setCurrentWidget(view.values)
+    table = view.values.table
+    model = table.model()
+    width = model.columnCount()
+    assert width in (4, 5, 8, 10, 16) and model.rowCount() == -(-1234 // width)
+    # the columns fill the table's width: one more would not fit
+    section = table.horizontalHeader().defaultSectionSize()
+    assert width * section <= table.viewport().width() < 2 * width * section
+    last = model.index(1233 // width, 1233 % width)
+    last.data()
+    qtbot.waitUntil(lambda: last.data() != "...", timeout=20_000)
+    assert last.data() == f"{vector[1233].item():.6f}"
+    assert model.index(1, 2).data(Qt.ToolTipRole) == str(vector[width + 2].item())
+    assert model.headerData(3, Qt.Vertical) == f"{3 * width:,}"
+    assert model.headerData(2, Qt.Horizontal) == "+2"
+    if 1234 % width:
+        assert model.index(model.rowCount() - 1, width - 1).data() is None  # past the end
+    table.setCurrentIndex(model.index(0, 0))
+    table.selectRow(1)
+    assert view.values.copy_selection() == "\t".join(
+        str(v) for v in vector[width : 2 * width].tolist()
+    )
+    with qtbot.waitSignal(view.view_ready, timeout=30_000):
+        tab.select_key("m")
+    assert (table.model().rowCount(), table.model().columnCount()) == (3, 2)  # a matrix as is
