@@ -149,3 +149,35 @@ def test_a_vectors_values_use_the_width(qtbot, window, tmp_path):
     with qtbot.waitSignal(view.view_ready, timeout=30_000):
         tab.select_key("m")
     assert (table.model().rowCount(), table.model().columnCount()) == (3, 2)  # a matrix as is
+
+
+def test_log_y_tick_labels_do_not_overlap(qtbot, window, tmp_path):
+    import math
+
+    from PySide6.QtGui import QImage, QPainter
+
+    from ckpt_viewer.qt.histogram_view import count_labels
+
+    values = [math.log10(c) for c in (0.9, 1, 2, 3, 5, 7, 9, 10, 20, 50, 100, 2e5)]
+    assert count_labels(values) == ["", "1", "2", "", "5", "", "", "10", "20", "50", "100", "2e5"]
+    torch.manual_seed(0)
+    path = builders.save({"s": torch.randn(60)}, tmp_path / "s.pt")  # counts of 1 to ~15
+    open_and_wait(qtbot, window, path)
+    window.resize(1366, 768)
+    tab = window.current_tab()
+    view = tab.tensor_view
+    with qtbot.waitSignal(view.view_ready, timeout=30_000):
+        tab.select_key("s")
+    view.log_y.setChecked(True)
+    axis = view.histogram.plot.getAxis("left")
+    qtbot.waitUntil(lambda: 0.5 < axis.range[1] < 2, timeout=5_000)  # log10 of ~15 counts
+    image = QImage(10, 10, QImage.Format_ARGB32)
+    painter = QPainter(image)
+    try:
+        _, _, texts = axis.generateDrawSpecs(painter)
+    finally:
+        painter.end()
+    shown = [(rect, text) for rect, _, text in texts if text]
+    assert {text for _, text in shown} <= {"1", "2", "5", "10", "20"} and len(shown) >= 2
+    for i, (rect, _) in enumerate(shown):
+        assert not any(rect.intersects(other) for other, _ in shown[i + 1 :])
