@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -47,7 +48,12 @@ FRAME_GUESS = QSize(16, 48)  # a title bar and borders, until the window manager
 MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
 # every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 # Tools views docked beside the tree: dock objectName -> title; where they sit is remembered
-PANES = {"healthDock": "Health", "layersDock": "Layers", "pickleImportsDock": "Pickle Imports"}
+PANES = {
+    "healthDock": "Health",
+    "layersDock": "Layers",
+    "pickleImportsDock": "Pickle Imports",
+    "compareDock": "Compare",  # a comparison tab moved beside the tree
+}
 PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its statistics strip
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
@@ -78,6 +84,8 @@ class Pane(QDockWidget):
         view, self.tab = self.widget(), None
         if view is not None:
             view.removeEventFilter(self)
+            if hasattr(view, "cancel"):
+                view.cancel()
             view.close()
         self.hide()
 
@@ -112,6 +120,8 @@ class MainWindow(QMainWindow):
         self.tabs.setMovable(True)
         self.tabs.setDocumentMode(True)
         self.tabs.tabCloseRequested.connect(self.close_tab)
+        self.tabs.tabBar().setContextMenuPolicy(Qt.CustomContextMenu)
+        self.tabs.tabBar().customContextMenuRequested.connect(self._tab_menu)
         self.setCentralWidget(self.tabs)
         self.welcome = QLabel(
             "Drop checkpoint files or model folders here, or use File > Open "
@@ -170,7 +180,7 @@ class MainWindow(QMainWindow):
         for pane in self.panes.values():
             pane.hide()
 
-    def _show_pane(self, name: str, view: QWidget, tab: CheckpointTab) -> QWidget:
+    def _show_pane(self, name: str, view: QWidget, tab: CheckpointTab | None) -> QWidget:
         """`view` in its dock (replacing the one there); the first time, beside the tree, as a
         tab of any other pane that is open."""
         pane = self.panes[name]
@@ -185,6 +195,25 @@ class MainWindow(QMainWindow):
                 share = int(self.width() * PANE_SHARE)  # once laid out: not before it
                 QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Horizontal))
         return view
+
+    def _tab_menu(self, position: QPoint) -> None:
+        """A comparison tab's context menu offers to show it beside the tree."""
+        index = self.tabs.tabBar().tabAt(position)
+        view = self.tabs.widget(index)
+        if view is None or view.objectName() != "compareView":
+            return
+        menu = QMenu(self)
+        menu.addAction("Show Beside the Tree", lambda: self.dock_comparison(view))
+        menu.popup(self.tabs.tabBar().mapToGlobal(position))
+
+    def dock_comparison(self, view: QWidget) -> QWidget:
+        """Moves a comparison tab into the Compare pane, beside the tree."""
+        index = self.tabs.indexOf(view)
+        if index >= 0:
+            view.setWindowTitle(f"Compare - {self.tabs.tabText(index)}")
+            self.tabs.removeTab(index)
+            self._show_welcome_if_empty()
+        return self._show_pane("compareDock", view, None)  # it holds its own files
 
     def _available(self) -> QRect | None:
         screen = self.screen() or QApplication.primaryScreen()

@@ -3,7 +3,7 @@ first time, where the user put them after a restart, gone with their file's tab.
 
 import torch
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDockWidget
+from PySide6.QtWidgets import QDockWidget, QWidget
 from qt_helpers import open_and_wait
 
 import builders
@@ -181,3 +181,28 @@ def test_log_y_tick_labels_do_not_overlap(qtbot, window, tmp_path):
     assert {text for _, text in shown} <= {"1", "2", "5", "10", "20"} and len(shown) >= 2
     for i, (rect, _) in enumerate(shown):
         assert not any(rect.intersects(other) for other, _ in shown[i + 1 :])
+
+
+def test_a_comparison_tab_moves_beside_the_tree(qtbot, window, tmp_path):
+    from PySide6.QtWidgets import QMenu
+
+    a = builders.save({"w": torch.ones(4)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.zeros(4)}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, a)
+    tab = window.current_tab()
+    with qtbot.waitSignal(window.compared, timeout=30_000):
+        window.compare_paths(tab.checkpoint.path, b)
+    view = window.tabs.currentWidget()
+    assert view.objectName() == "compareView"
+    bar = window.tabs.tabBar()
+    window._tab_menu(bar.tabRect(window.tabs.indexOf(view)).center())
+    menu = next(m for m in window.findChildren(QMenu) if m.isVisible())
+    next(a for a in menu.actions() if a.text() == "Show Beside the Tree").trigger()
+    dock = window.findChild(QDockWidget, "compareDock")
+    assert dock.widget() is view and dock.isVisible() and window.tabs.indexOf(view) < 0
+    assert dock.windowTitle() == "Compare - a.pt vs b.pt" and window.current_tab() is tab
+    window.close_tab(window.tabs.indexOf(tab))
+    assert dock.isVisible()  # the comparison holds its own copies of both files
+    dock.close()
+    assert not dock.isVisible()
+    qtbot.waitUntil(lambda: window.findChild(QWidget, "compareView") is None, timeout=5_000)
