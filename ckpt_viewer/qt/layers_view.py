@@ -155,6 +155,7 @@ class LayersDialog(QWidget):
         """The exact pass (or the overlay's) in its slot: a new one supersedes the old."""
         self.progress.setValue(0)
         self.cancel_button.setEnabled(True)
+        self._show_progress(True)
         self.jobs.start(
             slot,
             layer_metrics,
@@ -171,6 +172,7 @@ class LayersDialog(QWidget):
         self.report = report
         self.cancel_button.setEnabled(report.sampled)
         self.progress.setValue(0 if report.sampled else 1000)
+        self._show_progress(report.sampled)
         if not report.stacks:
             self.status.setText("No repeated blocks (keys like blocks.0.…, layers.1.…, h.2.…)")
             (self.preview_ready if report.sampled else self.ready).emit(report)
@@ -253,7 +255,13 @@ class LayersDialog(QWidget):
         if report is not None:
             self.overlay = report
             self.cancel_button.setEnabled(False)
+            self._show_progress(self.report is None or self.report.sampled)
             self.redraw()
+
+    def _show_progress(self, on: bool):
+        """The bar and Cancel while a pass runs; once it has ended the plot gets their room."""
+        self.progress.setVisible(on)
+        self.cancel_button.setVisible(on)
 
     def curves(self):
         """(role, layers, values, keys) of the chosen stack and metric, for the plot and tests."""

@@ -73,6 +73,7 @@ def test_layers_pane_shows_its_whole_text_and_plot(qtbot, window, tmp_path):
     view = window.layers_current()
     with qtbot.waitSignal(view.ready, timeout=30_000):
         pass
+    assert not view.progress.isVisible() and not view.cancel_button.isVisible()  # all done
     box = view.metric_box
     texts = [box.itemText(i) for i in range(box.count())]
     assert "mean exp_avg_sq (Adam)" in texts
