@@ -412,7 +412,7 @@ class HeatmapPage(QWidget):
         generation, tensor = self.generation, self.tensor
         filters = self.as_filters.isChecked() and self.as_filters.isVisible()
         leading = self.selector.leading()
-        self.selector.setEnabled(not filters)
+        self.selector.setVisible(not filters and bool(self.selector.spins))  # the grid has all
         self.in_channel.setVisible(filters)
         in_channel = self.in_channel.value()
         self.status.setText("reading...")
