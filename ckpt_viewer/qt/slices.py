@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
     QLabel,
+    QSizePolicy,
     QSpinBox,
     QTableView,
     QVBoxLayout,
@@ -366,6 +367,7 @@ class HeatmapPage(QWidget):
         self.in_channel = QSpinBox()
         self.in_channel.setObjectName("filterInChannel")
         self.in_channel.setPrefix("in-channel ")
+        self.in_channel.setSizePolicy(QSizePolicy.Fixed, QSizePolicy.Fixed)
         self.in_channel.setToolTip(
             "Each tile is one output channel's kernel for this input channel"
         )
@@ -376,6 +378,7 @@ class HeatmapPage(QWidget):
         top.addWidget(self.selector, 1)
         top.addWidget(self.as_filters)
         top.addWidget(self.in_channel)
+        top.addStretch(1)  # the selector hidden: controls keep their size
         top.addWidget(self.status)
         self.layout_ = QVBoxLayout(self)
         self.layout_.addLayout(top)
