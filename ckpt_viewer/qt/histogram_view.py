@@ -28,7 +28,7 @@ def bin_at(edges, x: float) -> int:
     return lo
 
 
-def count_labels(values, _scale=1.0, _spacing=None) -> list[str]:
+def count_labels(values: list[float], _scale: float = 1.0, _spacing: object = None) -> list[str]:
     """Log-y tick labels (values are log10 counts): counts of 1, 2 and 5 times a power of ten;
     pyqtgraph's other minor ticks stay unlabelled (over a short range it labelled them all, and
     7, 8, 9, 10 and 0.9, 1 were drawn over each other). Below one count: nothing."""

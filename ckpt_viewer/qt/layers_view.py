@@ -9,7 +9,7 @@ import math
 import os
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -258,7 +258,7 @@ class LayersDialog(QWidget):
             self._show_progress(self.report is None or self.report.sampled)
             self.redraw()
 
-    def _show_progress(self, on: bool):
+    def _show_progress(self, on: bool) -> None:
         """The bar and Cancel while a pass runs; once it has ended the plot gets their room."""
         self.progress.setVisible(on)
         self.cancel_button.setVisible(on)
@@ -344,7 +344,7 @@ class LayersDialog(QWidget):
         if then is not None:
             then.emit(self.report)
 
-    def _fit_legend(self):
+    def _fit_legend(self) -> None:
         """As many legend columns as fit the plot's width (at most LEGEND_COLUMNS): a legend
         wider than the pane pushed the last layers out of sight."""
         legend = self.plot.getPlotItem().legend if self.plot is not None else None
@@ -363,7 +363,7 @@ class LayersDialog(QWidget):
         plot_item.layout.invalidate()
         plot_item.layout.activate()
 
-    def resizeEvent(self, event):
+    def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         self._fit_legend()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, Qt, Signal
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_viewer.core.listing.model import TensorInfo
 from ckpt_viewer.core.values.read import filter_grid, filter_grid_columns, pooled_2d, read_window
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label
@@ -194,12 +195,18 @@ class VectorModel(ValuesModel):
 
     CHUNK = PAGE_ROWS * PAGE_COLS
 
-    def __init__(self, tensor, width: int, jobs: workers.Controller, parent=None):
+    def __init__(
+        self,
+        tensor: TensorInfo,
+        width: int,
+        jobs: workers.Controller,
+        parent: QObject | None = None,
+    ):
         super().__init__(tensor, (), jobs, parent)
         self.length, self.width = tensor.shape[0], width
         self.rows, self.cols = -(-self.length // width), min(width, self.length)
 
-    def _request(self, key):
+    def _request(self, key: int) -> None:
         if key in self.requested:
             return
         self.requested.add(key)
@@ -215,7 +222,7 @@ class VectorModel(ValuesModel):
             on_error=lambda message: self._arrived(key, None, message),
         )
 
-    def _arrived(self, key, page, message=""):
+    def _arrived(self, key: int, page: np.ndarray | None, message: str = "") -> None:
         start = key * self.CHUNK
         if page is None:
             self.error = message
@@ -232,7 +239,7 @@ class VectorModel(ValuesModel):
         )
         self.page_arrived.emit()
 
-    def value(self, r, c):
+    def value(self, r: int, c: int):
         """The element's value, None while its page is being read or past the last element."""
         i = r * self.width + c
         if i >= self.length:
@@ -244,7 +251,7 @@ class VectorModel(ValuesModel):
         self.pages.move_to_end(i // self.CHUNK)
         return page[i % self.CHUNK]
 
-    def data(self, index, role=Qt.DisplayRole):
+    def data(self, index: QModelIndex, role: int = Qt.DisplayRole):
         if index.isValid() and index.row() * self.width + index.column() >= self.length:
             return None  # the last row's cells past the end
         return super().data(index, role)
@@ -252,7 +259,7 @@ class VectorModel(ValuesModel):
     def notation(self, row: int, column: int) -> str:
         return self.notations[(row * self.width + column) // self.CHUNK]
 
-    def headerData(self, section, orientation, role=Qt.DisplayRole):
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.DisplayRole):
         if role != Qt.DisplayRole:
             return None
         if orientation == Qt.Vertical:
@@ -293,7 +300,7 @@ class ValuesPage(QWidget):
         fits = self.table.viewport().width() // self.table.horizontalHeader().defaultSectionSize()
         return max(w for w in VECTOR_WIDTHS if w <= max(fits, 1))
 
-    def resizeEvent(self, event):
+    def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         model = self.table.model()
         if isinstance(model, VectorModel) and model.width != self._vector_width():
@@ -521,7 +528,7 @@ class HeatmapPage(QWidget):
             self.status.setText(f"{values.shape[0]:,} x {values.shape[1]:,} cells{magnitude}{step}")
         self.ready.emit()
 
-    def _label_axes(self):
+    def _label_axes(self) -> None:
         """Rows and columns, or for the filter grid the output channels each tile row holds and
         each tile column adds, with square kernels."""
         left, bottom = self.plot.getAxis("left"), self.plot.getAxis("bottom")
