@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QStyle,
     QTabWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -53,6 +54,11 @@ PANES = {
     "layersDock": "Layers",
     "pickleImportsDock": "Pickle Imports",
     "compareDock": "Compare",  # a comparison tab moved beside the tree
+}
+# reopened after a restart as a button: what it runs, and the window's method that runs it
+PANE_STARTS = {
+    "healthDock": ("Scan every tensor for findings", "health_current"),
+    "layersDock": ("Plot metrics across depth", "layers_current"),
 }
 PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its statistics strip
 OPEN_FILTER = (
@@ -179,6 +185,31 @@ class MainWindow(QMainWindow):
         )
         for pane in self.panes.values():
             pane.hide()
+        value = self.settings.value("window/openPanes", [])
+        self.to_reopen = [value] if isinstance(value, str) else list(value or [])
+
+    def _reopen_panes(self, tab: CheckpointTab) -> None:
+        """The panes open at the last quit come back with the first file: Pickle Imports
+        filled, Health and Layers with a button, as their passes read the whole file."""
+        remembered, self.to_reopen = self.to_reopen, []
+        for name in remembered:
+            if name == "pickleImportsDock":
+                self.pickle_imports_current(tab)
+            elif name in PANE_STARTS:
+                text, start = PANE_STARTS[name]
+                holder = QWidget()
+                holder.setWindowTitle(PANES[name])
+                button = QPushButton(text)
+                button.setObjectName(f"{name}Start")
+                button.clicked.connect(lambda _=False, s=start: self._start_pane(tab, s))
+                layout = QVBoxLayout(holder)
+                layout.addWidget(button, 0, Qt.AlignHCenter | Qt.AlignTop)
+                self._show_pane(name, holder, tab)
+
+    def _start_pane(self, tab: CheckpointTab, start: str) -> None:
+        if self.tabs.indexOf(tab) >= 0:
+            self.tabs.setCurrentWidget(tab)
+            getattr(self, start)()
 
     def _show_pane(self, name: str, view: QWidget, tab: CheckpointTab | None) -> QWidget:
         """`view` in its dock (replacing the one there); the first time, beside the tree, as a
@@ -261,6 +292,9 @@ class MainWindow(QMainWindow):
             self.settings.setValue("window/pos", self.frameGeometry().topLeft())
         self.settings.setValue("window/maximized", maximized)
         self.settings.setValue("window/panes", self.saveState())
+        self.settings.setValue(
+            "window/openPanes", [n for n, p in self.panes.items() if p.tab is not None]
+        )
         if available is not None:
             self.settings.setValue("window/screen", available.size())
 
@@ -508,6 +542,7 @@ class MainWindow(QMainWindow):
             f"{path}: {plural(totals.tensors, 'tensor')}, {split_text(totals)}", 8000
         )
         self.loaded.emit(path)
+        self._reopen_panes(tab)
         # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first
         QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot())
 

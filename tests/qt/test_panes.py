@@ -207,3 +207,34 @@ def test_a_comparison_tab_moves_beside_the_tree(qtbot, window, tmp_path):
     dock.close()
     assert not dock.isVisible()
     qtbot.waitUntil(lambda: window.findChild(QWidget, "compareView") is None, timeout=5_000)
+
+
+def test_panes_open_at_quit_come_back_with_the_first_file(qtbot, window, tmp_path):
+    from PySide6.QtWidgets import QPushButton
+
+    from ckpt_viewer.qt.health_view import HealthDialog
+    from ckpt_viewer.qt.main_window import MainWindow
+
+    path = builders.save({"w": torch.ones(3)}, tmp_path / "m.pt")
+    open_and_wait(qtbot, window, path)
+    with qtbot.waitSignal(window.health_current().checked, timeout=30_000):
+        pass
+    window.pickle_imports_current()
+    window.close()
+
+    again = MainWindow()
+    qtbot.addWidget(again)
+    again.show()
+    health = again.findChild(QDockWidget, "healthDock")
+    imports = again.findChild(QDockWidget, "pickleImportsDock")
+    assert not health.isVisible() and not imports.isVisible()
+    open_and_wait(qtbot, again, path)
+    assert imports.widget().objectName() == "pickleImportsView"  # cheap: filled at once
+    assert not again.findChildren(HealthDialog)  # a full read waits for the user
+    start = health.widget().findChild(QPushButton, "healthDockStart")
+    assert start.text() == "Scan every tensor for findings"
+    start.click()
+    assert isinstance(health.widget(), HealthDialog)
+    with qtbot.waitSignal(health.widget().checked, timeout=30_000):
+        pass
+    assert not again.findChild(QDockWidget, "layersDock").isVisible()
