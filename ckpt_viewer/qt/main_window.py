@@ -47,7 +47,6 @@ NEEDS_A_FILE = (
 PRELOAD_DELAY_MS = 50
 FRAME_GUESS = QSize(16, 48)  # a title bar and borders, until the window manager says
 MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
-# every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 # Tools views docked beside the tree: dock objectName -> title; where they sit is remembered
 PANES = {
     "healthDock": "Health",
@@ -61,6 +60,7 @@ PANE_STARTS = {
     "layersDock": ("Plot metrics across depth", "layers_current"),
 }
 PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its statistics strip
+# every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
     "*.pickle *.index.json);;All files (*)"
