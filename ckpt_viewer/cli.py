@@ -198,6 +198,12 @@ def _diff_parser(sub):
         help="when one side is a GGUF file, rename the other side's tensors to "
         "llama.cpp's GGUF names (auto, the default) or compare names as they are",
     )
+    p.add_argument(
+        "--auto-align",
+        action="store_true",
+        help="choose the roots and wrapper prefixes (module., _orig_mod., model.) that make "
+        "the most keys common, instead of --root/--strip-prefix/--add-prefix",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_diff)
 
@@ -411,7 +417,8 @@ def run_stats(args) -> int:
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.report import stats_lines
     from ckpt_viewer.core.listing.text import nearest_keys
-    from ckpt_viewer.core.values.stats import compute, run
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.core.values.stats import compute
 
     checkpoint = open_checkpoint(args.path)
     node = checkpoint.find(args.key)
@@ -435,7 +442,7 @@ def run_export(args) -> int:
     from ckpt_viewer.core.listing.model import format_bytes
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.text import plural
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
     from ckpt_viewer.core.writing.export import ExportPlan, export, parse_size
 
     fmt = args.format or ("safetensors" if args.dst.endswith(".safetensors") else "pth")
@@ -466,7 +473,7 @@ def run_sanitize(args) -> int:
     from ckpt_viewer.core.listing.model import format_bytes
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.text import plural
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
     from ckpt_viewer.core.writing.sanitize import sanitize
 
     checkpoint = open_checkpoint(args.src)
@@ -485,7 +492,7 @@ def run_verify(args) -> int:
     from ckpt_viewer.core.analysis.verify import verify
     from ckpt_viewer.core.listing.model import format_bytes
     from ckpt_viewer.core.listing.text import plural
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     report = run(verify(args.path))
     args.status = 0 if report.ok else 1
@@ -508,7 +515,7 @@ def run_diff(args) -> int:
     from ckpt_viewer.core.analysis.diff import Side, diff
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.report import diff_lines
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     checkpoints = []
     for path in (args.a, args.b):
@@ -524,7 +531,20 @@ def run_diff(args) -> int:
         )
         for s in ("a", "b")
     ]
-    report = run(diff(checkpoints[0], checkpoints[1], *sides, map_gguf=args.map_gguf == "auto"))
+    if args.auto_align and sides != [Side(), Side()]:
+        raise CheckpointError(
+            "--auto-align chooses roots and prefixes itself: give no --root, --strip-prefix or "
+            "--add-prefix with it"
+        )
+    report = run(
+        diff(
+            checkpoints[0],
+            checkpoints[1],
+            *sides,
+            map_gguf=args.map_gguf == "auto",
+            auto_align=args.auto_align,
+        )
+    )
     args.status = 0 if report.identical else 1
     say_report(args, report, diff_lines)
     return args.status
@@ -533,7 +553,7 @@ def run_diff(args) -> int:
 def run_check(args) -> int:
     from ckpt_viewer.core.analysis.check import check, text_lines
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     report = run(check(open_checkpoint(args.path)))
     args.status = 0 if report.ok else 1
@@ -544,7 +564,7 @@ def run_check(args) -> int:
 def run_layers(args) -> int:
     from ckpt_viewer.core.analysis.layers import layer_metrics, text_lines
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     report = run(layer_metrics(open_checkpoint(args.path), spectral=args.spectral))
     say_report(args, report, text_lines)

@@ -7,13 +7,13 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
-    QDialog,
     QHBoxLayout,
     QPlainTextEdit,
     QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from ckpt_viewer.core.listing.globals import advice, meaning, report_dict, verdict
@@ -23,7 +23,7 @@ from ckpt_viewer.qt.theme import on_base
 CODE_RED = QColor("#b02a37")
 
 
-class PickleImportsView(QDialog):
+class PickleImportsView(QWidget):
     key_activated = Signal(str)  # a key clicked: the owner selects it in the tree
     sanitize_requested = Signal()
 
@@ -31,7 +31,6 @@ class PickleImportsView(QDialog):
         super().__init__(parent)
         self.setObjectName("pickleImportsView")
         self.setWindowTitle(f"Pickle Imports: {shown(checkpoint.path)}")
-        self.resize(820, 560)
         self.report = report_dict(checkpoint)
 
         self.format = checkpoint.format
@@ -75,6 +74,7 @@ class PickleImportsView(QDialog):
         self.sanitize_button.setObjectName("pickleImportsSanitize")
         self.sanitize_button.clicked.connect(self.sanitize_requested)
         close = QPushButton("Close")
+        close.setObjectName("pickleImportsClose")
         close.clicked.connect(self.close)
 
         layout = QVBoxLayout(self)

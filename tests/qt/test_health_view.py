@@ -3,13 +3,14 @@ layer lines plotted and a point opening its tensor."""
 
 import pytest
 import torch
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QTreeWidget
 from qt_helpers import open_and_wait
 
 import builders
 from ckpt_viewer.core.analysis import check as check_module
+from ckpt_viewer.core.analysis.scan import worker_count
 from ckpt_viewer.qt.health_view import HealthDialog
 from ckpt_viewer.qt.layers_view import LayersDialog
 
@@ -45,9 +46,11 @@ def test_health_lists_findings_and_a_click_opens_the_tensor(qtbot, window, tmp_p
     assert findings.topLevelItemCount() == 2
     item = findings.topLevelItem(0)
     assert (item.text(0), item.text(1), item.text(2)) == ("error", "nan", "model.nan.weight")
-    rect = findings.visualItemRect(item)
+    rect = findings.visualItemRect(item)  # the whole row, wider than a narrow pane
     with qtbot.waitSignal(tab.tensor_selected, timeout=10_000) as selected:
-        qtbot.mouseClick(findings.viewport(), Qt.LeftButton, pos=rect.center())
+        qtbot.mouseClick(
+            findings.viewport(), Qt.LeftButton, pos=QPoint(rect.left() + 10, rect.center().y())
+        )
     assert selected.args == ["model.nan.weight"]
     assert tab.selected_key() == "model.nan.weight"
     dialog.close()
@@ -64,8 +67,8 @@ def held_scan(monkeypatch, tmp_path):
     real_run = check_module._run
 
     def held(*args):
-        calls.append(args[1])
-        gate.wait(10)
+        calls.append(args[0])
+        gate.wait(60)  # long enough for a loaded machine: released by the test before
         return real_run(*args)
 
     monkeypatch.setattr(check_module, "_run", held)
@@ -84,7 +87,7 @@ def test_health_cancel_stops_the_scan_quietly(qtbot, window, tmp_path, monkeypat
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
     assert dialog.status.text() == "Cancelled" and dialog.report is None
-    assert len(calls) <= 2 * check_module.worker_count() + 1 < 6400  # stopped, not drained
+    assert len(calls) <= 2 * worker_count() + 1 < 6400  # stopped, not drained
     assert not dialog.jobs.busy()
     dialog.close()
 
@@ -155,12 +158,21 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     curves = dialog.curves()
     assert [c[0] for c in curves] == ["attn.weight", "attn.bias"]
     assert curves[0][1] == [0, 1, 2]
-    legend = dialog.plot.getPlotItem().legend
-    assert legend.columnCount == 4 and legend.brush().color().alpha() < 255  # short, see-through
+    plot_item = dialog.plot.getPlotItem()
+    legend = plot_item.legend
+    assert len(legend.items) == 2
+    # outside the data: below the axes, not over the first layers' points
+    view_box = plot_item.vb.sceneBoundingRect()
+    assert legend.sceneBoundingRect().top() >= view_box.bottom()
+    assert not legend.sceneBoundingRect().intersects(view_box)
     assert not dialog.plot.getAxis("left").autoSIPrefix  # never "L2 norm (x0.001)"
     expected = [torch.linalg.norm(sd[f"blocks.{i}.attn.weight"].double()).item() for i in range(3)]
     assert curves[0][2] == pytest.approx(expected, rel=1e-6)
     metric_box = dialog.metric_box
+    longest = max(metric_box.itemText(i) for i in range(metric_box.count()))
+    assert metric_box.width() >= metric_box.fontMetrics().horizontalAdvance(
+        longest
+    )  # not "mean ex"
     metric_box.setCurrentIndex(metric_box.findData("max_abs"))
     assert dialog.curves()[0][2][2] == sd["blocks.2.attn.weight"].abs().max().item()
     scatter = dialog.scatters[0]

@@ -10,7 +10,6 @@ the destination folder, fsynced, reopened and checked, then renamed into place.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -25,24 +24,23 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.keys import map_keys
 from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
     PACKED_VALUES,
     Checkpoint,
     TensorInfo,
+    contiguous_strides,
     span_bytes,
 )
 from ckpt_viewer.core.listing.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset
-from ckpt_viewer.core.values.read import (
-    StorageReader,
-    apply_view_bits,
-    as_little_endian,
-    dcp_slabs,
-    iter_raw_chunks,
-    read_tensor,
-)
+from ckpt_viewer.core.values.dcp import dcp_slabs
+from ckpt_viewer.core.values.decode import apply_view_bits, as_little_endian
+from ckpt_viewer.core.values.storage import StorageReader
+from ckpt_viewer.core.values.strided import iter_raw_chunks
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 from ckpt_viewer.core.writing.destination import INDEX_NAMES, SHARD_STEMS, check_file, check_folder
 from ckpt_viewer.core.writing.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
 
@@ -101,35 +99,16 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
     command line and the dialog's live preview."""
     if plan.dtype not in CAST_TARGETS:
         raise CheckpointError(f"dtype must be one of {', '.join(CAST_TARGETS)}")
-    root = plan.root.strip(".")
-    if root and checkpoint.find(root) is None:
-        raise CheckpointError(f"no key {root!r} to export from")
-    selected = set(plan.keys) if plan.keys is not None else None
-    items, seen = [], {}
-    for key, tensor, _ in checkpoint.tensors():
-        if root and not (key == root or key.startswith(root + ".")):
-            continue
-        if selected is not None and key not in selected:
-            continue
-        if not root:
-            relative = key
-        elif key == root:  # the root is itself a tensor
-            relative = key.rsplit(".", 1)[-1]
-        else:
-            relative = key[len(root) + 1 :]
-        if plan.include and not any(fnmatch.fnmatchcase(relative, g) for g in plan.include):
-            continue
-        if any(fnmatch.fnmatchcase(relative, g) for g in plan.exclude):
-            continue
-        new_key = relative
-        if plan.strip_prefix and new_key.startswith(plan.strip_prefix):
-            new_key = new_key[len(plan.strip_prefix) :]
-        new_key = plan.add_prefix + new_key
-        if new_key in seen:
-            raise CheckpointError(
-                f"{seen[new_key]!r} and {key!r} would both be written as {new_key!r}"
-            )
-        seen[new_key] = key
+    items = []
+    for key, new_key, tensor in map_keys(
+        checkpoint,
+        plan.root,
+        plan.strip_prefix,
+        plan.add_prefix,
+        plan.include,
+        plan.exclude,
+        plan.keys,
+    ):
         cast = plan.dtype != "keep" and tensor.dtype in FLOAT_DTYPES
         items.append(
             Item(
@@ -374,11 +353,7 @@ def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple]:
     shared span, contiguous otherwise."""
     if record.shared:
         return tensor.offset - record.first, tuple(tensor.stride)
-    stride, step = [], 1
-    for dim in reversed(tensor.shape):
-        stride.insert(0, step)
-        step *= dim
-    return 0, tuple(stride)
+    return 0, contiguous_strides(tensor.shape)
 
 
 def quantizer_entries(records: list[_Record]) -> dict:
