@@ -573,7 +573,7 @@ def run_layers(args) -> int:
 
 def run_timeline(args) -> int:
     from ckpt_viewer.core.analysis.timeline import DEFAULT_METRICS, text_lines, timeline
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     chosen = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
     metrics = [m.strip() for m in chosen if m.strip()]

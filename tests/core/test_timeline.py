@@ -11,7 +11,7 @@ import builders
 from ckpt_viewer.cli import main
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.analysis.timeline import open_run, timeline
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 
 
 def _report(paths, **kwargs):

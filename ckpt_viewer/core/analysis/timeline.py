@@ -8,6 +8,7 @@ side, so the previous and the first step's chunk are at hand without reading the
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import json
@@ -17,19 +18,24 @@ import re
 import statistics
 import threading
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError, describe_error
-from ckpt_viewer.core.analysis.diff import Side, mapped
+from ckpt_viewer.core.analysis.check import by_tail
+from ckpt_viewer.core.analysis.diff import mapped
+from ckpt_viewer.core.analysis.scan import scan as scan_all
+from ckpt_viewer.core.analysis.scan import worker_count
 from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.keys import Side, align, candidate_roots
 from ckpt_viewer.core.listing.model import Checkpoint, TensorInfo
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.runs import expand_paths, numbers_in
+from ckpt_viewer.core.listing.summary import MODEL, tensor_categories
 from ckpt_viewer.core.listing.text import plural, safe_text
-from ckpt_viewer.core.values.read import iter_chunks, numpy_readable
+from ckpt_viewer.core.values.decode import numpy_readable
+from ckpt_viewer.core.values.read import iter_chunks
 from ckpt_viewer.core.values.stats import _Moments
 
 METRICS = (
@@ -49,8 +55,6 @@ CHUNK = 1 << 18  # elements per step per read: N chunks side by side stay in the
 OUTSIZED = 10.0  # an update this many times the step's median update is a finding
 STEP_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
 LOSS_NAMES = ("loss", "train_loss", "val_loss", "eval_loss", "best_loss")
-MODEL_ROOTS = ("model_state_dict", "state_dict", "model", "module", "model_state", "net")
-WRAPPERS = ("module.", "_orig_mod.")
 NO_ARITHMETIC = ("float4_e2m1fn_x2",)  # two 4-bit floats a byte: compared by diff, not measured
 
 
@@ -193,33 +197,62 @@ def _losses(checkpoint: Checkpoint) -> dict:
     return found
 
 
-def _tensor_keys_under(checkpoint: Checkpoint, root: str) -> list[str]:
-    prefix = root + "."
-    return [k for k, _, _ in checkpoint.tensors() if not root or k.startswith(prefix)]
+def _model_view(checkpoint: Checkpoint) -> Checkpoint:
+    """The checkpoint with only its model's tensors listed (optimizer state and other values
+    left out): what a run's timeline follows and lines up."""
+    categories = tensor_categories(checkpoint)
+    kept = [t for t in checkpoint.tensors() if categories.get(id(t[2])) == MODEL]
+    return dataclasses.replace(checkpoint, _tensors=kept or checkpoint.tensors())
 
 
-def model_side(checkpoint: Checkpoint) -> Side:
-    """Where the model's parameters sit in this checkpoint and which wrapper prefix they carry,
-    so that steps saved by different code paths line up key by key."""
-    top = [c.name for c in checkpoint.root.children]
-    root = ""
-    named = [n for n in MODEL_ROOTS if n in top and _tensor_keys_under(checkpoint, n)]
-    if named:
-        root = named[0]
-    else:
-        files = [
-            n for n in top if re.fullmatch(r"(model|pytorch_model).*\.(safetensors|bin)", str(n))
-        ]
-        if files and _tensor_keys_under(checkpoint, files[0]):
-            root = files[0]
-    keys = _tensor_keys_under(checkpoint, root)
-    offset = len(root) + 1 if root else 0
-    strip = ""
-    for wrapper in WRAPPERS:
-        if keys and all(k[offset:].startswith(wrapper) for k in keys):
-            strip = wrapper
-            break
-    return Side(root=root, strip_prefix=strip)
+def _roots(checkpoint: Checkpoint) -> list[str]:
+    """Compare's candidate roots, and a training folder's model file (grafted whole)."""
+    files = [
+        c.key
+        for c in checkpoint.root.children
+        if re.fullmatch(r"(model|pytorch_model).*\.(safetensors|bin)", str(c.name))
+    ]
+    return list(dict.fromkeys(candidate_roots(checkpoint) + files))
+
+
+def _one_level_down(side: Side, view: Checkpoint) -> Side:
+    """Keys under one top-level entry (`model_state_dict`, `model.safetensors`) are named
+    from inside it: the keys read as the model's own."""
+    if side != Side():
+        return side
+    keys = [key for key, _, _ in view.tensors()]
+    for child in view.root.children:
+        under = child.key + "."
+        if keys and all(key.startswith(under) for key in keys):
+            return Side(root=child.key)
+    return side
+
+
+def aligned_keys(checkpoints: list[Checkpoint]) -> tuple[list[Side], list[dict]]:
+    """Each checkpoint's key rules and its model tensors by display name, lined up by Compare's
+    alignment search: each checkpoint is aligned with the first, and a tensor takes the name
+    its counterpart has in the first checkpoint (under the rules the first and the last agree
+    on), so steps saved by different code paths or in other formats line up key by key."""
+    views = [_model_view(c) for c in checkpoints]
+    whole = align(views[0], views[-1], roots=(_roots(views[0]), _roots(views[-1])))
+    first_side = _one_level_down(whole.a if whole else Side(), views[0])
+    first = mapped(views[0], first_side)
+    name_of = {source: name for name, (source, _) in first.items()}
+    sides, keymaps = [first_side], [first]
+    for view in views[1:]:
+        pair = align(views[0], view, roots=(_roots(views[0]), _roots(view)))
+        if pair is None:
+            sides.append(Side())
+            keymaps.append({})
+            continue
+        ours, theirs = mapped(views[0], pair.a), mapped(view, pair.b)
+        keymap: dict = {}
+        for common, found in theirs.items():
+            name = name_of.get(ours[common][0], common) if common in ours else common
+            keymap.setdefault(name, found)
+        sides.append(pair.b)
+        keymaps.append(keymap)
+    return sides, keymaps
 
 
 def _trainer_history(path: str) -> list:
@@ -278,14 +311,17 @@ def open_run(paths: Iterable[str], opener: Callable[[str], Checkpoint] = open_ch
                 epoch=epoch,
                 lr=_learning_rates(checkpoint),
                 scalars=_losses(checkpoint),
-                side=model_side(checkpoint),
             )
         )
     order = sorted(
         range(len(steps)),
         key=lambda i: (steps[i].step is None, steps[i].step or 0.0, i),
     )
-    return Run([steps[i] for i in order], [opened[i][2] for i in order], skipped)
+    steps, checkpoints = [steps[i] for i in order], [opened[i][2] for i in order]
+    sides, keymaps = aligned_keys(checkpoints)
+    for step, side in zip(steps, sides):
+        step.side = side
+    return Run(steps, checkpoints, skipped, keymaps)
 
 
 # --- the scan: one key across every step, chunk by chunk --------------------------------------
@@ -441,29 +477,24 @@ def scan_key(
     return result
 
 
-def _variance_tensors(checkpoint: Checkpoint, side: Side, keys: Iterable[str]) -> dict:
-    """{compared key: exp_avg_sq TensorInfo} where the optimizer state is named by parameter."""
-    wanted = set(keys)
-    found = {}
-    offset = len(side.root) + 1 if side.root else 0
+def _variance_by_source(checkpoint: Checkpoint) -> dict:
+    """{parameter tensor key: its exp_avg_sq TensorInfo} where the optimizer names its
+    parameters provably (optim.py)."""
+    named = {}
     for optimizer in checkpoint.optimizers:
         if not optimizer.names_source:
             continue
         for name, state in optimizer.state.items():
-            if not isinstance(name, str):
-                continue
             variance = next(
                 (c for c in state.children if c.name == "exp_avg_sq" and c.kind == "tensor"),
                 None,
             )
-            if variance is None:
-                continue
-            key = name[offset:] if side.root and name.startswith(side.root + ".") else name
-            if side.strip_prefix and key.startswith(side.strip_prefix):
-                key = key[len(side.strip_prefix) :]
-            if key in wanted:
-                found[key] = variance.tensor
-    return found
+            if isinstance(name, str) and variance is not None:
+                named[name] = variance.tensor
+    if not named:
+        return {}
+    tails = by_tail([key for key, _, _ in checkpoint.tensors()], named)
+    return {tails[name]: tensor for name, tensor in named.items() if name in tails}
 
 
 @dataclass
@@ -477,65 +508,25 @@ class Task:
     sources: list  # per step: the key in that file, or None
 
 
-def plan_tasks(
-    steps: list[Step], checkpoints: list[Checkpoint], keys: Iterable[str] = (), metrics=()
-) -> list[Task]:
-    per_step = [mapped(c, s.side) for c, s in zip(checkpoints, steps)]
+def plan_tasks(run: Run, keys: Iterable[str] = (), metrics=()) -> list[Task]:
     order: dict[str, None] = {}
-    for keymap in per_step:
+    for keymap in run.keymaps:
         for key in keymap:
             order.setdefault(key, None)
     globs = list(keys)
     names = [k for k in order if not globs or any(fnmatch.fnmatchcase(k, g) for g in globs)]
     variances = (
-        [_variance_tensors(c, s.side, names) for c, s in zip(checkpoints, steps)]
-        if "exp_avg_sq" in metrics
-        else None
+        [_variance_by_source(c) for c in run.checkpoints] if "exp_avg_sq" in metrics else None
     )
     tasks = []
     for key in names:
-        tensors = [keymap[key][1] if key in keymap else None for keymap in per_step]
-        var = [v.get(key) for v in variances] if variances is not None else None
+        found = [keymap.get(key) for keymap in run.keymaps]
+        tensors = [f[1] if f else None for f in found]
+        sources = [f[0] if f else None for f in found]
+        var = [v.get(s) for v, s in zip(variances, sources)] if variances is not None else None
         nbytes = sum(t.nbytes for t in tensors if t is not None)
-        sources = [keymap[key][0] if key in keymap else None for keymap in per_step]
         tasks.append(Task(key, tensors, var if var and any(var) else None, nbytes, sources))
     return tasks
-
-
-def worker_count() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def _local_scan(
-    tasks: list[Task], metrics, workers: int, sample: int
-) -> Generator[KeyTimeline, None, None]:
-    """Each key on a bounded thread pool (numpy releases the GIL); results in task order."""
-    stop = threading.Event()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="timeline")
-    pending = list(reversed(range(len(tasks))))
-    running: dict = {}
-    done: dict[int, KeyTimeline] = {}
-    emitted = 0
-    try:
-        while pending or running:
-            while pending and len(running) < 2 * workers:
-                index = pending.pop()
-                task = tasks[index]
-                future = pool.submit(
-                    scan_key, task.key, task.tensors, metrics, stop, task.variances, sample
-                )
-                running[future] = index
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                done[running.pop(future)] = future.result()
-            while emitted in done:
-                yield done.pop(emitted)
-                emitted += 1
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @functools.lru_cache(maxsize=64)
@@ -544,19 +535,20 @@ def _opened(path: str):
 
 
 @functools.lru_cache(maxsize=64)
-def _keys(path: str, side: Side) -> dict:
-    return mapped(_opened(path), side)
+def _variances_of(path: str) -> dict:
+    return _variance_by_source(_opened(path))
 
 
-def scan_remote(paths: tuple, sides: tuple, key: str, metrics: tuple, variance: bool):
-    """Runs on a cluster worker: the key's tensors in every step, the checkpoints opened there
-    (and kept open for its next tasks), then `scan_key` as in a local run."""
+def scan_remote(paths: tuple, sources: tuple, key: str, metrics: tuple, variance: bool):
+    """Runs on a cluster worker: the key's tensors in every step (by their key in each file),
+    the checkpoints opened there (and kept open for its next tasks), then `scan_key` as in a
+    local run."""
     tensors, variances = [], []
-    for path, side in zip(paths, sides):
-        found = _keys(path, side).get(key)
-        tensors.append(found[1] if found else None)
+    for path, source in zip(paths, sources):
+        node = _opened(path).find(source) if source is not None else None
+        tensors.append(node.tensor if node is not None else None)
         if variance:
-            variances.append(_variance_tensors(_opened(path), side, [key]).get(key))
+            variances.append(_variances_of(path).get(source))
     return scan_key(key, tensors, metrics, None, variances if any(variances) else None)
 
 
@@ -567,6 +559,7 @@ class Run:
     steps: list
     checkpoints: list
     skipped: list
+    keymaps: list  # per step: {display name: (source key, TensorInfo)}
 
 
 def scan(
@@ -584,7 +577,7 @@ def scan(
         raise CheckpointError(
             f"unknown metric {safe_text(unknown[0])!r} (known: {', '.join(METRICS)})"
         )
-    tasks = plan_tasks(run.steps, run.checkpoints, keys, metrics)
+    tasks = plan_tasks(run, keys, metrics)
     report = TimelineReport(run.steps, [], list(metrics), skipped=run.skipped, sampled=sample)
     total = sum(t.nbytes for t in tasks) or 1
     done = 0
@@ -594,7 +587,16 @@ def scan(
 
         results = cluster_scan(cluster, run.steps, tasks, metrics, scan_remote)
     else:
-        results = _local_scan(tasks, metrics, workers or worker_count(), sample)
+        measured = yield from scan_all(
+            tasks,
+            lambda task, stop: scan_key(
+                task.key, task.tensors, metrics, stop, task.variances, sample
+            ),
+            weight=lambda task: task.nbytes or 1,
+            workers=workers or worker_count(),
+            name="timeline",
+        )
+        results = iter(measured)
     for task, result in zip(tasks, results):
         result.sources = task.sources
         report.keys.append(result)

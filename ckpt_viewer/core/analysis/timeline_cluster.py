@@ -15,7 +15,7 @@ IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: bounded memory on the clien
 
 
 def cluster_scan(address: str, steps: list, tasks: list, metrics, scan_remote) -> Generator:
-    """Yields each task's KeyTimeline in task order: `scan_remote(paths, sides, key, metrics,
+    """Yields each task's KeyTimeline in task order: `scan_remote(paths, sources, key, metrics,
     variance)` run on the cluster at `address`."""
     try:
         from distributed import Client, as_completed
@@ -28,7 +28,6 @@ def cluster_scan(address: str, steps: list, tasks: list, metrics, scan_remote) -
     except (OSError, TimeoutError, ValueError) as exc:
         raise CheckpointError(f"cannot reach the dask scheduler at {address}: {exc}") from None
     paths = tuple(step.path for step in steps)
-    sides = tuple(step.side for step in steps)
     metrics = tuple(metrics)
     try:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -45,7 +44,7 @@ def cluster_scan(address: str, steps: list, tasks: list, metrics, scan_remote) -
                 future = client.submit(
                     scan_remote,
                     paths,
-                    sides,
+                    tuple(task.sources),
                     task.key,
                     metrics,
                     task.variances is not None,
