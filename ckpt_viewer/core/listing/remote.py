@@ -299,7 +299,7 @@ def _shown(text) -> str:
 class _Blob:
     """One remote file: its size and a bounded LRU of aligned blocks, shared by every open."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, size: int | None = None):
         self.url = url
         if _is_http(url):
             self.http = self._call(_Http, url, _pins.setdefault(url, {}))
@@ -307,7 +307,7 @@ class _Blob:
         else:
             self.http = None
             self.fs, self.path = _filesystem(url)
-            self.size = self._call(self.fs.size, self.path)
+            self.size = self._call(self.fs.size, self.path) if size is None else size
         if not isinstance(self.size, int):
             raise CheckpointError("the server does not say how large the file is")
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
@@ -435,13 +435,14 @@ _pins: dict[str, dict] = {}  # URL -> its size, ETag, Last-Modified as first see
 _blobs_lock = threading.Lock()
 
 
-def _blob(url: str) -> _Blob:
+def _blob(url: str, size: int | None = None) -> _Blob:
+    """The URL's shared block cache (`size`: the file's, where the caller was just told it)."""
     with _blobs_lock:
         blob = _blobs.get(url)
         if blob is not None:
             _blobs.move_to_end(url)
             return blob
-    blob = _Blob(url)
+    blob = _Blob(url, size)
     with _blobs_lock:
         _blobs[url] = blob
         while len(_blobs) > CACHED_URLS:
@@ -518,16 +519,18 @@ class Source:
             self._resolve_local()
 
     def _resolve_url(self):
-        url = self.path
+        url, size = self.path, None
         if not _is_http(url):  # HTTP has no folders (and listing one would GET the whole file)
             fs, inner = _filesystem(url)
-            if _ask(url, fs.isdir, inner):
+            info = _ask(url, fs.info, inner)  # one question: folder or file, and its size
+            if info.get("type") == "directory":
                 self.folder = True
                 for entry in _ask(url, fs.ls, inner, True):
                     name = posixpath.basename(str(entry["name"]).rstrip("/"))
                     self.entries[name] = entry.get("type") == "directory"
                 return
-        self.blob = _blob(url)
+            size = info.get("size")
+        self.blob = _blob(url, size if isinstance(size, int) else None)
         self.size = self.blob.size
         self.head = self.blob.read(0, HEAD_BYTES)
 
