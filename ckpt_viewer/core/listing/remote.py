@@ -3,7 +3,13 @@
 A URL (`s3://`, `gs://`, `hf://`, `http(s)://`, any fsspec protocol) is read by byte ranges
 through fsspec and the protocol's own filesystem (s3fs, gcsfs, huggingface_hub, aiohttp), with
 credentials from that library's standard chain; nothing here stores them. fsspec is imported
-only for a URL: a local path goes straight to `open()` and `os.path`.
+only for a URL: a local path goes straight to `os.open()` and `os.path`.
+
+Within an `opening()` (open_checkpoint), each path or URL is resolved once into a `Source`:
+folder or regular file, its size, its identity and first bytes, and one handle that every
+sniff, probe and reader shares; nothing opens the path again, so it cannot turn into a FIFO,
+change or be swapped between two looks. Its identity stays pinned: a later read (values,
+export, verify) opens the path afresh and refuses a file that is not the one opened.
 
 Remote bytes go through a small shared cache of fixed, aligned blocks per URL (the readers open
 the same file many times: sniff, end record, directory, data.pkl, each record's header): a read
@@ -27,6 +33,7 @@ import bisect
 import contextlib
 import contextvars
 import errno
+import functools
 import io
 import os
 import posixpath
@@ -34,6 +41,8 @@ import re
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
 
 from ckpt_viewer.core import CheckpointError
 
@@ -43,6 +52,7 @@ LARGE = 1024 * 1024  # larger reads are fetched exactly (the legacy reader's 1 M
 CACHE_BLOCKS = 256  # per URL: 64 MiB at most
 SPILL_LIMIT = 4 << 30  # large reads kept on disk, per URL (then the spill starts over)
 CACHED_URLS = 16
+T = TypeVar("T")
 
 
 def _seconds(variable: str, default: float) -> float:
@@ -511,8 +521,9 @@ class Source:
         self.path, self.pin = path, pin
         self.folder = False
         self.entries: dict[str, bool] = {}  # a folder's names -> whether each is a folder
-        self.size, self.head, self.fd, self.blob = 0, b"", None, None
+        self.size, self.fd, self.blob = 0, None, None
         self.identity: tuple | None = None
+        self.memo: dict = {}  # what readers parsed of it once (see `remembered`)
         if is_remote(path):
             self._resolve_url()
         else:
@@ -520,7 +531,10 @@ class Source:
 
     def _resolve_url(self):
         url, size = self.path, None
-        if not _is_http(url):  # HTTP has no folders (and listing one would GET the whole file)
+        with _blobs_lock:
+            known = _blobs.get(url)  # a file already asked about (values read after opening)
+        # HTTP has no folders (and listing one would GET the whole file)
+        if known is None and not _is_http(url):
             fs, inner = _filesystem(url)
             info = _ask(url, fs.info, inner)  # one question: folder or file, and its size
             if info.get("type") == "directory":
@@ -530,9 +544,8 @@ class Source:
                     self.entries[name] = entry.get("type") == "directory"
                 return
             size = info.get("size")
-        self.blob = _blob(url, size if isinstance(size, int) else None)
+        self.blob = known or _blob(url, size if isinstance(size, int) else None)
         self.size = self.blob.size
-        self.head = self.blob.read(0, HEAD_BYTES)
 
     def _resolve_local(self):
         path = self.path
@@ -566,11 +579,17 @@ class Source:
                 _pinned[key] = self.identity
             elif _pinned.get(key, self.identity) != self.identity:
                 raise changed(path)
-            self.head = os.pread(fd, HEAD_BYTES, 0)
             self.fd, fd = fd, None
         finally:
             if fd is not None:
                 os.close(fd)
+
+    @functools.cached_property
+    def head(self) -> bytes:
+        """The first bytes, read once, for sniffing."""
+        if self.blob is not None:
+            return self.blob.read(0, HEAD_BYTES)
+        return os.pread(self.handle(), HEAD_BYTES, 0)
 
     def __enter__(self):
         return self
@@ -727,6 +746,17 @@ def source(path: str) -> Source:
     if isinstance(found, BaseException):
         raise found.with_traceback(None)
     return found
+
+
+def remembered(path: str, what: str, compute: Callable[[], T]) -> T:
+    """compute() once per opening for this path (a zip directory that sniffing and the reader
+    both need); outside an opening, every time."""
+    if _session.get() is None:
+        return compute()
+    memo = source(path).memo
+    if what not in memo:
+        memo[what] = compute()
+    return memo[what]
 
 
 @contextlib.contextmanager
