@@ -41,7 +41,7 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from ckpt_viewer.core import CheckpointError
@@ -517,7 +517,7 @@ class Source:
     sniff and reader shares). A local file's identity is (device, inode, size, mtime); a URL's
     size, ETag and Last-Modified are pinned by its block cache."""
 
-    def __init__(self, path: str, pin: bool):
+    def __init__(self, path: str, pin: bool) -> None:
         self.path, self.pin = path, pin
         self.folder = False
         self.entries: dict[str, bool] = {}  # a folder's names -> whether each is a folder
@@ -529,7 +529,7 @@ class Source:
         else:
             self._resolve_local()
 
-    def _resolve_url(self):
+    def _resolve_url(self) -> None:
         url, size = self.path, None
         with _blobs_lock:
             known = _blobs.get(url)  # a file already asked about (values read after opening)
@@ -547,7 +547,7 @@ class Source:
         self.blob = known or _blob(url, size if isinstance(size, int) else None)
         self.size = self.blob.size
 
-    def _resolve_local(self):
+    def _resolve_local(self) -> None:
         path = self.path
         # O_NONBLOCK: opening a FIFO waits for a writer; the file is checked before any read
         try:
@@ -591,18 +591,18 @@ class Source:
             return self.blob.read(0, HEAD_BYTES)
         return os.pread(self.handle(), HEAD_BYTES, 0)
 
-    def __enter__(self):
+    def __enter__(self) -> Source:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
 
-    def __del__(self):
+    def __del__(self) -> None:
         self.close()
 
     def handle(self) -> int:
@@ -620,7 +620,7 @@ class Source:
                 _held(sources, self)
         return self.fd
 
-    def reader(self, owned: bool = False):
+    def reader(self, owned: bool = False) -> io.IOBase:
         """A binary file object with `.size` over this source (seeks are its own); closing it
         closes the source only when `owned`."""
         if self.folder:
@@ -652,7 +652,7 @@ class _SharedFile(io.RawIOBase):
     """Positioned reads (pread) of a Source's one handle: every reader keeps its own
     position, none moves another's."""
 
-    def __init__(self, source: Source, owned: bool):
+    def __init__(self, source: Source, owned: bool) -> None:
         super().__init__()
         self.source, self.owned, self.position = source, owned, 0
         self.name = source.path
@@ -688,7 +688,7 @@ class _SharedFile(io.RawIOBase):
         self.position += got
         return got
 
-    def close(self):
+    def close(self) -> None:
         if self.owned and not self.closed:
             self.source.close()
         super().close()
@@ -701,7 +701,7 @@ _session: contextvars.ContextVar[OrderedDict | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def opening():
+def opening() -> Iterator[None]:
     """While this lasts, each path resolves to one Source, made at its first use and shared
     by every later sniff, probe and reader; the files are closed at the end. Each file is
     pinned: a later read (values, export, verify) refuses it if it changed since."""
@@ -719,7 +719,7 @@ def opening():
                 found.close()
 
 
-def _held(sources: OrderedDict, source: Source):
+def _held(sources: OrderedDict, source: Source) -> None:
     """Counts a source's handle as open; the opening lets the oldest handles go beyond
     SESSION_FDS (they are opened again, checked to be the same file, if read again)."""
     sources.move_to_end(source.path)
@@ -760,7 +760,7 @@ def remembered(path: str, what: str, compute: Callable[[], T]) -> T:
 
 
 @contextlib.contextmanager
-def _resolved(path: str):
+def _resolved(path: str) -> Iterator[Source]:
     """The path's Source for a quick question: the opening's, or one closed afterwards."""
     if _session.get() is not None:
         yield source(path)
@@ -769,7 +769,7 @@ def _resolved(path: str):
         yield found
 
 
-def open_source(path: str):
+def open_source(path: str) -> io.IOBase:
     """A binary file object with `.size` over the path's Source: within an opening the one
     shared handle; outside one a fresh open, refused if the file is not the one last opened."""
     if _session.get() is not None:
@@ -789,7 +789,7 @@ def not_regular(shown: str, mode: int) -> CheckpointError:
     return CheckpointError(f"{shown} is {kind}, not a regular file")
 
 
-def check_regular(path: str):
+def check_regular(path: str) -> None:
     """Refuses a local path that exists but is not a regular file (a FIFO, a device, a
     socket, a folder); a missing one is left to the caller to report."""
     if is_remote(path):
