@@ -3,6 +3,7 @@ read later refuses a file that changed since it was opened instead of reading ot
 
 import os
 import shutil
+import sys
 import threading
 from collections import Counter
 
@@ -44,6 +45,51 @@ def test_a_url_is_asked_once_per_file_for_metadata_only(tmp_path, name, files, m
     assert all(rng and count == 1 for (_, rng), count in gets.items()), server.requests
     assert {path for path, _ in gets} == set(heads)
     assert len(server.requests) <= 3 * files and server.bytes_sent <= most_bytes
+
+
+_watched: list[str] = []  # the folder whose opens the audit hook counts, while set
+_opens: Counter = Counter()
+
+
+def _count_opens(event: str, args: tuple) -> None:
+    if event == "open" and _watched and isinstance(args[0], str):
+        if args[0].startswith(_watched[0]):
+            _opens[os.path.relpath(args[0], _watched[0])] += 1
+
+
+sys.addaudithook(_count_opens)  # (hooks stay for the process: it counts only while watched)
+
+
+def opens_while_opening(folder, path) -> Counter:
+    """How often each file under `folder` is opened while `path` is opened (os.open and open()
+    raise the "open" audit event)."""
+    _opens.clear()
+    _watched.append(str(folder))
+    try:
+        open_checkpoint(str(path))
+    finally:
+        _watched.clear()
+    return Counter(_opens)
+
+
+def test_each_local_file_is_opened_once(tmp_path):
+    builders.save({"a": torch.ones(3)}, tmp_path / "zip.pt")
+    builders.save(
+        {"a": torch.ones(3)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False
+    )
+    builders.safetensors_file(tmp_path / "model.safetensors")
+    builders.training_checkpoint(tmp_path / "train.pt")
+    for name in ("zip.pt", "legacy.pt", "model.safetensors", "train.pt"):
+        assert opens_while_opening(tmp_path, tmp_path / name) == {name: 1}
+    # a folder is listed once, and each file in it that is read is opened once; a file the
+    # listing lacks (adapter_config.json) is not looked for again
+    hf = builders.hf_directory(tmp_path / "hf")
+    names = ["config.json", "model.safetensors.index.json"]
+    names += [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)]
+    assert opens_while_opening(hf, hf) == {".": 1, **{name: 1 for name in names}}
+    dcp, _ = builders.dcp_directory(tmp_path / "dcp")
+    opened = opens_while_opening(dcp, dcp)
+    assert set(opened.values()) == {1} and {".", ".metadata"} <= set(opened)
 
 
 def value_reader(tmp_path):

@@ -736,7 +736,12 @@ def source(path: str) -> Source:
         return Source(path, pin=False)
     found = sources.get(path)
     if found is None:
+        folder, name = path.rstrip("/").rsplit("/", 1) if is_remote(path) else os.path.split(path)
+        parent = sources.get(folder)
         try:
+            if isinstance(parent, Source) and parent.folder and name not in parent.entries:
+                # the folder was listed once: a name not in it is not asked about again
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
             found = Source(path, pin=True)
         except (OSError, CheckpointError) as exc:
             found = exc
