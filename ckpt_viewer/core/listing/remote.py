@@ -616,7 +616,7 @@ class Source:
             os.set_blocking(fd, True)
             self.fd = fd
             sources = _session.get()
-            if sources is not None:
+            if sources is not None and sources.get(self.path) is self:
                 _held(sources, self)
         return self.fd
 
