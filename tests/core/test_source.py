@@ -140,3 +140,22 @@ def test_a_fifo_swapped_in_after_opening_is_refused_without_blocking(tmp_path):
 def test_a_device_as_the_path_is_refused_in_one_line():
     with pytest.raises(CheckpointError, match="^null is a character device, not a regular file$"):
         open_checkpoint("/dev/null")
+
+
+def test_an_opening_holding_few_handles_reads_the_same(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from ckpt_viewer.core.listing import remote
+
+    hf = builders.hf_directory(tmp_path / "hf")
+    monkeypatch.setattr(remote, "SESSION_FDS", 1)  # each file let go, then opened again
+    checkpoint = open_checkpoint(hf)
+    assert checkpoint.metadata["config.model_type"] == "tiny"
+    expected = {}
+    for name in sorted(os.listdir(hf)):
+        if name.endswith(".safetensors"):
+            expected.update(load_file(os.path.join(hf, name)))
+    got = {key: read_array(tensor) for key, tensor, _ in checkpoint.tensors()}
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert np.array_equal(got[key], value.numpy()), key
