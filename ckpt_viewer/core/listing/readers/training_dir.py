@@ -177,9 +177,9 @@ def _pickles_of(path: str) -> PickleReport:
     """The globals a file we could not read names, as far as its pickles can be walked: the
     trainer unpickles the file with torch.load, so a payload there must still be named."""
     report = PickleReport()
-    if path.endswith(".json") or remote.getsize(path) > MAX_PICKLE_BYTES:
-        return report
     try:
+        if path.endswith(".json") or remote.getsize(path) > MAX_PICKLE_BYTES:
+            return report  # (a FIFO or device is refused by getsize)
         with remote.open_source(path) as f:
             torch_load_pickles(f.read(), report)
     except (CheckpointError, OSError):
