@@ -261,7 +261,7 @@ class _Http:
                 raise CheckpointError(
                     f"the file changed on the server while it was read "
                     f"(its {name} was {_shown(pinned)}, is now "
-                    f"{_shown(value)})"
+                    f"{_shown(value)}); reopen it"
                 )
         if not isinstance(self.pins.get("size"), int):
             raise CheckpointError("the server does not say how large the file is")
