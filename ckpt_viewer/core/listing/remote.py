@@ -615,9 +615,9 @@ class Source:
                 raise changed(self.path)
             os.set_blocking(fd, True)
             self.fd = fd
-            sources = _session.get()
-            if sources is not None and sources.get(self.path) is self:
-                _held(sources, self)
+            opening = _session.get()
+            if opening is not None and opening.sources.get(self.path) is self:
+                opening.hold(self)
         return self.fd
 
     def reader(self, owned: bool = False) -> io.IOBase:
@@ -695,8 +695,33 @@ class _SharedFile(io.RawIOBase):
 
 
 _pinned: dict[str, tuple] = {}  # local path -> its identity when it was last opened
-_session: contextvars.ContextVar[OrderedDict | None] = contextvars.ContextVar(
-    "ckpt_viewer_sources", default=None
+
+
+class _Opening:
+    """The Sources of one opening by path (a failure to resolve one is kept too), and those
+    holding an open handle, oldest first."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Source | BaseException] = {}
+        self.handles: OrderedDict[str, Source] = OrderedDict()
+
+    def hold(self, source: Source) -> None:
+        """Counts a source's handle as open, letting the oldest go beyond SESSION_FDS (they
+        are opened again, checked to be the same file, if read again)."""
+        self.handles[source.path] = source
+        self.handles.move_to_end(source.path)
+        while len(self.handles) > SESSION_FDS:
+            _, old = self.handles.popitem(last=False)
+            old.close()
+
+    def close(self) -> None:
+        for found in self.sources.values():
+            if isinstance(found, Source):
+                found.close()
+
+
+_session: contextvars.ContextVar[_Opening | None] = contextvars.ContextVar(
+    "ckpt_viewer_opening", default=None
 )
 
 
@@ -708,36 +733,25 @@ def opening() -> Iterator[None]:
     if _session.get() is not None:  # within another opening (a shard, a training part)
         yield
         return
-    sources: OrderedDict = OrderedDict()
-    token = _session.set(sources)
+    opening = _Opening()
+    token = _session.set(opening)
     try:
         yield
     finally:
         _session.reset(token)
-        for found in sources.values():
-            if isinstance(found, Source):
-                found.close()
-
-
-def _held(sources: OrderedDict, source: Source) -> None:
-    """Counts a source's handle as open; the opening lets the oldest handles go beyond
-    SESSION_FDS (they are opened again, checked to be the same file, if read again)."""
-    sources.move_to_end(source.path)
-    open_ones = [s for s in sources.values() if isinstance(s, Source) and s.fd is not None]
-    for old in open_ones[: max(len(open_ones) - SESSION_FDS, 0)]:
-        old.close()
+        opening.close()
 
 
 def source(path: str) -> Source:
     """The path's one Source within an opening (resolved at its first use; a failure is
     remembered too); outside one a new Source, which the caller closes."""
-    sources = _session.get()
-    if sources is None:
+    opening = _session.get()
+    if opening is None:
         return Source(path, pin=False)
-    found = sources.get(path)
+    found = opening.sources.get(path)
     if found is None:
         folder, name = path.rstrip("/").rsplit("/", 1) if is_remote(path) else os.path.split(path)
-        parent = sources.get(folder)
+        parent = opening.sources.get(folder)
         try:
             if isinstance(parent, Source) and parent.folder and name not in parent.entries:
                 # the folder was listed once: a name not in it is not asked about again
@@ -745,9 +759,9 @@ def source(path: str) -> Source:
             found = Source(path, pin=True)
         except (OSError, CheckpointError) as exc:
             found = exc
-        sources[path] = found
+        opening.sources[path] = found
         if isinstance(found, Source) and found.fd is not None:
-            _held(sources, found)
+            opening.hold(found)
     if isinstance(found, BaseException):
         raise found.with_traceback(None)
     return found
