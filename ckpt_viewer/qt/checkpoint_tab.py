@@ -344,8 +344,6 @@ class CheckpointTab(QWidget):
         self.jobs.cancel()
         if self.tensor_view is not None:
             self.tensor_view.cancel()
-            self.tensor_view.jobs.cancel()  # the overlay
-            self.tensor_view.heatmap.cancel()
             self.optimizer_view.cancel()
 
     def release(self):
@@ -455,7 +453,7 @@ class CheckpointTab(QWidget):
         row = self.model.row_of(current) if current.isValid() else None
         if row is None or row.node.tensor is None:
             return
-        if self.tensor_view.node is row.node:  # reselected after filtering: nothing new
+        if self.tensor_view.controller.node is row.node:  # reselected after filtering: nothing new
             return
         self.panes.setCurrentWidget(self.tensor_view)
         self.tensor_view.show_tensor(row.node)

@@ -204,7 +204,6 @@ class CompareView(QWidget):
         self.jobs = workers.Controller(self)
         self.pending = None
         self.plot = None
-        self.generation = 0
         names = (
             os.path.basename(report.path_a.rstrip("/")),
             os.path.basename(report.path_b.rstrip("/")),
@@ -332,17 +331,15 @@ class CompareView(QWidget):
             self.detail.setVisible(True)
             height = max(self.splitter.height(), 300)
             self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
+        self.pending = None  # a result waiting for the plots is for the old selection
         if match is None:
             self.jobs.cancel("detail")
-            self.generation += 1
             self.plot_status.setText(
                 f"{key}: only tensors present in both files with one shape have plots."
                 if key
                 else ""
             )
             return
-        self.generation += 1
-        generation = self.generation
         a = self.a.find(match.key_a).tensor
         b = self.b.find(match.key_b).tensor
         self.plot_status.setText(f"{key}: reading both tensors...")
@@ -352,7 +349,7 @@ class CompareView(QWidget):
             a,
             b,
             match.max_abs,
-            on_result=lambda result: self._draw(generation, key, result),
+            on_result=lambda result: self._draw(key, result),
             on_error=lambda message: self.plot_status.setText(f"{key}: {message}"),
         )
 
@@ -403,12 +400,10 @@ class CompareView(QWidget):
         self.scatter = pg.ScatterPlotItem(size=3, pen=None, brush=pg.mkBrush(*COLOUR_B, 140))
         self.scatter_plot.addItem(self.scatter)
 
-    def _draw(self, generation, key, result):
-        if generation != self.generation:
-            return
+    def _draw(self, key, result):
         pg = self.plotting()
         if pg is None and self.request_plotting is not None and not plotting_failed():
-            self.pending = (generation, key, result)
+            self.pending = (key, result)
             self.request_plotting(self)
             return
         self.pending = None

@@ -731,7 +731,8 @@ class MainWindow(QMainWindow):
             self.sanitized.emit(destination, False, message)
 
         self.statusBar().showMessage(f"Sanitizing {os.path.basename(source)}...", 4000)
-        return workers.start(
+        return self.jobs.start(
+            f"sanitize:{destination}",
             sanitize,
             tab.checkpoint,
             destination,
