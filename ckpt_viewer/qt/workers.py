@@ -54,6 +54,7 @@ class Job(QObject):
         super().__init__()
         self.func, self.args = func, args
         self.stop = threading.Event()
+        self.label = ""
 
     def cancel(self) -> None:
         """Stop at the next yield (a generator); the result, if any, is not delivered."""
@@ -110,38 +111,44 @@ class Controller(QObject):
         on_error: Callable[[str], Any] | None = None,
         on_progress: Callable | None = None,
         on_finished: Callable[[], Any] | None = None,
+        label: str = "",
     ) -> Job:
         """Cancel the slot's previous job and start this one; callbacks only while it is
-        current (not superseded, not cancelled, owner alive)."""
+        current (not superseded, not cancelled, owner alive). The job leaves `running` as its
+        result or error arrives, before its callback runs. `label` says what it does (the
+        window's status bar lists the labelled jobs)."""
         self.cancel(slot)
         job = Job(func, args)
+        job.label = label
         self.running[slot] = job
 
         def current() -> bool:
             return shiboken6.isValid(self) and self.running.get(slot) is job
 
-        def live(callback: Callable) -> Callable:
+        def live(callback: Callable | None, last: bool = False) -> Callable:
             def deliver(*values: Any) -> None:
-                if current():
+                if not current():
+                    return
+                if last:
+                    del self.running[slot]
+                if callback is not None:
                     callback(*values)
+                if last and on_finished is not None:
+                    on_finished()
 
             return deliver
 
-        def ended() -> None:
-            if current():
-                del self.running[slot]
-                if on_finished is not None:
-                    on_finished()
-
-        if on_result is not None:
-            job.returned.connect(live(on_result))
-        if on_error is not None:
-            job.errored.connect(live(on_error))
+        job.returned.connect(live(on_result, last=True))
+        job.errored.connect(live(on_error, last=True))
         if on_progress is not None:
             job.progressed.connect(live(on_progress))
-        job.finished.connect(ended)
+        job.finished.connect(live(None, last=True))  # ended with neither (a stopped generator)
         job.launch()
         return job
+
+    def labels(self) -> dict[str, str]:
+        """slot -> label of the labelled jobs running now, oldest first."""
+        return {slot: job.label for slot, job in self.running.items() if job.label}
 
     def start_later(self, slot: str, delay_ms: int, func: Callable, *args: Any, **callbacks: Any):
         """start() once `delay_ms` pass without another request for the slot (typing): each
