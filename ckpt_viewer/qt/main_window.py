@@ -51,6 +51,14 @@ OPEN_FILTER = (
 )
 
 
+def _load(path: str) -> tuple:
+    """Opening a tab, in a worker: what the tree needs, and the key index that selections use
+    to find the same key in the other open files."""
+    result = load_for_view(path)
+    result[0].key_index()
+    return result
+
+
 class MainWindow(QMainWindow):
     loaded = Signal(str)
     load_failed = Signal(str, str)
@@ -363,7 +371,7 @@ class MainWindow(QMainWindow):
             self._hold_place(path)
             self.jobs.start(
                 path,
-                load_for_view,
+                _load,
                 path,
                 on_result=lambda result, p=path: self._loaded(p, result),
                 on_error=lambda message, p=path: self._failed(p, message),

@@ -276,8 +276,12 @@ class Checkpoint:
 
     def find(self, key: str) -> Node | None:
         """The node at `key`; a tensor first where a group shares its key (bitsandbytes:
-        `w` is a tensor and the prefix of `w.absmax`, `w.quant_state.*`). The first call
-        indexes every key, so that a selection or a comparison does not walk the tree."""
+        `w` is a tensor and the prefix of `w.absmax`, `w.quant_state.*`)."""
+        return self.key_index().get(key)
+
+    def key_index(self) -> dict[str, Node]:
+        """key -> node as `find` answers, built once: a selection or a comparison looks keys
+        up in every open file, and a walk of a 50,000-key tree per lookup held the window."""
         if self._index is None or self._index[0] is not self.root:
             index: dict[str, Node] = {}
             for node in iter_nodes(self.root):
@@ -285,7 +289,7 @@ class Checkpoint:
                 if seen is None or (node.kind == "tensor" and seen.kind != "tensor"):
                     index[node.key] = node
             self._index = (self.root, index)
-        return self._index[1].get(key)
+        return self._index[1]
 
 
 def iter_nodes(root: Node):
