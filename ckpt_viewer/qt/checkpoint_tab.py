@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -154,10 +154,6 @@ class CheckpointTab(QWidget):
         self.filter.setObjectName("keyFilter")
         self.filter.setPlaceholderText("Filter keys: text, glob (*.weight) or /regex/")
         self.filter.setClearButtonEnabled(True)
-        self.filter_timer = QTimer(self)
-        self.filter_timer.setSingleShot(True)
-        self.filter_timer.setInterval(FILTER_DELAY_MS)
-        self.filter_timer.timeout.connect(lambda: self.apply_filter(self.filter.text()))
         self.filter.textChanged.connect(self._filter_edited)
         self.unfiltered_expanded: list | None = None  # rows expanded before filtering
         self.kept_row = None  # the selected row, while a filter hides it
@@ -344,8 +340,6 @@ class CheckpointTab(QWidget):
         self.jobs.cancel()
         if self.tensor_view is not None:
             self.tensor_view.cancel()
-            self.tensor_view.jobs.cancel()  # the overlay
-            self.tensor_view.heatmap.cancel()
             self.optimizer_view.cancel()
 
     def release(self):
@@ -357,11 +351,10 @@ class CheckpointTab(QWidget):
 
     # --- filter ----------------------------------------------------------------------------
     def apply_filter(self, text: str):
-        """Filter (typing calls this FILTER_DELAY_MS after the last key): the rows are found in
-        a worker (core.rows.filter_rows), and a newer text supersedes a search still running.
-        The unfiltered tree's expansion is kept while a filter is on and restored when it is
-        cleared; the selected key stays selected whenever it is still shown."""
-        self.filter_timer.stop()
+        """Filter: the rows are found in a worker (core.rows.filter_rows), and a newer text
+        supersedes a search still running or waiting. The unfiltered tree's expansion is kept
+        while a filter is on and restored when it is cleared; the selected key stays selected
+        whenever it is still shown."""
         if not text.strip():  # nothing to search: the whole tree at once
             self.jobs.cancel("filter")
             self.show_filtered(filter_rows(text, self.model.index_rows))
@@ -373,7 +366,14 @@ class CheckpointTab(QWidget):
     def _filter_edited(self, text: str):
         """Typing waits for a pause; clearing the field brings the whole tree back at once."""
         if text.strip():
-            self.filter_timer.start()
+            self.jobs.start_later(
+                "filter",
+                FILTER_DELAY_MS,
+                filter_rows,
+                text,
+                self.model.index_rows,
+                on_result=self.show_filtered,
+            )
         else:
             self.apply_filter(text)
 
@@ -455,7 +455,7 @@ class CheckpointTab(QWidget):
         row = self.model.row_of(current) if current.isValid() else None
         if row is None or row.node.tensor is None:
             return
-        if self.tensor_view.node is row.node:  # reselected after filtering: nothing new
+        if self.tensor_view.controller.node is row.node:  # reselected after filtering: nothing new
             return
         self.panes.setCurrentWidget(self.tensor_view)
         self.tensor_view.show_tensor(row.node)

@@ -106,6 +106,14 @@ class Pane(QDockWidget):
         super().closeEvent(event)
 
 
+def _load(path: str) -> tuple:
+    """Opening a tab, in a worker: what the tree needs, and the key index that selections use
+    to find the same key in the other open files."""
+    result = load_for_view(path)
+    result[0].key_index()
+    return result
+
+
 class MainWindow(QMainWindow):
     loaded = Signal(str)
     load_failed = Signal(str, str)
@@ -118,7 +126,6 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("ckpt-viewer")
         self.setAcceptDrops(True)
         self.settings = QSettings()
-        self.pending: dict[str, str] = {}  # job slot (a path, ...) -> what it does
         self.jobs = workers.Controller(self)
         self.tabs = QTabWidget()
         self.tabs.setObjectName("tabs")
@@ -372,7 +379,7 @@ class MainWindow(QMainWindow):
 
     def _preload_when_idle(self):
         """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""
-        if not self.pending:
+        if not self.jobs.labels():
             preload_plotting()
 
     # --- chrome ----------------------------------------------------------------------------
@@ -490,7 +497,7 @@ class MainWindow(QMainWindow):
         for path in paths:
             path = os.fspath(path)
             path = path.strip() if is_remote(path.strip()) else os.path.abspath(path)
-            if path in self.pending:
+            if path in self.jobs.running:
                 continue
             open_tab = self._tab_of_path(path)
             if open_tab is not None:  # already open: show it, no duplicate
@@ -498,19 +505,17 @@ class MainWindow(QMainWindow):
                 self.statusBar().showMessage(f"{path} is already open", 4000)
                 continue
             self._hold_place(path)
-            self.pending[path] = f"Opening {os.path.basename(path.rstrip('/')) or path}..."
             self.jobs.start(
                 path,
-                load_for_view,
+                _load,
                 path,
                 on_result=lambda result, p=path: self._loaded(p, result),
                 on_error=lambda message, p=path: self._failed(p, message),
+                label=f"Opening {os.path.basename(path.rstrip('/')) or path}...",
             )
         self._update_busy()
 
     def _loaded(self, path, result):
-        if self.pending.pop(path, None) is None:
-            return  # cancelled meanwhile
         tab = CheckpointTab(*result)
         tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
         tab.opened_path = path
@@ -547,8 +552,6 @@ class MainWindow(QMainWindow):
         QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot())
 
     def _failed(self, path, message):
-        if self.pending.pop(path, None) is None:
-            return
         self._drop_place(path)
         self._update_busy()
         self.statusBar().showMessage(f"Could not open {os.path.basename(path)}", 8000)
@@ -559,8 +562,7 @@ class MainWindow(QMainWindow):
 
     def cancel_loading(self):
         """Status-bar Cancel: every open, compare and verify still running is asked to stop."""
-        for slot in list(self.pending):
-            self.pending.pop(slot)
+        for slot in list(self.jobs.labels()):
             self.jobs.cancel(slot)
             if slot.startswith("verify:"):
                 self.verified.emit(slot[len("verify:") :], False, "cancelled")
@@ -571,11 +573,11 @@ class MainWindow(QMainWindow):
         self._update_busy()
 
     def _update_busy(self):
-        busy = bool(self.pending)
+        texts = list(self.jobs.labels().values())
+        busy = bool(texts)
         if not busy:  # a moment later: a new tab's first paints must not share the GIL with it
             QTimer.singleShot(PRELOAD_DELAY_MS, self._preload_when_idle)
             self.progress.setRange(0, 0)
-        texts = list(self.pending.values())
         self.activity.setText(
             texts[-1]
             if len(texts) == 1
@@ -589,7 +591,7 @@ class MainWindow(QMainWindow):
 
     def _job_progress(self, slot, fraction):
         """A job with a measurable fraction (verify, compare) fills the bar while it is alone."""
-        if list(self.pending) == [slot]:
+        if list(self.jobs.labels()) == [slot]:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(fraction * 1000))
 
@@ -649,13 +651,11 @@ class MainWindow(QMainWindow):
 
         path = tab.checkpoint.path
         slot = f"verify:{path}"
-        if slot in self.pending:
+        if slot in self.jobs.running:
             return
-        self.pending[slot] = f"Verifying {os.path.basename(path.rstrip('/')) or path}..."
         self.statusBar().clearMessage()
 
         def report(result):
-            self.pending.pop(slot, None)
             self._update_busy()
             if result.ok:
                 text = (
@@ -686,7 +686,6 @@ class MainWindow(QMainWindow):
             self.verified.emit(path, result.ok, result.problem or "intact")
 
         def failed(message):
-            self.pending.pop(slot, None)
             self._update_busy()
             self._message("verifyResult", "Verify", f"{path}: {shown(message)}", False)
             self.verified.emit(path, False, message)
@@ -698,6 +697,7 @@ class MainWindow(QMainWindow):
             on_result=report,
             on_error=failed,
             on_progress=lambda value: self._job_progress(slot, value),
+            label=f"Verifying {os.path.basename(path.rstrip('/')) or path}...",
         )
         self._update_busy()
 
@@ -726,7 +726,6 @@ class MainWindow(QMainWindow):
             return report, a, b
 
         def done(result):
-            self.pending.pop(key, None)
             self._update_busy()
             report, a, b = result  # pyqtgraph: preloaded a moment later (_update_busy)
             view = CompareView(
@@ -745,21 +744,18 @@ class MainWindow(QMainWindow):
             self.compared.emit(path_a, path_b)
 
         def failed(message):
-            self.pending.pop(key, None)
             self._update_busy()
             self._message("errorDialog", "Cannot compare", shown(message), ok=False)
             self.load_failed.emit(path_b, message)
 
         key = f"compare:{path_a}:{path_b}"
-        self.pending[key] = (
-            f"Comparing {os.path.basename(path_a)} with {os.path.basename(path_b)}..."
-        )
-        self.compare_worker = self.jobs.start(
+        self.jobs.start(
             key,
             job,
             on_result=done,
             on_error=failed,
             on_progress=lambda v: self._job_progress(key, v),
+            label=f"Comparing {os.path.basename(path_a)} with {os.path.basename(path_b)}...",
         )
         self._update_busy()
 
@@ -861,7 +857,8 @@ class MainWindow(QMainWindow):
             self.sanitized.emit(destination, False, message)
 
         self.statusBar().showMessage(f"Sanitizing {os.path.basename(source)}...", 4000)
-        return workers.start(
+        return self.jobs.start(
+            f"sanitize:{destination}",
             sanitize,
             tab.checkpoint,
             destination,
@@ -1010,7 +1007,6 @@ class MainWindow(QMainWindow):
 
     def cancel_all(self):
         """Ask every computation to stop at its next step (closing, quitting)."""
-        self.pending.clear()
         self.jobs.cancel()
         for index in range(self.tabs.count()):
             widget = self.tabs.widget(index)

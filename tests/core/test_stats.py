@@ -522,3 +522,31 @@ def test_stats_finds_a_key_that_is_also_a_prefix(tmp_path):
     assert figures["numel"] == expected.numel() == 32
     assert (figures["min"], figures["max"]) == (expected.min().item(), expected.max().item())
     assert open_checkpoint(str(path)).find("fc.weight.quant_state").kind == "dict"
+
+
+def test_find_indexes_the_keys_once(tmp_path, monkeypatch):
+    """`find` answers from a key index built at its first call (a selection in the GUI asks
+    once per open file): the same node a walk of the tree finds, the tensor first where a
+    group shares its key."""
+    from safetensors.torch import save_file
+
+    from ckpt_viewer.core.listing import model
+
+    state = {
+        "fc.weight.absmax": torch.rand(4),
+        "fc.weight.quant_state.bitsandbytes__nf4": torch.arange(30, dtype=torch.uint8),
+        "fc.weight": torch.randint(0, 256, (32, 1), dtype=torch.uint8),
+        "fc.bias": torch.randn(8),
+    }
+    path = tmp_path / "bnb.safetensors"
+    save_file(state, path)
+    checkpoint = open_checkpoint(str(path))
+    nodes = list(model.iter_nodes(checkpoint.root))
+    assert checkpoint.find("fc.bias").tensor.shape == (8,)
+    monkeypatch.setattr(model, "iter_nodes", None)  # a second walk would fail here
+    for node in nodes:
+        same = [n for n in nodes if n.key == node.key]
+        tensors = [n for n in same if n.kind == "tensor"]
+        assert checkpoint.find(node.key) is (tensors or same)[0]
+    assert checkpoint.find("fc.weight").kind == "tensor"
+    assert checkpoint.find("no.such.key") is None

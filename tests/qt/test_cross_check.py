@@ -392,7 +392,7 @@ def check_facts(view, entry, key) -> list[str]:
 def check_plot(view, ref, key, capsys, path) -> list[str]:
     """The plotted counts are torch.histogram's over the plotted edges, and what
     `stats --bins <as many>` prints."""
-    x, y = view.curve.getData()
+    x, y = view.histogram.curve.getData()
     plotted = [int(c) for c in y]
     if not ref["values"].numel():
         return [f"window {key}: bars plotted for no finite value"] if any(plotted) else []

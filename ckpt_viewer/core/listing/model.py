@@ -268,6 +268,7 @@ class Checkpoint:
     root_object: object = field(default=None, repr=False)  # what the pickle built (sanitize)
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)
+    _index: tuple | None = field(default=None, repr=False)  # (root, {key: node}) for find
     # statistics computed about its tensors, reused by the views (cheap until filled)
     stats_cache: StatsCache = field(default_factory=StatsCache, repr=False)
 
@@ -287,13 +288,19 @@ class Checkpoint:
     def find(self, key: str) -> Node | None:
         """The node at `key`; a tensor first where a group shares its key (bitsandbytes:
         `w` is a tensor and the prefix of `w.absmax`, `w.quant_state.*`)."""
-        found = None
-        for node in iter_nodes(self.root):
-            if node.key == key:
-                if node.kind == "tensor":
-                    return node
-                found = found or node
-        return found
+        return self.key_index().get(key)
+
+    def key_index(self) -> dict[str, Node]:
+        """key -> node as `find` answers, built once: a selection or a comparison looks keys
+        up in every open file, and a walk of a 50,000-key tree per lookup held the window."""
+        if self._index is None or self._index[0] is not self.root:
+            index: dict[str, Node] = {}
+            for node in iter_nodes(self.root):
+                seen = index.get(node.key)
+                if seen is None or (node.kind == "tensor" and seen.kind != "tensor"):
+                    index[node.key] = node
+            self._index = (self.root, index)
+        return self._index[1]
 
 
 def iter_nodes(root: Node):
