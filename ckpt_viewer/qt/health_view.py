@@ -104,10 +104,9 @@ class HealthDialog(QDialog):
         self.report = report
         self.progress.setValue(1000)
         self.cancel_button.setEnabled(False)
-        counts = ", ".join(
-            f"{report.count(s)} {s}{'s' if report.count(s) != 1 else ''}"
-            for s in ("error", "warning", "info")
-        )
+        from ckpt_viewer.core.analysis.check import severity_counts
+
+        counts = severity_counts(report)
         self.status.setText(
             f"{'No findings' if not report.findings else counts}: {report.tensors_scanned:,} "
             f"tensors, {format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s"

@@ -4,7 +4,6 @@ on a flat row index (built in the worker thread) so that 50,000 keys stay fast."
 from __future__ import annotations
 
 import html
-import re
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
@@ -110,6 +109,8 @@ class KeyTreeModel(QAbstractItemModel):
         self._italic = QFont()
         self._italic.setItalic(True)
         self._muted = QBrush(MUTED)
+        self.file_order = False  # keys in listing order (h.2 before h.10), not the file's
+        self.sorted_by: tuple = ("listed", False)  # as core.rows built it
 
     @property
     def lowered(self) -> list:
@@ -318,8 +319,14 @@ class KeyTreeModel(QAbstractItemModel):
         return filtered.matches
 
     def sort(self, column, order=Qt.AscendingOrder):
+        """Sort every level by a column; the Key column (and column -1, no header sort) is
+        listing order (core.text.listing_order: natural where the file sorted keys as text),
+        or the file's order while file_order is on. Keys are precomputed
+        (core.rows): sorting 50,000 rows stays within a frame."""
+        place = (lambda r: r.order) if self.file_order else (lambda r: r.listed)
         key_funcs = {
-            KEY: lambda r: _natural(r.name),
+            -1: place,
+            KEY: place,
             TYPE: lambda r: type_text(r.node),
             SHAPE: lambda r: r.node.tensor.shape if r.node.tensor is not None else (),
             DTYPE: lambda r: r.node.tensor.dtype if r.node.tensor is not None else "",
@@ -328,12 +335,15 @@ class KeyTreeModel(QAbstractItemModel):
             DEVICE: lambda r: r.node.tensor.device if r.node.tensor is not None else "",
         }
         key = key_funcs.get(column)
-        if key is None:
+        reverse = order == Qt.DescendingOrder
+        placed = "file" if self.file_order else "listed"
+        state = (placed if column in (-1, KEY) else column, reverse)
+        if key is None or state == self.sorted_by:  # core.rows built it in listing order
             return
+        self.sorted_by = state
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
         old_rows = [self.row_of(i) for i in old]
-        reverse = order == Qt.DescendingOrder
         for row in self.rows:
             if len(row.children) > 1:
                 try:
@@ -347,6 +357,11 @@ class KeyTreeModel(QAbstractItemModel):
             old, [self.createIndex(r.pos, i.column(), r) for r, i in zip(old_rows, old)]
         )
         self.layoutChanged.emit()
+
+    def set_file_order(self, on: bool) -> None:
+        """Key order as the file stores it (on) or listing order (off); a column sort ends."""
+        self.file_order = on
+        self.sort(-1)
 
     def index_of_key(self, key: str) -> QModelIndex:
         try:
@@ -366,14 +381,6 @@ class KeyTreeModel(QAbstractItemModel):
         for ancestor in reversed(ancestors):  # numbers each level's shown rows
             self.shown(ancestor)
         return self.createIndex(row.pos, 0, row)
-
-
-def _natural(text: str):
-    return [
-        (0, int(part), "") if part.isdigit() else (1, 0, part.lower())
-        for part in re.split(r"(\d+)", text)
-        if part
-    ]
 
 
 def load_for_view(path: str):

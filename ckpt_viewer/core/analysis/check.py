@@ -29,6 +29,7 @@ import numpy as np
 from ckpt_viewer.core import CheckpointError, describe_error
 from ckpt_viewer.core.listing.model import FLOAT_DTYPES, Checkpoint, FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.listing.stats_cache import HealthFacts
+from ckpt_viewer.core.listing.text import listing_order, plural
 from ckpt_viewer.core.values.read import (
     StorageReader,
     apply_view_bits,
@@ -651,7 +652,8 @@ def check(checkpoint: Checkpoint):
     except BaseException:
         stop.set()
         raise
-    order = {key: i for i, (key, _, _) in enumerate(checkpoint.tensors())}
+    listed = listing_order(checkpoint.tensors(), lambda t: t[0])  # h.2 before h.10
+    order = {key: i for i, (key, _, _) in enumerate(listed)}
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), order.get(f.key, 0), f.kind))
     yield 1.0
     return HealthReport(
@@ -661,6 +663,14 @@ def check(checkpoint: Checkpoint):
         bytes_scanned=sum(job.tensor.nbytes for job in jobs if job.scanned),
         seconds=time.perf_counter() - started,
     )
+
+
+SEVERITY_NOUNS = {"error": "error", "warning": "warning", "info": "note"}
+
+
+def severity_counts(report: HealthReport) -> str:
+    """'1 error, 2 warnings, 98 notes': the words of the CLI and the window alike."""
+    return ", ".join(plural(report.count(s), SEVERITY_NOUNS[s]) for s in SEVERITIES)
 
 
 def escape(text: str) -> str:
@@ -678,6 +688,5 @@ def text_lines(report: HealthReport):
         )
     yield (
         f"{report.tensors_scanned:,} tensors, {report.bytes_scanned:,} bytes scanned in "
-        f"{report.seconds:.2f} s; {report.count('error')} errors, "
-        f"{report.count('warning')} warnings, {report.count('info')} notes"
+        f"{report.seconds:.2f} s; {severity_counts(report)}"
     )

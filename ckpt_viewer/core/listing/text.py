@@ -192,6 +192,32 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count:,} {nouns}"
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key for numeric-aware ("natural") order: h.2 before h.10, layer9 before layer10.
+    Digit runs compare by value without int() (a hostile key may hold 100,000 digits); the
+    text itself breaks ties (h.01 and h.1)."""
+    parts = _DIGITS.split(text)  # text at even places, digit runs at odd ones
+    for i in range(1, len(parts), 2):
+        digits = parts[i].lstrip("0")
+        parts[i] = (len(digits), digits)
+    parts.append(text)
+    return tuple(parts)
+
+
+def listing_order(items: list, name=str) -> list:
+    """items in the order to list them: an order that is only the alphabet's (safetensors
+    stores keys sorted as text: h.0, h.1, h.10, h.2) becomes natural order; any other order
+    is the file's own (a state_dict's module order: embed, blocks.2, blocks.10, head) and is
+    kept."""
+    names = [name(item) for item in items]
+    if any(a > b for a, b in zip(names, names[1:])):
+        return list(items)
+    return sorted(items, key=lambda item: natural_key(name(item)))
+
+
 def nearest_keys(keys: Iterable[str], wanted: str, limit: int = 3) -> list[str]:
     """Keys the user probably meant: those ending in `.wanted` (a key given without its root,
     such as fc1.weight for model_state_dict.fc1.weight), else the closest spellings."""

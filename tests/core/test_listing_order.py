@@ -1,0 +1,116 @@
+"""Keys listed in natural order where the file sorted them as text, the file's order kept
+otherwise and on request; sizes in binary units; the words of `check`."""
+
+import json
+import struct
+
+import torch
+from safetensors.torch import save_file
+
+import builders
+from ckpt_viewer import cli
+from ckpt_viewer.core.listing.model import format_bytes
+from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.rows import build_rows
+from ckpt_viewer.core.listing.text import listing_order, natural_key
+
+LAYERS = 12
+
+
+def gpt2_like(path) -> str:
+    """A safetensors file as HF writes one: h.0 ... h.11, which the library stores sorted as
+    text (h.0, h.1, h.10, h.11, h.2...)."""
+    tensors = {f"h.{i}.mlp.c_fc.weight": torch.full((2,), float(i)) for i in range(LAYERS)}
+    tensors["wte.weight"] = torch.zeros(3)
+    save_file(tensors, str(path))
+    return str(path)
+
+
+def header_keys(path) -> list[str]:
+    """The keys in the order the safetensors file itself stores them (the oracle)."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return [k for k in header if k != "__metadata__"]
+
+
+def test_natural_key_orders_numbers_by_value_even_huge_ones():
+    keys = ["h.10", "h.2", "h.1", "h.0", "h.01", "layer9", "layer10", "h." + "9" * 100_000]
+    ordered = sorted(keys, key=natural_key)
+    assert ordered[:5] == ["h.0", "h.01", "h.1", "h.2", "h.10"]
+    assert ordered[5] == "h." + "9" * 100_000  # compared without int() (no ValueError)
+    assert ordered[6:] == ["layer9", "layer10"]
+
+
+def test_listing_order_keeps_an_order_that_is_not_the_alphabet():
+    assert listing_order(["h.0", "h.1", "h.10", "h.2"]) == ["h.0", "h.1", "h.2", "h.10"]
+    module_order = ["embed", "blocks.2", "blocks.10", "head", "bias"]
+    assert listing_order(module_order) == module_order
+
+
+def test_safetensors_rows_in_natural_order_with_the_file_order_remembered(tmp_path):
+    path = gpt2_like(tmp_path / "model.safetensors")
+    stored = header_keys(path)
+    assert stored[:4] == ["h.0.mlp.c_fc.weight", "h.1.mlp.c_fc.weight"] + [
+        "h.10.mlp.c_fc.weight",
+        "h.11.mlp.c_fc.weight",
+    ]  # the library's own text order: what we must not show
+    index = build_rows(open_checkpoint(path).root)
+    h = next(r for r in index.top.children if r.name == "h")
+    assert [r.name for r in h.children] == [str(i) for i in range(LAYERS)]
+    file_order = [r.name for r in sorted(h.children, key=lambda r: r.order)]
+    assert file_order == [k.split(".")[1] for k in stored if k.startswith("h.")]
+    tensors = [r.node.key for r in index.rows if r.node.tensor is not None]
+    assert tensors == [f"h.{i}.mlp.c_fc.weight" for i in range(LAYERS)] + ["wte.weight"]
+
+
+def test_torch_state_dict_keeps_its_module_order(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    path = builders.save(model.state_dict(), tmp_path / "m.pt")
+    loaded = list(torch.load(path, weights_only=True))
+    index = build_rows(open_checkpoint(path).root)
+    assert [r.node.key for r in index.rows if r.node.tensor is not None] == loaded
+
+
+def layer_lines(out: str) -> list[str]:
+    """The names of the groups under `h` in `inspect`'s tree (the second level)."""
+    return [
+        line.split()[0]
+        for line in out.splitlines()
+        if line.startswith("    ") and line[4] != " " and "<group" in line
+    ]
+
+
+def test_inspect_lists_natural_order_and_file_order_on_request(tmp_path, capsys):
+    path = gpt2_like(tmp_path / "model.safetensors")
+    assert cli.main(["inspect", path]) == 0
+    assert layer_lines(capsys.readouterr().out) == [str(i) for i in range(LAYERS)]
+    assert cli.main(["inspect", path, "--file-order"]) == 0
+    stored = [k.split(".")[1] for k in header_keys(path) if k.startswith("h.")]
+    assert layer_lines(capsys.readouterr().out) == stored != [str(i) for i in range(LAYERS)]
+
+
+def test_sizes_are_binary_and_labelled_so():
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1024) == "1.0 KiB"
+    assert format_bytes(1_490_000_000) == "1.4 GiB"  # the OS dialog: 1.39 GiB
+    assert format_bytes(3 * 2**50) == "3.0 PiB"
+
+
+def test_check_counts_say_notes_with_plurals():
+    from ckpt_viewer.core.analysis.check import Finding, HealthReport, severity_counts
+
+    severities = ("error", "warning", "warning", "info")
+    report = HealthReport("p", [Finding("k", s, "kind", "") for s in severities])
+    assert severity_counts(report) == "1 error, 2 warnings, 1 note"
+
+
+def test_check_lists_findings_in_layer_order(tmp_path):
+    from ckpt_viewer.core.analysis.check import check
+    from ckpt_viewer.core.values.stats import run
+
+    path = tmp_path / "nan.safetensors"
+    save_file({f"h.{i}.w": torch.full((4, 4), float("nan")) for i in range(LAYERS)}, str(path))
+    report = run(check(open_checkpoint(str(path))))
+    errors = [f.key for f in report.findings if f.severity == "error"]
+    assert errors == [f"h.{i}.w" for i in range(LAYERS)]
