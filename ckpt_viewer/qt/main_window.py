@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer import __version__
+from ckpt_viewer.core.listing.model import format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
 from ckpt_viewer.core.listing.text import plural
@@ -174,7 +175,7 @@ class MainWindow(QMainWindow):
             "actionExport": QStyle.SP_DialogSaveButton,
             "actionCompare": QStyle.SP_FileDialogContentsView,
             "actionVerify": QStyle.SP_DialogApplyButton,
-            "actionPickleImports": QStyle.SP_MessageBoxWarning,
+            "actionPickleImports": QStyle.SP_DialogApplyButton,  # then the file's worst
         }
         for name, icon in icons.items():
             action = self.findChild(QAction, name)
@@ -195,9 +196,23 @@ class MainWindow(QMainWindow):
             self.setWindowFilePath("")
             self.setWindowTitle("ckpt-viewer")
             return
+        self._show_worst_global(tab)
         self.setWindowFilePath(tab.checkpoint.path)
         name = os.path.basename(tab.checkpoint.path.rstrip("/")) or tab.checkpoint.path
         self.setWindowTitle(f"{shown(name)} - ckpt-viewer")
+
+    def _show_worst_global(self, tab) -> None:
+        """Pickle Imports' icon and tooltip: the current file's worst global category."""
+        from ckpt_viewer.qt.pickle_imports import CATEGORY_ICONS, CATEGORY_WORDS, worst_category
+
+        action = self.findChild(QAction, "actionPickleImports")
+        if action is None:
+            return
+        worst = getattr(tab, "worst_global", None)
+        if worst is None:  # once per tab: triage walks the tree
+            worst = tab.worst_global = worst_category(tab.checkpoint)
+        action.setIcon(self.style().standardIcon(CATEGORY_ICONS[worst]))
+        action.setToolTip(f"Pickle Imports: this file {CATEGORY_WORDS[worst]}")
 
     def _tab_of_path(self, path):
         for index in range(self.tabs.count()):
@@ -520,28 +535,26 @@ class MainWindow(QMainWindow):
         def report(result):
             self.pending.pop(slot, None)
             self._update_busy()
-            if result.ok:
-                text = (
-                    f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
-                    "checked."
-                    + ("\n\n" + "; ".join(result.notes) if result.notes else "")
-                    + (
-                        f"\n\nSeparately: {shown(result.loader_note)}."
-                        if result.loader_note
-                        else ""
-                    )
+            name = os.path.basename(path.rstrip("/")) or path
+            if result.ok:  # a status-bar line: a success needs no click to dismiss
+                line = (
+                    f"{shown(name)} is intact: {plural(result.records, 'record')}, "
+                    f"{format_bytes(result.bytes)} checked"
+                    + "".join(f"; {shown(note)}" for note in result.notes)
+                    + (f"; separately: {shown(result.loader_note)}" if result.loader_note else "")
                 )
-            elif result.tensor:
+                self.statusBar().showMessage(line)
+                self.verified.emit(path, True, "intact")
+                return
+            if result.tensor:
                 text = (
                     f"Tensor {result.tensor} is damaged in {path}.\n\n"
                     f"Details: {shown(result.problem)}"
                 )
             else:
                 text = f"{path} is damaged:\n\n{shown(result.problem)}"
-            self.statusBar().showMessage(
-                f"{os.path.basename(path)}: {'intact' if result.ok else 'damaged'}", 8000
-            )
-            box = self._message("verifyResult", "Verify", text, result.ok)
+            self.statusBar().showMessage(f"{shown(name)}: damaged", 8000)
+            box = self._message("verifyResult", "Verify", text, False)
             if result.tensor and self.tabs.indexOf(tab) >= 0:
                 show = box.addButton("Show Tensor", QMessageBox.ActionRole)
                 show.setObjectName("showDamagedTensor")
