@@ -198,7 +198,8 @@ class MainWindow(QMainWindow):
             return
         self._show_worst_global(tab)
         self.setWindowFilePath(tab.checkpoint.path)
-        name = os.path.basename(tab.checkpoint.path.rstrip("/")) or tab.checkpoint.path
+        opened = getattr(tab, "opened_path", "") or tab.checkpoint.path  # as its tab names it
+        name = os.path.basename(opened.rstrip("/")) or opened
         self.setWindowTitle(f"{shown(name)} - ckpt-viewer")
 
     def _show_worst_global(self, tab) -> None:
@@ -349,7 +350,7 @@ class MainWindow(QMainWindow):
                 "&Expand All",
                 "actionExpandAll",
                 None,
-                lambda: self._on_tab(lambda t: t.tree.expandAll()),
+                lambda: self._on_tab(lambda t: t.expander.start()),
             )
         )
         view_menu.addAction(
@@ -359,6 +360,18 @@ class MainWindow(QMainWindow):
                 None,
                 lambda: self._on_tab(lambda t: t.tree.collapseAll()),
             )
+        )
+        self.file_order_action = self._action(
+            "&File Order", "actionFileOrder", None, self._set_file_order
+        )
+        self.file_order_action.setCheckable(True)
+        self.file_order_action.setToolTip(
+            "Keys in the order the file stores them (off: natural order where the file sorted "
+            "them as text, h.2 before h.10)"
+        )
+        view_menu.addAction(self.file_order_action)
+        view_menu.addAction(
+            self._action("&Go to Key...", "actionGoToKey", "Ctrl+P", self.go_to_key)
         )
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self._action("&About ckpt-viewer", "actionAbout", None, self.about))
@@ -393,6 +406,8 @@ class MainWindow(QMainWindow):
         tab = CheckpointTab(*result)
         tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
         tab.opened_path = path
+        if self.file_order_action.isChecked():
+            tab.model.set_file_order(True)
         self._hide_welcome()
         place = self.tabs.indexOf(self.placeholders.get(path))
         index = self.tabs.insertTab(
@@ -674,6 +689,27 @@ class MainWindow(QMainWindow):
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         return dialog
+
+    def _set_file_order(self, on: bool) -> None:
+        for index in range(self.tabs.count()):
+            tab = self.tabs.widget(index)
+            if isinstance(tab, CheckpointTab):
+                tab.tree.header().setSortIndicator(-1, Qt.AscendingOrder)
+                tab.model.set_file_order(on)
+
+    def go_to_key(self):
+        """View > Go to Key (Ctrl+P): fuzzy-find a key of the current tab and show it."""
+        from ckpt_viewer.qt.navigation import QuickOpen
+
+        tab = self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return None
+        box = QuickOpen(tab.model.keys[1:], self)  # [0] is the root's empty key
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.chosen.connect(self._opener(tab))
+        box.show()
+        return box
 
     def pickle_imports_current(self, tab=None):
         """Tools > Pickle Imports (and the banner's button): the globals view of a tab."""

@@ -358,6 +358,16 @@ class KeyTreeModel(QAbstractItemModel):
         )
         self.layoutChanged.emit()
 
+    def is_match(self, row: Row) -> bool:
+        """Whether the filter matched row's key or one above it (every row: no filter)."""
+        return self._inside is None or bool(self._inside[row.index])
+
+    def ancestor_of_match(self, row: Row) -> bool:
+        """A row the filter shows only for what matched below it."""
+        return (
+            self._visible is not None and bool(self._visible[row.index]) and not self.is_match(row)
+        )
+
     def set_file_order(self, on: bool) -> None:
         """Key order as the file stores it (on) or listing order (off); a column sort ends."""
         self.file_order = on

@@ -114,3 +114,19 @@ def test_check_lists_findings_in_layer_order(tmp_path):
     report = run(check(open_checkpoint(str(path))))
     errors = [f.key for f in report.findings if f.severity == "error"]
     assert errors == [f"h.{i}.w" for i in range(LAYERS)]
+
+
+def test_fuzzy_keys_match_characters_in_order_tightest_first():
+    from ckpt_viewer.core.listing.text import FuzzyKeys
+
+    keys = ["h.3.mlp.c_fc.weight", "h.3.attn.c_attn.weight", "head\nx]^-\\", "h.13.fc", "fc.h3"]
+    finder = FuzzyKeys(keys)
+    assert finder.find("h3fc") == ["h.13.fc", "h.3.mlp.c_fc.weight"]
+    assert finder.find("x]^-\\") == ["head\nx]^-\\"]  # a key's newline never joins two keys
+    assert finder.find("  ") == [] and finder.find("zz") == []
+    assert finder.find("H3") == [  # the span h..3, then the key's length
+        "fc.h3",
+        "h.3.mlp.c_fc.weight",
+        "h.3.attn.c_attn.weight",
+        "h.13.fc",
+    ]
