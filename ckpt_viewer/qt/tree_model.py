@@ -10,6 +10,7 @@ from PySide6.QtGui import QBrush, QColor, QFont
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.model import Node, format_bytes
+from ckpt_viewer.core.listing.optim import STATE_OF
 from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.rows import (  # noqa: F401
     MAX_GROUP_DEPTH,
@@ -271,6 +272,8 @@ class KeyTreeModel(QAbstractItemModel):
         node = row.node
         if column == KEY:
             name = shown_name(row.name)
+            if node.note.startswith(STATE_OF) and row.parent.name == "state":
+                return f"{name} \u2014 {shown_name(node.note[len(STATE_OF) :])}"  # 49 — h.3.w
             if node.kind in ("scalar", "opaque"):
                 value = value_text(node)
                 return f"{name} = {value}" if value else name

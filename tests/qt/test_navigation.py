@@ -145,3 +145,12 @@ def test_pickle_imports_icon_says_the_worst_category(qtbot, window, tmp_path):
     open_and_wait(qtbot, window, builders.whole_model_file(tmp_path / "whole.pt"))
     assert "names classes outside torch" in action.toolTip()
     QApplication.processEvents()
+
+
+def test_optimizer_state_rows_name_their_parameter(qtbot, window, tmp_path):
+    path = builders.training_checkpoint(tmp_path / "train.pth")
+    group = torch.load(path, weights_only=True)["optimizer_state_dict"]["param_groups"][0]
+    names = dict(zip(group["params"], group["param_names"]))  # torch's own record
+    tab, model = opened(qtbot, window, path)
+    state = child(model, "state", child(model, "optimizer_state_dict"))
+    assert names_under(model, state) == [f"{i} \u2014 {names[i]}" for i in sorted(names)]
