@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QStyle,
+    QTabBar,
     QTabWidget,
     QWidget,
 )
@@ -31,6 +32,7 @@ from ckpt_viewer.qt.export_dialog import ExportDialog
 from ckpt_viewer.qt.plain import shown
 from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
+from ckpt_viewer.qt.welcome import WelcomePage
 
 MAX_RECENT = 10
 NEEDS_A_FILE = (
@@ -73,14 +75,12 @@ class MainWindow(QMainWindow):
         self.tabs.setDocumentMode(True)
         self.tabs.tabCloseRequested.connect(self.close_tab)
         self.setCentralWidget(self.tabs)
-        self.welcome = QLabel(
-            "Drop checkpoint files or model folders here, or use File > Open "
-            "(Ctrl+O).\n\nNothing in a file is ever run: pickled objects are "
-            "shown as data."
-        )
-        self.welcome.setAlignment(Qt.AlignCenter)
-        self.welcome.setObjectName("welcome")
-        self.tabs.addTab(self.welcome, "Welcome")
+        self.welcome = WelcomePage()
+        self.welcome.open_file.connect(self.open_dialog)
+        self.welcome.open_folder.connect(self.open_folder_dialog)
+        self.welcome.open_url.connect(self.open_url_dialog)
+        self.welcome.open_recent.connect(lambda path: self.open_paths([path]))
+        self._show_welcome_if_empty()
         self.tabs.currentChanged.connect(self._update_title)
         self.placeholders: dict[str, QWidget] = {}  # path -> its tab's place while it loads
         self._build_status_bar()
@@ -248,7 +248,9 @@ class MainWindow(QMainWindow):
 
     def _show_welcome_if_empty(self):
         if self.tabs.count() == 0:
-            self.tabs.addTab(self.welcome, "Welcome")
+            index = self.tabs.addTab(self.welcome, "Welcome")
+            for side in (QTabBar.LeftSide, QTabBar.RightSide):  # the empty state stays
+                self.tabs.tabBar().setTabButton(index, side, None)
 
     def _preload_when_idle(self):
         """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""
@@ -809,8 +811,7 @@ class MainWindow(QMainWindow):
         widget = self.tabs.widget(index)
         if widget is None:
             return
-        if widget is self.welcome:  # kept for when the last file closes
-            self.tabs.removeTab(index)
+        if widget is self.welcome:  # the empty state: it leaves when a file opens
             return
         if isinstance(widget, CheckpointTab):
             widget.release()
@@ -855,6 +856,7 @@ class MainWindow(QMainWindow):
         self._refresh_recent()
 
     def _refresh_recent(self):
+        self.welcome.set_recent(self.recent_files())
         self.recent_menu.clear()
         for path in self.recent_files():
             action = self.recent_menu.addAction(path)

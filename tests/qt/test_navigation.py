@@ -154,3 +154,20 @@ def test_optimizer_state_rows_name_their_parameter(qtbot, window, tmp_path):
     tab, model = opened(qtbot, window, path)
     state = child(model, "state", child(model, "optimizer_state_dict"))
     assert names_under(model, state) == [f"{i} \u2014 {names[i]}" for i in sorted(names)]
+
+
+def test_welcome_page_opens_files_and_lists_recent_ones(qtbot, window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog, QListWidget, QPushButton
+
+    path = builders.save({"w": torch.zeros(2)}, tmp_path / "w.pt")
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([path], ""))
+    with qtbot.waitSignal(window.loaded, timeout=30_000):
+        window.welcome.findChild(QPushButton, "welcomeOpen").click()
+    assert "safetensors" in window.welcome.findChild(object, "welcomeFormats").text()
+    window.close_tab(window.tabs.currentIndex())
+    assert window.tabs.currentWidget() is window.welcome
+    recent = window.welcome.findChild(QListWidget, "welcomeRecent")
+    assert recent.count() == 1 and recent.item(0).text() == path
+    with qtbot.waitSignal(window.loaded, timeout=30_000) as loaded:
+        recent.itemActivated.emit(recent.item(0))
+    assert loaded.args == [path]
