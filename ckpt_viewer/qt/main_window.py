@@ -26,6 +26,7 @@ from ckpt_viewer.core.listing.model import format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
 from ckpt_viewer.core.listing.text import plural
+from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
@@ -530,6 +531,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
         dialog = ExportDialog(tab.checkpoint, tab.model.checked_keys(), self)
+        opened = getattr(tab, "opened_path", "") or tab.checkpoint.path  # beside the folder
+        dialog.destination.setText(default_destination(opened, tab.checkpoint))
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         return dialog

@@ -171,3 +171,12 @@ def test_welcome_page_opens_files_and_lists_recent_ones(qtbot, window, tmp_path,
     with qtbot.waitSignal(window.loaded, timeout=30_000) as loaded:
         recent.itemActivated.emit(recent.item(0))
     assert loaded.args == [path]
+
+
+def test_export_of_a_model_folder_proposes_a_file_beside_it(qtbot, window, tmp_path):
+    builders.hf_directory(tmp_path / "gpt2_hf")
+    open_and_wait(qtbot, window, str(tmp_path / "gpt2_hf"))
+    assert window.windowTitle().startswith("gpt2_hf")  # as its tab says
+    dialog = window.export_dialog()
+    assert dialog.destination.text() == str(tmp_path / "gpt2_hf-export.pth")
+    dialog.close()
