@@ -180,3 +180,38 @@ def test_export_of_a_model_folder_proposes_a_file_beside_it(qtbot, window, tmp_p
     dialog = window.export_dialog()
     assert dialog.destination.text() == str(tmp_path / "gpt2_hf-export.pth")
     dialog.close()
+
+
+def test_status_line_elides_in_the_middle_and_holds_the_whole_text(qtbot):
+    from ckpt_viewer.qt.tensor_panels import ElidedLabel
+
+    label = ElidedLabel()
+    qtbot.addWidget(label)
+    text = "10,000,000 elements: estimates; computing exact statistics..."
+    label.setText(text)
+    label.resize(label.fontMetrics().horizontalAdvance(text) // 2, 20)
+    shown = label.elided()
+    assert label.text() == label.toolTip() == text
+    assert shown.startswith("10,000") and shown.endswith("statistics...") and "\u2026" in shown
+    label.resize(label.fontMetrics().horizontalAdvance(text) + 20, 20)
+    assert label.elided() == text
+
+
+def test_facts_break_keys_after_dots_and_copy_them_whole(qtbot):
+    from ckpt_viewer.qt.tensor_panels import BREAK, FactsPanel
+
+    key = "transformer.h.3.mlp.c_fc.weight"
+    facts = FactsPanel()
+    qtbot.addWidget(facts)
+    facts.resize(facts.fontMetrics().horizontalAdvance("transformer.h.3.") + 60, 300)
+    facts.show()
+    facts.show_facts([("key", key)])
+    assert key in facts.toPlainText()
+    doc = facts.document()
+    cell = doc.find(BREAK)
+    layout, text = cell.block().layout(), cell.block().text()
+    starts = [layout.lineAt(i).textStart() for i in range(layout.lineCount())]
+    assert len(starts) > 1  # wrapped, and only where a key allows it
+    assert all(text[start - 1] == BREAK for start in starts[1:])
+    facts.selectAll()
+    assert facts.createMimeDataFromSelection().text().split()[-1] == key
