@@ -121,12 +121,17 @@ class HealthDialog(QDialog):
     def _list(self, report, start):
         """ROWS_PER_STEP findings per event loop turn (900 at once held the window 15 ms,
         5,000 would 80 ms); `checked` once all are listed."""
-        from ckpt_viewer.core.analysis.check import escape
+        from ckpt_viewer.core.analysis.check import SEVERITY_NOUNS, escape
 
         items = []
         for finding in report.findings[start : min(start + ROWS_PER_STEP, MAX_SHOWN)]:
             item = QTreeWidgetItem(
-                [finding.severity, finding.kind, escape(finding.key), escape(finding.message)]
+                [
+                    SEVERITY_NOUNS[finding.severity],
+                    finding.kind,
+                    escape(finding.key),
+                    escape(finding.message),
+                ]
             )
             item.setData(0, Qt.UserRole, finding.key)
             item.setForeground(0, QBrush(on_base(COLOURS[finding.severity])))

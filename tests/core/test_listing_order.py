@@ -98,11 +98,14 @@ def test_sizes_are_binary_and_labelled_so():
 
 
 def test_check_counts_say_notes_with_plurals():
-    from ckpt_viewer.core.analysis.check import Finding, HealthReport, severity_counts
+    from ckpt_viewer.core.analysis.check import Finding, HealthReport, severity_counts, text_lines
 
     severities = ("error", "warning", "warning", "info")
     report = HealthReport("p", [Finding("k", s, "kind", "") for s in severities])
     assert severity_counts(report) == "1 error, 2 warnings, 1 note"
+    lines = list(text_lines(report))
+    assert lines[3].startswith("note ") and lines[-1].endswith("1 error, 2 warnings, 1 note")
+    assert report.to_json()["findings"][3]["severity"] == "info"  # the JSON contract stays
 
 
 def test_check_lists_findings_in_layer_order(tmp_path):

@@ -665,7 +665,7 @@ def check(checkpoint: Checkpoint):
     )
 
 
-SEVERITY_NOUNS = {"error": "error", "warning": "warning", "info": "note"}
+SEVERITY_NOUNS = {"error": "error", "warning": "warning", "info": "note"}  # JSON keeps "info"
 
 
 def severity_counts(report: HealthReport) -> str:
@@ -683,7 +683,7 @@ def text_lines(report: HealthReport):
         yield f"healthy: {escape(report.path)}: no findings"
     for finding in report.findings:
         yield (
-            f"{finding.severity:<7} {finding.kind:<18} {escape(finding.key)}: "
+            f"{SEVERITY_NOUNS[finding.severity]:<7} {finding.kind:<18} {escape(finding.key)}: "
             f"{escape(finding.message)}"
         )
     yield (
