@@ -4,6 +4,7 @@ on a flat row index (built in the worker thread) so that 50,000 keys stay fast."
 from __future__ import annotations
 
 import html
+from operator import attrgetter
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
@@ -326,15 +327,15 @@ class KeyTreeModel(QAbstractItemModel):
         listing order (core.text.listing_order: natural where the file sorted keys as text),
         or the file's order while file_order is on. Keys are precomputed
         (core.rows): sorting 50,000 rows stays within a frame."""
-        place = (lambda r: r.order) if self.file_order else (lambda r: r.listed)
+        place = attrgetter("order" if self.file_order else "listed")
         key_funcs = {
             -1: place,
             KEY: place,
             TYPE: lambda r: type_text(r.node),
             SHAPE: lambda r: r.node.tensor.shape if r.node.tensor is not None else (),
             DTYPE: lambda r: r.node.tensor.dtype if r.node.tensor is not None else "",
-            PARAMS: lambda r: r.params,
-            SIZE: lambda r: r.nbytes,
+            PARAMS: attrgetter("params"),
+            SIZE: attrgetter("nbytes"),
             DEVICE: lambda r: r.node.tensor.device if r.node.tensor is not None else "",
         }
         key = key_funcs.get(column)
@@ -347,12 +348,13 @@ class KeyTreeModel(QAbstractItemModel):
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
         old_rows = [self.row_of(i) for i in old]
-        for row in self.rows:
-            if len(row.children) > 1:
-                try:
-                    row.children.sort(key=key, reverse=reverse)
-                except TypeError:
-                    row.children.sort(key=lambda r: str(key(r)), reverse=reverse)
+        if self.index_rows.sortable is None:  # an index made without them
+            self.index_rows.sortable = [row for row in self.rows if len(row.children) > 1]
+        for row in self.index_rows.sortable:
+            try:
+                row.children.sort(key=key, reverse=reverse)
+            except TypeError:
+                row.children.sort(key=lambda r: str(key(r)), reverse=reverse)
         self.generation += 1
         for row in old_rows:
             self.shown(row.parent)

@@ -119,6 +119,7 @@ class RowIndex:
     lowered_keys: list | None  # the same, lower-cased: made by the first filter (a worker)
     parents: array  # each row's parent index (-1 for the top)
     sizes: array  # each row's subtree size
+    sortable: list | None = None  # rows with two or more children: what a sort reorders
 
     @property
     def lowered(self) -> list:
@@ -171,6 +172,7 @@ def build_rows(root: Node) -> RowIndex:
         None,
         array("q", [r.parent.index if r.parent else -1 for r in order]),
         array("q", [r.size for r in order]),
+        [r for r in order if len(r.children) > 1],
     )
 
 
