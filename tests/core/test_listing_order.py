@@ -133,3 +133,12 @@ def test_fuzzy_keys_match_characters_in_order_tightest_first():
         "h.3.attn.c_attn.weight",
         "h.13.fc",
     ]
+
+
+def test_layers_text_counts_with_plurals(tmp_path):
+    from ckpt_viewer.core.analysis.layers import layer_metrics, text_lines
+    from ckpt_viewer.core.values.stats import run
+
+    path = builders.save({f"blocks.{i}.w": torch.randn(4, 4) for i in range(3)}, tmp_path / "b.pt")
+    lines = list(text_lines(run(layer_metrics(open_checkpoint(path)))))
+    assert lines[0].endswith(": 3 layers, 1 role")

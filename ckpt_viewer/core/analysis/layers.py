@@ -29,6 +29,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import FLOAT_DTYPES, Checkpoint, FileSpan, ZipMember
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset
+from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.values.read import (
     apply_view_bits,
     iter_chunks,
@@ -492,7 +493,10 @@ def text_lines(report: LayersReport):
         return
     metrics = report.available()
     for stack in report.stacks:
-        yield f"{escape(stack.prefix)}: {len(stack.layers)} layers, {len(stack.roles)} roles"
+        yield (
+            f"{escape(stack.prefix)}: {plural(len(stack.layers), 'layer')}, "
+            f"{plural(len(stack.roles), 'role')}"
+        )
         for role in stack.roles:
             yield f"  {escape(role.role)}"
             yield "    layer " + " ".join(f"{m:>15}" for m in metrics)
