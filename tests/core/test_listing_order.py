@@ -5,6 +5,8 @@ import json
 import struct
 
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import builders
@@ -40,6 +42,21 @@ def test_natural_key_orders_numbers_by_value_even_huge_ones():
     assert ordered[:5] == ["h.0", "h.01", "h.1", "h.2", "h.10"]
     assert ordered[5] == "h." + "9" * 100_000  # compared without int() (no ValueError)
     assert ordered[6:] == ["layer9", "layer10"]
+    assert sorted(["n2", "n1", "n", "n10", "n.x", "m"], key=natural_key) == [
+        "m",
+        "n",  # before any digit run after it: a text with and one without digits compare
+        "n1",
+        "n2",
+        "n10",
+        "n.x",  # the text "n" before "n.x", as natsort has it
+    ]
+
+
+@given(st.lists(st.text(alphabet="ab01.\n", max_size=6), max_size=12))
+def test_natural_key_sorts_any_names(names):
+    ordered = sorted(names, key=natural_key)  # never a str-vs-tuple comparison
+    assert sorted(ordered) == sorted(names)
+    assert all(natural_key(a) <= natural_key(b) for a, b in zip(ordered, ordered[1:]))
 
 
 def test_listing_order_keeps_an_order_that_is_not_the_alphabet():

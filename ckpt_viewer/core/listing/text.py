@@ -198,13 +198,16 @@ _DIGITS = re.compile(r"(\d+)")
 
 def natural_key(text: str) -> tuple:
     """Sort key for numeric-aware ("natural") order: h.2 before h.10, layer9 before layer10.
-    Digit runs compare by value without int() (a hostile key may hold 100,000 digits); the
-    text itself breaks ties (h.01 and h.1)."""
-    parts = _DIGITS.split(text)  # text at even places, digit runs at odd ones
+    Text parts sit at even places and digit runs at odd ones, as (length, digits): compared by
+    value without int() (a hostile key may hold 100,000 digits). () ends the parts, below any
+    digit run (n before n1), and the text itself breaks ties (h.01 and h.1)."""
+    if not _DIGITS.search(text):
+        return (text, (), text)
+    parts: list = _DIGITS.split(text)
     for i in range(1, len(parts), 2):
         digits = parts[i].lstrip("0")
         parts[i] = (len(digits), digits)
-    parts.append(text)
+    parts += [(), text]
     return tuple(parts)
 
 
