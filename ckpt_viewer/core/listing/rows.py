@@ -87,6 +87,8 @@ def _attach_children(row: Row):
 def _list(children: list):
     """Siblings in listing order (text order becomes natural: h.2 before h.10), each row
     remembering both its places."""
+    if len(children) < 2:  # most groups of a flat state_dict: order and listed stay 0
+        return
     for position, child in enumerate(children):
         child.order = position
     children[:] = listing_order(children, lambda r: r.name)
