@@ -270,6 +270,8 @@ class MainWindow(QMainWindow):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancelButton")
         self.cancel_button.clicked.connect(self.cancel_loading)
+        # a message wider than the bar is cut at its end: the whole of it on hover
+        self.statusBar().messageChanged.connect(self.statusBar().setToolTip)
         self.statusBar().addPermanentWidget(self.activity)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)

@@ -243,6 +243,7 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     assert blocker.args == [path, True, "intact"]
     assert window.findChild(object, "verifyResult") is None  # a success is not a modal box
     assert window.statusBar().currentMessage().startswith("w.pt is intact: ")
+    assert window.statusBar().toolTip() == window.statusBar().currentMessage()  # on hover
     member = next(m for m in read_directory(path) if m.name.endswith("/data/0"))
     data = bytearray(open(path, "rb").read())
     data[data_offset(member) + 7] ^= 0x80
