@@ -271,7 +271,9 @@ class MainWindow(QMainWindow):
         self.cancel_button.setObjectName("cancelButton")
         self.cancel_button.clicked.connect(self.cancel_loading)
         # a message wider than the bar is cut at its end: the whole of it on hover
-        self.statusBar().messageChanged.connect(self.statusBar().setToolTip)
+        bar = self.statusBar()
+        bar.messageChanged.connect(lambda text: bar.setToolTip(text))  # a Python slot: PySide
+        # warns on stderr when a signal is tied straight to another object's C++ setter
         self.statusBar().addPermanentWidget(self.activity)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)

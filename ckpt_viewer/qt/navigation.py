@@ -59,7 +59,7 @@ class LazyExpander(QObject):
 
     def __init__(self, tree: QTreeView):
         super().__init__(tree)
-        self.tree, self.on = tree, False
+        self.tree, self.on, self.filling = tree, False, False
         tree.verticalScrollBar().valueChanged.connect(self.fill)
         tree.collapsed.connect(self.stop)
         tree.model().modelReset.connect(self.stop)
@@ -79,19 +79,23 @@ class LazyExpander(QObject):
 
     def fill(self, *_) -> None:
         """Expand every collapsed row in view; repeat while that brought new rows in."""
-        if not self.on:
+        if not self.on or self.filling:  # expanding may move the scroll bar: no recursion
             return
         tree, height = self.tree, self.tree.viewport().height()
         model = tree.model()
-        for _ in range(EXPAND_PASSES):
-            index, opened = tree.indexAt(QPoint(1, 1)), False
-            while index.isValid() and tree.visualRect(index).top() < height:
-                if not tree.isExpanded(index) and model.hasChildren(index):
-                    tree.expand(index)  # its collapsed signal would stop us, not this one
-                    opened = True
-                index = tree.indexBelow(index)
-            if not opened:
-                return
+        self.filling = True
+        try:
+            for _ in range(EXPAND_PASSES):
+                index, opened = tree.indexAt(QPoint(1, 1)), False
+                while index.isValid() and tree.visualRect(index).top() < height:
+                    if not tree.isExpanded(index) and model.hasChildren(index):
+                        tree.expand(index)
+                        opened = True
+                    index = tree.indexBelow(index)
+                if not opened:
+                    return
+        finally:
+            self.filling = False
 
 
 class QuickOpen(QDialog):
