@@ -358,7 +358,8 @@ def run_stats(args) -> int:
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.report import stats_lines
     from ckpt_viewer.core.listing.text import nearest_keys
-    from ckpt_viewer.core.values.stats import compute, run
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.core.values.stats import compute
 
     checkpoint = open_checkpoint(args.path)
     node = checkpoint.find(args.key)
@@ -382,7 +383,7 @@ def run_export(args) -> int:
     from ckpt_viewer.core.listing.model import format_bytes
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.text import plural
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
     from ckpt_viewer.core.writing.export import ExportPlan, export, parse_size
 
     fmt = args.format or ("safetensors" if args.dst.endswith(".safetensors") else "pth")
@@ -413,7 +414,7 @@ def run_sanitize(args) -> int:
     from ckpt_viewer.core.listing.model import format_bytes
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.text import plural
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
     from ckpt_viewer.core.writing.sanitize import sanitize
 
     checkpoint = open_checkpoint(args.src)
@@ -432,7 +433,7 @@ def run_verify(args) -> int:
     from ckpt_viewer.core.analysis.verify import verify
     from ckpt_viewer.core.listing.model import format_bytes
     from ckpt_viewer.core.listing.text import plural
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     report = run(verify(args.path))
     args.status = 0 if report.ok else 1
@@ -455,7 +456,7 @@ def run_diff(args) -> int:
     from ckpt_viewer.core.analysis.diff import Side, diff
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.report import diff_lines
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     checkpoints = []
     for path in (args.a, args.b):
@@ -480,7 +481,7 @@ def run_diff(args) -> int:
 def run_check(args) -> int:
     from ckpt_viewer.core.analysis.check import check, text_lines
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     report = run(check(open_checkpoint(args.path)))
     args.status = 0 if report.ok else 1
@@ -491,7 +492,7 @@ def run_check(args) -> int:
 def run_layers(args) -> int:
     from ckpt_viewer.core.analysis.layers import layer_metrics, text_lines
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     report = run(layer_metrics(open_checkpoint(args.path), spectral=args.spectral))
     say_report(args, report, text_lines)

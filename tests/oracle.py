@@ -11,7 +11,7 @@ import torch
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.read import read_tensor
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 
 def torch_load(data_or_path):

@@ -175,13 +175,6 @@ class CompareFilter(QSortFilterProxyModel):
         return super().filterAcceptsRow(row, parent)
 
 
-def plotting_failed() -> bool:
-    """Has loading the plotting library failed (then draw nothing, but finish)?"""
-    from ckpt_viewer.qt.tensor_view import _plotting
-
-    return bool(_plotting["failed"])
-
-
 def detail_job(a, b, max_abs):
     """Generator: both value histograms on one range, then a - b and the (a, b) sample."""
     pair = histogram_pair(a, b, OVERLAY_BINS)
@@ -200,7 +193,8 @@ class CompareView(QWidget):
         self.setObjectName("compareView")
         self.report, self.a, self.b = report, checkpoint_a, checkpoint_b
         self.plotting = plotting  # returns the pyqtgraph module, or None
-        self.request_plotting = request_plotting  # calls plotting_ready() once it is loaded
+        # False while the import is under way (then calls plotting_ready() once it ends)
+        self.request_plotting = request_plotting
         self.jobs = workers.Controller(self)
         self.pending = None
         self.plot = None
@@ -407,7 +401,7 @@ class CompareView(QWidget):
         if generation != self.generation:
             return
         pg = self.plotting()
-        if pg is None and self.request_plotting is not None and not plotting_failed():
+        if self.request_plotting is not None and not self.request_plotting(self):
             self.pending = (generation, key, result)
             self.request_plotting(self)
             return

@@ -121,7 +121,8 @@ class HealthDialog(QDialog):
     def _list(self, report, start):
         """ROWS_PER_STEP findings per event loop turn (900 at once held the window 15 ms,
         5,000 would 80 ms); `checked` once all are listed."""
-        from ckpt_viewer.core.analysis.check import SEVERITY_NOUNS, escape
+        from ckpt_viewer.core.analysis.check import SEVERITY_NOUNS
+        from ckpt_viewer.core.listing.text import safe_text as escape
 
         items = []
         for finding in report.findings[start : min(start + ROWS_PER_STEP, MAX_SHOWN)]:

@@ -21,10 +21,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from ckpt_viewer.core.analysis.check import escape
 from ckpt_viewer.core.analysis.layers import layer_metrics
+from ckpt_viewer.core.listing.text import safe_text as escape
 from ckpt_viewer.qt import workers
-from ckpt_viewer.qt.tensor_view import _plotting, wait_for_plotting
+from ckpt_viewer.qt.plotting import _plotting, plotting_or_wait
 from ckpt_viewer.qt.theme import style_plot
 
 LABELS = {
@@ -193,10 +193,8 @@ class LayersDialog(QDialog):
         self.stack_box.blockSignals(False)
         self.metric_box.blockSignals(False)
         self.stack_box.setVisible(len(report.stacks) > 1)
-        if _plotting["module"] is None:
-            wait_for_plotting(self)
-        else:
-            self.plotting_ready("")
+        if plotting_or_wait(self):
+            self.plotting_ready(_plotting["failed"])
 
     def plotting_ready(self, message):
         if message:

@@ -618,7 +618,7 @@ class MainWindow(QMainWindow):
         from ckpt_viewer.core.analysis.diff import diff
         from ckpt_viewer.core.listing.open import open_checkpoint
         from ckpt_viewer.qt.compare_view import CompareView
-        from ckpt_viewer.qt.tensor_view import _plotting, wait_for_plotting
+        from ckpt_viewer.qt.plotting import _plotting, plotting_or_wait
 
         def job():
             a, b = open_checkpoint(path_a), open_checkpoint(path_b)
@@ -630,7 +630,7 @@ class MainWindow(QMainWindow):
             self._update_busy()
             report, a, b = result  # pyqtgraph: preloaded a moment later (_update_busy)
             view = CompareView(
-                report, a, b, lambda: _plotting["module"], wait_for_plotting, parent=self
+                report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self
             )  # hidden until the tab takes it
             # shown in a later event: building and first showing it in one went past 50 ms
             QTimer.singleShot(0, view, lambda: show(view, report))

@@ -8,7 +8,7 @@ import threading
 import weakref
 
 import shiboken6
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 from ckpt_viewer.qt import workers
 
@@ -42,6 +42,15 @@ def wait_for_plotting(view):
     """view.plotting_ready(message) is called once pyqtgraph has been imported (or failed)."""
     _plotting["waiting"].add(view)
     preload_plotting()
+
+
+def plotting_or_wait(view: QWidget) -> bool:
+    """True when the import has ended (plotting_module() is pyqtgraph, or None when it
+    failed); otherwise False, and view.plotting_ready(message) is called once it ends."""
+    if _plotting["module"] is not None or _plotting["failed"]:
+        return True
+    wait_for_plotting(view)
+    return False
 
 
 def plotting_module():

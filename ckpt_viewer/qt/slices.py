@@ -17,7 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.values.read import filter_grid, pooled_2d, read_window
+from ckpt_viewer.core.values.heatmap import filter_grid, pooled_2d
+from ckpt_viewer.core.values.read import read_window
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label
 from ckpt_viewer.qt.theme import style_plot

@@ -16,7 +16,7 @@ from ckpt_viewer.core.values.stats import auto_bins, compute, stats_job
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.histogram_view import HistogramView
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
-from ckpt_viewer.qt.plotting import _plotting, plotting_module, preload_plotting
+from ckpt_viewer.qt.plotting import _plotting, plotting_module, plotting_or_wait, preload_plotting
 from ckpt_viewer.qt.plotting import wait_for_plotting as wait_for_plotting
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
 from ckpt_viewer.qt.tensor_panels import (
@@ -279,8 +279,7 @@ class TensorView(QWidget):
             self._draw(self.stats, self.stats.sampled)
 
     def _draw(self, stats, preview: bool):
-        if plotting_module() is None and not _plotting["failed"]:
-            wait_for_plotting(self)
+        if not plotting_or_wait(self):
             return
         self.histogram.show_stats(stats)
         if self.node is not None:

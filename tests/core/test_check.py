@@ -12,7 +12,7 @@ import builders
 from ckpt_viewer.core.analysis import check as check_module
 from ckpt_viewer.core.analysis.check import check
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 
 
 def findings_of(path):
@@ -213,9 +213,9 @@ def test_permuted_copies_cost_one_comparison_per_tensor_not_per_pair(tmp_path, m
     sd = {f"p{i}.weight": weight[torch.randperm(64)] for i in range(40)}
     sd["copy.weight"] = sd["p7.weight"].clone()
     compared = []
-    same_bytes = check_module._same_bytes
+    same_bits = check_module.same_bits
     monkeypatch.setattr(
-        check_module, "_same_bytes", lambda a, b: compared.append(1) or same_bytes(a, b)
+        check_module, "same_bits", lambda a, b, chunk: compared.append(1) or same_bits(a, b, chunk)
     )
     hashed = []
     fingerprint = check_module._fingerprint

@@ -9,8 +9,9 @@ import torch
 
 from ckpt_viewer.core.listing.model import FileSpan, TensorInfo
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.read import dcp_slabs, iter_chunks
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.dcp import dcp_slabs
+from ckpt_viewer.core.values.read import iter_chunks
 from ckpt_viewer.core.writing.export import ExportPlan, export
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")

@@ -14,7 +14,7 @@ import torch
 import builders
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 from ckpt_viewer.core.writing.export import ExportPlan, export
 from ckpt_viewer.core.writing.sanitize import sanitize
 

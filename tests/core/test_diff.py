@@ -11,7 +11,7 @@ import torch
 import builders
 from ckpt_viewer.core.analysis.diff import Side, diff
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 
 
 def compare(a, b, **sides):

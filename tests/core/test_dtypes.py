@@ -17,7 +17,8 @@ from ckpt_viewer.cli import main
 from ckpt_viewer.core.listing.model import DTYPE_SIZES, STORAGE_DTYPES
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.readers.safetensors import TORCH_TO_SAFETENSORS
-from ckpt_viewer.core.values.read import NUMPY_DTYPES, read_tensor
+from ckpt_viewer.core.values.decode import NUMPY_DTYPES
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 warnings.filterwarnings("ignore", message=".*(ComplexHalf|quantize).*")
 
@@ -309,7 +310,7 @@ def test_export_check_reads_records_as_torch_does(tmp_path, monkeypatch):
     """A record copied shorter than its header says (uint16 counted as bytes, as before) is
     caught by the check after writing, and nothing is left at the destination."""
     from ckpt_viewer.core import CheckpointError
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
     from ckpt_viewer.core.writing import export as export_module
 
     src = tmp_path / "u.pt"

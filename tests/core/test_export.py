@@ -14,7 +14,7 @@ import builders
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.summary import inspect_dict
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 from ckpt_viewer.core.writing.export import ExportPlan, export, plan_items
 
 

@@ -14,8 +14,9 @@ from ckpt_viewer.core import CheckpointError  # noqa: E402
 from ckpt_viewer.core.analysis.diff import diff  # noqa: E402
 from ckpt_viewer.core.listing.open import open_checkpoint  # noqa: E402
 from ckpt_viewer.core.listing.readers.gguf import GGML_TYPES  # noqa: E402
+from ckpt_viewer.core.progress import run  # noqa: E402
 from ckpt_viewer.core.values.read import iter_chunks, read_array, read_window  # noqa: E402
-from ckpt_viewer.core.values.stats import compute, run  # noqa: E402
+from ckpt_viewer.core.values.stats import compute  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 

@@ -7,9 +7,9 @@ import torch
 
 import builders
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values import read as values_module
-from ckpt_viewer.core.values.read import pooled_2d
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values import heatmap
+from ckpt_viewer.core.values.heatmap import pooled_2d
 
 
 def reference(matrix: np.ndarray, row_step: int, col_step: int) -> np.ndarray:
@@ -23,9 +23,9 @@ def reference(matrix: np.ndarray, row_step: int, col_step: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("strip", [values_module.POOL_STRIP, 300])
+@pytest.mark.parametrize("strip", [heatmap.POOL_STRIP, 300])
 def test_pooled_keeps_spikes_and_signs(tmp_path, monkeypatch, strip):
-    monkeypatch.setattr(values_module, "POOL_STRIP", strip)
+    monkeypatch.setattr(heatmap, "POOL_STRIP", strip)
     torch.manual_seed(0)
     matrix = torch.randn(3, 203, 97) * 0.01
     matrix[1, 101, 33] = -50.0  # one spike in a row every-k-th sampling skips
@@ -54,18 +54,18 @@ def test_pooled_small_and_complex(tmp_path):
 
 def counting_reads(monkeypatch):
     """Every read_window call pooled_2d makes, as (rows, columns) read."""
-    reads, original = [], values_module.read_window
+    reads, original = [], heatmap.read_window
 
     def read_window(tensor, leading, rows, cols):
         reads.append((len(rows), len(cols)))
         return original(tensor, leading, rows, cols)
 
-    monkeypatch.setattr(values_module, "read_window", read_window)
+    monkeypatch.setattr(heatmap, "read_window", read_window)
     return reads
 
 
 def test_pooled_read_stops_between_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(values_module, "POOL_STRIP", 500)
+    monkeypatch.setattr(heatmap, "POOL_STRIP", 500)
     path = builders.save({"w": torch.randn(400, 50)}, tmp_path / "w.pt")
     info = open_checkpoint(path).find("w").tensor
     reads = counting_reads(monkeypatch)
@@ -76,7 +76,7 @@ def test_pooled_read_stops_between_chunks(tmp_path, monkeypatch):
 
 
 def test_pooled_wide_rows_are_read_in_column_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(values_module, "POOL_STRIP", 300)
+    monkeypatch.setattr(heatmap, "POOL_STRIP", 300)
     torch.manual_seed(1)
     matrix = torch.randn(3, 2000)
     matrix[2, 1999] = 40.0
@@ -90,8 +90,8 @@ def test_pooled_wide_rows_are_read_in_column_blocks(tmp_path, monkeypatch):
 
 
 def test_pooled_reads_a_torch_only_tensor_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(values_module, "POOL_STRIP", 500)
-    monkeypatch.setattr(values_module, "numpy_readable", lambda tensor: False)  # as DCP
+    monkeypatch.setattr(heatmap, "POOL_STRIP", 500)
+    monkeypatch.setattr(heatmap, "numpy_readable", lambda tensor: False)  # as DCP
     matrix = torch.randn(400, 50)
     path = builders.save({"w": matrix}, tmp_path / "w.pt")
     info = open_checkpoint(path).find("w").tensor
@@ -104,9 +104,9 @@ def test_pooled_reads_a_torch_only_tensor_once(tmp_path, monkeypatch):
 def test_filter_grid_yields_per_output_channel(tmp_path):
     kernels = torch.randn(5, 2, 3, 3)
     path = builders.save({"k": kernels}, tmp_path / "k.pt")
-    job = values_module.filter_grid(open_checkpoint(path).find("k").tensor)
+    job = heatmap.filter_grid(open_checkpoint(path).find("k").tensor)
     assert next(job) == 1 / 5
     job.close()
-    grid = run(values_module.filter_grid(open_checkpoint(path).find("k").tensor))
+    grid = run(heatmap.filter_grid(open_checkpoint(path).find("k").tensor))
     assert grid.shape == (20, 8)
     np.testing.assert_array_equal(grid[4:7, 4:7], kernels[1, 1].numpy())

@@ -17,7 +17,7 @@ from ckpt_viewer.core.analysis.layers import (
     power_law_alpha,
 )
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 
 
 def gpt(depth=4, hidden=8, prefix="blocks"):
@@ -219,7 +219,7 @@ def test_many_tiny_tensors_share_tasks_and_file_opens(tmp_path, monkeypatch):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from ckpt_viewer.core.analysis import layers
+    from ckpt_viewer.core.analysis import layers, scan
     from ckpt_viewer.core.listing import remote
 
     torch.manual_seed(7)
@@ -233,7 +233,7 @@ def test_many_tiny_tensors_share_tasks_and_file_opens(tmp_path, monkeypatch):
             tasks.append(1)
             return super().submit(*args, **kwargs)
 
-    monkeypatch.setattr(layers, "ThreadPoolExecutor", CountingPool)
+    monkeypatch.setattr(scan, "ThreadPoolExecutor", CountingPool)
     real_open = remote.open_source
     monkeypatch.setattr(remote, "open_source", lambda p: opens.append(p) or real_open(p))
     report = run(layer_metrics(checkpoint))

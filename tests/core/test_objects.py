@@ -24,8 +24,9 @@ from ckpt_viewer.core.listing.model import iter_nodes
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.summary import inspect_dict
 from ckpt_viewer.core.listing.tree import SHARED_BY_VALUE
-from ckpt_viewer.core.values.read import read_array, read_tensor
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.read import read_array
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 from ckpt_viewer.core.writing.export import ExportPlan, export
 
 

@@ -379,8 +379,8 @@ def test_search_gives_up_on_orders_that_fail_only_at_the_end(tmp_path):
 
 
 def test_small_state_values_are_read(tmp_path):
+    from ckpt_viewer.core.progress import run
     from ckpt_viewer.core.values.optim_values import small_state_values
-    from ckpt_viewer.core.values.stats import run
 
     model, optimizer = builders.trained()
     for _ in range(2):

@@ -15,7 +15,8 @@ import torch
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint, sniff
-from ckpt_viewer.core.values.read import read_array, read_tensor, to_numpy
+from ckpt_viewer.core.values.read import read_array
+from ckpt_viewer.core.values.torch_bridge import read_tensor, to_numpy
 
 
 class Exported(torch.nn.Module):

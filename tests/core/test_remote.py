@@ -19,8 +19,9 @@ from ckpt_viewer.core.analysis.verify import verify
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.summary import inspect_dict
-from ckpt_viewer.core.values.read import read_tensor
-from ckpt_viewer.core.values.stats import compute, run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.stats import compute
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 pytest.importorskip("aiohttp")
 

@@ -18,8 +18,8 @@ import builders
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.read import read_tensor
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 from ckpt_viewer.core.writing.export import ExportPlan, export
 
 pytest.importorskip("aiohttp")

@@ -25,7 +25,7 @@ import torch
 import builders
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 from ckpt_viewer.core.writing.sanitize import sanitize
 from ckpt_viewer.core.writing.torch_pickle import PickleWriter
 

@@ -15,8 +15,10 @@ import ckpt_viewer.core.values.stats as stats_module
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.report import stats_lines, stats_rows
-from ckpt_viewer.core.values.read import read_array, read_tensor
-from ckpt_viewer.core.values.stats import QUANTILES, compute, run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.read import read_array
+from ckpt_viewer.core.values.stats import QUANTILES, compute
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 
 def stats_of(tmp_path, tensor, **kwargs):
@@ -451,7 +453,7 @@ def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(
 ):
     """Each chunk is asked for ahead of use and, two chunks later, given back: reading a file
     larger than memory otherwise evicted the window's own code pages (stalls)."""
-    import ckpt_viewer.core.values.read as values_module
+    from ckpt_viewer.core.values import strided
 
     values = torch.arange(10_000, dtype=torch.float32)
     tensor = open_checkpoint(builders.save({"t": values}, tmp_path / "t.pt")).find("t").tensor
@@ -459,13 +461,13 @@ def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(
     monkeypatch.setattr(
         os, "posix_fadvise", lambda fd, offset, size, how: advice.append((how, size))
     )
-    monkeypatch.setattr(values_module, "_larger_than_memory", lambda reader: True)
+    monkeypatch.setattr(strided, "larger_than_memory", lambda reader: True)
     stats = run(compute(tensor, chunk=1000))
     assert stats.max == 9999 and stats.numel == 10_000
     dropped = [size for how, size in advice if how == os.POSIX_FADV_DONTNEED]
     ahead = [size for how, size in advice if how == os.POSIX_FADV_WILLNEED]
     assert dropped and all(size == 4000 for size in dropped + ahead)
-    monkeypatch.setattr(values_module, "_larger_than_memory", lambda reader: False)
+    monkeypatch.setattr(strided, "larger_than_memory", lambda reader: False)
     advice.clear()
     run(compute(tensor, chunk=1000))
     assert advice and all(how == os.POSIX_FADV_WILLNEED for how, _ in advice)

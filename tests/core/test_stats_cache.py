@@ -12,7 +12,8 @@ import ckpt_viewer.core.values.stats as stats_module
 from ckpt_viewer.core.analysis.check import check
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.listing.stats_cache import HealthFacts, StatsCache
-from ckpt_viewer.core.values.stats import compute, run, stats_job
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.stats import compute, stats_job
 
 
 def tensors():

@@ -12,9 +12,10 @@ import torch
 import builders
 from ckpt_viewer.core.analysis.diff import diff
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values import read as values_module
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values import strided
 from ckpt_viewer.core.values.read import iter_chunks, read_array, read_window
-from ckpt_viewer.core.values.stats import compute, run
+from ckpt_viewer.core.values.stats import compute
 from ckpt_viewer.core.writing.export import ExportPlan, export
 
 BASE = torch.arange(2 * 3 * 40, dtype=torch.float32).reshape(2, 3, 40) * 0.5 - 7
@@ -38,7 +39,7 @@ def _saved(tmp_path, view):
 @pytest.fixture(params=[False, True], ids=["whole", "tiny_blocks"])
 def tiny_blocks(request, monkeypatch):
     if request.param:  # force the block splitter through every branch
-        monkeypatch.setattr(values_module, "SPAN_LIMIT", 5)
+        monkeypatch.setattr(strided, "SPAN_LIMIT", 5)
     return request.param
 
 
@@ -134,3 +135,10 @@ def test_views_read_through_torch_stay_views(tmp_path):
     stats = run(compute(info, part="real", chunk=4))
     assert stats.numel == 60 and stats.max == 11.0
     assert stats.mean == pytest.approx(reference.real.float().mean().item())
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (2, 3, 4), (3, 0, 2), (0,), (1, 7, 1)])
+def test_contiguous_strides_are_torchs(shape):
+    from ckpt_viewer.core.listing.model import contiguous_strides
+
+    assert contiguous_strides(shape) == torch.empty(shape).stride()

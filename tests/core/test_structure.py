@@ -15,7 +15,8 @@ import builders
 from ckpt_viewer.cli import main
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import compute, run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.stats import compute
 from ckpt_viewer.core.writing.export import ExportPlan, export
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")
@@ -62,7 +63,7 @@ def test_random_layouts_read_as_torch_reads_or_are_refused(tmp_path_factory, dat
     """Grids of chunks in any order, sometimes with one chunk dropped, grown or moved: what
     we read is what torch's reader loads, bit for bit; what we refuse is a layout whose result
     torch leaves to order or to old memory (dcp.load into a NaN target shows the holes)."""
-    from ckpt_viewer.core.values.read import read_tensor
+    from ckpt_viewer.core.values.torch_bridge import read_tensor
 
     shape = (data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6)))
     cuts = [sorted({0, n} | set(data.draw(st.lists(st.integers(1, n), max_size=3)))) for n in shape]
@@ -259,7 +260,7 @@ def test_pt2_views_torch_refuses_are_refused(pt2_archive, tmp_path, capsys, meta
 
 def test_pt2_views_torch_reads_are_read_alike(pt2_archive, tmp_path):
     """A zero stride repeats a row, inside the record: torch reads it, and so do we."""
-    from ckpt_viewer.core.values.read import read_tensor
+    from ckpt_viewer.core.values.torch_bridge import read_tensor
 
     path = pt2_with(pt2_archive, tmp_path / "rows.pt2", strides=[0, 1])
     reference = torch_export_loads(path)["weight"]
@@ -369,7 +370,7 @@ def hf_reader_state(folder) -> dict:
 
 
 def assert_reads_like(checkpoint, expected: dict):
-    from ckpt_viewer.core.values.read import read_tensor
+    from ckpt_viewer.core.values.torch_bridge import read_tensor
 
     got = {key: read_tensor(tensor) for key, tensor, _ in checkpoint.tensors()}
     assert set(got) == set(expected)

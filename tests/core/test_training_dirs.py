@@ -14,7 +14,7 @@ import torch
 import builders
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.read import read_tensor
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 
 def reference(path: str) -> dict:

@@ -172,7 +172,7 @@ def test_a_dotted_name_of_an_allowlisted_global_reads_as_torch_reads_it(tmp_path
     `_utils._rebuild_tensor_v2` is the rebuild function, for torch and for us."""
     import collections
 
-    from ckpt_viewer.core.values.read import read_tensor
+    from ckpt_viewer.core.values.torch_bridge import read_tensor
 
     class Dotted:
         def __reduce__(self):

@@ -14,7 +14,8 @@ import builders
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.analysis.verify import verify
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import compute, run
+from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.stats import compute
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 SEEDS = {}

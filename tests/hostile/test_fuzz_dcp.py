@@ -28,7 +28,7 @@ from test_differential_fuzz import FUZZ, judge
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.read import read_tensor
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 

@@ -114,7 +114,7 @@ def test_verify_catches_one_flipped_bit_torch_load_does_not(tmp_path):
     )
     assert result.returncode == 1 and "data/0" in result.stdout and "CRC-32" in result.stdout
     from ckpt_viewer.core.analysis.verify import verify
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     report = run(verify(path))
     assert not report.ok and report.tensor == "w"  # the GUI names the damage by its key
@@ -172,7 +172,8 @@ def test_verify_missing_file_is_exit_2(tmp_path):
 )
 def test_values_of_every_file_that_opens(built):
     """Statistics of its tensors (the largest first) end in time, read or refused in one line."""
-    from ckpt_viewer.core.values.stats import compute, run
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.core.values.stats import compute
 
     path, expect, sentinel = built
     checkpoint = open_checkpoint(path)
@@ -209,7 +210,7 @@ def test_verify_agrees_with_torch_load(tmp_path, name):
     import torch
 
     from ckpt_viewer.core.analysis.verify import verify
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     if name in VERIFY_DIFFERS:
         pytest.skip(VERIFY_DIFFERS[name])

@@ -10,7 +10,7 @@ from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.analysis.check import check
 from ckpt_viewer.core.analysis.layers import layer_metrics
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 from corpus import CORPUS
 
 TIME_LIMIT = 20

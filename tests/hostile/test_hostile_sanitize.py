@@ -8,7 +8,7 @@ import torch
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 from ckpt_viewer.core.writing.sanitize import sanitize
 from corpus import CORPUS
 

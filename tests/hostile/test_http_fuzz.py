@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.read import read_tensor
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 
 pytest.importorskip("aiohttp")
 from rangeserver import RANGE, ScriptedServer  # noqa: E402

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.analysis.verify import verify
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 
 T = '{"dtype":"F32","shape":[2],"data_offsets":[0,8]}'
 

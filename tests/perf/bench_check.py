@@ -74,7 +74,8 @@ def stats_with_health_facts(path):
 
     from ckpt_viewer.core.analysis.check import check
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.values.stats import run, stats_job
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.core.values.stats import stats_job
 
     checkpoint = open_checkpoint(path)
     key, tensor, _ = max(checkpoint.tensors(), key=lambda item: item[1].numel)

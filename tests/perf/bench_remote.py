@@ -81,7 +81,8 @@ def s3_rows(args):
 def rows(data, names, server, url_of, label):
     from ckpt_viewer.core.listing import remote
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.values.stats import compute, run
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.core.values.stats import compute
 
     for name in names:
         path = os.path.join(data, name)

@@ -5,7 +5,7 @@ import torch
 import builders
 from ckpt_viewer.core.analysis.diff import diff
 from ckpt_viewer.core.listing.open import open_checkpoint
-from ckpt_viewer.core.values.stats import run
+from ckpt_viewer.core.progress import run
 from ckpt_viewer.qt.compare_view import COLUMNS, CompareModel
 
 

@@ -10,6 +10,7 @@ from qt_helpers import open_and_wait
 
 import builders
 from ckpt_viewer.core.analysis import check as check_module
+from ckpt_viewer.core.analysis.scan import worker_count
 from ckpt_viewer.qt.health_view import HealthDialog
 from ckpt_viewer.qt.layers_view import LayersDialog
 
@@ -64,7 +65,7 @@ def held_scan(monkeypatch, tmp_path):
     real_run = check_module._run
 
     def held(*args):
-        calls.append(args[1])
+        calls.append(args[0])
         gate.wait(10)
         return real_run(*args)
 
@@ -84,7 +85,7 @@ def test_health_cancel_stops_the_scan_quietly(qtbot, window, tmp_path, monkeypat
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
     assert dialog.status.text() == "Cancelled" and dialog.report is None
-    assert len(calls) <= 2 * check_module.worker_count() + 1 < 6400  # stopped, not drained
+    assert len(calls) <= 2 * worker_count() + 1 < 6400  # stopped, not drained
     assert not dialog.jobs.busy()
     dialog.close()
 

@@ -7,7 +7,7 @@ import torch
 from qt_helpers import open_and_wait
 
 import builders
-from ckpt_viewer.core.values import read as values_module
+from ckpt_viewer.core.values import heatmap as values_module
 from ckpt_viewer.qt import tensor_view
 
 

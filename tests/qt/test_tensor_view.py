@@ -204,7 +204,7 @@ def test_statistics_seen_before_come_from_the_checkpoint_cache(qtbot, window, tm
     """Reselecting a tensor shows its exact figures without a pass; the health pass's facts
     are used by the first pass and give the same figures."""
     from ckpt_viewer.core.analysis.check import check
-    from ckpt_viewer.core.values.stats import run
+    from ckpt_viewer.core.progress import run
 
     values = torch.randn(2_000_000)
     values[7] = float("nan")

@@ -17,34 +17,34 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError, describe_error
+from ckpt_viewer.core.analysis.scan import scan
 from ckpt_viewer.core.listing.model import FLOAT_DTYPES, Checkpoint, FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.listing.stats_cache import HealthFacts
-from ckpt_viewer.core.listing.text import listing_order, plural
-from ckpt_viewer.core.values.read import (
-    StorageReader,
+from ckpt_viewer.core.listing.text import listing_order, plural, safe_text
+from ckpt_viewer.core.progress import within
+from ckpt_viewer.core.values.compare import as_words, same_bits
+from ckpt_viewer.core.values.decode import (
     apply_view_bits,
-    as_words,
-    iter_chunks,
     numpy_readable,
     tensor_np_dtype,
     widen,
 )
+from ckpt_viewer.core.values.read import iter_chunks
+from ckpt_viewer.core.values.storage import StorageReader
 
 CHUNK = 1 << 20  # elements per reduction (stays in cache)
 SEGMENT = 16 * CHUNK  # elements per task handed to a thread
 FP16_MAX = 65504.0
 BF16_SMALLEST_NORMAL = 2.0**-126
-REPORT_INTERVAL = 0.05  # seconds between progress reports (and chances to cancel)
 MAX_TRACKED_ROWS = 1 << 24  # dead-row bookkeeping costs one byte per row
 MIN_DUPLICATE_BYTES = 64  # smaller equal tensors are equal by chance, not by copying
 SEVERITIES = ("error", "warning", "info")
@@ -304,7 +304,8 @@ def _tasks(jobs: list[_Job]):
             yield job, 0, None
 
 
-def _run(job, start, count, stop) -> _Part:
+def _run(task: tuple, stop: threading.Event) -> _Part | str:
+    job, start, count = task
     try:
         if count is None:
             return _scan_whole(job, stop)
@@ -316,44 +317,22 @@ def _run(job, start, count, stop) -> _Part:
         return describe_error(exc)
 
 
-def worker_count() -> int:
-    return max(2, min(8, os.cpu_count() or 2))
+def _task_bytes(task: tuple) -> float:
+    job, _, count = task
+    tensor = job.tensor
+    return tensor.nbytes if count is None else count * tensor.nbytes / max(tensor.numel, 1)
 
 
-def _scan(jobs: list[_Job], stop: threading.Event):
-    """Generator: runs every task on the pool; yields progress in [0, 1]."""
+def _scan(jobs: list[_Job], stop: threading.Event) -> Generator[float, None, None]:
+    """Generator: every task on the pool, yielding progress in [0, 1]; what each segment found
+    is merged into its job."""
     tasks = list(_tasks(jobs))
-    total = sum(job.tensor.nbytes for job in jobs) or 1
-    done_bytes = 0
-    workers = worker_count()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="check")
-    running: dict = {}
-    position = 0
-    last_report = 0.0
-    try:
-        while position < len(tasks) or running:
-            while position < len(tasks) and len(running) < 2 * workers:
-                job, start, count = tasks[position]
-                position += 1
-                running[pool.submit(_run, job, start, count, stop)] = (job, count)
-            finished, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job, count = running.pop(future)
-                result = future.result()
-                if isinstance(result, str):
-                    job.error = job.error or result
-                else:
-                    _merge(job, result)
-                itemsize = job.tensor.nbytes / max(job.tensor.numel, 1)
-                done_bytes += job.tensor.nbytes if count is None else count * itemsize
-            if time.perf_counter() - last_report >= REPORT_INTERVAL or not running:
-                last_report = time.perf_counter()
-                yield min(done_bytes / total, 1.0)
-    except BaseException:  # closed (cancelled) or failed: running segments stop early
-        stop.set()
-        raise
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    parts = yield from scan(tasks, _run, _task_bytes, stop=stop, name="check")
+    for (job, _, _), part in zip(tasks, parts):
+        if isinstance(part, str):
+            job.error = job.error or part
+        else:
+            _merge(job, part)
 
 
 def _remember_facts(checkpoint: Checkpoint, jobs: list[_Job]):
@@ -453,13 +432,6 @@ def _fingerprint(tensor: TensorInfo) -> bytes:
     return digest.digest()
 
 
-def _same_bytes(a: TensorInfo, b: TensorInfo) -> bool:
-    for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
-        if not np.array_equal(as_words(chunk_a), as_words(chunk_b)):
-            return False
-    return True
-
-
 def _duplicates(jobs: list[_Job], stop: threading.Event):
     """Generator: findings for equal content under keys that do not share storage.
 
@@ -502,7 +474,8 @@ def _duplicates(jobs: list[_Job], stop: threading.Event):
                 for original in originals:
                     if original.tensor.storage is job.tensor.storage:
                         break
-                    if _same_bytes(original.tensor, job.tensor):
+                    same, _ = yield from same_bits(original.tensor, job.tensor, CHUNK)
+                    if same:
                         findings.extend(
                             Finding(
                                 key,
@@ -635,19 +608,12 @@ def check(checkpoint: Checkpoint):
     stop = threading.Event()
     try:
         jobs = _jobs(checkpoint)
-        yield from (0.95 * p for p in _scan(jobs, stop))
+        yield from within(_scan(jobs, stop), (0.0, 0.95))
         _remember_facts(checkpoint, jobs)
         findings = []
         for job in jobs:
             findings.extend(_tensor_findings(job))
-        duplicates = _duplicates(jobs, stop)
-        while True:
-            try:
-                next(duplicates)
-            except StopIteration as end:
-                findings.extend(end.value)
-                break
-            yield 0.95
+        findings.extend((yield from within(_duplicates(jobs, stop), (0.95, 0.95), steps=1)))
         findings.extend(_optimizer_findings(checkpoint))
     except BaseException:
         stop.set()
@@ -673,18 +639,13 @@ def severity_counts(report: HealthReport) -> str:
     return ", ".join(plural(report.count(s), SEVERITY_NOUNS[s]) for s in SEVERITIES)
 
 
-def escape(text: str) -> str:
-    """Control characters a file put in a key, as escapes (one line on a terminal)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def text_lines(report: HealthReport):
     if not report.findings:
-        yield f"healthy: {escape(report.path)}: no findings"
+        yield f"healthy: {safe_text(report.path)}: no findings"
     for finding in report.findings:
         yield (
-            f"{SEVERITY_NOUNS[finding.severity]:<7} {finding.kind:<18} {escape(finding.key)}: "
-            f"{escape(finding.message)}"
+            f"{SEVERITY_NOUNS[finding.severity]:<7} {finding.kind:<18} {safe_text(finding.key)}: "
+            f"{safe_text(finding.message)}"
         )
     yield (
         f"{report.tensors_scanned:,} tensors, {report.bytes_scanned:,} bytes scanned in "

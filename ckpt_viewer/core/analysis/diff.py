@@ -13,17 +13,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ckpt_viewer.core.listing.model import Checkpoint
-from ckpt_viewer.core.values.read import (
-    as_words,
-    dcp_slabs,
-    iter_chunks,
-    iter_raw_chunks,
-    unordered_view,
-)
+from ckpt_viewer.core.values.compare import same_bits
+from ckpt_viewer.core.values.dcp import dcp_slabs
+from ckpt_viewer.core.values.read import iter_chunks
+from ckpt_viewer.core.values.strided import iter_raw_chunks, unordered_view
 from ckpt_viewer.core.writing.export import ExportPlan, plan_items
 
 CHUNK = 1 << 20
-PROBE = 512
 
 
 STATUS_ORDER = (
@@ -135,24 +131,6 @@ def mapped(checkpoint: Checkpoint, side: Side) -> dict:
     return {i.key: (i.source_key, i.tensor) for i in items}
 
 
-def _same_bits(a, b):
-    """Generator: yields element counts; returns (every chunk bit-identical, a value is
-    non-zero). One cheap pass: most tensors of a fine-tuning run are frozen, so most
-    comparisons end here. A short probe first, so a changed tensor costs almost nothing."""
-    if a.dtype != b.dtype:
-        return False, True
-    nonzero = False
-    for chunk_a, chunk_b in zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)):
-        words_a, words_b = as_words(chunk_a), as_words(chunk_b)
-        if not (
-            np.array_equal(words_a[:PROBE], words_b[:PROBE]) and np.array_equal(words_a, words_b)
-        ):
-            return False, True
-        nonzero = nonzero or bool(np.any(chunk_a))  # -0.0 is zero too
-        yield chunk_a.size
-    return True, nonzero
-
-
 def _comparable(chunk: np.ndarray) -> np.ndarray:
     """float32 stays float32 (half the memory traffic of float64); others are widened."""
     if np.iscomplexobj(chunk):
@@ -243,7 +221,8 @@ def _compare_values(a, b, result: TensorDiff):
         (view_a, repeat_a), (view_b, repeat_b) = unordered_view(a), unordered_view(b)
         if repeat_a == repeat_b and view_a.stride == view_b.stride:
             a, b = view_a, view_b
-    same, nonzero = yield from _same_bits(a, b)
+    # most tensors of a fine-tuning run are frozen: most comparisons end with this pass
+    same, nonzero = yield from same_bits(a, b, CHUNK)
     if same:
         result.max_abs = result.mean_abs = result.rel_l2 = 0.0
         result.cosine = 1.0 if nonzero else None
@@ -404,7 +383,8 @@ def pair_detail(
 def histogram_pair(a, b, bins: int = 128):
     """Both tensors' histograms over one common range (for the overlay): (stats a, stats b), or
     (None, None) when neither has a finite value."""
-    from ckpt_viewer.core.values.stats import compute, run
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.core.values.stats import compute
 
     first_a, first_b = run(compute(a, bins=8)), run(compute(b, bins=8))
     lows = [s.min for s in (first_a, first_b) if s.min is not None]

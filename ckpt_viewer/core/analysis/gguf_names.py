@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from ckpt_viewer.core.listing.model import Checkpoint, TensorInfo
+from ckpt_viewer.core.listing.model import Checkpoint, TensorInfo, contiguous_strides
 
 
 def gguf_names(gguf_checkpoint: Checkpoint, keys) -> dict:
@@ -69,9 +69,5 @@ def as_4d(tensor: TensorInfo, shape: tuple) -> TensorInfo:
     """The GGUF tensor (contiguous) seen with the same 4-D shape, for an element-wise compare."""
     view = copy.copy(tensor)
     view.shape = shape
-    stride, step = [], 1
-    for dim in reversed(shape):
-        stride.insert(0, step)
-        step *= dim
-    view.stride = tuple(stride)
+    view.stride = contiguous_strides(shape)
     return view

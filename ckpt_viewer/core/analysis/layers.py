@@ -20,23 +20,18 @@ from __future__ import annotations
 import math
 import threading
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.analysis.scan import scan
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import FLOAT_DTYPES, Checkpoint, FileSpan, ZipMember
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset
-from ckpt_viewer.core.listing.text import plural
-from ckpt_viewer.core.values.read import (
-    apply_view_bits,
-    iter_chunks,
-    numpy_readable,
-    tensor_np_dtype,
-    widen,
-)
+from ckpt_viewer.core.listing.text import plural, safe_text
+from ckpt_viewer.core.values.decode import apply_view_bits, numpy_readable, tensor_np_dtype, widen
+from ckpt_viewer.core.values.read import iter_chunks
 from ckpt_viewer.core.values.stats import _Moments
 
 CHUNK = 1 << 20
@@ -436,8 +431,6 @@ def layer_metrics(
 ):
     """Generator: yields progress in [0, 1]; returns LayersReport. With `sample`, metrics are
     estimated from about that many elements of each tensor (no spectral metrics)."""
-    from ckpt_viewer.core.analysis.check import worker_count
-
     stacks = group_layers(checkpoint)
     attach_optimizer_state(checkpoint, stacks)
     tensors = {key: tensor for key, tensor, _ in checkpoint.tensors()}
@@ -456,49 +449,35 @@ def layer_metrics(
     report = LayersReport(
         checkpoint.path, stacks, spectral=spectral and not sample, sampled=bool(sample)
     )
-    total = sum(t.nbytes for _, t, _ in wanted) or 1
     if sample:
         from ckpt_viewer.core.values.stats import prefetch_sample
 
         for _, tensor, _ in wanted:
             prefetch_sample(tensor, sample)
-    done = 0
-    stop = threading.Event()
-    workers = workers or worker_count()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="layers")
-    pending, running = list(reversed(list(_batches(wanted)))), {}
-    try:
-        while pending or running:
-            while pending and len(running) < 2 * workers:  # stops with the generator
-                batch = pending.pop()
-                running[pool.submit(_measure_batch, batch, stop, sample)] = batch
-            finished, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
-            for future in finished:
-                done += sum(tensor.nbytes for _, tensor, _ in running.pop(future))
-                report.metrics.update(future.result())
-            yield min(done / total, 1.0)
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    measured = yield from scan(
+        list(_batches(wanted)),
+        lambda batch, stop: _measure_batch(batch, stop, sample),
+        lambda batch: sum(tensor.nbytes for _, tensor, _ in batch),
+        workers=workers or 0,
+        name="layers",
+    )
+    for batch_metrics in measured:
+        report.metrics.update(batch_metrics)
     return report
 
 
 def text_lines(report: LayersReport):
-    from ckpt_viewer.core.analysis.check import escape
-
     if not report.stacks:
-        yield f"{escape(report.path)}: no repeated blocks (keys like blocks.0.…, layers.1.…)"
+        yield f"{safe_text(report.path)}: no repeated blocks (keys like blocks.0.…, layers.1.…)"
         return
     metrics = report.available()
     for stack in report.stacks:
         yield (
-            f"{escape(stack.prefix)}: {plural(len(stack.layers), 'layer')}, "
+            f"{safe_text(stack.prefix)}: {plural(len(stack.layers), 'layer')}, "
             f"{plural(len(stack.roles), 'role')}"
         )
         for role in stack.roles:
-            yield f"  {escape(role.role)}"
+            yield f"  {safe_text(role.role)}"
             yield "    layer " + " ".join(f"{m:>15}" for m in metrics)
             columns = [report.series(stack, role, m) for m in metrics]
             for row, index in enumerate(stack.layers):
@@ -508,4 +487,4 @@ def text_lines(report: LayersReport):
                     cells.append(f"{'-':>15}" if value is None else f"{value:>15.6g}")
                 yield f"    {index:>5} " + " ".join(cells)
     for key, note in report.skipped().items():
-        yield f"note: {escape(key)}: {note}"
+        yield f"note: {safe_text(key)}: {note}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ckpt_viewer.core.listing.stats_cache import StatsCache
@@ -46,6 +47,16 @@ DTYPE_SIZES = {
 # Sub-byte quantized dtypes: torch calls their element size 1 but packs this many values in
 # each byte of their storage, and bounds-checks a view by ceil(elements / values per byte).
 PACKED_VALUES = {"quint4x2": 2, "quint2x4": 4}
+
+
+def contiguous_strides(shape: Sequence[int]) -> tuple:
+    """Row-major strides of `shape` in elements, as torch gives them (a size-0 dimension
+    counts as 1, so torch.empty(2, 0, 3).stride() == (3, 3, 1))."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 def span_bytes(dtype: str, elements: int) -> int:
@@ -198,12 +209,12 @@ class TensorInfo:
 
     @property
     def is_contiguous(self) -> bool:
-        expected = 1
-        for size, stride in reversed(list(zip(self.shape, self.stride))):
-            if size != 1 and stride != expected:
-                return False
-            expected *= size
-        return True
+        return not self.numel or all(
+            size == 1 or stride == expected
+            for size, stride, expected in zip(
+                self.shape, self.stride, contiguous_strides(self.shape)
+            )
+        )
 
     def element_span(self) -> tuple[int, int]:
         """[first, last+1) storage elements this tensor touches (empty -> (offset, offset))."""

@@ -11,7 +11,7 @@ import datetime
 import math
 from dataclasses import dataclass, field, replace
 
-from ckpt_viewer.core.listing.model import InlineBytes, Storage, TensorInfo
+from ckpt_viewer.core.listing.model import InlineBytes, Storage, TensorInfo, contiguous_strides
 from ckpt_viewer.core.listing.safe_pickle import (
     TORCH_REBUILDS,
     GlobalRef,
@@ -182,10 +182,6 @@ def _array(shape: tuple, dtype, fortran: bool, raw) -> Described | None:
                 ],
             )
         return Described("opaque", "ndarray", value=f"{what} ({len(raw)} bytes)")
-    strides, step = [], 1
-    for size in shape if fortran else reversed(shape):
-        strides.append(step)
-        step *= size
     storage = Storage(
         key="numpy array",
         dtype=torch_dtype,
@@ -197,7 +193,7 @@ def _array(shape: tuple, dtype, fortran: bool, raw) -> Described | None:
     info = TensorInfo(
         dtype=torch_dtype,
         shape=shape,
-        stride=tuple(strides if fortran else reversed(strides)),
+        stride=contiguous_strides(shape[::-1])[::-1] if fortran else contiguous_strides(shape),
         storage=storage,
     )
     return Described("tensor", "ndarray", tensor=info, note="numpy array")
@@ -278,7 +274,7 @@ def _wrapper_subclass(args, state) -> Described | None:
         tensor = TensorInfo(
             dtype=dtype,
             shape=shape,
-            stride=_contiguous(shape),
+            stride=contiguous_strides(shape),
             layout="torchao",
             parts=parts,
             requires_grad=grad is True,
@@ -293,14 +289,6 @@ def _wrapper_subclass(args, state) -> Described | None:
         )
     children = [(str(k), v, "") for k, v in fields.items()]
     return Described("object", qualname, children=children, note=note)
-
-
-def _contiguous(shape) -> tuple:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
 
 
 AFFINE_QDATA = {"int8", "uint8", "float8_e4m3fn", "float8_e5m2"}

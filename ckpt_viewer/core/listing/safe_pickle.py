@@ -24,6 +24,7 @@ from ckpt_viewer.core.listing.model import (
     STORAGE_DTYPES,
     Storage,
     TensorInfo,
+    contiguous_strides,
     span_bytes,
 )
 from ckpt_viewer.core.listing.pickle_scan import (
@@ -246,14 +247,6 @@ def _check_storage(storage, what="tensor"):
     return storage
 
 
-def _contiguous(shape) -> tuple:
-    stride, step = [], 1
-    for size in reversed(shape):
-        stride.insert(0, step)
-        step *= max(size, 1)
-    return tuple(stride)
-
-
 def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     """Tensor.set_(storage, offset, size, stride) with torch's checks: the view must lie inside
     the storage (counted in bytes: a v3 tensor's dtype may differ from its storage's)."""
@@ -273,7 +266,7 @@ def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple,
     if shape and min(shape) < 0:
         _as_ints(size, "shape")  # raises: a negative size
     if not stride and shape:
-        stride = _contiguous(shape)  # set_ with no stride: contiguous, as in torch
+        stride = contiguous_strides(shape)  # set_ with no stride: contiguous, as in torch
     if len(shape) != len(stride) or type(offset) is not int or offset < 0:
         raise CheckpointError(f"tensor geometry is inconsistent: size {shape}, stride {stride}")
     if stride and min(stride) < 0:
@@ -899,8 +892,6 @@ def safe_load(data: bytes, storage_factory=None, encoding="utf-8", report=None):
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure in hostile data is a read error
-        raise CheckpointError(describe_pickle_error(exc)) from None
-    except RecursionError as exc:
         raise CheckpointError(describe_pickle_error(exc)) from None
     finally:
         _current.report = None

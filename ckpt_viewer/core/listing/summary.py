@@ -7,14 +7,13 @@ Hugging Face files), `optimizer_state` (tensors under an optimizer's `state`) an
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.globals import triage
-from ckpt_viewer.core.listing.model import Checkpoint, Node, TensorInfo
+from ckpt_viewer.core.listing.model import Checkpoint, Node
 from ckpt_viewer.core.listing.text import ShownOnce, bounded_json
 from ckpt_viewer.core.listing.tree import BUFFER_NAMES
 
@@ -32,11 +31,6 @@ class Totals:
     by_dtype: dict = field(default_factory=dict)  # dtype -> [tensor count, params, bytes]
     split: dict = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
     model_buffers: int = 0  # of split[MODEL]: the elements of tensors known to be buffers
-
-
-def _leaf_tensors(tensor: TensorInfo):
-    """The stored pieces of a tensor: itself, or its sparse parts."""
-    return list(tensor.parts.values()) if tensor.parts else [tensor]
 
 
 def totals(checkpoint: Checkpoint) -> Totals:
@@ -187,24 +181,6 @@ def _union_length(spans) -> int:
             total += last - end
             end = last
     return total
-
-
-def json_scalar(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str) and len(value) > MAX_SCALAR_TEXT:
-        return value[:MAX_SCALAR_TEXT] + "..."
-    return value
-
-
-def _json_value(value):
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return json_scalar(value)
-    return str(value)
 
 
 def inspect_dict(checkpoint: Checkpoint) -> dict:

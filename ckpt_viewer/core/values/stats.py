@@ -15,21 +15,16 @@ import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import TypeVar
 
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import TensorInfo
-from ckpt_viewer.core.values.read import (
-    StorageReader,
-    apply_view_bits,
-    iter_chunks,
-    numpy_readable,
-    tensor_np_dtype,
-    unordered_view,
-    widen,
-)
+from ckpt_viewer.core.progress import run, within
+from ckpt_viewer.core.values.decode import apply_view_bits, numpy_readable, tensor_np_dtype, widen
+from ckpt_viewer.core.values.read import iter_chunks
+from ckpt_viewer.core.values.storage import StorageReader
+from ckpt_viewer.core.values.strided import unordered_view
 
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 FINE_BINS = 65536
@@ -461,27 +456,8 @@ def _histogram_pass(tensor, part, chunk, lo, hi, fine_bins, check, progress, rep
     chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
     histogram = _fine_histogram(chunks, lo, hi, fine_bins, check)
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
-    done = 0
-    while True:
-        try:
-            next(histogram)
-        except StopIteration as stop:
-            counts, below, above = stop.value
-            return counts * repeat, below * repeat, above * repeat
-        done += 1
-        yield progress[0] + (progress[1] - progress[0]) * done / total_chunks
-
-
-def _progress_of(generator, progress, steps):
-    """Drive a generator that yields once per chunk, yielding progress within (a, b)."""
-    done = 0
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
-        done += 1
-        yield progress[0] + (progress[1] - progress[0]) * min(done / steps, 1.0)
+    counts, below, above = yield from within(histogram, progress, total_chunks)
+    return counts * repeat, below * repeat, above * repeat
 
 
 def _histogram_range(lo, hi, integer: bool, value_range, bins: int) -> tuple:
@@ -592,7 +568,7 @@ def compute(
     else:
         # an expanded view repeats each distinct value `repeat` times: rank k is k // repeat
         ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}
-        stats.quantiles = yield from _progress_of(
+        stats.quantiles = yield from within(
             _select(tensor, part, chunk, lo, hi, fine // repeat, ranks, stats.zeros // repeat),
             (0.8, 1.0),
             max(1, math.ceil(tensor.numel / chunk)),
@@ -605,18 +581,6 @@ def compute(
             int(round(lo + (i + 0.5) * width)): int(fine[i]) for i in np.flatnonzero(fine)
         }
     return stats
-
-
-Result = TypeVar("Result")
-
-
-def run(generator: Generator[object, None, Result]) -> Result:
-    """Drive a progress generator to its result (for the CLI and tests)."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
 
 
 SAMPLE_RUNS = 20

@@ -31,18 +31,16 @@ from ckpt_viewer.core.listing.model import (
     PACKED_VALUES,
     Checkpoint,
     TensorInfo,
+    contiguous_strides,
     span_bytes,
 )
 from ckpt_viewer.core.listing.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset
-from ckpt_viewer.core.values.read import (
-    StorageReader,
-    apply_view_bits,
-    as_little_endian,
-    dcp_slabs,
-    iter_raw_chunks,
-    read_tensor,
-)
+from ckpt_viewer.core.values.dcp import dcp_slabs
+from ckpt_viewer.core.values.decode import apply_view_bits, as_little_endian
+from ckpt_viewer.core.values.storage import StorageReader
+from ckpt_viewer.core.values.strided import iter_raw_chunks
+from ckpt_viewer.core.values.torch_bridge import read_tensor
 from ckpt_viewer.core.writing.destination import INDEX_NAMES, SHARD_STEMS, check_file, check_folder
 from ckpt_viewer.core.writing.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
 
@@ -374,11 +372,7 @@ def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple]:
     shared span, contiguous otherwise."""
     if record.shared:
         return tensor.offset - record.first, tuple(tensor.stride)
-    stride, step = [], 1
-    for dim in reversed(tensor.shape):
-        stride.insert(0, step)
-        step *= dim
-    return 0, tuple(stride)
+    return 0, contiguous_strides(tensor.shape)
 
 
 def quantizer_entries(records: list[_Record]) -> dict:

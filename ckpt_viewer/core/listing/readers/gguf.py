@@ -20,7 +20,13 @@ import struct
 
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import Checkpoint, FileSpan, Storage, TensorInfo
+from ckpt_viewer.core.listing.model import (
+    Checkpoint,
+    FileSpan,
+    Storage,
+    TensorInfo,
+    contiguous_strides,
+)
 from ckpt_viewer.core.listing.readers.safetensors import flat_tree
 
 MAGIC = b"GGUF"
@@ -283,24 +289,20 @@ def _tensor(
             f"GGUF tensor {name!r} reaches byte {start + nbytes:,} but the "
             f"file has {file_size:,} (truncated?)"
         )
-    stride, step = [], 1
-    for dim in reversed(shape):
-        stride.insert(0, step)
-        step *= dim
     span = FileSpan(path, start, nbytes)
     plain = PLAIN_TYPES.get(type_name)
     if plain:
         return TensorInfo(
             dtype=plain,
             shape=shape,
-            stride=tuple(stride),
+            stride=contiguous_strides(shape),
             storage=Storage(name, plain, numel, "cpu", span, byteorder),
             quantizer={"ggml_type": type_name},
         )
     return TensorInfo(
         dtype=type_name,
         shape=shape,
-        stride=tuple(stride),
+        stride=contiguous_strides(shape),
         layout="ggml",
         storage=Storage(name, "uint8", nbytes, "cpu", span),
         quantizer={"ggml_type": type_name, "block": block, "type_size": type_size},

@@ -18,6 +18,7 @@ from ckpt_viewer.core.listing.model import (
     Node,
     Storage,
     TensorInfo,
+    contiguous_strides,
 )
 from ckpt_viewer.core.listing.remote import getsize, open_source
 
@@ -299,11 +300,9 @@ def tensor_infos(path: str) -> tuple[dict, dict, list]:
         storage = Storage(
             key, dtype, math.prod(shape), "cpu", FileSpan(path, data_start + begin, end - begin)
         )
-        stride, step = [], 1
-        for dim in reversed(shape):
-            stride.insert(0, step)
-            step *= dim
-        tensors[key] = TensorInfo(dtype=dtype, shape=shape, stride=tuple(stride), storage=storage)
+        tensors[key] = TensorInfo(
+            dtype=dtype, shape=shape, stride=contiguous_strides(shape), storage=storage
+        )
     return tensors, metadata, warnings
 
 
