@@ -196,6 +196,12 @@ def _diff_parser(sub):
         help="when one side is a GGUF file, rename the other side's tensors to "
         "llama.cpp's GGUF names (auto, the default) or compare names as they are",
     )
+    p.add_argument(
+        "--auto-align",
+        action="store_true",
+        help="choose the roots and wrapper prefixes (module., _orig_mod., model.) that make "
+        "the most keys common, instead of --root/--strip-prefix/--add-prefix",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_diff)
 
@@ -472,7 +478,20 @@ def run_diff(args) -> int:
         )
         for s in ("a", "b")
     ]
-    report = run(diff(checkpoints[0], checkpoints[1], *sides, map_gguf=args.map_gguf == "auto"))
+    if args.auto_align and sides != [Side(), Side()]:
+        raise CheckpointError(
+            "--auto-align chooses roots and prefixes itself: give no --root, --strip-prefix or "
+            "--add-prefix with it"
+        )
+    report = run(
+        diff(
+            checkpoints[0],
+            checkpoints[1],
+            *sides,
+            map_gguf=args.map_gguf == "auto",
+            auto_align=args.auto_align,
+        )
+    )
     args.status = 0 if report.identical else 1
     say_report(args, report, diff_lines)
     return args.status

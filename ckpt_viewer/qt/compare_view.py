@@ -1,7 +1,9 @@
 """Tools > Compare with...: two checkpoints key by key. Each status has a symbol, a name and a
 colour (never colour alone), listed in a legend whose buttons filter the table and whose counts
 add up; a selected tensor gets its value histograms (A filled, B outlined, so neither hides the
-other), the histogram of a - b, and a sampled a-vs-b scatter."""
+other), the histogram of a - b, and a sampled a-vs-b scatter. Above the table: the key rules
+the files are aligned under (found by the alignment search) with pickers to change them, and
+the telling scalars (epoch, step, loss, lr) side by side."""
 
 from __future__ import annotations
 
@@ -13,17 +15,30 @@ from PySide6.QtGui import QBrush, QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
+    QPushButton,
     QSplitter,
     QTreeView,
+    QTreeWidget,
+    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ckpt_viewer.core.analysis.diff import STATUS_ORDER, STATUS_TEXT, histogram_pair, pair_detail
+from ckpt_viewer.core.analysis.diff import (
+    STATUS_ORDER,
+    STATUS_TEXT,
+    DiffReport,
+    Side,
+    diff,
+    histogram_pair,
+    pair_detail,
+)
+from ckpt_viewer.core.listing.keys import WRAPPERS
 from ckpt_viewer.core.listing.report import cosine_text
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
@@ -183,8 +198,19 @@ def detail_job(a, b, max_abs):
     return pair, detail
 
 
+def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
+    box = QComboBox()
+    box.setObjectName(name)
+    box.setToolTip(tooltip)
+    box.setEditable(editable)
+    box.setMinimumContentsLength(12)
+    box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    return box
+
+
 class CompareView(QWidget):
     overlay_ready = Signal(str)
+    realigned = Signal()  # the files were compared again under other key rules
 
     def __init__(
         self, report, checkpoint_a, checkpoint_b, plotting, request_plotting=None, parent=None
@@ -204,25 +230,29 @@ class CompareView(QWidget):
             os.path.basename(report.path_b.rstrip("/")),
         )
         self.names = names
-        view = report.load_state_dict_view()
         self.counts = report.status_counts()
-        summary = (
-            f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
-            f"{as_html(counts_text(self.counts))}<br>"
-            f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
-            f"{len(view['unexpected_keys'])} unexpected, "
-            f"{plural(len(view['size_mismatch']), 'size mismatch')}."
-            + (" <b>Identical.</b>" if report.identical else "")
-        )
-        self.summary = QLabel(summary)
+        self.summary = QLabel(self._summary_html(report))
         self.summary.setObjectName("compareSummary")
         self.summary.setWordWrap(True)
+        self.asked: tuple[Side, Side] | None = None  # the rules being compared under now
+        self.alignment_bar = self._build_alignment_bar()
+        self.scalars = QTreeWidget()
+        self.scalars.setObjectName("compareScalars")
+        self.scalars.setHeaderLabels(["Scalar", "A", "B", ""])
+        self.scalars.setRootIsDecorated(False)
+        self.scalars.setUniformRowHeights(True)
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("Filter keys")
         self.filter.setClearButtonEnabled(True)
         self.only = QCheckBox("only differences")
         self.only.setObjectName("onlyDifferences")
-        self.legend = self._build_legend()
+        self.legend = QWidget()
+        self.legend.setObjectName("compareLegend")
+        self.legend_row = QHBoxLayout(self.legend)
+        self.legend_row.setContentsMargins(0, 0, 0, 0)
+        self.legend_row.setSpacing(14)
+        self._fill_legend()
+        self._fill_scalars()
         self.model = CompareModel(report, self)
         self.proxy = CompareFilter(self)
         self.proxy.setSourceModel(self.model)
@@ -265,17 +295,170 @@ class CompareView(QWidget):
         self.splitter.setStretchFactor(1, 2)
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
+        layout.addWidget(self.alignment_bar)
+        layout.addWidget(self.scalars)
         layout.addWidget(self.splitter, 1)
 
-    # --- the table and its legend ------------------------------------------------------------
-    def _build_legend(self) -> QWidget:
-        """One toggle per status present: symbol, name, count, in the status colour."""
-        legend = QWidget()
-        legend.setObjectName("compareLegend")
-        row = QHBoxLayout(legend)
+    def _summary_html(self, report: DiffReport) -> str:
+        view = report.load_state_dict_view()
+        names = self.names
+        return (
+            f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
+            f"{as_html(counts_text(self.counts))}<br>"
+            f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
+            f"{len(view['unexpected_keys'])} unexpected, "
+            f"{plural(len(view['size_mismatch']), 'size mismatch')}."
+            + (" <b>Identical.</b>" if report.identical else "")
+        )
+
+    # --- the key rules: alignment pickers and the scalars --------------------------------------
+    def _build_alignment_bar(self) -> QWidget:
+        """Root and prefix to strip per side, set to the rules compared under; a change
+        compares again."""
+        bar = QWidget()
+        row = QHBoxLayout(bar)
         row.setContentsMargins(0, 0, 0, 0)
+        self.alignment_label = plain_label("")
+        self.alignment_label.setObjectName("compareAlignment")
+        row.addWidget(self.alignment_label)
+        self.root_boxes, self.strip_boxes = {}, {}
+        for label, roots in zip("AB", self.report.roots):
+            root = _combo(f"compareRoot{label}", f"The subtree of {label} compared")
+            for key in roots:
+                root.addItem(shown(key) if key else "whole file", key)
+            strip = _combo(
+                f"compareStrip{label}", f"A prefix removed from {label}'s keys", editable=True
+            )
+            strip.addItems(["", *WRAPPERS])
+            strip.lineEdit().setPlaceholderText("no prefix")
+            row.addWidget(QLabel(f"<b>{label}</b> root"))
+            row.addWidget(root)
+            row.addWidget(QLabel("strip"))
+            row.addWidget(strip)
+            self.root_boxes[label], self.strip_boxes[label] = root, strip
+        self.use_suggestion = QPushButton()
+        self.use_suggestion.setObjectName("compareUseSuggestion")
+        self.use_suggestion.clicked.connect(self._use_suggestion)
+        row.addWidget(self.use_suggestion)
+        row.addStretch(1)
+        self._show_alignment()
+        for label in ("A", "B"):
+            self.root_boxes[label].activated.connect(self._realign)
+            self.strip_boxes[label].activated.connect(self._realign)
+            self.strip_boxes[label].lineEdit().editingFinished.connect(self._realign)
+        return bar
+
+    def _show_alignment(self) -> None:
+        """Pickers and words for the report's rules; the suggestion when it beats them."""
+        alignment, suggestion = self.report.alignment, self.report.suggestion
+        sides = {"A": alignment.a, "B": alignment.b} if alignment else {}
+        for label, side in sides.items():
+            root, strip = self.root_boxes[label], self.strip_boxes[label]
+            if root.findData(side.root) < 0:
+                root.addItem(shown(side.root), side.root)
+            root.setCurrentIndex(root.findData(side.root))
+            strip.setCurrentText(side.strip_prefix)
+        self.alignment_label.setText(
+            shown(f"Keys aligned: {alignment.text} ({plural(alignment.common, 'key')} in both).")
+            if alignment
+            else ""
+        )
+        self.use_suggestion.setVisible(suggestion is not None)
+        if suggestion is not None:
+            self.use_suggestion.setText(
+                shown(f"Use {suggestion.text} ({plural(suggestion.common, 'key')} in both)")
+            )
+
+    def picked_sides(self) -> tuple[Side, Side]:
+        side_a, side_b = (
+            Side(
+                self.root_boxes[label].currentData() or "",
+                self.strip_boxes[label].currentText().strip(),
+            )
+            for label in ("A", "B")
+        )
+        return side_a, side_b
+
+    def _realign(self, *_: object) -> None:
+        alignment = self.report.alignment
+        sides = self.picked_sides()
+        if sides == self.asked or alignment is not None and sides == (alignment.a, alignment.b):
+            return  # a pick both activates and finishes editing: compare once
+        self.compare_under(*sides)
+
+    def _use_suggestion(self) -> None:
+        if self.report.suggestion is not None:
+            self.compare_under(self.report.suggestion.a, self.report.suggestion.b)
+
+    def compare_under(self, side_a: Side, side_b: Side) -> None:
+        """Compare both files again under these rules (in a worker)."""
+        self.asked = (side_a, side_b)
+        self.alignment_label.setText("Comparing again...")
+
+        def failed(message: str) -> None:
+            self.asked = None
+            self._show_alignment()
+            self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
+
+        self.jobs.start(
+            "diff",
+            diff,
+            self.a,
+            self.b,
+            side_a,
+            side_b,
+            on_result=self._show_report,
+            on_error=failed,
+            on_progress=lambda done: self.alignment_label.setText(f"Comparing again... {done:.0%}"),
+        )
+
+    def _show_report(self, report: DiffReport) -> None:
+        self.asked = None
+        self.jobs.cancel("detail")
+        self.generation += 1
+        self.report = report
+        self.counts = report.status_counts()
+        self.summary.setText(self._summary_html(report))
+        self._show_alignment()
+        self._fill_scalars()
+        self._fill_legend()
+        old = self.model
+        self.model = CompareModel(report, self)
+        self.proxy.setSourceModel(self.model)
+        old.deleteLater()
+        self._size_columns()
+        self._only_toggled(self.only.isChecked())
+        self.plot_status.setText("")
+        self.realigned.emit()
+
+    def _fill_scalars(self) -> None:
+        self.scalars.clear()
+        for pair in self.report.scalars:
+            a, b = ("" if v is None else shown(repr(v)) for v in (pair.a, pair.b))
+            item = QTreeWidgetItem([shown(pair.key), a, b, "=" if pair.same else "\u2260"])
+            item.setToolTip(3, "the same" if pair.same else "different (or in one file only)")
+            self.scalars.addTopLevelItem(item)
+        for column in range(4):
+            self.scalars.resizeColumnToContents(column)
+        self.scalars.setVisible(bool(self.report.scalars))
+        if self.report.scalars:  # as tall as its rows, up to six (then it scrolls)
+            rows = min(len(self.report.scalars), 6)
+            self.scalars.setFixedHeight(
+                self.scalars.header().sizeHint().height()
+                + rows * self.scalars.sizeHintForRow(0)
+                + 2 * self.scalars.frameWidth()
+                + 2
+            )
+
+    # --- the table and its legend ------------------------------------------------------------
+    def _fill_legend(self) -> None:
+        """One toggle per status present: symbol, name, count, in the status colour."""
+        row = self.legend_row
+        while row.count():
+            widget = row.takeAt(0).widget()
+            if widget is not None:
+                widget.deleteLater()
         row.addWidget(QLabel("Show:"))
-        row.setSpacing(14)
         self.legend_buttons = {}
         for status in STATUS_ORDER:
             if not self.counts[status]:
@@ -291,7 +474,6 @@ class CompareView(QWidget):
             row.addWidget(button)
             self.legend_buttons[status] = button
         row.addStretch(1)
-        return legend
 
     def _size_columns(self):
         """Status and metrics fit their widest text; the key takes the rest."""

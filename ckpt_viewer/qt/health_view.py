@@ -9,7 +9,6 @@ import time
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QBrush
 from PySide6.QtWidgets import (
-    QDialog,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -17,6 +16,7 @@ from PySide6.QtWidgets import (
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from ckpt_viewer.core.listing.model import format_bytes
@@ -47,8 +47,9 @@ def _check(checkpoint, plotting_settled=None):
     return (yield from check(checkpoint))
 
 
-class HealthDialog(QDialog):
-    """Non-modal; `open_key(key)` is called with a finding's key when it is clicked."""
+class HealthDialog(QWidget):
+    """A pane the window docks beside the tree; `open_key(key)` is called with a finding's key
+    when it is clicked. Closing it (WA_DeleteOnClose) stops its scan."""
 
     checked = Signal(object)  # HealthReport
     failed = Signal(str)
@@ -59,11 +60,12 @@ class HealthDialog(QDialog):
         self.setObjectName("healthDialog")
         self.checkpoint, self.open_key = checkpoint, open_key
         self.report = None
-        self.jobs = workers.Controller(self)  # a closed dialog's scan stops with it
+        self.jobs = workers.Controller(self)  # a closed pane's scan stops with it
         self.setWindowTitle(f"Health - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Scanning every tensor...")
         self.status.setObjectName("healthStatus")
         self.status.setTextFormat(Qt.PlainText)
+        self.status.setWordWrap(True)  # a narrow pane wraps it rather than widening
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.cancel_button = QPushButton("Cancel")
@@ -74,18 +76,19 @@ class HealthDialog(QDialog):
         self.findings.setHeaderLabels(["Severity", "Kind", "Key", "Message"])
         self.findings.setRootIsDecorated(False)
         self.findings.setUniformRowHeights(True)
-        for column, width in enumerate((70, 130, 300)):
+        for column, width in enumerate((70, 130, 300)):  # until the findings are listed
             self.findings.setColumnWidth(column, width)
         self.findings.itemClicked.connect(self._clicked)
         self.findings.itemActivated.connect(self._clicked)
-        row = QHBoxLayout()
+        self.progress_row = QWidget()  # hidden once the scan ends: the findings get its room
+        row = QHBoxLayout(self.progress_row)
+        row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.status)
-        layout.addLayout(row)
+        layout.addWidget(self.progress_row)
         layout.addWidget(self.findings, 1)
-        self.resize(900, 480)
         settled = _plotting["settled"] if _plotting["started"] else None
         self.jobs.start(
             "check",
@@ -104,6 +107,7 @@ class HealthDialog(QDialog):
         self.report = report
         self.progress.setValue(1000)
         self.cancel_button.setEnabled(False)
+        self.progress_row.hide()
         from ckpt_viewer.core.analysis.check import severity_counts
 
         counts = severity_counts(report)
@@ -143,6 +147,8 @@ class HealthDialog(QDialog):
         if end < min(len(report.findings), MAX_SHOWN):
             QTimer.singleShot(0, self, lambda: self._list(report, end))
         else:
+            for column in range(3):  # severity, kind, key: as wide as the rows in sight need
+                self.findings.resizeColumnToContents(column)
             self.checked.emit(report)
 
     def _failed(self, message):

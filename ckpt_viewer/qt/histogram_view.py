@@ -4,6 +4,8 @@ It shows the Stats it is given and computes nothing."""
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFileDialog, QVBoxLayout, QWidget
@@ -24,6 +26,23 @@ def bin_at(edges, x: float) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def count_labels(values: list[float], _scale: float = 1.0, _spacing: object = None) -> list[str]:
+    """Log-y tick labels (values are log10 counts): counts of 1, 2 and 5 times a power of ten;
+    pyqtgraph's other minor ticks stay unlabelled (over a short range it labelled them all, and
+    7, 8, 9, 10 and 0.9, 1 were drawn over each other). Below one count: nothing."""
+    labels = []
+    for value in values:
+        count = 10.0**value
+        mantissa = round(count / 10.0 ** math.floor(value + 1e-9), 6)
+        if count < 1 - 1e-9 or mantissa not in (1, 2, 5):
+            labels.append("")
+        elif count < 1e5:
+            labels.append(f"{round(count):,}")
+        else:
+            labels.append(f"{mantissa:g}e{math.floor(value + 1e-9)}")
+    return labels
 
 
 class HistogramView(QWidget):
@@ -53,6 +72,7 @@ class HistogramView(QWidget):
         style_plot(self.plot)
         self.plot.setObjectName("histogramPlot")
         self.plot.setLabel("left", "count")
+        self.plot.getAxis("left").logTickStrings = count_labels
         self.plot.setLabel("bottom", "value")
         box = self.plot.getPlotItem().getViewBox()
         box.setMouseEnabled(x=True, y=False)  # the wheel zooms along values; counts follow

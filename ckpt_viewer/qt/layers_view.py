@@ -9,16 +9,16 @@ import math
 import os
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDialog,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
+    QWidget,
 )
 
 from ckpt_viewer.core.analysis.layers import layer_metrics
@@ -42,10 +42,12 @@ LABELS = {
 PREVIEW_ELEMENTS = 20_000  # per tensor, for the first plot
 EXACT_PASS_DELAY_MS = 50  # after the preview's last draw step: time to paint it
 ROLES_PER_STEP = 2  # roles drawn per event loop turn (about 3 ms each)
-LEGEND_COLUMNS = 4  # the legend sits over the plot: wide and short, not one tall column
+LEGEND_COLUMNS = 4  # wide and short: a 13-role legend in one column was taller than the plot
+LEGEND_MARGIN = 12  # pixels right of the legend
+LEGEND_ROW = 4  # of a PlotItem's layout: below the bottom axis
 
 
-class LayersDialog(QDialog):
+class LayersDialog(QWidget):
     """`open_key(key)` is called with a point's tensor key; `peers` lists (name, checkpoint)
     of the other open files that can be overlaid."""
 
@@ -69,6 +71,7 @@ class LayersDialog(QDialog):
         self.setWindowTitle(f"Layers - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Reading every layer's tensors...")
         self.status.setTextFormat(Qt.PlainText)
+        self.status.setWordWrap(True)  # a narrow pane wraps it rather than widening
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.cancel_button = QPushButton("Cancel")
@@ -93,6 +96,9 @@ class LayersDialog(QDialog):
         for name, _ in self.peers:
             self.overlay_box.addItem(f"overlay {name}")
         self.overlay_box.setVisible(bool(self.peers))
+        for box in (self.stack_box, self.metric_box, self.overlay_box):
+            # its items arrive after the first show, which AdjustToContentsOnFirstShow sizes to
+            box.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         for box in (self.stack_box, self.metric_box):
             box.currentIndexChanged.connect(self.redraw)
         self.log_box.toggled.connect(self.redraw)
@@ -112,7 +118,6 @@ class LayersDialog(QDialog):
         self.layout_ = QVBoxLayout(self)
         self.layout_.addWidget(self.status)
         self.layout_.addLayout(controls)
-        self.resize(900, 560)
         self.spectral = spectral
         self.jobs.start(
             "preview",
@@ -150,6 +155,7 @@ class LayersDialog(QDialog):
         """The exact pass (or the overlay's) in its slot: a new one supersedes the old."""
         self.progress.setValue(0)
         self.cancel_button.setEnabled(True)
+        self._show_progress(True)
         self.jobs.start(
             slot,
             layer_metrics,
@@ -166,6 +172,7 @@ class LayersDialog(QDialog):
         self.report = report
         self.cancel_button.setEnabled(report.sampled)
         self.progress.setValue(0 if report.sampled else 1000)
+        self._show_progress(report.sampled)
         if not report.stacks:
             self.status.setText("No repeated blocks (keys like blocks.0.…, layers.1.…, h.2.…)")
             (self.preview_ready if report.sampled else self.ready).emit(report)
@@ -215,12 +222,13 @@ class LayersDialog(QDialog):
         style_plot(self.plot)
         self.plot.setObjectName("layersPlot")
         self.plot.setLabel("bottom", "layer")
-        # a 13-role legend in one column covered most of the plot's height and its points
-        base, text = self.palette().color(QPalette.Base), self.palette().color(QPalette.Text)
-        base.setAlpha(200)
-        self.plot.addLegend(
-            offset=(10, 10), colCount=LEGEND_COLUMNS, brush=base, labelTextColor=text
+        # below the axes, in the plot's own layout: over the data it covered layers 0-7
+        plot_item = self.plot.getPlotItem()
+        legend = pg.LegendItem(
+            offset=None, colCount=LEGEND_COLUMNS, labelTextColor=self.palette().color(QPalette.Text)
         )
+        plot_item.layout.addItem(legend, LEGEND_ROW, 1)
+        plot_item.legend = legend  # named lines are added to it
         self.layout_.addWidget(self.plot, 1)
         QTimer.singleShot(0, self, lambda: self.redraw(then=done))  # the widget alone: ~15 ms
 
@@ -245,7 +253,13 @@ class LayersDialog(QDialog):
         if report is not None:
             self.overlay = report
             self.cancel_button.setEnabled(False)
+            self._show_progress(self.report is None or self.report.sampled)
             self.redraw()
+
+    def _show_progress(self, on: bool) -> None:
+        """The bar and Cancel while a pass runs; once it has ended the plot gets their room."""
+        self.progress.setVisible(on)
+        self.cancel_button.setVisible(on)
 
     def curves(self):
         """(role, layers, values, keys) of the chosen stack and metric, for the plot and tests."""
@@ -323,8 +337,33 @@ class LayersDialog(QDialog):
         rest = todo[ROLES_PER_STEP:]
         if rest:
             QTimer.singleShot(0, self, lambda: self._draw_step(generation, rest, then))
-        elif then is not None:
+            return
+        self._fit_legend()
+        if then is not None:
             then.emit(self.report)
+
+    def _fit_legend(self) -> None:
+        """As many legend columns as fit the plot's width (at most LEGEND_COLUMNS): a legend
+        wider than the pane pushed the last layers out of sight."""
+        legend = self.plot.getPlotItem().legend if self.plot is not None else None
+        if legend is None or not legend.items:
+            return
+        room = self.plot.width() - self.plot.getAxis("left").width() - LEGEND_MARGIN
+        columns = LEGEND_COLUMNS
+        legend.setColumnCount(columns)
+        while columns > 1 and legend.geometry().width() > room:
+            columns -= 1
+            legend.setColumnCount(columns)
+        # the view sized the plot to the wider legend's minimum: fit it to the view again; and
+        # LegendItem.updateSize moved the legend to (0, 0), over the data, until a relayout
+        plot_item = self.plot.getPlotItem()
+        plot_item.setGeometry(0, 0, self.plot.width(), self.plot.height())
+        plot_item.layout.invalidate()
+        plot_item.layout.activate()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit_legend()
 
     def _lines_of(self, role, colour):
         """(line, clickable points, overlay's dashed line) of one role, made on first use."""

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDialog,
+    QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
     QStyle,
     QTabBar,
     QTabWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -48,11 +51,63 @@ NEEDS_A_FILE = (
 PRELOAD_DELAY_MS = 50
 FRAME_GUESS = QSize(16, 48)  # a title bar and borders, until the window manager says
 MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
+# Tools views docked beside the tree: dock objectName -> title; where they sit is remembered
+PANES = {
+    "healthDock": "Health",
+    "layersDock": "Layers",
+    "pickleImportsDock": "Pickle Imports",
+    "compareDock": "Compare",  # a comparison tab moved beside the tree
+}
+# reopened after a restart as a button: what it runs, and the window's method that runs it
+PANE_STARTS = {
+    "healthDock": ("Scan every tensor for findings", "health_current"),
+    "layersDock": ("Plot metrics across depth", "layers_current"),
+}
+PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its statistics strip
 # every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
     "*.pickle *.index.json);;All files (*)"
 )
+
+
+class Pane(QDockWidget):
+    """A dock holding one Tools view of one tab; closing the dock closes (and deletes) the view,
+    which stops its work, and a view that closes itself hides the dock."""
+
+    def __init__(self, name: str, title: str, parent: QWidget):
+        super().__init__(title, parent)
+        self.setObjectName(name)
+        self.tab: QWidget | None = None
+
+    def hold(self, view: QWidget, tab: QWidget) -> None:
+        self.drop()
+        view.setAttribute(Qt.WA_DeleteOnClose)
+        view.installEventFilter(self)
+        self.tab = tab
+        self.setWidget(view)
+        self.setWindowTitle(view.windowTitle())
+        self.show()
+        self.raise_()
+
+    def drop(self) -> None:
+        view, self.tab = self.widget(), None
+        if view is not None:
+            view.removeEventFilter(self)
+            if hasattr(view, "cancel"):
+                view.cancel()
+            view.close()
+        self.hide()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Close and watched is self.widget():
+            self.tab = None
+            self.hide()
+        return False
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.drop()
+        super().closeEvent(event)
 
 
 class MainWindow(QMainWindow):
@@ -75,6 +130,8 @@ class MainWindow(QMainWindow):
         self.tabs.setMovable(True)
         self.tabs.setDocumentMode(True)
         self.tabs.tabCloseRequested.connect(self.close_tab)
+        self.tabs.tabBar().setContextMenuPolicy(Qt.CustomContextMenu)
+        self.tabs.tabBar().customContextMenuRequested.connect(self._tab_menu)
         self.setCentralWidget(self.tabs)
         self.welcome = WelcomePage()
         self.welcome.open_file.connect(self.open_dialog)
@@ -87,6 +144,7 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_menus()
         self._build_toolbar()
+        self._build_panes()
         self.drop_hint = QLabel("Drop to open", self)
         self.drop_hint.setObjectName("dropHint")
         self.drop_hint.setAlignment(Qt.AlignCenter)
@@ -115,6 +173,80 @@ class MainWindow(QMainWindow):
         self._fit_to_screen(pos if isinstance(pos, QPoint) else None)
         if self.settings.value("window/maximized", False, type=bool):
             self.setWindowState(Qt.WindowMaximized)
+
+    def _build_panes(self) -> None:
+        """The docks exist from the start, hidden, so restoreState puts each where it was;
+        none opens at start: what they show belongs to a file."""
+        self.panes: dict[str, Pane] = {}
+        for name, title in PANES.items():
+            pane = self.panes[name] = Pane(name, title, self)
+            self.addDockWidget(Qt.RightDockWidgetArea, pane)
+        # placed: where each pane goes is known (saved, or chosen at its first opening)
+        self.placed = (
+            set(PANES) if self.restoreState(self.settings.value("window/panes", b"")) else set()
+        )
+        for pane in self.panes.values():
+            pane.hide()
+        value = self.settings.value("window/openPanes", [])
+        self.to_reopen = [value] if isinstance(value, str) else list(value or [])
+
+    def _reopen_panes(self, tab: CheckpointTab) -> None:
+        """The panes open at the last quit come back with the first file: Pickle Imports
+        filled, Health and Layers with a button, as their passes read the whole file."""
+        remembered, self.to_reopen = self.to_reopen, []
+        for name in remembered:
+            if name == "pickleImportsDock":
+                self.pickle_imports_current(tab)
+            elif name in PANE_STARTS:
+                text, start = PANE_STARTS[name]
+                holder = QWidget()
+                holder.setWindowTitle(PANES[name])
+                button = QPushButton(text)
+                button.setObjectName(f"{name}Start")
+                button.clicked.connect(lambda _=False, s=start: self._start_pane(tab, s))
+                layout = QVBoxLayout(holder)
+                layout.addWidget(button, 0, Qt.AlignHCenter | Qt.AlignTop)
+                self._show_pane(name, holder, tab)
+
+    def _start_pane(self, tab: CheckpointTab, start: str) -> None:
+        if self.tabs.indexOf(tab) >= 0:
+            self.tabs.setCurrentWidget(tab)
+            getattr(self, start)()
+
+    def _show_pane(self, name: str, view: QWidget, tab: CheckpointTab | None) -> QWidget:
+        """`view` in its dock (replacing the one there); the first time, beside the tree, as a
+        tab of any other pane that is open."""
+        pane = self.panes[name]
+        others = [p for p in self.panes.values() if p is not pane and p.isVisible()]
+        first = name not in self.placed
+        if first and others:
+            self.tabifyDockWidget(others[0], pane)
+        pane.hold(view, tab)
+        if first:
+            self.placed.add(name)
+            if not others:
+                share = int(self.width() * PANE_SHARE)  # once laid out: not before it
+                QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Horizontal))
+        return view
+
+    def _tab_menu(self, position: QPoint) -> None:
+        """A comparison tab's context menu offers to show it beside the tree."""
+        index = self.tabs.tabBar().tabAt(position)
+        view = self.tabs.widget(index)
+        if view is None or view.objectName() != "compareView":
+            return
+        menu = QMenu(self)
+        menu.addAction("Show Beside the Tree", lambda: self.dock_comparison(view))
+        menu.popup(self.tabs.tabBar().mapToGlobal(position))
+
+    def dock_comparison(self, view: QWidget) -> QWidget:
+        """Moves a comparison tab into the Compare pane, beside the tree."""
+        index = self.tabs.indexOf(view)
+        if index >= 0:
+            view.setWindowTitle(f"Compare - {self.tabs.tabText(index)}")
+            self.tabs.removeTab(index)
+            self._show_welcome_if_empty()
+        return self._show_pane("compareDock", view, None)  # it holds its own files
 
     def _available(self) -> QRect | None:
         screen = self.screen() or QApplication.primaryScreen()
@@ -161,6 +293,10 @@ class MainWindow(QMainWindow):
         if not maximized:
             self.settings.setValue("window/pos", self.frameGeometry().topLeft())
         self.settings.setValue("window/maximized", maximized)
+        self.settings.setValue("window/panes", self.saveState())
+        self.settings.setValue(
+            "window/openPanes", [n for n, p in self.panes.items() if p.tab is not None]
+        )
         if available is not None:
             self.settings.setValue("window/screen", available.size())
 
@@ -443,6 +579,7 @@ class MainWindow(QMainWindow):
             f"{path}: {plural(totals.tensors, 'tensor')}, {split_text(totals)}", 8000
         )
         self.loaded.emit(path)
+        self._reopen_panes(tab)
         # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first
         QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot())
 
@@ -622,7 +759,7 @@ class MainWindow(QMainWindow):
 
         def job():
             a, b = open_checkpoint(path_a), open_checkpoint(path_b)
-            report = yield from diff(a, b)
+            report = yield from diff(a, b, auto_align=True)
             return report, a, b
 
         def done(result):
@@ -681,10 +818,7 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
-        dialog = HealthDialog(tab.checkpoint, self._opener(tab), self)
-        dialog.setAttribute(Qt.WA_DeleteOnClose)
-        dialog.show()
-        return dialog
+        return self._show_pane("healthDock", HealthDialog(tab.checkpoint, self._opener(tab)), tab)
 
     def layers_current(self):
         """Tools > Layers: metrics across depth of the current tab's repeated blocks."""
@@ -694,10 +828,8 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
-        dialog = LayersDialog(tab.checkpoint, self._opener(tab), self._peers_of(tab), parent=self)
-        dialog.setAttribute(Qt.WA_DeleteOnClose)
-        dialog.show()
-        return dialog
+        view = LayersDialog(tab.checkpoint, self._opener(tab), self._peers_of(tab))
+        return self._show_pane("layersDock", view, tab)
 
     def _set_file_order(self, on: bool) -> None:
         for index in range(self.tabs.count()):
@@ -728,12 +860,10 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
-        view = PickleImportsView(tab.checkpoint, self)
+        view = PickleImportsView(tab.checkpoint)
         view.key_activated.connect(self._opener(tab))
         view.sanitize_requested.connect(lambda: self.sanitize_current(tab=tab))
-        view.setAttribute(Qt.WA_DeleteOnClose)
-        view.show()
-        return view
+        return self._show_pane("pickleImportsDock", view, tab)
 
     def sanitize_current(self, destination: str | None = None, tab=None):
         """File > Save Sanitized Copy: a copy torch.load(weights_only=True) loads with no
@@ -821,6 +951,9 @@ class MainWindow(QMainWindow):
         if widget is self.welcome:  # the empty state: it leaves when a file opens
             return
         if isinstance(widget, CheckpointTab):
+            for pane in self.panes.values():
+                if pane.tab is widget:
+                    pane.drop()
             widget.release()
         elif hasattr(widget, "cancel"):
             widget.cancel()  # a comparison's histogram jobs
@@ -941,7 +1074,7 @@ class MainWindow(QMainWindow):
             widget = self.tabs.widget(index)
             if hasattr(widget, "cancel"):
                 widget.cancel()
-        for dialog in self.findChildren(QDialog):
+        for dialog in [*self.findChildren(QDialog), *(p.widget() for p in self.panes.values())]:
             if hasattr(dialog, "cancel"):
                 dialog.cancel()
         self._update_busy()

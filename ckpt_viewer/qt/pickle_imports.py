@@ -7,7 +7,6 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
-    QDialog,
     QHBoxLayout,
     QPlainTextEdit,
     QPushButton,
@@ -15,6 +14,7 @@ from PySide6.QtWidgets import (
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from ckpt_viewer.core.listing.globals import advice, meaning, report_dict, triage, verdict
@@ -45,7 +45,7 @@ def worst_category(checkpoint) -> str:
     return worst[0].category if worst and worst[0].category != "torch" else ""
 
 
-class PickleImportsView(QDialog):
+class PickleImportsView(QWidget):
     key_activated = Signal(str)  # a key clicked: the owner selects it in the tree
     sanitize_requested = Signal()
 
@@ -53,7 +53,6 @@ class PickleImportsView(QDialog):
         super().__init__(parent)
         self.setObjectName("pickleImportsView")
         self.setWindowTitle(f"Pickle Imports: {shown(checkpoint.path)}")
-        self.resize(820, 560)
         self.report = report_dict(checkpoint)
 
         self.format = checkpoint.format
@@ -97,6 +96,7 @@ class PickleImportsView(QDialog):
         self.sanitize_button.setObjectName("pickleImportsSanitize")
         self.sanitize_button.clicked.connect(self.sanitize_requested)
         close = QPushButton("Close")
+        close.setObjectName("pickleImportsClose")
         close.clicked.connect(self.close)
 
         layout = QVBoxLayout(self)

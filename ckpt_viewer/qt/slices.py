@@ -5,25 +5,29 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, Qt, Signal
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
     QLabel,
+    QSizePolicy,
     QSpinBox,
     QTableView,
     QVBoxLayout,
     QWidget,
 )
 
-from ckpt_viewer.core.values.heatmap import filter_grid, pooled_2d
+from ckpt_viewer.core.listing.model import TensorInfo
+from ckpt_viewer.core.values.heatmap import filter_grid, filter_grid_columns, pooled_2d
 from ckpt_viewer.core.values.read import read_window
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label
 from ckpt_viewer.qt.theme import style_plot
 
 PAGE_ROWS, PAGE_COLS, MAX_PAGES = 128, 32, 64
+MAX_FILTERS = 64  # tiles of the conv filter grid
+VECTOR_WIDTHS = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100)  # columns of a 1-D table
 
 
 def matrix_shape(tensor) -> tuple[int, int]:
@@ -176,12 +180,92 @@ class ValuesModel(QAbstractTableModel):
             return "..." if role == Qt.DisplayRole else None
         if role == Qt.ToolTipRole:
             return full_text(value)
-        column = index.column()
-        notation = self.notations[column // PAGE_COLS][column % PAGE_COLS]
-        return cell_text(value, notation)
+        return cell_text(value, self.notation(index.row(), index.column()))
+
+    def notation(self, _row: int, column: int) -> str:
+        return self.notations[column // PAGE_COLS][column % PAGE_COLS]
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         return str(section) if role == Qt.DisplayRole else None
+
+
+class VectorModel(ValuesModel):
+    """A 1-D tensor wrapped into `width` columns (one narrow column left the table's width
+    empty): cell (r, c) is element r * width + c, a row's header its first index; elements are
+    read PAGE_ROWS * PAGE_COLS at a time, one notation per page."""
+
+    CHUNK = PAGE_ROWS * PAGE_COLS
+
+    def __init__(
+        self,
+        tensor: TensorInfo,
+        width: int,
+        jobs: workers.Controller,
+        parent: QObject | None = None,
+    ):
+        super().__init__(tensor, (), jobs, parent)
+        self.length, self.width = tensor.shape[0], width
+        self.rows, self.cols = -(-self.length // width), min(width, self.length)
+
+    def _request(self, key: int) -> None:
+        if key in self.requested:
+            return
+        self.requested.add(key)
+        rows = range(key * self.CHUNK, min((key + 1) * self.CHUNK, self.length))
+        self.jobs.start(
+            f"page {key}",
+            read_window,
+            self.tensor,
+            (),
+            rows,
+            range(1),
+            on_result=lambda page: self._arrived(key, page),
+            on_error=lambda message: self._arrived(key, None, message),
+        )
+
+    def _arrived(self, key: int, page: np.ndarray | None, message: str = "") -> None:
+        start = key * self.CHUNK
+        if page is None:
+            self.error = message
+            page = np.full(min(self.CHUNK, self.length - start), np.nan)
+        page = np.asarray(page).reshape(-1)
+        self.requested.discard(key)
+        self.pages[key] = page
+        self.notations[key] = column_notation(page)
+        if len(self.pages) > MAX_PAGES:
+            self.pages.popitem(last=False)
+        last = start + page.shape[0] - 1
+        self.dataChanged.emit(
+            self.index(start // self.width, 0), self.index(last // self.width, self.cols - 1)
+        )
+        self.page_arrived.emit()
+
+    def value(self, r: int, c: int):
+        """The element's value, None while its page is being read or past the last element."""
+        i = r * self.width + c
+        if i >= self.length:
+            return None
+        page = self.pages.get(i // self.CHUNK)
+        if page is None:
+            self._request(i // self.CHUNK)
+            return None
+        self.pages.move_to_end(i // self.CHUNK)
+        return page[i % self.CHUNK]
+
+    def data(self, index: QModelIndex, role: int = Qt.DisplayRole):
+        if index.isValid() and index.row() * self.width + index.column() >= self.length:
+            return None  # the last row's cells past the end
+        return super().data(index, role)
+
+    def notation(self, row: int, column: int) -> str:
+        return self.notations[(row * self.width + column) // self.CHUNK]
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.DisplayRole):
+        if role != Qt.DisplayRole:
+            return None
+        if orientation == Qt.Vertical:
+            return f"{section * self.width:,}"
+        return f"+{section}" if self.width > 1 else "0"
 
 
 class ValuesPage(QWidget):
@@ -192,9 +276,8 @@ class ValuesPage(QWidget):
         self.table.setObjectName("valueTable")
         self.table.verticalHeader().setDefaultSectionSize(20)
         sample = self.table.fontMetrics().horizontalAdvance("-0.00000e+00-0.00000e+00j")
-        self.table.horizontalHeader().setDefaultSectionSize(
-            self.table.fontMetrics().horizontalAdvance("-0.00000e+000") + 16
-        )
+        self.real_width = self.table.fontMetrics().horizontalAdvance("-0.00000e+000") + 16
+        self.table.horizontalHeader().setDefaultSectionSize(self.real_width)
         self.complex_width = sample + 16
         copy = QAction("Copy", self.table)
         copy.setShortcut(QKeySequence.Copy)
@@ -213,6 +296,17 @@ class ValuesPage(QWidget):
         self.selector.set_shape(tensor.shape)
         self._reload()
 
+    def _vector_width(self) -> int:
+        """Columns of a 1-D tensor's table: a round number of them that fits the width."""
+        fits = self.table.viewport().width() // self.table.horizontalHeader().defaultSectionSize()
+        return max(w for w in VECTOR_WIDTHS if w <= max(fits, 1))
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        model = self.table.model()
+        if isinstance(model, VectorModel) and model.width != self._vector_width():
+            self._reload()
+
     def _reload(self):
         if self.tensor is None:
             return
@@ -220,11 +314,15 @@ class ValuesPage(QWidget):
         old = self.table.model()
         if isinstance(old, ValuesModel):
             old.deleteLater()
-        self.table.setModel(
-            ValuesModel(self.tensor, self.selector.leading(), self.jobs, self.table)
+        complex_ = self.tensor.dtype.startswith("complex")  # and back after a complex one
+        self.table.horizontalHeader().setDefaultSectionSize(
+            self.complex_width if complex_ else self.real_width
         )
-        if self.tensor.dtype.startswith("complex"):
-            self.table.horizontalHeader().setDefaultSectionSize(self.complex_width)
+        if len(self.tensor.shape) == 1:
+            model = VectorModel(self.tensor, self._vector_width(), self.jobs, self.table)
+        else:
+            model = ValuesModel(self.tensor, self.selector.leading(), self.jobs, self.table)
+        self.table.setModel(model)
 
     def cancel(self):
         self.jobs.cancel()
@@ -274,12 +372,21 @@ class HeatmapPage(QWidget):
         self.pending = None
         self.selector = SliceSelector()
         self.as_filters = QCheckBox("conv kernels as a grid of filters")
+        self.in_channel = QSpinBox()
+        self.in_channel.setObjectName("filterInChannel")
+        self.in_channel.setPrefix("in-channel ")
+        self.in_channel.setSizePolicy(QSizePolicy.Fixed, QSizePolicy.Fixed)
+        self.in_channel.setToolTip(
+            "Each tile is one output channel's kernel for this input channel"
+        )
         self.status = plain_label()
         self.readout = plain_label(" ")
         self.readout.setObjectName("heatmapReadout")
         top = QHBoxLayout()
         top.addWidget(self.selector, 1)
         top.addWidget(self.as_filters)
+        top.addWidget(self.in_channel)
+        top.addStretch(1)  # the selector hidden: controls keep their size
         top.addWidget(self.status)
         self.layout_ = QVBoxLayout(self)
         self.layout_.addLayout(top)
@@ -291,6 +398,8 @@ class HeatmapPage(QWidget):
         self.jobs = workers.Controller(self)  # a new slice supersedes the one being read
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
+        self.in_channel.valueChanged.connect(self.recompute)
+        self.filters = None  # (kh, kw, tiles per row, tiles) of the grid on screen
 
     def show_tensor(self, tensor):
         self.tensor = tensor
@@ -299,6 +408,10 @@ class HeatmapPage(QWidget):
         self.as_filters.blockSignals(True)
         self.as_filters.setChecked(kernels)
         self.as_filters.blockSignals(False)
+        self.in_channel.blockSignals(True)
+        self.in_channel.setRange(0, tensor.shape[1] - 1 if kernels else 0)
+        self.in_channel.setValue(0)
+        self.in_channel.blockSignals(False)
         self.selector.set_shape(tensor.shape)
         self.recompute()
 
@@ -310,13 +423,21 @@ class HeatmapPage(QWidget):
         generation, tensor = self.generation, self.tensor
         filters = self.as_filters.isChecked() and self.as_filters.isVisible()
         leading = self.selector.leading()
-        self.selector.setEnabled(not filters)
+        self.selector.setVisible(not filters and bool(self.selector.spins))  # the grid has all
+        self.in_channel.setVisible(filters)
+        in_channel = self.in_channel.value()
         self.status.setText("reading...")
         self.readout.setText(" ")
+        self.shown = None
+        if filters:
+            count = min(tensor.shape[0], MAX_FILTERS)
+            self.filters = (*tensor.shape[-2:], filter_grid_columns(count), count)
+        else:
+            self.filters = None
 
         def job():
             if filters:
-                grid = yield from filter_grid(tensor)
+                grid = yield from filter_grid(tensor, in_channel, MAX_FILTERS)
                 return grid, 1, 1
             result = yield from pooled_2d(tensor, leading)
             return result
@@ -390,6 +511,7 @@ class HeatmapPage(QWidget):
         self.image.setImage(values, levels=(low, high))
         self.image.setRect(0, 0, values.shape[1] * col_step, values.shape[0] * row_step)
         self.colorbar.setLevels((low, high))
+        self._label_axes()
         self.plot.autoRange()
         self.shown = (values, row_step, col_step)
         step = (
@@ -398,8 +520,42 @@ class HeatmapPage(QWidget):
             else ""
         )
         magnitude = " of |x|" if self.tensor.dtype.startswith("complex") else ""
-        self.status.setText(f"{values.shape[0]:,} x {values.shape[1]:,} cells{magnitude}{step}")
+        if self.filters is not None:
+            kh, kw, _, count = self.filters
+            self.status.setText(
+                f"{count:,} of {self.tensor.shape[0]:,} output channels, {kh} x {kw} kernels"
+            )
+        else:
+            self.status.setText(f"{values.shape[0]:,} x {values.shape[1]:,} cells{magnitude}{step}")
         self.ready.emit()
+
+    def _label_axes(self) -> None:
+        """Rows and columns, or for the filter grid the output channels each tile row holds and
+        each tile column adds, with square kernels."""
+        left, bottom = self.plot.getAxis("left"), self.plot.getAxis("bottom")
+        if self.filters is None:
+            left.setTicks(None)
+            bottom.setTicks(None)
+            self.plot.setLabel("left", "row")
+            self.plot.setLabel("bottom", "column")
+            self.plot.setAspectLocked(False)
+            return
+        kh, kw, columns, count = self.filters
+        left.setTicks(
+            [
+                [
+                    (
+                        top * (kh + 1) + kh / 2,
+                        f"{top * columns}-{min(top * columns + columns, count) - 1}",
+                    )
+                    for top in range(-(-count // columns))
+                ]
+            ]
+        )
+        bottom.setTicks([[(c * (kw + 1) + kw / 2, f"+{c}") for c in range(columns)]])
+        self.plot.setLabel("left", "output channels")
+        self.plot.setLabel("bottom", "output channel +")
+        self.plot.setAspectLocked(True)
 
     def _hover(self, position):
         if self.shown is None:
@@ -415,6 +571,16 @@ class HeatmapPage(QWidget):
         if not (0 <= r < values.shape[0] and 0 <= c < values.shape[1]) or x < 0 or y < 0:
             return " "
         value = values[r, c]
+        if self.filters is not None:
+            kh, kw, columns, count = self.filters
+            (tile_row, kr), (tile_column, kc) = divmod(r, kh + 1), divmod(c, kw + 1)
+            channel = tile_row * columns + tile_column
+            if kr == kh or kc == kw or channel >= count:
+                return " "
+            return (
+                f"output channel {channel}, in-channel {self.in_channel.value()}, "
+                f"kernel row {kr}, column {kc}: {value:.6g}"
+            )
         if row_step == 1 and col_step == 1:
             return f"row {r:,}, column {c:,}: {value:.6g}"
         return (

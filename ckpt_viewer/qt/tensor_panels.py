@@ -75,8 +75,13 @@ def tensor_facts(node: Node) -> list[tuple[str, str]]:
 
 
 def shown_stats_rows(stats) -> list[tuple[str, str]]:
-    """The statistics table's rows: core's rows, then clipping and the most common values."""
+    """The statistics table's rows: core's rows with the NaN/Inf counts moved up beside the
+    element count (in a narrow strip they sat below its fold), then clipping and the most
+    common values."""
     rows = stats_rows(stats)
+    alarms = [row for row in rows if row[0] in StatsTable.ALARMS]
+    rows = [row for row in rows if row[0] not in StatsTable.ALARMS]
+    rows[1:1] = alarms
     if stats.below or stats.above:
         rows += [("below range", f"{stats.below:,}"), ("above range", f"{stats.above:,}")]
     if stats.value_counts:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import builders
+from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.progress import run
 from ckpt_viewer.core.values import heatmap
@@ -101,12 +102,25 @@ def test_pooled_reads_a_torch_only_tensor_once(tmp_path, monkeypatch):
     assert reads == [(400, 50)]
 
 
-def test_filter_grid_yields_per_output_channel(tmp_path):
+def test_filter_grid_tiles_each_output_channel_in_a_square_grid(tmp_path):
     kernels = torch.randn(5, 2, 3, 3)
     path = builders.save({"k": kernels}, tmp_path / "k.pt")
     job = heatmap.filter_grid(open_checkpoint(path).find("k").tensor)
     assert next(job) == 1 / 5
     job.close()
-    grid = run(heatmap.filter_grid(open_checkpoint(path).find("k").tensor))
-    assert grid.shape == (20, 8)
-    np.testing.assert_array_equal(grid[4:7, 4:7], kernels[1, 1].numpy())
+    info = open_checkpoint(path).find("k").tensor
+    grid = run(heatmap.filter_grid(info, in_channel=1))
+    # 5 tiles of 3 x 3: 3 per row, 2 rows, a NaN line between tiles
+    assert grid.shape == (2 * 4 - 1, 3 * 4 - 1)
+    for o in range(5):
+        top, left = (o // 3) * 4, (o % 3) * 4
+        np.testing.assert_array_equal(grid[top : top + 3, left : left + 3], kernels[o, 1].numpy())
+    assert np.isnan(grid[3]).all() and np.isnan(grid[:, 3]).all()
+    assert np.isnan(grid[4:, 8:]).all()  # no sixth filter
+    conv1 = torch.randn(64, 3, 7, 7)  # a ResNet stem: 8 x 8 square kernels, not a strip
+    path = builders.save({"conv1.weight": conv1}, tmp_path / "stem.pt")
+    grid = run(heatmap.filter_grid(open_checkpoint(path).find("conv1.weight").tensor))
+    assert grid.shape == (63, 63)
+    np.testing.assert_array_equal(grid[56:63, 56:63], conv1[63, 0].numpy())
+    with pytest.raises(CheckpointError, match="out of range"):
+        run(heatmap.filter_grid(info, in_channel=2))

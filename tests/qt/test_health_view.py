@@ -3,7 +3,7 @@ layer lines plotted and a point opening its tensor."""
 
 import pytest
 import torch
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QTreeWidget
 from qt_helpers import open_and_wait
@@ -46,9 +46,11 @@ def test_health_lists_findings_and_a_click_opens_the_tensor(qtbot, window, tmp_p
     assert findings.topLevelItemCount() == 2
     item = findings.topLevelItem(0)
     assert (item.text(0), item.text(1), item.text(2)) == ("error", "nan", "model.nan.weight")
-    rect = findings.visualItemRect(item)
+    rect = findings.visualItemRect(item)  # the whole row, wider than a narrow pane
     with qtbot.waitSignal(tab.tensor_selected, timeout=10_000) as selected:
-        qtbot.mouseClick(findings.viewport(), Qt.LeftButton, pos=rect.center())
+        qtbot.mouseClick(
+            findings.viewport(), Qt.LeftButton, pos=QPoint(rect.left() + 10, rect.center().y())
+        )
     assert selected.args == ["model.nan.weight"]
     assert tab.selected_key() == "model.nan.weight"
     dialog.close()
@@ -66,7 +68,7 @@ def held_scan(monkeypatch, tmp_path):
 
     def held(*args):
         calls.append(args[0])
-        gate.wait(10)
+        gate.wait(60)  # long enough for a loaded machine: released by the test before
         return real_run(*args)
 
     monkeypatch.setattr(check_module, "_run", held)
@@ -156,12 +158,21 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     curves = dialog.curves()
     assert [c[0] for c in curves] == ["attn.weight", "attn.bias"]
     assert curves[0][1] == [0, 1, 2]
-    legend = dialog.plot.getPlotItem().legend
-    assert legend.columnCount == 4 and legend.brush().color().alpha() < 255  # short, see-through
+    plot_item = dialog.plot.getPlotItem()
+    legend = plot_item.legend
+    assert len(legend.items) == 2
+    # outside the data: below the axes, not over the first layers' points
+    view_box = plot_item.vb.sceneBoundingRect()
+    assert legend.sceneBoundingRect().top() >= view_box.bottom()
+    assert not legend.sceneBoundingRect().intersects(view_box)
     assert not dialog.plot.getAxis("left").autoSIPrefix  # never "L2 norm (x0.001)"
     expected = [torch.linalg.norm(sd[f"blocks.{i}.attn.weight"].double()).item() for i in range(3)]
     assert curves[0][2] == pytest.approx(expected, rel=1e-6)
     metric_box = dialog.metric_box
+    longest = max(metric_box.itemText(i) for i in range(metric_box.count()))
+    assert metric_box.width() >= metric_box.fontMetrics().horizontalAdvance(
+        longest
+    )  # not "mean ex"
     metric_box.setCurrentIndex(metric_box.findData("max_abs"))
     assert dialog.curves()[0][2][2] == sd["blocks.2.attn.weight"].abs().max().item()
     scatter = dialog.scatters[0]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
@@ -142,9 +143,8 @@ def test_screenshot_command(tmp_path, gui_env):
 def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
     torch.manual_seed(0)
     x = torch.arange(2 * 300 * 5, dtype=torch.float32).view(2, 300, 5)
-    a = builders.save(
-        {"x": x, "w": torch.randn(1000), "conv": torch.randn(8, 3, 3, 3)}, tmp_path / "a.pt"
-    )
+    conv = torch.randn(8, 3, 3, 3)
+    a = builders.save({"x": x, "w": torch.randn(1000), "conv": conv}, tmp_path / "a.pt")
     b = builders.save({"w": torch.randn(1000) * 2}, tmp_path / "b.pt")
     open_and_wait(qtbot, window, b)
     open_and_wait(qtbot, window, a)
@@ -169,7 +169,17 @@ def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
     assert image.shape == (300, 5) and image[299, 4] == 1499
     with qtbot.waitSignal(view.heatmap.ready, timeout=20_000):
         select(qtbot, tab, "conv")
-    assert view.heatmap.as_filters.isChecked() and view.heatmap.image.image.shape == (32, 12)
+    heatmap = view.heatmap
+    # 8 square 3 x 3 tiles, 3 to a row, NaN lines between them; in-channel 0 first
+    assert heatmap.as_filters.isChecked() and heatmap.image.image.shape == (11, 11)
+    np.testing.assert_array_equal(heatmap.image.image[8:11, 4:7], conv[7, 0].double().numpy())
+    assert heatmap.plot.getPlotItem().vb.state["aspectLocked"]
+    assert heatmap.describe_point(5.5, 9.5) == (
+        f"output channel 7, in-channel 0, kernel row 1, column 1: {conv[7, 0, 1, 1].item():.6g}"
+    )
+    with qtbot.waitSignal(heatmap.ready, timeout=20_000):
+        heatmap.in_channel.setValue(2)
+    np.testing.assert_array_equal(heatmap.image.image[0:3, 0:3], conv[0, 2].double().numpy())
     view.pages.setCurrentIndex(0)
     select(qtbot, tab, "w")
     assert view.compare.isVisible() and view.compare.itemText(1) == "b.pt"

@@ -1,8 +1,10 @@
 """Compare two checkpoints: keys only in one, shape and dtype mismatches, and for common tensors
 max |a-b|, mean |a-b|, relative L2 difference and cosine similarity, computed chunk by chunk
-(bounded memory). Keys are mapped with export's root / strip / add-prefix rules, so a
-DataParallel checkpoint compares with a plain one; the report also reads as what
-`load_state_dict(strict=True)` would say when B is loaded into A's layout."""
+(bounded memory). Keys are mapped with the key rules export uses (listing/keys.py: root,
+strip / add prefix), chosen by hand or by the alignment search, so a DataParallel checkpoint
+compares with a plain one; optimizer state is keyed by parameter name when both files prove
+the names. The report also reads as what `load_state_dict(strict=True)` would say when B is
+loaded into A's layout, and sets the telling scalars (epoch, step, loss, lr) side by side."""
 
 from __future__ import annotations
 
@@ -12,12 +14,20 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ckpt_viewer.core.listing.keys import (
+    Alignment,
+    Side,
+    align,
+    candidate_roots,
+    map_keys,
+    optimizer_renames,
+)
 from ckpt_viewer.core.listing.model import Checkpoint
+from ckpt_viewer.core.listing.summary import scalar_importance
 from ckpt_viewer.core.values.compare import same_bits
 from ckpt_viewer.core.values.dcp import dcp_slabs
 from ckpt_viewer.core.values.read import iter_chunks
 from ckpt_viewer.core.values.strided import iter_raw_chunks, unordered_view
-from ckpt_viewer.core.writing.export import ExportPlan, plan_items
 
 CHUNK = 1 << 20
 
@@ -43,13 +53,9 @@ STATUS_TEXT = {
     "only in B": "only in B",
 }
 PAIR_SAMPLE = 5_000  # scatter pairs: 20,000 points took 60 ms a paint while a file loaded
-
-
-@dataclass(frozen=True)
-class Side:
-    root: str = ""
-    strip_prefix: str = ""
-    add_prefix: str = ""
+MAX_SCALARS = 40
+LR_NAMES = ("lr", "learning_rate")
+AS_THEY_ARE = Side()  # Side lives with the other key rules; callers import it from here
 
 
 @dataclass
@@ -76,6 +82,11 @@ class DiffReport:
     only_a: list = field(default_factory=list)
     only_b: list = field(default_factory=list)
     tensors: list = field(default_factory=list)  # TensorDiff for every common key
+    alignment: Alignment | None = None  # the key rules compared under
+    suggestion: Alignment | None = None  # rules that make more keys common, when the
+    #                                      alignment is poor and a search finds them
+    scalars: list = field(default_factory=list)  # ScalarPair: epoch, step, loss, lr...
+    roots: tuple = ([""], [""])  # candidate roots of A and of B, for pickers
 
     @property
     def identical(self) -> bool:
@@ -119,16 +130,84 @@ class DiffReport:
             "changed_tensors": sum(1 for t in self.tensors if t.status.endswith("changed")),
             "load_state_dict": self.load_state_dict_view(),
             "tensors": [asdict(t) for t in self.tensors],
+            "alignment": {
+                "applied": _alignment_json(self.alignment),
+                "suggested": _alignment_json(self.suggestion),
+            },
+            "scalars": [{"key": p.key, "a": p.a, "b": p.b, "same": p.same} for p in self.scalars],
         }
 
 
-def mapped(checkpoint: Checkpoint, side: Side) -> dict:
-    """{compared key: (source key, TensorInfo)} under export's key rules."""
-    items = plan_items(
+def _alignment_json(alignment: Alignment | None) -> dict | None:
+    if alignment is None:
+        return None
+    return {
+        "a": asdict(alignment.a),
+        "b": asdict(alignment.b),
+        "common": alignment.common,
+        "text": alignment.text,
+        "options": alignment.options,
+    }
+
+
+@dataclass(frozen=True)
+class ScalarPair:
+    key: str
+    a: object  # None where the file has no such scalar
+    b: object
+
+    @property
+    def same(self) -> bool:
+        return type(self.a) is type(self.b) and self.a == self.b
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def telling_scalars(checkpoint: Checkpoint) -> dict:
+    """Epoch, step, metrics and learning rates (numbers: not a `best_model_path`), by key:
+    the optimizers' lr as recognised (a 0-d tensor lr read), then the file's other ones."""
+    chosen = {}
+    for optimizer in checkpoint.optimizers:
+        where = f"{optimizer.key}.param_groups" if optimizer.key else "param_groups"
+        for index, group in enumerate(optimizer.param_groups):
+            if _number(group.get("lr")):
+                chosen[f"{where}.{index}.lr"] = group["lr"]
+    for key, value in checkpoint.scalars().items():
+        telling = scalar_importance(key) <= 1 or key.rsplit(".", 1)[-1] in LR_NAMES
+        if telling and _number(value):
+            chosen.setdefault(key, value)
+    return chosen
+
+
+def scalar_pairs(a: Checkpoint, b: Checkpoint) -> list[ScalarPair]:
+    """The telling scalars of both files side by side: A's order, then those only in B;
+    epoch and step first."""
+    values_a, values_b = telling_scalars(a), telling_scalars(b)
+    keys = list(dict.fromkeys([*values_a, *values_b]))
+    keys.sort(key=scalar_importance)
+    return [ScalarPair(k, values_a.get(k), values_b.get(k)) for k in keys[:MAX_SCALARS]]
+
+
+def mapped(checkpoint: Checkpoint, side: Side, renames: dict | None = None) -> dict:
+    """{compared key: (source key, TensorInfo)} under the side's key rules."""
+    items = map_keys(
         checkpoint,
-        ExportPlan(root=side.root, strip_prefix=side.strip_prefix, add_prefix=side.add_prefix),
+        side.root,
+        side.strip_prefix,
+        side.add_prefix,
+        renames=renames,
+        verb="compared as",
     )
-    return {i.key: (i.source_key, i.tensor) for i in items}
+    return {new_key: (key, tensor) for key, new_key, tensor in items}
+
+
+def state_renames(a: Checkpoint, b: Checkpoint) -> tuple[dict, dict]:
+    """Optimizer state by parameter name on both sides, or by id on both: a name on one side
+    never meets an id on the other."""
+    renames = optimizer_renames(a), optimizer_renames(b)
+    return renames if all(renames) else ({}, {})
 
 
 def _comparable(chunk: np.ndarray) -> np.ndarray:
@@ -274,15 +353,24 @@ def _to_gguf_names(keys: dict, gguf_keys: dict, gguf_checkpoint: Checkpoint) -> 
 def diff(
     a: Checkpoint,
     b: Checkpoint,
-    side_a: Side = Side(),
-    side_b: Side = Side(),
+    side_a: Side = AS_THEY_ARE,
+    side_b: Side = AS_THEY_ARE,
     map_gguf: bool = True,
+    auto_align: bool = False,
 ) -> Generator[float, None, DiffReport]:
     """Generator: yields progress in [0, 1]; returns DiffReport. With map_gguf, when one side
-    is a GGUF file the other side's names are mapped to GGUF names (llama.cpp's map)."""
-    keys_a, keys_b = mapped(a, side_a), mapped(b, side_b)
+    is a GGUF file the other side's names are mapped to GGUF names (llama.cpp's map), and no
+    alignment is searched. With auto_align the searched alignment replaces the sides; without,
+    it is searched (as a suggestion) when fewer than half the keys are common."""
+    renames = state_renames(a, b)
+    to_gguf = map_gguf and (a.format == "gguf") != (b.format == "gguf")
+    roots = candidate_roots(a), candidate_roots(b)
+    best = align(a, b, renames, roots) if auto_align and not to_gguf else None
+    if best is not None:
+        side_a, side_b = best.a, best.b
+    keys_a, keys_b = mapped(a, side_a, renames[0]), mapped(b, side_b, renames[1])
     shapes = {}
-    if map_gguf and (a.format == "gguf") != (b.format == "gguf"):
+    if to_gguf:
         if a.format == "gguf":
             keys_b, keys_a, shapes = _to_gguf_names(keys_b, keys_a, a)
             shapes = {key: pair[::-1] for key, pair in shapes.items()}
@@ -295,6 +383,13 @@ def diff(
         only_b=[k for k in keys_b if k not in keys_a],
     )
     common = [k for k in keys_a if k in keys_b]
+    report.alignment = Alignment(side_a, side_b, len(common), len(keys_a), len(keys_b))
+    if best is None and not to_gguf and report.alignment.poor:
+        best = align(a, b, renames, roots)  # searched only when it may help
+    if best is not None and best.common > len(common):
+        report.suggestion = best
+    report.scalars = scalar_pairs(a, b)
+    report.roots = roots
     pairs = []
     for key in common:
         (source_a, ta), (source_b, tb) = keys_a[key], keys_b[key]

@@ -229,6 +229,14 @@ def diff_lines(report, limit: int = 50):
     """The human-readable `diff` report."""
     yield f"A: {report.path_a}"
     yield f"B: {report.path_b}"
+    if report.alignment is not None and report.alignment.text != "keys as they are":
+        yield f"aligned: {report.alignment.text}"
+    suggestion = report.suggestion
+    if suggestion is not None and report.alignment is not None and report.alignment.poor:
+        yield (
+            f"fewer than half the keys are common; try {suggestion.options} or --auto-align "
+            f"({suggestion.text}; {plural(suggestion.common, 'key')} in both)"
+        )
     changed = [t for t in report.tensors if t.status.endswith("changed")]
     shards = f", {report.count('shard')} other DTensor parts" if report.count("shard") else ""
     yield (
@@ -264,4 +272,9 @@ def diff_lines(report, limit: int = 50):
                 f"  {t.key[:48]:<48} {t.max_abs:>11.4g} {t.mean_abs:>11.4g} "
                 f"{t.rel_l2:>10.4g} {cosine_text(t):>9}"
             )
+    if report.scalars:
+        yield "scalars (A | B):"
+        for pair in report.scalars:
+            a, b = ("-" if v is None else repr(v) for v in (pair.a, pair.b))
+            yield f"  {pair.key}: {a} | {b}" + ("" if pair.same else "  *")
     yield "identical" if report.identical else "different"

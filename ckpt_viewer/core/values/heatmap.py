@@ -1,10 +1,13 @@
 """Heatmap-sized views of a tensor's last two dimensions: max-magnitude pooling in bounded
-strips, and conv kernels as one mosaic."""
+strips, and conv kernels as a grid of square kernels."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import TensorInfo
 from ckpt_viewer.core.values.decode import numpy_readable
 from ckpt_viewer.core.values.read import read_window
@@ -74,16 +77,27 @@ def _window_source(tensor: TensorInfo, leading: tuple):
     return window
 
 
-def filter_grid(tensor: TensorInfo, max_filters: int = 64, pad: float = np.nan):
+def filter_grid_columns(filters: int) -> int:
+    """Tiles per row of `filter_grid`: near square."""
+    return max(math.ceil(math.sqrt(filters)), 1)
+
+
+def filter_grid(
+    tensor: TensorInfo, in_channel: int = 0, max_filters: int = 64, pad: float = np.nan
+):
     """Generator (yields progress 0..1 after each output channel, returns the mosaic): conv
-    kernels [out, in, kh, kw] as one mosaic, a tile per (out, in) pair."""
+    kernels [out, in, kh, kw] as a near-square grid of kh x kw tiles, one per output channel
+    (its kernel for `in_channel`), row by row, a `pad` line between tiles."""
     out_channels, in_channels, kh, kw = tensor.shape
-    n_out, n_in = min(out_channels, max_filters), min(in_channels, max_filters)
-    values = np.empty((n_out * (kh + 1), n_in * (kw + 1)), np.float32)
-    values.fill(pad)
-    for o in range(n_out):
-        for i in range(n_in):
-            tile = read_window(tensor, (o, i), range(kh), range(kw))
-            values[o * (kh + 1) : o * (kh + 1) + kh, i * (kw + 1) : i * (kw + 1) + kw] = tile
-        yield (o + 1) / n_out
+    if not 0 <= in_channel < in_channels:
+        raise CheckpointError("slice indices are out of range")
+    count = min(out_channels, max_filters)
+    columns = filter_grid_columns(count)
+    rows = math.ceil(count / columns)
+    values = np.full((rows * (kh + 1) - 1, columns * (kw + 1) - 1), pad, np.float32)
+    for o in range(count):
+        top, left = (o // columns) * (kh + 1), (o % columns) * (kw + 1)
+        tile = read_window(tensor, (o, in_channel), range(kh), range(kw))
+        values[top : top + kh, left : left + kw] = tile
+        yield (o + 1) / count
     return values

@@ -10,7 +10,6 @@ the destination folder, fsynced, reopened and checked, then renamed into place.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.keys import map_keys
 from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
@@ -99,35 +99,16 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
     command line and the dialog's live preview."""
     if plan.dtype not in CAST_TARGETS:
         raise CheckpointError(f"dtype must be one of {', '.join(CAST_TARGETS)}")
-    root = plan.root.strip(".")
-    if root and checkpoint.find(root) is None:
-        raise CheckpointError(f"no key {root!r} to export from")
-    selected = set(plan.keys) if plan.keys is not None else None
-    items, seen = [], {}
-    for key, tensor, _ in checkpoint.tensors():
-        if root and not (key == root or key.startswith(root + ".")):
-            continue
-        if selected is not None and key not in selected:
-            continue
-        if not root:
-            relative = key
-        elif key == root:  # the root is itself a tensor
-            relative = key.rsplit(".", 1)[-1]
-        else:
-            relative = key[len(root) + 1 :]
-        if plan.include and not any(fnmatch.fnmatchcase(relative, g) for g in plan.include):
-            continue
-        if any(fnmatch.fnmatchcase(relative, g) for g in plan.exclude):
-            continue
-        new_key = relative
-        if plan.strip_prefix and new_key.startswith(plan.strip_prefix):
-            new_key = new_key[len(plan.strip_prefix) :]
-        new_key = plan.add_prefix + new_key
-        if new_key in seen:
-            raise CheckpointError(
-                f"{seen[new_key]!r} and {key!r} would both be written as {new_key!r}"
-            )
-        seen[new_key] = key
+    items = []
+    for key, new_key, tensor in map_keys(
+        checkpoint,
+        plan.root,
+        plan.strip_prefix,
+        plan.add_prefix,
+        plan.include,
+        plan.exclude,
+        plan.keys,
+    ):
         cast = plan.dtype != "keep" and tensor.dtype in FLOAT_DTYPES
         items.append(
             Item(
