@@ -88,6 +88,12 @@ def _inspect_parser(sub):
         default=None,
         help="show the tree to this depth only (1 or more)",
     )
+    p.add_argument(
+        "--file-order",
+        action="store_true",
+        help="list keys in the file's order (default: keys stored sorted as text are listed "
+        "in natural order, h.2 before h.10)",
+    )
     p.set_defaults(run=run_inspect)
 
 
@@ -336,7 +342,7 @@ def run_inspect(args) -> int:
         if args.json:
             say_json(inspect_dict(checkpoint))
         else:
-            say_lines(text_report(checkpoint, max_depth=args.depth))
+            say_lines(text_report(checkpoint, max_depth=args.depth, file_order=args.file_order))
     return 0
 
 

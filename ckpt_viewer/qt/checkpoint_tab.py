@@ -26,8 +26,9 @@ from PySide6.QtWidgets import (
 from ckpt_viewer.core.listing.model import format_bytes, format_count
 from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.summary import scalars_by_importance
+from ckpt_viewer.qt.navigation import FilterKeys, LazyExpander
 from ckpt_viewer.qt.optimizer_view import OptimizerView
-from ckpt_viewer.qt.plain import as_html, plain_label
+from ckpt_viewer.qt.plain import as_html, plain_label, shown
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.theme import on_base, remember_splitter
 from ckpt_viewer.qt.tree_model import (
@@ -177,6 +178,8 @@ class CheckpointTab(QWidget):
         self._set_up_columns()
         self.tree.selectionModel().currentChanged.connect(self._current_changed)
         self._expand_first_levels()
+        self.expander = LazyExpander(self.tree)  # View > Expand All
+        FilterKeys(self.filter, self.tree, self.first_match)
 
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")
@@ -396,6 +399,8 @@ class CheckpointTab(QWidget):
         )
         if text.strip() and self.model.visible_count <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
+        elif text.strip():
+            self._expand_to_matches()
         elif not text.strip() and self.unfiltered_expanded is not None:
             for row in self.unfiltered_expanded:
                 index = self.model.index_of_row(row)
@@ -409,6 +414,33 @@ class CheckpointTab(QWidget):
                     index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows
                 )
         self.filter_applied.emit(text)
+
+    def _expand_to_matches(self) -> None:
+        """Too many rows to expand them all: open the groups leading to matches, level by
+        level, until AUTO_EXPAND_LIMIT rows show (1,000 matches are not one closed node)."""
+        model, level, revealed = self.model, [QModelIndex()], 0
+        while level and revealed < AUTO_EXPAND_LIMIT:
+            below = []
+            for parent in level:
+                for position in range(model.rowCount(parent)):
+                    index = model.index(position, 0, parent)
+                    if model.ancestor_of_match(model.row_of(index)):
+                        below.append(index)
+            for index in below:
+                if revealed >= AUTO_EXPAND_LIMIT:
+                    break
+                self.tree.setExpanded(index, True)
+                revealed += model.rowCount(index)
+            level = below
+
+    def first_match(self) -> QModelIndex:
+        """The first row (top to bottom) that the filter matched; the first row if no filter."""
+        index = self.model.index(0, 0)
+        while index.isValid() and not self.model.is_match(self.model.row_of(index)):
+            if not self.tree.isExpanded(index):
+                self.tree.setExpanded(index, True)  # ancestors lead to a match
+            index = self.tree.indexBelow(index)
+        return index
 
     def expanded_rows(self) -> list:
         """Rows expanded in the tree (only expanded subtrees are walked)."""
@@ -436,8 +468,14 @@ class CheckpointTab(QWidget):
         return self.model.row_of(index) if index.isValid() else None
 
     def select_key(self, key: str, show: bool = True) -> bool:
-        """Select key's row (show: also scroll to it)."""
+        """Select key's row (show: also scroll to it), clearing a filter that hides it and
+        saying so beside the filter."""
         index = self.model.index_of_key(key)
+        if not index.isValid() and key in self.model.keys and self.filter.text().strip():
+            hidden_by = self.filter.text()
+            self.filter.setText("")  # applied at once (_filter_edited)
+            self.filter_status.setText(f'filter "{shown(hidden_by)}" cleared to show {shown(key)}')
+            index = self.model.index_of_key(key)
         if not index.isValid():
             return False
         if show:

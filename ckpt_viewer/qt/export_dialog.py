@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_viewer.core.listing.model import DTYPE_SIZES, format_bytes
 from ckpt_viewer.core.listing.summary import suggested_root
+from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.core.writing.export import CAST_TARGETS, ExportPlan, export, plan_items
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label, shown
@@ -100,8 +101,7 @@ class ExportDialog(QDialog):
         self.format.addItems(["pth", "safetensors"])
         self.destination = QLineEdit()
         self.destination.setObjectName("exportDestination")
-        base, _ = os.path.splitext(checkpoint.path.rstrip("/"))
-        self.destination.setText(base + "-export.pth")
+        self.destination.setText(default_destination(checkpoint.path, checkpoint))
         browse = QPushButton("Browse...")
         browse.clicked.connect(self._browse)
         self.replace = QCheckBox("Replace the existing file")

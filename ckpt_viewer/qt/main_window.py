@@ -18,21 +18,25 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QStyle,
+    QTabBar,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from ckpt_viewer import __version__
+from ckpt_viewer.core.listing.model import format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
 from ckpt_viewer.core.listing.text import plural
+from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
 from ckpt_viewer.qt.plain import shown
 from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
+from ckpt_viewer.qt.welcome import WelcomePage
 
 MAX_RECENT = 10
 NEEDS_A_FILE = (
@@ -136,14 +140,12 @@ class MainWindow(QMainWindow):
         self.tabs.tabBar().setContextMenuPolicy(Qt.CustomContextMenu)
         self.tabs.tabBar().customContextMenuRequested.connect(self._tab_menu)
         self.setCentralWidget(self.tabs)
-        self.welcome = QLabel(
-            "Drop checkpoint files or model folders here, or use File > Open "
-            "(Ctrl+O).\n\nNothing in a file is ever run: pickled objects are "
-            "shown as data."
-        )
-        self.welcome.setAlignment(Qt.AlignCenter)
-        self.welcome.setObjectName("welcome")
-        self.tabs.addTab(self.welcome, "Welcome")
+        self.welcome = WelcomePage()
+        self.welcome.open_file.connect(self.open_dialog)
+        self.welcome.open_folder.connect(self.open_folder_dialog)
+        self.welcome.open_url.connect(self.open_url_dialog)
+        self.welcome.open_recent.connect(lambda path: self.open_paths([path]))
+        self._show_welcome_if_empty()
         self.tabs.currentChanged.connect(self._update_title)
         self.placeholders: dict[str, QWidget] = {}  # path -> its tab's place while it loads
         self._build_status_bar()
@@ -317,7 +319,7 @@ class MainWindow(QMainWindow):
             "actionExport": QStyle.SP_DialogSaveButton,
             "actionCompare": QStyle.SP_FileDialogContentsView,
             "actionVerify": QStyle.SP_DialogApplyButton,
-            "actionPickleImports": QStyle.SP_MessageBoxWarning,
+            "actionPickleImports": QStyle.SP_DialogApplyButton,  # then the file's worst
         }
         for name, icon in icons.items():
             action = self.findChild(QAction, name)
@@ -338,9 +340,24 @@ class MainWindow(QMainWindow):
             self.setWindowFilePath("")
             self.setWindowTitle("ckpt-viewer")
             return
+        self._show_worst_global(tab)
         self.setWindowFilePath(tab.checkpoint.path)
-        name = os.path.basename(tab.checkpoint.path.rstrip("/")) or tab.checkpoint.path
+        opened = getattr(tab, "opened_path", "") or tab.checkpoint.path  # as its tab names it
+        name = os.path.basename(opened.rstrip("/")) or opened
         self.setWindowTitle(f"{shown(name)} - ckpt-viewer")
+
+    def _show_worst_global(self, tab) -> None:
+        """Pickle Imports' icon and tooltip: the current file's worst global category."""
+        from ckpt_viewer.qt.pickle_imports import CATEGORY_ICONS, CATEGORY_WORDS, worst_category
+
+        action = self.findChild(QAction, "actionPickleImports")
+        if action is None:
+            return
+        worst = getattr(tab, "worst_global", None)
+        if worst is None:  # once per tab: triage walks the tree
+            worst = tab.worst_global = worst_category(tab.checkpoint)
+        action.setIcon(self.style().standardIcon(CATEGORY_ICONS[worst]))
+        action.setToolTip(f"Pickle Imports: this file {CATEGORY_WORDS[worst]}")
 
     def _tab_of_path(self, path):
         for index in range(self.tabs.count()):
@@ -375,7 +392,9 @@ class MainWindow(QMainWindow):
 
     def _show_welcome_if_empty(self):
         if self.tabs.count() == 0:
-            self.tabs.addTab(self.welcome, "Welcome")
+            index = self.tabs.addTab(self.welcome, "Welcome")
+            for side in (QTabBar.LeftSide, QTabBar.RightSide):  # the empty state stays
+                self.tabs.tabBar().setTabButton(index, side, None)
 
     def _preload_when_idle(self):
         """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""
@@ -394,6 +413,10 @@ class MainWindow(QMainWindow):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancelButton")
         self.cancel_button.clicked.connect(self.cancel_loading)
+        # a message wider than the bar is cut at its end: the whole of it on hover
+        bar = self.statusBar()
+        bar.messageChanged.connect(lambda text: bar.setToolTip(text))  # a Python slot: PySide
+        # warns on stderr when a signal is tied straight to another object's C++ setter
         self.statusBar().addPermanentWidget(self.activity)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)
@@ -477,7 +500,7 @@ class MainWindow(QMainWindow):
                 "&Expand All",
                 "actionExpandAll",
                 None,
-                lambda: self._on_tab(lambda t: t.tree.expandAll()),
+                lambda: self._on_tab(lambda t: t.expander.start()),
             )
         )
         view_menu.addAction(
@@ -487,6 +510,18 @@ class MainWindow(QMainWindow):
                 None,
                 lambda: self._on_tab(lambda t: t.tree.collapseAll()),
             )
+        )
+        self.file_order_action = self._action(
+            "&File Order", "actionFileOrder", None, self._set_file_order
+        )
+        self.file_order_action.setCheckable(True)
+        self.file_order_action.setToolTip(
+            "Keys in the order the file stores them (off: natural order where the file sorted "
+            "them as text, h.2 before h.10)"
+        )
+        view_menu.addAction(self.file_order_action)
+        view_menu.addAction(
+            self._action("&Go to Key...", "actionGoToKey", "Ctrl+P", self.go_to_key)
         )
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self._action("&About ckpt-viewer", "actionAbout", None, self.about))
@@ -519,6 +554,8 @@ class MainWindow(QMainWindow):
         tab = CheckpointTab(*result)
         tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
         tab.opened_path = path
+        if self.file_order_action.isChecked():
+            tab.model.set_file_order(True)
         self._hide_welcome()
         place = self.tabs.indexOf(self.placeholders.get(path))
         index = self.tabs.insertTab(
@@ -637,6 +674,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
         dialog = ExportDialog(tab.checkpoint, tab.model.checked_keys(), self)
+        opened = getattr(tab, "opened_path", "") or tab.checkpoint.path  # beside the folder
+        dialog.destination.setText(default_destination(opened, tab.checkpoint))
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         return dialog
@@ -657,28 +696,26 @@ class MainWindow(QMainWindow):
 
         def report(result):
             self._update_busy()
-            if result.ok:
-                text = (
-                    f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
-                    "checked."
-                    + ("\n\n" + "; ".join(result.notes) if result.notes else "")
-                    + (
-                        f"\n\nSeparately: {shown(result.loader_note)}."
-                        if result.loader_note
-                        else ""
-                    )
+            name = os.path.basename(path.rstrip("/")) or path
+            if result.ok:  # a status-bar line: a success needs no click to dismiss
+                line = (
+                    f"{shown(name)} is intact: {plural(result.records, 'record')}, "
+                    f"{format_bytes(result.bytes)} checked"
+                    + "".join(f"; {shown(note)}" for note in result.notes)
+                    + (f"; separately: {shown(result.loader_note)}" if result.loader_note else "")
                 )
-            elif result.tensor:
+                self.statusBar().showMessage(line)
+                self.verified.emit(path, True, "intact")
+                return
+            if result.tensor:
                 text = (
                     f"Tensor {result.tensor} is damaged in {path}.\n\n"
                     f"Details: {shown(result.problem)}"
                 )
             else:
                 text = f"{path} is damaged:\n\n{shown(result.problem)}"
-            self.statusBar().showMessage(
-                f"{os.path.basename(path)}: {'intact' if result.ok else 'damaged'}", 8000
-            )
-            box = self._message("verifyResult", "Verify", text, result.ok)
+            self.statusBar().showMessage(f"{shown(name)}: damaged", 8000)
+            box = self._message("verifyResult", "Verify", text, False)
             if result.tensor and self.tabs.indexOf(tab) >= 0:
                 show = box.addButton("Show Tensor", QMessageBox.ActionRole)
                 show.setObjectName("showDamagedTensor")
@@ -790,6 +827,27 @@ class MainWindow(QMainWindow):
         view = LayersDialog(tab.checkpoint, self._opener(tab), self._peers_of(tab))
         return self._show_pane("layersDock", view, tab)
 
+    def _set_file_order(self, on: bool) -> None:
+        for index in range(self.tabs.count()):
+            tab = self.tabs.widget(index)
+            if isinstance(tab, CheckpointTab):
+                tab.tree.header().setSortIndicator(-1, Qt.AscendingOrder)
+                tab.model.set_file_order(on)
+
+    def go_to_key(self):
+        """View > Go to Key (Ctrl+P): fuzzy-find a key of the current tab and show it."""
+        from ckpt_viewer.qt.navigation import QuickOpen
+
+        tab = self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return None
+        box = QuickOpen(tab.model.keys[1:], self)  # [0] is the root's empty key
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.chosen.connect(self._opener(tab))
+        box.show()
+        return box
+
     def pickle_imports_current(self, tab=None):
         """Tools > Pickle Imports (and the banner's button): the globals view of a tab."""
         from ckpt_viewer.qt.pickle_imports import PickleImportsView
@@ -887,8 +945,7 @@ class MainWindow(QMainWindow):
         widget = self.tabs.widget(index)
         if widget is None:
             return
-        if widget is self.welcome:  # kept for when the last file closes
-            self.tabs.removeTab(index)
+        if widget is self.welcome:  # the empty state: it leaves when a file opens
             return
         if isinstance(widget, CheckpointTab):
             for pane in self.panes.values():
@@ -936,6 +993,7 @@ class MainWindow(QMainWindow):
         self._refresh_recent()
 
     def _refresh_recent(self):
+        self.welcome.set_recent(self.recent_files())
         self.recent_menu.clear()
         for path in self.recent_files():
             action = self.recent_menu.addAction(path)

@@ -25,7 +25,7 @@ from crosscheck_corpus import CORPUS
 
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 FIGURES = {"min": "min", "max": "max", "mean": "mean", "std": "std", "l2": "L2 norm"}
-BYTE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+BYTE_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 
 # --- the reference: torch's figures over every value (float64, so nothing rounds) -------------

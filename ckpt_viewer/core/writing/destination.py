@@ -83,6 +83,23 @@ class Sources:
             )
 
 
+def default_destination(opened: str, checkpoint: Checkpoint) -> str:
+    """Where an export is proposed: beside what the user opened, named after it, never inside
+    a model folder (an HF folder's index.json, or its one model.safetensors, would put it
+    among the source's files). A URL's export goes to the home folder."""
+    path = opened.rstrip("/") or opened
+    if remote.is_remote(path):
+        folder = os.path.expanduser("~")
+        name = path.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "download"
+    else:
+        if checkpoint.format == "hf-sharded" and not os.path.isdir(path):
+            path = os.path.dirname(os.path.abspath(path))  # the index names the folder
+        folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(path):
+        name = os.path.splitext(name)[0]
+    return os.path.join(folder, name + "-export.pth")
+
+
 def check_file(checkpoint: Checkpoint, destination: str, force: bool) -> str:
     """The absolute path one output file may be written to; raises CheckpointError why not."""
     destination = os.path.abspath(destination)
