@@ -14,7 +14,6 @@ import fnmatch
 import json
 import os
 import re
-import secrets
 import struct
 import zipfile
 import zlib
@@ -43,7 +42,15 @@ from ckpt_viewer.core.values.read import (
     iter_raw_chunks,
     read_tensor,
 )
-from ckpt_viewer.core.writing.destination import INDEX_NAMES, SHARD_STEMS, check_file, check_folder
+from ckpt_viewer.core.writing.destination import (
+    INDEX_NAMES,
+    SHARD_STEMS,
+    Cancelled,
+    Staged,
+    check_file,
+    check_folder,
+    remove_quietly,
+)
 from ckpt_viewer.core.writing.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
@@ -509,7 +516,7 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
             del pages
             done += step
             if cancelled():
-                raise _Cancelled()
+                raise Cancelled()
     out.seek(position + nbytes)
     return value
 
@@ -572,12 +579,25 @@ def _aligned_info(zf: zipfile.ZipFile, name: str, zip64: bool) -> zipfile.ZipInf
 
 
 def _write_pth(path, records, where, device, cancelled):
+    return write_torch_archive(path, _data_pkl(records, where), records, device, cancelled)
+
+
+def write_torch_archive(
+    path: str,
+    data_pkl: bytes,
+    records: list[_Record],
+    device: str,
+    cancelled: Callable[[], bool],
+) -> Generator[int, None, None]:
+    """The one torch zip archive writer (export, DCP consolidation and sanitize): data.pkl,
+    byteorder, the storage records 64-byte aligned as torch.save puts them, version. A record
+    whose bytes are stored as they are to be written is copied file to file; yields each
+    record's byte count once it is written."""
     archive = "archive"
+    stamp = (1980, 1, 1, 0, 0, 0)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        zf.writestr(
-            zipfile.ZipInfo(f"{archive}/data.pkl", (1980, 1, 1, 0, 0, 0)), _data_pkl(records, where)
-        )
-        zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", (1980, 1, 1, 0, 0, 0)), b"little")
+        zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
+        zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
         for record in records:
             nbytes = record.count * DTYPE_SIZES[record.dtype]
             zip64 = nbytes > 0x7FFFFFFF
@@ -592,9 +612,9 @@ def _write_pth(path, records, where, device, cancelled):
                     for piece in _record_bytes(record, device):
                         out.write(piece)
                         if cancelled():
-                            raise _Cancelled()
+                            raise Cancelled()
             yield nbytes
-        zf.writestr(zipfile.ZipInfo(f"{archive}/version", (1980, 1, 1, 0, 0, 0)), b"3\n")
+        zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
 
 
 # --- the .safetensors writer -------------------------------------------------------------------
@@ -658,12 +678,8 @@ def _write_safetensors(path, items, device, cancelled, metadata):
                 for piece in _dense_bytes(item.tensor, item.dtype, device):
                     f.write(piece)
                     if cancelled():
-                        raise _Cancelled()
+                        raise Cancelled()
             yield item.tensor.numel * DTYPE_SIZES[item.dtype]
-
-
-class _Cancelled(Exception):
-    pass
 
 
 # --- verification and the public entry point -----------------------------------------------
@@ -770,12 +786,10 @@ def export(
         check_file(checkpoint, destination, force)
     targets = [os.path.join(folder, name) for name in names] + ([index_path] if index_path else [])
     total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items) or 1
-    temps = []
-    try:
+    with Staged(destination, "export") as staged:
         written = 0
-        for name, shard in zip(names, shards):
-            temp = _new_temp(folder, name)
-            temps.append(temp)
+        for target, shard in zip(targets, shards):
+            temp = staged.temp(target)
             if fmt == "pth":
                 steps = _write_pth(temp, shard, where, plan.device, cancelled)
             else:
@@ -784,23 +798,17 @@ def export(
             for nbytes in steps:
                 written += nbytes
                 yield min(written / total, 1.0) * (0.95 if verify else 1.0)
-            with open(temp, "rb+") as f:
-                os.fsync(f.fileno())
+            staged.sync(temp)
             if verify:
                 verify_written(temp, fmt, _shard_items(shard, fmt))
         if index_path:
-            temp = _new_temp(folder, "index")
-            temps.append(temp)
-            with open(temp, "w") as f:
+            with open(staged.temp(index_path), "w") as f:
                 json.dump(_index(fmt, names, shards, aliases), f, indent=2)
         if verify:
             yield 1.0
-        for temp, target in zip(temps, targets):
-            os.replace(temp, target)
+        staged.commit()
         for name in stale:  # the rest of the earlier export it replaces
-            _remove(os.path.join(folder, name))
-    except BaseException as exc:
-        raise _failed_write(exc, temps, destination, "export") from None
+            remove_quietly(os.path.join(folder, name))
     size = sum(os.path.getsize(t) for t in targets)
     return ExportSummary(destination, len(items), size, fmt, where, verify, files=len(shards))
 
@@ -870,50 +878,3 @@ def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:
             weight_map[item.key] = name
     total = sum(_unit_bytes(unit, fmt) for shard in shards for unit in shard)
     return {"metadata": {"total_size": total}, "weight_map": weight_map}
-
-
-def _remove_all(paths):
-    for path in paths:
-        _remove(path)
-
-
-def _failed_write(exc: BaseException, temps: list, destination: str, what: str):
-    """Removes the temporary files of a write that did not finish; returns what to raise: a
-    one-line CheckpointError for a cancel or an OS error, else the exception itself."""
-    _remove_all(temps)
-    if isinstance(exc, _Cancelled):
-        return CheckpointError(f"{what} cancelled; nothing was written")
-    if isinstance(exc, OSError):
-        return CheckpointError(_os_error(exc, destination))
-    return exc
-
-
-def _new_temp(folder: str, name: str) -> str:
-    """An unused hidden file next to the destination, created with the mode a plain open()
-    gives (0666 less the umask; mkstemp's 0600 would hide the export from the group)."""
-    while True:
-        temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return temp
-        except FileExistsError:
-            continue
-
-
-def _remove(path: str):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _os_error(exc: OSError, destination: str) -> str:
-    import errno
-
-    if exc.errno == errno.ENOSPC:
-        return f"the disk is full; {destination} was not written (nothing was changed)"
-    if exc.errno == errno.EFBIG:
-        return f"the file is larger than this file system allows; {destination} was not written"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"no permission to write {destination}"
-    return f"writing {destination} failed ({exc.strerror or exc}); nothing was changed"
