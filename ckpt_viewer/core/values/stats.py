@@ -329,10 +329,10 @@ def _bin_index(x, lo, hi, scale, fine_bins) -> np.ndarray:
     # float32 arithmetic overflows when the range itself is near float32's limits
     kind = x.dtype.type if hi - lo < 1e30 else np.float64
     with np.errstate(all="ignore"):  # a bin split below float spacing: huge scales
-        idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
-    np.minimum(idx, fine_bins - 1, out=idx)
-    np.maximum(idx, 0, out=idx)
-    return idx
+        position = x.astype(kind, copy=False) - kind(lo)
+        position *= kind(scale)
+        idx = position.astype(np.intp)
+    return np.clip(idx, 0, fine_bins - 1, out=idx)
 
 
 def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above, check):
@@ -343,19 +343,28 @@ def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above, check):
     return counts + part[0], below + part[1], above + part[2]
 
 
-def _chunk_bins(x, lo, hi, scale, fine_bins, check) -> tuple:
+def _chunk_bins(x, lo, hi, scale, fine_bins, check, seen=None) -> tuple:
     """One chunk's (fine counts, below, above, edge-check moves) of its finite values: no
-    shared state, so chunks can be binned on several threads (the sums are integers)."""
+    shared state, so chunks can be binned on several threads (the sums are integers).
+    `seen`: the chunk's _ChunkMoments, which say whether it holds NaN/Inf or values outside
+    [lo, hi] without looking again."""
     counts = np.zeros(fine_bins, dtype=np.int64)
     moved = np.zeros_like(check.moved)
+    below = above = 0
     with np.errstate(all="ignore"):
         x = _computable(x)
-        if not np.isfinite(np.sum(x, dtype=np.float64)):
+        if (
+            not np.isfinite(np.sum(x, dtype=np.float64))
+            if seen is None
+            else seen.nan or seen.posinf or seen.neginf
+        ):
             x = x[np.isfinite(x)]
-        outside_low, outside_high = x < lo, x > hi
-        below, above = int(np.count_nonzero(outside_low)), int(np.count_nonzero(outside_high))
-        if below or above:
-            x = x[~(outside_low | outside_high)]
+        if seen is None or seen.lo < lo or seen.hi > hi:
+            outside_low, outside_high = x < lo, x > hi
+            below = int(np.count_nonzero(outside_low))
+            above = int(np.count_nonzero(outside_high))
+            if below or above:
+                x = x[~(outside_low | outside_high)]
         idx = _bin_index(x, lo, hi, scale, fine_bins)
     for start in range(0, idx.size, GIL_SLICE):  # bincount holds the GIL while it runs
         piece = idx[start : start + GIL_SLICE]
@@ -610,7 +619,8 @@ def _fused_pass(tensor, part, chunk, known, moments, check, repeat, progress):
 
     def work(raw):
         x = _real_view(raw, part)
-        return _chunk_moments(x), _chunk_bins(x, lo, hi, scale, fine_bins, check)
+        seen = _chunk_moments(x)
+        return seen, _chunk_bins(x, lo, hi, scale, fine_bins, check, seen)
 
     for i, (chunk_moments, bins) in enumerate(_in_parallel(iter_chunks(tensor, chunk), work)):
         moments.merge(chunk_moments)

@@ -14,6 +14,8 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from ckpt_viewer.core import CheckpointError
@@ -219,9 +221,14 @@ class Staged:
             return temp
 
     @staticmethod
-    def sync(path: str) -> None:
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
+    def sync(path: str, meanwhile: Callable[[], object] | None = None) -> None:
+        """Sync the file to disk; `meanwhile` (a check that reads it back, from the page
+        cache) runs while the disk writes, not after."""
+        with ThreadPoolExecutor(1) as pool:
+            synced = pool.submit(_fsync, path)
+            if meanwhile is not None:
+                meanwhile()
+            synced.result()
 
     def commit(self) -> None:
         """Every temporary file renamed onto its target."""
@@ -246,6 +253,11 @@ class Staged:
         if isinstance(exc, OSError):
             raise CheckpointError(os_error(exc, self.destination)) from None
         return False
+
+
+def _fsync(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def remove_quietly(path: str) -> None:

@@ -5,19 +5,23 @@ torch.save and safetensors' save_file both need every tensor in memory at once (
 archive whose data.pkl names only torch's own rebuild functions (loadable with
 `torch.load(weights_only=True)`), or a safetensors file. Storage location tags are whatever the
 user asks (`cuda:0`...), with or without a GPU here. The file is written to a temporary name in
-the destination folder, fsynced, reopened and checked, then renamed into place.
+the destination folder, fsynced while it is reopened and checked, then renamed into place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import functools
 import json
 import os
 import re
 import struct
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +37,6 @@ from ckpt_viewer.core.listing.model import (
     span_bytes,
 )
 from ckpt_viewer.core.listing.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
-from ckpt_viewer.core.listing.readers.zip_directory import data_offset
 from ckpt_viewer.core.values.read import (
     StorageReader,
     apply_view_bits,
@@ -56,6 +59,62 @@ from ckpt_viewer.core.writing.torch_pickle import TensorEntry, quantizer_params,
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20  # bytes per read/write step: bounded memory whatever the size
 ALIGNMENT = 64  # torch aligns storage records to 64 bytes (mmap friendly)
+CRC_WORKERS = 2  # threads a large CRC-32 is computed on (zlib lets go of the GIL)
+CRC_SPLIT = 4 << 20  # bytes below which a CRC-32 is computed in one piece
+CRC_POLY = 0xEDB88320
+
+
+def _multiply_mod_p(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (bit-reflected), as zlib's multmodp."""
+    m, product = 1 << 31, 0
+    while True:
+        if a & m:
+            product ^= b
+            if not a & (m - 1):
+                return product
+        m >>= 1
+        b = (b >> 1) ^ CRC_POLY if b & 1 else b >> 1
+
+
+def _x_to_2n_table() -> list[int]:
+    table, p = [1 << 30], 1 << 30  # x^1
+    for _ in range(31):
+        p = _multiply_mod_p(p, p)
+        table.append(p)
+    return table
+
+
+_X2N = _x_to_2n_table()
+
+
+def crc32_combine(first: int, second: int, second_length: int) -> int:
+    """The CRC-32 of A followed by B from crc32(A), crc32(B) and len(B) (zlib's
+    crc32_combine, which Python's zlib does not offer)."""
+    p, k, n = 1 << 31, 3, second_length  # x^(8 * n)
+    while n:
+        if n & 1:
+            p = _multiply_mod_p(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return _multiply_mod_p(p, first) ^ second
+
+
+def _crc_pieces(pool: ThreadPoolExecutor | None, data) -> list:
+    """[(future CRC-32, length)] of data cut in CRC_WORKERS pieces, computed on the pool."""
+    size = len(data)
+    if pool is None or size < CRC_SPLIT:
+        return [(None, zlib.crc32(data), size)]
+    step = -(-size // CRC_WORKERS)
+    return [
+        (pool.submit(zlib.crc32, data[at : at + step]), 0, min(step, size - at))
+        for at in range(0, size, step)
+    ]
+
+
+def _crc_joined(value: int, pieces: list) -> int:
+    for future, crc, size in pieces:
+        value = crc32_combine(value, crc if future is None else future.result(), size)
+    return value
 
 
 @dataclass
@@ -482,15 +541,23 @@ def _copy_spans(spans, out, cancelled, crc: bool = False) -> int:
 def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
     """Copies the span's bytes to the buffered file `out` at its position, by
     os.copy_file_range (no trip through user space) where the kernel can, else from mapped
-    pages; returns the CRC-32 of the bytes when asked (computed on the mapped source pages,
-    which the copy has just brought into the page cache)."""
+    pages; returns the CRC-32 of the bytes when asked, computed on the mapped source pages
+    (which the copy has just brought into the page cache) on other threads while the next
+    step is copied."""
     reader, first, nbytes = span
     source_start = reader.offset + first
     unit = np.dtype("u1")
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
-    with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
+    pending: deque = deque()  # the CRC pieces of the steps copied, in order
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(remote.open_source(reader.path))  # local (_raw_span)
+        pool = (
+            stack.enter_context(ThreadPoolExecutor(CRC_WORKERS))
+            if crc and nbytes >= CRC_SPLIT and CRC_WORKERS > 1
+            else None
+        )
         if source.size < source_start + nbytes:
             raise reader._ended()
         while done < nbytes:
@@ -512,11 +579,15 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
                     written = os.pwrite(out.fileno(), view, at)
                     view, at = view[written:], at + written
             if crc:
-                value = zlib.crc32(pages, value)
+                pending.append(_crc_pieces(pool, pages))
+                if len(pending) > 1:  # at most two steps mapped at a time
+                    value = _crc_joined(value, pending.popleft())
             del pages
             done += step
             if cancelled():
                 raise Cancelled()
+        while pending:
+            value = _crc_joined(value, pending.popleft())
     out.seek(position + nbytes)
     return value
 
@@ -701,21 +772,21 @@ def _check_records(storages) -> None:
     many bytes as torch reads (the persistent id's count x its storage type's element size,
     checked on opening) must be the bytes whose CRC-32 the archive recorded: a record
     written shorter or longer than its header says fails here."""
-    for storage in storages:
-        member = storage.source
-        with open(member.path, "rb") as f:
-            f.seek(data_offset(member))
-            value, left = 0, storage.nbytes
-            while left:
-                data = f.read(min(COPY_CHUNK, left))
-                if not data:
-                    break
-                value, left = zlib.crc32(data, value), left - len(data)
-        if left or value != member.crc:
-            raise CheckpointError(
-                f"written storage record data/{storage.key} does not hold "
-                "the bytes its header describes"
-            )
+    unit = np.dtype("u1")
+    with ThreadPoolExecutor(CRC_WORKERS) as pool:
+        for storage in storages:
+            reader, value = StorageReader(storage), 0
+            try:
+                for at in range(0, storage.nbytes, COPY_CHUNK * 4):
+                    pages = reader.mapped(at, min(COPY_CHUNK * 4, storage.nbytes - at), unit)
+                    value = _crc_joined(value, _crc_pieces(pool, pages))
+            except CheckpointError:  # the file ends inside the record
+                value = None
+            if value != storage.source.crc:
+                raise CheckpointError(
+                    f"written storage record data/{storage.key} does not hold "
+                    "the bytes its header describes"
+                )
 
 
 def verify_written(path: str, fmt: str, items: list[Item]) -> None:
@@ -798,9 +869,12 @@ def export(
             for nbytes in steps:
                 written += nbytes
                 yield min(written / total, 1.0) * (0.95 if verify else 1.0)
-            staged.sync(temp)
-            if verify:
-                verify_written(temp, fmt, _shard_items(shard, fmt))
+            staged.sync(
+                temp,
+                functools.partial(verify_written, temp, fmt, _shard_items(shard, fmt))
+                if verify
+                else None,
+            )
         if index_path:
             with open(staged.temp(index_path), "w") as f:
                 json.dump(_index(fmt, names, shards, aliases), f, indent=2)

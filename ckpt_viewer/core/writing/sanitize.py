@@ -478,8 +478,7 @@ def sanitize(
         for nbytes in _write(temp, plan, records, cancelled):
             written += nbytes
             yield min(written / total, 1.0) * 0.95
-        staged.sync(temp)
-        _check_written(temp, plan)
+        staged.sync(temp, lambda: _check_written(temp, plan))
         yield 1.0
         staged.commit()
     return SanitizeSummary(
