@@ -1,9 +1,11 @@
 """Statistics and histograms of one tensor, in chunks that stay in cache.
 
 `compute()` is a generator: it yields progress (0..1) and returns Stats, so a GUI worker can
-cancel it between chunks. Two passes: moments and counts, then a fine histogram (bins x M
-sub-bins) from which the requested histogram is exact, then a selection pass over the few fine
-bins that hold the quantiles: each quantile is an element of the tensor, the k-th smallest finite
+cancel it between chunks. A quick min/max pass (skipped when the range is known), then one pass
+for moments, counts and a fine histogram (bins x M sub-bins) from which the requested histogram
+is exact, then a selection pass over the few fine bins that hold the quantiles; each pass
+computes its chunks on WORKERS threads and merges them in chunk order, so the figures do not
+depend on the threads: each quantile is an element of the tensor, the k-th smallest finite
 value with k = ceil(q * n) (numpy's "inverted_cdf"). Stats' min/max/mean/std/l2 fields are over
 finite values; `Stats.over_all()` gives them over every value, by torch's rules.
 """
@@ -343,7 +345,15 @@ def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above, check):
     return counts + part[0], below + part[1], above + part[2]
 
 
-def _chunk_bins(x, lo, hi, scale, fine_bins, check, seen=None) -> tuple:
+def _chunk_bins(
+    x: np.ndarray,
+    lo: float,
+    hi: float,
+    scale: float,
+    fine_bins: int,
+    check: _EdgeCheck,
+    seen: _ChunkMoments | None = None,
+) -> tuple:
     """One chunk's (fine counts, below, above, edge-check moves) of its finite values: no
     shared state, so chunks can be binned on several threads (the sums are integers).
     `seen`: the chunk's _ChunkMoments, which say whether it holds NaN/Inf or values outside
@@ -645,7 +655,9 @@ def _chunk_extremes(x: np.ndarray) -> tuple:
     return lo, hi, False
 
 
-def _extremes_pass(tensor, part, chunk, progress):
+def _extremes_pass(
+    tensor: TensorInfo, part: str, chunk: int, progress: float
+) -> Generator[float, None, _Range | None]:
     """Generator: a quick first pass for the range only (min and max cost a fraction of the
     moments), so that the moments and the histogram then take one pass together; returns
     facts as stats_cache.HealthFacts gives them, or None without finite values."""
