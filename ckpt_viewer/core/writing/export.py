@@ -10,7 +10,6 @@ the destination folder, fsynced while it is reopened and checked, then renamed i
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import functools
 import json
@@ -531,19 +530,19 @@ def _dcp_spans(tensor: TensorInfo, target: str):
     return spans if rows == tensor.shape[0] else None
 
 
-def _copy_spans(spans, out, cancelled, crc: bool = False) -> int:
+def _copy_spans(spans, out, cancelled, crc: bool = False, pool=None) -> int:
     value = 0
     for span in spans:
-        value = _copy_span(span, out, cancelled, crc, value)
+        value = _copy_span(span, out, cancelled, crc, value, pool)
     return value
 
 
-def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
+def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0, pool=None) -> int:
     """Copies the span's bytes to the buffered file `out` at its position, by
     os.copy_file_range (no trip through user space) where the kernel can, else from mapped
     pages; returns the CRC-32 of the bytes when asked, computed on the mapped source pages
-    (which the copy has just brought into the page cache) on other threads while the next
-    step is copied."""
+    (which the copy has just brought into the page cache), on the `pool`'s threads while the
+    next step is copied when one is given."""
     reader, first, nbytes = span
     source_start = reader.offset + first
     unit = np.dtype("u1")
@@ -551,13 +550,7 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
     pending: deque = deque()  # the CRC pieces of the steps copied, in order
-    with contextlib.ExitStack() as stack:
-        source = stack.enter_context(remote.open_source(reader.path))  # local (_raw_span)
-        pool = (
-            stack.enter_context(ThreadPoolExecutor(CRC_WORKERS))
-            if crc and nbytes >= CRC_SPLIT and CRC_WORKERS > 1
-            else None
-        )
+    with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
         if source.size < source_start + nbytes:
             raise reader._ended()
         while done < nbytes:
@@ -666,7 +659,10 @@ def write_torch_archive(
     record's byte count once it is written."""
     archive = "archive"
     stamp = (1980, 1, 1, 0, 0, 0)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
+        ThreadPoolExecutor(CRC_WORKERS) as pool,
+    ):
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
         for record in records:
@@ -677,7 +673,7 @@ def write_torch_archive(
             with zf.open(info, "w", force_zip64=zip64) as out:
                 if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
                     # zipfile's record writer puts these two into the header when it closes
-                    out._crc = _copy_spans(spans, zf.fp, cancelled, crc=True)
+                    out._crc = _copy_spans(spans, zf.fp, cancelled, crc=True, pool=pool)
                     out._file_size = nbytes
                 else:
                     for piece in _record_bytes(record, device):
