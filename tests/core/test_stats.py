@@ -550,3 +550,32 @@ def test_find_indexes_the_keys_once(tmp_path, monkeypatch):
         assert checkpoint.find(node.key) is (tensors or same)[0]
     assert checkpoint.find("fc.weight").kind == "tensor"
     assert checkpoint.find("no.such.key") is None
+
+
+def test_threads_change_no_figure(tmp_path, monkeypatch):
+    """Chunks are computed on several threads and merged in chunk order: with one, two or
+    three threads every figure is the same to the last bit, and the quantiles are torch's."""
+    torch.manual_seed(0)
+    x = torch.randn(60_000)
+    x[::997] = float("nan")
+    x[5::1999] = float("inf")
+    state = {
+        "mixed": x,
+        "half": torch.randn(50_000).half(),
+        "ints": torch.randint(-40, 40, (50_000,)),
+        "near_one": 1 + 1e-4 * torch.randn(50_000),
+    }
+    path = builders.save(state, tmp_path / "t.pt")
+    checkpoint = open_checkpoint(path)
+    results = {}
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(stats_module, "WORKERS", workers)
+        results[workers] = {
+            key: run(compute(checkpoint.find(key).tensor, chunk=4096)).to_json() for key in state
+        }
+    assert json.dumps(results[1]) == json.dumps(results[2]) == json.dumps(results[3])
+    for key, value in state.items():
+        finite = value[torch.isfinite(value)].double()
+        for q, got in results[2][key]["quantiles"].items():
+            rank = max(math.ceil(float(q) * finite.numel()), 1) - 1
+            assert got == finite.sort().values[rank].item(), (key, q)

@@ -28,7 +28,6 @@ seen first are pinned: a later answer from another version of the file is refuse
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import contextvars
@@ -196,6 +195,8 @@ class _Http:
     async def _request(self, method: str, start: int | None = None, end: int | None = None):
         """The answer's status and headers, within the connect and read timeouts however
         slowly the server sends them."""
+        import asyncio  # here, not at the top: it doubles the import time of every local open
+
         import aiohttp
 
         session = await self.fs.set_session()
@@ -271,6 +272,8 @@ class _Http:
         """Exactly `length` bytes, cut off at the first byte more, and at least MIN_RATE bytes/s
         in every READ_TIMEOUT window (a trickle never stalls long enough for the socket's own
         timeout)."""
+        import asyncio
+
         out, got = bytearray(length), 0
         clock = asyncio.get_running_loop().time
         window_end, window_got = clock() + READ_TIMEOUT, 0
