@@ -96,6 +96,12 @@ def _inspect_parser(sub):
         help="bytes and elements per module (parameters, buffers, optimizer state, other) and "
         "the memory the model needs for inference and training",
     )
+    p.add_argument(
+        "--file-order",
+        action="store_true",
+        help="list keys in the file's order (default: keys stored sorted as text are listed "
+        "in natural order, h.2 before h.10)",
+    )
     p.set_defaults(run=run_inspect)
 
 
@@ -395,7 +401,7 @@ def run_inspect(args) -> int:
             say_lines(module_lines(bytes_map(checkpoint), depth))
             say_lines(memory_lines(memory_needs(checkpoint)))
         else:
-            say_lines(text_report(checkpoint, max_depth=args.depth))
+            say_lines(text_report(checkpoint, max_depth=args.depth, file_order=args.file_order))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -26,8 +26,9 @@ from PySide6.QtWidgets import (
 from ckpt_viewer.core.listing.model import format_bytes, format_count
 from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.summary import scalars_by_importance
+from ckpt_viewer.qt.navigation import FilterKeys, LazyExpander
 from ckpt_viewer.qt.optimizer_view import OptimizerView
-from ckpt_viewer.qt.plain import as_html, plain_label
+from ckpt_viewer.qt.plain import as_html, plain_label, shown
 from ckpt_viewer.qt.tensor_view import TensorView
 from ckpt_viewer.qt.theme import on_base, remember_splitter
 from ckpt_viewer.qt.tree_model import (
@@ -154,10 +155,6 @@ class CheckpointTab(QWidget):
         self.filter.setObjectName("keyFilter")
         self.filter.setPlaceholderText("Filter keys: text, glob (*.weight) or /regex/")
         self.filter.setClearButtonEnabled(True)
-        self.filter_timer = QTimer(self)
-        self.filter_timer.setSingleShot(True)
-        self.filter_timer.setInterval(FILTER_DELAY_MS)
-        self.filter_timer.timeout.connect(lambda: self.apply_filter(self.filter.text()))
         self.filter.textChanged.connect(self._filter_edited)
         self.unfiltered_expanded: list | None = None  # rows expanded before filtering
         self.kept_row = None  # the selected row, while a filter hides it
@@ -181,6 +178,8 @@ class CheckpointTab(QWidget):
         self._set_up_columns()
         self.tree.selectionModel().currentChanged.connect(self._current_changed)
         self._expand_first_levels()
+        self.expander = LazyExpander(self.tree)  # View > Expand All
+        FilterKeys(self.filter, self.tree, self.first_match)
 
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")
@@ -403,8 +402,6 @@ class CheckpointTab(QWidget):
         self.jobs.cancel()
         if self.tensor_view is not None:
             self.tensor_view.cancel()
-            self.tensor_view.jobs.cancel()  # the overlay
-            self.tensor_view.heatmap.cancel()
             self.optimizer_view.cancel()
 
     def release(self):
@@ -416,11 +413,10 @@ class CheckpointTab(QWidget):
 
     # --- filter ----------------------------------------------------------------------------
     def apply_filter(self, text: str):
-        """Filter (typing calls this FILTER_DELAY_MS after the last key): the rows are found in
-        a worker (core.rows.filter_rows), and a newer text supersedes a search still running.
-        The unfiltered tree's expansion is kept while a filter is on and restored when it is
-        cleared; the selected key stays selected whenever it is still shown."""
-        self.filter_timer.stop()
+        """Filter: the rows are found in a worker (core.rows.filter_rows), and a newer text
+        supersedes a search still running or waiting. The unfiltered tree's expansion is kept
+        while a filter is on and restored when it is cleared; the selected key stays selected
+        whenever it is still shown."""
         if not text.strip():  # nothing to search: the whole tree at once
             self.jobs.cancel("filter")
             self.show_filtered(filter_rows(text, self.model.index_rows))
@@ -432,7 +428,14 @@ class CheckpointTab(QWidget):
     def _filter_edited(self, text: str):
         """Typing waits for a pause; clearing the field brings the whole tree back at once."""
         if text.strip():
-            self.filter_timer.start()
+            self.jobs.start_later(
+                "filter",
+                FILTER_DELAY_MS,
+                filter_rows,
+                text,
+                self.model.index_rows,
+                on_result=self.show_filtered,
+            )
         else:
             self.apply_filter(text)
 
@@ -455,6 +458,8 @@ class CheckpointTab(QWidget):
         )
         if text.strip() and self.model.visible_count <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
+        elif text.strip():
+            self._expand_to_matches()
         elif not text.strip() and self.unfiltered_expanded is not None:
             for row in self.unfiltered_expanded:
                 index = self.model.index_of_row(row)
@@ -468,6 +473,33 @@ class CheckpointTab(QWidget):
                     index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows
                 )
         self.filter_applied.emit(text)
+
+    def _expand_to_matches(self) -> None:
+        """Too many rows to expand them all: open the groups leading to matches, level by
+        level, until AUTO_EXPAND_LIMIT rows show (1,000 matches are not one closed node)."""
+        model, level, revealed = self.model, [QModelIndex()], 0
+        while level and revealed < AUTO_EXPAND_LIMIT:
+            below = []
+            for parent in level:
+                for position in range(model.rowCount(parent)):
+                    index = model.index(position, 0, parent)
+                    if model.ancestor_of_match(model.row_of(index)):
+                        below.append(index)
+            for index in below:
+                if revealed >= AUTO_EXPAND_LIMIT:
+                    break
+                self.tree.setExpanded(index, True)
+                revealed += model.rowCount(index)
+            level = below
+
+    def first_match(self) -> QModelIndex:
+        """The first row (top to bottom) that the filter matched; the first row if no filter."""
+        index = self.model.index(0, 0)
+        while index.isValid() and not self.model.is_match(self.model.row_of(index)):
+            if not self.tree.isExpanded(index):
+                self.tree.setExpanded(index, True)  # ancestors lead to a match
+            index = self.tree.indexBelow(index)
+        return index
 
     def expanded_rows(self) -> list:
         """Rows expanded in the tree (only expanded subtrees are walked)."""
@@ -495,8 +527,14 @@ class CheckpointTab(QWidget):
         return self.model.row_of(index) if index.isValid() else None
 
     def select_key(self, key: str, show: bool = True) -> bool:
-        """Select key's row (show: also scroll to it)."""
+        """Select key's row (show: also scroll to it), clearing a filter that hides it and
+        saying so beside the filter."""
         index = self.model.index_of_key(key)
+        if not index.isValid() and key in self.model.keys and self.filter.text().strip():
+            hidden_by = self.filter.text()
+            self.filter.setText("")  # applied at once (_filter_edited)
+            self.filter_status.setText(f'filter "{shown(hidden_by)}" cleared to show {shown(key)}')
+            index = self.model.index_of_key(key)
         if not index.isValid():
             return False
         if show:
@@ -514,7 +552,7 @@ class CheckpointTab(QWidget):
         row = self.model.row_of(current) if current.isValid() else None
         if row is None or row.node.tensor is None:
             return
-        if self.tensor_view.node is row.node:  # reselected after filtering: nothing new
+        if self.tensor_view.controller.node is row.node:  # reselected after filtering: nothing new
             return
         if not self.keeping_pane:
             self.panes.setCurrentWidget(self.tensor_view)

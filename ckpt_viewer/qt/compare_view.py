@@ -224,7 +224,6 @@ class CompareView(QWidget):
         self.jobs = workers.Controller(self)
         self.pending = None
         self.plot = None
-        self.generation = 0
         names = (
             os.path.basename(report.path_a.rstrip("/")),
             os.path.basename(report.path_b.rstrip("/")),
@@ -415,7 +414,6 @@ class CompareView(QWidget):
     def _show_report(self, report: DiffReport) -> None:
         self.asked = None
         self.jobs.cancel("detail")
-        self.generation += 1
         self.report = report
         self.counts = report.status_counts()
         self.summary.setText(self._summary_html(report))
@@ -508,17 +506,15 @@ class CompareView(QWidget):
             self.detail.setVisible(True)
             height = max(self.splitter.height(), 300)
             self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
+        self.pending = None  # a result waiting for the plots is for the old selection
         if match is None:
             self.jobs.cancel("detail")
-            self.generation += 1
             self.plot_status.setText(
                 f"{key}: only tensors present in both files with one shape have plots."
                 if key
                 else ""
             )
             return
-        self.generation += 1
-        generation = self.generation
         a = self.a.find(match.key_a).tensor
         b = self.b.find(match.key_b).tensor
         self.plot_status.setText(f"{key}: reading both tensors...")
@@ -528,7 +524,7 @@ class CompareView(QWidget):
             a,
             b,
             match.max_abs,
-            on_result=lambda result: self._draw(generation, key, result),
+            on_result=lambda result: self._draw(key, result),
             on_error=lambda message: self.plot_status.setText(f"{key}: {message}"),
         )
 
@@ -579,12 +575,10 @@ class CompareView(QWidget):
         self.scatter = pg.ScatterPlotItem(size=3, pen=None, brush=pg.mkBrush(*COLOUR_B, 140))
         self.scatter_plot.addItem(self.scatter)
 
-    def _draw(self, generation, key, result):
-        if generation != self.generation:
-            return
+    def _draw(self, key, result):
         pg = self.plotting()
         if self.request_plotting is not None and not self.request_plotting(self):
-            self.pending = (generation, key, result)
+            self.pending = (key, result)
             self.request_plotting(self)
             return
         self.pending = None

@@ -24,15 +24,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import DTYPE_SIZES, format_bytes
 from ckpt_viewer.core.listing.summary import suggested_root
+from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.core.writing.export import CAST_TARGETS, ExportPlan, export, plan_items
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label, shown
 from ckpt_viewer.qt.theme import on_base
 
 PREVIEW_LINES = 2000
+PLAN_DELAY_MS = 60  # the preview is planned once typing pauses this long
 
 
 def gpu_present() -> bool:
@@ -44,8 +45,23 @@ def split_globs(text: str) -> list[str]:
     return [g for g in text.replace(",", " ").split() if g]
 
 
+def preview_job(checkpoint, plan: ExportPlan) -> tuple[str, int, int]:
+    """(the preview's text, tensors, bytes) of what `plan` writes: in a worker, since planning
+    50,000 keys against a root and globs takes longer than a frame."""
+    items = plan_items(checkpoint, plan)
+    lines = [
+        shown(f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}")
+        for i in items[:PREVIEW_LINES]
+    ]
+    if len(items) > PREVIEW_LINES:
+        lines.append(f"... and {len(items) - PREVIEW_LINES:,} more")
+    total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items)
+    return "\n".join(lines), len(items), total
+
+
 class ExportDialog(QDialog):
     finished_export = Signal(str)  # the path written, or "" when it failed / was cancelled
+    planned = Signal()  # the preview shows the current plan (or why it cannot be written)
 
     def __init__(self, checkpoint, checked_keys: list[str], parent=None):
         super().__init__(parent)
@@ -53,8 +69,8 @@ class ExportDialog(QDialog):
         self.setWindowTitle("Export selection")
         self.checkpoint = checkpoint
         self.checked_keys = checked_keys
-        self.worker = None
-        self.jobs = workers.Controller(self)  # closing the dialog stops the export, drops its calls
+        self.jobs = workers.Controller(self)  # closing the dialog stops its jobs, drops their calls
+        self.plan_totals: tuple[int, int] | None = None  # (tensors, bytes) of the current plan
         self.cancel_event = threading.Event()
         self.replace_target = ""  # the file the user agreed to replace
 
@@ -85,8 +101,7 @@ class ExportDialog(QDialog):
         self.format.addItems(["pth", "safetensors"])
         self.destination = QLineEdit()
         self.destination.setObjectName("exportDestination")
-        base, _ = os.path.splitext(checkpoint.path.rstrip("/"))
-        self.destination.setText(base + "-export.pth")
+        self.destination.setText(default_destination(checkpoint.path, checkpoint))
         browse = QPushButton("Browse...")
         browse.clicked.connect(self._browse)
         self.replace = QCheckBox("Replace the existing file")
@@ -148,16 +163,17 @@ class ExportDialog(QDialog):
         self.resize(720, 720)
 
         self.written = ""  # the last file this dialog wrote
-        for edit in (self.root, self.include, self.exclude, self.strip, self.add, self.destination):
-            edit.textChanged.connect(self.refresh)
+        for edit in (self.root, self.include, self.exclude, self.strip, self.add):
+            edit.textChanged.connect(self.replan)
         for combo in (self.scope, self.dtype, self.device, self.format):
-            combo.currentIndexChanged.connect(self.refresh)
+            combo.currentIndexChanged.connect(self.replan)
+        self.destination.textChanged.connect(self.refresh)
         self.replace.toggled.connect(self._replace_toggled)
         self.root.textEdited.connect(self._root_edited)
         self.scope.currentIndexChanged.connect(self._propose_root)
         self.format.currentTextChanged.connect(self._match_extension)
         self._propose_root()
-        self.refresh()
+        self.replan()
 
     def _propose_root(self, *_):
         """Ticking `model_state_dict`'s tensors means its keys: load_state_dict wants them
@@ -200,22 +216,35 @@ class ExportDialog(QDialog):
             keys=self.checked_keys if self.scope.currentData() == "checked" else None,
         )
 
+    def replan(self, *_):
+        """The plan changed: its preview is computed in a worker once typing pauses; Export
+        waits for it."""
+        self.plan_totals = None
+        self.jobs.start_later(
+            "plan",
+            PLAN_DELAY_MS,
+            preview_job,
+            self.checkpoint,
+            self.plan(),
+            on_result=self._planned,
+            on_error=self._plan_failed,
+        )
+        self.refresh()
+
+    def _planned(self, result: tuple[str, int, int]):
+        text, tensors, total = result
+        self.preview.setPlainText(text)
+        self.plan_totals = tensors, total
+        self.refresh()
+        self.planned.emit()
+
+    def _plan_failed(self, message: str):
+        self.plan_totals = None
+        self._problem(message)
+        self.planned.emit()
+
     def refresh(self, *_):
-        try:
-            items = plan_items(self.checkpoint, self.plan())
-        except CheckpointError as exc:
-            self._problem(str(exc))
-            return
-        lines = [
-            shown(f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}")
-            for i in items[:PREVIEW_LINES]
-        ]
-        if len(items) > PREVIEW_LINES:
-            lines.append(f"... and {len(items) - PREVIEW_LINES:,} more")
-        self.preview.setPlainText("\n".join(lines))
-        total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items)
-        self.summary.setStyleSheet("")
-        self.summary.setText(f"{len(items):,} tensors, {format_bytes(total)}")
+        """What depends on the destination and the device, and Export's state."""
         destination = self.destination.text().strip()
         exists = bool(destination) and os.path.exists(destination)
         if self.replace.isChecked() and os.path.abspath(destination) != self.replace_target:
@@ -224,7 +253,14 @@ class ExportDialog(QDialog):
             self.replace.blockSignals(False)
             self.replace_target = ""
         self.replace.setVisible(exists)
+        self._note_device()
+        if self.plan_totals is None:  # being planned, or cannot be written (said so)
+            self.export_button.setEnabled(False)
+            return
+        tensors, total = self.plan_totals
         blocked = exists and not self.replace.isChecked()
+        self.summary.setStyleSheet("")
+        self.summary.setText(f"{tensors:,} tensors, {format_bytes(total)}")
         if exists:
             self.summary.setText(
                 self.summary.text()
@@ -236,7 +272,9 @@ class ExportDialog(QDialog):
                 )
             )
             self.summary.setStyleSheet(f"color: {on_base('#8a5300').name()};" if blocked else "")
-        self.export_button.setEnabled(bool(items) and bool(destination) and not blocked)
+        self.export_button.setEnabled(bool(tensors) and bool(destination) and not blocked)
+
+    def _note_device(self):
         if self.device.currentText().startswith("cuda"):
             where = self.device.currentText()
             self.device_note.setText(
@@ -289,7 +327,7 @@ class ExportDialog(QDialog):
         self.cancel_button.setText("Cancel")
         self.summary.setStyleSheet("")
         self.summary.setText("Writing...")
-        self.worker = self.jobs.start(
+        self.jobs.start(
             "export",
             export,
             self.checkpoint,
@@ -304,7 +342,6 @@ class ExportDialog(QDialog):
         )
 
     def _done(self, summary):
-        self.worker = None
         self.written = summary.path
         if os.path.abspath(self.destination.text().strip()) == summary.path:
             self.replace_target = summary.path  # exporting again replaces what we just wrote
@@ -322,7 +359,6 @@ class ExportDialog(QDialog):
         self.finished_export.emit(summary.path)
 
     def _failed(self, message):
-        self.worker = None
         self._idle()
         self._problem(message)
         self.export_button.setEnabled(True)
@@ -339,7 +375,7 @@ class ExportDialog(QDialog):
             QDesktopServices.openUrl(QUrl.fromLocalFile(os.path.dirname(self.written)))
 
     def cancel_or_close(self):
-        if self.worker is not None:
+        if self.jobs.busy("export"):
             self.cancel_event.set()  # checked between 16 MB pieces; the temp file goes
             return
         self.reject()
@@ -348,20 +384,17 @@ class ExportDialog(QDialog):
         """The dialog goes away (closed, window quitting): stop writing, drop late results."""
         self.cancel_event.set()
         self.jobs.cancel()
-        self.worker = None
 
     def closeEvent(self, event):
-        if self.worker is not None:
-            self.cancel()
+        self.cancel()
         super().closeEvent(event)
 
     def reject(self):
-        if self.worker is not None:
-            self.cancel()
+        self.cancel()
         super().reject()
 
     def keyPressEvent(self, event):
-        if event.key() == Qt.Key_Escape and self.worker is not None:
+        if event.key() == Qt.Key_Escape and self.jobs.busy("export"):
             self.cancel_event.set()
             return
         super().keyPressEvent(event)

@@ -108,10 +108,9 @@ class HealthDialog(QWidget):
         self.progress.setValue(1000)
         self.cancel_button.setEnabled(False)
         self.progress_row.hide()
-        counts = ", ".join(
-            f"{report.count(s)} {s}{'s' if report.count(s) != 1 else ''}"
-            for s in ("error", "warning", "info")
-        )
+        from ckpt_viewer.core.analysis.check import severity_counts
+
+        counts = severity_counts(report)
         self.status.setText(
             f"{'No findings' if not report.findings else counts}: {report.tensors_scanned:,} "
             f"tensors, {format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s"
@@ -126,12 +125,18 @@ class HealthDialog(QWidget):
     def _list(self, report, start):
         """ROWS_PER_STEP findings per event loop turn (900 at once held the window 15 ms,
         5,000 would 80 ms); `checked` once all are listed."""
+        from ckpt_viewer.core.analysis.check import SEVERITY_NOUNS
         from ckpt_viewer.core.listing.text import safe_text as escape
 
         items = []
         for finding in report.findings[start : min(start + ROWS_PER_STEP, MAX_SHOWN)]:
             item = QTreeWidgetItem(
-                [finding.severity, finding.kind, escape(finding.key), escape(finding.message)]
+                [
+                    SEVERITY_NOUNS[finding.severity],
+                    finding.kind,
+                    escape(finding.key),
+                    escape(finding.message),
+                ]
             )
             item.setData(0, Qt.UserRole, finding.key)
             item.setForeground(0, QBrush(on_base(COLOURS[finding.severity])))

@@ -18,22 +18,26 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QStyle,
+    QTabBar,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from ckpt_viewer import __version__
+from ckpt_viewer.core.listing.model import format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
 from ckpt_viewer.core.listing.runs import is_run_folder
 from ckpt_viewer.core.listing.text import plural
+from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
 from ckpt_viewer.qt.export_dialog import ExportDialog
 from ckpt_viewer.qt.plain import shown
 from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
+from ckpt_viewer.qt.welcome import WelcomePage
 
 MAX_RECENT = 10
 NEEDS_A_FILE = (
@@ -107,6 +111,14 @@ class Pane(QDockWidget):
         super().closeEvent(event)
 
 
+def _load(path: str) -> tuple:
+    """Opening a tab, in a worker: what the tree needs, and the key index that selections use
+    to find the same key in the other open files."""
+    result = load_for_view(path)
+    result[0].key_index()
+    return result
+
+
 class MainWindow(QMainWindow):
     loaded = Signal(str)
     load_failed = Signal(str, str)
@@ -120,7 +132,6 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("ckpt-viewer")
         self.setAcceptDrops(True)
         self.settings = QSettings()
-        self.pending: dict[str, str] = {}  # job slot (a path, ...) -> what it does
         self.jobs = workers.Controller(self)
         self.tabs = QTabWidget()
         self.tabs.setObjectName("tabs")
@@ -131,14 +142,12 @@ class MainWindow(QMainWindow):
         self.tabs.tabBar().setContextMenuPolicy(Qt.CustomContextMenu)
         self.tabs.tabBar().customContextMenuRequested.connect(self._tab_menu)
         self.setCentralWidget(self.tabs)
-        self.welcome = QLabel(
-            "Drop checkpoint files or model folders here, or use File > Open "
-            "(Ctrl+O).\n\nNothing in a file is ever run: pickled objects are "
-            "shown as data."
-        )
-        self.welcome.setAlignment(Qt.AlignCenter)
-        self.welcome.setObjectName("welcome")
-        self.tabs.addTab(self.welcome, "Welcome")
+        self.welcome = WelcomePage()
+        self.welcome.open_file.connect(self.open_dialog)
+        self.welcome.open_folder.connect(self.open_folder_dialog)
+        self.welcome.open_url.connect(self.open_url_dialog)
+        self.welcome.open_recent.connect(lambda path: self.open_paths([path]))
+        self._show_welcome_if_empty()
         self.tabs.currentChanged.connect(self._update_title)
         self.placeholders: dict[str, QWidget] = {}  # path -> its tab's place while it loads
         self._build_status_bar()
@@ -312,7 +321,7 @@ class MainWindow(QMainWindow):
             "actionExport": QStyle.SP_DialogSaveButton,
             "actionCompare": QStyle.SP_FileDialogContentsView,
             "actionVerify": QStyle.SP_DialogApplyButton,
-            "actionPickleImports": QStyle.SP_MessageBoxWarning,
+            "actionPickleImports": QStyle.SP_DialogApplyButton,  # then the file's worst
         }
         for name, icon in icons.items():
             action = self.findChild(QAction, name)
@@ -333,9 +342,24 @@ class MainWindow(QMainWindow):
             self.setWindowFilePath("")
             self.setWindowTitle("ckpt-viewer")
             return
+        self._show_worst_global(tab)
         self.setWindowFilePath(tab.checkpoint.path)
-        name = os.path.basename(tab.checkpoint.path.rstrip("/")) or tab.checkpoint.path
+        opened = getattr(tab, "opened_path", "") or tab.checkpoint.path  # as its tab names it
+        name = os.path.basename(opened.rstrip("/")) or opened
         self.setWindowTitle(f"{shown(name)} - ckpt-viewer")
+
+    def _show_worst_global(self, tab) -> None:
+        """Pickle Imports' icon and tooltip: the current file's worst global category."""
+        from ckpt_viewer.qt.pickle_imports import CATEGORY_ICONS, CATEGORY_WORDS, worst_category
+
+        action = self.findChild(QAction, "actionPickleImports")
+        if action is None:
+            return
+        worst = getattr(tab, "worst_global", None)
+        if worst is None:  # once per tab: triage walks the tree
+            worst = tab.worst_global = worst_category(tab.checkpoint)
+        action.setIcon(self.style().standardIcon(CATEGORY_ICONS[worst]))
+        action.setToolTip(f"Pickle Imports: this file {CATEGORY_WORDS[worst]}")
 
     def _tab_of_path(self, path):
         for index in range(self.tabs.count()):
@@ -370,11 +394,13 @@ class MainWindow(QMainWindow):
 
     def _show_welcome_if_empty(self):
         if self.tabs.count() == 0:
-            self.tabs.addTab(self.welcome, "Welcome")
+            index = self.tabs.addTab(self.welcome, "Welcome")
+            for side in (QTabBar.LeftSide, QTabBar.RightSide):  # the empty state stays
+                self.tabs.tabBar().setTabButton(index, side, None)
 
     def _preload_when_idle(self):
         """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""
-        if not self.pending:
+        if not self.jobs.labels():
             preload_plotting()
 
     # --- chrome ----------------------------------------------------------------------------
@@ -389,6 +415,10 @@ class MainWindow(QMainWindow):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancelButton")
         self.cancel_button.clicked.connect(self.cancel_loading)
+        # a message wider than the bar is cut at its end: the whole of it on hover
+        bar = self.statusBar()
+        bar.messageChanged.connect(lambda text: bar.setToolTip(text))  # a Python slot: PySide
+        # warns on stderr when a signal is tied straight to another object's C++ setter
         self.statusBar().addPermanentWidget(self.activity)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)
@@ -475,7 +505,7 @@ class MainWindow(QMainWindow):
                 "&Expand All",
                 "actionExpandAll",
                 None,
-                lambda: self._on_tab(lambda t: t.tree.expandAll()),
+                lambda: self._on_tab(lambda t: t.expander.start()),
             )
         )
         view_menu.addAction(
@@ -485,6 +515,18 @@ class MainWindow(QMainWindow):
                 None,
                 lambda: self._on_tab(lambda t: t.tree.collapseAll()),
             )
+        )
+        self.file_order_action = self._action(
+            "&File Order", "actionFileOrder", None, self._set_file_order
+        )
+        self.file_order_action.setCheckable(True)
+        self.file_order_action.setToolTip(
+            "Keys in the order the file stores them (off: natural order where the file sorted "
+            "them as text, h.2 before h.10)"
+        )
+        view_menu.addAction(self.file_order_action)
+        view_menu.addAction(
+            self._action("&Go to Key...", "actionGoToKey", "Ctrl+P", self.go_to_key)
         )
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self._action("&About ckpt-viewer", "actionAbout", None, self.about))
@@ -499,7 +541,7 @@ class MainWindow(QMainWindow):
             if not is_remote(path) and is_run_folder(path):
                 self.open_run([path])
                 continue
-            if path in self.pending:
+            if path in self.jobs.running:
                 continue
             open_tab = self._tab_of_path(path)
             if open_tab is not None:  # already open: show it, no duplicate
@@ -507,22 +549,22 @@ class MainWindow(QMainWindow):
                 self.statusBar().showMessage(f"{path} is already open", 4000)
                 continue
             self._hold_place(path)
-            self.pending[path] = f"Opening {os.path.basename(path.rstrip('/')) or path}..."
             self.jobs.start(
                 path,
-                load_for_view,
+                _load,
                 path,
                 on_result=lambda result, p=path: self._loaded(p, result),
                 on_error=lambda message, p=path: self._failed(p, message),
+                label=f"Opening {os.path.basename(path.rstrip('/')) or path}...",
             )
         self._update_busy()
 
     def _loaded(self, path, result):
-        if self.pending.pop(path, None) is None:
-            return  # cancelled meanwhile
         tab = CheckpointTab(*result)
         tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
         tab.opened_path = path
+        if self.file_order_action.isChecked():
+            tab.model.set_file_order(True)
         self._hide_welcome()
         place = self.tabs.indexOf(self.placeholders.get(path))
         index = self.tabs.insertTab(
@@ -556,8 +598,6 @@ class MainWindow(QMainWindow):
         QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot())
 
     def _failed(self, path, message):
-        if self.pending.pop(path, None) is None:
-            return
         self._drop_place(path)
         self._update_busy()
         self.statusBar().showMessage(f"Could not open {os.path.basename(path)}", 8000)
@@ -568,8 +608,7 @@ class MainWindow(QMainWindow):
 
     def cancel_loading(self):
         """Status-bar Cancel: every open, compare and verify still running is asked to stop."""
-        for slot in list(self.pending):
-            self.pending.pop(slot)
+        for slot in list(self.jobs.labels()):
             self.jobs.cancel(slot)
             if slot.startswith("verify:"):
                 self.verified.emit(slot[len("verify:") :], False, "cancelled")
@@ -580,11 +619,11 @@ class MainWindow(QMainWindow):
         self._update_busy()
 
     def _update_busy(self):
-        busy = bool(self.pending)
+        texts = list(self.jobs.labels().values())
+        busy = bool(texts)
         if not busy:  # a moment later: a new tab's first paints must not share the GIL with it
             QTimer.singleShot(PRELOAD_DELAY_MS, self._preload_when_idle)
             self.progress.setRange(0, 0)
-        texts = list(self.pending.values())
         self.activity.setText(
             texts[-1]
             if len(texts) == 1
@@ -598,7 +637,7 @@ class MainWindow(QMainWindow):
 
     def _job_progress(self, slot, fraction):
         """A job with a measurable fraction (verify, compare) fills the bar while it is alone."""
-        if list(self.pending) == [slot]:
+        if list(self.jobs.labels()) == [slot]:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(fraction * 1000))
 
@@ -685,6 +724,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return None
         dialog = ExportDialog(tab.checkpoint, tab.model.checked_keys(), self)
+        opened = getattr(tab, "opened_path", "") or tab.checkpoint.path  # beside the folder
+        dialog.destination.setText(default_destination(opened, tab.checkpoint))
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         return dialog
@@ -699,36 +740,32 @@ class MainWindow(QMainWindow):
 
         path = tab.checkpoint.path
         slot = f"verify:{path}"
-        if slot in self.pending:
+        if slot in self.jobs.running:
             return
-        self.pending[slot] = f"Verifying {os.path.basename(path.rstrip('/')) or path}..."
         self.statusBar().clearMessage()
 
         def report(result):
-            self.pending.pop(slot, None)
             self._update_busy()
-            if result.ok:
-                text = (
-                    f"{path} is intact: {result.records} records, {result.bytes:,} bytes "
-                    "checked."
-                    + ("\n\n" + "; ".join(result.notes) if result.notes else "")
-                    + (
-                        f"\n\nSeparately: {shown(result.loader_note)}."
-                        if result.loader_note
-                        else ""
-                    )
+            name = os.path.basename(path.rstrip("/")) or path
+            if result.ok:  # a status-bar line: a success needs no click to dismiss
+                line = (
+                    f"{shown(name)} is intact: {plural(result.records, 'record')}, "
+                    f"{format_bytes(result.bytes)} checked"
+                    + "".join(f"; {shown(note)}" for note in result.notes)
+                    + (f"; separately: {shown(result.loader_note)}" if result.loader_note else "")
                 )
-            elif result.tensor:
+                self.statusBar().showMessage(line)
+                self.verified.emit(path, True, "intact")
+                return
+            if result.tensor:
                 text = (
                     f"Tensor {result.tensor} is damaged in {path}.\n\n"
                     f"Details: {shown(result.problem)}"
                 )
             else:
                 text = f"{path} is damaged:\n\n{shown(result.problem)}"
-            self.statusBar().showMessage(
-                f"{os.path.basename(path)}: {'intact' if result.ok else 'damaged'}", 8000
-            )
-            box = self._message("verifyResult", "Verify", text, result.ok)
+            self.statusBar().showMessage(f"{shown(name)}: damaged", 8000)
+            box = self._message("verifyResult", "Verify", text, False)
             if result.tensor and self.tabs.indexOf(tab) >= 0:
                 show = box.addButton("Show Tensor", QMessageBox.ActionRole)
                 show.setObjectName("showDamagedTensor")
@@ -736,7 +773,6 @@ class MainWindow(QMainWindow):
             self.verified.emit(path, result.ok, result.problem or "intact")
 
         def failed(message):
-            self.pending.pop(slot, None)
             self._update_busy()
             self._message("verifyResult", "Verify", f"{path}: {shown(message)}", False)
             self.verified.emit(path, False, message)
@@ -748,6 +784,7 @@ class MainWindow(QMainWindow):
             on_result=report,
             on_error=failed,
             on_progress=lambda value: self._job_progress(slot, value),
+            label=f"Verifying {os.path.basename(path.rstrip('/')) or path}...",
         )
         self._update_busy()
 
@@ -777,7 +814,6 @@ class MainWindow(QMainWindow):
             return report, a, b
 
         def done(result):
-            self.pending.pop(key, None)
             self._update_busy()
             report, a, b = result  # pyqtgraph: preloaded a moment later (_update_busy)
             view = CompareView(
@@ -798,21 +834,18 @@ class MainWindow(QMainWindow):
             self.compared.emit(path_a, path_b)
 
         def failed(message):
-            self.pending.pop(key, None)
             self._update_busy()
             self._message("errorDialog", "Cannot compare", shown(message), ok=False)
             self.load_failed.emit(path_b, message)
 
         key = f"compare:{path_a}:{path_b}"
-        self.pending[key] = (
-            f"Comparing {os.path.basename(path_a)} with {os.path.basename(path_b)}..."
-        )
-        self.compare_worker = self.jobs.start(
+        self.jobs.start(
             key,
             job,
             on_result=done,
             on_error=failed,
             on_progress=lambda v: self._job_progress(key, v),
+            label=f"Comparing {os.path.basename(path_a)} with {os.path.basename(path_b)}...",
         )
         self._update_busy()
 
@@ -846,6 +879,27 @@ class MainWindow(QMainWindow):
             return None
         view = LayersDialog(tab.checkpoint, self._opener(tab), self._peers_of(tab))
         return self._show_pane("layersDock", view, tab)
+
+    def _set_file_order(self, on: bool) -> None:
+        for index in range(self.tabs.count()):
+            tab = self.tabs.widget(index)
+            if isinstance(tab, CheckpointTab):
+                tab.tree.header().setSortIndicator(-1, Qt.AscendingOrder)
+                tab.model.set_file_order(on)
+
+    def go_to_key(self):
+        """View > Go to Key (Ctrl+P): fuzzy-find a key of the current tab and show it."""
+        from ckpt_viewer.qt.navigation import QuickOpen
+
+        tab = self.current_tab()
+        if tab is None:
+            self.statusBar().showMessage("Open a checkpoint first", 4000)
+            return None
+        box = QuickOpen(tab.model.keys[1:], self)  # [0] is the root's empty key
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.chosen.connect(self._opener(tab))
+        box.show()
+        return box
 
     def pickle_imports_current(self, tab=None):
         """Tools > Pickle Imports (and the banner's button): the globals view of a tab."""
@@ -914,7 +968,8 @@ class MainWindow(QMainWindow):
             self.sanitized.emit(destination, False, message)
 
         self.statusBar().showMessage(f"Sanitizing {os.path.basename(source)}...", 4000)
-        return workers.start(
+        return self.jobs.start(
+            f"sanitize:{destination}",
             sanitize,
             tab.checkpoint,
             destination,
@@ -943,8 +998,7 @@ class MainWindow(QMainWindow):
         widget = self.tabs.widget(index)
         if widget is None:
             return
-        if widget is self.welcome:  # kept for when the last file closes
-            self.tabs.removeTab(index)
+        if widget is self.welcome:  # the empty state: it leaves when a file opens
             return
         if isinstance(widget, CheckpointTab):
             for pane in self.panes.values():
@@ -992,6 +1046,7 @@ class MainWindow(QMainWindow):
         self._refresh_recent()
 
     def _refresh_recent(self):
+        self.welcome.set_recent(self.recent_files())
         self.recent_menu.clear()
         for path in self.recent_files():
             action = self.recent_menu.addAction(path)
@@ -1063,7 +1118,6 @@ class MainWindow(QMainWindow):
 
     def cancel_all(self):
         """Ask every computation to stop at its next step (closing, quitting)."""
-        self.pending.clear()
         self.jobs.cancel()
         for index in range(self.tabs.count()):
             widget = self.tabs.widget(index)

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_viewer.core.listing.optim import OptimizerInfo, find_schedulers
 from ckpt_viewer.core.listing.report import describe_value
+from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.values.optim_values import SMALL_STATE, small_state_values
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import shown
@@ -139,12 +140,14 @@ class OptimizerView(QScrollArea):
                 for k, v in group.items()
                 if k not in ("params", "param_names")
             ]
-            layout.addWidget(QLabel(f"<b>param_groups[{index}]</b> - {len(params)} parameters"))
+            layout.addWidget(
+                QLabel(f"<b>param_groups[{index}]</b> - {plural(len(params), 'parameter')}")
+            )
             layout.addWidget(_table(["hyperparameter", "value"], hyper, "paramGroupTable"))
             layout.addWidget(_table(["#", "parameter"], list(enumerate(params)), "paramListTable"))
         if optimizer.state:
             headers, rows = state_rows(optimizer)
-            layout.addWidget(QLabel(f"<b>state</b> - {len(optimizer.state)} parameters"))
+            layout.addWidget(QLabel(f"<b>state</b> - {plural(len(optimizer.state), 'parameter')}"))
             table = _table(headers, rows, "stateTable", names_column=0)
             self.state_tables.append((optimizer, table, headers))
             layout.addWidget(table)

@@ -10,17 +10,39 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QPlainTextEdit,
     QPushButton,
+    QStyle,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ckpt_viewer.core.listing.globals import advice, meaning, report_dict, verdict
+from ckpt_viewer.core.listing.globals import advice, meaning, report_dict, triage, verdict
 from ckpt_viewer.qt.plain import plain_label, shown
 from ckpt_viewer.qt.theme import on_base
 
 CODE_RED = QColor("#b02a37")
+# the Pickle Imports action's icon says the file's worst global (torch or none: all clear)
+CATEGORY_ICONS = {
+    "code": QStyle.SP_MessageBoxCritical,
+    "class": QStyle.SP_MessageBoxWarning,
+    "data": QStyle.SP_MessageBoxInformation,
+    "": QStyle.SP_DialogApplyButton,
+}
+CATEGORY_WORDS = {
+    "code": "names code that torch.load(weights_only=False) would run",
+    "class": "names classes outside torch",
+    "data": "names only plain data globals",
+    "": "names only torch's own globals",
+}
+
+
+def worst_category(checkpoint) -> str:
+    """The file's worst global category: code, class or data ("" when only torch's or none)."""
+    if not (checkpoint.globals_named or checkpoint.unsafe_globals):
+        return ""  # triage would walk every node to find nothing
+    worst = triage(checkpoint, max_keys=0)
+    return worst[0].category if worst and worst[0].category != "torch" else ""
 
 
 class PickleImportsView(QWidget):

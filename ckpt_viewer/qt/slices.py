@@ -394,7 +394,6 @@ class HeatmapPage(QWidget):
         self.plot = None
         self.tensor = None
         self.shown = None  # (values, row_step, col_step) on screen
-        self.generation = 0
         self.jobs = workers.Controller(self)  # a new slice supersedes the one being read
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
@@ -419,8 +418,8 @@ class HeatmapPage(QWidget):
         if self.tensor is None:
             return
         self.cancel()
-        self.generation += 1
-        generation, tensor = self.generation, self.tensor
+        self.pending = None  # a result waiting for the plot is for the old slice
+        tensor = self.tensor
         filters = self.as_filters.isChecked() and self.as_filters.isVisible()
         leading = self.selector.leading()
         self.selector.setVisible(not filters and bool(self.selector.spins))  # the grid has all
@@ -445,8 +444,8 @@ class HeatmapPage(QWidget):
         self.jobs.start(
             "heatmap",
             job,
-            on_result=lambda result: self._show(generation, result),
-            on_error=lambda message: self._fail(generation, message),
+            on_result=self._show,
+            on_error=lambda message: self.status.setText(f"cannot read values: {message}"),
         )
 
     def cancel(self):
@@ -460,11 +459,7 @@ class HeatmapPage(QWidget):
 
     def show_pending(self):
         if self.pending is not None:
-            self._show(self.generation, self.pending)
-
-    def _fail(self, generation, message):
-        if generation == self.generation:
-            self.status.setText(f"cannot read values: {message}")
+            self._show(self.pending)
 
     def _build_plot(self, pg):
         self.plot = pg.PlotWidget()
@@ -482,9 +477,7 @@ class HeatmapPage(QWidget):
         self.layout_.insertWidget(1, self.plot, 1)
         self.plot.show()
 
-    def _show(self, generation, result):
-        if generation != self.generation:
-            return
+    def _show(self, result):
         pg = self.plotting()
         if pg is None:
             self.pending = result

@@ -3,8 +3,8 @@ Each shows what it is given; the controller in tensor_view decides what that is.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QTextOption
+from PySide6.QtCore import QMimeData, Qt
+from PySide6.QtGui import QColor, QPainter, QTextOption
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -25,7 +26,7 @@ from PySide6.QtWidgets import (
 from ckpt_viewer.core.listing.model import Node, format_bytes
 from ckpt_viewer.core.listing.report import stats_rows
 from ckpt_viewer.core.values.stats import PARTS
-from ckpt_viewer.qt.plain import as_html, plain_label
+from ckpt_viewer.qt.plain import as_html, shown
 from ckpt_viewer.qt.theme import on_base
 
 RANGES = {
@@ -89,6 +90,48 @@ def shown_stats_rows(stats) -> list[tuple[str, str]]:
     return rows
 
 
+BREAK = "\u200b"  # zero-width space: a place a line may break, never copied
+
+
+def breakable(text: str) -> str:
+    """Escaped text whose lines break after a key's or path's separators (h.3.mlp.|c_fc),
+    not in the middle of a word."""
+    return as_html(text).replace(".", "." + BREAK).replace("/", "/" + BREAK)
+
+
+class ElidedLabel(QLabel):
+    """A status line that never clips: too long for its width, it is elided in the middle
+    ("computing exact…statistics"), and its tooltip holds the whole text."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setTextFormat(Qt.PlainText)
+
+    def setText(self, text: str) -> None:
+        text = shown(text)
+        super().setText(text)
+        self.setToolTip(text)
+
+    def elided(self) -> str:
+        """The text as painted: whole when it fits, else cut in the middle."""
+        return self.fontMetrics().elidedText(
+            self.text(), Qt.ElideMiddle, self.contentsRect().width()
+        )
+
+    def paintEvent(self, event) -> None:
+        rect, text = self.contentsRect(), self.elided()
+        painter = QPainter(self)
+        self.style().drawItemText(
+            painter,
+            rect,
+            int(self.alignment().value),
+            self.palette(),
+            self.isEnabled(),
+            text,
+            self.foregroundRole(),
+        )
+
+
 class FactsPanel(QTextEdit):
     """Facts as selectable text, one per line, wrapped to the panel's width: a long key,
     storage path or shape breaks anywhere rather than scrolling sideways."""
@@ -106,10 +149,18 @@ class FactsPanel(QTextEdit):
 
     def show_facts(self, facts: list[tuple[str, str]]):
         rows = "".join(
-            f"<tr><td><b>{as_html(label)}</b>&nbsp;</td><td>{as_html(text)}</td></tr>"
+            f"<tr><td><b>{as_html(label)}</b>&nbsp;</td><td>{breakable(text)}</td></tr>"
             for label, text in facts
         )
         self.setHtml(f"<table cellspacing=1>{rows}</table>")
+
+    def toPlainText(self) -> str:
+        return super().toPlainText().replace(BREAK, "")
+
+    def createMimeDataFromSelection(self) -> QMimeData:
+        data = QMimeData()
+        data.setText(self.textCursor().selection().toPlainText().replace(BREAK, ""))
+        return data
 
 
 class StatsTable(QTableWidget):
@@ -238,7 +289,7 @@ class TensorControls(QWidget):
         keep_space = self.progress.sizePolicy()
         keep_space.setRetainSizeWhenHidden(True)
         self.progress.setSizePolicy(keep_space)
-        self.status = plain_label()
+        self.status = ElidedLabel()
         self.status.setObjectName("tensorStatus")
         self.status.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
         # its text changes as work proceeds; it must not change the width the view asks for

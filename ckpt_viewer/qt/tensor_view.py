@@ -49,9 +49,9 @@ def headline(node: Node) -> str:
 
 
 class TensorController(QObject):
-    """What the pane computes: the selected node, its latest Stats, a generation counter and
-    one workers.Controller whose slots ("stats", "overlay") a new selection or request
-    supersedes and cancel() (tab closed, exit) stops. It only emits results; views show them."""
+    """What the pane computes: the selected node, its latest Stats and the jobs that compute
+    them (workers.Controller slots "stats" and "overlay", which a new selection or request
+    supersedes and cancel() stops). It only emits results; views show them."""
 
     preview = Signal(object)  # Stats from a sample (estimates), exact ones follow
     exact = Signal(object)  # exact Stats of the latest request
@@ -65,15 +65,14 @@ class TensorController(QObject):
         self.cache = cache  # the checkpoint's StatsCache: exact figures seen before
         self.node: Node | None = None
         self.stats = None
-        self.generation = 0
         self.jobs = workers.Controller(self)
         self._last_progress = 0.0
 
-    def select(self, node: Node):
+    def select(self, node: Node) -> None:
         self.cancel()
         self.node, self.stats = node, None
 
-    def cancel(self):
+    def cancel(self) -> None:
         self.jobs.cancel()
 
     def clipped_range(self, clip) -> tuple | None:
@@ -85,13 +84,12 @@ class TensorController(QObject):
             return stats.quantiles[clip[0]], stats.quantiles[clip[1]]
         return None
 
-    def compute(self, bins: int, part: str, clip=None):
+    def compute(self, bins: int, part: str, clip=None) -> None:
         """Statistics of the selected tensor (bins 0: from its size), superseding any job."""
         if self.node is None:
             return
         self.jobs.cancel("overlay")
-        self.generation += 1
-        generation, tensor = self.generation, self.node.tensor
+        tensor = self.node.tensor
         value_range = self.clipped_range(clip)
         preload_plotting()  # the exact pass waits for it to settle
         drawn = threading.Event()
@@ -105,41 +103,36 @@ class TensorController(QObject):
             _plotting["settled"],
             drawn,
             self.cache,
-            on_progress=lambda item: self._progress(generation, item, drawn),
-            on_result=lambda stats: self._done(generation, stats, value_range),
-            on_error=lambda message: self._failed(generation, message),
+            on_progress=lambda item: self._progress(item, drawn),
+            on_result=lambda stats: self._done(stats, value_range),
+            on_error=self.failed.emit,
         )
 
-    def _progress(self, generation, item, drawn: threading.Event):
-        if generation != self.generation:
-            return
+    def _progress(self, item, drawn: threading.Event) -> None:
         if isinstance(item, tuple):
             self.stats = item[1]
             self.preview.emit(self.stats)
-            QTimer.singleShot(0, drawn.set)  # after the repaint the preview caused
+            if workers.is_synchronous():
+                drawn.set()  # drawn already: the job is waiting on this thread
+            else:
+                QTimer.singleShot(0, drawn.set)  # after the repaint the preview caused
         elif time.monotonic() - self._last_progress > PROGRESS_INTERVAL:
             self._last_progress = time.monotonic()
             self.progressed.emit(item)
 
-    def _done(self, generation, stats, value_range):
-        if generation != self.generation:
-            return
+    def _done(self, stats, value_range) -> None:
         if value_range and self.stats is not None:
             stats.quantiles = self.stats.quantiles  # the full range's: clip again from them
         self.stats = stats
         self.exact.emit(stats)
 
-    def _failed(self, generation, message):
-        if generation == self.generation:
-            self.failed.emit(message)
-
-    def compare(self, other, part: str):
+    def compare(self, other, part: str) -> None:
         """Overlay `other` (the same key in another file), binned like the exact statistics."""
         self.jobs.cancel("overlay")
         stats = self.stats
         if other is None or stats is None or stats.sampled or not stats.edges:
             return
-        generation, edges = self.generation, stats.edges
+        edges = stats.edges
         self.jobs.start(
             "overlay",
             compute,
@@ -147,13 +140,9 @@ class TensorController(QObject):
             len(edges) - 1,
             part,
             (edges[0], edges[-1]),
-            on_result=lambda found: self._overlay_done(generation, found),
+            on_result=self.overlay_ready.emit,
             on_error=self.overlay_failed.emit,
         )
-
-    def _overlay_done(self, generation, stats):
-        if generation == self.generation:
-            self.overlay_ready.emit(stats)
 
 
 class TensorView(QWidget):
@@ -163,23 +152,6 @@ class TensorView(QWidget):
     view_ready = Signal(str)  # exact statistics of this key are on screen
     view_failed = Signal(str, str)  # key, one-line message: the statistics cannot be shown
     preview_ready = Signal(str)
-
-    # what tests, the window and the benchmark reach through the pane
-    node = property(lambda self: self.controller.node)
-    stats = property(lambda self: self.controller.stats)
-    jobs = property(lambda self: self.controller.jobs)
-    bins = property(lambda self: self.controls.bins)
-    log_y = property(lambda self: self.controls.log_y)
-    range = property(lambda self: self.controls.range)
-    part = property(lambda self: self.controls.part)
-    compare = property(lambda self: self.controls.compare)
-    save_png = property(lambda self: self.controls.save_png)
-    status = property(lambda self: self.controls.status)
-    progress = property(lambda self: self.controls.progress)
-    plot = property(lambda self: self.histogram.plot)
-    curve = property(lambda self: self.histogram.curve)
-    overlay = property(lambda self: self.histogram.overlay)
-    readout = property(lambda self: self.histogram.readout)
 
     def __init__(self, checkpoint, parent=None):
         super().__init__(parent)
@@ -267,23 +239,23 @@ class TensorView(QWidget):
         self.prepare_plot()
         # showing and drawing wait for the next turn of the event loop: building the plot,
         # painting it and drawing into it in one step held the window for 40-60 ms
-        if self.plot is not None:
-            self.plot.setVisible(False)
+        if self.histogram.plot is not None:
+            self.histogram.plot.setVisible(False)
         QTimer.singleShot(1, self, self._draw_pending)
 
     def _draw_pending(self):
-        if self.plot is not None:
-            self.plot.setVisible(True)
+        if self.histogram.plot is not None:
+            self.histogram.plot.setVisible(True)
         self.heatmap.show_pending()
-        if self.stats is not None:
-            self._draw(self.stats, self.stats.sampled)
+        if self.controller.stats is not None:
+            self._draw(self.controller.stats, self.controller.stats.sampled)
 
     def _draw(self, stats, preview: bool):
         if not plotting_or_wait(self):
             return
         self.histogram.show_stats(stats)
-        if self.node is not None:
-            (self.preview_ready if preview else self.view_ready).emit(self.node.key)
+        if self.controller.node is not None:
+            (self.preview_ready if preview else self.view_ready).emit(self.controller.node.key)
 
     def export_png(self, path: str | None = None):
         return self.histogram.export_png(path)
@@ -307,7 +279,7 @@ class TensorView(QWidget):
         self._page_changed(self.pages.currentIndex())
 
     def recompute(self, *_):
-        if self.node is None:
+        if self.controller.node is None:
             return
         self.histogram.clear_overlay()
         self.controls.status.setText("computing...")
@@ -324,19 +296,19 @@ class TensorView(QWidget):
         self.values.cancel()
 
     def _page_changed(self, index):
-        if self.node is None:
+        if self.controller.node is None:
             return
         page = self.pages.widget(index)
-        if page is self.heatmap and self.heatmap.tensor is not self.node.tensor:
-            self.heatmap.show_tensor(self.node.tensor)
-        elif page is self.values and self.values.tensor is not self.node.tensor:
-            self.values.show_tensor(self.node.tensor)
+        if page is self.heatmap and self.heatmap.tensor is not self.controller.node.tensor:
+            self.heatmap.show_tensor(self.controller.node.tensor)
+        elif page is self.values and self.values.tensor is not self.controller.node.tensor:
+            self.values.show_tensor(self.controller.node.tensor)
 
     # --- overlay of the same key in another open file ----------------------------------------
     def _fill_compare(self):
         choices = []
         for label, checkpoint in self.peers():
-            other = checkpoint.find(self.node.key)
+            other = checkpoint.find(self.controller.node.key)
             if other is not None and other.tensor is not None and other.tensor.numel:
                 choices.append((label, other.tensor))
         self.controls.fill_compare(choices)
@@ -364,7 +336,9 @@ class TensorView(QWidget):
     def _failed(self, message):
         self.controls.status.setText(f"cannot read values: {message}")
         self.controls.progress.hide()
-        self.view_failed.emit(self.node.key if self.node is not None else "", message)
+        self.view_failed.emit(
+            self.controller.node.key if self.controller.node is not None else "", message
+        )
 
     def _show(self, stats, preview: bool):
         self.controls.set_enabled(True)

@@ -4,13 +4,14 @@ on a flat row index (built in the worker thread) so that 50,000 keys stay fast."
 from __future__ import annotations
 
 import html
-import re
+from operator import attrgetter
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.model import Node, format_bytes
+from ckpt_viewer.core.listing.optim import STATE_OF
 from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.rows import (  # noqa: F401
     MAX_GROUP_DEPTH,
@@ -110,6 +111,8 @@ class KeyTreeModel(QAbstractItemModel):
         self._italic = QFont()
         self._italic.setItalic(True)
         self._muted = QBrush(MUTED)
+        self.file_order = False  # keys in listing order (h.2 before h.10), not the file's
+        self.sorted_by: tuple = ("listed", False)  # as core.rows built it
 
     @property
     def lowered(self) -> list:
@@ -270,6 +273,8 @@ class KeyTreeModel(QAbstractItemModel):
         node = row.node
         if column == KEY:
             name = shown_name(row.name)
+            if node.note.startswith(STATE_OF) and row.parent.name == "state":
+                return f"{name} \u2014 {shown_name(node.note[len(STATE_OF) :])}"  # 49 — h.3.w
             if node.kind in ("scalar", "opaque"):
                 value = value_text(node)
                 return f"{name} = {value}" if value else name
@@ -318,28 +323,38 @@ class KeyTreeModel(QAbstractItemModel):
         return filtered.matches
 
     def sort(self, column, order=Qt.AscendingOrder):
+        """Sort every level by a column; the Key column (and column -1, no header sort) is
+        listing order (core.text.listing_order: natural where the file sorted keys as text),
+        or the file's order while file_order is on. Keys are precomputed
+        (core.rows): sorting 50,000 rows stays within a frame."""
+        place = attrgetter("order" if self.file_order else "listed")
         key_funcs = {
-            KEY: lambda r: _natural(r.name),
+            -1: place,
+            KEY: place,
             TYPE: lambda r: type_text(r.node),
             SHAPE: lambda r: r.node.tensor.shape if r.node.tensor is not None else (),
             DTYPE: lambda r: r.node.tensor.dtype if r.node.tensor is not None else "",
-            PARAMS: lambda r: r.params,
-            SIZE: lambda r: r.nbytes,
+            PARAMS: attrgetter("params"),
+            SIZE: attrgetter("nbytes"),
             DEVICE: lambda r: r.node.tensor.device if r.node.tensor is not None else "",
         }
         key = key_funcs.get(column)
-        if key is None:
+        reverse = order == Qt.DescendingOrder
+        placed = "file" if self.file_order else "listed"
+        state = (placed if column in (-1, KEY) else column, reverse)
+        if key is None or state == self.sorted_by:  # core.rows built it in listing order
             return
+        self.sorted_by = state
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
         old_rows = [self.row_of(i) for i in old]
-        reverse = order == Qt.DescendingOrder
-        for row in self.rows:
-            if len(row.children) > 1:
-                try:
-                    row.children.sort(key=key, reverse=reverse)
-                except TypeError:
-                    row.children.sort(key=lambda r: str(key(r)), reverse=reverse)
+        if self.index_rows.sortable is None:  # an index made without them
+            self.index_rows.sortable = [row for row in self.rows if len(row.children) > 1]
+        for row in self.index_rows.sortable:
+            try:
+                row.children.sort(key=key, reverse=reverse)
+            except TypeError:
+                row.children.sort(key=lambda r: str(key(r)), reverse=reverse)
         self.generation += 1
         for row in old_rows:
             self.shown(row.parent)
@@ -347,6 +362,21 @@ class KeyTreeModel(QAbstractItemModel):
             old, [self.createIndex(r.pos, i.column(), r) for r, i in zip(old_rows, old)]
         )
         self.layoutChanged.emit()
+
+    def is_match(self, row: Row) -> bool:
+        """Whether the filter matched row's key or one above it (every row: no filter)."""
+        return self._inside is None or bool(self._inside[row.index])
+
+    def ancestor_of_match(self, row: Row) -> bool:
+        """A row the filter shows only for what matched below it."""
+        return (
+            self._visible is not None and bool(self._visible[row.index]) and not self.is_match(row)
+        )
+
+    def set_file_order(self, on: bool) -> None:
+        """Key order as the file stores it (on) or listing order (off); a column sort ends."""
+        self.file_order = on
+        self.sort(-1)
 
     def index_of_key(self, key: str) -> QModelIndex:
         try:
@@ -366,14 +396,6 @@ class KeyTreeModel(QAbstractItemModel):
         for ancestor in reversed(ancestors):  # numbers each level's shown rows
             self.shown(ancestor)
         return self.createIndex(row.pos, 0, row)
-
-
-def _natural(text: str):
-    return [
-        (0, int(part), "") if part.isdigit() else (1, 0, part.lower())
-        for part in re.split(r"(\d+)", text)
-        if part
-    ]
 
 
 def load_for_view(path: str):

@@ -1,146 +1,202 @@
-"""Run core work off the GUI thread (superqt workers): progress, cooperative cancel, errors.
+"""Run core work off the GUI thread: progress, cooperative cancel, errors, stale results.
 
-Every job a widget starts belongs to that widget's Controller: a new job in the same slot
-supersedes (quits) the old one, the widget's end quits all of them, and a callback never
-reaches a widget that is gone or a job that was cancelled. `worker.quit()` on a generator job
-makes it stop at its next yield and close there, on its own thread (superqt would leave it
-suspended, to be finalized later on another thread, where a `with np.errstate()` inside it
-fails); a plain function runs to its end and its result is dropped.
+Every job belongs to a Controller, the one place a pane's work starts: a new job in a slot
+supersedes (cancels) the slot's old one, the owner's end cancels all of them, and a callback
+never reaches an owner that is gone or a job that was superseded. A generator job reports
+progress by yielding; cancelling it stops it at its next yield and closes it there, on its own
+thread. A plain function runs to its end and its result is dropped.
+
+Synchronous mode (`CKPT_VIEWER_SYNCHRONOUS=1`, or `with workers.synchronous():` in tests) runs
+each job inline, on the calling thread, callbacks included, and starts debounced jobs at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import shiboken6
-from PySide6.QtCore import QObject, QThreadPool
-from superqt.utils import WorkerBase, create_worker
+from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal
 
 from ckpt_viewer.core import describe_error
 
+_mode = {"synchronous": os.environ.get("CKPT_VIEWER_SYNCHRONOUS") == "1"}
+_live: set[Job] = set()  # jobs started and not yet finished (exit cancels them)
 
-def _create(func, args) -> WorkerBase:
-    if not inspect.isgeneratorfunction(func):
-        return create_worker(func, *args, _start_thread=False, _ignore_errors=True)
-    stop = threading.Event()
-    abort = []  # superqt's own quit, once the worker exists
 
-    def run(*values):
-        with contextlib.closing(func(*values)) as generator:
+@contextlib.contextmanager
+def synchronous(on: bool = True) -> Iterator[None]:
+    """Run every job inline while inside (tests: no waiting for threads)."""
+    before, _mode["synchronous"] = _mode["synchronous"], on
+    try:
+        yield
+    finally:
+        _mode["synchronous"] = before
+
+
+def is_synchronous() -> bool:
+    return _mode["synchronous"]
+
+
+class Job(QObject):
+    """One call of func(*args) on the thread pool; signals arrive on the GUI thread."""
+
+    progressed = Signal(object)  # what a generator yielded
+    returned = Signal(object)
+    errored = Signal(str)  # one line (describe_error)
+    finished = Signal()  # always last, cancelled or not
+
+    def __init__(self, func: Callable, args: tuple):
+        super().__init__()
+        self.func, self.args = func, args
+        self.stop = threading.Event()
+        self.label = ""
+
+    def cancel(self) -> None:
+        """Stop at the next yield (a generator); the result, if any, is not delivered."""
+        self.stop.set()
+
+    def launch(self) -> None:
+        _live.add(self)
+        self.finished.connect(lambda: _live.discard(self))  # last: kept alive until delivered
+        if _mode["synchronous"]:
+            self.run()
+        else:
+            QThreadPool.globalInstance().start(self.run)
+
+    def run(self) -> None:
+        try:
+            result = self._call()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+            if not self.stop.is_set():
+                self.errored.emit(describe_error(exc))
+        else:
+            if not self.stop.is_set():
+                self.returned.emit(result)
+        self.finished.emit()
+
+    def _call(self) -> Any:
+        if not inspect.isgeneratorfunction(self.func):
+            return self.func(*self.args)
+        with contextlib.closing(self.func(*self.args)) as generator:
             try:
-                value = next(generator)
-                while True:
-                    yield value
-                    if stop.is_set():
-                        break
-                    value = next(generator)
+                while not self.stop.is_set():
+                    self.progressed.emit(next(generator))
             except StopIteration as end:
                 return end.value
-        abort[0]()  # closed here; now superqt drops the (absent) result
         return None
-
-    worker = create_worker(run, *args, _start_thread=False, _ignore_errors=True)
-    abort.append(worker.quit)
-    worker.quit = stop.set  # what Cancel, a controller and await_workers call
-    return worker
-
-
-def start(func, *args, on_result=None, on_error=None, on_progress=None, on_finished=None):
-    """Start func(*args) in a worker thread; a generator func reports progress by yielding.
-
-    The callbacks run on the GUI thread. Returns the worker; `worker.quit()` asks a generator to
-    stop at its next yield (a plain function's result is then simply dropped by the caller).
-    Widgets should prefer a Controller, which also guards against late callbacks.
-    """
-    worker = _create(func, args)
-    if on_result is not None:
-        worker.returned.connect(on_result)
-    if on_error is not None:
-        worker.errored.connect(lambda exc: on_error(describe_error(exc)))
-    if on_progress is not None and hasattr(worker, "yielded"):
-        worker.yielded.connect(on_progress)
-    if on_finished is not None:
-        worker.finished.connect(on_finished)
-    worker.start()
-    return worker
-
-
-def _quit_all(running: dict):
-    for worker in list(running.values()):
-        worker.quit()
-    running.clear()
 
 
 class Controller(QObject):
-    """The workers of one owner widget, one per slot ("load", "compare", "overlay", ...)."""
+    """The jobs of one owner, one per slot ("load", "compare", "overlay", ...)."""
 
     def __init__(self, owner: QObject):
         super().__init__(owner)
-        self.running: dict[str, WorkerBase] = {}
+        self.running: dict[str, Job] = {}
+        self.timers: dict[str, QTimer] = {}  # start_later's wait, per slot
+        self.waiting: dict[str, tuple] = {}  # what each wait starts
         running = self.running  # not self: the wrapper is going away
-        self.destroyed.connect(lambda *_: _quit_all(running))
+        self.destroyed.connect(lambda *_: _cancel_all(running))
 
     def start(
         self,
         slot: str,
-        func,
-        *args,
-        on_result=None,
-        on_error=None,
-        on_progress=None,
-        on_finished=None,
-    ) -> WorkerBase:
-        """Quit the slot's previous job and start this one; callbacks only while it is current."""
+        func: Callable,
+        *args: Any,
+        on_result: Callable | None = None,
+        on_error: Callable[[str], Any] | None = None,
+        on_progress: Callable | None = None,
+        on_finished: Callable[[], Any] | None = None,
+        label: str = "",
+    ) -> Job:
+        """Cancel the slot's previous job and start this one; callbacks only while it is
+        current (not superseded, not cancelled, owner alive). The job leaves `running` as its
+        result or error arrives, before its callback runs. `label` says what it does (the
+        window's status bar lists the labelled jobs)."""
         self.cancel(slot)
-        worker = _create(func, args)
-        self.running[slot] = worker
+        job = Job(func, args)
+        job.label = label
+        self.running[slot] = job
 
         def current() -> bool:
-            return shiboken6.isValid(self) and self.running.get(slot) is worker
+            return shiboken6.isValid(self) and self.running.get(slot) is job
 
-        def live(callback):
-            def deliver(*values):
-                if current():
+        def live(callback: Callable | None, last: bool = False) -> Callable:
+            def deliver(*values: Any) -> None:
+                if not current():
+                    return
+                if last:
+                    del self.running[slot]
+                if callback is not None:
                     callback(*values)
+                if last and on_finished is not None:
+                    on_finished()
 
             return deliver
 
-        def ended():
-            if current():
-                del self.running[slot]
-                if on_finished is not None:
-                    on_finished()
+        job.returned.connect(live(on_result, last=True))
+        job.errored.connect(live(on_error, last=True))
+        if on_progress is not None:
+            job.progressed.connect(live(on_progress))
+        job.finished.connect(live(None, last=True))  # ended with neither (a stopped generator)
+        job.launch()
+        return job
 
-        if on_result is not None:
-            worker.returned.connect(live(on_result))
-        if on_error is not None:
-            worker.errored.connect(live(lambda exc: on_error(describe_error(exc))))
-        if on_progress is not None and hasattr(worker, "yielded"):
-            worker.yielded.connect(live(on_progress))
-        worker.finished.connect(ended)
-        worker.start()
-        return worker
+    def labels(self) -> dict[str, str]:
+        """slot -> label of the labelled jobs running now, oldest first."""
+        return {slot: job.label for slot, job in self.running.items() if job.label}
 
-    def cancel(self, slot: str | None = None):
-        """Ask the slot's job (every job when None) to stop; its callbacks are dropped."""
-        if slot is None:
-            _quit_all(self.running)
+    def start_later(self, slot: str, delay_ms: int, func: Callable, *args: Any, **callbacks: Any):
+        """start() once `delay_ms` pass without another request for the slot (typing): each
+        request cancels the slot's job and restarts the wait."""
+        self.cancel(slot)
+        if _mode["synchronous"]:
+            self.start(slot, func, *args, **callbacks)
             return
-        worker = self.running.pop(slot, None)
-        if worker is not None:
-            worker.quit()
+        timer = self.timers.get(slot)
+        if timer is None:
+            timer = self.timers[slot] = QTimer(self)
+            timer.setSingleShot(True)
+            timer.timeout.connect(
+                lambda: self.start(slot, *self.waiting[slot][0], **self.waiting[slot][1])
+            )
+        self.waiting[slot] = ((func, *args), callbacks)
+        timer.start(delay_ms)
+
+    def cancel(self, slot: str | None = None) -> None:
+        """Stop the slot's job (every job when None), and a start still waiting; their
+        callbacks are dropped."""
+        for name in list(self.timers) if slot is None else [slot]:
+            timer = self.timers.get(name)
+            if timer is not None:
+                timer.stop()
+        if slot is None:
+            _cancel_all(self.running)
+            return
+        job = self.running.pop(slot, None)
+        if job is not None:
+            job.cancel()
 
     def busy(self, slot: str | None = None) -> bool:
-        return bool(self.running) if slot is None else slot in self.running
+        if slot is None:
+            return bool(self.running) or any(t.isActive() for t in self.timers.values())
+        timer = self.timers.get(slot)
+        return slot in self.running or (timer is not None and timer.isActive())
+
+
+def _cancel_all(running: dict) -> None:
+    for job in list(running.values()):
+        job.cancel()
+    running.clear()
 
 
 def await_workers(timeout_ms: int = 5000) -> bool:
-    """Ask every worker still running to quit and wait for the threads (exit): True when all
-    ended in time."""
-    try:
-        WorkerBase.await_workers(timeout_ms)
-    except RuntimeError:
-        return False
-    return QThreadPool.globalInstance().activeThreadCount() == 0
+    """Cancel every job still running and wait for the threads (exit): True when all ended
+    in time."""
+    for job in list(_live):
+        job.cancel()
+    return QThreadPool.globalInstance().waitForDone(timeout_ms)

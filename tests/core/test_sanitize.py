@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import datetime
 import enum
+import errno
 import inspect
 import io
 import os
@@ -283,6 +284,35 @@ def test_never_overwrites_and_leaves_nothing_on_failure(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.pt", "s.pt"] and dst.read_bytes() == b"keep me"
     assert cli("sanitize", src, "-o", str(dst), "--force").returncode == 0
     assert torch.load(dst, weights_only=True)["args"] == {"a": 1}
+
+
+def test_sanitize_writes_through_the_export_writer(tmp_path, monkeypatch):
+    """One torch-archive writer: stored bytes are copied file to file by the kernel, as
+    export copies them, and a disk that fills up leaves nothing behind, as in export."""
+    torch.manual_seed(0)
+    base = torch.randn(300, 200)
+    state = {"w": base, "t": base.t(), "half": torch.randn(1000).half(), "args": Settings()}
+    src = builders.save(state, tmp_path / "s.pt")
+    calls = []
+    real = getattr(os, "copy_file_range", None)
+    if real is None:
+        pytest.skip("no os.copy_file_range here")
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: calls.append(a) or real(*a))
+    dst = tmp_path / "clean.pt"
+    run(sanitize(open_checkpoint(src), str(dst)))
+    assert calls
+    clean = torch.load(dst, weights_only=True)
+    assert_same_tensors(clean, {k: v for k, v in state.items() if k != "args"})
+    with zipfile.ZipFile(dst) as zf:
+        assert zf.testzip() is None
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CheckpointError, match="disk is full"):
+        run(sanitize(open_checkpoint(src), str(dst), force=True))
+    assert sorted(os.listdir(tmp_path)) == ["clean.pt", "s.pt"]
 
 
 def test_pickle_writer_round_trips_plain_values():

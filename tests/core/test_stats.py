@@ -357,7 +357,7 @@ def test_truncated_after_open_is_a_clear_error(tmp_path):
     tensor = open_checkpoint(path).find("t").tensor
     with open(path, "r+b") as f:
         f.truncate(400)
-    with pytest.raises(CheckpointError, match="changed or truncated"):
+    with pytest.raises(CheckpointError, match="changed since it was opened; reopen it"):
         run(compute(tensor))
 
 
@@ -522,3 +522,60 @@ def test_stats_finds_a_key_that_is_also_a_prefix(tmp_path):
     assert figures["numel"] == expected.numel() == 32
     assert (figures["min"], figures["max"]) == (expected.min().item(), expected.max().item())
     assert open_checkpoint(str(path)).find("fc.weight.quant_state").kind == "dict"
+
+
+def test_find_indexes_the_keys_once(tmp_path, monkeypatch):
+    """`find` answers from a key index built at its first call (a selection in the GUI asks
+    once per open file): the same node a walk of the tree finds, the tensor first where a
+    group shares its key."""
+    from safetensors.torch import save_file
+
+    from ckpt_viewer.core.listing import model
+
+    state = {
+        "fc.weight.absmax": torch.rand(4),
+        "fc.weight.quant_state.bitsandbytes__nf4": torch.arange(30, dtype=torch.uint8),
+        "fc.weight": torch.randint(0, 256, (32, 1), dtype=torch.uint8),
+        "fc.bias": torch.randn(8),
+    }
+    path = tmp_path / "bnb.safetensors"
+    save_file(state, path)
+    checkpoint = open_checkpoint(str(path))
+    nodes = list(model.iter_nodes(checkpoint.root))
+    assert checkpoint.find("fc.bias").tensor.shape == (8,)
+    monkeypatch.setattr(model, "iter_nodes", None)  # a second walk would fail here
+    for node in nodes:
+        same = [n for n in nodes if n.key == node.key]
+        tensors = [n for n in same if n.kind == "tensor"]
+        assert checkpoint.find(node.key) is (tensors or same)[0]
+    assert checkpoint.find("fc.weight").kind == "tensor"
+    assert checkpoint.find("no.such.key") is None
+
+
+def test_threads_change_no_figure(tmp_path, monkeypatch):
+    """Chunks are computed on several threads and merged in chunk order: with one, two or
+    three threads every figure is the same to the last bit, and the quantiles are torch's."""
+    torch.manual_seed(0)
+    x = torch.randn(60_000)
+    x[::997] = float("nan")
+    x[5::1999] = float("inf")
+    state = {
+        "mixed": x,
+        "half": torch.randn(50_000).half(),
+        "ints": torch.randint(-40, 40, (50_000,)),
+        "near_one": 1 + 1e-4 * torch.randn(50_000),
+    }
+    path = builders.save(state, tmp_path / "t.pt")
+    checkpoint = open_checkpoint(path)
+    results = {}
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(stats_module, "WORKERS", workers)
+        results[workers] = {
+            key: run(compute(checkpoint.find(key).tensor, chunk=4096)).to_json() for key in state
+        }
+    assert json.dumps(results[1]) == json.dumps(results[2]) == json.dumps(results[3])
+    for key, value in state.items():
+        finite = value[torch.isfinite(value)].double()
+        for q, got in results[2][key]["quantiles"].items():
+            rank = max(math.ceil(float(q) * finite.numel()), 1) - 1
+            assert got == finite.sort().values[rank].item(), (key, q)

@@ -15,8 +15,15 @@
 
 - the longest stall while Tools > Health checks the 16 GB file, and the time to its report.
 
+- `flows` (issue #23, budget one frame, 16 ms): the worst GUI stall in each interactive flow over
+  the 50,000-key file, printed as a table: selecting a tensor with two other files open (three
+  with the 16 GB file, opened too where it exists), a Compare row click, a keystroke in the
+  export preview with a root and two globs, a header click that sorts, Expand All (and Collapse
+  All), and typing in the filter. The twin and the nested copy it needs are written to a
+  temporary folder under --out (or --data).
+
 `--only export,verify,compare` runs just those parts (names: window, load, layers, health,
-export, verify, compare, keys; layers and health need load); `--out DIR` puts the exported
+export, verify, compare, keys, flows; layers and health need load); `--out DIR` puts the exported
 file there instead of beside the data.
 """
 
@@ -66,7 +73,9 @@ def first_window():
 
 
 class Heartbeat:
-    """Longest gap between 5 ms timer ticks: how long the GUI thread was not answering."""
+    """Longest gap between 5 ms timer ticks: how long the GUI thread was not answering, and
+    the CPU time the GUI thread itself spent in that gap (the rest went to waiting: for the
+    GIL, or for a core on a busy machine)."""
 
     def __init__(self):
         from PySide6.QtCore import QTimer
@@ -74,17 +83,19 @@ class Heartbeat:
         self.timer = QTimer()
         self.timer.setInterval(5)
         self.timer.timeout.connect(self.tick)
-        self.last = None
-        self.worst = 0.0
+        self.last = self.last_cpu = 0.0
+        self.worst = self.worst_cpu = 0.0
 
     def tick(self):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.worst = max(self.worst, now - self.last - 0.005)
-        self.last = now
+        now, cpu = time.perf_counter(), time.thread_time()
+        if now - self.last - 0.005 > self.worst:
+            self.worst, self.worst_cpu = now - self.last - 0.005, cpu - self.last_cpu
+        self.last, self.last_cpu = now, cpu
 
     def start(self):
-        self.last, self.worst = None, 0.0
+        # from now: work done before the first tick is a stall too
+        self.last, self.last_cpu = time.perf_counter(), time.thread_time()
+        self.worst = self.worst_cpu = 0.0
         self.timer.start()
 
     def stop(self):
@@ -147,7 +158,9 @@ def settle(app, seconds=0.2):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="perf-data")
-    parser.add_argument("--only", default="window,load,layers,health,export,verify,compare,keys")
+    parser.add_argument(
+        "--only", default="window,load,layers,health,export,verify,compare,keys,flows"
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument(
         "--no-export",
@@ -340,6 +353,158 @@ def main():
             f"{1000 * load_stall:.1f} ms until then, {1000 * after_stall:.1f} ms in the 0.5 s "
             f"after (budget 50 ms)"
         )
+
+    path = os.path.abspath(os.path.join(args.data, "keys-50k.pt"))
+    if "flows" in parts and os.path.exists(path):
+        flows(app, window, beat, path, args.out or args.data)
+
+
+def stall_of(app, beat, action, done=lambda: True, repeat=1):
+    """The worst GUI stall over `repeat` runs of action(i), each until done() and a settle."""
+    worst = (0.0, 0.0)
+    for i in range(repeat):
+        beat.start()
+        action(i)
+        wait_for(app, done)
+        settle(app)
+        worst = max(worst, (beat.stop(), beat.worst_cpu))
+    return worst
+
+
+def flows(app, window, beat, path, out):
+    """One row per interactive flow over the 50,000-key file: its worst GUI-thread stall."""
+    import shutil
+    import tempfile
+
+    import torch
+    from PySide6.QtCore import Qt
+
+    from ckpt_viewer.qt.export_dialog import ExportDialog
+
+    folder = tempfile.mkdtemp(prefix="bench-gui-flows-", dir=out)
+    try:
+        twin = os.path.join(folder, "keys-50k-twin.pt")
+        shutil.copyfile(path, twin)
+        nested = os.path.join(folder, "keys-50k-nested.pt")
+        torch.save({"model": torch.load(path, weights_only=True)}, nested)
+        rows = []
+        tabs = {}
+        big = os.path.join(os.path.dirname(path), "train-16g.pt")  # open too, where present
+        others = [nested, twin] + ([big] if os.path.exists(big) else [])
+        for name in (*others, path):
+            if window._tab_of_path(name) is None:
+                open_and_wait(app, window, name)
+            tabs[name] = window._tab_of_path(name)
+        tab = tabs[path]
+        window.tabs.setCurrentWidget(tab)
+        ready = []
+        tab.tensor_view.view_ready.connect(ready.append)
+        keys = [f"layers.{i * 499}.sub{i % 10}.weight" for i in range(1, 7)]
+        first = stall_of(app, beat, lambda i: tab.select_key(keys[0]), lambda: bool(ready))
+        rows.append(("select: the first tensor (builds the plot, once a window)", first))
+
+        def select(i):
+            ready.clear()
+            tab.select_key(keys[i + 1])
+
+        rows.append(
+            (
+                f"select a tensor ({len(others)} other files open)",
+                stall_of(app, beat, select, lambda: bool(ready), repeat=5),
+            )
+        )
+
+        compared = []
+        window.compared.connect(lambda *args: compared.append(args))
+        window.compare_paths(path, twin)
+        wait_for(app, lambda: compared)
+        settle(app)
+        view = window.tabs.currentWidget()
+        proxy = view.table.model()
+        drawn = []
+        view.overlay_ready.connect(drawn.append)
+
+        def click(i):
+            drawn.clear()
+            view.table.setCurrentIndex(proxy.index(1000 * i + 5, 0))
+
+        click(0)  # the first click builds the three plots: not a repeated cost
+        wait_for(app, lambda: bool(drawn))
+        settle(app)
+
+        rows.append(
+            (
+                "Compare: click a row",
+                stall_of(app, beat, lambda i: click(i + 1), lambda: bool(drawn), 5),
+            )
+        )
+
+        window.tabs.setCurrentWidget(tabs[nested])
+        dialog = ExportDialog(tabs[nested].checkpoint, [], window)
+        dialog.show()
+        planned = []
+        dialog.planned.connect(lambda: planned.append(dialog.include.text()))
+        dialog.root.setText("model")
+        dialog.exclude.setText("*sub3*")
+        wait_for(app, lambda: planned and not dialog.jobs.busy())
+        settle(app)
+        typed = "*.weight layers.1*"
+        typing_into(app, dialog.include, typed, beat)
+        wait_for(app, lambda: typed in planned and not dialog.jobs.busy())
+        settle(app)
+        rows.append(
+            ("export preview: typing a glob (root + 2 globs)", (beat.stop(), beat.worst_cpu))
+        )
+        dialog.close()
+
+        window.tabs.setCurrentWidget(tab)
+        header = tab.tree.header()
+
+        def sort(i):
+            column = (0, 0, 2)[i]
+            order = (Qt.DescendingOrder, Qt.AscendingOrder, Qt.DescendingOrder)[i]
+            header.setSortIndicator(column, order)  # what a click on the header does
+
+        expand = window.findChild(object, "actionExpandAll")
+        collapse = window.findChild(object, "actionCollapseAll")
+        rows.append(("View > Expand All", stall_of(app, beat, lambda i: expand.trigger())))
+        rows.append(("sort: header click (all expanded)", stall_of(app, beat, sort, repeat=3)))
+        header.setSortIndicator(0, Qt.AscendingOrder)
+        settle(app)
+        rows.append(("View > Collapse All", stall_of(app, beat, lambda i: collapse.trigger())))
+
+        _, _, stall = typing(app, tab, "layers.12*.sub3", beat)
+        rows.append(("filter: typing (and its apply)", (stall, beat.worst_cpu)))
+        cleared = []
+        tab.filter_applied.connect(cleared.append)
+        rows.append(
+            (
+                "filter: clearing",
+                stall_of(app, beat, lambda i: tab.filter.setText(""), lambda: bool(cleared)),
+            )
+        )
+
+        print("\n| flow (keys-50k.pt) | worst GUI stall | GUI-thread CPU in it | budget |")
+        print("|---|---:|---:|---:|")
+        for name, (worst, cpu) in rows:
+            print(f"| {name} | {1000 * worst:.1f} ms | {1000 * cpu:.1f} ms | 16 ms |")
+        print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def typing_into(app, edit, text, beat, interval=0.08):
+    """Keys into `edit` every `interval` s; the heartbeat keeps running (the caller stops it
+    once what the last key started has arrived)."""
+    beat.start()
+    start = time.perf_counter()
+    for i in range(1, len(text) + 1):
+        due = start + interval * (i - 1)
+        while time.perf_counter() < due:
+            app.processEvents()
+            time.sleep(0.001)
+        edit.setText(text[:i])
+        edit.repaint()
 
 
 if __name__ == "__main__":

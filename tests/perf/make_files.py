@@ -1,6 +1,6 @@
 """Build the benchmark files README.md's Test section names (run by hand; they are large).
 
-    python tests/perf/make_files.py [--out perf-data] [--only 16g,2g6,legacy,50k,stats]
+    python tests/perf/make_files.py [--out perf-data] [--only 16g,2g6,changed,legacy,50k,stats]
 
 GPT-like fp32 state_dict (vocab 32000; hidden 2048 and 24 blocks for the 16 GB file, hidden
 1024 and 12 blocks for the 2.6 GB ones; each block qkv/proj/mlp(4x)/2 layernorms plus a
@@ -27,6 +27,10 @@ class ScratchTensors:
     def __init__(self):
         self.folder = tempfile.mkdtemp(prefix="ckpt-scratch-", dir=os.environ.get("SCRATCH"))
         self.count = 0
+
+    def ones(self, *shape, dtype=torch.float32):
+        """Like zeros, filled with 1 (the scratch file then takes its full size on disk)."""
+        return self.zeros(*shape, dtype=dtype).fill_(1)
 
     def zeros(self, *shape, dtype=torch.float32):
         numel = 1
@@ -129,6 +133,11 @@ def main():
             timed_save(
                 training_checkpoint(scratch.zeros, 32000, 1024, 12),
                 os.path.join(args.out, "train-2g6.pt"),
+            )
+        if "changed" in wanted:  # train-2g6.pt with every float tensor 1: diff's worst case
+            timed_save(
+                training_checkpoint(scratch.ones, 32000, 1024, 12),
+                os.path.join(args.out, "train-2g6-changed.pt"),
             )
         if "legacy" in wanted:
             timed_save(

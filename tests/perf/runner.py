@@ -1,4 +1,8 @@
-"""Time a command in a fresh process and read its peak RSS (shared by the benchmarks)."""
+"""Time a command in fresh processes and read its peak RSS (shared by the benchmarks).
+
+Each row of a table sets ours against the *limit* of the machine for the same work (reading
+the bytes, copying them with dd, cat), measured in the same run: min / median / max of the
+runs on both sides, and the ratio of the medians against the row's goal."""
 
 from __future__ import annotations
 
@@ -7,13 +11,43 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 
-def measure(argv, repeat=3, ok_codes=(0,), warmup=False):
-    """(median wall seconds, max peak RSS in MB) over `repeat` fresh processes; `warmup` runs it
-    once untimed first (the files it reads are then in the page cache for both sides)."""
-    walls, peaks = [], []
+class Timing(NamedTuple):
+    wall: float  # the median
+    rss: float  # peak RSS over the runs, MB
+    walls: tuple = ()
+    cpu: float = 0.0  # median user + system CPU seconds: telling on a busy machine
+
+    def spread(self) -> str:
+        return f"{min(self.walls):.3f}/{self.wall:.3f}/{max(self.walls):.3f}"
+
+
+def evict(path: str) -> None:
+    """Drop a file's pages from the page cache (no root needed): the next read is cold."""
+    paths = [path]
+    if os.path.isdir(path):
+        paths = [os.path.join(path, name) for name in os.listdir(path)]
+    for name in paths:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fdatasync(fd) if os.access(name, os.W_OK) else None
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def measure(argv, repeat=3, ok_codes=(0,), warmup=False, cold=(), before=None) -> Timing:
+    """Timing over `repeat` fresh processes; `warmup` runs it once untimed first (the files it
+    reads are then in the page cache for both sides); `cold` files are evicted from the page
+    cache before each run; `before` is called before each run (not timed)."""
+    walls, peaks, cpus = [], [], []
     for run in range(repeat + warmup):
+        for path in cold:
+            evict(path)
+        if before is not None:
+            before()
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -22,27 +56,51 @@ def measure(argv, repeat=3, ok_codes=(0,), warmup=False):
         if run >= warmup:
             walls.append(time.perf_counter() - start)
             peaks.append(usage.ru_maxrss / 1024)
-    return statistics.median(walls), max(peaks)
+            cpus.append(usage.ru_utime + usage.ru_stime)
+    return Timing(statistics.median(walls), max(peaks), tuple(walls), statistics.median(cpus))
 
 
 def python(code):
     return [sys.executable, "-c", code]
 
 
+def dd_copy(source: str, target: str, nbytes: int) -> list[str]:
+    """The limit of a durable copy: `dd` of `nbytes` bytes in 16 MB blocks, then fsync."""
+    return [
+        "dd",
+        f"if={source}",
+        f"of={target}",
+        "bs=16M",
+        f"count={nbytes}",
+        "iflag=count_bytes",
+        "conv=fsync",
+        "status=none",
+    ]
+
+
+def cat(*paths: str) -> list[str]:
+    return ["sh", "-c", 'cat "$@" > /dev/null', "cat", *paths]
+
+
 def print_table(rows):
-    """rows: (what, ours (s, MB), baseline (s, MB), time budget, rss budget)."""
+    """rows: (what, ours Timing, baseline Timing, baseline name, time goal, rss goal); goals
+    are the largest ratio ours/baseline that meets them (None: none)."""
     head = (
-        f"{'what':<44} {'ours s':>8} {'base s':>8} {'ratio':>6} {'budget':>6}   "
-        f"{'ours MB':>8} {'base MB':>8} {'ratio':>6} {'budget':>6}"
+        f"{'what':<40} {'ours s min/med/max':>20} {'limit':<22} {'limit s min/med/max':>20} "
+        f"{'ratio':>6} {'goal':>5}    {'cpu':>6} {'cpu':>6}  {'ours MB':>8} {'base MB':>8} {'ratio':>6} {'goal':>5}"
     )
     print(head)
     print("-" * len(head))
-    for what, ours, base, time_budget, rss_budget in rows:
-        t_ratio, m_ratio = ours[0] / base[0], ours[1] / base[1]
-        mark = lambda r, b: "ok" if b is None or r <= b else "OVER"  # noqa: E731
+    for what, ours, base, name, time_goal, rss_goal in rows:
+        t_ratio, m_ratio = ours.wall / base.wall, ours.rss / base.rss
+
+        def mark(ratio, goal):
+            return "" if goal is None else ("ok" if ratio <= goal else "OVER")
+
         print(
-            f"{what:<44} {ours[0]:>8.3f} {base[0]:>8.3f} {t_ratio:>6.3f} "
-            f"{'' if time_budget is None else time_budget:>6} {mark(t_ratio, time_budget):<3}"
-            f"{ours[1]:>8.0f} {base[1]:>8.0f} {m_ratio:>6.3f} "
-            f"{'' if rss_budget is None else rss_budget:>6} {mark(m_ratio, rss_budget)}"
+            f"{what:<40} {ours.spread():>20} {name:<22} {base.spread():>20} {t_ratio:>6.3f} "
+            f"{'' if time_goal is None else time_goal:>5} {mark(t_ratio, time_goal):<4}"
+            f"{ours.cpu:>6.2f} {base.cpu:>6.2f}  "
+            f"{ours.rss:>8.0f} {base.rss:>8.0f} {m_ratio:>6.3f} "
+            f"{'' if rss_goal is None else rss_goal:>5} {mark(m_ratio, rss_goal)}"
         )

@@ -31,3 +31,12 @@ def window(qtbot, qapp):
 @pytest.fixture
 def training_file(tmp_path):
     return builders.training_checkpoint(tmp_path / "train.pth")
+
+
+@pytest.fixture
+def synchronous_jobs():
+    """Controllers run their jobs inline: a test reads the result right after the request."""
+    from ckpt_viewer.qt import workers
+
+    with workers.synchronous():
+        yield

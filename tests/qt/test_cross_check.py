@@ -25,7 +25,7 @@ from crosscheck_corpus import CORPUS
 
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 FIGURES = {"min": "min", "max": "max", "mean": "mean", "std": "std", "l2": "L2 norm"}
-BYTE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+BYTE_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 
 # --- the reference: torch's figures over every value (float64, so nothing rounds) -------------
@@ -392,7 +392,7 @@ def check_facts(view, entry, key) -> list[str]:
 def check_plot(view, ref, key, capsys, path) -> list[str]:
     """The plotted counts are torch.histogram's over the plotted edges, and what
     `stats --bins <as many>` prints."""
-    x, y = view.curve.getData()
+    x, y = view.histogram.curve.getData()
     plotted = [int(c) for c in y]
     if not ref["values"].numel():
         return [f"window {key}: bars plotted for no finite value"] if any(plotted) else []

@@ -12,7 +12,7 @@ import builders
 from ckpt_viewer.qt import export_dialog
 
 
-def test_tristate_ticks_and_export(qtbot, window, tmp_path):
+def test_tristate_ticks_and_export(qtbot, window, tmp_path, synchronous_jobs):
     src = builders.training_checkpoint(tmp_path / "c.pt")
     open_and_wait(qtbot, window, src)
     tab = window.current_tab()
@@ -59,7 +59,7 @@ def test_tristate_ticks_and_export(qtbot, window, tmp_path):
     assert len(torch.load(destination, weights_only=True)) == 9
 
 
-def test_dialog_shows_problems_inline(qtbot, window, tmp_path):
+def test_dialog_shows_problems_inline(qtbot, window, tmp_path, synchronous_jobs):
     src = builders.save({"module.w": torch.ones(2), "w": torch.zeros(2)}, tmp_path / "c.pt")
     open_and_wait(qtbot, window, src)
     dialog = window.export_dialog()
@@ -73,7 +73,41 @@ def test_dialog_shows_problems_inline(qtbot, window, tmp_path):
     assert "no key" in dialog.summary.text()
 
 
-def test_existing_file_tick_replace_then_export_twice(qtbot, window, tmp_path):
+def test_preview_is_planned_in_a_worker_for_the_last_keystroke(
+    qtbot, window, tmp_path, monkeypatch
+):
+    """Typing re-plans off the GUI thread once typing pauses; only the last plan is shown, and
+    Export waits for it."""
+    import threading
+
+    from ckpt_viewer.core.writing import export as core_export
+
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    open_and_wait(qtbot, window, src)
+    threads = []
+    real = core_export.plan_items
+
+    def recorded(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(export_dialog, "plan_items", recorded)
+    dialog = window.export_dialog()
+    dialog.destination.setText(str(tmp_path / "out.pth"))
+    qtbot.waitUntil(dialog.export_button.isEnabled, timeout=10_000)
+    shown_plans = []
+    dialog.planned.connect(lambda: shown_plans.append(dialog.preview.toPlainText()))
+    for typed in ("m", "missing", "model_state_dict"):
+        dialog.root.setText(typed)
+        assert not dialog.export_button.isEnabled()  # the old plan is not the one to write
+    qtbot.waitUntil(lambda: bool(shown_plans), timeout=10_000)
+    qtbot.waitUntil(lambda: not dialog.jobs.busy(), timeout=10_000)
+    assert len(shown_plans) == 1 and "model_state_dict.0.weight  ->  0.weight" in shown_plans[0]
+    assert dialog.export_button.isEnabled()
+    assert threads and threading.main_thread() not in threads
+
+
+def test_existing_file_tick_replace_then_export_twice(qtbot, window, tmp_path, synchronous_jobs):
     src = builders.save({"w": torch.ones(2)}, tmp_path / "c.pt")
     open_and_wait(qtbot, window, src)
     dialog = window.export_dialog()
@@ -96,7 +130,9 @@ def test_existing_file_tick_replace_then_export_twice(qtbot, window, tmp_path):
     assert not dialog.replace.isChecked() and not dialog.export_button.isEnabled()
 
 
-def test_ticked_state_dict_proposes_root_so_load_state_dict_works(qtbot, window, tmp_path):
+def test_ticked_state_dict_proposes_root_so_load_state_dict_works(
+    qtbot, window, tmp_path, synchronous_jobs
+):
     import os
     import stat
 
@@ -160,10 +196,11 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
         monkeypatch.setattr(core_export, name, held(getattr(core_export, name)))
     dialog = window.export_dialog()
     dialog.destination.setText(str(tmp_path / "out.pth"))
+    qtbot.waitUntil(dialog.export_button.isEnabled, timeout=10_000)  # the preview is planned
     errors = []
     monkeypatch.setattr(sys, "excepthook", lambda *info: errors.append(info))
     qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
-    worker = dialog.worker
+    worker = dialog.jobs.running["export"]
     qtbot.waitUntil(started.is_set, timeout=10_000)
     with qtbot.waitSignal(dialog.destroyed, timeout=5000):
         dialog.close()
@@ -174,7 +211,7 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
     assert not any(p.name.endswith(".part") or p.name == "out.pth" for p in tmp_path.iterdir())
 
 
-def test_dialog_and_sanitize_refuse_a_source_shard(qtbot, window, tmp_path):
+def test_dialog_and_sanitize_refuse_a_source_shard(qtbot, window, tmp_path, synchronous_jobs):
     """The GUI writes through the same core check: a shard of the open model is never replaced,
     even with 'Replace' ticked (issue #21)."""
     import os

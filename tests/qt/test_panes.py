@@ -169,7 +169,7 @@ def test_log_y_tick_labels_do_not_overlap(qtbot, window, tmp_path):
     view = tab.tensor_view
     with qtbot.waitSignal(view.view_ready, timeout=30_000):
         tab.select_key("s")
-    view.log_y.setChecked(True)
+    view.controls.log_y.setChecked(True)
     axis = view.histogram.plot.getAxis("left")
     qtbot.waitUntil(lambda: 0.5 < axis.range[1] < 2, timeout=5_000)  # log10 of ~15 counts
     image = QImage(10, 10, QImage.Format_ARGB32)

@@ -43,7 +43,7 @@ def test_stats_job_is_superseded_by_a_new_selection_and_cancelled_on_tab_close(
     view.view_ready.connect(ready.append)
     with qtbot.waitSignal(view.preview_ready, timeout=20_000):
         tab.select_key("big")
-    first = view.jobs.running["stats"]
+    first = view.controller.jobs.running["stats"]
     with qtbot.waitSignal(first.finished, timeout=10_000):
         tab.select_key("small")  # supersedes "big": it stops while still held
     assert closed.is_set()
@@ -51,7 +51,7 @@ def test_stats_job_is_superseded_by_a_new_selection_and_cancelled_on_tab_close(
     closed.clear()
     with qtbot.waitSignal(view.preview_ready, timeout=20_000):
         tab.select_key("big")
-    held = view.jobs.running["stats"]
+    held = view.controller.jobs.running["stats"]
     with qtbot.waitSignal(held.finished, timeout=10_000):
         window.close_tab(window.tabs.indexOf(tab))
     assert closed.is_set() and ready == ["small"]  # "big" never reported

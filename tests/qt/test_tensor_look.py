@@ -42,14 +42,14 @@ def test_preview_figures_are_estimates_and_alarms_stand_out(qtbot, window, tmp_p
     }
     assert items["NaN"].font().bold() and not items["+Inf"].font().bold()
     assert items["mean"].textAlignment() & Qt.AlignRight
-    view.readout.setText("bin [0, 1): 5")
+    view.histogram.readout.setText("bin [0, 1): 5")
     select(qtbot, tab, "tiny")
-    assert view.readout.text().strip() == ""  # the old tensor's read-out is gone
-    assert len(view.stats.counts) <= 8  # not 256 bars for four values
+    assert view.histogram.readout.text().strip() == ""  # the old tensor's read-out is gone
+    assert len(view.controller.stats.counts) <= 8  # not 256 bars for four values
     assert view.table.as_dict()["50 %"] == "1"  # an element, not an interpolation
-    axis = view.plot.getAxis("bottom")
+    axis = view.histogram.plot.getAxis("bottom")
     assert not axis.autoSIPrefix
-    assert view.plot.getPlotItem().getViewBox().state["mouseEnabled"] == [True, False]
+    assert view.histogram.plot.getPlotItem().getViewBox().state["mouseEnabled"] == [True, False]
 
 
 def test_value_table_notation_and_full_precision_copy(qtbot, window, tmp_path):
@@ -105,13 +105,13 @@ def test_dark_theme_plots_and_remembered_splitters(qtbot, window, tmp_path):
     window.findChild(object, "actionDarkTheme").trigger()
     try:
         base = QApplication.palette().color(QPalette.Base)
-        assert view.plot.backgroundBrush().color() == base and base.lightness() < 80
+        assert view.histogram.plot.backgroundBrush().color() == base and base.lightness() < 80
         assert "indicator" in QApplication.instance().styleSheet()
-        text = view.plot.getAxis("left").textPen().color()
+        text = view.histogram.plot.getAxis("left").textPen().color()
         assert text.lightness() > 150
     finally:
         window.findChild(object, "actionDarkTheme").trigger()
-    assert view.plot.backgroundBrush().color().lightness() > 200
+    assert view.histogram.plot.backgroundBrush().color().lightness() > 200
     assert QApplication.instance().styleSheet() == ""
     view.split.setSizes([300, 100])
     view.split.splitterMoved.emit(300, 1)
@@ -192,8 +192,8 @@ def test_the_plot_is_the_largest_thing_on_the_tensor_page(qtbot, window, tmp_pat
         window.resize(width, height)
         qtbot.waitUntil(lambda: window.width() == width and window.height() == height)
         QApplication.processEvents()
-        assert view.plot.width() >= 0.5 * tab.panes.width()
-        assert view.plot.height() > view.table.height()
+        assert view.histogram.plot.width() >= 0.5 * tab.panes.width()
+        assert view.histogram.plot.height() > view.table.height()
 
 
 def shown_ticks(axis) -> list[float]:
@@ -219,14 +219,14 @@ def test_axis_scale_survives_theme_switches(qtbot, window, tmp_path):
         low, high = tensors[key].min().item(), tensors[key].max().item()
         for _ in range(2):  # to dark and back again
             dark.trigger()
-            view.plot.getPlotItem().getViewBox().autoRange()
-            axis = view.plot.getAxis("bottom")
+            view.histogram.plot.getPlotItem().getViewBox().autoRange()
+            axis = view.histogram.plot.getAxis("bottom")
             ticks = shown_ticks(axis)
             assert ticks and all(low - (high - low) <= t <= high + (high - low) for t in ticks)
             assert axis.range[0] <= low and axis.range[1] >= high
             assert "(x" not in axis.labelString()
-            count_ticks = shown_ticks(view.plot.getAxis("left"))
-            assert max(count_ticks) <= 2 * max(view.stats.counts)
+            count_ticks = shown_ticks(view.histogram.plot.getAxis("left"))
+            assert max(count_ticks) <= 2 * max(view.controller.stats.counts)
 
 
 def test_histogram_names_the_nan_and_inf_it_leaves_out(qtbot, window, tmp_path):

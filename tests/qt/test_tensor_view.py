@@ -39,9 +39,9 @@ def test_selecting_a_tensor_shows_exact_stats_and_histogram(qtbot, window, tmp_p
     assert table["NaN"] == "1"
     plot = view.findChild(object, "histogramPlot")
     assert plot is not None and plot.isVisible()
-    x, y = view.curve.getData()
+    x, y = view.histogram.curve.getData()
     assert y.sum() == 4
-    view.log_y.setChecked(True)
+    view.controls.log_y.setChecked(True)
     assert plot.getPlotItem().ctrl.logYCheck.isChecked()
     assert view.export_png(str(tmp_path / "h.png")) and (tmp_path / "h.png").stat().st_size > 0
 
@@ -53,12 +53,12 @@ def test_bins_and_clipped_range_recompute(qtbot, window, tmp_path):
     select(qtbot, tab, "w")
     view = tab.tensor_view
     with qtbot.waitSignal(view.view_ready, timeout=20_000):
-        view.bins.setValue(32)
-    assert len(view.stats.counts) == 32
+        view.controls.bins.setValue(32)
+    assert len(view.controller.stats.counts) == 32
     with qtbot.waitSignal(view.view_ready, timeout=20_000):
-        view.range.setCurrentText("clip to 1-99 %")
-    assert view.stats.above > 0 and view.stats.edges[-1] < 10
-    assert stats_table(view)["above range"] == f"{view.stats.above:,}"
+        view.controls.range.setCurrentText("clip to 1-99 %")
+    assert view.controller.stats.above > 0 and view.controller.stats.edges[-1] < 10
+    assert stats_table(view)["above range"] == f"{view.controller.stats.above:,}"
 
 
 def test_large_tensor_preview_comes_first_and_reselection_cancels(qtbot, window, tmp_path):
@@ -68,9 +68,9 @@ def test_large_tensor_preview_comes_first_and_reselection_cancels(qtbot, window,
     view = tab.tensor_view
     with qtbot.waitSignal(view.preview_ready, timeout=20_000):
         tab.select_key("big")
-    assert view.stats.sampled
+    assert view.controller.stats.sampled
     select(qtbot, tab, "small")  # cancels "big"; only "small" may report
-    assert view.node.key == "small" and stats_table(view)["mean"] == "1"
+    assert view.controller.node.key == "small" and stats_table(view)["mean"] == "1"
 
 
 def test_unreadable_values_show_a_message(qtbot, window, tmp_path):
@@ -82,7 +82,9 @@ def test_unreadable_values_show_a_message(qtbot, window, tmp_path):
     with open(path, "r+b") as f:
         f.truncate(500)
     tab.select_key("w")
-    qtbot.waitUntil(lambda: "cannot read values" in tab.tensor_view.status.text(), timeout=20_000)
+    qtbot.waitUntil(
+        lambda: "cannot read values" in tab.tensor_view.controls.status.text(), timeout=20_000
+    )
     assert window.tabs.count() == 1
 
 
@@ -182,11 +184,11 @@ def test_heatmap_values_and_overlay(qtbot, window, tmp_path):
     np.testing.assert_array_equal(heatmap.image.image[0:3, 0:3], conv[0, 2].double().numpy())
     view.pages.setCurrentIndex(0)
     select(qtbot, tab, "w")
-    assert view.compare.isVisible() and view.compare.itemText(1) == "b.pt"
-    view.compare.setCurrentIndex(1)
-    qtbot.waitUntil(lambda: view.overlay.isVisible(), timeout=20_000)
-    x_edges, counts = view.overlay.getData()
-    assert len(x_edges) == len(view.stats.edges) and 0 < counts.sum() <= 1000
+    assert view.controls.compare.isVisible() and view.controls.compare.itemText(1) == "b.pt"
+    view.controls.compare.setCurrentIndex(1)
+    qtbot.waitUntil(lambda: view.histogram.overlay.isVisible(), timeout=20_000)
+    x_edges, counts = view.histogram.overlay.getData()
+    assert len(x_edges) == len(view.controller.stats.edges) and 0 < counts.sum() <= 1000
 
 
 def test_exact_pass_waits_for_plotting_to_settle_and_stays_cancellable(tmp_path):

@@ -43,14 +43,18 @@ def test_tabs_keep_the_opening_order_and_reopening_switches(qtbot, window, tmp_p
     assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == ["big.pt", "small.pt"]
     window.tabs.setCurrentIndex(1)
     window.open_paths([big])
-    assert window.tabs.count() == 2 and window.tabs.currentIndex() == 0 and not window.pending
+    assert window.tabs.count() == 2 and window.tabs.currentIndex() == 0 and not window.jobs.busy()
 
 
-def test_welcome_closes_and_returns_when_the_last_tab_closes(qtbot, window, training_file):
+def test_welcome_stays_until_a_file_opens_and_returns_after(qtbot, window, training_file):
+    from PySide6.QtWidgets import QTabBar
+
     assert window.tabs.tabText(0) == "Welcome"
+    assert window.tabs.tabBar().tabButton(0, QTabBar.RightSide) is None  # no close box
     window.tabs.tabCloseRequested.emit(0)
-    assert window.tabs.count() == 0
+    assert window.tabs.count() == 1
     open_and_wait(qtbot, window, training_file)
+    assert window.tabs.count() == 1  # the file's tab replaced it
     window.tabs.tabCloseRequested.emit(0)
     assert window.tabs.count() == 1 and window.tabs.tabText(0) == "Welcome"
 
@@ -199,7 +203,7 @@ def test_drops_are_copies_never_moves(qtbot, window, training_file):
     window.dragLeaveEvent(_leave())
     only_move = QDropEvent(QPointF(50, 50), Qt.MoveAction, data, Qt.LeftButton, Qt.NoModifier)
     window.dropEvent(only_move)
-    assert not only_move.isAccepted() and not window.pending
+    assert not only_move.isAccepted() and not window.jobs.busy()
     drop = QDropEvent(
         QPointF(50, 50), Qt.MoveAction | Qt.LinkAction, data, Qt.LeftButton, Qt.NoModifier
     )

@@ -1,12 +1,24 @@
-"""Worker quit: a generator stops at its next yield and is closed on its own thread; a
-controller drops the callbacks of a superseded job."""
+"""Jobs: a generator stops at its next yield and is closed on its own thread; a controller
+drops the callbacks of a superseded job; synchronous mode runs jobs inline; start_later waits
+for the last of a burst of requests."""
 
 import threading
+
+import pytest
+from PySide6.QtWidgets import QWidget
 
 from ckpt_viewer.qt import workers
 
 
-def test_quit_closes_the_generator_on_its_worker_thread(qtbot):
+@pytest.fixture
+def jobs(qtbot):
+    owner = QWidget()
+    qtbot.addWidget(owner)
+    yield workers.Controller(owner)
+    owner.deleteLater()
+
+
+def test_cancel_closes_the_generator_on_its_worker_thread(qtbot, jobs):
     gate, started, closed_on, returned = threading.Event(), threading.Event(), [], []
 
     def job():
@@ -18,20 +30,16 @@ def test_quit_closes_the_generator_on_its_worker_thread(qtbot):
         finally:
             closed_on.append(threading.current_thread())
 
-    worker = workers.start(job, on_result=returned.append)
+    worker = jobs.start("slot", job, on_result=returned.append)
     qtbot.waitUntil(started.is_set, timeout=5000)
     with qtbot.waitSignal(worker.finished, timeout=5000):
-        worker.quit()
+        jobs.cancel("slot")
         gate.set()
     assert closed_on and closed_on[0] is not threading.main_thread() and returned == []
+    assert not jobs.busy()
 
 
-def test_controller_supersedes_and_drops_late_results(qtbot):
-    from PySide6.QtWidgets import QWidget
-
-    owner = QWidget()
-    qtbot.addWidget(owner)
-    jobs = workers.Controller(owner)
+def test_controller_supersedes_and_drops_late_results(qtbot, jobs):
     gate, results = threading.Event(), []
 
     def slow():
@@ -44,3 +52,33 @@ def test_controller_supersedes_and_drops_late_results(qtbot):
     with qtbot.waitSignal(first.finished, timeout=5000):  # still blocked: connected in time
         gate.set()
     assert results == ["second"] and not jobs.busy()
+
+
+def test_synchronous_mode_runs_jobs_inline_with_their_callbacks(jobs):
+    seen, threads = [], []
+
+    def job(n):
+        threads.append(threading.current_thread())
+        yield from range(n)
+        return "done"
+
+    def broken():
+        raise ValueError("bad\nsecond line")
+
+    with workers.synchronous():
+        jobs.start("a", job, 3, on_progress=seen.append, on_result=seen.append)
+        jobs.start_later("b", 10_000, broken, on_error=seen.append)  # no wait either
+    assert seen == [0, 1, 2, "done", "unexpected ValueError: bad"]
+    assert threads == [threading.main_thread()] and not jobs.busy()
+
+
+def test_start_later_runs_only_the_last_request(qtbot, jobs):
+    results = []
+    for word in ("a", "ab", "abc"):
+        jobs.start_later("plan", 20, str.upper, word, on_result=results.append)
+    assert jobs.busy("plan")
+    qtbot.waitUntil(lambda: results == ["ABC"], timeout=5000)
+    qtbot.waitUntil(lambda: not jobs.busy(), timeout=5000)
+    jobs.start_later("plan", 20, str.upper, "x", on_result=results.append)
+    jobs.cancel("plan")  # a wait cancelled starts nothing
+    assert not jobs.busy() and results == ["ABC"]

@@ -29,7 +29,7 @@ from ckpt_viewer.core import CheckpointError, describe_error
 from ckpt_viewer.core.analysis.scan import scan
 from ckpt_viewer.core.listing.model import FLOAT_DTYPES, Checkpoint, FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.listing.stats_cache import HealthFacts
-from ckpt_viewer.core.listing.text import safe_text
+from ckpt_viewer.core.listing.text import listing_order, plural, safe_text
 from ckpt_viewer.core.progress import within
 from ckpt_viewer.core.values.compare import as_words, same_bits
 from ckpt_viewer.core.values.decode import (
@@ -618,7 +618,8 @@ def check(checkpoint: Checkpoint):
     except BaseException:
         stop.set()
         raise
-    order = {key: i for i, (key, _, _) in enumerate(checkpoint.tensors())}
+    listed = listing_order(checkpoint.tensors(), lambda t: t[0])  # h.2 before h.10
+    order = {key: i for i, (key, _, _) in enumerate(listed)}
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), order.get(f.key, 0), f.kind))
     yield 1.0
     return HealthReport(
@@ -630,16 +631,23 @@ def check(checkpoint: Checkpoint):
     )
 
 
+SEVERITY_NOUNS = {"error": "error", "warning": "warning", "info": "note"}  # JSON keeps "info"
+
+
+def severity_counts(report: HealthReport) -> str:
+    """'1 error, 2 warnings, 98 notes': the words of the CLI and the window alike."""
+    return ", ".join(plural(report.count(s), SEVERITY_NOUNS[s]) for s in SEVERITIES)
+
+
 def text_lines(report: HealthReport):
     if not report.findings:
         yield f"healthy: {safe_text(report.path)}: no findings"
     for finding in report.findings:
         yield (
-            f"{finding.severity:<7} {finding.kind:<18} {safe_text(finding.key)}: "
+            f"{SEVERITY_NOUNS[finding.severity]:<7} {finding.kind:<18} {safe_text(finding.key)}: "
             f"{safe_text(finding.message)}"
         )
     yield (
         f"{report.tensors_scanned:,} tensors, {report.bytes_scanned:,} bytes scanned in "
-        f"{report.seconds:.2f} s; {report.count('error')} errors, "
-        f"{report.count('warning')} warnings, {report.count('info')} notes"
+        f"{report.seconds:.2f} s; {severity_counts(report)}"
     )

@@ -29,7 +29,7 @@ from ckpt_viewer.core.analysis.scan import scan
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import FLOAT_DTYPES, Checkpoint, FileSpan, ZipMember
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset
-from ckpt_viewer.core.listing.text import safe_text
+from ckpt_viewer.core.listing.text import plural, safe_text
 from ckpt_viewer.core.values.decode import apply_view_bits, numpy_readable, tensor_np_dtype, widen
 from ckpt_viewer.core.values.read import iter_chunks
 from ckpt_viewer.core.values.stats import _Moments
@@ -472,7 +472,10 @@ def text_lines(report: LayersReport):
         return
     metrics = report.available()
     for stack in report.stacks:
-        yield f"{safe_text(stack.prefix)}: {len(stack.layers)} layers, {len(stack.roles)} roles"
+        yield (
+            f"{safe_text(stack.prefix)}: {plural(len(stack.layers), 'layer')}, "
+            f"{plural(len(stack.roles), 'role')}"
+        )
         for role in stack.roles:
             yield f"  {safe_text(role.role)}"
             yield "    layer " + " ".join(f"{m:>15}" for m in metrics)

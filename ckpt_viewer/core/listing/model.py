@@ -269,6 +269,7 @@ class Checkpoint:
     graphs: dict = field(default_factory=dict, repr=False)  # .pt2: model -> its graph_module
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)
+    _index: tuple | None = field(default=None, repr=False)  # (root, {key: node}) for find
     # statistics computed about its tensors, reused by the views (cheap until filled)
     stats_cache: StatsCache = field(default_factory=StatsCache, repr=False)
 
@@ -288,13 +289,19 @@ class Checkpoint:
     def find(self, key: str) -> Node | None:
         """The node at `key`; a tensor first where a group shares its key (bitsandbytes:
         `w` is a tensor and the prefix of `w.absmax`, `w.quant_state.*`)."""
-        found = None
-        for node in iter_nodes(self.root):
-            if node.key == key:
-                if node.kind == "tensor":
-                    return node
-                found = found or node
-        return found
+        return self.key_index().get(key)
+
+    def key_index(self) -> dict[str, Node]:
+        """key -> node as `find` answers, built once: a selection or a comparison looks keys
+        up in every open file, and a walk of a 50,000-key tree per lookup held the window."""
+        if self._index is None or self._index[0] is not self.root:
+            index: dict[str, Node] = {}
+            for node in iter_nodes(self.root):
+                seen = index.get(node.key)
+                if seen is None or (node.kind == "tensor" and seen.kind != "tensor"):
+                    index[node.key] = node
+            self._index = (self.root, index)
+        return self._index[1]
 
 
 def iter_nodes(root: Node):
@@ -307,12 +314,14 @@ def iter_nodes(root: Node):
 
 
 def format_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    """A size in binary units labelled as such (the OS says 1.39 GiB, so do we, never "GB"
+    for 2**30): the one size format of the CLI and the window."""
+    value, unit = float(n), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def format_count(n: int) -> str:

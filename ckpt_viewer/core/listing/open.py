@@ -24,9 +24,15 @@ FOREIGN_FORMATS = [
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
     dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf."""
-    if remote.isdir(path):
-        remote.check_regular(remote.join(path, ".metadata"))
-        if remote.isfile(remote.join(path, ".metadata")):
+    with remote.opening():
+        return _sniff(path)
+
+
+def _sniff(path: str) -> str:
+    source = remote.source(path)
+    if source.folder:
+        if ".metadata" in source.entries:
+            remote.check_regular(remote.join(path, ".metadata"))
             return "dcp"
         from ckpt_viewer.core.listing.readers.training_dir import state_files
 
@@ -41,10 +47,9 @@ def sniff(path: str) -> str:
         )
     if is_index(path):
         return "hf_index"
-    with remote.open_source(path) as f:
-        if f.size == 0:
-            raise CheckpointError("file is empty")
-        head = f.read(512)
+    if source.size == 0:
+        raise CheckpointError("file is empty")
+    head = source.head
     if head.startswith(b"GGUF"):
         return "gguf"
     if head.startswith(b"PK\x03\x04"):  # the test torch.load makes
@@ -81,7 +86,7 @@ def resolve_directory(path: str) -> str:
     folder (weights with optimizer, scheduler... files) or a DCP folder stays as it is."""
     from ckpt_viewer.core.listing.readers.training_dir import state_files
 
-    if remote.isfile(remote.join(path, ".metadata")) or state_files(path):
+    if ".metadata" in remote.listdir(path) or state_files(path):
         return path
     return model_weights(path) or path
 
@@ -112,7 +117,8 @@ def open_file(path: str) -> Checkpoint:
         "gguf": gguf.read,
         "training_dir": functools.partial(training_dir.read, open_part=open_file),
     }
-    return readers[sniff(path)](path)
+    with remote.opening():
+        return readers[sniff(path)](path)
 
 
 def open_checkpoint(path: str) -> Checkpoint:
@@ -123,12 +129,13 @@ def open_checkpoint(path: str) -> Checkpoint:
     try:
         if remote.is_remote(path):
             remote.forget(path)  # a URL opened again is asked afresh
-        elif not os.path.exists(path):
-            raise CheckpointError("no such file or directory")
-        folder = path if remote.isdir(path) else None
-        if folder:
-            path = resolve_directory(path)
-        with paused_gc():
+        with remote.opening(), paused_gc():
+            try:
+                folder = path if remote.source(path).folder else None
+            except FileNotFoundError:
+                raise CheckpointError("no such file or directory") from None
+            if folder:
+                path = resolve_directory(path)
             checkpoint = open_file(path)
             if folder and path != folder:
                 from ckpt_viewer.core.listing.readers.training_dir import folder_metadata

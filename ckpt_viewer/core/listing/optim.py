@@ -293,6 +293,9 @@ def _state_shape(state: Node | None):
     return next(iter(shapes), None)
 
 
+STATE_OF = "state of "  # a state entry's note, before its parameter's name
+
+
 def _describe(optimizer: _Optimizer, names, source: str) -> OptimizerInfo:
     mapping = dict(zip(optimizer.ids, names)) if names is not None else {}
     for g, ids in zip(optimizer.groups, optimizer.group_ids):
@@ -300,7 +303,7 @@ def _describe(optimizer: _Optimizer, names, source: str) -> OptimizerInfo:
             g["params"] = [mapping.get(pid, p) for pid, p in zip(ids, g["params"])]
     for pid, state in optimizer.states.items():
         if pid in mapping:
-            state.note = f"state of {mapping[pid]}"
+            state.note = STATE_OF + str(mapping[pid])
     groups = optimizer.groups
     return OptimizerInfo(
         key=optimizer.node.key,

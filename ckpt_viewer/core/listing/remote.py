@@ -3,7 +3,13 @@
 A URL (`s3://`, `gs://`, `hf://`, `http(s)://`, any fsspec protocol) is read by byte ranges
 through fsspec and the protocol's own filesystem (s3fs, gcsfs, huggingface_hub, aiohttp), with
 credentials from that library's standard chain; nothing here stores them. fsspec is imported
-only for a URL: a local path goes straight to `open()` and `os.path`.
+only for a URL: a local path goes straight to `os.open()` and `os.path`.
+
+Within an `opening()` (open_checkpoint), each path or URL is resolved once into a `Source`:
+folder or regular file, its size, its identity and first bytes, and one handle that every
+sniff, probe and reader shares; nothing opens the path again, so it cannot turn into a FIFO,
+change or be swapped between two looks. Its identity stays pinned: a later read (values,
+export, verify) opens the path afresh and refuses a file that is not the one opened.
 
 Remote bytes go through a small shared cache of fixed, aligned blocks per URL (the readers open
 the same file many times: sniff, end record, directory, data.pkl, each record's header): a read
@@ -22,8 +28,11 @@ seen first are pinned: a later answer from another version of the file is refuse
 
 from __future__ import annotations
 
-import asyncio
 import bisect
+import contextlib
+import contextvars
+import errno
+import functools
 import io
 import os
 import posixpath
@@ -31,6 +40,8 @@ import re
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from ckpt_viewer.core import CheckpointError
 
@@ -40,6 +51,7 @@ LARGE = 1024 * 1024  # larger reads are fetched exactly (the legacy reader's 1 M
 CACHE_BLOCKS = 256  # per URL: 64 MiB at most
 SPILL_LIMIT = 4 << 30  # large reads kept on disk, per URL (then the spill starts over)
 CACHED_URLS = 16
+T = TypeVar("T")
 
 
 def _seconds(variable: str, default: float) -> float:
@@ -183,6 +195,8 @@ class _Http:
     async def _request(self, method: str, start: int | None = None, end: int | None = None):
         """The answer's status and headers, within the connect and read timeouts however
         slowly the server sends them."""
+        import asyncio  # here, not at the top: it doubles the import time of every local open
+
         import aiohttp
 
         session = await self.fs.set_session()
@@ -248,7 +262,7 @@ class _Http:
                 raise CheckpointError(
                     f"the file changed on the server while it was read "
                     f"(its {name} was {_shown(pinned)}, is now "
-                    f"{_shown(value)})"
+                    f"{_shown(value)}); reopen it"
                 )
         if not isinstance(self.pins.get("size"), int):
             raise CheckpointError("the server does not say how large the file is")
@@ -258,6 +272,8 @@ class _Http:
         """Exactly `length` bytes, cut off at the first byte more, and at least MIN_RATE bytes/s
         in every READ_TIMEOUT window (a trickle never stalls long enough for the socket's own
         timeout)."""
+        import asyncio
+
         out, got = bytearray(length), 0
         clock = asyncio.get_running_loop().time
         window_end, window_got = clock() + READ_TIMEOUT, 0
@@ -296,7 +312,7 @@ def _shown(text) -> str:
 class _Blob:
     """One remote file: its size and a bounded LRU of aligned blocks, shared by every open."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, size: int | None = None):
         self.url = url
         if _is_http(url):
             self.http = self._call(_Http, url, _pins.setdefault(url, {}))
@@ -304,7 +320,7 @@ class _Blob:
         else:
             self.http = None
             self.fs, self.path = _filesystem(url)
-            self.size = self._call(self.fs.size, self.path)
+            self.size = self._call(self.fs.size, self.path) if size is None else size
         if not isinstance(self.size, int):
             raise CheckpointError("the server does not say how large the file is")
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
@@ -432,13 +448,14 @@ _pins: dict[str, dict] = {}  # URL -> its size, ETag, Last-Modified as first see
 _blobs_lock = threading.Lock()
 
 
-def _blob(url: str) -> _Blob:
+def _blob(url: str, size: int | None = None) -> _Blob:
+    """The URL's shared block cache (`size`: the file's, where the caller was just told it)."""
     with _blobs_lock:
         blob = _blobs.get(url)
         if blob is not None:
             _blobs.move_to_end(url)
             return blob
-    blob = _Blob(url)
+    blob = _Blob(url, size)
     with _blobs_lock:
         _blobs[url] = blob
         while len(_blobs) > CACHED_URLS:
@@ -493,28 +510,293 @@ class RemoteFile(io.RawIOBase):
         return len(data)
 
 
-def open_source(path: str):
-    """A binary file object with `.size`: the real file for a local path, a RemoteFile over
-    the block cache for a URL."""
-    if is_remote(path):
-        return RemoteFile(_blob(path))
-    # O_NONBLOCK: opening a FIFO waits for a writer; the file is checked before any read
+HEAD_BYTES = 512  # what sniffing looks at
+SESSION_FDS = 64  # open files one opening keeps at most (a DCP folder may hold thousands)
+
+
+class Source:
+    """One path or URL, resolved and opened once: a folder (its entries listed once) or a
+    regular file (its size, its identity and its first bytes, with one open handle that every
+    sniff and reader shares). A local file's identity is (device, inode, size, mtime); a URL's
+    size, ETag and Last-Modified are pinned by its block cache."""
+
+    def __init__(self, path: str, pin: bool) -> None:
+        self.path, self.pin = path, pin
+        self.folder = False
+        self.entries: dict[str, bool] = {}  # a folder's names -> whether each is a folder
+        self.size, self.fd, self.blob = 0, None, None
+        self.identity: tuple | None = None
+        self.memo: dict = {}  # what readers parsed of it once (see `remembered`)
+        if is_remote(path):
+            self._resolve_url()
+        else:
+            self._resolve_local()
+
+    def _resolve_url(self) -> None:
+        url, size = self.path, None
+        with _blobs_lock:
+            known = _blobs.get(url)  # a file already asked about (values read after opening)
+        # HTTP has no folders (and listing one would GET the whole file)
+        if known is None and not _is_http(url):
+            fs, inner = _filesystem(url)
+            info = _ask(url, fs.info, inner)  # one question: folder or file, and its size
+            if info.get("type") == "directory":
+                self.folder = True
+                for entry in _ask(url, fs.ls, inner, True):
+                    name = posixpath.basename(str(entry["name"]).rstrip("/"))
+                    self.entries[name] = entry.get("type") == "directory"
+                return
+            size = info.get("size")
+        self.blob = known or _blob(url, size if isinstance(size, int) else None)
+        self.size = self.blob.size
+
+    def _resolve_local(self) -> None:
+        path = self.path
+        # O_NONBLOCK: opening a FIFO waits for a writer; the file is checked before any read
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                raise exc from None
+            if stat.S_ISREG(mode):
+                raise
+            if not stat.S_ISDIR(mode):
+                raise not_regular(os.path.basename(path) or path, mode) from None  # a socket
+            fd = None  # a folder where folders cannot be opened (Windows)
+        try:
+            info = os.stat(path) if fd is None else os.fstat(fd)
+            self.size = info.st_size
+            if stat.S_ISDIR(info.st_mode):
+                self.folder = True
+                with os.scandir(path if fd is None else fd) as entries:
+                    self.entries = {e.name: _entry_is_folder(e) for e in entries}
+                return
+            if not stat.S_ISREG(info.st_mode):
+                raise not_regular(os.path.basename(path) or path, info.st_mode)
+            os.set_blocking(fd, True)
+            self.identity = _identity(info)
+            key = os.path.abspath(path)
+            if self.pin:
+                _pinned[key] = self.identity
+            elif _pinned.get(key, self.identity) != self.identity:
+                raise changed(path)
+            self.fd, fd = fd, None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    @functools.cached_property
+    def head(self) -> bytes:
+        """The first bytes, read once, for sniffing."""
+        if self.blob is not None:
+            return self.blob.read(0, HEAD_BYTES)
+        return os.pread(self.handle(), HEAD_BYTES, 0)
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def handle(self) -> int:
+        """The open file, opened again where an opening holding many let it go, if it is
+        still the same file."""
+        if self.fd is None:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            if _identity(os.fstat(fd)) != self.identity:
+                os.close(fd)
+                raise changed(self.path)
+            os.set_blocking(fd, True)
+            self.fd = fd
+            opening = _session.get()
+            if opening is not None and opening.sources.get(self.path) is self:
+                opening.hold(self)
+        return self.fd
+
+    def reader(self, owned: bool = False) -> io.IOBase:
+        """A binary file object with `.size` over this source (seeks are its own); closing it
+        closes the source only when `owned`."""
+        if self.folder:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", self.path)
+        if self.blob is not None:
+            return RemoteFile(self.blob)
+        f = io.BufferedReader(_SharedFile(self, owned))
+        f.size = self.size
+        return f
+
+
+def _identity(info: os.stat_result) -> tuple:
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _entry_is_folder(entry: os.DirEntry) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        return entry.is_dir()
     except OSError:
-        check_regular(path)  # a socket cannot be opened at all: say what it is
-        raise
+        return False
+
+
+def changed(path: str) -> CheckpointError:
+    shown = basename(path) or path
+    return CheckpointError(f"{shown} changed since it was opened; reopen it")
+
+
+class _SharedFile(io.RawIOBase):
+    """Positioned reads (pread) of a Source's one handle: every reader keeps its own
+    position, none moves another's."""
+
+    def __init__(self, source: Source, owned: bool) -> None:
+        super().__init__()
+        self.source, self.owned, self.position = source, owned, 0
+        self.name = source.path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.source.handle()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.source.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self.position = base + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        fd = self.source.handle()
+        if hasattr(os, "preadv"):
+            got = os.preadv(fd, [view], self.position)
+        else:
+            data = os.pread(fd, len(view), self.position)
+            got = len(data)
+            view[:got] = data
+        self.position += got
+        return got
+
+    def close(self) -> None:
+        if self.owned and not self.closed:
+            self.source.close()
+        super().close()
+
+
+_pinned: dict[str, tuple] = {}  # local path -> its identity when it was last opened
+
+
+class _Opening:
+    """The Sources of one opening by path (a failure to resolve one is kept too), and those
+    holding an open handle, oldest first."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Source | BaseException] = {}
+        self.handles: OrderedDict[str, Source] = OrderedDict()
+
+    def hold(self, source: Source) -> None:
+        """Counts a source's handle as open, letting the oldest go beyond SESSION_FDS (they
+        are opened again, checked to be the same file, if read again)."""
+        self.handles[source.path] = source
+        self.handles.move_to_end(source.path)
+        while len(self.handles) > SESSION_FDS:
+            _, old = self.handles.popitem(last=False)
+            old.close()
+
+    def close(self) -> None:
+        for found in self.sources.values():
+            if isinstance(found, Source):
+                found.close()
+
+
+_session: contextvars.ContextVar[_Opening | None] = contextvars.ContextVar(
+    "ckpt_viewer_opening", default=None
+)
+
+
+@contextlib.contextmanager
+def opening() -> Iterator[None]:
+    """While this lasts, each path resolves to one Source, made at its first use and shared
+    by every later sniff, probe and reader; the files are closed at the end. Each file is
+    pinned: a later read (values, export, verify) refuses it if it changed since."""
+    if _session.get() is not None:  # within another opening (a shard, a training part)
+        yield
+        return
+    opening = _Opening()
+    token = _session.set(opening)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise not_regular(os.path.basename(path) or path, info.st_mode)
-        os.set_blocking(fd, True)
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    f.size = info.st_size
-    return f
+        yield
+    finally:
+        _session.reset(token)
+        opening.close()
+
+
+def source(path: str) -> Source:
+    """The path's one Source within an opening (resolved at its first use; a failure is
+    remembered too); outside one a new Source, which the caller closes."""
+    opening = _session.get()
+    if opening is None:
+        return Source(path, pin=False)
+    found = opening.sources.get(path)
+    if found is None:
+        folder, name = path.rstrip("/").rsplit("/", 1) if is_remote(path) else os.path.split(path)
+        parent = opening.sources.get(folder)
+        try:
+            if isinstance(parent, Source) and parent.folder and name not in parent.entries:
+                # the folder was listed once: a name not in it is not asked about again
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
+            found = Source(path, pin=True)
+        except (OSError, CheckpointError) as exc:
+            found = exc
+        opening.sources[path] = found
+        if isinstance(found, Source) and found.fd is not None:
+            opening.hold(found)
+    if isinstance(found, BaseException):
+        raise found.with_traceback(None)
+    return found
+
+
+def remembered(path: str, what: str, compute: Callable[[], T]) -> T:
+    """compute() once per opening for this path (a zip directory that sniffing and the reader
+    both need); outside an opening, every time."""
+    if _session.get() is None:
+        return compute()
+    memo = source(path).memo
+    if what not in memo:
+        memo[what] = compute()
+    return memo[what]
+
+
+@contextlib.contextmanager
+def _resolved(path: str) -> Iterator[Source]:
+    """The path's Source for a quick question: the opening's, or one closed afterwards."""
+    if _session.get() is not None:
+        yield source(path)
+        return
+    with Source(path, pin=False) as found:
+        yield found
+
+
+def open_source(path: str) -> io.IOBase:
+    """A binary file object with `.size` over the path's Source: within an opening the one
+    shared handle; outside one a fresh open, refused if the file is not the one last opened."""
+    if _session.get() is not None:
+        return source(path).reader()
+    return Source(path, pin=False).reader(owned=True)
 
 
 def not_regular(shown: str, mode: int) -> CheckpointError:
@@ -529,10 +811,18 @@ def not_regular(shown: str, mode: int) -> CheckpointError:
     return CheckpointError(f"{shown} is {kind}, not a regular file")
 
 
-def check_regular(path: str):
+def check_regular(path: str) -> None:
     """Refuses a local path that exists but is not a regular file (a FIFO, a device, a
-    socket), before anything opens it; a missing one is left to the caller to report."""
+    socket, a folder); a missing one is left to the caller to report."""
     if is_remote(path):
+        return
+    if _session.get() is not None:
+        try:
+            found = source(path)
+        except OSError:
+            return
+        if found.folder:
+            raise not_regular(os.path.basename(path) or path, stat.S_IFDIR)
         return
     try:
         mode = os.stat(path).st_mode
@@ -546,36 +836,52 @@ def check_regular(path: str):
 
 
 def getsize(path: str) -> int:
-    return _blob(path).size if is_remote(path) else os.path.getsize(path)
+    if _session.get() is None and not is_remote(path):
+        return os.path.getsize(path)
+    with _resolved(path) as found:
+        return found.size
 
 
 def isdir(path: str) -> bool:
-    if not is_remote(path):
+    if _session.get() is None and not is_remote(path):
         return os.path.isdir(path)
-    if _is_http(path):  # HTTP has no folders (and listing one would GET the whole file)
+    if _is_http(path):  # no request: HTTP has no folders
         return False
-    fs, inner = _filesystem(path)
-    return _ask(path, fs.isdir, inner)
+    try:
+        with _resolved(path) as found:
+            return found.folder
+    except (OSError, CheckpointError):
+        return False
 
 
 def isfile(path: str) -> bool:
-    if not is_remote(path):
+    if _session.get() is None and not is_remote(path):
         return os.path.isfile(path)
     try:
-        _blob(path)
-    except CheckpointError:
+        with _resolved(path) as found:
+            return not found.folder
+    except (OSError, CheckpointError):
         return False
-    return True
 
 
 def listdir(folder: str) -> list[str]:
     """Names in a folder (files and folders)."""
-    if not is_remote(folder):
-        return os.listdir(folder)
+    return list(_entries(folder))
+
+
+def files(folder: str) -> list[str]:
+    """Names in a folder that are not folders (a FIFO or device among them is listed, and
+    refused when it is opened)."""
+    return [name for name, is_folder in _entries(folder).items() if not is_folder]
+
+
+def _entries(folder: str) -> dict[str, bool]:
     if _is_http(folder):
-        return []
-    fs, inner = _filesystem(folder)
-    return [posixpath.basename(p.rstrip("/")) for p in _ask(folder, fs.ls, inner, False)]
+        return {}
+    with _resolved(folder) as found:
+        if not found.folder:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", folder)
+        return found.entries
 
 
 def _ask(url: str, fn, *args):

@@ -5,7 +5,14 @@ from __future__ import annotations
 from ckpt_viewer.core.listing.globals import meaning, triage
 from ckpt_viewer.core.listing.model import Checkpoint, Node, format_bytes, format_count
 from ckpt_viewer.core.listing.summary import scalars_by_importance, totals
-from ckpt_viewer.core.listing.text import SHARED, ShownOnce, int_text, plural, safe_text
+from ckpt_viewer.core.listing.text import (
+    SHARED,
+    ShownOnce,
+    int_text,
+    listing_order,
+    plural,
+    safe_text,
+)
 
 MAX_LIST_PREVIEW = 6
 MAX_VALUE_TEXT = 80
@@ -77,17 +84,22 @@ def node_line(node: Node, shown: ShownOnce | None = None) -> str:
     return f"{node.name}  <{label}, {plural(len(node.children), 'entry')}>{extra}"
 
 
-def tree_lines(root: Node, max_depth=None):
-    stack = [(child, 0) for child in reversed(root.children)]
+def tree_lines(root: Node, max_depth=None, file_order: bool = False):
+    """The tree's lines, each level in listing order (text.listing_order) or the file's."""
+
+    def listed(children: list) -> list:
+        return children if file_order else listing_order(children, lambda n: n.name)
+
+    stack = [(child, 0) for child in reversed(listed(root.children))]
     shown = ShownOnce()
     while stack:
         node, depth = stack.pop()
         yield "  " * (depth + 1) + node_line(node, shown)
         if max_depth is None or depth + 1 < max_depth:
-            stack.extend((child, depth + 1) for child in reversed(node.children))
+            stack.extend((child, depth + 1) for child in reversed(listed(node.children)))
 
 
-def text_report(checkpoint: Checkpoint, max_depth=None):
+def text_report(checkpoint: Checkpoint, max_depth=None, file_order: bool = False):
     total = totals(checkpoint)
     yield f"path:    {checkpoint.path}"
     yield f"format:  {checkpoint.format}   file: {format_bytes(checkpoint.file_bytes)}"
@@ -138,7 +150,7 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
             yield f"    params: {describe_value(group.get('params', []), shown=shown)}"
         yield f"  parameter names: {opt.names_source or 'not provable from this file; ids shown'}"
     yield "tree:"
-    yield from tree_lines(checkpoint.root, max_depth)
+    yield from tree_lines(checkpoint.root, max_depth, file_order)
 
 
 def number(value) -> str:

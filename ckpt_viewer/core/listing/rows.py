@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ckpt_viewer.core.listing.model import Node
 from ckpt_viewer.core.listing.summary import _union_length
+from ckpt_viewer.core.listing.text import listing_order
 
 
 class Row:
@@ -30,12 +31,15 @@ class Row:
         "size",
         "tensors",
         "generation",
+        "order",
+        "listed",
     )
 
     def __init__(self, node: Node, parent: Row | None, name: str, children=()):
         # a leaf shares the empty tuple (50,000 fewer lists); `shown` is set by the model
         self.node, self.parent, self.name, self.children = node, parent, name, children
         self.pos = self.index = self.params = self.nbytes = self.tensors = 0
+        self.order = self.listed = 0  # place among its siblings in the file / as listed
         self.size = 1  # rows in this subtree, itself included: rows[index:index + size]
         self.generation = -1  # the model's filter/sort generation that `shown` and `pos` are
         #                        for: none yet, so the model numbers children when first asked
@@ -75,6 +79,21 @@ def _attach_children(row: Row):
             prefix = child.name[: len(child.name) - len(name) - 1]
         parent = groups.get(prefix) or _group(row, groups, prefix)
         parent.children.append(Row(child, parent, name, [] if child.children else ()))
+    _list(row.children)
+    for group in groups.values():
+        _list(group.children)
+
+
+def _list(children: list):
+    """Siblings in listing order (text order becomes natural: h.2 before h.10), each row
+    remembering both its places."""
+    if len(children) < 2:  # most groups of a flat state_dict: order and listed stay 0
+        return
+    for position, child in enumerate(children):
+        child.order = position
+    children[:] = listing_order(children, lambda r: r.name)
+    for position, child in enumerate(children):
+        child.listed = position
 
 
 def _group(row: Row, groups: dict, prefix: str) -> Row:
@@ -102,6 +121,7 @@ class RowIndex:
     lowered_keys: list | None  # the same, lower-cased: made by the first filter (a worker)
     parents: array  # each row's parent index (-1 for the top)
     sizes: array  # each row's subtree size
+    sortable: list | None = None  # rows with two or more children: what a sort reorders
 
     @property
     def lowered(self) -> list:
@@ -111,9 +131,11 @@ class RowIndex:
 
 
 def build_rows(root: Node) -> RowIndex:
-    """The rows of a node tree, with per-subtree sums. A tensor row holds its own elements
-    and bytes (torch's numel and nbytes); a subtree counts each stored element once, so tied
-    tensors and views of one storage are not doubled where they meet (_count_views_once)."""
+    """The rows of a node tree in listing order (text.listing_order; each row also knows its
+    place in the file's order, for the tree model's "File Order"), with per-subtree sums. A
+    tensor row holds its own elements and bytes (torch's numel and nbytes); a subtree counts
+    each stored element once, so tied tensors and views of one storage are not doubled where
+    they meet (_count_views_once)."""
     top = Row(root, None, "", [])
     order = []
     stack = [top]
@@ -152,6 +174,7 @@ def build_rows(root: Node) -> RowIndex:
         None,
         array("q", [r.parent.index if r.parent else -1 for r in order]),
         array("q", [r.size for r in order]),
+        [r for r in order if len(r.children) > 1],
     )
 
 

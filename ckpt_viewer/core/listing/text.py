@@ -7,6 +7,7 @@ the reader sees; so every such character is shown as an escape instead."""
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import json
 import math
@@ -190,6 +191,71 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
         else:
             nouns = noun + "s"
     return f"{count:,} {nouns}"
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key for numeric-aware ("natural") order: h.2 before h.10, layer9 before layer10.
+    Text parts sit at even places and digit runs at odd ones, as (length, digits): compared by
+    value without int() (a hostile key may hold 100,000 digits). () ends the parts, below any
+    digit run (n before n1), and the text itself breaks ties (h.01 and h.1)."""
+    if not _DIGITS.search(text):
+        return (text, (), text)
+    parts: list = _DIGITS.split(text)
+    for i in range(1, len(parts), 2):
+        digits = parts[i].lstrip("0")
+        parts[i] = (len(digits), digits)
+    parts += [(), text]
+    return tuple(parts)
+
+
+def listing_order(items: list, name=str) -> list:
+    """items in the order to list them: an order that is only the alphabet's (safetensors
+    stores keys sorted as text: h.0, h.1, h.10, h.2) becomes natural order; any other order
+    is the file's own (a state_dict's module order: embed, blocks.2, blocks.10, head) and is
+    kept."""
+    names = [name(item) for item in items]
+    if any(a > b for a, b in zip(names, names[1:])):
+        return list(items)
+    return sorted(items, key=lambda item: natural_key(name(item)))
+
+
+class FuzzyKeys:
+    """Quick open (Ctrl+P, as in editors): keys holding a query's characters in order
+    ("h3fc" finds h.3.mlp.c_fc.weight). The keys are searched as one text by the regex engine,
+    not one Python call per key, so 50,000 keys answer within a keystroke."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+        self.text = "\n".join(key.lower().replace("\n", " ") for key in keys)
+        self.starts = [0]  # where each key starts in text
+        for key in keys:
+            self.starts.append(self.starts[-1] + len(key) + 1)
+
+    def find(self, query: str, limit: int = 200) -> list[str]:
+        """Matching keys, the tightest match first, then the shorter key, then key order."""
+        chars = [c for c in query.lower() if not c.isspace()][:MAX_FUZZY_QUERY]
+        if not chars:
+            return []
+        # each character at its first place after the previous one (the leftmost assignment
+        # finds any subsequence): a lookahead group makes the skip atomic, so a key that does
+        # not match costs one pass, never backtracking
+        steps = [
+            f"(?=(?P<s{i}>[^\\n{re.escape(c)}]*))(?P=s{i}){re.escape(c)}"
+            for i, c in enumerate(chars)
+        ]
+        pattern = re.compile(f"^{steps[0]}(?P<hit>{''.join(steps[1:])})", re.MULTILINE)
+        found: dict[int, int] = {}  # key -> length of its match, from its first character
+        for match in pattern.finditer(self.text):
+            line = bisect.bisect_right(self.starts, match.start()) - 1
+            found[line] = match.end() - match.start("hit") + 1
+        best = sorted(found, key=lambda i: (found[i], len(self.keys[i]), i))[:limit]
+        return [self.keys[i] for i in best]
+
+
+MAX_FUZZY_QUERY = 80
 
 
 def nearest_keys(keys: Iterable[str], wanted: str, limit: int = 3) -> list[str]:

@@ -1,20 +1,28 @@
 """Statistics and histograms of one tensor, in chunks that stay in cache.
 
 `compute()` is a generator: it yields progress (0..1) and returns Stats, so a GUI worker can
-cancel it between chunks. Two passes: moments and counts, then a fine histogram (bins x M
-sub-bins) from which the requested histogram is exact, then a selection pass over the few fine
-bins that hold the quantiles: each quantile is an element of the tensor, the k-th smallest finite
+cancel it between chunks. A quick min/max pass (skipped when the range is known), then one pass
+for moments, counts and a fine histogram (bins x M sub-bins) from which the requested histogram
+is exact, then a selection pass over the few fine bins that hold the quantiles; each pass
+computes its chunks on WORKERS threads and merges them in chunk order, so the figures do not
+depend on the threads: each quantile is an element of the tensor, the k-th smallest finite
 value with k = ceil(q * n) (numpy's "inverted_cdf"). Stats' min/max/mean/std/l2 fields are over
 finite values; `Stats.over_all()` gives them over every value, by torch's rules.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import os
 import time
-from collections.abc import Generator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from typing import TypeVar
 
 import numpy as np
 
@@ -35,6 +43,8 @@ SELECT_LIMIT = 1 << 21  # values a quantile's bin may hold to be collected and s
 SELECT_LEVELS = 12  # 65536 ** 12 spans any float64 range down to single values
 GIL_SLICE = 1 << 16  # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
 FIGURES = ("min", "max", "mean", "std", "l2")
+WORKERS = min(2, os.cpu_count() or 1)  # threads a pass computes chunks on
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -184,48 +194,81 @@ class _Moments:
         return self.total / self.finite, std, math.sqrt(self.squares)
 
     def add(self, x: np.ndarray):
-        with np.errstate(all="ignore"):  # NaN/Inf are counted, not warned about
-            self._add(x)
+        self.merge(_chunk_moments(x))
 
-    def _add(self, x: np.ndarray):
-        self.n += x.size
-        self.zeros += int(np.add.reduce(x == 0, dtype=np.int64))  # count_nonzero keeps the GIL
-        self.integer = self.integer and x.dtype.kind in "iub"
-        if x.dtype.kind in "iu" and x.size:  # exact: float64 rounds 64-bit integers
-            self.exact = (min(self.exact[0], int(x.min())), max(self.exact[1], int(x.max())))
-        x = _computable(x)
-        total = float(np.sum(x, dtype=np.float64))
-        if not math.isfinite(total):  # only then look for NaN/Inf element by element
-            self.nan += int(np.count_nonzero(np.isnan(x)))
-            self.posinf += int(np.count_nonzero(x == np.inf))
-            self.neginf += int(np.count_nonzero(x == -np.inf))
-            x = x[np.isfinite(x)]
-            total = float(np.sum(x, dtype=np.float64))
-        if x.size == 0:
+    def merge(self, part: _ChunkMoments):
+        """Add one chunk's moments; merged in chunk order, the figures do not depend on which
+        thread computed which chunk."""
+        self.n += part.n
+        self.zeros += part.zeros
+        self.integer = self.integer and part.integer
+        if part.exact is not None:
+            self.exact = (min(self.exact[0], part.exact[0]), max(self.exact[1], part.exact[1]))
+        self.nan += part.nan
+        self.posinf += part.posinf
+        self.neginf += part.neginf
+        if not part.finite:
             return
-        self._add_spread(x, total)
-        self.total += total
-        self.lo = min(self.lo, float(x.min()))
-        self.hi = max(self.hi, float(x.max()))
-
-    def _add_spread(self, x: np.ndarray, total: float):
-        """Deviations from the chunk's own mean, merged by Chan's pairwise update: sum(x^2) -
-        n*mean^2 cancels to noise when the spread is small next to the mean (a LayerNorm
-        weight near 1 read 0.2 % off in float32)."""
-        count = x.size
-        chunk_mean = total / count
-        deviations = x - x.dtype.type(chunk_mean)
-        residue = float(np.sum(deviations, dtype=np.float64))  # the mean's rounding, removed
-        # einsum, not BLAS: BLAS's spinning threads starve the GUI thread
-        spread = max(
-            float(np.einsum("i,i->", deviations, deviations)) - residue * residue / count, 0.0
-        )
+        # Chan's pairwise update: sum(x^2) - n*mean^2 cancels to noise when the spread is
+        # small next to the mean (a LayerNorm weight near 1 read 0.2 % off in float32)
+        count, total, spread = part.finite, part.total, part.spread
         self.squares += spread + total * total / count  # sum(x^2), no second product pass
         if self.finite:
-            delta = chunk_mean - self.total / self.finite
+            delta = total / count - self.total / self.finite
             spread += delta * delta * (self.finite * count / (self.finite + count))
         self.spread += spread
         self.finite += count
+        self.total += total
+        self.lo = min(self.lo, part.lo)
+        self.hi = max(self.hi, part.hi)
+
+
+@dataclass
+class _ChunkMoments:
+    n: int
+    zeros: int
+    integer: bool
+    exact: tuple | None  # integer extremes as Python ints
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    finite: int = 0
+    total: float = 0.0
+    spread: float = 0.0  # sum of squared deviations from this chunk's own mean
+    lo: float = math.inf
+    hi: float = -math.inf
+
+
+def _chunk_moments(x: np.ndarray) -> _ChunkMoments:
+    """One chunk's counts, sum, spread and extremes: no state, so chunks can be computed on
+    several threads."""
+    with np.errstate(all="ignore"):  # NaN/Inf are counted, not warned about
+        part = _ChunkMoments(
+            x.size,
+            int(np.add.reduce(x == 0, dtype=np.int64)),  # count_nonzero keeps the GIL
+            x.dtype.kind in "iub",
+            (int(x.min()), int(x.max())) if x.dtype.kind in "iu" and x.size else None,
+        )
+        x = _computable(x)
+        total = float(np.sum(x, dtype=np.float64))
+        if not math.isfinite(total):  # only then look for NaN/Inf element by element
+            part.nan = int(np.count_nonzero(np.isnan(x)))
+            part.posinf = int(np.count_nonzero(x == np.inf))
+            part.neginf = int(np.count_nonzero(x == -np.inf))
+            x = x[np.isfinite(x)]
+            total = float(np.sum(x, dtype=np.float64))
+        if x.size == 0:
+            return part
+        count = x.size
+        deviations = x - x.dtype.type(total / count)
+        residue = float(np.sum(deviations, dtype=np.float64))  # the mean's rounding, removed
+        # einsum, not BLAS: BLAS's spinning threads starve the GUI thread
+        part.spread = max(
+            float(np.einsum("i,i->", deviations, deviations)) - residue * residue / count, 0.0
+        )
+        part.finite, part.total = count, total
+        part.lo, part.hi = float(x.min()), float(x.max())
+    return part
 
 
 class _EdgeCheck:
@@ -244,7 +287,9 @@ class _EdgeCheck:
         self.beside = np.zeros(self.fine_bins, dtype=bool)
         self.beside[:: self.per_bin] = self.beside[self.per_bin - 1 :: self.per_bin] = True
 
-    def add(self, x: np.ndarray, idx: np.ndarray):
+    def add(self, x: np.ndarray, idx: np.ndarray, moved: np.ndarray | None = None):
+        """Correct the values of x (fine bins idx) in `moved` (self.moved unless given)."""
+        moved_counts = self.moved if moved is None else moved
         if self.per_bin > 2:
             near = np.flatnonzero(np.take(self.beside, idx))
             x, idx = x[near], idx[near]
@@ -255,8 +300,8 @@ class _EdgeCheck:
         np.clip(exact, 0, self.moved.size - 1, out=exact)
         moved = guessed != exact
         if moved.any():
-            np.subtract.at(self.moved, guessed[moved], 1)
-            np.add.at(self.moved, exact[moved], 1)
+            np.subtract.at(moved_counts, guessed[moved], 1)
+            np.add.at(moved_counts, exact[moved], 1)
 
     def counts(self, fine: np.ndarray, repeat: int) -> list:
         return (fine.reshape(self.moved.size, -1).sum(axis=1) + self.moved * repeat).tolist()
@@ -282,29 +327,77 @@ def _bin_index(x, lo, hi, scale, fine_bins) -> np.ndarray:
     # float32 arithmetic overflows when the range itself is near float32's limits
     kind = x.dtype.type if hi - lo < 1e30 else np.float64
     with np.errstate(all="ignore"):  # a bin split below float spacing: huge scales
-        idx = ((x.astype(kind, copy=False) - kind(lo)) * kind(scale)).astype(np.intp)
-    np.minimum(idx, fine_bins - 1, out=idx)
-    np.maximum(idx, 0, out=idx)
-    return idx
+        position = x.astype(kind, copy=False) - kind(lo)
+        position *= kind(scale)
+        idx = position.astype(np.intp)
+    return np.clip(idx, 0, fine_bins - 1, out=idx)
 
 
 def _bin_chunk(x, lo, hi, scale, fine_bins, counts, below, above, check):
     """Add one chunk's finite values to the fine histogram (and the edge check); (counts,
     below, above)."""
-    x = _computable(x)
-    if not np.isfinite(np.sum(x, dtype=np.float64)):
-        x = x[np.isfinite(x)]
-    outside_low, outside_high = x < lo, x > hi
-    n_low, n_high = int(np.count_nonzero(outside_low)), int(np.count_nonzero(outside_high))
-    if n_low or n_high:
-        below, above = below + n_low, above + n_high
-        x = x[~(outside_low | outside_high)]
-    idx = _bin_index(x, lo, hi, scale, fine_bins)
+    part = _chunk_bins(x, lo, hi, scale, fine_bins, check)
+    check.moved += part[3]
+    return counts + part[0], below + part[1], above + part[2]
+
+
+def _chunk_bins(
+    x: np.ndarray,
+    lo: float,
+    hi: float,
+    scale: float,
+    fine_bins: int,
+    check: _EdgeCheck,
+    seen: _ChunkMoments | None = None,
+) -> tuple:
+    """One chunk's (fine counts, below, above, edge-check moves) of its finite values: no
+    shared state, so chunks can be binned on several threads (the sums are integers).
+    `seen`: the chunk's _ChunkMoments, which say whether it holds NaN/Inf or values outside
+    [lo, hi] without looking again."""
+    counts = np.zeros(fine_bins, dtype=np.int64)
+    moved = np.zeros_like(check.moved)
+    below = above = 0
+    with np.errstate(all="ignore"):
+        x = _computable(x)
+        if (
+            not np.isfinite(np.sum(x, dtype=np.float64))
+            if seen is None
+            else seen.nan or seen.posinf or seen.neginf
+        ):
+            x = x[np.isfinite(x)]
+        if seen is None or seen.lo < lo or seen.hi > hi:
+            outside_low, outside_high = x < lo, x > hi
+            below = int(np.count_nonzero(outside_low))
+            above = int(np.count_nonzero(outside_high))
+            if below or above:
+                x = x[~(outside_low | outside_high)]
+        idx = _bin_index(x, lo, hi, scale, fine_bins)
     for start in range(0, idx.size, GIL_SLICE):  # bincount holds the GIL while it runs
-        part = idx[start : start + GIL_SLICE]
-        counts += np.bincount(part, minlength=fine_bins)
-        check.add(x[start : start + GIL_SLICE], part)
-    return counts, below, above
+        piece = idx[start : start + GIL_SLICE]
+        counts += np.bincount(piece, minlength=fine_bins)
+        check.add(x[start : start + GIL_SLICE], piece, moved)
+    return counts, below, above, moved
+
+
+def _in_parallel(chunks: Iterable, work: Callable[[np.ndarray], Result]) -> Iterator[Result]:
+    """work(chunk) for every chunk on WORKERS threads (numpy lets go of the GIL inside its
+    loops), the results in chunk order; a few chunks in flight at most, so memory stays
+    bounded. Closing the generator cancels what has not started."""
+    if WORKERS < 2:
+        yield from map(work, chunks)
+        return
+    with ThreadPoolExecutor(WORKERS) as pool:
+        pending: deque = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(work, chunk))
+                if len(pending) >= 2 * WORKERS:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def auto_bins(numel: int) -> int:
@@ -382,40 +475,27 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
         counts = {key: np.zeros(FINE_BINS, np.int64) for key in split}  # a big bin's split
         extremes = {key: [math.inf, -math.inf] for key in split}
         zeros_in = dict.fromkeys(split, 0)  # a big bin is often one value: 0
-        kind = np.float64
-        for raw in iter_chunks(tensor, chunk):
-            x = _computable(_real_view(raw, part))
-            if level == 0 and zeros:
-                _settle_zeros(
-                    groups,
-                    split,
-                    zeros,
-                    _bin_index(np.zeros(1, x.dtype), lo, hi, scale, fine.size)[0],
-                )
-                zeros = 0
-                if not groups:
-                    break
-            with np.errstate(all="ignore"):
-                x = x[np.isfinite(x)]
-            index = _bin_index(x, lo, hi, scale, fine.size)
-            for key, members in groups.items():
-                inside = members[0].members(x[index == key[0][3]], first=1)
-                if not inside.size:
-                    continue
-                if key in split:
-                    a, b = _sub_range(key[-1])
-                    counts[key] += np.bincount(
-                        _bin_index(inside, a, b, FINE_BINS / (b - a) if b > a else 0.0, FINE_BINS),
-                        minlength=FINE_BINS,
-                    )
-                    extremes[key] = [
-                        min(extremes[key][0], float(inside.min())),
-                        max(extremes[key][1], float(inside.max())),
-                    ]
-                    zeros_in[key] += int(np.add.reduce(inside == 0, dtype=np.int64))
-                else:
+        chunks = (_computable(_real_view(raw, part)) for raw in iter_chunks(tensor, chunk))
+        first = next(chunks, None)
+        if first is None:
+            break
+        kind = first.dtype
+        if level == 0 and zeros:
+            _settle_zeros(
+                groups, split, zeros, _bin_index(np.zeros(1, kind), lo, hi, scale, fine.size)[0]
+            )
+            if not groups:
+                break
+        work = functools.partial(_select_chunk, groups, split, (lo, hi, scale, fine.size))
+        for found_in in _in_parallel(itertools.chain((first,), chunks), work):
+            for key, inside in found_in.items():
+                if key not in split:
                     found[key].append(inside)
-            kind = x.dtype
+                    continue
+                sub_counts, low, high, zeros_here = inside
+                counts[key] += sub_counts
+                extremes[key] = [min(extremes[key][0], low), max(extremes[key][1], high)]
+                zeros_in[key] += zeros_here
             yield
         for key, members in groups.items():
             if key not in split:
@@ -441,6 +521,36 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
                     if sub == zero_sub and target.size == zeros_in[key]:  # only zeros
                         target.value = 0.0
     return {q: t.value for q, t in targets.items() if t.value is not None}
+
+
+def _select_chunk(groups: dict, split: set, first_level: tuple, x: np.ndarray) -> dict:
+    """One chunk's part of a selection pass: {bin key: its values} for a small bin, {bin key:
+    (sub-bin counts, min, max, zeros)} for a bin being split; no shared state."""
+    lo, hi, scale, fine_bins = first_level
+    with np.errstate(all="ignore"):
+        if not np.isfinite(np.sum(x, dtype=np.float64)):
+            x = x[np.isfinite(x)]
+    index = _bin_index(x, lo, hi, scale, fine_bins)
+    wanted = np.zeros(fine_bins, dtype=bool)
+    wanted[[key[0][3] for key in groups]] = True
+    near = np.flatnonzero(np.take(wanted, index))  # the few values in any wanted bin
+    x, index = x[near], index[near]
+    out = {}
+    for key, members in groups.items():
+        inside = members[0].members(x[index == key[0][3]], first=1)
+        if not inside.size:
+            continue
+        if key in split:
+            a, b = _sub_range(key[-1])
+            sub_counts = np.bincount(
+                _bin_index(inside, a, b, FINE_BINS / (b - a) if b > a else 0.0, FINE_BINS),
+                minlength=FINE_BINS,
+            )
+            zeros_here = int(np.add.reduce(inside == 0, dtype=np.int64))
+            out[key] = (sub_counts, float(inside.min()), float(inside.max()), zeros_here)
+        else:
+            out[key] = inside
+    return out
 
 
 def _sub_range(level) -> tuple[float, float]:
@@ -493,15 +603,57 @@ def _fused_pass(tensor, part, chunk, known, moments, check, repeat, progress):
     below = above = 0
     scale = fine_bins / (hi - lo) if hi > lo else 0.0
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
-    for i, raw in enumerate(iter_chunks(tensor, chunk)):
+
+    def work(raw):
         x = _real_view(raw, part)
-        moments.add(x)
-        with np.errstate(all="ignore"):
-            counts, below, above = _bin_chunk(
-                x, lo, hi, scale, fine_bins, counts, below, above, check
-            )
-        yield progress * (i + 1) / total_chunks
+        seen = _chunk_moments(x)
+        return seen, _chunk_bins(x, lo, hi, scale, fine_bins, check, seen)
+
+    for i, (chunk_moments, bins) in enumerate(_in_parallel(iter_chunks(tensor, chunk), work)):
+        moments.merge(chunk_moments)
+        counts += bins[0]
+        below, above = below + bins[1], above + bins[2]
+        check.moved += bins[3]
+        yield progress[0] + (progress[1] - progress[0]) * (i + 1) / total_chunks
     return counts * repeat, below * repeat, above * repeat
+
+
+def _chunk_extremes(x: np.ndarray) -> tuple:
+    """(min, max, integer) of a chunk's finite values, as _Moments.extremes gives them."""
+    if x.dtype.kind in "iub":
+        x = x.view(np.uint8) if x.dtype == np.bool_ else x
+        return (int(x.min()), int(x.max()), True) if x.size else (math.inf, -math.inf, True)
+    x = _computable(x)
+    with np.errstate(all="ignore"):
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            x = x[np.isfinite(x)]
+            lo, hi = (float(x.min()), float(x.max())) if x.size else (math.inf, -math.inf)
+    return lo, hi, False
+
+
+def _extremes_pass(
+    tensor: TensorInfo, part: str, chunk: int, progress: float
+) -> Generator[float, None, _Range | None]:
+    """Generator: a quick first pass for the range only (min and max cost a fraction of the
+    moments), so that the moments and the histogram then take one pass together; returns
+    facts as stats_cache.HealthFacts gives them, or None without finite values."""
+    lo, hi, integer = math.inf, -math.inf, True
+    total_chunks = max(1, math.ceil(tensor.numel / chunk))
+    chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
+    for i, (a, b, whole) in enumerate(_in_parallel(chunks, _chunk_extremes)):
+        lo, hi, integer = min(lo, a), max(hi, b), integer and whole
+        yield progress * (i + 1) / total_chunks
+    if lo > hi:
+        return None
+    return _Range(lo, hi, integer)
+
+
+@dataclass
+class _Range:
+    lo: float
+    hi: float
+    integer: bool
 
 
 def compute(
@@ -511,6 +663,7 @@ def compute(
     value_range: tuple | None = None,
     chunk: int = CHUNK,
     facts=None,
+    quick_range_failed: bool = False,
 ) -> Generator[float, None, Stats]:
     """Generator: yields progress in [0, 1]; returns Stats. `facts` (stats_cache.HealthFacts,
     the health pass's extremes) or a value_range let the first two passes be one."""
@@ -523,14 +676,21 @@ def compute(
     tensor, repeat = unordered_view(tensor)  # an expanded view: its distinct values, weighted
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     moments = _Moments()
-    known = _known_range(facts, value_range, bins, dtype.startswith("complex"))
+    is_complex = dtype.startswith("complex")
+    start = 0.0
+    if facts is None and not value_range and not is_complex and not quick_range_failed:
+        facts = yield from _extremes_pass(tensor, part, chunk, 0.1)
+        start = 0.1
+    known = _known_range(facts, value_range, bins, is_complex)
     if known is None:
         for i, raw in enumerate(iter_chunks(tensor, chunk)):
             moments.add(_real_view(raw, part))
             yield 0.4 * (i + 1) / total_chunks
     else:
         check = _EdgeCheck(*known[:3])
-        histogram = yield from _fused_pass(tensor, part, chunk, known, moments, check, repeat, 0.8)
+        histogram = yield from _fused_pass(
+            tensor, part, chunk, known, moments, check, repeat, (start, 0.8)
+        )
     moments.repeated(repeat)
     stats = Stats(
         numel=moments.n,
@@ -556,7 +716,7 @@ def compute(
             tensor, part, chunk, lo, hi, check.fine_bins, check, (0.4, 0.8), repeat
         )
     elif known != (lo, hi, bins, as_values):  # facts that do not match the values read
-        return (yield from compute(original, bins, part, value_range, chunk))
+        return (yield from compute(original, bins, part, value_range, chunk, None, True))
     else:
         fine, stats.below, stats.above = histogram
     stats.counts = check.counts(fine, repeat)

@@ -9,9 +9,14 @@ holds only an earlier export of ours."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import secrets
 import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
@@ -81,6 +86,23 @@ class Sources:
                 f"{path} is the source file (or one of the files being "
                 "read); choose another destination"
             )
+
+
+def default_destination(opened: str, checkpoint: Checkpoint) -> str:
+    """Where an export is proposed: beside what the user opened, named after it, never inside
+    a model folder (an HF folder's index.json, or its one model.safetensors, would put it
+    among the source's files). A URL's export goes to the home folder."""
+    path = opened.rstrip("/") or opened
+    if remote.is_remote(path):
+        folder = os.path.expanduser("~")
+        name = path.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "download"
+    else:
+        if checkpoint.format == "hf-sharded" and not os.path.isdir(path):
+            path = os.path.dirname(os.path.abspath(path))  # the index names the folder
+        folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(path):
+        name = os.path.splitext(name)[0]
+    return os.path.join(folder, name + "-export.pth")
 
 
 def check_file(checkpoint: Checkpoint, destination: str, force: bool) -> str:
@@ -184,3 +206,89 @@ def _earlier_export(folder: str, entries: list, names: list) -> list | None:
             return None
         return entries
     return None
+
+
+class Cancelled(Exception):
+    """Raised by a writer between steps when the user cancelled."""
+
+
+class Staged:
+    """The one way export and sanitize write: hidden temporary files beside their destinations,
+    each synced to disk once written, renamed into place only when all are written and checked.
+    Used as a context manager: any failure removes the temporary files, and a cancel or an OS
+    error becomes one CheckpointError line saying that nothing was changed."""
+
+    def __init__(self, destination: str, what: str):
+        self.destination, self.what = destination, what
+        self.temps: list[str] = []
+        self.targets: list[str] = []
+
+    def temp(self, target: str) -> str:
+        """A new empty temporary file for `target`, created with the mode a plain open() gives
+        (0666 less the umask; mkstemp's 0600 would hide the export from the group)."""
+        folder, name = os.path.split(target)
+        while True:
+            temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+            try:
+                os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                continue
+            self.temps.append(temp)
+            self.targets.append(target)
+            return temp
+
+    @staticmethod
+    def sync(path: str, meanwhile: Callable[[], object] | None = None) -> None:
+        """Sync the file to disk; `meanwhile` (a check that reads it back, from the page
+        cache) runs while the disk writes, not after."""
+        with ThreadPoolExecutor(1) as pool:
+            synced = pool.submit(_fsync, path)
+            if meanwhile is not None:
+                meanwhile()
+            synced.result()
+
+    def commit(self) -> None:
+        """Every temporary file renamed onto its target."""
+        for temp, target in zip(self.temps, self.targets):
+            os.replace(temp, target)
+        self.temps = []
+
+    def __enter__(self) -> Staged:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        for temp in self.temps:
+            remove_quietly(temp)
+        self.temps = []
+        if isinstance(exc, Cancelled):
+            raise CheckpointError(f"{self.what} cancelled; nothing was written") from None
+        if isinstance(exc, OSError):
+            raise CheckpointError(os_error(exc, self.destination)) from None
+        return False
+
+
+def _fsync(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def os_error(exc: OSError, destination: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"the disk is full; {destination} was not written (nothing was changed)"
+    if exc.errno == errno.EFBIG:
+        return f"the file is larger than this file system allows; {destination} was not written"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write {destination}"
+    return f"writing {destination} failed ({exc.strerror or exc}); nothing was changed"

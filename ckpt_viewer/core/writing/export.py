@@ -5,19 +5,21 @@ torch.save and safetensors' save_file both need every tensor in memory at once (
 archive whose data.pkl names only torch's own rebuild functions (loadable with
 `torch.load(weights_only=True)`), or a safetensors file. Storage location tags are whatever the
 user asks (`cuda:0`...), with or without a GPU here. The file is written to a temporary name in
-the destination folder, fsynced, reopened and checked, then renamed into place.
+the destination folder, fsynced while it is reopened and checked, then renamed into place.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-import secrets
 import struct
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,18 +37,81 @@ from ckpt_viewer.core.listing.model import (
     span_bytes,
 )
 from ckpt_viewer.core.listing.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
-from ckpt_viewer.core.listing.readers.zip_directory import data_offset
 from ckpt_viewer.core.values.dcp import dcp_slabs
 from ckpt_viewer.core.values.decode import apply_view_bits, as_little_endian
 from ckpt_viewer.core.values.storage import StorageReader
 from ckpt_viewer.core.values.strided import iter_raw_chunks
 from ckpt_viewer.core.values.torch_bridge import read_tensor
-from ckpt_viewer.core.writing.destination import INDEX_NAMES, SHARD_STEMS, check_file, check_folder
+from ckpt_viewer.core.writing.destination import (
+    INDEX_NAMES,
+    SHARD_STEMS,
+    Cancelled,
+    Staged,
+    check_file,
+    check_folder,
+    remove_quietly,
+)
 from ckpt_viewer.core.writing.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20  # bytes per read/write step: bounded memory whatever the size
 ALIGNMENT = 64  # torch aligns storage records to 64 bytes (mmap friendly)
+CRC_WORKERS = 2  # threads a large CRC-32 is computed on (zlib lets go of the GIL)
+CRC_SPLIT = 4 << 20  # bytes below which a CRC-32 is computed in one piece
+CRC_POLY = 0xEDB88320
+
+
+def _multiply_mod_p(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (bit-reflected), as zlib's multmodp."""
+    m, product = 1 << 31, 0
+    while True:
+        if a & m:
+            product ^= b
+            if not a & (m - 1):
+                return product
+        m >>= 1
+        b = (b >> 1) ^ CRC_POLY if b & 1 else b >> 1
+
+
+def _x_to_2n_table() -> list[int]:
+    table, p = [1 << 30], 1 << 30  # x^1
+    for _ in range(31):
+        p = _multiply_mod_p(p, p)
+        table.append(p)
+    return table
+
+
+_X2N = _x_to_2n_table()
+
+
+def crc32_combine(first: int, second: int, second_length: int) -> int:
+    """The CRC-32 of A followed by B from crc32(A), crc32(B) and len(B) (zlib's
+    crc32_combine, which Python's zlib does not offer)."""
+    p, k, n = 1 << 31, 3, second_length  # x^(8 * n)
+    while n:
+        if n & 1:
+            p = _multiply_mod_p(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return _multiply_mod_p(p, first) ^ second
+
+
+def _crc_pieces(pool: ThreadPoolExecutor | None, data) -> list:
+    """[(future CRC-32, length)] of data cut in CRC_WORKERS pieces, computed on the pool."""
+    size = len(data)
+    if pool is None or size < CRC_SPLIT:
+        return [(None, zlib.crc32(data), size)]
+    step = -(-size // CRC_WORKERS)
+    return [
+        (pool.submit(zlib.crc32, data[at : at + step]), 0, min(step, size - at))
+        for at in range(0, size, step)
+    ]
+
+
+def _crc_joined(value: int, pieces: list) -> int:
+    for future, crc, size in pieces:
+        value = crc32_combine(value, crc if future is None else future.result(), size)
+    return value
 
 
 @dataclass
@@ -440,24 +505,26 @@ def _dcp_spans(tensor: TensorInfo, target: str):
     return spans if rows == tensor.shape[0] else None
 
 
-def _copy_spans(spans, out, cancelled, crc: bool = False) -> int:
+def _copy_spans(spans, out, cancelled, crc: bool = False, pool=None) -> int:
     value = 0
     for span in spans:
-        value = _copy_span(span, out, cancelled, crc, value)
+        value = _copy_span(span, out, cancelled, crc, value, pool)
     return value
 
 
-def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
+def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0, pool=None) -> int:
     """Copies the span's bytes to the buffered file `out` at its position, by
     os.copy_file_range (no trip through user space) where the kernel can, else from mapped
-    pages; returns the CRC-32 of the bytes when asked (computed on the mapped source pages,
-    which the copy has just brought into the page cache)."""
+    pages; returns the CRC-32 of the bytes when asked, computed on the mapped source pages
+    (which the copy has just brought into the page cache), on the `pool`'s threads while the
+    next step is copied when one is given."""
     reader, first, nbytes = span
     source_start = reader.offset + first
     unit = np.dtype("u1")
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
+    pending: deque = deque()  # the CRC pieces of the steps copied, in order
     with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
         if source.size < source_start + nbytes:
             raise reader._ended()
@@ -480,11 +547,15 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
                     written = os.pwrite(out.fileno(), view, at)
                     view, at = view[written:], at + written
             if crc:
-                value = zlib.crc32(pages, value)
+                pending.append(_crc_pieces(pool, pages))
+                if len(pending) > 1:  # at most two steps mapped at a time
+                    value = _crc_joined(value, pending.popleft())
             del pages
             done += step
             if cancelled():
-                raise _Cancelled()
+                raise Cancelled()
+        while pending:
+            value = _crc_joined(value, pending.popleft())
     out.seek(position + nbytes)
     return value
 
@@ -547,12 +618,28 @@ def _aligned_info(zf: zipfile.ZipFile, name: str, zip64: bool) -> zipfile.ZipInf
 
 
 def _write_pth(path, records, where, device, cancelled):
+    return write_torch_archive(path, _data_pkl(records, where), records, device, cancelled)
+
+
+def write_torch_archive(
+    path: str,
+    data_pkl: bytes,
+    records: list[_Record],
+    device: str,
+    cancelled: Callable[[], bool],
+) -> Generator[int, None, None]:
+    """The one torch zip archive writer (export, DCP consolidation and sanitize): data.pkl,
+    byteorder, the storage records 64-byte aligned as torch.save puts them, version. A record
+    whose bytes are stored as they are to be written is copied file to file; yields each
+    record's byte count once it is written."""
     archive = "archive"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        zf.writestr(
-            zipfile.ZipInfo(f"{archive}/data.pkl", (1980, 1, 1, 0, 0, 0)), _data_pkl(records, where)
-        )
-        zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", (1980, 1, 1, 0, 0, 0)), b"little")
+    stamp = (1980, 1, 1, 0, 0, 0)
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
+        ThreadPoolExecutor(CRC_WORKERS) as pool,
+    ):
+        zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
+        zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
         for record in records:
             nbytes = record.count * DTYPE_SIZES[record.dtype]
             zip64 = nbytes > 0x7FFFFFFF
@@ -561,15 +648,15 @@ def _write_pth(path, records, where, device, cancelled):
             with zf.open(info, "w", force_zip64=zip64) as out:
                 if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
                     # zipfile's record writer puts these two into the header when it closes
-                    out._crc = _copy_spans(spans, zf.fp, cancelled, crc=True)
+                    out._crc = _copy_spans(spans, zf.fp, cancelled, crc=True, pool=pool)
                     out._file_size = nbytes
                 else:
                     for piece in _record_bytes(record, device):
                         out.write(piece)
                         if cancelled():
-                            raise _Cancelled()
+                            raise Cancelled()
             yield nbytes
-        zf.writestr(zipfile.ZipInfo(f"{archive}/version", (1980, 1, 1, 0, 0, 0)), b"3\n")
+        zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
 
 
 # --- the .safetensors writer -------------------------------------------------------------------
@@ -633,12 +720,8 @@ def _write_safetensors(path, items, device, cancelled, metadata):
                 for piece in _dense_bytes(item.tensor, item.dtype, device):
                     f.write(piece)
                     if cancelled():
-                        raise _Cancelled()
+                        raise Cancelled()
             yield item.tensor.numel * DTYPE_SIZES[item.dtype]
-
-
-class _Cancelled(Exception):
-    pass
 
 
 # --- verification and the public entry point -----------------------------------------------
@@ -660,21 +743,21 @@ def _check_records(storages) -> None:
     many bytes as torch reads (the persistent id's count x its storage type's element size,
     checked on opening) must be the bytes whose CRC-32 the archive recorded: a record
     written shorter or longer than its header says fails here."""
-    for storage in storages:
-        member = storage.source
-        with open(member.path, "rb") as f:
-            f.seek(data_offset(member))
-            value, left = 0, storage.nbytes
-            while left:
-                data = f.read(min(COPY_CHUNK, left))
-                if not data:
-                    break
-                value, left = zlib.crc32(data, value), left - len(data)
-        if left or value != member.crc:
-            raise CheckpointError(
-                f"written storage record data/{storage.key} does not hold "
-                "the bytes its header describes"
-            )
+    unit = np.dtype("u1")
+    with ThreadPoolExecutor(CRC_WORKERS) as pool:
+        for storage in storages:
+            reader, value = StorageReader(storage), 0
+            try:
+                for at in range(0, storage.nbytes, COPY_CHUNK * 4):
+                    pages = reader.mapped(at, min(COPY_CHUNK * 4, storage.nbytes - at), unit)
+                    value = _crc_joined(value, _crc_pieces(pool, pages))
+            except CheckpointError:  # the file ends inside the record
+                value = None
+            if value != storage.source.crc:
+                raise CheckpointError(
+                    f"written storage record data/{storage.key} does not hold "
+                    "the bytes its header describes"
+                )
 
 
 def verify_written(path: str, fmt: str, items: list[Item]) -> None:
@@ -745,12 +828,10 @@ def export(
         check_file(checkpoint, destination, force)
     targets = [os.path.join(folder, name) for name in names] + ([index_path] if index_path else [])
     total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items) or 1
-    temps = []
-    try:
+    with Staged(destination, "export") as staged:
         written = 0
-        for name, shard in zip(names, shards):
-            temp = _new_temp(folder, name)
-            temps.append(temp)
+        for target, shard in zip(targets, shards):
+            temp = staged.temp(target)
             if fmt == "pth":
                 steps = _write_pth(temp, shard, where, plan.device, cancelled)
             else:
@@ -759,23 +840,20 @@ def export(
             for nbytes in steps:
                 written += nbytes
                 yield min(written / total, 1.0) * (0.95 if verify else 1.0)
-            with open(temp, "rb+") as f:
-                os.fsync(f.fileno())
-            if verify:
-                verify_written(temp, fmt, _shard_items(shard, fmt))
+            staged.sync(
+                temp,
+                functools.partial(verify_written, temp, fmt, _shard_items(shard, fmt))
+                if verify
+                else None,
+            )
         if index_path:
-            temp = _new_temp(folder, "index")
-            temps.append(temp)
-            with open(temp, "w") as f:
+            with open(staged.temp(index_path), "w") as f:
                 json.dump(_index(fmt, names, shards, aliases), f, indent=2)
         if verify:
             yield 1.0
-        for temp, target in zip(temps, targets):
-            os.replace(temp, target)
+        staged.commit()
         for name in stale:  # the rest of the earlier export it replaces
-            _remove(os.path.join(folder, name))
-    except BaseException as exc:
-        raise _failed_write(exc, temps, destination, "export") from None
+            remove_quietly(os.path.join(folder, name))
     size = sum(os.path.getsize(t) for t in targets)
     return ExportSummary(destination, len(items), size, fmt, where, verify, files=len(shards))
 
@@ -845,50 +923,3 @@ def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:
             weight_map[item.key] = name
     total = sum(_unit_bytes(unit, fmt) for shard in shards for unit in shard)
     return {"metadata": {"total_size": total}, "weight_map": weight_map}
-
-
-def _remove_all(paths):
-    for path in paths:
-        _remove(path)
-
-
-def _failed_write(exc: BaseException, temps: list, destination: str, what: str):
-    """Removes the temporary files of a write that did not finish; returns what to raise: a
-    one-line CheckpointError for a cancel or an OS error, else the exception itself."""
-    _remove_all(temps)
-    if isinstance(exc, _Cancelled):
-        return CheckpointError(f"{what} cancelled; nothing was written")
-    if isinstance(exc, OSError):
-        return CheckpointError(_os_error(exc, destination))
-    return exc
-
-
-def _new_temp(folder: str, name: str) -> str:
-    """An unused hidden file next to the destination, created with the mode a plain open()
-    gives (0666 less the umask; mkstemp's 0600 would hide the export from the group)."""
-    while True:
-        temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return temp
-        except FileExistsError:
-            continue
-
-
-def _remove(path: str):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _os_error(exc: OSError, destination: str) -> str:
-    import errno
-
-    if exc.errno == errno.ENOSPC:
-        return f"the disk is full; {destination} was not written (nothing was changed)"
-    if exc.errno == errno.EFBIG:
-        return f"the file is larger than this file system allows; {destination} was not written"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"no permission to write {destination}"
-    return f"writing {destination} failed ({exc.strerror or exc}); nothing was changed"

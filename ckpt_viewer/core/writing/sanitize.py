@@ -12,7 +12,6 @@ hold no pickle (safetensors, sharded, DCP) become a flat state_dict.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -37,19 +36,15 @@ from ckpt_viewer.core.listing.tree import (
     is_module,
     is_script_module,
 )
-from ckpt_viewer.core.writing.destination import check_file
+from ckpt_viewer.core.writing.destination import Staged, check_file
 from ckpt_viewer.core.writing.export import (
     Item,
-    _aligned_info,
-    _Cancelled,
     _check_records,
-    _failed_write,
-    _new_temp,
-    _record_bytes,
     _records,
     geometry,
     quantizer_entries,
     quantizer_stored,
+    write_torch_archive,
     written_storages,
 )
 from ckpt_viewer.core.writing.torch_pickle import (
@@ -433,8 +428,6 @@ def _storage_layout(plan: Plan) -> list:
 
 
 def _write(path, plan: Plan, records, cancelled):
-    archive = "archive"
-    stamp = (1980, 1, 1, 0, 0, 0)
     try:
         data = PickleWriter("cpu").dump(plan.root)
     except RecursionError:
@@ -444,20 +437,7 @@ def _write(path, plan: Plan, records, cancelled):
             f"the copy's data.pkl would take {len(data):,} bytes, more than "
             f"this viewer reads back ({MAX_PICKLE_BYTES:,})"
         )
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data)
-        zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
-        for record in records:
-            nbytes = record.count * DTYPE_SIZES[record.dtype]
-            zip64 = nbytes > 0x7FFFFFFF
-            info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
-            with zf.open(info, "w", force_zip64=zip64) as out:
-                for piece in _record_bytes(record, "cpu"):
-                    out.write(piece)
-                    if cancelled():
-                        raise _Cancelled()
-            yield nbytes
-        zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
+    return write_torch_archive(path, data, records, "cpu", cancelled)
 
 
 def _check_written(path: str, plan: Plan):
@@ -490,22 +470,17 @@ def sanitize(
     destination unless the whole copy was written and checked."""
     plan = plan_sanitize(checkpoint)
     destination = check_file(checkpoint, destination, force)
-    folder = os.path.dirname(destination)
     records = _storage_layout(plan)
     total = sum(r.count * DTYPE_SIZES[r.dtype] for r in records) or 1
-    temp = _new_temp(folder, os.path.basename(destination))  # the mode open() would give
-    try:
+    with Staged(destination, "sanitize") as staged:
+        temp = staged.temp(destination)
         written = 0
         for nbytes in _write(temp, plan, records, cancelled):
             written += nbytes
             yield min(written / total, 1.0) * 0.95
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
-        _check_written(temp, plan)
+        staged.sync(temp, lambda: _check_written(temp, plan))
         yield 1.0
-        os.replace(temp, destination)
-    except BaseException as exc:
-        raise _failed_write(exc, [temp], destination, "sanitize") from None
+        staged.commit()
     return SanitizeSummary(
         destination, len(plan.tensors), os.path.getsize(destination), plan.changes
     )

@@ -97,9 +97,9 @@ def read(folder: str) -> Checkpoint:
         total = sum(remote.getsize(path) for path in data_files)
     else:
         total = sum(
-            os.path.getsize(os.path.join(folder, n))
-            for n in os.listdir(folder)
-            if os.path.isfile(os.path.join(folder, n))
+            remote.getsize(remote.join(folder, n))
+            for n in remote.files(folder)
+            if remote.isfile(remote.join(folder, n))
         )
     version = fields.get("version")
     # every global is reported and triaged (DCP's own dataclasses are `data`, by exact name);

@@ -210,11 +210,9 @@ def _variant(name: str) -> str | None:
 
 
 def _names(folder: str) -> set:
-    names = set(remote.listdir(folder))
-    if not remote.is_remote(folder):
-        # not isfile: a FIFO or device named like a weights file is chosen, then refused on open
-        names = {n for n in names if not os.path.isdir(os.path.join(folder, n))}
-    return names
+    # not only regular files: a FIFO or device named like a weights file is chosen, then
+    # refused on open
+    return set(remote.files(folder))
 
 
 def model_weights(path: str) -> str | None:

@@ -32,13 +32,10 @@ CONFIG_FILES = ("config.json", "adapter_config.json")
 def state_files(folder: str) -> list[str]:
     """Names of the training-state files in a folder (none: it is not a training folder)."""
     try:
-        names = remote.listdir(folder)
+        names = remote.files(folder)
     except (OSError, CheckpointError):
         return []
-    # not only regular files: a FIFO among them is listed, and refused when it is opened
-    return sorted(
-        n for n in names if STATE_FILE.fullmatch(n) and not remote.isdir(remote.join(folder, n))
-    )
+    return sorted(n for n in names if STATE_FILE.fullmatch(n))
 
 
 def folder_metadata(folder: str) -> dict:
@@ -58,13 +55,7 @@ def part_names(folder: str) -> list[str]:
     weights = model_weights(folder)
     names = [remote.basename(weights)] if weights else []
     names += sorted(
-        (
-            n
-            for n in remote.listdir(folder)
-            if EXTRA_MODEL_FILE.fullmatch(n)
-            and not remote.isdir(remote.join(folder, n))
-            and n not in names
-        ),
+        (n for n in remote.files(folder) if EXTRA_MODEL_FILE.fullmatch(n) and n not in names),
         key=_natural,
     )
     return names + [n for n in state_files(folder) if n not in names]
@@ -186,9 +177,9 @@ def _pickles_of(path: str) -> PickleReport:
     """The globals a file we could not read names, as far as its pickles can be walked: the
     trainer unpickles the file with torch.load, so a payload there must still be named."""
     report = PickleReport()
-    if path.endswith(".json") or remote.getsize(path) > MAX_PICKLE_BYTES:
-        return report
     try:
+        if path.endswith(".json") or remote.getsize(path) > MAX_PICKLE_BYTES:
+            return report  # (a FIFO or device is refused by getsize)
         with remote.open_source(path) as f:
             torch_load_pickles(f.read(), report)
     except (CheckpointError, OSError):

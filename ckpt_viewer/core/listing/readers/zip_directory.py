@@ -17,7 +17,7 @@ import zlib
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.listing.model import ZipMember
-from ckpt_viewer.core.listing.remote import open_source
+from ckpt_viewer.core.listing.remote import open_source, remembered
 
 EOCD = struct.Struct("<4s4H2LH")  # end of central directory, 22 bytes
 EOCD64_LOCATOR = struct.Struct("<4sLQL")  # 20 bytes
@@ -70,7 +70,12 @@ def _zip64_end(f, size: int, eocd_at: int):
 
 
 def read_directory(path: str) -> list[ZipMember]:
-    """Every entry, in directory order, with sizes and offsets checked against the file."""
+    """Every entry, in directory order, with sizes and offsets checked against the file (read
+    once per opening: sniffing a .pt2 and its reader share it)."""
+    return remembered(path, "zip directory", lambda: _read_directory(path))
+
+
+def _read_directory(path: str) -> list[ZipMember]:
     with open_source(path) as f:
         size = f.size
         if size < EOCD.size:

@@ -1,0 +1,166 @@
+"""Moving around the key tree: Enter/Down from the filter into its results and Esc back, Expand
+All that expands only what comes into view, and the go-to-key box (Ctrl+P)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import QEvent, QObject, QPoint, Qt, Signal
+from PySide6.QtWidgets import (
+    QDialog,
+    QLineEdit,
+    QListWidget,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ckpt_viewer.core.listing.text import FuzzyKeys
+from ckpt_viewer.qt.plain import shown
+from ckpt_viewer.qt.workers import Controller
+
+EXPAND_PASSES = 64  # rows opened per pass push their children into view: at most this deep
+INTO_RESULTS = (Qt.Key_Down, Qt.Key_Return, Qt.Key_Enter)
+
+
+class FilterKeys(QObject):
+    """Down or Enter in the filter moves to the first matching row; Esc in the tree goes back
+    to the filter."""
+
+    def __init__(self, line: QLineEdit, tree: QTreeView, first_match: Callable):
+        super().__init__(line)
+        self.line, self.tree, self.first_match = line, tree, first_match
+        line.installEventFilter(self)
+        tree.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() != QEvent.KeyPress:
+            return False
+        if watched is self.line and event.key() in INTO_RESULTS:
+            index = self.tree.currentIndex()
+            if not index.isValid() or not self.tree.visualRect(index).isValid():
+                index = self.first_match()
+            if index.isValid():
+                self.tree.setCurrentIndex(index)
+                self.tree.scrollTo(index)
+            self.tree.setFocus(Qt.ShortcutFocusReason)
+            return True
+        if watched is self.tree and event.key() == Qt.Key_Escape:
+            self.line.setFocus(Qt.ShortcutFocusReason)
+            self.line.selectAll()
+            return True
+        return False
+
+
+class LazyExpander(QObject):
+    """View > Expand All without walking every row (QTreeView.expandAll asks the model about
+    all 50,000 keys at once): the rows in view are expanded, then those scrolled into view,
+    until Collapse All, a collapse, or a new filter ends it."""
+
+    def __init__(self, tree: QTreeView):
+        super().__init__(tree)
+        self.tree, self.on, self.filling = tree, False, False
+        tree.verticalScrollBar().valueChanged.connect(self.fill)
+        tree.collapsed.connect(self.stop)
+        tree.model().modelReset.connect(self.stop)
+        tree.viewport().installEventFilter(self)
+
+    def start(self) -> None:
+        self.on = True
+        self.fill()
+
+    def stop(self, *_) -> None:
+        self.on = False
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Resize:
+            self.fill()
+        return False
+
+    def fill(self, *_) -> None:
+        """Expand every collapsed row in view; repeat while that brought new rows in."""
+        if not self.on or self.filling:  # expanding may move the scroll bar: no recursion
+            return
+        tree, height = self.tree, self.tree.viewport().height()
+        model = tree.model()
+        self.filling = True
+        try:
+            for _ in range(EXPAND_PASSES):
+                index, opened = tree.indexAt(QPoint(1, 1)), False
+                while index.isValid() and tree.visualRect(index).top() < height:
+                    if not tree.isExpanded(index) and model.hasChildren(index):
+                        tree.expand(index)
+                        opened = True
+                    index = tree.indexBelow(index)
+                if not opened:
+                    return
+        finally:
+            self.filling = False
+
+
+class QuickOpen(QDialog):
+    """Go to key (Ctrl+P): type a few characters of a key in order ("h3fc" finds
+    h.3.mlp.c_fc.weight), Enter shows it in the tree. Searched in a worker: a newer text
+    supersedes the search still running."""
+
+    chosen = Signal(str)
+    searched = Signal(str)  # the list shows this text's matches
+
+    def __init__(self, keys: list[str], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("quickOpen")
+        self.setWindowTitle("Go to Key")
+        self.resize(640, 420)
+        self.keys = keys
+        self.finder: FuzzyKeys | None = None
+        self.found: list[str] = []
+        self.line = QLineEdit()
+        self.line.setObjectName("quickOpenText")
+        self.line.setPlaceholderText("Characters of a key, in order (h3fc: h.3.mlp.c_fc.weight)")
+        self.results = QListWidget()
+        self.results.setObjectName("quickOpenResults")
+        self.results.setUniformItemSizes(True)
+        self.results.itemActivated.connect(lambda _: self.accept())
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.line)
+        layout.addWidget(self.results)
+        self.jobs = Controller(self)
+        self.line.textChanged.connect(self.search)
+        self.line.installEventFilter(self)
+
+    def search(self, text: str) -> None:
+        self.jobs.start("find", self._find, text, on_result=self._show)
+
+    def _find(self, text: str) -> tuple[str, list[str]]:
+        if self.finder is None:  # built once, in the first search's worker
+            self.finder = FuzzyKeys(self.keys)
+        return text, self.finder.find(text)
+
+    def _show(self, result: tuple[str, list[str]]) -> None:
+        text, self.found = result
+        self.results.clear()
+        self.results.addItems([shown(key) for key in self.found])
+        if self.found:
+            self.results.setCurrentRow(0)
+        self.searched.emit(text)
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.line and event.type() == QEvent.KeyPress:
+            if event.key() in (Qt.Key_Down, Qt.Key_Up, Qt.Key_PageDown, Qt.Key_PageUp):
+                self.results.keyPressEvent(event)  # the list moves, typing stays here
+                return True
+            if event.key() in (Qt.Key_Return, Qt.Key_Enter):
+                self.accept()
+                return True
+        return False
+
+    def accept(self) -> None:
+        row = self.results.currentRow()
+        if 0 <= row < len(self.found):
+            self.chosen.emit(self.found[row])
+        self.jobs.cancel()
+        super().accept()
+
+    def reject(self) -> None:
+        self.jobs.cancel()
+        super().reject()

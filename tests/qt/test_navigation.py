@@ -1,0 +1,217 @@
+"""Moving around the key tree: natural order and File Order, Enter/Down from the filter into
+its results and Esc back, revealing a key a filter hides, Expand All as rows come into view,
+Go to Key (Ctrl+P), and the Pickle Imports icon's category."""
+
+import json
+import struct
+
+import torch
+from PySide6.QtCore import QModelIndex, Qt
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QApplication
+from qt_helpers import open_and_wait
+from safetensors.torch import save_file
+
+import builders
+from ckpt_viewer.qt import checkpoint_tab
+
+LAYERS = 12
+
+
+def gpt2_like(path) -> str:
+    tensors = {
+        f"h.{i}.{name}": torch.full((2,), float(i))
+        for i in range(LAYERS)
+        for name in ("attn.c_attn.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    }
+    tensors["wte.weight"] = torch.zeros(3)
+    save_file(tensors, str(path))
+    return str(path)
+
+
+def header_keys(path) -> list[str]:
+    """The keys in the order the safetensors file stores them (the oracle for File Order)."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        return [k for k in json.loads(f.read(size)) if k != "__metadata__"]
+
+
+def names_under(model, parent=QModelIndex()) -> list[str]:
+    return [model.index(r, 0, parent).data() for r in range(model.rowCount(parent))]
+
+
+def child(model, name, parent=QModelIndex()):
+    return next(
+        model.index(r, 0, parent)
+        for r in range(model.rowCount(parent))
+        if model.index(r, 0, parent).data() == name
+    )
+
+
+def opened(qtbot, window, path):
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    return tab, tab.model
+
+
+def test_layers_in_natural_order_and_file_order_on_request(qtbot, window, tmp_path):
+    path = gpt2_like(tmp_path / "model.safetensors")
+    tab, model = opened(qtbot, window, path)
+    h = child(model, "h")
+    assert names_under(model, h) == [str(i) for i in range(LAYERS)]
+    window.findChild(QAction, "actionFileOrder").trigger()
+    stored = list(dict.fromkeys(k.split(".")[1] for k in header_keys(path) if k[:2] == "h."))
+    h = child(model, "h")
+    assert names_under(model, h) == stored != [str(i) for i in range(LAYERS)]
+    window.findChild(QAction, "actionFileOrder").trigger()
+    tab.tree.sortByColumn(0, Qt.DescendingOrder)
+    assert names_under(model, child(model, "h")) == [str(i) for i in reversed(range(LAYERS))]
+    tab.tree.sortByColumn(0, Qt.AscendingOrder)
+    assert names_under(model, child(model, "h")) == [str(i) for i in range(LAYERS)]
+
+
+def test_filter_opens_the_way_to_many_matches_and_keys_move_in_and_out(
+    qtbot, window, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(checkpoint_tab, "AUTO_EXPAND_LIMIT", 30)  # 37 rows show: too many
+    tab, model = opened(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        tab.filter.setText("c_fc")
+    h = child(model, "h")
+    assert tab.tree.isExpanded(h)  # the groups leading to matches are open, not one node
+    first, last = child(model, "0", h), child(model, "11", h)
+    assert tab.tree.isExpanded(first) and tab.tree.isExpanded(child(model, "mlp", first))
+    assert not tab.tree.isExpanded(child(model, "mlp", last))  # past the budget
+    tab.filter.setFocus()
+    qtbot.keyClick(tab.filter, Qt.Key_Down)
+    assert tab.tree.hasFocus()
+    assert tab.selected_key() == "h.0.mlp.c_fc"  # the first match (a group)
+    qtbot.keyClick(tab.tree, Qt.Key_Escape)
+    assert tab.filter.hasFocus()
+    qtbot.keyClick(tab.filter, Qt.Key_Return)
+    assert tab.tree.hasFocus() and tab.selected_key() == "h.0.mlp.c_fc"
+
+
+def test_showing_a_key_the_filter_hides_clears_it_and_says_so(qtbot, window, tmp_path):
+    tab, model = opened(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        tab.filter.setText("wte")
+    with qtbot.waitSignal(tab.tensor_selected, timeout=5000) as selected:
+        window._opener(tab)("h.3.mlp.c_fc.weight")  # what Health, Layers, Verify call
+    assert selected.args == ["h.3.mlp.c_fc.weight"]
+    assert tab.filter.text() == ""
+    assert tab.filter_status.text() == 'filter "wte" cleared to show h.3.mlp.c_fc.weight'
+
+
+def test_expand_all_expands_what_comes_into_view(qtbot, window, tmp_path):
+    tensors = {f"blocks.{i}.{j}.w": torch.zeros(1) for i in range(60) for j in range(3)}
+    path = tmp_path / "many.safetensors"
+    save_file(tensors, str(path))
+    tab, model = opened(qtbot, window, str(path))
+    tab.tree.resize(400, 300)
+    window.findChild(QAction, "actionExpandAll").trigger()
+    blocks = child(model, "blocks")
+    first, last = child(model, "0", blocks), child(model, "59", blocks)
+    assert tab.tree.isExpanded(blocks) and tab.tree.isExpanded(first)
+    assert not tab.tree.isExpanded(last)  # far below the view: not asked about yet
+    tab.tree.scrollToBottom()
+    while not tab.tree.isExpanded(last):  # each scroll expands what it brought in
+        bar = tab.tree.verticalScrollBar()
+        assert bar.value() < bar.maximum() or tab.tree.isExpanded(last)
+        tab.tree.scrollToBottom()
+    window.findChild(QAction, "actionCollapseAll").trigger()
+    assert not tab.tree.isExpanded(blocks) and not tab.expander.on
+
+
+def test_go_to_key_finds_characters_in_order_and_shows_the_key(qtbot, window, tmp_path):
+    tab, model = opened(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
+    box = window.go_to_key()
+    with qtbot.waitSignal(box.searched, timeout=10_000) as searched:
+        box.line.setText("h3fc")
+    assert searched.args == ["h3fc"]
+    assert box.found[:2] == ["h.3.mlp.c_fc", "h.3.mlp.c_fc.weight"]  # shortest first
+    assert all(key.startswith("h.3.") for key in box.found)
+    qtbot.keyClick(box.line, Qt.Key_Down)  # the list moves, the text keeps the focus
+    with qtbot.waitSignal(tab.tensor_selected, timeout=5000) as selected:
+        qtbot.keyClick(box.line, Qt.Key_Return)
+    assert selected.args == ["h.3.mlp.c_fc.weight"]
+
+
+def test_pickle_imports_icon_says_the_worst_category(qtbot, window, tmp_path):
+    clean = builders.save({"w": torch.zeros(2)}, tmp_path / "clean.pt")
+    open_and_wait(qtbot, window, clean)
+    action = window.findChild(QAction, "actionPickleImports")
+    assert "only torch's own globals" in action.toolTip()
+    open_and_wait(qtbot, window, builders.whole_model_file(tmp_path / "whole.pt"))
+    assert "names classes outside torch" in action.toolTip()
+    QApplication.processEvents()
+
+
+def test_optimizer_state_rows_name_their_parameter(qtbot, window, tmp_path):
+    path = builders.training_checkpoint(tmp_path / "train.pth")
+    group = torch.load(path, weights_only=True)["optimizer_state_dict"]["param_groups"][0]
+    names = dict(zip(group["params"], group["param_names"]))  # torch's own record
+    tab, model = opened(qtbot, window, path)
+    state = child(model, "state", child(model, "optimizer_state_dict"))
+    assert names_under(model, state) == [f"{i} \u2014 {names[i]}" for i in sorted(names)]
+
+
+def test_welcome_page_opens_files_and_lists_recent_ones(qtbot, window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog, QListWidget, QPushButton
+
+    path = builders.save({"w": torch.zeros(2)}, tmp_path / "w.pt")
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([path], ""))
+    with qtbot.waitSignal(window.loaded, timeout=30_000):
+        window.welcome.findChild(QPushButton, "welcomeOpen").click()
+    assert "safetensors" in window.welcome.findChild(object, "welcomeFormats").text()
+    window.close_tab(window.tabs.currentIndex())
+    assert window.tabs.currentWidget() is window.welcome
+    recent = window.welcome.findChild(QListWidget, "welcomeRecent")
+    assert recent.count() == 1 and recent.item(0).text() == path
+    with qtbot.waitSignal(window.loaded, timeout=30_000) as loaded:
+        recent.itemActivated.emit(recent.item(0))
+    assert loaded.args == [path]
+
+
+def test_export_of_a_model_folder_proposes_a_file_beside_it(qtbot, window, tmp_path):
+    builders.hf_directory(tmp_path / "gpt2_hf")
+    open_and_wait(qtbot, window, str(tmp_path / "gpt2_hf"))
+    assert window.windowTitle().startswith("gpt2_hf")  # as its tab says
+    dialog = window.export_dialog()
+    assert dialog.destination.text() == str(tmp_path / "gpt2_hf-export.pth")
+    dialog.close()
+
+
+def test_status_line_elides_in_the_middle_and_holds_the_whole_text(qtbot):
+    from ckpt_viewer.qt.tensor_panels import ElidedLabel
+
+    label = ElidedLabel()
+    qtbot.addWidget(label)
+    text = "10,000,000 elements: estimates; computing exact statistics..."
+    label.setText(text)
+    label.resize(label.fontMetrics().horizontalAdvance(text) // 2, 20)
+    shown = label.elided()
+    assert label.text() == label.toolTip() == text
+    assert shown.startswith("10,000") and shown.endswith("statistics...") and "\u2026" in shown
+    label.resize(label.fontMetrics().horizontalAdvance(text) + 20, 20)
+    assert label.elided() == text
+
+
+def test_facts_break_keys_after_dots_and_copy_them_whole(qtbot):
+    from ckpt_viewer.qt.tensor_panels import BREAK, FactsPanel
+
+    key = "transformer.h.3.mlp.c_fc.weight"
+    facts = FactsPanel()
+    qtbot.addWidget(facts)
+    facts.resize(facts.fontMetrics().horizontalAdvance("transformer.h.3.") + 60, 300)
+    facts.show()
+    facts.show_facts([("key", key)])
+    assert key in facts.toPlainText()
+    doc = facts.document()
+    cell = doc.find(BREAK)
+    layout, text = cell.block().layout(), cell.block().text()
+    starts = [layout.lineAt(i).textStart() for i in range(layout.lineCount())]
+    assert len(starts) > 1  # wrapped, and only where a key allows it
+    assert all(text[start - 1] == BREAK for start in starts[1:])
+    facts.selectAll()
+    assert facts.createMimeDataFromSelection().text().split()[-1] == key
