@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "check",
     "layers",
     "sanitize",
+    "timeline",
 )
 
 NO_DISPLAY = (
@@ -86,7 +87,14 @@ def _inspect_parser(sub):
         "--depth",
         type=whole_number(1),
         default=None,
-        help="show the tree to this depth only (1 or more)",
+        help="show the tree to this depth only (1 or more); with --by-module the module depth "
+        "(default 2)",
+    )
+    p.add_argument(
+        "--by-module",
+        action="store_true",
+        help="bytes and elements per module (parameters, buffers, optimizer state, other) and "
+        "the memory the model needs for inference and training",
     )
     p.add_argument(
         "--file-order",
@@ -262,6 +270,39 @@ def _layers_parser(sub):
     )
 
 
+def _timeline_parser(sub):
+    p = sub.add_parser(
+        "timeline",
+        help="many checkpoints of one run, ordered by the step inside them: per key and step "
+        "norms, updates, NaN/Inf, learning rates, losses and findings",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="checkpoint files or folders, a folder of them, or a quoted glob",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--metrics",
+        help="comma-separated, from: l2, std, max_abs, update, cos_prev, cos_first, nan, inf, "
+        "exp_avg_sq, alpha (default: all but alpha, which takes an SVD per tensor and step)",
+    )
+    p.add_argument(
+        "--show",
+        default="update",
+        metavar="METRIC",
+        help="the metric of the text table (default: update)",
+    )
+    p.add_argument("--keys", action="append", default=[], metavar="GLOB", help="only these keys")
+    p.add_argument(
+        "--cluster",
+        metavar="tcp://HOST:PORT",
+        help="run the per-tensor scan on this dask.distributed scheduler ([cluster] extra)",
+    )
+    p.set_defaults(run=run_timeline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ckpt-viewer",
@@ -286,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     _check_parser(sub)
     _layers_parser(sub)
     _sanitize_parser(sub)
+    _timeline_parser(sub)
     return parser
 
 
@@ -331,16 +373,33 @@ def build_gui_parser() -> argparse.ArgumentParser:
 
 def run_inspect(args) -> int:
     from ckpt_viewer.core import paused_gc
+
+    # the listing is a million small objects that live until exit: collecting cycles among
+    # them would walk them all, again and again (see paused_gc)
+    from ckpt_viewer.core.listing.footprint import (
+        bytes_map,
+        memory_lines,
+        memory_needs,
+        module_lines,
+        module_rows,
+    )
     from ckpt_viewer.core.listing.open import open_checkpoint
     from ckpt_viewer.core.listing.report import text_report
     from ckpt_viewer.core.listing.summary import inspect_dict
 
-    # the listing is a million small objects that live until exit: collecting cycles among
-    # them would walk them all, again and again (see paused_gc)
     with paused_gc():
         checkpoint = open_checkpoint(args.path)
+        depth = args.depth or 2
         if args.json:
-            say_json(inspect_dict(checkpoint))
+            data = inspect_dict(checkpoint)
+            data["memory"] = memory_needs(checkpoint)
+            if args.by_module:
+                rows = module_rows(bytes_map(checkpoint), depth)
+                data["modules"] = [{"depth": d, **b.to_json()} for d, b in rows]
+            say_json(data)
+        elif args.by_module:
+            say_lines(module_lines(bytes_map(checkpoint), depth))
+            say_lines(memory_lines(memory_needs(checkpoint)))
         else:
             say_lines(text_report(checkpoint, max_depth=args.depth, file_order=args.file_order))
     return 0
@@ -518,6 +577,22 @@ def run_layers(args) -> int:
     return 0
 
 
+def run_timeline(args) -> int:
+    from ckpt_viewer.core.analysis.timeline import DEFAULT_METRICS, text_lines, timeline
+    from ckpt_viewer.core.progress import run
+
+    chosen = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    metrics = [m.strip() for m in chosen if m.strip()]
+    if args.show not in metrics:
+        metrics.append(args.show)
+    report = run(timeline(args.paths, metrics, args.keys, cluster=args.cluster))
+    if args.json:
+        say_json(report.to_json())
+    else:
+        say_lines(text_lines(report, args.show))
+    return 1 if any(f.severity == "error" for f in report.findings) else 0
+
+
 def has_display() -> bool:
     """Can Qt show a window here? (Checked first: without one Qt aborts with a core dump.)"""
     if sys.platform in ("darwin", "win32", "cygwin"):
@@ -576,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         runner = args.run
         where = getattr(args, "path", "") or getattr(args, "src", "")
-        where = "" if args.run.__name__ == "run_diff" else where
+        where = "" if args.run.__name__ in ("run_diff", "run_timeline") else where
     elif argv and unknown_command(argv[0]):
         say(unknown_command(argv[0]), file=sys.stderr)
         return 2

@@ -341,3 +341,42 @@ def alarm(seconds: int):
 
     signal.signal(signal.SIGALRM, fail)
     signal.alarm(seconds)
+
+
+def training_run(folder, *, steps=6, nan_at=None, frozen=True, drop_every=3, names=None):
+    """A run of checkpoints from a real training loop: a small MLP trained for `steps` checkpoints (5 optimizer steps each) with a StepLR drop,
+    optionally its first layer frozen and a NaN planted at checkpoint `nan_at`."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    if frozen:
+        model[0].weight.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, drop_every, 0.1)
+    os.makedirs(folder, exist_ok=True)
+    saved = []
+    for index in range(steps):
+        for _ in range(5):
+            loss = model(torch.randn(32, 8)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if index == nan_at:
+            with torch.no_grad():
+                model[2].bias[1] = float("nan")
+        step = (index + 1) * 5
+        name = names[index] if names else f"ckpt_{step}.pt"
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.save(
+            {
+                "global_step": step,
+                "epoch": index,
+                "loss": loss.item(),
+                "model_state_dict": state,
+                "optimizer_state_dict": optimizer.state_dict(),
+            },
+            os.path.join(folder, name),
+        )
+        saved.append((step, state, optimizer.param_groups[0]["lr"]))
+    return saved

@@ -84,12 +84,18 @@ def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
         )
         tab.select_key(key)
 
-    def save():
+    def on_run(view):  # a folder of checkpoints: its Run tab, once the exact pass is drawn
+        view.ready.connect(lambda _report: QTimer.singleShot(100, lambda: save(view)))
+        view.failed.connect(lambda message: finish(2, f"error: {path}: {message}"))
+
+    def save(run_view=None):
         from ckpt_viewer.core import CheckpointError
         from ckpt_viewer.core.writing.destination import Sources
 
+        shown = run_view.run.checkpoints if run_view else [window.current_tab().checkpoint]
         try:  # `--screenshot model.pt` must not overwrite the checkpoint it shows
-            Sources(window.current_tab().checkpoint).refuse_source(out)
+            for checkpoint in shown:
+                Sources(checkpoint).refuse_source(out)
         except CheckpointError as exc:
             finish(2, f"error: {exc}")
             return
@@ -100,6 +106,7 @@ def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
 
     window.resize(*size)  # offscreen: any size, whatever the (800 x 800) screen
     window.loaded.connect(on_loaded)
+    window.runs_opened.connect(on_run)
     window.load_failed.connect(lambda p, message: finish(2, f"error: {p}: {message}"))
     QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, lambda: finish(2, "error: screenshot timed out"))
     previous_hook, sys.excepthook = sys.excepthook, crashed

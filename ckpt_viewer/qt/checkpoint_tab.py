@@ -191,6 +191,11 @@ class CheckpointTab(QWidget):
         self.panes.addTab(self.summary, "Summary")
         self.panes.addTab(QWidget(), "Tensor")
         self.panes.addTab(QWidget(), f"Optimizer ({len(checkpoint.optimizers)})")
+        self.bytes_map = self.structure = None  # the Bytes and Structure panes, built when shown
+        self.keeping_pane = False  # a selection made from those panes leaves them in view
+        self.panes.addTab(QWidget(), "Bytes")
+        self.panes.addTab(QWidget(), "Structure")
+        self.panes.currentChanged.connect(self._pane_shown)
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -336,6 +341,60 @@ class CheckpointTab(QWidget):
             self.panes.insertTab(index, pane, label)
             placeholder.deleteLater()
         self.panes.setCurrentIndex(current)
+
+    def _pane_shown(self, index: int):
+        if index == 3 and self.bytes_map is None:
+            from ckpt_viewer.qt.bytes_map import BytesMapView
+
+            self.bytes_map = BytesMapView(self.checkpoint, self.select_prefix)
+            self._place_pane(3, self.bytes_map, "Bytes")
+        elif index == 4 and self.structure is None:
+            from ckpt_viewer.qt.structure_view import StructureView
+
+            self.structure = StructureView(self.checkpoint, self.select_keys)
+            self.tensor_selected.connect(self.structure.highlight_key)
+            self._place_pane(4, self.structure, "Structure")
+
+    def _place_pane(self, index: int, pane, label: str):
+        placeholder = self.panes.widget(index)
+        self.panes.blockSignals(True)
+        self.panes.removeTab(index)
+        self.panes.insertTab(index, pane, label)
+        self.panes.setCurrentIndex(index)
+        self.panes.blockSignals(False)
+        placeholder.deleteLater()
+
+    def select_prefix(self, prefix: str) -> bool:
+        """Select the row of a key prefix (a module, a group), else its first tensor; the
+        pane that asked stays in view."""
+        first = next(
+            (k for k, _, _ in self.checkpoint.tensors() if k.startswith(prefix + ".")), None
+        )
+        return self.select_keys([prefix] + ([first] if first else []), first_found=True)
+
+    def select_keys(self, keys: list, first_found: bool = False) -> bool:
+        """Select these keys' rows (the first one current), keeping the current pane in view;
+        with first_found only the first key that has a row."""
+        self.keeping_pane = True
+        try:
+            chosen = False
+            for key in keys:
+                index = self.model.index_of_key(key)
+                if not index.isValid():
+                    continue
+                flags = QItemSelectionModel.Select | QItemSelectionModel.Rows
+                if not chosen:
+                    self.tree.scrollTo(index)
+                    flags = QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows
+                    self.tree.selectionModel().setCurrentIndex(index, flags)
+                    chosen = True
+                    if first_found:
+                        break
+                else:
+                    self.tree.selectionModel().select(index, flags)
+            return chosen
+        finally:
+            self.keeping_pane = False
 
     def cancel(self):
         """Stop the filter's search and the tensor view's computation, if any (closing the tab
@@ -495,7 +554,8 @@ class CheckpointTab(QWidget):
             return
         if self.tensor_view.controller.node is row.node:  # reselected after filtering: nothing new
             return
-        self.panes.setCurrentWidget(self.tensor_view)
+        if not self.keeping_pane:
+            self.panes.setCurrentWidget(self.tensor_view)
         self.tensor_view.show_tensor(row.node)
         self.tensor_selected.emit(row.node.key)
 

@@ -612,6 +612,17 @@ class CompareView(QWidget):
         )
         self.overlay_ready.emit(key)
 
+    def select_key(self, key: str) -> bool:
+        """Make `key`'s row current (its detail plots follow); False when it is not listed."""
+        row = next((i for i, r in enumerate(self.model.rows) if r[1][0] == key), None)
+        if row is None:
+            return False
+        self.filter.clear()
+        index = self.proxy.mapFromSource(self.model.index(row, 0))
+        self.table.setCurrentIndex(index)
+        self.table.scrollTo(index)
+        return True
+
     def cancel(self):
         """The tab closes (or the window): stop the selected tensor's job."""
         self.jobs.cancel()

@@ -28,6 +28,7 @@ from ckpt_viewer import __version__
 from ckpt_viewer.core.listing.model import format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
+from ckpt_viewer.core.listing.runs import is_run_folder
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.qt import workers
@@ -123,6 +124,7 @@ class MainWindow(QMainWindow):
     load_failed = Signal(str, str)
     verified = Signal(str, bool, str)  # path, intact, what was found
     compared = Signal(str, str)  # a comparison tab is ready
+    runs_opened = Signal(object)  # a Run tab (RunView) was added
     sanitized = Signal(str, bool, str)  # destination, written, the result message
 
     def __init__(self, parent=None):
@@ -444,6 +446,9 @@ class MainWindow(QMainWindow):
         file_menu.addAction(
             self._action("Open &URL...", "actionOpenUrl", "Ctrl+Shift+O", self.open_url_dialog)
         )
+        file_menu.addAction(
+            self._action("Open R&un...", "actionOpenRun", None, self.open_run_dialog)
+        )
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self._refresh_recent()
         file_menu.addSeparator()
@@ -528,10 +533,14 @@ class MainWindow(QMainWindow):
 
     # --- opening ---------------------------------------------------------------------------
     def open_paths(self, paths):
-        """Open each path in its own tab, asynchronously; `loaded`/`load_failed` report."""
+        """Open each path in its own tab, asynchronously; `loaded`/`load_failed` report. A
+        folder of checkpoints (a training run) opens as one Run tab."""
         for path in paths:
             path = os.fspath(path)
             path = path.strip() if is_remote(path.strip()) else os.path.abspath(path)
+            if not is_remote(path) and is_run_folder(path):
+                self.open_run([path])
+                continue
             if path in self.jobs.running:
                 continue
             open_tab = self._tab_of_path(path)
@@ -647,6 +656,47 @@ class MainWindow(QMainWindow):
         if path:
             self.open_paths([path])
 
+    def open_run_dialog(self):
+        path = QFileDialog.getExistingDirectory(
+            self,
+            "Open a folder of checkpoints (a training run)",
+            self.settings.value("lastDir", ""),
+        )
+        if path:
+            self.open_run([path])
+
+    def open_run(self, paths):
+        """A Run tab: the timeline of these checkpoints (a folder of them, or several paths)."""
+        from ckpt_viewer.qt.run_view import RunView
+
+        paths = [os.path.abspath(os.fspath(p)) for p in paths]
+        view = RunView(paths, self.show_key_in, self.compare_paths, parent=self)
+        name = os.path.basename(paths[0].rstrip("/")) if len(paths) == 1 else "run"
+        self._hide_welcome()
+        index = self.tabs.addTab(view, f"Run: {name}")
+        self.tabs.setTabToolTip(index, "\n".join(paths))
+        self.tabs.setCurrentIndex(index)
+        self.runs_opened.emit(view)
+        return view
+
+    def show_key_in(self, path: str, key: str):
+        """Show `key` of the checkpoint at `path`: in its tab, opening it first if needed."""
+        tab = self._tab_of_path(path)
+        if tab is not None and hasattr(tab, "select_key"):
+            self.tabs.setCurrentWidget(tab)
+            tab.select_key(key)
+            return
+
+        def select(loaded_path):
+            if loaded_path == path:
+                self.loaded.disconnect(select)
+                opened = self._tab_of_path(path)
+                if opened is not None:
+                    opened.select_key(key)
+
+        self.loaded.connect(select)
+        self.open_paths([path])
+
     def open_url_dialog(self):
         """File > Open URL: s3://, gs://, hf://, https://... read by byte ranges (the load
         shows progress and can be cancelled like any other)."""
@@ -750,8 +800,9 @@ class MainWindow(QMainWindow):
         if path:
             self.compare_paths(tab.checkpoint.path, path)
 
-    def compare_paths(self, path_a: str, path_b: str):
-        """Open both (in a worker), diff them chunk by chunk, show a comparison tab."""
+    def compare_paths(self, path_a: str, path_b: str, tensor_key: str | None = None):
+        """Open both (in a worker), diff them chunk by chunk, show a comparison tab (with
+        `tensor_key`'s row current when given)."""
         from ckpt_viewer.core.analysis.diff import diff
         from ckpt_viewer.core.listing.open import open_checkpoint
         from ckpt_viewer.qt.compare_view import CompareView
@@ -777,6 +828,8 @@ class MainWindow(QMainWindow):
             )
             self._hide_welcome()
             self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
+            if tensor_key is not None:
+                view.select_key(tensor_key)
             self.statusBar().showMessage("identical" if report.identical else "different", 8000)
             self.compared.emit(path_a, path_b)
 

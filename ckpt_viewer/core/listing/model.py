@@ -266,6 +266,7 @@ class Checkpoint:
     global_records: dict = field(default_factory=dict)  # global -> records other than the
     #                                                     main pickle that name it
     root_object: object = field(default=None, repr=False)  # what the pickle built (sanitize)
+    graphs: dict = field(default_factory=dict, repr=False)  # .pt2: model -> its graph_module
     _tensors: list | None = field(default=None, repr=False)
     _scalars: dict | None = field(default=None, repr=False)
     _index: tuple | None = field(default=None, repr=False)  # (root, {key: node}) for find

@@ -333,7 +333,7 @@ def read(path: str) -> Checkpoint:
             "pt2 archive holds no exported program (models/*.json); "
             "AOTInductor-only packages are not supported"
         )
-    entries, notes, metadata = {}, {}, {}
+    entries, notes, metadata, graphs = {}, {}, {}, {}
     for model in models:
         prefix = "" if len(models) == 1 else model + "."
         for legacy in (f"data/weights/{model}.pt", f"data/constants/{model}.pt"):
@@ -350,6 +350,8 @@ def read(path: str) -> Checkpoint:
             else {}
         )
         if isinstance(program, dict):
+            if isinstance(program.get("graph_module"), dict):
+                graphs[model] = program["graph_module"]
             if isinstance(program.get("torch_version"), str):
                 metadata["torch version"] = program["torch_version"]
             schema = program.get("schema_version")
@@ -396,6 +398,7 @@ def read(path: str) -> Checkpoint:
         root=root,
         warnings=archive.warnings,
         metadata=metadata,
+        graphs=graphs,
     )
     for where, report in archive.pickles:
         merge_report(checkpoint, report, where)

@@ -1,0 +1,263 @@
+"""The Bytes pane: where a checkpoint's bytes are, as a nested treemap of its modules (squarify
+lays it out), sized by bytes or elements and coloured by role or dtype; hover shows a block's
+totals, a click selects it in the key tree; below it, what the model needs to run."""
+
+from __future__ import annotations
+
+import squarify
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QPainter, QPalette, QPen
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QSizePolicy,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ckpt_viewer.core.listing.footprint import (
+    ROLE_TEXT,
+    ROLES,
+    Block,
+    bytes_map,
+    memory_lines,
+    memory_needs,
+)
+from ckpt_viewer.core.listing.model import format_bytes, format_count
+from ckpt_viewer.core.listing.text import safe_text
+from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.plain import as_html
+
+ROLE_COLOURS = {
+    "parameters": "#4e79a7",
+    "buffers": "#59a14f",
+    "optimizer_state": "#f28e2b",
+    "other": "#9c755f",
+}
+DTYPE_PALETTE = ("#4e79a7", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
+MAX_DEPTH = 4  # nesting levels drawn
+MAX_CHILDREN = 200  # per block; the rest is drawn as one "n more" block
+MIN_SIDE = 3.0  # pixels: smaller blocks are not drawn (their parent's colour shows)
+PAD = 2.0  # a parent's frame around its children, and room for its label
+LABEL_HEIGHT = 14.0
+
+
+def _layout(block: Block, rect: QRectF, size_of, level: int, out: list) -> None:
+    """(rect, block, level) of block's children inside rect, recursively."""
+    children = [c for c in block.children.values() if size_of(c) > 0]
+    children.sort(key=size_of, reverse=True)
+    rest = children[MAX_CHILDREN:]
+    children = children[:MAX_CHILDREN]
+    if rest:
+        others = Block(block.path, f"{len(rest):,} more")
+        for c in rest:
+            others.bytes += c.bytes
+            others.elements += c.elements
+            others.tensors += c.tensors
+            for role, value in c.by_role.items():
+                others.by_role[role] = others.by_role.get(role, 0) + value
+            for dtype, value in c.by_dtype.items():
+                others.by_dtype[dtype] = others.by_dtype.get(dtype, 0) + value
+        children.append(others)
+    if not children or rect.width() < MIN_SIDE or rect.height() < MIN_SIDE:
+        return
+    sizes = squarify.normalize_sizes([size_of(c) for c in children], rect.width(), rect.height())
+    for child, placed in zip(
+        children, squarify.squarify(sizes, rect.x(), rect.y(), rect.width(), rect.height())
+    ):
+        box = QRectF(placed["x"], placed["y"], placed["dx"], placed["dy"])
+        if box.width() < MIN_SIDE or box.height() < MIN_SIDE:
+            continue
+        out.append((box, child, level))
+        inner = box.adjusted(PAD, PAD + LABEL_HEIGHT, -PAD, -PAD)
+        if level + 1 < MAX_DEPTH and child.children and inner.height() > 2 * MIN_SIDE:
+            _layout(child, inner, size_of, level + 1, out)
+
+
+class _Canvas(QWidget):
+    hovered = Signal(object)  # Block or None
+    clicked = Signal(object)  # Block
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMouseTracking(True)
+        self.setMinimumSize(200, 150)
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.top: Block | None = None
+        self.size_by = "bytes"
+        self.colour_by = "role"
+        self.rects: list = []
+        self.dtype_colours: dict = {}
+
+    def show_map(self, top: Block, size_by: str, colour_by: str) -> None:
+        self.top, self.size_by, self.colour_by = top, size_by, colour_by
+        self.dtype_colours = {
+            dtype: QColor(DTYPE_PALETTE[i % len(DTYPE_PALETTE)])
+            for i, dtype in enumerate(sorted(top.by_dtype, key=top.by_dtype.get, reverse=True))
+        }
+        self.relayout()
+
+    def relayout(self) -> None:
+        self.rects = []
+        if self.top is not None:
+            size_of = (lambda b: b.bytes) if self.size_by == "bytes" else (lambda b: b.elements)
+            _layout(self.top, QRectF(self.rect()).adjusted(1, 1, -1, -1), size_of, 0, self.rects)
+        self.update()
+
+    def colour(self, block: Block) -> QColor:
+        if self.colour_by == "dtype":
+            return self.dtype_colours.get(block.main_dtype(), QColor("#bab0ac"))
+        return QColor(ROLE_COLOURS.get(block.main_role(), "#bab0ac"))
+
+    def block_at(self, point: QPointF) -> Block | None:
+        found = None
+        for box, block, _ in self.rects:  # parents come before their children
+            if box.contains(point):
+                found = block
+        return found
+
+    def resizeEvent(self, event):
+        self.relayout()
+        super().resizeEvent(event)
+
+    def paintEvent(self, _event):
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), self.palette().color(QPalette.Base))
+        metrics = painter.fontMetrics()
+        for box, block, level in self.rects:
+            colour = self.colour(block).lighter(100 + 18 * level)
+            painter.fillRect(box, colour)
+            painter.setPen(QPen(colour.darker(160), 1))
+            painter.drawRect(box)
+            label = safe_text(block.name)
+            text = f"{label}  {format_bytes(block.bytes)}"
+            if metrics.horizontalAdvance(text) + 6 > box.width():
+                text = label
+            if metrics.horizontalAdvance(text) + 6 <= box.width() and box.height() >= LABEL_HEIGHT:
+                painter.setPen(QColor("#101010") if colour.lightness() > 110 else QColor("white"))
+                painter.drawText(
+                    box.adjusted(3, 1, -3, 0), Qt.AlignLeft | Qt.AlignTop | Qt.TextSingleLine, text
+                )
+        painter.end()
+
+    def mouseMoveEvent(self, event):
+        self.hovered.emit(self.block_at(event.position()))
+
+    def leaveEvent(self, event):
+        self.hovered.emit(None)
+        super().leaveEvent(event)
+
+    def mousePressEvent(self, event):
+        block = self.block_at(event.position())
+        if block is not None and event.button() == Qt.LeftButton:
+            self.clicked.emit(block)
+
+
+def block_text(block: Block, total: int) -> str:
+    share = f" ({block.bytes / total:.1%} of the file's tensor bytes)" if total else ""
+    roles = ", ".join(
+        f"{ROLE_TEXT[r]} {format_bytes(block.by_role[r])}" for r in ROLES if block.by_role.get(r)
+    )
+    dtypes = ", ".join(f"{safe_text(d)} {format_bytes(b)}" for d, b in block.by_dtype.items())
+    name = safe_text(block.path or "(all)")
+    if block.class_name:
+        name += f" ({safe_text(block.class_name)})"
+    return (
+        f"{name}: {format_bytes(block.bytes)}{share}, {format_count(block.elements)} elements "
+        f"in {block.tensors:,} tensors; {roles}; {dtypes}"
+    )
+
+
+class BytesMapView(QWidget):
+    """`select(key)` is called with the key prefix of a clicked block."""
+
+    ready = Signal(object)  # the top Block, drawn
+    block_clicked = Signal(str)
+
+    def __init__(self, checkpoint, select=None, parent=None):
+        super().__init__(parent)
+        self.setObjectName("bytesMap")
+        self.checkpoint, self.select = checkpoint, select
+        self.top: Block | None = None
+        self.jobs = workers.Controller(self)
+        self.size_box = QComboBox()
+        self.size_box.setObjectName("bytesMapSize")
+        self.size_box.addItem("size by bytes", "bytes")
+        self.size_box.addItem("size by elements", "elements")
+        self.colour_box = QComboBox()
+        self.colour_box.setObjectName("bytesMapColour")
+        self.colour_box.addItem("colour by role", "role")
+        self.colour_box.addItem("colour by dtype", "dtype")
+        for box in (self.size_box, self.colour_box):
+            box.setSizeAdjustPolicy(QComboBox.AdjustToContents)
+            box.currentIndexChanged.connect(self._redraw)
+        self.legend = QLabel()
+        self.legend.setTextFormat(Qt.RichText)
+        self.hover = QLabel("Computing the bytes map...")
+        self.hover.setObjectName("bytesMapHover")
+        self.hover.setTextFormat(Qt.PlainText)
+        self.hover.setWordWrap(True)
+        self.canvas = _Canvas()
+        self.canvas.setObjectName("bytesMapCanvas")
+        self.canvas.hovered.connect(self._hovered)
+        self.canvas.clicked.connect(self._clicked)
+        self.needs = QTextBrowser()
+        self.needs.setObjectName("memoryNeeds")
+        controls = QHBoxLayout()
+        controls.addWidget(self.size_box)
+        controls.addWidget(self.colour_box)
+        controls.addWidget(self.legend, 1)
+        split = QSplitter(Qt.Vertical)
+        split.addWidget(self.canvas)
+        split.addWidget(self.needs)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(controls)
+        layout.addWidget(self.hover)
+        layout.addWidget(split, 1)
+        self.jobs.start("map", _footprint, checkpoint, on_result=self._done, on_error=self._failed)
+
+    def _done(self, result):
+        if result is None:
+            return
+        self.top, needs = result
+        self.needs.setPlainText("\n".join(memory_lines(needs)).strip())
+        self.hover.setText(block_text(self.top, self.top.bytes))
+        self._redraw()
+        self.ready.emit(self.top)
+
+    def _failed(self, message):
+        self.hover.setText(f"Bytes map failed: {message}")
+
+    def _redraw(self, *_):
+        if self.top is None:
+            return
+        colour_by = self.colour_box.currentData()
+        self.canvas.show_map(self.top, self.size_box.currentData(), colour_by)
+        if colour_by == "role":
+            items = [(ROLE_COLOURS[r], ROLE_TEXT[r]) for r in ROLES if self.top.by_role.get(r)]
+        else:
+            items = [(c.name(), d) for d, c in self.canvas.dtype_colours.items()]
+        self.legend.setText(
+            "  ".join(
+                f"<span style='color:{colour}'>&#9632;</span> {as_html(name)}"
+                for colour, name in items
+            )
+        )
+
+    def _hovered(self, block):
+        if self.top is not None:
+            self.hover.setText(block_text(block or self.top, self.top.bytes))
+
+    def _clicked(self, block: Block):
+        self.block_clicked.emit(block.path)
+        if self.select is not None and block.path:
+            self.select(block.path)
+
+
+def _footprint(checkpoint):
+    return bytes_map(checkpoint), memory_needs(checkpoint)

@@ -1,0 +1,70 @@
+"""File > Open Run: the Run tab on a run written by a real training loop."""
+
+from __future__ import annotations
+
+import math
+
+import builders
+from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
+
+
+def _open_run(window, qtbot, folder):
+    with qtbot.waitSignal(window.runs_opened, timeout=10_000) as opened:
+        window.open_paths([str(folder)])  # a folder of checkpoints opens as a run
+    view = opened.args[0]
+    with qtbot.waitSignal(view.ready, timeout=60_000):
+        pass
+    return view
+
+
+def test_run_tab_shows_the_exact_timeline_and_its_findings(window, qtbot, tmp_path):
+    builders.training_run(tmp_path / "run", nan_at=4)
+    view = _open_run(window, qtbot, tmp_path / "run")
+    assert window.tabs.currentWidget() is view
+    assert window.tabs.tabText(window.tabs.currentIndex()) == "Run: run"
+    report = view.report
+    assert not report.sampled and [s.step for s in report.steps] == [5, 10, 15, 20, 25, 30]
+    values = view.values()
+    assert values.shape == (4, 6)  # keys x checkpoints of the chosen metric (update)
+    assert math.isnan(values[0, 0]) and values[0, 1] == 0.0  # 0.weight is frozen
+    texts = [view.findings.item(i).text() for i in range(view.findings.count())]
+    assert any("2.bias: first NaN at step 25" in t for t in texts)
+    assert any("frozen" in t for t in texts)
+    assert any("learning rate of group 0" in t for t in texts)
+    assert view.findChild(object, "runHeat") is not None
+
+
+def test_clicking_a_cell_opens_that_tensor_in_that_checkpoint(window, qtbot, tmp_path):
+    builders.training_run(tmp_path / "run", steps=3)
+    view = _open_run(window, qtbot, tmp_path / "run")
+    with qtbot.waitSignal(window.loaded, timeout=20_000) as loaded:
+        view.choose(1, "2.weight")
+    assert loaded.args[0].endswith("ckpt_10.pt")
+    tab = window.tabs.currentWidget()
+    assert isinstance(tab, CheckpointTab)
+    qtbot.waitUntil(lambda: tab.selected_key() == "model_state_dict.2.weight", timeout=10_000)
+    assert view.compare_button.isEnabled()
+
+
+def test_choosing_a_finding_selects_its_cell(window, qtbot, tmp_path):
+    builders.training_run(tmp_path / "run", steps=4, nan_at=2)
+    view = _open_run(window, qtbot, tmp_path / "run")
+    row = next(
+        i for i in range(view.findings.count()) if "first NaN" in view.findings.item(i).text()
+    )
+    with qtbot.waitSignal(view.cell_clicked, timeout=5_000) as clicked:
+        view.findings.itemClicked.emit(view.findings.item(row))
+    assert clicked.args == [2, "2.bias"]
+
+
+def test_compare_with_the_previous_checkpoint_at_that_key(window, qtbot, tmp_path):
+    builders.training_run(tmp_path / "run", steps=3, frozen=False)
+    view = _open_run(window, qtbot, tmp_path / "run")
+    with qtbot.waitSignal(window.loaded, timeout=20_000):
+        view.choose(2, "0.bias")
+    with qtbot.waitSignal(window.compared, timeout=30_000) as compared:
+        view.compare_button.click()
+    assert compared.args[0].endswith("ckpt_10.pt") and compared.args[1].endswith("ckpt_15.pt")
+    compare = window.tabs.currentWidget()
+    current = compare.proxy.mapToSource(compare.table.currentIndex()).row()
+    assert compare.model.rows[current][1][0] == "model_state_dict.0.bias"

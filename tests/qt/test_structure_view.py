@@ -1,0 +1,53 @@
+"""The Structure pane: the graph drawn, node <-> tree selection, find, export."""
+
+from __future__ import annotations
+
+import torch
+
+from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
+
+
+def _structure(window, qtbot, path):
+    with qtbot.waitSignal(window.loaded, timeout=20_000):
+        window.open_paths([str(path)])
+    tab = window.current_tab()
+    assert isinstance(tab, CheckpointTab)
+    tab.panes.setCurrentIndex(4)
+    with qtbot.waitSignal(tab.structure.ready, timeout=30_000):
+        pass
+    return tab, tab.structure
+
+
+def test_nodes_select_their_tensors_and_the_tree_finds_its_node(window, qtbot, tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(model, tmp_path / "whole.pt")
+    tab, view = _structure(window, qtbot, tmp_path / "whole.pt")
+    assert set(view.boxes) == {name or "(model)" for name, _ in model.named_modules()}
+    with qtbot.waitSignal(view.node_clicked, timeout=5_000):
+        view.choose("2")
+    assert tab.selected_key() == "2.weight"
+    assert tab.panes.currentWidget() is view  # the graph stays in view
+    tab.select_key("0.bias")
+    assert [i.data(0) for i in view.scene.selectedItems()] == ["0"]
+    view.find.setText("ReLU")
+    assert [i.data(0) for i in view.scene.selectedItems()] == ["1"]
+    assert view.export(str(tmp_path / "graph.png"))
+    assert view.export(str(tmp_path / "graph.svg"))
+    assert (tmp_path / "graph.png").stat().st_size > 0
+    assert b"<svg" in (tmp_path / "graph.svg").read_bytes()[:400]
+
+
+def test_collapsing_repeated_blocks_redraws(window, qtbot, tmp_path):
+    layers = torch.nn.ModuleDict({"embed": torch.nn.Embedding(5, 4)})
+    state = {
+        f"layers.{i}.{k}": v
+        for i in range(6)
+        for k, v in torch.nn.Linear(4, 4).state_dict().items()
+    }
+    state.update({f"embed.{k}": v for k, v in layers["embed"].state_dict().items()})
+    torch.save(state, tmp_path / "sd.pt")
+    _, view = _structure(window, qtbot, tmp_path / "sd.pt")
+    assert len(view.boxes) == 7
+    with qtbot.waitSignal(view.ready, timeout=30_000):
+        view.collapse_box.setChecked(True)
+    assert len(view.boxes) == 2 and any("\u00d7 6" in n.label for n in view.graph.nodes)
