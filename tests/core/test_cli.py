@@ -29,6 +29,7 @@ FIELDS = {
     "params",
     "total_params",
     "total_bytes",
+    "memory",
     "globals",
 }
 

@@ -57,3 +57,31 @@ def test_truncated_directory(tmp_path):
         bad.write_bytes(data[:cut])
         with pytest.raises(CheckpointError):
             read_directory(str(bad))
+
+
+@pytest.mark.parametrize("alignment", [b"64\x00", b"0x40", b"sixty-four", b" 64 ", b"6_4"])
+def test_storage_alignment_record_read_as_torch_reads_it(tmp_path, alignment):
+    """torch.load reads `.storage_alignment` with int(): what int() refuses, torch fails on, and
+    so do we; what it accepts (spaces, underscores) loads in both."""
+    import io
+
+    import torch
+    import zipcraft
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.arange(4.0)}, buffer)
+    entries = zipcraft.entries_of(buffer.getvalue())
+    for entry in entries:
+        if entry.name.endswith(b"/.storage_alignment"):
+            entry.data = alignment
+    path = tmp_path / "aligned.pt"
+    path.write_bytes(zipcraft.make_zip(entries))
+    from ckpt_viewer.core.listing.open import open_checkpoint
+
+    try:
+        torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - torch's refusal, whatever its type
+        with pytest.raises(CheckpointError, match="storage_alignment"):
+            open_checkpoint(str(path))
+        return
+    assert open_checkpoint(str(path)).find("w") is not None

@@ -95,6 +95,20 @@ def read_byteorder(archive: Archive) -> str:
     return text.decode()
 
 
+def check_storage_alignment(archive: Archive) -> None:
+    """torch.load reads `.storage_alignment` with int(): a record that is not one fails it."""
+    member = archive.find(".storage_alignment")
+    if member is None:
+        return
+    text = archive.read(member, 1 << 20)
+    try:
+        int(text)
+    except ValueError:
+        raise CheckpointError(
+            f".storage_alignment holds {text[:20]!r}, not an integer (torch.load fails on it)"
+        ) from None
+
+
 def read(path: str):
     archive = Archive(path)
     version = parse_version(
@@ -102,6 +116,7 @@ def read(path: str):
     )
     archive.check_folder()
     byteorder = read_byteorder(archive)
+    check_storage_alignment(archive)
     pickle_member = archive.require("data.pkl")
     if pickle_member.compress_type != 0 and pickle_member.file_size > MAX_COMPRESSED_PICKLE:
         # torch never compresses data.pkl; a small record inflating this far is a zip bomb
