@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError, describe_error
+from ckpt_viewer.core.analysis.check import Finding as HealthFinding
 from ckpt_viewer.core.analysis.check import by_tail
 from ckpt_viewer.core.analysis.diff import mapped
 from ckpt_viewer.core.analysis.scan import scan as scan_all
@@ -86,21 +87,13 @@ class Step:
 
 
 @dataclass
-class Finding:
-    key: str  # "" for the run as a whole
-    step: int | None  # index into TimelineReport.steps
-    severity: str  # error | warning | info
-    kind: str
-    message: str
+class Finding(HealthFinding):
+    """A health finding at one checkpoint of the run."""
+
+    step: int | None = None  # index into TimelineReport.steps; None for the run as a whole
 
     def to_json(self) -> dict:
-        return {
-            "key": self.key,
-            "step": self.step,
-            "severity": self.severity,
-            "kind": self.kind,
-            "message": self.message,
-        }
+        return {**super().to_json(), "step": self.step}
 
 
 @dataclass
@@ -644,11 +637,11 @@ def findings(report: TimelineReport) -> list[Finding]:
                 found.append(
                     Finding(
                         key,
-                        first,
                         "error",
                         name,
                         f"{safe_text(key)}: first {label} at {_step_name(report, first)} "
                         f"({plural(counts[first], 'value')})",
+                        step=first,
                     )
                 )
         present = [i for i, s in enumerate(series.shapes) if s is not None]
@@ -657,11 +650,11 @@ def findings(report: TimelineReport) -> list[Finding]:
             found.append(
                 Finding(
                     key,
-                    missing[0],
                     "warning",
                     "partial",
                     f"{safe_text(key)}: present in {len(present)} of {count} checkpoints "
                     f"(missing from {_step_name(report, missing[0])})",
+                    step=missing[0],
                 )
             )
         for i in range(1, count):
@@ -670,10 +663,10 @@ def findings(report: TimelineReport) -> list[Finding]:
                 found.append(
                     Finding(
                         key,
-                        i,
                         "warning",
                         "shape_change",
                         f"{safe_text(key)}: shape {a} -> {b} at {_step_name(report, i)}",
+                        step=i,
                     )
                 )
             da, db = series.dtypes[i - 1], series.dtypes[i]
@@ -681,10 +674,10 @@ def findings(report: TimelineReport) -> list[Finding]:
                 found.append(
                     Finding(
                         key,
-                        i,
                         "warning",
                         "dtype_change",
                         f"{safe_text(key)}: dtype {da} -> {db} at {_step_name(report, i)}",
+                        step=i,
                     )
                 )
         updates = series.values.get("update")
@@ -694,10 +687,10 @@ def findings(report: TimelineReport) -> list[Finding]:
                 found.append(
                     Finding(
                         key,
-                        measured[0],
                         "warning",
                         "frozen",
                         f"{safe_text(key)}: frozen (identical in all {len(measured) + 1} checkpoints)",
+                        step=measured[0],
                     )
                 )
             elif len(measured) >= 2 and updates[measured[-1]] == 0.0:
@@ -707,10 +700,10 @@ def findings(report: TimelineReport) -> list[Finding]:
                 found.append(
                     Finding(
                         key,
-                        start,
                         "info",
                         "stopped",
                         f"{safe_text(key)}: unchanged from {_step_name(report, start - 1)} on",
+                        step=start,
                     )
                 )
     found += _outsized(report)
@@ -738,11 +731,11 @@ def _outsized(report: TimelineReport) -> list[Finding]:
                 found.append(
                     Finding(
                         key,
-                        i,
                         "warning",
                         "outsized_update",
                         f"{safe_text(key)}: update {update:.3g} at {_step_name(report, i)}, "
                         f"{update / median:.0f}x the median ({median:.3g})",
+                        step=i,
                     )
                 )
     return found
@@ -758,11 +751,11 @@ def _rate_changes(report: TimelineReport) -> list[Finding]:
                 found.append(
                     Finding(
                         "",
-                        i,
                         "info",
                         kind,
                         f"learning rate of group {group}: {a:.3g} -> {b:.3g} "
                         f"at {_step_name(report, i)} ({b / a:.3g}x)",
+                        step=i,
                     )
                 )
     return found
@@ -776,10 +769,10 @@ def _loss_findings(report: TimelineReport) -> list[Finding]:
                 found.append(
                     Finding(
                         "",
-                        i,
                         "error",
                         "loss_not_finite",
                         f"{safe_text(key)} is {value} at {_step_name(report, i)}",
+                        step=i,
                     )
                 )
     return found
