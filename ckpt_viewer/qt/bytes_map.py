@@ -5,8 +5,8 @@ totals, a click selects it in the key tree; below it, what the model needs to ru
 from __future__ import annotations
 
 import squarify
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPalette, QPen
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPalette, QPen
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -43,6 +43,7 @@ MAX_CHILDREN = 200  # per block; the rest is drawn as one "n more" block
 MIN_SIDE = 3.0  # pixels: smaller blocks are not drawn (their parent's colour shows)
 PAD = 2.0  # a parent's frame around its children, and room for its label
 LABEL_HEIGHT = 14.0
+RESIZE_SETTLE_MS = 80  # a resize redraws once it pauses
 
 
 def _layout(block: Block, rect: QRectF, size_of, level: int, out: list) -> None:
@@ -77,9 +78,49 @@ def _layout(block: Block, rect: QRectF, size_of, level: int, out: list) -> None:
             _layout(child, inner, size_of, level + 1, out)
 
 
+def _colour(block: Block, colour_by: str, dtype_colours: dict) -> QColor:
+    if colour_by == "dtype":
+        return QColor(dtype_colours.get(block.main_dtype(), "#bab0ac"))
+    return QColor(ROLE_COLOURS.get(block.main_role(), "#bab0ac"))
+
+
+def render_map(top: Block, size_by: str, colour_by: str, size: tuple, look: tuple):
+    """(image, rects) of the treemap at `size` (w, h): laid out and painted off the GUI thread
+    (a QImage may be painted on any thread). `look`: (base colour, dtype colours, font)."""
+    base, dtype_colours, font = look
+    width, height = max(size[0], 1), max(size[1], 1)
+    rects: list = []
+    size_of = (lambda b: b.bytes) if size_by == "bytes" else (lambda b: b.elements)
+    _layout(top, QRectF(1, 1, width - 2, height - 2), size_of, 0, rects)
+    image = QImage(width, height, QImage.Format_ARGB32_Premultiplied)
+    image.fill(QColor(base))
+    painter = QPainter(image)
+    painter.setFont(font)
+    metrics = painter.fontMetrics()
+    for box, block, level in rects:
+        colour = _colour(block, colour_by, dtype_colours).lighter(100 + 18 * level)
+        painter.fillRect(box, colour)
+        painter.setPen(QPen(colour.darker(160), 1))
+        painter.drawRect(box)
+        label = safe_text(block.name)
+        text = f"{label}  {format_bytes(block.bytes)}"
+        if metrics.horizontalAdvance(text) + 6 > box.width():
+            text = label
+        if metrics.horizontalAdvance(text) + 6 <= box.width() and box.height() >= LABEL_HEIGHT:
+            painter.setPen(QColor("#101010") if colour.lightness() > 110 else QColor("white"))
+            painter.drawText(
+                box.adjusted(3, 1, -3, 0), Qt.AlignLeft | Qt.AlignTop | Qt.TextSingleLine, text
+            )
+    painter.end()
+    return image, rects
+
+
 class _Canvas(QWidget):
+    """Shows the treemap image rendered in a worker (again after a resize settles)."""
+
     hovered = Signal(object)  # Block or None
     clicked = Signal(object)  # Block
+    drawn = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -90,27 +131,46 @@ class _Canvas(QWidget):
         self.size_by = "bytes"
         self.colour_by = "role"
         self.rects: list = []
+        self.image: QImage | None = None
         self.dtype_colours: dict = {}
+        self.jobs = workers.Controller(self)
+        self.resize_timer = QTimer(self)
+        self.resize_timer.setSingleShot(True)
+        self.resize_timer.setInterval(RESIZE_SETTLE_MS)
+        self.resize_timer.timeout.connect(self.relayout)
 
     def show_map(self, top: Block, size_by: str, colour_by: str) -> None:
         self.top, self.size_by, self.colour_by = top, size_by, colour_by
         self.dtype_colours = {
-            dtype: QColor(DTYPE_PALETTE[i % len(DTYPE_PALETTE)])
+            dtype: DTYPE_PALETTE[i % len(DTYPE_PALETTE)]
             for i, dtype in enumerate(sorted(top.by_dtype, key=top.by_dtype.get, reverse=True))
         }
         self.relayout()
 
     def relayout(self) -> None:
-        self.rects = []
-        if self.top is not None:
-            size_of = (lambda b: b.bytes) if self.size_by == "bytes" else (lambda b: b.elements)
-            _layout(self.top, QRectF(self.rect()).adjusted(1, 1, -1, -1), size_of, 0, self.rects)
+        if self.top is None:
+            return
+        look = (self.palette().color(QPalette.Base).name(), dict(self.dtype_colours), self.font())
+        self.jobs.start(
+            "render",
+            render_map,
+            self.top,
+            self.size_by,
+            self.colour_by,
+            (self.width(), self.height()),
+            look,
+            on_result=self._rendered,
+        )
+
+    def _rendered(self, result) -> None:
+        if result is None:
+            return
+        self.image, self.rects = result
         self.update()
+        self.drawn.emit()
 
     def colour(self, block: Block) -> QColor:
-        if self.colour_by == "dtype":
-            return self.dtype_colours.get(block.main_dtype(), QColor("#bab0ac"))
-        return QColor(ROLE_COLOURS.get(block.main_role(), "#bab0ac"))
+        return _colour(block, self.colour_by, self.dtype_colours)
 
     def block_at(self, point: QPointF) -> Block | None:
         found = None
@@ -120,27 +180,15 @@ class _Canvas(QWidget):
         return found
 
     def resizeEvent(self, event):
-        self.relayout()
+        self.resize_timer.start()  # the old picture, stretched, until the new one is drawn
         super().resizeEvent(event)
 
     def paintEvent(self, _event):
         painter = QPainter(self)
-        painter.fillRect(self.rect(), self.palette().color(QPalette.Base))
-        metrics = painter.fontMetrics()
-        for box, block, level in self.rects:
-            colour = self.colour(block).lighter(100 + 18 * level)
-            painter.fillRect(box, colour)
-            painter.setPen(QPen(colour.darker(160), 1))
-            painter.drawRect(box)
-            label = safe_text(block.name)
-            text = f"{label}  {format_bytes(block.bytes)}"
-            if metrics.horizontalAdvance(text) + 6 > box.width():
-                text = label
-            if metrics.horizontalAdvance(text) + 6 <= box.width() and box.height() >= LABEL_HEIGHT:
-                painter.setPen(QColor("#101010") if colour.lightness() > 110 else QColor("white"))
-                painter.drawText(
-                    box.adjusted(3, 1, -3, 0), Qt.AlignLeft | Qt.AlignTop | Qt.TextSingleLine, text
-                )
+        if self.image is None:
+            painter.fillRect(self.rect(), self.palette().color(QPalette.Base))
+        else:
+            painter.drawImage(QRectF(self.rect()), self.image)
         painter.end()
 
     def mouseMoveEvent(self, event):
@@ -227,8 +275,9 @@ class BytesMapView(QWidget):
         self.top, needs = result
         self.needs.setPlainText("\n".join(memory_lines(needs)).strip())
         self.hover.setText(block_text(self.top, self.top.bytes))
+        top = self.top
+        self.canvas.drawn.connect(lambda: self.ready.emit(top), Qt.SingleShotConnection)
         self._redraw()
-        self.ready.emit(self.top)
 
     def _failed(self, message):
         self.hover.setText(f"Bytes map failed: {message}")
@@ -241,7 +290,7 @@ class BytesMapView(QWidget):
         if colour_by == "role":
             items = [(ROLE_COLOURS[r], ROLE_TEXT[r]) for r in ROLES if self.top.by_role.get(r)]
         else:
-            items = [(c.name(), d) for d, c in self.canvas.dtype_colours.items()]
+            items = [(c, d) for d, c in self.canvas.dtype_colours.items()]
         self.legend.setText(
             "  ".join(
                 f"<span style='color:{colour}'>&#9632;</span> {as_html(name)}"

@@ -113,6 +113,7 @@ class CheckpointTab(QWidget):
 
     tensor_selected = Signal(str)
     pickle_imports_requested = Signal()
+    memory_shown = Signal()  # the Summary's memory section is in place
     filter_applied = Signal(str)  # the tree now shows what this filter text selects
 
     def _fill_banner(self, checkpoint):
@@ -341,6 +342,17 @@ class CheckpointTab(QWidget):
             self.panes.insertTab(index, pane, label)
             placeholder.deleteLater()
         self.panes.setCurrentIndex(current)
+        from ckpt_viewer.core.listing.footprint import memory_needs
+
+        self.jobs.start("memory", memory_needs, self.checkpoint, on_result=self._show_memory)
+
+    def _show_memory(self, needs: dict):
+        """The Summary's last section: what the model needs to run (inspect --by-module's)."""
+        from ckpt_viewer.core.listing.footprint import memory_lines
+
+        text = "\n".join(line for line in memory_lines(needs) if line)
+        self.summary.append(f"<h3>What it needs to run</h3><pre>{as_html(text)}</pre>")
+        self.memory_shown.emit()
 
     def _pane_shown(self, index: int):
         if index == 3 and self.bytes_map is None:

@@ -39,7 +39,7 @@ KIND_COLOURS = {
 }
 CHAR_WIDTH, LINE_HEIGHT, PADDING = 7.0, 15.0, 8.0
 DETAIL_CHARS = 48
-ITEMS_PER_STEP = 150  # scene items added per event-loop turn
+ITEMS_PER_STEP = 100  # scene items added per event-loop turn
 ALWAYS_COLLAPSE = 400  # nodes: beyond this the graph opens collapsed
 PLAIN_DRAWING = 500  # nodes: beyond this, straight edges without antialiasing (paint time)
 
@@ -57,7 +57,18 @@ def graph_job(checkpoint, collapse: bool | None):
         collapse = len(full.nodes) > ALWAYS_COLLAPSE
     graph = collapsed(full) if collapse else full
     sizes = {n.id: _size(n) for n in graph.nodes}
-    return graph, len(full.nodes), collapse, layout(graph, sizes)
+    positions = layout(graph, sizes)
+    corners = [
+        (x - sizes[i][0] / 2, y - sizes[i][1] / 2, x + sizes[i][0] / 2, y + sizes[i][1] / 2)
+        for i, (x, y) in positions.items()
+    ] or [(0.0, 0.0, 1.0, 1.0)]
+    bounds = QRectF(
+        min(c[0] for c in corners),
+        min(c[1] for c in corners),
+        max(c[2] for c in corners) - min(c[0] for c in corners),
+        max(c[3] for c in corners) - min(c[1] for c in corners),
+    ).adjusted(-20, -20, 20, 20)  # known here: no pass over the drawn items afterwards
+    return graph, len(full.nodes), collapse, positions, bounds
 
 
 class _View(QGraphicsView):
@@ -140,7 +151,7 @@ class StructureView(QWidget):
     def _laid_out(self, result):
         if result is None:
             return
-        graph, full_size, collapse, positions = result
+        graph, full_size, collapse, positions, bounds = result
         self.graph = graph
         self.collapse_box.blockSignals(True)
         self.collapse_box.setChecked(collapse)
@@ -159,6 +170,7 @@ class StructureView(QWidget):
         )
         items = [("node", n) for n in graph.nodes] + [("edge", e) for e in graph.edges]
         generation = self.generation
+        self.scene.setSceneRect(bounds)
         QTimer.singleShot(0, self, lambda: self._draw_step(generation, items, positions))
 
     def _draw_step(self, generation, items, positions):
@@ -174,7 +186,6 @@ class StructureView(QWidget):
         if rest:
             QTimer.singleShot(0, self, lambda: self._draw_step(generation, rest, positions))
             return
-        self.scene.setSceneRect(self.scene.itemsBoundingRect().adjusted(-20, -20, 20, 20))
         self.view.fitInView(self.scene.sceneRect(), Qt.KeepAspectRatio)
         if self.view.transform().m11() < 0.35:  # too small to read: start at 1:1, at the top
             self.view.resetTransform()

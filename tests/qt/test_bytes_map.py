@@ -35,3 +35,13 @@ def test_bytes_pane_maps_modules_and_a_click_selects_in_the_tree(window, qtbot, 
     assert "training:" in view.needs.toPlainText()
     view.colour_box.setCurrentIndex(1)  # by dtype
     assert "float32" in view.legend.text()
+
+
+def test_summary_says_what_the_model_needs(window, qtbot, tmp_path):
+    path = builders.training_checkpoint(tmp_path / "train.pth")
+    with qtbot.waitSignal(window.loaded, timeout=20_000):
+        window.open_paths([str(path)])
+    tab = window.current_tab()
+    qtbot.waitUntil(lambda: "What it needs to run" in tab.summary.toPlainText(), timeout=10_000)
+    text = tab.summary.toPlainText()
+    assert "ZeRO-1 / ZeRO-2 / ZeRO-3" in text and "(this file)" in text
