@@ -207,6 +207,24 @@ def disguised(content: bytes, name):
     return build
 
 
+def npy(header: bytes, data: bytes = bytes(64)) -> bytes:
+    """An .npy file with this header (version 1.0)."""
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+def npz_with_object_array(folder, sentinel):
+    """An npz whose object record pickles a call (numpy.load(allow_pickle=True) would run it)."""
+    out = folder / "obj.npz"
+    call = pickle.dumps(Call(os.system, touch(sentinel)), protocol=2)
+    header = b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr(
+            "w.npy", npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }", bytes(16))
+        )
+        zf.writestr("o.npy", npy(header, call))
+    return str(out)
+
+
 def duplicate_data_pkl(folder, sentinel):
     import warnings
 
@@ -476,6 +494,22 @@ CORPUS = {
         disguised(b"\x08\x07\x12\x07pytorch\x1a\x052.4.0" + bytes(64), "model.onnx.pth"),
         "error",
     ),
+    # numpy: read by our header parser, never with allow_pickle
+    "npy_lying_shape": (
+        disguised(
+            npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (10**12,), }"), "big.npy"
+        ),
+        "error",
+    ),
+    "npy_header_is_code": (
+        disguised(npy(b"__import__('os').system('touch SENTINEL')"), "code.npy"),
+        "error",
+    ),
+    "npy_object_array": (
+        disguised(npy(b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"), "obj.npy"),
+        "opens",
+    ),
+    "npz_object_array": (npz_with_object_array, "opens"),
     "hdf5_as_pth": (disguised(b"\x89HDF\r\n\x1a\n" + bytes(512), "model.h5.pth"), "error"),
     "text_as_pth": (disguised(b"this is a README, not weights\n" * 10, "readme.pth"), "error"),
     "random_bytes": (

@@ -230,7 +230,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
         except CheckpointError as exc:
             raise Damaged(str(exc), getattr(exc, "key", ""), getattr(exc, "record", "")) from None
         owners = _record_owners(checkpoint)
-        if kind in ("torch_zip", "pt2"):
+        if kind in ("torch_zip", "pt2", "npz"):
             files, runs = [target], [lambda report: _verify_zip(target, report, owners)]
         elif kind == "training_dir":
             files = _training_files(target, checkpoint)

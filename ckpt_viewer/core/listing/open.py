@@ -14,7 +14,6 @@ PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}  # 
 
 FOREIGN_FORMATS = [
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras/h5py), not a PyTorch checkpoint"),
-    (b"\x93NUMPY", "a NumPy .npy array, not a PyTorch checkpoint"),
     (b"\x1f\x8b", "a gzip-compressed file; decompress it first"),
     (b"BZh", "a bzip2-compressed file; decompress it first"),
     (b"\xfd7zXZ", "an xz-compressed file; decompress it first"),
@@ -23,7 +22,7 @@ FOREIGN_FORMATS = [
 
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
-    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf."""
+    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz."""
     if remote.isdir(path):
         remote.check_regular(remote.join(path, ".metadata"))
         if remote.isfile(remote.join(path, ".metadata")):
@@ -47,7 +46,14 @@ def sniff(path: str) -> str:
         head = f.read(512)
     if head.startswith(b"GGUF"):
         return "gguf"
+    # other frameworks' weights (issue #25)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
     if head.startswith(b"PK\x03\x04"):  # the test torch.load makes
+        from ckpt_viewer.core.listing.readers.numpy_files import is_npz
+
+        if is_npz(path):
+            return "npz"
         from ckpt_viewer.core.listing.readers.pt2 import is_pt2
 
         return "pt2" if is_pt2(path, head) else "torch_zip"
@@ -92,6 +98,7 @@ def open_file(path: str) -> Checkpoint:
         dcp,
         gguf,
         hf_index,
+        numpy_files,
         plain_pickle,
         pt2,
         safetensors,
@@ -111,6 +118,8 @@ def open_file(path: str) -> Checkpoint:
         "pt2": pt2.read,
         "gguf": gguf.read,
         "training_dir": functools.partial(training_dir.read, open_part=open_file),
+        "npy": numpy_files.read_npy,
+        "npz": numpy_files.read_npz,
     }
     return readers[sniff(path)](path)
 
