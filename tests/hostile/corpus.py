@@ -225,6 +225,22 @@ def npz_with_object_array(folder, sentinel):
     return str(out)
 
 
+def protobuf_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (payloads here are < 128 bytes)."""
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def onnx_external_escape(folder, sentinel):
+    """An ONNX model whose one initializer's external data is '../' outside its folder."""
+    location = protobuf_field(1, b"location") + protobuf_field(2, b"../outside.bin")
+    tensor = b"\x08\x04\x10\x01" + protobuf_field(8, b"w") + protobuf_field(13, location)
+    model = b"\x08\x08" + protobuf_field(7, protobuf_field(5, tensor + b"\x70\x01"))
+    (folder.parent / "outside.bin").write_bytes(bytes(16))
+    out = folder / "escape.onnx"
+    out.write_bytes(model)
+    return str(out)
+
+
 def duplicate_data_pkl(folder, sentinel):
     import warnings
 
@@ -510,6 +526,7 @@ CORPUS = {
         "opens",
     ),
     "npz_object_array": (npz_with_object_array, "opens"),
+    "onnx_external_escape": (onnx_external_escape, "error"),
     "hdf5_as_pth": (disguised(b"\x89HDF\r\n\x1a\n" + bytes(512), "model.h5.pth"), "error"),
     "text_as_pth": (disguised(b"this is a README, not weights\n" * 10, "readme.pth"), "error"),
     "random_bytes": (

@@ -22,7 +22,7 @@ FOREIGN_FORMATS = [
 
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
-    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz."""
+    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz, onnx."""
     if remote.isdir(path):
         remote.check_regular(remote.join(path, ".metadata"))
         if remote.isfile(remote.join(path, ".metadata")):
@@ -76,8 +76,10 @@ def sniff(path: str) -> str:
             raise CheckpointError(f"this is {what}")
     if head.lstrip()[:1] in (b"{", b"["):
         raise CheckpointError("a JSON/text file, not a PyTorch checkpoint")
-    if head[:1] == b"\x08" and (b"onnx" in head.lower() or b"pytorch" in head.lower()):
-        raise CheckpointError("an ONNX model, not a PyTorch checkpoint")
+    from ckpt_viewer.core.listing.readers.onnx_file import looks_like_onnx
+
+    if looks_like_onnx(path, head):
+        return "onnx"
     preview = head[:8].hex(" ")
     raise CheckpointError(f"not a recognised checkpoint format (first bytes {preview})")
 
@@ -99,6 +101,7 @@ def open_file(path: str) -> Checkpoint:
         gguf,
         hf_index,
         numpy_files,
+        onnx_file,
         plain_pickle,
         pt2,
         safetensors,
@@ -120,6 +123,7 @@ def open_file(path: str) -> Checkpoint:
         "training_dir": functools.partial(training_dir.read, open_part=open_file),
         "npy": numpy_files.read_npy,
         "npz": numpy_files.read_npz,
+        "onnx": onnx_file.read,
     }
     return readers[sniff(path)](path)
 
