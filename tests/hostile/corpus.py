@@ -241,6 +241,44 @@ def onnx_external_escape(folder, sentinel):
     return str(out)
 
 
+def keras_h5_lambda_and_links(folder, sentinel):
+    """A legacy Keras .h5 whose model_config has a Lambda layer (marshalled code that would
+    touch the sentinel if Keras ran it), an external link and a virtual dataset pointing at
+    another file."""
+    import base64
+    import marshal
+
+    import h5py
+    import numpy as np
+
+    code = compile(f"import os; os.system({touch(sentinel)!r})", "<lambda>", "exec")
+    function = base64.b64encode(marshal.dumps(code)).decode()
+    layer = {"class_name": "Lambda", "config": {"name": "lam", "function": [function, None, None]}}
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [layer]}}
+    other = folder / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("secret", data=np.arange(3))
+    out = folder / "lambda.h5"
+    with h5py.File(out, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+        f.create_dataset("model_weights/lam/w", data=np.arange(4.0))
+        f["model_weights/ext"] = h5py.ExternalLink(str(other), "/secret")
+        layout = h5py.VirtualLayout(shape=(3,), dtype="i8")
+        layout[:] = h5py.VirtualSource(str(other), "secret", shape=(3,))
+        f.create_virtual_dataset("virtual", layout)
+    return str(out)
+
+
+def keras_archive_escape(folder, sentinel):
+    """A .keras zip whose model.weights.h5 is deflated and names a path outside."""
+    out = folder / "bad.keras"
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", json.dumps({"class_name": "Lambda", "config": {}}))
+        zf.writestr("../model.weights.h5", b"\x89HDF\r\n\x1a\n" + bytes(64))
+        zf.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n" + bytes(64))
+    return str(out)
+
+
 def duplicate_data_pkl(folder, sentinel):
     import warnings
 
@@ -527,6 +565,8 @@ CORPUS = {
     ),
     "npz_object_array": (npz_with_object_array, "opens"),
     "onnx_external_escape": (onnx_external_escape, "error"),
+    "keras_h5_lambda_and_links": (keras_h5_lambda_and_links, "opens"),
+    "keras_archive_deflated": (keras_archive_escape, "error"),
     "hdf5_as_pth": (disguised(b"\x89HDF\r\n\x1a\n" + bytes(512), "model.h5.pth"), "error"),
     "text_as_pth": (disguised(b"this is a README, not weights\n" * 10, "readme.pth"), "error"),
     "random_bytes": (

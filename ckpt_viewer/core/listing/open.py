@@ -13,7 +13,6 @@ from ckpt_viewer.core.listing.readers.hf_index import is_index, model_weights, u
 PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}  # protocol 0/1
 
 FOREIGN_FORMATS = [
-    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras/h5py), not a PyTorch checkpoint"),
     (b"\x1f\x8b", "a gzip-compressed file; decompress it first"),
     (b"BZh", "a bzip2-compressed file; decompress it first"),
     (b"\xfd7zXZ", "an xz-compressed file; decompress it first"),
@@ -22,7 +21,7 @@ FOREIGN_FORMATS = [
 
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
-    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz, onnx."""
+    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz, onnx, hdf5, keras."""
     if remote.isdir(path):
         remote.check_regular(remote.join(path, ".metadata"))
         if remote.isfile(remote.join(path, ".metadata")):
@@ -49,11 +48,16 @@ def sniff(path: str) -> str:
     # other frameworks' weights (issue #25)
     if head.startswith(b"\x93NUMPY"):
         return "npy"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
     if head.startswith(b"PK\x03\x04"):  # the test torch.load makes
+        from ckpt_viewer.core.listing.readers.keras_h5 import is_keras
         from ckpt_viewer.core.listing.readers.numpy_files import is_npz
 
         if is_npz(path):
             return "npz"
+        if is_keras(path):
+            return "keras"
         from ckpt_viewer.core.listing.readers.pt2 import is_pt2
 
         return "pt2" if is_pt2(path, head) else "torch_zip"
@@ -100,6 +104,7 @@ def open_file(path: str) -> Checkpoint:
         dcp,
         gguf,
         hf_index,
+        keras_h5,
         numpy_files,
         onnx_file,
         plain_pickle,
@@ -124,6 +129,8 @@ def open_file(path: str) -> Checkpoint:
         "npy": numpy_files.read_npy,
         "npz": numpy_files.read_npz,
         "onnx": onnx_file.read,
+        "hdf5": keras_h5.read,
+        "keras": keras_h5.read_keras,
     }
     return readers[sniff(path)](path)
 

@@ -24,6 +24,7 @@ from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
     PACKED_VALUES,
+    DecodedBytes,
     FileSpan,
     InlineBytes,
     Storage,
@@ -166,6 +167,9 @@ class StorageReader:
                 self.path, self.offset = None, 0
         elif isinstance(source, InlineBytes):
             self.inflated = source.data
+            self.path, self.offset = None, 0
+        elif isinstance(source, DecodedBytes):
+            self.inflated = source.decode()
             self.path, self.offset = None, 0
         elif isinstance(source, FileSpan):
             self.path, self.offset = source.path, source.offset
