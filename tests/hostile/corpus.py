@@ -567,6 +567,10 @@ CORPUS = {
     "onnx_external_escape": (onnx_external_escape, "error"),
     "keras_h5_lambda_and_links": (keras_h5_lambda_and_links, "opens"),
     "keras_archive_deflated": (keras_archive_escape, "error"),
+    "flax_msgpack_lying_length": (
+        disguised(b"\x81\xa6params\x81\xa1w\xc9\xff\xff\xff\xf0\x01" + bytes(64), "f.msgpack"),
+        "error",
+    ),
     "hdf5_as_pth": (disguised(b"\x89HDF\r\n\x1a\n" + bytes(512), "model.h5.pth"), "error"),
     "text_as_pth": (disguised(b"this is a README, not weights\n" * 10, "readme.pth"), "error"),
     "random_bytes": (

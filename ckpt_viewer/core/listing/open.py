@@ -21,7 +21,8 @@ FOREIGN_FORMATS = [
 
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
-    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz, onnx, hdf5, keras."""
+    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz, onnx, hdf5, keras,
+    flax_msgpack."""
     if remote.isdir(path):
         remote.check_regular(remote.join(path, ".metadata"))
         if remote.isfile(remote.join(path, ".metadata")):
@@ -73,6 +74,10 @@ def sniff(path: str) -> str:
         from ckpt_viewer.core.listing.readers.torch_legacy import is_legacy
 
         return "torch_legacy" if is_legacy(path) else "pickle"
+    from ckpt_viewer.core.listing.readers.flax_msgpack import looks_like_flax
+
+    if looks_like_flax(path, head):
+        return "flax_msgpack"
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise CheckpointError("a tar archive: the PyTorch < 0.4 tar format is not supported")
     for magic, what in FOREIGN_FORMATS:
@@ -102,6 +107,7 @@ def open_file(path: str) -> Checkpoint:
     """Read only metadata; raises CheckpointError with a one-line message for any bad input."""
     from ckpt_viewer.core.listing.readers import (
         dcp,
+        flax_msgpack,
         gguf,
         hf_index,
         keras_h5,
@@ -131,6 +137,7 @@ def open_file(path: str) -> Checkpoint:
         "onnx": onnx_file.read,
         "hdf5": keras_h5.read,
         "keras": keras_h5.read_keras,
+        "flax_msgpack": flax_msgpack.read,
     }
     return readers[sniff(path)](path)
 
