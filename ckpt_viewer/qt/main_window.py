@@ -47,7 +47,7 @@ MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
 # every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
-    "*.pickle *.index.json);;All files (*)"
+    "*.pickle *.index.json *.npy *.npz *.onnx *.h5 *.hdf5 *.keras *.msgpack);;All files (*)"
 )
 
 

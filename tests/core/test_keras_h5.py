@@ -174,3 +174,19 @@ def test_damaged_hdf5_is_one_line(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         open_checkpoint(str(path))
     assert "\n" not in str(caught.value)
+
+
+def test_verify_decodes_compressed_datasets(tmp_path):
+    path = tmp_path / "z.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "w", data=np.random.default_rng(0).random((64, 64)), chunks=(16, 16), compression="gzip"
+        )
+    assert run(verify(str(path))).ok
+    with h5py.File(path, "r") as f:
+        offset = f["w"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 20] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    report = run(verify(str(path)))
+    assert not report.ok and report.tensor == "w" and "\n" not in report.problem

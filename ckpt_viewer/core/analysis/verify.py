@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import FileSpan, TensorInfo, ZipMember
+from ckpt_viewer.core.listing.model import DecodedBytes, FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 from ckpt_viewer.core.listing.text import plural
 
@@ -151,6 +151,20 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
         report.records += 1
 
 
+def _decoded(checkpoint, report: VerifyReport):
+    """Data only the format's library decodes (chunked or compressed HDF5): decoded in full,
+    so a broken chunk or filter checksum is found."""
+    for key, tensor, _ in checkpoint.tensors():
+        source = tensor.storage.source if tensor.storage is not None else None
+        if isinstance(source, DecodedBytes):
+            try:
+                source.decode()
+            except CheckpointError as exc:
+                raise Damaged(str(exc), key) from None
+            report.records += 1
+            yield source.nbytes
+
+
 def _dcp_chunks(checkpoint):
     """Each DCP chunk must store the tensor its metadata describes (the bytes are read next)."""
     from ckpt_viewer.core.listing.readers.dcp import stored_chunk
@@ -251,7 +265,10 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
         else:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
-            runs = [lambda report: _read_spans(spans, report, owners)]
+            runs = [
+                lambda report: _read_spans(spans, report, owners),
+                lambda report: _decoded(checkpoint, report),
+            ]
             if kind in ("dcp", "dcp_hf"):
                 runs.insert(0, lambda report: _dcp_chunks(checkpoint))
             report.notes.append(

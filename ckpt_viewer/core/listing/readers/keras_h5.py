@@ -263,30 +263,39 @@ def _list(
     path: str, fileobj, window: tuple | None, fmt: str, config=None, metadata=None
 ) -> Checkpoint:
     h5py = _h5py()
-    warnings, metadata = [], dict(metadata or {})
     try:
         f = h5py.File(fileobj, "r")
     except OSError as exc:
         raise CheckpointError(f"HDF5 file cannot be opened ({str(exc)[:80]})") from None
-    with f:
-        for name, value in f.attrs.items():
-            metadata[name] = _text(value) if not hasattr(value, "shape") else safe_text(str(value))
-        if config is None and "model_config" in f.attrs:
-            try:
-                config = json.loads(_text(f.attrs["model_config"]))
-            except ValueError:
-                warnings.append("model_config is not valid JSON; shown as text")
-        layers, globals_named = config_layers(config) if config is not None else ({}, {})
-        named = _keras2_keys(f)
-        tensors, taken = {}, set()
-        for h5path, dataset in _walk(f, warnings):
-            key = named.get(h5path) or _keras3_key(f, h5path, layers)
-            if key is None or key in taken:
-                key = h5path.replace("/", ".")
-            taken.add(key)
-            info = _tensor(path, h5path, key, dataset, window, warnings)
-            if info is not None:
-                tensors[key] = info
+    try:
+        with f:
+            return _checkpoint(path, f, window, fmt, config, metadata)
+    except (RuntimeError, OSError, KeyError) as exc:
+        # libhdf5 reports damaged structures (bad link names, B-trees...) as these
+        text = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"the HDF5 file is damaged ({text})") from None
+
+
+def _checkpoint(path: str, f, window: tuple | None, fmt: str, config, metadata) -> Checkpoint:
+    warnings, metadata = [], dict(metadata or {})
+    for name, value in f.attrs.items():
+        metadata[name] = _text(value) if not hasattr(value, "shape") else safe_text(str(value))
+    if config is None and "model_config" in f.attrs:
+        try:
+            config = json.loads(_text(f.attrs["model_config"]))
+        except ValueError:
+            warnings.append("model_config is not valid JSON; shown as text")
+    layers, globals_named = config_layers(config) if config is not None else ({}, {})
+    named = _keras2_keys(f)
+    tensors, taken = {}, set()
+    for h5path, dataset in _walk(f, warnings):
+        key = named.get(h5path) or _keras3_key(f, h5path, layers)
+        if key is None or key in taken:
+            key = h5path.replace("/", ".")
+        taken.add(key)
+        info = _tensor(path, h5path, key, dataset, window, warnings)
+        if info is not None:
+            tensors[key] = info
     checkpoint = Checkpoint(
         path=path,
         format=fmt,
