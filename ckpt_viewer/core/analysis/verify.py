@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import DecodedBytes, FileSpan, TensorInfo, ZipMember
+from ckpt_viewer.core.listing.model import (
+    Checkpoint,
+    DecodedBytes,
+    FileSpan,
+    TensorInfo,
+    ZipMember,
+)
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 from ckpt_viewer.core.listing.text import plural
 
@@ -151,7 +157,7 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
         report.records += 1
 
 
-def _decoded(checkpoint, report: VerifyReport):
+def _decoded(checkpoint: Checkpoint, report: VerifyReport) -> Generator[int, None, None]:
     """Data only the format's library decodes (chunked or compressed HDF5): decoded in full,
     so a broken chunk or filter checksum is found."""
     for key, tensor, _ in checkpoint.tensors():

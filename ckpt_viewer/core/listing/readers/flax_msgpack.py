@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any, BinaryIO
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import (
@@ -54,7 +55,7 @@ DTYPES = {
 class _Cursor:
     """Reads msgpack values from a file, never past `end`."""
 
-    def __init__(self, f, end: int):
+    def __init__(self, f: BinaryIO, end: int) -> None:
         self.f, self.end, self.position, self.items = f, end, 0, 0
 
     def take(self, n: int) -> bytes:
@@ -68,7 +69,7 @@ class _Cursor:
         self.position += n
         return data
 
-    def skip(self, n: int):
+    def skip(self, n: int) -> None:
         if self.position + n > self.end:
             raise CheckpointError(
                 f"msgpack data runs past the end of the file (at byte {self.position:,})"
@@ -76,21 +77,21 @@ class _Cursor:
         self.position += n
         self.f.seek(self.position)
 
-    def number(self, fmt: str):
+    def number(self, fmt: str) -> Any:
         return struct.unpack(">" + fmt, self.take(struct.calcsize(fmt)))[0]
 
 
 class Ext:
-    def __init__(self, code: int, start: int, length: int):
+    def __init__(self, code: int, start: int, length: int) -> None:
         self.code, self.start, self.length = code, start, length
 
 
 class Bin:
-    def __init__(self, start: int, length: int):
+    def __init__(self, start: int, length: int) -> None:
         self.start, self.length = start, length
 
 
-def _head(c: _Cursor):
+def _head(c: _Cursor) -> tuple[str, Any]:
     """The next value's kind and what it holds: ("map"/"array", count), ("bin", Bin),
     ("ext", Ext) or ("value", a str/int/float/bool/None)."""
     c.items += 1
@@ -138,7 +139,7 @@ def _head(c: _Cursor):
     raise CheckpointError(f"byte 0x{b:02x} at {c.position - 1:,} is not msgpack")
 
 
-def _value(c: _Cursor):
+def _value(c: _Cursor) -> Any:
     """A whole value; maps and arrays as dicts and lists (iteratively, depth-bounded)."""
     kind, held = _head(c)
     if kind not in ("map", "array"):
@@ -173,7 +174,7 @@ def _value(c: _Cursor):
     return root
 
 
-def _array(path: str, f, ext: Ext, key: str) -> TensorInfo:
+def _array(path: str, f: BinaryIO, ext: Ext, key: str) -> TensorInfo:
     """The tensor an ndarray / npscalar ext describes: [shape, dtype name, bytes]."""
     parts = _inner(f, ext)
     if not isinstance(parts, list) or len(parts) != 3:
@@ -202,7 +203,7 @@ def _array(path: str, f, ext: Ext, key: str) -> TensorInfo:
     )
 
 
-def _inner(f, ext: Ext):
+def _inner(f: BinaryIO, ext: Ext) -> Any:
     """The msgpack value an ext's payload holds."""
     f.seek(ext.start)
     inner = _Cursor(f, ext.start + ext.length)
@@ -210,7 +211,7 @@ def _inner(f, ext: Ext):
     return _value(inner)
 
 
-def _leaf(path: str, f, name: str, key: str, item) -> Node:
+def _leaf(path: str, f: BinaryIO, name: str, key: str, item: Any) -> Node:
     if isinstance(item, Ext) and item.code in (NDARRAY, NPSCALAR):
         tensor = _array(path, f, item, key)
         return Node(name=name, kind="tensor", key=key, tensor=tensor, type_name="ndarray")

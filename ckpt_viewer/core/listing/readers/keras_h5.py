@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import re
+from typing import Any, BinaryIO
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
@@ -56,13 +57,13 @@ VARIABLES = {
 SNAKE = {re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", name).lower(): name for name in VARIABLES}
 
 
-def _text(value) -> str:
+def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf8", "replace")
     return str(value)
 
 
-def _names(value) -> list[str]:
+def _names(value: Any) -> list[str]:
     """An attribute holding a list of names (bytes or str arrays, as h5py reads them)."""
     try:
         return [_text(v) for v in value]
@@ -70,7 +71,7 @@ def _names(value) -> list[str]:
         return []
 
 
-def config_layers(config) -> tuple[dict, dict]:
+def config_layers(config: Any) -> tuple[dict, dict]:
     """{layer name: (class name, config)} of every layer a Keras config describes, and the
     globals it names: Lambda layers and lambdas (marshalled code), classes from outside keras."""
     layers: dict = {}
@@ -100,7 +101,7 @@ def config_layers(config) -> tuple[dict, dict]:
     return layers, globals_named
 
 
-def _walk(group, warnings: list) -> list:
+def _walk(group: Any, warnings: list) -> list:
     """(path, dataset) of every dataset reachable by hard links, each object once."""
     import h5py
 
@@ -131,7 +132,7 @@ def _walk(group, warnings: list) -> list:
     return found
 
 
-def _keras2_keys(f) -> dict:
+def _keras2_keys(f: Any) -> dict:
     """{dataset path: key} from `layer_names` / `weight_names` (Keras 2, legacy .h5)."""
     root = f["model_weights"] if "model_weights" in f else f
     prefix = "model_weights/" if root is not f else ""
@@ -145,7 +146,7 @@ def _keras2_keys(f) -> dict:
     return keys
 
 
-def _keras3_key(f, path: str, layers: dict) -> str | None:
+def _keras3_key(f: Any, path: str, layers: dict) -> str | None:
     """`layers/dense/vars/0` -> `d1.kernel` (the layer's own name, its variable's name from
     its class); None for a path not in that layout."""
     parts = path.split("/")
@@ -189,7 +190,9 @@ def _decode(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
     return data
 
 
-def _tensor(path: str, h5path: str, key: str, dataset, window: tuple | None, warnings: list):
+def _tensor(
+    path: str, h5path: str, key: str, dataset: Any, window: tuple | None, warnings: list
+) -> TensorInfo | None:
     dtype = dataset.dtype
     if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
         warnings.append(f"{safe_text(key)}: not read: its data lie in other files")
@@ -223,7 +226,7 @@ def _tensor(path: str, h5path: str, key: str, dataset, window: tuple | None, war
 class Window(io.RawIOBase):
     """Bytes [start, start+size) of an open file, as a file (an HDF5 stored in a zip)."""
 
-    def __init__(self, f, start: int, size: int):
+    def __init__(self, f: BinaryIO, start: int, size: int) -> None:
         self.f, self.start, self.size, self.position = f, start, size, 0
 
     def readable(self) -> bool:
@@ -240,7 +243,7 @@ class Window(io.RawIOBase):
     def tell(self) -> int:
         return self.position
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:
         count = max(0, min(len(buffer), self.size - self.position))
         self.f.seek(self.start + self.position)
         data = self.f.read(count)
@@ -249,7 +252,7 @@ class Window(io.RawIOBase):
         return len(data)
 
 
-def _h5py():
+def _h5py() -> Any:
     try:
         import h5py
     except ImportError:
@@ -260,7 +263,12 @@ def _h5py():
 
 
 def _list(
-    path: str, fileobj, window: tuple | None, fmt: str, config=None, metadata=None
+    path: str,
+    fileobj: Any,
+    window: tuple | None,
+    fmt: str,
+    config: Any = None,
+    metadata: dict | None = None,
 ) -> Checkpoint:
     h5py = _h5py()
     try:
@@ -276,7 +284,9 @@ def _list(
         raise CheckpointError(f"the HDF5 file is damaged ({text})") from None
 
 
-def _checkpoint(path: str, f, window: tuple | None, fmt: str, config, metadata) -> Checkpoint:
+def _checkpoint(
+    path: str, f: Any, window: tuple | None, fmt: str, config: Any, metadata: dict | None
+) -> Checkpoint:
     warnings, metadata = [], dict(metadata or {})
     for name, value in f.attrs.items():
         metadata[name] = _text(value) if not hasattr(value, "shape") else safe_text(str(value))

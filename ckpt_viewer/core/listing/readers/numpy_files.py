@@ -11,9 +11,18 @@ import ast
 import math
 import struct
 import zlib
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.listing.model import Checkpoint, FileSpan, Node, Storage, TensorInfo
+from ckpt_viewer.core.listing.model import (
+    Checkpoint,
+    FileSpan,
+    Node,
+    Storage,
+    TensorInfo,
+    ZipMember,
+)
 from ckpt_viewer.core.listing.readers.safetensors import flat_tree
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 from ckpt_viewer.core.listing.remote import basename, getsize, open_source
@@ -77,7 +86,7 @@ def parse_header(head: bytes, what: str) -> tuple[str, str, tuple, bool, int]:
     return dtype, order, shape, fortran, start + length
 
 
-def _dtype(descr) -> tuple[str, str]:
+def _dtype(descr: Any) -> tuple[str, str]:
     if not isinstance(descr, str):
         text = safe_text(repr(descr)[:60])
         if "O" in repr(descr):
@@ -101,7 +110,7 @@ def strides(shape: tuple, fortran: bool) -> tuple:
     return tuple(out) if fortran else tuple(reversed(out))
 
 
-def _tensor(key: str, head: bytes, what: str, room: int, source) -> TensorInfo:
+def _tensor(key: str, head: bytes, what: str, room: int, source: Callable) -> TensorInfo:
     """The tensor of an npy record whose data may take `room` bytes; `source(start, nbytes)`
     gives its Storage's source and the element offset of its data."""
     dtype, order, shape, fortran, start = parse_header(head, what)
@@ -161,7 +170,7 @@ def is_npz(path: str) -> bool:
     return any(n.endswith(".npy") for n in names) and not any(n.endswith(".pkl") for n in names)
 
 
-def _member_head(member, f) -> bytes:
+def _member_head(member: ZipMember, f: BinaryIO) -> bytes:
     """The first bytes of a zip record (its npy header), inflating no more than needed."""
     f.seek(data_offset(member, f))
     if member.compress_type == 0:
@@ -197,7 +206,9 @@ def read_npz(path: str) -> Checkpoint:
                 raise CheckpointError(f"{what} is encrypted")
             head = _member_head(member, f)
 
-            def source(start: int, nbytes: int, itemsize: int, member=member, f=f):
+            def source(
+                start: int, nbytes: int, itemsize: int, member: ZipMember = member, f: Any = f
+            ) -> tuple:
                 if member.compress_type == 0:
                     return (
                         FileSpan(path, data_offset(member, f) + start, nbytes),

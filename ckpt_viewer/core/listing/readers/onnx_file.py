@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
@@ -58,7 +59,7 @@ def looks_like_onnx(path: str, head: bytes) -> bool:
     return path.lower().endswith(".onnx") or b"onnx" in lower or b"pytorch" in lower
 
 
-def _external_span(path: str, tensor, key: str, nbytes: int) -> FileSpan:
+def _external_span(path: str, tensor: Any, key: str, nbytes: int) -> FileSpan:
     fields = {entry.key: entry.value for entry in tensor.external_data}
     location = fields.get("location", "")
     what = f"initializer {safe_text(key)!r}"
@@ -89,7 +90,7 @@ def _external_span(path: str, tensor, key: str, nbytes: int) -> FileSpan:
     return FileSpan(data_path, offset, length)
 
 
-def _tensor(path: str, tensor, key: str, warnings: list) -> TensorInfo | None:
+def _tensor(path: str, tensor: Any, key: str, warnings: list) -> TensorInfo | None:
     from onnx import numpy_helper
 
     dtype = DTYPES.get(tensor.data_type)
