@@ -142,3 +142,15 @@ def test_damaged_protobuf_is_one_line(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         open_checkpoint(str(path))
     assert "\n" not in str(caught.value)
+
+
+def test_sparse_initializers_are_named_in_a_warning(tmp_path):
+    values = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "s")
+    indices = numpy_helper.from_array(np.array([0, 3], np.int64), "s_indices")
+    model = model_with([numpy_helper.from_array(np.zeros(2, np.float32), "w")])
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4]))
+    path = tmp_path / "sparse.onnx"
+    onnx.save(model, str(path))
+    checkpoint = open_checkpoint(str(path))
+    assert [k for k, _, _ in checkpoint.tensors()] == ["w"]
+    assert "1 sparse initializer(s) not listed" in checkpoint.warnings[0]

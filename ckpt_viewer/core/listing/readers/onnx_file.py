@@ -163,6 +163,9 @@ def read(path: str) -> Checkpoint:
         info = _tensor(path, tensor, key, warnings)
         if info is not None:
             tensors[key] = info
+    if graph.sparse_initializer:
+        count = len(graph.sparse_initializer)
+        warnings.append(f"{count:,} sparse initializer(s) not listed (only dense tensors are)")
     root = flat_tree(tensors)
     metadata = {
         "ir_version": model.ir_version,
