@@ -55,9 +55,9 @@ def sniff(path: str) -> str:
         from ckpt_viewer.core.listing.readers.keras_h5 import is_keras
         from ckpt_viewer.core.listing.readers.numpy_files import is_npz
 
-        if is_npz(path):
+        if is_npz(path, head):
             return "npz"
-        if is_keras(path):
+        if is_keras(path, head):
             return "keras"
         from ckpt_viewer.core.listing.readers.pt2 import is_pt2
 

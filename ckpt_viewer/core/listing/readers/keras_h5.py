@@ -25,7 +25,7 @@ from ckpt_viewer.core.listing.model import (
     Storage,
     TensorInfo,
 )
-from ckpt_viewer.core.listing.readers.numpy_files import KINDS, strides
+from ckpt_viewer.core.listing.readers.numpy_files import KINDS, first_record_name, strides
 from ckpt_viewer.core.listing.readers.safetensors import flat_tree
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory, read_member
 from ckpt_viewer.core.listing.text import safe_text
@@ -366,7 +366,14 @@ def read_keras(path: str) -> Checkpoint:
         return _list(path, window, (start, weights.file_size), "keras", config, metadata)
 
 
-def is_keras(path: str) -> bool:
+KERAS_RECORDS = (b"metadata.json", b"config.json", b"model.weights.h5")
+
+
+def is_keras(path: str, head: bytes) -> bool:
+    """A Keras 3 archive: the first record one of its own (Keras writes metadata.json first),
+    config.json and weights in its directory."""
+    if first_record_name(head) not in KERAS_RECORDS:
+        return False
     try:
         names = {m.name for m in read_directory(path)}
     except CheckpointError:

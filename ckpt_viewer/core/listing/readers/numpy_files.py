@@ -161,13 +161,22 @@ def read_npy(path: str) -> Checkpoint:
     return Checkpoint(path=path, format="npy", file_bytes=size, root=root, warnings=warnings)
 
 
-def is_npz(path: str) -> bool:
-    """A zip numpy.load would open as an npz: npy records and no pickle record (torch's)."""
+def first_record_name(head: bytes) -> bytes:
+    """The name of a zip's first local record, from the file's first bytes."""
+    length = int.from_bytes(head[26:28], "little") if len(head) >= 30 else 0
+    return head[30 : 30 + length]
+
+
+def is_npz(path: str, head: bytes) -> bool:
+    """A zip numpy.load would open as an npz (npy records, no pickle record as torch's): its
+    first record, as numpy.savez writes it, is an .npy (torch.save's is data.pkl)."""
+    if not first_record_name(head).endswith(b".npy"):
+        return False
     try:
         names = [m.name for m in read_directory(path)]
     except CheckpointError:
         return False
-    return any(n.endswith(".npy") for n in names) and not any(n.endswith(".pkl") for n in names)
+    return not any(n.endswith(".pkl") for n in names)
 
 
 def _member_head(member: ZipMember, f: BinaryIO) -> bytes:
