@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import (
+    DTYPE_SIZES,
     Checkpoint,
     FileSpan,
     Node,
@@ -111,11 +112,12 @@ def strides(shape: tuple, fortran: bool) -> tuple:
 
 
 def _tensor(key: str, head: bytes, what: str, room: int, source: Callable) -> TensorInfo:
-    """The tensor of an npy record whose data may take `room` bytes; `source(start, nbytes)`
-    gives its Storage's source and the element offset of its data."""
+    """The tensor of an npy record whose data may take `room` bytes; `source(start, nbytes,
+    itemsize)` gives its Storage's source, the element offset of its data and the storage's
+    element count."""
     dtype, order, shape, fortran, start = parse_header(head, what)
     numel = math.prod(shape)
-    itemsize = KINDS_SIZE[dtype]
+    itemsize = DTYPE_SIZES[dtype]
     if numel * itemsize > room - start:
         raise CheckpointError(
             f"{what} needs {numel * itemsize:,} bytes of data but holds {max(room - start, 0):,}"
@@ -127,12 +129,9 @@ def _tensor(key: str, head: bytes, what: str, room: int, source: Callable) -> Te
     )
 
 
-KINDS_SIZE = {dtype: size for (_, size), dtype in KINDS.items()}
-
-
 def _refused_node(key: str, why: str) -> Node:
-    name = key.rpartition(".")[2]
-    return Node(name=name, kind="opaque", key=key, type_name="ndarray", value=f"not read: {why}")
+    """Placed at the top of the tree, so named by its whole key."""
+    return Node(name=key, kind="opaque", key=key, type_name="ndarray", value=f"not read: {why}")
 
 
 def read_npy(path: str) -> Checkpoint:
