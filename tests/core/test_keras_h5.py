@@ -57,6 +57,8 @@ def keras_files(tmp_path_factory):
     model.save(folder / "m.keras")
     model.save_weights(folder / "m.weights.h5")
     model.save(folder / "legacy.h5")
+    (folder / "sharded").mkdir()
+    model.save_weights(folder / "sharded" / "m.weights.json", max_shard_size=1e-7)
     # keyed as Keras names them: the layer's name, the variable's name
     weights = {
         f"{layer.name}/{v.name}": keras.ops.convert_to_numpy(v)
@@ -190,3 +192,26 @@ def test_verify_decodes_compressed_datasets(tmp_path):
     path.write_bytes(bytes(raw))
     report = run(verify(str(path)))
     assert not report.ok and report.tensor == "w" and "\n" not in report.problem
+
+
+def test_sharded_weights_manifest(keras_files):
+    folder, weights = keras_files
+    path = folder / "sharded" / "m.weights.json"
+    assert len(list((folder / "sharded").glob("*.weights.h5"))) > 1  # really sharded
+    assert sniff(str(path)) == "keras_sharded"
+    ours = listed(path)
+    # no config.json here: the bias-less Dense keeps its index, as in a lone .weights.h5
+    renamed = {"d2/kernel": "d2.0"}
+    for name, value in weights.items():
+        assert ours[renamed.get(name, name.replace("/", "."))].tobytes() == value.tobytes()
+    assert run(verify(str(path))).ok
+
+
+@pytest.mark.parametrize("shard", ["../m.weights.h5", "/etc/passwd", "sub/x.weights.h5"])
+def test_sharded_manifest_names_only_files_beside_it(tmp_path, shard):
+    import json
+
+    path = tmp_path / "m.weights.json"
+    path.write_text(json.dumps({"weight_map": {"/layers/dense/vars": [shard]}}))
+    with pytest.raises(CheckpointError, match="not a file beside it"):
+        open_checkpoint(str(path))

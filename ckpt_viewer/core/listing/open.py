@@ -83,6 +83,8 @@ def sniff(path: str) -> str:
     for magic, what in FOREIGN_FORMATS:
         if head.startswith(magic):
             raise CheckpointError(f"this is {what}")
+    if head.lstrip()[:1] == b"{" and path.endswith(".weights.json"):
+        return "keras_sharded"
     if head.lstrip()[:1] in (b"{", b"["):
         raise CheckpointError("a JSON/text file, not a PyTorch checkpoint")
     from ckpt_viewer.core.listing.readers.onnx_file import looks_like_onnx
@@ -137,6 +139,7 @@ def open_file(path: str) -> Checkpoint:
         "onnx": onnx_file.read,
         "hdf5": keras_h5.read,
         "keras": keras_h5.read_keras,
+        "keras_sharded": keras_h5.read_sharded,
         "flax_msgpack": flax_msgpack.read,
     }
     return readers[sniff(path)](path)

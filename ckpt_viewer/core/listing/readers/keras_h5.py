@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import re
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from ckpt_viewer.core import CheckpointError
@@ -146,9 +147,10 @@ def _keras2_keys(f: Any) -> dict:
     return keys
 
 
-def _keras3_key(f: Any, path: str, layers: dict) -> str | None:
-    """`layers/dense/vars/0` -> `d1.kernel` (the layer's own name, its variable's name from
-    its class); None for a path not in that layout."""
+def _keras3_key(path: str, layers: dict, var_names: dict, counts: dict) -> str | None:
+    """`layers/dense/vars/0` -> `d1.kernel` (the layer's own name, from its `vars` group, its
+    variable's name from its class where the count fits); None for a path not in that
+    layout. `var_names` and `counts`: each vars group's name attribute and its variables."""
     parts = path.split("/")
     if len(parts) < 2 or parts[-2] != "vars" or not parts[-1].isdigit():
         return None
@@ -157,18 +159,45 @@ def _keras3_key(f: Any, path: str, layers: dict) -> str | None:
         group_path = f"{group_path}/{part}" if group_path else part
         if part == "layers" and index % 2 == 0:
             continue
-        vars_group = f.get(f"{group_path}/vars")
-        name = _text(vars_group.attrs.get("name", part)) if vars_group is not None else part
-        names.append(name)
-    owner = f.get("/".join(parts[:-1]))
+        names.append(var_names.get(f"{group_path}/vars") or part)
     leaf = parts[-1]
     if names:
         cls, cfg = layers.get(names[-1], (SNAKE.get(re.sub(r"_\d+$", "", parts[-3])), {}))
         variables = VARIABLES[cls](cfg) if cls in VARIABLES else []
-        count = sum(1 for k in owner.keys() if k.isdigit()) if owner is not None else -1
+        count = counts.get("/".join(parts[:-1]), -1)
         if len(variables) == count and int(leaf) < count:
             leaf = variables[int(leaf)]
     return ".".join(names + [leaf]) if names else f"vars.{leaf}"
+
+
+def _scan(path: str, f: Any, window: tuple | None, warnings: list) -> tuple:
+    """Every dataset as (HDF5 path, TensorInfo or None), and its Keras naming facts: the
+    `weight_names` keys, each vars group's name attribute, each vars group's variable count."""
+    entries, var_names, counts = [], {}, {}
+    for h5path, dataset in _walk(f, warnings):
+        entries.append((h5path, _tensor(path, h5path, h5path, dataset, window, warnings)))
+        parent, _, leaf = h5path.rpartition("/")
+        if parent.rpartition("/")[2] == "vars" and leaf.isdigit():
+            counts[parent] = counts.get(parent, 0) + 1
+    for parent in counts:
+        name = f[parent].attrs.get("name")
+        if name is not None:
+            var_names[parent] = _text(name)
+    return entries, _keras2_keys(f), var_names, counts
+
+
+def _named(entries: list, named: dict, layers: dict, var_names: dict, counts: dict) -> dict:
+    """{key: TensorInfo}: Keras names where the layout gives them, else the HDF5 path."""
+    tensors, taken = {}, set()
+    for h5path, info in entries:
+        key = named.get(h5path) or _keras3_key(h5path, layers, var_names, counts)
+        if key is None or key in taken:
+            key = h5path.replace("/", ".")
+        taken.add(key)
+        if info is not None:
+            info.storage.key = key
+            tensors[key] = info
+    return tensors
 
 
 def _decode(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
@@ -262,6 +291,22 @@ def _h5py() -> Any:
     return h5py
 
 
+def _opened(fileobj: Any, use: Callable[[Any], Any]) -> Any:
+    """`use(h5file)`, with libhdf5's complaints about a damaged file as one line."""
+    h5py = _h5py()
+    try:
+        f = h5py.File(fileobj, "r")
+    except OSError as exc:
+        raise CheckpointError(f"HDF5 file cannot be opened ({str(exc)[:80]})") from None
+    try:
+        with f:
+            return use(f)
+    except (RuntimeError, OSError, KeyError) as exc:
+        # libhdf5 reports damaged structures (bad link names, B-trees...) as these
+        text = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"the HDF5 file is damaged ({text})") from None
+
+
 def _list(
     path: str,
     fileobj: Any,
@@ -270,18 +315,7 @@ def _list(
     config: Any = None,
     metadata: dict | None = None,
 ) -> Checkpoint:
-    h5py = _h5py()
-    try:
-        f = h5py.File(fileobj, "r")
-    except OSError as exc:
-        raise CheckpointError(f"HDF5 file cannot be opened ({str(exc)[:80]})") from None
-    try:
-        with f:
-            return _checkpoint(path, f, window, fmt, config, metadata)
-    except (RuntimeError, OSError, KeyError) as exc:
-        # libhdf5 reports damaged structures (bad link names, B-trees...) as these
-        text = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"the HDF5 file is damaged ({text})") from None
+    return _opened(fileobj, lambda f: _checkpoint(path, f, window, fmt, config, metadata))
 
 
 def _checkpoint(
@@ -296,16 +330,8 @@ def _checkpoint(
         except ValueError:
             warnings.append("model_config is not valid JSON; shown as text")
     layers, globals_named = config_layers(config) if config is not None else ({}, {})
-    named = _keras2_keys(f)
-    tensors, taken = {}, set()
-    for h5path, dataset in _walk(f, warnings):
-        key = named.get(h5path) or _keras3_key(f, h5path, layers)
-        if key is None or key in taken:
-            key = h5path.replace("/", ".")
-        taken.add(key)
-        info = _tensor(path, h5path, key, dataset, window, warnings)
-        if info is not None:
-            tensors[key] = info
+    entries, named, var_names, counts = _scan(path, f, window, warnings)
+    tensors = _named(entries, named, layers, var_names, counts)
     checkpoint = Checkpoint(
         path=path,
         format=fmt,
@@ -364,6 +390,70 @@ def read_keras(path: str) -> Checkpoint:
             raise CheckpointError("model.weights.h5 reaches past the end of the archive")
         window = io.BufferedReader(Window(f, start, weights.file_size))
         return _list(path, window, (start, weights.file_size), "keras", config, metadata)
+
+
+def read_sharded(path: str) -> Checkpoint:
+    """A Keras 3 sharded `*.weights.json` manifest: its `weight_map` names the `.weights.h5`
+    shards (files beside it) that hold each layer's variables; each shard is listed as one."""
+    with remote.open_source(path) as f:
+        if f.size > MAX_CONFIG_BYTES:
+            raise CheckpointError("the weights manifest is larger than 64 MB")
+        raw = f.read(f.size)
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise CheckpointError("the weights manifest is not JSON") from None
+    weight_map = manifest.get("weight_map") if isinstance(manifest, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError("the weights manifest has no weight_map")
+    shards: dict[str, None] = {}
+    for names in weight_map.values():
+        for name in names if isinstance(names, list) else [names]:
+            if (
+                not isinstance(name, str)
+                or not name
+                or "/" in name
+                or "\\" in name
+                or name in ("..", ".")
+            ):
+                raise CheckpointError(
+                    f"the weights manifest names shard {safe_text(str(name))[:80]!r}, not a "
+                    "file beside it"
+                )
+            shards[name] = None
+    entries: list = []
+    named: dict = {}
+    var_names: dict = {}
+    counts: dict = {}
+    warnings: list[str] = []
+    for name in shards:
+        shard = remote.join(remote.dirname(path), name)
+        remote.check_regular(shard)
+        if not remote.isfile(shard):
+            raise CheckpointError(f"shard {safe_text(name)!r} named by the manifest is missing")
+        found: list[str] = []
+        with remote.open_source(shard) as f:
+            part = _opened(f, lambda h5, shard=shard, found=found: _scan(shard, h5, None, found))
+        warnings += [f"{safe_text(name)}: {w}" for w in found]
+        # a layer's variables may be split across shards (its vars group in each)
+        entries += part[0]
+        named.update(part[1])
+        for group, group_name in part[2].items():
+            var_names.setdefault(group, group_name)
+        for group, count in part[3].items():
+            counts[group] = counts.get(group, 0) + count
+    tensors = _named(entries, named, {}, var_names, counts)
+    metadata = manifest.get("metadata")
+    return Checkpoint(
+        path=path,
+        format="keras-sharded",
+        file_bytes=remote.getsize(path),
+        root=flat_tree(tensors),
+        warnings=warnings,
+        metadata={f"metadata.{k}": v for k, v in metadata.items()}
+        if isinstance(metadata, dict)
+        else {},
+    )
 
 
 KERAS_RECORDS = (b"metadata.json", b"config.json", b"model.weights.h5")
