@@ -30,7 +30,7 @@ def decoded(path) -> dict:
             return np.frombuffer(raw, dtype=name).reshape(shape)
         return msgpack.ExtType(code, data)
 
-    flat, stack = {}, [("", msgpack.unpackb(open(path, "rb").read(), ext_hook=hook))]
+    flat, stack = {}, [("", msgpack.unpackb(path.read_bytes(), ext_hook=hook))]
     while stack:
         prefix, item = stack.pop()
         if isinstance(item, dict):
