@@ -68,7 +68,7 @@ PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its sta
 # every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
-    "*.pickle *.index.json);;All files (*)"
+    "*.pickle *.index.json *.npy *.npz *.onnx *.h5 *.hdf5 *.keras *.msgpack);;All files (*)"
 )
 
 

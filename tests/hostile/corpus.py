@@ -207,6 +207,78 @@ def disguised(content: bytes, name):
     return build
 
 
+def npy(header: bytes, data: bytes = bytes(64)) -> bytes:
+    """An .npy file with this header (version 1.0)."""
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+def npz_with_object_array(folder, sentinel):
+    """An npz whose object record pickles a call (numpy.load(allow_pickle=True) would run it)."""
+    out = folder / "obj.npz"
+    call = pickle.dumps(Call(os.system, touch(sentinel)), protocol=2)
+    header = b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr(
+            "w.npy", npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }", bytes(16))
+        )
+        zf.writestr("o.npy", npy(header, call))
+    return str(out)
+
+
+def protobuf_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (payloads here are < 128 bytes)."""
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def onnx_external_escape(folder, sentinel):
+    """An ONNX model whose one initializer's external data is '../' outside its folder."""
+    location = protobuf_field(1, b"location") + protobuf_field(2, b"../outside.bin")
+    tensor = b"\x08\x04\x10\x01" + protobuf_field(8, b"w") + protobuf_field(13, location)
+    model = b"\x08\x08" + protobuf_field(7, protobuf_field(5, tensor + b"\x70\x01"))
+    (folder.parent / "outside.bin").write_bytes(bytes(16))
+    out = folder / "escape.onnx"
+    out.write_bytes(model)
+    return str(out)
+
+
+def keras_h5_lambda_and_links(folder, sentinel):
+    """A legacy Keras .h5 whose model_config has a Lambda layer (marshalled code that would
+    touch the sentinel if Keras ran it), an external link and a virtual dataset pointing at
+    another file."""
+    import base64
+    import marshal
+
+    import h5py
+    import numpy as np
+
+    code = compile(f"import os; os.system({touch(sentinel)!r})", "<lambda>", "exec")
+    function = base64.b64encode(marshal.dumps(code)).decode()
+    layer = {"class_name": "Lambda", "config": {"name": "lam", "function": [function, None, None]}}
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [layer]}}
+    other = folder / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("secret", data=np.arange(3))
+    out = folder / "lambda.h5"
+    with h5py.File(out, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+        f.create_dataset("model_weights/lam/w", data=np.arange(4.0))
+        f["model_weights/ext"] = h5py.ExternalLink(str(other), "/secret")
+        layout = h5py.VirtualLayout(shape=(3,), dtype="i8")
+        layout[:] = h5py.VirtualSource(str(other), "secret", shape=(3,))
+        f.create_virtual_dataset("virtual", layout)
+    return str(out)
+
+
+def keras_archive_escape(folder, sentinel):
+    """A .keras zip whose model.weights.h5 is deflated and names a path outside."""
+    out = folder / "bad.keras"
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", json.dumps({"class_name": "Lambda", "config": {}}))
+        zf.writestr("../model.weights.h5", b"\x89HDF\r\n\x1a\n" + bytes(64))
+        zf.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n" + bytes(64))
+    return str(out)
+
+
 def duplicate_data_pkl(folder, sentinel):
     import warnings
 
@@ -474,6 +546,29 @@ CORPUS = {
     # not checkpoints at all
     "onnx_as_pth": (
         disguised(b"\x08\x07\x12\x07pytorch\x1a\x052.4.0" + bytes(64), "model.onnx.pth"),
+        "error",
+    ),
+    # numpy: read by our header parser, never with allow_pickle
+    "npy_lying_shape": (
+        disguised(
+            npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (10**12,), }"), "big.npy"
+        ),
+        "error",
+    ),
+    "npy_header_is_code": (
+        disguised(npy(b"__import__('os').system('touch SENTINEL')"), "code.npy"),
+        "error",
+    ),
+    "npy_object_array": (
+        disguised(npy(b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"), "obj.npy"),
+        "opens",
+    ),
+    "npz_object_array": (npz_with_object_array, "opens"),
+    "onnx_external_escape": (onnx_external_escape, "error"),
+    "keras_h5_lambda_and_links": (keras_h5_lambda_and_links, "opens"),
+    "keras_archive_deflated": (keras_archive_escape, "error"),
+    "flax_msgpack_lying_length": (
+        disguised(b"\x81\xa6params\x81\xa1w\xc9\xff\xff\xff\xf0\x01" + bytes(64), "f.msgpack"),
         "error",
     ),
     "hdf5_as_pth": (disguised(b"\x89HDF\r\n\x1a\n" + bytes(512), "model.h5.pth"), "error"),

@@ -234,6 +234,13 @@ def test_open_dialog_lists_every_format_we_read():
         "state.pickle",
         "model.safetensors.index.json",
         "pytorch_model.bin.index.json",
+        "weights.npy",
+        "arrays.npz",
+        "model.onnx",
+        "tf_model.h5",
+        "model.weights.h5",
+        "model.keras",
+        "flax_model.msgpack",
     ):
         assert any(fnmatch.fnmatch(name, p) for p in patterns), name
 

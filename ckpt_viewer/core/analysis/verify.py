@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import FileSpan, TensorInfo, ZipMember
+from ckpt_viewer.core.listing.model import (
+    Checkpoint,
+    DecodedBytes,
+    FileSpan,
+    TensorInfo,
+    ZipMember,
+)
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 from ckpt_viewer.core.listing.text import plural
 
@@ -151,6 +157,20 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
         report.records += 1
 
 
+def _decoded(checkpoint: Checkpoint, report: VerifyReport) -> Generator[int, None, None]:
+    """Data only the format's library decodes (chunked or compressed HDF5): decoded in full,
+    so a broken chunk or filter checksum is found."""
+    for key, tensor, _ in checkpoint.tensors():
+        source = tensor.storage.source if tensor.storage is not None else None
+        if isinstance(source, DecodedBytes):
+            try:
+                source.decode()
+            except CheckpointError as exc:
+                raise Damaged(str(exc), key) from None
+            report.records += 1
+            yield source.nbytes
+
+
 def _dcp_chunks(checkpoint):
     """Each DCP chunk must store the tensor its metadata describes (the bytes are read next)."""
     from ckpt_viewer.core.listing.readers.dcp import stored_chunk
@@ -230,7 +250,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
         except CheckpointError as exc:
             raise Damaged(str(exc), getattr(exc, "key", ""), getattr(exc, "record", "")) from None
         owners = _record_owners(checkpoint)
-        if kind in ("torch_zip", "pt2"):
+        if kind in ("torch_zip", "pt2", "npz"):
             files, runs = [target], [lambda report: _verify_zip(target, report, owners)]
         elif kind == "training_dir":
             files = _training_files(target, checkpoint)
@@ -251,7 +271,10 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
         else:
             spans = _storage_spans(checkpoint)
             files = sorted({s.path for s in spans})
-            runs = [lambda report: _read_spans(spans, report, owners)]
+            runs = [
+                lambda report: _read_spans(spans, report, owners),
+                lambda report: _decoded(checkpoint, report),
+            ]
             if kind in ("dcp", "dcp_hf"):
                 runs.insert(0, lambda report: _dcp_chunks(checkpoint))
             report.notes.append(

@@ -358,6 +358,16 @@ LOADERS = {
     "pt2": "torch.load does not read a .pt2 archive: torch.export.load unpickles its pickled "
     "parts (sample inputs, pickled tensors, objects) with weights_only=False or "
     "pickle.loads, allowlisting nothing",
+    "hdf5": "torch.load does not read HDF5: keras.models.load_model rebuilds the model_config "
+    "it holds, refusing lambdas with safe_mode=True and running them with safe_mode=False",
+    "keras": "torch.load does not read a .keras archive: keras.models.load_model rebuilds its "
+    "config.json, refusing lambdas with safe_mode=True and running them with safe_mode=False",
+}
+
+# what runs a `code` global of a file that torch.load does not read
+CODE_RUNNERS = {
+    "hdf5": "keras.models.load_model(safe_mode=False)",
+    "keras": "keras.models.load_model(safe_mode=False)",
 }
 
 
@@ -368,6 +378,8 @@ def meaning(name: str, kind: str, fmt: str) -> str:
         return TORCH_CLASS
     if kind == "data" and fmt in LOADERS:
         return "builds plain data (its loader unpickles it with no allowlist)"
+    if kind == "code" and fmt in CODE_RUNNERS:
+        return f"CAN RUN CODE: {CODE_RUNNERS[fmt]} would run it; never load this file that way"
     return MEANING[kind]
 
 

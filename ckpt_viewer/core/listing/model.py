@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from ckpt_viewer.core.listing.stats_cache import StatsCache
@@ -127,13 +127,22 @@ class InlineBytes:
         return len(self.data)
 
 
+@dataclass(eq=False)
+class DecodedBytes:
+    """Bytes only the format's library can produce (a chunked or compressed HDF5 dataset):
+    `decode()` returns them, in the storage's byte order."""
+
+    nbytes: int
+    decode: Callable[[], bytes]
+
+
 @dataclass(eq=False, slots=True)
 class Storage:
     key: str
     dtype: str
     numel: int
     location: str
-    source: ZipMember | FileSpan | InlineBytes | None = None
+    source: ZipMember | FileSpan | InlineBytes | DecodedBytes | None = None
     byteorder: str = "little"
     resizable: bool = False  # legacy storages: torch's set_ grows them instead of refusing
 

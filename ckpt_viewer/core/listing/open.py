@@ -13,8 +13,6 @@ from ckpt_viewer.core.listing.readers.hf_index import is_index, model_weights, u
 PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}  # protocol 0/1
 
 FOREIGN_FORMATS = [
-    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras/h5py), not a PyTorch checkpoint"),
-    (b"\x93NUMPY", "a NumPy .npy array, not a PyTorch checkpoint"),
     (b"\x1f\x8b", "a gzip-compressed file; decompress it first"),
     (b"BZh", "a bzip2-compressed file; decompress it first"),
     (b"\xfd7zXZ", "an xz-compressed file; decompress it first"),
@@ -23,7 +21,8 @@ FOREIGN_FORMATS = [
 
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
-    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf."""
+    dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz, onnx, hdf5, keras,
+    keras_sharded, flax_msgpack."""
     with remote.opening():
         return _sniff(path)
 
@@ -52,7 +51,19 @@ def _sniff(path: str) -> str:
     head = source.head
     if head.startswith(b"GGUF"):
         return "gguf"
+    # other frameworks' weights (issue #25)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
     if head.startswith(b"PK\x03\x04"):  # the test torch.load makes
+        from ckpt_viewer.core.listing.readers.keras_h5 import is_keras
+        from ckpt_viewer.core.listing.readers.numpy_files import is_npz
+
+        if is_npz(path, head):
+            return "npz"
+        if is_keras(path, head):
+            return "keras"
         from ckpt_viewer.core.listing.readers.pt2 import is_pt2
 
         return "pt2" if is_pt2(path, head) else "torch_zip"
@@ -68,15 +79,23 @@ def _sniff(path: str) -> str:
         from ckpt_viewer.core.listing.readers.torch_legacy import is_legacy
 
         return "torch_legacy" if is_legacy(path) else "pickle"
+    from ckpt_viewer.core.listing.readers.flax_msgpack import looks_like_flax
+
+    if looks_like_flax(path, head):
+        return "flax_msgpack"
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise CheckpointError("a tar archive: the PyTorch < 0.4 tar format is not supported")
     for magic, what in FOREIGN_FORMATS:
         if head.startswith(magic):
             raise CheckpointError(f"this is {what}")
+    if head.lstrip()[:1] == b"{" and path.endswith(".weights.json"):
+        return "keras_sharded"
     if head.lstrip()[:1] in (b"{", b"["):
         raise CheckpointError("a JSON/text file, not a PyTorch checkpoint")
-    if head[:1] == b"\x08" and (b"onnx" in head.lower() or b"pytorch" in head.lower()):
-        raise CheckpointError("an ONNX model, not a PyTorch checkpoint")
+    from ckpt_viewer.core.listing.readers.onnx_file import looks_like_onnx
+
+    if looks_like_onnx(path, head):
+        return "onnx"
     preview = head[:8].hex(" ")
     raise CheckpointError(f"not a recognised checkpoint format (first bytes {preview})")
 
@@ -95,8 +114,12 @@ def open_file(path: str) -> Checkpoint:
     """Read only metadata; raises CheckpointError with a one-line message for any bad input."""
     from ckpt_viewer.core.listing.readers import (
         dcp,
+        flax_msgpack,
         gguf,
         hf_index,
+        keras_h5,
+        numpy_files,
+        onnx_file,
         plain_pickle,
         pt2,
         safetensors,
@@ -116,6 +139,13 @@ def open_file(path: str) -> Checkpoint:
         "pt2": pt2.read,
         "gguf": gguf.read,
         "training_dir": functools.partial(training_dir.read, open_part=open_file),
+        "npy": numpy_files.read_npy,
+        "npz": numpy_files.read_npz,
+        "onnx": onnx_file.read,
+        "hdf5": keras_h5.read,
+        "keras": keras_h5.read_keras,
+        "keras_sharded": keras_h5.read_sharded,
+        "flax_msgpack": flax_msgpack.read,
     }
     with remote.opening():
         return readers[sniff(path)](path)

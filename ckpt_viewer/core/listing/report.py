@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ckpt_viewer.core.listing.globals import meaning, triage
+from ckpt_viewer.core.listing.globals import CODE_RUNNERS, meaning, triage
 from ckpt_viewer.core.listing.model import Checkpoint, Node, format_bytes, format_count
 from ckpt_viewer.core.listing.summary import scalars_by_importance, totals
 from ckpt_viewer.core.listing.text import (
@@ -117,7 +117,8 @@ def text_report(checkpoint: Checkpoint, max_depth=None, file_order: bool = False
         if use.category == "code":
             call = f"{use.name}({use.calls[0]})" if use.calls else use.name
             where = f" at {use.keys[0]}" if use.keys else ""
-            yield f"WARNING: code: {call}{where} (torch.load(weights_only=False) would run it)"
+            runner = CODE_RUNNERS.get(checkpoint.format, "torch.load(weights_only=False)")
+            yield f"WARNING: code: {call}{where} ({runner} would run it)"
     for kind in ("class", "data"):
         groups: dict[str, list[str]] = {}
         for use in uses:

@@ -12,7 +12,14 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, FileSpan, InlineBytes, Storage, ZipMember
+from ckpt_viewer.core.listing.model import (
+    DTYPE_SIZES,
+    DecodedBytes,
+    FileSpan,
+    InlineBytes,
+    Storage,
+    ZipMember,
+)
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_member
 from ckpt_viewer.core.values.decode import NUMPY_DTYPES
 
@@ -32,6 +39,9 @@ class StorageReader:
                 self.path, self.offset = None, 0
         elif isinstance(source, InlineBytes):
             self.inflated = source.data
+            self.path, self.offset = None, 0
+        elif isinstance(source, DecodedBytes):  # a chunked/compressed HDF5 dataset (h5py)
+            self.inflated = source.decode()
             self.path, self.offset = None, 0
         elif isinstance(source, FileSpan):
             self.path, self.offset = source.path, source.offset

@@ -1,0 +1,490 @@
+"""Keras weights in HDF5 (through h5py) and Keras 3 `.keras` archives.
+
+Layouts: Keras 2 / legacy `model.save('m.h5')` (`model_weights/` or the root with a
+`layer_names` attribute, each layer's `weight_names`), Keras 3 `.weights.h5` (`layers/<group>/
+vars/<i>`, named kernel/bias... from the layer's class in config.json where the count fits),
+any other HDF5 file dataset by dataset. Only hard links are followed; soft and external links,
+virtual and external-storage datasets are listed, never read (they point at other files).
+`model_config` / config.json are shown as text, never deserialized: Lambda layers (marshalled
+bytecode) and custom classes are listed as globals."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.model import (
+    Checkpoint,
+    DecodedBytes,
+    FileSpan,
+    Storage,
+    TensorInfo,
+)
+from ckpt_viewer.core.listing.readers.numpy_files import KINDS, first_record_name, strides
+from ckpt_viewer.core.listing.readers.safetensors import flat_tree
+from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory, read_member
+from ckpt_viewer.core.listing.text import safe_text
+
+MAX_OBJECTS = 200_000  # groups and datasets walked before refusing
+MAX_CONFIG_BYTES = 64 << 20
+MAX_ATTR_ITEMS = 1_000_000
+
+# Keras 3 layer class -> its variables in creation order, given the layer's config
+VARIABLES = {
+    "Dense": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "EinsumDense": lambda c: ["kernel"] + ["bias"] * bool(c.get("bias_axes")),
+    "Conv1D": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "Conv2D": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "Conv3D": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "Conv1DTranspose": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "Conv2DTranspose": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "Conv3DTranspose": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "DepthwiseConv2D": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "BatchNormalization": lambda c: (
+        ["gamma"] * c.get("scale", True)
+        + ["beta"] * c.get("center", True)
+        + ["moving_mean", "moving_variance"]
+    ),
+    "LayerNormalization": lambda c: (
+        ["gamma"] * c.get("scale", True) + ["beta"] * c.get("center", True)
+    ),
+    "Embedding": lambda c: ["embeddings"],
+}
+SNAKE = {re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", name).lower(): name for name in VARIABLES}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf8", "replace")
+    return str(value)
+
+
+def _attr(obj: Any, name: str, default: Any = None) -> Any:
+    """An attribute's value, its size checked first: a damaged or hostile one may declare
+    billions of elements, which h5py would try to build."""
+    if name not in obj.attrs:
+        return default
+    attribute = obj.attrs.get_id(name)
+    count = math.prod(attribute.shape or ())
+    nbytes = count * attribute.get_type().get_size()
+    if count > MAX_ATTR_ITEMS or nbytes > MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"HDF5 attribute {safe_text(name)!r} declares {count:,} elements "
+            f"({nbytes:,} bytes); refusing to read it"
+        )
+    return obj.attrs[name]
+
+
+def _names(value: Any) -> list[str]:
+    """An attribute holding a list of names (bytes or str arrays, as h5py reads them)."""
+    try:
+        return [_text(v) for v in value]
+    except TypeError:
+        return []
+
+
+def config_layers(config: Any) -> tuple[dict, dict]:
+    """{layer name: (class name, config)} of every layer a Keras config describes, and the
+    globals it names: Lambda layers and lambdas (marshalled code), classes from outside keras."""
+    layers: dict = {}
+    globals_named: dict[str, int] = {}
+    stack = [(config, False)]
+    while stack:
+        item, in_lambda = stack.pop()
+        if isinstance(item, list):
+            stack.extend((v, in_lambda) for v in item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        cls, cfg, module = item.get("class_name"), item.get("config"), item.get("module")
+        named = None
+        if cls == "Lambda":
+            named, in_lambda = "keras.layers.Lambda", True
+        elif cls == "__lambda__" and not in_lambda:
+            named = "keras.__lambda__"
+        elif isinstance(cls, str) and isinstance(module, str):
+            if module.split(".")[0] not in ("keras", "builtins"):
+                named = f"{module}.{cls}"
+        if named:
+            globals_named[named] = globals_named.get(named, 0) + 1
+        if isinstance(cls, str) and isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
+            layers.setdefault(cfg["name"], (cls, cfg))
+        stack.extend((v, in_lambda) for v in item.values() if isinstance(v, (dict, list)))
+    return layers, globals_named
+
+
+def _walk(group: Any, warnings: list) -> list:
+    """(path, dataset) of every dataset reachable by hard links, each object once."""
+    import h5py
+
+    found, seen, stack, count = [], set(), [("", group)], 0
+    while stack:
+        prefix, node = stack.pop()
+        for name in sorted(node.keys(), reverse=True):
+            count += 1
+            if count > MAX_OBJECTS:
+                raise CheckpointError(f"the HDF5 file holds more than {MAX_OBJECTS:,} objects")
+            path = f"{prefix}/{name}" if prefix else name
+            link = node.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                warnings.append(
+                    f"{safe_text(path)}: {type(link).__name__} not followed (it may point at "
+                    "another file)"
+                )
+                continue
+            obj = node[name]
+            if obj.id in seen:
+                continue
+            seen.add(obj.id)
+            if isinstance(obj, h5py.Group):
+                stack.append((path, obj))
+            elif isinstance(obj, h5py.Dataset):
+                found.append((path, obj))
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def _keras2_keys(f: Any) -> dict:
+    """{dataset path: key} from `layer_names` / `weight_names` (Keras 2, legacy .h5)."""
+    root = f["model_weights"] if "model_weights" in f else f
+    prefix = "model_weights/" if root is not f else ""
+    keys = {}
+    for layer in _names(_attr(root, "layer_names", [])):
+        group = root.get(layer)
+        if group is None:
+            continue
+        for weight in _names(_attr(group, "weight_names", [])):
+            keys[f"{prefix}{layer}/{weight}"] = re.sub(r":\d+$", "", weight).replace("/", ".")
+    return keys
+
+
+def _keras3_key(path: str, layers: dict, var_names: dict, counts: dict) -> str | None:
+    """`layers/dense/vars/0` -> `d1.kernel` (the layer's own name, from its `vars` group, its
+    variable's name from its class where the count fits); None for a path not in that
+    layout. `var_names` and `counts`: each vars group's name attribute and its variables."""
+    parts = path.split("/")
+    if len(parts) < 2 or parts[-2] != "vars" or not parts[-1].isdigit():
+        return None
+    names, group_path = [], ""
+    for index, part in enumerate(parts[:-2]):
+        group_path = f"{group_path}/{part}" if group_path else part
+        if part == "layers" and index % 2 == 0:
+            continue
+        names.append(var_names.get(f"{group_path}/vars") or part)
+    leaf = parts[-1]
+    if names:
+        cls, cfg = layers.get(names[-1], (SNAKE.get(re.sub(r"_\d+$", "", parts[-3])), {}))
+        variables = VARIABLES[cls](cfg) if cls in VARIABLES else []
+        count = counts.get("/".join(parts[:-1]), -1)
+        if len(variables) == count and int(leaf) < count:
+            leaf = variables[int(leaf)]
+    return ".".join(names + [leaf]) if names else f"vars.{leaf}"
+
+
+def _scan(path: str, f: Any, window: tuple | None, warnings: list) -> tuple:
+    """Every dataset as (HDF5 path, TensorInfo or None), and its Keras naming facts: the
+    `weight_names` keys, each vars group's name attribute, each vars group's variable count."""
+    entries, var_names, counts = [], {}, {}
+    for h5path, dataset in _walk(f, warnings):
+        entries.append((h5path, _tensor(path, h5path, h5path, dataset, window, warnings)))
+        parent, _, leaf = h5path.rpartition("/")
+        if parent.rpartition("/")[2] == "vars" and leaf.isdigit():
+            counts[parent] = counts.get(parent, 0) + 1
+    for parent in counts:
+        name = _attr(f[parent], "name")
+        if name is not None:
+            var_names[parent] = _text(name)
+    return entries, _keras2_keys(f), var_names, counts
+
+
+def _named(entries: list, named: dict, layers: dict, var_names: dict, counts: dict) -> dict:
+    """{key: TensorInfo}: Keras names where the layout gives them, else the HDF5 path."""
+    tensors, taken = {}, set()
+    for h5path, info in entries:
+        key = named.get(h5path) or _keras3_key(h5path, layers, var_names, counts)
+        if key is None or key in taken:
+            key = h5path.replace("/", ".")
+        taken.add(key)
+        if info is not None:
+            info.storage.key = key
+            tensors[key] = info
+    return tensors
+
+
+def _decode(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
+    """A dataset's bytes as h5py decodes them (chunked or compressed), in stored order."""
+    h5py = _h5py()
+    with remote.open_source(path) as f:
+        fileobj = io.BufferedReader(Window(f, *window)) if window else f
+        try:
+            with h5py.File(fileobj, "r") as h5:
+                data = h5[name][()].tobytes()
+        except (OSError, KeyError, ValueError) as exc:
+            raise CheckpointError(
+                f"dataset {safe_text(name)!r} cannot be read ({str(exc)[:80]})"
+            ) from None
+    if len(data) != nbytes:
+        raise CheckpointError(
+            f"dataset {safe_text(name)!r} decodes to {len(data):,} bytes, not {nbytes:,}"
+        )
+    return data
+
+
+def _tensor(
+    path: str, h5path: str, key: str, dataset: Any, window: tuple | None, warnings: list
+) -> TensorInfo | None:
+    dtype = dataset.dtype
+    if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
+        warnings.append(f"{safe_text(key)}: not read: its data lie in other files")
+        return None
+    torch_dtype = KINDS.get((dtype.kind, dtype.itemsize)) if dtype.fields is None else None
+    if torch_dtype is None or dataset.shape is None:
+        warnings.append(
+            f"{safe_text(key)}: not read: HDF5 type {safe_text(str(dtype))} has no torch dtype"
+        )
+        return None
+    shape = tuple(int(d) for d in dataset.shape)
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    nbytes = numel * dtype.itemsize
+    offset = dataset.id.get_offset()
+    order = "big" if dtype.byteorder == ">" else "little"
+    base, size = window or (0, remote.getsize(path))
+    if offset is not None and dataset.chunks is None and not dataset.compression:
+        if offset + nbytes > size:
+            raise CheckpointError(f"dataset {safe_text(h5path)!r} reaches past the end of the file")
+        source = FileSpan(path, base + offset, nbytes)
+    else:  # chunked, compressed, compact or never written: h5py decodes it when read
+        source = DecodedBytes(
+            nbytes, functools.partial(_decode, path, window, dataset.name, nbytes)
+        )
+    storage = Storage(key, torch_dtype, numel, "cpu", source, byteorder=order)
+    return TensorInfo(dtype=torch_dtype, shape=shape, stride=strides(shape, False), storage=storage)
+
+
+class Window(io.RawIOBase):
+    """Bytes [start, start+size) of an open file, as a file (an HDF5 stored in a zip)."""
+
+    def __init__(self, f: BinaryIO, start: int, size: int) -> None:
+        self.f, self.start, self.size, self.position = f, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self.position, self.size)[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        count = max(0, min(len(buffer), self.size - self.position))
+        self.f.seek(self.start + self.position)
+        data = self.f.read(count)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise CheckpointError(
+            "an HDF5 file (Keras/h5py): reading it needs the h5py package (pip install h5py)"
+        ) from None
+    return h5py
+
+
+def _opened(fileobj: Any, use: Callable[[Any], Any]) -> Any:
+    """`use(h5file)`, with libhdf5's complaints about a damaged file as one line."""
+    h5py = _h5py()
+    try:
+        f = h5py.File(fileobj, "r")
+    except OSError as exc:
+        raise CheckpointError(f"HDF5 file cannot be opened ({str(exc)[:80]})") from None
+    try:
+        with f:
+            return use(f)
+    except (RuntimeError, OSError, KeyError) as exc:
+        # libhdf5 reports damaged structures (bad link names, B-trees...) as these
+        text = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"the HDF5 file is damaged ({text})") from None
+
+
+def _list(
+    path: str,
+    fileobj: Any,
+    window: tuple | None,
+    fmt: str,
+    config: Any = None,
+    metadata: dict | None = None,
+) -> Checkpoint:
+    return _opened(fileobj, lambda f: _checkpoint(path, f, window, fmt, config, metadata))
+
+
+def _checkpoint(
+    path: str, f: Any, window: tuple | None, fmt: str, config: Any, metadata: dict | None
+) -> Checkpoint:
+    warnings, metadata = [], dict(metadata or {})
+    for name in f.attrs:
+        value = _attr(f, name)
+        metadata[name] = _text(value) if not hasattr(value, "shape") else safe_text(str(value))
+    if config is None and "model_config" in f.attrs:
+        try:
+            config = json.loads(_text(_attr(f, "model_config")))
+        except ValueError:
+            warnings.append("model_config is not valid JSON; shown as text")
+    layers, globals_named = config_layers(config) if config is not None else ({}, {})
+    entries, named, var_names, counts = _scan(path, f, window, warnings)
+    tensors = _named(entries, named, layers, var_names, counts)
+    checkpoint = Checkpoint(
+        path=path,
+        format=fmt,
+        file_bytes=remote.getsize(path),
+        root=flat_tree(tensors),
+        warnings=warnings,
+        metadata=metadata,
+    )
+    checkpoint.globals_named = globals_named
+    for name in ("keras.layers.Lambda", "keras.__lambda__"):
+        if name in globals_named:
+            checkpoint.global_code[name] = (
+                "marshalled Python bytecode (a lambda) that Keras runs when the model is "
+                "loaded with safe_mode=False"
+            )
+    return checkpoint
+
+
+def read(path: str) -> Checkpoint:
+    with remote.open_source(path) as f:
+        return _list(path, f, None, "hdf5")
+
+
+def read_keras(path: str) -> Checkpoint:
+    """A Keras 3 `.keras` zip: config.json, metadata.json, model.weights.h5."""
+    members = {m.name: m for m in read_directory(path)}
+    if "config.json" not in members:
+        raise CheckpointError("a .keras archive without config.json")
+    try:
+        config = json.loads(read_member(members["config.json"], MAX_CONFIG_BYTES))
+        metadata = (
+            json.loads(read_member(members["metadata.json"], MAX_CONFIG_BYTES))
+            if ("metadata.json" in members)
+            else {}
+        )
+    except (ValueError, RecursionError):
+        raise CheckpointError(
+            "config.json or metadata.json of the .keras archive is not JSON"
+        ) from None
+    if not isinstance(metadata, dict):
+        metadata = {}
+    weights = members.get("model.weights.h5")
+    if weights is None:
+        other = [n for n in members if n.startswith("model.weights")]
+        raise CheckpointError(
+            f"a .keras archive whose weights are {safe_text(', '.join(other) or 'missing')}: "
+            "only model.weights.h5 is read"
+        )
+    if weights.compress_type != 0:
+        raise CheckpointError("a .keras archive whose model.weights.h5 is compressed (not read)")
+    metadata = {f"metadata.{k}": v for k, v in metadata.items()}
+    metadata["config"] = json.dumps(config)
+    with remote.open_source(path) as f:
+        start = data_offset(weights, f)
+        if start + weights.file_size > f.size:
+            raise CheckpointError("model.weights.h5 reaches past the end of the archive")
+        window = io.BufferedReader(Window(f, start, weights.file_size))
+        return _list(path, window, (start, weights.file_size), "keras", config, metadata)
+
+
+def read_sharded(path: str) -> Checkpoint:
+    """A Keras 3 sharded `*.weights.json` manifest: its `weight_map` names the `.weights.h5`
+    shards (files beside it) that hold each layer's variables; each shard is listed as one."""
+    with remote.open_source(path) as f:
+        if f.size > MAX_CONFIG_BYTES:
+            raise CheckpointError("the weights manifest is larger than 64 MB")
+        raw = f.read(f.size)
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise CheckpointError("the weights manifest is not JSON") from None
+    weight_map = manifest.get("weight_map") if isinstance(manifest, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError("the weights manifest has no weight_map")
+    shards: dict[str, None] = {}
+    for names in weight_map.values():
+        for name in names if isinstance(names, list) else [names]:
+            if (
+                not isinstance(name, str)
+                or not name
+                or "/" in name
+                or "\\" in name
+                or name in ("..", ".")
+            ):
+                raise CheckpointError(
+                    f"the weights manifest names shard {safe_text(str(name))[:80]!r}, not a "
+                    "file beside it"
+                )
+            shards[name] = None
+    entries: list = []
+    named: dict = {}
+    var_names: dict = {}
+    counts: dict = {}
+    warnings: list[str] = []
+    for name in shards:
+        shard = remote.join(remote.dirname(path), name)
+        remote.check_regular(shard)
+        if not remote.isfile(shard):
+            raise CheckpointError(f"shard {safe_text(name)!r} named by the manifest is missing")
+        found: list[str] = []
+        with remote.open_source(shard) as f:
+            part = _opened(f, lambda h5, shard=shard, found=found: _scan(shard, h5, None, found))
+        warnings += [f"{safe_text(name)}: {w}" for w in found]
+        # a layer's variables may be split across shards (its vars group in each)
+        entries += part[0]
+        named.update(part[1])
+        for group, group_name in part[2].items():
+            var_names.setdefault(group, group_name)
+        for group, count in part[3].items():
+            counts[group] = counts.get(group, 0) + count
+    tensors = _named(entries, named, {}, var_names, counts)
+    metadata = manifest.get("metadata")
+    return Checkpoint(
+        path=path,
+        format="keras-sharded",
+        file_bytes=remote.getsize(path),
+        root=flat_tree(tensors),
+        warnings=warnings,
+        metadata={f"metadata.{k}": v for k, v in metadata.items()}
+        if isinstance(metadata, dict)
+        else {},
+    )
+
+
+KERAS_RECORDS = (b"metadata.json", b"config.json", b"model.weights.h5")
+
+
+def is_keras(path: str, head: bytes) -> bool:
+    """A Keras 3 archive: the first record one of its own (Keras writes metadata.json first),
+    config.json and weights in its directory."""
+    if first_record_name(head) not in KERAS_RECORDS:
+        return False
+    try:
+        names = {m.name for m in read_directory(path)}
+    except CheckpointError:
+        return False
+    return "config.json" in names and any(n.startswith("model.weights") for n in names)
