@@ -233,3 +233,19 @@ def test_verify_agrees_with_torch_load(tmp_path, name):
         intact = False
     assert intact == loads
     assert not sentinel.exists()
+
+
+def test_an_hdf5_file_that_spins_libhdf5_is_refused_in_one_line(tmp_path, monkeypatch):
+    """libhdf5 never returns on this fuzzed file; the listing runs first in a child process
+    with a time limit, so the refusal is one line and nothing hangs."""
+    import shutil
+    from pathlib import Path
+
+    from ckpt_viewer.core.listing.readers import keras_h5
+
+    pytest.importorskip("h5py")
+    path = tmp_path / "spin.h5"
+    shutil.copy(Path(__file__).parent / "files" / "hdf5_spins_libhdf5.h5", path)
+    monkeypatch.setattr(keras_h5, "PREFLIGHT_SECONDS", 3.0)
+    with pytest.raises(CheckpointError, match="libhdf5 did not finish"):
+        open_checkpoint(str(path))

@@ -14,7 +14,10 @@ import functools
 import io
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -34,6 +37,9 @@ from ckpt_viewer.core.listing.text import safe_text
 
 MAX_OBJECTS = 200_000  # groups and datasets walked before refusing
 MAX_CONFIG_BYTES = 64 << 20
+# libhdf5 can loop forever on a crafted file (a zeroed global-heap signature under a string
+# attribute spun with no end): each HDF5 listing runs first in a child process this long
+PREFLIGHT_SECONDS = float(os.environ.get("CKPT_VIEWER_HDF5_SECONDS", "30"))
 MAX_ATTR_ITEMS = 1_000_000
 
 # Keras 3 layer class -> its variables in creation order, given the layer's config
@@ -369,13 +375,49 @@ def _checkpoint(
     return checkpoint
 
 
-def read(path: str) -> Checkpoint:
+def preflight(reader: str, path: str) -> None:
+    """Run the same listing in a child process first: a libhdf5 that hangs or crashes on this
+    file takes the child with it, and the refusal is one line here."""
+    code = (
+        "import sys\n"
+        "from ckpt_viewer.core import CheckpointError\n"
+        "from ckpt_viewer.core.listing.readers import keras_h5\n"
+        "try:\n"
+        f"    keras_h5.{reader}(sys.argv[1], checked=True)\n"
+        "except CheckpointError:\n"
+        "    pass\n"
+    )
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", code, path],
+            capture_output=True,
+            timeout=PREFLIGHT_SECONDS,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    except subprocess.TimeoutExpired:
+        raise CheckpointError(
+            f"libhdf5 did not finish reading the file's structure in {PREFLIGHT_SECONDS:g} s "
+            "(a damaged or crafted HDF5 file); refusing"
+        ) from None
+    if child.returncode != 0:
+        last = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        raise CheckpointError(
+            f"libhdf5 failed reading the file's structure (exit {child.returncode}: "
+            f"{safe_text(last[0])[:100]}); refusing"
+        )
+
+
+def read(path: str, checked: bool = False) -> Checkpoint:
+    if not checked:
+        preflight("read", path)
     with remote.open_source(path) as f:
         return _list(path, f, None, "hdf5")
 
 
-def read_keras(path: str) -> Checkpoint:
+def read_keras(path: str, checked: bool = False) -> Checkpoint:
     """A Keras 3 `.keras` zip: config.json, metadata.json, model.weights.h5."""
+    if not checked:
+        preflight("read_keras", path)
     members = {m.name: m for m in read_directory(path)}
     if "config.json" not in members:
         raise CheckpointError("a .keras archive without config.json")
@@ -411,9 +453,11 @@ def read_keras(path: str) -> Checkpoint:
         return _list(path, window, (start, weights.file_size), "keras", config, metadata)
 
 
-def read_sharded(path: str) -> Checkpoint:
+def read_sharded(path: str, checked: bool = False) -> Checkpoint:
     """A Keras 3 sharded `*.weights.json` manifest: its `weight_map` names the `.weights.h5`
     shards (files beside it) that hold each layer's variables; each shard is listed as one."""
+    if not checked:
+        preflight("read_sharded", path)
     with remote.open_source(path) as f:
         if f.size > MAX_CONFIG_BYTES:
             raise CheckpointError("the weights manifest is larger than 64 MB")
