@@ -69,7 +69,8 @@ def as_4d(tensor: TensorInfo, shape: tuple) -> TensorInfo:
     """The GGUF tensor (contiguous) seen with the same 4-D shape, for an element-wise compare."""
     view = copy.copy(tensor)
     view.shape = shape
-    stride, step = [], 1
+    stride: list[int] = []
+    step = 1
     for dim in reversed(shape):
         stride.insert(0, step)
         step *= dim

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -313,7 +314,7 @@ def _sampled_metrics(tensor, elements: int) -> dict:
     from ckpt_viewer.core.values.stats import sample_preview
 
     stats = sample_preview(tensor, bins=8, elements=elements)
-    if stats.mean is None or stats.std is None:
+    if stats.mean is None or stats.std is None or stats.min is None or stats.max is None:
         return {}
     mean, std = stats.mean, stats.std
     return {
@@ -341,6 +342,7 @@ def _is_tiny(tensor) -> bool:
     )
     return (
         plain
+        and isinstance(source, (FileSpan, ZipMember))
         and 0 < tensor.nbytes <= TINY_BYTES
         and tensor.is_contiguous
         and numpy_readable(tensor)
@@ -465,7 +467,8 @@ def layer_metrics(
     stop = threading.Event()
     workers = workers or worker_count()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="layers")
-    pending, running = list(reversed(list(_batches(wanted)))), {}
+    pending = list(reversed(list(_batches(wanted))))
+    running: dict[Future[Any], Any] = {}
     try:
         while pending or running:
             while pending and len(running) < 2 * workers:  # stops with the generator

@@ -440,7 +440,7 @@ def text_lines(checkpoint: Checkpoint):
         yield f"  [{use['category']}] {use['name']} ({use['uses']} use{'s' * (use['uses'] != 1)}){where}"
         for call in use["calls"] if use["category"] == "code" else []:
             yield f"      called as {use['name']}({call})"
-    meanings = {}
+    meanings: dict[str, str] = {}
     for use in report["globals"]:
         if use["category"] != "torch":
             meanings.setdefault(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ckpt_viewer.core.listing.stats_cache import StatsCache
 
@@ -140,7 +142,9 @@ class Storage:
         )
 
 
-TENSOR_BUILD = None  # set by safe_pickle: a BUILD opcode on a tensor record
+TENSOR_BUILD: Callable[[TensorInfo, Any], None] | None = (
+    None  # set by safe_pickle: a BUILD opcode on a tensor record
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -155,7 +159,7 @@ class TensorInfo:
     layout: str = "strided"  # strided | sparse_coo | sparse_csr | ggml | ...
     parts: dict = field(default_factory=dict)  # sparse: indices/values tensors
     quantizer: dict = field(default_factory=dict)
-    chunks: tuple = ()  # DCP: (offsets, sizes, FileSpan) per chunk
+    chunks: Sequence[tuple[tuple[int, ...], tuple[int, ...], FileSpan]] = ()  # DCP: per chunk
     neg: bool = False  # torch's negative view bit: values are -stored
     conj: bool = False  # conjugate view bit: values are conj(stored)
     attrs: dict = field(default_factory=dict)  # Python attributes the file set on the tensor
@@ -192,7 +196,7 @@ class TensorInfo:
     def nbytes(self) -> int:
         if self.parts:
             return sum(p.nbytes for p in self.parts.values())
-        if self.layout == "ggml":  # GGUF blocks: their bytes are the storage's
+        if self.layout == "ggml" and self.storage is not None:  # GGUF blocks: the storage's
             return self.storage.nbytes
         return self.numel * DTYPE_SIZES.get(self.dtype, 1)
 

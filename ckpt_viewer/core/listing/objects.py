@@ -88,8 +88,8 @@ def _dtype_parts(dtype: NumpyDtype):
     state = dtype.state if isinstance(dtype.state, tuple) else ()
     order = state[1] if len(state) > 1 and state[1] in ("<", ">", "|", "=") else "<"
     structured = len(state) > 3 and state[3] is not None
-    size = int(size) if size.isdigit() else 0
-    return kind, size * 4 if kind == "U" else size, order, structured  # U<n>: n UCS-4 chars
+    itemsize = int(size) if size.isdigit() else 0
+    return kind, itemsize * 4 if kind == "U" else itemsize, order, structured  # U<n>: n UCS-4 chars
 
 
 def numpy_dtype_name(dtype: NumpyDtype) -> str:
@@ -206,7 +206,7 @@ def _array(shape: tuple, dtype, fortran: bool, raw) -> Described | None:
 MAX_TEXT_ELEMENTS = 1024
 
 
-def _texts(raw: bytes, kind: str, itemsize: int, order: str) -> list:
+def _texts(raw: bytes | bytearray, kind: str, itemsize: int, order: str) -> list:
     if not itemsize:
         return []
     cells = [raw[i : i + itemsize] for i in range(0, len(raw), itemsize)]

@@ -146,13 +146,14 @@ def plain(node: Node, depth: int = 0, reads: list | None = None):
         return tuple(values) if node.type_name == "tuple" else values
     if node.kind == "dict":
         return {c.name: plain(c, depth + 1, reads) for c in node.children}
-    if node.kind == "tensor":
-        if reads and reads[0] > 0 and not node.tensor.shape:
+    tensor = node.tensor
+    if tensor is not None:
+        if reads and reads[0] > 0 and not tensor.shape:
             reads[0] -= 1
-            value = tensor_scalar(node.tensor)
+            value = tensor_scalar(tensor)
             if value is not None:
                 return value
-        return f"tensor{list(node.tensor.shape)}"
+        return f"tensor{list(tensor.shape)}"
     return node.value
 
 
@@ -253,7 +254,9 @@ def _read(node: Node, reads: list) -> _Optimizer:
     groups = [g if isinstance(g, dict) else {} for g in groups]
     state_node = _child(node, "state")
     states = {c.name: c for c in state_node.children} if state_node else {}
-    group_ids, names, matchable = [], [], True
+    group_ids: list[list[str]] = []
+    names: list[str] | None = []
+    matchable = True
     for g in groups:
         params = g.get("params")
         if not isinstance(params, (list, tuple)):
@@ -362,7 +365,9 @@ def _group_blocks(optimizer: _Optimizer):
 def _tilings(blocks, params, budget) -> list | None:
     """Orders of the blocks that, laid end to end, fit params' shapes (at most two are looked
     for); None when the shared budget of steps runs out."""
-    found, order, used = [], [], [False] * len(blocks)
+    found: list[list[int]] = []
+    order: list[int] = []
+    used = [False] * len(blocks)
 
     def fits(shapes, position) -> bool:
         budget[0] -= len(shapes)
@@ -400,8 +405,10 @@ def _model_candidates(root: Node, count: int) -> list[tuple[str, list]]:
     """(key names are relative to, [(name, shape)]) of each smallest subtree outside the
     optimizers whose parameters number `count`: with every parameter, or without frozen ones
     (a Parameter saved with requires_grad=False)."""
-    order, parent, flags = [], [], []  # pre-order, skipping optimizer subtrees
-    seen_storage = set()
+    order: list[Node] = []  # pre-order, skipping optimizer subtrees
+    parent: list[int] = []
+    flags: list[tuple[int, int]] = []
+    seen_storage: set[int] = set()
     stack = [(root, -1)]
     while stack:
         node, up = stack.pop()

@@ -179,7 +179,7 @@ MAX_SIMULATED = 4 << 20  # bigger pickles are not simulated (listing speed); see
     _STOP,
 ) = range(18)
 _ACTION = [-1] * 256
-for _ops, _action in (
+for _codes, _action in (
     (b"q", _PUT),
     (b"r", _PUT4),
     (b"h", _GET),
@@ -199,7 +199,7 @@ for _ops, _action in (
     (b"\x80", _PROTO),
     (b".", _STOP),
 ):
-    for _op in _ops:
+    for _op in _codes:
         _ACTION[_op] = _action
 
 
@@ -216,7 +216,9 @@ def _setitem_on_non_dict(data) -> bool:
     (into a list, say). Simulates only the kind of each stack item; call it on pickles made
     of torch's opcodes alone (TORCH_OPCODES)."""
     other, dict_kind, list_kind, dict_class = 0, 1, 2, 3
-    stack, marks, memo = [], [], {}
+    stack: list[int] = []
+    marks: list[int] = []
+    memo: dict[int, int] = {}
     push, unpack4, action, table = stack.append, struct.Struct("<I").unpack_from, _ACTION, _TABLE
     i = 0
     while True:

@@ -48,8 +48,8 @@ def split_text(totals) -> str:
 
 def node_line(node: Node, shown: ShownOnce | None = None) -> str:
     """One row of the tree: name, then what it is."""
-    if node.kind == "tensor":
-        t = node.tensor
+    t = node.tensor
+    if t is not None:
         parts = [
             f"{list(t.shape)}",
             t.dtype,

@@ -32,7 +32,13 @@ class Row:
         "generation",
     )
 
-    def __init__(self, node: Node, parent: Row | None, name: str, children=()):
+    def __init__(
+        self,
+        node: Node | GroupNode,
+        parent: Row | None,
+        name: str,
+        children: list[Row] | tuple[()] = (),
+    ) -> None:
         # a leaf shares the empty tuple (50,000 fewer lists); `shown` is set by the model
         self.node, self.parent, self.name, self.children = node, parent, name, children
         self.pos = self.index = self.params = self.nbytes = self.tensors = 0
@@ -51,18 +57,18 @@ class GroupNode:
     tensor = value = None
     role = shared_with = note = ""
 
-    def __init__(self, name: str, key: str):
+    def __init__(self, name: str, key: str) -> None:
         self.name, self.key = name, key
 
 
 MAX_GROUP_DEPTH = 64  # dotted segments split into group rows; the rest stays one name
 
 
-def _attach_children(row: Row):
+def _attach_children(row: Row) -> None:
     """Children of row's node; dotted names (a state_dict's "blocks.0.attn.weight") are split
     into virtual group rows, so that a flat dict of 50,000 keys is a browsable hierarchy."""
     groups: dict[str, Row] = {}
-    children = row.children
+    children = _child_list(row)
     for child in row.node.children:
         name = child.name
         if "." not in name or child.kind == "ref":
@@ -74,10 +80,16 @@ def _attach_children(row: Row):
             name = name.split(".", MAX_GROUP_DEPTH)[-1]
             prefix = child.name[: len(child.name) - len(name) - 1]
         parent = groups.get(prefix) or _group(row, groups, prefix)
-        parent.children.append(Row(child, parent, name, [] if child.children else ()))
+        _child_list(parent).append(Row(child, parent, name, [] if child.children else ()))
 
 
-def _group(row: Row, groups: dict, prefix: str) -> Row:
+def _child_list(row: Row) -> list[Row]:
+    """The list of a row that has children (a leaf shares the empty tuple instead)."""
+    assert isinstance(row.children, list)
+    return row.children
+
+
+def _group(row: Row, groups: dict[str, Row], prefix: str) -> Row:
     """The group row of a dotted prefix under row, made with the groups above it if new
     (siblings mostly share their group, so this runs once per group)."""
     above, _, segment = prefix.rpartition(".")
@@ -87,7 +99,7 @@ def _group(row: Row, groups: dict, prefix: str) -> Row:
         parent, segment = row, prefix
     key = f"{row.node.key}.{prefix}" if row.node.key else prefix
     group = Row(GroupNode(segment, key), parent, segment, [])
-    parent.children.append(group)
+    _child_list(parent).append(group)
     groups[prefix] = group
     return group
 
@@ -115,7 +127,7 @@ def build_rows(root: Node) -> RowIndex:
     and bytes (torch's numel and nbytes); a subtree counts each stored element once, so tied
     tensors and views of one storage are not doubled where they meet (_count_views_once)."""
     top = Row(root, None, "", [])
-    order = []
+    order: list[Row] = []
     stack = [top]
     while stack:
         row = stack.pop()
@@ -155,7 +167,7 @@ def build_rows(root: Node) -> RowIndex:
     )
 
 
-def _count_views_once(rows: list):
+def _count_views_once(rows: list) -> None:
     """Take back from each row above several views of one storage what they double count:
     the same tensor again (tied) counts once, distinct views the union of their spans, as
     the summary's totals do."""

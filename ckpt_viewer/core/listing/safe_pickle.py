@@ -15,6 +15,7 @@ import operator
 import pickle
 import threading
 from collections import Counter, OrderedDict
+from typing import Any
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.listing import model
@@ -39,6 +40,11 @@ class Placeholder:
     """An instance of a class the file names; holds what the file gave it, runs nothing."""
 
     qualname = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: dict[Any, Any]
+    list_items: list[Any]
 
     def __new__(cls, *args, **kwargs):
         obj = object.__new__(cls)
@@ -46,7 +52,7 @@ class Placeholder:
         obj.items, obj.list_items = {}, []
         return obj
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         # only a REDUCE (a call of the global) runs __init__; NEWOBJ stops at __new__
         self.args, self.kwargs = args, kwargs
         current_report().note_call(self.qualname, args)
@@ -63,25 +69,25 @@ class Placeholder:
         report.code.setdefault(self.qualname, "the file calls what this returned")
         return _record(self.qualname, args)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state) -> None:
         self.state = state
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key, value) -> None:
         self.items[key] = value
 
-    def append(self, value):
+    def append(self, value) -> None:
         self.list_items.append(value)
 
-    def extend(self, values):
+    def extend(self, values) -> None:
         self.list_items.extend(values)
 
-    def add(self, value):
+    def add(self, value) -> None:
         self.list_items.append(value)
 
     def __reduce__(self):
         raise TypeError("placeholders cannot be pickled")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{self.qualname}>"
 
     @property
@@ -100,7 +106,7 @@ class Placeholder:
 class GlobalRef:
     """A global used as a value (not called): e.g. a class object stored in a config."""
 
-    def __init__(self, qualname):
+    def __init__(self, qualname) -> None:
         self.qualname = qualname
 
     def __repr__(self):
@@ -240,14 +246,15 @@ def _as_ints(value, what) -> tuple:
     return ints
 
 
-def _check_storage(storage, what="tensor"):
+def _check_storage(storage, what: str = "tensor"):
     if not isinstance(storage, Storage):
         raise CheckpointError(f"{what} data is not a storage record")
     return storage
 
 
 def _contiguous(shape) -> tuple:
-    stride, step = [], 1
+    stride: list[int] = []
+    step = 1
     for size in reversed(shape):
         stride.insert(0, step)
         step *= max(size, 1)
@@ -297,7 +304,7 @@ def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple,
     return shape, stride
 
 
-def _note_requires_grad(info: TensorInfo, requires_grad):
+def _note_requires_grad(info: TensorInfo, requires_grad) -> None:
     info.requires_grad = bool(requires_grad)
     if (
         info.requires_grad
@@ -315,7 +322,7 @@ def rebuild_tensor(
     storage_offset,
     size,
     stride,
-    requires_grad=False,
+    requires_grad: bool = False,
     hooks=None,
     metadata=None,
     dtype=None,
@@ -359,14 +366,14 @@ def rebuild_tensor_v1(storage, storage_offset, size, stride):
     return rebuild_tensor(storage, storage_offset, size, stride)
 
 
-def _tensor_copy(data, what="parameter data") -> TensorInfo:
+def _tensor_copy(data, what: str = "parameter data") -> TensorInfo:
     """A new tensor object over the same storage (torch's Parameter(data) and as_subclass)."""
     if not isinstance(data, TensorInfo):
         raise CheckpointError(f"{what} is not a tensor")
     return dataclasses.replace(data)
 
 
-def rebuild_parameter(data, requires_grad=True, hooks=None):
+def rebuild_parameter(data, requires_grad: bool = True, hooks=None):
     param = _tensor_copy(data)
     param.is_parameter = True
     _note_requires_grad(param, requires_grad)
@@ -383,7 +390,7 @@ def set_object_state(info: TensorInfo, state):
     if isinstance(state, tuple):
         if len(state) != 2:
             raise CheckpointError("tensor state is malformed")
-        parts = state
+        parts: tuple[Any, ...] = state
     else:
         parts = (state,)
     for part in parts:
@@ -459,7 +466,7 @@ model.TENSOR_BUILD = build_tensor
 
 
 def rebuild_qtensor(
-    storage, storage_offset, size, stride, quantizer_params, requires_grad=False, hooks=None
+    storage, storage_offset, size, stride, quantizer_params, requires_grad: bool = False, hooks=None
 ):
     info = rebuild_tensor(storage, storage_offset, size, stride, requires_grad)
     info.layout = "quantized"
@@ -496,7 +503,7 @@ def rebuild_sparse_tensor(layout, data):
     )
 
 
-def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
+def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad: bool = False):
     return TensorInfo(
         dtype=str(dtype),
         shape=_as_ints(size, "shape"),
@@ -507,7 +514,10 @@ def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
 
 def _record(qualname: str, args: tuple) -> Placeholder:
     """A call kept as data for objects.py to decode (its BUILD state lands in `.state`)."""
-    obj = type(qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname})._new()
+    cls: type[Placeholder] = type(
+        qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname}
+    )
+    obj = cls._new()
     obj.args = args
     return obj
 
@@ -573,7 +583,7 @@ class TensorType:
 class ParameterType:
     """torch.nn.Parameter as a global: Parameter(data, requires_grad)."""
 
-    def __new__(cls, data=None, requires_grad=True):
+    def __new__(cls, data=None, requires_grad: bool = True):
         if data is None:
             data = TensorInfo(dtype="float32", shape=(0,), stride=(1,))
         return rebuild_parameter(data, requires_grad)
@@ -599,13 +609,13 @@ def make_size(dims=()):
     return tuple(dims)
 
 
-def codecs_encode(text, encoding="latin1"):
+def codecs_encode(text, encoding: str = "latin1"):
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
         raise CheckpointError("bytes record is malformed")
     return text.encode(encoding)
 
 
-def make_bytearray(data=b"", encoding="latin1"):
+def make_bytearray(data: bytes = b"", encoding: str = "latin1"):
     if isinstance(data, str):
         data = codecs_encode(data, encoding)
     if not isinstance(data, (bytes, bytearray)):
@@ -654,7 +664,7 @@ PLAIN_BASES = {
 }
 
 
-def numpy_dtype(spec, align=False, copy=False):
+def numpy_dtype(spec, align: bool = False, copy: bool = False):
     current_report().note_call("numpy.dtype", (str(spec),), limit=64)
     obj = NumpyDtype()
     obj.spec = str(spec)
@@ -725,14 +735,16 @@ class PickleReport:
     """What one unpickling saw: every global named, and why torch's weights_only unpickler
     would refuse the stream (unsupported opcodes, globals outside its allowlist, ...)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.globals: dict[str, int] = {}  # qualname -> times named
         self.other_refusals: list[str] = []
         self.calls: dict[str, list[str]] = {}  # qualname -> the arguments of its calls
         self.paths: dict[str, str] = {}  # qualname named as module + "a.b" -> module
         self.code: dict[str, str] = {}  # qualname -> why this use of it runs code
 
-    def note_call(self, qualname: str, args: tuple, limit: int = 8, then: tuple | None = None):
+    def note_call(
+        self, qualname: str, args: tuple, limit: int = 8, then: tuple | None = None
+    ) -> None:
         """A call of `qualname` with `args` (and, with `then`, a call of what it returned)."""
         calls = self.calls.setdefault(qualname, [])
         if len(calls) < limit:
@@ -741,7 +753,7 @@ class PickleReport:
                 text += ")(" + ", ".join(short_repr(a) for a in then[:6])
             calls.append(text[:300])
 
-    def refuse(self, why: str):
+    def refuse(self, why: str) -> None:
         if why not in self.other_refusals:
             self.other_refusals.append(why)
 
@@ -775,10 +787,10 @@ def current_report() -> PickleReport:
 class SafeUnpickler(pickle.Unpickler):
     """Unpickle `data.pkl`-like streams into plain data; see the module docstring."""
 
-    def __init__(self, file, storage_factory=None, encoding="utf-8", report=None):
+    def __init__(self, file, storage_factory=None, encoding: str = "utf-8", report=None) -> None:
         if storage_factory is not None:
             # before __init__, which caches it: one Python call per storage, not two
-            self.persistent_load = storage_factory
+            self.persistent_load = storage_factory  # type: ignore[method-assign]
         super().__init__(file, encoding=encoding)
         self.report = report if report is not None else PickleReport()
         self._placeholders: dict[str, type] = {}
@@ -843,13 +855,13 @@ def describe_pickle_error(exc: BaseException) -> str:
     return f"pickle data is malformed ({text[:120]})"
 
 
-def merge_report(checkpoint, report: PickleReport, record: str = ""):
+def merge_report(checkpoint, report: PickleReport, record: str = "") -> None:
     """Add what one more pickle named to a checkpoint's globals; `record` names where it sits
     when that is not the checkpoint's main pickle."""
     _merge(checkpoint, report.globals, report.calls, report.paths, report.code, record)
 
 
-def merge_part(checkpoint, part, record: str):
+def merge_part(checkpoint, part, record: str) -> None:
     """Add the globals of a part (a shard, a file of a training folder) to its folder's."""
     named = part.globals_named or {g: 1 for g in part.unsafe_globals}
     _merge(checkpoint, named, part.global_calls, part.global_paths, part.global_code, record)
@@ -859,7 +871,7 @@ def merge_part(checkpoint, part, record: str):
     checkpoint.refusals += [f"{record}: {why}" for why in part.refusals]
 
 
-def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record: str):
+def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record: str) -> None:
     for name, uses in named.items():
         checkpoint.globals_named[name] = checkpoint.globals_named.get(name, 0) + uses
         if name not in TORCH_ALLOWED and name not in checkpoint.unsafe_globals:
@@ -873,7 +885,7 @@ def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record
         checkpoint.global_code.setdefault(name, why)
 
 
-def safe_load(data: bytes, storage_factory=None, encoding="utf-8", report=None):
+def safe_load(data: bytes, storage_factory=None, encoding: str = "utf-8", report=None):
     """Unpickle one object; returns (object, unsafe_globals). Raises CheckpointError only.
     The opcodes are walked first (pickle_scan): the C unpickler trusts memo indices.
     `report` (a PickleReport) collects every global and what torch would refuse."""

@@ -44,7 +44,7 @@ def view_key(tensor) -> tuple:
 
 
 class StatsCache:
-    def __init__(self, max_facts: int = MAX_FACTS, max_stats: int = MAX_STATS):
+    def __init__(self, max_facts: int = MAX_FACTS, max_stats: int = MAX_STATS) -> None:
         self._lock = threading.Lock()
         self._facts: OrderedDict = OrderedDict()
         self._stats: OrderedDict = OrderedDict()
@@ -57,7 +57,7 @@ class StatsCache:
                 table.move_to_end(key)
             return value
 
-    def _put(self, table: OrderedDict, key, value, limit: int):
+    def _put(self, table: OrderedDict, key, value, limit: int) -> None:
         with self._lock:
             table[key] = value
             table.move_to_end(key)
@@ -67,7 +67,7 @@ class StatsCache:
     def facts(self, tensor) -> HealthFacts | None:
         return self._get(self._facts, view_key(tensor))
 
-    def put_facts(self, tensor, facts: HealthFacts):
+    def put_facts(self, tensor, facts: HealthFacts) -> None:
         self._put(self._facts, view_key(tensor), facts, self.max_facts)
 
     def stats(self, tensor, bins: int, part: str, value_range):
@@ -76,7 +76,7 @@ class StatsCache:
         stats = self._get(self._stats, (view_key(tensor), bins, part, _range_key(value_range)))
         return copy.copy(stats) if stats is not None else None
 
-    def put_stats(self, tensor, bins: int, part: str, value_range, stats):
+    def put_stats(self, tensor, bins: int, part: str, value_range, stats) -> None:
         self._put(
             self._stats,
             (view_key(tensor), bins, part, _range_key(value_range)),

@@ -133,7 +133,7 @@ def tensor_categories(checkpoint: Checkpoint) -> dict:
             id(node): OPTIMIZER_STATE if _dcp_optimizer_state(key) else MODEL
             for key, _, node in checkpoint.tensors()
         }
-    categories = {}
+    categories: dict[int, str] = {}
     stack: list[tuple[Node, str]] = [(checkpoint.root, "")]
     while stack:
         node, context = stack.pop()
@@ -150,7 +150,7 @@ def tensor_categories(checkpoint: Checkpoint) -> dict:
     return categories
 
 
-def _mark(categories: dict, top: Node, category: str):
+def _mark(categories: dict, top: Node, category: str) -> None:
     """Every tensor under top is `category` (tensor-subclass parts, `_extra_state` included)."""
     stack = [top]
     while stack:

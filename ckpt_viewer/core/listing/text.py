@@ -132,8 +132,8 @@ class ShownOnce:
     thousands of places for a few bytes each; written out each time, a 1 MB file becomes
     gigabytes of report."""
 
-    def __init__(self):
-        self.ids = set()
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
 
     def again(self, value) -> bool:
         """True when `value` is large and this report has already shown it."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeGuard
+
 from ckpt_viewer.core.listing.model import Node, TensorInfo
 from ckpt_viewer.core.listing.objects import (
     Described,
@@ -78,7 +80,7 @@ def _object_children(obj):
 ID_LISTS = ("params", "param_names")  # optimizer parameter ids/names: one node, not scalars
 
 
-def _is_compact_list(obj, name: str) -> bool:
+def _is_compact_list(obj: object, name: str) -> TypeGuard[list[Any] | tuple[Any, ...]]:
     return (
         isinstance(obj, (list, tuple))
         and (len(obj) > COMPACT_LIST or name in ID_LISTS)
@@ -113,7 +115,7 @@ def build_tree(
     what Checkpoint.tensors() and .scalars() list, in tree order."""
     root = Node(name="", kind="dict")
     first_key = _Seen()
-    stack = [(obj, None, "", "", "", 0)]
+    stack: list[tuple[Any, Node | None, str, str, str, int]] = [(obj, None, "", "", "", 0)]
     cut = False
     while stack:
         value, parent, name, key, role, depth = stack.pop()
@@ -150,7 +152,7 @@ class Shown(str):
 class _Seen(dict):
     """First key of every container and tensor met; what shared containers may still repeat."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.budget = BY_VALUE_BUDGET
         self.sizes: dict[int, int] = {}
@@ -262,7 +264,7 @@ def _segment(key) -> str:
     return short_repr(key, 200) if isinstance(key, (int, tuple)) else str(key)
 
 
-def _set_tensor(node: Node, value: TensorInfo, first_key: dict):
+def _set_tensor(node: Node, value: TensorInfo, first_key: dict) -> None:
     node.kind, node.tensor = "tensor", value
     if id(value) in first_key:  # the same tensor object again (tied)
         node.shared_with = first_key[id(value)]
@@ -295,7 +297,7 @@ def _apply_description(node: Node, described: Described, first_key: dict) -> lis
     node.kind = described.kind
     node.type_name = described.type_name or node.type_name
     node.note = described.note
-    if described.kind == "tensor":
+    if described.kind == "tensor" and described.tensor is not None:
         _set_tensor(node, described.tensor, first_key)
     elif described.kind in ("scalar", "opaque"):
         node.value = described.value

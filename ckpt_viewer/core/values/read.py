@@ -15,6 +15,7 @@ import mmap
 import os
 import warnings
 import zipfile
+from typing import Literal
 
 import numpy as np
 
@@ -154,10 +155,13 @@ def numpy_readable(tensor: TensorInfo) -> bool:
 class StorageReader:
     """Reads element ranges of one storage: from the file, or from an inflated record."""
 
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage | None):
+        if storage is None:
+            raise CheckpointError("the tensor has no storage to read")
         self.storage = storage
         source = storage.source
-        self.inflated = None
+        self.inflated: bytes | None = None
+        self.path: str | None
         if isinstance(source, ZipMember):
             if source.compress_type == zipfile.ZIP_STORED:
                 self.path, self.offset = source.path, data_offset(source)
@@ -189,7 +193,7 @@ class StorageReader:
             return out
         with self._file(self.offset + start + nbytes) as f:
             f.seek(self.offset + start)
-            got = f.readinto(memoryview(out).cast("B"))
+            got = f.readinto(out.data.cast("B"))
         if got != nbytes:
             raise self._ended()
         return out
@@ -242,6 +246,7 @@ class StorageReader:
     def _file(self, needed_size: int):
         """The open file, checked to still hold `needed_size` bytes (a mapping past the end
         would kill the process with SIGBUS instead of raising)."""
+        assert self.path is not None  # an inflated record is read from memory
         try:
             with remote.open_source(self.path) as f:
                 if f.size < needed_size:
@@ -259,7 +264,7 @@ class StorageReader:
         )
 
 
-def stored_order(storage: Storage) -> str:
+def stored_order(storage: Storage) -> Literal["<", ">"]:
     """'>' when torch byte-swaps this storage's elements (a big-endian archive). It swaps by
     the storage's own element size, so an untyped storage (of a uint16, float8... tensor) is
     read as it is."""
@@ -277,6 +282,7 @@ def as_little_endian(raw: np.ndarray, storage: Storage) -> np.ndarray:
 
 
 def tensor_np_dtype(tensor: TensorInfo) -> np.dtype:
+    assert tensor.storage is not None  # asked only of tensors numpy reads from their storage
     return np.dtype(stored_order(tensor.storage) + NUMPY_DTYPES[tensor.dtype])
 
 
@@ -362,7 +368,7 @@ SPAN_LIMIT = 1 << 24  # storage elements one gathered block may span (a mapping,
 def _merged_dims(shape, stride) -> tuple:
     """The same logical order with size-1 dims dropped and row-major neighbours merged."""
     dims = [(n, s) for n, s in zip(shape, stride) if n != 1]
-    merged = []
+    merged: list[tuple[int, int]] = []
     for n, s in dims:
         if merged and merged[-1][1] == s * n:
             merged[-1] = (merged[-1][0] * n, s)
@@ -583,6 +589,7 @@ def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
 
 
 def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
+    assert view.storage is not None
     stored = unit.newbyteorder(stored_order(view.storage)) if unit.kind == "u" else unit
     raw = (
         np.concatenate(list(iter_raw_chunks(view, stored, max(1, view.numel))))
@@ -884,7 +891,7 @@ def _window_source(tensor: TensorInfo, leading: tuple):
     per-channel quantized...) comes whole from read_window, so it is read once, not per block."""
     if len(tensor.shape) == 0 or tensor.layout == "ggml" or numpy_readable(tensor):
         return lambda rows, cols: read_window(tensor, leading, rows, cols)
-    whole = []
+    whole: list[np.ndarray] = []
 
     def window(rows: range, cols: range) -> np.ndarray:
         if not whole:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -383,7 +383,7 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
         split = {
             key for key, members in groups.items() if members[0].size > SELECT_LIMIT and not last
         }
-        found = {key: [] for key in groups}  # values of a small bin
+        found: dict[Any, list[np.ndarray]] = {key: [] for key in groups}  # values of a small bin
         counts = {key: np.zeros(FINE_BINS, np.int64) for key in split}  # a big bin's split
         extremes = {key: [math.inf, -math.inf] for key in split}
         zeros_in = dict.fromkeys(split, 0)  # a big bin is often one value: 0
@@ -402,9 +402,9 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
                     break
             with np.errstate(all="ignore"):
                 x = x[np.isfinite(x)]
-            index = _bin_index(x, lo, hi, scale, fine.size)
+            bin_of = _bin_index(x, lo, hi, scale, fine.size)
             for key, members in groups.items():
-                inside = members[0].members(x[index == key[0][3]], first=1)
+                inside = members[0].members(x[bin_of == key[0][3]], first=1)
                 if not inside.size:
                     continue
                 if key in split:
@@ -641,7 +641,7 @@ def prefetch_sample(tensor: TensorInfo, elements: int):
     stored = getattr(distinct.storage, "source", None)
     if getattr(stored, "compress_type", 0) != 0:
         return  # inflated when read: nothing to ask the OS for
-    if distinct.is_contiguous and _plainly_stored(distinct):
+    if distinct.is_contiguous and _plainly_stored(distinct) and distinct.storage is not None:
         StorageReader(distinct.storage).prefetch(
             _sample_runs(distinct, elements), tensor_np_dtype(distinct)
         )
@@ -677,7 +677,7 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     if not tensor.is_contiguous:
         return Stats(numel=numel, sampled=True)
     runs = _sample_runs(tensor, elements)
-    if _plainly_stored(tensor):
+    if _plainly_stored(tensor) and tensor.storage is not None:
         # read (the GIL is let go during the read), not mapped: a cold page faulted in inside
         # np.concatenate holds the GIL, and the window stalled 130-220 ms on a cold 16 GB file
         reader, np_dtype = StorageReader(tensor.storage), tensor_np_dtype(tensor)

@@ -46,8 +46,9 @@ class Sources:
     every file a tensor's bytes lie in (shards, DCP data files, training-folder parts), and the
     folder of a sharded, DCP or training-folder checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint):
-        files, folders = set(), set()
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        files: set[str] = set()
+        folders: set[str] = set()
         path = checkpoint.path
         if not remote.is_remote(path):
             (folders if os.path.isdir(path) else files).add(path)

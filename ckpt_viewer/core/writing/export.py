@@ -20,6 +20,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,8 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
     if root and checkpoint.find(root) is None:
         raise CheckpointError(f"no key {root!r} to export from")
     selected = set(plan.keys) if plan.keys is not None else None
-    items, seen = [], {}
+    items: list[Item] = []
+    seen: dict[str, str] = {}
     for key, tensor, _ in checkpoint.tensors():
         if root and not (key == root or key.startswith(root + ".")):
             continue
@@ -266,12 +268,14 @@ def _raw_dtype(tensor: TensorInfo) -> np.dtype:
 
 
 def _little_endian_bytes(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    assert tensor.storage is not None
     return apply_view_bits(as_little_endian(raw, tensor.storage), tensor).reshape(-1).view(np.uint8)
 
 
 def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str):
     """Storage elements [first, first+count) in the target dtype, a chunk at a time."""
     step = max(1, COPY_CHUNK // DTYPE_SIZES[tensor.dtype])
+    assert tensor.storage is not None
     reader = StorageReader(tensor.storage)
     raw_dtype = _raw_dtype(tensor)
     for start in range(first, first + count, step):
@@ -318,7 +322,7 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
             groups[sid] = []
             order.append(sid)
         groups[sid].append(item)
-    records = []
+    records: list[_Record] = []
     for sid in order:
         group = groups[sid]
         same_dtype = (
@@ -374,7 +378,8 @@ def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple]:
     shared span, contiguous otherwise."""
     if record.shared:
         return tensor.offset - record.first, tuple(tensor.stride)
-    stride, step = [], 1
+    stride: list[int] = []
+    step = 1
     for dim in reversed(tensor.shape):
         stride.insert(0, step)
         step *= dim
@@ -498,15 +503,16 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0) -> int:
                     copied = 0
                 if kernel and copied != step:
                     raise reader._ended()
-            pages = reader.mapped(first + done, step, unit) if crc or not kernel else None
-            if not kernel:
-                view, at = memoryview(pages), position + done
-                while len(view):
-                    written = os.pwrite(out.fileno(), view, at)
-                    view, at = view[written:], at + written
-            if crc:
-                value = zlib.crc32(pages, value)
-            del pages
+            if crc or not kernel:
+                pages = reader.mapped(first + done, step, unit)
+                if not kernel:
+                    view, at = memoryview(pages), position + done
+                    while len(view):
+                        written = os.pwrite(out.fileno(), view, at)
+                        view, at = view[written:], at + written
+                if crc:
+                    value = zlib.crc32(pages, value)
+                del pages
             done += step
             if cancelled():
                 raise _Cancelled()
@@ -565,6 +571,7 @@ def _aligned_info(zf: zipfile.ZipFile, name: str, zip64: bool) -> zipfile.ZipInf
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_STORED
     header = 30 + len(name.encode()) + (20 if zip64 else 0)
+    assert zf.fp is not None  # the archive is open for writing
     offset = zf.fp.tell() + header + 4
     pad = (-offset) % ALIGNMENT
     info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # the "FB" id torch uses
@@ -600,7 +607,7 @@ def _write_pth(path, records, where, device, cancelled):
 # --- the .safetensors writer -------------------------------------------------------------------
 
 
-def _alias_key(item: Item) -> tuple:
+def _alias_key(item: Item) -> tuple[Any, ...]:
     t = item.tensor
     return (
         id(t.storage),
@@ -614,14 +621,16 @@ def _alias_key(item: Item) -> tuple:
     )
 
 
-def drop_aliases(items: list[Item]) -> tuple[list[Item], dict]:
+def drop_aliases(items: list[Item]) -> tuple[list[Item], dict[str, str]]:
     """(items to write, {dropped name: kept name}): names that are the very same tensor (tied
     weights) are written once, as safetensors cannot share bytes between names. As in
     safetensors.torch.save_model the dropped names go into the metadata; the name kept is
     the first in file order (the module that owns a tied weight usually comes first, e.g.
     GPT-2's transformer.wte.weight before lm_head.weight, which transformers re-ties).
     Other views of one storage (a row of a matrix...) are written as copies."""
-    kept, aliases, owner = [], {}, {}
+    kept: list[Item] = []
+    aliases: dict[str, str] = {}
+    owner: dict[tuple[Any, ...], Item] = {}
     for item in items:
         if item.tensor.storage is None:
             kept.append(item)
@@ -749,7 +758,7 @@ def export(
     _check_exportable(items, fmt)
     destination = os.path.abspath(destination)
     folder = destination if plan.max_shard_size else os.path.dirname(destination)
-    aliases = {}
+    aliases: dict[str, str] = {}
     if fmt == "safetensors":
         items, aliases = drop_aliases(items)
     units = _records(items, fmt) if fmt == "pth" else items
@@ -837,7 +846,8 @@ def _unit_bytes(unit, fmt) -> int:
 def _shards(units: list, fmt: str, limit: int) -> list[list]:
     """Units (records or items) in order, a new shard whenever the next would pass the limit;
     one larger than the limit gets a shard of its own (as transformers does)."""
-    shards, size = [[]], 0
+    shards: list[list[Any]] = [[]]
+    size = 0
     for unit in units:
         nbytes = _unit_bytes(unit, fmt)
         if shards[-1] and size + nbytes > limit and getattr(unit, "owner", None) is None:
@@ -872,7 +882,7 @@ def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:
     return {"metadata": {"total_size": total}, "weight_map": weight_map}
 
 
-def _remove_all(paths):
+def _remove_all(paths) -> None:
     for path in paths:
         _remove(path)
 
@@ -900,7 +910,7 @@ def _new_temp(folder: str, name: str) -> str:
             continue
 
 
-def _remove(path: str):
+def _remove(path: str) -> None:
     try:
         os.remove(path)
     except OSError:

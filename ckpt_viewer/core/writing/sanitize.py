@@ -16,6 +16,7 @@ import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.globals import triage
@@ -96,7 +97,7 @@ def _where(key: str) -> str:
 
 
 class _Converter:
-    def __init__(self, checkpoint: Checkpoint):
+    def __init__(self, checkpoint: Checkpoint) -> None:
         uses = triage(checkpoint, max_keys=0)
         self.category = {u.name: u.category for u in uses}
         self.changes: list[str] = []
@@ -104,7 +105,7 @@ class _Converter:
         self.done: dict[int, object] = {}
         self.alive: list = []  # sources whose ids key `done`
 
-    def note(self, key: str, text: str):
+    def note(self, key: str, text: str) -> None:
         self.changes.append(f"{_where(key)}: {text}")
 
     def convert(self, value, key: str):
@@ -122,7 +123,8 @@ class _Converter:
             return hex(value)
         if value is None or type(value) in (bool, int, float, str, bytes, bytearray, complex):
             return value
-        for kind in (bool, int, float, str, bytes):  # subclasses the unpickler made
+        plain_types: tuple[type, ...] = (bool, int, float, str, bytes)
+        for kind in plain_types:  # subclasses the unpickler made
             if isinstance(value, kind):
                 return kind(value)
         if id(value) in self.done:
@@ -339,11 +341,11 @@ class _Converter:
         return self._remember(obj, DROP)
 
     def _state_dict(self, module, key):
-        clean = OrderedDict()
+        clean: OrderedDict[str, Any] = OrderedDict()
         self._flatten(_children(module), key, "", clean)
         return clean
 
-    def _flatten(self, children, key, prefix, clean):
+    def _flatten(self, children, key, prefix, clean) -> None:
         """torch's state_dict: parameters and buffers (detached) by dotted names, submodules
         flattened into the same OrderedDict."""
         for name, value, _ in children:
@@ -380,16 +382,16 @@ def plan_sanitize(checkpoint: Checkpoint) -> Plan:
     """What the copy will hold; raises CheckpointError when there is nothing to copy."""
     if checkpoint.root_object is None:  # safetensors, sharded, DCP: a flat state_dict
         converter = _Converter(checkpoint)
-        root = OrderedDict()
+        flat: OrderedDict[str, Any] = OrderedDict()
         for key, info, _ in checkpoint.tensors():
             entry = converter._tensor(info, key, as_state=True)
             if entry is not DROP:
-                root[key] = entry
+                flat[key] = entry
         if checkpoint.format not in ("torch-zip", "torch-legacy"):
             converter.changes.insert(
                 0, f"(root): a {checkpoint.format} source -> a flat state_dict of its tensors"
             )
-        return Plan(root, converter.tensors, converter.changes)
+        return Plan(flat, converter.tensors, converter.changes)
     converter = _Converter(checkpoint)
     try:
         root = converter.convert(checkpoint.root_object, "")

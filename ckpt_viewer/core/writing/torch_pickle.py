@@ -200,7 +200,7 @@ class PickleWriter:
     """One value (and everything inside it) -> a protocol 2 pickle torch loads with
     weights_only=True. Recursive: callers bound the depth of what they pass."""
 
-    def __init__(self, location: str = "cpu"):
+    def __init__(self, location: str = "cpu") -> None:
         self.location = location
         self.parts: list[bytes] = []
         self.memo: dict[int, int] = {}
@@ -212,7 +212,7 @@ class PickleWriter:
         self.parts.append(b".")
         return b"".join(self.parts)
 
-    def _put(self, value):
+    def _put(self, value) -> None:
         index = len(self.memo)
         self.memo[id(value)] = index
         self.alive.append(value)
@@ -292,7 +292,7 @@ class PickleWriter:
         else:
             raise TypeError(f"cannot write a {type(value).__name__} for weights_only")
 
-    def _items(self, values):
+    def _items(self, values) -> None:
         if values:
             self.parts.append(b"(")
             for item in values:

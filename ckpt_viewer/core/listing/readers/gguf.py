@@ -195,10 +195,10 @@ class GGUFArray(list):
 
     def __init__(self, items, count: int):
         super().__init__(items)
-        self.count = count
+        self.total = count
 
     def __str__(self):
-        more = f", ... ({self.count:,} items)" if self.count > len(self) else ""
+        more = f", ... ({self.total:,} items)" if self.total > len(self) else ""
         return "[" + ", ".join(repr(item) for item in self) + more + "]"
 
 
@@ -283,7 +283,8 @@ def _tensor(
             f"GGUF tensor {name!r} reaches byte {start + nbytes:,} but the "
             f"file has {file_size:,} (truncated?)"
         )
-    stride, step = [], 1
+    stride: list[int] = []
+    step = 1
     for dim in reversed(shape):
         stride.insert(0, step)
         step *= dim

@@ -131,7 +131,7 @@ def _too_deep(value) -> bool:
     return False
 
 
-def read_header(path: str) -> tuple[dict, int, int]:
+def read_header(path: str) -> tuple[_Object, int, int]:
     """(header dict, data start offset, file size): the checks of the safetensors library's
     own reader (tensor.rs read_metadata + validate), so a file opens here iff it loads there."""
     with open_source(path) as f:
@@ -161,7 +161,7 @@ def read_header(path: str) -> tuple[dict, int, int]:
     return header, 8 + length, size
 
 
-def _parse(text: str) -> dict:
+def _parse(text: str) -> _Object:
     """The header as strict JSON: no NaN/Infinity, no lone surrogates, nesting within the
     library's limit, an object whose tensor entries are checked by _check_entries."""
     try:
@@ -170,7 +170,7 @@ def _parse(text: str) -> dict:
         )
     except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
+    if not isinstance(header, _Object):  # what the parser makes of every JSON object
         raise CheckpointError("safetensors header is not a JSON object")
     if _too_deep(header):
         raise CheckpointError(
@@ -211,7 +211,7 @@ def _entry_fields(key: str, entry):
     it) a list of the three in order."""
     if isinstance(entry, list) and len(entry) == 3:
         return entry
-    if not isinstance(entry, dict):
+    if not isinstance(entry, _Object):
         raise CheckpointError(f"safetensors entry {key!r} is not an object")
     for field in ("dtype", "shape", "data_offsets"):
         if field in entry.repeated:
@@ -236,7 +236,7 @@ def _entry_types(key: str, entry) -> tuple:
     return dtype, shape, offsets
 
 
-def _check_entries(header: dict) -> int:
+def _check_entries(header: _Object) -> int:
     """Every tensor entry checked; returns the bytes the tensors cover. As in the library,
     sorted by offsets they must tile the data section from 0 with no gap and no overlap."""
     spans = []
@@ -299,7 +299,8 @@ def tensor_infos(path: str) -> tuple[dict, dict, list]:
         storage = Storage(
             key, dtype, math.prod(shape), "cpu", FileSpan(path, data_start + begin, end - begin)
         )
-        stride, step = [], 1
+        stride: list[int] = []
+        step = 1
         for dim in reversed(shape):
             stride.insert(0, step)
             step *= dim

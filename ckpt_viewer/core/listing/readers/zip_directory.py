@@ -180,8 +180,11 @@ def _refuse_shadowed_names(members: list[ZipMember]):
     # one lower() for all the names: none holds a NUL (checked above)
     folded = b"\0".join(names).lower().split(b"\0") if names else []
     if len(set(folded)) != len(folded):
-        seen = set()
-        member = next(m for m, f in zip(members, folded) if f in seen or seen.add(f))
+        seen: set[bytes] = set()
+        for member, name in zip(members, folded):  # noqa: B007 - the first repeated one
+            if name in seen:
+                break
+            seen.add(name)
         raise AmbiguousArchive(
             f"two entries are named {member.name!r} (up to letter case); "
             "which one torch reads depends on its sort order"
