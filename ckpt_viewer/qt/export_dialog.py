@@ -36,7 +36,7 @@ PREVIEW_LINES = 2000
 
 
 def gpu_present() -> bool:
-    """Without importing torch (1.5 s on the GUI thread): is an NVIDIA driver loaded here?"""
+    """Without importing torch (a long stall on the GUI thread): is an NVIDIA driver loaded here?"""
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 

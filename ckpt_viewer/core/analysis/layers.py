@@ -244,7 +244,7 @@ def power_law_alpha(eigenvalues: np.ndarray) -> float | None:
 def spectral_skip(rows: int, cols: int) -> str:
     """Why the spectrum of a [rows, cols] weight is beyond the budget, or '' when it is not:
     the smaller side's Gram matrix, its accumulation and its eigenvalues are all bounded (a
-    tall [1M, 8192] matrix took minutes and 2.3 GB)."""
+    tall matrix would otherwise cost its whole Gram matrix in time and memory)."""
     side = min(rows, cols)
     work = rows * cols * side + side**3
     if (
@@ -419,8 +419,8 @@ def _measure_batch(batch, stop, sample):
 
 
 def _batches(wanted):
-    """Consecutive tensors in tasks of about BATCH_BYTES: a pool task per tiny tensor cost more
-    than reading it (200,000 biases took minutes)."""
+    """Consecutive tensors in tasks of about BATCH_BYTES: a pool task per tiny tensor costs more
+    than reading it."""
     batch, size = [], 0
     for item in wanted:
         batch.append(item)

@@ -5,16 +5,16 @@ from __future__ import annotations
 from ckpt_viewer.core.listing.globals import meaning, triage
 from ckpt_viewer.core.listing.model import Checkpoint, Node, format_bytes, format_count
 from ckpt_viewer.core.listing.summary import scalars_by_importance, totals
-from ckpt_viewer.core.listing.text import SHARED, ShownOnce, int_text, plural, safe_text
+from ckpt_viewer.core.listing.text import SHARED, WrittenOnce, int_text, plural, safe_text
 
 MAX_LIST_PREVIEW = 6
 MAX_VALUE_TEXT = 80
 
 
-def describe_value(value, limit: int = MAX_VALUE_TEXT, shown: ShownOnce | None = None) -> str:
-    """A value from the file on one short line, control characters escaped; with `shown`, a
-    large object this report has already shown is only named as shared."""
-    if shown is not None and shown.again(value):
+def describe_value(value, limit: int = MAX_VALUE_TEXT, written: WrittenOnce | None = None) -> str:
+    """A value from the file on one short line, control characters escaped; with `written`, a
+    large object this report has already written is only named as shared."""
+    if written is not None and written.again(value):
         return SHARED
     if isinstance(value, (list, tuple)):
         head = ", ".join(describe_value(v, limit // 3) for v in value[:MAX_LIST_PREVIEW])
@@ -46,7 +46,7 @@ def split_text(totals) -> str:
     )
 
 
-def node_line(node: Node, shown: ShownOnce | None = None) -> str:
+def node_line(node: Node, written: WrittenOnce | None = None) -> str:
     """One row of the tree: name, then what it is."""
     t = node.tensor
     if t is not None:
@@ -67,11 +67,11 @@ def node_line(node: Node, shown: ShownOnce | None = None) -> str:
             parts.append(node.note)
         return f"{node.name}  " + "  ".join(parts)
     if node.kind == "scalar":
-        return f"{node.name} = {describe_value(node.value, shown=shown)}"
+        return f"{node.name} = {describe_value(node.value, written=written)}"
     if node.kind == "ref":
         return f"{node.name} -> same object as {node.value}"
     if node.kind == "opaque":
-        return f"{node.name}  ({node.type_name}) {describe_value(node.value, shown=shown)}"
+        return f"{node.name}  ({node.type_name}) {describe_value(node.value, written=written)}"
     label = node.type_name or node.kind
     extra = f"  {node.note}" if node.note else ""
     return f"{node.name}  <{label}, {plural(len(node.children), 'entry')}>{extra}"
@@ -79,10 +79,10 @@ def node_line(node: Node, shown: ShownOnce | None = None) -> str:
 
 def tree_lines(root: Node, max_depth=None):
     stack = [(child, 0) for child in reversed(root.children)]
-    shown = ShownOnce()
+    written = WrittenOnce()
     while stack:
         node, depth = stack.pop()
-        yield "  " * (depth + 1) + node_line(node, shown)
+        yield "  " * (depth + 1) + node_line(node, written)
         if max_depth is None or depth + 1 < max_depth:
             stack.extend((child, depth + 1) for child in reversed(node.children))
 
@@ -93,11 +93,11 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
     yield f"format:  {checkpoint.format}   file: {format_bytes(checkpoint.file_bytes)}"
     yield (
         f"tensors: {total.tensors:,}   parameters: {split_text(total)}   "
-        f"elements: {total.params:,}   tensor bytes: {format_bytes(total.bytes)}"
+        f"elements: {total.elements:,}   tensor bytes: {format_bytes(total.bytes)}"
     )
-    for dtype, (count, params, nbytes) in total.by_dtype.items():
+    for dtype, (count, elements, nbytes) in total.by_dtype.items():
         noun = "tensor " if count == 1 else "tensors"
-        yield f"  {dtype:<14} {count:>7} {noun}  {format_count(params):>9}  {format_bytes(nbytes):>10}"
+        yield f"  {dtype:<14} {count:>7} {noun}  {format_count(elements):>9}  {format_bytes(nbytes):>10}"
     for key, value in checkpoint.metadata.items():
         yield f"{key}: {describe_value(value)}"
     uses = [u for u in triage(checkpoint) if u.category != "torch"]
@@ -118,24 +118,24 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
     for warning in checkpoint.warnings:
         yield f"warning: {warning}"
     scalars = checkpoint.scalars()
-    shown = ShownOnce()
+    written = WrittenOnce()
     if scalars:
         yield "scalars:"
         for key, value in scalars_by_importance(scalars):
-            yield f"  {key} = {describe_value(value, shown=shown)}"
+            yield f"  {key} = {describe_value(value, written=written)}"
     for opt in checkpoint.optimizers:
         yield f"optimizer {opt.key}: {opt.type or 'unknown type'}, {plural(len(opt.param_groups), 'group')}"
         for index, group in enumerate(opt.param_groups):
-            if shown.again(group):
+            if written.again(group):
                 yield f"  group {index}: {SHARED}"
                 continue
             hyper = ", ".join(
-                f"{k}={describe_value(v, shown=shown)}"
+                f"{k}={describe_value(v, written=written)}"
                 for k, v in group.items()
                 if k not in ("params", "param_names")
             )
             yield f"  group {index}: {hyper}"
-            yield f"    params: {describe_value(group.get('params', []), shown=shown)}"
+            yield f"    params: {describe_value(group.get('params', []), written=written)}"
         yield f"  parameter names: {opt.names_source or 'not provable from this file; ids shown'}"
     yield "tree:"
     yield from tree_lines(checkpoint.root, max_depth)

@@ -22,10 +22,10 @@ class Row:
         "name",
         "parent",
         "children",
-        "shown",
+        "visible_children",
         "pos",
         "index",
-        "params",
+        "elements",
         "nbytes",
         "size",
         "tensors",
@@ -39,11 +39,13 @@ class Row:
         name: str,
         children: list[Row] | tuple[()] = (),
     ) -> None:
-        # a leaf shares the empty tuple (50,000 fewer lists); `shown` is set by the model
+        # a leaf shares the empty tuple (50,000 fewer lists); `visible_children` is set by the model
         self.node, self.parent, self.name, self.children = node, parent, name, children
-        self.pos = self.index = self.params = self.nbytes = self.tensors = 0
+        self.pos = self.index = self.elements = self.nbytes = self.tensors = 0
         self.size = 1  # rows in this subtree, itself included: rows[index:index + size]
-        self.generation = -1  # the model's filter/sort generation that `shown` and `pos` are
+        self.generation = (
+            -1
+        )  # the model's filter/sort generation that `visible_children` and `pos` are
         #                        for: none yet, so the model numbers children when first asked
 
 
@@ -143,13 +145,13 @@ def build_rows(root: Node) -> RowIndex:
         tensor = node.tensor
         if tensor is not None:
             row.tensors += 1
-            row.params += tensor.numel
+            row.elements += tensor.numel
             row.nbytes += tensor.nbytes
             if tensor.storage is not None and not tensor.parts:
                 views.setdefault(id(tensor.storage), []).append(row)
         parent = row.parent
         if parent is not None:
-            parent.params += row.params
+            parent.elements += row.elements
             parent.nbytes += row.nbytes
             parent.size += row.size
             parent.tensors += row.tensors
@@ -185,7 +187,7 @@ def _count_views_once(rows: list) -> None:
         if len(distinct) > 1 and len({t.dtype for t in distinct}) == 1:
             elements = _union_length([t.element_span() for t in distinct])
             nbytes = elements * (distinct[0].nbytes // max(distinct[0].numel, 1))
-        above.params -= sum(t.numel for t in tensors) - elements
+        above.elements -= sum(t.numel for t in tensors) - elements
         above.nbytes -= sum(t.nbytes for t in tensors) - nbytes
 
 
@@ -215,7 +217,7 @@ class Filtered:
     matches: int = 0  # keys that match
     visible: bytearray | None = None  # 1 per shown row (the top included); None: every row
     inside: bytearray | None = None  # 1 per row inside a match's subtree (all its rows show)
-    shown: int = 0  # rows shown, the top not counted
+    visible_count: int = 0  # rows shown, the top not counted
     error: str = ""  # a bad /regex/, in one line; nothing else is then set
 
 
@@ -225,13 +227,13 @@ def filter_rows(text: str, index: RowIndex) -> Filtered:
     GUI thread."""
     everything = len(index.keys) - 1
     if not text.strip():
-        return Filtered(text, everything, shown=everything)
+        return Filtered(text, everything, visible_count=everything)
     try:
         hits = matching_rows(text, index.keys, index.lowered)
     except ValueError as exc:
         return Filtered(text, error=str(exc))
     if len(hits) >= everything:  # every key matches
-        return Filtered(text, len(hits), shown=everything)
+        return Filtered(text, len(hits), visible_count=everything)
     parents, sizes = index.parents, index.sizes
     inside = bytearray(len(index.keys))
     outermost, end = [], 0

@@ -15,7 +15,7 @@ from itertools import pairwise
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.globals import triage
 from ckpt_viewer.core.listing.model import Checkpoint, Node, TensorInfo
-from ckpt_viewer.core.listing.text import ShownOnce, bounded_json
+from ckpt_viewer.core.listing.text import WrittenOnce, bounded_json
 from ckpt_viewer.core.listing.tree import BUFFER_NAMES
 
 MAX_SCALAR_TEXT = 10_000
@@ -26,10 +26,10 @@ ALL_MODEL_FORMATS = {"safetensors", "hf-sharded"}
 
 @dataclass
 class Totals:
-    params: int = 0
+    elements: int = 0
     bytes: int = 0
     tensors: int = 0
-    by_dtype: dict = field(default_factory=dict)  # dtype -> [tensor count, params, bytes]
+    by_dtype: dict = field(default_factory=dict)  # dtype -> [tensors, elements, bytes]
     split: dict = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
     model_buffers: int = 0  # of split[MODEL]: the elements of tensors known to be buffers
 
@@ -71,7 +71,7 @@ def totals(checkpoint: Checkpoint) -> Totals:
             # elements are the weight's own (its numel(), what model.parameters() counts);
             # bytes are its stored pieces' (qdata, scale...), counted below with no elements
             entry[1] += tensor.numel
-            result.params += tensor.numel
+            result.elements += tensor.numel
             split[category] += tensor.numel
         for leaf in tensor.parts.values() if tensor.parts else (tensor,):
             storage = leaf.storage
@@ -81,7 +81,7 @@ def totals(checkpoint: Checkpoint) -> Totals:
                 entry = _dtype_entry(by_dtype, leaf.dtype)
                 entry[1] += count
                 entry[2] += nbytes
-                result.params += count
+                result.elements += count
                 result.bytes += nbytes
                 split[category] += count
             elif id(storage) in covered:
@@ -90,12 +90,12 @@ def totals(checkpoint: Checkpoint) -> Totals:
                 covered[id(storage)] = [storage, leaf.dtype, category, leaf.element_span()]
                 if not counted:
                     bytes_only.add(id(storage))
-    params = nbytes_all = 0
+    elements = nbytes_all = 0
     for storage, dtype, category, *spans in covered.values():
         count = spans[0][1] - spans[0][0] if len(spans) == 1 else _union_length(spans)
         count *= id(storage) not in bytes_only
         nbytes = storage.nbytes
-        params += count
+        elements += count
         nbytes_all += nbytes
         split[category] += count
         entry = _dtype_entry(by_dtype, dtype)
@@ -104,7 +104,7 @@ def totals(checkpoint: Checkpoint) -> Totals:
     result.model_buffers = split.pop(BUFFERS)
     split[MODEL] += result.model_buffers
     result.tensors = len(tensors)
-    result.params += params
+    result.elements += elements
     result.bytes += nbytes_all
     result.by_dtype = dict(sorted(by_dtype.items(), key=lambda kv: -kv[1][2]))
     return result
@@ -225,12 +225,12 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         }
         for key, t, _ in checkpoint.tensors()
     ]
-    shown = ShownOnce()  # shared objects are written once, not once per reference
+    written = WrittenOnce()  # shared objects are written once, not once per reference
     optimizers = [
         {
             "key": o.key,
             "type": o.type,
-            "param_groups": [bounded_json(g, shown, MAX_SCALAR_TEXT) for g in o.param_groups],
+            "param_groups": [bounded_json(g, written, MAX_SCALAR_TEXT) for g in o.param_groups],
         }
         for o in checkpoint.optimizers
     ]
@@ -240,11 +240,11 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         "file_bytes": checkpoint.file_bytes,
         "tensors": tensors,
         "scalars": {
-            k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.scalars().items()
+            k: bounded_json(v, written, MAX_SCALAR_TEXT) for k, v in checkpoint.scalars().items()
         },
         "optimizers": optimizers,
         "metadata": {
-            k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.metadata.items()
+            k: bounded_json(v, written, MAX_SCALAR_TEXT) for k, v in checkpoint.metadata.items()
         },
         "unsafe_globals": list(checkpoint.unsafe_globals),
         "globals": [{"name": u.name, "category": u.category} for u in triage(checkpoint)],
@@ -254,7 +254,7 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
             for why in checkpoint.refusals
         ],
         "params": dict(total.split),
-        "total_params": total.params,
+        "total_params": total.elements,
         "total_bytes": total.bytes,
     }
 

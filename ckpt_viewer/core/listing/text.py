@@ -42,7 +42,6 @@ def clipped(text: str, limit: int) -> str:
 
 
 MAX_JSON_INT_BITS = 1 << 19  # ~158,000 digits: int -> decimal is quadratic in CPython 3.11
-# (0.12 s for 10**100000 here, minutes for ten times more)
 
 
 def json_safe(value):
@@ -89,7 +88,7 @@ MAX_INT_DIGITS_SHOWN = 60
 
 def int_text(value: int) -> str:
     """An integer as text; past MAX_INT_DIGITS_SHOWN digits, its magnitude and size (exact
-    decimal conversion of a 10**100000 costs a tenth of a second, of a bigger one minutes)."""
+    decimal conversion is quadratic in the digits)."""
     if value.bit_length() <= MAX_INT_DIGITS_SHOWN * 3.32:
         return str(value)
     exponent = math.log10(abs(value))
@@ -127,7 +126,7 @@ LARGE_TEXT = 256
 LARGE_CONTAINER = 16
 
 
-class ShownOnce:
+class WrittenOnce:
     """Large objects already written in one report. A pickle can reference one object from
     thousands of places for a few bytes each; written out each time, a 1 MB file becomes
     gigabytes of report."""
@@ -136,7 +135,7 @@ class ShownOnce:
         self.ids: set[int] = set()
 
     def again(self, value) -> bool:
-        """True when `value` is large and this report has already shown it."""
+        """True when `value` is large and this report has already written it."""
         if not _large(value):
             return False
         if id(value) in self.ids:
@@ -158,21 +157,21 @@ def _large(value) -> bool:
     return False
 
 
-def bounded_json(value, shown: ShownOnce, text_limit: int = 10_000):
+def bounded_json(value, written: WrittenOnce, text_limit: int = 10_000):
     """Report data for JSON: large objects seen before become SHARED, long text is clipped."""
-    if shown.again(value):
+    if written.again(value):
         return SHARED
     if isinstance(value, str):
         return clipped(value, text_limit)
     if isinstance(value, dict):
         return {
             k if isinstance(k, str) else short_repr(k, text_limit): bounded_json(
-                v, shown, text_limit
+                v, written, text_limit
             )
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [bounded_json(v, shown, text_limit) for v in value]
+        return [bounded_json(v, written, text_limit) for v in value]
     if value is None or isinstance(value, (bool, int, float)):
         return json_safe(value)
     return clipped(str(value), text_limit)

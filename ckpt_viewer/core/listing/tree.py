@@ -142,7 +142,7 @@ def build_tree(
     return root
 
 
-class Shown(str):
+class Description(str):
     """Text that describes a value (not a string from the file): printed without quotes."""
 
     def __repr__(self):
@@ -215,7 +215,7 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
         node.value = (
             bytes(value)
             if len(value) <= 64
-            else Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
+            else Description(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
         )
         return []
     if isinstance(value, (GlobalRef, type)):
@@ -284,7 +284,7 @@ def huge_int_text(value: int) -> str:
     sign, value = "-" if value < 0 else "", abs(value)
     bits = value.bit_length()
     digits = int(bits * 0.30102999566398120) + 1  # log10(2): exact or one too many
-    if bits > 4_000_000:  # digits would take seconds to find
+    if bits > 4_000_000:  # even the leading digits are slow to find (quadratic division)
         return f"{sign}an integer of about {digits:,} digits"
     head = value // 10 ** (digits - INT_DIGITS)
     if head < 10 ** (INT_DIGITS - 1):

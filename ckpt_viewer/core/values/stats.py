@@ -38,7 +38,7 @@ MAX_VALUE_COUNTS = 4096  # integer tensors spanning fewer values get exact value
 PARTS = ("magnitude", "real", "imag")
 SELECT_LIMIT = 1 << 21  # values a quantile's bin may hold to be collected and sorted
 SELECT_LEVELS = 12  # 65536 ** 12 spans any float64 range down to single values
-GIL_SLICE = 1 << 16  # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
+GIL_SLICE = 1 << 16  # elements per GIL-holding numpy call, so a GUI thread never waits long
 FIGURES = ("min", "max", "mean", "std", "l2")
 
 
@@ -679,7 +679,7 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     runs = _sample_runs(tensor, elements)
     if _plainly_stored(tensor) and tensor.storage is not None:
         # read (the GIL is let go during the read), not mapped: a cold page faulted in inside
-        # np.concatenate holds the GIL, and the window stalled 130-220 ms on a cold 16 GB file
+        # np.concatenate holds the GIL, and the window stalls on a cold file
         reader, np_dtype = StorageReader(tensor.storage), tensor_np_dtype(tensor)
         reader.prefetch(runs, np_dtype)
         pieces = [
@@ -727,7 +727,7 @@ def stats_job(
 
     The exact pass starts only once the GUI has drawn the preview, and (first selection of a
     session) once pyqtgraph has arrived and the plots are built: GUI-thread plotting and a pass
-    over a large tensor, sharing the GIL, stalled the window for 50-65 ms. With a `cache`
+    over a large tensor, sharing the GIL, stalled the window. With a `cache`
     (stats_cache.StatsCache), Stats computed before return at once, and the health pass's
     facts save a pass."""
     if cache is not None:

@@ -221,7 +221,7 @@ def _to_bfloat16(values: np.ndarray) -> np.ndarray:
 
 
 def _numpy_cast(raw: np.ndarray, source: str, target: str) -> np.ndarray | None:
-    """The common float casts without torch (importing it stalls a GUI for ~100 ms)."""
+    """The common float casts without torch (importing it stalls a GUI)."""
     with np.errstate(all="ignore"):  # out-of-range values become +-inf
         return _numpy_cast_values(raw, source, target)
 
