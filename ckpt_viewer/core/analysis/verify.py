@@ -242,7 +242,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
                     s.source.path
                     for _, t, _ in checkpoint.tensors()
                     for s in [t.storage]
-                    if s is not None and s.source is not None
+                    if s is not None and isinstance(s.source, (ZipMember, FileSpan))
                 }
             )
             files = shards

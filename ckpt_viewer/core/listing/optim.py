@@ -289,7 +289,7 @@ def _state_shape(state: Node | None):
     shapes = {
         tuple(child.tensor.shape)
         for child in (state.children if state else ())
-        if child.kind == "tensor" and child.name in PER_ELEMENT_STATE
+        if child.tensor is not None and child.name in PER_ELEMENT_STATE
     }
     if len(shapes) > 1:
         return False

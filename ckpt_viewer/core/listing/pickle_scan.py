@@ -91,7 +91,7 @@ for _op in TORCH_OPCODES:
         _SKIP[_op] = 1 + _TABLE[_op]
 
 
-def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
+def pickle_end(data: bytes | bytearray, start: int = 0, seen: bytearray | None = None) -> int:
     """Offset just past the STOP of the pickle starting at `start`; memo indices checked.
     `seen` (256 bytes), when given, gets a 1 at every opcode used that torch's weights_only
     unpickler lacks (what `unsupported_by_torch` reports), and at some that it has."""
@@ -203,14 +203,14 @@ for _codes, _action in (
         _ACTION[_op] = _action
 
 
-def setitem_on_non_dict(data) -> bool:
+def setitem_on_non_dict(data: bytes | bytearray) -> bool:
     try:
         return _setitem_on_non_dict(data)
     except (IndexError, ValueError, struct.error):
         return False  # malformed: the unpickler itself reports it
 
 
-def _setitem_on_non_dict(data) -> bool:
+def _setitem_on_non_dict(data: bytes | bytearray) -> bool:
     """Whether a SETITEM/SETITEMS writes into something other than a dict, OrderedDict or
     Counter, which torch's weights_only unpickler refuses and the C unpickler silently does
     (into a list, say). Simulates only the kind of each stack item; call it on pickles made

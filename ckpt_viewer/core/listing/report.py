@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from ckpt_viewer.core.listing.globals import meaning, triage
-from ckpt_viewer.core.listing.model import Checkpoint, Node, format_bytes, format_count
-from ckpt_viewer.core.listing.summary import scalars_by_importance, totals
+from ckpt_viewer.core.listing.model import (
+    Checkpoint,
+    Node,
+    TensorInfo,
+    format_bytes,
+    format_count,
+)
+from ckpt_viewer.core.listing.summary import Totals, scalars_by_importance, totals
 from ckpt_viewer.core.listing.text import SHARED, WrittenOnce, int_text, plural, safe_text
 
 MAX_LIST_PREVIEW = 6
 MAX_VALUE_TEXT = 80
+# Stats (values.stats) and DiffReport, TensorDiff (analysis.diff) are typed Any here: those
+# layers sit above listing, which may not import them.
 
 
-def describe_value(value, limit: int = MAX_VALUE_TEXT, written: WrittenOnce | None = None) -> str:
+def describe_value(
+    value: object, limit: int = MAX_VALUE_TEXT, written: WrittenOnce | None = None
+) -> str:
     """A value from the file on one short line, control characters escaped; with `written`, a
     large object this report has already written is only named as shared."""
     if written is not None and written.again(value):
@@ -31,7 +44,7 @@ def describe_value(value, limit: int = MAX_VALUE_TEXT, written: WrittenOnce | No
     return safe_text(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-def split_text(totals) -> str:
+def split_text(totals: Totals) -> str:
     """'217.30M model, 433.51M optimizer state, 0 other': parameters are the model's only;
     '885.67K model + 1.68K buffers, ...' where some of the model's tensors are buffers."""
     split = totals.split
@@ -77,7 +90,7 @@ def node_line(node: Node, written: WrittenOnce | None = None) -> str:
     return f"{node.name}  <{label}, {plural(len(node.children), 'entry')}>{extra}"
 
 
-def tree_lines(root: Node, max_depth=None):
+def tree_lines(root: Node, max_depth: int | None = None) -> Iterator[str]:
     stack = [(child, 0) for child in reversed(root.children)]
     written = WrittenOnce()
     while stack:
@@ -87,7 +100,7 @@ def tree_lines(root: Node, max_depth=None):
             stack.extend((child, depth + 1) for child in reversed(node.children))
 
 
-def text_report(checkpoint: Checkpoint, max_depth=None):
+def text_report(checkpoint: Checkpoint, max_depth: int | None = None) -> Iterator[str]:
     total = totals(checkpoint)
     yield f"path:    {checkpoint.path}"
     yield f"format:  {checkpoint.format}   file: {format_bytes(checkpoint.file_bytes)}"
@@ -141,7 +154,7 @@ def text_report(checkpoint: Checkpoint, max_depth=None):
     yield from tree_lines(checkpoint.root, max_depth)
 
 
-def number(value) -> str:
+def number(value: float | None) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -156,13 +169,13 @@ def number(value) -> str:
 FIGURE_LABELS = {"min": "min", "max": "max", "mean": "mean", "std": "std", "l2": "L2 norm"}
 
 
-def nonfinite_counts(stats) -> list[tuple[str, int]]:
+def nonfinite_counts(stats: Any) -> list[tuple[str, int]]:
     """(label, count) of the NaN, +Inf and -Inf values there are (none in the histogram)."""
     counts = (("NaN", stats.nan), ("+Inf", stats.posinf), ("-Inf", stats.neginf))
     return [(label, count) for label, count in counts if count]
 
 
-def stats_rows(stats) -> list[tuple[str, str]]:
+def stats_rows(stats: Any) -> list[tuple[str, str]]:
     """(label, value) rows shared by `stats` and the GUI's statistics table: the figures over
     every value as torch gives them, and with NaN or Inf present the same over finite values
     ("mean (finite)"...)."""
@@ -186,7 +199,7 @@ def stats_rows(stats) -> list[tuple[str, str]]:
     return rows
 
 
-def stats_lines(key, tensor, stats):
+def stats_lines(key: str, tensor: TensorInfo, stats: Any) -> Iterator[str]:
     yield f"{key}  {list(tensor.shape)}  {tensor.dtype}  {tensor.device}"
     for label, value in stats_rows(stats):
         yield f"  {label:<16} {value}"
@@ -205,7 +218,7 @@ def stats_lines(key, tensor, stats):
         yield f"  {stats.edges[i]:>12.5g} {count:>12,} {bar}"
 
 
-def cosine_text(t) -> str:
+def cosine_text(t: Any) -> str:
     """A TensorDiff's cosine in six decimals (0.999998 reads as 'almost'); n/a where both
     sides are all zero (0/0, not 1); empty where the values were not compared."""
     if t.cosine is not None:
@@ -213,7 +226,7 @@ def cosine_text(t) -> str:
     return "n/a (both zero)" if t.max_abs is not None else ""
 
 
-def diff_lines(report, limit: int = 50):
+def diff_lines(report: Any, limit: int = 50) -> Iterator[str]:
     """The human-readable `diff` report."""
     yield f"A: {report.path_a}"
     yield f"B: {report.path_b}"

@@ -9,7 +9,7 @@ import re
 from array import array
 from dataclasses import dataclass
 
-from ckpt_viewer.core.listing.model import Node
+from ckpt_viewer.core.listing.model import Node, TensorInfo
 from ckpt_viewer.core.listing.summary import _union_length
 
 
@@ -111,14 +111,14 @@ class RowIndex:
     """Everything the model needs that is O(rows) to build, made in the load worker."""
 
     top: Row
-    rows: list  # all rows in pre-order: a subtree is rows[i:i + size]
-    keys: list  # full dotted key of each row
-    lowered_keys: list | None  # the same, lower-cased: made by the first filter (a worker)
-    parents: array  # each row's parent index (-1 for the top)
-    sizes: array  # each row's subtree size
+    rows: list[Row]  # all rows in pre-order: a subtree is rows[i:i + size]
+    keys: list[str]  # full dotted key of each row
+    lowered_keys: list[str] | None  # the same, lower-cased: made by the first filter (a worker)
+    parents: array[int]  # each row's parent index (-1 for the top)
+    sizes: array[int]  # each row's subtree size
 
     @property
-    def lowered(self) -> list:
+    def lowered(self) -> list[str]:
         if self.lowered_keys is None:  # two racing filters both make the same list
             self.lowered_keys = [key.lower() for key in self.keys]
         return self.lowered_keys
@@ -139,7 +139,7 @@ def build_rows(root: Node) -> RowIndex:
             _attach_children(row)
         if row.children:
             stack.extend(reversed(row.children))
-    views: dict[int, list] = {}  # id(storage) -> the rows of tensors viewing it
+    views: dict[int, list[Row]] = {}  # id(storage) -> the rows of tensors viewing it
     for row in reversed(order):
         node = row.node
         tensor = node.tensor
@@ -169,15 +169,17 @@ def build_rows(root: Node) -> RowIndex:
     )
 
 
-def _count_views_once(rows: list) -> None:
+def _count_views_once(rows: list[Row]) -> None:
     """Take back from each row above several views of one storage what they double count:
     the same tensor again (tied) counts once, distinct views the union of their spans, as
     the summary's totals do."""
-    below: dict[int, tuple] = {}
+    below: dict[int, tuple[Row, list[TensorInfo]]] = {}
     for row in rows:
+        tensor = row.node.tensor
+        assert tensor is not None  # rows of tensors viewing a storage
         above = row.parent
         while above is not None:
-            below.setdefault(id(above), (above, []))[1].append(row.node.tensor)
+            below.setdefault(id(above), (above, []))[1].append(tensor)
             above = above.parent
     for above, tensors in below.values():
         if len(tensors) < 2:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.globals import triage
@@ -29,12 +31,12 @@ class Totals:
     elements: int = 0
     bytes: int = 0
     tensors: int = 0
-    by_dtype: dict = field(default_factory=dict)  # dtype -> [tensors, elements, bytes]
-    split: dict = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
+    by_dtype: dict[str, list[int]] = field(default_factory=dict)  # [tensors, elements, bytes]
+    split: dict[str, int] = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
     model_buffers: int = 0  # of split[MODEL]: the elements of tensors known to be buffers
 
 
-def _leaf_tensors(tensor: TensorInfo):
+def _leaf_tensors(tensor: TensorInfo) -> list[TensorInfo]:
     """The stored pieces of a tensor: itself, or its sparse parts."""
     return list(tensor.parts.values()) if tensor.parts else [tensor]
 
@@ -43,8 +45,8 @@ def totals(checkpoint: Checkpoint) -> Totals:
     """Elements and bytes, each storage counted once: tied weights and views are not doubled
     (a storage counts towards the split of the first tensor that uses it)."""
     result = Totals()
-    by_dtype: dict[str, list] = {}
-    covered: dict[int, list] = {}  # storage id -> [storage, dtype, category, spans...]
+    by_dtype: dict[str, list[int]] = {}
+    covered: dict[int, list[Any]] = {}  # storage id -> [storage, dtype, category, spans...]
     bytes_only: set[int] = set()  # storages of torchao weights' pieces: no elements
     categories = tensor_categories(checkpoint)
     split = result.split
@@ -116,7 +118,7 @@ def is_buffer(node: Node) -> bool:
     return node.role == "buffer" or not node.role and node.name.rpartition(".")[2] in BUFFER_NAMES
 
 
-def _dtype_entry(by_dtype: dict, dtype: str) -> list:
+def _dtype_entry(by_dtype: dict[str, list[int]], dtype: str) -> list[int]:
     """[tensors, elements, bytes] of a dtype, in the order dtypes were first met."""
     entry = by_dtype.get(dtype)
     if entry is None:
@@ -124,7 +126,7 @@ def _dtype_entry(by_dtype: dict, dtype: str) -> list:
     return entry
 
 
-def tensor_categories(checkpoint: Checkpoint) -> dict:
+def tensor_categories(checkpoint: Checkpoint) -> dict[int, str]:
     """{id(tensor node): MODEL | OPTIMIZER_STATE | OTHER}; tensors left out are OTHER."""
     if checkpoint.format in ALL_MODEL_FORMATS:
         return {id(node): MODEL for _, _, node in checkpoint.tensors()}
@@ -150,7 +152,7 @@ def tensor_categories(checkpoint: Checkpoint) -> dict:
     return categories
 
 
-def _mark(categories: dict, top: Node, category: str) -> None:
+def _mark(categories: dict[int, str], top: Node, category: str) -> None:
     """Every tensor under top is `category` (tensor-subclass parts, `_extra_state` included)."""
     stack = [top]
     while stack:
@@ -177,7 +179,7 @@ def _dcp_optimizer_state(key: str) -> bool:
     )
 
 
-def _union_length(spans) -> int:
+def _union_length(spans: Iterable[tuple[int, int]]) -> int:
     total, end = 0, None
     for first, last in sorted(spans):
         if end is None or first >= end:
@@ -189,7 +191,7 @@ def _union_length(spans) -> int:
     return total
 
 
-def json_scalar(value):
+def json_scalar(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, str) and len(value) > MAX_SCALAR_TEXT:
@@ -197,7 +199,7 @@ def json_scalar(value):
     return value
 
 
-def _json_value(value):
+def _json_value(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [_json_value(v) for v in value]
     if isinstance(value, dict):
@@ -207,13 +209,13 @@ def _json_value(value):
     return str(value)
 
 
-def inspect_dict(checkpoint: Checkpoint) -> dict:
+def inspect_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     """The object `ckpt-viewer inspect --json` prints."""
     with paused_gc():
         return _inspect_dict(checkpoint)
 
 
-def _inspect_dict(checkpoint: Checkpoint) -> dict:
+def _inspect_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     total = totals(checkpoint)
     tensors = [
         {
@@ -325,6 +327,6 @@ def scalar_importance(key: str) -> int:
     return 3
 
 
-def scalars_by_importance(scalars: dict) -> list[tuple[str, object]]:
+def scalars_by_importance(scalars: dict[str, object]) -> list[tuple[str, object]]:
     """The scalars, most telling first; file order within each group."""
     return sorted(scalars.items(), key=lambda item: scalar_importance(item[0]))

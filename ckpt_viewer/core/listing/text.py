@@ -19,7 +19,7 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _escape(match) -> str:
+def _escape(match: re.Match[str]) -> str:
     char = match.group()
     if char in _NAMED:
         return _NAMED[char]
@@ -27,7 +27,7 @@ def _escape(match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def safe_text(text) -> str:
+def safe_text(text: object) -> str:
     """`text` on one line with every control, separator and bidi character escaped
     (`\\x1b`, `\\r`, `\\n`, `\\t`, `\\u202e`...); anything else is kept as it is."""
     text = text if isinstance(text, str) else str(text)
@@ -44,7 +44,7 @@ def clipped(text: str, limit: int) -> str:
 MAX_JSON_INT_BITS = 1 << 19  # ~158,000 digits: int -> decimal is quadratic in CPython 3.11
 
 
-def json_safe(value):
+def json_safe(value: object) -> object:
     """A copy JSON can hold strictly: non-finite floats as "nan"/"inf"/"-inf"; integers stay
     numbers (beyond MAX_JSON_INT_BITS, text saying their size)."""
     if isinstance(value, float):
@@ -67,7 +67,7 @@ def json_safe(value):
     return str(value)
 
 
-def strict_json(value) -> str:
+def strict_json(value: object) -> str:
     """RFC 8259 JSON (never a bare NaN or Infinity), integers as numbers whatever their size."""
     import sys
 
@@ -100,7 +100,7 @@ def int_text(value: int) -> str:
     )
 
 
-def short_repr(value, limit: int = 120) -> str:
+def short_repr(value: object, limit: int = 120) -> str:
     """repr() of a value from a file, at most about `limit` characters; an integer past
     Python's int-to-text limit is written as int_text writes it, inside containers too."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -134,7 +134,7 @@ class WrittenOnce:
     def __init__(self) -> None:
         self.ids: set[int] = set()
 
-    def again(self, value) -> bool:
+    def again(self, value: object) -> bool:
         """True when `value` is large and this report has already written it."""
         if not _large(value):
             return False
@@ -144,7 +144,7 @@ class WrittenOnce:
         return False
 
 
-def _large(value) -> bool:
+def _large(value: object) -> bool:
     if isinstance(value, str):
         return len(value) > LARGE_TEXT
     if isinstance(value, int) and not isinstance(value, bool):
@@ -157,7 +157,7 @@ def _large(value) -> bool:
     return False
 
 
-def bounded_json(value, written: WrittenOnce, text_limit: int = 10_000):
+def bounded_json(value: object, written: WrittenOnce, text_limit: int = 10_000) -> object:
     """Report data for JSON: large objects seen before become SHARED, long text is clipped."""
     if written.again(value):
         return SHARED

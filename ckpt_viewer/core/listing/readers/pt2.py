@@ -408,10 +408,10 @@ def read(path: str) -> Checkpoint:
 def _mark_roles(root: Node, entries: dict, notes: dict):
     first_of_storage: dict[int, str] = {}
     for node in iter_nodes(root):
-        if node.kind != "tensor":
+        tensor = node.tensor
+        if node.kind != "tensor" or tensor is None:
             continue
         _, kind = entries[node.key]
-        tensor = node.tensor
         node.type_name = "Parameter" if tensor.is_parameter else "Tensor"
         node.role = "parameter" if tensor.is_parameter else "buffer" if kind == "weight" else ""
         node.note = notes.get(node.key, "constant" if kind == "constant" else "")
