@@ -455,7 +455,7 @@ def _write(path, plan: Plan, records, cancelled):
             info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
             with zf.open(info, "w", force_zip64=zip64) as out:
                 for piece in _record_bytes(record, "cpu"):
-                    out.write(piece)
+                    out.write(piece.data)
                     if cancelled():
                         raise _Cancelled()
             yield nbytes
