@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import zipfile
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.globals import triage
 from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, Storage, TensorInfo
-from ckpt_viewer.core.listing.objects import describe_object, numpy_dtype_name
+from ckpt_viewer.core.listing.objects import Described, describe_object, numpy_dtype_name
 from ckpt_viewer.core.listing.readers import MAX_PICKLE_BYTES
 from ckpt_viewer.core.listing.safe_pickle import (
     GlobalRef,
@@ -32,6 +32,7 @@ from ckpt_viewer.core.listing.safe_pickle import (
 )
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.listing.tree import (
+    Child,
     _module_children,
     _object_children,
     _script_module_children,
@@ -46,6 +47,7 @@ from ckpt_viewer.core.writing.export import (
     _check_records,
     _failed_write,
     _new_temp,
+    _Record,
     _record_bytes,
     _records,
     geometry,
@@ -69,7 +71,7 @@ class SanitizeSummary:
     path: str
     tensors: int
     bytes: int
-    changes: list = field(default_factory=list)  # one line per conversion or drop
+    changes: list[str] = field(default_factory=list)  # one line per conversion or drop
 
 
 class _Drop:
@@ -77,6 +79,7 @@ class _Drop:
 
 
 DROP = _Drop()
+Clean = TypeVar("Clean")  # what a value from the file becomes in the copy
 
 
 @dataclass
@@ -84,11 +87,11 @@ class Plan:
     """The clean object to pickle, its tensors (entry -> source record) and the change lines."""
 
     root: object
-    tensors: list  # (TensorEntry, TensorInfo), each tensor once
-    changes: list
+    tensors: list[tuple[TensorEntry, TensorInfo]]  # each tensor once
+    changes: list[str]
 
 
-def _join(key: str, name) -> str:
+def _join(key: str, name: object) -> str:
     return f"{key}.{name}" if key else str(name)
 
 
@@ -101,14 +104,14 @@ class _Converter:
         uses = triage(checkpoint, max_keys=0)
         self.category = {u.name: u.category for u in uses}
         self.changes: list[str] = []
-        self.tensors: list = []
+        self.tensors: list[tuple[TensorEntry, TensorInfo]] = []
         self.done: dict[int, object] = {}
-        self.alive: list = []  # sources whose ids key `done`
+        self.alive: list[object] = []  # sources whose ids key `done`
 
     def note(self, key: str, text: str) -> None:
         self.changes.append(f"{_where(key)}: {text}")
 
-    def convert(self, value, key: str):
+    def convert(self, value: object, key: str) -> object:
         if isinstance(value, TorchDtype):
             return TorchGlobal(value)
         if isinstance(value, Layout):
@@ -132,7 +135,7 @@ class _Converter:
         self.alive.append(value)
         if isinstance(value, TensorInfo):
             return self._remember(value, self._tensor(value, key))
-        if type(value) in (dict, OrderedDict, Counter):
+        if isinstance(value, dict) and type(value) in (dict, OrderedDict, Counter):
             return self._mapping(value, key, type(value)())
         if isinstance(value, dict):
             self.note(key, f"{type(value).__name__} -> dict")
@@ -166,13 +169,13 @@ class _Converter:
         self.note(key, f"dropped a {type(value).__name__} value")
         return DROP
 
-    def _remember(self, source, clean):
+    def _remember(self, source: object, clean: Clean) -> Clean:
         self.done[id(source)] = clean
         return clean
 
     # --- containers --------------------------------------------------------------------------
 
-    def _mapping(self, value: dict, key: str, clean):
+    def _mapping(self, value: dict[Any, Any], key: str, clean: dict[Any, Any]) -> dict[Any, Any]:
         self._remember(value, clean)
         for name, item in value.items():
             segment = name if isinstance(name, str) else str(name)
@@ -188,17 +191,17 @@ class _Converter:
                 self.note(_join(key, segment), "dropped: its key is not hashable once converted")
         return clean
 
-    def _sequence(self, value, key: str, clean: list):
+    def _sequence(self, value: Iterable[object], key: str, clean: list[object]) -> list[object]:
         self._remember(value, clean)
         items = [self.convert(v, _join(key, i)) for i, v in enumerate(value)]
         clean.extend(self._dropped_in_sequence(items, key))
         return clean
 
-    def _dropped_in_sequence(self, items, key):
+    def _dropped_in_sequence(self, items: list[object], key: str) -> list[object]:
         # a dropped item becomes None: the indices (keys) of the others stay as they were
         return [None if item is DROP else item for item in items]
 
-    def _set(self, value, key):
+    def _set(self, value: set[object] | frozenset[object], key: str) -> object:
         items = [self.convert(v, key) for v in value]
         items = [v for v in items if v is not DROP]
         if isinstance(value, frozenset):
@@ -212,7 +215,9 @@ class _Converter:
 
     # --- tensors -----------------------------------------------------------------------------
 
-    def _tensor(self, info: TensorInfo, key: str, as_state: bool = False, note: str = ""):
+    def _tensor(
+        self, info: TensorInfo, key: str, as_state: bool = False, note: str = ""
+    ) -> TensorEntry | _Drop:
         why = None
         if info.layout not in ("strided", "quantized") or info.parts:
             why = f"a {info.layout} tensor"
@@ -250,7 +255,7 @@ class _Converter:
 
     # --- objects -----------------------------------------------------------------------------
 
-    def _global_ref(self, qualname: str, key: str):
+    def _global_ref(self, qualname: str, key: str) -> str | _Drop:
         if self.category.get(qualname) == "code":
             self.note(key, f"dropped code: a reference to {qualname}")
             return DROP
@@ -260,7 +265,7 @@ class _Converter:
     def _kind(self, obj: Placeholder) -> str:
         return self.category.get(obj.qualname, "class")
 
-    def _object(self, obj: Placeholder, key: str):
+    def _object(self, obj: Placeholder, key: str) -> object:
         name = obj.qualname
         described = describe_object(obj)
         if (
@@ -268,9 +273,9 @@ class _Converter:
             and described.kind == "scalar"
             and isinstance(described.value, PLAIN)
         ):
-            value = described.value
-            self.note(key, f"{name} -> {type(value).__name__}")
-            return self._remember(obj, value)
+            scalar = described.value
+            self.note(key, f"{name} -> {type(scalar).__name__}")
+            return self._remember(obj, scalar)
         if self._kind(obj) == "code":
             calls = f"{name}({', '.join(map(repr, obj.args))[:200]})" if obj.args else name
             self.note(key, f"dropped code: {calls}")
@@ -308,17 +313,17 @@ class _Converter:
         children = {child: value for child, value, _ in _object_children(obj)}
         return self._mapping_of(obj, key, children)
 
-    def _mapping_of(self, obj, key, children: dict):
-        clean = self._remember(obj, {})
+    def _mapping_of(self, obj: Placeholder, key: str, children: dict[str, object]) -> object:
+        clean: dict[str, object] = self._remember(obj, {})
         for child, value in children.items():
             converted = self.convert(value, _join(key, child))
             if converted is not DROP:
                 clean[child] = converted
         return clean
 
-    def _described(self, obj, described, key):
+    def _described(self, obj: Placeholder, described: Described, key: str) -> object:
         name = obj.qualname
-        if described.kind == "tensor":
+        if described.kind == "tensor" and described.tensor is not None:
             note = (
                 "numpy array -> tensor"
                 if described.type_name == "ndarray"
@@ -331,7 +336,7 @@ class _Converter:
             return self._sequence(values, key, self._remember(obj, []))
         if described.kind == "module":
             self.note(key, f"module {name} -> its state_dict")
-            clean = self._remember(obj, OrderedDict())
+            clean: OrderedDict[str, Any] = self._remember(obj, OrderedDict())
             self._flatten(described.children, key, "", clean)
             return clean
         if described.kind in ("object", "dict"):
@@ -340,12 +345,14 @@ class _Converter:
         self.note(key, f"dropped {name}: {described.value or described.note}"[:300])
         return self._remember(obj, DROP)
 
-    def _state_dict(self, module, key):
+    def _state_dict(self, module: Placeholder, key: str) -> OrderedDict[str, Any]:
         clean: OrderedDict[str, Any] = OrderedDict()
         self._flatten(_children(module), key, "", clean)
         return clean
 
-    def _flatten(self, children, key, prefix, clean) -> None:
+    def _flatten(
+        self, children: Iterable[Child], key: str, prefix: str, clean: OrderedDict[str, Any]
+    ) -> None:
         """torch's state_dict: parameters and buffers (detached) by dotted names, submodules
         flattened into the same OrderedDict."""
         for name, value, _ in children:
@@ -371,7 +378,7 @@ class _Converter:
                 clean[dotted] = converted
 
 
-def _children(module) -> list:
+def _children(module: Placeholder) -> list[Child]:
     """A module's state_dict entries and submodules, as the tree lists them."""
     if is_script_module(module):
         return list(_script_module_children(module))
@@ -409,7 +416,7 @@ def plan_sanitize(checkpoint: Checkpoint) -> Plan:
     return Plan(root, converter.tensors, converter.changes)
 
 
-def _storage_layout(plan: Plan) -> list:
+def _storage_layout(plan: Plan) -> list[_Record]:
     """Group tensors into storage records as export does (one record per shared storage);
     fill each entry's record name, size, offset and stride."""
     items = [Item(entry.key, entry.key, info, info.dtype) for entry, info in plan.tensors]
@@ -434,7 +441,9 @@ def _storage_layout(plan: Plan) -> list:
     return records
 
 
-def _write(path, plan: Plan, records, cancelled):
+def _write(
+    path: str, plan: Plan, records: list[_Record], cancelled: Callable[[], bool]
+) -> Iterator[int]:
     archive = "archive"
     stamp = (1980, 1, 1, 0, 0, 0)
     try:
@@ -462,7 +471,7 @@ def _write(path, plan: Plan, records, cancelled):
         zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
 
 
-def _check_written(path: str, plan: Plan):
+def _check_written(path: str, plan: Plan) -> None:
     """Reopen the copy: loadable with weights_only as it is, every tensor as meant."""
     from ckpt_viewer.core.listing.open import open_checkpoint
 
