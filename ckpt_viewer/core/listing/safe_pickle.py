@@ -15,7 +15,7 @@ import operator
 import pickle
 import threading
 from collections import Counter, OrderedDict
-from typing import Any
+from typing import Any, NoReturn
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.listing import model
@@ -23,6 +23,7 @@ from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
     STORAGE_DTYPES,
+    Checkpoint,
     Storage,
     TensorInfo,
     span_bytes,
@@ -35,6 +36,9 @@ from ckpt_viewer.core.listing.pickle_scan import (
 )
 from ckpt_viewer.core.listing.text import short_repr
 
+# What a pickle passes to the callables below: anything the file holds, checked inside each.
+FromPickle = Any
+
 
 class Placeholder:
     """An instance of a class the file names; holds what the file gave it, runs nothing."""
@@ -46,22 +50,22 @@ class Placeholder:
     items: dict[Any, Any]
     list_items: list[Any]
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, *args: FromPickle, **kwargs: FromPickle) -> Placeholder:
         obj = object.__new__(cls)
         obj.args, obj.kwargs, obj.state = args, kwargs, None
         obj.items, obj.list_items = {}, []
         return obj
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: FromPickle, **kwargs: FromPickle) -> None:
         # only a REDUCE (a call of the global) runs __init__; NEWOBJ stops at __new__
         self.args, self.kwargs = args, kwargs
         current_report().note_call(self.qualname, args)
 
     @classmethod
-    def _new(cls):
+    def _new(cls) -> Placeholder:
         return cls.__new__(cls)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: FromPickle, **kwargs: FromPickle) -> Placeholder:
         # the file calls what one of its calls returned (getattr(module, "system")(...)):
         # recorded as code, nothing run
         report = current_report()
@@ -69,29 +73,29 @@ class Placeholder:
         report.code.setdefault(self.qualname, "the file calls what this returned")
         return _record(self.qualname, args)
 
-    def __setstate__(self, state) -> None:
+    def __setstate__(self, state: FromPickle) -> None:
         self.state = state
 
-    def __setitem__(self, key, value) -> None:
+    def __setitem__(self, key: FromPickle, value: FromPickle) -> None:
         self.items[key] = value
 
-    def append(self, value) -> None:
+    def append(self, value: FromPickle) -> None:
         self.list_items.append(value)
 
-    def extend(self, values) -> None:
+    def extend(self, values: FromPickle) -> None:
         self.list_items.extend(values)
 
-    def add(self, value) -> None:
+    def add(self, value: FromPickle) -> None:
         self.list_items.append(value)
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("placeholders cannot be pickled")
 
     def __repr__(self) -> str:
         return f"<{self.qualname}>"
 
     @property
-    def fields(self) -> dict:
+    def fields(self) -> dict[Any, Any]:
         """The object's attributes as the file recorded them."""
         state = self.state
         if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
@@ -106,10 +110,10 @@ class Placeholder:
 class GlobalRef:
     """A global used as a value (not called): e.g. a class object stored in a config."""
 
-    def __init__(self, qualname) -> None:
+    def __init__(self, qualname: str) -> None:
         self.qualname = qualname
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return self.qualname
 
 
@@ -176,7 +180,7 @@ QSCHEMES = (
 )
 
 
-def torch_allowed_globals() -> frozenset:
+def torch_allowed_globals() -> frozenset[str]:
     """Every global torch.load(weights_only=True) accepts without an allowlist (torch 2.13)."""
     names = {
         "collections.OrderedDict",
@@ -213,11 +217,11 @@ TORCH_ALLOWED = torch_allowed_globals()
 # --- the allowlisted globals, implemented here as pure data builders --------------------------
 
 
-def _storage_class(name):
+def _storage_class(name: str) -> GlobalRef:
     return GlobalRef("torch." + name)
 
 
-def dtype_of_storage(storage_type, untyped_ok: bool = True) -> str:
+def dtype_of_storage(storage_type: FromPickle, untyped_ok: bool = True) -> str:
     """The element type a persistent id's storage type names. torch's legacy loader asks every
     storage type for its dtype, which UntypedStorage lacks (it refuses such files, its own
     legacy saves of float8 or uint16 tensors included)."""
@@ -236,7 +240,7 @@ def dtype_of_storage(storage_type, untyped_ok: bool = True) -> str:
     return STORAGE_DTYPES[short]
 
 
-def _as_ints(value, what) -> tuple:
+def _as_ints(value: FromPickle, what: str) -> tuple[int, ...]:
     try:
         ints = tuple(map(operator.index, value))
     except TypeError:
@@ -246,13 +250,13 @@ def _as_ints(value, what) -> tuple:
     return ints
 
 
-def _check_storage(storage, what: str = "tensor"):
+def _check_storage(storage: FromPickle, what: str = "tensor") -> Storage:
     if not isinstance(storage, Storage):
         raise CheckpointError(f"{what} data is not a storage record")
     return storage
 
 
-def _contiguous(shape) -> tuple:
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
     stride: list[int] = []
     step = 1
     for size in reversed(shape):
@@ -261,7 +265,13 @@ def _contiguous(shape) -> tuple:
     return tuple(stride)
 
 
-def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
+def set_geometry(
+    info: TensorInfo,
+    storage: FromPickle,
+    offset: FromPickle,
+    size: FromPickle,
+    stride: FromPickle = None,
+) -> TensorInfo:
     """Tensor.set_(storage, offset, size, stride) with torch's checks: the view must lie inside
     the storage (counted in bytes: a v3 tensor's dtype may differ from its storage's)."""
     shape, stride = _checked_geometry(info.dtype, storage, offset, size, stride)
@@ -269,7 +279,9 @@ def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     return info
 
 
-def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple, tuple]:
+def _checked_geometry(
+    dtype: str, storage: FromPickle, offset: FromPickle, size: FromPickle, stride: FromPickle
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(shape, stride) of a view of storage, checked as Tensor.set_ checks it."""
     _check_storage(storage)
     try:  # the common case in one step; _as_ints says what is wrong otherwise
@@ -304,7 +316,7 @@ def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple,
     return shape, stride
 
 
-def _note_requires_grad(info: TensorInfo, requires_grad) -> None:
+def _note_requires_grad(info: TensorInfo, requires_grad: FromPickle) -> None:
     info.requires_grad = bool(requires_grad)
     if (
         info.requires_grad
@@ -318,15 +330,15 @@ def _note_requires_grad(info: TensorInfo, requires_grad) -> None:
 
 
 def rebuild_tensor(
-    storage,
-    storage_offset,
-    size,
-    stride,
+    storage: FromPickle,
+    storage_offset: FromPickle,
+    size: FromPickle,
+    stride: FromPickle,
     requires_grad: bool = False,
-    hooks=None,
-    metadata=None,
-    dtype=None,
-):
+    hooks: FromPickle = None,
+    metadata: FromPickle = None,
+    dtype: FromPickle = None,
+) -> TensorInfo:
     storage = _check_storage(storage)
     dtype = str(dtype) if dtype is not None else storage.dtype
     if dtype not in DTYPE_SIZES:
@@ -350,8 +362,15 @@ def rebuild_tensor(
 
 
 def rebuild_tensor_v3(
-    storage, storage_offset, size, stride, requires_grad, hooks, dtype, metadata=None
-):
+    storage: FromPickle,
+    storage_offset: FromPickle,
+    size: FromPickle,
+    stride: FromPickle,
+    requires_grad: FromPickle,
+    hooks: FromPickle,
+    dtype: FromPickle,
+    metadata: FromPickle = None,
+) -> TensorInfo:
     if requires_grad:
         current_report().refuse(
             "a v3 tensor record asks for requires_grad (torch then set_s a "
@@ -362,29 +381,35 @@ def rebuild_tensor_v3(
     )
 
 
-def rebuild_tensor_v1(storage, storage_offset, size, stride):
+def rebuild_tensor_v1(
+    storage: FromPickle, storage_offset: FromPickle, size: FromPickle, stride: FromPickle
+) -> TensorInfo:
     return rebuild_tensor(storage, storage_offset, size, stride)
 
 
-def _tensor_copy(data, what: str = "parameter data") -> TensorInfo:
+def _tensor_copy(data: FromPickle, what: str = "parameter data") -> TensorInfo:
     """A new tensor object over the same storage (torch's Parameter(data) and as_subclass)."""
     if not isinstance(data, TensorInfo):
         raise CheckpointError(f"{what} is not a tensor")
     return dataclasses.replace(data)
 
 
-def rebuild_parameter(data, requires_grad: bool = True, hooks=None):
+def rebuild_parameter(
+    data: FromPickle, requires_grad: bool = True, hooks: FromPickle = None
+) -> TensorInfo:
     param = _tensor_copy(data)
     param.is_parameter = True
     _note_requires_grad(param, requires_grad)
     return param
 
 
-def rebuild_parameter_with_state(data, requires_grad, hooks, state):
+def rebuild_parameter_with_state(
+    data: FromPickle, requires_grad: FromPickle, hooks: FromPickle, state: FromPickle
+) -> TensorInfo:
     return set_object_state(rebuild_parameter(data, requires_grad), state)
 
 
-def set_object_state(info: TensorInfo, state):
+def set_object_state(info: TensorInfo, state: FromPickle) -> TensorInfo:
     """torch._utils._set_obj_state on a tensor: attributes set one by one; `data` replaces the
     tensor's contents, `requires_grad` its flag; anything else is a Python attribute."""
     if isinstance(state, tuple):
@@ -424,7 +449,7 @@ def set_object_state(info: TensorInfo, state):
     return info
 
 
-def build_tensor(info: TensorInfo, state):
+def build_tensor(info: TensorInfo, state: FromPickle) -> None:
     """BUILD on a tensor, as torch's weights_only unpickler does it: a Parameter takes
     Tensor.__setstate__ (4 items: set_; 5: legacy Variable; 3: requires_grad and hooks), a
     plain tensor `set_(*state)`."""
@@ -466,8 +491,14 @@ model.TENSOR_BUILD = build_tensor
 
 
 def rebuild_qtensor(
-    storage, storage_offset, size, stride, quantizer_params, requires_grad: bool = False, hooks=None
-):
+    storage: FromPickle,
+    storage_offset: FromPickle,
+    size: FromPickle,
+    stride: FromPickle,
+    quantizer_params: FromPickle,
+    requires_grad: bool = False,
+    hooks: FromPickle = None,
+) -> TensorInfo:
     info = rebuild_tensor(storage, storage_offset, size, stride, requires_grad)
     info.layout = "quantized"
     if isinstance(quantizer_params, tuple) and quantizer_params:
@@ -484,7 +515,7 @@ def rebuild_qtensor(
     return info
 
 
-def rebuild_sparse_tensor(layout, data):
+def rebuild_sparse_tensor(layout: FromPickle, data: FromPickle) -> TensorInfo:
     layout = str(layout).replace("torch.", "")
     if not isinstance(data, tuple):
         raise CheckpointError("sparse tensor data is not a tuple")
@@ -503,7 +534,9 @@ def rebuild_sparse_tensor(layout, data):
     )
 
 
-def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad: bool = False):
+def rebuild_meta_tensor_no_storage(
+    dtype: FromPickle, size: FromPickle, stride: FromPickle, requires_grad: bool = False
+) -> TensorInfo:
     return TensorInfo(
         dtype=str(dtype),
         shape=_as_ints(size, "shape"),
@@ -512,7 +545,7 @@ def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad: bool = Fa
     )
 
 
-def _record(qualname: str, args: tuple) -> Placeholder:
+def _record(qualname: str, args: tuple[Any, ...]) -> Placeholder:
     """A call kept as data for objects.py to decode (its BUILD state lands in `.state`)."""
     cls: type[Placeholder] = type(
         qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname}
@@ -522,7 +555,7 @@ def _record(qualname: str, args: tuple) -> Placeholder:
     return obj
 
 
-def rebuild_wrapper_subclass(*args):
+def rebuild_wrapper_subclass(*args: FromPickle) -> Placeholder:
     """A wrapper tensor subclass (DTensor, torchao weights): no storage of its own; what it
     holds arrives as state. Kept as a record and decoded in objects.py."""
     if len(args) < 8:
@@ -530,13 +563,17 @@ def rebuild_wrapper_subclass(*args):
     return _record("torch._utils._rebuild_wrapper_subclass", args)
 
 
-def rebuild_nested_tensor(buffer, sizes, strides, storage_offsets):
+def rebuild_nested_tensor(
+    buffer: FromPickle, sizes: FromPickle, strides: FromPickle, storage_offsets: FromPickle
+) -> TensorInfo:
     info = _tensor_copy(buffer, "nested tensor buffer")
     info.layout = "nested"
     return info
 
 
-def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):
+def rebuild_device_tensor_from_cpu_tensor(
+    data: FromPickle, dtype: FromPickle, device: FromPickle, requires_grad: FromPickle
+) -> TensorInfo:
     info = _tensor_copy(data, "tensor data")
     if str(dtype) != info.dtype:
         raise CheckpointError("a device tensor record casts its data; not supported")
@@ -545,7 +582,9 @@ def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):
     return info
 
 
-def rebuild_from_type_v2(func, new_type, args, state):
+def rebuild_from_type_v2(
+    func: FromPickle, new_type: FromPickle, args: FromPickle, state: FromPickle
+) -> object:  # a TensorInfo, or what func built (a Placeholder record)
     if not callable(func) or not isinstance(args, tuple):
         current_report().refuse("a tensor subclass record is malformed (torch cannot rebuild it)")
         return _record("torch._tensor._rebuild_from_type_v2", (func, new_type, args, state))
@@ -565,14 +604,17 @@ def rebuild_from_type_v2(func, new_type, args, state):
     return set_object_state(result, state)
 
 
-def rebuild_device_tensor_from_numpy(data, dtype, device, requires_grad):
+def rebuild_device_tensor_from_numpy(
+    data: FromPickle, dtype: FromPickle, device: FromPickle, requires_grad: FromPickle
+) -> TensorInfo:
     return TensorInfo(dtype=str(dtype), shape=(), requires_grad=bool(requires_grad))
 
 
 class TensorType:
     """torch.Tensor as a global: `torch.Tensor()` is an empty float32 tensor."""
 
-    def __new__(cls, *args):
+    # the unpickler calls the class (REDUCE) or its __new__ (NEWOBJ): it answers with the record
+    def __new__(cls, *args: FromPickle) -> TensorInfo:  # type: ignore[misc]
         if args:
             raise CheckpointError("torch.Tensor(...) with data is not supported in a pickle")
         return TensorInfo(dtype=cls.dtype, shape=(0,), stride=(1,))
@@ -583,39 +625,41 @@ class TensorType:
 class ParameterType:
     """torch.nn.Parameter as a global: Parameter(data, requires_grad)."""
 
-    def __new__(cls, data=None, requires_grad: bool = True):
+    def __new__(  # type: ignore[misc]  # as TensorType's: the record, not an instance
+        cls, data: FromPickle = None, requires_grad: bool = True
+    ) -> TensorInfo:
         if data is None:
             data = TensorInfo(dtype="float32", shape=(0,), stride=(1,))
         return rebuild_parameter(data, requires_grad)
 
 
-def legacy_tensor_class(qualname: str):
+def legacy_tensor_class(qualname: str) -> type:
     """torch.FloatTensor & co.: an empty tensor that a BUILD then points at a storage."""
     short = qualname.rsplit(".", 1)[-1][: -len("Tensor")]
     return type(short + "Tensor", (TensorType,), {"dtype": LEGACY_TENSORS[short]})
 
 
-def make_device(kind, index=None):
+def make_device(kind: FromPickle, index: FromPickle = None) -> str:
     if not isinstance(kind, str):
         raise CheckpointError("torch.device record is malformed")
     return kind if index is None or ":" in kind else f"{kind}:{index}"
 
 
-def make_ordered_dict(*args):
+def make_ordered_dict(*args: FromPickle) -> OrderedDict[Any, Any]:
     return OrderedDict(*args)
 
 
-def make_size(dims=()):
+def make_size(dims: FromPickle = ()) -> tuple[Any, ...]:
     return tuple(dims)
 
 
-def codecs_encode(text, encoding: str = "latin1"):
+def codecs_encode(text: FromPickle, encoding: str = "latin1") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
         raise CheckpointError("bytes record is malformed")
     return text.encode(encoding)
 
 
-def make_bytearray(data: bytes = b"", encoding: str = "latin1"):
+def make_bytearray(data: bytes = b"", encoding: str = "latin1") -> bytearray:
     if isinstance(data, str):
         data = codecs_encode(data, encoding)
     if not isinstance(data, (bytes, bytearray)):
@@ -623,11 +667,11 @@ def make_bytearray(data: bytes = b"", encoding: str = "latin1"):
     return bytearray(data)
 
 
-def get_layout(name):
+def get_layout(name: FromPickle) -> Layout:
     return Layout(str(name).replace("torch.", ""))
 
 
-def reconstructor(cls, base, state=None):
+def reconstructor(cls: FromPickle, base: FromPickle, state: FromPickle = None) -> Any:
     """copyreg._reconstructor: `cls` is a Placeholder class or a builtin container we allow.
     Unless `base` is object or a builtin type, pickle would call base.__new__ and base.__init__
     with the file's state: the file picks the code that runs."""
@@ -664,7 +708,7 @@ PLAIN_BASES = {
 }
 
 
-def numpy_dtype(spec, align: bool = False, copy: bool = False):
+def numpy_dtype(spec: FromPickle, align: bool = False, copy: bool = False) -> NumpyDtype:
     current_report().note_call("numpy.dtype", (str(spec),), limit=64)
     obj = NumpyDtype()
     obj.spec = str(spec)
@@ -676,7 +720,7 @@ class NumpyDtype(Placeholder):
     spec = "?"
 
 
-def numpy_scalar(dtype, data=None):
+def numpy_scalar(dtype: FromPickle, data: FromPickle = None) -> Any:
     """numpy scalars (a loss saved as np.float64): decoded by numpy from their raw bytes."""
     if isinstance(dtype, NumpyDtype) and isinstance(data, bytes) and len(data) <= 16:
         import numpy as np
@@ -743,7 +787,11 @@ class PickleReport:
         self.code: dict[str, str] = {}  # qualname -> why this use of it runs code
 
     def note_call(
-        self, qualname: str, args: tuple, limit: int = 8, then: tuple | None = None
+        self,
+        qualname: str,
+        args: tuple[Any, ...],
+        limit: int = 8,
+        then: tuple[Any, ...] | None = None,
     ) -> None:
         """A call of `qualname` with `args` (and, with `then`, a call of what it returned)."""
         calls = self.calls.setdefault(qualname, [])
@@ -787,7 +835,13 @@ def current_report() -> PickleReport:
 class SafeUnpickler(pickle.Unpickler):
     """Unpickle `data.pkl`-like streams into plain data; see the module docstring."""
 
-    def __init__(self, file, storage_factory=None, encoding: str = "utf-8", report=None) -> None:
+    def __init__(
+        self,
+        file: FromPickle,
+        storage_factory: FromPickle = None,
+        encoding: str = "utf-8",
+        report: FromPickle = None,
+    ) -> None:
         if storage_factory is not None:
             # before __init__, which caches it: one Python call per storage, not two
             self.persistent_load = storage_factory  # type: ignore[method-assign]
@@ -799,7 +853,7 @@ class SafeUnpickler(pickle.Unpickler):
     def unsafe_globals(self) -> list[str]:
         return self.report.unsafe_globals
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise CheckpointError("pickle names a global that is not text")
         if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 spellings, as torch
@@ -814,7 +868,7 @@ class SafeUnpickler(pickle.Unpickler):
                 module, name = qualname.rsplit(".", 1)
         return self._resolve(module, name, qualname)
 
-    def _resolve(self, module, name, qualname):
+    def _resolve(self, module: str, name: str, qualname: str) -> Any:
         allowed = ALLOWED.get((module, name))
         if allowed is not None:
             return allowed
@@ -831,14 +885,14 @@ class SafeUnpickler(pickle.Unpickler):
                 return TorchDtype(name)
         return self._placeholder(qualname)
 
-    def _placeholder(self, qualname):
+    def _placeholder(self, qualname: str) -> type[Placeholder]:
         cls = self._placeholders.get(qualname)
         if cls is None:
             cls = type(qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname})
             self._placeholders[qualname] = cls
         return cls
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: FromPickle) -> Any:
         raise CheckpointError("pickle refers to external data but this container has none")
 
 
@@ -855,13 +909,13 @@ def describe_pickle_error(exc: BaseException) -> str:
     return f"pickle data is malformed ({text[:120]})"
 
 
-def merge_report(checkpoint, report: PickleReport, record: str = "") -> None:
+def merge_report(checkpoint: Checkpoint, report: PickleReport, record: str = "") -> None:
     """Add what one more pickle named to a checkpoint's globals; `record` names where it sits
     when that is not the checkpoint's main pickle."""
     _merge(checkpoint, report.globals, report.calls, report.paths, report.code, record)
 
 
-def merge_part(checkpoint, part, record: str) -> None:
+def merge_part(checkpoint: Checkpoint, part: Checkpoint, record: str) -> None:
     """Add the globals of a part (a shard, a file of a training folder) to its folder's."""
     named = part.globals_named or {g: 1 for g in part.unsafe_globals}
     _merge(checkpoint, named, part.global_calls, part.global_paths, part.global_code, record)
@@ -871,7 +925,14 @@ def merge_part(checkpoint, part, record: str) -> None:
     checkpoint.refusals += [f"{record}: {why}" for why in part.refusals]
 
 
-def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record: str) -> None:
+def _merge(
+    checkpoint: Checkpoint,
+    named: dict[str, int],
+    calls: dict[str, list[str]],
+    paths: dict[str, str],
+    code: dict[str, str],
+    record: str,
+) -> None:
     for name, uses in named.items():
         checkpoint.globals_named[name] = checkpoint.globals_named.get(name, 0) + uses
         if name not in TORCH_ALLOWED and name not in checkpoint.unsafe_globals:
@@ -885,7 +946,12 @@ def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record
         checkpoint.global_code.setdefault(name, why)
 
 
-def safe_load(data: bytes, storage_factory=None, encoding: str = "utf-8", report=None):
+def safe_load(
+    data: bytes,
+    storage_factory: FromPickle = None,
+    encoding: str = "utf-8",
+    report: FromPickle = None,
+) -> tuple[Any, list[str]]:
     """Unpickle one object; returns (object, unsafe_globals). Raises CheckpointError only.
     The opcodes are walked first (pickle_scan): the C unpickler trusts memo indices.
     `report` (a PickleReport) collects every global and what torch would refuse."""
