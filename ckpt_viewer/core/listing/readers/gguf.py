@@ -201,10 +201,10 @@ class GGUFArray(list):
 
     def __init__(self, items, count: int):
         super().__init__(items)
-        self.count = count
+        self.total = count
 
     def __str__(self):
-        more = f", ... ({self.count:,} items)" if self.count > len(self) else ""
+        more = f", ... ({self.total:,} items)" if self.total > len(self) else ""
         return "[" + ", ".join(repr(item) for item in self) + more + "]"
 
 
