@@ -529,6 +529,15 @@ HEAD_BYTES = 512  # what sniffing looks at
 SESSION_FDS = 64  # open files one opening keeps at most (a DCP folder may hold thousands)
 
 
+class SizedReader(io.BufferedReader):
+    """A local file read through its Source's handle, with the `.size` a RemoteFile has."""
+
+    size: int
+
+
+SizedFile = RemoteFile | SizedReader  # what open_source gives: either has `.size`
+
+
 class Source:
     """One path or URL, resolved and opened once: a folder (its entries listed once) or a
     regular file (its size, its identity and its first bytes, with one open handle that every
@@ -539,7 +548,9 @@ class Source:
         self.path, self.pin = path, pin
         self.folder = False
         self.entries: dict[str, bool] = {}  # a folder's names -> whether each is a folder
-        self.size, self.fd, self.blob = 0, None, None
+        self.size = 0
+        self.fd: int | None = None
+        self.blob: _Blob | None = None
         self.identity: tuple | None = None
         self.memo: dict = {}  # what readers parsed of it once (see `remembered`)
         if is_remote(path):
@@ -590,6 +601,7 @@ class Source:
                 return
             if not stat.S_ISREG(info.st_mode):
                 raise not_regular(os.path.basename(path) or path, info.st_mode)
+            assert fd is not None  # only a folder is looked at without opening it
             os.set_blocking(fd, True)
             self.identity = _identity(info)
             key = os.path.abspath(path)
@@ -638,14 +650,14 @@ class Source:
                 opening.hold(self)
         return self.fd
 
-    def reader(self, owned: bool = False) -> io.IOBase:
+    def reader(self, owned: bool = False) -> SizedFile:
         """A binary file object with `.size` over this source (seeks are its own); closing it
         closes the source only when `owned`."""
         if self.folder:
             raise IsADirectoryError(errno.EISDIR, "is a directory", self.path)
         if self.blob is not None:
             return RemoteFile(self.blob)
-        f = io.BufferedReader(_SharedFile(self, owned))
+        f = SizedReader(_SharedFile(self, owned))
         f.size = self.size
         return f
 
@@ -806,7 +818,7 @@ def _resolved(path: str) -> Iterator[Source]:
         yield found
 
 
-def open_source(path: str) -> io.IOBase:
+def open_source(path: str) -> SizedFile:
     """A binary file object with `.size` over the path's Source: within an opening the one
     shared handle; outside one a fresh open, refused if the file is not the one last opened."""
     if _session.get() is not None:

@@ -146,9 +146,9 @@ def read_header(path: str) -> tuple[_Object, int, int]:
                 f"safetensors header claims {length:,} bytes but the file has "
                 f"{size - 8:,} after the length field"
             )
-        text = f.read(length)
+        encoded = f.read(length)
     try:
-        text = text.decode("utf-8")
+        text = encoded.decode("utf-8")
     except UnicodeDecodeError:
         raise CheckpointError("safetensors header is not valid UTF-8") from None
     header = _parse(text)
