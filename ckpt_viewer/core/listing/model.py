@@ -50,10 +50,11 @@ DTYPE_SIZES = {
 PACKED_VALUES = {"quint4x2": 2, "quint2x4": 4}
 
 
-def contiguous_strides(shape: Sequence[int]) -> tuple:
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     """Row-major strides of `shape` in elements, as torch gives them (a size-0 dimension
     counts as 1, so torch.empty(2, 0, 3).stride() == (3, 3, 1))."""
-    strides, step = [], 1
+    strides: list[int] = []
+    step = 1
     for size in reversed(shape):
         strides.append(step)
         step *= max(size, 1)

@@ -12,7 +12,10 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # C0 controls, DEL, C1 controls, line/paragraph separators (str.splitlines breaks on them),
 # bidi marks, embeddings, overrides and isolates
@@ -195,22 +198,23 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
 _DIGITS = re.compile(r"(\d+)")
 
 
-def natural_key(text: str) -> tuple:
+def natural_key(text: str) -> tuple[object, ...]:
     """Sort key for numeric-aware ("natural") order: h.2 before h.10, layer9 before layer10.
     Text parts sit at even places and digit runs at odd ones, as (length, digits): compared by
     value without int() (a hostile key may hold 100,000 digits). () ends the parts, below any
     digit run (n before n1), and the text itself breaks ties (h.01 and h.1)."""
     if not _DIGITS.search(text):
         return (text, (), text)
-    parts: list = _DIGITS.split(text)
-    for i in range(1, len(parts), 2):
-        digits = parts[i].lstrip("0")
+    split = _DIGITS.split(text)
+    parts: list[object] = list(split)
+    for i in range(1, len(split), 2):
+        digits = split[i].lstrip("0")
         parts[i] = (len(digits), digits)
     parts += [(), text]
     return tuple(parts)
 
 
-def listing_order(items: list, name=str) -> list:
+def listing_order(items: Sequence[T], name: Callable[[T], str] = str) -> list[T]:
     """items in the order to list them: an order that is only the alphabet's (safetensors
     stores keys sorted as text: h.0, h.1, h.10, h.2) becomes natural order; any other order
     is the file's own (a state_dict's module order: embed, blocks.2, blocks.10, head) and is
