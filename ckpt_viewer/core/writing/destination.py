@@ -263,7 +263,7 @@ class Staged:
         kind: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         for temp in self.temps:
             remove_quietly(temp)
         self.temps = []
@@ -271,7 +271,6 @@ class Staged:
             raise CheckpointError(f"{self.what} cancelled; nothing was written") from None
         if isinstance(exc, OSError):
             raise CheckpointError(os_error(exc, self.destination)) from None
-        return False
 
 
 def _fsync(path: str) -> None:

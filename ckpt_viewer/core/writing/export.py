@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -35,6 +35,7 @@ from ckpt_viewer.core.listing.model import (
     Checkpoint,
     Storage,
     TensorInfo,
+    ZipMember,
     contiguous_strides,
     span_bytes,
 )
@@ -100,7 +101,10 @@ def crc32_combine(first: int, second: int, second_length: int) -> int:
     return _multiply_mod_p(p, first) ^ second
 
 
-def _crc_pieces(pool: ThreadPoolExecutor | None, data) -> list:
+CrcPiece = tuple[Future[int] | None, int, int]  # (CRC-32 to come, or None: the CRC-32), length
+
+
+def _crc_pieces(pool: ThreadPoolExecutor | None, data: memoryview) -> list[CrcPiece]:
     """[(future CRC-32, length)] of data cut in CRC_WORKERS pieces, computed on the pool."""
     size = len(data)
     if pool is None or size < CRC_SPLIT:
@@ -112,7 +116,7 @@ def _crc_pieces(pool: ThreadPoolExecutor | None, data) -> list:
     ]
 
 
-def _crc_joined(value: int, pieces: list) -> int:
+def _crc_joined(value: int, pieces: list[CrcPiece]) -> int:
     for future, crc, size in pieces:
         value = crc32_combine(value, crc if future is None else future.result(), size)
     return value
@@ -547,7 +551,7 @@ def _copy_span(
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
-    pending: deque = deque()  # the CRC pieces of the steps copied, in order
+    pending: deque[list[CrcPiece]] = deque()  # the CRC pieces of the steps copied, in order
     with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
         if source.size < source_start + nbytes:
             raise reader._ended()
@@ -563,17 +567,18 @@ def _copy_span(
                     copied = 0
                 if kernel and copied != step:
                     raise reader._ended()
-            pages = reader.mapped(first + done, step, unit) if crc or not kernel else None
-            if not kernel:
-                view, at = memoryview(pages), position + done
-                while len(view):
-                    written = os.pwrite(out.fileno(), view, at)
-                    view, at = view[written:], at + written
-            if crc:
-                pending.append(_crc_pieces(pool, pages))
-                if len(pending) > 1:  # at most two steps mapped at a time
-                    value = _crc_joined(value, pending.popleft())
-            del pages
+            if crc or not kernel:
+                pages = reader.mapped(first + done, step, unit).data
+                if not kernel:
+                    view, at = pages, position + done
+                    while len(view):
+                        written = os.pwrite(out.fileno(), view, at)
+                        view, at = view[written:], at + written
+                if crc:
+                    pending.append(_crc_pieces(pool, pages))
+                    if len(pending) > 1:  # at most two steps mapped at a time
+                        value = _crc_joined(value, pending.popleft())
+                del pages
             done += step
             if cancelled():
                 raise Cancelled()
@@ -782,14 +787,16 @@ def _check_records(storages: Iterable[Storage]) -> None:
     unit = np.dtype("u1")
     with ThreadPoolExecutor(CRC_WORKERS) as pool:
         for storage in storages:
+            member = storage.source
+            assert isinstance(member, ZipMember)  # read back from the archive just written
             reader, value = StorageReader(storage), 0
             try:
                 for at in range(0, storage.nbytes, COPY_CHUNK * 4):
                     pages = reader.mapped(at, min(COPY_CHUNK * 4, storage.nbytes - at), unit)
-                    value = _crc_joined(value, _crc_pieces(pool, pages))
+                    value = _crc_joined(value, _crc_pieces(pool, pages.data))
             except CheckpointError:  # the file ends inside the record
-                value = None
-            if value != storage.source.crc:
+                value = -1  # no CRC-32
+            if value != member.crc:
                 raise CheckpointError(
                     f"written storage record data/{storage.key} does not hold "
                     "the bytes its header describes"
@@ -868,6 +875,7 @@ def export(
         written = 0
         for target, shard in zip(targets, shards):
             temp = staged.temp(target)
+            steps: Iterator[int]
             if fmt == "pth":
                 steps = _write_pth(temp, shard, where, plan.device, cancelled)
             else:
