@@ -530,14 +530,14 @@ def _select_chunk(groups: dict, split: set, first_level: tuple, x: np.ndarray) -
     with np.errstate(all="ignore"):
         if not np.isfinite(np.sum(x, dtype=np.float64)):
             x = x[np.isfinite(x)]
-    index = _bin_index(x, lo, hi, scale, fine_bins)
+    bin_of = _bin_index(x, lo, hi, scale, fine_bins)
     wanted = np.zeros(fine_bins, dtype=bool)
     wanted[[key[0][3] for key in groups]] = True
-    near = np.flatnonzero(np.take(wanted, index))  # the few values in any wanted bin
-    x, index = x[near], index[near]
+    near = np.flatnonzero(np.take(wanted, bin_of))  # the few values in any wanted bin
+    x, bin_of = x[near], bin_of[near]
     out = {}
     for key, members in groups.items():
-        inside = members[0].members(x[index == key[0][3]], first=1)
+        inside = members[0].members(x[bin_of == key[0][3]], first=1)
         if not inside.size:
             continue
         if key in split:
