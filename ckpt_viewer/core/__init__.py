@@ -35,11 +35,11 @@ def describe_error(exc: BaseException) -> str:
 
 class paused_gc:
     """Building hundreds of thousands of small objects triggers repeated full garbage
-    collections that cost more than the work itself (1.5 s -> 0.6 s on 50,000 keys).
+    collections that cost more than the work itself.
 
     freeze=True (a GUI load) also freezes what was built: otherwise the next young collection
-    walks all of it at once (~90 ms holding the GIL, a visible stall) and every later full
-    collection walks it again (~300 ms). Frozen objects are still freed by reference counting;
+    walks all of it at once (holding the GIL: a visible stall) and every later full
+    collection walks it again. Frozen objects are still freed by reference counting;
     the window unfreezes when a tab closes, so cycles among them are collected later."""
 
     def __init__(self, freeze: bool = False):

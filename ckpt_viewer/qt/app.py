@@ -21,10 +21,9 @@ def _qt_messages(mode, context, message):
 
 
 def make_app() -> QApplication:
-    # A thread waiting for the GIL waits a whole switch interval (5 ms by default) each time;
-    # the GUI thread takes it back hundreds of times per repaint while a worker computes
-    # (1 ms still let a 50,000-key load stretch the compare plots' first paints to 640 ms;
-    # 0.2 ms: about 200 ms, and the load itself is no slower).
+    # A thread waiting for the GIL waits a whole switch interval each time; the GUI thread
+    # takes it back hundreds of times per repaint while a worker computes, so a short interval
+    # keeps repaints quick during a load without slowing the load itself.
     sys.setswitchinterval(0.0002)
     qInstallMessageHandler(_qt_messages)
     app = QApplication.instance()

@@ -49,7 +49,7 @@ KEY_MIN_WIDTH = 180
 KEY_ROOM = 240  # Device, then Type / Class hide (until chosen) while Key would get less:
 # at 180 a nested "num_batches_tracked" was cut beside a Type column
 AUTO_HIDDEN = (DEVICE, TYPE)
-COLUMN_SAMPLE = 500  # rows whose texts size the columns (all 50,000 cost ~0.5 s)
+COLUMN_SAMPLE = 500  # rows whose texts size the columns (measuring all of 50,000 stalls)
 FILTER_DELAY_MS = 120  # filtering waits for a pause in typing; the text field never waits
 
 
@@ -75,7 +75,7 @@ def summary_html(checkpoint, totals) -> str:
         ("Other tensors", elements(totals.split["other"])),
         (
             "All elements",
-            f"{format_count(totals.params)} ({totals.params:,}), each storage counted once",
+            f"{format_count(totals.elements)} ({totals.elements:,}), each storage counted once",
         ),
         ("Tensor bytes", format_bytes(totals.bytes)),
     ]
@@ -87,10 +87,10 @@ def summary_html(checkpoint, totals) -> str:
         "<tr><th align=left>dtype</th><th align=right>tensors</th>"
         "<th align=right>elements</th><th align=right>bytes</th></tr>"
     )
-    for dtype, (count, params, nbytes) in totals.by_dtype.items():
+    for dtype, (count, dtype_elements, nbytes) in totals.by_dtype.items():
         out.append(
             f"<tr><td>{esc(dtype)}</td><td align=right>{count:,}</td>"
-            f"<td align=right>{params:,}</td><td align=right>{format_bytes(nbytes)}</td></tr>"
+            f"<td align=right>{dtype_elements:,}</td><td align=right>{format_bytes(nbytes)}</td></tr>"
         )
     out.append("</table>")
     if checkpoint.warnings:
@@ -251,7 +251,7 @@ class CheckpointTab(QWidget):
         """Key takes the width the other columns leave, but never less than KEY_MIN_WIDTH
         (then the tree scrolls sideways instead of cutting names to "mode..."). Until the
         user picks columns, a tree that would leave Key less than KEY_ROOM hides Device, then
-        Type / Class, so that Params and Size stay in view."""
+        Type / Class, so that Elements and Size stay in view."""
         if column == KEY or getattr(self, "_fitting", False):
             return
         self._fitting = True  # hiding and resizing sections report back here
@@ -319,7 +319,7 @@ class CheckpointTab(QWidget):
 
     def _expand_first_levels(self):
         """Open the top one or two levels if that shows at most AUTO_OPEN_ROWS rows: laying
-        out hundreds of opened rows on the first paint stalled the window by 40-60 ms."""
+        out hundreds of opened rows on the first paint stalled the window."""
         level, depth, revealed = self.model.top.children, -1, 0
         while depth < 1:
             level = [child for row in level for child in row.children]

@@ -37,7 +37,7 @@ PLAN_DELAY_MS = 60  # the preview is planned once typing pauses this long
 
 
 def gpu_present() -> bool:
-    """Without importing torch (1.5 s on the GUI thread): is an NVIDIA driver loaded here?"""
+    """Without importing torch (a long stall on the GUI thread): is an NVIDIA driver loaded here?"""
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 

@@ -31,10 +31,9 @@ COLOURS = {"error": "#b02a37", "warning": "#997404", "info": "#6c757d"}
 
 
 def _check(checkpoint, plotting_settled=None):
-    """The check, its module imported on the worker's thread (its imports cost the GUI
-    thread ~10 ms on the first Tools > Health). While pyqtgraph is still arriving it waits
-    (at most PLOTTING_WAIT s): the tab builds its plot then, and with the scan's threads
-    holding the GIL that took 50-75 ms."""
+    """The check, its module imported on the worker's thread (not on the GUI thread at the
+    first Tools > Health). While pyqtgraph is still arriving it waits (at most PLOTTING_WAIT):
+    the tab builds its plot then, which the scan's threads, holding the GIL, would stall."""
     deadline = time.monotonic() + PLOTTING_WAIT
     while (
         plotting_settled is not None
@@ -123,8 +122,8 @@ class HealthDialog(QWidget):
         self._list(report, 0)
 
     def _list(self, report, start):
-        """ROWS_PER_STEP findings per event loop turn (900 at once held the window 15 ms,
-        5,000 would 80 ms); `checked` once all are listed."""
+        """ROWS_PER_STEP findings per event loop turn (thousands at once would hold the
+        window); `checked` once all are listed."""
         from ckpt_viewer.core.analysis.check import SEVERITY_NOUNS
         from ckpt_viewer.core.listing.text import safe_text as escape
 

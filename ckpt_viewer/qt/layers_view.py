@@ -41,7 +41,7 @@ LABELS = {
 
 PREVIEW_ELEMENTS = 20_000  # per tensor, for the first plot
 EXACT_PASS_DELAY_MS = 50  # after the preview's last draw step: time to paint it
-ROLES_PER_STEP = 2  # roles drawn per event loop turn (about 3 ms each)
+ROLES_PER_STEP = 2  # roles drawn per event loop turn: the window answers between them
 LEGEND_COLUMNS = 4  # wide and short: a 13-role legend in one column was taller than the plot
 LEGEND_MARGIN = 12  # pixels right of the legend
 LEGEND_ROW = 4  # of a PlotItem's layout: below the bottom axis
@@ -135,7 +135,7 @@ class LayersDialog(QWidget):
         if report is None or self.report is not None:
             return
         # the exact pass starts once the preview is drawn and painted: drawing while its
-        # threads held the GIL stalled the window 40-90 ms
+        # threads held the GIL stalled the window
         self.preview_ready.connect(
             lambda _: QTimer.singleShot(EXACT_PASS_DELAY_MS, self, self._start_exact),
             Qt.SingleShotConnection,
@@ -207,7 +207,7 @@ class LayersDialog(QWidget):
         if message:
             self.status.setText(f"Plotting is unavailable: {message}")
             return
-        # its own event: pyqtgraph's arrival also builds the tab's plot (~15 ms) in this one
+        # its own event: pyqtgraph's arrival also builds the tab's plot in this one
         QTimer.singleShot(0, self, self._plot_report)
 
     def _plot_report(self):
@@ -230,7 +230,9 @@ class LayersDialog(QWidget):
         plot_item.layout.addItem(legend, LEGEND_ROW, 1)
         plot_item.legend = legend  # named lines are added to it
         self.layout_.addWidget(self.plot, 1)
-        QTimer.singleShot(0, self, lambda: self.redraw(then=done))  # the widget alone: ~15 ms
+        QTimer.singleShot(
+            0, self, lambda: self.redraw(then=done)
+        )  # the widget alone, in a turn of its own
 
     def _spectral_toggled(self, on):
         self.cancel()
@@ -276,7 +278,7 @@ class LayersDialog(QWidget):
 
     def redraw(self, *_, then=None):
         """Lines of the chosen stack and metric, ROLES_PER_STEP roles per event loop turn (a
-        13-role plot built in one go held the window 35-90 ms); each role's items are made once
+        plot of all roles built in one go held the window); each role's items are made once
         and later only get new data. `then` is emitted (with the report) once all are drawn."""
         if self.plot is None:
             return

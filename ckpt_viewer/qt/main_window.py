@@ -819,7 +819,7 @@ class MainWindow(QMainWindow):
             view = CompareView(
                 report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self
             )  # hidden until the tab takes it
-            # shown in a later event: building and first showing it in one went past 50 ms
+            # shown in a later event: building and first showing it in one stalled the window
             QTimer.singleShot(0, view, lambda: show(view, report))
 
         def show(view, report):

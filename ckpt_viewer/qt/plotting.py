@@ -1,4 +1,4 @@
-"""pyqtgraph, imported once in a worker (~0.3 s the GUI thread must not spend); views that
+"""pyqtgraph, imported once in a worker (an import the GUI thread must not wait for); views that
 need it wait for `plotting_ready(message)`."""
 
 from __future__ import annotations

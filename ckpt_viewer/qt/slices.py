@@ -103,8 +103,8 @@ def full_text(value) -> str:
 
 
 class ValuesModel(QAbstractTableModel):
-    """Cells read a page at a time in a worker (a DCP tensor's first page took ~1 s on the GUI
-    thread) owned by `jobs`, the page's Controller; a cell shows "..." until its page arrives.
+    """Cells read a page at a time in a worker (a DCP tensor's first page is slow to read on the
+    GUI thread) owned by `jobs`, the page's Controller; a cell shows "..." until its page arrives.
     At most MAX_PAGES pages are kept."""
 
     page_arrived = Signal()
@@ -393,7 +393,7 @@ class HeatmapPage(QWidget):
         self.layout_.addWidget(self.readout)
         self.plot = None
         self.tensor = None
-        self.shown = None  # (values, row_step, col_step) on screen
+        self.on_screen = None  # (values, row_step, col_step) on screen
         self.jobs = workers.Controller(self)  # a new slice supersedes the one being read
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
@@ -427,7 +427,7 @@ class HeatmapPage(QWidget):
         in_channel = self.in_channel.value()
         self.status.setText("reading...")
         self.readout.setText(" ")
-        self.shown = None
+        self.on_screen = None
         if filters:
             count = min(tensor.shape[0], MAX_FILTERS)
             self.filters = (*tensor.shape[-2:], filter_grid_columns(count), count)
@@ -506,7 +506,7 @@ class HeatmapPage(QWidget):
         self.colorbar.setLevels((low, high))
         self._label_axes()
         self.plot.autoRange()
-        self.shown = (values, row_step, col_step)
+        self.on_screen = (values, row_step, col_step)
         step = (
             f", each the largest |x| of {row_step} x {col_step}"
             if row_step > 1 or col_step > 1
@@ -551,15 +551,15 @@ class HeatmapPage(QWidget):
         self.plot.setAspectLocked(True)
 
     def _hover(self, position):
-        if self.shown is None:
+        if self.on_screen is None:
             return
-        values, row_step, col_step = self.shown
+        values, row_step, col_step = self.on_screen
         point = self.plot.getPlotItem().vb.mapSceneToView(position)
         self.readout.setText(self.describe_point(point.x(), point.y()))
 
     def describe_point(self, x: float, y: float) -> str:
         """The hover read-out for a point in plot coordinates (columns, rows)."""
-        values, row_step, col_step = self.shown
+        values, row_step, col_step = self.on_screen
         r, c = int(y // row_step), int(x // col_step)
         if not (0 <= r < values.shape[0] and 0 <= c < values.shape[1]) or x < 0 or y < 0:
             return " "

@@ -238,7 +238,7 @@ class TensorView(QWidget):
             self.controls.status.setText(f"plotting is unavailable: {message}")
         self.prepare_plot()
         # showing and drawing wait for the next turn of the event loop: building the plot,
-        # painting it and drawing into it in one step held the window for 40-60 ms
+        # painting it and drawing into it in one step held the window visibly
         if self.histogram.plot is not None:
             self.histogram.plot.setVisible(False)
         QTimer.singleShot(1, self, self._draw_pending)

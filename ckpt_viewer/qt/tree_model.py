@@ -26,7 +26,7 @@ from ckpt_viewer.core.listing.summary import totals as checkpoint_totals
 from ckpt_viewer.core.listing.text import clipped, safe_text
 
 COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Elements", "Size", "Device")
-KEY, TYPE, SHAPE, DTYPE, PARAMS, SIZE, DEVICE = range(len(COLUMNS))
+KEY, TYPE, SHAPE, DTYPE, ELEMENTS, SIZE, DEVICE = range(len(COLUMNS))
 MUTED = QColor(128, 128, 128)
 ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
 CHECKABLE_FLAGS = ROW_FLAGS | Qt.ItemIsUserCheckable
@@ -122,23 +122,23 @@ class KeyTreeModel(QAbstractItemModel):
     def row_of(self, index: QModelIndex) -> Row:
         return index.internalPointer() if index.isValid() else self.top
 
-    def shown(self, row: Row) -> list[Row]:
+    def visible_children(self, row: Row) -> list[Row]:
         """row's children that pass the filter, in display order (numbering them)."""
         if row.generation != self.generation:
             if self._visible is None or self._inside[row.index]:
-                row.shown = row.children
+                row.visible_children = row.children
             else:
                 visible = self._visible
-                row.shown = [c for c in row.children if visible[c.index]]
-            for position, child in enumerate(row.shown):
+                row.visible_children = [c for c in row.children if visible[c.index]]
+            for position, child in enumerate(row.visible_children):
                 child.pos = position
             row.generation = self.generation
-        return row.shown
+        return row.visible_children
 
     def index(self, row, column, parent=QModelIndex()):
-        shown = self.shown(self.row_of(parent))
-        if 0 <= row < len(shown) and 0 <= column < len(COLUMNS):
-            return self.createIndex(row, column, shown[row])
+        children = self.visible_children(self.row_of(parent))
+        if 0 <= row < len(children) and 0 <= column < len(COLUMNS):
+            return self.createIndex(row, column, children[row])
         return QModelIndex()
 
     def parent(self, index=QModelIndex()):
@@ -152,7 +152,7 @@ class KeyTreeModel(QAbstractItemModel):
     def rowCount(self, parent=QModelIndex()):
         if parent.isValid() and parent.column() != 0:
             return 0
-        return len(self.shown(self.row_of(parent)))
+        return len(self.visible_children(self.row_of(parent)))
 
     def columnCount(self, parent=QModelIndex()):
         return len(COLUMNS)
@@ -164,18 +164,18 @@ class KeyTreeModel(QAbstractItemModel):
         row = self.row_of(parent)
         if self._visible is None or self._inside[row.index]:
             return bool(row.children)
-        return len(self.shown(row)) > 0
+        return len(self.visible_children(row)) > 0
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         if orientation != Qt.Horizontal:
             return None
         if role == DISPLAY_ROLE:
             return COLUMNS[section]
-        if role == ALIGNMENT_ROLE and section in (PARAMS, SIZE):
+        if role == ALIGNMENT_ROLE and section in (ELEMENTS, SIZE):
             return ALIGN_RIGHT
         if role == TOOLTIP_ROLE and section == KEY:
             return "Tick tensors or whole subtrees to export them (File > Export Selection, Ctrl+E)"
-        if role == TOOLTIP_ROLE and section == PARAMS:  # optimizer state is not parameters
+        if role == TOOLTIP_ROLE and section == ELEMENTS:  # optimizer state is not parameters
             return (
                 "Tensor elements under this row, each storage counted once: model "
                 "parameters, optimizer state and other tensors alike (the Summary splits them)"
@@ -233,16 +233,16 @@ class KeyTreeModel(QAbstractItemModel):
         self.beginResetModel()
         for row in self.rows:
             row.parent = None
-            row.children = row.shown = []
-        self.top.children = self.top.shown = []
+            row.children = row.visible_children = []
+        self.top.children = self.top.visible_children = []
         self.rows = []
         self.index_rows = None
         self.endResetModel()
 
     # --- content ---------------------------------------------------------------------------
     def data(self, index, role=Qt.DisplayRole):
-        # roles compared as plain ints: a PySide6 enum comparison costs ~5 us, and a first
-        # paint asks for data a few thousand times
+        # roles compared as plain ints: a PySide6 enum comparison is a slow Python call, and a
+        # first paint asks for data a few thousand times
         if not index.isValid():
             return None
         row = index.internalPointer()
@@ -256,7 +256,7 @@ class KeyTreeModel(QAbstractItemModel):
         if role == TOOLTIP_ROLE:
             return self._tooltip(node)
         if role == ALIGNMENT_ROLE:
-            return ALIGN_RIGHT if column in (PARAMS, SIZE) else None
+            return ALIGN_RIGHT if column in (ELEMENTS, SIZE) else None
         if role == FOREGROUND_ROLE:
             muted = (
                 node.shared_with
@@ -285,8 +285,8 @@ class KeyTreeModel(QAbstractItemModel):
             return _shape_text(node)
         if column == DTYPE:
             return node.tensor.dtype if node.tensor is not None else ""
-        if column == PARAMS:
-            return f"{row.params:,}" if row.params or node.tensor is not None else ""
+        if column == ELEMENTS:
+            return f"{row.elements:,}" if row.elements or node.tensor is not None else ""
         if column == SIZE:
             return format_bytes(row.nbytes) if row.nbytes or node.tensor is not None else ""
         if column == DEVICE:
@@ -318,7 +318,7 @@ class KeyTreeModel(QAbstractItemModel):
             self.beginResetModel()
             self.generation += 1
             self._visible, self._inside = filtered.visible, filtered.inside
-            self.visible_count = filtered.shown
+            self.visible_count = filtered.visible_count
             self.endResetModel()
         return filtered.matches
 
@@ -334,7 +334,7 @@ class KeyTreeModel(QAbstractItemModel):
             TYPE: lambda r: type_text(r.node),
             SHAPE: lambda r: r.node.tensor.shape if r.node.tensor is not None else (),
             DTYPE: lambda r: r.node.tensor.dtype if r.node.tensor is not None else "",
-            PARAMS: attrgetter("params"),
+            ELEMENTS: attrgetter("elements"),
             SIZE: attrgetter("nbytes"),
             DEVICE: lambda r: r.node.tensor.device if r.node.tensor is not None else "",
         }
@@ -357,7 +357,7 @@ class KeyTreeModel(QAbstractItemModel):
                 row.children.sort(key=lambda r: str(key(r)), reverse=reverse)
         self.generation += 1
         for row in old_rows:
-            self.shown(row.parent)
+            self.visible_children(row.parent)
         self.changePersistentIndexList(
             old, [self.createIndex(r.pos, i.column(), r) for r, i in zip(old_rows, old)]
         )
@@ -394,7 +394,7 @@ class KeyTreeModel(QAbstractItemModel):
             ancestors.append(parent)
             parent = parent.parent
         for ancestor in reversed(ancestors):  # numbers each level's shown rows
-            self.shown(ancestor)
+            self.visible_children(ancestor)
         return self.createIndex(row.pos, 0, row)
 
 

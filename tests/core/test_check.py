@@ -4,6 +4,7 @@ have no findings; the CLI keeps README.md's contract."""
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -167,12 +168,36 @@ def test_unreadable_tensor_is_an_error_finding_not_a_crash(tmp_path):
     assert any(f.kind == "unreadable" and f.severity == "error" for f in report.findings)
 
 
-def test_closing_the_generator_stops_the_scan(tmp_path, monkeypatch):
-    monkeypatch.setattr(check_module, "SEGMENT", 1 << 12)
+def test_closing_the_generator_stops_the_scan_and_its_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(check_module, "SEGMENT", 1 << 14)  # a task per tensor ...
+    monkeypatch.setattr(check_module, "CHUNK", 1 << 6)  # ... read in 256 pieces
+    reads = []
+    mapped = check_module.StorageReader.mapped
+
+    def counted(self, *args, **kwargs):
+        reads.append(1)
+        return mapped(self, *args, **kwargs)
+
+    monkeypatch.setattr(check_module.StorageReader, "mapped", counted)
     path = builders.save({f"t{i}": torch.randn(1 << 14) for i in range(20)}, tmp_path / "c.pt")
-    scan = check(open_checkpoint(path))
+    checkpoint = open_checkpoint(path)
+    scan = check(checkpoint)
     next(scan)
+    workers = [t for t in threading.enumerate() if t.name.startswith("check_")]
+    assert workers  # the scan is under way on its pool
     scan.close()  # what a cancelled worker's generator gets
+    at_close = len(reads)
+    for worker in workers:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    # a worker finishes at most the piece it was reading; the tasks under way stop there
+    assert len(reads) - at_close <= len(workers)
+    with pytest.raises(StopIteration):
+        next(scan)
+    tensors = [tensor for _, tensor, _ in checkpoint.tensors()]
+    assert all(checkpoint.stats_cache.facts(t) is None for t in tensors)  # nothing concluded
+    run(check(checkpoint))  # a scan run to its end remembers every tensor's facts
+    assert all(checkpoint.stats_cache.facts(t) is not None for t in tensors)
 
 
 def test_cli_check_contract(tmp_path):

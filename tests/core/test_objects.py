@@ -692,7 +692,7 @@ def test_torchao_weights_count_their_own_elements(tmp_path):
     expected = sum(p.numel() for p in model.parameters())
     _, checkpoint, loaded = saved(tmp_path, model.state_dict())
     counted = totals(checkpoint)
-    assert counted.split["model"] == counted.params == expected == 16 * 32 + 16
+    assert counted.split["model"] == counted.elements == expected == 16 * 32 + 16
     weight = loaded["0.weight"]
     stored = sum(
         getattr(weight, name).untyped_storage().nbytes() for name in weight.__tensor_flatten__()[0]

@@ -241,7 +241,7 @@ def test_tied_weights_and_views_counted_once(tmp_path):
     assert checkpoint.find("head").shared_with == "embed"
     assert checkpoint.find("row").shared_with == "embed"
     total = totals(checkpoint)
-    assert total.params == 40 and total.bytes == 160 and total.tensors == 4
+    assert total.elements == 40 and total.bytes == 160 and total.tensors == 4
 
 
 def test_shared_references_do_not_explode(tmp_path):

@@ -34,9 +34,9 @@ def test_rows_group_dotted_keys_and_sum_subtrees(tmp_path):
         "tied",
     ]
     by_key = dict(zip(index.keys, index.rows))
-    assert by_key["enc"].params == 14 and by_key["enc.0"].tensors == 2
-    assert by_key[""].params == 14  # the tied copy adds nothing
-    assert by_key["tied"].params == 6 and by_key["tied"].nbytes == 24  # but holds its own
+    assert by_key["enc"].elements == 14 and by_key["enc.0"].tensors == 2
+    assert by_key[""].elements == 14  # the tied copy adds nothing
+    assert by_key["tied"].elements == 6 and by_key["tied"].nbytes == 24  # but holds its own
     assert list(index.sizes)[:2] == [8, 6] and list(index.parents)[:3] == [-1, 0, 1]
 
 
@@ -57,7 +57,7 @@ def test_views_of_one_storage_count_once_where_they_meet(tmp_path):
     )
     index = build_rows(open_checkpoint(path).root)
     by_key = dict(zip(index.keys, index.rows))
-    assert [by_key[k].params for k in ("attn", "attn.k", "head", "head.w", "col")] == [
+    assert [by_key[k].elements for k in ("attn", "attn.k", "head", "head.w", "col")] == [
         48,
         16,
         40,
@@ -65,7 +65,7 @@ def test_views_of_one_storage_count_once_where_they_meet(tmp_path):
         10,
     ]
     assert by_key["attn"].nbytes == 192 and by_key["head"].nbytes == 160
-    assert by_key[""].params == 48 + 40 == totals(open_checkpoint(path)).params  # col inside
+    assert by_key[""].elements == 48 + 40 == totals(open_checkpoint(path)).elements  # col inside
 
 
 @pytest.mark.parametrize(
@@ -117,11 +117,11 @@ def test_filter_rows_shows_matches_their_subtrees_and_ancestors(tmp_path, text):
     hits = set(matching_rows(text, index.keys, index.lowered)) - {0} if text.strip() else None
     if filtered.visible is None:  # no filter, or every key matches
         assert hits is None or len(hits) >= len(index.rows) - 1
-        assert filtered.shown == len(index.rows) - 1
+        assert filtered.visible_count == len(index.rows) - 1
         return
     shown = {i for i in range(1, len(index.rows)) if filtered.visible[i]}
     assert shown == _shown_by_walking(index, hits)
-    assert filtered.shown == len(shown) and filtered.matches == len(hits)
+    assert filtered.visible_count == len(shown) and filtered.matches == len(hits)
     assert filtered.visible[0] == 1 and not filtered.error
 
 

@@ -453,7 +453,10 @@ def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(
 ):
     """Each chunk is asked for ahead of use and, two chunks later, given back: reading a file
     larger than memory otherwise evicted the window's own code pages (stalls)."""
-    from ckpt_viewer.core.values import strided
+    real_sysconf = os.sysconf
+
+    def small_memory(name):  # a machine with less memory than twice the file
+        return 1 if name == "SC_PHYS_PAGES" else real_sysconf(name)
 
     values = torch.arange(10_000, dtype=torch.float32)
     tensor = open_checkpoint(builders.save({"t": values}, tmp_path / "t.pt")).find("t").tensor
@@ -461,13 +464,13 @@ def test_a_file_larger_than_memory_is_streamed_without_filling_the_page_cache(
     monkeypatch.setattr(
         os, "posix_fadvise", lambda fd, offset, size, how: advice.append((how, size))
     )
-    monkeypatch.setattr(strided, "larger_than_memory", lambda reader: True)
+    monkeypatch.setattr(os, "sysconf", small_memory)
     stats = run(compute(tensor, chunk=1000))
     assert stats.max == 9999 and stats.numel == 10_000
     dropped = [size for how, size in advice if how == os.POSIX_FADV_DONTNEED]
     ahead = [size for how, size in advice if how == os.POSIX_FADV_WILLNEED]
     assert dropped and all(size == 4000 for size in dropped + ahead)
-    monkeypatch.setattr(strided, "larger_than_memory", lambda reader: False)
+    monkeypatch.setattr(os, "sysconf", real_sysconf)  # this machine: far more than the file
     advice.clear()
     run(compute(tensor, chunk=1000))
     assert advice and all(how == os.POSIX_FADV_WILLNEED for how, _ in advice)

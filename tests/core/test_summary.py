@@ -54,7 +54,7 @@ def test_adam_state_is_not_reported_as_parameters(tmp_path):
         f"parameters: {format_count(parameters)} model, "
         f"{format_count(2 * parameters + 4)} optimizer state, 0 other"
     ) in report
-    assert f"parameters: {format_count(total.params)}" not in report
+    assert f"parameters: {format_count(total.elements)}" not in report
 
 
 def test_bare_files(tmp_path):

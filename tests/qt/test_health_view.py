@@ -57,21 +57,22 @@ def test_health_lists_findings_and_a_click_opens_the_tensor(qtbot, window, tmp_p
 
 
 def held_scan(monkeypatch, tmp_path):
-    """A file of 100 tensors scanned in 6,400 small segments, each held until `gate` is set;
-    `calls` counts the segments started."""
+    """A file of 100 tensors scanned in 6,400 segments of one read each, each read held until
+    `gate` is set; `calls` counts the reads (segments) started."""
     import threading
 
     monkeypatch.setattr(check_module, "SEGMENT", 1 << 10)
     monkeypatch.setattr(check_module, "CHUNK", 1 << 10)
     gate, calls = threading.Event(), []
-    real_run = check_module._run
+    reader_class = check_module.StorageReader
+    real_mapped = reader_class.mapped
 
-    def held(*args):
-        calls.append(args[0])
+    def held(self, first, *args, **kwargs):
+        calls.append(first)
         gate.wait(60)  # long enough for a loaded machine: released by the test before
-        return real_run(*args)
+        return real_mapped(self, first, *args, **kwargs)
 
-    monkeypatch.setattr(check_module, "_run", held)
+    monkeypatch.setattr(reader_class, "mapped", held)
     path = builders.save({f"t{i}": torch.randn(1 << 16) for i in range(100)}, tmp_path / "big.pt")
     return path, gate, calls
 

@@ -104,7 +104,8 @@ def test_filter_substring_glob_regex_keeps_parents(qtbot, window, training_file)
         return [
             row.node.key
             for row in model.rows
-            if row.parent is not None and all(a in model.shown(a.parent) for a in _ancestors(row))
+            if row.parent is not None
+            and all(a in model.visible_children(a.parent) for a in _ancestors(row))
         ]
 
     def type_filter(text):
@@ -162,7 +163,7 @@ def test_filter_shows_exactly_matches_their_subtrees_and_ancestors(qtbot, window
         shown = {
             row.node.key
             for row in model.rows[1:]
-            if all(a in model.shown(a.parent) for a in _ancestors(row))
+            if all(a in model.visible_children(a.parent) for a in _ancestors(row))
         }
         assert shown == expected, text
         assert model.visible_count == len(expected)
@@ -492,9 +493,9 @@ def test_tied_row_shows_its_own_elements_in_italics(qtbot, tmp_path):
         )
     }
     tied = rows["1.weight"]
-    cell = tied.siblingAtColumn(tree_model.PARAMS)
+    cell = tied.siblingAtColumn(tree_model.ELEMENTS)
     assert cell.data() == f"{loaded['1.weight'].numel():,}" == "40"
     assert cell.data(Qt.FontRole).italic()
     assert "tied to 0.weight" in tied.siblingAtColumn(tree_model.TYPE).data()
     assert tied.siblingAtColumn(tree_model.SIZE).data() == "160 B"  # its own, as torch's
-    assert model_.top.params == 40  # counted once
+    assert model_.top.elements == 40  # counted once

@@ -2,7 +2,7 @@
 
 import pytest
 from PySide6.QtCore import QThreadPool
-from PySide6.QtWidgets import QApplication, QInputDialog, QTreeView
+from PySide6.QtWidgets import QApplication, QInputDialog, QMessageBox, QTreeView
 from rangeserver import RangeServer
 
 import builders
@@ -34,12 +34,13 @@ def test_open_url_dialog_opens_a_tab_and_remembers_the_url(qtbot, window, server
         action.trigger()
 
 
-def test_missing_url_fails_with_one_line(qtbot, window, server, monkeypatch):
-    monkeypatch.setattr(window, "_message", lambda *args, **kwargs: None)
+def test_missing_url_fails_with_one_line(qtbot, window, server):
     url = f"{server.url}/nothing.pt"
     with qtbot.waitSignal(window.load_failed, timeout=30_000) as blocker:
         window.open_paths([url])
     assert blocker.args == [url, "HTTP 404 not found"]
+    dialog = window.findChild(QMessageBox, "errorDialog")  # window-modal: the loop runs on
+    assert dialog is not None and dialog.text() == f"{url}\n\nHTTP 404 not found"
 
 
 def test_remote_load_can_be_cancelled(qtbot, window, server):

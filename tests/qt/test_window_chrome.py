@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QApplication
 from qt_helpers import open_and_wait
 
 import builders
+from ckpt_viewer.qt.checkpoint_tab import KEY_MIN_WIDTH
 
 
 def test_toolbar_title_and_size_within_the_screen(qtbot, window, training_file):
@@ -161,10 +162,18 @@ def test_a_narrow_tree_hides_device_then_type_until_the_user_chooses(qtbot, wind
     qtbot.waitUntil(lambda: not header.isSectionHidden(6) and not header.isSectionHidden(1))
     tab.splitter.setSizes([560, 1040])
     qtbot.waitUntil(lambda: header.isSectionHidden(6))
-    assert not any(header.isSectionHidden(c) for c in (2, 3, 4, 5))  # Params, Size stay
+    assert not any(header.isSectionHidden(c) for c in (2, 3, 4, 5))  # Elements, Size stay
     tab.show_column(6, True)  # the user's choice wins from now on
+    viewport = tab.tree.viewport()
+    before = viewport.width()
     tab.splitter.setSizes([500, 1100])
-    qtbot.wait(50)
+
+    def refitted() -> bool:  # Key was fitted again, to the narrower tree
+        others = sum(header.sectionSize(c) for c in range(1, 7) if not header.isSectionHidden(c))
+        width = viewport.width()
+        return width < before and header.sectionSize(0) == max(KEY_MIN_WIDTH, width - others)
+
+    qtbot.waitUntil(refitted)
     assert not header.isSectionHidden(6)
 
 

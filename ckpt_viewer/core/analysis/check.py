@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -193,15 +194,14 @@ def _add_chunk(
 def _scan_segment(job: _Job, start: int, count: int, stop: threading.Event) -> _Part:
     """Elements [start, start+count) of a contiguous numpy-readable tensor."""
     part = _Part()
-    tensor = job.tensor
+    tensor, reader = job.tensor, job.reader
+    assert reader is not None  # made by _run before the first segment
     np_dtype = tensor_np_dtype(tensor)
     with np.errstate(all="ignore"):
         for first in range(start, start + count, CHUNK):
             if stop.is_set():
                 break
-            raw = job.reader.mapped(
-                tensor.offset + first, min(CHUNK, start + count - first), np_dtype
-            )
+            raw = reader.mapped(tensor.offset + first, min(CHUNK, start + count - first), np_dtype)
             values = widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
             _add_chunk(part, raw, values, tensor.dtype, first, job.row_len)
             del raw, values  # unmaps the chunk
@@ -231,6 +231,7 @@ def _merge(job: _Job, part: _Part):
     job.subnormal += part.subnormal
     job.kind = job.kind or part.kind
     for first_row, nonzero in part.rows_nonzero:
+        assert job.rows_nonzero is not None  # a part tracks rows only for a job that does
         rows = job.rows_nonzero[first_row : first_row + nonzero.size]
         np.logical_or(rows, nonzero[: rows.size], out=rows)
 
@@ -255,6 +256,7 @@ def _jobs(checkpoint: Checkpoint) -> list[_Job]:
     for order, (key, tensor, _node) in enumerate(checkpoint.tensors()):
         if tensor.layout == "dtensor":  # a per-rank file: the shard it holds is checked
             tensor = tensor.parts["local"]
+        view: tuple[Any, ...]
         if tensor.storage is not None:
             view = (
                 id(tensor.storage),
@@ -304,13 +306,14 @@ def _tasks(jobs: list[_Job]):
             yield job, 0, None
 
 
-def _run(task: tuple, stop: threading.Event) -> _Part | str:
+def _run(task: tuple[_Job, int, int | None], stop: threading.Event) -> _Part | str:
     job, start, count = task
     try:
         if count is None:
             return _scan_whole(job, stop)
         with job.lock:  # a zip record's header is read once, not by every segment
             if job.reader is None:
+                assert job.tensor.storage is not None  # segments are of stored tensors (_tasks)
                 job.reader = StorageReader(job.tensor.storage)
         return _scan_segment(job, start, count, stop)
     except Exception as exc:  # noqa: BLE001 - a bad record is a finding, not the end
@@ -456,7 +459,7 @@ def _duplicates(jobs: list[_Job], stop: threading.Event):
         groups[
             (tensor.dtype, tuple(tensor.shape), job.lo, job.hi, job.nan, job.posinf, job.neginf)
         ].append(job)
-    findings = []
+    findings: list[Finding] = []
     for group in groups.values():
         storages = {id(job.tensor.storage) for job in group}
         if len(group) < 2 or len(storages) < 2:
@@ -510,7 +513,7 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
     optimizer's parameter names are known."""
     out = []
     optimizer_keys = [o.key for o in checkpoint.optimizers]
-    params = {}
+    params: dict[str, TensorInfo] = {}
     for key, tensor, _node in checkpoint.tensors():
         if any(key.startswith(o + ".") for o in optimizer_keys if o) or (
             optimizer_keys and "" in optimizer_keys
@@ -536,6 +539,7 @@ def _optimizer_findings(checkpoint: Checkpoint) -> list[Finding]:
         with_state = [n for n in names if n in optimizer.state and optimizer.state[n].children]
         steps = {}
         for name in names:
+            param: TensorInfo | None
             if name in params:
                 param_key, param = name, params[name]
             else:

@@ -32,27 +32,34 @@ from ckpt_viewer.core.values.strided import iter_raw_chunks, unordered_view
 CHUNK = 1 << 20
 
 
+# A pair's status (their JSON and CLI spelling); a dtype difference pairs with the values' verdict.
+IDENTICAL, CHANGED, SHAPE, SHARD = "identical", "changed", "shape", "shard"
+DTYPE_IDENTICAL, DTYPE_CHANGED = "dtype+identical", "dtype+changed"
+ONLY_A, ONLY_B = "only in A", "only in B"
+# before the values are compared: the same dtype, or another one
+SAME_DTYPE_PENDING, DTYPE_PENDING = "same", "dtype"
+
 STATUS_ORDER = (
-    "identical",
-    "changed",
-    "dtype+identical",
-    "dtype+changed",
-    "shape",
-    "shard",
-    "only in A",
-    "only in B",
+    IDENTICAL,
+    CHANGED,
+    DTYPE_IDENTICAL,
+    DTYPE_CHANGED,
+    SHAPE,
+    SHARD,
+    ONLY_A,
+    ONLY_B,
 )
 STATUS_TEXT = {
-    "identical": "identical",
-    "changed": "values differ",
-    "dtype+identical": "other dtype, same values",
-    "dtype+changed": "other dtype, values differ",
-    "shape": "other shape",
-    "shard": "other DTensor part (values not compared)",
-    "only in A": "only in A",
-    "only in B": "only in B",
+    IDENTICAL: "identical",
+    CHANGED: "values differ",
+    DTYPE_IDENTICAL: "other dtype, same values",
+    DTYPE_CHANGED: "other dtype, values differ",
+    SHAPE: "other shape",
+    SHARD: "other DTensor part (values not compared)",
+    ONLY_A: "only in A",
+    ONLY_B: "only in B",
 }
-PAIR_SAMPLE = 5_000  # scatter pairs: 20,000 points took 60 ms a paint while a file loaded
+PAIR_SAMPLE = 5_000  # scatter pairs: enough to see the spread, few enough to paint quickly
 MAX_SCALARS = 40
 LR_NAMES = ("lr", "learning_rate")
 AS_THEY_ARE = Side()  # Side lives with the other key rules; callers import it from here
@@ -91,9 +98,7 @@ class DiffReport:
     @property
     def identical(self) -> bool:
         return (
-            not self.only_a
-            and not self.only_b
-            and all(t.status == "identical" for t in self.tensors)
+            not self.only_a and not self.only_b and all(t.status == IDENTICAL for t in self.tensors)
         )
 
     def count(self, status: str) -> int:
@@ -104,7 +109,7 @@ class DiffReport:
         counts = dict.fromkeys(STATUS_ORDER, 0)
         for t in self.tensors:
             counts[t.status] += 1
-        counts["only in A"], counts["only in B"] = len(self.only_a), len(self.only_b)
+        counts[ONLY_A], counts[ONLY_B] = len(self.only_a), len(self.only_b)
         return counts
 
     def load_state_dict_view(self) -> dict:
@@ -112,7 +117,7 @@ class DiffReport:
         return {
             "missing_keys": list(self.only_a),
             "unexpected_keys": list(self.only_b),
-            "size_mismatch": [t.key for t in self.tensors if t.status == "shape"],
+            "size_mismatch": [t.key for t in self.tensors if t.status == SHAPE],
         }
 
     def to_json(self) -> dict:
@@ -123,11 +128,15 @@ class DiffReport:
             "identical": self.identical,
             "only_a": self.only_a,
             "only_b": self.only_b,
-            "shape_mismatch": [t.key for t in self.tensors if t.status == "shape"],
-            "dtype_mismatch": [t.key for t in self.tensors if t.status.startswith("dtype")],
-            "shard_mismatch": [t.key for t in self.tensors if t.status == "shard"],
-            "identical_tensors": sum(1 for t in self.tensors if t.status.endswith("identical")),
-            "changed_tensors": sum(1 for t in self.tensors if t.status.endswith("changed")),
+            "shape_mismatch": [t.key for t in self.tensors if t.status == SHAPE],
+            "dtype_mismatch": [
+                t.key for t in self.tensors if t.status in (DTYPE_IDENTICAL, DTYPE_CHANGED)
+            ],
+            "shard_mismatch": [t.key for t in self.tensors if t.status == SHARD],
+            "identical_tensors": sum(
+                1 for t in self.tensors if t.status in (IDENTICAL, DTYPE_IDENTICAL)
+            ),
+            "changed_tensors": sum(1 for t in self.tensors if t.status in (CHANGED, DTYPE_CHANGED)),
             "load_state_dict": self.load_state_dict_view(),
             "tensors": [asdict(t) for t in self.tensors],
             "alignment": {
@@ -282,8 +291,13 @@ def _compare_packed(a, b, result: TensorDiff):
             yield chunk_a.size
             if not equal:
                 break
-    status = "identical" if equal else "changed"
-    result.status = status if a.dtype == b.dtype else "dtype+changed"
+    result.status = _verdict(equal, a.dtype == b.dtype)
+
+
+def _verdict(equal: bool, same_dtype: bool) -> str:
+    if same_dtype:
+        return IDENTICAL if equal else CHANGED
+    return DTYPE_IDENTICAL if equal else DTYPE_CHANGED
 
 
 def _compare_values(a, b, result: TensorDiff):
@@ -317,9 +331,9 @@ def _compare_values(a, b, result: TensorDiff):
                 equal = np.array_equal(chunk_a, chunk_b, equal_nan=chunk_a.dtype.kind in "fc")
             yield chunk_a.size
     metrics.write_to(result)
-    same_dtype = not result.status.startswith("dtype")
-    status = "identical" if equal else "changed"
-    result.status = status if same_dtype else f"dtype+{status}"
+    result.status = _verdict(
+        equal, result.status not in (DTYPE_PENDING, DTYPE_IDENTICAL, DTYPE_CHANGED)
+    )
 
 
 def _to_gguf_names(keys: dict, gguf_keys: dict, gguf_checkpoint: Checkpoint) -> tuple:
@@ -394,26 +408,26 @@ def diff(
     for key in common:
         (source_a, ta), (source_b, tb) = keys_a[key], keys_b[key]
         status = (
-            "shape"
+            SHAPE
             if tuple(ta.shape) != tuple(tb.shape)
-            else ("dtype" if ta.dtype != tb.dtype else "same")
+            else (DTYPE_PENDING if ta.dtype != tb.dtype else SAME_DTYPE_PENDING)
         )
         shape_a, shape_b = shapes.get(key, (list(ta.shape), list(tb.shape)))
         result = TensorDiff(key, source_a, source_b, status, shape_a, shape_b, ta.dtype, tb.dtype)
         report.tensors.append(result)
-        if status != "shape" and "dtensor" in (ta.layout, tb.layout):
+        if status != SHAPE and "dtensor" in (ta.layout, tb.layout):
             # a per-rank file holds a part: comparable only with the same part of the same rank
             if ta.layout == tb.layout and ta.attrs.get("held") == tb.attrs.get("held"):
                 pairs.append((ta.parts["local"], tb.parts["local"], result))
             else:
-                result.status = "shard"
-        elif status != "shape":
+                result.status = SHARD
+        elif status != SHAPE:
             pairs.append((ta, tb, result))
     total = sum(ta.numel for ta, _, _ in pairs) or 1
     done = 0
     for ta, tb, result in pairs:
-        if result.status == "same":
-            result.status = "identical"  # replaced by the comparison below
+        if result.status == SAME_DTYPE_PENDING:
+            result.status = IDENTICAL  # replaced by the comparison below
         for elements in _compare_values(ta, tb, result):
             done += elements
             yield min(done / total, 1.0)

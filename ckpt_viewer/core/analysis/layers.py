@@ -239,7 +239,7 @@ def power_law_alpha(eigenvalues: np.ndarray) -> float | None:
 def spectral_skip(rows: int, cols: int) -> str:
     """Why the spectrum of a [rows, cols] weight is beyond the budget, or '' when it is not:
     the smaller side's Gram matrix, its accumulation and its eigenvalues are all bounded (a
-    tall [1M, 8192] matrix took minutes and 2.3 GB)."""
+    tall matrix would otherwise cost its whole Gram matrix in time and memory)."""
     side = min(rows, cols)
     work = rows * cols * side + side**3
     if (
@@ -309,7 +309,7 @@ def _sampled_metrics(tensor, elements: int) -> dict:
     from ckpt_viewer.core.values.stats import sample_preview
 
     stats = sample_preview(tensor, bins=8, elements=elements)
-    if stats.mean is None or stats.std is None:
+    if stats.mean is None or stats.std is None or stats.min is None or stats.max is None:
         return {}
     mean, std = stats.mean, stats.std
     return {
@@ -337,6 +337,7 @@ def _is_tiny(tensor) -> bool:
     )
     return (
         plain
+        and isinstance(source, (FileSpan, ZipMember))
         and 0 < tensor.nbytes <= TINY_BYTES
         and tensor.is_contiguous
         and numpy_readable(tensor)
@@ -413,8 +414,8 @@ def _measure_batch(batch, stop, sample):
 
 
 def _batches(wanted):
-    """Consecutive tensors in tasks of about BATCH_BYTES: a pool task per tiny tensor cost more
-    than reading it (200,000 biases took minutes)."""
+    """Consecutive tensors in tasks of about BATCH_BYTES: a pool task per tiny tensor costs more
+    than reading it."""
     batch, size = [], 0
     for item in wanted:
         batch.append(item)

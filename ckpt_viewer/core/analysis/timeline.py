@@ -17,7 +17,7 @@ import os
 import re
 import statistics
 import threading
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -312,8 +312,8 @@ def open_run(paths: Iterable[str], opener: Callable[[str], Checkpoint] = open_ch
     )
     steps, checkpoints = [steps[i] for i in order], [opened[i][2] for i in order]
     sides, keymaps = aligned_keys(checkpoints)
-    for step, side in zip(steps, sides):
-        step.side = side
+    for entry, side in zip(steps, sides):
+        entry.side = side
     return Run(steps, checkpoints, skipped, keymaps)
 
 
@@ -575,6 +575,7 @@ def scan(
     total = sum(t.nbytes for t in tasks) or 1
     done = 0
     yield 0.0
+    results: Iterator[KeyTimeline]
     if cluster:
         from ckpt_viewer.core.analysis.timeline_cluster import cluster_scan
 

@@ -122,9 +122,9 @@ def _verify_zip(path: str, report: VerifyReport, owners: dict | None = None):
             report.records += 1
 
 
-def _record_owners(checkpoint) -> dict:
+def _record_owners(checkpoint: Checkpoint) -> dict[str | tuple[str, int], str]:
     """{zip record name or (path, offset): the first tensor key stored there}."""
-    owners = {}
+    owners: dict[str | tuple[str, int], str] = {}
     for key, tensor, _ in checkpoint.tensors():
         for part in list(tensor.parts.values()) or [tensor]:
             source = part.storage.source if part.storage is not None else None
@@ -262,7 +262,7 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
                     s.source.path
                     for _, t, _ in checkpoint.tensors()
                     for s in [t.storage]
-                    if s is not None and s.source is not None
+                    if s is not None and isinstance(s.source, (ZipMember, FileSpan))
                 }
             )
             files = shards

@@ -9,8 +9,9 @@ optimizer state) into memory figures for inference and training, each with the r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from ckpt_viewer.core.listing.model import Checkpoint, Node, format_bytes, format_count
+from ckpt_viewer.core.listing.model import Checkpoint, Node, TensorInfo, format_bytes, format_count
 from ckpt_viewer.core.listing.summary import (
     MODEL,
     OPTIMIZER_STATE,
@@ -38,9 +39,9 @@ class Block:
     bytes: int = 0
     elements: int = 0
     tensors: int = 0
-    by_role: dict = field(default_factory=dict)  # role -> bytes
-    by_dtype: dict = field(default_factory=dict)  # dtype -> bytes
-    children: dict = field(default_factory=dict)  # name -> Block, in file order
+    by_role: dict[str, int] = field(default_factory=dict)  # role -> bytes
+    by_dtype: dict[str, int] = field(default_factory=dict)  # dtype -> bytes
+    children: dict[str, Block] = field(default_factory=dict)  # name -> Block, in file order
     class_name: str = ""  # a pickled module's class
 
     def add(self, nbytes: int, elements: int, role: str, dtype: str) -> None:
@@ -58,12 +59,12 @@ class Block:
         return found
 
     def main_role(self) -> str:
-        return max(self.by_role, key=self.by_role.get) if self.by_role else OTHER
+        return max(self.by_role, key=self.by_role.__getitem__) if self.by_role else OTHER
 
     def main_dtype(self) -> str:
-        return max(self.by_dtype, key=self.by_dtype.get) if self.by_dtype else ""
+        return max(self.by_dtype, key=self.by_dtype.__getitem__) if self.by_dtype else ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "bytes": self.bytes,
@@ -74,9 +75,10 @@ class Block:
         }
 
 
-def _roles(checkpoint: Checkpoint) -> dict:
+def _roles(checkpoint: Checkpoint) -> dict[int, str]:
+    """id(tensor node) -> its role."""
     categories = tensor_categories(checkpoint)
-    roles = {}
+    roles: dict[int, str] = {}
     for _, _, node in checkpoint.tensors():
         category = categories.get(id(node))
         if category == MODEL:
@@ -88,7 +90,7 @@ def _roles(checkpoint: Checkpoint) -> dict:
     return roles
 
 
-def _stored(tensor, seen: set) -> tuple[int, int]:
+def _stored(tensor: TensorInfo, seen: set[int]) -> tuple[int, int]:
     """(bytes, elements) this tensor adds: its storages' bytes the first time each is met."""
     nbytes = elements = 0
     for leaf in tensor.parts.values() if tensor.parts else (tensor,):
@@ -108,14 +110,14 @@ def _stored(tensor, seen: set) -> tuple[int, int]:
 def bytes_map(checkpoint: Checkpoint) -> Block:
     """The checkpoint as nested blocks with bytes, elements, roles and dtypes summed."""
     roles = _roles(checkpoint)
-    seen: set = set()
+    seen: set[int] = set()
     top = Block("", "")
     stack: list[tuple[Node, list[Block]]] = [(child, [top]) for child in checkpoint.root.children]
     stack.reverse()
     while stack:
         node, chain = stack.pop()
         parent = chain[-1]
-        if node.kind == "tensor":
+        if node.kind == "tensor" and node.tensor is not None:
             *groups, leaf = str(node.name).split(".")
             blocks = list(chain)
             for part in groups:
@@ -159,10 +161,10 @@ def module_rows(top: Block, depth: int) -> list[tuple[int, Block]]:
 # --- what the model needs to run ------------------------------------------------------------
 
 
-def memory_needs(checkpoint: Checkpoint, top: Block | None = None) -> dict:
+def memory_needs(checkpoint: Checkpoint, top: Block | None = None) -> dict[str, Any]:
     """Memory for inference and training from the file's own tensors (see `rules`)."""
     roles = _roles(checkpoint)
-    seen: set = set()
+    seen: set[int] = set()
     elements = dict.fromkeys(ROLES, 0)
     nbytes = dict.fromkeys(ROLES, 0)
     for _, tensor, node in checkpoint.tensors():
@@ -262,7 +264,7 @@ def module_lines(top: Block, depth: int) -> list[str]:
     return lines
 
 
-def memory_lines(needs: dict) -> list[str]:
+def memory_lines(needs: dict[str, Any]) -> list[str]:
     inference, training = needs["inference"], needs["training"]
     lines = [
         "",

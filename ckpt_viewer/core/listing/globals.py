@@ -6,7 +6,9 @@ can run code or touch the system, or any call of a function that is not a class)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ckpt_viewer.core.listing.model import Checkpoint, iter_nodes
 from ckpt_viewer.core.listing.safe_pickle import TORCH_ALLOWED
@@ -193,8 +195,8 @@ class GlobalUse:
     name: str
     category: str  # torch | data | class | code
     uses: int = 0
-    keys: list = field(default_factory=list)
-    calls: list = field(default_factory=list)  # arguments of each call, as text
+    keys: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)  # arguments of each call, as text
 
 
 def _is_code_module(name: str) -> bool:
@@ -231,7 +233,7 @@ def category(
 
 def triage(checkpoint: Checkpoint, max_keys: int = 20) -> list[GlobalUse]:
     names = dict(checkpoint.globals_named) or {g: 1 for g in checkpoint.unsafe_globals}
-    keys: dict[str, list] = {}
+    keys: dict[str, list[str]] = {}
     for node in iter_nodes(checkpoint.root):
         if node.type_name in names and len(keys.setdefault(node.type_name, [])) < max_keys:
             keys[node.type_name].append(node.key)
@@ -319,7 +321,7 @@ def loads_with_weights_only(checkpoint: Checkpoint) -> bool:
     )
 
 
-def report_dict(checkpoint: Checkpoint) -> dict:
+def report_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     """The object `ckpt-viewer globals --json` prints."""
     uses = triage(checkpoint)
     return {
@@ -383,7 +385,7 @@ def meaning(name: str, kind: str, fmt: str) -> str:
     return MEANING[kind]
 
 
-def verdict(checkpoint: Checkpoint, report: dict | None = None) -> str:
+def verdict(checkpoint: Checkpoint, report: dict[str, Any] | None = None) -> str:
     """One line: whether (and by what) the file is loaded as it is."""
     report = report or report_dict(checkpoint)
     if checkpoint.format in LOADERS:
@@ -400,7 +402,7 @@ def verdict(checkpoint: Checkpoint, report: dict | None = None) -> str:
     return "torch.load(weights_only=True) refuses this file: " + "; ".join(report["refusals"])
 
 
-def advice(checkpoint: Checkpoint, report: dict | None = None) -> str:
+def advice(checkpoint: Checkpoint, report: dict[str, Any] | None = None) -> str:
     """What to do about the globals: the allowlist, or why there is none ("" when none is
     needed)."""
     report = report or report_dict(checkpoint)
@@ -443,7 +445,7 @@ def banner_lines(checkpoint: Checkpoint) -> tuple[bool, list[str]]:
     return False, lines + ([note] if note else [])
 
 
-def text_lines(checkpoint: Checkpoint):
+def text_lines(checkpoint: Checkpoint) -> Iterator[str]:
     report = report_dict(checkpoint)
     yield f"path: {checkpoint.path}"
     yield verdict(checkpoint, report)
@@ -452,7 +454,7 @@ def text_lines(checkpoint: Checkpoint):
         yield f"  [{use['category']}] {use['name']} ({use['uses']} use{'s' * (use['uses'] != 1)}){where}"
         for call in use["calls"] if use["category"] == "code" else []:
             yield f"      called as {use['name']}({call})"
-    meanings = {}
+    meanings: dict[str, str] = {}
     for use in report["globals"]:
         if use["category"] != "torch":
             meanings.setdefault(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from ckpt_viewer.core.listing.model import Checkpoint, Node, iter_nodes
 from ckpt_viewer.core.listing.text import safe_text
@@ -45,7 +46,7 @@ class GraphNode:
     label: str
     kind: str  # op | input | output | parameter | buffer | constant | module | block | keys
     detail: str = ""
-    keys: list = field(default_factory=list)  # tensor keys this node stands for
+    keys: list[str] = field(default_factory=list)  # tensor keys this node stands for
     group: str = ""  # the repeated block it belongs to ("layers.3"), "" if none
 
 
@@ -53,9 +54,9 @@ class GraphNode:
 class Graph:
     kind: str  # program | modules | blocks
     source: str  # where the structure came from, in words
-    nodes: list = field(default_factory=list)
-    edges: list = field(default_factory=list)  # (source id, target id, label)
-    notes: list = field(default_factory=list)
+    nodes: list[GraphNode] = field(default_factory=list)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)  # (source id, target id, label)
+    notes: list[str] = field(default_factory=list)
 
     def node(self, node_id: str) -> GraphNode | None:
         return next((n for n in self.nodes if n.id == node_id), None)
@@ -67,7 +68,7 @@ class Graph:
                 seen.setdefault(n.group, None)
         return list(seen)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "source": self.source,
@@ -100,7 +101,12 @@ def model_graph(checkpoint: Checkpoint) -> Graph:
 # --- a .pt2 program ----------------------------------------------------------------------
 
 
-def _shape_text(value) -> str:
+def _as_dict(value: object) -> dict[str, Any]:
+    """A JSON object of the file as it is, anything else (hostile or missing) as empty."""
+    return value if isinstance(value, dict) else {}
+
+
+def _shape_text(value: object) -> str:
     if not isinstance(value, dict):
         return ""
     sizes = value.get("sizes")
@@ -115,7 +121,7 @@ def _shape_text(value) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-def _tensor_names(arg) -> list[str]:
+def _tensor_names(arg: object) -> list[str]:
     if not isinstance(arg, dict):
         return []
     if isinstance(arg.get("as_tensor"), dict):
@@ -131,7 +137,7 @@ def _tensor_names(arg) -> list[str]:
     return []
 
 
-def _op_label(target) -> str:
+def _op_label(target: object) -> str:
     text = str(target)
     for prefix in ("torch.ops.aten.", "torch.ops."):
         if text.startswith(prefix):
@@ -139,7 +145,7 @@ def _op_label(target) -> str:
     return text.removesuffix(".default")
 
 
-def _module_path(metadata) -> str:
+def _module_path(metadata: object) -> str:
     """The innermost module of an op (nn_module_stack's last entry), e.g. `layers.3.attn`."""
     stack = metadata.get("nn_module_stack") if isinstance(metadata, dict) else None
     if not isinstance(stack, str) or not stack:
@@ -156,25 +162,26 @@ def _group_of(path: str) -> str:
     return f"{prefix}.{number}" if prefix else number
 
 
-def _program_graph(checkpoint: Checkpoint, programs: dict) -> Graph:
+def _program_graph(checkpoint: Checkpoint, programs: dict[str, object]) -> Graph:
     graph = Graph("program", "the exported program's graph (models/*.json)")
-    for model, module in programs.items():
+    for model, program in programs.items():
         prefix = "" if len(programs) == 1 else f"{model}."
-        inner = module.get("graph") if isinstance(module, dict) else None
+        module = _as_dict(program)
+        inner = module.get("graph")
         if not isinstance(inner, dict):
             graph.notes.append(f"{safe_text(model)}: no graph recorded")
             continue
-        values = inner.get("tensor_values") if isinstance(inner.get("tensor_values"), dict) else {}
+        values = _as_dict(inner.get("tensor_values"))
         producer: dict[str, str] = {}
         attached: dict[str, str] = {}  # graph input name -> parameter/buffer/constant key
-        signature = module.get("signature") if isinstance(module.get("signature"), dict) else {}
+        signature = _as_dict(module.get("signature"))
         for spec in signature.get("input_specs") or []:
             if not isinstance(spec, dict) or not spec:
                 continue
             kind, body = next(iter(spec.items()))
             if not isinstance(body, dict):
                 continue
-            arg = body.get("arg") if isinstance(body.get("arg"), dict) else {}
+            arg = _as_dict(body.get("arg"))
             name = str(arg.get("name") or next(iter(_tensor_names(arg)), ""))
             if not name:
                 continue  # a constant input (an int, a None): no tensor flows from it
@@ -213,8 +220,7 @@ def _program_graph(checkpoint: Checkpoint, programs: dict) -> Graph:
             )
             graph.nodes.append(node)
             for argument in op.get("inputs") or []:
-                arg = argument.get("arg") if isinstance(argument, dict) else None
-                for name in _tensor_names(arg):
+                for name in _tensor_names(_as_dict(argument).get("arg")):
                     if name in attached:
                         node.keys.append(attached[name])
                     elif name in producer:
@@ -332,7 +338,7 @@ def _run_of(group: str) -> str:
 def collapsed(graph: Graph) -> Graph:
     """Each run of repeated blocks (`layers.0` ... `layers.N`) as one node, `layers × N+1`;
     edges into and out of the run kept, those inside it dropped."""
-    runs: dict[str, set] = {}
+    runs: dict[str, set[str]] = {}
     for node in graph.nodes:
         if node.group:
             runs.setdefault(_run_of(node.group), set()).add(node.group)
@@ -360,7 +366,7 @@ def collapsed(graph: Graph) -> Graph:
         block.keys += node.keys
     for run_id, block in made.items():
         block.detail = f"{counts[run_id]:,} nodes collapsed"
-    seen = set()
+    seen: set[tuple[str, str]] = set()
     for a, b, label in graph.edges:
         a, b = where.get(a, a), where.get(b, b)
         if a != b and (a, b) not in seen:
@@ -369,7 +375,7 @@ def collapsed(graph: Graph) -> Graph:
     return out
 
 
-def layout(graph: Graph, sizes: dict) -> dict:
+def layout(graph: Graph, sizes: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
     """{node id: (x, y)} centres by grandalf's Sugiyama layout; `sizes`: {id: (w, h)}."""
     from grandalf.graphs import Edge, Vertex
     from grandalf.graphs import Graph as Layout
@@ -390,7 +396,7 @@ def layout(graph: Graph, sizes: dict) -> dict:
         for a, b, _ in graph.edges
         if a in vertices and b in vertices and a != b
     ]
-    placed: dict = {}
+    placed: dict[str, tuple[float, float]] = {}
     offset = 0.0
     for component in Layout(list(vertices.values()), edges).C:
         sugiyama = SugiyamaLayout(component)

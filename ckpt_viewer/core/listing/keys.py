@@ -47,7 +47,7 @@ def map_keys(
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     keys: Iterable[str] | None = None,
-    renames: dict | None = None,
+    renames: dict[str, str] | None = None,
     verb: str = "written as",
 ) -> list[tuple[str, str, TensorInfo]]:
     """(source key, new key, tensor) in file order. The key relative to `root` (after renames)
@@ -57,7 +57,9 @@ def map_keys(
         raise CheckpointError(f"no key {root!r} in the file")
     include, exclude = list(include), list(exclude)
     selected = set(keys) if keys is not None else None
-    result, seen, under = [], {}, root + "."
+    result: list[tuple[str, str, TensorInfo]] = []
+    seen: dict[str, str] = {}  # new key -> the source key written as it
+    under = root + "."
     for key, tensor, _ in checkpoint.tensors():
         if root and not (key.startswith(under) or key == root):
             continue
@@ -85,12 +87,12 @@ def map_keys(
     return result
 
 
-def optimizer_renames(checkpoint: Checkpoint) -> dict:
+def optimizer_renames(checkpoint: Checkpoint) -> dict[str, str]:
     """{state tensor key: the same key with the parameter's name for its id}, for every
     optimizer whose names are proven (optim.py); empty when any optimizer has only ids."""
     if not checkpoint.optimizers or not all(o.names_source for o in checkpoint.optimizers):
         return {}
-    renames = {}
+    renames: dict[str, str] = {}
     for optimizer in checkpoint.optimizers:
         for name, state in optimizer.state.items():
             named = f"{optimizer.key}.state.{name}" if optimizer.key else f"state.{name}"
@@ -175,12 +177,15 @@ def _is_copy(root: str) -> bool:
     return bool({"ema", "shadow"} & set(re.split(r"[^a-z]+", root.lower())))
 
 
+Plainness = tuple[bool, bool, bool, int]  # (strips, roots, EMA copy, file order): fewer first
+
+
 def _variants(
-    checkpoint: Checkpoint, roots: list[str], renames: dict
-) -> list[tuple[tuple, Side, frozenset]]:
+    checkpoint: Checkpoint, roots: list[str], renames: dict[str, str]
+) -> list[tuple[Plainness, Side, frozenset[str]]]:
     """(plainness: strips, roots, EMA, file order; rules; keys under them) for each candidate
     root x strip of one side."""
-    variants = []
+    variants: list[tuple[Plainness, Side, frozenset[str]]] = []
     for order, root in enumerate(roots):
         try:
             relative = [new for _, new, _ in map_keys(checkpoint, root, renames=renames)]
@@ -201,8 +206,8 @@ def _variants(
 def align(
     a: Checkpoint,
     b: Checkpoint,
-    renames: tuple[dict, dict] = ({}, {}),
-    roots: tuple[list, list] | None = None,
+    renames: tuple[dict[str, str], dict[str, str]] = ({}, {}),
+    roots: tuple[list[str], list[str]] | None = None,
 ) -> Alignment | None:
     """The rules that make the most keys common; among equals, the fewest keys left over (a
     root leaves out what is not the model), then the fewest rules (a root before a strip),

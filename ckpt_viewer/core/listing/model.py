@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ckpt_viewer.core.listing.stats_cache import StatsCache
 
@@ -49,10 +50,11 @@ DTYPE_SIZES = {
 PACKED_VALUES = {"quint4x2": 2, "quint2x4": 4}
 
 
-def contiguous_strides(shape: Sequence[int]) -> tuple:
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     """Row-major strides of `shape` in elements, as torch gives them (a size-0 dimension
     counts as 1, so torch.empty(2, 0, 3).stride() == (3, 3, 1))."""
-    strides, step = [], 1
+    strides: list[int] = []
+    step = 1
     for size in reversed(shape):
         strides.append(step)
         step *= max(size, 1)
@@ -150,7 +152,7 @@ class Storage:
     def nbytes(self) -> int:
         return self.numel * DTYPE_SIZES.get(self.dtype, 1)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: object) -> None:
         # torch would update a TypedStorage's attributes here; the sizes were checked already
         from ckpt_viewer.core import CheckpointError
 
@@ -160,29 +162,33 @@ class Storage:
         )
 
 
-TENSOR_BUILD = None  # set by safe_pickle: a BUILD opcode on a tensor record
+TENSOR_BUILD: Callable[[TensorInfo, Any], None] | None = (
+    None  # set by safe_pickle: a BUILD opcode on a tensor record
+)
 
 
 @dataclass(eq=False, slots=True)
 class TensorInfo:
     dtype: str
-    shape: tuple
-    stride: tuple = ()
+    shape: tuple[int, ...]
+    stride: tuple[int, ...] = ()
     offset: int = 0
     storage: Storage | None = None
     requires_grad: bool = False
     is_parameter: bool = False
     layout: str = "strided"  # strided | sparse_coo | sparse_csr | ggml | ...
-    parts: dict = field(default_factory=dict)  # sparse: indices/values tensors
-    quantizer: dict = field(default_factory=dict)
-    chunks: tuple = ()  # DCP: (offsets, sizes, FileSpan) per chunk
+    parts: dict[str, TensorInfo] = field(default_factory=dict)  # sparse: indices/values tensors
+    quantizer: dict[str, Any] = field(default_factory=dict)
+    chunks: Sequence[tuple[tuple[int, ...], tuple[int, ...], FileSpan]] = ()  # DCP: per chunk
     neg: bool = False  # torch's negative view bit: values are -stored
     conj: bool = False  # conjugate view bit: values are conj(stored)
-    attrs: dict = field(default_factory=dict)  # Python attributes the file set on the tensor
+    attrs: dict[str, Any] = field(
+        default_factory=dict
+    )  # Python attributes the file set on the tensor
     subclass: str = ""  # a tensor subclass torch would need (qualified name)
     location: str = ""  # where a storage-less tensor lives (wrapper subclasses)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: object) -> None:
         """A BUILD on a tensor: torch re-points it (Tensor.set_ / Parameter.__setstate__);
         safe_pickle installs what that does (TENSOR_BUILD), so model imports nothing of it."""
         if TENSOR_BUILD is None:
@@ -191,7 +197,7 @@ class TensorInfo:
             raise CheckpointError("a tensor record cannot be rebuilt here")
         TENSOR_BUILD(self, state)
 
-    def __copy__(self):  # not through __setstate__, which is the unpickler's BUILD
+    def __copy__(self) -> TensorInfo:  # not through __setstate__, which is the unpickler's BUILD
         return replace(self)
 
     @property
@@ -212,7 +218,7 @@ class TensorInfo:
     def nbytes(self) -> int:
         if self.parts:
             return sum(p.nbytes for p in self.parts.values())
-        if self.layout == "ggml":  # GGUF blocks: their bytes are the storage's
+        if self.layout == "ggml" and self.storage is not None:  # GGUF blocks: the storage's
             return self.storage.nbytes
         return self.numel * DTYPE_SIZES.get(self.dtype, 1)
 
@@ -243,7 +249,7 @@ class Node:
     name: str
     kind: str  # dict | list | module | optimizer | object | tensor | scalar | ref | opaque
     key: str = ""
-    children: list = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
     tensor: TensorInfo | None = None
     value: object = None  # scalar value, or the key a `ref` node points to
     type_name: str = ""  # class name for modules/objects; "dict", "list" ...
@@ -258,39 +264,53 @@ class Checkpoint:
     format: str
     file_bytes: int
     root: Node
-    unsafe_globals: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
-    refusals: list = field(
+    unsafe_globals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    refusals: list[str] = field(
         default_factory=list
     )  # why torch.load(weights_only=True) would not load it
-    metadata: dict = field(default_factory=dict)  # torch version, safetensors metadata...
-    optimizers: list = field(default_factory=list)  # optim.OptimizerInfo
-    optimizer_nodes: list | None = None  # found while building the tree (None: search it)
+    metadata: dict[str, Any] = field(default_factory=dict)  # torch version, safetensors metadata...
+    optimizers: list[Any] = field(default_factory=list)  # optim.OptimizerInfo (imports model)
+    optimizer_nodes: list[Node] | None = None  # found while building the tree (None: search it)
     byteorder: str = "little"
-    globals_named: dict = field(default_factory=dict)  # every global the pickles name -> uses
-    global_calls: dict = field(default_factory=dict)  # global -> arguments it was called with
-    global_paths: dict = field(default_factory=dict)  # global reached attribute by attribute
+    globals_named: dict[str, int] = field(
+        default_factory=dict
+    )  # every global the pickles name -> uses
+    global_calls: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # global -> arguments it was called with
+    global_paths: dict[str, str] = field(
+        default_factory=dict
+    )  # global reached attribute by attribute
     #                                                     (module + "a.b" name) -> its module
-    global_code: dict = field(default_factory=dict)  # global -> why its use runs code
-    global_records: dict = field(default_factory=dict)  # global -> records other than the
+    global_code: dict[str, str] = field(default_factory=dict)  # global -> why its use runs code
+    global_records: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # global -> records other than the
     #                                                     main pickle that name it
     root_object: object = field(default=None, repr=False)  # what the pickle built (sanitize)
-    graphs: dict = field(default_factory=dict, repr=False)  # .pt2: model -> its graph_module
-    _tensors: list | None = field(default=None, repr=False)
-    _scalars: dict | None = field(default=None, repr=False)
-    _index: tuple | None = field(default=None, repr=False)  # (root, {key: node}) for find
+    graphs: dict[str, object] = field(
+        default_factory=dict, repr=False
+    )  # .pt2: model -> its graph_module
+    _tensors: list[tuple[str, TensorInfo, Node]] | None = field(default=None, repr=False)
+    _scalars: dict[str, object] | None = field(default=None, repr=False)
+    _index: tuple[Node, dict[str, Node]] | None = field(
+        default=None, repr=False
+    )  # (root, {key: node}) for find
     # statistics computed about its tensors, reused by the views (cheap until filled)
     stats_cache: StatsCache = field(default_factory=StatsCache, repr=False)
 
-    def tensors(self) -> list:
+    def tensors(self) -> list[tuple[str, TensorInfo, Node]]:
         """(key, TensorInfo, Node) for every tensor, in tree order (the tree never changes)."""
         if self._tensors is None:
             self._tensors = [
-                (n.key, n.tensor, n) for n in iter_nodes(self.root) if n.kind == "tensor"
+                (n.key, n.tensor, n)
+                for n in iter_nodes(self.root)
+                if n.kind == "tensor" and n.tensor is not None
             ]
         return self._tensors
 
-    def scalars(self) -> dict:
+    def scalars(self) -> dict[str, object]:
         if self._scalars is None:
             self._scalars = {n.key: n.value for n in iter_nodes(self.root) if n.kind == "scalar"}
         return self._scalars
@@ -313,7 +333,7 @@ class Checkpoint:
         return self._index[1]
 
 
-def iter_nodes(root: Node):
+def iter_nodes(root: Node) -> Iterator[Node]:
     """Depth-first, pre-order, without recursion (trees can be very deep)."""
     stack = [root]
     while stack:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ckpt_viewer.core.listing.model import InlineBytes, Storage, TensorInfo, contiguous_strides
 from ckpt_viewer.core.listing.safe_pickle import (
@@ -21,6 +23,10 @@ from ckpt_viewer.core.listing.safe_pickle import (
 )
 from ckpt_viewer.core.listing.text import short_repr
 
+# What the file built (arguments, state, fields): decoders read it duck-typed, and
+# describe_object turns a wrong guess (TypeError, KeyError...) into "not this class".
+FromFile = Any
+
 
 @dataclass
 class Described:
@@ -28,11 +34,14 @@ class Described:
     type_name: str = ""
     tensor: TensorInfo | None = None
     value: object = None
-    children: list = field(default_factory=list)  # (name, value, role) like tree children
+    children: list[tuple[str, FromFile, str]] = field(default_factory=list)  # like tree's
     note: str = ""
 
 
-def describe_object(obj) -> Described | None:
+Decoder = Callable[[Placeholder], "Described | None"]
+
+
+def describe_object(obj: FromFile) -> Described | None:
     """How a placeholder of a known class is shown, or None to show it generically."""
     if isinstance(obj, NumpyDtype):
         return Described("scalar", "numpy.dtype", value=numpy_dtype_name(obj))
@@ -43,7 +52,7 @@ def describe_object(obj) -> Described | None:
         return None  # a hostile or unfamiliar layout: shown generically instead
 
 
-def _decoder_by_name(qualname: str):
+def _decoder_by_name(qualname: str) -> Decoder | None:
     module, _, name = qualname.rpartition(".")
     if module in ("pathlib", "pathlib._local") and name.endswith("Path"):
         return _path
@@ -56,7 +65,7 @@ def _short(qualname: str) -> str:
     return qualname.rsplit(".", 1)[-1]
 
 
-def _name_of(value) -> str:
+def _name_of(value: FromFile) -> str:
     if (
         isinstance(value, (GlobalRef, Placeholder))
         or isinstance(value, type)
@@ -66,11 +75,11 @@ def _name_of(value) -> str:
     return short_repr(value, 200)
 
 
-def _shape_text(shape) -> str:
+def _shape_text(shape: FromFile) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
 
-def _ints(values) -> tuple:
+def _ints(values: FromFile) -> tuple[int, ...]:
     if not isinstance(values, (tuple, list)) or not all(type(v) is int and v >= 0 for v in values):
         raise ValueError("not a shape")
     return tuple(values)
@@ -81,15 +90,15 @@ def _ints(values) -> tuple:
 NUMPY_KINDS = {"f": "float", "i": "int", "u": "uint", "c": "complex"}
 
 
-def _dtype_parts(dtype: NumpyDtype):
+def _dtype_parts(dtype: NumpyDtype) -> tuple[str, int, str, bool]:
     """(kind letter, item size, byte order '<' '>' '|', structured?) from a pickled np.dtype."""
     spec = dtype.spec
     kind, size = spec[:1], spec[1:]
     state = dtype.state if isinstance(dtype.state, tuple) else ()
     order = state[1] if len(state) > 1 and state[1] in ("<", ">", "|", "=") else "<"
     structured = len(state) > 3 and state[3] is not None
-    size = int(size) if size.isdigit() else 0
-    return kind, size * 4 if kind == "U" else size, order, structured  # U<n>: n UCS-4 chars
+    itemsize = int(size) if size.isdigit() else 0
+    return kind, itemsize * 4 if kind == "U" else itemsize, order, structured  # U<n>: n UCS-4 chars
 
 
 def numpy_dtype_name(dtype: NumpyDtype) -> str:
@@ -133,7 +142,7 @@ def torch_dtype_of(dtype: NumpyDtype) -> str | None:
     return name if name in allowed else None
 
 
-def _numpy_array(obj) -> Described | None:
+def _numpy_array(obj: Placeholder) -> Described | None:
     """numpy's ndarray.__reduce__: _reconstruct(ndarray, (0,), b'b') then BUILD with
     (version, shape, dtype, is_fortran, raw bytes | list of objects)."""
     state = obj.state
@@ -143,13 +152,15 @@ def _numpy_array(obj) -> Described | None:
     return _array(_ints(shape), dtype, bool(fortran), raw)
 
 
-def _numpy_frombuffer(obj) -> Described | None:
+def _numpy_frombuffer(obj: Placeholder) -> Described | None:
     """Protocol 5: numpy.core.numeric._frombuffer(buffer, dtype, shape, order)."""
     raw, dtype, shape, order = obj.args
     return _array(_ints(shape), dtype, order == "F", raw)
 
 
-def _array(shape: tuple, dtype, fortran: bool, raw) -> Described | None:
+def _array(
+    shape: tuple[int, ...], dtype: FromFile, fortran: bool, raw: FromFile
+) -> Described | None:
     if not isinstance(dtype, NumpyDtype):
         return None
     name = numpy_dtype_name(dtype)
@@ -202,7 +213,9 @@ def _array(shape: tuple, dtype, fortran: bool, raw) -> Described | None:
 MAX_TEXT_ELEMENTS = 1024
 
 
-def _texts(raw: bytes, kind: str, itemsize: int, order: str) -> list:
+def _texts(
+    raw: bytes | bytearray, kind: str, itemsize: int, order: str
+) -> list[str | bytes | bytearray]:
     if not itemsize:
         return []
     cells = [raw[i : i + itemsize] for i in range(0, len(raw), itemsize)]
@@ -215,7 +228,7 @@ def _texts(raw: bytes, kind: str, itemsize: int, order: str) -> list:
 # --- tensor subclasses (DTensor, torchao) -----------------------------------------------------
 
 
-def _from_type_v2(obj) -> Described | None:
+def _from_type_v2(obj: Placeholder) -> Described | None:
     """torch._tensor._rebuild_from_type_v2(func, new_type, args, state), kept as a record."""
     func, new_type, args, state = obj.args
     if (
@@ -239,12 +252,12 @@ def _from_type_v2(obj) -> Described | None:
     return None
 
 
-def _wrapper_placeholder(obj) -> Described | None:
+def _wrapper_placeholder(obj: Placeholder) -> Described | None:
     """torch._utils._rebuild_wrapper_subclass(...) called directly, state set on the result."""
     return _wrapper_subclass(obj.args, obj.state)
 
 
-def _state_fields(state) -> dict:
+def _state_fields(state: FromFile) -> dict[str, FromFile]:
     if isinstance(state, dict):
         return state
     if isinstance(state, tuple):  # (dict state, slot state)
@@ -256,7 +269,7 @@ def _state_fields(state) -> dict:
     return {}
 
 
-def _wrapper_subclass(args, state) -> Described | None:
+def _wrapper_subclass(args: FromFile, state: FromFile) -> Described | None:
     cls, dtype, size, stride, _offset, _layout, device, grad = args[:8]
     qualname, shape = _name_of(cls), _ints(size)
     fields = _state_fields(state)
@@ -294,7 +307,9 @@ def _wrapper_subclass(args, state) -> Described | None:
 AFFINE_QDATA = {"int8", "uint8", "float8_e4m3fn", "float8_e5m2"}
 
 
-def _affine_blocks(shape, dtype, fields) -> tuple | None:
+def _affine_blocks(
+    shape: tuple[int, ...], dtype: str, fields: dict[str, FromFile]
+) -> tuple[int, ...] | None:
     """torchao's affine-quantized weights (Int8Tensor, Float8Tensor, IntxUnpackedToInt8Tensor):
     qdata of the logical shape, one scale (and zero_point) per block of `block_size`; their
     value is (qdata - zero_point) * scale. The block size, when the file's layout is exactly
@@ -328,7 +343,14 @@ def _affine_blocks(shape, dtype, fields) -> tuple | None:
     return tuple(blocks)
 
 
-def _dtensor(qualname, dtype, shape, stride, requires_grad, fields) -> Described:
+def _dtensor(
+    qualname: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    requires_grad: bool,
+    fields: dict[str, FromFile],
+) -> Described:
     """A DTensor is the tensor at its key, of its global shape. When this file holds all of it
     (local shard of the global shape, nothing pending a cross-rank sum: Replicate, or a 1-rank
     mesh) it reads as that shard; otherwise it holds a part, read nowhere but named."""
@@ -367,7 +389,13 @@ def _dtensor(qualname, dtype, shape, stride, requires_grad, fields) -> Described
     return Described("tensor", qualname, tensor=tensor, note=f"{note}; {held}")
 
 
-def _held_part(local: TensorInfo, shape, placements, sizes, mesh) -> str:
+def _held_part(
+    local: TensorInfo,
+    shape: tuple[int, ...],
+    placements: FromFile,
+    sizes: list[int] | None,
+    mesh: FromFile,
+) -> str:
     """Which part of the global tensor this rank's file holds, as torch shards it: a Shard(d)
     over a mesh dimension of n ranks gives coordinate c rows [c*k, c*k + k), k = ceil(size/n)."""
     fields = mesh.fields if isinstance(mesh, Placeholder) else {}
@@ -405,7 +433,7 @@ def _held_part(local: TensorInfo, shape, placements, sizes, mesh) -> str:
     return text + (": " + ", ".join(ranges) if ranges else "")
 
 
-def _placement_text(placement) -> str:
+def _placement_text(placement: FromFile) -> str:
     if not isinstance(placement, Placeholder):
         return "?"
     values = {**dict(zip(("dim",), placement.args)), **placement.fields}
@@ -420,7 +448,7 @@ def _placement_text(placement) -> str:
     return f"{name}({', '.join(parts)})"
 
 
-def _mesh_shape(mesh) -> list | None:
+def _mesh_shape(mesh: FromFile) -> list[int] | None:
     """DeviceMesh sizes per dimension, from its layout (torch >= 2.9) or its mesh tensor."""
     fields = mesh.fields if isinstance(mesh, Placeholder) else {}
     layout = fields.get("_layout")
@@ -436,7 +464,7 @@ def _mesh_shape(mesh) -> list | None:
     return None
 
 
-def _mesh_text(mesh) -> str:
+def _mesh_text(mesh: FromFile) -> str:
     if not isinstance(mesh, Placeholder):
         return "?"
     fields = mesh.fields
@@ -452,7 +480,7 @@ def _mesh_text(mesh) -> str:
 # --- torch.ao quantized modules ---------------------------------------------------------------
 
 
-def _script_object(obj) -> Described | None:
+def _script_object(obj: Placeholder) -> Described | None:
     """A TorchScript custom class (quantized packed params): state is (payload, class name)."""
     payload, class_name = obj.state
     if not isinstance(class_name, str):
@@ -465,7 +493,7 @@ def _script_object(obj) -> Described | None:
     )
 
 
-def _script_payload(value):
+def _script_payload(value: FromFile) -> FromFile:
     if (
         isinstance(value, Placeholder)
         and value.qualname == "torch.ScriptObject"
@@ -490,7 +518,7 @@ CONV_FIELDS = (
 )
 
 
-def _quantized_conv(obj) -> Described | None:
+def _quantized_conv(obj: Placeholder) -> Described | None:
     """torch.ao quantized Conv*d pickle a tuple (its __getstate__); torch's state_dict names
     the packed weight and bias `weight` and `bias`, then scale and zero_point."""
     state = obj.state
@@ -514,7 +542,7 @@ def _quantized_conv(obj) -> Described | None:
     )
 
 
-def module_state_extras(obj) -> list:
+def module_state_extras(obj: Placeholder) -> list[tuple[str, FromFile, str]]:
     """state_dict entries a module writes itself (torch.ao quantized modules' _save_to_state_dict),
     placed after its parameters and buffers like torch does: (name, value, role)."""
     qualname, fields = obj.qualname, obj.fields
@@ -547,7 +575,7 @@ def module_state_extras(obj) -> list:
 # --- torch.compile ----------------------------------------------------------------------------
 
 
-def _optimized_module(obj) -> Described | None:
+def _optimized_module(obj: Placeholder) -> Described | None:
     """torch.compile's wrapper pickles as OptimizedModule(orig_mod, dynamo_ctx); its
     state_dict keeps the `_orig_mod.` prefix."""
     if not obj.args:
@@ -563,7 +591,7 @@ def _optimized_module(obj) -> Described | None:
 # --- standard library values ------------------------------------------------------------------
 
 
-def _path(obj) -> Described | None:
+def _path(obj: Placeholder) -> Described | None:
     parts = obj.args
     if not all(isinstance(p, str) for p in parts) or obj.state is not None:
         return None
@@ -578,7 +606,7 @@ def _path(obj) -> Described | None:
     return Described("scalar", _short(obj.qualname), value=text)
 
 
-def _partial(obj) -> Described | None:
+def _partial(obj: Placeholder) -> Described | None:
     state = obj.state
     if not (isinstance(state, tuple) and len(state) >= 3):
         return None
@@ -595,14 +623,16 @@ def _partial(obj) -> Described | None:
     )
 
 
-def _brief(value) -> str:
+def _brief(value: FromFile) -> str:
     if isinstance(value, (bool, int, float, str, type(None))):
         text = short_repr(value, 41)
         return text if len(text) <= 40 else text[:37] + "..."
     return f"<{type(value).__name__ if not isinstance(value, Placeholder) else _short(value.qualname)}>"
 
 
-def python_datetime(obj):
+def python_datetime(
+    obj: FromFile,
+) -> datetime.date | datetime.time | datetime.timedelta | datetime.tzinfo | None:
     """A datetime/date/time/timedelta/timezone built from its pickled fields, or None."""
     if not isinstance(obj, Placeholder):
         return None
@@ -642,7 +672,7 @@ def python_datetime(obj):
     return None
 
 
-def _datetime(obj) -> Described | None:
+def _datetime(obj: Placeholder) -> Described | None:
     value = python_datetime(obj)
     if value is None:
         return None
@@ -653,7 +683,7 @@ def _datetime(obj) -> Described | None:
     return Described("scalar", _short(obj.qualname), value=text)
 
 
-def _enum_by_name(obj) -> Described | None:
+def _enum_by_name(obj: Placeholder) -> Described | None:
     """Enum members pickled by name: getattr(EnumClass, 'NAME') (Python's global enums)."""
     if (
         len(obj.args) == 2
@@ -669,7 +699,7 @@ def _enum_by_name(obj) -> Described | None:
     return None
 
 
-DECODERS = {
+DECODERS: dict[str, Decoder] = {
     "numpy.core.multiarray._reconstruct": _numpy_array,
     "numpy._core.multiarray._reconstruct": _numpy_array,
     "numpy.core.numeric._frombuffer": _numpy_frombuffer,
@@ -688,7 +718,7 @@ DECODERS = {
 }
 
 
-def call_note(obj) -> str:
+def call_note(obj: Placeholder) -> str:
     """`Color(1)`, `Point(1, 2)`: a class the file called with plain values only (an enum
     member by value, a namedtuple: their field names are not in the file)."""
     if obj.state is not None or obj.items or obj.list_items or not obj.args and not obj.kwargs:

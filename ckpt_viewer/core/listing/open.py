@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 from ckpt_viewer.core import CheckpointError, paused_gc
 from ckpt_viewer.core.listing import remote
@@ -128,7 +129,7 @@ def open_file(path: str) -> Checkpoint:
         training_dir,
     )
 
-    readers = {
+    readers: dict[str, Callable[[str], Checkpoint]] = {
         "torch_zip": torch_zip.read,
         "torch_legacy": torch_legacy.read,
         "safetensors": safetensors.read,

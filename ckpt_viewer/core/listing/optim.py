@@ -20,7 +20,9 @@ Parameter names are given only when they are certain:
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import (
@@ -107,6 +109,9 @@ SCALAR_FORMATS = {
     "uint8": "B",
     "bool": "?",
 }
+# a parameter's per-element state shape: None without such state, False when entries disagree
+Shape = tuple[int, ...] | Literal[False] | None
+
 NAMES_FROM_PARAM_NAMES = "param_names saved with the optimizer"
 
 
@@ -114,8 +119,8 @@ NAMES_FROM_PARAM_NAMES = "param_names saved with the optimizer"
 class OptimizerInfo:
     key: str
     type: str | None
-    param_groups: list  # [{hyperparameter: value, ..., "params": [name or id]}]
-    state: dict = field(default_factory=dict)  # {name or id: Node of that parameter's state}
+    param_groups: list[dict[str, Any]]  # [{hyperparameter: value, ..., "params": [name or id]}]
+    state: dict[str, Node] = field(default_factory=dict)  # {name or id: that parameter's state}
     names_source: str = ""  # which rule gave the names; "" when ids are shown
 
 
@@ -124,19 +129,21 @@ class _Optimizer:
     """One optimizer node, read: its groups, flat param ids, and state by id."""
 
     node: Node
-    groups: list
-    group_ids: list  # [[id as text, ...] per group]
-    states: dict  # {id as text: state Node}
-    names: list | None = None  # from param_names
-    shapes: list = field(default_factory=list)  # per flat id: state shape or None (unchecked)
+    groups: list[dict[str, Any]]
+    group_ids: list[list[str]]  # [[id as text, ...] per group]
+    states: dict[str, Node]  # {id as text: state Node}
+    names: list[str] | None = None  # from param_names
+    shapes: list[Shape] = field(
+        default_factory=list
+    )  # per flat id: state shape or None (unchecked)
     matchable: bool = True  # fit for rule 2 (ids distinct, state consistent)
 
     @property
-    def ids(self) -> list:
+    def ids(self) -> list[str]:
         return [pid for ids in self.group_ids for pid in ids]
 
 
-def plain(node: Node, depth: int = 0, reads: list | None = None):
+def plain(node: Node, depth: int = 0, reads: list[int] | None = None) -> Any:
     """A small subtree back as Python data (hyperparameter values, param id lists). With
     `reads` ([how many more]), a 0-d tensor (lr=torch.tensor(0.01)) is read to its value."""
     if depth > MAX_PLAIN_DEPTH:
@@ -146,17 +153,18 @@ def plain(node: Node, depth: int = 0, reads: list | None = None):
         return tuple(values) if node.type_name == "tuple" else values
     if node.kind == "dict":
         return {c.name: plain(c, depth + 1, reads) for c in node.children}
-    if node.kind == "tensor":
-        if reads and reads[0] > 0 and not node.tensor.shape:
+    tensor = node.tensor
+    if tensor is not None:
+        if reads and reads[0] > 0 and not tensor.shape:
             reads[0] -= 1
-            value = tensor_scalar(node.tensor)
+            value = tensor_scalar(tensor)
             if value is not None:
                 return value
-        return f"tensor{list(node.tensor.shape)}"
+        return f"tensor{list(tensor.shape)}"
     return node.value
 
 
-def tensor_scalar(tensor: TensorInfo):
+def tensor_scalar(tensor: TensorInfo) -> bool | int | float | None:
     """The value of a one-element tensor of a plain dtype, read from its few bytes (None when
     it cannot be read so: another layout, a large compressed record, a read error)."""
     storage = tensor.storage
@@ -194,7 +202,7 @@ def tensor_scalar(tensor: TensorInfo):
     if len(raw) != size:
         return None
     order = ">" if storage.byteorder == "big" else "<"
-    value = struct.unpack(order + fmt, raw)[0]
+    value: bool | int | float = struct.unpack(order + fmt, raw)[0]
     if fmt in "fe" and value == value and abs(value) != float("inf"):
         for digits in range(1, 10):  # the shortest decimal that is this float32/16: 0.01
             shortest = float(f"{value:.{digits}g}")
@@ -203,7 +211,7 @@ def tensor_scalar(tensor: TensorInfo):
     return value
 
 
-def guess_type(group: dict) -> str | None:
+def guess_type(group: dict[str, Any]) -> str | None:
     """The torch.optim class whose group keys these are: the one with exactly these keys, or
     (a file from an older torch, with fewer keys) the only one having them all; else None.
     Adam and AdamW differ only in decoupled_weight_decay's value."""
@@ -247,13 +255,15 @@ def _child(node: Node, name: str) -> Node | None:
     return next((c for c in node.children if c.name == name), None)
 
 
-def _read(node: Node, reads: list) -> _Optimizer:
+def _read(node: Node, reads: list[int]) -> _Optimizer:
     groups_node = _child(node, "param_groups")
     groups = [plain(g, reads=reads) for g in groups_node.children] if groups_node else []
     groups = [g if isinstance(g, dict) else {} for g in groups]
     state_node = _child(node, "state")
     states = {c.name: c for c in state_node.children} if state_node else {}
-    group_ids, names, matchable = [], [], True
+    group_ids: list[list[str]] = []
+    names: list[str] | None = []
+    matchable = True
     for g in groups:
         params = g.get("params")
         if not isinstance(params, (list, tuple)):
@@ -280,13 +290,13 @@ def _read(node: Node, reads: list) -> _Optimizer:
     return optimizer
 
 
-def _state_shape(state: Node | None):
+def _state_shape(state: Node | None) -> Shape:
     """The shape of a parameter's per-element state; None if it has none, False if the
     entries disagree (no parameter can have two shapes)."""
     shapes = {
         tuple(child.tensor.shape)
         for child in (state.children if state else ())
-        if child.kind == "tensor" and child.name in PER_ELEMENT_STATE
+        if child.tensor is not None and child.name in PER_ELEMENT_STATE
     }
     if len(shapes) > 1:
         return False
@@ -296,7 +306,7 @@ def _state_shape(state: Node | None):
 STATE_OF = "state of "  # a state entry's note, before its parameter's name
 
 
-def _describe(optimizer: _Optimizer, names, source: str) -> OptimizerInfo:
+def _describe(optimizer: _Optimizer, names: list[str] | None, source: str) -> OptimizerInfo:
     mapping = dict(zip(optimizer.ids, names)) if names is not None else {}
     for g, ids in zip(optimizer.groups, optimizer.group_ids):
         if "params" in g and isinstance(g["params"], (list, tuple)):
@@ -317,7 +327,9 @@ def _describe(optimizer: _Optimizer, names, source: str) -> OptimizerInfo:
 # --- rule 2: the model in the same file -------------------------------------------------------
 
 
-def names_from_model(root: Node, optimizers: list) -> tuple[list | None, str]:
+def names_from_model(
+    root: Node, optimizers: list[_Optimizer]
+) -> tuple[list[list[str]] | None, str]:
     """Names for every optimizer (a list per optimizer, in its id order) and the key of the
     model they come from; (None, "") unless exactly one mapping fits."""
     if not optimizers or not all(o.matchable for o in optimizers):
@@ -354,7 +366,7 @@ def names_from_model(root: Node, optimizers: list) -> tuple[list | None, str]:
     return found, where
 
 
-def _group_blocks(optimizer: _Optimizer):
+def _group_blocks(optimizer: _Optimizer) -> Iterator[tuple[int, list[Shape]]]:
     """(first flat index, state shapes) of each param group."""
     start = 0
     for ids in optimizer.group_ids:
@@ -362,18 +374,24 @@ def _group_blocks(optimizer: _Optimizer):
         start += len(ids)
 
 
-def _tilings(blocks, params, budget) -> list | None:
+def _tilings(
+    blocks: list[tuple[int, int, list[Shape]]],
+    params: list[tuple[str, tuple[int, ...]]],
+    budget: list[int],
+) -> list[list[int]] | None:
     """Orders of the blocks that, laid end to end, fit params' shapes (at most two are looked
     for); None when the shared budget of steps runs out."""
-    found, order, used = [], [], [False] * len(blocks)
+    found: list[list[int]] = []
+    order: list[int] = []
+    used = [False] * len(blocks)
 
-    def fits(shapes, position) -> bool:
+    def fits(shapes: list[Shape], position: int) -> bool:
         budget[0] -= len(shapes)
         return all(
             shape is None or shape == params[position + i][1] for i, shape in enumerate(shapes)
         )
 
-    def search(position) -> bool:  # False: out of budget
+    def search(position: int) -> bool:  # False: out of budget
         if position == len(params):
             found.append(list(order))
             return True
@@ -399,12 +417,16 @@ def _tilings(blocks, params, budget) -> list | None:
     return found if search(0) and budget[0] >= 0 else None
 
 
-def _model_candidates(root: Node, count: int) -> list[tuple[str, list]]:
+def _model_candidates(
+    root: Node, count: int
+) -> list[tuple[str, list[tuple[str, tuple[int, ...]]]]]:
     """(key names are relative to, [(name, shape)]) of each smallest subtree outside the
     optimizers whose parameters number `count`: with every parameter, or without frozen ones
     (a Parameter saved with requires_grad=False)."""
-    order, parent, flags = [], [], []  # pre-order, skipping optimizer subtrees
-    seen_storage = set()
+    order: list[Node] = []  # pre-order, skipping optimizer subtrees
+    parent: list[int] = []
+    flags: list[tuple[int, int]] = []
+    seen_storage: set[tuple[object, ...]] = set()
     stack = [(root, -1)]
     while stack:
         node, up = stack.pop()
@@ -436,7 +458,7 @@ def _model_candidates(root: Node, count: int) -> list[tuple[str, list]]:
     return found
 
 
-def _parameter_flags(node: Node, seen_storage: set) -> tuple[int, int]:
+def _parameter_flags(node: Node, seen_storage: set[tuple[object, ...]]) -> tuple[int, int]:
     """(may be a parameter, may be a trainable one) for a tensor node, as 0/1."""
     tensor = node.tensor
     if (
@@ -462,7 +484,9 @@ def _parameter_flags(node: Node, seen_storage: set) -> tuple[int, int]:
     return 1, 0 if frozen else 1
 
 
-def _parameters_under(order, parent, flags, top, variant) -> tuple[str, list]:
+def _parameters_under(
+    order: list[Node], parent: list[int], flags: list[tuple[int, int]], top: int, variant: int
+) -> tuple[str, list[tuple[str, tuple[int, ...]]]]:
     """The parameters of order[top]'s subtree, named relative to it — or relative to the
     outermost module around it, as that module's named_parameters() would name them."""
     name_root = order[top]
@@ -477,11 +501,13 @@ def _parameters_under(order, parent, flags, top, variant) -> tuple[str, list]:
         end += 1
     for i in range(top, end):
         if flags[i][variant]:
-            params.append((order[i].key[prefix:], tuple(order[i].tensor.shape)))
+            tensor = order[i].tensor
+            assert tensor is not None  # flagged: a tensor node
+            params.append((order[i].key[prefix:], tuple(tensor.shape)))
     return name_root.key, params
 
 
-def find_schedulers(checkpoint: Checkpoint) -> list[tuple[str, dict]]:
+def find_schedulers(checkpoint: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
     """LR scheduler state dicts: (key, their plain fields)."""
     found = []
     stack = [checkpoint.root]

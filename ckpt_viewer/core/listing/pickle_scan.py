@@ -91,7 +91,7 @@ for _op in TORCH_OPCODES:
         _SKIP[_op] = 1 + _TABLE[_op]
 
 
-def pickle_end(data, start: int = 0, seen: bytearray | None = None) -> int:
+def pickle_end(data: bytes | bytearray, start: int = 0, seen: bytearray | None = None) -> int:
     """Offset just past the STOP of the pickle starting at `start`; memo indices checked.
     `seen` (256 bytes), when given, gets a 1 at every opcode used that torch's weights_only
     unpickler lacks (what `unsupported_by_torch` reports), and at some that it has."""
@@ -179,7 +179,7 @@ MAX_SIMULATED = 4 << 20  # bigger pickles are not simulated (listing speed); see
     _STOP,
 ) = range(18)
 _ACTION = [-1] * 256
-for _ops, _action in (
+for _codes, _action in (
     (b"q", _PUT),
     (b"r", _PUT4),
     (b"h", _GET),
@@ -199,24 +199,26 @@ for _ops, _action in (
     (b"\x80", _PROTO),
     (b".", _STOP),
 ):
-    for _op in _ops:
+    for _op in _codes:
         _ACTION[_op] = _action
 
 
-def setitem_on_non_dict(data) -> bool:
+def setitem_on_non_dict(data: bytes | bytearray) -> bool:
     try:
         return _setitem_on_non_dict(data)
     except (IndexError, ValueError, struct.error):
         return False  # malformed: the unpickler itself reports it
 
 
-def _setitem_on_non_dict(data) -> bool:
+def _setitem_on_non_dict(data: bytes | bytearray) -> bool:
     """Whether a SETITEM/SETITEMS writes into something other than a dict, OrderedDict or
     Counter, which torch's weights_only unpickler refuses and the C unpickler silently does
     (into a list, say). Simulates only the kind of each stack item; call it on pickles made
     of torch's opcodes alone (TORCH_OPCODES)."""
     other, dict_kind, list_kind, dict_class = 0, 1, 2, 3
-    stack, marks, memo = [], [], {}
+    stack: list[int] = []
+    marks: list[int] = []
+    memo: dict[int, int] = {}
     push, unpack4, action, table = stack.append, struct.Struct("<I").unpack_from, _ACTION, _TABLE
     i = 0
     while True:

@@ -41,7 +41,7 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from ckpt_viewer.core import CheckpointError
 
@@ -114,7 +114,7 @@ def _status_error(status: int) -> CheckpointError:
     return CheckpointError(f"HTTP {status} {phrase}")
 
 
-def _status(exc: BaseException) -> int | None:
+def _status(exc: BaseException | None) -> int | None:
     """The HTTP status behind an exception, also where a library wrapped it (fsspec turns a
     failed size query into a FileNotFoundError caused by the real answer)."""
     seen = 0
@@ -201,16 +201,19 @@ class _Http:
 
         session = await self.fs.set_session()
         headers = {"Accept-Encoding": "identity"}
-        if start is not None:
+        if start is not None and end is not None:
             headers["Range"] = f"bytes={start}-{end - 1}"
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
         )
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT + READ_TIMEOUT):
-                return await session.request(
+            # wait_for, not asyncio.timeout: that is Python 3.11+, and 3.10 is supported
+            return await asyncio.wait_for(
+                session.request(
                     method, self.url, headers=headers, timeout=timeout, allow_redirects=True
-                )
+                ),
+                CONNECT_TIMEOUT + READ_TIMEOUT,
+            )
         except aiohttp.TooManyRedirects:
             raise CheckpointError("too many redirects") from None
         except aiohttp.ClientResponseError as exc:
@@ -231,12 +234,21 @@ class _Http:
                 "only unencoded ones were asked for"
             )
         size = response.content_length
-        if start is not None and response.status == 200 and (start or end != size):
+        if (
+            start is not None
+            and end is not None
+            and response.status == 200
+            and (start or end != size)
+        ):
             raise CheckpointError(
                 f"the server ignored the byte range {start:,}-{end - 1:,} and "
                 "sent the whole file (no byte-range support?)"
             )
         if response.status == 206:
+            if start is None or end is None:
+                raise CheckpointError(
+                    "the server sent part of the file where all of it was asked for"
+                )
             match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
             if match is None or (int(match[1]), int(match[2]) + 1) != (start, end):
                 got = _shown(headers.get("Content-Range", "nothing"))
@@ -286,7 +298,7 @@ class _Http:
                 continue
             try:
                 chunk = await asyncio.wait_for(response.content.readany(), left)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 continue
             if not chunk:
                 break
@@ -325,7 +337,7 @@ class _Blob:
             raise CheckpointError("the server does not say how large the file is")
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
         self.lock = threading.Lock()
-        self.spill = None  # temporary file of large reads
+        self.spill: IO[bytes] | None = None  # temporary file of large reads
         self.spilled: list[tuple[int, int, int]] = []  # sorted, disjoint (start, end, where)
         self.spill_end = 0
 
@@ -360,8 +372,9 @@ class _Blob:
         with self.lock:
             if self.spilled:  # a window inside a tensor a pass already fetched
                 parts = self._kept(start, end)
-                if all(data is not None for _, _, data in parts):
-                    return b"".join(data for _, _, data in parts)
+                kept = [data for _, _, data in parts if data is not None]
+                if len(kept) == len(parts):
+                    return b"".join(kept)
             wanted = range(first, last + 1)
             missing = [i for i in wanted if i not in self.blocks]
             for run_start, run_end in _runs(missing):
@@ -388,10 +401,11 @@ class _Blob:
             pieces.append(data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _kept(self, start: int, end: int) -> list:
+    def _kept(self, start: int, end: int) -> list[tuple[int, int, bytes | None]]:
         """[start, end) as (start, end, bytes) pieces read from the spill and (start, end,
         None) gaps to fetch."""
-        parts, position, spilled = [], start, self.spilled
+        parts: list[tuple[int, int, bytes | None]] = []
+        position, spilled = start, self.spilled
         i = max(bisect.bisect_left(spilled, (start + 1,)) - 1, 0)
         while position < end:
             if i < len(spilled) and spilled[i][1] <= position:
@@ -399,6 +413,7 @@ class _Blob:
             elif i < len(spilled) and spilled[i][0] <= position:
                 kept_start, kept_end, where = spilled[i]
                 stop = min(kept_end, end)
+                assert self.spill is not None  # made with the first piece spilled
                 self.spill.seek(where + position - kept_start)
                 parts.append((position, stop, self.spill.read(stop - position)))
                 position = stop
@@ -514,6 +529,15 @@ HEAD_BYTES = 512  # what sniffing looks at
 SESSION_FDS = 64  # open files one opening keeps at most (a DCP folder may hold thousands)
 
 
+class SizedReader(io.BufferedReader):
+    """A local file read through its Source's handle, with the `.size` a RemoteFile has."""
+
+    size: int
+
+
+SizedFile = RemoteFile | SizedReader  # what open_source gives: either has `.size`
+
+
 class Source:
     """One path or URL, resolved and opened once: a folder (its entries listed once) or a
     regular file (its size, its identity and its first bytes, with one open handle that every
@@ -524,7 +548,9 @@ class Source:
         self.path, self.pin = path, pin
         self.folder = False
         self.entries: dict[str, bool] = {}  # a folder's names -> whether each is a folder
-        self.size, self.fd, self.blob = 0, None, None
+        self.size = 0
+        self.fd: int | None = None
+        self.blob: _Blob | None = None
         self.identity: tuple | None = None
         self.memo: dict = {}  # what readers parsed of it once (see `remembered`)
         if is_remote(path):
@@ -575,6 +601,7 @@ class Source:
                 return
             if not stat.S_ISREG(info.st_mode):
                 raise not_regular(os.path.basename(path) or path, info.st_mode)
+            assert fd is not None  # only a folder is looked at without opening it
             os.set_blocking(fd, True)
             self.identity = _identity(info)
             key = os.path.abspath(path)
@@ -623,14 +650,14 @@ class Source:
                 opening.hold(self)
         return self.fd
 
-    def reader(self, owned: bool = False) -> io.IOBase:
+    def reader(self, owned: bool = False) -> SizedFile:
         """A binary file object with `.size` over this source (seeks are its own); closing it
         closes the source only when `owned`."""
         if self.folder:
             raise IsADirectoryError(errno.EISDIR, "is a directory", self.path)
         if self.blob is not None:
             return RemoteFile(self.blob)
-        f = io.BufferedReader(_SharedFile(self, owned))
+        f = SizedReader(_SharedFile(self, owned))
         f.size = self.size
         return f
 
@@ -791,7 +818,7 @@ def _resolved(path: str) -> Iterator[Source]:
         yield found
 
 
-def open_source(path: str) -> io.IOBase:
+def open_source(path: str) -> SizedFile:
     """A binary file object with `.size` over the path's Source: within an opening the one
     shared handle; outside one a fresh open, refused if the file is not the one last opened."""
     if _session.get() is not None:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from ckpt_viewer.core.listing.globals import CODE_RUNNERS, meaning, triage
-from ckpt_viewer.core.listing.model import Checkpoint, Node, format_bytes, format_count
-from ckpt_viewer.core.listing.summary import scalars_by_importance, totals
+from ckpt_viewer.core.listing.model import (
+    Checkpoint,
+    Node,
+    TensorInfo,
+    format_bytes,
+    format_count,
+)
+from ckpt_viewer.core.listing.summary import Totals, scalars_by_importance, totals
 from ckpt_viewer.core.listing.text import (
     SHARED,
-    ShownOnce,
+    WrittenOnce,
     int_text,
     listing_order,
     plural,
@@ -16,12 +25,16 @@ from ckpt_viewer.core.listing.text import (
 
 MAX_LIST_PREVIEW = 6
 MAX_VALUE_TEXT = 80
+# Stats (values.stats) and DiffReport, TensorDiff (analysis.diff) are typed Any here: those
+# layers sit above listing, which may not import them.
 
 
-def describe_value(value, limit: int = MAX_VALUE_TEXT, shown: ShownOnce | None = None) -> str:
-    """A value from the file on one short line, control characters escaped; with `shown`, a
-    large object this report has already shown is only named as shared."""
-    if shown is not None and shown.again(value):
+def describe_value(
+    value: object, limit: int = MAX_VALUE_TEXT, written: WrittenOnce | None = None
+) -> str:
+    """A value from the file on one short line, control characters escaped; with `written`, a
+    large object this report has already written is only named as shared."""
+    if written is not None and written.again(value):
         return SHARED
     if isinstance(value, (list, tuple)):
         head = ", ".join(describe_value(v, limit // 3) for v in value[:MAX_LIST_PREVIEW])
@@ -38,7 +51,7 @@ def describe_value(value, limit: int = MAX_VALUE_TEXT, shown: ShownOnce | None =
     return safe_text(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-def split_text(totals) -> str:
+def split_text(totals: Totals) -> str:
     """'217.30M model, 433.51M optimizer state, 0 other': parameters are the model's only;
     '885.67K model + 1.68K buffers, ...' where some of the model's tensors are buffers."""
     split = totals.split
@@ -53,10 +66,10 @@ def split_text(totals) -> str:
     )
 
 
-def node_line(node: Node, shown: ShownOnce | None = None) -> str:
+def node_line(node: Node, written: WrittenOnce | None = None) -> str:
     """One row of the tree: name, then what it is."""
-    if node.kind == "tensor":
-        t = node.tensor
+    t = node.tensor
+    if t is not None:
         parts = [
             f"{list(t.shape)}",
             t.dtype,
@@ -74,42 +87,44 @@ def node_line(node: Node, shown: ShownOnce | None = None) -> str:
             parts.append(node.note)
         return f"{node.name}  " + "  ".join(parts)
     if node.kind == "scalar":
-        return f"{node.name} = {describe_value(node.value, shown=shown)}"
+        return f"{node.name} = {describe_value(node.value, written=written)}"
     if node.kind == "ref":
         return f"{node.name} -> same object as {node.value}"
     if node.kind == "opaque":
-        return f"{node.name}  ({node.type_name}) {describe_value(node.value, shown=shown)}"
+        return f"{node.name}  ({node.type_name}) {describe_value(node.value, written=written)}"
     label = node.type_name or node.kind
     extra = f"  {node.note}" if node.note else ""
     return f"{node.name}  <{label}, {plural(len(node.children), 'entry')}>{extra}"
 
 
-def tree_lines(root: Node, max_depth=None, file_order: bool = False):
+def tree_lines(root: Node, max_depth: int | None = None, file_order: bool = False) -> Iterator[str]:
     """The tree's lines, each level in listing order (text.listing_order) or the file's."""
 
-    def listed(children: list) -> list:
+    def listed(children: list[Node]) -> list[Node]:
         return children if file_order else listing_order(children, lambda n: n.name)
 
     stack = [(child, 0) for child in reversed(listed(root.children))]
-    shown = ShownOnce()
+    written = WrittenOnce()
     while stack:
         node, depth = stack.pop()
-        yield "  " * (depth + 1) + node_line(node, shown)
+        yield "  " * (depth + 1) + node_line(node, written)
         if max_depth is None or depth + 1 < max_depth:
             stack.extend((child, depth + 1) for child in reversed(listed(node.children)))
 
 
-def text_report(checkpoint: Checkpoint, max_depth=None, file_order: bool = False):
+def text_report(
+    checkpoint: Checkpoint, max_depth: int | None = None, file_order: bool = False
+) -> Iterator[str]:
     total = totals(checkpoint)
     yield f"path:    {checkpoint.path}"
     yield f"format:  {checkpoint.format}   file: {format_bytes(checkpoint.file_bytes)}"
     yield (
         f"tensors: {total.tensors:,}   parameters: {split_text(total)}   "
-        f"elements: {total.params:,}   tensor bytes: {format_bytes(total.bytes)}"
+        f"elements: {total.elements:,}   tensor bytes: {format_bytes(total.bytes)}"
     )
-    for dtype, (count, params, nbytes) in total.by_dtype.items():
+    for dtype, (count, elements, nbytes) in total.by_dtype.items():
         noun = "tensor " if count == 1 else "tensors"
-        yield f"  {dtype:<14} {count:>7} {noun}  {format_count(params):>9}  {format_bytes(nbytes):>10}"
+        yield f"  {dtype:<14} {count:>7} {noun}  {format_count(elements):>9}  {format_bytes(nbytes):>10}"
     for key, value in checkpoint.metadata.items():
         yield f"{key}: {describe_value(value)}"
     uses = [u for u in triage(checkpoint) if u.category != "torch"]
@@ -131,30 +146,30 @@ def text_report(checkpoint: Checkpoint, max_depth=None, file_order: bool = False
     for warning in checkpoint.warnings:
         yield f"warning: {warning}"
     scalars = checkpoint.scalars()
-    shown = ShownOnce()
+    written = WrittenOnce()
     if scalars:
         yield "scalars:"
         for key, value in scalars_by_importance(scalars):
-            yield f"  {key} = {describe_value(value, shown=shown)}"
+            yield f"  {key} = {describe_value(value, written=written)}"
     for opt in checkpoint.optimizers:
         yield f"optimizer {opt.key}: {opt.type or 'unknown type'}, {plural(len(opt.param_groups), 'group')}"
         for index, group in enumerate(opt.param_groups):
-            if shown.again(group):
+            if written.again(group):
                 yield f"  group {index}: {SHARED}"
                 continue
             hyper = ", ".join(
-                f"{k}={describe_value(v, shown=shown)}"
+                f"{k}={describe_value(v, written=written)}"
                 for k, v in group.items()
                 if k not in ("params", "param_names")
             )
             yield f"  group {index}: {hyper}"
-            yield f"    params: {describe_value(group.get('params', []), shown=shown)}"
+            yield f"    params: {describe_value(group.get('params', []), written=written)}"
         yield f"  parameter names: {opt.names_source or 'not provable from this file; ids shown'}"
     yield "tree:"
     yield from tree_lines(checkpoint.root, max_depth, file_order)
 
 
-def number(value) -> str:
+def number(value: float | None) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -169,13 +184,13 @@ def number(value) -> str:
 FIGURE_LABELS = {"min": "min", "max": "max", "mean": "mean", "std": "std", "l2": "L2 norm"}
 
 
-def nonfinite_counts(stats) -> list[tuple[str, int]]:
+def nonfinite_counts(stats: Any) -> list[tuple[str, int]]:
     """(label, count) of the NaN, +Inf and -Inf values there are (none in the histogram)."""
     counts = (("NaN", stats.nan), ("+Inf", stats.posinf), ("-Inf", stats.neginf))
     return [(label, count) for label, count in counts if count]
 
 
-def stats_rows(stats) -> list[tuple[str, str]]:
+def stats_rows(stats: Any) -> list[tuple[str, str]]:
     """(label, value) rows shared by `stats` and the GUI's statistics table: the figures over
     every value as torch gives them, and with NaN or Inf present the same over finite values
     ("mean (finite)"...)."""
@@ -199,7 +214,7 @@ def stats_rows(stats) -> list[tuple[str, str]]:
     return rows
 
 
-def stats_lines(key, tensor, stats):
+def stats_lines(key: str, tensor: TensorInfo, stats: Any) -> Iterator[str]:
     yield f"{key}  {list(tensor.shape)}  {tensor.dtype}  {tensor.device}"
     for label, value in stats_rows(stats):
         yield f"  {label:<16} {value}"
@@ -218,7 +233,7 @@ def stats_lines(key, tensor, stats):
         yield f"  {stats.edges[i]:>12.5g} {count:>12,} {bar}"
 
 
-def cosine_text(t) -> str:
+def cosine_text(t: Any) -> str:
     """A TensorDiff's cosine in six decimals (0.999998 reads as 'almost'); n/a where both
     sides are all zero (0/0, not 1); empty where the values were not compared."""
     if t.cosine is not None:
@@ -226,7 +241,7 @@ def cosine_text(t) -> str:
     return "n/a (both zero)" if t.max_abs is not None else ""
 
 
-def diff_lines(report, limit: int = 50):
+def diff_lines(report: Any, limit: int = 50) -> Iterator[str]:
     """The human-readable `diff` report."""
     yield f"A: {report.path_a}"
     yield f"B: {report.path_b}"

@@ -9,7 +9,7 @@ import re
 from array import array
 from dataclasses import dataclass
 
-from ckpt_viewer.core.listing.model import Node
+from ckpt_viewer.core.listing.model import Node, TensorInfo
 from ckpt_viewer.core.listing.summary import _union_length
 from ckpt_viewer.core.listing.text import listing_order
 
@@ -23,10 +23,10 @@ class Row:
         "name",
         "parent",
         "children",
-        "shown",
+        "visible_children",
         "pos",
         "index",
-        "params",
+        "elements",
         "nbytes",
         "size",
         "tensors",
@@ -35,13 +35,21 @@ class Row:
         "listed",
     )
 
-    def __init__(self, node: Node, parent: Row | None, name: str, children=()):
-        # a leaf shares the empty tuple (50,000 fewer lists); `shown` is set by the model
+    def __init__(
+        self,
+        node: Node | GroupNode,
+        parent: Row | None,
+        name: str,
+        children: list[Row] | tuple[()] = (),
+    ) -> None:
+        # a leaf shares the empty tuple (50,000 fewer lists); `visible_children` is set by the model
         self.node, self.parent, self.name, self.children = node, parent, name, children
-        self.pos = self.index = self.params = self.nbytes = self.tensors = 0
+        self.pos = self.index = self.elements = self.nbytes = self.tensors = 0
         self.order = self.listed = 0  # place among its siblings in the file / as listed
         self.size = 1  # rows in this subtree, itself included: rows[index:index + size]
-        self.generation = -1  # the model's filter/sort generation that `shown` and `pos` are
+        self.generation = (
+            -1
+        )  # the model's filter/sort generation that `visible_children` and `pos` are
         #                        for: none yet, so the model numbers children when first asked
 
 
@@ -55,18 +63,18 @@ class GroupNode:
     tensor = value = None
     role = shared_with = note = ""
 
-    def __init__(self, name: str, key: str):
+    def __init__(self, name: str, key: str) -> None:
         self.name, self.key = name, key
 
 
 MAX_GROUP_DEPTH = 64  # dotted segments split into group rows; the rest stays one name
 
 
-def _attach_children(row: Row):
+def _attach_children(row: Row) -> None:
     """Children of row's node; dotted names (a state_dict's "blocks.0.attn.weight") are split
     into virtual group rows, so that a flat dict of 50,000 keys is a browsable hierarchy."""
     groups: dict[str, Row] = {}
-    children = row.children
+    children = _child_list(row)
     for child in row.node.children:
         name = child.name
         if "." not in name or child.kind == "ref":
@@ -78,13 +86,13 @@ def _attach_children(row: Row):
             name = name.split(".", MAX_GROUP_DEPTH)[-1]
             prefix = child.name[: len(child.name) - len(name) - 1]
         parent = groups.get(prefix) or _group(row, groups, prefix)
-        parent.children.append(Row(child, parent, name, [] if child.children else ()))
-    _list(row.children)
+        _child_list(parent).append(Row(child, parent, name, [] if child.children else ()))
+    _list(_child_list(row))
     for group in groups.values():
-        _list(group.children)
+        _list(_child_list(group))
 
 
-def _list(children: list):
+def _list(children: list[Row]) -> None:
     """Siblings in listing order (text order becomes natural: h.2 before h.10), each row
     remembering both its places."""
     if len(children) < 2:  # most groups of a flat state_dict: order and listed stay 0
@@ -96,7 +104,13 @@ def _list(children: list):
         child.listed = position
 
 
-def _group(row: Row, groups: dict, prefix: str) -> Row:
+def _child_list(row: Row) -> list[Row]:
+    """The list of a row that has children (a leaf shares the empty tuple instead)."""
+    assert isinstance(row.children, list)
+    return row.children
+
+
+def _group(row: Row, groups: dict[str, Row], prefix: str) -> Row:
     """The group row of a dotted prefix under row, made with the groups above it if new
     (siblings mostly share their group, so this runs once per group)."""
     above, _, segment = prefix.rpartition(".")
@@ -106,7 +120,7 @@ def _group(row: Row, groups: dict, prefix: str) -> Row:
         parent, segment = row, prefix
     key = f"{row.node.key}.{prefix}" if row.node.key else prefix
     group = Row(GroupNode(segment, key), parent, segment, [])
-    parent.children.append(group)
+    _child_list(parent).append(group)
     groups[prefix] = group
     return group
 
@@ -116,15 +130,15 @@ class RowIndex:
     """Everything the model needs that is O(rows) to build, made in the load worker."""
 
     top: Row
-    rows: list  # all rows in pre-order: a subtree is rows[i:i + size]
-    keys: list  # full dotted key of each row
-    lowered_keys: list | None  # the same, lower-cased: made by the first filter (a worker)
-    parents: array  # each row's parent index (-1 for the top)
-    sizes: array  # each row's subtree size
-    sortable: list | None = None  # rows with two or more children: what a sort reorders
+    rows: list[Row]  # all rows in pre-order: a subtree is rows[i:i + size]
+    keys: list[str]  # full dotted key of each row
+    lowered_keys: list[str] | None  # the same, lower-cased: made by the first filter (a worker)
+    parents: array[int]  # each row's parent index (-1 for the top)
+    sizes: array[int]  # each row's subtree size
+    sortable: list[Row] | None = None  # rows with two or more children: what a sort reorders
 
     @property
-    def lowered(self) -> list:
+    def lowered(self) -> list[str]:
         if self.lowered_keys is None:  # two racing filters both make the same list
             self.lowered_keys = [key.lower() for key in self.keys]
         return self.lowered_keys
@@ -137,7 +151,7 @@ def build_rows(root: Node) -> RowIndex:
     each stored element once, so tied tensors and views of one storage are not doubled where
     they meet (_count_views_once)."""
     top = Row(root, None, "", [])
-    order = []
+    order: list[Row] = []
     stack = [top]
     while stack:
         row = stack.pop()
@@ -147,19 +161,19 @@ def build_rows(root: Node) -> RowIndex:
             _attach_children(row)
         if row.children:
             stack.extend(reversed(row.children))
-    views: dict[int, list] = {}  # id(storage) -> the rows of tensors viewing it
+    views: dict[int, list[Row]] = {}  # id(storage) -> the rows of tensors viewing it
     for row in reversed(order):
         node = row.node
         tensor = node.tensor
         if tensor is not None:
             row.tensors += 1
-            row.params += tensor.numel
+            row.elements += tensor.numel
             row.nbytes += tensor.nbytes
             if tensor.storage is not None and not tensor.parts:
                 views.setdefault(id(tensor.storage), []).append(row)
         parent = row.parent
         if parent is not None:
-            parent.params += row.params
+            parent.elements += row.elements
             parent.nbytes += row.nbytes
             parent.size += row.size
             parent.tensors += row.tensors
@@ -178,15 +192,17 @@ def build_rows(root: Node) -> RowIndex:
     )
 
 
-def _count_views_once(rows: list):
+def _count_views_once(rows: list[Row]) -> None:
     """Take back from each row above several views of one storage what they double count:
     the same tensor again (tied) counts once, distinct views the union of their spans, as
     the summary's totals do."""
-    below: dict[int, tuple] = {}
+    below: dict[int, tuple[Row, list[TensorInfo]]] = {}
     for row in rows:
+        tensor = row.node.tensor
+        assert tensor is not None  # rows of tensors viewing a storage
         above = row.parent
         while above is not None:
-            below.setdefault(id(above), (above, []))[1].append(row.node.tensor)
+            below.setdefault(id(above), (above, []))[1].append(tensor)
             above = above.parent
     for above, tensors in below.values():
         if len(tensors) < 2:
@@ -196,7 +212,7 @@ def _count_views_once(rows: list):
         if len(distinct) > 1 and len({t.dtype for t in distinct}) == 1:
             elements = _union_length([t.element_span() for t in distinct])
             nbytes = elements * (distinct[0].nbytes // max(distinct[0].numel, 1))
-        above.params -= sum(t.numel for t in tensors) - elements
+        above.elements -= sum(t.numel for t in tensors) - elements
         above.nbytes -= sum(t.nbytes for t in tensors) - nbytes
 
 
@@ -226,7 +242,7 @@ class Filtered:
     matches: int = 0  # keys that match
     visible: bytearray | None = None  # 1 per shown row (the top included); None: every row
     inside: bytearray | None = None  # 1 per row inside a match's subtree (all its rows show)
-    shown: int = 0  # rows shown, the top not counted
+    visible_count: int = 0  # rows shown, the top not counted
     error: str = ""  # a bad /regex/, in one line; nothing else is then set
 
 
@@ -236,13 +252,13 @@ def filter_rows(text: str, index: RowIndex) -> Filtered:
     GUI thread."""
     everything = len(index.keys) - 1
     if not text.strip():
-        return Filtered(text, everything, shown=everything)
+        return Filtered(text, everything, visible_count=everything)
     try:
         hits = matching_rows(text, index.keys, index.lowered)
     except ValueError as exc:
         return Filtered(text, error=str(exc))
     if len(hits) >= everything:  # every key matches
-        return Filtered(text, len(hits), shown=everything)
+        return Filtered(text, len(hits), visible_count=everything)
     parents, sizes = index.parents, index.sizes
     inside = bytearray(len(index.keys))
     outermost, end = [], 0

@@ -15,6 +15,7 @@ import operator
 import pickle
 import threading
 from collections import Counter, OrderedDict
+from typing import Any, NoReturn
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.listing import model
@@ -22,6 +23,7 @@ from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
     STORAGE_DTYPES,
+    Checkpoint,
     Storage,
     TensorInfo,
     contiguous_strides,
@@ -35,28 +37,36 @@ from ckpt_viewer.core.listing.pickle_scan import (
 )
 from ckpt_viewer.core.listing.text import short_repr
 
+# What a pickle passes to the callables below: anything the file holds, checked inside each.
+FromPickle = Any
+
 
 class Placeholder:
     """An instance of a class the file names; holds what the file gave it, runs nothing."""
 
     qualname = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: dict[Any, Any]
+    list_items: list[Any]
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, *args: FromPickle, **kwargs: FromPickle) -> Placeholder:
         obj = object.__new__(cls)
         obj.args, obj.kwargs, obj.state = args, kwargs, None
         obj.items, obj.list_items = {}, []
         return obj
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: FromPickle, **kwargs: FromPickle) -> None:
         # only a REDUCE (a call of the global) runs __init__; NEWOBJ stops at __new__
         self.args, self.kwargs = args, kwargs
         current_report().note_call(self.qualname, args)
 
     @classmethod
-    def _new(cls):
+    def _new(cls) -> Placeholder:
         return cls.__new__(cls)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: FromPickle, **kwargs: FromPickle) -> Placeholder:
         # the file calls what one of its calls returned (getattr(module, "system")(...)):
         # recorded as code, nothing run
         report = current_report()
@@ -64,29 +74,29 @@ class Placeholder:
         report.code.setdefault(self.qualname, "the file calls what this returned")
         return _record(self.qualname, args)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: FromPickle) -> None:
         self.state = state
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: FromPickle, value: FromPickle) -> None:
         self.items[key] = value
 
-    def append(self, value):
+    def append(self, value: FromPickle) -> None:
         self.list_items.append(value)
 
-    def extend(self, values):
+    def extend(self, values: FromPickle) -> None:
         self.list_items.extend(values)
 
-    def add(self, value):
+    def add(self, value: FromPickle) -> None:
         self.list_items.append(value)
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("placeholders cannot be pickled")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{self.qualname}>"
 
     @property
-    def fields(self) -> dict:
+    def fields(self) -> dict[Any, Any]:
         """The object's attributes as the file recorded them."""
         state = self.state
         if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
@@ -101,10 +111,10 @@ class Placeholder:
 class GlobalRef:
     """A global used as a value (not called): e.g. a class object stored in a config."""
 
-    def __init__(self, qualname):
+    def __init__(self, qualname: str) -> None:
         self.qualname = qualname
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return self.qualname
 
 
@@ -171,7 +181,7 @@ QSCHEMES = (
 )
 
 
-def torch_allowed_globals() -> frozenset:
+def torch_allowed_globals() -> frozenset[str]:
     """Every global torch.load(weights_only=True) accepts without an allowlist (torch 2.13)."""
     names = {
         "collections.OrderedDict",
@@ -208,11 +218,11 @@ TORCH_ALLOWED = torch_allowed_globals()
 # --- the allowlisted globals, implemented here as pure data builders --------------------------
 
 
-def _storage_class(name):
+def _storage_class(name: str) -> GlobalRef:
     return GlobalRef("torch." + name)
 
 
-def dtype_of_storage(storage_type, untyped_ok: bool = True) -> str:
+def dtype_of_storage(storage_type: FromPickle, untyped_ok: bool = True) -> str:
     """The element type a persistent id's storage type names. torch's legacy loader asks every
     storage type for its dtype, which UntypedStorage lacks (it refuses such files, its own
     legacy saves of float8 or uint16 tensors included)."""
@@ -231,7 +241,7 @@ def dtype_of_storage(storage_type, untyped_ok: bool = True) -> str:
     return STORAGE_DTYPES[short]
 
 
-def _as_ints(value, what) -> tuple:
+def _as_ints(value: FromPickle, what: str) -> tuple[int, ...]:
     try:
         ints = tuple(map(operator.index, value))
     except TypeError:
@@ -241,13 +251,19 @@ def _as_ints(value, what) -> tuple:
     return ints
 
 
-def _check_storage(storage, what="tensor"):
+def _check_storage(storage: FromPickle, what: str = "tensor") -> Storage:
     if not isinstance(storage, Storage):
         raise CheckpointError(f"{what} data is not a storage record")
     return storage
 
 
-def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
+def set_geometry(
+    info: TensorInfo,
+    storage: FromPickle,
+    offset: FromPickle,
+    size: FromPickle,
+    stride: FromPickle = None,
+) -> TensorInfo:
     """Tensor.set_(storage, offset, size, stride) with torch's checks: the view must lie inside
     the storage (counted in bytes: a v3 tensor's dtype may differ from its storage's)."""
     shape, stride = _checked_geometry(info.dtype, storage, offset, size, stride)
@@ -255,7 +271,9 @@ def set_geometry(info: TensorInfo, storage, offset, size, stride=None):
     return info
 
 
-def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple, tuple]:
+def _checked_geometry(
+    dtype: str, storage: FromPickle, offset: FromPickle, size: FromPickle, stride: FromPickle
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(shape, stride) of a view of storage, checked as Tensor.set_ checks it."""
     _check_storage(storage)
     try:  # the common case in one step; _as_ints says what is wrong otherwise
@@ -290,7 +308,7 @@ def _checked_geometry(dtype: str, storage, offset, size, stride) -> tuple[tuple,
     return shape, stride
 
 
-def _note_requires_grad(info: TensorInfo, requires_grad):
+def _note_requires_grad(info: TensorInfo, requires_grad: FromPickle) -> None:
     info.requires_grad = bool(requires_grad)
     if (
         info.requires_grad
@@ -304,15 +322,15 @@ def _note_requires_grad(info: TensorInfo, requires_grad):
 
 
 def rebuild_tensor(
-    storage,
-    storage_offset,
-    size,
-    stride,
-    requires_grad=False,
-    hooks=None,
-    metadata=None,
-    dtype=None,
-):
+    storage: FromPickle,
+    storage_offset: FromPickle,
+    size: FromPickle,
+    stride: FromPickle,
+    requires_grad: bool = False,
+    hooks: FromPickle = None,
+    metadata: FromPickle = None,
+    dtype: FromPickle = None,
+) -> TensorInfo:
     storage = _check_storage(storage)
     dtype = str(dtype) if dtype is not None else storage.dtype
     if dtype not in DTYPE_SIZES:
@@ -336,8 +354,15 @@ def rebuild_tensor(
 
 
 def rebuild_tensor_v3(
-    storage, storage_offset, size, stride, requires_grad, hooks, dtype, metadata=None
-):
+    storage: FromPickle,
+    storage_offset: FromPickle,
+    size: FromPickle,
+    stride: FromPickle,
+    requires_grad: FromPickle,
+    hooks: FromPickle,
+    dtype: FromPickle,
+    metadata: FromPickle = None,
+) -> TensorInfo:
     if requires_grad:
         current_report().refuse(
             "a v3 tensor record asks for requires_grad (torch then set_s a "
@@ -348,35 +373,41 @@ def rebuild_tensor_v3(
     )
 
 
-def rebuild_tensor_v1(storage, storage_offset, size, stride):
+def rebuild_tensor_v1(
+    storage: FromPickle, storage_offset: FromPickle, size: FromPickle, stride: FromPickle
+) -> TensorInfo:
     return rebuild_tensor(storage, storage_offset, size, stride)
 
 
-def _tensor_copy(data, what="parameter data") -> TensorInfo:
+def _tensor_copy(data: FromPickle, what: str = "parameter data") -> TensorInfo:
     """A new tensor object over the same storage (torch's Parameter(data) and as_subclass)."""
     if not isinstance(data, TensorInfo):
         raise CheckpointError(f"{what} is not a tensor")
     return dataclasses.replace(data)
 
 
-def rebuild_parameter(data, requires_grad=True, hooks=None):
+def rebuild_parameter(
+    data: FromPickle, requires_grad: bool = True, hooks: FromPickle = None
+) -> TensorInfo:
     param = _tensor_copy(data)
     param.is_parameter = True
     _note_requires_grad(param, requires_grad)
     return param
 
 
-def rebuild_parameter_with_state(data, requires_grad, hooks, state):
+def rebuild_parameter_with_state(
+    data: FromPickle, requires_grad: FromPickle, hooks: FromPickle, state: FromPickle
+) -> TensorInfo:
     return set_object_state(rebuild_parameter(data, requires_grad), state)
 
 
-def set_object_state(info: TensorInfo, state):
+def set_object_state(info: TensorInfo, state: FromPickle) -> TensorInfo:
     """torch._utils._set_obj_state on a tensor: attributes set one by one; `data` replaces the
     tensor's contents, `requires_grad` its flag; anything else is a Python attribute."""
     if isinstance(state, tuple):
         if len(state) != 2:
             raise CheckpointError("tensor state is malformed")
-        parts = state
+        parts: tuple[Any, ...] = state
     else:
         parts = (state,)
     for part in parts:
@@ -410,7 +441,7 @@ def set_object_state(info: TensorInfo, state):
     return info
 
 
-def build_tensor(info: TensorInfo, state):
+def build_tensor(info: TensorInfo, state: FromPickle) -> None:
     """BUILD on a tensor, as torch's weights_only unpickler does it: a Parameter takes
     Tensor.__setstate__ (4 items: set_; 5: legacy Variable; 3: requires_grad and hooks), a
     plain tensor `set_(*state)`."""
@@ -452,8 +483,14 @@ model.TENSOR_BUILD = build_tensor
 
 
 def rebuild_qtensor(
-    storage, storage_offset, size, stride, quantizer_params, requires_grad=False, hooks=None
-):
+    storage: FromPickle,
+    storage_offset: FromPickle,
+    size: FromPickle,
+    stride: FromPickle,
+    quantizer_params: FromPickle,
+    requires_grad: bool = False,
+    hooks: FromPickle = None,
+) -> TensorInfo:
     info = rebuild_tensor(storage, storage_offset, size, stride, requires_grad)
     info.layout = "quantized"
     if isinstance(quantizer_params, tuple) and quantizer_params:
@@ -470,7 +507,7 @@ def rebuild_qtensor(
     return info
 
 
-def rebuild_sparse_tensor(layout, data):
+def rebuild_sparse_tensor(layout: FromPickle, data: FromPickle) -> TensorInfo:
     layout = str(layout).replace("torch.", "")
     if not isinstance(data, tuple):
         raise CheckpointError("sparse tensor data is not a tuple")
@@ -489,7 +526,9 @@ def rebuild_sparse_tensor(layout, data):
     )
 
 
-def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
+def rebuild_meta_tensor_no_storage(
+    dtype: FromPickle, size: FromPickle, stride: FromPickle, requires_grad: bool = False
+) -> TensorInfo:
     return TensorInfo(
         dtype=str(dtype),
         shape=_as_ints(size, "shape"),
@@ -498,14 +537,17 @@ def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
     )
 
 
-def _record(qualname: str, args: tuple) -> Placeholder:
+def _record(qualname: str, args: tuple[Any, ...]) -> Placeholder:
     """A call kept as data for objects.py to decode (its BUILD state lands in `.state`)."""
-    obj = type(qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname})._new()
+    cls: type[Placeholder] = type(
+        qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname}
+    )
+    obj = cls._new()
     obj.args = args
     return obj
 
 
-def rebuild_wrapper_subclass(*args):
+def rebuild_wrapper_subclass(*args: FromPickle) -> Placeholder:
     """A wrapper tensor subclass (DTensor, torchao weights): no storage of its own; what it
     holds arrives as state. Kept as a record and decoded in objects.py."""
     if len(args) < 8:
@@ -513,13 +555,17 @@ def rebuild_wrapper_subclass(*args):
     return _record("torch._utils._rebuild_wrapper_subclass", args)
 
 
-def rebuild_nested_tensor(buffer, sizes, strides, storage_offsets):
+def rebuild_nested_tensor(
+    buffer: FromPickle, sizes: FromPickle, strides: FromPickle, storage_offsets: FromPickle
+) -> TensorInfo:
     info = _tensor_copy(buffer, "nested tensor buffer")
     info.layout = "nested"
     return info
 
 
-def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):
+def rebuild_device_tensor_from_cpu_tensor(
+    data: FromPickle, dtype: FromPickle, device: FromPickle, requires_grad: FromPickle
+) -> TensorInfo:
     info = _tensor_copy(data, "tensor data")
     if str(dtype) != info.dtype:
         raise CheckpointError("a device tensor record casts its data; not supported")
@@ -528,7 +574,9 @@ def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):
     return info
 
 
-def rebuild_from_type_v2(func, new_type, args, state):
+def rebuild_from_type_v2(
+    func: FromPickle, new_type: FromPickle, args: FromPickle, state: FromPickle
+) -> object:  # a TensorInfo, or what func built (a Placeholder record)
     if not callable(func) or not isinstance(args, tuple):
         current_report().refuse("a tensor subclass record is malformed (torch cannot rebuild it)")
         return _record("torch._tensor._rebuild_from_type_v2", (func, new_type, args, state))
@@ -548,14 +596,17 @@ def rebuild_from_type_v2(func, new_type, args, state):
     return set_object_state(result, state)
 
 
-def rebuild_device_tensor_from_numpy(data, dtype, device, requires_grad):
+def rebuild_device_tensor_from_numpy(
+    data: FromPickle, dtype: FromPickle, device: FromPickle, requires_grad: FromPickle
+) -> TensorInfo:
     return TensorInfo(dtype=str(dtype), shape=(), requires_grad=bool(requires_grad))
 
 
 class TensorType:
     """torch.Tensor as a global: `torch.Tensor()` is an empty float32 tensor."""
 
-    def __new__(cls, *args):
+    # the unpickler calls the class (REDUCE) or its __new__ (NEWOBJ): it answers with the record
+    def __new__(cls, *args: FromPickle) -> TensorInfo:  # type: ignore[misc]
         if args:
             raise CheckpointError("torch.Tensor(...) with data is not supported in a pickle")
         return TensorInfo(dtype=cls.dtype, shape=(0,), stride=(1,))
@@ -566,39 +617,41 @@ class TensorType:
 class ParameterType:
     """torch.nn.Parameter as a global: Parameter(data, requires_grad)."""
 
-    def __new__(cls, data=None, requires_grad=True):
+    def __new__(  # type: ignore[misc]  # as TensorType's: the record, not an instance
+        cls, data: FromPickle = None, requires_grad: bool = True
+    ) -> TensorInfo:
         if data is None:
             data = TensorInfo(dtype="float32", shape=(0,), stride=(1,))
         return rebuild_parameter(data, requires_grad)
 
 
-def legacy_tensor_class(qualname: str):
+def legacy_tensor_class(qualname: str) -> type:
     """torch.FloatTensor & co.: an empty tensor that a BUILD then points at a storage."""
     short = qualname.rsplit(".", 1)[-1][: -len("Tensor")]
     return type(short + "Tensor", (TensorType,), {"dtype": LEGACY_TENSORS[short]})
 
 
-def make_device(kind, index=None):
+def make_device(kind: FromPickle, index: FromPickle = None) -> str:
     if not isinstance(kind, str):
         raise CheckpointError("torch.device record is malformed")
     return kind if index is None or ":" in kind else f"{kind}:{index}"
 
 
-def make_ordered_dict(*args):
+def make_ordered_dict(*args: FromPickle) -> OrderedDict[Any, Any]:
     return OrderedDict(*args)
 
 
-def make_size(dims=()):
+def make_size(dims: FromPickle = ()) -> tuple[Any, ...]:
     return tuple(dims)
 
 
-def codecs_encode(text, encoding="latin1"):
+def codecs_encode(text: FromPickle, encoding: str = "latin1") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
         raise CheckpointError("bytes record is malformed")
     return text.encode(encoding)
 
 
-def make_bytearray(data=b"", encoding="latin1"):
+def make_bytearray(data: bytes = b"", encoding: str = "latin1") -> bytearray:
     if isinstance(data, str):
         data = codecs_encode(data, encoding)
     if not isinstance(data, (bytes, bytearray)):
@@ -606,11 +659,11 @@ def make_bytearray(data=b"", encoding="latin1"):
     return bytearray(data)
 
 
-def get_layout(name):
+def get_layout(name: FromPickle) -> Layout:
     return Layout(str(name).replace("torch.", ""))
 
 
-def reconstructor(cls, base, state=None):
+def reconstructor(cls: FromPickle, base: FromPickle, state: FromPickle = None) -> Any:
     """copyreg._reconstructor: `cls` is a Placeholder class or a builtin container we allow.
     Unless `base` is object or a builtin type, pickle would call base.__new__ and base.__init__
     with the file's state: the file picks the code that runs."""
@@ -647,7 +700,7 @@ PLAIN_BASES = {
 }
 
 
-def numpy_dtype(spec, align=False, copy=False):
+def numpy_dtype(spec: FromPickle, align: bool = False, copy: bool = False) -> NumpyDtype:
     current_report().note_call("numpy.dtype", (str(spec),), limit=64)
     obj = NumpyDtype()
     obj.spec = str(spec)
@@ -659,7 +712,7 @@ class NumpyDtype(Placeholder):
     spec = "?"
 
 
-def numpy_scalar(dtype, data=None):
+def numpy_scalar(dtype: FromPickle, data: FromPickle = None) -> Any:
     """numpy scalars (a loss saved as np.float64): decoded by numpy from their raw bytes."""
     if isinstance(dtype, NumpyDtype) and isinstance(data, bytes) and len(data) <= 16:
         import numpy as np
@@ -718,14 +771,20 @@ class PickleReport:
     """What one unpickling saw: every global named, and why torch's weights_only unpickler
     would refuse the stream (unsupported opcodes, globals outside its allowlist, ...)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.globals: dict[str, int] = {}  # qualname -> times named
         self.other_refusals: list[str] = []
         self.calls: dict[str, list[str]] = {}  # qualname -> the arguments of its calls
         self.paths: dict[str, str] = {}  # qualname named as module + "a.b" -> module
         self.code: dict[str, str] = {}  # qualname -> why this use of it runs code
 
-    def note_call(self, qualname: str, args: tuple, limit: int = 8, then: tuple | None = None):
+    def note_call(
+        self,
+        qualname: str,
+        args: tuple[Any, ...],
+        limit: int = 8,
+        then: tuple[Any, ...] | None = None,
+    ) -> None:
         """A call of `qualname` with `args` (and, with `then`, a call of what it returned)."""
         calls = self.calls.setdefault(qualname, [])
         if len(calls) < limit:
@@ -734,7 +793,7 @@ class PickleReport:
                 text += ")(" + ", ".join(short_repr(a) for a in then[:6])
             calls.append(text[:300])
 
-    def refuse(self, why: str):
+    def refuse(self, why: str) -> None:
         if why not in self.other_refusals:
             self.other_refusals.append(why)
 
@@ -768,10 +827,16 @@ def current_report() -> PickleReport:
 class SafeUnpickler(pickle.Unpickler):
     """Unpickle `data.pkl`-like streams into plain data; see the module docstring."""
 
-    def __init__(self, file, storage_factory=None, encoding="utf-8", report=None):
+    def __init__(
+        self,
+        file: FromPickle,
+        storage_factory: FromPickle = None,
+        encoding: str = "utf-8",
+        report: FromPickle = None,
+    ) -> None:
         if storage_factory is not None:
             # before __init__, which caches it: one Python call per storage, not two
-            self.persistent_load = storage_factory
+            self.persistent_load = storage_factory  # type: ignore[method-assign]
         super().__init__(file, encoding=encoding)
         self.report = report if report is not None else PickleReport()
         self._placeholders: dict[str, type] = {}
@@ -780,7 +845,7 @@ class SafeUnpickler(pickle.Unpickler):
     def unsafe_globals(self) -> list[str]:
         return self.report.unsafe_globals
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise CheckpointError("pickle names a global that is not text")
         if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 spellings, as torch
@@ -795,7 +860,7 @@ class SafeUnpickler(pickle.Unpickler):
                 module, name = qualname.rsplit(".", 1)
         return self._resolve(module, name, qualname)
 
-    def _resolve(self, module, name, qualname):
+    def _resolve(self, module: str, name: str, qualname: str) -> Any:
         allowed = ALLOWED.get((module, name))
         if allowed is not None:
             return allowed
@@ -812,14 +877,14 @@ class SafeUnpickler(pickle.Unpickler):
                 return TorchDtype(name)
         return self._placeholder(qualname)
 
-    def _placeholder(self, qualname):
+    def _placeholder(self, qualname: str) -> type[Placeholder]:
         cls = self._placeholders.get(qualname)
         if cls is None:
             cls = type(qualname.rsplit(".", 1)[-1], (Placeholder,), {"qualname": qualname})
             self._placeholders[qualname] = cls
         return cls
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: FromPickle) -> Any:
         raise CheckpointError("pickle refers to external data but this container has none")
 
 
@@ -836,13 +901,13 @@ def describe_pickle_error(exc: BaseException) -> str:
     return f"pickle data is malformed ({text[:120]})"
 
 
-def merge_report(checkpoint, report: PickleReport, record: str = ""):
+def merge_report(checkpoint: Checkpoint, report: PickleReport, record: str = "") -> None:
     """Add what one more pickle named to a checkpoint's globals; `record` names where it sits
     when that is not the checkpoint's main pickle."""
     _merge(checkpoint, report.globals, report.calls, report.paths, report.code, record)
 
 
-def merge_part(checkpoint, part, record: str):
+def merge_part(checkpoint: Checkpoint, part: Checkpoint, record: str) -> None:
     """Add the globals of a part (a shard, a file of a training folder) to its folder's."""
     named = part.globals_named or {g: 1 for g in part.unsafe_globals}
     _merge(checkpoint, named, part.global_calls, part.global_paths, part.global_code, record)
@@ -852,7 +917,14 @@ def merge_part(checkpoint, part, record: str):
     checkpoint.refusals += [f"{record}: {why}" for why in part.refusals]
 
 
-def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record: str):
+def _merge(
+    checkpoint: Checkpoint,
+    named: dict[str, int],
+    calls: dict[str, list[str]],
+    paths: dict[str, str],
+    code: dict[str, str],
+    record: str,
+) -> None:
     for name, uses in named.items():
         checkpoint.globals_named[name] = checkpoint.globals_named.get(name, 0) + uses
         if name not in TORCH_ALLOWED and name not in checkpoint.unsafe_globals:
@@ -866,7 +938,12 @@ def _merge(checkpoint, named: dict, calls: dict, paths: dict, code: dict, record
         checkpoint.global_code.setdefault(name, why)
 
 
-def safe_load(data: bytes, storage_factory=None, encoding="utf-8", report=None):
+def safe_load(
+    data: bytes,
+    storage_factory: FromPickle = None,
+    encoding: str = "utf-8",
+    report: FromPickle = None,
+) -> tuple[Any, list[str]]:
     """Unpickle one object; returns (object, unsafe_globals). Raises CheckpointError only.
     The opcodes are walked first (pickle_scan): the C unpickler trusts memo indices.
     `report` (a PickleReport) collects every global and what torch would refuse."""

@@ -14,9 +14,15 @@ import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 MAX_FACTS = 1 << 18  # a few dozen bytes each
 MAX_STATS = 256  # each holds its histogram (bins counts and edges)
+
+# Tensors are model.TensorInfo and stats values.stats.Stats: model imports this module, and
+# values sits above listing, so neither is named here.
+Key = tuple[object, ...]
+Entry = TypeVar("Entry")
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class HealthFacts:
     integer: bool  # integer or bool values (the statistics then count values)
 
 
-def view_key(tensor) -> tuple:
+def view_key(tensor: Any) -> Key:
     if tensor.storage is None:
         return ("own", id(tensor))
     return (
@@ -44,39 +50,48 @@ def view_key(tensor) -> tuple:
 
 
 class StatsCache:
-    def __init__(self, max_facts: int = MAX_FACTS, max_stats: int = MAX_STATS):
+    def __init__(self, max_facts: int = MAX_FACTS, max_stats: int = MAX_STATS) -> None:
         self._lock = threading.Lock()
-        self._facts: OrderedDict = OrderedDict()
-        self._stats: OrderedDict = OrderedDict()
+        self._facts: OrderedDict[Key, HealthFacts] = OrderedDict()
+        self._stats: OrderedDict[Key, Any] = OrderedDict()
         self.max_facts, self.max_stats = max_facts, max_stats
 
-    def _get(self, table: OrderedDict, key):
+    def _get(self, table: OrderedDict[Key, Entry], key: Key) -> Entry | None:
         with self._lock:
             value = table.get(key)
             if value is not None:
                 table.move_to_end(key)
             return value
 
-    def _put(self, table: OrderedDict, key, value, limit: int):
+    def _put(self, table: OrderedDict[Key, Entry], key: Key, value: Entry, limit: int) -> None:
         with self._lock:
             table[key] = value
             table.move_to_end(key)
             while len(table) > limit:
                 table.popitem(last=False)
 
-    def facts(self, tensor) -> HealthFacts | None:
+    def facts(self, tensor: Any) -> HealthFacts | None:
         return self._get(self._facts, view_key(tensor))
 
-    def put_facts(self, tensor, facts: HealthFacts):
+    def put_facts(self, tensor: Any, facts: HealthFacts) -> None:
         self._put(self._facts, view_key(tensor), facts, self.max_facts)
 
-    def stats(self, tensor, bins: int, part: str, value_range):
+    def stats(
+        self, tensor: Any, bins: int, part: str, value_range: tuple[float, float] | None
+    ) -> Any:
         """The exact Stats computed before with these settings: a shallow copy (a view may
         set its fields; its lists are shared, not to be changed in place)."""
         stats = self._get(self._stats, (view_key(tensor), bins, part, _range_key(value_range)))
         return copy.copy(stats) if stats is not None else None
 
-    def put_stats(self, tensor, bins: int, part: str, value_range, stats):
+    def put_stats(
+        self,
+        tensor: Any,
+        bins: int,
+        part: str,
+        value_range: tuple[float, float] | None,
+        stats: Any,
+    ) -> None:
         self._put(
             self._stats,
             (view_key(tensor), bins, part, _range_key(value_range)),
@@ -89,5 +104,5 @@ class StatsCache:
             return len(self._facts) + len(self._stats)
 
 
-def _range_key(value_range):
+def _range_key(value_range: tuple[float, float] | None) -> tuple[float, float] | None:
     return None if value_range is None else (float(value_range[0]), float(value_range[1]))

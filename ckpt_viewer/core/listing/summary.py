@@ -8,13 +8,15 @@ Hugging Face files), `optimizer_state` (tensors under an optimizer's `state`) an
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.globals import triage
 from ckpt_viewer.core.listing.model import Checkpoint, Node
-from ckpt_viewer.core.listing.text import ShownOnce, bounded_json
+from ckpt_viewer.core.listing.text import WrittenOnce, bounded_json
 from ckpt_viewer.core.listing.tree import BUFFER_NAMES
 
 MAX_SCALAR_TEXT = 10_000
@@ -25,11 +27,11 @@ ALL_MODEL_FORMATS = {"safetensors", "hf-sharded"}
 
 @dataclass
 class Totals:
-    params: int = 0
+    elements: int = 0
     bytes: int = 0
     tensors: int = 0
-    by_dtype: dict = field(default_factory=dict)  # dtype -> [tensor count, params, bytes]
-    split: dict = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
+    by_dtype: dict[str, list[int]] = field(default_factory=dict)  # [tensors, elements, bytes]
+    split: dict[str, int] = field(default_factory=lambda: {MODEL: 0, OPTIMIZER_STATE: 0, OTHER: 0})
     model_buffers: int = 0  # of split[MODEL]: the elements of tensors known to be buffers
 
 
@@ -37,8 +39,8 @@ def totals(checkpoint: Checkpoint) -> Totals:
     """Elements and bytes, each storage counted once: tied weights and views are not doubled
     (a storage counts towards the split of the first tensor that uses it)."""
     result = Totals()
-    by_dtype: dict[str, list] = {}
-    covered: dict[int, list] = {}  # storage id -> [storage, dtype, category, spans...]
+    by_dtype: dict[str, list[int]] = {}
+    covered: dict[int, list[Any]] = {}  # storage id -> [storage, dtype, category, spans...]
     bytes_only: set[int] = set()  # storages of torchao weights' pieces: no elements
     categories = tensor_categories(checkpoint)
     split = result.split
@@ -65,7 +67,7 @@ def totals(checkpoint: Checkpoint) -> Totals:
             # elements are the weight's own (its numel(), what model.parameters() counts);
             # bytes are its stored pieces' (qdata, scale...), counted below with no elements
             entry[1] += tensor.numel
-            result.params += tensor.numel
+            result.elements += tensor.numel
             split[category] += tensor.numel
         for leaf in tensor.parts.values() if tensor.parts else (tensor,):
             storage = leaf.storage
@@ -75,7 +77,7 @@ def totals(checkpoint: Checkpoint) -> Totals:
                 entry = _dtype_entry(by_dtype, leaf.dtype)
                 entry[1] += count
                 entry[2] += nbytes
-                result.params += count
+                result.elements += count
                 result.bytes += nbytes
                 split[category] += count
             elif id(storage) in covered:
@@ -84,12 +86,12 @@ def totals(checkpoint: Checkpoint) -> Totals:
                 covered[id(storage)] = [storage, leaf.dtype, category, leaf.element_span()]
                 if not counted:
                     bytes_only.add(id(storage))
-    params = nbytes_all = 0
+    elements = nbytes_all = 0
     for storage, dtype, category, *spans in covered.values():
         count = spans[0][1] - spans[0][0] if len(spans) == 1 else _union_length(spans)
         count *= id(storage) not in bytes_only
         nbytes = storage.nbytes
-        params += count
+        elements += count
         nbytes_all += nbytes
         split[category] += count
         entry = _dtype_entry(by_dtype, dtype)
@@ -98,7 +100,7 @@ def totals(checkpoint: Checkpoint) -> Totals:
     result.model_buffers = split.pop(BUFFERS)
     split[MODEL] += result.model_buffers
     result.tensors = len(tensors)
-    result.params += params
+    result.elements += elements
     result.bytes += nbytes_all
     result.by_dtype = dict(sorted(by_dtype.items(), key=lambda kv: -kv[1][2]))
     return result
@@ -110,7 +112,7 @@ def is_buffer(node: Node) -> bool:
     return node.role == "buffer" or not node.role and node.name.rpartition(".")[2] in BUFFER_NAMES
 
 
-def _dtype_entry(by_dtype: dict, dtype: str) -> list:
+def _dtype_entry(by_dtype: dict[str, list[int]], dtype: str) -> list[int]:
     """[tensors, elements, bytes] of a dtype, in the order dtypes were first met."""
     entry = by_dtype.get(dtype)
     if entry is None:
@@ -118,7 +120,7 @@ def _dtype_entry(by_dtype: dict, dtype: str) -> list:
     return entry
 
 
-def tensor_categories(checkpoint: Checkpoint) -> dict:
+def tensor_categories(checkpoint: Checkpoint) -> dict[int, str]:
     """{id(tensor node): MODEL | OPTIMIZER_STATE | OTHER}; tensors left out are OTHER."""
     if checkpoint.format in ALL_MODEL_FORMATS:
         return {id(node): MODEL for _, _, node in checkpoint.tensors()}
@@ -127,7 +129,7 @@ def tensor_categories(checkpoint: Checkpoint) -> dict:
             id(node): OPTIMIZER_STATE if _dcp_optimizer_state(key) else MODEL
             for key, _, node in checkpoint.tensors()
         }
-    categories = {}
+    categories: dict[int, str] = {}
     stack: list[tuple[Node, str]] = [(checkpoint.root, "")]
     while stack:
         node, context = stack.pop()
@@ -144,7 +146,7 @@ def tensor_categories(checkpoint: Checkpoint) -> dict:
     return categories
 
 
-def _mark(categories: dict, top: Node, category: str):
+def _mark(categories: dict[int, str], top: Node, category: str) -> None:
     """Every tensor under top is `category` (tensor-subclass parts, `_extra_state` included)."""
     stack = [top]
     while stack:
@@ -171,7 +173,7 @@ def _dcp_optimizer_state(key: str) -> bool:
     )
 
 
-def _union_length(spans) -> int:
+def _union_length(spans: Iterable[tuple[int, int]]) -> int:
     total, end = 0, None
     for first, last in sorted(spans):
         if end is None or first >= end:
@@ -183,13 +185,13 @@ def _union_length(spans) -> int:
     return total
 
 
-def inspect_dict(checkpoint: Checkpoint) -> dict:
+def inspect_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     """The object `ckpt-viewer inspect --json` prints."""
     with paused_gc():
         return _inspect_dict(checkpoint)
 
 
-def _inspect_dict(checkpoint: Checkpoint) -> dict:
+def _inspect_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     total = totals(checkpoint)
     tensors = [
         {
@@ -201,12 +203,12 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         }
         for key, t, _ in checkpoint.tensors()
     ]
-    shown = ShownOnce()  # shared objects are written once, not once per reference
+    written = WrittenOnce()  # shared objects are written once, not once per reference
     optimizers = [
         {
             "key": o.key,
             "type": o.type,
-            "param_groups": [bounded_json(g, shown, MAX_SCALAR_TEXT) for g in o.param_groups],
+            "param_groups": [bounded_json(g, written, MAX_SCALAR_TEXT) for g in o.param_groups],
         }
         for o in checkpoint.optimizers
     ]
@@ -216,11 +218,11 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
         "file_bytes": checkpoint.file_bytes,
         "tensors": tensors,
         "scalars": {
-            k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.scalars().items()
+            k: bounded_json(v, written, MAX_SCALAR_TEXT) for k, v in checkpoint.scalars().items()
         },
         "optimizers": optimizers,
         "metadata": {
-            k: bounded_json(v, shown, MAX_SCALAR_TEXT) for k, v in checkpoint.metadata.items()
+            k: bounded_json(v, written, MAX_SCALAR_TEXT) for k, v in checkpoint.metadata.items()
         },
         "unsafe_globals": list(checkpoint.unsafe_globals),
         "globals": [{"name": u.name, "category": u.category} for u in triage(checkpoint)],
@@ -230,7 +232,7 @@ def _inspect_dict(checkpoint: Checkpoint) -> dict:
             for why in checkpoint.refusals
         ],
         "params": dict(total.split),
-        "total_params": total.params,
+        "total_params": total.elements,
         "total_bytes": total.bytes,
     }
 
@@ -301,6 +303,6 @@ def scalar_importance(key: str) -> int:
     return 3
 
 
-def scalars_by_importance(scalars: dict) -> list[tuple[str, object]]:
+def scalars_by_importance(scalars: dict[str, object]) -> list[tuple[str, object]]:
     """The scalars, most telling first; file order within each group."""
     return sorted(scalars.items(), key=lambda item: scalar_importance(item[0]))

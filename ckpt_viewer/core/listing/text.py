@@ -12,7 +12,10 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # C0 controls, DEL, C1 controls, line/paragraph separators (str.splitlines breaks on them),
 # bidi marks, embeddings, overrides and isolates
@@ -20,7 +23,7 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _escape(match) -> str:
+def _escape(match: re.Match[str]) -> str:
     char = match.group()
     if char in _NAMED:
         return _NAMED[char]
@@ -28,7 +31,7 @@ def _escape(match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def safe_text(text) -> str:
+def safe_text(text: object) -> str:
     """`text` on one line with every control, separator and bidi character escaped
     (`\\x1b`, `\\r`, `\\n`, `\\t`, `\\u202e`...); anything else is kept as it is."""
     text = text if isinstance(text, str) else str(text)
@@ -43,10 +46,9 @@ def clipped(text: str, limit: int) -> str:
 
 
 MAX_JSON_INT_BITS = 1 << 19  # ~158,000 digits: int -> decimal is quadratic in CPython 3.11
-# (0.12 s for 10**100000 here, minutes for ten times more)
 
 
-def json_safe(value):
+def json_safe(value: object) -> object:
     """A copy JSON can hold strictly: non-finite floats as "nan"/"inf"/"-inf"; integers stay
     numbers (beyond MAX_JSON_INT_BITS, text saying their size)."""
     if isinstance(value, float):
@@ -69,7 +71,7 @@ def json_safe(value):
     return str(value)
 
 
-def strict_json(value) -> str:
+def strict_json(value: object) -> str:
     """RFC 8259 JSON (never a bare NaN or Infinity), integers as numbers whatever their size."""
     import sys
 
@@ -90,7 +92,7 @@ MAX_INT_DIGITS_SHOWN = 60
 
 def int_text(value: int) -> str:
     """An integer as text; past MAX_INT_DIGITS_SHOWN digits, its magnitude and size (exact
-    decimal conversion of a 10**100000 costs a tenth of a second, of a bigger one minutes)."""
+    decimal conversion is quadratic in the digits)."""
     if value.bit_length() <= MAX_INT_DIGITS_SHOWN * 3.32:
         return str(value)
     exponent = math.log10(abs(value))
@@ -102,7 +104,7 @@ def int_text(value: int) -> str:
     )
 
 
-def short_repr(value, limit: int = 120) -> str:
+def short_repr(value: object, limit: int = 120) -> str:
     """repr() of a value from a file, at most about `limit` characters; an integer past
     Python's int-to-text limit is written as int_text writes it, inside containers too."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -128,16 +130,16 @@ LARGE_TEXT = 256
 LARGE_CONTAINER = 16
 
 
-class ShownOnce:
+class WrittenOnce:
     """Large objects already written in one report. A pickle can reference one object from
     thousands of places for a few bytes each; written out each time, a 1 MB file becomes
     gigabytes of report."""
 
-    def __init__(self):
-        self.ids = set()
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
 
-    def again(self, value) -> bool:
-        """True when `value` is large and this report has already shown it."""
+    def again(self, value: object) -> bool:
+        """True when `value` is large and this report has already written it."""
         if not _large(value):
             return False
         if id(value) in self.ids:
@@ -146,7 +148,7 @@ class ShownOnce:
         return False
 
 
-def _large(value) -> bool:
+def _large(value: object) -> bool:
     if isinstance(value, str):
         return len(value) > LARGE_TEXT
     if isinstance(value, int) and not isinstance(value, bool):
@@ -159,21 +161,21 @@ def _large(value) -> bool:
     return False
 
 
-def bounded_json(value, shown: ShownOnce, text_limit: int = 10_000):
+def bounded_json(value: object, written: WrittenOnce, text_limit: int = 10_000) -> object:
     """Report data for JSON: large objects seen before become SHARED, long text is clipped."""
-    if shown.again(value):
+    if written.again(value):
         return SHARED
     if isinstance(value, str):
         return clipped(value, text_limit)
     if isinstance(value, dict):
         return {
             k if isinstance(k, str) else short_repr(k, text_limit): bounded_json(
-                v, shown, text_limit
+                v, written, text_limit
             )
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [bounded_json(v, shown, text_limit) for v in value]
+        return [bounded_json(v, written, text_limit) for v in value]
     if value is None or isinstance(value, (bool, int, float)):
         return json_safe(value)
     return clipped(str(value), text_limit)
@@ -196,22 +198,23 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
 _DIGITS = re.compile(r"(\d+)")
 
 
-def natural_key(text: str) -> tuple:
+def natural_key(text: str) -> tuple[object, ...]:
     """Sort key for numeric-aware ("natural") order: h.2 before h.10, layer9 before layer10.
     Text parts sit at even places and digit runs at odd ones, as (length, digits): compared by
     value without int() (a hostile key may hold 100,000 digits). () ends the parts, below any
     digit run (n before n1), and the text itself breaks ties (h.01 and h.1)."""
     if not _DIGITS.search(text):
         return (text, (), text)
-    parts: list = _DIGITS.split(text)
-    for i in range(1, len(parts), 2):
-        digits = parts[i].lstrip("0")
+    split = _DIGITS.split(text)
+    parts: list[object] = list(split)
+    for i in range(1, len(split), 2):
+        digits = split[i].lstrip("0")
         parts[i] = (len(digits), digits)
     parts += [(), text]
     return tuple(parts)
 
 
-def listing_order(items: list, name=str) -> list:
+def listing_order(items: Sequence[T], name: Callable[[T], str] = str) -> list[T]:
     """items in the order to list them: an order that is only the alphabet's (safetensors
     stores keys sorted as text: h.0, h.1, h.10, h.2) becomes natural order; any other order
     is the file's own (a state_dict's module order: embed, blocks.2, blocks.10, head) and is

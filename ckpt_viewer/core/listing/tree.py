@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any, TypeGuard
+
 from ckpt_viewer.core.listing.model import Node, TensorInfo
 from ckpt_viewer.core.listing.objects import (
     Described,
@@ -21,13 +24,15 @@ SHARED_BY_VALUE = 64  # a container seen again is shown again if it holds at mos
 BY_VALUE_BUDGET = 100_000  # ... items, until this many were repeated in all (hostile files)
 INT_DIGITS = 40  # longer integers are shown by their first digits and their length
 
+Child = tuple[str, Any, str]  # (name, value from the file, role)
 
-def is_module(obj) -> bool:
+
+def is_module(obj: object) -> bool:
     fields = obj.fields if isinstance(obj, Placeholder) else {}
     return isinstance(fields.get("_parameters"), dict) and isinstance(fields.get("_modules"), dict)
 
 
-def is_optimizer_state(obj) -> bool:
+def is_optimizer_state(obj: object) -> bool:
     return (
         isinstance(obj, dict)
         and isinstance(obj.get("state"), dict)
@@ -36,7 +41,7 @@ def is_optimizer_state(obj) -> bool:
     )
 
 
-def _module_children(obj):
+def _module_children(obj: Placeholder) -> Iterator[Child]:
     """A module's state_dict entries (parameters, persistent buffers) then its submodules."""
     fields = obj.fields
     non_persistent = fields.get("_non_persistent_buffers_set") or ()
@@ -52,7 +57,7 @@ def _module_children(obj):
             yield str(name), value, ""
 
 
-def _module_note(obj) -> str:
+def _module_note(obj: Placeholder) -> str:
     parts = [
         f"{k}={v!r}"
         for k, v in obj.fields.items()
@@ -61,7 +66,7 @@ def _module_note(obj) -> str:
     return ", ".join(parts[:MODULE_SUMMARY_FIELDS])
 
 
-def _object_children(obj):
+def _object_children(obj: Placeholder) -> Iterator[Child]:
     for name, value in obj.fields.items():
         yield str(name), value, ""
     for name, value in obj.items.items():
@@ -78,7 +83,7 @@ def _object_children(obj):
 ID_LISTS = ("params", "param_names")  # optimizer parameter ids/names: one node, not scalars
 
 
-def _is_compact_list(obj, name: str) -> bool:
+def _is_compact_list(obj: object, name: str) -> TypeGuard[list[Any] | tuple[Any, ...]]:
     return (
         isinstance(obj, (list, tuple))
         and (len(obj) > COMPACT_LIST or name in ID_LISTS)
@@ -86,7 +91,7 @@ def _is_compact_list(obj, name: str) -> bool:
     )
 
 
-def is_script_module(obj) -> bool:
+def is_script_module(obj: object) -> bool:
     """A TorchScript module object: its state is a dict of attributes and submodules."""
     return (
         isinstance(obj, Placeholder)
@@ -95,25 +100,25 @@ def is_script_module(obj) -> bool:
     )
 
 
-def _script_module_children(obj):
+def _script_module_children(obj: Placeholder) -> Iterator[Child]:
     for name, value in obj.fields.items():
         if isinstance(value, (TensorInfo, Placeholder, dict, list, tuple)):
             yield str(name), value, "parameter" if getattr(value, "is_parameter", False) else ""
 
 
 def build_tree(
-    obj,
-    warnings: list | None = None,
-    optimizers: list | None = None,
-    tensors: list | None = None,
-    scalars: dict | None = None,
+    obj: object,
+    warnings: list[str] | None = None,
+    optimizers: list[Node] | None = None,
+    tensors: list[tuple[str, TensorInfo, Node]] | None = None,
+    scalars: dict[str, object] | None = None,
 ) -> Node:
     """Walk without recursion; a container seen before becomes a `ref` node (no blow-up).
     Tensors sharing a storage are marked on the way; optimizer nodes are collected, and
     what Checkpoint.tensors() and .scalars() list, in tree order."""
     root = Node(name="", kind="dict")
     first_key = _Seen()
-    stack = [(obj, None, "", "", "", 0)]
+    stack: list[tuple[Any, Node | None, str, str, str, int]] = [(obj, None, "", "", "", 0)]
     cut = False
     while stack:
         value, parent, name, key, role, depth = stack.pop()
@@ -126,7 +131,7 @@ def build_tree(
         children = _fill(node, value, first_key)
         if node.kind == "optimizer" and optimizers is not None:
             optimizers.append(node)
-        elif node.kind == "tensor" and tensors is not None:
+        elif node.kind == "tensor" and node.tensor is not None and tensors is not None:
             tensors.append((key, node.tensor, node))
         elif node.kind == "scalar" and scalars is not None:
             scalars[key] = node.value
@@ -140,23 +145,23 @@ def build_tree(
     return root
 
 
-class Shown(str):
+class Description(str):
     """Text that describes a value (not a string from the file): printed without quotes."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return str(self)
 
 
-class _Seen(dict):
+class _Seen(dict[object, str]):
     """First key of every container and tensor met; what shared containers may still repeat."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.budget = BY_VALUE_BUDGET
         self.sizes: dict[int, int] = {}
         self.described: dict[int, Described | None] = {}
 
-    def show_again(self, value) -> bool:
+    def show_again(self, value: object) -> bool:
         """A container met before is shown by value again when small (a betas tuple shared by
         two param_groups); a large one, or a cycle, once."""
         size = self.sizes.get(id(value))
@@ -167,13 +172,13 @@ class _Seen(dict):
         self.budget -= size
         return True
 
-    def describe(self, value) -> Described | None:
+    def describe(self, value: Placeholder) -> Described | None:
         if id(value) not in self.described:  # once: its tensor records are then shared
             self.described[id(value)] = describe_object(value)
         return self.described[id(value)]
 
 
-def _item_count(value, limit: int) -> int:
+def _item_count(value: object, limit: int) -> int:
     """Values inside a container, counted up to `limit` (a cycle counts past it)."""
     count, stack = 0, [value]
     while stack and count < limit:
@@ -190,7 +195,7 @@ def _item_count(value, limit: int) -> int:
     return count
 
 
-def _fill(node: Node, value, first_key: _Seen) -> list:
+def _fill(node: Node, value: object, first_key: _Seen) -> list[Child]:
     """Set node's kind/type from value; return its children as (name, value, role)."""
     if isinstance(value, TensorInfo):
         node.type_name = "Parameter" if value.is_parameter else "Tensor"
@@ -213,7 +218,7 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
         node.value = (
             bytes(value)
             if len(value) <= 64
-            else Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
+            else Description(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
         )
         return []
     if isinstance(value, (GlobalRef, type)):
@@ -254,7 +259,7 @@ def _fill(node: Node, value, first_key: _Seen) -> list:
     return list(_object_children(value))
 
 
-def _segment(key) -> str:
+def _segment(key: object) -> str:
     if isinstance(key, str):
         return key
     if isinstance(key, (GlobalRef, Placeholder)):
@@ -262,7 +267,7 @@ def _segment(key) -> str:
     return short_repr(key, 200) if isinstance(key, (int, tuple)) else str(key)
 
 
-def _set_tensor(node: Node, value: TensorInfo, first_key: dict):
+def _set_tensor(node: Node, value: TensorInfo, first_key: _Seen) -> None:
     node.kind, node.tensor = "tensor", value
     if id(value) in first_key:  # the same tensor object again (tied)
         node.shared_with = first_key[id(value)]
@@ -282,7 +287,7 @@ def huge_int_text(value: int) -> str:
     sign, value = "-" if value < 0 else "", abs(value)
     bits = value.bit_length()
     digits = int(bits * 0.30102999566398120) + 1  # log10(2): exact or one too many
-    if bits > 4_000_000:  # digits would take seconds to find
+    if bits > 4_000_000:  # even the leading digits are slow to find (quadratic division)
         return f"{sign}an integer of about {digits:,} digits"
     head = value // 10 ** (digits - INT_DIGITS)
     if head < 10 ** (INT_DIGITS - 1):
@@ -290,12 +295,12 @@ def huge_int_text(value: int) -> str:
     return f"{sign}{head}... ({digits} digits)"
 
 
-def _apply_description(node: Node, described: Described, first_key: dict) -> list:
+def _apply_description(node: Node, described: Described, first_key: _Seen) -> list[Child]:
     """A known class (numpy array, DTensor, pathlib path...) shown as what it is."""
     node.kind = described.kind
     node.type_name = described.type_name or node.type_name
     node.note = described.note
-    if described.kind == "tensor":
+    if described.kind == "tensor" and described.tensor is not None:
         _set_tensor(node, described.tensor, first_key)
     elif described.kind in ("scalar", "opaque"):
         node.value = described.value

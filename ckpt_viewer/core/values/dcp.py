@@ -54,6 +54,7 @@ def dcp_slabs(tensor: TensorInfo, max_bytes: int = 16 << 20):
 
 
 def _chunk_block(view: TensorInfo, unit: np.dtype) -> np.ndarray:
+    assert view.storage is not None  # a chunk's view of its stored bytes
     stored = unit.newbyteorder(stored_order(view.storage)) if unit.kind == "u" else unit
     raw = (
         np.concatenate(list(iter_raw_chunks(view, stored, max(1, view.numel))))

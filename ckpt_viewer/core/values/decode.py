@@ -4,6 +4,8 @@ conjugate views applied, big-endian archives swapped as torch swaps them."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from ckpt_viewer.core.listing.model import DTYPE_SIZES, FLOAT_DTYPES, Storage, TensorInfo
@@ -117,7 +119,7 @@ def numpy_readable(tensor: TensorInfo) -> bool:
     return tensor.layout == "strided"
 
 
-def stored_order(storage: Storage) -> str:
+def stored_order(storage: Storage) -> Literal["<", ">"]:
     """'>' when torch byte-swaps this storage's elements (a big-endian archive). It swaps by
     the storage's own element size, so an untyped storage (of a uint16, float8... tensor) is
     read as it is."""
@@ -135,4 +137,5 @@ def as_little_endian(raw: np.ndarray, storage: Storage) -> np.ndarray:
 
 
 def tensor_np_dtype(tensor: TensorInfo) -> np.dtype:
+    assert tensor.storage is not None  # asked only of tensors numpy reads from their storage
     return np.dtype(stored_order(tensor.storage) + NUMPY_DTYPES[tensor.dtype])

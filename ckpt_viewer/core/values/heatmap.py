@@ -65,7 +65,7 @@ def _window_source(tensor: TensorInfo, leading: tuple):
     per-channel quantized...) comes whole from read_window, so it is read once, not per block."""
     if len(tensor.shape) == 0 or tensor.layout == "ggml" or numpy_readable(tensor):
         return lambda rows, cols: read_window(tensor, leading, rows, cols)
-    whole = []
+    whole: list[np.ndarray] = []
 
     def window(rows: range, cols: range) -> np.ndarray:
         if not whole:

@@ -2,7 +2,7 @@
 a 2-D window), each choosing how the tensor is read.
 
 Common dtypes are read with numpy in chunks straight from the file (no torch import, which
-alone costs ~1.5 s and ~200 MB); bfloat16 and float8 are widened by bit manipulation. Anything
+alone costs more time and memory than most reads); bfloat16 and float8 are widened by bit manipulation. Anything
 else (quantized per-channel, complex32, DCP chunks, float4) is materialised through torch.
 A compressed zip record is inflated, never memory-mapped (mmap would yield its raw bytes).
 """

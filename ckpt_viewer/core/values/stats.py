@@ -22,7 +22,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,7 +41,7 @@ MAX_VALUE_COUNTS = 4096  # integer tensors spanning fewer values get exact value
 PARTS = ("magnitude", "real", "imag")
 SELECT_LIMIT = 1 << 21  # values a quantile's bin may hold to be collected and sorted
 SELECT_LEVELS = 12  # 65536 ** 12 spans any float64 range down to single values
-GIL_SLICE = 1 << 16  # elements per GIL-holding numpy call, so a GUI thread waits < 0.2 ms
+GIL_SLICE = 1 << 16  # elements per GIL-holding numpy call, so a GUI thread never waits long
 FIGURES = ("min", "max", "mean", "std", "l2")
 WORKERS = min(2, os.cpu_count() or 1)  # threads a pass computes chunks on
 Result = TypeVar("Result")
@@ -471,7 +471,7 @@ def _select(tensor, part, chunk, lo, hi, fine, ranks: dict, zeros: int = 0):
         split = {
             key for key, members in groups.items() if members[0].size > SELECT_LIMIT and not last
         }
-        found = {key: [] for key in groups}  # values of a small bin
+        found: dict[Any, list[np.ndarray]] = {key: [] for key in groups}  # values of a small bin
         counts = {key: np.zeros(FINE_BINS, np.int64) for key in split}  # a big bin's split
         extremes = {key: [math.inf, -math.inf] for key in split}
         zeros_in = dict.fromkeys(split, 0)  # a big bin is often one value: 0
@@ -530,14 +530,14 @@ def _select_chunk(groups: dict, split: set, first_level: tuple, x: np.ndarray) -
     with np.errstate(all="ignore"):
         if not np.isfinite(np.sum(x, dtype=np.float64)):
             x = x[np.isfinite(x)]
-    index = _bin_index(x, lo, hi, scale, fine_bins)
+    bin_of = _bin_index(x, lo, hi, scale, fine_bins)
     wanted = np.zeros(fine_bins, dtype=bool)
     wanted[[key[0][3] for key in groups]] = True
-    near = np.flatnonzero(np.take(wanted, index))  # the few values in any wanted bin
-    x, index = x[near], index[near]
+    near = np.flatnonzero(np.take(wanted, bin_of))  # the few values in any wanted bin
+    x, bin_of = x[near], bin_of[near]
     out = {}
     for key, members in groups.items():
-        inside = members[0].members(x[index == key[0][3]], first=1)
+        inside = members[0].members(x[bin_of == key[0][3]], first=1)
         if not inside.size:
             continue
         if key in split:
@@ -765,7 +765,7 @@ def prefetch_sample(tensor: TensorInfo, elements: int):
     stored = getattr(distinct.storage, "source", None)
     if getattr(stored, "compress_type", 0) != 0:
         return  # inflated when read: nothing to ask the OS for
-    if distinct.is_contiguous and _plainly_stored(distinct):
+    if distinct.is_contiguous and _plainly_stored(distinct) and distinct.storage is not None:
         StorageReader(distinct.storage).prefetch(
             _sample_runs(distinct, elements), tensor_np_dtype(distinct)
         )
@@ -801,9 +801,9 @@ def sample_preview(tensor: TensorInfo, bins: int = 64, elements: int = 200_000) 
     if not tensor.is_contiguous:
         return Stats(numel=numel, sampled=True)
     runs = _sample_runs(tensor, elements)
-    if _plainly_stored(tensor):
+    if _plainly_stored(tensor) and tensor.storage is not None:
         # read (the GIL is let go during the read), not mapped: a cold page faulted in inside
-        # np.concatenate holds the GIL, and the window stalled 130-220 ms on a cold 16 GB file
+        # np.concatenate holds the GIL, and the window stalls on a cold file
         reader, np_dtype = StorageReader(tensor.storage), tensor_np_dtype(tensor)
         reader.prefetch(runs, np_dtype)
         pieces = [
@@ -851,7 +851,7 @@ def stats_job(
 
     The exact pass starts only once the GUI has drawn the preview, and (first selection of a
     session) once pyqtgraph has arrived and the plots are built: GUI-thread plotting and a pass
-    over a large tensor, sharing the GIL, stalled the window for 50-65 ms. With a `cache`
+    over a large tensor, sharing the GIL, stalled the window. With a `cache`
     (stats_cache.StatsCache), Stats computed before return at once, and the health pass's
     facts save a pass."""
     if cache is not None:

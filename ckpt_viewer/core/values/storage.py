@@ -27,10 +27,13 @@ from ckpt_viewer.core.values.decode import NUMPY_DTYPES
 class StorageReader:
     """Reads element ranges of one storage: from the file, or from an inflated record."""
 
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage | None):
+        if storage is None:
+            raise CheckpointError("the tensor has no storage to read")
         self.storage = storage
         source = storage.source
-        self.inflated = None
+        self.inflated: bytes | None = None
+        self.path: str | None
         if isinstance(source, ZipMember):
             if source.compress_type == zipfile.ZIP_STORED:
                 self.path, self.offset = source.path, data_offset(source)
@@ -65,7 +68,7 @@ class StorageReader:
             return out
         with self._file(self.offset + start + nbytes) as f:
             f.seek(self.offset + start)
-            got = f.readinto(memoryview(out).cast("B"))
+            got = f.readinto(out.data.cast("B"))
         if got != nbytes:
             raise self._ended()
         return out
@@ -118,6 +121,7 @@ class StorageReader:
     def _file(self, needed_size: int):
         """The open file, checked to still hold `needed_size` bytes (a mapping past the end
         would kill the process with SIGBUS instead of raising)."""
+        assert self.path is not None  # an inflated record is read from memory
         try:
             with remote.open_source(self.path) as f:
                 if f.size < needed_size:

@@ -58,7 +58,7 @@ SPAN_LIMIT = 1 << 24  # storage elements one gathered block may span (a mapping,
 def _merged_dims(shape, stride) -> tuple:
     """The same logical order with size-1 dims dropped and row-major neighbours merged."""
     dims = [(n, s) for n, s in zip(shape, stride) if n != 1]
-    merged = []
+    merged: list[tuple[int, int]] = []
     for n, s in dims:
         if merged and merged[-1][1] == s * n:
             merged[-1] = (merged[-1][0] * n, s)

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import Checkpoint
+from ckpt_viewer.core.listing.model import Checkpoint, FileSpan, ZipMember
 from ckpt_viewer.core.listing.readers.hf_index import read_json
 from ckpt_viewer.core.listing.remote import not_regular
 
@@ -38,7 +38,7 @@ LOADER_NAMES = (
 SIDE_FILE = re.compile(r"[^.].*\.(json|txt|md|model|tiktoken|jinja)|\.gitattributes")
 
 
-def _identity(path: str):
+def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -51,8 +51,9 @@ class Sources:
     every file a tensor's bytes lie in (shards, DCP data files, training-folder parts), and the
     folder of a sharded, DCP or training-folder checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint):
-        files, folders = set(), set()
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        files: set[str] = set()
+        folders: set[str] = set()
         path = checkpoint.path
         if not remote.is_remote(path):
             (folders if os.path.isdir(path) else files).add(path)
@@ -60,13 +61,14 @@ class Sources:
                 folders.add(os.path.dirname(os.path.abspath(path)))
         for _, tensor, _ in checkpoint.tensors():
             for t in (tensor, *tensor.parts.values()):
-                if t.storage is not None and hasattr(t.storage.source, "path"):
-                    files.add(t.storage.source.path)
+                source = t.storage.source if t.storage is not None else None
+                if isinstance(source, (ZipMember, FileSpan)):
+                    files.add(source.path)
                 files.update(span.path for _, _, span in t.chunks)
         self.files = {i for i in map(_identity, files) if i}
         self.folders = {i for i in map(_identity, folders) if i}
 
-    def refuse_inside(self, destination: str, folder: str):
+    def refuse_inside(self, destination: str, folder: str) -> None:
         """`folder` (where `destination` goes) and every folder above it, symlinks resolved."""
         here = os.path.realpath(folder)
         while True:
@@ -80,7 +82,7 @@ class Sources:
                 return
             here = parent
 
-    def refuse_source(self, path: str):
+    def refuse_source(self, path: str) -> None:
         if _identity(path) in self.files | self.folders:
             raise CheckpointError(
                 f"{path} is the source file (or one of the files being "
@@ -136,7 +138,7 @@ def check_file(checkpoint: Checkpoint, destination: str, force: bool) -> str:
     return destination
 
 
-def check_folder(checkpoint: Checkpoint, folder: str, force: bool, names: list) -> list:
+def check_folder(checkpoint: Checkpoint, folder: str, force: bool, names: list[str]) -> list[str]:
     """Sharded output into `folder` (made by the caller when new), as files `names`: returns
     the names of an earlier export of ours there that the new one does not replace (to be
     removed once it is in place); raises CheckpointError when the folder may not be used."""
@@ -180,7 +182,7 @@ def check_folder(checkpoint: Checkpoint, folder: str, force: bool, names: list) 
     return [entry for entry in ours if entry not in names]
 
 
-def _earlier_export(folder: str, entries: list, names: list) -> list | None:
+def _earlier_export(folder: str, entries: list[str], names: list[str]) -> list[str] | None:
     """The entries, when they are exactly an export of ours: an index of ours and the shards it
     names, or the one weights file the new export writes too (an unsharded output); else None."""
     if len(entries) == 1 and entries[0] in names and not entries[0].endswith(".index.json"):
@@ -261,7 +263,7 @@ class Staged:
         kind: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         for temp in self.temps:
             remove_quietly(temp)
         self.temps = []
@@ -269,7 +271,6 @@ class Staged:
             raise CheckpointError(f"{self.what} cancelled; nothing was written") from None
         if isinstance(exc, OSError):
             raise CheckpointError(os_error(exc, self.destination)) from None
-        return False
 
 
 def _fsync(path: str) -> None:

@@ -18,9 +18,10 @@ import struct
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import IO, Any
 
 import numpy as np
 
@@ -32,7 +33,9 @@ from ckpt_viewer.core.listing.model import (
     FLOAT_DTYPES,
     PACKED_VALUES,
     Checkpoint,
+    Storage,
     TensorInfo,
+    ZipMember,
     contiguous_strides,
     span_bytes,
 )
@@ -52,6 +55,8 @@ from ckpt_viewer.core.writing.destination import (
     remove_quietly,
 )
 from ckpt_viewer.core.writing.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
+
+Span = tuple[StorageReader, int, int]  # (reader, first byte, byte count): copied file to file
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20  # bytes per read/write step: bounded memory whatever the size
@@ -96,7 +101,10 @@ def crc32_combine(first: int, second: int, second_length: int) -> int:
     return _multiply_mod_p(p, first) ^ second
 
 
-def _crc_pieces(pool: ThreadPoolExecutor | None, data) -> list:
+CrcPiece = tuple[Future[int] | None, int, int]  # (CRC-32 to come, or None: the CRC-32), length
+
+
+def _crc_pieces(pool: ThreadPoolExecutor | None, data: memoryview) -> list[CrcPiece]:
     """[(future CRC-32, length)] of data cut in CRC_WORKERS pieces, computed on the pool."""
     size = len(data)
     if pool is None or size < CRC_SPLIT:
@@ -108,7 +116,7 @@ def _crc_pieces(pool: ThreadPoolExecutor | None, data) -> list:
     ]
 
 
-def _crc_joined(value: int, pieces: list) -> int:
+def _crc_joined(value: int, pieces: list[CrcPiece]) -> int:
     for future, crc, size in pieces:
         value = crc32_combine(value, crc if future is None else future.result(), size)
     return value
@@ -117,9 +125,9 @@ def _crc_joined(value: int, pieces: list) -> int:
 @dataclass
 class ExportPlan:
     root: str = ""  # take this subtree; keys are relative to it
-    include: list = field(default_factory=list)  # globs on the relative key; empty = all
-    exclude: list = field(default_factory=list)
-    keys: list | None = None  # an explicit selection of full keys (GUI check boxes)
+    include: list[str] = field(default_factory=list)  # globs on the relative key; empty = all
+    exclude: list[str] = field(default_factory=list)
+    keys: list[str] | None = None  # an explicit selection of full keys (GUI check boxes)
     strip_prefix: str = ""
     add_prefix: str = ""
     dtype: str = "keep"
@@ -164,7 +172,7 @@ def plan_items(checkpoint: Checkpoint, plan: ExportPlan) -> list[Item]:
     command line and the dialog's live preview."""
     if plan.dtype not in CAST_TARGETS:
         raise CheckpointError(f"dtype must be one of {', '.join(CAST_TARGETS)}")
-    items = []
+    items: list[Item] = []
     for key, new_key, tensor in map_keys(
         checkpoint,
         plan.root,
@@ -196,7 +204,7 @@ def quantizer_stored(t: TensorInfo) -> bool:
     )
 
 
-def _check_exportable(items: list[Item], fmt: str):
+def _check_exportable(items: list[Item], fmt: str) -> None:
     for item in items:
         t = item.tensor
         if t.layout == "dtensor":
@@ -239,7 +247,7 @@ def _check_exportable(items: list[Item], fmt: str):
 # --- reading source values in bounded pieces ---------------------------------------------
 
 
-def _torch_dtype(name):
+def _torch_dtype(name: str) -> Any:  # a torch.dtype (torch is imported only here)
     import torch
 
     return getattr(torch, name)
@@ -263,12 +271,12 @@ def _to_bfloat16(values: np.ndarray) -> np.ndarray:
 
 
 def _numpy_cast(raw: np.ndarray, source: str, target: str) -> np.ndarray | None:
-    """The common float casts without torch (importing it stalls a GUI for ~100 ms)."""
+    """The common float casts without torch (importing it stalls a GUI)."""
     with np.errstate(all="ignore"):  # out-of-range values become +-inf
         return _numpy_cast_values(raw, source, target)
 
 
-def _numpy_cast_values(raw, source, target):
+def _numpy_cast_values(raw: np.ndarray, source: str, target: str) -> np.ndarray | None:
     values = (
         _to_float32(raw, source)
         if source == "bfloat16"
@@ -285,7 +293,7 @@ def _numpy_cast_values(raw, source, target):
     return None
 
 
-def _cast_bytes(raw: np.ndarray, source_dtype: str, target: str, device: str):
+def _cast_bytes(raw: np.ndarray, source_dtype: str, target: str, device: str) -> np.ndarray:
     """Elementwise cast of a piece of little-endian storage bytes (uint8 array) to `target`;
     returns a bytes-like array. float8 sources and GPU casts go through torch."""
     if source_dtype == target:
@@ -310,12 +318,16 @@ def _raw_dtype(tensor: TensorInfo) -> np.dtype:
 
 
 def _little_endian_bytes(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    assert tensor.storage is not None
     return apply_view_bits(as_little_endian(raw, tensor.storage), tensor).reshape(-1).view(np.uint8)
 
 
-def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str):
+def _pieces(
+    tensor: TensorInfo, first: int, count: int, target: str, device: str
+) -> Iterator[np.ndarray]:
     """Storage elements [first, first+count) in the target dtype, a chunk at a time."""
     step = max(1, COPY_CHUNK // DTYPE_SIZES[tensor.dtype])
+    assert tensor.storage is not None
     reader = StorageReader(tensor.storage)
     raw_dtype = _raw_dtype(tensor)
     for start in range(first, first + count, step):
@@ -323,7 +335,7 @@ def _pieces(tensor: TensorInfo, first: int, count: int, target: str, device: str
         yield _cast_bytes(_little_endian_bytes(raw, tensor), tensor.dtype, target, device)
 
 
-def _dense_bytes(tensor: TensorInfo, target: str, device: str):
+def _dense_bytes(tensor: TensorInfo, target: str, device: str) -> Iterator[np.ndarray]:
     """A tensor's own elements, contiguous, in the target dtype (views written compactly)."""
     if tensor.layout == "torchao":  # dequantized whole: one weight matrix
         value = read_tensor(tensor).to(_torch_dtype(target)).contiguous()
@@ -345,7 +357,7 @@ def _dense_bytes(tensor: TensorInfo, target: str, device: str):
 @dataclass
 class _Record:
     name: str
-    items: list  # Items written from this record
+    items: list[Item]  # written from this record
     dtype: str
     first: int  # first source element, for shared spans
     count: int  # elements written
@@ -362,7 +374,7 @@ def _records(items: list[Item], fmt: str) -> list[_Record]:
             groups[sid] = []
             order.append(sid)
         groups[sid].append(item)
-    records = []
+    records: list[_Record] = []
     for sid in order:
         group = groups[sid]
         same_dtype = (
@@ -413,7 +425,7 @@ def _with_quantizer_records(records: list[_Record]) -> list[_Record]:
     return out
 
 
-def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple]:
+def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple[int, ...]]:
     """(offset, stride) of a tensor in the record written for it: as in the source within a
     shared span, contiguous otherwise."""
     if record.shared:
@@ -421,9 +433,9 @@ def geometry(tensor: TensorInfo, record: _Record) -> tuple[int, tuple]:
     return 0, contiguous_strides(tensor.shape)
 
 
-def quantizer_entries(records: list[_Record]) -> dict:
+def quantizer_entries(records: list[_Record]) -> dict[int, list[TensorEntry]]:
     """{id(tensor): [scales entry, zero points entry]} for the tensors quantized per channel."""
-    parts: dict = {}
+    parts: dict[int, list[TensorEntry]] = {}
     for record in records:
         if record.owner is not None:
             t = record.items[0].tensor
@@ -439,7 +451,7 @@ def quantizer_entries(records: list[_Record]) -> dict:
 # --- unchanged bytes: copied by the kernel ------------------------------------------------
 
 
-def _raw_span(tensor: TensorInfo, target: str, first: int, count: int):
+def _raw_span(tensor: TensorInfo, target: str, first: int, count: int) -> Span | None:
     """(reader, first byte, byte count) when the tensor's elements [first, first+count) are to
     be written exactly as stored (no cast, no neg/conj bit, little-endian, an uncompressed
     record or a file span), so they can be copied file to file; None otherwise. Counted in
@@ -461,7 +473,7 @@ def _raw_span(tensor: TensorInfo, target: str, first: int, count: int):
     return reader, first * itemsize, count * itemsize
 
 
-def _item_spans(item: Item):
+def _item_spans(item: Item) -> list[Span] | None:
     """The raw spans whose bytes, one after the other, are the item's bytes; or None."""
     t = item.tensor
     if t.chunks:
@@ -470,7 +482,7 @@ def _item_spans(item: Item):
     return None if span is None else [span]
 
 
-def _record_spans(record: _Record):
+def _record_spans(record: _Record) -> list[Span] | None:
     item = record.items[0]
     if record.shared:
         span = _raw_span(item.tensor, record.dtype, record.first, record.count)
@@ -478,14 +490,15 @@ def _record_spans(record: _Record):
     return _item_spans(item)
 
 
-def _dcp_spans(tensor: TensorInfo, target: str):
+def _dcp_spans(tensor: TensorInfo, target: str) -> list[Span] | None:
     """A DCP tensor sharded by whole rows (FSDP, or not sharded at all): its chunks' records in
     row order are its bytes, so they can be copied as they are."""
     from ckpt_viewer.core.listing.readers.dcp import chunk_tensor
 
     if target != tensor.dtype or not tensor.shape or not tensor.numel:
         return None
-    spans, rows = [], 0
+    spans: list[Span] = []
+    rows = 0
     for offsets, sizes, span in sorted(tensor.chunks, key=lambda c: tuple(c[0])):
         if tuple(offsets) != (rows,) + (0,) * (len(offsets) - 1) or tuple(sizes[1:]) != tuple(
             tensor.shape[1:]
@@ -505,26 +518,40 @@ def _dcp_spans(tensor: TensorInfo, target: str):
     return spans if rows == tensor.shape[0] else None
 
 
-def _copy_spans(spans, out, cancelled, crc: bool = False, pool=None) -> int:
+def _copy_spans(
+    spans: list[Span],
+    out: IO[bytes],
+    cancelled: Callable[[], bool],
+    crc: bool = False,
+    pool: ThreadPoolExecutor | None = None,
+) -> int:
     value = 0
     for span in spans:
         value = _copy_span(span, out, cancelled, crc, value, pool)
     return value
 
 
-def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0, pool=None) -> int:
+def _copy_span(
+    span: Span,
+    out: IO[bytes],
+    cancelled: Callable[[], bool],
+    crc: bool = False,
+    value: int = 0,
+    pool: ThreadPoolExecutor | None = None,
+) -> int:
     """Copies the span's bytes to the buffered file `out` at its position, by
     os.copy_file_range (no trip through user space) where the kernel can, else from mapped
     pages; returns the CRC-32 of the bytes when asked, computed on the mapped source pages
     (which the copy has just brought into the page cache), on the `pool`'s threads while the
     next step is copied when one is given."""
     reader, first, nbytes = span
+    assert reader.path is not None  # a span is of a file (_raw_span)
     source_start = reader.offset + first
     unit = np.dtype("u1")
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
-    pending: deque = deque()  # the CRC pieces of the steps copied, in order
+    pending: deque[list[CrcPiece]] = deque()  # the CRC pieces of the steps copied, in order
     with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
         if source.size < source_start + nbytes:
             raise reader._ended()
@@ -540,17 +567,18 @@ def _copy_span(span, out, cancelled, crc: bool = False, value: int = 0, pool=Non
                     copied = 0
                 if kernel and copied != step:
                     raise reader._ended()
-            pages = reader.mapped(first + done, step, unit) if crc or not kernel else None
-            if not kernel:
-                view, at = memoryview(pages), position + done
-                while len(view):
-                    written = os.pwrite(out.fileno(), view, at)
-                    view, at = view[written:], at + written
-            if crc:
-                pending.append(_crc_pieces(pool, pages))
-                if len(pending) > 1:  # at most two steps mapped at a time
-                    value = _crc_joined(value, pending.popleft())
-            del pages
+            if crc or not kernel:
+                pages = reader.mapped(first + done, step, unit).data
+                if not kernel:
+                    view, at = pages, position + done
+                    while len(view):
+                        written = os.pwrite(out.fileno(), view, at)
+                        view, at = view[written:], at + written
+                if crc:
+                    pending.append(_crc_pieces(pool, pages))
+                    if len(pending) > 1:  # at most two steps mapped at a time
+                        value = _crc_joined(value, pending.popleft())
+                del pages
             done += step
             if cancelled():
                 raise Cancelled()
@@ -572,7 +600,7 @@ def _kernel_copy(source: int, target: int, source_at: int, target_at: int, count
     return done
 
 
-def _record_bytes(record: _Record, device: str):
+def _record_bytes(record: _Record, device: str) -> Iterator[np.ndarray]:
     item = record.items[0]
     if record.shared:
         yield from _pieces(item.tensor, record.first, record.count, record.dtype, device)
@@ -611,13 +639,16 @@ def _aligned_info(zf: zipfile.ZipFile, name: str, zip64: bool) -> zipfile.ZipInf
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_STORED
     header = 30 + len(name.encode()) + (20 if zip64 else 0)
+    assert zf.fp is not None  # the archive is open for writing
     offset = zf.fp.tell() + header + 4
     pad = (-offset) % ALIGNMENT
     info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # the "FB" id torch uses
     return info
 
 
-def _write_pth(path, records, where, device, cancelled):
+def _write_pth(
+    path: str, records: list[_Record], where: str, device: str, cancelled: Callable[[], bool]
+) -> Generator[int, None, None]:
     return write_torch_archive(path, _data_pkl(records, where), records, device, cancelled)
 
 
@@ -648,11 +679,12 @@ def write_torch_archive(
             with zf.open(info, "w", force_zip64=zip64) as out:
                 if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
                     # zipfile's record writer puts these two into the header when it closes
+                    assert zf.fp is not None  # the archive is open for writing
                     out._crc = _copy_spans(spans, zf.fp, cancelled, crc=True, pool=pool)
                     out._file_size = nbytes
                 else:
                     for piece in _record_bytes(record, device):
-                        out.write(piece)
+                        out.write(piece.data)
                         if cancelled():
                             raise Cancelled()
             yield nbytes
@@ -662,7 +694,7 @@ def write_torch_archive(
 # --- the .safetensors writer -------------------------------------------------------------------
 
 
-def _alias_key(item: Item) -> tuple:
+def _alias_key(item: Item) -> tuple[Any, ...]:
     t = item.tensor
     return (
         id(t.storage),
@@ -676,14 +708,16 @@ def _alias_key(item: Item) -> tuple:
     )
 
 
-def drop_aliases(items: list[Item]) -> tuple[list[Item], dict]:
+def drop_aliases(items: list[Item]) -> tuple[list[Item], dict[str, str]]:
     """(items to write, {dropped name: kept name}): names that are the very same tensor (tied
     weights) are written once, as safetensors cannot share bytes between names. As in
     safetensors.torch.save_model the dropped names go into the metadata; the name kept is
     the first in file order (the module that owns a tied weight usually comes first, e.g.
     GPT-2's transformer.wte.weight before lm_head.weight, which transformers re-ties).
     Other views of one storage (a row of a matrix...) are written as copies."""
-    kept, aliases, owner = [], {}, {}
+    kept: list[Item] = []
+    aliases: dict[str, str] = {}
+    owner: dict[tuple[Any, ...], Item] = {}
     for item in items:
         if item.tensor.storage is None:
             kept.append(item)
@@ -696,8 +730,15 @@ def drop_aliases(items: list[Item]) -> tuple[list[Item], dict]:
     return kept, aliases
 
 
-def _write_safetensors(path, items, device, cancelled, metadata):
-    header, offset = {}, 0
+def _write_safetensors(
+    path: str,
+    items: list[Item],
+    device: str,
+    cancelled: Callable[[], bool],
+    metadata: dict[str, str],
+) -> Iterator[int]:
+    header: dict[str, object] = {}
+    offset = 0
     if metadata:
         header["__metadata__"] = metadata
     for item in items:
@@ -718,7 +759,7 @@ def _write_safetensors(path, items, device, cancelled, metadata):
                 _copy_spans(spans, f, cancelled)
             else:
                 for piece in _dense_bytes(item.tensor, item.dtype, device):
-                    f.write(piece)
+                    f.write(piece.data)
                     if cancelled():
                         raise Cancelled()
             yield item.tensor.numel * DTYPE_SIZES[item.dtype]
@@ -727,7 +768,7 @@ def _write_safetensors(path, items, device, cancelled, metadata):
 # --- verification and the public entry point -----------------------------------------------
 
 
-def written_storages(tensors) -> list:
+def written_storages(tensors: Iterable[TensorInfo]) -> list[Storage]:
     """The storages of these tensors and of their per-channel quantizers, each once."""
     found = {}
     for t in tensors:
@@ -738,7 +779,7 @@ def written_storages(tensors) -> list:
     return list(found.values())
 
 
-def _check_records(storages) -> None:
+def _check_records(storages: Iterable[Storage]) -> None:
     """Each storage record read where torch's reader finds it (after its local header), as
     many bytes as torch reads (the persistent id's count x its storage type's element size,
     checked on opening) must be the bytes whose CRC-32 the archive recorded: a record
@@ -746,14 +787,16 @@ def _check_records(storages) -> None:
     unit = np.dtype("u1")
     with ThreadPoolExecutor(CRC_WORKERS) as pool:
         for storage in storages:
+            member = storage.source
+            assert isinstance(member, ZipMember)  # read back from the archive just written
             reader, value = StorageReader(storage), 0
             try:
                 for at in range(0, storage.nbytes, COPY_CHUNK * 4):
                     pages = reader.mapped(at, min(COPY_CHUNK * 4, storage.nbytes - at), unit)
-                    value = _crc_joined(value, _crc_pieces(pool, pages))
+                    value = _crc_joined(value, _crc_pieces(pool, pages.data))
             except CheckpointError:  # the file ends inside the record
-                value = None
-            if value != storage.source.crc:
+                value = -1  # no CRC-32
+            if value != member.crc:
                 raise CheckpointError(
                     f"written storage record data/{storage.key} does not hold "
                     "the bytes its header describes"
@@ -807,10 +850,10 @@ def export(
     _check_exportable(items, fmt)
     destination = os.path.abspath(destination)
     folder = destination if plan.max_shard_size else os.path.dirname(destination)
-    aliases = {}
+    aliases: dict[str, str] = {}
     if fmt == "safetensors":
         items, aliases = drop_aliases(items)
-    units = _records(items, fmt) if fmt == "pth" else items
+    units: list[Any] = _records(items, fmt) if fmt == "pth" else items  # records or items
     shards = _shards(units, fmt, plan.max_shard_size) if plan.max_shard_size else [units]
     names = (
         _shard_names(fmt, len(shards)) if plan.max_shard_size else [os.path.basename(destination)]
@@ -832,6 +875,7 @@ def export(
         written = 0
         for target, shard in zip(targets, shards):
             temp = staged.temp(target)
+            steps: Iterator[int]
             if fmt == "pth":
                 steps = _write_pth(temp, shard, where, plan.device, cancelled)
             else:
@@ -881,16 +925,17 @@ def parse_size(text: str) -> int:
     return max(1, int(float(match.group(1)) * SIZE_UNITS[unit]))
 
 
-def _unit_bytes(unit, fmt) -> int:
-    if fmt == "pth":
+def _unit_bytes(unit: _Record | Item, fmt: str) -> int:
+    if isinstance(unit, _Record):  # the .pth writer's unit
         return unit.count * DTYPE_SIZES[unit.dtype]
     return unit.tensor.numel * DTYPE_SIZES[unit.dtype]
 
 
-def _shards(units: list, fmt: str, limit: int) -> list[list]:
+def _shards(units: Sequence[_Record | Item], fmt: str, limit: int) -> list[list[Any]]:
     """Units (records or items) in order, a new shard whenever the next would pass the limit;
     one larger than the limit gets a shard of its own (as transformers does)."""
-    shards, size = [[]], 0
+    shards: list[list[Any]] = [[]]
+    size = 0
     for unit in units:
         nbytes = _unit_bytes(unit, fmt)
         if shards[-1] and size + nbytes > limit and getattr(unit, "owner", None) is None:
@@ -908,7 +953,7 @@ def _shard_names(fmt: str, count: int) -> list[str]:
     return [f"{stem}-{n:05d}-of-{count:05d}.{ext}" for n in range(1, count + 1)]
 
 
-def _shard_items(shard: list, fmt: str) -> list[Item]:
+def _shard_items(shard: list[Any], fmt: str) -> list[Item]:
     return (
         [i for record in shard if record.owner is None for i in record.items]
         if fmt == "pth"
@@ -916,7 +961,9 @@ def _shard_items(shard: list, fmt: str) -> list[Item]:
     )
 
 
-def _index(fmt: str, names: list, shards: list, aliases: dict) -> dict:
+def _index(
+    fmt: str, names: list[str], shards: list[list[Any]], aliases: dict[str, str]
+) -> dict[str, Any]:
     weight_map = {}
     for name, shard in zip(names, shards):
         for item in _shard_items(shard, fmt):

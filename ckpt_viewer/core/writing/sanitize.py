@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.globals import triage
 from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, Storage, TensorInfo
-from ckpt_viewer.core.listing.objects import describe_object, numpy_dtype_name
+from ckpt_viewer.core.listing.objects import Described, describe_object, numpy_dtype_name
 from ckpt_viewer.core.listing.readers import MAX_PICKLE_BYTES
 from ckpt_viewer.core.listing.safe_pickle import (
     GlobalRef,
@@ -30,6 +31,7 @@ from ckpt_viewer.core.listing.safe_pickle import (
 )
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.listing.tree import (
+    Child,
     _module_children,
     _object_children,
     _script_module_children,
@@ -40,6 +42,7 @@ from ckpt_viewer.core.writing.destination import Staged, check_file
 from ckpt_viewer.core.writing.export import (
     Item,
     _check_records,
+    _Record,
     _records,
     geometry,
     quantizer_entries,
@@ -63,7 +66,7 @@ class SanitizeSummary:
     path: str
     tensors: int
     bytes: int
-    changes: list = field(default_factory=list)  # one line per conversion or drop
+    changes: list[str] = field(default_factory=list)  # one line per conversion or drop
 
 
 class _Drop:
@@ -71,6 +74,7 @@ class _Drop:
 
 
 DROP = _Drop()
+Clean = TypeVar("Clean")  # what a value from the file becomes in the copy
 
 
 @dataclass
@@ -78,11 +82,11 @@ class Plan:
     """The clean object to pickle, its tensors (entry -> source record) and the change lines."""
 
     root: object
-    tensors: list  # (TensorEntry, TensorInfo), each tensor once
-    changes: list
+    tensors: list[tuple[TensorEntry, TensorInfo]]  # each tensor once
+    changes: list[str]
 
 
-def _join(key: str, name) -> str:
+def _join(key: str, name: object) -> str:
     return f"{key}.{name}" if key else str(name)
 
 
@@ -91,18 +95,18 @@ def _where(key: str) -> str:
 
 
 class _Converter:
-    def __init__(self, checkpoint: Checkpoint):
+    def __init__(self, checkpoint: Checkpoint) -> None:
         uses = triage(checkpoint, max_keys=0)
         self.category = {u.name: u.category for u in uses}
         self.changes: list[str] = []
-        self.tensors: list = []
+        self.tensors: list[tuple[TensorEntry, TensorInfo]] = []
         self.done: dict[int, object] = {}
-        self.alive: list = []  # sources whose ids key `done`
+        self.alive: list[object] = []  # sources whose ids key `done`
 
-    def note(self, key: str, text: str):
+    def note(self, key: str, text: str) -> None:
         self.changes.append(f"{_where(key)}: {text}")
 
-    def convert(self, value, key: str):
+    def convert(self, value: object, key: str) -> object:
         if isinstance(value, TorchDtype):
             return TorchGlobal(value)
         if isinstance(value, Layout):
@@ -117,7 +121,8 @@ class _Converter:
             return hex(value)
         if value is None or type(value) in (bool, int, float, str, bytes, bytearray, complex):
             return value
-        for kind in (bool, int, float, str, bytes):  # subclasses the unpickler made
+        plain_types: tuple[type, ...] = (bool, int, float, str, bytes)
+        for kind in plain_types:  # subclasses the unpickler made
             if isinstance(value, kind):
                 return kind(value)
         if id(value) in self.done:
@@ -125,7 +130,7 @@ class _Converter:
         self.alive.append(value)
         if isinstance(value, TensorInfo):
             return self._remember(value, self._tensor(value, key))
-        if type(value) in (dict, OrderedDict, Counter):
+        if isinstance(value, dict) and type(value) in (dict, OrderedDict, Counter):
             return self._mapping(value, key, type(value)())
         if isinstance(value, dict):
             self.note(key, f"{type(value).__name__} -> dict")
@@ -159,13 +164,13 @@ class _Converter:
         self.note(key, f"dropped a {type(value).__name__} value")
         return DROP
 
-    def _remember(self, source, clean):
+    def _remember(self, source: object, clean: Clean) -> Clean:
         self.done[id(source)] = clean
         return clean
 
     # --- containers --------------------------------------------------------------------------
 
-    def _mapping(self, value: dict, key: str, clean):
+    def _mapping(self, value: dict[Any, Any], key: str, clean: dict[Any, Any]) -> dict[Any, Any]:
         self._remember(value, clean)
         for name, item in value.items():
             segment = name if isinstance(name, str) else str(name)
@@ -181,17 +186,17 @@ class _Converter:
                 self.note(_join(key, segment), "dropped: its key is not hashable once converted")
         return clean
 
-    def _sequence(self, value, key: str, clean: list):
+    def _sequence(self, value: Iterable[object], key: str, clean: list[object]) -> list[object]:
         self._remember(value, clean)
         items = [self.convert(v, _join(key, i)) for i, v in enumerate(value)]
         clean.extend(self._dropped_in_sequence(items, key))
         return clean
 
-    def _dropped_in_sequence(self, items, key):
+    def _dropped_in_sequence(self, items: list[object], key: str) -> list[object]:
         # a dropped item becomes None: the indices (keys) of the others stay as they were
         return [None if item is DROP else item for item in items]
 
-    def _set(self, value, key):
+    def _set(self, value: set[object] | frozenset[object], key: str) -> object:
         items = [self.convert(v, key) for v in value]
         items = [v for v in items if v is not DROP]
         if isinstance(value, frozenset):
@@ -205,7 +210,9 @@ class _Converter:
 
     # --- tensors -----------------------------------------------------------------------------
 
-    def _tensor(self, info: TensorInfo, key: str, as_state: bool = False, note: str = ""):
+    def _tensor(
+        self, info: TensorInfo, key: str, as_state: bool = False, note: str = ""
+    ) -> TensorEntry | _Drop:
         why = None
         if info.layout not in ("strided", "quantized") or info.parts:
             why = f"a {info.layout} tensor"
@@ -243,7 +250,7 @@ class _Converter:
 
     # --- objects -----------------------------------------------------------------------------
 
-    def _global_ref(self, qualname: str, key: str):
+    def _global_ref(self, qualname: str, key: str) -> str | _Drop:
         if self.category.get(qualname) == "code":
             self.note(key, f"dropped code: a reference to {qualname}")
             return DROP
@@ -253,7 +260,7 @@ class _Converter:
     def _kind(self, obj: Placeholder) -> str:
         return self.category.get(obj.qualname, "class")
 
-    def _object(self, obj: Placeholder, key: str):
+    def _object(self, obj: Placeholder, key: str) -> object:
         name = obj.qualname
         described = describe_object(obj)
         if (
@@ -261,9 +268,9 @@ class _Converter:
             and described.kind == "scalar"
             and isinstance(described.value, PLAIN)
         ):
-            value = described.value
-            self.note(key, f"{name} -> {type(value).__name__}")
-            return self._remember(obj, value)
+            scalar = described.value
+            self.note(key, f"{name} -> {type(scalar).__name__}")
+            return self._remember(obj, scalar)
         if self._kind(obj) == "code":
             calls = f"{name}({', '.join(map(repr, obj.args))[:200]})" if obj.args else name
             self.note(key, f"dropped code: {calls}")
@@ -301,17 +308,17 @@ class _Converter:
         children = {child: value for child, value, _ in _object_children(obj)}
         return self._mapping_of(obj, key, children)
 
-    def _mapping_of(self, obj, key, children: dict):
-        clean = self._remember(obj, {})
+    def _mapping_of(self, obj: Placeholder, key: str, children: dict[str, object]) -> object:
+        clean: dict[str, object] = self._remember(obj, {})
         for child, value in children.items():
             converted = self.convert(value, _join(key, child))
             if converted is not DROP:
                 clean[child] = converted
         return clean
 
-    def _described(self, obj, described, key):
+    def _described(self, obj: Placeholder, described: Described, key: str) -> object:
         name = obj.qualname
-        if described.kind == "tensor":
+        if described.kind == "tensor" and described.tensor is not None:
             note = (
                 "numpy array -> tensor"
                 if described.type_name == "ndarray"
@@ -324,7 +331,7 @@ class _Converter:
             return self._sequence(values, key, self._remember(obj, []))
         if described.kind == "module":
             self.note(key, f"module {name} -> its state_dict")
-            clean = self._remember(obj, OrderedDict())
+            clean: OrderedDict[str, Any] = self._remember(obj, OrderedDict())
             self._flatten(described.children, key, "", clean)
             return clean
         if described.kind in ("object", "dict"):
@@ -333,12 +340,14 @@ class _Converter:
         self.note(key, f"dropped {name}: {described.value or described.note}"[:300])
         return self._remember(obj, DROP)
 
-    def _state_dict(self, module, key):
-        clean = OrderedDict()
+    def _state_dict(self, module: Placeholder, key: str) -> OrderedDict[str, Any]:
+        clean: OrderedDict[str, Any] = OrderedDict()
         self._flatten(_children(module), key, "", clean)
         return clean
 
-    def _flatten(self, children, key, prefix, clean):
+    def _flatten(
+        self, children: Iterable[Child], key: str, prefix: str, clean: OrderedDict[str, Any]
+    ) -> None:
         """torch's state_dict: parameters and buffers (detached) by dotted names, submodules
         flattened into the same OrderedDict."""
         for name, value, _ in children:
@@ -364,7 +373,7 @@ class _Converter:
                 clean[dotted] = converted
 
 
-def _children(module) -> list:
+def _children(module: Placeholder) -> list[Child]:
     """A module's state_dict entries and submodules, as the tree lists them."""
     if is_script_module(module):
         return list(_script_module_children(module))
@@ -375,16 +384,16 @@ def plan_sanitize(checkpoint: Checkpoint) -> Plan:
     """What the copy will hold; raises CheckpointError when there is nothing to copy."""
     if checkpoint.root_object is None:  # safetensors, sharded, DCP: a flat state_dict
         converter = _Converter(checkpoint)
-        root = OrderedDict()
+        flat: OrderedDict[str, Any] = OrderedDict()
         for key, info, _ in checkpoint.tensors():
             entry = converter._tensor(info, key, as_state=True)
             if entry is not DROP:
-                root[key] = entry
+                flat[key] = entry
         if checkpoint.format not in ("torch-zip", "torch-legacy"):
             converter.changes.insert(
                 0, f"(root): a {checkpoint.format} source -> a flat state_dict of its tensors"
             )
-        return Plan(root, converter.tensors, converter.changes)
+        return Plan(flat, converter.tensors, converter.changes)
     converter = _Converter(checkpoint)
     try:
         root = converter.convert(checkpoint.root_object, "")
@@ -402,7 +411,7 @@ def plan_sanitize(checkpoint: Checkpoint) -> Plan:
     return Plan(root, converter.tensors, converter.changes)
 
 
-def _storage_layout(plan: Plan) -> list:
+def _storage_layout(plan: Plan) -> list[_Record]:
     """Group tensors into storage records as export does (one record per shared storage);
     fill each entry's record name, size, offset and stride."""
     items = [Item(entry.key, entry.key, info, info.dtype) for entry, info in plan.tensors]
@@ -427,7 +436,9 @@ def _storage_layout(plan: Plan) -> list:
     return records
 
 
-def _write(path, plan: Plan, records, cancelled):
+def _write(
+    path: str, plan: Plan, records: list[_Record], cancelled: Callable[[], bool]
+) -> Generator[int, None, None]:
     try:
         data = PickleWriter("cpu").dump(plan.root)
     except RecursionError:
@@ -440,7 +451,7 @@ def _write(path, plan: Plan, records, cancelled):
     return write_torch_archive(path, data, records, "cpu", cancelled)
 
 
-def _check_written(path: str, plan: Plan):
+def _check_written(path: str, plan: Plan) -> None:
     """Reopen the copy: loadable with weights_only as it is, every tensor as meant."""
     from ckpt_viewer.core.listing.open import open_checkpoint
 

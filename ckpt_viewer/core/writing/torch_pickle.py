@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import struct
 from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, STORAGE_DTYPES
+from ckpt_viewer.core.listing.model import DTYPE_SIZES, STORAGE_DTYPES, TensorInfo
 
 LEGACY_STORAGE = {
     dtype: name
@@ -34,17 +36,19 @@ class TensorEntry:
     dtype: str
     storage_numel: int  # in elements of dtype
     offset: int
-    shape: tuple
-    stride: tuple
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
     location: str = ""  # "" -> the writer's default location
     requires_grad: bool = False
     parameter: bool = False  # written as torch.nn.Parameter
     # a quantized tensor: ("per_tensor_affine", scale, zero_point), or (scheme, scales entry,
     # zero points entry, axis) per channel
-    quantizer: tuple = ()
+    quantizer: tuple[Any, ...] = ()
 
 
-def quantizer_params(info, parts: tuple | list | None = None) -> tuple:
+def quantizer_params(
+    info: TensorInfo, parts: Sequence[TensorEntry] | None = None
+) -> tuple[Any, ...]:
     """A TensorEntry's quantizer for a quantized TensorInfo (() for any other). Per channel,
     `parts` are the entries of its scales and zero points; without them the tuple only
     describes it (scheme and axis), for comparisons."""
@@ -86,7 +90,7 @@ def int_fits(value: int) -> bool:
     return (value.bit_length() + 8) // 8 <= MAX_LONG1_BYTES
 
 
-def _int_tuple(values) -> bytes:
+def _int_tuple(values: Iterable[int]) -> bytes:
     return b"(" + b"".join(_int(v) for v in values) + b"t"
 
 
@@ -200,32 +204,32 @@ class PickleWriter:
     """One value (and everything inside it) -> a protocol 2 pickle torch loads with
     weights_only=True. Recursive: callers bound the depth of what they pass."""
 
-    def __init__(self, location: str = "cpu"):
+    def __init__(self, location: str = "cpu") -> None:
         self.location = location
         self.parts: list[bytes] = []
         self.memo: dict[int, int] = {}
-        self.alive: list = []  # keeps memoised objects alive so their ids stay theirs
+        self.alive: list[object] = []  # keeps memoised objects alive so their ids stay theirs
 
-    def dump(self, value) -> bytes:
+    def dump(self, value: object) -> bytes:
         self.parts = [b"\x80\x02"]
         self._write(value)
         self.parts.append(b".")
         return b"".join(self.parts)
 
-    def _put(self, value):
+    def _put(self, value: object) -> None:
         index = len(self.memo)
         self.memo[id(value)] = index
         self.alive.append(value)
         self.parts.append(b"q" + bytes([index]) if index < 256 else b"r" + struct.pack("<I", index))
 
-    def _get(self, value) -> bool:
+    def _get(self, value: object) -> bool:
         index = self.memo.get(id(value))
         if index is None:
             return False
         self.parts.append(b"h" + bytes([index]) if index < 256 else b"j" + struct.pack("<I", index))
         return True
 
-    def _write(self, value):
+    def _write(self, value: object) -> None:
         out = self.parts
         if value is None:
             out.append(b"N")
@@ -262,7 +266,7 @@ class PickleWriter:
         elif isinstance(value, TensorEntry):
             out.append(_tensor(value, self.location))
             self._put(value)
-        elif type(value) in (dict, OrderedDict, Counter):
+        elif isinstance(value, dict) and type(value) in (dict, OrderedDict, Counter):
             if type(value) is dict:
                 out.append(b"}")
             else:
@@ -292,7 +296,7 @@ class PickleWriter:
         else:
             raise TypeError(f"cannot write a {type(value).__name__} for weights_only")
 
-    def _items(self, values):
+    def _items(self, values: Iterable[object]) -> None:
         if values:
             self.parts.append(b"(")
             for item in values:

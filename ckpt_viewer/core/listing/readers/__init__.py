@@ -6,7 +6,7 @@ import io
 import zipfile
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.listing.model import Checkpoint, Storage
+from ckpt_viewer.core.listing.model import Checkpoint, Node, Storage, TensorInfo
 from ckpt_viewer.core.listing.pickle_scan import pickle_end
 from ckpt_viewer.core.listing.remote import getsize
 from ckpt_viewer.core.listing.safe_pickle import (
@@ -37,7 +37,10 @@ def pickle_checkpoint(
             "which torch.load(weights_only=False) would run",
         )
         raise
-    warnings, optimizer_nodes, tensors, scalars = [], [], [], {}
+    warnings: list[str] = []
+    optimizer_nodes: list[Node] = []
+    tensors: list[tuple[str, TensorInfo, Node]] = []
+    scalars: dict[str, object] = {}
     checkpoint = Checkpoint(
         path=str(path),
         format=fmt,

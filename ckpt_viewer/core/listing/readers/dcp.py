@@ -13,6 +13,7 @@ import math
 import os
 import zipfile
 from dataclasses import dataclass
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing import remote
@@ -37,7 +38,7 @@ class RawChunk(FileSpan):
     """A chunk stored as a raw safetensors tensor (HuggingFaceStorageWriter), not as a
     torch.save archive: the span covers its bytes, `tensor` describes them."""
 
-    tensor: TensorInfo | None = None
+    tensor: TensorInfo
 
 
 def _fields(obj, what) -> dict:
@@ -72,7 +73,10 @@ def read(folder: str) -> Checkpoint:
         raise CheckpointError("DCP metadata has no state_dict_metadata")
     spans = _storage_spans(folder, storage_data, set(entries))
     data_files = {span.path for span in spans.values() if isinstance(span, FileSpan)} | {meta_path}
-    tensors, others, items, budget = {}, {}, [], [MAX_OVERLAP_CHECKS]
+    tensors: dict[str, TensorInfo] = {}
+    others: dict[str, object] = {}
+    items: list[tuple[str, PickleReport]] = []
+    budget = [MAX_OVERLAP_CHECKS]
     warnings: list[str] = []
     for fqn, entry in entries.items():
         if not isinstance(fqn, str):
@@ -139,7 +143,9 @@ def read_hf(folder: str) -> Checkpoint:
     """A Hugging Face storage DCP folder, as HuggingFaceStorageReader.read_metadata reads it:
     each safetensors tensor is a chunk at the `saved_offsets` its file's DCP_SHARDING_INFO
     gives (zeros without it), and a tensor's size reaches the furthest chunk."""
-    pieces, warnings, total = {}, [], 0
+    pieces: dict[str, list[tuple[tuple[int, ...], tuple[int, ...], RawChunk]]] = {}
+    warnings: list[str] = []
+    total = 0
     for name in hf_shards(folder):
         path = remote.join(folder, name)
         total += remote.getsize(path)
@@ -206,7 +212,8 @@ def _storage_spans(folder, storage_data, used: set) -> dict:
     """{(fqn, chunk offset tuple or None): FileSpan, or the CheckpointError that span raises
     when it is looked up}: torch's reader reads only the spans its items ask for, so a bad span
     no item uses does not make the folder unreadable (`_span` raises for the ones used)."""
-    sizes, spans = {}, {}
+    sizes: dict[str, int] = {}
+    spans: dict[tuple[Any, ...], FileSpan | CheckpointError] = {}
     for index, info in storage_data.items():
         index_fields, info_fields = _fields(index, "MetadataIndex"), _fields(info, "_StorageInfo")
         fqn, chunk = index_fields.get("fqn"), index_fields.get("offset")
@@ -331,7 +338,7 @@ def _check_tiling(fqn: str, size: tuple, chunks: list, budget: list):
     solid = sorted(
         (c for c in chunks if math.prod(c[1])), key=lambda c: c[0][dim] if dim is not None else 0
     )
-    active = []
+    active: list[tuple[Any, ...]] = []
     for offsets, sizes, span in solid:
         start = offsets[dim] if dim is not None else 0
         active = [c for c in active if (c[0][dim] + c[1][dim] if dim is not None else 1) > start]
@@ -521,7 +528,7 @@ def stored_chunk(
             key,
             record,
         )
-    if chunk.numel > chunk.storage.numel:
+    if chunk.storage is not None and chunk.numel > chunk.storage.numel:
         raise StructureError(
             f"{where} in {record} stores {chunk.storage.numel:,} elements for "
             f"its {chunk.numel:,} (an expanded view)",

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any, BinaryIO
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
     Checkpoint,
@@ -55,7 +56,7 @@ DTYPES = {
 class _Cursor:
     """Reads msgpack values from a file, never past `end`."""
 
-    def __init__(self, f: BinaryIO, end: int) -> None:
+    def __init__(self, f: remote.SizedFile, end: int) -> None:
         self.f, self.end, self.position, self.items = f, end, 0, 0
 
     def take(self, n: int) -> bytes:
@@ -145,7 +146,7 @@ def _value(c: _Cursor) -> Any:
     if kind not in ("map", "array"):
         return held
     root: dict | list = {} if kind == "map" else []
-    stack = [(root, held, None)]  # container, items left, pending map key
+    stack: list[tuple[Any, int, Any]] = [(root, held, None)]  # container, left, pending key
     while stack:
         container, left, key = stack[-1]
         if left == 0:
@@ -155,7 +156,7 @@ def _value(c: _Cursor) -> Any:
         if kind in ("map", "array"):
             if len(stack) >= MAX_DEPTH:
                 raise CheckpointError(f"the msgpack data nest deeper than {MAX_DEPTH} levels")
-            child: dict | list = {} if kind == "map" else []
+            child: dict | list | None = {} if kind == "map" else []
             value = child
         else:
             child, value = None, held
@@ -174,7 +175,7 @@ def _value(c: _Cursor) -> Any:
     return root
 
 
-def _array(path: str, f: BinaryIO, ext: Ext, key: str) -> TensorInfo:
+def _array(path: str, f: remote.SizedFile, ext: Ext, key: str) -> TensorInfo:
     """The tensor an ndarray / npscalar ext describes: [shape, dtype name, bytes]."""
     parts = _inner(f, ext)
     if not isinstance(parts, list) or len(parts) != 3:
@@ -203,7 +204,7 @@ def _array(path: str, f: BinaryIO, ext: Ext, key: str) -> TensorInfo:
     )
 
 
-def _inner(f: BinaryIO, ext: Ext) -> Any:
+def _inner(f: remote.SizedFile, ext: Ext) -> Any:
     """The msgpack value an ext's payload holds."""
     f.seek(ext.start)
     inner = _Cursor(f, ext.start + ext.length)
@@ -211,7 +212,7 @@ def _inner(f: BinaryIO, ext: Ext) -> Any:
     return _value(inner)
 
 
-def _leaf(path: str, f: BinaryIO, name: str, key: str, item: Any) -> Node:
+def _leaf(path: str, f: remote.SizedFile, name: str, key: str, item: Any) -> Node:
     if isinstance(item, Ext) and item.code in (NDARRAY, NPSCALAR):
         tensor = _array(path, f, item, key)
         return Node(name=name, kind="tensor", key=key, tensor=tensor, type_name="ndarray")
@@ -219,7 +220,7 @@ def _leaf(path: str, f: BinaryIO, name: str, key: str, item: Any) -> Node:
         pair = _inner(f, item)
         ok = isinstance(pair, list) and len(pair) == 2
         ok = ok and all(isinstance(x, (int, float)) for x in pair)
-        value = complex(*pair) if ok else None
+        value: object = complex(*pair) if ok else None
     elif isinstance(item, (Ext, Bin)):
         value = f"<{item.length:,} bytes>"
     else:

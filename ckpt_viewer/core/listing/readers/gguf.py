@@ -201,10 +201,10 @@ class GGUFArray(list):
 
     def __init__(self, items, count: int):
         super().__init__(items)
-        self.count = count
+        self.total = count
 
     def __str__(self):
-        more = f", ... ({self.count:,} items)" if self.count > len(self) else ""
+        more = f", ... ({self.total:,} items)" if self.total > len(self) else ""
         return "[" + ", ".join(repr(item) for item in self) + more + "]"
 
 
@@ -214,7 +214,8 @@ def read_header(path: str) -> tuple[int, dict, list, int, str]:
     with remote.open_source(path) as source:
         # the header is read a few bytes at a time: buffered, a URL's block cache is asked
         # once per 64 KiB, not once per field
-        f = io.BufferedReader(source, 1 << 16) if remote.is_remote(path) else source
+        remote_file = isinstance(source, remote.RemoteFile)
+        f = io.BufferedReader(source, 1 << 16) if remote_file else source
         header = _Header(f, source.size)
         if header.take(4) != MAGIC:
             raise CheckpointError("not a GGUF file (no GGUF magic)")

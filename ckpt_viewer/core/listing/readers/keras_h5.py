@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
@@ -197,7 +197,9 @@ def _keras3_key(path: str, layers: dict, var_names: dict, counts: dict) -> str |
 def _scan(path: str, f: Any, window: tuple | None, warnings: list) -> tuple:
     """Every dataset as (HDF5 path, TensorInfo or None), and its Keras naming facts: the
     `weight_names` keys, each vars group's name attribute, each vars group's variable count."""
-    entries, var_names, counts = [], {}, {}
+    entries: list = []
+    var_names: dict = {}
+    counts: dict = {}
     for h5path, dataset in _walk(f, warnings):
         entries.append((h5path, _tensor(path, h5path, h5path, dataset, window, warnings)))
         parent, _, leaf = h5path.rpartition("/")
@@ -267,7 +269,7 @@ def _tensor(
     if offset is not None and dataset.chunks is None and not dataset.compression:
         if offset + nbytes > size:
             raise CheckpointError(f"dataset {safe_text(h5path)!r} reaches past the end of the file")
-        source = FileSpan(path, base + offset, nbytes)
+        source: FileSpan | DecodedBytes = FileSpan(path, base + offset, nbytes)
     else:  # chunked, compressed, compact or never written: h5py decodes it when read
         source = DecodedBytes(
             nbytes, functools.partial(_decode, path, window, dataset.name, nbytes)
@@ -279,7 +281,7 @@ def _tensor(
 class Window(io.RawIOBase):
     """Bytes [start, start+size) of an open file, as a file (an HDF5 stored in a zip)."""
 
-    def __init__(self, f: BinaryIO, start: int, size: int) -> None:
+    def __init__(self, f: remote.SizedFile, start: int, size: int) -> None:
         self.f, self.start, self.size, self.position = f, start, size, 0
 
     def readable(self) -> bool:
@@ -453,6 +455,10 @@ def read_keras(path: str, checked: bool = False) -> Checkpoint:
         return _list(path, window, (start, weights.file_size), "keras", config, metadata)
 
 
+def _scan_shard(shard: str, found: list, h5: Any) -> tuple:
+    return _scan(shard, h5, None, found)
+
+
 def read_sharded(path: str, checked: bool = False) -> Checkpoint:
     """A Keras 3 sharded `*.weights.json` manifest: its `weight_map` names the `.weights.h5`
     shards (files beside it) that hold each layer's variables; each shard is listed as one."""
@@ -496,7 +502,7 @@ def read_sharded(path: str, checked: bool = False) -> Checkpoint:
             raise CheckpointError(f"shard {safe_text(name)!r} named by the manifest is missing")
         found: list[str] = []
         with remote.open_source(shard) as f:
-            part = _opened(f, lambda h5, shard=shard, found=found: _scan(shard, h5, None, found))
+            part = _opened(f, functools.partial(_scan_shard, shard, found))
         warnings += [f"{safe_text(name)}: {w}" for w in found]
         # a layer's variables may be split across shards (its vars group in each)
         entries += part[0]

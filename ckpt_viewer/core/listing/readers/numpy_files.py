@@ -12,9 +12,10 @@ import math
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
     Checkpoint,
@@ -178,7 +179,7 @@ def is_npz(path: str, head: bytes) -> bool:
     return not any(n.endswith(".pkl") for n in names)
 
 
-def _member_head(member: ZipMember, f: BinaryIO) -> bytes:
+def _member_head(member: ZipMember, f: remote.SizedFile) -> bytes:
     """The first bytes of a zip record (its npy header), inflating no more than needed."""
     f.seek(data_offset(member, f))
     if member.compress_type == 0:

@@ -104,6 +104,7 @@ def _tensor(path: str, tensor: Any, key: str, warnings: list) -> TensorInfo | No
         raise CheckpointError(f"tensor {safe_text(key)!r} has a negative dimension")
     numel = math.prod(shape)
     nbytes = numel * DTYPE_SIZES[dtype]
+    source: FileSpan | InlineBytes
     if tensor.data_location == EXTERNAL:
         source = _external_span(path, tensor, key, nbytes)
     elif tensor.HasField("raw_data"):
@@ -121,7 +122,8 @@ def _tensor(path: str, tensor: Any, key: str, warnings: list) -> TensorInfo | No
                 f"tensor {safe_text(key)!r} cannot be decoded ({str(exc)[:80]})"
             ) from None
         source = InlineBytes(data)
-    stride, step = [], 1
+    stride: list[int] = []
+    step = 1
     for dim in reversed(shape):
         stride.insert(0, step)
         step *= dim

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing.model import (
@@ -152,7 +153,7 @@ class _Archive:
         if not isinstance(entries, dict):
             raise CheckpointError(f"{config_name} has no config of {what}")
         storages: dict[str, Storage] = {}
-        out = {}
+        out: dict[str, Any] = {}
         for fqn, meta in entries.items():
             if not isinstance(meta, dict) or not isinstance(meta.get("path_name"), str):
                 raise CheckpointError(f"{config_name}: entry {fqn!r:.80} is malformed")
@@ -174,7 +175,8 @@ class _Archive:
         tensor_meta = meta.get("tensor_meta")
         if not isinstance(tensor_meta, dict):
             raise CheckpointError(f"{fqn!r:.80} has no tensor metadata")
-        dtype = SCALAR_TYPES.get(tensor_meta.get("dtype"))
+        code = tensor_meta.get("dtype")
+        dtype = SCALAR_TYPES.get(code) if isinstance(code, int) else None
         if dtype is None and name not in storages:  # a later entry's dtype is never read
             raise CheckpointError(
                 f"{fqn!r:.80} has unknown dtype code {tensor_meta.get('dtype')!r:.20}"
@@ -199,6 +201,7 @@ class _Archive:
         # entry is an as_strided view of it (so a later entry's own dtype is not used)
         storage = storages.get(name)
         if storage is None:
+            assert dtype is not None  # checked above for a record no entry named before
             itemsize = DTYPE_SIZES[dtype]
             if record.file_size % itemsize:
                 raise CheckpointError(
@@ -408,10 +411,10 @@ def read(path: str) -> Checkpoint:
 def _mark_roles(root: Node, entries: dict, notes: dict):
     first_of_storage: dict[int, str] = {}
     for node in iter_nodes(root):
-        if node.kind != "tensor":
+        tensor = node.tensor
+        if node.kind != "tensor" or tensor is None:
             continue
         _, kind = entries[node.key]
-        tensor = node.tensor
         node.type_name = "Parameter" if tensor.is_parameter else "Tensor"
         node.role = "parameter" if tensor.is_parameter else "buffer" if kind == "weight" else ""
         node.note = notes.get(node.key, "constant" if kind == "constant" else "")

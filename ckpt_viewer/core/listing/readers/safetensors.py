@@ -132,7 +132,7 @@ def _too_deep(value) -> bool:
     return False
 
 
-def read_header(path: str) -> tuple[dict, int, int]:
+def read_header(path: str) -> tuple[_Object, int, int]:
     """(header dict, data start offset, file size): the checks of the safetensors library's
     own reader (tensor.rs read_metadata + validate), so a file opens here iff it loads there."""
     with open_source(path) as f:
@@ -146,9 +146,9 @@ def read_header(path: str) -> tuple[dict, int, int]:
                 f"safetensors header claims {length:,} bytes but the file has "
                 f"{size - 8:,} after the length field"
             )
-        text = f.read(length)
+        encoded = f.read(length)
     try:
-        text = text.decode("utf-8")
+        text = encoded.decode("utf-8")
     except UnicodeDecodeError:
         raise CheckpointError("safetensors header is not valid UTF-8") from None
     header = _parse(text)
@@ -162,7 +162,7 @@ def read_header(path: str) -> tuple[dict, int, int]:
     return header, 8 + length, size
 
 
-def _parse(text: str) -> dict:
+def _parse(text: str) -> _Object:
     """The header as strict JSON: no NaN/Infinity, no lone surrogates, nesting within the
     library's limit, an object whose tensor entries are checked by _check_entries."""
     try:
@@ -171,7 +171,7 @@ def _parse(text: str) -> dict:
         )
     except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
+    if not isinstance(header, _Object):  # what the parser makes of every JSON object
         raise CheckpointError("safetensors header is not a JSON object")
     if _too_deep(header):
         raise CheckpointError(
@@ -212,7 +212,7 @@ def _entry_fields(key: str, entry):
     it) a list of the three in order."""
     if isinstance(entry, list) and len(entry) == 3:
         return entry
-    if not isinstance(entry, dict):
+    if not isinstance(entry, _Object):
         raise CheckpointError(f"safetensors entry {key!r} is not an object")
     for field in ("dtype", "shape", "data_offsets"):
         if field in entry.repeated:
@@ -237,7 +237,7 @@ def _entry_types(key: str, entry) -> tuple:
     return dtype, shape, offsets
 
 
-def _check_entries(header: dict) -> int:
+def _check_entries(header: _Object) -> int:
     """Every tensor entry checked; returns the bytes the tensors cover. As in the library,
     sorted by offsets they must tile the data section from 0 with no gap and no overlap."""
     spans = []

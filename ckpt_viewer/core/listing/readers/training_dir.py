@@ -73,7 +73,7 @@ def trainer_state(state: dict) -> dict:
             for e in logs
             if isinstance(e.get("loss"), (int, float)) and not isinstance(e.get("loss"), bool)
         ]
-        brief = {"entries": len(history)}
+        brief: dict[str, object] = {"entries": len(history)}
         if steps:
             brief["first_step"], brief["last_step"] = min(steps), max(steps)
         if losses:
