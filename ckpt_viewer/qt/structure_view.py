@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.graph import Graph, collapsed, layout, model_graph
 from ckpt_viewer.qt import workers
 
@@ -41,6 +42,7 @@ CHAR_WIDTH, LINE_HEIGHT, PADDING = 7.0, 15.0, 8.0
 DETAIL_CHARS = 48
 ITEMS_PER_STEP = 100  # scene items added per event-loop turn
 ALWAYS_COLLAPSE = 400  # nodes: beyond this the graph opens collapsed
+BSP_DEPTH = 12
 PLAIN_DRAWING = 500  # nodes: beyond this, straight edges without antialiasing (paint time)
 
 
@@ -51,7 +53,14 @@ def _size(node) -> tuple[float, float]:
 
 
 def graph_job(checkpoint, collapse: bool | None):
-    """(graph drawn, its full size in nodes, positions): built and laid out off the GUI thread."""
+    """(graph drawn, its full size in nodes, positions, scene bounds): built and laid out off
+    the GUI thread, with the collector paused and what it built frozen (as a load does): a
+    full collection in this thread would hold the GUI thread as long as it walks."""
+    with paused_gc(freeze=True):
+        return _graph_job(checkpoint, collapse)
+
+
+def _graph_job(checkpoint, collapse: bool | None):
     full = model_graph(checkpoint)
     if collapse is None:
         collapse = len(full.nodes) > ALWAYS_COLLAPSE
@@ -114,6 +123,9 @@ class StructureView(QWidget):
         for widget in (self.collapse_box, self.find, png, svg):
             controls.addWidget(widget)
         self.scene = QGraphicsScene(self)
+        # a fixed depth: the index takes each batch as it is drawn instead of being rebuilt
+        # for the whole graph at its first paint
+        self.scene.setBspTreeDepth(BSP_DEPTH)
         self.view = _View(self.scene)
         self.view.setObjectName("structureGraph")
         self.view.setDragMode(QGraphicsView.ScrollHandDrag)
@@ -182,6 +194,7 @@ class StructureView(QWidget):
                 self._add_node(item, positions, text)
             else:
                 self._add_edge(item, positions, text)
+        self.scene.items(QRectF(0, 0, 1, 1))  # index this batch now, a little each step
         rest = items[ITEMS_PER_STEP:]
         if rest:
             QTimer.singleShot(0, self, lambda: self._draw_step(generation, rest, positions))

@@ -14,6 +14,7 @@ grandalf's Sugiyama layout (`layout`), meant to run off the GUI thread."""
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,8 +379,6 @@ def collapsed(graph: Graph) -> Graph:
 def layout(graph: Graph, sizes: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
     """{node id: (x, y)} centres by grandalf's Sugiyama layout; `sizes`: {id: (w, h)}."""
     from grandalf.graphs import Edge, Vertex
-    from grandalf.graphs import Graph as Layout
-    from grandalf.layouts import SugiyamaLayout
 
     class _View:
         def __init__(self, w: float, h: float):
@@ -396,6 +395,20 @@ def layout(graph: Graph, sizes: dict[str, tuple[float, float]]) -> dict[str, tup
         for a, b, _ in graph.edges
         if a in vertices and b in vertices and a != b
     ]
+    # grandalf's depth-first search recurses once per vertex of a chain, and sets the limit
+    # to just the vertex count, ignoring the frames already on the stack
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 3 * len(vertices) + 1000))
+    try:
+        return _placed(vertices, edges)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _placed(vertices: dict[str, Any], edges: list[Any]) -> dict[str, tuple[float, float]]:
+    from grandalf.graphs import Graph as Layout
+    from grandalf.layouts import SugiyamaLayout
+
     placed: dict[str, tuple[float, float]] = {}
     offset = 0.0
     for component in Layout(list(vertices.values()), edges).C:
