@@ -100,6 +100,7 @@ class StructureView(QWidget):
         self.graph: Graph | None = None
         self.boxes: dict = {}  # node id -> QGraphicsRectItem
         self.plain = False  # a big graph: straight edges, no antialiasing
+        self.node_of_key: dict = {}  # tensor key -> the node that holds it
         self.found: list = []
         self.generation = 0
         self.jobs = workers.Controller(self)
@@ -165,6 +166,9 @@ class StructureView(QWidget):
             return
         graph, full_size, collapse, positions, bounds = result
         self.graph = graph
+        self.node_of_key = {
+            key: n.id for n in reversed(graph.nodes) for key in n.keys
+        }  # first wins
         self.collapse_box.blockSignals(True)
         self.collapse_box.setChecked(collapse)
         self.collapse_box.blockSignals(False)
@@ -286,14 +290,14 @@ class StructureView(QWidget):
         """The tree selected `key`: mark the node that holds it (without selecting back)."""
         if self.graph is None:
             return
-        node = next((n for n in self.graph.nodes if key in n.keys), None)
-        if node is None or node.id not in self.boxes:
+        node_id = self.node_of_key.get(key)
+        if node_id is None or node_id not in self.boxes:
             return
         self.scene.blockSignals(True)
         self.scene.clearSelection()
-        self.boxes[node.id].setSelected(True)
+        self.boxes[node_id].setSelected(True)
         self.scene.blockSignals(False)
-        self.view.centerOn(self.boxes[node.id])
+        self.view.centerOn(self.boxes[node_id])
 
     def _find(self, text):
         text = text.strip().lower()

@@ -247,5 +247,7 @@ def test_an_hdf5_file_that_spins_libhdf5_is_refused_in_one_line(tmp_path, monkey
     path = tmp_path / "spin.h5"
     shutil.copy(Path(__file__).parent / "files" / "hdf5_spins_libhdf5.h5", path)
     monkeypatch.setattr(keras_h5, "PREFLIGHT_SECONDS", 3.0)
-    with pytest.raises(CheckpointError, match="libhdf5 did not finish"):
+    with pytest.raises(CheckpointError) as refused:  # spins here; another libhdf5 may fail
         open_checkpoint(str(path))
+    assert "libhdf5" in str(refused.value) or "HDF5" in str(refused.value)
+    assert "\n" not in str(refused.value)

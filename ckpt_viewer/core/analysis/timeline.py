@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-import json
 import math
-import os
 import re
 import statistics
 import threading
@@ -32,6 +30,7 @@ from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.keys import Side, align, candidate_roots
 from ckpt_viewer.core.listing.model import Checkpoint, TensorInfo
 from ckpt_viewer.core.listing.open import open_checkpoint
+from ckpt_viewer.core.listing.readers.hf_index import read_json
 from ckpt_viewer.core.listing.runs import expand_paths, numbers_in
 from ckpt_viewer.core.listing.summary import MODEL, tensor_categories
 from ckpt_viewer.core.listing.text import plural, safe_text
@@ -251,14 +250,13 @@ def aligned_keys(checkpoints: list[Checkpoint]) -> tuple[list[Side], list[dict]]
 def _trainer_history(path: str) -> list:
     """log_history of a Trainer folder's trainer_state.json (the last one holds the whole run)."""
     state_file = remote.join(path, "trainer_state.json")
-    if remote.is_remote(path) or not os.path.isfile(state_file):
+    if not remote.isfile(state_file):
         return []
     try:
-        with open(state_file, "rb") as f:
-            state = json.loads(f.read(64 << 20))
-    except (OSError, ValueError):
-        return []
-    history = state.get("log_history") if isinstance(state, dict) else None
+        state = read_json(state_file, "trainer state")
+    except CheckpointError:
+        return []  # the history is a bonus: a damaged one leaves the timeline as it is
+    history = state.get("log_history")
     if not isinstance(history, list):
         return []
     kept = []
