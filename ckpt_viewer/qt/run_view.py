@@ -57,6 +57,16 @@ def _exact_job(run):
     return (yield from scan(run, DEFAULT_METRICS))
 
 
+def decade_labels(values: list, _scale: float = 1.0, _spacing: object = None) -> list:
+    """Log-axis tick labels at powers of ten only: pyqtgraph labels every minor tick of a
+    tall axis, and 0.009, 0.008... were drawn over each other."""
+    labels = []
+    for value in values:
+        decade = abs(value - round(value)) < 1e-9
+        labels.append(f"{10.0 ** round(value):g}" if decade else "")
+    return labels
+
+
 def _step_text(step) -> str:
     if step.step is None:
         return safe_text(step.label)
@@ -245,7 +255,7 @@ class RunView(QWidget):
         self.rates.setLabel("bottom", "step")
         self.rates.setLabel("left", "learning rate")
         self.rates.setLogMode(y=True)
-        self.rates.getAxis("left").setStyle(maxTextLevel=0)  # decades only: minor labels collide
+        self.rates.getAxis("left").logTickStrings = decade_labels
         self.rates.addLegend(offset=(-10, 10))
         self.losses = pg.PlotWidget(background=background)
         self.losses.setObjectName("runLosses")

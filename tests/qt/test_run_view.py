@@ -68,3 +68,15 @@ def test_compare_with_the_previous_checkpoint_at_that_key(window, qtbot, tmp_pat
     compare = window.tabs.currentWidget()
     current = compare.proxy.mapToSource(compare.table.currentIndex()).row()
     assert compare.model.rows[current][1][0] == "model_state_dict.0.bias"
+
+
+def test_learning_rate_axis_labels_only_powers_of_ten():
+    from ckpt_viewer.qt.run_view import decade_labels
+
+    assert decade_labels([-2, -2.0457, -2.1549, -3, -4 + 1e-12]) == [
+        "0.01",
+        "",
+        "",
+        "0.001",
+        "0.0001",
+    ]
