@@ -36,7 +36,7 @@ from ckpt_viewer.core.listing.summary import MODEL, tensor_categories
 from ckpt_viewer.core.listing.text import plural, safe_text
 from ckpt_viewer.core.values.decode import numpy_readable
 from ckpt_viewer.core.values.read import iter_chunks
-from ckpt_viewer.core.values.stats import _Moments
+from ckpt_viewer.core.values.stats import _Moments, chunk_moments_with_squares
 
 METRICS = (
     "l2",
@@ -52,6 +52,7 @@ METRICS = (
 )
 DEFAULT_METRICS = tuple(m for m in METRICS if m != "alpha")  # alpha: an SVD per tensor and step
 CHUNK = 1 << 18  # elements per step per read: N chunks side by side stay in the CPU cache
+READAHEAD = 1 << 23  # elements per step asked of the disk at once (the steps are read in turn)
 OUTSIZED = 10.0  # an update this many times the step's median update is a finding
 STEP_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
 LOSS_NAMES = ("loss", "train_loss", "val_loss", "eval_loss", "best_loss")
@@ -325,9 +326,11 @@ class _Pair:
         self.dot = self.diff_sq = self.a_sq = self.b_sq = 0.0
         self.count = 0
 
-    def add(self, x: np.ndarray, y: np.ndarray, xx: float, yy: float, difference: bool) -> None:
+    def add(
+        self, x: np.ndarray, y: np.ndarray, xx: float, yy: float, scratch: np.ndarray | None
+    ) -> None:
         """x, y: float64 chunks; xx, yy: their sums of squares (NaN/Inf: only the elements
-        finite in both count)."""
+        finite in both count); with `scratch` (float64, at least x's size), the difference too."""
         if not (math.isfinite(xx) and math.isfinite(yy)):
             finite = np.isfinite(x) & np.isfinite(y)
             x, y = x[finite], y[finite]
@@ -335,8 +338,8 @@ class _Pair:
         self.dot += _dot(x, y)
         self.a_sq += xx
         self.b_sq += yy
-        if difference:
-            d = np.subtract(x, y)
+        if scratch is not None:
+            d = np.subtract(x, y, out=scratch[: x.size])
             self.diff_sq += _dot(d, d)
         self.count += x.size
 
@@ -360,12 +363,18 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.einsum("i,i->", a, b))
 
 
-def _as_float(chunk: np.ndarray) -> np.ndarray:
+def _as_float(chunk: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float64: a float32 dot product of a million values keeps ~5 digits, and the cosine of
-    two checkpoints a small update apart differs from 1 in the seventh."""
+    two checkpoints a small update apart differs from 1 in the seventh. `out` (float64, at
+    least the chunk's size) is reused: a fresh array per chunk costs the kernel zeroing its
+    pages, more than the conversion itself."""
     if np.iscomplexobj(chunk):
-        return np.abs(chunk).astype(np.float64)
-    return chunk.astype(np.float64)
+        chunk = np.abs(chunk)
+    if out is None:
+        return chunk.astype(np.float64)
+    view = out[: chunk.size]
+    np.copyto(view, chunk, casting="unsafe")
+    return view
 
 
 def _segments(shapes: list) -> list[list[int]]:
@@ -384,13 +393,18 @@ def _segments(shapes: list) -> list[list[int]]:
 def _exp_avg_sq_mean(tensor: TensorInfo | None, stop: threading.Event) -> float | None:
     if tensor is None or tensor.dtype in NO_ARITHMETIC:
         return None
-    moments = _Moments()
-    for chunk in iter_chunks(tensor, CHUNK):
+    total, count = 0.0, 0
+    for chunk in iter_chunks(tensor, CHUNK, READAHEAD):
         if stop.is_set():
             raise CheckpointError("cancelled")
-        moments.add(_as_float(chunk))
-    mean, _, _ = moments.figures()
-    return mean
+        if np.iscomplexobj(chunk):
+            chunk = np.abs(chunk)
+        part = float(np.sum(chunk, dtype=np.float64))
+        if not math.isfinite(part):  # the mean of the finite values, as for every metric
+            chunk = chunk[np.isfinite(chunk)]
+            part = float(np.sum(chunk, dtype=np.float64))
+        total, count = total + part, count + chunk.size
+    return total / count if count else None
 
 
 def scan_key(
@@ -418,23 +432,25 @@ def scan_key(
         first = {i: _Pair() for i in run[2:]}
         chunk = min(CHUNK, sample) if sample else CHUNK
         seen = 0
-        for chunks in zip(*(iter_chunks(tensors[i], chunk) for i in run)):
+        ahead = 0 if sample else READAHEAD
+        buffers = [np.empty(chunk, np.float64) for _ in range(len(run) + 1)]  # + a scratch
+        for chunks in zip(*(iter_chunks(tensors[i], chunk, ahead) for i in run)):
             if stop.is_set():
                 raise CheckpointError("cancelled")
             if sample and seen >= sample:
                 break
             seen += chunks[0].size
-            floats = [_as_float(c) for c in chunks]
+            floats = [_as_float(c, out) for c, out in zip(chunks, buffers)]
             with np.errstate(all="ignore"):
                 squares = [_dot(f, f) for f in floats]
                 for position, i in enumerate(run):
                     x, xx = floats[position], squares[position]
-                    moments[i].add(x)
+                    moments[i].merge(chunk_moments_with_squares(x, chunks[position], xx))
                     if position:
                         y, yy = floats[position - 1], squares[position - 1]
-                        previous[i].add(x, y, xx, yy, True)
+                        previous[i].add(x, y, xx, yy, buffers[-1])
                     if position > 1:
-                        first[i].add(x, floats[0], xx, squares[0], False)
+                        first[i].add(x, floats[0], xx, squares[0], None)
         for position, i in enumerate(run):
             m = moments[i]
             _, std, l2 = m.figures()

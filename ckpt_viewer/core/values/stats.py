@@ -271,6 +271,33 @@ def _chunk_moments(x: np.ndarray) -> _ChunkMoments:
     return part
 
 
+def chunk_moments_with_squares(x: np.ndarray, native: np.ndarray, squares: float) -> _ChunkMoments:
+    """_chunk_moments of float64 chunk x for a caller that already holds sum(x*x) (`squares`)
+    and x's float chunk before widening (`native`, the same values): the spread is then
+    squares - total^2/n, exact to a few units in the last place while the mean's square is at
+    most half the mean square (it cancels no more than one bit), which saves the deviation
+    passes; otherwise, and for non-finite values, the two-pass _chunk_moments."""
+    if native.dtype.kind != "f" or not x.size or not math.isfinite(squares):
+        return _chunk_moments(x)
+    total = float(np.sum(x, dtype=np.float64))
+    count = x.size
+    if not math.isfinite(total) or total * total / count > 0.5 * squares:
+        return _chunk_moments(x)
+    with np.errstate(all="ignore"):
+        zeros = int(np.add.reduce(native == 0, dtype=np.int64))
+    return _ChunkMoments(
+        count,
+        zeros,
+        False,
+        None,
+        finite=count,
+        total=total,
+        spread=max(squares - total * total / count, 0.0),
+        lo=float(native.min()),
+        hi=float(native.max()),
+    )
+
+
 class _EdgeCheck:
     """The histogram's bins are torch.histogram's over the reported edges: [e_i, e_i+1), the
     last one closed. The fine index's arithmetic can put a value lying on an edge, or within

@@ -14,14 +14,25 @@ from ckpt_viewer.core.values.decode import numpy_readable
 from ckpt_viewer.core.values.storage import StorageReader, larger_than_memory
 
 
-def iter_raw_chunks(tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1 << 20):
+def iter_raw_chunks(
+    tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1 << 20, readahead: int = 0
+):
     """Stored elements (as `dtype` units) in logical order, chunk_elements at a time. Strided
     views (transposes, slices, expand's zero strides, as_strided overlaps) are gathered block by
-    block from mapped spans, so neither the view nor its storage span is ever held whole."""
+    block from mapped spans, so neither the view nor its storage span is ever held whole.
+    `readahead` (elements, larger than a chunk) asks the OS for that much ahead in large
+    requests: readers that walk several files side by side otherwise send the disk one small
+    read per file in turn, and a cold disk serves those far below its streaming rate."""
     reader = StorageReader(tensor.storage)
     if tensor.is_contiguous:
         streaming = larger_than_memory(reader)
+        fetched = 0  # elements already asked for, from the tensor's start
         for start in range(0, tensor.numel, chunk_elements):
+            if readahead > chunk_elements:
+                goal = min(tensor.numel, start + readahead)
+                if goal > fetched and (goal - fetched >= readahead // 2 or goal == tensor.numel):
+                    reader.prefetch([(tensor.offset + fetched, goal - fetched)], dtype)
+                    fetched = goal
             if streaming and start >= 2 * chunk_elements:
                 # the chunk before the last one is no longer mapped: drop it from the page
                 # cache, or reading a file larger than memory evicts the window's own code
@@ -32,7 +43,7 @@ def iter_raw_chunks(tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1
                     os.POSIX_FADV_DONTNEED,
                 )
             ahead = start + chunk_elements
-            if ahead < tensor.numel:
+            if ahead < tensor.numel and readahead <= chunk_elements:
                 # the next chunk is read by the OS while this one is computed: a cold page
                 # faulted in by a numpy call that holds the GIL froze the window for the read
                 reader.prefetch(
