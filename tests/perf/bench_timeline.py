@@ -39,7 +39,7 @@ app.exec()
 """
 
 
-def make_run(folder: str, steps: int = STEPS):
+def make_run(folder: str, steps: int = STEPS, width: int = 1024):
     import torch
 
     sys.path.insert(0, os.path.dirname(__file__))
@@ -48,7 +48,7 @@ def make_run(folder: str, steps: int = STEPS):
     os.makedirs(folder, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     checkpoint = training_checkpoint(
-        lambda *shape: torch.randn(*shape, generator=generator) * 0.02, 32000, 1024, 12
+        lambda *shape: torch.randn(*shape, generator=generator) * 0.02, 32000, width, 12
     )
     model = checkpoint["model_state_dict"]
     for step in range(steps):
@@ -97,9 +97,12 @@ def main():
     parser.add_argument("--make", metavar="FOLDER")
     parser.add_argument("--run", metavar="FOLDER")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--width", type=int, default=1024, help="hidden size of --make (1024: the 2.6 GB recipe)"
+    )
     args = parser.parse_args()
     if args.make:
-        make_run(args.make)
+        make_run(args.make, width=args.width)
     if not args.run:
         return
     import json
