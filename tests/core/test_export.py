@@ -455,7 +455,7 @@ def test_crc32_combine_matches_zlib_on_the_joined_bytes():
     import random
     import zlib
 
-    from ckpt_viewer.core.writing.export import crc32_combine
+    from ckpt_viewer.core.listing.crc import crc32_combine
 
     rng = random.Random(0)
     for first, second in [(0, 0), (0, 5), (7, 0), (1, 1), (4096, 3), (100_003, 65_537)]:
