@@ -120,6 +120,31 @@ def test_verify_catches_one_flipped_bit_torch_load_does_not(tmp_path):
     assert not report.ok and report.tensor == "w"  # the GUI names the damage by its key
 
 
+@pytest.mark.parametrize("flip", [None, 5, 4100, 9000])
+def test_verify_crc_over_many_mapped_windows(tmp_path, monkeypatch, flip):
+    """A stored record's CRC-32 is taken window by window, halves on two threads, joined in
+    order: small windows (odd-sized halves, a short last window) agree with zlib, and a
+    flipped bit in any window is found."""
+    import torch
+
+    import builders
+    from ckpt_viewer.core.analysis import verify as verify_module
+    from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
+    from ckpt_viewer.core.progress import run
+
+    monkeypatch.setattr(verify_module, "WINDOW", 4097)
+    path = builders.save({"w": torch.randn(2500)}, tmp_path / "w.pt")  # 10,000 bytes
+    member = next(m for m in read_directory(path) if m.name.endswith("/data/0"))
+    if flip is not None:
+        data = bytearray(open(path, "rb").read())
+        data[data_offset(member) + flip] ^= 0x10
+        open(path, "wb").write(bytes(data))
+    report = run(verify_module.verify(path))
+    assert report.ok == (flip is None)
+    if flip is not None:
+        assert report.tensor == "w"
+
+
 @pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors", "hf", "dcp"])
 def test_verify_intact(tmp_path, kind):
     import builders
