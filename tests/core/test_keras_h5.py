@@ -194,6 +194,34 @@ def test_verify_decodes_compressed_datasets(tmp_path):
     assert not report.ok and report.tensor == "w" and "\n" not in report.problem
 
 
+def test_a_corrupt_chunk_or_a_dying_decoder_is_one_line(tmp_path, monkeypatch):
+    """Chunked data are decoded by libhdf5 in a child process: a corrupt chunk, or a child
+    that dies (as libhdf5 can on a crafted chunk index), is one line, never a crash here."""
+    import subprocess
+
+    from ckpt_viewer.core.listing.readers import keras_h5
+
+    path = tmp_path / "z.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("w", data=np.arange(4096.0), chunks=(512,), compression="gzip")
+    with h5py.File(path, "r") as f:
+        offset = f["w"].id.get_chunk_info(3).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 10 : offset + 30] = b"\xff" * 20
+    path.write_bytes(bytes(raw))
+    tensor = open_checkpoint(str(path)).find("w").tensor
+    with pytest.raises(CheckpointError) as refused:
+        read_array(tensor)
+    assert "\n" not in str(refused.value) and "'/w'" in str(refused.value)
+
+    def died(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, -11, b"", b"Segmentation fault\n")
+
+    monkeypatch.setattr(keras_h5.subprocess, "run", died)
+    with pytest.raises(CheckpointError, match=r"failed decoding dataset '/w' \(exit -11"):
+        read_array(tensor)
+
+
 def test_sharded_weights_manifest(keras_files):
     folder, weights = keras_files
     path = folder / "sharded" / "m.weights.json"

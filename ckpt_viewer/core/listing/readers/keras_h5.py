@@ -227,7 +227,58 @@ def _named(entries: list, named: dict, layers: dict, var_names: dict, counts: di
 
 
 def _decode(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
-    """A dataset's bytes as h5py decodes them (chunked or compressed), in stored order."""
+    """A dataset's bytes as h5py decodes them (chunked or compressed), in stored order, decoded
+    in a child process: the structure's preflight never touched the chunks, and libhdf5 can
+    hang or crash on a crafted chunk index or filter; the refusal is then one line here."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > memory // 2:
+        raise CheckpointError(
+            f"dataset {safe_text(name)!r} is chunked or compressed and decodes to "
+            f"{nbytes:,} bytes, more than half this machine's memory; refusing"
+        )
+    code = (
+        "import sys\n"
+        "from ckpt_viewer.core import CheckpointError\n"
+        "from ckpt_viewer.core.listing.readers import keras_h5\n"
+        "window = (int(sys.argv[3]), int(sys.argv[4])) if sys.argv[3] != '-' else None\n"
+        "try:\n"
+        "    data = keras_h5.decode_here(sys.argv[1], window, sys.argv[2], int(sys.argv[5]))\n"
+        "except CheckpointError as exc:\n"
+        "    sys.stderr.write(str(exc))\n"
+        "    sys.exit(3)\n"
+        "sys.stdout.buffer.write(data)\n"
+    )
+    start, size = window if window else ("-", "-")
+    seconds = PREFLIGHT_SECONDS + nbytes / 20e6  # a slow filter on a large dataset is not a hang
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", code, path, name, str(start), str(size), str(nbytes)],
+            capture_output=True,
+            timeout=seconds,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    except subprocess.TimeoutExpired:
+        raise CheckpointError(
+            f"libhdf5 did not finish decoding dataset {safe_text(name)!r} in {seconds:g} s "
+            "(a damaged or crafted HDF5 file); refusing"
+        ) from None
+    if child.returncode == 3:
+        raise CheckpointError(child.stderr.decode("utf-8", "replace")[:300])
+    if child.returncode != 0:
+        last = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        raise CheckpointError(
+            f"libhdf5 failed decoding dataset {safe_text(name)!r} (exit {child.returncode}: "
+            f"{safe_text(last[0])[:100]}); refusing"
+        )
+    if len(child.stdout) != nbytes:
+        raise CheckpointError(
+            f"dataset {safe_text(name)!r} decodes to {len(child.stdout):,} bytes, not {nbytes:,}"
+        )
+    return child.stdout
+
+
+def decode_here(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
+    """_decode's work, in this process (the child's side)."""
     h5py = _h5py()
     with remote.open_source(path) as f:
         fileobj = io.BufferedReader(Window(f, *window)) if window else f
