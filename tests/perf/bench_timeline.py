@@ -23,6 +23,7 @@ import sys
 import time
 
 STEPS = 10
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: from cached bytecode (runner.py)
 
 WINDOW = """
 import sys, time

