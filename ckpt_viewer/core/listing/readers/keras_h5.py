@@ -250,26 +250,14 @@ def _decode(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
     )
     start, size = window if window else ("-", "-")
     seconds = PREFLIGHT_SECONDS + nbytes / 20e6  # a slow filter on a large dataset is not a hang
-    try:
-        child = subprocess.run(
-            [sys.executable, "-c", code, path, name, str(start), str(size), str(nbytes)],
-            capture_output=True,
-            timeout=seconds,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        )
-    except subprocess.TimeoutExpired:
-        raise CheckpointError(
-            f"libhdf5 did not finish decoding dataset {safe_text(name)!r} in {seconds:g} s "
-            "(a damaged or crafted HDF5 file); refusing"
-        ) from None
+    child = _libhdf5_child(
+        code,
+        [path, name, str(start), str(size), str(nbytes)],
+        seconds,
+        f"decoding dataset {safe_text(name)!r}",
+    )
     if child.returncode == 3:
         raise CheckpointError(child.stderr.decode("utf-8", "replace")[:300])
-    if child.returncode != 0:
-        last = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-        raise CheckpointError(
-            f"libhdf5 failed decoding dataset {safe_text(name)!r} (exit {child.returncode}: "
-            f"{safe_text(last[0])[:100]}); refusing"
-        )
     if len(child.stdout) != nbytes:
         raise CheckpointError(
             f"dataset {safe_text(name)!r} decodes to {len(child.stdout):,} bytes, not {nbytes:,}"
@@ -440,24 +428,33 @@ def preflight(reader: str, path: str) -> None:
         "except CheckpointError:\n"
         "    pass\n"
     )
+    _libhdf5_child(code, [path], PREFLIGHT_SECONDS, "reading the file's structure")
+
+
+def _libhdf5_child(
+    code: str, args: list[str], seconds: float, doing: str
+) -> subprocess.CompletedProcess:
+    """Run `code` in a child Python (exit 0, or 3: a CheckpointError on its stderr); libhdf5
+    hanging or dying there while `doing` its work is one line here."""
     try:
         child = subprocess.run(
-            [sys.executable, "-c", code, path],
+            [sys.executable, "-c", code, *args],
             capture_output=True,
-            timeout=PREFLIGHT_SECONDS,
+            timeout=seconds,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
     except subprocess.TimeoutExpired:
         raise CheckpointError(
-            f"libhdf5 did not finish reading the file's structure in {PREFLIGHT_SECONDS:g} s "
+            f"libhdf5 did not finish {doing} in {seconds:g} s "
             "(a damaged or crafted HDF5 file); refusing"
         ) from None
-    if child.returncode != 0:
+    if child.returncode not in (0, 3):
         last = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
         raise CheckpointError(
-            f"libhdf5 failed reading the file's structure (exit {child.returncode}: "
+            f"libhdf5 failed {doing} (exit {child.returncode}: "
             f"{safe_text(last[0])[:100]}); refusing"
         )
+    return child
 
 
 def read(path: str, checked: bool = False) -> Checkpoint:
