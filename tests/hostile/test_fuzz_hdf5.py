@@ -34,20 +34,29 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 15))  # each case forks: fewer th
 
 
 def _h5py_datasets(path: str) -> list[np.ndarray]:
-    """Every dataset h5py reads from the file, in native byte order."""
+    """Every dataset h5py reads from the file, in native byte order: groups walked item by
+    item (visititems gives up on the first damaged link and would hide the rest)."""
     found: list[np.ndarray] = []
+
+    def walk(group, depth):
+        try:
+            names = list(group.keys())
+        except Exception:  # noqa: BLE001 - the oracle refusing a group is fine
+            return
+        for name in names:
+            try:
+                obj = group.get(name)
+                if isinstance(obj, h5py.Dataset):
+                    value = np.asarray(obj[()])
+                    found.append(value.astype(value.dtype.newbyteorder("=")))
+                elif isinstance(obj, h5py.Group) and depth < 32:
+                    walk(obj, depth + 1)
+            except Exception:  # noqa: BLE001 - nor refusing a dataset
+                pass
+
     try:
         with h5py.File(path, "r") as f:
-
-            def visit(_name, obj):
-                if isinstance(obj, h5py.Dataset):
-                    try:
-                        value = np.asarray(obj[()])
-                        found.append(value.astype(value.dtype.newbyteorder("=")))
-                    except Exception:  # noqa: BLE001 - the oracle refusing a dataset is fine
-                        pass
-
-            f.visititems(visit)
+            walk(f, 0)
     except Exception:  # noqa: BLE001
         pass
     return found
