@@ -98,6 +98,7 @@ class DiffReport:
     roots: tuple = ([""], [""])  # candidate roots of A and of B, for pickers
     ported: str = ""  # "A" or "B": that side's Keras / Flax variables ported to torch keys
     unmatched: dict = field(default_factory=dict)  # its variables no porting rule takes: why
+    compared: tuple = ()  # (A, B) as compared: a ported side is its torch-layout checkpoint
 
     @property
     def identical(self) -> bool:
@@ -431,6 +432,7 @@ def diff(
     rules = mapping.rules if mapping is not None else {}
     if mapping is not None:
         report.ported, report.unmatched = ported, dict(mapping.unmatched)
+    report.compared = (a, b)
     pairs = []
     for key in common:
         (source_a, ta), (source_b, tb) = keys_a[key], keys_b[key]
