@@ -6,6 +6,7 @@ torch module, and must give the same outputs as the source model on random input
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -28,6 +29,14 @@ def _keras():
     if keras.backend.backend() != "torch":
         pytest.skip("keras runs another backend here")
     return keras
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_keras_names():
+    """Keras numbers default names across a session: leave later tests the names they expect."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session()
 
 
 def _channels_first(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -55,13 +64,18 @@ def _keras_models(keras):
         cases.append((name, model, module, forward, x))
 
     x = keras.Input((5,))
-    dense, bn, ln, dense2 = layers.Dense(4), layers.BatchNormalization(), None, layers.Dense(3)
-    ln = layers.LayerNormalization()
+    dense, bn, ln = layers.Dense(4), layers.BatchNormalization(), layers.LayerNormalization()
+    dense2 = layers.Dense(3, use_bias=False)
     case(
         "dense",
         x,
         dense2(ln(bn(dense(x)))),
-        [nn.Linear(5, 4), nn.BatchNorm1d(4, eps=1e-3), nn.LayerNorm(4, eps=1e-3), nn.Linear(4, 3)],
+        [
+            nn.Linear(5, 4),
+            nn.BatchNorm1d(4, eps=1e-3),
+            nn.LayerNorm(4, eps=1e-3),
+            nn.Linear(4, 3, bias=False),
+        ],
         lambda m, t: m.get_submodule(dense2.name)(
             m.get_submodule(ln.name)(m.get_submodule(bn.name)(m.get_submodule(dense.name)(t)))
         ),
@@ -130,6 +144,16 @@ def _keras_models(keras):
         lambda m, t: m.get_submodule(attention.name)(t, t, t, need_weights=False)[0],
         rng.normal(size=(2, 5, 6)),
     )
+    query, value = keras.Input((5, 6)), keras.Input((4, 4))
+    cross = layers.MultiHeadAttention(num_heads=2, key_dim=3, use_bias=False)
+    case(
+        "cross_attention",  # key and value of another width: torch's separate projections
+        [query, value],
+        cross(query, value),
+        [nn.MultiheadAttention(6, 2, bias=False, kdim=4, vdim=4, batch_first=True)],
+        lambda m, q, v: m.get_submodule(cross.name)(q, v, v, need_weights=False)[0],
+        [rng.normal(size=(2, 5, 6)), rng.normal(size=(2, 4, 4))],
+    )
     return cases
 
 
@@ -143,19 +167,23 @@ def keras_cases(tmp_path_factory):
         model.save(folder / f"{name}.keras")
         model.save_weights(folder / f"{name}.weights.h5")
         model.save(folder / f"{name}.h5")  # legacy HDF5: the config in an attribute
+        model.save_weights(folder / f"{name}.weights.json", max_shard_size=1e-6)  # shards
         expected = keras.ops.convert_to_numpy(model(x, training=False))
         cases.append((name, folder, module, forward, x, expected))
     return cases
 
 
-def _outputs(module: nn.Module, forward, x: np.ndarray) -> np.ndarray:
+def _outputs(module: nn.Module, forward, x: np.ndarray | list) -> np.ndarray:
     module.eval()
-    tensor = torch.from_numpy(x if x.dtype.kind == "i" else x.astype(np.float32))
+    inputs = [
+        torch.from_numpy(a if a.dtype.kind == "i" else a.astype(np.float32))
+        for a in (x if isinstance(x, list) else [x])
+    ]
     with torch.no_grad():
-        return forward(module, tensor).numpy()
+        return forward(module, *inputs).numpy()
 
 
-@pytest.mark.parametrize("suffix", [".keras", ".weights.h5", ".h5"])
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5", ".h5", ".weights.json"])
 def test_keras_export_to_torch_loads_strictly_and_gives_the_same_outputs(
     keras_cases, suffix, capsys
 ):
@@ -225,13 +253,14 @@ def test_a_variable_no_rule_takes_is_listed_never_guessed(tmp_path, capsys):
     mapping = port(open_checkpoint(str(tmp_path / "m.weights.h5")))
     assert not mapping.ported
     assert set(mapping.unmatched) == {"head.kernel", "head.bias", "p_re_lu.0"}
+    assert "no config" in mapping.unmatched["head.kernel"]
     model.save(tmp_path / "m.keras")  # with its config: head is a Dense, PReLU has no rule
     mapping = port(open_checkpoint(str(tmp_path / "m.keras")))
     assert [p.key for p in mapping.ported] == ["head.weight", "head.bias"]
-    assert "no porting rule for a PReLU layer" in mapping.unmatched["p_re_lu.0"]
+    assert mapping.unmatched == {"p_re_lu.0": "no porting rule for a PReLU layer"}
     out = tmp_path / "m.safetensors"
     assert main(["export", str(tmp_path / "m.keras"), "-o", str(out), "--to-torch"]) == 0
-    assert "unmatched: p_re_lu.0" in capsys.readouterr().out
+    assert "unmatched: p_re_lu.0 (no porting rule for a PReLU layer)" in capsys.readouterr().out
     assert set(load_file(out)) == {"head.weight", "head.bias"}
 
 
@@ -281,3 +310,23 @@ def test_flax_export_to_torch_gives_the_same_outputs(tmp_path, capsys):
     report = run(diff(open_checkpoint(str(source)), open_checkpoint(str(tmp_path / "torch.pt"))))
     assert report.identical and report.ported == "A"
     assert {t.key: t.rule for t in report.tensors}["Conv_0.weight"].startswith("Flax Conv")
+
+
+def test_a_layer_named_by_an_empty_vars_group_is_read_through_hard_links_only(tmp_path):
+    """Keras 3 writes an LSTM's name in an empty vars group beside its cell's: a link there
+    to another file is not followed (the key keeps the group's name)."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "m.weights.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("layers/lstm/vars").attrs["name"] = "encoder"
+        f["layers/lstm_1/vars"] = h5py.ExternalLink(str(tmp_path / "absent.h5"), "/vars")
+        for layer in ("lstm", "lstm_1"):
+            cell = f.create_group(f"layers/{layer}/cell/vars")
+            cell.attrs["name"] = "lstm_cell"
+            for index, shape in enumerate([(3, 8), (2, 8), (8,)]):
+                cell[str(index)] = np.zeros(shape, np.float32)
+    keys = [key for key, _, _ in open_checkpoint(str(path)).tensors()]
+    assert keys[:3] == [f"encoder.lstm_cell.{i}" for i in range(3)]
+    assert keys[3:] == [f"lstm_1.lstm_cell.{i}" for i in range(3)]
+    ported = [p.key for p in port(open_checkpoint(str(path))).ported]
+    assert "lstm_1.weight_ih_l0" in ported and not any(k.startswith("encoder") for k in ported)

@@ -3,12 +3,12 @@ matching torch module, by rules per layer class (a rename, a transpose, a gate r
 projections), so export writes a state_dict `load_state_dict` takes and diff / Compare pair
 variables with torch keys and compare values after the transform.
 
-Naming: the torch module is named after the layer's path (Keras: the layer names, `dense_1`;
-Flax: the module path without `params`, `Dense_0`), and its parameters as torch names them
-(`dense_1.weight`). The layer class comes from the Keras config (`.keras`, legacy `.h5`) or,
-without one (`.weights.h5`), from Keras's own default layer name (`conv2d_3` is a Conv2D);
-a Flax module's from its default name (`Dense_0`) or its variables (`embedding`; `scale`,
-`bias`; a 2-D `kernel`). A variable no rule takes is listed with the reason, never guessed.
+Naming: the torch module is named after the layer (Keras: the layer's name, its class from the
+config, or without one (`.weights.h5`) from a name Keras gives by default, `conv2d_3`; Flax:
+the module path without `params`, `Dense_0`), and its parameters as torch names them
+(`conv2d_3.weight`). A Flax module's class comes from its default name (`Dense_0`) or its
+variables (`embedding`; `scale`, `bias`; a 2-D `kernel`). A variable no rule takes is
+listed with the reason, never guessed.
 
 A transposed or permuted tensor is a view of the source's bytes (read chunk by chunk); one
 assembled from several pieces (gate reorders, merged projections) or added (zeros) is built
@@ -34,7 +34,7 @@ from ckpt_viewer.core.listing.model import (
     TensorInfo,
     contiguous_strides,
 )
-from ckpt_viewer.core.listing.readers.keras_h5 import VARIABLES, config_layers
+from ckpt_viewer.core.listing.readers.keras_h5 import config_layers
 from ckpt_viewer.core.listing.readers.safetensors import flat_tree
 from ckpt_viewer.core.listing.text import safe_text
 from ckpt_viewer.core.values.strided import strided_array
@@ -193,7 +193,6 @@ KERAS_CLASSES = (
 )
 # Keras names a layer after its class unless told otherwise: conv2d, conv2d_1, batch_normalization
 DEFAULT_NAMES = {re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", c).lower(): c for c in KERAS_CLASSES}
-CELL_VARIABLES = ["kernel", "recurrent_kernel", "bias"]
 
 Variables = dict[str, tuple[str, TensorInfo]]  # variable name -> (source key, tensor)
 
@@ -214,33 +213,38 @@ def _keras_config(checkpoint: Checkpoint) -> dict | None:
 
 
 def _keras_layer(parts: list[str], layers: dict | None) -> tuple[int, str, dict] | None:
-    """(index of the innermost part naming a layer, its class, its config) for a key's parts."""
+    """(index of the innermost part naming a layer, its class, its config) for a key's parts:
+    the layer's name looked up in the config, or without a config a name Keras gives a layer
+    of a class ported (`conv2d_3`)."""
     for index in range(len(parts) - 2, -1, -1):
         if layers is not None:
             if parts[index] in layers:
                 cls, cfg = layers[parts[index]]
                 return index, cls, cfg
-        else:
-            cls = DEFAULT_NAMES.get(re.sub(r"_\d+$", "", parts[index]))
-            if cls is not None:
-                return index, cls, {}
+            continue
+        cls = DEFAULT_NAMES.get(re.sub(r"_\d+$", "", parts[index]))
+        if cls is not None:
+            return index, cls, {}
     return None
 
 
 def _variable_order(cls: str, cfg: dict) -> list[str]:
     """The layer's variables in creation order (the order of `vars/0`, `vars/1`...)."""
+    bias = ["bias"] * (cfg.get("use_bias", True) is not False)
     if cls in ("LSTM", "GRU"):
-        return CELL_VARIABLES
-    if cls == "MultiHeadAttention":
-        return ["kernel", "bias"]
-    if cls in VARIABLES:
-        return list(VARIABLES[cls](cfg))
-    return []
+        return ["kernel", "recurrent_kernel", *bias]
+    if cls == "Embedding":
+        return ["embeddings"]
+    if cls not in ("BatchNormalization", "LayerNormalization"):
+        return ["kernel", *bias]
+    affine = [("gamma", cfg.get("scale", True)), ("beta", cfg.get("center", True))]
+    order = [name for name, on in affine if on is not False]
+    return order + ["moving_mean", "moving_variance"] * (cls == "BatchNormalization")
 
 
 def _named_variables(cls: str, cfg: dict, found: dict[str, tuple[str, TensorInfo]]) -> Variables:
-    """Variables by name: a `vars/<i>` index named from the class's order when the count fits,
-    an RNN's cell dropped (`lstm_cell.kernel` -> `kernel`)."""
+    """Variables by name: a `vars/<i>` index named from the class's order when the count fits
+    (with or without a last bias), an RNN's cell dropped (`lstm_cell.kernel` -> `kernel`)."""
     groups: dict[str, dict[str, tuple[str, TensorInfo]]] = {}
     for name, value in found.items():
         owner, _, leaf = name.rpartition(".")
@@ -248,6 +252,8 @@ def _named_variables(cls: str, cfg: dict, found: dict[str, tuple[str, TensorInfo
     named: Variables = {}
     for owner, leaves in groups.items():
         order = _variable_order(cls, cfg)
+        if order[-1:] == ["bias"] and len(leaves) == len(order) - 1:
+            order = order[:-1]  # the bias is the one optional variable, and it is last
         by_index = all(leaf.isdigit() for leaf in leaves) and len(leaves) == len(order)
         if cls in ("LSTM", "GRU") and owner.endswith("cell") and "." not in owner:
             owner = ""
@@ -457,7 +463,7 @@ def _port_keras(checkpoint: Checkpoint) -> PortingMap:
             mapping.unmatched[key] = (
                 "no layer of the config holds it"
                 if layers is not None
-                else "not under a layer with a Keras default name (the file has no config)"
+                else "no config, and not under a layer named as Keras names a class ported"
             )
             continue
         index, cls, cfg = layer
