@@ -5,6 +5,7 @@ torch module, and must give the same outputs as the source model on random input
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -310,6 +311,13 @@ def test_flax_export_to_torch_gives_the_same_outputs(tmp_path, capsys):
     report = run(diff(open_checkpoint(str(source)), open_checkpoint(str(tmp_path / "torch.pt"))))
     assert report.identical and report.ported == "A"
     assert {t.key: t.rule for t in report.tensors}["Conv_0.weight"].startswith("Flax Conv")
+    capsys.readouterr()
+    assert main(["diff", str(tmp_path / "torch.pt"), str(source), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["ported"] == "B" and printed["unmatched"] == {}
+    assert {t["key"]: t["rule"] for t in printed["tensors"]}["Dense_0.weight"] == (
+        "Flax Dense: kernel.T"
+    )
 
 
 def test_a_layer_named_by_an_empty_vars_group_is_read_through_hard_links_only(tmp_path):
