@@ -20,6 +20,7 @@ from ckpt_viewer.core.analysis.diff import diff
 from ckpt_viewer.core.analysis.porting import port
 from ckpt_viewer.core.listing.open import open_checkpoint
 from ckpt_viewer.core.progress import run
+from ckpt_viewer.core.values.read import read_array
 
 ATOL = 1e-5
 
@@ -338,3 +339,36 @@ def test_a_layer_named_by_an_empty_vars_group_is_read_through_hard_links_only(tm
     assert keys[3:] == [f"lstm_1.lstm_cell.{i}" for i in range(3)]
     ported = [p.key for p in port(open_checkpoint(str(path))).ported]
     assert "lstm_1.weight_ih_l0" in ported and not any(k.startswith("encoder") for k in ported)
+
+
+def test_gate_reorders_keep_a_big_endian_file_s_values_and_odd_shapes_are_unmatched(tmp_path):
+    """Reordered GRU gates are built from the stored elements in the file's byte order; a GRU
+    whose kernels are not 3 x units wide is listed, not cut."""
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(2)
+    arrays = {
+        "gru": [rng.normal(size=s).astype(">f4") for s in [(2, 9), (3, 9), (2, 9)]],
+        "gru_1": [rng.normal(size=s).astype(">f4") for s in [(2, 8), (3, 8), (2, 8)]],
+    }
+    path = tmp_path / "m.weights.h5"
+    with h5py.File(path, "w") as f:
+        for layer, values in arrays.items():
+            f.create_group(f"layers/{layer}/vars").attrs["name"] = layer
+            cell = f.create_group(f"layers/{layer}/cell/vars")
+            cell.attrs["name"] = "gru_cell"
+            for index, value in enumerate(values):
+                cell[str(index)] = value
+    mapping = port(open_checkpoint(str(path)))
+    ported = {p.key: read_array(p.tensor) for p in mapping.ported}
+    kernel, recurrent, bias = (a.astype("<f4") for a in arrays["gru"])
+
+    def gates(rows: np.ndarray) -> np.ndarray:  # z, r, h -> r, z, n
+        z, r, h = np.split(rows, 3)
+        return np.concatenate([r, z, h])
+
+    assert np.array_equal(ported["gru.weight_ih_l0"], gates(kernel.T))
+    assert np.array_equal(ported["gru.weight_hh_l0"], gates(recurrent.T))
+    assert np.array_equal(ported["gru.bias_ih_l0"], gates(bias[0]))
+    assert np.array_equal(ported["gru.bias_hh_l0"], gates(bias[1]))
+    assert set(mapping.unmatched) == {f"gru_1.gru_cell.{name}" for name in ("0", "1", "2")}
+    assert "are not (in, 3 x units)" in mapping.unmatched["gru_1.gru_cell.0"]

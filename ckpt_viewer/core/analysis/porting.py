@@ -326,10 +326,30 @@ def _batch_norm(module: str, cls: str, variables: Variables) -> list[Ported]:
     return out
 
 
+def _check_gates(
+    cls: str,
+    gates: int,
+    kernel: TensorInfo,
+    recurrent: TensorInfo,
+    bias: tuple[str, TensorInfo] | None,
+    bias_shape: tuple[int, ...],
+) -> None:
+    """kernel (in, gates*units), recurrent_kernel (units, gates*units), bias as given."""
+    width = gates * recurrent.shape[0]
+    if kernel.shape[1] != width or recurrent.shape[1] != width:
+        raise Unmatched(
+            f"{cls} kernels {tuple(kernel.shape)}, {tuple(recurrent.shape)} are not "
+            f"(in, {gates} x units), (units, {gates} x units)"
+        )
+    if bias is not None and tuple(bias[1].shape) != bias_shape:
+        raise Unmatched(f"{cls} bias {tuple(bias[1].shape)} is not {bias_shape}")
+
+
 def _lstm(module: str, cls: str, variables: Variables) -> list[Ported]:
     """Keras's gates i, f, c, o are torch's i, f, g, o: rows as they are."""
     key, kernel = _take(variables, "kernel", 2)
     recurrent_key, recurrent = _take(variables, "recurrent_kernel", 2)
+    _check_gates(cls, 4, kernel, recurrent, variables.get("bias"), (4 * recurrent.shape[0],))
     out = [
         Ported(f"{module}.weight_ih_l0", _transposed(kernel), f"{cls}: kernel.T", (key,)),
         Ported(
@@ -361,6 +381,7 @@ def _gru(module: str, cls: str, cfg: dict, variables: Variables) -> list[Ported]
         raise Unmatched("a GRU with reset_after=False has no torch equivalent")
     if bias is None and not cfg:
         raise Unmatched("a GRU without bias and without a config: reset_after is unknown")
+    _check_gates(cls, 3, kernel, recurrent, bias, (2, 3 * recurrent.shape[0]))
     gates = "gates z,r,h -> r,z,n"
     out = [
         Ported(
