@@ -372,3 +372,37 @@ def test_gate_reorders_keep_a_big_endian_file_s_values_and_odd_shapes_are_unmatc
     assert np.array_equal(ported["gru.bias_hh_l0"], gates(bias[1]))
     assert set(mapping.unmatched) == {f"gru_1.gru_cell.{name}" for name in ("0", "1", "2")}
     assert "are not (in, 3 x units)" in mapping.unmatched["gru_1.gru_cell.0"]
+
+
+def test_odd_layers_are_listed_with_their_reason_and_names_escaped(tmp_path, capsys):
+    """A crafted .weights.h5: what no rule can take is listed (one line each, the file's text
+    escaped), the rest is still written."""
+    h5py = pytest.importorskip("h5py")
+    groups = {
+        "dense": [(3, 2), (2,)],  # a plain Dense: ported
+        "dense_1": [(3, 2, 2)],  # a 3-D kernel
+        "batch_normalization": [(2,), (2,), (2,)],  # 3 of 4: gamma or beta missing? unnamed
+        "multi_head_attention": [],  # projections without attention_output (below)
+        "dense\x1b[2J": [(2, 2)],
+    }
+    path = tmp_path / "m.weights.h5"
+    with h5py.File(path, "w") as f:
+        for name, shapes in groups.items():
+            group = f.create_group(f"layers/{name}/vars")
+            group.attrs["name"] = name
+            for index, shape in enumerate(shapes):
+                group[str(index)] = np.ones(shape, np.float32)
+        for part in ("query", "key", "value"):
+            sub = f.create_group(f"layers/multi_head_attention/{part}_dense/vars")
+            sub.attrs["name"] = part
+            sub["0"] = np.ones((4, 2, 2), np.float32)
+    out = tmp_path / "out.safetensors"
+    assert main(["export", str(path), "-o", str(out), "--to-torch"]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "unmatched: dense\\x1b[2J.0 (no config" in printed
+    assert "unmatched: dense_1.0 (kernel has shape (3, 2, 2), not 2-D)" in printed
+    assert "unmatched: batch_normalization.0 (no moving_mean variable)" in printed
+    assert "unmatched: multi_head_attention.query.0 (no attention_output.kernel variable)" in (
+        printed
+    )
+    assert set(load_file(out)) == {"dense.weight", "dense.bias"}
