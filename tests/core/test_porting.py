@@ -308,6 +308,12 @@ def test_flax_export_to_torch_gives_the_same_outputs(tmp_path, capsys):
         return _channels_first(m.Conv_0, x)
 
     np.testing.assert_allclose(_outputs(module, forward, ids), expected, atol=ATOL)
+    # params alone (no `params` collection at the top), as Hugging Face saves them
+    bare = tmp_path / "params.msgpack"
+    bare.write_bytes(serialization.to_bytes(variables["params"]))
+    assert main(["export", str(bare), "-o", str(tmp_path / "bare.pt"), "--to-torch"]) == 0
+    module.load_state_dict(torch.load(tmp_path / "bare.pt", weights_only=True), strict=True)
+    np.testing.assert_allclose(_outputs(module, forward, ids), expected, atol=ATOL)
     torch.save(module.state_dict(), tmp_path / "torch.pt")
     report = run(diff(open_checkpoint(str(source)), open_checkpoint(str(tmp_path / "torch.pt"))))
     assert report.identical and report.ported == "A"

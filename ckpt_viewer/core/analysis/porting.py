@@ -560,10 +560,14 @@ def _flax_rules(module: str, cls: str, variables: Variables) -> list[Ported]:
 
 
 def _port_flax(checkpoint: Checkpoint) -> PortingMap:
+    """Variables (`init`'s whole tree) under `params`; or, with no `params` at the top, a tree
+    of params alone (as `to_bytes(variables["params"])` and Hugging Face write them)."""
     modules: dict[str, dict[str, tuple[str, TensorInfo]]] = {}
     mapping = PortingMap("Flax")
-    for key, tensor, _ in checkpoint.tensors():
-        collection, _, rest = key.partition(".")
+    tensors = checkpoint.tensors()
+    collections = any(key.startswith("params.") for key, _, _ in tensors)
+    for key, tensor, _ in tensors:
+        collection, _, rest = key.partition(".") if collections else ("params", "", key)
         module, _, leaf = rest.rpartition(".")
         if collection != "params" or not module:
             mapping.unmatched[key] = "not a module's variable in the params collection"
