@@ -162,6 +162,12 @@ def _export_parser(sub):
         help="write Hugging Face style shards of at most SIZE (2GB, 500MB...) and "
         "their index into the folder given by -o",
     )
+    p.add_argument(
+        "--to-torch",
+        action="store_true",
+        help="port Keras or Flax weights to a PyTorch state_dict (names, transposes, gate "
+        "orders); the rule per tensor and any variable no rule takes are listed",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-verify", action="store_true", help="skip reopening the written file")
     p.set_defaults(run=run_export)
@@ -464,6 +470,17 @@ def run_export(args) -> int:
         max_shard_size=parse_size(args.max_shard_size) if args.max_shard_size else 0,
     )
     checkpoint = open_checkpoint(args.src)
+    if args.to_torch:
+        from ckpt_viewer.core.analysis.porting import port
+
+        mapping = port(checkpoint)
+        if not mapping.ported:
+            raise CheckpointError(
+                f"no variable of the {mapping.framework} file matches a porting rule "
+                f"({len(mapping.unmatched)} unmatched)"
+            )
+        say_lines(mapping.lines())
+        checkpoint = mapping.checkpoint(checkpoint)
     summary = run(export(checkpoint, plan, args.dst, force=args.force, verify=not args.no_verify))
     note = ", verified" if summary.verified else ""
     if summary.files > 1:

@@ -102,6 +102,8 @@ class CompareModel(QAbstractTableModel):
     def __init__(self, report, parent=None):
         super().__init__(parent)
         self.rows = []  # (cells as text, sort values, status)
+        # a side ported from Keras / Flax: the rule that made each pair's torch tensor
+        self.columns = COLUMNS + ("Rule",) if report.ported else COLUMNS
         self.brushes = {
             status: QBrush(on_base(colour)) for status, colour in STATUS_COLOURS.items()
         }
@@ -115,27 +117,29 @@ class CompareModel(QAbstractTableModel):
                 [_number(v) for v in metrics] + [cosine_text(t)],
                 [-1.0 if v is None else v for v in metrics]
                 + [-2.0 if t.cosine is None else t.cosine],
+                t.rule,
             )
         for key in report.only_a:
             self._add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
         for key in report.only_b:
             self._add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
 
-    def _add(self, key, status, a_text, b_text, metric_texts, metric_values):
+    def _add(self, key, status, a_text, b_text, metric_texts, metric_values, rule=""):
         texts = (shown(key), status_label(status), shown(a_text), shown(b_text), *metric_texts)
-        self.rows.append(
-            (texts, (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values), status)
-        )
+        sort_values = (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values)
+        if len(self.columns) > len(COLUMNS):
+            texts, sort_values = (*texts, rule), (*sort_values, rule)
+        self.rows.append((texts, sort_values, status))
 
     def rowCount(self, parent=QModelIndex()):
         return 0 if parent.isValid() else len(self.rows)
 
     def columnCount(self, parent=QModelIndex()):
-        return 0 if parent.isValid() else len(COLUMNS)
+        return 0 if parent.isValid() else len(self.columns)
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         if orientation == Qt.Horizontal and role == Qt.DisplayRole:
-            return COLUMNS[section]
+            return self.columns[section]
         return None
 
     def data(self, index, role=DISPLAY):
@@ -155,13 +159,13 @@ class CompareModel(QAbstractTableModel):
             return self.brushes[status]
         if role == TOOLTIP and column == 1:
             return STATUS_TEXT[status]
-        if role == ALIGNMENT and column >= 4:
+        if role == ALIGNMENT and 4 <= column < len(COLUMNS):
             return RIGHT_ALIGNED
         return None
 
     def widest(self, column: int, metrics, limit: int = 500) -> int:
         """The widest of the first `limit` texts of a column (a bounded ResizeToContents)."""
-        texts = {row[0][column] for row in self.rows[:limit]} | {COLUMNS[column]}
+        texts = {row[0][column] for row in self.rows[:limit]} | {self.columns[column]}
         return max(metrics.horizontalAdvance(text) for text in texts)
 
 
@@ -308,7 +312,22 @@ class CompareView(QWidget):
             f"{len(view['unexpected_keys'])} unexpected, "
             f"{plural(len(view['size_mismatch']), 'size mismatch')}."
             + (" <b>Identical.</b>" if report.identical else "")
+            + self._ported_html(report)
         )
+
+    @staticmethod
+    def _ported_html(report: DiffReport) -> str:
+        """Which side was ported to torch keys, and the variables no porting rule takes."""
+        if not report.ported:
+            return ""
+        text = f"<br>{report.ported} ported to PyTorch keys and layouts (the Rule column)."
+        if report.unmatched:
+            names = ", ".join(list(report.unmatched)[:5])
+            more = " ..." if len(report.unmatched) > 5 else ""
+            text += as_html(
+                f" {plural(len(report.unmatched), 'variable')} no rule takes: {names}{more}"
+            )
+        return text
 
     # --- the key rules: alignment pickers and the scalars --------------------------------------
     def _build_alignment_bar(self) -> QWidget:
@@ -480,7 +499,7 @@ class CompareView(QWidget):
         header.setSectionResizeMode(0, QHeaderView.Stretch)
         metrics = self.table.fontMetrics()
         padding = 3 * metrics.horizontalAdvance("M")  # cell margins and the sort arrow
-        for column in range(1, len(COLUMNS)):
+        for column in range(1, len(self.model.columns)):
             header.setSectionResizeMode(column, QHeaderView.Interactive)
             self.table.setColumnWidth(column, self.model.widest(column, metrics) + padding)
 
@@ -515,8 +534,9 @@ class CompareView(QWidget):
                 else ""
             )
             return
-        a = self.a.find(match.key_a).tensor
-        b = self.b.find(match.key_b).tensor
+        side_a, side_b = self.report.compared or (self.a, self.b)
+        a = side_a.find(match.key_a).tensor
+        b = side_b.find(match.key_b).tensor
         self.plot_status.setText(f"{key}: reading both tensors...")
         self.jobs.start(
             "detail",

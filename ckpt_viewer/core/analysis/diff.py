@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ckpt_viewer.core.analysis.porting import PortingMap, portable, ported_if_portable
 from ckpt_viewer.core.listing.keys import (
     Alignment,
     Side,
@@ -80,6 +81,7 @@ class TensorDiff:
     mean_abs: float | None = None
     rel_l2: float | None = None
     cosine: float | None = None  # None once compared: undefined, both sides all zero
+    rule: str = ""  # the porting rule that made a Keras / Flax side's tensor (porting.py)
 
 
 @dataclass
@@ -94,11 +96,17 @@ class DiffReport:
     #                                      alignment is poor and a search finds them
     scalars: list = field(default_factory=list)  # ScalarPair: epoch, step, loss, lr...
     roots: tuple = ([""], [""])  # candidate roots of A and of B, for pickers
+    ported: str = ""  # "A" or "B": that side's Keras / Flax variables ported to torch keys
+    unmatched: dict = field(default_factory=dict)  # its variables no porting rule takes: why
+    compared: tuple = ()  # (A, B) as compared: a ported side is its torch-layout checkpoint
 
     @property
     def identical(self) -> bool:
         return (
-            not self.only_a and not self.only_b and all(t.status == IDENTICAL for t in self.tensors)
+            not self.only_a
+            and not self.only_b
+            and not self.unmatched
+            and all(t.status == IDENTICAL for t in self.tensors)
         )
 
     def count(self, status: str) -> int:
@@ -144,6 +152,8 @@ class DiffReport:
                 "suggested": _alignment_json(self.suggestion),
             },
             "scalars": [{"key": p.key, "a": p.a, "b": p.b, "same": p.same} for p in self.scalars],
+            "ported": self.ported,
+            "unmatched": self.unmatched,
         }
 
 
@@ -364,6 +374,17 @@ def _to_gguf_names(keys: dict, gguf_keys: dict, gguf_checkpoint: Checkpoint) -> 
     return renamed, gguf_keys, shapes
 
 
+def _ported(a: Checkpoint, b: Checkpoint) -> tuple[Checkpoint, Checkpoint, PortingMap | None, str]:
+    """(a, b, the porting map, "A" or "B") with the one Keras / Flax side ported."""
+    if portable(a) == portable(b):
+        return a, b, None, ""
+    if portable(a):
+        ported_a, mapping = ported_if_portable(a)
+        return ported_a, b, mapping, "A" if mapping else ""
+    ported_b, mapping = ported_if_portable(b)
+    return a, ported_b, mapping, "B" if mapping else ""
+
+
 def diff(
     a: Checkpoint,
     b: Checkpoint,
@@ -371,11 +392,15 @@ def diff(
     side_b: Side = AS_THEY_ARE,
     map_gguf: bool = True,
     auto_align: bool = False,
+    to_torch: bool = True,
 ) -> Generator[float, None, DiffReport]:
     """Generator: yields progress in [0, 1]; returns DiffReport. With map_gguf, when one side
     is a GGUF file the other side's names are mapped to GGUF names (llama.cpp's map), and no
-    alignment is searched. With auto_align the searched alignment replaces the sides; without,
+    alignment is searched. With to_torch, when one side holds Keras or Flax weights and the
+    other does not, that side is ported to PyTorch keys and layouts first (porting.py), and
+    each pair names its rule. With auto_align the searched alignment replaces the sides; without,
     it is searched (as a suggestion) when fewer than half the keys are common."""
+    a, b, mapping, ported = _ported(a, b) if to_torch else (a, b, None, "")
     renames = state_renames(a, b)
     to_gguf = map_gguf and (a.format == "gguf") != (b.format == "gguf")
     roots = candidate_roots(a), candidate_roots(b)
@@ -404,6 +429,10 @@ def diff(
         report.suggestion = best
     report.scalars = scalar_pairs(a, b)
     report.roots = roots
+    rules = mapping.rules if mapping is not None else {}
+    if mapping is not None:
+        report.ported, report.unmatched = ported, dict(mapping.unmatched)
+    report.compared = (a, b)
     pairs = []
     for key in common:
         (source_a, ta), (source_b, tb) = keys_a[key], keys_b[key]
@@ -414,6 +443,7 @@ def diff(
         )
         shape_a, shape_b = shapes.get(key, (list(ta.shape), list(tb.shape)))
         result = TensorDiff(key, source_a, source_b, status, shape_a, shape_b, ta.dtype, tb.dtype)
+        result.rule = rules.get(source_a if ported == "A" else source_b, "")
         report.tensors.append(result)
         if status != SHAPE and "dtensor" in (ta.layout, tb.layout):
             # a per-rank file holds a part: comparable only with the same part of the same rank

@@ -263,6 +263,16 @@ def diff_lines(report: Any, limit: int = 50) -> Iterator[str]:
         f"{shards}; "
         f"{len(report.only_a)} only in A, {len(report.only_b)} only in B"
     )
+    if report.ported:
+        yield f"{report.ported} ported to PyTorch keys and layouts (the rule of each pair):"
+        for t in report.tensors[:limit]:
+            yield f"  {t.key}: {t.rule}"
+        if len(report.tensors) > limit:
+            yield f"  ... {len(report.tensors) - limit} more"
+        for name, why in list(report.unmatched.items())[:limit]:
+            yield f"  unmatched  {safe_text(name)}: {why}"
+        if len(report.unmatched) > limit:
+            yield f"  ... {len(report.unmatched) - limit} more unmatched"
     view = report.load_state_dict_view()
     if any(view.values()):
         yield "load_state_dict(strict=True) of B into A would report:"

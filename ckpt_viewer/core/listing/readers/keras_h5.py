@@ -197,6 +197,8 @@ def _keras3_key(path: str, layers: dict, var_names: dict, counts: dict) -> str |
 def _scan(path: str, f: Any, window: tuple | None, warnings: list) -> tuple:
     """Every dataset as (HDF5 path, TensorInfo or None), and its Keras naming facts: the
     `weight_names` keys, each vars group's name attribute, each vars group's variable count."""
+    import h5py
+
     entries: list = []
     var_names: dict = {}
     counts: dict = {}
@@ -205,10 +207,19 @@ def _scan(path: str, f: Any, window: tuple | None, warnings: list) -> tuple:
         parent, _, leaf = h5path.rpartition("/")
         if parent.rpartition("/")[2] == "vars" and leaf.isdigit():
             counts[parent] = counts.get(parent, 0) + 1
-    for parent in counts:
-        name = _attr(f[parent], "name")
-        if name is not None:
-            var_names[parent] = _text(name)
+    # a layer holding its variables in sublayers (an LSTM's cell, attention's projections)
+    # names itself in a vars group of its own, empty
+    layers = {parent.rpartition("/")[0] for parent in counts}
+    for group in list(layers):
+        while "/" in group:
+            group = group.rpartition("/")[0]
+            layers.add(group)
+    for layer in layers:
+        if isinstance(f[layer].get("vars", getlink=True), h5py.HardLink):
+            vars_group = f[layer]["vars"]
+            name = _attr(vars_group, "name") if isinstance(vars_group, h5py.Group) else None
+            if name is not None:
+                var_names[f"{layer}/vars"] = _text(name)
     return entries, _keras2_keys(f), var_names, counts
 
 
