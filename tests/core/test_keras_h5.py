@@ -222,6 +222,29 @@ def test_a_corrupt_chunk_or_a_dying_decoder_is_one_line(tmp_path, monkeypatch):
         read_array(tensor)
 
 
+@pytest.mark.parametrize("flag", [10**12, "yes", None])
+def test_a_crafted_layer_option_names_by_index_and_builds_nothing(keras_files, tmp_path, flag):
+    """config.json is the file's data: an option that is no bool ("use_bias": 10**12 would
+    multiply a list) leaves that layer's variables named by index, and the listing opens."""
+    import json
+    import zipfile
+
+    folder, _ = keras_files
+    crafted = tmp_path / "crafted.keras"
+    with zipfile.ZipFile(folder / "m.keras") as src, zipfile.ZipFile(crafted, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                for layer in config["config"]["layers"]:
+                    if layer["config"].get("name") == "d1":
+                        layer["config"]["use_bias"] = flag
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    keys = [key for key, _, _ in open_checkpoint(str(crafted)).tensors()]
+    assert "d1.0" in keys and "d1.1" in keys and "d2.kernel" in keys
+
+
 def test_sharded_weights_manifest(keras_files):
     folder, weights = keras_files
     path = folder / "sharded" / "m.weights.json"

@@ -42,25 +42,33 @@ MAX_CONFIG_BYTES = 64 << 20
 PREFLIGHT_SECONDS = float(os.environ.get("CKPT_VIEWER_HDF5_SECONDS", "30"))
 MAX_ATTR_ITEMS = 1_000_000
 
+
+def _flag(config: dict, name: str) -> bool:
+    """A layer's boolean option (absent: True); anything but a bool is no config Keras wrote,
+    and the variables are then named by index ("use_bias": 10**12 must build no list)."""
+    value = config.get(name, True)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} is not a bool")
+    return value
+
+
 # Keras 3 layer class -> its variables in creation order, given the layer's config
 VARIABLES = {
-    "Dense": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "Dense": lambda c: ["kernel"] + ["bias"] * _flag(c, "use_bias"),
     "EinsumDense": lambda c: ["kernel"] + ["bias"] * bool(c.get("bias_axes")),
-    "Conv1D": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
-    "Conv2D": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
-    "Conv3D": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
-    "Conv1DTranspose": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
-    "Conv2DTranspose": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
-    "Conv3DTranspose": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
-    "DepthwiseConv2D": lambda c: ["kernel"] + ["bias"] * c.get("use_bias", True),
+    "Conv1D": lambda c: ["kernel"] + ["bias"] * _flag(c, "use_bias"),
+    "Conv2D": lambda c: ["kernel"] + ["bias"] * _flag(c, "use_bias"),
+    "Conv3D": lambda c: ["kernel"] + ["bias"] * _flag(c, "use_bias"),
+    "Conv1DTranspose": lambda c: ["kernel"] + ["bias"] * _flag(c, "use_bias"),
+    "Conv2DTranspose": lambda c: ["kernel"] + ["bias"] * _flag(c, "use_bias"),
+    "Conv3DTranspose": lambda c: ["kernel"] + ["bias"] * _flag(c, "use_bias"),
+    "DepthwiseConv2D": lambda c: ["kernel"] + ["bias"] * _flag(c, "use_bias"),
     "BatchNormalization": lambda c: (
-        ["gamma"] * c.get("scale", True)
-        + ["beta"] * c.get("center", True)
+        ["gamma"] * _flag(c, "scale")
+        + ["beta"] * _flag(c, "center")
         + ["moving_mean", "moving_variance"]
     ),
-    "LayerNormalization": lambda c: (
-        ["gamma"] * c.get("scale", True) + ["beta"] * c.get("center", True)
-    ),
+    "LayerNormalization": lambda c: ["gamma"] * _flag(c, "scale") + ["beta"] * _flag(c, "center"),
     "Embedding": lambda c: ["embeddings"],
 }
 SNAKE = {re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", name).lower(): name for name in VARIABLES}
@@ -187,7 +195,10 @@ def _keras3_key(path: str, layers: dict, var_names: dict, counts: dict) -> str |
     leaf = parts[-1]
     if names:
         cls, cfg = layers.get(names[-1], (SNAKE.get(re.sub(r"_\d+$", "", parts[-3])), {}))
-        variables = VARIABLES[cls](cfg) if cls in VARIABLES else []
+        try:
+            variables = VARIABLES[cls](cfg) if cls in VARIABLES and isinstance(cfg, dict) else []
+        except ValueError:
+            variables = []
         count = counts.get("/".join(parts[:-1]), -1)
         if len(variables) == count and int(leaf) < count:
             leaf = variables[int(leaf)]
