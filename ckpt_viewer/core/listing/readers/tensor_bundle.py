@@ -1,0 +1,602 @@
+"""TensorFlow checkpoints (TensorBundle): `prefix.index` and its `prefix.data-K-of-N` shards,
+as tf.train.Checkpoint, the V2 Saver and a SavedModel's `variables/` write them.
+
+No light library reads them without TensorFlow, so this one is ours. The index is a
+LevelDB-style table (blocks of prefix-compressed keys, a footer pointing at the block index);
+its values are BundleEntryProto messages (the "" key: BundleHeaderProto), decoded here from
+the protobuf wire format. Every length, offset and shape is bounded by the sizes of the files
+before anything is allocated. Tensor bytes are read by range from the shards. TF2 object-based
+keys are listed under readable names from the object graph the checkpoint stores
+(`_CHECKPOINTABLE_OBJECT_GRAPH`), the raw key kept as the tensor's note."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.model import (
+    DTYPE_SIZES,
+    Checkpoint,
+    FileSpan,
+    Node,
+    Storage,
+    TensorInfo,
+    contiguous_strides,
+)
+from ckpt_viewer.core.listing.readers.safetensors import flat_tree
+from ckpt_viewer.core.listing.text import safe_text
+
+MAGIC = 0xDB4775248B80FB57  # the table footer's last 8 bytes (LevelDB's magic number)
+FOOTER = 48
+MAX_INDEX_BYTES = 1 << 30
+MAX_RANK = 254  # TensorShape's limit
+MAX_GRAPH_BYTES = 256 << 20
+GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+ATTRIBUTES = "/.ATTRIBUTES/"
+SLOT = "/.OPTIMIZER_SLOT/"
+DATA_NAME = re.compile(r"\.data-\d{5}-of-\d{5}")
+STATE_PATH = re.compile(r'^model_checkpoint_path:\s*"((?:[^"\\\n]|\\.)*)"', re.MULTILINE)
+
+# tensorflow DataType -> torch dtype name; the others (quantized, 4-bit, resource...) are
+# listed but not read
+DTYPES = {
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    8: "complex64",
+    9: "int64",
+    10: "bool",
+    14: "bfloat16",
+    17: "uint16",
+    18: "complex128",
+    19: "float16",
+    22: "uint32",
+    23: "uint64",
+    24: "float8_e5m2",
+    25: "float8_e4m3fn",
+    26: "float8_e4m3fnuz",
+    28: "float8_e5m2fnuz",
+}
+OTHER_DTYPES = {
+    7: "string",
+    11: "qint8",
+    12: "quint8",
+    13: "qint32",
+    15: "qint16",
+    16: "quint16",
+    20: "resource",
+    21: "variant",
+    27: "float8_e4m3b11fnuz",
+    29: "int4",
+    30: "uint4",
+}
+
+
+@dataclass(eq=False)
+class Entry:
+    """One tensor of the bundle, as its index describes it (bounds checked)."""
+
+    key: str
+    dtype: int
+    shape: tuple[int, ...]
+    shard: str  # the data file's path
+    offset: int
+    size: int
+    crc32c: int  # masked, as the writer stores it
+
+    @property
+    def type_name(self) -> str:
+        return DTYPES.get(self.dtype) or OTHER_DTYPES.get(self.dtype, f"DataType {self.dtype}")
+
+
+def _fail(what: str) -> CheckpointError:
+    return CheckpointError(f"TensorFlow index: {what}")
+
+
+# ---- protobuf wire format --------------------------------------------------------------
+
+
+def _varint(buf: bytes | memoryview, pos: int, limit: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= limit:
+            raise _fail("a number runs past the end of its record (truncated?)")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+        if shift >= 70:
+            raise _fail("a number is longer than 10 bytes")
+    if result >= 1 << 64:
+        raise _fail("a number overflows 64 bits")
+    return result, pos
+
+
+Fields = dict[int, list[int | memoryview]]
+
+
+def _fields(buf: memoryview, what: str) -> Fields:
+    """A message's fields: number -> values in order (ints for numbers, views for bytes)."""
+    fields: Fields = {}
+    pos, limit = 0, len(buf)
+    while pos < limit:
+        tag, pos = _varint(buf, pos, limit)
+        number, wire = tag >> 3, tag & 7
+        value: int | memoryview
+        if wire == 0:
+            value, pos = _varint(buf, pos, limit)
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > limit:
+                raise _fail(f"{what}: a field runs past the end of its record")
+            value = int.from_bytes(buf[pos : pos + width], "little")
+            pos += width
+        elif wire == 2:
+            length, pos = _varint(buf, pos, limit)
+            if length > limit - pos:
+                raise _fail(f"{what}: a field runs past the end of its record")
+            value = buf[pos : pos + length]
+            pos += length
+        else:
+            raise _fail(f"{what}: unsupported protobuf wire type {wire}")
+        if number == 0:
+            raise _fail(f"{what}: a field numbered 0")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _number(fields: Fields, number: int, what: str, signed: bool = False) -> int:
+    values = fields.get(number)
+    if not values:
+        return 0
+    value = values[-1]  # protobuf: the last one wins
+    if not isinstance(value, int):
+        raise _fail(f"{what}: field {number} has the wrong wire type")
+    if signed and value >= 1 << 63:
+        value -= 1 << 64
+    return value
+
+
+def _messages(fields: Fields, number: int, what: str) -> list[memoryview]:
+    values = [v for v in fields.get(number, []) if isinstance(v, memoryview)]
+    if len(values) != len(fields.get(number, [])):
+        raise _fail(f"{what}: field {number} has the wrong wire type")
+    return values
+
+
+def _text(fields: Fields, number: int, what: str) -> str:
+    values = _messages(fields, number, what)
+    return bytes(values[-1]).decode("utf8", "replace") if values else ""
+
+
+# ---- the table ---------------------------------------------------------------------------
+
+
+def _block(data: bytes, handle: memoryview | bytes, what: str) -> memoryview:
+    """The contents of the block a handle (varint offset, varint size) points at."""
+    offset, pos = _varint(handle, 0, len(handle))
+    size, _ = _varint(handle, pos, len(handle))
+    if offset + size + 5 > len(data) - FOOTER:
+        raise _fail(f"{what} reaches past the end of the file (truncated?)")
+    kind = data[offset + size]
+    if kind == 1:
+        raise _fail(f"{what} is snappy-compressed, which is not supported")
+    if kind != 0:
+        raise _fail(f"{what} has unknown compression type {kind}")
+    return memoryview(data)[offset : offset + size]
+
+
+def _block_entries(block: memoryview, what: str) -> Iterator[tuple[bytes, memoryview]]:
+    """(key, value) of each entry of a block: keys share a prefix with the one before."""
+    if len(block) < 4:
+        raise _fail(f"{what} is too short")
+    restarts = int.from_bytes(block[-4:], "little")
+    limit = len(block) - 4 - 4 * restarts
+    if limit < 0:
+        raise _fail(f"{what} declares {restarts:,} restart points, more than it holds")
+    pos, key = 0, b""
+    while pos < limit:
+        shared, pos = _varint(block, pos, limit)
+        unshared, pos = _varint(block, pos, limit)
+        length, pos = _varint(block, pos, limit)
+        if shared > len(key) or unshared + length > limit - pos:
+            raise _fail(f"{what}: an entry runs past the end of its block")
+        key = key[:shared] + bytes(block[pos : pos + unshared])
+        pos += unshared
+        yield key, block[pos : pos + length]
+        pos += length
+
+
+def _table(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
+    """Every (key, value) of the table, keys strictly increasing (a repeat is refused, which
+    also stops a crafted index from pointing at one block again and again)."""
+    if len(data) < FOOTER or int.from_bytes(data[-8:], "little") != MAGIC:
+        raise _fail("no table footer (not a TensorFlow checkpoint index, or truncated)")
+    footer = memoryview(data)[-FOOTER:-8]
+    _, pos = _varint(footer, 0, len(footer))  # the metaindex block: unused
+    _, pos = _varint(footer, pos, len(footer))
+    index = _block(data, footer[pos:], "the block index")
+    last: bytes | None = None
+    for _, handle in _block_entries(index, "the block index"):
+        for key, value in _block_entries(_block(data, handle, "a data block"), "a data block"):
+            if last is not None and key <= last:
+                raise _fail(f"key {safe_text(key.decode('utf8', 'replace'))!r} is out of order")
+            last = key
+            yield key, value
+
+
+# ---- the bundle --------------------------------------------------------------------------
+
+
+def _shape(buf: memoryview, what: str) -> tuple[int, ...]:
+    fields = _fields(buf, what)
+    if _number(fields, 3, what):
+        raise _fail(f"{what} has an unknown rank")
+    dims = _messages(fields, 2, what)
+    if len(dims) > MAX_RANK:
+        raise _fail(f"{what} has {len(dims):,} dimensions")
+    shape = tuple(_number(_fields(d, what), 1, what, signed=True) for d in dims)
+    if any(d < 0 for d in shape):
+        raise _fail(f"{what} has an unknown or negative dimension")
+    return shape
+
+
+def read_entries(path: str) -> tuple[dict[str, int | str], list[Entry]]:
+    """(header fields, entries) of an index file, every entry's bytes within its shard."""
+    size = remote.getsize(path)
+    if size > MAX_INDEX_BYTES:
+        raise _fail(f"the index is {size:,} bytes, more than the 1 GiB read")
+    with remote.open_source(path) as f:
+        data = f.read(size)
+    if len(data) != size:
+        raise _fail("the file ended while it was read")
+    prefix = path[: -len(".index")]
+    header: dict[str, int | str] | None = None
+    entries: list[Entry] = []
+    shard_sizes: dict[int, tuple[str, int]] = {}
+    for raw_key, value in _table(data):
+        key = raw_key.decode("utf8", "replace")
+        if not raw_key:
+            fields = _fields(value, "the header")
+            version = _messages(fields, 3, "the header")
+            header = {
+                "shards": _number(fields, 1, "the header", signed=True),
+                "endianness": "big" if _number(fields, 2, "the header") == 1 else "little",
+                "producer": _number(_fields(version[-1], "the header"), 1, "the header")
+                if version
+                else 0,
+            }
+            if not 0 < int(header["shards"]) <= 100_000:
+                raise _fail(f"the header declares {header['shards']} data files")
+            continue
+        what = f"entry {safe_text(key)!r}"
+        if header is None:
+            raise _fail("no header record before the entries")
+        fields = _fields(value, what)
+        if _messages(fields, 7, what):
+            raise CheckpointError(
+                f"tensor {safe_text(key)!r} is saved in slices (a partitioned variable), "
+                "which is not supported"
+            )
+        shapes = _messages(fields, 2, what)
+        shape = _shape(shapes[-1], f"{what}'s shape") if shapes else ()
+        shard = _number(fields, 3, what, signed=True)
+        offset = _number(fields, 4, what, signed=True)
+        nbytes = _number(fields, 5, what, signed=True)
+        if not 0 <= shard < int(header["shards"]):
+            raise _fail(f"{what} names data file {shard} of {header['shards']}")
+        if shard not in shard_sizes:
+            name = f"{prefix}.data-{shard:05d}-of-{int(header['shards']):05d}"
+            if not remote.isfile(name):
+                raise CheckpointError(f"data file {safe_text(remote.basename(name))} is missing")
+            shard_sizes[shard] = (name, remote.getsize(name))
+        name, limit = shard_sizes[shard]
+        if offset < 0 or nbytes < 0 or offset + nbytes > limit:
+            raise CheckpointError(
+                f"{what} reaches past the end of {safe_text(remote.basename(name))} "
+                "(truncated file?)"
+            )
+        entry = Entry(key, _number(fields, 1, what), shape, name, offset, nbytes, 0)
+        entry.crc32c = _number(fields, 6, what)
+        dtype = DTYPES.get(entry.dtype)
+        if dtype is not None and math.prod(shape) * DTYPE_SIZES[dtype] != nbytes:
+            raise CheckpointError(
+                f"{what} holds {nbytes:,} bytes; its shape {list(shape)} of {dtype} needs "
+                f"{math.prod(shape) * DTYPE_SIZES[dtype]:,}"
+            )
+        entries.append(entry)
+    if header is None:
+        raise _fail("no header record")
+    return header, entries
+
+
+def string_values(entry: Entry, limit: int = MAX_GRAPH_BYTES) -> list[bytes]:
+    """The strings of a string tensor: each one's length (varints), a checksum of them,
+    then the bytes of each."""
+    count = math.prod(entry.shape)
+    if entry.size > limit or count > entry.size:
+        raise _fail(f"string tensor {safe_text(entry.key)!r} is too large to read")
+    with remote.open_source(entry.shard) as f:
+        f.seek(entry.offset)
+        data = f.read(entry.size)
+    if len(data) != entry.size:
+        raise _fail(f"{safe_text(entry.key)!r}: the data file ended while it was read")
+    lengths, pos = [], 0
+    for _ in range(count):
+        length, pos = _varint(data, pos, len(data))
+        lengths.append(length)
+    pos += 4
+    if pos + sum(lengths) != len(data):
+        raise _fail(f"string tensor {safe_text(entry.key)!r} does not hold what it declares")
+    values = []
+    for length in lengths:
+        values.append(data[pos : pos + length])
+        pos += length
+    return values
+
+
+def masked(crc: int) -> int:
+    """A CRC32C as TensorFlow stores it (crc32c::Mask)."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def checksummed(
+    entry: Entry, f: remote.SizedFile, block: int = 8 << 20
+) -> Iterator[tuple[bytes, int]]:
+    """(bytes, file bytes they stand for) that an entry's CRC32C covers, in order, read from
+    its open shard: the stored bytes, except that a string tensor's lengths count as
+    4-byte numbers (the writer's checksum of them, then the strings, as stored)."""
+    f.seek(entry.offset)
+    remaining = entry.size
+    if entry.dtype == 7:
+        count = math.prod(entry.shape)
+        if count > entry.size:
+            raise _fail(f"string tensor {safe_text(entry.key)!r} holds fewer bytes than strings")
+        head = f.read(min(entry.size, count * 10))
+        lengths, pos = bytearray(), 0
+        for _ in range(count):
+            length, pos = _varint(head, pos, len(head))
+            lengths += length.to_bytes(4 if length <= 0xFFFFFFFF else 8, "little")
+        yield bytes(lengths), pos
+        f.seek(entry.offset + pos)
+        remaining -= pos
+    while remaining:
+        data = f.read(min(block, remaining))
+        if not data:
+            raise CheckpointError(
+                f"{safe_text(remote.basename(entry.shard))}: ends inside "
+                f"{safe_text(entry.key)!r} (truncated)"
+            )
+        remaining -= len(data)
+        yield data, len(data)
+
+
+# ---- names from the object graph ---------------------------------------------------------
+
+
+def _object_graph(
+    data: bytes,
+) -> tuple[
+    list[list[tuple[int, str]]], list[list[tuple[str, str, str]]], list[list[tuple[int, str, int]]]
+]:
+    """TrackableObjectGraph: per node, its children (node, local name), its attributes (name,
+    full name, checkpoint key) and slot variables (original node, slot name, slot node)."""
+    what = "the object graph"
+    nodes = _messages(_fields(memoryview(data), what), 1, what)
+    children, attributes, slots = [], [], []
+    for node in nodes:
+        fields = _fields(node, what)
+        kids = []
+        for child in _messages(fields, 1, what):
+            f = _fields(child, what)
+            kids.append((_number(f, 1, what, signed=True), _text(f, 2, what)))
+        children.append(kids)
+        attrs = []
+        for attribute in _messages(fields, 2, what):
+            f = _fields(attribute, what)
+            attrs.append((_text(f, 1, what), _text(f, 2, what), _text(f, 3, what)))
+        attributes.append(attrs)
+        refs = []
+        for slot in _messages(fields, 3, what):
+            f = _fields(slot, what)
+            refs.append(
+                (_number(f, 1, what, signed=True), _text(f, 2, what), _number(f, 3, what, True))
+            )
+        slots.append(refs)
+    return children, attributes, slots
+
+
+def _paths(children: list[list[tuple[int, str]]], skip: set[int]) -> dict[int, str]:
+    """Breadth-first from the root (node 0), as TensorFlow names objects: node -> path of
+    local names. Nodes in `skip` are not entered; a cycle is walked once."""
+    paths: dict[int, str] = {0: ""} if children else {}
+    queue = deque([0] if children else [])
+    while queue:
+        node = queue.popleft()
+        for child, name in children[node]:
+            if 0 <= child < len(children) and child not in paths and child not in skip:
+                paths[child] = f"{paths[node]}/{name}" if paths[node] else name
+                queue.append(child)
+    return paths
+
+
+def graph_names(data: bytes) -> dict[str, tuple[str, str]]:
+    """checkpoint key -> (readable name, optimizer note or "") from a serialized object graph.
+    The readable name is each variable's own full name where those are all set and distinct
+    (Keras: `sequential/dense/kernel`), else its path through the graph avoiding
+    optimizers (`model/w`); an optimizer's slot is named after its variable."""
+    children, attributes, slots = _object_graph(data)
+    count = len(children)
+    optimizers = {n for n in range(count) if slots[n]}
+    optimizers |= {
+        n for n in range(count) if any(k in ("_iterations", "iter") for _, k in children[n])
+    }
+    if count:
+        optimizers |= {c for c, name in children[0] if name == "optimizer" and 0 <= c < count}
+    model_paths = _paths(children, optimizers - {0})
+    all_paths = _paths(children, set())
+    full_names = [full for attrs in attributes for _, full, _ in attrs]
+    use_full = bool(full_names) and all(full_names) and len(set(full_names)) == len(full_names)
+    slot_of = {
+        slot: (n, original, name)
+        for n in optimizers
+        for original, name, slot in slots[n]
+        if 0 <= original < count
+    }
+    names: dict[str, tuple[str, str]] = {}
+    for node, attrs in enumerate(attributes):
+        for attribute, full, key in attrs:
+            path = model_paths.get(node, all_paths.get(node, key))
+            if attribute != "VARIABLE_VALUE":
+                path = f"{path}/{attribute}"
+            note = ""
+            if node in slot_of:
+                optimizer, original, slot = slot_of[node]
+                variable = model_paths.get(original) or all_paths.get(original, "?")
+                note = f"optimizer slot {safe_text(slot)} of {safe_text(variable)}"
+                path = f"{all_paths.get(optimizer, 'optimizer')}/{variable}/{slot}"
+            elif node not in model_paths:
+                note = "optimizer state"
+            names[key] = (full if use_full else path, note)
+    return names
+
+
+def _readable(key: str) -> tuple[str, str]:
+    """A raw key without an object graph: `a/b/.ATTRIBUTES/VARIABLE_VALUE` -> `a/b`; an
+    `.OPTIMIZER_SLOT/` key is marked as optimizer state."""
+    name = key
+    if name.endswith(ATTRIBUTES + "VARIABLE_VALUE"):
+        name = name[: -len(ATTRIBUTES + "VARIABLE_VALUE")]
+    if SLOT in name:
+        variable, _, rest = name.partition(SLOT)
+        optimizer, _, slot = rest.rpartition("/")
+        note = f"optimizer slot {safe_text(slot)} of {safe_text(variable)}"
+        return f"{optimizer}/{variable}/{slot}", note
+    return name, ""
+
+
+# ---- finding the index -------------------------------------------------------------------
+
+
+def looks_like_bundle(path: str) -> bool:
+    """An `.index` file ending in the table's magic number."""
+    if not path.endswith(".index"):
+        return False
+    size = remote.getsize(path)
+    if size < FOOTER:
+        return False
+    with remote.open_source(path) as f:
+        f.seek(size - 8)
+        return int.from_bytes(f.read(8), "little") == MAGIC
+
+
+def prefix_index(path: str) -> str | None:
+    """A checkpoint prefix (`ckpt-3`, which is no file) -> its `ckpt-3.index`."""
+    index = f"{path}.index"
+    try:
+        if not remote.isfile(path) and not remote.isdir(path) and remote.isfile(index):
+            return index
+    except (OSError, CheckpointError):
+        return None
+    return None
+
+
+def folder_index(folder: str) -> str | None:
+    """The index in a folder: a SavedModel's `variables/variables.index`, the checkpoint a
+    `checkpoint` state file names, or the folder's only `.index` file."""
+    names = remote.listdir(folder)
+    if "saved_model.pb" in names and "variables" in names:
+        index = remote.join(remote.join(folder, "variables"), "variables.index")
+        return index if remote.isfile(index) else None
+    if "checkpoint" in names and remote.isfile(remote.join(folder, "checkpoint")):
+        with remote.open_source(remote.join(folder, "checkpoint")) as f:
+            found = STATE_PATH.search(f.read(1 << 16).decode("utf8", "replace"))
+        if found:
+            name = found.group(1)
+            if "/" in name or "\\" in name or name in ("", ".", ".."):
+                raise CheckpointError(
+                    f"the checkpoint file names {safe_text(name)!r}, outside its folder"
+                )
+            index = remote.join(folder, name + ".index")
+            if remote.isfile(index):
+                return index
+    indexes = [n for n in names if n.endswith(".index") and not n.endswith(".json.index")]
+    if len(indexes) == 1 and any(DATA_NAME.search(n) for n in names):
+        return remote.join(folder, indexes[0])
+    return None
+
+
+# ---- the checkpoint ----------------------------------------------------------------------
+
+
+def read(path: str) -> Checkpoint:
+    header, entries = read_entries(path)
+    names: dict[str, tuple[str, str]] = {}
+    graph = next((e for e in entries if e.key == GRAPH_KEY and e.dtype == 7), None)
+    if graph is not None and graph.shape == ():
+        names = graph_names(string_values(graph)[0])
+    tensors: dict[str, TensorInfo] = {}
+    others: list[Node] = []
+    notes: dict[str, str] = {}
+    taken: set[str] = set()
+    warnings: list[str] = []
+    for entry in entries:
+        readable, note = names.get(entry.key) or _readable(entry.key)
+        key = readable.replace("/", ".")
+        if key in taken or not key:
+            key = entry.key
+        while key in taken:  # a crafted index: a raw key equal to another's readable name
+            key += "~"
+        taken.add(key)
+        notes[key] = f"{note}; TF key {entry.key}" if note else f"TF key {entry.key}"
+        dtype = DTYPES.get(entry.dtype)
+        if dtype is None:
+            value = f"not read: a {entry.type_name} tensor of shape {list(entry.shape)}"
+            others.append(
+                Node(name=key, kind="opaque", key=key, type_name=entry.type_name, value=value)
+            )
+            continue
+        span = FileSpan(entry.shard, entry.offset, entry.size)
+        storage = Storage(
+            entry.key,
+            dtype,
+            math.prod(entry.shape),
+            "cpu",
+            span,
+            byteorder=str(header["endianness"]),
+        )
+        tensors[key] = TensorInfo(
+            dtype=dtype, shape=entry.shape, stride=contiguous_strides(entry.shape), storage=storage
+        )
+    root = flat_tree(tensors)
+    root.children.extend(others)
+    shards = sorted({e.shard for e in entries})
+    metadata: dict[str, object] = {
+        "data files": header["shards"],
+        "object graph": "yes" if names else "no",
+    }
+    if header["producer"]:
+        metadata["producer version"] = header["producer"]
+    checkpoint = Checkpoint(
+        path=path,
+        format="tensor_bundle",
+        file_bytes=remote.getsize(path) + sum(remote.getsize(s) for s in shards),
+        root=root,
+        warnings=warnings,
+        metadata=metadata,
+        byteorder=str(header["endianness"]),
+        optimizer_nodes=[],
+    )
+    for node in [n for _, _, n in checkpoint.tensors()] + others:
+        node.note = notes[node.key]
+    return checkpoint
