@@ -15,7 +15,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
@@ -28,6 +28,7 @@ from ckpt_viewer.core.listing.model import (
     TensorInfo,
     contiguous_strides,
 )
+from ckpt_viewer.core.listing.readers.dcp import RawChunk
 from ckpt_viewer.core.listing.readers.safetensors import flat_tree
 from ckpt_viewer.core.listing.text import safe_text
 
@@ -91,6 +92,10 @@ class Entry:
     offset: int
     size: int
     crc32c: int  # masked, as the writer stores it
+    raw: bytes = b""  # the key as stored
+    # a partitioned variable's slices: (starts, lengths), a length -1 for a whole dimension;
+    # each slice is an entry of its own, under slice_key()
+    slices: list[tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
 
     @property
     def type_name(self) -> str:
@@ -251,6 +256,54 @@ def _shape(buf: memoryview, what: str) -> tuple[int, ...]:
     return shape
 
 
+def _slice(
+    buf: memoryview, shape: tuple[int, ...], what: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """TensorSliceProto -> (starts, lengths), within `shape`; -1: the whole dimension."""
+    extents = _messages(_fields(buf, what), 1, what)
+    if len(extents) != len(shape):
+        raise _fail(f"{what} has a slice of rank {len(extents)} for its shape {list(shape)}")
+    starts, lengths = [], []
+    for extent, size in zip(extents, shape):
+        fields = _fields(extent, what)
+        start = _number(fields, 1, what, signed=True)
+        length = _number(fields, 2, what, signed=True) if 2 in fields else -1
+        if start < 0 or length < -1 or start + max(length, 0) > size or length == -1 and start:
+            raise _fail(f"{what} has a slice outside its shape {list(shape)}")
+        starts.append(start)
+        lengths.append(length)
+    return tuple(starts), tuple(lengths)
+
+
+HEADER_BITS = [(0, 0), (0x80, 0), (0xC0, 0), (0xE0, 0), (0xF0, 0), (0xF8, 0), (0xFC, 0)]
+HEADER_BITS += [(0xFE, 0), (0xFF, 0), (0xFF, 0x80), (0xFF, 0xC0)]
+
+
+def _signed_increasing(value: int) -> bytes:
+    """tensorflow::strings::OrderedCode::WriteSignedNumIncreasing."""
+    x = ~value if value < 0 else value
+    if x < 64:
+        return bytes([(0x80 ^ value) & 0xFF])
+    length = x.bit_length() // 7 + 1
+    out = bytearray((value & ((1 << 80) - 1)).to_bytes(10, "big")[10 - length :])
+    out[0] ^= HEADER_BITS[length][0]
+    out[1] ^= HEADER_BITS[length][1]
+    return bytes(out)
+
+
+def slice_key(name: bytes, starts: tuple[int, ...], lengths: tuple[int, ...]) -> bytes:
+    """The key a slice of a partitioned variable is stored under (EncodeTensorNameSlice:
+    OrderedCode of 0, the name, the rank, then each dimension's start and length)."""
+    escaped = re.sub(
+        rb"[\x00\xff]", lambda m: m[0] + (b"\xff" if m[0] == b"\x00" else b"\x00"), name
+    )
+    rank = len(starts).to_bytes((len(starts).bit_length() + 7) // 8, "big")
+    key = b"\x00" + escaped + b"\x00\x01" + bytes([len(rank)]) + rank
+    for start, length in zip(starts, lengths):
+        key += _signed_increasing(start) + _signed_increasing(length)
+    return key
+
+
 def read_entries(path: str) -> tuple[dict[str, int | str], list[Entry]]:
     """(header fields, entries) of an index file, every entry's bytes within its shard."""
     size = remote.getsize(path)
@@ -266,6 +319,9 @@ def read_entries(path: str) -> tuple[dict[str, int | str], list[Entry]]:
     shard_sizes: dict[int, tuple[str, int]] = {}
     for raw_key, value in _table(data):
         key = raw_key.decode("utf8", "replace")
+        if raw_key[:1] == b"\x00":  # a slice: named after its variable in messages
+            name = raw_key[1:].partition(b"\x00\x01")[0].replace(b"\x00\xff", b"\x00")
+            key = name.replace(b"\xff\x00", b"\xff").decode("utf8", "replace") + " (a slice)"
         if not raw_key:
             fields = _fields(value, "the header")
             version = _messages(fields, 3, "the header")
@@ -283,13 +339,13 @@ def read_entries(path: str) -> tuple[dict[str, int | str], list[Entry]]:
         if header is None:
             raise _fail("no header record before the entries")
         fields = _fields(value, what)
-        if _messages(fields, 7, what):
-            raise CheckpointError(
-                f"tensor {safe_text(key)!r} is saved in slices (a partitioned variable), "
-                "which is not supported"
-            )
         shapes = _messages(fields, 2, what)
         shape = _shape(shapes[-1], f"{what}'s shape") if shapes else ()
+        if _messages(fields, 7, what):
+            slices = [_slice(s, shape, what) for s in _messages(fields, 7, what)]
+            entry = Entry(key, _number(fields, 1, what), shape, "", 0, 0, 0, raw_key, slices)
+            entries.append(entry)
+            continue
         shard = _number(fields, 3, what, signed=True)
         offset = _number(fields, 4, what, signed=True)
         nbytes = _number(fields, 5, what, signed=True)
@@ -306,8 +362,8 @@ def read_entries(path: str) -> tuple[dict[str, int | str], list[Entry]]:
                 f"{what} reaches past the end of {safe_text(remote.basename(name))} "
                 "(truncated file?)"
             )
-        entry = Entry(key, _number(fields, 1, what), shape, name, offset, nbytes, 0)
-        entry.crc32c = _number(fields, 6, what)
+        crc = _number(fields, 6, what)
+        entry = Entry(key, _number(fields, 1, what), shape, name, offset, nbytes, crc, raw_key)
         dtype = DTYPES.get(entry.dtype)
         if dtype is not None and math.prod(shape) * DTYPE_SIZES[dtype] != nbytes:
             raise CheckpointError(
@@ -539,6 +595,42 @@ def folder_index(folder: str) -> str | None:
 # ---- the checkpoint ----------------------------------------------------------------------
 
 
+def _tensor(entry: Entry, dtype: str, byteorder: str) -> TensorInfo:
+    span = FileSpan(entry.shard, entry.offset, entry.size)
+    storage = Storage(entry.key, dtype, math.prod(entry.shape), "cpu", span, byteorder=byteorder)
+    return TensorInfo(
+        dtype=dtype, shape=entry.shape, stride=contiguous_strides(entry.shape), storage=storage
+    )
+
+
+def _chunks(
+    entry: Entry, dtype: str, stored: dict[bytes, Entry], byteorder: str
+) -> list[tuple[tuple[int, ...], tuple[int, ...], FileSpan]]:
+    """A partitioned variable's slices as chunks (the same as a DCP tensor's), each stored as
+    an entry of its own; together they must cover the variable once."""
+    chunks: list[tuple[tuple[int, ...], tuple[int, ...], FileSpan]] = []
+    what = f"partitioned tensor {safe_text(entry.key)!r}"
+    for starts, lengths in entry.slices:
+        part = stored.get(slice_key(entry.raw, starts, lengths))
+        sizes = tuple(n if n >= 0 else d for n, d in zip(lengths, entry.shape))
+        if part is None or part.slices:
+            raise CheckpointError(f"{what}: its slice at {list(starts)} is missing")
+        if part.dtype != entry.dtype or part.shape != sizes:
+            raise CheckpointError(
+                f"{what}: its slice at {list(starts)} stores {part.type_name} "
+                f"{list(part.shape)}, not {dtype} {list(sizes)}"
+            )
+        tensor = _tensor(part, dtype, byteorder)
+        chunks.append((starts, sizes, RawChunk(part.shard, part.offset, part.size, tensor)))
+    if sum(math.prod(sizes) for _, sizes, _ in chunks) != math.prod(entry.shape) or any(
+        all(a < b + m and b < a + n for a, n, b, m in zip(s1, z1, s2, z2))
+        for i, (s1, z1, _) in enumerate(chunks[:1000])
+        for s2, z2, _ in chunks[i + 1 : 1000]
+    ):
+        raise CheckpointError(f"{what}: its slices do not cover it exactly once")
+    return chunks
+
+
 def read(path: str) -> Checkpoint:
     header, entries = read_entries(path)
     names: dict[str, tuple[str, str]] = {}
@@ -550,7 +642,10 @@ def read(path: str) -> Checkpoint:
     notes: dict[str, str] = {}
     taken: set[str] = set()
     warnings: list[str] = []
+    stored = {e.raw: e for e in entries}
     for entry in entries:
+        if entry.raw[:1] == b"\x00":
+            continue  # a slice of a partitioned variable: listed as a chunk of it
         readable, note = names.get(entry.key) or _readable(entry.key)
         key = readable.replace("/", ".")
         if key in taken or not key:
@@ -566,21 +661,19 @@ def read(path: str) -> Checkpoint:
                 Node(name=key, kind="opaque", key=key, type_name=entry.type_name, value=value)
             )
             continue
-        span = FileSpan(entry.shard, entry.offset, entry.size)
-        storage = Storage(
-            entry.key,
-            dtype,
-            math.prod(entry.shape),
-            "cpu",
-            span,
-            byteorder=str(header["endianness"]),
-        )
-        tensors[key] = TensorInfo(
-            dtype=dtype, shape=entry.shape, stride=contiguous_strides(entry.shape), storage=storage
-        )
+        if entry.slices:
+            chunks = _chunks(entry, dtype, stored, str(header["endianness"]))
+            tensors[key] = TensorInfo(
+                dtype=dtype,
+                shape=entry.shape,
+                stride=contiguous_strides(entry.shape),
+                chunks=chunks,
+            )
+            continue
+        tensors[key] = _tensor(entry, dtype, str(header["endianness"]))
     root = flat_tree(tensors)
     root.children.extend(others)
-    shards = sorted({e.shard for e in entries})
+    shards = sorted({e.shard for e in entries if e.shard})
     metadata: dict[str, object] = {
         "data files": header["shards"],
         "object graph": "yes" if names else "no",
