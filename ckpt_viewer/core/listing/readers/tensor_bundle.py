@@ -320,8 +320,8 @@ def read_entries(path: str) -> tuple[dict[str, int | str], list[Entry]]:
     for raw_key, value in _table(data):
         key = raw_key.decode("utf8", "replace")
         if raw_key[:1] == b"\x00":  # a slice: named after its variable in messages
-            name = raw_key[1:].partition(b"\x00\x01")[0].replace(b"\x00\xff", b"\x00")
-            key = name.replace(b"\xff\x00", b"\xff").decode("utf8", "replace") + " (a slice)"
+            variable = raw_key[1:].partition(b"\x00\x01")[0].replace(b"\x00\xff", b"\x00")
+            key = variable.replace(b"\xff\x00", b"\xff").decode("utf8", "replace") + " (a slice)"
         if not raw_key:
             fields = _fields(value, "the header")
             version = _messages(fields, 3, "the header")
