@@ -34,9 +34,11 @@ from ckpt_viewer.core.listing.text import safe_text
 
 MAGIC = 0xDB4775248B80FB57  # the table footer's last 8 bytes (LevelDB's magic number)
 FOOTER = 48
-MAX_INDEX_BYTES = 1 << 30
+MAX_INDEX_BYTES = 256 << 20
+MAX_ENTRIES = 2_000_000
+MAX_KEY_BYTES = 64 << 10
 MAX_RANK = 254  # TensorShape's limit
-MAX_GRAPH_BYTES = 256 << 20
+MAX_GRAPH_BYTES = 64 << 20
 GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 ATTRIBUTES = "/.ATTRIBUTES/"
 SLOT = "/.OPTIMIZER_SLOT/"
@@ -216,6 +218,8 @@ def _block_entries(block: memoryview, what: str) -> Iterator[tuple[bytes, memory
         length, pos = _varint(block, pos, limit)
         if shared > len(key) or unshared + length > limit - pos:
             raise _fail(f"{what}: an entry runs past the end of its block")
+        if shared + unshared > MAX_KEY_BYTES:
+            raise _fail(f"{what}: a key longer than {MAX_KEY_BYTES:,} bytes")
         key = key[:shared] + bytes(block[pos : pos + unshared])
         pos += unshared
         yield key, block[pos : pos + length]
@@ -232,10 +236,19 @@ def _table(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
     _, pos = _varint(footer, pos, len(footer))
     index = _block(data, footer[pos:], "the block index")
     last: bytes | None = None
+    read = count = keys = 0
     for _, handle in _block_entries(index, "the block index"):
-        for key, value in _block_entries(_block(data, handle, "a data block"), "a data block"):
+        block = _block(data, handle, "a data block")
+        read += len(block)
+        if read > len(data):  # blocks of a table do not overlap
+            raise _fail("its data blocks overlap")
+        for key, value in _block_entries(block, "a data block"):
             if last is not None and key <= last:
                 raise _fail(f"key {safe_text(key.decode('utf8', 'replace'))!r} is out of order")
+            count += 1
+            keys += len(key)  # prefix compression: a bound on the bytes keys expand to
+            if count > MAX_ENTRIES or keys > 32 * len(data) + (1 << 20):
+                raise _fail(f"more than {MAX_ENTRIES:,} entries, or keys too long for its size")
             last = key
             yield key, value
 
@@ -308,7 +321,7 @@ def read_entries(path: str) -> tuple[dict[str, int | str], list[Entry]]:
     """(header fields, entries) of an index file, every entry's bytes within its shard."""
     size = remote.getsize(path)
     if size > MAX_INDEX_BYTES:
-        raise _fail(f"the index is {size:,} bytes, more than the 1 GiB read")
+        raise _fail(f"the index is {size:,} bytes, more than the {MAX_INDEX_BYTES >> 20} MiB read")
     with remote.open_source(path) as f:
         data = f.read(size)
     if len(data) != size:
@@ -635,13 +648,16 @@ def read(path: str) -> Checkpoint:
     header, entries = read_entries(path)
     names: dict[str, tuple[str, str]] = {}
     graph = next((e for e in entries if e.key == GRAPH_KEY and e.dtype == 7), None)
+    warnings: list[str] = []
     if graph is not None and graph.shape == ():
-        names = graph_names(string_values(graph)[0])
+        try:  # the tensors are listed under their raw keys without it
+            names = graph_names(string_values(graph)[0])
+        except CheckpointError as exc:
+            warnings.append(f"the object graph is not read ({exc}); raw keys are shown")
     tensors: dict[str, TensorInfo] = {}
     others: list[Node] = []
     notes: dict[str, str] = {}
     taken: set[str] = set()
-    warnings: list[str] = []
     stored = {e.raw: e for e in entries}
     for entry in entries:
         if entry.raw[:1] == b"\x00":
