@@ -140,6 +140,15 @@ def test_every_way_to_name_a_checkpoint(where):
     assert checkpoint.format == "tensor_bundle" and checkpoint.path.endswith(".index")
 
 
+def test_the_state_file_is_followed_only_inside_its_folder(tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(FIXTURES / "keras", folder)
+    # written elsewhere (an absolute path), or pointing out of the folder: its name, here
+    for named in ("/elsewhere/train/ckpt-1", "../../ckpt-1"):
+        (folder / "checkpoint").write_text(f'model_checkpoint_path: "{named}"\n')
+        assert open_checkpoint(str(folder)).path == str(folder / "ckpt-1.index")
+
+
 def test_sniff_reads_the_footer_not_the_name(tmp_path):
     index = FIXTURES / "slots" / "ckpt.index"
     assert sniff(str(index)) == "tensor_bundle"

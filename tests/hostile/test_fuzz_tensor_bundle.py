@@ -268,13 +268,15 @@ def test_fuzz_fixture_bytes(which, edits, in_data):
         raw = bytearray(target.read_bytes())
         for kind, where, value in edits:
             at = where % max(1, len(raw))
+            if not raw and kind != "insert":
+                continue
             if kind == "flip":
                 raw[at] ^= 1 << (value % 8)
             elif kind == "cut":
                 del raw[at:]
             elif kind == "insert":
                 raw[at:at] = bytes([value])
-            elif raw:
+            else:
                 raw[at] = value
         target.write_bytes(bytes(raw))
         judge(lambda: outcome(str(index)), f"{which} {'data' if in_data else 'index'} {edits}")

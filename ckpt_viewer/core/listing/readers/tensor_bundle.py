@@ -582,7 +582,8 @@ def prefix_index(path: str) -> str | None:
 
 def folder_index(folder: str) -> str | None:
     """The index in a folder: a SavedModel's `variables/variables.index`, the checkpoint a
-    `checkpoint` state file names, or the folder's only `.index` file."""
+    `checkpoint` state file names (looked for in the folder only), or the folder's only
+    `.index` file."""
     names = remote.listdir(folder)
     if "saved_model.pb" in names and "variables" in names:
         index = remote.join(remote.join(folder, "variables"), "variables.index")
@@ -590,15 +591,11 @@ def folder_index(folder: str) -> str | None:
     if "checkpoint" in names and remote.isfile(remote.join(folder, "checkpoint")):
         with remote.open_source(remote.join(folder, "checkpoint")) as f:
             found = STATE_PATH.search(f.read(1 << 16).decode("utf8", "replace"))
-        if found:
-            name = found.group(1)
-            if "/" in name or "\\" in name or name in ("", ".", ".."):
-                raise CheckpointError(
-                    f"the checkpoint file names {safe_text(name)!r}, outside its folder"
-                )
-            index = remote.join(folder, name + ".index")
-            if remote.isfile(index):
-                return index
+        # the path it names may be absolute (where it was written): its file in this folder
+        name = re.split(r"[/\\]", found.group(1))[-1] if found else ""
+        index = remote.join(folder, name + ".index")
+        if name not in ("", ".", "..") and remote.isfile(index):
+            return index
     indexes = [n for n in names if n.endswith(".index") and not n.endswith(".json.index")]
     if len(indexes) == 1 and any(DATA_NAME.search(n) for n in names):
         return remote.join(folder, indexes[0])
