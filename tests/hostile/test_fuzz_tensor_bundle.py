@@ -13,6 +13,7 @@ CI runs a few cases; the by-hand campaign:
 
 from __future__ import annotations
 
+import math
 import shutil
 import struct
 import tempfile
@@ -283,6 +284,7 @@ def test_fuzz_fixture_bytes(which, edits, in_data):
 
 
 dims = st.lists(st.one_of(st.integers(0, 4), st.integers(-2, 1 << 63)), max_size=3)
+SIZES = {1: 4, 2: 8, 3: 4, 9: 8, 10: 1, 14: 2, 19: 2}
 entries = st.lists(
     st.tuples(
         st.sampled_from(
@@ -290,20 +292,26 @@ entries = st.lists(
         ),
         st.sampled_from([1, 2, 3, 7, 9, 10, 14, 19, 21, 99]),
         dims,
-        st.integers(-1, 3),
+        st.just(0) | st.integers(-1, 3),
         st.integers(-9, 80),
-        st.integers(-1, 80),
-        st.binary(max_size=6),
+        st.none() | st.integers(-1, 80),  # None: the size the shape needs
+        st.just(b"") | st.binary(max_size=6),
     ),
     max_size=5,
 )
 
 
 @FUZZ
-@given(entries=entries, header=st.binary(max_size=8) | st.just(HEADER), data=st.binary(max_size=96))
+@given(
+    entries=entries,
+    header=st.sampled_from([HEADER, HEADER, HEADER, b""]) | st.binary(max_size=8),
+    data=st.binary(min_size=96, max_size=96) | st.binary(max_size=96),
+)
 def test_fuzz_generated_tables(entries, header, data):
     rows = {b"": header}
     for key, dtype, shape_, shard, offset, size, extra in entries:
+        if size is None:
+            size = math.prod(shape_) * SIZES.get(dtype, 1)
         rows[key] = entry(dtype, shape_, shard, offset, size, extra)
     with tempfile.TemporaryDirectory() as folder:
         path = write(Path(folder), sorted(rows.items()), data)
