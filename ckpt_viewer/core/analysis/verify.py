@@ -186,8 +186,8 @@ def _verify_bundle(index: str, report: VerifyReport, owners: dict) -> Generator[
             unchecked += 1
         elif google_crc32c is not None and masked(crc) != entry.crc32c:
             raise Damaged(
-                f"{remote.basename(entry.shard)}: CRC32C mismatch in {safe_text(entry.key)!r} (stored "
-                f"{entry.crc32c:08x}, computed {masked(crc):08x}): the data is corrupt",
+                f"{remote.basename(entry.shard)}: CRC32C mismatch in {safe_text(entry.key)!r} "
+                f"(stored {entry.crc32c:08x}, computed {masked(crc):08x}): the data is corrupt",
                 owner,
             )
     if unchecked:
