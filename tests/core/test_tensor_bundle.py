@@ -107,6 +107,7 @@ def test_names_come_from_the_object_graph_and_slots_are_marked():
     # the Keras 3 variables' own names, not optimizer/_trainable_variables/0
     assert {"mlp.hidden.kernel", "mlp.out.bias"} <= keys
     assert keras.metadata["object graph"] == "yes"
+    assert keras.metadata["save_counter"] == 1  # written by Checkpoint.save, which counts
     momentum = keras.find("adam.mlp_hidden_kernel_momentum")
     assert momentum.note.startswith("optimizer state")
     slots = open_checkpoint(str(FIXTURES / "slots" / "ckpt"))
