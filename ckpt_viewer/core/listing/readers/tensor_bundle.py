@@ -697,8 +697,8 @@ def read(path: str) -> Checkpoint:
     if counter is not None and counter.dtype == 9 and counter.shape == () and counter.size == 8:
         with remote.open_source(counter.shard) as f:  # tf.train.Checkpoint's save number
             f.seek(counter.offset)
-            order = "big" if header["endianness"] == "big" else "little"
-            metadata["save_counter"] = int.from_bytes(f.read(8), order)
+            big = header["endianness"] == "big"
+            metadata["save_counter"] = int.from_bytes(f.read(8), "big" if big else "little")
     checkpoint = Checkpoint(
         path=path,
         format="tensor_bundle",
