@@ -116,6 +116,11 @@ CRAFTED = {
     "a negative offset": [(b"", HEADER), (b"w", entry(offset=-8))],
     "a huge shape": [(b"", HEADER), (b"w", entry(dims=(1 << 62, 1 << 62)))],
     "a negative dimension": [(b"", HEADER), (b"w", entry(dims=(-1,)))],
+    # found by the fuzz: numpy cannot shape even an empty array so (torch neither)
+    "an empty tensor too large to shape": [
+        (b"", HEADER),
+        (b"w", entry(dims=(1 << 55, 0, 1 << 55), size=0)),
+    ],
     "a size that is not the shape's": [(b"", HEADER), (b"w", entry(size=12))],
     "a shard that does not exist": [(b"", HEADER), (b"w", entry(shard=3))],
     "a varint of eleven bytes": [(b"", HEADER), (b"w", b"\x08" + b"\xff" * 10 + b"\x01")],

@@ -38,6 +38,7 @@ MAX_INDEX_BYTES = 256 << 20
 MAX_ENTRIES = 2_000_000
 MAX_KEY_BYTES = 64 << 10
 MAX_RANK = 254  # TensorShape's limit
+MAX_ELEMENTS = 1 << 59  # numpy's limit on elements times bytes per element (16 at most)
 MAX_GRAPH_BYTES = 64 << 20
 GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 ATTRIBUTES = "/.ATTRIBUTES/"
@@ -266,6 +267,9 @@ def _shape(buf: memoryview, what: str) -> tuple[int, ...]:
     shape = tuple(_number(_fields(d, what), 1, what, signed=True) for d in dims)
     if any(d < 0 for d in shape):
         raise _fail(f"{what} has an unknown or negative dimension")
+    # even an empty tensor's other dimensions must multiply to a size an array can have
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise _fail(f"{what} {list(shape)} has more elements than an array can hold")
     return shape
 
 
