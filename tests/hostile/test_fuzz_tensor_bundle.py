@@ -179,6 +179,24 @@ def test_prefix_compression_cannot_amplify_keys(tmp_path):
         open_checkpoint(str(tmp_path / "t.index"))
 
 
+def test_overlapping_slices_are_refused(tmp_path):
+    """Two slices of [0:2] and [1:3] plus nothing for [3] add up to the variable's size; they
+    still do not tile it (slice keys as TensorFlow encodes them: test_tensor_bundle checks)."""
+    from ckpt_viewer.core.listing.readers.tensor_bundle import slice_key
+
+    def extent(start, length):
+        return message(1, number(1, start) + number(2, length))
+
+    rows = {
+        b"": HEADER,
+        b"w": number(1, 1) + shape(4) + message(7, extent(0, 2)) + message(7, extent(1, 2)),
+        slice_key(b"w", (0,), (2,)): entry(dims=(2,)),
+        slice_key(b"w", (1,), (2,)): entry(dims=(2,), offset=8),
+    }
+    with pytest.raises(CheckpointError, match="do not cover it exactly once"):
+        open_checkpoint(write(tmp_path, sorted(rows.items())))
+
+
 def graph(nodes: list[bytes]) -> bytes:
     """A TrackableObjectGraph as a string scalar's bytes in the data file."""
     proto = b"".join(message(1, n) for n in nodes)

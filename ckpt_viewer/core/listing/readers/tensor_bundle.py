@@ -38,6 +38,7 @@ MAX_INDEX_BYTES = 256 << 20
 MAX_ENTRIES = 2_000_000
 MAX_KEY_BYTES = 64 << 10
 MAX_RANK = 254  # TensorShape's limit
+MAX_SLICES = 1000
 MAX_ELEMENTS = 1 << 59  # numpy's limit on elements times bytes per element (16 at most)
 MAX_GRAPH_BYTES = 64 << 20
 GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -624,6 +625,8 @@ def _chunks(
     an entry of its own; together they must cover the variable once."""
     chunks: list[tuple[tuple[int, ...], tuple[int, ...], FileSpan]] = []
     what = f"partitioned tensor {safe_text(entry.key)!r}"
+    if len(entry.slices) > MAX_SLICES:  # each pair is checked for overlap
+        raise CheckpointError(f"{what} has {len(entry.slices):,} slices, more than are read")
     for starts, lengths in entry.slices:
         part = stored.get(slice_key(entry.raw, starts, lengths))
         sizes = tuple(n if n >= 0 else d for n, d in zip(lengths, entry.shape))
@@ -638,8 +641,8 @@ def _chunks(
         chunks.append((starts, sizes, RawChunk(part.shard, part.offset, part.size, tensor)))
     if sum(math.prod(sizes) for _, sizes, _ in chunks) != math.prod(entry.shape) or any(
         all(a < b + m and b < a + n for a, n, b, m in zip(s1, z1, s2, z2))
-        for i, (s1, z1, _) in enumerate(chunks[:1000])
-        for s2, z2, _ in chunks[i + 1 : 1000]
+        for i, (s1, z1, _) in enumerate(chunks)
+        for s2, z2, _ in chunks[i + 1 :]
     ):
         raise CheckpointError(f"{what}: its slices do not cover it exactly once")
     return chunks
