@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,13 @@ def test_verify_finds_a_flipped_bit(tmp_path):
     report = run(verify(str(tmp_path / "slots")))
     assert not report.ok
     assert "CRC32C mismatch" in report.problem and report.tensor == "model.w"
+
+
+def test_verify_without_google_crc32c_reads_every_byte_and_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # import fails
+    report = run(verify(str(FIXTURES / "slots")))
+    assert report.ok and report.bytes > 0
+    assert any("CRC32C not checked" in note for note in report.notes)
 
 
 def test_a_missing_or_short_data_file_is_one_line(tmp_path):
