@@ -23,7 +23,7 @@ from ckpt_viewer.core.listing.model import (
     ZipMember,
 )
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
-from ckpt_viewer.core.listing.text import plural
+from ckpt_viewer.core.listing.text import plural, safe_text
 
 BLOCK = 8 << 20
 WINDOW = 64 << 20  # bytes of a stored record mapped at a time
@@ -195,6 +195,43 @@ def _read_spans(spans, report: VerifyReport, owners: dict | None = None):
         report.records += 1
 
 
+def _verify_bundle(index: str, report: VerifyReport, owners: dict) -> Generator[int, None, None]:
+    """Every TensorFlow checkpoint entry through its masked CRC32C (the writer stores one per
+    tensor; TensorFlow checks it when it restores)."""
+    from ckpt_viewer.core.listing.readers.tensor_bundle import checksummed, masked, read_entries
+
+    try:
+        import google_crc32c
+    except ImportError:
+        google_crc32c = None
+        report.notes.append("CRC32C not checked (pip install google-crc32c): every byte was read")
+    unchecked = 0
+    for entry in read_entries(index)[1]:
+        if entry.slices:
+            continue  # a partitioned variable: each slice is an entry with its own checksum
+        owner = owners.get((entry.shard, entry.offset), entry.key)
+        crc = 0
+        with remote.open_source(entry.shard) as f:
+            try:
+                for data, nbytes in checksummed(entry, f):
+                    if google_crc32c is not None:
+                        crc = google_crc32c.extend(crc, data)
+                    yield nbytes
+            except CheckpointError as exc:
+                raise Damaged(str(exc), owner) from None
+        report.records += 1
+        if entry.dtype == 21:  # a variant's checksum covers its encoding, not its bytes
+            unchecked += 1
+        elif google_crc32c is not None and masked(crc) != entry.crc32c:
+            raise Damaged(
+                f"{remote.basename(entry.shard)}: CRC32C mismatch in {safe_text(entry.key)!r} "
+                f"(stored {entry.crc32c:08x}, computed {masked(crc):08x}): the data is corrupt",
+                owner,
+            )
+    if unchecked:
+        report.notes.append(f"{plural(unchecked, 'variant tensor')} read but not checksummed")
+
+
 def _decoded(checkpoint: Checkpoint, report: VerifyReport) -> Generator[int, None, None]:
     """Data only the format's library decodes (chunked or compressed HDF5): decoded in full,
     so a broken chunk or filter checksum is found."""
@@ -274,12 +311,18 @@ def loadability(checkpoint) -> tuple[bool | None, list, str]:
 def verify(path: str) -> Generator[float, None, VerifyReport]:
     """Generator: yields progress in [0, 1]; returns VerifyReport. A missing or unrecognised
     path raises CheckpointError (the command line exits 2); a damaged one gives ok=False."""
-    from ckpt_viewer.core.listing.open import open_checkpoint, resolve_directory, sniff
+    from ckpt_viewer.core.listing.open import (
+        open_checkpoint,
+        resolve_directory,
+        resolve_prefix,
+        sniff,
+    )
 
     path = os.fspath(path)
-    if not remote.is_remote(path) and not os.path.exists(path):
+    target = resolve_prefix(path)
+    if not remote.is_remote(target) and not os.path.exists(target):
         raise CheckpointError("no such file or directory")
-    target = resolve_directory(path) if remote.isdir(path) else path
+    target = resolve_directory(target) if remote.isdir(target) else target
     kind = sniff(target)
     report = VerifyReport(path=path, ok=True)
     try:
@@ -294,6 +337,9 @@ def verify(path: str) -> Generator[float, None, VerifyReport]:
             files = _training_files(target, checkpoint)
             runs = [_shard_run(f, owners) for f in files]
             report.notes.append(plural(len(files), "file"))
+        elif kind == "tensor_bundle":
+            files = [target] + sorted({s.path for s in _storage_spans(checkpoint)})
+            runs = [lambda report: _verify_bundle(target, report, owners)]
         elif kind == "hf_index":
             shards = sorted(
                 {

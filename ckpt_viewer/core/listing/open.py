@@ -23,7 +23,7 @@ FOREIGN_FORMATS = [
 def sniff(path: str) -> str:
     """The reader name for a path: torch_zip, pt2, torch_legacy, safetensors, pickle, hf_index,
     dcp, dcp_hf (Hugging Face storage DCP), training_dir, gguf, npy, npz, onnx, hdf5, keras,
-    keras_sharded, flax_msgpack."""
+    keras_sharded, flax_msgpack, tensor_bundle."""
     with remote.opening():
         return _sniff(path)
 
@@ -47,6 +47,10 @@ def _sniff(path: str) -> str:
         )
     if is_index(path):
         return "hf_index"
+    from ckpt_viewer.core.listing.readers.tensor_bundle import looks_like_bundle
+
+    if looks_like_bundle(path):
+        return "tensor_bundle"
     if source.size == 0:
         raise CheckpointError("file is empty")
     head = source.head
@@ -103,12 +107,21 @@ def _sniff(path: str) -> str:
 
 def resolve_directory(path: str) -> str:
     """A Hugging Face model directory -> its index file or single weights file; a training
-    folder (weights with optimizer, scheduler... files) or a DCP folder stays as it is."""
+    folder (weights with optimizer, scheduler... files) or a DCP folder stays as it is; a
+    TensorFlow checkpoint or SavedModel folder -> its index."""
+    from ckpt_viewer.core.listing.readers.tensor_bundle import folder_index
     from ckpt_viewer.core.listing.readers.training_dir import state_files
 
     if ".metadata" in remote.listdir(path) or state_files(path):
         return path
-    return model_weights(path) or path
+    return model_weights(path) or folder_index(path) or path
+
+
+def resolve_prefix(path: str) -> str:
+    """A TensorFlow checkpoint prefix (`ckpt-3`, no file of that name) -> its `ckpt-3.index`."""
+    from ckpt_viewer.core.listing.readers.tensor_bundle import prefix_index
+
+    return prefix_index(path) or path
 
 
 def open_file(path: str) -> Checkpoint:
@@ -124,6 +137,7 @@ def open_file(path: str) -> Checkpoint:
         plain_pickle,
         pt2,
         safetensors,
+        tensor_bundle,
         torch_legacy,
         torch_zip,
         training_dir,
@@ -147,6 +161,7 @@ def open_file(path: str) -> Checkpoint:
         "keras": keras_h5.read_keras,
         "keras_sharded": keras_h5.read_sharded,
         "flax_msgpack": flax_msgpack.read,
+        "tensor_bundle": tensor_bundle.read,
     }
     with remote.opening():
         return readers[sniff(path)](path)
@@ -160,6 +175,7 @@ def open_checkpoint(path: str) -> Checkpoint:
     try:
         if remote.is_remote(path):
             remote.forget(path)  # a URL opened again is asked afresh
+        path = resolve_prefix(path)
         with remote.opening(), paused_gc():
             try:
                 folder = path if remote.source(path).folder else None

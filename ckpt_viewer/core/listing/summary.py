@@ -129,6 +129,11 @@ def tensor_categories(checkpoint: Checkpoint) -> dict[int, str]:
             id(node): OPTIMIZER_STATE if _dcp_optimizer_state(key) else MODEL
             for key, _, node in checkpoint.tensors()
         }
+    if checkpoint.format == "tensor_bundle":  # the reader notes optimizer slots and state
+        return {
+            id(node): OPTIMIZER_STATE if node.note.startswith("optimizer") else MODEL
+            for _, _, node in checkpoint.tensors()
+        }
     categories: dict[int, str] = {}
     stack: list[tuple[Node, str]] = [(checkpoint.root, "")]
     while stack:
