@@ -203,7 +203,7 @@ def _verify_bundle(index: str, report: VerifyReport, owners: dict) -> Generator[
     try:
         import google_crc32c
     except ImportError:
-        google_crc32c = None
+        google_crc32c = None  # type: ignore[assignment]
         report.notes.append("CRC32C not checked (pip install google-crc32c): every byte was read")
     unchecked = 0
     for entry in read_entries(index)[1]:
