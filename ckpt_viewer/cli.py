@@ -631,10 +631,11 @@ def unknown_command(word: str) -> str:
 
 
 def run_gui(args) -> int:
+    from ckpt_viewer.core.listing.open import resolve_prefix
     from ckpt_viewer.core.listing.remote import is_remote
 
-    for path in args.paths:
-        if not is_remote(path) and not os.path.exists(path):
+    for path in args.paths:  # a TensorFlow prefix (ckpt-3: ckpt-3.index beside) is a file too
+        if not is_remote(path) and not os.path.exists(resolve_prefix(path)):
             say(f"error: {path}: no such file or directory", file=sys.stderr)
             return 2
     if args.size != (1366, 768) and not args.screenshot:

@@ -149,6 +149,10 @@ def test_unknown_command_and_missing_path(tmp_path):
     assert "unknown command 'frobnicate'" in one_error_line(cli("frobnicate"))
     missing = str(tmp_path / "missing.pt")
     assert one_error_line(cli(missing)) == f"error: {missing}: no such file or directory"
+    # a TensorFlow checkpoint prefix names no file, but its .index is one: the window takes it
+    (tmp_path / "ckpt-3.index").write_bytes(b"")
+    prefix = str(tmp_path / "ckpt-3")
+    assert "--size is for --screenshot" in one_error_line(cli(prefix, "--size", "800x600"))
 
 
 @pytest.mark.parametrize(
