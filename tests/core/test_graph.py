@@ -334,3 +334,41 @@ def test_a_gguf_llama_is_its_metadatas_block_diagram(tmp_path):
     assert graph.node("embedding").detail == "64 \u00d7 16"  # vocab from the embedding
     assert graph.node("lm head").keys == ["token_embd.weight"]
     assert [n.label for n in graph.nodes][-2:] == ["final norm", "lm head"]
+
+
+def _grandalf_layout(graph, size=(120.0, 40.0)):
+    """grandalf's own pipeline (Graph, its components, init_all, draw) on a connected graph."""
+    from grandalf.graphs import Edge, Vertex
+    from grandalf.graphs import Graph as Layout
+    from grandalf.layouts import SugiyamaLayout
+
+    class View:
+        w, h, xy = size[0], size[1], (0.0, 0.0)
+
+    vertices = {n.id: Vertex(n.id) for n in graph.nodes}
+    for vertex in vertices.values():
+        vertex.view = View()
+    edges = [Edge(vertices[a], vertices[b]) for a, b, _ in graph.edges]
+    (component,) = Layout(list(vertices.values()), edges).C
+    sugiyama = SugiyamaLayout(component)
+    sugiyama.init_all()
+    sugiyama.draw()
+    left = min(v.view.xy[0] - size[0] / 2 for v in component.sV)
+    return {v.data: (v.view.xy[0] - left, v.view.xy[1]) for v in component.sV}
+
+
+def test_layout_places_nodes_as_grandalfs_own_pipeline_does(tmp_path):
+    from ckpt_viewer.core.listing.graph import Graph, GraphNode
+
+    program = torch.export.export(TinyTransformer().eval(), (torch.randint(0, 20, (1, 5)),))
+    torch.export.save(program, tmp_path / "t.pt2")
+    exported = model_graph(open_checkpoint(str(tmp_path / "t.pt2")))
+    connected = {a for a, _, _ in exported.edges} | {b for _, b, _ in exported.edges}
+    exported.nodes = [n for n in exported.nodes if n.id in connected]
+    cyclic = Graph("blocks", "a cycle and branches")
+    cyclic.nodes = [GraphNode(str(i), str(i), "keys") for i in range(8)]
+    pairs = [(0, 1), (1, 2), (2, 3), (3, 1), (2, 4), (4, 5), (5, 6), (0, 6), (6, 7), (7, 2)]
+    cyclic.edges = [(str(a), str(b), "") for a, b in pairs]
+    for graph in (exported, cyclic):
+        expected = _grandalf_layout(graph)
+        assert layout(graph, {}) == expected

@@ -28,9 +28,9 @@ def test_nodes_select_their_tensors_and_the_tree_finds_its_node(window, qtbot, t
     assert tab.selected_key() == "2.weight"
     assert tab.panes.currentWidget() is view  # the graph stays in view
     tab.select_key("0.bias")
-    assert [i.data(0) for i in view.scene.selectedItems()] == ["0"]
+    assert view.selected == "0"
     view.find.setText("ReLU")
-    assert [i.data(0) for i in view.scene.selectedItems()] == ["1"]
+    assert view.selected == "1"
     assert view.export(str(tmp_path / "graph.png"))
     assert view.export(str(tmp_path / "graph.svg"))
     assert (tmp_path / "graph.png").stat().st_size > 0
@@ -51,3 +51,28 @@ def test_collapsing_repeated_blocks_redraws(window, qtbot, tmp_path):
     with qtbot.waitSignal(view.ready, timeout=30_000):
         view.collapse_box.setChecked(True)
     assert len(view.boxes) == 2 and any("\u00d7 6" in n.label for n in view.graph.nodes)
+
+
+def test_a_click_on_a_node_selects_its_tensors(window, qtbot, tmp_path):
+    from PySide6.QtCore import Qt
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(model, tmp_path / "whole.pt")
+    tab, view = _structure(window, qtbot, tmp_path / "whole.pt")
+    where = view.view.mapFromScene(view.boxes["2"].center())
+    with qtbot.waitSignal(view.node_clicked, timeout=5_000) as clicked:
+        qtbot.mouseClick(view.view.viewport(), Qt.LeftButton, pos=where)
+    assert clicked.args == ["2"] and view.selected == "2"
+    assert tab.selected_key() == "2.weight"
+
+
+def test_a_big_graph_is_drawn_by_a_few_batch_items(window, qtbot, tmp_path, monkeypatch):
+    from ckpt_viewer.qt import structure_view
+
+    monkeypatch.setattr(structure_view, "ALWAYS_COLLAPSE", 10**9)
+    torch.save({f"m{i}x.weight": torch.zeros(1) for i in range(900)}, tmp_path / "long.pt")
+    _, view = _structure(window, qtbot, tmp_path / "long.pt")
+    assert len(view.boxes) == 900
+    batches = -(-900 // structure_view.BATCH)
+    assert len(view.scene.items()) == 2 * batches + 1  # nodes, edges, the selection mark
+    assert view.choose("k:m899x") and view.selected == "k:m899x"

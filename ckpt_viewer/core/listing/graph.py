@@ -14,7 +14,6 @@ grandalf's Sugiyama layout (`layout`), meant to run off the GUI thread."""
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -665,25 +664,94 @@ def layout(graph: Graph, sizes: dict[str, tuple[float, float]]) -> dict[str, tup
         for a, b, _ in graph.edges
         if a in vertices and b in vertices and a != b
     ]
-    # grandalf's depth-first search recurses once per vertex of a chain, and sets the limit
-    # to just the vertex count, ignoring the frames already on the stack
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 3 * len(vertices) + 1000))
-    try:
-        return _placed(vertices, edges)
-    finally:
-        sys.setrecursionlimit(limit)
+    return _placed(vertices, edges)
+
+
+class _Layers(list):  # type: ignore[type-arg]
+    """grandalf's list of layers, found by identity: each Layer looks itself up with index(),
+    which compares it with every layer before it by a Python __eq__ (quadratic in layers)."""
+
+    def index(self, layer: object, *bounds: Any) -> int:
+        if len(getattr(self, "places", {})) != len(self):
+            self.places = {id(item): i for i, item in enumerate(self)}
+        return self.places[id(layer)]
+
+
+def _components(vertices: dict[str, Any], edges: list[Any]) -> list[tuple[list[Any], list[Any]]]:
+    """The connected components (vertices, edges), in the vertices' order: grandalf's own
+    Graph finds them with list searches per edge, quadratic in a long chain."""
+    parent = {id(v): v for v in vertices.values()}
+
+    def root(v: Any) -> Any:
+        while parent[id(v)] is not v:
+            parent[id(v)] = parent[id(parent[id(v)])]
+            v = parent[id(v)]
+        return v
+
+    for edge in edges:
+        a, b = root(edge.v[0]), root(edge.v[1])
+        if a is not b:
+            parent[id(b)] = a
+    found: dict[int, tuple[list[Any], list[Any]]] = {}
+    for vertex in vertices.values():
+        found.setdefault(id(root(vertex)), ([], []))[0].append(vertex)
+    for edge in edges:
+        found[id(root(edge.v[0]))][1].append(edge)
+    return list(found.values())
+
+
+def _feedback(vertices: list[Any], roots: list[Any]) -> set[int]:
+    """The edges grandalf's get_scs_with_feedback marks as closing a cycle (to a vertex on the
+    path of its depth-first search from the roots, then from each vertex left), found without
+    its recursion per vertex and its search of the whole stack per edge."""
+    seen: set[int] = set()
+    path: set[int] = set()
+    back: set[int] = set()
+    for start in [*roots, *vertices]:
+        if id(start) in seen:
+            continue
+        seen.add(id(start))
+        path.add(id(start))
+        stack = [(start, iter(start.e_out()))]
+        while stack:
+            vertex, out = stack[-1]
+            for edge in out:
+                target = edge.v[1]
+                if id(target) not in seen:
+                    seen.add(id(target))
+                    path.add(id(target))
+                    stack.append((target, iter(target.e_out())))
+                    break
+                if id(target) in path:
+                    back.add(id(edge))
+            else:
+                stack.pop()
+                path.discard(id(vertex))
+    return back
 
 
 def _placed(vertices: dict[str, Any], edges: list[Any]) -> dict[str, tuple[float, float]]:
-    from grandalf.graphs import Graph as Layout
+    from grandalf.graphs import graph_core
     from grandalf.layouts import SugiyamaLayout
+    from grandalf.utils import Poset
 
     placed: dict[str, tuple[float, float]] = {}
     offset = 0.0
-    for component in Layout(list(vertices.values()), edges).C:
+    for members, links in _components(vertices, edges):
+        # graph_core(members, links) as grandalf builds it, without its final check that
+        # compares each vertex's component with the whole one as sets (quadratic)
+        component = graph_core()
+        component.sV = Poset(members)
+        for edge in links:
+            edge.attach()
+            component.sE.add(edge)
+        for vertex in members:
+            vertex.c = component
         sugiyama = SugiyamaLayout(component)
-        sugiyama.init_all()
+        sugiyama.layers = _Layers()
+        roots = [v for v in component.sV if not v.e_in()]
+        back = _feedback(members, roots)
+        sugiyama.init_all(roots, [e for e in component.sE if id(e) in back])
         sugiyama.draw()
         xs = [v.view.xy[0] - v.view.w / 2 for v in component.sV]
         shift = offset - min(xs)
