@@ -50,6 +50,7 @@ ALWAYS_COLLAPSE = 400  # nodes: beyond this the graph opens collapsed
 PLAIN_DRAWING = 500  # nodes: beyond this, straight edges without antialiasing (paint time)
 READABLE = 0.45  # scale below which node text is not drawn (too small to read)
 EDGE_LABELS = 0.8  # scale from which edge labels (tensor shapes) are drawn
+FIT_SMALLEST = 0.8  # scale below which a graph opens at 1:1 instead of fitted (text too small)
 
 
 def _size(node: GraphNode) -> tuple[float, float]:
@@ -147,7 +148,7 @@ def _edge_batch(drawing: Drawing, edges: list) -> tuple[QRectF, QPainterPath, QP
         heads.lineTo(x2 + 4, y2 - 7)
         heads.closeSubpath()
         if label:
-            labels.append(((x1 + x2) / 2 + 4, (y1 + y2) / 2, label))
+            labels.append(((x1 + x2) / 2 + 6, (y1 + y2) / 2 + 4, label))
     bounds = lines.boundingRect().united(heads.boundingRect()).adjusted(-2, -2, 120, 2)
     return bounds, lines, heads, labels
 
@@ -370,9 +371,11 @@ class StructureView(QWidget):
             self.scene.addItem(_Nodes(bounds, nodes, drawing.boxes))
         self.scene.setSceneRect(drawing.bounds)
         self.view.fitInView(drawing.bounds, Qt.KeepAspectRatio)
-        if self.view.transform().m11() < 0.35:  # too small to read: start at 1:1, at the top
+        scale = self.view.transform().m11()
+        if scale > 1 or scale < FIT_SMALLEST:  # 1:1, all of it or, too small to read, its top
             self.view.resetTransform()
-            self.view.centerOn(drawing.bounds.center().x(), drawing.bounds.top())
+            top = drawing.bounds.center() if scale > 1 else drawing.bounds.topLeft()
+            self.view.centerOn(drawing.bounds.center().x(), top.y())
         self.ready.emit(graph)
 
     # --- interaction ------------------------------------------------------------------

@@ -436,7 +436,7 @@ def _architecture_graph(checkpoint: Checkpoint, config: _Config) -> Graph | str:
 
     def add(node_id: str, label: str, detail: str, keys: list[str], group: str = "") -> None:
         if graph.nodes:
-            graph.edges.append((graph.nodes[-1].id, node_id, f"[{hidden}]" if hidden else ""))
+            graph.edges.append((graph.nodes[-1].id, node_id, ""))
         graph.nodes.append(
             GraphNode(
                 node_id,
