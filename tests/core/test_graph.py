@@ -372,3 +372,35 @@ def test_layout_places_nodes_as_grandalfs_own_pipeline_does(tmp_path):
     for graph in (exported, cyclic):
         expected = _grandalf_layout(graph)
         assert layout(graph, {}) == expected
+
+
+def test_a_hostile_config_is_drawn_without_trusting_it(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {f"model.layers.{i}.self_attn.q_proj.weight": torch.zeros(2, 2) for i in range(2)}
+    tensors |= {f"model.layers.{i}.mlp.up_proj.weight": torch.zeros(2, 2) for i in range(2)}
+    tensors[f"model.layers.{'9' * 5000}.mlp.up_proj.weight"] = torch.zeros(1)
+    save_file(tensors, tmp_path / "model.safetensors")
+    config = {
+        "model_type": "\x1b[31mevil\n",
+        "num_hidden_layers": 10**18,
+        "hidden_size": 10**12,
+        "num_attention_heads": 0,
+        "intermediate_size": True,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    graph = model_graph(open_checkpoint(str(tmp_path)))
+    assert graph.kind == "architecture"
+    assert len(_parts(graph, "attention")) == 2
+    text = " ".join(graph.notes + [n.label + n.detail for n in graph.nodes])
+    assert "\x1b" not in text and "\n" not in text
+    assert any(
+        f"says {10**18} layers (num_hidden_layers), the tensors hold 2 (missing: 2, 3, 4" in note
+        for note in graph.notes
+    )
+    assert "no token embedding tensor" in graph.notes
+    assert max(len(n.label) for n in graph.nodes) <= 120
+    positions = layout(collapsed(graph), {})
+    assert set(positions) == {n.id for n in collapsed(graph).nodes}

@@ -440,7 +440,7 @@ def _architecture_graph(checkpoint: Checkpoint, config: _Config) -> Graph | str:
         graph.nodes.append(
             GraphNode(
                 node_id,
-                safe_text(label),
+                safe_text(label)[:MAX_DETAIL],
                 "block" if group else "keys",
                 safe_text(detail)[:MAX_DETAIL],
                 keys,
