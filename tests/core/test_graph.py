@@ -404,3 +404,19 @@ def test_a_hostile_config_is_drawn_without_trusting_it(tmp_path):
     assert max(len(n.label) for n in graph.nodes) <= 120
     positions = layout(collapsed(graph), {})
     assert set(positions) == {n.id for n in collapsed(graph).nodes}
+
+
+def test_a_trainer_checkpoint_folder_draws_its_models_architecture(tmp_path):
+    import json
+
+    _, model = _tiny_llama(tmp_path)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randint(0, 64, (1, 4))).logits.sum().backward()
+    optimizer.step()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    graph = model_graph(open_checkpoint(str(tmp_path)))
+    assert graph.kind == "architecture"
+    assert sorted(k for n in graph.nodes for k in n.keys) == sorted(
+        f"model.safetensors.{name}" for name, _ in model.named_parameters()
+    )
