@@ -1,11 +1,16 @@
-"""The Structure pane: the model's graph (core.listing.graph) laid out by grandalf in a worker,
-which also builds the geometry (node boxes and edge paths, in spatial batches), so the GUI
+"""The Structure pane: the model's graph (core.listing.graph) laid out by grandalf in a worker
+(a big graph's in a child process, which does not share the GUI thread's GIL); the worker also
+builds the geometry (node boxes and edge paths, in spatial batches), so the GUI
 thread only adds one item per batch; text is drawn only where it is readable. Pan (drag), zoom
 (wheel), find, repeated blocks collapsed or expanded, export as PNG or SVG. A click on a node
 selects its tensors in the key tree; selecting a tensor in the tree marks its node."""
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +55,7 @@ ALWAYS_COLLAPSE = 400  # nodes: beyond this the graph opens collapsed
 PLAIN_DRAWING = 500  # nodes: beyond this, straight edges without antialiasing (paint time)
 READABLE = 0.45  # scale below which node text is not drawn (too small to read)
 EDGE_LABELS = 0.8  # scale from which edge labels (tensor shapes) are drawn
+CHILD_LAYOUT = 1000  # nodes: from here grandalf runs in a child process
 FIT_SMALLEST = 0.8  # scale below which a graph opens at 1:1 instead of fitted (text too small)
 
 
@@ -98,7 +104,7 @@ def _graph_job(checkpoint, collapse: bool | None) -> Drawing:
         collapse = len(full.nodes) > ALWAYS_COLLAPSE
     graph = collapsed(full) if collapse else full
     sizes = {n.id: _size(n) for n in graph.nodes}
-    positions = layout(graph, sizes)
+    positions = _layout(graph, sizes)
     drawing = Drawing(graph, len(full.nodes), collapse, QRectF(), len(graph.nodes) > PLAIN_DRAWING)
     for node in graph.nodes:
         x, y = positions.get(node.id, (0.0, 0.0))
@@ -122,6 +128,31 @@ def _graph_job(checkpoint, collapse: bool | None) -> Drawing:
     every = [b[0] for b in drawing.node_batches] or [QRectF(0, 0, 1, 1)]
     drawing.bounds = _united(every).adjusted(-20, -20, 20, 20)
     return drawing
+
+
+def _layout(graph: Graph, sizes: dict) -> dict[str, tuple[float, float]]:
+    """layout(), for a big graph in a child process: this thread would hold the GIL the GUI
+    thread needs for as long as grandalf runs (in the child if it can start, else here)."""
+    if len(graph.nodes) < CHILD_LAYOUT:
+        return layout(graph, sizes)
+    code = (
+        "import pickle, sys\n"
+        "from ckpt_viewer.core.listing.graph import layout\n"
+        "graph, sizes = pickle.load(sys.stdin.buffer)\n"
+        "pickle.dump(layout(graph, sizes), sys.stdout.buffer)\n"
+    )
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", code],
+            input=pickle.dumps((graph, sizes)),
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        if child.returncode == 0:
+            return pickle.loads(child.stdout)  # our own child's answer, not the file's
+    except OSError:
+        pass
+    return layout(graph, sizes)
 
 
 def _united(rects: list[QRectF]) -> QRectF:

@@ -76,3 +76,21 @@ def test_a_big_graph_is_drawn_by_a_few_batch_items(window, qtbot, tmp_path, monk
     batches = -(-900 // structure_view.BATCH)
     assert len(view.scene.items()) == 2 * batches + 1  # nodes, edges, the selection mark
     assert view.choose("k:m899x") and view.selected == "k:m899x"
+
+
+def test_a_big_graph_is_laid_out_in_a_child_as_here(monkeypatch):
+    from ckpt_viewer.core.listing.graph import Graph, GraphNode, layout
+    from ckpt_viewer.qt import structure_view
+
+    graph = Graph("blocks", "a chain with a branch")
+    graph.nodes = [GraphNode(f"n{i}", f"n\x1b{i}", "keys") for i in range(30)]
+    graph.edges = [(f"n{i}", f"n{i + 1}", "") for i in range(29)] + [("n3", "n20", "")]
+    monkeypatch.setattr(structure_view, "CHILD_LAYOUT", 10)
+    runs = []
+    real = structure_view.subprocess.run
+    monkeypatch.setattr(
+        structure_view.subprocess, "run", lambda *a, **k: runs.append(a) or real(*a, **k)
+    )
+    sizes = {n.id: (100.0, 30.0) for n in graph.nodes}
+    assert structure_view._layout(graph, sizes) == layout(graph, sizes)
+    assert len(runs) == 1
