@@ -94,3 +94,21 @@ def test_a_big_graph_is_laid_out_in_a_child_as_here(monkeypatch):
     sizes = {n.id: (100.0, 30.0) for n in graph.nodes}
     assert structure_view._layout(graph, sizes) == layout(graph, sizes)
     assert len(runs) == 1
+
+
+def test_the_controller_delivers_only_the_latest_request(qtbot, tmp_path):
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.qt import workers
+    from ckpt_viewer.qt.structure_view import StructureController
+
+    state = {f"layers.{i}.weight": torch.zeros(2) for i in range(5)}
+    torch.save(state, tmp_path / "sd.pt")
+    controller = StructureController(open_checkpoint(str(tmp_path / "sd.pt")))
+    drawn = []
+    controller.laid_out.connect(drawn.append)
+    with workers.synchronous(False):  # jobs on threads, even under CKPT_VIEWER_SYNCHRONOUS=1
+        controller.request(False)
+        controller.request(True)  # supersedes the first
+    qtbot.waitUntil(lambda: not controller.jobs.busy(), timeout=30_000)
+    assert [d.collapse for d in drawn] == [True]
+    assert [n.label for n in drawn[0].graph.nodes] == ["layers \u00d7 5"]
