@@ -112,3 +112,21 @@ def test_the_controller_delivers_only_the_latest_request(qtbot, tmp_path):
     qtbot.waitUntil(lambda: not controller.jobs.busy(), timeout=30_000)
     assert [d.collapse for d in drawn] == [True]
     assert [n.label for n in drawn[0].graph.nodes] == ["layers \u00d7 5"]
+
+
+def test_hovering_a_node_shows_its_tensors(window, qtbot, tmp_path):
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QHelpEvent
+    from PySide6.QtWidgets import QApplication, QToolTip
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(model, tmp_path / "whole.pt")
+    _, view = _structure(window, qtbot, tmp_path / "whole.pt")
+    viewport = view.view.viewport()
+    where = view.view.mapFromScene(view.boxes["2"].center())
+    QApplication.sendEvent(viewport, QHelpEvent(QEvent.ToolTip, where, viewport.mapToGlobal(where)))
+    assert QToolTip.text().splitlines() == ["Linear", "2  in_features=8, out_features=2"] + [
+        "2.weight",
+        "2.bias",
+    ]
+    QToolTip.hideText()
