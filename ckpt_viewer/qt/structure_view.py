@@ -133,7 +133,7 @@ def _graph_job(checkpoint, collapse: bool | None) -> Drawing:
 def _layout(graph: Graph, sizes: dict) -> dict[str, tuple[float, float]]:
     """layout(), for a big graph in a child process: this thread would hold the GIL the GUI
     thread needs for as long as grandalf runs (in the child if it can start, else here)."""
-    if len(graph.nodes) < CHILD_LAYOUT:
+    if len(graph.nodes) < CHILD_LAYOUT or getattr(sys, "frozen", False):  # no `python -c`
         return layout(graph, sizes)
     code = (
         "import pickle, sys\n"
