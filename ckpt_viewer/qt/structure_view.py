@@ -1,30 +1,40 @@
-"""The Structure pane: the model's graph (core.listing.graph) laid out by grandalf in a worker,
-drawn in batches so the window never waits; pan (drag), zoom (wheel), find, repeated blocks
-collapsed or expanded, export as PNG or SVG. A click on a node selects its tensors in the key
-tree; selecting a tensor in the tree highlights its node."""
+"""The Structure pane: the model's graph (core.listing.graph) laid out by grandalf in a worker
+(a big graph's in a child process, which does not share the GUI thread's GIL); the worker also
+builds the geometry (node boxes and edge paths, in spatial batches), so the GUI
+thread only adds one item per batch; text is drawn only where it is readable. Pan (drag), zoom
+(wheel), find, repeated blocks collapsed or expanded, export as PNG or SVG. A click on a node
+selects its tensors in the key tree; selecting a tensor in the tree marks its node."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
+import os
+import pickle
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPainterPath, QPalette, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
-    QGraphicsPathItem,
+    QGraphicsItem,
     QGraphicsRectItem,
     QGraphicsScene,
-    QGraphicsSimpleTextItem,
     QGraphicsView,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QStyleOptionGraphicsItem,
+    QToolTip,
     QVBoxLayout,
     QWidget,
 )
 
 from ckpt_viewer.core import paused_gc
-from ckpt_viewer.core.listing.graph import Graph, collapsed, layout, model_graph
+from ckpt_viewer.core.listing.graph import Graph, GraphNode, collapsed, layout, model_graph
 from ckpt_viewer.qt import workers
 
 KIND_COLOURS = {
@@ -40,50 +50,259 @@ KIND_COLOURS = {
 }
 CHAR_WIDTH, LINE_HEIGHT, PADDING = 7.0, 15.0, 8.0
 DETAIL_CHARS = 48
-ITEMS_PER_STEP = 100  # scene items added per event-loop turn
+BATCH = 200  # nodes (or edges) drawn by one scene item
 ALWAYS_COLLAPSE = 400  # nodes: beyond this the graph opens collapsed
-BSP_DEPTH = 12
 PLAIN_DRAWING = 500  # nodes: beyond this, straight edges without antialiasing (paint time)
+READABLE = 0.45  # scale below which node text is not drawn (too small to read)
+EDGE_LABELS = 0.8  # scale from which edge labels (tensor shapes) are drawn
+CHILD_LAYOUT = 1000  # nodes: from here grandalf runs in a child process
+FIT_SMALLEST = 0.8  # scale below which a graph opens at 1:1 instead of fitted (text too small)
 
 
-def _size(node) -> tuple[float, float]:
+def _size(node: GraphNode) -> tuple[float, float]:
     chars = max(len(node.label), min(len(node.detail), DETAIL_CHARS))
     lines = 2 if node.detail else 1
     return chars * CHAR_WIDTH + 2 * PADDING, lines * LINE_HEIGHT + PADDING
 
 
-def graph_job(checkpoint, collapse: bool | None):
-    """(graph drawn, its full size in nodes, positions, scene bounds): built and laid out off
-    the GUI thread, with the collector paused and what it built frozen (as a load does): a
-    full collection in this thread would hold the GUI thread as long as it walks."""
+@dataclass
+class Drawing:
+    """A laid-out graph and its geometry, built off the GUI thread."""
+
+    graph: Graph
+    full_size: int  # nodes before collapsing
+    collapse: bool
+    bounds: QRectF
+    plain: bool
+    boxes: dict[str, QRectF] = field(default_factory=dict)  # node id -> its box
+    node_batches: list[tuple[QRectF, list[GraphNode]]] = field(default_factory=list)
+    edge_batches: list[tuple[QRectF, QPainterPath, QPainterPath, list]] = field(
+        default_factory=list
+    )  # (bounds, lines, arrow heads, [(x, y, label)])
+    node_of_key: dict[str, str] = field(default_factory=dict)  # tensor key -> its first node
+
+    def node_at(self, point: QPointF) -> str | None:
+        for bounds, nodes in self.node_batches:
+            if bounds.contains(point):
+                for node in nodes:
+                    if self.boxes[node.id].contains(point):
+                        return node.id
+        return None
+
+
+def graph_job(checkpoint, collapse: bool | None) -> Drawing:
+    """The graph built, laid out and turned into geometry off the GUI thread, with the
+    collector paused and what it built frozen (as a load does): a full collection in this
+    thread would hold the GUI thread as long as it walks."""
     with paused_gc(freeze=True):
         return _graph_job(checkpoint, collapse)
 
 
-def _graph_job(checkpoint, collapse: bool | None):
+def _graph_job(checkpoint, collapse: bool | None) -> Drawing:
     full = model_graph(checkpoint)
     if collapse is None:
         collapse = len(full.nodes) > ALWAYS_COLLAPSE
     graph = collapsed(full) if collapse else full
     sizes = {n.id: _size(n) for n in graph.nodes}
-    positions = layout(graph, sizes)
-    corners = [
-        (x - sizes[i][0] / 2, y - sizes[i][1] / 2, x + sizes[i][0] / 2, y + sizes[i][1] / 2)
-        for i, (x, y) in positions.items()
-    ] or [(0.0, 0.0, 1.0, 1.0)]
-    bounds = QRectF(
-        min(c[0] for c in corners),
-        min(c[1] for c in corners),
-        max(c[2] for c in corners) - min(c[0] for c in corners),
-        max(c[3] for c in corners) - min(c[1] for c in corners),
-    ).adjusted(-20, -20, 20, 20)  # known here: no pass over the drawn items afterwards
-    return graph, len(full.nodes), collapse, positions, bounds
+    positions = _layout(graph, sizes)
+    drawing = Drawing(graph, len(full.nodes), collapse, QRectF(), len(graph.nodes) > PLAIN_DRAWING)
+    for node in graph.nodes:
+        x, y = positions.get(node.id, (0.0, 0.0))
+        w, h = sizes[node.id]
+        drawing.boxes[node.id] = QRectF(x - w / 2, y - h / 2, w, h)
+    for node in reversed(graph.nodes):  # the first node holding a key wins
+        for key in node.keys:
+            drawing.node_of_key[key] = node.id
+    # batches of nearby nodes (by row, then across): each batch's item paints only when its
+    # bounds are in view
+    placed = sorted(graph.nodes, key=lambda n: (drawing.boxes[n.id].y(), drawing.boxes[n.id].x()))
+    for start in range(0, len(placed), BATCH):
+        nodes = placed[start : start + BATCH]
+        drawing.node_batches.append((_united([drawing.boxes[n.id] for n in nodes]), nodes))
+    edges = [
+        (a, b, label) for a, b, label in graph.edges if a in drawing.boxes and b in drawing.boxes
+    ]
+    edges.sort(key=lambda e: (drawing.boxes[e[0]].bottom(), drawing.boxes[e[0]].center().x()))
+    for start in range(0, len(edges), BATCH):
+        drawing.edge_batches.append(_edge_batch(drawing, edges[start : start + BATCH]))
+    every = [b[0] for b in drawing.node_batches] or [QRectF(0, 0, 1, 1)]
+    drawing.bounds = _united(every).adjusted(-20, -20, 20, 20)
+    return drawing
+
+
+def _layout(graph: Graph, sizes: dict) -> dict[str, tuple[float, float]]:
+    """layout(), for a big graph in a child process: this thread would hold the GIL the GUI
+    thread needs for as long as grandalf runs (in the child if it can start, else here)."""
+    if len(graph.nodes) < CHILD_LAYOUT or getattr(sys, "frozen", False):  # no `python -c`
+        return layout(graph, sizes)
+    code = (
+        "import pickle, sys\n"
+        "from ckpt_viewer.core.listing.graph import layout\n"
+        "graph, sizes = pickle.load(sys.stdin.buffer)\n"
+        "pickle.dump(layout(graph, sizes), sys.stdout.buffer)\n"
+    )
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", code],
+            input=pickle.dumps((graph, sizes)),
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        if child.returncode == 0:
+            return pickle.loads(child.stdout)  # our own child's answer, not the file's
+    except OSError:
+        pass
+    return layout(graph, sizes)
+
+
+def _united(rects: list[QRectF]) -> QRectF:
+    left = min(r.left() for r in rects)
+    top = min(r.top() for r in rects)
+    right = max(r.right() for r in rects)
+    bottom = max(r.bottom() for r in rects)
+    return QRectF(left, top, right - left, bottom - top)
+
+
+def _edge_batch(drawing: Drawing, edges: list) -> tuple[QRectF, QPainterPath, QPainterPath, list]:
+    lines, heads, labels = QPainterPath(), QPainterPath(), []
+    for a, b, label in edges:
+        x1, y1 = drawing.boxes[a].center().x(), drawing.boxes[a].bottom()
+        x2, y2 = drawing.boxes[b].center().x(), drawing.boxes[b].top()
+        lines.moveTo(x1, y1)
+        if drawing.plain:
+            lines.lineTo(x2, y2)
+        else:
+            middle = (y1 + y2) / 2
+            lines.cubicTo(x1, middle, x2, middle, x2, y2)
+        heads.moveTo(x2, y2)
+        heads.lineTo(x2 - 4, y2 - 7)
+        heads.lineTo(x2 + 4, y2 - 7)
+        heads.closeSubpath()
+        if label:
+            labels.append(((x1 + x2) / 2 + 6, (y1 + y2) / 2 + 4, label))
+    bounds = lines.boundingRect().united(heads.boundingRect()).adjusted(-2, -2, 120, 2)
+    return bounds, lines, heads, labels
+
+
+class _Nodes(QGraphicsItem):
+    """A batch of node boxes; labels drawn only at a readable scale, and only those exposed."""
+
+    def __init__(self, bounds: QRectF, nodes: list[GraphNode], boxes: dict[str, QRectF]):
+        super().__init__()
+        self.bounds = bounds
+        self.setFlag(QGraphicsItem.ItemUsesExtendedStyleOption)
+        self.groups: dict[str, list[QRectF]] = {}  # colour -> boxes
+        for node in nodes:
+            self.groups.setdefault(KIND_COLOURS.get(node.kind, "#bab0ac"), []).append(
+                boxes[node.id]
+            )
+        self.texts = [(boxes[n.id], n.label, n.detail[:DETAIL_CHARS]) for n in nodes]
+
+    def boundingRect(self) -> QRectF:
+        return self.bounds
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: Any = None):
+        for colour, rects in self.groups.items():
+            edge = QColor(colour)
+            painter.setPen(QPen(edge, 1.5))
+            painter.setBrush(QBrush(edge.lighter(170)))
+            painter.drawRects(rects)
+        if option.levelOfDetailFromTransform(painter.worldTransform()) < READABLE:
+            return
+        exposed = option.exposedRect
+        label, detail = QColor("#101010"), QColor("#404040")
+        baseline = PADDING / 2 + painter.fontMetrics().ascent()
+        for box, text, more in self.texts:
+            if not box.intersects(exposed):
+                continue
+            left, top = box.left() + PADDING, box.top() + baseline
+            painter.setPen(label)
+            painter.drawText(QPointF(left, top), text)
+            if more:
+                painter.setPen(detail)
+                painter.drawText(QPointF(left, top + LINE_HEIGHT), more)
+
+
+class _Edges(QGraphicsItem):
+    """A batch of edges as two paths (lines, arrow heads), their labels (tensor shapes) drawn
+    when zoomed in."""
+
+    def __init__(self, bounds: QRectF, lines: QPainterPath, heads: QPainterPath, labels: list):
+        super().__init__()
+        self.bounds, self.lines, self.heads, self.labels = bounds, lines, heads, labels
+        self.colour = QColor(Qt.black)
+        self.setZValue(-1)
+
+    def boundingRect(self) -> QRectF:
+        return self.bounds
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: Any = None):
+        painter.setPen(QPen(self.colour, 1))
+        painter.setBrush(Qt.NoBrush)
+        painter.drawPath(self.lines)
+        painter.setPen(Qt.NoPen)
+        painter.setBrush(QBrush(self.colour))
+        painter.drawPath(self.heads)
+        if (
+            self.labels
+            and option.levelOfDetailFromTransform(painter.worldTransform()) >= EDGE_LABELS
+        ):
+            painter.setPen(self.colour)
+            for x, y, text in self.labels:
+                painter.drawText(QPointF(x, y), text)
+
+
+class StructureController(QObject):
+    """What the pane computes: the checkpoint's graph laid out into a Drawing (slot "layout",
+    a new request supersedes the old one). It only emits results; the view shows them."""
+
+    laid_out = Signal(object)  # a Drawing
+    failed = Signal(str)  # one line
+
+    def __init__(self, checkpoint, parent: QObject | None = None):
+        super().__init__(parent)
+        self.checkpoint = checkpoint
+        self.jobs = workers.Controller(self)
+
+    def request(self, collapse: bool | None) -> None:
+        """Lay out the graph, collapsed or not (None: by its size)."""
+        self.jobs.start(
+            "layout",
+            graph_job,
+            self.checkpoint,
+            collapse,
+            on_result=self.laid_out.emit,
+            on_error=self.failed.emit,
+            label="laying out the structure",
+        )
+
+    def cancel(self) -> None:
+        self.jobs.cancel()
 
 
 class _View(QGraphicsView):
+    clicked = Signal(QPointF)  # a click (not a drag), in scene coordinates
+    hovered = Signal(QPointF, object)  # a tooltip request: scene point, global position
+
     def wheelEvent(self, event):
         factor = 1.2 if event.angleDelta().y() > 0 else 1 / 1.2
         self.scale(factor, factor)
+
+    def mousePressEvent(self, event):
+        self.pressed = event.position()
+        super().mousePressEvent(event)
+
+    def mouseReleaseEvent(self, event):
+        super().mouseReleaseEvent(event)
+        moved = event.position() - getattr(self, "pressed", event.position())
+        if event.button() == Qt.LeftButton and moved.manhattanLength() < 4:
+            self.clicked.emit(self.mapToScene(event.position().toPoint()))
+
+    def viewportEvent(self, event):
+        if event.type() == QEvent.ToolTip:
+            self.hovered.emit(self.mapToScene(event.pos()), event.globalPos())
+            return True
+        return super().viewportEvent(event)
 
 
 class StructureView(QWidget):
@@ -98,12 +317,13 @@ class StructureView(QWidget):
         self.setObjectName("structureView")
         self.checkpoint, self.select = checkpoint, select
         self.graph: Graph | None = None
-        self.boxes: dict = {}  # node id -> QGraphicsRectItem
-        self.plain = False  # a big graph: straight edges, no antialiasing
-        self.node_of_key: dict = {}  # tensor key -> the node that holds it
-        self.found: list = []
-        self.generation = 0
-        self.jobs = workers.Controller(self)
+        self.drawing: Drawing | None = None
+        self.boxes: dict[str, QRectF] = {}  # node id -> its box, as drawn
+        self.selected: str | None = None  # the marked node
+        self.found: list[str] = []
+        self.controller = StructureController(checkpoint, self)
+        self.controller.laid_out.connect(self._laid_out)
+        self.controller.failed.connect(self._failed)
         self.status = QLabel("Laying out the model's structure...")
         self.status.setObjectName("structureStatus")
         self.status.setTextFormat(Qt.PlainText)
@@ -124,182 +344,121 @@ class StructureView(QWidget):
         for widget in (self.collapse_box, self.find, png, svg):
             controls.addWidget(widget)
         self.scene = QGraphicsScene(self)
-        # a fixed depth: the index takes each batch as it is drawn instead of being rebuilt
-        # for the whole graph at its first paint
-        self.scene.setBspTreeDepth(BSP_DEPTH)
+        self.scene.setItemIndexMethod(QGraphicsScene.NoIndex)  # a few items: one per batch
         self.view = _View(self.scene)
         self.view.setObjectName("structureGraph")
         self.view.setDragMode(QGraphicsView.ScrollHandDrag)
         self.view.setRenderHint(QPainter.Antialiasing)
         self.view.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
-        self.scene.selectionChanged.connect(self._selection_changed)
+        self.view.clicked.connect(self._clicked)
+        self.view.hovered.connect(self._tooltip)
+        self.mark = QGraphicsRectItem()
+        self.mark.setPen(QPen(QColor("#e15759"), 3))
+        self.mark.setZValue(1)
         layout_ = QVBoxLayout(self)
         layout_.addLayout(controls)
         layout_.addWidget(self.status)
         layout_.addWidget(self.view, 1)
-        self._start(None)
+        self.controller.request(None)
 
     # --- work -------------------------------------------------------------------------
 
-    def _start(self, collapse):
-        self.generation += 1
-        self.jobs.start(
-            "layout",
-            graph_job,
-            self.checkpoint,
-            collapse,
-            on_result=self._laid_out,
-            on_error=self._failed,
-        )
-
-    def _collapse_toggled(self, on):
+    def _collapse_toggled(self, on: bool) -> None:
         if self.graph is not None:
             self.status.setText("Laying out the model's structure...")
-            self._start(on)
+            self.controller.request(on)
 
-    def _failed(self, message):
+    def _failed(self, message: str) -> None:
         self.status.setText(f"Structure failed: {message}")
         self.failed.emit(message)
 
-    def _laid_out(self, result):
-        if result is None:
-            return
-        graph, full_size, collapse, positions, bounds = result
-        self.graph = graph
-        self.node_of_key = {
-            key: n.id for n in reversed(graph.nodes) for key in n.keys
-        }  # first wins
+    def _laid_out(self, drawing: Drawing) -> None:
+        graph = drawing.graph
+        self.drawing, self.graph, self.boxes = drawing, graph, drawing.boxes
+        self.selected, self.found = None, []
         self.collapse_box.blockSignals(True)
-        self.collapse_box.setChecked(collapse)
+        self.collapse_box.setChecked(drawing.collapse)
         self.collapse_box.blockSignals(False)
+        if self.mark.scene() is not None:  # kept: clear() deletes the items it holds
+            self.scene.removeItem(self.mark)
         self.scene.clear()
-        self.boxes = {}
-        self.plain = len(graph.nodes) > PLAIN_DRAWING
-        self.view.setRenderHint(QPainter.Antialiasing, not self.plain)
+        self.mark.hide()
+        self.scene.addItem(self.mark)
+        self.view.setRenderHint(QPainter.Antialiasing, not drawing.plain)
         what = f"{len(graph.nodes):,} nodes, {len(graph.edges):,} edges"
-        if len(graph.nodes) != full_size:
-            what += f" ({full_size:,} before collapsing repeated blocks)"
+        if len(graph.nodes) != drawing.full_size:
+            what += f" ({drawing.full_size:,} before collapsing repeated blocks)"
         notes = f"; {'; '.join(graph.notes)}" if graph.notes else ""
         self.status.setText(
             f"From {graph.source}: {what}{notes}. Click a node to select its "
             "tensors; drag to pan, wheel to zoom."
         )
-        items = [("node", n) for n in graph.nodes] + [("edge", e) for e in graph.edges]
-        generation = self.generation
-        self.scene.setSceneRect(bounds)
-        QTimer.singleShot(0, self, lambda: self._draw_step(generation, items, positions))
-
-    def _draw_step(self, generation, items, positions):
-        if generation != self.generation:
-            return
-        text = self.palette().color(QPalette.Text)
-        for what, item in items[:ITEMS_PER_STEP]:
-            if what == "node":
-                self._add_node(item, positions, text)
-            else:
-                self._add_edge(item, positions, text)
-        self.scene.items(QRectF(0, 0, 1, 1))  # index this batch now, a little each step
-        rest = items[ITEMS_PER_STEP:]
-        if rest:
-            QTimer.singleShot(0, self, lambda: self._draw_step(generation, rest, positions))
-            return
-        self.view.fitInView(self.scene.sceneRect(), Qt.KeepAspectRatio)
-        if self.view.transform().m11() < 0.35:  # too small to read: start at 1:1, at the top
+        colour = self.palette().color(QPalette.Text)
+        for bounds, lines, heads, labels in drawing.edge_batches:
+            edges = _Edges(bounds, lines, heads, labels)
+            edges.colour = colour
+            self.scene.addItem(edges)
+        for bounds, nodes in drawing.node_batches:
+            self.scene.addItem(_Nodes(bounds, nodes, drawing.boxes))
+        self.scene.setSceneRect(drawing.bounds)
+        self.view.fitInView(drawing.bounds, Qt.KeepAspectRatio)
+        scale = self.view.transform().m11()
+        if scale > 1 or scale < FIT_SMALLEST:  # 1:1, all of it or, too small to read, its top
             self.view.resetTransform()
-            self.view.centerOn(self.scene.sceneRect().center().x(), self.scene.sceneRect().top())
-        self.ready.emit(self.graph)
+            top = drawing.bounds.center() if scale > 1 else drawing.bounds.topLeft()
+            self.view.centerOn(drawing.bounds.center().x(), top.y())
+        self.ready.emit(graph)
 
-    def _add_node(self, node, positions, text):
-        x, y = positions.get(node.id, (0.0, 0.0))
-        w, h = _size(node)
-        box = QGraphicsRectItem(QRectF(x - w / 2, y - h / 2, w, h))
-        colour = QColor(KIND_COLOURS.get(node.kind, "#bab0ac"))
-        box.setBrush(QBrush(colour.lighter(170)))
-        box.setPen(QPen(colour, 1.5))
-        box.setFlag(QGraphicsRectItem.ItemIsSelectable)
-        box.setData(0, node.id)
+    # --- interaction ------------------------------------------------------------------
+
+    def _clicked(self, point: QPointF) -> None:
+        if self.drawing is None:
+            return
+        node_id = self.drawing.node_at(point)
+        if node_id is not None:
+            self.choose(node_id, centre=False)
+
+    def _tooltip(self, point: QPointF, where) -> None:
+        node_id = self.drawing.node_at(point) if self.drawing is not None else None
+        node = self.graph.node(node_id) if node_id is not None and self.graph else None
+        if node is None:
+            QToolTip.hideText()
+            return
         tip = (
             [node.label, node.detail]
             + node.keys[:12]
             + ([f"... {len(node.keys) - 12:,} more tensors"] if len(node.keys) > 12 else [])
         )
-        box.setToolTip("\n".join(t for t in tip if t))
-        label = QGraphicsSimpleTextItem(node.label, box)
-        label.setBrush(QBrush(QColor("#101010")))
-        label.setPos(x - w / 2 + PADDING, y - h / 2 + PADDING / 2)
-        if node.detail:
-            detail = QGraphicsSimpleTextItem(node.detail[:DETAIL_CHARS], box)
-            detail.setBrush(QBrush(QColor("#404040")))
-            detail.setPos(x - w / 2 + PADDING, y - h / 2 + PADDING / 2 + LINE_HEIGHT)
-        self.scene.addItem(box)
-        self.boxes[node.id] = box
+        QToolTip.showText(where, "\n".join(t for t in tip if t), self.view)
 
-    def _add_edge(self, edge, positions, text):
-        a, b, label = edge
-        if a not in positions or b not in positions:
-            return
-        (x1, y1), (x2, y2) = positions[a], positions[b]
-        y1 += self.boxes[a].rect().height() / 2 if a in self.boxes else 0
-        y2 -= self.boxes[b].rect().height() / 2 if b in self.boxes else 0
-        path = QPainterPath()
-        path.moveTo(x1, y1)
-        if self.plain:
-            path.lineTo(x2, y2)
-        else:
-            middle = (y1 + y2) / 2
-            path.cubicTo(x1, middle, x2, middle, x2, y2)
-        line = QGraphicsPathItem(path)
-        line.setPen(QPen(text, 1))
-        line.setZValue(-1)
-        if label:
-            line.setToolTip(label)
-        self.scene.addItem(line)
-        arrow = QPainterPath()
-        arrow.moveTo(x2, y2)
-        arrow.lineTo(x2 - 4, y2 - 7)
-        arrow.lineTo(x2 + 4, y2 - 7)
-        arrow.closeSubpath()
-        head = QGraphicsPathItem(arrow)
-        head.setBrush(QBrush(text))
-        head.setPen(QPen(Qt.NoPen))
-        self.scene.addItem(head)
+    def _mark(self, node_id: str, centre: bool = True) -> None:
+        box = self.boxes[node_id]
+        self.selected = node_id
+        self.mark.setRect(box.adjusted(-2, -2, 2, 2))
+        self.mark.show()
+        if centre:
+            self.view.centerOn(box.center())
 
-    # --- interaction ------------------------------------------------------------------
-
-    def _selection_changed(self):
-        chosen = [i for i in self.scene.selectedItems() if i.data(0)]
-        if not chosen or self.graph is None:
-            return
-        node = self.graph.node(chosen[0].data(0))
-        if node is None:
-            return
-        self.node_clicked.emit(node.id)
-        if self.select is not None and node.keys:
-            self.select(node.keys)
-
-    def choose(self, node_id: str) -> bool:
-        box = self.boxes.get(node_id)
-        if box is None:
+    def choose(self, node_id: str, centre: bool = True) -> bool:
+        """Mark a node and select its tensors in the tree."""
+        if node_id not in self.boxes or self.graph is None:
             return False
-        self.scene.clearSelection()
-        box.setSelected(True)
-        self.view.centerOn(box)
+        self._mark(node_id, centre)
+        node = self.graph.node(node_id)
+        self.node_clicked.emit(node_id)
+        if self.select is not None and node is not None and node.keys:
+            self.select(node.keys)
         return True
 
-    def highlight_key(self, key: str):
+    def highlight_key(self, key: str) -> None:
         """The tree selected `key`: mark the node that holds it (without selecting back)."""
-        if self.graph is None:
+        if self.drawing is None:
             return
-        node_id = self.node_of_key.get(key)
-        if node_id is None or node_id not in self.boxes:
-            return
-        self.scene.blockSignals(True)
-        self.scene.clearSelection()
-        self.boxes[node_id].setSelected(True)
-        self.scene.blockSignals(False)
-        self.view.centerOn(self.boxes[node_id])
+        node_id = self.drawing.node_of_key.get(key)
+        if node_id is not None and node_id in self.boxes:
+            self._mark(node_id)
 
-    def _find(self, text):
+    def _find(self, text: str) -> None:
         text = text.strip().lower()
         self.found = []
         if not text or self.graph is None:
@@ -314,7 +473,7 @@ class StructureView(QWidget):
         if self.found:
             self.choose(self.found[0])
 
-    def _find_next(self):
+    def _find_next(self) -> None:
         if self.found:
             self.found.append(self.found.pop(0))
             self.choose(self.found[0])
@@ -341,7 +500,7 @@ class StructureView(QWidget):
         painter.end()
         return image.save(path)
 
-    def _export(self, kind):
+    def _export(self, kind: str) -> None:
         path, _ = QFileDialog.getSaveFileName(
             self,
             f"Export the structure as {kind.upper()}",

@@ -28,9 +28,9 @@ def test_nodes_select_their_tensors_and_the_tree_finds_its_node(window, qtbot, t
     assert tab.selected_key() == "2.weight"
     assert tab.panes.currentWidget() is view  # the graph stays in view
     tab.select_key("0.bias")
-    assert [i.data(0) for i in view.scene.selectedItems()] == ["0"]
+    assert view.selected == "0"
     view.find.setText("ReLU")
-    assert [i.data(0) for i in view.scene.selectedItems()] == ["1"]
+    assert view.selected == "1"
     assert view.export(str(tmp_path / "graph.png"))
     assert view.export(str(tmp_path / "graph.svg"))
     assert (tmp_path / "graph.png").stat().st_size > 0
@@ -51,3 +51,82 @@ def test_collapsing_repeated_blocks_redraws(window, qtbot, tmp_path):
     with qtbot.waitSignal(view.ready, timeout=30_000):
         view.collapse_box.setChecked(True)
     assert len(view.boxes) == 2 and any("\u00d7 6" in n.label for n in view.graph.nodes)
+
+
+def test_a_click_on_a_node_selects_its_tensors(window, qtbot, tmp_path):
+    from PySide6.QtCore import Qt
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(model, tmp_path / "whole.pt")
+    tab, view = _structure(window, qtbot, tmp_path / "whole.pt")
+    where = view.view.mapFromScene(view.boxes["2"].center())
+    with qtbot.waitSignal(view.node_clicked, timeout=5_000) as clicked:
+        qtbot.mouseClick(view.view.viewport(), Qt.LeftButton, pos=where)
+    assert clicked.args == ["2"] and view.selected == "2"
+    assert tab.selected_key() == "2.weight"
+
+
+def test_a_big_graph_is_drawn_by_a_few_batch_items(window, qtbot, tmp_path, monkeypatch):
+    from ckpt_viewer.qt import structure_view
+
+    monkeypatch.setattr(structure_view, "ALWAYS_COLLAPSE", 10**9)
+    torch.save({f"m{i}x.weight": torch.zeros(1) for i in range(900)}, tmp_path / "long.pt")
+    _, view = _structure(window, qtbot, tmp_path / "long.pt")
+    assert len(view.boxes) == 900
+    batches = -(-900 // structure_view.BATCH)
+    assert len(view.scene.items()) == 2 * batches + 1  # nodes, edges, the selection mark
+    assert view.choose("k:m899x") and view.selected == "k:m899x"
+
+
+def test_a_big_graph_is_laid_out_in_a_child_as_here(monkeypatch):
+    from ckpt_viewer.core.listing.graph import Graph, GraphNode, layout
+    from ckpt_viewer.qt import structure_view
+
+    graph = Graph("blocks", "a chain with a branch")
+    graph.nodes = [GraphNode(f"n{i}", f"n\x1b{i}", "keys") for i in range(30)]
+    graph.edges = [(f"n{i}", f"n{i + 1}", "") for i in range(29)] + [("n3", "n20", "")]
+    monkeypatch.setattr(structure_view, "CHILD_LAYOUT", 10)
+    runs = []
+    real = structure_view.subprocess.run
+    monkeypatch.setattr(
+        structure_view.subprocess, "run", lambda *a, **k: runs.append(a) or real(*a, **k)
+    )
+    sizes = {n.id: (100.0, 30.0) for n in graph.nodes}
+    assert structure_view._layout(graph, sizes) == layout(graph, sizes)
+    assert len(runs) == 1
+
+
+def test_the_controller_delivers_only_the_latest_request(qtbot, tmp_path):
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.qt import workers
+    from ckpt_viewer.qt.structure_view import StructureController
+
+    state = {f"layers.{i}.weight": torch.zeros(2) for i in range(5)}
+    torch.save(state, tmp_path / "sd.pt")
+    controller = StructureController(open_checkpoint(str(tmp_path / "sd.pt")))
+    drawn = []
+    controller.laid_out.connect(drawn.append)
+    with workers.synchronous(False):  # jobs on threads, even under CKPT_VIEWER_SYNCHRONOUS=1
+        controller.request(False)
+        controller.request(True)  # supersedes the first
+    qtbot.waitUntil(lambda: not controller.jobs.busy(), timeout=30_000)
+    assert [d.collapse for d in drawn] == [True]
+    assert [n.label for n in drawn[0].graph.nodes] == ["layers \u00d7 5"]
+
+
+def test_hovering_a_node_shows_its_tensors(window, qtbot, tmp_path):
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QHelpEvent
+    from PySide6.QtWidgets import QApplication, QToolTip
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(model, tmp_path / "whole.pt")
+    _, view = _structure(window, qtbot, tmp_path / "whole.pt")
+    viewport = view.view.viewport()
+    where = view.view.mapFromScene(view.boxes["2"].center())
+    QApplication.sendEvent(viewport, QHelpEvent(QEvent.ToolTip, where, viewport.mapToGlobal(where)))
+    assert QToolTip.text().splitlines() == ["Linear", "2  in_features=8, out_features=2"] + [
+        "2.weight",
+        "2.bias",
+    ]
+    QToolTip.hideText()
