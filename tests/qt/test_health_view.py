@@ -82,14 +82,14 @@ def test_health_cancel_stops_the_scan_quietly(qtbot, window, tmp_path, monkeypat
     open_and_wait(qtbot, window, path)
     dialog = window.health_current()
     qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
-    worker = dialog.jobs.running["check"]
+    worker = dialog.controller.jobs.running["check"]
     with qtbot.waitSignal(dialog.cancelled, timeout=5_000):
         qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)  # the scan is held: no race
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
     assert dialog.status.text() == "Cancelled" and dialog.report is None
     assert len(calls) <= 2 * worker_count() + 1 < 6400  # stopped, not drained
-    assert not dialog.jobs.busy()
+    assert not dialog.controller.busy()
     dialog.close()
 
 
@@ -101,7 +101,7 @@ def test_health_closed_mid_scan_is_quiet(qtbot, window, tmp_path, monkeypatch):
     dialog.failed.connect(failed.append)
     dialog.checked.connect(checked.append)
     qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
-    worker = dialog.jobs.running["check"]
+    worker = dialog.controller.jobs.running["check"]
     dialog.close()  # deletes the dialog (WA_DeleteOnClose)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
@@ -133,11 +133,11 @@ def test_layers_cancel_stops_the_exact_pass(qtbot, window, tmp_path, monkeypatch
     open_and_wait(qtbot, window, path)
     dialog = window.layers_current()
     qtbot.waitUntil(lambda: bool(calls), timeout=30_000)
-    worker = dialog.jobs.running["exact"]
+    worker = dialog.controller.jobs.running["exact"]
     qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
-    assert len(calls) < 200 and not dialog.jobs.busy()
+    assert len(calls) < 200 and not dialog.controller.busy()
     assert dialog.report.sampled  # the exact report never replaced the preview
     dialog.close()
 
