@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
 from PySide6.QtGui import QBrush, QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -208,6 +215,50 @@ def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
     return box
 
 
+class CompareController(workers.PaneController):
+    """What a comparison computes: both files compared again under other key rules ("diff"),
+    and the selected tensor's plots' data ("detail": a newer selection supersedes it)."""
+
+    compared = Signal(object)  # the DiffReport under the rules asked
+    compare_failed = Signal(str)
+    compare_progressed = Signal(float)
+    detailed = Signal(str, object)  # key, (both histograms, PairDetail)
+    detail_failed = Signal(str, str)  # key, message
+
+    def __init__(self, checkpoint_a, checkpoint_b, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.a, self.b = checkpoint_a, checkpoint_b
+
+    def compare_under(self, side_a: Side, side_b: Side) -> None:
+        self.jobs.start(
+            "diff",
+            diff,
+            self.a,
+            self.b,
+            side_a,
+            side_b,
+            on_result=self._compared,
+            on_error=self.compare_failed.emit,
+            on_progress=self.compare_progressed.emit,
+        )
+
+    def _compared(self, report: DiffReport) -> None:
+        self.jobs.cancel("detail")  # for a row of the old report
+        self.compared.emit(report)
+
+    def detail(self, key: str, match) -> None:
+        """The plots' data of `match` (a TensorDiff of both files), shown as `key`."""
+        self.jobs.start(
+            "detail",
+            detail_job,
+            self.a.find(match.key_a).tensor,
+            self.b.find(match.key_b).tensor,
+            match.max_abs,
+            on_result=lambda result: self.detailed.emit(key, result),
+            on_error=lambda message: self.detail_failed.emit(key, message),
+        )
+
+
 class CompareView(QWidget):
     overlay_ready = Signal(str)
     realigned = Signal()  # the files were compared again under other key rules
@@ -221,7 +272,16 @@ class CompareView(QWidget):
         self.plotting = plotting  # returns the pyqtgraph module, or None
         # False while the import is under way (then calls plotting_ready() once it ends)
         self.request_plotting = request_plotting
-        self.jobs = workers.Controller(self)
+        self.controller = CompareController(checkpoint_a, checkpoint_b, self)
+        self.controller.compared.connect(self._show_report)
+        self.controller.compare_failed.connect(self._compare_failed)
+        self.controller.compare_progressed.connect(
+            lambda done: self.alignment_label.setText(f"Comparing again... {done:.0%}")
+        )
+        self.controller.detailed.connect(self._draw)
+        self.controller.detail_failed.connect(
+            lambda key, message: self.plot_status.setText(f"{key}: {message}")
+        )
         self.pending = None
         self.plot = None
         names = (
@@ -393,27 +453,15 @@ class CompareView(QWidget):
         """Compare both files again under these rules (in a worker)."""
         self.asked = (side_a, side_b)
         self.alignment_label.setText("Comparing again...")
+        self.controller.compare_under(side_a, side_b)
 
-        def failed(message: str) -> None:
-            self.asked = None
-            self._show_alignment()
-            self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
-
-        self.jobs.start(
-            "diff",
-            diff,
-            self.a,
-            self.b,
-            side_a,
-            side_b,
-            on_result=self._show_report,
-            on_error=failed,
-            on_progress=lambda done: self.alignment_label.setText(f"Comparing again... {done:.0%}"),
-        )
+    def _compare_failed(self, message: str) -> None:
+        self.asked = None
+        self._show_alignment()
+        self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
 
     def _show_report(self, report: DiffReport) -> None:
         self.asked = None
-        self.jobs.cancel("detail")
         self.report = report
         self.counts = report.status_counts()
         self.summary.setText(self._summary_html(report))
@@ -508,25 +556,15 @@ class CompareView(QWidget):
             self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
         self.pending = None  # a result waiting for the plots is for the old selection
         if match is None:
-            self.jobs.cancel("detail")
+            self.controller.cancel("detail")
             self.plot_status.setText(
                 f"{key}: only tensors present in both files with one shape have plots."
                 if key
                 else ""
             )
             return
-        a = self.a.find(match.key_a).tensor
-        b = self.b.find(match.key_b).tensor
         self.plot_status.setText(f"{key}: reading both tensors...")
-        self.jobs.start(
-            "detail",
-            detail_job,
-            a,
-            b,
-            match.max_abs,
-            on_result=lambda result: self._draw(key, result),
-            on_error=lambda message: self.plot_status.setText(f"{key}: {message}"),
-        )
+        self.controller.detail(key, match)
 
     def plotting_ready(self, message=""):
         if self.pending is not None:
@@ -625,4 +663,4 @@ class CompareView(QWidget):
 
     def cancel(self):
         """The tab closes (or the window): stop the selected tensor's job."""
-        self.jobs.cancel()
+        self.controller.cancel()

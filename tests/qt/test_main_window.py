@@ -434,7 +434,7 @@ def test_compare_closing_the_tab_cancels_its_plot_job(qtbot, window, tmp_path, m
     drawn = []
     view.overlay_ready.connect(drawn.append)
     view.table.setCurrentIndex(view.table.model().index(0, 0))
-    worker = view.jobs.running["detail"]
+    worker = view.controller.jobs.running["detail"]
     qtbot.waitUntil(lambda: len(served) >= 2, timeout=10_000)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         window.close_tab(window.tabs.currentIndex())
