@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.analysis.diff import (
     STATUS_ORDER,
     STATUS_TEXT,
@@ -45,7 +46,8 @@ from ckpt_viewer.core.analysis.diff import (
     histogram_pair,
     pair_detail,
 )
-from ckpt_viewer.core.listing.keys import WRAPPERS
+from ckpt_viewer.core.listing.keys import WRAPPERS, Alignment, map_keys
+from ckpt_viewer.core.listing.optim import state_parameters
 from ckpt_viewer.core.listing.report import cosine_text
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
@@ -106,8 +108,10 @@ class CompareModel(QAbstractTableModel):
     """The report as rows of plain tuples, read by the view on demand: building thousands of
     items up front stalled the window."""
 
-    def __init__(self, report, parent=None):
+    def __init__(self, report, parent=None, labels: dict[str, str] | None = None):
+        """`labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
         super().__init__(parent)
+        self.labels = labels or {}
         self.rows = []  # (cells as text, sort values, status)
         self.brushes = {
             status: QBrush(on_base(colour)) for status, colour in STATUS_COLOURS.items()
@@ -129,7 +133,9 @@ class CompareModel(QAbstractTableModel):
             self._add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
 
     def _add(self, key, status, a_text, b_text, metric_texts, metric_values):
-        texts = (shown(key), status_label(status), shown(a_text), shown(b_text), *metric_texts)
+        name = self.labels.get(key)
+        shown_key = f"{shown(key)} \u2014 {shown(name)}" if name else shown(key)  # state.49 — h.3.w
+        texts = (shown_key, status_label(status), shown(a_text), shown(b_text), *metric_texts)
         self.rows.append(
             (texts, (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values), status)
         )
@@ -246,6 +252,25 @@ class CompareController(workers.PaneController):
         self.jobs.cancel("detail")  # for a row of the old report
         self.compared.emit(report)
 
+    def state_labels(self, alignment: Alignment | None) -> dict[str, str]:
+        """{key as compared: its parameter's name} for the optimizer state tensors whose
+        parameter either file proves (keys that name it already need none)."""
+        labels: dict[str, str] = {}
+        if alignment is None:
+            return labels
+        for checkpoint, side in ((self.b, alignment.b), (self.a, alignment.a)):
+            names = state_parameters(checkpoint)
+            if not names:
+                continue
+            try:
+                mapped = map_keys(
+                    checkpoint, side.root, side.strip_prefix, side.add_prefix, keys=names
+                )
+            except CheckpointError:  # a root this file lacks: none of its keys are compared
+                continue
+            labels.update({new_key: names[key] for key, new_key, _ in mapped})
+        return labels
+
     def detail(self, key: str, match) -> None:
         """The plots' data of `match` (a TensorDiff of both files), shown as `key`."""
         self.jobs.start(
@@ -312,7 +337,7 @@ class CompareView(QWidget):
         self.legend_row.setSpacing(14)
         self._fill_legend()
         self._fill_scalars()
-        self.model = CompareModel(report, self)
+        self.model = CompareModel(report, self, self.controller.state_labels(report.alignment))
         self.proxy = CompareFilter(self)
         self.proxy.setSourceModel(self.model)
         self.table = QTreeView()
@@ -469,7 +494,7 @@ class CompareView(QWidget):
         self._fill_scalars()
         self._fill_legend()
         old = self.model
-        self.model = CompareModel(report, self)
+        self.model = CompareModel(report, self, self.controller.state_labels(report.alignment))
         self.proxy.setSourceModel(self.model)
         old.deleteLater()
         self._size_columns()
@@ -548,7 +573,7 @@ class CompareView(QWidget):
 
     # --- the selected tensor -----------------------------------------------------------------
     def _selected(self, current, _previous):
-        key = current.siblingAtColumn(0).data() if current.isValid() else None
+        key = current.siblingAtColumn(0).data(SORT_ROLE) if current.isValid() else None
         match = next((t for t in self.report.tensors if t.key == key and t.status != "shape"), None)
         if not self.detail.isVisible():
             self.detail.setVisible(True)

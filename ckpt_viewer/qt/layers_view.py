@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core.analysis.layers import layer_metrics
+from ckpt_viewer.core.listing.optim import state_parameters
 from ckpt_viewer.core.listing.text import safe_text as escape
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plotting import _plotting, plotting_or_wait
@@ -63,6 +64,7 @@ class LayersController(workers.PaneController):
         super().__init__(parent)
         self.checkpoint, self.spectral = checkpoint, spectral
         self.stopped = False  # cancelled: the exact pass after the preview is not started
+        self.parameter_names = state_parameters(checkpoint)  # state tensor key -> parameter
 
     def sample(self) -> None:
         self.jobs.start(
@@ -413,13 +415,23 @@ class LayersDialog(QWidget):
         if role not in self.lines:
             pg = _plotting["module"]
             curve = pg.PlotDataItem(pen=pg.mkPen(colour, width=2), name=html.escape(escape(role)))
-            scatter = pg.ScatterPlotItem(brush=colour, pen=None, size=8, hoverable=True)
+            scatter = pg.ScatterPlotItem(
+                brush=colour, pen=None, size=8, hoverable=True, tip=self._tip
+            )
             scatter.sigClicked.connect(self._points_clicked)
             overlay = pg.PlotDataItem(pen=pg.mkPen(colour, width=1, style=Qt.DashLine))
             for item in (curve, scatter, overlay):
                 self.plot.addItem(item)
             self.lines[role] = (curve, scatter, overlay)
         return self.lines[role]
+
+    def _tip(self, x: float, y: float, data: object) -> str:
+        """A hovered point: where it is, and its tensor (a state tensor with its parameter's
+        name, where the file proves it: state.49.exp_avg_sq — h.3.mlp.c_fc.weight)."""
+        key = str(data or "")
+        name = self.controller.parameter_names.get(key)
+        label = f"{escape(key)} \u2014 {escape(name)}" if name else escape(key)
+        return f"x: {x:.3g}\ny: {y:.3g}\n{label}"
 
     def _points_clicked(self, _scatter, points, *_):
         for point in points:

@@ -188,3 +188,41 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     ranks = dialog.curves()[0][2]
     assert len(ranks) == 3 and all(1 <= r <= 6 for r in ranks)
     dialog.close()
+
+
+def blocks_with_adam(path) -> tuple[str, dict]:
+    """Three blocks trained a step with Adam over named parameters (torch records
+    param_names): the file and {state id: parameter name} as torch saved them."""
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+    optimizer = torch.optim.Adam(model.named_parameters())
+    sum(block(torch.randn(2, 4)).sum() for block in model.blocks).backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    names = dict(zip(state["param_groups"][0]["params"], state["param_groups"][0]["param_names"]))
+    builders.save({"model": model.state_dict(), "optimizer": state}, path)
+    return str(path), names
+
+
+def test_layers_points_of_optimizer_state_name_their_parameter(qtbot, window, tmp_path):
+    path, names = blocks_with_adam(tmp_path / "adam.pt")
+    open_and_wait(qtbot, window, path)
+    trigger(window, "actionLayers")
+    dialog = window.findChild(LayersDialog, "layersDialog")
+    qtbot.waitUntil(lambda: dialog.report is not None and not dialog.report.sampled, timeout=30_000)
+    qtbot.waitUntil(lambda: dialog.plot is not None, timeout=30_000)
+    with qtbot.waitSignal(dialog.ready, timeout=30_000):
+        dialog.metric_box.setCurrentIndex(dialog.metric_box.findData("exp_avg_sq_mean"))
+        dialog.redraw(then=dialog.ready)
+    tips = []
+    for scatter in dialog.scatters:
+        for point in scatter.points():
+            tips.append(
+                scatter.opts["tip"](x=point.pos().x(), y=point.pos().y(), data=point.data())
+            )
+    expected = {
+        f"optimizer.state.{i}.exp_avg_sq \u2014 {name}" for i, name in names.items()
+    }  # the id as stored, and the name torch recorded for it
+    assert {tip.splitlines()[-1] for tip in tips} == expected
+    dialog.close()
