@@ -70,9 +70,6 @@ class Job(QObject):
             QThreadPool.globalInstance().start(self.run)
 
     def run(self) -> None:
-        if self.stop.is_set():  # superseded while queued behind other jobs: never started
-            self.finished.emit()
-            return
         try:
             result = self._call()
         except Exception as exc:  # noqa: BLE001 - every failure becomes one line
