@@ -120,8 +120,10 @@ class ExportController(workers.PaneController):
         self.cancel_event.set()
 
     def cancel(self, slot: str | None = None) -> None:
-        """Everything stops and nothing more arrives (the dialog goes away)."""
-        self.cancel_event.set()
+        """The slot's job stops (every job when None: the dialog goes away); nothing more
+        arrives from it."""
+        if slot in (None, "export"):
+            self.cancel_event.set()
         super().cancel(slot)
 
 
