@@ -26,7 +26,7 @@ from ckpt_viewer.core.listing.footprint import (
     memory_lines,
     memory_needs,
 )
-from ckpt_viewer.core.listing.model import format_bytes, format_count
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes, format_count
 from ckpt_viewer.core.listing.text import safe_text
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html
@@ -123,7 +123,7 @@ class BytesMapController(workers.PaneController):
     failed = Signal(str)
     rendered = Signal(object, object)  # the treemap QImage, its (box, block, text) rects
 
-    def __init__(self, checkpoint, parent: QObject | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.checkpoint = checkpoint
 

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.listing.model import format_bytes, format_count
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes, format_count
 from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.summary import scalars_by_importance
 from ckpt_viewer.qt.navigation import FilterKeys, LazyExpander
@@ -123,7 +123,7 @@ class TabController(PaneController):
     filtered = Signal(object)  # Filtered
     memory_measured = Signal(object)  # memory_needs' dict
 
-    def __init__(self, checkpoint, parent: QObject | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.checkpoint = checkpoint
 

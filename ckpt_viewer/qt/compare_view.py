@@ -42,11 +42,13 @@ from ckpt_viewer.core.analysis.diff import (
     STATUS_TEXT,
     DiffReport,
     Side,
+    TensorDiff,
     diff,
     histogram_pair,
     pair_detail,
 )
 from ckpt_viewer.core.listing.keys import WRAPPERS, Alignment, map_keys
+from ckpt_viewer.core.listing.model import Checkpoint
 from ckpt_viewer.core.listing.optim import state_parameters
 from ckpt_viewer.core.listing.report import cosine_text
 from ckpt_viewer.core.listing.text import plural
@@ -231,7 +233,9 @@ class CompareController(workers.PaneController):
     detailed = Signal(str, object)  # key, (both histograms, PairDetail)
     detail_failed = Signal(str, str)  # key, message
 
-    def __init__(self, checkpoint_a, checkpoint_b, parent: QObject | None = None) -> None:
+    def __init__(
+        self, checkpoint_a: Checkpoint, checkpoint_b: Checkpoint, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self.a, self.b = checkpoint_a, checkpoint_b
 
@@ -271,7 +275,7 @@ class CompareController(workers.PaneController):
             labels.update({new_key: names[key] for key, new_key, _ in mapped})
         return labels
 
-    def detail(self, key: str, match) -> None:
+    def detail(self, key: str, match: TensorDiff) -> None:
         """The plots' data of `match` (a TensorDiff of both files), shown as `key`."""
         self.jobs.start(
             "detail",

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core import paused_gc
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, format_bytes
+from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, format_bytes
 from ckpt_viewer.core.listing.summary import suggested_root
 from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.core.writing.export import CAST_TARGETS, ExportPlan, export, plan_items
@@ -76,7 +76,7 @@ class ExportController(workers.PaneController):
     exported = Signal(object)  # the ExportSummary
     export_failed = Signal(str)  # also "cancelled"
 
-    def __init__(self, checkpoint, parent: QObject | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.checkpoint = checkpoint
         self.cancel_event = threading.Event()  # checked between 16 MB pieces of the export

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.listing.model import format_bytes
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting
 from ckpt_viewer.qt.theme import on_base
@@ -53,7 +53,7 @@ class HealthController(workers.PaneController):
     reported = Signal(object)  # HealthReport
     failed = Signal(str)
 
-    def __init__(self, checkpoint, parent: QObject | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.checkpoint = checkpoint
 

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core.analysis.layers import layer_metrics
+from ckpt_viewer.core.listing.model import Checkpoint
 from ckpt_viewer.core.listing.optim import state_parameters
 from ckpt_viewer.core.listing.text import safe_text as escape
 from ckpt_viewer.qt import workers
@@ -60,7 +61,9 @@ class LayersController(workers.PaneController):
     progressed = Signal(float)
     failed = Signal(str)
 
-    def __init__(self, checkpoint, spectral: bool, parent: QObject | None = None) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, spectral: bool, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self.checkpoint, self.spectral = checkpoint, spectral
         self.stopped = False  # cancelled: the exact pass after the preview is not started
@@ -88,10 +91,10 @@ class LayersController(workers.PaneController):
         self.spectral = spectral
         self._start("exact", self.checkpoint, self.measured)
 
-    def overlay(self, checkpoint) -> None:
+    def overlay(self, checkpoint: Checkpoint) -> None:
         self._start("overlay", checkpoint, self.overlaid)
 
-    def _start(self, slot: str, checkpoint, done: SignalInstance) -> None:
+    def _start(self, slot: str, checkpoint: Checkpoint, done: SignalInstance) -> None:
         self.started.emit()
         self.jobs.start(
             slot,

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer import __version__
-from ckpt_viewer.core.listing.model import format_bytes
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
 from ckpt_viewer.core.listing.runs import is_run_folder
@@ -191,7 +191,7 @@ class WindowController(workers.PaneController):
         )
 
     def sanitize(
-        self, checkpoint, destination: str, force: bool, cancelled: Callable[[], bool]
+        self, checkpoint: Checkpoint, destination: str, force: bool, cancelled: Callable[[], bool]
     ) -> workers.Job:
         from ckpt_viewer.core.writing.sanitize import sanitize
 
