@@ -272,3 +272,24 @@ def test_dialog_and_sanitize_refuse_a_source_shard(qtbot, window, tmp_path, sync
         window.sanitize_current(shard)
     assert blocker.args[1] is False and "is the source" in blocker.args[2]
     assert open(shard, "rb").read() == before
+
+
+def test_export_controller_plans_without_a_dialog(qtbot, tmp_path, synchronous_jobs):
+    """The controller decides and computes, the dialog only shows: driven alone, it emits the
+    plan torch's own state dict implies."""
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.writing.export import ExportPlan
+
+    path = builders.training_checkpoint(tmp_path / "c.pt")
+    controller = export_dialog.ExportController(open_checkpoint(path))
+    with qtbot.waitSignal(controller.planned, timeout=5000) as planned:
+        controller.replan(ExportPlan(root="model_state_dict", exclude=["*.num_batches_tracked"]))
+    text, tensors, total = planned.args[0]
+    state = torch.load(path, weights_only=True)["model_state_dict"]
+    kept = {k: t for k, t in state.items() if not k.endswith("num_batches_tracked")}
+    assert [line.split("  ->  ")[1].split()[0] for line in text.splitlines()] == list(kept)
+    assert tensors == len(kept)
+    assert total == sum(t.numel() * t.element_size() for t in kept.values())
+    with qtbot.waitSignal(controller.plan_failed, timeout=5000) as failed:
+        controller.replan(ExportPlan(root="missing"))
+    assert "no key" in failed.args[0] and not controller.busy()
