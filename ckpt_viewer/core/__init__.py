@@ -1,5 +1,7 @@
 """The Qt-free core. Listing modules import neither torch nor Qt."""
 
+import threading
+
 
 class CheckpointError(Exception):
     """A file that cannot be read; the message is one line for the user."""
@@ -40,7 +42,10 @@ class paused_gc:
     freeze=True (a GUI load) also freezes what was built: otherwise the next young collection
     walks all of it at once (holding the GIL: a visible stall) and every later full
     collection walks it again. Frozen objects are still freed by reference counting;
-    the window unfreezes when a tab closes, so cycles among them are collected later."""
+    the window unfreezes when a tab closes, so cycles among them are collected later.
+
+    Pauses may overlap on several threads (GUI jobs): the collector is back once the last
+    one ends, not when the first does."""
 
     def __init__(self, freeze: bool = False):
         self.freeze = freeze
@@ -48,13 +53,23 @@ class paused_gc:
     def __enter__(self):
         import gc
 
-        self.was_enabled = gc.isenabled()
-        gc.disable()
+        with _pauses_lock:
+            if not _pauses["depth"]:
+                _pauses["was_enabled"] = gc.isenabled()
+                gc.disable()
+            _pauses["depth"] += 1
 
     def __exit__(self, *exc):
         import gc
 
-        if self.was_enabled:
-            if self.freeze:
-                gc.freeze()
-            gc.enable()
+        with _pauses_lock:
+            _pauses["depth"] -= 1
+            if _pauses["was_enabled"]:
+                if self.freeze:
+                    gc.freeze()
+                if not _pauses["depth"]:
+                    gc.enable()
+
+
+_pauses = {"depth": 0, "was_enabled": False}  # paused_gc's open pauses, on all threads
+_pauses_lock = threading.Lock()

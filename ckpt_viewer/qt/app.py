@@ -91,7 +91,9 @@ def take_screenshot(window, path: str, out: str, size=(1366, 768)) -> int:
         from ckpt_viewer.core import CheckpointError
         from ckpt_viewer.core.writing.destination import Sources
 
-        shown = run_view.run.checkpoints if run_view else [window.current_tab().checkpoint]
+        shown = (
+            run_view.controller.run.checkpoints if run_view else [window.current_tab().checkpoint]
+        )
         try:  # `--screenshot model.pt` must not overwrite the checkpoint it shows
             for checkpoint in shown:
                 Sources(checkpoint).refuse_source(out)

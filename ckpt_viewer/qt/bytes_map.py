@@ -5,7 +5,7 @@ totals, a click selects it in the key tree; below it, what the model needs to ru
 from __future__ import annotations
 
 import squarify
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QObject, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPalette, QPen
 from PySide6.QtWidgets import (
     QComboBox,
@@ -26,7 +26,7 @@ from ckpt_viewer.core.listing.footprint import (
     memory_lines,
     memory_needs,
 )
-from ckpt_viewer.core.listing.model import format_bytes, format_count
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes, format_count
 from ckpt_viewer.core.listing.text import safe_text
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html
@@ -115,14 +115,48 @@ def render_map(top: Block, size_by: str, colour_by: str, size: tuple, look: tupl
     return image, rects
 
 
+class BytesMapController(workers.PaneController):
+    """The bytes map of one checkpoint ("map": blocks and memory needs) and its treemap
+    pictures ("render": a newer size or look supersedes the one being drawn)."""
+
+    mapped = Signal(object, object)  # the top Block, memory_needs
+    failed = Signal(str)
+    rendered = Signal(object, object)  # the treemap QImage, its (box, block, text) rects
+
+    def __init__(self, checkpoint: Checkpoint, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.checkpoint = checkpoint
+
+    def compute(self) -> None:
+        self.jobs.start(
+            "map",
+            _footprint,
+            self.checkpoint,
+            on_result=lambda result: self.mapped.emit(*result),
+            on_error=self.failed.emit,
+        )
+
+    def render(self, top: Block, size_by: str, colour_by: str, size: tuple, look: tuple) -> None:
+        self.jobs.start(
+            "render",
+            render_map,
+            top,
+            size_by,
+            colour_by,
+            size,
+            look,
+            on_result=lambda result: self.rendered.emit(*result),
+        )
+
+
 class _Canvas(QWidget):
-    """Shows the treemap image rendered in a worker (again after a resize settles)."""
+    """Shows the treemap image that `controller` renders (again after a resize settles)."""
 
     hovered = Signal(object)  # Block or None
     clicked = Signal(object)  # Block
     drawn = Signal()
 
-    def __init__(self, parent=None):
+    def __init__(self, controller: BytesMapController, parent: QWidget | None = None):
         super().__init__(parent)
         self.setMouseTracking(True)
         self.setMinimumSize(200, 150)
@@ -133,7 +167,8 @@ class _Canvas(QWidget):
         self.rects: list = []
         self.image: QImage | None = None
         self.dtype_colours: dict = {}
-        self.jobs = workers.Controller(self)
+        self.controller = controller
+        controller.rendered.connect(self._rendered)
         self.resize_timer = QTimer(self)
         self.resize_timer.setSingleShot(True)
         self.resize_timer.setInterval(RESIZE_SETTLE_MS)
@@ -151,21 +186,12 @@ class _Canvas(QWidget):
         if self.top is None:
             return
         look = (self.palette().color(QPalette.Base).name(), dict(self.dtype_colours), self.font())
-        self.jobs.start(
-            "render",
-            render_map,
-            self.top,
-            self.size_by,
-            self.colour_by,
-            (self.width(), self.height()),
-            look,
-            on_result=self._rendered,
+        self.controller.render(
+            self.top, self.size_by, self.colour_by, (self.width(), self.height()), look
         )
 
-    def _rendered(self, result) -> None:
-        if result is None:
-            return
-        self.image, self.rects = result
+    def _rendered(self, image: QImage, rects: list) -> None:
+        self.image, self.rects = image, rects
         self.update()
         self.drawn.emit()
 
@@ -230,7 +256,9 @@ class BytesMapView(QWidget):
         self.setObjectName("bytesMap")
         self.checkpoint, self.select = checkpoint, select
         self.top: Block | None = None
-        self.jobs = workers.Controller(self)
+        self.controller = BytesMapController(checkpoint, self)
+        self.controller.mapped.connect(self._done)
+        self.controller.failed.connect(self._failed)
         self.size_box = QComboBox()
         self.size_box.setObjectName("bytesMapSize")
         self.size_box.addItem("size by bytes", "bytes")
@@ -248,7 +276,7 @@ class BytesMapView(QWidget):
         self.hover.setObjectName("bytesMapHover")
         self.hover.setTextFormat(Qt.PlainText)
         self.hover.setWordWrap(True)
-        self.canvas = _Canvas()
+        self.canvas = _Canvas(self.controller)
         self.canvas.setObjectName("bytesMapCanvas")
         self.canvas.hovered.connect(self._hovered)
         self.canvas.clicked.connect(self._clicked)
@@ -267,12 +295,10 @@ class BytesMapView(QWidget):
         layout.addLayout(controls)
         layout.addWidget(self.hover)
         layout.addWidget(split, 1)
-        self.jobs.start("map", _footprint, checkpoint, on_result=self._done, on_error=self._failed)
+        self.controller.compute()
 
-    def _done(self, result):
-        if result is None:
-            return
-        self.top, needs = result
+    def _done(self, top: Block, needs):
+        self.top = top
         self.needs.setPlainText("\n".join(memory_lines(needs)).strip())
         self.hover.setText(block_text(self.top, self.top.bytes))
         top = self.top

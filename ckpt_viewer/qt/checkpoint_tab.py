@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import gc
 
-from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QSettings, Qt, Signal
+from PySide6.QtCore import (
+    QEvent,
+    QItemSelectionModel,
+    QModelIndex,
+    QObject,
+    QSettings,
+    Qt,
+    Signal,
+)
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -23,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.listing.model import format_bytes, format_count
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes, format_count
 from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.summary import scalars_by_importance
 from ckpt_viewer.qt.navigation import FilterKeys, LazyExpander
@@ -41,7 +49,7 @@ from ckpt_viewer.qt.tree_model import (
     KeyTreeModel,
     filter_rows,
 )
-from ckpt_viewer.qt.workers import Controller
+from ckpt_viewer.qt.workers import PaneController
 
 AUTO_EXPAND_LIMIT = 2000  # after filtering, expand everything if at most this many rows show
 AUTO_OPEN_ROWS = 50  # rows (a screenful) a new tab's opened first levels may show
@@ -108,6 +116,39 @@ def summary_html(checkpoint, totals) -> str:
     return "".join(out)
 
 
+class TabController(PaneController):
+    """What a file's tab computes besides its panes: the key filter's rows ("filter": a newer
+    text supersedes the search running or waiting) and the memory the model needs ("memory")."""
+
+    filtered = Signal(object)  # Filtered
+    memory_measured = Signal(object)  # memory_needs' dict
+
+    def __init__(self, checkpoint: Checkpoint, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.checkpoint = checkpoint
+
+    def measure_memory(self) -> None:
+        from ckpt_viewer.core.listing.footprint import memory_needs
+
+        self.jobs.start(
+            "memory", memory_needs, self.checkpoint, on_result=self.memory_measured.emit
+        )
+
+    def filter(self, text: str, index_rows, delay_ms: int = 0) -> None:
+        """Search the rows for `text`, after `delay_ms` without a newer text when given."""
+        if delay_ms:
+            self.jobs.start_later(
+                "filter",
+                delay_ms,
+                filter_rows,
+                text,
+                index_rows,
+                on_result=self.filtered.emit,
+            )
+        else:
+            self.jobs.start("filter", filter_rows, text, index_rows, on_result=self.filtered.emit)
+
+
 class CheckpointTab(QWidget):
     """Built on the GUI thread from what the load worker produced."""
 
@@ -159,7 +200,9 @@ class CheckpointTab(QWidget):
         self.filter.textChanged.connect(self._filter_edited)
         self.unfiltered_expanded: list | None = None  # rows expanded before filtering
         self.kept_row = None  # the selected row, while a filter hides it
-        self.jobs = Controller(self)
+        self.controller = TabController(checkpoint, self)
+        self.controller.filtered.connect(self.show_filtered)
+        self.controller.memory_measured.connect(self._show_memory)
         self.filter_status = plain_label()
         self.ticked = plain_label()
         self.ticked.setObjectName("tickedCount")
@@ -342,9 +385,7 @@ class CheckpointTab(QWidget):
             self.panes.insertTab(index, pane, label)
             placeholder.deleteLater()
         self.panes.setCurrentIndex(current)
-        from ckpt_viewer.core.listing.footprint import memory_needs
-
-        self.jobs.start("memory", memory_needs, self.checkpoint, on_result=self._show_memory)
+        self.controller.measure_memory()
 
     def _show_memory(self, needs: dict):
         """The Summary's last section: what the model needs to run (inspect --by-module's)."""
@@ -411,7 +452,7 @@ class CheckpointTab(QWidget):
     def cancel(self):
         """Stop the filter's search and the tensor view's computation, if any (closing the tab
         or the window)."""
-        self.jobs.cancel()
+        self.controller.cancel()
         if self.tensor_view is not None:
             self.tensor_view.cancel()
             self.optimizer_view.cancel()
@@ -430,24 +471,15 @@ class CheckpointTab(QWidget):
         while a filter is on and restored when it is cleared; the selected key stays selected
         whenever it is still shown."""
         if not text.strip():  # nothing to search: the whole tree at once
-            self.jobs.cancel("filter")
+            self.controller.cancel("filter")
             self.show_filtered(filter_rows(text, self.model.index_rows))
             return
-        self.jobs.start(
-            "filter", filter_rows, text, self.model.index_rows, on_result=self.show_filtered
-        )
+        self.controller.filter(text, self.model.index_rows)
 
     def _filter_edited(self, text: str):
         """Typing waits for a pause; clearing the field brings the whole tree back at once."""
         if text.strip():
-            self.jobs.start_later(
-                "filter",
-                FILTER_DELAY_MS,
-                filter_rows,
-                text,
-                self.model.index_rows,
-                on_result=self.show_filtered,
-            )
+            self.controller.filter(text, self.model.index_rows, FILTER_DELAY_MS)
         else:
             self.apply_filter(text)
 

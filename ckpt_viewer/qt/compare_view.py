@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
 from PySide6.QtGui import QBrush, QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -29,16 +36,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.analysis.diff import (
     STATUS_ORDER,
     STATUS_TEXT,
     DiffReport,
     Side,
+    TensorDiff,
     diff,
     histogram_pair,
     pair_detail,
 )
-from ckpt_viewer.core.listing.keys import WRAPPERS
+from ckpt_viewer.core.listing.keys import WRAPPERS, Alignment, map_keys
+from ckpt_viewer.core.listing.model import Checkpoint
+from ckpt_viewer.core.listing.optim import state_parameters
 from ckpt_viewer.core.listing.report import cosine_text
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
@@ -99,8 +110,10 @@ class CompareModel(QAbstractTableModel):
     """The report as rows of plain tuples, read by the view on demand: building thousands of
     items up front stalled the window."""
 
-    def __init__(self, report, parent=None):
+    def __init__(self, report, parent=None, labels: dict[str, str] | None = None):
+        """`labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
         super().__init__(parent)
+        self.labels = labels or {}
         self.rows = []  # (cells as text, sort values, status)
         # a side ported from Keras / Flax: the rule that made each pair's torch tensor
         self.columns = COLUMNS + ("Rule",) if report.ported else COLUMNS
@@ -125,7 +138,9 @@ class CompareModel(QAbstractTableModel):
             self._add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
 
     def _add(self, key, status, a_text, b_text, metric_texts, metric_values, rule=""):
-        texts = (shown(key), status_label(status), shown(a_text), shown(b_text), *metric_texts)
+        name = self.labels.get(key)
+        shown_key = f"{shown(key)} \u2014 {shown(name)}" if name else shown(key)  # state.49 — h.3.w
+        texts = (shown_key, status_label(status), shown(a_text), shown(b_text), *metric_texts)
         sort_values = (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values)
         if len(self.columns) > len(COLUMNS):
             texts, sort_values = (*texts, rule), (*sort_values, rule)
@@ -212,6 +227,73 @@ def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
     return box
 
 
+class CompareController(workers.PaneController):
+    """What a comparison computes: both files compared again under other key rules ("diff"),
+    and the selected tensor's plots' data ("detail": a newer selection supersedes it)."""
+
+    compared = Signal(object)  # the DiffReport under the rules asked
+    compare_failed = Signal(str)
+    compare_progressed = Signal(float)
+    detailed = Signal(str, object)  # key, (both histograms, PairDetail)
+    detail_failed = Signal(str, str)  # key, message
+
+    def __init__(
+        self, checkpoint_a: Checkpoint, checkpoint_b: Checkpoint, parent: QObject | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.a, self.b = checkpoint_a, checkpoint_b
+
+    def compare_under(self, side_a: Side, side_b: Side) -> None:
+        self.jobs.start(
+            "diff",
+            diff,
+            self.a,
+            self.b,
+            side_a,
+            side_b,
+            on_result=self._compared,
+            on_error=self.compare_failed.emit,
+            on_progress=self.compare_progressed.emit,
+        )
+
+    def _compared(self, report: DiffReport) -> None:
+        self.jobs.cancel("detail")  # for a row of the old report
+        self.compared.emit(report)
+
+    def state_labels(self, alignment: Alignment | None) -> dict[str, str]:
+        """{key as compared: its parameter's name} for the optimizer state tensors whose
+        parameter either file proves (keys that name it already need none)."""
+        labels: dict[str, str] = {}
+        if alignment is None:
+            return labels
+        for checkpoint, side in ((self.b, alignment.b), (self.a, alignment.a)):
+            names = state_parameters(checkpoint)
+            if not names:
+                continue
+            try:
+                mapped = map_keys(
+                    checkpoint, side.root, side.strip_prefix, side.add_prefix, keys=names
+                )
+            except CheckpointError:  # a root this file lacks: none of its keys are compared
+                continue
+            labels.update({new_key: names[key] for key, new_key, _ in mapped})
+        return labels
+
+    def detail(self, key: str, match: TensorDiff, sides: tuple) -> None:
+        """The plots' data of `match` (a TensorDiff of the checkpoints `sides`: both files, or
+        a Keras/Flax side ported to torch keys), shown as `key`."""
+        side_a, side_b = sides
+        self.jobs.start(
+            "detail",
+            detail_job,
+            side_a.find(match.key_a).tensor,
+            side_b.find(match.key_b).tensor,
+            match.max_abs,
+            on_result=lambda result: self.detailed.emit(key, result),
+            on_error=lambda message: self.detail_failed.emit(key, message),
+        )
+
+
 class CompareView(QWidget):
     overlay_ready = Signal(str)
     realigned = Signal()  # the files were compared again under other key rules
@@ -225,7 +307,16 @@ class CompareView(QWidget):
         self.plotting = plotting  # returns the pyqtgraph module, or None
         # False while the import is under way (then calls plotting_ready() once it ends)
         self.request_plotting = request_plotting
-        self.jobs = workers.Controller(self)
+        self.controller = CompareController(checkpoint_a, checkpoint_b, self)
+        self.controller.compared.connect(self._show_report)
+        self.controller.compare_failed.connect(self._compare_failed)
+        self.controller.compare_progressed.connect(
+            lambda done: self.alignment_label.setText(f"Comparing again... {done:.0%}")
+        )
+        self.controller.detailed.connect(self._draw)
+        self.controller.detail_failed.connect(
+            lambda key, message: self.plot_status.setText(f"{key}: {message}")
+        )
         self.pending = None
         self.plot = None
         names = (
@@ -256,7 +347,7 @@ class CompareView(QWidget):
         self.legend_row.setSpacing(14)
         self._fill_legend()
         self._fill_scalars()
-        self.model = CompareModel(report, self)
+        self.model = CompareModel(report, self, self.controller.state_labels(report.alignment))
         self.proxy = CompareFilter(self)
         self.proxy.setSourceModel(self.model)
         self.table = QTreeView()
@@ -412,27 +503,15 @@ class CompareView(QWidget):
         """Compare both files again under these rules (in a worker)."""
         self.asked = (side_a, side_b)
         self.alignment_label.setText("Comparing again...")
+        self.controller.compare_under(side_a, side_b)
 
-        def failed(message: str) -> None:
-            self.asked = None
-            self._show_alignment()
-            self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
-
-        self.jobs.start(
-            "diff",
-            diff,
-            self.a,
-            self.b,
-            side_a,
-            side_b,
-            on_result=self._show_report,
-            on_error=failed,
-            on_progress=lambda done: self.alignment_label.setText(f"Comparing again... {done:.0%}"),
-        )
+    def _compare_failed(self, message: str) -> None:
+        self.asked = None
+        self._show_alignment()
+        self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
 
     def _show_report(self, report: DiffReport) -> None:
         self.asked = None
-        self.jobs.cancel("detail")
         self.report = report
         self.counts = report.status_counts()
         self.summary.setText(self._summary_html(report))
@@ -440,7 +519,7 @@ class CompareView(QWidget):
         self._fill_scalars()
         self._fill_legend()
         old = self.model
-        self.model = CompareModel(report, self)
+        self.model = CompareModel(report, self, self.controller.state_labels(report.alignment))
         self.proxy.setSourceModel(self.model)
         old.deleteLater()
         self._size_columns()
@@ -519,7 +598,7 @@ class CompareView(QWidget):
 
     # --- the selected tensor -----------------------------------------------------------------
     def _selected(self, current, _previous):
-        key = current.siblingAtColumn(0).data() if current.isValid() else None
+        key = current.siblingAtColumn(0).data(SORT_ROLE) if current.isValid() else None
         match = next((t for t in self.report.tensors if t.key == key and t.status != "shape"), None)
         if not self.detail.isVisible():
             self.detail.setVisible(True)
@@ -527,26 +606,15 @@ class CompareView(QWidget):
             self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
         self.pending = None  # a result waiting for the plots is for the old selection
         if match is None:
-            self.jobs.cancel("detail")
+            self.controller.cancel("detail")
             self.plot_status.setText(
                 f"{key}: only tensors present in both files with one shape have plots."
                 if key
                 else ""
             )
             return
-        side_a, side_b = self.report.compared or (self.a, self.b)
-        a = side_a.find(match.key_a).tensor
-        b = side_b.find(match.key_b).tensor
         self.plot_status.setText(f"{key}: reading both tensors...")
-        self.jobs.start(
-            "detail",
-            detail_job,
-            a,
-            b,
-            match.max_abs,
-            on_result=lambda result: self._draw(key, result),
-            on_error=lambda message: self.plot_status.setText(f"{key}: {message}"),
-        )
+        self.controller.detail(key, match, self.report.compared or (self.a, self.b))
 
     def plotting_ready(self, message=""):
         if self.pending is not None:
@@ -645,4 +713,4 @@ class CompareView(QWidget):
 
     def cancel(self):
         """The tab closes (or the window): stop the selected tensor's job."""
-        self.jobs.cancel()
+        self.controller.cancel()

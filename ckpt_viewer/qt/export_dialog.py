@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -24,7 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, format_bytes
+from ckpt_viewer.core import paused_gc
+from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, format_bytes
 from ckpt_viewer.core.listing.summary import suggested_root
 from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.core.writing.export import CAST_TARGETS, ExportPlan, export, plan_items
@@ -33,7 +34,8 @@ from ckpt_viewer.qt.plain import plain_label, shown
 from ckpt_viewer.qt.theme import on_base
 
 PREVIEW_LINES = 2000
-PLAN_DELAY_MS = 60  # the preview is planned once typing pauses this long
+PLAN_DELAY_MS = 150  # the preview is planned once typing pauses this long (keys come ~100 ms apart)
+PLANNING = "planning..."  # the summary while the preview shown is an older plan's
 
 
 def gpu_present() -> bool:
@@ -47,16 +49,82 @@ def split_globs(text: str) -> list[str]:
 
 def preview_job(checkpoint, plan: ExportPlan) -> tuple[str, int, int]:
     """(the preview's text, tensors, bytes) of what `plan` writes: in a worker, since planning
-    50,000 keys against a root and globs takes longer than a frame."""
-    items = plan_items(checkpoint, plan)
-    lines = [
-        shown(f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}")
-        for i in items[:PREVIEW_LINES]
-    ]
-    if len(items) > PREVIEW_LINES:
-        lines.append(f"... and {len(items) - PREVIEW_LINES:,} more")
-    total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items)
-    return "\n".join(lines), len(items), total
+    50,000 keys against a root and globs takes longer than a frame. Without the collector: the
+    items it builds set off full collections over every open file's objects, each holding the
+    GIL (the window stalled for them)."""
+    with paused_gc():  # and the items go before it is back: a young collection walked them
+        items = plan_items(checkpoint, plan)
+        lines = [
+            shown(f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}")
+            for i in items[:PREVIEW_LINES]
+        ]
+        if len(items) > PREVIEW_LINES:
+            lines.append(f"... and {len(items) - PREVIEW_LINES:,} more")
+        total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items)
+        count = len(items)
+        del items
+    return "\n".join(lines), count, total
+
+
+class ExportController(workers.PaneController):
+    """What the export dialog computes: the preview of a plan (once typing pauses; a newer plan
+    drops the one waiting or running) and the export itself, with its cancel."""
+
+    planned = Signal(object)  # (preview text, tensors, bytes) of the latest plan
+    plan_failed = Signal(str)
+    progressed = Signal(float)
+    exported = Signal(object)  # the ExportSummary
+    export_failed = Signal(str)  # also "cancelled"
+
+    def __init__(self, checkpoint: Checkpoint, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.checkpoint = checkpoint
+        self.cancel_event = threading.Event()  # checked between 16 MB pieces of the export
+
+    def replan(self, plan: ExportPlan) -> None:
+        self.jobs.start_later(
+            "plan",
+            PLAN_DELAY_MS,
+            preview_job,
+            self.checkpoint,
+            plan,
+            on_result=self.planned.emit,
+            on_error=self.plan_failed.emit,
+        )
+
+    def planning(self) -> bool:
+        return self.jobs.busy("plan")
+
+    def export(self, plan: ExportPlan, destination: str, replace: bool, verify: bool) -> None:
+        self.cancel_event.clear()
+        self.jobs.start(
+            "export",
+            export,
+            self.checkpoint,
+            plan,
+            destination,
+            replace,
+            verify,
+            self.cancel_event.is_set,
+            on_progress=self.progressed.emit,
+            on_result=self.exported.emit,
+            on_error=self.export_failed.emit,
+        )
+
+    def exporting(self) -> bool:
+        return self.jobs.busy("export")
+
+    def stop_export(self) -> None:
+        """The export stops at its next piece and removes its temporary file; it then reports
+        "cancelled" as its error."""
+        self.cancel_event.set()
+
+    def cancel(self, slot: str | None = None) -> None:
+        """The slot's job stops (every job when None: the dialog goes away); nothing more
+        arrives from it."""
+        if slot in (None, "export"):
+            self.cancel_event.set()
+        super().cancel(slot)
 
 
 class ExportDialog(QDialog):
@@ -69,9 +137,13 @@ class ExportDialog(QDialog):
         self.setWindowTitle("Export selection")
         self.checkpoint = checkpoint
         self.checked_keys = checked_keys
-        self.jobs = workers.Controller(self)  # closing the dialog stops its jobs, drops their calls
+        self.controller = ExportController(checkpoint, self)  # ends with the dialog
+        self.controller.planned.connect(self._planned)
+        self.controller.plan_failed.connect(self._plan_failed)
+        self.controller.progressed.connect(lambda value: self.progress.setValue(int(value * 1000)))
+        self.controller.exported.connect(self._done)
+        self.controller.export_failed.connect(self._failed)
         self.plan_totals: tuple[int, int] | None = None  # (tensors, bytes) of the current plan
-        self.cancel_event = threading.Event()
         self.replace_target = ""  # the file the user agreed to replace
 
         self.scope = QComboBox()
@@ -217,18 +289,10 @@ class ExportDialog(QDialog):
         )
 
     def replan(self, *_):
-        """The plan changed: its preview is computed in a worker once typing pauses; Export
-        waits for it."""
+        """The plan changed: the controller plans its preview once typing pauses; until then
+        the last plan stays in sight, Export waits."""
         self.plan_totals = None
-        self.jobs.start_later(
-            "plan",
-            PLAN_DELAY_MS,
-            preview_job,
-            self.checkpoint,
-            self.plan(),
-            on_result=self._planned,
-            on_error=self._plan_failed,
-        )
+        self.controller.replan(self.plan())
         self.refresh()
 
     def _planned(self, result: tuple[str, int, int]):
@@ -256,6 +320,9 @@ class ExportDialog(QDialog):
         self._note_device()
         if self.plan_totals is None:  # being planned, or cannot be written (said so)
             self.export_button.setEnabled(False)
+            if self.controller.planning():
+                self.summary.setStyleSheet("")
+                self.summary.setText(PLANNING)
             return
         tensors, total = self.plan_totals
         blocked = exists and not self.replace.isChecked()
@@ -291,8 +358,9 @@ class ExportDialog(QDialog):
             self.device_note.setText("")
         self.form.setRowVisible(self.device_note, bool(self.device_note.text()))
 
-    def _problem(self, message: str):
-        self.preview.setPlainText("")
+    def _problem(self, message: str, keep_preview: bool = False):
+        if not keep_preview:
+            self.preview.setPlainText("")
         self.summary.setStyleSheet(f"color: {on_base('#b02a37').name()};")
         self.summary.setText(message)
         self.export_button.setEnabled(False)
@@ -320,25 +388,14 @@ class ExportDialog(QDialog):
             self.refresh()  # says so, and keeps Export off until ticked
             return
         self.show_button.setVisible(False)
-        self.cancel_event.clear()
         self.progress.setValue(0)
         self.progress.setVisible(True)
         self.export_button.setEnabled(False)
         self.cancel_button.setText("Cancel")
         self.summary.setStyleSheet("")
         self.summary.setText("Writing...")
-        self.jobs.start(
-            "export",
-            export,
-            self.checkpoint,
-            self.plan(),
-            destination,
-            self.replace.isChecked(),
-            self.verify.isChecked(),
-            self.cancel_event.is_set,
-            on_progress=lambda value: self.progress.setValue(int(value * 1000)),
-            on_result=self._done,
-            on_error=self._failed,
+        self.controller.export(
+            self.plan(), destination, self.replace.isChecked(), self.verify.isChecked()
         )
 
     def _done(self, summary):
@@ -360,7 +417,7 @@ class ExportDialog(QDialog):
 
     def _failed(self, message):
         self._idle()
-        self._problem(message)
+        self._problem(message, keep_preview=True)  # the plan is still the one to write
         self.export_button.setEnabled(True)
         self.finished_export.emit("")
 
@@ -375,15 +432,14 @@ class ExportDialog(QDialog):
             QDesktopServices.openUrl(QUrl.fromLocalFile(os.path.dirname(self.written)))
 
     def cancel_or_close(self):
-        if self.jobs.busy("export"):
-            self.cancel_event.set()  # checked between 16 MB pieces; the temp file goes
+        if self.controller.exporting():
+            self.controller.stop_export()
             return
         self.reject()
 
     def cancel(self):
         """The dialog goes away (closed, window quitting): stop writing, drop late results."""
-        self.cancel_event.set()
-        self.jobs.cancel()
+        self.controller.cancel()
 
     def closeEvent(self, event):
         self.cancel()
@@ -394,7 +450,7 @@ class ExportDialog(QDialog):
         super().reject()
 
     def keyPressEvent(self, event):
-        if event.key() == Qt.Key_Escape and self.jobs.busy("export"):
-            self.cancel_event.set()
+        if event.key() == Qt.Key_Escape and self.controller.exporting():
+            self.controller.stop_export()
             return
         super().keyPressEvent(event)

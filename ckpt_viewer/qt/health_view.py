@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.listing.model import format_bytes
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting
 from ckpt_viewer.qt.theme import on_base
@@ -46,6 +46,30 @@ def _check(checkpoint, plotting_settled=None):
     return (yield from check(checkpoint))
 
 
+class HealthController(workers.PaneController):
+    """The check of one checkpoint, started at once (slot "check")."""
+
+    progressed = Signal(float)
+    reported = Signal(object)  # HealthReport
+    failed = Signal(str)
+
+    def __init__(self, checkpoint: Checkpoint, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.checkpoint = checkpoint
+
+    def start(self) -> None:
+        settled = _plotting["settled"] if _plotting["started"] else None
+        self.jobs.start(
+            "check",
+            _check,
+            self.checkpoint,
+            settled,
+            on_result=self.reported.emit,
+            on_error=self.failed.emit,
+            on_progress=self.progressed.emit,
+        )
+
+
 class HealthDialog(QWidget):
     """A pane the window docks beside the tree; `open_key(key)` is called with a finding's key
     when it is clicked. Closing it (WA_DeleteOnClose) stops its scan."""
@@ -59,7 +83,10 @@ class HealthDialog(QWidget):
         self.setObjectName("healthDialog")
         self.checkpoint, self.open_key = checkpoint, open_key
         self.report = None
-        self.jobs = workers.Controller(self)  # a closed pane's scan stops with it
+        self.controller = HealthController(checkpoint, self)  # a closed pane's scan stops with it
+        self.controller.progressed.connect(self._progress)
+        self.controller.reported.connect(self._done)
+        self.controller.failed.connect(self._failed)
         self.setWindowTitle(f"Health - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Scanning every tensor...")
         self.status.setObjectName("healthStatus")
@@ -88,16 +115,7 @@ class HealthDialog(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.progress_row)
         layout.addWidget(self.findings, 1)
-        settled = _plotting["settled"] if _plotting["started"] else None
-        self.jobs.start(
-            "check",
-            _check,
-            checkpoint,
-            settled,
-            on_result=self._done,
-            on_error=self._failed,
-            on_progress=self._progress,
-        )
+        self.controller.start()
 
     def _progress(self, fraction):
         self.progress.setValue(int(fraction * 1000))
@@ -156,8 +174,8 @@ class HealthDialog(QWidget):
         self.failed.emit(message)
 
     def cancel(self):
-        if self.jobs.busy("check"):
-            self.jobs.cancel("check")  # the scan stops after the segments already running
+        if self.controller.busy("check"):
+            self.controller.cancel("check")  # the scan stops after the segments already running
             self.cancel_button.setEnabled(False)
             self.status.setText("Cancelled")
             self.cancelled.emit()

@@ -8,7 +8,7 @@ import html
 import math
 import os
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, SignalInstance
 from PySide6.QtGui import QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core.analysis.layers import layer_metrics
+from ckpt_viewer.core.listing.model import Checkpoint
+from ckpt_viewer.core.listing.optim import state_parameters
 from ckpt_viewer.core.listing.text import safe_text as escape
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plotting import _plotting, plotting_or_wait
@@ -47,6 +49,74 @@ LEGEND_MARGIN = 12  # pixels right of the legend
 LEGEND_ROW = 4  # of a PlotItem's layout: below the bottom axis
 
 
+class LayersController(workers.PaneController):
+    """The per-layer metrics of one checkpoint: a sampled look first ("preview"), then the
+    exact pass ("exact"); another file's exact metrics for the overlay ("overlay"). A new
+    pass in a slot supersedes the old one."""
+
+    sampled = Signal(object)  # the sampled LayersReport
+    measured = Signal(object)  # the exact LayersReport
+    overlaid = Signal(object)  # the overlay file's LayersReport
+    started = Signal()  # an exact or overlay pass (with progress) begins
+    progressed = Signal(float)
+    failed = Signal(str)
+
+    def __init__(
+        self, checkpoint: Checkpoint, spectral: bool, parent: QObject | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.checkpoint, self.spectral = checkpoint, spectral
+        self.stopped = False  # cancelled: the exact pass after the preview is not started
+        self.parameter_names = state_parameters(checkpoint)  # state tensor key -> parameter
+
+    def sample(self) -> None:
+        self.jobs.start(
+            "preview",
+            layer_metrics,
+            self.checkpoint,
+            False,
+            None,
+            PREVIEW_ELEMENTS,
+            on_result=lambda report: self._emit(self.sampled, report),
+            on_error=self.failed.emit,
+        )
+
+    def measure(self) -> None:
+        """The exact pass, unless cancelled or running."""
+        if not self.stopped and not self.jobs.busy("exact"):
+            self._start("exact", self.checkpoint, self.measured)
+
+    def remeasure(self, spectral: bool) -> None:
+        """The exact pass again, with or without the spectral metrics."""
+        self.spectral = spectral
+        self._start("exact", self.checkpoint, self.measured)
+
+    def overlay(self, checkpoint: Checkpoint) -> None:
+        self._start("overlay", checkpoint, self.overlaid)
+
+    def _start(self, slot: str, checkpoint: Checkpoint, done: SignalInstance) -> None:
+        self.started.emit()
+        self.jobs.start(
+            slot,
+            layer_metrics,
+            checkpoint,
+            self.spectral,
+            on_result=lambda report: self._emit(done, report),
+            on_error=self.failed.emit,
+            on_progress=self.progressed.emit,
+        )
+
+    @staticmethod
+    def _emit(signal: SignalInstance, report) -> None:
+        if report is not None:  # None: stopped
+            signal.emit(report)
+
+    def cancel(self, slot: str | None = None) -> None:
+        if slot is None:
+            self.stopped = True
+        super().cancel(slot)
+
+
 class LayersDialog(QWidget):
     """`open_key(key)` is called with a point's tensor key; `peers` lists (name, checkpoint)
     of the other open files that can be overlaid."""
@@ -66,8 +136,13 @@ class LayersDialog(QWidget):
         self.lines = {}  # role -> (line, points, overlay line) in the plot
         self.drawn_stack = None
         self.draw_generation = 0
-        self.stopped = False
-        self.jobs = workers.Controller(self)  # "preview", "exact", "overlay"
+        self.controller = LayersController(checkpoint, spectral, self)
+        self.controller.sampled.connect(self._preview_done)
+        self.controller.measured.connect(self._done)
+        self.controller.overlaid.connect(self._overlay_done)
+        self.controller.started.connect(self._running)
+        self.controller.progressed.connect(lambda v: self.progress.setValue(int(v * 1000)))
+        self.controller.failed.connect(self._failed)
         self.setWindowTitle(f"Layers - {os.path.basename(checkpoint.path.rstrip('/'))}")
         self.status = QLabel("Reading every layer's tensors...")
         self.status.setTextFormat(Qt.PlainText)
@@ -118,21 +193,10 @@ class LayersDialog(QWidget):
         self.layout_ = QVBoxLayout(self)
         self.layout_.addWidget(self.status)
         self.layout_.addLayout(controls)
-        self.spectral = spectral
-        self.jobs.start(
-            "preview",
-            layer_metrics,
-            checkpoint,
-            False,
-            None,
-            PREVIEW_ELEMENTS,
-            on_result=self._preview_done,
-            on_error=self._failed,
-        )
-        # a sampled look first: the exact pass reads it all
+        self.controller.sample()  # a sampled look first: the exact pass reads it all
 
     def _preview_done(self, report):
-        if report is None or self.report is not None:
+        if self.report is not None:
             return
         # the exact pass starts once the preview is drawn and painted: drawing while its
         # threads held the GIL stalled the window
@@ -143,32 +207,16 @@ class LayersDialog(QWidget):
         self._done(report)
 
     def _start_exact(self):
-        if (
-            self.report is not None
-            and self.report.sampled
-            and not self.stopped
-            and not self.jobs.busy("exact")
-        ):
-            self._start("exact", self.checkpoint, self._done)
+        if self.report is not None and self.report.sampled:
+            self.controller.measure()
 
-    def _start(self, slot, checkpoint, on_result):
-        """The exact pass (or the overlay's) in its slot: a new one supersedes the old."""
+    def _running(self):
+        """A pass (exact or the overlay's) started: its progress and Cancel."""
         self.progress.setValue(0)
         self.cancel_button.setEnabled(True)
         self._show_progress(True)
-        self.jobs.start(
-            slot,
-            layer_metrics,
-            checkpoint,
-            self.spectral,
-            on_result=on_result,
-            on_error=self._failed,
-            on_progress=lambda v: self.progress.setValue(int(v * 1000)),
-        )
 
     def _done(self, report):
-        if report is None:  # cancelled
-            return
         self.report = report
         self.cancel_button.setEnabled(report.sampled)
         self.progress.setValue(0 if report.sampled else 1000)
@@ -236,11 +284,10 @@ class LayersDialog(QWidget):
 
     def _spectral_toggled(self, on):
         self.cancel()
-        self.spectral = on
         self.status.setText(
             "Computing singular values..." if on else "Reading every layer's tensors..."
         )
-        self._start("exact", self.checkpoint, self._done)
+        self.controller.remeasure(on)
         if self.overlay_box.currentIndex() > 0:
             self._overlay_changed(self.overlay_box.currentIndex())
 
@@ -249,14 +296,13 @@ class LayersDialog(QWidget):
         if index <= 0:
             self.redraw()
             return
-        self._start("overlay", self.peers[index - 1][1], self._overlay_done)
+        self.controller.overlay(self.peers[index - 1][1])
 
     def _overlay_done(self, report):
-        if report is not None:
-            self.overlay = report
-            self.cancel_button.setEnabled(False)
-            self._show_progress(self.report is None or self.report.sampled)
-            self.redraw()
+        self.overlay = report
+        self.cancel_button.setEnabled(False)
+        self._show_progress(self.report is None or self.report.sampled)
+        self.redraw()
 
     def _show_progress(self, on: bool) -> None:
         """The bar and Cancel while a pass runs; once it has ended the plot gets their room."""
@@ -372,13 +418,23 @@ class LayersDialog(QWidget):
         if role not in self.lines:
             pg = _plotting["module"]
             curve = pg.PlotDataItem(pen=pg.mkPen(colour, width=2), name=html.escape(escape(role)))
-            scatter = pg.ScatterPlotItem(brush=colour, pen=None, size=8, hoverable=True)
+            scatter = pg.ScatterPlotItem(
+                brush=colour, pen=None, size=8, hoverable=True, tip=self._tip
+            )
             scatter.sigClicked.connect(self._points_clicked)
             overlay = pg.PlotDataItem(pen=pg.mkPen(colour, width=1, style=Qt.DashLine))
             for item in (curve, scatter, overlay):
                 self.plot.addItem(item)
             self.lines[role] = (curve, scatter, overlay)
         return self.lines[role]
+
+    def _tip(self, x: float, y: float, data: object) -> str:
+        """A hovered point: where it is, and its tensor (a state tensor with its parameter's
+        name, where the file proves it: state.49.exp_avg_sq — h.3.mlp.c_fc.weight)."""
+        key = str(data or "")
+        name = self.controller.parameter_names.get(key)
+        label = f"{escape(key)} \u2014 {escape(name)}" if name else escape(key)
+        return f"x: {x:.3g}\ny: {y:.3g}\n{label}"
 
     def _points_clicked(self, _scatter, points, *_):
         for point in points:
@@ -394,8 +450,7 @@ class LayersDialog(QWidget):
         self.failed.emit(message)
 
     def cancel(self):
-        self.stopped = True  # also the exact pass the preview has not started yet
-        self.jobs.cancel()
+        self.controller.cancel()  # also the exact pass the preview has not started yet
         self.cancel_button.setEnabled(False)
 
     def closeEvent(self, event):

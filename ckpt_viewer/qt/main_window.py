@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
@@ -25,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer import __version__
-from ckpt_viewer.core.listing.model import format_bytes
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
 from ckpt_viewer.core.listing.runs import is_run_folder
@@ -119,6 +120,94 @@ def _load(path: str) -> tuple:
     return result
 
 
+def _name(path: str) -> str:
+    return os.path.basename(path.rstrip("/")) or path
+
+
+class WindowController(workers.PaneController):
+    """What the window computes itself, one slot each: opening a file (its path), Tools >
+    Verify ("verify:<path>"), Compare ("compare:<a>:<b>") and Save Sanitized Copy
+    ("sanitize:<destination>"). The labelled jobs are what the status bar lists."""
+
+    opened = Signal(str, object)  # path, what _load built
+    open_failed = Signal(str, str)  # path, message
+    verify_done = Signal(str, object)  # path, VerifyResult
+    verify_failed = Signal(str, str)
+    compare_done = Signal(str, str, object)  # path a, path b, (DiffReport, a, b)
+    compare_failed = Signal(str, str, str)
+    sanitize_done = Signal(str, object)  # destination, SanitizeSummary
+    sanitize_failed = Signal(str, str)
+    sanitize_progressed = Signal(str, float)  # destination, fraction written
+    progressed = Signal(str, float)  # slot of a labelled job, fraction done
+
+    def labels(self) -> dict[str, str]:
+        return self.jobs.labels()
+
+    def running(self, slot: str) -> bool:
+        return slot in self.jobs.running
+
+    def open(self, path: str) -> None:
+        self.jobs.start(
+            path,
+            _load,
+            path,
+            on_result=lambda result: self.opened.emit(path, result),
+            on_error=lambda message: self.open_failed.emit(path, message),
+            label=f"Opening {_name(path)}...",
+        )
+
+    def verify(self, path: str) -> None:
+        from ckpt_viewer.core.analysis.verify import verify
+
+        slot = f"verify:{path}"
+        self.jobs.start(
+            slot,
+            verify,
+            path,
+            on_result=lambda result: self.verify_done.emit(path, result),
+            on_error=lambda message: self.verify_failed.emit(path, message),
+            on_progress=lambda value: self.progressed.emit(slot, value),
+            label=f"Verifying {_name(path)}...",
+        )
+
+    def compare(self, path_a: str, path_b: str) -> None:
+        """Open both, diff them chunk by chunk (aligning their keys)."""
+        from ckpt_viewer.core.analysis.diff import diff
+        from ckpt_viewer.core.listing.open import open_checkpoint
+
+        def job():
+            a, b = open_checkpoint(path_a), open_checkpoint(path_b)
+            report = yield from diff(a, b, auto_align=True)
+            return report, a, b
+
+        slot = f"compare:{path_a}:{path_b}"
+        self.jobs.start(
+            slot,
+            job,
+            on_result=lambda result: self.compare_done.emit(path_a, path_b, result),
+            on_error=lambda message: self.compare_failed.emit(path_a, path_b, message),
+            on_progress=lambda value: self.progressed.emit(slot, value),
+            label=f"Comparing {os.path.basename(path_a)} with {os.path.basename(path_b)}...",
+        )
+
+    def sanitize(
+        self, checkpoint: Checkpoint, destination: str, force: bool, cancelled: Callable[[], bool]
+    ) -> workers.Job:
+        from ckpt_viewer.core.writing.sanitize import sanitize
+
+        return self.jobs.start(
+            f"sanitize:{destination}",
+            sanitize,
+            checkpoint,
+            destination,
+            force,
+            cancelled,
+            on_result=lambda summary: self.sanitize_done.emit(destination, summary),
+            on_error=lambda message: self.sanitize_failed.emit(destination, message),
+            on_progress=lambda value: self.sanitize_progressed.emit(destination, value),
+        )
+
+
 class MainWindow(QMainWindow):
     loaded = Signal(str)
     load_failed = Signal(str, str)
@@ -132,7 +221,22 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("ckpt-viewer")
         self.setAcceptDrops(True)
         self.settings = QSettings()
-        self.jobs = workers.Controller(self)
+        self.controller = WindowController(self)
+        self.controller.opened.connect(self._loaded)
+        self.controller.open_failed.connect(self._failed)
+        self.controller.verify_done.connect(self._verified)
+        self.controller.verify_failed.connect(self._verify_failed)
+        self.controller.compare_done.connect(self._compared)
+        self.controller.compare_failed.connect(self._compare_failed)
+        self.controller.sanitize_done.connect(self._sanitized)
+        self.controller.sanitize_failed.connect(self._sanitize_failed)
+        self.controller.sanitize_progressed.connect(
+            lambda destination, value: self.sanitizing[destination].setValue(int(value * 1000))
+        )
+        self.controller.progressed.connect(self._job_progress)
+        self.verifying: dict[str, CheckpointTab] = {}  # path -> the tab Verify was asked in
+        self.comparing: dict[tuple[str, str], str | None] = {}  # (a, b) -> the key to show
+        self.sanitizing: dict[str, QWidget] = {}  # destination -> its progress dialog
         self.tabs = QTabWidget()
         self.tabs.setObjectName("tabs")
         self.tabs.setTabsClosable(True)
@@ -400,7 +504,7 @@ class MainWindow(QMainWindow):
 
     def _preload_when_idle(self):
         """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""
-        if not self.jobs.labels():
+        if not self.controller.labels():
             preload_plotting()
 
     # --- chrome ----------------------------------------------------------------------------
@@ -541,7 +645,7 @@ class MainWindow(QMainWindow):
             if not is_remote(path) and is_run_folder(path):
                 self.open_run([path])
                 continue
-            if path in self.jobs.running:
+            if self.controller.running(path):
                 continue
             open_tab = self._tab_of_path(path)
             if open_tab is not None:  # already open: show it, no duplicate
@@ -549,14 +653,7 @@ class MainWindow(QMainWindow):
                 self.statusBar().showMessage(f"{path} is already open", 4000)
                 continue
             self._hold_place(path)
-            self.jobs.start(
-                path,
-                _load,
-                path,
-                on_result=lambda result, p=path: self._loaded(p, result),
-                on_error=lambda message, p=path: self._failed(p, message),
-                label=f"Opening {os.path.basename(path.rstrip('/')) or path}...",
-            )
+            self.controller.open(path)
         self._update_busy()
 
     def _loaded(self, path, result):
@@ -608,8 +705,8 @@ class MainWindow(QMainWindow):
 
     def cancel_loading(self):
         """Status-bar Cancel: every open, compare and verify still running is asked to stop."""
-        for slot in list(self.jobs.labels()):
-            self.jobs.cancel(slot)
+        for slot in list(self.controller.labels()):
+            self.controller.cancel(slot)
             if slot.startswith("verify:"):
                 self.verified.emit(slot[len("verify:") :], False, "cancelled")
             else:
@@ -619,7 +716,7 @@ class MainWindow(QMainWindow):
         self._update_busy()
 
     def _update_busy(self):
-        texts = list(self.jobs.labels().values())
+        texts = list(self.controller.labels().values())
         busy = bool(texts)
         if not busy:  # a moment later: a new tab's first paints must not share the GIL with it
             QTimer.singleShot(PRELOAD_DELAY_MS, self._preload_when_idle)
@@ -637,7 +734,7 @@ class MainWindow(QMainWindow):
 
     def _job_progress(self, slot, fraction):
         """A job with a measurable fraction (verify, compare) fills the bar while it is alone."""
-        if list(self.jobs.labels()) == [slot]:
+        if list(self.controller.labels()) == [slot]:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(fraction * 1000))
 
@@ -736,57 +833,47 @@ class MainWindow(QMainWindow):
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return
-        from ckpt_viewer.core.analysis.verify import verify
-
         path = tab.checkpoint.path
-        slot = f"verify:{path}"
-        if slot in self.jobs.running:
+        if self.controller.running(f"verify:{path}"):
             return
         self.statusBar().clearMessage()
-
-        def report(result):
-            self._update_busy()
-            name = os.path.basename(path.rstrip("/")) or path
-            if result.ok:  # a status-bar line: a success needs no click to dismiss
-                line = (
-                    f"{shown(name)} is intact: {plural(result.records, 'record')}, "
-                    f"{format_bytes(result.bytes)} checked"
-                    + "".join(f"; {shown(note)}" for note in result.notes)
-                    + (f"; separately: {shown(result.loader_note)}" if result.loader_note else "")
-                )
-                self.statusBar().showMessage(line)
-                self.verified.emit(path, True, "intact")
-                return
-            if result.tensor:
-                text = (
-                    f"Tensor {result.tensor} is damaged in {path}.\n\n"
-                    f"Details: {shown(result.problem)}"
-                )
-            else:
-                text = f"{path} is damaged:\n\n{shown(result.problem)}"
-            self.statusBar().showMessage(f"{shown(name)}: damaged", 8000)
-            box = self._message("verifyResult", "Verify", text, False)
-            if result.tensor and self.tabs.indexOf(tab) >= 0:
-                show = box.addButton("Show Tensor", QMessageBox.ActionRole)
-                show.setObjectName("showDamagedTensor")
-                show.clicked.connect(lambda: self._opener(tab)(result.tensor))
-            self.verified.emit(path, result.ok, result.problem or "intact")
-
-        def failed(message):
-            self._update_busy()
-            self._message("verifyResult", "Verify", f"{path}: {shown(message)}", False)
-            self.verified.emit(path, False, message)
-
-        self.jobs.start(
-            slot,
-            verify,
-            path,
-            on_result=report,
-            on_error=failed,
-            on_progress=lambda value: self._job_progress(slot, value),
-            label=f"Verifying {os.path.basename(path.rstrip('/')) or path}...",
-        )
+        self.verifying[path] = tab
+        self.controller.verify(path)
         self._update_busy()
+
+    def _verified(self, path: str, result) -> None:
+        tab = self.verifying.pop(path, None)
+        self._update_busy()
+        name = _name(path)
+        if result.ok:  # a status-bar line: a success needs no click to dismiss
+            line = (
+                f"{shown(name)} is intact: {plural(result.records, 'record')}, "
+                f"{format_bytes(result.bytes)} checked"
+                + "".join(f"; {shown(note)}" for note in result.notes)
+                + (f"; separately: {shown(result.loader_note)}" if result.loader_note else "")
+            )
+            self.statusBar().showMessage(line)
+            self.verified.emit(path, True, "intact")
+            return
+        if result.tensor:
+            text = (
+                f"Tensor {result.tensor} is damaged in {path}.\n\nDetails: {shown(result.problem)}"
+            )
+        else:
+            text = f"{path} is damaged:\n\n{shown(result.problem)}"
+        self.statusBar().showMessage(f"{shown(name)}: damaged", 8000)
+        box = self._message("verifyResult", "Verify", text, False)
+        if result.tensor and tab is not None and self.tabs.indexOf(tab) >= 0:
+            show = box.addButton("Show Tensor", QMessageBox.ActionRole)
+            show.setObjectName("showDamagedTensor")
+            show.clicked.connect(lambda: self._opener(tab)(result.tensor))
+        self.verified.emit(path, result.ok, result.problem or "intact")
+
+    def _verify_failed(self, path: str, message: str) -> None:
+        self.verifying.pop(path, None)
+        self._update_busy()
+        self._message("verifyResult", "Verify", f"{path}: {shown(message)}", False)
+        self.verified.emit(path, False, message)
 
     def compare_dialog(self):
         """Tools > Compare with: the current tab's file against another one."""
@@ -803,29 +890,23 @@ class MainWindow(QMainWindow):
     def compare_paths(self, path_a: str, path_b: str, tensor_key: str | None = None):
         """Open both (in a worker), diff them chunk by chunk, show a comparison tab (with
         `tensor_key`'s row current when given)."""
-        from ckpt_viewer.core.analysis.diff import diff
-        from ckpt_viewer.core.listing.open import open_checkpoint
+        self.comparing[(path_a, path_b)] = tensor_key
+        self.controller.compare(path_a, path_b)
+        self._update_busy()
+
+    def _compared(self, path_a: str, path_b: str, result) -> None:
         from ckpt_viewer.qt.compare_view import CompareView
         from ckpt_viewer.qt.plotting import _plotting, plotting_or_wait
 
-        def job():
-            a, b = open_checkpoint(path_a), open_checkpoint(path_b)
-            report = yield from diff(a, b, auto_align=True)
-            return report, a, b
+        tensor_key = self.comparing.pop((path_a, path_b), None)
+        self._update_busy()
+        report, a, b = result  # pyqtgraph: preloaded a moment later (_update_busy)
+        view = CompareView(
+            report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self
+        )  # hidden until the tab takes it
 
-        def done(result):
-            self._update_busy()
-            report, a, b = result  # pyqtgraph: preloaded a moment later (_update_busy)
-            view = CompareView(
-                report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self
-            )  # hidden until the tab takes it
-            # shown in a later event: building and first showing it in one stalled the window
-            QTimer.singleShot(0, view, lambda: show(view, report))
-
-        def show(view, report):
-            name = (
-                f"{os.path.basename(path_a.rstrip('/'))} vs {os.path.basename(path_b.rstrip('/'))}"
-            )
+        def show():
+            name = f"{_name(path_a)} vs {_name(path_b)}"
             self._hide_welcome()
             self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
             if tensor_key is not None:
@@ -833,21 +914,14 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("identical" if report.identical else "different", 8000)
             self.compared.emit(path_a, path_b)
 
-        def failed(message):
-            self._update_busy()
-            self._message("errorDialog", "Cannot compare", shown(message), ok=False)
-            self.load_failed.emit(path_b, message)
+        # shown in a later event: building and first showing it in one stalled the window
+        QTimer.singleShot(0, view, show)
 
-        key = f"compare:{path_a}:{path_b}"
-        self.jobs.start(
-            key,
-            job,
-            on_result=done,
-            on_error=failed,
-            on_progress=lambda v: self._job_progress(key, v),
-            label=f"Comparing {os.path.basename(path_a)} with {os.path.basename(path_b)}...",
-        )
+    def _compare_failed(self, path_a: str, path_b: str, message: str) -> None:
+        self.comparing.pop((path_a, path_b), None)
         self._update_busy()
+        self._message("errorDialog", "Cannot compare", shown(message), ok=False)
+        self.load_failed.emit(path_b, message)
 
     def _opener(self, tab):
         """Shows `key` in `tab` (a Health finding or a Layers point clicked)."""
@@ -921,9 +995,6 @@ class MainWindow(QMainWindow):
 
         from PySide6.QtWidgets import QProgressDialog
 
-        from ckpt_viewer.core.listing.text import plural
-        from ckpt_viewer.core.writing.sanitize import sanitize
-
         tab = tab or self.current_tab()
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
@@ -949,36 +1020,27 @@ class MainWindow(QMainWindow):
         progress.canceled.connect(cancel.set)
         progress.show()
 
-        def done(summary):
-            progress.close()
-            changes = summary.changes
-            listed = "\n".join(shown(line) for line in changes[:40])
-            more = f"\n... and {len(changes) - 40} more" if len(changes) > 40 else ""
-            text = (
-                f"Wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
-                f"{plural(len(changes), 'change')}. torch.load(weights_only=True) loads it "
-                "with no allowlist." + (f"\n\n{listed}{more}" if changes else "")
-            )
-            self._message("sanitizeResult", "Save Sanitized Copy", text, True)
-            self.sanitized.emit(summary.path, True, text)
-
-        def failed(message):
-            progress.close()
-            self._message("sanitizeResult", "Save Sanitized Copy", shown(message), False)
-            self.sanitized.emit(destination, False, message)
-
+        self.sanitizing[destination] = progress
         self.statusBar().showMessage(f"Sanitizing {os.path.basename(source)}...", 4000)
-        return self.jobs.start(
-            f"sanitize:{destination}",
-            sanitize,
-            tab.checkpoint,
-            destination,
-            force,
-            cancel.is_set,
-            on_result=done,
-            on_error=failed,
-            on_progress=lambda value: progress.setValue(int(value * 1000)),
+        return self.controller.sanitize(tab.checkpoint, destination, force, cancel.is_set)
+
+    def _sanitized(self, destination: str, summary) -> None:
+        self.sanitizing.pop(destination).close()
+        changes = summary.changes
+        listed = "\n".join(shown(line) for line in changes[:40])
+        more = f"\n... and {len(changes) - 40} more" if len(changes) > 40 else ""
+        text = (
+            f"Wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
+            f"{plural(len(changes), 'change')}. torch.load(weights_only=True) loads it "
+            "with no allowlist." + (f"\n\n{listed}{more}" if changes else "")
         )
+        self._message("sanitizeResult", "Save Sanitized Copy", text, True)
+        self.sanitized.emit(summary.path, True, text)
+
+    def _sanitize_failed(self, destination: str, message: str) -> None:
+        self.sanitizing.pop(destination).close()
+        self._message("sanitizeResult", "Save Sanitized Copy", shown(message), False)
+        self.sanitized.emit(destination, False, message)
 
     def _message(self, name, title, text, ok=True):
         box = QMessageBox(
@@ -1118,7 +1180,7 @@ class MainWindow(QMainWindow):
 
     def cancel_all(self):
         """Ask every computation to stop at its next step (closing, quitting)."""
-        self.jobs.cancel()
+        self.controller.cancel()
         for index in range(self.tabs.count()):
             widget = self.tabs.widget(index)
             if hasattr(widget, "cancel"):

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_viewer.core.listing.text import FuzzyKeys
 from ckpt_viewer.qt.plain import shown
-from ckpt_viewer.qt.workers import Controller
+from ckpt_viewer.qt.workers import PaneController
 
 EXPAND_PASSES = 64  # rows opened per pass push their children into view: at most this deep
 INTO_RESULTS = (Qt.Key_Down, Qt.Key_Return, Qt.Key_Enter)
@@ -98,6 +98,25 @@ class LazyExpander(QObject):
             self.filling = False
 
 
+class QuickOpenController(PaneController):
+    """Searches the keys for a text, in a worker: a newer text supersedes the search running."""
+
+    found = Signal(str, list)  # the text, the keys that match it (best first)
+
+    def __init__(self, keys: list[str], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.keys = keys
+        self.finder: FuzzyKeys | None = None
+
+    def search(self, text: str) -> None:
+        self.jobs.start("find", self._find, text, on_result=lambda r: self.found.emit(*r))
+
+    def _find(self, text: str) -> tuple[str, list[str]]:
+        if self.finder is None:  # built once, in the first search's worker
+            self.finder = FuzzyKeys(self.keys)
+        return text, self.finder.find(text)
+
+
 class QuickOpen(QDialog):
     """Go to key (Ctrl+P): type a few characters of a key in order ("h3fc" finds
     h.3.mlp.c_fc.weight), Enter shows it in the tree. Searched in a worker: a newer text
@@ -111,8 +130,6 @@ class QuickOpen(QDialog):
         self.setObjectName("quickOpen")
         self.setWindowTitle("Go to Key")
         self.resize(640, 420)
-        self.keys = keys
-        self.finder: FuzzyKeys | None = None
         self.found: list[str] = []
         self.line = QLineEdit()
         self.line.setObjectName("quickOpenText")
@@ -124,20 +141,16 @@ class QuickOpen(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(self.line)
         layout.addWidget(self.results)
-        self.jobs = Controller(self)
+        self.controller = QuickOpenController(keys, self)
+        self.controller.found.connect(self._show)
         self.line.textChanged.connect(self.search)
         self.line.installEventFilter(self)
 
     def search(self, text: str) -> None:
-        self.jobs.start("find", self._find, text, on_result=self._show)
+        self.controller.search(text)
 
-    def _find(self, text: str) -> tuple[str, list[str]]:
-        if self.finder is None:  # built once, in the first search's worker
-            self.finder = FuzzyKeys(self.keys)
-        return text, self.finder.find(text)
-
-    def _show(self, result: tuple[str, list[str]]) -> None:
-        text, self.found = result
+    def _show(self, text: str, found: list[str]) -> None:
+        self.found = found
         self.results.clear()
         self.results.addItems([shown(key) for key in self.found])
         if self.found:
@@ -158,9 +171,9 @@ class QuickOpen(QDialog):
         row = self.results.currentRow()
         if 0 <= row < len(self.found):
             self.chosen.emit(self.found[row])
-        self.jobs.cancel()
+        self.controller.cancel()
         super().accept()
 
     def reject(self) -> None:
-        self.jobs.cancel()
+        self.controller.cancel()
         super().reject()

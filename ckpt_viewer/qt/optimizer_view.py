@@ -92,6 +92,26 @@ def state_rows(optimizer: OptimizerInfo):
     return ["parameter"] + names, rows
 
 
+class OptimizerController(workers.PaneController):
+    """Reads the small state tensors' values (Adam's 0-d `step`...) of some optimizers."""
+
+    values_read = Signal(object, object)  # the optimizers, a {(parameter, name): text} each
+
+    def read_small_values(self, optimizers: list[OptimizerInfo]) -> None:
+        def job():
+            found = []
+            for optimizer in optimizers:
+                found.append((yield from small_state_values(optimizer, MAX_STATE_ROWS)))
+            return found
+
+        self.jobs.start(
+            "values",
+            job,
+            on_result=lambda found: self.values_read.emit(optimizers, found),
+            on_error=lambda _message: self.values_read.emit(optimizers, [{}] * len(optimizers)),
+        )
+
+
 class OptimizerView(QScrollArea):
     values_ready = Signal()  # the small state tensors' values are in the table
 
@@ -99,7 +119,8 @@ class OptimizerView(QScrollArea):
         super().__init__(parent)
         self.setObjectName("optimizerView")
         self.setWidgetResizable(True)
-        self.jobs = workers.Controller(self)
+        self.controller = OptimizerController(self)
+        self.controller.values_read.connect(self._fill_values)
         self.state_tables = []  # (optimizer, table, headers)
         body = QWidget()
         layout = QVBoxLayout(body)
@@ -164,24 +185,13 @@ class OptimizerView(QScrollArea):
                 for c in range(1, t.columnCount())
             )
         ]
-        if not wanted:
-            return
+        if wanted:
+            self.controller.read_small_values([o for o, _, _ in wanted])
 
-        def job():
-            found = []
-            for optimizer, _, _ in wanted:
-                found.append((yield from small_state_values(optimizer, MAX_STATE_ROWS)))
-            return found
-
-        self.jobs.start(
-            "values",
-            job,
-            on_result=lambda found: self._fill_values(wanted, found),
-            on_error=lambda message: self._fill_values(wanted, [{}] * len(wanted)),
-        )
-
-    def _fill_values(self, wanted, found):
-        for (optimizer, table, headers), values in zip(wanted, found):
+    def _fill_values(self, optimizers, found):
+        tables = {id(o): (t, h) for o, t, h in self.state_tables}
+        for optimizer, values in zip(optimizers, found):
+            table, headers = tables[id(optimizer)]
             for r, param in enumerate(list(optimizer.state)[: table.rowCount()]):
                 for c, name in enumerate(headers[1:], start=1):
                     item = table.item(r, c)
@@ -198,4 +208,4 @@ class OptimizerView(QScrollArea):
         self.values_ready.emit()
 
     def cancel(self):
-        self.jobs.cancel()
+        self.controller.cancel()

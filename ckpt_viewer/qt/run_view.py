@@ -9,7 +9,7 @@ import math
 import os
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -73,6 +73,50 @@ def _step_text(step) -> str:
     return str(int(step.step)) if float(step.step).is_integer() else f"{step.step:g}"
 
 
+class RunController(workers.PaneController):
+    """A run's timeline: a sampled scan first ("sampled"), then the exact one ("exact")."""
+
+    sampled = Signal(object)  # the sampled TimelineReport
+    measured = Signal(object)  # the exact TimelineReport
+    progressed = Signal(float)
+    failed = Signal(str)
+
+    def __init__(self, paths: list[str], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.paths = paths
+        self.run = None  # the opened run, once the sampled scan has it
+
+    def sample(self) -> None:
+        self.jobs.start(
+            "sampled",
+            _sampled_job,
+            self.paths,
+            on_result=self._sampled,
+            on_error=self.failed.emit,
+            on_progress=self.progressed.emit,
+        )
+
+    def _sampled(self, result) -> None:
+        if result is not None:  # None: stopped
+            self.run, report = result
+            self.sampled.emit(report)
+
+    def measure(self) -> None:
+        if self.run is not None:
+            self.jobs.start(
+                "exact",
+                _exact_job,
+                self.run,
+                on_result=self._measured,
+                on_error=self.failed.emit,
+                on_progress=self.progressed.emit,
+            )
+
+    def _measured(self, report) -> None:
+        if report is not None:  # None: stopped
+            self.measured.emit(report)
+
+
 class RunView(QWidget):
     """`open_tensor(path, key)` shows one tensor of one checkpoint; `compare(path_a, path_b,
     key)` opens a comparison of two checkpoints at that key."""
@@ -87,11 +131,15 @@ class RunView(QWidget):
         self.setObjectName("runView")
         self.paths = [os.fspath(p) for p in paths]
         self.open_tensor, self.compare = open_tensor, compare
-        self.run = self.report = None
+        self.report = None
         self.heat = self.image = self.lines = self.rates = self.losses = None
         self.matrix = np.zeros((0, 0))
         self.selected: tuple[int, str] | None = None
-        self.jobs = workers.Controller(self)
+        self.controller = RunController(self.paths, self)
+        self.controller.sampled.connect(self._sampled_done)
+        self.controller.measured.connect(self._show)
+        self.controller.progressed.connect(self._progress)
+        self.controller.failed.connect(self._failed)
         self.status = QLabel("Opening the run's checkpoints...")
         self.status.setObjectName("runStatus")
         self.status.setTextFormat(Qt.PlainText)
@@ -141,41 +189,24 @@ class RunView(QWidget):
         layout.addLayout(controls)
         layout.addWidget(self.hover)
         layout.addWidget(body, 1)
-        self.jobs.start(
-            "sampled",
-            _sampled_job,
-            self.paths,
-            on_result=self._sampled_done,
-            on_error=self._failed,
-            on_progress=self._progress,
-        )
+        self.controller.sample()
 
     # --- jobs ---------------------------------------------------------------------------
 
     def _progress(self, fraction):
         self.progress.setValue(int(fraction * 1000))
 
-    def _sampled_done(self, result):
-        if result is None:
-            return
-        self.run, report = result
+    def _sampled_done(self, report):
         self.preview_ready.connect(
             lambda _: QTimer.singleShot(0, self, self._start_exact), Qt.SingleShotConnection
         )
         self._show(report)
 
     def _start_exact(self):
-        if self.run is None or (self.report is not None and not self.report.sampled):
+        if self.report is not None and not self.report.sampled:
             return
         self.progress.setValue(0)
-        self.jobs.start(
-            "exact",
-            _exact_job,
-            self.run,
-            on_result=self._show,
-            on_error=self._failed,
-            on_progress=self._progress,
-        )
+        self.controller.measure()
 
     def _failed(self, message):
         self.cancel_button.setEnabled(False)
@@ -183,7 +214,7 @@ class RunView(QWidget):
         self.failed.emit(message)
 
     def cancel(self):
-        self.jobs.cancel()
+        self.controller.cancel()
         self.cancel_button.setEnabled(False)
         if self.report is not None and self.report.sampled:
             self.status.setText(self.status.text() + " (exact pass cancelled)")

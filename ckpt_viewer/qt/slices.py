@@ -102,16 +102,35 @@ def full_text(value) -> str:
     return str(value.item() if np.iscomplexobj(value) else value)
 
 
+class ValuesController(workers.PaneController):
+    """Reads a tensor's values a window at a time, in workers (a DCP tensor's first page is slow
+    to read on the GUI thread), one slot per page; a new slice or tensor cancels them all."""
+
+    page_read = Signal(object, object, str)  # page key, its values (None: failed), the error
+
+    def read(self, key, tensor: TensorInfo, leading, rows: range, cols: range) -> None:
+        self.jobs.start(
+            f"page {key}",
+            read_window,
+            tensor,
+            leading,
+            rows,
+            cols,
+            on_result=lambda page: self.page_read.emit(key, page, ""),
+            on_error=lambda message: self.page_read.emit(key, None, message),
+        )
+
+
 class ValuesModel(QAbstractTableModel):
-    """Cells read a page at a time in a worker (a DCP tensor's first page is slow to read on the
-    GUI thread) owned by `jobs`, the page's Controller; a cell shows "..." until its page arrives.
+    """Cells read a page at a time by `controller`; a cell shows "..." until its page arrives.
     At most MAX_PAGES pages are kept."""
 
     page_arrived = Signal()
 
-    def __init__(self, tensor, leading, jobs: workers.Controller, parent=None):
+    def __init__(self, tensor, leading, controller: ValuesController, parent=None):
         super().__init__(parent)
-        self.tensor, self.leading, self.jobs = tensor, leading, jobs
+        self.tensor, self.leading, self.controller = tensor, leading, controller
+        controller.page_read.connect(self._arrived)
         self.rows, self.cols = matrix_shape(tensor)
         self.pages: OrderedDict = OrderedDict()
         self.requested: set = set()
@@ -131,16 +150,7 @@ class ValuesModel(QAbstractTableModel):
         r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
         rows = range(r0, min(r0 + PAGE_ROWS, self.rows))
         cols = range(c0, min(c0 + PAGE_COLS, self.cols))
-        self.jobs.start(
-            f"page {key}",
-            read_window,
-            self.tensor,
-            self.leading,
-            rows,
-            cols,
-            on_result=lambda page: self._arrived(key, page),
-            on_error=lambda message: self._arrived(key, None, message),
-        )
+        self.controller.read(key, self.tensor, self.leading, rows, cols)
 
     def _arrived(self, key, page, message=""):
         r0, c0 = key[0] * PAGE_ROWS, key[1] * PAGE_COLS
@@ -200,10 +210,10 @@ class VectorModel(ValuesModel):
         self,
         tensor: TensorInfo,
         width: int,
-        jobs: workers.Controller,
+        controller: ValuesController,
         parent: QObject | None = None,
     ):
-        super().__init__(tensor, (), jobs, parent)
+        super().__init__(tensor, (), controller, parent)
         self.length, self.width = tensor.shape[0], width
         self.rows, self.cols = -(-self.length // width), min(width, self.length)
 
@@ -212,16 +222,7 @@ class VectorModel(ValuesModel):
             return
         self.requested.add(key)
         rows = range(key * self.CHUNK, min((key + 1) * self.CHUNK, self.length))
-        self.jobs.start(
-            f"page {key}",
-            read_window,
-            self.tensor,
-            (),
-            rows,
-            range(1),
-            on_result=lambda page: self._arrived(key, page),
-            on_error=lambda message: self._arrived(key, None, message),
-        )
+        self.controller.read(key, self.tensor, (), rows, range(1))
 
     def _arrived(self, key: int, page: np.ndarray | None, message: str = "") -> None:
         start = key * self.CHUNK
@@ -288,7 +289,7 @@ class ValuesPage(QWidget):
         layout.addWidget(self.selector)
         layout.addWidget(self.table, 1)
         self.tensor = None
-        self.jobs = workers.Controller(self)  # a new slice or tensor drops the pages read
+        self.controller = ValuesController(self)  # a new slice or tensor drops the pages read
         self.selector.changed.connect(self._reload)
 
     def show_tensor(self, tensor):
@@ -313,24 +314,25 @@ class ValuesPage(QWidget):
         self.cancel()
         old = self.table.model()
         if isinstance(old, ValuesModel):
+            self.controller.page_read.disconnect(old._arrived)  # the new model's pages
             old.deleteLater()
         complex_ = self.tensor.dtype.startswith("complex")  # and back after a complex one
         self.table.horizontalHeader().setDefaultSectionSize(
             self.complex_width if complex_ else self.real_width
         )
         if len(self.tensor.shape) == 1:
-            model = VectorModel(self.tensor, self._vector_width(), self.jobs, self.table)
+            model = VectorModel(self.tensor, self._vector_width(), self.controller, self.table)
         else:
-            model = ValuesModel(self.tensor, self.selector.leading(), self.jobs, self.table)
+            model = ValuesModel(self.tensor, self.selector.leading(), self.controller, self.table)
         self.table.setModel(model)
 
     def cancel(self):
-        self.jobs.cancel()
+        self.controller.cancel()
 
     def drop_work(self):
         """Stop reading; work cut short is started again by the next show_tensor."""
-        if self.jobs.busy():
-            self.jobs.cancel()
+        if self.controller.busy():
+            self.controller.cancel()
             self.tensor = None
 
     def copy_selection(self) -> str:
@@ -355,6 +357,24 @@ class ValuesPage(QWidget):
 def diverging(low: float, high: float) -> bool:
     """Signed data gets a diverging map centred on 0."""
     return low < 0 <= high
+
+
+class HeatmapController(workers.PaneController):
+    """The heatmap's values of a tensor's slice, or its grid of conv filters (slot "heatmap":
+    a newer request supersedes the one being read)."""
+
+    computed = Signal(object)  # (values, row step, column step)
+    failed = Signal(str)
+
+    def compute(self, tensor: TensorInfo, leading, filters: bool, in_channel: int) -> None:
+        def job():
+            if filters:
+                grid = yield from filter_grid(tensor, in_channel, MAX_FILTERS)
+                return grid, 1, 1
+            result = yield from pooled_2d(tensor, leading)
+            return result
+
+        self.jobs.start("heatmap", job, on_result=self.computed.emit, on_error=self.failed.emit)
 
 
 class HeatmapPage(QWidget):
@@ -394,7 +414,11 @@ class HeatmapPage(QWidget):
         self.plot = None
         self.tensor = None
         self.on_screen = None  # (values, row_step, col_step) on screen
-        self.jobs = workers.Controller(self)  # a new slice supersedes the one being read
+        self.controller = HeatmapController(self)  # a new slice supersedes the one being read
+        self.controller.computed.connect(self._show)
+        self.controller.failed.connect(
+            lambda message: self.status.setText(f"cannot read values: {message}")
+        )
         self.selector.changed.connect(self.recompute)
         self.as_filters.toggled.connect(self.recompute)
         self.in_channel.valueChanged.connect(self.recompute)
@@ -433,28 +457,15 @@ class HeatmapPage(QWidget):
             self.filters = (*tensor.shape[-2:], filter_grid_columns(count), count)
         else:
             self.filters = None
-
-        def job():
-            if filters:
-                grid = yield from filter_grid(tensor, in_channel, MAX_FILTERS)
-                return grid, 1, 1
-            result = yield from pooled_2d(tensor, leading)
-            return result
-
-        self.jobs.start(
-            "heatmap",
-            job,
-            on_result=self._show,
-            on_error=lambda message: self.status.setText(f"cannot read values: {message}"),
-        )
+        self.controller.compute(tensor, leading, filters, in_channel)
 
     def cancel(self):
-        self.jobs.cancel()
+        self.controller.cancel()
 
     def drop_work(self):
         """Stop reading; work cut short is started again by the next show_tensor."""
-        if self.jobs.busy():
-            self.jobs.cancel()
+        if self.controller.busy():
+            self.controller.cancel()
             self.tensor = self.pending = None
 
     def show_pending(self):

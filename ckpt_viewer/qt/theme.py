@@ -10,6 +10,8 @@ from PySide6.QtCore import QSettings
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication, QSplitter
 
+from ckpt_viewer.core import paused_gc
+
 
 def resource_path(name: str) -> str:
     return str(files("ckpt_viewer.resources").joinpath(name))
@@ -115,9 +117,12 @@ def restyle_plots(app: QApplication):
     palette = app.palette()
     pg.setConfigOption("background", palette.color(QPalette.Base))
     pg.setConfigOption("foreground", palette.color(QPalette.Text))
-    for widget in app.allWidgets():
-        if isinstance(widget, pg.PlotWidget):
-            style_plot(widget)
+    # no collection meanwhile: one that frees a closed window held in a reference cycle
+    # deletes its widgets while they are still in the list (a crash wrapping the next one)
+    with paused_gc():
+        for widget in app.allWidgets():
+            if isinstance(widget, pg.PlotWidget):
+                style_plot(widget)
 
 
 def remember_splitter(splitter: QSplitter, key: str, default: list[int]):

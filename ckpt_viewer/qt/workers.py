@@ -1,8 +1,9 @@
 """Run core work off the GUI thread: progress, cooperative cancel, errors, stale results.
 
-Every job belongs to a Controller, the one place a pane's work starts: a new job in a slot
-supersedes (cancels) the slot's old one, the owner's end cancels all of them, and a callback
-never reaches an owner that is gone or a job that was superseded. A generator job reports
+Every job belongs to a Controller, held by the pane's PaneController, the one place a pane's
+work starts: a new job in a slot supersedes (cancels) the slot's old one, the owner's end
+cancels all of them, and a callback never reaches an owner that is gone or a job that was
+superseded. A generator job reports
 progress by yielding; cancelling it stops it at its next yield and closes it there, on its own
 thread. A plain function runs to its end and its result is dropped.
 
@@ -186,6 +187,24 @@ class Controller(QObject):
             return bool(self.running) or any(t.isActive() for t in self.timers.values())
         timer = self.timers.get(slot)
         return slot in self.running or (timer is not None and timer.isActive())
+
+
+class PaneController(QObject):
+    """What one pane computes: it owns the pane's jobs (`jobs`, whose slots are the one
+    stale-result guard), decides what to start and emits what they give as its own signals;
+    the pane's widgets only show what it emits and call its methods on user actions. Made
+    with the pane as its parent, it ends the pane's jobs when the pane goes."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.jobs = Controller(self)
+
+    def busy(self, slot: str | None = None) -> bool:
+        return self.jobs.busy(slot)
+
+    def cancel(self, slot: str | None = None) -> None:
+        """Stop the slot's job (every job when None); nothing more arrives from it."""
+        self.jobs.cancel(slot)
 
 
 def _cancel_all(running: dict) -> None:

@@ -495,3 +495,21 @@ def test_tensor_hyperparameters_show_their_values(tmp_path):
     assert [torch.tensor(b) == t for b, t in zip(ours["betas"], group["betas"])] == [True, True]
     assert "lr=0.01, betas=(0.9, 0.999)" in "\n".join(text_report(open_checkpoint(path)))
     assert inspect_dict(open_checkpoint(path))["optimizers"][0]["param_groups"][0]["lr"] == 0.01
+
+
+def test_state_parameters_name_each_state_tensor_only_where_proven(tmp_path):
+    from ckpt_viewer.core.listing.optim import state_parameters
+
+    path = builders.training_checkpoint(tmp_path / "named.pt")
+    saved = torch.load(path, weights_only=True)["optimizer_state_dict"]
+    group = saved["param_groups"][0]
+    names = dict(zip(group["params"], group["param_names"]))  # torch's own record
+    expected = {
+        f"optimizer_state_dict.state.{i}.{entry}": names[i]
+        for i, state in saved["state"].items()
+        for entry in state
+    }
+    assert state_parameters(open_checkpoint(path)) == expected
+    groups = [{k: v for k, v in g.items() if k != "param_names"} for g in saved["param_groups"]]
+    bare = builders.save({**saved, "param_groups": groups}, tmp_path / "bare.pt")  # ids only
+    assert open_checkpoint(bare).optimizers and state_parameters(open_checkpoint(bare)) == {}

@@ -446,11 +446,11 @@ def flows(app, window, beat, path, out):
         dialog.planned.connect(lambda: planned.append(dialog.include.text()))
         dialog.root.setText("model")
         dialog.exclude.setText("*sub3*")
-        wait_for(app, lambda: planned and not dialog.jobs.busy())
+        wait_for(app, lambda: planned and not dialog.controller.busy())
         settle(app)
         typed = "*.weight layers.1*"
         typing_into(app, dialog.include, typed, beat)
-        wait_for(app, lambda: typed in planned and not dialog.jobs.busy())
+        wait_for(app, lambda: typed in planned and not dialog.controller.busy())
         settle(app)
         rows.append(
             ("export preview: typing a glob (root + 2 globs)", (beat.stop(), beat.worst_cpu))

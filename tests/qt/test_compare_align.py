@@ -68,3 +68,32 @@ def test_compare_of_one_layout_shows_no_rules(qtbot, window, tmp_path):
     view = compare_tab(qtbot, window, a, a)
     assert view.alignment_label.text() == "Keys aligned: keys as they are (1 key in both)."
     assert not view.scalars.isVisibleTo(view)
+
+
+def test_compare_rows_of_optimizer_state_name_their_parameter(qtbot, window, tmp_path):
+    """A file whose optimizer names its parameters against one that has ids only: state is
+    compared by id, and each state row says whose it is where A proves it."""
+    from ckpt_viewer.qt.compare_view import SORT_ROLE
+
+    a = builders.training_checkpoint(tmp_path / "named.pt")
+    saved = torch.load(a, weights_only=True)["optimizer_state_dict"]
+    group = saved["param_groups"][0]
+    names = dict(zip(group["params"], group["param_names"]))  # torch's own record
+    saved["param_groups"] = [
+        {k: v for k, v in g.items() if k != "param_names"} for g in saved["param_groups"]
+    ]
+    b = builders.save({"optimizer_state_dict": saved}, tmp_path / "ids.pt")
+    view = compare_tab(qtbot, window, a, b)
+    proxy = view.table.model()
+    labelled = {}
+    for r in range(proxy.rowCount()):
+        key, text = proxy.index(r, 0).data(SORT_ROLE), proxy.index(r, 0).data()
+        if ".state." in f".{key}":
+            state_id = int(key.split("state.")[1].split(".")[0])
+            assert text == f"{key} \u2014 {names[state_id]}"
+            labelled[key] = r
+    assert len(labelled) == 3 * len(names)  # step, exp_avg, exp_avg_sq of each
+    key = next(k for k in labelled if k.endswith("exp_avg"))
+    with qtbot.waitSignal(view.overlay_ready, timeout=30_000) as drawn:
+        view.table.setCurrentIndex(proxy.index(labelled[key], 0))
+    assert drawn.args == [key]  # the row's key, not its label

@@ -97,11 +97,14 @@ def test_preview_is_planned_in_a_worker_for_the_last_keystroke(
     qtbot.waitUntil(dialog.export_button.isEnabled, timeout=10_000)
     shown_plans = []
     dialog.planned.connect(lambda: shown_plans.append(dialog.preview.toPlainText()))
+    before = dialog.preview.toPlainText()
     for typed in ("m", "missing", "model_state_dict"):
         dialog.root.setText(typed)
         assert not dialog.export_button.isEnabled()  # the old plan is not the one to write
+        assert dialog.preview.toPlainText() == before  # the last plan, said to be replanned
+        assert dialog.summary.text() == export_dialog.PLANNING
     qtbot.waitUntil(lambda: bool(shown_plans), timeout=10_000)
-    qtbot.waitUntil(lambda: not dialog.jobs.busy(), timeout=10_000)
+    qtbot.waitUntil(lambda: not dialog.controller.busy(), timeout=10_000)
     assert len(shown_plans) == 1 and "model_state_dict.0.weight  ->  0.weight" in shown_plans[0]
     assert dialog.export_button.isEnabled()
     assert threads and threading.main_thread() not in threads
@@ -200,7 +203,7 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
     errors = []
     monkeypatch.setattr(sys, "excepthook", lambda *info: errors.append(info))
     qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
-    worker = dialog.jobs.running["export"]
+    worker = dialog.controller.jobs.running["export"]
     qtbot.waitUntil(started.is_set, timeout=10_000)
     with qtbot.waitSignal(dialog.destroyed, timeout=5000):
         dialog.close()
@@ -209,6 +212,44 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
     QApplication.processEvents()
     assert errors == []
     assert not any(p.name.endswith(".part") or p.name == "out.pth" for p in tmp_path.iterdir())
+
+
+def test_a_cancelled_export_keeps_the_preview(qtbot, window, tmp_path, monkeypatch):
+    """Cancel mid-export: the write stops, and the keys it would write stay listed (the preview
+    went blank), ready to export again."""
+    import threading
+
+    from ckpt_viewer.core.writing import export as core_export
+
+    src = builders.save({f"w{i}": torch.ones(1000) for i in range(8)}, tmp_path / "c.pt")
+    open_and_wait(qtbot, window, src)
+    gate, started = threading.Event(), threading.Event()
+
+    def held(real):
+        def slow(*args, **kwargs):
+            started.set()
+            gate.wait(30)
+            return real(*args, **kwargs)
+
+        return slow
+
+    for name in ("_record_bytes", "_copy_spans"):
+        monkeypatch.setattr(core_export, name, held(getattr(core_export, name)))
+    dialog = window.export_dialog()
+    dialog.destination.setText(str(tmp_path / "out.pth"))
+    qtbot.waitUntil(dialog.export_button.isEnabled, timeout=10_000)
+    planned = dialog.preview.toPlainText()
+    assert planned.startswith("w0  ->  w0")
+    qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
+    qtbot.waitUntil(started.is_set, timeout=10_000)
+    qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)  # Cancel while writing
+    with qtbot.waitSignal(dialog.finished_export, timeout=10_000) as blocker:
+        gate.set()
+    assert blocker.args == [""] and "cancel" in dialog.summary.text()
+    assert dialog.preview.toPlainText() == planned
+    assert dialog.export_button.isEnabled() and dialog.cancel_button.text() == "Close"
+    assert not (tmp_path / "out.pth").exists()
+    dialog.close()
 
 
 def test_dialog_and_sanitize_refuse_a_source_shard(qtbot, window, tmp_path, synchronous_jobs):
@@ -231,3 +272,24 @@ def test_dialog_and_sanitize_refuse_a_source_shard(qtbot, window, tmp_path, sync
         window.sanitize_current(shard)
     assert blocker.args[1] is False and "is the source" in blocker.args[2]
     assert open(shard, "rb").read() == before
+
+
+def test_export_controller_plans_without_a_dialog(qtbot, tmp_path, synchronous_jobs):
+    """The controller decides and computes, the dialog only shows: driven alone, it emits the
+    plan torch's own state dict implies."""
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.writing.export import ExportPlan
+
+    path = builders.training_checkpoint(tmp_path / "c.pt")
+    controller = export_dialog.ExportController(open_checkpoint(path))
+    with qtbot.waitSignal(controller.planned, timeout=5000) as planned:
+        controller.replan(ExportPlan(root="model_state_dict", exclude=["*.num_batches_tracked"]))
+    text, tensors, total = planned.args[0]
+    state = torch.load(path, weights_only=True)["model_state_dict"]
+    kept = {k: t for k, t in state.items() if not k.endswith("num_batches_tracked")}
+    assert [line.split("  ->  ")[1].split()[0] for line in text.splitlines()] == list(kept)
+    assert tensors == len(kept)
+    assert total == sum(t.numel() * t.element_size() for t in kept.values())
+    with qtbot.waitSignal(controller.plan_failed, timeout=5000) as failed:
+        controller.replan(ExportPlan(root="missing"))
+    assert "no key" in failed.args[0] and not controller.busy()

@@ -82,14 +82,14 @@ def test_health_cancel_stops_the_scan_quietly(qtbot, window, tmp_path, monkeypat
     open_and_wait(qtbot, window, path)
     dialog = window.health_current()
     qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
-    worker = dialog.jobs.running["check"]
+    worker = dialog.controller.jobs.running["check"]
     with qtbot.waitSignal(dialog.cancelled, timeout=5_000):
         qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)  # the scan is held: no race
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
     assert dialog.status.text() == "Cancelled" and dialog.report is None
     assert len(calls) <= 2 * worker_count() + 1 < 6400  # stopped, not drained
-    assert not dialog.jobs.busy()
+    assert not dialog.controller.busy()
     dialog.close()
 
 
@@ -101,7 +101,7 @@ def test_health_closed_mid_scan_is_quiet(qtbot, window, tmp_path, monkeypatch):
     dialog.failed.connect(failed.append)
     dialog.checked.connect(checked.append)
     qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
-    worker = dialog.jobs.running["check"]
+    worker = dialog.controller.jobs.running["check"]
     dialog.close()  # deletes the dialog (WA_DeleteOnClose)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
@@ -133,11 +133,11 @@ def test_layers_cancel_stops_the_exact_pass(qtbot, window, tmp_path, monkeypatch
     open_and_wait(qtbot, window, path)
     dialog = window.layers_current()
     qtbot.waitUntil(lambda: bool(calls), timeout=30_000)
-    worker = dialog.jobs.running["exact"]
+    worker = dialog.controller.jobs.running["exact"]
     qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         gate.set()
-    assert len(calls) < 200 and not dialog.jobs.busy()
+    assert len(calls) < 200 and not dialog.controller.busy()
     assert dialog.report.sampled  # the exact report never replaced the preview
     dialog.close()
 
@@ -187,4 +187,42 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     dialog.metric_box.setCurrentIndex(dialog.metric_box.findData("stable_rank"))
     ranks = dialog.curves()[0][2]
     assert len(ranks) == 3 and all(1 <= r <= 6 for r in ranks)
+    dialog.close()
+
+
+def blocks_with_adam(path) -> tuple[str, dict]:
+    """Three blocks trained a step with Adam over named parameters (torch records
+    param_names): the file and {state id: parameter name} as torch saved them."""
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+    optimizer = torch.optim.Adam(model.named_parameters())
+    sum(block(torch.randn(2, 4)).sum() for block in model.blocks).backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    names = dict(zip(state["param_groups"][0]["params"], state["param_groups"][0]["param_names"]))
+    builders.save({"model": model.state_dict(), "optimizer": state}, path)
+    return str(path), names
+
+
+def test_layers_points_of_optimizer_state_name_their_parameter(qtbot, window, tmp_path):
+    path, names = blocks_with_adam(tmp_path / "adam.pt")
+    open_and_wait(qtbot, window, path)
+    trigger(window, "actionLayers")
+    dialog = window.findChild(LayersDialog, "layersDialog")
+    qtbot.waitUntil(lambda: dialog.report is not None and not dialog.report.sampled, timeout=30_000)
+    qtbot.waitUntil(lambda: dialog.plot is not None, timeout=30_000)
+    with qtbot.waitSignal(dialog.ready, timeout=30_000):
+        dialog.metric_box.setCurrentIndex(dialog.metric_box.findData("exp_avg_sq_mean"))
+        dialog.redraw(then=dialog.ready)
+    tips = []
+    for scatter in dialog.scatters:
+        for point in scatter.points():
+            tips.append(
+                scatter.opts["tip"](x=point.pos().x(), y=point.pos().y(), data=point.data())
+            )
+    expected = {
+        f"optimizer.state.{i}.exp_avg_sq \u2014 {name}" for i, name in names.items()
+    }  # the id as stored, and the name torch recorded for it
+    assert {tip.splitlines()[-1] for tip in tips} == expected
     dialog.close()

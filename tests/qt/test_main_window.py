@@ -310,13 +310,13 @@ def test_cancel_stops_a_running_compare_early(qtbot, window, tmp_path, monkeypat
     window.compared.connect(lambda *args: compared.append(args))
     window.compare_paths(a, b)
     assert window.activity.isVisible() and "Comparing" in window.activity.text()
-    worker = window.jobs.running[f"compare:{a}:{b}"]
+    worker = window.controller.jobs.running[f"compare:{a}:{b}"]
     qtbot.waitUntil(lambda: len(served) >= 4, timeout=10_000)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         window.cancel_button.click()
         gate.set()
     assert len(served) < 2 * 40  # both tensors: 80 chunks to the end
-    assert not compared and not window.jobs.busy() and not window.activity.isVisible()
+    assert not compared and not window.controller.busy() and not window.activity.isVisible()
 
 
 def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
@@ -341,7 +341,7 @@ def test_cancel_stops_a_running_verify(qtbot, window, tmp_path, monkeypatch):
     monkeypatch.setattr(verify_module, "_check_member", counted)
     window.verify_current()
     assert "Verifying w.pt" in window.activity.text() and window.cancel_button.isVisible()
-    worker = window.jobs.running[f"verify:{path}"]
+    worker = window.controller.jobs.running[f"verify:{path}"]
     qtbot.waitUntil(lambda: len(blocks) >= 2, timeout=10_000)
     with qtbot.waitSignal(window.verified, timeout=5000) as blocker:
         window.cancel_button.click()
@@ -434,7 +434,7 @@ def test_compare_closing_the_tab_cancels_its_plot_job(qtbot, window, tmp_path, m
     drawn = []
     view.overlay_ready.connect(drawn.append)
     view.table.setCurrentIndex(view.table.model().index(0, 0))
-    worker = view.jobs.running["detail"]
+    worker = view.controller.jobs.running["detail"]
     qtbot.waitUntil(lambda: len(served) >= 2, timeout=10_000)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         window.close_tab(window.tabs.currentIndex())

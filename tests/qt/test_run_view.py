@@ -80,3 +80,28 @@ def test_learning_rate_axis_labels_only_powers_of_ten():
         "0.001",
         "0.0001",
     ]
+
+
+def test_screenshot_of_a_run_folder(tmp_path, gui_env):
+    """`--screenshot` of a folder of checkpoints waits for its Run tab's exact pass and refuses
+    to overwrite one of the run's files (the files come from the run's controller)."""
+    import subprocess
+    import sys
+
+    from PySide6.QtGui import QImage
+
+    builders.training_run(tmp_path / "run", steps=3)
+    out = tmp_path / "shot.png"
+    command = [sys.executable, "-m", "ckpt_viewer", str(tmp_path / "run"), "--screenshot"]
+    result = subprocess.run(
+        [*command, str(out)], capture_output=True, text=True, timeout=120, env=gui_env
+    )
+    assert result.returncode == 0, result.stderr
+    assert (QImage(str(out)).width(), QImage(str(out)).height()) == (1366, 768)
+    member = sorted((tmp_path / "run").iterdir())[0]
+    before = member.read_bytes()
+    refused = subprocess.run(
+        [*command, str(member)], capture_output=True, text=True, timeout=120, env=gui_env
+    )
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ")
+    assert member.read_bytes() == before

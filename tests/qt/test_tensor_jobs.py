@@ -80,7 +80,7 @@ def test_superseding_a_heatmap_stops_the_old_read_early(qtbot, window, tmp_path,
         tab.select_key("big")
     view.pages.setCurrentWidget(view.heatmap)
     qtbot.waitUntil(lambda: len(reads) >= 2, timeout=20_000)
-    old = view.heatmap.jobs.running["heatmap"]
+    old = view.heatmap.controller.jobs.running["heatmap"]
     with qtbot.waitSignal(view.heatmap.ready, timeout=20_000):
         tab.select_key("small")
     assert view.heatmap.image.image.shape == (3, 4)
@@ -114,7 +114,7 @@ def test_value_page_reads_are_dropped_when_the_slice_changes(qtbot, window, tmp_
         tab.select_key("x")
     view.pages.setCurrentWidget(view.values)
     view.values.table.model().index(0, 0).data()
-    held = view.values.jobs.running["page (0, 0)"]
+    held = view.values.controller.jobs.running["page (0, 0)"]
     view.values.selector.spins[0].setValue(1)  # a new slice supersedes the held read
     model = view.values.table.model()
     model.index(0, 0).data()
@@ -142,7 +142,7 @@ def test_a_heatmap_cut_short_is_read_again_when_shown(qtbot, window, tmp_path, m
         tab.select_key("a")
     view.pages.setCurrentWidget(view.heatmap)
     qtbot.waitUntil(lambda: bool(held_once), timeout=20_000)
-    held = view.heatmap.jobs.running["heatmap"]
+    held = view.heatmap.controller.jobs.running["heatmap"]
     view.pages.setCurrentIndex(0)
     with qtbot.waitSignal(view.view_ready, timeout=20_000):
         tab.select_key("b")  # the hidden heatmap of "a" is dropped

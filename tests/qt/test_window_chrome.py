@@ -44,7 +44,11 @@ def test_tabs_keep_the_opening_order_and_reopening_switches(qtbot, window, tmp_p
     assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == ["big.pt", "small.pt"]
     window.tabs.setCurrentIndex(1)
     window.open_paths([big])
-    assert window.tabs.count() == 2 and window.tabs.currentIndex() == 0 and not window.jobs.busy()
+    assert (
+        window.tabs.count() == 2
+        and window.tabs.currentIndex() == 0
+        and not window.controller.busy()
+    )
 
 
 def test_welcome_stays_until_a_file_opens_and_returns_after(qtbot, window, training_file):
@@ -212,7 +216,7 @@ def test_drops_are_copies_never_moves(qtbot, window, training_file):
     window.dragLeaveEvent(_leave())
     only_move = QDropEvent(QPointF(50, 50), Qt.MoveAction, data, Qt.LeftButton, Qt.NoModifier)
     window.dropEvent(only_move)
-    assert not only_move.isAccepted() and not window.jobs.busy()
+    assert not only_move.isAccepted() and not window.controller.busy()
     drop = QDropEvent(
         QPointF(50, 50), Qt.MoveAction | Qt.LinkAction, data, Qt.LeftButton, Qt.NoModifier
     )

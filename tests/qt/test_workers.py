@@ -82,3 +82,23 @@ def test_start_later_runs_only_the_last_request(qtbot, jobs):
     jobs.start_later("plan", 20, str.upper, "x", on_result=results.append)
     jobs.cancel("plan")  # a wait cancelled starts nothing
     assert not jobs.busy() and results == ["ABC"]
+
+
+def test_pane_controller_owns_its_jobs_and_ends_them_with_its_pane(qtbot):
+    pane = QWidget()
+    controller = workers.PaneController(pane)
+    gate, started = threading.Event(), threading.Event()
+
+    def held():
+        started.set()
+        yield 0.0
+        gate.wait(10)
+        yield 1.0
+
+    worker = controller.jobs.start("slot", held)
+    qtbot.waitUntil(started.is_set, timeout=5000)
+    assert controller.busy("slot") and controller.busy()
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        pane.deleteLater()  # the pane goes: its controller cancels the job
+        qtbot.waitUntil(lambda: worker.stop.is_set(), timeout=5000)
+        gate.set()

@@ -10,7 +10,7 @@ import fnmatch
 import re
 import shlex
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ckpt_viewer.core import CheckpointError
@@ -55,7 +55,7 @@ def map_keys(
     root = root.strip(".")
     if root and checkpoint.find(root) is None:
         raise CheckpointError(f"no key {root!r} in the file")
-    include, exclude = list(include), list(exclude)
+    included, excluded = _any_glob(include), _any_glob(exclude)
     selected = set(keys) if keys is not None else None
     result: list[tuple[str, str, TensorInfo]] = []
     seen: dict[str, str] = {}  # new key -> the source key written as it
@@ -72,9 +72,9 @@ def map_keys(
             relative = key.rsplit(".", 1)[-1]
         else:  # a root inside one parameter's state keeps that state's id
             relative = (named if named.startswith(under) else key)[len(under) :]
-        if include and not any(fnmatch.fnmatchcase(relative, g) for g in include):
+        if included is not None and not included(relative):
             continue
-        if exclude and any(fnmatch.fnmatchcase(relative, g) for g in exclude):
+        if excluded is not None and excluded(relative):
             continue
         new_key = relative
         if strip_prefix and new_key.startswith(strip_prefix):
@@ -85,6 +85,13 @@ def map_keys(
         seen[new_key] = key
         result.append((key, new_key, tensor))
     return result
+
+
+def _any_glob(globs: Iterable[str]) -> Callable[[str], object] | None:
+    """Whether a key matches any of the globs (fnmatchcase's rules), as one compiled pattern:
+    a call per key and glob made planning 50,000 keys several times slower."""
+    patterns = [fnmatch.translate(g) for g in globs]
+    return re.compile("|".join(f"(?:{p})" for p in patterns)).match if patterns else None
 
 
 def optimizer_renames(checkpoint: Checkpoint) -> dict[str, str]:

@@ -306,6 +306,19 @@ def _state_shape(state: Node | None) -> Shape:
 STATE_OF = "state of "  # a state entry's note, before its parameter's name
 
 
+def state_parameters(checkpoint: Checkpoint) -> dict[str, str]:
+    """{optimizer state tensor key: its parameter's name} for the state entries whose
+    parameter is proven (those _describe noted; the tree labels the same entries)."""
+    names: dict[str, str] = {}
+    for optimizer in checkpoint.optimizers:
+        for state in optimizer.state.values():
+            if state.note.startswith(STATE_OF):
+                for child in state.children:
+                    if child.kind == "tensor":
+                        names[child.key] = state.note[len(STATE_OF) :]
+    return names
+
+
 def _describe(optimizer: _Optimizer, names: list[str] | None, source: str) -> OptimizerInfo:
     mapping = dict(zip(optimizer.ids, names)) if names is not None else {}
     for g, ids in zip(optimizer.groups, optimizer.group_ids):
