@@ -37,6 +37,7 @@ from ckpt_viewer.qt.tree_model import (
     DTYPE,
     KEY,
     TYPE,
+    CheckDelegate,
     Filtered,
     KeyTreeModel,
     filter_rows,
@@ -170,6 +171,7 @@ class CheckpointTab(QWidget):
         self.tree = QTreeView()
         self.tree.setObjectName("keyTree")
         self.tree.setModel(self.model)
+        self.tree.setItemDelegate(CheckDelegate(self.tree))  # ticks: the model leaves flags() to Qt
         self.tree.setUniformRowHeights(True)
         self.tree.header().setSortIndicator(-1, Qt.AscendingOrder)  # file order until clicked
         self.tree.setSortingEnabled(True)
