@@ -408,10 +408,8 @@ class KeyTreeModel(QAbstractItemModel):
         self.sort(-1)
 
     def index_of_key(self, key: str) -> QModelIndex:
-        try:
-            return self.index_of_row(self.rows[self.keys.index(key)])
-        except ValueError:
-            return QModelIndex()
+        position = self.index_rows.position(key)
+        return QModelIndex() if position is None else self.index_of_row(self.rows[position])
 
     def index_of_row(self, row: Row) -> QModelIndex:
         """row's index if the filter shows it (its ancestors' rows are numbered on the way)."""
