@@ -442,6 +442,8 @@ class CheckpointTab(QWidget):
     def _filter_edited(self, text: str):
         """Typing waits for a pause; clearing the field brings the whole tree back at once."""
         if text.strip():
+            if self.unfiltered_expanded is None:  # on the first key, not in the apply's frame
+                self.unfiltered_expanded = self.expanded_rows()
             self.jobs.start_later(
                 "filter",
                 FILTER_DELAY_MS,
@@ -516,15 +518,15 @@ class CheckpointTab(QWidget):
         return index
 
     def expanded_rows(self) -> list:
-        """Rows expanded in the tree (only expanded subtrees are walked)."""
-        rows, stack = [], [QModelIndex()]
+        """Rows expanded in the tree (only expanded subtrees are walked, over the rows
+        themselves: a 5,000-row group asked through the model cost a frame)."""
+        model, expanded, index_at = self.model, self.tree.isExpanded, self.model.createIndex
+        rows, stack = [], [model.top]
         while stack:
-            parent = stack.pop()
-            for position in range(self.model.rowCount(parent)):
-                index = self.model.index(position, 0, parent)
-                if self.tree.isExpanded(index):
-                    rows.append(self.model.row_of(index))
-                    stack.append(index)
+            for row in model.visible_children(stack.pop()):
+                if row.children and expanded(index_at(row.pos, 0, row)):
+                    rows.append(row)
+                    stack.append(row)
         return rows
 
     def focus_filter(self):
