@@ -373,6 +373,9 @@ class KeyTreeModel(QAbstractItemModel):
         state = (placed if column in (-1, KEY) else column, reverse)
         if key is None or state == self.sorted_by:  # core.rows built it in listing order
             return
+        # the same place order the other way: siblings' places are distinct, so reversing each
+        # list is that sort, without a key per row
+        flip = state[0] in ("listed", "file") and self.sorted_by == (state[0], not reverse)
         self.sorted_by = state
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
@@ -380,6 +383,9 @@ class KeyTreeModel(QAbstractItemModel):
         if self.index_rows.sortable is None:  # an index made without them
             self.index_rows.sortable = [row for row in self.rows if len(row.children) > 1]
         for row in self.index_rows.sortable:
+            if flip:
+                row.children.reverse()
+                continue
             try:
                 row.children.sort(key=key, reverse=reverse)
             except TypeError:
