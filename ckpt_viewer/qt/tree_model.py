@@ -30,6 +30,10 @@ COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Elements", "Size", "Device"
 KEY, TYPE, SHAPE, DTYPE, ELEMENTS, SIZE, DEVICE = range(len(COLUMNS))
 COLUMN_COUNT = len(COLUMNS)
 MUTED = QColor(128, 128, 128)
+# made at import, on the GUI thread: QBrush(colour) looks at QGradient's enums, and the first
+# look racing pyqtgraph's import in a worker failed a tab's opening ("QGradient has no
+# attribute 'Preset'")
+MUTED_BRUSH = QBrush(MUTED)
 DISPLAY_ROLE, USER_ROLE, CHECK_ROLE, TOOLTIP_ROLE, ALIGNMENT_ROLE, FOREGROUND_ROLE, FONT_ROLE = (
     int(role.value)
     for role in (
@@ -137,7 +141,7 @@ class KeyTreeModel(QAbstractItemModel):
         self.checked_below = [0] * len(rows)  # ticked tensor rows in each subtree
         self._italic = QFont()
         self._italic.setItalic(True)
-        self._muted = QBrush(MUTED)
+        self._muted = MUTED_BRUSH
         self.file_order = False  # keys in listing order (h.2 before h.10), not the file's
         self.sorted_by: tuple = ("listed", False)  # as core.rows built it
 
