@@ -127,13 +127,6 @@ class CompareModel(QAbstractTableModel):
             (texts, (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values), status)
         )
 
-    def index(self, row, column, parent=QModelIndex()):
-        # Qt's own index() asks rowCount() and columnCount(): two Python calls for every cell
-        # a paint or the sorting proxy looks up, where this is one
-        if 0 <= row < len(self.rows) and 0 <= column < len(COLUMNS) and not parent.isValid():
-            return self.createIndex(row, column)
-        return QModelIndex()
-
     def rowCount(self, parent=QModelIndex()):
         return 0 if parent.isValid() else len(self.rows)
 

@@ -19,15 +19,3 @@ def test_compare_tab_cosine_of_zeros_is_not_applicable(qapp, tmp_path):
         for row in range(model.rowCount())
     }
     assert cells == {"zero": "n/a (both zero)", "w": "1.000000"}
-
-
-def test_compare_model_passes_qabstractitemmodeltester(qtmodeltester, tmp_path):
-    """The model answers index() itself (one Python call a cell, not Qt's two): it must still
-    be a well-formed table, with no index outside its rows and columns."""
-    a = builders.save({"x": torch.zeros(4), "w": torch.ones(4)}, tmp_path / "a.pt")
-    b = builders.save({"y": torch.zeros(4), "w": torch.ones(4) * 2}, tmp_path / "b.pt")
-    model = CompareModel(run(diff(open_checkpoint(a), open_checkpoint(b))))
-    qtmodeltester.check(model)
-    assert model.rowCount() == 3
-    assert not model.index(3, 0).isValid() and not model.index(0, len(COLUMNS)).isValid()
-    assert not model.index(0, 0, model.index(0, 0)).isValid()
