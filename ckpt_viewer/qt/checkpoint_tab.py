@@ -45,6 +45,7 @@ from ckpt_viewer.qt.tree_model import (
     DTYPE,
     KEY,
     TYPE,
+    CheckDelegate,
     Filtered,
     KeyTreeModel,
     filter_rows,
@@ -213,6 +214,7 @@ class CheckpointTab(QWidget):
         self.tree = QTreeView()
         self.tree.setObjectName("keyTree")
         self.tree.setModel(self.model)
+        self.tree.setItemDelegate(CheckDelegate(self.tree))  # ticks: the model leaves flags() to Qt
         self.tree.setUniformRowHeights(True)
         self.tree.header().setSortIndicator(-1, Qt.AscendingOrder)  # file order until clicked
         self.tree.setSortingEnabled(True)
@@ -479,6 +481,8 @@ class CheckpointTab(QWidget):
     def _filter_edited(self, text: str):
         """Typing waits for a pause; clearing the field brings the whole tree back at once."""
         if text.strip():
+            if self.unfiltered_expanded is None:  # on the first key, not in the apply's frame
+                self.unfiltered_expanded = self.expanded_rows()
             self.controller.filter(text, self.model.index_rows, FILTER_DELAY_MS)
         else:
             self.apply_filter(text)
@@ -546,15 +550,15 @@ class CheckpointTab(QWidget):
         return index
 
     def expanded_rows(self) -> list:
-        """Rows expanded in the tree (only expanded subtrees are walked)."""
-        rows, stack = [], [QModelIndex()]
+        """Rows expanded in the tree (only expanded subtrees are walked, over the rows
+        themselves: a 5,000-row group asked through the model cost a frame)."""
+        model, expanded, index_at = self.model, self.tree.isExpanded, self.model.createIndex
+        rows, stack = [], [model.top]
         while stack:
-            parent = stack.pop()
-            for position in range(self.model.rowCount(parent)):
-                index = self.model.index(position, 0, parent)
-                if self.tree.isExpanded(index):
-                    rows.append(self.model.row_of(index))
-                    stack.append(index)
+            for row in model.visible_children(stack.pop()):
+                if row.children and expanded(index_at(row.pos, 0, row)):
+                    rows.append(row)
+                    stack.append(row)
         return rows
 
     def focus_filter(self):

@@ -109,12 +109,14 @@ class HistogramView(QWidget):
         return True
 
     def clear(self):
-        """A new tensor: nothing of the previous one stays (curve, read-out, overlay)."""
+        """A new tensor: nothing of the previous one stays (curve, mean and std lines, read-out,
+        overlay). Hidden, not emptied: new data moved the axes, and redrawing them took half
+        the selection's frame, for a plot that its statistics redraw a moment later."""
         self.stats = None
         self.readout.setText(" ")
         if self.plot is not None:
-            self.curve.setData([0, 1], [0])
-            self.nonfinite.setVisible(False)
+            for item in (self.curve, self.mean_line, *self.std_lines, self.nonfinite):
+                item.setVisible(False)
             self.clear_overlay()
 
     def show_stats(self, stats):
@@ -122,6 +124,7 @@ class HistogramView(QWidget):
         if not self.build():
             return
         edges, counts = stats.edges, stats.counts
+        self.curve.setVisible(True)
         self.show_nonfinite(stats)
         if not counts:
             self.curve.setData([0, 1], [0])

@@ -257,6 +257,19 @@ class StatsTable(QTableWidget):
         return out
 
 
+class DeferredProgressBar(QProgressBar):
+    """A progress bar that is painted with the rest of the window: QProgressBar.setValue
+    repaints at once, and a repaint paints everything then waiting (the tree, the plot), inside
+    the handler that set the value: a selection and that paint became one stall."""
+
+    def setValue(self, value: int) -> None:
+        if value == self.value():
+            return
+        self.setUpdatesEnabled(False)  # repaint() then returns at once
+        super().setValue(value)
+        self.setUpdatesEnabled(True)  # schedules an update instead
+
+
 class TensorControls(QWidget):
     """The bar above the histogram: bins, log y, range, complex part, compare-with, Save PNG,
     then the job's status and progress."""
@@ -282,7 +295,7 @@ class TensorControls(QWidget):
         self.compare.setToolTip("overlay the histogram of the same key in another open file")
         self.compare.setVisible(False)  # shown once another open file has tensors to overlay
         self.save_png = QPushButton("Save PNG...")
-        self.progress = QProgressBar()
+        self.progress = DeferredProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setMaximumWidth(140)
         self.progress.setTextVisible(False)

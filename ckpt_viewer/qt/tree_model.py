@@ -6,8 +6,9 @@ from __future__ import annotations
 import html
 from operator import attrgetter
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractItemModel, QEvent, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtWidgets import QApplication, QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.model import Node, format_bytes
@@ -27,9 +28,12 @@ from ckpt_viewer.core.listing.text import clipped, safe_text
 
 COLUMNS = ("Key", "Type / Class", "Shape", "DType", "Elements", "Size", "Device")
 KEY, TYPE, SHAPE, DTYPE, ELEMENTS, SIZE, DEVICE = range(len(COLUMNS))
+COLUMN_COUNT = len(COLUMNS)
 MUTED = QColor(128, 128, 128)
-ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
-CHECKABLE_FLAGS = ROW_FLAGS | Qt.ItemIsUserCheckable
+# made at import, on the GUI thread: QBrush(colour) looks at QGradient's enums, and the first
+# look racing pyqtgraph's import in a worker failed a tab's opening ("QGradient has no
+# attribute 'Preset'")
+MUTED_BRUSH = QBrush(MUTED)
 DISPLAY_ROLE, USER_ROLE, CHECK_ROLE, TOOLTIP_ROLE, ALIGNMENT_ROLE, FOREGROUND_ROLE, FONT_ROLE = (
     int(role.value)
     for role in (
@@ -92,6 +96,33 @@ def plain_tooltip(lines) -> str:
     return f"<p style='white-space:pre'>{body}</p>"
 
 
+class CheckDelegate(QStyledItemDelegate):
+    """Ticks a row's box on a click on it or on Space. The model leaves flags() to Qt: a Python
+    flags() is called twice for every row the tree lays out, which doubled the time to open a
+    5,000-row group, sort, or clear a filter. So ItemIsUserCheckable is not there for Qt's own
+    delegate to see, and this one toggles every row that has a box (CheckStateRole data)."""
+
+    def editorEvent(self, event, model, option, index) -> bool:
+        state = index.data(CHECK_ROLE) if index.column() == KEY else None
+        if state is None:
+            return super().editorEvent(event, model, option, index)
+        kind = event.type()
+        if kind in (QEvent.MouseButtonPress, QEvent.MouseButtonRelease, QEvent.MouseButtonDblClick):
+            view_option = QStyleOptionViewItem(option)
+            self.initStyleOption(view_option, index)
+            widget = option.widget
+            style = widget.style() if widget is not None else QApplication.style()
+            box = style.subElementRect(QStyle.SE_ItemViewItemCheckIndicator, view_option, widget)
+            if event.button() != Qt.LeftButton or not box.contains(event.position().toPoint()):
+                return False
+            if kind != QEvent.MouseButtonRelease:
+                return True  # the release toggles; a press or double click only takes the event
+        elif kind != QEvent.KeyPress or event.key() not in (Qt.Key_Space, Qt.Key_Select):
+            return False
+        on = Qt.CheckState(state) != Qt.Checked
+        return model.setData(index, Qt.Checked if on else Qt.Unchecked, Qt.CheckStateRole)
+
+
 class KeyTreeModel(QAbstractItemModel):
     checks_changed = Signal(int)  # how many tensors are ticked
 
@@ -110,7 +141,7 @@ class KeyTreeModel(QAbstractItemModel):
         self.checked_below = [0] * len(rows)  # ticked tensor rows in each subtree
         self._italic = QFont()
         self._italic.setItalic(True)
-        self._muted = QBrush(MUTED)
+        self._muted = MUTED_BRUSH
         self.file_order = False  # keys in listing order (h.2 before h.10), not the file's
         self.sorted_by: tuple = ("listed", False)  # as core.rows built it
 
@@ -136,8 +167,14 @@ class KeyTreeModel(QAbstractItemModel):
         return row.visible_children
 
     def index(self, row, column, parent=QModelIndex()):
-        children = self.visible_children(self.row_of(parent))
-        if 0 <= row < len(children) and 0 <= column < len(COLUMNS):
+        # asked for every row laid out (5,000 when a big group opens): the shown children are
+        # looked up directly while they are current
+        above = parent.internalPointer() if parent.isValid() else self.top
+        if above.generation == self.generation:
+            children = above.visible_children
+        else:
+            children = self.visible_children(above)
+        if 0 <= row < len(children) and 0 <= column < COLUMN_COUNT:
             return self.createIndex(row, column, children[row])
         return QModelIndex()
 
@@ -159,9 +196,12 @@ class KeyTreeModel(QAbstractItemModel):
 
     def hasChildren(self, parent=QModelIndex()):
         # asked for every row laid out (5,000 when a big group opens): no list built here
-        if parent.isValid() and parent.column() != 0:
+        if not parent.isValid():
+            row = self.top
+        elif parent.column():
             return False
-        row = self.row_of(parent)
+        else:
+            row = parent.internalPointer()
         if self._visible is None or self._inside[row.index]:
             return bool(row.children)
         return len(self.visible_children(row)) > 0
@@ -181,13 +221,6 @@ class KeyTreeModel(QAbstractItemModel):
                 "parameters, optimizer state and other tensors alike (the Summary splits them)"
             )
         return None
-
-    def flags(self, index):
-        if not index.isValid():
-            return Qt.NoItemFlags
-        if index.column() == KEY and index.internalPointer().tensors:
-            return CHECKABLE_FLAGS
-        return ROW_FLAGS
 
     # --- check boxes (what to export) ------------------------------------------------------
     def check_state(self, row: Row):
@@ -344,6 +377,9 @@ class KeyTreeModel(QAbstractItemModel):
         state = (placed if column in (-1, KEY) else column, reverse)
         if key is None or state == self.sorted_by:  # core.rows built it in listing order
             return
+        # the same place order the other way: siblings' places are distinct, so reversing each
+        # list is that sort, without a key per row
+        flip = state[0] in ("listed", "file") and self.sorted_by == (state[0], not reverse)
         self.sorted_by = state
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
@@ -351,6 +387,9 @@ class KeyTreeModel(QAbstractItemModel):
         if self.index_rows.sortable is None:  # an index made without them
             self.index_rows.sortable = [row for row in self.rows if len(row.children) > 1]
         for row in self.index_rows.sortable:
+            if flip:
+                row.children.reverse()
+                continue
             try:
                 row.children.sort(key=key, reverse=reverse)
             except TypeError:
@@ -379,10 +418,8 @@ class KeyTreeModel(QAbstractItemModel):
         self.sort(-1)
 
     def index_of_key(self, key: str) -> QModelIndex:
-        try:
-            return self.index_of_row(self.rows[self.keys.index(key)])
-        except ValueError:
-            return QModelIndex()
+        position = self.index_rows.position(key)
+        return QModelIndex() if position is None else self.index_of_row(self.rows[position])
 
     def index_of_row(self, row: Row) -> QModelIndex:
         """row's index if the filter shows it (its ancestors' rows are numbered on the way)."""

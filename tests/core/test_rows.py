@@ -131,3 +131,14 @@ def test_filter_rows_bad_regex_is_one_line_in_the_result():
     filtered = filter_rows("/(/", index)
     assert filtered.error.startswith("bad regular expression") and "\n" not in filtered.error
     assert filtered.visible is None
+
+
+def test_position_is_the_first_row_of_a_key():
+    """A key's row by lookup (the tree selects keys by it): the first row where a group and a
+    tensor share a key, as a search of the keys in order finds it; None for no row."""
+    keys = ["", "w", "w", "w.absmax"]
+    index = RowIndex(
+        None, [None] * 4, keys, None, array("q", [-1, 0, 0, 0]), array("q", [4, 1, 1, 1])
+    )
+    assert [index.position(k) for k in keys] == [keys.index(k) for k in keys] == [0, 1, 1, 3]
+    assert index.position("x") is None and index.position("W") is None

@@ -16,11 +16,16 @@
 - the longest stall while Tools > Health checks the 16 GB file, and the time to its report.
 
 - `flows` (issue #23, budget one frame, 16 ms): the worst GUI stall in each interactive flow over
-  the 50,000-key file, printed as a table: selecting a tensor with two other files open (three
-  with the 16 GB file, opened too where it exists), a Compare row click, a keystroke in the
+  the 50,000-key file, printed as a table: opening it (with the panes and plot built after it
+  shows), selecting a tensor with two other files open (three with the 16 GB file, opened too
+  where it exists), a Compare row click, a keystroke in the
   export preview with a root and two globs, a header click that sorts, Expand All (and Collapse
   All), and typing in the filter. The twin and the nested copy it needs are written to a
   temporary folder under --out (or --data).
+
+`--runs N` runs the flows N times, each in a fresh process, and prints each row's min / median /
+max: the worst stall, and the most CPU time the GUI thread spent in one stall (its own work; on a
+loaded machine the stall also counts waiting for a core).
 
 `--only export,verify,compare` runs just those parts (names: window, load, layers, health,
 export, verify, compare, keys, flows; layers and health need load); `--out DIR` puts the exported
@@ -30,6 +35,7 @@ file there instead of beside the data.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -75,7 +81,8 @@ def first_window():
 class Heartbeat:
     """Longest gap between 5 ms timer ticks: how long the GUI thread was not answering, and
     the CPU time the GUI thread itself spent in that gap (the rest went to waiting: for the
-    GIL, or for a core on a busy machine)."""
+    GIL, or for a core on a busy machine). `most_cpu` is the most CPU time the GUI thread
+    spent in any one gap: its own work, which a loaded machine does not inflate."""
 
     def __init__(self):
         from PySide6.QtCore import QTimer
@@ -84,18 +91,19 @@ class Heartbeat:
         self.timer.setInterval(5)
         self.timer.timeout.connect(self.tick)
         self.last = self.last_cpu = 0.0
-        self.worst = self.worst_cpu = 0.0
+        self.worst = self.worst_cpu = self.most_cpu = 0.0
 
     def tick(self):
         now, cpu = time.perf_counter(), time.thread_time()
         if now - self.last - 0.005 > self.worst:
             self.worst, self.worst_cpu = now - self.last - 0.005, cpu - self.last_cpu
+        self.most_cpu = max(self.most_cpu, cpu - self.last_cpu)
         self.last, self.last_cpu = now, cpu
 
     def start(self):
         # from now: work done before the first tick is a stall too
         self.last, self.last_cpu = time.perf_counter(), time.thread_time()
-        self.worst = self.worst_cpu = 0.0
+        self.worst = self.worst_cpu = self.most_cpu = 0.0
         self.timer.start()
 
     def stop(self):
@@ -167,7 +175,18 @@ def main():
         action="store_true",
         help="skip the export timing (it writes a 2.6 GB file into --data)",
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="flows only: run them this many times, each in a fresh process, and print each "
+        "row's min / median / max",
+    )
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.runs > 1:
+        flows_runs(args)
+        return
     parts = set(args.only.split(","))
     if "window" in parts:
         ours, base = first_window()
@@ -356,22 +375,59 @@ def main():
 
     path = os.path.abspath(os.path.join(args.data, "keys-50k.pt"))
     if "flows" in parts and os.path.exists(path):
-        flows(app, window, beat, path, args.out or args.data)
+        flows(app, window, beat, path, args.out or args.data, args.json)
+
+
+def flows_runs(args):
+    """`flows` in args.runs fresh processes (a first selection is first only once a process):
+    each row's worst stall and most GUI-thread CPU in one stall, min / median / max."""
+    runs = []
+    for _ in range(args.runs):
+        command = [sys.executable, __file__, "--only", "flows", "--data", args.data, "--json"]
+        child = subprocess.run(
+            command + (["--out", args.out] if args.out else []),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        line = next(x for x in child.stdout.splitlines() if x.startswith("FLOWS "))
+        runs.append(json.loads(line[len("FLOWS ") :]))
+
+    def spread(values):
+        low, mid, high = min(values), statistics.median(values), max(values)
+        return f"{1000 * low:.1f} / {1000 * mid:.1f} / {1000 * high:.1f} ms"
+
+    print(
+        f"\n| flow (keys-50k.pt), {args.runs} runs | worst GUI stall, min / median / max | most "
+        "GUI-thread CPU in one stall, min / median / max | budget |"
+    )
+    print("|---|---:|---:|---:|")
+    for row, name in enumerate(r[0] for r in runs[0]):
+        walls, cpus = [run[row][1] for run in runs], [run[row][3] for run in runs]
+        print(f"| {name} | {spread(walls)} | {spread(cpus)} | 16 ms |")
+    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
 def stall_of(app, beat, action, done=lambda: True, repeat=1):
-    """The worst GUI stall over `repeat` runs of action(i), each until done() and a settle."""
-    worst = (0.0, 0.0)
+    """The worst GUI stall over `repeat` runs of action(i), each until done() and a settle:
+    (seconds, the GUI thread's CPU seconds in it, the most CPU seconds in any one gap)."""
+    worst, most = (0.0, 0.0), 0.0
     for i in range(repeat):
         beat.start()
         action(i)
         wait_for(app, done)
         settle(app)
         worst = max(worst, (beat.stop(), beat.worst_cpu))
-    return worst
+        most = max(most, beat.most_cpu)
+    return (*worst, most)
 
 
-def flows(app, window, beat, path, out):
+def measured(beat):
+    """The heartbeat's figures since its start, as stall_of returns them (it stops it)."""
+    return beat.stop(), beat.worst_cpu, beat.most_cpu
+
+
+def flows(app, window, beat, path, out, as_json=False):
     """One row per interactive flow over the 50,000-key file: its worst GUI-thread stall."""
     import shutil
     import tempfile
@@ -391,17 +447,26 @@ def flows(app, window, beat, path, out):
         tabs = {}
         big = os.path.join(os.path.dirname(path), "train-16g.pt")  # open too, where present
         others = [nested, twin] + ([big] if os.path.exists(big) else [])
-        for name in (*others, path):
+        for name in others:
             if window._tab_of_path(name) is None:
                 open_and_wait(app, window, name)
             tabs[name] = window._tab_of_path(name)
-        tab = tabs[path]
+        settle(app, 0.5)
+        # its own row: after `loaded` the tab builds its panes and plot (timers), which a
+        # selection made at once used to be charged with
+        beat.start()
+        if window._tab_of_path(path) is None:
+            open_and_wait(app, window, path)
+        settle(app, 0.5)
+        rows.append(("open it (the tab, then its panes and plot)", measured(beat)))
+        tabs[path] = tab = window._tab_of_path(path)
         window.tabs.setCurrentWidget(tab)
+        settle(app)
         ready = []
         tab.tensor_view.view_ready.connect(ready.append)
         keys = [f"layers.{i * 499}.sub{i % 10}.weight" for i in range(1, 7)]
         first = stall_of(app, beat, lambda i: tab.select_key(keys[0]), lambda: bool(ready))
-        rows.append(("select: the first tensor (builds the plot, once a window)", first))
+        rows.append(("select: the first tensor (opens the 5,000-row group)", first))
 
         def select(i):
             ready.clear()
@@ -452,9 +517,7 @@ def flows(app, window, beat, path, out):
         typing_into(app, dialog.include, typed, beat)
         wait_for(app, lambda: typed in planned and not dialog.controller.busy())
         settle(app)
-        rows.append(
-            ("export preview: typing a glob (root + 2 globs)", (beat.stop(), beat.worst_cpu))
-        )
+        rows.append(("export preview: typing a glob (root + 2 globs)", measured(beat)))
         dialog.close()
 
         window.tabs.setCurrentWidget(tab)
@@ -473,8 +536,8 @@ def flows(app, window, beat, path, out):
         settle(app)
         rows.append(("View > Collapse All", stall_of(app, beat, lambda i: collapse.trigger())))
 
-        _, _, stall = typing(app, tab, "layers.12*.sub3", beat)
-        rows.append(("filter: typing (and its apply)", (stall, beat.worst_cpu)))
+        typing(app, tab, "layers.12*.sub3", beat)
+        rows.append(("filter: typing (and its apply)", (beat.worst, beat.worst_cpu, beat.most_cpu)))
         cleared = []
         tab.filter_applied.connect(cleared.append)
         rows.append(
@@ -484,10 +547,19 @@ def flows(app, window, beat, path, out):
             )
         )
 
-        print("\n| flow (keys-50k.pt) | worst GUI stall | GUI-thread CPU in it | budget |")
-        print("|---|---:|---:|---:|")
-        for name, (worst, cpu) in rows:
-            print(f"| {name} | {1000 * worst:.1f} ms | {1000 * cpu:.1f} ms | 16 ms |")
+        if as_json:
+            print("FLOWS " + json.dumps([[name, *figures] for name, figures in rows]))
+            return
+        print(
+            "\n| flow (keys-50k.pt) | worst GUI stall | GUI-thread CPU in it | most GUI-thread "
+            "CPU in one stall | budget |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        for name, (worst, cpu, most) in rows:
+            print(
+                f"| {name} | {1000 * worst:.1f} ms | {1000 * cpu:.1f} ms | {1000 * most:.1f} ms "
+                "| 16 ms |"
+            )
         print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -12,6 +12,47 @@ import builders
 from ckpt_viewer.qt import export_dialog
 
 
+def _check_box_center(tree, index):
+    """Where the row's check box is drawn (the delegate's own layout of the cell)."""
+    from PySide6.QtWidgets import QStyle, QStyleOptionViewItem
+
+    option = QStyleOptionViewItem()
+    tree.initViewItemOption(option)
+    option.rect = tree.visualRect(index)
+    tree.itemDelegate().initStyleOption(option, index)
+    box = tree.style().subElementRect(QStyle.SE_ItemViewItemCheckIndicator, option, tree)
+    return box.center()
+
+
+def test_click_and_space_tick_a_row(qtbot, window, tmp_path, synchronous_jobs):
+    """The model leaves flags() to Qt (no ItemIsUserCheckable): its delegate ticks a box on a
+    click on the box or on Space, and a click beside the box only selects."""
+    src = builders.training_checkpoint(tmp_path / "c.pt")
+    open_and_wait(qtbot, window, src)
+    tree = window.current_tab().findChild(QTreeView, "keyTree")
+    model = tree.model()
+    msd = model.index(2, 0)
+    tree.scrollTo(msd)
+    qtbot.mouseClick(tree.viewport(), Qt.LeftButton, pos=_check_box_center(tree, msd))
+    assert model.data(msd, Qt.CheckStateRole) == Qt.Checked
+    assert len(model.checked_keys()) == 9
+    beside = tree.visualRect(msd).center()
+    qtbot.mouseClick(tree.viewport(), Qt.LeftButton, pos=beside)
+    assert model.data(msd, Qt.CheckStateRole) == Qt.Checked
+    assert tree.currentIndex().row() == 2
+    qtbot.mouseClick(tree.viewport(), Qt.LeftButton, pos=_check_box_center(tree, msd))
+    assert model.checked_keys() == []
+    epoch = model.index(0, 0)  # no tensors, no box: a click there ticks nothing
+    qtbot.mouseClick(tree.viewport(), Qt.LeftButton, pos=_check_box_center(tree, epoch))
+    assert model.checked_keys() == []
+    tree.setCurrentIndex(msd)
+    tree.setFocus()
+    qtbot.keyClick(tree, Qt.Key_Space)
+    assert model.data(msd, Qt.CheckStateRole) == Qt.Checked
+    qtbot.keyClick(tree, Qt.Key_Space)
+    assert model.data(msd, Qt.CheckStateRole) == Qt.Unchecked
+
+
 def test_tristate_ticks_and_export(qtbot, window, tmp_path, synchronous_jobs):
     src = builders.training_checkpoint(tmp_path / "c.pt")
     open_and_wait(qtbot, window, src)

@@ -68,6 +68,13 @@ def test_layers_in_natural_order_and_file_order_on_request(qtbot, window, tmp_pa
     assert names_under(model, child(model, "h")) == [str(i) for i in reversed(range(LAYERS))]
     tab.tree.sortByColumn(0, Qt.AscendingOrder)
     assert names_under(model, child(model, "h")) == [str(i) for i in range(LAYERS)]
+    window.findChild(QAction, "actionFileOrder").trigger()  # the file's order, the other way
+    tab.tree.sortByColumn(0, Qt.DescendingOrder)
+    assert names_under(model, child(model, "h")) == stored[::-1]
+    tab.tree.sortByColumn(0, Qt.AscendingOrder)
+    assert names_under(model, child(model, "h")) == stored
+    window.findChild(QAction, "actionFileOrder").trigger()
+    assert names_under(model, child(model, "h")) == [str(i) for i in range(LAYERS)]
 
 
 def test_filter_opens_the_way_to_many_matches_and_keys_move_in_and_out(

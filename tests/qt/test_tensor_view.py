@@ -44,6 +44,15 @@ def test_selecting_a_tensor_shows_exact_stats_and_histogram(qtbot, window, tmp_p
     view.controls.log_y.setChecked(True)
     assert plot.getPlotItem().ctrl.logYCheck.isChecked()
     assert view.export_png(str(tmp_path / "h.png")) and (tmp_path / "h.png").stat().st_size > 0
+    histogram = view.histogram
+    lines = [histogram.mean_line, *histogram.std_lines]
+    assert histogram.curve.isVisible() and all(line.isVisible() for line in lines)
+    histogram.clear()  # what a new selection does first: nothing of "w" is shown
+    assert not histogram.curve.isVisible() and not any(line.isVisible() for line in lines)
+    assert not histogram.nonfinite.isVisible()
+    view.controls.log_y.setChecked(False)
+    select(qtbot, tab, "b")
+    assert histogram.curve.isVisible() and histogram.curve.getData()[1].sum() == 3
 
 
 def test_bins_and_clipped_range_recompute(qtbot, window, tmp_path):

@@ -136,6 +136,14 @@ class RowIndex:
     parents: array[int]  # each row's parent index (-1 for the top)
     sizes: array[int]  # each row's subtree size
     sortable: list[Row] | None = None  # rows with two or more children: what a sort reorders
+    positions: dict[str, int] | None = None  # key -> its first row (a selection looks it up)
+
+    def position(self, key: str) -> int | None:
+        """The first row of `key` (a group and a tensor may share one), None if no row has it."""
+        if self.positions is None:
+            keys = self.keys  # built backwards: the first row of a repeated key stays
+            self.positions = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1)))
+        return self.positions.get(key)
 
     @property
     def lowered(self) -> list[str]:
@@ -181,7 +189,7 @@ def build_rows(root: Node) -> RowIndex:
         if len(rows) > 1:
             _count_views_once(rows)
     keys = [r.node.key for r in order]
-    return RowIndex(
+    index = RowIndex(
         top,
         order,
         keys,
@@ -190,6 +198,8 @@ def build_rows(root: Node) -> RowIndex:
         array("q", [r.size for r in order]),
         [r for r in order if len(r.children) > 1],
     )
+    index.position("")  # the key lookup, made here in the worker
+    return index
 
 
 def _count_views_once(rows: list[Row]) -> None:
