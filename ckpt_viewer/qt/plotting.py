@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 import weakref
 
 import shiboken6
+from PySide6 import QtCore, QtGui, QtWidgets
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QWidget
 
 from ckpt_viewer.qt import workers
 
+TOUCH_SLICE = 0.008  # seconds of type creation per event-loop turn (half a frame)
 # "settled": set once the import ended (or failed) and the waiting views were told
 _plotting = {
     "module": None,
@@ -28,6 +32,22 @@ def preload_plotting():
     if _plotting["started"]:
         return
     _plotting["started"] = True
+    names = [(module, name) for module in (QtCore, QtGui, QtWidgets) for name in dir(module)]
+    _create_qt_types(names)
+
+
+def _create_qt_types(names: list) -> None:
+    """Have PySide create its lazily made types here, on the GUI thread, a few at a time, then
+    import pyqtgraph: its import reads every name of QtCore/QtGui/QtWidgets, and PySide making
+    a type (and its Python enums) on the worker while the GUI thread made another crashed the
+    process now and then (a segfault inside enum creation)."""
+    deadline = time.perf_counter() + TOUCH_SLICE
+    while names and (workers.is_synchronous() or time.perf_counter() < deadline):
+        module, name = names.pop()
+        getattr(module, name, None)
+    if names:
+        QTimer.singleShot(0, lambda: _create_qt_types(names))
+        return
     jobs = _plotting["jobs"] = workers.Controller(QApplication.instance())
     jobs.start(
         "import",
