@@ -155,9 +155,16 @@ def test_mutated_hdf5_files(tmp_path_factory):
 
         def verdict():
             found = _in_a_child(str(target))
-            if found.startswith(("HANG", "DIED")):
-                return f"{_the_windows_way(str(target))} ({found} unguarded)"
-            return found
+            if not found.startswith(("HANG", "DIED")):
+                return found
+            guarded = _the_windows_way(str(target))
+            if guarded.startswith("CRASH: a file that took"):
+                # the window read it in its children: was it the fork (another thread of this
+                # process, JAX's say, holding a lock as it forked)? once more, to tell
+                again = _in_a_child(str(target))
+                if not again.startswith(("HANG", "DIED")):
+                    return again
+            return f"{guarded} ({found} unguarded)"
 
         judge(verdict, f"{len(data)} bytes, steps {steps}")
 
