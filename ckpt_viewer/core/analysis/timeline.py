@@ -531,8 +531,10 @@ def plan_tasks(run: Run, keys: Iterable[str] = (), metrics=()) -> list[Task]:
         tensors = [f[1] if f else None for f in found]
         sources = [f[0] if f else None for f in found]
         var = [v.get(s) for v, s in zip(variances, sources)] if variances is not None else None
-        nbytes = sum(t.nbytes for t in tensors if t is not None)
-        tasks.append(Task(key, tensors, var if var and any(var) else None, nbytes, sources))
+        var = var if var and any(var) else None
+        # what the scan reads: the key's tensor in every step, and Adam's exp_avg_sq beside it
+        nbytes = sum(t.nbytes for t in tensors + (var or []) if t is not None)
+        tasks.append(Task(key, tensors, var, nbytes, sources))
     return tasks
 
 
