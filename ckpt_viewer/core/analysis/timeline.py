@@ -434,7 +434,9 @@ def scan_key(
         seen = 0
         ahead = 0 if sample else READAHEAD
         buffers = [np.empty(chunk, np.float64) for _ in range(len(run) + 1)]  # + a scratch
-        for chunks in zip(*(iter_chunks(tensors[i], chunk, ahead) for i in run)):
+        # a sample is a few small reads per tensor: pread, so cold ones wait side by side
+        reads = (iter_chunks(tensors[i], chunk, ahead, mapped=not sample) for i in run)
+        for chunks in zip(*reads):
             if stop.is_set():
                 raise CheckpointError("cancelled")
             if sample and seen >= sample:

@@ -27,12 +27,14 @@ from ckpt_viewer.core.values.strided import gather, iter_raw_chunks, rechunked, 
 from ckpt_viewer.core.values.torch_bridge import read_tensor, to_numpy, torch_chunks
 
 
-def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20, readahead: int = 0):
+def iter_chunks(
+    tensor: TensorInfo, chunk_elements: int = 1 << 20, readahead: int = 0, mapped: bool = True
+):
     """The tensor's elements as widened numpy chunks of chunk_elements each (the last may be
     shorter), in logical (C) order, read-only; memory stays bounded whatever the strides.
-    A sparse tensor yields its stored values only. `readahead`: see iter_raw_chunks."""
+    A sparse tensor yields its stored values only. `readahead`, `mapped`: see iter_raw_chunks."""
     if "values" in tensor.parts:
-        yield from iter_chunks(tensor.parts["values"], chunk_elements, readahead)
+        yield from iter_chunks(tensor.parts["values"], chunk_elements, readahead, mapped)
         return
     if tensor.layout == "ggml":
         for start in range(0, tensor.numel, chunk_elements):
@@ -51,7 +53,8 @@ def iter_chunks(tensor: TensorInfo, chunk_elements: int = 1 << 20, readahead: in
     if not numpy_readable(tensor):
         yield from torch_chunks(read_tensor(tensor), chunk_elements)
         return
-    for raw in iter_raw_chunks(tensor, tensor_np_dtype(tensor), chunk_elements, readahead):
+    dtype = tensor_np_dtype(tensor)
+    for raw in iter_raw_chunks(tensor, dtype, chunk_elements, readahead, mapped):
         yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
 
 

@@ -15,14 +15,21 @@ from ckpt_viewer.core.values.storage import StorageReader, larger_than_memory
 
 
 def iter_raw_chunks(
-    tensor: TensorInfo, dtype: np.dtype, chunk_elements: int = 1 << 20, readahead: int = 0
+    tensor: TensorInfo,
+    dtype: np.dtype,
+    chunk_elements: int = 1 << 20,
+    readahead: int = 0,
+    mapped: bool = True,
 ):
     """Stored elements (as `dtype` units) in logical order, chunk_elements at a time. Strided
     views (transposes, slices, expand's zero strides, as_strided overlaps) are gathered block by
     block from mapped spans, so neither the view nor its storage span is ever held whole.
     `readahead` (elements, larger than a chunk) asks the OS for that much ahead in large
     requests: readers that walk several files side by side otherwise send the disk one small
-    read per file in turn, and a cold disk serves those far below its streaming rate."""
+    read per file in turn, and a cold disk serves those far below its streaming rate.
+    `mapped=False` reads contiguous chunks with pread (a copy) instead of mapping them: a few
+    small reads from a cold file then wait on the disk without holding the GIL, so threads
+    reading other tensors wait side by side (a page fault inside numpy may hold it)."""
     reader = StorageReader(tensor.storage)
     if tensor.is_contiguous:
         streaming = larger_than_memory(reader)
@@ -49,7 +56,7 @@ def iter_raw_chunks(
                 reader.prefetch(
                     [(tensor.offset + ahead, min(chunk_elements, tensor.numel - ahead))], dtype
                 )
-            yield reader.mapped(
+            yield (reader.mapped if mapped else reader.read)(
                 tensor.offset + start, min(chunk_elements, tensor.numel - start), dtype
             )
         return
