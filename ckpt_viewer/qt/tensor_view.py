@@ -75,6 +75,10 @@ class TensorController(QObject):
     def cancel(self) -> None:
         self.jobs.cancel()
 
+    def cancel_overlay(self) -> None:
+        """Stop the overlay being read (superseded) at its next chunk; its result is dropped."""
+        self.jobs.cancel("overlay")
+
     def clipped_range(self, clip) -> tuple | None:
         """The value range between quantile pair `clip` of the exact statistics (None: all)."""
         stats = self.stats
@@ -321,7 +325,7 @@ class TensorView(QWidget):
         )
 
     def _clear_overlay(self):
-        self.controller.jobs.cancel("overlay")  # superseded: stop it at its next chunk
+        self.controller.cancel_overlay()
         self.histogram.clear_overlay()
 
     # --- results -----------------------------------------------------------------------------
