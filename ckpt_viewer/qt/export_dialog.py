@@ -25,10 +25,16 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core import paused_gc
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, format_bytes
+from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
 from ckpt_viewer.core.listing.summary import suggested_root
 from ckpt_viewer.core.writing.destination import default_destination
-from ckpt_viewer.core.writing.export import CAST_TARGETS, ExportPlan, export, plan_items
+from ckpt_viewer.core.writing.export import (
+    CAST_TARGETS,
+    ExportPlan,
+    export,
+    plan_items,
+    written_payload,
+)
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import plain_label, shown
 from ckpt_viewer.qt.theme import on_base
@@ -53,14 +59,17 @@ def preview_job(checkpoint, plan: ExportPlan) -> tuple[str, int, int]:
     items it builds set off full collections over every open file's objects, each holding the
     GIL (the window stalled for them)."""
     with paused_gc():  # and the items go before it is back: a young collection walked them
-        items = plan_items(checkpoint, plan)
+        items, aliases, total = written_payload(plan_items(checkpoint, plan), plan.format)
         lines = [
             shown(f"{i.source_key}  ->  {i.key}   {i.dtype} {list(i.tensor.shape)}")
             for i in items[:PREVIEW_LINES]
         ]
         if len(items) > PREVIEW_LINES:
             lines.append(f"... and {len(items) - PREVIEW_LINES:,} more")
-        total = sum(i.tensor.numel * DTYPE_SIZES[i.dtype] for i in items)
+        lines += [
+            shown(f"{tied}  ->  tied to {kept}: a metadata note, not a tensor (safetensors)")
+            for tied, kept in list(aliases.items())[:PREVIEW_LINES]
+        ]
         count = len(items)
         del items
     return "\n".join(lines), count, total

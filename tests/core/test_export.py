@@ -140,6 +140,36 @@ def test_safetensors_output_with_tied_weights(tmp_path):
     assert torch.equal(out["m"], w) and torch.equal(out["row"], w[1])
 
 
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_the_preview_counts_what_the_writer_writes(tmp_path, fmt):
+    """written_payload (the export preview's figures) equals what torch / safetensors read back
+    from the file written: tied names once, a shared storage's bytes once."""
+    from safetensors.torch import load_file
+
+    from ckpt_viewer.core.writing.export import written_payload
+
+    w = torch.randn(8, 4)
+    src = builders.save(
+        {"a": w, "b": w, "row": w[1], "c": torch.zeros(3, dtype=torch.bfloat16)},
+        tmp_path / "s.pt",
+    )
+    plan = ExportPlan(format=fmt)
+    items, aliases, total = written_payload(plan_items(open_checkpoint(src), plan), fmt)
+    dst = tmp_path / f"out.{fmt}"
+    do_export(src, dst, format=fmt)
+    if fmt == "safetensors":
+        out = load_file(str(dst))
+        assert sorted(i.key for i in items) == sorted(out) and aliases == {"b": "a"}
+        assert total == sum(t.numel() * t.element_size() for t in out.values())
+    else:
+        out = torch.load(dst, weights_only=True)
+        assert len(items) == len(out) and aliases == {}
+        storages = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in out.values()
+        }
+        assert total == sum(storages.values())
+
+
 def test_parse_size():
     from ckpt_viewer.core.writing.export import parse_size
 

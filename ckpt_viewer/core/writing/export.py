@@ -654,6 +654,22 @@ def write_torch_archive(
         zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
 
 
+def written_payload(items: list[Item], fmt: str) -> tuple[list[Item], dict[str, str], int]:
+    """(the tensors written, {tied name: the name written}, bytes of tensor data) of an export
+    of `items` in `fmt`, as the writers lay them out: a .pth writes a shared storage once, a
+    .safetensors writes tied names once and notes the others in its metadata."""
+    aliases: dict[str, str] = {}
+    if fmt == "safetensors":
+        items, aliases = drop_aliases(items)
+        return items, aliases, sum(span_bytes(i.dtype, i.tensor.numel) for i in items)
+    records = _records(items, fmt)  # a packed record counts bytes already
+    return (
+        items,
+        aliases,
+        sum(r.count if r.dtype in PACKED_VALUES else span_bytes(r.dtype, r.count) for r in records),
+    )
+
+
 # --- the .safetensors writer -------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from ckpt_viewer.core.listing.readers.safetensors import flat_tree
 from ckpt_viewer.core.listing.text import safe_text
 
 MAX_MODEL_BYTES = 2**31  # protobuf's own limit on one message
+MAX_SUBGRAPH_DEPTH = 64  # If/Loop/Scan bodies nested deeper are not walked (and said so)
 
 # TensorProto.DataType -> torch dtype name (the sub-byte, 6-bit and string types have none)
 DTYPES = {
@@ -49,6 +50,27 @@ DTYPES = {
     24: "float8_e8m0fnu",
 }
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+def _graph_tensors(graph: Any, named: list[tuple[str, Any]], constants: dict, depth: int) -> int:
+    """Append (name, TensorProto) of the graph's initializers and Constant nodes, and those of
+    the subgraphs its nodes hold (If branches, Loop and Scan bodies: onnx runs them with their
+    own initializers), to `named`; returns the number of sparse initializers met."""
+    if depth > MAX_SUBGRAPH_DEPTH:
+        raise CheckpointError(f"ONNX subgraphs nested more than {MAX_SUBGRAPH_DEPTH} deep")
+    named.extend((t.name, t) for t in graph.initializer)
+    sparse = len(graph.sparse_initializer)
+    for node in graph.node:
+        constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+        for attribute in node.attribute:
+            if constant and attribute.name == "value" and attribute.HasField("t") and node.output:
+                named.append((node.output[0], attribute.t))
+                constants[node.output[0]] = node.name
+            if attribute.HasField("g"):
+                sparse += _graph_tensors(attribute.g, named, constants, depth + 1)
+            for subgraph in attribute.graphs:
+                sparse += _graph_tensors(subgraph, named, constants, depth + 1)
+    return sparse
 
 
 def looks_like_onnx(path: str, head: bytes) -> bool:
@@ -149,15 +171,11 @@ def read(path: str) -> Checkpoint:
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"not a valid ONNX model ({str(exc)[:80]})") from None
     del raw
-    tensors, constants, warnings = {}, {}, []
+    tensors, warnings = {}, []
+    constants: dict[str, str] = {}
     graph = model.graph
-    named = [(t.name, t) for t in graph.initializer]
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for attribute in node.attribute:
-                if attribute.name == "value" and attribute.HasField("t") and node.output:
-                    named.append((node.output[0], attribute.t))
-                    constants[node.output[0]] = node.name
+    named: list[tuple[str, Any]] = []
+    sparse = _graph_tensors(graph, named, constants, 0)
     for key, tensor in named:
         if key in tensors:
             warnings.append(f"the graph defines {safe_text(key)!r} twice; the first is listed")
@@ -165,9 +183,8 @@ def read(path: str) -> Checkpoint:
         info = _tensor(path, tensor, key, warnings)
         if info is not None:
             tensors[key] = info
-    if graph.sparse_initializer:
-        count = len(graph.sparse_initializer)
-        warnings.append(f"{count:,} sparse initializer(s) not listed (only dense tensors are)")
+    if sparse:
+        warnings.append(f"{sparse:,} sparse initializer(s) not listed (only dense tensors are)")
     root = flat_tree(tensors)
     metadata = {
         "ir_version": model.ir_version,
