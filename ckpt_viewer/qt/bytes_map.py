@@ -27,7 +27,7 @@ from ckpt_viewer.core.listing.footprint import (
     memory_needs,
 )
 from ckpt_viewer.core.listing.model import Checkpoint, format_bytes, format_count
-from ckpt_viewer.core.listing.text import safe_text
+from ckpt_viewer.core.listing.text import plural, safe_text
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html
 
@@ -241,7 +241,7 @@ def block_text(block: Block, total: int) -> str:
         name += f" ({safe_text(block.class_name)})"
     return (
         f"{name}: {format_bytes(block.bytes)}{share}, {format_count(block.elements)} elements "
-        f"in {block.tensors:,} tensors; {roles}; {dtypes}"
+        f"in {plural(block.tensors, 'tensor')}; {roles}; {dtypes}"
     )
 
 

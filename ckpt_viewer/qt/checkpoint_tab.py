@@ -393,8 +393,8 @@ class CheckpointTab(QWidget):
         """The Summary's last section: what the model needs to run (inspect --by-module's)."""
         from ckpt_viewer.core.listing.footprint import memory_lines
 
-        text = "\n".join(line for line in memory_lines(needs) if line)
-        self.summary.append(f"<h3>What it needs to run</h3><pre>{as_html(text)}</pre>")
+        text = "\n".join(as_html(line) for line in memory_lines(needs) if line)
+        self.summary.append(f"<h3>What it needs to run</h3><pre>{text}</pre>")
         self.memory_shown.emit()
 
     def _pane_shown(self, index: int):

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
 from ckpt_viewer.core.listing.summary import suggested_root
+from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.core.writing.export import (
     CAST_TARGETS,
@@ -336,7 +337,7 @@ class ExportDialog(QDialog):
         tensors, total = self.plan_totals
         blocked = exists and not self.replace.isChecked()
         self.summary.setStyleSheet("")
-        self.summary.setText(f"{tensors:,} tensors, {format_bytes(total)}")
+        self.summary.setText(f"{plural(tensors, 'tensor')}, {format_bytes(total)}")
         if exists:
             self.summary.setText(
                 self.summary.text()
@@ -418,7 +419,7 @@ class ExportDialog(QDialog):
         self.show_button.setVisible(True)
         checked = ", checked after writing" if summary.verified else ""
         self.summary.setText(
-            f"Wrote {summary.path}: {summary.tensors:,} tensors, "
+            f"Wrote {summary.path}: {plural(summary.tensors, 'tensor')}, "
             f"{format_bytes(summary.bytes)}, {summary.format}, location "
             f"{summary.device}{checked}."
         )

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
+from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting
 from ckpt_viewer.qt.theme import on_base
@@ -129,8 +130,9 @@ class HealthDialog(QWidget):
 
         counts = severity_counts(report)
         self.status.setText(
-            f"{'No findings' if not report.findings else counts}: {report.tensors_scanned:,} "
-            f"tensors, {format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s"
+            f"{'No findings' if not report.findings else counts}: "
+            f"{plural(report.tensors_scanned, 'tensor')}, "
+            f"{format_bytes(report.bytes_scanned)} scanned in {report.seconds:.2f} s"
         )
         if len(report.findings) > MAX_SHOWN:
             self.status.setText(

@@ -56,7 +56,8 @@ class WelcomePage(QWidget):
             lambda item: self.open_recent.emit(item.data(Qt.UserRole))
         )
         self.recent_title = plain_label("Recent files (double-click or Enter opens one)")
-        formats = plain_label("Formats:\n" + "\n".join(f"  - {line}" for line in FORMATS))
+        formats = plain_label()
+        formats.setText("Formats:\n" + "\n".join(f"  - {line}" for line in FORMATS))  # ours
         formats.setObjectName("welcomeFormats")
         for label in (hint, formats):  # never widens the window
             label.setWordWrap(True)

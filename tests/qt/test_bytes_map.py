@@ -43,5 +43,7 @@ def test_summary_says_what_the_model_needs(window, qtbot, tmp_path):
         window.open_paths([str(path)])
     tab = window.current_tab()
     qtbot.waitUntil(lambda: "What it needs to run" in tab.summary.toPlainText(), timeout=10_000)
+    section = tab.summary.toPlainText().split("What it needs to run")[1]
+    assert "\\n" not in section and section.count("\n") > 2  # one line per figure
     text = tab.summary.toPlainText()
     assert "ZeRO-1 / ZeRO-2 / ZeRO-3" in text and "(this file)" in text

@@ -170,7 +170,8 @@ def test_welcome_page_opens_files_and_lists_recent_ones(qtbot, window, tmp_path,
     monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([path], ""))
     with qtbot.waitSignal(window.loaded, timeout=30_000):
         window.welcome.findChild(QPushButton, "welcomeOpen").click()
-    assert "safetensors" in window.welcome.findChild(object, "welcomeFormats").text()
+    formats = window.welcome.findChild(object, "welcomeFormats").text()
+    assert "safetensors" in formats and "\\n" not in formats and formats.count("\n") > 3
     window.close_tab(window.tabs.currentIndex())
     assert window.tabs.currentWidget() is window.welcome
     recent = window.welcome.findChild(QListWidget, "welcomeRecent")

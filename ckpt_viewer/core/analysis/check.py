@@ -372,7 +372,7 @@ def _tensor_findings(job: _Job) -> list[Finding]:
         return out
     numel = tensor.numel
     if job.nan:
-        add("error", "nan", f"{job.nan:,} NaN values of {numel:,}")
+        add("error", "nan", f"{plural(job.nan, 'NaN value')} of {numel:,}")
     if job.posinf or job.neginf:
         add("error", "inf", f"{job.posinf:,} +inf and {job.neginf:,} -inf values of {numel:,}")
     floating = tensor.dtype in FLOAT_DTYPES
@@ -652,6 +652,6 @@ def text_lines(report: HealthReport):
             f"{safe_text(finding.message)}"
         )
     yield (
-        f"{report.tensors_scanned:,} tensors, {report.bytes_scanned:,} bytes scanned in "
+        f"{plural(report.tensors_scanned, 'tensor')}, {report.bytes_scanned:,} bytes scanned in "
         f"{report.seconds:.2f} s; {severity_counts(report)}"
     )
