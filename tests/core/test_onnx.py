@@ -18,12 +18,21 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
 def oracle(path) -> dict:
-    """What onnx loads: every initializer and Constant value, external data included."""
+    """What onnx loads: every initializer and Constant value, external data included, of the
+    graph and of the subgraphs its nodes hold (If branches, Loop/Scan bodies)."""
     model = onnx.load(str(path))
-    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    found: dict = {}
+
+    def walk(graph):
+        found.update({t.name: numpy_helper.to_array(t) for t in graph.initializer})
+        for node in graph.node:
+            if node.op_type == "Constant":
+                found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            for attribute in node.attribute:
+                for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                    walk(sub)
+
+    walk(model.graph)
     return found
 
 
@@ -154,3 +163,32 @@ def test_sparse_initializers_are_named_in_a_warning(tmp_path):
     checkpoint = open_checkpoint(str(path))
     assert [k for k, _, _ in checkpoint.tensors()] == ["w"]
     assert "1 sparse initializer(s) not listed" in checkpoint.warnings[0]
+
+
+def test_subgraph_initializers_are_listed(tmp_path):
+    """An If node's branches carry their own initializers and constants (a torch.onnx export
+    of data-dependent control flow does): listed and read as onnx loads them."""
+    rng = np.random.default_rng(0)
+    then_w = numpy_helper.from_array(rng.random((2, 3), dtype=np.float32), "then_w")
+    else_w = numpy_helper.from_array(np.arange(6, dtype=np.int64).reshape(2, 3), "else_w")
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    then_graph = helper.make_graph(
+        [helper.make_node("Identity", ["then_w"], ["y"])], "then", [], [out], [then_w]
+    )
+    inner = helper.make_node(
+        "Constant", [], ["k"], value=numpy_helper.from_array(np.float32([1.5]), "k")
+    )
+    else_graph = helper.make_graph(
+        [inner, helper.make_node("Cast", ["else_w"], ["y"], to=TensorProto.FLOAT)],
+        "else",
+        [],
+        [out],
+        [else_w],
+    )
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then_graph, else_branch=else_graph)
+    graph = helper.make_graph([node], "g", [cond], [out])
+    path = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph, producer_name="test"), str(path))
+    assert {"then_w", "else_w", "k"} <= set(oracle(path))
+    assert_listed_as_onnx_loads(path)
