@@ -205,6 +205,7 @@ class CheckpointTab(QWidget):
         self.controller.filtered.connect(self.show_filtered)
         self.controller.memory_measured.connect(self._show_memory)
         self.filter_status = plain_label()
+        self.revealed = ""  # the key a cleared filter was hiding, while the note says so
         self.ticked = plain_label()
         self.ticked.setObjectName("tickedCount")
         self.model.checks_changed.connect(
@@ -431,6 +432,12 @@ class CheckpointTab(QWidget):
         """Select these keys' rows (the first one current), keeping the current pane in view;
         with first_found only the first key that has a row."""
         self.keeping_pane = True
+        if (
+            self.filter.text().strip()
+            and not any(self.model.index_of_key(k).isValid() for k in keys)
+            and any(k in self.model.keys for k in keys)
+        ):
+            self._unhide(next(k for k in keys if k in self.model.keys))
         try:
             chosen = False
             for key in keys:
@@ -579,9 +586,7 @@ class CheckpointTab(QWidget):
         saying so beside the filter."""
         index = self.model.index_of_key(key)
         if not index.isValid() and key in self.model.keys and self.filter.text().strip():
-            hidden_by = self.filter.text()
-            self.filter.setText("")  # applied at once (_filter_edited)
-            self.filter_status.setText(f'filter "{shown(hidden_by)}" cleared to show {shown(key)}')
+            self._unhide(key)
             index = self.model.index_of_key(key)
         if not index.isValid():
             return False
@@ -592,12 +597,25 @@ class CheckpointTab(QWidget):
         )
         return True
 
+    def _unhide(self, key: str) -> None:
+        """Clear the filter that hides key, and say so beside it: briefly (the field keeps its
+        width), in full on hover, until another row is selected."""
+        hidden_by = self.filter.text()
+        self.filter.setText("")  # applied at once (_filter_edited)
+        self.filter_status.setText("filter cleared")
+        self.filter_status.setToolTip(f'filter "{shown(hidden_by)}" cleared to show {shown(key)}')
+        self.revealed = key
+
     def largest_tensor_key(self) -> str:
         best = max(self.checkpoint.tensors(), key=lambda item: item[1].nbytes, default=None)
         return best[0] if best else ""
 
     def _current_changed(self, current, _previous):
         row = self.model.row_of(current) if current.isValid() else None
+        if row is not None and self.revealed and row.node.key != self.revealed:
+            self.revealed = ""  # the note was about another row
+            self.filter_status.setText("")
+            self.filter_status.setToolTip("")
         if row is None or row.node.tensor is None:
             return
         if self.tensor_view.controller.node is row.node:  # reselected after filtering: nothing new

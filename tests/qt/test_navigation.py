@@ -107,7 +107,19 @@ def test_showing_a_key_the_filter_hides_clears_it_and_says_so(qtbot, window, tmp
         window._opener(tab)("h.3.mlp.c_fc.weight")  # what Health, Layers, Verify call
     assert selected.args == ["h.3.mlp.c_fc.weight"]
     assert tab.filter.text() == ""
-    assert tab.filter_status.text() == 'filter "wte" cleared to show h.3.mlp.c_fc.weight'
+    assert tab.filter_status.text() == "filter cleared"  # short: the field keeps its width
+    assert tab.filter_status.toolTip() == 'filter "wte" cleared to show h.3.mlp.c_fc.weight'
+    tab.select_key("h.2.mlp.c_fc.weight")  # another row: the note was about the first
+    assert tab.filter_status.text() == ""
+
+
+def test_a_bytes_map_click_reveals_a_key_the_filter_hides(qtbot, window, tmp_path):
+    tab, model = opened(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        tab.filter.setText("wte")
+    assert tab.select_prefix("h.3.mlp")  # what a Bytes-map block's click calls
+    assert tab.filter.text() == "" and tab.filter_status.text() == "filter cleared"
+    assert tab.selected_key() in ("h.3.mlp", "h.3.mlp.c_fc.weight")
 
 
 def test_expand_all_expands_what_comes_into_view(qtbot, window, tmp_path):
