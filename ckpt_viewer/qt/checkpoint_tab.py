@@ -226,7 +226,12 @@ class CheckpointTab(QWidget):
         self.tree.selectionModel().currentChanged.connect(self._current_changed)
         self._expand_first_levels()
         self.expander = LazyExpander(self.tree)  # View > Expand All
-        FilterKeys(self.filter, self.tree, self.first_match)
+        FilterKeys(
+            self.filter,
+            self.tree,
+            self.first_match,
+            lambda index: self.model.is_match(self.model.row_of(index)),
+        )
 
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")

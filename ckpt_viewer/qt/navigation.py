@@ -24,12 +24,18 @@ INTO_RESULTS = (Qt.Key_Down, Qt.Key_Return, Qt.Key_Enter)
 
 
 class FilterKeys(QObject):
-    """Down or Enter in the filter moves to the first matching row; Esc in the tree goes back
-    to the filter."""
+    """Down or Enter in the filter moves to the selected row if the filter matched it, else to
+    the first matching row; Esc in the tree goes back to the filter."""
 
-    def __init__(self, line: QLineEdit, tree: QTreeView, first_match: Callable):
+    def __init__(
+        self,
+        line: QLineEdit,
+        tree: QTreeView,
+        first_match: Callable,
+        matched: Callable = lambda index: True,
+    ):
         super().__init__(line)
-        self.line, self.tree, self.first_match = line, tree, first_match
+        self.line, self.tree, self.first_match, self.matched = line, tree, first_match, matched
         line.installEventFilter(self)
         tree.installEventFilter(self)
 
@@ -38,7 +44,8 @@ class FilterKeys(QObject):
             return False
         if watched is self.line and event.key() in INTO_RESULTS:
             index = self.tree.currentIndex()
-            if not index.isValid() or not self.tree.visualRect(index).isValid():
+            shown = index.isValid() and self.tree.visualRect(index).isValid()
+            if not shown or not self.matched(index):  # a group shown for what it holds
                 index = self.first_match()
             if index.isValid():
                 self.tree.setCurrentIndex(index)

@@ -97,6 +97,14 @@ def test_filter_opens_the_way_to_many_matches_and_keys_move_in_and_out(
     assert tab.filter.hasFocus()
     qtbot.keyClick(tab.filter, Qt.Key_Return)
     assert tab.tree.hasFocus() and tab.selected_key() == "h.0.mlp.c_fc"
+    # a selected group the new filter shows only for what it holds: Enter goes to a match
+    assert tab.select_key("h.5.mlp")
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        tab.filter.setText("c_fc.weight")
+    assert tab.selected_key() == "h.5.mlp"
+    tab.filter.setFocus()
+    qtbot.keyClick(tab.filter, Qt.Key_Return)
+    assert tab.selected_key() == "h.0.mlp.c_fc.weight"
 
 
 def test_showing_a_key_the_filter_hides_clears_it_and_says_so(qtbot, window, tmp_path):
