@@ -45,6 +45,7 @@ LABELS = {
 }
 PREVIEW_ELEMENTS = 16_384  # per tensor and checkpoint, for the first heat-strip
 MAX_KEY_TICKS = 40  # key labels on the heat-strip's axis (every n-th beyond that)
+KEY_LABEL_PX = 15  # the height one key label needs on that axis
 
 
 def _sampled_job(paths):
@@ -175,6 +176,8 @@ class RunView(QWidget):
         controls.addWidget(self.cancel_button)
         self.findings = QListWidget()
         self.findings.setObjectName("runFindings")
+        self.findings.setWordWrap(True)  # a finding is a sentence: wrapped, not cut
+        self.findings.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.findings.itemActivated.connect(self._finding_chosen)
         self.findings.itemClicked.connect(self._finding_chosen)
         self.plots = QSplitter(Qt.Vertical)
@@ -269,6 +272,7 @@ class RunView(QWidget):
         pg = _plotting["module"]
         background = self.palette().color(QPalette.Base)
         self.heat = pg.PlotWidget(background=background)
+        self.heat.getViewBox().sigResized.connect(self._key_ticks)  # labels that fit
         self.heat.setObjectName("runHeat")
         self.heat.invertY(True)
         self.heat.setLabel("bottom", "checkpoint (step)")
@@ -361,13 +365,21 @@ class RunView(QWidget):
         bottom = [(i + 0.5, _step_text(s)) for i, s in enumerate(steps)]
         every = max(1, math.ceil(len(steps) / 20))
         self.heat.getAxis("bottom").setTicks([bottom[::every]])
+        self._key_ticks()
+        self.heat.setToolTip(label)
+        self._draw_key_line()
+
+    def _key_ticks(self, *_):
+        """Every n-th key on the heat-strip's axis, as many as fit the plot's height without
+        overlapping (all of them on hover)."""
+        if self.report is None or self.heat is None:
+            return
         keys = [k.key for k in self.report.keys]
-        every = max(1, math.ceil(len(keys) / MAX_KEY_TICKS))
+        fitting = max(1, int(self.heat.getViewBox().height() // KEY_LABEL_PX))
+        every = max(1, math.ceil(len(keys) / min(MAX_KEY_TICKS, fitting)))
         self.heat.getAxis("left").setTicks(
             [[(i + 0.5, safe_text(k)) for i, k in enumerate(keys)][::every]]
         )
-        self.heat.setToolTip(label)
-        self._draw_key_line()
 
     def _step_axis(self) -> list[float]:
         return [
@@ -455,6 +467,10 @@ class RunView(QWidget):
                 pen=pg.mkPen(pg.intColor(0), width=1),
                 name="log_history learning_rate",
             )
+        for plot in (self.rates, self.losses):
+            legend = plot.getPlotItem().legend
+            if legend is not None:  # one series: the axis names it, a legend only hides points
+                legend.setVisible(len(plot.getPlotItem().listDataItems()) > 1)
 
     # --- interaction --------------------------------------------------------------------
 

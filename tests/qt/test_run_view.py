@@ -32,6 +32,13 @@ def test_run_tab_shows_the_exact_timeline_and_its_findings(window, qtbot, tmp_pa
     assert any("frozen" in t for t in texts)
     assert any("learning rate of group 0" in t for t in texts)
     assert view.findChild(object, "runHeat") is not None
+    # one learning-rate group, one loss: the axes name them, no legend over the points
+    assert not view.rates.getPlotItem().legend.isVisible()
+    assert not view.losses.getPlotItem().legend.isVisible()
+    assert view.findings.wordWrap()  # a finding wraps instead of running off the pane
+    # key labels no closer than one label's height
+    shown_ticks = view.heat.getAxis("left")._tickLevels[0]
+    assert len(shown_ticks) * 15 <= max(view.heat.getViewBox().height(), 15)
 
 
 def test_clicking_a_cell_opens_that_tensor_in_that_checkpoint(window, qtbot, tmp_path):
