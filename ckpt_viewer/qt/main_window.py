@@ -73,6 +73,9 @@ OPEN_FILTER = (
 )
 
 
+PANE_MIN_WIDTH = 260  # pixels a docked Tools view can always shrink to
+
+
 class Pane(QDockWidget):
     """A dock holding one Tools view of one tab; closing the dock closes (and deletes) the view,
     which stops its work, and a view that closes itself hides the dock."""
@@ -86,6 +89,9 @@ class Pane(QDockWidget):
         self.drop()
         view.setAttribute(Qt.WA_DeleteOnClose)
         view.installEventFilter(self)
+        # a view's controls may ask for more: docked beside others they widened the window
+        # past a 1366-pixel screen; squeezed, they scroll or elide instead
+        view.setMinimumWidth(min(view.minimumSizeHint().width(), PANE_MIN_WIDTH))
         self.tab = tab
         self.setWidget(view)
         self.setWindowTitle(view.windowTitle())

@@ -3,7 +3,7 @@ first time, where the user put them after a restart, gone with their file's tab.
 
 import torch
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDockWidget, QWidget
+from PySide6.QtWidgets import QApplication, QDockWidget, QWidget
 from qt_helpers import open_and_wait
 
 import builders
@@ -238,3 +238,17 @@ def test_panes_open_at_quit_come_back_with_the_first_file(qtbot, window, tmp_pat
     with qtbot.waitSignal(health.widget().checked, timeout=30_000):
         pass
     assert not again.findChild(QDockWidget, "layersDock").isVisible()
+
+
+def test_docked_panes_never_widen_the_window_past_its_screen(qtbot, window, tmp_path):
+    """Health, Layers and Pickle Imports docked at once: each can shrink to a pane's width, so
+    the window's minimum stays well within a 1366-pixel screen (their controls' own minimums
+    summed to more: the window grew to 1,634 pixels)."""
+    open_and_wait(qtbot, window, builders.training_checkpoint(tmp_path / "train.pt"))
+    health = window.health_current()
+    with qtbot.waitSignal(health.checked, timeout=30_000):
+        pass
+    window.layers_current()
+    window.pickle_imports_current()
+    QApplication.processEvents()
+    assert window.minimumSizeHint().width() <= 1000
