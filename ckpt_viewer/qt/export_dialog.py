@@ -141,6 +141,20 @@ class ExportDialog(QDialog):
     finished_export = Signal(str)  # the path written, or "" when it failed / was cancelled
     planned = Signal()  # the preview shows the current plan (or why it cannot be written)
 
+    def fields(self) -> dict:
+        """What the user typed and chose, to be offered again at the next export of the file."""
+        texts = {n: getattr(self, n).text() for n in ("root", "include", "exclude", "strip", "add")}
+        boxes = {n: getattr(self, n).currentText() for n in ("dtype", "device", "format")}
+        return {**texts, **boxes, "destination": self.destination.text()}
+
+    def restore(self, fields: dict) -> None:
+        for name, value in fields.items():
+            widget = getattr(self, name)
+            if isinstance(widget, QComboBox):
+                widget.setCurrentText(value)
+            else:
+                widget.setText(value)
+
     def __init__(self, checkpoint, checked_keys: list[str], parent=None):
         super().__init__(parent)
         self.setObjectName("exportDialog")

@@ -228,6 +228,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.settings = QSettings()
         self.controller = WindowController(self)
+        self.export_fields: dict[str, dict] = {}  # per file: what its last export dialog held
         self.controller.opened.connect(self._loaded)
         self.controller.open_failed.connect(self._failed)
         self.controller.verify_done.connect(self._verified)
@@ -829,6 +830,9 @@ class MainWindow(QMainWindow):
         dialog = ExportDialog(tab.checkpoint, tab.model.checked_keys(), self)
         opened = getattr(tab, "opened_path", "") or tab.checkpoint.path  # beside the folder
         dialog.destination.setText(default_destination(opened, tab.checkpoint))
+        path = tab.checkpoint.path
+        dialog.restore(self.export_fields.get(path, {}))  # what was typed for this file
+        dialog.finished.connect(lambda _: self.export_fields.__setitem__(path, dialog.fields()))
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         return dialog

@@ -334,3 +334,17 @@ def test_export_controller_plans_without_a_dialog(qtbot, tmp_path, synchronous_j
     with qtbot.waitSignal(controller.plan_failed, timeout=5000) as failed:
         controller.replan(ExportPlan(root="missing"))
     assert "no key" in failed.args[0] and not controller.busy()
+
+
+def test_reopening_export_offers_what_was_typed_for_that_file(qtbot, window, tmp_path):
+    path = builders.save({"enc.w": torch.ones(2), "dec.w": torch.ones(2)}, tmp_path / "m.pt")
+    open_and_wait(qtbot, window, path)
+    dialog = window.export_dialog()
+    dialog.include.setText("enc.*")
+    dialog.format.setCurrentText("safetensors")
+    dialog.destination.setText(str(tmp_path / "mine.safetensors"))
+    dialog.reject()
+    again = window.export_dialog()
+    assert again.include.text() == "enc.*" and again.format.currentText() == "safetensors"
+    assert again.destination.text() == str(tmp_path / "mine.safetensors")
+    again.reject()
