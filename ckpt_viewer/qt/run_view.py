@@ -213,6 +213,7 @@ class RunView(QWidget):
 
     def _failed(self, message):
         self.cancel_button.setEnabled(False)
+        self.progress.setVisible(False)
         self.status.setText(f"Timeline failed: {message}")
         self.failed.emit(message)
 
@@ -251,6 +252,8 @@ class RunView(QWidget):
         self.status.setText(text)
         self.cancel_button.setEnabled(bool(report.sampled))
         self.progress.setValue(0 if report.sampled else 1000)
+        for widget in (self.progress, self.cancel_button):  # the exact pass done: nothing to show
+            widget.setVisible(bool(report.sampled))
         self.findings.clear()
         for finding in report.findings:
             item = QListWidgetItem(f"{finding.severity}: {finding.message}")

@@ -36,6 +36,7 @@ def test_run_tab_shows_the_exact_timeline_and_its_findings(window, qtbot, tmp_pa
     assert not view.rates.getPlotItem().legend.isVisible()
     assert not view.losses.getPlotItem().legend.isVisible()
     assert view.findings.wordWrap()  # a finding wraps instead of running off the pane
+    assert view.progress.isHidden() and view.cancel_button.isHidden()  # the exact pass is done
     # key labels no closer than one label's height
     shown_ticks = view.heat.getAxis("left")._tickLevels[0]
     assert len(shown_ticks) * 15 <= max(view.heat.getViewBox().height(), 15)
