@@ -40,8 +40,8 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from typing import IO, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 from ckpt_viewer.core import CheckpointError
 
@@ -52,6 +52,10 @@ CACHE_BLOCKS = 256  # per URL: 64 MiB at most
 SPILL_LIMIT = 4 << 30  # large reads kept on disk, per URL (then the spill starts over)
 CACHED_URLS = 16
 T = TypeVar("T")
+Identity = tuple[int, int, int, int]  # a local file's (device, inode, size, mtime)
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 def _seconds(variable: str, default: float) -> float:
@@ -70,7 +74,7 @@ MIN_RATE = 16 * 1024  # bytes/s an answer must average over every READ_TIMEOUT w
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def is_remote(path) -> bool:
+def is_remote(path: object) -> bool:
     return isinstance(path, str) and _URL.match(path) is not None
 
 
@@ -128,13 +132,14 @@ def _status(exc: BaseException | None) -> int | None:
     return None
 
 
-def _filesystem(url: str):
+def _filesystem(url: str) -> tuple[Any, str]:
     try:
         import fsspec
     except ImportError as exc:
         raise _failure(url, exc) from None
     try:
-        return fsspec.core.url_to_fs(url)
+        found: tuple[Any, str] = fsspec.core.url_to_fs(url)  # (filesystem, path in it)
+        return found
     except Exception as exc:  # noqa: BLE001 - an unknown protocol or a missing library
         raise _failure(url, exc) from None
 
@@ -146,7 +151,7 @@ class _Http:
     """One HTTP(S) file: its size at open, then byte ranges, each answer checked against what
     was asked and against the version of the file first seen (`pins`, kept per URL)."""
 
-    def __init__(self, url: str, pins: dict):
+    def __init__(self, url: str, pins: dict[str, Any]) -> None:
         try:
             import fsspec
         except ImportError as exc:
@@ -159,10 +164,10 @@ class _Http:
     def cat(self, start: int, end: int) -> bytes:
         return self._sync(self._get, start, end)
 
-    def _sync(self, coroutine, *args):
+    def _sync(self, coroutine: Callable[..., Awaitable[T]], *args: Any) -> T:
         from fsspec.asyn import sync
 
-        return sync(self.fs.loop, coroutine, *args)
+        return cast(T, sync(self.fs.loop, coroutine, *args))
 
     async def _size(self) -> int:
         response = await self._request("HEAD")
@@ -192,7 +197,9 @@ class _Http:
         response.release()
         return data
 
-    async def _request(self, method: str, start: int | None = None, end: int | None = None):
+    async def _request(
+        self, method: str, start: int | None = None, end: int | None = None
+    ) -> aiohttp.ClientResponse:
         """The answer's status and headers, within the connect and read timeouts however
         slowly the server sends them."""
         import asyncio  # here, not at the top: it doubles the import time of every local open
@@ -208,12 +215,13 @@ class _Http:
         )
         try:
             # wait_for, not asyncio.timeout: that is Python 3.11+, and 3.10 is supported
-            return await asyncio.wait_for(
+            response: aiohttp.ClientResponse = await asyncio.wait_for(
                 session.request(
                     method, self.url, headers=headers, timeout=timeout, allow_redirects=True
                 ),
                 CONNECT_TIMEOUT + READ_TIMEOUT,
             )
+            return response
         except aiohttp.TooManyRedirects:
             raise CheckpointError("too many redirects") from None
         except aiohttp.ClientResponseError as exc:
@@ -221,7 +229,9 @@ class _Http:
             text = str(exc.message).split(":")[0].strip()[:80] or "unreadable"
             raise CheckpointError(f"the server's answer is not valid HTTP ({text})") from None
 
-    def _check(self, response, start: int | None = None, end: int | None = None) -> int:
+    def _check(
+        self, response: aiohttp.ClientResponse, start: int | None = None, end: int | None = None
+    ) -> int:
         """Refuses an answer that is not the bytes [start, end) of the pinned version of the
         file; returns the file's size."""
         if response.status not in (200, 206):
@@ -278,9 +288,9 @@ class _Http:
                 )
         if not isinstance(self.pins.get("size"), int):
             raise CheckpointError("the server does not say how large the file is")
-        return self.pins["size"]
+        return cast(int, self.pins["size"])
 
-    async def _body(self, response, length: int) -> bytes:
+    async def _body(self, response: aiohttp.ClientResponse, length: int) -> bytes:
         """Exactly `length` bytes, cut off at the first byte more, and at least MIN_RATE bytes/s
         in every READ_TIMEOUT window (a trickle never stalls long enough for the socket's own
         timeout)."""
@@ -316,7 +326,7 @@ class _Http:
         return bytes(out)
 
 
-def _shown(text) -> str:
+def _shown(text: object) -> str:
     """A header value as one short printable line."""
     return repr(str(text)[:80])[1:-1]
 
@@ -324,10 +334,10 @@ def _shown(text) -> str:
 class _Blob:
     """One remote file: its size and a bounded LRU of aligned blocks, shared by every open."""
 
-    def __init__(self, url: str, size: int | None = None):
+    def __init__(self, url: str, size: int | None = None) -> None:
         self.url = url
         if _is_http(url):
-            self.http = self._call(_Http, url, _pins.setdefault(url, {}))
+            self.http: _Http | None = self._call(_Http, url, _pins.setdefault(url, {}))
             self.size = self.http.size
         else:
             self.http = None
@@ -341,7 +351,7 @@ class _Blob:
         self.spilled: list[tuple[int, int, int]] = []  # sorted, disjoint (start, end, where)
         self.spill_end = 0
 
-    def _call(self, fn, *args):
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return fn(*args)
         except CheckpointError:
@@ -354,7 +364,7 @@ class _Blob:
         if self.http is not None:
             return self._call(self.http.cat, start, end)
         # By keyword: s3fs's cat_file takes a version id before start and end.
-        data = self._call(lambda: self.fs.cat_file(self.path, start=start, end=end))
+        data: bytes = self._call(lambda: self.fs.cat_file(self.path, start=start, end=end))
         if len(data) != end - start:
             raise CheckpointError(
                 f"the server answered a request for bytes {start:,}-{end - 1:,} "
@@ -423,7 +433,7 @@ class _Blob:
                 position = stop
         return parts
 
-    def _keep(self, start: int, data: bytes):
+    def _keep(self, start: int, data: bytes) -> None:
         end = start + len(data)
         with self.lock:
             if self.spill_end + len(data) > SPILL_LIMIT:
@@ -444,7 +454,7 @@ class _Blob:
             self.spill_end += len(data)
 
 
-def _runs(indices: list[int]):
+def _runs(indices: list[int]) -> Iterator[tuple[int, ...]]:
     """Sorted block indices as (first, last) runs of neighbours."""
     run = None
     for i in indices:
@@ -459,7 +469,7 @@ def _runs(indices: list[int]):
 
 
 _blobs: OrderedDict[str, _Blob] = OrderedDict()
-_pins: dict[str, dict] = {}  # URL -> its size, ETag, Last-Modified as first seen (HTTP)
+_pins: dict[str, dict[str, Any]] = {}  # URL -> its size, ETag, Last-Modified as first seen (HTTP)
 _blobs_lock = threading.Lock()
 
 
@@ -478,7 +488,7 @@ def _blob(url: str, size: int | None = None) -> _Blob:
     return blob
 
 
-def forget(url: str):
+def forget(url: str) -> None:
     """Drop what is cached of a URL (its size, version, blocks): opening it again asks afresh."""
     with _blobs_lock:
         _blobs.pop(url, None)
@@ -518,7 +528,7 @@ class RemoteFile(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         data = self.read(len(view))
         view[: len(data)] = data
@@ -551,8 +561,8 @@ class Source:
         self.size = 0
         self.fd: int | None = None
         self.blob: _Blob | None = None
-        self.identity: tuple | None = None
-        self.memo: dict = {}  # what readers parsed of it once (see `remembered`)
+        self.identity: Identity | None = None
+        self.memo: dict[str, Any] = {}  # what readers parsed of it once (see `remembered`)
         if is_remote(path):
             self._resolve_url()
         else:
@@ -662,11 +672,11 @@ class Source:
         return f
 
 
-def _identity(info: os.stat_result) -> tuple:
+def _identity(info: os.stat_result) -> Identity:
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
-def _entry_is_folder(entry: os.DirEntry) -> bool:
+def _entry_is_folder(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()
     except OSError:
@@ -706,7 +716,7 @@ class _SharedFile(io.RawIOBase):
     def tell(self) -> int:
         return self.position
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         fd = self.source.handle()
         if hasattr(os, "preadv"):
@@ -724,7 +734,7 @@ class _SharedFile(io.RawIOBase):
         super().close()
 
 
-_pinned: dict[str, tuple] = {}  # local path -> its identity when it was last opened
+_pinned: dict[str, Identity] = {}  # local path -> its identity when it was last opened
 
 
 class _Opening:
@@ -805,7 +815,7 @@ def remembered(path: str, what: str, compute: Callable[[], T]) -> T:
     memo = source(path).memo
     if what not in memo:
         memo[what] = compute()
-    return memo[what]
+    return cast(T, memo[what])
 
 
 @contextlib.contextmanager
@@ -911,7 +921,7 @@ def _entries(folder: str) -> dict[str, bool]:
         return found.entries
 
 
-def _ask(url: str, fn, *args):
+def _ask(url: str, fn: Callable[..., T], *args: Any) -> T:
     try:
         return fn(*args)
     except Exception as exc:  # noqa: BLE001 - every library raises its own kinds

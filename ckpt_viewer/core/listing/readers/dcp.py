@@ -12,12 +12,20 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
+from ckpt_viewer.core.listing.model import (
+    DTYPE_SIZES,
+    Checkpoint,
+    FileSpan,
+    Node,
+    Storage,
+    TensorInfo,
+)
 from ckpt_viewer.core.listing.readers import (
     MAX_PICKLE_BYTES,
     is_torch_save,
@@ -32,6 +40,11 @@ MAX_INLINE_OBJECT = 1024 * 1024  # small pickled non-tensor items are decoded fo
 MAX_OVERLAP_CHECKS = 1_000_000  # chunk pairs compared per folder: a bound for hostile metadata
 HF_SHARDING_KEY = "DCP_SHARDING_INFO"  # torch/distributed/checkpoint/_hf_utils.py
 
+# (offsets, sizes, span) of one stored chunk of a tensor
+Chunk = tuple[tuple[int, ...], tuple[int, ...], FileSpan]
+# (fqn, chunk offsets or None) -> the span, or the error looking it up raises
+Spans = dict[tuple[Any, ...], FileSpan | CheckpointError]
+
 
 @dataclass(eq=False)
 class RawChunk(FileSpan):
@@ -41,13 +54,13 @@ class RawChunk(FileSpan):
     tensor: TensorInfo
 
 
-def _fields(obj, what) -> dict:
+def _fields(obj: Any, what: str) -> dict[Any, Any]:
     if not isinstance(obj, Placeholder):
         raise CheckpointError(f"DCP metadata: {what} is not a record")
     return obj.fields
 
 
-def _tensor_dtype(properties) -> str:
+def _tensor_dtype(properties: Any) -> str:
     state = properties.state if isinstance(properties, Placeholder) else None
     dtype = (
         state[0]
@@ -208,12 +221,12 @@ def read_hf(folder: str) -> Checkpoint:
     )
 
 
-def _storage_spans(folder, storage_data, used: set) -> dict:
+def _storage_spans(folder: str, storage_data: dict[Any, Any], used: set[Any]) -> Spans:
     """{(fqn, chunk offset tuple or None): FileSpan, or the CheckpointError that span raises
     when it is looked up}: torch's reader reads only the spans its items ask for, so a bad span
     no item uses does not make the folder unreadable (`_span` raises for the ones used)."""
     sizes: dict[str, int] = {}
-    spans: dict[tuple[Any, ...], FileSpan | CheckpointError] = {}
+    spans: Spans = {}
     for index, info in storage_data.items():
         index_fields, info_fields = _fields(index, "MetadataIndex"), _fields(info, "_StorageInfo")
         fqn, chunk = index_fields.get("fqn"), index_fields.get("offset")
@@ -227,14 +240,16 @@ def _storage_spans(folder, storage_data, used: set) -> dict:
     return spans
 
 
-def _span(spans: dict, key: tuple):
+def _span(spans: Spans, key: tuple[Any, ...]) -> FileSpan | None:
     span = spans.get(key)
     if isinstance(span, CheckpointError):
         raise span
     return span
 
 
-def _checked_span(folder, fqn, info_fields, sizes: dict) -> FileSpan:
+def _checked_span(
+    folder: str, fqn: Any, info_fields: dict[Any, Any], sizes: dict[str, int]
+) -> FileSpan:
     name, offset, length = (
         info_fields.get("relative_path"),
         info_fields.get("offset"),
@@ -276,13 +291,13 @@ def _checked_span(folder, fqn, info_fields, sizes: dict) -> FileSpan:
     return FileSpan(remote.join(folder, name), offset, length)
 
 
-def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
+def _tensor(fqn: str, entry: dict[Any, Any], spans: Spans, budget: list[int]) -> TensorInfo:
     size = entry.get("size")
     if not isinstance(size, tuple) or not all(type(d) is int and d >= 0 for d in size):
         raise CheckpointError(f"DCP tensor {fqn!r} has a malformed size")
     info = TensorInfo(dtype=_tensor_dtype(entry.get("properties")), shape=size)
     empty = not math.prod(size)  # torch's reader reads no chunk's data for an empty tensor
-    chunks = []
+    chunks: list[Chunk] = []
     for chunk in entry.get("chunks") or []:
         chunk_fields = _fields(chunk, "ChunkStorageMetadata")
         offsets, sizes = (
@@ -310,7 +325,9 @@ def _tensor(fqn, entry, spans, budget: list) -> TensorInfo:
     return info
 
 
-def _check_tiling(fqn: str, size: tuple, chunks: list, budget: list):
+def _check_tiling(
+    fqn: str, size: tuple[int, ...], chunks: Sequence[Chunk], budget: list[int]
+) -> None:
     """The chunks must tile the tensor: each inside it, no two overlapping, none left out —
     what torch's save planner checks before it writes. Its reader checks none of it: a chunk
     past the edge is clipped, overlapping chunks are copied in an order it does not define,
@@ -371,7 +388,9 @@ def _check_tiling(fqn: str, size: tuple, chunks: list, budget: list):
         )
 
 
-def _bytes_item(fqn, span, items: list, warnings: list):
+def _bytes_item(
+    fqn: str, span: FileSpan | None, items: list[tuple[str, PickleReport]], warnings: list[str]
+) -> object:
     """A non-tensor item (step, epoch, bytes, any object): torch's reader hands its bytes to
     torch.load(weights_only=False), so every pickle in them goes through our unpickler; what
     each names is appended to `items` as (fqn, PickleReport)."""
@@ -409,24 +428,24 @@ def _bytes_item(fqn, span, items: list, warnings: list):
 class _Window(io.RawIOBase):
     """Bytes [start, start+length) of an open file, as a file of their own."""
 
-    def __init__(self, f, start: int, length: int):
+    def __init__(self, f: remote.SizedFile, start: int, length: int) -> None:
         self.f, self.start, self.length, self.position = f, start, length, 0
 
-    def readable(self):
+    def readable(self) -> bool:
         return True
 
-    def seekable(self):
+    def seekable(self) -> bool:
         return True
 
-    def tell(self):
+    def tell(self) -> int:
         return self.position
 
-    def seek(self, position, whence=0):
+    def seek(self, position: int, whence: int = 0) -> int:
         base = {0: 0, 1: self.position, 2: self.length}[whence]
         self.position = max(0, base + position)
         return self.position
 
-    def readinto(self, buffer):
+    def readinto(self, buffer: Any) -> int:
         count = min(len(buffer), self.length - self.position)
         if count <= 0:
             return 0
@@ -459,7 +478,7 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
                     zf.read(records["byteorder"]).decode() if "byteorder" in records else "little"
                 )
 
-                def storage_factory(pid):
+                def storage_factory(pid: Any) -> Storage:
                     from ckpt_viewer.core.listing.model import Storage
                     from ckpt_viewer.core.listing.readers import storage_pid
 
@@ -508,7 +527,11 @@ def chunk_tensor(span: FileSpan) -> TensorInfo:
 
 
 def stored_chunk(
-    tensor: TensorInfo, offsets: tuple, sizes: tuple, span: FileSpan, key: str = ""
+    tensor: TensorInfo,
+    offsets: tuple[int, ...],
+    sizes: tuple[int, ...],
+    span: FileSpan,
+    key: str = "",
 ) -> TensorInfo:
     """The tensor a chunk stores, once it is known to be the one the metadata describes.
     torch's reader refuses a smaller one, but narrows a larger one to its first elements and

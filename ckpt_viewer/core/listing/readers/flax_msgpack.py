@@ -145,7 +145,7 @@ def _value(c: _Cursor) -> Any:
     kind, held = _head(c)
     if kind not in ("map", "array"):
         return held
-    root: dict | list = {} if kind == "map" else []
+    root: dict[Any, Any] | list[Any] = {} if kind == "map" else []
     stack: list[tuple[Any, int, Any]] = [(root, held, None)]  # container, left, pending key
     while stack:
         container, left, key = stack[-1]
@@ -156,7 +156,7 @@ def _value(c: _Cursor) -> Any:
         if kind in ("map", "array"):
             if len(stack) >= MAX_DEPTH:
                 raise CheckpointError(f"the msgpack data nest deeper than {MAX_DEPTH} levels")
-            child: dict | list | None = {} if kind == "map" else []
+            child: dict[Any, Any] | list[Any] | None = {} if kind == "map" else []
             value = child
         else:
             child, value = None, held

@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
@@ -42,8 +42,14 @@ MAX_CONFIG_BYTES = 64 << 20
 PREFLIGHT_SECONDS = float(os.environ.get("CKPT_VIEWER_HDF5_SECONDS", "30"))
 MAX_ATTR_ITEMS = 1_000_000
 
+T = TypeVar("T")
+Layers = dict[str, tuple[str, dict[str, Any]]]  # layer name -> (class name, config)
+Entries = list[tuple[str, "TensorInfo | None"]]  # (HDF5 path, tensor) of each dataset
+# entries, weight_names keys, each vars group's name, each vars group's variable count
+Scan = tuple[Entries, dict[str, str], dict[str, str], dict[str, int]]
 
-def _flag(config: dict, name: str) -> bool:
+
+def _flag(config: dict[str, Any], name: str) -> bool:
     """A layer's boolean option (absent: True); anything but a bool is no config Keras wrote,
     and the variables are then named by index ("use_bias": 10**12 must build no list)."""
     value = config.get(name, True)
@@ -104,10 +110,10 @@ def _names(value: Any) -> list[str]:
         return []
 
 
-def config_layers(config: Any) -> tuple[dict, dict]:
+def config_layers(config: Any) -> tuple[Layers, dict[str, int]]:
     """{layer name: (class name, config)} of every layer a Keras config describes, and the
     globals it names: Lambda layers and lambdas (marshalled code), classes from outside keras."""
-    layers: dict = {}
+    layers: Layers = {}
     globals_named: dict[str, int] = {}
     stack = [(config, False)]
     while stack:
@@ -134,7 +140,7 @@ def config_layers(config: Any) -> tuple[dict, dict]:
     return layers, globals_named
 
 
-def _walk(group: Any, warnings: list) -> list:
+def _walk(group: Any, warnings: list[str]) -> list[tuple[str, Any]]:
     """(path, dataset) of every dataset reachable by hard links, each object once."""
     import h5py
 
@@ -165,7 +171,7 @@ def _walk(group: Any, warnings: list) -> list:
     return found
 
 
-def _keras2_keys(f: Any) -> dict:
+def _keras2_keys(f: Any) -> dict[str, str]:
     """{dataset path: key} from `layer_names` / `weight_names` (Keras 2, legacy .h5)."""
     root = f["model_weights"] if "model_weights" in f else f
     prefix = "model_weights/" if root is not f else ""
@@ -179,7 +185,9 @@ def _keras2_keys(f: Any) -> dict:
     return keys
 
 
-def _keras3_key(path: str, layers: dict, var_names: dict, counts: dict) -> str | None:
+def _keras3_key(
+    path: str, layers: Layers, var_names: dict[str, str], counts: dict[str, int]
+) -> str | None:
     """`layers/dense/vars/0` -> `d1.kernel` (the layer's own name, from its `vars` group, its
     variable's name from its class where the count fits); None for a path not in that
     layout. `var_names` and `counts`: each vars group's name attribute and its variables."""
@@ -205,14 +213,14 @@ def _keras3_key(path: str, layers: dict, var_names: dict, counts: dict) -> str |
     return ".".join(names + [leaf]) if names else f"vars.{leaf}"
 
 
-def _scan(path: str, f: Any, window: tuple | None, warnings: list) -> tuple:
+def _scan(path: str, f: Any, window: tuple[int, int] | None, warnings: list[str]) -> Scan:
     """Every dataset as (HDF5 path, TensorInfo or None), and its Keras naming facts: the
     `weight_names` keys, each vars group's name attribute, each vars group's variable count."""
     import h5py
 
-    entries: list = []
-    var_names: dict = {}
-    counts: dict = {}
+    entries: Entries = []
+    var_names: dict[str, str] = {}
+    counts: dict[str, int] = {}
     for h5path, dataset in _walk(f, warnings):
         entries.append((h5path, _tensor(path, h5path, h5path, dataset, window, warnings)))
         parent, _, leaf = h5path.rpartition("/")
@@ -234,7 +242,13 @@ def _scan(path: str, f: Any, window: tuple | None, warnings: list) -> tuple:
     return entries, _keras2_keys(f), var_names, counts
 
 
-def _named(entries: list, named: dict, layers: dict, var_names: dict, counts: dict) -> dict:
+def _named(
+    entries: Entries,
+    named: dict[str, str],
+    layers: Layers,
+    var_names: dict[str, str],
+    counts: dict[str, int],
+) -> dict[str, TensorInfo]:
     """{key: TensorInfo}: Keras names where the layout gives them, else the HDF5 path."""
     tensors, taken = {}, set()
     for h5path, info in entries:
@@ -243,12 +257,12 @@ def _named(entries: list, named: dict, layers: dict, var_names: dict, counts: di
             key = h5path.replace("/", ".")
         taken.add(key)
         if info is not None:
-            info.storage.key = key
+            cast(Storage, info.storage).key = key  # _tensor gives every tensor one
             tensors[key] = info
     return tensors
 
 
-def _decode(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
+def _decode(path: str, window: tuple[int, int] | None, name: str, nbytes: int) -> bytes:
     """A dataset's bytes as h5py decodes them (chunked or compressed), in stored order, decoded
     in a child process: the structure's preflight never touched the chunks, and libhdf5 can
     hang or crash on a crafted chunk index or filter; the refusal is then one line here."""
@@ -287,14 +301,14 @@ def _decode(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
     return child.stdout
 
 
-def decode_here(path: str, window: tuple | None, name: str, nbytes: int) -> bytes:
+def decode_here(path: str, window: tuple[int, int] | None, name: str, nbytes: int) -> bytes:
     """_decode's work, in this process (the child's side)."""
     h5py = _h5py()
     with remote.open_source(path) as f:
         fileobj = io.BufferedReader(Window(f, *window)) if window else f
         try:
             with h5py.File(fileobj, "r") as h5:
-                data = h5[name][()].tobytes()
+                data: bytes = h5[name][()].tobytes()
         except (OSError, KeyError, ValueError) as exc:
             raise CheckpointError(
                 f"dataset {safe_text(name)!r} cannot be read ({str(exc)[:80]})"
@@ -307,7 +321,12 @@ def decode_here(path: str, window: tuple | None, name: str, nbytes: int) -> byte
 
 
 def _tensor(
-    path: str, h5path: str, key: str, dataset: Any, window: tuple | None, warnings: list
+    path: str,
+    h5path: str,
+    key: str,
+    dataset: Any,
+    window: tuple[int, int] | None,
+    warnings: list[str],
 ) -> TensorInfo | None:
     dtype = dataset.dtype
     if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
@@ -378,7 +397,7 @@ def _h5py() -> Any:
     return h5py
 
 
-def _opened(fileobj: Any, use: Callable[[Any], Any]) -> Any:
+def _opened(fileobj: Any, use: Callable[[Any], T]) -> T:
     """`use(h5file)`, with libhdf5's complaints about a damaged file as one line."""
     h5py = _h5py()
     try:
@@ -397,16 +416,21 @@ def _opened(fileobj: Any, use: Callable[[Any], Any]) -> Any:
 def _list(
     path: str,
     fileobj: Any,
-    window: tuple | None,
+    window: tuple[int, int] | None,
     fmt: str,
     config: Any = None,
-    metadata: dict | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Checkpoint:
     return _opened(fileobj, lambda f: _checkpoint(path, f, window, fmt, config, metadata))
 
 
 def _checkpoint(
-    path: str, f: Any, window: tuple | None, fmt: str, config: Any, metadata: dict | None
+    path: str,
+    f: Any,
+    window: tuple[int, int] | None,
+    fmt: str,
+    config: Any,
+    metadata: dict[str, Any] | None,
 ) -> Checkpoint:
     warnings, metadata = [], dict(metadata or {})
     for name in f.attrs:
@@ -455,7 +479,7 @@ def preflight(reader: str, path: str) -> None:
 
 def _libhdf5_child(
     code: str, args: list[str], seconds: float, doing: str
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[bytes]:
     """Run `code` in a child Python (exit 0, or 3: a CheckpointError on its stderr); libhdf5
     hanging or dying there while `doing` its work is one line here."""
     try:
@@ -525,7 +549,7 @@ def read_keras(path: str, checked: bool = False) -> Checkpoint:
         return _list(path, window, (start, weights.file_size), "keras", config, metadata)
 
 
-def _scan_shard(shard: str, found: list, h5: Any) -> tuple:
+def _scan_shard(shard: str, found: list[str], h5: Any) -> Scan:
     return _scan(shard, h5, None, found)
 
 
@@ -560,10 +584,10 @@ def read_sharded(path: str, checked: bool = False) -> Checkpoint:
                     "file beside it"
                 )
             shards[name] = None
-    entries: list = []
-    named: dict = {}
-    var_names: dict = {}
-    counts: dict = {}
+    entries: Entries = []
+    named: dict[str, str] = {}
+    var_names: dict[str, str] = {}
+    counts: dict[str, int] = {}
     warnings: list[str] = []
     for name in shards:
         shard = remote.join(remote.dirname(path), name)

@@ -112,7 +112,7 @@ def _external_span(path: str, tensor: Any, key: str, nbytes: int) -> FileSpan:
     return FileSpan(data_path, offset, length)
 
 
-def _tensor(path: str, tensor: Any, key: str, warnings: list) -> TensorInfo | None:
+def _tensor(path: str, tensor: Any, key: str, warnings: list[str]) -> TensorInfo | None:
     from onnx import numpy_helper
 
     dtype = DTYPES.get(tensor.data_type)
