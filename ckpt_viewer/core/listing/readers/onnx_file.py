@@ -52,7 +52,9 @@ DTYPES = {
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
-def _graph_tensors(graph: Any, named: list[tuple[str, Any]], constants: dict, depth: int) -> int:
+def _graph_tensors(
+    graph: Any, named: list[tuple[str, Any]], constants: dict[str, str], depth: int
+) -> int:
     """Append (name, TensorProto) of the graph's initializers and Constant nodes, and those of
     the subgraphs its nodes hold (If branches, Loop and Scan bodies: onnx runs them with their
     own initializers), to `named`; returns the number of sparse initializers met."""
