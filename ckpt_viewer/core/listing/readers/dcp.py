@@ -13,11 +13,18 @@ import math
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, FileSpan, Node, TensorInfo
+from ckpt_viewer.core.listing.model import (
+    DTYPE_SIZES,
+    Checkpoint,
+    FileSpan,
+    Node,
+    Storage,
+    TensorInfo,
+)
 from ckpt_viewer.core.listing.readers import (
     MAX_PICKLE_BYTES,
     is_torch_save,
@@ -178,7 +185,8 @@ def read_hf(folder: str) -> Checkpoint:
                     key,
                     name,
                 )
-            source = tensor.storage.source
+            # safetensors.tensor_infos gives every tensor a storage spanning the file
+            source = cast(FileSpan, cast(Storage, tensor.storage).source)
             span = RawChunk(source.path, source.offset, source.nbytes, tensor)
             pieces.setdefault(key, []).append((tuple(offsets), tensor.shape, span))
     if not pieces:
