@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import Checkpoint, Node, Storage, TensorInfo
@@ -21,7 +23,13 @@ MAX_PICKLE_BYTES = 512 * 1024 * 1024  # a data.pkl beyond this is refused, not i
 
 
 def pickle_checkpoint(
-    path, fmt, data, storage_factory, file_bytes=None, report=None, **extra
+    path: str,
+    fmt: str,
+    data: bytes,
+    storage_factory: Callable[[Any], object] | None,
+    file_bytes: int | None = None,
+    report: PickleReport | None = None,
+    **extra: Any,
 ) -> Checkpoint:
     """Unpickle `data` into a checkpoint with its tree, globals, refusals and bounds checked."""
     report = report if report is not None else PickleReport()
@@ -66,14 +74,14 @@ def pickle_checkpoint(
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-def unread_storage(pid) -> Storage:
+def unread_storage(pid: Any) -> Storage:
     """A storage a pickle refers to whose bytes are not looked at (zip or legacy ids)."""
     length = len(pid) if isinstance(pid, tuple) and len(pid) == 6 else 5
     storage_type, key, location, numel = storage_pid(pid, length)[:4]
     return Storage(str(key), dtype_of_storage(storage_type), numel, location)
 
 
-def torch_load_pickles(raw: bytes, report: PickleReport):
+def torch_load_pickles(raw: bytes, report: PickleReport) -> Any:
     """Every pickle torch.load(io.BytesIO(raw), weights_only=False) would unpickle, run through
     our unpickler instead (each global it names lands in `report`): a zip's .pkl records, or
     the pickles of a legacy stream, which torch unpickles one after the other (the first
@@ -116,6 +124,7 @@ def is_torch_save(raw: bytes) -> bool:
     unpickles once, then refuses ("Invalid magic number; corrupt file?")."""
     if raw[:4] == b"PK\x03\x04":
         return True
+    first: object
     try:
         first, _ = safe_load(raw[: pickle_end(raw)])
     except CheckpointError:
@@ -123,7 +132,7 @@ def is_torch_save(raw: bytes) -> bool:
     return first == LEGACY_MAGIC
 
 
-def storage_pid(pid, length: int = 5) -> tuple:
+def storage_pid(pid: Any, length: int = 5) -> tuple[Any, ...]:
     """('storage', type, key, location, numel[, view]) from a persistent id, exactly `length`
     items as torch's loader unpacks it; returns the items after 'storage'."""
     if not isinstance(pid, tuple) or len(pid) != length or pid[0] not in ("storage", b"storage"):

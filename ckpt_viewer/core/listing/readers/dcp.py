@@ -14,7 +14,7 @@ import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing import remote
@@ -191,7 +191,8 @@ def read_hf(folder: str) -> Checkpoint:
                     key,
                     name,
                 )
-            source = tensor.storage.source
+            # safetensors.tensor_infos gives every tensor a storage spanning the file
+            source = cast(FileSpan, cast(Storage, tensor.storage).source)
             span = RawChunk(source.path, source.offset, source.nbytes, tensor)
             pieces.setdefault(key, []).append((tuple(offsets), tensor.shape, span))
     if not pieces:

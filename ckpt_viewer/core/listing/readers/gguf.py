@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Iterable
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing import remote
@@ -112,7 +114,7 @@ READER_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
 class _Header:
     """A cursor over the file that never reads past its end."""
 
-    def __init__(self, f, size: int):
+    def __init__(self, f: io.BufferedReader[Any] | remote.SizedFile, size: int) -> None:
         self.f, self.size, self.position = f, size, 0
         self.order = "<"  # ">" once the version says the file is big-endian
 
@@ -128,13 +130,13 @@ class _Header:
         self.position += n
         return data
 
-    def skip(self, n: int):
+    def skip(self, n: int) -> None:
         if n < 0 or self.position + n > self.size:
             raise CheckpointError("GGUF header runs past the end of the file")
         self.f.seek(n, os.SEEK_CUR)
         self.position += n
 
-    def unpack(self, fmt: str):
+    def unpack(self, fmt: str) -> Any:
         return struct.unpack(self.order + fmt, self.take(struct.calcsize(fmt)))[0]
 
     def string(self, name: str = "", keep: bool = True) -> str:
@@ -163,7 +165,7 @@ class _Header:
                 record=f"{name} at byte {start:,}",
             ) from None
 
-    def value(self, kind: int, depth: int = 0, keep: bool = True):
+    def value(self, kind: int, depth: int = 0, keep: bool = True) -> Any:
         if kind in VALUE_FORMATS:
             return self.unpack(VALUE_FORMATS[kind])
         if kind == STRING:
@@ -196,19 +198,21 @@ class _Header:
         return GGUFArray(items, count)
 
 
-class GGUFArray(list):
+class GGUFArray(list[Any]):
     """An array value: its first items, and how many it has."""
 
-    def __init__(self, items, count: int):
+    def __init__(self, items: Iterable[Any], count: int) -> None:
         super().__init__(items)
         self.total = count
 
-    def __str__(self):
+    def __str__(self) -> str:
         more = f", ... ({self.total:,} items)" if self.total > len(self) else ""
         return "[" + ", ".join(repr(item) for item in self) + more + "]"
 
 
-def read_header(path: str) -> tuple[int, dict, list, int, str]:
+def read_header(
+    path: str,
+) -> tuple[int, dict[str, Any], list[tuple[str, list[int], int, int]], int, str]:
     """(version, metadata key-values, [(name, ne dims, type id, offset)], data start,
     byte order)."""
     with remote.open_source(path) as source:
@@ -263,7 +267,14 @@ def read_header(path: str) -> tuple[int, dict, list, int, str]:
 
 
 def _tensor(
-    path, name, dims, type_id, offset, data_start, file_size, byteorder="little"
+    path: str,
+    name: str,
+    dims: list[int],
+    type_id: int,
+    offset: int,
+    data_start: int,
+    file_size: int,
+    byteorder: str = "little",
 ) -> TensorInfo:
     if type_id not in GGML_TYPES:
         raise CheckpointError(f"GGUF tensor {name!r} has unknown ggml type {type_id}")

@@ -6,10 +6,11 @@ import json
 import os
 import re
 from collections.abc import Callable
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.model import Checkpoint
+from ckpt_viewer.core.listing.model import Checkpoint, TensorInfo
 from ckpt_viewer.core.listing.readers import safetensors
 from ckpt_viewer.core.listing.safe_pickle import merge_part
 from ckpt_viewer.core.listing.text import plural
@@ -17,9 +18,10 @@ from ckpt_viewer.core.listing.text import plural
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 OpenShard = Callable[[str], Checkpoint]
+Plain = str | int | float | bool  # a config field shown as metadata
 
 
-def read_json(path: str, what: str) -> dict:
+def read_json(path: str, what: str) -> dict[str, Any]:
     if remote.getsize(path) > MAX_INDEX_BYTES:
         raise CheckpointError(f"{what} {remote.basename(path)} is larger than 64 MB")
     try:
@@ -32,7 +34,7 @@ def read_json(path: str, what: str) -> dict:
     return value
 
 
-def shard_tensors(path: str, open_shard: OpenShard) -> tuple[dict, Checkpoint]:
+def shard_tensors(path: str, open_shard: OpenShard) -> tuple[dict[str, TensorInfo], Checkpoint]:
     """Tensors of one shard file, whatever its kind: ({key: TensorInfo}, the shard)."""
     checkpoint = open_shard(path)
     return {key: info for key, info, _ in checkpoint.tensors()}, checkpoint
@@ -48,7 +50,7 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
     ):
         raise CheckpointError("index has no weight_map of tensor names to shard files")
     folder = remote.dirname(index_path)
-    shards: dict[str, tuple] = {}
+    shards: dict[str, tuple[dict[str, TensorInfo], Checkpoint]] = {}
     for shard in dict.fromkeys(weight_map.values()):
         if os.path.basename(shard) != shard or shard in ("", ".", ".."):
             raise CheckpointError(f"index names a shard outside its folder: {shard!r:.80}")
@@ -92,7 +94,7 @@ def read(index_path: str, open_shard: OpenShard) -> Checkpoint:
     return checkpoint
 
 
-def config_metadata(folder: str, name: str = "config.json") -> dict:
+def config_metadata(folder: str, name: str = "config.json") -> dict[str, Plain]:
     """Plain top-level fields of a model directory's config.json (model_type, sizes...);
     short lists of plain values (architectures, target_modules) as one line of text."""
     path = remote.join(folder, name)
@@ -103,7 +105,7 @@ def config_metadata(folder: str, name: str = "config.json") -> dict:
     except CheckpointError:
         return {}
     prefix = name.removesuffix(".json")
-    fields = {}
+    fields: dict[str, Plain] = {}
     for key, value in config.items():
         if isinstance(value, (str, int, float, bool)):
             fields[f"{prefix}.{key}"] = value
@@ -151,7 +153,7 @@ def add_variant(name: str, variant: str) -> str:
     return f"{stem}.{variant}.{extension}"
 
 
-def choose_weights(folder: str, names: set) -> tuple[str | None, list[str]]:
+def choose_weights(folder: str, names: set[str]) -> tuple[str | None, list[str]]:
     """(the weights file from_pretrained reads in a folder holding `names`, the other weights
     files it leaves unread); (None, []) when none is recognised."""
     candidates = [n for n in WEIGHT_FILES if n in names]
@@ -209,7 +211,7 @@ def _variant(name: str) -> str | None:
     return match.group(3)
 
 
-def _names(folder: str) -> set:
+def _names(folder: str) -> set[str]:
     # not only regular files: a FIFO or device named like a weights file is chosen, then
     # refused on open
     return set(remote.files(folder))

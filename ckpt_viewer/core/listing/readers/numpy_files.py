@@ -53,11 +53,15 @@ KINDS = {
 }
 
 
+# (data start, data bytes, item size) -> (a Storage's source, element offset, storage numel)
+SourceOf = Callable[[int, int, int], tuple[FileSpan | ZipMember, int, int]]
+
+
 class Refused(Exception):
     """An array numpy.load(allow_pickle=False) would not give, or that has no torch dtype."""
 
 
-def parse_header(head: bytes, what: str) -> tuple[str, str, tuple, bool, int]:
+def parse_header(head: bytes, what: str) -> tuple[str, str, tuple[int, ...], bool, int]:
     """(dtype, byteorder, shape, fortran_order, data start) of an npy header."""
     if not head.startswith(MAGIC) or len(head) < 10:
         raise CheckpointError(f"{what} is not an npy array (no \\x93NUMPY magic)")
@@ -104,7 +108,7 @@ def _dtype(descr: Any) -> tuple[str, str]:
     return dtype, "big" if order == ">" else "little"
 
 
-def strides(shape: tuple, fortran: bool) -> tuple:
+def strides(shape: tuple[int, ...], fortran: bool) -> tuple[int, ...]:
     out, step = [], 1
     for dim in shape if fortran else reversed(shape):
         out.append(step)
@@ -112,7 +116,7 @@ def strides(shape: tuple, fortran: bool) -> tuple:
     return tuple(out) if fortran else tuple(reversed(out))
 
 
-def _tensor(key: str, head: bytes, what: str, room: int, source: Callable) -> TensorInfo:
+def _tensor(key: str, head: bytes, what: str, room: int, source: SourceOf) -> TensorInfo:
     """The tensor of an npy record whose data may take `room` bytes; `source(start, nbytes,
     itemsize)` gives its Storage's source, the element offset of its data and the storage's
     element count."""
@@ -217,7 +221,7 @@ def read_npz(path: str) -> Checkpoint:
 
             def source(
                 start: int, nbytes: int, itemsize: int, member: ZipMember = member, f: Any = f
-            ) -> tuple:
+            ) -> tuple[FileSpan | ZipMember, int, int]:
                 if member.compress_type == 0:
                     return (
                         FileSpan(path, data_offset(member, f) + start, nbytes),

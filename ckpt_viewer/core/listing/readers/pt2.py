@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from ckpt_viewer.core import CheckpointError, StructureError
 from ckpt_viewer.core.listing.model import (
@@ -26,6 +26,7 @@ from ckpt_viewer.core.listing.model import (
     Node,
     Storage,
     TensorInfo,
+    ZipMember,
     iter_nodes,
 )
 from ckpt_viewer.core.listing.readers import MAX_PICKLE_BYTES, torch_load_pickles
@@ -102,14 +103,14 @@ def is_pt2(path: str, head: bytes = b"") -> bool:
     return names[0].split("/", 1)[0] + "/archive_format" in names
 
 
-def _json(member, what: str):
+def _json(member: ZipMember, what: str) -> Any:
     try:
         return json.loads(read_member(member, MAX_JSON_BYTES).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{what} is not valid JSON ({str(exc)[:80]})") from None
 
 
-def _int(value, what: str) -> int:
+def _int(value: Any, what: str) -> int:
     """A serialized SymInt: {"as_int": n}; symbolic sizes cannot describe stored data."""
     number = value.get("as_int") if isinstance(value, dict) else None
     if type(number) is not int:
@@ -117,7 +118,7 @@ def _int(value, what: str) -> int:
     return number
 
 
-def _location(device) -> str:
+def _location(device: Any) -> str:
     if not isinstance(device, dict) or not isinstance(device.get("type"), str):
         return "cpu"
     index = device.get("index")
@@ -125,7 +126,7 @@ def _location(device) -> str:
 
 
 class _Archive:
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
         directory = read_directory(path)
         self.root = archive_root([m.name for m in directory])
@@ -134,7 +135,7 @@ class _Archive:
         self.pickles: list[tuple[str, PickleReport]] = []  # (where, what it names)
         self.zeros: dict[int, int] = {}  # id(Storage) -> elements torch gives it
 
-    def member(self, name: str):
+    def member(self, name: str) -> ZipMember | None:
         return self.members.get(self.root + name)
 
     def text(self, name: str) -> str | None:
@@ -143,7 +144,7 @@ class _Archive:
             None if member is None else read_member(member, 64).decode("ascii", "replace").strip()
         )
 
-    def payloads(self, folder: str, config_name: str, what: str) -> dict:
+    def payloads(self, folder: str, config_name: str, what: str) -> dict[str, TensorInfo | str]:
         """{fqn: TensorInfo or a note string} of one payload config."""
         member = self.member(config_name)
         if member is None:
@@ -171,7 +172,14 @@ class _Archive:
                 out[fqn] = self._raw(fqn, name, record, meta, storages)
         return out
 
-    def _raw(self, fqn, name, record, meta, storages) -> TensorInfo:
+    def _raw(
+        self,
+        fqn: str,
+        name: str,
+        record: ZipMember,
+        meta: dict[str, Any],
+        storages: dict[str, Storage],
+    ) -> TensorInfo:
         tensor_meta = meta.get("tensor_meta")
         if not isinstance(tensor_meta, dict):
             raise CheckpointError(f"{fqn!r:.80} has no tensor metadata")
@@ -259,7 +267,7 @@ class _Archive:
             info.storage = None
         return info
 
-    def _pickled(self, fqn, name, record, tensor_meta) -> str:
+    def _pickled(self, fqn: str, name: str, record: ZipMember, tensor_meta: Any) -> str:
         """A tensor subclass saved with torch.save: torch.export.load would unpickle it with
         weights_only=False. Its globals are listed; its values are not read."""
         self.warnings.append(
@@ -269,7 +277,7 @@ class _Archive:
         self.scan(record, fqn)
         return f"pickled tensor subclass in {name}"
 
-    def _object(self, fqn, name, record) -> str:
+    def _object(self, fqn: str, name: str, record: ZipMember) -> str:
         if name.startswith("opaque_obj_"):
             self.warnings.append(
                 f"{fqn}: an opaque object ({name}) that torch.export.load "
@@ -290,7 +298,7 @@ class _Archive:
         )
         return f"unknown record {name}"
 
-    def scan(self, record, where: str):
+    def scan(self, record: ZipMember, where: str) -> None:
         """Every pickle of a record that torch.export.load unpickles, through ours."""
         report = PickleReport()
         self.pickles.append((where, report))
@@ -300,9 +308,9 @@ class _Archive:
             self.warnings.append(f"{record.name}: cannot be decoded ({str(exc)[:80]})")
 
 
-def _signature_notes(program) -> dict:
+def _signature_notes(program: Any) -> dict[str, str]:
     """{fqn: note} from the program's graph signature (buffers, lifted constants)."""
-    notes = {}
+    notes: dict[str, str] = {}
     graph = program.get("graph_module") if isinstance(program, dict) else None
     signature = graph.get("signature") if isinstance(graph, dict) else None
     specs = signature.get("input_specs") if isinstance(signature, dict) else None
@@ -340,13 +348,14 @@ def read(path: str) -> Checkpoint:
     for model in models:
         prefix = "" if len(models) == 1 else model + "."
         for legacy in (f"data/weights/{model}.pt", f"data/constants/{model}.pt"):
-            if archive.member(legacy) is not None:
+            if (member := archive.member(legacy)) is not None:
                 archive.warnings.append(f"{legacy}: the pre-2.8 single-file layout is not read")
-                archive.scan(archive.member(legacy), legacy)
+                archive.scan(member, legacy)
         sample_inputs = f"data/sample_inputs/{model}.pt"
-        if archive.member(sample_inputs) is not None:
-            archive.scan(archive.member(sample_inputs), sample_inputs)
-        program_member = archive.member(f"models/{model}.json")
+        if (member := archive.member(sample_inputs)) is not None:
+            archive.scan(member, sample_inputs)
+        # models lists only records of the archive
+        program_member = cast(ZipMember, archive.member(f"models/{model}.json"))
         program = (
             _json(program_member, f"models/{model}.json")
             if program_member.file_size <= MAX_JSON_BYTES
@@ -408,7 +417,9 @@ def read(path: str) -> Checkpoint:
     return checkpoint
 
 
-def _mark_roles(root: Node, entries: dict, notes: dict):
+def _mark_roles(
+    root: Node, entries: dict[str, tuple[TensorInfo | str, str]], notes: dict[str, str]
+) -> None:
     first_of_storage: dict[int, str] = {}
     for node in iter_nodes(root):
         tensor = node.tensor

@@ -9,6 +9,8 @@ import json
 import math
 import re
 import struct
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import (
@@ -56,7 +58,7 @@ TORCH_TO_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 PAIRED = {"F4"}
 
 
-def torch_shape(key: str, dtype: str, shape: list) -> tuple:
+def torch_shape(key: str, dtype: str, shape: list[int]) -> tuple[int, ...]:
     """The shape torch gets for a safetensors entry's shape, as the library converts it."""
     if dtype not in PAIRED:
         return tuple(shape)
@@ -69,7 +71,7 @@ def torch_shape(key: str, dtype: str, shape: list) -> tuple:
     return (*shape[:-1], shape[-1] // 2)
 
 
-def safetensors_shape(dtype: str, shape: tuple) -> list:
+def safetensors_shape(dtype: str, shape: tuple[int, ...]) -> list[int]:
     """The shape written in a safetensors header for a torch tensor of this dtype and shape."""
     if TORCH_TO_SAFETENSORS[dtype] in PAIRED:
         return [*shape[:-1], shape[-1] * 2]
@@ -88,16 +90,19 @@ def looks_like_safetensors(head: bytes) -> bool:
     )
 
 
-class _Object(dict):
+class _Object(dict[str, Any]):
     """A JSON object that remembers which of its keys appeared more than once."""
 
-    repeated: tuple = ()
-    shadowed: tuple = ()  # (key, value) of entries a later one with the same key hides
+    repeated: tuple[str, ...] = ()
+    shadowed: tuple[
+        tuple[str, Any], ...
+    ] = ()  # (key, value) of entries a later one with the same key hides
 
 
-def _object(pairs):
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
     out = _Object()
-    repeated, shadowed = [], []
+    repeated: list[str] = []
+    shadowed: list[tuple[str, Any]] = []
     for key, value in pairs:
         if key in out:
             repeated.append(key)
@@ -111,16 +116,16 @@ class _NotUsize(float):
     """A JSON integer the library's usize fields refuse (negative, -0, or past 2**64 - 1)."""
 
 
-def _integer(text: str):
+def _integer(text: str) -> int | _NotUsize:
     value = int(text)
     return _NotUsize(0) if text.startswith("-") or value > USIZE_MAX else value
 
 
-def _constant(name):
+def _constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
-def _too_deep(value) -> bool:
+def _too_deep(value: Any) -> bool:
     """Arrays and objects nested deeper than the library's parser goes (no recursion here)."""
     stack = [(value, 1)]
     while stack:
@@ -190,7 +195,7 @@ def _parse(text: str) -> _Object:
     return header
 
 
-def _has_lone_surrogate(value) -> bool:
+def _has_lone_surrogate(value: Any) -> bool:
     """json.loads turns an escaped \\ud800 without its pair into a lone surrogate; serde
     refuses it."""
     stack = [value]
@@ -207,7 +212,7 @@ def _has_lone_surrogate(value) -> bool:
     return False
 
 
-def _entry_fields(key: str, entry):
+def _entry_fields(key: str, entry: Any) -> Sequence[Any]:
     """(dtype, shape, data_offsets) of one tensor entry: an object, or (as serde also takes
     it) a list of the three in order."""
     if isinstance(entry, list) and len(entry) == 3:
@@ -222,11 +227,11 @@ def _entry_fields(key: str, entry):
     return entry["dtype"], entry["shape"], entry["data_offsets"]
 
 
-def _usize(value) -> bool:
+def _usize(value: Any) -> bool:
     return type(value) is int
 
 
-def _entry_types(key: str, entry) -> tuple:
+def _entry_types(key: str, entry: Any) -> tuple[str, list[int], list[int]]:
     dtype, shape, offsets = _entry_fields(key, entry)
     if dtype not in SAFETENSORS_DTYPES:
         raise CheckpointError(f"safetensors entry {key!r} has unknown dtype {dtype!r:.20}")
@@ -283,7 +288,7 @@ def _check_entries(header: _Object) -> int:
     return end
 
 
-def tensor_infos(path: str) -> tuple[dict, dict, list]:
+def tensor_infos(path: str) -> tuple[dict[str, TensorInfo], dict[str, Any], list[str]]:
     """{key: TensorInfo}, metadata and warnings; shared by the sharded-index reader."""
     header, data_start, _ = read_header(path)
     warnings = [
@@ -293,7 +298,7 @@ def tensor_infos(path: str) -> tuple[dict, dict, list]:
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         metadata = {"__metadata__": str(metadata)}
-    tensors = {}
+    tensors: dict[str, TensorInfo] = {}
     for key, entry in header.items():
         dtype, shape, (begin, end) = _entry_fields(key, entry)
         dtype, shape = SAFETENSORS_DTYPES[dtype], torch_shape(key, dtype, shape)
@@ -309,7 +314,7 @@ def tensor_infos(path: str) -> tuple[dict, dict, list]:
 MAX_FOLDER_DEPTH = 1000  # deeper dotted segments stay in the leaf's name
 
 
-def flat_tree(tensors: dict) -> Node:
+def flat_tree(tensors: Mapping[str, TensorInfo]) -> Node:
     """A tree from flat dotted names (a.b.weight -> a / b / weight); a name of thousands of
     segments nests MAX_FOLDER_DEPTH folders deep, the rest of it is the leaf's name."""
     root = Node(name="", kind="dict", type_name="dict")
@@ -327,7 +332,7 @@ def flat_tree(tensors: dict) -> Node:
     return root
 
 
-def _folder(folders: dict, key: str) -> Node:
+def _folder(folders: dict[str, Node], key: str) -> Node:
     """The folder for a dotted key, creating it and any missing ancestors (no recursion)."""
     missing = []
     while key not in folders:

@@ -9,9 +9,10 @@ root storage's bytes in the view's element size."""
 from __future__ import annotations
 
 import struct
+from typing import Any, cast
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, FileSpan, Storage
+from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, FileSpan, Storage
 from ckpt_viewer.core.listing.pickle_scan import pickle_end
 from ckpt_viewer.core.listing.readers import MAX_PICKLE_BYTES, pickle_checkpoint, storage_pid
 from ckpt_viewer.core.listing.remote import open_source
@@ -29,7 +30,7 @@ PROTOCOL_VERSION = 1001
 class _Stream:
     """The open file and its size, read pickle by pickle."""
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self.file = open_source(path)
         self.size = self.file.size
 
@@ -51,11 +52,11 @@ class _Stream:
         self.file.seek(start + end)
         return data[:end]
 
-    def load(self, report=None):
+    def load(self, report: PickleReport | None = None) -> tuple[Any, list[str]]:
         return safe_load(self.next_pickle(), report=report)
 
 
-def read(path: str):
+def read(path: str) -> Checkpoint:
     stream = _Stream(path)
     try:
         return _read(path, stream)
@@ -70,14 +71,15 @@ def is_legacy(path: str) -> bool:
     except OSError:
         return False
     try:
-        return stream.load()[0] == MAGIC_NUMBER
+        magic: object = stream.load()[0]
+        return magic == MAGIC_NUMBER
     except CheckpointError:
         return False
     finally:
         stream.file.close()
 
 
-def _read(path, stream):
+def _read(path: str, stream: _Stream) -> Checkpoint:
     report = PickleReport()
     magic, _ = stream.load(report)
     if magic != MAGIC_NUMBER:
@@ -86,11 +88,11 @@ def _read(path, stream):
     if protocol != PROTOCOL_VERSION:
         raise CheckpointError(f"unsupported legacy protocol version {protocol!r:.20}")
     sys_info, _ = stream.load(report)
-    roots: dict = {}
-    views: dict = {}
+    roots: dict[Any, Storage] = {}
+    views: dict[Any, Storage] = {}
     spans: list[tuple[Storage, object, int]] = []
 
-    def storage_factory(pid):
+    def storage_factory(pid: Any) -> object:
         if isinstance(pid, tuple) and pid and pid[0] == "module":
             report.refuse(
                 "it records module source code (torch's weights_only unpickler "
@@ -142,7 +144,8 @@ def _read(path, stream):
         root = roots[root_key]
         if start + storage.nbytes > root.nbytes:
             raise CheckpointError(f"storage view {storage.key!r} lies outside its storage")
-        storage.source = FileSpan(path, root.source.offset + start, storage.nbytes)
+        root_span = cast(FileSpan, root.source)  # every root got one in _index_storages
+        storage.source = FileSpan(path, root_span.offset + start, storage.nbytes)
     checkpoint.refusals = report.refusals
     if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
         checkpoint.warnings.append(
@@ -153,7 +156,7 @@ def _read(path, stream):
     return checkpoint
 
 
-def _index_storages(stream, keys, roots, path):
+def _index_storages(stream: _Stream, keys: list[Any], roots: dict[Any, Storage], path: str) -> None:
     """Walk the storage section by offsets; check every declared size against the file."""
     offset = stream.file.tell()
     for key in keys:

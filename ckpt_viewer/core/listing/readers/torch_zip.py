@@ -8,9 +8,10 @@ byteorder text, each storage record's exact size)."""
 from __future__ import annotations
 
 import zipfile
+from typing import Any, cast
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.listing.model import DTYPE_SIZES, Storage, ZipMember
+from ckpt_viewer.core.listing.model import DTYPE_SIZES, Checkpoint, Storage, ZipMember
 from ckpt_viewer.core.listing.readers import MAX_PICKLE_BYTES, pickle_checkpoint, storage_pid
 from ckpt_viewer.core.listing.readers.zip_directory import crc_ok, read_directory, read_member
 from ckpt_viewer.core.listing.safe_pickle import dtype_of_storage
@@ -23,7 +24,7 @@ C_SPACE = b" \t\n\v\f\r"
 class Archive:
     """The records of a torch zip archive, found as torch finds them."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.members = read_directory(path)
         if not self.members:
             raise CheckpointError("zip archive holds no files: not a PyTorch checkpoint")
@@ -54,7 +55,7 @@ class Archive:
             self.crc_failures.append(member.name)
         return data
 
-    def check_folder(self):
+    def check_folder(self) -> None:
         outside = next((m for m in self.members if not m.raw_name.startswith(self.prefix)), None)
         if outside is not None:
             raise CheckpointError(
@@ -109,7 +110,7 @@ def check_storage_alignment(archive: Archive) -> None:
         ) from None
 
 
-def read(path: str):
+def read(path: str) -> Checkpoint:
     archive = Archive(path)
     version = parse_version(
         archive.read(archive.find(".data/version") or archive.require("version"), 64)
@@ -126,11 +127,11 @@ def read(path: str):
         )
     data = archive.read(pickle_member, MAX_PICKLE_BYTES)
     torchscript = any(m.raw_name == archive.prefix + b"constants.pkl" for m in archive.members)
-    storages: dict = {}
-    dtypes: dict = {}  # storage type name -> dtype (a file names a few, 50,000 times)
+    storages: dict[Any, Storage] = {}
+    dtypes: dict[str, str] = {}  # storage type name -> dtype (a file names a few, 50,000 times)
     records_by_name, data_folder = archive.by_name, archive.prefix + b"data/"
 
-    def storage_factory(pid):
+    def storage_factory(pid: Any) -> Storage:
         storage_type, key, location, numel = storage_pid(pid)
         name = getattr(storage_type, "qualname", None)
         dtype = dtypes.get(name) if type(name) is str else None
@@ -171,7 +172,11 @@ def read(path: str):
         checkpoint.warnings.append(
             "tensors are stored big-endian; values are byte-swapped when read"
         )
-    compressed = [s.key for s in storages.values() if s.source.compress_type != zipfile.ZIP_STORED]
+    compressed = [  # each storage's source is its record (storage_factory)
+        s.key
+        for s in storages.values()
+        if cast(ZipMember, s.source).compress_type != zipfile.ZIP_STORED
+    ]
     if compressed:
         checkpoint.warnings.append(
             f"{len(compressed)} storage record(s) are compressed; "

@@ -11,12 +11,19 @@ it). config.json and adapter_config.json fields are shown as metadata."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import Checkpoint, Node, iter_nodes
 from ckpt_viewer.core.listing.readers import MAX_PICKLE_BYTES, torch_load_pickles
-from ckpt_viewer.core.listing.readers.hf_index import config_metadata, model_weights, read_json
+from ckpt_viewer.core.listing.readers.hf_index import (
+    Plain,
+    config_metadata,
+    model_weights,
+    read_json,
+)
 from ckpt_viewer.core.listing.safe_pickle import PickleReport, merge_part, merge_report
 from ckpt_viewer.core.listing.tree import build_tree
 
@@ -38,14 +45,14 @@ def state_files(folder: str) -> list[str]:
     return sorted(n for n in names if STATE_FILE.fullmatch(n))
 
 
-def folder_metadata(folder: str) -> dict:
-    fields = {}
+def folder_metadata(folder: str) -> dict[str, Plain]:
+    fields: dict[str, Plain] = {}
     for name in CONFIG_FILES:
         fields.update(config_metadata(folder, name))
     return fields
 
 
-def _natural(name: str):
+def _natural(name: str) -> list[int | str]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
@@ -61,7 +68,7 @@ def part_names(folder: str) -> list[str]:
     return names + [n for n in state_files(folder) if n not in names]
 
 
-def trainer_state(state: dict) -> dict:
+def trainer_state(state: dict[str, Any]) -> dict[str, Any]:
     """trainer_state.json with its log_history summarised (it grows by one entry a log)."""
     summary = {k: v for k, v in state.items() if k != "log_history"}
     history = state.get("log_history")
@@ -78,6 +85,7 @@ def trainer_state(state: dict) -> dict:
             brief["first_step"], brief["last_step"] = min(steps), max(steps)
         if losses:
             brief["min_loss"] = min(losses)
+        test: Callable[[dict[str, Any]], bool]
         for name, test in (
             ("last_train_log", lambda e: "loss" in e),
             ("last_eval_log", lambda e: any(str(k).startswith("eval_") for k in e)),
@@ -92,7 +100,7 @@ def trainer_state(state: dict) -> dict:
     return summary
 
 
-def _read_part(path: str, open_file) -> Checkpoint:
+def _read_part(path: str, open_file: Callable[[str], Checkpoint]) -> Checkpoint:
     if path.endswith(".json") and not path.endswith(".index.json"):
         value = trainer_state(read_json(path, "state"))
         return Checkpoint(
@@ -115,7 +123,7 @@ def _graft(part: Checkpoint, name: str) -> Node:
     return root
 
 
-def read(folder: str, open_part) -> Checkpoint:
+def read(folder: str, open_part: Callable[[str], Checkpoint]) -> Checkpoint:
     """`open_part` opens one file of the folder (core.listing.open.open_file)."""
     names = part_names(folder)
     if not names:

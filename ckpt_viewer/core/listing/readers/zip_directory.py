@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
 from ckpt_viewer.core.listing.model import ZipMember
-from ckpt_viewer.core.listing.remote import open_source, remembered
+from ckpt_viewer.core.listing.remote import SizedFile, open_source, remembered
 
 EOCD = struct.Struct("<4s4H2LH")  # end of central directory, 22 bytes
 EOCD64_LOCATOR = struct.Struct("<4sLQL")  # 20 bytes
@@ -36,7 +37,7 @@ class AmbiguousArchive(Ambiguous):
         super().__init__(f"ambiguous zip archive: {why}; refusing to show one reading of it")
 
 
-def _find_end_record(f, size: int) -> tuple[int, tuple]:
+def _find_end_record(f: SizedFile, size: int) -> tuple[int, tuple[Any, ...]]:
     """The last end-record signature with room for a record after it, as miniz finds it."""
     tail = min(size, EOCD.size + MAX_COMMENT)
     f.seek(size - tail)
@@ -47,7 +48,9 @@ def _find_end_record(f, size: int) -> tuple[int, tuple]:
     return size - tail + at, EOCD.unpack_from(data, at)
 
 
-def _zip64_end(f, size: int, eocd_at: int):
+def _zip64_end(
+    f: SizedFile, size: int, eocd_at: int
+) -> tuple[int, tuple[Any, ...]] | tuple[None, None]:
     """The zip64 end record, if a locator sits just before the end record (miniz always looks)."""
     if eocd_at < EOCD64_LOCATOR.size + EOCD64.size:
         return None, None
@@ -82,7 +85,7 @@ def _read_directory(path: str) -> list[ZipMember]:
             raise CheckpointError("not a readable zip archive (too small)")
         eocd_at, eocd = _find_end_record(f, size)
         (_, this_disk, cd_disk, on_disk, count, cd_size, cd_offset, _) = eocd
-        end_records_at = eocd_at
+        end_records_at: int | None = eocd_at
         zip64_at, zip64 = _zip64_end(f, size, eocd_at)
         if zip64 is not None:
             saturated = (on_disk, count, cd_size, cd_offset, this_disk, cd_disk)
@@ -115,8 +118,8 @@ def _read_directory(path: str) -> list[ZipMember]:
     return members
 
 
-def _entries(directory: bytes, count: int, path: str, size: int, this_disk: int):
-    members = []
+def _entries(directory: bytes, count: int, path: str, size: int, this_disk: int) -> list[ZipMember]:
+    members: list[ZipMember] = []
     pos = 0
     unpack = ENTRY.unpack_from
     for _ in range(count):
@@ -174,7 +177,7 @@ def _entries(directory: bytes, count: int, path: str, size: int, this_disk: int)
     return members
 
 
-def _refuse_shadowed_names(members: list[ZipMember]):
+def _refuse_shadowed_names(members: list[ZipMember]) -> None:
     names = [m.raw_name for m in members]
     if b"\0" in b"".join(names):
         member = next(m for m in members if b"\0" in m.raw_name)
@@ -216,7 +219,7 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     raise CheckpointError("zip64 entry has no zip64 size information")
 
 
-def data_offset(member: ZipMember, f=None) -> int:
+def data_offset(member: ZipMember, f: SizedFile | None = None) -> int:
     """Where a record's bytes begin: after its local header, name and extra field (read
     through `f`, the archive already open, when given)."""
     if f is None:
@@ -229,6 +232,8 @@ def data_offset(member: ZipMember, f=None) -> int:
     header = f.read(LOCAL)
     if len(header) < LOCAL or header[:4] != b"PK\x03\x04":
         raise CheckpointError(f"zip record {member.name} has no valid local header")
+    name_length: int
+    extra_length: int
     name_length, extra_length = struct.unpack("<HH", header[26:30])
     return member.header_offset + LOCAL + name_length + extra_length
 
