@@ -451,7 +451,13 @@ class MainWindow(QMainWindow):
                 action.setEnabled(tab is not None)
         if tab is None:
             self.setWindowFilePath("")
-            self.setWindowTitle("ckpt-viewer")
+            other = self.tabs.currentIndex()  # a Compare or Run tab names what it shows
+            label = (
+                self.tabs.tabText(other)
+                if other >= 0 and self.tabs.currentWidget() is not self.welcome
+                else ""
+            )
+            self.setWindowTitle(f"{shown(label)} - ckpt-viewer" if label else "ckpt-viewer")
             return
         self._show_worst_global(tab)
         self.setWindowFilePath(tab.checkpoint.path)

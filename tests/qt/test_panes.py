@@ -195,6 +195,8 @@ def test_a_comparison_tab_moves_beside_the_tree(qtbot, window, tmp_path):
         window.compare_paths(tab.checkpoint.path, b)
     view = window.tabs.currentWidget()
     assert view.objectName() == "compareView"
+    label = window.tabs.tabText(window.tabs.currentIndex())
+    assert window.windowTitle() == f"{label} - ckpt-viewer"  # not a bare "ckpt-viewer"
     bar = window.tabs.tabBar()
     window._tab_menu(bar.tabRect(window.tabs.indexOf(view)).center())
     menu = next(m for m in window.findChildren(QMenu) if m.isVisible())
