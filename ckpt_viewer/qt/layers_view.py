@@ -343,6 +343,9 @@ class LayersDialog(QWidget):
             if self.overlay
             else None
         )
+        # layers are whole numbers: a short stack gets one tick per layer, not 0.5, 1.5...
+        span = (max(stack.layers) - min(stack.layers)) if stack.layers else 0
+        self.plot.getAxis("bottom").setTickSpacing(*((1, 1) if span <= 20 else (None, None)))
         todo = []
         for number, (role, layers, values, keys) in enumerate(self.curves()):
             colour = pg.intColor(number, hues=max(len(stack.roles), 1))

@@ -167,6 +167,8 @@ def test_layers_plots_one_line_per_role_and_a_point_opens_it(qtbot, window, tmp_
     assert legend.sceneBoundingRect().top() >= view_box.bottom()
     assert not legend.sceneBoundingRect().intersects(view_box)
     assert not dialog.plot.getAxis("left").autoSIPrefix  # never "L2 norm (x0.001)"
+    bottom = dialog.plot.getAxis("bottom")  # three layers: ticks on 0, 1, 2, never 0.5
+    assert all(float(v).is_integer() for _, ticks in bottom.tickValues(0, 2, 400) for v in ticks)
     expected = [torch.linalg.norm(sd[f"blocks.{i}.attn.weight"].double()).item() for i in range(3)]
     assert curves[0][2] == pytest.approx(expected, rel=1e-6)
     metric_box = dialog.metric_box
