@@ -102,7 +102,9 @@ def render_map(top: Block, size_by: str, colour_by: str, size: tuple, look: tupl
         painter.fillRect(box, colour)
         painter.setPen(QPen(colour.darker(160), 1))
         painter.drawRect(box)
-        label = safe_text(block.name)
+        label = safe_text(
+            f"{block.name} \u2014 {block.parameter}" if block.parameter else block.name
+        )
         text = f"{label}  {format_bytes(block.bytes)}"
         if metrics.horizontalAdvance(text) + 6 > box.width():
             text = label
@@ -239,6 +241,8 @@ def block_text(block: Block, total: int) -> str:
     name = safe_text(block.path or "(all)")
     if block.class_name:
         name += f" ({safe_text(block.class_name)})"
+    if block.parameter:
+        name += f" \u2014 {safe_text(block.parameter)}"
     return (
         f"{name}: {format_bytes(block.bytes)}{share}, {format_count(block.elements)} elements "
         f"in {plural(block.tensors, 'tensor')}; {roles}; {dtypes}"

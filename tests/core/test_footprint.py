@@ -70,6 +70,22 @@ def test_training_memory_uses_the_files_own_optimizer_state(tmp_path):
     assert zero3 == training["buffers"] + -(-(2 * training["weights"] + optimizer_bytes) // 4)
 
 
+def test_optimizer_state_blocks_carry_their_parameters_name(tmp_path):
+    """A real Adam step: each state entry's block names the parameter it belongs to, in the
+    order torch's state_dict numbers them (named_parameters order)."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "t.pt")
+    top = bytes_map(open_checkpoint(str(tmp_path / "t.pt")))
+    state = top.children["optimizer"].children["state"]
+    names = [name for name, _ in net.named_parameters()]
+    assert {b.name: b.parameter for b in state.children.values()} == {
+        str(i): name for i, name in enumerate(names)
+    }
+
+
 def test_whole_model_blocks_carry_class_names(tmp_path):
     path = builders.whole_model_file(tmp_path / "whole.pt")
     top = bytes_map(open_checkpoint(str(path)))

@@ -43,6 +43,7 @@ class Block:
     by_dtype: dict[str, int] = field(default_factory=dict)  # dtype -> bytes
     children: dict[str, Block] = field(default_factory=dict)  # name -> Block, in file order
     class_name: str = ""  # a pickled module's class
+    parameter: str = ""  # an optimizer state entry's parameter, where the file proves it
 
     def add(self, nbytes: int, elements: int, role: str, dtype: str) -> None:
         self.bytes += nbytes
@@ -135,7 +136,23 @@ def bytes_map(checkpoint: Checkpoint) -> Block:
             block.class_name = node.type_name
         stack.extend((child, [*chain, block]) for child in reversed(node.children))
     _drop_empty(top)
+    _name_state_entries(top, checkpoint)
     return top
+
+
+def _name_state_entries(top: Block, checkpoint: Checkpoint) -> None:
+    """Each optimizer state entry's block (`state.49`) gets its parameter's name, as the tree's
+    row does (`state.49 — h.3.mlp.c_fc.weight`)."""
+    from ckpt_viewer.core.listing.optim import state_parameters
+
+    entries = {key.rsplit(".", 1)[0]: name for key, name in state_parameters(checkpoint).items()}
+    if not entries:
+        return
+    stack = [top]
+    while stack:
+        block = stack.pop()
+        block.parameter = entries.get(block.path, "")
+        stack.extend(block.children.values())
 
 
 def _drop_empty(top: Block) -> None:
