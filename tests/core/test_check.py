@@ -97,7 +97,7 @@ def test_each_planted_anomaly_reported_with_key_and_kind(tmp_path, writer):
         found = {("copy.weight", k) if key == "ok0.weight" else (key, k) for key, k in found}
     assert found == EXPECTED
     by_kind = {f.kind: f for f in report.findings}
-    assert by_kind["nan"].severity == "error" and "1 NaN" in by_kind["nan"].message
+    assert by_kind["nan"].severity == "error" and "1 NaN value of " in by_kind["nan"].message
     assert "2 of 16 output rows" in by_kind["dead_rows"].message
     duplicate = by_kind["duplicate"]
     assert {duplicate.key, duplicate.message.split()[3]} == {"ok0.weight", "copy.weight"}

@@ -348,3 +348,8 @@ def test_reopening_export_offers_what_was_typed_for_that_file(qtbot, window, tmp
     assert again.include.text() == "enc.*" and again.format.currentText() == "safetensors"
     assert again.destination.text() == str(tmp_path / "mine.safetensors")
     again.reject()
+    one = window.export_dialog()
+    one.include.setText("dec.w")
+    one.format.setCurrentText("pth")
+    qtbot.waitUntil(lambda: one.summary.text().startswith("1 tensor,"), timeout=10_000)
+    one.reject()
