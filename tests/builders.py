@@ -228,6 +228,16 @@ def safetensors_file(path, tensors=None, metadata=None):
     return str(path)
 
 
+def safetensors_header_keys(path) -> list[str]:
+    """The keys in the order a safetensors file itself stores them (read from its header, not
+    through our reader: the oracle for file order)."""
+    import struct
+
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        return [k for k in json.loads(f.read(size)) if k != "__metadata__"]
+
+
 def hf_directory(folder, shard_format="safetensors"):
     """A sharded Hugging Face model directory with an index, two shards and a config."""
     os.makedirs(folder, exist_ok=True)

@@ -1,9 +1,6 @@
 """Keys listed in natural order where the file sorted them as text, the file's order kept
 otherwise and on request; sizes in binary units; the words of `check`."""
 
-import json
-import struct
-
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,12 +25,7 @@ def gpt2_like(path) -> str:
     return str(path)
 
 
-def header_keys(path) -> list[str]:
-    """The keys in the order the safetensors file itself stores them (the oracle)."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return [k for k in header if k != "__metadata__"]
+header_keys = builders.safetensors_header_keys
 
 
 def test_natural_key_orders_numbers_by_value_even_huge_ones():

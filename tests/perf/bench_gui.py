@@ -134,17 +134,7 @@ def typing(app, tab, text, beat, interval=0.08):
     worst GUI stall from the first key through the filter's apply and that paint)."""
     applied = []
     tab.filter_applied.connect(applied.append)
-    times = []
-    beat.start()
-    start = time.perf_counter()
-    for i in range(1, len(text) + 1):
-        due = start + interval * (i - 1)
-        while time.perf_counter() < due:
-            app.processEvents()
-            time.sleep(0.001)
-        tab.filter.setText(text[:i])
-        tab.filter.repaint()
-        times.append(time.perf_counter() - due)
+    times = typing_into(app, tab.filter, text, beat, interval)
     last = time.perf_counter()
     wait_for(app, lambda: text in applied)
     tab.tree.viewport().repaint()
@@ -567,7 +557,9 @@ def flows(app, window, beat, path, out, as_json=False):
 
 def typing_into(app, edit, text, beat, interval=0.08):
     """Keys into `edit` every `interval` s; the heartbeat keeps running (the caller stops it
-    once what the last key started has arrived)."""
+    once what the last key started has arrived). Returns, per key, the seconds from its due
+    time until the field has painted it."""
+    times = []
     beat.start()
     start = time.perf_counter()
     for i in range(1, len(text) + 1):
@@ -577,6 +569,8 @@ def typing_into(app, edit, text, beat, interval=0.08):
             time.sleep(0.001)
         edit.setText(text[:i])
         edit.repaint()
+        times.append(time.perf_counter() - due)
+    return times
 
 
 if __name__ == "__main__":

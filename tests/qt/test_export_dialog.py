@@ -217,8 +217,9 @@ def _umask() -> int:
     return mask
 
 
-def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path, monkeypatch):
-    """A late callback must not reach the deleted dialog; the part file goes."""
+def _export_held_open(qtbot, window, tmp_path, monkeypatch):
+    """A file open, its export dialog planned, and every record write held at a gate:
+    (dialog, gate, started) - `started` is set once the write is under way."""
     import threading
 
     from ckpt_viewer.core.writing import export as core_export
@@ -241,6 +242,12 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
     dialog = window.export_dialog()
     dialog.destination.setText(str(tmp_path / "out.pth"))
     qtbot.waitUntil(dialog.export_button.isEnabled, timeout=10_000)  # the preview is planned
+    return dialog, gate, started
+
+
+def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path, monkeypatch):
+    """A late callback must not reach the deleted dialog; the part file goes."""
+    dialog, gate, started = _export_held_open(qtbot, window, tmp_path, monkeypatch)
     errors = []
     monkeypatch.setattr(sys, "excepthook", lambda *info: errors.append(info))
     qtbot.mouseClick(dialog.export_button, Qt.LeftButton)
@@ -258,27 +265,7 @@ def test_closing_the_dialog_mid_export_stops_it_quietly(qtbot, window, tmp_path,
 def test_a_cancelled_export_keeps_the_preview(qtbot, window, tmp_path, monkeypatch):
     """Cancel mid-export: the write stops, and the keys it would write stay listed (the preview
     went blank), ready to export again."""
-    import threading
-
-    from ckpt_viewer.core.writing import export as core_export
-
-    src = builders.save({f"w{i}": torch.ones(1000) for i in range(8)}, tmp_path / "c.pt")
-    open_and_wait(qtbot, window, src)
-    gate, started = threading.Event(), threading.Event()
-
-    def held(real):
-        def slow(*args, **kwargs):
-            started.set()
-            gate.wait(30)
-            return real(*args, **kwargs)
-
-        return slow
-
-    for name in ("_record_bytes", "_copy_spans"):
-        monkeypatch.setattr(core_export, name, held(getattr(core_export, name)))
-    dialog = window.export_dialog()
-    dialog.destination.setText(str(tmp_path / "out.pth"))
-    qtbot.waitUntil(dialog.export_button.isEnabled, timeout=10_000)
+    dialog, gate, started = _export_held_open(qtbot, window, tmp_path, monkeypatch)
     planned = dialog.preview.toPlainText()
     assert planned.startswith("w0  ->  w0")
     qtbot.mouseClick(dialog.export_button, Qt.LeftButton)

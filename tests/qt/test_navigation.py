@@ -2,9 +2,6 @@
 its results and Esc back, revealing a key a filter hides, Expand All as rows come into view,
 Go to Key (Ctrl+P), and the Pickle Imports icon's category."""
 
-import json
-import struct
-
 import torch
 from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtGui import QAction
@@ -29,11 +26,7 @@ def gpt2_like(path) -> str:
     return str(path)
 
 
-def header_keys(path) -> list[str]:
-    """The keys in the order the safetensors file stores them (the oracle for File Order)."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        return [k for k in json.loads(f.read(size)) if k != "__metadata__"]
+header_keys = builders.safetensors_header_keys
 
 
 def names_under(model, parent=QModelIndex()) -> list[str]:

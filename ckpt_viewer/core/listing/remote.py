@@ -495,12 +495,12 @@ def forget(url: str) -> None:
         _pins.pop(url, None)
 
 
-class RemoteFile(io.RawIOBase):
-    """A seekable, read-only binary file over a URL's shared block cache."""
+class PositionedFile(io.RawIOBase):
+    """A read-only, seekable file of `size` bytes that keeps its own position (subclasses set
+    `size` and `position` and read at the position in readinto/read)."""
 
-    def __init__(self, blob: _Blob):
-        super().__init__()
-        self.blob, self.size, self.name, self.position = blob, blob.size, blob.url, 0
+    size: int
+    position: int
 
     def readable(self) -> bool:
         return True
@@ -517,6 +517,14 @@ class RemoteFile(io.RawIOBase):
 
     def tell(self) -> int:
         return self.position
+
+
+class RemoteFile(PositionedFile):
+    """A seekable, read-only binary file over a URL's shared block cache."""
+
+    def __init__(self, blob: _Blob):
+        super().__init__()
+        self.blob, self.size, self.name, self.position = blob, blob.size, blob.url, 0
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -688,33 +696,17 @@ def changed(path: str) -> CheckpointError:
     return CheckpointError(f"{shown} changed since it was opened; reopen it")
 
 
-class _SharedFile(io.RawIOBase):
+class _SharedFile(PositionedFile):
     """Positioned reads (pread) of a Source's one handle: every reader keeps its own
     position, none moves another's."""
 
     def __init__(self, source: Source, owned: bool) -> None:
         super().__init__()
         self.source, self.owned, self.position = source, owned, 0
-        self.name = source.path
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
+        self.name, self.size = source.path, source.size
 
     def fileno(self) -> int:
         return self.source.handle()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.position, 2: self.source.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self.position = base + offset
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

@@ -358,25 +358,12 @@ def _tensor(
     return TensorInfo(dtype=torch_dtype, shape=shape, stride=strides(shape, False), storage=storage)
 
 
-class Window(io.RawIOBase):
+class Window(remote.PositionedFile):
     """Bytes [start, start+size) of an open file, as a file (an HDF5 stored in a zip)."""
 
     def __init__(self, f: remote.SizedFile, start: int, size: int) -> None:
+        super().__init__()
         self.f, self.start, self.size, self.position = f, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = (0, self.position, self.size)[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
 
     def readinto(self, buffer: Any) -> int:
         count = max(0, min(len(buffer), self.size - self.position))
