@@ -497,9 +497,10 @@ def test_large_records_are_checksummed_in_pieces_and_checked(tmp_path, monkeypat
     """Records larger than CRC_SPLIT get their CRC-32 from pieces on several threads, on
     writing and on the check after it: zipfile (the oracle) and torch agree, and a record
     whose header checksum is not that of its bytes is caught."""
+    from ckpt_viewer.core.listing import crc as crc_module
     from ckpt_viewer.core.writing import export as export_module
 
-    monkeypatch.setattr(export_module, "CRC_SPLIT", 1 << 16)
+    monkeypatch.setattr(crc_module, "CRC_SPLIT", 1 << 16)
     monkeypatch.setattr(export_module, "COPY_CHUNK", 1 << 16)  # several copy steps too
     torch.manual_seed(0)
     state = {"big": torch.randn(300_000), "small": torch.randn(10)}

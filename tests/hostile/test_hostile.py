@@ -129,10 +129,12 @@ def test_verify_crc_over_many_mapped_windows(tmp_path, monkeypatch, flip):
 
     import builders
     from ckpt_viewer.core.analysis import verify as verify_module
+    from ckpt_viewer.core.listing import crc as crc_module
     from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
     from ckpt_viewer.core.progress import run
 
     monkeypatch.setattr(verify_module, "WINDOW", 4097)
+    monkeypatch.setattr(crc_module, "CRC_SPLIT", 1000)  # each window in pieces on threads
     path = builders.save({"w": torch.randn(2500)}, tmp_path / "w.pt")  # 10,000 bytes
     member = next(m for m in read_directory(path) if m.name.endswith("/data/0"))
     if flip is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.crc import crc32_combine
+from ckpt_viewer.core.listing.crc import CRC_WORKERS, crc_joined, crc_pieces
 from ckpt_viewer.core.listing.model import (
     Checkpoint,
     DecodedBytes,
@@ -80,12 +80,12 @@ def _zip_members(path: str) -> list[ZipMember]:
 
 def _stored_crc(member: ZipMember, f) -> Generator[int, None, int]:
     """CRC-32 of a stored record of a local file, through read-only mappings of it (no copy),
-    each window's halves on two threads and joined in order."""
+    each window's pieces on the CRC threads and joined in order."""
     start, size = data_offset(member), member.compressed_size
     if f.size < start + size:
         raise Damaged(f"{member.name}: the file ends inside this record (truncated)")
     crc = 0
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(CRC_WORKERS) as pool:
         for at in range(0, size, WINDOW):
             length = min(WINDOW, size - at)
             position = start + at
@@ -93,13 +93,7 @@ def _stored_crc(member: ZipMember, f) -> Generator[int, None, int]:
             pages = mmap.mmap(
                 f.fileno(), position + length - aligned, offset=aligned, access=mmap.ACCESS_READ
             )
-            view = memoryview(pages)[position - aligned :]
-            half = -(-length // 2)
-            pieces = [
-                (pool.submit(zlib.crc32, view[i : i + half]), i) for i in range(0, length, half)
-            ]
-            for piece, i in pieces:
-                crc = crc32_combine(crc, piece.result(), min(half, length - i))
+            crc = crc_joined(crc, crc_pieces(pool, memoryview(pages)[position - aligned :]))
             yield length
     return crc
 

@@ -3,6 +3,13 @@ pieces can be computed on several threads (zlib lets go of the GIL) and joined i
 
 from __future__ import annotations
 
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+
+CRC_WORKERS = 2  # threads a large CRC-32 is computed on
+CRC_SPLIT = 4 << 20  # bytes below which a CRC-32 is computed in one piece
+CrcPiece = tuple[Future[int] | None, int, int]  # (CRC-32 to come, or None: the CRC-32), length
+
 CRC_POLY = 0xEDB88320
 
 
@@ -39,3 +46,22 @@ def crc32_combine(first: int, second: int, second_length: int) -> int:
         n >>= 1
         k += 1
     return _multiply_mod_p(p, first) ^ second
+
+
+def crc_pieces(pool: ThreadPoolExecutor | None, data: memoryview) -> list[CrcPiece]:
+    """[(future CRC-32, CRC-32, length)] of data cut in CRC_WORKERS pieces on the pool."""
+    size = len(data)
+    if pool is None or size < CRC_SPLIT:
+        return [(None, zlib.crc32(data), size)]
+    step = -(-size // CRC_WORKERS)
+    return [
+        (pool.submit(zlib.crc32, data[at : at + step]), 0, min(step, size - at))
+        for at in range(0, size, step)
+    ]
+
+
+def crc_joined(value: int, pieces: list[CrcPiece]) -> int:
+    """The CRC-32 of what `value` covers followed by the pieces, in order."""
+    for future, crc, size in pieces:
+        value = crc32_combine(value, crc if future is None else future.result(), size)
+    return value

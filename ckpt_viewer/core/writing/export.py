@@ -16,10 +16,9 @@ import os
 import re
 import struct
 import zipfile
-import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.crc import crc32_combine
+from ckpt_viewer.core.listing.crc import CRC_WORKERS, CrcPiece, crc_joined, crc_pieces
 from ckpt_viewer.core.listing.keys import map_keys
 from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
@@ -62,27 +61,6 @@ Span = tuple[StorageReader, int, int]  # (reader, first byte, byte count): copie
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20  # bytes per read/write step: bounded memory whatever the size
 ALIGNMENT = 64  # torch aligns storage records to 64 bytes (mmap friendly)
-CRC_WORKERS = 2  # threads a large CRC-32 is computed on (zlib lets go of the GIL)
-CRC_SPLIT = 4 << 20  # bytes below which a CRC-32 is computed in one piece
-CrcPiece = tuple[Future[int] | None, int, int]  # (CRC-32 to come, or None: the CRC-32), length
-
-
-def _crc_pieces(pool: ThreadPoolExecutor | None, data: memoryview) -> list[CrcPiece]:
-    """[(future CRC-32, length)] of data cut in CRC_WORKERS pieces, computed on the pool."""
-    size = len(data)
-    if pool is None or size < CRC_SPLIT:
-        return [(None, zlib.crc32(data), size)]
-    step = -(-size // CRC_WORKERS)
-    return [
-        (pool.submit(zlib.crc32, data[at : at + step]), 0, min(step, size - at))
-        for at in range(0, size, step)
-    ]
-
-
-def _crc_joined(value: int, pieces: list[CrcPiece]) -> int:
-    for future, crc, size in pieces:
-        value = crc32_combine(value, crc if future is None else future.result(), size)
-    return value
 
 
 @dataclass
@@ -538,15 +516,15 @@ def _copy_span(
                         written = os.pwrite(out.fileno(), view, at)
                         view, at = view[written:], at + written
                 if crc:
-                    pending.append(_crc_pieces(pool, pages))
+                    pending.append(crc_pieces(pool, pages))
                     if len(pending) > 1:  # at most two steps mapped at a time
-                        value = _crc_joined(value, pending.popleft())
+                        value = crc_joined(value, pending.popleft())
                 del pages
             done += step
             if cancelled():
                 raise Cancelled()
         while pending:
-            value = _crc_joined(value, pending.popleft())
+            value = crc_joined(value, pending.popleft())
     out.seek(position + nbytes)
     return value
 
@@ -772,7 +750,7 @@ def _check_records(storages: Iterable[Storage]) -> None:
             try:
                 for at in range(0, storage.nbytes, COPY_CHUNK * 4):
                     pages = reader.mapped(at, min(COPY_CHUNK * 4, storage.nbytes - at), unit)
-                    value = _crc_joined(value, _crc_pieces(pool, pages.data))
+                    value = crc_joined(value, crc_pieces(pool, pages.data))
             except CheckpointError:  # the file ends inside the record
                 value = -1  # no CRC-32
             if value != member.crc:
