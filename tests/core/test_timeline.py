@@ -206,3 +206,27 @@ def test_a_run_mixing_formats(tmp_path):
         torch.linalg.norm(third.double() - second.double()) / torch.linalg.norm(second.double())
     ).item()
     assert report.keys[0].values["update"][2] == pytest.approx(expected, rel=1e-9)
+
+
+def test_running_statistics_and_counters_are_not_judged_as_weights(tmp_path):
+    """BatchNorm's counter moves by 1/n every step and its running statistics follow the data,
+    not the optimizer: neither is an outsized update, and an unchanged integer is not "frozen"."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16))
+    model.register_buffer("position_ids", torch.arange(4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    (tmp_path / "run").mkdir()
+    for step in range(1, 6):
+        loss = model(torch.randn(32, 8) * step).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        torch.save(
+            {"global_step": step, "state_dict": model.state_dict()},
+            tmp_path / "run" / f"s{step}.pt",
+        )
+    report = _report([tmp_path / "run"])
+    judged = {f.key for f in report.findings if f.kind in ("frozen", "outsized_update", "stopped")}
+    assert not judged & {"1.running_mean", "1.running_var", "1.num_batches_tracked", "position_ids"}
+    counter = next(k for k in report.keys if k.key == "1.num_batches_tracked")
+    assert counter.values["update"][1] > 0  # still measured and shown, only not judged

@@ -54,6 +54,9 @@ DEFAULT_METRICS = tuple(m for m in METRICS if m != "alpha")  # alpha: an SVD per
 CHUNK = 1 << 18  # elements per step per read: N chunks side by side stay in the CPU cache
 READAHEAD = 1 << 23  # elements per step asked of the disk at once (the steps are read in turn)
 OUTSIZED = 10.0  # an update this many times the step's median update is a finding
+# what training does not move by gradient steps: counters and running statistics change every
+# step by design (a counter's relative update is 1/n), so "frozen" or "outsized" says nothing there
+RUNNING_STATISTICS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
 STEP_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
 LOSS_NAMES = ("loss", "train_loss", "val_loss", "eval_loss", "best_loss")
 NO_ARITHMETIC = ("float4_e2m1fn_x2",)  # two 4-bit floats a byte: compared by diff, not measured
@@ -699,7 +702,7 @@ def findings(report: TimelineReport) -> list[Finding]:
                         step=i,
                     )
                 )
-        updates = series.values.get("update")
+        updates = series.values.get("update") if _trained_like(series) else None
         if updates:
             measured = [i for i in range(1, count) if updates[i] is not None]
             if len(measured) >= 1 and all(updates[i] == 0.0 for i in measured):
@@ -733,13 +736,18 @@ def findings(report: TimelineReport) -> list[Finding]:
     return found
 
 
+def _trained_like(series: KeyTimeline) -> bool:
+    """Not an integer/bool tensor nor a known running statistic: what an optimizer moves."""
+    counting = any(d is not None and d.startswith(("int", "uint", "bool")) for d in series.dtypes)
+    return not counting and series.key.rsplit(".", 1)[-1] not in RUNNING_STATISTICS
+
+
 def _outsized(report: TimelineReport) -> list[Finding]:
     found = []
+    trained = [s for s in report.keys if "update" in s.values and _trained_like(s)]
     for i in range(1, len(report.steps)):
         updates = {
-            s.key: s.values["update"][i]
-            for s in report.keys
-            if "update" in s.values and s.values["update"][i] is not None
+            s.key: s.values["update"][i] for s in trained if s.values["update"][i] is not None
         }
         positive = [u for u in updates.values() if u > 0 and math.isfinite(u)]
         if len(positive) < 3:
