@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
+    QStyle,
     QVBoxLayout,
     QWidget,
 )
@@ -31,6 +32,11 @@ from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plotting import _plotting, wait_for_plotting
 from ckpt_viewer.qt.theme import style_plot
 
+SEVERITY_ICONS = {
+    "error": QStyle.SP_MessageBoxCritical,
+    "warning": QStyle.SP_MessageBoxWarning,
+    "info": QStyle.SP_MessageBoxInformation,
+}
 LABELS = {
     "update": "relative update ||W_t - W_t-1|| / ||W_t-1||",
     "l2": "L2 norm",
@@ -135,6 +141,7 @@ class RunView(QWidget):
         self.report = None
         self.heat = self.image = self.lines = self.rates = self.losses = None
         self.matrix = np.zeros((0, 0))
+        self.nonfinite = np.zeros((0, 0), bool)
         self.selected: tuple[int, str] | None = None
         self.controller = RunController(self.paths, self)
         self.controller.sampled.connect(self._sampled_done)
@@ -245,7 +252,10 @@ class RunView(QWidget):
                 "the exact pass is running..."
             )
         else:
-            text += " Click a cell to open that tensor in that checkpoint."
+            text += (
+                " Click a cell to open that tensor in that checkpoint. Grey: unchanged since"
+                " the previous checkpoint; a red cross: the tensor holds NaN/Inf."
+            )
         if report.skipped:
             path, why = report.skipped[0]
             text += f" Skipped {plural(len(report.skipped), 'path')} ({safe_text(path)}: {why})."
@@ -256,7 +266,10 @@ class RunView(QWidget):
             widget.setVisible(bool(report.sampled))
         self.findings.clear()
         for finding in report.findings:
-            item = QListWidgetItem(f"{finding.severity}: {finding.message}")
+            item = QListWidgetItem(
+                self.style().standardIcon(SEVERITY_ICONS[finding.severity]),
+                f"{finding.severity}: {finding.message}",
+            )
             item.setData(Qt.UserRole, (finding.step, finding.key))
             item.setToolTip(finding.message)
             self.findings.addItem(item)
@@ -281,6 +294,19 @@ class RunView(QWidget):
         self.heat.setLabel("bottom", "checkpoint (step)")
         self.image = pg.ImageItem()
         self.heat.addItem(self.image)
+        # over the colours: what a colour scale cannot say (cells in data units, centred)
+        self.unchanged_marks = pg.ScatterPlotItem(
+            symbol="s", size=1.0, pxMode=False, pen=None, brush=pg.mkBrush(150, 150, 150)
+        )
+        self.unchanged_marks.setObjectName("runUnchanged")
+        self.nonfinite_marks = pg.ScatterPlotItem(
+            symbol="x", size=0.6, pxMode=False, pen=None, brush=pg.mkBrush(230, 0, 0)
+        )
+        self.nonfinite_marks.setObjectName("runNonFinite")
+        for marks in (self.unchanged_marks, self.nonfinite_marks):
+            marks.setAcceptHoverEvents(False)
+            marks.setAcceptedMouseButtons(Qt.NoButton)  # clicks reach the cells below
+            self.heat.addItem(marks)
         self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False)
         self.colorbar.setImageItem(self.image, insert_in=self.heat.getPlotItem())
         self.image.hoverEvent = self._hovered
@@ -344,6 +370,30 @@ class RunView(QWidget):
             len(rows), width
         )
 
+    def nonfinite_cells(self) -> np.ndarray:
+        """keys x checkpoints: True where that tensor holds NaN or Inf."""
+        counts = [
+            [
+                bool(n) or bool(i)
+                for n, i in zip(k.values.get("nan") or [], k.values.get("inf") or [], strict=False)
+            ]
+            for k in self.report.keys
+        ]
+        width = len(self.report.steps)
+        return np.array([c + [False] * (width - len(c)) for c in counts], dtype=bool).reshape(
+            len(counts), width
+        )
+
+    def _mark_cells(self) -> None:
+        """Grey: exactly unchanged since the previous checkpoint (an update metric of 0, a
+        frozen layer); a red cross: the tensor holds NaN/Inf there, whatever the metric."""
+        metric = self.metric()
+        zero = self.matrix == 0 if metric == "update" else np.zeros(self.matrix.shape, bool)
+        self.nonfinite = self.nonfinite_cells()
+        for marks, cells in ((self.unchanged_marks, zero), (self.nonfinite_marks, self.nonfinite)):
+            rows, columns = np.nonzero(cells)
+            marks.setData(x=columns + 0.5, y=rows + 0.5)
+
     def redraw(self, *_):
         if self.report is None or self.heat is None:
             return
@@ -369,7 +419,8 @@ class RunView(QWidget):
         every = max(1, math.ceil(len(steps) / 20))
         self.heat.getAxis("bottom").setTicks([bottom[::every]])
         self._key_ticks()
-        self.heat.setToolTip(label)
+        self.heat.setToolTip(label + "\ngrey: unchanged (update exactly 0)\nred x: holds NaN/Inf")
+        self._mark_cells()
         self._draw_key_line()
 
     def _key_ticks(self, *_):
@@ -497,6 +548,10 @@ class RunView(QWidget):
         row = [k.key for k in self.report.keys].index(key)
         value = self.matrix[row, column] if self.matrix.size else np.nan
         text = "-" if math.isnan(value) else f"{value:.4g}"
+        if value == 0 and self.metric() == "update":
+            text += " (unchanged)"
+        if self.nonfinite.size and self.nonfinite[row, column]:
+            text += "; holds NaN/Inf"
         step = _step_text(self.report.steps[column])
         self.hover.setText(f"{safe_text(key)} at step {step}: {self.metric()} = {text}")
 

@@ -113,3 +113,28 @@ def test_screenshot_of_a_run_folder(tmp_path, gui_env):
     )
     assert refused.returncode == 2 and refused.stderr.startswith("error: ")
     assert member.read_bytes() == before
+
+
+def test_unchanged_and_nonfinite_cells_are_marked_over_the_colours(window, qtbot, tmp_path):
+    """A log colour scale draws an update of exactly 0 and a tiny one alike, and the update
+    metric says nothing of NaN: both get their own marks, whatever metric is shown."""
+    builders.training_run(tmp_path / "run", nan_at=4)
+    view = _open_run(window, qtbot, tmp_path / "run")
+    keys = [k.key for k in view.report.keys]
+
+    def marked(marks):
+        x, y = marks.getData()
+        return {(keys[int(r)], int(c)) for c, r in zip(x, y)}
+
+    frozen_row = keys.index("0.weight")
+    assert {(k, c) for k, c in marked(view.unchanged_marks) if k == "0.weight"} == {
+        ("0.weight", c) for c in range(1, 6)
+    }
+    assert ("2.bias", 4) in marked(view.nonfinite_marks)
+    assert ("2.bias", 3) not in marked(view.nonfinite_marks)
+    view.metric_box.setCurrentIndex(view.metric_box.findData("l2"))
+    assert ("2.bias", 4) in marked(view.nonfinite_marks)  # NaN is marked under any metric
+    assert not marked(view.unchanged_marks)  # "unchanged" belongs to the update metric
+    assert view.values()[frozen_row, 1] > 0
+    icons = {view.findings.item(i).icon().cacheKey() for i in range(view.findings.count())}
+    assert len(icons) >= 2  # errors and warnings look different
