@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -138,14 +139,20 @@ def test_trainer_folders_and_their_log_history(tmp_path):
         folder.mkdir()
         weights = {k: v + 0.01 for k, v in weights.items()}
         save_file(weights, folder / "model.safetensors")
-        history.append({"step": step, "loss": 1.0 / step, "learning_rate": 1e-3})
+        for logged in (step - 250, step):  # the Trainer logs more often than it saves
+            loss = float("nan") if logged >= 750 else 1.0 / logged
+            history.append({"step": logged, "loss": loss, "learning_rate": 1e-3})
         state = {"global_step": step, "epoch": step / 500, "log_history": history}
+        # Python's json writes a NaN loss as NaN, as the Trainer does
         (folder / "trainer_state.json").write_text(json.dumps(state))
     report = _report([tmp_path])
     assert [s.step for s in report.steps] == [500, 1000, 1500]
     assert [k.key for k in report.keys] == ["h.0.weight", "h.1.weight"]
-    assert [e["step"] for e in report.history] == [500, 1000, 1500]
+    assert [e["step"] for e in report.history] == [250, 500, 750, 1000, 1250, 1500]
+    assert math.isnan(report.history[2]["loss"])  # kept, not dropped as "not a number"
     assert report.keys[0].values["update"][1] > 0
+    lost = [f for f in report.findings if f.kind == "loss_not_finite"]
+    assert [(f.message, f.step) for f in lost] == [("log_history loss: first nan at step 750", 1)]
 
 
 def test_cli_table_json_and_exit_codes(tmp_path, capsys):

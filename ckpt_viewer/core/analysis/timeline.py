@@ -266,9 +266,14 @@ def _trainer_history(path: str) -> list:
     kept = []
     for entry in history:
         if isinstance(entry, dict):
-            plain = {k: v for k, v in entry.items() if _plain_number(v) is not None}
-            if "step" in plain:
-                kept.append(plain)
+            # a NaN/Inf loss is what the user looks for: numbers are kept whatever their value
+            numbers = {
+                k: v
+                for k, v in entry.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            if _plain_number(numbers.get("step")) is not None:
+                kept.append(numbers)
     return kept
 
 
@@ -789,7 +794,7 @@ def _rate_changes(report: TimelineReport) -> list[Finding]:
 
 
 def _loss_findings(report: TimelineReport) -> list[Finding]:
-    found = []
+    found = _history_findings(report)
     for i, step in enumerate(report.steps):
         for key, value in step.scalars.items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -802,6 +807,36 @@ def _loss_findings(report: TimelineReport) -> list[Finding]:
                         step=i,
                     )
                 )
+    return found
+
+
+def _history_findings(report: TimelineReport) -> list[Finding]:
+    """The first non-finite value of each logged series (loss, grad_norm...) in log_history,
+    placed at the first checkpoint saved at or after it."""
+    found: list[Finding] = []
+    seen: set = set()
+    for entry in report.history:
+        for name, value in entry.items():
+            if name in seen or math.isfinite(value):
+                continue
+            seen.add(name)
+            index = next(
+                (
+                    i
+                    for i, s in enumerate(report.steps)
+                    if s.step is not None and s.step >= entry["step"]
+                ),
+                None,
+            )
+            found.append(
+                Finding(
+                    "",
+                    "error",
+                    "loss_not_finite",
+                    f"log_history {safe_text(name)}: first {value} at step {entry['step']:g}",
+                    step=index,
+                )
+            )
     return found
 
 
