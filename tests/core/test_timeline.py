@@ -237,3 +237,24 @@ def test_running_statistics_and_counters_are_not_judged_as_weights(tmp_path):
     assert not judged & {"1.running_mean", "1.running_var", "1.num_batches_tracked", "position_ids"}
     counter = next(k for k in report.keys if k.key == "1.num_batches_tracked")
     assert counter.values["update"][1] > 0  # still measured and shown, only not judged
+
+
+def test_a_dcp_run_gives_its_learning_rate_from_the_flattened_param_groups(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2, 0.5)
+    rates = []
+    for step in range(1, 5):
+        model(torch.randn(3, 4)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+        state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "step": step}
+        dcp.save(state, checkpoint_id=str(tmp_path / "run" / f"step_{step}"))
+        rates.append(optimizer.param_groups[0]["lr"])
+    report = _report([tmp_path / "run"])
+    assert [s.lr for s in report.steps] == [[r] for r in rates]
+    drops = [f for f in report.findings if f.kind == "lr_drop"]
+    assert [report.steps[f.step].step for f in drops] == [2, 4]

@@ -172,6 +172,9 @@ def _step_of(checkpoint: Checkpoint) -> tuple[float | None, str, float | None]:
     return None, "", None
 
 
+GROUP_RATE = re.compile(r"(?:^|\.)param_groups\.(\d+)\.lr$")
+
+
 def _learning_rates(checkpoint: Checkpoint) -> list[float]:
     rates = []
     for optimizer in checkpoint.optimizers:
@@ -179,7 +182,16 @@ def _learning_rates(checkpoint: Checkpoint) -> list[float]:
             value = _plain_number(group.get("lr")) if isinstance(group, dict) else None
             if value is not None:
                 rates.append(value)
-    return rates
+    if rates or checkpoint.optimizers:
+        return rates
+    # a DCP checkpoint keeps its optimizer flattened: `optim.param_groups.0.lr` is a scalar
+    by_group: dict[int, float] = {}
+    for key, value in checkpoint.scalars().items():
+        match = GROUP_RATE.search(key)
+        number = _plain_number(value) if match else None
+        if match and number is not None:
+            by_group.setdefault(int(match.group(1)), number)
+    return [by_group[i] for i in sorted(by_group)]
 
 
 def _losses(checkpoint: Checkpoint) -> dict:
