@@ -72,10 +72,11 @@ class WelcomePage(QWidget):
         layout.addStretch(0)
         self.set_recent([])
 
-    def set_recent(self, paths: list[str]) -> None:
+    def set_recent(self, paths: list[str], runs: set[str] = frozenset()) -> None:
+        """`runs`: the paths that open as a Run tab, marked so."""
         self.recent.clear()
         for path in paths:
-            item = QListWidgetItem(shown(path))
+            item = QListWidgetItem(shown(path) + (" (run)" if path in runs else ""))
             item.setData(Qt.UserRole, path)
             self.recent.addItem(item)
         self.recent.setVisible(bool(paths))

@@ -113,3 +113,18 @@ def test_screenshot_of_a_run_folder(tmp_path, gui_env):
     )
     assert refused.returncode == 2 and refused.stderr.startswith("error: ")
     assert member.read_bytes() == before
+
+
+def test_a_run_opened_with_open_run_is_in_the_recent_list_and_reopens_as_a_run(
+    window, qtbot, tmp_path
+):
+    builders.training_run(tmp_path / "run")
+    folder = str(tmp_path / "run")
+    with qtbot.waitSignal(window.runs_opened, timeout=10_000):
+        window.open_run([folder])  # what File > Open Run does with the chosen folder
+    assert window.recent_files()[0] == folder
+    assert [a.text() for a in window.recent_menu.actions()] == [f"{folder} (run)"]
+    window.close_tab(window.tabs.currentIndex())
+    with qtbot.waitSignal(window.runs_opened, timeout=10_000) as reopened:
+        window.recent_menu.actions()[0].trigger()
+    assert window.tabs.currentWidget() is reopened.args[0]
