@@ -349,6 +349,16 @@ class MainWindow(QMainWindow):
                 QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Horizontal))
         return view
 
+    def event(self, event: QEvent) -> bool:
+        # the tab bar of docks tabified together is made by Qt (elided: "Hea…", "Lay…"); its
+        # titles are short, so they show whole and the bar scrolls when they do not fit
+        if event.type() == QEvent.ChildPolished:
+            child = event.child()
+            if isinstance(child, QTabBar):  # the window's own children: only docks' bars
+                child.setElideMode(Qt.ElideNone)
+                child.setUsesScrollButtons(True)
+        return super().event(event)
+
     def _tab_menu(self, position: QPoint) -> None:
         """A comparison tab's context menu offers to show it beside the tree."""
         index = self.tabs.tabBar().tabAt(position)
