@@ -341,6 +341,11 @@ class MainWindow(QMainWindow):
         first = name not in self.placed
         if first and others:
             self.tabifyDockWidget(others[0], pane)
+        if tab is not None and self.tabs.indexOf(tab) >= 0:  # the file as its tab names it
+            # (a model folder's tab says gpt2_hf, its views' own titles model.safetensors)
+            view.setWindowTitle(
+                f"{PANES[name]} - {shown(self.tabs.tabText(self.tabs.indexOf(tab)))}"
+            )
         pane.hold(view, tab)
         if first:
             self.placed.add(name)
