@@ -18,7 +18,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QBrush, QColor, QPalette
+from PySide6.QtGui import QBrush, QColor, QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -132,7 +132,7 @@ class ScalarTable(QTreeWidget):
             wanted = max(self.sizeHintForColumn(column), self.header().sectionSizeHint(column))
             self.setColumnWidth(column, min(wanted + self.GAP, int(width * share)))
 
-    def resizeEvent(self, event) -> None:
+    def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         self.fit_columns()
 
