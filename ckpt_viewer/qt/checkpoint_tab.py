@@ -413,6 +413,7 @@ class CheckpointTab(QWidget):
             from ckpt_viewer.qt.structure_view import StructureView
 
             self.structure = StructureView(self.checkpoint, self.select_keys)
+            self.structure.highlight_key(self.selected_key())
             self.tensor_selected.connect(self.structure.highlight_key)
             self._place_pane(4, self.structure, "Structure")
 

@@ -18,7 +18,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QBrush, QColor, QPalette
+from PySide6.QtGui import QBrush, QColor, QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -104,6 +104,37 @@ def counts_text(counts: dict) -> str:
     ]
     text = f"{plural(common, 'key')} in both files" + (f": {', '.join(parts)}" if parts else "")
     return text + f"; {counts['only in A']} only in A, {counts['only in B']} only in B."
+
+
+class ScalarTable(QTreeWidget):
+    """Scalars side by side (Scalar, A, B, =), each column as wide as its longest text plus a
+    gap, so no value touches the next; in a narrow pane the Scalar column gives way to at most
+    SCALAR_SHARE of the width and A and B to VALUE_SHARE each, eliding in the middle (the whole
+    text on hover). Never wider than the pane: no horizontal scroll bar eats a row."""
+
+    SCALAR_SHARE, VALUE_SHARE, GAP = 0.4, 0.25, 16
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("compareScalars")
+        self.setHeaderLabels(["Scalar", "A", "B", ""])
+        self.setRootIsDecorated(False)
+        self.setUniformRowHeights(True)
+        self.setTextElideMode(Qt.ElideMiddle)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.header().setStretchLastSection(False)
+        self.header().setSectionResizeMode(QHeaderView.Interactive)
+
+    def fit_columns(self) -> None:
+        width = self.viewport().width()
+        shares = (self.SCALAR_SHARE, self.VALUE_SHARE, self.VALUE_SHARE, 1.0)
+        for column, share in enumerate(shares):
+            wanted = max(self.sizeHintForColumn(column), self.header().sectionSizeHint(column))
+            self.setColumnWidth(column, min(wanted + self.GAP, int(width * share)))
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.fit_columns()
 
 
 class CompareModel(QAbstractTableModel):
@@ -217,6 +248,9 @@ def detail_job(a, b, max_abs):
     return pair, detail
 
 
+MAX_BOX_CHARACTERS = 40  # a root or prefix longer than this is elided in its picker
+
+
 def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
     box = QComboBox()
     box.setObjectName(name)
@@ -224,6 +258,9 @@ def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
     box.setEditable(editable)
     box.setMinimumContentsLength(12)
     box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    # the text's length sets the width it asks for (_show_alignment); a narrow pane may
+    # still shrink it back to 12 characters
+    box.setMinimumWidth(box.minimumSizeHint().width())
     return box
 
 
@@ -330,11 +367,7 @@ class CompareView(QWidget):
         self.summary.setWordWrap(True)
         self.asked: tuple[Side, Side] | None = None  # the rules being compared under now
         self.alignment_bar = self._build_alignment_bar()
-        self.scalars = QTreeWidget()
-        self.scalars.setObjectName("compareScalars")
-        self.scalars.setHeaderLabels(["Scalar", "A", "B", ""])
-        self.scalars.setRootIsDecorated(False)
-        self.scalars.setUniformRowHeights(True)
+        self.scalars = ScalarTable()
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("Filter keys")
         self.filter.setClearButtonEnabled(True)
@@ -425,11 +458,14 @@ class CompareView(QWidget):
         """Root and prefix to strip per side, set to the rules compared under; a change
         compares again."""
         bar = QWidget()
-        row = QHBoxLayout(bar)
-        row.setContentsMargins(0, 0, 0, 0)
+        lines = QVBoxLayout(bar)
+        lines.setContentsMargins(0, 0, 0, 0)
         self.alignment_label = plain_label("")
         self.alignment_label.setObjectName("compareAlignment")
-        row.addWidget(self.alignment_label)
+        self.alignment_label.setWordWrap(True)
+        lines.addWidget(self.alignment_label)  # its own line: the pickers keep the row's width
+        row = QHBoxLayout()
+        lines.addLayout(row)
         self.root_boxes, self.strip_boxes = {}, {}
         for label, roots in zip("AB", self.report.roots):
             root = _combo(f"compareRoot{label}", f"The subtree of {label} compared")
@@ -467,6 +503,10 @@ class CompareView(QWidget):
                 root.addItem(shown(side.root), side.root)
             root.setCurrentIndex(root.findData(side.root))
             strip.setCurrentText(side.strip_prefix)
+            # sized to their texts: "optimizer_state_dict." showed as "ptimizer_state_dict."
+            texts = [root.itemText(i) for i in range(root.count())]
+            for box, longest in ((root, max(map(len, texts))), (strip, len(side.strip_prefix))):
+                box.setMinimumContentsLength(min(max(12, longest + 1), MAX_BOX_CHARACTERS))
         self.alignment_label.setText(
             shown(f"Keys aligned: {alignment.text} ({plural(alignment.common, 'key')} in both).")
             if alignment
@@ -531,11 +571,13 @@ class CompareView(QWidget):
         self.scalars.clear()
         for pair in self.report.scalars:
             a, b = ("" if v is None else shown(repr(v)) for v in (pair.a, pair.b))
-            item = QTreeWidgetItem([shown(pair.key), a, b, "=" if pair.same else "\u2260"])
+            key = shown(pair.key)
+            item = QTreeWidgetItem([key, a, b, "=" if pair.same else "\u2260"])
+            for column, text in enumerate((key, a, b)):
+                item.setToolTip(column, text)
             item.setToolTip(3, "the same" if pair.same else "different (or in one file only)")
             self.scalars.addTopLevelItem(item)
-        for column in range(4):
-            self.scalars.resizeColumnToContents(column)
+        self.scalars.fit_columns()
         self.scalars.setVisible(bool(self.report.scalars))
         if self.report.scalars:  # as tall as its rows, up to six (then it scrolls)
             rows = min(len(self.report.scalars), 6)

@@ -8,7 +8,7 @@ import math
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QFileDialog, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
 
 from ckpt_viewer.core.listing.report import nonfinite_counts
 from ckpt_viewer.qt.plain import plain_label
@@ -50,14 +50,20 @@ class HistogramView(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.plot = self.curve = self.overlay = self.legend = self.nonfinite = None
+        self.plot = self.curve = self.overlay = self.legend = None
         self.stats = None
         self.log_y = False
         self.readout = plain_label(" ")
         self.readout.setObjectName("histogramReadout")
+        # above the plot, not on it: drawn in the plot it covered the first bars
+        self.nonfinite = QLabel()
+        self.nonfinite.setObjectName("histogramNonfinite")
+        self.nonfinite.setTextFormat(Qt.RichText)
+        self.nonfinite.setVisible(False)
         self.plot_holder = QVBoxLayout()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.nonfinite)
         layout.addLayout(self.plot_holder, 1)
         layout.addWidget(self.readout)
 
@@ -99,10 +105,6 @@ class HistogramView(QWidget):
         self.overlay.setVisible(False)
         self.legend = self.plot.addLegend(offset=(-10, 10))
         self.legend.setVisible(False)
-        self.nonfinite = pg.LabelItem("")  # top left, fixed while the plot pans
-        self.nonfinite.setParentItem(box)
-        self.nonfinite.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(8, 4))
-        self.nonfinite.setVisible(False)
         self.plot.scene().sigMouseMoved.connect(self._hover)
         self.plot_holder.addWidget(self.plot)
         self.plot.show()
@@ -114,18 +116,19 @@ class HistogramView(QWidget):
         the selection's frame, for a plot that its statistics redraw a moment later."""
         self.stats = None
         self.readout.setText(" ")
+        self.nonfinite.setVisible(False)
         if self.plot is not None:
-            for item in (self.curve, self.mean_line, *self.std_lines, self.nonfinite):
+            for item in (self.curve, self.mean_line, *self.std_lines):
                 item.setVisible(False)
             self.clear_overlay()
 
     def show_stats(self, stats):
         self.stats = stats
+        self.show_nonfinite(stats)
         if not self.build():
             return
         edges, counts = stats.edges, stats.counts
         self.curve.setVisible(True)
-        self.show_nonfinite(stats)
         if not counts:
             self.curve.setData([0, 1], [0])
             return
@@ -142,13 +145,14 @@ class HistogramView(QWidget):
         self.plot.enableAutoRange()
 
     def show_nonfinite(self, stats):
-        """NaN and Inf have no place on a value axis: their counts as text on the plot."""
+        """NaN and Inf have no place on a value axis: their counts as text above the plot."""
         counts = nonfinite_counts(stats)
         self.nonfinite.setVisible(bool(counts))
         if counts:
             text = ", ".join(f"{label} {count:,}" for label, count in counts)
+            color = on_base(QColor(200, 30, 40)).name()
             self.nonfinite.setText(
-                f"<b>{text}</b> (not in the histogram)", color=on_base(QColor(200, 30, 40)).name()
+                f"<span style='color:{color}'><b>{text}</b> (not in the histogram)</span>"
             )
 
     def set_log_y(self, on: bool):

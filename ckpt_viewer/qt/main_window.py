@@ -257,7 +257,7 @@ class MainWindow(QMainWindow):
         self.welcome.open_file.connect(self.open_dialog)
         self.welcome.open_folder.connect(self.open_folder_dialog)
         self.welcome.open_url.connect(self.open_url_dialog)
-        self.welcome.open_recent.connect(lambda path: self.open_paths([path]))
+        self.welcome.open_recent.connect(self.open_recent)
         self._show_welcome_if_empty()
         self.tabs.currentChanged.connect(self._update_title)
         self.placeholders: dict[str, QWidget] = {}  # path -> its tab's place while it loads
@@ -341,6 +341,11 @@ class MainWindow(QMainWindow):
         first = name not in self.placed
         if first and others:
             self.tabifyDockWidget(others[0], pane)
+        if tab is not None and self.tabs.indexOf(tab) >= 0:  # the file as its tab names it
+            # (a model folder's tab says gpt2_hf, its views' own titles model.safetensors)
+            view.setWindowTitle(
+                f"{PANES[name]} - {shown(self.tabs.tabText(self.tabs.indexOf(tab)))}"
+            )
         pane.hold(view, tab)
         if first:
             self.placed.add(name)
@@ -348,6 +353,16 @@ class MainWindow(QMainWindow):
                 share = int(self.width() * PANE_SHARE)  # once laid out: not before it
                 QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Horizontal))
         return view
+
+    def event(self, event: QEvent) -> bool:
+        # the tab bar of docks tabified together is made by Qt (elided: "Hea…", "Lay…"); its
+        # titles are short, so they show whole and the bar scrolls when they do not fit
+        if event.type() == QEvent.ChildPolished:
+            child = event.child()
+            if isinstance(child, QTabBar):  # the window's own children: only docks' bars
+                child.setElideMode(Qt.ElideNone)
+                child.setUsesScrollButtons(True)
+        return super().event(event)
 
     def _tab_menu(self, position: QPoint) -> None:
         """A comparison tab's context menu offers to show it beside the tree."""
@@ -786,6 +801,8 @@ class MainWindow(QMainWindow):
         index = self.tabs.addTab(view, f"Run: {name}")
         self.tabs.setTabToolTip(index, "\n".join(paths))
         self.tabs.setCurrentIndex(index)
+        if len(paths) == 1:
+            self._remember(paths[0], run=True)
         self.runs_opened.emit(view)
         return view
 
@@ -1118,17 +1135,31 @@ class MainWindow(QMainWindow):
         value = self.settings.value("recent", [])
         return [value] if isinstance(value, str) else list(value or [])
 
-    def _remember(self, path):
-        recent = [p for p in self.recent_files() if p != path]
-        self.settings.setValue("recent", ([path] + recent)[:MAX_RECENT])
+    def recent_runs(self) -> list[str]:
+        """The recent entries opened as a Run tab (File > Open Run): they reopen as one."""
+        value = self.settings.value("recentRuns", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _remember(self, path: str, run: bool = False) -> None:
+        recent = ([path] + [p for p in self.recent_files() if p != path])[:MAX_RECENT]
+        runs = [p for p in self.recent_runs() if p != path and p in recent]
+        self.settings.setValue("recent", recent)
+        self.settings.setValue("recentRuns", [path] + runs if run else runs)
         self._refresh_recent()
 
-    def _refresh_recent(self):
-        self.welcome.set_recent(self.recent_files())
+    def open_recent(self, path: str) -> None:
+        if path in self.recent_runs():
+            self.open_run([path])
+        else:
+            self.open_paths([path])
+
+    def _refresh_recent(self) -> None:
+        runs = set(self.recent_runs())
+        self.welcome.set_recent(self.recent_files(), runs)
         self.recent_menu.clear()
         for path in self.recent_files():
-            action = self.recent_menu.addAction(path)
-            action.triggered.connect(lambda _=False, p=path: self.open_paths([p]))
+            action = self.recent_menu.addAction(shown(path) + (" (run)" if path in runs else ""))
+            action.triggered.connect(lambda _=False, p=path: self.open_recent(p))
         self.recent_menu.setEnabled(bool(self.recent_files()))
 
     def _toggle_theme(self, dark):

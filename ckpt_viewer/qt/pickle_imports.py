@@ -4,6 +4,8 @@ Clicking a key selects it in the tab's tree. Everything from the file is shown a
 
 from __future__ import annotations
 
+import os
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
@@ -52,7 +54,9 @@ class PickleImportsView(QWidget):
     def __init__(self, checkpoint, parent=None):
         super().__init__(parent)
         self.setObjectName("pickleImportsView")
-        self.setWindowTitle(f"Pickle Imports: {shown(checkpoint.path)}")
+        name = os.path.basename(checkpoint.path.rstrip("/"))
+        self.setWindowTitle(f"Pickle Imports - {shown(name)}")  # as Health's and Layers'
+        self.setToolTip(shown(checkpoint.path))
         self.report = report_dict(checkpoint)
 
         self.format = checkpoint.format

@@ -320,6 +320,7 @@ class StructureView(QWidget):
         self.drawing: Drawing | None = None
         self.boxes: dict[str, QRectF] = {}  # node id -> its box, as drawn
         self.selected: str | None = None  # the marked node
+        self.tree_key = ""  # the tree's selected tensor: its node is marked once drawn
         self.found: list[str] = []
         self.controller = StructureController(checkpoint, self)
         self.controller.laid_out.connect(self._laid_out)
@@ -407,6 +408,7 @@ class StructureView(QWidget):
             self.view.resetTransform()
             top = drawing.bounds.center() if scale > 1 else drawing.bounds.topLeft()
             self.view.centerOn(drawing.bounds.center().x(), top.y())
+        self.highlight_key(self.tree_key)
         self.ready.emit(graph)
 
     # --- interaction ------------------------------------------------------------------
@@ -451,7 +453,9 @@ class StructureView(QWidget):
         return True
 
     def highlight_key(self, key: str) -> None:
-        """The tree selected `key`: mark the node that holds it (without selecting back)."""
+        """The tree selected `key`: mark the node that holds it (without selecting back); before
+        the graph is drawn, once it is."""
+        self.tree_key = key
         if self.drawing is None:
             return
         node_id = self.drawing.node_of_key.get(key)

@@ -91,6 +91,7 @@ def shown_stats_rows(stats) -> list[tuple[str, str]]:
 
 
 BREAK = "\u200b"  # zero-width space: a place a line may break, never copied
+SHORT_FACT = 24  # characters a fact's text may have beside its label
 
 
 def breakable(text: str) -> str:
@@ -148,8 +149,12 @@ class FactsPanel(QTextEdit):
         self.viewport().setAutoFillBackground(False)  # the pane's background, like a label
 
     def show_facts(self, facts: list[tuple[str, str]]):
+        # a long text (a key, a storage path) gets the panel's width under its label: beside the
+        # labels, a narrow strip left it too little and "language_model." broke mid-word
         rows = "".join(
             f"<tr><td><b>{as_html(label)}</b>&nbsp;</td><td>{breakable(text)}</td></tr>"
+            if len(text) <= SHORT_FACT
+            else f"<tr><td colspan=2><b>{as_html(label)}</b><br>{breakable(text)}</td></tr>"
             for label, text in facts
         )
         self.setHtml(f"<table cellspacing=1>{rows}</table>")

@@ -20,6 +20,7 @@ from ckpt_viewer.qt.plotting import _plotting, plotting_module, plotting_or_wait
 from ckpt_viewer.qt.plotting import wait_for_plotting as wait_for_plotting
 from ckpt_viewer.qt.slices import HeatmapPage, ValuesPage
 from ckpt_viewer.qt.tensor_panels import (
+    BREAK,
     RANGES,
     FactsPanel,
     StatsTable,
@@ -44,8 +45,11 @@ PROGRESS_INTERVAL = 0.1  # seconds between progress reports (each repaint compet
 
 
 def headline(node: Node) -> str:
+    """Key, shape, dtype and size on one line, or wrapped: the key after its dots (never in the
+    middle of a name while a dot allows it), the rest after it."""
     t = node.tensor
-    return f"{node.key}   {list(t.shape)}   {t.dtype}   {format_bytes(t.nbytes)}"
+    key = shown(node.key).replace(".", "." + BREAK)
+    return f"{key}   {list(t.shape)}   {t.dtype}   {format_bytes(t.nbytes)}"
 
 
 class TensorController(QObject):
@@ -166,7 +170,10 @@ class TensorView(QWidget):
 
         self.title = plain_label("Select a tensor in the tree.")
         self.title.setObjectName("tensorTitle")
-        self.title.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        # wrapped rather than cut; not selectable: a copy would carry the invisible breaks
+        # (the facts panel below copies the key without them)
+        self.title.setWordWrap(True)
+        self.title.setTextInteractionFlags(Qt.NoTextInteraction)
         font = self.title.font()
         font.setBold(True)
         self.title.setFont(font)
@@ -271,7 +278,7 @@ class TensorView(QWidget):
             if page.tensor is not node.tensor:
                 page.drop_work()  # reads of the old tensor stop here
         self.controls.reset_range()
-        self.title.setText(shown(headline(node)))
+        self.title.setText(headline(node))
         self.title.setToolTip(as_html(node.key))
         self.facts.show_facts(tensor_facts(node))
         self.histogram.clear()  # the previous tensor's bin means nothing here

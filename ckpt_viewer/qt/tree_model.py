@@ -311,6 +311,8 @@ class KeyTreeModel(QAbstractItemModel):
             if node.kind in ("scalar", "opaque"):
                 value = value_text(node)
                 return f"{name} = {value}" if value else name
+            if node.shared_with:  # here too: at 1366 pixels the Type column is hidden
+                return f"{name} (tied to {shown_name(node.shared_with)})"
             return name
         if column == TYPE:
             return shown_name(type_text(node))

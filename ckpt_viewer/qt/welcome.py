@@ -3,6 +3,8 @@ opened. It stays until a file opens and returns when the last tab closes; it has
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -72,10 +74,11 @@ class WelcomePage(QWidget):
         layout.addStretch(0)
         self.set_recent([])
 
-    def set_recent(self, paths: list[str]) -> None:
+    def set_recent(self, paths: list[str], runs: Container[str] = ()) -> None:
+        """`runs`: the paths that open as a Run tab, marked so."""
         self.recent.clear()
         for path in paths:
-            item = QListWidgetItem(shown(path))
+            item = QListWidgetItem(shown(path) + (" (run)" if path in runs else ""))
             item.setData(Qt.UserRole, path)
             self.recent.addItem(item)
         self.recent.setVisible(bool(paths))

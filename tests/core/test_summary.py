@@ -212,3 +212,20 @@ def test_model_parameters_counted_apart_from_buffers(tmp_path):
             f"parameters: {format_count(expected_parameters)} model + "
             f"{format_count(expected_buffers)} buffers, 0 optimizer state, 0 other"
         ) in "\n".join(text_report(checkpoint))
+
+
+def test_counts_round_to_three_significant_digits_in_decimal_units():
+    cases = {
+        0: "0",
+        999: "999",
+        1000: "1K",
+        5058: "5.06K",
+        200_000: "200K",
+        999_999: "1M",  # rounds into the next unit, never "1000K"
+        38_600_000: "38.6M",
+        124_439_808: "124M",
+        1_500_000_000: "1.5B",
+        2 * 10**15: "2,000T",
+        -200_000: "-200K",
+    }
+    assert {n: format_count(n) for n in cases} == cases

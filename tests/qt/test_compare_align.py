@@ -2,6 +2,7 @@
 (a change compares again), and the scalars side by side."""
 
 import torch
+from PySide6.QtCore import Qt
 
 import builders
 
@@ -97,3 +98,31 @@ def test_compare_rows_of_optimizer_state_name_their_parameter(qtbot, window, tmp
     with qtbot.waitSignal(view.overlay_ready, timeout=30_000) as drawn:
         view.table.setCurrentIndex(proxy.index(labelled[key], 0))
     assert drawn.args == [key]  # the row's key, not its label
+
+
+def test_scalars_and_pickers_show_their_whole_texts(qtbot, window, tmp_path):
+    """Each scalar column is as wide as its texts plus a gap where the pane has room; in a
+    narrow pane the columns share its width (no scroll bar) and hovering shows the whole
+    text. The root and prefix pickers ask for room for their texts."""
+    a = builders.training_checkpoint(tmp_path / "train.pt")
+    model, optimizer = builders.trained(named=True)
+    b = builders.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 400},
+        tmp_path / "b.pt",
+    )
+    window.resize(1300, 700)
+    view = compare_tab(qtbot, window, a, b)
+    table, header = view.scalars, view.scalars.header()
+    for column in range(3):
+        assert header.sectionSize(column) > table.sizeHintForColumn(column)
+    shown = [header.sectionSize(c) for c in range(4)]
+    assert sum(shown) <= table.viewport().width()
+    for label in ("A", "B"):
+        for box in (view.root_boxes[label], view.strip_boxes[label]):
+            assert box.minimumContentsLength() > len(box.currentText())
+
+    view.resize(360, view.height())  # a narrow pane
+    assert table.horizontalScrollBarPolicy() == Qt.ScrollBarAlwaysOff
+    assert sum(header.sectionSize(c) for c in range(4)) <= table.viewport().width()
+    item = table.topLevelItem(0)
+    assert [item.toolTip(c) for c in range(3)] == [item.text(c) for c in range(3)]

@@ -497,5 +497,7 @@ def test_tied_row_shows_its_own_elements_in_italics(qtbot, tmp_path):
     assert cell.data() == f"{loaded['1.weight'].numel():,}" == "40"
     assert cell.data(Qt.FontRole).italic()
     assert "tied to 0.weight" in tied.siblingAtColumn(tree_model.TYPE).data()
+    assert tied.data() == "weight (tied to 0.weight)"  # in the Key column, never hidden
+    assert tied.data(Qt.FontRole).italic() and tied.data(Qt.ForegroundRole) is not None  # muted
     assert tied.siblingAtColumn(tree_model.SIZE).data() == "160 B"  # its own, as torch's
     assert model_.top.elements == 40  # counted once

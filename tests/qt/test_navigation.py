@@ -232,7 +232,43 @@ def test_facts_break_keys_after_dots_and_copy_them_whole(qtbot):
     cell = doc.find(BREAK)
     layout, text = cell.block().layout(), cell.block().text()
     starts = [layout.lineAt(i).textStart() for i in range(layout.lineCount())]
-    assert len(starts) > 1  # wrapped, and only where a key allows it
-    assert all(text[start - 1] == BREAK for start in starts[1:])
+    starts = [s for s in starts[1:] if text[s - 1] != "\u2028"]  # not after its label
+    assert starts  # wrapped, and only where a key allows it
+    assert all(text[start - 1] == BREAK for start in starts)
     facts.selectAll()
     assert facts.createMimeDataFromSelection().text().split()[-1] == key
+
+
+def test_a_long_key_gets_the_facts_width_and_breaks_only_after_dots(qtbot):
+    from ckpt_viewer.qt.tensor_panels import BREAK, FactsPanel
+
+    key = "model.language_model.encoder.layers.11.self_attention.linear_qkv.layer_norm_weight"
+    facts = FactsPanel()
+    qtbot.addWidget(facts)
+    # room for its longest name, not for that beside the labels' column
+    facts.resize(facts.fontMetrics().horizontalAdvance("self_attention.linear_qkv.") + 40, 300)
+    facts.show()
+    facts.show_facts([("storage offset", "0"), ("key", key)])
+    cell = facts.document().find(BREAK)
+    layout, text = cell.block().layout(), cell.block().text()
+    starts = [layout.lineAt(i).textStart() for i in range(layout.lineCount())]
+    line_starts = [s for s in starts[1:] if text[s - 1] != "\u2028"]  # not the label's line
+    assert len(line_starts) > 1 and all(text[s - 1] == BREAK for s in line_starts)
+
+
+def test_the_tensor_title_wraps_a_long_key_after_its_dots(qtbot, window, tmp_path):
+    from qt_helpers import open_and_wait
+
+    from ckpt_viewer.qt.tensor_panels import BREAK
+
+    key = "model.language_model.encoder.layers.11.self_attention.linear_qkv.layer_norm_weight"
+    open_and_wait(qtbot, window, builders.save({key: torch.ones(3)}, tmp_path / "k.pt"))
+    tab = window.current_tab()
+    view = tab.tensor_view
+    with qtbot.waitSignal(view.view_ready, timeout=30_000):
+        tab.select_key(key)
+    title = view.title
+    assert title.wordWrap() and title.text().replace(BREAK, "").startswith(f"{key}   [3]")
+    assert title.text().count(BREAK) == key.count(".")  # after each dot of the key only
+    assert title.heightForWidth(200) > title.heightForWidth(2000)  # wrapped, not cut
+    assert title.textInteractionFlags() == Qt.NoTextInteraction  # no copy with the breaks

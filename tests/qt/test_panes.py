@@ -3,7 +3,7 @@ first time, where the user put them after a restart, gone with their file's tab.
 
 import torch
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication, QDockWidget, QWidget
+from PySide6.QtWidgets import QApplication, QDockWidget, QTabBar, QWidget
 from qt_helpers import open_and_wait
 
 import builders
@@ -27,6 +27,20 @@ def test_tools_views_dock_beside_the_tree_and_are_remembered(qtbot, window, tmp_
     assert window.tabifiedDockWidgets(health_dock) == [imports_dock]  # one column, two tabs
     assert not health_dock.isFloating() and imports.isVisible()
     assert health_dock.windowTitle() == "Health - m.pt"
+    assert imports_dock.windowTitle() == "Pickle Imports - m.pt"  # the path is on hover
+
+    # the tabified docks' titles are whole (Qt's bar elided them to "Hea…"), scrolling if need be
+    def dock_bar() -> QTabBar | None:
+        bars = [b for b in window.findChildren(QTabBar) if b.parent() is window]
+        return next((b for b in bars if b.isVisible()), None)
+
+    qtbot.waitUntil(lambda: dock_bar() is not None, timeout=5_000)  # laid out in an event
+    bar = dock_bar()
+    assert sorted(bar.tabText(i) for i in range(bar.count())) == [
+        "Health - m.pt",
+        "Pickle Imports - m.pt",
+    ]
+    assert bar.elideMode() == Qt.ElideNone and bar.usesScrollButtons()
 
     imports.findChild(object, "pickleImportsClose").click()  # a view closing itself
     qtbot.waitUntil(lambda: not imports_dock.isVisible(), timeout=5_000)
@@ -258,3 +272,16 @@ def test_docked_panes_never_widen_the_window_past_its_screen(qtbot, window, tmp_
     QApplication.processEvents()
     # one column of docks, no wider at its least than a pane (and the dock's frame)
     assert window.minimumSizeHint().width() <= before + PANE_MIN_WIDTH + 40
+
+
+def test_panes_name_a_model_folder_as_its_tab_does(qtbot, window, tmp_path):
+    folder = builders.hf_directory(tmp_path / "tiny_hf")
+    open_and_wait(qtbot, window, folder)
+    assert window.tabs.tabText(window.tabs.currentIndex()) == "tiny_hf"
+    health = window.health_current()
+    with qtbot.waitSignal(health.checked, timeout=30_000):
+        pass
+    window.pickle_imports_current()
+    docks = ("healthDock", "pickleImportsDock")
+    titles = {window.findChild(QDockWidget, name).windowTitle() for name in docks}
+    assert titles == {"Health - tiny_hf", "Pickle Imports - tiny_hf"}

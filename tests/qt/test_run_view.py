@@ -138,3 +138,18 @@ def test_unchanged_and_nonfinite_cells_are_marked_over_the_colours(window, qtbot
     assert view.values()[frozen_row, 1] > 0
     icons = {view.findings.item(i).icon().cacheKey() for i in range(view.findings.count())}
     assert len(icons) >= 2  # errors and warnings look different
+
+
+def test_a_run_opened_with_open_run_is_in_the_recent_list_and_reopens_as_a_run(
+    window, qtbot, tmp_path
+):
+    builders.training_run(tmp_path / "run")
+    folder = str(tmp_path / "run")
+    with qtbot.waitSignal(window.runs_opened, timeout=10_000):
+        window.open_run([folder])  # what File > Open Run does with the chosen folder
+    assert window.recent_files()[0] == folder
+    assert [a.text() for a in window.recent_menu.actions()] == [f"{folder} (run)"]
+    window.close_tab(window.tabs.currentIndex())
+    with qtbot.waitSignal(window.runs_opened, timeout=10_000) as reopened:
+        window.recent_menu.actions()[0].trigger()
+    assert window.tabs.currentWidget() is reopened.args[0]

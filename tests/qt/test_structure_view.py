@@ -130,3 +130,28 @@ def test_hovering_a_node_shows_its_tensors(window, qtbot, tmp_path):
         "2.bias",
     ]
     QToolTip.hideText()
+
+
+def test_the_pane_opens_on_the_selected_tensor_and_a_click_under_a_filter_keeps_it(
+    window, qtbot, tmp_path
+):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    with qtbot.waitSignal(window.loaded, timeout=20_000):
+        window.open_paths([str(tmp_path / "sd.pt")])
+    tab = window.current_tab()
+    assert tab.select_key("2.weight")
+    tab.panes.setCurrentIndex(4)
+    with qtbot.waitSignal(tab.structure.ready, timeout=30_000):
+        pass
+    view = tab.structure
+    assert view.selected == "2"  # marked on opening, not only after the next selection
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        tab.filter.setText("0.bias")  # hides layer 2's tensors
+    with qtbot.waitSignal(view.node_clicked, timeout=5_000):
+        view.choose("2")
+    assert tab.selected_key() == "2.weight"
+    assert tab.panes.currentWidget() is view  # the graph stays in view, not the Tensor tab
+    with qtbot.waitSignal(view.ready, timeout=30_000):
+        view.collapse_box.setChecked(True)  # drawn again: the tree's tensor stays marked
+    assert view.selected is not None and view.selected == view.drawing.node_of_key["2.weight"]

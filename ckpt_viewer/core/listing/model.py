@@ -354,7 +354,14 @@ def format_bytes(n: int) -> str:
 
 
 def format_count(n: int) -> str:
-    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{suffix}"
-    return str(n)
+    """A count rounded to three significant digits in decimal units, trailing zeros dropped
+    ("200K", "5.06K", "38.6M", "1.5B"): the one count format of the CLI and the window, shown
+    beside the exact count where room allows."""
+    if abs(n) < 1000:
+        return str(n)
+    for div, suffix in ((1e3, "K"), (1e6, "M"), (1e9, "B")):
+        text = f"{n / div:.3g}"
+        if abs(float(text)) < 1000:  # 999,999 rounds to 1000K: say 1M instead
+            return f"{text}{suffix}"
+    value = n / 1e12
+    return f"{value:.3g}T" if abs(value) < 1000 else f"{value:,.0f}T"
