@@ -257,6 +257,7 @@ class MainWindow(QMainWindow):
         self.welcome.open_file.connect(self.open_dialog)
         self.welcome.open_folder.connect(self.open_folder_dialog)
         self.welcome.open_url.connect(self.open_url_dialog)
+        self.welcome.open_run.connect(self.open_run_dialog)
         self.welcome.open_recent.connect(self.open_recent)
         self._show_welcome_if_empty()
         self.tabs.currentChanged.connect(self._update_title)

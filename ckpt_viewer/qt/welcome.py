@@ -31,6 +31,7 @@ class WelcomePage(QWidget):
     open_file = Signal()
     open_folder = Signal()
     open_url = Signal()
+    open_run = Signal()
     open_recent = Signal(str)
 
     def __init__(self, parent: QWidget | None = None):
@@ -46,6 +47,7 @@ class WelcomePage(QWidget):
             ("Open File... (Ctrl+O)", "welcomeOpen", self.open_file),
             ("Open Folder...", "welcomeOpenFolder", self.open_folder),
             ("Open URL... (Ctrl+Shift+O)", "welcomeOpenUrl", self.open_url),
+            ("Open Run...", "welcomeOpenRun", self.open_run),
         ):
             button = QPushButton(text)
             button.setObjectName(name)

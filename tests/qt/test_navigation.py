@@ -272,3 +272,15 @@ def test_the_tensor_title_wraps_a_long_key_after_its_dots(qtbot, window, tmp_pat
     assert title.text().count(BREAK) == key.count(".")  # after each dot of the key only
     assert title.heightForWidth(200) > title.heightForWidth(2000)  # wrapped, not cut
     assert title.textInteractionFlags() == Qt.NoTextInteraction  # no copy with the breaks
+
+
+def test_welcome_page_opens_a_run_folder(qtbot, window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog, QPushButton
+
+    builders.training_run(tmp_path / "run", steps=2)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "run"))
+    with qtbot.waitSignal(window.runs_opened, timeout=30_000) as opened:
+        window.welcome.findChild(QPushButton, "welcomeOpenRun").click()
+    assert window.tabs.currentWidget() is opened.args[0]
+    with qtbot.waitSignal(opened.args[0].ready, timeout=60_000):
+        pass
