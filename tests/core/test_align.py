@@ -58,6 +58,29 @@ def test_training_checkpoint_against_its_export(tmp_path):
     }
 
 
+def test_two_training_checkpoints_align_on_their_models_not_their_larger_optimizer_state(tmp_path):
+    """A Trainer-style file {"model_state_dict", "optimizer_state_dict"} beside a loop's own
+    {"state_dict", "optimizer_state_dict"}: the optimizer state has more keys in common (three
+    per parameter, by id), but what the user compares is the model."""
+    model = builders.tiny_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    a = builders.save(
+        {"model_state_dict": state, "optimizer_state_dict": optimizer.state_dict()},
+        tmp_path / "a.pt",
+    )
+    b = builders.save(
+        {"state_dict": state, "optimizer_state_dict": optimizer.state_dict()}, tmp_path / "b.pt"
+    )
+    report = aligned(a, b)
+    assert report.alignment.a == Side(root="model_state_dict")
+    assert report.alignment.b == Side(root="state_dict")
+    assert_all_common_and_equal(report, state)
+
+
 def test_lightning_state_dict_against_plain(tmp_path):
     class Lit(torch.nn.Module):  # what a LightningModule holding `self.model` saves
         def __init__(self):

@@ -186,11 +186,11 @@ def _learning_rates(checkpoint: Checkpoint) -> list[float]:
         return rates
     # a DCP checkpoint keeps its optimizer flattened: `optim.param_groups.0.lr` is a scalar
     by_group: dict[int, float] = {}
-    for key, value in checkpoint.scalars().items():
+    for key, scalar in checkpoint.scalars().items():
         match = GROUP_RATE.search(key)
-        number = _plain_number(value) if match else None
-        if match and number is not None:
-            by_group.setdefault(int(match.group(1)), number)
+        rate = _plain_number(scalar) if match else None
+        if match and rate is not None:
+            by_group.setdefault(int(match.group(1)), rate)
     return [by_group[i] for i in sorted(by_group)]
 
 

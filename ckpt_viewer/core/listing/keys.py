@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing.model import Checkpoint, TensorInfo
-from ckpt_viewer.core.listing.summary import model_roots
+from ckpt_viewer.core.listing.summary import MODEL, model_roots, tensor_categories
 
 # Wrappers that prefix every key of a state_dict: DataParallel/DDP, torch.compile, FSDP,
 # activation checkpointing, and the `model.` a LightningModule (or a trainer) holds its net under.
@@ -187,26 +187,33 @@ def _is_copy(root: str) -> bool:
 Plainness = tuple[bool, bool, bool, int]  # (strips, roots, EMA copy, file order): fewer first
 
 
-def _variants(
-    checkpoint: Checkpoint, roots: list[str], renames: dict[str, str]
-) -> list[tuple[Plainness, Side, frozenset[str]]]:
-    """(plainness: strips, roots, EMA, file order; rules; keys under them) for each candidate
-    root x strip of one side."""
-    variants: list[tuple[Plainness, Side, frozenset[str]]] = []
+Variant = tuple[Plainness, Side, frozenset[str], frozenset[str]]
+
+
+def _variants(checkpoint: Checkpoint, roots: list[str], renames: dict[str, str]) -> list[Variant]:
+    """(plainness: strips, roots, EMA, file order; rules; keys under them; the model's keys
+    among them) for each candidate root x strip of one side."""
+    categories = tensor_categories(checkpoint)
+    model = {key for key, _, node in checkpoint.tensors() if categories.get(id(node)) == MODEL}
+    variants: list[Variant] = []
     for order, root in enumerate(roots):
         try:
-            relative = [new for _, new, _ in map_keys(checkpoint, root, renames=renames)]
+            mapped = [
+                (new, old in model) for old, new, _ in map_keys(checkpoint, root, renames=renames)
+            ]
         except CheckpointError:
             continue  # a root the file cannot give (a key given twice): not a candidate
-        for strip in candidate_strips(relative):
+        for strip in candidate_strips([new for new, _ in mapped]):
             path = f"{root}.{strip}" if root else strip
             if any(len(r) > len(root) and path.startswith(f"{r}.") for r in roots):
                 continue  # 'model.module.' from the whole file is root 'model', strip 'module.'
-            keys = frozenset(k[len(strip) :] if k.startswith(strip) else k for k in relative)
-            if len(keys) < len(relative):
+            named = [(k[len(strip) :] if k.startswith(strip) else k, m) for k, m in mapped]
+            keys = frozenset(k for k, _ in named)
+            if len(keys) < len(mapped):
                 continue  # 'module.x' beside 'x': diff would refuse to name both 'x'
             plainness = (bool(strip), bool(root), _is_copy(root), order)
-            variants.append((plainness, Side(root, strip), keys))
+            models = frozenset(k for k, m in named if m)
+            variants.append((plainness, Side(root, strip), keys, models))
     return variants
 
 
@@ -216,20 +223,29 @@ def align(
     renames: tuple[dict[str, str], dict[str, str]] = ({}, {}),
     roots: tuple[list[str], list[str]] | None = None,
 ) -> Alignment | None:
-    """The rules that make the most keys common; among equals, the fewest keys left over (a
-    root leaves out what is not the model), then the fewest rules (a root before a strip),
-    then not an EMA copy, then the earlier root in the file. None when a side has no keys
-    the rules can name. `roots`: candidate_roots of each side, when known already."""
+    """The rules that make the most model keys common (users compare models: two training
+    checkpoints whose models sit under different names must not be aligned on their larger
+    optimizer state), then the most keys; among equals, the fewest keys left over (a root
+    leaves out what is not the model), then the fewest rules (a root before a strip), then
+    not an EMA copy, then the earlier root in the file. None when a side has no keys the
+    rules can name. `roots`: candidate_roots of each side, when known already."""
     roots = roots or (candidate_roots(a), candidate_roots(b))
     variants_a, variants_b = _variants(a, roots[0], renames[0]), _variants(b, roots[1], renames[1])
     best, best_rank = None, None
-    for plain_a, side_a, keys_a in variants_a:
-        for plain_b, side_b, keys_b in variants_b:
-            if best is not None and min(len(keys_a), len(keys_b)) < best.common:
-                continue  # cannot beat it
+    for plain_a, side_a, keys_a, models_a in variants_a:
+        for plain_b, side_b, keys_b, models_b in variants_b:
+            if best_rank is not None:
+                at_most = (-min(len(models_a), len(models_b)), -min(len(keys_a), len(keys_b)))
+                if at_most > best_rank[:2]:
+                    continue  # cannot beat it
             common = len(keys_a & keys_b)
             left_over = len(keys_a) + len(keys_b) - 2 * common
-            rank = (-common, left_over, *(x + y for x, y in zip(plain_a, plain_b)))
+            rank = (
+                -len(models_a & models_b),
+                -common,
+                left_over,
+                *(x + y for x, y in zip(plain_a, plain_b)),
+            )
             if best_rank is None or rank < best_rank:
                 best, best_rank = Alignment(side_a, side_b, common, len(keys_a), len(keys_b)), rank
     return best
