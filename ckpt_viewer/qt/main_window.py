@@ -33,8 +33,9 @@ from ckpt_viewer.core.listing.runs import is_run_folder
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.qt import workers
-from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
+from ckpt_viewer.qt.checkpoint_tab import CheckpointTab, TabParts, prepare_tab
 from ckpt_viewer.qt.export_dialog import ExportDialog
+from ckpt_viewer.qt.pickle_imports import worst_category
 from ckpt_viewer.qt.plain import shown
 from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
@@ -118,12 +119,14 @@ class Pane(QDockWidget):
         super().closeEvent(event)
 
 
-def _load(path: str) -> tuple:
-    """Opening a tab, in a worker: what the tree needs, and the key index that selections use
-    to find the same key in the other open files."""
-    result = load_for_view(path)
-    result[0].key_index()
-    return result
+def _load(path: str) -> TabParts:
+    """Opening a tab, in a worker: what the tree needs, the key index that selections use to
+    find the same key in the other open files, and what the tab and the toolbar would
+    otherwise walk the whole tree for on the GUI thread."""
+    parts = prepare_tab(*load_for_view(path))
+    parts.checkpoint.key_index()
+    parts.worst_global = worst_category(parts.checkpoint)
+    return parts
 
 
 def _name(path: str) -> str:
@@ -658,7 +661,7 @@ class MainWindow(QMainWindow):
             if not is_remote(path) and is_run_folder(path):
                 self.open_run([path])
                 continue
-            if self.controller.running(path):
+            if path in self.placeholders:  # loading, or loaded and not yet in its tab
                 continue
             open_tab = self._tab_of_path(path)
             if open_tab is not None:  # already open: show it, no duplicate
@@ -669,12 +672,18 @@ class MainWindow(QMainWindow):
             self.controller.open(path)
         self._update_busy()
 
-    def _loaded(self, path, result):
-        tab = CheckpointTab(*result)
+    def _loaded(self, path: str, parts: TabParts) -> None:
+        """Opening ends in steps, each its own turn of the event loop (one long step stalled
+        the window): the tab built; placed and shown; its panes; `loaded`; its plot."""
+        tab = CheckpointTab(parts)
+        tab.worst_global = parts.worst_global
         tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
         tab.opened_path = path
         if self.file_order_action.isChecked():
             tab.model.set_file_order(True)
+        QTimer.singleShot(1, tab, lambda: self._place_tab(path, tab))
+
+    def _place_tab(self, path: str, tab: CheckpointTab) -> None:
         self._hide_welcome()
         place = self.tabs.indexOf(self.placeholders.get(path))
         index = self.tabs.insertTab(
@@ -705,7 +714,7 @@ class MainWindow(QMainWindow):
         self.loaded.emit(path)
         self._reopen_panes(tab)
         # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first
-        QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot())
+        QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot(in_slices=True))
 
     def _failed(self, path, message):
         self._drop_place(path)
