@@ -8,6 +8,7 @@ the telling scalars (epoch, step, loss, lr) side by side."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 from PySide6.QtCore import (
@@ -18,7 +19,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QBrush, QColor, QPalette
+from PySide6.QtGui import QBrush, QColor, QPalette, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -54,6 +55,7 @@ from ckpt_viewer.core.listing.report import cosine_text
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
+from ckpt_viewer.qt.plotting import StepBuild, plot_widget_steps
 from ckpt_viewer.qt.theme import on_base, style_plot
 
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
@@ -114,7 +116,7 @@ class CompareModel(QAbstractTableModel):
         """`labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
         super().__init__(parent)
         self.labels = labels or {}
-        self.rows = []  # (cells as text, sort values, status)
+        self.rows = []  # (cells as text, sort values, status, its TensorDiff or None)
         # a side ported from Keras / Flax: the rule that made each pair's torch tensor
         self.columns = COLUMNS + ("Rule",) if report.ported else COLUMNS
         self.brushes = {
@@ -131,20 +133,26 @@ class CompareModel(QAbstractTableModel):
                 [-1.0 if v is None else v for v in metrics]
                 + [-2.0 if t.cosine is None else t.cosine],
                 t.rule,
+                t,
             )
         for key in report.only_a:
             self._add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
         for key in report.only_b:
             self._add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
 
-    def _add(self, key, status, a_text, b_text, metric_texts, metric_values, rule=""):
+    def _add(self, key, status, a_text, b_text, metric_texts, metric_values, rule="", match=None):
         name = self.labels.get(key)
         shown_key = f"{shown(key)} \u2014 {shown(name)}" if name else shown(key)  # state.49 — h.3.w
         texts = (shown_key, status_label(status), shown(a_text), shown(b_text), *metric_texts)
         sort_values = (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values)
         if len(self.columns) > len(COLUMNS):
             texts, sort_values = (*texts, rule), (*sort_values, rule)
-        self.rows.append((texts, sort_values, status))
+        self.rows.append((texts, sort_values, status, match))
+
+    def match(self, row: int) -> TensorDiff | None:
+        """The TensorDiff of a row that has plots (in both files, one shape), else None."""
+        match = self.rows[row][3]
+        return match if match is not None and match.status != "shape" else None
 
     def rowCount(self, parent=QModelIndex()):
         return 0 if parent.isValid() else len(self.rows)
@@ -162,7 +170,7 @@ class CompareModel(QAbstractTableModel):
         # comparing to Qt's enums is a slow Python call each time
         if not index.isValid():
             return None
-        texts, sort_values, status = self.rows[index.row()]
+        texts, sort_values, status, _ = self.rows[index.row()]
         if role == DISPLAY:
             return texts[index.column()]
         if role == SORT_ROLE:
@@ -209,11 +217,13 @@ class CompareFilter(QSortFilterProxyModel):
         return super().filterAcceptsRow(row, parent)
 
 
-def detail_job(a, b, max_abs):
-    """Generator: both value histograms on one range, then a - b and the (a, b) sample."""
+def detail_job(sides: tuple, match: TensorDiff):
+    """Generator: both value histograms on one range, then a - b and the (a, b) sample. The
+    tensors are looked up here: a file's first lookup indexes all its keys."""
+    a, b = sides[0].find(match.key_a).tensor, sides[1].find(match.key_b).tensor
     pair = histogram_pair(a, b, OVERLAY_BINS)
     yield 0.1
-    detail = yield from pair_detail(a, b, max_abs, OVERLAY_BINS)
+    detail = yield from pair_detail(a, b, match.max_abs, OVERLAY_BINS)
     return pair, detail
 
 
@@ -282,13 +292,11 @@ class CompareController(workers.PaneController):
     def detail(self, key: str, match: TensorDiff, sides: tuple) -> None:
         """The plots' data of `match` (a TensorDiff of the checkpoints `sides`: both files, or
         a Keras/Flax side ported to torch keys), shown as `key`."""
-        side_a, side_b = sides
         self.jobs.start(
             "detail",
             detail_job,
-            side_a.find(match.key_a).tensor,
-            side_b.find(match.key_b).tensor,
-            match.max_abs,
+            sides,
+            match,
             on_result=lambda result: self.detailed.emit(key, result),
             on_error=lambda message: self.detail_failed.emit(key, message),
         )
@@ -319,6 +327,7 @@ class CompareView(QWidget):
         )
         self.pending = None
         self.plot = None
+        self.plots = StepBuild(self, self._plot_steps)
         names = (
             os.path.basename(report.path_a.rstrip("/")),
             os.path.basename(report.path_b.rstrip("/")),
@@ -599,7 +608,7 @@ class CompareView(QWidget):
     # --- the selected tensor -----------------------------------------------------------------
     def _selected(self, current, _previous):
         key = current.siblingAtColumn(0).data(SORT_ROLE) if current.isValid() else None
-        match = next((t for t in self.report.tensors if t.key == key and t.status != "shape"), None)
+        match = self.model.match(self.proxy.mapToSource(current).row()) if key else None
         if not self.detail.isVisible():
             self.detail.setVisible(True)
             height = max(self.splitter.height(), 300)
@@ -619,23 +628,34 @@ class CompareView(QWidget):
     def plotting_ready(self, message=""):
         if self.pending is not None:
             self._draw(*self.pending)
+        elif self.plotting() is not None:
+            self.plots.start()
 
-    def _make_plots(self, pg):
+    def showEvent(self, event: QShowEvent) -> None:
+        """The plots are built ahead, a piece per event-loop turn, from the first showing: at
+        the first click they cost a stall of their own."""
+        super().showEvent(event)
+        if self.plotting() is not None:
+            self.plots.start()
+
+    def _plot_steps(self) -> Iterator[None]:
+        """The three plots, a piece at a time; `self.plot` set last (then all are there)."""
+        pg = self.plotting()
         background = self.palette().color(QPalette.Base)
 
         def plot(name, title, x_label, y_label):
-            widget = pg.PlotWidget(background=background)
+            widget = yield from plot_widget_steps(pg, background)
             style_plot(widget)
             widget.setObjectName(name)
             widget.setTitle(title)
             widget.setLabel("bottom", x_label)
             widget.setLabel("left", y_label)
-            self.plot_holder.addWidget(widget, 1)
+            yield
             return widget
 
-        self.plot = plot("compareHistogram", "values", "value", "count")
-        self.plot.addLegend(offset=(-10, 10))
-        self.curve_a = self.plot.plot(
+        histogram = yield from plot("compareHistogram", "values", "value", "count")
+        histogram.addLegend(offset=(-10, 10))
+        self.curve_a = histogram.plot(
             [0, 1],
             [0],
             stepMode="center",
@@ -644,10 +664,11 @@ class CompareView(QWidget):
             brush=(*COLOUR_A, 90),
             pen=pg.mkPen(COLOUR_A, width=1),
         )
-        self.curve_b = self.plot.plot(
+        self.curve_b = histogram.plot(
             [0, 1], [0], stepMode="center", name="B", pen=pg.mkPen(COLOUR_B, width=2)
         )
-        self.diff_plot = plot("compareDifference", "a \u2212 b", "a \u2212 b", "count")
+        yield
+        self.diff_plot = yield from plot("compareDifference", "a \u2212 b", "a \u2212 b", "count")
         self.curve_diff = self.diff_plot.plot(
             [0, 1],
             [0],
@@ -656,12 +677,17 @@ class CompareView(QWidget):
             brush=(120, 120, 120, 120),
             pen=pg.mkPen((80, 80, 80), width=1),
         )
-        self.scatter_plot = plot("compareScatter", "b against a (sample)", "a", "b")
+        yield
+        self.scatter_plot = yield from plot("compareScatter", "b against a (sample)", "a", "b")
         self.identity = self.scatter_plot.plot(
             [0, 1], [0, 1], pen=pg.mkPen((150, 150, 150), style=Qt.DashLine)
         )
         self.scatter = pg.ScatterPlotItem(size=3, pen=None, brush=pg.mkBrush(*COLOUR_B, 140))
         self.scatter_plot.addItem(self.scatter)
+        yield
+        for widget in (histogram, self.diff_plot, self.scatter_plot):
+            self.plot_holder.addWidget(widget, 1)
+        self.plot = histogram
 
     def _draw(self, key, result):
         pg = self.plotting()
@@ -675,8 +701,7 @@ class CompareView(QWidget):
             self.plot_status.setText(f"{key}: no finite values to plot")
             self.overlay_ready.emit(key)
             return
-        if self.plot is None:
-            self._make_plots(pg)
+        self.plots.finish()  # the rest of the build, if the result came first
         self.curve_a.setData(stats_a.edges, stats_a.counts)
         self.curve_b.setData(stats_b.edges, stats_b.counts)
         self.curve_diff.setData(detail.edges, detail.counts)

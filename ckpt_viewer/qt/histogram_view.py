@@ -7,13 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from ckpt_viewer.core.listing.report import nonfinite_counts
 from ckpt_viewer.qt.plain import plain_label
-from ckpt_viewer.qt.plotting import plotting_module
+from ckpt_viewer.qt.plotting import StepBuild, plot_widget_steps, plotting_module
 from ckpt_viewer.qt.theme import on_base, style_plot
 
 
@@ -54,7 +54,7 @@ class HistogramView(QWidget):
         self.plot = self.curve = self.overlay = self.legend = self.nonfinite = None
         self.stats = None
         self.log_y = False
-        self._steps: Iterator[bool] | None = None  # the plot's build, while under way
+        self._build = StepBuild(self, self._build_steps)
         self.readout = plain_label(" ")
         self.readout.setObjectName("histogramReadout")
         self.plot_holder = QVBoxLayout()
@@ -70,35 +70,19 @@ class HistogramView(QWidget):
             return True
         if plotting_module() is None:
             return False
-        if self._steps is None:
-            self._steps = self._build_steps()
-        for _ in self._steps:
-            pass
+        self._build.finish()
         return True
 
     def build_in_slices(self) -> None:
         """Build the plot one piece per event-loop turn (each a few ms: pyqtgraph's plot made
         in one step held the GUI thread over a frame); build() finishes it at once if needed."""
-        if self.plot is not None or plotting_module() is None:
-            return
-        if self._steps is None:
-            self._steps = self._build_steps()
-            QTimer.singleShot(1, self, self._next_step)
+        if plotting_module() is not None:
+            self._build.start()
 
-    def _next_step(self) -> None:
-        if self.plot is None and next(self._steps, None) is not None:
-            QTimer.singleShot(1, self, self._next_step)
-
-    def _build_steps(self) -> Iterator[bool]:
+    def _build_steps(self) -> Iterator[None]:
         pg = plotting_module()
-        box = pg.ViewBox()
-        yield True
-        sides = ("left", "bottom", "top", "right")
-        axes = {side: pg.AxisItem(side) for side in sides}
-        yield True
-        item = pg.PlotItem(viewBox=box, axisItems=axes)
-        yield True
-        plot = pg.PlotWidget(plotItem=item)
+        plot = yield from plot_widget_steps(pg)
+        box = plot.getPlotItem().getViewBox()
         style_plot(plot)
         plot.setObjectName("histogramPlot")
         plot.setLabel("left", "count")
@@ -107,7 +91,7 @@ class HistogramView(QWidget):
         box.setMouseEnabled(x=True, y=False)  # the wheel zooms along values; counts follow
         box.setAutoVisible(y=True)
         plot.showGrid(x=True, y=True, alpha=0.2)
-        yield True
+        yield
         curve = plot.plot(
             [0, 1],
             [0],
@@ -123,7 +107,7 @@ class HistogramView(QWidget):
         ]
         for line in [mean_line] + std_lines:
             plot.addItem(line)
-        yield True
+        yield
         overlay = plot.plot([0, 1], [0], stepMode="center", pen=pg.mkPen((230, 120, 20), width=2))
         overlay.setVisible(False)
         legend = plot.addLegend(offset=(-10, 10))
@@ -133,7 +117,7 @@ class HistogramView(QWidget):
         nonfinite.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(8, 4))
         nonfinite.setVisible(False)
         plot.scene().sigMouseMoved.connect(self._hover)
-        yield True
+        yield
         self.plot_holder.addWidget(plot)
         plot.show()
         # the view's parts appear together, complete: `plot` set means every one is there

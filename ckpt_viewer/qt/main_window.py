@@ -187,6 +187,8 @@ class WindowController(workers.PaneController):
         def job():
             a, b = open_checkpoint(path_a), open_checkpoint(path_b)
             report = yield from diff(a, b, auto_align=True)
+            for side in report.compared or (a, b):
+                side.key_index()  # a row's click looks its keys up: not a walk then
             return report, a, b
 
         slot = f"compare:{path_a}:{path_b}"

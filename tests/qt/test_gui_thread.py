@@ -65,9 +65,55 @@ def test_histogram_plot_is_built_in_slices(qtbot):
     again = HistogramView()
     qtbot.addWidget(again)
     again.build_in_slices()
-    again._next_step()  # one piece built
+    assert again._build.step()  # one piece built
     assert again.plot is None
     assert again.build() and again.plot is not None  # the rest at once
     plot = again.plot
-    again._next_step()  # the turn that was due: nothing more to build
+    assert not again._build.step()  # the turn that was due: nothing more to build
     assert again.plot is plot and again.plot_holder.count() == 1
+
+
+def test_compare_plots_built_ahead_and_a_click_looks_keys_up_in_the_worker(
+    qtbot, window, tmp_path, monkeypatch
+):
+    """The three plots are built a piece per turn once the comparison shows, before any click;
+    a click finds its row's pair without a search and its tensors in the worker; the plots
+    show the values torch saved."""
+    import torch
+
+    from ckpt_viewer.core.listing.model import Checkpoint
+    from ckpt_viewer.qt.plotting import _plotting, preload_plotting
+
+    preload_plotting()
+    qtbot.waitUntil(_plotting["settled"].is_set, timeout=60_000)
+    state_a = {
+        f"w{i}": torch.randn(64, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    }
+    state_b = {k: v * 2 for k, v in state_a.items()}
+    a = builders.save(state_a, tmp_path / "a.pt")
+    b = builders.save(state_b, tmp_path / "b.pt")
+    with qtbot.waitSignal(window.compared, timeout=30_000):
+        window.compare_paths(a, b)
+    view = window.tabs.currentWidget()
+    qtbot.waitUntil(lambda: view.plot is not None, timeout=10_000)  # no click yet
+
+    threads = set()
+    find = Checkpoint.find
+
+    def recorded(self, key):
+        threads.add(threading.current_thread())
+        return find(self, key)
+
+    monkeypatch.setattr(Checkpoint, "find", recorded)
+    proxy = view.table.model()
+    row = next(r for r in range(proxy.rowCount()) if proxy.index(r, 0).data() == "w1")
+    plot = view.plot
+    with qtbot.waitSignal(view.overlay_ready, timeout=30_000) as drawn:
+        view.table.setCurrentIndex(proxy.index(row, 0))
+    assert drawn.args == ["w1"]
+    assert threads and threading.main_thread() not in threads
+    assert view.plot is plot  # drawn into, not rebuilt
+    x, y = view.scatter.getData()
+    assert sorted(zip(x.tolist(), y.tolist())) == sorted(
+        zip(state_a["w1"].tolist(), state_b["w1"].tolist())
+    )
