@@ -8,6 +8,7 @@ the telling scalars (epoch, step, loss, lr) side by side."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -108,46 +109,77 @@ def counts_text(counts: dict) -> str:
     return text + f"; {counts['only in A']} only in A, {counts['only in B']} only in B."
 
 
+def table_rows(report: DiffReport, labels: dict[str, str]) -> list[tuple]:
+    """The report as CompareModel's rows: (cells as text, sort values, status, its TensorDiff
+    or None). No Qt: a worker makes them (50,000 rows held the GUI thread a quarter second).
+    `labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
+    rows = []
+    ported = bool(report.ported)
+
+    def add(key, status, a_text, b_text, metric_texts, metric_values, rule="", match=None):
+        name = labels.get(key)
+        shown_key = f"{shown(key)} \u2014 {shown(name)}" if name else shown(key)  # state.49 — h.3.w
+        texts = (shown_key, status_label(status), shown(a_text), shown(b_text), *metric_texts)
+        sort_values = (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values)
+        if ported:
+            texts, sort_values = (*texts, rule), (*sort_values, rule)
+        rows.append((texts, sort_values, status, match))
+
+    for t in report.tensors:
+        metrics = (t.max_abs, t.mean_abs, t.rel_l2)
+        add(
+            t.key,
+            t.status,
+            f"{t.dtype_a} {t.shape_a}",
+            f"{t.dtype_b} {t.shape_b}",
+            [_number(v) for v in metrics] + [cosine_text(t)],
+            [-1.0 if v is None else v for v in metrics] + [-2.0 if t.cosine is None else t.cosine],
+            t.rule,
+            t,
+        )
+    for key in report.only_a:
+        add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
+    for key in report.only_b:
+        add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
+    return rows
+
+
+def state_labels(a: Checkpoint, b: Checkpoint, alignment: Alignment | None) -> dict[str, str]:
+    """{key as compared: its parameter's name} for the optimizer state tensors whose
+    parameter either file proves (keys that name it already need none)."""
+    labels: dict[str, str] = {}
+    if alignment is None:
+        return labels
+    for checkpoint, side in ((b, alignment.b), (a, alignment.a)):
+        names = state_parameters(checkpoint)
+        if not names:
+            continue
+        try:
+            mapped = map_keys(checkpoint, side.root, side.strip_prefix, side.add_prefix, keys=names)
+        except CheckpointError:  # a root this file lacks: none of its keys are compared
+            continue
+        labels.update({new_key: names[key] for key, new_key, _ in mapped})
+    return labels
+
+
+def view_rows(report: DiffReport, a: Checkpoint, b: Checkpoint) -> list[tuple]:
+    """In a worker, after a diff: the rows of its table."""
+    return table_rows(report, state_labels(a, b, report.alignment))
+
+
 class CompareModel(QAbstractTableModel):
     """The report as rows of plain tuples, read by the view on demand: building thousands of
     items up front stalled the window."""
 
-    def __init__(self, report, parent=None, labels: dict[str, str] | None = None):
-        """`labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
+    def __init__(self, report, parent=None, labels=None, rows: list[tuple] | None = None):
+        """`rows`: table_rows' (made in a worker), else made here from `labels`."""
         super().__init__(parent)
-        self.labels = labels or {}
-        self.rows = []  # (cells as text, sort values, status, its TensorDiff or None)
+        self.rows = table_rows(report, labels or {}) if rows is None else rows
         # a side ported from Keras / Flax: the rule that made each pair's torch tensor
         self.columns = COLUMNS + ("Rule",) if report.ported else COLUMNS
         self.brushes = {
             status: QBrush(on_base(colour)) for status, colour in STATUS_COLOURS.items()
         }
-        for t in report.tensors:
-            metrics = (t.max_abs, t.mean_abs, t.rel_l2)
-            self._add(
-                t.key,
-                t.status,
-                f"{t.dtype_a} {t.shape_a}",
-                f"{t.dtype_b} {t.shape_b}",
-                [_number(v) for v in metrics] + [cosine_text(t)],
-                [-1.0 if v is None else v for v in metrics]
-                + [-2.0 if t.cosine is None else t.cosine],
-                t.rule,
-                t,
-            )
-        for key in report.only_a:
-            self._add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
-        for key in report.only_b:
-            self._add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
-
-    def _add(self, key, status, a_text, b_text, metric_texts, metric_values, rule="", match=None):
-        name = self.labels.get(key)
-        shown_key = f"{shown(key)} \u2014 {shown(name)}" if name else shown(key)  # state.49 — h.3.w
-        texts = (shown_key, status_label(status), shown(a_text), shown(b_text), *metric_texts)
-        sort_values = (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values)
-        if len(self.columns) > len(COLUMNS):
-            texts, sort_values = (*texts, rule), (*sort_values, rule)
-        self.rows.append((texts, sort_values, status, match))
 
     def match(self, row: int) -> TensorDiff | None:
         """The TensorDiff of a row that has plots (in both files, one shape), else None."""
@@ -193,28 +225,35 @@ class CompareModel(QAbstractTableModel):
 
 
 class CompareFilter(QSortFilterProxyModel):
-    """Text filter on the key; statuses hidden from the legend (or 'only differences')."""
+    """Text filter on the key (and the sort), over a proxy that hides the statuses the legend
+    unticks (or 'only differences'). Both are Qt's own filters: a Python filterAcceptsRow was
+    called for each of 50,000 rows whenever the table was given its model."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.hidden: set[str] = set()
+        self.statuses = QSortFilterProxyModel(self)
+        self.statuses.setFilterRole(STATUS_ROLE)
+        self.statuses.setFilterKeyColumn(1)
         self.setFilterCaseSensitivity(Qt.CaseInsensitive)
         self.setFilterKeyColumn(0)
         self.setSortRole(SORT_ROLE)
+        super().setSourceModel(self.statuses)
+
+    def setSourceModel(self, model) -> None:  # noqa: N802 - Qt's name
+        self.statuses.setSourceModel(model)
+
+    def to_table(self, index: QModelIndex) -> QModelIndex:
+        return self.statuses.mapToSource(self.mapToSource(index))
+
+    def from_table(self, index: QModelIndex) -> QModelIndex:
+        return self.mapFromSource(self.statuses.mapFromSource(index))
 
     def set_hidden(self, hidden: set):
-        if not hasattr(self, "beginFilterChange"):  # Qt < 6.9
-            self.hidden = set(hidden)
-            self.invalidateFilter()
-            return
-        self.beginFilterChange()  # Qt >= 6.9 deprecates invalidateFilter() for this pair
         self.hidden = set(hidden)
-        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
-
-    def filterAcceptsRow(self, row, parent):
-        if self.sourceModel().index(row, 1, parent).data(STATUS_ROLE) in self.hidden:
-            return False
-        return super().filterAcceptsRow(row, parent)
+        shown_ones = [re.escape(s) for s in STATUS_ORDER if s not in self.hidden]
+        pattern = "" if not self.hidden else f"^(?:{'|'.join(shown_ones)})$" if shown_ones else "$^"
+        self.statuses.setFilterRegularExpression(pattern)
 
 
 def detail_job(sides: tuple, match: TensorDiff):
@@ -237,11 +276,17 @@ def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
     return box
 
 
+def realigned_job(a: Checkpoint, b: Checkpoint, side_a: Side, side_b: Side):
+    """Generator: the diff under other key rules, then its table's rows."""
+    report = yield from diff(a, b, side_a, side_b)
+    return report, view_rows(report, a, b)
+
+
 class CompareController(workers.PaneController):
     """What a comparison computes: both files compared again under other key rules ("diff"),
     and the selected tensor's plots' data ("detail": a newer selection supersedes it)."""
 
-    compared = Signal(object)  # the DiffReport under the rules asked
+    compared = Signal(object, object)  # the DiffReport under the rules asked, its table rows
     compare_failed = Signal(str)
     compare_progressed = Signal(float)
     detailed = Signal(str, object)  # key, (both histograms, PairDetail)
@@ -256,38 +301,19 @@ class CompareController(workers.PaneController):
     def compare_under(self, side_a: Side, side_b: Side) -> None:
         self.jobs.start(
             "diff",
-            diff,
+            realigned_job,
             self.a,
             self.b,
             side_a,
             side_b,
-            on_result=self._compared,
+            on_result=lambda result: self._compared(*result),
             on_error=self.compare_failed.emit,
             on_progress=self.compare_progressed.emit,
         )
 
-    def _compared(self, report: DiffReport) -> None:
+    def _compared(self, report: DiffReport, rows: list[tuple]) -> None:
         self.jobs.cancel("detail")  # for a row of the old report
-        self.compared.emit(report)
-
-    def state_labels(self, alignment: Alignment | None) -> dict[str, str]:
-        """{key as compared: its parameter's name} for the optimizer state tensors whose
-        parameter either file proves (keys that name it already need none)."""
-        labels: dict[str, str] = {}
-        if alignment is None:
-            return labels
-        for checkpoint, side in ((self.b, alignment.b), (self.a, alignment.a)):
-            names = state_parameters(checkpoint)
-            if not names:
-                continue
-            try:
-                mapped = map_keys(
-                    checkpoint, side.root, side.strip_prefix, side.add_prefix, keys=names
-                )
-            except CheckpointError:  # a root this file lacks: none of its keys are compared
-                continue
-            labels.update({new_key: names[key] for key, new_key, _ in mapped})
-        return labels
+        self.compared.emit(report, rows)
 
     def detail(self, key: str, match: TensorDiff, sides: tuple) -> None:
         """The plots' data of `match` (a TensorDiff of the checkpoints `sides`: both files, or
@@ -307,8 +333,16 @@ class CompareView(QWidget):
     realigned = Signal()  # the files were compared again under other key rules
 
     def __init__(
-        self, report, checkpoint_a, checkpoint_b, plotting, request_plotting=None, parent=None
+        self,
+        report,
+        checkpoint_a,
+        checkpoint_b,
+        plotting,
+        request_plotting=None,
+        parent=None,
+        rows: list[tuple] | None = None,
     ):
+        """`rows`: view_rows(report, a, b), when a worker has made them."""
         super().__init__(parent)
         self.setObjectName("compareView")
         self.report, self.a, self.b = report, checkpoint_a, checkpoint_b
@@ -356,7 +390,9 @@ class CompareView(QWidget):
         self.legend_row.setSpacing(14)
         self._fill_legend()
         self._fill_scalars()
-        self.model = CompareModel(report, self, self.controller.state_labels(report.alignment))
+        if rows is None:
+            rows = view_rows(report, checkpoint_a, checkpoint_b)
+        self.model = CompareModel(report, self, rows=rows)
         self.proxy = CompareFilter(self)
         self.proxy.setSourceModel(self.model)
         self.table = QTreeView()
@@ -519,7 +555,7 @@ class CompareView(QWidget):
         self._show_alignment()
         self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
 
-    def _show_report(self, report: DiffReport) -> None:
+    def _show_report(self, report: DiffReport, rows: list[tuple]) -> None:
         self.asked = None
         self.report = report
         self.counts = report.status_counts()
@@ -528,7 +564,7 @@ class CompareView(QWidget):
         self._fill_scalars()
         self._fill_legend()
         old = self.model
-        self.model = CompareModel(report, self, self.controller.state_labels(report.alignment))
+        self.model = CompareModel(report, self, rows=rows)
         self.proxy.setSourceModel(self.model)
         old.deleteLater()
         self._size_columns()
@@ -608,7 +644,7 @@ class CompareView(QWidget):
     # --- the selected tensor -----------------------------------------------------------------
     def _selected(self, current, _previous):
         key = current.siblingAtColumn(0).data(SORT_ROLE) if current.isValid() else None
-        match = self.model.match(self.proxy.mapToSource(current).row()) if key else None
+        match = self.model.match(self.proxy.to_table(current).row()) if key else None
         if not self.detail.isVisible():
             self.detail.setVisible(True)
             height = max(self.splitter.height(), 300)
@@ -731,7 +767,7 @@ class CompareView(QWidget):
         if row is None:
             return False
         self.filter.clear()
-        index = self.proxy.mapFromSource(self.model.index(row, 0))
+        index = self.proxy.from_table(self.model.index(row, 0))
         self.table.setCurrentIndex(index)
         self.table.scrollTo(index)
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer import __version__
+from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
@@ -183,13 +185,17 @@ class WindowController(workers.PaneController):
         """Open both, diff them chunk by chunk (aligning their keys)."""
         from ckpt_viewer.core.analysis.diff import diff
         from ckpt_viewer.core.listing.open import open_checkpoint
+        from ckpt_viewer.qt.compare_view import view_rows
 
         def job():
-            a, b = open_checkpoint(path_a), open_checkpoint(path_b)
-            report = yield from diff(a, b, auto_align=True)
-            for side in report.compared or (a, b):
-                side.key_index()  # a row's click looks its keys up: not a walk then
-            return report, a, b
+            # frozen, as a tab's load is (paused_gc): collections walking both files' trees
+            # held the GIL, and so the window, for up to half a second
+            with paused_gc(freeze=True):
+                a, b = open_checkpoint(path_a), open_checkpoint(path_b)
+                report = yield from diff(a, b, auto_align=True)
+                for side in report.compared or (a, b):
+                    side.key_index()  # a row's click looks its keys up: not a walk then
+                return report, a, b, view_rows(report, a, b)
 
         slot = f"compare:{path_a}:{path_b}"
         self.jobs.start(
@@ -927,9 +933,9 @@ class MainWindow(QMainWindow):
 
         tensor_key = self.comparing.pop((path_a, path_b), None)
         self._update_busy()
-        report, a, b = result  # pyqtgraph: preloaded a moment later (_update_busy)
+        report, a, b, rows = result  # pyqtgraph: preloaded a moment later (_update_busy)
         view = CompareView(
-            report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self
+            report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self, rows=rows
         )  # hidden until the tab takes it
 
         def show():
@@ -1096,6 +1102,7 @@ class MainWindow(QMainWindow):
             widget.release()
         elif hasattr(widget, "cancel"):
             widget.cancel()  # a comparison's histogram jobs
+            gc.unfreeze()  # what its job froze: cycles among it are collected again
         self.tabs.removeTab(index)
         widget.deleteLater()
         self._show_welcome_if_empty()

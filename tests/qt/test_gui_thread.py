@@ -76,13 +76,23 @@ def test_histogram_plot_is_built_in_slices(qtbot):
 def test_compare_plots_built_ahead_and_a_click_looks_keys_up_in_the_worker(
     qtbot, window, tmp_path, monkeypatch
 ):
-    """The three plots are built a piece per turn once the comparison shows, before any click;
-    a click finds its row's pair without a search and its tensors in the worker; the plots
-    show the values torch saved."""
+    """The table's rows are made in the compare job's worker; the three plots are built a
+    piece per turn once the comparison shows, before any click; a click finds its row's pair
+    without a search and its tensors in the worker; the plots show the values torch saved."""
     import torch
 
     from ckpt_viewer.core.listing.model import Checkpoint
+    from ckpt_viewer.qt import compare_view
     from ckpt_viewer.qt.plotting import _plotting, preload_plotting
+
+    made_in = set()
+    table_rows = compare_view.table_rows
+
+    def recorded_rows(*args):
+        made_in.add(threading.current_thread())
+        return table_rows(*args)
+
+    monkeypatch.setattr(compare_view, "table_rows", recorded_rows)
 
     preload_plotting()
     qtbot.waitUntil(_plotting["settled"].is_set, timeout=60_000)
@@ -95,6 +105,7 @@ def test_compare_plots_built_ahead_and_a_click_looks_keys_up_in_the_worker(
     with qtbot.waitSignal(window.compared, timeout=30_000):
         window.compare_paths(a, b)
     view = window.tabs.currentWidget()
+    assert made_in and threading.main_thread() not in made_in
     qtbot.waitUntil(lambda: view.plot is not None, timeout=10_000)  # no click yet
 
     threads = set()
