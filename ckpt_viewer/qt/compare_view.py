@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSplitter,
-    QTreeView,
+    QTableView,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -395,14 +395,21 @@ class CompareView(QWidget):
         self.model = CompareModel(report, self, rows=rows)
         self.proxy = CompareFilter(self)
         self.proxy.setSourceModel(self.model)
-        self.table = QTreeView()
+        # a table, not a tree: QTreeView lays out every one of 50,000 rows when first shown
+        self.table = QTableView()
         self.table.setObjectName("compareTree")
-        self.table.setRootIsDecorated(False)
-        self.table.setUniformRowHeights(True)
+        rows = self.table.verticalHeader()
+        rows.hide()
+        rows.setSectionResizeMode(QHeaderView.Fixed)  # one height: no row is measured
+        rows.setMinimumSectionSize(1)
+        rows.setDefaultSectionSize(self.table.fontMetrics().height() + 6)
+        self.table.setShowGrid(False)
+        self.table.setWordWrap(False)
         self.table.setModel(self.proxy)
-        self.table.header().setSortIndicator(-1, Qt.AscendingOrder)  # file order until clicked
+        self.table.horizontalHeader().setSortIndicator(-1, Qt.AscendingOrder)  # file order
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self._size_columns()
         self.table.selectionModel().currentChanged.connect(self._selected)
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
@@ -618,7 +625,7 @@ class CompareView(QWidget):
 
     def _size_columns(self):
         """Status and metrics fit their widest text; the key takes the rest."""
-        header = self.table.header()
+        header = self.table.horizontalHeader()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(0, QHeaderView.Stretch)
         metrics = self.table.fontMetrics()
