@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
+from typing import Any
 
 from PySide6.QtCore import (
     QEvent,
@@ -32,8 +34,9 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core.listing.model import Checkpoint, format_bytes, format_count
+from ckpt_viewer.core.listing.optim import find_schedulers
 from ckpt_viewer.core.listing.report import describe_value
-from ckpt_viewer.core.listing.summary import scalars_by_importance
+from ckpt_viewer.core.listing.summary import Totals, scalars_by_importance
 from ckpt_viewer.qt.navigation import FilterKeys, LazyExpander
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
@@ -48,6 +51,7 @@ from ckpt_viewer.qt.tree_model import (
     CheckDelegate,
     Filtered,
     KeyTreeModel,
+    RowIndex,
     filter_rows,
 )
 from ckpt_viewer.qt.workers import PaneController
@@ -117,6 +121,47 @@ def summary_html(checkpoint, totals) -> str:
     return "".join(out)
 
 
+@dataclass
+class TabParts:
+    """What a tab is built from, made in the load worker (prepare_tab): everything here that
+    walks the rows or the tree, so that the GUI thread only builds widgets."""
+
+    checkpoint: Checkpoint
+    index: RowIndex
+    totals: Totals
+    column_texts: dict[int, set[str]]  # the texts that size each column but Key
+    schedulers: list[tuple[str, dict[str, Any]]]  # the Optimizer pane's LR schedulers
+    worst_global: str = ""  # the file's worst global category (the window's toolbar icon)
+
+
+def prepare_tab(checkpoint: Checkpoint, index: RowIndex, totals: Totals) -> TabParts:
+    return TabParts(
+        checkpoint,
+        index,
+        totals,
+        column_texts(index, totals),
+        find_schedulers(checkpoint),
+    )
+
+
+def column_texts(index: RowIndex, totals: Totals) -> dict[int, set[str]]:
+    """Per column but Key: its header and the texts of up to COLUMN_SAMPLE rows spread over
+    the file and of the top-level rows (the largest sums), and every dtype the file holds (a
+    rare one must not be cut). No Qt: the load worker makes these."""
+    rows = index.rows
+    step = max(1, len(rows) // COLUMN_SAMPLE)
+    sample = rows[1::step] + index.top.children[:COLUMN_SAMPLE]
+    display = KeyTreeModel._display  # reads only the row it is given, not the model
+    texts = {}
+    for column in range(1, len(COLUMNS)):
+        found = {display(None, row, column) or "" for row in sample}  # type: ignore[arg-type]
+        if column == DTYPE:
+            found |= set(totals.by_dtype)
+        found.add(COLUMNS[column])
+        texts[column] = found
+    return texts
+
+
 class TabController(PaneController):
     """What a file's tab computes besides its panes: the key filter's rows ("filter": a newer
     text supersedes the search running or waiting) and the memory the model needs ("memory")."""
@@ -173,9 +218,10 @@ class CheckpointTab(QWidget):
         self.banner.setProperty("severity", "code" if code else "info")
         self.banner.setStyleSheet(f"QLabel#unsafeBanner {{ {style} padding: 6px; }}")
 
-    def __init__(self, checkpoint, index, totals, parent=None):
+    def __init__(self, parts: TabParts, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.checkpoint, self.totals = checkpoint, totals
+        checkpoint, index, totals = parts.checkpoint, parts.index, parts.totals
+        self.checkpoint, self.totals, self.parts = checkpoint, totals, parts
         self.model = KeyTreeModel(index, self)
 
         self.banner = QLabel()
@@ -331,22 +377,14 @@ class CheckpointTab(QWidget):
         )
 
     def content_widths(self) -> dict[int, int]:
-        """Width of each column but Key: its header and the widest text of up to
-        COLUMN_SAMPLE rows spread over the file and the top-level rows (the largest sums),
-        and of every dtype the file holds (a rare one must not be cut)."""
-        rows = self.model.rows
-        step = max(1, len(rows) // COLUMN_SAMPLE)
-        sample = rows[1::step] + self.model.top.children[:COLUMN_SAMPLE]  # the biggest sums
+        """Width of each column but Key: its widest text of column_texts' (sampled rows, so
+        50,000 keys cost nothing)."""
         metrics = self.tree.fontMetrics()
         padding = 2 * self.tree.style().pixelMetric(QStyle.PM_FocusFrameHMargin) + 16
-        widths = {}
-        for column in range(1, len(COLUMNS)):
-            texts = {self.model._display(row, column) or "" for row in sample}
-            if column == DTYPE:
-                texts |= set(self.totals.by_dtype)
-            texts.add(COLUMNS[column])
-            widths[column] = max(metrics.horizontalAdvance(t) for t in texts) + padding
-        return widths
+        return {
+            column: max(metrics.horizontalAdvance(t) for t in texts) + padding
+            for column, texts in self.parts.column_texts.items()
+        }
 
     def _header_menu(self, position):
         header = self.tree.header()
@@ -385,7 +423,7 @@ class CheckpointTab(QWidget):
         if self.tensor_view is not None:
             return
         self.tensor_view = TensorView(self.checkpoint)
-        self.optimizer_view = OptimizerView(self.checkpoint)
+        self.optimizer_view = OptimizerView(self.checkpoint, self.parts.schedulers)
         current = self.panes.currentIndex()
         for index, pane in ((1, self.tensor_view), (2, self.optimizer_view)):
             placeholder, label = self.panes.widget(index), self.panes.tabText(index)

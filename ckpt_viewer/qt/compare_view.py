@@ -8,6 +8,8 @@ the telling scalars (epoch, step, loss, lr) side by side."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 
 import numpy as np
 from PySide6.QtCore import (
@@ -18,7 +20,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QBrush, QColor, QPalette, QResizeEvent
+from PySide6.QtGui import QBrush, QColor, QPalette, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -29,7 +31,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSplitter,
-    QTreeView,
+    QTableView,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -54,6 +56,7 @@ from ckpt_viewer.core.listing.report import cosine_text
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
+from ckpt_viewer.qt.plotting import StepBuild, plot_widget_steps
 from ckpt_viewer.qt.theme import on_base, style_plot
 
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
@@ -137,45 +140,82 @@ class ScalarTable(QTreeWidget):
         self.fit_columns()
 
 
+def table_rows(report: DiffReport, labels: dict[str, str]) -> list[tuple]:
+    """The report as CompareModel's rows: (cells as text, sort values, status, its TensorDiff
+    or None). No Qt: a worker makes them (50,000 rows held the GUI thread a quarter second).
+    `labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
+    rows = []
+    ported = bool(report.ported)
+
+    def add(key, status, a_text, b_text, metric_texts, metric_values, rule="", match=None):
+        name = labels.get(key)
+        shown_key = f"{shown(key)} \u2014 {shown(name)}" if name else shown(key)  # state.49 — h.3.w
+        texts = (shown_key, status_label(status), shown(a_text), shown(b_text), *metric_texts)
+        sort_values = (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values)
+        if ported:
+            texts, sort_values = (*texts, rule), (*sort_values, rule)
+        rows.append((texts, sort_values, status, match))
+
+    for t in report.tensors:
+        metrics = (t.max_abs, t.mean_abs, t.rel_l2)
+        add(
+            t.key,
+            t.status,
+            f"{t.dtype_a} {t.shape_a}",
+            f"{t.dtype_b} {t.shape_b}",
+            [_number(v) for v in metrics] + [cosine_text(t)],
+            [-1.0 if v is None else v for v in metrics] + [-2.0 if t.cosine is None else t.cosine],
+            t.rule,
+            t,
+        )
+    for key in report.only_a:
+        add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
+    for key in report.only_b:
+        add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
+    return rows
+
+
+def state_labels(a: Checkpoint, b: Checkpoint, alignment: Alignment | None) -> dict[str, str]:
+    """{key as compared: its parameter's name} for the optimizer state tensors whose
+    parameter either file proves (keys that name it already need none)."""
+    labels: dict[str, str] = {}
+    if alignment is None:
+        return labels
+    for checkpoint, side in ((b, alignment.b), (a, alignment.a)):
+        names = state_parameters(checkpoint)
+        if not names:
+            continue
+        try:
+            mapped = map_keys(checkpoint, side.root, side.strip_prefix, side.add_prefix, keys=names)
+        except CheckpointError:  # a root this file lacks: none of its keys are compared
+            continue
+        labels.update({new_key: names[key] for key, new_key, _ in mapped})
+    return labels
+
+
+def view_rows(report: DiffReport, a: Checkpoint, b: Checkpoint) -> list[tuple]:
+    """In a worker, after a diff: the rows of its table."""
+    return table_rows(report, state_labels(a, b, report.alignment))
+
+
 class CompareModel(QAbstractTableModel):
     """The report as rows of plain tuples, read by the view on demand: building thousands of
     items up front stalled the window."""
 
-    def __init__(self, report, parent=None, labels: dict[str, str] | None = None):
-        """`labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
+    def __init__(self, report, parent=None, labels=None, rows: list[tuple] | None = None):
+        """`rows`: table_rows' (made in a worker), else made here from `labels`."""
         super().__init__(parent)
-        self.labels = labels or {}
-        self.rows = []  # (cells as text, sort values, status)
+        self.rows = table_rows(report, labels or {}) if rows is None else rows
         # a side ported from Keras / Flax: the rule that made each pair's torch tensor
         self.columns = COLUMNS + ("Rule",) if report.ported else COLUMNS
         self.brushes = {
             status: QBrush(on_base(colour)) for status, colour in STATUS_COLOURS.items()
         }
-        for t in report.tensors:
-            metrics = (t.max_abs, t.mean_abs, t.rel_l2)
-            self._add(
-                t.key,
-                t.status,
-                f"{t.dtype_a} {t.shape_a}",
-                f"{t.dtype_b} {t.shape_b}",
-                [_number(v) for v in metrics] + [cosine_text(t)],
-                [-1.0 if v is None else v for v in metrics]
-                + [-2.0 if t.cosine is None else t.cosine],
-                t.rule,
-            )
-        for key in report.only_a:
-            self._add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
-        for key in report.only_b:
-            self._add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
 
-    def _add(self, key, status, a_text, b_text, metric_texts, metric_values, rule=""):
-        name = self.labels.get(key)
-        shown_key = f"{shown(key)} \u2014 {shown(name)}" if name else shown(key)  # state.49 — h.3.w
-        texts = (shown_key, status_label(status), shown(a_text), shown(b_text), *metric_texts)
-        sort_values = (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values)
-        if len(self.columns) > len(COLUMNS):
-            texts, sort_values = (*texts, rule), (*sort_values, rule)
-        self.rows.append((texts, sort_values, status))
+    def match(self, row: int) -> TensorDiff | None:
+        """The TensorDiff of a row that has plots (in both files, one shape), else None."""
+        match = self.rows[row][3]
+        return match if match is not None and match.status != "shape" else None
 
     def rowCount(self, parent=QModelIndex()):
         return 0 if parent.isValid() else len(self.rows)
@@ -193,7 +233,7 @@ class CompareModel(QAbstractTableModel):
         # comparing to Qt's enums is a slow Python call each time
         if not index.isValid():
             return None
-        texts, sort_values, status = self.rows[index.row()]
+        texts, sort_values, status, _ = self.rows[index.row()]
         if role == DISPLAY:
             return texts[index.column()]
         if role == SORT_ROLE:
@@ -216,35 +256,44 @@ class CompareModel(QAbstractTableModel):
 
 
 class CompareFilter(QSortFilterProxyModel):
-    """Text filter on the key; statuses hidden from the legend (or 'only differences')."""
+    """Text filter on the key (and the sort), over a proxy that hides the statuses the legend
+    unticks (or 'only differences'). Both are Qt's own filters: a Python filterAcceptsRow was
+    called for each of 50,000 rows whenever the table was given its model."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.hidden: set[str] = set()
+        self.statuses = QSortFilterProxyModel(self)
+        self.statuses.setFilterRole(STATUS_ROLE)
+        self.statuses.setFilterKeyColumn(1)
         self.setFilterCaseSensitivity(Qt.CaseInsensitive)
         self.setFilterKeyColumn(0)
         self.setSortRole(SORT_ROLE)
+        super().setSourceModel(self.statuses)
+
+    def setSourceModel(self, model) -> None:  # noqa: N802 - Qt's name
+        self.statuses.setSourceModel(model)
+
+    def to_table(self, index: QModelIndex) -> QModelIndex:
+        return self.statuses.mapToSource(self.mapToSource(index))
+
+    def from_table(self, index: QModelIndex) -> QModelIndex:
+        return self.mapFromSource(self.statuses.mapFromSource(index))
 
     def set_hidden(self, hidden: set):
-        if not hasattr(self, "beginFilterChange"):  # Qt < 6.9
-            self.hidden = set(hidden)
-            self.invalidateFilter()
-            return
-        self.beginFilterChange()  # Qt >= 6.9 deprecates invalidateFilter() for this pair
         self.hidden = set(hidden)
-        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
-
-    def filterAcceptsRow(self, row, parent):
-        if self.sourceModel().index(row, 1, parent).data(STATUS_ROLE) in self.hidden:
-            return False
-        return super().filterAcceptsRow(row, parent)
+        shown_ones = [re.escape(s) for s in STATUS_ORDER if s not in self.hidden]
+        pattern = "" if not self.hidden else f"^(?:{'|'.join(shown_ones)})$" if shown_ones else "$^"
+        self.statuses.setFilterRegularExpression(pattern)
 
 
-def detail_job(a, b, max_abs):
-    """Generator: both value histograms on one range, then a - b and the (a, b) sample."""
+def detail_job(sides: tuple, match: TensorDiff):
+    """Generator: both value histograms on one range, then a - b and the (a, b) sample. The
+    tensors are looked up here: a file's first lookup indexes all its keys."""
+    a, b = sides[0].find(match.key_a).tensor, sides[1].find(match.key_b).tensor
     pair = histogram_pair(a, b, OVERLAY_BINS)
     yield 0.1
-    detail = yield from pair_detail(a, b, max_abs, OVERLAY_BINS)
+    detail = yield from pair_detail(a, b, match.max_abs, OVERLAY_BINS)
     return pair, detail
 
 
@@ -264,11 +313,17 @@ def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
     return box
 
 
+def realigned_job(a: Checkpoint, b: Checkpoint, side_a: Side, side_b: Side):
+    """Generator: the diff under other key rules, then its table's rows."""
+    report = yield from diff(a, b, side_a, side_b)
+    return report, view_rows(report, a, b)
+
+
 class CompareController(workers.PaneController):
     """What a comparison computes: both files compared again under other key rules ("diff"),
     and the selected tensor's plots' data ("detail": a newer selection supersedes it)."""
 
-    compared = Signal(object)  # the DiffReport under the rules asked
+    compared = Signal(object, object)  # the DiffReport under the rules asked, its table rows
     compare_failed = Signal(str)
     compare_progressed = Signal(float)
     detailed = Signal(str, object)  # key, (both histograms, PairDetail)
@@ -283,49 +338,28 @@ class CompareController(workers.PaneController):
     def compare_under(self, side_a: Side, side_b: Side) -> None:
         self.jobs.start(
             "diff",
-            diff,
+            realigned_job,
             self.a,
             self.b,
             side_a,
             side_b,
-            on_result=self._compared,
+            on_result=lambda result: self._compared(*result),
             on_error=self.compare_failed.emit,
             on_progress=self.compare_progressed.emit,
         )
 
-    def _compared(self, report: DiffReport) -> None:
+    def _compared(self, report: DiffReport, rows: list[tuple]) -> None:
         self.jobs.cancel("detail")  # for a row of the old report
-        self.compared.emit(report)
-
-    def state_labels(self, alignment: Alignment | None) -> dict[str, str]:
-        """{key as compared: its parameter's name} for the optimizer state tensors whose
-        parameter either file proves (keys that name it already need none)."""
-        labels: dict[str, str] = {}
-        if alignment is None:
-            return labels
-        for checkpoint, side in ((self.b, alignment.b), (self.a, alignment.a)):
-            names = state_parameters(checkpoint)
-            if not names:
-                continue
-            try:
-                mapped = map_keys(
-                    checkpoint, side.root, side.strip_prefix, side.add_prefix, keys=names
-                )
-            except CheckpointError:  # a root this file lacks: none of its keys are compared
-                continue
-            labels.update({new_key: names[key] for key, new_key, _ in mapped})
-        return labels
+        self.compared.emit(report, rows)
 
     def detail(self, key: str, match: TensorDiff, sides: tuple) -> None:
         """The plots' data of `match` (a TensorDiff of the checkpoints `sides`: both files, or
         a Keras/Flax side ported to torch keys), shown as `key`."""
-        side_a, side_b = sides
         self.jobs.start(
             "detail",
             detail_job,
-            side_a.find(match.key_a).tensor,
-            side_b.find(match.key_b).tensor,
-            match.max_abs,
+            sides,
+            match,
             on_result=lambda result: self.detailed.emit(key, result),
             on_error=lambda message: self.detail_failed.emit(key, message),
         )
@@ -336,8 +370,16 @@ class CompareView(QWidget):
     realigned = Signal()  # the files were compared again under other key rules
 
     def __init__(
-        self, report, checkpoint_a, checkpoint_b, plotting, request_plotting=None, parent=None
+        self,
+        report,
+        checkpoint_a,
+        checkpoint_b,
+        plotting,
+        request_plotting=None,
+        parent=None,
+        rows: list[tuple] | None = None,
     ):
+        """`rows`: view_rows(report, a, b), when a worker has made them."""
         super().__init__(parent)
         self.setObjectName("compareView")
         self.report, self.a, self.b = report, checkpoint_a, checkpoint_b
@@ -356,6 +398,7 @@ class CompareView(QWidget):
         )
         self.pending = None
         self.plot = None
+        self.plots = StepBuild(self, self._plot_steps)
         names = (
             os.path.basename(report.path_a.rstrip("/")),
             os.path.basename(report.path_b.rstrip("/")),
@@ -380,17 +423,26 @@ class CompareView(QWidget):
         self.legend_row.setSpacing(14)
         self._fill_legend()
         self._fill_scalars()
-        self.model = CompareModel(report, self, self.controller.state_labels(report.alignment))
+        if rows is None:
+            rows = view_rows(report, checkpoint_a, checkpoint_b)
+        self.model = CompareModel(report, self, rows=rows)
         self.proxy = CompareFilter(self)
         self.proxy.setSourceModel(self.model)
-        self.table = QTreeView()
+        # a table, not a tree: QTreeView lays out every one of 50,000 rows when first shown
+        self.table = QTableView()
         self.table.setObjectName("compareTree")
-        self.table.setRootIsDecorated(False)
-        self.table.setUniformRowHeights(True)
+        rows = self.table.verticalHeader()
+        rows.hide()
+        rows.setSectionResizeMode(QHeaderView.Fixed)  # one height: no row is measured
+        rows.setMinimumSectionSize(1)
+        rows.setDefaultSectionSize(self.table.fontMetrics().height() + 6)
+        self.table.setShowGrid(False)
+        self.table.setWordWrap(False)
         self.table.setModel(self.proxy)
-        self.table.header().setSortIndicator(-1, Qt.AscendingOrder)  # file order until clicked
+        self.table.horizontalHeader().setSortIndicator(-1, Qt.AscendingOrder)  # file order
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self._size_columns()
         self.table.selectionModel().currentChanged.connect(self._selected)
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
@@ -550,7 +602,7 @@ class CompareView(QWidget):
         self._show_alignment()
         self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
 
-    def _show_report(self, report: DiffReport) -> None:
+    def _show_report(self, report: DiffReport, rows: list[tuple]) -> None:
         self.asked = None
         self.report = report
         self.counts = report.status_counts()
@@ -559,7 +611,7 @@ class CompareView(QWidget):
         self._fill_scalars()
         self._fill_legend()
         old = self.model
-        self.model = CompareModel(report, self, self.controller.state_labels(report.alignment))
+        self.model = CompareModel(report, self, rows=rows)
         self.proxy.setSourceModel(self.model)
         old.deleteLater()
         self._size_columns()
@@ -615,7 +667,7 @@ class CompareView(QWidget):
 
     def _size_columns(self):
         """Status and metrics fit their widest text; the key takes the rest."""
-        header = self.table.header()
+        header = self.table.horizontalHeader()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(0, QHeaderView.Stretch)
         metrics = self.table.fontMetrics()
@@ -641,7 +693,7 @@ class CompareView(QWidget):
     # --- the selected tensor -----------------------------------------------------------------
     def _selected(self, current, _previous):
         key = current.siblingAtColumn(0).data(SORT_ROLE) if current.isValid() else None
-        match = next((t for t in self.report.tensors if t.key == key and t.status != "shape"), None)
+        match = self.model.match(self.proxy.to_table(current).row()) if key else None
         if not self.detail.isVisible():
             self.detail.setVisible(True)
             height = max(self.splitter.height(), 300)
@@ -661,23 +713,34 @@ class CompareView(QWidget):
     def plotting_ready(self, message=""):
         if self.pending is not None:
             self._draw(*self.pending)
+        elif self.plotting() is not None:
+            self.plots.start()
 
-    def _make_plots(self, pg):
+    def showEvent(self, event: QShowEvent) -> None:
+        """The plots are built ahead, a piece per event-loop turn, from the first showing: at
+        the first click they cost a stall of their own."""
+        super().showEvent(event)
+        if self.plotting() is not None:
+            self.plots.start()
+
+    def _plot_steps(self) -> Iterator[None]:
+        """The three plots, a piece at a time; `self.plot` set last (then all are there)."""
+        pg = self.plotting()
         background = self.palette().color(QPalette.Base)
 
         def plot(name, title, x_label, y_label):
-            widget = pg.PlotWidget(background=background)
+            widget = yield from plot_widget_steps(pg, background)
             style_plot(widget)
             widget.setObjectName(name)
             widget.setTitle(title)
             widget.setLabel("bottom", x_label)
             widget.setLabel("left", y_label)
-            self.plot_holder.addWidget(widget, 1)
+            yield
             return widget
 
-        self.plot = plot("compareHistogram", "values", "value", "count")
-        self.plot.addLegend(offset=(-10, 10))
-        self.curve_a = self.plot.plot(
+        histogram = yield from plot("compareHistogram", "values", "value", "count")
+        histogram.addLegend(offset=(-10, 10))
+        self.curve_a = histogram.plot(
             [0, 1],
             [0],
             stepMode="center",
@@ -686,10 +749,11 @@ class CompareView(QWidget):
             brush=(*COLOUR_A, 90),
             pen=pg.mkPen(COLOUR_A, width=1),
         )
-        self.curve_b = self.plot.plot(
+        self.curve_b = histogram.plot(
             [0, 1], [0], stepMode="center", name="B", pen=pg.mkPen(COLOUR_B, width=2)
         )
-        self.diff_plot = plot("compareDifference", "a \u2212 b", "a \u2212 b", "count")
+        yield
+        self.diff_plot = yield from plot("compareDifference", "a \u2212 b", "a \u2212 b", "count")
         self.curve_diff = self.diff_plot.plot(
             [0, 1],
             [0],
@@ -698,12 +762,17 @@ class CompareView(QWidget):
             brush=(120, 120, 120, 120),
             pen=pg.mkPen((80, 80, 80), width=1),
         )
-        self.scatter_plot = plot("compareScatter", "b against a (sample)", "a", "b")
+        yield
+        self.scatter_plot = yield from plot("compareScatter", "b against a (sample)", "a", "b")
         self.identity = self.scatter_plot.plot(
             [0, 1], [0, 1], pen=pg.mkPen((150, 150, 150), style=Qt.DashLine)
         )
         self.scatter = pg.ScatterPlotItem(size=3, pen=None, brush=pg.mkBrush(*COLOUR_B, 140))
         self.scatter_plot.addItem(self.scatter)
+        yield
+        for widget in (histogram, self.diff_plot, self.scatter_plot):
+            self.plot_holder.addWidget(widget, 1)
+        self.plot = histogram
 
     def _draw(self, key, result):
         pg = self.plotting()
@@ -717,8 +786,7 @@ class CompareView(QWidget):
             self.plot_status.setText(f"{key}: no finite values to plot")
             self.overlay_ready.emit(key)
             return
-        if self.plot is None:
-            self._make_plots(pg)
+        self.plots.finish()  # the rest of the build, if the result came first
         self.curve_a.setData(stats_a.edges, stats_a.counts)
         self.curve_b.setData(stats_b.edges, stats_b.counts)
         self.curve_diff.setData(detail.edges, detail.counts)
@@ -748,7 +816,7 @@ class CompareView(QWidget):
         if row is None:
             return False
         self.filter.clear()
-        index = self.proxy.mapFromSource(self.model.index(row, 0))
+        index = self.proxy.from_table(self.model.index(row, 0))
         self.table.setCurrentIndex(index)
         self.table.scrollTo(index)
         return True

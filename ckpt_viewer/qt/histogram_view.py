@@ -5,6 +5,7 @@ It shows the Stats it is given and computes nothing."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
@@ -12,7 +13,7 @@ from PySide6.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
 
 from ckpt_viewer.core.listing.report import nonfinite_counts
 from ckpt_viewer.qt.plain import plain_label
-from ckpt_viewer.qt.plotting import plotting_module
+from ckpt_viewer.qt.plotting import StepBuild, plot_widget_steps, plotting_module
 from ckpt_viewer.qt.theme import on_base, style_plot
 
 
@@ -53,6 +54,7 @@ class HistogramView(QWidget):
         self.plot = self.curve = self.overlay = self.legend = None
         self.stats = None
         self.log_y = False
+        self._build = StepBuild(self, self._build_steps)
         self.readout = plain_label(" ")
         self.readout.setObjectName("histogramReadout")
         # above the plot, not on it: drawn in the plot it covered the first bars
@@ -68,23 +70,35 @@ class HistogramView(QWidget):
         layout.addWidget(self.readout)
 
     def build(self) -> bool:
-        """Build the (Python-heavy) plot if pyqtgraph is there: True when it exists."""
+        """Build the (Python-heavy) plot now if pyqtgraph is there (finishing a build begun
+        in slices): True when it exists."""
         if self.plot is not None:
             return True
-        pg = plotting_module()
-        if pg is None:
+        if plotting_module() is None:
             return False
-        self.plot = pg.PlotWidget()
-        style_plot(self.plot)
-        self.plot.setObjectName("histogramPlot")
-        self.plot.setLabel("left", "count")
-        self.plot.getAxis("left").logTickStrings = count_labels
-        self.plot.setLabel("bottom", "value")
-        box = self.plot.getPlotItem().getViewBox()
+        self._build.finish()
+        return True
+
+    def build_in_slices(self) -> None:
+        """Build the plot one piece per event-loop turn (each a few ms: pyqtgraph's plot made
+        in one step held the GUI thread over a frame); build() finishes it at once if needed."""
+        if plotting_module() is not None:
+            self._build.start()
+
+    def _build_steps(self) -> Iterator[None]:
+        pg = plotting_module()
+        plot = yield from plot_widget_steps(pg)
+        box = plot.getPlotItem().getViewBox()
+        style_plot(plot)
+        plot.setObjectName("histogramPlot")
+        plot.setLabel("left", "count")
+        plot.getAxis("left").logTickStrings = count_labels
+        plot.setLabel("bottom", "value")
         box.setMouseEnabled(x=True, y=False)  # the wheel zooms along values; counts follow
         box.setAutoVisible(y=True)
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.curve = self.plot.plot(
+        plot.showGrid(x=True, y=True, alpha=0.2)
+        yield
+        curve = plot.plot(
             [0, 1],
             [0],
             stepMode="center",
@@ -92,23 +106,26 @@ class HistogramView(QWidget):
             brush=(90, 140, 230, 120),
             pen=pg.mkPen((60, 100, 200), width=1),
         )
-        self.mean_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), width=2))
-        self.std_lines = [
+        mean_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), width=2))
+        std_lines = [
             pg.InfiniteLine(angle=90, pen=pg.mkPen((220, 60, 40), style=Qt.DashLine))
             for _ in range(2)
         ]
-        for line in [self.mean_line] + self.std_lines:
-            self.plot.addItem(line)
-        self.overlay = self.plot.plot(
-            [0, 1], [0], stepMode="center", pen=pg.mkPen((230, 120, 20), width=2)
-        )
-        self.overlay.setVisible(False)
-        self.legend = self.plot.addLegend(offset=(-10, 10))
-        self.legend.setVisible(False)
-        self.plot.scene().sigMouseMoved.connect(self._hover)
-        self.plot_holder.addWidget(self.plot)
-        self.plot.show()
-        return True
+        for line in [mean_line] + std_lines:
+            plot.addItem(line)
+        yield
+        overlay = plot.plot([0, 1], [0], stepMode="center", pen=pg.mkPen((230, 120, 20), width=2))
+        overlay.setVisible(False)
+        legend = plot.addLegend(offset=(-10, 10))
+        legend.setVisible(False)
+        plot.scene().sigMouseMoved.connect(self._hover)
+        yield
+        self.plot_holder.addWidget(plot)
+        plot.show()
+        # the view's parts appear together, complete: `plot` set means every one is there
+        self.curve, self.mean_line, self.std_lines = curve, mean_line, std_lines
+        self.overlay, self.legend = overlay, legend
+        self.plot = plot
 
     def clear(self):
         """A new tensor: nothing of the previous one stays (curve, mean and std lines, read-out,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer import __version__
+from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
 from ckpt_viewer.core.listing.remote import is_remote
 from ckpt_viewer.core.listing.report import split_text
@@ -33,8 +35,9 @@ from ckpt_viewer.core.listing.runs import is_run_folder
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.writing.destination import default_destination
 from ckpt_viewer.qt import workers
-from ckpt_viewer.qt.checkpoint_tab import CheckpointTab
+from ckpt_viewer.qt.checkpoint_tab import CheckpointTab, TabParts, prepare_tab
 from ckpt_viewer.qt.export_dialog import ExportDialog
+from ckpt_viewer.qt.pickle_imports import worst_category
 from ckpt_viewer.qt.plain import shown
 from ckpt_viewer.qt.tensor_view import preload_plotting
 from ckpt_viewer.qt.tree_model import load_for_view
@@ -118,12 +121,14 @@ class Pane(QDockWidget):
         super().closeEvent(event)
 
 
-def _load(path: str) -> tuple:
-    """Opening a tab, in a worker: what the tree needs, and the key index that selections use
-    to find the same key in the other open files."""
-    result = load_for_view(path)
-    result[0].key_index()
-    return result
+def _load(path: str) -> TabParts:
+    """Opening a tab, in a worker: what the tree needs, the key index that selections use to
+    find the same key in the other open files, and what the tab and the toolbar would
+    otherwise walk the whole tree for on the GUI thread."""
+    parts = prepare_tab(*load_for_view(path))
+    parts.checkpoint.key_index()
+    parts.worst_global = worst_category(parts.checkpoint)
+    return parts
 
 
 def _name(path: str) -> str:
@@ -180,11 +185,17 @@ class WindowController(workers.PaneController):
         """Open both, diff them chunk by chunk (aligning their keys)."""
         from ckpt_viewer.core.analysis.diff import diff
         from ckpt_viewer.core.listing.open import open_checkpoint
+        from ckpt_viewer.qt.compare_view import view_rows
 
         def job():
-            a, b = open_checkpoint(path_a), open_checkpoint(path_b)
-            report = yield from diff(a, b, auto_align=True)
-            return report, a, b
+            # frozen, as a tab's load is (paused_gc): collections walking both files' trees
+            # held the GIL, and so the window, for up to half a second
+            with paused_gc(freeze=True):
+                a, b = open_checkpoint(path_a), open_checkpoint(path_b)
+                report = yield from diff(a, b, auto_align=True)
+                for side in report.compared or (a, b):
+                    side.key_index()  # a row's click looks its keys up: not a walk then
+                return report, a, b, view_rows(report, a, b)
 
         slot = f"compare:{path_a}:{path_b}"
         self.jobs.start(
@@ -674,7 +685,7 @@ class MainWindow(QMainWindow):
             if not is_remote(path) and is_run_folder(path):
                 self.open_run([path])
                 continue
-            if self.controller.running(path):
+            if path in self.placeholders:  # loading, or loaded and not yet in its tab
                 continue
             open_tab = self._tab_of_path(path)
             if open_tab is not None:  # already open: show it, no duplicate
@@ -685,12 +696,18 @@ class MainWindow(QMainWindow):
             self.controller.open(path)
         self._update_busy()
 
-    def _loaded(self, path, result):
-        tab = CheckpointTab(*result)
+    def _loaded(self, path: str, parts: TabParts) -> None:
+        """Opening ends in steps, each its own turn of the event loop (one long step stalled
+        the window): the tab built; placed and shown; its panes; `loaded`; its plot."""
+        tab = CheckpointTab(parts)
+        tab.worst_global = parts.worst_global
         tab.pickle_imports_requested.connect(lambda t=tab: self.pickle_imports_current(t))
         tab.opened_path = path
         if self.file_order_action.isChecked():
             tab.model.set_file_order(True)
+        QTimer.singleShot(1, tab, lambda: self._place_tab(path, tab))
+
+    def _place_tab(self, path: str, tab: CheckpointTab) -> None:
         self._hide_welcome()
         place = self.tabs.indexOf(self.placeholders.get(path))
         index = self.tabs.insertTab(
@@ -721,7 +738,7 @@ class MainWindow(QMainWindow):
         self.loaded.emit(path)
         self._reopen_panes(tab)
         # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first
-        QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot())
+        QTimer.singleShot(1, tab, lambda: tab.tensor_view.prepare_plot(in_slices=True))
 
     def _failed(self, path, message):
         self._drop_place(path)
@@ -934,9 +951,9 @@ class MainWindow(QMainWindow):
 
         tensor_key = self.comparing.pop((path_a, path_b), None)
         self._update_busy()
-        report, a, b = result  # pyqtgraph: preloaded a moment later (_update_busy)
+        report, a, b, rows = result  # pyqtgraph: preloaded a moment later (_update_busy)
         view = CompareView(
-            report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self
+            report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self, rows=rows
         )  # hidden until the tab takes it
 
         def show():
@@ -1103,6 +1120,7 @@ class MainWindow(QMainWindow):
             widget.release()
         elif hasattr(widget, "cancel"):
             widget.cancel()  # a comparison's histogram jobs
+            gc.unfreeze()  # what its job froze: cycles among it are collected again
         self.tabs.removeTab(index)
         widget.deleteLater()
         self._show_welcome_if_empty()

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core.listing.optim import OptimizerInfo, find_schedulers
+from ckpt_viewer.core.listing.optim import OptimizerInfo
 from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.core.values.optim_values import SMALL_STATE, small_state_values
@@ -115,7 +115,8 @@ class OptimizerController(workers.PaneController):
 class OptimizerView(QScrollArea):
     values_ready = Signal()  # the small state tensors' values are in the table
 
-    def __init__(self, checkpoint, parent=None):
+    def __init__(self, checkpoint, schedulers: list, parent=None):
+        """schedulers: find_schedulers(checkpoint), made by the load worker (a tree walk)."""
         super().__init__(parent)
         self.setObjectName("optimizerView")
         self.setWidgetResizable(True)
@@ -128,7 +129,7 @@ class OptimizerView(QScrollArea):
             layout.addWidget(QLabel("No optimizer state in this file."))
         for optimizer in checkpoint.optimizers:
             layout.addWidget(self._optimizer_box(optimizer))
-        for key, fields in find_schedulers(checkpoint):
+        for key, fields in schedulers:
             box = QGroupBox(shown(f"LR scheduler  {key}"))
             inner = QVBoxLayout(box)
             inner.addWidget(

@@ -7,10 +7,12 @@ import importlib
 import threading
 import time
 import weakref
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 import shiboken6
 from PySide6 import QtCore, QtGui, QtWidgets
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QApplication, QWidget
 
 from ckpt_viewer.qt import workers
@@ -85,3 +87,50 @@ def _plotting_ready(module, message=""):
             view.plotting_ready(message)
     _plotting["waiting"].clear()
     _plotting["settled"].set()
+
+
+def plot_widget_steps(pg: Any, background: Any = "default") -> Generator[None, None, Any]:
+    """A pyqtgraph PlotWidget made in pieces, yielding between them (PlotWidget() in one call
+    held the GUI thread over a frame): `plot = yield from plot_widget_steps(pg)`."""
+    box = pg.ViewBox()
+    yield
+    axes = {side: pg.AxisItem(side) for side in ("left", "bottom", "top", "right")}
+    yield
+    item = pg.PlotItem(viewBox=box, axisItems=axes)
+    yield
+    return pg.PlotWidget(background=background, plotItem=item)
+
+
+class StepBuild:
+    """A build run one step per event-loop turn (`start`), or at once (`finish`, which also
+    completes one under way). `make` returns the steps: an iterator that yields between them."""
+
+    def __init__(self, owner: QObject, make: Callable[[], Iterator[None]]) -> None:
+        self.owner, self.make = owner, make
+        self.steps: Iterator[None] | None = None
+        self.done = False
+
+    def start(self) -> None:
+        if self.steps is None and not self.done:
+            self.steps = self.make()
+            QTimer.singleShot(1, self.owner, self._next)
+
+    def _next(self) -> None:
+        if self.step():
+            QTimer.singleShot(1, self.owner, self._next)
+
+    def step(self) -> bool:
+        """Run one step; False once the build is complete."""
+        if self.done:
+            return False
+        if self.steps is None:
+            self.steps = self.make()
+        try:
+            next(self.steps)
+        except StopIteration:
+            self.done = True
+        return not self.done
+
+    def finish(self) -> None:
+        while self.step():
+            pass

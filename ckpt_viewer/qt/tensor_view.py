@@ -239,15 +239,19 @@ class TensorView(QWidget):
         layout.addWidget(self.split, 1)
 
     # --- plotting arrives once, in the background -------------------------------------------
-    def prepare_plot(self):
-        """Build the (Python-heavy) plot while no worker competes for the GIL: called when the
-        tab opens (from the event loop) and again before a computation starts."""
-        self.histogram.build()
+    def prepare_plot(self, in_slices: bool = False) -> None:
+        """Build the (Python-heavy) plot while no worker competes for the GIL: in slices when
+        the tab opens (from the event loop), at once (finishing those) before a computation
+        starts."""
+        if in_slices:
+            self.histogram.build_in_slices()
+        else:
+            self.histogram.build()
 
     def plotting_ready(self, message=""):
         if message:
             self.controls.status.setText(f"plotting is unavailable: {message}")
-        self.prepare_plot()
+        self.prepare_plot(in_slices=self.controller.node is None)  # nothing to draw: no hurry
         # showing and drawing wait for the next turn of the event loop: building the plot,
         # painting it and drawing into it in one step held the window visibly
         if self.histogram.plot is not None:

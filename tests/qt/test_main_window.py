@@ -415,7 +415,7 @@ def test_compare_tab_filters_and_overlays(qtbot, window, tmp_path):
         for side in ("left", "bottom")
         for plot in (view.plot, view.diff_plot, view.scatter_plot)
     )
-    header = view.table.header()
+    header = view.table.horizontalHeader()
     for column in range(1, 8):  # status and metrics are not cut
         assert header.sectionSize(column) >= view.table.sizeHintForColumn(column)
 

@@ -1,0 +1,130 @@
+"""What the GUI thread is spared: opening a tab walks the tree in the load worker, and the
+histogram's pyqtgraph plot is built one piece per event-loop turn."""
+
+import threading
+
+from qt_helpers import open_and_wait
+
+import builders
+from ckpt_viewer.qt.tree_model import DTYPE
+
+
+def test_opening_walks_the_tree_in_the_load_worker(qtbot, window, tmp_path, monkeypatch):
+    """The column widths' texts, the LR schedulers and the worst global category each walk
+    every row or node: the load worker makes them, the tab and the toolbar only show them."""
+    from PySide6.QtWidgets import QTableWidget
+
+    from ckpt_viewer.qt import checkpoint_tab, pickle_imports
+
+    threads = {}
+
+    def recording(name, original):
+        def recorded(*args, **kwargs):
+            threads.setdefault(name, set()).add(threading.current_thread())
+            return original(*args, **kwargs)
+
+        return recorded
+
+    for module, name in (
+        (checkpoint_tab, "column_texts"),
+        (checkpoint_tab, "find_schedulers"),
+        (pickle_imports, "triage"),
+    ):
+        monkeypatch.setattr(module, name, recording(name, getattr(module, name)))
+    open_and_wait(qtbot, window, builders.lightning_file(tmp_path / "l.ckpt"))
+    assert set(threads) == {"column_texts", "find_schedulers", "triage"}
+    assert all(threading.main_thread() not in used for used in threads.values()), threads
+    tab = window.current_tab()
+    scheduler = tab.findChild(QTableWidget, "schedulerTable")  # what the worker found, shown
+    fields = {scheduler.item(r, 0).text() for r in range(scheduler.rowCount())}
+    assert "step_size" in fields
+    assert tab.worst_global == pickle_imports.worst_category(tab.checkpoint) != ""
+    widest = max(map(tab.tree.fontMetrics().horizontalAdvance, tab.totals.by_dtype))
+    assert tab.tree.header().sectionSize(DTYPE) > widest  # sized by the worker's texts
+
+
+def test_histogram_plot_is_built_in_slices(qtbot):
+    """Each event-loop turn builds one piece; the plot appears complete at the end; a build
+    asked for at once (a tensor selected meanwhile) finishes the one under way."""
+    from ckpt_viewer.qt.histogram_view import HistogramView
+    from ckpt_viewer.qt.plotting import _plotting, preload_plotting
+
+    preload_plotting()
+    qtbot.waitUntil(_plotting["settled"].is_set, timeout=60_000)
+    assert _plotting["module"] is not None, _plotting["failed"]
+
+    view = HistogramView()
+    qtbot.addWidget(view)
+    view.build_in_slices()
+    assert view.plot is None  # nothing built in the asking turn
+    qtbot.waitUntil(lambda: view.plot is not None, timeout=10_000)
+    assert view.plot_holder.count() == 1
+    for item in (view.curve, view.mean_line, *view.std_lines, view.overlay, view.legend):
+        assert item is not None
+
+    again = HistogramView()
+    qtbot.addWidget(again)
+    again.build_in_slices()
+    assert again._build.step()  # one piece built
+    assert again.plot is None
+    assert again.build() and again.plot is not None  # the rest at once
+    plot = again.plot
+    assert not again._build.step()  # the turn that was due: nothing more to build
+    assert again.plot is plot and again.plot_holder.count() == 1
+
+
+def test_compare_plots_built_ahead_and_a_click_looks_keys_up_in_the_worker(
+    qtbot, window, tmp_path, monkeypatch
+):
+    """The table's rows are made in the compare job's worker; the three plots are built a
+    piece per turn once the comparison shows, before any click; a click finds its row's pair
+    without a search and its tensors in the worker; the plots show the values torch saved."""
+    import torch
+
+    from ckpt_viewer.core.listing.model import Checkpoint
+    from ckpt_viewer.qt import compare_view
+    from ckpt_viewer.qt.plotting import _plotting, preload_plotting
+
+    made_in = set()
+    table_rows = compare_view.table_rows
+
+    def recorded_rows(*args):
+        made_in.add(threading.current_thread())
+        return table_rows(*args)
+
+    monkeypatch.setattr(compare_view, "table_rows", recorded_rows)
+
+    preload_plotting()
+    qtbot.waitUntil(_plotting["settled"].is_set, timeout=60_000)
+    state_a = {
+        f"w{i}": torch.randn(64, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    }
+    state_b = {k: v * 2 for k, v in state_a.items()}
+    a = builders.save(state_a, tmp_path / "a.pt")
+    b = builders.save(state_b, tmp_path / "b.pt")
+    with qtbot.waitSignal(window.compared, timeout=30_000):
+        window.compare_paths(a, b)
+    view = window.tabs.currentWidget()
+    assert made_in and threading.main_thread() not in made_in
+    qtbot.waitUntil(lambda: view.plot is not None, timeout=10_000)  # no click yet
+
+    threads = set()
+    find = Checkpoint.find
+
+    def recorded(self, key):
+        threads.add(threading.current_thread())
+        return find(self, key)
+
+    monkeypatch.setattr(Checkpoint, "find", recorded)
+    proxy = view.table.model()
+    row = next(r for r in range(proxy.rowCount()) if proxy.index(r, 0).data() == "w1")
+    plot = view.plot
+    with qtbot.waitSignal(view.overlay_ready, timeout=30_000) as drawn:
+        view.table.setCurrentIndex(proxy.index(row, 0))
+    assert drawn.args == ["w1"]
+    assert threads and threading.main_thread() not in threads
+    assert view.plot is plot  # drawn into, not rebuilt
+    x, y = view.scatter.getData()
+    assert sorted(zip(x.tolist(), y.tolist())) == sorted(
+        zip(state_a["w1"].tolist(), state_b["w1"].tolist())
+    )
