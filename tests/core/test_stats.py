@@ -636,3 +636,26 @@ def test_float32_bits_path_gives_the_figures_of_the_general_path(tmp_path, monke
         quantiles = run(compute(tensor)).quantiles
         for q in QUANTILES:
             assert quantiles[q] == np.quantile(flat, q, method="inverted_cdf"), (key, q)
+
+
+def test_an_outlier_costs_no_extra_pass(tmp_path, monkeypatch):
+    """Bits order the values whatever their range: with one 1e30 among normal values the
+    float32 path still reads the tensor three times (range, counts, the quantiles' buckets),
+    where bins over [min, max] hold every other value in one bin and were split pass after
+    pass; the quantiles are numpy's."""
+    torch.manual_seed(0)
+    values = torch.randn(200_000)
+    values[123] = 1e30
+    path = builders.save({"t": values}, tmp_path / "o.pt")
+    tensor = open_checkpoint(path).find("t").tensor
+    monkeypatch.setattr(stats_module, "SELECT_LIMIT", 1000)  # as 100M values hold 2M in a bin
+    passes = []
+    real = stats_module.iter_chunks
+    monkeypatch.setattr(
+        stats_module, "iter_chunks", lambda *a, **k: passes.append(1) or real(*a, **k)
+    )
+    stats = run(compute(tensor, chunk=1 << 14))
+    assert len(passes) == 3
+    flat = values.double().numpy()
+    for q in QUANTILES:
+        assert stats.quantiles[q] == np.quantile(flat, q, method="inverted_cdf")
