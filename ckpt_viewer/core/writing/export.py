@@ -803,13 +803,16 @@ def _check_layout(member: ZipMember) -> None:
     other without overlapping."""
     with zipfile.ZipFile(member.path) as zf, remote.open_source(member.path) as f:
         records = sorted(
-            (m.header_offset, data_offset(m, f) + m.compressed_size)
+            (m.header_offset, data_offset(m, f) + m.compressed_size, m.name)
             for m in read_directory(member.path)
         )
         directory = zf.start_dir
-    for (_, end), (header, _) in zip(records, records[1:] + [(directory, directory)]):
+    for (_, end, name), (header, _, _) in zip(records, records[1:] + [(directory, 0, "")]):
         if end > header:
-            raise CheckpointError("the written archive's records overlap")
+            raise CheckpointError(
+                f"written record {name} does not hold the bytes its header describes "
+                "(the next part of the archive begins inside it)"
+            )
 
 
 def verify_written(
