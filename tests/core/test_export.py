@@ -522,3 +522,51 @@ def test_large_records_are_checksummed_in_pieces_and_checked(tmp_path, monkeypat
         do_export(src, tmp_path / "bad.pth")
     assert not (tmp_path / "bad.pth").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_copied_records_are_checked_where_they_were_written_not_read_again(tmp_path, monkeypatch):
+    """A record copied file to file gets its CRC-32 from the written pages while it is
+    copied; the check after writing then reads only records written otherwise (a cast), and
+    finds a copied record whose header's checksum is not of the bytes written, or whose bytes
+    a later part of the archive overlaps. torch (the oracle) loads what passes."""
+    from ckpt_viewer.core.writing import export as export_module
+
+    torch.manual_seed(0)
+    state = {"a": torch.randn(50_000), "b": torch.randn(300).double(), "c": torch.arange(7)}
+    src = builders.save(state, tmp_path / "s.pt")
+    read_back = []
+    real_mapped = export_module.StorageReader.mapped
+    real_check = export_module._check_records
+
+    def check(*args, **kwargs):
+        monkeypatch.setattr(
+            export_module.StorageReader,
+            "mapped",
+            lambda self, *a: read_back.append(self.storage.key) or real_mapped(self, *a),
+        )
+        try:
+            return real_check(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(export_module.StorageReader, "mapped", real_mapped)
+
+    monkeypatch.setattr(export_module, "_check_records", check)
+    do_export(src, tmp_path / "o.pth")
+    assert read_back == []
+    got = torch.load(tmp_path / "o.pth", weights_only=True)
+    assert all(torch.equal(got[k], v) for k, v in state.items())
+    do_export(src, tmp_path / "cast.pth", dtype="float16")  # floats cast: read back
+    assert len(read_back) == 2
+    got = torch.load(tmp_path / "cast.pth", weights_only=True)
+    assert torch.equal(got["a"], state["a"].half()) and torch.equal(got["c"], state["c"])
+
+    real = export_module._copy_spans
+
+    def overlapped(spans, out, *args, **kwargs):  # the next header written over the last byte
+        value = real(spans, out, *args, **kwargs)
+        out.seek(-1, os.SEEK_CUR)
+        return value
+
+    monkeypatch.setattr(export_module, "_copy_spans", overlapped)
+    with pytest.raises(CheckpointError, match="begins inside it"):
+        do_export(src, tmp_path / "bad.pth")
+    assert not (tmp_path / "bad.pth").exists()

@@ -582,3 +582,80 @@ def test_threads_change_no_figure(tmp_path, monkeypatch):
         for q, got in results[2][key]["quantiles"].items():
             rank = max(math.ceil(float(q) * finite.numel()), 1) - 1
             assert got == finite.sort().values[rank].item(), (key, q)
+
+
+def test_float32_bits_path_gives_the_figures_of_the_general_path(tmp_path, monkeypatch):
+    """float32, bfloat16 and float16 tensors take the path over the order of the values' bits
+    (bucket counts, then the quantiles' buckets' low bits, edges as keys): every figure, the
+    histogram and the quantiles equal the general path's, and numpy's order statistics."""
+    torch.manual_seed(3)
+    mixed = torch.randn(30_000) * 4
+    mixed[::101] = float("nan")
+    mixed[7::211] = float("inf")
+    mixed[9::307] = float("-inf")
+    mixed[11::5] = 0.0
+    mixed[13::7] = -0.0
+    cases = {
+        "normal": torch.randn(50_000),
+        "mixed": mixed,
+        "positive": torch.rand(40_000) + 1e-3,
+        "negative": -torch.rand(40_000) * 1e4,
+        "zero_ends": torch.cat([torch.zeros(10), -torch.rand(3000), torch.full((5,), -0.0)]),
+        "on_edges": torch.arange(-512, 513, dtype=torch.float32) / 4,
+        "huge": torch.tensor([-3e38, 3e38, 0.0, 1.0, -1.0] * 100),
+        "denormal": torch.tensor([1e-45, -1e-45, 0.0, 3e-39, -2e-39] * 50),
+        "near_one": 1 + 1e-3 * torch.randn(20_000),
+        "narrow": 1 + 1e-6 * torch.randn(20_000),  # edges closer than float32: general path
+        "bf16": (torch.randn(30_000) * 100).bfloat16(),
+        "half": torch.randn(30_000).half(),
+        "expanded": torch.randn(300, 1).expand(300, 50),
+    }
+    path = builders.save(cases, tmp_path / "k.pt")
+    checkpoint = open_checkpoint(path)
+    monkeypatch.setattr(stats_module, "KEY_BLOCK", 1000)  # blocks and slices cut unevenly
+    monkeypatch.setattr(stats_module, "KEY_SLICE", 3000)
+    used = []
+    real_pass = stats_module._key_pass
+    monkeypatch.setattr(
+        stats_module, "_key_pass", lambda *a: used.append(1) or (yield from real_pass(*a))
+    )
+    for key, value in cases.items():
+        tensor = checkpoint.find(key).tensor
+        for bins in (7, 256):
+            used.clear()
+            by_bits = run(compute(tensor, bins=bins, chunk=4096)).to_json()
+            assert used == ([] if key == "narrow" and bins == 256 else [1]), key
+            with monkeypatch.context() as general:
+                general.setattr(stats_module, "KEY_DTYPES", ())
+                expected = run(compute(tensor, bins=bins, chunk=4096)).to_json()
+            # a zero quantile is 0.0 here, either zero there (np.sort puts -0.0 anywhere)
+            assert by_bits.pop("quantiles") == expected.pop("quantiles"), (key, bins)
+            assert json.dumps(by_bits) == json.dumps(expected), (key, bins)
+        flat = value.double().flatten().numpy()
+        flat = flat[np.isfinite(flat)]
+        quantiles = run(compute(tensor)).quantiles
+        for q in QUANTILES:
+            assert quantiles[q] == np.quantile(flat, q, method="inverted_cdf"), (key, q)
+
+
+def test_an_outlier_costs_no_extra_pass(tmp_path, monkeypatch):
+    """Bits order the values whatever their range: with one 1e30 among normal values the
+    float32 path still reads the tensor three times (range, counts, the quantiles' buckets),
+    where bins over [min, max] hold every other value in one bin and were split pass after
+    pass; the quantiles are numpy's."""
+    torch.manual_seed(0)
+    values = torch.randn(200_000)
+    values[123] = 1e30
+    path = builders.save({"t": values}, tmp_path / "o.pt")
+    tensor = open_checkpoint(path).find("t").tensor
+    monkeypatch.setattr(stats_module, "SELECT_LIMIT", 1000)  # as 100M values hold 2M in a bin
+    passes = []
+    real = stats_module.iter_chunks
+    monkeypatch.setattr(
+        stats_module, "iter_chunks", lambda *a, **k: passes.append(1) or real(*a, **k)
+    )
+    stats = run(compute(tensor, chunk=1 << 14))
+    assert len(passes) == 3
+    flat = values.double().numpy()
+    for q in QUANTILES:
+        assert stats.quantiles[q] == np.quantile(flat, q, method="inverted_cdf")

@@ -6,7 +6,10 @@ for moments, counts and a fine histogram (bins x M sub-bins) from which the requ
 is exact, then a selection pass over the few fine bins that hold the quantiles; each pass
 computes its chunks on WORKERS threads and merges them in chunk order, so the figures do not
 depend on the threads: each quantile is an element of the tensor, the k-th smallest finite
-value with k = ceil(q * n) (numpy's "inverted_cdf"). Stats' min/max/mean/std/l2 fields are over
+value with k = ceil(q * n) (numpy's "inverted_cdf"). float32, bfloat16 and float16 values take
+the same three passes over the order of their bits instead (see _KeyBins): the selection is then
+one pass whatever the range, where bins over [min, max] that one outlier crowds into a single bin
+were split pass after pass. Stats' min/max/mean/std/l2 fields are over
 finite values; `Stats.over_all()` gives them over every value, by torch's rules.
 """
 
@@ -16,6 +19,7 @@ import functools
 import itertools
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -676,6 +680,211 @@ def _extremes_pass(
     return _Range(lo, hi, integer)
 
 
+# --- float32 values: exact histogram and quantiles from the order of their bits -------------
+# A float32's bits read as an unsigned integer, with the sign bit flipped (every bit for a
+# negative value), order exactly as the values do: these keys, counted per bucket of high bits,
+# place each quantile in its bucket exactly, and a second pass counts only that bucket's low
+# bits (an O(n) selection, no sort). Each histogram edge becomes the smallest key at or above
+# it, so a value's bin is an integer comparison, the same as searchsorted over the edges.
+
+KEY_DTYPES = ("float32", "bfloat16", "float16")  # their chunks widen to float32 exactly
+KEY_BUCKETS = 16  # log2 of the buckets the key range is cut in; up to KEY_BUCKETS_MAX
+KEY_BUCKETS_MAX = 18  # when that is what it takes to keep two edges out of one bucket
+KEY_SLICE = 1 << 18  # elements per GIL-holding bincount
+KEY_BLOCK = 1 << 15  # elements per step of the key arithmetic, whose buffers stay in cache
+
+
+def _keys(x: np.ndarray) -> np.ndarray:
+    """The order-preserving uint32 image of float32 values (a new array): -0.0 just below
+    +0.0, NaNs beyond the infinities."""
+    signs = x.view(np.int32) >> 31
+    signs |= np.int32(-(1 << 31))
+    return np.bitwise_xor(x.view(np.uint32), signs.view(np.uint32))
+
+
+def _key_value(key: int) -> float:
+    bits = key ^ 0x80000000 if key >> 31 else key ^ 0xFFFFFFFF
+    return float(np.array([bits], np.uint32).view(np.float32)[0])
+
+
+class _KeyBins:
+    """The key range [key(lo), key(hi)] cut in buckets of 2**shift keys, each holding at most
+    one of the histogram's inner edges; keys are counted as offsets from key(lo), in halves of
+    a bucket (below its edge or not). Key offsets of non-finite values lie outside the range
+    and are counted apart, in bucket `buckets`."""
+
+    def __init__(self, lo_key: int, shift: int, span: int, edges: np.ndarray, at: np.ndarray):
+        self.lo_key, self.shift, self.edges = lo_key, shift, edges
+        self.buckets = (span >> shift) + 1
+        holds = np.zeros(self.buckets, dtype=np.int64)
+        holds[at >> shift] = 1
+        self.bins_before = np.cumsum(holds) - holds  # inner edges in the buckets below
+        self.holds = holds.astype(bool)
+        self.edge_at = np.full(self.buckets + 1, 0xFFFFFFFF, dtype=np.uint32)  # none: above all
+        self.edge_at[at >> shift] = at
+
+    @classmethod
+    def build(cls, lo: float, hi: float, bins: int) -> _KeyBins | None:
+        """None when lo or hi is no float32 value or some bucket would hold two edges."""
+        if not (np.float32(lo) == lo and np.float32(hi) == hi and lo < hi):
+            return None
+        ends = _keys(np.array([lo, hi], np.float32)).tolist()
+        lo_key = 0x7FFFFFFF if lo == 0 else ends[0]  # the range holds -0.0 and +0.0 alike
+        span = (0x80000000 if hi == 0 else ends[1]) - lo_key
+        edges = np.linspace(lo, hi, bins + 1)  # _EdgeCheck's edges: torch.histogram's bins
+        inner = edges[1:-1]
+        up = inner.astype(np.float32)  # the smallest float32 at or above each inner edge
+        short = up.astype(np.float64) < inner
+        up[short] = np.nextafter(up[short], np.float32(np.inf))
+        up[up == 0] = np.float32(-0.0)  # 0 <= -0.0
+        at = _keys(up).astype(np.int64) - lo_key
+        for shift in range(
+            max(span.bit_length() - KEY_BUCKETS, 0),
+            max(span.bit_length() - KEY_BUCKETS_MAX, 0) - 1,
+            -1,
+        ):
+            if np.all(np.diff(at >> shift) > 0):
+                return cls(lo_key, shift, span, edges, at)
+        return None
+
+    def _block(self, x: np.ndarray, at: int, n: int, buckets: np.ndarray) -> np.ndarray:
+        """Key offsets of x[at : at + n] (float32, contiguous) into the scratch, their buckets
+        into `buckets`; values below lo wrap beyond the range, as non-finite ones lie."""
+        scratch = _key_scratch()
+        signs, offsets = scratch.signs[:n], scratch.offsets[:n]
+        np.right_shift(x.view(np.int32)[at : at + n], 31, out=signs)
+        np.bitwise_or(signs, np.int32(-(1 << 31)), out=signs)
+        np.bitwise_xor(x.view(np.uint32)[at : at + n], signs.view(np.uint32), out=offsets)
+        np.subtract(offsets, np.uint32(self.lo_key), out=offsets)
+        np.right_shift(offsets, np.uint32(self.shift), out=buckets, casting="unsafe")
+        return offsets
+
+    def halves(self, x: np.ndarray, outside: bool) -> np.ndarray:
+        """Counts of a chunk's values per half bucket (2 b: below bucket b's edge, 2 b + 1: at
+        or above it; non-finite values in the last two). `outside`: whether the chunk holds
+        values outside [lo, hi] (only then are buckets clamped)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        scratch = _key_scratch()
+        counts = np.zeros(2 * (self.buckets + 1), dtype=np.int64)
+        for start in range(0, x.size, KEY_SLICE):
+            size = min(KEY_SLICE, x.size - start)
+            for at in range(0, size, KEY_BLOCK):
+                n = min(KEY_BLOCK, size - at)
+                buckets, edge, flag = (
+                    scratch.buckets[at : at + n],
+                    scratch.edge[:n],
+                    scratch.flag[:n],
+                )
+                offsets = self._block(x, start + at, n, buckets)
+                if outside:
+                    np.minimum(buckets, self.buckets, out=buckets)
+                np.take(self.edge_at, buckets, out=edge)
+                np.greater_equal(offsets, edge, out=flag)
+                np.left_shift(buckets, 1, out=buckets)
+                np.add(buckets, flag.view(np.uint8), out=buckets, casting="unsafe")
+            # bincount holds the GIL: a slice at a time
+            counts += np.bincount(scratch.buckets[:size], minlength=counts.size)
+        return counts
+
+    def histogram(self, halves: np.ndarray) -> np.ndarray:
+        """The histogram's counts from the half-bucket counts of the finite values."""
+        below, above = halves[0:-2:2], halves[1:-2:2]
+        counts = np.zeros(self.edges.size - 1, dtype=np.int64)
+        np.add.at(counts, self.bins_before, below)
+        np.add.at(counts, self.bins_before[self.holds] + 1, above[self.holds])
+        return counts
+
+    def low_counts(self, x: np.ndarray, wanted: list[int]) -> dict[int, np.ndarray]:
+        """{bucket: counts of its low key bits} of a chunk's values in the wanted buckets."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        scratch = _key_scratch()
+        table = np.zeros(self.buckets + 1, dtype=bool)
+        table[wanted] = True
+        found_offsets, found_buckets = [], []
+        for at in range(0, x.size, KEY_BLOCK):
+            n = min(KEY_BLOCK, x.size - at)
+            buckets, flag = scratch.buckets[:n], scratch.flag[:n]
+            offsets = self._block(x, at, n, buckets)
+            np.take(table, buckets, out=flag, mode="clip")  # beyond the range: the last, False
+            near = np.flatnonzero(flag)
+            if near.size:
+                found_offsets.append(offsets[near])
+                found_buckets.append(buckets[near])
+        if not found_offsets:
+            return {}
+        offsets, buckets = np.concatenate(found_offsets), np.concatenate(found_buckets)
+        out = {}
+        for bucket in wanted:
+            low = offsets[buckets == bucket] & np.uint32((1 << self.shift) - 1)
+            if low.size:
+                out[bucket] = np.bincount(low, minlength=1 << self.shift)
+        return out
+
+
+class _KeyScratch:
+    """One thread's buffers for the key arithmetic: reused, since fresh arrays cost a page
+    fault per page."""
+
+    def __init__(self) -> None:
+        self.signs = np.empty(KEY_BLOCK, dtype=np.int32)
+        self.offsets = np.empty(KEY_BLOCK, dtype=np.uint32)
+        self.edge = np.empty(KEY_BLOCK, dtype=np.uint32)
+        self.flag = np.empty(KEY_BLOCK, dtype=bool)
+        self.buckets = np.empty(KEY_SLICE, dtype=np.intp)
+
+
+_key_local = threading.local()
+
+
+def _key_scratch() -> _KeyScratch:
+    scratch = getattr(_key_local, "scratch", None)
+    if scratch is None or scratch.signs.size < KEY_BLOCK or scratch.buckets.size < KEY_SLICE:
+        scratch = _key_local.scratch = _KeyScratch()
+    return scratch
+
+
+def _key_pass(tensor, part, chunk, key_bins, moments, progress):
+    """Generator: moments and half-bucket counts in one pass (moments chunk by chunk as
+    _fused_pass computes them, so the figures are bit-identical); returns the counts."""
+    total_chunks = max(1, math.ceil(tensor.numel / chunk))
+    halves = np.zeros(2 * (key_bins.buckets + 1), dtype=np.int64)
+    lo, hi = key_bins.edges[0], key_bins.edges[-1]
+
+    def work(raw):
+        x = _real_view(raw, part)
+        seen = _chunk_moments(x)
+        outside = seen.nan or seen.posinf or seen.neginf or seen.lo < lo or seen.hi > hi
+        return seen, key_bins.halves(_computable(x), bool(outside))
+
+    for i, (seen, counts) in enumerate(_in_parallel(iter_chunks(tensor, chunk), work)):
+        moments.merge(seen)
+        halves += counts
+        yield progress[0] + (progress[1] - progress[0]) * (i + 1) / total_chunks
+    return halves
+
+
+def _key_select(tensor, part, chunk, key_bins, buckets: np.ndarray, ranks: dict):
+    """Generator: {q: the finite value of rank ranks[q]}, from the bucket counts and one pass
+    counting the low bits of the values in the quantiles' buckets."""
+    where = {q: _locate(buckets, rank) for q, rank in ranks.items()}
+    wanted = sorted({bucket for bucket, _ in where.values()})
+    low = {bucket: np.zeros(1 << key_bins.shift, dtype=np.int64) for bucket in wanted}
+
+    def work(raw: np.ndarray) -> dict[int, np.ndarray]:
+        return key_bins.low_counts(_computable(_real_view(raw, part)), wanted)
+
+    for found in _in_parallel(iter_chunks(tensor, chunk), work):
+        for bucket, counts in found.items():
+            low[bucket] += counts
+        yield
+    out = {}
+    for q, (bucket, rank) in where.items():
+        bits, _ = _locate(low[bucket], rank)
+        value = _key_value(key_bins.lo_key + (bucket << key_bins.shift) + bits)
+        out[q] = value if value else 0.0  # -0.0 is 0, as the zeros' bin gives it
+    return out
+
+
 @dataclass
 class _Range:
     lo: float
@@ -709,10 +918,15 @@ def compute(
         facts = yield from _extremes_pass(tensor, part, chunk, 0.1)
         start = 0.1
     known = _known_range(facts, value_range, bins, is_complex)
+    key_bins = None
+    if known is not None and not value_range and dtype in KEY_DTYPES and not known[3]:
+        key_bins = _KeyBins.build(*known[:3])
     if known is None:
         for i, raw in enumerate(iter_chunks(tensor, chunk)):
             moments.add(_real_view(raw, part))
             yield 0.4 * (i + 1) / total_chunks
+    elif key_bins is not None:
+        halves = yield from _key_pass(tensor, part, chunk, key_bins, moments, (start, 0.8))
     else:
         check = _EdgeCheck(*known[:3])
         histogram = yield from _fused_pass(
@@ -744,6 +958,17 @@ def compute(
         )
     elif known != (lo, hi, bins, as_values):  # facts that do not match the values read
         return (yield from compute(original, bins, part, value_range, chunk, None, True))
+    elif key_bins is not None:
+        stats.counts = (key_bins.histogram(halves) * repeat).tolist()
+        stats.edges = key_bins.edges.tolist()
+        ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}  # min < max here
+        buckets = halves[0:-2:2] + halves[1:-2:2]
+        stats.quantiles = yield from within(
+            _key_select(tensor, part, chunk, key_bins, buckets, ranks),
+            (0.8, 1.0),
+            max(1, math.ceil(tensor.numel / chunk)),
+        )
+        return stats
     else:
         fine, stats.below, stats.above = histogram
     stats.counts = check.counts(fine, repeat)

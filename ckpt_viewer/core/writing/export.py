@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import mmap
 import os
 import re
 import struct
@@ -40,6 +41,7 @@ from ckpt_viewer.core.listing.model import (
     span_bytes,
 )
 from ckpt_viewer.core.listing.readers.safetensors import TORCH_TO_SAFETENSORS, safetensors_shape
+from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_directory
 from ckpt_viewer.core.values.dcp import dcp_slabs
 from ckpt_viewer.core.values.decode import apply_view_bits, as_little_endian
 from ckpt_viewer.core.values.storage import StorageReader
@@ -465,10 +467,16 @@ def _copy_spans(
     cancelled: Callable[[], bool],
     crc: bool = False,
     pool: ThreadPoolExecutor | None = None,
+    copied: list[tuple[int, int, int]] | None = None,
 ) -> int:
-    value = 0
+    """Copies the spans one after the other at out's position; returns the CRC-32 of the
+    bytes written when asked, and adds (where they begin, byte count, CRC-32) to `copied`."""
+    out.flush()
+    start, value = out.tell(), 0
     for span in spans:
         value = _copy_span(span, out, cancelled, crc, value, pool)
+    if copied is not None:
+        copied.append((start, out.tell() - start, value))
     return value
 
 
@@ -480,11 +488,12 @@ def _copy_span(
     value: int = 0,
     pool: ThreadPoolExecutor | None = None,
 ) -> int:
-    """Copies the span's bytes to the buffered file `out` at its position, by
-    os.copy_file_range (no trip through user space) where the kernel can, else from mapped
-    pages; returns the CRC-32 of the bytes when asked, computed on the mapped source pages
-    (which the copy has just brought into the page cache), on the `pool`'s threads while the
-    next step is copied when one is given."""
+    """Copies the span's bytes to the buffered file `out` (open for reading too) at its
+    position, by os.copy_file_range (no trip through user space) where the kernel can, else
+    from mapped pages; returns the CRC-32 of the bytes when asked, computed on the written
+    pages of `out` as the copy has just put them into the page cache (the bytes the record
+    holds, not those of the source), on the `pool`'s threads while the next step is copied
+    when one is given."""
     reader, first, nbytes = span
     assert reader.path is not None  # a span is of a file (_raw_span)
     source_start = reader.offset + first
@@ -508,18 +517,16 @@ def _copy_span(
                     copied = 0
                 if kernel and copied != step:
                     raise reader._ended()
-            if crc or not kernel:
-                pages = reader.mapped(first + done, step, unit).data
-                if not kernel:
-                    view, at = pages, position + done
-                    while len(view):
-                        written = os.pwrite(out.fileno(), view, at)
-                        view, at = view[written:], at + written
-                if crc:
-                    pending.append(crc_pieces(pool, pages))
-                    if len(pending) > 1:  # at most two steps mapped at a time
-                        value = crc_joined(value, pending.popleft())
-                del pages
+            if not kernel:
+                view, at = reader.mapped(first + done, step, unit).data, position + done
+                while len(view):
+                    written = os.pwrite(out.fileno(), view, at)
+                    view, at = view[written:], at + written
+                del view
+            if crc:
+                pending.append(crc_pieces(pool, _written_pages(out, position + done, step)))
+                if len(pending) > 1:  # at most two steps mapped at a time
+                    value = crc_joined(value, pending.popleft())
             done += step
             if cancelled():
                 raise Cancelled()
@@ -527,6 +534,14 @@ def _copy_span(
             value = crc_joined(value, pending.popleft())
     out.seek(position + nbytes)
     return value
+
+
+def _written_pages(out: IO[bytes], at: int, count: int) -> memoryview:
+    """A read-only view of count bytes of `out` from `at`, as they lie in the page cache; the
+    mapping goes away with the last view of it."""
+    aligned = at - at % mmap.ALLOCATIONGRANULARITY
+    pages = mmap.mmap(out.fileno(), at + count - aligned, offset=aligned, access=mmap.ACCESS_READ)
+    return np.frombuffer(pages, dtype=np.uint8, count=count, offset=at - aligned).data
 
 
 def _kernel_copy(source: int, target: int, source_at: int, target_at: int, count: int) -> int:
@@ -588,9 +603,15 @@ def _aligned_info(zf: zipfile.ZipFile, name: str, zip64: bool) -> zipfile.ZipInf
 
 
 def _write_pth(
-    path: str, records: list[_Record], where: str, device: str, cancelled: Callable[[], bool]
+    path: str,
+    records: list[_Record],
+    where: str,
+    device: str,
+    cancelled: Callable[[], bool],
+    copied: dict[str, tuple[int, int, int]] | None = None,
 ) -> Generator[int, None, None]:
-    return write_torch_archive(path, _data_pkl(records, where), records, device, cancelled)
+    data_pkl = _data_pkl(records, where)
+    return write_torch_archive(path, data_pkl, records, device, cancelled, copied)
 
 
 def write_torch_archive(
@@ -599,10 +620,12 @@ def write_torch_archive(
     records: list[_Record],
     device: str,
     cancelled: Callable[[], bool],
+    copied: dict[str, tuple[int, int, int]] | None = None,
 ) -> Generator[int, None, None]:
     """The one torch zip archive writer (export, DCP consolidation and sanitize): data.pkl,
     byteorder, the storage records 64-byte aligned as torch.save puts them, version. A record
-    whose bytes are stored as they are to be written is copied file to file; yields each
+    whose bytes are stored as they are to be written is copied file to file, and noted in
+    `copied` (name: where its bytes begin, byte count, their CRC-32 as written); yields each
     record's byte count once it is written."""
     archive = "archive"
     stamp = (1980, 1, 1, 0, 0, 0)
@@ -621,8 +644,11 @@ def write_torch_archive(
                 if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
                     # zipfile's record writer puts these two into the header when it closes
                     assert zf.fp is not None  # the archive is open for writing
-                    out._crc = _copy_spans(spans, zf.fp, cancelled, crc=True, pool=pool)
+                    written: list[tuple[int, int, int]] = []
+                    out._crc = _copy_spans(spans, zf.fp, cancelled, True, pool, written)
                     out._file_size = nbytes
+                    if copied is not None:
+                        copied[info.filename] = written[0]
                 else:
                     for piece in _record_bytes(record, device):
                         out.write(piece.data)
@@ -736,17 +762,29 @@ def written_storages(tensors: Iterable[TensorInfo]) -> list[Storage]:
     return list(found.values())
 
 
-def _check_records(storages: Iterable[Storage]) -> None:
+def _check_records(
+    storages: Iterable[Storage], copied: dict[str, tuple[int, int, int]] | None = None
+) -> None:
     """Each storage record read where torch's reader finds it (after its local header), as
     many bytes as torch reads (the persistent id's count x its storage type's element size,
     checked on opening) must be the bytes whose CRC-32 the archive recorded: a record
-    written shorter or longer than its header says fails here."""
+    written shorter or longer than its header says fails here. A record noted in `copied`
+    (write_torch_archive) is not read again when it lies exactly where its bytes were written
+    and checksummed, with that CRC-32 in its header, and the archive's parts do not overlap
+    (nothing written later can have changed those bytes)."""
     unit = np.dtype("u1")
+    storages = list(storages)
+    if copied and storages:
+        assert isinstance(storages[0].source, ZipMember)  # read back from the archive written
+        _check_layout(storages[0].source)
     with ThreadPoolExecutor(CRC_WORKERS) as pool:
         for storage in storages:
             member = storage.source
             assert isinstance(member, ZipMember)  # read back from the archive just written
             reader, value = StorageReader(storage), 0
+            if copied and member.compressed_size == storage.nbytes:
+                if copied.get(member.name) == (reader.offset, storage.nbytes, member.crc):
+                    continue
             try:
                 for at in range(0, storage.nbytes, COPY_CHUNK * 4):
                     pages = reader.mapped(at, min(COPY_CHUNK * 4, storage.nbytes - at), unit)
@@ -760,8 +798,32 @@ def _check_records(storages: Iterable[Storage]) -> None:
                 )
 
 
-def verify_written(path: str, fmt: str, items: list[Item]) -> None:
-    """Reopen what was written; every tensor's key, dtype, shape and size as intended."""
+def _check_layout(member: ZipMember) -> None:
+    """The records of the archive holding `member`, and its central directory, follow each
+    other without overlapping."""
+    with zipfile.ZipFile(member.path) as zf, remote.open_source(member.path) as f:
+        records = sorted(
+            (m.header_offset, data_offset(m, f) + m.compressed_size, m.name)
+            for m in read_directory(member.path)
+        )
+        directory = zf.start_dir
+    for (_, end, name), (header, _, _) in zip(records, records[1:] + [(directory, 0, "")]):
+        if end > header:
+            raise CheckpointError(
+                f"written record {name} does not hold the bytes its header describes "
+                "(the next part of the archive begins inside it)"
+            )
+
+
+def verify_written(
+    path: str,
+    fmt: str,
+    items: list[Item],
+    copied: dict[str, tuple[int, int, int]] | None = None,
+) -> None:
+    """Reopen what was written; every tensor's key, dtype, shape and size as intended; the
+    records copied file to file (`copied`, write_torch_archive's notes) where they were
+    written."""
     from ckpt_viewer.core.listing.open import open_checkpoint
 
     written = {key: t for key, t, _ in open_checkpoint(path).tensors()}
@@ -778,7 +840,7 @@ def verify_written(path: str, fmt: str, items: list[Item]) -> None:
         if quantizer_params(t) != quantizer_params(item.tensor):
             raise CheckpointError(f"written tensor {item.key!r} is quantized otherwise than meant")
     if fmt == "pth":
-        _check_records(written_storages(written.values()))
+        _check_records(written_storages(written.values()), copied)
     if fmt == "safetensors":
         from safetensors import safe_open
 
@@ -833,8 +895,9 @@ def export(
         for target, shard in zip(targets, shards):
             temp = staged.temp(target)
             steps: Iterator[int]
+            copied: dict[str, tuple[int, int, int]] = {}
             if fmt == "pth":
-                steps = _write_pth(temp, shard, where, plan.device, cancelled)
+                steps = _write_pth(temp, shard, where, plan.device, cancelled, copied)
             else:
                 metadata = {**aliases, "format": "pt"}
                 steps = _write_safetensors(temp, shard, plan.device, cancelled, metadata)
@@ -843,7 +906,7 @@ def export(
                 yield min(written / total, 1.0) * (0.95 if verify else 1.0)
             staged.sync(
                 temp,
-                functools.partial(verify_written, temp, fmt, _shard_items(shard, fmt))
+                functools.partial(verify_written, temp, fmt, _shard_items(shard, fmt), copied)
                 if verify
                 else None,
             )
