@@ -36,7 +36,12 @@ from ckpt_viewer.core.listing.summary import MODEL, tensor_categories
 from ckpt_viewer.core.listing.text import plural, safe_text
 from ckpt_viewer.core.values.decode import numpy_readable
 from ckpt_viewer.core.values.read import iter_chunks
-from ckpt_viewer.core.values.stats import _Moments, chunk_moments_with_squares
+from ckpt_viewer.core.values.stats import (
+    _chunk_moments,
+    _ChunkMoments,
+    _Moments,
+    chunk_moments_with_squares,
+)
 
 METRICS = (
     "l2",
@@ -52,6 +57,7 @@ METRICS = (
 )
 DEFAULT_METRICS = tuple(m for m in METRICS if m != "alpha")  # alpha: an SVD per tensor and step
 CHUNK = 1 << 18  # elements per step per read: N chunks side by side stay in the CPU cache
+BLOCK = 8192  # elements per step per reduction: a block of every step stays in the L2 cache
 READAHEAD = 1 << 23  # elements per step asked of the disk at once (the steps are read in turn)
 OUTSIZED = 10.0  # an update this many times the step's median update is a finding
 STEP_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
@@ -335,13 +341,18 @@ class _Pair:
             finite = np.isfinite(x) & np.isfinite(y)
             x, y = x[finite], y[finite]
             xx, yy = _dot(x, x), _dot(y, y)
-        self.dot += _dot(x, y)
-        self.a_sq += xx
-        self.b_sq += yy
+        diff_sq = 0.0
         if scratch is not None:
             d = np.subtract(x, y, out=scratch[: x.size])
-            self.diff_sq += _dot(d, d)
-        self.count += x.size
+            diff_sq = _dot(d, d)
+        self.add_sums(_dot(x, y), xx, yy, diff_sq, x.size)
+
+    def add_sums(self, dot: float, xx: float, yy: float, diff_sq: float, count: int) -> None:
+        self.dot += dot
+        self.a_sq += xx
+        self.b_sq += yy
+        self.diff_sq += diff_sq
+        self.count += count
 
     def cosine(self) -> float | None:
         if not (self.count and self.a_sq and self.b_sq):
@@ -375,6 +386,64 @@ def _as_float(chunk: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     view = out[: chunk.size]
     np.copyto(view, chunk, casting="unsafe")
     return view
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The dot product of each row of a with the same row of b (or with b, one row), in
+    float64 through BLAS's dot: rows are at most BLOCK long, under the 10,000 elements from
+    which OpenBLAS spreads a dot over threads that then spin (and starve the GUI thread)."""
+    rows = a.shape[0]
+    return np.matmul(a[:, None, :], (b if b.ndim == 2 else b[None, :])[:, :, None]).reshape(rows)
+
+
+def _block_sums(chunks: tuple, work: np.ndarray) -> np.ndarray | None:
+    """Sums over one chunk of every step of a run (`chunks`: float values, all of one size),
+    taken block by block so each block of every step is converted once into `work` (float64,
+    at least 2 x steps rows of BLOCK) and then re-read from the CPU cache, not from memory, by
+    every reduction: rows (sum of squares, sum, dot with the previous step, squared difference
+    from the previous step, dot with the first step), one column per step. None as soon as a
+    value is not finite: the element-wise path then counts and leaves out NaN/Inf."""
+    steps = len(chunks)
+    sums = np.zeros((5, steps))
+    size = chunks[0].size
+    for start in range(0, size, BLOCK):
+        n = min(BLOCK, size - start)
+        x, d = work[:steps, :n], work[steps : 2 * steps - 1, :n]
+        for row, chunk in zip(x, chunks):
+            np.copyto(row, chunk[start : start + n], casting="unsafe")
+        squares = _row_dots(x, x)
+        if not np.isfinite(squares).all():
+            return None
+        sums[0] += squares
+        sums[1] += np.add.reduce(x, axis=1)
+        if steps > 1:
+            sums[2, 1:] += _row_dots(x[1:], x[:-1])
+            np.subtract(x[1:], x[:-1], out=d)
+            sums[3, 1:] += _row_dots(d, d)
+        if steps > 2:
+            sums[4, 2:] += _row_dots(x[2:], x[0])
+    return sums
+
+
+def _float_moments(native: np.ndarray, squares: float, total: float) -> _ChunkMoments:
+    """The moments of a chunk of finite floats from its sums: the spread is squares -
+    total^2/n, exact to a few units in the last place while the mean's square is at most half
+    the mean square (it cancels no more than one bit); otherwise the two-pass spread. Zeros
+    are not counted: no timeline metric uses them."""
+    count = native.size
+    if total * total / count > 0.5 * squares:
+        return _chunk_moments(native.astype(np.float64))
+    return _ChunkMoments(
+        count,
+        0,
+        False,
+        None,
+        finite=count,
+        total=total,
+        spread=max(squares - total * total / count, 0.0),
+        lo=float(native.min()),
+        hi=float(native.max()),
+    )
 
 
 def _segments(shapes: list) -> list[list[int]]:
@@ -433,7 +502,8 @@ def scan_key(
         chunk = min(CHUNK, sample) if sample else CHUNK
         seen = 0
         ahead = 0 if sample else READAHEAD
-        buffers = [np.empty(chunk, np.float64) for _ in range(len(run) + 1)]  # + a scratch
+        work = np.empty((2 * len(run), BLOCK))
+        buffers: list = []  # whole float64 chunks: only for the element-wise path
         # a sample is a few small reads per tensor: pread, so cold ones wait side by side
         reads = (iter_chunks(tensors[i], chunk, ahead, mapped=not sample) for i in run)
         for chunks in zip(*reads):
@@ -442,6 +512,22 @@ def scan_key(
             if sample and seen >= sample:
                 break
             seen += chunks[0].size
+            sums = _block_sums(chunks, work) if all(c.dtype.kind == "f" for c in chunks) else None
+            if sums is not None:
+                for position, i in enumerate(run):
+                    squares, total, dot, diff_sq, dot_first = sums[:, position].tolist()
+                    moments[i].merge(_float_moments(chunks[position], squares, total))
+                    if position:
+                        previous_squares = float(sums[0, position - 1])
+                        previous[i].add_sums(
+                            dot, squares, previous_squares, diff_sq, chunks[0].size
+                        )
+                    if position > 1:
+                        first[i].add_sums(
+                            dot_first, squares, float(sums[0, 0]), 0.0, chunks[0].size
+                        )
+                continue
+            buffers = buffers or [np.empty(chunk, np.float64) for _ in range(len(run) + 1)]
             floats = [_as_float(c, out) for c, out in zip(chunks, buffers)]
             with np.errstate(all="ignore"):
                 squares = [_dot(f, f) for f in floats]
