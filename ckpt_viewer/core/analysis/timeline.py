@@ -34,7 +34,7 @@ from ckpt_viewer.core.listing.readers.hf_index import read_json
 from ckpt_viewer.core.listing.runs import expand_paths, numbers_in
 from ckpt_viewer.core.listing.summary import MODEL, tensor_categories
 from ckpt_viewer.core.listing.text import plural, safe_text
-from ckpt_viewer.core.values.decode import numpy_readable
+from ckpt_viewer.core.values.decode import numpy_readable, tensor_np_dtype
 from ckpt_viewer.core.values.read import iter_chunks
 from ckpt_viewer.core.values.stats import (
     _chunk_moments,
@@ -459,11 +459,18 @@ def _segments(shapes: list) -> list[list[int]]:
     return runs
 
 
+def _buffer(tensor: TensorInfo, chunk: int) -> np.ndarray | None:
+    """The memory a chunk of the tensor is read into, reused for every chunk of it."""
+    if not numpy_readable(tensor):
+        return None
+    return np.empty(chunk * tensor_np_dtype(tensor).itemsize, np.uint8)
+
+
 def _exp_avg_sq_mean(tensor: TensorInfo | None, stop: threading.Event) -> float | None:
     if tensor is None or tensor.dtype in NO_ARITHMETIC:
         return None
     total, count = 0.0, 0
-    for chunk in iter_chunks(tensor, CHUNK, READAHEAD):
+    for chunk in iter_chunks(tensor, CHUNK, READAHEAD, into=_buffer(tensor, CHUNK)):
         if stop.is_set():
             raise CheckpointError("cancelled")
         if np.iscomplexobj(chunk):
@@ -504,8 +511,12 @@ def scan_key(
         ahead = 0 if sample else READAHEAD
         work = np.empty((2 * len(run), BLOCK))
         buffers: list = []  # whole float64 chunks: only for the element-wise path
-        # a sample is a few small reads per tensor: pread, so cold ones wait side by side
-        reads = (iter_chunks(tensors[i], chunk, ahead, mapped=not sample) for i in run)
+        # pread into a buffer per step: a mapped chunk's first touch faults its pages in
+        # (and a fault on a cold page reads the disk around it: data the scan never uses)
+        reads = (
+            iter_chunks(tensors[i], chunk, ahead, mapped=False, into=_buffer(tensors[i], chunk))
+            for i in run
+        )
         for chunks in zip(*reads):
             if stop.is_set():
                 raise CheckpointError("cancelled")
