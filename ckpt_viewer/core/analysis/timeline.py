@@ -56,7 +56,7 @@ METRICS = (
     "alpha",
 )
 DEFAULT_METRICS = tuple(m for m in METRICS if m != "alpha")  # alpha: an SVD per tensor and step
-CHUNK = 1 << 18  # elements per step per read: N chunks side by side stay in the CPU cache
+CHUNK = 1 << 18  # elements per step per read
 BLOCK = 8192  # elements per step per reduction: a block of every step stays in the L2 cache
 READAHEAD = 1 << 23  # elements per step asked of the disk at once (the steps are read in turn)
 OUTSIZED = 10.0  # an update this many times the step's median update is a finding
@@ -523,7 +523,10 @@ def scan_key(
             if sample and seen >= sample:
                 break
             seen += chunks[0].size
-            sums = _block_sums(chunks, work) if all(c.dtype.kind == "f" for c in chunks) else None
+            sums = None
+            if all(c.dtype.kind == "f" and c.size == chunks[0].size for c in chunks):
+                with np.errstate(all="ignore"):
+                    sums = _block_sums(chunks, work)
             if sums is not None:
                 for position, i in enumerate(run):
                     squares, total, dot, diff_sq, dot_first = sums[:, position].tolist()
