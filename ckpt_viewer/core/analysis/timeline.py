@@ -396,21 +396,25 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a[:, None, :], (b if b.ndim == 2 else b[None, :])[:, :, None]).reshape(rows)
 
 
-def _block_sums(chunks: tuple, work: np.ndarray) -> np.ndarray | None:
-    """Sums over one chunk of every step of a run (`chunks`: float values, all of one size),
-    taken block by block so each block of every step is converted once into `work` (float64,
-    at least 2 x steps rows of BLOCK) and then re-read from the CPU cache, not from memory, by
-    every reduction: rows (sum of squares, sum, dot with the previous step, squared difference
-    from the previous step, dot with the first step), one column per step. None as soon as a
-    value is not finite: the element-wise path then counts and leaves out NaN/Inf."""
+def _block_sums(chunks: tuple | np.ndarray, work: np.ndarray) -> np.ndarray | None:
+    """Sums over one chunk of every step of a run (`chunks`: float values, all of one size;
+    one 2-D array, a row per step, when they lie side by side in memory), taken block by
+    block so each block of every step is converted once into `work` (float64, at least 2 x
+    steps rows of BLOCK) and then re-read from the CPU cache, not from memory, by every
+    reduction: rows (sum of squares, sum, dot with the previous step, squared difference from
+    the previous step, dot with the first step), one column per step. None as soon as a value
+    is not finite: the element-wise path then counts and leaves out NaN/Inf."""
     steps = len(chunks)
     sums = np.zeros((5, steps))
     size = chunks[0].size
     for start in range(0, size, BLOCK):
         n = min(BLOCK, size - start)
         x, d = work[:steps, :n], work[steps : 2 * steps - 1, :n]
-        for row, chunk in zip(x, chunks):
-            np.copyto(row, chunk[start : start + n], casting="unsafe")
+        if isinstance(chunks, np.ndarray):  # one call for every step: fewer, larger numpy calls
+            np.copyto(x, chunks[:, start : start + n], casting="unsafe")
+        else:
+            for row, chunk in zip(x, chunks):
+                np.copyto(row, chunk[start : start + n], casting="unsafe")
         squares = _row_dots(x, x)
         if not np.isfinite(squares).all():
             return None
@@ -459,18 +463,43 @@ def _segments(shapes: list) -> list[list[int]]:
     return runs
 
 
-def _buffer(tensor: TensorInfo, chunk: int) -> np.ndarray | None:
-    """The memory a chunk of the tensor is read into, reused for every chunk of it."""
-    if not numpy_readable(tensor):
-        return None
-    return np.empty(chunk * tensor_np_dtype(tensor).itemsize, np.uint8)
+_held = threading.local()
+
+
+def _reused(name: str, shape: tuple, dtype: type = np.uint8) -> np.ndarray:
+    """Memory kept per thread and reused task after task: fresh memory costs the kernel a
+    page fault and a zeroed page per 4 KB, on every chunk read into it."""
+    count = math.prod(shape)
+    held = getattr(_held, name, None)
+    if held is None or held.size < count or held.dtype != dtype:
+        held = np.empty(count, dtype)
+        setattr(_held, name, held)
+    return held[:count].reshape(shape)
+
+
+def _width(tensor: TensorInfo | None) -> int:
+    """Bytes per element read into a buffer (0: not read into one)."""
+    return tensor_np_dtype(tensor).itemsize if tensor and numpy_readable(tensor) else 0
+
+
+def _side_by_side(chunks: tuple, rows: np.ndarray) -> tuple | np.ndarray:
+    """The chunks as one 2-D array (a view of `rows`) when each was read in place into its
+    row and all have one dtype and size; else as they are."""
+    first = chunks[0]
+    if all(
+        c.dtype == first.dtype and c.size == first.size and c.ctypes.data == row.ctypes.data
+        for c, row in zip(chunks, rows)
+    ):
+        return rows[:, : first.size * first.itemsize].view(first.dtype)
+    return chunks
 
 
 def _exp_avg_sq_mean(tensor: TensorInfo | None, stop: threading.Event) -> float | None:
     if tensor is None or tensor.dtype in NO_ARITHMETIC:
         return None
     total, count = 0.0, 0
-    for chunk in iter_chunks(tensor, CHUNK, READAHEAD, into=_buffer(tensor, CHUNK)):
+    into = _reused("variance", (CHUNK * _width(tensor),)) if _width(tensor) else None
+    for chunk in iter_chunks(tensor, CHUNK, READAHEAD, into=into):
         if stop.is_set():
             raise CheckpointError("cancelled")
         if np.iscomplexobj(chunk):
@@ -509,13 +538,15 @@ def scan_key(
         chunk = min(CHUNK, sample) if sample else CHUNK
         seen = 0
         ahead = 0 if sample else READAHEAD
-        work = np.empty((2 * len(run), BLOCK))
+        work = _reused("work", (2 * len(run), BLOCK), np.float64)
+        width = max(_width(tensors[i]) for i in run)
+        rows = _reused("rows", (len(run), chunk * width))
         buffers: list = []  # whole float64 chunks: only for the element-wise path
         # pread into a buffer per step: a mapped chunk's first touch faults its pages in
         # (and a fault on a cold page reads the disk around it: data the scan never uses)
         reads = (
-            iter_chunks(tensors[i], chunk, ahead, mapped=False, into=_buffer(tensors[i], chunk))
-            for i in run
+            iter_chunks(tensors[i], chunk, ahead, mapped=False, into=row if width else None)
+            for i, row in zip(run, rows)
         )
         for chunks in zip(*reads):
             if stop.is_set():
@@ -526,7 +557,7 @@ def scan_key(
             sums = None
             if all(c.dtype.kind == "f" and c.size == chunks[0].size for c in chunks):
                 with np.errstate(all="ignore"):
-                    sums = _block_sums(chunks, work)
+                    sums = _block_sums(_side_by_side(chunks, rows), work)
             if sums is not None:
                 for position, i in enumerate(run):
                     squares, total, dot, diff_sq, dot_first = sums[:, position].tolist()
