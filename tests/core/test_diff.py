@@ -39,6 +39,23 @@ def test_metrics_match_torch(tmp_path):
     assert not report.identical
 
 
+def test_pairs_compared_on_threads_give_the_one_thread_report(tmp_path, monkeypatch):
+    from ckpt_viewer.core.analysis import scan
+
+    torch.manual_seed(0)
+    shapes = [(3000,), (70, 50), (5,), (1, 2_000_000), (7,)]
+    x = {f"t{i}": torch.randn(shape) for i, shape in enumerate(shapes)}
+    y = {k: v + (0 if k == "t2" else 1e-3) * torch.randn_like(v) for k, v in x.items()}
+    a, b = builders.save(x, tmp_path / "a.pt"), builders.save(y, tmp_path / "b.pt")
+    pooled = compare(a, b).to_json()
+    monkeypatch.setattr(scan, "worker_count", lambda: 1)
+    assert compare(a, b).to_json() == pooled
+    assert [t["key"] for t in pooled["tensors"]] == list(x)
+    assert [t["status"] for t in pooled["tensors"]] == [
+        "identical" if k == "t2" else "changed" for k in x
+    ]
+
+
 def test_dataparallel_prefix_and_load_state_dict_view(tmp_path):
     state = builders.tiny_model().state_dict()
     a = builders.save(state, tmp_path / "plain.pt")

@@ -54,6 +54,17 @@ def test_chunks_are_the_view_in_logical_order(tmp_path, name, tiny_blocks):
     assert np.array_equal(read_array(info), reference.numpy())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_chunks_read_into_one_reused_buffer_equal_torch(tmp_path, dtype):
+    reference, info = _saved(tmp_path, (torch.arange(1000) - 500).to(dtype))
+    buffer = np.empty(7 * 8, np.uint8)
+    got = [chunk.copy() for chunk in iter_chunks(info, 7, into=buffer)]
+    assert np.array_equal(np.concatenate(got), reference.float().numpy())
+    raw = next(iter_chunks(info, 7, into=buffer))
+    if dtype != torch.bfloat16:  # read in place (bfloat16 is widened into a new array)
+        assert np.shares_memory(raw, buffer)
+
+
 @pytest.mark.parametrize("name", ["transpose", "slice", "expand", "overlapping"])
 def test_windows_match_torch(tmp_path, name, tiny_blocks):
     reference, info = _saved(tmp_path, VIEWS[name]())

@@ -258,3 +258,30 @@ def test_a_dcp_run_gives_its_learning_rate_from_the_flattened_param_groups(tmp_p
     assert [s.lr for s in report.steps] == [[r] for r in rates]
     drops = [f for f in report.findings if f.kind == "lr_drop"]
     assert [report.steps[f.step].step for f in drops] == [2, 4]
+
+
+def test_cosine_of_a_small_update_is_right_to_float64_across_chunks(tmp_path):
+    # more elements than one read chunk, a 1e-4 update: 1 - cos is ~5e-9, which float32
+    # products would get wrong in the first digit
+    torch.manual_seed(0)
+    base = torch.randn(300_007, dtype=torch.float64)
+    states = [base, base + 1e-4 * torch.randn_like(base), base + 2e-4 * torch.randn_like(base)]
+    for step, weights in enumerate(states):
+        tensors = {"w": weights.float(), "h": weights.half(), "b": weights.bfloat16()}
+        torch.save({"step": step, "model": tensors}, tmp_path / f"step_{step}.pt")
+    report = _report([tmp_path])
+    cos = torch.nn.functional.cosine_similarity
+    for series in report.keys:
+        saved = [torch.load(tmp_path / f"step_{i}.pt")["model"][series.key] for i in range(3)]
+        w = [t.double() for t in saved]
+        for i in (1, 2):
+            assert series.values["cos_prev"][i] == pytest.approx(
+                cos(w[i], w[i - 1], dim=0).item(), abs=1e-13
+            )
+            assert series.values["update"][i] == pytest.approx(
+                (torch.linalg.norm(w[i] - w[i - 1]) / torch.linalg.norm(w[i - 1])).item(), rel=1e-9
+            )
+        assert series.values["cos_first"][2] == pytest.approx(
+            cos(w[2], w[0], dim=0).item(), abs=1e-13
+        )
+        assert series.values["std"][2] == pytest.approx(w[2].std().item(), rel=1e-12)

@@ -8,7 +8,8 @@ Adam state) holding random values, each step the previous one perturbed. Rows, e
 baseline in the same run, fresh processes:
 - `ckpt-viewer timeline RUN --json` (the exact timeline) against `cat` of the same files, page
   cache dropped (POSIX_FADV_DONTNEED) before every run of either side: time, and throughput as
-  the bytes each reads per second (budget: >= 70% of cat's); peak RSS (budget: 1 GB);
+  the bytes each reads per second (budget: >= 70% of cat's); the CPU seconds of each (on a
+  busy machine the wall time measures the others' load too); peak RSS (budget: 1 GB);
 - the window: File > Open Run to the first (sampled) heat-strip drawn (budget: 3 s), against
   the window's own launch to its first paint.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -77,14 +79,18 @@ def drop_cache(paths):
 
 
 def timed(argv, files):
-    """Wall seconds of argv from a dropped page cache, and its stdout."""
+    """Wall seconds of argv from a dropped page cache, its stdout, and its CPU seconds (user
+    + system: telling on a busy machine, where the wall time is shared)."""
     drop_cache(files)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1):
         raise SystemExit(f"failed: {' '.join(argv)}: {done.stderr.decode()[-500:]}")
-    return wall, done.stdout
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, done.stdout, cpu
 
 
 def peak_rss_mb(argv) -> float:
@@ -112,13 +118,16 @@ def main():
     total = sum(os.path.getsize(f) for f in files)
     ours_argv = [sys.executable, "-m", "ckpt_viewer", "timeline", args.run, "--json"]
     cat_argv = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *files]
-    ours, cat = [], []
+    ours, cat, ours_cpu, cat_cpu = [], [], [], []
     scanned = 0
     for _ in range(args.repeat):  # alternating, each from a dropped cache
-        wall, out = timed(ours_argv, files)
+        wall, out, cpu = timed(ours_argv, files)
         ours.append(wall)
+        ours_cpu.append(cpu)
         scanned = json.loads(out)["bytes_scanned"]
-        cat.append(timed(cat_argv, files)[0])
+        wall, _, cpu = timed(cat_argv, files)
+        cat.append(wall)
+        cat_cpu.append(cpu)
     drop_cache(files)
     rss = peak_rss_mb(ours_argv)
     window = []
@@ -142,6 +151,8 @@ def main():
     print(f"{'row':<52} {'min / median / max':>24}")
     print(f"{'timeline --json, s (cold cache)':<52} {spread(ours):>24}")
     print(f"{'cat of the same files, s (cold cache)':<52} {spread(cat):>24}")
+    print(f"{'timeline CPU, user + system s':<52} {spread(ours_cpu):>24}")
+    print(f"{'cat CPU, user + system s':<52} {spread(cat_cpu):>24}")
     print(f"{'timeline throughput, GB/s':<52} {spread(ours_rate):>24}")
     print(f"{'cat throughput, GB/s':<52} {spread(cat_rate):>24}")
     print(f"timeline throughput / cat's (medians): {share:.0%} (budget >= 70%)")

@@ -9,12 +9,14 @@ loaded into A's layout, and sets the telling scalars (epoch, step, loss, lr) sid
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ckpt_viewer.core.analysis.porting import PortingMap, portable, ported_if_portable
+from ckpt_viewer.core.analysis.scan import scan
 from ckpt_viewer.core.listing.keys import (
     Alignment,
     Side,
@@ -453,15 +455,19 @@ def diff(
                 result.status = SHARD
         elif status != SHAPE:
             pairs.append((ta, tb, result))
-    total = sum(ta.numel for ta, _, _ in pairs) or 1
-    done = 0
-    for ta, tb, result in pairs:
-        if result.status == SAME_DTYPE_PENDING:
-            result.status = IDENTICAL  # replaced by the comparison below
-        for elements in _compare_values(ta, tb, result):
-            done += elements
-            yield min(done / total, 1.0)
+    # pairs on the scan's threads: numpy computes without the GIL, so both cores work
+    yield from scan(pairs, _compare_pair, weight=lambda pair: pair[0].numel or 1, name="diff")
     return report
+
+
+def _compare_pair(pair: tuple, stop: threading.Event) -> None:
+    """Fills in one pair's result (its own TensorDiff: no other thread touches it)."""
+    ta, tb, result = pair
+    if result.status == SAME_DTYPE_PENDING:
+        result.status = IDENTICAL  # replaced by the comparison below
+    for _ in _compare_values(ta, tb, result):
+        if stop.is_set():
+            return
 
 
 @dataclass

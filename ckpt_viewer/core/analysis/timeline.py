@@ -34,9 +34,14 @@ from ckpt_viewer.core.listing.readers.hf_index import read_json
 from ckpt_viewer.core.listing.runs import expand_paths, numbers_in
 from ckpt_viewer.core.listing.summary import MODEL, tensor_categories
 from ckpt_viewer.core.listing.text import plural, safe_text
-from ckpt_viewer.core.values.decode import numpy_readable
+from ckpt_viewer.core.values.decode import numpy_readable, tensor_np_dtype
 from ckpt_viewer.core.values.read import iter_chunks
-from ckpt_viewer.core.values.stats import _Moments, chunk_moments_with_squares
+from ckpt_viewer.core.values.stats import (
+    _chunk_moments,
+    _ChunkMoments,
+    _Moments,
+    chunk_moments_with_squares,
+)
 
 METRICS = (
     "l2",
@@ -51,7 +56,8 @@ METRICS = (
     "alpha",
 )
 DEFAULT_METRICS = tuple(m for m in METRICS if m != "alpha")  # alpha: an SVD per tensor and step
-CHUNK = 1 << 18  # elements per step per read: N chunks side by side stay in the CPU cache
+CHUNK = 1 << 18  # elements per step per read
+BLOCK = 8192  # elements per step per reduction: a block of every step stays in the L2 cache
 READAHEAD = 1 << 23  # elements per step asked of the disk at once (the steps are read in turn)
 OUTSIZED = 10.0  # an update this many times the step's median update is a finding
 # what training does not move by gradient steps: counters and running statistics change every
@@ -355,13 +361,18 @@ class _Pair:
             finite = np.isfinite(x) & np.isfinite(y)
             x, y = x[finite], y[finite]
             xx, yy = _dot(x, x), _dot(y, y)
-        self.dot += _dot(x, y)
-        self.a_sq += xx
-        self.b_sq += yy
+        diff_sq = 0.0
         if scratch is not None:
             d = np.subtract(x, y, out=scratch[: x.size])
-            self.diff_sq += _dot(d, d)
-        self.count += x.size
+            diff_sq = _dot(d, d)
+        self.add_sums(_dot(x, y), xx, yy, diff_sq, x.size)
+
+    def add_sums(self, dot: float, xx: float, yy: float, diff_sq: float, count: int) -> None:
+        self.dot += dot
+        self.a_sq += xx
+        self.b_sq += yy
+        self.diff_sq += diff_sq
+        self.count += count
 
     def cosine(self) -> float | None:
         if not (self.count and self.a_sq and self.b_sq):
@@ -397,6 +408,68 @@ def _as_float(chunk: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return view
 
 
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The dot product of each row of a with the same row of b (or with b, one row), in
+    float64 through BLAS's dot: rows are at most BLOCK long, under the 10,000 elements from
+    which OpenBLAS spreads a dot over threads that then spin (and starve the GUI thread)."""
+    rows = a.shape[0]
+    return np.matmul(a[:, None, :], (b if b.ndim == 2 else b[None, :])[:, :, None]).reshape(rows)
+
+
+def _block_sums(chunks: tuple | np.ndarray, work: np.ndarray) -> np.ndarray | None:
+    """Sums over one chunk of every step of a run (`chunks`: float values, all of one size;
+    one 2-D array, a row per step, when they lie side by side in memory), taken block by
+    block so each block of every step is converted once into `work` (float64, at least 2 x
+    steps rows of BLOCK) and then re-read from the CPU cache, not from memory, by every
+    reduction: rows (sum of squares, sum, dot with the previous step, squared difference from
+    the previous step, dot with the first step), one column per step. None as soon as a value
+    is not finite: the element-wise path then counts and leaves out NaN/Inf."""
+    steps = len(chunks)
+    sums = np.zeros((5, steps))
+    size = chunks[0].size
+    for start in range(0, size, BLOCK):
+        n = min(BLOCK, size - start)
+        x, d = work[:steps, :n], work[steps : 2 * steps - 1, :n]
+        if isinstance(chunks, np.ndarray):  # one call for every step: fewer, larger numpy calls
+            np.copyto(x, chunks[:, start : start + n], casting="unsafe")
+        else:
+            for row, chunk in zip(x, chunks):
+                np.copyto(row, chunk[start : start + n], casting="unsafe")
+        squares = _row_dots(x, x)
+        if not np.isfinite(squares).all():
+            return None
+        sums[0] += squares
+        sums[1] += np.add.reduce(x, axis=1)
+        if steps > 1:
+            sums[2, 1:] += _row_dots(x[1:], x[:-1])
+            np.subtract(x[1:], x[:-1], out=d)
+            sums[3, 1:] += _row_dots(d, d)
+        if steps > 2:
+            sums[4, 2:] += _row_dots(x[2:], x[0])
+    return sums
+
+
+def _float_moments(native: np.ndarray, squares: float, total: float) -> _ChunkMoments:
+    """The moments of a chunk of finite floats from its sums: the spread is squares -
+    total^2/n, exact to a few units in the last place while the mean's square is at most half
+    the mean square (it cancels no more than one bit); otherwise the two-pass spread. Zeros
+    are not counted: no timeline metric uses them."""
+    count = native.size
+    if total * total / count > 0.5 * squares:
+        return _chunk_moments(native.astype(np.float64))
+    return _ChunkMoments(
+        count,
+        0,
+        False,
+        None,
+        finite=count,
+        total=total,
+        spread=max(squares - total * total / count, 0.0),
+        lo=float(native.min()),
+        hi=float(native.max()),
+    )
+
+
 def _segments(shapes: list) -> list[list[int]]:
     """Runs of consecutive present steps with the same shape (values compare within a run)."""
     runs: list[list[int]] = []
@@ -410,11 +483,43 @@ def _segments(shapes: list) -> list[list[int]]:
     return runs
 
 
+_held = threading.local()
+
+
+def _reused(name: str, shape: tuple, dtype: type = np.uint8) -> np.ndarray:
+    """Memory kept per thread and reused task after task: fresh memory costs the kernel a
+    page fault and a zeroed page per 4 KB, on every chunk read into it."""
+    count = math.prod(shape)
+    held = getattr(_held, name, None)
+    if held is None or held.size < count or held.dtype != dtype:
+        held = np.empty(count, dtype)
+        setattr(_held, name, held)
+    return held[:count].reshape(shape)
+
+
+def _width(tensor: TensorInfo | None) -> int:
+    """Bytes per element read into a buffer (0: not read into one)."""
+    return tensor_np_dtype(tensor).itemsize if tensor and numpy_readable(tensor) else 0
+
+
+def _side_by_side(chunks: tuple, rows: np.ndarray) -> tuple | np.ndarray:
+    """The chunks as one 2-D array (a view of `rows`) when each was read in place into its
+    row and all have one dtype and size; else as they are."""
+    first = chunks[0]
+    if all(
+        c.dtype == first.dtype and c.size == first.size and c.ctypes.data == row.ctypes.data
+        for c, row in zip(chunks, rows)
+    ):
+        return rows[:, : first.size * first.itemsize].view(first.dtype)
+    return chunks
+
+
 def _exp_avg_sq_mean(tensor: TensorInfo | None, stop: threading.Event) -> float | None:
     if tensor is None or tensor.dtype in NO_ARITHMETIC:
         return None
     total, count = 0.0, 0
-    for chunk in iter_chunks(tensor, CHUNK, READAHEAD):
+    into = _reused("variance", (CHUNK * _width(tensor),)) if _width(tensor) else None
+    for chunk in iter_chunks(tensor, CHUNK, READAHEAD, into=into):
         if stop.is_set():
             raise CheckpointError("cancelled")
         if np.iscomplexobj(chunk):
@@ -453,15 +558,41 @@ def scan_key(
         chunk = min(CHUNK, sample) if sample else CHUNK
         seen = 0
         ahead = 0 if sample else READAHEAD
-        buffers = [np.empty(chunk, np.float64) for _ in range(len(run) + 1)]  # + a scratch
-        # a sample is a few small reads per tensor: pread, so cold ones wait side by side
-        reads = (iter_chunks(tensors[i], chunk, ahead, mapped=not sample) for i in run)
+        work = _reused("work", (2 * len(run), BLOCK), np.float64)
+        width = max(_width(tensors[i]) for i in run)
+        rows = _reused("rows", (len(run), chunk * width))
+        buffers: list = []  # whole float64 chunks: only for the element-wise path
+        # pread into a buffer per step: a mapped chunk's first touch faults its pages in
+        # (and a fault on a cold page reads the disk around it: data the scan never uses)
+        reads = (
+            iter_chunks(tensors[i], chunk, ahead, mapped=False, into=row if width else None)
+            for i, row in zip(run, rows)
+        )
         for chunks in zip(*reads):
             if stop.is_set():
                 raise CheckpointError("cancelled")
             if sample and seen >= sample:
                 break
             seen += chunks[0].size
+            sums = None
+            if all(c.dtype.kind == "f" and c.size == chunks[0].size for c in chunks):
+                with np.errstate(all="ignore"):
+                    sums = _block_sums(_side_by_side(chunks, rows), work)
+            if sums is not None:
+                for position, i in enumerate(run):
+                    squares, total, dot, diff_sq, dot_first = sums[:, position].tolist()
+                    moments[i].merge(_float_moments(chunks[position], squares, total))
+                    if position:
+                        previous_squares = float(sums[0, position - 1])
+                        previous[i].add_sums(
+                            dot, squares, previous_squares, diff_sq, chunks[0].size
+                        )
+                    if position > 1:
+                        first[i].add_sums(
+                            dot_first, squares, float(sums[0, 0]), 0.0, chunks[0].size
+                        )
+                continue
+            buffers = buffers or [np.empty(chunk, np.float64) for _ in range(len(run) + 1)]
             floats = [_as_float(c, out) for c, out in zip(chunks, buffers)]
             with np.errstate(all="ignore"):
                 squares = [_dot(f, f) for f in floats]

@@ -28,13 +28,18 @@ from ckpt_viewer.core.values.torch_bridge import read_tensor, to_numpy, torch_ch
 
 
 def iter_chunks(
-    tensor: TensorInfo, chunk_elements: int = 1 << 20, readahead: int = 0, mapped: bool = True
+    tensor: TensorInfo,
+    chunk_elements: int = 1 << 20,
+    readahead: int = 0,
+    mapped: bool = True,
+    into: np.ndarray | None = None,
 ):
     """The tensor's elements as widened numpy chunks of chunk_elements each (the last may be
     shorter), in logical (C) order, read-only; memory stays bounded whatever the strides.
-    A sparse tensor yields its stored values only. `readahead`, `mapped`: see iter_raw_chunks."""
+    A sparse tensor yields its stored values only. `readahead`, `mapped`, `into` (a reused
+    buffer: a chunk is valid only until the next is asked for): see iter_raw_chunks."""
     if "values" in tensor.parts:
-        yield from iter_chunks(tensor.parts["values"], chunk_elements, readahead, mapped)
+        yield from iter_chunks(tensor.parts["values"], chunk_elements, readahead, mapped, into)
         return
     if tensor.layout == "ggml":
         for start in range(0, tensor.numel, chunk_elements):
@@ -54,7 +59,7 @@ def iter_chunks(
         yield from torch_chunks(read_tensor(tensor), chunk_elements)
         return
     dtype = tensor_np_dtype(tensor)
-    for raw in iter_raw_chunks(tensor, dtype, chunk_elements, readahead, mapped):
+    for raw in iter_raw_chunks(tensor, dtype, chunk_elements, readahead, mapped, into):
         yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
 
 

@@ -58,12 +58,16 @@ class StorageReader:
         )
         self.itemsize = DTYPE_SIZES[storage.dtype]
 
-    def read(self, first: int, count: int, np_dtype=None) -> np.ndarray:
-        """Elements [first, first+count) of the storage, in `np_dtype` units (a private copy)."""
+    def read(
+        self, first: int, count: int, np_dtype=None, into: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Elements [first, first+count) of the storage, in `np_dtype` units (a private copy).
+        `into` (uint8, at least their bytes): read into its start instead of fresh memory,
+        valid until the buffer is read into again."""
         dtype, start, nbytes = self._span(first, count, np_dtype)
         if self.inflated is not None:
             return np.frombuffer(self.inflated, dtype=dtype, count=count, offset=start)
-        out = np.empty(count, dtype=dtype)
+        out = np.empty(count, dtype=dtype) if into is None else into[:nbytes].view(dtype)
         if not nbytes:  # nothing to read, wherever the storage says it lies
             return out
         with self._file(self.offset + start + nbytes) as f:

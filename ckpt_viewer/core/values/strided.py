@@ -20,6 +20,7 @@ def iter_raw_chunks(
     chunk_elements: int = 1 << 20,
     readahead: int = 0,
     mapped: bool = True,
+    into: np.ndarray | None = None,
 ):
     """Stored elements (as `dtype` units) in logical order, chunk_elements at a time. Strided
     views (transposes, slices, expand's zero strides, as_strided overlaps) are gathered block by
@@ -29,7 +30,10 @@ def iter_raw_chunks(
     read per file in turn, and a cold disk serves those far below its streaming rate.
     `mapped=False` reads contiguous chunks with pread (a copy) instead of mapping them: a few
     small reads from a cold file then wait on the disk without holding the GIL, so threads
-    reading other tensors wait side by side (a page fault inside numpy may hold it)."""
+    reading other tensors wait side by side (a page fault inside numpy may hold it). `into`
+    (uint8, at least a chunk's bytes): contiguous chunks are read with pread into that one
+    buffer, each valid only until the next is asked for: a streaming pass then neither faults
+    in mapped pages nor allocates memory per chunk."""
     reader = StorageReader(tensor.storage)
     if tensor.is_contiguous:
         streaming = larger_than_memory(reader)
@@ -56,9 +60,11 @@ def iter_raw_chunks(
                 reader.prefetch(
                     [(tensor.offset + ahead, min(chunk_elements, tensor.numel - ahead))], dtype
                 )
-            yield (reader.mapped if mapped else reader.read)(
-                tensor.offset + start, min(chunk_elements, tensor.numel - start), dtype
-            )
+            first, count = tensor.offset + start, min(chunk_elements, tensor.numel - start)
+            if into is not None:
+                yield reader.read(first, count, dtype, into)
+            else:
+                yield (reader.mapped if mapped else reader.read)(first, count, dtype)
         return
     shape, stride = _merged_dims(tensor.shape, tensor.stride)
     blocks = (
