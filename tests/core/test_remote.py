@@ -265,7 +265,8 @@ def test_refused_connection_is_not_reported_as_404():
         port = probe.getsockname()[1]
     with pytest.raises(CheckpointError, match="cannot be read") as error:
         open_checkpoint(f"http://127.0.0.1:{port}/x.pt")
-    assert "404" not in str(error.value)
+    # the URL's own port may hold the digits 404: only the rest of the message counts
+    assert "404" not in str(error.value).replace(str(port), "")
 
 
 def test_silent_server_times_out(monkeypatch):
