@@ -87,10 +87,10 @@ def test_a_big_graph_is_laid_out_in_a_child_as_here(monkeypatch):
     graph.edges = [(f"n{i}", f"n{i + 1}", "") for i in range(29)] + [("n3", "n20", "")]
     monkeypatch.setattr(structure_view, "CHILD_LAYOUT", 10)
     runs = []
-    real = structure_view.subprocess.run
-    monkeypatch.setattr(
-        structure_view.subprocess, "run", lambda *a, **k: runs.append(a) or real(*a, **k)
-    )
+    import subprocess
+
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: runs.append(a) or real(*a, **k))
     sizes = {n.id: (100.0, 30.0) for n in graph.nodes}
     assert structure_view._layout(graph, sizes) == layout(graph, sizes)
     assert len(runs) == 1
