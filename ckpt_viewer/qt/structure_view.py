@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPainterPath, QPalette, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -389,7 +389,9 @@ class StructureView(QWidget):
         layout_.addLayout(controls)
         layout_.addWidget(self.status)
         layout_.addWidget(self.view, 1)
-        self.controller.request(None)
+        # once the pane is on screen: its first events and paints go through Python (the view's
+        # overrides), each waiting for the GIL while the job's Python holds it
+        QTimer.singleShot(0, self, lambda: self.controller.request(None))
 
     # --- work -------------------------------------------------------------------------
 
