@@ -130,3 +130,37 @@ def test_hovering_a_node_shows_its_tensors(window, qtbot, tmp_path):
         "2.bias",
     ]
     QToolTip.hideText()
+
+
+def test_far_out_every_box_is_still_drawn_in_its_colour(window, qtbot, tmp_path, monkeypatch):
+    from PySide6.QtCore import QPointF, QRectF
+    from PySide6.QtGui import QColor, QImage, QPainter
+
+    from ckpt_viewer.qt import structure_view
+
+    monkeypatch.setattr(structure_view, "ALWAYS_COLLAPSE", 10**9)
+    torch.save({f"m{i}x.weight": torch.zeros(1) for i in range(300)}, tmp_path / "long.pt")
+    _, view = _structure(window, qtbot, tmp_path / "long.pt")
+    source = view.scene.sceneRect()
+    green = QColor(structure_view.KIND_COLOURS["keys"])  # the blocks the keys imply
+    light = green.lighter(170).rgb()
+
+    def drawn(scale: float, at: QPointF) -> tuple[QImage, list]:
+        image = QImage(
+            int(source.width() * scale) + 1, int(source.height() * scale) + 1, QImage.Format_RGB32
+        )
+        image.fill(QColor("white"))
+        painter = QPainter(image)
+        view.scene.render(painter, QRectF(image.rect()), source)
+        painter.end()
+        points = [(box.topRight() + at - source.topLeft()) * scale for box in view.boxes.values()]
+        return image, [image.pixel(p.toPoint()) for p in points]
+
+    tiny = structure_view.TINY * 0.8  # too small for an outline: a box is filled with its colour
+    first = view.boxes["k:m0x"]
+    image, colours = drawn(tiny, QPointF(-first.width() / 2, first.height() / 2))
+    assert len(colours) == 300 and all(c == green.rgb() for c in colours)
+    image, colours = drawn(1.0, QPointF(-3, 3))  # the lighter fill inside it, clear of the text
+    assert all(c == light for c in colours)
+    box = first.translated(-source.topLeft())
+    assert image.pixel(QPointF(box.left(), box.center().y()).toPoint()) == green.rgb()  # outline
