@@ -79,6 +79,8 @@ class Drawing:
         default_factory=list
     )  # (bounds, lines, arrow heads, [(x, y, label)])
     node_of_key: dict[str, str] = field(default_factory=dict)  # tensor key -> its first node
+    # (node id, its label, detail and keys lowercased, a line each): what find searches
+    search: list[tuple[str, str]] = field(default_factory=list)
 
     def node_at(self, point: QPointF) -> str | None:
         for batch in self.node_batches:
@@ -132,6 +134,7 @@ def _graph_job(checkpoint, collapse: bool | None) -> Drawing:
     for node in reversed(graph.nodes):  # the first node holding a key wins
         for key in node.keys:
             drawing.node_of_key[key] = node.id
+    drawing.search = [(n.id, "\n".join([n.label, n.detail, *n.keys]).lower()) for n in graph.nodes]
     # batches of nearby nodes (by row, then across): each batch's item paints only when its
     # bounds are in view
     placed = sorted(graph.nodes, key=lambda n: (drawing.boxes[n.id].y(), drawing.boxes[n.id].x()))
@@ -493,15 +496,10 @@ class StructureView(QWidget):
     def _find(self, text: str) -> None:
         text = text.strip().lower()
         self.found = []
-        if not text or self.graph is None:
+        if not text or self.drawing is None:
             return
-        self.found = [
-            n.id
-            for n in self.graph.nodes
-            if text in n.label.lower()
-            or text in n.detail.lower()
-            or any(text in k.lower() for k in n.keys)
-        ]
+        # one line of text has no line break: a match is within one of a node's lines
+        self.found = [node_id for node_id, lines in self.drawing.search if text in lines]
         if self.found:
             self.choose(self.found[0])
 

@@ -164,3 +164,17 @@ def test_far_out_every_box_is_still_drawn_in_its_colour(window, qtbot, tmp_path,
     assert all(c == light for c in colours)
     box = first.translated(-source.topLeft())
     assert image.pixel(QPointF(box.left(), box.center().y()).toPoint()) == green.rgb()  # outline
+
+
+def test_find_searches_labels_details_and_tensor_keys(window, qtbot, tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(model, tmp_path / "whole.pt")
+    _, view = _structure(window, qtbot, tmp_path / "whole.pt")
+    view.find.setText("OUT_FEATURES=2")  # a hyperparameter, in any case
+    assert view.found == ["2"]
+    view.find.setText("0.bias")  # a tensor key
+    assert view.found == ["0"]
+    view.find.setText("linear")  # labels: both Linear layers, Enter goes to the next
+    assert view.found == ["0", "2"] and view.selected == "0"
+    view._find_next()
+    assert view.selected == "2"
