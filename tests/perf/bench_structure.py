@@ -33,8 +33,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 class Heartbeat:
-    """The longest gap between beats beyond the 5 ms interval, and how much of it the GUI
-    thread spent on the CPU (the rest it waited: for a core on a busy machine, for the GIL)."""
+    """The longest gap between beats beyond the 5 ms interval, how much of it the GUI thread
+    spent on the CPU (the rest it waited: for a core on a busy machine, for the GIL), and the
+    most CPU it spent between any two beats."""
 
     def __init__(self, QTimer):
         self.timer = QTimer()
@@ -47,18 +48,22 @@ class Heartbeat:
         now, cpu = time.perf_counter(), time.thread_time()
         if now - self.last - 0.005 > self.worst:
             self.worst, self.busy = now - self.last - 0.005, cpu - self.cpu
+        self.busiest = max(self.busiest, cpu - self.cpu)
         self.last, self.cpu = now, cpu
 
     def start(self):
         self.last, self.cpu = time.perf_counter(), time.thread_time()
-        self.worst = self.busy = 0.0
+        self.worst = self.busy = self.busiest = 0.0
         self.timer.start()
 
     def stop(self) -> str:
         """The worst stall, the time since the last beat included."""
         self.beat()
         self.timer.stop()
-        return f"{self.worst * 1000:.1f} ms (GUI thread busy {self.busy * 1000:.1f} ms of it)"
+        return (
+            f"{self.worst * 1000:.1f} ms (GUI thread busy {self.busy * 1000:.1f} ms of it; "
+            f"at most {self.busiest * 1000:.1f} ms between two beats)"
+        )
 
 
 def _save(shape: str, nodes: int, path: str) -> None:
