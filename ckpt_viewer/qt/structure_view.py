@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPainterPath, QPalette, QPen
@@ -32,8 +32,10 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core import paused_gc
-from ckpt_viewer.core.listing.graph import Graph, GraphNode, collapsed, layout, model_graph
 from ckpt_viewer.qt import workers
+
+if TYPE_CHECKING:  # imported by the worker that uses it: not part of the pane's first opening
+    from ckpt_viewer.core.listing.graph import Graph, GraphNode
 
 KIND_COLOURS = {
     "op": "#4e79a7",
@@ -120,6 +122,8 @@ def graph_job(checkpoint, collapse: bool | None) -> Drawing:
 
 
 def _graph_job(checkpoint, collapse: bool | None) -> Drawing:
+    from ckpt_viewer.core.listing.graph import collapsed, model_graph
+
     full = model_graph(checkpoint)
     if collapse is None:
         collapse = len(full.nodes) > ALWAYS_COLLAPSE
@@ -156,6 +160,8 @@ def _layout(graph: Graph, sizes: dict) -> dict[str, tuple[float, float]]:
     thread needs for as long as grandalf runs (in the child if it can start, else here). The
     child runs at a lower priority: on a busy machine it would otherwise take the CPU the GUI
     thread needs to keep up."""
+    from ckpt_viewer.core.listing.graph import layout
+
     if len(graph.nodes) < CHILD_LAYOUT or getattr(sys, "frozen", False):  # no `python -c`
         return layout(graph, sizes)
     import pickle
