@@ -398,8 +398,8 @@ class StructureView(QWidget):
         layout_.addLayout(controls)
         layout_.addWidget(self.status)
         layout_.addWidget(self.view, 1)
-        # once the pane is on screen: its first events and paints go through Python (the view's
-        # overrides), each waiting for the GIL while the job's Python holds it
+        # once the pane is on screen: its first layout and paint need not share the CPU and the
+        # GIL with the job's graph building
         QTimer.singleShot(0, self, lambda: self.controller.request(None))
 
     # --- work -------------------------------------------------------------------------
