@@ -8,13 +8,11 @@ selects its tensors in the key tree; selecting a tensor in the tree marks its no
 from __future__ import annotations
 
 import os
-import pickle
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPainterPath, QPalette, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -34,8 +32,10 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core import paused_gc
-from ckpt_viewer.core.listing.graph import Graph, GraphNode, collapsed, layout, model_graph
 from ckpt_viewer.qt import workers
+
+if TYPE_CHECKING:  # imported by the worker that uses it: not part of the pane's first opening
+    from ckpt_viewer.core.listing.graph import Graph, GraphNode
 
 KIND_COLOURS = {
     "op": "#4e79a7",
@@ -54,6 +54,7 @@ BATCH = 200  # nodes (or edges) drawn by one scene item
 ALWAYS_COLLAPSE = 400  # nodes: beyond this the graph opens collapsed
 PLAIN_DRAWING = 500  # nodes: beyond this, straight edges without antialiasing (paint time)
 READABLE = 0.45  # scale below which node text is not drawn (too small to read)
+TINY = 0.15  # scale below which boxes are filled without an outline and edges lose their heads
 EDGE_LABELS = 0.8  # scale from which edge labels (tensor shapes) are drawn
 CHILD_LAYOUT = 1000  # nodes: from here grandalf runs in a child process
 FIT_SMALLEST = 0.8  # scale below which a graph opens at 1:1 instead of fitted (text too small)
@@ -75,19 +76,41 @@ class Drawing:
     bounds: QRectF
     plain: bool
     boxes: dict[str, QRectF] = field(default_factory=dict)  # node id -> its box
-    node_batches: list[tuple[QRectF, list[GraphNode]]] = field(default_factory=list)
+    node_batches: list[NodeBatch] = field(default_factory=list)
     edge_batches: list[tuple[QRectF, QPainterPath, QPainterPath, list]] = field(
         default_factory=list
     )  # (bounds, lines, arrow heads, [(x, y, label)])
     node_of_key: dict[str, str] = field(default_factory=dict)  # tensor key -> its first node
+    # (node id, its label, detail and keys lowercased, a line each): what find searches
+    search: list[tuple[str, str]] = field(default_factory=list)
 
     def node_at(self, point: QPointF) -> str | None:
-        for bounds, nodes in self.node_batches:
-            if bounds.contains(point):
-                for node in nodes:
+        for batch in self.node_batches:
+            if batch.bounds.contains(point):
+                for node in batch.nodes:
                     if self.boxes[node.id].contains(point):
                         return node.id
         return None
+
+
+@dataclass
+class NodeBatch:
+    """Nearby nodes drawn by one scene item, grouped as it paints them (built off the GUI
+    thread, so adding the item costs the GUI thread nothing per node)."""
+
+    bounds: QRectF
+    nodes: list[GraphNode]
+    groups: dict[str, list[QRectF]]  # colour -> boxes
+    texts: list[tuple[QRectF, str, str]]  # box, label, detail
+
+
+def _node_batch(nodes: list[GraphNode], boxes: dict[str, QRectF]) -> NodeBatch:
+    groups: dict[str, list[QRectF]] = {}
+    for node in nodes:
+        groups.setdefault(KIND_COLOURS.get(node.kind, "#bab0ac"), []).append(boxes[node.id])
+    texts = [(boxes[n.id], n.label, n.detail[:DETAIL_CHARS]) for n in nodes]
+    bounds = _united([boxes[n.id] for n in nodes]).adjusted(-1, -1, 1, 1)  # the outline's width
+    return NodeBatch(bounds, nodes, groups, texts)
 
 
 def graph_job(checkpoint, collapse: bool | None) -> Drawing:
@@ -99,6 +122,8 @@ def graph_job(checkpoint, collapse: bool | None) -> Drawing:
 
 
 def _graph_job(checkpoint, collapse: bool | None) -> Drawing:
+    from ckpt_viewer.core.listing.graph import collapsed, model_graph
+
     full = model_graph(checkpoint)
     if collapse is None:
         collapse = len(full.nodes) > ALWAYS_COLLAPSE
@@ -113,30 +138,38 @@ def _graph_job(checkpoint, collapse: bool | None) -> Drawing:
     for node in reversed(graph.nodes):  # the first node holding a key wins
         for key in node.keys:
             drawing.node_of_key[key] = node.id
+    drawing.search = [(n.id, "\n".join([n.label, n.detail, *n.keys]).lower()) for n in graph.nodes]
     # batches of nearby nodes (by row, then across): each batch's item paints only when its
     # bounds are in view
     placed = sorted(graph.nodes, key=lambda n: (drawing.boxes[n.id].y(), drawing.boxes[n.id].x()))
     for start in range(0, len(placed), BATCH):
-        nodes = placed[start : start + BATCH]
-        drawing.node_batches.append((_united([drawing.boxes[n.id] for n in nodes]), nodes))
+        drawing.node_batches.append(_node_batch(placed[start : start + BATCH], drawing.boxes))
     edges = [
         (a, b, label) for a, b, label in graph.edges if a in drawing.boxes and b in drawing.boxes
     ]
     edges.sort(key=lambda e: (drawing.boxes[e[0]].bottom(), drawing.boxes[e[0]].center().x()))
     for start in range(0, len(edges), BATCH):
         drawing.edge_batches.append(_edge_batch(drawing, edges[start : start + BATCH]))
-    every = [b[0] for b in drawing.node_batches] or [QRectF(0, 0, 1, 1)]
+    every = [b.bounds for b in drawing.node_batches] or [QRectF(0, 0, 1, 1)]
     drawing.bounds = _united(every).adjusted(-20, -20, 20, 20)
     return drawing
 
 
 def _layout(graph: Graph, sizes: dict) -> dict[str, tuple[float, float]]:
     """layout(), for a big graph in a child process: this thread would hold the GIL the GUI
-    thread needs for as long as grandalf runs (in the child if it can start, else here)."""
+    thread needs for as long as grandalf runs (in the child if it can start, else here). The
+    child runs at a lower priority: on a busy machine it would otherwise take the CPU the GUI
+    thread needs to keep up."""
+    from ckpt_viewer.core.listing.graph import layout
+
     if len(graph.nodes) < CHILD_LAYOUT or getattr(sys, "frozen", False):  # no `python -c`
         return layout(graph, sizes)
+    import pickle
+    import subprocess  # here, on the worker: its import is not the GUI thread's first-open cost
+
     code = (
-        "import pickle, sys\n"
+        "import os, pickle, sys\n"
+        "hasattr(os, 'nice') and os.nice(10)\n"
         "from ckpt_viewer.core.listing.graph import layout\n"
         "graph, sizes = pickle.load(sys.stdin.buffer)\n"
         "pickle.dump(layout(graph, sizes), sys.stdout.buffer)\n"
@@ -147,6 +180,7 @@ def _layout(graph: Graph, sizes: dict) -> dict[str, tuple[float, float]]:
             input=pickle.dumps((graph, sizes)),
             capture_output=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            creationflags=getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0),  # Windows
         )
         if child.returncode == 0:
             return pickle.loads(child.stdout)  # our own child's answer, not the file's
@@ -185,29 +219,32 @@ def _edge_batch(drawing: Drawing, edges: list) -> tuple[QRectF, QPainterPath, QP
 
 
 class _Nodes(QGraphicsItem):
-    """A batch of node boxes; labels drawn only at a readable scale, and only those exposed."""
+    """A batch of node boxes; labels drawn only at a readable scale, and only those exposed;
+    boxes too small to show an outline are filled with its colour."""
 
-    def __init__(self, bounds: QRectF, nodes: list[GraphNode], boxes: dict[str, QRectF]):
+    def __init__(self, batch: NodeBatch):
         super().__init__()
-        self.bounds = bounds
+        self.bounds, self.texts = batch.bounds, batch.texts
         self.setFlag(QGraphicsItem.ItemUsesExtendedStyleOption)
-        self.groups: dict[str, list[QRectF]] = {}  # colour -> boxes
-        for node in nodes:
-            self.groups.setdefault(KIND_COLOURS.get(node.kind, "#bab0ac"), []).append(
-                boxes[node.id]
-            )
-        self.texts = [(boxes[n.id], n.label, n.detail[:DETAIL_CHARS]) for n in nodes]
+        self.groups = []  # (outline, fill, fill when too small for an outline, boxes)
+        for colour, rects in batch.groups.items():
+            edge = QColor(colour)
+            self.groups.append((QPen(edge, 1.5), QBrush(edge.lighter(170)), QBrush(edge), rects))
 
     def boundingRect(self) -> QRectF:
         return self.bounds
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: Any = None):
-        for colour, rects in self.groups.items():
-            edge = QColor(colour)
-            painter.setPen(QPen(edge, 1.5))
-            painter.setBrush(QBrush(edge.lighter(170)))
+        scale = option.levelOfDetailFromTransform(painter.worldTransform())
+        for outline, fill, solid, rects in self.groups:
+            if scale < TINY:
+                painter.setPen(Qt.NoPen)
+                painter.setBrush(solid)
+            else:
+                painter.setPen(outline)
+                painter.setBrush(fill)
             painter.drawRects(rects)
-        if option.levelOfDetailFromTransform(painter.worldTransform()) < READABLE:
+        if scale < READABLE:
             return
         exposed = option.exposedRect
         label, detail = QColor("#101010"), QColor("#404040")
@@ -237,16 +274,18 @@ class _Edges(QGraphicsItem):
         return self.bounds
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: Any = None):
-        painter.setPen(QPen(self.colour, 1))
+        scale = option.levelOfDetailFromTransform(painter.worldTransform())
+        pen = QPen(self.colour, 1)
+        pen.setCosmetic(scale < 1)  # one pixel wide however far out, the cheap way to stroke
+        painter.setPen(pen)
         painter.setBrush(Qt.NoBrush)
         painter.drawPath(self.lines)
+        if scale < TINY:
+            return
         painter.setPen(Qt.NoPen)
         painter.setBrush(QBrush(self.colour))
         painter.drawPath(self.heads)
-        if (
-            self.labels
-            and option.levelOfDetailFromTransform(painter.worldTransform()) >= EDGE_LABELS
-        ):
+        if self.labels and scale >= EDGE_LABELS:
             painter.setPen(self.colour)
             for x, y, text in self.labels:
                 painter.drawText(QPointF(x, y), text)
@@ -360,7 +399,9 @@ class StructureView(QWidget):
         layout_.addLayout(controls)
         layout_.addWidget(self.status)
         layout_.addWidget(self.view, 1)
-        self.controller.request(None)
+        # once the pane is on screen: its first layout and paint need not share the CPU and the
+        # GIL with the job's graph building
+        QTimer.singleShot(0, self, lambda: self.controller.request(None))
 
     # --- work -------------------------------------------------------------------------
 
@@ -399,8 +440,8 @@ class StructureView(QWidget):
             edges = _Edges(bounds, lines, heads, labels)
             edges.colour = colour
             self.scene.addItem(edges)
-        for bounds, nodes in drawing.node_batches:
-            self.scene.addItem(_Nodes(bounds, nodes, drawing.boxes))
+        for batch in drawing.node_batches:
+            self.scene.addItem(_Nodes(batch))
         self.scene.setSceneRect(drawing.bounds)
         self.view.fitInView(drawing.bounds, Qt.KeepAspectRatio)
         scale = self.view.transform().m11()
@@ -465,15 +506,10 @@ class StructureView(QWidget):
     def _find(self, text: str) -> None:
         text = text.strip().lower()
         self.found = []
-        if not text or self.graph is None:
+        if not text or self.drawing is None:
             return
-        self.found = [
-            n.id
-            for n in self.graph.nodes
-            if text in n.label.lower()
-            or text in n.detail.lower()
-            or any(text in k.lower() for k in n.keys)
-        ]
+        # one line of text has no line break: a match is within one of a node's lines
+        self.found = [node_id for node_id, lines in self.drawing.search if text in lines]
         if self.found:
             self.choose(self.found[0])
 

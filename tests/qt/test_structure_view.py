@@ -87,10 +87,10 @@ def test_a_big_graph_is_laid_out_in_a_child_as_here(monkeypatch):
     graph.edges = [(f"n{i}", f"n{i + 1}", "") for i in range(29)] + [("n3", "n20", "")]
     monkeypatch.setattr(structure_view, "CHILD_LAYOUT", 10)
     runs = []
-    real = structure_view.subprocess.run
-    monkeypatch.setattr(
-        structure_view.subprocess, "run", lambda *a, **k: runs.append(a) or real(*a, **k)
-    )
+    import subprocess
+
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: runs.append(a) or real(*a, **k))
     sizes = {n.id: (100.0, 30.0) for n in graph.nodes}
     assert structure_view._layout(graph, sizes) == layout(graph, sizes)
     assert len(runs) == 1
@@ -155,3 +155,51 @@ def test_the_pane_opens_on_the_selected_tensor_and_a_click_under_a_filter_keeps_
     with qtbot.waitSignal(view.ready, timeout=30_000):
         view.collapse_box.setChecked(True)  # drawn again: the tree's tensor stays marked
     assert view.selected is not None and view.selected == view.drawing.node_of_key["2.weight"]
+
+
+def test_far_out_every_box_is_still_drawn_in_its_colour(window, qtbot, tmp_path, monkeypatch):
+    from PySide6.QtCore import QPointF, QRectF
+    from PySide6.QtGui import QColor, QImage, QPainter
+
+    from ckpt_viewer.qt import structure_view
+
+    monkeypatch.setattr(structure_view, "ALWAYS_COLLAPSE", 10**9)
+    torch.save({f"m{i}x.weight": torch.zeros(1) for i in range(300)}, tmp_path / "long.pt")
+    _, view = _structure(window, qtbot, tmp_path / "long.pt")
+    source = view.scene.sceneRect()
+    green = QColor(structure_view.KIND_COLOURS["keys"])  # the blocks the keys imply
+    light = green.lighter(170).rgb()
+
+    def drawn(scale: float, at: QPointF) -> tuple[QImage, list]:
+        image = QImage(
+            int(source.width() * scale) + 1, int(source.height() * scale) + 1, QImage.Format_RGB32
+        )
+        image.fill(QColor("white"))
+        painter = QPainter(image)
+        view.scene.render(painter, QRectF(image.rect()), source)
+        painter.end()
+        points = [(box.topRight() + at - source.topLeft()) * scale for box in view.boxes.values()]
+        return image, [image.pixel(p.toPoint()) for p in points]
+
+    tiny = structure_view.TINY * 0.8  # too small for an outline: a box is filled with its colour
+    first = view.boxes["k:m0x"]
+    image, colours = drawn(tiny, QPointF(-first.width() / 2, first.height() / 2))
+    assert len(colours) == 300 and all(c == green.rgb() for c in colours)
+    image, colours = drawn(1.0, QPointF(-3, 3))  # the lighter fill inside it, clear of the text
+    assert all(c == light for c in colours)
+    box = first.translated(-source.topLeft())
+    assert image.pixel(QPointF(box.left(), box.center().y()).toPoint()) == green.rgb()  # outline
+
+
+def test_find_searches_labels_details_and_tensor_keys(window, qtbot, tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(model, tmp_path / "whole.pt")
+    _, view = _structure(window, qtbot, tmp_path / "whole.pt")
+    view.find.setText("OUT_FEATURES=2")  # a hyperparameter, in any case
+    assert view.found == ["2"]
+    view.find.setText("0.bias")  # a tensor key
+    assert view.found == ["0"]
+    view.find.setText("linear")  # labels: both Linear layers, Enter goes to the next
+    assert view.found == ["0", "2"] and view.selected == "0"
+    view._find_next()
+    assert view.selected == "2"
