@@ -15,11 +15,32 @@ class Cancelled(Exception):
     """The work was stopped before it returned a result."""
 
 
+_driver = threading.local()
+
+
+@contextlib.contextmanager
+def cancelled_by(event: threading.Event | None) -> Generator[None, None, None]:
+    """While a caller drives a progress generator on this thread, `event` is what cancels it:
+    work that the generator hands to other threads (analysis.scan) watches it too, and stops at
+    its next step instead of when the generator is next resumed and closed."""
+    outer = getattr(_driver, "event", None)
+    _driver.event = event
+    try:
+        yield
+    finally:
+        _driver.event = outer
+
+
+def cancel_event() -> threading.Event | None:
+    """The event of the caller driving this thread's progress generator, if any."""
+    return getattr(_driver, "event", None)
+
+
 def run(generator: Generator[Any, None, Result], cancel: threading.Event | None = None) -> Result:
     """Drive a progress generator to its result (the CLI, tests). When `cancel` is set between
     two steps the generator is closed, which runs its cleanup (thread pools stop), and
     Cancelled is raised."""
-    with contextlib.closing(generator):
+    with contextlib.closing(generator), cancelled_by(cancel):
         while True:
             try:
                 next(generator)

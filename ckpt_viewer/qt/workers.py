@@ -24,6 +24,7 @@ import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal
 
 from ckpt_viewer.core import describe_error
+from ckpt_viewer.core.progress import cancelled_by
 
 _mode = {"synchronous": os.environ.get("CKPT_VIEWER_SYNCHRONOUS") == "1"}
 _live: set[Job] = set()  # jobs started and not yet finished (exit cancels them)
@@ -83,7 +84,7 @@ class Job(QObject):
     def _call(self) -> Any:
         if not inspect.isgeneratorfunction(self.func):
             return self.func(*self.args)
-        with contextlib.closing(self.func(*self.args)) as generator:
+        with contextlib.closing(self.func(*self.args)) as generator, cancelled_by(self.stop):
             try:
                 while not self.stop.is_set():
                     self.progressed.emit(next(generator))

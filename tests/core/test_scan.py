@@ -92,3 +92,28 @@ def test_run_drives_to_the_result_or_stops_when_cancelled():
     with pytest.raises(Cancelled):
         run(endless(), cancel)
     assert closed == [True]
+
+
+def test_a_task_sees_its_callers_cancel_at_its_next_step():
+    """The caller's cancel reaches a running task at once, not when the generator is next
+    resumed: a task released right after the cancel stops at its next step."""
+    cancel, started, release, steps = threading.Event(), threading.Event(), threading.Event(), []
+
+    def work(item, stop):
+        started.set()
+        assert release.wait(10)
+        for step in range(1000):
+            if stop.is_set():
+                return step
+            steps.append(step)
+        return None
+
+    def cancel_then_release():
+        assert started.wait(10)
+        cancel.set()
+        release.set()
+
+    threading.Thread(target=cancel_then_release).start()
+    with pytest.raises(Cancelled):
+        run(scan([0], work, workers=1), cancel)
+    assert len(steps) < 1000

@@ -12,10 +12,24 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TypeVar
 
+from ckpt_viewer.core.progress import cancel_event
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 REPORT_INTERVAL = 0.05  # seconds between progress reports (and chances to cancel)
+
+
+class _Stop(threading.Event):
+    """Set by the scan itself (closed, failed) or by the caller's own cancel event, which the
+    tasks then see at their next step: the generator may not be resumed (and closed) soon."""
+
+    def __init__(self, outer: threading.Event | None) -> None:
+        super().__init__()
+        self.outer = outer
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self.outer is not None and self.outer.is_set())
 
 
 def worker_count() -> int:
@@ -36,7 +50,7 @@ def scan(
     that must go on past a bad item returns its failure as a result. Closing the generator, or
     an error, sets `stop` (work should check it between its steps and return early) and drops
     the tasks not yet started."""
-    stop = stop if stop is not None else threading.Event()
+    stop = stop if stop is not None else _Stop(cancel_event())
     workers = workers or worker_count()
     total = sum(weight(item) for item in items) or 1.0
     results: list = [None] * len(items)
