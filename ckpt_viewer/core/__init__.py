@@ -64,12 +64,16 @@ class paused_gc:
 
         with _pauses_lock:
             _pauses["depth"] -= 1
-            if _pauses["was_enabled"]:
-                if self.freeze:
-                    gc.freeze()
-                if not _pauses["depth"]:
-                    gc.enable()
+            if self.freeze:  # the GUI collects on a timer (automatic collection off): it too
+                gc.freeze()
+            if _pauses["was_enabled"] and not _pauses["depth"]:
+                gc.enable()
 
 
 _pauses = {"depth": 0, "was_enabled": False}  # paused_gc's open pauses, on all threads
 _pauses_lock = threading.Lock()
+
+
+def paused() -> bool:
+    """Whether a paused_gc is open on some thread."""
+    return bool(_pauses["depth"])

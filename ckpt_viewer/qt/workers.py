@@ -14,6 +14,7 @@ each job inline, on the calling thread, callbacks included, and starts debounced
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import os
 import threading
@@ -21,9 +22,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import shiboken6
-from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QObject, QThreadPool, QTimer, Signal
 
-from ckpt_viewer.core import describe_error
+from ckpt_viewer.core import describe_error, paused
 from ckpt_viewer.core.progress import cancelled_by
 
 _mode = {"synchronous": os.environ.get("CKPT_VIEWER_SYNCHRONOUS") == "1"}
@@ -220,3 +221,40 @@ def await_workers(timeout_ms: int = 5000) -> bool:
     for job in list(_live):
         job.cancel()
     return QThreadPool.globalInstance().waitForDone(timeout_ms)
+
+
+class GuiThreadCollector(QObject):
+    """The cycle collector runs on the GUI thread only. Left automatic, it runs on whichever
+    thread allocates when a threshold is crossed, a worker included, and a Qt object freed
+    among that garbage is destroyed on the wrong thread ("QBasicTimer::stop: Failed.
+    Possibly trying to stop from a different thread", then a crash). So automatic
+    collection is off while the window lives, and a timer collects the generations whose
+    thresholds were crossed, as the automatic collector would have."""
+
+    INTERVAL_MS = 500
+
+    def __init__(self, parent: QObject) -> None:
+        super().__init__(parent)
+        gc.disable()
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(self.collect)
+        self.timer.start(self.INTERVAL_MS)
+
+    @staticmethod
+    def collect() -> None:
+        if paused():  # a load builds its tree: the pause is what it asked for
+            return
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        generation = -1
+        for level in range(3):
+            if counts[level] > thresholds[level]:
+                generation = level
+        if generation >= 0:
+            gc.collect(generation)
+
+
+def collect_on_gui_thread() -> None:
+    """Install the GUI-thread collector once per application (MainWindow calls it)."""
+    app = QCoreApplication.instance()
+    if app is not None and app.findChild(GuiThreadCollector) is None:
+        GuiThreadCollector(app)
