@@ -377,6 +377,12 @@ class StructureView(QWidget):
         self.find.setClearButtonEnabled(True)
         self.find.textChanged.connect(self._find)
         self.find.returnPressed.connect(self._find_next)
+        # a match is marked at each key; the tree follows once typing pauses: selecting there
+        # (the tensor pane, its statistics) cost more than a frame per key
+        self.find_select = QTimer(self)
+        self.find_select.setSingleShot(True)
+        self.find_select.setInterval(250)
+        self.find_select.timeout.connect(self._select_found)
         png, svg = QPushButton("Export PNG..."), QPushButton("Export SVG...")
         png.clicked.connect(lambda: self._export("png"))
         svg.clicked.connect(lambda: self._export("svg"))
@@ -510,10 +516,16 @@ class StructureView(QWidget):
             return
         # one line of text has no line break: a match is within one of a node's lines
         self.found = [node_id for node_id, lines in self.drawing.search if text in lines]
+        if self.found and self.found[0] in self.boxes:
+            self._mark(self.found[0])
+            self.find_select.start()
+
+    def _select_found(self) -> None:
         if self.found:
-            self.choose(self.found[0])
+            self.choose(self.found[0], centre=False)
 
     def _find_next(self) -> None:
+        self.find_select.stop()
         if self.found:
             self.found.append(self.found.pop(0))
             self.choose(self.found[0])

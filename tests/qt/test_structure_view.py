@@ -30,7 +30,11 @@ def test_nodes_select_their_tensors_and_the_tree_finds_its_node(window, qtbot, t
     tab.select_key("0.bias")
     assert view.selected == "0"
     view.find.setText("ReLU")
-    assert view.selected == "1"
+    assert view.selected == "1"  # marked at once; the tree follows when typing pauses
+    with qtbot.waitSignal(view.node_clicked, timeout=5_000):
+        view.find.setText("out_features=2")
+        assert view.selected == "2" and tab.selected_key() == "0.bias"
+    assert tab.selected_key() == "2.weight"
     assert view.export(str(tmp_path / "graph.png"))
     assert view.export(str(tmp_path / "graph.svg"))
     assert (tmp_path / "graph.png").stat().st_size > 0
