@@ -18,6 +18,7 @@ import gc
 import inspect
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -232,18 +233,24 @@ class GuiThreadCollector(QObject):
     thresholds were crossed, as the automatic collector would have."""
 
     INTERVAL_MS = 500
+    LONGEST_PAUSE_S = 5.0  # a pause held longer (a slow URL, a stuck worker) is not obeyed
 
     def __init__(self, parent: QObject) -> None:
         super().__init__(parent)
         gc.disable()
+        self.paused_since: float | None = None
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.collect)
         self.timer.start(self.INTERVAL_MS)
 
-    @staticmethod
-    def collect() -> None:
+    def collect(self) -> None:
         if paused():  # a load builds its tree: the pause is what it asked for
-            return
+            now = time.monotonic()
+            self.paused_since = self.paused_since or now
+            if now - self.paused_since < self.LONGEST_PAUSE_S:
+                return
+        else:
+            self.paused_since = None
         counts, thresholds = gc.get_count(), gc.get_threshold()
         generation = -1
         for level in range(3):

@@ -16,8 +16,12 @@ def test_cyclic_garbage_is_collected_on_the_gui_thread_only(qtbot, window):
         holder.destroyed.connect(lambda *_: destroyed_on.append(threading.current_thread()))
 
     garbage()
-    # a worker allocating enough to cross every threshold: automatic collection would run there
-    worker = threading.Thread(target=lambda: [[] for _ in range(200_000)])
+    # a worker keeping enough new containers to cross the young generation's threshold (freed
+    # ones count back down): automatic collection would have run there, on the worker
+    kept: list = []
+    worker = threading.Thread(
+        target=lambda: kept.extend([] for _ in range(20 * gc.get_threshold()[0]))
+    )
     worker.start()
     worker.join()
     assert not destroyed_on
