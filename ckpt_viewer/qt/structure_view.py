@@ -160,12 +160,21 @@ def _layout(graph: Graph, sizes: dict) -> dict[str, tuple[float, float]]:
     thread needs for as long as grandalf runs (in the child if it can start, else here). The
     child runs at a lower priority: on a busy machine it would otherwise take the CPU the GUI
     thread needs to keep up."""
-    from ckpt_viewer.core.listing.graph import layout
+    from ckpt_viewer.core.listing.graph import Graph, GraphNode, layout
 
     if len(graph.nodes) < CHILD_LAYOUT or getattr(sys, "frozen", False):  # no `python -c`
         return layout(graph, sizes)
     import pickle
     import subprocess  # here, on the worker: its import is not the GUI thread's first-open cost
+
+    # only what the layout reads: pickling holds the GIL in one C call, and the whole graph's
+    # labels, details and keys made that call long enough to stall the GUI thread
+    bare = Graph(
+        graph.kind,
+        "",
+        [GraphNode(node.id, "", node.kind) for node in graph.nodes],
+        [(a, b, "") for a, b, _ in graph.edges],
+    )
 
     code = (
         "import os, pickle, sys\n"
@@ -177,7 +186,7 @@ def _layout(graph: Graph, sizes: dict) -> dict[str, tuple[float, float]]:
     try:
         child = subprocess.run(
             [sys.executable, "-c", code],
-            input=pickle.dumps((graph, sizes)),
+            input=pickle.dumps((bare, sizes)),
             capture_output=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
             creationflags=getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0),  # Windows
