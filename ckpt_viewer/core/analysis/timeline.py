@@ -41,6 +41,7 @@ from ckpt_viewer.core.values.stats import (
     _ChunkMoments,
     _Moments,
     chunk_moments_with_squares,
+    moments_from_sums,
 )
 
 METRICS = (
@@ -450,24 +451,10 @@ def _block_sums(chunks: tuple | np.ndarray, work: np.ndarray) -> np.ndarray | No
 
 
 def _float_moments(native: np.ndarray, squares: float, total: float) -> _ChunkMoments:
-    """The moments of a chunk of finite floats from its sums: the spread is squares -
-    total^2/n, exact to a few units in the last place while the mean's square is at most half
-    the mean square (it cancels no more than one bit); otherwise the two-pass spread. Zeros
-    are not counted: no timeline metric uses them."""
-    count = native.size
-    if total * total / count > 0.5 * squares:
-        return _chunk_moments(native.astype(np.float64))
-    return _ChunkMoments(
-        count,
-        0,
-        False,
-        None,
-        finite=count,
-        total=total,
-        spread=max(squares - total * total / count, 0.0),
-        lo=float(native.min()),
-        hi=float(native.max()),
-    )
+    """A chunk of finite floats' moments from its sums where that is exact, else two passes.
+    Zeros are not counted: no timeline metric uses them."""
+    moments = moments_from_sums(native, total, squares)
+    return moments if moments is not None else _chunk_moments(native.astype(np.float64))
 
 
 def _segments(shapes: list) -> list[list[int]]:

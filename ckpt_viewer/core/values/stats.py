@@ -284,14 +284,25 @@ def chunk_moments_with_squares(x: np.ndarray, native: np.ndarray, squares: float
     if native.dtype.kind != "f" or not x.size or not math.isfinite(squares):
         return _chunk_moments(x)
     total = float(np.sum(x, dtype=np.float64))
-    count = x.size
-    if not math.isfinite(total) or total * total / count > 0.5 * squares:
+    moments = moments_from_sums(native, total, squares) if math.isfinite(total) else None
+    if moments is None:
         return _chunk_moments(x)
     with np.errstate(all="ignore"):
-        zeros = int(np.add.reduce(native == 0, dtype=np.int64))
+        moments.zeros = int(np.add.reduce(native == 0, dtype=np.int64))
+    return moments
+
+
+def moments_from_sums(native: np.ndarray, total: float, squares: float) -> _ChunkMoments | None:
+    """The moments of a non-empty chunk of finite floats from its sum and sum of squares (zeros
+    not counted): the spread is squares - total^2/n, exact to a few units in the last place
+    while the mean's square is at most half the mean square (it cancels no more than one bit).
+    None otherwise: the caller takes the two-pass _chunk_moments."""
+    count = native.size
+    if total * total / count > 0.5 * squares:
+        return None
     return _ChunkMoments(
         count,
-        zeros,
+        0,
         False,
         None,
         finite=count,
