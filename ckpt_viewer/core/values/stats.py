@@ -683,12 +683,22 @@ def _extremes_pass(
     lo, hi, integer = math.inf, -math.inf, True
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
-    for i, (a, b, whole) in enumerate(_in_parallel(chunks, _chunk_extremes)):
+    # a sample for _key_candidates, taken while each chunk is in cache anyway
+    stride = max(1, tensor.numel // SAMPLE_VALUES) if total_chunks >= 4 else 0
+    sampled = tensor.dtype in KEY_DTYPES and stride
+
+    def work(x: np.ndarray) -> tuple:
+        return _chunk_extremes(x), x[::stride].copy() if sampled else None
+
+    samples = []
+    for i, ((a, b, whole), sample) in enumerate(_in_parallel(chunks, work)):
         lo, hi, integer = min(lo, a), max(hi, b), integer and whole
+        if sample is not None:
+            samples.append(sample)
         yield progress * (i + 1) / total_chunks
     if lo > hi:
         return None
-    return _Range(lo, hi, integer)
+    return _Range(lo, hi, integer, np.concatenate(samples) if samples else None)
 
 
 # --- float32 values: exact histogram and quantiles from the order of their bits -------------
@@ -703,6 +713,11 @@ KEY_BUCKETS = 16  # log2 of the buckets the key range is cut in; up to KEY_BUCKE
 KEY_BUCKETS_MAX = 18  # when that is what it takes to keep two edges out of one bucket
 KEY_SLICE = 1 << 18  # elements per GIL-holding bincount
 KEY_BLOCK = 1 << 15  # elements per step of the key arithmetic, whose buffers stay in cache
+SAMPLE_VALUES = 1 << 20  # the extremes pass's sample, for the quantiles' likely buckets
+CANDIDATE_SPREAD = 5  # standard deviations of a sampled rank a candidate range spans
+CANDIDATE_SHARE = 0.02  # of the sample, the most a quantile's buckets may hold beyond its ranks
+KEEP_SHARE = 16  # the counting pass keeps at most 1/16 of the values (or KEEP_MIN) for the
+KEEP_MIN = 1 << 20  # selection
 
 
 def _keys(x: np.ndarray) -> np.ndarray:
@@ -770,13 +785,42 @@ class _KeyBins:
         np.right_shift(offsets, np.uint32(self.shift), out=buckets, casting="unsafe")
         return offsets
 
-    def halves(self, x: np.ndarray, outside: bool) -> np.ndarray:
+    def candidates(self, sample: np.ndarray | None, fractions: Iterable[float]) -> np.ndarray:
+        """A table over the buckets (the last, beyond the range, False) of those likely to hold
+        the quantiles at `fractions` of the finite values, judged from a sample: a bucket only
+        true to the sample misses, and the selection pass then reads the tensor again."""
+        table = np.zeros(self.buckets + 1, dtype=bool)
+        if sample is None:
+            return table
+        offsets = _keys(np.ascontiguousarray(_computable(sample), dtype=np.float32))
+        offsets -= np.uint32(self.lo_key)
+        buckets = np.sort(offsets >> np.uint32(self.shift))
+        buckets = buckets[: np.searchsorted(buckets, self.buckets)]  # finite values only
+        size = buckets.size
+        for q in fractions:
+            rank = quantile_rank(q, size) if size else 0
+            margin = math.ceil(CANDIDATE_SPREAD * math.sqrt(size * q * (1 - q))) + 2
+            low, high = max(rank - margin, 0), min(rank + margin, size - 1)
+            if not size:
+                continue
+            first, last = int(buckets[low]), int(buckets[high])
+            inside = np.searchsorted(buckets, last, "right") - np.searchsorted(buckets, first)
+            # a bucket holding much of the sample (pruned zeros) is left to the selection pass
+            if inside - (high - low) <= CANDIDATE_SHARE * size:
+                table[first : last + 1] = True
+        return table
+
+    def halves(
+        self, x: np.ndarray, outside: bool, wanted: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Counts of a chunk's values per half bucket (2 b: below bucket b's edge, 2 b + 1: at
-        or above it; non-finite values in the last two). `outside`: whether the chunk holds
-        values outside [lo, hi] (only then are buckets clamped)."""
+        or above it; non-finite values in the last two), and the key offsets of its values in
+        the `wanted` buckets (a table, as candidates() gives; None: none kept). `outside`:
+        whether the chunk holds values outside [lo, hi] (only then are buckets clamped)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         scratch = _key_scratch()
         counts = np.zeros(2 * (self.buckets + 1), dtype=np.int64)
+        kept: list[np.ndarray] = []
         for start in range(0, x.size, KEY_SLICE):
             size = min(KEY_SLICE, x.size - start)
             for at in range(0, size, KEY_BLOCK):
@@ -789,13 +833,20 @@ class _KeyBins:
                 offsets = self._block(x, start + at, n, buckets)
                 if outside:
                     np.minimum(buckets, self.buckets, out=buckets)
-                np.take(self.edge_at, buckets, out=edge)
+                if wanted is not None:
+                    np.take(wanted, buckets, out=flag)
+                    near = np.flatnonzero(flag)
+                    if near.size:
+                        kept.append(offsets[near])
+                np.take(self.edge_at, buckets, out=edge, mode="clip")  # clip: no checks
                 np.greater_equal(offsets, edge, out=flag)
                 np.left_shift(buckets, 1, out=buckets)
                 np.add(buckets, flag.view(np.uint8), out=buckets, casting="unsafe")
             # bincount holds the GIL: a slice at a time
             counts += np.bincount(scratch.buckets[:size], minlength=counts.size)
-        return counts
+        if wanted is None:
+            return counts, None
+        return counts, np.concatenate(kept) if kept else np.empty(0, np.uint32)
 
     def histogram(self, halves: np.ndarray) -> np.ndarray:
         """The histogram's counts from the half-bucket counts of the finite values."""
@@ -854,37 +905,68 @@ def _key_scratch() -> _KeyScratch:
     return scratch
 
 
-def _key_pass(tensor, part, chunk, key_bins, moments, progress):
+def _key_pass(tensor, part, chunk, key_bins, moments, progress, candidates=None):
     """Generator: moments and half-bucket counts in one pass (moments chunk by chunk as
-    _fused_pass computes them, so the figures are bit-identical); returns the counts."""
+    _fused_pass computes them, so the figures are bit-identical); returns the counts and the
+    key offsets of the values in the `candidates` buckets (None when there were too many)."""
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     halves = np.zeros(2 * (key_bins.buckets + 1), dtype=np.int64)
     lo, hi = key_bins.edges[0], key_bins.edges[-1]
+    wanted = candidates if candidates is not None and candidates.any() else None
+    kept: list[np.ndarray] | None = [] if wanted is not None else None
+    room = max(KEEP_MIN, tensor.numel // KEEP_SHARE)
 
     def work(raw):
         x = _real_view(raw, part)
         seen = _chunk_moments(x)
         outside = seen.nan or seen.posinf or seen.neginf or seen.lo < lo or seen.hi > hi
-        return seen, key_bins.halves(_computable(x), bool(outside))
+        return seen, key_bins.halves(_computable(x), bool(outside), wanted)
 
-    for i, (seen, counts) in enumerate(_in_parallel(iter_chunks(tensor, chunk), work)):
+    chunks = _in_parallel(iter_chunks(tensor, chunk), work)
+    for i, (seen, (counts, offsets)) in enumerate(chunks):
         moments.merge(seen)
         halves += counts
+        if kept is not None and offsets is not None:
+            room -= offsets.size
+            if room < 0:  # the sample misled: the selection pass reads the tensor instead
+                kept = wanted = None
+            else:
+                kept.append(offsets)
         yield progress[0] + (progress[1] - progress[0]) * (i + 1) / total_chunks
-    return halves
+    if kept is None:
+        return halves, None
+    return halves, np.concatenate(kept) if kept else np.empty(0, np.uint32)
 
 
-def _key_select(tensor, part, chunk, key_bins, buckets: np.ndarray, ranks: dict):
-    """Generator: {q: the finite value of rank ranks[q]}, from the bucket counts and one pass
-    counting the low bits of the values in the quantiles' buckets."""
+def _key_select(
+    tensor,
+    part,
+    chunk,
+    key_bins,
+    buckets: np.ndarray,
+    ranks: dict,
+    candidates: np.ndarray | None = None,
+    kept: np.ndarray | None = None,
+):
+    """Generator: {q: the finite value of rank ranks[q]}, from the bucket counts and the low
+    bits of the values in the quantiles' buckets: counted from `kept` (the key offsets of
+    every value in the `candidates` buckets) where they cover a bucket, else by one pass."""
     where = {q: _locate(buckets, rank) for q, rank in ranks.items()}
     wanted = sorted({bucket for bucket, _ in where.values()})
     low = {bucket: np.zeros(1 << key_bins.shift, dtype=np.int64) for bucket in wanted}
+    if kept is not None and candidates is not None:
+        kept_buckets = kept >> np.uint32(key_bins.shift)
+        mask = np.uint32((1 << key_bins.shift) - 1)
+        for bucket in [bucket for bucket in wanted if candidates[bucket]]:
+            low[bucket] += np.bincount(
+                kept[kept_buckets == bucket] & mask, minlength=1 << key_bins.shift
+            )
+            wanted.remove(bucket)
 
     def work(raw: np.ndarray) -> dict[int, np.ndarray]:
         return key_bins.low_counts(_computable(_real_view(raw, part)), wanted)
 
-    for found in _in_parallel(iter_chunks(tensor, chunk), work):
+    for found in _in_parallel(iter_chunks(tensor, chunk) if wanted else (), work):
         for bucket, counts in found.items():
             low[bucket] += counts
         yield
@@ -901,6 +983,7 @@ class _Range:
     lo: float
     hi: float
     integer: bool
+    sample: np.ndarray | None = None  # evenly strided values, to guess the quantiles' buckets
 
 
 def compute(
@@ -937,7 +1020,10 @@ def compute(
             moments.add(_real_view(raw, part))
             yield 0.4 * (i + 1) / total_chunks
     elif key_bins is not None:
-        halves = yield from _key_pass(tensor, part, chunk, key_bins, moments, (start, 0.8))
+        candidates = key_bins.candidates(getattr(facts, "sample", None), QUANTILES)
+        halves, kept = yield from _key_pass(
+            tensor, part, chunk, key_bins, moments, (start, 0.8), candidates
+        )
     else:
         check = _EdgeCheck(*known[:3])
         histogram = yield from _fused_pass(
@@ -975,7 +1061,7 @@ def compute(
         ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}  # min < max here
         buckets = halves[0:-2:2] + halves[1:-2:2]
         stats.quantiles = yield from within(
-            _key_select(tensor, part, chunk, key_bins, buckets, ranks),
+            _key_select(tensor, part, chunk, key_bins, buckets, ranks, candidates, kept),
             (0.8, 1.0),
             max(1, math.ceil(tensor.numel / chunk)),
         )
