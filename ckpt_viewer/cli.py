@@ -6,6 +6,9 @@ import argparse
 import difflib
 import os
 import sys
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
@@ -424,6 +427,35 @@ def run_globals(args) -> int:
     return 0
 
 
+def in_background(work: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """Start work(*args) on a daemon thread (an interrupt does not wait for it); the function
+    returned waits for its result, or raises its error."""
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, work(*args)))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def result() -> Any:
+        thread.join()
+        done, value = outcome[0]
+        if not done:
+            raise value
+        return value
+
+    return result
+
+
+def warn_damaged(path: str, problem: str) -> None:
+    if problem:
+        say(f"warning: {path}: {problem}", file=sys.stderr)
+
+
 def run_stats(args) -> int:
     from ckpt_viewer.core.analysis.verify import check_tensor_records
     from ckpt_viewer.core.listing.open import open_checkpoint
@@ -438,10 +470,14 @@ def run_stats(args) -> int:
         guesses = nearest_keys((key for key, _, _ in checkpoint.tensors()), args.key)
         hint = f"; did you mean {' or '.join(map(repr, guesses))}?" if guesses else ""
         raise CheckpointError(f"no tensor with key {args.key!r}{hint} (see `ckpt-viewer inspect`)")
-    problem = run(check_tensor_records(node.tensor))
-    if problem:
-        say(f"warning: {args.path}: {problem}", file=sys.stderr)
-    stats = run(compute(node.tensor, bins=args.bins, part=args.part))
+    # the record's CRC on a second thread: one core sat idle while it ran before the passes
+    checked = in_background(run, check_tensor_records(node.tensor))
+    try:
+        stats = run(compute(node.tensor, bins=args.bins, part=args.part))
+    except CheckpointError:
+        warn_damaged(args.path, checked())  # the likelier cause, said first
+        raise
+    warn_damaged(args.path, checked())
     if args.json:
         say_json(stats.to_json())
     else:
