@@ -459,6 +459,7 @@ def warn_damaged(path: str, problem: str) -> None:
 def run_stats(args) -> int:
     from ckpt_viewer.core.analysis.verify import check_tensor_records
     from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.listing.remote import is_remote
     from ckpt_viewer.core.listing.report import stats_lines
     from ckpt_viewer.core.listing.text import nearest_keys
     from ckpt_viewer.core.progress import run
@@ -470,8 +471,12 @@ def run_stats(args) -> int:
         guesses = nearest_keys((key for key, _, _ in checkpoint.tensors()), args.key)
         hint = f"; did you mean {' or '.join(map(repr, guesses))}?" if guesses else ""
         raise CheckpointError(f"no tensor with key {args.key!r}{hint} (see `ckpt-viewer inspect`)")
-    # the record's CRC on a second thread: one core sat idle while it ran before the passes
-    checked = in_background(run, check_tensor_records(node.tensor))
+    records = check_tensor_records(node.tensor)
+    if is_remote(args.path):  # first: the passes then read the bytes it fetched
+        problem = run(records)
+        checked = lambda: problem  # noqa: E731
+    else:  # on a second thread: one core sat idle while it ran before the passes
+        checked = in_background(run, records)
     try:
         stats = run(compute(node.tensor, bins=args.bins, part=args.part))
     except CheckpointError:
