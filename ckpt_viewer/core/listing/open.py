@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from collections.abc import Callable
 
 from ckpt_viewer.core import CheckpointError, paused_gc
 from ckpt_viewer.core.listing import remote
@@ -163,7 +164,7 @@ def open_file(path: str) -> Checkpoint:
     with remote.opening():
         module, name = READERS[sniff(path)]
         # only the reader the format needs is imported: all of them cost more than a listing
-        reader = getattr(
+        reader: Callable[..., Checkpoint] = getattr(
             importlib.import_module(f"ckpt_viewer.core.listing.readers.{module}"), name
         )
         if module in ("hf_index", "training_dir"):  # their parts are opened as files are
