@@ -393,7 +393,6 @@ def run_inspect(args) -> int:
         module_rows,
     )
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.listing.report import text_report
     from ckpt_viewer.core.listing.summary import inspect_dict
 
     with paused_gc():
@@ -410,6 +409,8 @@ def run_inspect(args) -> int:
             say_lines(module_lines(bytes_map(checkpoint), depth))
             say_lines(memory_lines(memory_needs(checkpoint)))
         else:
+            from ckpt_viewer.core.listing.report import text_report  # not for --json
+
             say_lines(text_report(checkpoint, max_depth=args.depth, file_order=args.file_order))
     return 0
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from ckpt_viewer.core import CheckpointError, paused_gc
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import Checkpoint
-from ckpt_viewer.core.listing.readers.hf_index import is_index, model_weights, unread_weights
 
 PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}  # protocol 0/1
 
@@ -46,8 +45,11 @@ def _sniff(path: str) -> str:
         raise CheckpointError(
             "directory holds no checkpoint (no .metadata, *.index.json or model weights file)"
         )
-    if is_index(path):
-        return "hf_index"
+    if path.endswith(".json"):  # is_index's names all end so: its import costs
+        from ckpt_viewer.core.listing.readers.hf_index import is_index
+
+        if is_index(path):
+            return "hf_index"
     if path.endswith(".index"):  # looks_like_bundle's own first test: its import costs
         from ckpt_viewer.core.listing.readers.tensor_bundle import looks_like_bundle
 
@@ -125,6 +127,8 @@ def resolve_directory(path: str) -> str:
 
     if ".metadata" in remote.listdir(path) or state_files(path):
         return path
+    from ckpt_viewer.core.listing.readers.hf_index import model_weights
+
     return model_weights(path) or folder_index(path) or path
 
 
@@ -191,6 +195,7 @@ def open_checkpoint(path: str) -> Checkpoint:
                 path = resolve_directory(path)
             checkpoint = open_file(path)
             if folder and path != folder:
+                from ckpt_viewer.core.listing.readers.hf_index import unread_weights
                 from ckpt_viewer.core.listing.readers.training_dir import folder_metadata
 
                 checkpoint.warnings += unread_weights(folder, remote.basename(path))
