@@ -796,17 +796,15 @@ class _KeyBins:
             return table
         offsets = _keys(np.ascontiguousarray(_computable(sample), dtype=np.float32))
         offsets -= np.uint32(self.lo_key)
-        buckets = np.sort(offsets >> np.uint32(self.shift))
-        buckets = buckets[: np.searchsorted(buckets, self.buckets)]  # finite values only
-        size = buckets.size
-        for q in fractions:
-            rank = quantile_rank(q, size) if size else 0
+        buckets = np.minimum(offsets >> np.uint32(self.shift), self.buckets)  # the last: beyond
+        cumulative = np.cumsum(np.bincount(buckets, minlength=self.buckets + 1)[:-1])
+        size = int(cumulative[-1])  # finite values
+        for q in fractions if size else ():
+            rank = quantile_rank(q, size)
             margin = math.ceil(CANDIDATE_SPREAD * math.sqrt(size * q * (1 - q))) + 2
             low, high = max(rank - margin, 0), min(rank + margin, size - 1)
-            if not size:
-                continue
-            first, last = int(buckets[low]), int(buckets[high])
-            inside = np.searchsorted(buckets, last, "right") - np.searchsorted(buckets, first)
+            first, last = np.searchsorted(cumulative, (low, high), side="right").tolist()
+            inside = int(cumulative[last]) - (int(cumulative[first - 1]) if first else 0)
             # a bucket holding much of the sample (pruned zeros) is left to the selection pass
             if inside - (high - low) <= CANDIDATE_SHARE * size:
                 table[first : last + 1] = True
@@ -957,12 +955,15 @@ def _key_select(
     wanted = sorted({bucket for bucket, _ in where.values()})
     low = {bucket: np.zeros(1 << key_bins.shift, dtype=np.int64) for bucket in wanted}
     if kept is not None and candidates is not None:
-        kept_buckets = kept >> np.uint32(key_bins.shift)
-        mask = np.uint32((1 << key_bins.shift) - 1)
-        for bucket in [bucket for bucket in wanted if candidates[bucket]]:
-            low[bucket] += np.bincount(
-                kept[kept_buckets == bucket] & mask, minlength=1 << key_bins.shift
-            )
+        covered = [bucket for bucket in wanted if candidates[bucket]]
+        slot = np.full(key_bins.buckets + 1, len(covered), dtype=np.intp)  # others: past the end
+        slot[covered] = np.arange(len(covered))
+        # one count over every covered bucket: slot * 2**shift + the low bits
+        index = slot[kept >> np.uint32(key_bins.shift)] << key_bins.shift
+        index += kept & np.uint32((1 << key_bins.shift) - 1)
+        counts = np.bincount(index, minlength=(len(covered) + 1) << key_bins.shift)
+        for i, bucket in enumerate(covered):
+            low[bucket] += counts[i << key_bins.shift : (i + 1) << key_bins.shift]
             wanted.remove(bucket)
 
     def work(raw: np.ndarray) -> dict[int, np.ndarray]:
