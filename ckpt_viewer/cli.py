@@ -6,9 +6,6 @@ import argparse
 import difflib
 import os
 import sys
-import threading
-from collections.abc import Callable
-from typing import Any
 
 from ckpt_viewer import __version__
 from ckpt_viewer.core import CheckpointError, describe_error
@@ -428,39 +425,9 @@ def run_globals(args) -> int:
     return 0
 
 
-def in_background(work: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    """Start work(*args) on a daemon thread (an interrupt does not wait for it); the function
-    returned waits for its result, or raises its error."""
-    outcome: list = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, work(*args)))
-        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-            outcome.append((False, exc))
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-
-    def result() -> Any:
-        thread.join()
-        done, value = outcome[0]
-        if not done:
-            raise value
-        return value
-
-    return result
-
-
-def warn_damaged(path: str, problem: str) -> None:
-    if problem:
-        say(f"warning: {path}: {problem}", file=sys.stderr)
-
-
 def run_stats(args) -> int:
     from ckpt_viewer.core.analysis.verify import check_tensor_records
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.listing.remote import is_remote
     from ckpt_viewer.core.listing.report import stats_lines
     from ckpt_viewer.core.listing.text import nearest_keys
     from ckpt_viewer.core.progress import run
@@ -472,18 +439,10 @@ def run_stats(args) -> int:
         guesses = nearest_keys((key for key, _, _ in checkpoint.tensors()), args.key)
         hint = f"; did you mean {' or '.join(map(repr, guesses))}?" if guesses else ""
         raise CheckpointError(f"no tensor with key {args.key!r}{hint} (see `ckpt-viewer inspect`)")
-    records = check_tensor_records(node.tensor)
-    if is_remote(args.path):  # first: the passes then read the bytes it fetched
-        problem = run(records)
-        checked = lambda: problem  # noqa: E731
-    else:  # on a second thread: one core sat idle while it ran before the passes
-        checked = in_background(run, records)
-    try:
-        stats = run(compute(node.tensor, bins=args.bins, part=args.part))
-    except CheckpointError:
-        warn_damaged(args.path, checked())  # the likelier cause, said first
-        raise
-    warn_damaged(args.path, checked())
+    problem = run(check_tensor_records(node.tensor))
+    if problem:
+        say(f"warning: {args.path}: {problem}", file=sys.stderr)
+    stats = run(compute(node.tensor, bins=args.bins, part=args.part))
     if args.json:
         say_json(stats.to_json())
     else:
