@@ -6,10 +6,12 @@ for moments, counts and a fine histogram (bins x M sub-bins) from which the requ
 is exact, then a selection pass over the few fine bins that hold the quantiles; each pass
 computes its chunks on WORKERS threads and merges them in chunk order, so the figures do not
 depend on the threads: each quantile is an element of the tensor, the k-th smallest finite
-value with k = ceil(q * n) (numpy's "inverted_cdf"). float32, bfloat16 and float16 values take
-the same three passes over the order of their bits instead (see _KeyBins): the selection is then
-one pass whatever the range, where bins over [min, max] that one outlier crowds into a single bin
-were split pass after pass. Stats' min/max/mean/std/l2 fields are over
+value with k = ceil(q * n) (numpy's "inverted_cdf"). float32, bfloat16 and float16 values are
+counted by the order of their bits instead (see _KeyBins): the selection is then one pass
+whatever the range, where bins over [min, max] that one outlier crowds into a single bin were
+split pass after pass, and usually none: the min/max pass samples the values, and the counting
+pass keeps those in the buckets the sample says hold the quantiles. Stats' min/max/mean/std/l2
+fields are over
 finite values; `Stats.over_all()` gives them over every value, by torch's rules.
 """
 
