@@ -638,11 +638,12 @@ def test_float32_bits_path_gives_the_figures_of_the_general_path(tmp_path, monke
             assert quantiles[q] == np.quantile(flat, q, method="inverted_cdf"), (key, q)
 
 
-@pytest.mark.parametrize("miss", ["sample", "room"])
+@pytest.mark.parametrize("miss", ["sample", "room", "share"])
 def test_a_misleading_sample_costs_a_pass_not_a_figure(tmp_path, monkeypatch, miss):
     """The counting pass keeps the values of the buckets a strided sample says hold the
-    quantiles; where the sample lies (every sampled value in [5, 6)) or too many values would
-    be kept, a selection pass reads the tensor again and every figure is the same."""
+    quantiles; where the sample lies (every sampled value in [5, 6)), more values turn up than
+    may be kept, or the sample says so beforehand, a selection pass reads the tensor again and
+    every figure is the same."""
     torch.manual_seed(1)
     values = torch.randn(60_000)
     monkeypatch.setattr(stats_module, "SAMPLE_VALUES", 6000)  # a stride of 10
@@ -651,6 +652,11 @@ def test_a_misleading_sample_costs_a_pass_not_a_figure(tmp_path, monkeypatch, mi
     else:
         monkeypatch.setattr(stats_module, "KEEP_MIN", 10)
         monkeypatch.setattr(stats_module, "KEEP_SHARE", 10**9)
+    if miss == "room":  # the sample not asked: keeping starts, and stops at the limit
+        candidates = stats_module._KeyBins.candidates
+        monkeypatch.setattr(
+            stats_module._KeyBins, "candidates", lambda bins, *a: candidates(bins, *a[:2])
+        )
     path = builders.save({"t": values}, tmp_path / "s.pt")
     tensor = open_checkpoint(path).find("t").tensor
     passes = []

@@ -720,8 +720,9 @@ KEY_BLOCK = 1 << 15  # elements per step of the key arithmetic, whose buffers st
 SAMPLE_VALUES = 1 << 20  # the extremes pass's sample, for the quantiles' likely buckets
 CANDIDATE_SPREAD = 5  # standard deviations of a sampled rank a candidate range spans
 CANDIDATE_SHARE = 0.02  # of the sample, the most a quantile's buckets may hold beyond its ranks
-KEEP_SHARE = 16  # the counting pass keeps at most 1/16 of the values (or KEEP_MIN) for the
-KEEP_MIN = 1 << 20  # selection
+KEEP_SHARE = 16  # the counting pass keeps at most 1/16 of the values for the selection,
+KEEP_MIN = 1 << 20  # or this many of a small tensor's
+KEEP_MAX = 1 << 23  # and never more (32 MB): a larger tensor's selection is a pass of its own
 
 
 def _keys(x: np.ndarray) -> np.ndarray:
@@ -789,10 +790,13 @@ class _KeyBins:
         np.right_shift(offsets, np.uint32(self.shift), out=buckets, casting="unsafe")
         return offsets
 
-    def candidates(self, sample: np.ndarray | None, fractions: Iterable[float]) -> np.ndarray:
+    def candidates(
+        self, sample: np.ndarray | None, fractions: Iterable[float], share: float = 1.0
+    ) -> np.ndarray:
         """A table over the buckets (the last, beyond the range, False) of those likely to hold
         the quantiles at `fractions` of the finite values, judged from a sample: a bucket only
-        true to the sample misses, and the selection pass then reads the tensor again."""
+        true to the sample misses, and the selection pass then reads the tensor again. None
+        is when they would hold more than `share` of the sample."""
         table = np.zeros(self.buckets + 1, dtype=bool)
         if sample is None:
             return table
@@ -810,6 +814,8 @@ class _KeyBins:
             # a bucket holding much of the sample (pruned zeros) is left to the selection pass
             if inside - (high - low) <= CANDIDATE_SHARE * size:
                 table[first : last + 1] = True
+        if np.count_nonzero(table[buckets]) > share * buckets.size:
+            table[:] = False
         return table
 
     def halves(
@@ -907,6 +913,11 @@ def _key_scratch() -> _KeyScratch:
     return scratch
 
 
+def _keep_room(numel: int) -> int:
+    """How many values the counting pass may keep for the selection."""
+    return min(max(KEEP_MIN, numel // KEEP_SHARE), KEEP_MAX)
+
+
 def _key_pass(tensor, part, chunk, key_bins, moments, progress, candidates=None):
     """Generator: moments and half-bucket counts in one pass (moments chunk by chunk as
     _fused_pass computes them, so the figures are bit-identical); returns the counts and the
@@ -916,7 +927,7 @@ def _key_pass(tensor, part, chunk, key_bins, moments, progress, candidates=None)
     lo, hi = key_bins.edges[0], key_bins.edges[-1]
     wanted = candidates if candidates is not None and candidates.any() else None
     kept: list[np.ndarray] | None = [] if wanted is not None else None
-    room = max(KEEP_MIN, tensor.numel // KEEP_SHARE)
+    room = _keep_room(tensor.numel)
 
     def work(raw):
         x = _real_view(raw, part)
@@ -1025,7 +1036,9 @@ def compute(
             moments.add(_real_view(raw, part))
             yield 0.4 * (i + 1) / total_chunks
     elif key_bins is not None:
-        candidates = key_bins.candidates(getattr(facts, "sample", None), QUANTILES)
+        candidates = key_bins.candidates(
+            getattr(facts, "sample", None), QUANTILES, _keep_room(tensor.numel) / tensor.numel
+        )
         halves, kept = yield from _key_pass(
             tensor, part, chunk, key_bins, moments, (start, 0.8), candidates
         )
