@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 
@@ -622,6 +621,8 @@ def unknown_command(word: str) -> str:
     """The error for a first word that is neither a command nor a path ('' if it may be one)."""
     if word.startswith("-") or os.path.exists(word) or os.sep in word or "." in word:
         return ""
+    import difflib  # only for a mistyped command
+
     guess = difflib.get_close_matches(word, SUBCOMMANDS, n=1)
     if guess:
         return f"error: unknown command {word!r} (did you mean {guess[0]!r}?)"
