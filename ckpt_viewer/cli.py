@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 
@@ -390,7 +389,6 @@ def run_inspect(args) -> int:
         module_rows,
     )
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.listing.report import text_report
     from ckpt_viewer.core.listing.summary import inspect_dict
 
     with paused_gc():
@@ -407,6 +405,8 @@ def run_inspect(args) -> int:
             say_lines(module_lines(bytes_map(checkpoint), depth))
             say_lines(memory_lines(memory_needs(checkpoint)))
         else:
+            from ckpt_viewer.core.listing.report import text_report  # not for --json
+
             say_lines(text_report(checkpoint, max_depth=args.depth, file_order=args.file_order))
     return 0
 
@@ -621,6 +621,8 @@ def unknown_command(word: str) -> str:
     """The error for a first word that is neither a command nor a path ('' if it may be one)."""
     if word.startswith("-") or os.path.exists(word) or os.sep in word or "." in word:
         return ""
+    import difflib  # only for a mistyped command
+
     guess = difflib.get_close_matches(word, SUBCOMMANDS, n=1)
     if guess:
         return f"error: unknown command {word!r} (did you mean {guess[0]!r}?)"

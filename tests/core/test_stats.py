@@ -638,11 +638,47 @@ def test_float32_bits_path_gives_the_figures_of_the_general_path(tmp_path, monke
             assert quantiles[q] == np.quantile(flat, q, method="inverted_cdf"), (key, q)
 
 
+@pytest.mark.parametrize("miss", ["sample", "room", "share"])
+def test_a_misleading_sample_costs_a_pass_not_a_figure(tmp_path, monkeypatch, miss):
+    """The counting pass keeps the values of the buckets a strided sample says hold the
+    quantiles; where the sample lies (every sampled value in [5, 6)), more values turn up than
+    may be kept, or the sample says so beforehand, a selection pass reads the tensor again and
+    every figure is the same."""
+    torch.manual_seed(1)
+    values = torch.randn(60_000)
+    monkeypatch.setattr(stats_module, "SAMPLE_VALUES", 6000)  # a stride of 10
+    if miss == "sample":
+        values[::10] = 5 + torch.rand(6000)  # the top tenth: the top quantiles' buckets kept
+    else:
+        monkeypatch.setattr(stats_module, "KEEP_MIN", 10)
+        monkeypatch.setattr(stats_module, "KEEP_SHARE", 10**9)
+    if miss == "room":  # the sample not asked: keeping starts, and stops at the limit
+        candidates = stats_module._KeyBins.candidates
+        monkeypatch.setattr(
+            stats_module._KeyBins, "candidates", lambda bins, *a: candidates(bins, *a[:2])
+        )
+    path = builders.save({"t": values}, tmp_path / "s.pt")
+    tensor = open_checkpoint(path).find("t").tensor
+    passes = []
+    real = stats_module.iter_chunks
+    monkeypatch.setattr(
+        stats_module, "iter_chunks", lambda *a, **k: passes.append(1) or real(*a, **k)
+    )
+    fused = run(compute(tensor, chunk=4000)).to_json()
+    assert len(passes) == 3
+    with monkeypatch.context() as general:
+        general.setattr(stats_module, "KEY_DTYPES", ())
+        assert json.dumps(fused) == json.dumps(run(compute(tensor, chunk=4000)).to_json())
+    flat = values.double().numpy()
+    for q in QUANTILES:
+        assert fused["quantiles"][f"{q:g}"] == np.quantile(flat, q, method="inverted_cdf")
+
+
 def test_an_outlier_costs_no_extra_pass(tmp_path, monkeypatch):
     """Bits order the values whatever their range: with one 1e30 among normal values the
-    float32 path still reads the tensor three times (range, counts, the quantiles' buckets),
-    where bins over [min, max] hold every other value in one bin and were split pass after
-    pass; the quantiles are numpy's."""
+    float32 path still reads the tensor twice (range and a sample, then counts and the values
+    in the quantiles' likely buckets), where bins over [min, max] hold every other value in
+    one bin and were split pass after pass; the quantiles are numpy's."""
     torch.manual_seed(0)
     values = torch.randn(200_000)
     values[123] = 1e30
@@ -655,7 +691,7 @@ def test_an_outlier_costs_no_extra_pass(tmp_path, monkeypatch):
         stats_module, "iter_chunks", lambda *a, **k: passes.append(1) or real(*a, **k)
     )
     stats = run(compute(tensor, chunk=1 << 14))
-    assert len(passes) == 3
+    assert len(passes) == 2
     flat = values.double().numpy()
     for q in QUANTILES:
         assert stats.quantiles[q] == np.quantile(flat, q, method="inverted_cdf")

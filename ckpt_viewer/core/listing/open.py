@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from collections.abc import Callable
 
 from ckpt_viewer.core import CheckpointError, paused_gc
 from ckpt_viewer.core.listing import remote
 from ckpt_viewer.core.listing.model import Checkpoint
-from ckpt_viewer.core.listing.readers.hf_index import is_index, model_weights, unread_weights
 
 PICKLE_STARTS = {b"(", b"}", b"]", b"L", b"I", b"c", b"N", b"F", b"S", b"V"}  # protocol 0/1
 
@@ -45,12 +45,16 @@ def _sniff(path: str) -> str:
         raise CheckpointError(
             "directory holds no checkpoint (no .metadata, *.index.json or model weights file)"
         )
-    if is_index(path):
-        return "hf_index"
-    from ckpt_viewer.core.listing.readers.tensor_bundle import looks_like_bundle
+    if path.endswith(".json"):  # is_index's names all end so: its import costs
+        from ckpt_viewer.core.listing.readers.hf_index import is_index
 
-    if looks_like_bundle(path):
-        return "tensor_bundle"
+        if is_index(path):
+            return "hf_index"
+    if path.endswith(".index"):  # looks_like_bundle's own first test: its import costs
+        from ckpt_viewer.core.listing.readers.tensor_bundle import looks_like_bundle
+
+        if looks_like_bundle(path):
+            return "tensor_bundle"
     if source.size == 0:
         raise CheckpointError("file is empty")
     head = source.head
@@ -62,6 +66,8 @@ def _sniff(path: str) -> str:
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return "hdf5"
     if head.startswith(b"PK\x03\x04"):  # the test torch.load makes
+        if _first_record(head).endswith(b"/data.pkl"):
+            return "torch_zip"  # torch.save's first record: no npz, Keras or pt2 archive's
         from ckpt_viewer.core.listing.readers.keras_h5 import is_keras
         from ckpt_viewer.core.listing.readers.numpy_files import is_npz
 
@@ -105,6 +111,13 @@ def _sniff(path: str) -> str:
     raise CheckpointError(f"not a recognised checkpoint format (first bytes {preview})")
 
 
+def _first_record(head: bytes) -> bytes:
+    """The name of a zip's first local record (numpy_files.first_record_name, which is not
+    imported for this: the other readers' imports cost more than a torch file's listing)."""
+    length = int.from_bytes(head[26:28], "little") if len(head) >= 30 else 0
+    return head[30 : 30 + length]
+
+
 def resolve_directory(path: str) -> str:
     """A Hugging Face model directory -> its index file or single weights file; a training
     folder (weights with optimizer, scheduler... files) or a DCP folder stays as it is; a
@@ -114,57 +127,54 @@ def resolve_directory(path: str) -> str:
 
     if ".metadata" in remote.listdir(path) or state_files(path):
         return path
+    from ckpt_viewer.core.listing.readers.hf_index import model_weights
+
     return model_weights(path) or folder_index(path) or path
 
 
 def resolve_prefix(path: str) -> str:
     """A TensorFlow checkpoint prefix (`ckpt-3`, no file of that name) -> its `ckpt-3.index`."""
+    if not remote.is_remote(path) and os.path.isfile(path):
+        return path  # a file is no prefix (prefix_index's first test, without its import)
     from ckpt_viewer.core.listing.readers.tensor_bundle import prefix_index
 
     return prefix_index(path) or path
 
 
+READERS = {  # format -> (reader module, its function)
+    "torch_zip": ("torch_zip", "read"),
+    "torch_legacy": ("torch_legacy", "read"),
+    "safetensors": ("safetensors", "read"),
+    "pickle": ("plain_pickle", "read"),
+    "hf_index": ("hf_index", "read"),
+    "dcp": ("dcp", "read"),
+    "dcp_hf": ("dcp", "read_hf"),
+    "pt2": ("pt2", "read"),
+    "gguf": ("gguf", "read"),
+    "training_dir": ("training_dir", "read"),
+    "npy": ("numpy_files", "read_npy"),
+    "npz": ("numpy_files", "read_npz"),
+    "onnx": ("onnx_file", "read"),
+    "hdf5": ("keras_h5", "read"),
+    "keras": ("keras_h5", "read_keras"),
+    "keras_sharded": ("keras_h5", "read_sharded"),
+    "flax_msgpack": ("flax_msgpack", "read"),
+    "tensor_bundle": ("tensor_bundle", "read"),
+}
+
+
 def open_file(path: str) -> Checkpoint:
     """Read only metadata; raises CheckpointError with a one-line message for any bad input."""
-    from ckpt_viewer.core.listing.readers import (
-        dcp,
-        flax_msgpack,
-        gguf,
-        hf_index,
-        keras_h5,
-        numpy_files,
-        onnx_file,
-        plain_pickle,
-        pt2,
-        safetensors,
-        tensor_bundle,
-        torch_legacy,
-        torch_zip,
-        training_dir,
-    )
-
-    readers: dict[str, Callable[[str], Checkpoint]] = {
-        "torch_zip": torch_zip.read,
-        "torch_legacy": torch_legacy.read,
-        "safetensors": safetensors.read,
-        "pickle": plain_pickle.read,
-        "hf_index": functools.partial(hf_index.read, open_shard=open_file),
-        "dcp": dcp.read,
-        "dcp_hf": dcp.read_hf,
-        "pt2": pt2.read,
-        "gguf": gguf.read,
-        "training_dir": functools.partial(training_dir.read, open_part=open_file),
-        "npy": numpy_files.read_npy,
-        "npz": numpy_files.read_npz,
-        "onnx": onnx_file.read,
-        "hdf5": keras_h5.read,
-        "keras": keras_h5.read_keras,
-        "keras_sharded": keras_h5.read_sharded,
-        "flax_msgpack": flax_msgpack.read,
-        "tensor_bundle": tensor_bundle.read,
-    }
     with remote.opening():
-        return readers[sniff(path)](path)
+        module, name = READERS[sniff(path)]
+        # only the reader the format needs is imported: all of them cost more than a listing
+        reader: Callable[..., Checkpoint] = getattr(
+            importlib.import_module(f"ckpt_viewer.core.listing.readers.{module}"), name
+        )
+        if module in ("hf_index", "training_dir"):  # their parts are opened as files are
+            part = "open_shard" if module == "hf_index" else "open_part"
+            reader = functools.partial(reader, **{part: open_file})
+        return reader(path)
 
 
 def open_checkpoint(path: str) -> Checkpoint:
@@ -185,6 +195,7 @@ def open_checkpoint(path: str) -> Checkpoint:
                 path = resolve_directory(path)
             checkpoint = open_file(path)
             if folder and path != folder:
+                from ckpt_viewer.core.listing.readers.hf_index import unread_weights
                 from ckpt_viewer.core.listing.readers.training_dir import folder_metadata
 
                 checkpoint.warnings += unread_weights(folder, remote.basename(path))

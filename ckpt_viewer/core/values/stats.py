@@ -6,10 +6,12 @@ for moments, counts and a fine histogram (bins x M sub-bins) from which the requ
 is exact, then a selection pass over the few fine bins that hold the quantiles; each pass
 computes its chunks on WORKERS threads and merges them in chunk order, so the figures do not
 depend on the threads: each quantile is an element of the tensor, the k-th smallest finite
-value with k = ceil(q * n) (numpy's "inverted_cdf"). float32, bfloat16 and float16 values take
-the same three passes over the order of their bits instead (see _KeyBins): the selection is then
-one pass whatever the range, where bins over [min, max] that one outlier crowds into a single bin
-were split pass after pass. Stats' min/max/mean/std/l2 fields are over
+value with k = ceil(q * n) (numpy's "inverted_cdf"). float32, bfloat16 and float16 values are
+counted by the order of their bits instead (see _KeyBins): the selection is then one pass
+whatever the range, where bins over [min, max] that one outlier crowds into a single bin were
+split pass after pass, and usually none: the min/max pass samples the values, and the counting
+pass keeps those in the buckets the sample says hold the quantiles. Stats' min/max/mean/std/l2
+fields are over
 finite values; `Stats.over_all()` gives them over every value, by torch's rules.
 """
 
@@ -249,7 +251,9 @@ def _chunk_moments(x: np.ndarray) -> _ChunkMoments:
     with np.errstate(all="ignore"):  # NaN/Inf are counted, not warned about
         part = _ChunkMoments(
             x.size,
-            int(np.add.reduce(x == 0, dtype=np.int64)),  # count_nonzero keeps the GIL
+            # count_nonzero keeps the GIL, for a few dozen microseconds a chunk: a fifth of
+            # what add.reduce's casting to int64 costs
+            int(np.count_nonzero(x == 0)),
             x.dtype.kind in "iub",
             (int(x.min()), int(x.max())) if x.dtype.kind in "iu" and x.size else None,
         )
@@ -683,12 +687,22 @@ def _extremes_pass(
     lo, hi, integer = math.inf, -math.inf, True
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     chunks = (_real_view(raw, part) for raw in iter_chunks(tensor, chunk))
-    for i, (a, b, whole) in enumerate(_in_parallel(chunks, _chunk_extremes)):
+    # a sample for _key_candidates, taken while each chunk is in cache anyway
+    stride = max(1, tensor.numel // SAMPLE_VALUES) if total_chunks >= 4 else 0
+    sampled = tensor.dtype in KEY_DTYPES and stride
+
+    def work(x: np.ndarray) -> tuple:
+        return _chunk_extremes(x), x[::stride].copy() if sampled else None
+
+    samples = []
+    for i, ((a, b, whole), sample) in enumerate(_in_parallel(chunks, work)):
         lo, hi, integer = min(lo, a), max(hi, b), integer and whole
+        if sample is not None:
+            samples.append(sample)
         yield progress * (i + 1) / total_chunks
     if lo > hi:
         return None
-    return _Range(lo, hi, integer)
+    return _Range(lo, hi, integer, np.concatenate(samples) if samples else None)
 
 
 # --- float32 values: exact histogram and quantiles from the order of their bits -------------
@@ -703,6 +717,12 @@ KEY_BUCKETS = 16  # log2 of the buckets the key range is cut in; up to KEY_BUCKE
 KEY_BUCKETS_MAX = 18  # when that is what it takes to keep two edges out of one bucket
 KEY_SLICE = 1 << 18  # elements per GIL-holding bincount
 KEY_BLOCK = 1 << 15  # elements per step of the key arithmetic, whose buffers stay in cache
+SAMPLE_VALUES = 1 << 20  # the extremes pass's sample, for the quantiles' likely buckets
+CANDIDATE_SPREAD = 5  # standard deviations of a sampled rank a candidate range spans
+CANDIDATE_SHARE = 0.02  # of the sample, the most a quantile's buckets may hold beyond its ranks
+KEEP_SHARE = 16  # the counting pass keeps at most 1/16 of the values for the selection,
+KEEP_MIN = 1 << 20  # or this many of a small tensor's
+KEEP_MAX = 1 << 23  # and never more (32 MB): a larger tensor's selection is a pass of its own
 
 
 def _keys(x: np.ndarray) -> np.ndarray:
@@ -770,13 +790,45 @@ class _KeyBins:
         np.right_shift(offsets, np.uint32(self.shift), out=buckets, casting="unsafe")
         return offsets
 
-    def halves(self, x: np.ndarray, outside: bool) -> np.ndarray:
+    def candidates(
+        self, sample: np.ndarray | None, fractions: Iterable[float], share: float = 1.0
+    ) -> np.ndarray:
+        """A table over the buckets (the last, beyond the range, False) of those likely to hold
+        the quantiles at `fractions` of the finite values, judged from a sample: a bucket only
+        true to the sample misses, and the selection pass then reads the tensor again. None
+        is when they would hold more than `share` of the sample."""
+        table = np.zeros(self.buckets + 1, dtype=bool)
+        if sample is None:
+            return table
+        offsets = _keys(np.ascontiguousarray(_computable(sample), dtype=np.float32))
+        offsets -= np.uint32(self.lo_key)
+        buckets = np.minimum(offsets >> np.uint32(self.shift), self.buckets)  # the last: beyond
+        cumulative = np.cumsum(np.bincount(buckets, minlength=self.buckets + 1)[:-1])
+        size = int(cumulative[-1])  # finite values
+        for q in fractions if size else ():
+            rank = quantile_rank(q, size)
+            margin = math.ceil(CANDIDATE_SPREAD * math.sqrt(size * q * (1 - q))) + 2
+            low, high = max(rank - margin, 0), min(rank + margin, size - 1)
+            first, last = np.searchsorted(cumulative, (low, high), side="right").tolist()
+            inside = int(cumulative[last]) - (int(cumulative[first - 1]) if first else 0)
+            # a bucket holding much of the sample (pruned zeros) is left to the selection pass
+            if inside - (high - low) <= CANDIDATE_SHARE * size:
+                table[first : last + 1] = True
+        if np.count_nonzero(table[buckets]) > share * buckets.size:
+            table[:] = False
+        return table
+
+    def halves(
+        self, x: np.ndarray, outside: bool, wanted: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Counts of a chunk's values per half bucket (2 b: below bucket b's edge, 2 b + 1: at
-        or above it; non-finite values in the last two). `outside`: whether the chunk holds
-        values outside [lo, hi] (only then are buckets clamped)."""
+        or above it; non-finite values in the last two), and the key offsets of its values in
+        the `wanted` buckets (a table, as candidates() gives; None: none kept). `outside`:
+        whether the chunk holds values outside [lo, hi] (only then are buckets clamped)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         scratch = _key_scratch()
         counts = np.zeros(2 * (self.buckets + 1), dtype=np.int64)
+        kept: list[np.ndarray] = []
         for start in range(0, x.size, KEY_SLICE):
             size = min(KEY_SLICE, x.size - start)
             for at in range(0, size, KEY_BLOCK):
@@ -789,13 +841,20 @@ class _KeyBins:
                 offsets = self._block(x, start + at, n, buckets)
                 if outside:
                     np.minimum(buckets, self.buckets, out=buckets)
-                np.take(self.edge_at, buckets, out=edge)
+                if wanted is not None:
+                    np.take(wanted, buckets, out=flag)
+                    near = np.flatnonzero(flag)
+                    if near.size:
+                        kept.append(offsets[near])
+                np.take(self.edge_at, buckets, out=edge, mode="clip")  # clip: no checks
                 np.greater_equal(offsets, edge, out=flag)
                 np.left_shift(buckets, 1, out=buckets)
                 np.add(buckets, flag.view(np.uint8), out=buckets, casting="unsafe")
             # bincount holds the GIL: a slice at a time
             counts += np.bincount(scratch.buckets[:size], minlength=counts.size)
-        return counts
+        if wanted is None:
+            return counts, None
+        return counts, np.concatenate(kept) if kept else np.empty(0, np.uint32)
 
     def histogram(self, halves: np.ndarray) -> np.ndarray:
         """The histogram's counts from the half-bucket counts of the finite values."""
@@ -854,37 +913,76 @@ def _key_scratch() -> _KeyScratch:
     return scratch
 
 
-def _key_pass(tensor, part, chunk, key_bins, moments, progress):
+def _keep_room(numel: int) -> int:
+    """How many values the counting pass may keep for the selection."""
+    return min(max(KEEP_MIN, numel // KEEP_SHARE), KEEP_MAX)
+
+
+def _key_pass(tensor, part, chunk, key_bins, moments, progress, candidates=None):
     """Generator: moments and half-bucket counts in one pass (moments chunk by chunk as
-    _fused_pass computes them, so the figures are bit-identical); returns the counts."""
+    _fused_pass computes them, so the figures are bit-identical); returns the counts and the
+    key offsets of the values in the `candidates` buckets (None when there were too many)."""
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     halves = np.zeros(2 * (key_bins.buckets + 1), dtype=np.int64)
     lo, hi = key_bins.edges[0], key_bins.edges[-1]
+    wanted = candidates if candidates is not None and candidates.any() else None
+    kept: list[np.ndarray] | None = [] if wanted is not None else None
+    room = _keep_room(tensor.numel)
 
     def work(raw):
         x = _real_view(raw, part)
         seen = _chunk_moments(x)
         outside = seen.nan or seen.posinf or seen.neginf or seen.lo < lo or seen.hi > hi
-        return seen, key_bins.halves(_computable(x), bool(outside))
+        return seen, key_bins.halves(_computable(x), bool(outside), wanted)
 
-    for i, (seen, counts) in enumerate(_in_parallel(iter_chunks(tensor, chunk), work)):
+    chunks = _in_parallel(iter_chunks(tensor, chunk), work)
+    for i, (seen, (counts, offsets)) in enumerate(chunks):
         moments.merge(seen)
         halves += counts
+        if kept is not None and offsets is not None:
+            room -= offsets.size
+            if room < 0:  # the sample misled: the selection pass reads the tensor instead
+                kept = wanted = None
+            else:
+                kept.append(offsets)
         yield progress[0] + (progress[1] - progress[0]) * (i + 1) / total_chunks
-    return halves
+    if kept is None:
+        return halves, None
+    return halves, np.concatenate(kept) if kept else np.empty(0, np.uint32)
 
 
-def _key_select(tensor, part, chunk, key_bins, buckets: np.ndarray, ranks: dict):
-    """Generator: {q: the finite value of rank ranks[q]}, from the bucket counts and one pass
-    counting the low bits of the values in the quantiles' buckets."""
+def _key_select(
+    tensor,
+    part,
+    chunk,
+    key_bins,
+    buckets: np.ndarray,
+    ranks: dict,
+    candidates: np.ndarray | None = None,
+    kept: np.ndarray | None = None,
+):
+    """Generator: {q: the finite value of rank ranks[q]}, from the bucket counts and the low
+    bits of the values in the quantiles' buckets: counted from `kept` (the key offsets of
+    every value in the `candidates` buckets) where they cover a bucket, else by one pass."""
     where = {q: _locate(buckets, rank) for q, rank in ranks.items()}
     wanted = sorted({bucket for bucket, _ in where.values()})
     low = {bucket: np.zeros(1 << key_bins.shift, dtype=np.int64) for bucket in wanted}
+    if kept is not None and candidates is not None:
+        covered = [bucket for bucket in wanted if candidates[bucket]]
+        slot = np.full(key_bins.buckets + 1, len(covered), dtype=np.intp)  # others: past the end
+        slot[covered] = np.arange(len(covered))
+        # one count over every covered bucket: slot * 2**shift + the low bits
+        index = slot[kept >> np.uint32(key_bins.shift)] << key_bins.shift
+        index += kept & np.uint32((1 << key_bins.shift) - 1)
+        counts = np.bincount(index, minlength=(len(covered) + 1) << key_bins.shift)
+        for i, bucket in enumerate(covered):
+            low[bucket] += counts[i << key_bins.shift : (i + 1) << key_bins.shift]
+            wanted.remove(bucket)
 
     def work(raw: np.ndarray) -> dict[int, np.ndarray]:
         return key_bins.low_counts(_computable(_real_view(raw, part)), wanted)
 
-    for found in _in_parallel(iter_chunks(tensor, chunk), work):
+    for found in _in_parallel(iter_chunks(tensor, chunk) if wanted else (), work):
         for bucket, counts in found.items():
             low[bucket] += counts
         yield
@@ -901,6 +999,7 @@ class _Range:
     lo: float
     hi: float
     integer: bool
+    sample: np.ndarray | None = None  # evenly strided values, to guess the quantiles' buckets
 
 
 def compute(
@@ -937,7 +1036,12 @@ def compute(
             moments.add(_real_view(raw, part))
             yield 0.4 * (i + 1) / total_chunks
     elif key_bins is not None:
-        halves = yield from _key_pass(tensor, part, chunk, key_bins, moments, (start, 0.8))
+        candidates = key_bins.candidates(
+            getattr(facts, "sample", None), QUANTILES, _keep_room(tensor.numel) / tensor.numel
+        )
+        halves, kept = yield from _key_pass(
+            tensor, part, chunk, key_bins, moments, (start, 0.8), candidates
+        )
     else:
         check = _EdgeCheck(*known[:3])
         histogram = yield from _fused_pass(
@@ -975,7 +1079,7 @@ def compute(
         ranks = {q: quantile_rank(q, finite) // repeat for q in QUANTILES}  # min < max here
         buckets = halves[0:-2:2] + halves[1:-2:2]
         stats.quantiles = yield from within(
-            _key_select(tensor, part, chunk, key_bins, buckets, ranks),
+            _key_select(tensor, part, chunk, key_bins, buckets, ranks, candidates, kept),
             (0.8, 1.0),
             max(1, math.ceil(tensor.numel / chunk)),
         )

@@ -1,0 +1,41 @@
+"""Opening a file imports only the reader its format needs (issue #24: the other readers'
+imports cost more than listing a 16 GB torch file)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from ckpt_viewer.core.listing.open import READERS
+
+LOADED = (
+    "import json, sys; from ckpt_viewer.core.listing.open import open_checkpoint; "
+    "open_checkpoint(sys.argv[1]); "
+    "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ckpt_viewer'))))"
+)
+
+
+def readers_after_open(path) -> set[str]:
+    """The format readers (open.READERS' modules) imported by opening `path`."""
+    out = subprocess.run(
+        [sys.executable, "-c", LOADED, str(path)], capture_output=True, text=True, check=True
+    )
+    readers = {f"ckpt_viewer.core.listing.readers.{module}" for module, _ in READERS.values()}
+    return readers & set(json.loads(out.stdout))
+
+
+def test_a_torch_file_loads_no_other_reader(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(3), "opt": {"state": {}, "param_groups": []}}, path)
+    assert readers_after_open(path) == {"ckpt_viewer.core.listing.readers.torch_zip"}
+
+
+def test_a_safetensors_file_loads_its_reader_only(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(3)}, str(path))
+    assert readers_after_open(path) == {"ckpt_viewer.core.listing.readers.safetensors"}
