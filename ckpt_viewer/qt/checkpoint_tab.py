@@ -438,7 +438,14 @@ class CheckpointTab(QWidget):
         from ckpt_viewer.core.listing.footprint import memory_lines
 
         text = "\n".join(as_html(line) for line in memory_lines(needs) if line)
-        self.summary.append(f"<h3>What it needs to run</h3><pre>{text}</pre>")
+        # append() scrolls to the end when the view was at it, and a summary shorter than its
+        # view is: the file's first facts left the view as the section arrived
+        top = self.summary.verticalScrollBar().value()
+        # pre-wrap: the long lines wrap rather than the whole summary scrolling sideways
+        self.summary.append(
+            f'<h3>What it needs to run</h3><pre style="white-space: pre-wrap">{text}</pre>'
+        )
+        self.summary.verticalScrollBar().setValue(top)
         self.memory_shown.emit()
 
     def _pane_shown(self, index: int):
