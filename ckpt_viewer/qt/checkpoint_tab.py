@@ -277,6 +277,8 @@ class CheckpointTab(QWidget):
             self.tree,
             self.first_match,
             lambda index: self.model.is_match(self.model.row_of(index)),
+            lambda: self.controller.busy("filter"),
+            self.filter_applied,
         )
 
         self.summary = QTextBrowser()

@@ -21,3 +21,22 @@ def test_summary_stays_at_its_top_when_the_memory_section_arrives(qtbot, window,
     assert bar.maximum() > 0  # the section made the summary taller than its view
     assert bar.value() == 0
     assert tab.summary.horizontalScrollBar().maximum() == 0
+
+
+def test_enter_typed_before_the_filter_applies_lands_on_its_match(qtbot, window, tmp_path):
+    """Typing a key and Enter at once: the tree still showed the previous filter (or none),
+    and Enter selected its first row (the review's `conv1.weight` + Enter landed on `conv1`)."""
+    from PySide6.QtCore import Qt
+
+    path = builders.save(
+        {"conv1.weight": torch.zeros(4, 3, 3, 3), "conv2.weight": torch.zeros(4, 4, 3, 3)},
+        tmp_path / "conv.pt",
+    )
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    tab.filter.setFocus()
+    qtbot.keyClicks(tab.filter, "conv2.weight")
+    assert tab.controller.busy("filter")  # the filter waits for a pause in typing
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        qtbot.keyClick(tab.filter, Qt.Key_Return)
+    assert tab.tree.hasFocus() and tab.selected_key() == "conv2.weight"
