@@ -69,6 +69,12 @@ PANE_STARTS = {
     "layersDock": ("Plot metrics across depth", "layers_current"),
 }
 PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its statistics strip
+# tables of findings and imports, the first time in a window narrower than WIDE_WINDOW, go
+# below the tree: beside it at 1366 pixels they pushed the tree's sizes out of view and cut
+# their own messages
+BELOW_WHEN_NARROW = ("healthDock", "pickleImportsDock")
+WIDE_WINDOW = 1600
+PANE_SHARE_BELOW = 0.3  # of the window's height
 # every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
@@ -354,6 +360,8 @@ class MainWindow(QMainWindow):
         first = name not in self.placed
         if first and others:
             self.tabifyDockWidget(others[0], pane)
+        elif first and name in BELOW_WHEN_NARROW and self.width() < WIDE_WINDOW:
+            self.addDockWidget(Qt.BottomDockWidgetArea, pane)
         if tab is not None and self.tabs.indexOf(tab) >= 0:  # the file as its tab names it
             # (a model folder's tab says gpt2_hf, its views' own titles model.safetensors)
             view.setWindowTitle(
@@ -362,7 +370,10 @@ class MainWindow(QMainWindow):
         pane.hold(view, tab)
         if first:
             self.placed.add(name)
-            if not others:
+            if not others and self.dockWidgetArea(pane) == Qt.BottomDockWidgetArea:
+                share = int(self.height() * PANE_SHARE_BELOW)
+                QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Vertical))
+            elif not others:
                 share = int(self.width() * PANE_SHARE)  # once laid out: not before it
                 QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Horizontal))
         return view

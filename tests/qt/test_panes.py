@@ -1,5 +1,6 @@
-"""Health, Layers and Pickle Imports are panes docked beside the tree: one column of tabs the
-first time, where the user put them after a restart, gone with their file's tab."""
+"""Health, Layers and Pickle Imports are panes docked beside the tree (Health and Pickle
+Imports below it in a window narrower than 1600 pixels): one column of tabs the first time,
+where the user put them after a restart, gone with their file's tab."""
 
 import torch
 from PySide6.QtCore import Qt
@@ -14,6 +15,7 @@ def test_tools_views_dock_beside_the_tree_and_are_remembered(qtbot, window, tmp_
 
     path = builders.save({f"blocks.{i}.w": torch.ones(3, 3) for i in range(2)}, tmp_path / "m.pt")
     open_and_wait(qtbot, window, path)
+    window.resize(1920, 1080)  # narrower, Health goes below the tree (the next test)
     tab = window.current_tab()
     health = window.health_current()
     with qtbot.waitSignal(health.checked, timeout=30_000):
@@ -123,7 +125,13 @@ def test_nan_and_inf_counts_need_no_scrolling_at_1366x768(qtbot, window, tmp_pat
         tab.select_key("w")
     expected = {"NaN": ("1", True), "+Inf": ("1", True), "-Inf": ("1", True)}
     assert alarms_in_sight() == expected
-    window.health_current()  # a pane beside the tree leaves the strip narrower
+    height = table.viewport().height()
+    window.health_current()  # below the tree at 1366 pixels: the strip keeps less height
+    assert window.dockWidgetArea(window.panes["healthDock"]) == Qt.BottomDockWidgetArea
+    qtbot.waitUntil(lambda: table.viewport().height() < height, timeout=5_000)
+    assert alarms_in_sight() == expected
+    window.panes["healthDock"].close()
+    window.layers_current()  # beside the tree: the strip narrower
     qtbot.waitUntil(lambda: table.columnCount() == 2, timeout=5_000)
     assert alarms_in_sight() == expected
 
