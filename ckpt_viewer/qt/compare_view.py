@@ -624,10 +624,12 @@ class CompareView(QWidget):
         for pair in self.report.scalars:
             a, b = ("" if v is None else shown(repr(v)) for v in (pair.a, pair.b))
             key = shown(pair.key)
-            item = QTreeWidgetItem([key, a, b, "=" if pair.same else "\u2260"])
+            # a scalar one file lacks read "≠" beside an empty cell: as if its value differed
+            mark = "only in A" if pair.b is None else "only in B" if pair.a is None else ""
+            item = QTreeWidgetItem([key, a, b, mark or ("=" if pair.same else "\u2260")])
             for column, text in enumerate((key, a, b)):
                 item.setToolTip(column, text)
-            item.setToolTip(3, "the same" if pair.same else "different (or in one file only)")
+            item.setToolTip(3, mark or ("the same" if pair.same else "different"))
             self.scalars.addTopLevelItem(item)
         self.scalars.fit_columns()
         self.scalars.setVisible(bool(self.report.scalars))
