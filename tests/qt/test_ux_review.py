@@ -40,3 +40,22 @@ def test_enter_typed_before_the_filter_applies_lands_on_its_match(qtbot, window,
     with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
         qtbot.keyClick(tab.filter, Qt.Key_Return)
     assert tab.tree.hasFocus() and tab.selected_key() == "conv2.weight"
+
+
+def test_a_run_without_learning_rates_or_losses_keeps_the_steps_in_view(qtbot, window, tmp_path):
+    """The key's line, the learning rates and the losses share the step axis; with no rate
+    or loss in the files the empty plots held it at 0..1 and the line showed one point."""
+    model = torch.nn.Linear(3, 2)
+    (tmp_path / "run").mkdir()
+    for epoch in range(5):
+        with torch.no_grad():
+            model.weight.add_(0.1)
+        torch.save({"model": model.state_dict(), "epoch": epoch}, tmp_path / "run" / f"c{epoch}.pt")
+    with qtbot.waitSignal(window.runs_opened, timeout=10_000) as opened:
+        window.open_paths([str(tmp_path / "run")])
+    view = opened.args[0]
+    with qtbot.waitSignal(view.ready, timeout=60_000):
+        pass
+    low, high = view.lines.getViewBox().viewRange()[0]
+    assert low <= 0 and high >= 4  # every checkpoint's step
+    assert view.rates.getAxis("left").labelText == "no learning rate"
