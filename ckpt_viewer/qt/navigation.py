@@ -83,7 +83,7 @@ class FilterKeys(QObject):
 
 class LazyExpander(QObject):
     """View > Expand All without walking every row (QTreeView.expandAll asks the model about
-    all 50,000 keys at once): the rows in view are expanded, then those scrolled into view,
+    all 50,000 keys at once): the rows in view (and a page on) are expanded, then those scrolled into view,
     until Collapse All, a collapse, or a new filter ends it."""
 
     def __init__(self, tree: QTreeView):
@@ -107,10 +107,13 @@ class LazyExpander(QObject):
         return False
 
     def fill(self, *_) -> None:
-        """Expand every collapsed row in view; repeat while that brought new rows in."""
+        """Expand every collapsed row in view and a page below it; repeat while that brought
+        new rows in."""
         if not self.on or self.filling:  # expanding may move the scroll bar: no recursion
             return
-        tree, height = self.tree, self.tree.viewport().height()
+        # a page past the view too: Page Down and Down move by the rows laid out, and landed
+        # on a collapsed row far below that the expansion then pushed out of view
+        tree, height = self.tree, 2 * self.tree.viewport().height()
         model = tree.model()
         self.filling = True
         try:

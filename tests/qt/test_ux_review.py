@@ -59,3 +59,27 @@ def test_a_run_without_learning_rates_or_losses_keeps_the_steps_in_view(qtbot, w
     low, high = view.lines.getViewBox().viewRange()[0]
     assert low <= 0 and high >= 4  # every checkpoint's step
     assert view.rates.getAxis("left").labelText == "no learning rate"
+
+
+def test_page_down_after_expand_all_keeps_the_current_row_in_view(qtbot, window, tmp_path):
+    """Expand All opens rows as they come into view: Page Down moved a page over the rows laid
+    out, onto a collapsed layer dozens below, which opening then pushed out of view."""
+    from PySide6.QtCore import Qt
+
+    keys = {f"layers.{i}.sub{j}.weight": torch.zeros(2) for i in range(200) for j in range(10)}
+    path = builders.save(keys, tmp_path / "deep.pt")
+    window.resize(1366, 768)
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    tab.expander.start()
+    assert tab.select_key("layers.0.sub7.weight")
+    tab.tree.setFocus()
+
+    def current_in_view() -> bool:
+        rect = tab.tree.visualRect(tab.tree.currentIndex())
+        return rect.isValid() and 0 <= rect.top() and rect.bottom() <= tab.tree.viewport().height()
+
+    for _ in range(3):
+        qtbot.keyClick(tab.tree, Qt.Key_PageDown)
+        qtbot.waitUntil(current_in_view, timeout=2_000)
+    assert int(tab.selected_key().split(".")[1]) < 20  # a few pages on, not dozens of layers
