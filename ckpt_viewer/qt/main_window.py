@@ -353,15 +353,22 @@ class MainWindow(QMainWindow):
             getattr(self, start)()
 
     def _show_pane(self, name: str, view: QWidget, tab: CheckpointTab | None) -> QWidget:
-        """`view` in its dock (replacing the one there); the first time, beside the tree, as a
-        tab of any other pane that is open."""
+        """`view` in its dock (replacing the one there); the first time, beside the tree (or
+        below it), as a tab of any other pane open there."""
         pane = self.panes[name]
-        others = [p for p in self.panes.values() if p is not pane and p.isVisible()]
+        below = name in BELOW_WHEN_NARROW and self.width() < WIDE_WINDOW
+        area = Qt.BottomDockWidgetArea if below else Qt.RightDockWidgetArea
+        # only where it goes: Layers tabbed with Health below the tree had no height for its plot
+        others = [
+            p
+            for p in self.panes.values()
+            if p is not pane and p.isVisible() and self.dockWidgetArea(p) == area
+        ]
         first = name not in self.placed
         if first and others:
             self.tabifyDockWidget(others[0], pane)
-        elif first and name in BELOW_WHEN_NARROW and self.width() < WIDE_WINDOW:
-            self.addDockWidget(Qt.BottomDockWidgetArea, pane)
+        elif first:
+            self.addDockWidget(area, pane)
         if tab is not None and self.tabs.indexOf(tab) >= 0:  # the file as its tab names it
             # (a model folder's tab says gpt2_hf, its views' own titles model.safetensors)
             view.setWindowTitle(
@@ -370,7 +377,7 @@ class MainWindow(QMainWindow):
         pane.hold(view, tab)
         if first:
             self.placed.add(name)
-            if not others and self.dockWidgetArea(pane) == Qt.BottomDockWidgetArea:
+            if not others and below:
                 share = int(self.height() * PANE_SHARE_BELOW)
                 QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Vertical))
             elif not others:

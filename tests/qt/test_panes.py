@@ -294,3 +294,17 @@ def test_panes_name_a_model_folder_as_its_tab_does(qtbot, window, tmp_path):
     docks = ("healthDock", "pickleImportsDock")
     titles = {window.findChild(QDockWidget, name).windowTitle() for name in docks}
     assert titles == {"Health - tiny_hf", "Pickle Imports - tiny_hf"}
+
+
+def test_layers_opened_beside_health_below_the_tree_goes_beside_the_tree(qtbot, window, tmp_path):
+    """At 1366 pixels Health docks below the tree; Layers, opened next, was tabbed with it there
+    and its plot had no height: it goes beside the tree, where a plot has room."""
+    path = builders.save({f"blocks.{i}.w": torch.ones(3, 3) for i in range(3)}, tmp_path / "m.pt")
+    window.resize(1366, 768)
+    open_and_wait(qtbot, window, path)
+    window.health_current()
+    window.layers_current()
+    health, layers = window.panes["healthDock"], window.panes["layersDock"]
+    assert window.dockWidgetArea(health) == Qt.BottomDockWidgetArea
+    assert window.dockWidgetArea(layers) == Qt.RightDockWidgetArea
+    assert window.tabifiedDockWidgets(layers) == []
