@@ -68,7 +68,7 @@ PANE_STARTS = {
     "healthDock": ("Scan every tensor for findings", "health_current"),
     "layersDock": ("Plot metrics across depth", "layers_current"),
 }
-PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its statistics strip
+PANE_SHARE = 0.3  # of the window's width the first time: at 1366 the tree keeps its Elements
 # tables of findings and imports, the first time in a window narrower than WIDE_WINDOW, go
 # below the tree: beside it at 1366 pixels they pushed the tree's sizes out of view and cut
 # their own messages
