@@ -198,12 +198,14 @@ def test_log_y_tick_labels_do_not_overlap(qtbot, window, tmp_path):
     painter = QPainter(image)
     try:
         _, _, texts = axis.generateDrawSpecs(painter)
+        _, _, right = view.histogram.plot.getAxis("right").generateDrawSpecs(painter)
     finally:
         painter.end()
     shown = [(rect, text) for rect, _, text in texts if text]
     assert {text for _, text in shown} <= {"1", "2", "5", "10", "20"} and len(shown) >= 2
     for i, (rect, _) in enumerate(shown):
         assert not any(rect.intersects(other) for other, _ in shown[i + 1 :])
+    assert [text for _, _, text in right] == [text for _, _, text in texts]  # the same labels
 
 
 def test_a_comparison_tab_moves_beside_the_tree(qtbot, window, tmp_path):
