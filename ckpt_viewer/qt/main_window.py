@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QCursor, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDialog,
@@ -946,11 +946,30 @@ class MainWindow(QMainWindow):
         self.verified.emit(path, False, message)
 
     def compare_dialog(self):
-        """Tools > Compare with: the current tab's file against another one."""
+        """Tools > Compare with: the current tab's file against another one; with other files
+        open, a menu offers them first (the file dialog made users find an open file again)."""
         tab = self.current_tab()
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return
+        peers = self._peers_of(tab)
+        if not peers:
+            self._compare_with_file(tab)
+            return
+        menu = QMenu(self)
+        menu.setObjectName("compareMenu")
+        menu.setAttribute(Qt.WA_DeleteOnClose)
+        for name, checkpoint in peers:
+            menu.addAction(
+                shown(name), lambda p=checkpoint.path: self.compare_paths(tab.checkpoint.path, p)
+            )
+        menu.addSeparator()
+        menu.addAction("Other File...", lambda: self._compare_with_file(tab))
+        button = self.toolbar.widgetForAction(self.findChild(QAction, "actionCompare"))
+        under = button.rect().bottomLeft() if button is not None and button.isVisible() else None
+        menu.popup(button.mapToGlobal(under) if under is not None else QCursor.pos())
+
+    def _compare_with_file(self, tab: CheckpointTab) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Compare with", os.path.dirname(tab.checkpoint.path), OPEN_FILTER
         )

@@ -83,3 +83,29 @@ def test_page_down_after_expand_all_keeps_the_current_row_in_view(qtbot, window,
         qtbot.keyClick(tab.tree, Qt.Key_PageDown)
         qtbot.waitUntil(current_in_view, timeout=2_000)
     assert int(tab.selected_key().split(".")[1]) < 20  # a few pages on, not dozens of layers
+
+
+def test_compare_with_offers_the_other_open_files_first(qtbot, window, tmp_path, monkeypatch):
+    """Both files open, Compare With asked for the other one through a file dialog."""
+    from PySide6.QtWidgets import QFileDialog, QMenu
+
+    a = builders.save({"w": torch.ones(3)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.zeros(3)}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, b)
+    open_and_wait(qtbot, window, a)
+    asked = []
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: asked.append(1) or ("", ""))
+    window.compare_dialog()
+    menu = window.findChild(QMenu, "compareMenu")
+    assert [action.text() for action in menu.actions()] == ["b.pt", "", "Other File..."]
+    assert not asked
+    with qtbot.waitSignal(window.compared, timeout=30_000) as compared:
+        menu.actions()[0].trigger()
+    assert compared.args[:2] == [a, b]
+    menu.close()
+    kept = window._tab_of_path(b)
+    for widget in [window.tabs.widget(i) for i in range(window.tabs.count())]:
+        if widget is not kept:
+            window.close_tab(window.tabs.indexOf(widget))
+    window.compare_dialog()  # no other file open: the file dialog at once
+    assert asked == [1]
