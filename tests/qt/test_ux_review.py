@@ -109,3 +109,22 @@ def test_compare_with_offers_the_other_open_files_first(qtbot, window, tmp_path,
             window.close_tab(window.tabs.indexOf(widget))
     window.compare_dialog()  # no other file open: the file dialog at once
     assert asked == [1]
+
+
+def test_health_names_the_parameter_of_an_optimizer_state_finding(qtbot, window, tmp_path):
+    """The tree, Layers and Compare label a state tensor with its parameter; Health listed the
+    bare id (`optimizer.state.0.exp_avg`)."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    (model(torch.ones(2)) * 0).sum().backward()  # zero gradients: all-zero moments
+    optimizer.step()
+    path = tmp_path / "t.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    open_and_wait(qtbot, window, str(path))
+    health = window.health_current()
+    with qtbot.waitSignal(health.checked, timeout=30_000):
+        pass
+    items = [health.findings.topLevelItem(i) for i in range(health.findings.topLevelItemCount())]
+    keys = {item.data(0, 0x0100): item.text(2) for item in items}  # Qt.UserRole: the key
+    assert keys["optimizer.state.0.exp_avg"] == "optimizer.state.0.exp_avg \u2014 weight"
+    assert keys["optimizer.state.1.exp_avg"] == "optimizer.state.1.exp_avg \u2014 bias"
