@@ -560,6 +560,7 @@ class MainWindow(QMainWindow):
             index = self.tabs.addTab(self.welcome, "Welcome")
             for side in (QTabBar.LeftSide, QTabBar.RightSide):  # the empty state stays
                 self.tabs.tabBar().setTabButton(index, side, None)
+            self.statusBar().clearMessage()  # "PATH: 32 tensors..." of a file no longer open
 
     def _preload_when_idle(self):
         """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""

@@ -128,3 +128,11 @@ def test_health_names_the_parameter_of_an_optimizer_state_finding(qtbot, window,
     keys = {item.data(0, 0x0100): item.text(2) for item in items}  # Qt.UserRole: the key
     assert keys["optimizer.state.0.exp_avg"] == "optimizer.state.0.exp_avg \u2014 weight"
     assert keys["optimizer.state.1.exp_avg"] == "optimizer.state.1.exp_avg \u2014 bias"
+
+
+def test_closing_the_last_file_clears_its_status_line(qtbot, window, tmp_path):
+    path = builders.save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    open_and_wait(qtbot, window, path)
+    assert window.statusBar().currentMessage().startswith(path)
+    window.close_tab(window.tabs.currentIndex())
+    assert window.tabs.tabText(0) == "Welcome" and window.statusBar().currentMessage() == ""
