@@ -932,7 +932,11 @@ class MainWindow(QMainWindow):
             )
         else:
             text = f"{path} is damaged:\n\n{shown(result.problem)}"
-        self.statusBar().showMessage(f"{shown(name)}: damaged", 8000)
+        # kept, naming the tensor: Show Tensor draws its corrupt values as if they were sound
+        self.statusBar().showMessage(
+            f"{shown(name)}: damaged"
+            + (f": tensor {shown(result.tensor)} fails its check" if result.tensor else "")
+        )
         box = self._message("verifyResult", "Verify", text, False)
         if result.tensor and tab is not None and self.tabs.indexOf(tab) >= 0:
             show = box.addButton("Show Tensor", QMessageBox.ActionRole)
