@@ -136,3 +136,19 @@ def test_closing_the_last_file_clears_its_status_line(qtbot, window, tmp_path):
     assert window.statusBar().currentMessage().startswith(path)
     window.close_tab(window.tabs.currentIndex())
     assert window.tabs.tabText(0) == "Welcome" and window.statusBar().currentMessage() == ""
+
+
+def test_compare_pickers_stack_in_a_narrow_pane(qtbot, window, tmp_path):
+    """Docked beside the tree at 1366 pixels, A's and B's root/strip pickers squeezed into one
+    row drew their labels over the boxes' texts; there they stack, in a tab they share a row."""
+    from PySide6.QtWidgets import QBoxLayout
+
+    a = builders.save({"w": torch.ones(3)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.zeros(3)}, tmp_path / "b.pt")
+    window.resize(1366, 768)
+    with qtbot.waitSignal(window.compared, timeout=30_000):
+        window.compare_paths(a, b)
+    view = window.tabs.currentWidget()
+    qtbot.waitUntil(lambda: view.sides.direction() == QBoxLayout.LeftToRight, timeout=5_000)
+    window.dock_comparison(view)
+    qtbot.waitUntil(lambda: view.sides.direction() == QBoxLayout.TopToBottom, timeout=5_000)
