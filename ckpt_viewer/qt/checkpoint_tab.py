@@ -277,6 +277,8 @@ class CheckpointTab(QWidget):
             self.tree,
             self.first_match,
             lambda index: self.model.is_match(self.model.row_of(index)),
+            lambda: self.controller.busy("filter"),
+            self.filter_applied,
         )
 
         self.summary = QTextBrowser()
@@ -438,7 +440,14 @@ class CheckpointTab(QWidget):
         from ckpt_viewer.core.listing.footprint import memory_lines
 
         text = "\n".join(as_html(line) for line in memory_lines(needs) if line)
-        self.summary.append(f"<h3>What it needs to run</h3><pre>{text}</pre>")
+        # append() scrolls to the end when the view was at it, and a summary shorter than its
+        # view is: the file's first facts left the view as the section arrived
+        top = self.summary.verticalScrollBar().value()
+        # pre-wrap: the long lines wrap rather than the whole summary scrolling sideways
+        self.summary.append(
+            f'<h3>What it needs to run</h3><pre style="white-space: pre-wrap">{text}</pre>'
+        )
+        self.summary.verticalScrollBar().setValue(top)
         self.memory_shown.emit()
 
     def _pane_shown(self, index: int):

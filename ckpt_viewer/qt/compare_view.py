@@ -23,6 +23,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QBrush, QColor, QPalette, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QBoxLayout,
     QCheckBox,
     QComboBox,
     QHBoxLayout,
@@ -518,6 +519,11 @@ class CompareView(QWidget):
         lines.addWidget(self.alignment_label)  # its own line: the pickers keep the row's width
         row = QHBoxLayout()
         lines.addLayout(row)
+        # A's and B's pickers side by side, one above the other in a pane too narrow for both
+        # (squeezed into one row, the labels were drawn over the boxes' texts)
+        self.sides = QBoxLayout(QBoxLayout.LeftToRight)
+        self.sides.setContentsMargins(0, 0, 0, 0)
+        row.addLayout(self.sides)
         self.root_boxes, self.strip_boxes = {}, {}
         for label, roots in zip("AB", self.report.roots):
             root = _combo(f"compareRoot{label}", f"The subtree of {label} compared")
@@ -528,10 +534,13 @@ class CompareView(QWidget):
             )
             strip.addItems(["", *WRAPPERS])
             strip.lineEdit().setPlaceholderText("no prefix")
-            row.addWidget(QLabel(f"<b>{label}</b> root"))
-            row.addWidget(root)
-            row.addWidget(QLabel("strip"))
-            row.addWidget(strip)
+            side = QHBoxLayout()
+            side.addWidget(QLabel(f"<b>{label}</b> root"))
+            side.addWidget(root)
+            side.addWidget(QLabel("strip"))
+            side.addWidget(strip)
+            side.addStretch(1)
+            self.sides.addLayout(side)
             self.root_boxes[label], self.strip_boxes[label] = root, strip
         self.use_suggestion = QPushButton()
         self.use_suggestion.setObjectName("compareUseSuggestion")
@@ -624,10 +633,12 @@ class CompareView(QWidget):
         for pair in self.report.scalars:
             a, b = ("" if v is None else shown(repr(v)) for v in (pair.a, pair.b))
             key = shown(pair.key)
-            item = QTreeWidgetItem([key, a, b, "=" if pair.same else "\u2260"])
+            # a scalar one file lacks read "≠" beside an empty cell: as if its value differed
+            mark = "only in A" if pair.b is None else "only in B" if pair.a is None else ""
+            item = QTreeWidgetItem([key, a, b, mark or ("=" if pair.same else "\u2260")])
             for column, text in enumerate((key, a, b)):
                 item.setToolTip(column, text)
-            item.setToolTip(3, "the same" if pair.same else "different (or in one file only)")
+            item.setToolTip(3, mark or ("the same" if pair.same else "different"))
             self.scalars.addTopLevelItem(item)
         self.scalars.fit_columns()
         self.scalars.setVisible(bool(self.report.scalars))
@@ -715,6 +726,12 @@ class CompareView(QWidget):
             self._draw(*self.pending)
         elif self.plotting() is not None:
             self.plots.start()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        one_row = sum(self.sides.itemAt(i).minimumSize().width() for i in range(self.sides.count()))
+        wide = event.size().width() >= one_row + self.use_suggestion.sizeHint().width() + 24
+        self.sides.setDirection(QBoxLayout.LeftToRight if wide else QBoxLayout.TopToBottom)
 
     def showEvent(self, event: QShowEvent) -> None:
         """The plots are built ahead, a piece per event-loop turn, from the first showing: at

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_viewer.core.listing.model import Checkpoint, format_bytes
+from ckpt_viewer.core.listing.optim import state_parameters
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.tensor_view import _plotting
@@ -83,6 +84,8 @@ class HealthDialog(QWidget):
         super().__init__(parent)
         self.setObjectName("healthDialog")
         self.checkpoint, self.open_key = checkpoint, open_key
+        # an optimizer state tensor's finding names its parameter, as the tree does
+        self.parameter_names = state_parameters(checkpoint)
         self.report = None
         self.controller = HealthController(checkpoint, self)  # a closed pane's scan stops with it
         self.controller.progressed.connect(self._progress)
@@ -147,13 +150,14 @@ class HealthDialog(QWidget):
         from ckpt_viewer.core.analysis.check import SEVERITY_NOUNS
         from ckpt_viewer.core.listing.text import safe_text as escape
 
-        items = []
+        items, names = [], self.parameter_names
         for finding in report.findings[start : min(start + ROWS_PER_STEP, MAX_SHOWN)]:
             item = QTreeWidgetItem(
                 [
                     SEVERITY_NOUNS[finding.severity],
                     finding.kind,
-                    escape(finding.key),
+                    escape(finding.key)
+                    + (f" \u2014 {escape(name)}" if (name := names.get(finding.key)) else ""),
                     escape(finding.message),
                 ]
             )

@@ -92,7 +92,8 @@ class HistogramView(QWidget):
         style_plot(plot)
         plot.setObjectName("histogramPlot")
         plot.setLabel("left", "count")
-        plot.getAxis("left").logTickStrings = count_labels
+        for side in ("left", "right"):  # the mirrored counts read 10¹ beside the left's 10
+            plot.getAxis(side).logTickStrings = count_labels
         plot.setLabel("bottom", "value")
         box.setMouseEnabled(x=True, y=False)  # the wheel zooms along values; counts follow
         box.setAutoVisible(y=True)

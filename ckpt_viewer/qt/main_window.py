@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QCursor, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDialog,
@@ -68,7 +68,13 @@ PANE_STARTS = {
     "healthDock": ("Scan every tensor for findings", "health_current"),
     "layersDock": ("Plot metrics across depth", "layers_current"),
 }
-PANE_SHARE = 0.36  # of the window's width the first time: the tab keeps its statistics strip
+PANE_SHARE = 0.3  # of the window's width the first time: at 1366 the tree keeps its Elements
+# tables of findings and imports, the first time in a window narrower than WIDE_WINDOW, go
+# below the tree: beside it at 1366 pixels they pushed the tree's sizes out of view and cut
+# their own messages
+BELOW_WHEN_NARROW = ("healthDock", "pickleImportsDock")
+WIDE_WINDOW = 1600
+PANE_SHARE_BELOW = 0.3  # of the window's height
 # every file core/listing/open.py reads (its sniffers go by content; these are the usual names)
 OPEN_FILTER = (
     "Checkpoints (*.pth *.pt *.pt2 *.ckpt *.bin *.tar *.safetensors *.gguf *.pkl "
@@ -347,13 +353,22 @@ class MainWindow(QMainWindow):
             getattr(self, start)()
 
     def _show_pane(self, name: str, view: QWidget, tab: CheckpointTab | None) -> QWidget:
-        """`view` in its dock (replacing the one there); the first time, beside the tree, as a
-        tab of any other pane that is open."""
+        """`view` in its dock (replacing the one there); the first time, beside the tree (or
+        below it), as a tab of any other pane open there."""
         pane = self.panes[name]
-        others = [p for p in self.panes.values() if p is not pane and p.isVisible()]
+        below = name in BELOW_WHEN_NARROW and self.width() < WIDE_WINDOW
+        area = Qt.BottomDockWidgetArea if below else Qt.RightDockWidgetArea
+        # only where it goes: Layers tabbed with Health below the tree had no height for its plot
+        others = [
+            p
+            for p in self.panes.values()
+            if p is not pane and p.isVisible() and self.dockWidgetArea(p) == area
+        ]
         first = name not in self.placed
         if first and others:
             self.tabifyDockWidget(others[0], pane)
+        elif first:
+            self.addDockWidget(area, pane)
         if tab is not None and self.tabs.indexOf(tab) >= 0:  # the file as its tab names it
             # (a model folder's tab says gpt2_hf, its views' own titles model.safetensors)
             view.setWindowTitle(
@@ -362,7 +377,10 @@ class MainWindow(QMainWindow):
         pane.hold(view, tab)
         if first:
             self.placed.add(name)
-            if not others:
+            if not others and below:
+                share = int(self.height() * PANE_SHARE_BELOW)
+                QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Vertical))
+            elif not others:
                 share = int(self.width() * PANE_SHARE)  # once laid out: not before it
                 QTimer.singleShot(0, pane, lambda: self.resizeDocks([pane], [share], Qt.Horizontal))
         return view
@@ -542,6 +560,7 @@ class MainWindow(QMainWindow):
             index = self.tabs.addTab(self.welcome, "Welcome")
             for side in (QTabBar.LeftSide, QTabBar.RightSide):  # the empty state stays
                 self.tabs.tabBar().setTabButton(index, side, None)
+            self.statusBar().clearMessage()  # "PATH: 32 tensors..." of a file no longer open
 
     def _preload_when_idle(self):
         """Import pyqtgraph in the background, but not while a file loads (both want the GIL)."""
@@ -913,7 +932,11 @@ class MainWindow(QMainWindow):
             )
         else:
             text = f"{path} is damaged:\n\n{shown(result.problem)}"
-        self.statusBar().showMessage(f"{shown(name)}: damaged", 8000)
+        # kept, naming the tensor: Show Tensor draws its corrupt values as if they were sound
+        self.statusBar().showMessage(
+            f"{shown(name)}: damaged"
+            + (f": tensor {shown(result.tensor)} fails its check" if result.tensor else "")
+        )
         box = self._message("verifyResult", "Verify", text, False)
         if result.tensor and tab is not None and self.tabs.indexOf(tab) >= 0:
             show = box.addButton("Show Tensor", QMessageBox.ActionRole)
@@ -928,11 +951,30 @@ class MainWindow(QMainWindow):
         self.verified.emit(path, False, message)
 
     def compare_dialog(self):
-        """Tools > Compare with: the current tab's file against another one."""
+        """Tools > Compare with: the current tab's file against another one; with other files
+        open, a menu offers them first (the file dialog made users find an open file again)."""
         tab = self.current_tab()
         if tab is None:
             self.statusBar().showMessage("Open a checkpoint first", 4000)
             return
+        peers = self._peers_of(tab)
+        if not peers:
+            self._compare_with_file(tab)
+            return
+        menu = QMenu(self)
+        menu.setObjectName("compareMenu")
+        menu.setAttribute(Qt.WA_DeleteOnClose)
+        for name, checkpoint in peers:
+            menu.addAction(
+                shown(name), lambda p=checkpoint.path: self.compare_paths(tab.checkpoint.path, p)
+            )
+        menu.addSeparator()
+        menu.addAction("Other File...", lambda: self._compare_with_file(tab))
+        button = self.toolbar.widgetForAction(self.findChild(QAction, "actionCompare"))
+        under = button.rect().bottomLeft() if button is not None and button.isVisible() else None
+        menu.popup(button.mapToGlobal(under) if under is not None else QCursor.pos())
+
+    def _compare_with_file(self, tab: CheckpointTab) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Compare with", os.path.dirname(tab.checkpoint.path), OPEN_FILTER
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import QEvent, QObject, QPoint, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, Qt, Signal, SignalInstance
 from PySide6.QtWidgets import (
     QDialog,
     QLineEdit,
@@ -25,7 +25,8 @@ INTO_RESULTS = (Qt.Key_Down, Qt.Key_Return, Qt.Key_Enter)
 
 class FilterKeys(QObject):
     """Down or Enter in the filter moves to the selected row if the filter matched it, else to
-    the first matching row; Esc in the tree goes back to the filter."""
+    the first matching row (once the tree shows the text typed); Esc in the tree goes back to
+    the filter."""
 
     def __init__(
         self,
@@ -33,24 +34,45 @@ class FilterKeys(QObject):
         tree: QTreeView,
         first_match: Callable,
         matched: Callable = lambda index: True,
+        pending: Callable[[], bool] = lambda: False,
+        applied: SignalInstance | None = None,
     ):
         super().__init__(line)
         self.line, self.tree, self.first_match, self.matched = line, tree, first_match, matched
+        # Enter typed before the filter's pause ran lands once the tree shows that filter
+        self.pending, self.waiting = pending, False
+        if applied is not None:
+            applied.connect(self._applied)
+        line.textEdited.connect(self._edited)
         line.installEventFilter(self)
         tree.installEventFilter(self)
+
+    def _edited(self, _text: str) -> None:
+        self.waiting = False  # typing goes on: stay in the field
+
+    def _applied(self, _text: str) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.into_results()
+
+    def into_results(self) -> None:
+        index = self.tree.currentIndex()
+        shown = index.isValid() and self.tree.visualRect(index).isValid()
+        if not shown or not self.matched(index):  # a group shown for what it holds
+            index = self.first_match()
+        if index.isValid():
+            self.tree.setCurrentIndex(index)
+            self.tree.scrollTo(index)
+        self.tree.setFocus(Qt.ShortcutFocusReason)
 
     def eventFilter(self, watched, event) -> bool:
         if event.type() != QEvent.KeyPress:
             return False
         if watched is self.line and event.key() in INTO_RESULTS:
-            index = self.tree.currentIndex()
-            shown = index.isValid() and self.tree.visualRect(index).isValid()
-            if not shown or not self.matched(index):  # a group shown for what it holds
-                index = self.first_match()
-            if index.isValid():
-                self.tree.setCurrentIndex(index)
-                self.tree.scrollTo(index)
-            self.tree.setFocus(Qt.ShortcutFocusReason)
+            if self.pending():
+                self.waiting = True
+            else:
+                self.into_results()
             return True
         if watched is self.tree and event.key() == Qt.Key_Escape:
             self.line.setFocus(Qt.ShortcutFocusReason)
@@ -61,7 +83,7 @@ class FilterKeys(QObject):
 
 class LazyExpander(QObject):
     """View > Expand All without walking every row (QTreeView.expandAll asks the model about
-    all 50,000 keys at once): the rows in view are expanded, then those scrolled into view,
+    all 50,000 keys at once): the rows in view (and a page on) are expanded, then those scrolled into view,
     until Collapse All, a collapse, or a new filter ends it."""
 
     def __init__(self, tree: QTreeView):
@@ -85,10 +107,13 @@ class LazyExpander(QObject):
         return False
 
     def fill(self, *_) -> None:
-        """Expand every collapsed row in view; repeat while that brought new rows in."""
+        """Expand every collapsed row in view and a page below it; repeat while that brought
+        new rows in."""
         if not self.on or self.filling:  # expanding may move the scroll bar: no recursion
             return
-        tree, height = self.tree, self.tree.viewport().height()
+        # a page past the view too: Page Down and Down move by the rows laid out, and landed
+        # on a collapsed row far below that the expansion then pushed out of view
+        tree, height = self.tree, 2 * self.tree.viewport().height()
         model = tree.model()
         self.filling = True
         try:

@@ -521,10 +521,17 @@ class RunView(QWidget):
                 pen=pg.mkPen(pg.intColor(0), width=1),
                 name="log_history learning_rate",
             )
-        for plot in (self.rates, self.losses):
+        for plot, name in ((self.rates, "learning rate"), (self.losses, "loss")):
+            items = plot.getPlotItem().listDataItems()
             legend = plot.getPlotItem().legend
             if legend is not None:  # one series: the axis names it, a legend only hides points
-                legend.setVisible(len(plot.getPlotItem().listDataItems()) > 1)
+                legend.setVisible(len(items) > 1)
+            plot.setLabel("left", name if items else f"no {name}")  # none in the files
+        # the three plots share the step axis, and an empty one held it at 0..1: the key's
+        # line showed one point of five, at the edge
+        steps = xs + [e["step"] for e in self.report.history if "step" in e]
+        if steps:
+            self.rates.setXRange(min(steps), max(steps))
 
     # --- interaction --------------------------------------------------------------------
 

@@ -186,6 +186,13 @@ class StatsTable(QTableWidget):
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().lineSpacing() + 6)
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.Interactive)  # sized by _spread
+        # the rows down to -Inf stay in sight: a pane docked below the tree took the height
+        # from the histogram and this strip alike, and hid the -Inf count
+        self.setMinimumHeight(
+            header.sizeHint().height()
+            + (1 + len(self.ALARMS)) * self.verticalHeader().defaultSectionSize()
+            + 2 * self.frameWidth()
+        )
         self.rows, self.preview = [], False
 
     def resizeEvent(self, event):

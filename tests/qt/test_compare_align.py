@@ -38,7 +38,11 @@ def test_compare_aligns_a_training_checkpoint_with_a_dataparallel_export(qtbot, 
         ]
         for i in range(view.scalars.topLevelItemCount())
     }
-    assert scalars["epoch"] == ["7", "", "\u2260"] and scalars["loss"] == ["0.25", "", "\u2260"]
+    assert scalars["epoch"] == ["7", "", "only in A"] and scalars["loss"] == [
+        "0.25",
+        "",
+        "only in A",
+    ]
 
     # the B prefix taken away by hand: nothing lines up, and the suggestion is offered
     with qtbot.waitSignal(view.realigned, timeout=30_000):

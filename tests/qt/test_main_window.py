@@ -260,6 +260,7 @@ def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     with qtbot.waitSignal(current_tab(window).tensor_selected, timeout=5000) as shown:
         box.findChild(QPushButton, "showDamagedTensor").click()
     assert shown.args == ["w"]
+    assert window.statusBar().currentMessage() == "w.pt: damaged: tensor w fails its check"
 
 
 def test_tools_verify_intact_file_that_weights_only_refuses(qtbot, window, tmp_path):

@@ -1,5 +1,6 @@
-"""Health, Layers and Pickle Imports are panes docked beside the tree: one column of tabs the
-first time, where the user put them after a restart, gone with their file's tab."""
+"""Health, Layers and Pickle Imports are panes docked beside the tree (Health and Pickle
+Imports below it in a window narrower than 1600 pixels): one column of tabs the first time,
+where the user put them after a restart, gone with their file's tab."""
 
 import torch
 from PySide6.QtCore import Qt
@@ -14,6 +15,7 @@ def test_tools_views_dock_beside_the_tree_and_are_remembered(qtbot, window, tmp_
 
     path = builders.save({f"blocks.{i}.w": torch.ones(3, 3) for i in range(2)}, tmp_path / "m.pt")
     open_and_wait(qtbot, window, path)
+    window.resize(1920, 1080)  # narrower, Health goes below the tree (the next test)
     tab = window.current_tab()
     health = window.health_current()
     with qtbot.waitSignal(health.checked, timeout=30_000):
@@ -123,7 +125,13 @@ def test_nan_and_inf_counts_need_no_scrolling_at_1366x768(qtbot, window, tmp_pat
         tab.select_key("w")
     expected = {"NaN": ("1", True), "+Inf": ("1", True), "-Inf": ("1", True)}
     assert alarms_in_sight() == expected
-    window.health_current()  # a pane beside the tree leaves the strip narrower
+    height = table.viewport().height()
+    window.health_current()  # below the tree at 1366 pixels: the strip keeps less height
+    assert window.dockWidgetArea(window.panes["healthDock"]) == Qt.BottomDockWidgetArea
+    qtbot.waitUntil(lambda: table.viewport().height() < height, timeout=5_000)
+    assert alarms_in_sight() == expected
+    window.panes["healthDock"].close()
+    window.layers_current()  # beside the tree: the strip narrower
     qtbot.waitUntil(lambda: table.columnCount() == 2, timeout=5_000)
     assert alarms_in_sight() == expected
 
@@ -190,12 +198,14 @@ def test_log_y_tick_labels_do_not_overlap(qtbot, window, tmp_path):
     painter = QPainter(image)
     try:
         _, _, texts = axis.generateDrawSpecs(painter)
+        _, _, right = view.histogram.plot.getAxis("right").generateDrawSpecs(painter)
     finally:
         painter.end()
     shown = [(rect, text) for rect, _, text in texts if text]
     assert {text for _, text in shown} <= {"1", "2", "5", "10", "20"} and len(shown) >= 2
     for i, (rect, _) in enumerate(shown):
         assert not any(rect.intersects(other) for other, _ in shown[i + 1 :])
+    assert [text for _, _, text in right] == [text for _, _, text in texts]  # the same labels
 
 
 def test_a_comparison_tab_moves_beside_the_tree(qtbot, window, tmp_path):
@@ -286,3 +296,17 @@ def test_panes_name_a_model_folder_as_its_tab_does(qtbot, window, tmp_path):
     docks = ("healthDock", "pickleImportsDock")
     titles = {window.findChild(QDockWidget, name).windowTitle() for name in docks}
     assert titles == {"Health - tiny_hf", "Pickle Imports - tiny_hf"}
+
+
+def test_layers_opened_beside_health_below_the_tree_goes_beside_the_tree(qtbot, window, tmp_path):
+    """At 1366 pixels Health docks below the tree; Layers, opened next, was tabbed with it there
+    and its plot had no height: it goes beside the tree, where a plot has room."""
+    path = builders.save({f"blocks.{i}.w": torch.ones(3, 3) for i in range(3)}, tmp_path / "m.pt")
+    window.resize(1366, 768)
+    open_and_wait(qtbot, window, path)
+    window.health_current()
+    window.layers_current()
+    health, layers = window.panes["healthDock"], window.panes["layersDock"]
+    assert window.dockWidgetArea(health) == Qt.BottomDockWidgetArea
+    assert window.dockWidgetArea(layers) == Qt.RightDockWidgetArea
+    assert window.tabifiedDockWidgets(layers) == []
