@@ -9,6 +9,8 @@ A compressed zip record is inflated, never memory-mapped (mmap would yield its r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
@@ -60,6 +62,23 @@ def iter_chunks(
         return
     dtype = tensor_np_dtype(tensor)
     for raw in iter_raw_chunks(tensor, dtype, chunk_elements, readahead, mapped, into):
+        yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
+
+
+def blockwise(tensor: TensorInfo) -> bool:
+    """Whether read_blocks reads this tensor: contiguous values numpy reads from storage."""
+    return tensor.is_contiguous and numpy_readable(tensor)
+
+
+def read_blocks(
+    tensor: TensorInfo, first: int, count: int, into: np.ndarray
+) -> Iterator[np.ndarray]:
+    """Elements [first, first+count) of a `blockwise` tensor, widened, in blocks of as many
+    as `into` (uint8) holds, read into it with pread: each block is valid only until the next
+    is asked for (StorageReader.blocks)."""
+    dtype = tensor_np_dtype(tensor)
+    reader = StorageReader(tensor.storage)
+    for raw in reader.blocks(tensor.offset + first, count, into, dtype):
         yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
 
 
