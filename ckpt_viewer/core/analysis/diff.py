@@ -8,9 +8,10 @@ loaded into A's layout, and sets the telling scalars (epoch, step, loss, lr) sid
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -241,13 +242,25 @@ def _comparable(chunk: np.ndarray) -> np.ndarray:
     return chunk if chunk.dtype in (np.float32, np.float64) else chunk.astype(np.float64)
 
 
+_local = threading.local()
+
+
+def _reused(name: str, size: int, dtype: np.dtype, fill: int | None = None) -> np.ndarray:
+    """The calling thread's buffer of that name, kept for its next task: fresh memory costs a
+    page fault per 4 KB written."""
+    kept = getattr(_local, name, None)
+    if kept is None or kept.dtype != dtype or kept.size < size:
+        kept = np.empty(size, dtype) if fill is None else np.full(size, fill, dtype)
+        setattr(_local, name, kept)
+    return kept[:size]
+
+
 class _Metrics:
     """Accumulates |a-b| and the dot products over chunk pairs, in float64 across chunks."""
 
     def __init__(self):
         self.max_abs = self.total_abs = self.diff_sq = self.a_sq = self.b_sq = self.dot = 0.0
         self.count = 0
-        self._scratch = self._ones = np.empty(0)
 
     def add(self, x: np.ndarray, y: np.ndarray) -> bool:
         """Adds a chunk pair; returns whether its values are equal (NaN equal to NaN)."""
@@ -259,10 +272,7 @@ class _Metrics:
             x, y = x[finite], y[finite]
             a_sq, b_sq = float(np.dot(x, x)), float(np.dot(y, y))
         wanted = np.result_type(x, y)
-        if self._scratch.dtype != wanted or self._scratch.size < x.size:
-            self._scratch = np.empty(x.size, dtype=wanted)
-            self._ones = np.ones(x.size, dtype=wanted)
-        d = np.subtract(x, y, out=self._scratch[: x.size])
+        d = np.subtract(x, y, out=_reused("difference", x.size, wanted))
         self.diff_sq += float(np.dot(d, d))
         self.dot += float(np.dot(x, y))
         self.a_sq += a_sq
@@ -272,7 +282,7 @@ class _Metrics:
             np.abs(d, out=d)
             largest = float(d.max())
             # a product with ones: a BLAS pass, twice numpy's summation, as exact as the squares
-            self.total_abs += float(np.dot(d, self._ones[: d.size]))
+            self.total_abs += float(np.dot(d, _reused("ones", d.size, wanted, 1)))
         self.max_abs = max(self.max_abs, largest)
         self.count += d.size
         return largest == 0.0 if equal is None else equal
@@ -359,17 +369,19 @@ def _segments(a: TensorInfo, b: TensorInfo, result: TensorDiff) -> list[_Segment
 def _block_pairs(segment: _Segment):
     """The segment's elements of a and b, block by block, in two buffers reused throughout."""
     a, b = segment.a, segment.b
-    into_a, into_b = (np.empty(BLOCK * tensor_np_dtype(t).itemsize, np.uint8) for t in (a, b))
+    size_a, size_b = (BLOCK * tensor_np_dtype(t).itemsize for t in (a, b))
     return zip(
-        read_blocks(a, segment.start, segment.count, into_a),
-        read_blocks(b, segment.start, segment.count, into_b),
+        read_blocks(a, segment.start, segment.count, _reused("a", size_a, np.dtype("u1"))),
+        read_blocks(b, segment.start, segment.count, _reused("b", size_b, np.dtype("u1"))),
     )
 
 
-def _segment_metrics(segment: _Segment, stop: threading.Event) -> None:
+def _segment_metrics(
+    segment: _Segment, stop: threading.Event, pairs: Iterator | None = None
+) -> None:
     metrics, equal = _Metrics(), True
     with np.errstate(all="ignore"):
-        for x, y in _block_pairs(segment):
+        for x, y in _block_pairs(segment) if pairs is None else pairs:
             if stop.is_set():
                 return
             equal = _add_chunks(metrics, x, y, equal)
@@ -378,19 +390,23 @@ def _segment_metrics(segment: _Segment, stop: threading.Event) -> None:
 
 def _compare_segment(segment: _Segment, stop: threading.Event) -> None:
     """Bit-identical segments are settled in one pass (most tensors of a fine-tuning run are
-    frozen); otherwise the metrics, from the segment's start again."""
+    frozen); otherwise the metrics, from the segment's start again unless its first block
+    differs already."""
+    pairs = _block_pairs(segment)
     if segment.a.dtype == segment.b.dtype:
-        nonzero = False
-        for x, y in _block_pairs(segment):
+        nonzero, done = False, 0
+        for x, y in pairs:
             if stop.is_set():
                 return
             if not same_words(x, y):
+                pairs = itertools.chain([(x, y)], pairs) if not done else _block_pairs(segment)
                 break
             nonzero = nonzero or bool(np.any(x))  # -0.0 is zero too
+            done += 1
         else:
             segment.same, segment.nonzero = True, nonzero
             return
-    _segment_metrics(segment, stop)
+    _segment_metrics(segment, stop, pairs)
 
 
 def _settle(segments: list[_Segment]) -> None:
