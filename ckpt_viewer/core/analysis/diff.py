@@ -152,7 +152,8 @@ class DiffReport:
             ),
             "changed_tensors": sum(1 for t in self.tensors if t.status in (CHANGED, DTYPE_CHANGED)),
             "load_state_dict": self.load_state_dict_view(),
-            "tensors": [asdict(t) for t in self.tensors],
+            # vars, not asdict: its deep copy of every field was a visible part of a large diff
+            "tensors": [dict(vars(t)) for t in self.tensors],
             "alignment": {
                 "applied": _alignment_json(self.alignment),
                 "suggested": _alignment_json(self.suggestion),
