@@ -9,12 +9,14 @@ A compressed zip record is inflated, never memory-mapped (mmap would yield its r
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.listing.model import TensorInfo
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.model import FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.values.dcp import dcp_slabs
 from ckpt_viewer.core.values.decode import (
     NUMPY_DTYPES,
@@ -66,8 +68,16 @@ def iter_chunks(
 
 
 def blockwise(tensor: TensorInfo) -> bool:
-    """Whether read_blocks reads this tensor: contiguous values numpy reads from storage."""
-    return tensor.is_contiguous and numpy_readable(tensor)
+    """Whether read_blocks reads this tensor well, a part as cheaply as the whole: contiguous
+    values numpy reads, stored as they are in a local file (a compressed record would be
+    inflated whole for every part read, a URL asked once per block)."""
+    if not (tensor.is_contiguous and numpy_readable(tensor)):
+        return False
+    assert tensor.storage is not None  # numpy_readable
+    source = tensor.storage.source
+    if isinstance(source, ZipMember) and source.compress_type == zipfile.ZIP_STORED:
+        return not remote.is_remote(source.path)
+    return isinstance(source, FileSpan) and not remote.is_remote(source.path)
 
 
 def read_blocks(
