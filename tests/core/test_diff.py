@@ -333,3 +333,19 @@ def test_cosine_of_all_zero_tensors_is_undefined(tmp_path):
     )
     tensors = {t["key"]: t for t in json.loads(result.stdout)["tensors"]}
     assert tensors["zero"]["cosine"] is None and tensors["holes"]["cosine"] is None
+
+
+def test_file_truncated_after_opening_is_one_error(tmp_path):
+    """The blockwise reads check the file against what was opened: a file cut short since is
+    an error naming it, not garbage figures or a crash."""
+    import os
+
+    from ckpt_viewer.core import CheckpointError
+
+    torch.manual_seed(0)
+    a = builders.save({"w": torch.randn(300_000)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(300_000)}, tmp_path / "b.pt")
+    opened = open_checkpoint(str(a)), open_checkpoint(str(b))
+    os.truncate(b, os.path.getsize(b) // 2)
+    with pytest.raises(CheckpointError, match="b.pt"):
+        run(diff(*opened))
