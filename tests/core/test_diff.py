@@ -349,3 +349,25 @@ def test_file_truncated_after_opening_is_one_error(tmp_path):
     os.truncate(b, os.path.getsize(b) // 2)
     with pytest.raises(CheckpointError, match="b.pt"):
         run(diff(*opened))
+
+
+def test_a_cancelled_comparison_leaves_its_pairs_unsettled(tmp_path, monkeypatch):
+    """Segments stopped by the caller's cancel have no figures: a driver that still runs the
+    generator to its end gets the pairs as not compared, not a crash or made-up figures."""
+    import threading
+
+    import ckpt_viewer.core.analysis.diff as diff_module
+    from ckpt_viewer.core.progress import cancelled_by
+
+    monkeypatch.setattr(diff_module, "SEGMENT", 1000)
+    a = builders.save({"w": torch.zeros(3500)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.ones(3500)}, tmp_path / "b.pt")
+    work = diff(open_checkpoint(str(a)), open_checkpoint(str(b)))
+    cancel = threading.Event()
+    cancel.set()
+    with cancelled_by(cancel):
+        with pytest.raises(StopIteration) as end:
+            while True:
+                next(work)
+    (pair,) = end.value.value.tensors
+    assert pair.status == diff_module.SAME_DTYPE_PENDING and pair.max_abs is None
