@@ -56,6 +56,67 @@ def test_pairs_compared_on_threads_give_the_one_thread_report(tmp_path, monkeypa
     ]
 
 
+def _torch_metrics(x, y):
+    """max |a-b|, mean |a-b|, relative L2, cosine in float64 over the elements finite on both
+    sides: what diff reports."""
+    x, y = x.double().flatten(), y.double().flatten()
+    finite = x.isfinite() & y.isfinite()
+    x, y = x[finite], y[finite]
+    d = (x - y).abs()
+    cosine = torch.nn.functional.cosine_similarity(x, y, 0)
+    return [d.max().item(), d.mean().item(), (d.norm() / x.norm()).item(), cosine.item()]
+
+
+def test_segments_and_blocks_match_torch(tmp_path, monkeypatch):
+    """Large pairs are split into segments (tasks) read block by block: a pair changed only in
+    its last or first segment, non-finite values in one block, another dtype, a view read the
+    chunked way beside them; the metrics are torch's, the statuses those of the chunked way."""
+    import ckpt_viewer.core.analysis.diff as diff_module
+
+    monkeypatch.setattr(diff_module, "BLOCK", 300)
+    monkeypatch.setattr(diff_module, "SEGMENT", 1000)
+    torch.manual_seed(0)
+    x = torch.randn(3500)
+    tail, head, holes_a = x.clone(), x.clone(), x.clone()
+    tail[-10:] += 1
+    head[5] = 7.0
+    holes_a[1500] = math.nan
+    holes_b = x + 1e-3 * torch.randn_like(x)
+    holes_b[1500], holes_b[2000] = math.nan, math.inf
+    a = {
+        "changed": x,
+        "tail": x,
+        "head": x,
+        "same": x,
+        "holes": holes_a,
+        "wider": x,
+        "bf16": x.bfloat16(),
+        "view": x.view(50, 70),
+    }
+    b = {
+        "changed": x + 1e-3 * torch.randn_like(x),
+        "tail": tail,
+        "head": head,
+        "same": x.clone(),
+        "holes": holes_b,
+        "wider": x.double(),
+        "bf16": (x + 0.1).bfloat16(),
+        "view": x.view(70, 50).t().contiguous().t(),
+    }
+    path_a, path_b = builders.save(a, tmp_path / "a.pt"), builders.save(b, tmp_path / "b.pt")
+    report = compare(path_a, path_b)
+    got = {t.key: t for t in report.tensors}
+    for key in ("changed", "tail", "head", "holes", "bf16"):
+        metrics = [got[key].max_abs, got[key].mean_abs, got[key].rel_l2, got[key].cosine]
+        assert metrics == pytest.approx(_torch_metrics(a[key], b[key]), rel=1e-6), key
+    assert (got["same"].max_abs, got["same"].cosine) == (0.0, 1.0)
+    assert got["wider"].status == "dtype+identical" and got["wider"].max_abs == 0.0
+    monkeypatch.setattr(diff_module, "blockwise", lambda tensor: False)
+    chunked = {t.key: t for t in compare(path_a, path_b).tensors}
+    assert {k: t.status for k, t in got.items()} == {k: t.status for k, t in chunked.items()}
+    assert got["view"] == chunked["view"]
+
+
 def test_dataparallel_prefix_and_load_state_dict_view(tmp_path):
     state = builders.tiny_model().state_dict()
     a = builders.save(state, tmp_path / "plain.pt")
@@ -128,6 +189,8 @@ def test_equality_edge_cases(tmp_path, monkeypatch):
     import ckpt_viewer.core.analysis.diff as diff_module
 
     monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    monkeypatch.setattr(diff_module, "BLOCK", 1000)
+    monkeypatch.setattr(diff_module, "SEGMENT", 2000)
     big = 2**53
     late = torch.zeros(3500)
     late_changed = late.clone()
@@ -270,3 +333,41 @@ def test_cosine_of_all_zero_tensors_is_undefined(tmp_path):
     )
     tensors = {t["key"]: t for t in json.loads(result.stdout)["tensors"]}
     assert tensors["zero"]["cosine"] is None and tensors["holes"]["cosine"] is None
+
+
+def test_file_truncated_after_opening_is_one_error(tmp_path):
+    """The blockwise reads check the file against what was opened: a file cut short since is
+    an error naming it, not garbage figures or a crash."""
+    import os
+
+    from ckpt_viewer.core import CheckpointError
+
+    torch.manual_seed(0)
+    a = builders.save({"w": torch.randn(300_000)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.randn(300_000)}, tmp_path / "b.pt")
+    opened = open_checkpoint(str(a)), open_checkpoint(str(b))
+    os.truncate(b, os.path.getsize(b) // 2)
+    with pytest.raises(CheckpointError, match="b.pt"):
+        run(diff(*opened))
+
+
+def test_a_cancelled_comparison_leaves_its_pairs_unsettled(tmp_path, monkeypatch):
+    """Segments stopped by the caller's cancel have no figures: a driver that still runs the
+    generator to its end gets the pairs as not compared, not a crash or made-up figures."""
+    import threading
+
+    import ckpt_viewer.core.analysis.diff as diff_module
+    from ckpt_viewer.core.progress import cancelled_by
+
+    monkeypatch.setattr(diff_module, "SEGMENT", 1000)
+    a = builders.save({"w": torch.zeros(3500)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.ones(3500)}, tmp_path / "b.pt")
+    work = diff(open_checkpoint(str(a)), open_checkpoint(str(b)))
+    cancel = threading.Event()
+    cancel.set()
+    with cancelled_by(cancel):
+        with pytest.raises(StopIteration) as end:
+            while True:
+                next(work)
+    (pair,) = end.value.value.tensors
+    assert pair.status == diff_module.SAME_DTYPE_PENDING and pair.max_abs is None

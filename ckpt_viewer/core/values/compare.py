@@ -23,6 +23,15 @@ def as_words(chunk: np.ndarray) -> np.ndarray:
     return raw
 
 
+def same_words(chunk_a: np.ndarray, chunk_b: np.ndarray) -> bool:
+    """Whether two chunks hold the same bits; a short probe first, so a changed chunk costs
+    almost nothing."""
+    words_a, words_b = as_words(chunk_a), as_words(chunk_b)
+    return bool(
+        np.array_equal(words_a[:PROBE], words_b[:PROBE]) and np.array_equal(words_a, words_b)
+    )
+
+
 def same_bits(
     a: TensorInfo, b: TensorInfo, chunk: int = CHUNK
 ) -> Generator[int, None, tuple[bool, bool]]:
@@ -33,10 +42,7 @@ def same_bits(
         return False, True
     nonzero = False
     for chunk_a, chunk_b in zip(iter_chunks(a, chunk), iter_chunks(b, chunk)):
-        words_a, words_b = as_words(chunk_a), as_words(chunk_b)
-        if not (
-            np.array_equal(words_a[:PROBE], words_b[:PROBE]) and np.array_equal(words_a, words_b)
-        ):
+        if not same_words(chunk_a, chunk_b):
             return False, True
         nonzero = nonzero or bool(np.any(chunk_a))  # -0.0 is zero too
         yield chunk_a.size

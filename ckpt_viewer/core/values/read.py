@@ -9,10 +9,14 @@ A compressed zip record is inflated, never memory-mapped (mmap would yield its r
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Iterator
+
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
-from ckpt_viewer.core.listing.model import TensorInfo
+from ckpt_viewer.core.listing import remote
+from ckpt_viewer.core.listing.model import FileSpan, TensorInfo, ZipMember
 from ckpt_viewer.core.values.dcp import dcp_slabs
 from ckpt_viewer.core.values.decode import (
     NUMPY_DTYPES,
@@ -60,6 +64,31 @@ def iter_chunks(
         return
     dtype = tensor_np_dtype(tensor)
     for raw in iter_raw_chunks(tensor, dtype, chunk_elements, readahead, mapped, into):
+        yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
+
+
+def blockwise(tensor: TensorInfo) -> bool:
+    """Whether read_blocks reads this tensor well, a part as cheaply as the whole: contiguous
+    values numpy reads, stored as they are in a local file (a compressed record would be
+    inflated whole for every part read, a URL asked once per block)."""
+    if not (tensor.is_contiguous and numpy_readable(tensor)):
+        return False
+    assert tensor.storage is not None  # numpy_readable
+    source = tensor.storage.source
+    if isinstance(source, ZipMember) and source.compress_type == zipfile.ZIP_STORED:
+        return not remote.is_remote(source.path)
+    return isinstance(source, FileSpan) and not remote.is_remote(source.path)
+
+
+def read_blocks(
+    tensor: TensorInfo, first: int, count: int, into: np.ndarray
+) -> Iterator[np.ndarray]:
+    """Elements [first, first+count) of a `blockwise` tensor, widened, in blocks of as many
+    as `into` (uint8) holds, read into it with pread: each block is valid only until the next
+    is asked for (StorageReader.blocks)."""
+    dtype = tensor_np_dtype(tensor)
+    reader = StorageReader(tensor.storage)
+    for raw in reader.blocks(tensor.offset + first, count, into, dtype):
         yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
 
 
