@@ -19,7 +19,7 @@ import struct
 import zipfile
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -55,6 +55,7 @@ from ckpt_viewer.core.writing.destination import (
     check_file,
     check_folder,
     remove_quietly,
+    start_writeback,
 )
 from ckpt_viewer.core.writing.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
 
@@ -434,17 +435,19 @@ def _record_spans(record: _Record) -> list[Span] | None:
 
 
 def _dcp_spans(tensor: TensorInfo, target: str) -> list[Span] | None:
-    """A DCP tensor sharded by whole rows (FSDP, or not sharded at all): its chunks' records in
-    row order are its bytes, so they can be copied as they are."""
+    """A DCP tensor sharded by whole rows (FSDP, or not sharded at all; a 0-d one is its one
+    chunk): its chunks' records in row order are its bytes, so they can be copied as they are."""
     from ckpt_viewer.core.listing.readers.dcp import chunk_tensor
 
-    if target != tensor.dtype or not tensor.shape or not tensor.numel:
+    if target != tensor.dtype or not tensor.numel:
         return None
     spans: list[Span] = []
-    rows = 0
+    rank, rows = len(tensor.shape), 0
     for offsets, sizes, span in sorted(tensor.chunks, key=lambda c: tuple(c[0])):
-        if tuple(offsets) != (rows,) + (0,) * (len(offsets) - 1) or tuple(sizes[1:]) != tuple(
-            tensor.shape[1:]
+        if (
+            len(sizes) != rank
+            or tuple(offsets) != (rows,)[:rank] + (0,) * (rank - 1)
+            or tuple(sizes[1:]) != tuple(tensor.shape[1:])
         ):
             return None
         chunk = chunk_tensor(span)
@@ -457,8 +460,8 @@ def _dcp_spans(tensor: TensorInfo, target: str) -> list[Span] | None:
             if raw is None:
                 return None
             spans.append(raw)
-        rows += sizes[0]
-    return spans if rows == tensor.shape[0] else None
+        rows += sizes[0] if rank else 1
+    return spans if rows == (tensor.shape[0] if rank else 1) else None
 
 
 def _copy_spans(
@@ -493,7 +496,7 @@ def _copy_span(
     from mapped pages; returns the CRC-32 of the bytes when asked, computed on the written
     pages of `out` as the copy has just put them into the page cache (the bytes the record
     holds, not those of the source), on the `pool`'s threads while the next step is copied
-    when one is given."""
+    when one is given, where each step's writeback to disk is started too."""
     reader, first, nbytes = span
     assert reader.path is not None  # a span is of a file (_raw_span)
     source_start = reader.offset + first
@@ -502,6 +505,7 @@ def _copy_span(
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
     pending: deque[list[CrcPiece]] = deque()  # the CRC pieces of the steps copied, in order
+    flushing: list[Future[None]] = []
     with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
         if source.size < source_start + nbytes:
             raise reader._ended()
@@ -523,6 +527,10 @@ def _copy_span(
                     written = os.pwrite(out.fileno(), view, at)
                     view, at = view[written:], at + written
                 del view
+            if pool is None:
+                start_writeback(out.fileno(), position + done, step)
+            else:
+                flushing.append(pool.submit(start_writeback, out.fileno(), position + done, step))
             if crc:
                 pending.append(crc_pieces(pool, _written_pages(out, position + done, step)))
                 if len(pending) > 1:  # at most two steps mapped at a time
@@ -532,6 +540,8 @@ def _copy_span(
                 raise Cancelled()
         while pending:
             value = crc_joined(value, pending.popleft())
+        for future in flushing:
+            future.result()
     out.seek(position + nbytes)
     return value
 
@@ -614,6 +624,20 @@ def _write_pth(
     return write_torch_archive(path, data_pkl, records, device, cancelled, copied)
 
 
+def _ahead(
+    pool: ThreadPoolExecutor, function: Callable[[Any], Any], items: Iterable[Any], depth: int = 32
+) -> Iterator[Any]:
+    """function(item) for each item, in order, computed up to `depth` items ahead on the pool
+    (at most `depth` calls are left running when the caller stops early)."""
+    running: deque[Future[Any]] = deque()
+    for item in items:
+        running.append(pool.submit(function, item))
+        if len(running) > depth:
+            yield running.popleft().result()
+    while running:
+        yield running.popleft().result()
+
+
 def write_torch_archive(
     path: str,
     data_pkl: bytes,
@@ -632,14 +656,16 @@ def write_torch_archive(
     with (
         zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
         ThreadPoolExecutor(CRC_WORKERS) as pool,
+        ThreadPoolExecutor(1) as planner,
     ):
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
-        for record in records:
+        # where each record's bytes lie (a DCP chunk's own small archive parsed, a record's
+        # local header read) is found ahead on the planner while the kernel copies
+        for record, spans in zip(records, _ahead(planner, _record_spans, records)):
             nbytes = record.count * DTYPE_SIZES[record.dtype]
             zip64 = nbytes > 0x7FFFFFFF
             info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
-            spans = _record_spans(record)
             with zf.open(info, "w", force_zip64=zip64) as out:
                 if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
                     # zipfile's record writer puts these two into the header when it closes
