@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,7 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.crc import CRC_WORKERS, CrcPiece, crc_joined, crc_pieces
+from ckpt_viewer.core.listing.crc import CRC_SPLIT, CRC_WORKERS, CrcPiece, crc_joined, crc_pieces
 from ckpt_viewer.core.listing.keys import map_keys
 from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
@@ -532,7 +533,7 @@ def _copy_span(
             else:
                 flushing.append(pool.submit(start_writeback, out.fileno(), position + done, step))
             if crc:
-                pending.append(crc_pieces(pool, _written_pages(out, position + done, step)))
+                pending.append(_written_crc_pieces(pool, out.fileno(), position + done, step))
                 if len(pending) > 1:  # at most two steps mapped at a time
                     value = crc_joined(value, pending.popleft())
             done += step
@@ -546,12 +547,31 @@ def _copy_span(
     return value
 
 
-def _written_pages(out: IO[bytes], at: int, count: int) -> memoryview:
-    """A read-only view of count bytes of `out` from `at`, as they lie in the page cache; the
-    mapping goes away with the last view of it."""
+def _written_crc_pieces(
+    pool: ThreadPoolExecutor | None, fd: int, at: int, count: int
+) -> list[CrcPiece]:
+    """The CRC-32 of count bytes of the file from `at` as they lie in the page cache, cut in
+    CRC_WORKERS pieces computed on the pool (each mapped and unmapped there too: the copying
+    thread spends nothing on them)."""
+    if pool is None or count < CRC_SPLIT:
+        return [(None, _written_crc(fd, at, count), count)]
+    step = -(-count // CRC_WORKERS)
+    return [
+        (pool.submit(_written_crc, fd, at + k, min(step, count - k)), 0, min(step, count - k))
+        for k in range(0, count, step)
+    ]
+
+
+def _written_crc(fd: int, at: int, count: int) -> int:
     aligned = at - at % mmap.ALLOCATIONGRANULARITY
-    pages = mmap.mmap(out.fileno(), at + count - aligned, offset=aligned, access=mmap.ACCESS_READ)
-    return np.frombuffer(pages, dtype=np.uint8, count=count, offset=at - aligned).data
+    length = at + count - aligned
+    if os.name == "posix":  # its pages mapped at once, not one fault at a time
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        pages = mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+    else:
+        pages = mmap.mmap(fd, length, offset=aligned, access=mmap.ACCESS_READ)
+    with pages, memoryview(pages) as view:
+        return zlib.crc32(view[at - aligned :])
 
 
 def _kernel_copy(source: int, target: int, source_at: int, target_at: int, count: int) -> int:
