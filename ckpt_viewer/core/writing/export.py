@@ -534,7 +534,7 @@ def _copy_span(
                 flushing.append(pool.submit(start_writeback, out.fileno(), position + done, step))
             if crc:
                 pending.append(_written_crc_pieces(pool, out.fileno(), position + done, step))
-                if len(pending) > 1:  # at most two steps mapped at a time
+                if len(pending) > 1:  # the CRC-32 at most a step behind the copy
                     value = crc_joined(value, pending.popleft())
             done += step
             if cancelled():
@@ -551,8 +551,8 @@ def _written_crc_pieces(
     pool: ThreadPoolExecutor | None, fd: int, at: int, count: int
 ) -> list[CrcPiece]:
     """The CRC-32 of count bytes of the file from `at` as they lie in the page cache, cut in
-    CRC_WORKERS pieces computed on the pool (each mapped and unmapped there too: the copying
-    thread spends nothing on them)."""
+    CRC_WORKERS pieces computed on the pool (each mapped and unmapped there too, so the
+    copying thread spends nothing on a large step's pages)."""
     if pool is None or count < CRC_SPLIT:
         return [(None, _written_crc(fd, at, count), count)]
     step = -(-count // CRC_WORKERS)
