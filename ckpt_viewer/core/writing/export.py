@@ -675,7 +675,9 @@ def write_torch_archive(
     stamp = (1980, 1, 1, 0, 0, 0)
     with (
         zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
-        ThreadPoolExecutor(CRC_WORKERS) as pool,
+        # one thread more than the CRC-32 pieces: a writeback start waiting on a busy disk
+        # does not hold up the checksums the copy waits for
+        ThreadPoolExecutor(CRC_WORKERS + 1) as pool,
         ThreadPoolExecutor(1) as planner,
     ):
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
