@@ -120,3 +120,21 @@ def test_row_sharded_chunks_are_copied_as_they_are(tmp_path):
     assert (
         _dcp_spans(TensorInfo(dtype="float32", shape=(6, 10), chunks=grid[1:]), "float32") is None
     )
+
+
+def test_a_0d_tensor_is_its_one_chunk_copied(tmp_path):
+    from ckpt_viewer.core.writing.export import _dcp_spans
+
+    blob = io.BytesIO()
+    torch.save(torch.tensor(2.5), blob)
+    (tmp_path / "d").write_bytes(blob.getvalue())
+    span = FileSpan(str(tmp_path / "d"), 0, len(blob.getvalue()))
+    spans = _dcp_spans(TensorInfo(dtype="float32", shape=(), chunks=[((), (), span)]), "float32")
+    assert spans is not None and len(spans) == 1
+    reader, first, nbytes = spans[0]
+    with open(tmp_path / "d", "rb") as f:
+        f.seek(reader.offset + first)
+        assert f.read(nbytes) == torch.tensor(2.5).numpy().tobytes()
+    # a chunk whose sizes do not describe a 0-d tensor is not taken as its bytes
+    wrong = TensorInfo(dtype="float32", shape=(), chunks=[((), (1,), span)])
+    assert _dcp_spans(wrong, "float32") is None

@@ -447,10 +447,21 @@ def test_unchanged_bytes_are_copied_file_to_file(tmp_path, monkeypatch, kernel, 
         monkeypatch.delattr(os, "copy_file_range", raising=False)
     else:
         monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    from ckpt_viewer.core.writing import export as export_module
+
+    flushed = []
+    real_writeback = export_module.start_writeback
+    monkeypatch.setattr(
+        export_module,
+        "start_writeback",
+        lambda fd, at, count: flushed.append((at, count)) or real_writeback(fd, at, count),
+    )
     out = tmp_path / f"o.{fmt}"
     do_export(src, out, format=fmt)
     if kernel == "copy_file_range" and real is not None:
         assert calls  # the kernel did the copying
+    # the disk is set to write each copied piece as soon as it is copied, not at the fsync
+    assert sum(count for _, count in flushed) == 300 * 200 * 4 + 1000 * 2 + 70000 * 8
     if fmt == "pth":
         got = torch.load(out, weights_only=True)
         with zipfile.ZipFile(out) as zf:
@@ -570,3 +581,27 @@ def test_copied_records_are_checked_where_they_were_written_not_read_again(tmp_p
     with pytest.raises(CheckpointError, match="begins inside it"):
         do_export(src, tmp_path / "bad.pth")
     assert not (tmp_path / "bad.pth").exists()
+
+
+def test_record_spans_are_planned_ahead_in_order_and_stop_with_the_caller():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ckpt_viewer.core.writing.export import _ahead
+
+    started = []
+    lock = threading.Lock()
+
+    def plan(n):
+        with lock:
+            started.append(n)
+        return n * n
+
+    with ThreadPoolExecutor(1) as pool:
+        assert list(_ahead(pool, plan, range(100), depth=4)) == [n * n for n in range(100)]
+    started.clear()
+    with ThreadPoolExecutor(1) as pool:
+        ahead = _ahead(pool, plan, range(100), depth=4)
+        assert next(ahead) == 0
+        ahead.close()  # the caller stops (an error, a cancel): nothing more is planned
+    assert sorted(started) == list(range(5))

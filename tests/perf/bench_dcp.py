@@ -7,7 +7,7 @@ with four writer threads, so several .distcp files), then times in fresh process
 cache, `ckpt-viewer export FOLDER -o out.pth` (written, fsynced and checked, then renamed)
 against the limit, `dd` of the same number of bytes with conv=fsync (goal <= 1.2x); with
 --torch also against torch's format_utils.dcp_to_torch_save + fsync. Everything it writes is
-deleted afterwards.
+deleted afterwards, and each run's output before the next run (untimed, as in bench_export).
 """
 
 from __future__ import annotations
@@ -52,13 +52,26 @@ def main():
         subprocess.run(python(MAKE.format(src=src, folder=folder)), check=True)
         files = [n for n in os.listdir(folder) if n.endswith(".distcp")]
         argv = [sys.executable, "-m", "ckpt_viewer", "export", folder, "-o", ours_dst, "--force"]
-        ours = measure(argv, repeat=args.repeat, warmup=True)
-        nbytes = os.path.getsize(ours_dst)
+        sizes = []
+
+        def remove_outputs():  # neither side pays for deleting the previous run's output
+            for path in (ours_dst, base_dst):
+                if os.path.exists(path):
+                    sizes.append(os.path.getsize(path))
+                    os.remove(path)
+
+        ours = measure(argv, repeat=args.repeat, warmup=True, before=remove_outputs)
+        remove_outputs()
+        nbytes = sizes[-1]
         what = f"DCP ({len(files)} files) -> one {nbytes / 1e9:.1f} GB .pth"
-        limit = measure(dd_copy(src, base_dst, nbytes), repeat=args.repeat, warmup=True)
+        limit = measure(
+            dd_copy(src, base_dst, nbytes), repeat=args.repeat, warmup=True, before=remove_outputs
+        )
         rows = [(what, ours, limit, "dd conv=fsync", 1.2, None)]
         if args.torch:
-            torch_side = measure(python(TORCH.format(folder=folder, dst=base_dst)), repeat=2)
+            torch_side = measure(
+                python(TORCH.format(folder=folder, dst=base_dst)), repeat=2, before=remove_outputs
+            )
             rows.append((what, ours, torch_side, "dcp_to_torch_save", None, None))
         print_table(rows)
     finally:

@@ -9,11 +9,14 @@ holds only an earlier export of ours."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import re
 import secrets
 import stat
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -271,6 +274,33 @@ class Staged:
             raise CheckpointError(f"{self.what} cancelled; nothing was written") from None
         if isinstance(exc, OSError):
             raise CheckpointError(os_error(exc, self.destination)) from None
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+def start_writeback(fd: int, at: int, count: int) -> None:
+    """Starts writing these bytes of the file to disk and returns (Linux's sync_file_range;
+    elsewhere nothing): the disk then writes while the rest of a large file is copied, as the
+    final fsync would otherwise write it all after the copy, and close() on ext4 (a file
+    created or truncated) would start that writeback itself. Only a hint; fsync still
+    decides what is durable."""
+    call = _sync_file_range()
+    if call is not None:
+        call(fd, at, count, SYNC_FILE_RANGE_WRITE)  # a failure only loses the head start
 
 
 def _fsync(path: str) -> None:

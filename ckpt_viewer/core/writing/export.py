@@ -17,9 +17,10 @@ import os
 import re
 import struct
 import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.crc import CRC_WORKERS, CrcPiece, crc_joined, crc_pieces
+from ckpt_viewer.core.listing.crc import CRC_SPLIT, CRC_WORKERS, CrcPiece, crc_joined, crc_pieces
 from ckpt_viewer.core.listing.keys import map_keys
 from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
@@ -55,6 +56,7 @@ from ckpt_viewer.core.writing.destination import (
     check_file,
     check_folder,
     remove_quietly,
+    start_writeback,
 )
 from ckpt_viewer.core.writing.torch_pickle import TensorEntry, quantizer_params, state_dict_pickle
 
@@ -434,17 +436,19 @@ def _record_spans(record: _Record) -> list[Span] | None:
 
 
 def _dcp_spans(tensor: TensorInfo, target: str) -> list[Span] | None:
-    """A DCP tensor sharded by whole rows (FSDP, or not sharded at all): its chunks' records in
-    row order are its bytes, so they can be copied as they are."""
+    """A DCP tensor sharded by whole rows (FSDP, or not sharded at all; a 0-d one is its one
+    chunk): its chunks' records in row order are its bytes, so they can be copied as they are."""
     from ckpt_viewer.core.listing.readers.dcp import chunk_tensor
 
-    if target != tensor.dtype or not tensor.shape or not tensor.numel:
+    if target != tensor.dtype or not tensor.numel:
         return None
     spans: list[Span] = []
-    rows = 0
+    rank, rows = len(tensor.shape), 0
     for offsets, sizes, span in sorted(tensor.chunks, key=lambda c: tuple(c[0])):
-        if tuple(offsets) != (rows,) + (0,) * (len(offsets) - 1) or tuple(sizes[1:]) != tuple(
-            tensor.shape[1:]
+        if (
+            len(sizes) != rank
+            or tuple(offsets) != (rows,)[:rank] + (0,) * (rank - 1)
+            or tuple(sizes[1:]) != tuple(tensor.shape[1:])
         ):
             return None
         chunk = chunk_tensor(span)
@@ -457,8 +461,8 @@ def _dcp_spans(tensor: TensorInfo, target: str) -> list[Span] | None:
             if raw is None:
                 return None
             spans.append(raw)
-        rows += sizes[0]
-    return spans if rows == tensor.shape[0] else None
+        rows += sizes[0] if rank else 1
+    return spans if rows == (tensor.shape[0] if rank else 1) else None
 
 
 def _copy_spans(
@@ -493,7 +497,7 @@ def _copy_span(
     from mapped pages; returns the CRC-32 of the bytes when asked, computed on the written
     pages of `out` as the copy has just put them into the page cache (the bytes the record
     holds, not those of the source), on the `pool`'s threads while the next step is copied
-    when one is given."""
+    when one is given, where each step's writeback to disk is started too."""
     reader, first, nbytes = span
     assert reader.path is not None  # a span is of a file (_raw_span)
     source_start = reader.offset + first
@@ -502,6 +506,7 @@ def _copy_span(
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
     pending: deque[list[CrcPiece]] = deque()  # the CRC pieces of the steps copied, in order
+    flushing: list[Future[None]] = []
     with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
         if source.size < source_start + nbytes:
             raise reader._ended()
@@ -523,25 +528,50 @@ def _copy_span(
                     written = os.pwrite(out.fileno(), view, at)
                     view, at = view[written:], at + written
                 del view
+            if pool is None:
+                start_writeback(out.fileno(), position + done, step)
+            else:
+                flushing.append(pool.submit(start_writeback, out.fileno(), position + done, step))
             if crc:
-                pending.append(crc_pieces(pool, _written_pages(out, position + done, step)))
-                if len(pending) > 1:  # at most two steps mapped at a time
+                pending.append(_written_crc_pieces(pool, out.fileno(), position + done, step))
+                if len(pending) > 1:  # the CRC-32 at most a step behind the copy
                     value = crc_joined(value, pending.popleft())
             done += step
             if cancelled():
                 raise Cancelled()
         while pending:
             value = crc_joined(value, pending.popleft())
+        for future in flushing:
+            future.result()
     out.seek(position + nbytes)
     return value
 
 
-def _written_pages(out: IO[bytes], at: int, count: int) -> memoryview:
-    """A read-only view of count bytes of `out` from `at`, as they lie in the page cache; the
-    mapping goes away with the last view of it."""
+def _written_crc_pieces(
+    pool: ThreadPoolExecutor | None, fd: int, at: int, count: int
+) -> list[CrcPiece]:
+    """The CRC-32 of count bytes of the file from `at` as they lie in the page cache, cut in
+    CRC_WORKERS pieces computed on the pool (each mapped and unmapped there too, so the
+    copying thread spends nothing on a large step's pages)."""
+    if pool is None or count < CRC_SPLIT:
+        return [(None, _written_crc(fd, at, count), count)]
+    step = -(-count // CRC_WORKERS)
+    return [
+        (pool.submit(_written_crc, fd, at + k, min(step, count - k)), 0, min(step, count - k))
+        for k in range(0, count, step)
+    ]
+
+
+def _written_crc(fd: int, at: int, count: int) -> int:
     aligned = at - at % mmap.ALLOCATIONGRANULARITY
-    pages = mmap.mmap(out.fileno(), at + count - aligned, offset=aligned, access=mmap.ACCESS_READ)
-    return np.frombuffer(pages, dtype=np.uint8, count=count, offset=at - aligned).data
+    length = at + count - aligned
+    if os.name == "posix":  # its pages mapped at once, not one fault at a time
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        pages = mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+    else:
+        pages = mmap.mmap(fd, length, offset=aligned, access=mmap.ACCESS_READ)
+    with pages, memoryview(pages) as view:
+        return zlib.crc32(view[at - aligned :])
 
 
 def _kernel_copy(source: int, target: int, source_at: int, target_at: int, count: int) -> int:
@@ -614,6 +644,20 @@ def _write_pth(
     return write_torch_archive(path, data_pkl, records, device, cancelled, copied)
 
 
+def _ahead(
+    pool: ThreadPoolExecutor, function: Callable[[Any], Any], items: Iterable[Any], depth: int = 32
+) -> Iterator[Any]:
+    """function(item) for each item, in order, computed up to `depth` items ahead on the pool
+    (at most `depth` calls are left running when the caller stops early)."""
+    running: deque[Future[Any]] = deque()
+    for item in items:
+        running.append(pool.submit(function, item))
+        if len(running) > depth:
+            yield running.popleft().result()
+    while running:
+        yield running.popleft().result()
+
+
 def write_torch_archive(
     path: str,
     data_pkl: bytes,
@@ -631,15 +675,19 @@ def write_torch_archive(
     stamp = (1980, 1, 1, 0, 0, 0)
     with (
         zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
-        ThreadPoolExecutor(CRC_WORKERS) as pool,
+        # one thread more than the CRC-32 pieces: a writeback start waiting on a busy disk
+        # does not hold up the checksums the copy waits for
+        ThreadPoolExecutor(CRC_WORKERS + 1) as pool,
+        ThreadPoolExecutor(1) as planner,
     ):
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
-        for record in records:
+        # where each record's bytes lie (a DCP chunk's own small archive parsed, a record's
+        # local header read) is found ahead on the planner while the kernel copies
+        for record, spans in zip(records, _ahead(planner, _record_spans, records)):
             nbytes = record.count * DTYPE_SIZES[record.dtype]
             zip64 = nbytes > 0x7FFFFFFF
             info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
-            spans = _record_spans(record)
             with zf.open(info, "w", force_zip64=zip64) as out:
                 if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
                     # zipfile's record writer puts these two into the header when it closes
