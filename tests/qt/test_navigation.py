@@ -284,3 +284,36 @@ def test_welcome_page_opens_a_run_folder(qtbot, window, tmp_path, monkeypatch):
     assert window.tabs.currentWidget() is opened.args[0]
     with qtbot.waitSignal(opened.args[0].ready, timeout=60_000):
         pass
+
+
+def test_filtering_asks_the_window_for_no_new_layout(qtbot, window, tmp_path):
+    """The match count and the clear button change nothing outside the filter row: a layout
+    request reaching the window's tab widget repaints the whole tab (the tensor pane's plot
+    included) in the keystroke's frame."""
+    from PySide6.QtCore import QEvent, QObject
+
+    tab, _ = opened(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
+    qtbot.waitUntil(lambda: "What it needs to run" in tab.summary.toPlainText())  # built
+    tab.filter.setFocus()
+    for _ in range(3):  # what the tab's building posted (a layout request: each turn's own)
+        QApplication.processEvents()
+
+    class Requests(QObject):
+        count = 0
+
+        def eventFilter(self, watched, event) -> bool:
+            Requests.count += event.type() == QEvent.LayoutRequest
+            return False
+
+    requests = Requests()
+    window.tabs.installEventFilter(requests)
+    with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
+        qtbot.keyClicks(tab.filter, "mlp")
+    QApplication.processEvents()
+    assert tab.filter_status.text() == "60 matches"  # 12 groups "mlp", 48 rows below them
+    with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
+        tab.filter.findChild(QAction, "clearFilter").trigger()
+    QApplication.processEvents()
+    assert tab.filter.text() == "" and tab.filter_status.text() == ""
+    window.tabs.removeEventFilter(requests)
+    assert Requests.count == 0
