@@ -328,13 +328,26 @@ class CheckpointTab(QWidget):
         splitter.setStretchFactor(1, 3)
         remember_splitter(splitter, "checkpointTab/split", [600, 766])
         self.splitter = splitter
-        layout = QVBoxLayout(self)
+        # the tab's contents sit in a child it places itself, not in a layout of its own: a
+        # change of size inside (a label's new text, a pane's new widget) asked the window's
+        # tab widget for a new layout, and that widget then repainted the whole tab, tree
+        # and plot, several times per selected tensor; the request now stops at the tab
+        self.body = QWidget(self)
+        layout = QVBoxLayout(self.body)
         layout.setContentsMargins(4, 4, 4, 4)
         banner_row = QHBoxLayout()
         banner_row.addWidget(self.banner, 1)
         banner_row.addWidget(self.banner_button, 0, Qt.AlignTop)
         layout.addLayout(banner_row)
         layout.addWidget(splitter, 1)
+        self.setMinimumSize(self.body.minimumSizeHint())
+
+    def sizeHint(self):
+        return self.body.sizeHint()
+
+    def resizeEvent(self, event):
+        self.body.setGeometry(self.rect())
+        super().resizeEvent(event)
 
     def _set_up_columns(self):
         """Key stretches; the other columns fit their contents (sampled rows, so 50,000 keys
