@@ -56,11 +56,14 @@ def test_full_collections_wait_for_a_quarter_of_the_old_generation(qtbot):
     collector.timer.stop()
     try:
         thresholds = gc.get_threshold()
-        gc.set_threshold(thresholds[0], 1, 1)  # every young container counts past them
+        gc.set_threshold(thresholds[0], 1, 1)
         kept = [[] for _ in range(3 * thresholds[0])]
+        for _ in range(3):  # each counts once in the old generation's count: past its threshold
+            gc.collect(1)
         collector.long_lived, collector.pending = 10**9, 0
         assert 2 not in collections_by(collector)
-        kept += [[] for _ in range(3 * thresholds[0])]
+        for _ in range(3):
+            gc.collect(1)
         collector.long_lived, collector.pending = 4, 1
         assert collections_by(collector) == [2]
         assert collector.pending == 0 and collector.long_lived >= len(kept)
