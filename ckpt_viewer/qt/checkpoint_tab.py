@@ -12,10 +12,11 @@ from PySide6.QtCore import (
     QModelIndex,
     QObject,
     QSettings,
+    QSize,
     Qt,
     Signal,
 )
-from PySide6.QtGui import QAction, QGuiApplication
+from PySide6.QtGui import QAction, QGuiApplication, QResizeEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -340,12 +341,14 @@ class CheckpointTab(QWidget):
         banner_row.addWidget(self.banner_button, 0, Qt.AlignTop)
         layout.addLayout(banner_row)
         layout.addWidget(splitter, 1)
-        self.setMinimumSize(self.body.minimumSizeHint())
 
-    def sizeHint(self):
+    def sizeHint(self) -> QSize:
         return self.body.sizeHint()
 
-    def resizeEvent(self, event):
+    def minimumSizeHint(self) -> QSize:
+        return self.body.minimumSizeHint()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
         self.body.setGeometry(self.rect())
         super().resizeEvent(event)
 
