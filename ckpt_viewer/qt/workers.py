@@ -234,10 +234,11 @@ class GuiThreadCollector(QObject):
 
     INTERVAL_MS = 500
     LONGEST_PAUSE_S = 5.0  # a pause held longer (a slow URL, a stuck worker) is not obeyed
-    # young objects that, while a pause is held past its limit, are the paused job's build (a
-    # comparison's trees): frozen, as paused_gc freezes a load's at its end, not walked (a
-    # young collection of 1.4 million objects held the GUI thread 270 ms)
-    BULK = 50_000
+    # young objects in one interval that are a bulk of long-lived ones (an import of torch, a
+    # comparison's trees while its pause is held past the limit): frozen, as paused_gc
+    # freezes a load's at its end, not walked (torch's 240,000: 100 ms on the GUI thread, a
+    # comparison's 1.4 million: 270 ms); a tab's closing unfreezes them (release)
+    BULK = 100_000
 
     def __init__(self, parent: QObject) -> None:
         super().__init__(parent)
@@ -258,11 +259,11 @@ class GuiThreadCollector(QObject):
             self.paused_since = self.paused_since or now
             if now - self.paused_since < self.LONGEST_PAUSE_S:
                 return
-            if counts[0] > self.BULK:
-                gc.freeze()
-                return
         else:
             self.paused_since = None
+        if counts[0] > self.BULK:
+            gc.freeze()
+            return
         generation = next(
             (
                 level

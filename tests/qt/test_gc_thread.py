@@ -72,9 +72,10 @@ def test_full_collections_wait_for_a_quarter_of_the_old_generation(qtbot):
         owner.deleteLater()
 
 
-def test_a_pause_held_too_long_freezes_the_bulk_it_built(qtbot):
-    """A job paused past the limit (a comparison's trees) has built a bulk of young objects:
-    they are frozen, as a load's are when its pause ends, not walked while the window waits."""
+def test_a_bulk_of_young_objects_is_frozen_not_walked(qtbot):
+    """A bulk of young objects (an import of torch; a job paused past the limit, a
+    comparison's trees) is frozen, as a load's are when its pause ends, not walked while the
+    window waits."""
     from ckpt_viewer.core import paused_gc
     from ckpt_viewer.qt.workers import GuiThreadCollector
 
@@ -88,6 +89,9 @@ def test_a_pause_held_too_long_freezes_the_bulk_it_built(qtbot):
             collector.paused_since = 1.0  # long ago
             assert collections_by(collector) == []
             assert gc.get_freeze_count() >= frozen + len(kept)
+        kept += [[] for _ in range(GuiThreadCollector.BULK + 1000)]  # no pause now
+        assert collections_by(collector) == []
+        assert gc.get_freeze_count() >= frozen + len(kept)
     finally:
         gc.unfreeze()
         owner.deleteLater()
