@@ -12,10 +12,11 @@ from PySide6.QtCore import (
     QModelIndex,
     QObject,
     QSettings,
+    QSize,
     Qt,
     Signal,
 )
-from PySide6.QtGui import QAction, QGuiApplication
+from PySide6.QtGui import QAction, QGuiApplication, QResizeEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -243,7 +244,17 @@ class CheckpointTab(QWidget):
         self.filter = QLineEdit()
         self.filter.setObjectName("keyFilter")
         self.filter.setPlaceholderText("Filter keys: text, glob (*.weight) or /regex/")
-        self.filter.setClearButtonEnabled(True)
+        # the field's own clear button comes with the first key and goes with the last, and each
+        # time the layout change climbed to the window's tab widget, which repainted the whole
+        # tab (the tensor pane's plot too) in that keystroke's frame; this one stays
+        clear = self.filter.addAction(
+            self.style().standardIcon(QStyle.SP_LineEditClearButton), QLineEdit.TrailingPosition
+        )
+        clear.setObjectName("clearFilter")
+        clear.setToolTip("Clear the filter")
+        clear.setEnabled(False)
+        clear.triggered.connect(self.filter.clear)
+        self.filter.textChanged.connect(lambda text: clear.setEnabled(bool(text)))
         self.filter.textChanged.connect(self._filter_edited)
         self.unfiltered_expanded: list | None = None  # rows expanded before filtering
         self.kept_row = None  # the selected row, while a filter hides it
@@ -251,6 +262,12 @@ class CheckpointTab(QWidget):
         self.controller.filtered.connect(self.show_filtered)
         self.controller.memory_measured.connect(self._show_memory)
         self.filter_status = plain_label()
+        # a fixed size, for the same reason: a label growing with its text ("1,234 matches")
+        # made each filter's apply repaint the whole tab; a longer text shows in full on hover
+        self.filter_status.setFixedSize(
+            self.filter_status.fontMetrics().horizontalAdvance("888,888 matches") + 8,
+            self.filter.sizeHint().height(),
+        )
         self.revealed = ""  # the key a cleared filter was hiding, while the note says so
         self.ticked = plain_label()
         self.ticked.setObjectName("tickedCount")
@@ -314,13 +331,28 @@ class CheckpointTab(QWidget):
         splitter.setStretchFactor(1, 3)
         remember_splitter(splitter, "checkpointTab/split", [600, 766])
         self.splitter = splitter
-        layout = QVBoxLayout(self)
+        # the tab's contents sit in a child it places itself, not in a layout of its own: a
+        # change of size inside (a label's new text, a pane's new widget) asked the window's
+        # tab widget for a new layout, and that widget then repainted the whole tab, tree
+        # and plot, several times per selected tensor; the request now stops at the tab
+        self.body = QWidget(self)
+        layout = QVBoxLayout(self.body)
         layout.setContentsMargins(4, 4, 4, 4)
         banner_row = QHBoxLayout()
         banner_row.addWidget(self.banner, 1)
         banner_row.addWidget(self.banner_button, 0, Qt.AlignTop)
         layout.addLayout(banner_row)
         layout.addWidget(splitter, 1)
+
+    def sizeHint(self) -> QSize:
+        return self.body.sizeHint()
+
+    def minimumSizeHint(self) -> QSize:
+        return self.body.minimumSizeHint()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        self.body.setGeometry(self.rect())
+        super().resizeEvent(event)
 
     def _set_up_columns(self):
         """Key stretches; the other columns fit their contents (sampled rows, so 50,000 keys
@@ -552,6 +584,7 @@ class CheckpointTab(QWidget):
         text = filtered.text
         if filtered.error:
             self.filter_status.setText(filtered.error)
+            self.filter_status.setToolTip(filtered.error)
             self.filter.setStyleSheet(f"QLineEdit {{ color: {on_base('#b02a37').name()}; }}")
             self.filter_applied.emit(text)
             return
@@ -560,10 +593,12 @@ class CheckpointTab(QWidget):
         if text.strip() and self.unfiltered_expanded is None:
             self.unfiltered_expanded = self.expanded_rows()
         matches = self.model.show_filtered(filtered)
-        self.filter.setStyleSheet("")
+        if self.filter.styleSheet():  # setting one re-polishes the field, even an empty one
+            self.filter.setStyleSheet("")
         self.filter_status.setText(
             f"{matches:,} match{'es' if matches != 1 else ''}" if text.strip() else ""
         )
+        self.filter_status.setToolTip("")
         if text.strip() and self.model.visible_count <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
         elif text.strip():

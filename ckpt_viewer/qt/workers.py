@@ -234,16 +234,26 @@ class GuiThreadCollector(QObject):
 
     INTERVAL_MS = 500
     LONGEST_PAUSE_S = 5.0  # a pause held longer (a slow URL, a stuck worker) is not obeyed
+    # young objects in one interval that are a bulk of long-lived ones (an import of torch, a
+    # comparison's trees while its pause is held past the limit): frozen, as paused_gc
+    # freezes a load's at its end, not walked (torch's 240,000: 100 ms on the GUI thread, a
+    # comparison's 1.4 million: 270 ms); a tab's closing unfreezes them (release)
+    BULK = 100_000
 
     def __init__(self, parent: QObject) -> None:
         super().__init__(parent)
         gc.disable()
         self.paused_since: float | None = None
+        # CPython's guard on full collections, which gc.collect(2) skips: one only once the
+        # objects moved to the old generation since the last exceed a quarter of those it held
+        self.long_lived = len(gc.get_objects(2))
+        self.pending = 0
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.collect)
         self.timer.start(self.INTERVAL_MS)
 
     def collect(self) -> None:
+        counts, thresholds = gc.get_count(), gc.get_threshold()
         if paused():  # a load builds its tree: the pause is what it asked for
             now = time.monotonic()
             self.paused_since = self.paused_since or now
@@ -251,13 +261,24 @@ class GuiThreadCollector(QObject):
                 return
         else:
             self.paused_since = None
-        counts, thresholds = gc.get_count(), gc.get_threshold()
-        generation = -1
-        for level in range(3):
-            if counts[level] > thresholds[level]:
-                generation = level
+        if counts[0] > self.BULK:
+            gc.freeze()
+            return
+        generation = next(
+            (
+                level
+                for level in (2, 1, 0)
+                if counts[level] > thresholds[level]
+                and (level < 2 or self.pending * 4 >= self.long_lived)
+            ),
+            -1,
+        )
+        if generation == 1:  # its survivors move to the old generation
+            self.pending += len(gc.get_objects(0)) + len(gc.get_objects(1))
         if generation >= 0:
             gc.collect(generation)
+        if generation == 2:
+            self.long_lived, self.pending = len(gc.get_objects(2)), 0
 
 
 def collect_on_gui_thread() -> None:

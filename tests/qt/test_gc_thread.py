@@ -27,3 +27,71 @@ def test_cyclic_garbage_is_collected_on_the_gui_thread_only(qtbot, window):
     assert not destroyed_on
     qtbot.waitUntil(lambda: bool(destroyed_on), timeout=10_000)
     assert destroyed_on == [threading.main_thread()]
+
+
+def collections_by(collector) -> list[int]:
+    """The generations one collect() of the collector walks."""
+    walked: list[int] = []
+
+    def note(phase, info):
+        if phase == "start":
+            walked.append(info["generation"])
+
+    gc.callbacks.append(note)
+    try:
+        collector.collect()
+    finally:
+        gc.callbacks.remove(note)
+    return walked
+
+
+def test_full_collections_wait_for_a_quarter_of_the_old_generation(qtbot):
+    """As CPython's own collector: the old generation's count past its threshold is not enough,
+    the objects moved there since the last full collection must also exceed a quarter of those
+    it held (each full collection walks every object a 50,000-key file built)."""
+    from ckpt_viewer.qt.workers import GuiThreadCollector
+
+    owner = QObject()
+    collector = GuiThreadCollector(owner)
+    collector.timer.stop()
+    try:
+        thresholds = gc.get_threshold()
+        gc.set_threshold(thresholds[0], 1, 1)
+        kept = [[] for _ in range(3 * thresholds[0])]
+        for _ in range(3):  # each counts once in the old generation's count: past its threshold
+            gc.collect(1)
+        collector.long_lived, collector.pending = 10**9, 0
+        assert 2 not in collections_by(collector)
+        for _ in range(3):
+            gc.collect(1)
+        collector.long_lived, collector.pending = 4, 1
+        assert collections_by(collector) == [2]
+        assert collector.pending == 0 and collector.long_lived >= len(kept)
+    finally:
+        gc.set_threshold(*thresholds)
+        owner.deleteLater()
+
+
+def test_a_bulk_of_young_objects_is_frozen_not_walked(qtbot):
+    """A bulk of young objects (an import of torch; a job paused past the limit, a
+    comparison's trees) is frozen, as a load's are when its pause ends, not walked while the
+    window waits."""
+    from ckpt_viewer.core import paused_gc
+    from ckpt_viewer.qt.workers import GuiThreadCollector
+
+    owner = QObject()
+    collector = GuiThreadCollector(owner)
+    collector.timer.stop()
+    frozen = gc.get_freeze_count()
+    try:
+        with paused_gc():
+            kept = [[] for _ in range(GuiThreadCollector.BULK + 1000)]
+            collector.paused_since = 1.0  # long ago
+            assert collections_by(collector) == []
+            assert gc.get_freeze_count() >= frozen + len(kept)
+        kept += [[] for _ in range(GuiThreadCollector.BULK + 1000)]  # no pause now
+        assert collections_by(collector) == []
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        gc.unfreeze()
+        owner.deleteLater()

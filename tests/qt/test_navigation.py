@@ -3,7 +3,7 @@ its results and Esc back, revealing a key a filter hides, Expand All as rows com
 Go to Key (Ctrl+P), and the Pickle Imports icon's category."""
 
 import torch
-from PySide6.QtCore import QModelIndex, Qt
+from PySide6.QtCore import QEvent, QModelIndex, QObject, Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication
 from qt_helpers import open_and_wait
@@ -284,3 +284,57 @@ def test_welcome_page_opens_a_run_folder(qtbot, window, tmp_path, monkeypatch):
     assert window.tabs.currentWidget() is opened.args[0]
     with qtbot.waitSignal(opened.args[0].ready, timeout=60_000):
         pass
+
+
+class LayoutRequests(QObject):
+    """Counts the layout requests that reach a widget."""
+
+    def __init__(self, widget) -> None:
+        super().__init__()
+        self.count = 0
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:
+        self.count += event.type() == QEvent.LayoutRequest
+        return False
+
+
+def settled_tab(qtbot, window, path):
+    tab, _ = opened(qtbot, window, path)
+    qtbot.waitUntil(lambda: "What it needs to run" in tab.summary.toPlainText())  # built
+    tab.filter.setFocus()
+    for _ in range(3):  # what the tab's building posted (a layout request: each turn's own)
+        QApplication.processEvents()
+    return tab
+
+
+def test_filtering_asks_the_window_for_no_new_layout(qtbot, window, tmp_path):
+    """The match count and the clear button change nothing outside the filter row: a layout
+    request reaching the window's tab widget repaints the whole tab (the tensor pane's plot
+    included) in the keystroke's frame."""
+    tab = settled_tab(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
+    requests = LayoutRequests(window.tabs)
+    with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
+        qtbot.keyClicks(tab.filter, "mlp")
+    QApplication.processEvents()
+    assert tab.filter_status.text() == "60 matches"  # 12 groups "mlp", 48 rows below them
+    with qtbot.waitSignal(tab.filter_applied, timeout=5_000):
+        tab.filter.findChild(QAction, "clearFilter").trigger()
+    QApplication.processEvents()
+    assert tab.filter.text() == "" and tab.filter_status.text() == ""
+    window.tabs.removeEventFilter(requests)
+    assert requests.count == 0
+
+
+def test_selecting_tensors_asks_the_window_for_no_new_layout(qtbot, window, tmp_path):
+    """The tensor pane's new texts and widgets are laid out inside the tab: a request reaching
+    the window's tab widget repainted the whole tab, tree and plot, for each selection."""
+    tab = settled_tab(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
+    requests = LayoutRequests(window.tabs)
+    for key in ("h.0.mlp.c_fc.weight", "wte.weight", "h.11.attn.c_attn.weight"):
+        with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=10_000):
+            assert tab.select_key(key)
+        QApplication.processEvents()
+        assert tab.tensor_view.controller.node.key == key
+    window.tabs.removeEventFilter(requests)
+    assert requests.count == 0
