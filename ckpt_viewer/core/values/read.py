@@ -9,6 +9,8 @@ A compressed zip record is inflated, never memory-mapped (mmap would yield its r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from ckpt_viewer.core import CheckpointError
@@ -60,6 +62,42 @@ def iter_chunks(
         return
     dtype = tensor_np_dtype(tensor)
     for raw in iter_raw_chunks(tensor, dtype, chunk_elements, readahead, mapped, into):
+        yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
+
+
+PREFETCH_PIECE = 4 << 20  # bytes per read-ahead request: Linux reads at most about this much of
+# one POSIX_FADV_WILLNEED (its read-ahead window or the disk's largest request) and drops the rest
+
+
+def iter_chunks_ahead(
+    tensor: TensorInfo,
+    chunk_elements: int,
+    ahead: int,
+    buffers: np.ndarray,
+) -> Iterator[np.ndarray]:
+    """iter_chunks for a streaming pass that overlaps reading and computing: chunk k of a
+    contiguous tensor is read with pread into buffers[k % len(buffers)] (uint8 rows, each at
+    least a chunk's bytes), so it stays valid while the next len(buffers) - 1 are read, and the OS
+    is asked for the `ahead` bytes after it in pieces it does not cut short. Other layouts
+    yield fresh arrays (iter_chunks without a buffer)."""
+    if not (tensor.is_contiguous and numpy_readable(tensor)):
+        yield from iter_chunks(tensor, chunk_elements, mapped=False)
+        return
+    reader = StorageReader(tensor.storage)
+    dtype = tensor_np_dtype(tensor)
+    piece = max(1, PREFETCH_PIECE // dtype.itemsize)
+    window = max(piece, ahead // dtype.itemsize)
+    fetched = 0  # elements asked of the OS, from the tensor's start
+    for k, start in enumerate(range(0, tensor.numel, chunk_elements)):
+        count = min(chunk_elements, tensor.numel - start)
+        goal = min(tensor.numel, start + count + window)
+        if goal - fetched >= window // 2 or (goal == tensor.numel and goal > fetched):
+            reader.prefetch(
+                [(tensor.offset + a, min(piece, goal - a)) for a in range(fetched, goal, piece)],
+                dtype,
+            )
+            fetched = goal
+        raw = reader.read(tensor.offset + start, count, dtype, buffers[k % len(buffers)])
         yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
 
 
