@@ -12,6 +12,7 @@ import dataclasses
 import fnmatch
 import functools
 import math
+import os
 import re
 import statistics
 import threading
@@ -36,7 +37,7 @@ from ckpt_viewer.core.listing.runs import expand_paths, numbers_in
 from ckpt_viewer.core.listing.summary import MODEL, tensor_categories
 from ckpt_viewer.core.listing.text import plural, safe_text
 from ckpt_viewer.core.values.decode import numpy_readable, tensor_np_dtype
-from ckpt_viewer.core.values.read import iter_chunks, iter_chunks_ahead
+from ckpt_viewer.core.values.read import DIRECT_SLACK, iter_chunks, iter_chunks_ahead
 from ckpt_viewer.core.values.stats import (
     _chunk_moments,
     _ChunkMoments,
@@ -534,13 +535,15 @@ def _read_ahead(readers: list[Iterator[np.ndarray]]) -> Iterator[tuple]:
                 future.exception()
 
 
-def _exp_avg_sq_means(tensors: list, stop: threading.Event) -> list[float | None]:
+def _exp_avg_sq_means(
+    tensors: list, stop: threading.Event, direct: bool = False
+) -> list[float | None]:
     """The mean of each step's exp_avg_sq (None where absent), the steps read side by side."""
     kept = [t if t is not None and t.dtype not in NO_ARITHMETIC else None for t in tensors]
     width = max((_width(t) for t in kept), default=0)
-    rows = _reused("variance", (2, len(kept), CHUNK * width))
+    rows = _reused("variance", (2, len(kept), CHUNK * width + DIRECT_SLACK))
     readers = [
-        iter_chunks_ahead(t, CHUNK, READAHEAD, rows[:, i]) if t is not None else iter(())
+        iter_chunks_ahead(t, CHUNK, READAHEAD, rows[:, i], direct) if t is not None else iter(())
         for i, t in enumerate(kept)
     ]
     totals, counts = [0.0] * len(kept), [0] * len(kept)
@@ -570,10 +573,12 @@ def scan_key(
     stop: threading.Event | None = None,
     variances: list | None = None,
     sample: int = 0,
+    direct: bool = False,
 ) -> KeyTimeline:
     """Metrics of one key across the steps (`tensors`: TensorInfo or None per step), every
     step's bytes read once, side by side with the previous and the first step of its run.
-    With `sample`, estimates from the first `sample` values of each tensor only."""
+    With `sample`, estimates from the first `sample` values of each tensor only; `direct`:
+    read past the page cache (see iter_chunks_ahead)."""
     stop = stop or threading.Event()
     metrics = tuple(metrics)
     count = len(tensors)
@@ -591,7 +596,7 @@ def scan_key(
         work = _reused("work", (2 * len(run), BLOCK), np.float64)
         width = max(_width(tensors[i]) for i in run)
         # two buffers per step: chunk k is computed on while chunk k + 1 is read into the other
-        rows = _reused("rows", (2, len(run), chunk * width))
+        rows = _reused("rows", (2, len(run), chunk * width + DIRECT_SLACK))
         buffers: list = []  # whole float64 chunks: only for the element-wise path
         # pread into a buffer per step: a mapped chunk's first touch faults its pages in
         # (and a fault on a cold page reads the disk around it: data the scan never uses)
@@ -606,7 +611,7 @@ def scan_key(
         else:
             groups = _read_ahead(
                 [
-                    iter_chunks_ahead(tensors[i], chunk, READAHEAD, rows[:, p])
+                    iter_chunks_ahead(tensors[i], chunk, READAHEAD, rows[:, p], direct)
                     for p, i in enumerate(run)
                 ]
             )
@@ -667,7 +672,7 @@ def scan_key(
                 if name in figures:
                     values[name][i] = figures[name]
     if "exp_avg_sq" in metrics and variances and not sample:
-        values["exp_avg_sq"] = _exp_avg_sq_means(variances, stop)
+        values["exp_avg_sq"] = _exp_avg_sq_means(variances, stop, direct)
     if "alpha" in metrics and not sample:
         from ckpt_viewer.core.analysis.layers import spectral_metrics
 
@@ -755,6 +760,15 @@ def scan_remote(paths: tuple, sources: tuple, key: str, metrics: tuple, variance
     return scan_key(key, tensors, metrics, None, variances if any(variances) else None)
 
 
+def _larger_than_memory(nbytes: int) -> bool:
+    """A pass over this much would evict itself (and the rest of the page cache) before any
+    of it is read again: it reads past the cache."""
+    try:
+        return nbytes > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass
 class Run:
     """The run's checkpoints, opened (metadata only) and in step order."""
@@ -783,6 +797,7 @@ def scan(
     tasks = plan_tasks(run, keys, metrics)
     report = TimelineReport(run.steps, [], list(metrics), skipped=run.skipped, sampled=sample)
     total = sum(t.nbytes for t in tasks) or 1
+    direct = not sample and _larger_than_memory(total)
     done = 0
     yield 0.0
     results: Iterator[KeyTimeline]
@@ -794,7 +809,7 @@ def scan(
         measured = yield from scan_all(
             tasks,
             lambda task, stop: scan_key(
-                task.key, task.tensors, metrics, stop, task.variances, sample
+                task.key, task.tensors, metrics, stop, task.variances, sample, direct
             ),
             weight=lambda task: task.nbytes or 1,
             workers=workers or worker_count(),
