@@ -311,3 +311,12 @@ def test_a_cancelled_key_leaves_no_read_behind(tmp_path, monkeypatch):
     again = timeline_module.scan_key(task.key, task.tensors, ["l2"])
     for (_, state, _), l2 in zip(saved, again.values["l2"]):
         _close(l2, torch.linalg.norm(state[task.key].double()).item())
+
+
+def test_readers_of_different_lengths_are_read_side_by_side_to_the_longest():
+    readers = [iter([1, 2, 3]), iter([]), iter([4])]
+    assert list(timeline_module._read_ahead(readers)) == [
+        (1, None, 4),
+        (2, None, None),
+        (3, None, None),
+    ]
