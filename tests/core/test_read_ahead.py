@@ -62,9 +62,13 @@ def test_direct_reads_go_past_the_page_cache_and_end_at_a_truncation(tmp_path, m
     direct = []
     real = read._read_direct
     monkeypatch.setattr(read, "_read_direct", lambda *a: direct.append(a[1]) or real(*a))
-    buffers = np.empty((2, 1000 * 4 + read.DIRECT_SLACK), np.uint8)
-    got = [c.copy() for c in iter_chunks_ahead(info, 1000, 0, buffers, direct=True)]
-    assert np.array_equal(np.concatenate(got), reference.numpy())
+    for skip in (0, 16, 4095):  # bytes from the buffer's start to its first whole block
+        room = np.empty(2 * (1000 * 4 + read.DIRECT_SLACK) + 8192, np.uint8)
+        start = (-room.ctypes.data - skip) % 4096
+        buffers = room[start : start + 2 * (1000 * 4 + read.DIRECT_SLACK)].reshape(2, -1)
+        assert -buffers.ctypes.data % 4096 == skip
+        got = [c.copy() for c in iter_chunks_ahead(info, 1000, 0, buffers, direct=True)]
+        assert np.array_equal(np.concatenate(got), reference.numpy())
     assert direct and all(fd is not None for fd in direct)  # O_DIRECT on this file system
     path = info.storage.source.path
     with open(path, "r+b") as f:  # the file shrinks under the reader

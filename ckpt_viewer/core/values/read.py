@@ -70,7 +70,7 @@ def iter_chunks(
 PREFETCH_PIECE = 4 << 20  # bytes per read-ahead request: Linux reads at most about this much of
 # one POSIX_FADV_WILLNEED (its read-ahead window or the disk's largest request) and drops the rest
 DIRECT_ALIGN = 4096  # O_DIRECT reads: file offsets, lengths and memory in whole blocks of this
-DIRECT_SLACK = 2 * DIRECT_ALIGN  # bytes a buffer needs beyond a chunk's for a direct read
+DIRECT_SLACK = 3 * DIRECT_ALIGN  # beyond a chunk: the blocks around it, and the buffer aligned
 
 
 def iter_chunks_ahead(
