@@ -11,6 +11,7 @@ import torch
 import builders
 from ckpt_viewer.cli import main
 from ckpt_viewer.core import CheckpointError
+from ckpt_viewer.core.analysis import timeline as timeline_module
 from ckpt_viewer.core.analysis.timeline import open_run, timeline
 from ckpt_viewer.core.progress import run
 
@@ -23,7 +24,11 @@ def _close(ours, theirs):
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-7)
 
 
-def test_metrics_equal_torch_on_every_key_and_step(tmp_path):
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_metrics_equal_torch_on_every_key_and_step(tmp_path, monkeypatch, chunk):
+    if chunk:  # several chunks per tensor, read past the page cache as a run larger than memory
+        monkeypatch.setattr(timeline_module, "CHUNK", chunk)
+        monkeypatch.setattr(timeline_module, "_larger_than_memory", lambda nbytes: True)
     saved = builders.training_run(tmp_path / "run", frozen=False)
     report = _report([tmp_path / "run"])
     assert [s.step for s in report.steps] == [step for step, _, _ in saved]
@@ -108,7 +113,11 @@ def test_keys_that_come_go_or_change_shape(tmp_path):
     assert a.values["update"] == [None, None, 0.0]  # no update across a shape change
 
 
-def test_adam_second_moment_under_parameter_names(tmp_path):
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_adam_second_moment_under_parameter_names(tmp_path, monkeypatch, chunk):
+    if chunk:  # several chunks per tensor, read ahead into both of each step's buffers
+        monkeypatch.setattr(timeline_module, "CHUNK", chunk)
+        monkeypatch.setattr(timeline_module, "_larger_than_memory", lambda nbytes: True)
     saved = []
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
@@ -285,3 +294,29 @@ def test_cosine_of_a_small_update_is_right_to_float64_across_chunks(tmp_path):
             cos(w[2], w[0], dim=0).item(), abs=1e-13
         )
         assert series.values["std"][2] == pytest.approx(w[2].std().item(), rel=1e-12)
+
+
+def test_a_cancelled_key_leaves_no_read_behind(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(timeline_module, "CHUNK", 5)
+    saved = builders.training_run(tmp_path / "run", steps=3)
+    tasks = timeline_module.plan_tasks(open_run([str(tmp_path / "run")]), (), ["l2"])
+    task = max(tasks, key=lambda t: t.nbytes)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(CheckpointError, match="cancelled"):
+        timeline_module.scan_key(task.key, task.tensors, ["l2"], stop)
+    # the same thread's buffers serve the next key: nothing still reads into them
+    again = timeline_module.scan_key(task.key, task.tensors, ["l2"])
+    for (_, state, _), l2 in zip(saved, again.values["l2"]):
+        _close(l2, torch.linalg.norm(state[task.key].double()).item())
+
+
+def test_readers_of_different_lengths_are_read_side_by_side_to_the_longest():
+    readers = [iter([1, 2, 3]), iter([]), iter([4])]
+    assert list(timeline_module._read_ahead(readers)) == [
+        (1, None, 4),
+        (2, None, None),
+        (3, None, None),
+    ]

@@ -12,10 +12,12 @@ import dataclasses
 import fnmatch
 import functools
 import math
+import os
 import re
 import statistics
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +37,7 @@ from ckpt_viewer.core.listing.runs import expand_paths, numbers_in
 from ckpt_viewer.core.listing.summary import MODEL, tensor_categories
 from ckpt_viewer.core.listing.text import plural, safe_text
 from ckpt_viewer.core.values.decode import numpy_readable, tensor_np_dtype
-from ckpt_viewer.core.values.read import iter_chunks
+from ckpt_viewer.core.values.read import DIRECT_SLACK, iter_chunks, iter_chunks_ahead
 from ckpt_viewer.core.values.stats import (
     _chunk_moments,
     _ChunkMoments,
@@ -59,7 +61,8 @@ METRICS = (
 DEFAULT_METRICS = tuple(m for m in METRICS if m != "alpha")  # alpha: an SVD per tensor and step
 CHUNK = 1 << 18  # elements per step per read
 BLOCK = 8192  # elements per step per reduction: a block of every step stays in the L2 cache
-READAHEAD = 1 << 23  # elements per step asked of the disk at once (the steps are read in turn)
+READAHEAD = 16 << 20  # bytes per tensor asked of the OS ahead of the chunk being read
+IO_THREADS = 16  # threads that wait on the reads (they hold no GIL while they wait)
 OUTSIZED = 10.0  # an update this many times the step's median update is a finding
 # what training does not move by gradient steps: counters and running statistics change every
 # step by design (a counter's relative update is 1/n), so "frozen" or "outsized" says nothing there
@@ -501,22 +504,66 @@ def _side_by_side(chunks: tuple, rows: np.ndarray) -> tuple | np.ndarray:
     return chunks
 
 
-def _exp_avg_sq_mean(tensor: TensorInfo | None, stop: threading.Event) -> float | None:
-    if tensor is None or tensor.dtype in NO_ARITHMETIC:
-        return None
-    total, count = 0.0, 0
-    into = _reused("variance", (CHUNK * _width(tensor),)) if _width(tensor) else None
-    for chunk in iter_chunks(tensor, CHUNK, READAHEAD, into=into):
+_io_pool: ThreadPoolExecutor | None = None
+_io_lock = threading.Lock()
+
+
+def _io() -> ThreadPoolExecutor:
+    global _io_pool
+    with _io_lock:
+        if _io_pool is None:
+            _io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="timeline-io")
+        return _io_pool
+
+
+def _read_ahead(readers: list[Iterator[np.ndarray]]) -> Iterator[tuple]:
+    """Chunk k of every reader (None once one is exhausted), while chunk k + 1 of each is
+    already being read on the I/O threads, all at once: the disk gets a queue of requests
+    instead of one per step in turn, and the caller computes on chunk k meanwhile. A reader's
+    chunk must stay valid while its next one is read (iter_chunks_ahead with two buffers)."""
+    pending = [_io().submit(next, reader, None) for reader in readers]
+    try:
+        while True:
+            chunks = tuple(future.result() for future in pending)
+            if all(c is None for c in chunks):
+                return
+            pending = [_io().submit(next, reader, None) for reader in readers]
+            yield chunks
+    finally:  # nothing is left reading into buffers the thread's next task reuses
+        for future in pending:
+            if not future.cancel():
+                future.exception()
+
+
+def _exp_avg_sq_means(
+    tensors: list, stop: threading.Event, direct: bool = False
+) -> list[float | None]:
+    """The mean of each step's exp_avg_sq (None where absent), the steps read side by side."""
+    kept = [t if t is not None and t.dtype not in NO_ARITHMETIC else None for t in tensors]
+    width = max((_width(t) for t in kept), default=0)
+    rows = _reused("variance", (2, len(kept), CHUNK * width + DIRECT_SLACK))
+    readers = [
+        iter_chunks_ahead(t, CHUNK, READAHEAD, rows[:, i], direct) if t is not None else iter(())
+        for i, t in enumerate(kept)
+    ]
+    totals, counts = [0.0] * len(kept), [0] * len(kept)
+    for chunks in _read_ahead(readers):
         if stop.is_set():
             raise CheckpointError("cancelled")
-        if np.iscomplexobj(chunk):
-            chunk = np.abs(chunk)
-        part = float(np.sum(chunk, dtype=np.float64))
-        if not math.isfinite(part):  # the mean of the finite values, as for every metric
-            chunk = chunk[np.isfinite(chunk)]
+        for i, chunk in enumerate(chunks):
+            if chunk is None:
+                continue
+            if np.iscomplexobj(chunk):
+                chunk = np.abs(chunk)
             part = float(np.sum(chunk, dtype=np.float64))
-        total, count = total + part, count + chunk.size
-    return total / count if count else None
+            if not math.isfinite(part):  # the mean of the finite values, as for every metric
+                chunk = chunk[np.isfinite(chunk)]
+                part = float(np.sum(chunk, dtype=np.float64))
+            totals[i], counts[i] = totals[i] + part, counts[i] + chunk.size
+    return [
+        total / count if t is not None and count else None
+        for t, total, count in zip(kept, totals, counts)
+    ]
 
 
 def scan_key(
@@ -526,10 +573,12 @@ def scan_key(
     stop: threading.Event | None = None,
     variances: list | None = None,
     sample: int = 0,
+    direct: bool = False,
 ) -> KeyTimeline:
     """Metrics of one key across the steps (`tensors`: TensorInfo or None per step), every
     step's bytes read once, side by side with the previous and the first step of its run.
-    With `sample`, estimates from the first `sample` values of each tensor only."""
+    With `sample`, estimates from the first `sample` values of each tensor only; `direct`:
+    read past the page cache (see iter_chunks_ahead)."""
     stop = stop or threading.Event()
     metrics = tuple(metrics)
     count = len(tensors)
@@ -544,18 +593,29 @@ def scan_key(
         first = {i: _Pair() for i in run[2:]}
         chunk = min(CHUNK, sample) if sample else CHUNK
         seen = 0
-        ahead = 0 if sample else READAHEAD
         work = _reused("work", (2 * len(run), BLOCK), np.float64)
         width = max(_width(tensors[i]) for i in run)
-        rows = _reused("rows", (len(run), chunk * width))
+        # two buffers per step: chunk k is computed on while chunk k + 1 is read into the other
+        rows = _reused("rows", (2, len(run), chunk * width + DIRECT_SLACK))
         buffers: list = []  # whole float64 chunks: only for the element-wise path
         # pread into a buffer per step: a mapped chunk's first touch faults its pages in
         # (and a fault on a cold page reads the disk around it: data the scan never uses)
-        reads = (
-            iter_chunks(tensors[i], chunk, ahead, mapped=False, into=row if width else None)
-            for i, row in zip(run, rows)
-        )
-        for chunks in zip(*reads):
+        groups: Iterable[tuple]
+        if sample:  # the first chunk only: nothing read ahead that the pass would not use
+            groups = zip(
+                *(
+                    iter_chunks(tensors[i], chunk, 0, mapped=False, into=row if width else None)
+                    for i, row in zip(run, rows[0])
+                )
+            )
+        else:
+            groups = _read_ahead(
+                [
+                    iter_chunks_ahead(tensors[i], chunk, READAHEAD, rows[:, p], direct)
+                    for p, i in enumerate(run)
+                ]
+            )
+        for k, chunks in enumerate(groups):
             if stop.is_set():
                 raise CheckpointError("cancelled")
             if sample and seen >= sample:
@@ -564,7 +624,7 @@ def scan_key(
             sums = None
             if all(c.dtype.kind == "f" and c.size == chunks[0].size for c in chunks):
                 with np.errstate(all="ignore"):
-                    sums = _block_sums(_side_by_side(chunks, rows), work)
+                    sums = _block_sums(_side_by_side(chunks, rows[k % 2]), work)
             if sums is not None:
                 for position, i in enumerate(run):
                     squares, total, dot, diff_sq, dot_first = sums[:, position].tolist()
@@ -612,8 +672,7 @@ def scan_key(
                 if name in figures:
                     values[name][i] = figures[name]
     if "exp_avg_sq" in metrics and variances and not sample:
-        for i, tensor in enumerate(variances):
-            values["exp_avg_sq"][i] = _exp_avg_sq_mean(tensor, stop)
+        values["exp_avg_sq"] = _exp_avg_sq_means(variances, stop, direct)
     if "alpha" in metrics and not sample:
         from ckpt_viewer.core.analysis.layers import spectral_metrics
 
@@ -701,6 +760,15 @@ def scan_remote(paths: tuple, sources: tuple, key: str, metrics: tuple, variance
     return scan_key(key, tensors, metrics, None, variances if any(variances) else None)
 
 
+def _larger_than_memory(nbytes: int) -> bool:
+    """A pass over this much would evict itself (and the rest of the page cache) before any
+    of it is read again: it reads past the cache."""
+    try:
+        return nbytes > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass
 class Run:
     """The run's checkpoints, opened (metadata only) and in step order."""
@@ -729,6 +797,7 @@ def scan(
     tasks = plan_tasks(run, keys, metrics)
     report = TimelineReport(run.steps, [], list(metrics), skipped=run.skipped, sampled=sample)
     total = sum(t.nbytes for t in tasks) or 1
+    direct = not sample and _larger_than_memory(total)
     done = 0
     yield 0.0
     results: Iterator[KeyTimeline]
@@ -740,7 +809,7 @@ def scan(
         measured = yield from scan_all(
             tasks,
             lambda task, stop: scan_key(
-                task.key, task.tensors, metrics, stop, task.variances, sample
+                task.key, task.tensors, metrics, stop, task.variances, sample, direct
             ),
             weight=lambda task: task.nbytes or 1,
             workers=workers or worker_count(),

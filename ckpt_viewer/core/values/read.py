@@ -9,6 +9,7 @@ A compressed zip record is inflated, never memory-mapped (mmap would yield its r
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Iterator
 
@@ -90,6 +91,103 @@ def read_blocks(
     reader = StorageReader(tensor.storage)
     for raw in reader.blocks(tensor.offset + first, count, into, dtype):
         yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
+
+
+PREFETCH_PIECE = 4 << 20  # bytes per read-ahead request: Linux reads at most about this much of
+# one POSIX_FADV_WILLNEED (its read-ahead window or the disk's largest request) and drops the rest
+DIRECT_ALIGN = 4096  # O_DIRECT reads: file offsets, lengths and memory in whole blocks of this
+DIRECT_SLACK = 3 * DIRECT_ALIGN  # beyond a chunk: the blocks around it, and the buffer aligned
+
+
+def iter_chunks_ahead(
+    tensor: TensorInfo,
+    chunk_elements: int,
+    ahead: int,
+    buffers: np.ndarray,
+    direct: bool = False,
+) -> Iterator[np.ndarray]:
+    """iter_chunks for a streaming pass that overlaps reading and computing: chunk k of a
+    contiguous tensor is read into buffers[k % len(buffers)] (uint8 rows, each at least a
+    chunk's bytes, + DIRECT_SLACK with `direct`), so it stays valid while the next
+    len(buffers) - 1 are read. With pread the OS is asked for the `ahead` bytes after it in
+    pieces it does not cut short. `direct` (a pass larger than memory): O_DIRECT reads where
+    the file system has them, straight from the disk into the buffer, without the page cache's
+    copy and page bookkeeping, which cost a cold pass more CPU than its arithmetic. Other
+    layouts yield fresh arrays (iter_chunks without a buffer)."""
+    if not (tensor.is_contiguous and numpy_readable(tensor)):
+        yield from iter_chunks(tensor, chunk_elements, mapped=False)
+        return
+    reader = StorageReader(tensor.storage)
+    dtype = tensor_np_dtype(tensor)
+    piece = max(1, PREFETCH_PIECE // dtype.itemsize)
+    window = max(piece, ahead // dtype.itemsize)
+    fetched = 0  # elements asked of the OS, from the tensor's start
+    fd = _direct_descriptor(reader) if direct and tensor.numel else None
+    try:
+        for k, start in enumerate(range(0, tensor.numel, chunk_elements)):
+            count = min(chunk_elements, tensor.numel - start)
+            buffer = buffers[k % len(buffers)]
+            raw = _read_direct(reader, fd, tensor.offset + start, count, dtype, buffer)
+            if raw is None:
+                if fd is not None:  # the file system refused: buffered from here on
+                    os.close(fd)
+                    fd = None
+                goal = min(tensor.numel, start + count + window)
+                if goal - fetched >= window // 2 or (goal == tensor.numel and goal > fetched):
+                    reader.prefetch(
+                        [
+                            (tensor.offset + a, min(piece, goal - a))
+                            for a in range(fetched, goal, piece)
+                        ],
+                        dtype,
+                    )
+                    fetched = goal
+                raw = reader.read(tensor.offset + start, count, dtype, buffer)
+            yield widen(apply_view_bits(raw, tensor), tensor.dtype, tensor.quantizer)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _direct_descriptor(reader: StorageReader) -> int | None:
+    """An O_DIRECT descriptor of the reader's file, reopened through its open handle (the
+    same file, whatever its path names now); None where there is none to have."""
+    if reader.path is None or remote.is_remote(reader.path) or not hasattr(os, "O_DIRECT"):
+        return None
+    try:
+        with reader._file(0) as f:
+            return os.open(f"/proc/self/fd/{f.fileno()}", os.O_RDONLY | os.O_DIRECT)
+    except (OSError, CheckpointError):
+        return None
+
+
+def _read_direct(
+    reader: StorageReader,
+    fd: int | None,
+    first: int,
+    count: int,
+    dtype: np.dtype,
+    buffer: np.ndarray,
+) -> np.ndarray | None:
+    """Elements [first, first + count) read with O_DIRECT: the whole blocks around them, into
+    the block-aligned part of `buffer`; None where fd is None or the read is refused."""
+    if fd is None:
+        return None
+    _, start, nbytes = reader._span(first, count, dtype)
+    position = reader.offset + start
+    low = position - position % DIRECT_ALIGN
+    high = -(-(position + nbytes) // DIRECT_ALIGN) * DIRECT_ALIGN
+    skip = -buffer.ctypes.data % DIRECT_ALIGN
+    if skip + high - low > buffer.size:
+        return None
+    try:
+        got = os.preadv(fd, [buffer[skip : skip + high - low].data], low)
+    except OSError:
+        return None
+    if got < position + nbytes - low:
+        raise reader._ended()
+    inner = skip + position - low
+    return buffer[inner : inner + nbytes].view(dtype)
 
 
 def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarray:
