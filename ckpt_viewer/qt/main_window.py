@@ -183,19 +183,25 @@ class WindowController(workers.PaneController):
 
     def compare(self, path_a: str, path_b: str) -> None:
         """Open both, diff them chunk by chunk (aligning their keys)."""
-        from ckpt_viewer.core.analysis.diff import diff
-        from ckpt_viewer.core.listing.open import open_checkpoint
-        from ckpt_viewer.qt.compare_view import view_rows
 
         def job():
-            # frozen, as a tab's load is (paused_gc): collections walking both files' trees
-            # held the GIL, and so the window, for up to half a second
+            # imported here: a first comparison's imports held the GUI thread (compare_rows
+            # imports no module the window has not, so no Qt type is made on the worker)
+            from ckpt_viewer.core.analysis.diff import diff
+            from ckpt_viewer.core.listing.open import open_checkpoint
+            from ckpt_viewer.qt.compare_rows import frozen_steps, view_rows
+
+            # frozen, as a tab's load is (paused_gc), and as it goes (frozen_steps):
+            # collections walking both files' trees held the GIL, and so the window, for up
+            # to half a second
             with paused_gc(freeze=True):
                 a, b = open_checkpoint(path_a), open_checkpoint(path_b)
-                report = yield from diff(a, b, auto_align=True)
+                gc.freeze()
+                report = yield from frozen_steps(diff(a, b, auto_align=True))
                 for side in report.compared or (a, b):
                     side.key_index()  # a row's click looks its keys up: not a walk then
-                return report, a, b, view_rows(report, a, b)
+                rows = view_rows(report, a, b, gc.freeze)
+                return report, a, b, rows, report.status_counts()
 
         slot = f"compare:{path_a}:{path_b}"
         self.jobs.start(
@@ -952,10 +958,19 @@ class MainWindow(QMainWindow):
 
         tensor_key = self.comparing.pop((path_a, path_b), None)
         self._update_busy()
-        report, a, b, rows = result  # pyqtgraph: preloaded a moment later (_update_busy)
+        report, a, b, rows, counts = result  # pyqtgraph: preloaded a moment later (_update_busy)
+        # built a few widgets per event-loop turn, hidden until the tab takes it
         view = CompareView(
-            report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self, rows=rows
-        )  # hidden until the tab takes it
+            report,
+            a,
+            b,
+            lambda: _plotting["module"],
+            plotting_or_wait,
+            parent=self,
+            rows=rows,
+            counts=counts,
+            in_steps=True,
+        )
 
         def show():
             name = f"{_name(path_a)} vs {_name(path_b)}"
@@ -963,11 +978,11 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
             if tensor_key is not None:
                 view.select_key(tensor_key)
-            self.statusBar().showMessage("identical" if report.identical else "different", 8000)
+            self.statusBar().showMessage("identical" if view.identical else "different", 8000)
             self.compared.emit(path_a, path_b)
 
-        # shown in a later event: building and first showing it in one stalled the window
-        QTimer.singleShot(0, view, show)
+        # shown in a later event than its last piece: both in one stalled the window
+        view.built.connect(lambda: QTimer.singleShot(0, view, show), Qt.SingleShotConnection)
 
     def _compare_failed(self, path_a: str, path_b: str, message: str) -> None:
         self.comparing.pop((path_a, path_b), None)
