@@ -5,6 +5,7 @@ imported here, so the worker never makes a Qt type."""
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Generator
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ from ckpt_viewer.qt.plain import shown
 
 T = TypeVar("T")
 STEP_ROWS = 2000  # rows made between two calls of table_rows' `step`
+STEP_SECONDS = 0.02  # frozen_steps passes on one step per this time
 
 STATUS_SYMBOL = {
     "identical": "=",
@@ -117,18 +119,24 @@ def view_rows(
     return table_rows(report, state_labels(a, b, report.alignment), step)
 
 
-def frozen_steps(steps: Generator[float, None, T]) -> Generator[float, None, T]:
-    """A job's steps, what they built frozen after each (see paused_gc): the GUI thread's
-    collector does not wait on a pause held over 5 s, and its young collection then walked
-    all that a 50,000-key diff had built (a million objects: a third of a second holding the
-    GIL, and so the window)."""
+def frozen_steps(
+    steps: Generator[float, None, T], every: float = STEP_SECONDS
+) -> Generator[float, None, T]:
+    """A job's steps, passed on at most once per `every` seconds, what they built frozen at
+    each (see paused_gc): the GUI thread's collector does not wait on a pause held over 5 s,
+    and its young collection then walked all that a 50,000-key diff had built (a million
+    objects: a third of a second holding the GIL, and so the window); and the diff's 5,000
+    progress steps, each a queued call into the window, arrived in batches of a frame."""
+    due = time.monotonic() + every
     while True:
         try:
             progress = next(steps)
         except StopIteration as stop:
             return stop.value
-        gc.freeze()
-        yield progress
+        if time.monotonic() >= due:
+            gc.freeze()
+            yield progress
+            due = time.monotonic() + every
 
 
 def is_identical(report: DiffReport, counts: dict) -> bool:

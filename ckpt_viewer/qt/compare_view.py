@@ -18,6 +18,7 @@ from PySide6.QtCore import (
     QObject,
     QSortFilterProxyModel,
     Qt,
+    QTimer,
     Signal,
 )
 from PySide6.QtGui import QBrush, QColor, QPalette, QResizeEvent, QShowEvent
@@ -635,6 +636,7 @@ class CompareView(QWidget):
             self.detail.setVisible(True)
             height = max(self.splitter.height(), 300)
             self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
+            QTimer.singleShot(0, self, self._reveal_plot)
         self.pending = None  # a result waiting for the plots is for the old selection
         if match is None:
             self.controller.cancel("detail")
@@ -708,8 +710,26 @@ class CompareView(QWidget):
         self.scatter_plot.addItem(self.scatter)
         yield
         for widget in (histogram, self.diff_plot, self.scatter_plot):
+            # hidden in a place of its own until revealed (_reveal_plot): three plots' first
+            # layout and paint in one turn held the first click over two frames
+            policy = widget.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            widget.setSizePolicy(policy)
+            widget.hide()
             self.plot_holder.addWidget(widget, 1)
         self.plot = histogram
+        if self.detail.isVisible():
+            QTimer.singleShot(0, self, self._reveal_plot)
+
+    def _reveal_plot(self) -> None:
+        """Show the next hidden plot; the one after it in a later turn."""
+        if self.plot is None or not self.detail.isVisible():
+            return
+        hidden = [w for w in (self.plot, self.diff_plot, self.scatter_plot) if w.isHidden()]
+        if hidden:
+            hidden[0].show()
+        if len(hidden) > 1:
+            QTimer.singleShot(0, self, self._reveal_plot)
 
     def _draw(self, key, result):
         pg = self.plotting()
