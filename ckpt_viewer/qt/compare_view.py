@@ -313,6 +313,7 @@ class CompareView(QWidget):
         self.request_plotting = request_plotting
         self.controller = CompareController(checkpoint_a, checkpoint_b, self)
         self.pending = None
+        self.drawing: Iterator[None] | None = None  # the selected tensor's plots being drawn
         self.plot = None
         self.plots = StepBuild(self, self._plot_steps)
         self.names = (
@@ -638,6 +639,7 @@ class CompareView(QWidget):
             self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
             QTimer.singleShot(0, self, self._reveal_plot)
         self.pending = None  # a result waiting for the plots is for the old selection
+        self.drawing = None  # and so is a drawing under way
         if match is None:
             self.controller.cancel("detail")
             self.plot_status.setText(
@@ -744,15 +746,28 @@ class CompareView(QWidget):
             self.overlay_ready.emit(key)
             return
         self.plots.finish()  # the rest of the build, if the result came first
+        self.drawing = self._draw_steps(key, stats_a, stats_b, detail)
+        self._draw_next(self.drawing)
+
+    def _draw_next(self, steps: Iterator[None]) -> None:
+        """One plot's data per event-loop turn (three plots' new ranges, axes and paint in
+        one turn were the most of a click), while `steps` is the newest drawing."""
+        if steps is self.drawing and next(steps, True) is None:
+            QTimer.singleShot(0, self, lambda: self._draw_next(steps))
+
+    def _draw_steps(self, key, stats_a, stats_b, detail) -> Iterator[None]:
         self.curve_a.setData(stats_a.edges, stats_a.counts)
         self.curve_b.setData(stats_b.edges, stats_b.counts)
+        self.plot.enableAutoRange()
+        yield
         self.curve_diff.setData(detail.edges, detail.counts)
+        self.diff_plot.enableAutoRange()
+        yield
         low, high = (stats_a.edges[0], stats_a.edges[-1]) if stats_a.edges else (0.0, 1.0)
         self.identity.setData([low, high], [low, high])
         finite = np.isfinite(detail.a) & np.isfinite(detail.b)
         self.scatter.setData(detail.a[finite], detail.b[finite])
-        for plot in (self.plot, self.diff_plot, self.scatter_plot):
-            plot.enableAutoRange()
+        self.scatter_plot.enableAutoRange()
         apart = (
             f"; {detail.nonfinite:,} non-finite differences left out" if detail.nonfinite else ""
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
@@ -54,6 +55,7 @@ NEEDS_A_FILE = (
     "actionPickleImports",
 )  # greyed out while no file tab is shown
 PRELOAD_DELAY_MS = 50
+PROGRESS_EVERY = 0.1  # seconds between two progress bar values (each one a repaint)
 FRAME_GUESS = QSize(16, 48)  # a title bar and borders, until the window manager says
 MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
 # Tools views docked beside the tree: dock objectName -> title; where they sit is remembered
@@ -560,6 +562,7 @@ class MainWindow(QMainWindow):
         self.activity.setObjectName("activity")
         self.activity.setTextFormat(Qt.PlainText)
         self.progress = QProgressBar()
+        self.progress_shown = 0.0  # when _job_progress last set its value
         self.progress.setObjectName("activityProgress")
         self.progress.setRange(0, 0)  # busy: listing has no meaningful fraction
         self.progress.setMaximumWidth(160)
@@ -788,8 +791,16 @@ class MainWindow(QMainWindow):
     def _job_progress(self, slot, fraction):
         """A job with a measurable fraction (verify, compare) fills the bar while it is alone."""
         if list(self.controller.labels()) == [slot]:
+            now = time.monotonic()
+            if now - self.progress_shown < PROGRESS_EVERY and self.progress.maximum():
+                return
+            self.progress_shown = now
+            # QProgressBar.setValue repaints at once, and with it all the window had waiting
+            # to paint (17 ms of GUI thread in a comparison): painted with the rest instead
+            self.progress.setUpdatesEnabled(False)
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(fraction * 1000))
+            self.progress.setUpdatesEnabled(True)  # and an update() queued
 
     def open_dialog(self):
         paths, _ = QFileDialog.getOpenFileNames(

@@ -128,6 +128,27 @@ def test_compare_plots_built_ahead_and_a_click_looks_keys_up_in_the_worker(
     assert sorted(zip(x.tolist(), y.tolist())) == sorted(
         zip(state_a["w1"].tolist(), state_b["w1"].tolist())
     )
+    assert all(w.isVisible() for w in (view.plot, view.diff_plot, view.scatter_plot))
+
+    # the plots are drawn one per turn: a newer result stops an older drawing under way
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.qt.compare_view import detail_job
+
+    sides = (view.a, view.b)
+    results = {
+        key: run(detail_job(sides, next(t for t in view.report.tensors if t.key == key)))
+        for key in ("w0", "w2")
+    }
+    emitted = []
+    view.overlay_ready.connect(emitted.append)
+    view._draw("w0", results["w0"])
+    view._draw("w2", results["w2"])
+    qtbot.waitUntil(lambda: emitted == ["w2"], timeout=10_000)
+    x, y = view.scatter.getData()
+    assert sorted(zip(x.tolist(), y.tolist())) == sorted(
+        zip(state_a["w2"].tolist(), state_b["w2"].tolist())
+    )
+    assert view.curve_a.getData()[1].sum() == 64 and emitted == ["w2"]
 
 
 def test_compare_view_is_built_a_few_widgets_per_turn(qtbot, tmp_path):
