@@ -315,7 +315,7 @@ class CompareView(QWidget):
         self.pending = None
         self.drawing: Iterator[None] | None = None  # the selected tensor's plots being drawn
         self.plot = None
-        self.plots = StepBuild(self, self._plot_steps)
+        self.plots = StepBuild(self, self._plot_steps, self._plots_built)
         self.names = (
             os.path.basename(report.path_a.rstrip("/")),
             os.path.basename(report.path_b.rstrip("/")),
@@ -723,6 +723,10 @@ class CompareView(QWidget):
         if self.detail.isVisible():
             QTimer.singleShot(0, self, self._reveal_plot)
 
+    def _plots_built(self) -> None:
+        if self.pending is not None:
+            self._draw(*self.pending)
+
     def _reveal_plot(self) -> None:
         """Show the next hidden plot; the one after it in a later turn."""
         if self.plot is None or not self.detail.isVisible():
@@ -745,7 +749,10 @@ class CompareView(QWidget):
             self.plot_status.setText(f"{key}: no finite values to plot")
             self.overlay_ready.emit(key)
             return
-        self.plots.finish()  # the rest of the build, if the result came first
+        if not self.plots.done:  # the result came first: drawn once the build, a piece per
+            self.pending = (key, result)  # turn, is complete (at once it was a stall of its own)
+            self.plots.start()
+            return
         self.drawing = self._draw_steps(key, stats_a, stats_b, detail)
         self._draw_next(self.drawing)
 

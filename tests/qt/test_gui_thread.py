@@ -183,3 +183,31 @@ def test_compare_view_is_built_a_few_widgets_per_turn(qtbot, tmp_path):
     assert view.identical is report.identical is False
     same = run(diff(a, a))
     assert CompareView(same, a, a, lambda: None).identical is same.identical is True
+
+
+def test_a_compare_result_before_its_plots_waits_for_their_build(qtbot, tmp_path):
+    """A detail result that arrives while the plots are still being built a piece per turn is
+    drawn once they are all there, not by building the rest in one turn."""
+    import torch
+
+    from ckpt_viewer.core.analysis.diff import diff
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.qt.compare_view import CompareView, detail_job
+    from ckpt_viewer.qt.plotting import _plotting, preload_plotting
+
+    preload_plotting()
+    qtbot.waitUntil(_plotting["settled"].is_set, timeout=60_000)
+    w = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    a = open_checkpoint(builders.save({"w": w}, tmp_path / "a.pt"))
+    b = open_checkpoint(builders.save({"w": w * 2}, tmp_path / "b.pt"))
+    report = run(diff(a, b))
+    view = CompareView(report, a, b, lambda: _plotting["module"])
+    qtbot.addWidget(view)
+    result = run(detail_job((a, b), report.tensors[0]))
+    with qtbot.waitSignal(view.overlay_ready, timeout=10_000) as drawn:
+        view._draw("w", result)
+        assert view.plot is None  # not built at once
+    assert drawn.args == ["w"] and view.plots.done
+    x, y = view.scatter.getData()
+    assert sorted(zip(x.tolist(), y.tolist())) == sorted(zip(w.tolist(), (w * 2).tolist()))
