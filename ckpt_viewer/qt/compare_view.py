@@ -215,6 +215,7 @@ def detail_job(sides: tuple, match: TensorDiff):
     return pair, detail
 
 
+FIRST_PAINTS_MS = 50  # the plots' build starts this long after the first showing
 MAX_BOX_CHARACTERS = 40  # a root or prefix longer than this is elided in its picker
 
 
@@ -313,6 +314,7 @@ class CompareView(QWidget):
         self.request_plotting = request_plotting
         self.controller = CompareController(checkpoint_a, checkpoint_b, self)
         self.pending = None
+        self.shown_once = False
         self.drawing: Iterator[None] | None = None  # the selected tensor's plots being drawn
         self.plot = None
         self.plots = StepBuild(self, self._plot_steps, self._plots_built)
@@ -659,8 +661,20 @@ class CompareView(QWidget):
 
     def showEvent(self, event: QShowEvent) -> None:
         """The plots are built ahead, a piece per event-loop turn, from the first showing: at
-        the first click they cost a stall of their own."""
+        the first click they cost a stall of their own. The first showing paints the tab, then
+        in a turn of its own the table's cells (each cell asks the model for its roles in
+        Python), then builds the plots: all in one turn was two frames."""
         super().showEvent(event)
+        if self.shown_once:
+            self._start_plots()
+            return
+        self.shown_once = True
+        cells = self.table.viewport()
+        cells.setUpdatesEnabled(False)
+        QTimer.singleShot(0, cells, lambda: cells.setUpdatesEnabled(True))
+        QTimer.singleShot(FIRST_PAINTS_MS, self, self._start_plots)
+
+    def _start_plots(self) -> None:
         if self.plotting() is not None:
             self.plots.start()
 
