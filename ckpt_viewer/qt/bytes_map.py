@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_viewer.core import paused_gc
 from ckpt_viewer.core.listing.footprint import (
     ROLE_TEXT,
     ROLES,
@@ -338,5 +339,8 @@ class BytesMapView(QWidget):
             self.select(block.path)
 
 
-def _footprint(checkpoint):
-    return bytes_map(checkpoint), memory_needs(checkpoint)
+def _footprint(checkpoint: Checkpoint) -> tuple[Block, dict]:
+    # paused and frozen, as a tab's load is: the GUI thread's young collection walked the tens
+    # of thousands of blocks made here at once (60-80 ms)
+    with paused_gc(freeze=True):
+        return bytes_map(checkpoint), memory_needs(checkpoint)

@@ -18,6 +18,7 @@ from PySide6.QtCore import (
     QObject,
     QSortFilterProxyModel,
     Qt,
+    QTimer,
     Signal,
 )
 from PySide6.QtGui import QBrush, QColor, QPalette, QResizeEvent, QShowEvent
@@ -39,8 +40,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.analysis.diff import (
+    SHAPE,
     STATUS_ORDER,
     STATUS_TEXT,
     DiffReport,
@@ -50,28 +51,23 @@ from ckpt_viewer.core.analysis.diff import (
     histogram_pair,
     pair_detail,
 )
-from ckpt_viewer.core.listing.keys import WRAPPERS, Alignment, map_keys
+from ckpt_viewer.core.listing.keys import WRAPPERS
 from ckpt_viewer.core.listing.model import Checkpoint
-from ckpt_viewer.core.listing.optim import state_parameters
-from ckpt_viewer.core.listing.report import cosine_text
 from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt import workers
+from ckpt_viewer.qt.compare_rows import (
+    counts_text,
+    is_identical,
+    status_label,
+    table_rows,
+    view_rows,
+)
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
 from ckpt_viewer.qt.plotting import StepBuild, plot_widget_steps
 from ckpt_viewer.qt.theme import on_base, style_plot
 
 COLUMNS = ("Key", "Status", "A", "B", "max |a-b|", "mean |a-b|", "rel. L2", "cosine")
 SORT_ROLE, STATUS_ROLE = Qt.UserRole + 1, Qt.UserRole + 2
-STATUS_SYMBOL = {
-    "identical": "=",
-    "changed": "\u2260",
-    "dtype+identical": "\u25c6",
-    "dtype+changed": "\u25c6",
-    "shape": "\u25b2",
-    "shard": "\u25b3",
-    "only in A": "\u25c0",
-    "only in B": "\u25b6",
-}
 STATUS_COLOURS = {
     "identical": QColor(90, 90, 90),
     "changed": QColor(200, 110, 0),
@@ -88,26 +84,6 @@ DISPLAY, FOREGROUND, TOOLTIP, ALIGNMENT = (
 RIGHT_ALIGNED = (Qt.AlignRight | Qt.AlignVCenter).value
 OVERLAY_BINS = 128
 COLOUR_A, COLOUR_B = (60, 100, 200), (230, 120, 20)
-
-
-def status_label(status: str) -> str:
-    return f"{STATUS_SYMBOL[status]} {STATUS_TEXT[status]}"
-
-
-def _number(value) -> str:
-    return "" if value is None else f"{value:.4g}"
-
-
-def counts_text(counts: dict) -> str:
-    """'5 keys in both files: 2 identical, 1 values differ, ...; 1 only in A': sums add up."""
-    common = sum(n for status, n in counts.items() if not status.startswith("only"))
-    parts = [
-        f"{n} {STATUS_TEXT[status]}"
-        for status, n in counts.items()
-        if n and not status.startswith("only")
-    ]
-    text = f"{plural(common, 'key')} in both files" + (f": {', '.join(parts)}" if parts else "")
-    return text + f"; {counts['only in A']} only in A, {counts['only in B']} only in B."
 
 
 class ScalarTable(QTreeWidget):
@@ -139,64 +115,6 @@ class ScalarTable(QTreeWidget):
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         self.fit_columns()
-
-
-def table_rows(report: DiffReport, labels: dict[str, str]) -> list[tuple]:
-    """The report as CompareModel's rows: (cells as text, sort values, status, its TensorDiff
-    or None). No Qt: a worker makes them (50,000 rows held the GUI thread a quarter second).
-    `labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
-    rows = []
-    ported = bool(report.ported)
-
-    def add(key, status, a_text, b_text, metric_texts, metric_values, rule="", match=None):
-        name = labels.get(key)
-        shown_key = f"{shown(key)} \u2014 {shown(name)}" if name else shown(key)  # state.49 — h.3.w
-        texts = (shown_key, status_label(status), shown(a_text), shown(b_text), *metric_texts)
-        sort_values = (key, STATUS_ORDER.index(status), a_text, b_text, *metric_values)
-        if ported:
-            texts, sort_values = (*texts, rule), (*sort_values, rule)
-        rows.append((texts, sort_values, status, match))
-
-    for t in report.tensors:
-        metrics = (t.max_abs, t.mean_abs, t.rel_l2)
-        add(
-            t.key,
-            t.status,
-            f"{t.dtype_a} {t.shape_a}",
-            f"{t.dtype_b} {t.shape_b}",
-            [_number(v) for v in metrics] + [cosine_text(t)],
-            [-1.0 if v is None else v for v in metrics] + [-2.0 if t.cosine is None else t.cosine],
-            t.rule,
-            t,
-        )
-    for key in report.only_a:
-        add(key, "only in A", "present", "", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
-    for key in report.only_b:
-        add(key, "only in B", "", "present", [""] * 4, [-1.0, -1.0, -1.0, -2.0])
-    return rows
-
-
-def state_labels(a: Checkpoint, b: Checkpoint, alignment: Alignment | None) -> dict[str, str]:
-    """{key as compared: its parameter's name} for the optimizer state tensors whose
-    parameter either file proves (keys that name it already need none)."""
-    labels: dict[str, str] = {}
-    if alignment is None:
-        return labels
-    for checkpoint, side in ((b, alignment.b), (a, alignment.a)):
-        names = state_parameters(checkpoint)
-        if not names:
-            continue
-        try:
-            mapped = map_keys(checkpoint, side.root, side.strip_prefix, side.add_prefix, keys=names)
-        except CheckpointError:  # a root this file lacks: none of its keys are compared
-            continue
-        labels.update({new_key: names[key] for key, new_key, _ in mapped})
-    return labels
-
-
-def view_rows(report: DiffReport, a: Checkpoint, b: Checkpoint) -> list[tuple]:
-    """In a worker, after a diff: the rows of its table."""
-    return table_rows(report, state_labels(a, b, report.alignment))
 
 
 class CompareModel(QAbstractTableModel):
@@ -298,6 +216,7 @@ def detail_job(sides: tuple, match: TensorDiff):
     return pair, detail
 
 
+FIRST_PAINTS_MS = 50  # the plots' build starts this long after the first showing
 MAX_BOX_CHARACTERS = 40  # a root or prefix longer than this is elided in its picker
 
 
@@ -317,14 +236,14 @@ def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
 def realigned_job(a: Checkpoint, b: Checkpoint, side_a: Side, side_b: Side):
     """Generator: the diff under other key rules, then its table's rows."""
     report = yield from diff(a, b, side_a, side_b)
-    return report, view_rows(report, a, b)
+    return report, view_rows(report, a, b), report.status_counts()
 
 
 class CompareController(workers.PaneController):
     """What a comparison computes: both files compared again under other key rules ("diff"),
     and the selected tensor's plots' data ("detail": a newer selection supersedes it)."""
 
-    compared = Signal(object, object)  # the DiffReport under the rules asked, its table rows
+    compared = Signal(object, object, object)  # the DiffReport asked for, its rows and counts
     compare_failed = Signal(str)
     compare_progressed = Signal(float)
     detailed = Signal(str, object)  # key, (both histograms, PairDetail)
@@ -349,9 +268,9 @@ class CompareController(workers.PaneController):
             on_progress=self.compare_progressed.emit,
         )
 
-    def _compared(self, report: DiffReport, rows: list[tuple]) -> None:
+    def _compared(self, report: DiffReport, rows: list[tuple], counts: dict) -> None:
         self.jobs.cancel("detail")  # for a row of the old report
-        self.compared.emit(report, rows)
+        self.compared.emit(report, rows, counts)
 
     def detail(self, key: str, match: TensorDiff, sides: tuple) -> None:
         """The plots' data of `match` (a TensorDiff of the checkpoints `sides`: both files, or
@@ -370,6 +289,8 @@ class CompareView(QWidget):
     overlay_ready = Signal(str)
     realigned = Signal()  # the files were compared again under other key rules
 
+    built = Signal()  # every widget made (a view built in steps: it may be shown now)
+
     def __init__(
         self,
         report,
@@ -379,8 +300,13 @@ class CompareView(QWidget):
         request_plotting=None,
         parent=None,
         rows: list[tuple] | None = None,
+        counts: dict | None = None,
+        in_steps: bool = False,
     ):
-        """`rows`: view_rows(report, a, b), when a worker has made them."""
+        """`rows`, `counts`: view_rows(report, a, b) and report.status_counts(), when a worker
+        has made them. `in_steps`: the widgets are made a few per event-loop turn (`built`
+        once all are; 50,000 rows' table and its panes in one call held the window over a
+        frame), else here."""
         super().__init__(parent)
         self.setObjectName("compareView")
         self.report, self.a, self.b = report, checkpoint_a, checkpoint_b
@@ -388,28 +314,29 @@ class CompareView(QWidget):
         # False while the import is under way (then calls plotting_ready() once it ends)
         self.request_plotting = request_plotting
         self.controller = CompareController(checkpoint_a, checkpoint_b, self)
-        self.controller.compared.connect(self._show_report)
-        self.controller.compare_failed.connect(self._compare_failed)
-        self.controller.compare_progressed.connect(
-            lambda done: self.alignment_label.setText(f"Comparing again... {done:.0%}")
-        )
-        self.controller.detailed.connect(self._draw)
-        self.controller.detail_failed.connect(
-            lambda key, message: self.plot_status.setText(f"{key}: {message}")
-        )
         self.pending = None
+        self.shown_once = False
+        self.drawing: Iterator[None] | None = None  # the selected tensor's plots being drawn
         self.plot = None
-        self.plots = StepBuild(self, self._plot_steps)
-        names = (
+        self.plots = StepBuild(self, self._plot_steps, self._plots_built)
+        self.names = (
             os.path.basename(report.path_a.rstrip("/")),
             os.path.basename(report.path_b.rstrip("/")),
         )
-        self.names = names
-        self.counts = report.status_counts()
+        self.counts = report.status_counts() if counts is None else counts
+        self.identical = is_identical(report, self.counts)
+        self.asked: tuple[Side, Side] | None = None  # the rules being compared under now
+        self.building = StepBuild(self, lambda: self._build_steps(rows), self.built.emit)
+        if in_steps:
+            self.building.start()
+        else:
+            self.building.finish()
+
+    def _build_steps(self, rows: list[tuple] | None) -> Iterator[None]:
+        report = self.report
         self.summary = QLabel(self._summary_html(report))
         self.summary.setObjectName("compareSummary")
         self.summary.setWordWrap(True)
-        self.asked: tuple[Side, Side] | None = None  # the rules being compared under now
         self.alignment_bar = self._build_alignment_bar()
         self.scalars = ScalarTable()
         self.filter = QLineEdit()
@@ -424,19 +351,20 @@ class CompareView(QWidget):
         self.legend_row.setSpacing(14)
         self._fill_legend()
         self._fill_scalars()
+        yield
         if rows is None:
-            rows = view_rows(report, checkpoint_a, checkpoint_b)
+            rows = view_rows(report, self.a, self.b)
         self.model = CompareModel(report, self, rows=rows)
         self.proxy = CompareFilter(self)
         self.proxy.setSourceModel(self.model)
         # a table, not a tree: QTreeView lays out every one of 50,000 rows when first shown
         self.table = QTableView()
         self.table.setObjectName("compareTree")
-        rows = self.table.verticalHeader()
-        rows.hide()
-        rows.setSectionResizeMode(QHeaderView.Fixed)  # one height: no row is measured
-        rows.setMinimumSectionSize(1)
-        rows.setDefaultSectionSize(self.table.fontMetrics().height() + 6)
+        header = self.table.verticalHeader()
+        header.hide()
+        header.setSectionResizeMode(QHeaderView.Fixed)  # one height: no row is measured
+        header.setMinimumSectionSize(1)
+        header.setDefaultSectionSize(self.table.fontMetrics().height() + 6)
         self.table.setShowGrid(False)
         self.table.setWordWrap(False)
         self.table.setModel(self.proxy)
@@ -448,6 +376,7 @@ class CompareView(QWidget):
         self.table.selectionModel().currentChanged.connect(self._selected)
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
         self.only.toggled.connect(self._only_toggled)
+        yield
 
         self.plot_status = plain_label("")
         self.plot_status.setObjectName("compareDetailStatus")
@@ -478,17 +407,29 @@ class CompareView(QWidget):
         layout.addWidget(self.alignment_bar)
         layout.addWidget(self.scalars)
         layout.addWidget(self.splitter, 1)
+        self.controller.compared.connect(self._show_report)
+        self.controller.compare_failed.connect(self._compare_failed)
+        self.controller.compare_progressed.connect(
+            lambda done: self.alignment_label.setText(f"Comparing again... {done:.0%}")
+        )
+        self.controller.detailed.connect(self._draw)
+        self.controller.detail_failed.connect(
+            lambda key, message: self.plot_status.setText(f"{key}: {message}")
+        )
+        yield
+        self.ensurePolished()  # the style's polish of every child: not in the first show
 
     def _summary_html(self, report: DiffReport) -> str:
-        view = report.load_state_dict_view()
-        names = self.names
+        """The counts; load_state_dict's three lists as lengths (those of
+        report.load_state_dict_view(), from the counts: no walk of the tensors)."""
+        names, counts = self.names, self.counts
         return (
             f"<b>A</b> {as_html(names[0])} &nbsp; <b>B</b> {as_html(names[1])}<br>"
-            f"{as_html(counts_text(self.counts))}<br>"
-            f"load_state_dict(strict=True) of B into A: {len(view['missing_keys'])} missing, "
-            f"{len(view['unexpected_keys'])} unexpected, "
-            f"{plural(len(view['size_mismatch']), 'size mismatch')}."
-            + (" <b>Identical.</b>" if report.identical else "")
+            f"{as_html(counts_text(counts))}<br>"
+            f"load_state_dict(strict=True) of B into A: {len(report.only_a)} missing, "
+            f"{len(report.only_b)} unexpected, "
+            f"{plural(counts[SHAPE], 'size mismatch')}."
+            + (" <b>Identical.</b>" if self.identical else "")
             + self._ported_html(report)
         )
 
@@ -611,10 +552,10 @@ class CompareView(QWidget):
         self._show_alignment()
         self.alignment_label.setText(shown(f"Cannot compare so: {message}"))
 
-    def _show_report(self, report: DiffReport, rows: list[tuple]) -> None:
+    def _show_report(self, report: DiffReport, rows: list[tuple], counts: dict) -> None:
         self.asked = None
         self.report = report
-        self.counts = report.status_counts()
+        self.counts, self.identical = counts, is_identical(report, counts)
         self.summary.setText(self._summary_html(report))
         self._show_alignment()
         self._fill_scalars()
@@ -709,7 +650,9 @@ class CompareView(QWidget):
             self.detail.setVisible(True)
             height = max(self.splitter.height(), 300)
             self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
+            QTimer.singleShot(0, self, self._reveal_plot)
         self.pending = None  # a result waiting for the plots is for the old selection
+        self.drawing = None  # and so is a drawing under way
         if match is None:
             self.controller.cancel("detail")
             self.plot_status.setText(
@@ -735,8 +678,20 @@ class CompareView(QWidget):
 
     def showEvent(self, event: QShowEvent) -> None:
         """The plots are built ahead, a piece per event-loop turn, from the first showing: at
-        the first click they cost a stall of their own."""
+        the first click they cost a stall of their own. The first showing paints the tab, then
+        in a turn of its own the table's cells (each cell asks the model for its roles in
+        Python), then builds the plots: all in one turn was two frames."""
         super().showEvent(event)
+        if self.shown_once:
+            self._start_plots()
+            return
+        self.shown_once = True
+        cells = self.table.viewport()
+        cells.setUpdatesEnabled(False)
+        QTimer.singleShot(0, cells, lambda: cells.setUpdatesEnabled(True))
+        QTimer.singleShot(FIRST_PAINTS_MS, self, self._start_plots)
+
+    def _start_plots(self) -> None:
         if self.plotting() is not None:
             self.plots.start()
 
@@ -788,8 +743,30 @@ class CompareView(QWidget):
         self.scatter_plot.addItem(self.scatter)
         yield
         for widget in (histogram, self.diff_plot, self.scatter_plot):
+            # hidden in a place of its own until revealed (_reveal_plot): three plots' first
+            # layout and paint in one turn held the first click over two frames
+            policy = widget.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            widget.setSizePolicy(policy)
+            widget.hide()
             self.plot_holder.addWidget(widget, 1)
         self.plot = histogram
+        if self.detail.isVisible():
+            QTimer.singleShot(0, self, self._reveal_plot)
+
+    def _plots_built(self) -> None:
+        if self.pending is not None:
+            self._draw(*self.pending)
+
+    def _reveal_plot(self) -> None:
+        """Show the next hidden plot; the one after it in a later turn."""
+        if self.plot is None or not self.detail.isVisible():
+            return
+        hidden = [w for w in (self.plot, self.diff_plot, self.scatter_plot) if w.isHidden()]
+        if hidden:
+            hidden[0].show()
+        if len(hidden) > 1:
+            QTimer.singleShot(0, self, self._reveal_plot)
 
     def _draw(self, key, result):
         pg = self.plotting()
@@ -803,16 +780,32 @@ class CompareView(QWidget):
             self.plot_status.setText(f"{key}: no finite values to plot")
             self.overlay_ready.emit(key)
             return
-        self.plots.finish()  # the rest of the build, if the result came first
+        if not self.plots.done:  # the result came first: drawn once the build, a piece per
+            self.pending = (key, result)  # turn, is complete (at once it was a stall of its own)
+            self.plots.start()
+            return
+        self.drawing = self._draw_steps(key, stats_a, stats_b, detail)
+        self._draw_next(self.drawing)
+
+    def _draw_next(self, steps: Iterator[None]) -> None:
+        """One plot's data per event-loop turn (three plots' new ranges, axes and paint in
+        one turn were the most of a click), while `steps` is the newest drawing."""
+        if steps is self.drawing and next(steps, True) is None:
+            QTimer.singleShot(0, self, lambda: self._draw_next(steps))
+
+    def _draw_steps(self, key, stats_a, stats_b, detail) -> Iterator[None]:
         self.curve_a.setData(stats_a.edges, stats_a.counts)
         self.curve_b.setData(stats_b.edges, stats_b.counts)
+        self.plot.enableAutoRange()
+        yield
         self.curve_diff.setData(detail.edges, detail.counts)
+        self.diff_plot.enableAutoRange()
+        yield
         low, high = (stats_a.edges[0], stats_a.edges[-1]) if stats_a.edges else (0.0, 1.0)
         self.identity.setData([low, high], [low, high])
         finite = np.isfinite(detail.a) & np.isfinite(detail.b)
         self.scatter.setData(detail.a[finite], detail.b[finite])
-        for plot in (self.plot, self.diff_plot, self.scatter_plot):
-            plot.enableAutoRange()
+        self.scatter_plot.enableAutoRange()
         apart = (
             f"; {detail.nonfinite:,} non-finite differences left out" if detail.nonfinite else ""
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSettings, QSize, Qt, QTimer, Signal
@@ -54,6 +55,7 @@ NEEDS_A_FILE = (
     "actionPickleImports",
 )  # greyed out while no file tab is shown
 PRELOAD_DELAY_MS = 50
+PROGRESS_EVERY = 0.1  # seconds between two progress bar values (each one a repaint)
 FRAME_GUESS = QSize(16, 48)  # a title bar and borders, until the window manager says
 MIN_SIZE = QSize(640, 400)  # below this the panes are of no use
 # Tools views docked beside the tree: dock objectName -> title; where they sit is remembered
@@ -189,19 +191,25 @@ class WindowController(workers.PaneController):
 
     def compare(self, path_a: str, path_b: str) -> None:
         """Open both, diff them chunk by chunk (aligning their keys)."""
-        from ckpt_viewer.core.analysis.diff import diff
-        from ckpt_viewer.core.listing.open import open_checkpoint
-        from ckpt_viewer.qt.compare_view import view_rows
 
         def job():
-            # frozen, as a tab's load is (paused_gc): collections walking both files' trees
-            # held the GIL, and so the window, for up to half a second
+            # imported here: a first comparison's imports held the GUI thread (compare_rows
+            # imports no module the window has not, so no Qt type is made on the worker)
+            from ckpt_viewer.core.analysis.diff import diff
+            from ckpt_viewer.core.listing.open import open_checkpoint
+            from ckpt_viewer.qt.compare_rows import frozen_steps, view_rows
+
+            # frozen, as a tab's load is (paused_gc), and as it goes (frozen_steps):
+            # collections walking both files' trees held the GIL, and so the window, for up
+            # to half a second
             with paused_gc(freeze=True):
                 a, b = open_checkpoint(path_a), open_checkpoint(path_b)
-                report = yield from diff(a, b, auto_align=True)
+                gc.freeze()
+                report = yield from frozen_steps(diff(a, b, auto_align=True))
                 for side in report.compared or (a, b):
                     side.key_index()  # a row's click looks its keys up: not a walk then
-                return report, a, b, view_rows(report, a, b)
+                rows = view_rows(report, a, b, gc.freeze)
+                return report, a, b, rows, report.status_counts()
 
         slot = f"compare:{path_a}:{path_b}"
         self.jobs.start(
@@ -573,6 +581,7 @@ class MainWindow(QMainWindow):
         self.activity.setObjectName("activity")
         self.activity.setTextFormat(Qt.PlainText)
         self.progress = QProgressBar()
+        self.progress_shown = 0.0  # when _job_progress last set its value
         self.progress.setObjectName("activityProgress")
         self.progress.setRange(0, 0)  # busy: listing has no meaningful fraction
         self.progress.setMaximumWidth(160)
@@ -801,8 +810,16 @@ class MainWindow(QMainWindow):
     def _job_progress(self, slot, fraction):
         """A job with a measurable fraction (verify, compare) fills the bar while it is alone."""
         if list(self.controller.labels()) == [slot]:
+            now = time.monotonic()
+            if now - self.progress_shown < PROGRESS_EVERY and self.progress.maximum():
+                return
+            self.progress_shown = now
+            # QProgressBar.setValue repaints at once, and with it all the window had waiting
+            # to paint (17 ms of GUI thread in a comparison): painted with the rest instead
+            self.progress.setUpdatesEnabled(False)
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(fraction * 1000))
+            self.progress.setUpdatesEnabled(True)  # and an update() queued
 
     def open_dialog(self):
         paths, _ = QFileDialog.getOpenFileNames(
@@ -994,10 +1011,19 @@ class MainWindow(QMainWindow):
 
         tensor_key = self.comparing.pop((path_a, path_b), None)
         self._update_busy()
-        report, a, b, rows = result  # pyqtgraph: preloaded a moment later (_update_busy)
+        report, a, b, rows, counts = result  # pyqtgraph: preloaded a moment later (_update_busy)
+        # built a few widgets per event-loop turn, hidden until the tab takes it
         view = CompareView(
-            report, a, b, lambda: _plotting["module"], plotting_or_wait, parent=self, rows=rows
-        )  # hidden until the tab takes it
+            report,
+            a,
+            b,
+            lambda: _plotting["module"],
+            plotting_or_wait,
+            parent=self,
+            rows=rows,
+            counts=counts,
+            in_steps=True,
+        )
 
         def show():
             name = f"{_name(path_a)} vs {_name(path_b)}"
@@ -1005,11 +1031,11 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentIndex(self.tabs.addTab(view, name))
             if tensor_key is not None:
                 view.select_key(tensor_key)
-            self.statusBar().showMessage("identical" if report.identical else "different", 8000)
+            self.statusBar().showMessage("identical" if view.identical else "different", 8000)
             self.compared.emit(path_a, path_b)
 
-        # shown in a later event: building and first showing it in one stalled the window
-        QTimer.singleShot(0, view, show)
+        # shown in a later event than its last piece: both in one stalled the window
+        view.built.connect(lambda: QTimer.singleShot(0, view, show), Qt.SingleShotConnection)
 
     def _compare_failed(self, path_a: str, path_b: str, message: str) -> None:
         self.comparing.pop((path_a, path_b), None)

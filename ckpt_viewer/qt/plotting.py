@@ -3,6 +3,7 @@ need it wait for `plotting_ready(message)`."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import threading
 import time
@@ -47,6 +48,9 @@ def _create_qt_types(names: list) -> None:
     while names and (workers.is_synchronous() or time.perf_counter() < deadline):
         module, name = names.pop()
         getattr(module, name, None)
+    # types and their descriptors live as long as the process: a young collection walking the
+    # tens of thousands made here (and by the import) was a stall of its own
+    gc.freeze()
     if names:
         QTimer.singleShot(0, lambda: _create_qt_types(names))
         return
@@ -82,6 +86,7 @@ def plotting_module():
 
 def _plotting_ready(module, message=""):
     _plotting["module"], _plotting["failed"] = module, message
+    gc.freeze()  # the import's modules (see _create_qt_types)
     for view in list(_plotting["waiting"]):
         if shiboken6.isValid(view):  # not a closed tab's view
             view.plotting_ready(message)
@@ -103,10 +108,16 @@ def plot_widget_steps(pg: Any, background: Any = "default") -> Generator[None, N
 
 class StepBuild:
     """A build run one step per event-loop turn (`start`), or at once (`finish`, which also
-    completes one under way). `make` returns the steps: an iterator that yields between them."""
+    completes one under way). `make` returns the steps: an iterator that yields between them;
+    `done` is called once they have all run."""
 
-    def __init__(self, owner: QObject, make: Callable[[], Iterator[None]]) -> None:
-        self.owner, self.make = owner, make
+    def __init__(
+        self,
+        owner: QObject,
+        make: Callable[[], Iterator[None]],
+        done: Callable[[], object] | None = None,
+    ) -> None:
+        self.owner, self.make, self.done_call = owner, make, done
         self.steps: Iterator[None] | None = None
         self.done = False
 
@@ -129,6 +140,8 @@ class StepBuild:
             next(self.steps)
         except StopIteration:
             self.done = True
+            if self.done_call is not None:
+                self.done_call()
         return not self.done
 
     def finish(self) -> None:

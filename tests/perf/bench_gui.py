@@ -19,10 +19,10 @@
   the 50,000-key file, printed as a table: opening it (with the panes and plot built after it
   shows), selecting a tensor with two other files open (three with the 16 GB file, opened too
   where it exists), Compare against its twin (the diff and its tab appearing, the first
-  click, then a row click), a keystroke in the
-  export preview with a root and two globs, a header click that sorts, Expand All (and Collapse
-  All), and typing in the filter. The twin and the nested copy it needs are written to a
-  temporary folder under --out (or --data).
+  click, then a row click), a keystroke in the export preview with a root and two globs, a
+  header click that sorts, Expand All (and Collapse All), typing in the filter, and the Bytes
+  pane's first showing (its treemap drawn). The twin and the nested copy it needs are written
+  to a temporary folder under --out (or --data).
 
 `--runs N` runs the flows N times, each in a fresh process, and prints each row's min / median /
 max: the worst stall, and the most CPU time the GUI thread spent in one stall (its own work; on a
@@ -539,6 +539,19 @@ def flows(app, window, beat, path, out, as_json=False):
             (
                 "filter: clearing",
                 stall_of(app, beat, lambda i: tab.filter.setText(""), lambda: bool(cleared)),
+            )
+        )
+
+        drawn = []
+
+        def bytes_pane(i):
+            tab.panes.setCurrentIndex(3)  # built when first shown, its map drawn in a worker
+            tab.bytes_map.ready.connect(drawn.append)
+
+        rows.append(
+            (
+                "Bytes: the pane and its map's first draw",
+                stall_of(app, beat, bytes_pane, lambda: bool(drawn)),
             )
         )
 

@@ -82,17 +82,17 @@ def test_compare_plots_built_ahead_and_a_click_looks_keys_up_in_the_worker(
     import torch
 
     from ckpt_viewer.core.listing.model import Checkpoint
-    from ckpt_viewer.qt import compare_view
+    from ckpt_viewer.qt import compare_rows
     from ckpt_viewer.qt.plotting import _plotting, preload_plotting
 
     made_in = set()
-    table_rows = compare_view.table_rows
+    table_rows = compare_rows.table_rows
 
     def recorded_rows(*args):
         made_in.add(threading.current_thread())
         return table_rows(*args)
 
-    monkeypatch.setattr(compare_view, "table_rows", recorded_rows)
+    monkeypatch.setattr(compare_rows, "table_rows", recorded_rows)
 
     preload_plotting()
     qtbot.waitUntil(_plotting["settled"].is_set, timeout=60_000)
@@ -128,3 +128,86 @@ def test_compare_plots_built_ahead_and_a_click_looks_keys_up_in_the_worker(
     assert sorted(zip(x.tolist(), y.tolist())) == sorted(
         zip(state_a["w1"].tolist(), state_b["w1"].tolist())
     )
+    assert all(w.isVisible() for w in (view.plot, view.diff_plot, view.scatter_plot))
+
+    # the plots are drawn one per turn: a newer result stops an older drawing under way
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.qt.compare_view import detail_job
+
+    sides = (view.a, view.b)
+    results = {
+        key: run(detail_job(sides, next(t for t in view.report.tensors if t.key == key)))
+        for key in ("w0", "w2")
+    }
+    emitted = []
+    view.overlay_ready.connect(emitted.append)
+    view._draw("w0", results["w0"])
+    view._draw("w2", results["w2"])
+    qtbot.waitUntil(lambda: emitted == ["w2"], timeout=10_000)
+    x, y = view.scatter.getData()
+    assert sorted(zip(x.tolist(), y.tolist())) == sorted(
+        zip(state_a["w2"].tolist(), state_b["w2"].tolist())
+    )
+    assert view.curve_a.getData()[1].sum() == 64 and emitted == ["w2"]
+
+
+def test_compare_view_is_built_a_few_widgets_per_turn(qtbot, tmp_path):
+    """The window builds a comparison's widgets a piece per event-loop turn (`built` once all
+    are); its summary's counts and load_state_dict lengths, taken from the status counts, are
+    those of the report's own load_state_dict_view."""
+    import torch
+
+    from ckpt_viewer.core.analysis.diff import diff
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.qt.compare_view import CompareView
+
+    a = builders.save(
+        {"w": torch.ones(3), "b": torch.ones(2), "x": torch.ones(1)}, tmp_path / "a.pt"
+    )
+    b = builders.save(
+        {"w": torch.ones(3), "b": torch.ones(4), "y": torch.ones(1)}, tmp_path / "b.pt"
+    )
+    a, b = open_checkpoint(a), open_checkpoint(b)
+    report = run(diff(a, b))
+    view = CompareView(report, a, b, lambda: None, in_steps=True)
+    qtbot.addWidget(view)
+    assert not view.building.done  # nothing but its state yet
+    with qtbot.waitSignal(view.built, timeout=10_000):
+        pass
+    assert view.model.rowCount() == 4
+    expected = report.load_state_dict_view()
+    assert (len(expected["missing_keys"]), len(expected["unexpected_keys"])) == (1, 1)
+    assert expected["size_mismatch"] == ["b"]
+    assert "of B into A: 1 missing, 1 unexpected, 1 size mismatch." in view.summary.text()
+    assert view.identical is report.identical is False
+    same = run(diff(a, a))
+    assert CompareView(same, a, a, lambda: None).identical is same.identical is True
+
+
+def test_a_compare_result_before_its_plots_waits_for_their_build(qtbot, tmp_path):
+    """A detail result that arrives while the plots are still being built a piece per turn is
+    drawn once they are all there, not by building the rest in one turn."""
+    import torch
+
+    from ckpt_viewer.core.analysis.diff import diff
+    from ckpt_viewer.core.listing.open import open_checkpoint
+    from ckpt_viewer.core.progress import run
+    from ckpt_viewer.qt.compare_view import CompareView, detail_job
+    from ckpt_viewer.qt.plotting import _plotting, preload_plotting
+
+    preload_plotting()
+    qtbot.waitUntil(_plotting["settled"].is_set, timeout=60_000)
+    w = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    a = open_checkpoint(builders.save({"w": w}, tmp_path / "a.pt"))
+    b = open_checkpoint(builders.save({"w": w * 2}, tmp_path / "b.pt"))
+    report = run(diff(a, b))
+    view = CompareView(report, a, b, lambda: _plotting["module"])
+    qtbot.addWidget(view)
+    result = run(detail_job((a, b), report.tensors[0]))
+    with qtbot.waitSignal(view.overlay_ready, timeout=10_000) as drawn:
+        view._draw("w", result)
+        assert view.plot is None  # not built at once
+    assert drawn.args == ["w"] and view.plots.done
+    x, y = view.scatter.getData()
+    assert sorted(zip(x.tolist(), y.tolist())) == sorted(zip(w.tolist(), (w * 2).tolist()))
