@@ -288,6 +288,8 @@ def gate_chunks(monkeypatch, module, after: int):
 
     gate, served = threading.Event(), []
     real = module.iter_chunks
+    if hasattr(module, "blockwise"):  # diff reads local tensors in blocks: take the chunked path
+        monkeypatch.setattr(module, "blockwise", lambda tensor: False)
 
     def gated(*args, **kwargs):
         for chunk in real(*args, **kwargs):
