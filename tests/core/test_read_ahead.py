@@ -60,8 +60,10 @@ def test_the_os_is_asked_for_what_follows_in_pieces_it_reads_whole(tmp_path, mon
 def test_direct_reads_go_past_the_page_cache_and_end_at_a_truncation(tmp_path, monkeypatch):
     reference, info = _saved(tmp_path, torch.randn(5000))
     direct = []
-    real = read._read_direct
-    monkeypatch.setattr(read, "_read_direct", lambda *a: direct.append(a[1]) or real(*a))
+    real = StorageReader.read_direct
+    monkeypatch.setattr(
+        StorageReader, "read_direct", lambda self, *a: direct.append(a[0]) or real(self, *a)
+    )
     for skip in (0, 16, 4095):  # bytes from the buffer's start to its first whole block
         room = np.empty(2 * (1000 * 4 + read.DIRECT_SLACK) + 8192, np.uint8)
         start = (-room.ctypes.data - skip) % 4096

@@ -218,6 +218,17 @@ def test_status_line_elides_in_the_middle_and_holds_the_whole_text(qtbot):
     assert label.elided() == text
 
 
+def wrapped_lines(facts) -> tuple[str, list[int]]:
+    """The key's cell text in a FactsPanel, and where its wrapped lines start (not counting
+    the line after its label)."""
+    from ckpt_viewer.qt.tensor_panels import BREAK
+
+    cell = facts.document().find(BREAK)
+    layout, text = cell.block().layout(), cell.block().text()
+    starts = [layout.lineAt(i).textStart() for i in range(layout.lineCount())]
+    return text, [s for s in starts[1:] if text[s - 1] != "\u2028"]
+
+
 def test_facts_break_keys_after_dots_and_copy_them_whole(qtbot):
     from ckpt_viewer.qt.tensor_panels import BREAK, FactsPanel
 
@@ -228,11 +239,7 @@ def test_facts_break_keys_after_dots_and_copy_them_whole(qtbot):
     facts.show()
     facts.show_facts([("key", key)])
     assert key in facts.toPlainText()
-    doc = facts.document()
-    cell = doc.find(BREAK)
-    layout, text = cell.block().layout(), cell.block().text()
-    starts = [layout.lineAt(i).textStart() for i in range(layout.lineCount())]
-    starts = [s for s in starts[1:] if text[s - 1] != "\u2028"]  # not after its label
+    text, starts = wrapped_lines(facts)
     assert starts  # wrapped, and only where a key allows it
     assert all(text[start - 1] == BREAK for start in starts)
     facts.selectAll()
@@ -249,10 +256,7 @@ def test_a_long_key_gets_the_facts_width_and_breaks_only_after_dots(qtbot):
     facts.resize(facts.fontMetrics().horizontalAdvance("self_attention.linear_qkv.") + 40, 300)
     facts.show()
     facts.show_facts([("storage offset", "0"), ("key", key)])
-    cell = facts.document().find(BREAK)
-    layout, text = cell.block().layout(), cell.block().text()
-    starts = [layout.lineAt(i).textStart() for i in range(layout.lineCount())]
-    line_starts = [s for s in starts[1:] if text[s - 1] != "\u2028"]  # not the label's line
+    text, line_starts = wrapped_lines(facts)
     assert len(line_starts) > 1 and all(text[s - 1] == BREAK for s in line_starts)
 
 

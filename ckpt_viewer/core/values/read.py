@@ -27,7 +27,7 @@ from ckpt_viewer.core.values.decode import (
     widen,
 )
 from ckpt_viewer.core.values.ggml import ggml_elements, ggml_window
-from ckpt_viewer.core.values.storage import StorageReader
+from ckpt_viewer.core.values.storage import DIRECT_ALIGN, StorageReader
 from ckpt_viewer.core.values.strided import gather, iter_raw_chunks, rechunked, strided_array
 from ckpt_viewer.core.values.torch_bridge import read_tensor, to_numpy, torch_chunks
 
@@ -95,7 +95,6 @@ def read_blocks(
 
 PREFETCH_PIECE = 4 << 20  # bytes per read-ahead request: Linux reads at most about this much of
 # one POSIX_FADV_WILLNEED (its read-ahead window or the disk's largest request) and drops the rest
-DIRECT_ALIGN = 4096  # O_DIRECT reads: file offsets, lengths and memory in whole blocks of this
 DIRECT_SLACK = 3 * DIRECT_ALIGN  # beyond a chunk: the blocks around it, and the buffer aligned
 
 
@@ -122,12 +121,12 @@ def iter_chunks_ahead(
     piece = max(1, PREFETCH_PIECE // dtype.itemsize)
     window = max(piece, ahead // dtype.itemsize)
     fetched = 0  # elements asked of the OS, from the tensor's start
-    fd = _direct_descriptor(reader) if direct and tensor.numel else None
+    fd = reader.direct_descriptor() if direct and tensor.numel else None
     try:
         for k, start in enumerate(range(0, tensor.numel, chunk_elements)):
             count = min(chunk_elements, tensor.numel - start)
             buffer = buffers[k % len(buffers)]
-            raw = _read_direct(reader, fd, tensor.offset + start, count, dtype, buffer)
+            raw = reader.read_direct(fd, tensor.offset + start, count, dtype, buffer)
             if raw is None:
                 if fd is not None:  # the file system refused: buffered from here on
                     os.close(fd)
@@ -147,47 +146,6 @@ def iter_chunks_ahead(
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _direct_descriptor(reader: StorageReader) -> int | None:
-    """An O_DIRECT descriptor of the reader's file, reopened through its open handle (the
-    same file, whatever its path names now); None where there is none to have."""
-    if reader.path is None or remote.is_remote(reader.path) or not hasattr(os, "O_DIRECT"):
-        return None
-    try:
-        with reader._file(0) as f:
-            return os.open(f"/proc/self/fd/{f.fileno()}", os.O_RDONLY | os.O_DIRECT)
-    except (OSError, CheckpointError):
-        return None
-
-
-def _read_direct(
-    reader: StorageReader,
-    fd: int | None,
-    first: int,
-    count: int,
-    dtype: np.dtype,
-    buffer: np.ndarray,
-) -> np.ndarray | None:
-    """Elements [first, first + count) read with O_DIRECT: the whole blocks around them, into
-    the block-aligned part of `buffer`; None where fd is None or the read is refused."""
-    if fd is None:
-        return None
-    _, start, nbytes = reader._span(first, count, dtype)
-    position = reader.offset + start
-    low = position - position % DIRECT_ALIGN
-    high = -(-(position + nbytes) // DIRECT_ALIGN) * DIRECT_ALIGN
-    skip = -buffer.ctypes.data % DIRECT_ALIGN
-    if skip + high - low > buffer.size:
-        return None
-    try:
-        got = os.preadv(fd, [buffer[skip : skip + high - low].data], low)
-    except OSError:
-        return None
-    if got < position + nbytes - low:
-        raise reader._ended()
-    inner = skip + position - low
-    return buffer[inner : inner + nbytes].view(dtype)
 
 
 def read_array(tensor: TensorInfo, max_elements: int | None = None) -> np.ndarray:

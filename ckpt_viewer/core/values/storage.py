@@ -24,6 +24,8 @@ from ckpt_viewer.core.listing.model import (
 from ckpt_viewer.core.listing.readers.zip_directory import data_offset, read_member
 from ckpt_viewer.core.values.decode import NUMPY_DTYPES
 
+DIRECT_ALIGN = 4096  # O_DIRECT reads: file offsets, lengths and memory in whole blocks of this
+
 
 class StorageReader:
     """Reads element ranges of one storage: from the file, or from an inflated record."""
@@ -137,6 +139,41 @@ class StorageReader:
                     nbytes,
                     os.POSIX_FADV_WILLNEED if advice is None else advice,
                 )
+
+    def direct_descriptor(self) -> int | None:
+        """An O_DIRECT descriptor of the file, reopened through its open handle (the same
+        file, whatever its path names now); None where there is none to have."""
+        if self.path is None or remote.is_remote(self.path) or not hasattr(os, "O_DIRECT"):
+            return None
+        try:
+            with self._file(0) as f:
+                return os.open(f"/proc/self/fd/{f.fileno()}", os.O_RDONLY | os.O_DIRECT)
+        except (OSError, CheckpointError):
+            return None
+
+    def read_direct(
+        self, fd: int | None, first: int, count: int, dtype: np.dtype, buffer: np.ndarray
+    ) -> np.ndarray | None:
+        """Elements [first, first + count) read through `fd` (direct_descriptor): the whole
+        blocks around them, into the block-aligned part of `buffer`; None where fd is None or
+        the read is refused."""
+        if fd is None:
+            return None
+        _, start, nbytes = self._span(first, count, dtype)
+        position = self.offset + start
+        low = position - position % DIRECT_ALIGN
+        high = -(-(position + nbytes) // DIRECT_ALIGN) * DIRECT_ALIGN
+        skip = -buffer.ctypes.data % DIRECT_ALIGN
+        if skip + high - low > buffer.size:
+            return None
+        try:
+            got = os.preadv(fd, [buffer[skip : skip + high - low].data], low)
+        except OSError:
+            return None
+        if got < position + nbytes - low:
+            raise self._ended()
+        inner = skip + position - low
+        return buffer[inner : inner + nbytes].view(dtype)
 
     def _span(self, first: int, count: int, np_dtype):
         dtype = np_dtype or self.np_dtype
