@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -487,9 +488,36 @@ def test_sharded_export_never_overwrites_its_source(tmp_path):
     folder = tmp_path / "hf"
     folder.mkdir()
     save_file({"w": torch.randn(10)}, str(folder / "model.safetensors"))
+    before = (folder / "model.safetensors").read_bytes()
     with pytest.raises(CheckpointError, match="being read"):
         do_export(folder, folder, format="safetensors", max_shard_size=10**9, force=True)
-    assert (folder / "model.safetensors").stat().st_size > 0
+    assert (folder / "model.safetensors").read_bytes() == before
+
+
+def test_a_copied_export_leaves_its_source_byte_identical(tmp_path, monkeypatch):
+    """Records copied file to file, with the destination's writeback started as it goes: the
+    source's bytes and its modification time stay what they were."""
+    import hashlib
+
+    from ckpt_viewer.core.writing import export as export_module
+
+    started = []
+    real = export_module.start_writeback
+    monkeypatch.setattr(export_module, "start_writeback", lambda *a: started.append(a) or real(*a))
+    src = Path(builders.training_checkpoint(tmp_path / "c.pt"))
+    digest, modified = hashlib.sha256(src.read_bytes()).hexdigest(), src.stat().st_mtime_ns
+    summary = do_export(src, tmp_path / "m.pth", root="model_state_dict")
+    assert summary.verified and started
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
+    assert src.stat().st_mtime_ns == modified
+    expected = torch.load(src, weights_only=True)["model_state_dict"]
+    state = torch.load(tmp_path / "m.pth", weights_only=True)
+    assert list(state) == list(expected)
+    for key in state:
+        got, want = state[key].reshape(-1), expected[key].reshape(-1)
+        assert got.dtype == want.dtype and torch.equal(
+            got.view(torch.uint8), want.view(torch.uint8)
+        )
 
 
 def test_crc32_combine_matches_zlib_on_the_joined_bytes():
