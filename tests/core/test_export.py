@@ -532,6 +532,23 @@ def test_crc32_combine_matches_zlib_on_the_joined_bytes():
         assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
 
 
+def test_the_crc32_we_use_is_zlibs_value():
+    """ISA-L's CRC-32 (when installed) must give zlib's values, the ones zip readers check,
+    whole and continued from a running value, at every alignment and size around its blocks."""
+    import random
+    import zlib
+
+    from ckpt_viewer.core.listing.crc import crc32
+
+    rng = random.Random(1)
+    data = rng.randbytes(300_000)
+    for start, size in [(0, 0), (1, 1), (3, 15), (7, 64), (5, 4095), (0, 65_536), (9, 299_991)]:
+        piece = memoryview(data)[start : start + size]
+        assert crc32(piece) == zlib.crc32(piece)
+        running = zlib.crc32(data[:start])
+        assert crc32(piece, running) == zlib.crc32(piece, running)
+
+
 def test_large_records_are_checksummed_in_pieces_and_checked(tmp_path, monkeypatch):
     """Records larger than CRC_SPLIT get their CRC-32 from pieces on several threads, on
     writing and on the check after it: zipfile (the oracle) and torch agree, and a record

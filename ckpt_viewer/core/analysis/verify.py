@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.crc import CRC_WORKERS, crc_joined, crc_pieces
+from ckpt_viewer.core.listing.crc import CRC_WORKERS, crc32, crc_joined, crc_pieces
 from ckpt_viewer.core.listing.model import (
     Checkpoint,
     DecodedBytes,
@@ -119,7 +119,7 @@ def _check_member(member: ZipMember, f):
                 block = inflater.decompress(block)
             except zlib.error as exc:
                 raise Damaged(f"{member.name}: compressed data is corrupt ({exc})") from None
-        crc = zlib.crc32(block, crc)
+        crc = crc32(block, crc)
         produced += len(block)
         yield len(block)
     if produced != member.file_size:

@@ -17,7 +17,6 @@ import os
 import re
 import struct
 import zipfile
-import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +27,14 @@ import numpy as np
 
 from ckpt_viewer.core import CheckpointError
 from ckpt_viewer.core.listing import remote
-from ckpt_viewer.core.listing.crc import CRC_SPLIT, CRC_WORKERS, CrcPiece, crc_joined, crc_pieces
+from ckpt_viewer.core.listing.crc import (
+    CRC_SPLIT,
+    CRC_WORKERS,
+    CrcPiece,
+    crc32,
+    crc_joined,
+    crc_pieces,
+)
 from ckpt_viewer.core.listing.keys import map_keys
 from ckpt_viewer.core.listing.model import (
     DTYPE_SIZES,
@@ -571,7 +577,7 @@ def _written_crc(fd: int, at: int, count: int) -> int:
     else:
         pages = mmap.mmap(fd, length, offset=aligned, access=mmap.ACCESS_READ)
     with pages, memoryview(pages) as view:
-        return zlib.crc32(view[at - aligned :])
+        return crc32(view[at - aligned :])
 
 
 def _kernel_copy(source: int, target: int, source_at: int, target_at: int, count: int) -> int:

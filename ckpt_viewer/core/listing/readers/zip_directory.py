@@ -17,6 +17,7 @@ import zlib
 from typing import Any
 
 from ckpt_viewer.core import Ambiguous, CheckpointError
+from ckpt_viewer.core.listing.crc import crc32
 from ckpt_viewer.core.listing.model import ZipMember
 from ckpt_viewer.core.listing.remote import SizedFile, open_source, remembered
 
@@ -279,4 +280,4 @@ def read_member(member: ZipMember, limit: int, check_crc: bool = True) -> bytes:
 
 
 def crc_ok(member: ZipMember, data: bytes) -> bool:
-    return zlib.crc32(data) == member.crc
+    return crc32(data) == member.crc
