@@ -117,6 +117,38 @@ def test_segments_and_blocks_match_torch(tmp_path, monkeypatch):
     assert got["view"] == chunked["view"]
 
 
+def test_blockwise_figures_are_the_chunked_ones_bit_for_bit(tmp_path, monkeypatch):
+    """The blockwise reads compute the difference over A's read buffer: with blocks and chunks
+    of one size, every figure equals the one from the read-only chunks exactly, whichever
+    block first differs, with non-finite values, widened or other dtypes."""
+    import ckpt_viewer.core.analysis.diff as diff_module
+
+    monkeypatch.setattr(diff_module, "BLOCK", 1000)
+    monkeypatch.setattr(diff_module, "CHUNK", 1000)
+    torch.manual_seed(0)
+    x = torch.randn(5500)
+    late, holes = x.clone(), x + 1e-3 * torch.randn_like(x)
+    late[4200:] += 0.5
+    holes[10], holes[2500], holes[5000] = math.nan, math.inf, -math.inf
+    a = {"first": x, "late": x, "holes": x, "f64": x.double(), "bf16": x.bfloat16(), "wider": x}
+    b = {
+        "first": x + 1e-3 * torch.randn_like(x),
+        "late": late,
+        "holes": holes,
+        "f64": (x + 1).double(),
+        "bf16": (x + 0.25).bfloat16(),
+        "wider": (x - 2).double(),
+    }
+    path_a, path_b = builders.save(a, tmp_path / "a.pt"), builders.save(b, tmp_path / "b.pt")
+    blocked = compare(path_a, path_b).to_json()["tensors"]
+    monkeypatch.setattr(diff_module, "blockwise", lambda tensor: False)
+    assert compare(path_a, path_b).to_json()["tensors"] == blocked
+    assert {t["key"]: t["status"] for t in blocked} == {
+        **dict.fromkeys(a, "changed"),
+        "wider": "dtype+changed",
+    }
+
+
 def test_dataparallel_prefix_and_load_state_dict_view(tmp_path):
     state = builders.tiny_model().state_dict()
     a = builders.save(state, tmp_path / "plain.pt")

@@ -265,19 +265,23 @@ class _Metrics:
         self.max_abs = self.total_abs = self.diff_sq = self.a_sq = self.b_sq = self.dot = 0.0
         self.count = 0
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> bool:
-        """Adds a chunk pair; returns whether its values are equal (NaN equal to NaN)."""
+    def add(self, x: np.ndarray, y: np.ndarray, scratch: bool = False) -> bool:
+        """Adds a chunk pair; returns whether its values are equal (NaN equal to NaN). With
+        `scratch`, x is the caller's own buffer and may hold the difference afterwards."""
         a_sq, b_sq = float(np.dot(x, x)), float(np.dot(y, y))
         equal = None
         if not (math.isfinite(a_sq) and math.isfinite(b_sq)):
             equal = np.array_equal(x, y, equal_nan=True)
             finite = np.isfinite(x) & np.isfinite(y)  # only then, element by element
-            x, y = x[finite], y[finite]
+            x, y = x[finite], y[finite]  # copies: scratch
+            scratch = True
             a_sq, b_sq = float(np.dot(x, x)), float(np.dot(y, y))
-        wanted = np.result_type(x, y)
-        d = np.subtract(x, y, out=_reused("difference", x.size, wanted))
-        self.diff_sq += float(np.dot(d, d))
         self.dot += float(np.dot(x, y))
+        wanted = np.result_type(x, y)
+        # the difference over x where it may: one buffer less for the cache to hold
+        inplace = scratch and x.dtype == wanted and x.flags.writeable and x.flags.c_contiguous
+        d = np.subtract(x, y, out=x if inplace else _reused("difference", x.size, wanted))
+        self.diff_sq += float(np.dot(d, d))
         self.a_sq += a_sq
         self.b_sq += b_sq
         largest = 0.0
@@ -334,10 +338,13 @@ def _compare_packed(a, b, result: TensorDiff):
     result.status = _verdict(equal, a.dtype == b.dtype)
 
 
-def _add_chunks(metrics: _Metrics, chunk_a: np.ndarray, chunk_b: np.ndarray, equal: bool) -> bool:
-    """Adds a chunk pair to the metrics; returns whether the values are still all equal."""
+def _add_chunks(
+    metrics: _Metrics, chunk_a: np.ndarray, chunk_b: np.ndarray, equal: bool, scratch: bool = False
+) -> bool:
+    """Adds a chunk pair to the metrics; returns whether the values are still all equal.
+    `scratch`: chunk_a is the caller's buffer, free to be overwritten."""
     x, y = _comparable(chunk_a), _comparable(chunk_b)
-    same = metrics.add(x, y)
+    same = metrics.add(x, y, scratch=scratch or x is not chunk_a)
     if equal and x is chunk_a and y is chunk_b:
         return same
     if equal:  # widened values (ints beyond 2**53, complex magnitudes): exact check
@@ -388,7 +395,7 @@ def _segment_metrics(
         for x, y in _block_pairs(segment) if pairs is None else pairs:
             if stop.is_set():
                 return
-            equal = _add_chunks(metrics, x, y, equal)
+            equal = _add_chunks(metrics, x, y, equal, scratch=True)  # the thread's buffers
     segment.metrics, segment.equal = metrics, equal
 
 
