@@ -13,10 +13,10 @@ import math
 import threading
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ckpt_viewer.core.analysis.porting import PortingMap, portable, ported_if_portable
 from ckpt_viewer.core.analysis.scan import scan
 from ckpt_viewer.core.listing.keys import (
     Alignment,
@@ -34,6 +34,9 @@ from ckpt_viewer.core.values.dcp import dcp_slabs
 from ckpt_viewer.core.values.decode import tensor_np_dtype
 from ckpt_viewer.core.values.read import blockwise, iter_chunks, read_blocks
 from ckpt_viewer.core.values.strided import iter_raw_chunks, unordered_view
+
+if TYPE_CHECKING:
+    from ckpt_viewer.core.analysis.porting import PortingMap
 
 CHUNK = 1 << 20
 BLOCK = 1 << 17  # elements a read: a's, b's and their difference stay in a core's L2 cache
@@ -511,6 +514,10 @@ def _to_gguf_names(keys: dict, gguf_keys: dict, gguf_checkpoint: Checkpoint) -> 
 
 def _ported(a: Checkpoint, b: Checkpoint) -> tuple[Checkpoint, Checkpoint, PortingMap | None, str]:
     """(a, b, the porting map, "A" or "B") with the one Keras / Flax side ported."""
+    if a.format == b.format:  # both or neither portable: not worth the porting import
+        return a, b, None, ""
+    from ckpt_viewer.core.analysis.porting import portable, ported_if_portable
+
     if portable(a) == portable(b):
         return a, b, None, ""
     if portable(a):
