@@ -130,8 +130,12 @@ def test_blockwise_figures_are_the_chunked_ones_bit_for_bit(tmp_path, monkeypatc
     late, holes = x.clone(), x + 1e-3 * torch.randn_like(x)
     late[4200:] += 0.5
     holes[10], holes[2500], holes[5000] = math.nan, math.inf, -math.inf
+    counts = torch.arange(5500)
     a = {"first": x, "late": x, "holes": x, "f64": x.double(), "bf16": x.bfloat16(), "wider": x}
+    a |= {"ints": counts.double(), "halves": x.half().double()}
     b = {
+        "ints": counts,
+        "halves": x.half(),
         "first": x + 1e-3 * torch.randn_like(x),
         "late": late,
         "holes": holes,
@@ -146,6 +150,8 @@ def test_blockwise_figures_are_the_chunked_ones_bit_for_bit(tmp_path, monkeypatc
     assert {t["key"]: t["status"] for t in blocked} == {
         **dict.fromkeys(a, "changed"),
         "wider": "dtype+changed",
+        "ints": "dtype+identical",
+        "halves": "dtype+identical",
     }
 
 

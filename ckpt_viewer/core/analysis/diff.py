@@ -347,12 +347,13 @@ def _add_chunks(
     """Adds a chunk pair to the metrics; returns whether the values are still all equal.
     `scratch`: chunk_a is the caller's buffer, free to be overwritten."""
     x, y = _comparable(chunk_a), _comparable(chunk_b)
-    same = metrics.add(x, y, scratch=scratch or x is not chunk_a)
-    if equal and x is chunk_a and y is chunk_b:
-        return same
-    if equal:  # widened values (ints beyond 2**53, complex magnitudes): exact check
-        return bool(np.array_equal(chunk_a, chunk_b, equal_nan=chunk_a.dtype.kind in "fc"))
-    return False
+    if x is chunk_a and y is chunk_b:
+        return metrics.add(x, y, scratch) and equal
+    # widened values (ints beyond 2**53, complex magnitudes): an exact check, made before x
+    # may hold the difference
+    equal = equal and bool(np.array_equal(chunk_a, chunk_b, equal_nan=chunk_a.dtype.kind in "fc"))
+    metrics.add(x, y, scratch=scratch or x is not chunk_a)
+    return equal
 
 
 @dataclass
