@@ -39,3 +39,23 @@ def test_a_safetensors_file_loads_its_reader_only(tmp_path):
     path = tmp_path / "m.safetensors"
     save_file({"w": torch.ones(3)}, str(path))
     assert readers_after_open(path) == {"ckpt_viewer.core.listing.readers.safetensors"}
+
+
+# standard library modules that listing a torch file does not use: each costs the 16 GB file's
+# `inspect --json` a few percent of its time (concurrent.futures brings logging along)
+UNUSED_WHEN_LISTING = ("zipfile", "concurrent.futures", "pickletools", "logging")
+
+
+def test_inspect_json_of_a_torch_file_imports_no_unused_stdlib_module(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(3), "opt": {"state": {}, "param_groups": []}}, path)
+    code = (
+        "import json, runpy, sys; sys.argv = ['ckpt-viewer', 'inspect', '--json', sys.argv[1]]\n"
+        "try:\n    runpy.run_module('ckpt_viewer', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        f"print(json.dumps([m for m in {UNUSED_WHEN_LISTING!r} if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.splitlines()[-1]) == []
