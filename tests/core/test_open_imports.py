@@ -43,7 +43,14 @@ def test_a_safetensors_file_loads_its_reader_only(tmp_path):
 
 # standard library modules that listing a torch file does not use: each costs the 16 GB file's
 # `inspect --json` a few percent of its time (concurrent.futures brings logging along)
-UNUSED_WHEN_LISTING = ("zipfile", "concurrent.futures", "pickletools", "logging")
+UNUSED_WHEN_LISTING = (
+    "zipfile",
+    "concurrent.futures",
+    "pickletools",
+    "logging",
+    "datetime",
+    "difflib",
+)
 
 
 def test_inspect_json_of_a_torch_file_imports_no_unused_stdlib_module(tmp_path):
