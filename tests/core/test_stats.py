@@ -695,3 +695,13 @@ def test_an_outlier_costs_no_extra_pass(tmp_path, monkeypatch):
     flat = values.double().numpy()
     for q in QUANTILES:
         assert stats.quantiles[q] == np.quantile(flat, q, method="inverted_cdf")
+
+
+def test_quantile_rank_is_exact_for_the_decimal_quantile():
+    from fractions import Fraction
+
+    for q in (*QUANTILES, 0.0, 1.0, 1e-05, 0.3, 2.5e-07, 0.123456789, 1e-20, 1 / 3):
+        numerator, denominator = Fraction(str(q)).as_integer_ratio()
+        for n in (1, 2, 3, 7, 999, 1000, 1001, 10**8 + 1, 3**40):
+            expected = max(-(-numerator * n // denominator), 1) - 1
+            assert stats_module.quantile_rank(q, n) == expected, (q, n)

@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from typing import Any, TypeVar
 
 import numpy as np
@@ -456,7 +455,11 @@ def auto_bins(numel: int) -> int:
 
 def quantile_rank(q: float, n: int) -> int:
     """0-based rank of the q-quantile of n sorted values: the ceil(q * n)-th smallest."""
-    numerator, denominator = Fraction(str(q)).as_integer_ratio()
+    # q as its decimal text says, exactly (Fraction(str(q)), without importing fractions)
+    mantissa, _, exponent = repr(q).partition("e")
+    whole, _, decimals = mantissa.partition(".")
+    numerator, power = int(whole + decimals), int(exponent or 0) - len(decimals)
+    numerator, denominator = (numerator * 10**power, 1) if power >= 0 else (numerator, 10**-power)
     return max(-(-numerator * n // denominator), 1) - 1
 
 
@@ -844,10 +847,9 @@ class _KeyBins:
                 if outside:
                     np.minimum(buckets, self.buckets, out=buckets)
                 if wanted is not None:
-                    np.take(wanted, buckets, out=flag)
-                    near = np.flatnonzero(flag)
-                    if near.size:
-                        kept.append(offsets[near])
+                    # clip: beyond the table is its last entry, False; mode="raise" copies `out`
+                    np.take(wanted, buckets, out=flag, mode="clip")
+                    kept.append(offsets[flag])
                 np.take(self.edge_at, buckets, out=edge, mode="clip")  # clip: no checks
                 np.greater_equal(offsets, edge, out=flag)
                 np.left_shift(buckets, 1, out=buckets)
