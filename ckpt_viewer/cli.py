@@ -427,7 +427,6 @@ def run_globals(args) -> int:
 def run_stats(args) -> int:
     from ckpt_viewer.core.analysis.verify import check_tensor_records
     from ckpt_viewer.core.listing.open import open_checkpoint
-    from ckpt_viewer.core.listing.report import stats_lines
     from ckpt_viewer.core.listing.text import nearest_keys
     from ckpt_viewer.core.progress import run
     from ckpt_viewer.core.values.stats import compute
@@ -445,6 +444,8 @@ def run_stats(args) -> int:
     if args.json:
         say_json(stats.to_json())
     else:
+        from ckpt_viewer.core.listing.report import stats_lines  # not for --json
+
         for line in stats_lines(args.key, node.tensor, stats):
             say(line)
     return 0

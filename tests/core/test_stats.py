@@ -695,3 +695,50 @@ def test_an_outlier_costs_no_extra_pass(tmp_path, monkeypatch):
     flat = values.double().numpy()
     for q in QUANTILES:
         assert stats.quantiles[q] == np.quantile(flat, q, method="inverted_cdf")
+
+
+def test_quantile_rank_is_exact_for_the_decimal_quantile():
+    from fractions import Fraction
+
+    for q in (*QUANTILES, 0.0, 1.0, 1e-05, 0.3, 2.5e-07, 0.123456789, 1e-20, 1 / 3):
+        numerator, denominator = Fraction(str(q)).as_integer_ratio()
+        for n in (1, 2, 3, 7, 999, 1000, 1001, 10**8 + 1, 3**40):
+            expected = max(-(-numerator * n // denominator), 1) - 1
+            assert stats_module.quantile_rank(q, n) == expected, (q, n)
+
+
+@pytest.mark.parametrize("room", ["enough", "runs_out"])
+def test_zeros_counted_among_the_kept_values_are_torchs(tmp_path, monkeypatch, room):
+    """Where the buckets of -0.0 and +0.0 are among those the counting pass keeps, it counts
+    the zeros among the kept values instead of over every value (and over every value again
+    once the room to keep runs out mid-pass): the count is torch's, and so is every figure
+    the general path gives."""
+    torch.manual_seed(5)
+    values = torch.randn(60_000)
+    values[::97] = 0.0
+    values[5::89] = -0.0
+    monkeypatch.setattr(stats_module, "SAMPLE_VALUES", 6000)
+    if room == "runs_out":
+        monkeypatch.setattr(stats_module, "KEEP_MIN", 3000)
+        monkeypatch.setattr(stats_module, "KEEP_SHARE", 10**9)
+        candidates = stats_module._KeyBins.candidates
+        monkeypatch.setattr(
+            stats_module._KeyBins, "candidates", lambda bins, *a: candidates(bins, *a[:2])
+        )
+    path = builders.save({"t": values}, tmp_path / "z.pt")
+    tensor = open_checkpoint(path).find("t").tensor
+    found, passes = [], []
+    zero_offset, real = stats_module._KeyBins.zero_offset, stats_module.iter_chunks
+    monkeypatch.setattr(
+        stats_module._KeyBins, "zero_offset", lambda *a: found.append(zero_offset(*a)) or found[-1]
+    )
+    monkeypatch.setattr(
+        stats_module, "iter_chunks", lambda *a, **k: passes.append(1) or real(*a, **k)
+    )
+    stats = run(compute(tensor, chunk=4000))
+    assert found and found[0] is not None  # the zeros were counted among the kept values
+    assert len(passes) == (3 if room == "runs_out" else 2)
+    assert stats.zeros == int((values == 0).sum())
+    with monkeypatch.context() as general:
+        general.setattr(stats_module, "KEY_DTYPES", ())
+        assert json.dumps(stats.to_json()) == json.dumps(run(compute(tensor, chunk=4000)).to_json())

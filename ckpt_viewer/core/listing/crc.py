@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # not imported when listing: concurrent.futures brings logging along
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 crc32: Callable[..., int]
 try:
@@ -18,7 +21,7 @@ except ImportError:  # a platform without isal's wheels
 
 CRC_WORKERS = 2  # threads a large CRC-32 is computed on
 CRC_SPLIT = 4 << 20  # bytes below which a CRC-32 is computed in one piece
-CrcPiece = tuple[Future[int] | None, int, int]  # (CRC-32 to come, or None: the CRC-32), length
+CrcPiece = tuple["Future[int] | None", int, int]  # (CRC-32 to come, or None: the CRC-32), length
 
 CRC_POLY = 0xEDB88320
 

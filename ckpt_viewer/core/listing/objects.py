@@ -7,11 +7,10 @@ standard library's own value types (datetime, timedelta) are built, from checked
 
 from __future__ import annotations
 
-import datetime
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpt_viewer.core.listing.model import InlineBytes, Storage, TensorInfo, contiguous_strides
 from ckpt_viewer.core.listing.safe_pickle import (
@@ -22,6 +21,9 @@ from ckpt_viewer.core.listing.safe_pickle import (
     rebuild_wrapper_subclass,
 )
 from ckpt_viewer.core.listing.text import short_repr
+
+if TYPE_CHECKING:
+    import datetime
 
 # What the file built (arguments, state, fields): decoders read it duck-typed, and
 # describe_object turns a wrong guess (TypeError, KeyError...) into "not this class".
@@ -634,6 +636,8 @@ def python_datetime(
     obj: FromFile,
 ) -> datetime.date | datetime.time | datetime.timedelta | datetime.tzinfo | None:
     """A datetime/date/time/timedelta/timezone built from its pickled fields, or None."""
+    import datetime  # only for a file that holds one
+
     if not isinstance(obj, Placeholder):
         return None
     name, args = obj.qualname, obj.args
@@ -676,6 +680,8 @@ def _datetime(obj: Placeholder) -> Described | None:
     value = python_datetime(obj)
     if value is None:
         return None
+    import datetime  # imported by python_datetime: a dictionary look-up here
+
     if isinstance(value, (datetime.date, datetime.time)):
         text = value.isoformat()
     else:

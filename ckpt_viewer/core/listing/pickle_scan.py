@@ -75,12 +75,13 @@ TORCH_OPCODES = frozenset(b"c\x81Rbaesu(t\x85\x86\x87N\x89\x88)]}\x8fJKMGXUQhjqr
 
 def unsupported_by_torch(seen: bytearray) -> list[str]:
     """Names of the opcodes `pickle_end` saw that torch's weights_only unpickler lacks."""
+    lacking = [op for op in range(256) if seen[op] and op not in TORCH_OPCODES]
+    if not lacking:
+        return []
     import pickletools
 
     names = {op.code.encode("latin1")[0]: op.name for op in pickletools.opcodes}
-    return [
-        names.get(op, f"0x{op:02x}") for op in range(256) if seen[op] and op not in TORCH_OPCODES
-    ]
+    return [names.get(op, f"0x{op:02x}") for op in lacking]
 
 
 # The walk's fast path: opcode -> 1 + its fixed argument size for the opcodes torch implements

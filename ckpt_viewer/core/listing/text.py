@@ -8,7 +8,6 @@ the reader sees; so every such character is shown as an escape instead."""
 from __future__ import annotations
 
 import bisect
-import difflib
 import json
 import math
 import re
@@ -269,4 +268,6 @@ def nearest_keys(keys: Iterable[str], wanted: str, limit: int = 3) -> list[str]:
     ending = [k for k in keys if k.endswith(suffix)]
     if ending:
         return sorted(ending, key=len)[:limit]
+    import difflib  # only for a key that is not there
+
     return difflib.get_close_matches(wanted, keys, n=limit, cutoff=0.6)

@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from typing import Any, TypeVar
 
 import numpy as np
@@ -245,15 +244,16 @@ class _ChunkMoments:
     hi: float = -math.inf
 
 
-def _chunk_moments(x: np.ndarray) -> _ChunkMoments:
+def _chunk_moments(x: np.ndarray, extremes: bool = True, zeros: bool = True) -> _ChunkMoments:
     """One chunk's counts, sum, spread and extremes: no state, so chunks can be computed on
-    several threads."""
+    several threads. Without `extremes` lo and hi stay infinite, without `zeros` zeros is 0:
+    for a caller that has them already."""
     with np.errstate(all="ignore"):  # NaN/Inf are counted, not warned about
         part = _ChunkMoments(
             x.size,
             # count_nonzero keeps the GIL, for a few dozen microseconds a chunk: a fifth of
             # what add.reduce's casting to int64 costs
-            int(np.count_nonzero(x == 0)),
+            int(np.count_nonzero(x == 0)) if zeros else 0,
             x.dtype.kind in "iub",
             (int(x.min()), int(x.max())) if x.dtype.kind in "iu" and x.size else None,
         )
@@ -275,7 +275,8 @@ def _chunk_moments(x: np.ndarray) -> _ChunkMoments:
             float(np.einsum("i,i->", deviations, deviations)) - residue * residue / count, 0.0
         )
         part.finite, part.total = count, total
-        part.lo, part.hi = float(x.min()), float(x.max())
+        if extremes:
+            part.lo, part.hi = float(x.min()), float(x.max())
     return part
 
 
@@ -454,7 +455,11 @@ def auto_bins(numel: int) -> int:
 
 def quantile_rank(q: float, n: int) -> int:
     """0-based rank of the q-quantile of n sorted values: the ceil(q * n)-th smallest."""
-    numerator, denominator = Fraction(str(q)).as_integer_ratio()
+    # q as its decimal text says, exactly (Fraction(str(q)), without importing fractions)
+    mantissa, _, exponent = repr(q).partition("e")
+    whole, _, decimals = mantissa.partition(".")
+    numerator, power = int(whole + decimals), int(exponent or 0) - len(decimals)
+    numerator, denominator = (numerator * 10**power, 1) if power >= 0 else (numerator, 10**-power)
     return max(-(-numerator * n // denominator), 1) - 1
 
 
@@ -842,10 +847,9 @@ class _KeyBins:
                 if outside:
                     np.minimum(buckets, self.buckets, out=buckets)
                 if wanted is not None:
-                    np.take(wanted, buckets, out=flag)
-                    near = np.flatnonzero(flag)
-                    if near.size:
-                        kept.append(offsets[near])
+                    # clip: beyond the table is its last entry, False; mode="raise" copies `out`
+                    np.take(wanted, buckets, out=flag, mode="clip")
+                    kept.append(offsets[flag])
                 np.take(self.edge_at, buckets, out=edge, mode="clip")  # clip: no checks
                 np.greater_equal(offsets, edge, out=flag)
                 np.left_shift(buckets, 1, out=buckets)
@@ -855,6 +859,14 @@ class _KeyBins:
         if wanted is None:
             return counts, None
         return counts, np.concatenate(kept) if kept else np.empty(0, np.uint32)
+
+    def zero_offset(self, wanted: np.ndarray | None) -> int | None:
+        """The key offset of -0.0 (+0.0's is the next) where both lie in `wanted` buckets, so
+        that the zeros are among the offsets halves() keeps; else None."""
+        at = 0x7FFFFFFF - self.lo_key
+        if wanted is None or at < 0 or (at + 1) >> self.shift >= self.buckets:
+            return None
+        return at if wanted[at >> self.shift] and wanted[(at + 1) >> self.shift] else None
 
     def histogram(self, halves: np.ndarray) -> np.ndarray:
         """The histogram's counts from the half-bucket counts of the finite values."""
@@ -918,22 +930,31 @@ def _keep_room(numel: int) -> int:
     return min(max(KEEP_MIN, numel // KEEP_SHARE), KEEP_MAX)
 
 
-def _key_pass(tensor, part, chunk, key_bins, moments, progress, candidates=None):
+def _key_pass(tensor, part, chunk, key_bins, moments, progress, candidates=None, extremes=None):
     """Generator: moments and half-bucket counts in one pass (moments chunk by chunk as
     _fused_pass computes them, so the figures are bit-identical); returns the counts and the
-    key offsets of the values in the `candidates` buckets (None when there were too many)."""
+    key offsets of the values in the `candidates` buckets (None when there were too many).
+    `extremes`: the finite (min, max), read from these very values by _extremes_pass: then
+    no chunk looks for its own, and where the zeros' buckets are kept, the zeros are counted
+    among the kept offsets instead of over the chunk."""
     total_chunks = max(1, math.ceil(tensor.numel / chunk))
     halves = np.zeros(2 * (key_bins.buckets + 1), dtype=np.int64)
     lo, hi = key_bins.edges[0], key_bins.edges[-1]
     wanted = candidates if candidates is not None and candidates.any() else None
     kept: list[np.ndarray] | None = [] if wanted is not None else None
     room = _keep_room(tensor.numel)
+    zero_at = key_bins.zero_offset(wanted) if extremes is not None else None
 
     def work(raw):
         x = _real_view(raw, part)
-        seen = _chunk_moments(x)
+        keep = wanted  # None once the room ran out
+        zeros_kept = zero_at is not None and keep is not None
+        seen = _chunk_moments(x, extremes=extremes is None, zeros=not zeros_kept)
         outside = seen.nan or seen.posinf or seen.neginf or seen.lo < lo or seen.hi > hi
-        return seen, key_bins.halves(_computable(x), bool(outside), wanted)
+        counts, offsets = key_bins.halves(_computable(x), bool(outside), keep)
+        if zeros_kept and offsets is not None:
+            seen.zeros = int(np.count_nonzero(offsets - np.uint32(zero_at) <= 1))
+        return seen, (counts, offsets)
 
     chunks = _in_parallel(iter_chunks(tensor, chunk), work)
     for i, (seen, (counts, offsets)) in enumerate(chunks):
@@ -946,6 +967,8 @@ def _key_pass(tensor, part, chunk, key_bins, moments, progress, candidates=None)
             else:
                 kept.append(offsets)
         yield progress[0] + (progress[1] - progress[0]) * (i + 1) / total_chunks
+    if extremes is not None and moments.finite:
+        moments.lo, moments.hi = extremes
     if kept is None:
         return halves, None
     return halves, np.concatenate(kept) if kept else np.empty(0, np.uint32)
@@ -1024,9 +1047,11 @@ def compute(
     moments = _Moments()
     is_complex = dtype.startswith("complex")
     start = 0.0
+    read_extremes = False  # facts read from these values here, not given
     if facts is None and not value_range and not is_complex and not quick_range_failed:
         facts = yield from _extremes_pass(tensor, part, chunk, 0.1)
         start = 0.1
+        read_extremes = facts is not None
     known = _known_range(facts, value_range, bins, is_complex)
     key_bins = None
     if known is not None and not value_range and dtype in KEY_DTYPES and not known[3]:
@@ -1040,7 +1065,14 @@ def compute(
             getattr(facts, "sample", None), QUANTILES, _keep_room(tensor.numel) / tensor.numel
         )
         halves, kept = yield from _key_pass(
-            tensor, part, chunk, key_bins, moments, (start, 0.8), candidates
+            tensor,
+            part,
+            chunk,
+            key_bins,
+            moments,
+            (start, 0.8),
+            candidates,
+            (facts.lo, facts.hi) if read_extremes else None,
         )
     else:
         check = _EdgeCheck(*known[:3])

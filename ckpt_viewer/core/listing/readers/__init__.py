@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +87,8 @@ def torch_load_pickles(raw: bytes, report: PickleReport) -> Any:
     before it even checks the magic number). Returns the object held, or None. Raises
     CheckpointError where the bytes cannot be decoded (what was named so far is in `report`)."""
     if raw[:2] == b"PK":
+        import zipfile  # only here: opening a file does not need it
+
         try:
             with zipfile.ZipFile(io.BytesIO(raw)) as zf:
                 value = None

@@ -7,7 +7,6 @@ byteorder text, each storage record's exact size)."""
 
 from __future__ import annotations
 
-import zipfile
 from typing import Any, cast
 
 from ckpt_viewer.core import CheckpointError
@@ -175,7 +174,7 @@ def read(path: str) -> Checkpoint:
     compressed = [  # each storage's source is its record (storage_factory)
         s.key
         for s in storages.values()
-        if cast(ZipMember, s.source).compress_type != zipfile.ZIP_STORED
+        if cast(ZipMember, s.source).compress_type != 0  # ZIP_STORED
     ]
     if compressed:
         checkpoint.warnings.append(
