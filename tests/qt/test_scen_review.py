@@ -1,0 +1,42 @@
+"""What the outside scenario of issue #23's flows (xdotool on Xvfb) found, fixed: each test
+drives the real widgets the way the scenario did."""
+
+import torch
+from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QApplication
+from qt_helpers import open_and_wait
+
+import builders
+
+
+class X11LineKeys(QObject):
+    """What a line edit does on X11 (offscreen Qt uses another key scheme): it claims Ctrl+E,
+    "end of line", before the window's shortcuts see it."""
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.ShortcutOverride and event.keyCombination() == (
+            Qt.ControlModifier | Qt.Key_E
+        ):
+            event.accept()
+        return False
+
+
+def test_window_shortcuts_win_over_the_filter_s_own_keys(qtbot, window, tmp_path):
+    """Ctrl+E (Export Selection) did nothing while the key filter had focus on X11, right after
+    filtering to the keys to export: the field took it as "end of line"."""
+    path = builders.save(
+        {"a.weight": torch.zeros(2), "b.weight": torch.zeros(2)}, tmp_path / "m.pt"
+    )
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    x11 = X11LineKeys(tab.filter)
+    tab.filter.installEventFilter(x11)  # runs before the tab's own filter, as the field would
+    tab.filter.setFocus()
+    qtbot.keyClicks(tab.filter, "a.w")
+    opened = []
+    window.findChild(QAction, "actionExport").triggered.connect(lambda: opened.append(True))
+    qtbot.keyClick(tab.filter, Qt.Key_E, Qt.ControlModifier)
+    assert opened
+    qtbot.keyClick(tab.filter, Qt.Key_A, Qt.ControlModifier)  # the field's own keys stay its
+    assert tab.filter.selectedText() == "a.w"
