@@ -990,6 +990,7 @@ class MainWindow(QMainWindow):
         button = self.toolbar.widgetForAction(self.findChild(QAction, "actionCompare"))
         under = button.rect().bottomLeft() if button is not None and button.isVisible() else None
         menu.popup(button.mapToGlobal(under) if under is not None else QCursor.pos())
+        menu.setActiveAction(menu.actions()[0])  # Ctrl+D, Enter: the first open file
 
     def _compare_with_file(self, tab: CheckpointTab) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -40,3 +40,18 @@ def test_window_shortcuts_win_over_the_filter_s_own_keys(qtbot, window, tmp_path
     assert opened
     qtbot.keyClick(tab.filter, Qt.Key_A, Qt.ControlModifier)  # the field's own keys stay its
     assert tab.filter.selectedText() == "a.w"
+
+
+def test_enter_in_the_compare_with_menu_compares_with_the_first_open_file(qtbot, window, tmp_path):
+    """Ctrl+D, Enter: the menu of open files popped up with nothing highlighted, and Enter only
+    highlighted its first entry; the comparison needed a second Enter."""
+    a = builders.save({"w": torch.zeros(2)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.ones(2)}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, a)
+    open_and_wait(qtbot, window, b)
+    window.compare_dialog()
+    menu = QApplication.activePopupWidget()
+    assert menu is not None and menu.objectName() == "compareMenu"
+    with qtbot.waitSignal(window.compared, timeout=30_000) as blocker:
+        qtbot.keyClick(menu, Qt.Key_Return)
+    assert blocker.args == [str(b), str(a)]
