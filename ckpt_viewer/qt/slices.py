@@ -545,18 +545,12 @@ class HeatmapPage(QWidget):
             self.plot.setAspectLocked(False)
             return
         kh, kw, columns, count = self.filters
-        left.setTicks(
-            [
-                [
-                    (
-                        top * (kh + 1) + kh / 2,
-                        f"{top * columns}-{min(top * columns + columns, count) - 1}",
-                    )
-                    for top in range(-(-count // columns))
-                ]
-            ]
-        )
-        bottom.setTicks([[(c * (kw + 1) + kw / 2, f"+{c}") for c in range(columns)]])
+        rows = [
+            (top * (kh + 1) + kh / 2, f"{top * columns}-{min(top * columns + columns, count) - 1}")
+            for top in range(-(-count // columns))
+        ]
+        left.setTicks(_thinned(rows))
+        bottom.setTicks(_thinned([(c * (kw + 1) + kw / 2, f"+{c}") for c in range(columns)]))
         self.plot.setLabel("left", "output channels")
         self.plot.setLabel("bottom", "output channel +")
         self.plot.setAspectLocked(True)
@@ -591,3 +585,13 @@ class HeatmapPage(QWidget):
             f"rows {r * row_step:,}-{(r + 1) * row_step - 1:,}, columns "
             f"{c * col_step:,}-{(c + 1) * col_step - 1:,}: largest |x| {value:.6g}"
         )
+
+
+def _thinned(ticks: list[tuple[float, str]]) -> list[list[tuple[float, str]]]:
+    """Tick levels: every 4th label first, then every 2nd, then the rest. The axis always
+    draws the first level and the others only where they fit, so a small grid (a pane docked
+    below at 1366x768) shows fewer labels instead of drawing them over each other."""
+    levels: list[list[tuple[float, str]]] = [[], [], []]
+    for i, tick in enumerate(ticks):
+        levels[0 if i % 4 == 0 else 1 if i % 2 == 0 else 2].append(tick)
+    return levels

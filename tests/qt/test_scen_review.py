@@ -55,3 +55,26 @@ def test_enter_in_the_compare_with_menu_compares_with_the_first_open_file(qtbot,
     with qtbot.waitSignal(window.compared, timeout=30_000) as blocker:
         qtbot.keyClick(menu, Qt.Key_Return)
     assert blocker.args == [str(b), str(a)]
+
+
+def test_a_small_kernel_grid_draws_fewer_channel_labels_not_overlapping_ones(
+    qtbot, window, tmp_path
+):
+    """conv1.weight [64, 3, 7, 7] at 1366x768 with a pane below: the grid was ~80 px tall and
+    its eight row labels ("0-7" ... "56-63") were drawn over each other, as were "+0" ... "+7".
+    The labels come in levels; the axis draws the later ones only where they fit."""
+    path = builders.save({"conv1.weight": torch.randn(64, 3, 7, 7)}, tmp_path / "conv.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    assert tab.select_key("conv1.weight")
+    with qtbot.waitSignal(view.heatmap.ready, timeout=20_000):
+        view.pages.setCurrentWidget(view.heatmap)
+    left = view.heatmap.plot.getAxis("left")._tickLevels
+    bottom = view.heatmap.plot.getAxis("bottom")._tickLevels
+    assert [label for _, label in left[0]] == ["0-7", "32-39"]  # always drawn
+    assert sorted(label for level in left for _, label in level) == sorted(
+        f"{8 * i}-{8 * i + 7}" for i in range(8)
+    )
+    assert [label for _, label in bottom[0]] == ["+0", "+4"]
+    assert sum(len(level) for level in bottom) == 8
