@@ -78,3 +78,15 @@ def test_a_small_kernel_grid_draws_fewer_channel_labels_not_overlapping_ones(
     )
     assert [label for _, label in bottom[0]] == ["+0", "+4"]
     assert sum(len(level) for level in bottom) == 8
+
+
+def test_the_opened_file_s_status_line_leaves_with_its_tab(qtbot, window, tmp_path):
+    """Four files opened at once, another tab shown: the status bar still said "LAST.pt: 149
+    tensors ..." under conv.pt's tab."""
+    a = builders.save({"w": torch.zeros(2)}, tmp_path / "a.pt")
+    b = builders.save({"w": torch.zeros(2), "v": torch.zeros(2)}, tmp_path / "b.pt")
+    open_and_wait(qtbot, window, a)
+    open_and_wait(qtbot, window, b)
+    assert window.statusBar().currentMessage().startswith(f"{b}: 2 tensors")
+    window.tabs.setCurrentIndex(window.tabs.indexOf(window._tab_of_path(str(a))))
+    assert window.statusBar().currentMessage() == ""
