@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence, QResizeEvent
+from PySide6.QtGui import QAction, QFontMetrics, QGuiApplication, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
@@ -484,6 +484,7 @@ class HeatmapPage(QWidget):
         self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False)
         self.colorbar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
         self.plot.scene().sigMouseMoved.connect(self._hover)
+        self.plot.getPlotItem().vb.sigRangeChanged.connect(self._thin_labels)  # zoom, resize
         style_plot(self.plot)
         self.layout_.insertWidget(1, self.plot, 1)
         self.plot.show()
@@ -549,11 +550,35 @@ class HeatmapPage(QWidget):
             (top * (kh + 1) + kh / 2, f"{top * columns}-{min(top * columns + columns, count) - 1}")
             for top in range(-(-count // columns))
         ]
-        left.setTicks(_thinned(rows))
-        bottom.setTicks(_thinned([(c * (kw + 1) + kw / 2, f"+{c}") for c in range(columns)]))
+        self.grid_labels = (rows, [(c * (kw + 1) + kw / 2, f"+{c}") for c in range(columns)])
+        self.label_steps = None
+        self._thin_labels()
         self.plot.setLabel("left", "output channels")
         self.plot.setLabel("bottom", "output channel +")
         self.plot.setAspectLocked(True)
+
+    def _thin_labels(self, *_) -> None:
+        """Every n-th tile row and column labelled, n the smallest power of two whose tiles
+        leave room for a label: a small grid (a pane below at 1366x768) drew them over each
+        other."""
+        if self.filters is None or self.plot is None:
+            return
+        kh, kw, _, _ = self.filters
+        x_unit, y_unit = self.plot.getPlotItem().vb.viewPixelSize()  # data units per pixel
+        if not (x_unit > 0 and y_unit > 0):
+            return  # not laid out yet
+        rows, columns = self.grid_labels
+        left, bottom = self.plot.getAxis("left"), self.plot.getAxis("bottom")
+        metrics = QFontMetrics(left.style.get("tickFont") or self.plot.font())
+        wide = max(metrics.horizontalAdvance(label) for _, label in columns)
+        steps = (
+            _label_step(len(rows), (kh + 1) / y_unit, metrics.height()),
+            _label_step(len(columns), (kw + 1) / x_unit, wide + metrics.horizontalAdvance("  ")),
+        )
+        if steps != self.label_steps:  # a new picture only when the labels change
+            self.label_steps = steps
+            left.setTicks([rows[:: steps[0]]])
+            bottom.setTicks([columns[:: steps[1]]])
 
     def _hover(self, position):
         if self.on_screen is None:
@@ -587,11 +612,9 @@ class HeatmapPage(QWidget):
         )
 
 
-def _thinned(ticks: list[tuple[float, str]]) -> list[list[tuple[float, str]]]:
-    """Tick levels: every 4th label first, then every 2nd, then the rest. The axis always
-    draws the first level and the others only where they fit, so a small grid (a pane docked
-    below at 1366x768) shows fewer labels instead of drawing them over each other."""
-    levels: list[list[tuple[float, str]]] = [[], [], []]
-    for i, tick in enumerate(ticks):
-        levels[0 if i % 4 == 0 else 1 if i % 2 == 0 else 2].append(tick)
-    return levels
+def _label_step(count: int, tile: float, room: float) -> int:
+    """The smallest power of two n such that n tiles of `tile` pixels hold a label."""
+    step = 1
+    while step < count and step * tile < room:
+        step *= 2
+    return step
