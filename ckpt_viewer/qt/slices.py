@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QFontMetrics, QGuiApplication, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -274,6 +274,7 @@ class ValuesPage(QWidget):
         super().__init__(parent)
         self.selector = SliceSelector()
         self.table = QTableView()
+        self.table.viewport().installEventFilter(self)
         self.table.setObjectName("valueTable")
         self.table.verticalHeader().setDefaultSectionSize(20)
         sample = self.table.fontMetrics().horizontalAdvance("-0.00000e+00-0.00000e+00j")
@@ -298,12 +299,25 @@ class ValuesPage(QWidget):
         self._reload()
 
     def _vector_width(self) -> int:
-        """Columns of a 1-D tensor's table: a round number of them that fits the width."""
-        fits = self.table.viewport().width() // self.table.horizontalHeader().defaultSectionSize()
+        """Columns of a 1-D tensor's table: a round number of them that fits the width beside
+        a vertical scroll bar (counted before it showed, the last column needed a sideways
+        scroll)."""
+        room = self.table.maximumViewportSize().width()
+        room -= self.table.verticalScrollBar().sizeHint().width()
+        fits = room // self.table.horizontalHeader().defaultSectionSize()
         return max(w for w in VECTOR_WIDTHS if w <= max(fits, 1))
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # the viewport narrows without the page: the row labels of a longer vector widen
+        if event.type() == QEvent.Resize and watched is self.table.viewport():
+            QTimer.singleShot(0, self, self._refit)
+        return False
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
+        self._refit()
+
+    def _refit(self) -> None:
         model = self.table.model()
         if isinstance(model, VectorModel) and model.width != self._vector_width():
             self._reload()

@@ -94,3 +94,28 @@ def test_the_opened_file_s_status_line_leaves_with_its_tab(qtbot, window, tmp_pa
     assert window.statusBar().currentMessage().startswith(f"{b}: 2 tensors")
     window.tabs.setCurrentIndex(window.tabs.indexOf(window._tab_of_path(str(a))))
     assert window.statusBar().currentMessage() == ""
+
+
+def test_a_wrapped_vector_s_columns_fit_beside_its_scroll_bar(qtbot, window, tmp_path):
+    """A 1-D tensor at 1366x768 with Layers docked: the columns were counted for the table's
+    width before its vertical scroll bar appeared and its longer row labels widened, and the
+    last one needed a sideways scroll."""
+    path = builders.save({"tiny": torch.zeros(3), "vec": torch.randn(4096)}, tmp_path / "v.pt")
+    open_and_wait(qtbot, window, path)
+    tab = window.tabs.currentWidget()
+    view = tab.tensor_view
+    table = view.values.table
+    assert tab.select_key("vec")
+    view.pages.setCurrentWidget(view.values)
+    for width in range(900, 1120, 4):  # two columns' worth of places a boundary can fall
+        window.resize(width, 768)
+        assert tab.select_key("tiny")  # a few rows: narrow row labels, no scroll bar
+        QApplication.processEvents()
+        assert tab.select_key("vec")
+        qtbot.waitUntil(
+            lambda: (
+                table.verticalScrollBar().isVisible() and table.horizontalScrollBar().maximum() == 0
+            ),
+            timeout=5000,
+        )
+        assert table.model().width >= 2
