@@ -119,3 +119,22 @@ def test_a_wrapped_vector_s_columns_fit_beside_its_scroll_bar(qtbot, window, tmp
             timeout=5000,
         )
         assert table.model().width >= 2
+
+
+def test_a_comparison_beside_the_tree_shows_each_key_s_status(qtbot, window, tmp_path):
+    """Compare moved beside the tree at 1366x768: the key column took the pane's whole width
+    and Status, A and B sat past its right edge (a sideways scroll to see any difference)."""
+    a = builders.save({f"layer{i}.weight": torch.zeros(2) for i in range(5)}, tmp_path / "a.pt")
+    b = builders.save({f"layer{i}.weight": torch.ones(2) for i in range(5)}, tmp_path / "b.pt")
+    window.resize(1366, 768)
+    open_and_wait(qtbot, window, a)
+    with qtbot.waitSignal(window.compared, timeout=30_000):
+        window.compare_paths(str(a), str(b))
+    view = window.tabs.currentWidget()
+    window.dock_comparison(view)
+    table = view.table
+    qtbot.waitUntil(lambda: table.isVisible() and table.viewport().width() < 600)
+    QApplication.processEvents()
+    status = table.columnViewportPosition(1) + table.columnWidth(1)
+    assert status <= table.viewport().width()  # the status column whole in view
+    assert table.columnWidth(0) >= table.fontMetrics().horizontalAdvance("layer0.weight")
