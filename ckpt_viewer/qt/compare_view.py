@@ -218,6 +218,7 @@ def detail_job(sides: tuple, match: TensorDiff):
 
 FIRST_PAINTS_MS = 50  # the plots' build starts this long after the first showing
 MAX_BOX_CHARACTERS = 40  # a root or prefix longer than this is elided in its picker
+KEY_SHARE = 0.45  # of a narrow comparison table's width, the least its key column gets
 
 
 def _combo(name: str, tooltip: str, editable: bool = False) -> QComboBox:
@@ -621,12 +622,23 @@ class CompareView(QWidget):
         """Status and metrics fit their widest text; the key takes the rest."""
         header = self.table.horizontalHeader()
         header.setStretchLastSection(False)
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
         metrics = self.table.fontMetrics()
         padding = 3 * metrics.horizontalAdvance("M")  # cell margins and the sort arrow
-        for column in range(1, len(self.model.columns)):
+        for column in range(len(self.model.columns)):
             header.setSectionResizeMode(column, QHeaderView.Interactive)
-            self.table.setColumnWidth(column, self.model.widest(column, metrics) + padding)
+            if column:
+                self.table.setColumnWidth(column, self.model.widest(column, metrics) + padding)
+        self._fit_key_column()
+
+    def _fit_key_column(self) -> None:
+        """The key takes what the other columns leave, and at least KEY_SHARE of a narrow
+        table (stretched, beside the tree at 1366 it kept the whole width and pushed Status
+        past the edge)."""
+        if getattr(self, "table", None) is None:  # built a piece at a time
+            return
+        others = sum(self.table.columnWidth(c) for c in range(1, len(self.model.columns)))
+        width = self.table.viewport().width()
+        self.table.setColumnWidth(0, max(width - others, int(width * KEY_SHARE)))
 
     def _legend_toggled(self, _on=False):
         hidden = {s for s, b in self.legend_buttons.items() if not b.isChecked()}
@@ -672,6 +684,7 @@ class CompareView(QWidget):
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
+        self._fit_key_column()
         one_row = sum(self.sides.itemAt(i).minimumSize().width() for i in range(self.sides.count()))
         wide = event.size().width() >= one_row + self.use_suggestion.sizeHint().width() + 24
         self.sides.setDirection(QBoxLayout.LeftToRight if wide else QBoxLayout.TopToBottom)

@@ -499,6 +499,12 @@ class MainWindow(QMainWindow):
     def _update_title(self, *_):
         """The window names the current file (and its folder, for the task bar's tooltip)."""
         tab = self.current_tab()
+        # the last opened file's line named it over another file's tab (several opened at once)
+        path, line = getattr(self, "load_line", ("", ""))
+        if self.statusBar().currentMessage() == line and (
+            tab is None or tab.checkpoint.path != path
+        ):
+            self.statusBar().clearMessage()
         for name in NEEDS_A_FILE:
             action = self.findChild(QAction, name)
             if action is not None:
@@ -761,9 +767,8 @@ class MainWindow(QMainWindow):
         totals = tab.totals
         self._remember(path)
         self._update_busy()
-        self.statusBar().showMessage(
-            f"{path}: {plural(totals.tensors, 'tensor')}, {split_text(totals)}", 8000
-        )
+        self.load_line = (path, f"{path}: {plural(totals.tensors, 'tensor')}, {split_text(totals)}")
+        self.statusBar().showMessage(self.load_line[1], 8000)
         self.loaded.emit(path)
         self._reopen_panes(tab)
         # a no-op until pyqtgraph has been imported; after `loaded`: the tree comes first
@@ -990,6 +995,7 @@ class MainWindow(QMainWindow):
         button = self.toolbar.widgetForAction(self.findChild(QAction, "actionCompare"))
         under = button.rect().bottomLeft() if button is not None and button.isVisible() else None
         menu.popup(button.mapToGlobal(under) if under is not None else QCursor.pos())
+        menu.setActiveAction(menu.actions()[0])  # Ctrl+D, Enter: the first open file
 
     def _compare_with_file(self, tab: CheckpointTab) -> None:
         path, _ = QFileDialog.getOpenFileName(

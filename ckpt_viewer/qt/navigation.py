@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, QObject, QPoint, Qt, Signal, SignalInstance
+from PySide6.QtGui import QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
     QLineEdit,
@@ -66,6 +67,8 @@ class FilterKeys(QObject):
         self.tree.setFocus(Qt.ShortcutFocusReason)
 
     def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.ShortcutOverride and watched is self.line:
+            return self._window_shortcut(event)
         if event.type() != QEvent.KeyPress:
             return False
         if watched is self.line and event.key() in INTO_RESULTS:
@@ -78,6 +81,16 @@ class FilterKeys(QObject):
             self.line.setFocus(Qt.ShortcutFocusReason)
             self.line.selectAll()
             return True
+        return False
+
+    def _window_shortcut(self, event: QKeyEvent) -> bool:
+        """The window's shortcuts win over the field's: on X11 a line edit takes Ctrl+E as
+        "end of line", and Export Selection did nothing right after filtering."""
+        pressed = QKeySequence(event.keyCombination())
+        for action in self.line.window().actions():
+            if action.isEnabled() and pressed in action.shortcuts():
+                event.ignore()
+                return True
         return False
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence, QResizeEvent
+from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QFontMetrics, QGuiApplication, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
@@ -274,6 +274,7 @@ class ValuesPage(QWidget):
         super().__init__(parent)
         self.selector = SliceSelector()
         self.table = QTableView()
+        self.table.viewport().installEventFilter(self)
         self.table.setObjectName("valueTable")
         self.table.verticalHeader().setDefaultSectionSize(20)
         sample = self.table.fontMetrics().horizontalAdvance("-0.00000e+00-0.00000e+00j")
@@ -298,12 +299,25 @@ class ValuesPage(QWidget):
         self._reload()
 
     def _vector_width(self) -> int:
-        """Columns of a 1-D tensor's table: a round number of them that fits the width."""
-        fits = self.table.viewport().width() // self.table.horizontalHeader().defaultSectionSize()
+        """Columns of a 1-D tensor's table: a round number of them that fits the width beside
+        a vertical scroll bar (counted before it showed, the last column needed a sideways
+        scroll)."""
+        room = self.table.maximumViewportSize().width()
+        room -= self.table.verticalScrollBar().sizeHint().width()
+        fits = room // self.table.horizontalHeader().defaultSectionSize()
         return max(w for w in VECTOR_WIDTHS if w <= max(fits, 1))
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # the viewport narrows without the page: the row labels of a longer vector widen
+        if event.type() == QEvent.Resize and watched is self.table.viewport():
+            QTimer.singleShot(0, self, self._refit)
+        return False
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
+        self._refit()
+
+    def _refit(self) -> None:
         model = self.table.model()
         if isinstance(model, VectorModel) and model.width != self._vector_width():
             self._reload()
@@ -484,6 +498,7 @@ class HeatmapPage(QWidget):
         self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False)
         self.colorbar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
         self.plot.scene().sigMouseMoved.connect(self._hover)
+        self.plot.getPlotItem().vb.sigRangeChanged.connect(self._thin_labels)  # zoom, resize
         style_plot(self.plot)
         self.layout_.insertWidget(1, self.plot, 1)
         self.plot.show()
@@ -545,21 +560,39 @@ class HeatmapPage(QWidget):
             self.plot.setAspectLocked(False)
             return
         kh, kw, columns, count = self.filters
-        left.setTicks(
-            [
-                [
-                    (
-                        top * (kh + 1) + kh / 2,
-                        f"{top * columns}-{min(top * columns + columns, count) - 1}",
-                    )
-                    for top in range(-(-count // columns))
-                ]
-            ]
-        )
-        bottom.setTicks([[(c * (kw + 1) + kw / 2, f"+{c}") for c in range(columns)]])
+        rows = [
+            (top * (kh + 1) + kh / 2, f"{top * columns}-{min(top * columns + columns, count) - 1}")
+            for top in range(-(-count // columns))
+        ]
+        self.grid_labels = (rows, [(c * (kw + 1) + kw / 2, f"+{c}") for c in range(columns)])
+        self.label_steps = None
+        self._thin_labels()
         self.plot.setLabel("left", "output channels")
         self.plot.setLabel("bottom", "output channel +")
         self.plot.setAspectLocked(True)
+
+    def _thin_labels(self, *_) -> None:
+        """Every n-th tile row and column labelled, n the smallest power of two whose tiles
+        leave room for a label: a small grid (a pane below at 1366x768) drew them over each
+        other."""
+        if self.filters is None or self.plot is None:
+            return
+        kh, kw, _, _ = self.filters
+        x_unit, y_unit = self.plot.getPlotItem().vb.viewPixelSize()  # data units per pixel
+        if not (x_unit > 0 and y_unit > 0):
+            return  # not laid out yet
+        rows, columns = self.grid_labels
+        left, bottom = self.plot.getAxis("left"), self.plot.getAxis("bottom")
+        metrics = QFontMetrics(left.style.get("tickFont") or self.plot.font())
+        wide = max(metrics.horizontalAdvance(label) for _, label in columns)
+        steps = (
+            _label_step(len(rows), (kh + 1) / y_unit, metrics.height()),
+            _label_step(len(columns), (kw + 1) / x_unit, wide + metrics.horizontalAdvance("  ")),
+        )
+        if steps != self.label_steps:  # a new picture only when the labels change
+            self.label_steps = steps
+            left.setTicks([rows[:: steps[0]]])
+            bottom.setTicks([columns[:: steps[1]]])
 
     def _hover(self, position):
         if self.on_screen is None:
@@ -591,3 +624,11 @@ class HeatmapPage(QWidget):
             f"rows {r * row_step:,}-{(r + 1) * row_step - 1:,}, columns "
             f"{c * col_step:,}-{(c + 1) * col_step - 1:,}: largest |x| {value:.6g}"
         )
+
+
+def _label_step(count: int, tile: float, room: float) -> int:
+    """The smallest power of two n such that n tiles of `tile` pixels hold a label."""
+    step = 1
+    while step < count and step * tile < room:
+        step *= 2
+    return step
