@@ -645,16 +645,16 @@ class CheckpointTab(QWidget):
         return index
 
     def expanded_rows(self) -> list:
-        """Rows expanded in the tree (only expanded subtrees are walked, over the rows
-        themselves: a 5,000-row group asked through the model cost a frame)."""
-        model, expanded, index_at = self.model, self.tree.isExpanded, self.model.createIndex
-        rows, stack = [], [model.top]
-        while stack:
-            for row in model.visible_children(stack.pop()):
-                if row.children and expanded(index_at(row.pos, 0, row)):
-                    rows.append(row)
-                    stack.append(row)
-        return rows
+        """Rows expanded in the tree, parents first. The view keeps them as persistent indexes:
+        asking those (a few dozen) spares walking every child of the expanded groups (5,000
+        isExpanded calls under an open big group, in the first keystroke's frame)."""
+        model, expanded = self.model, self.tree.isExpanded
+        rows = {
+            index.internalPointer().index: index.internalPointer()
+            for index in model.persistentIndexList()
+            if index.column() == 0 and expanded(index)
+        }
+        return [rows[i] for i in sorted(rows)]
 
     def focus_filter(self):
         self.filter.setFocus()
