@@ -14,6 +14,7 @@ from PySide6.QtCore import (
     QSettings,
     QSize,
     Qt,
+    QTimer,
     Signal,
 )
 from PySide6.QtGui import QAction, QGuiApplication, QResizeEvent
@@ -38,6 +39,7 @@ from ckpt_viewer.core.listing.model import Checkpoint, format_bytes, format_coun
 from ckpt_viewer.core.listing.optim import find_schedulers
 from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.summary import Totals, scalars_by_importance
+from ckpt_viewer.qt import workers
 from ckpt_viewer.qt.navigation import FilterKeys, LazyExpander
 from ckpt_viewer.qt.optimizer_view import OptimizerView
 from ckpt_viewer.qt.plain import as_html, plain_label, shown
@@ -310,6 +312,12 @@ class CheckpointTab(QWidget):
         self.panes.addTab(QWidget(), f"Optimizer ({len(checkpoint.optimizers)})")
         self.bytes_map = self.structure = None  # the Bytes and Structure panes, built when shown
         self.keeping_pane = False  # a selection made from those panes leaves them in view
+        self.next_tensor: tuple | None = None  # (row, bring the pane to front): shown next turn
+        self.selected_node = None  # the tensor row's node last selected
+        self.show_next = QTimer(self)
+        self.show_next.setSingleShot(True)
+        self.show_next.setInterval(0)
+        self.show_next.timeout.connect(self._show_selected)
         self.panes.addTab(QWidget(), "Bytes")
         self.panes.addTab(QWidget(), "Structure")
         self.panes.currentChanged.connect(self._pane_shown)
@@ -483,6 +491,8 @@ class CheckpointTab(QWidget):
         self.memory_shown.emit()
 
     def _pane_shown(self, index: int):
+        if self.next_tensor is not None:  # a pane chosen since the selection stays in view
+            self.next_tensor = (self.next_tensor[0], False)
         if index == 3 and self.bytes_map is None:
             from ckpt_viewer.qt.bytes_map import BytesMapView
 
@@ -547,6 +557,8 @@ class CheckpointTab(QWidget):
         """Stop the filter's search and the tensor view's computation, if any (closing the tab
         or the window)."""
         self.controller.cancel()
+        self.show_next.stop()
+        self.next_tensor = None
         if self.tensor_view is not None:
             self.tensor_view.cancel()
             self.optimizer_view.cancel()
@@ -645,16 +657,16 @@ class CheckpointTab(QWidget):
         return index
 
     def expanded_rows(self) -> list:
-        """Rows expanded in the tree (only expanded subtrees are walked, over the rows
-        themselves: a 5,000-row group asked through the model cost a frame)."""
-        model, expanded, index_at = self.model, self.tree.isExpanded, self.model.createIndex
-        rows, stack = [], [model.top]
-        while stack:
-            for row in model.visible_children(stack.pop()):
-                if row.children and expanded(index_at(row.pos, 0, row)):
-                    rows.append(row)
-                    stack.append(row)
-        return rows
+        """Rows expanded in the tree, parents first. The view keeps them as persistent indexes:
+        asking those (a few dozen) spares walking every child of the expanded groups (5,000
+        isExpanded calls under an open big group, in the first keystroke's frame)."""
+        model, expanded = self.model, self.tree.isExpanded
+        rows = {
+            index.internalPointer().index: index.internalPointer()
+            for index in model.persistentIndexList()
+            if index.column() == 0 and expanded(index)
+        }
+        return [rows[i] for i in sorted(rows)]
 
     def focus_filter(self):
         self.filter.setFocus()
@@ -706,12 +718,26 @@ class CheckpointTab(QWidget):
             self.filter_status.setToolTip("")
         if row is None or row.node.tensor is None:
             return
-        if self.tensor_view.controller.node is row.node:  # reselected after filtering: nothing new
+        if row.node is self.selected_node:  # reselected after filtering: nothing new
             return
-        if not self.keeping_pane:
+        self.selected_node = row.node
+        # the tensor pane follows in the next turn of the event loop: opening a big group to
+        # show the row, then the pane's new contents and their paint, in one step held the
+        # window past a frame (a run of selections shows only the last)
+        self.next_tensor = (row, not self.keeping_pane)
+        if workers.is_synchronous():
+            self._show_selected()
+        else:
+            self.show_next.start()
+        self.tensor_selected.emit(row.node.key)
+
+    def _show_selected(self) -> None:
+        if self.next_tensor is None:
+            return
+        (row, to_front), self.next_tensor = self.next_tensor, None
+        if to_front:
             self.panes.setCurrentWidget(self.tensor_view)
         self.tensor_view.show_tensor(row.node)
-        self.tensor_selected.emit(row.node.key)
 
     # --- context menu ----------------------------------------------------------------------
     def _context_menu(self, position):

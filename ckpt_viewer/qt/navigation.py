@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import QEvent, QObject, QPoint, Qt, Signal, SignalInstance
+from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal, SignalInstance
 from PySide6.QtGui import QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
@@ -21,6 +21,7 @@ from ckpt_viewer.qt.plain import shown
 from ckpt_viewer.qt.workers import PaneController
 
 EXPAND_PASSES = 64  # rows opened per pass push their children into view: at most this deep
+ROWS_PER_TURN = 1000  # rows Expand All lays out in one turn of the event loop (then the next)
 INTO_RESULTS = (Qt.Key_Down, Qt.Key_Return, Qt.Key_Enter)
 
 
@@ -96,12 +97,20 @@ class FilterKeys(QObject):
 
 class LazyExpander(QObject):
     """View > Expand All without walking every row (QTreeView.expandAll asks the model about
-    all 50,000 keys at once): the rows in view (and a page on) are expanded, then those scrolled into view,
-    until Collapse All, a collapse, or a new filter ends it."""
+    all 50,000 keys at once): the rows in view (and a page on) are expanded, then those scrolled
+    into view, until Collapse All, a collapse, or a new filter ends it. One pass of rows in view
+    per turn of the event loop, and a pass that has laid out ROWS_PER_TURN rows (a 5,000-row
+    group) goes on in the next: laying out a big group and its children's groups in one step
+    held the window past a frame."""
 
     def __init__(self, tree: QTreeView):
         super().__init__(tree)
         self.tree, self.on, self.filling = tree, False, False
+        self.passes = 0  # passes since the last start or scroll: at most EXPAND_PASSES
+        self.next_pass = QTimer(self)
+        self.next_pass.setSingleShot(True)
+        self.next_pass.setInterval(0)
+        self.next_pass.timeout.connect(self._pass)
         tree.verticalScrollBar().valueChanged.connect(self.fill)
         tree.collapsed.connect(self.stop)
         tree.model().modelReset.connect(self.stop)
@@ -113,6 +122,11 @@ class LazyExpander(QObject):
 
     def stop(self, *_) -> None:
         self.on = False
+        self.next_pass.stop()
+
+    def busy(self) -> bool:
+        """Whether passes are still to come (the rows in view are not all open yet)."""
+        return self.next_pass.isActive()
 
     def eventFilter(self, watched, event) -> bool:
         if event.type() == QEvent.Resize:
@@ -120,8 +134,12 @@ class LazyExpander(QObject):
         return False
 
     def fill(self, *_) -> None:
-        """Expand every collapsed row in view and a page below it; repeat while that brought
-        new rows in."""
+        """Expand every collapsed row in view and a page below it; again, in the next turns,
+        while that brought new rows in."""
+        self.passes = 0
+        self._pass()
+
+    def _pass(self) -> None:
         if not self.on or self.filling:  # expanding may move the scroll bar: no recursion
             return
         # a page past the view too: Page Down and Down move by the rows laid out, and landed
@@ -130,17 +148,20 @@ class LazyExpander(QObject):
         model = tree.model()
         self.filling = True
         try:
-            for _ in range(EXPAND_PASSES):
-                index, opened = tree.indexAt(QPoint(1, 1)), False
-                while index.isValid() and tree.visualRect(index).top() < height:
-                    if not tree.isExpanded(index) and model.hasChildren(index):
-                        tree.expand(index)
-                        opened = True
-                    index = tree.indexBelow(index)
-                if not opened:
-                    return
+            index, opened, laid_out = tree.indexAt(QPoint(1, 1)), False, 0
+            while index.isValid() and tree.visualRect(index).top() < height:
+                if not tree.isExpanded(index) and model.hasChildren(index):
+                    tree.expand(index)
+                    opened = True
+                    laid_out += model.rowCount(index)
+                    if laid_out >= ROWS_PER_TURN:
+                        break
+                index = tree.indexBelow(index)
         finally:
             self.filling = False
+        self.passes += 1
+        if opened and self.passes < EXPAND_PASSES:
+            self.next_pass.start()
 
 
 class QuickOpenController(PaneController):

@@ -144,6 +144,10 @@ class KeyTreeModel(QAbstractItemModel):
         self._muted = MUTED_BRUSH
         self.file_order = False  # keys in listing order (h.2 before h.10), not the file's
         self.sorted_by: tuple = ("listed", False)  # as core.rows built it
+        # a sort puts a row's children in order when the view first asks for them (a row not
+        # shown is not sorted): the key and direction, and the rows already in that order
+        self._order: tuple | None = None
+        self._ordered: set[int] = set()
 
     @property
     def lowered(self) -> list:
@@ -156,6 +160,8 @@ class KeyTreeModel(QAbstractItemModel):
     def visible_children(self, row: Row) -> list[Row]:
         """row's children that pass the filter, in display order (numbering them)."""
         if row.generation != self.generation:
+            if self._order is not None and row.index not in self._ordered:
+                self._put_in_order(row)
             if self._visible is None or self._inside[row.index]:
                 row.visible_children = row.children
             else:
@@ -168,8 +174,9 @@ class KeyTreeModel(QAbstractItemModel):
 
     def index(self, row, column, parent=QModelIndex()):
         # asked for every row laid out (5,000 when a big group opens): the shown children are
-        # looked up directly while they are current
-        above = parent.internalPointer() if parent.isValid() else self.top
+        # looked up directly while they are current; an invalid parent's pointer is None (the
+        # top), which spares an isValid() call per row
+        above = parent.internalPointer() or self.top
         if above.generation == self.generation:
             children = above.visible_children
         else:
@@ -179,9 +186,8 @@ class KeyTreeModel(QAbstractItemModel):
         return QModelIndex()
 
     def parent(self, index=QModelIndex()):
-        if not index.isValid():
-            return QModelIndex()
-        parent_row = index.internalPointer().parent
+        row = index.internalPointer()  # None: an invalid index
+        parent_row = None if row is None else row.parent
         if parent_row is None or parent_row is self.top:
             return QModelIndex()
         return self.createIndex(parent_row.pos, 0, parent_row)
@@ -196,12 +202,11 @@ class KeyTreeModel(QAbstractItemModel):
 
     def hasChildren(self, parent=QModelIndex()):
         # asked for every row laid out (5,000 when a big group opens): no list built here
-        if not parent.isValid():
+        row = parent.internalPointer()  # None: the top
+        if row is None:
             row = self.top
         elif parent.column():
             return False
-        else:
-            row = parent.internalPointer()
         if self._visible is None or self._inside[row.index]:
             return bool(row.children)
         return len(self.visible_children(row)) > 0
@@ -360,8 +365,10 @@ class KeyTreeModel(QAbstractItemModel):
     def sort(self, column, order=Qt.AscendingOrder):
         """Sort every level by a column; the Key column (and column -1, no header sort) is
         listing order (core.text.listing_order: natural where the file sorted keys as text),
-        or the file's order while file_order is on. Keys are precomputed
-        (core.rows): sorting 50,000 rows stays within a frame."""
+        or the file's order while file_order is on. Only what the view shows is sorted here
+        (the persistent rows' levels, then each level the relayout asks for); every other
+        level when it is first shown (visible_children): 5,000 levels sorted at once held the
+        GUI thread for a header click."""
         place = attrgetter("order" if self.file_order else "listed")
         key_funcs = {
             -1: place,
@@ -379,23 +386,11 @@ class KeyTreeModel(QAbstractItemModel):
         state = (placed if column in (-1, KEY) else column, reverse)
         if key is None or state == self.sorted_by:  # core.rows built it in listing order
             return
-        # the same place order the other way: siblings' places are distinct, so reversing each
-        # list is that sort, without a key per row
-        flip = state[0] in ("listed", "file") and self.sorted_by == (state[0], not reverse)
         self.sorted_by = state
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
         old_rows = [self.row_of(i) for i in old]
-        if self.index_rows.sortable is None:  # an index made without them
-            self.index_rows.sortable = [row for row in self.rows if len(row.children) > 1]
-        for row in self.index_rows.sortable:
-            if flip:
-                row.children.reverse()
-                continue
-            try:
-                row.children.sort(key=key, reverse=reverse)
-            except TypeError:
-                row.children.sort(key=lambda r: str(key(r)), reverse=reverse)
+        self._order, self._ordered = (key, reverse), set()
         self.generation += 1
         for row in old_rows:
             self.visible_children(row.parent)
@@ -403,6 +398,17 @@ class KeyTreeModel(QAbstractItemModel):
             old, [self.createIndex(r.pos, i.column(), r) for r, i in zip(old_rows, old)]
         )
         self.layoutChanged.emit()
+
+    def _put_in_order(self, row: Row) -> None:
+        """Sort row's children by the last sort's key (visible_children asks, once a sort)."""
+        self._ordered.add(row.index)
+        if len(row.children) < 2:
+            return
+        key, reverse = self._order  # type: ignore[misc]
+        try:
+            row.children.sort(key=key, reverse=reverse)
+        except TypeError:
+            row.children.sort(key=lambda r: str(key(r)), reverse=reverse)
 
     def is_match(self, row: Row) -> bool:
         """Whether the filter matched row's key or one above it (every row: no filter)."""

@@ -19,8 +19,9 @@
   the 50,000-key file, printed as a table: opening it (with the panes and plot built after it
   shows), selecting a tensor with two other files open (three with the 16 GB file, opened too
   where it exists), Compare against its twin (the diff and its tab appearing, the first
-  click, then a row click), a keystroke in the export preview with a root and two globs, a
-  header click that sorts, Expand All (and Collapse All), typing in the filter, and the Bytes
+  click, then a row click), a keystroke in the export preview with a root and two globs, the
+  tab shown again after it (its whole repaint), Expand All (until its passes end; and Collapse
+  All), a header click that sorts, typing in the filter, and the Bytes
   pane's first showing (its treemap drawn). The twin and the nested copy it needs are written
   to a temporary folder under --out (or --data).
 
@@ -514,8 +515,15 @@ def flows(app, window, beat, path, out, as_json=False):
         settle(app)
         rows.append(("export preview: typing a glob (root + 2 globs)", measured(beat)))
         dialog.close()
+        settle(app)
 
-        window.tabs.setCurrentWidget(tab)
+        # its own row: the tab shown again repaints whole, which Expand All was charged with
+        rows.append(
+            (
+                "back to the 50,000-key tab (its repaint)",
+                stall_of(app, beat, lambda i: window.tabs.setCurrentWidget(tab)),
+            )
+        )
         header = tab.tree.header()
 
         def sort(i):
@@ -525,7 +533,12 @@ def flows(app, window, beat, path, out, as_json=False):
 
         expand = window.findChild(object, "actionExpandAll")
         collapse = window.findChild(object, "actionCollapseAll")
-        rows.append(("View > Expand All", stall_of(app, beat, lambda i: expand.trigger())))
+        rows.append(
+            (
+                "View > Expand All (the rows in view, a pass per turn)",
+                stall_of(app, beat, lambda i: expand.trigger(), lambda: not tab.expander.busy()),
+            )
+        )
         rows.append(("sort: header click (all expanded)", stall_of(app, beat, sort, repeat=3)))
         header.setSortIndicator(0, Qt.AscendingOrder)
         settle(app)

@@ -232,6 +232,30 @@ def test_sorting_by_size(qtbot, window, training_file):
     assert model.index(0, 0).data(Qt.UserRole) == "epoch"
 
 
+def test_a_level_shown_after_a_sort_comes_sorted(qtbot, window, tmp_path):
+    """A sort orders the levels in view at once and every other level when first shown."""
+    sizes = {f"blocks.{i}.w": (7 * i) % 11 + 1 for i in range(12)}
+    path = builders.save({k: torch.zeros(n) for k, n in sizes.items()}, tmp_path / "s.pt")
+    open_and_wait(qtbot, window, path)
+    tab = current_tab(window)
+    model = tab.model
+    tab.tree.collapseAll()
+    tab.tree.sortByColumn(tree_model.ELEMENTS, Qt.DescendingOrder)
+    blocks = model.index(0, 0)
+    tab.tree.expand(blocks)
+    numels = {k: torch.load(path, weights_only=True)[k].numel() for k in sizes}
+    shown = [model.index(r, 0, blocks).data(Qt.UserRole) for r in range(model.rowCount(blocks))]
+    by_size = sorted(numels, key=lambda k: -numels[k])  # stable: ties keep the listing order
+    assert [numels[f"{k}.w"] for k in shown] == [numels[k] for k in by_size]
+    tab.tree.collapseAll()
+    tab.tree.sortByColumn(0, Qt.AscendingOrder)
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        tab.filter.setText("blocks.1")
+    blocks = model.index(0, 0)
+    shown = [model.index(r, 0, blocks).data(Qt.UserRole) for r in range(model.rowCount(blocks))]
+    assert shown == ["blocks.1", "blocks.10", "blocks.11"]  # natural order again
+
+
 def test_tools_verify_reports_intact_and_damaged(qtbot, window, tmp_path):
     import torch
 

@@ -143,6 +143,49 @@ def test_expand_all_expands_what_comes_into_view(qtbot, window, tmp_path):
     assert not tab.tree.isExpanded(blocks) and not tab.expander.on
 
 
+def test_expand_all_lays_a_big_group_out_in_a_turn_of_its_own(qtbot, window, tmp_path, monkeypatch):
+    """A group of more than ROWS_PER_TURN rows is opened alone; its rows in view open in the
+    next turns of the event loop, and Collapse All stops what is left."""
+    from ckpt_viewer.qt import navigation
+
+    monkeypatch.setattr(navigation, "ROWS_PER_TURN", 20)
+    tensors = {f"blocks.{i}.{j}.w": torch.zeros(1) for i in range(60) for j in range(3)}
+    path = tmp_path / "many.safetensors"
+    save_file(tensors, str(path))
+    tab, model = opened(qtbot, window, str(path))
+    tab.tree.resize(400, 300)
+    window.findChild(QAction, "actionExpandAll").trigger()
+    blocks = child(model, "blocks")
+    first = child(model, "0", blocks)
+    assert tab.tree.isExpanded(blocks) and not tab.tree.isExpanded(first)
+    assert tab.expander.busy()
+    qtbot.waitUntil(lambda: tab.tree.isExpanded(first) and not tab.expander.busy())
+    window.findChild(QAction, "actionCollapseAll").trigger()
+    tab.expander.start()
+    window.findChild(QAction, "actionCollapseAll").trigger()
+    assert not tab.expander.busy() and not tab.expander.on
+
+
+def test_the_tensor_pane_follows_the_tree_in_the_next_turn(qtbot, window, tmp_path, monkeypatch):
+    """The tree selects at once; the tensor pane shows the last of a run of selections in the
+    next turn of the event loop, and a pane chosen in between stays in view."""
+    tab, model = opened(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
+    shown = []
+    show = tab.tensor_view.show_tensor
+    monkeypatch.setattr(
+        tab.tensor_view, "show_tensor", lambda node: (shown.append(node.key), show(node))
+    )
+    with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=10_000) as ready:
+        assert tab.select_key("h.0.mlp.c_fc.weight") and tab.select_key("h.1.mlp.c_fc.weight")
+        assert tab.selected_key() == "h.1.mlp.c_fc.weight" and shown == []
+    assert ready.args == ["h.1.mlp.c_fc.weight"] and shown == ["h.1.mlp.c_fc.weight"]
+    assert tab.panes.currentWidget() is tab.tensor_view
+    with qtbot.waitSignal(tab.tensor_view.view_ready, timeout=10_000):
+        tab.select_key("h.2.mlp.c_fc.weight")
+        tab.panes.setCurrentWidget(tab.summary)
+    assert shown[-1] == "h.2.mlp.c_fc.weight" and tab.panes.currentWidget() is tab.summary
+
+
 def test_go_to_key_finds_characters_in_order_and_shows_the_key(qtbot, window, tmp_path):
     tab, model = opened(qtbot, window, gpt2_like(tmp_path / "model.safetensors"))
     box = window.go_to_key()

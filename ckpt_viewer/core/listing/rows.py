@@ -135,7 +135,6 @@ class RowIndex:
     lowered_keys: list[str] | None  # the same, lower-cased: made by the first filter (a worker)
     parents: array[int]  # each row's parent index (-1 for the top)
     sizes: array[int]  # each row's subtree size
-    sortable: list[Row] | None = None  # rows with two or more children: what a sort reorders
     positions: dict[str, int] | None = None  # key -> its first row (a selection looks it up)
 
     def position(self, key: str) -> int | None:
@@ -196,7 +195,6 @@ def build_rows(root: Node) -> RowIndex:
         None,
         array("q", [r.parent.index if r.parent else -1 for r in order]),
         array("q", [r.size for r in order]),
-        [r for r in order if len(r.children) > 1],
     )
     index.position("")  # the key lookup, made here in the worker
     return index
