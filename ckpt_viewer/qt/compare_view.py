@@ -803,7 +803,20 @@ class CompareView(QWidget):
             QTimer.singleShot(NEXT_TURN_MS, self, lambda: self._draw_next(steps))
 
     def _draw_steps(self, key, stats_a, stats_b, detail) -> Iterator[None]:
-        """A plot's data, and its first showing, per step."""
+        """A plot's data, and its first showing, per step; the words first: set last, their
+        new width laid the pane out again and repainted all three plots in one turn."""
+        apart = (
+            f"; {detail.nonfinite:,} non-finite differences left out" if detail.nonfinite else ""
+        )
+        sampled = (
+            f"; scatter of {len(detail.a):,} of {detail.elements:,} pairs"
+            if len(detail.a) < detail.elements
+            else ""
+        )
+        self.plot_status.setText(
+            f"{key}: A {self.names[0]} (blue, filled), B {self.names[1]} "
+            f"(orange line){apart}{sampled}"
+        )
         self.curve_a.setData(stats_a.edges, stats_a.counts)
         self.curve_b.setData(stats_b.edges, stats_b.counts)
         self.plot.enableAutoRange()
@@ -819,18 +832,6 @@ class CompareView(QWidget):
         self.scatter.setData(detail.a[finite], detail.b[finite])
         self.scatter_plot.enableAutoRange()
         self.scatter_plot.show()
-        apart = (
-            f"; {detail.nonfinite:,} non-finite differences left out" if detail.nonfinite else ""
-        )
-        sampled = (
-            f"; scatter of {len(detail.a):,} of {detail.elements:,} pairs"
-            if len(detail.a) < detail.elements
-            else ""
-        )
-        self.plot_status.setText(
-            f"{key}: A {self.names[0]} (blue, filled), B {self.names[1]} "
-            f"(orange line){apart}{sampled}"
-        )
         self.overlay_ready.emit(key)
 
     def select_key(self, key: str) -> bool:
