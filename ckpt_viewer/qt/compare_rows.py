@@ -4,9 +4,8 @@ imported here, so the worker never makes a Qt type."""
 
 from __future__ import annotations
 
-import gc
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import TypeVar
 
 from ckpt_viewer.core import CheckpointError
@@ -19,8 +18,7 @@ from ckpt_viewer.core.listing.text import plural
 from ckpt_viewer.qt.plain import shown
 
 T = TypeVar("T")
-STEP_ROWS = 2000  # rows made between two calls of table_rows' `step`
-STEP_SECONDS = 0.02  # frozen_steps passes on one step per this time
+STEP_SECONDS = 0.02  # throttled passes on one step per this time
 
 STATUS_SYMBOL = {
     "identical": "=",
@@ -54,13 +52,10 @@ def counts_text(counts: dict) -> str:
     return text + f"; {counts['only in A']} only in A, {counts['only in B']} only in B."
 
 
-def table_rows(
-    report: DiffReport, labels: dict[str, str], step: Callable[[], object] | None = None
-) -> list[tuple]:
+def table_rows(report: DiffReport, labels: dict[str, str]) -> list[tuple]:
     """The report as CompareModel's rows: (cells as text, sort values, status, its TensorDiff
     or None). No Qt: a worker makes them (50,000 rows held the GUI thread a quarter second).
-    `labels`: {key: the parameter an optimizer state row belongs to}, shown beside it.
-    `step` is called every STEP_ROWS rows."""
+    `labels`: {key: the parameter an optimizer state row belongs to}, shown beside it."""
     rows = []
     ported = bool(report.ported)
 
@@ -72,8 +67,6 @@ def table_rows(
         if ported:
             texts, sort_values = (*texts, rule), (*sort_values, rule)
         rows.append((texts, sort_values, status, match))
-        if step is not None and not len(rows) % STEP_ROWS:
-            step()
 
     for t in report.tensors:
         metrics = (t.max_abs, t.mean_abs, t.rel_l2)
@@ -112,20 +105,15 @@ def state_labels(a: Checkpoint, b: Checkpoint, alignment: Alignment | None) -> d
     return labels
 
 
-def view_rows(
-    report: DiffReport, a: Checkpoint, b: Checkpoint, step: Callable[[], object] | None = None
-) -> list[tuple]:
-    """In a worker, after a diff: the rows of its table (`step`: see table_rows)."""
-    return table_rows(report, state_labels(a, b, report.alignment), step)
+def view_rows(report: DiffReport, a: Checkpoint, b: Checkpoint) -> list[tuple]:
+    """In a worker, after a diff: the rows of its table."""
+    return table_rows(report, state_labels(a, b, report.alignment))
 
 
-def frozen_steps(
+def throttled(
     steps: Generator[float, None, T], every: float = STEP_SECONDS
 ) -> Generator[float, None, T]:
-    """A job's steps, passed on at most once per `every` seconds, what they built frozen at
-    each (see paused_gc): the GUI thread's collector does not wait on a pause held over 5 s,
-    and its young collection then walked all that a 50,000-key diff had built (a million
-    objects: a third of a second holding the GIL, and so the window); and the diff's 5,000
+    """A job's steps, passed on at most once per `every` seconds: a 50,000-key diff's 5,000
     progress steps, each a queued call into the window, arrived in batches of a frame."""
     due = time.monotonic() + every
     while True:
@@ -134,7 +122,6 @@ def frozen_steps(
         except StopIteration as stop:
             return stop.value
         if time.monotonic() >= due:
-            gc.freeze()
             yield progress
             due = time.monotonic() + every
 

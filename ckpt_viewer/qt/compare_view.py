@@ -217,6 +217,10 @@ def detail_job(sides: tuple, match: TensorDiff):
 
 
 FIRST_PAINTS_MS = 50  # the plots' build starts this long after the first showing
+# a piece of a click's plots runs in a turn of its own: a zero-delay call was a posted event,
+# run in the same pass as those the last piece posted (its repaints included), so every piece
+# of a click fell in one stall
+NEXT_TURN_MS = 1
 MAX_BOX_CHARACTERS = 40  # a root or prefix longer than this is elided in its picker
 KEY_SHARE = 0.45  # of a narrow comparison table's width, the least its key column gets
 
@@ -662,7 +666,6 @@ class CompareView(QWidget):
             self.detail.setVisible(True)
             height = max(self.splitter.height(), 300)
             self.splitter.setSizes([height * 11 // 20, height * 9 // 20])
-            QTimer.singleShot(0, self, self._reveal_plot)
         self.pending = None  # a result waiting for the plots is for the old selection
         self.drawing = None  # and so is a drawing under way
         if match is None:
@@ -691,18 +694,30 @@ class CompareView(QWidget):
 
     def showEvent(self, event: QShowEvent) -> None:
         """The plots are built ahead, a piece per event-loop turn, from the first showing: at
-        the first click they cost a stall of their own. The first showing paints the tab, then
-        in a turn of its own the table's cells (each cell asks the model for its roles in
-        Python), then builds the plots: all in one turn was two frames."""
+        the first click they cost a stall of their own. The first showing lays the tab out;
+        a turn later it is painted, in a turn after that the table's cells (each cell asks the
+        model for its roles in Python), and then the plots are built. Turns of their own, on a
+        timer: a zero-delay call is a posted event, run in the same pass as the repaint the
+        turn before posted, and the three were one stall of two frames."""
         super().showEvent(event)
         if self.shown_once:
             self._start_plots()
             return
         self.shown_once = True
         cells = self.table.viewport()
+        self.setUpdatesEnabled(False)
         cells.setUpdatesEnabled(False)
-        QTimer.singleShot(0, cells, lambda: cells.setUpdatesEnabled(True))
-        QTimer.singleShot(FIRST_PAINTS_MS, self, self._start_plots)
+
+        def appearing() -> Iterator[None]:
+            self.setUpdatesEnabled(True)  # the cells stay off: turned off on their own
+            yield
+            cells.setUpdatesEnabled(True)
+            QTimer.singleShot(FIRST_PAINTS_MS, self, self._start_plots)
+
+        # held: a build referenced only by its pending timer call crashed PySide when that
+        # call ended
+        self.appearing = StepBuild(self, appearing)
+        self.appearing.start()
 
     def _start_plots(self) -> None:
         if self.plotting() is not None:
@@ -756,30 +771,24 @@ class CompareView(QWidget):
         self.scatter_plot.addItem(self.scatter)
         yield
         for widget in (histogram, self.diff_plot, self.scatter_plot):
-            # hidden in a place of its own until revealed (_reveal_plot): three plots' first
-            # layout and paint in one turn held the first click over two frames
+            # hidden in a place of its own until its first data (_draw_steps): three plots'
+            # first layout and paint in one turn held the first click over two frames, and
+            # shown empty first, each was laid out and painted again with its data
             policy = widget.sizePolicy()
             policy.setRetainSizeWhenHidden(True)
             widget.setSizePolicy(policy)
             widget.hide()
             self.plot_holder.addWidget(widget, 1)
+        for widget in (histogram, self.diff_plot, self.scatter_plot):
+            # painted once, unseen, a plot a turn: a plot's first paint (its axes' fonts,
+            # texts and pictures) was most of the first click's stall; now idle time pays it
+            widget.grab()
+            yield
         self.plot = histogram
-        if self.detail.isVisible():
-            QTimer.singleShot(0, self, self._reveal_plot)
 
     def _plots_built(self) -> None:
         if self.pending is not None:
             self._draw(*self.pending)
-
-    def _reveal_plot(self) -> None:
-        """Show the next hidden plot; the one after it in a later turn."""
-        if self.plot is None or not self.detail.isVisible():
-            return
-        hidden = [w for w in (self.plot, self.diff_plot, self.scatter_plot) if w.isHidden()]
-        if hidden:
-            hidden[0].show()
-        if len(hidden) > 1:
-            QTimer.singleShot(0, self, self._reveal_plot)
 
     def _draw(self, key, result):
         pg = self.plotting()
@@ -804,21 +813,11 @@ class CompareView(QWidget):
         """One plot's data per event-loop turn (three plots' new ranges, axes and paint in
         one turn were the most of a click), while `steps` is the newest drawing."""
         if steps is self.drawing and next(steps, True) is None:
-            QTimer.singleShot(0, self, lambda: self._draw_next(steps))
+            QTimer.singleShot(NEXT_TURN_MS, self, lambda: self._draw_next(steps))
 
     def _draw_steps(self, key, stats_a, stats_b, detail) -> Iterator[None]:
-        self.curve_a.setData(stats_a.edges, stats_a.counts)
-        self.curve_b.setData(stats_b.edges, stats_b.counts)
-        self.plot.enableAutoRange()
-        yield
-        self.curve_diff.setData(detail.edges, detail.counts)
-        self.diff_plot.enableAutoRange()
-        yield
-        low, high = (stats_a.edges[0], stats_a.edges[-1]) if stats_a.edges else (0.0, 1.0)
-        self.identity.setData([low, high], [low, high])
-        finite = np.isfinite(detail.a) & np.isfinite(detail.b)
-        self.scatter.setData(detail.a[finite], detail.b[finite])
-        self.scatter_plot.enableAutoRange()
+        """A plot's data, and its first showing, per step; the words first: set last, their
+        new width laid the pane out again and repainted all three plots in one turn."""
         apart = (
             f"; {detail.nonfinite:,} non-finite differences left out" if detail.nonfinite else ""
         )
@@ -831,6 +830,21 @@ class CompareView(QWidget):
             f"{key}: A {self.names[0]} (blue, filled), B {self.names[1]} "
             f"(orange line){apart}{sampled}"
         )
+        self.curve_a.setData(stats_a.edges, stats_a.counts)
+        self.curve_b.setData(stats_b.edges, stats_b.counts)
+        self.plot.enableAutoRange()
+        self.plot.show()
+        yield
+        self.curve_diff.setData(detail.edges, detail.counts)
+        self.diff_plot.enableAutoRange()
+        self.diff_plot.show()
+        yield
+        low, high = (stats_a.edges[0], stats_a.edges[-1]) if stats_a.edges else (0.0, 1.0)
+        self.identity.setData([low, high], [low, high])
+        finite = np.isfinite(detail.a) & np.isfinite(detail.b)
+        self.scatter.setData(detail.a[finite], detail.b[finite])
+        self.scatter_plot.enableAutoRange()
+        self.scatter_plot.show()
         self.overlay_ready.emit(key)
 
     def select_key(self, key: str) -> bool:

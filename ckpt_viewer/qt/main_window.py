@@ -197,18 +197,17 @@ class WindowController(workers.PaneController):
             # imports no module the window has not, so no Qt type is made on the worker)
             from ckpt_viewer.core.analysis.diff import diff
             from ckpt_viewer.core.listing.open import open_checkpoint
-            from ckpt_viewer.qt.compare_rows import frozen_steps, view_rows
+            from ckpt_viewer.qt.compare_rows import throttled, view_rows
 
-            # frozen, as a tab's load is (paused_gc), and as it goes (frozen_steps):
-            # collections walking both files' trees held the GIL, and so the window, for up
-            # to half a second
+            # both files' trees and the rows are a bulk: frozen at the end, the collector's
+            # rule (workers.GuiThreadCollector) while it is built: a collection walking them
+            # held the GIL, and so the window, for up to half a second
             with paused_gc(freeze=True):
                 a, b = open_checkpoint(path_a), open_checkpoint(path_b)
-                gc.freeze()
-                report = yield from frozen_steps(diff(a, b, auto_align=True))
+                report = yield from throttled(diff(a, b, auto_align=True))
                 for side in report.compared or (a, b):
                     side.key_index()  # a row's click looks its keys up: not a walk then
-                rows = view_rows(report, a, b, gc.freeze)
+                rows = view_rows(report, a, b)
                 return report, a, b, rows, report.status_counts()
 
         slot = f"compare:{path_a}:{path_b}"

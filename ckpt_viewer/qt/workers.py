@@ -225,20 +225,31 @@ def await_workers(timeout_ms: int = 5000) -> bool:
 
 
 class GuiThreadCollector(QObject):
-    """The cycle collector runs on the GUI thread only. Left automatic, it runs on whichever
-    thread allocates when a threshold is crossed, a worker included, and a Qt object freed
-    among that garbage is destroyed on the wrong thread ("QBasicTimer::stop: Failed.
-    Possibly trying to stop from a different thread", then a crash). So automatic
-    collection is off while the window lives, and a timer collects the generations whose
-    thresholds were crossed, as the automatic collector would have."""
+    """The window's one rule for garbage: automatic collection is off, and this collector,
+    on the GUI thread every INTERVAL_MS, either freezes what a collection would walk, when
+    that is a bulk (over BULK objects: what a load, an import or a comparison built, long
+    lived by nature), or collects as CPython would (the generations whose thresholds were
+    crossed; a full collection only once the objects moved to the old generation since the
+    last exceed a quarter of those it held). So no young or middle collection walks more than
+    BULK objects (a full one, rare by that quarter, walks the old generation too); frozen
+    objects are still freed by reference counting, and a tab's closing
+    unfreezes them (checkpoint_tab, main_window), so their cycles are collected then. Code
+    that knows it made a bulk applies the same rule where it made it instead of at the next
+    turn: a load or a comparison at its end (paused_gc(freeze=True), whose pause also keeps
+    the collector off what it is still building, for LONGEST_PAUSE_S at most), PySide's
+    types and pyqtgraph's import as they are made (plotting).
+
+    Why on the GUI thread: left automatic, the collector runs on whichever thread allocates
+    when a threshold is crossed, a worker included, and a Qt object freed among that garbage
+    is destroyed on the wrong thread ("QBasicTimer::stop: Failed. Possibly trying to stop
+    from a different thread", then a crash)."""
 
     INTERVAL_MS = 500
     LONGEST_PAUSE_S = 5.0  # a pause held longer (a slow URL, a stuck worker) is not obeyed
-    # young objects in one interval that are a bulk of long-lived ones (an import of torch, a
-    # comparison's trees while its pause is held past the limit): frozen, as paused_gc
-    # freezes a load's at its end, not walked (torch's 240,000: 100 ms on the GUI thread, a
-    # comparison's 1.4 million: 270 ms); a tab's closing unfreezes them (release)
-    BULK = 100_000
+    # a bulk: frozen, not walked (torch's import, a comparison's trees and rows); a diff's
+    # young objects, 50,000 to 90,000 between two turns of a diff that outlived its pause,
+    # walked at once held the window over a frame: at most this many are walked
+    BULK = 20_000
 
     def __init__(self, parent: QObject) -> None:
         super().__init__(parent)
@@ -254,16 +265,13 @@ class GuiThreadCollector(QObject):
 
     def collect(self) -> None:
         counts, thresholds = gc.get_count(), gc.get_threshold()
-        if paused():  # a load builds its tree: the pause is what it asked for
+        if paused():  # a job builds its bulk: it freezes it at its end
             now = time.monotonic()
             self.paused_since = self.paused_since or now
             if now - self.paused_since < self.LONGEST_PAUSE_S:
                 return
         else:
             self.paused_since = None
-        if counts[0] > self.BULK:
-            gc.freeze()
-            return
         generation = next(
             (
                 level
@@ -273,8 +281,15 @@ class GuiThreadCollector(QObject):
             ),
             -1,
         )
+        # what the collection would walk: the young, and for the middle generation its own
+        young = counts[0]
+        if generation == 1:
+            young = len(gc.get_objects(0)) + len(gc.get_objects(1))
+        if young > self.BULK:
+            gc.freeze()
+            return
         if generation == 1:  # its survivors move to the old generation
-            self.pending += len(gc.get_objects(0)) + len(gc.get_objects(1))
+            self.pending += young
         if generation >= 0:
             gc.collect(generation)
         if generation == 2:

@@ -7,7 +7,13 @@ from PySide6.QtCore import QObject
 
 
 def test_cyclic_garbage_is_collected_on_the_gui_thread_only(qtbot, window):
+    from ckpt_viewer.qt.plotting import _plotting, preload_plotting
+
     assert not gc.isenabled()  # the window's collector runs on the GUI thread's timer
+    # the window imports pyqtgraph when idle, freezing what that makes (a bulk) as it goes:
+    # the cycle below with it, when it was made first (a frozen cycle waits for a tab's close)
+    preload_plotting()
+    qtbot.waitUntil(_plotting["settled"].is_set, timeout=60_000)
     destroyed_on = []
 
     def garbage():
@@ -93,5 +99,30 @@ def test_a_bulk_of_young_objects_is_frozen_not_walked(qtbot):
         assert collections_by(collector) == []
         assert gc.get_freeze_count() >= frozen + len(kept)
     finally:
+        gc.unfreeze()
+        owner.deleteLater()
+
+
+def test_a_middle_generation_holding_a_bulk_is_frozen_not_walked(qtbot):
+    """The collector's one rule holds for the middle generation too: young collections that
+    each walked few objects may together have moved a bulk there (a comparison's rows, built
+    between two turns); a collection of it would walk them all, so they are frozen."""
+    from ckpt_viewer.qt.workers import GuiThreadCollector
+
+    owner = QObject()
+    collector = GuiThreadCollector(owner)
+    collector.timer.stop()
+    thresholds = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    try:
+        gc.set_threshold(thresholds[0], 1, thresholds[2])
+        kept = [[] for _ in range(GuiThreadCollector.BULK + 1000)]
+        gc.collect(0)  # the survivors move to the middle generation
+        gc.collect(0)  # which is now past its threshold (1)
+        kept += [[] for _ in range(thresholds[0] + 1)]
+        assert collections_by(collector) == []
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
         owner.deleteLater()

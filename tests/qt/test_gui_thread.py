@@ -119,6 +119,8 @@ def test_compare_plots_built_ahead_and_a_click_looks_keys_up_in_the_worker(
     proxy = view.table.model()
     row = next(r for r in range(proxy.rowCount()) if proxy.index(r, 0).data() == "w1")
     plot = view.plot
+    # built (and painted once, unseen) ahead; shown with their first data, not empty first
+    assert all(w.isHidden() for w in (view.plot, view.diff_plot, view.scatter_plot))
     with qtbot.waitSignal(view.overlay_ready, timeout=30_000) as drawn:
         view.table.setCurrentIndex(proxy.index(row, 0))
     assert drawn.args == ["w1"]
