@@ -70,6 +70,7 @@ Span = tuple[StorageReader, int, int]  # (reader, first byte, byte count): copie
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20  # bytes per read/write step: bounded memory whatever the size
+WRITEBACK_WINDOW = 64 << 20  # bytes of the file the disk is set to write at a time
 ALIGNMENT = 64  # torch aligns storage records to 64 bytes (mmap friendly)
 
 
@@ -471,10 +472,36 @@ def _dcp_spans(tensor: TensorInfo, target: str) -> list[Span] | None:
     return spans if rows == (tensor.shape[0] if rank else 1) else None
 
 
+class Writeback:
+    """Starts the disk writing a file that is written front to back (Linux's
+    sync_file_range, on a thread of its own so a busy disk holds up neither the copy nor the
+    checksums): in whole WRITEBACK_WINDOW windows of the file, in order, each once the bytes
+    before its end are written. Windows of the file rather than of each record: a small
+    record is then no write of its own, and no page is written twice where records meet.
+    Used as a context manager, which waits for the starts before the file is closed."""
+
+    def __init__(self, fd: int):
+        self.fd, self.started = fd, 0
+        self.pool = ThreadPoolExecutor(1)
+
+    def written(self, end: int) -> None:
+        """The file's bytes before `end` are written."""
+        while end - self.started >= WRITEBACK_WINDOW:
+            self.pool.submit(start_writeback, self.fd, self.started, WRITEBACK_WINDOW)
+            self.started += WRITEBACK_WINDOW
+
+    def __enter__(self) -> Writeback:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
+
+
 def _copy_spans(
     spans: list[Span],
     out: IO[bytes],
     cancelled: Callable[[], bool],
+    writeback: Writeback,
     crc: bool = False,
     pool: ThreadPoolExecutor | None = None,
     copied: list[tuple[int, int, int]] | None = None,
@@ -484,7 +511,7 @@ def _copy_spans(
     out.flush()
     start, value = out.tell(), 0
     for span in spans:
-        value = _copy_span(span, out, cancelled, crc, value, pool)
+        value = _copy_span(span, out, cancelled, writeback, crc, value, pool)
     if copied is not None:
         copied.append((start, out.tell() - start, value))
     return value
@@ -494,16 +521,17 @@ def _copy_span(
     span: Span,
     out: IO[bytes],
     cancelled: Callable[[], bool],
+    writeback: Writeback,
     crc: bool = False,
     value: int = 0,
     pool: ThreadPoolExecutor | None = None,
 ) -> int:
     """Copies the span's bytes to the buffered file `out` (open for reading too) at its
     position, by os.copy_file_range (no trip through user space) where the kernel can, else
-    from mapped pages; returns the CRC-32 of the bytes when asked, computed on the written
-    pages of `out` as the copy has just put them into the page cache (the bytes the record
-    holds, not those of the source), on the `pool`'s threads while the next step is copied
-    when one is given, where each step's writeback to disk is started too."""
+    from mapped pages, telling `writeback` as each step is written; returns the CRC-32 of the
+    bytes when asked, computed on the written pages of `out` as the copy has just put them
+    into the page cache (the bytes the record holds, not those of the source), on the
+    `pool`'s threads while the next step is copied when one is given."""
     reader, first, nbytes = span
     assert reader.path is not None  # a span is of a file (_raw_span)
     source_start = reader.offset + first
@@ -512,7 +540,6 @@ def _copy_span(
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
     pending: deque[list[CrcPiece]] = deque()  # the CRC pieces of the steps copied, in order
-    flushing: list[Future[None]] = []
     with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
         if source.size < source_start + nbytes:
             raise reader._ended()
@@ -534,10 +561,7 @@ def _copy_span(
                     written = os.pwrite(out.fileno(), view, at)
                     view, at = view[written:], at + written
                 del view
-            if pool is None:
-                start_writeback(out.fileno(), position + done, step)
-            else:
-                flushing.append(pool.submit(start_writeback, out.fileno(), position + done, step))
+            writeback.written(position + done + step)
             if crc:
                 pending.append(_written_crc_pieces(pool, out.fileno(), position + done, step))
                 if len(pending) > 1:  # the CRC-32 at most a step behind the copy
@@ -547,8 +571,6 @@ def _copy_span(
                 raise Cancelled()
         while pending:
             value = crc_joined(value, pending.popleft())
-        for future in flushing:
-            future.result()
     out.seek(position + nbytes)
     return value
 
@@ -681,34 +703,36 @@ def write_torch_archive(
     stamp = (1980, 1, 1, 0, 0, 0)
     with (
         zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
-        # one thread more than the CRC-32 pieces: a writeback start waiting on a busy disk
-        # does not hold up the checksums the copy waits for
-        ThreadPoolExecutor(CRC_WORKERS + 1) as pool,
+        ThreadPoolExecutor(CRC_WORKERS) as pool,
         ThreadPoolExecutor(1) as planner,
     ):
+        assert zf.fp is not None  # the archive is open for writing
+        fp = zf.fp
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
-        # where each record's bytes lie (a DCP chunk's own small archive parsed, a record's
-        # local header read) is found ahead on the planner while the kernel copies
-        for record, spans in zip(records, _ahead(planner, _record_spans, records)):
-            nbytes = record.count * DTYPE_SIZES[record.dtype]
-            zip64 = nbytes > 0x7FFFFFFF
-            info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
-            with zf.open(info, "w", force_zip64=zip64) as out:
-                if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
-                    # zipfile's record writer puts these two into the header when it closes
-                    assert zf.fp is not None  # the archive is open for writing
-                    written: list[tuple[int, int, int]] = []
-                    out._crc = _copy_spans(spans, zf.fp, cancelled, True, pool, written)
-                    out._file_size = nbytes
-                    if copied is not None:
-                        copied[info.filename] = written[0]
-                else:
-                    for piece in _record_bytes(record, device):
-                        out.write(piece.data)
-                        if cancelled():
-                            raise Cancelled()
-            yield nbytes
+        with Writeback(fp.fileno()) as writeback:
+            # where each record's bytes lie (a DCP chunk's own small archive parsed, a
+            # record's local header read) is found ahead on the planner while the kernel copies
+            for record, spans in zip(records, _ahead(planner, _record_spans, records)):
+                nbytes = record.count * DTYPE_SIZES[record.dtype]
+                zip64 = nbytes > 0x7FFFFFFF
+                info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
+                with zf.open(info, "w", force_zip64=zip64) as out:
+                    if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
+                        # zipfile's record writer puts these two into the header when it closes
+                        written: list[tuple[int, int, int]] = []
+                        out._crc = _copy_spans(spans, fp, cancelled, writeback, True, pool, written)
+                        out._file_size = nbytes
+                        if copied is not None:
+                            copied[info.filename] = written[0]
+                    else:
+                        for piece in _record_bytes(record, device):
+                            out.write(piece.data)
+                            fp.flush()
+                            writeback.written(fp.tell())
+                            if cancelled():
+                                raise Cancelled()
+                yield nbytes
         zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
 
 
@@ -788,15 +812,17 @@ def _write_safetensors(
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * ((-len(text)) % 8)  # the data section starts 8-byte aligned
-    with open(path, "r+b") as f:
+    with open(path, "r+b") as f, Writeback(f.fileno()) as writeback:
         f.write(struct.pack("<Q", len(text)) + text)
         for item in items:
             spans = _item_spans(item)
             if spans is not None:
-                _copy_spans(spans, f, cancelled)
+                _copy_spans(spans, f, cancelled, writeback)
             else:
                 for piece in _dense_bytes(item.tensor, item.dtype, device):
                     f.write(piece.data)
+                    f.flush()
+                    writeback.written(f.tell())
                     if cancelled():
                         raise Cancelled()
             yield item.tensor.numel * DTYPE_SIZES[item.dtype]
