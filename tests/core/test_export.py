@@ -3,6 +3,7 @@
 import errno
 import os
 import stat
+import struct
 import subprocess
 import sys
 import zipfile
@@ -571,15 +572,21 @@ def test_large_records_are_checksummed_in_pieces_and_checked(tmp_path, monkeypat
     do_export(src, out)
     with zipfile.ZipFile(out) as zf:
         assert zf.testzip() is None
+        raw = out.read_bytes()
+        for info in zf.infolist():  # each local header holds the CRC-32 too, written later
+            assert raw[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
+            (local,) = struct.unpack_from("<I", raw, info.header_offset + 14)
+            assert local == info.CRC, info.filename
     got = torch.load(out, weights_only=True)
     assert all(torch.equal(got[k], v) for k, v in state.items())
 
-    real = export_module._copy_spans
+    real = export_module._Copied.settle
 
-    def wrong(*args, **kwargs):  # a header checksum of other bytes than those written
-        return real(*args, **kwargs) ^ 1
+    def wrong(self, *args):  # a header checksum of other bytes than those written
+        real(self, *args)
+        self.info.CRC ^= 1
 
-    monkeypatch.setattr(export_module, "_copy_spans", wrong)
+    monkeypatch.setattr(export_module._Copied, "settle", wrong)
     with pytest.raises(CheckpointError, match="does not hold the bytes"):
         do_export(src, tmp_path / "bad.pth")
     assert not (tmp_path / "bad.pth").exists()

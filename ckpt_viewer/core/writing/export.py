@@ -10,6 +10,7 @@ the destination folder, fsynced while it is reopened and checked, then renamed i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import mmap
@@ -497,24 +498,62 @@ class Writeback:
         self.pool.shutdown(wait=True, cancel_futures=kind is not None)
 
 
+class Sources:
+    """The files a write copies from, each opened once for the whole write (not once per
+    record: a DCP folder's thousand chunks lie in a few files) and closed at its end."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.files: dict[str, remote.SizedFile] = {}
+
+    def get(self, path: str) -> remote.SizedFile:
+        if path not in self.files:
+            self.files[path] = remote.open_source(path)
+            self.stack.callback(self.files[path].close)
+        return self.files[path]
+
+    def __enter__(self) -> Sources:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+
+@dataclass
+class RunningCrc:
+    """The CRC-32 of the bytes copied so far: the last step's pieces may still be computing
+    on the pool while the next step is copied."""
+
+    value: int = 0
+    pending: deque[list[CrcPiece]] = field(default_factory=deque)
+
+    def add(self, pieces: list[CrcPiece]) -> None:
+        self.pending.append(pieces)
+        while len(self.pending) > 1:  # at most a step behind the copy
+            self.value = crc_joined(self.value, self.pending.popleft())
+
+    def result(self) -> int:
+        while self.pending:
+            self.value = crc_joined(self.value, self.pending.popleft())
+        return self.value
+
+
 def _copy_spans(
     spans: list[Span],
     out: IO[bytes],
     cancelled: Callable[[], bool],
     writeback: Writeback,
-    crc: bool = False,
+    sources: Sources,
+    crc: RunningCrc | None = None,
     pool: ThreadPoolExecutor | None = None,
-    copied: list[tuple[int, int, int]] | None = None,
 ) -> int:
-    """Copies the spans one after the other at out's position; returns the CRC-32 of the
-    bytes written when asked, and adds (where they begin, byte count, CRC-32) to `copied`."""
+    """Copies the spans one after the other at out's position, adding the CRC-32 of the
+    bytes written to `crc` when given; returns where they begin."""
     out.flush()
-    start, value = out.tell(), 0
+    start = out.tell()
     for span in spans:
-        value = _copy_span(span, out, cancelled, writeback, crc, value, pool)
-    if copied is not None:
-        copied.append((start, out.tell() - start, value))
-    return value
+        _copy_span(span, out, cancelled, writeback, sources, crc, pool)
+    return start
 
 
 def _copy_span(
@@ -522,14 +561,14 @@ def _copy_span(
     out: IO[bytes],
     cancelled: Callable[[], bool],
     writeback: Writeback,
-    crc: bool = False,
-    value: int = 0,
+    sources: Sources,
+    crc: RunningCrc | None = None,
     pool: ThreadPoolExecutor | None = None,
-) -> int:
+) -> None:
     """Copies the span's bytes to the buffered file `out` (open for reading too) at its
     position, by os.copy_file_range (no trip through user space) where the kernel can, else
-    from mapped pages, telling `writeback` as each step is written; returns the CRC-32 of the
-    bytes when asked, computed on the written pages of `out` as the copy has just put them
+    from mapped pages, telling `writeback` as each step is written; adds to `crc` the
+    CRC-32 of each step computed on the written pages of `out` as the copy has just put them
     into the page cache (the bytes the record holds, not those of the source), on the
     `pool`'s threads while the next step is copied when one is given."""
     reader, first, nbytes = span
@@ -539,40 +578,34 @@ def _copy_span(
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
-    pending: deque[list[CrcPiece]] = deque()  # the CRC pieces of the steps copied, in order
-    with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
-        if source.size < source_start + nbytes:
-            raise reader._ended()
-        while done < nbytes:
-            step = min(COPY_CHUNK * 4, nbytes - done)
-            if kernel:
-                try:
-                    copied = _kernel_copy(
-                        source.fileno(), out.fileno(), source_start + done, position + done, step
-                    )
-                except OSError:  # another file system, an old kernel: plain writes
-                    kernel = False
-                    copied = 0
-                if kernel and copied != step:
-                    raise reader._ended()
-            if not kernel:
-                view, at = reader.mapped(first + done, step, unit).data, position + done
-                while len(view):
-                    written = os.pwrite(out.fileno(), view, at)
-                    view, at = view[written:], at + written
-                del view
-            writeback.written(position + done + step)
-            if crc:
-                pending.append(_written_crc_pieces(pool, out.fileno(), position + done, step))
-                if len(pending) > 1:  # the CRC-32 at most a step behind the copy
-                    value = crc_joined(value, pending.popleft())
-            done += step
-            if cancelled():
-                raise Cancelled()
-        while pending:
-            value = crc_joined(value, pending.popleft())
+    source = sources.get(reader.path)  # a local, regular file (_raw_span)
+    if source.size < source_start + nbytes:
+        raise reader._ended()
+    while done < nbytes:
+        step = min(COPY_CHUNK * 4, nbytes - done)
+        if kernel:
+            try:
+                copied = _kernel_copy(
+                    source.fileno(), out.fileno(), source_start + done, position + done, step
+                )
+            except OSError:  # another file system, an old kernel: plain writes
+                kernel = False
+                copied = 0
+            if kernel and copied != step:
+                raise reader._ended()
+        if not kernel:
+            view, at = reader.mapped(first + done, step, unit).data, position + done
+            while len(view):
+                written = os.pwrite(out.fileno(), view, at)
+                view, at = view[written:], at + written
+            del view
+        writeback.written(position + done + step)
+        if crc is not None:
+            crc.add(_written_crc_pieces(pool, out.fileno(), position + done, step))
+        done += step
+        if cancelled():
+            raise Cancelled()
     out.seek(position + nbytes)
-    return value
 
 
 def _written_crc_pieces(
@@ -581,8 +614,10 @@ def _written_crc_pieces(
     """The CRC-32 of count bytes of the file from `at` as they lie in the page cache, cut in
     CRC_WORKERS pieces computed on the pool (each mapped and unmapped there too, so the
     copying thread spends nothing on a large step's pages)."""
-    if pool is None or count < CRC_SPLIT:
+    if pool is None:
         return [(None, _written_crc(fd, at, count), count)]
+    if count < CRC_SPLIT:  # a small record's too: the copy goes on meanwhile
+        return [(pool.submit(_written_crc, fd, at, count), 0, count)]
     step = -(-count // CRC_WORKERS)
     return [
         (pool.submit(_written_crc, fd, at + k, min(step, count - k)), 0, min(step, count - k))
@@ -592,12 +627,9 @@ def _written_crc_pieces(
 
 def _written_crc(fd: int, at: int, count: int) -> int:
     aligned = at - at % mmap.ALLOCATIONGRANULARITY
-    length = at + count - aligned
-    if os.name == "posix":  # its pages mapped at once, not one fault at a time
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        pages = mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=aligned)
-    else:
-        pages = mmap.mmap(fd, length, offset=aligned, access=mmap.ACCESS_READ)
+    # not MAP_POPULATE: CPython holds the GIL through mmap(), which would stall the copying
+    # thread while the pages are mapped; faulted in by the CRC-32, they are not
+    pages = mmap.mmap(fd, at + count - aligned, offset=aligned, access=mmap.ACCESS_READ)
     with pages, memoryview(pages) as view:
         return crc32(view[at - aligned :])
 
@@ -686,6 +718,26 @@ def _ahead(
         yield running.popleft().result()
 
 
+@dataclass
+class _Copied:
+    """A record copied file to file, its CRC-32 perhaps still being computed."""
+
+    info: zipfile.ZipInfo
+    start: int  # where its bytes begin
+    nbytes: int
+    crc: RunningCrc
+
+    def settle(self, fp: IO[bytes], copied: dict[str, tuple[int, int, int]] | None) -> None:
+        """Its CRC-32 into its local header (zipfile wrote 0 there) and into the central
+        directory's entry, written from `info` when the archive closes; noted in `copied`."""
+        value = self.crc.result()
+        self.info.CRC = value
+        fp.flush()  # zipfile's own header write is in the file before this one
+        os.pwrite(fp.fileno(), struct.pack("<I", value), self.info.header_offset + 14)
+        if copied is not None:
+            copied[self.info.filename] = (self.start, self.nbytes, value)
+
+
 def write_torch_archive(
     path: str,
     data_pkl: bytes,
@@ -710,21 +762,24 @@ def write_torch_archive(
         fp = zf.fp
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
-        with Writeback(fp.fileno()) as writeback:
+        # a copied record whose CRC-32 is still being computed: it goes into the record's
+        # header once the next record is copied, so the copy never waits for a checksum
+        behind: _Copied | None = None
+        with Writeback(fp.fileno()) as writeback, Sources() as sources:
             # where each record's bytes lie (a DCP chunk's own small archive parsed, a
             # record's local header read) is found ahead on the planner while the kernel copies
             for record, spans in zip(records, _ahead(planner, _record_spans, records)):
                 nbytes = record.count * DTYPE_SIZES[record.dtype]
                 zip64 = nbytes > 0x7FFFFFFF
                 info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
+                now: _Copied | None = None
                 with zf.open(info, "w", force_zip64=zip64) as out:
                     if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
-                        # zipfile's record writer puts these two into the header when it closes
-                        written: list[tuple[int, int, int]] = []
-                        out._crc = _copy_spans(spans, fp, cancelled, writeback, True, pool, written)
-                        out._file_size = nbytes
-                        if copied is not None:
-                            copied[info.filename] = written[0]
+                        # zipfile's record writer puts the size into the header when it closes
+                        crc = RunningCrc()
+                        start = _copy_spans(spans, fp, cancelled, writeback, sources, crc, pool)
+                        out._crc, out._file_size = 0, nbytes
+                        now = _Copied(info, start, nbytes, crc)
                     else:
                         for piece in _record_bytes(record, device):
                             out.write(piece.data)
@@ -732,7 +787,12 @@ def write_torch_archive(
                             writeback.written(fp.tell())
                             if cancelled():
                                 raise Cancelled()
+                if behind is not None:
+                    behind.settle(fp, copied)
+                behind = now
                 yield nbytes
+            if behind is not None:
+                behind.settle(fp, copied)
         zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
 
 
@@ -812,12 +872,12 @@ def _write_safetensors(
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * ((-len(text)) % 8)  # the data section starts 8-byte aligned
-    with open(path, "r+b") as f, Writeback(f.fileno()) as writeback:
+    with open(path, "r+b") as f, Writeback(f.fileno()) as writeback, Sources() as sources:
         f.write(struct.pack("<Q", len(text)) + text)
         for item in items:
             spans = _item_spans(item)
             if spans is not None:
-                _copy_spans(spans, f, cancelled, writeback)
+                _copy_spans(spans, f, cancelled, writeback, sources)
             else:
                 for piece in _dense_bytes(item.tensor, item.dtype, device):
                     f.write(piece.data)
