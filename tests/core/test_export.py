@@ -556,17 +556,20 @@ def test_the_crc32_we_use_is_zlibs_value():
         assert crc32(piece, running) == zlib.crc32(piece, running)
 
 
-def test_large_records_are_checksummed_in_pieces_and_checked(tmp_path, monkeypatch):
+@pytest.mark.parametrize("lag", [0, 1 << 30])
+def test_large_records_are_checksummed_in_pieces_and_checked(tmp_path, monkeypatch, lag):
     """Records larger than CRC_SPLIT get their CRC-32 from pieces on several threads, on
-    writing and on the check after it: zipfile (the oracle) and torch agree, and a record
-    whose header checksum is not that of its bytes is caught."""
+    writing and on the check after it, into their headers once computed (`lag` 0: the copy
+    waits for each): zipfile (the oracle) and torch agree, and a record whose header
+    checksum is not that of its bytes is caught."""
     from ckpt_viewer.core.listing import crc as crc_module
     from ckpt_viewer.core.writing import export as export_module
 
     monkeypatch.setattr(crc_module, "CRC_SPLIT", 1 << 16)
     monkeypatch.setattr(export_module, "COPY_CHUNK", 1 << 16)  # several copy steps too
+    monkeypatch.setattr(export_module, "CRC_LAG", lag)
     torch.manual_seed(0)
-    state = {"big": torch.randn(300_000), "small": torch.randn(10)}
+    state = {"big": torch.randn(300_000), "small": torch.randn(10), "c": torch.arange(9)}
     src = builders.save(state, tmp_path / "s.pt")
     out = tmp_path / "o.pth"
     do_export(src, out)

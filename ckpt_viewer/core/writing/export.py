@@ -72,6 +72,7 @@ Span = tuple[StorageReader, int, int]  # (reader, first byte, byte count): copie
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20  # bytes per read/write step: bounded memory whatever the size
 WRITEBACK_WINDOW = 64 << 20  # bytes of the file the disk is set to write at a time
+CRC_LAG = 256 << 20  # bytes copied whose CRC-32 may still be computing
 ALIGNMENT = 64  # torch aligns storage records to 64 bytes (mmap friendly)
 
 
@@ -532,6 +533,10 @@ class RunningCrc:
         while len(self.pending) > 1:  # at most a step behind the copy
             self.value = crc_joined(self.value, self.pending.popleft())
 
+    def ready(self) -> bool:
+        """Every piece computed: result() would not wait."""
+        return all(f is None or f.done() for pieces in self.pending for f, _, _ in pieces)
+
     def result(self) -> int:
         while self.pending:
             self.value = crc_joined(self.value, self.pending.popleft())
@@ -762,9 +767,10 @@ def write_torch_archive(
         fp = zf.fp
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
-        # a copied record whose CRC-32 is still being computed: it goes into the record's
-        # header once the next record is copied, so the copy never waits for a checksum
-        behind: _Copied | None = None
+        # copied records whose CRC-32 is still being computed: each goes into its record's
+        # header once computed, so the copy waits for a checksum only when CRC_LAG behind
+        behind: deque[_Copied] = deque()
+        lag = 0  # their bytes
         with Writeback(fp.fileno()) as writeback, Sources() as sources:
             # where each record's bytes lie (a DCP chunk's own small archive parsed, a
             # record's local header read) is found ahead on the planner while the kernel copies
@@ -787,12 +793,15 @@ def write_torch_archive(
                             writeback.written(fp.tell())
                             if cancelled():
                                 raise Cancelled()
-                if behind is not None:
-                    behind.settle(fp, copied)
-                behind = now
+                if now is not None:
+                    behind.append(now)
+                    lag += now.nbytes
+                while behind and (behind[0].crc.ready() or lag > CRC_LAG):
+                    lag -= behind[0].nbytes
+                    behind.popleft().settle(fp, copied)
                 yield nbytes
-            if behind is not None:
-                behind.settle(fp, copied)
+            while behind:
+                behind.popleft().settle(fp, copied)
         zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
 
 
