@@ -248,3 +248,38 @@ def test_permuted_copies_cost_one_comparison_per_tensor_not_per_pair(tmp_path, m
     _, found = findings_of(builders.save(sd, tmp_path / "p.pt"))
     assert {f for f in found if f[1] == "duplicate"} == {("copy.weight", "duplicate")}
     assert len(hashed) == len(sd) and len(compared) <= 1  # was 41 * 40 / 2 comparisons
+
+
+def _mapped_rss_kb(address: int) -> int:
+    """Resident kB of the mapping holding this address (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                low, high = (int(x, 16) for x in head.split("-"))
+                inside = low <= address < high
+            elif inside and head == "Rss:":
+                return int(line.split()[1])
+    raise AssertionError("no mapping holds the address")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_a_segment_is_mapped_once_and_its_scanned_pages_let_go(tmp_path):
+    """A segment is one mapping; the pages of the chunks scanned leave the process (its memory
+    stays a chunk per worker) while the values stay readable from the page cache."""
+    import numpy as np
+
+    from ckpt_viewer.core.values.storage import StorageReader
+
+    values = torch.arange(1 << 20, dtype=torch.float32)
+    path = builders.save({"t": values}, tmp_path / "t.pt")
+    _, tensor, _ = open_checkpoint(path).tensors()[0]
+    segment = StorageReader(tensor.storage).mapped(0, tensor.numel, np.dtype("<f4"))
+    assert segment.sum() == values.sum().item()  # every page faulted in
+    resident = _mapped_rss_kb(segment.ctypes.data)
+    assert resident >= 4 * 1024 - 8
+    check_module._letting_go(segment)(segment.size // 2)
+    assert _mapped_rss_kb(segment.ctypes.data) <= resident // 2 + 8
+    assert np.array_equal(segment, values.numpy())  # read again from the page cache
+    check_module._letting_go(values.numpy())(values.numel())  # not mapped: nothing to do

@@ -3,6 +3,7 @@
 import errno
 import os
 import stat
+import struct
 import subprocess
 import sys
 import zipfile
@@ -457,12 +458,17 @@ def test_unchanged_bytes_are_copied_file_to_file(tmp_path, monkeypatch, kernel, 
         "start_writeback",
         lambda fd, at, count: flushed.append((at, count)) or real_writeback(fd, at, count),
     )
+    window = 4096
+    monkeypatch.setattr(export_module, "WRITEBACK_WINDOW", window)
     out = tmp_path / f"o.{fmt}"
     do_export(src, out, format=fmt)
     if kernel == "copy_file_range" and real is not None:
         assert calls  # the kernel did the copying
-    # the disk is set to write each copied piece as soon as it is copied, not at the fsync
-    assert sum(count for _, count in flushed) == 300 * 200 * 4 + 1000 * 2 + 70000 * 8
+    # the disk is set to write the file window by window, in order, as soon as each is
+    # written (copied records and the others alike), not all of it at the fsync
+    assert flushed == [(at, window) for at in range(0, len(flushed) * window, window)]
+    data_end = out.stat().st_size - (1000 if fmt == "pth" else 0)  # the zip directory
+    assert len(flushed) == data_end // window
     if fmt == "pth":
         got = torch.load(out, weights_only=True)
         with zipfile.ZipFile(out) as zf:
@@ -504,6 +510,7 @@ def test_a_copied_export_leaves_its_source_byte_identical(tmp_path, monkeypatch)
     started = []
     real = export_module.start_writeback
     monkeypatch.setattr(export_module, "start_writeback", lambda *a: started.append(a) or real(*a))
+    monkeypatch.setattr(export_module, "WRITEBACK_WINDOW", 256)  # the file is a few KB
     src = Path(builders.training_checkpoint(tmp_path / "c.pt"))
     digest, modified = hashlib.sha256(src.read_bytes()).hexdigest(), src.stat().st_mtime_ns
     summary = do_export(src, tmp_path / "m.pth", root="model_state_dict")
@@ -549,31 +556,40 @@ def test_the_crc32_we_use_is_zlibs_value():
         assert crc32(piece, running) == zlib.crc32(piece, running)
 
 
-def test_large_records_are_checksummed_in_pieces_and_checked(tmp_path, monkeypatch):
+@pytest.mark.parametrize("lag", [0, 1 << 30])
+def test_large_records_are_checksummed_in_pieces_and_checked(tmp_path, monkeypatch, lag):
     """Records larger than CRC_SPLIT get their CRC-32 from pieces on several threads, on
-    writing and on the check after it: zipfile (the oracle) and torch agree, and a record
-    whose header checksum is not that of its bytes is caught."""
+    writing and on the check after it, into their headers once computed (`lag` 0: the copy
+    waits for each): zipfile (the oracle) and torch agree, and a record whose header
+    checksum is not that of its bytes is caught."""
     from ckpt_viewer.core.listing import crc as crc_module
     from ckpt_viewer.core.writing import export as export_module
 
     monkeypatch.setattr(crc_module, "CRC_SPLIT", 1 << 16)
     monkeypatch.setattr(export_module, "COPY_CHUNK", 1 << 16)  # several copy steps too
+    monkeypatch.setattr(export_module, "CRC_LAG", lag)
     torch.manual_seed(0)
-    state = {"big": torch.randn(300_000), "small": torch.randn(10)}
+    state = {"big": torch.randn(300_000), "small": torch.randn(10), "c": torch.arange(9)}
     src = builders.save(state, tmp_path / "s.pt")
     out = tmp_path / "o.pth"
     do_export(src, out)
     with zipfile.ZipFile(out) as zf:
         assert zf.testzip() is None
+        raw = out.read_bytes()
+        for info in zf.infolist():  # each local header holds the CRC-32 too, written later
+            assert raw[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
+            (local,) = struct.unpack_from("<I", raw, info.header_offset + 14)
+            assert local == info.CRC, info.filename
     got = torch.load(out, weights_only=True)
     assert all(torch.equal(got[k], v) for k, v in state.items())
 
-    real = export_module._copy_spans
+    real = export_module._Copied.settle
 
-    def wrong(*args, **kwargs):  # a header checksum of other bytes than those written
-        return real(*args, **kwargs) ^ 1
+    def wrong(self, *args):  # a header checksum of other bytes than those written
+        real(self, *args)
+        self.info.CRC ^= 1
 
-    monkeypatch.setattr(export_module, "_copy_spans", wrong)
+    monkeypatch.setattr(export_module._Copied, "settle", wrong)
     with pytest.raises(CheckpointError, match="does not hold the bytes"):
         do_export(src, tmp_path / "bad.pth")
     assert not (tmp_path / "bad.pth").exists()

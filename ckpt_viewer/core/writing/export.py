@@ -10,6 +10,7 @@ the destination folder, fsynced while it is reopened and checked, then renamed i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import mmap
@@ -70,6 +71,8 @@ Span = tuple[StorageReader, int, int]  # (reader, first byte, byte count): copie
 
 CAST_TARGETS = ("keep", "float32", "float16", "bfloat16")
 COPY_CHUNK = 16 << 20  # bytes per read/write step: bounded memory whatever the size
+WRITEBACK_WINDOW = 64 << 20  # bytes of the file the disk is set to write at a time
+CRC_LAG = 256 << 20  # bytes copied whose CRC-32 may still be computing
 ALIGNMENT = 64  # torch aligns storage records to 64 bytes (mmap friendly)
 
 
@@ -471,39 +474,108 @@ def _dcp_spans(tensor: TensorInfo, target: str) -> list[Span] | None:
     return spans if rows == (tensor.shape[0] if rank else 1) else None
 
 
+class Writeback:
+    """Starts the disk writing a file that is written front to back (Linux's
+    sync_file_range, on a thread of its own so a busy disk holds up neither the copy nor the
+    checksums): in whole WRITEBACK_WINDOW windows of the file, in order, each once the bytes
+    before its end are written. Windows of the file rather than of each record: a small
+    record is then no write of its own, and no page is written twice where records meet.
+    Used as a context manager, which waits for the starts before the file is closed."""
+
+    def __init__(self, fd: int):
+        self.fd, self.started = fd, 0
+        self.pool = ThreadPoolExecutor(1)
+
+    def written(self, end: int) -> None:
+        """The file's bytes before `end` are written."""
+        while end - self.started >= WRITEBACK_WINDOW:
+            self.pool.submit(start_writeback, self.fd, self.started, WRITEBACK_WINDOW)
+            self.started += WRITEBACK_WINDOW
+
+    def __enter__(self) -> Writeback:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
+
+
+class Sources:
+    """The files a write copies from, each opened once for the whole write (not once per
+    record: a DCP folder's thousand chunks lie in a few files) and closed at its end."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.files: dict[str, remote.SizedFile] = {}
+
+    def get(self, path: str) -> remote.SizedFile:
+        if path not in self.files:
+            self.files[path] = remote.open_source(path)
+            self.stack.callback(self.files[path].close)
+        return self.files[path]
+
+    def __enter__(self) -> Sources:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+
+@dataclass
+class RunningCrc:
+    """The CRC-32 of the bytes copied so far: the last step's pieces may still be computing
+    on the pool while the next step is copied."""
+
+    value: int = 0
+    pending: deque[list[CrcPiece]] = field(default_factory=deque)
+
+    def add(self, pieces: list[CrcPiece]) -> None:
+        self.pending.append(pieces)
+        while len(self.pending) > 1:  # at most a step behind the copy
+            self.value = crc_joined(self.value, self.pending.popleft())
+
+    def ready(self) -> bool:
+        """Every piece computed: result() would not wait."""
+        return all(f is None or f.done() for pieces in self.pending for f, _, _ in pieces)
+
+    def result(self) -> int:
+        while self.pending:
+            self.value = crc_joined(self.value, self.pending.popleft())
+        return self.value
+
+
 def _copy_spans(
     spans: list[Span],
     out: IO[bytes],
     cancelled: Callable[[], bool],
-    crc: bool = False,
+    writeback: Writeback,
+    sources: Sources,
+    crc: RunningCrc | None = None,
     pool: ThreadPoolExecutor | None = None,
-    copied: list[tuple[int, int, int]] | None = None,
 ) -> int:
-    """Copies the spans one after the other at out's position; returns the CRC-32 of the
-    bytes written when asked, and adds (where they begin, byte count, CRC-32) to `copied`."""
+    """Copies the spans one after the other at out's position, adding the CRC-32 of the
+    bytes written to `crc` when given; returns where they begin."""
     out.flush()
-    start, value = out.tell(), 0
+    start = out.tell()
     for span in spans:
-        value = _copy_span(span, out, cancelled, crc, value, pool)
-    if copied is not None:
-        copied.append((start, out.tell() - start, value))
-    return value
+        _copy_span(span, out, cancelled, writeback, sources, crc, pool)
+    return start
 
 
 def _copy_span(
     span: Span,
     out: IO[bytes],
     cancelled: Callable[[], bool],
-    crc: bool = False,
-    value: int = 0,
+    writeback: Writeback,
+    sources: Sources,
+    crc: RunningCrc | None = None,
     pool: ThreadPoolExecutor | None = None,
-) -> int:
+) -> None:
     """Copies the span's bytes to the buffered file `out` (open for reading too) at its
     position, by os.copy_file_range (no trip through user space) where the kernel can, else
-    from mapped pages; returns the CRC-32 of the bytes when asked, computed on the written
-    pages of `out` as the copy has just put them into the page cache (the bytes the record
-    holds, not those of the source), on the `pool`'s threads while the next step is copied
-    when one is given, where each step's writeback to disk is started too."""
+    from mapped pages, telling `writeback` as each step is written; adds to `crc` the
+    CRC-32 of each step computed on the written pages of `out` as the copy has just put them
+    into the page cache (the bytes the record holds, not those of the source), on the
+    `pool`'s threads while the next step is copied when one is given."""
     reader, first, nbytes = span
     assert reader.path is not None  # a span is of a file (_raw_span)
     source_start = reader.offset + first
@@ -511,46 +583,34 @@ def _copy_span(
     out.flush()
     position, done = out.tell(), 0
     kernel = hasattr(os, "copy_file_range")
-    pending: deque[list[CrcPiece]] = deque()  # the CRC pieces of the steps copied, in order
-    flushing: list[Future[None]] = []
-    with remote.open_source(reader.path) as source:  # a local, regular file (_raw_span)
-        if source.size < source_start + nbytes:
-            raise reader._ended()
-        while done < nbytes:
-            step = min(COPY_CHUNK * 4, nbytes - done)
-            if kernel:
-                try:
-                    copied = _kernel_copy(
-                        source.fileno(), out.fileno(), source_start + done, position + done, step
-                    )
-                except OSError:  # another file system, an old kernel: plain writes
-                    kernel = False
-                    copied = 0
-                if kernel and copied != step:
-                    raise reader._ended()
-            if not kernel:
-                view, at = reader.mapped(first + done, step, unit).data, position + done
-                while len(view):
-                    written = os.pwrite(out.fileno(), view, at)
-                    view, at = view[written:], at + written
-                del view
-            if pool is None:
-                start_writeback(out.fileno(), position + done, step)
-            else:
-                flushing.append(pool.submit(start_writeback, out.fileno(), position + done, step))
-            if crc:
-                pending.append(_written_crc_pieces(pool, out.fileno(), position + done, step))
-                if len(pending) > 1:  # the CRC-32 at most a step behind the copy
-                    value = crc_joined(value, pending.popleft())
-            done += step
-            if cancelled():
-                raise Cancelled()
-        while pending:
-            value = crc_joined(value, pending.popleft())
-        for future in flushing:
-            future.result()
+    source = sources.get(reader.path)  # a local, regular file (_raw_span)
+    if source.size < source_start + nbytes:
+        raise reader._ended()
+    while done < nbytes:
+        step = min(COPY_CHUNK * 4, nbytes - done)
+        if kernel:
+            try:
+                copied = _kernel_copy(
+                    source.fileno(), out.fileno(), source_start + done, position + done, step
+                )
+            except OSError:  # another file system, an old kernel: plain writes
+                kernel = False
+                copied = 0
+            if kernel and copied != step:
+                raise reader._ended()
+        if not kernel:
+            view, at = reader.mapped(first + done, step, unit).data, position + done
+            while len(view):
+                written = os.pwrite(out.fileno(), view, at)
+                view, at = view[written:], at + written
+            del view
+        writeback.written(position + done + step)
+        if crc is not None:
+            crc.add(_written_crc_pieces(pool, out.fileno(), position + done, step))
+        done += step
+        if cancelled():
+            raise Cancelled()
     out.seek(position + nbytes)
-    return value
 
 
 def _written_crc_pieces(
@@ -559,8 +619,10 @@ def _written_crc_pieces(
     """The CRC-32 of count bytes of the file from `at` as they lie in the page cache, cut in
     CRC_WORKERS pieces computed on the pool (each mapped and unmapped there too, so the
     copying thread spends nothing on a large step's pages)."""
-    if pool is None or count < CRC_SPLIT:
+    if pool is None:
         return [(None, _written_crc(fd, at, count), count)]
+    if count < CRC_SPLIT:  # a small record's too: the copy goes on meanwhile
+        return [(pool.submit(_written_crc, fd, at, count), 0, count)]
     step = -(-count // CRC_WORKERS)
     return [
         (pool.submit(_written_crc, fd, at + k, min(step, count - k)), 0, min(step, count - k))
@@ -570,12 +632,9 @@ def _written_crc_pieces(
 
 def _written_crc(fd: int, at: int, count: int) -> int:
     aligned = at - at % mmap.ALLOCATIONGRANULARITY
-    length = at + count - aligned
-    if os.name == "posix":  # its pages mapped at once, not one fault at a time
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        pages = mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=aligned)
-    else:
-        pages = mmap.mmap(fd, length, offset=aligned, access=mmap.ACCESS_READ)
+    # not MAP_POPULATE: CPython holds the GIL through mmap(), which would stall the copying
+    # thread while the pages are mapped; faulted in by the CRC-32, they are not
+    pages = mmap.mmap(fd, at + count - aligned, offset=aligned, access=mmap.ACCESS_READ)
     with pages, memoryview(pages) as view:
         return crc32(view[at - aligned :])
 
@@ -664,6 +723,26 @@ def _ahead(
         yield running.popleft().result()
 
 
+@dataclass
+class _Copied:
+    """A record copied file to file, its CRC-32 perhaps still being computed."""
+
+    info: zipfile.ZipInfo
+    start: int  # where its bytes begin
+    nbytes: int
+    crc: RunningCrc
+
+    def settle(self, fp: IO[bytes], copied: dict[str, tuple[int, int, int]] | None) -> None:
+        """Its CRC-32 into its local header (zipfile wrote 0 there) and into the central
+        directory's entry, written from `info` when the archive closes; noted in `copied`."""
+        value = self.crc.result()
+        self.info.CRC = value
+        fp.flush()  # zipfile's own header write is in the file before this one
+        os.pwrite(fp.fileno(), struct.pack("<I", value), self.info.header_offset + 14)
+        if copied is not None:
+            copied[self.info.filename] = (self.start, self.nbytes, value)
+
+
 def write_torch_archive(
     path: str,
     data_pkl: bytes,
@@ -681,34 +760,48 @@ def write_torch_archive(
     stamp = (1980, 1, 1, 0, 0, 0)
     with (
         zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
-        # one thread more than the CRC-32 pieces: a writeback start waiting on a busy disk
-        # does not hold up the checksums the copy waits for
-        ThreadPoolExecutor(CRC_WORKERS + 1) as pool,
+        ThreadPoolExecutor(CRC_WORKERS) as pool,
         ThreadPoolExecutor(1) as planner,
     ):
+        assert zf.fp is not None  # the archive is open for writing
+        fp = zf.fp
         zf.writestr(zipfile.ZipInfo(f"{archive}/data.pkl", stamp), data_pkl)
         zf.writestr(zipfile.ZipInfo(f"{archive}/byteorder", stamp), b"little")
-        # where each record's bytes lie (a DCP chunk's own small archive parsed, a record's
-        # local header read) is found ahead on the planner while the kernel copies
-        for record, spans in zip(records, _ahead(planner, _record_spans, records)):
-            nbytes = record.count * DTYPE_SIZES[record.dtype]
-            zip64 = nbytes > 0x7FFFFFFF
-            info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
-            with zf.open(info, "w", force_zip64=zip64) as out:
-                if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
-                    # zipfile's record writer puts these two into the header when it closes
-                    assert zf.fp is not None  # the archive is open for writing
-                    written: list[tuple[int, int, int]] = []
-                    out._crc = _copy_spans(spans, zf.fp, cancelled, True, pool, written)
-                    out._file_size = nbytes
-                    if copied is not None:
-                        copied[info.filename] = written[0]
-                else:
-                    for piece in _record_bytes(record, device):
-                        out.write(piece.data)
-                        if cancelled():
-                            raise Cancelled()
-            yield nbytes
+        # copied records whose CRC-32 is still being computed: each goes into its record's
+        # header once computed, so the copy waits for a checksum only when CRC_LAG behind
+        behind: deque[_Copied] = deque()
+        lag = 0  # their bytes
+        with Writeback(fp.fileno()) as writeback, Sources() as sources:
+            # where each record's bytes lie (a DCP chunk's own small archive parsed, a
+            # record's local header read) is found ahead on the planner while the kernel copies
+            for record, spans in zip(records, _ahead(planner, _record_spans, records)):
+                nbytes = record.count * DTYPE_SIZES[record.dtype]
+                zip64 = nbytes > 0x7FFFFFFF
+                info = _aligned_info(zf, f"{archive}/data/{record.name}", zip64)
+                now: _Copied | None = None
+                with zf.open(info, "w", force_zip64=zip64) as out:
+                    if spans is not None and hasattr(out, "_crc") and hasattr(out, "_file_size"):
+                        # zipfile's record writer puts the size into the header when it closes
+                        crc = RunningCrc()
+                        start = _copy_spans(spans, fp, cancelled, writeback, sources, crc, pool)
+                        out._crc, out._file_size = 0, nbytes
+                        now = _Copied(info, start, nbytes, crc)
+                    else:
+                        for piece in _record_bytes(record, device):
+                            out.write(piece.data)
+                            fp.flush()
+                            writeback.written(fp.tell())
+                            if cancelled():
+                                raise Cancelled()
+                if now is not None:
+                    behind.append(now)
+                    lag += now.nbytes
+                while behind and (behind[0].crc.ready() or lag > CRC_LAG):
+                    lag -= behind[0].nbytes
+                    behind.popleft().settle(fp, copied)
+                yield nbytes
+            while behind:
+                behind.popleft().settle(fp, copied)
         zf.writestr(zipfile.ZipInfo(f"{archive}/version", stamp), b"3\n")
 
 
@@ -788,15 +881,17 @@ def _write_safetensors(
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * ((-len(text)) % 8)  # the data section starts 8-byte aligned
-    with open(path, "r+b") as f:
+    with open(path, "r+b") as f, Writeback(f.fileno()) as writeback, Sources() as sources:
         f.write(struct.pack("<Q", len(text)) + text)
         for item in items:
             spans = _item_spans(item)
             if spans is not None:
-                _copy_spans(spans, f, cancelled)
+                _copy_spans(spans, f, cancelled, writeback, sources)
             else:
                 for piece in _dense_bytes(item.tensor, item.dtype, device):
                     f.write(piece.data)
+                    f.flush()
+                    writeback.written(f.tell())
                     if cancelled():
                         raise Cancelled()
             yield item.tensor.numel * DTYPE_SIZES[item.dtype]
