@@ -54,6 +54,8 @@ from ckpt_viewer.qt.tree_model import (
     CheckDelegate,
     Filtered,
     KeyTreeModel,
+    RangeRow,
+    Row,
     RowIndex,
     filter_rows,
 )
@@ -196,6 +198,11 @@ class TabController(PaneController):
             )
         else:
             self.jobs.start("filter", filter_rows, text, index_rows, on_result=self.filtered.emit)
+
+
+def place(row: Row) -> tuple[int, int]:
+    """A row's place in pre-order; a range row (its group's index) right after its group."""
+    return (row.index, 1 + row.pos if type(row) is RangeRow else 0)
 
 
 class CheckpointTab(QWidget):
@@ -662,7 +669,7 @@ class CheckpointTab(QWidget):
         isExpanded calls under an open big group, in the first keystroke's frame)."""
         model, expanded = self.model, self.tree.isExpanded
         rows = {
-            index.internalPointer().index: index.internalPointer()
+            place(index.internalPointer()): index.internalPointer()
             for index in model.persistentIndexList()
             if index.column() == 0 and expanded(index)
         }
