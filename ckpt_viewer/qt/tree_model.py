@@ -52,6 +52,11 @@ ALIGN_RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
 # every row of an opened level on each sort, filter or expansion (index() and hasChildren()
 # per row), and 5,000 rows took a frame or two
 RANGE = 1000
+ELEMENTS_OF, NBYTES_OF, TENSORS_OF = (
+    attrgetter("elements"),
+    attrgetter("nbytes"),
+    attrgetter("tensors"),
+)
 
 
 class RangeNode(GroupNode):
@@ -81,10 +86,11 @@ def cut_in_ranges(row: Row, shown: list[Row], generation: int) -> list[Row]:
         cut.index = row.index  # filter look-ups (_inside, _visible) answer for its group
         cut.pos = len(ranges)
         for position, child in enumerate(part):
-            child.pos, child.up = position, cut
-            cut.elements += child.elements
-            cut.nbytes += child.nbytes
-            cut.tensors += child.tensors
+            child.pos = position
+            child.up = cut
+        cut.elements = sum(map(ELEMENTS_OF, part))
+        cut.nbytes = sum(map(NBYTES_OF, part))
+        cut.tensors = sum(map(TENSORS_OF, part))
         ranges.append(cut)
     return ranges
 
