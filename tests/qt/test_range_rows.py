@@ -115,3 +115,20 @@ def test_expanded_ranges_come_back_when_the_filter_is_cleared(qtbot, window, tmp
     assert tab.tree.isExpanded(w) and tab.tree.isExpanded(model.index(1, 0, w))
     assert not tab.tree.isExpanded(model.index(0, 0, w))
     assert tab.findChild(QTreeView, "keyTree") is tab.tree
+
+
+def test_expand_all_opens_ranges_and_the_filter_leads_into_them(qtbot, window, tmp_path):
+    from PySide6.QtGui import QAction
+
+    tab, model, w = opened_group(qtbot, window, tmp_path)
+    tab.tree.resize(400, 300)
+    window.findChild(QAction, "actionExpandAll").trigger()
+    qtbot.waitUntil(lambda: not tab.expander.busy())
+    first = model.index(0, 0, w)
+    assert tab.tree.isExpanded(w) and tab.tree.isExpanded(first)
+    assert not tab.tree.isExpanded(model.index(2, 0, w))  # far below the view
+    window.findChild(QAction, "actionCollapseAll").trigger()
+    assert not tab.tree.isExpanded(w)
+    with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
+        tab.filter.setText("w.1")
+    assert tab.first_match().data(Qt.UserRole) == "w.1"
