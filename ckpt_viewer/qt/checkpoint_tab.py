@@ -289,6 +289,9 @@ class CheckpointTab(QWidget):
         self.tree.setModel(self.model)
         self.tree.setItemDelegate(CheckDelegate(self.tree))  # ticks: the model leaves flags() to Qt
         self.tree.setUniformRowHeights(True)
+        # the model's dataChanged spans the top rows only: the boxes below the last one (a
+        # single group's, a range's rows) would keep their old state until something repainted
+        self.model.checks_changed.connect(lambda _: self.tree.viewport().update())
         self.tree.header().setSortIndicator(-1, Qt.AscendingOrder)  # file order until clicked
         self.tree.setSortingEnabled(True)
         self.tree.setSelectionMode(QAbstractItemView.ExtendedSelection)

@@ -4,7 +4,7 @@ through them."""
 
 import torch
 from PySide6.QtCore import QModelIndex, Qt
-from PySide6.QtWidgets import QTreeView
+from PySide6.QtWidgets import QApplication, QTreeView
 from qt_helpers import open_and_wait
 
 from ckpt_viewer.qt.tree_model import RANGE
@@ -132,3 +132,32 @@ def test_expand_all_opens_ranges_and_the_filter_leads_into_them(qtbot, window, t
     with qtbot.waitSignal(tab.filter_applied, timeout=10_000):
         tab.filter.setText("w.1")
     assert tab.first_match().data(Qt.UserRole) == "w.1"
+
+
+def test_ticking_a_range_repaints_the_boxes_of_its_rows(qtbot, window, tmp_path):
+    from PySide6.QtCore import QEvent, QObject
+    from PySide6.QtGui import QRegion
+
+    tab, model, w = opened_group(qtbot, window, tmp_path)
+    tab.tree.expand(w)
+    first = model.index(0, 0, w)
+    tab.tree.expand(first)
+    qtbot.waitUntil(lambda: tab.tree.visualRect(model.index(3, 0, first)).isValid())
+    QApplication.processEvents()
+    tab.tree.viewport().repaint()  # nothing left to paint but what the tick asks for
+
+    class Paints(QObject):
+        region = QRegion()
+
+        def eventFilter(self, watched, event) -> bool:
+            if event.type() == QEvent.Paint:
+                Paints.region = Paints.region.united(event.region())
+            return False
+
+    paints = Paints()
+    tab.tree.viewport().installEventFilter(paints)
+    model.setData(first, Qt.Checked, Qt.CheckStateRole)
+    row = tab.tree.visualRect(model.index(3, 0, first))
+    QApplication.processEvents()
+    assert Paints.region.contains(row)
+    tab.tree.viewport().removeEventFilter(paints)
