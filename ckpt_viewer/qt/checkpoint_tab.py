@@ -54,6 +54,8 @@ from ckpt_viewer.qt.tree_model import (
     CheckDelegate,
     Filtered,
     KeyTreeModel,
+    RangeRow,
+    Row,
     RowIndex,
     filter_rows,
 )
@@ -198,6 +200,11 @@ class TabController(PaneController):
             self.jobs.start("filter", filter_rows, text, index_rows, on_result=self.filtered.emit)
 
 
+def place(row: Row) -> tuple[int, int]:
+    """A row's place in pre-order; a range row (its group's index) right after its group."""
+    return (row.index, 1 + row.pos if type(row) is RangeRow else 0)
+
+
 class CheckpointTab(QWidget):
     """Built on the GUI thread from what the load worker produced."""
 
@@ -282,6 +289,9 @@ class CheckpointTab(QWidget):
         self.tree.setModel(self.model)
         self.tree.setItemDelegate(CheckDelegate(self.tree))  # ticks: the model leaves flags() to Qt
         self.tree.setUniformRowHeights(True)
+        # the model's dataChanged spans the top rows only: the boxes below the last one (a
+        # single group's, a range's rows) would keep their old state until something repainted
+        self.model.checks_changed.connect(lambda _: self.tree.viewport().update())
         self.tree.header().setSortIndicator(-1, Qt.AscendingOrder)  # file order until clicked
         self.tree.setSortingEnabled(True)
         self.tree.setSelectionMode(QAbstractItemView.ExtendedSelection)
@@ -662,7 +672,7 @@ class CheckpointTab(QWidget):
         isExpanded calls under an open big group, in the first keystroke's frame)."""
         model, expanded = self.model, self.tree.isExpanded
         rows = {
-            index.internalPointer().index: index.internalPointer()
+            place(index.internalPointer()): index.internalPointer()
             for index in model.persistentIndexList()
             if index.column() == 0 and expanded(index)
         }

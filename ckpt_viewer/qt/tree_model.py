@@ -17,6 +17,7 @@ from ckpt_viewer.core.listing.report import describe_value
 from ckpt_viewer.core.listing.rows import (  # noqa: F401
     MAX_GROUP_DEPTH,
     Filtered,
+    GroupNode,
     Row,
     RowIndex,
     build_rows,
@@ -47,6 +48,51 @@ DISPLAY_ROLE, USER_ROLE, CHECK_ROLE, TOOLTIP_ROLE, ALIGNMENT_ROLE, FOREGROUND_RO
     )
 )
 ALIGN_RIGHT = int((Qt.AlignRight | Qt.AlignVCenter).value)
+# a level with more shown children than this shows them in range rows of this many: Qt lays out
+# every row of an opened level on each sort, filter or expansion (index() and hasChildren()
+# per row), and 5,000 rows took a frame or two
+RANGE = 1000
+ELEMENTS_OF, NBYTES_OF, TENSORS_OF = (
+    attrgetter("elements"),
+    attrgetter("nbytes"),
+    attrgetter("tensors"),
+)
+
+
+class RangeNode(GroupNode):
+    """The node of a range row: its group's key (the automation contract's UserRole)."""
+
+    __slots__ = ("note",)
+    kind = type_name = "range"
+
+
+class RangeRow(Row):
+    """A row holding RANGE consecutive shown children of a level (by position in the
+    current order and filter), as debuggers show big arrays; cut by visible_children."""
+
+    __slots__ = ()
+
+
+def cut_in_ranges(row: Row, shown: list[Row], generation: int) -> list[Row]:
+    """shown (row's shown children) in range rows of RANGE, each child numbered in its range."""
+    ranges: list[Row] = []
+    for first in range(0, len(shown), RANGE):
+        part = shown[first : first + RANGE]
+        label = f"[{first} \u2026 {first + len(part) - 1}]"
+        node = RangeNode(label, row.node.key)
+        node.note = f"{len(part):,} of {len(shown):,}"
+        cut = RangeRow(node, row, label, part)
+        cut.visible_children, cut.generation = part, generation
+        cut.index = row.index  # filter look-ups (_inside, _visible) answer for its group
+        cut.pos = len(ranges)
+        for position, child in enumerate(part):
+            child.pos = position
+            child.up = cut
+        cut.elements = sum(map(ELEMENTS_OF, part))
+        cut.nbytes = sum(map(NBYTES_OF, part))
+        cut.tensors = sum(map(TENSORS_OF, part))
+        ranges.append(cut)
+    return ranges
 
 
 def _shape_text(node: Node) -> str:
@@ -160,15 +206,21 @@ class KeyTreeModel(QAbstractItemModel):
     def visible_children(self, row: Row) -> list[Row]:
         """row's children that pass the filter, in display order (numbering them)."""
         if row.generation != self.generation:
+            if type(row) is RangeRow:  # of an earlier cut: the model maps it (current_row)
+                return row.visible_children
             if self._order is not None and row.index not in self._ordered:
                 self._put_in_order(row)
             if self._visible is None or self._inside[row.index]:
-                row.visible_children = row.children
+                shown = row.children
             else:
                 visible = self._visible
-                row.visible_children = [c for c in row.children if visible[c.index]]
-            for position, child in enumerate(row.visible_children):
-                child.pos = position
+                shown = [c for c in row.children if visible[c.index]]
+            if len(shown) > RANGE:
+                row.visible_children = cut_in_ranges(row, shown, self.generation)
+            else:
+                row.visible_children = shown
+                for position, child in enumerate(shown):
+                    child.pos, child.up = position, None
             row.generation = self.generation
         return row.visible_children
 
@@ -187,7 +239,7 @@ class KeyTreeModel(QAbstractItemModel):
 
     def parent(self, index=QModelIndex()):
         row = index.internalPointer()  # None: an invalid index
-        parent_row = None if row is None else row.parent
+        parent_row = None if row is None else row.up or row.parent
         if parent_row is None or parent_row is self.top:
             return QModelIndex()
         return self.createIndex(parent_row.pos, 0, parent_row)
@@ -229,13 +281,25 @@ class KeyTreeModel(QAbstractItemModel):
 
     # --- check boxes (what to export) ------------------------------------------------------
     def check_state(self, row: Row):
-        ticked = self.checked_below[row.index]
+        if type(row) is RangeRow:
+            ticked = sum(self.checked_below[c.index] for c in row.children)
+        else:
+            ticked = self.checked_below[row.index]
         if ticked == 0:
             return Qt.Unchecked
         return Qt.Checked if ticked == row.tensors else Qt.PartiallyChecked
 
     def set_checked(self, row: Row, on: bool):
-        """Tick or untick a row and every tensor below it; ancestors follow (tri-state)."""
+        """Tick or untick a row and every tensor below it (a range row: its rows); ancestors
+        follow (tri-state)."""
+        for part in row.children if type(row) is RangeRow else (row,):
+            self._check_subtree(part, on)
+        self.dataChanged.emit(
+            self.index(0, 0), self.index(max(self.rowCount() - 1, 0), 0), [Qt.CheckStateRole]
+        )
+        self.checks_changed.emit(self.checked_below[0])
+
+    def _check_subtree(self, row: Row, on: bool) -> None:
         first, end = row.index, row.index + row.size  # the subtree, in pre-order
         delta = 0
         for i in range(first, end):
@@ -251,10 +315,6 @@ class KeyTreeModel(QAbstractItemModel):
         while ancestor is not None:
             self.checked_below[ancestor.index] += delta
             ancestor = ancestor.parent
-        self.dataChanged.emit(
-            self.index(0, 0), self.index(max(self.rowCount() - 1, 0), 0), [Qt.CheckStateRole]
-        )
-        self.checks_changed.emit(self.checked_below[0])
 
     def checked_keys(self) -> list[str]:
         return [self.keys[i] for i, on in enumerate(self.checked) if on]
@@ -270,7 +330,7 @@ class KeyTreeModel(QAbstractItemModel):
         """Break the rows' parent cycles so closing a tab frees them by reference counting."""
         self.beginResetModel()
         for row in self.rows:
-            row.parent = None
+            row.parent = row.up = None
             row.children = row.visible_children = []
         self.top.children = self.top.visible_children = []
         self.rows = []
@@ -394,9 +454,13 @@ class KeyTreeModel(QAbstractItemModel):
         self.generation += 1
         for row in old_rows:
             self.visible_children(row.parent)
-        self.changePersistentIndexList(
-            old, [self.createIndex(r.pos, i.column(), r) for r, i in zip(old_rows, old)]
-        )
+        new = []
+        for row, index in zip(old_rows, old):
+            row = self.current_row(row)  # a range row: the one in its place now
+            new.append(
+                QModelIndex() if row is None else self.createIndex(row.pos, index.column(), row)
+            )
+        self.changePersistentIndexList(old, new)
         self.layoutChanged.emit()
 
     def _put_in_order(self, row: Row) -> None:
@@ -429,10 +493,26 @@ class KeyTreeModel(QAbstractItemModel):
         position = self.index_rows.position(key)
         return QModelIndex() if position is None else self.index_of_row(self.rows[position])
 
+    def current_row(self, row: Row) -> Row | None:
+        """row, or for a range row of an earlier sort or filter the range row in its place
+        now (None if its group has no range there any more)."""
+        if type(row) is not RangeRow:
+            return row
+        shown = self.visible_children(row.parent)
+        now = shown[row.pos] if row.pos < len(shown) else None
+        return now if type(now) is RangeRow else None
+
     def index_of_row(self, row: Row) -> QModelIndex:
-        """row's index if the filter shows it (its ancestors' rows are numbered on the way)."""
+        """row's index if the filter shows it (its ancestors' rows are numbered on the way);
+        a range row of an earlier sort or filter: the one in its place now."""
         if row is self.top or self._visible is not None and not self._visible[row.index]:
             return QModelIndex()
+        if type(row) is RangeRow:
+            above = row.parent
+            if above is not self.top and not self.index_of_row(above).isValid():
+                return QModelIndex()
+            now = self.current_row(row)
+            return QModelIndex() if now is None else self.createIndex(now.pos, 0, now)
         ancestors = []
         parent = row.parent
         while parent is not None:

@@ -22,6 +22,7 @@ class Row:
         "node",
         "name",
         "parent",
+        "up",
         "children",
         "visible_children",
         "pos",
@@ -44,6 +45,7 @@ class Row:
     ) -> None:
         # a leaf shares the empty tuple (50,000 fewer lists); `visible_children` is set by the model
         self.node, self.parent, self.name, self.children = node, parent, name, children
+        self.up: Row | None = None  # the row shown above it when not its parent (a range row)
         self.pos = self.index = self.elements = self.nbytes = self.tensors = 0
         self.order = self.listed = 0  # place among its siblings in the file / as listed
         self.size = 1  # rows in this subtree, itself included: rows[index:index + size]
