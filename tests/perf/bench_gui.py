@@ -498,7 +498,7 @@ def flows(app, window, beat, path, out, as_json=False):
         tab.tensor_view.view_ready.connect(ready.append)
         keys = [f"layers.{i * 499}.sub{i % 10}.weight" for i in range(1, 7)]
         first = stall_of(app, beat, lambda i: tab.select_key(keys[0]), lambda: bool(ready))
-        rows.append(("select: the first tensor (opens the 5,000-row group)", first))
+        rows.append(("select: the first tensor (opens its 5,000-row group, in ranges)", first))
 
         def select(i):
             ready.clear()
