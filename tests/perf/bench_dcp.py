@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from runner import dd_copy, measure, print_table, python
+from runner import dd_copy, measure, output_remover, print_table, python
 
 MAKE = """
 import torch, torch.distributed.checkpoint as dcp
@@ -52,16 +52,8 @@ def main():
         subprocess.run(python(MAKE.format(src=src, folder=folder)), check=True)
         files = [n for n in os.listdir(folder) if n.endswith(".distcp")]
         argv = [sys.executable, "-m", "ckpt_viewer", "export", folder, "-o", ours_dst, "--force"]
-        sizes = []
-
-        def remove_outputs():  # neither side pays for deleting the previous run's output
-            for path in (ours_dst, base_dst):
-                if os.path.exists(path):
-                    sizes.append(os.path.getsize(path))
-                    os.remove(path)
-            # the freed blocks are committed (and, mounted with discard, trimmed) now, not
-            # inside the next run's fsync
-            os.sync()
+        sizes: list[int] = []
+        remove_outputs = output_remover((ours_dst, base_dst), sizes)
 
         ours = measure(argv, repeat=args.repeat, warmup=True, before=remove_outputs)
         remove_outputs()

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from runner import dd_copy, measure, print_table
+from runner import dd_copy, measure, output_remover, print_table
 
 
 def main():
@@ -28,16 +28,8 @@ def main():
     ours_dst = os.path.join(args.work, "bench-export-ours.pth")
     limit_dst = os.path.join(args.work, "bench-export-dd.bin")
     argv = [sys.executable, "-m", "ckpt_viewer", "export", src, "-o", ours_dst]
-    sizes = []
-
-    def remove_outputs():  # neither side pays for deleting the previous run's output
-        for path in (ours_dst, limit_dst):
-            if os.path.exists(path):
-                sizes.append(os.path.getsize(path))
-                os.remove(path)
-        # the freed blocks are committed (and, mounted with discard, trimmed) now, not
-        # inside the next run's fsync
-        os.sync()
+    sizes: list[int] = []
+    remove_outputs = output_remover((ours_dst, limit_dst), sizes)
 
     try:
         ours = measure(

@@ -82,6 +82,21 @@ def dd_copy(source: str, target: str, nbytes: int) -> list[str]:
     ]
 
 
+def output_remover(paths: tuple[str, ...], sizes: list[int]):
+    """A `before` for measure: deletes the previous run's outputs (their sizes appended to
+    `sizes`), so that neither side pays for it, then syncs, so that the freed blocks are
+    committed (and, mounted with discard, trimmed) now, not inside the next run's fsync."""
+
+    def remove_outputs() -> None:
+        for path in paths:
+            if os.path.exists(path):
+                sizes.append(os.path.getsize(path))
+                os.remove(path)
+        os.sync()
+
+    return remove_outputs
+
+
 def cat(*paths: str) -> list[str]:
     return ["sh", "-c", 'cat "$@" > /dev/null', "cat", *paths]
 

@@ -123,12 +123,18 @@ def test_a_bytes_map_click_reveals_a_key_the_filter_hides(qtbot, window, tmp_pat
     assert tab.selected_key() in ("h.3.mlp", "h.3.mlp.c_fc.weight")
 
 
-def test_expand_all_expands_what_comes_into_view(qtbot, window, tmp_path):
+def opened_many_blocks(qtbot, window, tmp_path):
+    """180 tensors in 60 blocks, opened in a tree too short to show them all."""
     tensors = {f"blocks.{i}.{j}.w": torch.zeros(1) for i in range(60) for j in range(3)}
     path = tmp_path / "many.safetensors"
     save_file(tensors, str(path))
     tab, model = opened(qtbot, window, str(path))
     tab.tree.resize(400, 300)
+    return tab, model
+
+
+def test_expand_all_expands_what_comes_into_view(qtbot, window, tmp_path):
+    tab, model = opened_many_blocks(qtbot, window, tmp_path)
     window.findChild(QAction, "actionExpandAll").trigger()
     blocks = child(model, "blocks")
     first, last = child(model, "0", blocks), child(model, "59", blocks)
@@ -149,11 +155,7 @@ def test_expand_all_lays_a_big_group_out_in_a_turn_of_its_own(qtbot, window, tmp
     from ckpt_viewer.qt import navigation
 
     monkeypatch.setattr(navigation, "ROWS_PER_TURN", 20)
-    tensors = {f"blocks.{i}.{j}.w": torch.zeros(1) for i in range(60) for j in range(3)}
-    path = tmp_path / "many.safetensors"
-    save_file(tensors, str(path))
-    tab, model = opened(qtbot, window, str(path))
-    tab.tree.resize(400, 300)
+    tab, model = opened_many_blocks(qtbot, window, tmp_path)
     window.findChild(QAction, "actionExpandAll").trigger()
     blocks = child(model, "blocks")
     first = child(model, "0", blocks)
